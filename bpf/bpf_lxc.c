@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Programs of an endpoint's node-side veth (lxc…), as Cilium's bpf_lxc.c:
+ *   tc ingress  cil_from_container: packets the pod sends. Source validated against the endpoint
+ *               map (anti-spoofing), identities resolved, conntrack updated, then delivered to a
+ *               local destination pod with bpf_redirect_peer (straight into its eth0, skipping the
+ *               node stack) or handed to the node's stack.
+ *   tc egress   cil_to_container: packets the node's stack sends to the pod.
+ * One object is loaded per node; each endpoint's lxc gets the same pinned programs, and which
+ * endpoint a packet belongs to comes from ciliary_lxc, so adding a pod is a map update plus an
+ * attach, never a compile. */
+#include "lib/common.h"
+#include "lib/config.h"
+#include "lib/parse.h"
+#include "lib/endpoints.h"
+#include "lib/ipcache.h"
+#include "lib/conntrack.h"
+#include "lib/events.h"
+#include "lib/l3.h"
+
+#define DEFAULT_AGG_INTERVAL (5 * NSEC_PER_SEC)
+
+static __always_inline void load_config(__u32 *level, __u64 *interval)
+{
+	struct dp_config *cfg = dp_config_get();
+	*level = cfg ? cfg->monitor_aggregation : MONITOR_AGG_MEDIUM;
+	*interval = cfg ? cfg->aggregation_interval_ns : DEFAULT_AGG_INTERVAL;
+}
+
+SEC("tc")
+int cil_from_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct ct_result ct = {};
+	struct event_meta m = {};
+	__u32 level;
+	__u64 interval;
+	int ret;
+
+	ret = parse_packet(skb, &p);
+	if (ret == PARSE_PASS)
+		return TC_ACT_OK;
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_FROM_ENDPOINT);
+
+	struct endpoint_info *src = lookup_endpoint(p.saddr, p.family);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop_packet(skb, &p, DROP_INVALID_SIP, 0, 0, 0, OBS_FROM_ENDPOINT);
+	__u16 src_ep = src->ep_id;
+	__u32 src_id = src->sec_id;
+	if (!(src->flags & EP_F_READY))
+		return drop_packet(skb, &p, DROP_EP_NOT_READY, src_ep, src_id, 0, OBS_FROM_ENDPOINT);
+
+	struct endpoint_info *dst = lookup_endpoint(p.daddr, p.family);
+	__u32 dst_id = dst ? dst->sec_id : ipcache_identity(p.daddr, p.family);
+
+	load_config(&level, &interval);
+	ret = ct_process(&p, src_id, dst_id, level, interval, &ct);
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
+
+	m.type = EVENT_TRACE;
+	m.verdict = VERDICT_FORWARDED;
+	m.ep_id = src_ep;
+	m.src_sec_id = src_id;
+	m.dst_sec_id = dst_id;
+	m.is_reply = ct.state == CT_REPLY;
+	m.ct_state = ct.state;
+	if (ct.entry)
+		m.ct_created_ns = ct.entry->created_ns;
+
+	if (dst) {
+		__u32 dst_ifindex = dst->ifindex;
+		__u8 dmac[6], smac[6];
+		if (!(dst->flags & EP_F_READY))
+			return drop_packet(skb, &p, DROP_EP_NOT_READY, src_ep, src_id, dst_id,
+					   OBS_TO_ENDPOINT);
+		__builtin_memcpy(dmac, dst->mac, 6);
+		__builtin_memcpy(smac, dst->node_mac, 6);
+		m.dst_ep_id = dst->ep_id;
+		ret = l3_dec_ttl(skb, &p);
+		if (ret == 0)
+			ret = l2_rewrite(skb, dmac, smac);
+		if (ret < 0)
+			return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+		m.obs_point = OBS_TO_ENDPOINT;
+		if (ct.report)
+			emit_event(skb, &p, &m);
+		return bpf_redirect_peer(dst_ifindex, 0);
+	}
+
+	m.obs_point = OBS_TO_STACK;
+	if (ct.report)
+		emit_event(skb, &p, &m);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int cil_to_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct ct_result ct = {};
+	struct event_meta m = {};
+	__u32 level;
+	__u64 interval;
+	int ret;
+
+	ret = parse_packet(skb, &p);
+	if (ret == PARSE_PASS)
+		return TC_ACT_OK;
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_TO_ENDPOINT);
+
+	struct endpoint_info *dst = lookup_endpoint(p.daddr, p.family);
+	if (!dst || dst->ifindex != skb->ifindex)
+		return drop_packet(skb, &p, DROP_UNKNOWN_TARGET, 0, 0, 0, OBS_TO_ENDPOINT);
+	__u16 dst_ep = dst->ep_id;
+	__u32 dst_id = dst->sec_id;
+	__u32 src_id = ipcache_identity(p.saddr, p.family);
+
+	load_config(&level, &interval);
+	ret = ct_process(&p, src_id, dst_id, level, interval, &ct);
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+
+	m.type = EVENT_TRACE;
+	m.verdict = VERDICT_FORWARDED;
+	m.obs_point = OBS_TO_ENDPOINT;
+	m.ep_id = dst_ep;
+	m.dst_ep_id = dst_ep;
+	m.src_sec_id = src_id;
+	m.dst_sec_id = dst_id;
+	m.is_reply = ct.state == CT_REPLY;
+	m.ct_state = ct.state;
+	if (ct.entry)
+		m.ct_created_ns = ct.entry->created_ns;
+	if (ct.report)
+		emit_event(skb, &p, &m);
+	return TC_ACT_OK;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

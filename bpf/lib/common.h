@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Shared vocabulary of the datapath: types, numbered constants and the structs that cross the
+ * kernel/user boundary. Every struct here has a ctypes mirror in src/ciliary/datapath/maps/ whose
+ * docstring names it; tests/bpf/test_btf_layout.py compares both through the object's BTF, so a
+ * field added here without its mirror fails the suite instead of corrupting maps.
+ *
+ * Numbers are upstream's: verdicts and observation points are Hubble's flow.proto enums, drop
+ * reasons are Cilium's DROP_* list (bpf/lib/common.h upstream), identities are Cilium's reserved
+ * ones. C returns them as-is and user space never invents its own meaning for them. */
+#ifndef __CILIARY_COMMON_H
+#define __CILIARY_COMMON_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+/* linux/icmp.h drags in libc headers; the two numbers we need: */
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+#include <linux/icmpv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+#define AF_INET4 2
+#define AF_INET6 10
+
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+
+/* Reserved identities (Cilium numbering). */
+#define ID_UNKNOWN 0
+#define ID_HOST 1
+#define ID_WORLD 2
+#define ID_UNMANAGED 3
+#define ID_HEALTH 4
+#define ID_INIT 5
+#define ID_REMOTE_NODE 6
+#define ID_WORLD_IPV4 9
+#define ID_WORLD_IPV6 10
+
+/* Monitor message types (Cilium's pkg/monitor/api: CiliumEventType.type). */
+#define EVENT_DROP 1
+#define EVENT_TRACE 4
+
+/* Hubble Verdict enum. */
+#define VERDICT_FORWARDED 1
+#define VERDICT_DROPPED 2
+
+/* Hubble TraceObservationPoint enum. */
+#define OBS_TO_STACK 3
+#define OBS_FROM_ENDPOINT 5
+#define OBS_TO_ENDPOINT 101
+
+/* Cilium drop reasons (values < 130 are not drops). */
+#define DROP_INVALID_SMAC 130
+#define DROP_INVALID_SIP 132
+#define DROP_POLICY 133
+#define DROP_INVALID 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_UNKNOWN_L3 139
+#define DROP_WRITE_ERROR 141
+#define DROP_UNKNOWN_L4 142
+#define DROP_UNKNOWN_TARGET 150
+#define DROP_FRAG_NOSUPPORT 157
+#define DROP_CT_CREATE_FAILED 155
+#define DROP_UNSUPPORTED_L2 166
+#define DROP_INVALID_IDENTITY 171
+#define DROP_TTL_EXCEEDED 196
+#define DROP_EP_NOT_READY 203
+
+/* Conntrack result as reported in events. */
+#define CT_NEW 0
+#define CT_ESTABLISHED 1
+#define CT_REPLY 2
+#define CT_RELATED 3
+#define CT_UNTRACKED 4
+
+/* ---- structs shared with user space (mirrors in ciliary.datapath.maps) ---- */
+
+/* ciliary_lxc key: one local endpoint address. IPv4 in addr[0..3], rest zero. */
+struct endpoint_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+#define EP_F_READY 0x1
+
+/* ciliary_lxc value: where a local endpoint lives and who it is. */
+struct endpoint_info {
+	__u32 ifindex;      /* node-side lxc device */
+	__u32 sec_id;       /* security identity */
+	__u16 ep_id;        /* endpoint id (1..65535) */
+	__u16 flags;        /* EP_F_* */
+	__u8 mac[6];        /* pod-side eth0 MAC */
+	__u8 node_mac[6];   /* node-side lxc MAC (the pod's gateway MAC) */
+};
+
+/* ciliary_ipcache key: LPM trie key; prefixlen counts family+pad bits (32) + address bits. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct ipcache_info {
+	__u32 sec_id;
+	__u32 tunnel_ep;    /* IPv4 of the node hosting the prefix, 0 = local/none */
+	__u8 flags;
+	__u8 pad[3];
+};
+
+/* ciliary_ct key: the tuple as the packet carries it (ports host order). */
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+#define CT_F_TX_CLOSING 0x1
+#define CT_F_RX_CLOSING 0x2
+#define CT_F_REPLY_SEEN 0x4
+#define CT_F_REPLY_REPORTED 0x8
+
+struct ct_entry {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u64 expires_ns;
+	__u64 last_report_ns;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u32 src_sec_id;
+	__u32 dst_sec_id;
+	__u8 tx_flags_seen;
+	__u8 rx_flags_seen;
+	__u16 flags;        /* CT_F_* */
+	__u32 pad;
+};
+
+/* ciliary_config[0]: knobs the agent sets at start. */
+#define MONITOR_AGG_NONE 0
+#define MONITOR_AGG_MEDIUM 2
+
+struct dp_config {
+	__u64 aggregation_interval_ns;
+	__u32 monitor_aggregation;
+	__u32 flags;
+};
+
+/* One record in the ciliary_events ring buffer per reported verdict. */
+struct trace_event {
+	__u64 ts_ns;            /* bpf_ktime_get_ns() at the verdict */
+	__u64 ct_created_ns;    /* start of the connection, 0 when untracked */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 sport;            /* or ICMP echo id */
+	__u16 dport;
+	__u32 src_sec_id;
+	__u32 dst_sec_id;
+	__u32 ifindex;
+	__u32 pkt_len;
+	__u16 ep_id;            /* endpoint whose program saw the packet */
+	__u16 dst_ep_id;        /* local destination endpoint, 0 if none */
+	__u8 type;              /* EVENT_TRACE / EVENT_DROP */
+	__u8 obs_point;
+	__u8 verdict;
+	__u8 drop_reason;
+	__u8 family;
+	__u8 proto;
+	__u8 tcp_flags;         /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80 */
+	__u8 is_reply;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 ct_state;
+	__u8 pad[9];
+};
+
+#endif

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* ciliary_ct: one LRU table per node for TCP, UDP, SCTP and ICMP echo. An entry is keyed by the
+ * tuple of the packet that opened the connection; a packet whose reversed tuple hits is a reply.
+ * Lifetimes follow Cilium's defaults (TCP 6h once a reply is seen, 60s while opening and for
+ * non-TCP, 10s after FIN/RST both ways). Expired entries are treated as absent here and removed by
+ * the agent's GC; the LRU evicts under pressure. */
+#ifndef __CILIARY_CONNTRACK_H
+#define __CILIARY_CONNTRACK_H
+#include "common.h"
+#include "parse.h"
+
+#ifndef CT_MAP_SIZE
+#define CT_MAP_SIZE 65536
+#endif
+
+#define NSEC_PER_SEC 1000000000ULL
+#define CT_LIFETIME_TCP (21600 * NSEC_PER_SEC)
+#define CT_LIFETIME_SYN (60 * NSEC_PER_SEC)
+#define CT_LIFETIME_NONTCP (60 * NSEC_PER_SEC)
+#define CT_LIFETIME_CLOSE (10 * NSEC_PER_SEC)
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, CT_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_ct SEC(".maps");
+
+struct ct_result {
+	struct ct_entry *entry;
+	__u8 state;         /* CT_* */
+	__u8 report;        /* monitor aggregation says: emit an event for this packet */
+};
+
+static __always_inline int ct_trackable(const struct pkt *p)
+{
+	if (!p->has_l4)
+		return 0;
+	if (p->proto == IPPROTO_ICMP)
+		return p->icmp_type == ICMP_ECHO || p->icmp_type == ICMP_ECHOREPLY;
+	if (p->proto == IPPROTO_ICMPV6)
+		return p->icmp_type == ICMPV6_ECHO_REQUEST || p->icmp_type == ICMPV6_ECHO_REPLY;
+	return p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP;
+}
+
+static __always_inline __u64 ct_lifetime(const struct pkt *p, const struct ct_entry *e)
+{
+	if (p->proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP;
+	if ((e->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING)) == (CT_F_TX_CLOSING | CT_F_RX_CLOSING))
+		return CT_LIFETIME_CLOSE;
+	if (!(e->flags & CT_F_REPLY_SEEN))
+		return CT_LIFETIME_SYN;
+	return CT_LIFETIME_TCP;
+}
+
+/* Decides whether this packet is reported under monitor aggregation `level`. */
+static __always_inline int ct_should_report(struct ct_entry *e, __u8 seen_before, __u8 flags,
+					    int is_reply, __u64 now, __u32 level, __u64 interval)
+{
+	if (level == MONITOR_AGG_NONE)
+		return 1;
+	if (is_reply && !(e->flags & CT_F_REPLY_REPORTED)) {
+		e->flags |= CT_F_REPLY_REPORTED;
+		e->last_report_ns = now;
+		return 1;
+	}
+	if (flags & (TCP_SYN | TCP_FIN | TCP_RST) & ~seen_before) {
+		e->last_report_ns = now;
+		return 1;
+	}
+	if (interval && now - e->last_report_ns >= interval) {
+		e->last_report_ns = now;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline void ct_build_key(struct ct_key *k, const struct pkt *p, int reverse)
+{
+	if (reverse) {
+		__builtin_memcpy(k->saddr, p->daddr, 16);
+		__builtin_memcpy(k->daddr, p->saddr, 16);
+		k->sport = p->dport;
+		k->dport = p->sport;
+	} else {
+		__builtin_memcpy(k->saddr, p->saddr, 16);
+		__builtin_memcpy(k->daddr, p->daddr, 16);
+		k->sport = p->sport;
+		k->dport = p->dport;
+	}
+	k->proto = p->proto;
+	k->family = p->family;
+}
+
+/* Looks up (and creates, for new connections) the conntrack entry of packet `p`.
+ * Returns 0, or -DROP_* when an entry could not be created. */
+static __always_inline int ct_process(const struct pkt *p, __u32 src_id, __u32 dst_id,
+				      __u32 agg_level, __u64 agg_interval, struct ct_result *res)
+{
+	struct ct_key k = {};
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_entry *e;
+
+	res->entry = 0;
+	if (!ct_trackable(p)) {
+		res->state = CT_UNTRACKED;
+		res->report = 1;
+		return 0;
+	}
+
+	ct_build_key(&k, p, 0);
+	e = bpf_map_lookup_elem(&ciliary_ct, &k);
+	if (e && e->expires_ns > now) {
+		__u8 seen = e->tx_flags_seen;
+		e->tx_packets++;
+		e->tx_bytes += p->len;
+		e->tx_flags_seen |= p->tcp_flags;
+		if (p->tcp_flags & (TCP_FIN | TCP_RST))
+			e->flags |= CT_F_TX_CLOSING | (p->tcp_flags & TCP_RST ? CT_F_RX_CLOSING : 0);
+		e->last_seen_ns = now;
+		e->expires_ns = now + ct_lifetime(p, e);
+		res->entry = e;
+		res->state = CT_ESTABLISHED;
+		res->report = ct_should_report(e, seen, p->tcp_flags, 0, now, agg_level, agg_interval);
+		return 0;
+	}
+
+	struct ct_key rk = {};
+	ct_build_key(&rk, p, 1);
+	e = bpf_map_lookup_elem(&ciliary_ct, &rk);
+	if (e && e->expires_ns > now) {
+		__u8 seen = e->rx_flags_seen;
+		e->rx_packets++;
+		e->rx_bytes += p->len;
+		e->rx_flags_seen |= p->tcp_flags;
+		e->flags |= CT_F_REPLY_SEEN;
+		if (p->tcp_flags & (TCP_FIN | TCP_RST))
+			e->flags |= CT_F_RX_CLOSING | (p->tcp_flags & TCP_RST ? CT_F_TX_CLOSING : 0);
+		e->last_seen_ns = now;
+		e->expires_ns = now + ct_lifetime(p, e);
+		res->entry = e;
+		res->state = CT_REPLY;
+		res->report = ct_should_report(e, seen, p->tcp_flags, 1, now, agg_level, agg_interval);
+		return 0;
+	}
+
+	struct ct_entry n = {};
+	n.created_ns = now;
+	n.last_seen_ns = now;
+	n.last_report_ns = now;
+	n.tx_packets = 1;
+	n.tx_bytes = p->len;
+	n.tx_flags_seen = p->tcp_flags;
+	n.src_sec_id = src_id;
+	n.dst_sec_id = dst_id;
+	n.expires_ns = now + ct_lifetime(p, &n);
+	if (bpf_map_update_elem(&ciliary_ct, &k, &n, BPF_ANY) < 0)
+		return -DROP_CT_CREATE_FAILED;
+	res->entry = bpf_map_lookup_elem(&ciliary_ct, &k);
+	res->state = CT_NEW;
+	res->report = 1;
+	return 0;
+}
+#endif

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Packet parsing into a flat `struct pkt`. Uses bpf_skb_load_bytes so that non-linear skbs (GRO
+ * on veth) parse the same as linear ones and the verifier sees bounded copies, not pointer math. */
+#ifndef __CILIARY_PARSE_H
+#define __CILIARY_PARSE_H
+#include "common.h"
+
+#define PARSE_OK 0
+#define PARSE_PASS 1     /* not ours to judge (ARP, ND, multicast): hand to the stack quietly */
+
+struct pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 sport;
+	__u16 dport;
+	__u32 l3_off;
+	__u32 l4_off;
+	__u32 len;
+	__u8 family;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 ttl;
+	__u8 has_l4;
+	__u8 pad;
+};
+
+static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
+{
+	p->has_l4 = 1;
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr th;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+			return -DROP_CT_INVALID_HDR;
+		p->sport = bpf_ntohs(th.source);
+		p->dport = bpf_ntohs(th.dest);
+		/* byte 13 of the TCP header holds CWR..FIN in wire order */
+		p->tcp_flags = ((__u8 *)&th)[13];
+		return PARSE_OK;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		/* SCTP and UDP both start with source and destination port */
+		__u16 ports[2];
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+			return -DROP_CT_INVALID_HDR;
+		p->sport = bpf_ntohs(ports[0]);
+		p->dport = bpf_ntohs(ports[1]);
+		return PARSE_OK;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 hdr[8];
+		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, sizeof(hdr)) < 0)
+			return -DROP_CT_INVALID_HDR;
+		p->icmp_type = hdr[0];
+		p->icmp_code = hdr[1];
+		__u16 id = ((__u16)hdr[4] << 8) | hdr[5];
+		/* Echo request carries the id as "source port", the reply as "destination port":
+		 * the reply's reversed tuple is then the request's tuple. */
+		if ((p->proto == IPPROTO_ICMP && p->icmp_type == ICMP_ECHO) ||
+		    (p->proto == IPPROTO_ICMPV6 && p->icmp_type == ICMPV6_ECHO_REQUEST)) {
+			p->sport = id;
+			p->dport = 0;
+		} else if ((p->proto == IPPROTO_ICMP && p->icmp_type == ICMP_ECHOREPLY) ||
+			   (p->proto == IPPROTO_ICMPV6 && p->icmp_type == ICMPV6_ECHO_REPLY)) {
+			p->sport = 0;
+			p->dport = id;
+		}
+		if (p->proto == IPPROTO_ICMPV6 &&
+		    ((p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143))
+			return PARSE_PASS; /* MLD and neighbour discovery belong to the stack */
+		return PARSE_OK;
+	}
+	default:
+		p->has_l4 = 0;
+		return PARSE_OK;
+	}
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, p->l3_off, &ip, sizeof(ip)) < 0)
+		return -DROP_INVALID;
+	if (ip.ihl < 5)
+		return -DROP_INVALID;
+	p->family = AF_INET4;
+	__builtin_memcpy(p->saddr, &ip.saddr, 4);
+	__builtin_memcpy(p->daddr, &ip.daddr, 4);
+	p->proto = ip.protocol;
+	p->ttl = ip.ttl;
+	p->l4_off = p->l3_off + ip.ihl * 4;
+	if ((bpf_ntohl(ip.daddr) >> 28) == 0xe || ip.daddr == 0xffffffff)
+		return PARSE_PASS; /* multicast / broadcast */
+	if (bpf_ntohs(ip.frag_off) & 0x1fff)
+		return PARSE_OK;   /* non-first fragment: no L4 header to read */
+	return parse_l4(skb, p);
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ipv6hdr ip6;
+	if (bpf_skb_load_bytes(skb, p->l3_off, &ip6, sizeof(ip6)) < 0)
+		return -DROP_INVALID;
+	p->family = AF_INET6;
+	__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+	p->ttl = ip6.hop_limit;
+	__u8 nexthdr = ip6.nexthdr;
+	__u32 off = p->l3_off + sizeof(ip6);
+	if (ip6.daddr.in6_u.u6_addr8[0] == 0xff) {
+		p->proto = nexthdr;
+		return PARSE_PASS; /* multicast */
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u8 opt[2];
+		if (nexthdr == 0 || nexthdr == 43 || nexthdr == 60 || nexthdr == 51) {
+			if (bpf_skb_load_bytes(skb, off, opt, sizeof(opt)) < 0)
+				return -DROP_INVALID;
+			nexthdr = opt[0];
+			off += nexthdr == 51 ? (opt[1] + 2) * 4 : (opt[1] + 1) * 8;
+		} else if (nexthdr == 44) {
+			__u8 frag[8];
+			if (bpf_skb_load_bytes(skb, off, frag, sizeof(frag)) < 0)
+				return -DROP_INVALID;
+			nexthdr = frag[0];
+			off += 8;
+			if ((((__u16)frag[2] << 8) | frag[3]) & 0xfff8) {
+				p->proto = nexthdr;
+				p->l4_off = off;
+				return PARSE_OK; /* non-first fragment */
+			}
+		} else {
+			break;
+		}
+	}
+	p->proto = nexthdr;
+	p->l4_off = off;
+	return parse_l4(skb, p);
+}
+
+/* Returns PARSE_OK, PARSE_PASS, or -DROP_* */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ethhdr eth;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return -DROP_INVALID;
+	__builtin_memcpy(p->smac, eth.h_source, 6);
+	__builtin_memcpy(p->dmac, eth.h_dest, 6);
+	p->len = skb->len;
+	p->l3_off = sizeof(eth);
+	switch (bpf_ntohs(eth.h_proto)) {
+	case ETH_P_IP:
+		return parse_ipv4(skb, p);
+	case ETH_P_IPV6:
+		return parse_ipv6(skb, p);
+	case ETH_P_ARP:
+		return PARSE_PASS;
+	default:
+		return -DROP_UNKNOWN_L3;
+	}
+}
+#endif

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-command setup from a bare Debian machine; every step is skipped when already done.
+#   - Debian packages (clang/llvm for -target bpf, libbpf, bpftool, iproute2, iperf3, ...)
+#   - bpffs mounted at /sys/fs/bpf and cgroup2 available
+#   - .venv with the package (editable) and dev tools
+#   - BPF objects compiled (make -C bpf, incremental)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping util-linux
+              procps libelf-dev make python3-venv)
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+if ((${#need_apt[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: missing Debian packages (${need_apt[*]}) and not root: run as root" >&2
+        exit 1
+    fi
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
+    echo "setup: mounting bpffs at /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -f $stamp ]]; then
+    echo "setup: creating .venv and installing ciliary"
+    [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[dev]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
+
+make -s -C bpf
