@@ -1,0 +1,194 @@
+"""The agent's API, as data: request and response bodies of the unix-socket REST API.
+
+The agent serves these and the CLI, the CNI plugin and the lab read them, through
+``ciliary.client``; neither side imports the other, they share only this module. Models are
+pydantic v2 so that a bad request is answered with the exact field that is wrong, and field names
+follow Cilium's API (``cilium-dbg endpoint list -o json``) where one exists.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_PREFIX = "/v1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointState(enum.StrEnum):
+    """Endpoint lifecycle states, Cilium's names."""
+
+    CREATING = "creating"
+    RESTORING = "restoring"
+    WAITING_FOR_IDENTITY = "waiting-for-identity"
+    WAITING_TO_REGENERATE = "waiting-to-regenerate"
+    REGENERATING = "regenerating"
+    READY = "ready"
+    NOT_READY = "not-ready"
+    DISCONNECTING = "disconnecting"
+    DISCONNECTED = "disconnected"
+    INVALID = "invalid"
+
+
+class EndpointCreateRequest(_Model):
+    """Plug a pod in: create its interface in ``netns`` and make it an endpoint of this node."""
+
+    container_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    netns: str = Field(min_length=1, description="path of the pod's network namespace")
+    ifname: str = Field(default="eth0", min_length=1, max_length=15, pattern=r"^[^/:\s]+$")
+    pod_name: str = ""
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    ipv4: str | None = Field(default=None, description="requested IPv4 (else allocated)")
+    ipv6: str | None = Field(default=None, description="requested IPv6 (else allocated)")
+    mtu: int | None = Field(default=None, ge=576, le=65535)
+
+
+class StateChange(_Model):
+    time: float
+    state: EndpointState
+    reason: str = ""
+
+
+class Endpoint(_Model):
+    id: int
+    container_id: str
+    pod_name: str
+    namespace: str
+    labels: dict[str, str]
+    identity: int
+    state: EndpointState
+    ipv4: str | None
+    ipv6: str | None
+    ifname: str
+    netns: str
+    lxc: str = Field(description="node-side veth name")
+    lxc_ifindex: int
+    mac: str = Field(description="pod-side MAC")
+    node_mac: str = Field(description="node-side MAC, the pod's gateway MAC")
+    created_at: float
+    log: list[StateChange] = Field(default_factory=list)
+
+
+class IPCacheEntry(_Model):
+    prefix: str
+    identity: int
+    tunnel_endpoint: str | None = None
+
+
+class CTEntry(_Model):
+    family: Literal["IPv4", "IPv6"]
+    protocol: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    age_s: float
+    expires_in_s: float
+    tx_packets: int
+    tx_bytes: int
+    rx_packets: int
+    rx_bytes: int
+    tx_flags: list[str]
+    rx_flags: list[str]
+    flags: list[str]
+    src_identity: int
+    dst_identity: int
+
+
+class MapPressure(_Model):
+    name: str
+    entries: int
+    max_entries: int
+
+    @property
+    def pressure(self) -> float:
+        return self.entries / self.max_entries if self.max_entries else 0.0
+
+
+class KernelFeatures(_Model):
+    release: str
+    btf: bool
+    bpffs: bool
+    cgroup2: bool
+    tc_clsact: bool
+    ringbuf: bool
+    lpm_trie: bool
+    lru_hash: bool
+    redirect_peer: bool
+
+
+class DatapathStatus(_Model):
+    object: str
+    programs: list[str]
+    pin_dir: str
+    monitor_aggregation: str
+    events_lost: int
+
+
+class IPAMStatus(_Model):
+    ipv4_cidr: str | None
+    ipv6_cidr: str | None
+    ipv4_router: str | None
+    ipv6_router: str | None
+    allocated: int
+
+
+class StatusResponse(_Model):
+    node: str
+    version: str
+    healthy: bool
+    uptime_s: float
+    pid: int
+    kernel: KernelFeatures
+    datapath: DatapathStatus
+    ipam: IPAMStatus
+    endpoints_by_state: dict[str, int]
+    maps: list[MapPressure]
+
+
+class MonitorEvent(_Model):
+    """One decoded datapath notification (trace or drop), as ``ciliary monitor`` shows it."""
+
+    time: str = Field(description="RFC 3339 wall-clock time of the verdict")
+    ts_ns: int = Field(description="CLOCK_MONOTONIC of the verdict")
+    ct_created_ns: int
+    node: str
+    type: Literal["trace", "drop"]
+    verdict: str
+    drop_reason: int
+    drop_reason_desc: str
+    observation_point: str
+    ip_version: Literal[4, 6]
+    protocol: str
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    icmp_type: int
+    icmp_code: int
+    tcp_flags: list[str]
+    is_reply: bool
+    ct_state: str
+    src_identity: int
+    dst_identity: int
+    endpoint_id: int
+    dst_endpoint_id: int
+    ifindex: int
+    ifname: str
+    length: int
+    src_mac: str
+    dst_mac: str
+    src_pod: str | None = None
+    dst_pod: str | None = None
+    summary: str
+
+
+class ErrorResponse(_Model):
+    error: str
+    kind: str = "error"

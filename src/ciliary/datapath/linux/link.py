@@ -1,0 +1,293 @@
+"""Endpoint interfaces: the veth pair that plugs a pod into its node, and the node's host device.
+
+Layout (as Cilium's): the pod side is ``eth0`` in the pod's netns with a /32 (and /128) address,
+an on-link route to the node's router address, a default route via it and a *permanent*
+neighbour entry mapping the router address to the node-side MAC, so the pod never ARPs for its
+gateway. The node side is ``lxc<hash>`` (15 chars, stable for a container id and ifname) with a
+host route to the pod's address; the tc programs on it do the forwarding.
+
+Everything here is synchronous netlink; the agent calls it from a worker thread. Every function
+is idempotent on retry (a leftover interface of the same name is removed first) because a CNI ADD
+may be retried after a crash half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as _netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
+
+NUD_PERMANENT = 0x80
+IFA_F_NODAD = 0x02
+RT_SCOPE_LINK = 253
+HOST_DEVICE = "ciliary_host"
+HOST_PEER = "ciliary_net"
+LXC_PREFIX = "lxc"
+
+
+@dataclass(frozen=True)
+class PodInterface:
+    lxc: str
+    lxc_ifindex: int
+    node_mac: str
+    ifname: str
+    pod_ifindex: int
+    mac: str
+
+
+def lxc_name(container_id: str, ifname: str) -> str:
+    """Node-side device name: ``lxc`` + 12 hex digits of the attachment's hash (15 chars)."""
+    digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
+    return LXC_PREFIX + digest[:12]
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+@contextlib.contextmanager
+def in_netns(netns_path: str) -> Iterator[None]:
+    """Run the block with the *calling thread* inside ``netns_path``, then switch back.
+
+    setns(2) on a network namespace moves only the calling thread, so this is safe in a worker
+    thread while the event loop's thread stays in the node namespace. Sockets opened inside keep
+    the pod namespace after the switch back; /proc/sys/net writes inside hit the pod's sysctls.
+    """
+    if not Path(netns_path).exists():
+        raise NetnsNotFoundError(f"network namespace {netns_path} does not exist")
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(netns_path, os.O_RDONLY)
+    try:
+        _netns.setns(target, flags=0)
+        try:
+            yield
+        finally:
+            _netns.setns(own, flags=0)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+@contextlib.contextmanager
+def _ipr(netns_path: str | None = None) -> Iterator[Any]:
+    if netns_path is not None:
+        with in_netns(netns_path), _ipr(None) as ipr:
+            yield ipr
+        return
+    try:
+        ipr = IPRoute()
+    except OSError as err:
+        raise LinkError(f"cannot open netlink: {err}") from err
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _netlink(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except NetlinkError as err:
+        raise LinkError(f"{what}: {os.strerror(err.code)}") from err
+
+
+def _index(ipr: Any, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def set_up_loopback(netns_path: str | None = None) -> None:
+    with _ipr(netns_path) as ipr:
+        idx = _index(ipr, "lo")
+        if idx is not None:
+            _netlink("set lo up", ipr.link, "set", index=idx, state="up")
+
+
+def create_pod_interface(
+    *,
+    netns_path: str,
+    container_id: str,
+    ifname: str,
+    ipv4: IPv4Address | None,
+    ipv6: IPv6Address | None,
+    router_v4: IPv4Address | None,
+    router_v6: IPv6Address | None,
+    mtu: int = 1500,
+) -> PodInterface:
+    """Create and configure the veth pair of one pod attachment; returns what was made."""
+    lxc = lxc_name(container_id, ifname)
+    tmp = "tmp" + lxc[len(LXC_PREFIX) :]
+    if not Path(netns_path).exists():
+        raise NetnsNotFoundError(f"network namespace {netns_path} does not exist")
+    with _ipr() as ipr:
+        for stale in (lxc, tmp):
+            idx = _index(ipr, stale)
+            if idx is not None:
+                _netlink(f"delete stale {stale}", ipr.link, "del", index=idx)
+        _netlink(
+            f"create veth {lxc}", ipr.link, "add", ifname=lxc, kind="veth", peer={"ifname": tmp}
+        )
+        lxc_idx = _index(ipr, lxc)
+        tmp_idx = _index(ipr, tmp)
+        if lxc_idx is None or tmp_idx is None:
+            raise LinkError(f"veth {lxc} vanished right after creation")
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:
+            _netlink(f"move {tmp} to {netns_path}", ipr.link, "set", index=tmp_idx, net_ns_fd=fd)
+        finally:
+            os.close(fd)
+        _netlink(f"set {lxc} up", ipr.link, "set", index=lxc_idx, mtu=mtu, state="up")
+        node_mac = str(_attr(ipr.link("get", index=lxc_idx)[0], "IFLA_ADDRESS"))
+
+    with _ipr(netns_path) as pr:
+        if _index(pr, ifname) is not None:
+            raise LinkError(f"interface {ifname} already exists in {netns_path}")
+        pidx = _index(pr, tmp)
+        if pidx is None:
+            raise LinkError(f"veth peer {tmp} did not arrive in {netns_path}")
+        _netlink(f"rename {tmp} to {ifname}", pr.link, "set", index=pidx, ifname=ifname, mtu=mtu)
+        # No DAD on the pod's point-to-point link: a tentative link-local would delay the
+        # node's neighbour discovery for a freshly started pod by seconds.
+        write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+        _netlink(f"set {ifname} up", pr.link, "set", index=pidx, state="up")
+        lo = _index(pr, "lo")
+        if lo is not None:
+            _netlink("set lo up", pr.link, "set", index=lo, state="up")
+        if ipv4 is not None and router_v4 is not None:
+            _netlink(f"add {ipv4}", pr.addr, "add", index=pidx, address=str(ipv4), prefixlen=32)
+            _netlink(
+                f"route to {router_v4}", pr.route, "add",
+                dst=f"{router_v4}/32", oif=pidx, scope=RT_SCOPE_LINK,
+            )  # fmt: skip
+            _netlink("default route", pr.route, "add", dst="0.0.0.0/0", gateway=str(router_v4))
+            _netlink(
+                f"neighbour {router_v4}", pr.neigh, "add",
+                dst=str(router_v4), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
+            )  # fmt: skip
+        if ipv6 is not None and router_v6 is not None:
+            _netlink(
+                f"add {ipv6}", pr.addr, "add",
+                index=pidx, address=str(ipv6), prefixlen=128, flags=IFA_F_NODAD,
+            )  # fmt: skip
+            _netlink(
+                f"route to {router_v6}", pr.route, "add",
+                dst=f"{router_v6}/128", oif=pidx, family=socket.AF_INET6,
+            )  # fmt: skip
+            _netlink(
+                "default route v6", pr.route, "add",
+                dst="::/0", gateway=str(router_v6), oif=pidx, family=socket.AF_INET6,
+            )  # fmt: skip
+            _netlink(
+                f"neighbour {router_v6}", pr.neigh, "add",
+                dst=str(router_v6), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
+                family=socket.AF_INET6,
+            )  # fmt: skip
+        pod_mac = str(_attr(pr.link("get", index=pidx)[0], "IFLA_ADDRESS"))
+
+    with _ipr() as ipr:
+        if ipv4 is not None:
+            _netlink(
+                f"host route {ipv4}", ipr.route, "replace",
+                dst=f"{ipv4}/32", oif=lxc_idx, scope=RT_SCOPE_LINK,
+            )  # fmt: skip
+        if ipv6 is not None:
+            _netlink(
+                f"host route {ipv6}", ipr.route, "replace",
+                dst=f"{ipv6}/128", oif=lxc_idx, family=socket.AF_INET6,
+            )  # fmt: skip
+    return PodInterface(lxc, lxc_idx, node_mac, ifname, pidx, pod_mac)
+
+
+def delete_link(ifname: str) -> bool:
+    """Delete a node-netns link (its veth peer goes with it); False when absent."""
+    with _ipr() as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            return False
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as err:
+            if err.code == 19:  # ENODEV: went away meanwhile
+                return False
+            raise LinkError(f"delete {ifname}: {os.strerror(err.code)}") from err
+    return True
+
+
+def link_index(ifname: str) -> int | None:
+    with _ipr() as ipr:
+        return _index(ipr, ifname)
+
+
+def list_links(prefix: str) -> dict[str, int]:
+    """Node-netns links whose name starts with ``prefix``: name → ifindex."""
+    with _ipr() as ipr:
+        out: dict[str, int] = {}
+        for msg in ipr.get_links():
+            name = str(_attr(msg, "IFLA_IFNAME"))
+            if name.startswith(prefix):
+                out[name] = int(msg["index"])
+        return out
+
+
+def pod_interface_addresses(netns_path: str, ifname: str) -> list[str]:
+    """Addresses on the pod's interface (for CHECK / restore verification)."""
+    with _ipr(netns_path) as pr:
+        idx = _index(pr, ifname)
+        if idx is None:
+            return []
+        return [str(_attr(a, "IFA_ADDRESS")) for a in pr.get_addr(index=idx)]
+
+
+def ensure_host_device(router_v4: IPv4Address | None, router_v6: IPv6Address | None) -> int:
+    """The node's own address holder, as Cilium's cilium_host/cilium_net veth pair: the router
+    addresses (the pods' gateway) live on ``ciliary_host``."""
+    with _ipr() as ipr:
+        idx = _index(ipr, HOST_DEVICE)
+        if idx is None:
+            _netlink(
+                f"create {HOST_DEVICE}", ipr.link, "add",
+                ifname=HOST_DEVICE, kind="veth", peer={"ifname": HOST_PEER},
+            )  # fmt: skip
+            idx = _index(ipr, HOST_DEVICE)
+            if idx is None:
+                raise LinkError(f"{HOST_DEVICE} vanished right after creation")
+        peer = _index(ipr, HOST_PEER)
+        if peer is not None:
+            _netlink(f"set {HOST_PEER} up", ipr.link, "set", index=peer, state="up")
+        _netlink(f"set {HOST_DEVICE} up", ipr.link, "set", index=idx, state="up")
+        have = {str(_attr(a, "IFA_ADDRESS")) for a in ipr.get_addr(index=idx)}
+        if router_v4 is not None and str(router_v4) not in have:
+            _netlink(
+                f"add {router_v4}", ipr.addr, "add", index=idx, address=str(router_v4), prefixlen=32
+            )
+        if router_v6 is not None and str(router_v6) not in have:
+            _netlink(
+                f"add {router_v6}", ipr.addr, "add",
+                index=idx, address=str(router_v6), prefixlen=128, flags=IFA_F_NODAD,
+            )  # fmt: skip
+        lo = _index(ipr, "lo")
+        if lo is not None:
+            _netlink("set lo up", ipr.link, "set", index=lo, state="up")
+        return idx
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write a sysctl of the calling thread's netns (``net.ipv4.ip_forward`` form)."""
+    # keys with interface names (which may contain dots) are given with slashes
+    path = Path("/proc/sys") / (key if "/" in key else key.replace(".", "/"))
+    try:
+        path.write_text(value)
+    except OSError as err:
+        raise LinkError(f"sysctl {key}={value}: {err.strerror}") from err

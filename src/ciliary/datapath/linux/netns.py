@@ -1,0 +1,81 @@
+"""Named network namespaces (``/run/netns/<name>``, what ``ip netns`` manages).
+
+The lab creates node and pod namespaces with these; the agent only ever receives a pod
+namespace's path (as a container runtime passes ``CNI_NETNS``). ``enter`` switches the calling
+*process* at start-up (the agent does it before it starts any thread, so every thread it creates
+later inherits the node namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from pyroute2 import netns as _netns
+
+from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
+
+NETNS_RUN_DIR = Path("/run/netns")
+
+
+def path_of(name_or_path: str) -> Path:
+    """``/run/netns/<name>`` for a bare name, the path itself otherwise."""
+    return Path(name_or_path) if "/" in name_or_path else NETNS_RUN_DIR / name_or_path
+
+
+def exists(name_or_path: str) -> bool:
+    return path_of(name_or_path).exists()
+
+
+def create(name: str) -> Path:
+    """Create the named netns with its loopback up; EEXIST is an error (names are unique)."""
+    if exists(name):
+        raise LinkError(f"network namespace {name} already exists")
+    try:
+        _netns.create(name)
+    except OSError as err:
+        raise LinkError(f"cannot create network namespace {name}: {err.strerror}") from err
+    # pyroute2 is imported lazily here to keep module import cheap for the CLI
+    from ciliary.datapath.linux.link import set_up_loopback
+
+    set_up_loopback(str(path_of(name)))
+    return path_of(name)
+
+
+def remove(name_or_path: str) -> bool:
+    """Unmount and delete a named netns; False when it did not exist. Devices inside go with it."""
+    path = path_of(name_or_path)
+    if not path.exists():
+        return False
+    try:
+        _netns.remove(str(path))
+    except OSError as err:
+        if err.errno == 2:
+            return False
+        raise LinkError(f"cannot remove network namespace {path}: {err.strerror}") from err
+    return True
+
+
+def list_names(prefix: str = "") -> list[str]:
+    if not NETNS_RUN_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_RUN_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def enter(name_or_path: str) -> None:
+    """Move the calling thread (at start-up: the whole process) into the namespace."""
+    path = path_of(name_or_path)
+    if not path.exists():
+        raise NetnsNotFoundError(f"network namespace {path} does not exist")
+    try:
+        _netns.setns(str(path), flags=0)
+    except OSError as err:
+        raise LinkError(f"cannot enter network namespace {path}: {err.strerror}") from err
+
+
+def inode_of(name_or_path: str) -> int | None:
+    """Inode of the namespace (identity check: a path may be reused by a new netns)."""
+    with contextlib.suppress(OSError):
+        return os.stat(path_of(name_or_path)).st_ino
+    return None

@@ -1,0 +1,89 @@
+"""What a running lab is made of, as recorded on disk under ``/run/ciliary/lab/<name>/``.
+
+The record is written *before* each resource is created (intent first), so that ``lab down``
+after a crash of ``lab up`` or of an agent still knows every netns, process, cgroup and pin it has
+to remove. ``lab status`` renders a view of it joined with liveness checks.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeRecord(_Model):
+    name: str
+    netns: str
+    state_dir: str
+    pin_dir: str
+    socket: str
+    agent_pid: int | None = None
+    agent_start_time: int | None = Field(default=None, description="/proc/<pid>/stat starttime")
+    cgroup: str | None = None
+    ipv4_cidr: str | None = None
+    ipv6_cidr: str | None = None
+
+
+class PodRecord(_Model):
+    name: str
+    namespace: str
+    node: str
+    netns: str
+    container_id: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    argv: list[str] = Field(default_factory=list)
+    pid: int | None = None
+    pid_start_time: int | None = None
+    cgroup: str | None = None
+    log: str | None = None
+    endpoint_id: int | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class LabRecord(_Model):
+    name: str
+    file: str | None
+    created_at: float
+    nodes: list[NodeRecord] = Field(default_factory=list)
+    pods: list[PodRecord] = Field(default_factory=list)
+    namespaces: dict[str, dict[str, str]] = Field(default_factory=dict)
+    monitor_aggregation: str = "medium"
+
+
+class NodeView(_Model):
+    name: str
+    netns: str
+    agent_pid: int | None
+    agent_alive: bool
+    socket: str
+    ipv4_cidr: str | None
+    ipv6_cidr: str | None
+
+
+class PodView(_Model):
+    name: str
+    namespace: str
+    node: str
+    netns: str
+    ipv4: str | None
+    ipv6: str | None
+    endpoint_id: int | None
+    pid: int | None
+    running: bool
+    labels: dict[str, str]
+
+
+class LabView(_Model):
+    name: str
+    file: str | None
+    created_at: float
+    nodes: list[NodeView]
+    pods: list[PodView]
