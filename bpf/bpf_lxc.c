@@ -21,9 +21,15 @@
 
 static __always_inline void load_config(__u32 *level, __u64 *interval)
 {
+	/* An array slot always exists; an interval of 0 means the agent has not configured it yet. */
 	struct dp_config *cfg = dp_config_get();
-	*level = cfg ? cfg->monitor_aggregation : MONITOR_AGG_MEDIUM;
-	*interval = cfg ? cfg->aggregation_interval_ns : DEFAULT_AGG_INTERVAL;
+	if (!cfg || cfg->aggregation_interval_ns == 0) {
+		*level = MONITOR_AGG_MEDIUM;
+		*interval = DEFAULT_AGG_INTERVAL;
+		return;
+	}
+	*level = cfg->monitor_aggregation;
+	*interval = cfg->aggregation_interval_ns;
 }
 
 SEC("tc")

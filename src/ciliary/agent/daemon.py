@@ -1,0 +1,188 @@
+"""Composition root of the agent: builds the components in order, runs, stops. No logic here.
+
+Start-up order matters for the restart contract: the datapath is loaded through its pins first
+(so running traffic keeps its state), then endpoints are restored and their programs re-attached
+(atomic replace), and only then is the API socket opened, so no request sees a half-restored node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from ipaddress import ip_network
+
+from ciliary import __version__
+from ciliary.agent.config import MONITOR_AGGREGATION, AgentConfig
+from ciliary.agent.endpoints import EndpointManager
+from ciliary.agent.identity import LocalIdentityAllocator
+from ciliary.agent.ipam import HostScopeIPAM
+from ciliary.agent.monitor import Monitor
+from ciliary.agent.server import APIServer
+from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
+from ciliary.core.models import (
+    CTEntry,
+    DatapathStatus,
+    IPAMStatus,
+    IPCacheEntry,
+    MapPressure,
+    StatusResponse,
+)
+from ciliary.datapath import probe
+from ciliary.datapath.linux import link as links
+from ciliary.datapath.loader import NodeDatapath
+
+log = logging.getLogger(__name__)
+CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply"}
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.started = time.monotonic()
+        self.datapath = NodeDatapath(cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max)
+        self.ipam = HostScopeIPAM(cfg.ipv4_range, cfg.ipv6_range)
+        self.identities = LocalIdentityAllocator(cfg.state_dir / "identities.json")
+        self.endpoints = EndpointManager(
+            state_dir=cfg.state_dir,
+            datapath=self.datapath,
+            ipam=self.ipam,
+            identities=self.identities,
+            mtu=cfg.mtu,
+        )
+        self.monitor = Monitor(cfg.node, self.datapath, self._pod_of_endpoint)
+        self.server = APIServer(self, cfg.socket)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+
+    def _pod_of_endpoint(self, ep_id: int) -> str | None:
+        ep = self.endpoints.get(ep_id)
+        return f"{ep.namespace}/{ep.pod_name}" if ep is not None and ep.pod_name else None
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _setup_node(self) -> None:
+        for key, value in (
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ):
+            links.write_sysctl(key, value)
+        await asyncio.to_thread(links.ensure_host_device, self.ipam.router_v4, self.ipam.router_v6)
+        for router in (self.ipam.router_v4, self.ipam.router_v6):
+            if router is not None:
+                self.datapath.ipcache.upsert(ip_network(router), ReservedIdentity.HOST)
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.datapath.load()
+        self.datapath.config.set(
+            MONITOR_AGGREGATION[cfg.monitor_aggregation],
+            int(cfg.monitor_aggregation_interval_s * 1e9),
+        )
+        await self._setup_node()
+        restored, removed = await self.endpoints.restore()
+        log.info("restored %d endpoints, removed %d stale objects", restored, removed)
+        self.monitor.start()
+        await self.server.start()
+        self._spawn(self._ct_gc(), "ct-gc")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info("agent for node %s ready on %s (pid %d)", cfg.node, cfg.socket, os.getpid())
+        try:
+            await self._stop.wait()
+        finally:
+            # Restart contract: programs stay attached and maps pinned; only the API goes away.
+            await self.server.stop()
+            self.monitor.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            self.datapath.close()
+
+    async def _ct_gc(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.ct_gc_interval_s)
+            try:
+                removed = self.datapath.ct.gc(time.monotonic_ns())
+                if removed:
+                    log.debug("ct gc removed %d entries", removed)
+            except Exception:
+                log.exception("conntrack GC failed")
+
+    # ---- views for the API -----------------------------------------------------------------
+
+    async def status(self) -> StatusResponse:
+        usage = self.datapath.map_usage()
+        attached = any(
+            self.datapath.is_attached(ep.lxc_ifindex) for ep in self.endpoints.endpoints()
+        )
+        return StatusResponse(
+            node=self.node,
+            version=__version__,
+            healthy=True,
+            uptime_s=time.monotonic() - self.started,
+            pid=os.getpid(),
+            kernel=probe.kernel_features(datapath_loaded=True, attached=attached),
+            datapath=DatapathStatus(
+                object=str(self.cfg.bpf_object),
+                programs=self.datapath.programs,
+                pin_dir=str(self.cfg.pin_dir),
+                monitor_aggregation=self.cfg.monitor_aggregation,
+                events_lost=self.datapath.events_lost.total(),
+            ),
+            ipam=IPAMStatus(
+                ipv4_cidr=str(self.cfg.ipv4_range) if self.cfg.ipv4_range else None,
+                ipv6_cidr=str(self.cfg.ipv6_range) if self.cfg.ipv6_range else None,
+                ipv4_router=str(self.ipam.router_v4) if self.ipam.router_v4 else None,
+                ipv6_router=str(self.ipam.router_v6) if self.ipam.router_v6 else None,
+                allocated=self.ipam.allocated,
+            ),
+            endpoints_by_state=self.endpoints.counts_by_state(),
+            maps=[MapPressure(name=u.name, entries=u.entries, max_entries=u.max_entries) for u in usage],
+        )
+
+    def ct_entries(self) -> list[CTEntry]:
+        now = time.monotonic_ns()
+        out = []
+        for rec in self.datapath.ct.items():
+            out.append(
+                CTEntry(
+                    family="IPv4" if rec.family == 2 else "IPv6",
+                    protocol=IP_PROTOCOLS.get(rec.proto, str(rec.proto)),
+                    src=str(rec.src),
+                    dst=str(rec.dst),
+                    sport=rec.sport,
+                    dport=rec.dport,
+                    age_s=round((now - rec.created_ns) / 1e9, 3),
+                    expires_in_s=round((rec.expires_ns - now) / 1e9, 3),
+                    tx_packets=rec.tx_packets,
+                    tx_bytes=rec.tx_bytes,
+                    rx_packets=rec.rx_packets,
+                    rx_bytes=rec.rx_bytes,
+                    tx_flags=tcp_flag_names(rec.tx_flags_seen) if rec.proto == 6 else [],
+                    rx_flags=tcp_flag_names(rec.rx_flags_seen) if rec.proto == 6 else [],
+                    flags=[n for bit, n in CT_FLAG_NAMES.items() if rec.flags & bit],
+                    src_identity=rec.src_sec_id,
+                    dst_identity=rec.dst_sec_id,
+                )
+            )
+        return out
+
+    def ipcache_entries(self) -> list[IPCacheEntry]:
+        return [
+            IPCacheEntry(
+                prefix=str(rec.prefix),
+                identity=rec.sec_id,
+                tunnel_endpoint=str(rec.tunnel_endpoint) if rec.tunnel_endpoint else None,
+            )
+            for rec in self.datapath.ipcache.items()
+        ]

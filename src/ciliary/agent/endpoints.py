@@ -1,0 +1,286 @@
+"""Endpoint manager: the life of every pod attachment on this node, as Cilium's endpoint states.
+
+create:  creating → waiting-for-identity → waiting-to-regenerate → regenerating → ready
+delete:  (any) → disconnecting → disconnected (record removed)
+restore: (persisted) → restoring → ready, or removed when its netns or device is gone
+
+Ordering contract (a pod never runs unprotected, nothing is half-made):
+  * the record is persisted *before* any kernel object is made (intent first), so a crash at any
+    point leaves a record that start-up ``restore`` either completes or removes;
+  * the endpoint map entry is written without the READY flag, the programs are attached, and only
+    then is READY set: the datapath drops (DROP_EP_NOT_READY) rather than forwards for a pod whose
+    programs are not in place; the API answers only once the endpoint is ready.
+Mutations are serialized by one lock; netlink work runs in a worker thread (which starts and
+ends in the node netns), map updates on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from pathlib import Path
+
+from ciliary.agent import store
+from ciliary.agent.identity import IdentityAllocator, security_labels
+from ciliary.agent.ipam import HostScopeIPAM
+from ciliary.core.models import Endpoint, EndpointCreateRequest, EndpointState, StateChange
+from ciliary.datapath.linux import link as links
+from ciliary.datapath.linux.errors import LinkError
+from ciliary.datapath.loader import NodeDatapath
+from ciliary.datapath.maps.endpoints import EP_F_READY
+
+log = logging.getLogger(__name__)
+MAX_ENDPOINT_ID = 4095
+
+
+class EndpointError(Exception):
+    """An endpoint operation failed; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 500, kind: str = "endpoint") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class EndpointManager:
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        datapath: NodeDatapath,
+        ipam: HostScopeIPAM,
+        identities: IdentityAllocator,
+        mtu: int = 1500,
+        on_change: Callable[[Endpoint], None] | None = None,
+    ) -> None:
+        self._dir = state_dir / "endpoints"
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._dp = datapath
+        self._ipam = ipam
+        self._ids = identities
+        self._mtu = mtu
+        self._on_change = on_change
+        self._eps: dict[int, Endpoint] = {}
+        self._lock = asyncio.Lock()
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def endpoints(self) -> list[Endpoint]:
+        return [self._eps[i] for i in sorted(self._eps)]
+
+    def get(self, ep_id: int) -> Endpoint | None:
+        return self._eps.get(ep_id)
+
+    def by_container(self, container_id: str, ifname: str | None = None) -> Endpoint | None:
+        for ep in self._eps.values():
+            if ep.container_id == container_id and (ifname is None or ep.ifname == ifname):
+                return ep
+        return None
+
+    def counts_by_state(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for ep in self._eps.values():
+            out[ep.state.value] = out.get(ep.state.value, 0) + 1
+        return out
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def _path(self, ep_id: int) -> Path:
+        return self._dir / f"{ep_id}.json"
+
+    def _set(self, ep: Endpoint, state: EndpointState, reason: str = "", **update: object) -> Endpoint:
+        log_entry = StateChange(time=time.time(), state=state, reason=reason)
+        new = ep.model_copy(update={"state": state, "log": [*ep.log, log_entry][-20:], **update})
+        self._eps[new.id] = new
+        store.write_json(self._path(new.id), new.model_dump(mode="json"))
+        if self._on_change is not None:
+            self._on_change(new)
+        return new
+
+    def _next_id(self) -> int:
+        used = set(self._eps)
+        for candidate in range(1, MAX_ENDPOINT_ID + 1):
+            if candidate not in used:
+                return candidate
+        raise EndpointError("no free endpoint id on this node", 503, "exhausted")
+
+    # ---- datapath ------------------------------------------------------------------------
+
+    def _addresses(self, ep: Endpoint) -> list[IPv4Address | IPv6Address]:
+        return [ip_address(a) for a in (ep.ipv4, ep.ipv6) if a is not None]
+
+    def _program(self, ep: Endpoint, *, ready: bool) -> None:
+        for addr in self._addresses(ep):
+            self._dp.endpoints.upsert(
+                addr,
+                ifindex=ep.lxc_ifindex,
+                sec_id=ep.identity,
+                ep_id=ep.id,
+                flags=EP_F_READY if ready else 0,
+                mac=ep.mac,
+                node_mac=ep.node_mac,
+            )
+            self._dp.ipcache.upsert(ip_network(addr), ep.identity)
+
+    def _unprogram(self, ep: Endpoint) -> None:
+        for addr in self._addresses(ep):
+            current = self._dp.endpoints.get(addr)
+            if current is not None and current.ep_id == ep.id:
+                self._dp.endpoints.delete(addr)
+            self._dp.ipcache.delete(ip_network(addr))
+
+    # ---- create --------------------------------------------------------------------------
+
+    async def create(self, req: EndpointCreateRequest) -> Endpoint:
+        async with self._lock:
+            old = self.by_container(req.container_id, req.ifname)
+            if old is not None:
+                # A runtime retrying ADD after a crash: start from a clean slate (as Cilium).
+                await self._delete_locked(old, "replaced by a new ADD")
+            return await self._create_locked(req)
+
+    async def _create_locked(self, req: EndpointCreateRequest) -> Endpoint:
+        from ciliary.agent.ipam import IPAMError
+
+        ep_id = self._next_id()
+        try:
+            v4, v6 = self._ipam.allocate(req.ipv4, req.ipv6)
+        except IPAMError as err:
+            raise EndpointError(str(err), 409, "ipam") from err
+        ep = Endpoint(
+            id=ep_id,
+            container_id=req.container_id,
+            pod_name=req.pod_name,
+            namespace=req.namespace,
+            labels=dict(req.labels),
+            identity=0,
+            state=EndpointState.CREATING,
+            ipv4=str(v4) if v4 else None,
+            ipv6=str(v6) if v6 else None,
+            ifname=req.ifname,
+            netns=req.netns,
+            lxc=links.lxc_name(req.container_id, req.ifname),
+            lxc_ifindex=0,
+            mac="",
+            node_mac="",
+            created_at=time.time(),
+        )
+        try:
+            ep = self._set(ep, EndpointState.CREATING, "endpoint requested")
+            ep = self._set(ep, EndpointState.WAITING_FOR_IDENTITY, "resolving labels")
+            identity = self._ids.allocate(security_labels(req.namespace, req.labels))
+            ep = self._set(ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity)
+            ep = self._set(ep, EndpointState.REGENERATING, "creating interface and datapath")
+            pod_if = await asyncio.to_thread(
+                links.create_pod_interface,
+                netns_path=req.netns,
+                container_id=req.container_id,
+                ifname=req.ifname,
+                ipv4=v4,
+                ipv6=v6,
+                router_v4=self._ipam.router_v4,
+                router_v6=self._ipam.router_v6,
+                mtu=req.mtu or self._mtu,
+            )
+            ep = ep.model_copy(
+                update={"lxc_ifindex": pod_if.lxc_ifindex, "mac": pod_if.mac, "node_mac": pod_if.node_mac}
+            )
+            self._program(ep, ready=False)
+            self._dp.attach(pod_if.lxc_ifindex)
+            self._program(ep, ready=True)
+            return self._set(ep, EndpointState.READY, "datapath programmed")
+        except Exception as err:
+            log.warning("endpoint %d (%s) creation failed: %s", ep_id, req.container_id, err)
+            await self._teardown(ep)
+            if isinstance(err, EndpointError):
+                raise
+            status = 400 if isinstance(err, LinkError) else 500
+            raise EndpointError(f"cannot create endpoint for {req.container_id}: {err}", status) from err
+
+    # ---- delete --------------------------------------------------------------------------
+
+    async def delete(self, ep_id: int) -> Endpoint:
+        async with self._lock:
+            ep = self._eps.get(ep_id)
+            if ep is None:
+                raise EndpointError(f"endpoint {ep_id} not found", 404, "not-found")
+            return await self._delete_locked(ep, "deleted via API")
+
+    async def _delete_locked(self, ep: Endpoint, reason: str) -> Endpoint:
+        ep = self._set(ep, EndpointState.DISCONNECTING, reason)
+        await self._teardown(ep)
+        return ep.model_copy(update={"state": EndpointState.DISCONNECTED})
+
+    async def _teardown(self, ep: Endpoint) -> None:
+        """Best-effort removal of everything an endpoint may own; never raises for absent parts."""
+        try:
+            self._unprogram(ep)
+        except Exception as err:  # a map error must not keep the rest alive
+            log.warning("endpoint %d: map cleanup failed: %s", ep.id, err)
+        try:
+            await asyncio.to_thread(links.delete_link, ep.lxc)
+        except LinkError as err:
+            log.warning("endpoint %d: %s", ep.id, err)
+        self._ipam.release(ep.ipv4)
+        self._ipam.release(ep.ipv6)
+        self._eps.pop(ep.id, None)
+        store.remove(self._path(ep.id))
+        if self._on_change is not None:
+            self._on_change(ep.model_copy(update={"state": EndpointState.DISCONNECTED}))
+
+    # ---- restore -------------------------------------------------------------------------
+
+    async def restore(self) -> tuple[int, int]:
+        """Bring back persisted endpoints after a restart; returns (restored, removed)."""
+        restored = removed = 0
+        async with self._lock:
+            records: list[Endpoint] = []
+            for path in sorted(self._dir.glob("*.json")):
+                try:
+                    records.append(Endpoint.model_validate(store.read_json(path)))
+                except (OSError, ValueError) as err:
+                    log.warning("dropping unreadable endpoint record %s: %s", path, err)
+                    store.remove(path)
+            for ep in records:
+                self._eps[ep.id] = ep
+                self._ipam.restore(ep.ipv4)
+                self._ipam.restore(ep.ipv6)
+            for ep in records:
+                alive = ep.state not in (
+                    EndpointState.CREATING,
+                    EndpointState.WAITING_FOR_IDENTITY,
+                    EndpointState.WAITING_TO_REGENERATE,
+                    EndpointState.DISCONNECTING,
+                ) and Path(ep.netns).exists()
+                ifindex = await asyncio.to_thread(links.link_index, ep.lxc) if alive else None
+                if ifindex is None:
+                    log.info("endpoint %d (%s): gone while down, removing", ep.id, ep.container_id)
+                    await self._teardown(ep)
+                    removed += 1
+                    continue
+                ep = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
+                identity = self._ids.allocate(security_labels(ep.namespace, ep.labels))
+                ep = ep.model_copy(update={"identity": identity})
+                self._program(ep, ready=True)
+                self._dp.attach(ifindex)
+                self._set(ep, EndpointState.READY, "restored")
+                restored += 1
+            removed += await self._reconcile()
+        return restored, removed
+
+    async def _reconcile(self) -> int:
+        """Remove kernel objects no endpoint owns (left by a crash between steps)."""
+        owned = {ep.lxc for ep in self._eps.values()}
+        removed = 0
+        for name in await asyncio.to_thread(links.list_links, links.LXC_PREFIX):
+            if name not in owned:
+                await asyncio.to_thread(links.delete_link, name)
+                removed += 1
+        mine = {(a, ep.id) for ep in self._eps.values() for a in self._addresses(ep)}
+        for rec in self._dp.endpoints.items():
+            if (rec.addr, rec.ep_id) not in mine:
+                self._dp.endpoints.delete(rec.addr)
+        return removed

@@ -1,0 +1,68 @@
+"""Security identities: a set of labels ↦ a number, as Cilium numbers them.
+
+This node-local allocator hands out numbers from 256 up (Cilium's first allocatable identity),
+the same number for the same label set, persisted so that a restarted agent keeps every
+endpoint's identity (and with it every ipcache entry) stable. The policy work replaces it with the
+cluster-wide allocator behind the same ``IdentityAllocator`` protocol.
+
+Labels are Cilium's security-relevant form: the pod's labels as ``k8s:key=value`` plus
+``k8s:io.kubernetes.pod.namespace=<ns>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ciliary.agent import store
+from ciliary.core.flow import MIN_ALLOCATED_IDENTITY
+
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+
+
+def security_labels(namespace: str, labels: dict[str, str]) -> tuple[str, ...]:
+    """Sorted ``k8s:`` labels of a pod, namespace folded in as Cilium does."""
+    out = {f"k8s:{k}={v}" for k, v in labels.items()}
+    out.add(f"k8s:{NAMESPACE_LABEL}={namespace}")
+    return tuple(sorted(out))
+
+
+class IdentityAllocator(Protocol):
+    def allocate(self, labels: tuple[str, ...]) -> int: ...
+
+    def lookup(self, identity: int) -> tuple[str, ...] | None: ...
+
+
+class LocalIdentityAllocator:
+    """Persisted label-set → number table. Not thread-safe: called from the event loop only."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._by_labels: dict[tuple[str, ...], int] = {}
+        if path.exists():
+            for entry in store.read_json(path):
+                self._by_labels[tuple(entry["labels"])] = int(entry["id"])
+
+    def allocate(self, labels: tuple[str, ...]) -> int:
+        found = self._by_labels.get(labels)
+        if found is not None:
+            return found
+        used = set(self._by_labels.values())
+        number = MIN_ALLOCATED_IDENTITY
+        while number in used:
+            number += 1
+        self._by_labels[labels] = number
+        self._save()
+        return number
+
+    def lookup(self, identity: int) -> tuple[str, ...] | None:
+        for labels, number in self._by_labels.items():
+            if number == identity:
+                return labels
+        return None
+
+    def _save(self) -> None:
+        store.write_json(
+            self._path,
+            [{"id": n, "labels": list(lbls)} for lbls, n in sorted(self._by_labels.items())],
+        )

@@ -1,0 +1,169 @@
+"""The agent's REST API on a root-only unix socket (aiohttp).
+
+Handlers are thin: parse and validate the body with the ``ciliary.core.models`` schema (a bad
+request gets a 400 naming the field), call the component, serialize the model. Errors always
+answer with an ``ErrorResponse`` body so clients can print one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ciliary.agent.endpoints import EndpointError
+from ciliary.core.models import API_PREFIX, EndpointCreateRequest, ErrorResponse
+
+if TYPE_CHECKING:
+    from ciliary.agent.daemon import Agent
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: BaseModel | Sequence[BaseModel] | dict[str, str], status: int = 200) -> web.Response:
+    if isinstance(data, BaseModel):
+        body = data.model_dump_json()
+    elif isinstance(data, Sequence):
+        body = "[" + ",".join(m.model_dump_json() for m in data) + "]"
+    else:
+        body = json.dumps(data)
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+def _error(message: str, status: int, kind: str = "error") -> web.Response:
+    return _json(ErrorResponse(error=message, kind=kind), status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return _error(exc.reason or "error", exc.status, "http")
+    except EndpointError as err:
+        return _error(str(err), err.status, err.kind)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return _error(f"invalid request: {where}: {first['msg']}", 400, "validation")
+    except Exception as err:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(f"internal error: {err}", 500, "internal")
+
+
+class APIServer:
+    def __init__(self, agent: Agent, socket_path: Path) -> None:
+        self._agent = agent
+        self._path = socket_path
+        self._runner: web.AppRunner | None = None
+        app = web.Application(middlewares=[_errors])
+        p = API_PREFIX
+        app.add_routes(
+            [
+                web.get(f"{p}/healthz", self.healthz),
+                web.get(f"{p}/status", self.status),
+                web.get(f"{p}/endpoint", self.endpoint_list),
+                web.put(f"{p}/endpoint", self.endpoint_create),
+                web.delete(f"{p}/endpoint", self.endpoint_delete_by_container),
+                web.get(f"{p}/endpoint/{{id}}", self.endpoint_get),
+                web.delete(f"{p}/endpoint/{{id}}", self.endpoint_delete),
+                web.get(f"{p}/map/ct", self.ct_list),
+                web.get(f"{p}/map/ipcache", self.ipcache_list),
+                web.get(f"{p}/monitor", self.monitor),
+            ]
+        )
+        self._app = app
+
+    async def start(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._path.exists() or self._path.is_symlink():
+            self._path.unlink()
+        self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        try:
+            site = web.UnixSite(self._runner, str(self._path))
+            await site.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self._path, 0o600)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ---- handlers ------------------------------------------------------------------------
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return _json({"status": "ok", "node": self._agent.node})
+
+    async def status(self, _: web.Request) -> web.Response:
+        return _json(await self._agent.status())
+
+    async def endpoint_list(self, _: web.Request) -> web.Response:
+        return _json(self._agent.endpoints.endpoints())
+
+    def _ep_id(self, request: web.Request) -> int:
+        try:
+            return int(request.match_info["id"])
+        except ValueError as err:
+            raise EndpointError("endpoint id must be a number", 400, "validation") from err
+
+    async def endpoint_get(self, request: web.Request) -> web.Response:
+        ep_id = self._ep_id(request)
+        ep = self._agent.endpoints.get(ep_id)
+        if ep is None:
+            return _error(f"endpoint {ep_id} not found", 404, "not-found")
+        return _json(ep)
+
+    async def endpoint_create(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error("request body is not valid JSON", 400, "validation")
+        req = EndpointCreateRequest.model_validate(body)
+        ep = await self._agent.endpoints.create(req)
+        return _json(ep, 201)
+
+    async def endpoint_delete(self, request: web.Request) -> web.Response:
+        return _json(await self._agent.endpoints.delete(self._ep_id(request)))
+
+    async def endpoint_delete_by_container(self, request: web.Request) -> web.Response:
+        container_id = request.query.get("container_id", "")
+        ep = self._agent.endpoints.by_container(container_id) if container_id else None
+        if ep is None:
+            return _error(f"no endpoint for container {container_id!r}", 404, "not-found")
+        return _json(await self._agent.endpoints.delete(ep.id))
+
+    async def ct_list(self, _: web.Request) -> web.Response:
+        return _json(self._agent.ct_entries())
+
+    async def ipcache_list(self, _: web.Request) -> web.Response:
+        return _json(self._agent.ipcache_entries())
+
+    async def monitor(self, request: web.Request) -> web.StreamResponse:
+        want = request.query.get("type")
+        if want not in (None, "trace", "drop"):
+            return _error("type must be trace or drop", 400, "validation")
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        queue = self._agent.monitor.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                if want is not None and event.type != want:
+                    continue
+                await resp.write(event.model_dump_json().encode() + b"\n")
+        except ConnectionResetError:
+            pass  # the client went away; cancellation (shutdown) propagates
+        finally:
+            self._agent.monitor.unsubscribe(queue)
+        return resp

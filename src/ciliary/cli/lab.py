@@ -1,0 +1,258 @@
+"""``ciliary lab up|apply|status|exec|down|restart-agent|list``: drive a lab from the shell.
+
+All the work is in ``ciliary.lab.manager``; this module only parses arguments, checks for root
+up front (building netns and loading BPF fail late and confusingly otherwise), shows progress
+while a lab comes up, and renders the resulting :class:`LabView` as two tables (nodes, pods).
+The manager is imported lazily so that ``ciliary status`` and friends do not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from ciliary.cli.output import (
+    CLIError,
+    Context,
+    Subparsers,
+    add_output_flag,
+    fmt_bool,
+    fmt_opt,
+    fmt_time,
+    new_table,
+    print_json,
+    print_kv,
+    print_table,
+    require_root,
+    wants_json,
+)
+from ciliary.lab.state import LabView
+
+_T = TypeVar("_T")
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("lab", help="build, inspect and tear down a lab (nodes and pods)")
+    lsub = p.add_subparsers(dest="lab_cmd", required=True, metavar="COMMAND")
+
+    up = lsub.add_parser("up", help="create a lab from FILE (default: the built-in scenario)")
+    up.add_argument("file", nargs="?", type=Path, metavar="FILE", help="lab YAML file")
+    _name_flag(up)
+    add_output_flag(up)
+    up.set_defaults(func=run_up)
+
+    apply = lsub.add_parser("apply", help="bring a running lab in line with FILE")
+    apply.add_argument("file", type=Path, metavar="FILE", help="lab YAML file")
+    _name_flag(apply)
+    add_output_flag(apply)
+    apply.set_defaults(func=run_apply)
+
+    status = lsub.add_parser("status", help="show a lab's nodes and pods")
+    _name_flag(status)
+    add_output_flag(status)
+    status.set_defaults(func=run_status)
+
+    ex = lsub.add_parser(
+        "exec",
+        help="run a command inside a pod's network namespace",
+        usage="%(prog)s [--name NAME] POD -- CMD...",
+    )
+    _name_flag(ex)
+    ex.add_argument("pod", metavar="POD", help="[namespace/]name (namespace default: default)")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD", help="command to run")
+    ex.set_defaults(func=run_exec)
+
+    down = lsub.add_parser("down", help="tear a lab down")
+    group = down.add_mutually_exclusive_group()
+    group.add_argument("--name", help="lab name (default: the only lab)")
+    group.add_argument("--all", action="store_true", dest="all_labs", help="every lab")
+    down.set_defaults(func=run_down)
+
+    ra = lsub.add_parser("restart-agent", help="restart the agent of one node")
+    ra.add_argument("node", metavar="NODE")
+    _name_flag(ra)
+    ra.set_defaults(func=run_restart_agent)
+
+    ls = lsub.add_parser("list", aliases=["ls"], help="list the labs")
+    add_output_flag(ls)
+    ls.set_defaults(func=run_list)
+
+
+def _name_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="lab name (default: the only lab, or the file's name)")
+
+
+def _call(fn: Callable[[], _T]) -> _T:
+    """Run a manager call, turning its ``LabError`` into a CLI error."""
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    try:
+        return fn()
+    except manager.LabError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _progress(ctx: Context) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=ctx.err_console,
+        transient=False,
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_view(console: Console, view: LabView) -> None:
+    print_kv(
+        console,
+        [
+            ("Lab", view.name),
+            ("File", fmt_opt(view.file, "(built-in scenario)")),
+            ("Created", fmt_time(view.created_at)),
+        ],
+    )
+    console.print()
+    nodes = new_table("NODE", "NETNS", "AGENT PID", "ALIVE", "SOCKET", "IPv4 CIDR", "IPv6 CIDR")
+    for n in view.nodes:
+        nodes.add_row(
+            n.name,
+            n.netns,
+            fmt_opt(n.agent_pid),
+            fmt_bool(n.agent_alive),
+            n.socket,
+            fmt_opt(n.ipv4_cidr),
+            fmt_opt(n.ipv6_cidr),
+        )
+    print_table(console, nodes)
+    console.print()
+    if not view.pods:
+        console.print(Text("No pods"))
+        return
+    pods = new_table("POD", "NODE", "IPv4", "IPv6", "ENDPOINT", "RUNNING")
+    for p in sorted(view.pods, key=lambda p: (p.namespace, p.name)):
+        pods.add_row(
+            f"{p.namespace}/{p.name}",
+            p.node,
+            fmt_opt(p.ipv4),
+            fmt_opt(p.ipv6),
+            fmt_opt(p.endpoint_id),
+            fmt_bool(p.running),
+        )
+    print_table(console, pods)
+
+
+def _show(args: argparse.Namespace, ctx: Context, view: LabView) -> int:
+    if wants_json(args):
+        print_json(view)
+    else:
+        render_view(ctx.console, view)
+    return 0
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_up(args: argparse.Namespace, ctx: Context) -> int:
+    require_root()
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    with _progress(ctx) as progress:
+        view = _call(lambda: manager.up(args.file, name=args.name, progress=progress))
+    return _show(args, ctx, view)
+
+
+def run_apply(args: argparse.Namespace, ctx: Context) -> int:
+    require_root()
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    with _progress(ctx) as progress:
+        view = _call(lambda: manager.apply(args.file, name=args.name, progress=progress))
+    return _show(args, ctx, view)
+
+
+def run_status(args: argparse.Namespace, ctx: Context) -> int:
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    return _show(args, ctx, _call(lambda: manager.status(args.name)))
+
+
+def normalize_pod(pod: str) -> str:
+    """``[ns/]name`` -> ``ns/name`` (namespace ``default`` when omitted)."""
+    ns, _, name = pod.rpartition("/")
+    if not name or "/" in ns:
+        raise CLIError(f"invalid pod {pod!r}: expected [namespace/]name")
+    return f"{ns or 'default'}/{name}"
+
+
+def split_exec_argv(name: str | None, argv: list[str]) -> tuple[str | None, list[str]]:
+    """Options given between POD and ``--`` (``lab exec POD --name L -- CMD``) still count.
+
+    argparse has already dropped the ``--`` that directly follows POD, so ``argv`` starting with
+    anything but an option is the command itself, ``--`` and all.
+    """
+    if not argv or not argv[0].startswith("-") or argv[0] == "--":
+        return name, argv
+    if "--" in argv:
+        i = argv.index("--")
+        p = argparse.ArgumentParser(prog="ciliary lab exec", add_help=False)
+        p.add_argument("--name")
+        ns, rest = p.parse_known_args(argv[:i])
+        if not rest:
+            return ns.name or name, argv[i + 1 :]
+    raise CLIError(
+        f"unexpected option {argv[0]!r} after POD (usage: ciliary lab exec [--name NAME] POD "
+        "-- CMD...)"
+    )
+
+
+def run_exec(args: argparse.Namespace, ctx: Context) -> int:
+    require_root()
+    name, argv = split_exec_argv(args.name, list(args.argv))
+    if not argv:
+        raise CLIError("no command given (usage: ciliary lab exec POD -- CMD...)")
+    pod = normalize_pod(args.pod)
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    return _call(lambda: manager.exec_in_pod(pod, argv, name=name))
+
+
+def run_down(args: argparse.Namespace, ctx: Context) -> int:
+    require_root()
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    removed = _call(lambda: manager.down(args.name, all_labs=args.all_labs))
+    if not removed:
+        ctx.console.print("No lab to remove")
+    for name in removed:
+        ctx.console.print(f"Lab {name} removed")
+    return 0
+
+
+def run_restart_agent(args: argparse.Namespace, ctx: Context) -> int:
+    require_root()
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    _call(lambda: manager.restart_agent(args.node, name=args.name))
+    ctx.console.print(f"Agent of node {args.node} restarted")
+    return 0
+
+
+def run_list(args: argparse.Namespace, ctx: Context) -> int:
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    names = _call(manager.list_labs)
+    if wants_json(args):
+        print_json(names)
+        return 0
+    for name in names:
+        ctx.console.print(name)
+    return 0

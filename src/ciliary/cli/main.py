@@ -1,0 +1,116 @@
+"""``ciliary``: entry point, argument parsing and the one place errors become exit codes.
+
+Every command module only raises; this module turns that into the CLI's contract: a single
+``Error: <message>`` line on stderr and exit 1 (argparse's own usage errors exit 2), and
+``Error: this command must run as root (try sudo)`` whenever the real cause is a root-only socket
+or lab operation seen by a non-root user. ``ciliary workload ...`` is handed over before argparse
+sees it, so the workload's own options are never mistaken for ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ciliary import __version__
+from ciliary.cli import bpf, demo, endpoint, lab, monitor, status, version, workload
+from ciliary.cli.output import ROOT_REQUIRED, CLIError, Context, RootRequiredError, one_line
+from ciliary.client import AgentClientError, AgentPermissionError
+
+DEBUG_ENV = "CILIARY_DEBUG"
+"""Set to 1 to get the traceback of an unexpected error instead of the one-line message."""
+
+_COMMANDS = (status, endpoint, bpf, monitor, lab, workload, demo, version)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ciliary",
+        description="CLI for ciliary: Cilium's datapath, identities and observability, in Python.",
+    )
+    parser.add_argument(
+        "--node",
+        metavar="NAME",
+        help="talk to this node's agent (default: $CILIARY_AGENT_SOCKET, else the only agent)",
+    )
+    parser.add_argument("--version", action="version", version=f"ciliary {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def _first_command(argv: Sequence[str]) -> int | None:
+    """Index of the first non-global-option word of ``argv`` (the subcommand), if any."""
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--node":
+            i += 2
+        elif tok.startswith("--node="):
+            i += 1
+        elif tok.startswith("-"):
+            return None
+        else:
+            return i
+    return None
+
+
+def _error(message: str) -> int:
+    print(f"Error: {one_line(message)}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _run(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        rc = args.func(args, ctx)
+        return rc if isinstance(rc, int) else 0
+    except RootRequiredError:
+        return _error(ROOT_REQUIRED)
+    except AgentPermissionError as exc:
+        return _error(ROOT_REQUIRED if os.geteuid() != 0 else str(exc))
+    except (CLIError, AgentClientError) as exc:
+        return _error(str(exc))
+    except PermissionError as exc:  # e.g. reading root-only lab state
+        return _error(ROOT_REQUIRED if os.geteuid() != 0 else str(exc))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout's reader went away (`ciliary monitor | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        return _error(f"{type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``ciliary`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    idx = _first_command(argv)
+    if idx is not None and argv[idx] == "workload":
+        try:
+            return workload.delegate(argv[idx + 1 :])
+        except SystemExit as exc:  # the workload's own argparse
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            return _error(f"{type(exc).__name__}: {exc}")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return _run(args, Context(node=args.node))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1203 @@
+"""The one module that binds ``libbpf.so.1``: every ctypes prototype and C struct of libbpf's ABI.
+
+One module owns the C ABI so that a wrong ``argtypes``, a forgotten ``sz`` field or a libbpf upgrade
+has exactly one place to be checked, and so that nothing else in ciliary ever handles a raw
+pointer. What leaves this module is typed Python: file descriptors wrapped in :class:`Map`,
+kernel/libbpf failures as :class:`BPFError` subclasses chosen by errno, map keys and values as
+``bytes`` (their struct codecs live in :mod:`ciliary.datapath.maps`).
+
+Conventions of libbpf >= 1.0 this module relies on: int-returning calls return ``-errno``;
+pointer-returning calls return NULL and set ``errno``. The prototypes and opts structs follow
+``/usr/include/bpf/{libbpf,bpf,btf}.h`` of libbpf 1.1 (Debian 12).
+
+libbpf's print callback is routed into :mod:`logging` (logger ``ciliary.datapath.libbpf``) at
+import; while an object is opened or loaded the calling thread's messages are also collected, so
+failures carry libbpf's explanation and the verifier log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import functools
+import logging
+import os
+import platform
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+__all__ = [
+    "BPF_ANY",
+    "BPF_EXIST",
+    "BPF_F_NO_PREALLOC",
+    "BPF_MAP_TYPE_ARRAY",
+    "BPF_MAP_TYPE_HASH",
+    "BPF_MAP_TYPE_LPM_TRIE",
+    "BPF_MAP_TYPE_LRU_HASH",
+    "BPF_MAP_TYPE_PERCPU_ARRAY",
+    "BPF_MAP_TYPE_RINGBUF",
+    "BPF_NOEXIST",
+    "BPFError",
+    "BPFExistsError",
+    "BPFInvalidError",
+    "BPFNoSpaceError",
+    "BPFNotFoundError",
+    "BPFObject",
+    "BPFPermissionError",
+    "BPFVerifierError",
+    "Map",
+    "MapInfo",
+    "RingBuffer",
+    "StructLayout",
+    "TcDirection",
+    "bpf_error",
+    "libbpf_version",
+    "num_possible_cpus",
+    "obj_pin",
+    "prog_from_pin",
+    "struct_layout",
+    "tc_attach",
+    "tc_detach",
+    "tc_hook_destroy",
+    "tc_query",
+]
+
+log = logging.getLogger(__name__)
+
+_LIBBPF = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+
+# ---------------------------------------------------------------------------------------------
+# Constants (linux/bpf.h, libbpf.h)
+# ---------------------------------------------------------------------------------------------
+
+BPF_ANY: Final = 0
+BPF_NOEXIST: Final = 1
+BPF_EXIST: Final = 2
+
+BPF_F_NO_PREALLOC: Final = 1
+
+BPF_MAP_TYPE_HASH: Final = 1
+BPF_MAP_TYPE_ARRAY: Final = 2
+BPF_MAP_TYPE_PERCPU_HASH: Final = 5
+BPF_MAP_TYPE_PERCPU_ARRAY: Final = 6
+BPF_MAP_TYPE_LRU_HASH: Final = 9
+BPF_MAP_TYPE_LRU_PERCPU_HASH: Final = 10
+BPF_MAP_TYPE_LPM_TRIE: Final = 11
+BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: Final = 21
+BPF_MAP_TYPE_RINGBUF: Final = 27
+
+_PERCPU_MAP_TYPES: Final = frozenset(
+    {
+        BPF_MAP_TYPE_PERCPU_HASH,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        BPF_MAP_TYPE_LRU_PERCPU_HASH,
+        BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
+    }
+)
+
+_BPF_TC_INGRESS: Final = 1 << 0
+_BPF_TC_EGRESS: Final = 1 << 1
+_BPF_TC_F_REPLACE: Final = 1 << 0
+
+_BTF_KIND_INT: Final = 1
+_BTF_KIND_STRUCT: Final = 4
+
+# Kernel-internal "not supported" (include/linux/errno.h); bpf(2) returns it for batch ops on map
+# types without them (e.g. LPM trie).
+ENOTSUPP: Final = 524
+# libbpf's own error codes start here (libbpf.h: enum libbpf_errno).
+_LIBBPF_ERRNO_BASE: Final = 4000
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+class BPFError(OSError):
+    """A failed libbpf/bpf(2) call. ``op`` names the libbpf function, ``errno`` the cause and
+    ``log`` holds libbpf's own messages when they were captured (open/load)."""
+
+    def __init__(self, err: int, message: str, *, op: str, log: str = "") -> None:
+        super().__init__(err, message)
+        self.op = op
+        self.log = log
+
+    def __str__(self) -> str:
+        return f"[Errno {self.errno}] {self.op}: {self.strerror}"
+
+
+class BPFNotFoundError(BPFError):
+    """ENOENT: no such key, pin, program or struct."""
+
+
+class BPFExistsError(BPFError):
+    """EEXIST: the key, pin or tc filter already exists."""
+
+
+class BPFPermissionError(BPFError):
+    """EPERM/EACCES: missing capabilities or locked-down kernel."""
+
+
+class BPFNoSpaceError(BPFError):
+    """E2BIG/ENOSPC/ENOMEM: the map is full, an index is out of range or memory ran out."""
+
+
+class BPFInvalidError(BPFError):
+    """EINVAL: bad size, flags or arguments (including mismatched pinned maps)."""
+
+
+class BPFVerifierError(BPFError):
+    """A program was rejected at load; ``verifier_log`` is the kernel verifier's explanation."""
+
+    def __init__(
+        self, err: int, message: str, *, op: str, log: str = "", verifier_log: str = ""
+    ) -> None:
+        super().__init__(err, message, op=op, log=log)
+        self.verifier_log = verifier_log
+
+
+_ERRNO_CLASSES: Final[Mapping[int, type[BPFError]]] = {
+    _errno.ENOENT: BPFNotFoundError,
+    _errno.EEXIST: BPFExistsError,
+    _errno.EPERM: BPFPermissionError,
+    _errno.EACCES: BPFPermissionError,
+    _errno.E2BIG: BPFNoSpaceError,
+    _errno.ENOSPC: BPFNoSpaceError,
+    _errno.ENOMEM: BPFNoSpaceError,
+    _errno.EINVAL: BPFInvalidError,
+}
+
+
+def _errno_text(err: int) -> str:
+    if err == ENOTSUPP:
+        return "Operation not supported (ENOTSUPP)"
+    if err >= _LIBBPF_ERRNO_BASE:
+        buf = ctypes.create_string_buffer(256)
+        if _C.libbpf_strerror(err, buf, len(buf)) == 0:
+            return buf.value.decode(errors="replace")
+    return os.strerror(err)
+
+
+def bpf_error(err: int, op: str, detail: str = "", *, log: str = "") -> BPFError:
+    """The exception for a libbpf failure: ``err`` is an errno or a negative libbpf return."""
+    err = abs(err) or _errno.EINVAL
+    message = _errno_text(err) + (f": {detail}" if detail else "")
+    return _ERRNO_CLASSES.get(err, BPFError)(err, message, op=op, log=log)
+
+
+def _check(ret: int, op: str, detail: str = "") -> int:
+    if ret < 0:
+        raise bpf_error(ret, op, detail)
+    return ret
+
+
+def _check_ptr(ptr: int | None, op: str, detail: str = "", *, log: str = "") -> int:
+    if not ptr:
+        raise bpf_error(ctypes.get_errno(), op, detail, log=log)
+    return ptr
+
+
+# ---------------------------------------------------------------------------------------------
+# Prototypes (argtypes/restype exactly as in libbpf 1.1 headers)
+# ---------------------------------------------------------------------------------------------
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+def _proto(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Callable[..., Any]:
+    fn: Any = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    bound: Callable[..., Any] = fn
+    return bound
+
+
+_vp, _cp, _int, _u32 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
+_u32p = ctypes.POINTER(ctypes.c_uint32)
+
+
+class _C:
+    """Raw libbpf/libc entry points; only this module calls them."""
+
+    libbpf_major_version = _proto(_LIBBPF, "libbpf_major_version", _u32)
+    libbpf_minor_version = _proto(_LIBBPF, "libbpf_minor_version", _u32)
+    libbpf_strerror = _proto(_LIBBPF, "libbpf_strerror", _int, _int, _cp, ctypes.c_size_t)
+    libbpf_set_print = _proto(_LIBBPF, "libbpf_set_print", _vp, _PRINT_FN)
+    libbpf_num_possible_cpus = _proto(_LIBBPF, "libbpf_num_possible_cpus", _int)
+
+    bpf_object__open_file = _proto(_LIBBPF, "bpf_object__open_file", _vp, _cp, _vp)
+    bpf_object__load = _proto(_LIBBPF, "bpf_object__load", _int, _vp)
+    bpf_object__close = _proto(_LIBBPF, "bpf_object__close", None, _vp)
+    bpf_object__next_map = _proto(_LIBBPF, "bpf_object__next_map", _vp, _vp, _vp)
+    bpf_object__next_program = _proto(_LIBBPF, "bpf_object__next_program", _vp, _vp, _vp)
+    bpf_map__name = _proto(_LIBBPF, "bpf_map__name", _cp, _vp)
+    bpf_map__fd = _proto(_LIBBPF, "bpf_map__fd", _int, _vp)
+    bpf_map__is_internal = _proto(_LIBBPF, "bpf_map__is_internal", ctypes.c_bool, _vp)
+    bpf_map__set_pin_path = _proto(_LIBBPF, "bpf_map__set_pin_path", _int, _vp, _cp)
+    bpf_map__set_max_entries = _proto(_LIBBPF, "bpf_map__set_max_entries", _int, _vp, _u32)
+    bpf_program__name = _proto(_LIBBPF, "bpf_program__name", _cp, _vp)
+    bpf_program__fd = _proto(_LIBBPF, "bpf_program__fd", _int, _vp)
+    bpf_program__pin = _proto(_LIBBPF, "bpf_program__pin", _int, _vp, _cp)
+
+    bpf_obj_pin = _proto(_LIBBPF, "bpf_obj_pin", _int, _int, _cp)
+    bpf_obj_get = _proto(_LIBBPF, "bpf_obj_get", _int, _cp)
+    bpf_obj_get_info_by_fd = _proto(_LIBBPF, "bpf_obj_get_info_by_fd", _int, _int, _vp, _u32p)
+    bpf_map_lookup_elem = _proto(_LIBBPF, "bpf_map_lookup_elem", _int, _int, _vp, _vp)
+    bpf_map_update_elem = _proto(
+        _LIBBPF, "bpf_map_update_elem", _int, _int, _vp, _vp, ctypes.c_uint64
+    )
+    bpf_map_delete_elem = _proto(_LIBBPF, "bpf_map_delete_elem", _int, _int, _vp)
+    bpf_map_get_next_key = _proto(_LIBBPF, "bpf_map_get_next_key", _int, _int, _vp, _vp)
+    bpf_map_lookup_batch = _proto(
+        _LIBBPF, "bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp, _u32p, _vp
+    )
+    bpf_map_delete_batch = _proto(_LIBBPF, "bpf_map_delete_batch", _int, _int, _vp, _u32p, _vp)
+
+    bpf_tc_hook_create = _proto(_LIBBPF, "bpf_tc_hook_create", _int, _vp)
+    bpf_tc_hook_destroy = _proto(_LIBBPF, "bpf_tc_hook_destroy", _int, _vp)
+    bpf_tc_attach = _proto(_LIBBPF, "bpf_tc_attach", _int, _vp, _vp)
+    bpf_tc_detach = _proto(_LIBBPF, "bpf_tc_detach", _int, _vp, _vp)
+    bpf_tc_query = _proto(_LIBBPF, "bpf_tc_query", _int, _vp, _vp)
+
+    ring_buffer__new = _proto(_LIBBPF, "ring_buffer__new", _vp, _int, _SAMPLE_FN, _vp, _vp)
+    ring_buffer__free = _proto(_LIBBPF, "ring_buffer__free", None, _vp)
+    ring_buffer__poll = _proto(_LIBBPF, "ring_buffer__poll", _int, _vp, _int)
+    ring_buffer__consume = _proto(_LIBBPF, "ring_buffer__consume", _int, _vp)
+    ring_buffer__epoll_fd = _proto(_LIBBPF, "ring_buffer__epoll_fd", _int, _vp)
+
+    btf__parse_elf = _proto(_LIBBPF, "btf__parse_elf", _vp, _cp, _vp)
+    btf__free = _proto(_LIBBPF, "btf__free", None, _vp)
+    btf__find_by_name_kind = _proto(
+        _LIBBPF, "btf__find_by_name_kind", ctypes.c_int32, _vp, _cp, _u32
+    )
+    btf__type_by_id = _proto(_LIBBPF, "btf__type_by_id", _vp, _vp, _u32)
+    btf__resolve_size = _proto(_LIBBPF, "btf__resolve_size", ctypes.c_int64, _vp, _u32)
+    btf__name_by_offset = _proto(_LIBBPF, "btf__name_by_offset", _cp, _vp, _u32)
+
+    vsnprintf = _proto(_LIBC, "vsnprintf", _int, _vp, ctypes.c_size_t, _cp, _vp)
+
+
+def libbpf_version() -> str:
+    """The runtime libbpf version, e.g. ``"1.1"``."""
+    return f"{_C.libbpf_major_version()}.{_C.libbpf_minor_version()}"
+
+
+@functools.cache
+def num_possible_cpus() -> int:
+    """CPUs a per-CPU map holds a value for (possible, not online)."""
+    return _check(int(_C.libbpf_num_possible_cpus()), "libbpf_num_possible_cpus")
+
+
+# ---------------------------------------------------------------------------------------------
+# libbpf's print callback -> logging (+ capture during open/load)
+# ---------------------------------------------------------------------------------------------
+
+_LOG_LEVELS: Final = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+# Size of the va_list object the callback receives a pointer to; copying it is va_copy() on these
+# ABIs, which lets a message be measured before it is formatted. Elsewhere: truncate at 64 KiB.
+_VA_LIST_SIZE: Final = {"x86_64": 24, "aarch64": 32}.get(platform.machine())
+_FALLBACK_MSG_SIZE: Final = 64 * 1024
+
+
+class _Capture:
+    lock = threading.Lock()
+    thread: int | None = None
+    lines: list[tuple[int, str]] = []
+
+
+def _vformat(fmt: bytes, ap: int) -> str:
+    if _VA_LIST_SIZE is not None:
+        words = _VA_LIST_SIZE // 8
+        ap_copy = (ctypes.c_uint64 * words).from_buffer_copy(ctypes.string_at(ap, _VA_LIST_SIZE))
+        size = int(_C.vsnprintf(None, 0, fmt, ctypes.addressof(ap_copy))) + 1
+    else:
+        size = _FALLBACK_MSG_SIZE
+    buf = ctypes.create_string_buffer(max(size, 1))
+    _C.vsnprintf(buf, len(buf), fmt, ap)
+    return buf.value.decode(errors="replace")
+
+
+def _on_libbpf_print(level: int, fmt: bytes | None, ap: int | None) -> int:
+    # Called from C: must never raise (an escaping exception would only be printed).
+    try:
+        capturing = _Capture.thread == threading.get_ident() and level <= 1
+        # captured messages are the caller's to report (exception or _relog): debug only here
+        pylevel = logging.DEBUG if capturing else _LOG_LEVELS.get(level, logging.DEBUG)
+        if fmt is None or ap is None or not (capturing or log.isEnabledFor(pylevel)):
+            return 0
+        text = _vformat(fmt, ap)
+        if capturing:
+            _Capture.lines.append((level, text))
+        log.log(pylevel, "%s", text.rstrip())
+    except BaseException:
+        pass
+    return 0
+
+
+_PRINT_CALLBACK: Final = _PRINT_FN(_on_libbpf_print)
+_C.libbpf_set_print(_PRINT_CALLBACK)
+
+
+@contextmanager
+def _capture_libbpf_log() -> Iterator[list[tuple[int, str]]]:
+    """Collects the calling thread's libbpf WARN/INFO messages for the duration of the block
+    instead of logging them: the caller attaches them to its exception or :func:`_relog`s them.
+    Not reentrant."""
+    with _Capture.lock:
+        lines: list[tuple[int, str]] = []
+        _Capture.lines, _Capture.thread = lines, threading.get_ident()
+        try:
+            yield lines
+        finally:
+            _Capture.thread = None
+
+
+def _relog(lines: Sequence[tuple[int, str]]) -> None:
+    for level, text in lines:
+        log.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", text.rstrip())
+
+
+def _first_warning(lines: Sequence[tuple[int, str]]) -> str:
+    text = next((text.strip() for level, text in lines if level == 0), "")
+    return text.removeprefix("libbpf: ")
+
+
+_LOG_BEGIN: Final = "-- BEGIN PROG LOAD LOG --"
+_LOG_END: Final = "-- END PROG LOAD LOG --"
+
+
+def _load_error(ret: int, lines: Sequence[tuple[int, str]]) -> BPFError:
+    text = "".join(t for _, t in lines)
+    if _LOG_BEGIN in text or "BPF program load failed" in text:
+        start = text.find(_LOG_BEGIN)
+        verifier_log = ""
+        if start >= 0:
+            start += len(_LOG_BEGIN)
+            end = text.find(_LOG_END, start)
+            verifier_log = text[start : end if end >= 0 else None].strip("\n")
+        err = abs(ret)
+        return BPFVerifierError(
+            err,
+            f"{_errno_text(err)}: {_first_warning(lines)}",
+            op="bpf_object__load",
+            log=text,
+            verifier_log=verifier_log,
+        )
+    return bpf_error(ret, "bpf_object__load", _first_warning(lines), log=text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Maps
+# ---------------------------------------------------------------------------------------------
+
+
+class _BpfMapInfo(ctypes.Structure):
+    """``struct bpf_map_info`` (linux/bpf.h); the kernel fills up to the size we pass."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+    ]
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel says about a map. ``name`` is the kernel's (truncated to 15 chars)."""
+
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: str
+
+
+def _map_info(fd: int) -> MapInfo:
+    # bpf_obj_get_info_by_fd accepts any BPF fd and would fill prog info into this struct
+    kind = os.readlink(f"/proc/self/fd/{fd}")
+    if kind != "anon_inode:bpf-map":
+        raise bpf_error(_errno.EINVAL, "bpf_obj_get_info_by_fd", f"fd {fd} is {kind}, not a map")
+    raw = _BpfMapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(raw))
+    _check(
+        int(_C.bpf_obj_get_info_by_fd(fd, ctypes.byref(raw), ctypes.byref(size))),
+        "bpf_obj_get_info_by_fd",
+    )
+    return MapInfo(
+        type=int(raw.type),
+        id=int(raw.id),
+        key_size=int(raw.key_size),
+        value_size=int(raw.value_size),
+        max_entries=int(raw.max_entries),
+        flags=int(raw.map_flags),
+        name=bytes(raw.name).split(b"\0", 1)[0].decode(errors="replace"),
+    )
+
+
+_BATCH_UNSUPPORTED: Final = frozenset({ENOTSUPP, _errno.EOPNOTSUPP})
+
+
+class Map:
+    """An open BPF map. Owns its fd (closed by :meth:`close`, the context manager or GC).
+
+    Keys and values are raw bytes of exactly ``key_size`` / ``value_size``; sizes are checked
+    here because the kernel would otherwise read past a short Python buffer. Values of per-CPU
+    maps are ``round_up(value_size, 8) * num_possible_cpus()`` bytes (see
+    :meth:`lookup_percpu` / :meth:`update_percpu` for the split form).
+    """
+
+    def __init__(self, fd: int) -> None:
+        """Takes ownership of ``fd`` (closed here too if it is not a map)."""
+        self._fd = fd
+        try:
+            self._info = _map_info(fd)
+        except BaseException:
+            os.close(fd)
+            self._fd = -1
+            raise
+        self._percpu = self._info.type in _PERCPU_MAP_TYPES
+        self._ncpus = num_possible_cpus() if self._percpu else 1
+        self._stride = (self._info.value_size + 7) & ~7 if self._percpu else self._info.value_size
+        self._value_buf_size = self._stride * self._ncpus
+        self._lookup_batch_ok = True
+        self._delete_batch_ok = True
+
+    @classmethod
+    def from_pin(cls, path: os.PathLike[str] | str) -> Map:
+        """Opens the map pinned at ``path`` on bpffs."""
+        fd = int(_C.bpf_obj_get(os.fsencode(path)))
+        return cls(_check(fd, "bpf_obj_get", str(path)))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise ValueError("operation on a closed Map")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # late in interpreter shutdown the close can fail; the process exit closes it anyway
+        with suppress(Exception):
+            if getattr(self, "_fd", -1) >= 0:
+                self.close()
+
+    def __repr__(self) -> str:
+        return f"<Map {self._info.name!r} id={self._info.id} fd={self._fd}>"
+
+    def pin(self, path: os.PathLike[str] | str) -> None:
+        """Pins the map at ``path`` (which must not exist) on bpffs."""
+        obj_pin(self.fd, path)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @property
+    def info(self) -> MapInfo:
+        """Read once when the Map is created (none of it changes over a map's life)."""
+        return self._info
+
+    @property
+    def key_size(self) -> int:
+        return self._info.key_size
+
+    @property
+    def value_size(self) -> int:
+        return self._info.value_size
+
+    @property
+    def is_percpu(self) -> bool:
+        return self._percpu
+
+    @property
+    def value_buffer_size(self) -> int:
+        """Bytes of a value as lookup()/update() exchange it (all CPUs for per-CPU maps)."""
+        return self._value_buf_size
+
+    def _key(self, key: bytes, op: str) -> bytes:
+        if len(key) != self._info.key_size:
+            raise bpf_error(
+                _errno.EINVAL, op, f"key is {len(key)} bytes, map wants {self._info.key_size}"
+            )
+        return key
+
+    def _value(self, value: bytes, op: str) -> bytes:
+        if len(value) != self._value_buf_size:
+            raise bpf_error(
+                _errno.EINVAL, op, f"value is {len(value)} bytes, map wants {self._value_buf_size}"
+            )
+        return value
+
+    # -- single elements ---------------------------------------------------------------------
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or None."""
+        k = self._key(key, "bpf_map_lookup_elem")
+        value = ctypes.create_string_buffer(self._value_buf_size)
+        ret = int(_C.bpf_map_lookup_elem(self.fd, k, value))
+        if ret == -_errno.ENOENT:
+            return None
+        _check(ret, "bpf_map_lookup_elem")
+        return value.raw
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        """Stores ``value`` under ``key``; flags BPF_ANY / BPF_NOEXIST / BPF_EXIST."""
+        k = self._key(key, "bpf_map_update_elem")
+        v = self._value(value, "bpf_map_update_elem")
+        _check(int(_C.bpf_map_update_elem(self.fd, k, v, flags)), "bpf_map_update_elem")
+
+    def delete(self, key: bytes) -> bool:
+        """Removes ``key``; False when it was absent."""
+        k = self._key(key, "bpf_map_delete_elem")
+        ret = int(_C.bpf_map_delete_elem(self.fd, k))
+        if ret == -_errno.ENOENT:
+            return False
+        _check(ret, "bpf_map_delete_elem")
+        return True
+
+    def lookup_percpu(self, key: bytes) -> list[bytes] | None:
+        """The per-CPU values (each ``value_size`` bytes, index = CPU) under ``key``, or None."""
+        if not self._percpu:
+            raise TypeError(f"{self!r} is not a per-CPU map")
+        raw = self.lookup(key)
+        if raw is None:
+            return None
+        size, stride = self._info.value_size, self._stride
+        return [raw[cpu * stride : cpu * stride + size] for cpu in range(self._ncpus)]
+
+    def update_percpu(self, key: bytes, values: Sequence[bytes], flags: int = BPF_ANY) -> None:
+        """Stores one ``value_size`` value per possible CPU under ``key``."""
+        if not self._percpu:
+            raise TypeError(f"{self!r} is not a per-CPU map")
+        if len(values) != self._ncpus or any(len(v) != self._info.value_size for v in values):
+            raise bpf_error(
+                _errno.EINVAL,
+                "bpf_map_update_elem",
+                f"need {self._ncpus} values of {self._info.value_size} bytes",
+            )
+        self.update(key, b"".join(v.ljust(self._stride, b"\0") for v in values), flags)
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def keys(self) -> Iterator[bytes]:
+        """Keys via bpf_map_get_next_key. Concurrent deletes can restart a hash walk (kernel
+        semantics), so a key may be seen twice while the map is being changed."""
+        current: bytes | None = None
+        nxt = ctypes.create_string_buffer(self._info.key_size)
+        while True:
+            ret = int(_C.bpf_map_get_next_key(self.fd, current, nxt))
+            if ret == -_errno.ENOENT:
+                return
+            _check(ret, "bpf_map_get_next_key")
+            current = nxt.raw
+            yield current
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs; one syscall per chunk where the map type supports batching."""
+        return iter(self.lookup_batch())
+
+    def lookup_batch(self, chunk: int = 1024) -> list[tuple[bytes, bytes]]:
+        """All (key, value) pairs via bpf_map_lookup_batch, or per key where the map type has no
+        batch support (LPM trie, ...): the fallback is transparent and remembered."""
+        if self._lookup_batch_ok:
+            try:
+                return self._lookup_batch(chunk)
+            except BPFError as e:
+                if e.errno not in _BATCH_UNSUPPORTED:
+                    raise
+                self._lookup_batch_ok = False
+        out: list[tuple[bytes, bytes]] = []
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                out.append((key, value))
+        return out
+
+    def _lookup_batch(self, chunk: int) -> list[tuple[bytes, bytes]]:
+        ks, vs = self._info.key_size, self._value_buf_size
+        # The resume token is a bucket index (hash) or a key (array): room for either.
+        token_size = max(ks, 8)
+        in_token = ctypes.create_string_buffer(token_size)
+        out_token = ctypes.create_string_buffer(token_size)
+        out: list[tuple[bytes, bytes]] = []
+        first = True
+        n = max(chunk, 1)
+        while True:
+            keys = ctypes.create_string_buffer(ks * n)
+            values = ctypes.create_string_buffer(vs * n)
+            count = ctypes.c_uint32(n)
+            ret = int(
+                _C.bpf_map_lookup_batch(
+                    self.fd,
+                    None if first else in_token,
+                    out_token,
+                    keys,
+                    values,
+                    ctypes.byref(count),
+                    None,
+                )
+            )
+            if ret == -_errno.ENOSPC and count.value == 0:
+                n *= 2  # a hash bucket holds more entries than one chunk: retry bigger
+                continue
+            if ret < 0 and ret != -_errno.ENOENT:
+                _check(ret, "bpf_map_lookup_batch")
+            kraw, vraw = keys.raw, values.raw
+            out.extend(
+                (kraw[i * ks : (i + 1) * ks], vraw[i * vs : (i + 1) * vs])
+                for i in range(count.value)
+            )
+            if ret == -_errno.ENOENT:
+                return out
+            ctypes.memmove(in_token, out_token, token_size)
+            first = False
+
+    def delete_batch(self, keys: Iterable[bytes]) -> int:
+        """Deletes ``keys``; returns how many existed. Absent keys are skipped, not errors."""
+        batch = [self._key(k, "bpf_map_delete_batch") for k in keys]
+        if not batch:
+            return 0
+        if self._delete_batch_ok:
+            try:
+                return self._delete_batch(batch)
+            except _BatchUnsupportedError:
+                self._delete_batch_ok = False
+        return sum(1 for k in batch if self.delete(k))
+
+    def _delete_batch(self, batch: list[bytes]) -> int:
+        deleted = 0
+        i = 0
+        while i < len(batch):
+            rest = batch[i:]
+            count = ctypes.c_uint32(len(rest))
+            ret = int(_C.bpf_map_delete_batch(self.fd, b"".join(rest), ctypes.byref(count), None))
+            if ret == 0:
+                return deleted + len(rest)
+            if -ret in _BATCH_UNSUPPORTED and i == 0:
+                raise _BatchUnsupportedError
+            if ret != -_errno.ENOENT:
+                _check(ret, "bpf_map_delete_batch")
+            # count = keys deleted before the absent one; skip it and go on
+            deleted += count.value
+            i += count.value + 1
+        return deleted
+
+    def count(self) -> int:
+        """Number of entries (array maps: always max_entries)."""
+        if self._lookup_batch_ok:
+            try:
+                return len(self._lookup_batch(1024))
+            except BPFError as e:
+                if e.errno not in _BATCH_UNSUPPORTED:
+                    raise
+                self._lookup_batch_ok = False
+        return sum(1 for _ in self.keys())
+
+
+class _BatchUnsupportedError(Exception):
+    """The map type has no batch operation (raised before anything was deleted)."""
+
+
+def obj_pin(fd: int, path: os.PathLike[str] | str) -> None:
+    """Pins a map or program fd at ``path`` on bpffs."""
+    _check(int(_C.bpf_obj_pin(fd, os.fsencode(path))), "bpf_obj_pin", str(path))
+
+
+def prog_from_pin(path: os.PathLike[str] | str) -> int:
+    """A new fd (owned by the caller) for the program pinned at ``path``."""
+    return _check(int(_C.bpf_obj_get(os.fsencode(path))), "bpf_obj_get", str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects
+# ---------------------------------------------------------------------------------------------
+
+
+class BPFObject:
+    """An ELF object opened (and then loaded) by libbpf: its maps and programs.
+
+    Program fds handed out are borrowed and die with :meth:`close`; maps are handed out as
+    :class:`Map` owning a dup() of the fd, so they outlive the object.
+    """
+
+    def __init__(self, handle: int, path: Path) -> None:
+        """Use :meth:`open`; takes ownership of the ``struct bpf_object *``."""
+        self._handle: int | None = handle
+        self._loaded = False
+        self.path = path
+        self._maps: dict[str, int] = {}
+        self._programs: dict[str, int] = {}
+        ptr: int | None = None
+        while ptr := _C.bpf_object__next_map(handle, ptr):
+            self._maps[_name(_C.bpf_map__name(ptr))] = ptr
+        ptr = None
+        while ptr := _C.bpf_object__next_program(handle, ptr):
+            self._programs[_name(_C.bpf_program__name(ptr))] = ptr
+
+    @classmethod
+    def open(
+        cls,
+        path: os.PathLike[str] | str,
+        *,
+        pin_dir: os.PathLike[str] | str | None = None,
+        max_entries: Mapping[str, int] | None = None,
+    ) -> BPFObject:
+        """Opens ``path``. With ``pin_dir`` every (non-internal) map gets the pin path
+        ``pin_dir/<name>``: load() then reuses a compatible existing pin or creates and pins the
+        map. ``max_entries`` overrides sizes by map name (before load; a reused pin must match)."""
+        path = Path(path)
+        with _capture_libbpf_log() as lines:
+            handle = _C.bpf_object__open_file(os.fsencode(path), None)
+        _check_ptr(
+            handle,
+            "bpf_object__open_file",
+            _first_warning(lines) or str(path),
+            log="".join(t for _, t in lines),
+        )
+        _relog(lines)
+        obj = cls(handle, path)
+        try:
+            obj._configure(pin_dir, max_entries or {})
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _configure(
+        self, pin_dir: os.PathLike[str] | str | None, max_entries: Mapping[str, int]
+    ) -> None:
+        unknown = set(max_entries) - set(self._maps)
+        if unknown:
+            raise KeyError(f"{self.path}: no map named {', '.join(sorted(unknown))}")
+        for name, entries in max_entries.items():
+            _check(
+                int(_C.bpf_map__set_max_entries(self._maps[name], entries)),
+                "bpf_map__set_max_entries",
+                name,
+            )
+        if pin_dir is None:
+            return
+        os.makedirs(pin_dir, exist_ok=True)
+        for name, ptr in self._maps.items():
+            if _C.bpf_map__is_internal(ptr):
+                continue  # .rodata/.bss belong to this object, never shared through a pin
+            pin = os.path.join(os.fspath(pin_dir), name)
+            _check(int(_C.bpf_map__set_pin_path(ptr, os.fsencode(pin))), "bpf_map__set_pin_path")
+
+    @property
+    def _obj(self) -> int:
+        if self._handle is None:
+            raise ValueError("operation on a closed BPFObject")
+        return self._handle
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def _require_loaded(self, op: str, name: str) -> None:
+        self._obj  # noqa: B018 -- raises when closed
+        if not self._loaded:
+            # libbpf itself answers -1 (EPERM) or ENOENT here, which would mislead
+            raise bpf_error(_errno.EINVAL, op, f"{name}: {self.path} is not loaded yet")
+
+    def load(self) -> None:
+        """Creates/reuses the maps and loads the programs; a verifier rejection raises
+        :class:`BPFVerifierError` carrying the verifier log."""
+        with _capture_libbpf_log() as lines:
+            ret = int(_C.bpf_object__load(self._obj))
+        if ret < 0:
+            raise _load_error(ret, lines)
+        self._loaded = True
+        _relog(lines)
+
+    def map_names(self) -> list[str]:
+        return list(self._maps)
+
+    def program_names(self) -> list[str]:
+        return list(self._programs)
+
+    def map(self, name: str) -> Map:
+        """The loaded map ``name`` as a :class:`Map` owning a dup() of its fd."""
+        ptr = self._maps[name]
+        self._require_loaded("bpf_map__fd", name)
+        fd = _check(int(_C.bpf_map__fd(ptr)), "bpf_map__fd", name)
+        return Map(os.dup(fd))
+
+    def program_fd(self, name: str) -> int:
+        """The loaded program's fd, borrowed: valid until :meth:`close`."""
+        ptr = self._programs[name]
+        self._require_loaded("bpf_program__fd", name)
+        return _check(int(_C.bpf_program__fd(ptr)), "bpf_program__fd", name)
+
+    def pin_program(self, name: str, path: os.PathLike[str] | str) -> None:
+        """Pins program ``name`` at ``path``, replacing whatever was pinned there."""
+        prog = self._programs[name]
+        self._require_loaded("bpf_program__pin", name)
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        _check(int(_C.bpf_program__pin(prog, os.fsencode(path))), "bpf_program__pin", str(path))
+
+    def close(self) -> None:
+        """Frees the object: borrowed program fds die; pins and Map dups stay valid."""
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            _C.bpf_object__close(handle)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # late in interpreter shutdown the close can fail; the process exit closes it anyway
+        with suppress(Exception):
+            if getattr(self, "_handle", None) is not None:
+                self.close()
+
+
+def _name(raw: bytes | None) -> str:
+    return (raw or b"").decode(errors="replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# tc (clsact) attachment, in the calling thread's network namespace
+# ---------------------------------------------------------------------------------------------
+
+TcDirection = Literal["ingress", "egress"]
+_TC_POINTS: Final[Mapping[str, int]] = {"ingress": _BPF_TC_INGRESS, "egress": _BPF_TC_EGRESS}
+
+
+class _TcHook(ctypes.Structure):
+    """``struct bpf_tc_hook``; the trailing ``size_t :0`` is ctypes' natural tail padding."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("ifindex", ctypes.c_int),
+        ("attach_point", ctypes.c_int),  # enum bpf_tc_attach_point
+        ("parent", ctypes.c_uint32),
+    ]
+
+
+class _TcOpts(ctypes.Structure):
+    """``struct bpf_tc_opts``; same tail padding as the hook."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("prog_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+    ]
+
+
+def _tc_hook(ifindex: int, attach_point: int) -> _TcHook:
+    return _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=attach_point)
+
+
+def _tc_opts(handle: int, priority: int) -> _TcOpts:
+    return _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+
+
+def tc_attach(
+    ifindex: int,
+    prog_fd: int,
+    direction: TcDirection,
+    *,
+    handle: int = 1,
+    priority: int = 1,
+    replace: bool = True,
+) -> int:
+    """Attaches ``prog_fd`` as a direct-action filter on the clsact ``direction`` hook of
+    ``ifindex`` in the calling thread's netns (creating clsact if needed); returns the attached
+    program's id. Without
+    ``replace`` an existing filter at (handle, priority) raises :class:`BPFExistsError`."""
+    _tc_check_args(handle, priority)
+    hook = _tc_hook(ifindex, _TC_POINTS[direction])
+    with _capture_libbpf_log() as lines:
+        ret = int(_C.bpf_tc_hook_create(ctypes.byref(hook)))
+    if ret < 0 and ret != -_errno.EEXIST:
+        raise bpf_error(ret, "bpf_tc_hook_create", _tc_detail(ifindex, direction, lines))
+    opts = _tc_opts(handle, priority)
+    opts.prog_fd = prog_fd
+    opts.flags = _BPF_TC_F_REPLACE if replace else 0
+    with _capture_libbpf_log() as lines:
+        ret = int(_C.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)))
+    if ret < 0:
+        raise bpf_error(ret, "bpf_tc_attach", _tc_detail(ifindex, direction, lines))
+    return int(opts.prog_id)
+
+
+def _tc_detail(ifindex: int, direction: str, lines: Sequence[tuple[int, str]]) -> str:
+    # libbpf relays the kernel's netlink extack as "Kernel error message: ..."
+    why = _first_warning(lines)
+    return f"ifindex {ifindex} {direction}" + (f" ({why})" if why else "")
+
+
+def _tc_check_args(handle: int, priority: int) -> None:
+    # libbpf rejects these with the same EINVAL the kernel uses for "no such hook": check first
+    if not 0 < handle <= 0xFFFFFFFF or not 0 < priority <= 0xFFFF:
+        raise bpf_error(_errno.EINVAL, "bpf_tc_opts", f"handle={handle} priority={priority}")
+
+
+def tc_detach(ifindex: int, direction: TcDirection, *, handle: int = 1, priority: int = 1) -> bool:
+    """Removes the filter at (handle, priority); False when there was none (or no clsact)."""
+    _tc_check_args(handle, priority)
+    hook = _tc_hook(ifindex, _TC_POINTS[direction])
+    opts = _tc_opts(handle, priority)
+    with _capture_libbpf_log():
+        ret = int(_C.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)))
+    if ret in (-_errno.ENOENT, -_errno.EINVAL):
+        return False
+    _check(ret, "bpf_tc_detach", f"ifindex {ifindex} {direction}")
+    return True
+
+
+def tc_query(
+    ifindex: int, direction: TcDirection, *, handle: int = 1, priority: int = 1
+) -> int | None:
+    """The id of the program attached at (handle, priority), or None (also when no clsact)."""
+    _tc_check_args(handle, priority)
+    hook = _tc_hook(ifindex, _TC_POINTS[direction])
+    opts = _tc_opts(handle, priority)
+    with _capture_libbpf_log():
+        ret = int(_C.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts)))
+    # The kernel answers EINVAL, not ENOENT, when the clsact qdisc or its chain is missing;
+    # a missing device is ENODEV and still raises.
+    if ret in (-_errno.ENOENT, -_errno.EINVAL):
+        return None
+    _check(ret, "bpf_tc_query", f"ifindex {ifindex} {direction}")
+    return int(opts.prog_id)
+
+
+def tc_hook_destroy(ifindex: int) -> bool:
+    """Removes the clsact qdisc (and every filter on both hooks); False when there was none."""
+    hook = _tc_hook(ifindex, _BPF_TC_INGRESS | _BPF_TC_EGRESS)
+    with _capture_libbpf_log() as lines:
+        ret = int(_C.bpf_tc_hook_destroy(ctypes.byref(hook)))
+    # ENOENT the first time there is no clsact, EINVAL ("Invalid handle") after a destroy
+    if ret in (-_errno.ENOENT, -_errno.EINVAL):
+        return False
+    if ret < 0:
+        raise bpf_error(ret, "bpf_tc_hook_destroy", _tc_detail(ifindex, "clsact", lines))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Ring buffer
+# ---------------------------------------------------------------------------------------------
+
+
+class RingBuffer:
+    """Consumer of a BPF_MAP_TYPE_RINGBUF map; ``callback`` gets each record as bytes.
+
+    ``map_fd`` must stay open while the ring buffer is used. The callback runs inside
+    :meth:`consume` / :meth:`poll` in the calling thread; if it raises, consumption stops and the
+    first exception is re-raised from that call (the record that raised counts as consumed).
+    """
+
+    def __init__(self, map_fd: int, callback: Callable[[bytes], None]) -> None:
+        self._callback = callback
+        self._error: BaseException | None = None
+        # The CFUNCTYPE object must outlive the ring buffer: C holds only its address.
+        self._sample_fn = _SAMPLE_FN(self._on_sample)
+        with _capture_libbpf_log() as lines:
+            ptr = _C.ring_buffer__new(map_fd, self._sample_fn, None, None)
+        self._rb: int | None = _check_ptr(
+            ptr, "ring_buffer__new", _first_warning(lines) or f"map fd {map_fd}"
+        )
+
+    def _on_sample(self, _ctx: int | None, data: int | None, size: int) -> int:
+        if self._error is not None:
+            return -_errno.ECANCELED
+        try:
+            self._callback(ctypes.string_at(data, size) if data else b"")
+        except BaseException as e:
+            self._error = e
+            return -_errno.ECANCELED
+        return 0
+
+    @property
+    def _ptr(self) -> int:
+        if self._rb is None:
+            raise ValueError("operation on a closed RingBuffer")
+        return self._rb
+
+    def _finish(self, ret: int, op: str) -> int:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if ret == -_errno.EINTR:
+            return 0
+        return _check(ret, op)
+
+    def epoll_fd(self) -> int:
+        """An fd that becomes readable when records are available (for loop.add_reader)."""
+        return _check(int(_C.ring_buffer__epoll_fd(self._ptr)), "ring_buffer__epoll_fd")
+
+    def consume(self) -> int:
+        """Handles every available record without waiting; returns how many."""
+        return self._finish(int(_C.ring_buffer__consume(self._ptr)), "ring_buffer__consume")
+
+    def poll(self, timeout_ms: int) -> int:
+        """Waits up to ``timeout_ms`` (-1: forever) for records and handles them."""
+        return self._finish(int(_C.ring_buffer__poll(self._ptr, timeout_ms)), "ring_buffer__poll")
+
+    def close(self) -> None:
+        if self._rb is not None:
+            rb, self._rb = self._rb, None
+            _C.ring_buffer__free(rb)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # late in interpreter shutdown the close can fail; the process exit closes it anyway
+        with suppress(Exception):
+            if getattr(self, "_rb", None) is not None:
+                self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# BTF: struct layouts as the compiler laid them out
+# ---------------------------------------------------------------------------------------------
+
+
+class _BtfType(ctypes.Structure):
+    """``struct btf_type`` (linux/btf.h); ``size`` shares a union with ``type``."""
+
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+
+class _BtfMember(ctypes.Structure):
+    """``struct btf_member``: ``vlen`` of these follow a STRUCT's btf_type."""
+
+    _fields_ = [
+        ("name_off", ctypes.c_uint32),
+        ("type", ctypes.c_uint32),
+        ("offset", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class StructLayout:
+    """A struct as BTF describes it. ``fields``: name -> (offset, size) in bytes for
+    byte-addressable members; ``bitfields``: name -> (bit offset, bit size). Anonymous members
+    are named ``<anon N>`` by position."""
+
+    name: str
+    size: int
+    fields: dict[str, tuple[int, int]]
+    bitfields: dict[str, tuple[int, int]]
+
+
+def _btf_kind(info: int) -> int:
+    return (info >> 24) & 0x1F
+
+
+def _int_encoding(btf: int, type_id: int) -> tuple[int, int] | None:
+    """(bit offset, bits) of a BTF INT type, None for other kinds."""
+    ptr = _C.btf__type_by_id(btf, type_id)
+    if not ptr:
+        return None
+    t = _BtfType.from_address(ptr)
+    if _btf_kind(int(t.info)) != _BTF_KIND_INT:
+        return None
+    enc = ctypes.c_uint32.from_address(ptr + ctypes.sizeof(_BtfType)).value
+    return (enc >> 16) & 0xFF, enc & 0xFF
+
+
+def struct_layout(object_path: os.PathLike[str] | str, struct_name: str) -> StructLayout:
+    """The layout of ``struct struct_name`` in the BTF of the ELF object at ``object_path``."""
+    btf = _check_ptr(
+        _C.btf__parse_elf(os.fsencode(object_path), None), "btf__parse_elf", str(object_path)
+    )
+    try:
+        type_id = _check(
+            int(_C.btf__find_by_name_kind(btf, struct_name.encode(), _BTF_KIND_STRUCT)),
+            "btf__find_by_name_kind",
+            f"struct {struct_name}",
+        )
+        ptr = _check_ptr(_C.btf__type_by_id(btf, type_id), "btf__type_by_id")
+        t = _BtfType.from_address(ptr)
+        info = int(t.info)
+        vlen, kind_flag = info & 0xFFFF, info >> 31
+        members = (_BtfMember * vlen).from_address(ptr + ctypes.sizeof(_BtfType))
+        fields: dict[str, tuple[int, int]] = {}
+        bitfields: dict[str, tuple[int, int]] = {}
+        for index, m in enumerate(members):
+            name = _name(_C.btf__name_by_offset(btf, m.name_off)) or f"<anon {index}>"
+            offset = int(m.offset)
+            if kind_flag:
+                # kind_flag: offset = bitfield size << 24 | bit offset; size 0 = not a bitfield
+                bit_off, bit_size = offset & 0xFFFFFF, offset >> 24
+            else:
+                # legacy encoding: a bitfield is an INT member whose bits differ from its size
+                bit_off, bit_size = offset, 0
+                enc = _int_encoding(btf, int(m.type))
+                size = int(_C.btf__resolve_size(btf, m.type))
+                if enc is not None and (enc[0] or enc[1] != size * 8):
+                    bit_off, bit_size = offset + enc[0], enc[1]
+            if bit_size:
+                bitfields[name] = (bit_off, bit_size)
+                continue
+            size = _check(int(_C.btf__resolve_size(btf, m.type)), "btf__resolve_size", name)
+            fields[name] = (bit_off // 8, size)
+        return StructLayout(struct_name, int(t.size), fields, bitfields)
+    finally:
+        _C.btf__free(btf)

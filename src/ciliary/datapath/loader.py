@@ -1,0 +1,129 @@
+"""One node's datapath: the compiled object loaded once, its maps and programs pinned under
+``/sys/fs/bpf/ciliary/<node>/``, and the attach/detach of an endpoint's lxc device.
+
+Restart contract: maps are opened through their pins (libbpf reuses a pinned map of the same
+shape), so a restarted agent sees the conntrack, endpoint and ipcache state the datapath kept
+using while it was down. Re-attaching the freshly loaded programs replaces the old ones
+atomically (``BPF_TC_F_REPLACE``): traffic never passes through an unattached device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ciliary.datapath.libbpf import BPFObject, Map, tc_attach, tc_detach, tc_query
+from ciliary.datapath.maps.config import ConfigMap
+from ciliary.datapath.maps.conntrack import CTMap
+from ciliary.datapath.maps.endpoints import EndpointMap
+from ciliary.datapath.maps.events import EventsLostMap
+from ciliary.datapath.maps.ipcache import IPCacheMap
+
+BPF_FS = Path("/sys/fs/bpf")
+PIN_ROOT = BPF_FS / "ciliary"
+FROM_CONTAINER = "cil_from_container"
+TO_CONTAINER = "cil_to_container"
+EVENTS_MAP = "ciliary_events"
+
+
+def default_object_dir() -> Path:
+    """``bpf/`` of the checkout (the package is installed editable from it), or $CILIARY_BPF_DIR."""
+    env = os.environ.get("CILIARY_BPF_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "bpf"
+
+
+@dataclass(frozen=True)
+class MapUsage:
+    name: str
+    entries: int
+    max_entries: int
+
+
+class NodeDatapath:
+    """The loaded datapath of one node. Not thread-safe: one owner (the agent)."""
+
+    def __init__(self, object_path: Path, pin_dir: Path, *, ct_max: int = 65536) -> None:
+        self.object_path = object_path
+        self.pin_dir = pin_dir
+        self._ct_max = ct_max
+        self._obj: BPFObject | None = None
+        self._maps: dict[str, Map] = {}
+
+    def load(self) -> None:
+        if not self.object_path.exists():
+            raise FileNotFoundError(
+                f"BPF object {self.object_path} not found (run `make -C bpf` / `make setup`)"
+            )
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        obj = BPFObject.open(
+            self.object_path, pin_dir=self.pin_dir, max_entries={"ciliary_ct": self._ct_max}
+        )
+        try:
+            obj.load()
+            for prog in (FROM_CONTAINER, TO_CONTAINER):
+                obj.pin_program(prog, self.pin_dir / prog)
+            self._maps = {name: obj.map(name) for name in obj.map_names()}
+        except BaseException:
+            obj.close()
+            raise
+        self._obj = obj
+        self.endpoints = EndpointMap(self._maps["ciliary_lxc"])
+        self.ipcache = IPCacheMap(self._maps["ciliary_ipcache"])
+        self.ct = CTMap(self._maps["ciliary_ct"])
+        self.config = ConfigMap(self._maps["ciliary_config"])
+        self.events_lost = EventsLostMap(self._maps["ciliary_events_lost"])
+
+    @property
+    def programs(self) -> list[str]:
+        return [FROM_CONTAINER, TO_CONTAINER]
+
+    @property
+    def events_map(self) -> Map:
+        return self._maps[EVENTS_MAP]
+
+    def _obj_or_fail(self) -> BPFObject:
+        if self._obj is None:
+            raise RuntimeError("datapath not loaded")
+        return self._obj
+
+    def attach(self, ifindex: int) -> None:
+        """Attach both endpoint programs to an lxc device (replacing what is there)."""
+        obj = self._obj_or_fail()
+        tc_attach(ifindex, obj.program_fd(FROM_CONTAINER), "ingress")
+        tc_attach(ifindex, obj.program_fd(TO_CONTAINER), "egress")
+
+    def detach(self, ifindex: int) -> None:
+        tc_detach(ifindex, "ingress")
+        tc_detach(ifindex, "egress")
+
+    def is_attached(self, ifindex: int) -> bool:
+        return tc_query(ifindex, "ingress") is not None and tc_query(ifindex, "egress") is not None
+
+    def map_usage(self) -> list[MapUsage]:
+        out = []
+        for name, m in sorted(self._maps.items()):
+            info = m.info
+            if name in (EVENTS_MAP,) or name.endswith(".bss") or name.endswith(".rodata"):
+                continue
+            if name in ("ciliary_config", "ciliary_events_lost"):
+                continue
+            out.append(MapUsage(name, m.count(), info.max_entries))
+        return out
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps = {}
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+
+def remove_pins(pin_dir: Path) -> None:
+    """Remove a node's pins (``lab down``): attached programs stay alive only while attached."""
+    if pin_dir.exists():
+        shutil.rmtree(pin_dir)

@@ -1,0 +1,64 @@
+"""Typed views of the datapath's maps and ctypes mirrors of the structs they hold.
+
+Each module mirrors the C structs of one map of ``bpf/lib/common.h`` (class attribute
+``C_NAME`` names the C twin; ``_fields_`` in the C order with the C types) and wraps a
+:class:`~ciliary.datapath.libbpf.Map` with an API in ``ipaddress`` types. :data:`ALL_MIRRORS` is
+what tests/bpf/test_btf_layout.py checks against the compiled object's BTF, so a struct changed
+on one side only fails the suite instead of corrupting maps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from ciliary.datapath.maps.config import ConfigMap, DPConfig, DPConfigC
+from ciliary.datapath.maps.conntrack import CTEntryC, CTKeyC, CTMap, CTRecord
+from ciliary.datapath.maps.endpoints import (
+    EP_F_READY,
+    EndpointInfoC,
+    EndpointKeyC,
+    EndpointMap,
+    EndpointRecord,
+)
+from ciliary.datapath.maps.events import (
+    EventsLostMap,
+    RawTraceEvent,
+    TraceEventC,
+    decode_trace_event,
+)
+from ciliary.datapath.maps.ipcache import IPCacheInfoC, IPCacheKeyC, IPCacheMap, IPCacheRecord
+
+__all__ = [
+    "ALL_MIRRORS",
+    "EP_F_READY",
+    "CTEntryC",
+    "CTKeyC",
+    "CTMap",
+    "CTRecord",
+    "ConfigMap",
+    "DPConfig",
+    "DPConfigC",
+    "EndpointInfoC",
+    "EndpointKeyC",
+    "EndpointMap",
+    "EndpointRecord",
+    "EventsLostMap",
+    "IPCacheInfoC",
+    "IPCacheKeyC",
+    "IPCacheMap",
+    "IPCacheRecord",
+    "RawTraceEvent",
+    "TraceEventC",
+    "decode_trace_event",
+]
+
+ALL_MIRRORS: list[type[ctypes.Structure]] = [
+    EndpointKeyC,
+    EndpointInfoC,
+    IPCacheKeyC,
+    IPCacheInfoC,
+    CTKeyC,
+    CTEntryC,
+    DPConfigC,
+    TraceEventC,
+]

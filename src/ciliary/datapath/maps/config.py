@@ -1,0 +1,63 @@
+"""``ciliary_config[0]`` (bpf/lib/config.h): the runtime knobs the agent sets at start.
+
+The map is an array, so its single entry always exists: until the agent writes it, the datapath
+reads zeroes (no aggregation, no report interval).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from ciliary.datapath.libbpf import BPF_ANY, Map
+from ciliary.datapath.maps.endpoints import check_map_layout
+
+__all__ = ["MONITOR_AGG_MEDIUM", "MONITOR_AGG_NONE", "ConfigMap", "DPConfig", "DPConfigC"]
+
+MONITOR_AGG_NONE = 0
+MONITOR_AGG_MEDIUM = 2
+
+_KEY = bytes(ctypes.sizeof(ctypes.c_uint32))  # index 0
+
+
+class DPConfigC(ctypes.Structure):
+    """Mirror of C ``struct dp_config`` (bpf/lib/common.h)."""
+
+    C_NAME = "dp_config"
+    _fields_ = [
+        ("aggregation_interval_ns", ctypes.c_uint64),
+        ("monitor_aggregation", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    monitor_aggregation: int
+    aggregation_interval_ns: int
+    flags: int
+
+
+class ConfigMap:
+    """Typed view of ciliary_config over a :class:`Map` it does not own."""
+
+    def __init__(self, bpf_map: Map) -> None:
+        check_map_layout(bpf_map, ctypes.c_uint32, DPConfigC)
+        self.map = bpf_map
+
+    def set(self, monitor_aggregation: int, aggregation_interval_ns: int, flags: int = 0) -> None:
+        value = DPConfigC(
+            aggregation_interval_ns=aggregation_interval_ns,
+            monitor_aggregation=monitor_aggregation,
+            flags=flags,
+        )
+        self.map.update(_KEY, bytes(value), BPF_ANY)
+
+    def get(self) -> DPConfig:
+        raw = self.map.lookup(_KEY)
+        value = DPConfigC.from_buffer_copy(raw) if raw is not None else DPConfigC()
+        return DPConfig(
+            monitor_aggregation=int(value.monitor_aggregation),
+            aggregation_interval_ns=int(value.aggregation_interval_ns),
+            flags=int(value.flags),
+        )

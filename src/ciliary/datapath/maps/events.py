@@ -1,0 +1,162 @@
+"""``ciliary_events`` / ``ciliary_events_lost`` (bpf/lib/events.h): the datapath's notifications.
+
+A ring buffer record is one C ``struct trace_event``; :func:`decode_trace_event` turns it into
+plain Python values without interpreting them (the numbers are Hubble's and Cilium's, see
+bpf/lib/common.h; giving them meaning is the agent's job). Records the datapath could not
+reserve are counted per CPU in ``ciliary_events_lost``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from dataclasses import dataclass
+
+from ciliary.datapath.libbpf import Map
+from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_addr, format_mac
+
+__all__ = [
+    "EVENT_DROP",
+    "EVENT_TRACE",
+    "VERDICT_DROPPED",
+    "VERDICT_FORWARDED",
+    "EventsLostMap",
+    "RawTraceEvent",
+    "TraceEventC",
+    "decode_trace_event",
+]
+
+EVENT_DROP = 1
+EVENT_TRACE = 4
+VERDICT_FORWARDED = 1
+VERDICT_DROPPED = 2
+
+
+class TraceEventC(ctypes.Structure):
+    """Mirror of C ``struct trace_event`` (bpf/lib/common.h)."""
+
+    C_NAME = "trace_event"
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("ct_created_ns", ctypes.c_uint64),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("smac", ctypes.c_uint8 * 6),
+        ("dmac", ctypes.c_uint8 * 6),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("src_sec_id", ctypes.c_uint32),
+        ("dst_sec_id", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("pkt_len", ctypes.c_uint32),
+        ("ep_id", ctypes.c_uint16),
+        ("dst_ep_id", ctypes.c_uint16),
+        ("type", ctypes.c_uint8),
+        ("obs_point", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("drop_reason", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("is_reply", ctypes.c_uint8),
+        ("icmp_type", ctypes.c_uint8),
+        ("icmp_code", ctypes.c_uint8),
+        ("ct_state", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 9),
+    ]
+
+
+@dataclass(frozen=True)
+class RawTraceEvent:
+    """A decoded ``struct trace_event``; ``src``/``dst`` are None when the packet was not IP
+    (family 0, e.g. a drop before L3 was parsed)."""
+
+    ts_ns: int
+    ct_created_ns: int
+    src: IPAddress | None
+    dst: IPAddress | None
+    smac: str
+    dmac: str
+    sport: int
+    dport: int
+    src_sec_id: int
+    dst_sec_id: int
+    ifindex: int
+    pkt_len: int
+    ep_id: int
+    dst_ep_id: int
+    type: int
+    obs_point: int
+    verdict: int
+    drop_reason: int
+    family: int
+    proto: int
+    tcp_flags: int
+    is_reply: bool
+    icmp_type: int
+    icmp_code: int
+    ct_state: int
+
+
+def _addr(raw: bytes, family: int) -> IPAddress | None:
+    try:
+        return decode_addr(raw, family)
+    except ValueError:
+        return None
+
+
+def decode_trace_event(data: bytes) -> RawTraceEvent:
+    """Decodes one ring buffer record; ``data`` may be longer than the struct (never shorter)."""
+    size = ctypes.sizeof(TraceEventC)
+    if len(data) < size:
+        raise ValueError(f"trace_event record is {len(data)} bytes, expected {size}")
+    ev = TraceEventC.from_buffer_copy(data[:size])
+    family = int(ev.family)
+    return RawTraceEvent(
+        ts_ns=int(ev.ts_ns),
+        ct_created_ns=int(ev.ct_created_ns),
+        src=_addr(bytes(ev.saddr), family),
+        dst=_addr(bytes(ev.daddr), family),
+        smac=format_mac(bytes(ev.smac)),
+        dmac=format_mac(bytes(ev.dmac)),
+        sport=int(ev.sport),
+        dport=int(ev.dport),
+        src_sec_id=int(ev.src_sec_id),
+        dst_sec_id=int(ev.dst_sec_id),
+        ifindex=int(ev.ifindex),
+        pkt_len=int(ev.pkt_len),
+        ep_id=int(ev.ep_id),
+        dst_ep_id=int(ev.dst_ep_id),
+        type=int(ev.type),
+        obs_point=int(ev.obs_point),
+        verdict=int(ev.verdict),
+        drop_reason=int(ev.drop_reason),
+        family=family,
+        proto=int(ev.proto),
+        tcp_flags=int(ev.tcp_flags),
+        is_reply=bool(ev.is_reply),
+        icmp_type=int(ev.icmp_type),
+        icmp_code=int(ev.icmp_code),
+        ct_state=int(ev.ct_state),
+    )
+
+
+_KEY = bytes(ctypes.sizeof(ctypes.c_uint32))  # index 0
+
+
+class EventsLostMap:
+    """Typed view of ciliary_events_lost (per-CPU ``__u64`` at index 0)."""
+
+    def __init__(self, bpf_map: Map) -> None:
+        if not bpf_map.is_percpu:
+            raise ValueError(f"map {bpf_map.info.name!r} is not a per-CPU map")
+        check_map_layout(bpf_map, ctypes.c_uint32, ctypes.c_uint64)
+        self.map = bpf_map
+
+    def per_cpu(self) -> list[int]:
+        values = self.map.lookup_percpu(_KEY) or []
+        return [int.from_bytes(v, sys.byteorder) for v in values]
+
+    def total(self) -> int:
+        """Events lost since the map was created, over all CPUs."""
+        return sum(self.per_cpu())

@@ -1,0 +1,174 @@
+"""``make demo``: bring up the embedded default lab and walk through what it shows.
+
+Each step runs a real client in one pod against a server in another and checks the outcome; a
+monitor subscription to the node's agent collects the datapath's own events for those packets,
+which are then shown next to the endpoints. The lab stays up for the user to explore.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from ciliary.client.agent import AgentClient
+from ciliary.core.models import MonitorEvent
+from ciliary.lab import manager, schema
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    pod: str
+    argv: list[str]
+
+
+class _Collector(threading.Thread):
+    """Reads the agent's monitor stream in the background until stopped."""
+
+    def __init__(self, sock: Path) -> None:
+        super().__init__(name="demo-monitor", daemon=True)
+        self.events: list[MonitorEvent] = []
+        self._client = AgentClient(sock, timeout=5)
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.ready.set()
+            for ev in self._client.monitor():
+                self.events.append(ev)
+        except Exception:
+            return
+
+    def stop(self) -> None:
+        self._client.close()
+
+
+def _steps(view_ips: dict[str, tuple[str | None, str | None]]) -> list[Step]:
+    web4, web6 = view_ips["shop/web"]
+    echo4, echo6 = view_ips["shop/echo"]
+    db4, db6 = view_ips["shop/db"]
+    out: list[Step] = []
+    for fam, web, echo, db in (("IPv4", web4, echo4, db4), ("IPv6", web6, echo6, db6)):
+        if web is None or echo is None or db is None:
+            continue
+        host = f"[{web}]" if ":" in web else web
+        out += [
+            Step(f"{fam} TCP  client → web   HTTP GET", "default/client",
+                 ["ciliary", "workload", "http-get", f"http://{host}/", "--timeout", "3"]),
+            Step(f"{fam} TCP  client → echo  echo x3", "default/client",
+                 ["ciliary", "workload", "tcp-echo", echo, "7", "--count", "3"]),
+            Step(f"{fam} UDP  client → echo  echo x3", "default/client",
+                 ["ciliary", "workload", "udp-echo", echo, "7", "--count", "3"]),
+            Step(f"{fam} ICMP client → db    ping x3", "default/client",
+                 ["ciliary", "workload", "ping", db, "-c", "3", "-i", "0.2"]),
+        ]  # fmt: skip
+    return out
+
+
+def _wait_servers(lab: str, ips: dict[str, tuple[str | None, str | None]]) -> None:
+    """Servers start with their pods; give them a moment to listen before the first request."""
+    web4 = ips["shop/web"][0] or ips["shop/web"][1]
+    host = f"[{web4}]" if web4 and ":" in web4 else web4
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        res = manager.run_in_pod(
+            "default/client",
+            ["ciliary", "workload", "http-get", f"http://{host}/", "--timeout", "1"],
+            name=lab,
+        )
+        if res.returncode == 0:
+            return
+        time.sleep(0.3)
+
+
+def run(console: Console) -> int:
+    default = schema.load_default()
+    lab = default.lab.metadata.name
+    if lab in manager.list_labs():
+        console.print(f"[dim]lab {lab} is already up: recreating it[/dim]")
+        manager.down(lab)
+    console.rule("[bold]ciliary demo[/bold]: one node, four pods, our eBPF datapath")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as prog:
+        view = manager.up(None, progress=prog)
+    nodes = Table(title="nodes (network namespaces, one agent each)")
+    for col in ("node", "netns", "agent pid", "pod CIDRs"):
+        nodes.add_column(col)
+    for n in view.nodes:
+        nodes.add_row(n.name, n.netns, str(n.agent_pid), f"{n.ipv4_cidr}  {n.ipv6_cidr}")
+    console.print(nodes)
+    ips = {f"{p.namespace}/{p.name}": (p.ipv4, p.ipv6) for p in view.pods}
+    sock = manager.agent_socket(view.nodes[0].name, name=lab)
+
+    collector = _Collector(sock)
+    collector.start()
+    collector.ready.wait(5)
+    time.sleep(0.3)
+    _wait_servers(lab, ips)
+
+    console.rule("pod → pod traffic through bpf_lxc (redirect_peer between lxc devices)")
+    results = Table()
+    for col in ("check", "from", "result", "output"):
+        results.add_column(col)
+    failures = 0
+    for step in _steps(ips):
+        res = manager.run_in_pod(step.pod, step.argv, name=lab)
+        ok = res.returncode == 0
+        failures += not ok
+        last = (res.stdout.strip().splitlines() or res.stderr.strip().splitlines() or [""])[-1]
+        results.add_row(step.title, step.pod, "[green]ok[/green]" if ok else "[red]FAIL[/red]", last[:70])
+    console.print(results)
+    time.sleep(0.5)
+    collector.stop()
+
+    console.rule("what the datapath reported (ring buffer → agent → ciliary monitor)")
+    events = Table()
+    for col in ("time", "source", "destination", "proto", "summary", "verdict", "point", "identities"):
+        events.add_column(col)
+    seen = [e for e in collector.events if e.src_pod or e.dst_pod]
+    for e in seen[-24:]:
+        src = f"{e.src_pod or e.src_ip}:{e.src_port}" if e.src_port else (e.src_pod or e.src_ip)
+        dst = f"{e.dst_pod or e.dst_ip}:{e.dst_port}" if e.dst_port else (e.dst_pod or e.dst_ip)
+        events.add_row(
+            e.time[11:23], src, dst, e.protocol, e.summary, e.verdict, e.observation_point,
+            f"{e.src_identity}→{e.dst_identity}",
+        )  # fmt: skip
+    console.print(events)
+    console.print(f"[dim]{len(collector.events)} events captured; showing the last {min(24, len(seen))}[/dim]")
+
+    console.rule("endpoints (ciliary endpoint list)")
+    with AgentClient(sock) as cl:
+        eps = cl.endpoints()
+    table = Table()
+    for col in ("ENDPOINT", "IDENTITY", "POD", "IPv4", "IPv6", "STATUS"):
+        table.add_column(col)
+    for ep in eps:
+        table.add_row(str(ep.id), str(ep.identity), f"{ep.namespace}/{ep.pod_name}",
+                      ep.ipv4 or "", ep.ipv6 or "", ep.state.value)  # fmt: skip
+    console.print(table)
+    not_ready = [ep for ep in eps if ep.state.value != "ready"]
+    if not seen:
+        console.print("[red]no datapath events were captured[/red]")
+        failures += 1
+    if not_ready:
+        failures += 1
+    console.rule("explore")
+    client4 = ips["shop/db"][0]
+    console.print(
+        "  ciliary lab status                 # nodes and pods\n"
+        "  ciliary endpoint list              # the agent's endpoints\n"
+        "  ciliary bpf ct list                # connections tracked by bpf_lxc\n"
+        "  ciliary monitor                    # live datapath events (-o json)\n"
+        f"  ciliary lab exec default/client -- ciliary workload ping {client4} -c 3\n"
+        "  ciliary lab down                   # remove everything"
+    )
+    if failures:
+        console.print(f"[red]{failures} check(s) failed[/red]")
+        return 1
+    console.print("[green]all checks passed; the lab is still up[/green]")
+    return 0

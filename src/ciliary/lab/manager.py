@@ -1,0 +1,537 @@
+"""``ciliary lab``: a cluster on this machine, made of network namespaces, agents and pods.
+
+The lab plays the parts Kubernetes plays for Cilium: it creates node namespaces and starts one
+agent in each (the DaemonSet), hands each node its pod CIDR (the operator, cluster-pool mode),
+creates pod namespaces, asks the node's agent to plug them in and starts the pods' commands in
+them (kubelet + runtime).
+
+Safety and hygiene contracts:
+  * everything is validated before anything is created; a failure half-way rolls back what was
+    made, so a failed ``lab up`` leaves nothing;
+  * the lab record (``/run/ciliary/lab/<name>/state.json``) is written *before* each resource is
+    created, so ``lab down`` after any crash still finds every netns, process, cgroup, pin and
+    state directory to remove; it also sweeps by the lab's name prefixes;
+  * only namespaces created here are addressed; no route or address is added to the root netns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.progress import Progress, TaskID
+
+from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
+from ciliary.core.models import EndpointCreateRequest
+from ciliary.datapath.linux import cgroup, netns
+from ciliary.datapath.linux.errors import LinkError
+from ciliary.lab import process, schema
+from ciliary.lab.state import LabRecord, LabView, NodeRecord, NodeView, PodRecord, PodView
+
+RUN_ROOT = Path(os.environ.get("CILIARY_RUN_DIR", "/run/ciliary"))
+LAB_ROOT = RUN_ROOT / "lab"
+PIN_ROOT = Path("/sys/fs/bpf/ciliary")
+CGROUP_PARENT = "ciliary"
+AGENT_READY_TIMEOUT = 60.0
+
+
+class LabError(Exception):
+    """A lab operation failed; ``str()`` is one line for the user."""
+
+
+# ---- names -------------------------------------------------------------------------------------
+
+
+def node_netns(lab: str, node: str) -> str:
+    return f"ciln-{lab}-{node}"
+
+
+def pod_netns(lab: str, namespace: str, pod: str) -> str:
+    return f"cilp-{lab}-{namespace}-{pod}"
+
+
+def _lab_dir(lab: str) -> Path:
+    return LAB_ROOT / lab
+
+
+def _state_file(lab: str) -> Path:
+    return _lab_dir(lab) / "state.json"
+
+
+def _save(rec: LabRecord) -> None:
+    path = _state_file(rec.name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(rec.model_dump_json(indent=1))
+    os.replace(tmp, path)
+
+
+def _load(lab: str) -> LabRecord:
+    path = _state_file(lab)
+    try:
+        return LabRecord.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"lab {lab!r} is not up (no {path})") from None
+    except ValueError as err:
+        raise LabError(f"lab record {path} is unreadable: {err}") from err
+
+
+def list_labs() -> list[str]:
+    if not LAB_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in LAB_ROOT.iterdir() if (p / "state.json").exists())
+
+
+def _resolve(name: str | None) -> str:
+    if name is not None:
+        return name
+    labs = list_labs()
+    if not labs:
+        raise LabError("no lab is up (start one with `ciliary lab up`)")
+    if len(labs) > 1:
+        raise LabError(f"several labs are up ({', '.join(labs)}): choose one with --name")
+    return labs[0]
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("this command must run as root (try sudo)")
+
+
+def _cgroup_rel(lab: str, leaf: str) -> str:
+    return f"{CGROUP_PARENT}/{lab}/{leaf}"
+
+
+@contextlib.contextmanager
+def _step(progress: Progress | None, text: str) -> Iterator[TaskID | None]:
+    task = progress.add_task(text, total=1) if progress is not None else None
+    yield task
+    if progress is not None and task is not None:
+        progress.update(task, completed=1)
+
+
+# ---- up ----------------------------------------------------------------------------------------
+
+
+def up(path: Path | None, *, name: str | None = None, progress: Progress | None = None) -> LabView:
+    """Create the lab described by ``path`` (the embedded default scenario when None)."""
+    _require_root()
+    try:
+        lab_file = schema.load_default() if path is None else schema.load_lab_file(path)
+    except schema.LabFileError as err:
+        raise LabError(str(err)) from err
+    lab_name = name or lab_file.lab.metadata.name
+    _preflight(lab_name, lab_file)
+    rec = LabRecord(
+        name=lab_name,
+        file=str(path) if path else None,
+        created_at=time.time(),
+        monitor_aggregation=lab_file.lab.spec.monitor_aggregation,
+    )
+    _save(rec)
+    try:
+        cidrs = schema.node_cidrs(lab_file)
+        for node in lab_file.lab.spec.nodes:
+            with _step(progress, f"node {node.name}: netns + agent"):
+                _create_node(rec, node.name, cidrs[node.name])
+        for ns in lab_file.namespaces:
+            rec.namespaces[ns.metadata.name] = dict(ns.metadata.labels)
+        _save(rec)
+        for pod in lab_file.pods:
+            with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
+                _create_pod(rec, pod)
+    except BaseException as err:
+        _teardown(rec)
+        if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
+            raise LabError(f"lab up failed, nothing was left behind: {err}") from err
+        raise
+    return status(lab_name)
+
+
+def apply(path: Path, *, name: str | None = None, progress: Progress | None = None) -> LabView:
+    """Add the Namespace and Pod documents of ``path`` to a running lab (all or nothing)."""
+    _require_root()
+    rec = _load(_resolve(name))
+    try:
+        base = schema.load_lab_file(Path(rec.file)) if rec.file else schema.load_default()
+        added = schema.parse_documents(
+            Path(path).read_text(), str(path), require_lab=False, base=_effective_base(base, rec)
+        )
+    except OSError as err:
+        raise LabError(f"{path}: {err.strerror}") from err
+    except schema.LabFileError as err:
+        raise LabError(str(err)) from err
+    made: list[PodRecord] = []
+    try:
+        for ns in added.namespaces:
+            rec.namespaces[ns.metadata.name] = dict(ns.metadata.labels)
+        _save(rec)
+        for pod in added.pods:
+            with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
+                made.append(_create_pod(rec, pod))
+    except BaseException as err:
+        for pod_rec in made:
+            _remove_pod(rec, pod_rec)
+        _save(rec)
+        if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
+            raise LabError(f"lab apply failed, nothing was added: {err}") from err
+        raise
+    return status(rec.name)
+
+
+def _effective_base(base: schema.LabFile, rec: LabRecord) -> schema.LabFile:
+    """The lab as it runs now (its file plus pods applied since), for duplicate/IP checks."""
+    return schema.with_running_pods(base, [(p.namespace, p.name, p.ipv4, p.ipv6) for p in rec.pods])
+
+
+def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
+    if _state_file(lab_name).exists():
+        raise LabError(f"lab {lab_name!r} is already up (`ciliary lab down --name {lab_name}` first)")
+    if not Path("/sys/fs/bpf").is_dir() or not any(
+        line.split()[1] == "/sys/fs/bpf" for line in Path("/proc/mounts").read_text().splitlines()
+    ):
+        raise LabError("bpffs is not mounted at /sys/fs/bpf (run `make setup`)")
+    if cgroup.cgroup2_root() is None:
+        raise LabError("no cgroup2 hierarchy is mounted")
+    for node in lab_file.lab.spec.nodes:
+        if netns.exists(node_netns(lab_name, node.name)):
+            raise LabError(f"network namespace {node_netns(lab_name, node.name)} already exists")
+        sock = RUN_ROOT / node.name / "agent.sock"
+        if (RUN_ROOT / node.name).exists():
+            raise LabError(
+                f"node name {node.name!r} is in use on this machine ({RUN_ROOT / node.name} exists;"
+                f" another lab? `ciliary lab down --all` removes every lab) [{sock}]"
+            )
+    for pod in lab_file.pods:
+        if netns.exists(pod_netns(lab_name, pod.namespace, pod.name)):
+            raise LabError(f"network namespace {pod_netns(lab_name, pod.namespace, pod.name)} exists")
+
+
+def _create_node(rec: LabRecord, node: str, cidrs: schema.NodeCIDRs) -> NodeRecord:
+    nrec = NodeRecord(
+        name=node,
+        netns=node_netns(rec.name, node),
+        state_dir=str(RUN_ROOT / node),
+        pin_dir=str(PIN_ROOT / node),
+        socket=str(RUN_ROOT / node / "agent.sock"),
+        cgroup=_cgroup_rel(rec.name, f"agent-{node}"),
+        ipv4_cidr=str(cidrs.ipv4) if cidrs.ipv4 else None,
+        ipv6_cidr=str(cidrs.ipv6) if cidrs.ipv6 else None,
+    )
+    rec.nodes.append(nrec)
+    _save(rec)  # intent first
+    netns.create(nrec.netns)
+    _start_agent(rec, nrec)
+    return nrec
+
+
+def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
+    argv = [
+        sys.executable, "-m", "ciliary.agent.main",
+        "--node-name", nrec.name,
+        "--netns", nrec.netns,
+        "--state-dir", nrec.state_dir,
+        "--bpf-pin-dir", nrec.pin_dir,
+        "--monitor-aggregation", rec.monitor_aggregation,
+    ]  # fmt: skip
+    if nrec.ipv4_cidr:
+        argv += ["--ipv4-range", nrec.ipv4_cidr]
+    if nrec.ipv6_cidr:
+        argv += ["--ipv6-range", nrec.ipv6_cidr]
+    return argv
+
+
+def _start_agent(rec: LabRecord, nrec: NodeRecord) -> None:
+    state_dir = Path(nrec.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cg = cgroup.create(nrec.cgroup) if nrec.cgroup else None
+    log_path = state_dir / "agent.log"
+    pid, started = process.spawn(
+        _agent_argv(rec, nrec), netns_path=None, cgroup_path=cg, log_path=log_path
+    )
+    nrec.agent_pid, nrec.agent_start_time = pid, started
+    _save(rec)
+    _wait_agent(nrec, log_path)
+
+
+def _wait_agent(nrec: NodeRecord, log_path: Path) -> None:
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    sock = Path(nrec.socket)
+    while time.monotonic() < deadline:
+        if not process.alive(nrec.agent_pid, nrec.agent_start_time):
+            tail = _tail(log_path)
+            raise LabError(f"agent of node {nrec.name} exited during start-up: {tail}")
+        if sock.exists():
+            with contextlib.suppress(AgentUnavailableError), AgentClient(sock, timeout=2) as cl:
+                cl.healthz()
+                return
+        time.sleep(0.1)
+    raise LabError(f"agent of node {nrec.name} not ready after {AGENT_READY_TIMEOUT:.0f}s")
+
+
+def _tail(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        for line in reversed(lines):
+            if "Error" in line or "error" in line or "failed" in line:
+                return line.strip()[-300:]
+        return lines[-1].strip()[-300:] if lines else "(empty log)"
+    return f"(no log at {path})"
+
+
+def _node(rec: LabRecord, name: str) -> NodeRecord:
+    for n in rec.nodes:
+        if n.name == name:
+            return n
+    raise LabError(f"lab {rec.name!r} has no node {name!r}")
+
+
+def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
+    nrec = _node(rec, pod.node_name)
+    prec = PodRecord(
+        name=pod.name,
+        namespace=pod.namespace,
+        node=nrec.name,
+        netns=pod_netns(rec.name, pod.namespace, pod.name),
+        container_id=f"{rec.name}-{pod.namespace}-{pod.name}",
+        labels=dict(pod.labels),
+        argv=pod.argv(),
+        cgroup=_cgroup_rel(rec.name, f"pod-{pod.namespace}-{pod.name}"),
+        log=str(_lab_dir(rec.name) / "logs" / f"{pod.namespace}_{pod.name}.log"),
+    )
+    rec.pods.append(prec)
+    _save(rec)  # intent first
+    path = netns.create(prec.netns)
+    v4 = next((str(a) for a in pod.requested_ips() if a.version == 4), None)
+    v6 = next((str(a) for a in pod.requested_ips() if a.version == 6), None)
+    with AgentClient(Path(nrec.socket)) as cl:
+        ep = cl.create_endpoint(
+            EndpointCreateRequest(
+                container_id=prec.container_id,
+                netns=str(path),
+                ifname="eth0",
+                pod_name=pod.name,
+                namespace=pod.namespace,
+                labels=dict(pod.labels),
+                ipv4=v4,
+                ipv6=v6,
+            )
+        )
+    prec.endpoint_id, prec.ipv4, prec.ipv6 = ep.id, ep.ipv4, ep.ipv6
+    _save(rec)
+    # The pod's processes start only now: the endpoint is ready (programs attached) by contract.
+    cg = cgroup.create(prec.cgroup) if prec.cgroup else None
+    env = {"HOSTNAME": pod.name, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace}
+    env.update(pod.env())
+    prec.pid, prec.pid_start_time = process.spawn(
+        prec.argv,
+        netns_path=str(path),
+        cgroup_path=cg,
+        log_path=Path(prec.log or "/dev/null"),
+        env=env,
+        cwd=pod.working_dir(),
+    )
+    _save(rec)
+    return prec
+
+
+# ---- down --------------------------------------------------------------------------------------
+
+
+def down(name: str | None = None, *, all_labs: bool = False) -> list[str]:
+    """Remove a lab (or all): processes, netns (and with them every veth), pins, cgroups, state."""
+    _require_root()
+    if all_labs:
+        names = list_labs()
+        # labs whose record was lost still leave netns with our prefixes behind
+        for ns_name in netns.list_names("ciln-") + netns.list_names("cilp-"):
+            lab = ns_name.split("-", 2)[1] if ns_name.count("-") >= 2 else None
+            if lab and lab not in names:
+                names.append(lab)
+    else:
+        names = [_resolve(name) if name is None else name]
+    removed = []
+    for lab in names:
+        try:
+            rec = _load(lab)
+        except LabError:
+            rec = LabRecord(name=lab, file=None, created_at=0)
+            if not any(netns.list_names(p) for p in (f"ciln-{lab}-", f"cilp-{lab}-")):
+                if not all_labs:
+                    raise
+                continue
+        _teardown(rec)
+        removed.append(lab)
+    return removed
+
+
+def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
+    if prec.cgroup:
+        root = cgroup.cgroup2_root()
+        if root is not None:
+            cgroup.kill_and_remove(root / prec.cgroup)
+    process.stop(prec.pid, prec.pid_start_time, timeout=1.0)
+    with contextlib.suppress(Exception):
+        node = _node(rec, prec.node)
+        if process.alive(node.agent_pid, node.agent_start_time):
+            with AgentClient(Path(node.socket), timeout=10) as cl:
+                cl.delete_endpoint_by_container(prec.container_id)
+    netns.remove(prec.netns)
+    if prec in rec.pods:
+        rec.pods.remove(prec)
+
+
+def _teardown(rec: LabRecord) -> None:
+    """Idempotent removal of everything the record (and the lab's name prefixes) points at."""
+    errors: list[str] = []
+    root = cgroup.cgroup2_root()
+    for prec in list(rec.pods):
+        if prec.cgroup and root is not None:
+            _collect(errors, cgroup.kill_and_remove, root / prec.cgroup)
+        process.stop(prec.pid, prec.pid_start_time, timeout=1.0)
+    for nrec in rec.nodes:
+        process.stop(nrec.agent_pid, nrec.agent_start_time, timeout=5.0)
+        if nrec.cgroup and root is not None:
+            _collect(errors, cgroup.kill_and_remove, root / nrec.cgroup)
+    for prec in rec.pods:
+        _collect(errors, netns.remove, prec.netns)
+    for nrec in rec.nodes:
+        _collect(errors, netns.remove, nrec.netns)
+    for ns_name in netns.list_names(f"cilp-{rec.name}-") + netns.list_names(f"ciln-{rec.name}-"):
+        _collect(errors, netns.remove, ns_name)
+    for nrec in rec.nodes:
+        _collect(errors, shutil.rmtree, Path(nrec.pin_dir), ignore_errors=False)
+        _collect(errors, shutil.rmtree, Path(nrec.state_dir), ignore_errors=False)
+    if root is not None:
+        _collect(errors, cgroup.kill_and_remove, root / CGROUP_PARENT / rec.name)
+        parent = root / CGROUP_PARENT
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only when no other lab uses it
+    _collect(errors, shutil.rmtree, _lab_dir(rec.name), ignore_errors=False)
+    with contextlib.suppress(OSError):
+        PIN_ROOT.rmdir()
+    if errors:
+        raise LabError(f"lab {rec.name}: cleanup incomplete: {'; '.join(errors)}")
+
+
+def _collect(errors: list[str], fn: object, *args: object, **kwargs: object) -> None:
+    try:
+        fn(*args, **kwargs)  # type: ignore[operator]
+    except FileNotFoundError:
+        return
+    except Exception as err:
+        errors.append(str(err))
+
+
+# ---- status / exec / restart -------------------------------------------------------------------
+
+
+def status(name: str | None = None) -> LabView:
+    rec = _load(_resolve(name))
+    return LabView(
+        name=rec.name,
+        file=rec.file,
+        created_at=rec.created_at,
+        nodes=[
+            NodeView(
+                name=n.name,
+                netns=n.netns,
+                agent_pid=n.agent_pid,
+                agent_alive=process.alive(n.agent_pid, n.agent_start_time),
+                socket=n.socket,
+                ipv4_cidr=n.ipv4_cidr,
+                ipv6_cidr=n.ipv6_cidr,
+            )
+            for n in rec.nodes
+        ],
+        pods=[
+            PodView(
+                name=p.name,
+                namespace=p.namespace,
+                node=p.node,
+                netns=p.netns,
+                ipv4=p.ipv4,
+                ipv6=p.ipv6,
+                endpoint_id=p.endpoint_id,
+                pid=p.pid,
+                running=process.alive(p.pid, p.pid_start_time),
+                labels=p.labels,
+            )
+            for p in rec.pods
+        ],
+    )
+
+
+def find_pod(rec: LabRecord, pod: str) -> PodRecord:
+    ns, _, name = pod.rpartition("/")
+    ns = ns or "default"
+    for p in rec.pods:
+        if p.namespace == ns and p.name == name:
+            return p
+    known = ", ".join(p.key for p in rec.pods) or "none"
+    raise LabError(f"lab {rec.name!r} has no pod {ns}/{name} (pods: {known})")
+
+
+def exec_in_pod(pod: str, argv: list[str], *, name: str | None = None) -> int:
+    """Run a command inside a pod's network namespace, in the foreground; its exit code."""
+    _require_root()
+    if not argv:
+        raise LabError("nothing to run: give a command after --")
+    rec = _load(_resolve(name))
+    prec = find_pod(rec, pod)
+    env = dict(os.environ)
+    env["PATH"] = f"{process.venv_bin()}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update({"HOSTNAME": prec.name, "POD_NAME": prec.name, "POD_NAMESPACE": prec.namespace})
+    try:
+        return subprocess.run(
+            ["nsenter", f"--net={netns.path_of(prec.netns)}", "--", *argv], env=env, check=False
+        ).returncode
+    except FileNotFoundError as err:
+        raise LabError(f"cannot run {argv[0]}: {err.strerror}") from err
+
+
+def restart_agent(node: str, *, name: str | None = None) -> None:
+    """Stop (if running) and start again the agent of ``node``; returns once it is ready."""
+    _require_root()
+    rec = _load(_resolve(name))
+    nrec = _node(rec, node)
+    process.stop(nrec.agent_pid, nrec.agent_start_time)
+    _start_agent(rec, nrec)
+
+
+def agent_socket(node: str, *, name: str | None = None) -> Path:
+    return Path(_node(_load(_resolve(name)), node).socket)
+
+
+def record(name: str | None = None) -> LabRecord:
+    return _load(_resolve(name))
+
+
+def dump(name: str | None = None) -> str:
+    return json.dumps(_load(_resolve(name)).model_dump(mode="json"), indent=1)
+
+
+def run_in_pod(
+    pod: str, argv: list[str], *, name: str | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a command inside a pod's netns and capture its output (tests, demo)."""
+    rec = _load(_resolve(name))
+    prec = find_pod(rec, pod)
+    env = dict(os.environ)
+    env["PATH"] = f"{process.venv_bin()}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update({"HOSTNAME": prec.name, "POD_NAME": prec.name, "POD_NAMESPACE": prec.namespace})
+    return subprocess.run(
+        ["nsenter", f"--net={netns.path_of(prec.netns)}", "--", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

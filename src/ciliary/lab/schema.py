@@ -1,0 +1,1242 @@
+"""The lab file: a Kubernetes-style multi-document YAML file, parsed and checked before any change.
+
+A lab is described the way a cluster is: one ``Lab`` document (``ciliary.io/v1alpha1``) naming the
+nodes and the pod address pools, then ``Namespace`` and ``Pod`` documents (``v1``) with the fields
+Kubernetes gives them. Building a lab creates namespaces, veths and BPF state, so every mistake must
+be caught here, before anything is created, and reported so that it can be fixed without guessing:
+each problem is one line naming the file, the document, the dotted path of the field and what was
+expected (``lab.yaml: document 2 (Pod shop/web): spec.containers[0].comand: unknown field``).
+
+Unknown fields are errors (every model forbids extras), values have Kubernetes' types and syntax
+(names are DNS-1123 labels, label keys and values follow the label rules), and the checks that span
+documents (duplicates, undeclared namespaces or nodes, requested addresses outside the node's pod
+CIDR) run after every document has been read. Policy documents are not understood here: their kinds
+are registered as *deferred* and kept as raw mappings for the policy layer to parse.
+
+Node pod CIDRs are derived the way Cilium's operator does in cluster-pool mode, deterministically:
+node *i* (file order) gets the *i*-th subnet of the configured mask size of the first pool CIDR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from importlib import resources
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "CORE_API_VERSION",
+    "DEFAULT_SCENARIO",
+    "DEFERRED_KINDS",
+    "IMPLICIT_NAMESPACES",
+    "LAB_API_VERSION",
+    "REQUESTED_IPS_ANNOTATION",
+    "Container",
+    "ContainerPort",
+    "EnvVar",
+    "IPAMSpec",
+    "LabBody",
+    "LabFile",
+    "LabFileError",
+    "LabMetadata",
+    "LabSpec",
+    "Namespace",
+    "NamespaceMetadata",
+    "NodeCIDRs",
+    "NodeSpec",
+    "PodBody",
+    "PodMetadata",
+    "PodSpec",
+    "RawDocument",
+    "load_default",
+    "load_lab_file",
+    "node_cidrs",
+    "parse_documents",
+    "parse_lab_text",
+    "register_deferred_kind",
+    "with_running_pods",
+]
+
+LAB_API_VERSION: Final = "ciliary.io/v1alpha1"
+CORE_API_VERSION: Final = "v1"
+IMPLICIT_NAMESPACES: tuple[str, ...] = ("default", "kube-system")
+"""Namespaces that exist in every lab without a Namespace document, as in every cluster."""
+REQUESTED_IPS_ANNOTATION = "cni.projectcalico.org/ipAddrs"
+"""Calico's pod annotation: a JSON list of the addresses the pod asks for (one per family)."""
+
+LAB_NAME_MAX = 20  # the lab name prefixes network namespace names
+NODE_NAME_MAX = 15  # node names become interface names (IFNAMSIZ - 1)
+OBJECT_NAME_MAX = 63
+
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+
+DEFERRED_KINDS: dict[str, frozenset[str]] = {
+    "CiliumNetworkPolicy": frozenset({"cilium.io/v2"}),
+    "CiliumClusterwideNetworkPolicy": frozenset({"cilium.io/v2"}),
+    "NetworkPolicy": frozenset({"networking.k8s.io/v1"}),
+}
+"""Kinds this module accepts without understanding them, by kind, with their apiVersions.
+
+Documents of these kinds are kept as :class:`RawDocument` in :attr:`LabFile.other_documents` for
+the layer that owns them (policy) to parse; any other unknown kind is an error."""
+
+
+def register_deferred_kind(kind: str, *api_versions: str) -> None:
+    """Accept documents of ``kind`` (with one of ``api_versions``) as raw, deferred documents."""
+    if not api_versions:
+        raise ValueError(f"register_deferred_kind({kind!r}): give at least one apiVersion")
+    DEFERRED_KINDS[kind] = DEFERRED_KINDS.get(kind, frozenset()) | frozenset(api_versions)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+
+
+class LabFileError(Exception):
+    """A lab file that cannot be used. ``str()`` is the first problem, on one line.
+
+    ``problems`` holds every problem found (one line each, the first equal to ``str(self)``), so a
+    front end can show them all at once.
+    """
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        lines = [problems] if isinstance(problems, str) else list(problems)
+        if not lines:
+            raise ValueError("LabFileError needs at least one problem")
+        self.problems: list[str] = [_one_line(p) for p in lines]
+        super().__init__(self.problems[0])
+
+    def __str__(self) -> str:
+        return self.problems[0]
+
+
+class _FieldProblemError(ValueError):
+    """A validator's complaint about a part of the value it checks (``subpath`` below its field)."""
+
+    def __init__(self, message: str, *subpath: str | int) -> None:
+        super().__init__(message)
+        self.subpath: tuple[str | int, ...] = subpath
+
+
+def _show(value: object) -> str:
+    """A short, one-line description of a YAML value for "got ..." in messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"bool {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"int {value}" if value.bit_length() <= 64 else "a very large int"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:56] + "...'"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, bytes):
+        return "binary data"
+    if isinstance(value, set):
+        return "a set"
+    return f"{type(value).__name__} {str(value)[:40]}"
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _format_path(loc: Sequence[str | int]) -> str:
+    """``('spec', 'containers', 0, 'name')`` -> ``spec.containers[0].name``; odd keys quoted."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENT.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return out
+
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _error_message(err: Any) -> tuple[list[str | int], str]:
+    """Translate one pydantic error into (field path, "what was expected" message)."""
+    loc: list[str | int] = list(err.get("loc", ()))
+    kind = err.get("type", "")
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    key_problem = bool(loc) and loc[-1] == "[key]"
+    if key_problem:
+        loc = loc[:-1]
+    if kind == "extra_forbidden":
+        message = "unknown field"
+    elif kind == "invalid_key":
+        message = f"unknown field (field names are strings, got {_show(value)})"
+    elif kind == "missing":
+        message = "required field is missing"
+    elif kind in _TYPE_WORDS:
+        message = f"expected {_TYPE_WORDS[kind]}, got {_show(value)}"
+        if kind == "string_type" and isinstance(value, (bool, int, float)):
+            message += " (quote it to make it a string)"
+    elif kind == "literal_error":
+        message = f"expected {ctx.get('expected', 'one of the allowed values')}, got {_show(value)}"
+    elif kind == "too_short":
+        message = (
+            f"expected at least {ctx.get('min_length')} item(s), got {ctx.get('actual_length')}"
+        )
+    elif kind == "too_long":
+        message = (
+            f"expected at most {ctx.get('max_length')} item(s), got {ctx.get('actual_length')}"
+        )
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[kind]
+        bound = next(iter(ctx.values()), "?")
+        message = f"expected a number {op} {bound}, got {_show(value)}"
+    elif kind == "value_error" and isinstance(ctx.get("error"), Exception):
+        exc = ctx["error"]
+        if isinstance(exc, _FieldProblemError):
+            loc.extend(exc.subpath)
+        message = str(exc)
+    else:
+        message = str(err.get("msg", "invalid value")).replace("Input should be", "expected")
+        message += f", got {_show(value)}"
+    if key_problem:
+        message = f"invalid key: {message}"
+    return loc, message
+
+
+# --------------------------------------------------------------------------------------------
+# Value syntax (Kubernetes' rules)
+
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+
+
+def _dns_label(max_len: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if len(value) > max_len or not _DNS1123_LABEL.fullmatch(value):
+            raise ValueError(
+                "expected a DNS-1123 label (lowercase letters, digits and '-', starting and ending"
+                f" with a letter or digit, at most {max_len} characters), got {_show(value)}"
+            )
+        return value
+
+    return check
+
+
+def _label_key(value: str) -> str:
+    expected = (
+        "expected a label key ([prefix/]name: name at most 63 characters of letters, digits,"
+        " '-', '_' and '.', starting and ending with a letter or digit; optional prefix a DNS"
+        f" subdomain), got {_show(value)}"
+    )
+    prefix, slash, name = value.rpartition("/")
+    if slash and (
+        not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix) or "/" in prefix
+    ):
+        raise ValueError(expected)
+    if not name or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+        raise ValueError(expected)
+    return value
+
+
+def _label_value(value: str) -> str:
+    if value and (len(value) > 63 or not _QUALIFIED_NAME.fullmatch(value)):
+        raise ValueError(
+            "expected a label value (empty, or at most 63 characters of letters, digits, '-', '_'"
+            f" and '.', starting and ending with a letter or digit), got {_show(value)}"
+        )
+    return value
+
+
+def _port_name(value: str) -> str:
+    # Kubernetes' IANA_SVC_NAME: at most 15 characters, lowercase alphanumerics and '-', at least
+    # one letter, no '--', not starting or ending with '-'.
+    if (
+        len(value) > 15
+        or not _IANA_SVC_NAME.fullmatch(value)
+        or "--" in value
+        or not re.search("[a-z]", value)
+    ):
+        raise ValueError(
+            "expected a port name (at most 15 lowercase letters, digits and '-', with at least one"
+            f" letter, no '--', not starting or ending with '-'), got {_show(value)}"
+        )
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            "expected an environment variable name (letters, digits, '_', '-' and '.', not"
+            f" starting with a digit), got {_show(value)}"
+        )
+    return value
+
+
+def _network(family: int) -> Callable[[object], object]:
+    cls: type[IPv4Network | IPv6Network] = IPv4Network if family == 4 else IPv6Network
+    example = "10.200.0.0/16" if family == 4 else "fd00:10:200::/104"
+
+    def parse(value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError(f"expected an IPv{family} CIDR like {example}, got {_show(value)}")
+        try:
+            return cls(value.strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(
+                f"expected an IPv{family} CIDR like {example}, got {_show(value)} ({exc})"
+            ) from None
+
+    return parse
+
+
+LabName = Annotated[str, AfterValidator(_dns_label(LAB_NAME_MAX))]
+NodeName = Annotated[str, AfterValidator(_dns_label(NODE_NAME_MAX))]
+ObjectName = Annotated[str, AfterValidator(_dns_label(OBJECT_NAME_MAX))]
+LabelKey = Annotated[str, AfterValidator(_label_key)]
+LabelValue = Annotated[str, AfterValidator(_label_value)]
+Labels = dict[LabelKey, LabelValue]
+Annotations = dict[LabelKey, str]
+PortName = Annotated[str, AfterValidator(_port_name)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+V4Network = Annotated[IPv4Network, BeforeValidator(_network(4))]
+V6Network = Annotated[IPv6Network, BeforeValidator(_network(6))]
+
+
+def _parse_requested_ips(value: str) -> list[IPAddress]:
+    """Parse the requested-IPs annotation: a JSON list of at most one address per family."""
+    expected = 'expected a JSON list of addresses like ["10.200.0.50", "fd00:10:200::32"]'
+    try:
+        items = json.loads(value)
+    except (ValueError, RecursionError):
+        raise ValueError(f"{expected}, got {_show(value)} (not JSON)") from None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{expected}, got {_show(value)}")
+    addresses: list[IPAddress] = []
+    for item in items:
+        try:
+            address = ipaddress.ip_address(item.strip())
+        except ValueError:
+            raise ValueError(f"{expected}: {_show(item)} is not an IP address") from None
+        if isinstance(address, IPv6Address) and address.scope_id:
+            raise ValueError(f"{expected}: {_show(item)} has a zone, pod addresses have none")
+        if any(a.version == address.version for a in addresses):
+            raise ValueError(
+                f"{expected}: more than one IPv{address.version} address (a pod has one per family)"
+            )
+        addresses.append(address)
+    return addresses
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+    )
+
+
+class NodeSpec(_Model):
+    """One node of the lab (a network namespace on this machine)."""
+
+    name: NodeName
+
+
+class IPAMSpec(_Model):
+    """Cluster-pool IPAM, with Cilium's option names. An empty pool list disables that family."""
+
+    mode: Literal["cluster-pool"] = "cluster-pool"
+    cluster_pool_ipv4_pod_cidr_list: list[V4Network] = Field(
+        default_factory=lambda: [IPv4Network("10.200.0.0/16")], alias="clusterPoolIPv4PodCIDRList"
+    )
+    cluster_pool_ipv4_mask_size: int = Field(default=24, alias="clusterPoolIPv4MaskSize")
+    cluster_pool_ipv6_pod_cidr_list: list[V6Network] = Field(
+        default_factory=lambda: [IPv6Network("fd00:10:200::/104")],
+        alias="clusterPoolIPv6PodCIDRList",
+    )
+    cluster_pool_ipv6_mask_size: int = Field(default=120, alias="clusterPoolIPv6MaskSize")
+
+    @field_validator("cluster_pool_ipv4_mask_size")
+    @classmethod
+    def _check_v4_mask(cls, value: int, info: ValidationInfo) -> int:
+        return _check_mask(value, info.data.get("cluster_pool_ipv4_pod_cidr_list"), 4)
+
+    @field_validator("cluster_pool_ipv6_mask_size")
+    @classmethod
+    def _check_v6_mask(cls, value: int, info: ValidationInfo) -> int:
+        return _check_mask(value, info.data.get("cluster_pool_ipv6_pod_cidr_list"), 6)
+
+    @model_validator(mode="after")
+    def _one_family(self) -> IPAMSpec:
+        if not self.cluster_pool_ipv4_pod_cidr_list and not self.cluster_pool_ipv6_pod_cidr_list:
+            raise ValueError(
+                "expected at least one of clusterPoolIPv4PodCIDRList and"
+                " clusterPoolIPv6PodCIDRList to be non-empty"
+            )
+        return self
+
+    @property
+    def ipv4_pool(self) -> IPv4Network | None:
+        """The pool node IPv4 CIDRs are cut from (the first of the list), None if disabled."""
+        pools = self.cluster_pool_ipv4_pod_cidr_list
+        return pools[0] if pools else None
+
+    @property
+    def ipv6_pool(self) -> IPv6Network | None:
+        pools = self.cluster_pool_ipv6_pod_cidr_list
+        return pools[0] if pools else None
+
+    def capacity(self) -> int:
+        """How many nodes the pools can give a pod CIDR to (the smaller of the families)."""
+        sizes = []
+        if self.ipv4_pool is not None:
+            sizes.append(1 << (self.cluster_pool_ipv4_mask_size - self.ipv4_pool.prefixlen))
+        if self.ipv6_pool is not None:
+            sizes.append(1 << (self.cluster_pool_ipv6_mask_size - self.ipv6_pool.prefixlen))
+        return min(sizes)
+
+
+def _check_mask(value: int, pools: object, family: int) -> int:
+    bits, largest = (32, 30) if family == 4 else (128, 126)
+    smallest = 1
+    if isinstance(pools, list) and pools:
+        smallest = max(p.prefixlen for p in pools if isinstance(p, (IPv4Network, IPv6Network)))
+    if not smallest <= value <= largest:
+        why = f"the pool prefix is /{smallest}" if smallest > 1 else f"{bits}-bit addresses"
+        raise ValueError(
+            f"expected a mask size between {smallest} and {largest} ({why}; a node CIDR needs room"
+            f" for the network and router addresses and a pod), got {_show(value)}"
+        )
+    return value
+
+
+class LabMetadata(_Model):
+    name: LabName
+
+
+class LabBody(_Model):
+    """The ``spec`` of the Lab document."""
+
+    ipam: IPAMSpec = Field(default_factory=IPAMSpec)
+    monitor_aggregation: Literal["none", "medium"] = "medium"
+    nodes: list[NodeSpec] = Field(min_length=1)
+
+    @field_validator("nodes")
+    @classmethod
+    def _check_nodes(cls, nodes: list[NodeSpec], info: ValidationInfo) -> list[NodeSpec]:
+        first: dict[str, int] = {}
+        for i, node in enumerate(nodes):
+            if node.name in first:
+                raise _FieldProblemError(
+                    f"duplicate node name {node.name!r} (also spec.nodes[{first[node.name]}])",
+                    i,
+                    "name",
+                )
+            first[node.name] = i
+        ipam = info.data.get("ipam")
+        if isinstance(ipam, IPAMSpec) and len(nodes) > ipam.capacity():
+            pools = []
+            if ipam.ipv4_pool is not None:
+                pools.append(f"{ipam.ipv4_pool} in /{ipam.cluster_pool_ipv4_mask_size} subnets")
+            if ipam.ipv6_pool is not None:
+                pools.append(f"{ipam.ipv6_pool} in /{ipam.cluster_pool_ipv6_mask_size} subnets")
+            raise ValueError(
+                f"{len(nodes)} nodes do not fit in the pod CIDR pool ({' and '.join(pools)}"
+                f" holds {ipam.capacity()} nodes)"
+            )
+        return nodes
+
+
+class LabSpec(_Model):
+    """The ``Lab`` document: the lab's name, its nodes and how pod addresses are allocated."""
+
+    api_version: Literal["ciliary.io/v1alpha1"] = LAB_API_VERSION
+    kind: Literal["Lab"] = "Lab"
+    metadata: LabMetadata
+    spec: LabBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def nodes(self) -> list[NodeSpec]:
+        return self.spec.nodes
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.spec.nodes]
+
+    @property
+    def ipam(self) -> IPAMSpec:
+        return self.spec.ipam
+
+
+class NamespaceMetadata(_Model):
+    name: ObjectName
+    labels: Labels = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
+
+
+class Namespace(_Model):
+    """A ``Namespace`` document; its labels select pods in policies (``namespaceSelector``)."""
+
+    api_version: Literal["v1"] = CORE_API_VERSION
+    kind: Literal["Namespace"] = "Namespace"
+    metadata: NamespaceMetadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.metadata.labels
+
+
+class EnvVar(_Model):
+    name: EnvName
+    value: str = ""
+
+
+class ContainerPort(_Model):
+    """A declared container port; its name can be used in policies (``toPorts`` named ports)."""
+
+    name: PortName | None = None
+    container_port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class Container(_Model):
+    """A container: here only a command line, run in the pod's network namespace."""
+
+    name: ObjectName
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    working_dir: str | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_port_names(cls, ports: list[ContainerPort]) -> list[ContainerPort]:
+        first: dict[str, int] = {}
+        for i, port in enumerate(ports):
+            if port.name is None:
+                continue
+            if port.name in first:
+                raise _FieldProblemError(
+                    f"duplicate port name {port.name!r} (also ports[{first[port.name]}])", i, "name"
+                )
+            first[port.name] = i
+        return ports
+
+    def argv(self) -> list[str]:
+        return [*self.command, *self.args]
+
+
+class PodMetadata(_Model):
+    name: ObjectName
+    namespace: ObjectName = "default"
+    labels: Labels = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
+
+    @field_validator("annotations")
+    @classmethod
+    def _check_requested_ips(cls, annotations: dict[str, str]) -> dict[str, str]:
+        value = annotations.get(REQUESTED_IPS_ANNOTATION)
+        if value is not None:
+            try:
+                _parse_requested_ips(value)
+            except ValueError as exc:
+                raise _FieldProblemError(str(exc), REQUESTED_IPS_ANNOTATION) from None
+        return annotations
+
+
+class PodBody(_Model):
+    """The ``spec`` of a Pod document (Kubernetes' ``PodSpec``)."""
+
+    node_name: NodeName | None = None
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    termination_grace_period_seconds: int = Field(default=30, ge=0, le=2**63 - 1)
+    containers: list[Container] = Field(min_length=1)
+
+    @field_validator("containers")
+    @classmethod
+    def _check_containers(cls, containers: list[Container]) -> list[Container]:
+        first: dict[str, int] = {}
+        for i, container in enumerate(containers):
+            if container.name in first:
+                raise _FieldProblemError(
+                    f"duplicate container name {container.name!r}"
+                    f" (also spec.containers[{first[container.name]}])",
+                    i,
+                    "name",
+                )
+            first[container.name] = i
+        if not any(c.argv() for c in containers):
+            raise ValueError(
+                "expected at least one container with a command (command or args), e.g."
+                " command: [ciliary, workload, pause]"
+            )
+        return containers
+
+
+class PodSpec(_Model):
+    """A ``Pod`` document. In a :class:`LabFile` its namespace and node are resolved."""
+
+    api_version: Literal["v1"] = CORE_API_VERSION
+    kind: Literal["Pod"] = "Pod"
+    metadata: PodMetadata
+    spec: PodBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, unique in a lab."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.metadata.labels
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return self.metadata.annotations
+
+    @property
+    def containers(self) -> list[Container]:
+        return self.spec.containers
+
+    @property
+    def node_name(self) -> str:
+        """The node the pod runs on. Always set for pods of a :class:`LabFile`."""
+        if self.spec.node_name is None:
+            raise RuntimeError(f"pod {self.key} has not been assigned a node")
+        return self.spec.node_name
+
+    def with_node(self, node_name: str) -> PodSpec:
+        return self.model_copy(
+            update={"spec": self.spec.model_copy(update={"node_name": node_name})}
+        )
+
+    def requested_ips(self) -> list[IPAddress]:
+        """Addresses asked for with the ``cni.projectcalico.org/ipAddrs`` annotation."""
+        value = self.metadata.annotations.get(REQUESTED_IPS_ANNOTATION)
+        return [] if value is None else _parse_requested_ips(value)
+
+    def argv(self) -> list[str]:
+        """The command line to run in the pod: the first container with a command."""
+        for container in self.spec.containers:
+            if container.argv():
+                return container.argv()
+        raise RuntimeError(f"pod {self.key} has no container with a command")
+
+    def main_container(self) -> Container:
+        """The container whose command :meth:`argv` runs."""
+        for container in self.spec.containers:
+            if container.argv():
+                return container
+        raise RuntimeError(f"pod {self.key} has no container with a command")
+
+    def env(self) -> dict[str, str]:
+        """The environment :meth:`argv` runs with (its container's ``env``, later entries win)."""
+        return {var.name: var.value for var in self.main_container().env}
+
+    def working_dir(self) -> str | None:
+        """The directory :meth:`argv` runs in (its container's ``workingDir``), if given."""
+        return self.main_container().working_dir
+
+    def named_ports(self) -> dict[str, ContainerPort]:
+        """Declared ports by name, across containers (the first declaration of a name wins)."""
+        ports: dict[str, ContainerPort] = {}
+        for container in self.spec.containers:
+            for port in container.ports:
+                if port.name is not None:
+                    ports.setdefault(port.name, port)
+        return ports
+
+
+@dataclasses.dataclass(frozen=True)
+class RawDocument:
+    """A document of a deferred kind (a policy), kept as read for the layer that understands it."""
+
+    filename: str
+    index: int  # 1-based position in the file
+    api_version: str
+    kind: str
+    name: str | None
+    namespace: str | None
+    body: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        """``FILE: document N (Kind ns/name)``, the prefix of a one-line error about it."""
+        return _where(self.filename, self.index, _describe(self.body))
+
+
+@dataclasses.dataclass(frozen=True)
+class LabFile:
+    """A checked lab file: the lab, namespaces, pods (namespace and node resolved), and the rest."""
+
+    lab: LabSpec
+    namespaces: list[Namespace]
+    pods: list[PodSpec]
+    other_documents: list[RawDocument]
+    filename: str = "<lab>"
+
+    def namespace_names(self) -> list[str]:
+        """Declared namespaces, then the implicit ones that were not declared."""
+        names = [ns.name for ns in self.namespaces]
+        return names + [n for n in IMPLICIT_NAMESPACES if n not in names]
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of a namespace (empty for an undeclared implicit one)."""
+        for ns in self.namespaces:
+            if ns.name == name:
+                return ns.labels
+        if name in IMPLICIT_NAMESPACES:
+            return {}
+        raise KeyError(name)
+
+    def pod(self, key: str) -> PodSpec:
+        """The pod ``namespace/name``."""
+        for pod in self.pods:
+            if pod.key == key:
+                return pod
+        raise KeyError(key)
+
+    def pods_on(self, node_name: str) -> list[PodSpec]:
+        return [p for p in self.pods if p.node_name == node_name]
+
+
+# --------------------------------------------------------------------------------------------
+# Node CIDRs
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeCIDRs:
+    """A node's pod CIDRs and router (gateway) addresses, per family (None when disabled)."""
+
+    ipv4: IPv4Network | None
+    ipv6: IPv6Network | None
+    ipv4_router: IPv4Address | None
+    ipv6_router: IPv6Address | None
+
+
+def node_cidrs(lab: LabSpec | LabFile) -> dict[str, NodeCIDRs]:
+    """Each node's pod CIDRs, as Cilium's operator allocates them in cluster-pool mode.
+
+    Node *i* (0-based, file order) gets the *i*-th subnet of ``clusterPoolIPv{4,6}MaskSize`` of the
+    first CIDR of each pool; its router address is the first host address of that subnet.
+    """
+    spec = lab.lab if isinstance(lab, LabFile) else lab
+    ipam = spec.ipam
+    result: dict[str, NodeCIDRs] = {}
+    for i, node in enumerate(spec.nodes):
+        v4 = v6 = None
+        if ipam.ipv4_pool is not None:
+            mask = ipam.cluster_pool_ipv4_mask_size
+            start = int(ipam.ipv4_pool.network_address) + (i << (32 - mask))
+            v4 = IPv4Network((start, mask))
+        if ipam.ipv6_pool is not None:
+            mask = ipam.cluster_pool_ipv6_mask_size
+            start = int(ipam.ipv6_pool.network_address) + (i << (128 - mask))
+            v6 = IPv6Network((start, mask))
+        result[node.name] = NodeCIDRs(
+            ipv4=v4,
+            ipv6=v6,
+            ipv4_router=None if v4 is None else v4.network_address + 1,
+            ipv6_router=None if v6 is None else v6.network_address + 1,
+        )
+    return result
+
+
+def with_running_pods(
+    base: LabFile,
+    pods: Iterable[tuple[str, str, str | None, str | None]],
+    *,
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
+) -> LabFile:
+    """``base`` as the lab runs now, to check documents applied to it (``parse_documents``).
+
+    ``pods`` are the running pods as ``(namespace, name, ipv4, ipv6)`` with the addresses they
+    actually have: the result's pods are exactly these, each the file's pod when the file has it,
+    else a stand-in for a pod applied later (placed on the node whose CIDR holds its address), and
+    their requested addresses are replaced by the running ones, so that a new pod cannot ask for an
+    address already in use. ``namespaces`` (name -> labels) adds namespaces applied later.
+    """
+    by_key = {pod.key: pod for pod in base.pods}
+    cidrs = node_cidrs(base.lab)
+    running: list[PodSpec] = []
+    for namespace, name, *addresses in pods:
+        ips: list[str] = []
+        for text in addresses:
+            if text:
+                with contextlib.suppress(ValueError):
+                    ips.append(str(ipaddress.ip_interface(text).ip))
+        pod = by_key.get(f"{namespace}/{name}")
+        if pod is None:
+            node = next(
+                (
+                    n
+                    for n, c in cidrs.items()
+                    if any(
+                        ipaddress.ip_address(ip) in net
+                        for ip in ips
+                        for net in (c.ipv4, c.ipv6)
+                        if net is not None
+                    )
+                ),
+                base.lab.node_names[0],
+            )
+            pod = PodSpec.model_validate(
+                {
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {
+                        "nodeName": node,
+                        "containers": [{"name": "running", "command": ["<running>"]}],
+                    },
+                },
+                strict=False,
+            )
+        annotations = {k: v for k, v in pod.annotations.items() if k != REQUESTED_IPS_ANNOTATION}
+        if ips:
+            annotations[REQUESTED_IPS_ANNOTATION] = json.dumps(ips)
+        metadata = pod.metadata.model_copy(update={"annotations": annotations})
+        running.append(pod.model_copy(update={"metadata": metadata}))
+    declared = list(base.namespaces)
+    known = {ns.name for ns in declared}
+    for ns_name, labels in (namespaces or {}).items():
+        if ns_name not in known:
+            known.add(ns_name)
+            declared.append(
+                Namespace.model_validate({"metadata": {"name": ns_name, "labels": dict(labels)}})
+            )
+    return dataclasses.replace(base, namespaces=declared, pods=running)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in a mapping is an error (as in kubectl)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # Some scalar conversions fail with plain errors (an impossible date like 2024-13-45, an
+        # integer with more digits than Python converts): report them with their position.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            tag = str(node.tag).rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid {tag} {_show(node.value)}: {exc}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[tuple[type, Hashable], yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if (
+                not isinstance(key_node, yaml.ScalarNode)
+                or key_node.tag == "tag:yaml.org,2002:merge"
+            ):
+                continue
+            key = self.construct_object(key_node)
+            try:
+                marker = (type(key), key)
+                duplicate = marker in seen
+            except TypeError:
+                continue
+            if duplicate:
+                first = seen[marker]
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {_show(key)} (first given on line {first.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[marker] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
+    """The documents of a YAML stream as (1-based index, value), empty documents left out."""
+    docs: list[tuple[int, object]] = []
+    index = 0
+    try:
+        for doc in yaml.load_all(text, Loader=_Loader):
+            index += 1
+            if doc is not None:
+                docs.append((index, doc))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            cm = exc.context_mark
+            problem += f" ({exc.context} at line {cm.line + 1} column {cm.column + 1})"
+        if mark is None:
+            raise LabFileError(f"{filename}: invalid YAML: {problem}") from None
+        raise LabFileError(
+            f"{filename}: line {mark.line + 1} column {mark.column + 1}: {problem}"
+        ) from None
+    except yaml.reader.ReaderError as exc:
+        pos = exc.position
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise LabFileError(
+            f"{filename}: line {line} column {column}: unacceptable character {char}: {exc.reason}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise LabFileError(f"{filename}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise LabFileError(f"{filename}: document {index + 1}: YAML nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML lets some scalar conversions fail with plain errors (an impossible timestamp
+        # like 2024-13-45, an integer with more digits than Python converts).
+        raise LabFileError(f"{filename}: document {index + 1}: invalid YAML value: {exc}") from None
+    return docs
+
+
+# --------------------------------------------------------------------------------------------
+# Documents
+
+_KNOWN_KINDS: dict[str, tuple[str, type[LabSpec] | type[Namespace] | type[PodSpec]]] = {
+    "Lab": (LAB_API_VERSION, LabSpec),
+    "Namespace": (CORE_API_VERSION, Namespace),
+    "Pod": (CORE_API_VERSION, PodSpec),
+}
+
+_NAME_LIKE = re.compile(r"[\w.\-/]{1,80}")
+
+
+def _name_text(value: str) -> str:
+    return value if _NAME_LIKE.fullmatch(value) else _show(value)
+
+
+def _describe(doc: dict[Any, Any]) -> str | None:
+    """``Pod shop/web``-like description of a raw document, from whatever it has."""
+    kind = doc.get("kind")
+    if not isinstance(kind, str):
+        return None
+    kind = _name_text(kind)
+    metadata = doc.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    name = _name_text(name) if isinstance(name, str) else None
+    if name is None:
+        return kind
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    if isinstance(namespace, str):
+        name = f"{_name_text(namespace)}/{name}"
+    elif kind == "Pod" or (kind in DEFERRED_KINDS and kind != "CiliumClusterwideNetworkPolicy"):
+        name = f"default/{name}"
+    return f"{kind} {name}"
+
+
+def _where(filename: str, index: int, description: str | None) -> str:
+    return f"{filename}: document {index}" + (f" ({description})" if description else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Doc:
+    index: int
+    where: str
+    value: LabSpec | Namespace | PodSpec | RawDocument
+
+
+def _parse_document(doc: object, filename: str, index: int) -> _Doc:
+    """Validate one document on its own; raise LabFileError with all its problems."""
+    if not isinstance(doc, dict):
+        raise LabFileError(
+            f"{_where(filename, index, None)}: expected a mapping (an object with apiVersion,"
+            f" kind, metadata), got {_show(doc)}"
+        )
+    where = _where(filename, index, _describe(doc))
+    kind = doc.get("kind")
+    api_version = doc.get("apiVersion")
+    if kind is None:
+        raise LabFileError(f"{where}: kind: required field is missing")
+    if not isinstance(kind, str):
+        raise LabFileError(f"{where}: kind: expected a string, got {_show(kind)}")
+    if kind in _KNOWN_KINDS:
+        api_versions = frozenset({_KNOWN_KINDS[kind][0]})
+    elif kind in DEFERRED_KINDS:
+        api_versions = DEFERRED_KINDS[kind]
+    else:
+        known = ", ".join([*_KNOWN_KINDS, *sorted(DEFERRED_KINDS)])
+        raise LabFileError(f"{where}: kind: unknown kind {_show(kind)} (expected one of {known})")
+    wanted = " or ".join(repr(v) for v in sorted(api_versions))
+    if api_version is None:
+        raise LabFileError(f"{where}: apiVersion: required field is missing (expected {wanted})")
+    if api_version not in api_versions:
+        raise LabFileError(
+            f"{where}: apiVersion: expected {wanted} for kind {kind}, got {_show(api_version)}"
+        )
+    if kind in DEFERRED_KINDS:
+        metadata = doc.get("metadata")
+        if not isinstance(metadata, dict):
+            raise LabFileError(f"{where}: metadata: expected a mapping, got {_show(metadata)}")
+        name = metadata.get("name")
+        namespace = metadata.get("namespace")
+        if not isinstance(name, str):
+            raise LabFileError(f"{where}: metadata.name: expected a string, got {_show(name)}")
+        if namespace is not None and not isinstance(namespace, str):
+            raise LabFileError(
+                f"{where}: metadata.namespace: expected a string, got {_show(namespace)}"
+            )
+        raw = RawDocument(filename, index, str(api_version), kind, name, namespace, doc)
+        return _Doc(index, where, raw)
+    model = _KNOWN_KINDS[kind][1]
+    try:
+        value = model.model_validate(doc)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc, message = _error_message(err)
+            path = _format_path(loc)
+            problems.append(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+        raise LabFileError(problems) from None
+    return _Doc(index, where, value)
+
+
+_IPS_PATH = _format_path(["metadata", "annotations", REQUESTED_IPS_ANNOTATION])
+
+
+def parse_documents(
+    text: str, filename: str, *, require_lab: bool, base: LabFile | None = None
+) -> LabFile:
+    """Parse and check a lab file, or (``require_lab=False``) documents to add to a lab.
+
+    With ``require_lab`` the text must hold exactly one Lab document. Without it (``lab apply``)
+    the documents are checked against ``base``, the running lab: its nodes, namespaces, pods and
+    requested addresses count for duplicates, ``nodeName`` and address checks, and the returned
+    :class:`LabFile` holds ``base.lab`` and only the new documents. Round-robin node assignment
+    continues after the base's pods. Raises :class:`LabFileError`.
+    """
+    docs = _load_yaml(text, filename)
+    if not docs:
+        what = "a Lab document" if require_lab or base is None else "documents to add to the lab"
+        raise LabFileError(f"{filename}: the file has no documents (expected {what})")
+    problems: list[str] = []
+    parsed: list[_Doc] = []
+    for index, doc in docs:
+        try:
+            parsed.append(_parse_document(doc, filename, index))
+        except LabFileError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise LabFileError(problems)
+
+    lab_docs = [d for d in parsed if isinstance(d.value, LabSpec)]
+    if len(lab_docs) > 1:
+        raise LabFileError(
+            f"{lab_docs[1].where}: a second Lab document (the first is document"
+            f" {lab_docs[0].index}); a file describes one lab"
+        )
+    if lab_docs and base is not None:
+        raise LabFileError(
+            f"{lab_docs[0].where}: a Lab document cannot be added to the running lab"
+            f" {base.lab.name!r}; only Namespace, Pod and policy documents can"
+        )
+    if lab_docs:
+        assert isinstance(lab_docs[0].value, LabSpec)
+        lab = lab_docs[0].value
+    elif base is not None and not require_lab:
+        lab = base.lab
+    else:
+        raise LabFileError(
+            f"{filename}: no Lab document (apiVersion: {LAB_API_VERSION}, kind: Lab) in the file"
+        )
+    namespaces, pods = _check_together(lab, parsed, base)
+    return LabFile(
+        lab=lab,
+        namespaces=namespaces,
+        pods=pods,
+        other_documents=[d.value for d in parsed if isinstance(d.value, RawDocument)],
+        filename=filename,
+    )
+
+
+def _check_together(
+    lab: LabSpec, parsed: list[_Doc], base: LabFile | None
+) -> tuple[list[Namespace], list[PodSpec]]:
+    """The checks that span documents; returns namespaces and pods with nodes assigned."""
+    problems: list[tuple[int, str]] = []
+
+    def problem(doc: _Doc, path: str, message: str) -> None:
+        problems.append((doc.index, f"{doc.where}: {path}: {message}"))
+
+    declared: dict[str, str] = {}
+    if base is not None:
+        for ns in base.namespaces:
+            declared[ns.name] = "it already exists in the lab"
+    namespaces: list[Namespace] = []
+    for doc in parsed:
+        if isinstance(doc.value, Namespace):
+            name = doc.value.name
+            if name in declared:
+                problem(doc, "metadata.name", f"duplicate namespace {name!r} ({declared[name]})")
+                continue
+            declared[name] = f"also declared in document {doc.index}"
+            namespaces.append(doc.value)
+
+    node_names = lab.node_names
+    cidrs = node_cidrs(lab)
+    pod_owner: dict[str, str] = {}
+    ip_owner: dict[IPAddress, str] = {}
+    round_robin = 0
+    if base is not None:
+        for pod in base.pods:
+            pod_owner[pod.key] = "it already exists in the lab"
+            for ip in pod.requested_ips():
+                ip_owner[ip] = f"pod {pod.key}, already in the lab"
+        round_robin = len(base.pods)
+
+    pods: list[PodSpec] = []
+    for doc in parsed:
+        if not isinstance(doc.value, PodSpec):
+            continue
+        pod = doc.value
+        if pod.key in pod_owner:
+            problem(doc, "metadata.name", f"duplicate pod {pod.key} ({pod_owner[pod.key]})")
+            continue
+        pod_owner[pod.key] = f"also in document {doc.index}"
+        if pod.namespace not in declared and pod.namespace not in IMPLICIT_NAMESPACES:
+            problem(
+                doc,
+                "metadata.namespace",
+                f"namespace {pod.namespace!r} is not declared (add a Namespace document; only"
+                f" {' and '.join(IMPLICIT_NAMESPACES)} exist without one)",
+            )
+        assigned = pod.spec.node_name is None
+        if assigned:
+            node = node_names[round_robin % len(node_names)]
+            round_robin += 1
+            pod = pod.with_node(node)
+        elif pod.node_name not in node_names:
+            problem(
+                doc,
+                "spec.nodeName",
+                f"node {pod.node_name!r} is not a node of lab {lab.name!r}"
+                f" (nodes: {', '.join(node_names)})",
+            )
+            pods.append(pod)
+            continue
+        for ip in pod.requested_ips():
+            message = _check_requested_ip(ip, pod.node_name, cidrs[pod.node_name], assigned)
+            if message is None and ip in ip_owner:
+                message = f"{ip} is also requested by {ip_owner[ip]}"
+            if message is not None:
+                problem(doc, _IPS_PATH, message)
+            ip_owner.setdefault(ip, f"pod {pod.key} (document {doc.index})")
+        pods.append(pod)
+    if problems:
+        problems.sort(key=lambda p: p[0])
+        raise LabFileError([p[1] for p in problems])
+    return namespaces, pods
+
+
+def _check_requested_ip(ip: IPAddress, node: str, cidrs: NodeCIDRs, assigned: bool) -> str | None:
+    network: IPv4Network | IPv6Network | None = cidrs.ipv4 if ip.version == 4 else cidrs.ipv6
+    if network is None:
+        return (
+            f"{ip} is an IPv{ip.version} address but IPv{ip.version} is disabled in this lab"
+            f" (clusterPoolIPv{ip.version}PodCIDRList is empty)"
+        )
+    if ip not in network:
+        how = " (assigned round-robin; set spec.nodeName to choose the node)" if assigned else ""
+        return f"{ip} is not inside the pod CIDR {network} of node {node}{how}"
+    if ip == network.network_address:
+        return f"{ip} is the network address of node {node}'s pod CIDR {network}"
+    if ip == network.network_address + 1:
+        return f"{ip} is node {node}'s router address (the first address of {network})"
+    if ip.version == 4 and ip == network.broadcast_address:
+        return f"{ip} is the broadcast address of node {node}'s pod CIDR {network}"
+    return None
+
+
+def parse_lab_text(text: str, filename: str) -> LabFile:
+    """Parse and check a whole lab file (exactly one Lab document). Raises LabFileError."""
+    return parse_documents(text, filename, require_lab=True)
+
+
+def load_lab_file(path: Path) -> LabFile:
+    """Read and check the lab file at ``path``. Raises LabFileError (also if it cannot be read)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LabFileError(f"{path}: cannot read the lab file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LabFileError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return parse_lab_text(text, str(path))
+
+
+_SCENARIOS = resources.files(__package__ or "ciliary.lab") / "scenarios"
+DEFAULT_SCENARIO: str = (_SCENARIOS / "default.yaml").read_text(encoding="utf-8")
+"""The lab ``ciliary demo`` and ``ciliary lab up`` build when given no file."""
+
+
+def load_default() -> LabFile:
+    """The default scenario, parsed."""
+    return parse_lab_text(DEFAULT_SCENARIO, "scenarios/default.yaml")
