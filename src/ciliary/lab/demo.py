@@ -88,6 +88,8 @@ def _wait_servers(lab: str, ips: dict[str, tuple[str | None, str | None]]) -> No
 
 
 def run(console: Console) -> int:
+    # The demo's own console: markup on, and wide enough for its tables even when piped.
+    console = Console(width=max(132, console.width), highlight=False, soft_wrap=False)
     default = schema.load_default()
     lab = default.lab.metadata.name
     if lab in manager.list_labs():
@@ -128,14 +130,14 @@ def run(console: Console) -> int:
 
     console.rule("what the datapath reported (ring buffer → agent → ciliary monitor)")
     events = Table()
-    for col in ("time", "source", "destination", "proto", "summary", "verdict", "point", "identities"):
-        events.add_column(col)
+    for col in ("time", "source", "destination", "summary", "verdict", "point", "identities"):
+        events.add_column(col, no_wrap=True)
     seen = [e for e in collector.events if e.src_pod or e.dst_pod]
     for e in seen[-24:]:
         src = f"{e.src_pod or e.src_ip}:{e.src_port}" if e.src_port else (e.src_pod or e.src_ip)
         dst = f"{e.dst_pod or e.dst_ip}:{e.dst_port}" if e.dst_port else (e.dst_pod or e.dst_ip)
         events.add_row(
-            e.time[11:23], src, dst, e.protocol, e.summary, e.verdict, e.observation_point,
+            e.time[11:23], src, dst, e.summary, e.verdict, e.observation_point,
             f"{e.src_identity}→{e.dst_identity}",
         )  # fmt: skip
     console.print(events)

@@ -33,7 +33,15 @@ from ciliary.core.models import EndpointCreateRequest
 from ciliary.datapath.linux import cgroup, netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.lab import process, schema
-from ciliary.lab.state import LabRecord, LabView, NodeRecord, NodeView, PodRecord, PodView
+from ciliary.lab.state import (
+    ContainerRecord,
+    LabRecord,
+    LabView,
+    NodeRecord,
+    NodeView,
+    PodRecord,
+    PodView,
+)
 
 RUN_ROOT = Path(os.environ.get("CILIARY_RUN_DIR", "/run/ciliary"))
 LAB_ROOT = RUN_ROOT / "lab"
@@ -188,7 +196,9 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
 
 def _effective_base(base: schema.LabFile, rec: LabRecord) -> schema.LabFile:
     """The lab as it runs now (its file plus pods applied since), for duplicate/IP checks."""
-    return schema.with_running_pods(base, [(p.namespace, p.name, p.ipv4, p.ipv6) for p in rec.pods])
+    return schema.with_running_pods(
+        base, [(p.namespace, p.name, p.ipv4, p.ipv6) for p in rec.pods], namespaces=rec.namespaces
+    )
 
 
 def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
@@ -302,7 +312,9 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
         netns=pod_netns(rec.name, pod.namespace, pod.name),
         container_id=f"{rec.name}-{pod.namespace}-{pod.name}",
         labels=dict(pod.labels),
-        argv=pod.argv(),
+        containers=[
+            ContainerRecord(name=c.name, argv=c.argv()) for c in pod.spec.containers if c.argv()
+        ],
         cgroup=_cgroup_rel(rec.name, f"pod-{pod.namespace}-{pod.name}"),
         log=str(_lab_dir(rec.name) / "logs" / f"{pod.namespace}_{pod.name}.log"),
     )
@@ -327,18 +339,23 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
     prec.endpoint_id, prec.ipv4, prec.ipv6 = ep.id, ep.ipv4, ep.ipv6
     _save(rec)
     # The pod's processes start only now: the endpoint is ready (programs attached) by contract.
+    # Every container is a process in the pod's netns and its cgroup (as containers of a pod
+    # share the pod's network namespace).
     cg = cgroup.create(prec.cgroup) if prec.cgroup else None
-    env = {"HOSTNAME": pod.name, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace}
-    env.update(pod.env())
-    prec.pid, prec.pid_start_time = process.spawn(
-        prec.argv,
-        netns_path=str(path),
-        cgroup_path=cg,
-        log_path=Path(prec.log or "/dev/null"),
-        env=env,
-        cwd=pod.working_dir(),
-    )
-    _save(rec)
+    specs = {c.name: c for c in pod.spec.containers}
+    for crec in prec.containers:
+        spec = specs[crec.name]
+        env = {"HOSTNAME": pod.name, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace}
+        env.update({var.name: var.value for var in spec.env})
+        crec.pid, crec.pid_start_time = process.spawn(
+            crec.argv,
+            netns_path=str(path),
+            cgroup_path=cg,
+            log_path=Path(prec.log or "/dev/null"),
+            env=env,
+            cwd=spec.working_dir,
+        )
+        _save(rec)
     return prec
 
 
@@ -377,7 +394,8 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
         root = cgroup.cgroup2_root()
         if root is not None:
             cgroup.kill_and_remove(root / prec.cgroup)
-    process.stop(prec.pid, prec.pid_start_time, timeout=1.0)
+    for crec in prec.containers:
+        process.stop(crec.pid, crec.pid_start_time, timeout=1.0)
     with contextlib.suppress(Exception):
         node = _node(rec, prec.node)
         if process.alive(node.agent_pid, node.agent_start_time):
@@ -395,7 +413,8 @@ def _teardown(rec: LabRecord) -> None:
     for prec in list(rec.pods):
         if prec.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / prec.cgroup)
-        process.stop(prec.pid, prec.pid_start_time, timeout=1.0)
+        for crec in prec.containers:
+            process.stop(crec.pid, crec.pid_start_time, timeout=1.0)
     for nrec in rec.nodes:
         process.stop(nrec.agent_pid, nrec.agent_start_time, timeout=5.0)
         if nrec.cgroup and root is not None:
@@ -460,8 +479,9 @@ def status(name: str | None = None) -> LabView:
                 ipv4=p.ipv4,
                 ipv6=p.ipv6,
                 endpoint_id=p.endpoint_id,
-                pid=p.pid,
-                running=process.alive(p.pid, p.pid_start_time),
+                pids=[c.pid for c in p.containers if c.pid is not None],
+                running=bool(p.containers)
+                and all(process.alive(c.pid, c.pid_start_time) for c in p.containers),
                 labels=p.labels,
             )
             for p in rec.pods

@@ -1029,7 +1029,7 @@ def _parse_document(doc: object, filename: str, index: int) -> _Doc:
     wanted = " or ".join(repr(v) for v in sorted(api_versions))
     if api_version is None:
         raise LabFileError(f"{where}: apiVersion: required field is missing (expected {wanted})")
-    if api_version not in api_versions:
+    if not isinstance(api_version, str) or api_version not in api_versions:
         raise LabFileError(
             f"{where}: apiVersion: expected {wanted} for kind {kind}, got {_show(api_version)}"
         )

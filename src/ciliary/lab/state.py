@@ -27,6 +27,15 @@ class NodeRecord(_Model):
     ipv6_cidr: str | None = None
 
 
+class ContainerRecord(_Model):
+    """One container of a pod: a process started in the pod's netns and cgroup."""
+
+    name: str
+    argv: list[str]
+    pid: int | None = None
+    pid_start_time: int | None = None
+
+
 class PodRecord(_Model):
     name: str
     namespace: str
@@ -34,9 +43,7 @@ class PodRecord(_Model):
     netns: str
     container_id: str
     labels: dict[str, str] = Field(default_factory=dict)
-    argv: list[str] = Field(default_factory=list)
-    pid: int | None = None
-    pid_start_time: int | None = None
+    containers: list[ContainerRecord] = Field(default_factory=list)
     cgroup: str | None = None
     log: str | None = None
     endpoint_id: int | None = None
@@ -76,7 +83,7 @@ class PodView(_Model):
     ipv4: str | None
     ipv6: str | None
     endpoint_id: int | None
-    pid: int | None
+    pids: list[int]
     running: bool
     labels: dict[str, str]
 

@@ -229,6 +229,12 @@ def serve_until_signal(services: Sequence[Service], prog: str, ready: Sequence[s
     service thread dies, the others are shut down and 1 is returned.
     """
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # A signal whose disposition is "ignore" is discarded even while blocked, and a process
+    # started in the background by a shell inherits SIGINT ignored: make both deliverable.
+    old_handlers: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            old_handlers[sig] = signal.signal(sig, signal.SIG_DFL)
     failed: list[str] = []
 
     def run(service: Service) -> None:
@@ -261,6 +267,8 @@ def serve_until_signal(services: Sequence[Service], prog: str, ready: Sequence[s
             thread.join(timeout=5)
         while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
             pass  # drop a second stop signal rather than die of it once unblocked
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if failed or received is None:
         return fail(prog, failed[0] if failed else "a server stopped unexpectedly")

@@ -62,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
         return fail("echo-server", "give --tcp-port, --udp-port or both")
     services: list[Service] = []
     ready: list[str] = []
+    where = f"tcp port {args.tcp_port}"
     try:
         if args.tcp_port is not None:
             tcp = TCPServer(args.bind, args.tcp_port, _TCPEcho)
             services.append(ServerService("tcp", tcp))
             ready.append(f"echo-server: listening on tcp {format_address(tcp.server_address)}")
         if args.udp_port is not None:
+            where = f"udp port {args.udp_port}"
             udp = UDPServer(args.bind, args.udp_port, _UDPEcho)
             services.append(ServerService("udp", udp))
             ready.append(f"echo-server: listening on udp {format_address(udp.server_address)}")
@@ -75,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             if isinstance(service, ServerService):
                 service.server.server_close()
-        return fail("echo-server", f"cannot listen: {describe_error(exc)}")
+        return fail("echo-server", f"cannot listen on {where}: {describe_error(exc)}")
     return serve_until_signal(services, "echo-server", ready=ready)

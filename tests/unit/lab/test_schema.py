@@ -1,4 +1,4 @@
-"""The lab file schema: every error is one line naming file, document, field path and expectation."""
+"""The lab file schema: each error is one line naming file, document, field path and expectation."""
 
 from __future__ import annotations
 
@@ -257,7 +257,10 @@ def test_node_cidrs_follow_the_cluster_pool() -> None:
 
 
 def test_node_cidrs_with_one_family() -> None:
-    ipam = {"clusterPoolIPv4PodCIDRList": [], "clusterPoolIPv6PodCIDRList": ["fd00::/64"]}
+    ipam: dict[str, Any] = {
+        "clusterPoolIPv4PodCIDRList": [],
+        "clusterPoolIPv6PodCIDRList": ["fd00::/64"],
+    }
     ipam["clusterPoolIPv6MaskSize"] = 112
     cidrs = node_cidrs(parse(lab("a", "b", ipam=ipam)))
     assert cidrs["b"].ipv4 is None and cidrs["b"].ipv4_router is None
@@ -271,7 +274,10 @@ def test_args_without_command_is_a_command() -> None:
 
 
 def test_argv_is_the_first_container_with_a_command() -> None:
-    containers = [{"name": "side"}, {"name": "main", "command": ["a"], "args": ["b"]}]
+    containers: list[dict[str, Any]] = [
+        {"name": "side"},
+        {"name": "main", "command": ["a"], "args": ["b"]},
+    ]
     lf = parse(lab(), pod("p", containers=containers))
     assert lf.pods[0].argv() == ["a", "b"]
     assert lf.pods[0].main_container().name == "main"
@@ -394,12 +400,12 @@ def test_enumerations_and_ranges() -> None:
     p["spec"]["containers"][0]["ports"] = [{"containerPort": 70000, "protocol": "tcp"}]
     err = error(lab(), p)
     assert str(err).endswith("ports[0].containerPort: expected a number <= 65535, got int 70000")
-    assert err.problems[1].endswith(
-        "ports[0].protocol: expected 'TCP', 'UDP' or 'SCTP', got 'tcp'"
-    )
+    assert err.problems[1].endswith("ports[0].protocol: expected 'TCP', 'UDP' or 'SCTP', got 'tcp'")
     d = lab()
     d["spec"]["monitorAggregation"] = "maximum"
-    assert str(error(d)).endswith("spec.monitorAggregation: expected 'none' or 'medium', got 'maximum'")
+    assert str(error(d)).endswith(
+        "spec.monitorAggregation: expected 'none' or 'medium', got 'maximum'"
+    )
 
 
 def test_all_problems_of_all_documents_are_kept() -> None:
@@ -447,9 +453,7 @@ def test_yaml_error_in_a_later_document() -> None:
 
 @pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "---\n", "---\n...\n"])
 def test_empty_file(text: str) -> None:
-    assert str(error_of(text)) == (
-        f"{FILE}: the file has no documents (expected a Lab document)"
-    )
+    assert str(error_of(text)) == (f"{FILE}: the file has no documents (expected a Lab document)")
 
 
 def test_no_lab_document() -> None:
@@ -490,14 +494,12 @@ def test_kind_and_api_version() -> None:
     p = pod("a")
     p["apiVersion"] = "apps/v1"
     assert str(error(lab(), p)) == (
-        f"{FILE}: document 2 (Pod default/a): apiVersion: expected 'v1' for kind Pod,"
-        " got 'apps/v1'"
+        f"{FILE}: document 2 (Pod default/a): apiVersion: expected 'v1' for kind Pod, got 'apps/v1'"
     )
     p = pod("a")
     del p["apiVersion"]
     assert str(error(lab(), p)) == (
-        f"{FILE}: document 2 (Pod default/a): apiVersion: required field is missing"
-        " (expected 'v1')"
+        f"{FILE}: document 2 (Pod default/a): apiVersion: required field is missing (expected 'v1')"
     )
     d = lab()
     d["apiVersion"] = "v1"
@@ -510,7 +512,7 @@ def test_kind_and_api_version() -> None:
     assert str(error(lab(), p)) == f"{FILE}: document 2: kind: expected a string, got a list"
 
 
-CNP = {
+CNP: dict[str, Any] = {
     "apiVersion": "cilium.io/v2",
     "kind": "CiliumNetworkPolicy",
     "metadata": {"name": "allow-web", "namespace": "shop"},
@@ -620,16 +622,16 @@ def test_invalid_label_values(value: str) -> None:
 def test_annotation_keys_follow_the_label_key_rules() -> None:
     p = pod("a")
     p["metadata"]["annotations"] = {"not valid": "x", "ok/fine": "any value at all: {}"}
-    assert ': invalid key: expected a label key' in str(error(lab(), p))
+    assert ": invalid key: expected a label key" in str(error(lab(), p))
 
 
 def test_container_rules() -> None:
-    twins = [{"name": "c", "command": ["a"]}, {"name": "c"}]
+    twins: list[dict[str, Any]] = [{"name": "c", "command": ["a"]}, {"name": "c"}]
     assert str(error(lab(), pod("p", containers=twins))) == (
         f"{FILE}: document 2 (Pod default/p): spec.containers[1].name: duplicate container"
         " name 'c' (also spec.containers[0])"
     )
-    idle = [{"name": "c", "command": [], "args": []}, {"name": "d"}]
+    idle: list[dict[str, Any]] = [{"name": "c", "command": [], "args": []}, {"name": "d"}]
     assert str(error(lab(), pod("p", containers=idle))) == (
         f"{FILE}: document 2 (Pod default/p): spec.containers: expected at least one container"
         " with a command (command or args), e.g. command: [ciliary, workload, pause]"
@@ -652,7 +654,7 @@ def test_port_rules() -> None:
 
 
 def test_env_rules() -> None:
-    env = [{"name": "1X", "value": "1"}]
+    env: list[dict[str, Any]] = [{"name": "1X", "value": "1"}]
     p = pod("p", containers=[{"name": "c", "command": ["a"], "env": env}])
     assert "spec.containers[0].env[0].name: expected an environment variable name" in str(
         error(lab(), p)
@@ -796,7 +798,7 @@ def test_requested_ip_on_a_round_robin_node_says_how_to_choose() -> None:
 
 
 def test_requested_ip_of_a_disabled_family() -> None:
-    ipam = {"clusterPoolIPv6PodCIDRList": []}
+    ipam: dict[str, Any] = {"clusterPoolIPv6PodCIDRList": []}
     err = error(lab("node1", ipam=ipam), pod("a", ips='["fd00:10:200::5"]'))
     assert str(err).endswith(
         f"{IPS_PATH}: fd00:10:200::5 is an IPv6 address but IPv6 is disabled in this lab"
@@ -918,7 +920,9 @@ def test_apply_checks_against_the_base() -> None:
         f"{FILE}: document 2 (Namespace shop): metadata.name: duplicate namespace 'shop' (it"
         " already exists in the lab)",
     ]
-    err = error_of(dump(pod("z", node="node1", ips='["10.200.0.10"]')), require_lab=False, base=base)
+    err = error_of(
+        dump(pod("z", node="node1", ips='["10.200.0.10"]')), require_lab=False, base=base
+    )
     assert str(err).endswith(
         f"{IPS_PATH}: 10.200.0.10 is also requested by pod default/a, already in the lab"
     )
@@ -930,9 +934,7 @@ def test_apply_checks_against_the_base() -> None:
         " 'demo'; only Namespace, Pod and policy documents can"
     )
     err = error_of("", require_lab=False, base=base)
-    assert str(err) == (
-        f"{FILE}: the file has no documents (expected documents to add to the lab)"
-    )
+    assert str(err) == (f"{FILE}: the file has no documents (expected documents to add to the lab)")
 
 
 def test_parse_documents_without_lab_or_base() -> None:
@@ -958,8 +960,9 @@ def test_with_running_pods_uses_the_addresses_pods_have() -> None:
     assert running.pod("late/x").node_name == "node2"
     assert running.pod("default/b").requested_ips() == [IPv4Address("10.200.1.20")]
     assert running.namespace_labels("late") == {"t": "1"}
-    err = error_of(dump(pod("n", node="node2", ips='["10.200.1.20"]')), require_lab=False,
-                   base=running)
+    err = error_of(
+        dump(pod("n", node="node2", ips='["10.200.1.20"]')), require_lab=False, base=running
+    )
     assert str(err).endswith("10.200.1.20 is also requested by pod default/b, already in the lab")
     err = error_of(dump(pod("x", "late")), require_lab=False, base=running)
     assert "duplicate pod late/x" in str(err)

@@ -1,4 +1,4 @@
-"""Fuzzing the lab file parser: any input parses or fails with a one-line LabFileError, nothing else.
+"""Fuzzing the lab file parser: any input parses or fails with a one-line LabFileError, only.
 
 Inputs are mutations of valid lab files (fields deleted, renamed, retyped, replaced by random
 values; documents replaced; raw text corrupted), so that most of them get deep into validation.
@@ -64,7 +64,7 @@ spec: {endpointSelector: {}}
 
 BASES = [list(yaml.safe_load_all(DEFAULT_SCENARIO)), list(yaml.safe_load_all(RICH_LAB))]
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 INTERESTING = st.sampled_from(
     [
         "",
@@ -137,7 +137,7 @@ def at(root: Any, path: tuple[Any, ...]) -> Any:
 
 @st.composite
 def mutated_documents(draw: st.DrawFn) -> list[Any]:
-    docs = copy.deepcopy(draw(st.sampled_from(BASES)))
+    docs: list[Any] = copy.deepcopy(draw(st.sampled_from(BASES)))
     for _ in range(draw(st.integers(1, 4))):
         paths = containers(docs)[1:]  # not the stream itself: documents and below
         op = draw(st.sampled_from(["delete", "rename", "replace", "insert", "duplicate", "doc"]))
@@ -204,7 +204,7 @@ def test_mutated_documents_parse_or_fail_with_one_line(docs: list[Any]) -> None:
             st.text(
                 st.one_of(
                     st.sampled_from(list(":-[]{}#&*!|>'\"%@`,? \n\t\\")),
-                    st.characters(blacklist_categories=("Cs",)),
+                    st.characters(exclude_categories=["Cs"]),
                 ),
                 max_size=4,
             ),
@@ -216,8 +216,8 @@ def test_mutated_documents_parse_or_fail_with_one_line(docs: list[Any]) -> None:
 def test_corrupted_text_parses_or_fails_with_one_line(
     text: str, edits: list[tuple[int, int, str]]
 ) -> None:
-    for position, deleted, inserted in edits:
-        position %= len(text) + 1
+    for offset, deleted, inserted in edits:
+        position = offset % (len(text) + 1)
         text = text[:position] + inserted + text[position + deleted :]
     check(text)
 

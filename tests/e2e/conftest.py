@@ -1,0 +1,119 @@
+"""Fixtures for whole-lab tests: unique names per run, and a finalizer that removes the lab and
+then proves nothing of it is left (netns, pins, state, cgroups, processes), also on failure."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ciliary.lab import manager
+from ciliary.lab.state import LabView
+
+REPO = Path(__file__).resolve().parents[2]
+CILIARY = str(REPO / ".venv" / "bin" / "ciliary")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.privileged)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _must_be_root() -> None:
+    # Privileged tests run here (we are root in CI); refusing loudly beats skipping silently.
+    assert os.geteuid() == 0, "the e2e suite needs root (netns, BPF): run it as root"
+
+
+@dataclass
+class Lab:
+    name: str
+    node: str
+    view: LabView
+    file: Path
+
+    def pod_ip(self, key: str, family: int = 4) -> str:
+        for p in manager.status(self.name).pods:
+            if f"{p.namespace}/{p.name}" == key:
+                ip = p.ipv4 if family == 4 else p.ipv6
+                assert ip is not None
+                return ip
+        raise KeyError(key)
+
+    def run(self, pod: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return manager.run_in_pod(pod, list(argv), name=self.name, timeout=timeout)
+
+
+def unique(prefix: str = "t") -> str:
+    return prefix + secrets.token_hex(3)
+
+
+LAB_TEMPLATE = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  monitorAggregation: {aggregation}
+  nodes:
+  - name: {node}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{team: shop}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, labels: {{app: client}}}}
+spec:
+  containers:
+  - name: main
+    command: [ciliary, workload, pause]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: shop, labels: {{app: server}}}}
+spec:
+  containers:
+  - name: main
+    command: [ciliary, workload, echo-server, --tcp-port, "7", --udp-port, "7"]
+  - name: web
+    command: [ciliary, workload, http-server, --port, "80"]
+"""
+
+
+def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
+    leftovers = [n for n in os.listdir("/run/netns") if f"-{lab}-" in n] if os.path.isdir(
+        "/run/netns"
+    ) else []
+    assert leftovers == [], f"netns left: {leftovers}"
+    for node in nodes:
+        assert not Path(f"/sys/fs/bpf/ciliary/{node}").exists(), f"pins of {node} left"
+        assert not Path(f"/run/ciliary/{node}").exists(), f"state dir of {node} left"
+        ps = subprocess.run(["pgrep", "-f", f"--node-name {node}"], capture_output=True, text=True)
+        assert ps.stdout.strip() == "", f"agent of {node} still running: {ps.stdout}"
+    assert not Path(f"/run/ciliary/lab/{lab}").exists(), "lab record left"
+    from ciliary.datapath.linux.cgroup import cgroup2_root
+
+    root = cgroup2_root()
+    assert root is not None
+    assert not (root / "ciliary" / lab).exists(), "lab cgroups left"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    name, node = unique("e2e"), unique("n")
+    path = tmp_path_factory.mktemp("lab") / "lab.yaml"
+    path.write_text(LAB_TEMPLATE.format(lab=name, node=node, aggregation="medium"))
+    try:
+        view = manager.up(path)
+        yield Lab(name, node, view, path)
+    finally:
+        if name in manager.list_labs():
+            manager.down(name)
+        assert_no_leftovers(name, [node])
