@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Records written by another ciliary version must still load: `lab down` depends on it.
+    model_config = ConfigDict(extra="ignore")
 
 
 class NodeRecord(_Model):
