@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ciliary.datapath.linux.cgroup import cgroup2_root
 from ciliary.lab import manager
 from ciliary.lab.state import LabView
 
@@ -88,18 +89,20 @@ spec:
 
 
 def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
-    leftovers = [n for n in os.listdir("/run/netns") if f"-{lab}-" in n] if os.path.isdir(
-        "/run/netns"
-    ) else []
+    leftovers = (
+        [n for n in os.listdir("/run/netns") if f"-{lab}-" in n]
+        if os.path.isdir("/run/netns")
+        else []
+    )
     assert leftovers == [], f"netns left: {leftovers}"
     for node in nodes:
         assert not Path(f"/sys/fs/bpf/ciliary/{node}").exists(), f"pins of {node} left"
         assert not Path(f"/run/ciliary/{node}").exists(), f"state dir of {node} left"
-        ps = subprocess.run(["pgrep", "-f", f"--node-name {node}"], capture_output=True, text=True)
+        ps = subprocess.run(
+            ["pgrep", "-f", f"--node-name {node}"], capture_output=True, text=True, check=False
+        )
         assert ps.stdout.strip() == "", f"agent of {node} still running: {ps.stdout}"
     assert not Path(f"/run/ciliary/lab/{lab}").exists(), "lab record left"
-    from ciliary.datapath.linux.cgroup import cgroup2_root
-
     root = cgroup2_root()
     assert root is not None
     assert not (root / "ciliary" / lab).exists(), "lab cgroups left"

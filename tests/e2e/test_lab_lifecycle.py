@@ -16,7 +16,9 @@ from ciliary.lab import manager
 from .conftest import CILIARY, LAB_TEMPLATE, assert_no_leftovers, unique
 
 
-def _cli(*argv: str, user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *argv: str, user: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     cmd = [CILIARY, *argv]
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
@@ -43,13 +45,20 @@ def _bad_text(kind: str, lab: str, node: str) -> str:
     if kind == "malformed":
         return "apiVersion: ciliary.io/v1alpha1\nkind: Lab\nmetadata: {name: [unclosed\n"
     if kind == "unknown-field":
-        return good.replace("command: [ciliary, workload, pause]", "comand: [ciliary, workload, pause]")
+        return good.replace(
+            "command: [ciliary, workload, pause]", "comand: [ciliary, workload, pause]"
+        )
     if kind == "duplicate-pod":
-        return good + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  containers:\n  - name: x\n    command: [ciliary, workload, pause]\n"
+        return (
+            good
+            + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n"
+            + "  containers:\n  - name: x\n    command: [ciliary, workload, pause]\n"
+        )
     if kind == "ip-outside-range":
         return good.replace(
             "metadata: {name: client, labels: {app: client}}",
-            "metadata: {name: client, labels: {app: client}, annotations: {cni.projectcalico.org/ipAddrs: '[\"10.99.0.5\"]'}}",
+            "metadata: {name: client, labels: {app: client}, annotations: "
+            "{cni.projectcalico.org/ipAddrs: '[\"10.99.0.5\"]'}}",
         )
     raise AssertionError(kind)
 
@@ -113,7 +122,9 @@ def test_down_after_lab_up_was_killed(tmp_path: Path) -> None:
     lab, node = unique("kill"), unique("n")
     path = tmp_path / "lab.yaml"
     path.write_text(_valid(lab, node))
-    proc = subprocess.Popen([CILIARY, "lab", "up", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CILIARY, "lab", "up", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     # kill it once the node exists but before it finished (the agent is starting)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not Path(f"/run/ciliary/{node}").exists():

@@ -3,6 +3,7 @@ own events describing the packets correctly, and an agent kill -9 that breaks no
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -22,7 +23,12 @@ def _wait_listening(lab: Lab) -> None:
     deadline = time.monotonic() + 15
     ip = lab.pod_ip("shop/server")
     while time.monotonic() < deadline:
-        if lab.run("default/client", "ciliary", "workload", "tcp-echo", ip, "7", "--timeout", "1").returncode == 0:
+        if (
+            lab.run(
+                "default/client", "ciliary", "workload", "tcp-echo", ip, "7", "--timeout", "1"
+            ).returncode
+            == 0
+        ):
             return
         time.sleep(0.2)
     pytest.fail("server pod never started listening")
@@ -84,9 +90,24 @@ def test_monitor_reports_packets_with_correct_fields(lab: Lab) -> None:
     mon.start()
     mon.started_ok.wait(5)
     time.sleep(0.3)
-    assert lab.run("default/client", "ciliary", "workload", "tcp-echo", server.ipv4 or "", "7").returncode == 0
-    assert lab.run("default/client", "ciliary", "workload", "udp-echo", server.ipv6 or "", "7").returncode == 0
-    assert lab.run("default/client", "ciliary", "workload", "ping", server.ipv4 or "", "-c", "1").returncode == 0
+    assert (
+        lab.run(
+            "default/client", "ciliary", "workload", "tcp-echo", server.ipv4 or "", "7"
+        ).returncode
+        == 0
+    )
+    assert (
+        lab.run(
+            "default/client", "ciliary", "workload", "udp-echo", server.ipv6 or "", "7"
+        ).returncode
+        == 0
+    )
+    assert (
+        lab.run(
+            "default/client", "ciliary", "workload", "ping", server.ipv4 or "", "-c", "1"
+        ).returncode
+        == 0
+    )
     time.sleep(0.5)
     mon.stop()
     evs = mon.events
@@ -101,7 +122,11 @@ def test_monitor_reports_packets_with_correct_fields(lab: Lab) -> None:
     assert (e.src_pod, e.dst_pod) == ("default/client", "shop/server")
     assert e.is_reply is False and e.ct_state == "new"
     assert e.ifname == client.lxc and e.src_mac == client.mac
-    synack = [x for x in evs if x.protocol == "TCP" and set(x.tcp_flags) == {"SYN", "ACK"} and x.src_port == 7]
+    synack = [
+        x
+        for x in evs
+        if x.protocol == "TCP" and set(x.tcp_flags) == {"SYN", "ACK"} and x.src_port == 7
+    ]
     assert synack and synack[-1].is_reply and synack[-1].ct_state == "reply"
     assert synack[-1].src_identity == server.identity
 
@@ -120,7 +145,9 @@ def test_spoofed_source_is_dropped_and_reported(lab: Lab) -> None:
     sock = manager.agent_socket(lab.node, name=lab.name)
     pod_ns = f"/run/netns/cilp-{lab.name}-default-client"
     spoof = "10.200.0.250"
-    subprocess.run(["ip", "-n", Path(pod_ns).name, "addr", "add", f"{spoof}/32", "dev", "eth0"], check=True)
+    subprocess.run(
+        ["ip", "-n", Path(pod_ns).name, "addr", "add", f"{spoof}/32", "dev", "eth0"], check=True
+    )
     mon = Monitor(sock)
     mon.start()
     mon.started_ok.wait(5)
@@ -133,7 +160,9 @@ def test_spoofed_source_is_dropped_and_reported(lab: Lab) -> None:
         time.sleep(0.5)
     finally:
         mon.stop()
-        subprocess.run(["ip", "-n", Path(pod_ns).name, "addr", "del", f"{spoof}/32", "dev", "eth0"], check=True)
+        subprocess.run(
+            ["ip", "-n", Path(pod_ns).name, "addr", "del", f"{spoof}/32", "dev", "eth0"], check=True
+        )
     drops = [e for e in mon.events if e.type == "drop" and e.src_ip == spoof]
     assert drops, [e.summary for e in mon.events]
     assert drops[0].drop_reason == 132 and drops[0].verdict == "DROPPED"
@@ -141,17 +170,39 @@ def test_spoofed_source_is_dropped_and_reported(lab: Lab) -> None:
 
 
 def test_cli_tables_and_json(lab: Lab) -> None:
-    for argv in (["endpoint", "list"], ["status"], ["bpf", "ct", "list"], ["bpf", "ipcache", "list"]):
-        res = subprocess.run([CILIARY, "--node", lab.node, *argv], capture_output=True, text=True, timeout=30)
+    for argv in (
+        ["endpoint", "list"],
+        ["status"],
+        ["bpf", "ct", "list"],
+        ["bpf", "ipcache", "list"],
+    ):
+        res = subprocess.run(  # noqa: PLW1510
+            [CILIARY, "--node", lab.node, *argv], capture_output=True, text=True, timeout=30
+        )
         assert res.returncode == 0, res.stderr
-        js = subprocess.run([CILIARY, "--node", lab.node, *argv, "-o", "json"], capture_output=True, text=True, timeout=30)
+        js = subprocess.run(  # noqa: PLW1510
+            [CILIARY, "--node", lab.node, *argv, "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert js.returncode == 0 and js.stdout.lstrip()[0] in "[{", js.stderr
     mon = subprocess.Popen(
         [CILIARY, "--node", lab.node, "monitor", "-o", "json", "--count", "2"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(1.0)
-    lab.run("default/client", "ciliary", "workload", "ping", lab.pod_ip("shop/server"), "-c", "2", "-i", "0.2")
+    lab.run(
+        "default/client",
+        "ciliary",
+        "workload",
+        "ping",
+        lab.pod_ip("shop/server"),
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+    )
     out, _ = mon.communicate(timeout=20)
     assert mon.returncode == 0 and len(out.strip().splitlines()) == 2
 
@@ -173,8 +224,6 @@ def test_agent_kill9_keeps_stream_and_restores(lab: Lab) -> None:
     rec = manager.record(lab.name)
     node = next(n for n in rec.nodes if n.name == lab.node)
     assert node.agent_pid is not None
-    import os
-
     os.kill(node.agent_pid, signal.SIGKILL)
     time.sleep(1.5)
     # the agent is dead; the datapath still forwards new connections too

@@ -147,7 +147,10 @@ class Agent:
                 allocated=self.ipam.allocated,
             ),
             endpoints_by_state=self.endpoints.counts_by_state(),
-            maps=[MapPressure(name=u.name, entries=u.entries, max_entries=u.max_entries) for u in usage],
+            maps=[
+                MapPressure(name=u.name, entries=u.entries, max_entries=u.max_entries)
+                for u in usage
+            ],
         )
 
     def ct_entries(self) -> list[CTEntry]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ciliary.agent import store
 from ciliary.agent.identity import IdentityAllocator, security_labels
-from ciliary.agent.ipam import HostScopeIPAM
+from ciliary.agent.ipam import HostScopeIPAM, IPAMError
 from ciliary.core.models import Endpoint, EndpointCreateRequest, EndpointState, StateChange
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.linux.errors import LinkError
@@ -91,7 +91,9 @@ class EndpointManager:
     def _path(self, ep_id: int) -> Path:
         return self._dir / f"{ep_id}.json"
 
-    def _set(self, ep: Endpoint, state: EndpointState, reason: str = "", **update: object) -> Endpoint:
+    def _set(
+        self, ep: Endpoint, state: EndpointState, reason: str = "", **update: object
+    ) -> Endpoint:
         log_entry = StateChange(time=time.time(), state=state, reason=reason)
         new = ep.model_copy(update={"state": state, "log": [*ep.log, log_entry][-20:], **update})
         self._eps[new.id] = new
@@ -143,8 +145,6 @@ class EndpointManager:
             return await self._create_locked(req)
 
     async def _create_locked(self, req: EndpointCreateRequest) -> Endpoint:
-        from ciliary.agent.ipam import IPAMError
-
         ep_id = self._next_id()
         try:
             v4, v6 = self._ipam.allocate(req.ipv4, req.ipv6)
@@ -172,7 +172,9 @@ class EndpointManager:
             ep = self._set(ep, EndpointState.CREATING, "endpoint requested")
             ep = self._set(ep, EndpointState.WAITING_FOR_IDENTITY, "resolving labels")
             identity = self._ids.allocate(security_labels(req.namespace, req.labels))
-            ep = self._set(ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity)
+            ep = self._set(
+                ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity
+            )
             ep = self._set(ep, EndpointState.REGENERATING, "creating interface and datapath")
             pod_if = await asyncio.to_thread(
                 links.create_pod_interface,
@@ -186,7 +188,11 @@ class EndpointManager:
                 mtu=req.mtu or self._mtu,
             )
             ep = ep.model_copy(
-                update={"lxc_ifindex": pod_if.lxc_ifindex, "mac": pod_if.mac, "node_mac": pod_if.node_mac}
+                update={
+                    "lxc_ifindex": pod_if.lxc_ifindex,
+                    "mac": pod_if.mac,
+                    "node_mac": pod_if.node_mac,
+                }
             )
             self._program(ep, ready=False)
             self._dp.attach(pod_if.lxc_ifindex)
@@ -198,7 +204,9 @@ class EndpointManager:
             if isinstance(err, EndpointError):
                 raise
             status = 400 if isinstance(err, LinkError) else 500
-            raise EndpointError(f"cannot create endpoint for {req.container_id}: {err}", status) from err
+            raise EndpointError(
+                f"cannot create endpoint for {req.container_id}: {err}", status
+            ) from err
 
     # ---- delete --------------------------------------------------------------------------
 
@@ -249,27 +257,34 @@ class EndpointManager:
                 self._ipam.restore(ep.ipv4)
                 self._ipam.restore(ep.ipv6)
             for ep in records:
-                alive = ep.state not in (
-                    EndpointState.CREATING,
-                    EndpointState.WAITING_FOR_IDENTITY,
-                    EndpointState.WAITING_TO_REGENERATE,
-                    EndpointState.DISCONNECTING,
-                ) and Path(ep.netns).exists()
-                ifindex = await asyncio.to_thread(links.link_index, ep.lxc) if alive else None
-                if ifindex is None:
-                    log.info("endpoint %d (%s): gone while down, removing", ep.id, ep.container_id)
-                    await self._teardown(ep)
+                if await self._restore_one(ep):
+                    restored += 1
+                else:
                     removed += 1
-                    continue
-                ep = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
-                identity = self._ids.allocate(security_labels(ep.namespace, ep.labels))
-                ep = ep.model_copy(update={"identity": identity})
-                self._program(ep, ready=True)
-                self._dp.attach(ifindex)
-                self._set(ep, EndpointState.READY, "restored")
-                restored += 1
             removed += await self._reconcile()
         return restored, removed
+
+    async def _restore_one(self, ep: Endpoint) -> bool:
+        """Re-program one persisted endpoint; False (and removed) if it died while we were down."""
+        unfinished = (
+            EndpointState.CREATING,
+            EndpointState.WAITING_FOR_IDENTITY,
+            EndpointState.WAITING_TO_REGENERATE,
+            EndpointState.DISCONNECTING,
+        )
+        alive = ep.state not in unfinished and Path(ep.netns).exists()
+        ifindex = await asyncio.to_thread(links.link_index, ep.lxc) if alive else None
+        if ifindex is None:
+            log.info("endpoint %d (%s): gone while down, removing", ep.id, ep.container_id)
+            await self._teardown(ep)
+            return False
+        restoring = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
+        identity = self._ids.allocate(security_labels(ep.namespace, ep.labels))
+        programmed = restoring.model_copy(update={"identity": identity})
+        self._program(programmed, ready=True)
+        self._dp.attach(ifindex)
+        self._set(programmed, EndpointState.READY, "restored")
+        return True
 
     async def _reconcile(self) -> int:
         """Remove kernel objects no endpoint owns (left by a crash between steps)."""

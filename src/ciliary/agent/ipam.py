@@ -36,7 +36,9 @@ class _Range:
     def allocate(self, requested: IPAddress | None) -> IPAddress:
         if requested is not None:
             if requested not in self.cidr:
-                raise IPAMError(f"requested address {requested} is outside the node CIDR {self.cidr}")
+                raise IPAMError(
+                    f"requested address {requested} is outside the node CIDR {self.cidr}"
+                )
             if self._reserved(requested):
                 raise IPAMError(f"requested address {requested} is reserved in {self.cidr}")
             if requested in self.used:

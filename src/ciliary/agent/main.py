@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except LinkError as err:
         print(f"ciliary-agent: {err}", file=sys.stderr)
         return 1
-    from ciliary.agent.daemon import Agent  # after setns: nothing may start a thread before it
+    # after setns: nothing may start a thread before it
+    from ciliary.agent.daemon import Agent  # noqa: PLC0415
 
     try:
         asyncio.run(Agent(cfg).run())

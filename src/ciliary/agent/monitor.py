@@ -134,7 +134,9 @@ class Monitor:
             ct_created_ns=raw.ct_created_ns,
             node=self._node,
             type="drop" if is_drop else "trace",
-            verdict=Verdict(raw.verdict).name if raw.verdict in Verdict._value2member_map_ else str(raw.verdict),
+            verdict=Verdict(raw.verdict).name
+            if raw.verdict in Verdict._value2member_map_
+            else str(raw.verdict),
             drop_reason=raw.drop_reason,
             drop_reason_desc=drop_reason_text(raw.drop_reason) if is_drop else "",
             observation_point=obs,

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(data: BaseModel | Sequence[BaseModel] | dict[str, str], status: int = 200) -> web.Response:
+def _json(
+    data: BaseModel | Sequence[BaseModel] | dict[str, str], status: int = 200
+) -> web.Response:
     if isinstance(data, BaseModel):
         body = data.model_dump_json()
     elif isinstance(data, Sequence):

@@ -143,7 +143,12 @@ def main() -> int:
     except AgentAPIError as err:
         payload = {"cniVersion": version, "code": E_AGENT, "msg": str(err), "details": ""}
     except ValueError as err:  # pydantic validation of env-derived fields
-        payload = {"cniVersion": version, "code": E_INVALID_ENV, "msg": str(err).splitlines()[0], "details": ""}
+        payload = {
+            "cniVersion": version,
+            "code": E_INVALID_ENV,
+            "msg": str(err).splitlines()[0],
+            "details": "",
+        }
     print(json.dumps(payload))
     return 1
 

@@ -38,7 +38,9 @@ class EndpointState(enum.StrEnum):
 class EndpointCreateRequest(_Model):
     """Plug a pod in: create its interface in ``netns`` and make it an endpoint of this node."""
 
-    container_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    container_id: str = Field(
+        min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+    )
     netns: str = Field(min_length=1, description="path of the pod's network namespace")
     ifname: str = Field(default="eth0", min_length=1, max_length=15, pattern=r"^[^/:\s]+$")
     pod_name: str = ""

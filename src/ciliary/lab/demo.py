@@ -123,7 +123,9 @@ def run(console: Console) -> int:
         ok = res.returncode == 0
         failures += not ok
         last = (res.stdout.strip().splitlines() or res.stderr.strip().splitlines() or [""])[-1]
-        results.add_row(step.title, step.pod, "[green]ok[/green]" if ok else "[red]FAIL[/red]", last[:70])
+        results.add_row(
+            step.title, step.pod, "[green]ok[/green]" if ok else "[red]FAIL[/red]", last[:70]
+        )
     console.print(results)
     time.sleep(0.5)
     collector.stop()
@@ -141,7 +143,9 @@ def run(console: Console) -> int:
             f"{e.src_identity}→{e.dst_identity}",
         )  # fmt: skip
     console.print(events)
-    console.print(f"[dim]{len(collector.events)} events captured; showing the last {min(24, len(seen))}[/dim]")
+    console.print(
+        f"[dim]{len(collector.events)} events captured; showing the last {min(24, len(seen))}[/dim]"
+    )
 
     console.rule("endpoints (ciliary endpoint list)")
     with AgentClient(sock) as cl:

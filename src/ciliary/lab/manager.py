@@ -203,7 +203,9 @@ def _effective_base(base: schema.LabFile, rec: LabRecord) -> schema.LabFile:
 
 def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
     if _state_file(lab_name).exists():
-        raise LabError(f"lab {lab_name!r} is already up (`ciliary lab down --name {lab_name}` first)")
+        raise LabError(
+            f"lab {lab_name!r} is already up (`ciliary lab down --name {lab_name}` first)"
+        )
     if not Path("/sys/fs/bpf").is_dir() or not any(
         line.split()[1] == "/sys/fs/bpf" for line in Path("/proc/mounts").read_text().splitlines()
     ):
@@ -221,7 +223,9 @@ def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
             )
     for pod in lab_file.pods:
         if netns.exists(pod_netns(lab_name, pod.namespace, pod.name)):
-            raise LabError(f"network namespace {pod_netns(lab_name, pod.namespace, pod.name)} exists")
+            raise LabError(
+                f"network namespace {pod_netns(lab_name, pod.namespace, pod.name)} exists"
+            )
 
 
 def _create_node(rec: LabRecord, node: str, cidrs: schema.NodeCIDRs) -> NodeRecord:

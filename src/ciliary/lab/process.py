@@ -12,8 +12,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ciliary.datapath.linux import cgroup
-
 
 def start_time(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat (clock ticks since boot), None if the pid is gone."""
@@ -57,17 +55,17 @@ def spawn(
     full = list(argv)
     if netns_path is not None:
         full = ["nsenter", f"--net={netns_path}", "--", *full]
+    if cgroup_path is not None:
+        # The child joins the cgroup itself and then execs, so nothing it starts can escape the
+        # group (no preexec_fn: the lab process may have threads).
+        procs = str(cgroup_path / "cgroup.procs")
+        full = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *full]
     environment = dict(os.environ)
     environment["PATH"] = f"{venv_bin()}:{environment.get('PATH', '/usr/bin:/bin')}"
     if env:
         environment.update(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-
-        def _enter_cgroup() -> None:
-            if cgroup_path is not None:
-                cgroup.add_self(cgroup_path)
-
         proc = subprocess.Popen(
             full,
             stdin=subprocess.DEVNULL,
@@ -76,7 +74,6 @@ def spawn(
             env=environment,
             cwd=cwd or "/",
             start_new_session=True,
-            preexec_fn=_enter_cgroup,
         )
     # The lab does not wait() for its children (they outlive `lab up`); detach the Popen so the
     # interpreter does not warn about a still-running child at exit.

@@ -15,6 +15,7 @@ from pathlib import Path
 from pyroute2 import netns as _netns
 
 from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
+from ciliary.datapath.linux.link import set_up_loopback
 
 NETNS_RUN_DIR = Path("/run/netns")
 
@@ -36,9 +37,6 @@ def create(name: str) -> Path:
         _netns.create(name)
     except OSError as err:
         raise LinkError(f"cannot create network namespace {name}: {err.strerror}") from err
-    # pyroute2 is imported lazily here to keep module import cheap for the CLI
-    from ciliary.datapath.linux.link import set_up_loopback
-
     set_up_loopback(str(path_of(name)))
     return path_of(name)
 
