@@ -715,7 +715,7 @@ class FakeManager:
                     ipv4="10.200.0.5",
                     ipv6=None,
                     endpoint_id=12,
-                    pid=99,
+                    pids=[99],
                     running=False,
                     labels={"app": "client"},
                 )

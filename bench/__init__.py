@@ -1,0 +1,1 @@
+"""Benchmarks: every result is a ratio against a baseline measured in the same run."""
