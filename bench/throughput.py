@@ -107,7 +107,9 @@ def run(*, rounds: int = 5, seconds: int = 4, streams: int = 1) -> dict[str, Any
                 samples[name].append(iperf3_gbps(prefix, ip, seconds, streams))
     medians = {name: median(v) for name, v in samples.items()}
     return {
-        "benchmark": f"pod-to-pod TCP throughput, iperf3 {streams} stream(s), {seconds}s x {rounds}",
+        "benchmark": (
+            f"pod-to-pod TCP throughput, iperf3 {streams} stream(s), {seconds}s x {rounds}"
+        ),
         "unit": "Gbit/s",
         "samples": samples,
         "median": medians,

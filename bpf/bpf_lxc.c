@@ -32,6 +32,24 @@ static __always_inline void load_config(__u32 *level, __u64 *interval)
 	*interval = cfg->aggregation_interval_ns;
 }
 
+/* Metadata of a FORWARDED trace for a packet conntrack has just classified. */
+static __always_inline void trace_meta(struct event_meta *m, const struct ct_result *ct,
+				       __u16 ep_id, __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
+				       __u8 obs)
+{
+	m->type = EVENT_TRACE;
+	m->verdict = VERDICT_FORWARDED;
+	m->obs_point = obs;
+	m->ep_id = ep_id;
+	m->dst_ep_id = dst_ep_id;
+	m->src_sec_id = src_id;
+	m->dst_sec_id = dst_id;
+	m->is_reply = ct->state == CT_REPLY;
+	m->ct_state = ct->state;
+	if (ct->entry)
+		m->ct_created_ns = ct->entry->created_ns;
+}
+
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
 {
@@ -64,16 +82,6 @@ int cil_from_container(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
 
-	m.type = EVENT_TRACE;
-	m.verdict = VERDICT_FORWARDED;
-	m.ep_id = src_ep;
-	m.src_sec_id = src_id;
-	m.dst_sec_id = dst_id;
-	m.is_reply = ct.state == CT_REPLY;
-	m.ct_state = ct.state;
-	if (ct.entry)
-		m.ct_created_ns = ct.entry->created_ns;
-
 	if (dst) {
 		__u32 dst_ifindex = dst->ifindex;
 		__u8 dmac[6], smac[6];
@@ -82,19 +90,18 @@ int cil_from_container(struct __sk_buff *skb)
 					   OBS_TO_ENDPOINT);
 		__builtin_memcpy(dmac, dst->mac, 6);
 		__builtin_memcpy(smac, dst->node_mac, 6);
-		m.dst_ep_id = dst->ep_id;
+		trace_meta(&m, &ct, src_ep, dst->ep_id, src_id, dst_id, OBS_TO_ENDPOINT);
 		ret = l3_dec_ttl(skb, &p);
 		if (ret == 0)
 			ret = l2_rewrite(skb, dmac, smac);
 		if (ret < 0)
 			return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_TO_ENDPOINT);
-		m.obs_point = OBS_TO_ENDPOINT;
 		if (ct.report)
 			emit_event(skb, &p, &m);
 		return bpf_redirect_peer(dst_ifindex, 0);
 	}
 
-	m.obs_point = OBS_TO_STACK;
+	trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_STACK);
 	if (ct.report)
 		emit_event(skb, &p, &m);
 	return TC_ACT_OK;
@@ -128,17 +135,7 @@ int cil_to_container(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 
-	m.type = EVENT_TRACE;
-	m.verdict = VERDICT_FORWARDED;
-	m.obs_point = OBS_TO_ENDPOINT;
-	m.ep_id = dst_ep;
-	m.dst_ep_id = dst_ep;
-	m.src_sec_id = src_id;
-	m.dst_sec_id = dst_id;
-	m.is_reply = ct.state == CT_REPLY;
-	m.ct_state = ct.state;
-	if (ct.entry)
-		m.ct_created_ns = ct.entry->created_ns;
+	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 	if (ct.report)
 		emit_event(skb, &p, &m);
 	return TC_ACT_OK;

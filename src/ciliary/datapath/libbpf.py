@@ -459,7 +459,34 @@ def _map_info(fd: int) -> MapInfo:
 _BATCH_UNSUPPORTED: Final = frozenset({ENOTSUPP, _errno.EOPNOTSUPP})
 
 
-class Map:
+class _Owned:
+    """A kernel/libbpf resource released by ``close()``: context manager, and closed on garbage
+    collection as a last resort (late in interpreter shutdown that may fail; exit closes it)."""
+
+    def _owns_resource(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            if self._owns_resource():
+                self.close()
+
+
+class Map(_Owned):
     """An open BPF map. Owns its fd (closed by :meth:`close`, the context manager or GC).
 
     Keys and values are raw bytes of exactly ``key_size`` / ``value_size``; sizes are checked
@@ -507,22 +534,8 @@ class Map:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # late in interpreter shutdown the close can fail; the process exit closes it anyway
-        with suppress(Exception):
-            if getattr(self, "_fd", -1) >= 0:
-                self.close()
+    def _owns_resource(self) -> bool:
+        return getattr(self, "_fd", -1) >= 0
 
     def __repr__(self) -> str:
         return f"<Map {self._info.name!r} id={self._info.id} fd={self._fd}>"
@@ -754,7 +767,7 @@ def prog_from_pin(path: os.PathLike[str] | str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-class BPFObject:
+class BPFObject(_Owned):
     """An ELF object opened (and then loaded) by libbpf: its maps and programs.
 
     Program fds handed out are borrowed and die with :meth:`close`; maps are handed out as
@@ -884,22 +897,8 @@ class BPFObject:
             handle, self._handle = self._handle, None
             _C.bpf_object__close(handle)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # late in interpreter shutdown the close can fail; the process exit closes it anyway
-        with suppress(Exception):
-            if getattr(self, "_handle", None) is not None:
-                self.close()
+    def _owns_resource(self) -> bool:
+        return getattr(self, "_handle", None) is not None
 
 
 def _name(raw: bytes | None) -> str:
@@ -1035,7 +1034,7 @@ def tc_hook_destroy(ifindex: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class RingBuffer:
+class RingBuffer(_Owned):
     """Consumer of a BPF_MAP_TYPE_RINGBUF map; ``callback`` gets each record as bytes.
 
     ``map_fd`` must stay open while the ring buffer is used. The callback runs inside
@@ -1095,22 +1094,8 @@ class RingBuffer:
             rb, self._rb = self._rb, None
             _C.ring_buffer__free(rb)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # late in interpreter shutdown the close can fail; the process exit closes it anyway
-        with suppress(Exception):
-            if getattr(self, "_rb", None) is not None:
-                self.close()
+    def _owns_resource(self) -> bool:
+        return getattr(self, "_rb", None) is not None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -493,6 +493,14 @@ def status(name: str | None = None) -> LabView:
     )
 
 
+def _pod_env(prec: PodRecord) -> dict[str, str]:
+    """Environment of a command run in a pod: ours first on PATH, the pod's identity set."""
+    env = dict(os.environ)
+    env["PATH"] = f"{process.venv_bin()}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update({"HOSTNAME": prec.name, "POD_NAME": prec.name, "POD_NAMESPACE": prec.namespace})
+    return env
+
+
 def find_pod(rec: LabRecord, pod: str) -> PodRecord:
     ns, _, name = pod.rpartition("/")
     ns = ns or "default"
@@ -508,11 +516,8 @@ def exec_in_pod(pod: str, argv: list[str], *, name: str | None = None) -> int:
     _require_root()
     if not argv:
         raise LabError("nothing to run: give a command after --")
-    rec = _load(_resolve(name))
-    prec = find_pod(rec, pod)
-    env = dict(os.environ)
-    env["PATH"] = f"{process.venv_bin()}:{env.get('PATH', '/usr/bin:/bin')}"
-    env.update({"HOSTNAME": prec.name, "POD_NAME": prec.name, "POD_NAMESPACE": prec.namespace})
+    prec = find_pod(_load(_resolve(name)), pod)
+    env = _pod_env(prec)
     try:
         return subprocess.run(
             ["nsenter", f"--net={netns.path_of(prec.netns)}", "--", *argv], env=env, check=False
@@ -546,11 +551,8 @@ def run_in_pod(
     pod: str, argv: list[str], *, name: str | None = None, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
     """Run a command inside a pod's netns and capture its output (tests, demo)."""
-    rec = _load(_resolve(name))
-    prec = find_pod(rec, pod)
-    env = dict(os.environ)
-    env["PATH"] = f"{process.venv_bin()}:{env.get('PATH', '/usr/bin:/bin')}"
-    env.update({"HOSTNAME": prec.name, "POD_NAME": prec.name, "POD_NAMESPACE": prec.namespace})
+    prec = find_pod(_load(_resolve(name)), pod)
+    env = _pod_env(prec)
     return subprocess.run(
         ["nsenter", f"--net={netns.path_of(prec.netns)}", "--", *argv],
         env=env,
