@@ -438,8 +438,9 @@ def _teardown(rec: LabRecord) -> None:
         with contextlib.suppress(OSError):
             parent.rmdir()  # only when no other lab uses it
     _collect(errors, shutil.rmtree, _lab_dir(rec.name), ignore_errors=False)
-    with contextlib.suppress(OSError):
-        PIN_ROOT.rmdir()
+    for empty in (PIN_ROOT, LAB_ROOT, RUN_ROOT):
+        with contextlib.suppress(OSError):
+            empty.rmdir()  # only once no other lab or agent uses it
     if errors:
         raise LabError(f"lab {rec.name}: cleanup incomplete: {'; '.join(errors)}")
 
