@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping util-linux
-              procps libelf-dev make python3-venv)
+              procps libelf-dev make python3-venv containernetworking-plugins iptables)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do

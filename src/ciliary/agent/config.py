@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
@@ -28,3 +28,6 @@ class AgentConfig:
     ct_max: int = 65536
     mtu: int = 1500
     ct_gc_interval_s: float = 30.0
+    ipam_mode: str = "cluster-pool"
+    cluster_store: Path | None = None
+    node_labels: dict[str, str] = field(default_factory=dict)

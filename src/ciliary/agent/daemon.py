@@ -18,7 +18,8 @@ from ciliary import __version__
 from ciliary.agent.config import MONITOR_AGGREGATION, AgentConfig
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.identity import LocalIdentityAllocator
-from ciliary.agent.ipam import HostScopeIPAM
+from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
+from ciliary.agent.podstore import PodStore
 from ciliary.agent.monitor import Monitor
 from ciliary.agent.server import APIServer
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
@@ -33,6 +34,7 @@ from ciliary.core.models import (
 from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
+from ciliary.kvstore import FileStore
 
 log = logging.getLogger(__name__)
 CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply"}
@@ -44,19 +46,29 @@ class Agent:
         self.node = cfg.node
         self.started = time.monotonic()
         self.datapath = NodeDatapath(cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max)
-        self.ipam = HostScopeIPAM(cfg.ipv4_range, cfg.ipv6_range)
+        self.store = FileStore(cfg.cluster_store) if cfg.cluster_store else None
+        self.ipam = self._make_ipam(cfg)
         self.identities = LocalIdentityAllocator(cfg.state_dir / "identities.json")
         self.endpoints = EndpointManager(
             state_dir=cfg.state_dir,
             datapath=self.datapath,
             ipam=self.ipam,
             identities=self.identities,
+            pods=PodStore(self.store) if self.store else (lambda _ns, _name: None),
             mtu=cfg.mtu,
         )
         self.monitor = Monitor(cfg.node, self.datapath, self._pod_of_endpoint)
         self.server = APIServer(self, cfg.socket)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+
+    def _make_ipam(self, cfg: AgentConfig) -> IPAM:
+        if cfg.ipam_mode == "pools":
+            assert self.store is not None  # enforced by main
+            return PoolsIPAM(cfg.node, cfg.node_labels, self.store)
+        return ClusterPoolIPAM(
+            cfg.node, cfg.ipv4_range, cfg.ipv6_range, cfg.state_dir / "ipam-allocations.json"
+        )
 
     def _pod_of_endpoint(self, ep_id: int) -> str | None:
         ep = self.endpoints.get(ep_id)
@@ -140,11 +152,11 @@ class Agent:
                 events_lost=self.datapath.events_lost.total(),
             ),
             ipam=IPAMStatus(
-                ipv4_cidr=str(self.cfg.ipv4_range) if self.cfg.ipv4_range else None,
-                ipv6_cidr=str(self.cfg.ipv6_range) if self.cfg.ipv6_range else None,
+                ipv4_cidr=self._cidr_text(4),
+                ipv6_cidr=self._cidr_text(6),
                 ipv4_router=str(self.ipam.router_v4) if self.ipam.router_v4 else None,
                 ipv6_router=str(self.ipam.router_v6) if self.ipam.router_v6 else None,
-                allocated=self.ipam.allocated,
+                allocated=len(self.ipam.allocations()),
             ),
             endpoints_by_state=self.endpoints.counts_by_state(),
             maps=[
@@ -152,6 +164,14 @@ class Agent:
                 for u in usage
             ],
         )
+
+    def _cidr_text(self, family: int) -> str | None:
+        """Node CIDR (cluster-pool) or the pools of that family (pools), for status."""
+        if self.cfg.ipam_mode == "cluster-pool":
+            cidr = self.cfg.ipv4_range if family == 4 else self.cfg.ipv6_range
+            return str(cidr) if cidr else None
+        pools = [p.cidr for p in self.ipam.listing().pools if (":" in p.cidr) == (family == 6)]
+        return ", ".join(pools) or None
 
     def ct_entries(self) -> list[CTEntry]:
         now = time.monotonic_ns()

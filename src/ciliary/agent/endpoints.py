@@ -25,15 +25,30 @@ from pathlib import Path
 
 from ciliary.agent import store
 from ciliary.agent.identity import IdentityAllocator, security_labels
-from ciliary.agent.ipam import HostScopeIPAM, IPAMError
-from ciliary.core.models import Endpoint, EndpointCreateRequest, EndpointState, StateChange
+from ciliary.agent.ipam import IPAM, IPAMError
+from ciliary.agent.podstore import PodMeta
+from ciliary.core.models import (
+    CheckResponse,
+    Endpoint,
+    EndpointCheckRequest,
+    EndpointCreateRequest,
+    EndpointState,
+    IPAllocation,
+    IPAMAllocateRequest,
+    StateChange,
+)
 from ciliary.datapath.linux import link as links
-from ciliary.datapath.linux.errors import LinkError
+from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.endpoints import EP_F_READY
 
 log = logging.getLogger(__name__)
 MAX_ENDPOINT_ID = 4095
+
+
+def owner_of(container_id: str, ifname: str) -> str:
+    """IPAM owner key of an attachment, as CNI identifies it."""
+    return f"{container_id}/{ifname}"
 
 
 class EndpointError(Exception):
@@ -51,8 +66,9 @@ class EndpointManager:
         *,
         state_dir: Path,
         datapath: NodeDatapath,
-        ipam: HostScopeIPAM,
+        ipam: IPAM,
         identities: IdentityAllocator,
+        pods: Callable[[str, str], PodMeta | None] = lambda _ns, _name: None,
         mtu: int = 1500,
         on_change: Callable[[Endpoint], None] | None = None,
     ) -> None:
@@ -61,6 +77,7 @@ class EndpointManager:
         self._dp = datapath
         self._ipam = ipam
         self._ids = identities
+        self._pods = pods
         self._mtu = mtu
         self._on_change = on_change
         self._eps: dict[int, Endpoint] = {}
@@ -144,37 +161,64 @@ class EndpointManager:
                 await self._delete_locked(old, "replaced by a new ADD")
             return await self._create_locked(req)
 
+    def _identity_labels(self, ep: Endpoint) -> tuple[str, ...]:
+        meta = self._pods(ep.namespace, ep.pod_name) if ep.pod_name else None
+        ns_labels = meta.namespace_labels if meta is not None else {}
+        return security_labels(ep.namespace, ep.labels, ns_labels)
+
     async def _create_locked(self, req: EndpointCreateRequest) -> Endpoint:
         ep_id = self._next_id()
-        try:
-            v4, v6 = self._ipam.allocate(req.ipv4, req.ipv6)
-        except IPAMError as err:
-            raise EndpointError(str(err), 409, "ipam") from err
+        meta = self._pods(req.namespace, req.pod_name) if req.pod_name else None
+        labels = dict(req.labels) if req.labels else dict(meta.labels if meta else {})
         ep = Endpoint(
             id=ep_id,
             container_id=req.container_id,
             pod_name=req.pod_name,
             namespace=req.namespace,
-            labels=dict(req.labels),
+            labels=labels,
             identity=0,
             state=EndpointState.CREATING,
-            ipv4=str(v4) if v4 else None,
-            ipv6=str(v6) if v6 else None,
+            ipv4=None,
+            ipv6=None,
             ifname=req.ifname,
             netns=req.netns,
             lxc=links.lxc_name(req.container_id, req.ifname),
             lxc_ifindex=0,
             mac="",
             node_mac="",
+            mtu=req.mtu or self._mtu,
             created_at=time.time(),
         )
+        # intent first: a crash from here on leaves a record that restore cleans up
+        ep = self._set(ep, EndpointState.CREATING, "endpoint requested")
         try:
-            ep = self._set(ep, EndpointState.CREATING, "endpoint requested")
-            ep = self._set(ep, EndpointState.WAITING_FOR_IDENTITY, "resolving labels")
-            identity = self._ids.allocate(security_labels(req.namespace, req.labels))
+            try:
+                allocs = self._ipam.allocate(
+                    IPAMAllocateRequest(
+                        owner=owner_of(req.container_id, req.ifname),
+                        kind="endpoint",
+                        requested=[a for a in (req.ipv4, req.ipv6) if a],
+                        pools=req.pools,
+                    ),
+                    pod_annotations=meta.annotations if meta else None,
+                )
+            except IPAMError as err:
+                status = 409 if err.kind in ("exhausted", "conflict") else 400
+                raise EndpointError(str(err), status, "exhausted" if err.kind == "exhausted" else "ipam") from err
+            v4 = next((IPv4Address(a.address) for a in allocs if a.family == 4), None)
+            v6 = next((IPv6Address(a.address) for a in allocs if a.family == 6), None)
+            router_v4, router_v6 = self._ipam.router_v4, self._ipam.router_v6
             ep = self._set(
-                ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity
+                ep,
+                EndpointState.WAITING_FOR_IDENTITY,
+                "addresses allocated, resolving labels",
+                ipv4=str(v4) if v4 else None,
+                ipv6=str(v6) if v6 else None,
+                ipv4_gateway=str(router_v4) if v4 and router_v4 else None,
+                ipv6_gateway=str(router_v6) if v6 and router_v6 else None,
             )
+            identity = self._ids.allocate(self._identity_labels(ep))
+            ep = self._set(ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity)
             ep = self._set(ep, EndpointState.REGENERATING, "creating interface and datapath")
             pod_if = await asyncio.to_thread(
                 links.create_pod_interface,
@@ -183,16 +227,12 @@ class EndpointManager:
                 ifname=req.ifname,
                 ipv4=v4,
                 ipv6=v6,
-                router_v4=self._ipam.router_v4,
-                router_v6=self._ipam.router_v6,
-                mtu=req.mtu or self._mtu,
+                router_v4=router_v4,
+                router_v6=router_v6,
+                mtu=ep.mtu,
             )
             ep = ep.model_copy(
-                update={
-                    "lxc_ifindex": pod_if.lxc_ifindex,
-                    "mac": pod_if.mac,
-                    "node_mac": pod_if.node_mac,
-                }
+                update={"lxc_ifindex": pod_if.lxc_ifindex, "mac": pod_if.mac, "node_mac": pod_if.node_mac}
             )
             self._program(ep, ready=False)
             self._dp.attach(pod_if.lxc_ifindex)
@@ -203,10 +243,10 @@ class EndpointManager:
             await self._teardown(ep)
             if isinstance(err, EndpointError):
                 raise
+            if isinstance(err, NetnsNotFoundError):
+                raise EndpointError(str(err), 404, "netns") from err
             status = 400 if isinstance(err, LinkError) else 500
-            raise EndpointError(
-                f"cannot create endpoint for {req.container_id}: {err}", status
-            ) from err
+            raise EndpointError(f"cannot create endpoint for {req.container_id}: {err}", status) from err
 
     # ---- delete --------------------------------------------------------------------------
 
@@ -232,8 +272,10 @@ class EndpointManager:
             await asyncio.to_thread(links.delete_link, ep.lxc)
         except LinkError as err:
             log.warning("endpoint %d: %s", ep.id, err)
-        self._ipam.release(ep.ipv4)
-        self._ipam.release(ep.ipv6)
+        try:
+            self._ipam.release(owner_of(ep.container_id, ep.ifname))
+        except IPAMError as err:
+            log.warning("endpoint %d: releasing addresses failed: %s", ep.id, err)
         self._eps.pop(ep.id, None)
         store.remove(self._path(ep.id))
         if self._on_change is not None:
@@ -254,15 +296,68 @@ class EndpointManager:
                     store.remove(path)
             for ep in records:
                 self._eps[ep.id] = ep
-                self._ipam.restore(ep.ipv4)
-                self._ipam.restore(ep.ipv6)
             for ep in records:
                 if await self._restore_one(ep):
                     restored += 1
                 else:
                     removed += 1
             removed += await self._reconcile()
+            self._release_orphans()
         return restored, removed
+
+    def _release_orphans(self) -> list[IPAllocation]:
+        """Addresses of endpoints that never finished (or vanished) go back to the pool."""
+        owners = {owner_of(e.container_id, e.ifname) for e in self._eps.values()}
+        return self._ipam.gc(lambda a: a.kind != "endpoint" or a.owner in owners)
+
+    async def release_orphaned_addresses(self) -> list[IPAllocation]:
+        async with self._lock:
+            return self._release_orphans()
+
+    # ---- CNI GC / CHECK ----------------------------------------------------------------------
+
+    async def gc(self, valid: set[str]) -> tuple[list[int], list[str]]:
+        """Remove every endpoint and address whose attachment (``cid/ifname``) is not valid."""
+        removed: list[int] = []
+        async with self._lock:
+            for ep in list(self._eps.values()):
+                if owner_of(ep.container_id, ep.ifname) not in valid:
+                    await self._delete_locked(ep, "garbage-collected (CNI GC)")
+                    removed.append(ep.id)
+            released = self._ipam.gc(lambda a: a.kind == "router" or a.owner in valid)
+        return removed, [a.address for a in released]
+
+    async def check(self, req: EndpointCheckRequest) -> CheckResponse:
+        problems: list[str] = []
+        ep = self.by_container(req.container_id, req.ifname)
+        if ep is None:
+            return CheckResponse(ok=False, problems=[f"no endpoint for {req.container_id}/{req.ifname}"])
+        if ep.state != EndpointState.READY:
+            problems.append(f"endpoint {ep.id} is {ep.state.value}, not ready")
+        if ep.netns != req.netns:
+            problems.append(f"endpoint {ep.id} lives in {ep.netns}, not {req.netns}")
+        try:
+            state = await asyncio.to_thread(links.inspect_pod_interface, req.netns, req.ifname)
+        except LinkError as err:
+            return CheckResponse(ok=False, problems=[*problems, str(err)])
+        if not state.exists:
+            problems.append(f"interface {req.ifname} is missing in {req.netns}")
+        else:
+            if not state.up:
+                problems.append(f"interface {req.ifname} is down")
+            want = [a.split("/")[0] for a in req.addresses] or [a for a in (ep.ipv4, ep.ipv6) if a]
+            for addr in want:
+                if addr not in state.addresses:
+                    problems.append(f"address {addr} is missing on {req.ifname}")
+            for gw in (ep.ipv4_gateway, ep.ipv6_gateway):
+                if gw and gw not in state.default_gateways:
+                    problems.append(f"default route via {gw} is missing")
+        ifindex = await asyncio.to_thread(links.link_index, ep.lxc)
+        if ifindex is None:
+            problems.append(f"node-side device {ep.lxc} is missing")
+        elif not self._dp.is_attached(ifindex):
+            problems.append(f"programs are not attached to {ep.lxc}")
+        return CheckResponse(ok=not problems, problems=problems)
 
     async def _restore_one(self, ep: Endpoint) -> bool:
         """Re-program one persisted endpoint; False (and removed) if it died while we were down."""
@@ -279,7 +374,7 @@ class EndpointManager:
             await self._teardown(ep)
             return False
         restoring = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
-        identity = self._ids.allocate(security_labels(ep.namespace, ep.labels))
+        identity = self._ids.allocate(self._identity_labels(ep))
         programmed = restoring.model_copy(update={"identity": identity})
         self._program(programmed, ready=True)
         self._dp.attach(ifindex)

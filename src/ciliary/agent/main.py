@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor-aggregation-interval", type=float, default=5.0, metavar="SECONDS")
     p.add_argument("--bpf-ct-global-max", type=int, default=65536)
     p.add_argument("--mtu", type=int, default=1500)
+    p.add_argument("--ipam", choices=["cluster-pool", "pools"], default="cluster-pool",
+                   help="cluster-pool: this node's CIDRs (--ipv4/6-range); pools: Calico IPPools "
+                   "from the cluster store")  # fmt: skip
+    p.add_argument("--cluster-store", type=Path, help="directory of the shared cluster store")
+    p.add_argument("--node-labels", default="", help="k=v,k2=v2 (matched by pool nodeSelectors)")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -48,8 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("ciliary-agent: must run as root (BPF, netlink, netns)", file=sys.stderr)
         return 1
-    if args.ipv4_range is None and args.ipv6_range is None:
+    if args.ipam == "cluster-pool" and args.ipv4_range is None and args.ipv6_range is None:
         print("ciliary-agent: need --ipv4-range and/or --ipv6-range", file=sys.stderr)
+        return 2
+    if args.ipam == "pools" and args.cluster_store is None:
+        print("ciliary-agent: --ipam pools needs --cluster-store", file=sys.stderr)
+        return 2
+    try:
+        node_labels = dict(kv.split("=", 1) for kv in args.node_labels.split(",") if kv)
+    except ValueError:
+        print(f"ciliary-agent: bad --node-labels {args.node_labels!r} (want k=v,...)", file=sys.stderr)
         return 2
     state_dir = args.state_dir or RUN_ROOT / args.node_name
     cfg = AgentConfig(
@@ -65,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         monitor_aggregation_interval_s=args.monitor_aggregation_interval,
         ct_max=args.bpf_ct_global_max,
         mtu=args.mtu,
+        ipam_mode=args.ipam,
+        cluster_store=args.cluster_store,
+        node_labels=node_labels,
     )
     try:
         if cfg.netns:

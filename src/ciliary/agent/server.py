@@ -18,7 +18,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ciliary.agent.endpoints import EndpointError
-from ciliary.core.models import API_PREFIX, EndpointCreateRequest, ErrorResponse
+from ciliary.agent.ipam import IPAMError
+from ciliary.core.models import (
+    API_PREFIX,
+    EndpointCheckRequest,
+    EndpointCreateRequest,
+    ErrorResponse,
+    GCRequest,
+    GCResponse,
+    IPAMAllocateRequest,
+    IPAMAllocateResponse,
+)
 
 if TYPE_CHECKING:
     from ciliary.agent.daemon import Agent
@@ -51,6 +61,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(exc.reason or "error", exc.status, "http")
     except EndpointError as err:
         return _error(str(err), err.status, err.kind)
+    except IPAMError as err:
+        status = {"exhausted": 409, "conflict": 409, "not-found": 404}.get(err.kind, 400)
+        return _error(str(err), status, "exhausted" if err.kind == "exhausted" else "ipam")
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -58,6 +71,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as err:
         log.exception("internal error on %s %s", request.method, request.path)
         return _error(f"internal error: {err}", 500, "internal")
+
+
+async def _body(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except ValueError as err:
+        raise EndpointError("request body is not valid JSON", 400, "validation") from err
 
 
 class APIServer:
@@ -74,11 +94,17 @@ class APIServer:
                 web.get(f"{p}/endpoint", self.endpoint_list),
                 web.put(f"{p}/endpoint", self.endpoint_create),
                 web.delete(f"{p}/endpoint", self.endpoint_delete_by_container),
+                web.post(f"{p}/endpoint/check", self.endpoint_check),
                 web.get(f"{p}/endpoint/{{id}}", self.endpoint_get),
                 web.delete(f"{p}/endpoint/{{id}}", self.endpoint_delete),
                 web.get(f"{p}/map/ct", self.ct_list),
                 web.get(f"{p}/map/ipcache", self.ipcache_list),
                 web.get(f"{p}/monitor", self.monitor),
+                web.get(f"{p}/ipam", self.ipam_list),
+                web.post(f"{p}/ipam", self.ipam_allocate),
+                web.delete(f"{p}/ipam", self.ipam_release),
+                web.post(f"{p}/gc", self.gc),
+                web.post(f"{p}/ipam/gc", self.ipam_gc),
             ]
         )
         self._app = app
@@ -127,13 +153,41 @@ class APIServer:
         return _json(ep)
 
     async def endpoint_create(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error("request body is not valid JSON", 400, "validation")
-        req = EndpointCreateRequest.model_validate(body)
+        req = EndpointCreateRequest.model_validate(await _body(request))
         ep = await self._agent.endpoints.create(req)
         return _json(ep, 201)
+
+    async def endpoint_check(self, request: web.Request) -> web.Response:
+        req = EndpointCheckRequest.model_validate(await _body(request))
+        return _json(await self._agent.endpoints.check(req))
+
+    async def ipam_list(self, _: web.Request) -> web.Response:
+        return _json(self._agent.ipam.listing())
+
+    async def ipam_allocate(self, request: web.Request) -> web.Response:
+        req = IPAMAllocateRequest.model_validate(await _body(request))
+        if req.kind != "ipam-plugin":
+            return _error("only ipam-plugin allocations may be made directly", 400, "validation")
+        return _json(IPAMAllocateResponse(allocations=self._agent.ipam.allocate(req)), 201)
+
+    async def ipam_release(self, request: web.Request) -> web.Response:
+        owner = request.query.get("owner", "")
+        if not owner:
+            return _error("owner query parameter is required", 400, "validation")
+        held = self._agent.ipam.owned_by(owner)
+        if any(a.kind != "ipam-plugin" for a in held):
+            return _error(f"{owner} is an endpoint: delete the endpoint instead", 409, "conflict")
+        return _json(IPAMAllocateResponse(allocations=self._agent.ipam.release(owner)))
+
+    async def ipam_gc(self, _: web.Request) -> web.Response:
+        released = await self._agent.endpoints.release_orphaned_addresses()
+        return _json(IPAMAllocateResponse(allocations=released))
+
+    async def gc(self, request: web.Request) -> web.Response:
+        req = GCRequest.model_validate(await _body(request))
+        valid = {f"{a.container_id}/{a.ifname}" for a in req.valid_attachments}
+        removed, released = await self._agent.endpoints.gc(valid)
+        return _json(GCResponse(endpoints_removed=removed, addresses_released=released))
 
     async def endpoint_delete(self, request: web.Request) -> web.Response:
         return _json(await self._agent.endpoints.delete(self._ep_id(request)))

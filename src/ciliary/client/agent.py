@@ -28,10 +28,17 @@ from pydantic import TypeAdapter, ValidationError
 
 from ciliary.core.models import (
     API_PREFIX,
+    CheckResponse,
     CTEntry,
     Endpoint,
+    EndpointCheckRequest,
     EndpointCreateRequest,
     ErrorResponse,
+    GCRequest,
+    GCResponse,
+    IPAMAllocateRequest,
+    IPAMAllocateResponse,
+    IPAMListing,
     IPCacheEntry,
     MonitorEvent,
     StatusResponse,
@@ -52,6 +59,10 @@ _ENDPOINTS = TypeAdapter(list[Endpoint])
 _CT = TypeAdapter(list[CTEntry])
 _IPCACHE = TypeAdapter(list[IPCacheEntry])
 _HEALTHZ = TypeAdapter(dict[str, str])
+_IPAM_ALLOC = TypeAdapter(IPAMAllocateResponse)
+_IPAM_LIST = TypeAdapter(IPAMListing)
+_GC = TypeAdapter(GCResponse)
+_CHECK = TypeAdapter(CheckResponse)
 
 
 class AgentClientError(Exception):
@@ -239,6 +250,33 @@ class AgentClient:
     def delete_endpoint_by_container(self, container_id: str) -> Endpoint:
         resp = self._request("DELETE", "/endpoint", params={"container_id": container_id})
         return self._parse(resp, _ENDPOINT)
+
+    def ipam_allocate(self, req: IPAMAllocateRequest) -> IPAMAllocateResponse:
+        """Addresses for one attachment (all families asked for, or nothing)."""
+        resp = self._request("POST", "/ipam", json_body=req.model_dump(mode="json"))
+        return self._parse(resp, _IPAM_ALLOC)
+
+    def ipam_release(self, owner: str) -> IPAMAllocateResponse:
+        """Release what ``owner`` (``<container id>/<ifname>``) holds; empty when nothing."""
+        resp = self._request("DELETE", "/ipam", params={"owner": owner})
+        return self._parse(resp, _IPAM_ALLOC)
+
+    def ipam_list(self) -> IPAMListing:
+        return self._get(_IPAM_LIST, "/ipam")
+
+    def ipam_gc(self) -> IPAMAllocateResponse:
+        """Release addresses whose owner no longer exists (orphans of crashed ADDs)."""
+        return self._parse(self._request("POST", "/ipam/gc"), _IPAM_ALLOC)
+
+    def gc(self, req: GCRequest) -> GCResponse:
+        """CNI GC: release every attachment not in ``req.valid_attachments``."""
+        body = req.model_dump(mode="json", by_alias=True)
+        return self._parse(self._request("POST", "/gc", json_body=body), _GC)
+
+    def check_endpoint(self, req: EndpointCheckRequest) -> CheckResponse:
+        """CNI CHECK: does the attachment still look as ADD made it?"""
+        resp = self._request("POST", "/endpoint/check", json_body=req.model_dump(mode="json"))
+        return self._parse(resp, _CHECK)
 
     def ct_list(self) -> list[CTEntry]:
         return self._get(_CT, "/map/ct")

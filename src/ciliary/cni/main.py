@@ -1,156 +1,376 @@
-"""``ciliary-cni``: CNI plugin (spec 1.1.0 result format) over the local agent's API.
+"""``ciliary-cni``: the CNI plugin a container runtime executes to plug a pod into its node.
 
-Config on stdin, ``CNI_*`` in the environment, result or error JSON on stdout. ADD returns only
-once the agent reports the endpoint ready (its programs attached), so a pod never runs
-unprotected; DEL is idempotent and succeeds when the endpoint is already gone. The agent socket is
-``/run/ciliary/<node>/agent.sock`` with ``node`` from the network config (``"node"``), or
-``agent_socket`` given explicitly.
+Why it is only a translator: every decision (addresses, identity, the veth pair, the BPF programs)
+belongs to the node's agent, which persists it and survives restarts; the plugin holds no state.
+It turns the runtime's ``CNI_*`` environment and stdin config into one agent API call and the
+agent's answer (or failure) into the spec's result (or error) in the version the config asked
+for. How each verb behaves:
+
+* ADD: ``PUT /v1/endpoint``; returns once the agent reports the endpoint *ready* (programs
+  attached), so a pod never runs unprotected. Requested addresses come from the ``ips``
+  capability (``runtimeConfig.ips``) or ``args.cni.ips``; labels from ``args.cni.labels``; pod
+  name and namespace from ``CNI_ARGS`` (``K8S_POD_NAME``/``K8S_POD_NAMESPACE``).
+* DEL: idempotent and best effort, as the spec asks: an unknown attachment, a netns that is gone
+  or a missing prevResult are all success. Only an unreachable agent fails (11, try again later),
+  since then nothing could be cleaned up and the runtime will retry.
+* CHECK (0.4.0+): the agent compares the netns and its endpoint record with prevResult.
+* GC and STATUS (1.1.0): ``POST /v1/gc`` with the runtime's valid attachments; STATUS is the
+  agent's health (a healthy agent can serve ADD).
+
+Failures map to codes a runtime acts on: 11 (agent not running: retry), 100 (the agent refused:
+its message), 101 (IPAM exhausted), 102 (no such network namespace), 50 (STATUS: not available).
+
+The agent socket is ``/run/ciliary/<node>/agent.sock`` for ``"node"`` in the config, or
+``"agent_socket"`` given explicitly. The HTTP client and the API models are imported only by the
+verbs that talk to the agent, so that VERSION (which runtimes call a lot) starts fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
-from ciliary.core.models import EndpointCreateRequest
+from pydantic import ValidationError
 
-SUPPORTED = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
-E_INCOMPATIBLE, E_INVALID_ENV, E_DECODE, E_INVALID_CONFIG, E_TRY_AGAIN = 1, 4, 6, 7, 11
-E_UNAVAILABLE, E_AGENT = 50, 100
+from ciliary.cni import spec
+from ciliary.cni.spec import (
+    DNS,
+    CNIError,
+    Env,
+    ErrorCode,
+    Interface,
+    IPConfig,
+    NetConf,
+    Result,
+    Route,
+)
 
+if TYPE_CHECKING:
+    from ciliary.client.agent import AgentClient
 
-class CNIError(Exception):
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(msg)
-        self.code, self.msg, self.details = code, msg, details
+PLUGIN = "ciliary-cni"
+INTERNAL_ERROR = 199
+"""A bug in the plugin itself (an exception we did not expect); the traceback goes to stderr."""
 
+Handler = Callable[[NetConf, Env], dict[str, Any] | None]
 
-def _env(name: str, required: bool = True) -> str:
-    value = os.environ.get(name, "")
-    if required and not value:
-        raise CNIError(E_INVALID_ENV, f"missing environment variable {name}")
-    return value
-
-
-def _socket(conf: dict[str, Any]) -> Path:
-    if isinstance(conf.get("agent_socket"), str):
-        return Path(conf["agent_socket"])
-    node = conf.get("node")
-    if not isinstance(node, str) or not node:
-        raise CNIError(E_INVALID_CONFIG, 'network config needs "node" or "agent_socket"')
-    return Path("/run/ciliary") / node / "agent.sock"
+DEFAULT_ROUTES = {4: "0.0.0.0/0", 6: "::/0"}
 
 
-def _cni_args() -> dict[str, str]:
-    out = {}
-    for part in os.environ.get("CNI_ARGS", "").split(";"):
-        key, sep, value = part.partition("=")
-        if sep:
-            out[key] = value
-    return out
+# --------------------------------------------------------------------------- the agent
 
 
-def _add(conf: dict[str, Any], version: str) -> dict[str, Any]:
-    args = _cni_args()
-    req = EndpointCreateRequest(
-        container_id=_env("CNI_CONTAINERID"),
-        netns=_env("CNI_NETNS"),
-        ifname=_env("CNI_IFNAME"),
-        pod_name=args.get("K8S_POD_NAME", ""),
-        namespace=args.get("K8S_POD_NAMESPACE", "default"),
-        labels=dict(conf.get("labels") or {}),
+def agent_socket(node: str | None, socket: str | None) -> Path:
+    """Explicit ``agent_socket`` wins; else the socket of the agent of ``node``."""
+    if socket:
+        return Path(socket)
+    if not node:
+        raise CNIError(
+            ErrorCode.INVALID_CONFIG,
+            'network config names no agent: set "node" (the node whose agent plugs the pod in) '
+            'or "agent_socket"',
+        )
+    from ciliary.client.agent import AgentDiscoveryError, agent_socket_path  # noqa: PLC0415
+
+    try:
+        return agent_socket_path(node)
+    except AgentDiscoveryError as err:
+        raise CNIError(ErrorCode.INVALID_CONFIG, f'network config: "node": {err}') from err
+
+
+def _timed_out(err: BaseException) -> bool:
+    cur: BaseException | None = err
+    while cur is not None:
+        if isinstance(cur, TimeoutError) or "Timeout" in type(cur).__name__:
+            return True
+        cur = cur.__cause__
+    return False
+
+
+@contextlib.contextmanager
+def agent(
+    socket: Path,
+    *,
+    unavailable: int = ErrorCode.TRY_AGAIN_LATER,
+    timeout: float = 30.0,
+) -> Iterator[AgentClient]:
+    """A client of the agent at ``socket``; every client error raised inside the block leaves it
+    as the :class:`CNIError` a runtime understands."""
+    from ciliary.client.agent import (  # noqa: PLC0415
+        AgentAPIError,
+        AgentClient,
+        AgentClientError,
+        AgentPermissionError,
+        AgentUnavailableError,
     )
-    with AgentClient(_socket(conf)) as cl:
-        ep = cl.create_endpoint(req)
-    ips = []
-    for addr, gw in ((ep.ipv4, "/32"), (ep.ipv6, "/128")):
-        if addr:
-            ips.append({"address": addr + gw, "interface": 1})
-    return {
-        "cniVersion": version,
-        "interfaces": [
-            {"name": ep.lxc, "mac": ep.node_mac},
-            {"name": ep.ifname, "mac": ep.mac, "sandbox": ep.netns},
-        ],
-        "ips": ips,
-        "routes": [{"dst": "0.0.0.0/0"}] * bool(ep.ipv4) + [{"dst": "::/0"}] * bool(ep.ipv6),
-        "dns": conf.get("dns") or {},
-    }
 
-
-def _del(conf: dict[str, Any]) -> None:
-    container = _env("CNI_CONTAINERID")
+    node = socket.parent.name
+    later = "; try again later" if unavailable == ErrorCode.TRY_AGAIN_LATER else ""
     try:
-        with AgentClient(_socket(conf)) as cl:
-            cl.delete_endpoint_by_container(container)
+        with AgentClient(socket, timeout=timeout) as client:
+            yield client
+    except AgentPermissionError as err:
+        raise CNIError(
+            ErrorCode.IO_FAILURE,
+            f"permission denied on the ciliary agent socket {socket} (it is root-only)",
+            str(err),
+        ) from err
+    except AgentUnavailableError as err:
+        if _timed_out(err):
+            msg = f"ciliary agent of node {node} did not answer in time (socket {socket}){later}"
+        else:
+            msg = f"ciliary agent of node {node} is not running (socket {socket}){later}"
+        raise CNIError(unavailable, msg, str(err)) from err
     except AgentAPIError as err:
-        if err.status != 404:
-            raise
+        details = f"HTTP {err.status}, kind {err.kind}"
+        if unavailable == ErrorCode.NOT_AVAILABLE:
+            raise CNIError(unavailable, f"ciliary agent of node {node} is not healthy: {err}",
+                           details) from err  # fmt: skip
+        if err.kind == "exhausted":
+            raise CNIError(
+                ErrorCode.IPAM_EXHAUSTED, f"no free address on node {node}: {err.message}", details
+            ) from err
+        if err.kind == "netns":
+            raise CNIError(ErrorCode.NETNS_NOT_FOUND, err.message, details) from err
+        raise CNIError(
+            ErrorCode.AGENT_REFUSED,
+            f"ciliary agent of node {node} refused the request: {err.message}",
+            details,
+        ) from err
+    except AgentClientError as err:  # protocol errors: an agent of another version?
+        raise CNIError(ErrorCode.AGENT_REFUSED, str(err)) from err
 
 
-def _check(conf: dict[str, Any]) -> None:
-    container = _env("CNI_CONTAINERID")
-    with AgentClient(_socket(conf)) as cl:
-        eps = [e for e in cl.endpoints() if e.container_id == container]
-    if not eps or eps[0].state.value != "ready":
-        raise CNIError(E_AGENT, f"endpoint of container {container} is not ready on this node")
+def model_error(err: ValidationError) -> CNIError:
+    return CNIError(ErrorCode.INVALID_CONFIG, f"invalid request: {spec.first_error(err)}")
 
 
-def run(stdin: str) -> tuple[int, dict[str, Any] | None]:
-    command = os.environ.get("CNI_COMMAND", "")
-    if command == "VERSION":
-        return 0, {"cniVersion": "1.1.0", "supportedVersions": SUPPORTED}
+# --------------------------------------------------------------------------- the skeleton
+
+
+def _peek_version(stdin: str) -> str | None:
     try:
-        conf = json.loads(stdin) if stdin.strip() else {}
-    except ValueError as err:
-        raise CNIError(E_DECODE, f"network config is not valid JSON: {err}") from err
-    if not isinstance(conf, dict):
-        raise CNIError(E_DECODE, "network config must be a JSON object")
-    version = str(conf.get("cniVersion", ""))
-    if version not in SUPPORTED:
-        raise CNIError(E_INCOMPATIBLE, f"unsupported cniVersion {version!r}", ", ".join(SUPPORTED))
-    if command == "ADD":
-        return 0, _add(conf, version)
-    if command == "DEL":
-        _del(conf)
-        return 0, None
-    if command == "CHECK":
-        _check(conf)
-        return 0, None
-    if command == "STATUS":
-        with AgentClient(_socket(conf)) as cl:
-            cl.healthz()
-        return 0, None
-    raise CNIError(E_INVALID_ENV, f"unknown CNI_COMMAND {command!r}")
+        data = json.loads(stdin) if stdin.strip() else None
+    except ValueError:
+        return None
+    version = data.get("cniVersion") if isinstance(data, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def run(
+    environ: Mapping[str, str], stdin: str, handlers: Mapping[str, Handler], plugin: str = PLUGIN
+) -> tuple[int, str]:
+    """One invocation: (exit code, stdout). What Go plugins get from libcni's ``skel``.
+
+    Order of checks: the command, then the environment the command needs (error 4), then the
+    config (6 not JSON, 1 a version we do not speak, 7 invalid); an error is written in the
+    config's version when we speak it.
+    """
+    raw: dict[str, Any] | None = None
+    try:
+        command = spec.parse_command(environ)
+        if command == "VERSION":
+            return 0, json.dumps(spec.version_info(_peek_version(stdin)))
+        decode_error: CNIError | None = None
+        try:
+            raw = spec.decode_config(stdin)
+        except CNIError as err:
+            decode_error = err
+        env = spec.parse_env(environ, command)
+        if decode_error is not None:
+            raise decode_error
+        assert raw is not None
+        conf = spec.parse_config(raw)
+        handler = handlers.get(command)
+        if handler is None:  # pragma: no cover - every plugin serves every command
+            raise CNIError(ErrorCode.INVALID_ENV, f"{plugin} does not implement {command}")
+        result = handler(conf, env)
+        return 0, json.dumps(result) if result is not None else ""
+    except CNIError as err:
+        return 1, err.to_json(spec.error_version(raw))
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        bug = CNIError(INTERNAL_ERROR, f"{plugin} failed unexpectedly: {exc!r}")
+        return 1, bug.to_json(spec.error_version(raw))
+
+
+def _skip_httpx_cli() -> None:
+    """httpx imports its command-line client (rich, pygments, click: ~70 ms) when installed; a
+    plugin never uses it and runtimes call plugins often, so make that optional import fail."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
+def main_for(handlers: Mapping[str, Handler], plugin: str) -> int:
+    _skip_httpx_cli()
+    stdin = ""
+    if sys.stdin is not None and not sys.stdin.isatty():
+        stdin = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    code, out = run(os.environ, stdin, handlers, plugin)
+    if out:
+        sys.stdout.write(out + "\n")
+        sys.stdout.flush()
+    return code
+
+
+# --------------------------------------------------------------------------- the verbs
+
+
+def _socket(conf: NetConf) -> Path:
+    return agent_socket(conf.node, conf.agent_socket)
+
+
+def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
+    from ciliary.core.models import EndpointCreateRequest  # noqa: PLC0415
+
+    version = conf.version
+    if conf.ipam is not None and conf.ipam.type not in (None, "ciliary-ipam"):
+        raise CNIError(
+            ErrorCode.UNSUPPORTED_FIELD,
+            f"ipam.type {conf.ipam.type!r} is not supported: {PLUGIN} allocates addresses "
+            "through its agent (leave ipam.type out, or chain another main plugin)",
+        )
+    socket = _socket(conf)
+    requested = conf.requested_ips()
+    spec.check_netns(env.netns)
+    try:
+        req = EndpointCreateRequest(
+            container_id=env.container_id,
+            netns=env.netns,
+            ifname=env.ifname,
+            pod_name=env.arg("K8S_POD_NAME"),
+            namespace=env.arg("K8S_POD_NAMESPACE") or "default",
+            labels=conf.labels(),
+            ipv4=next((str(a) for a in requested if a.version == 4), None),
+            ipv6=next((str(a) for a in requested if a.version == 6), None),
+            pools=conf.ipam.pools if conf.ipam else None,
+            mtu=conf.mtu,
+        )
+    except ValidationError as err:
+        raise model_error(err) from err
+    with agent(socket) as client:
+        ep = client.create_endpoint(req)
+    ips: list[IPConfig] = []
+    routes: list[Route] = []
+    for family, addr, gateway, plen in (
+        (4, ep.ipv4, ep.ipv4_gateway, 32),
+        (6, ep.ipv6, ep.ipv6_gateway, 128),
+    ):
+        if addr:
+            ips.append(IPConfig(address=f"{addr}/{plen}", gateway=gateway, interface=1))
+            routes.append(Route(dst=DEFAULT_ROUTES[family], gw=gateway))
+    result = Result(
+        interfaces=[
+            Interface(name=ep.lxc, mac=ep.node_mac, mtu=ep.mtu),
+            Interface(name=ep.ifname, mac=ep.mac, sandbox=env.netns, mtu=ep.mtu),
+        ],
+        ips=ips,
+        routes=routes,
+        dns=conf.dns or DNS(),
+    )
+    return result.to_version(version)
+
+
+def cmd_del(conf: NetConf, env: Env) -> None:
+    from ciliary.client.agent import AgentAPIError  # noqa: PLC0415
+
+    with agent(_socket(conf)) as client:
+        mine = [
+            ep
+            for ep in client.endpoints()
+            if ep.container_id == env.container_id and ep.ifname == env.ifname
+        ]
+        for ep in mine:
+            try:
+                client.delete_endpoint(ep.id)
+            except AgentAPIError as err:
+                if err.status != 404:  # 404: deleted meanwhile, which is what we wanted
+                    raise
+        if not mine:
+            # No endpoint: still release addresses a crashed ADD may have left behind.
+            with contextlib.suppress(AgentAPIError):
+                client.ipam_release(env.owner)
+
+
+def cmd_check(conf: NetConf, env: Env) -> None:
+    from ciliary.core.models import EndpointCheckRequest  # noqa: PLC0415
+
+    spec.require_version(conf.version, "0.4.0", "CHECK")
+    prev = conf.prev_result()
+    if prev is None:
+        raise CNIError(
+            ErrorCode.INVALID_CONFIG, "CHECK needs prevResult (the result of the ADD to check)"
+        )
+    socket = _socket(conf)
+    spec.check_netns(env.netns)
+    req = EndpointCheckRequest(
+        container_id=env.container_id,
+        ifname=env.ifname,
+        netns=env.netns,
+        addresses=prev.sandbox_addresses(env.ifname),
+    )
+    with agent(socket) as client:
+        resp = client.check_endpoint(req)
+    if not resp.ok:
+        problems = "; ".join(resp.problems) or "the agent reports a problem"
+        raise CNIError(
+            ErrorCode.AGENT_REFUSED,
+            f"CHECK of {env.owner} failed: {problems}",
+            "\n".join(resp.problems),
+        )
+
+
+def cmd_gc(conf: NetConf, env: Env) -> None:
+    from ciliary.core.models import Attachment, GCRequest  # noqa: PLC0415
+
+    spec.require_version(conf.version, "1.1.0", "GC")
+    valid = conf.attachments()
+    if valid is None:
+        raise CNIError(
+            ErrorCode.INVALID_CONFIG,
+            f"GC needs {spec.VALID_ATTACHMENTS_KEY} (the attachments to keep) in the config",
+        )
+    try:
+        req = GCRequest(
+            valid_attachments=[
+                Attachment(containerID=a.containerID, ifname=a.ifname) for a in valid
+            ]
+        )
+    except ValidationError as err:
+        raise model_error(err) from err
+    with agent(_socket(conf)) as client:
+        resp = client.gc(req)
+    if resp.endpoints_removed or resp.addresses_released:
+        print(
+            f"{PLUGIN}: GC removed endpoints {resp.endpoints_removed or '[]'} and released "
+            f"{', '.join(resp.addresses_released) or 'no addresses'}",
+            file=sys.stderr,
+        )
+
+
+def cmd_status(conf: NetConf, env: Env) -> None:
+    spec.require_version(conf.version, "1.1.0", "STATUS")
+    with agent(_socket(conf), unavailable=ErrorCode.NOT_AVAILABLE, timeout=10.0) as client:
+        client.healthz()
+
+
+HANDLERS: dict[str, Handler] = {
+    "ADD": cmd_add,
+    "DEL": cmd_del,
+    "CHECK": cmd_check,
+    "GC": cmd_gc,
+    "STATUS": cmd_status,
+}
 
 
 def main() -> int:
-    stdin = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
-    version = "1.1.0"
-    try:
-        code, result = run(stdin)
-        if result is not None:
-            print(json.dumps(result))
-        return code
-    except CNIError as err:
-        payload = {"cniVersion": version, "code": err.code, "msg": err.msg, "details": err.details}
-    except AgentUnavailableError as err:
-        payload = {"cniVersion": version, "code": E_TRY_AGAIN, "msg": str(err), "details": ""}
-    except AgentAPIError as err:
-        payload = {"cniVersion": version, "code": E_AGENT, "msg": str(err), "details": ""}
-    except ValueError as err:  # pydantic validation of env-derived fields
-        payload = {
-            "cniVersion": version,
-            "code": E_INVALID_ENV,
-            "msg": str(err).splitlines()[0],
-            "details": "",
-        }
-    print(json.dumps(payload))
-    return 1
+    return main_for(HANDLERS, PLUGIN)
 
 
 if __name__ == "__main__":

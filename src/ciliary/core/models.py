@@ -48,6 +48,9 @@ class EndpointCreateRequest(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     ipv4: str | None = Field(default=None, description="requested IPv4 (else allocated)")
     ipv6: str | None = Field(default=None, description="requested IPv6 (else allocated)")
+    pools: list[str] | None = Field(
+        default=None, description="IP pools to allocate from (pools mode; Calico's annotation)"
+    )
     mtu: int | None = Field(default=None, ge=576, le=65535)
 
 
@@ -73,6 +76,9 @@ class Endpoint(_Model):
     lxc_ifindex: int
     mac: str = Field(description="pod-side MAC")
     node_mac: str = Field(description="node-side MAC, the pod's gateway MAC")
+    ipv4_gateway: str | None = None
+    ipv6_gateway: str | None = None
+    mtu: int = 1500
     created_at: float
     log: list[StateChange] = Field(default_factory=list)
 
@@ -189,6 +195,94 @@ class MonitorEvent(_Model):
     src_pod: str | None = None
     dst_pod: str | None = None
     summary: str
+
+
+class IPAMAllocateRequest(_Model):
+    """Addresses for one attachment (``<container id>/<ifname>``), all or nothing."""
+
+    owner: str = Field(min_length=3, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[^/:\s]{1,15}$")
+    kind: Literal["endpoint", "ipam-plugin"] = "ipam-plugin"
+    families: list[Literal[4, 6]] | None = Field(
+        default=None, description="families wanted; None = every family the node has"
+    )
+    requested: list[str] = Field(default_factory=list, description="specific addresses")
+    pools: list[str] | None = Field(default=None, description="pool names to allocate from")
+
+
+class IPAllocation(_Model):
+    owner: str
+    kind: Literal["endpoint", "ipam-plugin", "router"]
+    family: Literal[4, 6]
+    address: str
+    prefix_len: int = Field(description="of the pool block/node CIDR the address is in")
+    gateway: str | None
+    pool: str
+    block: str | None = None
+    created_at: float
+
+
+class IPAMAllocateResponse(_Model):
+    allocations: list[IPAllocation]
+
+
+class IPPoolStatus(_Model):
+    name: str
+    cidr: str
+    block_size: int
+    disabled: bool
+    nat_outgoing: bool
+    node_selector: str
+    size: int
+    used: int
+
+
+class IPAMBlockStatus(_Model):
+    cidr: str
+    pool: str
+    affinity: str | None = Field(description="host:<node> when affine to a node")
+    size: int
+    used: int
+
+
+class IPAMListing(_Model):
+    mode: Literal["cluster-pool", "pools"]
+    node: str
+    strict_affinity: bool = False
+    pools: list[IPPoolStatus]
+    blocks: list[IPAMBlockStatus]
+    allocations: list[IPAllocation]
+
+
+class Attachment(_Model):
+    container_id: str = Field(alias="containerID")
+    ifname: str
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class GCRequest(_Model):
+    """CNI GC: everything not in ``valid_attachments`` is released (endpoints and addresses)."""
+
+    valid_attachments: list[Attachment]
+
+
+class GCResponse(_Model):
+    endpoints_removed: list[int]
+    addresses_released: list[str]
+
+
+class EndpointCheckRequest(_Model):
+    """CNI CHECK: does the attachment still look as ADD made it?"""
+
+    container_id: str
+    ifname: str
+    netns: str
+    addresses: list[str] = Field(default_factory=list, description="CIDRs from prevResult")
+
+
+class CheckResponse(_Model):
+    ok: bool
+    problems: list[str]
 
 
 class ErrorResponse(_Model):

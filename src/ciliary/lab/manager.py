@@ -29,10 +29,11 @@ from pathlib import Path
 from rich.progress import Progress, TaskID
 
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
-from ciliary.core.models import EndpointCreateRequest
 from ciliary.datapath.linux import cgroup, netns
 from ciliary.datapath.linux.errors import LinkError
+from ciliary.kvstore import FileStore
 from ciliary.lab import process, schema
+from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError
 from ciliary.lab.state import (
     ContainerRecord,
     LabRecord,
@@ -48,6 +49,8 @@ LAB_ROOT = RUN_ROOT / "lab"
 PIN_ROOT = Path("/sys/fs/bpf/ciliary")
 CGROUP_PARENT = "ciliary"
 AGENT_READY_TIMEOUT = 60.0
+CNI_PLUGIN_DIRS = [Path("/usr/lib/cni"), Path("/opt/cni/bin")]
+NETWORK_NAME = "ciliary"
 
 
 class LabError(Exception):
@@ -71,6 +74,53 @@ def _lab_dir(lab: str) -> Path:
 
 def _state_file(lab: str) -> Path:
     return _lab_dir(lab) / "state.json"
+
+
+def cluster_store(lab: str) -> FileStore:
+    """The lab's stand-in for the Kubernetes API: nodes, namespaces, pods, IP pools."""
+    return FileStore(_lab_dir(lab) / "store")
+
+
+def _cni_conf_dir(lab: str, node: str) -> Path:
+    return _lab_dir(lab) / "cni" / node / "net.d"
+
+
+def _write_conflist(lab: str, node: str) -> Path:
+    """The node's CNI configuration, as a runtime finds it in its conf dir."""
+    conf_dir = _cni_conf_dir(lab, node)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    path = conf_dir / "10-ciliary.conflist"
+    conflist = {
+        "cniVersion": "1.1.0",
+        "cniVersions": ["1.0.0", "1.1.0"],
+        "name": NETWORK_NAME,
+        "plugins": [{"type": "ciliary-cni", "node": node, "capabilities": {"ips": True}}],
+    }
+    path.write_text(json.dumps(conflist, indent=1))
+    return path
+
+
+def _cni(rec: LabRecord, nrec: NodeRecord) -> CNIRuntime:
+    # Plugins run inside the node's netns (as kubelet's runtime does on its node), so whatever a
+    # chained plugin configures (iptables, ifb, ...) lands there, never in the root namespace.
+    return CNIRuntime(
+        _cni_conf_dir(rec.name, nrec.name),
+        [process.venv_bin(), *CNI_PLUGIN_DIRS],
+        netns_of_runtime=str(netns.path_of(nrec.netns)),
+    )
+
+
+def _k8s_object(kind: str, name: str, namespace: str | None = None, **body: object) -> dict[str, object]:
+    meta: dict[str, object] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    labels = body.pop("labels", None)
+    annotations = body.pop("annotations", None)
+    if labels:
+        meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": kind, "metadata": meta, **body}
 
 
 def _save(rec: LabRecord) -> None:
@@ -142,16 +192,15 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         file=str(path) if path else None,
         created_at=time.time(),
         monitor_aggregation=lab_file.lab.spec.monitor_aggregation,
+        ipam_mode=lab_file.lab.spec.ipam.mode,
     )
     _save(rec)
     try:
+        _publish_cluster(rec, lab_file)
         cidrs = schema.node_cidrs(lab_file)
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
-                _create_node(rec, node.name, cidrs[node.name])
-        for ns in lab_file.namespaces:
-            rec.namespaces[ns.metadata.name] = dict(ns.metadata.labels)
-        _save(rec)
+                _create_node(rec, node.name, cidrs[node.name], dict(node.labels))
         for pod in lab_file.pods:
             with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
                 _create_pod(rec, pod)
@@ -178,8 +227,12 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
         raise LabError(str(err)) from err
     made: list[PodRecord] = []
     try:
+        store = cluster_store(rec.name)
         for ns in added.namespaces:
             rec.namespaces[ns.metadata.name] = dict(ns.metadata.labels)
+            store.put(
+                "namespaces", ns.metadata.name, _k8s_object("Namespace", ns.metadata.name, labels=dict(ns.metadata.labels))
+            )
         _save(rec)
         for pod in added.pods:
             with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
@@ -192,6 +245,22 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
             raise LabError(f"lab apply failed, nothing was added: {err}") from err
         raise
     return status(rec.name)
+
+
+def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
+    """Write what the API server would hold before any agent starts: namespaces, IP pools."""
+    store = cluster_store(rec.name)
+    for ns_name in ("default", "kube-system"):
+        rec.namespaces.setdefault(ns_name, {})
+    for ns in lab_file.namespaces:
+        rec.namespaces[ns.metadata.name] = dict(ns.metadata.labels)
+    for ns_name, labels in rec.namespaces.items():
+        store.put("namespaces", ns_name, _k8s_object("Namespace", ns_name, labels=labels))
+    if lab_file.ipam_mode == "pools":
+        for pool in lab_file.ip_pools:
+            store.put("ippools", pool.name, pool.to_calico_json())
+        store.put("ipamconfigs", "default", lab_file.ipam_config.to_calico_json())
+    _save(rec)
 
 
 def _effective_base(base: schema.LabFile, rec: LabRecord) -> schema.LabFile:
@@ -228,7 +297,9 @@ def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
             )
 
 
-def _create_node(rec: LabRecord, node: str, cidrs: schema.NodeCIDRs) -> NodeRecord:
+def _create_node(
+    rec: LabRecord, node: str, cidrs: schema.NodeCIDRs, labels: dict[str, str]
+) -> NodeRecord:
     nrec = NodeRecord(
         name=node,
         netns=node_netns(rec.name, node),
@@ -238,9 +309,15 @@ def _create_node(rec: LabRecord, node: str, cidrs: schema.NodeCIDRs) -> NodeReco
         cgroup=_cgroup_rel(rec.name, f"agent-{node}"),
         ipv4_cidr=str(cidrs.ipv4) if cidrs.ipv4 else None,
         ipv6_cidr=str(cidrs.ipv6) if cidrs.ipv6 else None,
+        labels=labels,
     )
     rec.nodes.append(nrec)
     _save(rec)  # intent first
+    pod_cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
+    cluster_store(rec.name).put(
+        "nodes", node, _k8s_object("Node", node, labels=labels, spec={"podCIDRs": pod_cidrs})
+    )
+    _write_conflist(rec.name, node)
     netns.create(nrec.netns)
     _start_agent(rec, nrec)
     return nrec
@@ -254,7 +331,11 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
         "--state-dir", nrec.state_dir,
         "--bpf-pin-dir", nrec.pin_dir,
         "--monitor-aggregation", rec.monitor_aggregation,
+        "--ipam", rec.ipam_mode,
+        "--cluster-store", str(cluster_store(rec.name).root),
     ]  # fmt: skip
+    if nrec.labels:
+        argv += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(nrec.labels.items()))]
     if nrec.ipv4_cidr:
         argv += ["--ipv4-range", nrec.ipv4_cidr]
     if nrec.ipv6_cidr:
@@ -324,22 +405,34 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
     )
     rec.pods.append(prec)
     _save(rec)  # intent first
+    # the API server knows the pod (labels, annotations) before its node plugs it in
+    cluster_store(rec.name).put(
+        "pods",
+        prec.key,
+        _k8s_object(
+            "Pod", pod.name, pod.namespace,
+            labels=dict(pod.labels), annotations=dict(pod.metadata.annotations),
+            spec={"nodeName": nrec.name},
+        ),
+    )  # fmt: skip
     path = netns.create(prec.netns)
-    v4 = next((str(a) for a in pod.requested_ips() if a.version == 4), None)
-    v6 = next((str(a) for a in pod.requested_ips() if a.version == 6), None)
-    with AgentClient(Path(nrec.socket)) as cl:
-        ep = cl.create_endpoint(
-            EndpointCreateRequest(
-                container_id=prec.container_id,
-                netns=str(path),
-                ifname="eth0",
-                pod_name=pod.name,
-                namespace=pod.namespace,
-                labels=dict(pod.labels),
-                ipv4=v4,
-                ipv6=v6,
-            )
+    requested = [str(a) for a in pod.requested_ips()]
+    try:
+        _cni(rec, nrec).add(
+            prec.container_id,
+            str(path),
+            "eth0",
+            args={
+                "K8S_POD_NAMESPACE": pod.namespace,
+                "K8S_POD_NAME": pod.name,
+                "K8S_POD_INFRA_CONTAINER_ID": prec.container_id,
+            },
+            capability_args={"ips": requested} if requested else {},
         )
+    except CNIRuntimeError as err:
+        raise LabError(f"pod {prec.key}: CNI ADD failed: {err}") from err
+    with AgentClient(Path(nrec.socket)) as cl:
+        ep = next(e for e in cl.endpoints() if e.container_id == prec.container_id)
     prec.endpoint_id, prec.ipv4, prec.ipv6 = ep.id, ep.ipv4, ep.ipv6
     _save(rec)
     # The pod's processes start only now: the endpoint is ready (programs attached) by contract.
@@ -403,8 +496,9 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
     with contextlib.suppress(Exception):
         node = _node(rec, prec.node)
         if process.alive(node.agent_pid, node.agent_start_time):
-            with AgentClient(Path(node.socket), timeout=10) as cl:
-                cl.delete_endpoint_by_container(prec.container_id)
+            _cni(rec, node).delete(prec.container_id, str(netns.path_of(prec.netns)), "eth0")
+    with contextlib.suppress(Exception):
+        cluster_store(rec.name).delete("pods", prec.key)
     netns.remove(prec.netns)
     if prec in rec.pods:
         rec.pods.remove(prec)

@@ -13,8 +13,13 @@ documents (duplicates, undeclared namespaces or nodes, requested addresses outsi
 CIDR) run after every document has been read. Policy documents are not understood here: their kinds
 are registered as *deferred* and kept as raw mappings for the policy layer to parse.
 
-Node pod CIDRs are derived the way Cilium's operator does in cluster-pool mode, deterministically:
-node *i* (file order) gets the *i*-th subnet of the configured mask size of the first pool CIDR.
+IPAM has two modes. In ``cluster-pool`` mode (the default) node pod CIDRs are derived the way
+Cilium's operator does, deterministically: node *i* (file order) gets the *i*-th subnet of the
+configured mask size of the first pool CIDR. In ``pools`` mode addresses come from Calico-style
+``IPPool`` documents (``projectcalico.org/v3``), carved into blocks that nodes take on demand, with
+an optional ``IPAMConfiguration``; a pool's ``nodeSelector`` (a Calico selector, parsed here by
+:func:`parse_selector`) picks the nodes, by their ``labels``, that allocate from it automatically.
+There are no node CIDRs in that mode, so pod address requests are checked against the pools.
 """
 
 from __future__ import annotations
@@ -37,24 +42,36 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "CALICO_API_VERSION",
     "CORE_API_VERSION",
     "DEFAULT_SCENARIO",
     "DEFERRED_KINDS",
     "IMPLICIT_NAMESPACES",
+    "IPV4_POOLS_ANNOTATION",
+    "IPV6_POOLS_ANNOTATION",
     "LAB_API_VERSION",
     "REQUESTED_IPS_ANNOTATION",
     "Container",
     "ContainerPort",
     "EnvVar",
+    "IPAMConfiguration",
+    "IPAMConfigurationMetadata",
+    "IPAMConfigurationSpec",
+    "IPAMMode",
     "IPAMSpec",
+    "IPPool",
+    "IPPoolMetadata",
+    "IPPoolSpec",
     "LabBody",
     "LabFile",
     "LabFileError",
@@ -68,11 +85,14 @@ __all__ = [
     "PodMetadata",
     "PodSpec",
     "RawDocument",
+    "Selector",
+    "SelectorError",
     "load_default",
     "load_lab_file",
     "node_cidrs",
     "parse_documents",
     "parse_lab_text",
+    "parse_selector",
     "register_deferred_kind",
     "with_running_pods",
 ]
@@ -81,8 +101,13 @@ LAB_API_VERSION: Final = "ciliary.io/v1alpha1"
 CORE_API_VERSION: Final = "v1"
 IMPLICIT_NAMESPACES: tuple[str, ...] = ("default", "kube-system")
 """Namespaces that exist in every lab without a Namespace document, as in every cluster."""
+CALICO_API_VERSION: Final = "projectcalico.org/v3"
 REQUESTED_IPS_ANNOTATION = "cni.projectcalico.org/ipAddrs"
 """Calico's pod annotation: a JSON list of the addresses the pod asks for (one per family)."""
+IPV4_POOLS_ANNOTATION = "cni.projectcalico.org/ipv4pools"
+"""Calico's pod annotation (``pools`` mode): a JSON list of the IPv4 pools to allocate from."""
+IPV6_POOLS_ANNOTATION = "cni.projectcalico.org/ipv6pools"
+"""Calico's pod annotation (``pools`` mode): a JSON list of the IPv6 pools to allocate from."""
 
 LAB_NAME_MAX = 20  # the lab name prefixes network namespace names
 NODE_NAME_MAX = 15  # node names become interface names (IFNAMSIZ - 1)
@@ -373,6 +398,337 @@ def _parse_requested_ips(value: str) -> list[IPAddress]:
     return addresses
 
 
+def _dns_subdomain(value: str) -> str:
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+        raise ValueError(
+            "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each"
+            " dot-separated part starting and ending with a letter or digit, at most 253"
+            f" characters), got {_show(value)}"
+        )
+    return value
+
+
+_POOLS_EXPECTED = 'expected a JSON list of IP pool names like ["pool-a", "pool-b"]'
+
+
+def _parse_pool_names(value: str) -> list[str]:
+    """Parse an ``ipv4pools``/``ipv6pools`` annotation: a JSON list of pool names."""
+    try:
+        items = json.loads(value)
+    except (ValueError, RecursionError):
+        raise ValueError(f"{_POOLS_EXPECTED}, got {_show(value)} (not JSON)") from None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{_POOLS_EXPECTED}, got {_show(value)}")
+    return list(items)
+
+
+# --------------------------------------------------------------------------------------------
+# Calico selectors (the subset an IPPool's nodeSelector needs)
+
+_SELECTOR_SYNTAX: Final = (
+    'all(), has(k), k == "v", k != "v", k in {"a", "b"}, k not in {"a", "b"}, joined by !, &&,'
+    " || and parentheses"
+)
+_SELECTOR_MAX_DEPTH = 64
+_SELECTOR_TOKEN = re.compile(
+    r"""(?P<op>&&|\|\||==|!=|[!(){},])|(?P<str>"[^"]*"|'[^']*')|(?P<word>[A-Za-z0-9_./-]+)"""
+)
+
+
+class SelectorError(ValueError):
+    """A selector that does not parse; the message says what was expected, and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Token:
+    kind: str  # "op", "str", "word" or "end"
+    text: str
+    position: int  # 1-based character of the selector text
+
+    def shown(self) -> str:
+        return "the end" if self.kind == "end" else repr(self.text)
+
+    def is_op(self, text: str) -> bool:
+        return self.kind == "op" and self.text == text
+
+    def is_word(self, text: str) -> bool:
+        return self.kind == "word" and self.text == text
+
+
+class _Expr:
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class _All(_Expr):
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Has(_Expr):
+    key: str
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return self.key in labels
+
+
+@dataclasses.dataclass(frozen=True)
+class _In(_Expr):
+    """``k == "v"`` (one value), ``k in {...}``; negated: ``k != "v"``, ``k not in {...}``.
+
+    As in Calico, a negated test also selects label sets without the key."""
+
+    key: str
+    values: frozenset[str]
+    negated: bool
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        found = self.key in labels and labels[self.key] in self.values
+        return found != self.negated
+
+
+@dataclasses.dataclass(frozen=True)
+class _Not(_Expr):
+    operand: _Expr
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return not self.operand.matches(labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class _And(_Expr):
+    operands: tuple[_Expr, ...]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(o.matches(labels) for o in self.operands)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Or(_Expr):
+    operands: tuple[_Expr, ...]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return any(o.matches(labels) for o in self.operands)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selector:
+    """A parsed Calico selector (see :func:`parse_selector`)."""
+
+    text: str
+    expression: _Expr = dataclasses.field(repr=False, compare=False)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether a set of labels (a node's) is selected."""
+        return self.expression.matches(labels)
+
+
+def _tokenize_selector(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            break
+        match = _SELECTOR_TOKEN.match(text, position)
+        if match is None:
+            char = text[position]
+            where = f"at character {position + 1}"
+            if char in "\"'":
+                raise SelectorError(f"unterminated string {where}")
+            hint = {"=": " (use == to compare)", "&": " (use &&)", "|": " (use ||)"}.get(char, "")
+            raise SelectorError(f"unexpected character {char!r} {where}{hint}")
+        tokens.append(_Token(str(match.lastgroup), match.group(), position + 1))
+        position = match.end()
+    tokens.append(_Token("end", "", len(text) + 1))
+    return tokens
+
+
+class _SelectorParser:
+    """Recursive descent over the tokens: ``or := and ('||' and)*``, ``and := unary ('&&'
+    unary)*``, ``unary := '!' unary | primary``, ``primary := '(' or ')' | all() | has(k) |
+    k == s | k != s | k in set | k not in set``, ``set := '{' [s (',' s)*] '}'``."""
+
+    def __init__(self, tokens: list[_Token]) -> None:
+        self.tokens = tokens
+        self.index = 0
+        self.depth = 0
+
+    def peek(self) -> _Token:
+        return self.tokens[self.index]
+
+    def take(self) -> _Token:
+        token = self.tokens[self.index]
+        if token.kind != "end":
+            self.index += 1
+        return token
+
+    def expect(self, op: str) -> None:
+        token = self.take()
+        if not token.is_op(op):
+            raise SelectorError(
+                f"expected {op!r} at character {token.position}, got {token.shown()}"
+            )
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > _SELECTOR_MAX_DEPTH:
+            raise SelectorError(f"nested more than {_SELECTOR_MAX_DEPTH} levels deep")
+
+    def parse(self) -> _Expr:
+        if self.peek().kind == "end":
+            return _All()  # an empty selector selects everything, as in Calico
+        expression = self.disjunction()
+        token = self.peek()
+        if token.kind != "end":
+            raise SelectorError(
+                f"expected &&, || or the end at character {token.position}, got {token.shown()}"
+            )
+        return expression
+
+    def disjunction(self) -> _Expr:
+        operands = [self.conjunction()]
+        while self.peek().is_op("||"):
+            self.take()
+            operands.append(self.conjunction())
+        return operands[0] if len(operands) == 1 else _Or(tuple(operands))
+
+    def conjunction(self) -> _Expr:
+        operands = [self.unary()]
+        while self.peek().is_op("&&"):
+            self.take()
+            operands.append(self.unary())
+        return operands[0] if len(operands) == 1 else _And(tuple(operands))
+
+    def unary(self) -> _Expr:
+        if not self.peek().is_op("!"):
+            return self.primary()
+        self.take()
+        self.nest()
+        operand = self.unary()
+        self.depth -= 1
+        return _Not(operand)
+
+    def primary(self) -> _Expr:
+        token = self.take()
+        if token.is_op("("):
+            self.nest()
+            expression = self.disjunction()
+            self.expect(")")
+            self.depth -= 1
+            return expression
+        if token.kind == "word" and token.text in ("all", "has") and self.peek().is_op("("):
+            self.take()
+            if token.text == "all":
+                self.expect(")")
+                return _All()
+            key = self.key(self.take())
+            self.expect(")")
+            return _Has(key)
+        if token.kind != "word":
+            raise SelectorError(
+                f"expected a label key, all(), has(key), '!' or '(' at character"
+                f" {token.position}, got {token.shown()}"
+            )
+        key = self.key(token)
+        operator = self.take()
+        if operator.is_op("==") or operator.is_op("!="):
+            return _In(key, frozenset({self.string()}), operator.text == "!=")
+        if operator.is_word("in"):
+            return _In(key, self.value_set(), False)
+        if operator.is_word("not") and self.peek().is_word("in"):
+            self.take()
+            return _In(key, self.value_set(), True)
+        raise SelectorError(
+            f"expected ==, !=, in or not in after {key!r} at character {operator.position},"
+            f" got {operator.shown()}"
+        )
+
+    def key(self, token: _Token) -> str:
+        if token.kind == "word":
+            with contextlib.suppress(ValueError):
+                return _label_key(token.text)
+        raise SelectorError(
+            f"expected a label key at character {token.position}, got {token.shown()}"
+        )
+
+    def string(self) -> str:
+        token = self.take()
+        if token.kind != "str":
+            raise SelectorError(
+                f"expected a quoted string at character {token.position}, got {token.shown()}"
+            )
+        return token.text[1:-1]
+
+    def value_set(self) -> frozenset[str]:
+        self.expect("{")
+        values: set[str] = set()
+        if self.peek().is_op("}"):
+            self.take()
+            return frozenset()
+        while True:
+            values.add(self.string())
+            token = self.take()
+            if token.is_op("}"):
+                return frozenset(values)
+            if not token.is_op(","):
+                raise SelectorError(
+                    f"expected ',' or '}}' at character {token.position}, got {token.shown()}"
+                )
+
+
+def parse_selector(text: str) -> Selector:
+    """Parse a Calico selector of the subset ``nodeSelector`` uses. Raises :class:`SelectorError`.
+
+    ``all()``, ``has(k)``, ``k == "v"``, ``k != "v"``, ``k in {"a", "b"}``, ``k not in {...}``,
+    ``!``, ``&&`` (binds tighter than ``||``) and parentheses; keys are Kubernetes label keys,
+    values quoted with ``"`` or ``'``. Empty text selects everything, like ``all()``. As in Calico,
+    ``!=`` and ``not in`` also select label sets that do not have the key.
+    """
+    return Selector(text, _SelectorParser(_tokenize_selector(text)).parse())
+
+
+def _selector_text(value: str) -> str:
+    try:
+        parse_selector(value)
+    except SelectorError as exc:
+        raise ValueError(
+            f"expected a Calico selector ({_SELECTOR_SYNTAX}), got {_show(value)}: {exc}"
+        ) from None
+    return value
+
+
+_LINK_LOCAL: dict[int, IPv4Network | IPv6Network] = {
+    4: IPv4Network("169.254.0.0/16"),
+    6: IPv6Network("fe80::/10"),
+}
+
+
+def _pool_cidr(value: object) -> object:
+    expected = "expected an IPv4 or IPv6 CIDR like 10.244.0.0/16 or fd00:10:244::/64"
+    if not isinstance(value, str):
+        raise ValueError(f"{expected}, got {_show(value)}")
+    text = value.strip()
+    if "/" not in text:
+        raise ValueError(f"{expected}, got {_show(value)} (no prefix length)")
+    if "%" in text:
+        raise ValueError(f"{expected}, got {_show(value)} (a pool has no zone)")
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{expected}, got {_show(value)} ({exc})") from None
+    link_local = _LINK_LOCAL[network.version]
+    if _overlap(network, link_local):
+        raise ValueError(
+            f"{network} overlaps the IPv{network.version} link-local range {link_local}"
+            " (pod addresses cannot be link-local)"
+        )
+    return network
+
+
 # --------------------------------------------------------------------------------------------
 # Models
 
@@ -388,15 +744,28 @@ class _Model(BaseModel):
 
 
 class NodeSpec(_Model):
-    """One node of the lab (a network namespace on this machine)."""
+    """One node of the lab (a network namespace on this machine).
+
+    ``labels`` are the node's Kubernetes labels; in ``pools`` mode IP pools select nodes by them
+    (``nodeSelector``), and the lab gives them to the node's agent."""
 
     name: NodeName
+    labels: Labels = Field(default_factory=dict)
+
+
+IPAMMode: TypeAlias = Literal["cluster-pool", "pools"]
 
 
 class IPAMSpec(_Model):
-    """Cluster-pool IPAM, with Cilium's option names. An empty pool list disables that family."""
+    """How pod addresses are allocated.
 
-    mode: Literal["cluster-pool"] = "cluster-pool"
+    ``cluster-pool`` (the default), with Cilium's option names: each node gets a pod CIDR cut
+    from the pool; an empty pool list disables that family. ``pools``: addresses come from the
+    file's ``IPPool`` documents (:attr:`LabFile.ip_pools`); the ``clusterPool*`` options must not
+    be given, and the model holds empty cluster pools (no node CIDRs, see :func:`node_cidrs`).
+    """
+
+    mode: IPAMMode = "cluster-pool"
     cluster_pool_ipv4_pod_cidr_list: list[V4Network] = Field(
         default_factory=lambda: [IPv4Network("10.200.0.0/16")], alias="clusterPoolIPv4PodCIDRList"
     )
@@ -417,8 +786,37 @@ class IPAMSpec(_Model):
     def _check_v6_mask(cls, value: int, info: ValidationInfo) -> int:
         return _check_mask(value, info.data.get("cluster_pool_ipv6_pod_cidr_list"), 6)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cluster_pool_in_pools_mode(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("mode") != "pools":
+            return data
+        for name, info in cls.model_fields.items():
+            for key in (info.alias, name):
+                if name != "mode" and key in data:
+                    raise _FieldProblemError(
+                        "only valid with mode cluster-pool (in mode pools, addresses come from"
+                        " IPPool documents)",
+                        str(key),
+                    )
+        return {**data, "clusterPoolIPv4PodCIDRList": [], "clusterPoolIPv6PodCIDRList": []}
+
+    @model_serializer(mode="wrap")
+    def _dump_without_cluster_pool_in_pools_mode(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> Any:
+        data = handler(self)
+        if self.mode == "pools" and isinstance(data, dict):
+            for name, info in type(self).model_fields.items():
+                if name != "mode":
+                    data.pop(name, None)
+                    data.pop(info.alias, None)
+        return data
+
     @model_validator(mode="after")
     def _one_family(self) -> IPAMSpec:
+        if self.mode != "cluster-pool":
+            return self
         if not self.cluster_pool_ipv4_pod_cidr_list and not self.cluster_pool_ipv6_pod_cidr_list:
             raise ValueError(
                 "expected at least one of clusterPoolIPv4PodCIDRList and"
@@ -438,7 +836,12 @@ class IPAMSpec(_Model):
         return pools[0] if pools else None
 
     def capacity(self) -> int:
-        """How many nodes the pools can give a pod CIDR to (the smaller of the families)."""
+        """How many nodes the pools can give a pod CIDR to (the smaller of the families).
+
+        Only for ``cluster-pool`` mode: in ``pools`` mode nodes take blocks on demand and
+        :class:`ValueError` is raised."""
+        if self.mode != "cluster-pool":
+            raise ValueError("capacity(): mode pools has no node CIDRs (nodes take blocks)")
         sizes = []
         if self.ipv4_pool is not None:
             sizes.append(1 << (self.cluster_pool_ipv4_mask_size - self.ipv4_pool.prefixlen))
@@ -485,7 +888,11 @@ class LabBody(_Model):
                 )
             first[node.name] = i
         ipam = info.data.get("ipam")
-        if isinstance(ipam, IPAMSpec) and len(nodes) > ipam.capacity():
+        if (
+            isinstance(ipam, IPAMSpec)
+            and ipam.mode == "cluster-pool"
+            and len(nodes) > ipam.capacity()
+        ):
             pools = []
             if ipam.ipv4_pool is not None:
                 pools.append(f"{ipam.ipv4_pool} in /{ipam.cluster_pool_ipv4_mask_size} subnets")
@@ -521,6 +928,195 @@ class LabSpec(_Model):
     @property
     def ipam(self) -> IPAMSpec:
         return self.spec.ipam
+
+
+EncapsulationMode: TypeAlias = Literal["Never", "Always", "CrossSubnet"]
+PoolUse: TypeAlias = Literal["Workload", "Tunnel"]
+PoolName = Annotated[str, AfterValidator(_dns_subdomain)]
+PoolCIDR = Annotated[IPv4Network | IPv6Network, BeforeValidator(_pool_cidr)]
+NodeSelector = Annotated[str, AfterValidator(_selector_text)]
+
+
+def _all_uses() -> list[PoolUse]:
+    return ["Workload", "Tunnel"]
+
+
+_BLOCK_SIZES: dict[int, tuple[int, int, int]] = {4: (20, 32, 26), 6: (116, 128, 122)}
+"""Per family: the smallest and largest block prefix length Calico accepts, and its default."""
+
+
+class IPPoolMetadata(_Model):
+    name: PoolName
+    labels: Labels = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
+
+
+class IPPoolSpec(_Model):
+    """The ``spec`` of an IPPool, with Calico's fields and defaults."""
+
+    cidr: PoolCIDR
+    block_size: int = Field(default=None, validate_default=True)
+    ipip_mode: EncapsulationMode = "Never"
+    vxlan_mode: EncapsulationMode = "Never"
+    nat_outgoing: bool = False
+    disabled: bool = False
+    node_selector: NodeSelector = "all()"
+    allowed_uses: list[PoolUse] = Field(default_factory=_all_uses, min_length=1)
+    assignment_mode: Literal["Automatic", "Manual"] = "Automatic"
+
+    @field_validator("block_size", mode="before")
+    @classmethod
+    def _default_block_size(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None:
+            return value
+        cidr = info.data.get("cidr")
+        return _BLOCK_SIZES[cidr.version if isinstance(cidr, IPv6Network) else 4][2]
+
+    @field_validator("block_size")
+    @classmethod
+    def _check_block_size(cls, value: int, info: ValidationInfo) -> int:
+        cidr = info.data.get("cidr")
+        if not isinstance(cidr, IPv4Network | IPv6Network):
+            return value
+        smallest, largest, _ = _BLOCK_SIZES[cidr.version]
+        if not smallest <= value <= largest:
+            raise ValueError(
+                f"expected a block size between {smallest} and {largest} for an"
+                f" IPv{cidr.version} pool, got {_show(value)}"
+            )
+        return value
+
+    @field_validator("allowed_uses")
+    @classmethod
+    def _unique_uses(cls, uses: list[str]) -> list[str]:
+        for i, use in enumerate(uses):
+            if use in uses[:i]:
+                raise _FieldProblemError(f"{use} is given twice", i)
+        return uses
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> IPPoolSpec:
+        if self.ipip_mode != "Never" and self.vxlan_mode != "Never":
+            raise _FieldProblemError(
+                f"ipipMode and vxlanMode cannot both be enabled (ipipMode is {self.ipip_mode});"
+                " set one of them to Never",
+                "vxlanMode",
+            )
+        if self.cidr.version == 6 and self.ipip_mode != "Never":
+            raise _FieldProblemError(
+                "expected Never for an IPv6 pool (IPIP carries IPv4 only; use vxlanMode), got"
+                f" {_show(self.ipip_mode)}",
+                "ipipMode",
+            )
+        if self.block_size < self.cidr.prefixlen:
+            if "block_size" in self.model_fields_set:
+                raise _FieldProblemError(
+                    f"expected a block size of at least the pool's prefix length"
+                    f" {self.cidr.prefixlen} (a block lies inside the pool), got"
+                    f" {_show(self.block_size)}",
+                    "blockSize",
+                )
+            raise _FieldProblemError(
+                f"{self.cidr} is smaller than one block (/{self.block_size}, the default"
+                f" blockSize for IPv{self.cidr.version}); set blockSize to at least"
+                f" {self.cidr.prefixlen}",
+                "cidr",
+            )
+        return self
+
+
+class IPPool(_Model):
+    """An ``IPPool`` document (``projectcalico.org/v3``): a range pods take addresses from.
+
+    ``pools`` mode only. :meth:`to_calico_json` is the document in Calico's JSON shape."""
+
+    api_version: Literal["projectcalico.org/v3"] = CALICO_API_VERSION
+    kind: Literal["IPPool"] = "IPPool"
+    metadata: IPPoolMetadata
+    spec: IPPoolSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def cidr(self) -> IPv4Network | IPv6Network:
+        return self.spec.cidr
+
+    @property
+    def version(self) -> int:
+        """4 or 6."""
+        return self.spec.cidr.version
+
+    @property
+    def enabled(self) -> bool:
+        return not self.spec.disabled
+
+    @property
+    def for_workloads(self) -> bool:
+        """Whether pods may take addresses from it (``allowedUses`` has Workload)."""
+        return "Workload" in self.spec.allowed_uses
+
+    @property
+    def automatic(self) -> bool:
+        """Whether pods that name no pool take addresses from it (``assignmentMode``)."""
+        return self.spec.assignment_mode == "Automatic"
+
+    @property
+    def selector(self) -> Selector:
+        """``spec.nodeSelector``, parsed."""
+        return parse_selector(self.spec.node_selector)
+
+    def selects(self, node_labels: Mapping[str, str]) -> bool:
+        """Whether the pool's ``nodeSelector`` selects a node with these labels."""
+        return self.selector.matches(node_labels)
+
+    def to_calico_json(self) -> dict[str, Any]:
+        """The document as Calico stores it: apiVersion, kind, metadata, spec (defaults filled)."""
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def _ipam_configuration_name(value: str) -> str:
+    if value != "default":
+        raise ValueError(
+            f"expected 'default' (Calico reads one IPAMConfiguration, named default), got"
+            f" {_show(value)}"
+        )
+    return value
+
+
+class IPAMConfigurationMetadata(_Model):
+    name: Annotated[str, AfterValidator(_ipam_configuration_name)]
+    labels: Labels = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
+
+
+class IPAMConfigurationSpec(_Model):
+    """Calico's IPAM settings: block affinity and how many blocks a node may take."""
+
+    strict_affinity: bool = False
+    max_blocks_per_host: int = Field(default=20, ge=0, le=2**31 - 1)
+    """0 means unlimited."""
+    auto_allocate_blocks: bool = True
+
+
+class IPAMConfiguration(_Model):
+    """The ``IPAMConfiguration`` document (``projectcalico.org/v3``), named ``default``.
+
+    ``pools`` mode only; :attr:`LabFile.ipam_config` holds the defaults when the file has none."""
+
+    api_version: Literal["projectcalico.org/v3"] = CALICO_API_VERSION
+    kind: Literal["IPAMConfiguration"] = "IPAMConfiguration"
+    metadata: IPAMConfigurationMetadata
+    spec: IPAMConfigurationSpec = Field(default_factory=IPAMConfigurationSpec)
+
+    def to_calico_json(self) -> dict[str, Any]:
+        """The document as Calico stores it: apiVersion, kind, metadata, spec (defaults filled)."""
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def _default_ipam_configuration() -> IPAMConfiguration:
+    return IPAMConfiguration(metadata=IPAMConfigurationMetadata(name="default"))
 
 
 class NamespaceMetadata(_Model):
@@ -603,6 +1199,13 @@ class PodMetadata(_Model):
                 _parse_requested_ips(value)
             except ValueError as exc:
                 raise _FieldProblemError(str(exc), REQUESTED_IPS_ANNOTATION) from None
+        for key in (IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION):
+            value = annotations.get(key)
+            if value is not None:
+                try:
+                    _parse_pool_names(value)
+                except ValueError as exc:
+                    raise _FieldProblemError(str(exc), key) from None
         return annotations
 
 
@@ -685,6 +1288,13 @@ class PodSpec(_Model):
         value = self.metadata.annotations.get(REQUESTED_IPS_ANNOTATION)
         return [] if value is None else _parse_requested_ips(value)
 
+    def requested_pools(self, version: int) -> list[str] | None:
+        """The IPv``version`` pools named by ``cni.projectcalico.org/ipv{4,6}pools``, in order;
+        None without the annotation (``pools`` mode: the pod takes from the automatic pools)."""
+        key = IPV4_POOLS_ANNOTATION if version == 4 else IPV6_POOLS_ANNOTATION
+        value = self.metadata.annotations.get(key)
+        return None if value is None else _parse_pool_names(value)
+
     def argv(self) -> list[str]:
         """The command line to run in the pod: the first container with a command."""
         for container in self.spec.containers:
@@ -737,13 +1347,32 @@ class RawDocument:
 
 @dataclasses.dataclass(frozen=True)
 class LabFile:
-    """A checked lab file: the lab, namespaces, pods (namespace and node resolved), and the rest."""
+    """A checked lab file: the lab, namespaces, pods (namespace and node resolved), and the rest.
+
+    ``ip_pools`` and ``ipam_config`` are the file's IPPool documents (file order) and its
+    IPAMConfiguration (Calico's defaults when it has none); in ``cluster-pool`` mode there are no
+    pools. In a :class:`LabFile` of documents added to a running lab they are the running lab's.
+    """
 
     lab: LabSpec
     namespaces: list[Namespace]
     pods: list[PodSpec]
     other_documents: list[RawDocument]
     filename: str = "<lab>"
+    ip_pools: list[IPPool] = dataclasses.field(default_factory=list)
+    ipam_config: IPAMConfiguration = dataclasses.field(default_factory=_default_ipam_configuration)
+
+    @property
+    def ipam_mode(self) -> IPAMMode:
+        """``cluster-pool`` (node CIDRs, :func:`node_cidrs`) or ``pools`` (:attr:`ip_pools`)."""
+        return self.lab.ipam.mode
+
+    def ip_pool(self, name: str) -> IPPool:
+        """The IP pool ``name``."""
+        for pool in self.ip_pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
 
     def namespace_names(self) -> list[str]:
         """Declared namespaces, then the implicit ones that were not declared."""
@@ -788,7 +1417,8 @@ def node_cidrs(lab: LabSpec | LabFile) -> dict[str, NodeCIDRs]:
     """Each node's pod CIDRs, as Cilium's operator allocates them in cluster-pool mode.
 
     Node *i* (0-based, file order) gets the *i*-th subnet of ``clusterPoolIPv{4,6}MaskSize`` of the
-    first CIDR of each pool; its router address is the first host address of that subnet.
+    first CIDR of each pool; its router address is the first host address of that subnet. In
+    ``pools`` mode nodes have no CIDR: every node is present with all four values None.
     """
     spec = lab.lab if isinstance(lab, LabFile) else lab
     ipam = spec.ipam
@@ -822,7 +1452,8 @@ def with_running_pods(
 
     ``pods`` are the running pods as ``(namespace, name, ipv4, ipv6)`` with the addresses they
     actually have: the result's pods are exactly these, each the file's pod when the file has it,
-    else a stand-in for a pod applied later (placed on the node whose CIDR holds its address), and
+    else a stand-in for a pod applied later (placed on the node whose CIDR holds its address; on
+    the first node in ``pools`` mode, where nodes have no CIDR), and
     their requested addresses are replaced by the running ones, so that a new pod cannot ask for an
     address already in use. ``namespaces`` (name -> labels) adds namespaces applied later.
     """
@@ -962,10 +1593,13 @@ def _load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
 # --------------------------------------------------------------------------------------------
 # Documents
 
-_KNOWN_KINDS: dict[str, tuple[str, type[LabSpec] | type[Namespace] | type[PodSpec]]] = {
+_KnownDocument: TypeAlias = LabSpec | Namespace | PodSpec | IPPool | IPAMConfiguration
+_KNOWN_KINDS: dict[str, tuple[str, type[_KnownDocument]]] = {
     "Lab": (LAB_API_VERSION, LabSpec),
     "Namespace": (CORE_API_VERSION, Namespace),
     "Pod": (CORE_API_VERSION, PodSpec),
+    "IPPool": (CALICO_API_VERSION, IPPool),
+    "IPAMConfiguration": (CALICO_API_VERSION, IPAMConfiguration),
 }
 
 _NAME_LIKE = re.compile(r"[\w.\-/]{1,80}")
@@ -1002,7 +1636,7 @@ def _where(filename: str, index: int, description: str | None) -> str:
 class _Doc:
     index: int
     where: str
-    value: LabSpec | Namespace | PodSpec | RawDocument
+    value: _KnownDocument | RawDocument
 
 
 def _parse_document(doc: object, filename: str, index: int) -> _Doc:
@@ -1069,10 +1703,11 @@ def parse_documents(
     """Parse and check a lab file, or (``require_lab=False``) documents to add to a lab.
 
     With ``require_lab`` the text must hold exactly one Lab document. Without it (``lab apply``)
-    the documents are checked against ``base``, the running lab: its nodes, namespaces, pods and
-    requested addresses count for duplicates, ``nodeName`` and address checks, and the returned
-    :class:`LabFile` holds ``base.lab`` and only the new documents. Round-robin node assignment
-    continues after the base's pods. Raises :class:`LabFileError`.
+    the documents are checked against ``base``, the running lab: its nodes, namespaces, pods,
+    requested addresses and IP pools count for duplicates, ``nodeName`` and address checks, and
+    the returned :class:`LabFile` holds ``base.lab``, ``base.ip_pools``, ``base.ipam_config`` and
+    only the new documents (IPPool and IPAMConfiguration documents cannot be added). Round-robin
+    node assignment continues after the base's pods. Raises :class:`LabFileError`.
     """
     docs = _load_yaml(text, filename)
     if not docs:
@@ -1108,24 +1743,36 @@ def parse_documents(
         raise LabFileError(
             f"{filename}: no Lab document (apiVersion: {LAB_API_VERSION}, kind: Lab) in the file"
         )
-    namespaces, pods = _check_together(lab, parsed, base)
+    checked = _check_together(lab, lab_docs[0] if lab_docs else None, parsed, base)
     return LabFile(
         lab=lab,
-        namespaces=namespaces,
-        pods=pods,
+        namespaces=checked.namespaces,
+        pods=checked.pods,
         other_documents=[d.value for d in parsed if isinstance(d.value, RawDocument)],
         filename=filename,
+        ip_pools=checked.ip_pools,
+        ipam_config=checked.ipam_config,
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    namespaces: list[Namespace]
+    pods: list[PodSpec]
+    ip_pools: list[IPPool]
+    ipam_config: IPAMConfiguration
+
+
 def _check_together(
-    lab: LabSpec, parsed: list[_Doc], base: LabFile | None
-) -> tuple[list[Namespace], list[PodSpec]]:
-    """The checks that span documents; returns namespaces and pods with nodes assigned."""
+    lab: LabSpec, lab_doc: _Doc | None, parsed: list[_Doc], base: LabFile | None
+) -> _Checked:
+    """The checks that span documents; returns namespaces, pods with nodes assigned, pools."""
     problems: list[tuple[int, str]] = []
 
     def problem(doc: _Doc, path: str, message: str) -> None:
-        problems.append((doc.index, f"{doc.where}: {path}: {message}"))
+        problems.append(
+            (doc.index, f"{doc.where}: {path}: {message}" if path else f"{doc.where}: {message}")
+        )
 
     declared: dict[str, str] = {}
     if base is not None:
@@ -1141,6 +1788,9 @@ def _check_together(
             declared[name] = f"also declared in document {doc.index}"
             namespaces.append(doc.value)
 
+    pools_mode = lab.ipam.mode == "pools"
+    ip_pools, ipam_config = _check_pools(lab, lab_doc, parsed, base, problem)
+    node_labels = {node.name: node.labels for node in lab.nodes}
     node_names = lab.node_names
     cidrs = node_cidrs(lab)
     pod_owner: dict[str, str] = {}
@@ -1183,8 +1833,24 @@ def _check_together(
             )
             pods.append(pod)
             continue
+        if pools_mode:
+            for path, complaint in _pool_annotation_problems(pod, ip_pools, node_labels, assigned):
+                problem(doc, path, complaint)
+        else:
+            for key in (IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION):
+                if key in pod.annotations:
+                    problem(
+                        doc,
+                        _format_path(["metadata", "annotations", key]),
+                        f"only valid with spec.ipam.mode: pools (lab {lab.name!r} uses"
+                        " cluster-pool)",
+                    )
         for ip in pod.requested_ips():
-            message = _check_requested_ip(ip, pod.node_name, cidrs[pod.node_name], assigned)
+            message: str | None
+            if pools_mode:
+                message = _check_pool_ip(ip, pod, ip_pools, node_labels[pod.node_name], assigned)
+            else:
+                message = _check_requested_ip(ip, pod.node_name, cidrs[pod.node_name], assigned)
             if message is None and ip in ip_owner:
                 message = f"{ip} is also requested by {ip_owner[ip]}"
             if message is not None:
@@ -1194,7 +1860,223 @@ def _check_together(
     if problems:
         problems.sort(key=lambda p: p[0])
         raise LabFileError([p[1] for p in problems])
-    return namespaces, pods
+    return _Checked(namespaces, pods, ip_pools, ipam_config)
+
+
+def _check_pools(
+    lab: LabSpec,
+    lab_doc: _Doc | None,
+    parsed: list[_Doc],
+    base: LabFile | None,
+    problem: Callable[[_Doc, str, str], None],
+) -> tuple[list[IPPool], IPAMConfiguration]:
+    """The IPPool and IPAMConfiguration documents against the lab and each other."""
+    if base is not None:
+        for doc in parsed:
+            if isinstance(doc.value, IPPool | IPAMConfiguration):
+                problem(
+                    doc,
+                    "",
+                    f"an {doc.value.kind} cannot be added to the running lab {base.lab.name!r};"
+                    " only Namespace, Pod and policy documents can",
+                )
+        return list(base.ip_pools), base.ipam_config
+    if lab.ipam.mode != "pools":
+        for doc in parsed:
+            if isinstance(doc.value, IPPool | IPAMConfiguration):
+                problem(
+                    doc,
+                    "",
+                    f"{doc.value.kind} documents need spec.ipam.mode: pools (lab {lab.name!r}"
+                    " uses cluster-pool)",
+                )
+        return [], _default_ipam_configuration()
+    ipam_config: IPAMConfiguration | None = None
+    config_index = 0
+    pool_docs: dict[str, _Doc] = {}
+    pools: list[IPPool] = []
+    for doc in parsed:
+        if isinstance(doc.value, IPAMConfiguration):
+            if ipam_config is not None:
+                problem(
+                    doc,
+                    "",
+                    f"a second IPAMConfiguration (the first is document {config_index}); Calico"
+                    " reads one, named default",
+                )
+            else:
+                ipam_config, config_index = doc.value, doc.index
+        if not isinstance(doc.value, IPPool):
+            continue
+        pool = doc.value
+        if pool.name in pool_docs:
+            problem(
+                doc,
+                "metadata.name",
+                f"duplicate IPPool name {pool.name!r} (also in document"
+                f" {pool_docs[pool.name].index})",
+            )
+            continue
+        for other_doc in pool_docs.values():
+            assert isinstance(other_doc.value, IPPool)
+            other = other_doc.value
+            if _overlap(pool.cidr, other.cidr):
+                problem(
+                    doc,
+                    "spec.cidr",
+                    f"pool {pool.name!r} ({pool.cidr}) overlaps pool {other.name!r}"
+                    f" ({other.cidr}, document {other_doc.index})",
+                )
+                break
+        pool_docs[pool.name] = doc
+        pools.append(pool)
+    if lab_doc is not None and not any(p.enabled and p.for_workloads for p in pools):
+        have = (
+            "it has none"
+            if not pools
+            else "every one is disabled or has no Workload in allowedUses"
+        )
+        problem(
+            lab_doc,
+            "spec.ipam.mode",
+            f"mode pools needs at least one enabled IPPool document (apiVersion:"
+            f" {CALICO_API_VERSION}, kind: IPPool) for pods, and {have}",
+        )
+    return pools, ipam_config or _default_ipam_configuration()
+
+
+def _overlap(a: IPv4Network | IPv6Network, b: IPv4Network | IPv6Network) -> bool:
+    if isinstance(a, IPv4Network) and isinstance(b, IPv4Network):
+        return a.overlaps(b)
+    if isinstance(a, IPv6Network) and isinstance(b, IPv6Network):
+        return a.overlaps(b)
+    return False
+
+
+# What the agent does in pools mode, which these checks follow: a node gets the address families,
+# and in each its router address, of the enabled Workload pools with assignmentMode Automatic that
+# select it; its pods take addresses in those families only, from those pools or from the pools
+# they name, and a pool a pod names or asks an address of must select the pod's node (stricter
+# than Calico, which ignores nodeSelector for them).
+
+
+def _node_families(pools: Sequence[IPPool], labels: Mapping[str, str]) -> set[int]:
+    return {
+        p.version
+        for p in pools
+        if p.enabled and p.for_workloads and p.automatic and p.selects(labels)
+    }
+
+
+def _round_robin(assigned: bool) -> str:
+    return " (assigned round-robin; set spec.nodeName to choose the node)" if assigned else ""
+
+
+def _not_selected(pool: IPPool, node: str, labels: Mapping[str, str], assigned: bool) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
+    return (
+        f"does not select node {node} (nodeSelector {pool.spec.node_selector!r}, node labels:"
+        f" {shown}){_round_robin(assigned)}"
+    )
+
+
+def _no_family(version: int, node: str, assigned: bool) -> str:
+    return (
+        f"node {node} has no IPv{version} addresses: no enabled Workload IPv{version} pool with"
+        " assignmentMode Automatic selects it (the node's router address comes from one)"
+        + _round_robin(assigned)
+    )
+
+
+def _pool_annotation_problems(
+    pod: PodSpec,
+    pools: Sequence[IPPool],
+    node_labels: Mapping[str, Mapping[str, str]],
+    assigned: bool,
+) -> list[tuple[str, str]]:
+    """(field path, message) problems of a pod's node and pool annotations in ``pools`` mode."""
+    if not any(p.enabled and p.for_workloads for p in pools):
+        return []  # the Lab document is in error already
+    node = pod.node_name
+    labels = node_labels[node]
+    families = _node_families(pools, labels)
+    if not families:
+        shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
+        return [
+            (
+                "spec.nodeName",
+                f"no IP pool gives addresses on node {node}: no enabled Workload pool with"
+                " assignmentMode Automatic has a nodeSelector that selects its labels"
+                f" ({shown}){_round_robin(assigned)}",
+            )
+        ]
+    by_name = {p.name: p for p in pools}
+    problems: list[tuple[str, str]] = []
+    for version, key in ((4, IPV4_POOLS_ANNOTATION), (6, IPV6_POOLS_ANNOTATION)):
+        names = pod.requested_pools(version)
+        path = _format_path(["metadata", "annotations", key])
+        for name in names or ():
+            pool = by_name.get(name)
+            if pool is None:
+                known = ", ".join(repr(p) for p in by_name) or "none"
+                problems.append((path, f"no IPPool is named {name!r} (pools: {known})"))
+            elif pool.version != version:
+                problems.append(
+                    (
+                        path,
+                        f"pool {name!r} is an IPv{pool.version} pool ({pool.cidr}); this"
+                        f" annotation names IPv{version} pools",
+                    )
+                )
+            elif not pool.enabled:
+                problems.append((path, f"pool {name!r} is disabled"))
+            elif not pool.for_workloads:
+                problems.append(
+                    (path, f"pool {name!r} is not for pods (allowedUses has no Workload)")
+                )
+            elif not pool.selects(labels):
+                problems.append(
+                    (path, f"pool {name!r} {_not_selected(pool, node, labels, assigned)}")
+                )
+        if names and version not in families:
+            problems.append((path, _no_family(version, node, assigned)))
+    return problems
+
+
+def _check_pool_ip(
+    ip: IPAddress,
+    pod: PodSpec,
+    pools: Sequence[IPPool],
+    labels: Mapping[str, str],
+    assigned: bool,
+) -> str | None:
+    """What is wrong with an address asked for in ``pools`` mode, if anything."""
+    holders = [p for p in pools if p.version == ip.version and ip in p.cidr]
+    if not holders:
+        family = [f"{p.name} {p.cidr}" for p in pools if p.version == ip.version]
+        listed = f"pools: {', '.join(family)}" if family else f"the lab has no IPv{ip.version} pool"
+        return f"{ip} is not inside any IP pool ({listed})"
+    usable = [p for p in holders if p.enabled and p.for_workloads]
+    if not usable:
+        pool = holders[0]
+        why = "is disabled" if not pool.enabled else "has no Workload in allowedUses"
+        return f"{ip} is inside pool {pool.name!r} ({pool.cidr}), which {why}"
+    pool = usable[0]
+    named = pod.requested_pools(ip.version)
+    if named and pool.name not in named:
+        key = IPV4_POOLS_ANNOTATION if ip.version == 4 else IPV6_POOLS_ANNOTATION
+        return (
+            f"{ip} is inside pool {pool.name!r}, not one of the pools named by {key}"
+            f" ({', '.join(named)})"
+        )
+    if not pool.selects(labels):
+        return (
+            f"{ip} is inside pool {pool.name!r} ({pool.cidr}), which"
+            f" {_not_selected(pool, pod.node_name, labels, assigned)}"
+        )
+    if ip.version not in _node_families(pools, labels):
+        return f"{ip}: {_no_family(ip.version, pod.node_name, assigned)}"
+    return None
 
 
 def _check_requested_ip(ip: IPAddress, node: str, cidrs: NodeCIDRs, assigned: bool) -> str | None:

@@ -26,6 +26,7 @@ class NodeRecord(_Model):
     cgroup: str | None = None
     ipv4_cidr: str | None = None
     ipv6_cidr: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class ContainerRecord(_Model):
@@ -64,6 +65,7 @@ class LabRecord(_Model):
     pods: list[PodRecord] = Field(default_factory=list)
     namespaces: dict[str, dict[str, str]] = Field(default_factory=dict)
     monitor_aggregation: str = "medium"
+    ipam_mode: str = "cluster-pool"
 
 
 class NodeView(_Model):

@@ -488,8 +488,8 @@ def test_kind_and_api_version() -> None:
     p["kind"] = "Deployment"
     assert str(error(lab(), p)) == (
         f"{FILE}: document 2 (Deployment a): kind: unknown kind 'Deployment' (expected one of"
-        " Lab, Namespace, Pod, CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy,"
-        " NetworkPolicy)"
+        " Lab, Namespace, Pod, IPPool, IPAMConfiguration, CiliumClusterwideNetworkPolicy,"
+        " CiliumNetworkPolicy, NetworkPolicy)"
     )
     p = pod("a")
     p["apiVersion"] = "apps/v1"
@@ -854,7 +854,7 @@ def test_ipam_cidr_and_mask_checks() -> None:
         " clusterPoolIPv4PodCIDRList and clusterPoolIPv6PodCIDRList to be non-empty"
     )
     assert str(error(lab(ipam={"mode": "kubernetes"}))).endswith(
-        "spec.ipam.mode: expected 'cluster-pool', got 'kubernetes'"
+        "spec.ipam.mode: expected 'cluster-pool' or 'pools', got 'kubernetes'"
     )
 
 

@@ -13,7 +13,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ciliary.lab.schema import DEFAULT_SCENARIO, LabFile, LabFileError, parse_lab_text
+from ciliary.lab.schema import (
+    DEFAULT_SCENARIO,
+    LabFile,
+    LabFileError,
+    SelectorError,
+    parse_lab_text,
+    parse_selector,
+)
 
 FILE = "fuzz.yaml"
 
@@ -62,7 +69,77 @@ metadata: {name: allow, namespace: shop}
 spec: {endpointSelector: {}}
 """
 
-BASES = [list(yaml.safe_load_all(DEFAULT_SCENARIO)), list(yaml.safe_load_all(RICH_LAB))]
+POOLS_LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {name: pools}
+spec:
+  ipam: {mode: pools}
+  nodes:
+  - {name: node1, labels: {zone: a, topology.kubernetes.io/region: r1}}
+  - {name: node2, labels: {zone: b}}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: zone-a}
+spec:
+  cidr: 10.244.0.0/16
+  blockSize: 26
+  nodeSelector: zone == "a" || !has(zone)
+  natOutgoing: true
+  ipipMode: CrossSubnet
+  allowedUses: [Workload, Tunnel]
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: zone-b}
+spec:
+  cidr: 10.245.0.0/16
+  nodeSelector: zone in {"b", "c"} && topology.kubernetes.io/region not in {"r9"}
+  vxlanMode: Always
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: v6}
+spec: {cidr: "fd00:10:244::/64", blockSize: 122, nodeSelector: all()}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: manual}
+spec: {cidr: 10.250.0.0/24, assignmentMode: Manual, disabled: false}
+---
+apiVersion: projectcalico.org/v3
+kind: IPAMConfiguration
+metadata: {name: default}
+spec: {strictAffinity: false, maxBlocksPerHost: 20, autoAllocateBlocks: true}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  annotations:
+    cni.projectcalico.org/ipAddrs: '["10.245.0.50", "fd00:10:244::32"]'
+    cni.projectcalico.org/ipv4pools: '["zone-b"]'
+spec:
+  nodeName: node2
+  containers: [{name: web, command: [ciliary, workload, pause]}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: db
+  annotations:
+    cni.projectcalico.org/ipv4pools: '["manual"]'
+    cni.projectcalico.org/ipv6pools: '[]'
+spec:
+  containers: [{name: db, command: [ciliary, workload, pause]}]
+"""
+
+BASES = [
+    list(yaml.safe_load_all(DEFAULT_SCENARIO)),
+    list(yaml.safe_load_all(RICH_LAB)),
+    list(yaml.safe_load_all(POOLS_LAB)),
+]
 
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 INTERESTING = st.sampled_from(
@@ -88,6 +165,25 @@ INTERESTING = st.sampled_from(
         "ciliary.io/v1alpha1",
         "cilium.io/v2",
         "CiliumNetworkPolicy",
+        "pools",
+        "cluster-pool",
+        "IPPool",
+        "IPAMConfiguration",
+        "projectcalico.org/v3",
+        "10.244.0.0/24",
+        "10.244.0.1/16",
+        "fd00:10:244::/120",
+        "169.254.0.0/16",
+        "all()",
+        "!all()",
+        'zone == "a"',
+        "has(zone",
+        '["zone-a"]',
+        '["v6"]',
+        "Always",
+        "Never",
+        "Manual",
+        "Tunnel",
     ]
 )
 SCALARS = st.one_of(
@@ -196,7 +292,7 @@ def test_mutated_documents_parse_or_fail_with_one_line(docs: list[Any]) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from([DEFAULT_SCENARIO, RICH_LAB]),
+    st.sampled_from([DEFAULT_SCENARIO, RICH_LAB, POOLS_LAB]),
     st.lists(
         st.tuples(
             st.integers(0, 2000),
@@ -226,6 +322,22 @@ def test_corrupted_text_parses_or_fails_with_one_line(
 @given(st.text(max_size=200))
 def test_arbitrary_text_parses_or_fails_with_one_line(text: str) -> None:
     check(text)
+
+
+SELECTOR_PIECES = st.sampled_from(
+    [*"ab!&|=(){},'\" ", "has", "all", "in", "not", "==", "!=", "&&", "||", '"v"', "x.io/k"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.lists(SELECTOR_PIECES, max_size=30).map("".join), st.text(max_size=30)))
+def test_selectors_parse_or_fail_with_a_selector_error(text: str) -> None:
+    try:
+        selector = parse_selector(text)
+    except SelectorError as err:
+        assert str(err) and "\n" not in str(err)
+    else:
+        assert selector.matches({"a": "v", "x.io/k": ""}) in (True, False)
 
 
 def test_the_bases_are_valid() -> None:

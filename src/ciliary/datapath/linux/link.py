@@ -291,3 +291,29 @@ def write_sysctl(key: str, value: str) -> None:
         path.write_text(value)
     except OSError as err:
         raise LinkError(f"sysctl {key}={value}: {err.strerror}") from err
+
+
+@dataclass(frozen=True)
+class PodInterfaceState:
+    """What CNI CHECK compares with what ADD made."""
+
+    exists: bool
+    addresses: list[str]
+    default_gateways: list[str]
+    up: bool
+
+
+def inspect_pod_interface(netns_path: str, ifname: str) -> PodInterfaceState:
+    with _ipr(netns_path) as pr:
+        idx = _index(pr, ifname)
+        if idx is None:
+            return PodInterfaceState(False, [], [], False)
+        link = pr.link("get", index=idx)[0]
+        up = bool(link["flags"] & 1)
+        addrs = [str(_attr(a, "IFA_ADDRESS")) for a in pr.get_addr(index=idx)]
+        gateways: list[str] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in pr.get_routes(family=family):
+                if route["dst_len"] == 0 and _attr(route, "RTA_GATEWAY"):
+                    gateways.append(str(_attr(route, "RTA_GATEWAY")))
+        return PodInterfaceState(True, addrs, gateways, up)

@@ -1,0 +1,847 @@
+"""Calico's IPAM: cluster-wide IP pools carved into blocks that become affine to nodes.
+
+Unlike cluster-pool, no operator hands a node its range: every agent allocates from shared pools
+(Calico ``IPPool`` documents in the cluster store), so each allocation is a read-modify-write of
+shared block documents inside one store transaction — two agents can never hand out the same
+address. A node first uses free addresses of blocks affine to it, then claims a new block (the
+lowest free one of the first pool that has one, up to ``maxBlocksPerHost``), and only then, unless
+``strictAffinity`` forbids it, borrows a free address from another node's block: routes stay
+aggregated per block as long as pools are not nearly full, and a nearly full pool still serves
+every node. The node's router (its pods' gateway) is allocated the same way when the IPAM is
+constructed, which claims the node's first block per family so the gateway lives in the node's
+own range as in Cilium. Every allocation records the node that made it, since a borrowed address
+lives in another node's block.
+
+Document kinds in the store: ``ippools`` (Calico IPPool), ``ipamconfigs``/``default`` (Calico
+IPAMConfiguration), ``ipamblocks`` (name = block CIDR; our own format, close to Calico's
+AllocationBlock but keyed by address).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ciliary.agent.ipam.selector import Selector, parse_selector
+from ciliary.agent.ipam.types import (
+    FAMILIES,
+    IP_ADDRS_ANNOTATION,
+    IPV4_POOLS_ANNOTATION,
+    IPV6_POOLS_ANNOTATION,
+    ROUTER_KIND,
+    Family,
+    IPAddress,
+    IPAMError,
+    IPNetwork,
+    annotation_list,
+    family_name,
+    family_of,
+    reuse_existing,
+    router_owner,
+    sort_allocations,
+    wanted_families,
+)
+from ciliary.core.models import (
+    IPAllocation,
+    IPAMAllocateRequest,
+    IPAMBlockStatus,
+    IPAMListing,
+    IPPoolStatus,
+)
+from ciliary.kvstore import FileStore, Transaction
+
+POOLS_KIND = "ippools"
+CONFIG_KIND = "ipamconfigs"
+CONFIG_NAME = "default"
+BLOCKS_KIND = "ipamblocks"
+
+DEFAULT_BLOCK_SIZE: dict[Family, int] = {4: 26, 6: 122}
+BLOCK_SIZE_RANGE: dict[Family, tuple[int, int]] = {4: (20, 32), 6: (116, 128)}
+_LINK_LOCAL: dict[Family, IPNetwork] = {
+    4: IPv4Network("169.254.0.0/16"),
+    6: IPv6Network("fe80::/10"),
+}
+
+AllocKind = Literal["endpoint", "ipam-plugin", "router"]
+EncapMode = Literal["Never", "Always", "CrossSubnet"]
+PoolUse = Literal["Workload", "Tunnel", "LoadBalancer"]
+
+
+def _default_uses() -> list[PoolUse]:
+    return ["Workload", "Tunnel"]
+
+
+# -- documents -------------------------------------------------------------------------------
+
+
+class _Metadata(BaseModel):
+    """Kubernetes object metadata: only the name matters here, the rest is accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+
+
+class _IPPoolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    cidr: str
+    block_size: int | None = Field(default=None, alias="blockSize")
+    node_selector: str = Field(default="all()", alias="nodeSelector")
+    nat_outgoing: bool = Field(default=False, alias="natOutgoing")
+    disabled: bool = False
+    ipip_mode: EncapMode = Field(default="Never", alias="ipipMode")
+    vxlan_mode: EncapMode = Field(default="Never", alias="vxlanMode")
+    allowed_uses: list[PoolUse] = Field(default_factory=_default_uses, alias="allowedUses")
+    disable_bgp_export: bool = Field(default=False, alias="disableBGPExport")
+    assignment_mode: Literal["Automatic", "Manual"] = Field(
+        default="Automatic", alias="assignmentMode"
+    )
+
+
+class _IPPoolDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    apiVersion: Literal["projectcalico.org/v3", "crd.projectcalico.org/v1"] = (  # noqa: N815
+        "projectcalico.org/v3"
+    )
+    kind: Literal["IPPool"] = "IPPool"
+    metadata: _Metadata = Field(default_factory=_Metadata)
+    spec: _IPPoolSpec
+
+
+class _IPAMConfigSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    strict_affinity: bool = Field(default=False, alias="strictAffinity")
+    max_blocks_per_host: int = Field(default=20, ge=0, alias="maxBlocksPerHost")
+    auto_allocate_blocks: bool = Field(default=True, alias="autoAllocateBlocks")
+
+
+class _IPAMConfigDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    apiVersion: Literal["projectcalico.org/v3", "crd.projectcalico.org/v1"] = (  # noqa: N815
+        "projectcalico.org/v3"
+    )
+    kind: Literal["IPAMConfiguration", "IPAMConfig"] = "IPAMConfiguration"
+    metadata: _Metadata = Field(default_factory=_Metadata)
+    spec: _IPAMConfigSpec = Field(default_factory=_IPAMConfigSpec)
+
+
+class _SlotDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str
+    kind: AllocKind
+    created_at: float
+    node: str
+
+
+class _BlockDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cidr: str
+    pool: str
+    affinity: str | None = None
+    allocations: dict[str, _SlotDoc] = Field(default_factory=dict)
+    reserved: list[str] = Field(default_factory=list)
+    next: int = 0
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+# -- pools and configuration ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IPPool:
+    """A validated Calico IPPool."""
+
+    name: str
+    cidr: IPNetwork
+    block_size: int
+    node_selector: str
+    selector: Selector
+    nat_outgoing: bool = False
+    disabled: bool = False
+    ipip_mode: EncapMode = "Never"
+    vxlan_mode: EncapMode = "Never"
+    allowed_uses: tuple[str, ...] = ("Workload", "Tunnel")
+    disable_bgp_export: bool = False
+    assignment_mode: Literal["Automatic", "Manual"] = "Automatic"
+
+    @classmethod
+    def from_document(cls, name: str, doc: Mapping[str, Any]) -> IPPool:
+        """Validate a Calico IPPool document; ``IPAMError`` naming the pool when it is bad."""
+        try:
+            parsed = _IPPoolDoc.model_validate(doc)
+        except ValidationError as err:
+            raise IPAMError(f"IP pool {name!r} is invalid: {_first_error(err)}") from err
+        if parsed.metadata.name is not None and parsed.metadata.name != name:
+            raise IPAMError(
+                f"IP pool {name!r} is invalid: metadata.name is {parsed.metadata.name!r}"
+            )
+        spec = parsed.spec
+        try:
+            cidr = ip_network(spec.cidr.strip())
+        except ValueError as err:
+            raise IPAMError(f"IP pool {name!r} has an invalid cidr {spec.cidr!r}: {err}") from err
+        fam = family_of(cidr)
+        if cidr.overlaps(_LINK_LOCAL[fam]):
+            raise IPAMError(f"IP pool {name!r}: cidr {cidr} overlaps the link-local range")
+        block_size = spec.block_size if spec.block_size is not None else DEFAULT_BLOCK_SIZE[fam]
+        low, high = BLOCK_SIZE_RANGE[fam]
+        if not low <= block_size <= high:
+            raise IPAMError(
+                f"IP pool {name!r}: blockSize {block_size} is outside {low}-{high} for"
+                f" {family_name(fam)}"
+            )
+        if block_size < cidr.prefixlen:
+            raise IPAMError(
+                f"IP pool {name!r}: blockSize /{block_size} is larger than the pool's cidr {cidr}"
+            )
+        if spec.ipip_mode != "Never" and spec.vxlan_mode != "Never":
+            raise IPAMError(f"IP pool {name!r}: ipipMode and vxlanMode cannot both be enabled")
+        if spec.ipip_mode != "Never" and fam == 6:
+            raise IPAMError(f"IP pool {name!r}: ipipMode is IPv4 only")
+        try:
+            selector = parse_selector(spec.node_selector)
+        except IPAMError as err:
+            raise IPAMError(f"IP pool {name!r}: nodeSelector: {err}") from err
+        return cls(
+            name=name,
+            cidr=cidr,
+            block_size=block_size,
+            node_selector=spec.node_selector,
+            selector=selector,
+            nat_outgoing=spec.nat_outgoing,
+            disabled=spec.disabled,
+            ipip_mode=spec.ipip_mode,
+            vxlan_mode=spec.vxlan_mode,
+            allowed_uses=tuple(spec.allowed_uses),
+            disable_bgp_export=spec.disable_bgp_export,
+            assignment_mode=spec.assignment_mode,
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        """The Calico IPPool document, as stored."""
+        return {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPPool",
+            "metadata": {"name": self.name},
+            "spec": {
+                "cidr": str(self.cidr),
+                "blockSize": self.block_size,
+                "nodeSelector": self.node_selector,
+                "natOutgoing": self.nat_outgoing,
+                "disabled": self.disabled,
+                "ipipMode": self.ipip_mode,
+                "vxlanMode": self.vxlan_mode,
+                "allowedUses": list(self.allowed_uses),
+                "disableBGPExport": self.disable_bgp_export,
+                "assignmentMode": self.assignment_mode,
+            },
+        }
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.cidr)
+
+    def describe(self) -> str:
+        return f"IP pool {self.name!r} ({self.cidr})"
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        return self.selector.matches(labels)
+
+
+@dataclass(frozen=True)
+class IPAMConfig:
+    """Calico's IPAMConfiguration (defaults when the document is absent)."""
+
+    strict_affinity: bool = False
+    max_blocks_per_host: int = 20  # 0: unlimited
+    auto_allocate_blocks: bool = True
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any] | None) -> IPAMConfig:
+        if doc is None:
+            return cls()
+        try:
+            spec = _IPAMConfigDoc.model_validate(doc).spec
+        except ValidationError as err:
+            raise IPAMError(
+                f"IPAM configuration {CONFIG_KIND}/{CONFIG_NAME} is invalid: {_first_error(err)}"
+            ) from err
+        return cls(spec.strict_affinity, spec.max_blocks_per_host, spec.auto_allocate_blocks)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPAMConfiguration",
+            "metadata": {"name": CONFIG_NAME},
+            "spec": {
+                "strictAffinity": self.strict_affinity,
+                "maxBlocksPerHost": self.max_blocks_per_host,
+                "autoAllocateBlocks": self.auto_allocate_blocks,
+            },
+        }
+
+
+def load_pools(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, IPPool]:
+    """Validate every pool document, and that no two pools overlap (their blocks would)."""
+    pools = {name: IPPool.from_document(name, doc) for name, doc in sorted(docs.items())}
+    ordered = sorted(pools.values(), key=lambda p: (p.family, int(p.cidr.network_address)))
+    for a, b in itertools.pairwise(ordered):
+        if a.family == b.family and a.cidr.overlaps(b.cidr):
+            raise IPAMError(f"{a.describe()} and {b.describe()} overlap")
+    return pools
+
+
+# -- blocks ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    owner: str
+    kind: AllocKind
+    created_at: float
+    node: str
+
+
+@dataclass
+class _Block:
+    cidr: IPNetwork
+    pool: str
+    affinity: str | None
+    allocations: dict[IPAddress, _Slot] = field(default_factory=dict)
+    reserved: frozenset[IPAddress] = frozenset()
+    next: int = 0
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.cidr)
+
+    @property
+    def size(self) -> int:
+        return self.cidr.num_addresses
+
+    def full(self) -> bool:
+        return len(self.allocations) + len(self.reserved) >= self.size
+
+    def free_address(self, *, host_first: bool = False) -> IPAddress | None:
+        """The next free address after the last one handed out (wrapping); with ``host_first``
+        the first free one that is not the network or broadcast address, if there is one."""
+        if self.full():
+            return None
+        base = self.cidr.network_address
+        if host_first:
+            for offset in range(1, self.size - 1):
+                if self._free(base + offset):
+                    return base + offset
+        for step in range(self.size):
+            offset = (self.next + step) % self.size
+            if self._free(base + offset):
+                return base + offset
+        return None
+
+    def _free(self, addr: IPAddress) -> bool:
+        return addr not in self.allocations and addr not in self.reserved
+
+    def take(self, addr: IPAddress, slot: _Slot) -> None:
+        self.allocations[addr] = slot
+        self.next = (int(addr) - int(self.cidr.network_address) + 1) % self.size
+
+    def describe(self) -> str:
+        return f"block {self.cidr} of IP pool {self.pool!r}"
+
+    @classmethod
+    def from_document(cls, name: str, doc: Mapping[str, Any]) -> _Block:
+        try:
+            parsed = _BlockDoc.model_validate(doc)
+            cidr = ip_network(parsed.cidr)
+            if str(cidr) != name:
+                raise ValueError(f"cidr {parsed.cidr} does not match the document name")
+            allocations = {
+                ip_address(text): _Slot(s.owner, s.kind, s.created_at, s.node)
+                for text, s in parsed.allocations.items()
+            }
+            reserved = frozenset(ip_address(text) for text in parsed.reserved)
+        except ValidationError as err:
+            raise IPAMError(f"IPAM block {name} is invalid: {_first_error(err)}") from err
+        except ValueError as err:
+            raise IPAMError(f"IPAM block {name} is invalid: {err}") from err
+        return cls(cidr, parsed.pool, parsed.affinity, allocations, reserved, parsed.next)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "cidr": str(self.cidr),
+            "pool": self.pool,
+            "affinity": self.affinity,
+            "allocations": {
+                str(addr): {
+                    "owner": s.owner,
+                    "kind": s.kind,
+                    "created_at": s.created_at,
+                    "node": s.node,
+                }
+                for addr, s in sorted(self.allocations.items())
+            },
+            "reserved": sorted(str(a) for a in self.reserved),
+            "next": self.next,
+        }
+
+
+def _block_order(block: _Block) -> tuple[str, int, int]:
+    return (block.pool, block.cidr.version, int(block.cidr.network_address))
+
+
+@dataclass
+class _View:
+    """The store as one transaction sees it; changed blocks are written back on success."""
+
+    pools: dict[str, IPPool]
+    config: IPAMConfig
+    blocks: dict[str, _Block]
+    dirty: set[str] = field(default_factory=set)
+
+    def touch(self, block: _Block) -> None:
+        self.dirty.add(str(block.cidr))
+
+    def slots(self) -> Iterator[tuple[_Block, IPAddress, _Slot]]:
+        for block in self.blocks.values():
+            for addr, slot in block.allocations.items():
+                yield block, addr, slot
+
+
+# -- the allocator --------------------------------------------------------------------------
+
+
+class PoolsIPAM:
+    """Allocator of node ``node`` (labelled ``node_labels``, matched by pools' nodeSelector)."""
+
+    def __init__(self, node: str, node_labels: Mapping[str, str], store: FileStore) -> None:
+        self._node = node
+        self._labels = dict(node_labels)
+        self._store = store
+        self._affinity = f"host:{node}"
+        self._routers: dict[Family, IPAddress] = {}
+        with self._view() as view:
+            now = time.time()
+            for fam in FAMILIES:
+                for block, addr, slot in view.slots():
+                    if block.family == fam and self._is_router(slot):
+                        self._routers[fam] = addr
+                        break
+                else:
+                    usable = self._default_pools(view, fam)
+                    if usable:
+                        self._routers[fam] = self._assign(
+                            view, fam, usable, owner=router_owner(node), kind=ROUTER_KIND, now=now
+                        )
+
+    # -- the IPAM protocol ------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Literal["pools"]:
+        return "pools"
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def router_v4(self) -> IPv4Address | None:
+        addr = self._routers.get(4)
+        return addr if isinstance(addr, IPv4Address) else None
+
+    @property
+    def router_v6(self) -> IPv6Address | None:
+        addr = self._routers.get(6)
+        return addr if isinstance(addr, IPv6Address) else None
+
+    def allocate(
+        self, req: IPAMAllocateRequest, *, pod_annotations: Mapping[str, str] | None = None
+    ) -> list[IPAllocation]:
+        """``req.pools`` restricts the pools of each family it names a pool of; for a family it
+        names none of, the pod's ``cni.projectcalico.org/ipv4pools``/``ipv6pools`` annotation
+        does. Requested addresses come from ``req.requested``, else from the pod's
+        ``cni.projectcalico.org/ipAddrs`` annotation."""
+        annotations = pod_annotations or {}
+        requested = list(req.requested) or annotation_list(annotations, IP_ADDRS_ANNOTATION) or []
+        wanted = wanted_families(
+            self._node,
+            req,
+            requested,
+            self._routers,
+            "IP pool selecting it",
+        )
+        with self._view() as view:
+            restriction = self._restriction(view, req.pools, annotations)
+            held = {
+                block.family: addr
+                for block, addr, slot in view.slots()
+                if slot.node == self._node and slot.owner == req.owner
+            }
+            todo = reuse_existing(req.owner, held, wanted)
+            now = time.time()
+            for fam, addr in todo.items():
+                if addr is not None:
+                    self._assign_requested(
+                        view, addr, restriction[fam], owner=req.owner, kind=req.kind, now=now
+                    )
+                else:
+                    pools = self._candidates(view, fam, restriction[fam])
+                    self._assign(view, fam, pools, owner=req.owner, kind=req.kind, now=now)
+            return self._collect(view, lambda s: s.owner == req.owner)
+
+    def release(self, owner: str) -> list[IPAllocation]:
+        if owner == router_owner(self._node):
+            raise IPAMError(f"{owner} holds the node's router addresses: never released")
+        return self._release_where(lambda a: a.owner == owner)
+
+    def allocations(self) -> list[IPAllocation]:
+        with self._view() as view:
+            return self._collect(view, lambda s: True)
+
+    def owned_by(self, owner: str) -> list[IPAllocation]:
+        with self._view() as view:
+            return self._collect(view, lambda s: s.owner == owner)
+
+    def gc(self, keep: Callable[[IPAllocation], bool]) -> list[IPAllocation]:
+        """``keep`` runs while the cluster store is locked: it must be quick and local."""
+        return self._release_where(lambda a: a.kind != ROUTER_KIND and not keep(a))
+
+    def listing(self) -> IPAMListing:
+        with self._view() as view:
+            used: dict[str, int] = {}
+            for block in view.blocks.values():
+                used[block.pool] = used.get(block.pool, 0) + len(block.allocations)
+            pools = [
+                IPPoolStatus(
+                    name=p.name,
+                    cidr=str(p.cidr),
+                    block_size=p.block_size,
+                    disabled=p.disabled,
+                    nat_outgoing=p.nat_outgoing,
+                    node_selector=p.node_selector,
+                    size=p.cidr.num_addresses,
+                    used=used.get(p.name, 0),
+                )
+                for p in sorted(view.pools.values(), key=lambda p: p.name)
+            ]
+            blocks = [
+                IPAMBlockStatus(
+                    cidr=str(b.cidr),
+                    pool=b.pool,
+                    affinity=b.affinity,
+                    size=b.size,
+                    used=len(b.allocations),
+                )
+                for b in sorted(view.blocks.values(), key=_block_order)
+            ]
+            return IPAMListing(
+                mode="pools",
+                node=self._node,
+                strict_affinity=view.config.strict_affinity,
+                pools=pools,
+                blocks=blocks,
+                allocations=self._collect(view, lambda s: True),
+            )
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _view(self) -> Iterator[_View]:
+        with self._store.transaction() as txn:
+            view = _load(txn)
+            yield view
+            for name in sorted(view.dirty):
+                txn.put(BLOCKS_KIND, name, view.blocks[name].to_document())
+
+    def _is_router(self, slot: _Slot) -> bool:
+        return slot.kind == ROUTER_KIND and slot.owner == router_owner(self._node)
+
+    def _allocation(self, block: _Block, addr: IPAddress, slot: _Slot) -> IPAllocation:
+        gateway = self._routers.get(block.family)
+        return IPAllocation(
+            owner=slot.owner,
+            kind=slot.kind,
+            family=block.family,
+            address=str(addr),
+            prefix_len=block.cidr.prefixlen,
+            gateway=str(gateway) if gateway is not None else None,
+            pool=block.pool,
+            block=str(block.cidr),
+            created_at=slot.created_at,
+        )
+
+    def _collect(self, view: _View, select: Callable[[_Slot], bool]) -> list[IPAllocation]:
+        return sort_allocations(
+            self._allocation(block, addr, slot)
+            for block, addr, slot in view.slots()
+            if slot.node == self._node and select(slot)
+        )
+
+    def _release_where(self, select: Callable[[IPAllocation], bool]) -> list[IPAllocation]:
+        gone: list[IPAllocation] = []
+        with self._view() as view:
+            for block in view.blocks.values():
+                for addr, slot in list(block.allocations.items()):
+                    if slot.node != self._node or self._is_router(slot):
+                        continue
+                    alloc = self._allocation(block, addr, slot)
+                    if select(alloc):
+                        del block.allocations[addr]
+                        view.touch(block)
+                        gone.append(alloc)
+        return sort_allocations(gone)
+
+    # -- choosing pools ---------------------------------------------------------------------
+
+    def _default_pools(self, view: _View, fam: Family) -> list[IPPool]:
+        """Pools a pod of this node gets addresses from when it names none."""
+        return [
+            p
+            for p in sorted(view.pools.values(), key=lambda p: p.name)
+            if p.family == fam
+            and not p.disabled
+            and "Workload" in p.allowed_uses
+            and p.assignment_mode == "Automatic"
+            and p.selects(self._labels)
+        ]
+
+    def _restriction(
+        self, view: _View, explicit: list[str] | None, annotations: Mapping[str, str]
+    ) -> dict[Family, list[str] | None]:
+        """Per family, the pool names a request is restricted to (None: the default pools):
+        the request's pools of that family, else the pod's annotation for that family."""
+        out: dict[Family, list[str] | None] = {4: None, 6: None}
+        for name in explicit or []:
+            self._pool(view, name, "the request")
+        for fam, key in ((4, IPV4_POOLS_ANNOTATION), (6, IPV6_POOLS_ANNOTATION)):
+            names = [n for n in dict.fromkeys(explicit or []) if view.pools[n].family == fam]
+            if names:
+                out[fam] = names
+                continue
+            listed = annotation_list(annotations, key)
+            if not listed:
+                continue
+            for name in listed:
+                pool = self._pool(view, name, f"pod annotation {key}")
+                if pool.family != fam:
+                    raise IPAMError(
+                        f"{pool.describe()} in pod annotation {key} is not an"
+                        f" {family_name(fam)} pool"
+                    )
+            out[fam] = list(dict.fromkeys(listed))
+        return out
+
+    def _pool(self, view: _View, name: str, where: str) -> IPPool:
+        pool = view.pools.get(name)
+        if pool is None:
+            raise IPAMError(f"IP pool {name!r} named in {where} not found", "not-found")
+        return pool
+
+    def _check_usable(self, pool: IPPool) -> None:
+        """A pool a request names explicitly must be able to serve this node's pods."""
+        if pool.disabled:
+            raise IPAMError(f"{pool.describe()} is disabled", "disabled")
+        if "Workload" not in pool.allowed_uses:
+            raise IPAMError(f"{pool.describe()} is not for workloads (allowedUses)")
+        if not pool.selects(self._labels):
+            raise IPAMError(
+                f"{pool.describe()} does not select node {self._node}"
+                f" (nodeSelector {pool.node_selector!r})"
+            )
+
+    def _candidates(self, view: _View, fam: Family, names: list[str] | None) -> list[IPPool]:
+        if names is not None:
+            pools = [view.pools[n] for n in names]
+            for pool in pools:
+                self._check_usable(pool)
+            return pools
+        pools = self._default_pools(view, fam)
+        if not pools:
+            selected = [
+                p for p in view.pools.values() if p.family == fam and p.selects(self._labels)
+            ]
+            disabled = bool(selected) and all(p.disabled for p in selected)
+            raise IPAMError(
+                f"no {'enabled ' if disabled else ''}{family_name(fam)} IP pool is usable by"
+                f" node {self._node}",
+                "disabled" if disabled else "invalid",
+            )
+        return pools
+
+    # -- assigning addresses ----------------------------------------------------------------
+
+    def _assign(
+        self,
+        view: _View,
+        fam: Family,
+        pools: list[IPPool],
+        *,
+        owner: str,
+        kind: AllocKind,
+        now: float,
+    ) -> IPAddress:
+        """Any free address of ``pools`` for ``owner``: own blocks, a new block, a borrowed one."""
+        slot = _Slot(owner, kind, now, self._node)
+        host_first = kind == ROUTER_KIND
+        order = {p.name: i for i, p in enumerate(pools)}
+        blocks = sorted(
+            (b for b in view.blocks.values() if b.pool in order and b.family == fam),
+            key=lambda b: (order[b.pool], int(b.cidr.network_address)),
+        )
+        for block in blocks:
+            if block.affinity == self._affinity:
+                addr = block.free_address(host_first=host_first)
+                if addr is not None:
+                    return self._take(view, block, addr, slot)
+        limit = view.config.max_blocks_per_host
+        affine = sum(
+            1 for b in view.blocks.values() if b.affinity == self._affinity and b.family == fam
+        )
+        may_claim = view.config.auto_allocate_blocks and (limit == 0 or affine < limit)
+        if may_claim:
+            for pool in pools:
+                claimed = self._claim(view, pool)
+                if claimed is not None:
+                    addr = claimed.free_address(host_first=host_first)
+                    assert addr is not None, f"claimed {claimed.describe()} has no free address"
+                    return self._take(view, claimed, addr, slot)
+        if not view.config.strict_affinity:
+            for block in blocks:
+                if block.affinity != self._affinity:
+                    addr = block.free_address(host_first=host_first)
+                    if addr is not None:
+                        return self._take(view, block, addr, slot)
+        if not view.config.auto_allocate_blocks:
+            no_block = "autoAllocateBlocks is off"
+        elif not may_claim:
+            no_block = f"node {self._node} has maxBlocksPerHost={limit} blocks"
+        else:
+            no_block = "no unclaimed block is left"
+        borrow = (
+            "strictAffinity forbids borrowing from other nodes' blocks"
+            if view.config.strict_affinity
+            else "no other node's block has a free address"
+        )
+        names = ", ".join(f"{p.name!r} ({p.cidr})" for p in pools)
+        subject = f"IP pool {names} is" if len(pools) == 1 else f"IP pools {names} are"
+        raise IPAMError(
+            f"{subject} exhausted for node {self._node}: its blocks are full, {no_block}, {borrow}",
+            "exhausted",
+        )
+
+    def _take(self, view: _View, block: _Block, addr: IPAddress, slot: _Slot) -> IPAddress:
+        block.take(addr, slot)
+        view.touch(block)
+        return addr
+
+    def _claim(self, view: _View, pool: IPPool) -> _Block | None:
+        """Make the lowest block of ``pool`` that no node has, and that has room, this node's."""
+        odd_sized = [
+            b.cidr
+            for b in view.blocks.values()
+            if b.family == pool.family and b.cidr.prefixlen != pool.block_size
+        ]
+        for cidr in pool.cidr.subnets(new_prefix=pool.block_size):
+            existing = view.blocks.get(str(cidr))
+            if existing is not None:
+                if existing.affinity is None and existing.pool == pool.name and not existing.full():
+                    existing.affinity = self._affinity
+                    view.touch(existing)
+                    return existing
+                continue
+            if any(cidr.overlaps(other) for other in odd_sized):
+                continue
+            block = _Block(cidr, pool.name, self._affinity)
+            view.blocks[str(cidr)] = block
+            view.touch(block)
+            return block
+        return None
+
+    def _assign_requested(
+        self,
+        view: _View,
+        addr: IPAddress,
+        names: list[str] | None,
+        *,
+        owner: str,
+        kind: AllocKind,
+        now: float,
+    ) -> None:
+        pool = next(
+            (p for p in view.pools.values() if p.family == addr.version and addr in p.cidr),
+            None,
+        )
+        if pool is None:
+            raise IPAMError(f"requested address {addr} is not in any IP pool")
+        if names is not None and pool.name not in names:
+            raise IPAMError(
+                f"requested address {addr} is in {pool.describe()}, not in the requested pools"
+                f" {', '.join(repr(n) for n in names)}"
+            )
+        self._check_usable(pool)
+        cidr = ip_network(f"{addr}/{pool.block_size}", strict=False)
+        block = view.blocks.get(str(cidr))
+        if block is None:
+            clash = next(
+                (
+                    b
+                    for b in view.blocks.values()
+                    if b.family == pool.family and b.cidr.overlaps(cidr)
+                ),
+                None,
+            )
+            if clash is not None:
+                block = clash
+            else:
+                block = _Block(cidr, pool.name, self._affinity)
+                view.blocks[str(cidr)] = block
+        if block.affinity is None:
+            block.affinity = self._affinity
+        elif block.affinity != self._affinity and view.config.strict_affinity:
+            raise IPAMError(
+                f"requested address {addr} is in {block.describe()}, affine to"
+                f" {block.affinity}; strictAffinity forbids borrowing it",
+                "conflict",
+            )
+        if addr in block.reserved:
+            raise IPAMError(f"requested address {addr} is reserved in {block.describe()}")
+        holder = block.allocations.get(addr)
+        if holder is not None:
+            what = "the router" if holder.kind == ROUTER_KIND else f"in use by {holder.owner} on"
+            raise IPAMError(
+                f"requested address {addr} is already {what} node {holder.node}"
+                f" ({block.describe()})",
+                "conflict",
+            )
+        self._take(view, block, addr, _Slot(owner, kind, now, self._node))
+
+
+def _load(txn: Transaction) -> _View:
+    pools = load_pools(txn.list(POOLS_KIND))
+    config = IPAMConfig.from_document(txn.get(CONFIG_KIND, CONFIG_NAME))
+    blocks = {name: _Block.from_document(name, doc) for name, doc in txn.list(BLOCKS_KIND).items()}
+    return _View(pools, config, blocks)

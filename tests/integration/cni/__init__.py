@@ -1,0 +1,1 @@
+"""CNI plugins and the CNI runtime against a real agent (root: netns, BPF)."""
