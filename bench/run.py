@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import throughput
+from bench import cni_latency, throughput
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -39,12 +39,11 @@ def to_markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for res in results["benchmarks"]:
-        base = res["median"]["bare-veth"]
-        for setup, value in res["median"].items():
-            ratio = value / base if base else 0.0
-            lines.append(
-                f"| {res['benchmark']} | {setup} | {value:.2f} {res['unit']} | {ratio:.3f} |"
-            )
+        base_name = res.get("baseline")
+        base = res["values"].get(base_name) if base_name else None
+        for setup, value in res["values"].items():
+            ratio = f"{value / base:.3f}" if base else "-"
+            lines.append(f"| {res['benchmark']} | {setup} | {value:.2f} {res['unit']} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -52,15 +51,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="ciliary benchmarks")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--pods", type=int, default=100, help="pods for the CNI ADD benchmark")
+    parser.add_argument("--only", choices=["throughput", "cni"], help="run one group")
     args = parser.parse_args()
-    results = {
-        "machine": machine(),
-        "benchmarks": [
+    benchmarks: list[dict[str, Any]] = []
+    if args.only in (None, "throughput"):
+        benchmarks += [
             throughput.run(rounds=args.rounds, seconds=args.seconds, streams=1),
             throughput.run(rounds=args.rounds, seconds=args.seconds, streams=4),
-        ],
-    }
+        ]
+    if args.only in (None, "cni"):
+        benchmarks += cni_latency.run(pods=args.pods)
+    results = {"machine": machine(), "benchmarks": benchmarks}
     RESULTS.mkdir(exist_ok=True)
+    if args.only is not None:
+        # a partial run must not erase the other group's latest numbers
+        previous = RESULTS / "latest.json"
+        if previous.exists():
+            old = json.loads(previous.read_text())
+            names = {b["benchmark"] for b in benchmarks}
+            keep = [
+                b
+                for b in old.get("benchmarks", [])
+                if b["benchmark"] not in names and "values" in b
+            ]
+            results["benchmarks"] = [*keep, *benchmarks]
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     md = to_markdown(results)
     (RESULTS / "latest.md").write_text(md)

@@ -111,10 +111,7 @@ def run(*, rounds: int = 5, seconds: int = 4, streams: int = 1) -> dict[str, Any
             f"pod-to-pod TCP throughput, iperf3 {streams} stream(s), {seconds}s x {rounds}"
         ),
         "unit": "Gbit/s",
+        "baseline": "bare-veth",
+        "values": medians,
         "samples": samples,
-        "median": medians,
-        "ratios": {
-            "ciliary/bare-veth": medians["ciliary"] / medians["bare-veth"],
-            "ciliary/kernel-route": medians["ciliary"] / medians["kernel-route"],
-        },
     }

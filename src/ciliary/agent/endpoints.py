@@ -316,15 +316,20 @@ class EndpointManager:
 
     # ---- CNI GC / CHECK ----------------------------------------------------------------------
 
-    async def gc(self, valid: set[str]) -> tuple[list[int], list[str]]:
-        """Remove every endpoint and address whose attachment (``cid/ifname``) is not valid."""
+    async def gc(self, valid: set[str], scope: str = "endpoints") -> tuple[list[int], list[str]]:
+        """CNI GC of one network: ``endpoints`` (ciliary-cni) removes every endpoint, and its
+        addresses, whose attachment (``cid/ifname``) is not valid; ``ipam-plugin``
+        (ciliary-ipam) releases only addresses handed to other plugins. Neither touches the
+        other's attachments, so two networks served by one agent can GC independently."""
         removed: list[int] = []
         async with self._lock:
-            for ep in list(self._eps.values()):
-                if owner_of(ep.container_id, ep.ifname) not in valid:
-                    await self._delete_locked(ep, "garbage-collected (CNI GC)")
-                    removed.append(ep.id)
-            released = self._ipam.gc(lambda a: a.kind == "router" or a.owner in valid)
+            if scope == "endpoints":
+                for ep in list(self._eps.values()):
+                    if owner_of(ep.container_id, ep.ifname) not in valid:
+                        await self._delete_locked(ep, "garbage-collected (CNI GC)")
+                        removed.append(ep.id)
+            kind = "endpoint" if scope == "endpoints" else "ipam-plugin"
+            released = self._ipam.gc(lambda a: a.kind != kind or a.owner in valid)
         return removed, [a.address for a in released]
 
     async def check(self, req: EndpointCheckRequest) -> CheckResponse:
@@ -361,13 +366,11 @@ class EndpointManager:
 
     async def _restore_one(self, ep: Endpoint) -> bool:
         """Re-program one persisted endpoint; False (and removed) if it died while we were down."""
-        unfinished = (
-            EndpointState.CREATING,
-            EndpointState.WAITING_FOR_IDENTITY,
-            EndpointState.WAITING_TO_REGENERATE,
-            EndpointState.DISCONNECTING,
-        )
-        alive = ep.state not in unfinished and Path(ep.netns).exists()
+        # Only endpoints that were ready (or being restored from ready) come back. One caught
+        # half-way through creation belongs to an ADD that failed from the runtime's point of
+        # view (it will DEL or retry), and its record lacks what re-programming needs.
+        finished = (EndpointState.READY, EndpointState.RESTORING)
+        alive = ep.state in finished and bool(ep.mac) and Path(ep.netns).exists()
         ifindex = await asyncio.to_thread(links.link_index, ep.lxc) if alive else None
         if ifindex is None:
             log.info("endpoint %d (%s): gone while down, removing", ep.id, ep.container_id)

@@ -186,7 +186,7 @@ class APIServer:
     async def gc(self, request: web.Request) -> web.Response:
         req = GCRequest.model_validate(await _body(request))
         valid = {f"{a.container_id}/{a.ifname}" for a in req.valid_attachments}
-        removed, released = await self._agent.endpoints.gc(valid)
+        removed, released = await self._agent.endpoints.gc(valid, req.scope)
         return _json(GCResponse(endpoints_removed=removed, addresses_released=released))
 
     async def endpoint_delete(self, request: web.Request) -> web.Response:

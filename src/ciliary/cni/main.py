@@ -130,8 +130,9 @@ def agent(
     except AgentAPIError as err:
         details = f"HTTP {err.status}, kind {err.kind}"
         if unavailable == ErrorCode.NOT_AVAILABLE:
-            raise CNIError(unavailable, f"ciliary agent of node {node} is not healthy: {err}",
-                           details) from err  # fmt: skip
+            raise CNIError(
+                unavailable, f"ciliary agent of node {node} is not healthy: {err}", details
+            ) from err
         if err.kind == "exhausted":
             raise CNIError(
                 ErrorCode.IPAM_EXHAUSTED, f"no free address on node {node}: {err.message}", details

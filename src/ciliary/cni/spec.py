@@ -190,8 +190,9 @@ class Env:
 def parse_command(environ: Mapping[str, str]) -> str:
     command = environ.get("CNI_COMMAND", "")
     if not command:
-        raise CNIError(ErrorCode.INVALID_ENV, "CNI_COMMAND is not set (want one of "
-                       f"{', '.join(COMMANDS)})")  # fmt: skip
+        raise CNIError(
+            ErrorCode.INVALID_ENV, f"CNI_COMMAND is not set (want one of {', '.join(COMMANDS)})"
+        )
     if command not in COMMANDS:
         raise CNIError(
             ErrorCode.INVALID_ENV,

@@ -17,7 +17,7 @@ API_PREFIX = "/v1"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class EndpointState(enum.StrEnum):
@@ -257,13 +257,17 @@ class Attachment(_Model):
     container_id: str = Field(alias="containerID")
     ifname: str
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
 
 class GCRequest(_Model):
     """CNI GC: everything not in ``valid_attachments`` is released (endpoints and addresses)."""
 
     valid_attachments: list[Attachment]
+    scope: Literal["endpoints", "ipam-plugin"] = Field(
+        default="endpoints",
+        description="endpoints: ciliary-cni's network; ipam-plugin: addresses given via ciliary-ipam",
+    )
 
 
 class GCResponse(_Model):

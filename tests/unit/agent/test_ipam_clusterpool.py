@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, IPAMError, router_owner
+from ciliary.agent.ipam import (
+    IP_ADDRS_ANNOTATION,
+    IPAM,
+    IPV4_POOLS_ANNOTATION,
+    ClusterPoolIPAM,
+    IPAMError,
+    router_owner,
+)
 from ciliary.core.models import IPAllocation, IPAMAllocateRequest
 
 V4 = IPv4Network("10.200.0.0/29")  # .0 network, .1 router, .7 broadcast: 5 pod addresses
@@ -113,12 +120,15 @@ def test_dual_stack_is_all_or_nothing(tmp_path: Path) -> None:
 
 def test_requested_addresses(tmp_path: Path) -> None:
     ipam = make(tmp_path)
+    # the requested IPv4 address, and any IPv6 address since the node is dual-stack
     got = ipam.allocate(req("c1/eth0", requested=["10.200.0.5"]))
-    assert addrs(got) == ["10.200.0.5"]  # only the family asked for
+    assert addrs(got) == ["10.200.0.5", "fd00:10:200::2"]
     got = ipam.allocate(req("c2/eth0", requested=["10.200.0.6/29", "fd00:10:200::6"]))
     assert addrs(got) == ["10.200.0.6", "fd00:10:200::6"]
-    got = ipam.allocate(req("c3/eth0", families=[4, 6], requested=["10.200.0.3"]))
-    assert addrs(got) == ["10.200.0.3", "fd00:10:200::2"]
+    got = ipam.allocate(req("c3/eth0", families=[4], requested=["10.200.0.3"]))
+    assert addrs(got) == ["10.200.0.3"]  # only the family asked for
+    got = ipam.allocate(req("c4/eth0", families=[6], requested=["fd00:10:200::5"]))
+    assert addrs(got) == ["fd00:10:200::5"]
 
 
 @pytest.mark.parametrize(
@@ -140,7 +150,7 @@ def test_requested_addresses(tmp_path: Path) -> None:
 )
 def test_bad_requests(tmp_path: Path, requested: list[str], kind: str, message: str) -> None:
     ipam = make(tmp_path)
-    ipam.allocate(req("taken/eth0", requested=["10.200.0.4"]))
+    ipam.allocate(req("taken/eth0", families=[4], requested=["10.200.0.4"]))
     before = ipam.allocations()
     with pytest.raises(IPAMError) as info:
         ipam.allocate(req("c1/eth0", requested=requested))
@@ -168,7 +178,7 @@ def test_idempotent_per_owner(tmp_path: Path) -> None:
     first = ipam.allocate(req("c1/eth0"))
     assert ipam.allocate(req("c1/eth0")) == first
     assert ipam.allocate(req("c1/eth0", requested=["10.200.0.2"])) == first
-    with pytest.raises(IPAMError, match="already holds 10.200.0.2") as info:
+    with pytest.raises(IPAMError, match=r"already holds 10\.200\.0\.2") as info:
         ipam.allocate(req("c1/eth0", requested=["10.200.0.5"]))
     assert info.value.kind == "conflict"
     assert len(ipam.allocations()) == 4  # 2 routers + 2
@@ -283,3 +293,20 @@ def test_listing(tmp_path: Path) -> None:
         ("fd00:10:200::/125", "host:node1", 2),
     ]
     assert len(listing.allocations) == 4
+
+
+def test_annotations(tmp_path: Path) -> None:
+    ipam = make(tmp_path)
+    ann = {
+        IP_ADDRS_ANNOTATION: '["10.200.0.6", "fd00:10:200::6"]',
+        IPV4_POOLS_ANNOTATION: '["calico-only"]',  # ignored: one pool in cluster-pool mode
+    }
+    assert addrs(ipam.allocate(req("c1/eth0"), pod_annotations=ann)) == [
+        "10.200.0.6",
+        "fd00:10:200::6",
+    ]
+    # the request's own addresses win over the annotation
+    got = ipam.allocate(req("c2/eth0", families=[4], requested=["10.200.0.3"]), pod_annotations=ann)
+    assert addrs(got) == ["10.200.0.3"]
+    with pytest.raises(IPAMError, match="ipAddrs is not valid JSON"):
+        ipam.allocate(req("c3/eth0"), pod_annotations={IP_ADDRS_ANNOTATION: "10.200.0.4"})

@@ -1,4 +1,4 @@
-"""Calico-model IPAM: pools, node-affine blocks, borrowing, annotations, persistence in the store."""
+"""Calico-model IPAM: pools, node-affine blocks, borrowing, annotations, persistence."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_ipam_config_defaults_and_validation(store: FileStore) -> None:
     cfg = IPAMConfig.from_document({"spec": {"strictAffinity": True, "maxBlocksPerHost": 3}})
     assert cfg == IPAMConfig(True, 3, True)
     assert IPAMConfig.from_document(cfg.to_document()) == cfg
-    with pytest.raises(IPAMError, match="ipamconfigs/default is invalid: spec.maxBlocksPerHost"):
+    with pytest.raises(IPAMError, match=r"ipamconfigs/default is invalid: spec\.maxBlocksPerHost"):
         IPAMConfig.from_document({"spec": {"maxBlocksPerHost": -1}})
 
 
@@ -355,10 +355,11 @@ def test_requested_addresses(colors: FileStore) -> None:
     # the block of a requested address is created affine to the node
     assert {b.cidr: b.affinity for b in n1.listing().blocks}["10.1.0.64/28"] == "host:n1"
     # req.requested wins over the annotation; another node's block may be used (not strict)
-    got = n2.allocate(req("c2/eth0", requested=["10.1.0.78"]), pod_annotations=ann)
+    got = n2.allocate(req("c2/eth0", families=[4], requested=["10.1.0.78"]), pod_annotations=ann)
     assert addrs(got) == ["10.1.0.78"] and got[0].gateway == str(n2.router_v4)
-    # a Manual pool serves an explicitly requested address
-    assert addrs(n1.allocate(req("c3/eth0", requested=["10.3.0.9"]))) == ["10.3.0.9"]
+    # a Manual pool serves an explicitly requested address; IPv6 from the default pool
+    got = n1.allocate(req("c3/eth0", requested=["10.3.0.9"]))
+    assert [(a.address, a.pool) for a in got] == [("10.3.0.9", "manual"), ("fd00::2", "a-default6")]
 
 
 @pytest.mark.parametrize(
@@ -398,7 +399,7 @@ def test_reserved_addresses_are_never_handed_out(store: FileStore) -> None:
     with pytest.raises(IPAMError, match="exhausted"):
         n1.allocate(req("c9/eth0"))
     n1.release("c0/eth0")
-    with pytest.raises(IPAMError, match="10.0.0.3 is reserved in block 10.0.0.0/29"):
+    with pytest.raises(IPAMError, match=r"10\.0\.0\.3 is reserved in block 10\.0\.0\.0/29"):
         n1.allocate(req("c9/eth0", requested=["10.0.0.3"]))
 
 
@@ -407,7 +408,7 @@ def test_idempotent_per_owner(dual: FileStore) -> None:
     first = n1.allocate(req("c1/eth0"))
     assert n1.allocate(req("c1/eth0")) == first
     assert n1.allocate(req("c1/eth0", requested=[first[0].address])) == first
-    with pytest.raises(IPAMError, match="already holds 10.0.0.2") as info:
+    with pytest.raises(IPAMError, match=r"already holds 10\.0\.0\.2") as info:
         n1.allocate(req("c1/eth0", requested=["10.0.0.3"]))
     assert info.value.kind == "conflict"
     # the same owner name on another node is another owner
@@ -465,5 +466,7 @@ def test_block_documents(dual: FileStore) -> None:
         "node": "n1",
     }
     dual.put("ipamblocks", "10.0.0.4/30", {"cidr": "10.0.0.8/30", "pool": "v4"})
-    with pytest.raises(IPAMError, match="IPAM block 10.0.0.4/30 is invalid: cidr 10.0.0.8/30"):
+    with pytest.raises(
+        IPAMError, match=r"IPAM block 10\.0\.0\.4/30 is invalid: cidr 10\.0\.0\.8/30"
+    ):
         n1.allocations()

@@ -134,6 +134,10 @@ def check(h: Harness, model: Model) -> None:
         assert mine == {k: v for k, v in model.items() if k[0] == node and v}
 
 
+def keeping(owners: set[str]) -> Callable[[IPAllocation], bool]:
+    return lambda a: a.owner in owners
+
+
 def used(model: Model, fam: int) -> set[IPAddress]:
     return {held[fam] for held in model.values() if fam in held}
 
@@ -177,7 +181,9 @@ def run(h: Harness, ops: list[tuple[Any, ...]]) -> None:
             key = (node, owner_name(o))
             held = model.get(key, {})
             addr = h.ranges[fam].network_address + offset
-            request = IPAMAllocateRequest(owner=owner_name(o), requested=[str(addr)])
+            request = IPAMAllocateRequest(
+                owner=owner_name(o), families=[fam], requested=[str(addr)]
+            )
             ok = (held.get(fam) == addr) or (
                 fam not in held
                 and addr in h.ranges[fam]
@@ -200,7 +206,7 @@ def run(h: Harness, ops: list[tuple[Any, ...]]) -> None:
             assert as_model(ipam.release(owner_name(op[2]))) == model.pop(key, {})
         elif op[0] == "gc":
             keep = {owner_name(o) for o in op[2]}
-            gone = ipam.gc(lambda a: a.owner in keep)
+            gone = ipam.gc(keeping(keep))
             expected = {
                 (k[1], f, a)
                 for k, held in model.items()

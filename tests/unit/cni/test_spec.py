@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ciliary.cni import spec
@@ -144,6 +144,7 @@ def test_what_each_command_needs() -> None:
         assert (env.container_id, env.ifname) == ("", "")
 
 
+@settings(deadline=None)
 @given(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,40}\Z"))
 def test_valid_container_ids(cid: str) -> None:
     assert spec.validate_container_id(cid) == cid
@@ -293,6 +294,7 @@ _addresses = st.one_of(
 )
 
 
+@settings(deadline=None)
 @given(addresses=st.lists(_addresses, max_size=4), version=st.sampled_from(VERSIONS))
 def test_conversion_round_trips(addresses: list[str], version: str) -> None:
     result = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],

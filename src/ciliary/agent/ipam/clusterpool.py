@@ -13,6 +13,7 @@ inherit its conntrack entries and the other nodes' stale caches.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,11 +25,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ciliary.agent.ipam.persist import read_json, write_json_atomic
 from ciliary.agent.ipam.types import (
+    IP_ADDRS_ANNOTATION,
     ROUTER_KIND,
     Family,
     IPAddress,
     IPAMError,
     IPNetwork,
+    annotation_list,
     family_name,
     family_of,
     reuse_existing,
@@ -116,7 +119,11 @@ class _Range:
 
 
 class ClusterPoolIPAM:
-    """Allocator over the node's own CIDRs (``ipv4_cidr``/``ipv6_cidr``, None = family off)."""
+    """Allocator over the node's own CIDRs (``ipv4_cidr``/``ipv6_cidr``, None = family off).
+
+    ``masquerade`` is only shown in ``listing()`` (as the pseudo-pool's ``nat_outgoing``).
+    A state file written for other CIDRs keeps only the allocations that still fit.
+    """
 
     def __init__(
         self,
@@ -146,6 +153,7 @@ class ClusterPoolIPAM:
         if not self._ranges:
             raise IPAMError(f"node {node} has no pod CIDR in any family", "invalid")
         self._owners: dict[str, dict[Family, IPAddress]] = {}
+        self._lock = threading.RLock()  # in case the agent calls from worker threads
         changed = self._load()
         for rng in self._ranges.values():
             entry = rng.used.get(rng.router)
@@ -183,14 +191,23 @@ class ClusterPoolIPAM:
     def allocate(
         self, req: IPAMAllocateRequest, *, pod_annotations: Mapping[str, str] | None = None
     ) -> list[IPAllocation]:
-        """Pod annotations are Calico's and mean nothing in cluster-pool mode: ignored."""
+        """Requested addresses come from ``req.requested``, else from the pod's
+        ``cni.projectcalico.org/ipAddrs`` annotation; Calico's pool annotations are ignored
+        (there is only pool ``default``), so a manifest written for Calico still works."""
+        with self._lock:
+            return self._allocate(req, pod_annotations or {})
+
+    def _allocate(
+        self, req: IPAMAllocateRequest, annotations: Mapping[str, str]
+    ) -> list[IPAllocation]:
         for name in req.pools or []:
             if name != POOL:
                 raise IPAMError(
                     f"IP pool {name!r} not found: cluster-pool IPAM has only pool {POOL!r}",
                     "not-found",
                 )
-        wanted = wanted_families(self._node, req, req.requested, self._ranges, "pod CIDR")
+        requested = list(req.requested) or annotation_list(annotations, IP_ADDRS_ANNOTATION) or []
+        wanted = wanted_families(self._node, req, requested, self._ranges, "pod CIDR")
         todo = reuse_existing(req.owner, self._owners.get(req.owner, {}), wanted)
         if todo:
             now = time.time()
@@ -215,26 +232,34 @@ class ClusterPoolIPAM:
     def release(self, owner: str) -> list[IPAllocation]:
         if owner == router_owner(self._node):
             raise IPAMError(f"{owner} holds the node's router addresses: never released")
-        return self._release_where(lambda a: a.owner == owner)
+        with self._lock:
+            return self._release_where(lambda a: a.owner == owner)
 
     def allocations(self) -> list[IPAllocation]:
-        return sort_allocations(
-            self._allocation(rng, addr, entry)
-            for rng in self._ranges.values()
-            for addr, entry in rng.used.items()
-        )
+        with self._lock:
+            return sort_allocations(
+                self._allocation(rng, addr, entry)
+                for rng in self._ranges.values()
+                for addr, entry in rng.used.items()
+            )
 
     def owned_by(self, owner: str) -> list[IPAllocation]:
-        held = self._owners.get(owner, {})
-        return [
-            self._allocation(self._ranges[fam], addr, self._ranges[fam].used[addr])
-            for fam, addr in sorted(held.items())
-        ]
+        with self._lock:
+            held = self._owners.get(owner, {})
+            return [
+                self._allocation(self._ranges[fam], addr, self._ranges[fam].used[addr])
+                for fam, addr in sorted(held.items())
+            ]
 
     def gc(self, keep: Callable[[IPAllocation], bool]) -> list[IPAllocation]:
-        return self._release_where(lambda a: a.kind != ROUTER_KIND and not keep(a))
+        with self._lock:
+            return self._release_where(lambda a: a.kind != ROUTER_KIND and not keep(a))
 
     def listing(self) -> IPAMListing:
+        with self._lock:
+            return self._listing()
+
+    def _listing(self) -> IPAMListing:
         pools: list[IPPoolStatus] = []
         blocks: list[IPAMBlockStatus] = []
         for rng in self._ranges.values():
@@ -303,7 +328,7 @@ class ClusterPoolIPAM:
             offset = (rng.next + step) % size
             addr = rng.cidr.network_address + offset
             if addr not in rng.used and rng.reserved_why(addr) is None:
-                pass
+                rng.next = (offset + 1) % size
                 return addr
         raise AssertionError(f"{rng.describe()}: {len(rng.used)} used of {rng.usable}")
 

@@ -637,7 +637,8 @@ class PoolsIPAM:
         out: dict[Family, list[str] | None] = {4: None, 6: None}
         for name in explicit or []:
             self._pool(view, name, "the request")
-        for fam, key in ((4, IPV4_POOLS_ANNOTATION), (6, IPV6_POOLS_ANNOTATION)):
+        annotation_of: dict[Family, str] = {4: IPV4_POOLS_ANNOTATION, 6: IPV6_POOLS_ANNOTATION}
+        for fam, key in annotation_of.items():
             names = [n for n in dict.fromkeys(explicit or []) if view.pools[n].family == fam]
             if names:
                 out[fam] = names

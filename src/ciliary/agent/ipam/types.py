@@ -126,10 +126,11 @@ def wanted_families(
 ) -> dict[Family, IPAddress | None]:
     """Family → exact address asked for (None: any) of a request, in family order.
 
-    ``families`` None means the families of the requested addresses when there are some, else
-    every family the node has; explicit ``families`` may mix exact and allocated families
-    (``families=[4, 6], requested=["10.0.0.9"]``: that IPv4 address plus any IPv6 address).
-    ``what`` names what the node lacks when a family is unavailable (``"pod CIDR"``, …).
+    ``families`` None means every family the node has, as for any pod of a dual-stack node; a
+    requested address fixes the address of its family and the other families get any address
+    (``requested=["10.0.0.9"]`` on a dual-stack node: that IPv4 address plus any IPv6 address;
+    ``families=[4]`` for the IPv4 one alone). ``what`` names what the node lacks when a family
+    is unavailable (``"pod CIDR"``, …).
     """
     have = set(available)
     exact: dict[Family, IPAddress] = {}
@@ -152,10 +153,8 @@ def wanted_families(
                     f" for {', '.join(family_name(f) for f in sorted(families))}",
                     "invalid",
                 )
-    elif exact:
-        families = set(exact)
     else:
-        families = set(have)
+        families = set(have) | set(exact)
     if not families:
         raise IPAMError(f"node {node} has no {what} in any family", "invalid")
     for fam in sorted(families):
