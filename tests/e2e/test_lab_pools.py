@@ -68,8 +68,6 @@ def test_pods_reach_each_other_on_a_node(pools_lab: tuple[str, str, str]) -> Non
     for addr in (view["web"].ipv4, view["web"].ipv6):
         assert addr is not None
         host = f"[{addr}]" if ":" in addr else addr
-        res = manager.run_in_pod(
-            "default/zonal", ["ciliary", "workload", "http-get", f"http://{host}/", "--timeout", "3"],
-            name=lab,
-        )  # fmt: skip
+        argv = ["ciliary", "workload", "http-get", f"http://{host}/", "--timeout", "3"]
+        res = manager.run_in_pod("default/zonal", argv, name=lab)
         assert res.returncode == 0, res.stderr
