@@ -16,6 +16,7 @@
 #include "lib/conntrack.h"
 #include "lib/events.h"
 #include "lib/l3.h"
+#include "lib/policy.h"
 
 #define DEFAULT_AGG_INTERVAL (5 * NSEC_PER_SEC)
 
@@ -35,8 +36,11 @@ static __always_inline void load_config(__u32 *level, __u64 *interval)
 /* Metadata of a FORWARDED trace for a packet conntrack has just classified. */
 static __always_inline void trace_meta(struct event_meta *m, const struct ct_result *ct,
 				       __u16 ep_id, __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
-				       __u8 obs)
+				       __u8 obs, const struct policy_verdict *pv, __u8 direction)
 {
+	m->policy_cookie = pv->cookie;
+	m->policy_match = pv->match;
+	m->traffic_direction = direction;
 	m->type = EVENT_TRACE;
 	m->verdict = VERDICT_FORWARDED;
 	m->obs_point = obs;
@@ -82,6 +86,19 @@ int cil_from_container(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
 
+	/* Policy: replies of allowed connections pass on conntrack; everything else is checked
+	 * against the sender's egress policy and, for a local receiver, its ingress policy. */
+	struct policy_verdict pv_out = {}, pv_in = {};
+	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
+	if (!skip_policy) {
+		ret = policy_check(src_ep, dst_id, POLICY_EGRESS, &p, &pv_out);
+		if (ret < 0) {
+			ct_forget_new(&p, &ct);
+			return drop_policy(skb, &p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT,
+					   pv_out.cookie, pv_out.match, TRAFFIC_EGRESS);
+		}
+	}
+
 	if (dst) {
 		__u32 dst_ifindex = dst->ifindex;
 		__u8 dmac[6], smac[6];
@@ -90,7 +107,18 @@ int cil_from_container(struct __sk_buff *skb)
 					   OBS_TO_ENDPOINT);
 		__builtin_memcpy(dmac, dst->mac, 6);
 		__builtin_memcpy(smac, dst->node_mac, 6);
-		trace_meta(&m, &ct, src_ep, dst->ep_id, src_id, dst_id, OBS_TO_ENDPOINT);
+		__u16 dst_ep = dst->ep_id;
+		if (!skip_policy) {
+			ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv_in);
+			if (ret < 0) {
+				ct_forget_new(&p, &ct);
+				return drop_policy(skb, &p, -ret, dst_ep, src_id, dst_id,
+						   OBS_TO_ENDPOINT, pv_in.cookie, pv_in.match,
+						   TRAFFIC_INGRESS);
+			}
+		}
+		trace_meta(&m, &ct, src_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
+			   pv_in.enforced ? &pv_in : &pv_out, TRAFFIC_INGRESS);
 		ret = l3_dec_ttl(skb, &p);
 		if (ret == 0)
 			ret = l2_rewrite(skb, dmac, smac);
@@ -101,7 +129,7 @@ int cil_from_container(struct __sk_buff *skb)
 		return bpf_redirect_peer(dst_ifindex, 0);
 	}
 
-	trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_STACK);
+	trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_STACK, &pv_out, TRAFFIC_EGRESS);
 	if (ct.report)
 		emit_event(skb, &p, &m);
 	return TC_ACT_OK;
@@ -135,7 +163,16 @@ int cil_to_container(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 
-	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+	struct policy_verdict pv = {};
+	if (ct.state != CT_REPLY && ct.state != CT_RELATED) {
+		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv);
+		if (ret < 0) {
+			ct_forget_new(&p, &ct);
+			return drop_policy(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
+					   pv.cookie, pv.match, TRAFFIC_INGRESS);
+		}
+	}
+	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT, &pv, TRAFFIC_INGRESS);
 	if (ct.report)
 		emit_event(skb, &p, &m);
 	return TC_ACT_OK;

@@ -65,6 +65,7 @@
 #define DROP_INVALID_SMAC 130
 #define DROP_INVALID_SIP 132
 #define DROP_POLICY 133
+#define DROP_POLICY_DENY 181
 #define DROP_INVALID 134
 #define DROP_CT_INVALID_HDR 135
 #define DROP_UNKNOWN_L3 139
@@ -154,6 +155,25 @@ struct ct_entry {
 	__u32 pad;
 };
 
+/* Inner key of ciliary_policy (LPM trie): prefixlen counts the bits after it; sec_label is always
+ * given in full, dport is network byte order so that a prefix covers a power-of-two port range. */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 sec_label;    /* remote identity, 0 = any */
+	__u8 egress;        /* 0 ingress, 1 egress */
+	__u8 protocol;      /* 0 = any */
+	__u16 dport;        /* 0 with a shorter prefix = any */
+};
+
+struct policy_entry {
+	__u64 packets;
+	__u64 bytes;
+	__u32 cookie;       /* which rule put this entry here (agent's table), 0 = none */
+	__u16 proxy_port;   /* L7 redirect, network order; 0 = none */
+	__u8 flags;         /* POLICY_F_DENY */
+	__u8 prefixlen;     /* copy of the key's prefixlen: ranks the two lookups */
+};
+
 /* ciliary_config[0]: knobs the agent sets at start. */
 #define MONITOR_AGG_NONE 0
 #define MONITOR_AGG_MEDIUM 2
@@ -191,7 +211,10 @@ struct trace_event {
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 ct_state;
-	__u8 pad[9];
+	__u8 policy_match;      /* POLICY_MATCH_* of the deciding entry */
+	__u8 traffic_direction; /* Hubble TrafficDirection: 1 ingress, 2 egress, 0 unknown */
+	__u8 pad[3];
+	__u32 policy_cookie;    /* rule that decided (agent's cookie table); 0 = default / none */
 };
 
 #endif

@@ -98,6 +98,17 @@ static __always_inline void ct_build_key(struct ct_key *k, const struct pkt *p, 
 	k->family = p->family;
 }
 
+/* Undo the entry ct_process created for a connection that policy then denied: otherwise the
+ * peer's next packet would look like a reply and pass without a policy check. */
+static __always_inline void ct_forget_new(const struct pkt *p, const struct ct_result *res)
+{
+	if (res->state != CT_NEW)
+		return;
+	struct ct_key k = {};
+	ct_build_key(&k, p, 0);
+	bpf_map_delete_elem(&ciliary_ct, &k);
+}
+
 /* Looks up (and creates, for new connections) the conntrack entry of packet `p`.
  * Returns 0, or -DROP_* when an entry could not be created. */
 static __always_inline int ct_process(const struct pkt *p, __u32 src_id, __u32 dst_id,

@@ -37,7 +37,13 @@ struct event_meta {
 	__u8 drop_reason;
 	__u8 is_reply;
 	__u8 ct_state;
+	__u8 policy_match;
+	__u8 traffic_direction;
+	__u32 policy_cookie;
 };
+
+#define TRAFFIC_INGRESS 1
+#define TRAFFIC_EGRESS 2
 
 static __always_inline void emit_event(struct __sk_buff *skb, const struct pkt *p,
 				       const struct event_meta *m)
@@ -75,6 +81,9 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct pkt *
 	ev->icmp_type = p->icmp_type;
 	ev->icmp_code = p->icmp_code;
 	ev->ct_state = m->ct_state;
+	ev->policy_match = m->policy_match;
+	ev->traffic_direction = m->traffic_direction;
+	ev->policy_cookie = m->policy_cookie;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	bpf_ringbuf_submit(ev, 0);
 }
@@ -95,6 +104,27 @@ static __always_inline int drop_packet(struct __sk_buff *skb, const struct pkt *
 	emit_event(skb, p, &m);
 	return TC_ACT_SHOT;
 }
+/* A policy drop: reason 133 (no rule allows) or 181 (a deny rule), with the deciding cookie. */
+static __always_inline int drop_policy(struct __sk_buff *skb, const struct pkt *p, int reason,
+				       __u16 ep_id, __u32 src_id, __u32 dst_id, __u8 obs,
+				       __u32 cookie, __u8 match, __u8 direction)
+{
+	struct event_meta m = {};
+	m.type = EVENT_DROP;
+	m.verdict = VERDICT_DROPPED;
+	m.drop_reason = (__u8)reason;
+	m.ep_id = ep_id;
+	m.src_sec_id = src_id;
+	m.dst_sec_id = dst_id;
+	m.obs_point = obs;
+	m.ct_state = CT_NEW;
+	m.policy_cookie = cookie;
+	m.policy_match = match;
+	m.traffic_direction = direction;
+	emit_event(skb, p, &m);
+	return TC_ACT_SHOT;
+}
+
 /* The ring buffer map cannot name its record type, so this never-called global function puts
  * struct trace_event into the object's BTF, where the layout test (and bpftool) can see it. */
 __attribute__((noinline)) int ciliary_trace_event_btf(struct trace_event *ev)

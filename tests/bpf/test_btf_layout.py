@@ -37,6 +37,8 @@ def test_mirrors_cover_every_shared_struct() -> None:
         "ct_entry",
         "dp_config",
         "trace_event",
+        "policy_key",
+        "policy_entry",
     }
 
 

@@ -217,6 +217,7 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_ct",
         "ciliary_events",
         "ciliary_events_lost",
+        "ciliary_policy",
     }
     assert set(loaded.map_names()) == names
     assert sorted(loaded.program_names()) == ["cil_from_container", "cil_to_container"]

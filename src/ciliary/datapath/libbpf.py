@@ -247,6 +247,9 @@ class _C:
     bpf_program__pin = _proto(_LIBBPF, "bpf_program__pin", _int, _vp, _cp)
 
     bpf_obj_pin = _proto(_LIBBPF, "bpf_obj_pin", _int, _int, _cp)
+    bpf_map_create = _proto(
+        _LIBBPF, "bpf_map_create", _int, ctypes.c_int, _cp, _u32, _u32, _u32, _vp
+    )
     bpf_obj_get = _proto(_LIBBPF, "bpf_obj_get", _int, _cp)
     bpf_obj_get_info_by_fd = _proto(_LIBBPF, "bpf_obj_get_info_by_fd", _int, _int, _vp, _u32p)
     bpf_map_lookup_elem = _proto(_LIBBPF, "bpf_map_lookup_elem", _int, _int, _vp, _vp)
@@ -750,6 +753,37 @@ class Map(_Owned):
 
 class _BatchUnsupportedError(Exception):
     """The map type has no batch operation (raised before anything was deleted)."""
+
+
+class _MapCreateOpts(ctypes.Structure):
+    """``struct bpf_map_create_opts`` of libbpf 1.1 (bpf.h); only ``sz`` and ``map_flags`` are
+    set, the rest stays zero."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("btf_fd", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+        ("numa_node", ctypes.c_uint32),
+        ("map_ifindex", ctypes.c_uint32),
+    ]
+
+
+def map_create(
+    map_type: int, name: str, key_size: int, value_size: int, max_entries: int, *, flags: int = 0
+) -> Map:
+    """Creates a standalone map (e.g. an inner map for a map-of-maps); the Map owns its fd."""
+    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=flags)
+    fd = int(
+        _C.bpf_map_create(
+            map_type, name.encode()[:15], key_size, value_size, max_entries, ctypes.byref(opts)
+        )
+    )
+    return Map(_check(fd, "bpf_map_create", name))
 
 
 def obj_pin(fd: int, path: os.PathLike[str] | str) -> None:

@@ -27,6 +27,7 @@ from ciliary.datapath.maps.events import (
     decode_trace_event,
 )
 from ciliary.datapath.maps.ipcache import IPCacheInfoC, IPCacheKeyC, IPCacheMap, IPCacheRecord
+from ciliary.datapath.maps.policy import PolicyEntryC, PolicyKeyC
 
 __all__ = [
     "ALL_MIRRORS",
@@ -47,6 +48,8 @@ __all__ = [
     "IPCacheKeyC",
     "IPCacheMap",
     "IPCacheRecord",
+    "PolicyEntryC",
+    "PolicyKeyC",
     "RawTraceEvent",
     "TraceEventC",
     "decode_trace_event",
@@ -61,4 +64,6 @@ ALL_MIRRORS: list[type[ctypes.Structure]] = [
     CTEntryC,
     DPConfigC,
     TraceEventC,
+    PolicyKeyC,
+    PolicyEntryC,
 ]

@@ -62,7 +62,10 @@ class TraceEventC(ctypes.Structure):
         ("icmp_type", ctypes.c_uint8),
         ("icmp_code", ctypes.c_uint8),
         ("ct_state", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 9),
+        ("policy_match", ctypes.c_uint8),
+        ("traffic_direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("policy_cookie", ctypes.c_uint32),
     ]
 
 
@@ -96,6 +99,9 @@ class RawTraceEvent:
     icmp_type: int
     icmp_code: int
     ct_state: int
+    policy_match: int = 0
+    traffic_direction: int = 0
+    policy_cookie: int = 0
 
 
 def _addr(raw: bytes, family: int) -> IPAddress | None:
@@ -138,6 +144,9 @@ def decode_trace_event(data: bytes) -> RawTraceEvent:
         icmp_type=int(ev.icmp_type),
         icmp_code=int(ev.icmp_code),
         ct_state=int(ev.ct_state),
+        policy_match=int(ev.policy_match),
+        traffic_direction=int(ev.traffic_direction),
+        policy_cookie=int(ev.policy_cookie),
     )
 
 

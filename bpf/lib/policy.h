@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Per-endpoint policy, as Cilium's policy maps: ciliary_policy maps an endpoint id to that
+ * endpoint's own LPM trie of (remote identity, direction, protocol, destination port prefix)
+ * → allow | deny, plus a cookie naming the rule that put the entry there.
+ *
+ * Lookup contract (the agent's map state is computed for it):
+ *   - two lookups: the remote identity, and identity 0 ("any peer", L4-only rules); each returns
+ *     its longest match, where wildcard protocol/port are shorter prefixes;
+ *   - a deny from either lookup wins (deny beats allow at any specificity: the agent never
+ *     leaves an allow entry that is longer than a deny covering it for the same identity);
+ *   - otherwise the longer of the two allows decides, identity-specific on a tie;
+ *   - no match: default deny (DROP_POLICY). An endpoint without an inner map is not enforced
+ *     in either direction; a direction that is not enforced holds an allow-all entry (identity
+ *     0, prefix 40).
+ * ICMP rules key the ICMP type in the port field, as Cilium does. */
+#ifndef __CILIARY_POLICY_H
+#define __CILIARY_POLICY_H
+#include "common.h"
+#include "parse.h"
+
+#ifndef POLICY_MAP_SIZE
+#define POLICY_MAP_SIZE 65536
+#endif
+#define POLICY_FULL_PREFIX 64
+
+#define POLICY_INGRESS 0
+#define POLICY_EGRESS 1
+#define POLICY_F_DENY 0x1
+
+/* Cilium's policy match types (monitor / Hubble policy_match_type) */
+#define POLICY_MATCH_NONE 0
+#define POLICY_MATCH_L3_ONLY 1
+#define POLICY_MATCH_L3_L4 2
+#define POLICY_MATCH_L4_ONLY 3
+#define POLICY_MATCH_ALL 4
+
+/* Map definitions only reference the key/value types through pointers, which clang emits as
+ * forward declarations; this never-called function puts the full structs into the BTF. */
+__attribute__((noinline)) int ciliary_policy_btf(struct policy_key *k, struct policy_entry *e)
+{
+	return k && e ? 0 : 1;
+}
+
+/* Sizes, not BTF types: a type reached only through the nested inner definition would be
+ * emitted as a forward declaration and libbpf could not size it. */
+struct policy_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(key_size, sizeof(struct policy_key));
+	__uint(value_size, sizeof(struct policy_entry));
+	__uint(max_entries, POLICY_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct policy_inner);
+} ciliary_policy SEC(".maps");
+
+struct policy_verdict {
+	__u32 cookie;
+	__u8 match;
+	__u8 enforced;
+};
+
+static __always_inline __u8 policy_match_type(const struct policy_entry *e, int specific)
+{
+	if (e->prefixlen <= 40)
+		return specific ? POLICY_MATCH_L3_ONLY : POLICY_MATCH_ALL;
+	return specific ? POLICY_MATCH_L3_L4 : POLICY_MATCH_L4_ONLY;
+}
+
+/* Returns 0 (allowed) or -DROP_POLICY / -DROP_POLICY_DENY; fills *v for the event. */
+static __always_inline int policy_check(__u16 ep_id, __u32 remote_id, __u8 egress,
+					const struct pkt *p, struct policy_verdict *v)
+{
+	__u32 outer_key = ep_id;
+	void *inner = bpf_map_lookup_elem(&ciliary_policy, &outer_key);
+	v->cookie = 0;
+	v->match = POLICY_MATCH_NONE;
+	v->enforced = 0;
+	if (!inner)
+		return 0;
+	v->enforced = 1;
+
+	struct policy_key k = {};
+	k.prefixlen = POLICY_FULL_PREFIX;
+	k.sec_label = remote_id;
+	k.egress = egress;
+	k.protocol = p->proto;
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
+		k.dport = bpf_htons(p->icmp_type);
+	else
+		k.dport = bpf_htons(p->dport);
+	struct policy_entry *specific = bpf_map_lookup_elem(inner, &k);
+	k.sec_label = 0;
+	struct policy_entry *any = bpf_map_lookup_elem(inner, &k);
+
+	if (specific && (specific->flags & POLICY_F_DENY)) {
+		v->cookie = specific->cookie;
+		v->match = policy_match_type(specific, 1);
+		return -DROP_POLICY_DENY;
+	}
+	if (any && (any->flags & POLICY_F_DENY)) {
+		v->cookie = any->cookie;
+		v->match = policy_match_type(any, 0);
+		return -DROP_POLICY_DENY;
+	}
+	struct policy_entry *best = specific;
+	int is_specific = 1;
+	if (any && (!best || any->prefixlen > best->prefixlen)) {
+		best = any;
+		is_specific = 0;
+	}
+	if (!best)
+		return -DROP_POLICY;
+	__sync_fetch_and_add(&best->packets, 1);
+	__sync_fetch_and_add(&best->bytes, p->len);
+	v->cookie = best->cookie;
+	v->match = policy_match_type(best, is_specific);
+	return 0;
+}
+#endif

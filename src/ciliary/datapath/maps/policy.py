@@ -1,0 +1,256 @@
+"""Per-endpoint policy maps: ``ciliary_policy`` (hash of maps, endpoint id → inner map) and one
+LPM trie per enforced endpoint, pinned as ``ciliary_policy_<id>`` next to the node's other maps.
+
+Keys are (remote identity, direction, protocol, destination port prefix); a port range is stored
+as the smallest set of prefixes covering it (:func:`port_range_prefixes`), as Cilium does. The
+lookup rules the datapath applies are in ``bpf/lib/policy.h``; the map state written here must
+respect them (see ``ciliary.policy.mapstate``): no allow entry longer than a covering deny of the
+same identity.
+
+Ordering contract for updates (never a window where traffic that must be denied passes): new
+denies first, then removal of allows, then new allows, then removal of denies — ``apply()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ciliary.datapath.libbpf import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_LPM_TRIE, Map, map_create
+
+POLICY_F_DENY = 0x1
+FULL_PREFIX = 64
+_BASE_PREFIX = 40  # identity (32) + direction (8)
+INNER_MAX_ENTRIES = 65536
+
+
+class PolicyKeyC(ctypes.Structure):
+    """Mirror of C ``struct policy_key`` (bpf/lib/common.h)."""
+
+    C_NAME = "policy_key"
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("sec_label", ctypes.c_uint32),
+        ("egress", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8),
+        ("dport", ctypes.c_uint16),
+    ]
+
+
+class PolicyEntryC(ctypes.Structure):
+    """Mirror of C ``struct policy_entry`` (bpf/lib/common.h)."""
+
+    C_NAME = "policy_entry"
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("cookie", ctypes.c_uint32),
+        ("proxy_port", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("prefixlen", ctypes.c_uint8),
+    ]
+
+
+@dataclass(frozen=True, order=True)
+class PolicyKey:
+    """One entry's match: ``protocol`` 0 = any (then port must be 0); ``port_prefix`` is how many
+    high bits of ``port`` are significant (16 = exactly that port, 0 = any port)."""
+
+    identity: int
+    egress: bool
+    protocol: int = 0
+    port: int = 0
+    port_prefix: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port_prefix <= 16:
+            raise ValueError(f"port prefix {self.port_prefix} outside 0..16")
+        if self.protocol == 0 and (self.port or self.port_prefix):
+            raise ValueError("a port needs a protocol")
+        if self.port_prefix < 16 and self.port & ((1 << (16 - self.port_prefix)) - 1):
+            raise ValueError(f"port {self.port} has bits set beyond its /{self.port_prefix}")
+
+    @property
+    def prefixlen(self) -> int:
+        if self.protocol == 0:
+            return _BASE_PREFIX
+        return _BASE_PREFIX + 8 + self.port_prefix
+
+    def to_c(self) -> PolicyKeyC:
+        return PolicyKeyC(
+            prefixlen=self.prefixlen,
+            sec_label=self.identity,
+            egress=1 if self.egress else 0,
+            protocol=self.protocol,
+            dport=socket.htons(self.port),
+        )
+
+    @classmethod
+    def from_c(cls, c: PolicyKeyC) -> PolicyKey:
+        bits = int(c.prefixlen)
+        protocol = int(c.protocol) if bits > _BASE_PREFIX else 0
+        prefix = max(0, bits - _BASE_PREFIX - 8) if protocol else 0
+        return cls(int(c.sec_label), bool(c.egress), protocol, socket.ntohs(int(c.dport)), prefix)
+
+
+@dataclass(frozen=True)
+class PolicyValue:
+    deny: bool
+    cookie: int
+    proxy_port: int = 0
+
+
+@dataclass(frozen=True)
+class PolicyEntryRecord:
+    key: PolicyKey
+    value: PolicyValue
+    packets: int
+    bytes: int
+
+
+def port_range_prefixes(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The fewest (port, prefix bits) blocks exactly covering ports lo..hi (inclusive)."""
+    if not 0 <= lo <= hi <= 0xFFFF:
+        raise ValueError(f"bad port range {lo}-{hi}")
+    out: list[tuple[int, int]] = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 16 - size.bit_length() + 1))
+        lo += size
+    return out
+
+
+class EndpointPolicyMap:
+    """The inner LPM map of one endpoint."""
+
+    def __init__(self, m: Map) -> None:
+        self._map = m
+
+    @property
+    def map(self) -> Map:
+        return self._map
+
+    def upsert(self, key: PolicyKey, value: PolicyValue) -> None:
+        entry = PolicyEntryC(
+            cookie=value.cookie,
+            proxy_port=socket.htons(value.proxy_port),
+            flags=POLICY_F_DENY if value.deny else 0,
+            prefixlen=key.prefixlen,
+        )
+        self._map.update(bytes(key.to_c()), bytes(entry))
+
+    def delete(self, key: PolicyKey) -> bool:
+        return self._map.delete(bytes(key.to_c()))
+
+    def items(self) -> list[PolicyEntryRecord]:
+        out = []
+        for kb, vb in self._map.items():
+            k = PolicyKeyC.from_buffer_copy(kb)
+            v = PolicyEntryC.from_buffer_copy(vb)
+            out.append(
+                PolicyEntryRecord(
+                    PolicyKey.from_c(k),
+                    PolicyValue(
+                        bool(v.flags & POLICY_F_DENY), int(v.cookie), socket.ntohs(v.proxy_port)
+                    ),
+                    int(v.packets),
+                    int(v.bytes),
+                )
+            )
+        return out
+
+    def current(self) -> dict[PolicyKey, PolicyValue]:
+        return {r.key: r.value for r in self.items()}
+
+    def apply(self, desired: Mapping[PolicyKey, PolicyValue]) -> tuple[int, int]:
+        """Make the map equal ``desired`` touching only what differs, in the safe order.
+        Returns (entries written, entries deleted)."""
+        current = self.current()
+        stale = [k for k in current if k not in desired]
+        changed = {k: v for k, v in desired.items() if current.get(k) != v}
+        for k, v in changed.items():
+            if v.deny:
+                self.upsert(k, v)
+        for k in stale:
+            if not current[k].deny:
+                self.delete(k)
+        for k, v in changed.items():
+            if not v.deny:
+                self.upsert(k, v)
+        for k in stale:
+            if current[k].deny:
+                self.delete(k)
+        return len(changed), len(stale)
+
+    def close(self) -> None:
+        self._map.close()
+
+
+class PolicyMaps:
+    """The node's outer map and the pinned inner maps of its enforced endpoints."""
+
+    def __init__(self, outer: Map, pin_dir: Path) -> None:
+        self._outer = outer
+        self._pin_dir = pin_dir
+
+    def _pin(self, ep_id: int) -> Path:
+        return self._pin_dir / f"ciliary_policy_{ep_id}"
+
+    def _outer_key(self, ep_id: int) -> bytes:
+        return ctypes.c_uint32(ep_id).value.to_bytes(4, "little")
+
+    def get(self, ep_id: int) -> EndpointPolicyMap | None:
+        path = self._pin(ep_id)
+        if not path.exists():
+            return None
+        return EndpointPolicyMap(Map.from_pin(path))
+
+    def ensure(
+        self, ep_id: int, initial: Mapping[PolicyKey, PolicyValue] | None = None
+    ) -> EndpointPolicyMap:
+        """The endpoint's inner map, created (filled with ``initial`` *before* it is linked into
+        the outer map, so enforcement starts with the complete policy) if it does not exist."""
+        existing = self.get(ep_id)
+        if existing is not None:
+            self._outer.update(self._outer_key(ep_id), existing.map.fd.to_bytes(4, "little"))
+            return existing
+        m = map_create(
+            BPF_MAP_TYPE_LPM_TRIE, f"cil_pol_{ep_id}",
+            ctypes.sizeof(PolicyKeyC), ctypes.sizeof(PolicyEntryC),
+            INNER_MAX_ENTRIES, flags=BPF_F_NO_PREALLOC,
+        )  # fmt: skip
+        inner = EndpointPolicyMap(m)
+        if initial:
+            inner.apply(initial)
+        path = self._pin(ep_id)
+        m.pin(path)
+        self._outer.update(self._outer_key(ep_id), m.fd.to_bytes(4, "little"))
+        return inner
+
+    def remove(self, ep_id: int) -> None:
+        """Stop enforcing (outer entry first), then drop the pin."""
+        self._outer.delete(self._outer_key(ep_id))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._pin(ep_id))
+
+    def enforced(self) -> list[int]:
+        return sorted(int.from_bytes(k, "little") for k in self._outer.keys())  # noqa: SIM118
+
+    def prune(self, keep: Iterable[int]) -> list[int]:
+        """Remove maps of endpoints that no longer exist (restart reconciliation)."""
+        wanted = set(keep)
+        gone = [ep for ep in self.enforced() if ep not in wanted]
+        for ep in gone:
+            self.remove(ep)
+        for path in self._pin_dir.glob("ciliary_policy_*"):
+            with contextlib.suppress(ValueError):
+                if int(path.name.rsplit("_", 1)[1]) not in wanted:
+                    path.unlink()
+        return gone

@@ -1,0 +1,102 @@
+"""Per-endpoint policy maps against the kernel: creation through the outer map-of-maps, the safe
+update order, LPM semantics of port prefixes, and the range → prefix decomposition."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ciliary.datapath.libbpf import BPFObject
+from ciliary.datapath.maps.policy import (
+    PolicyKey,
+    PolicyKeyC,
+    PolicyMaps,
+    PolicyValue,
+    port_range_prefixes,
+)
+
+OBJECT = Path(__file__).resolve().parents[2] / "bpf" / "bpf_lxc.o"
+
+
+@pytest.fixture
+def maps() -> Iterator[PolicyMaps]:
+    pin_dir = Path("/sys/fs/bpf") / f"ciliary-test-{secrets.token_hex(4)}"
+    obj = BPFObject.open(OBJECT, pin_dir=pin_dir)
+    try:
+        obj.load()
+        with obj.map("ciliary_policy") as outer:
+            yield PolicyMaps(outer, pin_dir)
+    finally:
+        obj.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+def test_port_range_prefixes_cover_exactly(a: int, b: int) -> None:
+    lo, hi = min(a, b), max(a, b)
+    covered: list[tuple[int, int]] = []
+    for port, bits in port_range_prefixes(lo, hi):
+        size = 1 << (16 - bits)
+        assert port % size == 0
+        covered.append((port, port + size - 1))
+    covered.sort()
+    assert covered[0][0] == lo and covered[-1][1] == hi
+    for (_, end), (start, _) in itertools.pairwise(covered):
+        assert start == end + 1
+    assert len(covered) <= 32
+
+
+def test_key_round_trip_and_prefixlen() -> None:
+    k = PolicyKey(identity=256, egress=True, protocol=6, port=8080, port_prefix=16)
+    assert k.prefixlen == 64
+    assert PolicyKey.from_c(PolicyKeyC.from_buffer_copy(bytes(k.to_c()))) == k
+    assert PolicyKey(identity=0, egress=False).prefixlen == 40
+    with pytest.raises(ValueError):
+        PolicyKey(identity=1, egress=False, protocol=0, port=80, port_prefix=16)
+    with pytest.raises(ValueError):
+        PolicyKey(identity=1, egress=False, protocol=6, port=81, port_prefix=15)
+
+
+def test_ensure_apply_remove(maps: PolicyMaps) -> None:
+    allow80 = PolicyKey(256, False, 6, 80, 16)
+    deny_all = PolicyKey(300, False)
+    inner = maps.ensure(7, {allow80: PolicyValue(False, 11)})
+    assert maps.enforced() == [7]
+    assert inner.current() == {allow80: PolicyValue(False, 11)}
+    written, deleted = inner.apply(
+        {deny_all: PolicyValue(True, 12), allow80: PolicyValue(False, 11)}
+    )
+    assert (written, deleted) == (1, 0)
+    written, deleted = inner.apply({deny_all: PolicyValue(True, 12)})
+    assert (written, deleted) == (0, 1)
+    # reopened from its pin, the map holds the same entries
+    again = maps.get(7)
+    assert again is not None and again.current() == {deny_all: PolicyValue(True, 12)}
+    maps.remove(7)
+    assert maps.enforced() == [] and maps.get(7) is None
+
+
+def test_lpm_port_prefix_match(maps: PolicyMaps) -> None:
+    inner = maps.ensure(3)
+    for port, bits in port_range_prefixes(8000, 8015):
+        inner.upsert(PolicyKey(256, True, 6, port, bits), PolicyValue(False, 5))
+    lookup = PolicyKeyC(prefixlen=64, sec_label=256, egress=1, protocol=6)
+    lookup.dport = socket.htons(8007)
+    assert inner.map.lookup(bytes(lookup)) is not None
+    lookup.dport = socket.htons(8016)
+    assert inner.map.lookup(bytes(lookup)) is None
+
+
+def test_prune_removes_maps_of_gone_endpoints(maps: PolicyMaps) -> None:
+    maps.ensure(1)
+    maps.ensure(2)
+    assert maps.prune([2]) == [1]
+    assert maps.enforced() == [2]
