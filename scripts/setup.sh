@@ -41,3 +41,7 @@ if [[ ! -f $stamp ]]; then
 fi
 
 make -s -C bpf
+
+# CNI plugins are short-lived processes on the pod start-up path: ship them byte-compiled so an
+# exec never recompiles (the environment may set PYTHONDONTWRITEBYTECODE).
+.venv/bin/python -m compileall -q src/ciliary > /dev/null

@@ -11,8 +11,9 @@ are owned by the attachment, ``<CNI_CONTAINERID>/<CNI_IFNAME>``, and marked ``ip
   family via that gateway (or ``ipam.routes`` when the config gives them), ``ipam.dns``.
 * DEL: ``DELETE /v1/ipam?owner=...``, idempotent (nothing held is success).
 * CHECK (0.4.0+): the owner still holds the addresses of prevResult.
-* GC (1.1.0): releases ``ipam-plugin`` allocations whose owner is not a valid attachment (never
-  an endpoint's: those belong to ``ciliary-cni``). STATUS: the agent's health.
+* GC (1.1.0): ``POST /v1/gc`` in the ``ipam-plugin`` scope: releases ``ipam-plugin`` allocations
+  whose owner is not a valid attachment, in one step (never an endpoint's: those belong to
+  ``ciliary-cni``). STATUS: the agent's health.
 
 The agent is found through the IPAM section (``ipam.node`` / ``ipam.agent_socket``), falling
 back to the top-level keys, so a main plugin's config can carry it either way.
@@ -22,24 +23,26 @@ from __future__ import annotations
 
 import sys
 from ipaddress import ip_address
-from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 from ciliary.cni import spec
-from ciliary.cni.main import DEFAULT_ROUTES, Handler, agent, agent_socket, main_for, model_error
+from ciliary.cni.agentapi import AgentAPIError
+from ciliary.cni.main import DEFAULT_ROUTES, agent, agent_socket, gc_request, main_for
 from ciliary.cni.spec import (
     DNS,
     CNIError,
-    Env,
     ErrorCode,
     IPAMConfig,
     IPConfig,
-    NetConf,
     Result,
     Route,
 )
+
+TYPE_CHECKING = False  # mypy reads it as true: ``typing`` is for the type checker only
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ciliary.cni.main import Handler
+    from ciliary.cni.spec import Env, NetConf
 
 PLUGIN = "ciliary-ipam"
 
@@ -48,7 +51,7 @@ def _ipam(conf: NetConf) -> IPAMConfig:
     return conf.ipam or IPAMConfig()
 
 
-def _socket(conf: NetConf) -> Path:
+def _socket(conf: NetConf) -> str:
     ipam = _ipam(conf)
     if ipam.agent_socket or ipam.node:
         return agent_socket(ipam.node, ipam.agent_socket)
@@ -56,41 +59,36 @@ def _socket(conf: NetConf) -> Path:
 
 
 def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
-    from ciliary.core.models import IPAMAllocateRequest  # noqa: PLC0415
-
     ipam = _ipam(conf)
     socket = _socket(conf)
-    try:
-        req = IPAMAllocateRequest(
-            owner=env.owner,
-            kind="ipam-plugin",
-            requested=[str(a) for a in conf.requested_ips()],
-            pools=ipam.pools,
-        )
-    except ValidationError as err:
-        raise model_error(err) from err
+    req = {  # an IPAMAllocateRequest
+        "owner": env.owner,
+        "kind": "ipam-plugin",
+        "families": None,
+        "requested": [str(a) for a in conf.requested_ips()],
+        "pools": ipam.pools,
+    }
     with agent(socket) as client:
-        resp = client.ipam_allocate(req)
-    if not resp.allocations:
+        allocations = client.ipam_allocate(req)
+    if not allocations:
         raise CNIError(ErrorCode.AGENT_REFUSED, f"the agent allocated no address to {env.owner}")
     ips = [
-        IPConfig(address=f"{a.address}/{a.prefix_len}", gateway=a.gateway) for a in resp.allocations
+        IPConfig(address=f"{a['address']}/{a['prefix_len']}", gateway=a["gateway"])
+        for a in allocations
     ]
     if ipam.routes is not None:
         routes = list(ipam.routes)
     else:
         routes = [
-            Route(dst=DEFAULT_ROUTES[a.family], gw=a.gateway)
-            for a in resp.allocations
-            if a.gateway is not None
+            Route(dst=DEFAULT_ROUTES[a["family"]], gw=a["gateway"])
+            for a in allocations
+            if a["gateway"] is not None
         ]
     result = Result(ips=ips, routes=routes, dns=ipam.dns or DNS())
     return result.to_version(conf.version, ipam=True)
 
 
 def cmd_del(conf: NetConf, env: Env) -> None:
-    from ciliary.client.agent import AgentAPIError  # noqa: PLC0415
-
     with agent(_socket(conf)) as client:
         try:
             client.ipam_release(env.owner)
@@ -103,8 +101,8 @@ def cmd_check(conf: NetConf, env: Env) -> None:
     spec.require_version(conf.version, "0.4.0", "CHECK")
     prev = conf.prev_result()
     with agent(_socket(conf)) as client:
-        listing = client.ipam_list()
-    held = {ip_address(a.address) for a in listing.allocations if a.owner == env.owner}
+        allocations = client.ipam_list()
+    held = {ip_address(a["address"]) for a in allocations if a["owner"] == env.owner}
     if not held:
         raise CNIError(
             ErrorCode.AGENT_REFUSED, f"CHECK of {env.owner} failed: it holds no address any more"
@@ -119,25 +117,13 @@ def cmd_check(conf: NetConf, env: Env) -> None:
 
 
 def cmd_gc(conf: NetConf, env: Env) -> None:
-    spec.require_version(conf.version, "1.1.0", "GC")
-    valid = conf.attachments()
-    if valid is None:
-        raise CNIError(
-            ErrorCode.INVALID_CONFIG,
-            f"GC needs {spec.VALID_ATTACHMENTS_KEY} (the attachments to keep) in the config",
-        )
-    keep = {f"{a.containerID}/{a.ifname}" for a in valid}
+    """Only ``ipam-plugin`` allocations go (the agent's ``ipam-plugin`` GC scope): endpoints and
+    their addresses belong to ``ciliary-cni``'s network and its own GC."""
+    req = gc_request(conf, "ipam-plugin")
     with agent(_socket(conf)) as client:
-        stale = sorted(
-            {
-                a.owner
-                for a in client.ipam_list().allocations
-                if a.kind == "ipam-plugin" and a.owner not in keep
-            }
-        )
-        released = [a.address for owner in stale for a in client.ipam_release(owner).allocations]
+        released = client.gc(req)["addresses_released"]
     if released:
-        print(f"{PLUGIN}: GC released {', '.join(released)}", file=sys.stderr)
+        print(f"{PLUGIN}: GC released {', '.join(map(str, released))}", file=sys.stderr)
 
 
 def cmd_status(conf: NetConf, env: Env) -> None:

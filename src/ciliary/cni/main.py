@@ -21,135 +21,145 @@ Failures map to codes a runtime acts on: 11 (agent not running: retry), 100 (the
 its message), 101 (IPAM exhausted), 102 (no such network namespace), 50 (STATUS: not available).
 
 The agent socket is ``/run/ciliary/<node>/agent.sock`` for ``"node"`` in the config, or
-``"agent_socket"`` given explicitly. The HTTP client and the API models are imported only by the
-verbs that talk to the agent, so that VERSION (which runtimes call a lot) starts fast.
+``"agent_socket"`` given explicitly.
+
+Why only the standard library: a runtime execs the plugin for every verb of every pod, and in
+Python the imports are most of an exec's cost (pydantic and httpx alone were ~180 ms of a 200 ms
+ADD). The plugins import ``ciliary.cni.spec`` (hand-checked config and result) and
+``ciliary.cni.agentapi`` (HTTP/1.1 over the agent's unix socket, bodies as plain JSON that the
+agent validates), both stdlib-only; ``tests/unit/cni`` fails if pydantic, httpx, rich or yaml
+creep back into an exec.
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import json
 import os
 import sys
-import traceback
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
 
 from ciliary.cni import spec
+from ciliary.cni.agentapi import (
+    AgentAPIError,
+    AgentClient,
+    AgentClientError,
+    AgentDiscoveryError,
+    AgentPermissionError,
+    AgentUnavailableError,
+    agent_socket_path,
+    node_of,
+)
 from ciliary.cni.spec import (
     DNS,
     CNIError,
-    Env,
     ErrorCode,
     Interface,
     IPConfig,
-    NetConf,
     Result,
     Route,
 )
 
+TYPE_CHECKING = False  # mypy reads it as true: ``typing`` is for the type checker only
 if TYPE_CHECKING:
-    from ciliary.client.agent import AgentClient
+    from collections.abc import Callable, Mapping
+    from types import TracebackType
+    from typing import Any
+
+    from ciliary.cni.spec import Env, NetConf
+
+    Handler = Callable[[NetConf, Env], dict[str, Any] | None]
 
 PLUGIN = "ciliary-cni"
 INTERNAL_ERROR = 199
 """A bug in the plugin itself (an exception we did not expect); the traceback goes to stderr."""
 
-Handler = Callable[[NetConf, Env], dict[str, Any] | None]
-
 DEFAULT_ROUTES = {4: "0.0.0.0/0", 6: "::/0"}
+MAX_CONTAINER_ID = 256
+"""What the agent's ``EndpointCreateRequest`` accepts; longer is the config's fault (error 7)."""
 
 
 # --------------------------------------------------------------------------- the agent
 
 
-def agent_socket(node: str | None, socket: str | None) -> Path:
+def agent_socket(node: str | None, socket: str | None) -> str:
     """Explicit ``agent_socket`` wins; else the socket of the agent of ``node``."""
     if socket:
-        return Path(socket)
+        return socket
     if not node:
         raise CNIError(
             ErrorCode.INVALID_CONFIG,
             'network config names no agent: set "node" (the node whose agent plugs the pod in) '
             'or "agent_socket"',
         )
-    from ciliary.client.agent import AgentDiscoveryError, agent_socket_path  # noqa: PLC0415
-
     try:
         return agent_socket_path(node)
     except AgentDiscoveryError as err:
         raise CNIError(ErrorCode.INVALID_CONFIG, f'network config: "node": {err}') from err
 
 
-def _timed_out(err: BaseException) -> bool:
-    cur: BaseException | None = err
-    while cur is not None:
-        if isinstance(cur, TimeoutError) or "Timeout" in type(cur).__name__:
-            return True
-        cur = cur.__cause__
-    return False
-
-
-@contextlib.contextmanager
-def agent(
-    socket: Path,
-    *,
-    unavailable: int = ErrorCode.TRY_AGAIN_LATER,
-    timeout: float = 30.0,
-) -> Iterator[AgentClient]:
-    """A client of the agent at ``socket``; every client error raised inside the block leaves it
-    as the :class:`CNIError` a runtime understands."""
-    from ciliary.client.agent import (  # noqa: PLC0415
-        AgentAPIError,
-        AgentClient,
-        AgentClientError,
-        AgentPermissionError,
-        AgentUnavailableError,
-    )
-
-    node = socket.parent.name
+def agent_error(err: AgentClientError, socket: str, unavailable: int) -> CNIError:
+    """A client error as the :class:`CNIError` a runtime understands."""
+    node = node_of(socket)
     later = "; try again later" if unavailable == ErrorCode.TRY_AGAIN_LATER else ""
-    try:
-        with AgentClient(socket, timeout=timeout) as client:
-            yield client
-    except AgentPermissionError as err:
-        raise CNIError(
+    if isinstance(err, AgentPermissionError):
+        return CNIError(
             ErrorCode.IO_FAILURE,
             f"permission denied on the ciliary agent socket {socket} (it is root-only)",
             str(err),
-        ) from err
-    except AgentUnavailableError as err:
-        if _timed_out(err):
+        )
+    if isinstance(err, AgentUnavailableError):
+        if err.timed_out:
             msg = f"ciliary agent of node {node} did not answer in time (socket {socket}){later}"
         else:
             msg = f"ciliary agent of node {node} is not running (socket {socket}){later}"
-        raise CNIError(unavailable, msg, str(err)) from err
-    except AgentAPIError as err:
+        return CNIError(unavailable, msg, str(err))
+    if isinstance(err, AgentAPIError):
         details = f"HTTP {err.status}, kind {err.kind}"
         if unavailable == ErrorCode.NOT_AVAILABLE:
-            raise CNIError(
+            return CNIError(
                 unavailable, f"ciliary agent of node {node} is not healthy: {err}", details
-            ) from err
+            )
         if err.kind == "exhausted":
-            raise CNIError(
+            return CNIError(
                 ErrorCode.IPAM_EXHAUSTED, f"no free address on node {node}: {err.message}", details
-            ) from err
+            )
         if err.kind == "netns":
-            raise CNIError(ErrorCode.NETNS_NOT_FOUND, err.message, details) from err
-        raise CNIError(
+            return CNIError(ErrorCode.NETNS_NOT_FOUND, err.message, details)
+        return CNIError(
             ErrorCode.AGENT_REFUSED,
             f"ciliary agent of node {node} refused the request: {err.message}",
             details,
-        ) from err
-    except AgentClientError as err:  # protocol errors: an agent of another version?
-        raise CNIError(ErrorCode.AGENT_REFUSED, str(err)) from err
+        )
+    return CNIError(ErrorCode.AGENT_REFUSED, str(err))  # protocol: an agent of another version?
 
 
-def model_error(err: ValidationError) -> CNIError:
-    return CNIError(ErrorCode.INVALID_CONFIG, f"invalid request: {spec.first_error(err)}")
+class agent:  # noqa: N801 - used as ``with agent(socket) as client``
+    """A client of the agent at ``socket``; every client error raised inside the block leaves it
+    as the :class:`CNIError` a runtime understands (``unavailable``: the code for an agent that
+    cannot be reached, 11 "try again later" or, for STATUS, 50)."""
+
+    def __init__(
+        self,
+        socket: str,
+        *,
+        unavailable: int = ErrorCode.TRY_AGAIN_LATER,
+        timeout: float = 30.0,
+    ) -> None:
+        self.socket = socket
+        self.unavailable = unavailable
+        self.timeout = timeout
+
+    def __enter__(self) -> AgentClient:
+        return AgentClient(self.socket, timeout=self.timeout)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, AgentClientError):
+            raise agent_error(exc, self.socket, self.unavailable) from exc
 
 
 # --------------------------------------------------------------------------- the skeleton
@@ -196,20 +206,16 @@ def run(
     except CNIError as err:
         return 1, err.to_json(spec.error_version(raw))
     except Exception as exc:
+        import traceback  # noqa: PLC0415 - only a bug pays for it
+
         traceback.print_exc(file=sys.stderr)
         bug = CNIError(INTERNAL_ERROR, f"{plugin} failed unexpectedly: {exc!r}")
         return 1, bug.to_json(spec.error_version(raw))
 
 
-def _skip_httpx_cli() -> None:
-    """httpx imports its command-line client (rich, pygments, click: ~70 ms) when installed; a
-    plugin never uses it and runtimes call plugins often, so make that optional import fail."""
-    if "httpx" not in sys.modules:
-        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-
-
 def main_for(handlers: Mapping[str, Handler], plugin: str) -> int:
-    _skip_httpx_cli()
+    """The executable: stdin and environment in, the answer on stdout, the exit code back.
+    (In process, call :func:`run`: this one prepares the interpreter's exit.)"""
     stdin = ""
     if sys.stdin is not None and not sys.stdin.isatty():
         stdin = sys.stdin.buffer.read().decode("utf-8", errors="replace")
@@ -217,19 +223,22 @@ def main_for(handlers: Mapping[str, Handler], plugin: str) -> int:
     if out:
         sys.stdout.write(out + "\n")
         sys.stdout.flush()
+    # The process ends next, and the interpreter's exit would run a full garbage collection over
+    # every object the imports made: ~3 ms of the runtime's wait for a result that is already
+    # written. Frozen objects are left out of it; nothing of ours needs the collector to finalize
+    # it (the socket is closed, stdout flushed, and the exit still flushes and closes as usual).
+    gc.freeze()
     return code
 
 
 # --------------------------------------------------------------------------- the verbs
 
 
-def _socket(conf: NetConf) -> Path:
+def _socket(conf: NetConf) -> str:
     return agent_socket(conf.node, conf.agent_socket)
 
 
 def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
-    from ciliary.core.models import EndpointCreateRequest  # noqa: PLC0415
-
     version = conf.version
     if conf.ipam is not None and conf.ipam.type not in (None, "ciliary-ipam"):
         raise CNIError(
@@ -240,36 +249,39 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
     socket = _socket(conf)
     requested = conf.requested_ips()
     spec.check_netns(env.netns)
-    try:
-        req = EndpointCreateRequest(
-            container_id=env.container_id,
-            netns=env.netns,
-            ifname=env.ifname,
-            pod_name=env.arg("K8S_POD_NAME"),
-            namespace=env.arg("K8S_POD_NAMESPACE") or "default",
-            labels=conf.labels(),
-            ipv4=next((str(a) for a in requested if a.version == 4), None),
-            ipv6=next((str(a) for a in requested if a.version == 6), None),
-            pools=conf.ipam.pools if conf.ipam else None,
-            mtu=conf.mtu,
+    if len(env.container_id) > MAX_CONTAINER_ID:
+        raise CNIError(
+            ErrorCode.INVALID_CONFIG,
+            f"invalid request: container_id: String should have at most {MAX_CONTAINER_ID} "
+            "characters",
         )
-    except ValidationError as err:
-        raise model_error(err) from err
+    req = {  # an EndpointCreateRequest
+        "container_id": env.container_id,
+        "netns": env.netns,
+        "ifname": env.ifname,
+        "pod_name": env.arg("K8S_POD_NAME"),
+        "namespace": env.arg("K8S_POD_NAMESPACE") or "default",
+        "labels": conf.labels(),
+        "ipv4": next((str(a) for a in requested if a.version == 4), None),
+        "ipv6": next((str(a) for a in requested if a.version == 6), None),
+        "pools": conf.ipam.pools if conf.ipam else None,
+        "mtu": conf.mtu,
+    }
     with agent(socket) as client:
         ep = client.create_endpoint(req)
     ips: list[IPConfig] = []
     routes: list[Route] = []
     for family, addr, gateway, plen in (
-        (4, ep.ipv4, ep.ipv4_gateway, 32),
-        (6, ep.ipv6, ep.ipv6_gateway, 128),
+        (4, ep["ipv4"], ep["ipv4_gateway"], 32),
+        (6, ep["ipv6"], ep["ipv6_gateway"], 128),
     ):
         if addr:
             ips.append(IPConfig(address=f"{addr}/{plen}", gateway=gateway, interface=1))
             routes.append(Route(dst=DEFAULT_ROUTES[family], gw=gateway))
     result = Result(
         interfaces=[
-            Interface(name=ep.lxc, mac=ep.node_mac, mtu=ep.mtu),
-            Interface(name=ep.ifname, mac=ep.mac, sandbox=env.netns, mtu=ep.mtu),
+            Interface(name=ep["lxc"], mac=ep["node_mac"], mtu=ep["mtu"]),
+            Interface(name=ep["ifname"], mac=ep["mac"], sandbox=env.netns, mtu=ep["mtu"]),
         ],
         ips=ips,
         routes=routes,
@@ -279,29 +291,31 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
 
 
 def cmd_del(conf: NetConf, env: Env) -> None:
-    from ciliary.client.agent import AgentAPIError  # noqa: PLC0415
-
     with agent(_socket(conf)) as client:
         mine = [
-            ep
+            ep["id"]
             for ep in client.endpoints()
-            if ep.container_id == env.container_id and ep.ifname == env.ifname
+            if ep["container_id"] == env.container_id and ep["ifname"] == env.ifname
         ]
-        for ep in mine:
+        for endpoint_id in mine:
             try:
-                client.delete_endpoint(ep.id)
+                client.delete_endpoint(endpoint_id)
             except AgentAPIError as err:
                 if err.status != 404:  # 404: deleted meanwhile, which is what we wanted
                     raise
         if not mine:
-            # No endpoint: still release addresses a crashed ADD may have left behind.
-            with contextlib.suppress(AgentAPIError):
-                client.ipam_release(env.owner)
+            _release_leftovers(client, env.owner)
+
+
+def _release_leftovers(client: AgentClient, owner: str) -> None:
+    """No endpoint for ``owner``: still release addresses a crashed ADD may have left behind."""
+    try:
+        client.ipam_release(owner)
+    except AgentAPIError:
+        return  # nothing held, or not ours to release: nothing to clean up either way
 
 
 def cmd_check(conf: NetConf, env: Env) -> None:
-    from ciliary.core.models import EndpointCheckRequest  # noqa: PLC0415
-
     spec.require_version(conf.version, "0.4.0", "CHECK")
     prev = conf.prev_result()
     if prev is None:
@@ -310,26 +324,25 @@ def cmd_check(conf: NetConf, env: Env) -> None:
         )
     socket = _socket(conf)
     spec.check_netns(env.netns)
-    req = EndpointCheckRequest(
-        container_id=env.container_id,
-        ifname=env.ifname,
-        netns=env.netns,
-        addresses=prev.sandbox_addresses(env.ifname),
-    )
+    req = {  # an EndpointCheckRequest
+        "container_id": env.container_id,
+        "ifname": env.ifname,
+        "netns": env.netns,
+        "addresses": prev.sandbox_addresses(env.ifname),
+    }
     with agent(socket) as client:
         resp = client.check_endpoint(req)
-    if not resp.ok:
-        problems = "; ".join(resp.problems) or "the agent reports a problem"
+    if not resp["ok"]:
+        problems: list[str] = resp["problems"]
         raise CNIError(
             ErrorCode.AGENT_REFUSED,
-            f"CHECK of {env.owner} failed: {problems}",
-            "\n".join(resp.problems),
+            f"CHECK of {env.owner} failed: {'; '.join(problems) or 'the agent reports a problem'}",
+            "\n".join(problems),
         )
 
 
-def cmd_gc(conf: NetConf, env: Env) -> None:
-    from ciliary.core.models import Attachment, GCRequest  # noqa: PLC0415
-
+def gc_request(conf: NetConf, scope: str) -> dict[str, Any]:
+    """The ``GCRequest`` of a GC: the valid attachments (error 7 when the config has none)."""
     spec.require_version(conf.version, "1.1.0", "GC")
     valid = conf.attachments()
     if valid is None:
@@ -337,20 +350,21 @@ def cmd_gc(conf: NetConf, env: Env) -> None:
             ErrorCode.INVALID_CONFIG,
             f"GC needs {spec.VALID_ATTACHMENTS_KEY} (the attachments to keep) in the config",
         )
-    try:
-        req = GCRequest(
-            valid_attachments=[
-                Attachment(containerID=a.containerID, ifname=a.ifname) for a in valid
-            ]
-        )
-    except ValidationError as err:
-        raise model_error(err) from err
+    return {
+        "valid_attachments": [{"containerID": a.containerID, "ifname": a.ifname} for a in valid],
+        "scope": scope,
+    }
+
+
+def cmd_gc(conf: NetConf, env: Env) -> None:
+    req = gc_request(conf, "endpoints")
     with agent(_socket(conf)) as client:
         resp = client.gc(req)
-    if resp.endpoints_removed or resp.addresses_released:
+    removed, released = resp["endpoints_removed"], resp["addresses_released"]
+    if removed or released:
         print(
-            f"{PLUGIN}: GC removed endpoints {resp.endpoints_removed or '[]'} and released "
-            f"{', '.join(resp.addresses_released) or 'no addresses'}",
+            f"{PLUGIN}: GC removed endpoints {removed or '[]'} and released "
+            f"{', '.join(map(str, released)) or 'no addresses'}",
             file=sys.stderr,
         )
 

@@ -20,7 +20,10 @@ What the spec fixes and we follow (SPEC.md 1.1.0, with its upgrade notes back to
   100 are the spec's, 100+ ours. ``msg`` is always one line a person can act on, ``details`` is
   optional (omitted when empty).
 
-Nothing here talks to the agent or imports an HTTP client: ``VERSION`` must answer fast.
+Nothing here talks to the agent, and nothing here imports more than the standard library: a runtime
+execs a plugin for every verb of every pod, so what it imports is paid each time (pydantic alone
+would cost more than all the rest of an ADD's Python). The config and result are therefore plain
+classes checked by hand, in pydantic's wording.
 """
 
 from __future__ import annotations
@@ -29,10 +32,9 @@ import enum
 import errno
 import fcntl
 import json
+import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -41,9 +43,16 @@ from ipaddress import (
     ip_interface,
     ip_network,
 )
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+# ``typing`` and ``collections.abc`` cost milliseconds a plugin exec cannot spare: they are for
+# the type checker only (mypy reads ``TYPE_CHECKING`` as true whatever it is bound to).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any, Literal, TypeVar
+
+    _T = TypeVar("_T")
+    Loc = tuple[str | int, ...]
 
 SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"
@@ -167,16 +176,31 @@ def require_version(version: str, minimum: str, what: str) -> None:
 # --------------------------------------------------------------------------- environment
 
 
-@dataclass(frozen=True)
 class Env:
     """The ``CNI_*`` variables of one invocation, validated for its command."""
 
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: Mapping[str, str] | None = None
-    path: tuple[str, ...] = ()
+    __slots__ = ("args", "command", "container_id", "ifname", "netns", "path")
+
+    def __init__(
+        self,
+        command: str,
+        *,
+        container_id: str = "",
+        netns: str = "",
+        ifname: str = "",
+        args: Mapping[str, str] | None = None,
+        path: tuple[str, ...] = (),
+    ) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args
+        self.path = path
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Env({fields})"
 
     @property
     def owner(self) -> str:
@@ -262,7 +286,7 @@ def parse_env(environ: Mapping[str, str], command: str | None = None) -> Env:
     if command != "DEL" and not netns:
         raise CNIError(ErrorCode.INVALID_ENV, f"CNI_NETNS is not set (required for {command})")
     ifname = validate_ifname(environ.get("CNI_IFNAME", ""))
-    return Env(command, container_id, netns, ifname, args, path)
+    return Env(command, container_id=container_id, netns=netns, ifname=ifname, args=args, path=path)
 
 
 def check_netns(path: str) -> None:
@@ -308,20 +332,178 @@ def check_netns(path: str) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- validation
+#
+# The spec objects below are plain classes checked by hand rather than pydantic models: a plugin
+# is exec'd once per pod and pydantic alone costs more to import than everything else it does.
+# The checks keep pydantic's (lax) rules and wording, so an error names the field the way it
+# always did: ``<dotted location>: <what is wrong> (+N more)``, the first error in field order.
+
+_MISSING: Any = object()
+_TRUE = frozenset(("1", "on", "t", "true", "y", "yes"))
+_FALSE = frozenset(("0", "off", "f", "false", "n", "no"))
+_INT_STR = re.compile(r"\s*([+-]?[0-9][0-9_]*)(?:\.0*)?\s*")
+
+
+class _Checker:
+    """Collects every problem of one object, each as ``(location, message)``."""
+
+    __slots__ = ("errors",)
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str]] = []
+
+    def fail(self, loc: Loc, msg: str) -> None:
+        self.errors.append((".".join(str(p) for p in loc), msg))
+
+    def summary(self) -> str:
+        loc, msg = self.errors[0]
+        more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        return f"{loc or '<config>'}: {msg}{more}"
+
+    def missing(self, value: object, loc: Loc) -> bool:
+        if value is _MISSING:
+            self.fail(loc, "Field required")
+            return True
+        return False
+
+    def str_(self, value: object, loc: Loc, *, min_length: int = 0) -> str:
+        if self.missing(value, loc):
+            return ""
+        if not isinstance(value, str):
+            self.fail(loc, "Input should be a valid string")
+            return ""
+        if len(value) < min_length:
+            unit = "character" if min_length == 1 else "characters"
+            self.fail(loc, f"String should have at least {min_length} {unit}")
+        return value
+
+    def int_(self, value: object, loc: Loc, *, ge: int | None = None, le: int | None = None) -> int:
+        if self.missing(value, loc):
+            return 0
+        number: int
+        if isinstance(value, int):  # bool included, as pydantic's lax mode has it
+            number = int(value)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                self.fail(loc, "Input should be a finite number")
+                return 0
+            if not value.is_integer():
+                self.fail(
+                    loc, "Input should be a valid integer, got a number with a fractional part"
+                )
+                return 0
+            number = int(value)
+        elif isinstance(value, str):
+            match = _INT_STR.fullmatch(value)
+            try:
+                number = int(match.group(1) if match else value)
+            except ValueError:
+                self.fail(
+                    loc, "Input should be a valid integer, unable to parse string as an integer"
+                )
+                return 0
+        else:
+            self.fail(loc, "Input should be a valid integer")
+            return 0
+        if ge is not None and number < ge:
+            self.fail(loc, f"Input should be greater than or equal to {ge}")
+        elif le is not None and number > le:
+            self.fail(loc, f"Input should be less than or equal to {le}")
+        return number
+
+    def bool_(self, value: object, loc: Loc) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | float) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, int | str) or (isinstance(value, float) and value.is_integer()):
+            text = value.lower() if isinstance(value, str) else ""
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            self.fail(loc, "Input should be a valid boolean, unable to interpret input")
+            return False
+        self.fail(loc, "Input should be a valid boolean")
+        return False
+
+    def literal(self, value: object, loc: Loc, allowed: tuple[str, ...]) -> str:
+        if isinstance(value, str) and value in allowed:
+            return value
+        self.fail(loc, "Input should be " + " or ".join(repr(a) for a in allowed))
+        return allowed[0]
+
+    def list_(self, value: object, loc: Loc, item: Callable[[object, Loc], _T]) -> list[_T]:
+        if self.missing(value, loc):
+            return []
+        if not isinstance(value, list):
+            self.fail(loc, "Input should be a valid list")
+            return []
+        return [item(v, (*loc, i)) for i, v in enumerate(value)]
+
+    def str_list(self, value: object, loc: Loc) -> list[str]:
+        return self.list_(value, loc, self.str_)
+
+    def dict_(self, value: object, loc: Loc) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        self.fail(loc, "Input should be a valid dictionary")
+        return {}
+
+    def model(
+        self,
+        value: object,
+        loc: Loc,
+        check: Callable[[Mapping[str, Any], Loc, _Checker], _T],
+        name: str,
+    ) -> _T:
+        if self.missing(value, loc):
+            return check({}, loc, _Checker())
+        if not isinstance(value, dict):
+            self.fail(loc, f"Input should be a valid dictionary or instance of {name}")
+            return check({}, loc, _Checker())  # a placeholder: this object is invalid anyway
+        return check(value, loc, self)
+
+    def optional(self, value: object, check: Callable[[object], _T]) -> _T | None:
+        """``X | None``: null (or absent, for fields that default to None) is None."""
+        return None if value is None else check(value)
+
+
+class _Spec:
+    """A spec object: attributes named as the spec spells its keys."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
 # --------------------------------------------------------------------------- the result
 
 
-class _Loose(BaseModel):
-    """Spec objects: unknown keys tolerated (runtimes and other plugins add their own)."""
+class DNS(_Spec):
+    __slots__ = ("domain", "nameservers", "options", "search")
 
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True, defer_build=True)
+    def __init__(
+        self,
+        nameservers: Sequence[str] = (),
+        domain: str | None = None,
+        search: Sequence[str] = (),
+        options: Sequence[str] = (),
+    ) -> None:
+        self.nameservers = list(nameservers)
+        self.domain = domain
+        self.search = list(search)
+        self.options = list(options)
 
-
-class DNS(_Loose):
-    nameservers: list[str] = Field(default_factory=list)
-    domain: str | None = None
-    search: list[str] = Field(default_factory=list)
-    options: list[str] = Field(default_factory=list)
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> DNS:
+        return cls(
+            nameservers=ck.str_list(data.get("nameservers", []), (*loc, "nameservers")),
+            domain=ck.optional(data.get("domain"), lambda v: ck.str_(v, (*loc, "domain"))),
+            search=ck.str_list(data.get("search", []), (*loc, "search")),
+            options=ck.str_list(data.get("options", []), (*loc, "options")),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -336,43 +518,83 @@ class DNS(_Loose):
         return out
 
 
-class Interface(_Loose):
-    name: str = Field(min_length=1)
-    mac: str | None = None
-    sandbox: str | None = None
-    mtu: int | None = Field(default=None, ge=0)
-    socketPath: str | None = None  # noqa: N815 - the spec's spelling
-    pciID: str | None = None  # noqa: N815
+class Interface(_Spec):
+    __slots__ = ("mac", "mtu", "name", "pciID", "sandbox", "socketPath")
 
+    def __init__(
+        self,
+        name: str,
+        *,
+        mac: str | None = None,
+        sandbox: str | None = None,
+        mtu: int | None = None,
+        socketPath: str | None = None,  # noqa: N803 - the spec's spelling
+        pciID: str | None = None,  # noqa: N803
+    ) -> None:
+        self.name = name
+        self.mac = mac
+        self.sandbox = sandbox
+        self.mtu = mtu
+        self.socketPath = socketPath
+        self.pciID = pciID
 
-class IPConfig(_Loose):
-    address: str
-    gateway: str | None = None
-    interface: int | None = Field(default=None, ge=0)
-    version: Literal["4", "6"] | None = Field(
-        default=None, description="0.3.x/0.4.0 only; derived from the address when written"
-    )
-
-    @field_validator("address")
     @classmethod
-    def _cidr(cls, value: str) -> str:
-        try:
-            iface = ip_interface(value)
-        except ValueError as err:
-            raise ValueError(f"{value!r} is not an address in CIDR notation") from err
-        if "/" not in value:
-            raise ValueError(f"{value!r} has no prefix length (want CIDR notation)")
-        return str(iface)
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Interface:
+        def opt_str(key: str) -> str | None:
+            return ck.optional(data.get(key), lambda v: ck.str_(v, (*loc, key)))
 
-    @field_validator("gateway")
+        return cls(
+            name=ck.str_(data.get("name", _MISSING), (*loc, "name"), min_length=1),
+            mac=opt_str("mac"),
+            sandbox=opt_str("sandbox"),
+            mtu=ck.optional(data.get("mtu"), lambda v: ck.int_(v, (*loc, "mtu"), ge=0)),
+            socketPath=opt_str("socketPath"),
+            pciID=opt_str("pciID"),
+        )
+
+
+class IPConfig(_Spec):
+    __slots__ = ("address", "gateway", "interface", "version")
+
+    def __init__(
+        self,
+        address: str,
+        gateway: str | None = None,
+        interface: int | None = None,
+        version: Literal["4", "6"] | None = None,
+    ) -> None:
+        self.address = address
+        self.gateway = gateway
+        self.interface = interface
+        self.version = version  # 0.3.x/0.4.0 only; derived from the address when written
+
     @classmethod
-    def _gateway(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return str(ip_address(value))
-        except ValueError as err:
-            raise ValueError(f"gateway {value!r} is not an IP address") from err
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> IPConfig:
+        address = ck.str_(data.get("address", _MISSING), (*loc, "address"))
+        if isinstance(data.get("address"), str):
+            try:
+                iface = ip_interface(address)
+            except ValueError:
+                ck.fail((*loc, "address"), f"{address!r} is not an address in CIDR notation")
+            else:
+                if "/" not in address:
+                    ck.fail(
+                        (*loc, "address"), f"{address!r} has no prefix length (want CIDR notation)"
+                    )
+                address = str(iface)
+        gateway = ck.optional(data.get("gateway"), lambda v: ck.str_(v, (*loc, "gateway")))
+        if gateway is not None and isinstance(data.get("gateway"), str):
+            try:
+                gateway = str(ip_address(gateway))
+            except ValueError:
+                ck.fail((*loc, "gateway"), f"gateway {gateway!r} is not an IP address")
+        interface = ck.optional(
+            data.get("interface"), lambda v: ck.int_(v, (*loc, "interface"), ge=0)
+        )
+        version = ck.optional(
+            data.get("version"), lambda v: ck.literal(v, (*loc, "version"), ("4", "6"))
+        )
+        return cls(address, gateway, interface, version)  # type: ignore[arg-type]
 
     @property
     def family(self) -> Literal[4, 6]:
@@ -383,22 +605,49 @@ class IPConfig(_Loose):
         return ip_interface(self.address).ip
 
 
-class Route(_Loose):
-    dst: str
-    gw: str | None = None
-    mtu: int | None = Field(default=None, ge=0)
-    advmss: int | None = Field(default=None, ge=0)
-    priority: int | None = Field(default=None, ge=0)
-    table: int | None = Field(default=None, ge=0)
-    scope: int | None = Field(default=None, ge=0)
+class Route(_Spec):
+    __slots__ = ("advmss", "dst", "gw", "mtu", "priority", "scope", "table")
 
-    @field_validator("dst")
+    def __init__(
+        self,
+        dst: str,
+        *,
+        gw: str | None = None,
+        mtu: int | None = None,
+        advmss: int | None = None,
+        priority: int | None = None,
+        table: int | None = None,
+        scope: int | None = None,
+    ) -> None:
+        self.dst = dst
+        self.gw = gw
+        self.mtu = mtu
+        self.advmss = advmss
+        self.priority = priority
+        self.table = table
+        self.scope = scope
+
     @classmethod
-    def _dst(cls, value: str) -> str:
-        try:
-            return str(ip_network(value, strict=False))
-        except ValueError as err:
-            raise ValueError(f"route dst {value!r} is not a CIDR") from err
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Route:
+        dst = ck.str_(data.get("dst", _MISSING), (*loc, "dst"))
+        if isinstance(data.get("dst"), str):
+            try:
+                dst = str(ip_network(dst, strict=False))
+            except ValueError:
+                ck.fail((*loc, "dst"), f"route dst {dst!r} is not a CIDR")
+
+        def opt_int(key: str) -> int | None:
+            return ck.optional(data.get(key), lambda v: ck.int_(v, (*loc, key), ge=0))
+
+        return cls(
+            dst=dst,
+            gw=ck.optional(data.get("gw"), lambda v: ck.str_(v, (*loc, "gw"))),
+            mtu=opt_int("mtu"),
+            advmss=opt_int("advmss"),
+            priority=opt_int("priority"),
+            table=opt_int("table"),
+            scope=opt_int("scope"),
+        )
 
 
 _IFACE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -415,14 +664,41 @@ _ROUTE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class Result(_Loose):
+class Result(_Spec):
     """A plugin's ADD result, version-neutral; :meth:`to_version` writes it for one version."""
 
-    cniVersion: str = CURRENT_VERSION  # noqa: N815
-    interfaces: list[Interface] = Field(default_factory=list)
-    ips: list[IPConfig] = Field(default_factory=list)
-    routes: list[Route] = Field(default_factory=list)
-    dns: DNS = Field(default_factory=DNS)
+    __slots__ = ("cniVersion", "dns", "interfaces", "ips", "routes")
+
+    def __init__(
+        self,
+        cniVersion: str = CURRENT_VERSION,  # noqa: N803
+        interfaces: Sequence[Interface] = (),
+        ips: Sequence[IPConfig] = (),
+        routes: Sequence[Route] = (),
+        dns: DNS | None = None,
+    ) -> None:
+        self.cniVersion = cniVersion
+        self.interfaces = list(interfaces)
+        self.ips = list(ips)
+        self.routes = list(routes)
+        self.dns = dns if dns is not None else DNS()
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Result:
+        def items(
+            key: str, check: Callable[[Mapping[str, Any], Loc, _Checker], _T], name: str
+        ) -> list[_T]:
+            return ck.list_(
+                data.get(key, []), (*loc, key), lambda v, at: ck.model(v, at, check, name)
+            )
+
+        return cls(
+            cniVersion=ck.str_(data.get("cniVersion", CURRENT_VERSION), (*loc, "cniVersion")),
+            interfaces=items("interfaces", Interface.check, "Interface"),
+            ips=items("ips", IPConfig.check, "IPConfig"),
+            routes=items("routes", Route.check, "Route"),
+            dns=ck.model(data.get("dns", {}), (*loc, "dns"), DNS.check, "DNS"),
+        )
 
     @classmethod
     def parse(cls, data: object, version: str | None = None) -> Result:
@@ -432,12 +708,10 @@ class Result(_Loose):
             raise CNIError(ErrorCode.INVALID_CONFIG, "a CNI result must be a JSON object")
         version = str(data.get("cniVersion") or version or CURRENT_VERSION)
         check_supported(version)
-        try:
-            result = cls.model_validate({**data, "cniVersion": version})
-        except ValidationError as err:
-            raise CNIError(
-                ErrorCode.INVALID_CONFIG, f"invalid CNI result: {first_error(err)}"
-            ) from err
+        ck = _Checker()
+        result = cls.check({**data, "cniVersion": version}, (), ck)
+        if ck.errors:
+            raise CNIError(ErrorCode.INVALID_CONFIG, f"invalid CNI result: {ck.summary()}")
         for index, ipc in enumerate(result.ips):
             if ipc.version is not None and int(ipc.version) != ipc.family:
                 raise CNIError(
@@ -490,7 +764,7 @@ class Result(_Loose):
         return out
 
 
-def _pick(model: BaseModel, fields: Iterable[str]) -> dict[str, Any]:
+def _pick(model: _Spec, fields: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in fields:
         value = getattr(model, name)
@@ -507,90 +781,351 @@ def convert_result(data: object, version: str, *, ipam: bool = False) -> dict[st
 # --------------------------------------------------------------------------- network config
 
 
-class Label(_Loose):
-    key: str
-    value: str
+class Label(_Spec):
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key = key
+        self.value = value
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Label:
+        return cls(
+            key=ck.str_(data.get("key", _MISSING), (*loc, "key")),
+            value=ck.str_(data.get("value", _MISSING), (*loc, "value")),
+        )
 
 
-class CNIConventionArgs(_Loose):
+class CNIConventionArgs(_Spec):
     """``args.cni`` (CONVENTIONS.md): labels and requested IPs passed by the runtime."""
 
-    labels: list[Label] = Field(default_factory=list)
-    ips: list[str] = Field(default_factory=list)
+    __slots__ = ("ips", "labels")
+
+    def __init__(self, labels: Sequence[Label] = (), ips: Sequence[str] = ()) -> None:
+        self.labels = list(labels)
+        self.ips = list(ips)
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> CNIConventionArgs:
+        return cls(
+            labels=ck.list_(
+                data.get("labels", []),
+                (*loc, "labels"),
+                lambda v, at: ck.model(v, at, Label.check, "Label"),
+            ),
+            ips=ck.str_list(data.get("ips", []), (*loc, "ips")),
+        )
 
 
-class Args(_Loose):
-    cni: CNIConventionArgs | None = None
+class Args(_Spec):
+    __slots__ = ("cni",)
+
+    def __init__(self, cni: CNIConventionArgs | None = None) -> None:
+        self.cni = cni
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Args:
+        at = (*loc, "cni")
+        return cls(
+            cni=ck.optional(
+                data.get("cni"),
+                lambda v: ck.model(v, at, CNIConventionArgs.check, "CNIConventionArgs"),
+            )
+        )
 
 
-class PortMapping(_Loose):
-    hostPort: int = Field(ge=0, le=65535)  # noqa: N815
-    containerPort: int = Field(ge=0, le=65535)  # noqa: N815
-    protocol: str = "tcp"
-    hostIP: str | None = None  # noqa: N815
+class PortMapping(_Spec):
+    __slots__ = ("containerPort", "hostIP", "hostPort", "protocol")
+
+    def __init__(
+        self,
+        hostPort: int,  # noqa: N803 - the spec's spelling
+        containerPort: int,  # noqa: N803
+        protocol: str = "tcp",
+        hostIP: str | None = None,  # noqa: N803
+    ) -> None:
+        self.hostPort = hostPort
+        self.containerPort = containerPort
+        self.protocol = protocol
+        self.hostIP = hostIP
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> PortMapping:
+        def port(key: str) -> int:
+            return ck.int_(data.get(key, _MISSING), (*loc, key), ge=0, le=65535)
+
+        return cls(
+            hostPort=port("hostPort"),
+            containerPort=port("containerPort"),
+            protocol=ck.str_(data.get("protocol", "tcp"), (*loc, "protocol")),
+            hostIP=ck.optional(data.get("hostIP"), lambda v: ck.str_(v, (*loc, "hostIP"))),
+        )
 
 
-class Bandwidth(_Loose):
-    ingressRate: int | None = Field(default=None, ge=0)  # noqa: N815
-    ingressBurst: int | None = Field(default=None, ge=0)  # noqa: N815
-    egressRate: int | None = Field(default=None, ge=0)  # noqa: N815
-    egressBurst: int | None = Field(default=None, ge=0)  # noqa: N815
+class Bandwidth(_Spec):
+    __slots__ = ("egressBurst", "egressRate", "ingressBurst", "ingressRate")
+
+    def __init__(
+        self,
+        ingressRate: int | None = None,  # noqa: N803 - the spec's spelling
+        ingressBurst: int | None = None,  # noqa: N803
+        egressRate: int | None = None,  # noqa: N803
+        egressBurst: int | None = None,  # noqa: N803
+    ) -> None:
+        self.ingressRate = ingressRate
+        self.ingressBurst = ingressBurst
+        self.egressRate = egressRate
+        self.egressBurst = egressBurst
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Bandwidth:
+        def rate(key: str) -> int | None:
+            return ck.optional(data.get(key), lambda v: ck.int_(v, (*loc, key), ge=0))
+
+        return cls(
+            ingressRate=rate("ingressRate"),
+            ingressBurst=rate("ingressBurst"),
+            egressRate=rate("egressRate"),
+            egressBurst=rate("egressBurst"),
+        )
 
 
-class RuntimeConfig(_Loose):
+class RuntimeConfig(_Spec):
     """``runtimeConfig``: the capabilities a runtime fills in. ``ips`` we use; ``portMappings``
     and ``bandwidth`` are for chained plugins and only checked for shape."""
 
-    ips: list[str] = Field(default_factory=list)
-    portMappings: list[PortMapping] = Field(default_factory=list)  # noqa: N815
-    bandwidth: Bandwidth | None = None
+    __slots__ = ("bandwidth", "ips", "portMappings")
 
+    def __init__(
+        self,
+        ips: Sequence[str] = (),
+        portMappings: Sequence[PortMapping] = (),  # noqa: N803 - the spec's spelling
+        bandwidth: Bandwidth | None = None,
+    ) -> None:
+        self.ips = list(ips)
+        self.portMappings = list(portMappings)
+        self.bandwidth = bandwidth
 
-class IPAMConfig(_Loose):
-    type: str | None = None
-    node: str | None = None
-    agent_socket: str | None = None
-    pools: list[str] | None = None
-    routes: list[Route] | None = None
-    dns: DNS | None = None
-
-
-class Attachment(_Loose):
-    containerID: str = Field(min_length=1)  # noqa: N815
-    ifname: str = Field(min_length=1)
-
-
-class NetConf(_Loose):
-    """One plugin's network configuration (what the runtime writes on our stdin)."""
-
-    cniVersion: str  # noqa: N815
-    cniVersions: list[str] | None = None  # noqa: N815
-    name: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    args: Args | None = None
-    runtimeConfig: RuntimeConfig = Field(default_factory=RuntimeConfig)  # noqa: N815
-    prevResult: dict[str, Any] | None = None  # noqa: N815
-    dns: DNS | None = None
-    capabilities: dict[str, bool] | None = None
-    # ours
-    node: str | None = None
-    agent_socket: str | None = None
-    mtu: int | None = Field(default=None, ge=576, le=65535)
-    ipam: IPAMConfig | None = None
-    # GC (1.1.0), and its pre-release spelling that libcni also injects
-    valid_attachments: list[Attachment] | None = Field(
-        default=None, alias="cni.dev/valid-attachments"
-    )
-    legacy_attachments: list[Attachment] | None = Field(default=None, alias="cni.dev/attachments")
-
-    @field_validator("name")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not NETWORK_NAME_RE.match(value):
-            raise ValueError(
-                "must start with a letter or digit followed by letters, digits, '_', '.' or '-'"
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> RuntimeConfig:
+        at = (*loc, "bandwidth")
+        return cls(
+            ips=ck.str_list(data.get("ips", []), (*loc, "ips")),
+            portMappings=ck.list_(
+                data.get("portMappings", []),
+                (*loc, "portMappings"),
+                lambda v, i: ck.model(v, i, PortMapping.check, "PortMapping"),
+            ),
+            bandwidth=ck.optional(
+                data.get("bandwidth"), lambda v: ck.model(v, at, Bandwidth.check, "Bandwidth")
+            ),
+        )
+
+
+class IPAMConfig(_Spec):
+    __slots__ = ("agent_socket", "dns", "node", "pools", "routes", "type")
+
+    def __init__(
+        self,
+        *,
+        type: str | None = None,
+        node: str | None = None,
+        agent_socket: str | None = None,
+        pools: list[str] | None = None,
+        routes: list[Route] | None = None,
+        dns: DNS | None = None,
+    ) -> None:
+        self.type = type
+        self.node = node
+        self.agent_socket = agent_socket
+        self.pools = pools
+        self.routes = routes
+        self.dns = dns
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> IPAMConfig:
+        def opt_str(key: str) -> str | None:
+            return ck.optional(data.get(key), lambda v: ck.str_(v, (*loc, key)))
+
+        routes_at, dns_at = (*loc, "routes"), (*loc, "dns")
+        return cls(
+            type=opt_str("type"),
+            node=opt_str("node"),
+            agent_socket=opt_str("agent_socket"),
+            pools=ck.optional(data.get("pools"), lambda v: ck.str_list(v, (*loc, "pools"))),
+            routes=ck.optional(
+                data.get("routes"),
+                lambda v: ck.list_(
+                    v, routes_at, lambda r, at: ck.model(r, at, Route.check, "Route")
+                ),
+            ),
+            dns=ck.optional(data.get("dns"), lambda v: ck.model(v, dns_at, DNS.check, "DNS")),
+        )
+
+
+class Attachment(_Spec):
+    __slots__ = ("containerID", "ifname")
+
+    def __init__(self, containerID: str, ifname: str) -> None:  # noqa: N803 - the spec's spelling
+        self.containerID = containerID
+        self.ifname = ifname
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Attachment:
+        return cls(
+            containerID=ck.str_(
+                data.get("containerID", _MISSING), (*loc, "containerID"), min_length=1
+            ),
+            ifname=ck.str_(data.get("ifname", _MISSING), (*loc, "ifname"), min_length=1),
+        )
+
+
+_NETCONF_KEYS = frozenset((
+    "cniVersion", "cniVersions", "name", "type", "args", "runtimeConfig", "prevResult", "dns",
+    "capabilities", "node", "agent_socket", "mtu", "ipam", VALID_ATTACHMENTS_KEY,
+    LEGACY_ATTACHMENTS_KEY,
+))  # fmt: skip
+# The attachment lists may also be given by their attribute names (unless their keys are there).
+_ATTACHMENT_FIELDS = {
+    "valid_attachments": VALID_ATTACHMENTS_KEY,
+    "legacy_attachments": LEGACY_ATTACHMENTS_KEY,
+}
+
+
+class NetConf(_Spec):
+    """One plugin's network configuration (what the runtime writes on our stdin).
+
+    Keys we do not know are kept in :attr:`extra` (runtimes and other plugins add their own)."""
+
+    __slots__ = (
+        "agent_socket",
+        "args",
+        "capabilities",
+        "cniVersion",
+        "cniVersions",
+        "dns",
+        "extra",
+        "ipam",
+        "legacy_attachments",
+        "mtu",
+        "name",
+        "node",
+        "prevResult",
+        "runtimeConfig",
+        "type",
+        "valid_attachments",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        cniVersion: str,  # noqa: N803 - the spec's spelling
+        name: str,
+        type: str,
+        *,
+        cniVersions: list[str] | None = None,  # noqa: N803
+        args: Args | None = None,
+        runtimeConfig: RuntimeConfig | None = None,  # noqa: N803
+        prevResult: dict[str, Any] | None = None,  # noqa: N803
+        dns: DNS | None = None,
+        capabilities: dict[str, bool] | None = None,
+        node: str | None = None,
+        agent_socket: str | None = None,
+        mtu: int | None = None,
+        ipam: IPAMConfig | None = None,
+        valid_attachments: list[Attachment] | None = None,
+        legacy_attachments: list[Attachment] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.cniVersion = cniVersion
+        self.cniVersions = cniVersions
+        self.name = name
+        self.type = type
+        self.args = args
+        self.runtimeConfig = runtimeConfig if runtimeConfig is not None else RuntimeConfig()
+        self.prevResult = prevResult
+        self.dns = dns
+        self.capabilities = capabilities
+        # ours
+        self.node = node
+        self.agent_socket = agent_socket
+        self.mtu = mtu
+        self.ipam = ipam
+        # GC (1.1.0), and its pre-release spelling that libcni also injects
+        self.valid_attachments = valid_attachments
+        self.legacy_attachments = legacy_attachments
+        self.extra: dict[str, Any] = extra or {}
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> NetConf:
+        def opt_str(key: str) -> str | None:
+            return ck.optional(data.get(key), lambda v: ck.str_(v, (*loc, key)))
+
+        def opt_model(
+            key: str, check: Callable[[Mapping[str, Any], Loc, _Checker], _T], name: str
+        ) -> _T | None:
+            return ck.optional(data.get(key), lambda v: ck.model(v, (*loc, key), check, name))
+
+        def attachments(alias: str, field: str) -> list[Attachment] | None:
+            key = alias if alias in data else field
+            return ck.optional(
+                data.get(key),
+                lambda v: ck.list_(
+                    v, (*loc, key), lambda a, at: ck.model(a, at, Attachment.check, "Attachment")
+                ),
             )
-        return value
+
+        def capabilities(value: object) -> dict[str, bool]:
+            caps = ck.dict_(value, (*loc, "capabilities"))
+            return {k: ck.bool_(v, (*loc, "capabilities", k)) for k, v in caps.items()}
+
+        cni_version = ck.str_(data.get("cniVersion", _MISSING), (*loc, "cniVersion"))
+        cni_versions = ck.optional(
+            data.get("cniVersions"), lambda v: ck.str_list(v, (*loc, "cniVersions"))
+        )
+        name = ck.str_(data.get("name", _MISSING), (*loc, "name"), min_length=1)
+        if name and not NETWORK_NAME_RE.match(name):
+            ck.fail(
+                (*loc, "name"),
+                "must start with a letter or digit followed by letters, digits, '_', '.' or '-'",
+            )
+        return cls(
+            cni_version,
+            name,
+            ck.str_(data.get("type", _MISSING), (*loc, "type"), min_length=1),
+            cniVersions=cni_versions,
+            args=opt_model("args", Args.check, "Args"),
+            runtimeConfig=ck.model(
+                data.get("runtimeConfig", {}),
+                (*loc, "runtimeConfig"),
+                RuntimeConfig.check,
+                "RuntimeConfig",
+            ),
+            prevResult=ck.optional(
+                data.get("prevResult"), lambda v: ck.dict_(v, (*loc, "prevResult"))
+            ),
+            dns=opt_model("dns", DNS.check, "DNS"),
+            capabilities=ck.optional(data.get("capabilities"), capabilities),
+            node=opt_str("node"),
+            agent_socket=opt_str("agent_socket"),
+            mtu=ck.optional(data.get("mtu"), lambda v: ck.int_(v, (*loc, "mtu"), ge=576, le=65535)),
+            ipam=opt_model("ipam", IPAMConfig.check, "IPAMConfig"),
+            valid_attachments=attachments(VALID_ATTACHMENTS_KEY, "valid_attachments"),
+            legacy_attachments=attachments(LEGACY_ATTACHMENTS_KEY, "legacy_attachments"),
+            extra={
+                k: v
+                for k, v in data.items()
+                if k not in _NETCONF_KEYS and _ATTACHMENT_FIELDS.get(k, k) in data
+            },
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetConf:
+        """The config, or error 7 naming the first field that is wrong."""
+        ck = _Checker()
+        conf = cls.check(data, (), ck)
+        if ck.errors:
+            raise CNIError(ErrorCode.INVALID_CONFIG, f"invalid network config: {ck.summary()}")
+        return conf
 
     @property
     def version(self) -> str:
@@ -654,12 +1189,7 @@ def parse_config(data: Mapping[str, Any]) -> NetConf:
     """Version first (error 1 before any other complaint, as the spec orders it), then shape
     (error 7 naming the field)."""
     negotiate(data.get("cniVersion"), _str_list(data.get("cniVersions")))
-    try:
-        return NetConf.model_validate(dict(data))
-    except ValidationError as err:
-        raise CNIError(
-            ErrorCode.INVALID_CONFIG, f"invalid network config: {first_error(err)}"
-        ) from err
+    return NetConf.from_dict(data)
 
 
 def error_version(data: Mapping[str, Any] | None) -> str:
@@ -674,14 +1204,3 @@ def _str_list(value: object) -> list[str] | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
     return None
-
-
-def first_error(err: ValidationError) -> str:
-    errors = err.errors()
-    if not errors:  # pragma: no cover - pydantic always reports one
-        return str(err).splitlines()[0]
-    first = errors[0]
-    loc = ".".join(str(p) for p in first.get("loc", ())) or "<config>"
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{loc}: {msg}{more}"

@@ -333,7 +333,7 @@ def test_decode_config_errors() -> None:
 def test_config_basics() -> None:
     conf = parse_config({**CONF, "somePluginKey": {"x": 1}, "mtu": 9000})
     assert (conf.version, conf.node, conf.mtu) == ("1.0.0", "n1", 9000)
-    assert conf.model_extra == {"somePluginKey": {"x": 1}}
+    assert conf.extra == {"somePluginKey": {"x": 1}}
     assert conf.prev_result() is None and conf.attachments() is None
     assert conf.labels() == {} and conf.requested_ips() == []
 
@@ -348,6 +348,88 @@ def test_config_errors() -> None:
     assert "portMappings" in config_error(7, runtimeConfig={"portMappings": [{}]}).msg
     assert "args.cni.labels" in config_error(7, args={"cni": {"labels": [{"k": 1}]}}).msg
     assert "prevResult" in config_error(7, prevResult=[]).msg
+
+
+# Each message as the pydantic models that used to check the config worded it (recorded from
+# them); the hand-written checks of ``spec`` keep the wording, the field order and the count.
+PYDANTIC_WORDED = [
+    ({"name": None}, "name: Input should be a valid string"),
+    ({"name": ""}, "name: String should have at least 1 character"),
+    ({"name": "-x"}, "name: must start with a letter or digit followed by letters, digits, '_', "
+                     "'.' or '-'"),
+    ({"type": 5}, "type: Input should be a valid string"),
+    ({"mtu": 100}, "mtu: Input should be greater than or equal to 576"),
+    ({"mtu": 70000}, "mtu: Input should be less than or equal to 65535"),
+    ({"mtu": 1500.5}, "mtu: Input should be a valid integer, got a number with a fractional part"),
+    ({"mtu": "lots"}, "mtu: Input should be a valid integer, unable to parse string as an integer"),
+    ({"mtu": [1]}, "mtu: Input should be a valid integer"),
+    ({"mtu": float("inf")}, "mtu: Input should be a finite number"),
+    ({"node": 7}, "node: Input should be a valid string"),
+    ({"cniVersions": "1.0.0"}, "cniVersions: Input should be a valid list"),
+    ({"args": []}, "args: Input should be a valid dictionary or instance of Args"),
+    ({"args": {"cni": {"labels": [{"k": 1}]}}}, "args.cni.labels.0.key: Field required (+1 more)"),
+    ({"args": {"cni": {"ips": [1, 2]}}},
+     "args.cni.ips.0: Input should be a valid string (+1 more)"),
+    ({"runtimeConfig": None},
+     "runtimeConfig: Input should be a valid dictionary or instance of RuntimeConfig"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 70000, "containerPort": -1}]}},
+     "runtimeConfig.portMappings.0.hostPort: Input should be less than or equal to 65535 "
+     "(+1 more)"),
+    ({"runtimeConfig": {"bandwidth": {"ingressRate": -5}}},
+     "runtimeConfig.bandwidth.ingressRate: Input should be greater than or equal to 0"),
+    ({"capabilities": {"ips": "maybe", "portMappings": 2.5}},
+     "capabilities.ips: Input should be a valid boolean, unable to interpret input (+1 more)"),
+    ({"dns": {"nameservers": "10.0.0.1"}}, "dns.nameservers: Input should be a valid list"),
+    ({"ipam": {"routes": [{"dst": "default"}]}},
+     "ipam.routes.0.dst: route dst 'default' is not a CIDR"),
+    ({"ipam": {"pools": [None]}}, "ipam.pools.0: Input should be a valid string"),
+    ({"cni.dev/valid-attachments": [{"containerID": "", "ifname": "eth0"}]},
+     "cni.dev/valid-attachments.0.containerID: String should have at least 1 character"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("changes", "msg"), PYDANTIC_WORDED)
+def test_config_errors_keep_their_wording(changes: dict[str, Any], msg: str) -> None:
+    assert config_error(7, **changes).msg == f"invalid network config: {msg}"
+
+
+@pytest.mark.parametrize(
+    ("prev", "msg"),
+    [
+        ({"ips": [{"address": "10.0.0.1", "interface": -1}]},
+         "ips.0.address: '10.0.0.1' has no prefix length (want CIDR notation) (+1 more)"),
+        ({"interfaces": [{"name": "eth0", "mtu": "x"}], "routes": [{"gw": "1.2.3.4"}]},
+         "interfaces.0.mtu: Input should be a valid integer, unable to parse string as an "
+         "integer (+1 more)"),
+    ],
+)  # fmt: skip
+def test_result_errors_keep_their_wording(prev: dict[str, Any], msg: str) -> None:
+    with pytest.raises(CNIError) as exc:
+        Result.parse(prev, "1.0.0")
+    assert (codes(exc), exc.value.msg) == (7, f"invalid CNI result: {msg}")
+
+
+def test_lax_values_are_taken_as_before() -> None:
+    """What pydantic's lax mode accepted is still accepted, converted the same way."""
+    conf = parse_config({
+        **CONF, "mtu": " 9_000 ", "capabilities": {"ips": "yes", "portMappings": 0},
+        "runtimeConfig": {"portMappings": [{"hostPort": 80.0, "containerPort": True}]},
+    })  # fmt: skip
+    assert conf.mtu == 9000 and conf.capabilities == {"ips": True, "portMappings": False}
+    mapping = conf.runtimeConfig.portMappings[0]
+    assert (mapping.hostPort, mapping.containerPort, mapping.protocol) == (80, 1, "tcp")
+    prev = Result.parse({"ips": [{"address": "fd00:0::5/64", "gateway": "fd00:0::1"}],
+                         "routes": [{"dst": "10.1.2.3/8"}]})  # fmt: skip
+    assert (prev.ips[0].address, prev.ips[0].gateway) == ("fd00::5/64", "fd00::1")
+    assert prev.routes[0].dst == "10.0.0.0/8"
+
+
+def test_unknown_keys_are_kept_apart() -> None:
+    att = [{"containerID": "c1", "ifname": "eth0"}]
+    conf = parse_config({**CONF, "valid_attachments": att, "x": 1})  # by attribute name
+    assert conf.extra == {"x": 1} and conf.attachments() is not None
+    both = parse_config({**CONF, "cni.dev/valid-attachments": [], "valid_attachments": att})
+    assert both.attachments() == [] and both.extra == {"valid_attachments": att}
 
 
 def test_cni_versions_list_is_negotiated() -> None:
@@ -391,7 +473,7 @@ def test_gc_attachments_and_legacy_key() -> None:
 
 def test_prev_result_is_parsed_in_the_configs_version() -> None:
     prev = convert_result(FULL, "0.4.0")
-    conf = NetConf.model_validate({**CONF, "cniVersion": "0.4.0", "prevResult": prev})
+    conf = NetConf.from_dict({**CONF, "cniVersion": "0.4.0", "prevResult": prev})
     parsed = conf.prev_result()
     assert parsed is not None and [ip.family for ip in parsed.ips] == [4, 6]
 
