@@ -204,7 +204,9 @@ class EndpointManager:
                 )
             except IPAMError as err:
                 status = 409 if err.kind in ("exhausted", "conflict") else 400
-                raise EndpointError(str(err), status, "exhausted" if err.kind == "exhausted" else "ipam") from err
+                raise EndpointError(
+                    str(err), status, "exhausted" if err.kind == "exhausted" else "ipam"
+                ) from err
             v4 = next((IPv4Address(a.address) for a in allocs if a.family == 4), None)
             v6 = next((IPv6Address(a.address) for a in allocs if a.family == 6), None)
             router_v4, router_v6 = self._ipam.router_v4, self._ipam.router_v6
@@ -218,7 +220,9 @@ class EndpointManager:
                 ipv6_gateway=str(router_v6) if v6 and router_v6 else None,
             )
             identity = self._ids.allocate(self._identity_labels(ep))
-            ep = self._set(ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity)
+            ep = self._set(
+                ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity
+            )
             ep = self._set(ep, EndpointState.REGENERATING, "creating interface and datapath")
             pod_if = await asyncio.to_thread(
                 links.create_pod_interface,
@@ -232,7 +236,11 @@ class EndpointManager:
                 mtu=ep.mtu,
             )
             ep = ep.model_copy(
-                update={"lxc_ifindex": pod_if.lxc_ifindex, "mac": pod_if.mac, "node_mac": pod_if.node_mac}
+                update={
+                    "lxc_ifindex": pod_if.lxc_ifindex,
+                    "mac": pod_if.mac,
+                    "node_mac": pod_if.node_mac,
+                }
             )
             self._program(ep, ready=False)
             self._dp.attach(pod_if.lxc_ifindex)
@@ -246,7 +254,9 @@ class EndpointManager:
             if isinstance(err, NetnsNotFoundError):
                 raise EndpointError(str(err), 404, "netns") from err
             status = 400 if isinstance(err, LinkError) else 500
-            raise EndpointError(f"cannot create endpoint for {req.container_id}: {err}", status) from err
+            raise EndpointError(
+                f"cannot create endpoint for {req.container_id}: {err}", status
+            ) from err
 
     # ---- delete --------------------------------------------------------------------------
 
@@ -336,7 +346,9 @@ class EndpointManager:
         problems: list[str] = []
         ep = self.by_container(req.container_id, req.ifname)
         if ep is None:
-            return CheckResponse(ok=False, problems=[f"no endpoint for {req.container_id}/{req.ifname}"])
+            return CheckResponse(
+                ok=False, problems=[f"no endpoint for {req.container_id}/{req.ifname}"]
+            )
         if ep.state != EndpointState.READY:
             problems.append(f"endpoint {ep.id} is {ep.state.value}, not ready")
         if ep.netns != req.netns:

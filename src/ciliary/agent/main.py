@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node_labels = dict(kv.split("=", 1) for kv in args.node_labels.split(",") if kv)
     except ValueError:
-        print(f"ciliary-agent: bad --node-labels {args.node_labels!r} (want k=v,...)", file=sys.stderr)
+        print(
+            f"ciliary-agent: bad --node-labels {args.node_labels!r} (want k=v,...)", file=sys.stderr
+        )
         return 2
     state_dir = args.state_dir or RUN_ROOT / args.node_name
     cfg = AgentConfig(

@@ -45,7 +45,9 @@ def render(console: Console, listing: IPAMListing) -> None:
         f"Node: {listing.node}   Mode: {listing.mode}"
         + (f"   strictAffinity: {listing.strict_affinity}" if listing.mode == "pools" else "")
     )
-    pools = new_table("POOL", "CIDR", "BLOCK SIZE", "NODE SELECTOR", "NAT OUTGOING", "DISABLED", "USED")
+    pools = new_table(
+        "POOL", "CIDR", "BLOCK SIZE", "NODE SELECTOR", "NAT OUTGOING", "DISABLED", "USED"
+    )
     for p in listing.pools:
         pools.add_row(
             p.name, p.cidr, f"/{p.block_size}", p.node_selector, str(p.nat_outgoing).lower(),

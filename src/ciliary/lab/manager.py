@@ -110,7 +110,9 @@ def _cni(rec: LabRecord, nrec: NodeRecord) -> CNIRuntime:
     )
 
 
-def _k8s_object(kind: str, name: str, namespace: str | None = None, **body: object) -> dict[str, object]:
+def _k8s_object(
+    kind: str, name: str, namespace: str | None = None, **body: object
+) -> dict[str, object]:
     meta: dict[str, object] = {"name": name}
     if namespace is not None:
         meta["namespace"] = namespace
@@ -229,9 +231,14 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
     try:
         store = cluster_store(rec.name)
         for ns in added.namespaces:
-            rec.namespaces[ns.metadata.name] = dict(ns.metadata.labels)
+            rec.namespaces[ns.metadata.name] = {
+                **ns.metadata.labels,
+                "kubernetes.io/metadata.name": ns.metadata.name,
+            }
             store.put(
-                "namespaces", ns.metadata.name, _k8s_object("Namespace", ns.metadata.name, labels=dict(ns.metadata.labels))
+                "namespaces",
+                ns.metadata.name,
+                _k8s_object("Namespace", ns.metadata.name, labels=dict(ns.metadata.labels)),
             )
         _save(rec)
         for pod in added.pods:
@@ -255,6 +262,9 @@ def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
     for ns in lab_file.namespaces:
         rec.namespaces[ns.metadata.name] = dict(ns.metadata.labels)
     for ns_name, labels in rec.namespaces.items():
+        # as Kubernetes (>= 1.21) does, every namespace carries its own name as a label, so
+        # policies can select namespaces by name
+        labels.setdefault("kubernetes.io/metadata.name", ns_name)
         store.put("namespaces", ns_name, _k8s_object("Namespace", ns_name, labels=labels))
     if lab_file.ipam_mode == "pools":
         for pool in lab_file.ip_pools:

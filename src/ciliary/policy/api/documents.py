@@ -1,0 +1,316 @@
+"""Reading policy documents: YAML text (or documents already read) in, policies or one error out.
+
+An import is all-or-nothing: every document of every kind is read and checked, every problem is
+collected, and if there is any, :class:`~ciliary.policy.api.errors.PolicyError` is raised with all
+of them; otherwise every document has become a :class:`~ciliary.policy.api.model.Policy`. Users'
+YAML is taken unchanged, as ``kubectl apply`` would take it: several documents per file, each
+``CiliumNetworkPolicy``, ``CiliumClusterwideNetworkPolicy`` (``cilium.io/v2``) or
+``NetworkPolicy`` (``networking.k8s.io/v1``).
+
+The YAML reader is PyYAML's safe loader, made strict about keys given twice in one mapping (as
+``kubectl`` is); the lab reads its own files the same way and passes the policy documents it found
+to :func:`parse_policy_documents`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Final
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ciliary.policy.api import schema
+from ciliary.policy.api.errors import PolicyError, format_path, show
+from ciliary.policy.api.model import Policy, PolicyKind, Rule
+from ciliary.policy.api.translate import Translator
+
+__all__ = ["POLICY_KINDS", "parse_policy_documents", "parse_policy_text"]
+
+POLICY_KINDS: Final[dict[str, str]] = {
+    "CiliumNetworkPolicy": "cilium.io/v2",
+    "CiliumClusterwideNetworkPolicy": "cilium.io/v2",
+    "NetworkPolicy": "networking.k8s.io/v1",
+}
+"""The kinds this package reads, with their apiVersion."""
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in a mapping is an error (as in kubectl)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            tag = str(node.tag).rpartition(":")[2]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid {tag} {show(node.value)}: {exc}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[tuple[type, Hashable], yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if (
+                not isinstance(key_node, yaml.ScalarNode)
+                or key_node.tag == "tag:yaml.org,2002:merge"
+            ):
+                continue
+            key = self.construct_object(key_node)
+            try:
+                marker = (type(key), key)
+                duplicate = marker in seen
+            except TypeError:
+                continue
+            if duplicate:
+                first = seen[marker]
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {show(key)} (first given on line {first.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[marker] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
+    """The documents of a YAML stream as (1-based index, value), empty documents left out.
+
+    Raises :class:`PolicyError` (one line, with the line and column) if the text is not YAML."""
+    docs: list[tuple[int, object]] = []
+    index = 0
+    try:
+        for doc in yaml.load_all(text, Loader=_Loader):
+            index += 1
+            if doc is not None:
+                docs.append((index, doc))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            cm = exc.context_mark
+            problem += f" ({exc.context} at line {cm.line + 1} column {cm.column + 1})"
+        if mark is None:
+            raise PolicyError(f"{filename}: invalid YAML: {problem}") from None
+        raise PolicyError(
+            f"{filename}: line {mark.line + 1} column {mark.column + 1}: {problem}"
+        ) from None
+    except yaml.reader.ReaderError as exc:
+        pos = exc.position
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise PolicyError(
+            f"{filename}: line {line} column {column}: unacceptable character {char}: {exc.reason}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{filename}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise PolicyError(f"{filename}: document {index + 1}: YAML nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise PolicyError(f"{filename}: document {index + 1}: invalid YAML value: {exc}") from None
+    return docs
+
+
+# --------------------------------------------------------------------------------------------
+# Documents
+
+_NAME_LIKE = re.compile(r"[\w.\-/]{1,80}")
+
+
+def _name_text(value: str) -> str:
+    return value if _NAME_LIKE.fullmatch(value) else show(value)
+
+
+def describe(doc: Mapping[Any, Any]) -> str | None:
+    """``CiliumNetworkPolicy shop/web``-like description of a raw document, from what it has."""
+    kind = doc.get("kind")
+    if not isinstance(kind, str):
+        return None
+    shown = _name_text(kind)
+    metadata = doc.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not isinstance(name, str):
+        return shown
+    name = _name_text(name)
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    if kind == "CiliumClusterwideNetworkPolicy":
+        return f"{shown} {name}"
+    if isinstance(namespace, str):
+        return f"{shown} {_name_text(namespace)}/{name}"
+    return f"{shown} default/{name}"
+
+
+def where(filename: str, index: int, doc: object) -> str:
+    """``FILE: document N (Kind ns/name)``, the prefix of a one-line error about a document."""
+    description = describe(doc) if isinstance(doc, Mapping) else None
+    return f"{filename}: document {index}" + (f" ({description})" if description else "")
+
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _pydantic_problem(err: Any) -> tuple[list[str | int], str]:
+    """One pydantic error as (field path, "what was expected" message)."""
+    loc: list[str | int] = [p for p in err.get("loc", ()) if isinstance(p, str | int)]
+    kind = err.get("type", "")
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    key_problem = bool(loc) and loc[-1] == "[key]"
+    if key_problem:
+        loc = loc[:-1]
+    if kind == "extra_forbidden":
+        message = "unknown field"
+    elif kind == "invalid_key":
+        message = f"unknown field (field names are strings, got {show(value)})"
+    elif kind == "missing":
+        message = "required field is missing"
+    elif kind in _TYPE_WORDS:
+        message = f"expected {_TYPE_WORDS[kind]}, got {show(value)}"
+        if kind == "string_type" and isinstance(value, bool | int | float):
+            message += " (quote it to make it a string)"
+    elif kind == "literal_error":
+        message = f"expected {ctx.get('expected', 'one of the allowed values')}, got {show(value)}"
+    elif kind == "value_error" and isinstance(ctx.get("error"), Exception):
+        message = str(ctx["error"])
+    else:
+        message = str(err.get("msg", "invalid value")).replace("Input should be", "expected")
+        message += f", got {show(value)}"
+    if key_problem:
+        message = f"invalid key: {message}"
+    return loc, message
+
+
+def _validate(
+    model: type[schema.CiliumPolicyDocument] | type[schema.NetworkPolicyDocument],
+    doc: Mapping[Any, Any],
+    prefix: str,
+) -> tuple[BaseModel | None, list[str]]:
+    try:
+        return model.model_validate(dict(doc)), []
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc, message = _pydantic_problem(err)
+            path = format_path(loc)
+            problems.append(f"{prefix}: {path}: {message}" if path else f"{prefix}: {message}")
+        return None, problems
+    except RecursionError:
+        return None, [f"{prefix}: nested too deeply"]
+
+
+def _parse_document(doc: object, filename: str, index: int) -> tuple[Policy | None, list[str]]:
+    prefix = where(filename, index, doc)
+    if not isinstance(doc, Mapping):
+        return None, [
+            f"{prefix}: expected a mapping (a policy with apiVersion, kind, metadata and spec),"
+            f" got {show(doc)}"
+        ]
+    kind = doc.get("kind")
+    if kind is None:
+        return None, [f"{prefix}: kind: required field is missing"]
+    if not isinstance(kind, str):
+        return None, [f"{prefix}: kind: expected a string, got {show(kind)}"]
+    if kind not in POLICY_KINDS:
+        known = ", ".join(POLICY_KINDS)
+        return None, [
+            f"{prefix}: kind: {_name_text(kind)} is not a policy kind (expected one of {known})"
+        ]
+    expected = POLICY_KINDS[kind]
+    api_version = doc.get("apiVersion")
+    if api_version is None:
+        return None, [f"{prefix}: apiVersion: required field is missing (expected {expected!r})"]
+    if api_version != expected:
+        return None, [
+            f"{prefix}: apiVersion: expected {expected!r} for kind {kind}, got {show(api_version)}"
+        ]
+    model = schema.NetworkPolicyDocument if kind == "NetworkPolicy" else schema.CiliumPolicyDocument
+    validated, problems = _validate(model, doc, prefix)
+    if validated is None:
+        return None, problems
+    assert isinstance(validated, schema.CiliumPolicyDocument | schema.NetworkPolicyDocument)
+    policy_kind: PolicyKind = (
+        "NetworkPolicy"
+        if kind == "NetworkPolicy"
+        else "CiliumClusterwideNetworkPolicy"
+        if kind == "CiliumClusterwideNetworkPolicy"
+        else "CiliumNetworkPolicy"
+    )
+    meta = validated.metadata
+    namespace = None if policy_kind == "CiliumClusterwideNetworkPolicy" else meta.namespace
+    translator = Translator(policy_kind, namespace or _default_namespace(policy_kind), meta.name)
+    translator.metadata(meta)
+    rules: tuple[Rule, ...]
+    if isinstance(validated, schema.NetworkPolicyDocument):
+        rule = translator.network_policy_rule(validated.spec)
+        rules = () if rule is None else (rule,)
+    else:
+        rules = translator.cilium_rules(validated)
+    if translator.problems:
+        return None, [f"{prefix}: {format_path(path)}: {msg}" for path, msg in translator.problems]
+    return (
+        Policy(
+            kind=policy_kind,
+            namespace=translator.namespace,
+            name=meta.name,
+            rules=rules,
+            source=f"{filename}:{index}",
+            labels=tuple(sorted(meta.labels.items())),
+            annotations=tuple(sorted(meta.annotations.items())),
+        ),
+        [],
+    )
+
+
+def _default_namespace(kind: PolicyKind) -> str | None:
+    return None if kind == "CiliumClusterwideNetworkPolicy" else "default"
+
+
+def parse_policy_documents(docs: Sequence[tuple[int, object]], filename: str) -> list[Policy]:
+    """Check and translate documents already read from ``filename``: ``(1-based index, value)``
+    pairs, as the lab passes the policy documents of a lab file. Raises :class:`PolicyError` with
+    every problem of every document, or returns one :class:`Policy` per document, in order."""
+    problems: list[str] = []
+    policies: list[Policy] = []
+    first: dict[str, int] = {}
+    for index, doc in docs:
+        policy, doc_problems = _parse_document(doc, filename, index)
+        problems.extend(doc_problems)
+        if policy is None:
+            continue
+        if policy.key in first:
+            problems.append(
+                f"{where(filename, index, doc)}: metadata.name: duplicate policy"
+                f" {policy.kind} {policy.display_name} (also document {first[policy.key]})"
+            )
+            continue
+        first[policy.key] = index
+        policies.append(policy)
+    if problems:
+        raise PolicyError(problems)
+    return policies
+
+
+def parse_policy_text(text: str, filename: str) -> list[Policy]:
+    """Read, check and translate every policy document of a YAML text (``filename`` is only used
+    in messages). Raises :class:`PolicyError` on any problem in any document, including a
+    document that is not a policy, and on a text without documents."""
+    docs = load_yaml(text, filename)
+    if not docs:
+        raise PolicyError(f"{filename}: the file has no documents (expected policy documents)")
+    return parse_policy_documents(docs, filename)

@@ -1,0 +1,457 @@
+"""Resolving the policy of one endpoint: the rules that select it, turned into policy map entries.
+
+:func:`compute` is Cilium's policy distillation (``pkg/policy/repository.go``
+``resolvePolicyLocked``, ``rule.go``, ``l4.go``, ``mapstate.go``) for one subject identity, with the
+semantics Cilium and Kubernetes document, each decision below with where it comes from:
+
+Which rules apply
+    Rules whose subject selector selects the endpoint's labels (endpoint selectors for endpoints,
+    node selectors for the host endpoint only: ``rule.matchesSubject``). Allows from all of them
+    add up; any deny beats any allow (``Documentation/security/policy/deny.rst``).
+
+Enforcement (``Documentation/security/policy/intro.rst``, "Policy Enforcement Modes")
+    ``default``: a direction is enforced (default deny) once a selecting rule has a section for it,
+    unless the rule says ``enableDefaultDeny: false`` for it (such rules "are ignored when
+    determining the default mode"; :attr:`Rule.default_deny_ingress` resolves this). ``always``:
+    both directions enforced even without rules. ``never``: nothing enforced and no rule applies,
+    deny rules included. A direction that is not enforced gets the allow-all entry (identity 0,
+    every protocol), and deny rules still apply on top of it (Cilium adds a wildcard allow in that
+    case, ``computePolicyEnforcementAndRules``; a deny still wins).
+
+Peers (``l4.go``/``rule.go`` ``mergeIngress``; ``Documentation/security/policy/language.rst``)
+    A peer entry with ports but no L3 member applies to every peer: identity 0. An
+    empty endpoint selector and the entity ``all`` select everything: identity 0 too, so that peers
+    not known yet are covered, as Cilium's wildcard selector. Other selectors become the identities
+    the :class:`~ciliary.policy.selectorcache.SelectorCache` says they select. A peer entry with
+    nothing at all (``- {}``) allows nothing, but its rule still turns enforcement on.
+
+``fromRequires``/``toRequires``
+    As Cilium applies them (``resolveL4IngressPolicy``: requirements of every rule selecting the
+    endpoint are appended to the ``matchExpressions`` of every ``fromEndpoints`` selector, via
+    ``GetSourceEndpointSelectorsWithRequirements``): the requirements of all allow entries of one
+    direction (of every rule selecting the endpoint) restrict every endpoint selector of the allow
+    entries of that direction, and likewise deny requirements restrict deny entries' endpoint
+    selectors. They grant nothing alone, and they do not restrict entity, CIDR or port-only
+    entries (Cilium only folds them into ``fromEndpoints``; the docs call them "a foundation for any
+    fromEndpoints relationship").
+
+Ports (``l4.go``; ``Documentation/security/policy/language.rst``, "Layer 4 Examples")
+    No ports and no ICMP: every protocol and port (one key per identity, prefix 40). Protocol
+    ``ANY`` is TCP, UDP and SCTP (``mergeIngress`` expands it so); port 0 is every port of the
+    protocol; a range becomes the fewest LPM blocks covering it; a ``toPorts`` entry listing no port
+    is every protocol and port. Named ports: ingress ones resolve through the endpoint's own
+    ``named_ports`` (a name it does not have, or has for another protocol, gives no entry, as
+    Cilium's ``GetNamedPort``); egress ones name the *destination's* port, so they resolve per
+    selected identity through ``remote_named_ports`` (a wildcard peer: every identity that has the
+    name); without ``remote_named_ports`` they give no entry and are reported. ICMP fields: protocol
+    1 (IPv4) or 58 (IPv6) with the type in the port field (``bpf/lib/policy.h``).
+
+Not implemented yet (reported in :attr:`EndpointPolicy.unsupported`, so the agent can warn)
+    ``toFQDNs``, ``toServices``, ``from/toNodes``, ``from/toGroups`` and CIDR group references
+    select nothing; L7 rules (and SNI, TLS, listeners) are allowed at L4, without the proxy;
+    ``authentication`` is not enforced.
+
+The result is cached per (subject labels, repository revision, selector cache and its version,
+mode, named ports): recomputing an unchanged endpoint is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, Literal, TypeAlias
+
+from ciliary.policy.api.model import PeerRule, PortRule
+from ciliary.policy.api.selector import Requirement, Selector
+from ciliary.policy.identity import WILDCARD_IDENTITY, Identity, reserved_identity
+from ciliary.policy.mapstate import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Direction,
+    MapEntry,
+    MapKey,
+    MapStateBuilder,
+    RuleRef,
+    allow_all_key,
+    keys_for_ports,
+)
+from ciliary.policy.repository import Repository, SelectedRule
+from ciliary.policy.selectorcache import (
+    CIDRPeer,
+    EntityPeer,
+    LabelPeer,
+    PeerSelector,
+    SelectorCache,
+    is_wildcard,
+)
+
+__all__ = ["EndpointPolicy", "Mode", "NamedPorts", "compute"]
+
+Mode: TypeAlias = Literal["default", "always", "never"]
+NamedPorts: TypeAlias = Mapping[str, tuple[int, str]]
+"""Port name → (port number, protocol ``TCP``/``UDP``/``SCTP``), as a pod's container ports."""
+
+_NO_NAMED_PORTS: Final[NamedPorts] = MappingProxyType({})
+_PROTOCOLS: Final[dict[str, int]] = {"TCP": PROTO_TCP, "UDP": PROTO_UDP, "SCTP": PROTO_SCTP}
+_ANY: Final = (PROTO_TCP, PROTO_UDP, PROTO_SCTP)
+_HOST: Final = int(reserved_identity("host").id)
+_MEMO_LIMIT: Final = 4096
+_DIRECTIONS: Final[tuple[Direction, Direction]] = ("ingress", "egress")
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPolicy:
+    """The computed policy of one endpoint: its policy map entries and how it was decided.
+
+    ``entries`` is read-only and shared between callers (results are cached). ``selectors`` are the
+    peer selectors the entries depend on: when the selector cache reports one of them changed, the
+    endpoint needs recomputing. ``policies`` are the keys of the policies with a rule selecting the
+    endpoint.
+    """
+
+    revision: int
+    ingress_enforced: bool
+    egress_enforced: bool
+    entries: Mapping[MapKey, MapEntry]
+    unsupported: tuple[str, ...] = ()
+    selectors: frozenset[PeerSelector] = frozenset()
+    policies: tuple[str, ...] = ()
+    selector_cache_version: int = 0
+
+    def enforced(self, direction: Direction) -> bool:
+        return self.ingress_enforced if direction == "ingress" else self.egress_enforced
+
+
+@dataclass(frozen=True, slots=True)
+class _AllPorts:
+    """Every protocol and port (prefix 40)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ports:
+    """Ports (ICMP types) ``lo``..``hi`` of one protocol; 0..65535 is every port."""
+
+    protocol: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class _NamedPort:
+    """A port by name, resolved against whoever owns it; ``protocols`` are those allowed."""
+
+    name: str
+    protocols: tuple[int, ...]
+
+
+_L4: TypeAlias = _AllPorts | _Ports | _NamedPort
+_ALL: Final = _AllPorts()
+
+
+def _requirements(selectors: Iterable[Selector]) -> tuple[Requirement, ...]:
+    """``fromRequires`` selectors as match expressions (Cilium's
+    ``ConvertToLabelSelectorRequirementSlice``: each ``matchLabels`` pair becomes ``In``)."""
+    out: list[Requirement] = []
+    for selector in selectors:
+        out.extend(Requirement(key, "In", (value,)) for key, value in selector.match_labels)
+        out.extend(selector.match_expressions)
+    return tuple(dict.fromkeys(out))
+
+
+def _with_requirements(selector: Selector, requirements: tuple[Requirement, ...]) -> Selector:
+    if not requirements:
+        return selector
+    expressions = tuple(dict.fromkeys((*selector.match_expressions, *requirements)))
+    return Selector(selector.match_labels, expressions)
+
+
+@dataclass
+class _Resolver:
+    cache: SelectorCache
+    named_ports: NamedPorts
+    remote_named_ports: Mapping[int, NamedPorts] | None
+    builder: MapStateBuilder = field(default_factory=MapStateBuilder)
+    selectors: set[PeerSelector] = field(default_factory=set)
+    notes: dict[str, None] = field(default_factory=dict)
+
+    def note(self, where: str, what: str) -> None:
+        self.notes[f"{where}: {what}"] = None
+
+    def peer(
+        self,
+        selected: SelectedRule,
+        direction: Direction,
+        deny: bool,
+        peer: PeerRule,
+        requirements: tuple[Requirement, ...],
+    ) -> None:
+        policy, rule = selected
+        ref = RuleRef(
+            policy.key,
+            policy.kind,
+            policy.namespace,
+            policy.name,
+            rule.index,
+            direction,
+            deny,
+            peer.index,
+        )
+        section = direction + ("Deny" if deny else "")
+        where = f"{policy.kind} {policy.display_name} {rule.path}.{section}[{peer.index}]"
+        targets = self._targets(peer, requirements, where)
+        ports = self._ports(peer, where)
+        if not targets or not ports:
+            return
+        egress = direction == "egress"
+        add = self.builder.add
+        for target in sorted(targets):
+            for item in ports:
+                if isinstance(item, _AllPorts):
+                    add(MapKey(target, egress), deny, ref)
+                elif isinstance(item, _Ports):
+                    for key in keys_for_ports(target, egress, item.protocol, item.lo, item.hi):
+                        add(key, deny, ref)
+                else:
+                    for identity, protocol, port in self._named(item, target, egress, where):
+                        add(MapKey(identity, egress, protocol, port, 16), deny, ref)
+
+    def _targets(
+        self, peer: PeerRule, requirements: tuple[Requirement, ...], where: str
+    ) -> frozenset[int]:
+        """The identities a peer entry selects ({0} for every peer)."""
+        if peer.l3_wildcard:
+            # no L3 member: its ports apply to every peer; without ports either (``- {}``, or
+            # only requirements) it selects nothing (Cilium's mergeIngress adds no filter)
+            if peer.ports or peer.icmps:
+                return frozenset({WILDCARD_IDENTITY})
+            return frozenset()
+        peers: list[PeerSelector] = [
+            LabelPeer(_with_requirements(s, requirements)) for s in peer.endpoints
+        ]
+        peers.extend(EntityPeer(entity) for entity in peer.entities)
+        for cidr in peer.cidrs:
+            if cidr.cidr is None:
+                self.note(where, "CIDR groups (cidrGroupRef/cidrGroupSelector) select nothing yet")
+            else:
+                peers.append(CIDRPeer(cidr.cidr, cidr.except_cidrs))
+        if peer.fqdns:
+            self.note(where, "toFQDNs selects nothing yet")
+        if peer.services:
+            self.note(where, "toServices selects nothing yet")
+        if peer.nodes:
+            self.note(where, "fromNodes/toNodes selects nothing yet")
+        if peer.groups:
+            self.note(where, "fromGroups/toGroups (cloud security groups) select nothing")
+        if any(is_wildcard(p) for p in peers):
+            return frozenset({WILDCARD_IDENTITY})
+        found: set[int] = set()
+        for selector in peers:
+            self.selectors.add(selector)
+            found |= self.cache.selections(selector)
+        return frozenset(found)
+
+    def _ports(self, peer: PeerRule, where: str) -> list[_L4]:
+        if peer.authentication in ("required", "test-always-fail"):
+            self.note(where, f"authentication mode {peer.authentication!r} is not enforced yet")
+        if not peer.ports and not peer.icmps:
+            return [_ALL]
+        out: list[_L4] = []
+        for port_rule in peer.ports:
+            self._note_l7(port_rule, where)
+            if not port_rule.ports:
+                out.append(_ALL)
+                continue
+            for entry in port_rule.ports:
+                protocols = _ANY if entry.protocol == "ANY" else (_PROTOCOLS[entry.protocol],)
+                if entry.name is not None:
+                    out.append(_NamedPort(entry.name, protocols))
+                    continue
+                lo = entry.port or 0
+                hi = 0xFFFF if lo == 0 else (entry.end_port or lo)
+                out.extend(_Ports(protocol, lo, hi) for protocol in protocols)
+        for icmp in peer.icmps:
+            protocol = PROTO_ICMP if icmp.family == "IPv4" else PROTO_ICMPV6
+            out.append(_Ports(protocol, icmp.type, icmp.type))
+        return out
+
+    def _note_l7(self, port_rule: PortRule, where: str) -> None:
+        if port_rule.l7 is not None:
+            self.note(where, f"L7 {port_rule.l7.kind} rules are not enforced yet (allowed at L4)")
+        if port_rule.server_names:
+            self.note(where, "serverNames (SNI) is not enforced yet (allowed at L4)")
+        if port_rule.terminating_tls or port_rule.originating_tls:
+            self.note(where, "TLS interception is not supported yet (allowed at L4)")
+        if port_rule.listener is not None:
+            self.note(where, "Envoy listeners are not supported yet (allowed at L4)")
+
+    def _named(
+        self, item: _NamedPort, target: int, egress: bool, where: str
+    ) -> list[tuple[int, int, int]]:
+        """(identity, protocol, port) of a named port for one target."""
+        if not egress:
+            found = _resolve(self.named_ports, item)
+            return [] if found is None else [(target, *found)]
+        if self.remote_named_ports is None:
+            self.note(
+                where,
+                f"egress named port {item.name!r} needs the destinations' named ports"
+                " (not given: no entry)",
+            )
+            return []
+        if target != WILDCARD_IDENTITY:
+            found = _resolve(self.remote_named_ports.get(target, _NO_NAMED_PORTS), item)
+            return [] if found is None else [(target, *found)]
+        out = []
+        for identity, ports in sorted(self.remote_named_ports.items()):
+            found = _resolve(ports, item)
+            if found is not None:
+                out.append((identity, *found))
+        return out
+
+
+def _resolve(ports: NamedPorts, item: _NamedPort) -> tuple[int, int] | None:
+    """(protocol, port) of ``item`` among ``ports``, if the name exists with an allowed
+    protocol."""
+    found = ports.get(item.name)
+    if found is None:
+        return None
+    port, protocol_name = found
+    protocol = _PROTOCOLS.get(protocol_name.upper())
+    if protocol is None or protocol not in item.protocols or not 0 < port <= 0xFFFF:
+        return None
+    return protocol, port
+
+
+def _freeze_remote(
+    remote: Mapping[int, NamedPorts] | None,
+) -> tuple[tuple[int, frozenset[tuple[str, tuple[int, str]]]], ...] | None:
+    if remote is None:
+        return None
+    return tuple(sorted((identity, frozenset(ports.items())) for identity, ports in remote.items()))
+
+
+@dataclass
+class _Memo:
+    revision: int
+    cache_uid: int
+    cache_version: int
+    results: dict[object, EndpointPolicy] = field(default_factory=dict)
+
+
+_memos: weakref.WeakKeyDictionary[Repository, _Memo] = weakref.WeakKeyDictionary()
+
+
+def compute(
+    repo: Repository,
+    cache: SelectorCache,
+    subject: Identity,
+    *,
+    named_ports: NamedPorts = _NO_NAMED_PORTS,
+    remote_named_ports: Mapping[int, NamedPorts] | None = None,
+    mode: Mode = "default",
+    allow_localhost: bool = False,
+) -> EndpointPolicy:
+    """The policy map state of the endpoint ``subject`` under the policies in ``repo``.
+
+    ``named_ports`` are the endpoint's own (ingress named ports); ``remote_named_ports`` the named
+    ports of other identities (egress named ports), by identity. ``allow_localhost`` adds an allow
+    of every ingress from the host identity (Cilium's ``--allow-localhost=always``, which
+    Kubernetes installs use so kubelet probes reach pods; deny rules still win over it).
+    """
+    memo = _memos.get(repo)
+    if (
+        memo is None
+        or memo.revision != repo.revision
+        or memo.cache_uid != cache.uid
+        or memo.cache_version != cache.version
+        or len(memo.results) >= _MEMO_LIMIT
+    ):
+        memo = _Memo(repo.revision, cache.uid, cache.version)
+        _memos[repo] = memo
+    memo_key = (
+        subject.labels,
+        mode,
+        allow_localhost,
+        frozenset(named_ports.items()),
+        _freeze_remote(remote_named_ports),
+    )
+    found = memo.results.get(memo_key)
+    if found is None:
+        found = _compute(
+            repo,
+            cache,
+            subject,
+            named_ports=named_ports,
+            remote_named_ports=remote_named_ports,
+            mode=mode,
+            allow_localhost=allow_localhost,
+        )
+        memo.results[memo_key] = found
+    return found
+
+
+def _compute(
+    repo: Repository,
+    cache: SelectorCache,
+    subject: Identity,
+    *,
+    named_ports: NamedPorts,
+    remote_named_ports: Mapping[int, NamedPorts] | None,
+    mode: Mode,
+    allow_localhost: bool,
+) -> EndpointPolicy:
+    if mode == "never":
+        entries = {allow_all_key(False): MapEntry(False), allow_all_key(True): MapEntry(False)}
+        return EndpointPolicy(
+            repo.revision,
+            False,
+            False,
+            MappingProxyType(entries),
+            selector_cache_version=cache.version,
+        )
+    selected = repo.rules_for(subject.labels)
+    resolver = _Resolver(cache, named_ports, remote_named_ports)
+    enforced: dict[Direction, bool] = {}
+    for direction in _DIRECTIONS:
+        egress = direction == "egress"
+        if egress:
+            on = any(s.rule.default_deny_egress for s in selected)
+            allows = [(s, p) for s in selected for p in s.rule.egress]
+            denies = [(s, p) for s in selected for p in s.rule.egress_deny]
+        else:
+            on = any(s.rule.default_deny_ingress for s in selected)
+            allows = [(s, p) for s in selected for p in s.rule.ingress]
+            denies = [(s, p) for s in selected for p in s.rule.ingress_deny]
+        enforced[direction] = on or mode == "always"
+        _resolve_peers(resolver, direction, True, denies)
+        _resolve_peers(resolver, direction, False, allows)
+        if not enforced[direction]:
+            resolver.builder.add(allow_all_key(egress), False)
+        elif allow_localhost and not egress:
+            resolver.builder.add(MapKey(_HOST, False), False)
+    return EndpointPolicy(
+        revision=repo.revision,
+        ingress_enforced=enforced["ingress"],
+        egress_enforced=enforced["egress"],
+        entries=MappingProxyType(resolver.builder.build()),
+        unsupported=tuple(resolver.notes),
+        selectors=frozenset(resolver.selectors),
+        policies=tuple(dict.fromkeys(s.policy.key for s in selected)),
+        selector_cache_version=cache.version,
+    )
+
+
+def _resolve_peers(
+    resolver: _Resolver,
+    direction: Direction,
+    deny: bool,
+    peers: Sequence[tuple[SelectedRule, PeerRule]],
+) -> None:
+    requirements = _requirements(req for _, peer in peers for req in peer.requires)
+    for selected, peer in peers:
+        resolver.peer(selected, direction, deny, peer, requirements)
