@@ -69,12 +69,7 @@ def main() -> int:
         previous = RESULTS / "latest.json"
         if previous.exists():
             old = json.loads(previous.read_text())
-            names = {b["benchmark"] for b in benchmarks}
-            keep = [
-                b
-                for b in old.get("benchmarks", [])
-                if b["benchmark"] not in names and "values" in b
-            ]
+            keep = [b for b in old.get("benchmarks", []) if b.get("group") not in (None, args.only)]
             results["benchmarks"] = [*keep, *benchmarks]
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     md = to_markdown(results)

@@ -94,8 +94,9 @@ int cil_from_container(struct __sk_buff *skb)
 		ret = policy_check(src_ep, dst_id, POLICY_EGRESS, &p, &pv_out);
 		if (ret < 0) {
 			ct_forget_new(&p, &ct);
-			return drop_policy(skb, &p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT,
-					   pv_out.cookie, pv_out.match, TRAFFIC_EGRESS);
+			return drop_policy(skb, &p, -ret, src_ep, dst ? dst->ep_id : 0, src_id,
+					   dst_id, OBS_FROM_ENDPOINT, pv_out.cookie, pv_out.match,
+					   TRAFFIC_EGRESS);
 		}
 	}
 
@@ -112,7 +113,7 @@ int cil_from_container(struct __sk_buff *skb)
 			ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv_in);
 			if (ret < 0) {
 				ct_forget_new(&p, &ct);
-				return drop_policy(skb, &p, -ret, dst_ep, src_id, dst_id,
+				return drop_policy(skb, &p, -ret, src_ep, dst_ep, src_id, dst_id,
 						   OBS_TO_ENDPOINT, pv_in.cookie, pv_in.match,
 						   TRAFFIC_INGRESS);
 			}
@@ -168,8 +169,8 @@ int cil_to_container(struct __sk_buff *skb)
 		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv);
 		if (ret < 0) {
 			ct_forget_new(&p, &ct);
-			return drop_policy(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
-					   pv.cookie, pv.match, TRAFFIC_INGRESS);
+			return drop_policy(skb, &p, -ret, dst_ep, dst_ep, src_id, dst_id,
+					   OBS_TO_ENDPOINT, pv.cookie, pv.match, TRAFFIC_INGRESS);
 		}
 	}
 	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT, &pv, TRAFFIC_INGRESS);

@@ -106,10 +106,11 @@ static __always_inline int drop_packet(struct __sk_buff *skb, const struct pkt *
 }
 /* A policy drop: reason 133 (no rule allows) or 181 (a deny rule), with the deciding cookie. */
 static __always_inline int drop_policy(struct __sk_buff *skb, const struct pkt *p, int reason,
-				       __u16 ep_id, __u32 src_id, __u32 dst_id, __u8 obs,
-				       __u32 cookie, __u8 match, __u8 direction)
+				       __u16 ep_id, __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
+				       __u8 obs, __u32 cookie, __u8 match, __u8 direction)
 {
 	struct event_meta m = {};
+	m.dst_ep_id = dst_ep_id;
 	m.type = EVENT_DROP;
 	m.verdict = VERDICT_DROPPED;
 	m.drop_reason = (__u8)reason;

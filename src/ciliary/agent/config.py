@@ -31,3 +31,5 @@ class AgentConfig:
     ipam_mode: str = "cluster-pool"
     cluster_store: Path | None = None
     node_labels: dict[str, str] = field(default_factory=dict)
+    enable_policy: str = "default"
+    """Cilium's --enable-policy: default (enforce once selected), always, never."""

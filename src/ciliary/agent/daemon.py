@@ -19,8 +19,9 @@ from ciliary.agent.config import MONITOR_AGGREGATION, AgentConfig
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.identity import LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
-from ciliary.agent.podstore import PodStore
 from ciliary.agent.monitor import Monitor
+from ciliary.agent.podstore import PodStore
+from ciliary.agent.policymanager import PolicyManager
 from ciliary.agent.server import APIServer
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.models import (
@@ -49,15 +50,28 @@ class Agent:
         self.store = FileStore(cfg.cluster_store) if cfg.cluster_store else None
         self.ipam = self._make_ipam(cfg)
         self.identities = LocalIdentityAllocator(cfg.state_dir / "identities.json")
+        mode = (
+            cfg.enable_policy if cfg.enable_policy in ("default", "always", "never") else "default"
+        )
+        self.policy = PolicyManager(
+            datapath=self.datapath,
+            store=self.store or FileStore(cfg.state_dir / "store"),
+            mode=mode,  # type: ignore[arg-type]
+            identity_labels=self.identities.lookup,
+            all_identities=self.identities.all,
+        )
         self.endpoints = EndpointManager(
             state_dir=cfg.state_dir,
             datapath=self.datapath,
             ipam=self.ipam,
             identities=self.identities,
             pods=PodStore(self.store) if self.store else (lambda _ns, _name: None),
+            policy=self.policy,
             mtu=cfg.mtu,
         )
-        self.monitor = Monitor(cfg.node, self.datapath, self._pod_of_endpoint)
+        self.monitor = Monitor(
+            cfg.node, self.datapath, self._pod_of_endpoint, explain=self._explain_cookie
+        )
         self.server = APIServer(self, cfg.socket)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -69,6 +83,9 @@ class Agent:
         return ClusterPoolIPAM(
             cfg.node, cfg.ipv4_range, cfg.ipv6_range, cfg.state_dir / "ipam-allocations.json"
         )
+
+    def _explain_cookie(self, cookie: int) -> list[str]:
+        return [str(r) for r in self.policy.rules_of_cookie(cookie)]
 
     def _pod_of_endpoint(self, ep_id: int) -> str | None:
         ep = self.endpoints.get(ep_id)
@@ -101,11 +118,13 @@ class Agent:
             int(cfg.monitor_aggregation_interval_s * 1e9),
         )
         await self._setup_node()
+        self.policy.load_from_store()
         restored, removed = await self.endpoints.restore()
         log.info("restored %d endpoints, removed %d stale objects", restored, removed)
         self.monitor.start()
         await self.server.start()
         self._spawn(self._ct_gc(), "ct-gc")
+        self._spawn(self._watch_policies(), "policy-watch")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -119,6 +138,16 @@ class Agent:
             for task in list(self._tasks):
                 task.cancel()
             self.datapath.close()
+
+    async def _watch_policies(self) -> None:
+        """Pick up policies other agents (or the lab) wrote into the cluster store."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self.policy.load_from_store():
+                    await self.endpoints.regenerate_all("policy revision changed in the store")
+            except Exception:
+                log.exception("policy reload failed")
 
     async def _ct_gc(self) -> None:
         while True:

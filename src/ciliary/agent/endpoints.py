@@ -22,11 +22,13 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
+from typing import Any
 
 from ciliary.agent import store
 from ciliary.agent.identity import IdentityAllocator, security_labels
 from ciliary.agent.ipam import IPAM, IPAMError
 from ciliary.agent.podstore import PodMeta
+from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import (
     CheckResponse,
     Endpoint,
@@ -69,6 +71,7 @@ class EndpointManager:
         ipam: IPAM,
         identities: IdentityAllocator,
         pods: Callable[[str, str], PodMeta | None] = lambda _ns, _name: None,
+        policy: PolicyManager | None = None,
         mtu: int = 1500,
         on_change: Callable[[Endpoint], None] | None = None,
     ) -> None:
@@ -78,6 +81,7 @@ class EndpointManager:
         self._ipam = ipam
         self._ids = identities
         self._pods = pods
+        self._policy = policy
         self._mtu = mtu
         self._on_change = on_change
         self._eps: dict[int, Endpoint] = {}
@@ -161,6 +165,31 @@ class EndpointManager:
                 await self._delete_locked(old, "replaced by a new ADD")
             return await self._create_locked(req)
 
+    def _named_ports(self, ep: Endpoint) -> dict[str, tuple[int, str]]:
+        meta = self._pods(ep.namespace, ep.pod_name) if ep.pod_name else None
+        return dict(meta.named_ports) if meta is not None else {}
+
+    def _realize_policy(self, ep: Endpoint, changed: frozenset[Any]) -> None:
+        """This endpoint's map, then every peer whose selections the new identity changed."""
+        if self._policy is None:
+            return
+        self._policy.realize(ep, self._named_ports(ep))
+        for other in self._policy.affected(changed):
+            peer = self._eps.get(other)
+            if peer is not None and other != ep.id:
+                self._policy.realize(peer, self._named_ports(peer))
+
+    async def regenerate_all(self, reason: str) -> int:
+        """Recompute and write every endpoint's policy (policy repository changed)."""
+        if self._policy is None:
+            return 0
+        async with self._lock:
+            for ep in list(self._eps.values()):
+                if ep.state == EndpointState.READY:
+                    self._policy.realize(ep, self._named_ports(ep))
+            log.info("regenerated %d endpoints: %s", len(self._eps), reason)
+            return len(self._eps)
+
     def _identity_labels(self, ep: Endpoint) -> tuple[str, ...]:
         meta = self._pods(ep.namespace, ep.pod_name) if ep.pod_name else None
         ns_labels = meta.namespace_labels if meta is not None else {}
@@ -219,7 +248,11 @@ class EndpointManager:
                 ipv4_gateway=str(router_v4) if v4 and router_v4 else None,
                 ipv6_gateway=str(router_v6) if v6 and router_v6 else None,
             )
-            identity = self._ids.allocate(self._identity_labels(ep))
+            sec_labels = self._identity_labels(ep)
+            identity = self._ids.allocate(sec_labels)
+            changed: frozenset[Any] = frozenset()
+            if self._policy is not None:
+                changed = self._policy.identity_added(identity, sec_labels)
             ep = self._set(
                 ep, EndpointState.WAITING_TO_REGENERATE, "identity ready", identity=identity
             )
@@ -244,6 +277,8 @@ class EndpointManager:
             )
             self._program(ep, ready=False)
             self._dp.attach(pod_if.lxc_ifindex)
+            # the pod's policy (and its peers') is in the maps before the endpoint turns ready
+            self._realize_policy(ep, changed)
             self._program(ep, ready=True)
             return self._set(ep, EndpointState.READY, "datapath programmed")
         except Exception as err:
@@ -276,6 +311,8 @@ class EndpointManager:
         """Best-effort removal of everything an endpoint may own; never raises for absent parts."""
         try:
             self._unprogram(ep)
+            if self._policy is not None:
+                self._policy.forget(ep.id)
         except Exception as err:  # a map error must not keep the rest alive
             log.warning("endpoint %d: map cleanup failed: %s", ep.id, err)
         try:
@@ -389,10 +426,15 @@ class EndpointManager:
             await self._teardown(ep)
             return False
         restoring = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
-        identity = self._ids.allocate(self._identity_labels(ep))
+        labels = self._identity_labels(ep)
+        identity = self._ids.allocate(labels)
         programmed = restoring.model_copy(update={"identity": identity})
+        changed: frozenset[Any] = frozenset()
+        if self._policy is not None:
+            changed = self._policy.identity_added(identity, labels)
         self._program(programmed, ready=True)
         self._dp.attach(ifindex)
+        self._realize_policy(programmed, changed)
         self._set(programmed, EndpointState.READY, "restored")
         return True
 
@@ -404,6 +446,7 @@ class EndpointManager:
             if name not in owned:
                 await asyncio.to_thread(links.delete_link, name)
                 removed += 1
+        self._dp.policy.prune(self._eps)
         mine = {(a, ep.id) for ep in self._eps.values() for a in self._addresses(ep)}
         for rec in self._dp.endpoints.items():
             if (rec.addr, rec.ep_id) not in mine:

@@ -42,6 +42,8 @@ class IdentityAllocator(Protocol):
 
     def lookup(self, identity: int) -> tuple[str, ...] | None: ...
 
+    def all(self) -> list[tuple[int, tuple[str, ...]]]: ...
+
 
 class LocalIdentityAllocator:
     """Persisted label-set → number table. Not thread-safe: called from the event loop only."""
@@ -64,6 +66,9 @@ class LocalIdentityAllocator:
         self._by_labels[labels] = number
         self._save()
         return number
+
+    def all(self) -> list[tuple[int, tuple[str, ...]]]:
+        return [(number, labels) for labels, number in self._by_labels.items()]
 
     def lookup(self, identity: int) -> tuple[str, ...] | None:
         for labels, number in self._by_labels.items():

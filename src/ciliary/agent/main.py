@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    "from the cluster store")  # fmt: skip
     p.add_argument("--cluster-store", type=Path, help="directory of the shared cluster store")
     p.add_argument("--node-labels", default="", help="k=v,k2=v2 (matched by pool nodeSelectors)")
+    p.add_argument("--enable-policy", choices=["default", "always", "never"], default="default",
+                   help="policy enforcement mode, as Cilium's")  # fmt: skip
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         ipam_mode=args.ipam,
         cluster_store=args.cluster_store,
         node_labels=node_labels,
+        enable_policy=args.enable_policy,
     )
     try:
         if cfg.netns:

@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 from ciliary.core.flow import (
     IP_PROTOCOLS,
@@ -31,6 +32,7 @@ from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawTraceEvent, decode_trace_event
 
 log = logging.getLogger(__name__)
+_DIRECTIONS: dict[int, Literal["ingress", "egress", "unknown"]] = {1: "ingress", 2: "egress"}
 ICMP4_TYPES = {0: "EchoReply", 3: "DestinationUnreachable", 8: "EchoRequest", 11: "TimeExceeded"}
 ICMP6_TYPES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoRequest", 129: "EchoReply"}
 
@@ -55,7 +57,9 @@ class Monitor:
         datapath: NodeDatapath,
         pod_of_endpoint: Callable[[int], str | None],
         queue_size: int = 4096,
+        explain: Callable[[int], list[str]] = lambda _cookie: [],
     ) -> None:
+        self._explain = explain
         self._node = node
         self._dp = datapath
         self._pod_of = pod_of_endpoint
@@ -162,6 +166,14 @@ class Monitor:
             dst_mac=raw.dmac,
             src_pod=self._src_pod(raw),
             dst_pod=self._pod_of(raw.dst_ep_id) if raw.dst_ep_id else None,
+            traffic_direction=_DIRECTIONS.get(raw.traffic_direction, "unknown"),
+            policy_match_type=raw.policy_match,
+            policy_rules=self._explain(raw.policy_cookie) if raw.policy_cookie else [],
+            verdict_reason=(
+                "default deny"
+                if is_drop and raw.drop_reason == 133 and not raw.policy_cookie
+                else ""
+            ),
             summary=summary_of(raw),
         )
 

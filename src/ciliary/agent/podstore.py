@@ -18,6 +18,7 @@ class PodMeta:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     namespace_labels: dict[str, str] = field(default_factory=dict)
+    named_ports: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def _str_map(obj: object) -> dict[str, str]:
@@ -40,8 +41,17 @@ class PodStore:
             return None
         meta = pod.get("metadata", {})
         ns_meta = (ns or {}).get("metadata", {})
+        ports: dict[str, tuple[int, str]] = {}
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for port in (container or {}).get("ports") or []:
+                name = port.get("name")
+                if isinstance(name, str) and isinstance(port.get("containerPort"), int):
+                    ports.setdefault(
+                        name.lower(), (port["containerPort"], port.get("protocol", "TCP"))
+                    )
         return PodMeta(
             labels=_str_map(meta.get("labels")),
             annotations=_str_map(meta.get("annotations")),
             namespace_labels=_str_map(ns_meta.get("labels")),
+            named_ports=ports,
         )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ciliary.agent import policytrace
 from ciliary.agent.endpoints import EndpointError
 from ciliary.agent.ipam import IPAMError
 from ciliary.core.models import (
@@ -28,7 +29,12 @@ from ciliary.core.models import (
     GCResponse,
     IPAMAllocateRequest,
     IPAMAllocateResponse,
+    PolicyChangeResponse,
+    PolicyImportRequest,
+    PolicyListResponse,
+    TraceRequest,
 )
+from ciliary.policy.api import PolicyError
 
 if TYPE_CHECKING:
     from ciliary.agent.daemon import Agent
@@ -61,6 +67,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(exc.reason or "error", exc.status, "http")
     except EndpointError as err:
         return _error(str(err), err.status, err.kind)
+    except PolicyError as err:
+        return _error(str(err), 400, "policy")
     except IPAMError as err:
         status = {"exhausted": 409, "conflict": 409, "not-found": 404}.get(err.kind, 400)
         return _error(str(err), status, "exhausted" if err.kind == "exhausted" else "ipam")
@@ -105,6 +113,13 @@ class APIServer:
                 web.delete(f"{p}/ipam", self.ipam_release),
                 web.post(f"{p}/gc", self.gc),
                 web.post(f"{p}/ipam/gc", self.ipam_gc),
+                web.put(f"{p}/policy", self.policy_import),
+                web.get(f"{p}/policy", self.policy_list),
+                web.delete(f"{p}/policy", self.policy_delete),
+                web.post(f"{p}/policy/trace", self.policy_trace),
+                web.get(f"{p}/endpoint/{{id}}/policy", self.endpoint_policy),
+                web.get(f"{p}/identity", self.identity_list),
+                web.get(f"{p}/identity/{{id}}", self.identity_get),
             ]
         )
         self._app = app
@@ -178,6 +193,54 @@ class APIServer:
         if any(a.kind != "ipam-plugin" for a in held):
             return _error(f"{owner} is an endpoint: delete the endpoint instead", 409, "conflict")
         return _json(IPAMAllocateResponse(allocations=self._agent.ipam.release(owner)))
+
+    async def policy_import(self, request: web.Request) -> web.Response:
+        req = PolicyImportRequest.model_validate(await _body(request))
+        keys = self._agent.policy.import_text(req.text, req.filename)
+        await self._agent.endpoints.regenerate_all(f"policy import of {req.filename}")
+        return _json(PolicyChangeResponse(revision=self._agent.policy.repo.revision, keys=keys))
+
+    async def policy_list(self, _: web.Request) -> web.Response:
+        return _json(
+            PolicyListResponse(
+                revision=self._agent.policy.repo.revision, policies=self._agent.policy.summaries()
+            )
+        )
+
+    async def policy_delete(self, request: web.Request) -> web.Response:
+        everything = request.query.get("all", "") in ("1", "true")
+        keys = request.query.getall("key", [])
+        if not everything and not keys:
+            return _error(
+                "give key=<kind/namespace/name> (repeatable) or all=true", 400, "validation"
+            )
+        try:
+            removed = self._agent.policy.delete(None if everything else list(keys))
+        except KeyError as err:
+            return _error(str(err.args[0]), 404, "not-found")
+        await self._agent.endpoints.regenerate_all("policy delete")
+        return _json(PolicyChangeResponse(revision=self._agent.policy.repo.revision, keys=removed))
+
+    async def policy_trace(self, request: web.Request) -> web.Response:
+        req = TraceRequest.model_validate(await _body(request))
+        return _json(policytrace.trace(req, self._agent.endpoints, self._agent.policy))
+
+    async def endpoint_policy(self, request: web.Request) -> web.Response:
+        ep_id = self._ep_id(request)
+        ep = self._agent.endpoints.get(ep_id)
+        if ep is None:
+            return _error(f"endpoint {ep_id} not found", 404, "not-found")
+        return _json(self._agent.policy.status(ep))
+
+    async def identity_list(self, _: web.Request) -> web.Response:
+        return _json(self._agent.policy.identities(self._agent.endpoints.endpoints()))
+
+    async def identity_get(self, request: web.Request) -> web.Response:
+        number = self._ep_id(request)
+        for info in self._agent.policy.identities(self._agent.endpoints.endpoints()):
+            if info.id == number:
+                return _json(info)
+        return _error(f"identity {number} not found", 404, "not-found")
 
     async def ipam_gc(self, _: web.Request) -> web.Response:
         released = await self._agent.endpoints.release_orphaned_addresses()

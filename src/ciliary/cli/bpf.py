@@ -1,17 +1,23 @@
-"""``ciliary bpf ct list`` / ``bpf ipcache list``: the datapath's maps, as the agent reads them.
+"""``ciliary bpf ct list`` / ``ipcache list`` / ``policy get``: the datapath's maps, via the agent.
 
 Upstream's ``cilium-dbg bpf`` reads pinned maps directly; here the agent reads them and the CLI
 asks it over the socket, because the CLI must never touch the kernel (import-linter contract) and
 the agent already decodes keys and flags. The tables keep upstream's vocabulary (``expires``,
-``RxFlagsSeen``/``TxFlagsSeen``, ``SourceSecurityID``), just in columns.
+``RxFlagsSeen``/``TxFlagsSeen``, ``SourceSecurityID``), just in columns. ``bpf policy get`` shows
+an endpoint's policy map like upstream (Allow/Deny, Ingress/Egress, the remote identity's labels,
+``reserved:unknown`` for identity 0 i.e. any peer, ``ANY`` ports) plus the rules each entry was
+derived from, which upstream only shows with ``cilium-dbg policy selectors``.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 
 from rich.console import Console
+from rich.text import Text
 
+from ciliary.cli.endpoint import find_endpoint
 from ciliary.cli.output import (
     Context,
     Subparsers,
@@ -23,10 +29,13 @@ from ciliary.cli.output import (
     new_table,
     prefix_sort_key,
     print_json,
+    print_kv,
     print_table,
     wants_json,
 )
-from ciliary.core.models import CTEntry, IPCacheEntry
+from ciliary.client import AgentClient
+from ciliary.core.flow import ReservedIdentity
+from ciliary.core.models import CTEntry, EndpointPolicyStatus, IPCacheEntry, PolicyMapEntry
 
 
 def register(sub: Subparsers) -> None:
@@ -49,6 +58,16 @@ def register(sub: Subparsers) -> None:
     add_node_flag(ipl)
     add_output_flag(ipl)
     ipl.set_defaults(func=run_ipcache_list)
+
+    pol = bsub.add_parser("policy", help="an endpoint's policy map")
+    polsub = pol.add_subparsers(dest="policy_cmd", required=True, metavar="COMMAND")
+    pg = polsub.add_parser("get", help="show the policy map of one endpoint")
+    pg.add_argument(
+        "endpoint", metavar="ENDPOINT", help="endpoint id, pod:[ns/]name or container-id:ID"
+    )
+    add_node_flag(pg)
+    add_output_flag(pg)
+    pg.set_defaults(func=run_policy_get)
 
 
 # --------------------------------------------------------------------------- ct
@@ -130,4 +149,126 @@ def run_ipcache_list(args: argparse.Namespace, ctx: Context) -> int:
         print_json(entries)
     else:
         render_ipcache(ctx.console, entries)
+    return 0
+
+
+# --------------------------------------------------------------------------- policy
+
+ANY_IDENTITY_LABEL = "reserved:unknown"
+"""How upstream labels identity 0 in a policy map: the entry matches any peer."""
+
+_WILDCARD_PROTOCOLS = ("", "0", "*", "ANY")
+_WILDCARD_PORTS = ("", "0", "*", "ANY")
+
+
+def fmt_port_proto(protocol: str, ports: str) -> str:
+    """``80/TCP``, ``8000-8015/TCP``, ``ANY/UDP`` (any port), ``ANY`` (any protocol)."""
+    any_proto = protocol.strip().upper() in _WILDCARD_PROTOCOLS
+    any_port = ports.strip().upper() in _WILDCARD_PORTS
+    if any_proto and any_port:
+        return "ANY"
+    if any_port:
+        return f"ANY/{protocol}"
+    return f"{ports}/{'ANY' if any_proto else protocol}"
+
+
+def identity_labels(identity: int, known: Mapping[int, list[str]]) -> list[str]:
+    """Labels of a remote identity, from the agent's identities, else the reserved name."""
+    if identity == 0:
+        return [ANY_IDENTITY_LABEL]
+    if known.get(identity):
+        return sorted(known[identity])
+    try:
+        return [ReservedIdentity(identity).label]
+    except ValueError:
+        return ["(unknown identity)"]
+
+
+def _port_sort(ports: str) -> int:
+    head = ports.split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def _entry_key(e: PolicyMapEntry) -> tuple[object, ...]:
+    return (
+        e.direction != "ingress",
+        e.action != "deny",
+        e.identity,
+        e.protocol,
+        _port_sort(e.ports),
+        e.ports,
+    )
+
+
+def _enforced(on: bool) -> Text:
+    return Text("enforced", style="green") if on else Text("not enforced", style="yellow")
+
+
+def render_endpoint_policy(
+    console: Console, status: EndpointPolicyStatus, known: Mapping[int, list[str]]
+) -> None:
+    """The enforcement state, then one row per policy map entry (upstream's columns)."""
+    print_kv(
+        console,
+        [
+            ("Endpoint", f"{status.endpoint_id} (identity {fmt_identity(status.identity)})"),
+            (
+                "Policy enforcement",
+                Text("ingress ")
+                + _enforced(status.ingress_enforced)
+                + Text(", egress ")
+                + _enforced(status.egress_enforced),
+            ),
+            ("Policy revision", str(status.revision)),
+            ("Policies", "\n".join(sorted(status.policies)) or "(none select this endpoint)"),
+        ],
+    )
+    for problem in status.unsupported:
+        console.print(Text(f"Warning: not enforced: {problem}", style="yellow"))
+    if not status.entries:
+        console.print("No policy map entries")
+        return
+    table = new_table(
+        "ACTION",
+        "DIRECTION",
+        "IDENTITY",
+        "LABELS (source:key[=value])",
+        "PORT/PROTO",
+        "PACKETS",
+        "BYTES",
+        "RULES",
+    )
+    for e in sorted(status.entries, key=_entry_key):
+        action = Text("Allow") if e.action == "allow" else Text("Deny", style="bold red")
+        table.add_row(
+            action,
+            e.direction.capitalize(),
+            str(e.identity),
+            "\n".join(identity_labels(e.identity, known)),
+            fmt_port_proto(e.protocol, e.ports),
+            str(e.packets),
+            str(e.bytes),
+            "\n".join(str(r) for r in e.rules) or "-",
+        )
+    print_table(console, table)
+
+
+def resolve_endpoint_id(client: AgentClient, ref: str) -> int:
+    """An endpoint id (asked as-is) or ``pod:[ns/]name`` / ``container-id:ID`` (looked up)."""
+    return int(ref) if ref.isdigit() else find_endpoint(client, ref).id
+
+
+def identity_labels_by_id(client: AgentClient) -> dict[int, list[str]]:
+    """The labels of every identity the agent knows, for LABELS columns."""
+    return {info.id: info.labels for info in client.identities()}
+
+
+def run_policy_get(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        status = client.endpoint_policy(resolve_endpoint_id(client, args.endpoint))
+        if wants_json(args):
+            print_json(status)
+            return 0
+        known = identity_labels_by_id(client)
+    render_endpoint_policy(ctx.console, status, known)
     return 0

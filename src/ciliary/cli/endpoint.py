@@ -50,6 +50,9 @@ def register(sub: Subparsers) -> None:
 
     gp = esub.add_parser("get", help="show one endpoint in detail")
     gp.add_argument("id", metavar="ID", help="endpoint id, pod:[ns/]name or container-id:ID")
+    gp.add_argument(
+        "--policy", action="store_true", help="also show the realized policy (bpf policy get)"
+    )
     add_node_flag(gp)
     add_output_flag(gp)
     gp.set_defaults(func=run_get)
@@ -173,10 +176,28 @@ def render_detail(console: Console, ep: Endpoint, *, now: float | None = None) -
 
 
 def run_get(args: argparse.Namespace, ctx: Context) -> int:
+    if getattr(args, "policy", False):
+        return _run_get_with_policy(args, ctx)
     with ctx.client() as client:
         ep = find_endpoint(client, args.id)
     if wants_json(args):
         print_json(ep)
     else:
         render_detail(ctx.console, ep)
+    return 0
+
+
+def _run_get_with_policy(args: argparse.Namespace, ctx: Context) -> int:
+    from ciliary.cli import bpf  # noqa: PLC0415 - bpf imports this module
+
+    with ctx.client() as client:
+        ep = find_endpoint(client, args.id)
+        status = client.endpoint_policy(ep.id)
+        known = {} if wants_json(args) else bpf.identity_labels_by_id(client)
+    if wants_json(args):
+        print_json({"endpoint": ep, "policy": status})
+        return 0
+    render_detail(ctx.console, ep)
+    ctx.console.print()
+    bpf.render_endpoint_policy(ctx.console, status, known)
     return 0

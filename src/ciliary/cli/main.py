@@ -15,14 +15,38 @@ import sys
 from collections.abc import Sequence
 
 from ciliary import __version__
-from ciliary.cli import bpf, demo, endpoint, ipam, lab, monitor, status, version, workload
+from ciliary.cli import (
+    bpf,
+    demo,
+    endpoint,
+    identity,
+    ipam,
+    lab,
+    monitor,
+    policy,
+    status,
+    version,
+    workload,
+)
 from ciliary.cli.output import ROOT_REQUIRED, CLIError, Context, RootRequiredError, one_line
 from ciliary.client import AgentClientError, AgentPermissionError
 
 DEBUG_ENV = "CILIARY_DEBUG"
 """Set to 1 to get the traceback of an unexpected error instead of the one-line message."""
 
-_COMMANDS = (status, endpoint, ipam, bpf, monitor, lab, workload, demo, version)
+_COMMANDS = (
+    status,
+    endpoint,
+    identity,
+    policy,
+    ipam,
+    bpf,
+    monitor,
+    lab,
+    workload,
+    demo,
+    version,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

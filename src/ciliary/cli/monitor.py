@@ -4,7 +4,8 @@ The agent decodes the ring buffer and streams :class:`MonitorEvent` objects; thi
 filters (``--type`` server-side, ``--from``/``--to``/``--related-to`` here) and prints them in
 upstream's one-line shapes, so an upstream-trained eye (or grep) finds ``-> endpoint 12`` and
 ``xx drop (Policy denied)`` where it expects them. Pod names, which upstream only shows with
-``-v``, are appended when the agent knows them because lab pods are addressed by name.
+``-v``, are appended when the agent knows them because lab pods are addressed by name, and so is
+the policy verdict's "why" (the deciding rules, or ``default deny``) when the agent knows it.
 ``-o json`` emits one JSON object per line, flushed, for scripts and tests.
 """
 
@@ -108,15 +109,22 @@ def _pods(ev: MonitorEvent) -> str:
     return f" ({ev.src_pod or '?'} -> {ev.dst_pod or '?'})"
 
 
+def _policy(ev: MonitorEvent) -> str:
+    """Why policy let the flow through or dropped it: the deciding rules, else the reason."""
+    if ev.policy_rules:
+        return " policy: " + ", ".join(ev.policy_rules)
+    return f" {ev.verdict_reason}" if ev.verdict_reason else ""
+
+
 def format_event(ev: MonitorEvent) -> str:
-    """One ``cilium monitor`` line for ``ev``."""
+    """One ``cilium monitor`` line for ``ev``, with the policy verdict's rules when known."""
     ifname = ev.ifname or str(ev.ifindex)
     identity = f"identity {ev.src_identity}->{ev.dst_identity}"
     if ev.type == "drop":
         reason = ev.drop_reason_desc or f"reason {ev.drop_reason}"
         return (
             f"xx drop ({reason}) flow 0x0 to endpoint {ev.dst_endpoint_id}, "
-            f"ifindex {ev.ifindex} ({ifname}), {identity}: {_l4(ev)}{_pods(ev)}"
+            f"ifindex {ev.ifindex} ({ifname}), {identity}: {_l4(ev)}{_pods(ev)}{_policy(ev)}"
         )
     where = _TRACE_POINTS.get(_point(ev), "-> " + (_point(ev) or "trace")).format(
         dst_ep=ev.dst_endpoint_id, src_ep=ev.endpoint_id
@@ -124,7 +132,7 @@ def format_event(ev: MonitorEvent) -> str:
     state = ev.ct_state.lower() or "unknown"
     return (
         f"{where} flow 0x0 , {identity} state {state} ifindex {ifname} "
-        f"orig-ip {ev.src_ip}: {_l4(ev)}{_pods(ev)}"
+        f"orig-ip {ev.src_ip}: {_l4(ev)}{_pods(ev)}{_policy(ev)}"
     )
 
 

@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import socket
+import urllib.parse
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -33,15 +34,22 @@ from ciliary.core.models import (
     Endpoint,
     EndpointCheckRequest,
     EndpointCreateRequest,
+    EndpointPolicyStatus,
     ErrorResponse,
     GCRequest,
     GCResponse,
+    IdentityInfo,
     IPAMAllocateRequest,
     IPAMAllocateResponse,
     IPAMListing,
     IPCacheEntry,
     MonitorEvent,
+    PolicyChangeResponse,
+    PolicyImportRequest,
+    PolicyListResponse,
     StatusResponse,
+    TraceRequest,
+    TraceResponse,
 )
 
 DEFAULT_RUN_DIR = Path("/run/ciliary")
@@ -63,6 +71,12 @@ _IPAM_ALLOC = TypeAdapter(IPAMAllocateResponse)
 _IPAM_LIST = TypeAdapter(IPAMListing)
 _GC = TypeAdapter(GCResponse)
 _CHECK = TypeAdapter(CheckResponse)
+_POLICY_CHANGE = TypeAdapter(PolicyChangeResponse)
+_POLICY_LIST = TypeAdapter(PolicyListResponse)
+_TRACE = TypeAdapter(TraceResponse)
+_EP_POLICY = TypeAdapter(EndpointPolicyStatus)
+_IDENTITY = TypeAdapter(IdentityInfo)
+_IDENTITIES = TypeAdapter(list[IdentityInfo])
 
 
 class AgentClientError(Exception):
@@ -283,6 +297,43 @@ class AgentClient:
 
     def ipcache_list(self) -> list[IPCacheEntry]:
         return self._get(_IPCACHE, "/map/ipcache")
+
+    def policy_import(
+        self, text: str, filename: str = "<stdin>", *, timeout: float | None = None
+    ) -> PolicyChangeResponse:
+        """Import policy YAML (all documents, or nothing: a parse problem is a 400 whose
+        :class:`AgentAPIError` has ``kind == "policy"`` and the first problem as message)."""
+        body = PolicyImportRequest(text=text, filename=filename).model_dump(mode="json")
+        resp = self._request("PUT", "/policy", json_body=body, timeout=timeout)
+        return self._parse(resp, _POLICY_CHANGE)
+
+    def policy_list(self) -> PolicyListResponse:
+        return self._get(_POLICY_LIST, "/policy")
+
+    def policy_delete(
+        self, keys: list[str] | None = None, all: bool = False, *, timeout: float | None = None
+    ) -> PolicyChangeResponse:
+        """Delete the policies ``keys`` (``kind/ns/name``), or every policy with ``all``."""
+        if all == bool(keys):
+            raise ValueError("policy_delete takes either keys or all=True")
+        query = [("all", "true")] if all else [("key", k) for k in keys or ()]
+        path = "/policy?" + urllib.parse.urlencode(query)  # ``key`` repeats: not a dict
+        return self._parse(self._request("DELETE", path, timeout=timeout), _POLICY_CHANGE)
+
+    def policy_trace(self, req: TraceRequest) -> TraceResponse:
+        """Would this flow be allowed, and by which rule (both halves)?"""
+        resp = self._request("POST", "/policy/trace", json_body=req.model_dump(mode="json"))
+        return self._parse(resp, _TRACE)
+
+    def endpoint_policy(self, ep_id: int) -> EndpointPolicyStatus:
+        """The policy realized for one endpoint: enforcement, policies, map entries."""
+        return self._get(_EP_POLICY, f"/endpoint/{int(ep_id)}/policy")
+
+    def identities(self) -> list[IdentityInfo]:
+        return self._get(_IDENTITIES, "/identity")
+
+    def identity(self, id: int) -> IdentityInfo:
+        return self._get(_IDENTITY, f"/identity/{int(id)}")
 
     def monitor(self, type: str | None = None) -> Generator[MonitorEvent, None, None]:
         """Live datapath events, ``type`` ``"trace"`` or ``"drop"`` (None: both).

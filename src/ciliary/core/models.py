@@ -194,6 +194,12 @@ class MonitorEvent(_Model):
     dst_mac: str
     src_pod: str | None = None
     dst_pod: str | None = None
+    traffic_direction: Literal["ingress", "egress", "unknown"] = "unknown"
+    policy_match_type: int = 0
+    policy_rules: list[str] = Field(
+        default_factory=list, description="the rules that decided (allowed or denied) this flow"
+    )
+    verdict_reason: str = Field(default="", description="'default deny' when no rule allowed it")
     summary: str
 
 
@@ -266,7 +272,7 @@ class GCRequest(_Model):
     valid_attachments: list[Attachment]
     scope: Literal["endpoints", "ipam-plugin"] = Field(
         default="endpoints",
-        description="endpoints: ciliary-cni's network; ipam-plugin: addresses given via ciliary-ipam",
+        description="endpoints: ciliary-cni's network; ipam-plugin: via ciliary-ipam",
     )
 
 
@@ -287,6 +293,110 @@ class EndpointCheckRequest(_Model):
 class CheckResponse(_Model):
     ok: bool
     problems: list[str]
+
+
+class PolicyImportRequest(_Model):
+    """Policy YAML as the user wrote it; the agent parses it (all or nothing)."""
+
+    text: str
+    filename: str = "<stdin>"
+
+
+class PolicySummary(_Model):
+    key: str
+    kind: str
+    namespace: str | None
+    name: str
+    source: str
+    rules: int
+
+
+class PolicyListResponse(_Model):
+    revision: int
+    policies: list[PolicySummary]
+
+
+class PolicyChangeResponse(_Model):
+    revision: int
+    keys: list[str]
+
+
+class RuleReference(_Model):
+    """Which rule decided: Cilium's "derived from" (policy kind/namespace/name + rule)."""
+
+    policy: str = Field(description="kind/namespace/name")
+    kind: str
+    namespace: str | None
+    name: str
+    rule_index: int
+    section: str = Field(description="ingress | egress | ingressDeny | egressDeny")
+    peer_index: int
+
+    def __str__(self) -> str:
+        where = self.name if self.namespace is None else f"{self.namespace}/{self.name}"
+        return f"{self.kind} {where} rule {self.rule_index} {self.section}[{self.peer_index}]"
+
+
+class PolicyMapEntry(_Model):
+    direction: Literal["ingress", "egress"]
+    identity: int
+    protocol: str
+    ports: str = Field(description="'any', '80', or '8000-8015'")
+    action: Literal["allow", "deny"]
+    rules: list[RuleReference]
+    packets: int = 0
+    bytes: int = 0
+
+
+class EndpointPolicyStatus(_Model):
+    endpoint_id: int
+    identity: int
+    revision: int
+    ingress_enforced: bool
+    egress_enforced: bool
+    policies: list[str]
+    entries: list[PolicyMapEntry]
+    unsupported: list[str] = Field(default_factory=list)
+
+
+class TraceRequest(_Model):
+    """A flow to explain: each side is a pod (``[ns/]name``), an endpoint id, or an IP."""
+
+    src: str
+    dst: str
+    protocol: Literal["TCP", "UDP", "SCTP", "ICMP", "ICMPv6"] = "TCP"
+    port: int = Field(default=0, ge=0, le=65535, description="destination port (ICMP: type)")
+
+
+class TraceHalf(_Model):
+    direction: Literal["egress", "ingress"]
+    endpoint: str | None = Field(description="the endpoint whose policy applies, if any")
+    allowed: bool
+    reason: str = Field(description="allowed | denied by rule | default deny | not enforced")
+    rules: list[RuleReference]
+    matched: str | None = Field(description="the policy map entry that matched")
+
+
+class TraceResponse(_Model):
+    src: str
+    src_identity: int
+    dst: str
+    dst_identity: int
+    protocol: str
+    port: int
+    allowed: bool
+    verdict: Literal["FORWARDED", "DROPPED"]
+    drop_reason: int | None
+    drop_reason_desc: str | None
+    egress: TraceHalf
+    ingress: TraceHalf
+
+
+class IdentityInfo(_Model):
+    id: int
+    labels: list[str]
+    reserved: bool
+    endpoints: list[int] = Field(default_factory=list)
 
 
 class ErrorResponse(_Model):

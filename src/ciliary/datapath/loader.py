@@ -20,6 +20,7 @@ from ciliary.datapath.maps.conntrack import CTMap
 from ciliary.datapath.maps.endpoints import EndpointMap
 from ciliary.datapath.maps.events import EventsLostMap
 from ciliary.datapath.maps.ipcache import IPCacheMap
+from ciliary.datapath.maps.policy import PolicyMaps
 
 BPF_FS = Path("/sys/fs/bpf")
 PIN_ROOT = BPF_FS / "ciliary"
@@ -76,6 +77,7 @@ class NodeDatapath:
         self.ct = CTMap(self._maps["ciliary_ct"])
         self.config = ConfigMap(self._maps["ciliary_config"])
         self.events_lost = EventsLostMap(self._maps["ciliary_events_lost"])
+        self.policy = PolicyMaps(self._maps["ciliary_policy"], self.pin_dir)
 
     @property
     def programs(self) -> list[str]:
@@ -109,7 +111,7 @@ class NodeDatapath:
             info = m.info
             if name in (EVENTS_MAP,) or name.endswith(".bss") or name.endswith(".rodata"):
                 continue
-            if name in ("ciliary_config", "ciliary_events_lost"):
+            if name in ("ciliary_config", "ciliary_events_lost", "ciliary_policy"):
                 continue
             out.append(MapUsage(name, m.count(), info.max_entries))
         return out

@@ -422,7 +422,13 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
         _k8s_object(
             "Pod", pod.name, pod.namespace,
             labels=dict(pod.labels), annotations=dict(pod.metadata.annotations),
-            spec={"nodeName": nrec.name},
+            spec={
+                "nodeName": nrec.name,
+                "containers": [
+                    {"name": c.name, "ports": [p.model_dump(by_alias=True, exclude_none=True) for p in c.ports]}
+                    for c in pod.spec.containers
+                ],
+            },
         ),
     )  # fmt: skip
     path = netns.create(prec.netns)

@@ -1,0 +1,329 @@
+"""The agent's side of network policy: the engine's repository and selector cache, fed with
+this node's identities, turned into each endpoint's BPF policy map.
+
+Where things come from:
+  * policies: the cluster store (kind ``policies``: the documents as users wrote them), so every
+    agent of a lab enforces the same set; an import through this agent's API is validated (all or
+    nothing), written to the store and applied at once; other agents notice the store's policy
+    revision change and reload;
+  * identities: the endpoint identity allocator (pods) plus node-local CIDR identities
+    (``1<<24 | n``) for every prefix a CIDR rule names, which are also written to the ipcache so
+    the datapath resolves those addresses to them.
+Ordering contract: an endpoint's map is complete before the endpoint is marked ready; when a new
+identity appears, endpoints whose peer selectors now select it are regenerated before the new
+endpoint is reported ready, so its first packet meets up-to-date peers. Map updates go through
+``EndpointPolicyMap.apply`` (denies before allows are removed, …): never a window where traffic
+that must be denied passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+import yaml
+
+from ciliary.core.models import (
+    Endpoint,
+    EndpointPolicyStatus,
+    IdentityInfo,
+    PolicyMapEntry,
+    PolicySummary,
+    RuleReference,
+)
+from ciliary.datapath.loader import NodeDatapath
+from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
+from ciliary.kvstore import FileStore
+from ciliary.policy.api import Policy, PolicyError, parse_policy_documents, parse_policy_text
+from ciliary.policy.identity import Identity, cidr_identity
+from ciliary.policy.mapstate import MapEntry, MapKey, RuleRef
+from ciliary.policy.repository import Repository
+from ciliary.policy.resolve import EndpointPolicy, Mode, compute
+from ciliary.policy.selectorcache import SelectorCache
+
+log = logging.getLogger(__name__)
+Network = IPv4Network | IPv6Network
+PROTOCOL_NAMES = {0: "any", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+REVISION_DOC = ("policyrevisions", "current")
+
+
+def rule_reference(ref: RuleRef) -> RuleReference:
+    return RuleReference(
+        policy=ref.policy_key,
+        kind=ref.policy_kind,
+        namespace=ref.namespace,
+        name=ref.name,
+        rule_index=ref.rule_index,
+        section=ref.direction + ("Deny" if ref.deny else ""),
+        peer_index=ref.peer_index,
+    )
+
+
+def ports_text(key: MapKey) -> str:
+    if key.protocol == 0 or key.port_prefix == 0:
+        return "any"
+    if key.port_prefix == 16:
+        return str(key.port)
+    last = key.port | ((1 << (16 - key.port_prefix)) - 1)
+    return f"{key.port}-{last}"
+
+
+def split_documents(text: str, filename: str) -> list[tuple[int, dict[str, Any]]]:
+    """(1-based document number, document) pairs; syntax errors are the parser's to report."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        return []
+    return [(i, d) for i, d in enumerate(docs, start=1) if isinstance(d, dict)]
+
+
+class PolicyManager:
+    def __init__(
+        self,
+        *,
+        datapath: NodeDatapath,
+        store: FileStore,
+        mode: Mode = "default",
+        identity_labels: Callable[[int], tuple[str, ...] | None],
+        all_identities: Callable[[], Iterable[tuple[int, tuple[str, ...]]]],
+    ) -> None:
+        self._dp = datapath
+        self._store = store
+        self._mode: Mode = mode
+        self._labels_of = identity_labels
+        self.repo = Repository()
+        self.cache = SelectorCache()
+        self._cookies: dict[frozenset[RuleRef], int] = {}
+        self._by_cookie: dict[int, frozenset[RuleRef]] = {}
+        self._cidr_ids: dict[Network, Identity] = {}
+        self._realized: dict[int, EndpointPolicy] = {}
+        self._store_revision: int | None = None
+        for number, labels in all_identities():
+            self.cache.upsert_identity(Identity.of(number, labels))
+
+    # ---- identities --------------------------------------------------------------------------
+
+    def identity_added(self, number: int, labels: Iterable[str]) -> frozenset[Any]:
+        """Make the selector cache know an identity; returns the selectors whose selection
+        changed (the caller regenerates the endpoints that depend on them)."""
+        return self.cache.upsert_identity(Identity.of(number, labels))
+
+    def identities(self, endpoints: list[Endpoint]) -> list[IdentityInfo]:
+        users: dict[int, list[int]] = {}
+        for ep in endpoints:
+            users.setdefault(ep.identity, []).append(ep.id)
+        return [
+            IdentityInfo(
+                id=ident.id,
+                labels=sorted(ident.labels),
+                reserved=ident.is_reserved,
+                endpoints=sorted(users.get(ident.id, [])),
+            )
+            for ident in sorted(self.cache.identities().values(), key=lambda i: i.id)
+        ]
+
+    # ---- policies ----------------------------------------------------------------------------
+
+    def load_from_store(self) -> bool:
+        """Reload the repository when the store's policy revision moved; True if it did."""
+        rev_doc = self._store.get(*REVISION_DOC) or {}
+        revision = int(rev_doc.get("revision", 0))
+        if revision == self._store_revision:
+            return False
+        docs = self._store.list("policies")
+        policies: list[Policy] = []
+        for entry in docs.values():
+            try:
+                policies += parse_policy_documents(
+                    [(int(entry["index"]), entry["document"])], str(entry["source"])
+                )
+            except (PolicyError, KeyError, TypeError) as err:
+                log.error("ignoring an invalid policy in the cluster store: %s", err)
+        current = {p.key for p in self.repo.policies()}
+        gone = current - {p.key for p in policies}
+        if gone:
+            self.repo.delete(gone)
+        if policies:
+            self.repo.replace(policies)
+        self._store_revision = revision
+        self._sync_cidr_identities()
+        return True
+
+    def _bump_store_revision(self, txn_store: FileStore) -> None:
+        with txn_store.transaction() as txn:
+            doc = txn.get(*REVISION_DOC) or {}
+            revision = int(doc.get("revision", 0)) + 1
+            txn.put(*REVISION_DOC, {"revision": revision})
+        self._store_revision = revision
+
+    def import_text(self, text: str, filename: str) -> list[str]:
+        """Validate (raises PolicyError, nothing applied), store, apply; returns the keys."""
+        docs = split_documents(text, filename)
+        policies = parse_policy_documents(docs, filename) if docs else None
+        if policies is None:
+            parse_policy_text(text, filename)  # reports the syntax error
+            raise PolicyError(f"{filename}: no policy documents")
+        by_index = dict(docs)
+        for pol in policies:
+            index = int(pol.source.rsplit(":", 1)[1])
+            self._store.put(
+                "policies",
+                pol.key,
+                {"source": filename, "index": index, "document": by_index[index]},
+            )
+        self.repo.replace(policies)
+        self._bump_store_revision(self._store)
+        self._sync_cidr_identities()
+        return [p.key for p in policies]
+
+    def delete(self, keys: list[str] | None) -> list[str]:
+        targets = [p.key for p in self.repo.policies()] if keys is None else keys
+        unknown = [k for k in targets if self.repo.get(k) is None]
+        if unknown:
+            raise KeyError(f"no such policy: {', '.join(unknown)}")
+        for key in targets:
+            self._store.delete("policies", key)
+        if targets:
+            self.repo.delete(targets)
+            self._bump_store_revision(self._store)
+            self._sync_cidr_identities()
+        return targets
+
+    def summaries(self) -> list[PolicySummary]:
+        return [
+            PolicySummary(
+                key=p.key,
+                kind=p.kind,
+                namespace=p.namespace,
+                name=p.name,
+                source=p.source,
+                rules=len(p.rules),
+            )
+            for p in sorted(self.repo.policies(), key=lambda p: p.key)
+        ]
+
+    def _sync_cidr_identities(self) -> None:
+        """Local identities (and ipcache entries) for exactly the prefixes CIDR rules name."""
+        wanted: set[Network] = set()
+        for pol in self.repo.policies():
+            for rule in pol.rules:
+                for peer in (*rule.ingress, *rule.egress, *rule.ingress_deny, *rule.egress_deny):
+                    for cidr in peer.cidrs:
+                        if cidr.cidr is not None:  # cidrGroupRef entries carry no prefix
+                            wanted.add(cidr.cidr)
+                        wanted.update(cidr.except_cidrs)
+        for prefix in [p for p in self._cidr_ids if p not in wanted]:
+            ident = self._cidr_ids.pop(prefix)
+            self._dp.ipcache.delete(prefix)
+            self.cache.remove_identity(ident.id)
+        used = {i.id & 0xFFFFFF for i in self._cidr_ids.values()}
+        n = 1
+        for prefix in sorted(wanted - set(self._cidr_ids), key=str):
+            while n in used:
+                n += 1
+            ident = cidr_identity(n, prefix)
+            used.add(n)
+            self._cidr_ids[prefix] = ident
+            self.cache.upsert_identity(ident)
+            # pod and node addresses keep their own /32 entries (longer prefixes win)
+            self._dp.ipcache.upsert(prefix, ident.id)
+
+    # ---- endpoints ---------------------------------------------------------------------------
+
+    def _cookie(self, refs: frozenset[RuleRef]) -> int:
+        if not refs:
+            return 0
+        found = self._cookies.get(refs)
+        if found is None:
+            found = len(self._cookies) + 1
+            self._cookies[refs] = found
+            self._by_cookie[found] = refs
+        return found
+
+    def rules_of_cookie(self, cookie: int) -> list[RuleReference]:
+        return [rule_reference(r) for r in sorted(self._by_cookie.get(cookie, frozenset()))]
+
+    def compute(
+        self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None
+    ) -> EndpointPolicy:
+        labels = self._labels_of(ep.identity) or ()
+        return compute(
+            self.repo, self.cache, Identity.of(ep.identity, labels),
+            named_ports=named_ports or {}, mode=self._mode,
+        )  # fmt: skip
+
+    def realize(
+        self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None
+    ) -> EndpointPolicy:
+        """Write the endpoint's computed policy into its map (or drop the map: not enforced)."""
+        pol = self.compute(ep, named_ports)
+        if pol.ingress_enforced or pol.egress_enforced:
+            desired = {
+                PolicyKey(k.identity, k.egress, k.protocol, k.port, k.port_prefix): PolicyValue(
+                    e.deny, self._cookie(e.derived_from)
+                )
+                for k, e in pol.entries.items()
+            }
+            self._dp.policy.ensure(ep.id, desired).apply(desired)
+        else:
+            self._dp.policy.remove(ep.id)
+        self._realized[ep.id] = pol
+        return pol
+
+    def forget(self, ep_id: int) -> None:
+        self._dp.policy.remove(ep_id)
+        self._realized.pop(ep_id, None)
+
+    def affected(self, changed: frozenset[Any]) -> list[int]:
+        """Endpoints whose realized policy depends on one of the changed selectors."""
+        return [ep for ep, pol in self._realized.items() if pol.selectors & changed]
+
+    def realized(self, ep_id: int) -> EndpointPolicy | None:
+        return self._realized.get(ep_id)
+
+    def status(self, ep: Endpoint) -> EndpointPolicyStatus:
+        pol = self._realized.get(ep.id) or self.compute(ep)
+        counters: dict[PolicyKey, tuple[int, int]] = {}
+        inner = self._dp.policy.get(ep.id)
+        if inner is not None:
+            try:
+                counters = {r.key: (r.packets, r.bytes) for r in inner.items()}
+            finally:
+                inner.close()
+        entries = []
+        for key, entry in sorted(pol.entries.items()):
+            pk = PolicyKey(key.identity, key.egress, key.protocol, key.port, key.port_prefix)
+            packets, nbytes = counters.get(pk, (0, 0))
+            entries.append(self._entry(key, entry, packets, nbytes))
+        return EndpointPolicyStatus(
+            endpoint_id=ep.id, identity=ep.identity, revision=pol.revision,
+            ingress_enforced=pol.ingress_enforced, egress_enforced=pol.egress_enforced,
+            policies=list(pol.policies), entries=entries, unsupported=list(pol.unsupported),
+        )  # fmt: skip
+
+    @staticmethod
+    def _entry(key: MapKey, entry: MapEntry, packets: int, nbytes: int) -> PolicyMapEntry:
+        return PolicyMapEntry(
+            direction="egress" if key.egress else "ingress",
+            identity=key.identity,
+            protocol=PROTOCOL_NAMES.get(key.protocol, str(key.protocol)),
+            ports=ports_text(key),
+            action="deny" if entry.deny else "allow",
+            rules=[rule_reference(r) for r in sorted(entry.derived_from)],
+            packets=packets,
+            bytes=nbytes,
+        )
+
+    def identity_of_address(self, addr: str) -> int:
+        """What the datapath would resolve an address to (ipcache longest match, else world)."""
+        parsed = ip_address(addr)
+        found = self._dp.ipcache.lookup(parsed)
+        if found is not None:
+            return found
+        return 9 if parsed.version == 4 else 10
+
+    @staticmethod
+    def network(text: str) -> Network:
+        return ip_network(text, strict=False)
