@@ -43,6 +43,7 @@ from ciliary.lab.state import (
     PodRecord,
     PodView,
 )
+from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 
 RUN_ROOT = Path(os.environ.get("CILIARY_RUN_DIR", "/run/ciliary"))
 LAB_ROOT = RUN_ROOT / "lab"
@@ -189,6 +190,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         raise LabError(str(err)) from err
     lab_name = name or lab_file.lab.metadata.name
     _preflight(lab_name, lab_file)
+    policies = _policies_of(lab_file)
     rec = LabRecord(
         name=lab_name,
         file=str(path) if path else None,
@@ -199,6 +201,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     _save(rec)
     try:
         _publish_cluster(rec, lab_file)
+        _publish_policies(rec.name, lab_file, policies)
         cidrs = schema.node_cidrs(lab_file)
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
@@ -228,7 +231,9 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
     except schema.LabFileError as err:
         raise LabError(str(err)) from err
     made: list[PodRecord] = []
+    policies = _policies_of(added)
     try:
+        _publish_policies(rec.name, added, policies)
         store = cluster_store(rec.name)
         for ns in added.namespaces:
             rec.namespaces[ns.metadata.name] = {
@@ -271,6 +276,30 @@ def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
             store.put("ippools", pool.name, pool.to_calico_json())
         store.put("ipamconfigs", "default", lab_file.ipam_config.to_calico_json())
     _save(rec)
+
+
+def _policies_of(lab_file: schema.LabFile) -> list[Policy]:
+    """The lab file's CiliumNetworkPolicy / NetworkPolicy documents, validated all or nothing."""
+    docs = [(d.index, d.body) for d in lab_file.other_documents]
+    try:
+        return parse_policy_documents(docs, lab_file.filename) if docs else []
+    except PolicyError as err:
+        raise LabError(str(err)) from err
+
+
+def _publish_policies(lab: str, lab_file: schema.LabFile, policies: list[Policy]) -> None:
+    """Policies go into the cluster store (agents load them at start and watch for changes)."""
+    if not policies:
+        return
+    store = cluster_store(lab)
+    bodies = {d.index: d.body for d in lab_file.other_documents}
+    for pol in policies:
+        index = int(pol.source.rsplit(":", 1)[1])
+        doc = {"source": lab_file.filename, "index": index, "document": bodies[index]}
+        store.put("policies", pol.key, doc)
+    with store.transaction() as txn:
+        current = txn.get("policyrevisions", "current") or {}
+        txn.put("policyrevisions", "current", {"revision": int(current.get("revision", 0)) + 1})
 
 
 def _effective_base(base: schema.LabFile, rec: LabRecord) -> schema.LabFile:
@@ -425,7 +454,10 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
             spec={
                 "nodeName": nrec.name,
                 "containers": [
-                    {"name": c.name, "ports": [p.model_dump(by_alias=True, exclude_none=True) for p in c.ports]}
+                    {
+                        "name": c.name,
+                        "ports": [p.model_dump(by_alias=True, exclude_none=True) for p in c.ports],
+                    }
                     for c in pod.spec.containers
                 ],
             },
