@@ -22,6 +22,7 @@ from ciliary.agent.endpoints import EndpointError
 from ciliary.agent.ipam import IPAMError
 from ciliary.core.models import (
     API_PREFIX,
+    Endpoint,
     EndpointCheckRequest,
     EndpointCreateRequest,
     ErrorResponse,
@@ -151,8 +152,20 @@ class APIServer:
     async def status(self, _: web.Request) -> web.Response:
         return _json(await self._agent.status())
 
+    def _with_enforcement(self, ep: Endpoint) -> Endpoint:
+        pol = self._agent.policy.realized(ep.id)
+        if pol is None:
+            return ep
+        on = {True: "Enabled", False: "Disabled"}
+        return ep.model_copy(
+            update={
+                "policy_ingress": on[pol.ingress_enforced],
+                "policy_egress": on[pol.egress_enforced],
+            }
+        )
+
     async def endpoint_list(self, _: web.Request) -> web.Response:
-        return _json(self._agent.endpoints.endpoints())
+        return _json([self._with_enforcement(ep) for ep in self._agent.endpoints.endpoints()])
 
     def _ep_id(self, request: web.Request) -> int:
         try:
@@ -165,7 +178,7 @@ class APIServer:
         ep = self._agent.endpoints.get(ep_id)
         if ep is None:
             return _error(f"endpoint {ep_id} not found", 404, "not-found")
-        return _json(ep)
+        return _json(self._with_enforcement(ep))
 
     async def endpoint_create(self, request: web.Request) -> web.Response:
         req = EndpointCreateRequest.model_validate(await _body(request))

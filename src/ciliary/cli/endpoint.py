@@ -35,9 +35,6 @@ from ciliary.client import AgentClient
 from ciliary.core.flow import ReservedIdentity
 from ciliary.core.models import Endpoint, EndpointState
 
-POLICY_ENFORCEMENT = "Disabled"
-"""Policy is not implemented yet: both directions are unenforced, as upstream prints it."""
-
 
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("endpoint", aliases=["ep"], help="list and inspect endpoints")
@@ -98,8 +95,8 @@ def render_list(console: Console, endpoints: list[Endpoint]) -> None:
     for ep in sorted(endpoints, key=lambda e: e.id):
         table.add_row(
             str(ep.id),
-            POLICY_ENFORCEMENT,
-            POLICY_ENFORCEMENT,
+            ep.policy_ingress,
+            ep.policy_egress,
             str(ep.identity),
             "\n".join(endpoint_labels(ep)),
             ep.ipv6 or "",
@@ -159,7 +156,7 @@ def render_detail(console: Console, ep: Endpoint, *, now: float | None = None) -
             ("Container ID", ep.container_id),
             ("Identity", fmt_identity(ep.identity)),
             ("Labels", "\n".join(endpoint_labels(ep))),
-            ("Policy enforcement", f"ingress {POLICY_ENFORCEMENT}, egress {POLICY_ENFORCEMENT}"),
+            ("Policy enforcement", f"ingress {ep.policy_ingress}, egress {ep.policy_egress}"),
             ("IPv4", fmt_opt(ep.ipv4)),
             ("IPv6", fmt_opt(ep.ipv6)),
             ("Interface", f"{ep.ifname} (MAC {ep.mac}) in netns {ep.netns}"),

@@ -114,6 +114,8 @@ def register(sub: Subparsers) -> None:
     )
     tr.add_argument(
         "--dport",
+        type=_dport_arg,
+        default=("TCP", 0),
         metavar="PORT[/PROTO]",
         help="destination port and protocol: 80/tcp (default tcp), 53/udp, 8/icmp (ICMP type)",
     )
@@ -319,6 +321,15 @@ def parse_dport(value: str | None) -> tuple[TraceProtocol, int]:
     return protocol, port
 
 
+def _dport_arg(value: str) -> tuple[TraceProtocol, int]:
+    """``--dport``'s argparse type: a bad value is a usage error (exit 2), not a verdict (1)."""
+    try:
+        return parse_dport(value)
+    except CLIError as exc:
+        message = str(exc).removeprefix(f"invalid --dport {value!r}: ")
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def final_verdict(tr: TraceResponse) -> str:
     """``ALLOWED``, or ``DENIED (<drop reason>)`` as the datapath would report the drop."""
     if tr.allowed:
@@ -333,6 +344,11 @@ def _ports(tr: TraceResponse) -> str:
     return f"{tr.port or 'ANY'}/{tr.protocol}"
 
 
+def _identity(number: int) -> str:
+    """``identity 256``, ``identity 2, reserved:world``."""
+    return "identity " + fmt_identity(number).replace(" (", ", ").removesuffix(")")
+
+
 def _half_rows(half: TraceHalf) -> list[tuple[str, str | Text]]:
     if half.rules:
         rules = "\n".join(str(r) for r in half.rules)
@@ -340,6 +356,8 @@ def _half_rows(half: TraceHalf) -> list[tuple[str, str | Text]]:
         rules = "default deny (no rule allows this flow)"
     elif half.endpoint is None:
         rules = "none (not a local endpoint: no policy applies)"
+    elif half.reason == "not enforced":
+        rules = f"none ({half.direction} policy is not enforced on this endpoint)"
     else:
         rules = "none"
     verdict = Text("allowed", style="green") if half.allowed else Text("denied", style="bold red")
@@ -353,8 +371,8 @@ def _half_rows(half: TraceHalf) -> list[tuple[str, str | Text]]:
 
 def render_trace(console: Console, tr: TraceResponse) -> None:
     console.print(
-        f"Tracing From: {tr.src} (identity {fmt_identity(tr.src_identity)}) => "
-        f"To: {tr.dst} (identity {fmt_identity(tr.dst_identity)}) Ports: [{_ports(tr)}]"
+        f"Tracing From: {tr.src} ({_identity(tr.src_identity)}) => "
+        f"To: {tr.dst} ({_identity(tr.dst_identity)}) Ports: [{_ports(tr)}]"
     )
     console.print()
     style = "bold green" if tr.allowed else "bold red"
@@ -375,7 +393,7 @@ def render_trace(console: Console, tr: TraceResponse) -> None:
 
 
 def run_trace(args: argparse.Namespace, ctx: Context) -> int:
-    protocol, port = parse_dport(args.dport)
+    protocol, port = args.dport
     req = TraceRequest(src=args.src, dst=args.dst, protocol=protocol, port=port)
     with ctx.client() as client:
         result = client.policy_trace(req)

@@ -79,6 +79,8 @@ class Endpoint(_Model):
     ipv4_gateway: str | None = None
     ipv6_gateway: str | None = None
     mtu: int = 1500
+    policy_ingress: Literal["Enabled", "Disabled"] = "Disabled"
+    policy_egress: Literal["Enabled", "Disabled"] = "Disabled"
     created_at: float
     log: list[StateChange] = Field(default_factory=list)
 
