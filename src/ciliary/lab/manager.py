@@ -206,6 +206,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
                 _create_node(rec, node.name, cidrs[node.name], dict(node.labels))
+        _create_cluster_dns(rec, lab_file, progress)
         for pod in lab_file.pods:
             with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
                 _create_pod(rec, pod)
@@ -501,7 +502,129 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
             cwd=spec.working_dir,
         )
         _save(rec)
+    _write_dns_records(rec)
     return prec
+
+
+# ---- cluster DNS -------------------------------------------------------------------------------
+
+CLUSTER_DOMAIN = "cluster.local"
+CLUSTER_DNS_LABEL = ("k8s-app", "kube-dns")
+CLUSTER_DNS_POD = ("kube-system", "coredns")
+
+
+def dns_records_file(lab: str) -> Path:
+    """The names the lab's DNS pod serves (``ciliary workload dns-server --records``)."""
+    return _lab_dir(lab) / "dns" / "records.json"
+
+
+def _is_cluster_dns(labels: dict[str, str]) -> bool:
+    key, value = CLUSTER_DNS_LABEL
+    return labels.get(key) == value
+
+
+def _cluster_dns_addresses(lab_file: schema.LabFile) -> list[str] | None:
+    """The addresses the DNS pod asks for: in ``cluster-pool`` mode the highest free ones of the
+    first node's CIDRs, so the file's pods get the addresses they would get without it (and none
+    they ask for is taken); [] in ``pools`` mode (any address). None when a CIDR has no room
+    for the DNS pod besides the file's pods on that node."""
+    if lab_file.ipam_mode != "cluster-pool":
+        return []
+    node = lab_file.lab.spec.nodes[0].name
+    cidrs = schema.node_cidrs(lab_file)[node]
+    on_node = lab_file.pods_on(node)
+    taken = {str(a) for p in lab_file.pods for a in p.requested_ips()}
+    picked: list[str] = []
+    for net, router in ((cidrs.ipv4, cidrs.ipv4_router), (cidrs.ipv6, cidrs.ipv6_router)):
+        if net is None:
+            continue
+        reserved = {net.network_address, router}
+        last = net.broadcast_address
+        if net.version == 4:
+            reserved.add(last)
+        if net.num_addresses - len(reserved) <= len(on_node):
+            return None
+        for offset in range(min(net.num_addresses, len(taken) + 4)):
+            addr = last - offset
+            if addr not in reserved and str(addr) not in taken:
+                picked.append(str(addr))
+                break
+    return picked
+
+
+def _cluster_dns_pod(rec: LabRecord, lab_file: schema.LabFile) -> schema.PodSpec | None:
+    """The lab's ``kube-system/coredns`` pod on the first node, as a cluster's DNS pod; None when
+    the file brings its own (a pod labelled ``k8s-app: kube-dns``, or one of that name)."""
+    own = [
+        p for p in lab_file.pods if _is_cluster_dns(p.labels) or p.key == "/".join(CLUSTER_DNS_POD)
+    ]
+    if own:
+        return None
+    addresses = _cluster_dns_addresses(lab_file)
+    if addresses is None:
+        return None
+    namespace, name = CLUSTER_DNS_POD
+    key, value = CLUSTER_DNS_LABEL
+    annotations = {schema.REQUESTED_IPS_ANNOTATION: json.dumps(addresses)} if addresses else {}
+    argv = ["ciliary", "workload", "dns-server", "--records", str(dns_records_file(rec.name))]
+    return schema.PodSpec.model_validate(
+        {
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "labels": {key: value}, "annotations": annotations,
+            },
+            "spec": {
+                "nodeName": lab_file.lab.spec.nodes[0].name,
+                "containers": [{
+                    "name": "coredns",
+                    "command": argv,
+                    "ports": [
+                        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                    ],
+                }],
+            },
+        },
+        strict=False,
+    )  # fmt: skip
+
+
+def _create_cluster_dns(
+    rec: LabRecord, lab_file: schema.LabFile, progress: Progress | None
+) -> None:
+    pod = _cluster_dns_pod(rec, lab_file)
+    if pod is None:
+        return
+    with _step(progress, f"pod {pod.key}: cluster DNS"):
+        _write_dns_records(rec)  # the server reads it as it starts
+        _create_pod(rec, pod)
+
+
+def _write_dns_records(rec: LabRecord) -> None:
+    """``records.json``, atomically: every pod with addresses as
+    ``<name>.<namespace>.pod.cluster.local.`` (its IPv4 and IPv6) and in Kubernetes' dashed
+    form, ``10-200-0-5.<namespace>.pod.cluster.local.`` (``fd00-10-200--5...`` for IPv6)."""
+    records: dict[str, list[str]] = {}
+    for p in rec.pods:
+        ips = [a.partition("/")[0] for a in (p.ipv4, p.ipv6) if a]
+        zone = f"{p.namespace}.pod.{CLUSTER_DOMAIN}."
+        if ips:
+            records.setdefault(f"{p.name}.{zone}", []).extend(ips)
+        for ip in ips:
+            records.setdefault(f"{ip.replace('.', '-').replace(':', '-')}.{zone}", []).append(ip)
+    path = dns_records_file(rec.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def cluster_dns_ip(name: str) -> str | None:
+    """The address of lab ``name``'s DNS pod (``k8s-app: kube-dns``): IPv4, else IPv6."""
+    for p in _load(name).pods:
+        if _is_cluster_dns(p.labels) and (p.ipv4 or p.ipv6):
+            return (p.ipv4 or p.ipv6 or "").partition("/")[0]
+    return None
 
 
 # ---- down --------------------------------------------------------------------------------------
@@ -550,6 +673,8 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
     netns.remove(prec.netns)
     if prec in rec.pods:
         rec.pods.remove(prec)
+    with contextlib.suppress(OSError):
+        _write_dns_records(rec)
 
 
 def _teardown(rec: LabRecord) -> None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from ciliary.workload import (
+    dns,
     echo_client,
     echo_server,
     http_get,
@@ -21,7 +22,7 @@ from ciliary.workload import (
     tcp_stream,
 )
 
-_MODULES = (pause, http_server, http_get, echo_server, echo_client, tcp_stream, ping)
+_MODULES = (pause, http_server, http_get, echo_server, echo_client, tcp_stream, ping, dns)
 
 
 def build_parser() -> argparse.ArgumentParser:
