@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cni_latency, throughput
+from bench import cni_latency, policy_bench, throughput
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,16 +52,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--pods", type=int, default=100, help="pods for the CNI ADD benchmark")
-    parser.add_argument("--only", choices=["throughput", "cni"], help="run one group")
+    parser.add_argument("--only", choices=["throughput", "cni", "policy"], help="run one group")
     args = parser.parse_args()
     benchmarks: list[dict[str, Any]] = []
+
+    def add(group: str, results: list[dict[str, Any]]) -> None:
+        for res in results:
+            res.setdefault("group", group)  # what a later partial run of that group replaces
+        benchmarks.extend(results)
+
     if args.only in (None, "throughput"):
-        benchmarks += [
+        add("throughput", [
             throughput.run(rounds=args.rounds, seconds=args.seconds, streams=1),
             throughput.run(rounds=args.rounds, seconds=args.seconds, streams=4),
-        ]
+        ])  # fmt: skip
     if args.only in (None, "cni"):
-        benchmarks += cni_latency.run(pods=args.pods)
+        add("cni", cni_latency.run(pods=args.pods))
+    if args.only in (None, "policy"):
+        add("policy", policy_bench.run(rounds=args.rounds))
     results = {"machine": machine(), "benchmarks": benchmarks}
     RESULTS.mkdir(exist_ok=True)
     if args.only is not None:

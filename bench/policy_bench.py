@@ -1,0 +1,511 @@
+"""Network policy: how fast the engine computes map state, how fast a rule change is enforced, and
+what a large policy map costs the datapath.
+
+1. Policy computation (pure engine, in-process, no agent): synthetic clusters of 1k and 10k
+   endpoints with 100 and 1k random-but-seeded ``CiliumNetworkPolicy`` rules. Endpoints share
+   identities as pods of a deployment do: ``endpoints / 10`` distinct label sets (50 apps, each in
+   one of 20 namespaces, tier ``t0..t2``, plus a per-identity ``pod-template-hash``), endpoint
+   ``i`` has identity ``i % distinct``. Rules select an app; their peers are ``fromEndpoints`` /
+   ``toEndpoints`` selectors on app (cross-namespace with a namespace label) or tier, 1-2 ports
+   each (TCP or UDP), half with an egress section, 10% with an ``ingressDeny``. Each run starts
+   from a fresh repository and selector cache (identities known, no selection cached) and times
+   ``resolve.compute`` for every distinct identity (cold: selector cache filled on the way), then
+   for every endpoint (the engine memoizes per label set, so those are lookups, as an agent's
+   "regenerate all" would be). Reported: all endpoints (cold + lookups), per distinct identity
+   (cold time / distinct), and the map entries summed over all endpoints. Interleaved runs,
+   medians; the 10k x 1k case runs once (it takes tens of seconds here).
+2. One rule change → enforced: a lab with a client pod and a ``flip`` pod (TCP echo server on
+   9000). A ``CiliumNetworkPolicy`` on ``flip`` is re-imported (``PUT /v1/policy``) alternately
+   allowing the client on TCP 9000 and 9100, and on TCP 9001 only (ingress stays enforced both
+   ways, so the second state denies 9000 and 9100). Per flip, from just before the import:
+   (a) the API call returns; (b) the server's pinned BPF policy map (``ciliary_policy_<id>``)
+   holds / no longer holds the client's 9100 entry (exact-key lookup polled every 0.2 ms from
+   another thread); (c) a real TCP SYN from the client pod to 9100 gets the new verdict (connect
+   attempts back to back from a thread inside the client's netns, 2 ms connect timeout: refused
+   = passed policy, timed out = dropped; a denial counts after two timeouts in a row, so
+   "allowed → denied" resolves to ~1 ms and "denied → allowed" to ~2.5 ms). The probe port has
+   no listener on purpose: the kernel answers the SYN itself, whereas the echo server (a Python
+   socketserver, accept backlog 5) falls behind a connect every millisecond on this 2-core
+   machine and its dropped SYNs looked like early denials. The echo on 9000 is checked before
+   the flips and after them (a real exchange in the allowed state, none in the denied). The
+   agent writes the maps before it answers, so (b) comes before (a).
+3. Throughput with 1 vs 10k policy entries: iperf3 TCP, 1 stream, from the client to three
+   ``iperf3 -s`` pods, interleaved per round after a warm-up: ``srv-open`` (no policy selects
+   it: no policy map, not enforced), ``srv-allow`` (a policy allowing the client on 5201: its map
+   holds that entry and the egress allow-all), ``srv-big`` (the same policy, plus 10k entries
+   written directly into its pinned map with ``EndpointPolicyMap.upsert`` after the policy was
+   realized: synthetic identities 100000..109999, ingress TCP 5201, /16 port prefix; the map's
+   size is checked unchanged after the rounds, nothing regenerates the endpoint meanwhile).
+   Every client → server packet of a connection gets both LPM lookups (replies skip policy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import iperf3_gbps, median, tag
+from ciliary.client.agent import AgentClient
+from ciliary.datapath.libbpf import Map
+from ciliary.datapath.linux import netns
+from ciliary.datapath.maps.policy import EndpointPolicyMap, PolicyKey, PolicyValue
+from ciliary.lab import manager
+from ciliary.policy.api import Policy, parse_policy_documents
+from ciliary.policy.identity import Identity
+from ciliary.policy.repository import Repository
+from ciliary.policy.resolve import compute
+from ciliary.policy.selectorcache import SelectorCache
+
+GROUP = "policy"
+
+# ---- 1. the engine ---------------------------------------------------------------------------
+
+_NS = "io.kubernetes.pod.namespace"
+_APPS, _TIERS, _NAMESPACES = 50, 3, 20
+_CASES = ((1_000, 100), (1_000, 1_000), (10_000, 100), (10_000, 1_000))
+_SLOW_CASE = (10_000, 1_000)
+
+
+def _k(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+def _case_name(endpoints: int, rules: int) -> str:
+    return f"{_k(endpoints)} ep x {_k(rules)} rules"
+
+
+def _identities(distinct: int) -> list[Identity]:
+    out = []
+    for j in range(distinct):
+        app = j % _APPS
+        labels = {
+            f"k8s:app=a{app}",
+            f"k8s:tier=t{app % _TIERS}",
+            f"k8s:{_NS}=ns{app % _NAMESPACES}",
+            f"k8s:pod-template-hash=h{j}",
+        }
+        out.append(Identity.of(256 + j, labels))
+    return out
+
+
+def _rules(count: int, seed: int = 1) -> list[Policy]:
+    rng = random.Random(seed)
+
+    def peer(own_app: int) -> dict[str, str]:
+        if rng.random() < 0.2:
+            return {"tier": f"t{rng.randrange(_TIERS)}"}
+        app = rng.randrange(_APPS)
+        selector = {"app": f"a{app}"}
+        if app % _NAMESPACES != own_app % _NAMESPACES:
+            selector[f"k8s:{_NS}"] = f"ns{app % _NAMESPACES}"
+        return selector
+
+    def ports() -> list[dict[str, Any]]:
+        choices = (80, 443, 8080, 5432, 6379, 9000 + rng.randrange(100))
+        return [
+            {
+                "ports": [
+                    {
+                        "port": str(rng.choice(choices)),
+                        "protocol": rng.choice(("TCP", "TCP", "UDP")),
+                    }
+                    for _ in range(rng.randint(1, 2))
+                ]
+            }
+        ]
+
+    docs = []
+    for k in range(count):
+        app = rng.randrange(_APPS)
+        spec: dict[str, Any] = {
+            "endpointSelector": {"matchLabels": {"app": f"a{app}"}},
+            "ingress": [
+                {
+                    "fromEndpoints": [{"matchLabels": peer(app)} for _ in range(rng.randint(1, 2))],
+                    "toPorts": ports(),
+                }
+            ],
+        }
+        if rng.random() < 0.5:
+            spec["egress"] = [{"toEndpoints": [{"matchLabels": peer(app)}], "toPorts": ports()}]
+        if rng.random() < 0.1:
+            spec["ingressDeny"] = [
+                {"fromEndpoints": [{"matchLabels": peer(app)}], "toPorts": ports()}
+            ]
+        docs.append((k + 1, {
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": f"bench-r{k}", "namespace": f"ns{app % _NAMESPACES}"},
+            "spec": spec,
+        }))  # fmt: skip
+    return parse_policy_documents(docs, "bench-policies")
+
+
+def _engine_once(
+    policies: list[Policy], identities: list[Identity], endpoints: int
+) -> tuple[float, float, int]:
+    """(all endpoints s, distinct identities s, entries summed over endpoints), from cold."""
+    repo = Repository()
+    repo.replace(policies)
+    cache = SelectorCache()
+    for identity in identities:
+        cache.upsert_identity(identity)
+    t0 = time.perf_counter()
+    for identity in identities:
+        compute(repo, cache, identity)
+    t1 = time.perf_counter()
+    entries = 0
+    distinct = len(identities)
+    for i in range(endpoints):
+        entries += len(compute(repo, cache, identities[i % distinct]).entries)
+    t2 = time.perf_counter()
+    return t2 - t0, t1 - t0, entries
+
+
+def _engine(runs: int) -> list[dict[str, Any]]:
+    inputs = {
+        case: (_rules(case[1]), _identities(case[0] // 10)) for case in _CASES
+    }  # built once, not timed
+    total: dict[str, list[float]] = {}
+    per_identity: dict[str, list[float]] = {}
+    entries: dict[str, int] = {}
+    for r in range(runs):
+        for case in _CASES:
+            if case == _SLOW_CASE and r > 0:
+                continue
+            policies, identities = inputs[case]
+            t_all, t_distinct, n = _engine_once(policies, identities, case[0])
+            name = _case_name(*case) + (" (1 run)" if case == _SLOW_CASE else "")
+            total.setdefault(name, []).append(t_all * 1e3)
+            per_identity.setdefault(name, []).append(t_distinct * 1e3 / len(identities))
+            entries[name] = n
+    base = _case_name(*_CASES[0])
+    runs_text = f"median of {runs} runs"
+    return [
+        {
+            "benchmark": (
+                "policy compute, every endpoint from cold (distinct identities = endpoints/10),"
+                f" {runs_text}"
+            ),
+            "unit": "ms",
+            "baseline": base,
+            "values": {k: median(v) for k, v in total.items()},
+            "samples": total,
+            "group": GROUP,
+        },
+        {
+            "benchmark": f"policy compute per distinct identity (cold), {runs_text}",
+            "unit": "ms",
+            "baseline": base,
+            "values": {k: median(v) for k, v in per_identity.items()},
+            "samples": per_identity,
+            "group": GROUP,
+        },
+        {
+            "benchmark": "policy map entries, summed over every endpoint",
+            "unit": "entries",
+            "baseline": base,
+            "values": {k: float(v) for k, v in entries.items()},
+            "group": GROUP,
+        },
+    ]
+
+
+# ---- the lab for 2. and 3. --------------------------------------------------------------------
+
+LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  nodes: [{{name: {node}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, labels: {{app: bench-client}}}}
+spec:
+  containers: [{{name: main, command: [ciliary, workload, pause]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: flip, labels: {{app: bench-flip}}}}
+spec:
+  containers: [{{name: main, command: [ciliary, workload, echo-server, --tcp-port, "9000"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: srv-open, labels: {{app: bench-open}}}}
+spec:
+  containers: [{{name: main, command: [iperf3, -s]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: srv-allow, labels: {{app: bench-allow, bench-policy: iperf}}}}
+spec:
+  containers: [{{name: main, command: [iperf3, -s]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: srv-big, labels: {{app: bench-big, bench-policy: iperf}}}}
+spec:
+  containers: [{{name: main, command: [iperf3, -s]}}]
+"""
+
+IPERF_POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-iperf, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {bench-policy: iperf}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: bench-client}}]
+    toPorts: [{ports: [{port: "5201", protocol: TCP}]}]
+"""
+
+FLIP_POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: bench-flip, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: bench-flip}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{app: bench-client}}}}]
+    toPorts: [{{ports: [{ports}]}}]
+"""
+
+ECHO_PORT, PROBE_PORT, OTHER_PORT, IPERF_PORT = 9000, 9100, 9001, 5201
+EXTRA_ENTRIES = 10_000
+EXTRA_IDENTITY_BASE = 100_000
+PROTO_TCP = 6
+
+
+@dataclass
+class Pod:
+    netns: str
+    ipv4: str
+    endpoint_id: int
+    identity: int
+
+
+@dataclass
+class Lab:
+    name: str
+    socket: Path
+    pin_dir: Path
+    pods: dict[str, Pod]
+
+    def policy_map(self, pod: str) -> EndpointPolicyMap:
+        path = self.pin_dir / f"ciliary_policy_{self.pods[pod].endpoint_id}"
+        return EndpointPolicyMap(Map.from_pin(path))
+
+
+@contextlib.contextmanager
+def _lab() -> Iterator[Lab]:
+    t = tag()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lab.yaml"
+        path.write_text(LAB.format(lab=t, node=f"{t}n"))
+        view = manager.up(path)
+        try:
+            rec = manager.record(t)
+            nrec = rec.nodes[0]
+            with AgentClient(Path(nrec.socket)) as cl:
+                identity = {ep.id: ep.identity for ep in cl.endpoints()}
+            pods = {}
+            for p in view.pods:
+                assert p.ipv4 is not None and p.endpoint_id is not None
+                pods[p.name] = Pod(p.netns, p.ipv4, p.endpoint_id, identity[p.endpoint_id])
+            yield Lab(t, Path(nrec.socket), Path(nrec.pin_dir), pods)
+        finally:
+            manager.down(t)
+
+
+# ---- 2. one rule change → enforced ------------------------------------------------------------
+
+
+def _connect(ip: str, port: int, timeout: float) -> bool:
+    """One TCP connect attempt: True if the SYN got an answer (accepted, then reset so nothing is
+    left behind, or refused: either way it passed the policy), False if it timed out (dropped)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect((ip, port))
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    else:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return True
+    finally:
+        s.close()
+
+
+def _echo(ip: str, port: int) -> bool:
+    """A real exchange with the echo server (the allowed state carries data, not just SYNs)."""
+    try:
+        with socket.create_connection((ip, port), timeout=2.0) as s:
+            s.sendall(b"ciliary-bench")
+            return s.recv(64) == b"ciliary-bench"
+    except OSError:
+        return False
+
+
+def _wait_verdict(ip: str, allowed: bool, t0: float, limit: float = 5.0) -> float:
+    """Seconds from ``t0`` to the start of the first connect attempt with the wanted verdict
+    (a denial counts once two attempts in a row timed out)."""
+    first: float | None = None
+    streak = 0
+    while time.monotonic() - t0 < limit:
+        start = time.monotonic()
+        if _connect(ip, PROBE_PORT, 0.002) == allowed:
+            first = start if first is None else first
+            streak += 1
+            if streak >= (1 if allowed else 2):
+                return first - t0
+        else:
+            first, streak = None, 0
+            time.sleep(0.0005)
+    raise RuntimeError(f"the client's connects never became {'allowed' if allowed else 'denied'}")
+
+
+def _wait_map(
+    m: EndpointPolicyMap, key: bytes, allowed: bool, t0: float, limit: float = 5.0
+) -> float:
+    while time.monotonic() - t0 < limit:
+        present = m.map.lookup(key) is not None
+        if present == allowed:
+            return time.monotonic() - t0
+        time.sleep(0.0002)
+    raise RuntimeError("the policy map never reflected the change")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _flip_policy(allowed: bool) -> str:
+    ports = (ECHO_PORT, PROBE_PORT) if allowed else (OTHER_PORT,)
+    return FLIP_POLICY.format(
+        ports=", ".join(f'{{port: "{port}", protocol: TCP}}' for port in ports)
+    )
+
+
+def _flips(lab: Lab, cl: AgentClient, flips: int) -> list[dict[str, Any]]:
+    client, server = lab.pods["client"], lab.pods["flip"]
+    key = bytes(PolicyKey(client.identity, False, PROTO_TCP, PROBE_PORT, 16).to_c())
+    texts = {allowed: _flip_policy(allowed) for allowed in (True, False)}
+    cl.policy_import(texts[True], "bench-flip.yaml")
+    out: dict[str, list[float]] = {"api": [], "map": [], "packet": []}
+    m = lab.policy_map("flip")
+    try:
+        with (
+            ThreadPoolExecutor(1, initializer=netns.enter, initargs=(client.netns,)) as prober,
+            ThreadPoolExecutor(1) as poller,
+        ):
+            if not prober.submit(_echo, server.ipv4, ECHO_PORT).result():
+                raise RuntimeError("the client gets no echo from the server although allowed")
+            allowed = True
+            for _ in range(flips):
+                allowed = not allowed
+                t0 = time.monotonic()
+                in_map = poller.submit(_wait_map, m, key, allowed, t0)
+                packet = prober.submit(_wait_verdict, server.ipv4, allowed, t0)
+                cl.policy_import(texts[allowed], "bench-flip.yaml")
+                out["api"].append((time.monotonic() - t0) * 1e3)
+                out["map"].append(in_map.result() * 1e3)
+                out["packet"].append(packet.result() * 1e3)
+                time.sleep(0.02)
+            echo_after = prober.submit(_echo, server.ipv4, ECHO_PORT).result()
+            if echo_after != allowed:
+                raise RuntimeError(f"after the flips the echo is {echo_after}, policy {allowed}")
+    finally:
+        m.close()
+    results = []
+    for q, label in ((0.5, "p50"), (0.99, "p99")):
+        results.append({
+            "benchmark": (
+                f"one rule change → enforced (client → server TCP allow ↔ deny), {label} over"
+                f" {flips} imports"
+            ),
+            "unit": "ms",
+            "baseline": "API return",
+            "values": {
+                "API return": _pct(out["api"], q),
+                "in BPF policy map": _pct(out["map"], q),
+                "packet verdict (tcp connect)": _pct(out["packet"], q),
+            },
+            "group": GROUP,
+        })  # fmt: skip
+    results[0]["samples"] = out
+    return results
+
+
+# ---- 3. throughput with 1 vs 10k entries ------------------------------------------------------
+
+
+def _fill(m: EndpointPolicyMap, count: int) -> None:
+    value = PolicyValue(deny=False, cookie=0)
+    for i in range(count):
+        m.upsert(PolicyKey(EXTRA_IDENTITY_BASE + i, False, PROTO_TCP, IPERF_PORT, 16), value)
+
+
+def _throughput(lab: Lab, rounds: int, seconds: int) -> dict[str, Any]:
+    prefix = ["nsenter", f"--net=/run/netns/{lab.pods['client'].netns}", "--"]
+    allow_map, big_map = lab.policy_map("srv-allow"), lab.policy_map("srv-big")
+    try:
+        if (lab.pin_dir / f"ciliary_policy_{lab.pods['srv-open'].endpoint_id}").exists():
+            raise RuntimeError("srv-open is enforced although no policy selects it")
+        _fill(big_map, EXTRA_ENTRIES)
+        n_allow, n_big = allow_map.map.count(), big_map.map.count()
+        setups = {
+            "no policy (not enforced)": "srv-open",
+            f"allow policy ({n_allow} map entries)": "srv-allow",
+            f"allow + {EXTRA_ENTRIES // 1000}k synthetic ({n_big} map entries)": "srv-big",
+        }
+        samples: dict[str, list[float]] = {name: [] for name in setups}
+        for pod in setups.values():  # warm-up, not recorded
+            iperf3_gbps(prefix, lab.pods[pod].ipv4, 1)
+        for _ in range(rounds):
+            for name, pod in setups.items():
+                samples[name].append(iperf3_gbps(prefix, lab.pods[pod].ipv4, seconds))
+        if big_map.map.count() != n_big or allow_map.map.count() != n_allow:
+            raise RuntimeError("a server's policy map changed during the throughput rounds")
+    finally:
+        allow_map.close()
+        big_map.close()
+    baseline = next(iter(setups))
+    return {
+        "benchmark": (
+            f"pod-to-pod TCP throughput vs server policy map size, iperf3 1 stream,"
+            f" {seconds}s x {rounds}"
+        ),
+        "unit": "Gbit/s",
+        "baseline": baseline,
+        "values": {name: median(v) for name, v in samples.items()},
+        "samples": samples,
+        "group": GROUP,
+    }
+
+
+def run(
+    *, rounds: int = 5, seconds: int = 3, flips: int = 60, engine_runs: int = 3
+) -> list[dict[str, Any]]:
+    results = _engine(engine_runs)
+    with _lab() as lab, AgentClient(lab.socket) as cl:
+        cl.policy_import(IPERF_POLICY, "bench-iperf.yaml")
+        results += _flips(lab, cl, flips)
+        # the 10k extra entries go in last: any policy import regenerates every endpoint and
+        # would remove them again
+        results.append(_throughput(lab, rounds, seconds))
+    return results
