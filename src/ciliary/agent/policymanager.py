@@ -41,7 +41,7 @@ from ciliary.policy.identity import Identity, cidr_identity
 from ciliary.policy.mapstate import MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
 from ciliary.policy.resolve import EndpointPolicy, Mode, compute
-from ciliary.policy.selectorcache import SelectorCache
+from ciliary.policy.selectorcache import SelectorCache, cidr_blocks
 
 log = logging.getLogger(__name__)
 Network = IPv4Network | IPv6Network
@@ -211,9 +211,12 @@ class PolicyManager:
             for rule in pol.rules:
                 for peer in (*rule.ingress, *rule.egress, *rule.ingress_deny, *rule.egress_deny):
                     for cidr in peer.cidrs:
-                        if cidr.cidr is not None:  # cidrGroupRef entries carry no prefix
-                            wanted.add(cidr.cidr)
+                        if cidr.cidr is None:  # cidrGroupRef entries carry no prefix
+                            continue
+                        wanted.add(cidr.cidr)
                         wanted.update(cidr.except_cidrs)
+                        # the block minus its exceptions, as the selector cache selects it
+                        wanted.update(cidr_blocks(cidr.cidr, cidr.except_cidrs))
         for prefix in [p for p in self._cidr_ids if p not in wanted]:
             ident = self._cidr_ids.pop(prefix)
             self._dp.ipcache.delete(prefix)
@@ -249,9 +252,11 @@ class PolicyManager:
         self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None
     ) -> EndpointPolicy:
         labels = self._labels_of(ep.identity) or ()
+        # As Cilium in Kubernetes mode (allow-localhost=always): the node itself always reaches
+        # its pods (kubelet probes); deny rules still win over it.
         return compute(
             self.repo, self.cache, Identity.of(ep.identity, labels),
-            named_ports=named_ports or {}, mode=self._mode,
+            named_ports=named_ports or {}, mode=self._mode, allow_localhost=True,
         )  # fmt: skip
 
     def realize(

@@ -7,6 +7,7 @@ answer with an ``ErrorResponse`` body so clients can print one clear line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -290,7 +291,13 @@ class APIServer:
         queue = self._agent.monitor.subscribe()
         try:
             while True:
-                event = await queue.get()
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except TimeoutError:
+                    # a quiet datapath must not keep a vanished subscriber alive
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    continue
                 if want is not None and event.type != want:
                     continue
                 await resp.write(event.model_dump_json().encode() + b"\n")

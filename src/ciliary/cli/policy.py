@@ -25,6 +25,7 @@ from typing import Literal
 from rich.console import Console
 from rich.text import Text
 
+from ciliary.cli import policytest
 from ciliary.cli.output import (
     CLIError,
     Context,
@@ -122,6 +123,8 @@ def register(sub: Subparsers) -> None:
     add_node_flag(tr)
     add_output_flag(tr)
     tr.set_defaults(func=run_trace)
+
+    policytest.register(psub)
 
 
 # --------------------------------------------------------------------------- reading files

@@ -43,6 +43,7 @@ __all__ = [
     "PROTO_TCP",
     "PROTO_UDP",
     "Direction",
+    "LPMIndex",
     "MapEntry",
     "MapKey",
     "MapStateBuilder",
@@ -253,6 +254,39 @@ def lookup(
         if entry is not None:
             return key, entry
     return None
+
+
+class LPMIndex:
+    """The entries arranged for fast lookups: per (identity, direction, protocol), only the port
+    prefix lengths present are tried, longest first. Answers exactly as :func:`lookup`."""
+
+    __slots__ = ("_any", "_ports")
+
+    def __init__(self, entries: Mapping[MapKey, MapEntry]) -> None:
+        self._any: dict[tuple[int, bool], tuple[MapKey, MapEntry]] = {}
+        ports: dict[tuple[int, bool, int], dict[tuple[int, int], tuple[MapKey, MapEntry]]] = {}
+        for key, entry in entries.items():
+            if key.protocol == 0:
+                self._any[key.identity, key.egress] = (key, entry)
+            else:
+                group = ports.setdefault((key.identity, key.egress, key.protocol), {})
+                group[key.port, key.port_prefix] = (key, entry)
+        self._ports = {
+            where: (sorted({prefix for _, prefix in group}, reverse=True), group)
+            for where, group in ports.items()
+        }
+
+    def lookup(
+        self, identity: int, egress: bool, protocol: int, port: int
+    ) -> tuple[MapKey, MapEntry] | None:
+        found = self._ports.get((identity, egress, protocol))
+        if found is not None:
+            prefixes, group = found
+            for prefix in prefixes:
+                hit = group.get((port & _port_mask(prefix), prefix))
+                if hit is not None:
+                    return hit
+        return self._any.get((identity, egress))
 
 
 def diff(

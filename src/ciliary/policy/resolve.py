@@ -73,6 +73,7 @@ from ciliary.policy.mapstate import (
     PROTO_TCP,
     PROTO_UDP,
     Direction,
+    LPMIndex,
     MapEntry,
     MapKey,
     MapStateBuilder,
@@ -122,9 +123,20 @@ class EndpointPolicy:
     selectors: frozenset[PeerSelector] = frozenset()
     policies: tuple[str, ...] = ()
     selector_cache_version: int = 0
+    _index: LPMIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def enforced(self, direction: Direction) -> bool:
         return self.ingress_enforced if direction == "ingress" else self.egress_enforced
+
+    def lookup(
+        self, identity: int, egress: bool, protocol: int, port: int
+    ) -> tuple[MapKey, MapEntry] | None:
+        """The longest-prefix match among the entries of one identity (the datapath's lookup)."""
+        index = self._index
+        if index is None:
+            index = LPMIndex(self.entries)
+            object.__setattr__(self, "_index", index)
+        return index.lookup(identity, egress, protocol, port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from ciliary.policy.identity import WILDCARD_IDENTITY
-from ciliary.policy.mapstate import Direction, MapKey, RuleRef, lookup
+from ciliary.policy.mapstate import Direction, MapKey, RuleRef
 from ciliary.policy.resolve import EndpointPolicy
 
 __all__ = ["FlowTrace", "Reason", "TraceResult", "trace", "trace_flow"]
@@ -64,13 +64,14 @@ def trace(
     None: the side is not an endpoint (nothing enforced)."""
     if policy is None:
         return TraceResult(True, "not enforced")
+    if not 0 <= port <= 0xFFFF or not 0 <= protocol <= 255:
+        raise ValueError(f"bad packet protocol {protocol} / port {port}")
     egress = direction == "egress"
-    entries = policy.entries
-    specific = lookup(entries, remote_identity, egress, protocol, port)
+    specific = policy.lookup(remote_identity, egress, protocol, port)
     wildcard = (
         specific
         if remote_identity == WILDCARD_IDENTITY
-        else lookup(entries, WILDCARD_IDENTITY, egress, protocol, port)
+        else policy.lookup(WILDCARD_IDENTITY, egress, protocol, port)
     )
     for found in (specific, wildcard):
         if found is not None and found[1].deny:

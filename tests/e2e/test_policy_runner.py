@@ -1,0 +1,380 @@
+"""``ciliary policy test``: the PolicyTest file, the runner and the CLI, in a real lab.
+
+This module also holds what the other ``test_policy_*`` modules share (they import it): a lab
+built from an example file of ``examples/policies/`` with unique names, removed with everything
+it made even when a test fails, and helpers to change policy and check cases with real packets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ciliary.client.agent import AgentClient
+from ciliary.lab import manager, policytest
+from ciliary.lab.policytest import CaseResult, PolicyTestError, PolicyTestReport
+
+from .conftest import CILIARY, REPO, assert_no_leftovers, unique
+
+EXAMPLES = REPO / "examples" / "policies"
+POLICY_WAIT = 20.0
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def templated(text: str, lab: str, nodes: dict[str, str]) -> str:
+    """An example lab file with its lab and node names replaced (whole words only)."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    old_lab = next(d for d in docs if d.get("kind") == "Lab")["metadata"]["name"]
+    names = {old_lab: lab, **nodes}
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
+    return pattern.sub(lambda m: names[m.group(1)], text)
+
+
+def example_nodes(path: Path) -> list[str]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    lab = next(d for d in docs if d.get("kind") == "Lab")
+    return [n["name"] for n in lab["spec"]["nodes"]]
+
+
+@dataclass
+class PolicyLab:
+    """A running lab made from an example, with helpers to change policy and probe it."""
+
+    name: str
+    nodes: list[str]
+    file: Path
+    imported: list[str] = field(default_factory=list)
+
+    @property
+    def node(self) -> str:
+        return self.nodes[0]
+
+    def client(self, node: str | None = None) -> AgentClient:
+        return AgentClient(manager.agent_socket(node or self.node, name=self.name), timeout=60)
+
+    def pod_ip(self, key: str, family: int = 4) -> str:
+        for p in manager.status(self.name).pods:
+            if f"{p.namespace}/{p.name}" == key:
+                ip = p.ipv4 if family == 4 else p.ipv6
+                assert ip is not None
+                return ip
+        raise KeyError(key)
+
+    def run(self, pod: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return manager.run_in_pod(pod, list(argv), name=self.name, timeout=timeout)
+
+    def import_policy(self, text: str, filename: str = "test-policy.yaml") -> list[str]:
+        """Import policy YAML on every node (returns once the endpoints are regenerated)."""
+        keys: list[str] = []
+        for node in self.nodes:
+            with self.client(node) as cl:
+                keys = cl.policy_import(text, filename).keys
+        self.imported.extend(k for k in keys if k not in self.imported)
+        return keys
+
+    def delete_policies(self, keys: Sequence[str] | None = None) -> None:
+        """Delete ``keys`` (default: every policy imported through :meth:`import_policy`)."""
+        keys = list(self.imported if keys is None else keys)
+        if not keys:
+            return
+        for node in self.nodes:
+            with self.client(node) as cl:
+                present = {p.key for p in cl.policy_list().policies}
+                gone = [k for k in keys if k in present]
+                if gone:
+                    cl.policy_delete(gone)
+        self.imported = [k for k in self.imported if k not in keys]
+
+    def apply(self, path: Path) -> None:
+        """``lab apply`` a policy file (the cluster store path, as kubectl apply), then wait until
+        every agent has loaded it and regenerated its endpoints."""
+        text = path.read_text()
+        manager.apply(path, name=self.name)
+        wanted = {
+            f"{d['kind']}/{d['metadata'].get('namespace', 'default')}/{d['metadata']['name']}"
+            for d in yaml.safe_load_all(text)
+            if d
+        }
+        self.wait_policies(wanted)
+
+    def wait_policies(self, wanted: set[str]) -> None:
+        deadline = time.monotonic() + POLICY_WAIT
+        while time.monotonic() < deadline:
+            if all(self._realized(node, wanted) for node in self.nodes):
+                return
+            time.sleep(0.2)
+        pytest.fail(f"policies {sorted(wanted)} not realized within {POLICY_WAIT:.0f}s")
+
+    def _realized(self, node: str, wanted: set[str]) -> bool:
+        with self.client(node) as cl:
+            listing = cl.policy_list()
+            if not wanted <= {p.key for p in listing.policies}:
+                return False
+            return all(
+                cl.endpoint_policy(e.id).revision >= listing.revision for e in cl.endpoints()
+            )
+
+    def check(self, cases_yaml: str, *, name: str = "cases") -> PolicyTestReport:
+        """Run PolicyTest cases (YAML list of cases) with real packets; returns the report."""
+        doc = {
+            "apiVersion": policytest.API_VERSION,
+            "kind": policytest.KIND,
+            "metadata": {"name": name},
+            "spec": {"cases": yaml.safe_load(cases_yaml)},
+        }
+        tests = policytest.parse_text(yaml.safe_dump(doc), f"<{name}>")
+        return policytest.run(tests, name=self.name)
+
+    def expect(self, cases_yaml: str, *, name: str = "cases") -> PolicyTestReport:
+        """:meth:`check`, failing the test with every failed case explained."""
+        report = self.check(cases_yaml, name=name)
+        assert report.passed, explain(report)
+        return report
+
+
+def explain(report: PolicyTestReport) -> str:
+    lines = []
+    for c in report.cases:
+        if not c.passed:
+            lines.append(
+                f"{c.name} ({c.src} -> {c.dst} {c.port or ''}/{c.protocol}): "
+                f"{'; '.join(c.problems)} [datapath {c.datapath_event or '-'}, "
+                f"client {c.client}, trace {c.trace} {c.trace_reason}]"
+            )
+    return "failed cases:\n" + "\n".join(lines)
+
+
+def case(report: PolicyTestReport, name: str) -> CaseResult:
+    return next(c for c in report.cases if c.name == name)
+
+
+def policy_lab(
+    tmp_path_factory: pytest.TempPathFactory, example: str, prefix: str = "pt"
+) -> Iterator[PolicyLab]:
+    """A lab from ``examples/policies/<example>`` with unique names; removed after the module,
+    and proved gone (netns, pins, state, cgroups, processes), whatever happened."""
+    src = EXAMPLES / example
+    name = unique(prefix)
+    nodes = {old: unique("n") for old in example_nodes(src)}
+    path = tmp_path_factory.mktemp(prefix) / example
+    path.write_text(templated(src.read_text(), name, nodes))
+    try:
+        manager.up(path)
+        yield PolicyLab(name, list(nodes.values()), path)
+    finally:
+        if name in manager.list_labs():
+            manager.down(name)
+        assert_no_leftovers(name, list(nodes.values()))
+
+
+# --------------------------------------------------------------------------------------------
+# The runner's own tests
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyLab]:
+    yield from policy_lab(tmp_path_factory, "aks-walkthrough.yaml", "ptr")
+
+
+def _write(tmp_path: Path, text: str, name: str = "tests.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+HEADER = "apiVersion: ciliary.io/v1alpha1\nkind: PolicyTest\nmetadata: {name: t}\nspec:\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (
+            "  cases:\n  - {from: a, to: b, port: 80, expect: alow}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].expect: expected 'allow' or"
+            " 'deny', got 'alow'",
+        ),
+        (
+            "  cases:\n  - {from: a, to: b, port: 80, expect: allow, prot: UDP}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].prot: unknown field",
+        ),
+        (
+            "  cases:\n  - {from: a, to: b, protocol: UDP, expect: allow}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].port: required for UDP",
+        ),
+        (
+            "  cases:\n  - {from: a, to: b, port: 1, protocol: ICMP, expect: deny}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].port: ICMP has no port"
+            " (an echo request is sent)",
+        ),
+        (
+            "  cases:\n  - {from: a, to: b, port: 70000, expect: deny}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].port: input should be less"
+            " than or equal to 65535, got int 70000",
+        ),
+        (
+            "  cases:\n  - {from: 10.0.0.1, to: b, port: 80, expect: deny}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].from: must be a pod or host,"
+            " not an address (10.0.0.1)",
+        ),
+        (
+            "  cases:\n  - {from: a, to: b, port: 80, expect: allow, dropReason: 133}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].dropReason: only with"
+            " expect: deny",
+        ),
+        (
+            "  cases: []",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases: must not be empty",
+        ),
+        (
+            "  cases:\n  - {to: b, port: 80, expect: deny}",
+            "tests.yaml: document 1 (PolicyTest t): spec.cases[0].from: required field is"
+            " missing",
+        ),
+    ],
+    ids=[
+        "bad-expect", "unknown-field", "udp-needs-port", "icmp-no-port", "port-range",
+        "from-address", "dropreason-allow", "no-cases", "missing-from",
+    ],
+)  # fmt: skip
+def test_file_problems_are_one_line_with_file_case_and_field(
+    tmp_path: Path, body: str, problem: str
+) -> None:
+    path = _write(tmp_path, HEADER + body + "\n")
+    with pytest.raises(PolicyTestError) as err:
+        policytest.load_file(path)
+    assert err.value.problems == [problem.replace("tests.yaml", str(path))]
+
+
+def test_cli_reports_file_problems_one_per_line(tmp_path: Path) -> None:
+    """No lab is needed to find a file's problems: every one is printed, one line each, exit 1."""
+    path = _write(
+        tmp_path, HEADER + "  cases:\n  - {from: a, to: b, port: 80, expect: alow, prot: UDP}\n"
+    )
+    res = subprocess.run(
+        [CILIARY, "policy", "test", str(path)], capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 1
+    where = f"Error: {path}: document 1 (PolicyTest t): spec.cases[0]"
+    assert res.stderr.strip().splitlines() == [
+        f"{where}.expect: expected 'allow' or 'deny', got 'alow'",
+        f"{where}.prot: unknown field",
+    ]
+
+
+def test_every_problem_of_a_file_is_reported(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        HEADER
+        + "  cases:\n  - {from: a, to: b, expect: maybe}\n  - {from: a, port: 1, expect: deny}"
+        "\n---\napiVersion: ciliary.io/v1alpha1\nkind: Lab\nmetadata: {name: x}\n",
+    )
+    with pytest.raises(PolicyTestError) as err:
+        policytest.load_file(path)
+    assert len(err.value.problems) == 4, err.value.problems
+    assert any("document 2" in p and "kind: expected 'PolicyTest'" in p for p in err.value.problems)
+    dup = _write(tmp_path, HEADER + "  cases:\n  - {from: a, from: b}\n", "dup.yaml")
+    with pytest.raises(PolicyTestError, match="duplicate key 'from'"):
+        policytest.load_file(dup)
+
+
+def test_shipped_examples_parse() -> None:
+    """Every file of examples/policies is a valid PolicyTest, lab or policy file."""
+    from ciliary.lab import schema  # noqa: PLC0415
+    from ciliary.policy.api import parse_policy_text  # noqa: PLC0415
+
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert any(p.name.endswith(".test.yaml") for p in files)
+    for path in files:
+        text = path.read_text()
+        if path.name.endswith(".test.yaml"):
+            assert policytest.load_file(path)
+        elif "kind: Lab" in text:
+            assert schema.load_lab_file(path).pods
+        else:
+            assert parse_policy_text(text, str(path))
+
+
+def test_unknown_pod_fails_before_any_packet(lab: PolicyLab, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, HEADER + "  cases:\n  - {from: development/frontend, to: nope/web, port: 80,"
+        " expect: deny}\n",
+    )  # fmt: skip
+    res = subprocess.run(
+        [CILIARY, "policy", "test", str(path), "--name", lab.name],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "spec.cases[0]: the lab" in res.stderr and "has no pod nope/web" in res.stderr
+    assert "production/backend" in res.stderr  # the pods it has are listed
+
+
+def test_cli_table_json_and_exit_codes(lab: PolicyLab, tmp_path: Path) -> None:
+    """Exit 0 when every case holds, 1 when one does not; ``-o json`` has the whole report;
+    a wrong expectation is reported with the datapath's and the trace's own verdicts."""
+    good = _write(
+        tmp_path,
+        HEADER + "  cases:\n"
+        "  - {name: denied, from: development/frontend, to: production/backend, port: 80,"
+        " expect: deny, dropReason: 133}\n"
+        "  - {name: free, from: development/frontend, to: development/tools, port: 7,"
+        " expect: allow}\n"
+        "  - {name: ping, from: development/tools, to: default/frontend, protocol: ICMP,"
+        " expect: allow}\n",
+    )
+    res = subprocess.run(
+        [CILIARY, "policy", "test", str(good), "--name", lab.name, "-o", "json"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["passed"] is True and report["lab"] == lab.name
+    denied, free, ping = report["cases"]
+    assert denied["datapath"] == "deny" and denied["drop_reason"] == 133
+    assert denied["drop_reason_desc"] == "Policy denied" and denied["direction"] == "ingress"
+    assert denied["trace"] == "deny" and denied["reason"] == "ingress: default deny"
+    assert free["datapath"] == "allow" and free["client"] == "connected"
+    assert ping["datapath"] == "allow" and ping["client"] == "replied"
+    # a denied case ends on the drop event, not on the client's timeout
+    assert denied["seconds"] < 1.5, denied
+
+    bad = _write(
+        tmp_path,
+        HEADER + "  cases:\n"
+        "  - {name: wrong, from: development/frontend, to: production/backend, port: 80,"
+        " expect: allow}\n",
+        "bad.yaml",
+    )
+    res = subprocess.run(
+        [CILIARY, "policy", "test", str(bad), "--name", lab.name],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 1
+    out = res.stdout
+    assert "FAIL" in out and "deny (133)" in out and "ingress: default deny" in out
+    assert "FAIL wrong: expected allow, the datapath says deny" in out
+    assert "1 of 1 cases failed" in out
+
+
+def test_udp_without_a_server_is_decided_by_the_datapath(lab: PolicyLab) -> None:
+    """A UDP probe to a port nobody listens on gets no answer; the verdict is the datapath's."""
+    report = lab.expect(
+        """
+        - {name: open, from: development/tools, to: default/frontend, port: 9999, protocol: UDP,
+           expect: allow}
+        - {name: closed, from: default/frontend, to: production/backend, port: 9999,
+           protocol: UDP, expect: deny}
+        """
+    )
+    assert case(report, "open").datapath == "allow"
+    assert case(report, "closed").datapath == "deny"

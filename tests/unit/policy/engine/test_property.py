@@ -1,0 +1,426 @@
+"""The engine against an independent reference, on random policies and every flow of a small world.
+
+The reference evaluator below is written straight from the documented semantics, rule by rule,
+without the selector cache, identities-as-labels tricks, map keys, port prefixes or LPM:
+
+- the rules that apply are those whose subject selects the endpoint;
+- in mode ``never`` everything is allowed; otherwise a direction is enforced in mode ``always``, or
+  when a selecting rule has a section for it and does not say ``enableDefaultDeny: false``;
+- a peer entry matches a flow when its L3 part selects the remote identity (no L3 member: every
+  peer, if the entry has ports; endpoint selectors AND every ``fromRequires`` of the same kind of
+  entry in that direction; entities by their meaning; CIDRs by address containment) and its L4
+  part admits the protocol and port (none: everything; ``ANY`` = TCP/UDP/SCTP; port 0 every port;
+  ranges inclusive; named ports of the endpoint owning the port; ICMP types);
+- any matching deny entry: denied; else not enforced: allowed; else any matching allow entry:
+  allowed; else default deny.
+
+The engine has to agree on every flow (remote identity, protocol, port and direction), through
+:func:`ciliary.policy.trace.trace`, which only simulates the datapath's lookups on the computed map
+state. Agreement includes the reason, and the rules a trace names must be among those the
+reference finds matching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ciliary.policy.api import (
+    ENTITIES,
+    CIDRRule,
+    FQDNSelector,
+    ICMPField,
+    L7Rules,
+    LabelSet,
+    PeerRule,
+    Policy,
+    PortProtocol,
+    PortRule,
+    Protocol,
+    Requirement,
+    Rule,
+    Selector,
+)
+from ciliary.policy.identity import RESERVED_IDENTITIES, Identity, cidr_identity
+from ciliary.policy.mapstate import Direction, RuleRef
+from ciliary.policy.repository import Repository
+from ciliary.policy.resolve import compute
+from ciliary.policy.selectorcache import SelectorCache
+from ciliary.policy.trace import trace
+
+from .lab import NS, pod
+
+Network = IPv4Network | IPv6Network
+
+# ------------------------------------------------------------------------------------ the world
+
+PODS = [
+    pod(256 + i, ns, None, app=app, **({"env": env} if env else {}))
+    for i, (ns, app, env) in enumerate(
+        (ns, app, env) for ns in ("n1", "n2") for app in ("a", "b") for env in ("x", "y", "")
+    )
+]
+CIDR_PREFIXES = {
+    (1 << 24) | (n + 1): ip_network(text)
+    for n, text in enumerate(
+        ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.2.0.0/16", "192.168.1.0/24",
+         "2001:db8::/32", "2001:db8:1::/48"]
+    )
+}  # fmt: skip
+CIDRS = [cidr_identity(n & 0xFFFFFF, p) for n, p in CIDR_PREFIXES.items()]
+IDENTITIES: list[Identity] = [*RESERVED_IDENTITIES, *PODS, *CIDRS]
+PROTOCOLS = (6, 17, 132, 1, 58)
+PORTS = (0, 8, 53, 79, 80, 81, 87, 88, 89, 128, 443, 8080, 8081, 8087, 8088, 8089, 65535)
+NAMED_PORTS: dict[int, dict[str, tuple[int, str]]] = {
+    PODS[0].id: {"http": (80, "TCP"), "dns": (53, "UDP")},
+    PODS[1].id: {"http": (8080, "TCP")},
+    PODS[3].id: {"http": (443, "TCP"), "dns": (53, "SCTP")},
+    PODS[4].id: {"http": (8081, "UDP")},
+    PODS[6].id: {"http": (8080, "SCTP"), "dns": (53, "TCP")},
+    PODS[7].id: {"dns": (53, "TCP")},
+    PODS[9].id: {"http": (8088, "TCP"), "dns": (8087, "UDP")},
+    PODS[10].id: {"http": (89, "TCP")},
+}
+PROTOCOL_NAMES: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP", "ANY")
+PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132}
+ANY = frozenset({6, 17, 132})
+LABEL_SETS = {i.id: LabelSet(i.labels) for i in IDENTITIES}
+
+# ------------------------------------------------------------------------------------ reference
+
+
+def ref_entity(entity: str, remote: Identity) -> bool:
+    n = remote.id
+    prefix = CIDR_PREFIXES.get(n)
+    return {
+        "all": True,
+        "none": False,
+        "world": n in (2, 9, 10) or prefix is not None,
+        "world-ipv4": n == 9 or (prefix is not None and prefix.version == 4),
+        "world-ipv6": n == 10 or (prefix is not None and prefix.version == 6),
+        "cluster": n in (1, 3, 4, 5, 6, 7, 8) or 256 <= n < 1 << 24,
+        "host": n == 1,
+        "remote-node": n in (6, 7),
+        "kube-apiserver": n == 7,
+        "health": n == 4,
+        "init": n == 5,
+        "unmanaged": n == 3,
+        "ingress": n == 8,
+    }[entity]
+
+
+def ref_cidr(rule: CIDRRule, remote: Identity) -> bool:
+    """A CIDR identity is selected when its prefix lies inside the CIDR and shares no address
+    with an exception; the world identity of a family is "every address not otherwise known", so
+    only a CIDR covering the whole family without exceptions selects it."""
+    cidr = rule.cidr
+    assert cidr is not None
+    if remote.id == (9 if cidr.version == 4 else 10):
+        return cidr.prefixlen == 0 and not rule.except_cidrs
+    prefix = CIDR_PREFIXES.get(remote.id)
+    if prefix is None or prefix.version != cidr.version:
+        return False
+    inside = prefix.subnet_of(cidr)  # type: ignore[arg-type]
+    return inside and not any(prefix.overlaps(e) for e in rule.except_cidrs)
+
+
+def ref_l3(peer: PeerRule, remote: Identity, requires: Sequence[Selector]) -> bool:
+    if peer.l3_wildcard:
+        return bool(peer.ports or peer.icmps)
+    labels = LABEL_SETS[remote.id]
+    if any(s.matches(labels) and all(r.matches(labels) for r in requires) for s in peer.endpoints):
+        return True
+    if any(ref_entity(e, remote) for e in peer.entities):
+        return True
+    return any(ref_cidr(c, remote) for c in peer.cidrs)  # FQDNs etc. select nothing yet
+
+
+def ref_l4(peer: PeerRule, protocol: int, port: int, named: Mapping[str, tuple[int, str]]) -> bool:
+    if not peer.ports and not peer.icmps:
+        return True
+    for port_rule in peer.ports:
+        if not port_rule.ports:
+            return True
+        for entry in port_rule.ports:
+            allowed = ANY if entry.protocol == "ANY" else {PROTO[entry.protocol]}
+            if entry.name is not None:
+                if entry.name in named:
+                    number, name_protocol = named[entry.name]
+                    if PROTO[name_protocol] in allowed and (protocol, port) == (
+                        PROTO[name_protocol],
+                        number,
+                    ):
+                        return True
+            elif protocol in allowed:
+                low = entry.port or 0
+                high = entry.end_port or low
+                if low == 0 or low <= port <= high:
+                    return True
+    family = {"IPv4": 1, "IPv6": 58}
+    return any(protocol == family[f.family] and port == f.type for f in peer.icmps)
+
+
+class Reference:
+    """The documented semantics for one endpoint, evaluated rule by rule for each flow."""
+
+    def __init__(self, policies: Sequence[Policy], subject: Identity, mode: str) -> None:
+        self.subject = subject
+        self.mode = mode
+        self.rules = [
+            (p, r)
+            for p in policies
+            for r in p.rules
+            if r.endpoint_selector is not None
+            and r.endpoint_selector.matches(LABEL_SETS[subject.id])
+        ]
+        self._l3: dict[tuple[int, str, bool], list[tuple[RuleRef, PeerRule]]] = {}
+
+    def enforced(self, direction: str) -> bool:
+        if self.mode == "always":
+            return True
+        return any(
+            r.default_deny_ingress if direction == "ingress" else r.default_deny_egress
+            for _, r in self.rules
+        )
+
+    def l3_matches(
+        self, remote: Identity, direction: str, deny: bool
+    ) -> list[tuple[RuleRef, PeerRule]]:
+        """The entries (of one direction, allow or deny) whose peers include ``remote``."""
+        key = (remote.id, direction, deny)
+        if key not in self._l3:
+            entries = []
+            for p, r in self.rules:
+                if direction == "ingress":
+                    section = r.ingress_deny if deny else r.ingress
+                else:
+                    section = r.egress_deny if deny else r.egress
+                for peer in section:
+                    where = (r.index, direction, deny, peer.index)
+                    entries.append((RuleRef(p.key, p.kind, p.namespace, p.name, *where), peer))  # type: ignore[arg-type]
+            # fromRequires: those of every entry of this kind in this direction, on endpoints
+            requires = [s for _, peer in entries for s in peer.requires]
+            self._l3[key] = [(ref, peer) for ref, peer in entries if ref_l3(peer, remote, requires)]
+        return self._l3[key]
+
+    def verdict(
+        self, remote: Identity, direction: str, protocol: int, port: int
+    ) -> tuple[str, set[RuleRef]]:
+        """(reason, the rules whose entries match the flow and decide it)."""
+        if self.mode == "never":
+            return "not enforced", set()
+        named = NAMED_PORTS.get((self.subject if direction == "ingress" else remote).id, {})
+
+        def matching(deny: bool) -> set[RuleRef]:
+            return {
+                ref
+                for ref, peer in self.l3_matches(remote, direction, deny)
+                if ref_l4(peer, protocol, port, named)
+            }
+
+        denies = matching(True)
+        if denies:
+            return "denied by rule", denies
+        allows = matching(False)
+        if not self.enforced(direction):
+            return "not enforced", allows
+        return ("allowed", allows) if allows else ("default deny", set())
+
+
+# ------------------------------------------------------------------------------------ strategies
+
+LABEL_PAIRS = [
+    ("k8s:app", "a"), ("k8s:app", "b"), ("k8s:env", "x"), ("k8s:env", "y"),
+    (NS, "n1"), (NS, "n2"), ("any:app", "a"),
+]  # fmt: skip
+REQUIREMENTS = [
+    Requirement("k8s:app", "In", ("a",)),
+    Requirement("k8s:env", "NotIn", ("x",)),
+    Requirement("k8s:env", "Exists"),
+    Requirement("k8s:env", "DoesNotExist"),
+    Requirement("any:app", "In", ("a", "b")),
+    Requirement(NS, "In", ("n2",)),
+]
+
+
+@st.composite
+def selectors(draw: st.DrawFn) -> Selector:
+    pairs = draw(st.lists(st.sampled_from(LABEL_PAIRS), max_size=2, unique_by=lambda p: p[0]))
+    expressions = draw(st.lists(st.sampled_from(REQUIREMENTS), max_size=2, unique=True))
+    return Selector(tuple(sorted(pairs)), tuple(expressions))
+
+
+NETS = ["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/16", "::/0", "2001:db8::/32"]
+EXCEPT_NETS = ["10.1.0.0/16", "10.1.2.0/24", "10.2.0.0/16", "10.0.0.0/8", "2001:db8:1::/48"]
+
+
+@st.composite
+def cidr_rules(draw: st.DrawFn) -> CIDRRule:
+    cidr = ip_network(draw(st.sampled_from(NETS)))
+    candidates = [
+        e
+        for e in map(ip_network, EXCEPT_NETS)
+        if e.version == cidr.version and e.prefixlen > cidr.prefixlen and e.subnet_of(cidr)  # type: ignore[arg-type]
+    ]
+    excepts = draw(st.lists(st.sampled_from(candidates), unique=True)) if candidates else []
+    return CIDRRule(cidr, tuple(excepts))
+
+
+@st.composite
+def port_protocols(draw: st.DrawFn) -> PortProtocol:
+    protocol: Protocol = draw(st.sampled_from(PROTOCOL_NAMES))
+    if draw(st.integers(0, 2)) == 0:
+        name = draw(st.sampled_from(["http", "dns", "nope"]))
+        return PortProtocol(None, name=name, protocol=protocol)
+    port = draw(st.sampled_from([0, 53, 80, 443, 8080]))
+    end = None
+    if port and draw(st.booleans()):
+        end = port + draw(st.sampled_from([1, 7, 8]))
+    return PortProtocol(port, end, protocol=protocol)
+
+
+@st.composite
+def port_rules(draw: st.DrawFn) -> PortRule:
+    ports = tuple(draw(st.lists(port_protocols(), min_size=1, max_size=2)))
+    if draw(st.integers(0, 7)) == 0:
+        ports = ()  # a toPorts entry listing no port: every port and protocol
+    l7 = L7Rules("http") if draw(st.integers(0, 4)) == 0 else None
+    return PortRule(ports, l7)
+
+
+@st.composite
+def peers(draw: st.DrawFn, index: int) -> PeerRule:
+    kind = draw(st.sampled_from(["none", "endpoints", "endpoints", "entities", "cidrs", "fqdns"]))
+    endpoints: tuple[Selector, ...] = ()
+    entities: tuple[str, ...] = ()
+    cidrs: tuple[CIDRRule, ...] = ()
+    fqdns: tuple[FQDNSelector, ...] = ()
+    if kind == "endpoints":
+        endpoints = tuple(draw(st.lists(selectors(), min_size=1, max_size=2)))
+    elif kind == "entities":
+        entities = tuple(draw(st.lists(st.sampled_from(ENTITIES), min_size=1, max_size=2)))
+    elif kind == "cidrs":
+        cidrs = tuple(draw(st.lists(cidr_rules(), min_size=1, max_size=2)))
+    elif kind == "fqdns":
+        fqdns = (FQDNSelector(match_name="example.com"),)
+    requires = tuple(draw(st.lists(selectors(), max_size=1))) if draw(st.booleans()) else ()
+    ports = tuple(draw(st.lists(port_rules(), max_size=2)))
+    icmp = st.builds(ICMPField, st.sampled_from(["IPv4", "IPv6"]), st.sampled_from([0, 8, 128]))
+    icmps = tuple(draw(st.lists(icmp, max_size=1)))
+    return PeerRule(
+        index,
+        endpoints=endpoints,
+        requires=requires,
+        entities=entities,  # type: ignore[arg-type]
+        cidrs=cidrs,
+        fqdns=fqdns,
+        ports=ports,
+        icmps=icmps,
+    )
+
+
+@st.composite
+def peer_lists(draw: st.DrawFn) -> tuple[PeerRule, ...]:
+    count = draw(st.integers(0, 2))
+    return tuple(draw(peers(i)) for i in range(count))
+
+
+@st.composite
+def rules(draw: st.DrawFn, index: int) -> Rule:
+    return Rule(
+        index=index,
+        path=f"specs[{index}]",
+        endpoint_selector=draw(selectors()),
+        ingress=draw(peer_lists()),
+        ingress_deny=draw(peer_lists()),
+        egress=draw(peer_lists()),
+        egress_deny=draw(peer_lists()),
+        enable_default_deny=(
+            draw(st.sampled_from([None, None, True, False])),
+            draw(st.sampled_from([None, None, True, False])),
+        ),
+    )
+
+
+@st.composite
+def policy_sets(draw: st.DrawFn) -> list[Policy]:
+    out = []
+    for n in range(draw(st.integers(1, 2))):
+        count = draw(st.integers(1, 3))
+        out.append(
+            Policy(
+                kind="CiliumNetworkPolicy",
+                namespace="n1",
+                name=f"p{n}",
+                rules=tuple(draw(rules(i)) for i in range(count)),
+                source="test",
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------ the property
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    policy_sets(),
+    st.sampled_from(PODS),
+    st.sampled_from(["default"] * 7 + ["always", "always", "never"]),
+)
+def test_engine_agrees_with_the_reference_on_every_flow(
+    policies: list[Policy], subject: Identity, mode: str
+) -> None:
+    repo = Repository()
+    repo.replace(policies)
+    cache = SelectorCache(IDENTITIES)
+    policy = compute(
+        repo,
+        cache,
+        subject,
+        named_ports=NAMED_PORTS.get(subject.id, {}),
+        remote_named_ports=NAMED_PORTS,
+        mode=mode,  # type: ignore[arg-type]
+    )
+    ref = Reference(policies, subject, mode)
+    directions: tuple[Direction, ...] = ("ingress", "egress")
+    for direction in directions:
+        for remote in IDENTITIES:
+            for protocol in PROTOCOLS:
+                for port in PORTS:
+                    got = trace(policy, remote.id, protocol, port, direction)
+                    reason, matching = ref.verdict(remote, direction, protocol, port)
+                    where = (direction, str(remote), protocol, port)
+                    assert got.reason == reason, (where, got, matching)
+                    assert got.allowed == (reason in ("allowed", "not enforced"))
+                    assert got.deciding <= matching, (where, got.deciding, matching)
+                    if reason in ("allowed", "denied by rule"):
+                        assert got.deciding, where
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy_sets(), st.sampled_from(PODS), st.permutations(IDENTITIES))
+def test_identities_arriving_late_give_the_same_policy(
+    policies: list[Policy], subject: Identity, order: list[Identity]
+) -> None:
+    """Computing with an empty cache, then adding the identities one by one (recomputing after
+    each), ends with the same map state as computing once with every identity known."""
+    repo = Repository()
+    repo.replace(policies)
+    incremental = SelectorCache(())
+    seen = compute(repo, incremental, subject, named_ports=NAMED_PORTS.get(subject.id, {}))
+    for identity in order:
+        changed = incremental.upsert_identity(identity)
+        if changed & seen.selectors:
+            seen = compute(repo, incremental, subject, named_ports=NAMED_PORTS.get(subject.id, {}))
+    fresh = compute(
+        repo, SelectorCache(IDENTITIES), subject, named_ports=NAMED_PORTS.get(subject.id, {})
+    )
+    assert dict(seen.entries) == dict(fresh.entries)
