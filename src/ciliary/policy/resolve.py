@@ -12,11 +12,13 @@ Which rules apply
 Enforcement (``Documentation/security/policy/intro.rst``, "Policy Enforcement Modes")
     ``default``: a direction is enforced (default deny) once a selecting rule has a section for it,
     unless the rule says ``enableDefaultDeny: false`` for it (such rules "are ignored when
-    determining the default mode"; :attr:`Rule.default_deny_ingress` resolves this). ``always``:
-    both directions enforced even without rules. ``never``: nothing enforced and no rule applies,
-    deny rules included. A direction that is not enforced gets the allow-all entry (identity 0,
-    every protocol), and deny rules still apply on top of it (Cilium adds a wildcard allow in that
-    case, ``computePolicyEnforcementAndRules``; a deny still wins).
+    determining the default mode"). ``enableDefaultDeny: true`` on a rule without a section for
+    that direction enforces nothing: Cilium only looks at it for rules with ``ingress``/
+    ``ingressDeny`` (``egress``/``egressDeny``) entries (``computePolicyEnforcementAndRules``).
+    ``always``: both directions enforced even without rules. ``never``: nothing enforced and no
+    rule applies, deny rules included. A direction that is not enforced gets the allow-all entry
+    (identity 0, every protocol), and deny rules still apply on top of it (Cilium adds a wildcard
+    allow in that case, ``computePolicyEnforcementAndRules``; a deny still wins).
 
 Peers (``l4.go``/``rule.go`` ``mergeIngress``; ``Documentation/security/policy/language.rst``)
     A peer entry with ports but no L3 member applies to every peer: identity 0. An
@@ -432,11 +434,17 @@ def _compute(
     for direction in _DIRECTIONS:
         egress = direction == "egress"
         if egress:
-            on = any(s.rule.default_deny_egress for s in selected)
+            on = any(
+                (s.rule.egress or s.rule.egress_deny) and s.rule.default_deny_egress
+                for s in selected
+            )
             allows = [(s, p) for s in selected for p in s.rule.egress]
             denies = [(s, p) for s in selected for p in s.rule.egress_deny]
         else:
-            on = any(s.rule.default_deny_ingress for s in selected)
+            on = any(
+                (s.rule.ingress or s.rule.ingress_deny) and s.rule.default_deny_ingress
+                for s in selected
+            )
             allows = [(s, p) for s in selected for p in s.rule.ingress]
             denies = [(s, p) for s in selected for p in s.rule.ingress_deny]
         enforced[direction] = on or mode == "always"

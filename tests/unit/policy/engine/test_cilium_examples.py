@@ -650,3 +650,17 @@ def test_non_endpoint_side_enforces_nothing() -> None:
     assert flow.egress.reason == "not enforced"
     assert flow.ingress.reason == "default deny"
     assert lab_.flow(BACKEND, WORLD4).allowed
+
+
+def test_enable_default_deny_true_needs_a_section() -> None:
+    # Cilium reads enableDefaultDeny only for rules with entries in that direction
+    lab_ = lab(
+        cnp(
+            "egress-only",
+            "endpointSelector: {matchLabels: {role: backend}}\n"
+            "enableDefaultDeny: {ingress: true, egress: true}\n"
+            "egress:\n- toEntities: [world]",
+        )
+    )
+    policy = lab_.policy(BACKEND)
+    assert (policy.ingress_enforced, policy.egress_enforced) == (False, True)

@@ -181,8 +181,14 @@ class Reference:
     def enforced(self, direction: str) -> bool:
         if self.mode == "always":
             return True
+        # a rule with a section for the direction enforces it, unless enableDefaultDeny is false
+        if direction == "ingress":
+            return any(
+                (r.ingress or r.ingress_deny) and r.enable_default_deny[0] is not False
+                for _, r in self.rules
+            )
         return any(
-            r.default_deny_ingress if direction == "ingress" else r.default_deny_egress
+            (r.egress or r.egress_deny) and r.enable_default_deny[1] is not False
             for _, r in self.rules
         )
 
