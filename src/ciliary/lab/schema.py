@@ -29,7 +29,7 @@ import dataclasses
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -50,6 +50,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from ciliary.core.yamldoc import StrictLoader
+from ciliary.core.yamldoc import show as _show
 
 __all__ = [
     "CALICO_API_VERSION",
@@ -165,30 +168,6 @@ class _FieldProblemError(ValueError):
     def __init__(self, message: str, *subpath: str | int) -> None:
         super().__init__(message)
         self.subpath: tuple[str | int, ...] = subpath
-
-
-def _show(value: object) -> str:
-    """A short, one-line description of a YAML value for "got ..." in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"bool {'true' if value else 'false'}"
-    if isinstance(value, int):
-        return f"int {value}" if value.bit_length() <= 64 else "a very large int"
-    if isinstance(value, float):
-        return f"float {value!r}"
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:56] + "...'"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, bytes):
-        return "binary data"
-    if isinstance(value, set):
-        return "a set"
-    return f"{type(value).__name__} {str(value)[:40]}"
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -1511,52 +1490,12 @@ def with_running_pods(
 # Reading YAML
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but a key given twice in a mapping is an error (as in kubectl)."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        # Some scalar conversions fail with plain errors (an impossible date like 2024-13-45, an
-        # integer with more digits than Python converts): report them with their position.
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as exc:
-            tag = str(node.tag).rpartition(":")[2]
-            raise yaml.constructor.ConstructorError(
-                None, None, f"invalid {tag} {_show(node.value)}: {exc}", node.start_mark
-            ) from None
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: dict[tuple[type, Hashable], yaml.Mark] = {}
-        for key_node, _ in node.value:
-            if (
-                not isinstance(key_node, yaml.ScalarNode)
-                or key_node.tag == "tag:yaml.org,2002:merge"
-            ):
-                continue
-            key = self.construct_object(key_node)
-            try:
-                marker = (type(key), key)
-                duplicate = marker in seen
-            except TypeError:
-                continue
-            if duplicate:
-                first = seen[marker]
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {_show(key)} (first given on line {first.line + 1})",
-                    key_node.start_mark,
-                )
-            seen[marker] = key_node.start_mark
-        return super().construct_mapping(node, deep)
-
-
 def _load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
     """The documents of a YAML stream as (1-based index, value), empty documents left out."""
     docs: list[tuple[int, object]] = []
     index = 0
     try:
-        for doc in yaml.load_all(text, Loader=_Loader):
+        for doc in yaml.load_all(text, Loader=StrictLoader):
             index += 1
             if doc is not None:
                 docs.append((index, doc))

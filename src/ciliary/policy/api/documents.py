@@ -15,12 +15,13 @@ to :func:`parse_policy_documents`.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ciliary.core.yamldoc import StrictLoader
 from ciliary.policy.api import schema
 from ciliary.policy.api.errors import PolicyError, format_path, show
 from ciliary.policy.api.model import Policy, PolicyKind, Rule
@@ -40,44 +41,6 @@ POLICY_KINDS: Final[dict[str, str]] = {
 # YAML
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but a key given twice in a mapping is an error (as in kubectl)."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as exc:
-            tag = str(node.tag).rpartition(":")[2]
-            raise yaml.constructor.ConstructorError(
-                None, None, f"invalid {tag} {show(node.value)}: {exc}", node.start_mark
-            ) from None
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: dict[tuple[type, Hashable], yaml.Mark] = {}
-        for key_node, _ in node.value:
-            if (
-                not isinstance(key_node, yaml.ScalarNode)
-                or key_node.tag == "tag:yaml.org,2002:merge"
-            ):
-                continue
-            key = self.construct_object(key_node)
-            try:
-                marker = (type(key), key)
-                duplicate = marker in seen
-            except TypeError:
-                continue
-            if duplicate:
-                first = seen[marker]
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {show(key)} (first given on line {first.line + 1})",
-                    key_node.start_mark,
-                )
-            seen[marker] = key_node.start_mark
-        return super().construct_mapping(node, deep)
-
-
 def load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
     """The documents of a YAML stream as (1-based index, value), empty documents left out.
 
@@ -85,7 +48,7 @@ def load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
     docs: list[tuple[int, object]] = []
     index = 0
     try:
-        for doc in yaml.load_all(text, Loader=_Loader):
+        for doc in yaml.load_all(text, Loader=StrictLoader):
             index += 1
             if doc is not None:
                 docs.append((index, doc))

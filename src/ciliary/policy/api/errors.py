@@ -13,14 +13,11 @@ import json
 import re
 from collections.abc import Sequence
 
+from ciliary.core.yamldoc import one_line, show
+
 __all__ = ["PolicyError", "format_path", "one_line", "show"]
 
 PathPart = str | int
-
-
-def one_line(text: str) -> str:
-    """``text`` with every line break (and the blanks around it) folded into one space."""
-    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
 class PolicyError(Exception):
@@ -39,30 +36,6 @@ class PolicyError(Exception):
 
     def __str__(self) -> str:
         return self.problems[0]
-
-
-def show(value: object) -> str:
-    """A short, one-line description of a YAML value for "got ..." in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"bool {'true' if value else 'false'}"
-    if isinstance(value, int):
-        return f"int {value}" if value.bit_length() <= 64 else "a very large int"
-    if isinstance(value, float):
-        return f"float {value!r}"
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:56] + "...'"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, bytes):
-        return "binary data"
-    if isinstance(value, set):
-        return "a set"
-    return f"{type(value).__name__} {one_line(str(value))[:40]}"
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
