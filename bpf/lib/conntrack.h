@@ -119,6 +119,30 @@ static __always_inline int ct_process(const struct pkt *p, __u32 src_id, __u32 d
 	struct ct_entry *e;
 
 	res->entry = 0;
+	if (p->has_related) {
+		/* An ICMP error about a tracked connection, in either of its directions. */
+		struct ct_key rk = {};
+		__builtin_memcpy(rk.saddr, p->rel_saddr, 16);
+		__builtin_memcpy(rk.daddr, p->rel_daddr, 16);
+		rk.sport = p->rel_sport;
+		rk.dport = p->rel_dport;
+		rk.proto = p->rel_proto;
+		rk.family = p->family;
+		e = bpf_map_lookup_elem(&ciliary_ct, &rk);
+		if (!e) {
+			__builtin_memcpy(rk.saddr, p->rel_daddr, 16);
+			__builtin_memcpy(rk.daddr, p->rel_saddr, 16);
+			rk.sport = p->rel_dport;
+			rk.dport = p->rel_sport;
+			e = bpf_map_lookup_elem(&ciliary_ct, &rk);
+		}
+		if (e && e->expires_ns > now) {
+			res->entry = e;
+			res->state = CT_RELATED;
+			res->report = 1;
+			return 0;
+		}
+	}
 	if (!ct_trackable(p)) {
 		res->state = CT_UNTRACKED;
 		res->report = 1;

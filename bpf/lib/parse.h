@@ -25,8 +25,54 @@ struct pkt {
 	__u8 icmp_code;
 	__u8 ttl;
 	__u8 has_l4;
-	__u8 pad;
+	__u8 has_related;   /* ICMP error: rel_* is the embedded packet's tuple */
+	__u8 rel_saddr[16];
+	__u8 rel_daddr[16];
+	__u16 rel_sport;
+	__u16 rel_dport;
+	__u8 rel_proto;
+	__u8 rel_pad[3];
 };
+
+static __always_inline int icmp_is_error(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == 3 || type == 11 || type == 12;
+	return type >= 1 && type <= 4; /* unreachable, too big, time exceeded, param problem */
+}
+
+/* The packet an ICMP error quotes (its IP header and first 4 bytes of L4) identifies the
+ * connection the error belongs to; conntrack then treats the error as related. */
+static __always_inline void parse_icmp_error(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 inner = p->l4_off + 8;
+	__u16 ports[2];
+	if (p->proto == IPPROTO_ICMP) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, inner, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+			return;
+		__builtin_memcpy(p->rel_saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->rel_daddr, &ip.daddr, 4);
+		p->rel_proto = ip.protocol;
+		inner += ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, inner, &ip6, sizeof(ip6)) < 0)
+			return;
+		__builtin_memcpy(p->rel_saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->rel_daddr, &ip6.daddr, 16);
+		p->rel_proto = ip6.nexthdr;
+		inner += sizeof(ip6);
+	}
+	if (p->rel_proto != IPPROTO_TCP && p->rel_proto != IPPROTO_UDP &&
+	    p->rel_proto != IPPROTO_SCTP)
+		return;
+	if (bpf_skb_load_bytes(skb, inner, ports, sizeof(ports)) < 0)
+		return;
+	p->rel_sport = bpf_ntohs(ports[0]);
+	p->rel_dport = bpf_ntohs(ports[1]);
+	p->has_related = 1;
+}
 
 static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
 {
@@ -74,6 +120,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
 		if (p->proto == IPPROTO_ICMPV6 &&
 		    ((p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143))
 			return PARSE_PASS; /* MLD and neighbour discovery belong to the stack */
+		if (icmp_is_error(p->proto, p->icmp_type))
+			parse_icmp_error(skb, p);
 		return PARSE_OK;
 	}
 	default:

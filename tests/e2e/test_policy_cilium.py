@@ -192,12 +192,6 @@ def test_host_reaches_local_pods_whatever_the_policy(lab: PolicyLab) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="datapath deviation: ICMP errors are not related to their connection (untracked), "
-    "so policy drops them: a UDP port-unreachable never reaches a client whose ingress is "
-    "enforced (Cilium: CT_RELATED, no policy check)",
-)
 def test_icmp_errors_of_allowed_flows_are_related(lab: PolicyLab) -> None:
     """web's ingress only admits the host; its UDP datagram to a closed port of the client gets
     an ICMP port unreachable back, which must reach web (as "connection refused")."""
