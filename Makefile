@@ -14,7 +14,7 @@ demo: setup
 	$(VENV)/ciliary demo
 
 test: setup lint
-	$(VENV)/python -m pytest -q tests
+	bash scripts/run-tests.sh
 
 lint: setup
 	$(VENV)/ruff check src tests bench

@@ -27,6 +27,8 @@ fi
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
     echo "setup: mounting bpffs at /sys/fs/bpf"
     mount -t bpf bpf /sys/fs/bpf
+    # remembered, so that `make test` / the last `lab down` can give the machine back as found
+    touch /run/ciliary-setup-mounted-bpffs
 fi
 
 PY=${PYTHON:-python3}

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ciliary.core.ports import port_range_prefixes
 from ciliary.datapath.libbpf import BPFObject
 from ciliary.datapath.maps.policy import (
     PolicyKey,
     PolicyKeyC,
     PolicyMaps,
     PolicyValue,
-    port_range_prefixes,
 )
 
 OBJECT = Path(__file__).resolve().parents[2] / "bpf" / "bpf_lxc.o"

@@ -24,7 +24,6 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
-from ciliary.agent import store
 from ciliary.agent.identity import IdentityAllocator, security_labels
 from ciliary.agent.ipam import IPAM, IPAMError
 from ciliary.agent.podstore import PodMeta
@@ -43,6 +42,7 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.endpoints import EP_F_READY
+from ciliary.kvstore import atomic as store
 
 log = logging.getLogger(__name__)
 MAX_ENDPOINT_ID = 4095
@@ -81,6 +81,7 @@ class EndpointManager:
         self._ipam = ipam
         self._ids = identities
         self._pods = pods
+        self._ports: dict[int, dict[str, tuple[int, str]]] = {}
         self._policy = policy
         self._mtu = mtu
         self._on_change = on_change
@@ -165,9 +166,12 @@ class EndpointManager:
                 await self._delete_locked(old, "replaced by a new ADD")
             return await self._create_locked(req)
 
+    def _meta(self, namespace: str, pod_name: str) -> PodMeta | None:
+        return self._pods(namespace, pod_name) if pod_name else None
+
     def _named_ports(self, ep: Endpoint) -> dict[str, tuple[int, str]]:
-        meta = self._pods(ep.namespace, ep.pod_name) if ep.pod_name else None
-        return dict(meta.named_ports) if meta is not None else {}
+        """The endpoint's named ports, read from the store once (create/restore), kept here."""
+        return self._ports.get(ep.id, {})
 
     def _realize_policy(self, ep: Endpoint, changed: frozenset[Any]) -> None:
         """This endpoint's map, then every peer whose selections the new identity changed."""
@@ -190,14 +194,13 @@ class EndpointManager:
             log.info("regenerated %d endpoints: %s", len(self._eps), reason)
             return len(self._eps)
 
-    def _identity_labels(self, ep: Endpoint) -> tuple[str, ...]:
-        meta = self._pods(ep.namespace, ep.pod_name) if ep.pod_name else None
+    def _identity_labels(self, ep: Endpoint, meta: PodMeta | None) -> tuple[str, ...]:
         ns_labels = meta.namespace_labels if meta is not None else {}
         return security_labels(ep.namespace, ep.labels, ns_labels)
 
     async def _create_locked(self, req: EndpointCreateRequest) -> Endpoint:
         ep_id = self._next_id()
-        meta = self._pods(req.namespace, req.pod_name) if req.pod_name else None
+        meta = self._meta(req.namespace, req.pod_name)
         labels = dict(req.labels) if req.labels else dict(meta.labels if meta else {})
         ep = Endpoint(
             id=ep_id,
@@ -248,7 +251,8 @@ class EndpointManager:
                 ipv4_gateway=str(router_v4) if v4 and router_v4 else None,
                 ipv6_gateway=str(router_v6) if v6 and router_v6 else None,
             )
-            sec_labels = self._identity_labels(ep)
+            sec_labels = self._identity_labels(ep, meta)
+            self._ports[ep.id] = dict(meta.named_ports) if meta is not None else {}
             identity = self._ids.allocate(sec_labels)
             changed: frozenset[Any] = frozenset()
             if self._policy is not None:
@@ -311,6 +315,7 @@ class EndpointManager:
         """Best-effort removal of everything an endpoint may own; never raises for absent parts."""
         try:
             self._unprogram(ep)
+            self._ports.pop(ep.id, None)
             if self._policy is not None:
                 self._policy.forget(ep.id)
         except Exception as err:  # a map error must not keep the rest alive
@@ -426,7 +431,9 @@ class EndpointManager:
             await self._teardown(ep)
             return False
         restoring = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
-        labels = self._identity_labels(ep)
+        meta = self._meta(ep.namespace, ep.pod_name)
+        self._ports[ep.id] = dict(meta.named_ports) if meta is not None else {}
+        labels = self._identity_labels(ep, meta)
         identity = self._ids.allocate(labels)
         programmed = restoring.model_copy(update={"identity": identity})
         changed: frozenset[Any] = frozenset()

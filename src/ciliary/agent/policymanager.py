@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
-
-import yaml
 
 from ciliary.core.models import (
     Endpoint,
@@ -36,7 +34,9 @@ from ciliary.core.models import (
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
 from ciliary.kvstore import FileStore
-from ciliary.policy.api import Policy, PolicyError, parse_policy_documents, parse_policy_text
+from ciliary.kvstore import policies as policystore
+from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
+from ciliary.policy.api.documents import load_yaml
 from ciliary.policy.identity import Identity, cidr_identity
 from ciliary.policy.mapstate import MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
@@ -46,7 +46,6 @@ from ciliary.policy.selectorcache import SelectorCache, cidr_blocks
 log = logging.getLogger(__name__)
 Network = IPv4Network | IPv6Network
 PROTOCOL_NAMES = {0: "any", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
-REVISION_DOC = ("policyrevisions", "current")
 
 
 def rule_reference(ref: RuleRef) -> RuleReference:
@@ -68,15 +67,6 @@ def ports_text(key: MapKey) -> str:
         return str(key.port)
     last = key.port | ((1 << (16 - key.port_prefix)) - 1)
     return f"{key.port}-{last}"
-
-
-def split_documents(text: str, filename: str) -> list[tuple[int, dict[str, Any]]]:
-    """(1-based document number, document) pairs; syntax errors are the parser's to report."""
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError:
-        return []
-    return [(i, d) for i, d in enumerate(docs, start=1) if isinstance(d, dict)]
 
 
 class PolicyManager:
@@ -128,21 +118,16 @@ class PolicyManager:
 
     def load_from_store(self) -> bool:
         """Reload the repository when the store's policy revision moved; True if it did."""
-        rev_doc = self._store.get(*REVISION_DOC) or {}
-        revision = int(rev_doc.get("revision", 0))
+        revision = policystore.revision(self._store)
         if revision == self._store_revision:
             return False
-        docs = self._store.list("policies")
         policies: list[Policy] = []
-        for entry in docs.values():
+        for doc in policystore.documents(self._store):
             try:
-                policies += parse_policy_documents(
-                    [(int(entry["index"]), entry["document"])], str(entry["source"])
-                )
-            except (PolicyError, KeyError, TypeError) as err:
+                policies += parse_policy_documents([(doc.index, doc.document)], doc.source)
+            except PolicyError as err:
                 log.error("ignoring an invalid policy in the cluster store: %s", err)
-        current = {p.key for p in self.repo.policies()}
-        gone = current - {p.key for p in policies}
+        gone = {p.key for p in self.repo.policies()} - {p.key for p in policies}
         if gone:
             self.repo.delete(gone)
         if policies:
@@ -151,30 +136,22 @@ class PolicyManager:
         self._sync_cidr_identities()
         return True
 
-    def _bump_store_revision(self, txn_store: FileStore) -> None:
-        with txn_store.transaction() as txn:
-            doc = txn.get(*REVISION_DOC) or {}
-            revision = int(doc.get("revision", 0)) + 1
-            txn.put(*REVISION_DOC, {"revision": revision})
-        self._store_revision = revision
-
     def import_text(self, text: str, filename: str) -> list[str]:
         """Validate (raises PolicyError, nothing applied), store, apply; returns the keys."""
-        docs = split_documents(text, filename)
-        policies = parse_policy_documents(docs, filename) if docs else None
-        if policies is None:
-            parse_policy_text(text, filename)  # reports the syntax error
-            raise PolicyError(f"{filename}: no policy documents")
-        by_index = dict(docs)
-        for pol in policies:
-            index = int(pol.source.rsplit(":", 1)[1])
-            self._store.put(
-                "policies",
-                pol.key,
-                {"source": filename, "index": index, "document": by_index[index]},
-            )
+        docs = load_yaml(text, filename)
+        if not docs:
+            raise PolicyError(f"{filename}: the file has no documents (expected policy documents)")
+        policies = parse_policy_documents(docs, filename)
+        bodies = dict(docs)
+        self._store_revision = policystore.publish(
+            self._store,
+            [
+                policystore.PolicyDocument(p.key, filename, index, bodies[index])  # type: ignore[arg-type]
+                for p in policies
+                for index in [int(p.source.rsplit(":", 1)[1])]
+            ],
+        )
         self.repo.replace(policies)
-        self._bump_store_revision(self._store)
         self._sync_cidr_identities()
         return [p.key for p in policies]
 
@@ -183,11 +160,9 @@ class PolicyManager:
         unknown = [k for k in targets if self.repo.get(k) is None]
         if unknown:
             raise KeyError(f"no such policy: {', '.join(unknown)}")
-        for key in targets:
-            self._store.delete("policies", key)
         if targets:
+            self._store_revision = policystore.withdraw(self._store, targets)
             self.repo.delete(targets)
-            self._bump_store_revision(self._store)
             self._sync_cidr_identities()
         return targets
 
@@ -328,7 +303,3 @@ class PolicyManager:
         if found is not None:
             return found
         return 9 if parsed.version == 4 else 10
-
-    @staticmethod
-    def network(text: str) -> Network:
-        return ip_network(text, strict=False)

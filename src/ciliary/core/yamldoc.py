@@ -15,6 +15,10 @@ from typing import Any
 import yaml
 
 
+class YAMLDocumentError(ValueError):
+    """The text is not (acceptable) YAML; ``str()`` is one line naming file, line and column."""
+
+
 def one_line(text: str) -> str:
     """``text`` with every line break (and the blanks around it) folded into one space."""
     return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
@@ -80,3 +84,47 @@ class StrictLoader(yaml.SafeLoader):
                 )
             seen[marker] = key_node.start_mark
         return super().construct_mapping(node, deep)
+
+
+def load_documents(text: str, filename: str) -> list[tuple[int, object]]:
+    """The documents of a YAML stream as (1-based index, value), empty documents left out.
+
+    Raises :class:`YAMLDocumentError` (one line: file, line and column) if the text is not YAML;
+    each parser turns it into its own error type."""
+    docs: list[tuple[int, object]] = []
+    index = 0
+    try:
+        for doc in yaml.load_all(text, Loader=StrictLoader):
+            index += 1
+            if doc is not None:
+                docs.append((index, doc))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            cm = exc.context_mark
+            problem += f" ({exc.context} at line {cm.line + 1} column {cm.column + 1})"
+        if mark is None:
+            raise YAMLDocumentError(f"{filename}: invalid YAML: {problem}") from None
+        raise YAMLDocumentError(
+            f"{filename}: line {mark.line + 1} column {mark.column + 1}: {problem}"
+        ) from None
+    except yaml.reader.ReaderError as exc:
+        pos = exc.position
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise YAMLDocumentError(
+            f"{filename}: line {line} column {column}: unacceptable character {char}: {exc.reason}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise YAMLDocumentError(f"{filename}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise YAMLDocumentError(
+            f"{filename}: document {index + 1}: YAML nested too deeply"
+        ) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise YAMLDocumentError(
+            f"{filename}: document {index + 1}: invalid YAML value: {exc}"
+        ) from None
+    return docs

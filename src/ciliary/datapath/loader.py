@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ciliary.datapath.libbpf import BPFObject, Map, tc_attach, tc_detach, tc_query
+from ciliary.datapath.linux import bpffs
 from ciliary.datapath.maps.config import ConfigMap
 from ciliary.datapath.maps.conntrack import CTMap
 from ciliary.datapath.maps.endpoints import EndpointMap
@@ -59,6 +60,7 @@ class NodeDatapath:
             raise FileNotFoundError(
                 f"BPF object {self.object_path} not found (run `make -C bpf` / `make setup`)"
             )
+        bpffs.ensure_mounted()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         obj = BPFObject.open(
             self.object_path, pin_dir=self.pin_dir, max_entries={"ciliary_ct": self._ct_max}

@@ -12,11 +12,12 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ciliary.kvstore import atomic
 
 JSONObject = dict[str, Any]
 
@@ -98,19 +99,7 @@ class FileStore:
             os.close(fd)
 
     def _write(self, kind: str, name: str, obj: JSONObject) -> None:
-        path = self._path(kind, name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(obj, fh, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic.write_json(self._path(kind, name), obj)
 
     def _remove(self, kind: str, name: str) -> bool:
         try:

@@ -29,9 +29,10 @@ from pathlib import Path
 from rich.progress import Progress, TaskID
 
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
-from ciliary.datapath.linux import cgroup, netns
+from ciliary.datapath.linux import bpffs, cgroup, netns
 from ciliary.datapath.linux.errors import LinkError
-from ciliary.kvstore import FileStore
+from ciliary.kvstore import FileStore, atomic
+from ciliary.kvstore import policies as policystore
 from ciliary.lab import process, schema
 from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError
 from ciliary.lab.state import (
@@ -127,11 +128,7 @@ def _k8s_object(
 
 
 def _save(rec: LabRecord) -> None:
-    path = _state_file(rec.name)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(rec.model_dump_json(indent=1))
-    os.replace(tmp, path)
+    atomic.write_json(_state_file(rec.name), rec.model_dump(mode="json"))
 
 
 def _load(lab: str) -> LabRecord:
@@ -292,15 +289,12 @@ def _publish_policies(lab: str, lab_file: schema.LabFile, policies: list[Policy]
     """Policies go into the cluster store (agents load them at start and watch for changes)."""
     if not policies:
         return
-    store = cluster_store(lab)
     bodies = {d.index: d.body for d in lab_file.other_documents}
+    docs = []
     for pol in policies:
         index = int(pol.source.rsplit(":", 1)[1])
-        doc = {"source": lab_file.filename, "index": index, "document": bodies[index]}
-        store.put("policies", pol.key, doc)
-    with store.transaction() as txn:
-        current = txn.get("policyrevisions", "current") or {}
-        txn.put("policyrevisions", "current", {"revision": int(current.get("revision", 0)) + 1})
+        docs.append(policystore.PolicyDocument(pol.key, lab_file.filename, index, bodies[index]))
+    policystore.publish(cluster_store(lab), docs)
 
 
 def _effective_base(base: schema.LabFile, rec: LabRecord) -> schema.LabFile:
@@ -315,10 +309,10 @@ def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
         raise LabError(
             f"lab {lab_name!r} is already up (`ciliary lab down --name {lab_name}` first)"
         )
-    if not Path("/sys/fs/bpf").is_dir() or not any(
-        line.split()[1] == "/sys/fs/bpf" for line in Path("/proc/mounts").read_text().splitlines()
-    ):
-        raise LabError("bpffs is not mounted at /sys/fs/bpf (run `make setup`)")
+    try:
+        bpffs.ensure_mounted()
+    except OSError as err:
+        raise LabError(str(err)) from err
     if cgroup.cgroup2_root() is None:
         raise LabError("no cgroup2 hierarchy is mounted")
     for node in lab_file.lab.spec.nodes:
@@ -612,11 +606,7 @@ def _write_dns_records(rec: LabRecord) -> None:
             records.setdefault(f"{p.name}.{zone}", []).extend(ips)
         for ip in ips:
             records.setdefault(f"{ip.replace('.', '-').replace(':', '-')}.{zone}", []).append(ip)
-    path = dns_records_file(rec.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(dns_records_file(rec.name), records)
 
 
 def cluster_dns_ip(name: str) -> str | None:
@@ -708,6 +698,7 @@ def _teardown(rec: LabRecord) -> None:
     for empty in (PIN_ROOT, LAB_ROOT, RUN_ROOT):
         with contextlib.suppress(OSError):
             empty.rmdir()  # only once no other lab or agent uses it
+    bpffs.unmount_if_setup_mounted()  # the last user gone: give the machine back as found
     if errors:
         raise LabError(f"lab {rec.name}: cleanup incomplete: {'; '.join(errors)}")
 

@@ -35,7 +35,6 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -51,7 +50,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ciliary.core.yamldoc import StrictLoader
+from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.core.yamldoc import show as _show
 
 __all__ = [
@@ -1492,41 +1491,10 @@ def with_running_pods(
 
 def _load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
     """The documents of a YAML stream as (1-based index, value), empty documents left out."""
-    docs: list[tuple[int, object]] = []
-    index = 0
     try:
-        for doc in yaml.load_all(text, Loader=StrictLoader):
-            index += 1
-            if doc is not None:
-                docs.append((index, doc))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem and exc.context_mark is not None:
-            cm = exc.context_mark
-            problem += f" ({exc.context} at line {cm.line + 1} column {cm.column + 1})"
-        if mark is None:
-            raise LabFileError(f"{filename}: invalid YAML: {problem}") from None
-        raise LabFileError(
-            f"{filename}: line {mark.line + 1} column {mark.column + 1}: {problem}"
-        ) from None
-    except yaml.reader.ReaderError as exc:
-        pos = exc.position
-        line = text.count("\n", 0, pos) + 1
-        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
-        raise LabFileError(
-            f"{filename}: line {line} column {column}: unacceptable character {char}: {exc.reason}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise LabFileError(f"{filename}: invalid YAML: {exc}") from None
-    except RecursionError:
-        raise LabFileError(f"{filename}: document {index + 1}: YAML nested too deeply") from None
-    except (ValueError, TypeError, OverflowError) as exc:
-        # PyYAML lets some scalar conversions fail with plain errors (an impossible timestamp
-        # like 2024-13-45, an integer with more digits than Python converts).
-        raise LabFileError(f"{filename}: document {index + 1}: invalid YAML value: {exc}") from None
-    return docs
+        return load_documents(text, filename)
+    except YAMLDocumentError as err:
+        raise LabFileError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
+from ciliary.core.ports import port_range_prefixes
 from ciliary.policy.api.model import PolicyKind
 
 __all__ = [
@@ -180,21 +181,6 @@ class MapEntry:
 
     deny: bool
     derived_from: frozenset[RuleRef] = frozenset()
-
-
-def port_range_prefixes(lo: int, hi: int) -> list[tuple[int, int]]:
-    """The fewest (port, prefix bits) blocks exactly covering ports ``lo``..``hi`` (inclusive),
-    as Cilium cuts a port range for its LPM map."""
-    if not 0 <= lo <= hi <= 0xFFFF:
-        raise ValueError(f"bad port range {lo}-{hi}")
-    out: list[tuple[int, int]] = []
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << 16
-        while size > hi - lo + 1:
-            size >>= 1
-        out.append((lo, 17 - size.bit_length()))
-        lo += size
-    return out
 
 
 class MapStateBuilder:

@@ -269,7 +269,7 @@ def test_failed_write_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     def boom(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("ciliary.agent.ipam.clusterpool.write_json_atomic", boom)
+    monkeypatch.setattr("ciliary.agent.ipam.clusterpool.write_json", boom)
     with pytest.raises(OSError, match="disk full"):
         ipam.allocate(req("c2/eth0"))
     with pytest.raises(OSError, match="disk full"):

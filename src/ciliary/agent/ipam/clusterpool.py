@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ciliary.agent.ipam.persist import read_json, write_json_atomic
+from ciliary.agent.ipam.persist import read_json
 from ciliary.agent.ipam.types import (
     IP_ADDRS_ANNOTATION,
     ROUTER_KIND,
@@ -46,6 +46,7 @@ from ciliary.core.models import (
     IPAMListing,
     IPPoolStatus,
 )
+from ciliary.kvstore.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -433,4 +434,4 @@ class ClusterPoolIPAM:
                     for addr, e in rng.used.items()
                 },
             }
-        write_json_atomic(self._path, {"version": 1, "node": self._node, "families": families})
+        write_json(self._path, {"version": 1, "node": self._node, "families": families})

@@ -2,7 +2,7 @@
 LPM trie per enforced endpoint, pinned as ``ciliary_policy_<id>`` next to the node's other maps.
 
 Keys are (remote identity, direction, protocol, destination port prefix); a port range is stored
-as the smallest set of prefixes covering it (:func:`port_range_prefixes`), as Cilium does. The
+as the smallest set of prefixes covering it (``ciliary.core.ports``), as Cilium does. The
 lookup rules the datapath applies are in ``bpf/lib/policy.h``; the map state written here must
 respect them (see ``ciliary.policy.mapstate``): no allow entry longer than a covering deny of the
 same identity.
@@ -111,20 +111,6 @@ class PolicyEntryRecord:
     value: PolicyValue
     packets: int
     bytes: int
-
-
-def port_range_prefixes(lo: int, hi: int) -> list[tuple[int, int]]:
-    """The fewest (port, prefix bits) blocks exactly covering ports lo..hi (inclusive)."""
-    if not 0 <= lo <= hi <= 0xFFFF:
-        raise ValueError(f"bad port range {lo}-{hi}")
-    out: list[tuple[int, int]] = []
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << 16
-        while size > hi - lo + 1:
-            size >>= 1
-        out.append((lo, 16 - size.bit_length() + 1))
-        lo += size
-    return out
 
 
 class EndpointPolicyMap:

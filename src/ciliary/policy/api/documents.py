@@ -18,10 +18,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from ciliary.core.yamldoc import StrictLoader
+from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.policy.api import schema
 from ciliary.policy.api.errors import PolicyError, format_path, show
 from ciliary.policy.api.model import Policy, PolicyKind, Rule
@@ -45,39 +44,10 @@ def load_yaml(text: str, filename: str) -> list[tuple[int, object]]:
     """The documents of a YAML stream as (1-based index, value), empty documents left out.
 
     Raises :class:`PolicyError` (one line, with the line and column) if the text is not YAML."""
-    docs: list[tuple[int, object]] = []
-    index = 0
     try:
-        for doc in yaml.load_all(text, Loader=StrictLoader):
-            index += 1
-            if doc is not None:
-                docs.append((index, doc))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem and exc.context_mark is not None:
-            cm = exc.context_mark
-            problem += f" ({exc.context} at line {cm.line + 1} column {cm.column + 1})"
-        if mark is None:
-            raise PolicyError(f"{filename}: invalid YAML: {problem}") from None
-        raise PolicyError(
-            f"{filename}: line {mark.line + 1} column {mark.column + 1}: {problem}"
-        ) from None
-    except yaml.reader.ReaderError as exc:
-        pos = exc.position
-        line = text.count("\n", 0, pos) + 1
-        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
-        raise PolicyError(
-            f"{filename}: line {line} column {column}: unacceptable character {char}: {exc.reason}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{filename}: invalid YAML: {exc}") from None
-    except RecursionError:
-        raise PolicyError(f"{filename}: document {index + 1}: YAML nested too deeply") from None
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise PolicyError(f"{filename}: document {index + 1}: invalid YAML value: {exc}") from None
-    return docs
+        return load_documents(text, filename)
+    except YAMLDocumentError as err:
+        raise PolicyError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------
