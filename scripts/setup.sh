@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping util-linux
-              procps libelf-dev make python3-venv containernetworking-plugins iptables)
+              procps libelf-dev make python3-venv containernetworking-plugins iptables
+              sockperf prometheus)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -21,6 +22,13 @@ if ((${#need_apt[@]})); then
     fi
     echo "setup: installing Debian packages: ${need_apt[*]}"
     apt-get update -qq
+    # Debian's prometheus package would start a system-wide server on :9090 on a machine with an
+    # init system: we only run it from tests, on loopback, so services are not started on install.
+    policy_rc=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy_rc ]]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy_rc"; chmod +x "$policy_rc"
+        trap 'rm -f "$policy_rc"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
@@ -43,6 +51,9 @@ if [[ ! -f $stamp ]]; then
 fi
 
 make -s -C bpf
+
+# Hubble's gRPC/protobuf modules are generated from our .proto files (src/ciliary/hubble/api)
+.venv/bin/python scripts/gen_protos.py
 
 # CNI plugins are short-lived processes on the pod start-up path: ship them byte-compiled so an
 # exec never recompiles (the environment may set PYTHONDONTWRITEBYTECODE).
