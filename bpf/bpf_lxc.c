@@ -92,6 +92,9 @@ int cil_from_container(struct __sk_buff *skb)
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
 	if (!skip_policy) {
 		ret = policy_check(src_ep, dst_id, POLICY_EGRESS, &p, &pv_out);
+		if (pv_out.enforced && (ret < 0 || ct.state == CT_NEW))
+			policy_verdict_notify(skb, &p, src_ep, dst ? dst->ep_id : 0, src_id, dst_id,
+					      pv_out.cookie, pv_out.match, TRAFFIC_EGRESS, ret);
 		if (ret < 0) {
 			ct_forget_new(&p, &ct);
 			return drop_policy(skb, &p, -ret, src_ep, dst ? dst->ep_id : 0, src_id,
@@ -111,6 +114,10 @@ int cil_from_container(struct __sk_buff *skb)
 		__u16 dst_ep = dst->ep_id;
 		if (!skip_policy) {
 			ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv_in);
+			if (pv_in.enforced && (ret < 0 || ct.state == CT_NEW))
+				policy_verdict_notify(skb, &p, src_ep, dst_ep, src_id, dst_id,
+						      pv_in.cookie, pv_in.match, TRAFFIC_INGRESS,
+						      ret);
 			if (ret < 0) {
 				ct_forget_new(&p, &ct);
 				return drop_policy(skb, &p, -ret, src_ep, dst_ep, src_id, dst_id,
@@ -167,6 +174,9 @@ int cil_to_container(struct __sk_buff *skb)
 	struct policy_verdict pv = {};
 	if (ct.state != CT_REPLY && ct.state != CT_RELATED) {
 		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv);
+		if (pv.enforced && (ret < 0 || ct.state == CT_NEW))
+			policy_verdict_notify(skb, &p, dst_ep, dst_ep, src_id, dst_id, pv.cookie,
+					      pv.match, TRAFFIC_INGRESS, ret);
 		if (ret < 0) {
 			ct_forget_new(&p, &ct);
 			return drop_policy(skb, &p, -ret, dst_ep, dst_ep, src_id, dst_id,

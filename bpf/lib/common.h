@@ -51,6 +51,7 @@
 /* Monitor message types (Cilium's pkg/monitor/api: CiliumEventType.type). */
 #define EVENT_DROP 1
 #define EVENT_TRACE 4
+#define EVENT_POLICY_VERDICT 5
 
 /* Hubble Verdict enum. */
 #define VERDICT_FORWARDED 1
@@ -200,7 +201,7 @@ struct trace_event {
 	__u32 pkt_len;
 	__u16 ep_id;            /* endpoint whose program saw the packet */
 	__u16 dst_ep_id;        /* local destination endpoint, 0 if none */
-	__u8 type;              /* EVENT_TRACE / EVENT_DROP */
+	__u8 type;              /* EVENT_TRACE / EVENT_DROP / EVENT_POLICY_VERDICT */
 	__u8 obs_point;
 	__u8 verdict;
 	__u8 drop_reason;

@@ -126,6 +126,30 @@ static __always_inline int drop_policy(struct __sk_buff *skb, const struct pkt *
 	return TC_ACT_SHOT;
 }
 
+/* A policy verdict notification, as Cilium's send_policy_verdict_notify: one per new connection
+ * (or denied packet) whose endpoint enforces policy in that direction, whatever the monitor
+ * aggregation, so Hubble can say which rule allowed or denied a connection. A denial is followed
+ * by its drop event; an allowed connection by its trace. */
+static __always_inline void policy_verdict_notify(struct __sk_buff *skb, const struct pkt *p,
+						  __u16 ep_id, __u16 dst_ep_id, __u32 src_id,
+						  __u32 dst_id, __u32 cookie, __u8 match,
+						  __u8 direction, int ret)
+{
+	struct event_meta m = {};
+	m.type = EVENT_POLICY_VERDICT;
+	m.verdict = ret < 0 ? VERDICT_DROPPED : VERDICT_FORWARDED;
+	m.drop_reason = ret < 0 ? (__u8)(-ret) : 0;
+	m.ep_id = ep_id;
+	m.dst_ep_id = dst_ep_id;
+	m.src_sec_id = src_id;
+	m.dst_sec_id = dst_id;
+	m.ct_state = CT_NEW;
+	m.policy_cookie = cookie;
+	m.policy_match = match;
+	m.traffic_direction = direction;
+	emit_event(skb, p, &m);
+}
+
 /* The ring buffer map cannot name its record type, so this never-called global function puts
  * struct trace_event into the object's BTF, where the layout test (and bpftool) can see it. */
 __attribute__((noinline)) int ciliary_trace_event_btf(struct trace_event *ev)

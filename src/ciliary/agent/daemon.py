@@ -2,7 +2,8 @@
 
 Start-up order matters for the restart contract: the datapath is loaded through its pins first
 (so running traffic keeps its state), then endpoints are restored and their programs re-attached
-(atomic replace), and only then is the API socket opened, so no request sees a half-restored node.
+(atomic replace), then the ring buffer reader and Hubble start (so the first flows find every
+endpoint known), and only then is the API socket opened, so no request sees a half-restored node.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ipaddress import ip_network
 from ciliary import __version__
 from ciliary.agent.config import MONITOR_AGGREGATION, AgentConfig
 from ciliary.agent.endpoints import EndpointManager
+from ciliary.agent.hubble import AgentHubble
 from ciliary.agent.identity import LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
 from ciliary.agent.monitor import Monitor
@@ -27,6 +29,7 @@ from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.models import (
     CTEntry,
     DatapathStatus,
+    Endpoint,
     IPAMStatus,
     IPCacheEntry,
     MapPressure,
@@ -68,10 +71,12 @@ class Agent:
             pods=PodStore(self.store) if self.store else (lambda _ns, _name: None),
             policy=self.policy,
             mtu=cfg.mtu,
+            on_change=self._endpoint_changed,
         )
         self.monitor = Monitor(
             cfg.node, self.datapath, self._pod_of_endpoint, explain=self._explain_cookie
         )
+        self.hubble = AgentHubble(self, cfg.hubble)
         self.server = APIServer(self, cfg.socket)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -86,6 +91,9 @@ class Agent:
 
     def _explain_cookie(self, cookie: int) -> list[str]:
         return [str(r) for r in self.policy.rules_of_cookie(cookie)]
+
+    def _endpoint_changed(self, ep: Endpoint) -> None:
+        self.hubble.endpoint_changed(ep)
 
     def _pod_of_endpoint(self, ep_id: int) -> str | None:
         ep = self.endpoints.get(ep_id)
@@ -122,6 +130,7 @@ class Agent:
         restored, removed = await self.endpoints.restore()
         log.info("restored %d endpoints, removed %d stale objects", restored, removed)
         self.monitor.start()
+        await self.hubble.start()
         await self.server.start()
         self._spawn(self._ct_gc(), "ct-gc")
         self._spawn(self._watch_policies(), "policy-watch")
@@ -134,6 +143,7 @@ class Agent:
         finally:
             # Restart contract: programs stay attached and maps pinned; only the API goes away.
             await self.server.stop()
+            await self.hubble.stop()
             self.monitor.stop()
             for task in list(self._tasks):
                 task.cancel()

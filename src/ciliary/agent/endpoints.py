@@ -74,6 +74,7 @@ class EndpointManager:
         policy: PolicyManager | None = None,
         mtu: int = 1500,
         on_change: Callable[[Endpoint], None] | None = None,
+        on_regeneration: Callable[[float, bool], None] | None = None,
     ) -> None:
         self._dir = state_dir / "endpoints"
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -85,6 +86,9 @@ class EndpointManager:
         self._policy = policy
         self._mtu = mtu
         self._on_change = on_change
+        # (seconds, ok) of every policy regeneration of a ready endpoint (regenerate_all), for
+        # cilium_endpoint_regeneration*; creation and restore show up through on_change
+        self._on_regeneration = on_regeneration
         self._eps: dict[int, Endpoint] = {}
         self._lock = asyncio.Lock()
 
@@ -130,6 +134,10 @@ class EndpointManager:
             if candidate not in used:
                 return candidate
         raise EndpointError("no free endpoint id on this node", 503, "exhausted")
+
+    def _regenerated(self, started: float, ok: bool) -> None:
+        if self._on_regeneration is not None:
+            self._on_regeneration(time.monotonic() - started, ok)
 
     # ---- datapath ------------------------------------------------------------------------
 
@@ -190,7 +198,13 @@ class EndpointManager:
         async with self._lock:
             for ep in list(self._eps.values()):
                 if ep.state == EndpointState.READY:
-                    self._policy.realize(ep, self._named_ports(ep))
+                    started = time.monotonic()
+                    try:
+                        self._policy.realize(ep, self._named_ports(ep))
+                    except Exception:
+                        self._regenerated(started, ok=False)
+                        raise
+                    self._regenerated(started, ok=True)
             log.info("regenerated %d endpoints: %s", len(self._eps), reason)
             return len(self._eps)
 

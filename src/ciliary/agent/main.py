@@ -14,7 +14,13 @@ import sys
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from ciliary.agent.config import MONITOR_AGGREGATION, RUN_ROOT, AgentConfig
+from ciliary.agent.config import (
+    MONITOR_AGGREGATION,
+    RUN_ROOT,
+    AgentConfig,
+    HubbleConfig,
+    default_event_queue_size,
+)
 from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.datapath.loader import PIN_ROOT, default_object_dir
@@ -42,7 +48,166 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-policy", choices=["default", "always", "never"], default="default",
                    help="policy enforcement mode, as Cilium's")  # fmt: skip
     p.add_argument("--debug", action="store_true")
+    _hubble_flags(p)
     return p
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _hubble_flags(p: argparse.ArgumentParser) -> None:
+    """Upstream's agent flags for Hubble, same names and defaults (``--hubble-disable-tls``
+    aside: see HubbleConfig)."""
+    h = p.add_argument_group("hubble")
+
+    def bool_flag(name: str, help_text: str) -> None:
+        h.add_argument(name, nargs="?", const=True, default=True, type=_bool, metavar="BOOL",
+                       help=help_text)  # fmt: skip
+
+    bool_flag("--enable-hubble", "run the Hubble server (true)")
+    h.add_argument(
+        "--hubble-socket-path",
+        type=Path,
+        help="unix socket of the Hubble server (default <state-dir>/hubble.sock)",
+    )
+    h.add_argument(
+        "--hubble-listen-address",
+        default=":4244",
+        help='TCP address in the node netns (":4244"; "" = unix socket only)',
+    )
+    bool_flag(
+        "--hubble-disable-tls",
+        "plaintext TCP listener (true here: there is no certificate manager; set false and "
+        "give --hubble-tls-cert-file/--hubble-tls-key-file for TLS)",
+    )
+    h.add_argument("--hubble-tls-cert-file", type=Path)
+    h.add_argument("--hubble-tls-key-file", type=Path)
+    h.add_argument(
+        "--hubble-tls-client-ca-files",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="CAs of accepted client certificates (mTLS when given)",
+    )
+    h.add_argument(
+        "--hubble-event-buffer-capacity",
+        type=int,
+        default=4095,
+        help="flows kept in the ring: 2^n-1, 1..65535 (4095)",
+    )
+    h.add_argument(
+        "--hubble-event-queue-size",
+        type=int,
+        default=0,
+        help="datapath events waiting to be decoded (0: 1024 per CPU, at most 16384)",
+    )
+    h.add_argument(
+        "--hubble-metrics-server",
+        default=":9965",
+        help='address of /metrics for Hubble metrics (":9965"; served when '
+        "--hubble-metrics enables any)",
+    )
+    h.add_argument(
+        "--hubble-metrics",
+        default="",
+        help='enabled Hubble metrics, upstream syntax: "drop,flow,tcp" or '
+        '"dns:query;ignoreAAAA http:..." (none by default)',
+    )
+    h.add_argument(
+        "--prometheus-serve-addr",
+        default=":9962",
+        help='address of the agent\'s own /metrics (":9962"; "" = off)',
+    )
+    h.add_argument(
+        "--hubble-export-file-path",
+        default="",
+        help="write every flow as JSON lines to this file (off by default)",
+    )
+    h.add_argument("--hubble-export-file-max-size-mb", type=int, default=10)
+    h.add_argument("--hubble-export-file-max-backups", type=int, default=5)
+    h.add_argument(
+        "--hubble-export-allowlist",
+        default="",
+        help="FlowFilters (JSON, one per line or an array) a flow must match to be exported",
+    )
+    h.add_argument("--hubble-export-denylist", default="",
+                   help="FlowFilters (JSON) excluding flows from export")  # fmt: skip
+
+
+def hubble_config(args: argparse.Namespace) -> HubbleConfig:
+    """Checks and gathers the Hubble flags; raises ValueError naming the flag. (Importing
+    grpc and prometheus_client starts no thread, so this may run before the netns switch.)"""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from ciliary.hubble.exporter import parse_flow_filters  # noqa: PLC0415 (no thread starts)
+    from ciliary.hubble.metrics import FlowMetrics  # noqa: PLC0415
+    from ciliary.hubble.ring import validate_capacity  # noqa: PLC0415
+    from ciliary.hubble.server import parse_listen_address  # noqa: PLC0415
+
+    try:
+        validate_capacity(args.hubble_event_buffer_capacity)
+    except ValueError as err:
+        raise ValueError(f"--hubble-event-buffer-capacity: {err}") from None
+    if args.hubble_event_queue_size < 0:
+        raise ValueError("--hubble-event-queue-size must be >= 0")
+    for name in ("hubble_listen_address", "hubble_metrics_server", "prometheus_serve_addr"):
+        value = getattr(args, name)
+        if value:
+            try:
+                parse_listen_address(value)
+            except ValueError as err:
+                raise ValueError(f"--{name.replace('_', '-')}: {err}") from None
+    try:
+        FlowMetrics(args.hubble_metrics, CollectorRegistry())  # options included
+    except ValueError as err:
+        raise ValueError(f"--hubble-metrics: {err}") from None
+    for name in ("hubble_export_allowlist", "hubble_export_denylist"):
+        if getattr(args, name):
+            try:
+                parse_flow_filters(getattr(args, name))
+            except ValueError as err:
+                raise ValueError(f"--{name.replace('_', '-')}: {err}") from None
+    if not args.hubble_disable_tls and args.hubble_listen_address:
+        if args.hubble_tls_cert_file is None or args.hubble_tls_key_file is None:
+            raise ValueError(
+                "--hubble-disable-tls=false needs --hubble-tls-cert-file and --hubble-tls-key-file"
+            )
+        for path in (
+            args.hubble_tls_cert_file,
+            args.hubble_tls_key_file,
+            *args.hubble_tls_client_ca_files,
+        ):
+            if not path.is_file():
+                raise ValueError(f"hubble TLS file {path} does not exist")
+    elif args.hubble_tls_cert_file is not None and args.hubble_disable_tls:
+        logging.getLogger("ciliary.agent").warning(
+            "--hubble-tls-cert-file is ignored: TLS is disabled (pass --hubble-disable-tls=false)"
+        )
+    return HubbleConfig(
+        enabled=args.enable_hubble,
+        socket=args.hubble_socket_path,
+        listen_address=args.hubble_listen_address,
+        tls_cert_file=args.hubble_tls_cert_file,
+        tls_key_file=args.hubble_tls_key_file,
+        tls_client_ca_files=tuple(args.hubble_tls_client_ca_files),
+        disable_tls=args.hubble_disable_tls or not args.hubble_listen_address,
+        event_buffer_capacity=args.hubble_event_buffer_capacity,
+        event_queue_size=args.hubble_event_queue_size or default_event_queue_size(),
+        metrics_server=args.hubble_metrics_server,
+        metrics=(args.hubble_metrics,) if args.hubble_metrics.strip() else (),
+        prometheus_serve_addr=args.prometheus_serve_addr,
+        export_file_path=args.hubble_export_file_path,
+        export_file_max_size_mb=args.hubble_export_file_max_size_mb,
+        export_file_max_backups=args.hubble_export_file_max_backups,
+        export_allowlist=args.hubble_export_allowlist,
+        export_denylist=args.hubble_export_denylist,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             f"ciliary-agent: bad --node-labels {args.node_labels!r} (want k=v,...)", file=sys.stderr
         )
         return 2
+    try:
+        hubble = hubble_config(args)
+    except ValueError as err:
+        print(f"ciliary-agent: {err}", file=sys.stderr)
+        return 2
     state_dir = args.state_dir or RUN_ROOT / args.node_name
     cfg = AgentConfig(
         node=args.node_name,
@@ -86,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster_store=args.cluster_store,
         node_labels=node_labels,
         enable_policy=args.enable_policy,
+        hubble=hubble,
     )
     try:
         if cfg.netns:

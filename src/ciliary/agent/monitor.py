@@ -1,10 +1,19 @@
-"""From the datapath's ring buffer to decoded, enriched events for ``ciliary monitor``.
+"""The datapath's ring buffer reader, and decoded, enriched events for ``ciliary monitor``.
 
 The ring buffer's epoll fd sits in the event loop (``add_reader``), so records are consumed as
-they arrive without a thread. Each record becomes a ``MonitorEvent`` named the way Cilium's
-monitor names things and enriched from the agent's own state (endpoint ids → pods), never guessed
-from addresses. Subscribers get bounded queues; a slow subscriber loses events and the loss is
-counted (``dropped_by_subscribers``), never blocking the reader.
+they arrive without a thread. Each record is decoded once into a ``RawTraceEvent`` and handed to
+every sink (Hubble's events queue) and, while someone runs ``ciliary monitor``, turned into a
+``MonitorEvent`` named the way Cilium's monitor names things and enriched from the agent's own
+state (endpoint ids → pods), never guessed from addresses. Sinks and subscribers must not block:
+subscribers get bounded queues; a slow subscriber loses events and the loss is counted
+(``dropped_by_subscribers``), never blocking the reader. Drain hooks run after every drain of
+the ring (Hubble reads the datapath's lost-event counters there).
+
+Backpressure: a sink returns False when it is full (it has counted that record as lost). The
+reader then stops draining, leaving the rest in the datapath's ring, until the sink calls
+:meth:`Monitor.resume`. One loop runs the reader and Hubble's decoder; reading records only to
+drop them would take the time the decoder needs, so the ring buffer is the buffer, and what it
+cannot hold the datapath counts as lost.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawTraceEvent, decode_trace_event
 
 log = logging.getLogger(__name__)
+_EVENT_TYPES: dict[int, Literal["trace", "drop", "policy-verdict"]] = {
+    EventType.DROP: "drop",
+    EventType.TRACE: "trace",
+    EventType.POLICY_VERDICT: "policy-verdict",
+}
 _DIRECTIONS: dict[int, Literal["ingress", "egress", "unknown"]] = {1: "ingress", 2: "egress"}
 ICMP4_TYPES = {0: "EchoReply", 3: "DestinationUnreachable", 8: "EchoRequest", 11: "TimeExceeded"}
 ICMP6_TYPES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoRequest", 129: "EchoReply"}
@@ -50,6 +64,10 @@ def summary_of(raw: RawTraceEvent) -> str:
     return IP_PROTOCOLS.get(raw.proto, f"proto {raw.proto}")
 
 
+class _SinkFullError(Exception):
+    """Raised from the record callback to stop draining: a sink is full."""
+
+
 class Monitor:
     def __init__(
         self,
@@ -65,12 +83,42 @@ class Monitor:
         self._pod_of = pod_of_endpoint
         self._queue_size = queue_size
         self._subs: set[asyncio.Queue[MonitorEvent]] = set()
+        self._sinks: list[Callable[[RawTraceEvent], bool | None]] = []
+        self._drain_hooks: list[Callable[[], None]] = []
         self._rb: RingBuffer | None = None
+        self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ifnames: dict[int, str] = {}
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self.received = 0
+        self.malformed = 0
         self.dropped_by_subscribers = 0
+
+    def add_sink(self, sink: Callable[[RawTraceEvent], bool | None]) -> None:
+        """``sink(raw)`` gets every record, decoded once, from the reader (must not block); it
+        returns False when it is full: reading pauses until :meth:`resume`."""
+        self._sinks.append(sink)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def resume(self) -> None:
+        """A full sink has room again: read on (no-op unless paused)."""
+        if not self._paused or self._rb is None or self._loop is None:
+            return
+        self._paused = False
+        self._loop.add_reader(self._rb.epoll_fd(), self._drain)
+        self._loop.call_soon(self._drain)
+
+    def _pause(self) -> None:
+        if not self._paused and self._rb is not None and self._loop is not None:
+            self._paused = True
+            self._loop.remove_reader(self._rb.epoll_fd())
+
+    def add_drain_hook(self, hook: Callable[[], None]) -> None:
+        """``hook()`` runs after every drain of the ring buffer."""
+        self._drain_hooks.append(hook)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -80,7 +128,8 @@ class Monitor:
 
     def stop(self) -> None:
         if self._rb is not None and self._loop is not None:
-            self._loop.remove_reader(self._rb.epoll_fd())
+            if not self._paused:
+                self._loop.remove_reader(self._rb.epoll_fd())
             self._rb.close()
             self._rb = None
 
@@ -97,19 +146,42 @@ class Monitor:
             return
         try:
             self._rb.consume()
+        except _SinkFullError:
+            self._pause()
         except Exception:
             log.exception("ring buffer consumption failed")
+        for hook in self._drain_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("ring buffer drain hook %r failed", hook)
 
     def _on_record(self, data: bytes) -> None:
         self.received += 1
-        if not self._subs:
+        try:
+            raw = decode_trace_event(data)
+        except ValueError as err:
+            self.malformed += 1
+            if self.malformed == 1 or self.malformed % 1000 == 0:
+                log.warning(
+                    "skipping malformed ring buffer record (%d so far): %s", self.malformed, err
+                )
             return
-        event = self.decode(decode_trace_event(data))
-        for q in self._subs:
+        full = False
+        for sink in self._sinks:
             try:
-                q.put_nowait(event)
-            except asyncio.QueueFull:
-                self.dropped_by_subscribers += 1
+                full |= sink(raw) is False
+            except Exception:
+                log.exception("ring buffer sink %r failed", sink)
+        if self._subs:
+            event = self.decode(raw)
+            for q in self._subs:
+                try:
+                    q.put_nowait(event)
+                except asyncio.QueueFull:
+                    self.dropped_by_subscribers += 1
+        if full:
+            raise _SinkFullError  # stops this drain (the record is consumed)
 
     def _ifname(self, ifindex: int) -> str:
         name = self._ifnames.get(ifindex)
@@ -123,7 +195,6 @@ class Monitor:
 
     def decode(self, raw: RawTraceEvent) -> MonitorEvent:
         wall = datetime.fromtimestamp((raw.ts_ns + self._wall_offset_ns) / 1e9, tz=UTC)
-        is_drop = raw.type == EventType.DROP
         try:
             obs = ObservationPoint(raw.obs_point).cli_name
         except ValueError:
@@ -137,12 +208,12 @@ class Monitor:
             ts_ns=raw.ts_ns,
             ct_created_ns=raw.ct_created_ns,
             node=self._node,
-            type="drop" if is_drop else "trace",
+            type=_EVENT_TYPES.get(raw.type, "trace"),
             verdict=Verdict(raw.verdict).name
             if raw.verdict in Verdict._value2member_map_
             else str(raw.verdict),
             drop_reason=raw.drop_reason,
-            drop_reason_desc=drop_reason_text(raw.drop_reason) if is_drop else "",
+            drop_reason_desc=drop_reason_text(raw.drop_reason) if raw.drop_reason else "",
             observation_point=obs,
             ip_version=4 if raw.family == socket.AF_INET else 6,
             protocol=IP_PROTOCOLS.get(raw.proto, str(raw.proto)),
@@ -170,9 +241,7 @@ class Monitor:
             policy_match_type=raw.policy_match,
             policy_rules=self._explain(raw.policy_cookie) if raw.policy_cookie else [],
             verdict_reason=(
-                "default deny"
-                if is_drop and raw.drop_reason == 133 and not raw.policy_cookie
-                else ""
+                "default deny" if raw.drop_reason == 133 and not raw.policy_cookie else ""
             ),
             summary=summary_of(raw),
         )

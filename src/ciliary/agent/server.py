@@ -284,8 +284,8 @@ class APIServer:
 
     async def monitor(self, request: web.Request) -> web.StreamResponse:
         want = request.query.get("type")
-        if want not in (None, "trace", "drop"):
-            return _error("type must be trace or drop", 400, "validation")
+        if want not in (None, "trace", "drop", "policy-verdict"):
+            return _error("type must be trace, drop or policy-verdict", 400, "validation")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         queue = self._agent.monitor.subscribe()

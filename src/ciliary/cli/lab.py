@@ -118,6 +118,13 @@ def render_view(console: Console, view: LabView) -> None:
             ("Lab", view.name),
             ("File", fmt_opt(view.file, "(built-in scenario)")),
             ("Created", fmt_time(view.created_at)),
+            (
+                "Hubble Relay",
+                f"{view.relay.address} ({'running' if view.relay.alive else 'NOT running'}; "
+                f"`ciliary observe` uses it)"
+                if view.relay is not None
+                else "(not started)",
+            ),
         ],
     )
     console.print()

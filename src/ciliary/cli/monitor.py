@@ -71,7 +71,9 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser("monitor", help="print live datapath trace/drop events")
     add_node_flag(p)
     add_output_flag(p)
-    p.add_argument("-t", "--type", choices=["drop", "trace"], help="only events of this type")
+    p.add_argument(
+        "-t", "--type", choices=["drop", "trace", "policy-verdict"], help="only events of this type"
+    )
     p.add_argument("--from", dest="from_ep", type=int, metavar="ID", help="source endpoint id")
     p.add_argument("--to", dest="to_ep", type=int, metavar="ID", help="destination endpoint id")
     p.add_argument(
@@ -126,6 +128,16 @@ def format_event(ev: MonitorEvent) -> str:
             f"xx drop ({reason}) flow 0x0 to endpoint {ev.dst_endpoint_id}, "
             f"ifindex {ev.ifindex} ({ifname}), {identity}: {_l4(ev)}{_pods(ev)}{_policy(ev)}"
         )
+    if ev.type == "policy-verdict":
+        local = ev.dst_endpoint_id if ev.traffic_direction == "ingress" else ev.endpoint_id
+        remote = ev.src_identity if ev.traffic_direction == "ingress" else ev.dst_identity
+        match = _MATCH_NAMES.get(ev.policy_match_type, str(ev.policy_match_type))
+        action = "deny" if ev.verdict == "DROPPED" else "allow"
+        return (
+            f"Policy verdict log: flow 0x0 local EP ID {local}, remote ID {remote}, "
+            f"proto {ev.protocol}, {ev.traffic_direction}, action {action}, match {match}, "
+            f"{_l4(ev)}{_pods(ev)}{_policy(ev)}"
+        )
     where = _TRACE_POINTS.get(_point(ev), "-> " + (_point(ev) or "trace")).format(
         dst_ep=ev.dst_endpoint_id, src_ep=ev.endpoint_id
     )
@@ -137,6 +149,9 @@ def format_event(ev: MonitorEvent) -> str:
 
 
 # --------------------------------------------------------------------------- filtering
+
+
+_MATCH_NAMES = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all"}
 
 
 def matches(ev: MonitorEvent, args: argparse.Namespace) -> bool:

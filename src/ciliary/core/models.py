@@ -169,7 +169,7 @@ class MonitorEvent(_Model):
     ts_ns: int = Field(description="CLOCK_MONOTONIC of the verdict")
     ct_created_ns: int
     node: str
-    type: Literal["trace", "drop"]
+    type: Literal["trace", "drop", "policy-verdict"]
     verdict: str
     drop_reason: int
     drop_reason_desc: str

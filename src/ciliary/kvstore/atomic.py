@@ -1,5 +1,5 @@
-"""Crash-safe JSON files: the one writer for every state file ciliary keeps (agent endpoint and
-identity records, IPAM state, cluster-store documents, lab records).
+"""Crash-safe JSON (and small text) files: the one writer for every state file ciliary keeps
+(agent endpoint and identity records, IPAM state, cluster-store documents, lab records).
 
 Every write goes to a temporary file in the same directory, is fsync'ed and renamed over the
 target, then the directory is fsync'ed: after a ``kill -9`` at any point a reader sees either the
@@ -16,11 +16,15 @@ from typing import Any
 
 
 def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -1,12 +1,15 @@
 """``make demo``: bring up the embedded default lab and walk through what it shows.
 
-Each step runs a real client in one pod against a server in another and checks the outcome; a
-monitor subscription to the node's agent collects the datapath's own events for those packets,
-which are then shown next to the endpoints. The lab stays up for the user to explore.
+Each step runs a real client in one pod against a server in another and checks the outcome (the
+database is protected by a policy, so the client's attempts must fail); a monitor subscription to
+the node's agent collects the datapath's own events for those packets, and the same flows are
+then read back through Hubble (the lab's relay, as ``ciliary observe`` does), with verdicts, drop
+reasons and the policy that decided. The lab stays up for the user to explore.
 """
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +21,10 @@ from rich.table import Table
 
 from ciliary.client.agent import AgentClient
 from ciliary.core.models import MonitorEvent
+from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
+from ciliary.hubble.client import sync_channel
+from ciliary.hubble.printer import Printer, PrinterOptions
 from ciliary.lab import manager, schema
 
 
@@ -26,6 +33,8 @@ class Step:
     title: str
     pod: str
     argv: list[str]
+    denied: bool = False
+    """The policy must stop this one: success is the client failing."""
 
 
 class _Collector(threading.Thread):
@@ -65,10 +74,40 @@ def _steps(view_ips: dict[str, tuple[str | None, str | None]]) -> list[Step]:
                  ["ciliary", "workload", "tcp-echo", echo, "7", "--count", "3"]),
             Step(f"{fam} UDP  client → echo  echo x3", "default/client",
                  ["ciliary", "workload", "udp-echo", echo, "7", "--count", "3"]),
-            Step(f"{fam} ICMP client → db    ping x3", "default/client",
-                 ["ciliary", "workload", "ping", db, "-c", "3", "-i", "0.2"]),
+            Step(f"{fam} ICMP client → echo  ping x3", "default/client",
+                 ["ciliary", "workload", "ping", echo, "-c", "3", "-i", "0.2"]),
+            Step(f"{fam} TCP  client → db :5432 (policy db-from-web)", "default/client",
+                 ["ciliary", "workload", "tcp-echo", db, "5432", "--timeout", "1"], denied=True),
         ]  # fmt: skip
     return out
+
+
+def _show_hubble(console: Console, lab: str) -> int:
+    """The last flows into ``shop`` read through the lab's relay, printed as ``ciliary observe
+    --print-policy-names`` does; returns 1 when Hubble misses the policy drop."""
+    relay = manager.record(lab).relay
+    console.rule("Hubble: the same flows through the relay (ciliary observe --namespace shop)")
+    if relay is None:
+        console.print("[red]the lab has no Hubble relay[/red]")
+        return 1
+    out = io.StringIO()
+    printer = Printer(PrinterOptions(policy_names=True), out, io.StringIO())
+    dropped = False
+    request = observer_pb2.GetFlowsRequest(
+        number=16, whitelist=[flow_pb2.FlowFilter(source_pod=["shop/"]),
+                              flow_pb2.FlowFilter(destination_pod=["shop/"])],
+    )  # fmt: skip
+    with sync_channel(relay.address) as channel:
+        for res in observer_pb2_grpc.ObserverStub(channel).GetFlows(request, timeout=10):
+            if res.HasField("flow"):
+                printer.write_flow(res)
+                dropped |= res.flow.drop_reason_desc == flow_pb2.POLICY_DENIED
+    printer.close()
+    console.print(out.getvalue().rstrip(), markup=False, highlight=False)
+    if not dropped:
+        console.print("[red]Hubble did not report the policy drop of client → db[/red]")
+        return 1
+    return 0
 
 
 def _wait_servers(lab: str, ips: dict[str, tuple[str | None, str | None]]) -> None:
@@ -120,12 +159,14 @@ def run(console: Console) -> int:
     failures = 0
     for step in _steps(ips):
         res = manager.run_in_pod(step.pod, step.argv, name=lab)
-        ok = res.returncode == 0
+        ok = (res.returncode == 0) != step.denied
         failures += not ok
         last = (res.stdout.strip().splitlines() or res.stderr.strip().splitlines() or [""])[-1]
-        results.add_row(
-            step.title, step.pod, "[green]ok[/green]" if ok else "[red]FAIL[/red]", last[:70]
-        )
+        if ok and step.denied:
+            result = "[green]denied[/green]"
+        else:
+            result = "[green]ok[/green]" if ok else "[red]FAIL[/red]"
+        results.add_row(step.title, step.pod, result, last[:70])
     console.print(results)
     time.sleep(0.5)
     collector.stop()
@@ -146,6 +187,8 @@ def run(console: Console) -> int:
     console.print(
         f"[dim]{len(collector.events)} events captured; showing the last {min(24, len(seen))}[/dim]"
     )
+
+    failures += _show_hubble(console, lab)
 
     console.rule("endpoints (ciliary endpoint list)")
     with AgentClient(sock) as cl:
@@ -170,6 +213,9 @@ def run(console: Console) -> int:
         "  ciliary endpoint list              # the agent's endpoints\n"
         "  ciliary bpf ct list                # connections tracked by bpf_lxc\n"
         "  ciliary monitor                    # live datapath events (-o json)\n"
+        "  ciliary observe --verdict DROPPED  # Hubble flows via the relay (hubble's flags)\n"
+        "  ciliary observe -f --namespace shop -o json\n"
+        "  ciliary hubble status              # flows in the ring buffers, connected nodes\n"
         f"  ciliary lab exec default/client -- ciliary workload ping {client4} -c 3\n"
         "  ciliary lab down                   # remove everything"
     )

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -37,12 +38,15 @@ from ciliary.lab import process, schema
 from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError
 from ciliary.lab.state import (
     ContainerRecord,
+    HubbleRecord,
     LabRecord,
     LabView,
     NodeRecord,
     NodeView,
     PodRecord,
     PodView,
+    RelayRecord,
+    RelayView,
 )
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 
@@ -51,6 +55,8 @@ LAB_ROOT = RUN_ROOT / "lab"
 PIN_ROOT = Path("/sys/fs/bpf/ciliary")
 CGROUP_PARENT = "ciliary"
 AGENT_READY_TIMEOUT = 60.0
+RELAY_READY_TIMEOUT = 20.0
+RELAY_DEFAULT_ADDRESS = "127.0.0.1:4245"
 CNI_PLUGIN_DIRS = [Path("/usr/lib/cni"), Path("/opt/cni/bin")]
 NETWORK_NAME = "ciliary"
 
@@ -194,6 +200,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         created_at=time.time(),
         monitor_aggregation=lab_file.lab.spec.monitor_aggregation,
         ipam_mode=lab_file.lab.spec.ipam.mode,
+        hubble=_hubble_record(lab_file.lab.spec.hubble),
     )
     _save(rec)
     try:
@@ -203,6 +210,10 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
                 _create_node(rec, node.name, cidrs[node.name], dict(node.labels))
+        relay = lab_file.lab.spec.hubble.relay
+        if rec.hubble.enabled and relay.enabled:
+            with _step(progress, "hubble relay"):
+                _start_relay(rec, relay.listen_address)
         _create_cluster_dns(rec, lab_file, progress)
         for pod in lab_file.pods:
             with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
@@ -374,7 +385,92 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
         argv += ["--ipv4-range", nrec.ipv4_cidr]
     if nrec.ipv6_cidr:
         argv += ["--ipv6-range", nrec.ipv6_cidr]
+    return argv + _hubble_argv(rec, nrec)
+
+
+def _hubble_record(spec: schema.HubbleSpec) -> HubbleRecord:
+    return HubbleRecord(
+        enabled=spec.enabled,
+        event_buffer_capacity=spec.event_buffer_capacity,
+        metrics=list(spec.metrics),
+        export=spec.export.enabled,
+        export_max_size_mb=spec.export.max_size_mb,
+        export_max_backups=spec.export.max_backups,
+    )
+
+
+def _hubble_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
+    """Agent flags for Hubble, named as cilium-agent's. The node's servers (:4244 gRPC, :9965
+    Hubble metrics, :9962 agent metrics) listen inside the node's netns, as on a real node; its
+    unix socket (``<state-dir>/hubble.sock``) is what the relay in the root netns dials."""
+    hub = rec.hubble
+    if not hub.enabled:
+        return ["--enable-hubble=false"]
+    argv = ["--hubble-event-buffer-capacity", str(hub.event_buffer_capacity)]
+    if hub.metrics:
+        argv += ["--hubble-metrics", " ".join(hub.metrics)]
+    if hub.export:
+        argv += [
+            "--hubble-export-file-path", str(Path(nrec.state_dir) / "hubble" / "events.log"),
+            "--hubble-export-file-max-size-mb", str(hub.export_max_size_mb),
+            "--hubble-export-file-max-backups", str(hub.export_max_backups),
+        ]  # fmt: skip
     return argv
+
+
+def relay_address_file(lab: str) -> Path:
+    """Where the lab writes its relay's ``host:port`` (read by ``ciliary observe``'s default)."""
+    return _lab_dir(lab) / "relay.addr"
+
+
+def _free_loopback_port(preferred: int) -> int:
+    """``preferred`` when nothing listens on it on 127.0.0.1, else a free port the kernel picks."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise LabError("no free loopback port for the Hubble relay")
+
+
+def _start_relay(rec: LabRecord, listen_address: str) -> None:
+    """One relay per lab, in the root netns on loopback, dialing every node's unix socket."""
+    if listen_address:
+        address = listen_address
+        if address.startswith(":"):
+            address = "127.0.0.1" + address
+        if address.endswith(":0"):
+            address = f"127.0.0.1:{_free_loopback_port(0)}"
+    else:
+        address = f"127.0.0.1:{_free_loopback_port(int(RELAY_DEFAULT_ADDRESS.rsplit(':', 1)[1]))}"
+    peers = ",".join(f"{n.name}=unix://{Path(n.state_dir) / 'hubble.sock'}" for n in rec.nodes)
+    rrec = RelayRecord(address=address, cgroup=_cgroup_rel(rec.name, "hubble-relay"))
+    rec.relay = rrec
+    _save(rec)  # intent first
+    cg = cgroup.create(rrec.cgroup) if rrec.cgroup else None
+    log_path = _lab_dir(rec.name) / "hubble-relay.log"
+    argv = [
+        sys.executable, "-m", "ciliary.hubble.relay",
+        "--listen-address", address,
+        "--peers", peers,
+        "--retry-timeout", "2s",  # a restarted agent is back in the relay within seconds
+    ]  # fmt: skip
+    rrec.pid, rrec.start_time = process.spawn(
+        argv, netns_path=None, cgroup_path=cg, log_path=log_path
+    )
+    _save(rec)
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + RELAY_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if not process.alive(rrec.pid, rrec.start_time):
+            raise LabError(f"hubble relay exited during start-up: {_tail(log_path)}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+            atomic.write_text(relay_address_file(rec.name), address + "\n")
+            return
+        time.sleep(0.1)
+    raise LabError(f"hubble relay not listening on {address} after {RELAY_READY_TIMEOUT:.0f}s")
 
 
 def _start_agent(rec: LabRecord, nrec: NodeRecord) -> None:
@@ -671,6 +767,10 @@ def _teardown(rec: LabRecord) -> None:
     """Idempotent removal of everything the record (and the lab's name prefixes) points at."""
     errors: list[str] = []
     root = cgroup.cgroup2_root()
+    if rec.relay is not None:
+        process.stop(rec.relay.pid, rec.relay.start_time, timeout=5.0)
+        if rec.relay.cgroup and root is not None:
+            _collect(errors, cgroup.kill_and_remove, root / rec.relay.cgroup)
     for prec in list(rec.pods):
         if prec.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / prec.cgroup)
@@ -749,6 +849,13 @@ def status(name: str | None = None) -> LabView:
             )
             for p in rec.pods
         ],
+        relay=RelayView(
+            address=rec.relay.address,
+            pid=rec.relay.pid,
+            alive=process.alive(rec.relay.pid, rec.relay.start_time),
+        )
+        if rec.relay is not None
+        else None,
     )
 
 

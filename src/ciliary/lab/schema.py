@@ -846,11 +846,76 @@ class LabMetadata(_Model):
     name: LabName
 
 
+_HUBBLE_METRIC_NAMES = frozenset(
+    {"dns", "drop", "tcp", "flow", "port-distribution", "icmp", "policy", "flows-to-world",
+     "http", "httpV2", "kafka"}
+)  # fmt: skip
+
+
+_DEFAULT_HUBBLE_METRICS = ("dns", "drop", "tcp", "flow", "port-distribution", "icmp", "policy")
+
+
+def _hubble_metric(text: str) -> str:
+    name = text.split(":", 1)[0]
+    if name not in _HUBBLE_METRIC_NAMES:
+        raise ValueError(
+            f"unknown Hubble metric {name!r} (expected one of "
+            f"{', '.join(sorted(_HUBBLE_METRIC_NAMES))}, optionally with ':option=value;...')"
+        )
+    return text
+
+
+def _capacity(value: int) -> int:
+    if not 1 <= value <= 65535 or (value + 1) & value:
+        raise ValueError(f"{value} is not 2^n-1 between 1 and 65535 (e.g. 4095, 8191, 65535)")
+    return value
+
+
+def _listen_address(text: str) -> str:
+    if text == "":
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:4245, :4245)")
+    if host not in ("", "localhost") and not host.startswith("127.") and host != "[::1]":
+        raise ValueError(f"{text!r}: the relay listens on loopback only (127.0.0.1, [::1])")
+    return text
+
+
+class HubbleRelaySpec(_Model):
+    """The lab's Hubble Relay (one per lab, in the root netns, on loopback)."""
+
+    enabled: bool = True
+    listen_address: Annotated[str, AfterValidator(_listen_address)] = ""
+    """``""``: 127.0.0.1:4245 when free, else a free loopback port (``lab status`` shows it)."""
+
+
+class HubbleExportSpec(_Model):
+    """Flow export to JSON lines on each node (upstream's ``hubble-export-file-*``)."""
+
+    enabled: bool = False
+    max_size_mb: int = Field(default=10, ge=1)
+    max_backups: int = Field(default=5, ge=0)
+
+
+class HubbleSpec(_Model):
+    """Hubble on every node of the lab, with the metrics a Helm install usually enables."""
+
+    enabled: bool = True
+    event_buffer_capacity: Annotated[int, AfterValidator(_capacity)] = 4095
+    metrics: list[Annotated[str, AfterValidator(_hubble_metric)]] = Field(
+        default_factory=lambda: [*_DEFAULT_HUBBLE_METRICS]
+    )
+    relay: HubbleRelaySpec = Field(default_factory=HubbleRelaySpec)
+    export: HubbleExportSpec = Field(default_factory=HubbleExportSpec)
+
+
 class LabBody(_Model):
     """The ``spec`` of the Lab document."""
 
     ipam: IPAMSpec = Field(default_factory=IPAMSpec)
     monitor_aggregation: Literal["none", "medium"] = "medium"
+    hubble: HubbleSpec = Field(default_factory=HubbleSpec)
     nodes: list[NodeSpec] = Field(min_length=1)
 
     @field_validator("nodes")

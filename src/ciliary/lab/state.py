@@ -57,6 +57,26 @@ class PodRecord(_Model):
         return f"{self.namespace}/{self.name}"
 
 
+class HubbleRecord(_Model):
+    """Hubble settings the lab's agents are started with (from the Lab's ``spec.hubble``)."""
+
+    enabled: bool = True
+    event_buffer_capacity: int = 4095
+    metrics: list[str] = Field(default_factory=list)
+    export: bool = False
+    export_max_size_mb: int = 10
+    export_max_backups: int = 5
+
+
+class RelayRecord(_Model):
+    """The lab's Hubble Relay process (root netns, loopback)."""
+
+    address: str
+    pid: int | None = None
+    start_time: int | None = None
+    cgroup: str | None = None
+
+
 class LabRecord(_Model):
     name: str
     file: str | None
@@ -66,6 +86,8 @@ class LabRecord(_Model):
     namespaces: dict[str, dict[str, str]] = Field(default_factory=dict)
     monitor_aggregation: str = "medium"
     ipam_mode: str = "cluster-pool"
+    hubble: HubbleRecord = Field(default_factory=HubbleRecord)
+    relay: RelayRecord | None = None
 
 
 class NodeView(_Model):
@@ -91,9 +113,16 @@ class PodView(_Model):
     labels: dict[str, str]
 
 
+class RelayView(_Model):
+    address: str
+    pid: int | None
+    alive: bool
+
+
 class LabView(_Model):
     name: str
     file: str | None
     created_at: float
     nodes: list[NodeView]
     pods: list[PodView]
+    relay: RelayView | None = None
