@@ -180,7 +180,8 @@ def run(console: Console) -> int:
         src = f"{e.src_pod or e.src_ip}:{e.src_port}" if e.src_port else (e.src_pod or e.src_ip)
         dst = f"{e.dst_pod or e.dst_ip}:{e.dst_port}" if e.dst_port else (e.dst_pod or e.dst_ip)
         events.add_row(
-            e.time[11:23], src, dst, e.summary, e.verdict, e.observation_point,
+            e.time[11:23], src, dst, e.summary, e.verdict,
+            "policy-verdict" if e.type == "policy-verdict" else e.observation_point,
             f"{e.src_identity}→{e.dst_identity}",
         )  # fmt: skip
     console.print(events)
@@ -207,7 +208,7 @@ def run(console: Console) -> int:
     if not_ready:
         failures += 1
     console.rule("explore")
-    client4 = ips["shop/db"][0]
+    echo4 = ips["shop/echo"][0]
     console.print(
         "  ciliary lab status                 # nodes and pods\n"
         "  ciliary endpoint list              # the agent's endpoints\n"
@@ -216,7 +217,7 @@ def run(console: Console) -> int:
         "  ciliary observe --verdict DROPPED  # Hubble flows via the relay (hubble's flags)\n"
         "  ciliary observe -f --namespace shop -o json\n"
         "  ciliary hubble status              # flows in the ring buffers, connected nodes\n"
-        f"  ciliary lab exec default/client -- ciliary workload ping {client4} -c 3\n"
+        f"  ciliary lab exec default/client -- ciliary workload ping {echo4} -c 3\n"
         "  ciliary lab down                   # remove everything"
     )
     if failures:
