@@ -41,6 +41,13 @@ from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.datapath.maps.events import RawTraceEvent
 from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.gopacket import ICMP4, ICMP6, TCP_FLAG_BITS, icmp_text
+from ciliary.hubble.monitorapi import TRACE_TO_LXC
+from ciliary.policy.api.labels import (
+    POLICY_LABEL_DERIVED_FROM,
+    POLICY_LABEL_NAME,
+    POLICY_LABEL_NAMESPACE,
+)
 
 __all__ = [
     "EndpointInfo",
@@ -48,6 +55,7 @@ __all__ = [
     "FlowGetters",
     "WallClock",
     "filter_labels",
+    "policy_labels",
     "policy_of",
     "summary",
     "workload_of",
@@ -55,12 +63,6 @@ __all__ = [
 
 TRAFFIC_INGRESS = 1
 TRAFFIC_EGRESS = 2
-MONITOR_TRACE_TO_LXC = 0
-"""Monitor API's number for to-endpoint traces (``TraceToLxc``), used as the event sub-type."""
-
-POLICY_LABEL_DERIVED_FROM = "io.cilium.k8s.policy.derived-from"
-POLICY_LABEL_NAME = "io.cilium.k8s.policy.name"
-POLICY_LABEL_NAMESPACE = "io.cilium.k8s.policy.namespace"
 
 _KNOWN_CT = frozenset({CTState.NEW, CTState.ESTABLISHED, CTState.REPLY, CTState.RELATED})
 
@@ -98,87 +100,23 @@ class WallClock:
 
 # ---- pure helpers ----------------------------------------------------------------------------
 
-_TCP_SUMMARY_ORDER = (
-    ("SYN", 0x02),
-    ("ACK", 0x10),
-    ("RST", 0x04),
-    ("FIN", 0x01),
-    ("PSH", 0x08),
-    ("URG", 0x20),
-    ("ECE", 0x40),
-    ("CWR", 0x80),
-)
-"""The order upstream's parser lists TCP flags in a summary (not the wire order)."""
-
-_ICMP4: dict[int, tuple[str, tuple[str, ...] | None]] = {
-    0: ("EchoReply", None),
-    3: ("DestinationUnreachable", (
-        "Net", "Host", "Protocol", "Port", "FragmentationNeeded", "SourceRoutingFailed",
-        "NetUnknown", "HostUnknown", "SourceIsolated", "NetAdminProhibited",
-        "HostAdminProhibited", "NetTOS", "HostTOS", "CommAdminProhibited", "HostPrecedence",
-        "PrecedenceCutoff",
-    )),
-    4: ("SourceQuench", None),
-    5: ("Redirect", ("Net", "Host", "TOS+Net", "TOS+Host")),
-    8: ("EchoRequest", None),
-    9: ("RouterAdvertisement", None),
-    10: ("RouterSolicitation", None),
-    11: ("TimeExceeded", ("TTLExceeded", "FragmentReassemblyTimeExceeded")),
-    12: ("ParameterProblem", ("PointerIndicatesError", "MissingOption", "BadLength")),
-    13: ("TimestampRequest", None),
-    14: ("TimestampReply", None),
-    15: ("InfoRequest", None),
-    16: ("InfoReply", None),
-    17: ("AddressMaskRequest", None),
-    18: ("AddressMaskReply", None),
-}  # fmt: skip
-"""ICMPv4 type (and code) names as upstream's packet decoder (gopacket) prints them."""
-_ICMP6: dict[int, tuple[str, tuple[str, ...] | None]] = {
-    1: ("DestinationUnreachable", (
-        "NoRouteToDst", "AdminProhibited", "BeyondScopeOfSrc", "AddressUnreachable",
-        "PortUnreachable", "SrcAddressFailedPolicy", "RejectRouteToDst",
-    )),
-    2: ("PacketTooBig", None),
-    3: ("TimeExceeded", ("HopLimitExceeded", "FragmentReassemblyTimeExceeded")),
-    # sic: upstream's decoder names code 2 like code 1; kept so that summaries match
-    4: ("ParameterProblem", (
-        "ErroneousHeaderField", "UnrecognizedNextHeader", "UnrecognizedNextHeader",
-    )),
-    128: ("EchoRequest", None),
-    129: ("EchoReply", None),
-    133: ("RouterSolicitation", None),
-    134: ("RouterAdvertisement", None),
-    135: ("NeighborSolicitation", None),
-    136: ("NeighborAdvertisement", None),
-    137: ("Redirect", None),
-}  # fmt: skip
-
-
-def _icmp_text(table: Mapping[int, tuple[str, tuple[str, ...] | None]], typ: int, code: int) -> str:
-    """An ICMP type/code as upstream names it: ``EchoRequest``, ``DestinationUnreachable(Port)``."""
-    known = table.get(typ)
-    if known is None:
-        return f"{typ}({code})"
-    name, codes = known
-    if codes is None:
-        return name if code == 0 else f"{name}(Code: {code})"
-    return f"{name}({codes[code]})" if code < len(codes) else f"{name}(Code: {code})"
-
 
 def summary(raw: RawTraceEvent) -> str:
     """Hubble's ``Summary`` of an L3/L4 flow: the innermost layer upstream's decoder named."""
     if raw.src is None:
         return "Ethernet"
     if raw.proto == 6:
-        return "TCP Flags: " + ", ".join(n for n, bit in _TCP_SUMMARY_ORDER if raw.tcp_flags & bit)
+        return "TCP Flags: " + ", ".join(
+            n for n, bit in TCP_FLAG_BITS.items() if raw.tcp_flags & bit
+        )
     if raw.proto == 17:
         return "UDP"
     if raw.proto == 132:
         return "SCTP"
     if raw.proto == 1:
-        return "ICMPv4 " + _icmp_text(_ICMP4, raw.icmp_type, raw.icmp_code)
+        return "ICMPv4 " + icmp_text(ICMP4, raw.icmp_type, raw.icmp_code)
     if raw.proto == 58:
-        return "ICMPv6 " + _icmp_text(_ICMP6, raw.icmp_type, raw.icmp_code)
+        return "ICMPv6 " + icmp_text(ICMP6, raw.icmp_type, raw.icmp_code)
     return "IPv4" if raw.family == socket.AF_INET else "IPv6"
 
 
@@ -225,19 +163,24 @@ def workload_of(pod: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
     return ((name, kind),) if name and kind else ()
 
 
-def policy_of(ref: RuleReference, revision: int) -> flow_pb2.Policy:
-    """A ``flow.Policy`` naming the policy a rule reference belongs to, with the labels Cilium
-    gives a rule derived from it (``k8s:io.cilium.k8s.policy.name=...``)."""
+def policy_labels(kind: str, namespace: str | None, name: str) -> list[str]:
+    """The labels Cilium gives every rule derived from a policy
+    (``k8s:io.cilium.k8s.policy.name=...``), as flows and agent events carry them."""
     labels = [
-        f"k8s:{POLICY_LABEL_DERIVED_FROM}={ref.kind}",
-        f"k8s:{POLICY_LABEL_NAME}={ref.name}",
+        f"k8s:{POLICY_LABEL_DERIVED_FROM}={kind}",
+        f"k8s:{POLICY_LABEL_NAME}={name}",
     ]
-    if ref.namespace is not None:
-        labels.append(f"k8s:{POLICY_LABEL_NAMESPACE}={ref.namespace}")
+    if namespace is not None:
+        labels.append(f"k8s:{POLICY_LABEL_NAMESPACE}={namespace}")
+    return labels
+
+
+def policy_of(ref: RuleReference, revision: int) -> flow_pb2.Policy:
+    """A ``flow.Policy`` naming the policy a rule reference belongs to, with its labels."""
     return flow_pb2.Policy(
         name=ref.name,
         namespace=ref.namespace or "",
-        labels=labels,
+        labels=policy_labels(ref.kind, ref.namespace, ref.name),
         revision=revision,
         kind=ref.kind,
     )
@@ -293,25 +236,22 @@ class FlowDecoder:
         dst = self._endpoint(raw.dst, raw.dst_sec_id)
         f.source.CopyFrom(src)
         f.destination.CopyFrom(dst)
-        if raw.type == EventType.POLICY_VERDICT:
+        is_verdict = raw.type == EventType.POLICY_VERDICT
+        if is_drop or (is_verdict and raw.verdict == Verdict.DROPPED):
+            f.drop_reason = raw.drop_reason
+            f.drop_reason_desc = raw.drop_reason  # type: ignore[assignment]
+        if is_verdict:
             # upstream's policy-verdict flows: no observation point, the deciding direction as
             # the datapath reports it (never inverted: verdicts are only sent for new flows)
             f.event_type.type = EventType.POLICY_VERDICT
             f.event_type.sub_type = 0
-            if raw.verdict == Verdict.DROPPED:
-                f.drop_reason = raw.drop_reason
-                f.drop_reason_desc = raw.drop_reason  # type: ignore[assignment]
         elif is_drop:
-            f.drop_reason = raw.drop_reason
-            f.drop_reason_desc = raw.drop_reason  # type: ignore[assignment]
             f.event_type.type = EventType.DROP
             f.event_type.sub_type = raw.drop_reason
         else:
             f.event_type.type = EventType.TRACE
             f.event_type.sub_type = (
-                MONITOR_TRACE_TO_LXC
-                if raw.obs_point == ObservationPoint.TO_ENDPOINT
-                else raw.obs_point
+                TRACE_TO_LXC if raw.obs_point == ObservationPoint.TO_ENDPOINT else raw.obs_point
             )
             f.trace_observation_point = raw.obs_point  # type: ignore[assignment]
             if raw.ct_state in _KNOWN_CT:

@@ -54,7 +54,13 @@ from prometheus_client import CollectorRegistry
 
 from ciliary import __version__
 from ciliary.agent.config import AgentConfig, HubbleConfig
-from ciliary.agent.flows import EndpointInfo, FlowDecoder, FlowGetters, workload_of
+from ciliary.agent.flows import (
+    EndpointInfo,
+    FlowDecoder,
+    FlowGetters,
+    policy_labels,
+    workload_of,
+)
 from ciliary.agent.metrics import AgentMetrics, count_identities
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
@@ -179,14 +185,26 @@ def _now_ts() -> Timestamp:
     return ts
 
 
-def _policy_labels(kind: str, namespace: str | None, name: str) -> list[str]:
-    labels = [
-        f"k8s:io.cilium.k8s.policy.derived-from={kind}",
-        f"k8s:io.cilium.k8s.policy.name={name}",
-    ]
-    if namespace is not None:
-        labels.append(f"k8s:io.cilium.k8s.policy.namespace={namespace}")
-    return labels
+def _endpoint_update(kind: int, ep: Endpoint, labels: list[str]) -> flow_pb2.AgentEvent:
+    """ENDPOINT_CREATED / ENDPOINT_DELETED for ``ep``."""
+    return flow_pb2.AgentEvent(
+        type=kind,  # type: ignore[arg-type]
+        endpoint_update=flow_pb2.EndpointUpdateNotification(
+            id=ep.id, labels=labels, pod_name=ep.pod_name, namespace=ep.namespace
+        ),
+    )
+
+
+def _policy_update(kind: int, pol: Policy, revision: int) -> flow_pb2.AgentEvent:
+    """POLICY_UPDATED / POLICY_DELETED for ``pol`` at the repository's ``revision``."""
+    return flow_pb2.AgentEvent(
+        type=kind,  # type: ignore[arg-type]
+        policy_update=flow_pb2.PolicyUpdateNotification(
+            labels=policy_labels(pol.kind, pol.namespace, pol.name),
+            revision=revision,
+            rule_count=len(pol.rules),
+        ),
+    )
 
 
 class AgentHubble:
@@ -304,25 +322,11 @@ class AgentHubble:
                 )
             )
             if previous == EndpointState.REGENERATING:
-                self._agent_event(
-                    flow_pb2.AgentEvent(
-                        type=flow_pb2.ENDPOINT_CREATED,
-                        endpoint_update=flow_pb2.EndpointUpdateNotification(
-                            id=ep.id, labels=labels, pod_name=ep.pod_name, namespace=ep.namespace
-                        ),
-                    )
-                )
+                self._agent_event(_endpoint_update(flow_pb2.ENDPOINT_CREATED, ep, labels))
         elif ep.state == EndpointState.DISCONNECTED:
             last_state = last.state if last is not None else None
             if last_state == EndpointState.DISCONNECTING:
-                self._agent_event(
-                    flow_pb2.AgentEvent(
-                        type=flow_pb2.ENDPOINT_DELETED,
-                        endpoint_update=flow_pb2.EndpointUpdateNotification(
-                            id=ep.id, labels=labels, pod_name=ep.pod_name, namespace=ep.namespace
-                        ),
-                    )
-                )
+                self._agent_event(_endpoint_update(flow_pb2.ENDPOINT_DELETED, ep, labels))
             elif last_state in (EndpointState.REGENERATING, EndpointState.RESTORING):
                 # creation (or restore) failed half-way and was rolled back
                 took = max(time.time() - last.time, 0.0) if last is not None else 0.0
@@ -347,28 +351,10 @@ class AgentHubble:
         current = {p.key: p for p in repo.policies()}
         for key, pol in sorted(current.items()):
             if self._policies.get(key) != pol:
-                self._agent_event(
-                    flow_pb2.AgentEvent(
-                        type=flow_pb2.POLICY_UPDATED,
-                        policy_update=flow_pb2.PolicyUpdateNotification(
-                            labels=_policy_labels(pol.kind, pol.namespace, pol.name),
-                            revision=repo.revision,
-                            rule_count=len(pol.rules),
-                        ),
-                    )
-                )
+                self._agent_event(_policy_update(flow_pb2.POLICY_UPDATED, pol, repo.revision))
         for key in sorted(self._policies.keys() - current.keys()):
             old = self._policies[key]
-            self._agent_event(
-                flow_pb2.AgentEvent(
-                    type=flow_pb2.POLICY_DELETED,
-                    policy_update=flow_pb2.PolicyUpdateNotification(
-                        labels=_policy_labels(old.kind, old.namespace, old.name),
-                        revision=repo.revision,
-                        rule_count=len(old.rules),
-                    ),
-                )
-            )
+            self._agent_event(_policy_update(flow_pb2.POLICY_DELETED, old, repo.revision))
         self._policies = dict(current)
 
     # ---- events pipeline -------------------------------------------------------------------

@@ -26,6 +26,11 @@ from ciliary.cli.output import (
     wants_json,
 )
 from ciliary.core.models import MonitorEvent
+from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES, TCP_FLAG_BITS
+from ciliary.hubble.monitorapi import POLICY_MATCH_TYPES
+
+_TCP_FLAG_ORDER = tuple(TCP_FLAG_BITS)
+"""The flags byte's flags in gopacket's summary order (the datapath reports no others)."""
 
 # cilium's traceSummary(): where in the datapath a trace was emitted.
 _TRACE_POINTS: dict[str, str] = {
@@ -42,29 +47,6 @@ _TRACE_POINTS: dict[str, str] = {
     "from-overlay": "<- overlay",
     "from-network": "<- network",
 }
-
-_ICMP4_TYPES = {
-    0: "EchoReply",
-    3: "DestinationUnreachable",
-    5: "Redirect",
-    8: "EchoRequest",
-    11: "TimeExceeded",
-    12: "ParameterProblem",
-}
-_ICMP6_TYPES = {
-    1: "DestinationUnreachable",
-    2: "PacketTooBig",
-    3: "TimeExceeded",
-    4: "ParameterProblem",
-    128: "EchoRequest",
-    129: "EchoReply",
-    133: "RouterSolicitation",
-    134: "RouterAdvertisement",
-    135: "NeighborSolicitation",
-    136: "NeighborAdvertisement",
-}
-# Order in which gopacket-based upstream lists TCP flags.
-_TCP_FLAG_ORDER = ("SYN", "ACK", "RST", "FIN", "PSH", "URG", "ECE", "CWR")
 
 
 def register(sub: Subparsers) -> None:
@@ -93,7 +75,7 @@ def _point(ev: MonitorEvent) -> str:
 def _l4(ev: MonitorEvent) -> str:
     proto = ev.protocol.lower()
     if proto in ("icmp", "icmpv4", "icmpv6"):
-        table = _ICMP6_TYPES if ev.ip_version == 6 or proto == "icmpv6" else _ICMP4_TYPES
+        table = ICMP6_TYPE_NAMES if ev.ip_version == 6 or proto == "icmpv6" else ICMP4_TYPE_NAMES
         name = table.get(ev.icmp_type, f"type {ev.icmp_type}")
         code = f" code {ev.icmp_code}" if ev.icmp_code and ev.icmp_type in (1, 3, 11) else ""
         return f"{fmt_addr(ev.src_ip)} -> {fmt_addr(ev.dst_ip)} {proto} {name}{code}"
@@ -131,7 +113,7 @@ def format_event(ev: MonitorEvent) -> str:
     if ev.type == "policy-verdict":
         local = ev.dst_endpoint_id if ev.traffic_direction == "ingress" else ev.endpoint_id
         remote = ev.src_identity if ev.traffic_direction == "ingress" else ev.dst_identity
-        match = _MATCH_NAMES.get(ev.policy_match_type, str(ev.policy_match_type))
+        match = POLICY_MATCH_TYPES.get(ev.policy_match_type, str(ev.policy_match_type))
         action = "deny" if ev.verdict == "DROPPED" else "allow"
         return (
             f"Policy verdict log: flow 0x0 local EP ID {local}, remote ID {remote}, "
@@ -149,9 +131,6 @@ def format_event(ev: MonitorEvent) -> str:
 
 
 # --------------------------------------------------------------------------- filtering
-
-
-_MATCH_NAMES = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all"}
 
 
 def matches(ev: MonitorEvent, args: argparse.Namespace) -> bool:

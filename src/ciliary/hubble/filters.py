@@ -24,16 +24,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.labelselector import SelectorError, parse_label, parse_selector
+from ciliary.hubble.monitorapi import MSG_ACCESS_LOG
 
 Predicate = Callable[[flow_pb2.Flow], bool]
 
-# Monitor message type of L7 (access log) events, pkg/monitor/api/types.go.
-MESSAGE_TYPE_ACCESS_LOG = 129
 # Cluster name assumed for node names without a "cluster/" prefix (Cilium's default).
 DEFAULT_CLUSTER_NAME = "default"
 
@@ -194,205 +193,13 @@ def _regex_list(values: Sequence[str]) -> list[re.Pattern[str]]:
     return out
 
 
-# --------------------------------------------------------------------------- labels
-
-
-@dataclass(frozen=True, slots=True)
-class _Label:
-    source: str
-    key: str
-    value: str
-
-
-def parse_label(text: str) -> _Label:
-    """Parses a Cilium label ``[source:]key[=value]`` (no source → ``unspec``)."""
-    source = "unspec"
-    colon = text.find(":")
-    eq = text.find("=")
-    if text.startswith("$"):
-        source, text = "reserved", text[1:]
-    elif colon >= 0 and (eq < 0 or colon < eq):
-        source, text = text[:colon], text[colon + 1 :]
-    key, _, value = text.partition("=")
-    if source == "reserved" and not key:
-        key, value = value, ""
-    return _Label(source, key, value)
-
-
-def _lookup(labels: Sequence[_Label], source: str, key: str) -> str | None:
-    for label in labels:
-        if label.key == key and source in ("any", label.source):
-            return label.value
-    return None
-
-
-_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_SELECTOR_TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|<|>|[^\s!=,()<>]+)")
-
-
-@dataclass(frozen=True, slots=True)
-class _Requirement:
-    source: str
-    key: str
-    op: str  # "exists", "!", "=", "!=", "in", "notin", "gt", "lt"
-    values: frozenset[str]
-
-    def matches(self, labels: Sequence[_Label]) -> bool:
-        value = _lookup(labels, self.source, self.key)
-        op = self.op
-        if op == "exists":
-            return value is not None
-        if op == "!":
-            return value is None
-        if op in ("=", "in"):
-            return value is not None and value in self.values
-        if op in ("!=", "notin"):
-            return value is None or value not in self.values
-        if value is None:
-            return False
-        try:
-            have = int(value)
-        except ValueError:
-            return False
-        (bound,) = self.values
-        return have > int(bound) if op == "gt" else have < int(bound)
-
-
-def _selector_key(token: str, selector: str) -> tuple[str, str]:
-    # Upstream translates "src:key" to "src.key" and a bare "key" to "any.key" before k8s
-    # parsing, so the source is everything before the first colon.
-    source, sep, key = token.partition(":")
-    if not sep:
-        source, key = "any", token
-    if not source or not key:
-        raise FilterError(f"invalid label selector {selector!r}: bad key {token!r}")
-    prefix, slash, name = key.rpartition("/")
-    if len(name) > 63 or not name or not _NAME_RE.match(name) or (slash and not prefix):
-        raise FilterError(
-            f"invalid label selector {selector!r}: key {token!r} is not a valid label key"
-        )
-    return source, key
-
-
-def _check_value(value: str, selector: str) -> str:
-    if len(value) > 63 or not _NAME_RE.match(value):
-        raise FilterError(
-            f"invalid label selector {selector!r}: value {value!r} is not a valid label value"
-        )
-    return value
-
-
-def parse_selector(selector: str) -> list[_Requirement]:
-    """Parses a Kubernetes label selector with Cilium source prefixes (``k8s:app in (a,b)``).
-
-    An empty selector selects everything (as in Kubernetes).
-    """
-    tokens: list[str] = []
-    pos = 0
-    text = selector.rstrip()
-    while pos < len(text):
-        m = _SELECTOR_TOKEN.match(text, pos)
-        if m is None:  # pragma: no cover - the pattern accepts any non-space run
-            raise FilterError(f"invalid label selector {selector!r}")
-        tokens.append(m.group(1))
-        pos = m.end()
-    reqs: list[_Requirement] = []
-    i = 0
-
-    def take() -> str:
-        nonlocal i
-        if i >= len(tokens):
-            raise FilterError(f"invalid label selector {selector!r}: unexpected end")
-        tok = tokens[i]
-        i += 1
-        return tok
-
-    def peek() -> str | None:
-        return tokens[i] if i < len(tokens) else None
-
-    while i < len(tokens):
-        tok = take()
-        if tok == "!":
-            source, key = _selector_key(take(), selector)
-            reqs.append(_Requirement(source, key, "!", frozenset()))
-        else:
-            if tok in {",", "(", ")", "=", "==", "!=", "<", ">"}:
-                raise FilterError(f"invalid label selector {selector!r}: unexpected {tok!r}")
-            source, key = _selector_key(tok, selector)
-            nxt = peek()
-            if nxt is None or nxt == ",":
-                reqs.append(_Requirement(source, key, "exists", frozenset()))
-            elif nxt in ("=", "==", "!="):
-                take()
-                op = "!=" if nxt == "!=" else "="
-                value = ""
-                if peek() not in (None, ","):
-                    value = take()
-                    if value in {"(", ")", "=", "==", "!=", "!", "<", ">"}:
-                        raise FilterError(
-                            f"invalid label selector {selector!r}: unexpected {value!r}"
-                        )
-                value = _check_value(value, selector)
-                reqs.append(_Requirement(source, key, op, frozenset({value})))
-            elif nxt in ("in", "notin"):
-                take()
-                if take() != "(":
-                    raise FilterError(
-                        f"invalid label selector {selector!r}: expected '(' after {nxt!r}"
-                    )
-                values: set[str] = set()
-                expect_value = True
-                while True:
-                    t = take()
-                    if t == ")":
-                        if expect_value and values:
-                            values.add("")  # "in (a,)" has an empty value, as in k8s
-                        break
-                    if t == ",":
-                        if expect_value:
-                            values.add("")
-                        expect_value = True
-                        continue
-                    if not expect_value:
-                        raise FilterError(
-                            f"invalid label selector {selector!r}: expected ',' or ')' got {t!r}"
-                        )
-                    values.add(_check_value(t, selector))
-                    expect_value = False
-                if not values:
-                    raise FilterError(
-                        f"invalid label selector {selector!r}: {nxt!r} needs at least one value"
-                    )
-                reqs.append(_Requirement(source, key, nxt, frozenset(values)))
-            elif nxt in ("<", ">"):
-                take()
-                bound = take()
-                if not re.fullmatch(r"-?[0-9]+", bound):
-                    raise FilterError(
-                        f"invalid label selector {selector!r}: {nxt!r} needs an integer, "
-                        f"got {bound!r}"
-                    )
-                reqs.append(
-                    _Requirement(source, key, "gt" if nxt == ">" else "lt", frozenset({bound}))
-                )
-            else:
-                raise FilterError(
-                    f"invalid label selector {selector!r}: unexpected {nxt!r} after key {tok!r}"
-                )
-        nxt = peek()
-        if nxt is None:
-            break
-        if take() != ",":
-            raise FilterError(f"invalid label selector {selector!r}: expected ',' got {nxt!r}")
-        if peek() is None:
-            raise FilterError(f"invalid label selector {selector!r}: trailing ','")
-    return reqs
-
-
 def _label_filter(
     values: Sequence[str], get: Callable[[flow_pb2.Flow], Sequence[str]]
 ) -> Predicate:
-    selectors = [parse_selector(v) for v in values]
+    try:
+        selectors = [parse_selector(v) for v in values]
+    except SelectorError as err:
+        raise FilterError(str(err)) from None
 
     def match(flow: flow_pb2.Flow) -> bool:
         labels = [parse_label(s) for s in get(flow)]
@@ -620,15 +427,6 @@ def _workload_filter(
     return match
 
 
-def _identity_filter(values: Sequence[int], which: Literal["source", "destination"]) -> Predicate:
-    wanted = set(values)
-
-    def match(flow: flow_pb2.Flow) -> bool:
-        return flow.HasField(which) and getattr(flow, which).identity in wanted
-
-    return match
-
-
 def _cluster_name_filter(values: Sequence[str], which: str) -> Predicate:
     if "" in values:
         raise FilterError("cluster name must not be empty")
@@ -655,7 +453,8 @@ def _interface_filter(values: Sequence[flow_pb2.NetworkInterface]) -> Predicate:
     return match
 
 
-def _enum_filter(values: Iterable[int], get: Callable[[flow_pb2.Flow], int]) -> Predicate:
+def _in_filter(values: Iterable[object], get: Callable[[flow_pb2.Flow], object]) -> Predicate:
+    """True iff the flow's value (``get``; None when the flow has none) is one of ``values``."""
     wanted = frozenset(values)
 
     def match(flow: flow_pb2.Flow) -> bool:
@@ -664,50 +463,19 @@ def _enum_filter(values: Iterable[int], get: Callable[[flow_pb2.Flow], int]) -> 
     return match
 
 
-def _drop_reason_filter(values: Iterable[int]) -> Predicate:
-    wanted = frozenset(values)
-    dropped = flow_pb2.Verdict.DROPPED
+def _identity(which: Literal["source", "destination"]) -> Callable[[flow_pb2.Flow], int | None]:
+    def get(flow: flow_pb2.Flow) -> int | None:
+        return getattr(flow, which).identity if flow.HasField(which) else None
 
-    def match(flow: flow_pb2.Flow) -> bool:
-        return flow.verdict == dropped and flow.drop_reason_desc in wanted
-
-    return match
+    return get
 
 
-def _ip_trace_id_filter(values: Iterable[int]) -> Predicate:
-    wanted = frozenset(values)
-
-    def match(flow: flow_pb2.Flow) -> bool:
-        return flow.HasField("ip_trace_id") and flow.ip_trace_id.trace_id in wanted
-
-    return match
+def _drop_reason(flow: flow_pb2.Flow) -> int | None:
+    return flow.drop_reason_desc if flow.verdict == flow_pb2.Verdict.DROPPED else None
 
 
-def _encrypted_filter(values: Iterable[bool]) -> Predicate:
-    wanted = frozenset(values)
-
-    def match(flow: flow_pb2.Flow) -> bool:
-        return flow.IP.encrypted in wanted
-
-    return match
-
-
-def _uuid_filter(values: Iterable[str]) -> Predicate:
-    wanted = frozenset(values)
-
-    def match(flow: flow_pb2.Flow) -> bool:
-        return flow.uuid in wanted
-
-    return match
-
-
-def _trace_id_filter(values: Iterable[str]) -> Predicate:
-    wanted = frozenset(values)
-
-    def match(flow: flow_pb2.Flow) -> bool:
-        return flow.trace_context.parent.trace_id in wanted
-
-    return match
+def _ip_trace_id(flow: flow_pb2.Flow) -> int | None:
+    return flow.ip_trace_id.trace_id if flow.HasField("ip_trace_id") else None
 
 
 # --------------------------------------------------------------------------- assembly
@@ -729,125 +497,79 @@ def _dst_svc(f: flow_pb2.Flow) -> tuple[str, str]:
     return f.destination_service.namespace, f.destination_service.name
 
 
+Build = Callable[[Any], Predicate]
+
+_FIELDS: tuple[tuple[str, Build], ...] = (
+    ("uuid", lambda v: _in_filter(v, lambda f: f.uuid)),
+    ("event_type", _event_type_filter),
+    ("verdict", lambda v: _in_filter(v, lambda f: f.verdict)),
+    ("drop_reason_desc", lambda v: _in_filter(v, _drop_reason)),
+    ("reply", _reply_filter),
+    ("source_identity", lambda v: _in_filter(v, _identity("source"))),
+    ("destination_identity", lambda v: _in_filter(v, _identity("destination"))),
+    ("protocol", _protocol_filter),
+    ("source_ip", lambda v: _ip_filter(v, lambda f: f.IP.source)),
+    ("source_ip_xlated", lambda v: _ip_filter(v, lambda f: f.IP.source_xlated)),
+    ("destination_ip", lambda v: _ip_filter(v, lambda f: f.IP.destination)),
+    ("source_pod", lambda v: _namespaced_filter(v, _src_pod)),
+    ("destination_pod", lambda v: _namespaced_filter(v, _dst_pod)),
+    ("source_workload", lambda v: _workload_filter(v, lambda f: f.source)),
+    ("destination_workload", lambda v: _workload_filter(v, lambda f: f.destination)),
+    ("source_cluster_name", lambda v: _cluster_name_filter(v, "source")),
+    ("destination_cluster_name", lambda v: _cluster_name_filter(v, "destination")),
+    ("source_service", lambda v: _namespaced_filter(v, _src_svc)),
+    ("destination_service", lambda v: _namespaced_filter(v, _dst_svc)),
+    ("source_fqdn", lambda v: _fqdn_filter(v, lambda f: f.source_names)),
+    ("destination_fqdn", lambda v: _fqdn_filter(v, lambda f: f.destination_names)),
+    ("dns_query", _dns_query_filter),
+    ("source_label", lambda v: _label_filter(v, lambda f: f.source.labels)),
+    ("destination_label", lambda v: _label_filter(v, lambda f: f.destination.labels)),
+    ("node_labels", lambda v: _label_filter(v, lambda f: f.node_labels)),
+    ("source_port", lambda v: _port_filter(v, 0)),
+    ("destination_port", lambda v: _port_filter(v, 1)),
+    ("http_status_code", _http_status_filter),
+    ("http_method", _http_method_filter),
+    ("http_path", _http_path_filter),
+    ("http_url", _http_url_filter),
+    ("http_header", _http_header_filter),
+    ("tcp_flags", _tcp_flags_filter),
+    ("node_name", _node_name_filter),
+    ("ip_version", lambda v: _in_filter(v, lambda f: f.IP.ipVersion)),
+    ("trace_id", lambda v: _in_filter(v, lambda f: f.trace_context.parent.trace_id)),
+    ("ip_trace_id", lambda v: _in_filter(v, _ip_trace_id)),
+    ("encrypted", lambda v: _in_filter(v, lambda f: f.IP.encrypted)),
+    ("traffic_direction", lambda v: _in_filter(v, lambda f: f.traffic_direction)),
+    ("interface", _interface_filter),
+)
+"""FlowFilter field → predicate builder for its values, in the order fields are checked."""
+
+_HTTP_FIELDS = {
+    "http_status_code": "http status code",
+    "http_method": "http method",
+    "http_path": "http path",
+    "http_url": "http url",
+    "http_header": "http headers",
+}
+"""HTTP fields, which need the event type filter (if any) to match L7 events, and how
+upstream's message calls them."""
+
+
 def compile_flow_filter(ff: flow_pb2.FlowFilter) -> Predicate:
     """Compiles one FlowFilter to a predicate that is True iff every set field matches.
 
     Raises FilterError with the field name prefixed (``source_ip: invalid CIDR ...``).
     """
     preds: list[Predicate] = []
-
-    def add(field: str, build: Callable[[], Predicate]) -> None:
+    for name, build in _FIELDS:
+        values = getattr(ff, name)
+        if not values:
+            continue
+        if name in _HTTP_FIELDS:
+            _http_only_checked(ff, name, _HTTP_FIELDS[name])
         try:
-            preds.append(build())
+            preds.append(build(values))
         except FilterError as err:
-            raise FilterError(f"{field}: {err}") from None
-
-    if ff.uuid:
-        add("uuid", lambda: _uuid_filter(ff.uuid))
-    if ff.event_type:
-        add("event_type", lambda: _event_type_filter(ff.event_type))
-    if ff.verdict:
-        add("verdict", lambda: _enum_filter(ff.verdict, lambda f: f.verdict))
-    if ff.drop_reason_desc:
-        add("drop_reason_desc", lambda: _drop_reason_filter(ff.drop_reason_desc))
-    if ff.reply:
-        add("reply", lambda: _reply_filter(ff.reply))
-    if ff.source_identity:
-        add("source_identity", lambda: _identity_filter(ff.source_identity, "source"))
-    if ff.destination_identity:
-        add(
-            "destination_identity",
-            lambda: _identity_filter(ff.destination_identity, "destination"),
-        )
-    if ff.protocol:
-        add("protocol", lambda: _protocol_filter(ff.protocol))
-    if ff.source_ip:
-        add("source_ip", lambda: _ip_filter(ff.source_ip, lambda f: f.IP.source))
-    if ff.source_ip_xlated:
-        add(
-            "source_ip_xlated",
-            lambda: _ip_filter(ff.source_ip_xlated, lambda f: f.IP.source_xlated),
-        )
-    if ff.destination_ip:
-        add("destination_ip", lambda: _ip_filter(ff.destination_ip, lambda f: f.IP.destination))
-    if ff.source_pod:
-        add("source_pod", lambda: _namespaced_filter(ff.source_pod, _src_pod))
-    if ff.destination_pod:
-        add("destination_pod", lambda: _namespaced_filter(ff.destination_pod, _dst_pod))
-    if ff.source_workload:
-        add("source_workload", lambda: _workload_filter(ff.source_workload, lambda f: f.source))
-    if ff.destination_workload:
-        add(
-            "destination_workload",
-            lambda: _workload_filter(ff.destination_workload, lambda f: f.destination),
-        )
-    if ff.source_cluster_name:
-        add("source_cluster_name", lambda: _cluster_name_filter(ff.source_cluster_name, "source"))
-    if ff.destination_cluster_name:
-        add(
-            "destination_cluster_name",
-            lambda: _cluster_name_filter(ff.destination_cluster_name, "destination"),
-        )
-    if ff.source_service:
-        add("source_service", lambda: _namespaced_filter(ff.source_service, _src_svc))
-    if ff.destination_service:
-        add("destination_service", lambda: _namespaced_filter(ff.destination_service, _dst_svc))
-    if ff.source_fqdn:
-        add("source_fqdn", lambda: _fqdn_filter(ff.source_fqdn, lambda f: f.source_names))
-    if ff.destination_fqdn:
-        add(
-            "destination_fqdn",
-            lambda: _fqdn_filter(ff.destination_fqdn, lambda f: f.destination_names),
-        )
-    if ff.dns_query:
-        add("dns_query", lambda: _dns_query_filter(ff.dns_query))
-    if ff.source_label:
-        add("source_label", lambda: _label_filter(ff.source_label, lambda f: f.source.labels))
-    if ff.destination_label:
-        add(
-            "destination_label",
-            lambda: _label_filter(ff.destination_label, lambda f: f.destination.labels),
-        )
-    if ff.node_labels:
-        add("node_labels", lambda: _label_filter(ff.node_labels, lambda f: f.node_labels))
-    if ff.source_port:
-        add("source_port", lambda: _port_filter(ff.source_port, 0))
-    if ff.destination_port:
-        add("destination_port", lambda: _port_filter(ff.destination_port, 1))
-    if ff.http_status_code:
-        _http_only_checked(ff, "http_status_code", "http status code")
-        add("http_status_code", lambda: _http_status_filter(ff.http_status_code))
-    if ff.http_method:
-        _http_only_checked(ff, "http_method", "http method")
-        add("http_method", lambda: _http_method_filter(ff.http_method))
-    if ff.http_path:
-        _http_only_checked(ff, "http_path", "http path")
-        add("http_path", lambda: _http_path_filter(ff.http_path))
-    if ff.http_url:
-        _http_only_checked(ff, "http_url", "http url")
-        add("http_url", lambda: _http_url_filter(ff.http_url))
-    if ff.http_header:
-        _http_only_checked(ff, "http_header", "http headers")
-        add("http_header", lambda: _http_header_filter(ff.http_header))
-    if ff.tcp_flags:
-        add("tcp_flags", lambda: _tcp_flags_filter(ff.tcp_flags))
-    if ff.node_name:
-        add("node_name", lambda: _node_name_filter(ff.node_name))
-    if ff.ip_version:
-        add("ip_version", lambda: _enum_filter(ff.ip_version, lambda f: f.IP.ipVersion))
-    if ff.trace_id:
-        add("trace_id", lambda: _trace_id_filter(ff.trace_id))
-    if ff.ip_trace_id:
-        add("ip_trace_id", lambda: _ip_trace_id_filter(ff.ip_trace_id))
-    if ff.encrypted:
-        add("encrypted", lambda: _encrypted_filter(ff.encrypted))
-    if ff.traffic_direction:
-        add(
-            "traffic_direction",
-            lambda: _enum_filter(ff.traffic_direction, lambda f: f.traffic_direction),
-        )
-    if ff.interface:
-        add("interface", lambda: _interface_filter(ff.interface))
+            raise FilterError(f"{name}: {err}") from None
     if ff.HasField("experimental") and ff.experimental.cel_expression:
         raise FilterError(
             "experimental.cel_expression: CEL expressions are not supported by this server"
@@ -868,7 +590,7 @@ def compile_flow_filter(ff: flow_pb2.FlowFilter) -> Predicate:
 def _http_only_checked(ff: flow_pb2.FlowFilter, field: str, what: str) -> None:
     """Upstream rejects HTTP fields combined with an event-type filter that excludes L7."""
     types = ff.event_type
-    if types and not any(t.type == MESSAGE_TYPE_ACCESS_LOG for t in types):
+    if types and not any(t.type == MSG_ACCESS_LOG for t in types):
         raise FilterError(
             f"{field}: filtering by {what} requires the event type filter to only match 'l7' events"
         )

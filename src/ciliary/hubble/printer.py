@@ -19,7 +19,6 @@ import enum
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TextIO
 
 from google.protobuf import json_format
@@ -30,43 +29,25 @@ from ciliary.core.flow import DROP_REASONS, ReservedIdentity
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2
 from ciliary.hubble.api.relay import relay_pb2
+from ciliary.hubble.goformat import (
+    NOT_AVAILABLE,
+    TabWriter,
+    format_timestamp,
+    go_duration,
+    group_thousands,
+)
+from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES, TCP_FLAG_ORDER
+from ciliary.hubble.monitorapi import (
+    MSG_CAPTURE,
+    MSG_DROP,
+    MSG_POLICY_VERDICT,
+    MSG_TRACE,
+    MSG_TRACE_SOCK,
+    POLICY_MATCH_TYPES,
+    TRACE_POINTS,
+)
 
 # --------------------------------------------------------------------------- vocabulary
-
-MESSAGE_TYPES: dict[str, int] = {
-    "drop": 1,
-    "debug": 2,
-    "capture": 3,
-    "trace": 4,
-    "policy-verdict": 5,
-    "recorder": 6,
-    "trace-sock": 7,
-    "l7": 129,
-    "agent": 130,
-}
-"""Cilium monitor message type names (``CiliumEventType.type``), as ``--type`` accepts them."""
-
-MSG_DROP, MSG_CAPTURE, MSG_TRACE, MSG_POLICY_VERDICT, MSG_TRACE_SOCK = 1, 3, 4, 5, 7
-
-TRACE_POINTS: dict[int, str] = {
-    0: "to-endpoint",
-    1: "to-proxy",
-    2: "to-host",
-    3: "to-stack",
-    4: "to-overlay",
-    5: "from-endpoint",
-    6: "from-proxy",
-    7: "from-host",
-    8: "from-stack",
-    9: "from-overlay",
-    10: "from-network",
-    11: "to-network",
-    12: "from-crypto",
-    13: "to-crypto",
-}
-"""Monitor trace observation points: the ``sub_type`` of a trace event (``to-endpoint`` is 0)."""
-
-POLICY_MATCH_TYPES: dict[int, str] = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all"}
 
 _SOCK_XLATE = {
     flow_pb2.SOCK_XLATE_POINT_POST_DIRECTION_FWD: "post-xlate-fwd",
@@ -75,29 +56,6 @@ _SOCK_XLATE = {
     flow_pb2.SOCK_XLATE_POINT_PRE_DIRECTION_REV: "pre-xlate-rev",
 }
 
-_ICMP4_TYPES = {
-    0: "EchoReply",
-    3: "DestinationUnreachable",
-    5: "Redirect",
-    8: "EchoRequest",
-    11: "TimeExceeded",
-    12: "ParameterProblem",
-}
-_ICMP6_TYPES = {
-    1: "DestinationUnreachable",
-    2: "PacketTooBig",
-    3: "TimeExceeded",
-    4: "ParameterProblem",
-    128: "EchoRequest",
-    129: "EchoReply",
-    133: "RouterSolicitation",
-    134: "RouterAdvertisement",
-    135: "NeighborSolicitation",
-    136: "NeighborAdvertisement",
-}
-_TCP_FLAG_ORDER = ("SYN", "ACK", "RST", "FIN", "PSH", "URG", "ECE", "CWR", "NS")
-
-NOT_AVAILABLE = "N/A"
 DICT_SEPARATOR = "------------"
 _NODE_NAMES_CUTOFF = 50
 
@@ -115,68 +73,6 @@ def _enum_name(enum_type: str, value: int) -> str:
     module = relay_pb2 if enum_type == "NodeState" else flow_pb2
     desc = module.DESCRIPTOR.enum_types_by_name[enum_type].values_by_number.get(value)
     return desc.name if desc is not None else str(value)
-
-
-# --------------------------------------------------------------------------- time
-
-TIME_FORMATS = (
-    "YearMonthDay",
-    "YearMonthDayHour",
-    "YearMonthDayHourMinute",
-    "StampMilli",
-    "RFC3339",
-    "RFC3339Milli",
-    "RFC3339Micro",
-    "RFC3339Nano",
-    "RFC1123Z",
-)
-"""The ``--time-format`` names upstream accepts (case-insensitive; unknown → StampMilli)."""
-
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-
-
-def _trimmed_fraction(nanos: int, digits: int) -> str:
-    """Go's ``.999`` style: up to ``digits`` digits, trailing zeros (and a bare dot) dropped."""
-    frac = f"{nanos:09d}"[:digits].rstrip("0")
-    return f".{frac}" if frac else ""
-
-
-def format_timestamp(ts: Timestamp | None, time_format: str = "StampMilli") -> str:
-    """A protobuf timestamp in one of Go's layouts, UTC; ``N/A`` when absent or invalid."""
-    if ts is None or not 0 <= ts.nanos < 1_000_000_000:
-        return NOT_AVAILABLE
-    try:
-        dt = datetime.fromtimestamp(ts.seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        return NOT_AVAILABLE
-    if not 1 <= dt.year <= 9999:
-        return NOT_AVAILABLE
-    nanos = ts.nanos
-    date = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}"
-    hms = f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    match time_format.lower():
-        case "yearmonthday":
-            return date
-        case "yearmonthdayhour":
-            return f"{date}T{dt.hour:02d}Z"
-        case "yearmonthdayhourminute":
-            return f"{date}T{dt.hour:02d}:{dt.minute:02d}Z"
-        case "rfc3339":
-            return f"{date}T{hms}Z"
-        case "rfc3339milli":
-            return f"{date}T{hms}{_trimmed_fraction(nanos, 3)}Z"
-        case "rfc3339micro":
-            return f"{date}T{hms}{_trimmed_fraction(nanos, 6)}Z"
-        case "rfc3339nano":
-            return f"{date}T{hms}{_trimmed_fraction(nanos, 9)}Z"
-        case "rfc1123z":
-            return (
-                f"{_DAYS[dt.weekday()]}, {dt.day:02d} {_MONTHS[dt.month - 1]} {dt.year:04d} "
-                f"{hms} +0000"
-            )
-        case _:  # StampMilli: "Jan _2 15:04:05.000"
-            return f"{_MONTHS[dt.month - 1]} {dt.day:2d} {hms}.{nanos // 1_000_000:03d}"
 
 
 def _ts(msg: Message, field: str) -> Timestamp | None:
@@ -289,12 +185,12 @@ def l4_summary(f: flow_pb2.Flow) -> str:
     which = f.l4.WhichOneof("protocol")
     if which == "TCP":
         flags = f.l4.TCP.flags
-        names = [n for n in _TCP_FLAG_ORDER if getattr(flags, n)]
+        names = [n for n in TCP_FLAG_ORDER if getattr(flags, n)]
         return "TCP Flags: " + ", ".join(names) if names else "TCP"
     if which == "ICMPv4":
-        return "ICMPv4 " + _ICMP4_TYPES.get(f.l4.ICMPv4.type, f"Type{f.l4.ICMPv4.type}")
+        return "ICMPv4 " + ICMP4_TYPE_NAMES.get(f.l4.ICMPv4.type, f"Type{f.l4.ICMPv4.type}")
     if which == "ICMPv6":
-        return "ICMPv6 " + _ICMP6_TYPES.get(f.l4.ICMPv6.type, f"Type{f.l4.ICMPv6.type}")
+        return "ICMPv6 " + ICMP6_TYPE_NAMES.get(f.l4.ICMPv6.type, f"Type{f.l4.ICMPv6.type}")
     return which or ""
 
 
@@ -323,61 +219,6 @@ def _join_with_cutoff(elems: Sequence[str], sep: str, target: int) -> str:
     joined = sep.join(elems[:end])
     omitted = len(elems) - end
     return f"{joined} (and {omitted} more)" if omitted else joined
-
-
-def group_thousands(n: int) -> str:
-    """``2,348,885``: how upstream prints flow counts."""
-    return f"{n:,}"
-
-
-def go_duration(ns: int) -> str:
-    """Go's ``time.Duration.String()``: ``5m1.515181665s``, ``1h0m0s``, ``1.5ms``, ``0s``."""
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < 1_000_000_000:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                whole, frac = divmod(ns, size)
-                digits = len(str(size)) - 1
-                tail = f"{frac:0{digits}d}".rstrip("0") if digits else ""
-                return f"{sign}{whole}{'.' + tail if tail else ''}{unit}"
-    secs, frac = divmod(ns, 1_000_000_000)
-    hours, rem = divmod(secs, 3600)
-    minutes, secs = divmod(rem, 60)
-    tail = f"{frac:09d}".rstrip("0")
-    out = f"{secs}{'.' + tail if tail else ''}s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{out}"
-    if minutes:
-        return f"{sign}{minutes}m{out}"
-    return sign + out
-
-
-# --------------------------------------------------------------------------- tab writer
-
-
-class TabWriter:
-    """Go's ``tabwriter.NewWriter(w, 2, 0, 3, ' ', 0)`` for rows of cells: every column but
-    the last is padded to its widest cell plus 3 spaces (at least 2)."""
-
-    def __init__(self) -> None:
-        self.rows: list[list[str]] = []
-
-    def row(self, *cells: str) -> None:
-        self.rows.append(list(cells))
-
-    def render(self) -> list[str]:
-        widths: dict[int, int] = {}
-        for row in self.rows:
-            for i, cell in enumerate(row[:-1]):
-                widths[i] = max(widths.get(i, 0), len(cell))
-        lines = []
-        for row in self.rows:
-            cells = [c.ljust(max(2, widths[i] + 3)) for i, c in enumerate(row[:-1])]
-            lines.append("".join(cells) + (row[-1] if row else ""))
-        return lines
 
 
 # --------------------------------------------------------------------------- printer
@@ -497,6 +338,23 @@ class Printer:
             text += policy_names(_deciding_policies(f))
         return text
 
+    def _table_row(self, when: str, node_name: str, *cells: str) -> None:
+        """One ``-o table`` row of a flow or lost event; the header comes before the first."""
+        assert self._tab is not None
+        node = [node_name] if self.opts.node_name else []
+        if self.line == 0:
+            head = ["TIMESTAMP"] + (["NODE"] if self.opts.node_name else [])
+            self._tab.row(*head, "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY")
+        self._tab.row(when, *node, *cells)
+
+    def _dict_head(self, when: str, node_name: str) -> list[str]:
+        """The first lines of a ``-o dict`` block: separator (but first), timestamp, node."""
+        lines = [DICT_SEPARATOR] if self.line != 0 else []
+        lines.append(f"  TIMESTAMP: {when}")
+        if self.opts.node_name:
+            lines.append(f"       NODE: {node_name}")
+        return lines
+
     # ---------------------------------------------------------------- GetFlows
 
     def write_get_flows_response(self, res: observer_pb2.GetFlowsResponse) -> None:
@@ -519,21 +377,11 @@ class Printer:
         when = self._ts(_ts(f, "time"))
         src, dst = self.host_names(f)
         if out is Output.TABLE:
-            assert self._tab is not None
-            if self.line == 0:
-                head = ["TIMESTAMP"] + (["NODE"] if self.opts.node_name else [])
-                self._tab.row(*head, "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY")
-            node_cell = [f.node_name] if self.opts.node_name else []
-            self._tab.row(
-                when, *node_cell, src, dst, flow_type(f), self.verdict(f), flow_summary(f)
+            self._table_row(
+                when, f.node_name, src, dst, flow_type(f), self.verdict(f), flow_summary(f)
             )
         elif out is Output.DICT:
-            lines = []
-            if self.line != 0:
-                lines.append(DICT_SEPARATOR)
-            lines.append(f"  TIMESTAMP: {when}")
-            if self.opts.node_name:
-                lines.append(f"       NODE: {f.node_name}")
+            lines = self._dict_head(when, f.node_name)
             lines += [
                 f"     SOURCE: {src}",
                 f"DESTINATION: {dst}",
@@ -571,17 +419,9 @@ class Printer:
             span = f" (first: {self._ts(_ts(lost, 'first'))}, last: {self._ts(_ts(lost, 'last'))})"
         summary = f"{cpu} - {lost.num_events_lost}{span}"
         if out is Output.TABLE:
-            assert self._tab is not None
-            if self.line == 0:
-                head = ["TIMESTAMP"] + (["NODE"] if self.opts.node_name else [])
-                self._tab.row(*head, "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY")
-            node = [res.node_name] if self.opts.node_name else []
-            self._tab.row(when, *node, source, "-", "EVENTS LOST", "-", summary)
+            self._table_row(when, res.node_name, source, "-", "EVENTS LOST", "-", summary)
         elif out is Output.DICT:
-            lines = [DICT_SEPARATOR] if self.line != 0 else []
-            lines.append(f"  TIMESTAMP: {when}")
-            if self.opts.node_name:
-                lines.append(f"       NODE: {res.node_name}")
+            lines = self._dict_head(when, res.node_name)
             lines += [
                 f"     SOURCE: {source}",
                 "       TYPE: EVENTS LOST",

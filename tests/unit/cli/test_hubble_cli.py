@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ciliary.cli import hubble as hubble_cli
+from ciliary.cli.hubble_dial import default_server
 from ciliary.cli.main import build_parser, main
 from ciliary.hubble import cliflags
 from ciliary.hubble.api.flow import flow_pb2
@@ -354,15 +355,15 @@ def test_observe_flows_subcommand_is_the_same() -> None:
 def test_default_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CILIARY_RUN_DIR", str(tmp_path))
     monkeypatch.delenv("HUBBLE_SERVER", raising=False)
-    assert hubble_cli.default_server() == "localhost:4245"
+    assert default_server() == "localhost:4245"
     (tmp_path / "lab" / "one").mkdir(parents=True)
     (tmp_path / "lab" / "one" / "relay.addr").write_text("127.0.0.1:4300\n")
-    assert hubble_cli.default_server() == "127.0.0.1:4300"
+    assert default_server() == "127.0.0.1:4300"
     (tmp_path / "lab" / "two").mkdir()
     (tmp_path / "lab" / "two" / "relay.addr").write_text("127.0.0.1:4301\n")
-    assert hubble_cli.default_server() == "localhost:4245"  # ambiguous: upstream's default
+    assert default_server() == "localhost:4245"  # ambiguous: upstream's default
     monkeypatch.setenv("HUBBLE_SERVER", "unix:///x.sock")
-    assert hubble_cli.default_server() == "unix:///x.sock"
+    assert default_server() == "unix:///x.sock"
 
 
 def test_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:

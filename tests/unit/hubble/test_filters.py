@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ciliary.hubble.api.flow import flow_pb2
-from ciliary.hubble.filters import FilterError, build_filter, compile_flow_filter, parse_selector
+from ciliary.hubble.filters import FilterError, build_filter, compile_flow_filter
+from ciliary.hubble.labelselector import parse_selector
 
 F = flow_pb2
 

@@ -10,10 +10,10 @@ from google.protobuf.wrappers_pb2 import BoolValue
 from prometheus_client import CollectorRegistry
 
 from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.gopacket import icmp_text
 from ciliary.hubble.metrics import (
     FlowMetrics,
     MetricsServer,
-    icmp_type_name,
     parse_listen_address,
     parse_metrics_spec,
 )
@@ -188,8 +188,8 @@ def test_icmp_names_as_gopacket() -> None:
     assert reg.get_sample_value("hubble_icmp_total", {"family": "IPv4", "type": "EchoRequest"}) == 1
     six = {"family": "IPv6", "type": "DestinationUnreachable(PortUnreachable)"}
     assert reg.get_sample_value("hubble_icmp_total", six) == 1
-    assert icmp_type_name({}, 42, 1) == "42(1)"
-    assert icmp_type_name({8: ("EchoRequest", None)}, 8, 3) == "EchoRequest(Code: 3)"
+    assert icmp_text({}, 42, 1) == "42(1)"
+    assert icmp_text({8: ("EchoRequest", None)}, 8, 3) == "EchoRequest(Code: 3)"
 
 
 def test_policy_verdicts() -> None:

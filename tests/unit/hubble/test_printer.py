@@ -11,13 +11,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2
 from ciliary.hubble.api.relay import relay_pb2
+from ciliary.hubble.goformat import format_timestamp, go_duration
 from ciliary.hubble.printer import (
     Output,
     Printer,
     PrinterOptions,
     flow_type,
-    format_timestamp,
-    go_duration,
     policy_names,
 )
 

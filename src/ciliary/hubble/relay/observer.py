@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -38,7 +38,12 @@ from ciliary.hubble.relay.fanout import (
 )
 from ciliary.hubble.relay.pool import Peer, PeerPool
 
+if TYPE_CHECKING:
+    from ciliary.hubble.api.observer.observer_pb2_grpc import ObserverAsyncStub
+
 log = logging.getLogger("ciliary.hubble.relay")
+
+T = TypeVar("T")
 
 RELAY_VERSION = f"ciliary-relay v{__version__}"
 # upstream lists at most this many names in ServerStatus.unavailable_nodes
@@ -100,20 +105,31 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
 
     # -- unary -------------------------------------------------------------------------------
 
-    async def _server_status(self, peer: Peer) -> observer_pb2.ServerStatusResponse | None:
+    async def _ask(
+        self,
+        peer: Peer,
+        what: str,
+        call: Callable[[ObserverAsyncStub, float], Awaitable[T]],
+    ) -> T | None:
+        """One unary call to ``peer`` (``call(stub, timeout)``); None, logged, if it fails."""
         stub = observer_pb2_grpc.ObserverStub(peer.channel)
         try:
-            return await stub.ServerStatus(
-                observer_pb2.ServerStatusRequest(), timeout=self._cfg.node_call_timeout
-            )
+            return await call(stub, self._cfg.node_call_timeout)
         except grpc.aio.AioRpcError as err:
-            log.warning(
-                "server status of %s failed: %s: %s", peer.name, err.code().name, err.details()
-            )
+            log.warning("%s of %s failed: %s: %s", what, peer.name, err.code().name, err.details())
             return None
         except asyncio.CancelledError:
             reraise_if_cancelling()
             return None  # the peer's channel was closed under the call
+
+    async def _server_status(self, peer: Peer) -> observer_pb2.ServerStatusResponse | None:
+        return await self._ask(
+            peer,
+            "server status",
+            lambda stub, timeout: stub.ServerStatus(
+                observer_pb2.ServerStatusRequest(), timeout=timeout
+            ),
+        )
 
     async def ServerStatus(  # noqa: N802 - gRPC method name
         self,
@@ -171,20 +187,14 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
         return observer_pb2.GetNodesResponse(nodes=nodes)
 
     async def _namespaces(self, peer: Peer) -> list[observer_pb2.Namespace]:
-        stub = observer_pb2_grpc.ObserverStub(peer.channel)
-        try:
-            resp = await stub.GetNamespaces(
-                observer_pb2.GetNamespacesRequest(), timeout=self._cfg.node_call_timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            log.warning(
-                "namespaces of %s failed: %s: %s", peer.name, err.code().name, err.details()
-            )
-            return []
-        except asyncio.CancelledError:
-            reraise_if_cancelling()
-            return []  # the peer's channel was closed under the call
-        return list(resp.namespaces)
+        resp = await self._ask(
+            peer,
+            "namespaces",
+            lambda stub, timeout: stub.GetNamespaces(
+                observer_pb2.GetNamespacesRequest(), timeout=timeout
+            ),
+        )
+        return list(resp.namespaces) if resp is not None else []
 
     async def GetNamespaces(  # noqa: N802 - gRPC method name
         self,

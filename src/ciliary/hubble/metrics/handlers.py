@@ -1,0 +1,430 @@
+"""One handler per Hubble metric name, counting flows as upstream's ``pkg/hubble/metrics/*``.
+
+Each handler registers its families in the registry it is given (names, help texts and label
+names are upstream's) and counts one flow per ``process`` call; :data:`HANDLERS` maps metric
+names to their factories. See the package docstring for what each metric counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ciliary.core.flow import ReservedIdentity
+from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.gopacket import ICMP4, ICMP6, IcmpTable, icmp_text
+from ciliary.hubble.metrics.context import (
+    ContextOptions,
+    direction_name,
+    enum_name,
+    flow_protocol,
+    is_reply,
+    verdict_name,
+)
+from ciliary.hubble.monitorapi import (
+    MSG_ACCESS_LOG,
+    MSG_CAPTURE,
+    MSG_DROP,
+    MSG_POLICY_VERDICT,
+    MSG_TRACE,
+    POLICY_MATCH_TYPES,
+    TRACE_POINTS,
+)
+
+NAMESPACE = "hubble"
+
+_WORLD_LABEL = ReservedIdentity.WORLD.label
+
+_ICMP6_PARAMETER_PROBLEM = (
+    "ParameterProblem",
+    ("ErroneousHeaderField", "UnrecognizedNextHeader", "UnrecognizedIPv6Option"),
+)
+_METRIC_ICMP6: IcmpTable = {**ICMP6, 4: _ICMP6_PARAMETER_PROBLEM}
+"""gopacket's ICMPv6 names, but for code 2 of ParameterProblem, which the metrics call by its
+own name where gopacket (and so the flow summaries) repeat code 1's."""
+
+DNS_RCODES = {
+    0: "No Error",
+    1: "Format Error",
+    2: "Server Failure",
+    3: "Non-Existent Domain",
+    4: "Not Implemented",
+    5: "Query Refused",
+    6: "Name Exists when it should not",
+    7: "RR Set Exists when it should not",
+    8: "RR Set that should exist does not",
+    9: "Not Authorized",
+    10: "Name not contained in zone",
+    11: "DSO-TYPE Not Implemented",
+    16: "Bad OPT Version",
+    17: "Key not recognized",
+    18: "Signature out of time window",
+    19: "Bad TKEY Mode",
+    20: "Duplicate key name",
+    21: "Algorithm not supported",
+    22: "Bad Truncation",
+    23: "Bad/missing Server Cookie",
+}
+
+
+class Handler(Protocol):
+    def process(self, flow: flow_pb2.Flow) -> None: ...
+
+
+def counter(registry: CollectorRegistry, name: str, doc: str, labels: Sequence[str]) -> Counter:
+    return Counter(f"{NAMESPACE}_{name}", doc, labelnames=list(labels), registry=registry)
+
+
+def histogram(registry: CollectorRegistry, name: str, doc: str, labels: Sequence[str]) -> Histogram:
+    return Histogram(f"{NAMESPACE}_{name}", doc, labelnames=list(labels), registry=registry)
+
+
+class FlowHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, _o: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.flows = counter(
+            reg,
+            "flows_processed_total",
+            "Total number of flows processed",
+            ["protocol", "type", "subtype", "verdict", *ctx.label_names()],
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        kind = flow.event_type.type
+        subtype = ""
+        if kind == MSG_ACCESS_LOG:
+            type_name = "L7"
+            record = flow.l7.WhichOneof("record") if flow.HasField("l7") else None
+            subtype = {"dns": "DNS", "http": "HTTP", "kafka": "Kafka"}.get(record or "", "")
+        elif kind == MSG_DROP:
+            type_name = "Drop"
+        elif kind == MSG_CAPTURE:
+            type_name = "Capture"
+        elif kind == MSG_TRACE:
+            type_name = "Trace"
+            subtype = TRACE_POINTS.get(flow.event_type.sub_type, "")
+        elif kind == MSG_POLICY_VERDICT:
+            type_name = "PolicyVerdict"
+        else:
+            type_name = "Unknown"
+            subtype = str(kind)
+        self.flows.labels(
+            flow_protocol(flow), type_name, subtype, verdict_name(flow),
+            *self.ctx.label_values(flow),
+        ).inc()  # fmt: skip
+
+
+class DropHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, _o: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.drops = counter(
+            reg, "drop_total", "Number of drops", [*ctx.label_names(), "reason", "protocol"]
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        if flow.verdict != flow_pb2.Verdict.DROPPED:
+            return
+        reason = enum_name(flow_pb2.DropReason, flow.drop_reason_desc)
+        self.drops.labels(*self.ctx.label_values(flow), reason, flow_protocol(flow)).inc()
+
+
+_FORWARDING = (flow_pb2.Verdict.FORWARDED, flow_pb2.Verdict.REDIRECTED)
+
+
+class TCPHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, _o: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.flags = counter(
+            reg, "tcp_flags_total", "TCP flag occurrences", ["flag", "family", *ctx.label_names()]
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        if flow.verdict not in _FORWARDING or not flow.HasField("IP"):
+            return
+        if flow.l4.WhichOneof("protocol") != "TCP" or not flow.l4.TCP.HasField("flags"):
+            return
+        flags = flow.l4.TCP.flags
+        family = enum_name(flow_pb2.IPVersion, flow.IP.ipVersion)
+        rest = self.ctx.label_values(flow)
+        if flags.FIN:
+            self.flags.labels("FIN", family, *rest).inc()
+        if flags.SYN:
+            self.flags.labels("SYN-ACK" if flags.ACK else "SYN", family, *rest).inc()
+        if flags.RST:
+            self.flags.labels("RST", family, *rest).inc()
+
+
+class PortDistributionHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, _o: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.ports = counter(
+            reg,
+            "port_distribution_total",
+            "Numbers of packets distributed by destination port",
+            ["protocol", "port", *ctx.label_names()],
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        # a flow not known to be a request says nothing about the service port
+        if flow.verdict not in _FORWARDING or is_reply(flow) is not False:
+            return
+        proto = flow.l4.WhichOneof("protocol") if flow.HasField("l4") else None
+        if proto in ("TCP", "UDP", "SCTP"):
+            port = str(getattr(flow.l4, proto).destination_port)
+        elif proto in ("ICMPv4", "ICMPv6"):
+            port = "0"
+        else:
+            return
+        self.ports.labels(proto, port, *self.ctx.label_values(flow)).inc()
+
+
+class ICMPHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, _o: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.icmp = counter(
+            reg, "icmp_total", "Number of ICMP messages", ["family", "type", *ctx.label_names()]
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        proto = flow.l4.WhichOneof("protocol") if flow.HasField("l4") else None
+        if proto == "ICMPv4":
+            family, table = "IPv4", ICMP4
+            typ, code = flow.l4.ICMPv4.type, flow.l4.ICMPv4.code
+        elif proto == "ICMPv6":
+            family, table = "IPv6", _METRIC_ICMP6
+            typ, code = flow.l4.ICMPv6.type, flow.l4.ICMPv6.code
+        else:
+            return
+        name = icmp_text(table, typ, code)
+        self.icmp.labels(family, name, *self.ctx.label_values(flow)).inc()
+
+
+class PolicyHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, _o: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.verdicts = counter(
+            reg,
+            "policy_verdicts_total",
+            "Total number of Cilium network policy verdicts",
+            ["direction", "match", "action", *ctx.label_names()],
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        kind = flow.event_type.type
+        if kind == MSG_POLICY_VERDICT:
+            # the host may reach any local endpoint: its verdicts say nothing about policy
+            if flow.source.identity == ReservedIdentity.HOST:
+                return
+            match = POLICY_MATCH_TYPES.get(flow.policy_match_type, "unknown").lower()
+        elif kind == MSG_ACCESS_LOG:
+            record = flow.l7.WhichOneof("record") if flow.HasField("l7") else None
+            match = f"l7/{record or ''}"
+        else:
+            return
+        action = verdict_name(flow).lower()
+        self.verdicts.labels(
+            direction_name(flow), match, action, *self.ctx.label_values(flow)
+        ).inc()
+
+
+class FlowsToWorldHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, o: dict[str, str]) -> None:
+        self.ctx = ctx
+        keys = {k.lower() for k in o}
+        self.any_drop = "any-drop" in keys
+        self.port = "port" in keys
+        self.syn_only = "syn-only" in keys
+        labels = ["protocol", "verdict", *(["port"] if self.port else []), *ctx.label_names()]
+        self.flows = counter(
+            reg, "flows_to_world_total", "Total number of flows to reserved:world", labels
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        if (
+            not flow.HasField("destination")
+            or _WORLD_LABEL not in flow.destination.labels
+            or not flow.HasField("event_type")
+            or not flow.HasField("l4")
+        ):
+            return
+        dropped = flow.verdict == flow_pb2.Verdict.DROPPED
+        if dropped and not self.any_drop and flow.drop_reason_desc != flow_pb2.POLICY_DENIED:
+            return
+        reply = bool(is_reply(flow))
+        if not dropped and reply:  # replies would count ephemeral ports
+            return
+        proto = flow.l4.WhichOneof("protocol")
+        if self.syn_only and (proto != "TCP" or not flow.l4.TCP.flags.SYN or reply):
+            return
+        labels = [flow_protocol(flow), verdict_name(flow)]
+        if self.port:
+            port = ""
+            if proto in ("TCP", "UDP", "SCTP"):
+                port = str(getattr(flow.l4, proto).destination_port)
+            labels.append(port)
+        self.flows.labels(*labels, *self.ctx.label_values(flow)).inc()
+
+
+class DNSHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, o: dict[str, str]) -> None:
+        self.ctx = ctx
+        keys = {k.lower() for k in o}
+        self.query = "query" in keys
+        self.ignore_aaaa = "ignoreaaaa" in keys
+        extra = ["query"] if self.query else []
+        names = ctx.label_names()
+        common = [*names, "rcode", "qtypes", "ips_returned", *extra]
+        self.queries = counter(reg, "dns_queries_total", "Number of DNS queries observed", common)
+        self.responses = counter(
+            reg, "dns_responses_total", "Number of DNS responses observed", common
+        )
+        self.types = counter(
+            reg,
+            "dns_response_types_total",
+            "Number of DNS response types",
+            [*names, "type", "qtypes", *extra],
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        if not flow.HasField("l7") or flow.l7.WhichOneof("record") != "dns":
+            return
+        dns = flow.l7.dns
+        if self.ignore_aaaa and list(dns.qtypes) == ["AAAA"]:
+            return
+        ctx = self.ctx.label_values(flow)
+        qtypes = ",".join(dns.qtypes)
+        extra = [dns.query] if self.query else []
+        ips = str(len(dns.ips))
+        if flow.verdict == flow_pb2.Verdict.DROPPED:
+            self.queries.labels(*ctx, "Policy denied", qtypes, ips, *extra).inc()
+        elif not is_reply(flow):
+            self.queries.labels(*ctx, "", qtypes, ips, *extra).inc()
+        else:
+            rcode = DNS_RCODES.get(dns.rcode, "")
+            self.responses.labels(*ctx, rcode, qtypes, ips, *extra).inc()
+            for rrtype in dns.rrtypes:
+                self.types.labels(*ctx, rrtype, qtypes, *extra).inc()
+
+
+def _reporter(flow: flow_pb2.Flow) -> str:
+    if flow.traffic_direction == flow_pb2.TrafficDirection.EGRESS:
+        return "client"
+    if flow.traffic_direction == flow_pb2.TrafficDirection.INGRESS:
+        return "server"
+    return "unknown"
+
+
+class HTTPHandler:
+    """``http`` (v1: requests and responses apart) and ``httpV2`` (response flows only, labels
+    from the request's point of view)."""
+
+    def __init__(
+        self, reg: CollectorRegistry, ctx: ContextOptions, o: dict[str, str], v2: bool
+    ) -> None:
+        self.ctx, self.v2 = ctx, v2
+        value = next((v for k, v in o.items() if k.lower() == "exemplars"), "false")
+        if value not in ("true", "false"):
+            name = "httpV2" if v2 else "http"
+            raise ValueError(f"metric {name!r}: exemplars={value!r} (expected true or false)")
+        self.exemplars = value == "true"
+        names = ctx.label_names()
+        request_labels = ["method", "protocol", *(["status"] if v2 else []), "reporter"]
+        self.requests = counter(
+            reg, "http_requests_total", "Count of HTTP requests", [*names, *request_labels]
+        )
+        self.responses = (
+            None
+            if v2
+            else counter(
+                reg,
+                "http_responses_total",
+                "Count of HTTP responses",
+                [*names, "method", "protocol", "status", "reporter"],
+            )
+        )
+        self.duration = histogram(
+            reg,
+            "http_request_duration_seconds",
+            "Quantiles of HTTP request duration in seconds",
+            [*names, "method", "reporter"],
+        )
+
+    def _exemplar(self, flow: flow_pb2.Flow) -> dict[str, str] | None:
+        trace_id = flow.trace_context.parent.trace_id if self.exemplars else ""
+        return {"traceID": trace_id} if trace_id else None
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        if not flow.HasField("l7") or flow.l7.WhichOneof("record") != "http":
+            return
+        http, kind = flow.l7.http, flow.l7.type
+        reporter, exemplar = _reporter(flow), self._exemplar(flow)
+        latency = flow.l7.latency_ns / 1e9
+        if self.v2:
+            if kind != flow_pb2.L7FlowType.RESPONSE:
+                return
+            ctx = self.ctx.label_values(flow, invert=True)
+            status = str(http.code)
+            self.requests.labels(*ctx, http.method, http.protocol, status, reporter).inc(
+                exemplar=exemplar
+            )
+            self.duration.labels(*ctx, http.method, reporter).observe(latency, exemplar)
+            return
+        ctx = self.ctx.label_values(flow)
+        if kind == flow_pb2.L7FlowType.REQUEST:
+            self.requests.labels(*ctx, http.method, http.protocol, reporter).inc(exemplar=exemplar)
+        elif kind == flow_pb2.L7FlowType.RESPONSE and self.responses is not None:
+            status = str(http.code)
+            self.responses.labels(*ctx, http.method, http.protocol, status, reporter).inc(
+                exemplar=exemplar
+            )
+            self.duration.labels(*ctx, http.method, reporter).observe(latency, exemplar)
+
+
+class KafkaHandler:
+    def __init__(self, reg: CollectorRegistry, ctx: ContextOptions, _o: dict[str, str]) -> None:
+        self.ctx = ctx
+        names = ctx.label_names()
+        self.requests = counter(
+            reg,
+            "kafka_requests_total",
+            "Count of Kafka requests",
+            [*names, "topic", "api_key", "error_code", "reporter"],
+        )
+        self.duration = histogram(
+            reg,
+            "kafka_request_duration_seconds",
+            "Quantiles of Kafka request duration in seconds",
+            [*names, "topic", "api_key", "reporter"],
+        )
+
+    def process(self, flow: flow_pb2.Flow) -> None:
+        if not flow.HasField("l7") or flow.l7.WhichOneof("record") != "kafka":
+            return
+        if flow.l7.type != flow_pb2.L7FlowType.REQUEST:
+            return
+        kafka, reporter = flow.l7.kafka, _reporter(flow)
+        ctx = self.ctx.label_values(flow)
+        self.requests.labels(
+            *ctx, kafka.topic, kafka.api_key, str(kafka.error_code), reporter
+        ).inc()
+        self.duration.labels(*ctx, kafka.topic, kafka.api_key, reporter).observe(
+            flow.l7.latency_ns / 1e9
+        )
+
+
+HandlerFactory = Callable[[CollectorRegistry, ContextOptions, dict[str, str]], Handler]
+HANDLERS: dict[str, HandlerFactory] = {
+    "flow": FlowHandler,
+    "drop": DropHandler,
+    "tcp": TCPHandler,
+    "port-distribution": PortDistributionHandler,
+    "icmp": ICMPHandler,
+    "policy": PolicyHandler,
+    "flows-to-world": FlowsToWorldHandler,
+    "dns": DNSHandler,
+    "http": lambda r, c, o: HTTPHandler(r, c, o, v2=False),
+    "httpV2": lambda r, c, o: HTTPHandler(r, c, o, v2=True),
+    "kafka": KafkaHandler,
+}
