@@ -1,4 +1,4 @@
-"""Shared bench plumbing: scratch namespaces with guaranteed removal, iperf3 runs, statistics.
+"""Shared bench plumbing: scratch namespaces with guaranteed removal, statistics.
 
 Everything here creates uniquely named namespaces and removes them in ``finally`` blocks; no
 address or route is ever added to the root namespace (lab prefixes live only inside ours).
@@ -7,12 +7,11 @@ address or route is ever added to the root namespace (lab prefixes live only ins
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import statistics
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 
 def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -36,51 +35,16 @@ def scratch_netns(names: Sequence[str]) -> Iterator[None]:
             sh("ip", "netns", "del", name, check=False)
 
 
-@contextlib.contextmanager
-def iperf3_server(ns: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "iperf3", "-s"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.3)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def iperf3_gbps(
-    client_argv_prefix: Sequence[str], server_ip: str, seconds: int, streams: int = 1
-) -> float:
-    """Receiver-side throughput in Gbit/s of one iperf3 TCP run."""
-    res = subprocess.run(
-        [
-            *client_argv_prefix,
-            "iperf3",
-            "-c",
-            server_ip,
-            "-t",
-            str(seconds),
-            "-P",
-            str(streams),
-            "-J",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"iperf3 failed: {res.stdout[-400:]} {res.stderr[-400:]}")
-    data = json.loads(res.stdout)
-    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of all the threads of a process (schedstat: nanoseconds, not 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just ended
+    return total / 1e9

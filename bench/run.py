@@ -1,7 +1,14 @@
-"""``make bench``: run every benchmark, write ``bench/results/latest.json`` and ``latest.md``.
+"""``make bench``: run every benchmark group, write ``bench/results/latest.json``, ``latest.md``
+and the plots (``bench/results/*.png``), then regenerate the README's "Performance" section.
 
 Results are ratios against baselines measured in the same run, with absolute medians beside
-them for reference; the machine is described in the output so numbers are never read alone.
+them; the machine is described in the output so numbers are never read alone. A group is one
+entry of ``GROUPS``: a name and a function of the parsed options returning result dicts (see
+``bench/report.py``); a group may add its own table renderer and plots in ``report.py``.
+
+``--only GROUP`` runs one group and keeps the other groups' latest results; ``--quick`` runs
+every group with reduced sizes (development on a busy machine) and marks the output as such.
+Neither rewrites the README unless ``--readme`` is given.
 """
 
 from __future__ import annotations
@@ -10,80 +17,157 @@ import argparse
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cni_latency, policy_bench, throughput
+from bench import cni_latency, controlplane, datapath, hubble_bench, policy_bench, readme, report
 
 RESULTS = Path(__file__).parent / "results"
 
 
+@dataclass(frozen=True)
+class Group:
+    name: str
+    run: Callable[[argparse.Namespace], list[dict[str, Any]]]
+    about: str
+
+
+def _log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+GROUPS = [
+    Group(
+        "datapath",
+        lambda a: datapath.run(
+            rounds=a.rounds,
+            seconds=a.seconds,
+            scale=(1, 1_000) if a.quick else datapath.SCALE,
+            iptables_scale=(1, 1_000) if a.quick else datapath.IPTABLES_SCALE,
+            log=_log,
+        ),
+        "pod → pod throughput, latency, connection rate: bare veth, ciliary, iptables; scale",
+    ),
+    Group(
+        "controlplane",
+        lambda a: controlplane.run(
+            levels=(0, 10, 50) if a.quick else controlplane.LEVELS,
+            samples=3 if a.quick else 5,
+            log=_log,
+        ),
+        "agent RSS and CPU with 0 / 100 / 1000 endpoints",
+    ),
+    Group("cni", lambda a: cni_latency.run(pods=a.pods), "CNI ADD → pod reachable"),
+    Group(
+        "hubble",
+        lambda a: hubble_bench.run(rounds=a.rounds, step_seconds=2 if a.quick else 3, log=_log),
+        "flows/s decoded and filtered, highest event rate with 0 lost, observe --last 4095",
+    ),
+    Group(
+        "policy",
+        lambda a: policy_bench.run(engine_runs=1 if a.quick else 3, flips=20 if a.quick else 60),
+        "policy computation, rule change → enforced",
+    ),
+]
+
+
 def machine() -> dict[str, Any]:
+    cpu_model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    ipt = subprocess.run(["iptables", "--version"], capture_output=True, text=True, check=False)
     return {
         "kernel": platform.release(),
+        "cpu_model": cpu_model,
         "cpus": os.cpu_count(),
         "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "iptables": ipt.stdout.strip() or "iptables: not found",
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
 
-def to_markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    lines = [
-        f"Machine: Linux {m['kernel']}, {m['cpus']} CPUs, {m['mem_gib']} GiB; {m['date']}.",
-        "Reproduce: `make bench`.",
-        "",
-        "| benchmark | setup | median | ratio vs baseline |",
-        "|---|---|---|---|",
-    ]
-    for res in results["benchmarks"]:
-        base_name = res.get("baseline")
-        base = res["values"].get(base_name) if base_name else None
-        for setup, value in res["values"].items():
-            ratio = f"{value / base:.3f}" if base else "-"
-            lines.append(f"| {res['benchmark']} | {setup} | {value:.2f} {res['unit']} | {ratio} |")
-    return "\n".join(lines) + "\n"
+def main(argv: list[str] | None = None) -> int:
+    names = [g.name for g in GROUPS]
+    parser = argparse.ArgumentParser(
+        description="ciliary benchmarks",
+        epilog="groups: " + "; ".join(f"{g.name}: {g.about}" for g in GROUPS),
+    )
+    parser.add_argument("--only", choices=names, action="append", help="run these groups only")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, for development")
+    parser.add_argument("--rounds", type=int, help="measured rounds per setup (default 5)")
+    parser.add_argument("--seconds", type=float, help="seconds per datapath run (default 2)")
+    parser.add_argument("--pods", type=int, help="pods for the CNI ADD benchmark (default 100)")
+    parser.add_argument("--readme", action="store_true", help="regenerate the README section")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.seconds = args.seconds or (1 if args.quick else 2)
+    args.pods = args.pods or (20 if args.quick else 100)
+    selected = [g for g in GROUPS if args.only is None or g.name in args.only]
 
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description="ciliary benchmarks")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=4)
-    parser.add_argument("--pods", type=int, default=100, help="pods for the CNI ADD benchmark")
-    parser.add_argument("--only", choices=["throughput", "cni", "policy"], help="run one group")
-    args = parser.parse_args()
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so every group's finally blocks still remove
+    # what it made (netns, labs, servers)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    start = time.monotonic()
     benchmarks: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for group in selected:
+        t0 = time.monotonic()
+        _log(f"{group.name}: {group.about}")
+        try:
+            group_results = group.run(args)  # each group removes what it made, also on failure
+        except Exception:
+            traceback.print_exc()
+            _log(f"{group.name}: FAILED after {time.monotonic() - t0:.0f}s, going on")
+            failed.append(group.name)
+            continue
+        for res in group_results:
+            res.setdefault("group", group.name)  # what a later partial run of that group replaces
+        benchmarks.extend(group_results)
+        _log(f"{group.name}: done in {time.monotonic() - t0:.0f}s")
 
-    def add(group: str, results: list[dict[str, Any]]) -> None:
-        for res in results:
-            res.setdefault("group", group)  # what a later partial run of that group replaces
-        benchmarks.extend(results)
-
-    if args.only in (None, "throughput"):
-        add("throughput", [
-            throughput.run(rounds=args.rounds, seconds=args.seconds, streams=1),
-            throughput.run(rounds=args.rounds, seconds=args.seconds, streams=4),
-        ])  # fmt: skip
-    if args.only in (None, "cni"):
-        add("cni", cni_latency.run(pods=args.pods))
-    if args.only in (None, "policy"):
-        add("policy", policy_bench.run(rounds=args.rounds))
-    results = {"machine": machine(), "benchmarks": benchmarks}
+    results: dict[str, Any] = {
+        "machine": {**machine(), "duration_s": round(time.monotonic() - start)},
+        "command": "make bench"
+        if not args.quick and args.only is None
+        else " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick,
+        "benchmarks": benchmarks,
+    }
     RESULTS.mkdir(exist_ok=True)
-    if args.only is not None:
-        # a partial run must not erase the other group's latest numbers
-        previous = RESULTS / "latest.json"
-        if previous.exists():
-            old = json.loads(previous.read_text())
-            keep = [b for b in old.get("benchmarks", []) if b.get("group") not in (None, args.only)]
-            results["benchmarks"] = [*keep, *benchmarks]
+    previous = RESULTS / "latest.json"
+    ran = {g.name for g in selected} - set(failed)
+    if (args.only is not None or failed) and previous.exists():
+        # a partial (or partly failed) run must not erase the other groups' latest numbers
+        old = json.loads(previous.read_text())
+        keep = [
+            b
+            for b in old.get("benchmarks", [])
+            if b.get("group") in names and b.get("group") not in ran
+        ]  # groups that no longer exist go too
+        results["benchmarks"] = [*keep, *benchmarks]
+    results["failed"] = failed
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
-    md = to_markdown(results)
+    md = report.to_markdown(results, names)
     (RESULTS / "latest.md").write_text(md)
+    for path in report.plots(results, RESULTS):
+        _log(f"plot: {path}")
     print(md)
-    return 0
+    if failed:
+        _log(f"FAILED: {', '.join(failed)} (their previous results, if any, were kept)")
+    elif args.readme or (args.only is None and not args.quick):
+        readme.main()
+    _log(f"all done in {(time.monotonic() - start) / 60:.1f} min")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,372 @@
+"""Same-node pod → pod datapath: ciliary against the kernel without BPF and against iptables.
+
+Every setup is a client namespace and a server namespace holding three servers (iperf3, sockperf,
+``connrate``: ``bench/tools.py``), and all setups exist at once, so each round measures every
+setup back to back (interleaved: this machine is noisy, drift hits all of them alike). Metrics:
+  TCP throughput   iperf3, 1 stream and 4 streams (Gbit/s, receiver side);
+  latency          sockperf TCP ping-pong, 64-byte messages, full round trip, p50 and p99 (usec);
+  connection rate  connrate: connect, 64 B request, 64 B response, close, serially (netperf
+                   TCP_CRR style, C), connections per second.
+Setups:
+  a  bare veth      two namespaces joined by one veth pair, kernel only: the physical limit;
+  route             pod → veth → node namespace routed by the kernel → veth → pod, no filter;
+  b  ciliary        a lab node, client and server pods, a CiliumNetworkPolicy allowing the client
+                    on the server's ports (TCP 5200-5203: one L3/L4 entry; with the host's allow
+                    and the egress allow-all the server's map holds 3), enforced by bpf_lxc
+                    (conntrack, ipcache, both policy lookups, events, redirect_peer), monitor
+                    aggregation medium (the default);
+  ciliary Nk        the same on other nodes of the same lab (each node has its own agent and
+                    maps, so every size exists at once), with the server's policy map grown to N
+                    entries and the node's ipcache to N more identities (below);
+  c  iptables       the ``route`` topology with the node filtering as iptables-based CNIs do: in
+                    FORWARD, traffic to the server's veth jumps to a per-pod chain holding
+                    ``ctstate RELATED,ESTABLISHED -j ACCEPT`` first, then N-1 non-matching
+                    allows (other /32 sources, same ports), then the client's allow, then DROP;
+                    N = 1, 1k, 10k and 65k (as far as ciliary goes), loaded with one
+                    ``iptables-restore`` in the node namespace.
+Policy scale: synthetic identities 100000.. each get one ipcache entry (a /32 in 10.230/16,
+written into the node's pinned ``ciliary_ipcache``) and one ingress allow in the server's pinned
+policy map (same shape as the real one: TCP 5200/14), written after the policy was realized,
+totalling N = 1k, 10k and 65k entries (the per-endpoint map holds 65536). The counts are checked
+unchanged after the rounds (nothing regenerated the endpoint meanwhile).
+Also recorded: each ciliary node's agent CPU for every run (it decodes the datapath's events),
+including what it spends after the run on the events left in the ring buffer; every run starts
+once all agents are idle again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import tools
+from bench.common import cpu_seconds, median, scratch_netns, sh, tag
+from ciliary.datapath.libbpf import Map
+from ciliary.datapath.maps.ipcache import IPCacheMap
+from ciliary.datapath.maps.policy import EndpointPolicyMap, PolicyKey, PolicyValue
+from ciliary.lab import manager
+
+GROUP = "datapath"
+SCALE = (1, 1_000, 10_000, 65_000)  # ciliary: policy map entries (+ ipcache identities)
+IPTABLES_SCALE = (1, 1_000, 10_000, 65_000)  # iptables: rules in the pod's chain
+SYNTHETIC_IDENTITY = 100_000
+SYNTHETIC_NET = ipaddress.IPv4Network("10.230.0.0/16")
+PROTO_TCP = 6
+
+BARE, ROUTE, CILIARY, IPTABLES = "bare veth", "route", "ciliary", "iptables"
+
+
+def k(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str  # BARE, ROUTE, CILIARY, IPTABLES
+    entries: int | None  # policy map entries / rules in the chain
+    client: list[str]  # argv prefix entering the client's netns
+    server_ip: str
+    agent_pid: int | None = None  # ciliary: the node's agent, whose CPU use is recorded
+
+
+# ---- kernel-only setups -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bare_veth(connrate: Path) -> Iterator[list[Target]]:
+    t = tag()
+    a, b = f"{t}-a", f"{t}-b"
+    with scratch_netns([a, b]):
+        sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1", ns=a)
+        sh("ip", "link", "set", "eth1", "netns", b, ns=a)
+        sh("ip", "addr", "add", "10.251.0.1/30", "dev", "eth0", ns=a)
+        sh("ip", "addr", "add", "10.251.0.2/30", "dev", "eth1", ns=b)
+        sh("ip", "link", "set", "eth0", "up", ns=a)
+        sh("ip", "link", "set", "eth1", "up", ns=b)
+        with tools.servers(b, connrate):
+            yield [Target(f"a: {BARE}", BARE, None, tools.enter(a), "10.251.0.2")]
+
+
+def _iptables_rules(n: int, client_ip: str, server_dev: str) -> str:
+    lo, hi = tools.PORT_RANGE
+    match = f"-p tcp -m tcp --dport {lo}:{hi} -j ACCEPT"
+    lines = [
+        "*filter",
+        ":INPUT ACCEPT [0:0]",
+        ":FORWARD ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ":bench-pod-server - [0:0]",
+        f"-A FORWARD -o {server_dev} -j bench-pod-server",
+        "-A bench-pod-server -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ]
+    lines += [f"-A bench-pod-server -s {SYNTHETIC_NET[i + 1]}/32 {match}" for i in range(n - 1)]
+    lines += [f"-A bench-pod-server -s {client_ip}/32 {match}", "-A bench-pod-server -j DROP"]
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+@contextlib.contextmanager
+def routed(connrate: Path, index: int, rules: int | None) -> Iterator[list[Target]]:
+    """pod a → node r → pod b, routed by the kernel; ``rules`` not None: iptables in r."""
+    t = tag()
+    a, r, b = f"{t}-a", f"{t}-r", f"{t}-b"
+    net = f"10.{252 - index // 200}.{(index % 200)}"  # distinct /24 pairs per setup
+    client_ip, server_ip = f"{net}.2", f"{net}.130"
+    with scratch_netns([a, r, b]):
+        for pod, dev, ip, gw in (
+            (a, "ra", client_ip, f"{net}.1"),
+            (b, "rb", server_ip, f"{net}.129"),
+        ):
+            sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", dev, ns=pod)
+            sh("ip", "link", "set", dev, "netns", r, ns=pod)
+            sh("ip", "addr", "add", f"{ip}/25", "dev", "eth0", ns=pod)
+            sh("ip", "link", "set", "eth0", "up", ns=pod)
+            sh("ip", "route", "add", "default", "via", gw, ns=pod)
+            sh("ip", "addr", "add", f"{gw}/25", "dev", dev, ns=r)
+            sh("ip", "link", "set", dev, "up", ns=r)
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=r)
+        if rules is None:
+            name, kind = ROUTE, ROUTE
+        else:
+            subprocess.run(
+                ["ip", "netns", "exec", r, "iptables-restore"],
+                input=_iptables_rules(rules, client_ip, "rb"),
+                text=True, check=True, capture_output=True, timeout=300,
+            )  # fmt: skip
+            name, kind = f"{IPTABLES} {k(rules)}", IPTABLES
+            if rules == 1:
+                name = f"c: {name}"
+        with tools.servers(b, connrate):
+            yield [Target(name, kind, rules, tools.enter(a), server_ip)]
+
+
+# ---- ciliary ---------------------------------------------------------------------------------
+
+LAB_HEAD = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  nodes: [{nodes}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: bench-datapath, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: bench-server}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{app: bench-client}}}}]
+    toPorts: [{{ports: [{{port: "{lo}", endPort: {hi}, protocol: TCP}}]}}]
+"""
+
+LAB_POD = """\
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {role}-{i}, labels: {{app: bench-{role}}}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: main, command: [ciliary, workload, pause]}}]
+"""
+
+
+def _lab_yaml(lab: str, nodes: list[str]) -> str:
+    lo, hi = tools.PORT_RANGE
+    text = LAB_HEAD.format(lab=lab, nodes=", ".join(f"{{name: {n}}}" for n in nodes), lo=lo, hi=hi)
+    for i, node in enumerate(nodes):
+        for role in ("client", "server"):
+            text += LAB_POD.format(role=role, i=i, node=node)
+    return text
+
+
+def _grow(pin_dir: Path, server_ep: int, total: int) -> tuple[int, int]:
+    """Fill the server's policy map up to ``total`` entries and the node's ipcache with one
+    identity per added entry; returns (policy entries, ipcache entries)."""
+    lo, _ = tools.PORT_RANGE
+    pmap = EndpointPolicyMap(Map.from_pin(pin_dir / f"ciliary_policy_{server_ep}"))
+    ipc_map = Map.from_pin(pin_dir / "ciliary_ipcache")
+    try:
+        ipc = IPCacheMap(ipc_map)
+        extra = max(0, total - pmap.map.count())
+        value = PolicyValue(deny=False, cookie=0)
+        for i in range(extra):
+            ipc.upsert(ipaddress.IPv4Network(f"{SYNTHETIC_NET[i + 1]}/32"), SYNTHETIC_IDENTITY + i)
+            pmap.upsert(PolicyKey(SYNTHETIC_IDENTITY + i, False, PROTO_TCP, lo, 14), value)
+        return pmap.map.count(), ipc_map.count()
+    finally:
+        pmap.close()
+        ipc_map.close()
+
+
+@contextlib.contextmanager
+def ciliary_lab(connrate: Path, scale: tuple[int, ...]) -> Iterator[list[Target]]:
+    t = tag()
+    nodes = [f"{t}{chr(ord('a') + i)}" for i in range(len(scale))]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        path = Path(tmp) / "lab.yaml"
+        path.write_text(_lab_yaml(t, nodes))
+        view = manager.up(path)  # a failed `up` removes what it made
+        try:
+            rec = manager.record(t)
+            pods = {p.name: p for p in view.pods}
+            targets, counts = [], {}
+            for i, (n, nrec) in enumerate(zip(scale, rec.nodes, strict=True)):
+                client, server = pods[f"client-{i}"], pods[f"server-{i}"]
+                assert server.ipv4 is not None and server.endpoint_id is not None
+                if n > 1:
+                    counts[i] = _grow(Path(nrec.pin_dir), server.endpoint_id, n)
+                else:
+                    counts[i] = _counts(Path(nrec.pin_dir), server.endpoint_id)
+                entries = counts[i][0]
+                name = f"b: {CILIARY}" if n == 1 else f"{CILIARY} {k(n)}"
+                stack.enter_context(tools.servers(server.netns, connrate))
+                targets.append(Target(name, CILIARY, entries, tools.enter(client.netns),
+                                      server.ipv4, nrec.agent_pid))  # fmt: skip
+            yield targets
+            for i, nrec in enumerate(rec.nodes):
+                server = pods[f"server-{i}"]
+                assert server.endpoint_id is not None
+                now = _counts(Path(nrec.pin_dir), server.endpoint_id)
+                if now != counts[i]:
+                    raise RuntimeError(
+                        f"node {nrec.name}: policy/ipcache entries changed during the rounds"
+                        f" ({counts[i]} → {now})"
+                    )
+        finally:
+            stack.close()  # servers first, then the lab
+            manager.down(t)
+
+
+def _counts(pin_dir: Path, server_ep: int) -> tuple[int, int]:
+    with (
+        Map.from_pin(pin_dir / f"ciliary_policy_{server_ep}") as pmap,
+        Map.from_pin(pin_dir / "ciliary_ipcache") as ipc,
+    ):
+        return pmap.count(), ipc.count()
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+Metric = Callable[[Target, float], tuple[float, ...]]
+
+
+def _metrics(connrate: Path) -> dict[str, tuple[str, str, bool, Metric]]:
+    """key → (title, unit, higher is better, measure(target, seconds) → values)."""
+    return {
+        "tcp1": ("TCP throughput, iperf3 1 stream", "Gbit/s", True,
+                 lambda t, s: (tools.iperf3_gbps(t.client, t.server_ip, s, 1),)),
+        "tcp4": ("TCP throughput, iperf3 4 streams", "Gbit/s", True,
+                 lambda t, s: (tools.iperf3_gbps(t.client, t.server_ip, s, 4),)),
+        "rr": ("TCP request/response latency, sockperf ping-pong", "usec", False,
+               lambda t, s: tools.sockperf_rtt_us(t.client, t.server_ip, s)),
+        "crr": ("TCP connection rate, connect/request/response/close", "conn/s", True,
+                lambda t, s: (tools.connrate_per_s(t.client, connrate, t.server_ip, s),)),
+    }  # fmt: skip
+
+
+def _quiesce(agents: list[int], log: Callable[[str], None], limit: float = 30.0) -> None:
+    """Wait until the lab's agents are idle (< 5% of a core over 100 ms): an agent still decoding
+    the events of the previous run (the ring buffer holds 8 MiB of them) would steal CPU from the
+    next setup's run; in a first version the setup measured after ciliary's was always slower."""
+    deadline = time.monotonic() + limit
+    while agents and time.monotonic() < deadline:
+        c0 = sum(cpu_seconds(pid) for pid in agents)
+        time.sleep(0.1)
+        if sum(cpu_seconds(pid) for pid in agents) - c0 < 0.005:
+            return
+    if agents:
+        log(f"datapath: the agents are still busy after {limit:.0f}s, going on")
+
+
+def run(
+    *,
+    rounds: int = 5,
+    seconds: float = 2,
+    scale: tuple[int, ...] = SCALE,
+    iptables_scale: tuple[int, ...] = IPTABLES_SCALE,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    with tools.connrate_binary() as connrate, contextlib.ExitStack() as stack:
+        t0 = time.monotonic()
+        targets: list[Target] = []
+        targets += stack.enter_context(bare_veth(connrate))
+        targets += stack.enter_context(routed(connrate, 0, None))
+        targets += stack.enter_context(ciliary_lab(connrate, scale))
+        log(f"datapath: ciliary lab ready ({len(scale)} nodes) after {time.monotonic() - t0:.1f}s")
+        for i, n in enumerate(iptables_scale):
+            targets += stack.enter_context(routed(connrate, i + 1, n))
+        log(f"datapath: {len(targets)} setups ready after {time.monotonic() - t0:.1f}s")
+        metrics = _metrics(connrate)
+        # samples[metric][target] = list of value tuples
+        samples: dict[str, dict[str, list[tuple[float, ...]]]] = {
+            m: {t.name: [] for t in targets} for m in metrics
+        }
+        agent_cpu: dict[str, list[float]] = {}  # "<setup> | <metric>" → % of one core
+        agents = [t.agent_pid for t in targets if t.agent_pid]
+        for r in range(rounds + 1):  # round 0: warm-up, short, not recorded
+            for key, (_, _, _, measure) in metrics.items():
+                if r == 0 and key == "rr":
+                    continue  # sockperf warms up by itself (its first 400 ms are discarded)
+                for target in targets:
+                    _quiesce(agents, log)
+                    pid = target.agent_pid
+                    c0, t0 = (cpu_seconds(pid), time.monotonic()) if pid else (0.0, 0.0)
+                    value = measure(target, 1 if r == 0 else seconds)
+                    if r > 0:
+                        samples[key][target.name].append(value)
+                    if pid and r > 0:
+                        wall = time.monotonic() - t0
+                        _quiesce(agents, log)  # what the run left in the ring buffer counts too
+                        pct = (cpu_seconds(pid) - c0) / wall * 100
+                        agent_cpu.setdefault(f"{target.name} | {key}", []).append(pct)
+            log(f"datapath: round {r}/{rounds} done" + (" (warm-up)" if r == 0 else ""))
+    results = _results(targets, metrics, samples, rounds, seconds)
+    results.append({
+        "benchmark": "ciliary: the node agent's CPU per second of each run (it decodes the"
+        " datapath's events; including the backlog it drains after the run), % of one core",
+        "metric": "agent-cpu",
+        "unit": "%",
+        "baseline": None,
+        "values": {name: median(v) for name, v in agent_cpu.items()},
+        "samples": agent_cpu,
+        "group": GROUP,
+    })  # fmt: skip
+    return results
+
+
+def _results(
+    targets: list[Target],
+    metrics: dict[str, tuple[str, str, bool, Metric]],
+    samples: dict[str, dict[str, list[tuple[float, ...]]]],
+    rounds: int,
+    seconds: float,
+) -> list[dict[str, Any]]:
+    base = targets[0].name
+    setups = {
+        t.name: {"kind": t.kind, "entries": t.entries} for t in targets
+    }  # for the tables and the scale plots
+    out = []
+    for key, (title, unit, higher, _) in metrics.items():
+        columns = ("p50", "p99") if key == "rr" else ("",)
+        for c, col in enumerate(columns):
+            per = {name: [v[c] for v in vals] for name, vals in samples[key].items()}
+            out.append({
+                "benchmark": f"{title}{' ' + col if col else ''}, median of {rounds} x {seconds}s",
+                "metric": f"{key}{'-' + col if col else ''}",
+                "unit": unit,
+                "higher_is_better": higher,
+                "baseline": base,
+                "values": {name: median(v) for name, v in per.items()},
+                "samples": per,
+                "setups": setups,
+                "seconds": seconds,
+                "group": GROUP,
+            })  # fmt: skip
+    return out

@@ -1,0 +1,343 @@
+"""Rendering of ``latest.json``: the markdown tables (``latest.md``) and the PNG plots.
+
+Every result is a dict with ``benchmark``, ``unit``, ``baseline`` (a setup name or None),
+``values`` (setup → median) and ``group``; datapath results also carry ``metric``,
+``higher_is_better`` and ``setups`` (setup → kind, entries), from which the summary (b/a, c/a)
+and the policy-scale tables and plots are built. Groups without a renderer of their own get one
+table per benchmark: setup, median, ratio against the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+Result = dict[str, Any]
+
+_METRIC_TITLES = {
+    "tcp1": "TCP throughput, 1 stream",
+    "tcp4": "TCP throughput, 4 streams",
+    "rr-p50": "TCP request/response latency p50",
+    "rr-p99": "TCP request/response latency p99",
+    "crr": "TCP connection rate",
+}
+
+
+def _num(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def _k(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
+
+
+def _direction(res: Result) -> str:
+    return "higher is better" if res.get("higher_is_better", True) else "lower is better"
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (
+        f"Machine: Linux {m['kernel']}, {m.get('cpu_model', '?')}, {m['cpus']} cores,"
+        f" {m['mem_gib']} GiB RAM, {m.get('iptables', 'iptables ?')}; run {m['date']}"
+        f" in {m.get('duration_s', 0) / 60:.1f} min."
+    )
+
+
+# ---- datapath ---------------------------------------------------------------------------------
+
+
+def _setup_of(res: Result, kind: str, entries_min: bool = True) -> str | None:
+    """The setup of ``kind`` with the fewest entries (b: ciliary, c: iptables 1 rule)."""
+    cands = [(s["entries"] or 0, name) for name, s in res["setups"].items() if s["kind"] == kind]
+    return min(cands)[1] if cands else None
+
+
+def _agent_cpu_table(res: Result) -> list[str]:
+    """Rows: ciliary setups; columns: metrics (keys of ``values`` are "<setup> | <metric>")."""
+    cells: dict[str, dict[str, float]] = {}
+    for key, value in res["values"].items():
+        setup, metric = key.split(" | ", 1)
+        cells.setdefault(setup, {})[metric] = value
+    metrics = list(dict.fromkeys(m for row in cells.values() for m in row))
+    short = {"tcp1": "TCP 1 stream", "tcp4": "TCP 4 streams", "rr": "latency", "crr": "conn rate"}
+    lines = [
+        f"{res['benchmark']}:",
+        "",
+        "| setup | " + " | ".join(short.get(m, m) for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for setup, row in cells.items():
+        lines.append(f"| {setup} | " + " | ".join(_num(row[m]) for m in metrics) + " |")
+    return lines
+
+
+def datapath_tables(all_results: list[Result]) -> list[str]:
+    results = [r for r in all_results if "setups" in r]
+    extra = [r for r in all_results if r.get("metric") == "agent-cpu" and r["values"]]
+    if not results:
+        return []
+    first = results[0]
+    a = first["baseline"]
+    b, c = _setup_of(first, "ciliary"), _setup_of(first, "iptables")
+    route = _setup_of(first, "route")
+    cols = [s for s in (a, b, c, route) if s]
+    lines = [
+        "## Datapath: pod → pod on one node",
+        "",
+        f"Medians of interleaved rounds after a warm-up; `b/a` and `c/a` are ratios against {a}"
+        " measured in the same rounds (throughput and connection rate: higher is better;"
+        " latency: lower is better).",
+        "",
+        "| metric | " + " | ".join(cols) + " | b/a | c/a |",
+        "|---|" + "---|" * (len(cols) + 2),
+    ]
+    for res in results:
+        v = res["values"]
+        row = [f"{_METRIC_TITLES.get(res['metric'], res['benchmark'])} ({res['unit']})"]
+        row += [_num(v[s]) for s in cols]
+        row += [f"**{v[b] / v[a]:.3f}**" if b else "-", f"{v[c] / v[a]:.3f}" if c else "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    b_entries = first["setups"][b]["entries"] if b else "?"
+    lines += [
+        "",
+        "- **a**: two namespaces joined by one veth pair, kernel only, no BPF: the physical limit.",
+        f"- **b**: two ciliary lab pods on one node; a CiliumNetworkPolicy allows the client on"
+        f" the server's ports, enforced by `bpf_lxc` (conntrack, ipcache, policy lookups, events,"
+        f" `bpf_redirect_peer`); the server's policy map holds {b_entries} entries (the client's"
+        " L3/L4 allow, the host's allow, the egress allow-all).",
+        "- **c**: pod → node namespace → pod routed by the kernel, the node filtering as"
+        " iptables-based CNIs do: FORWARD → a per-pod chain with conntrack"
+        " `RELATED,ESTABLISHED -j ACCEPT` first, N-1 non-matching allows, the client's allow,"
+        " DROP (N = 1 here).",
+        "- **route**: the same routed path without any filter.",
+        f"- Tools: iperf3 ({first.get('seconds', '?')} s runs); sockperf TCP ping-pong, 64 B,"
+        " full round trip, client and server pinned to one CPU; `bench/connrate.c` (C, compiled"
+        " at bench time): connect, 64 B request, 64 B response, close, one connection at a"
+        " time, pinned likewise.",
+        "",
+        *(line for res in extra for line in [*_agent_cpu_table(res), ""]),
+        *scale_table(results),
+    ]
+    return lines
+
+
+def scale_series(res: Result, kind: str) -> list[tuple[int, str]]:
+    return sorted(
+        (s["entries"] or 0, name) for name, s in res["setups"].items() if s["kind"] == kind
+    )
+
+
+def scale_table(results: list[Result]) -> list[str]:
+    first = results[0]
+    ours, theirs = scale_series(first, "ciliary"), scale_series(first, "iptables")
+    lines = [
+        "### Policy scale",
+        "",
+        "ciliary: entries in the server's policy map (the client's allow + synthetic identities,"
+        " each also in the node's ipcache); iptables: rules in the server's chain before and"
+        f" including the client's allow. Ratio against {first['baseline']}, median in"
+        " parentheses; a flat row is the goal.",
+        "",
+        "| metric | setup | " + " | ".join(f"~{_k(_round(n))}" for n, _ in ours) + " |",
+        "|---|---|" + "---|" * len(ours),
+    ]
+    for res in results:
+        v, a = res["values"], res["values"][res["baseline"]]
+        title = _METRIC_TITLES.get(res["metric"], res["metric"])
+        for label, series in (("ciliary", ours), ("iptables", theirs)):
+            by_n = {_round(n): name for n, name in series}
+            cells = []
+            for n, _ in ours:
+                name = by_n.get(_round(n))
+                cells.append(f"{v[name] / a:.3f} ({_num(v[name])})" if name else "-")
+            lines.append(f"| {title} ({res['unit']}) | {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    exact = ", ".join(f"{_k(n)}" for n, _ in ours)
+    lines.append(f"Exact ciliary policy map sizes: {exact} entries.")
+    return lines
+
+
+def _round(n: int) -> int:
+    """Scale points by order of magnitude: the allow policy's 1-3 entries count as 1."""
+    for point in (65_000, 10_000, 1_000):
+        if n >= point:
+            return point
+    return 1
+
+
+def plot_datapath(all_results: list[Result], out_dir: Path) -> list[Path]:
+    results = [r for r in all_results if "setups" in r]
+    cols = 3
+    rows = (len(results) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for n, res in enumerate(results):
+        ax = axes[n // cols][n % cols]
+        v, a = res["values"], res["values"][res["baseline"]]
+        for kind, style in (("ciliary", "o-"), ("iptables", "s--")):
+            series = scale_series(res, kind)
+            xs = [max(1, n) for n, _ in series]
+            ax.plot(xs, [v[name] / a for _, name in series], style, label=kind)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("policy map entries / iptables rules")
+        title = _METRIC_TITLES.get(res["metric"], res["metric"])
+        ax.set_title(f"{title} ({_direction(res)})", fontsize=9)
+        ax.set_ylabel(f"ratio vs {res['baseline']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for n in range(len(results), rows * cols):
+        axes[n // cols][n % cols].axis("off")
+    fig.suptitle("pod → pod on one node vs policy size (1.0 = bare veth pair)", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "policy_scale.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+# ---- control plane ----------------------------------------------------------------------------
+
+
+def plot_controlplane(results: list[Result], out_dir: Path) -> list[Path]:
+    curves = [r for r in results if r.get("baseline")]
+    if not curves:
+        return []
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.2), squeeze=False)
+    for ax, res in zip(axes[0], curves, strict=True):
+        xs = [int(name.split()[0]) for name in res["values"]]
+        ax.plot(xs, list(res["values"].values()), "o-")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("endpoints")
+        ax.set_ylabel(res["unit"])
+        ax.set_title(res.get("short") or res["benchmark"].split(",")[0], fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "controlplane.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+# ---- generic ----------------------------------------------------------------------------------
+
+
+def generic_tables(results: list[Result]) -> list[str]:
+    """One table for the group: the benchmark named on its first row, ratio against its
+    baseline ("-" where it has none)."""
+    lines = ["| benchmark | setup | median | ratio |", "|---|---|---|---|"]
+    for res in results:
+        base = res["values"].get(res["baseline"]) if res.get("baseline") else None
+        for n, (setup, value) in enumerate(res["values"].items()):
+            ratio = f"{value / base:.3f}" if base else "-"
+            title = res["benchmark"] if n == 0 else ""
+            lines.append(f"| {title} | {setup} | {_num(value)} {res['unit']} | {ratio} |")
+    return lines
+
+
+Renderer = Callable[[list[Result]], list[str]]
+Plotter = Callable[[list[Result], Path], list[Path]]
+TITLES = {
+    "controlplane": "Control plane: agent with 0 / 100 / 1000 endpoints",
+    "cni": "CNI ADD",
+    "policy": "Network policy engine and rule changes",
+    "hubble": "Hubble: flows per node, losses, observe",
+}
+ABOUT = {
+    "hubble": (
+        "The node's flow pipeline in-process (record decode → flow with endpoints, identities"
+        " and policy → observer ring + the lab's default Hubble metrics → one filter), then a"
+        " one-node lab with `monitorAggregation: none` fed UDP at fixed rates by sockperf until"
+        " a LostEvent appears (counted by a GetFlows follower that sees every loss), and"
+        " `ciliary observe -o json` timed as a user runs it, ring full."
+    ),
+    "controlplane": (
+        "One lab node with 20 policies; endpoints added through the agent's API (what"
+        " `ciliary-cni` calls) into scratch namespaces, labels `app: cp-(i mod 20)`. RSS and idle"
+        " CPU of the agent process (all threads); one policy change = re-import of one rule,"
+        " timed to the API's answer (every endpoint is regenerated before it answers)."
+    ),
+    "cni": (
+        "`ciliary-cni` executed as a runtime does, against Debian's reference `bridge` +"
+        " `host-local` chain in the same run."
+    ),
+    "policy": (
+        "The policy engine in-process on synthetic clusters, and one rule change through the"
+        " agent until the BPF map and then a real packet see it."
+    ),
+}
+RENDERERS: dict[str, Renderer] = {"datapath": datapath_tables}
+PLOTTERS: dict[str, Plotter] = {"datapath": plot_datapath, "controlplane": plot_controlplane}
+
+
+def to_markdown(results: dict[str, Any], order: list[str]) -> str:
+    m = results["machine"]
+    lines = [
+        "# ciliary benchmarks",
+        "",
+        f"- {machine_line(m)}",
+        f"- Reproduce: `{results.get('command', 'make bench')}` (as root; plots in"
+        " `bench/results/*.png`).",
+        "",
+    ]
+    if results.get("failed"):
+        lines += [
+            f"**Failed groups: {', '.join(results['failed'])}** (their tables, if any, are from"
+            " an earlier run).",
+            "",
+        ]
+    if results.get("quick"):
+        lines += ["**Quick run (reduced sizes): for development, not for publication.**", ""]
+    groups: dict[str, list[Result]] = {}
+    for res in results["benchmarks"]:
+        groups.setdefault(res.get("group", "other"), []).append(res)
+    for group in sorted(groups, key=lambda g: order.index(g) if g in order else len(order)):
+        render = RENDERERS.get(group)
+        if render is not None:
+            lines += render(groups[group])
+        else:
+            lines += [f"## {TITLES.get(group, group)}", ""]
+            if group in ABOUT:
+                lines += [ABOUT[group], ""]
+            lines += generic_tables(groups[group])
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    paths = []
+    groups: dict[str, list[Result]] = {}
+    for res in results["benchmarks"]:
+        groups.setdefault(res.get("group", "other"), []).append(res)
+    for group, plotter in PLOTTERS.items():
+        if groups.get(group):
+            paths += plotter(groups[group], out_dir)
+    return paths
+
+
+def main() -> int:
+    """``python -m bench.report``: re-render ``latest.md`` and the plots from ``latest.json``."""
+    from bench.run import GROUPS, RESULTS  # noqa: PLC0415 (run imports this module)
+
+    results = json.loads((RESULTS / "latest.json").read_text())
+    (RESULTS / "latest.md").write_text(to_markdown(results, [g.name for g in GROUPS]))
+    for path in plots(results, RESULTS):
+        print(f"plot: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
