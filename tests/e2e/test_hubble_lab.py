@@ -356,3 +356,18 @@ def test_node_going_away_is_reported_not_fatal(hlab: HubbleLab) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"node {hlab.b} not reconnected: {status}")
+
+
+def test_node_serves_hubble_on_4244_inside_its_netns(hlab: HubbleLab) -> None:
+    """As on a real node, :4244 is the node's own: reachable from its network namespace."""
+    netns = manager.record(hlab.name).nodes[0].netns
+    res = subprocess.run(
+        ["ip", "netns", "exec", netns, CILIARY, "hubble", "status", "--server", "127.0.0.1:4244"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Healthcheck (via 127.0.0.1:4244): Ok" in res.stdout
+    assert "Current/Max Flows" in res.stdout
