@@ -10,7 +10,7 @@ import contextlib
 import secrets
 import statistics
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -19,8 +19,29 @@ def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.Comp
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
 
 
+PREFIX = "cilb"
+"""Every lab and scratch netns of a bench run has a name containing this prefix + 4 hex digits."""
+
+
 def tag() -> str:
-    return "cilb" + secrets.token_hex(2)
+    return PREFIX + secrets.token_hex(2)
+
+
+def sweep_leftovers(log: Callable[[str], None]) -> None:
+    """What a killed run (SIGKILL: no finally blocks) left: bench labs (removed like `lab down`,
+    processes by the pids in their records) and scratch namespaces. Only names a bench run
+    makes are touched."""
+    from ciliary.lab import manager  # noqa: PLC0415  (needs root; only when a run starts)
+
+    for lab in manager.list_labs():
+        if PREFIX in lab:
+            log(f"removing lab {lab} left by an interrupted bench run")
+            manager.down(lab)
+    listing = sh("ip", "netns", "list", check=False).stdout.split()
+    for name in listing:
+        if name.startswith(PREFIX):
+            log(f"removing netns {name} left by an interrupted bench run")
+            sh("ip", "netns", "del", name, check=False)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cni_latency, controlplane, datapath, hubble_bench, policy_bench, readme, report
+from bench import (
+    cni_latency,
+    common,
+    controlplane,
+    datapath,
+    hubble_bench,
+    policy_bench,
+    readme,
+    report,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -118,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     # what it made (netns, labs, servers)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.monotonic()
+    common.sweep_leftovers(_log)
     benchmarks: list[dict[str, Any]] = []
     failed: list[str] = []
     for group in selected:
