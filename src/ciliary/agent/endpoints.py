@@ -181,15 +181,39 @@ class EndpointManager:
         """The endpoint's named ports, read from the store once (create/restore), kept here."""
         return self._ports.get(ep.id, {})
 
-    def _realize_policy(self, ep: Endpoint, changed: frozenset[Any]) -> None:
-        """This endpoint's map, then every peer whose selections the new identity changed."""
+    def _remote_ports_changed(self, *pending: Endpoint) -> frozenset[str]:
+        """Hand every local pod's named ports (with its identity) to the policy manager, the
+        ``pending`` endpoints (not recorded with their identity yet) included; returns the port
+        names whose resolution changed (egress named ports)."""
+        if self._policy is None:
+            return frozenset()
+        eps = {e.id: e for e in self._eps.values()} | {e.id: e for e in pending}
+        return self._policy.set_remote_named_ports(
+            (eps[i].identity, ports)
+            for i, ports in self._ports.items()
+            if i in eps and eps[i].identity != 0
+        )
+
+    def _realize_peers(self, changed: frozenset[Any], names: frozenset[str], skip: int) -> None:
+        """Every other endpoint whose selections changed, or whose egress named ports moved."""
         if self._policy is None:
             return
-        self._policy.realize(ep, self._named_ports(ep))
-        for other in self._policy.affected(changed):
+        others = dict.fromkeys(
+            [*self._policy.affected(changed), *self._policy.affected_by_ports(names)]
+        )
+        for other in others:
             peer = self._eps.get(other)
-            if peer is not None and other != ep.id:
+            if peer is not None and other != skip:
                 self._policy.realize(peer, self._named_ports(peer))
+
+    def _realize_policy(self, ep: Endpoint, changed: frozenset[Any]) -> None:
+        """This endpoint's map, then every peer whose selections the new identity changed (or
+        whose egress named ports the new pod's ports resolve)."""
+        if self._policy is None:
+            return
+        names = self._remote_ports_changed(ep)
+        self._policy.realize(ep, self._named_ports(ep))
+        self._realize_peers(changed, names, ep.id)
 
     async def regenerate_all(self, reason: str) -> int:
         """Recompute and write every endpoint's policy (policy repository changed)."""
@@ -332,6 +356,8 @@ class EndpointManager:
             self._ports.pop(ep.id, None)
             if self._policy is not None:
                 self._policy.forget(ep.id)
+                # peers allowed towards its named ports lose them
+                self._realize_peers(frozenset(), self._remote_ports_changed(), ep.id)
         except Exception as err:  # a map error must not keep the rest alive
             log.warning("endpoint %d: map cleanup failed: %s", ep.id, err)
         try:

@@ -8,7 +8,15 @@ Where things come from:
     revision change and reload;
   * identities: the endpoint identity allocator (pods) plus node-local CIDR identities
     (``1<<24 | n``) for every prefix a CIDR rule names, which are also written to the ipcache so
-    the datapath resolves those addresses to them.
+    the datapath resolves those addresses to them;
+  * named ports of other identities (egress rules naming the destination's port): the endpoint
+    manager hands over every local pod's declared container ports with its identity
+    (:meth:`PolicyManager.set_remote_named_ports`); the endpoints whose egress rules use a name
+    whose resolution changed are regenerated (:meth:`PolicyManager.affected_by_ports`).
+Selectors: every repository change (import, delete, reload from the store) ends with
+:meth:`PolicyManager.retain_selectors`: each realized endpoint's policy is computed anew (the
+regeneration that follows finds it memoized) and the selector cache drops every selector none of
+them uses any more (those of deleted or replaced rules).
 Ordering contract: an endpoint's map is complete before the endpoint is marked ready; when a new
 identity appears, endpoints whose peer selectors now select it are regenerated before the new
 endpoint is reported ready, so its first packet meets up-to-date peers. Map updates go through
@@ -19,7 +27,7 @@ that must be denied passes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
@@ -40,7 +48,7 @@ from ciliary.policy.api.documents import load_yaml
 from ciliary.policy.identity import Identity, cidr_identity
 from ciliary.policy.mapstate import MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
-from ciliary.policy.resolve import EndpointPolicy, Mode, compute
+from ciliary.policy.resolve import EndpointPolicy, Mode, NamedPorts, compute, merge_named_ports
 from ciliary.policy.selectorcache import SelectorCache, cidr_blocks
 
 log = logging.getLogger(__name__)
@@ -89,7 +97,9 @@ class PolicyManager:
         self._by_cookie: dict[int, frozenset[RuleRef]] = {}
         self._cidr_ids: dict[Network, Identity] = {}
         self._realized: dict[int, EndpointPolicy] = {}
+        self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
         self._store_revision: int | None = None
+        self._remote_ports: Mapping[int, NamedPorts] = {}
         for number, labels in all_identities():
             self.cache.upsert_identity(Identity.of(number, labels))
 
@@ -99,6 +109,25 @@ class PolicyManager:
         """Make the selector cache know an identity; returns the selectors whose selection
         changed (the caller regenerates the endpoints that depend on them)."""
         return self.cache.upsert_identity(Identity.of(number, labels))
+
+    def set_remote_named_ports(
+        self, declarations: Iterable[tuple[int, Mapping[str, tuple[int, str]]]]
+    ) -> frozenset[str]:
+        """The named ports egress rules resolve against: (identity, one pod's named ports) for
+        every pod this node knows. Returns the names whose resolution changed for some identity
+        (the caller regenerates :meth:`affected_by_ports` of them)."""
+        new = merge_named_ports(declarations)
+        old = self._remote_ports
+        changed: set[str] = set()
+        for identity in set(old) | set(new):
+            before = old.get(identity, {})
+            after = new.get(identity, {})
+            changed.update(n for n in set(before) | set(after) if before.get(n) != after.get(n))
+        self._remote_ports = new
+        return frozenset(changed)
+
+    def remote_named_ports(self) -> Mapping[int, NamedPorts]:
+        return self._remote_ports
 
     def identities(self, endpoints: list[Endpoint]) -> list[IdentityInfo]:
         users: dict[int, list[int]] = {}
@@ -134,6 +163,7 @@ class PolicyManager:
             self.repo.replace(policies)
         self._store_revision = revision
         self._sync_cidr_identities()
+        self.retain_selectors()
         return True
 
     def import_text(self, text: str, filename: str) -> list[str]:
@@ -153,6 +183,7 @@ class PolicyManager:
         )
         self.repo.replace(policies)
         self._sync_cidr_identities()
+        self.retain_selectors()
         return [p.key for p in policies]
 
     def delete(self, keys: list[str] | None) -> list[str]:
@@ -164,6 +195,7 @@ class PolicyManager:
             self._store_revision = policystore.withdraw(self._store, targets)
             self.repo.delete(targets)
             self._sync_cidr_identities()
+            self.retain_selectors()
         return targets
 
     def summaries(self) -> list[PolicySummary]:
@@ -231,7 +263,8 @@ class PolicyManager:
         # its pods (kubelet probes); deny rules still win over it.
         return compute(
             self.repo, self.cache, Identity.of(ep.identity, labels),
-            named_ports=named_ports or {}, mode=self._mode, allow_localhost=True,
+            named_ports=named_ports or {}, remote_named_ports=self._remote_ports,
+            mode=self._mode, allow_localhost=True,
         )  # fmt: skip
 
     def realize(
@@ -250,15 +283,38 @@ class PolicyManager:
         else:
             self._dp.policy.remove(ep.id)
         self._realized[ep.id] = pol
+        self._inputs[ep.id] = (ep, named_ports)
         return pol
 
     def forget(self, ep_id: int) -> None:
         self._dp.policy.remove(ep_id)
         self._realized.pop(ep_id, None)
+        self._inputs.pop(ep_id, None)
 
     def affected(self, changed: frozenset[Any]) -> list[int]:
         """Endpoints whose realized policy depends on one of the changed selectors."""
         return [ep for ep, pol in self._realized.items() if pol.selectors & changed]
+
+    def affected_by_ports(self, names: Iterable[str]) -> list[int]:
+        """Endpoints whose realized policy has egress rules on one of these port names."""
+        wanted = frozenset(names)
+        if not wanted:
+            return []
+        return [ep for ep, pol in self._realized.items() if pol.egress_port_names & wanted]
+
+    def retain_selectors(self) -> int:
+        """Let the selector cache forget every selector the endpoints' policies under the
+        current repository do not depend on. Returns how many were dropped; a later computation
+        that needs one again re-adds it. (Until the endpoints are regenerated, a realized policy
+        may still name a dropped selector: it belongs to a rule that is gone, so the identity
+        changes it would miss no longer matter.)"""
+        used: set[Any] = set()
+        for ep, named_ports in self._inputs.values():
+            used |= self.compute(ep, named_ports).selectors
+        dropped = self.cache.retain(used)
+        if dropped:
+            log.debug("selector cache: dropped %d unused selectors", dropped)
+        return dropped
 
     def realized(self, ep_id: int) -> EndpointPolicy | None:
         return self._realized.get(ep_id)

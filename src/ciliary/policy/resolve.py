@@ -45,8 +45,15 @@ Ports (``l4.go``; ``Documentation/security/policy/language.rst``, "Layer 4 Examp
     ``named_ports`` (a name it does not have, or has for another protocol, gives no entry, as
     Cilium's ``GetNamedPort``); egress ones name the *destination's* port, so they resolve per
     selected identity through ``remote_named_ports`` (a wildcard peer: every identity that has the
-    name); without ``remote_named_ports`` they give no entry and are reported. ICMP fields: protocol
-    1 (IPv4) or 58 (IPv6) with the type in the port field (``bpf/lib/policy.h``).
+    name); without ``remote_named_ports`` they give no entry and are reported. As Cilium's
+    ``NamedPortMultiMap.GetNamedPorts`` (``pkg/policy/types``), each selected identity gets the
+    port its pods declare under the name (a name may stand for different numbers in different
+    identities: one entry each); a name unknown for an identity (not scheduled yet) gives none.
+    :func:`merge_named_ports` builds ``remote_named_ports`` from pods' declarations (pods of one
+    identity declaring different numbers for one name give no entry, as upstream's duplicates).
+    :attr:`EndpointPolicy.egress_port_names` says which names an endpoint's entries depend on.
+    ICMP fields: protocol 1 (IPv4) or 58 (IPv6) with the type in the port field
+    (``bpf/lib/policy.h``).
 
 Not implemented yet (reported in :attr:`EndpointPolicy.unsupported`, so the agent can warn)
     ``toFQDNs``, ``toServices``, ``from/toNodes``, ``from/toGroups`` and CIDR group references
@@ -93,7 +100,7 @@ from ciliary.policy.selectorcache import (
     is_wildcard,
 )
 
-__all__ = ["EndpointPolicy", "Mode", "NamedPorts", "compute"]
+__all__ = ["EndpointPolicy", "Mode", "NamedPorts", "compute", "merge_named_ports"]
 
 Mode: TypeAlias = Literal["default", "always", "never"]
 NamedPorts: TypeAlias = Mapping[str, tuple[int, str]]
@@ -114,7 +121,8 @@ class EndpointPolicy:
     ``entries`` is read-only and shared between callers (results are cached). ``selectors`` are the
     peer selectors the entries depend on: when the selector cache reports one of them changed, the
     endpoint needs recomputing. ``policies`` are the keys of the policies with a rule selecting the
-    endpoint.
+    endpoint. ``egress_port_names`` are the egress named ports its rules use: when the named ports
+    of other identities change for one of them, the endpoint needs recomputing.
     """
 
     revision: int
@@ -125,6 +133,7 @@ class EndpointPolicy:
     selectors: frozenset[PeerSelector] = frozenset()
     policies: tuple[str, ...] = ()
     selector_cache_version: int = 0
+    egress_port_names: frozenset[str] = frozenset()
     _index: LPMIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def enforced(self, direction: Direction) -> bool:
@@ -191,6 +200,7 @@ class _Resolver:
     remote_named_ports: Mapping[int, NamedPorts] | None
     builder: MapStateBuilder = field(default_factory=MapStateBuilder)
     selectors: set[PeerSelector] = field(default_factory=set)
+    egress_port_names: set[str] = field(default_factory=set)
     notes: dict[str, None] = field(default_factory=dict)
 
     def note(self, where: str, what: str) -> None:
@@ -310,6 +320,7 @@ class _Resolver:
         if not egress:
             found = _resolve(self.named_ports, item)
             return [] if found is None else [(target, *found)]
+        self.egress_port_names.add(item.name)
         if self.remote_named_ports is None:
             self.note(
                 where,
@@ -339,6 +350,31 @@ def _resolve(ports: NamedPorts, item: _NamedPort) -> tuple[int, int] | None:
     if protocol is None or protocol not in item.protocols or not 0 < port <= 0xFFFF:
         return None
     return protocol, port
+
+
+def merge_named_ports(
+    declarations: Iterable[tuple[int, NamedPorts]],
+) -> dict[int, NamedPorts]:
+    """Named ports by identity, from (identity, one pod's named ports) pairs: what
+    :func:`compute` takes as ``remote_named_ports``. Pods of one identity declaring one name
+    alike count once; declaring it differently (another number or protocol) drops the name for
+    that identity (Cilium's ``ErrDuplicateNamedPorts``: no entry rather than a guess)."""
+    merged: dict[int, dict[str, tuple[int, str]]] = {}
+    conflicts: set[tuple[int, str]] = set()
+    for identity, ports in declarations:
+        mine = merged.setdefault(identity, {})
+        for name, (port, protocol) in ports.items():
+            key = name.lower()
+            value = (port, (protocol or "TCP").upper())
+            if (identity, key) in conflicts:
+                continue
+            found = mine.get(key)
+            if found is None:
+                mine[key] = value
+            elif found != value:
+                conflicts.add((identity, key))
+                del mine[key]
+    return {identity: MappingProxyType(ports) for identity, ports in merged.items() if ports}
 
 
 def _freeze_remote(
@@ -395,7 +431,12 @@ def compute(
         _freeze_remote(remote_named_ports),
     )
     found = memo.results.get(memo_key)
-    if found is None:
+    if found is not None:
+        # the selector cache may have dropped selectors since (retain): keep the ones this
+        # policy depends on tracked, so identity changes keep reporting them
+        for selector in found.selectors:
+            cache.selections(selector)
+    else:
         found = _compute(
             repo,
             cache,
@@ -463,6 +504,7 @@ def _compute(
         selectors=frozenset(resolver.selectors),
         policies=tuple(dict.fromkeys(s.policy.key for s in selected)),
         selector_cache_version=cache.version,
+        egress_port_names=frozenset(resolver.egress_port_names),
     )
 
 

@@ -1,0 +1,151 @@
+"""The agent's policy manager without a kernel: egress named ports fed from the pods it knows,
+the endpoints to regenerate when they change, and the selector cache shrinking after a delete."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Any
+
+from ciliary.agent.policymanager import PolicyManager
+from ciliary.core.models import Endpoint, EndpointState
+from ciliary.kvstore import FileStore
+
+NS = "k8s:io.kubernetes.pod.namespace=default"
+LABELS = {
+    256: ("k8s:app=client", NS),
+    257: ("k8s:app=server", "k8s:instance=a", NS),
+    258: ("k8s:app=server", "k8s:instance=b", NS),
+    259: ("k8s:app=db", NS),
+}
+
+POLICIES = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: web}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: db}}]
+"""
+
+
+class _Map:
+    def apply(self, desired: Any) -> tuple[int, int]:
+        return (len(desired), 0)
+
+
+class _Policy:
+    def __init__(self) -> None:
+        self.maps: dict[int, _Map] = {}
+
+    def ensure(self, ep_id: int, desired: Any) -> _Map:
+        return self.maps.setdefault(ep_id, _Map())
+
+    def remove(self, ep_id: int) -> None:
+        self.maps.pop(ep_id, None)
+
+    def get(self, ep_id: int) -> None:
+        return None
+
+
+class _IPCache:
+    def upsert(self, prefix: IPv4Network | IPv6Network, identity: int) -> None:
+        pass
+
+    def delete(self, prefix: IPv4Network | IPv6Network) -> bool:
+        return True
+
+
+class _Datapath:
+    def __init__(self) -> None:
+        self.policy = _Policy()
+        self.ipcache = _IPCache()
+
+
+def endpoint(ep_id: int, identity: int) -> Endpoint:
+    return Endpoint(
+        id=ep_id, container_id=f"c{ep_id}", pod_name=f"p{ep_id}", namespace="default",
+        labels={}, identity=identity, state=EndpointState.READY, ipv4=None, ipv6=None,
+        ifname="eth0", netns="/nonexistent", lxc=f"lxc{ep_id}", lxc_ifindex=0, mac="",
+        node_mac="", created_at=0.0,
+    )  # fmt: skip
+
+
+def manager(tmp_path: Path) -> PolicyManager:
+    pm = PolicyManager(
+        datapath=_Datapath(),  # type: ignore[arg-type]
+        store=FileStore(tmp_path / "store"),
+        identity_labels=LABELS.get,
+        all_identities=lambda: list(LABELS.items()),
+    )
+    pm.import_text(POLICIES, "p.yaml")
+    return pm
+
+
+def egress_ports(pm: PolicyManager, ep: Endpoint) -> set[tuple[int, int]]:
+    pol = pm.realize(ep)
+    return {(k.identity, k.port) for k in pol.entries if k.egress and k.port_prefix == 16}
+
+
+def test_egress_named_ports_follow_the_pods(tmp_path: Path) -> None:
+    pm = manager(tmp_path)
+    client = endpoint(1, 256)
+    assert egress_ports(pm, client) == set()
+    assert pm.realized(1) is not None and not pm.realized(1).unsupported  # type: ignore[union-attr]
+    # server a appears: the client uses "web", so it is the one to regenerate
+    changed = pm.set_remote_named_ports([(257, {"web": (8080, "TCP")})])
+    assert changed == {"web"}
+    assert pm.affected_by_ports(changed) == [1]
+    assert egress_ports(pm, client) == {(257, 8080)}
+    # server b with another number: one entry per identity
+    changed = pm.set_remote_named_ports(
+        [
+            (257, {"web": (8080, "TCP")}),
+            (258, {"web": (9090, "TCP")}),
+            (259, {"sql": (5432, "TCP")}),
+        ]
+    )
+    assert changed == {"web", "sql"}
+    assert pm.affected_by_ports({"sql"}) == []
+    assert egress_ports(pm, client) == {(257, 8080), (258, 9090)}
+    # nothing changed: nothing to regenerate; server a gone: its entry goes
+    assert (
+        pm.set_remote_named_ports(
+            [
+                (257, {"web": (8080, "TCP")}),
+                (258, {"web": (9090, "TCP")}),
+                (259, {"sql": (5432, "TCP")}),
+            ]
+        )
+        == frozenset()
+    )
+    assert pm.set_remote_named_ports([(258, {"web": (9090, "TCP")})]) == {"web", "sql"}
+    assert egress_ports(pm, client) == {(258, 9090)}
+
+
+def test_deleting_a_policy_shrinks_the_selector_cache(tmp_path: Path) -> None:
+    pm = manager(tmp_path)
+    client = endpoint(1, 256)
+    pm.realize(client)
+    before = pm.cache.selectors()
+    assert len(before) == 2
+    assert pm.retain_selectors() == 0  # both still used
+    assert pm.cache.selectors() == before
+    pm.delete(["CiliumNetworkPolicy/default/db"])  # retains what the endpoints still use
+    after = pm.cache.selectors()
+    assert pm.retain_selectors() == 0
+    pm.realize(client)  # the regeneration the agent does after every repository change
+    assert pm.cache.selectors() == after
+    assert len(after) == 1 and after < before
+    # the remaining selector still reports new identities
+    assert pm.identity_added(300, ("k8s:app=server", "k8s:instance=c", NS)) == after
