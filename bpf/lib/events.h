@@ -104,50 +104,51 @@ static __always_inline int drop_packet(struct __sk_buff *skb, const struct pkt *
 	emit_event(skb, p, &m);
 	return TC_ACT_SHOT;
 }
-/* A policy drop: reason 133 (no rule allows) or 181 (a deny rule), with the deciding cookie. */
-static __always_inline int drop_policy(struct __sk_buff *skb, const struct pkt *p, int reason,
-				       __u16 ep_id, __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
-				       __u8 obs, __u32 cookie, __u8 match, __u8 direction)
+/* An event decided by policy (a policy drop or a policy verdict): CT_NEW, with the deciding
+ * cookie, match type and direction. */
+static __always_inline void emit_policy_event(struct __sk_buff *skb, const struct pkt *p,
+					      __u8 type, int reason, __u8 obs, __u16 ep_id,
+					      __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
+					      __u32 cookie, __u8 match, __u8 direction)
 {
 	struct event_meta m = {};
-	m.dst_ep_id = dst_ep_id;
-	m.type = EVENT_DROP;
-	m.verdict = VERDICT_DROPPED;
+	m.type = type;
+	m.verdict = reason ? VERDICT_DROPPED : VERDICT_FORWARDED;
 	m.drop_reason = (__u8)reason;
+	m.obs_point = obs;
 	m.ep_id = ep_id;
+	m.dst_ep_id = dst_ep_id;
 	m.src_sec_id = src_id;
 	m.dst_sec_id = dst_id;
-	m.obs_point = obs;
 	m.ct_state = CT_NEW;
 	m.policy_cookie = cookie;
 	m.policy_match = match;
 	m.traffic_direction = direction;
 	emit_event(skb, p, &m);
+}
+
+/* A policy drop: reason 133 (no rule allows) or 181 (a deny rule), with the deciding cookie. */
+static __always_inline int drop_policy(struct __sk_buff *skb, const struct pkt *p, int reason,
+				       __u16 ep_id, __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
+				       __u8 obs, __u32 cookie, __u8 match, __u8 direction)
+{
+	emit_policy_event(skb, p, EVENT_DROP, reason, obs, ep_id, dst_ep_id, src_id, dst_id, cookie,
+			  match, direction);
 	return TC_ACT_SHOT;
 }
 
 /* A policy verdict notification, as Cilium's send_policy_verdict_notify: one per new connection
  * (or denied packet) whose endpoint enforces policy in that direction, whatever the monitor
  * aggregation, so Hubble can say which rule allowed or denied a connection. A denial is followed
- * by its drop event; an allowed connection by its trace. */
+ * by its drop event; an allowed connection by its trace. No observation point (upstream's
+ * policy-verdict flows have none). */
 static __always_inline void policy_verdict_notify(struct __sk_buff *skb, const struct pkt *p,
 						  __u16 ep_id, __u16 dst_ep_id, __u32 src_id,
 						  __u32 dst_id, __u32 cookie, __u8 match,
 						  __u8 direction, int ret)
 {
-	struct event_meta m = {};
-	m.type = EVENT_POLICY_VERDICT;
-	m.verdict = ret < 0 ? VERDICT_DROPPED : VERDICT_FORWARDED;
-	m.drop_reason = ret < 0 ? (__u8)(-ret) : 0;
-	m.ep_id = ep_id;
-	m.dst_ep_id = dst_ep_id;
-	m.src_sec_id = src_id;
-	m.dst_sec_id = dst_id;
-	m.ct_state = CT_NEW;
-	m.policy_cookie = cookie;
-	m.policy_match = match;
-	m.traffic_direction = direction;
-	emit_event(skb, p, &m);
+	emit_policy_event(skb, p, EVENT_POLICY_VERDICT, ret < 0 ? -ret : 0, 0, ep_id, dst_ep_id,
+			  src_id, dst_id, cookie, match, direction);
 }
 
 /* The ring buffer map cannot name its record type, so this never-called global function puts
