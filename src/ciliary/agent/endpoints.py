@@ -82,7 +82,8 @@ class EndpointManager:
         self._ipam = ipam
         self._ids = identities
         self._pods = pods
-        self._ports: dict[int, dict[str, tuple[int, str]]] = {}
+        self._pod_meta: dict[int, PodMeta] = {}
+        """Each endpoint's pod metadata, read from the store once (create/restore)."""
         self._policy = policy
         self._mtu = mtu
         self._on_change = on_change
@@ -178,8 +179,13 @@ class EndpointManager:
         return self._pods(namespace, pod_name) if pod_name else None
 
     def _named_ports(self, ep: Endpoint) -> dict[str, tuple[int, str]]:
-        """The endpoint's named ports, read from the store once (create/restore), kept here."""
-        return self._ports.get(ep.id, {})
+        meta = self._pod_meta.get(ep.id)
+        return meta.named_ports if meta is not None else {}
+
+    def workloads(self, ep_id: int) -> tuple[tuple[str, str], ...]:
+        """The (name, kind) controllers of the endpoint's pod, as read at create/restore."""
+        meta = self._pod_meta.get(ep_id)
+        return meta.workloads if meta is not None else ()
 
     def _remote_ports_changed(self, *pending: Endpoint) -> frozenset[str]:
         """Hand every local pod's named ports (with its identity) to the policy manager, the
@@ -189,8 +195,8 @@ class EndpointManager:
             return frozenset()
         eps = {e.id: e for e in self._eps.values()} | {e.id: e for e in pending}
         return self._policy.set_remote_named_ports(
-            (eps[i].identity, ports)
-            for i, ports in self._ports.items()
+            (eps[i].identity, meta.named_ports)
+            for i, meta in self._pod_meta.items()
             if i in eps and eps[i].identity != 0
         )
 
@@ -211,7 +217,8 @@ class EndpointManager:
         whose egress named ports the new pod's ports resolve)."""
         if self._policy is None:
             return
-        names = self._remote_ports_changed(ep)
+        # a pod declaring no named port cannot change how any name resolves
+        names = self._remote_ports_changed(ep) if self._named_ports(ep) else frozenset()
         self._policy.realize(ep, self._named_ports(ep))
         self._realize_peers(changed, names, ep.id)
 
@@ -290,7 +297,7 @@ class EndpointManager:
                 ipv6_gateway=str(router_v6) if v6 and router_v6 else None,
             )
             sec_labels = self._identity_labels(ep, meta)
-            self._ports[ep.id] = dict(meta.named_ports) if meta is not None else {}
+            self._pod_meta[ep.id] = meta or PodMeta()
             identity = self._ids.allocate(sec_labels)
             changed: frozenset[Any] = frozenset()
             if self._policy is not None:
@@ -353,11 +360,12 @@ class EndpointManager:
         """Best-effort removal of everything an endpoint may own; never raises for absent parts."""
         try:
             self._unprogram(ep)
-            self._ports.pop(ep.id, None)
+            meta = self._pod_meta.pop(ep.id, None)
             if self._policy is not None:
                 self._policy.forget(ep.id)
-                # peers allowed towards its named ports lose them
-                self._realize_peers(frozenset(), self._remote_ports_changed(), ep.id)
+                if meta is not None and meta.named_ports:
+                    # peers allowed towards its named ports lose them
+                    self._realize_peers(frozenset(), self._remote_ports_changed(), ep.id)
         except Exception as err:  # a map error must not keep the rest alive
             log.warning("endpoint %d: map cleanup failed: %s", ep.id, err)
         try:
@@ -472,7 +480,7 @@ class EndpointManager:
             return False
         restoring = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
         meta = self._meta(ep.namespace, ep.pod_name)
-        self._ports[ep.id] = dict(meta.named_ports) if meta is not None else {}
+        self._pod_meta[ep.id] = meta or PodMeta()
         labels = self._identity_labels(ep, meta)
         identity = self._ids.allocate(labels)
         programmed = restoring.model_copy(update={"identity": identity})

@@ -28,14 +28,14 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue
 
+from ciliary.agent.podstore import workload_of
 from ciliary.core.flow import CTState, EventType, ObservationPoint, Verdict
 from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
@@ -140,27 +140,6 @@ def filter_labels(labels: Iterable[str], identity: int) -> list[str]:
         out = rest + ([best[1]] if best is not None else [])
     out.sort()
     return out
-
-
-def workload_of(pod: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
-    """The (name, kind) workload of a pod object from its controller owner reference, as
-    upstream's ``GetWorkloadMetaFromPod``: a ReplicaSet ``<deployment>-<hash>`` with the pod's
-    ``pod-template-hash`` is its Deployment, a Job ``<cronjob>-<digits>`` its CronJob."""
-    meta = (pod or {}).get("metadata") or {}
-    owners = meta.get("ownerReferences") or []
-    controller = next((o for o in owners if isinstance(o, dict) and o.get("controller")), None)
-    if controller is None:
-        return ()
-    kind, name = str(controller.get("kind", "")), str(controller.get("name", ""))
-    if kind == "ReplicaSet":
-        template_hash = (meta.get("labels") or {}).get("pod-template-hash")
-        if template_hash and name.endswith("-" + str(template_hash)):
-            return ((name[: -len(str(template_hash)) - 1], "Deployment"),)
-    if kind == "Job":
-        head, _, tail = name.rpartition("-")
-        if head and tail.isdigit():
-            return ((head, "CronJob"),)
-    return ((name, kind),) if name and kind else ()
 
 
 def policy_labels(kind: str, namespace: str | None, name: str) -> list[str]:

@@ -27,8 +27,9 @@ Loss notices ride in the queue with the events (and never count against its size
 consumer sees them in the order things happened.
 
 Agent events (``GetAgentEvents``) come from the endpoint manager's state changes (passed in by
-the daemon: :meth:`AgentHubble.endpoint_changed`) and from comparing the policy repository with
-what it held a second before (POLICY_UPDATED / POLICY_DELETED, with the policy's labels).
+the daemon: :meth:`AgentHubble.endpoint_changed`) and from the policy manager's change
+listener, which compares the repository with what it held before (POLICY_UPDATED /
+POLICY_DELETED, with the policy's labels).
 The agent's own metrics (``--prometheus-serve-addr``) are served from here too, with Hubble's
 (``--hubble-metrics-server``, only when ``--hubble-metrics`` enables some, as upstream).
 The server registers this node in the cluster store (kind ``hubblepeers``) so that every node's
@@ -41,7 +42,6 @@ import asyncio
 import collections
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,7 +59,6 @@ from ciliary.agent.flows import (
     FlowDecoder,
     FlowGetters,
     policy_labels,
-    workload_of,
 )
 from ciliary.agent.metrics import AgentMetrics, count_identities
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
@@ -71,7 +70,6 @@ from ciliary.hubble.metrics import FlowMetrics, MetricsServer
 from ciliary.hubble.observer import LocalObserver
 from ciliary.hubble.peer import PeerInfo
 from ciliary.hubble.server import HubbleServer, TLSConfig
-from ciliary.kvstore import StoreError
 from ciliary.kvstore import atomic as store_files
 from ciliary.policy.api import Policy
 
@@ -223,7 +221,6 @@ class AgentHubble:
         )
         self.queue = EventsQueue(cfg.event_queue_size)
         self._eps_by_ip: dict[IPAddress, EndpointInfo] = {}
-        self._ifnames: dict[int, str] = {}
         self._policies: dict[str, Policy] = {}
         self.decoder = FlowDecoder(acfg.node, self._getters())
         self.decode_errors = 0
@@ -264,27 +261,8 @@ class AgentHubble:
             identity_labels=identity_labels,
             rules_of_cookie=rules_of_cookie,
             policy_revision=policy_revision,
-            ifname=self._ifname,
+            ifname=self._agent.monitor.ifname,
         )
-
-    def _ifname(self, ifindex: int) -> str:
-        name = self._ifnames.get(ifindex)
-        if name is None:
-            try:
-                name = socket.if_indextoname(ifindex)
-            except OSError:
-                name = ""
-            self._ifnames[ifindex] = name
-        return name
-
-    def _pod_doc(self, ep: Endpoint) -> dict[str, object] | None:
-        store = self._agent.store
-        if store is None or not ep.pod_name:
-            return None
-        try:
-            return store.get("pods", f"{ep.namespace}/{ep.pod_name}")
-        except StoreError:
-            return None
 
     def _index_endpoint(self, ep: Endpoint) -> None:
         addrs = [ip_address(a) for a in (ep.ipv4, ep.ipv6) if a]
@@ -297,7 +275,7 @@ class AgentHubble:
             identity=ep.identity,
             namespace=ep.namespace,
             pod_name=ep.pod_name,
-            workloads=workload_of(self._pod_doc(ep)),
+            workloads=self._agent.endpoints.workloads(ep.id),
         )
         for addr in addrs:
             self._eps_by_ip[addr] = info
@@ -307,7 +285,7 @@ class AgentHubble:
     def endpoint_changed(self, ep: Endpoint) -> None:
         """The endpoint manager's ``on_change``: keeps the address index and reports endpoint
         events (created, regenerated, deleted, failed) as upstream's agent does."""
-        self._ifnames.clear()  # device indexes are reused once a pod is gone
+        self._agent.monitor.forget_ifnames()  # device indexes are reused once a pod is gone
         self._index_endpoint(ep)
         previous = ep.log[-2].state if len(ep.log) >= 2 else None
         last = ep.log[-1] if ep.log else None
@@ -346,7 +324,8 @@ class AgentHubble:
             self.exporter.on_agent_event(ev)
 
     def _check_policies(self) -> None:
-        """POLICY_UPDATED / POLICY_DELETED for what changed in the repository since last time."""
+        """POLICY_UPDATED / POLICY_DELETED for what changed in the repository since last time
+        (the policy manager calls it after each change)."""
         repo = self._agent.policy.repo
         current = {p.key: p for p in repo.policies()}
         for key, pol in sorted(current.items()):
@@ -415,7 +394,6 @@ class AgentHubble:
             await asyncio.sleep(self.cfg.lost_poll_interval_s)
             try:
                 self.poll_lost()
-                self._check_policies()
             except Exception:
                 log.exception("hubble periodic check failed")
 
@@ -514,6 +492,7 @@ class AgentHubble:
         for ep in agent.endpoints.endpoints():
             self._index_endpoint(ep)
         self._policies = {p.key: p for p in agent.policy.repo.policies()}
+        agent.policy.add_listener(self._check_policies)
         if cfg.export_file_path:
             self.exporter = FlowExporter(
                 cfg.export_file_path,

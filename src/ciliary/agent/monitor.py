@@ -183,7 +183,12 @@ class Monitor:
         if full:
             raise _SinkFullError  # stops this drain (the record is consumed)
 
-    def _ifname(self, ifindex: int) -> str:
+    def forget_ifnames(self) -> None:
+        """Device indexes are reused once a pod is gone: called on every endpoint change."""
+        self._ifnames.clear()
+
+    def ifname(self, ifindex: int) -> str:
+        """The device name of ``ifindex`` (cached; Hubble's flows use the same cache)."""
         name = self._ifnames.get(ifindex)
         if name is None:
             try:
@@ -231,7 +236,7 @@ class Monitor:
             endpoint_id=raw.ep_id,
             dst_endpoint_id=raw.dst_ep_id,
             ifindex=raw.ifindex,
-            ifname=self._ifname(raw.ifindex),
+            ifname=self.ifname(raw.ifindex),
             length=raw.pkt_len,
             src_mac=raw.smac,
             dst_mac=raw.dmac,

@@ -8,7 +8,9 @@ request carries.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ciliary.kvstore import FileStore, StoreError
 
@@ -19,12 +21,35 @@ class PodMeta:
     annotations: dict[str, str] = field(default_factory=dict)
     namespace_labels: dict[str, str] = field(default_factory=dict)
     named_ports: dict[str, tuple[int, str]] = field(default_factory=dict)
+    workloads: tuple[tuple[str, str], ...] = ()
+    """(name, kind) of the pod's controller (Hubble's ``Endpoint.workloads``)."""
 
 
 def _str_map(obj: object) -> dict[str, str]:
     if not isinstance(obj, dict):
         return {}
     return {str(k): str(v) for k, v in obj.items()}
+
+
+def workload_of(pod: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """The (name, kind) workload of a pod object from its controller owner reference, as
+    upstream's ``GetWorkloadMetaFromPod``: a ReplicaSet ``<deployment>-<hash>`` with the pod's
+    ``pod-template-hash`` is its Deployment, a Job ``<cronjob>-<digits>`` its CronJob."""
+    meta = (pod or {}).get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    controller = next((o for o in owners if isinstance(o, dict) and o.get("controller")), None)
+    if controller is None:
+        return ()
+    kind, name = str(controller.get("kind", "")), str(controller.get("name", ""))
+    if kind == "ReplicaSet":
+        template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+        if template_hash and name.endswith("-" + str(template_hash)):
+            return ((name[: -len(str(template_hash)) - 1], "Deployment"),)
+    if kind == "Job":
+        head, _, tail = name.rpartition("-")
+        if head and tail.isdigit():
+            return ((head, "CronJob"),)
+    return ((name, kind),) if name and kind else ()
 
 
 class PodStore:
@@ -54,4 +79,5 @@ class PodStore:
             annotations=_str_map(meta.get("annotations")),
             namespace_labels=_str_map(ns_meta.get("labels")),
             named_ports=ports,
+            workloads=workload_of(pod),
         )

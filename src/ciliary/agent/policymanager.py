@@ -100,6 +100,7 @@ class PolicyManager:
         self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
         self._store_revision: int | None = None
         self._remote_ports: Mapping[int, NamedPorts] = {}
+        self._listeners: list[Callable[[], None]] = []
         for number, labels in all_identities():
             self.cache.upsert_identity(Identity.of(number, labels))
 
@@ -162,8 +163,7 @@ class PolicyManager:
         if policies:
             self.repo.replace(policies)
         self._store_revision = revision
-        self._sync_cidr_identities()
-        self.retain_selectors()
+        self._repository_changed()
         return True
 
     def import_text(self, text: str, filename: str) -> list[str]:
@@ -182,8 +182,7 @@ class PolicyManager:
             ],
         )
         self.repo.replace(policies)
-        self._sync_cidr_identities()
-        self.retain_selectors()
+        self._repository_changed()
         return [p.key for p in policies]
 
     def delete(self, keys: list[str] | None) -> list[str]:
@@ -194,9 +193,22 @@ class PolicyManager:
         if targets:
             self._store_revision = policystore.withdraw(self._store, targets)
             self.repo.delete(targets)
-            self._sync_cidr_identities()
-            self.retain_selectors()
+            self._repository_changed()
         return targets
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs after every change of the repository (import, delete, reload from
+        the store), once the derived state (CIDR identities, selector cache) follows it."""
+        self._listeners.append(listener)
+
+    def _repository_changed(self) -> None:
+        self._sync_cidr_identities()
+        self.retain_selectors()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("policy change listener failed")
 
     def summaries(self) -> list[PolicySummary]:
         return [

@@ -59,8 +59,9 @@ class TLSConfig:
         )
 
 
-def parse_listen_address(address: str) -> str:
-    """``:4244`` → ``[::]:4244`` (all addresses), ``host:port`` / ``[v6]:port`` unchanged.
+def split_listen_address(address: str) -> tuple[str | None, int]:
+    """``:4244`` → (None: all addresses, 4244); ``host:port`` / ``[v6]:port`` → (host without
+    brackets, port). The one parser of listen addresses (gRPC and metrics servers, agent flags).
 
     Raises ValueError for anything without a valid port (0 is allowed: an ephemeral port).
     """
@@ -69,7 +70,7 @@ def parse_listen_address(address: str) -> str:
         end = text.find("]")
         if end < 0 or not text[end + 1 :].startswith(":"):
             raise ValueError(f"invalid listen address {address!r}: expected [ipv6]:port")
-        host, port = text[: end + 1], text[end + 2 :]
+        host, port = text[1:end], text[end + 2 :]
     else:
         host, sep, port = text.rpartition(":")
         if not sep:
@@ -78,7 +79,16 @@ def parse_listen_address(address: str) -> str:
             raise ValueError(f"invalid listen address {address!r}: write IPv6 as [addr]:port")
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"invalid listen address {address!r}: bad port {port!r}")
-    return f"{host or '[::]'}:{int(port)}"
+    return (host or None), int(port)
+
+
+def parse_listen_address(address: str) -> str:
+    """``:4244`` → ``[::]:4244`` (all addresses), ``host:port`` / ``[v6]:port`` unchanged: the
+    form grpc's ``add_insecure_port`` takes."""
+    host, port = split_listen_address(address)
+    if host is None:
+        return f"[::]:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -225,4 +235,5 @@ __all__ = [
     "HubbleServer",
     "TLSConfig",
     "parse_listen_address",
+    "split_listen_address",
 ]

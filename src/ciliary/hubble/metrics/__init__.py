@@ -57,8 +57,9 @@ from ciliary.hubble.metrics.context import (
     parse_context_options,
 )
 from ciliary.hubble.metrics.handlers import HANDLERS, Handler, counter
-from ciliary.hubble.metrics.server import MetricsServer, parse_listen_address
+from ciliary.hubble.metrics.server import MetricsServer
 from ciliary.hubble.metrics.spec import MetricSpec, parse_metrics_spec
+from ciliary.hubble.server import split_listen_address as parse_listen_address
 
 log = logging.getLogger(__name__)
 

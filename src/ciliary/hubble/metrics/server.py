@@ -12,16 +12,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from ciliary.hubble.server import split_listen_address
+
 log = logging.getLogger("ciliary.hubble.metrics")
-
-
-def parse_listen_address(address: str) -> tuple[str | None, int]:
-    """``":9965"`` (all interfaces), ``"127.0.0.1:0"``, ``"[::1]:9965"`` → (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"invalid listen address {address!r} (expected [HOST]:PORT)")
-    host = host.strip("[]")
-    return (host or None), int(port_text)
 
 
 class MetricsServer:
@@ -34,7 +27,7 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, address: str) -> None:
         self.registry = registry
-        self.host, self._port = parse_listen_address(address)
+        self.host, self._port = split_listen_address(address)
         self._runner: web.AppRunner | None = None
 
     @property
