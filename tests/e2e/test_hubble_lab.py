@@ -256,10 +256,11 @@ def test_grpc_client_talks_to_node_and_relay(hlab: HubbleLab) -> None:
     node_sock = f"unix:///run/ciliary/{hlab.a}/hubble.sock"
     for target in (node_sock, hlab.relay):
         with _channel(target) as ch:
-            health = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service="observer.Observer"), timeout=5
-            )
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            for service in ("hubble.server.Observer", "observer.Observer"):  # upstream's, ours
+                health = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=5
+                )
+                assert health.status == health_pb2.HealthCheckResponse.SERVING, service
             stub = observer_pb2_grpc.ObserverStub(ch)
             status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
             assert status.num_flows > 0 and status.max_flows >= 4095

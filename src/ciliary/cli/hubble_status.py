@@ -1,9 +1,10 @@
 """``ciliary hubble status`` and ``ciliary hubble list nodes|namespaces``: unary questions to a
 Hubble server or relay, answered in upstream's shapes.
 
-``status`` health-checks the server's ``observer.Observer`` and prints its ring and, behind a
-relay, how many nodes answer; ``list`` asks a relay for its nodes (state, age, flow rate and
-ring use, as upstream's columns) or for the namespaces with recent flows.
+``status`` health-checks the server's Observer under upstream's name
+(``hubble.server.Observer``) and prints its ring and, behind a relay, how many nodes answer;
+``list`` asks a relay for its nodes (state, age, flow rate and ring use, as upstream's columns)
+or for the namespaces with recent flows.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from ciliary.cli.output import CLIError, Context
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
 from ciliary.hubble.api.relay import relay_pb2
 from ciliary.hubble.goformat import NOT_AVAILABLE, TabWriter, go_duration
+from ciliary.hubble.observer import HEALTH_SERVICE
 from ciliary.hubble.printer import Output, Printer, PrinterOptions
-
-OBSERVER_SERVICE = "observer.Observer"
-
 
 # --------------------------------------------------------------------------- status
 
@@ -39,7 +38,7 @@ def run_status(args: argparse.Namespace, ctx: Context) -> int:
     with channel:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=OBSERVER_SERVICE),
+                health_pb2.HealthCheckRequest(service=HEALTH_SERVICE),
                 timeout=args.request_timeout,
             )
         except grpc.RpcError as err:

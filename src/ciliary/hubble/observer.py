@@ -50,6 +50,12 @@ DEFAULT_VERSION = __version__
 DEFAULT_AGENT_EVENTS_CAPACITY = 1023
 NAMESPACE_TTL_S = 3600.0
 DEFAULT_CLUSTER_NAME = "default"
+# grpc.health.v1 names of the Observer: upstream's clients (``hubble status``, probes) ask for
+# ``hubble.server.Observer`` (api/v1 ``ObserverServiceName``); ``observer.Observer`` is the gRPC
+# service's own name, which earlier clients of ours ask for. Servers and the relay report both.
+HEALTH_SERVICE = "hubble.server.Observer"
+OBSERVER_SERVICE = "observer.Observer"
+OBSERVER_HEALTH_SERVICES = (HEALTH_SERVICE, OBSERVER_SERVICE)
 _YIELD_EVERY = 2048  # events scanned between cooperative yields in long non-follow reads
 
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
@@ -412,6 +418,9 @@ def _field_mask(req: observer_pb2.GetFlowsRequest) -> field_mask_pb2.FieldMask |
 
 
 __all__ = [
+    "HEALTH_SERVICE",
+    "OBSERVER_HEALTH_SERVICES",
+    "OBSERVER_SERVICE",
     "InvalidRequestError",
     "LocalObserver",
     "ObserverServicer",

@@ -3,8 +3,9 @@
 Like upstream's agent, the server listens on a local unix socket (always plaintext; access
 is controlled by the file mode, 0600) and optionally on a TCP address (``:4244`` = every
 address) that may use TLS, or mTLS when a client CA is given (``--hubble-tls-*``). The
-standard ``grpc.health.v1`` service reports "" and ``observer.Observer`` SERVING while the
-server runs, so relays and probes can check it without speaking Hubble.
+standard ``grpc.health.v1`` service reports "", ``hubble.server.Observer`` (the name upstream's
+clients ask for) and ``observer.Observer`` SERVING while the server runs, so relays and probes
+can check it without speaking Hubble.
 
 A stale socket file (left by a crashed agent) is removed before binding; a socket somebody
 still answers on is not, so two agents can never silently steal each other's socket.
@@ -28,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ciliary.hubble.api.observer import observer_pb2_grpc
 from ciliary.hubble.api.peer import peer_pb2_grpc
-from ciliary.hubble.observer import LocalObserver, ObserverServicer
+from ciliary.hubble.observer import OBSERVER_HEALTH_SERVICES, LocalObserver, ObserverServicer
 from ciliary.hubble.peer import DEFAULT_POLL_INTERVAL, ListPeers, PeerInfo, PeerServicer
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 # grpcio-health-checking ships an asyncio servicer (``health.aio``) its stubs do not declare.
 _AioHealthServicer: Any = getattr(health, "aio").HealthServicer  # noqa: B009
 
-OBSERVER_SERVICE = "observer.Observer"
 PEER_SERVICE = "peer.Peer"
 DEFAULT_LISTEN_PORT = 4244
 
@@ -173,7 +173,7 @@ class HubbleServer:
         if self.unix_path is not None:
             os.chmod(self.unix_path, 0o600)
         serving = health_pb2.HealthCheckResponse.SERVING
-        for service in ("", OBSERVER_SERVICE, PEER_SERVICE):
+        for service in ("", *OBSERVER_HEALTH_SERVICES, PEER_SERVICE):
             await self._health.set(service, serving)
         self._server = server
         log.info(

@@ -587,7 +587,7 @@ def fake_relay(sockdir: Path) -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     observer_pb2_grpc.add_ObserverServicer_to_server(_FakeRelay(), server)  # type: ignore[abstract]
     health_servicer = health.HealthServicer()
-    health_servicer.set("observer.Observer", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("hubble.server.Observer", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"unix://{sockdir / 'relay.sock'}")
     server.start()

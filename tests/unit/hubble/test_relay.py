@@ -477,6 +477,24 @@ def test_peers_come_from_the_peer_service_and_health_serves() -> None:
     run(body())
 
 
+def test_relay_health_answers_upstream_service_name() -> None:
+    """Upstream's ``hubble status`` through the relay asks for ``hubble.server.Observer``."""
+
+    async def body() -> None:
+        async with cluster(["n1"]) as c:
+            health = health_pb2_grpc.HealthStub(c.channel)
+
+            async def serving() -> bool:
+                resp = await health.Check(
+                    health_pb2.HealthCheckRequest(service="hubble.server.Observer"), timeout=5
+                )
+                return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+            await until(serving, what="relay hubble.server.Observer SERVING")
+
+    run(body())
+
+
 def test_health_is_not_serving_without_an_available_peer() -> None:
     async def body() -> None:
         ghost = PeerSpec("ghost", parse_peer_address("unix:///nonexistent/relay-test.sock"))

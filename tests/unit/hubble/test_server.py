@@ -79,6 +79,25 @@ def test_unix_and_tcp_listeners_health_and_socket_mode(tmp_path: Path) -> None:
     arun(body)
 
 
+def test_health_answers_upstream_service_name(tmp_path: Path) -> None:
+    """Upstream's ``hubble status`` asks grpc.health.v1 for ``hubble.server.Observer``."""
+
+    async def body() -> None:
+        server = HubbleServer(LocalObserver("node-a"), unix_path=tmp_path / "hubble.sock")
+        await server.start()
+        try:
+            ch = await connect(server.unix_address or "", timeout=5)
+            async with ch:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="hubble.server.Observer"), timeout=5
+                )
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await server.stop(0)
+
+    arun(body)
+
+
 def test_all_addresses_form_and_sync_client(tmp_path: Path) -> None:
     async def body() -> None:
         server = HubbleServer(LocalObserver("n"), tcp_address=":0")

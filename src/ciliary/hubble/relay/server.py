@@ -1,8 +1,9 @@
 """The relay's gRPC server: observer.Observer over the peer pool, plus grpc.health.v1.
 
-Health follows upstream: "" and "observer.Observer" are SERVING while the Peer service stream is
-up (always, with only static peers) and at least one peer is available, NOT_SERVING otherwise;
-re-evaluated every ``health_interval`` seconds. A relay that cannot reach any node is alive but
+Health follows upstream: "", "hubble.server.Observer" (the name upstream's clients ask for) and
+"observer.Observer" are SERVING while the Peer service stream is up (always, with only static
+peers) and at least one peer is available, NOT_SERVING otherwise; re-evaluated every
+``health_interval`` seconds. A relay that cannot reach any node is alive but
 useless, and a load balancer should know.
 
 Start-up order: the pool first (so the first request already sees the peers being dialled),
@@ -24,12 +25,12 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ciliary.hubble.api.observer import observer_pb2_grpc
+from ciliary.hubble.observer import OBSERVER_HEALTH_SERVICES
 from ciliary.hubble.relay.observer import ObserverConfig, RelayObserver
 from ciliary.hubble.relay.pool import PeerPool, PeerSpec, PoolConfig
 
 log = logging.getLogger("ciliary.hubble.relay")
 
-OBSERVER_SERVICE = "observer.Observer"
 DEFAULT_LISTEN_ADDRESS = ":4245"
 
 # grpcio-health-checking ships an asyncio servicer (``health.aio``) its stubs do not declare.
@@ -135,7 +136,7 @@ class RelayServer:
             if ok
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", OBSERVER_SERVICE):
+        for service in ("", *OBSERVER_HEALTH_SERVICES):
             await self._health.set(service, status)
 
     async def _health_loop(self) -> None:
