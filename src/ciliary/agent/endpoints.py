@@ -167,13 +167,41 @@ class EndpointManager:
 
     # ---- create --------------------------------------------------------------------------
 
-    async def create(self, req: EndpointCreateRequest) -> Endpoint:
+    async def create(self, req: EndpointCreateRequest) -> tuple[Endpoint, bool]:
+        """(the endpoint, whether it was made now). A repeated ADD of an attachment that exists
+        returns it untouched (CNI: same network, container and ifname give the same result);
+        anything else for that container and ifname is a conflict, never a silent rebuild that
+        would give the first attachment's CHECK and DEL a different endpoint."""
         async with self._lock:
             old = self.by_container(req.container_id, req.ifname)
-            if old is not None:
-                # A runtime retrying ADD after a crash: start from a clean slate (as Cilium).
-                await self._delete_locked(old, "replaced by a new ADD")
-            return await self._create_locked(req)
+            if old is None:
+                return await self._create_locked(req), True
+            return self._existing(old, req), False
+
+    def _existing(self, ep: Endpoint, req: EndpointCreateRequest) -> Endpoint:
+        """``ep`` when ``req`` asks for exactly it again; else the conflict error. (Only ready
+        endpoints are seen here: create holds the lock until an endpoint is ready or gone, and
+        restore removes records a crash left half-made.)"""
+        owner = owner_of(req.container_id, req.ifname)
+        if ep.network != req.network:
+            mine = f"network {ep.network!r}" if ep.network else "no CNI network"
+            raise EndpointError(
+                f"{owner} is already attached by {mine} (endpoint {ep.id}); network "
+                f"{req.network!r} cannot attach the same container interface: use another "
+                "ifname, or DEL the existing attachment first",
+                409,
+                "attachment-conflict",
+            )
+        wanted = [(a, b) for a, b in ((req.ipv4, ep.ipv4), (req.ipv6, ep.ipv6)) if a]
+        if ep.netns != req.netns or any(ip_address(a) != ip_address(b or a) for a, b in wanted):
+            raise EndpointError(
+                f"{owner} is already attached (endpoint {ep.id}, netns {ep.netns}, "
+                f"{', '.join(a for a in (ep.ipv4, ep.ipv6) if a)}): a repeated ADD must ask for "
+                "the same netns and addresses; DEL it first to attach it differently",
+                409,
+                "attachment-conflict",
+            )
+        return ep
 
     def _meta(self, namespace: str, pod_name: str) -> PodMeta | None:
         return self._pods(namespace, pod_name) if pod_name else None
@@ -265,6 +293,7 @@ class EndpointManager:
             node_mac="",
             mtu=req.mtu or self._mtu,
             created_at=time.time(),
+            network=req.network,
         )
         # intent first: a crash from here on leaves a record that restore cleans up
         ep = self._set(ep, EndpointState.CREATING, "endpoint requested")
@@ -416,29 +445,41 @@ class EndpointManager:
 
     # ---- CNI GC / CHECK ----------------------------------------------------------------------
 
-    async def gc(self, valid: set[str], scope: str = "endpoints") -> tuple[list[int], list[str]]:
-        """CNI GC of one network: ``endpoints`` (ciliary-cni) removes every endpoint, and its
-        addresses, whose attachment (``cid/ifname``) is not valid; ``ipam-plugin``
-        (ciliary-ipam) releases only addresses handed to other plugins. Neither touches the
-        other's attachments, so two networks served by one agent can GC independently."""
+    async def gc(
+        self, network: str, valid: set[str], scope: str = "endpoints"
+    ) -> tuple[list[int], list[str]]:
+        """CNI GC of ``network``: ``endpoints`` (ciliary-cni) removes that network's endpoints,
+        and their addresses, whose attachment (``cid/ifname``) is not valid; ``ipam-plugin``
+        (ciliary-ipam) releases only addresses handed to other plugins.
+
+        As the spec says, a GC only considers attachments the same network made: endpoints of
+        another network, and endpoints with no network recorded (made through the API, or
+        persisted before the network was recorded at ADD: which network made them cannot be
+        proven), are never collected; DEL still removes them. Endpoint addresses go only with
+        their endpoint (or when no endpoint owns them any more). IPAM-plugin allocations do not
+        record their network: their GC is by attachment only (see docs/cni.md)."""
         removed: list[int] = []
         async with self._lock:
             if scope == "endpoints":
                 for ep in list(self._eps.values()):
+                    if ep.network != network:
+                        continue
                     if owner_of(ep.container_id, ep.ifname) not in valid:
-                        await self._delete_locked(ep, "garbage-collected (CNI GC)")
+                        await self._delete_locked(ep, f"garbage-collected (CNI GC of {network})")
                         removed.append(ep.id)
-            kind = "endpoint" if scope == "endpoints" else "ipam-plugin"
-            released = self._ipam.gc(lambda a: a.kind != kind or a.owner in valid)
+                owners = {owner_of(e.container_id, e.ifname) for e in self._eps.values()}
+                released = self._ipam.gc(lambda a: a.kind != "endpoint" or a.owner in owners)
+            else:
+                released = self._ipam.gc(lambda a: a.kind != "ipam-plugin" or a.owner in valid)
         return removed, [a.address for a in released]
 
     async def check(self, req: EndpointCheckRequest) -> CheckResponse:
         problems: list[str] = []
         ep = self.by_container(req.container_id, req.ifname)
         if ep is None:
-            return CheckResponse(
-                ok=False, problems=[f"no endpoint for {req.container_id}/{req.ifname}"]
-            )
+            return CheckResponse(ok=False, problems=["no endpoint on this node"])
+        if req.network is not None and ep.network not in (None, req.network):
+            problems.append(f"endpoint {ep.id} belongs to network {ep.network!r}")
         if ep.state != EndpointState.READY:
             problems.append(f"endpoint {ep.id} is {ep.state.value}, not ready")
         if ep.netns != req.netns:

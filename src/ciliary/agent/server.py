@@ -183,8 +183,8 @@ class APIServer:
 
     async def endpoint_create(self, request: web.Request) -> web.Response:
         req = EndpointCreateRequest.model_validate(await _body(request))
-        ep = await self._agent.endpoints.create(req)
-        return _json(ep, 201)
+        ep, made = await self._agent.endpoints.create(req)
+        return _json(ep, 201 if made else 200)
 
     async def endpoint_check(self, request: web.Request) -> web.Response:
         req = EndpointCheckRequest.model_validate(await _body(request))
@@ -263,7 +263,7 @@ class APIServer:
     async def gc(self, request: web.Request) -> web.Response:
         req = GCRequest.model_validate(await _body(request))
         valid = {f"{a.container_id}/{a.ifname}" for a in req.valid_attachments}
-        removed, released = await self._agent.endpoints.gc(valid, req.scope)
+        removed, released = await self._agent.endpoints.gc(req.network, valid, req.scope)
         return _json(GCResponse(endpoints_removed=removed, addresses_released=released))
 
     async def endpoint_delete(self, request: web.Request) -> web.Response:

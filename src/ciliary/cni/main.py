@@ -9,16 +9,22 @@ for. How each verb behaves:
 * ADD: ``PUT /v1/endpoint``; returns once the agent reports the endpoint *ready* (programs
   attached), so a pod never runs unprotected. Requested addresses come from the ``ips``
   capability (``runtimeConfig.ips``) or ``args.cni.ips``; labels from ``args.cni.labels``; pod
-  name and namespace from ``CNI_ARGS`` (``K8S_POD_NAME``/``K8S_POD_NAMESPACE``).
+  name and namespace from ``CNI_ARGS`` (``K8S_POD_NAME``/``K8S_POD_NAMESPACE``). The network
+  name is recorded with the endpoint: a repeated ADD of the same (network, container, ifname)
+  returns the existing endpoint's result (same addresses), while an ADD of that container
+  interface by another network (or into another netns) is error 103, never a rebuild.
 * DEL: idempotent and best effort, as the spec asks: an unknown attachment, a netns that is gone
-  or a missing prevResult are all success. Only an unreachable agent fails (11, try again later),
-  since then nothing could be cleaned up and the runtime will retry.
+  or a missing prevResult are all success. It removes only its own network's attachment. Only
+  an unreachable agent fails (11, try again later), since then nothing could be cleaned up and
+  the runtime will retry.
 * CHECK (0.4.0+): the agent compares the netns and its endpoint record with prevResult.
-* GC and STATUS (1.1.0): ``POST /v1/gc`` with the runtime's valid attachments; STATUS is the
-  agent's health (a healthy agent can serve ADD).
+* GC and STATUS (1.1.0): ``POST /v1/gc`` with the network name and the runtime's valid
+  attachments: only endpoints that network made are collected; STATUS is the agent's health (a
+  healthy agent can serve ADD).
 
 Failures map to codes a runtime acts on: 11 (agent not running: retry), 100 (the agent refused:
-its message), 101 (IPAM exhausted), 102 (no such network namespace), 50 (STATUS: not available).
+its message), 101 (IPAM exhausted), 102 (no such network namespace), 103 (the container
+interface is already attached otherwise), 50 (STATUS: not available).
 
 The agent socket is ``/run/ciliary/<node>/agent.sock`` for ``"node"`` in the config, or
 ``"agent_socket"`` given explicitly.
@@ -125,6 +131,8 @@ def agent_error(err: AgentClientError, socket: str, unavailable: int) -> CNIErro
             )
         if err.kind == "netns":
             return CNIError(ErrorCode.NETNS_NOT_FOUND, err.message, details)
+        if err.kind == "attachment-conflict":
+            return CNIError(ErrorCode.ATTACHMENT_CONFLICT, err.message, details)
         return CNIError(
             ErrorCode.AGENT_REFUSED,
             f"ciliary agent of node {node} refused the request: {err.message}",
@@ -168,7 +176,7 @@ class agent:  # noqa: N801 - used as ``with agent(socket) as client``
 def _peek_version(stdin: str) -> str | None:
     try:
         data = json.loads(stdin) if stdin.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     version = data.get("cniVersion") if isinstance(data, dict) else None
     return version if isinstance(version, str) else None
@@ -266,6 +274,7 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
         "ipv6": next((str(a) for a in requested if a.version == 6), None),
         "pools": conf.ipam.pools if conf.ipam else None,
         "mtu": conf.mtu,
+        "network": conf.name,
     }
     with agent(socket) as client:
         ep = client.create_endpoint(req)
@@ -295,7 +304,11 @@ def cmd_del(conf: NetConf, env: Env) -> None:
         mine = [
             ep["id"]
             for ep in client.endpoints()
-            if ep["container_id"] == env.container_id and ep["ifname"] == env.ifname
+            if ep["container_id"] == env.container_id
+            and ep["ifname"] == env.ifname
+            # another network's attachment of this container interface is not ours to delete
+            # (one without a network predates the record: DEL by the attachment, as before)
+            and ep.get("network") in (None, conf.name)
         ]
         for endpoint_id in mine:
             try:
@@ -329,15 +342,17 @@ def cmd_check(conf: NetConf, env: Env) -> None:
         "ifname": env.ifname,
         "netns": env.netns,
         "addresses": prev.sandbox_addresses(env.ifname),
+        "network": conf.name,
     }
     with agent(socket) as client:
         resp = client.check_endpoint(req)
     if not resp["ok"]:
+        # every problem once, in ``msg`` only: runtimes print ``msg; details`` (libcni's
+        # Error()), so repeating them as details would print each one twice
         problems: list[str] = resp["problems"]
         raise CNIError(
             ErrorCode.AGENT_REFUSED,
             f"CHECK of {env.owner} failed: {'; '.join(problems) or 'the agent reports a problem'}",
-            "\n".join(problems),
         )
 
 
@@ -352,6 +367,7 @@ def gc_request(conf: NetConf, scope: str) -> dict[str, Any]:
         )
     return {
         "valid_attachments": [{"containerID": a.containerID, "ifname": a.ifname} for a in valid],
+        "network": conf.name,
         "scope": scope,
     }
 

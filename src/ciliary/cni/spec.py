@@ -88,6 +88,8 @@ class ErrorCode(enum.IntEnum):
     AGENT_REFUSED = 100
     IPAM_EXHAUSTED = 101
     NETNS_NOT_FOUND = 102
+    ATTACHMENT_CONFLICT = 103
+    """ADD of a container interface another network (or another netns/address) already holds."""
 
 
 def _one_line(text: str) -> str:
@@ -1177,6 +1179,12 @@ def decode_config(stdin: str | bytes) -> dict[str, Any]:
     except ValueError as err:
         raise CNIError(
             ErrorCode.DECODE_FAILURE, f"network config on stdin is not valid JSON: {err}"
+        ) from err
+    except RecursionError as err:  # the decoder recurses per nesting level
+        raise CNIError(
+            ErrorCode.DECODE_FAILURE,
+            "network config on stdin is nested too deeply to decode (no CNI config nests "
+            "beyond a few levels)",
         ) from err
     if data is None:
         raise CNIError(ErrorCode.DECODE_FAILURE, "no network config on stdin")

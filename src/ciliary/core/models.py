@@ -52,6 +52,12 @@ class EndpointCreateRequest(_Model):
         default=None, description="IP pools to allocate from (pools mode; Calico's annotation)"
     )
     mtu: int | None = Field(default=None, ge=576, le=65535)
+    network: str | None = Field(
+        default=None,
+        min_length=1,
+        description="CNI network name of the attachment (the conflist's name), recorded so that "
+        "GC, DEL and a repeated ADD only ever touch their own network's attachments",
+    )
 
 
 class StateChange(_Model):
@@ -83,6 +89,11 @@ class Endpoint(_Model):
     policy_egress: Literal["Enabled", "Disabled"] = "Disabled"
     created_at: float
     log: list[StateChange] = Field(default_factory=list)
+    network: str | None = Field(
+        default=None,
+        description="CNI network that made the attachment; None: created without one (API, or "
+        "a record from before networks were recorded), never garbage-collected by a CNI GC",
+    )
 
 
 class IPCacheEntry(_Model):
@@ -269,9 +280,13 @@ class Attachment(_Model):
 
 
 class GCRequest(_Model):
-    """CNI GC: everything not in ``valid_attachments`` is released (endpoints and addresses)."""
+    """CNI GC of one network: its attachments not in ``valid_attachments`` are released
+    (endpoints and their addresses); other networks' attachments are never touched."""
 
     valid_attachments: list[Attachment]
+    network: str = Field(
+        min_length=1, description="the CNI network being collected: only its attachments go"
+    )
     scope: Literal["endpoints", "ipam-plugin"] = Field(
         default="endpoints",
         description="endpoints: ciliary-cni's network; ipam-plugin: via ciliary-ipam",
@@ -290,6 +305,7 @@ class EndpointCheckRequest(_Model):
     ifname: str
     netns: str
     addresses: list[str] = Field(default_factory=list, description="CIDRs from prevResult")
+    network: str | None = Field(default=None, description="CNI network of the attachment")
 
 
 class CheckResponse(_Model):

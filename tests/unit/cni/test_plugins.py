@@ -67,7 +67,7 @@ def test_add_sends_an_endpoint_request_and_answers_in_the_configs_version(
     assert req.body == {
         "container_id": "c1", "netns": NETNS, "ifname": "eth0", "pod_name": "web-1",
         "namespace": "shop", "labels": {"app": "web"}, "ipv4": "10.0.0.5", "ipv6": None,
-        "pools": ["blue"], "mtu": 1400,
+        "pools": ["blue"], "mtu": 1400, "network": "net",
     }  # fmt: skip
     old = version in ("0.3.1", "0.4.0")
     host: dict[str, Any] = {"name": "lxc1234", "mac": "02:00:00:00:00:01"}
@@ -237,13 +237,48 @@ def test_check(fake_agent: FakeAgent) -> None:
     assert invoke("CHECK", conf(fake_agent, "1.0.0", prevResult=prev_result())) == (0, None)
     assert fake_agent.requests[0].body == {
         "container_id": "c1", "ifname": "eth0", "netns": NETNS, "addresses": ["10.0.0.5/32"],
+        "network": "net",
     }  # fmt: skip
     problems = ["address 10.0.0.5 is missing on eth0", "interface eth0 is down"]
     fake_agent.reply("POST", "/v1/endpoint/check", http(200, {"ok": False, "problems": problems}))
     rc, err = invoke("CHECK", conf(fake_agent, "1.0.0", prevResult=prev_result()))
     assert (rc, err["code"]) == (1, 100)
     assert err["msg"] == f"CHECK of c1/eth0 failed: {'; '.join(problems)}"
-    assert err["details"] == "\n".join(problems)
+
+
+def test_check_error_names_each_problem_once(fake_agent: FakeAgent) -> None:
+    problems = ["address 10.0.0.5 is missing on eth0", "programs are not attached to lxc1"]
+    fake_agent.reply("POST", "/v1/endpoint/check", http(200, {"ok": False, "problems": problems}))
+    _, err = invoke("CHECK", conf(fake_agent, "1.0.0", prevResult=prev_result()))
+    # what a runtime prints: libcni's Error() is ``msg`` then ``; details`` when there are any
+    shown = err["msg"] + (f"; {err['details']}" if err.get("details") else "")
+    assert [shown.count(p) for p in problems] == [1, 1], shown
+    assert shown.count("c1/eth0") == 1, shown
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC", "STATUS"])
+@pytest.mark.parametrize("depth", [100_000, 3_000])
+def test_deeply_nested_config_is_a_decode_failure(
+    fake_agent: FakeAgent, capsys: pytest.CaptureFixture[str], command: str, depth: int
+) -> None:
+    environ = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": NETNS,
+               "CNI_IFNAME": "eth0"}  # fmt: skip
+    nested = '{"cniVersion": "1.0.0", "name": "n", "type": "ciliary-cni", "x": '
+    for stdin in ("[" * depth + "]" * depth, nested + "[" * depth + "]" * depth + "}"):
+        rc, out = main.run(environ, stdin, main.HANDLERS, main.PLUGIN)
+        err = json.loads(out)
+        assert (rc, err["code"]) == (1, 6), out
+        assert err["msg"] == (
+            "network config on stdin is nested too deeply to decode (no CNI config nests "
+            "beyond a few levels)"
+        )
+    assert capsys.readouterr().err == ""  # no traceback: not a bug of the plugin
+    assert fake_agent.requests == []
+
+
+def test_version_with_a_deeply_nested_config_answers() -> None:
+    rc, out = main.run({"CNI_COMMAND": "VERSION"}, "[" * 100_000, main.HANDLERS, main.PLUGIN)
+    assert rc == 0 and json.loads(out)["cniVersion"] == "1.1.0"
 
 
 def test_gc_sends_the_valid_attachments(
@@ -254,7 +289,8 @@ def test_gc_sends_the_valid_attachments(
     valid = [{"containerID": "c1", "ifname": "eth0"}]
     config = {**conf(fake_agent), "cni.dev/valid-attachments": valid}
     assert invoke("GC", config) == (0, None)
-    assert fake_agent.requests[0].body == {"valid_attachments": valid, "scope": "endpoints"}
+    assert fake_agent.requests[0].body == {
+        "valid_attachments": valid, "network": "net", "scope": "endpoints"}  # fmt: skip
     assert capsys.readouterr().err == (
         "ciliary-cni: GC removed endpoints [3, 4] and released 10.0.0.9, fd00::9\n"
     )
@@ -348,7 +384,8 @@ def test_ipam_gc_is_scoped_to_ipam_plugin_allocations(
     valid = [{"containerID": "c1", "ifname": "eth0"}]
     config = {**ipam_conf(fake_agent, "1.1.0"), "cni.dev/attachments": valid}
     assert invoke("GC", config, ipam=True) == (0, None)
-    assert fake_agent.requests[0].body == {"valid_attachments": valid, "scope": "ipam-plugin"}
+    assert fake_agent.requests[0].body == {
+        "valid_attachments": valid, "network": "br", "scope": "ipam-plugin"}  # fmt: skip
     assert capsys.readouterr().err == "ciliary-ipam: GC released 10.0.0.9\n"
     rc, err = invoke("GC", ipam_conf(fake_agent, "1.1.0"), ipam=True)
     assert (rc, err["code"]) == (1, 7) and "cni.dev/valid-attachments" in err["msg"]

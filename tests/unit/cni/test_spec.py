@@ -41,6 +41,7 @@ def test_error_codes_are_the_specs() -> None:
         "INVALID_ENV": 4, "IO_FAILURE": 5, "DECODE_FAILURE": 6, "INVALID_CONFIG": 7,
         "TRY_AGAIN_LATER": 11, "NOT_AVAILABLE": 50, "NOT_AVAILABLE_LIMITED": 51,
         "AGENT_REFUSED": 100, "IPAM_EXHAUSTED": 101, "NETNS_NOT_FOUND": 102,
+        "ATTACHMENT_CONFLICT": 103,
     }  # fmt: skip
 
 
