@@ -372,3 +372,36 @@ def test_node_serves_hubble_on_4244_inside_its_netns(hlab: HubbleLab) -> None:
     assert res.returncode == 0, res.stderr
     assert "Healthcheck (via 127.0.0.1:4244): Ok" in res.stdout
     assert "Current/Max Flows" in res.stdout
+
+
+def test_flows_carry_the_lab_cluster_name_and_cluster_filter_matches(hlab: HubbleLab) -> None:
+    """The lab is the cluster: its agents run with ``--cluster-name <lab>``, so pods' endpoints
+    name it, ``--cluster`` selects by it, and ``list namespaces`` says the same cluster."""
+    flows = _wait_flows(hlab, "--cluster", hlab.name, "--namespace", "shop", "--last", "20")
+    assert flows, "--cluster <lab name> matched nothing"
+    for f in flows:
+        pods = [e for e in (f.source, f.destination) if e.pod_name]
+        assert pods and all(e.cluster_name == hlab.name for e in pods), f
+    assert hlab.observe_json("--cluster", "no-such-cluster", "--last", "20") == []
+    res = subprocess.run(
+        [CILIARY, "hubble", "list", "namespaces", "-o", "json", "--server", hlab.relay],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert {"cluster": hlab.name, "namespace": "shop"} in json.loads(res.stdout)
+
+
+def test_allowed_policy_verdict_is_not_a_reply(hlab: HubbleLab) -> None:
+    """Upstream: an allowed policy verdict has ``is_reply`` false (present), so compact output
+    prints ``->`` (``<>`` is for flows whose direction is unknown)."""
+    args = ("--type", "policy-verdict", "--from-pod", "default/client", "--to-pod", "shop/server",
+            "--verdict", "FORWARDED", "--last", "20")  # fmt: skip
+    flows = _wait_flows(hlab, *args)
+    assert flows
+    assert all(f.HasField("is_reply") and not f.is_reply.value for f in flows)
+    res = hlab.observe(*args)
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if "policy-verdict" in ln]
+    assert lines and all(" -> " in ln and " <> " not in ln for ln in lines), lines

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
+from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
+
 RUN_ROOT = Path("/run/ciliary")
 
 MONITOR_AGGREGATION = {"none": 0, "medium": 2}
@@ -79,3 +81,6 @@ class AgentConfig:
     enable_policy: str = "default"
     """Cilium's --enable-policy: default (enforce once selected), always, never."""
     hubble: HubbleConfig = field(default_factory=HubbleConfig)
+    cluster_name: str = DEFAULT_CLUSTER_NAME
+    """Cilium's --cluster-name: the cluster the node's endpoints belong to (Hubble's
+    ``Endpoint.cluster_name``, ``--cluster`` filters, ``list namespaces``)."""

@@ -9,10 +9,14 @@ same lines for the same packets:
   ``drop_reason_desc``, no observation point and ``is_reply`` unset (a drop does not know);
 * traces are ``event_type {type: 4, sub_type: <monitor obs point>}`` (``to-endpoint`` is 0 in
   the monitor numbering, 101 in the flow enum), ``is_reply`` from conntrack;
+* policy verdicts are ``event_type {type: 5}``; ``is_reply`` false when allowed (sent for a
+  connection's first packet only), unset when denied;
 * ``traffic_direction`` is the direction of the *connection* at the endpoint that decided: the
   datapath's direction of the policy check, inverted for replies;
 * source and destination are resolved from the agent's state as upstream's endpoint resolver
-  does: a local endpoint by address (id, pod, namespace, workload), else the ipcache; the numeric
+  does: a local endpoint by address (id, pod, namespace, workload), else the ipcache; pods (local
+  ones and allocated identities) carry the cluster's name (``--cluster-name``), which upstream
+  reads from their ``io.cilium.k8s.policy.cluster`` label; reserved and CIDR peers none; the numeric
   identity the datapath saw wins over user space's (it is what policy was decided on); labels are
   the identity's labels, sorted, CIDR identities reduced to their longest prefix;
 * ``{ingress,egress}_{allowed,denied}_by`` come from the policy cookie the datapath carries: the
@@ -36,11 +40,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from ciliary.agent.podstore import workload_of
-from ciliary.core.flow import CTState, EventType, ObservationPoint, Verdict
+from ciliary.core.flow import MIN_ALLOCATED_IDENTITY, CTState, EventType, ObservationPoint, Verdict
 from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.datapath.maps.events import RawTraceEvent
 from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
 from ciliary.hubble.gopacket import ICMP4, ICMP6, TCP_FLAG_BITS, icmp_text
 from ciliary.hubble.monitorapi import TRACE_TO_LXC
 from ciliary.policy.api.labels import (
@@ -48,6 +53,7 @@ from ciliary.policy.api.labels import (
     POLICY_LABEL_NAME,
     POLICY_LABEL_NAMESPACE,
 )
+from ciliary.policy.identity import is_local_identity
 
 __all__ = [
     "EndpointInfo",
@@ -190,6 +196,7 @@ class FlowDecoder:
     node_name: str
     getters: FlowGetters = field(default_factory=FlowGetters)
     clock: WallClock = field(default_factory=WallClock)
+    cluster_name: str = DEFAULT_CLUSTER_NAME
     _labels: dict[int, tuple[object, list[str]]] = field(default_factory=dict, repr=False)
 
     def decode(self, raw: RawTraceEvent) -> flow_pb2.Flow:
@@ -224,6 +231,10 @@ class FlowDecoder:
             # the datapath reports it (never inverted: verdicts are only sent for new flows)
             f.event_type.type = EventType.POLICY_VERDICT
             f.event_type.sub_type = 0
+            if raw.verdict != Verdict.DROPPED:
+                # as upstream's decodeIsReply: an allowed verdict is only ever sent for the
+                # first packet of a connection, so it is statically not a reply
+                f.is_reply.CopyFrom(BoolValue(value=False))
         elif is_drop:
             f.event_type.type = EventType.DROP
             f.event_type.sub_type = raw.drop_reason
@@ -278,6 +289,7 @@ class FlowDecoder:
             return flow_pb2.Endpoint(
                 ID=ep.id,
                 identity=identity,
+                cluster_name=self.cluster_name,
                 namespace=ep.namespace,
                 labels=self._labels_of(identity),
                 pod_name=ep.pod_name,
@@ -286,7 +298,12 @@ class FlowDecoder:
         identity = datapath_id
         if addr is not None and not identity:
             identity = g.identity_of_ip(addr) or 0
-        return flow_pb2.Endpoint(identity=identity, labels=self._labels_of(identity))
+        pod = identity >= MIN_ALLOCATED_IDENTITY and not is_local_identity(identity)
+        return flow_pb2.Endpoint(
+            identity=identity,
+            cluster_name=self.cluster_name if pod else "",
+            labels=self._labels_of(identity),
+        )
 
     def _labels_of(self, identity: int) -> list[str]:
         if not identity:

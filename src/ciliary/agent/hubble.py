@@ -217,12 +217,15 @@ class AgentHubble:
         self.socket = cfg.socket or acfg.state_dir / "hubble.sock"
         self._lost_state = acfg.state_dir / LOST_STATE_FILE
         self.observer = LocalObserver(
-            acfg.node, capacity=cfg.event_buffer_capacity, version=__version__
+            acfg.node,
+            capacity=cfg.event_buffer_capacity,
+            version=__version__,
+            cluster_name=acfg.cluster_name,
         )
         self.queue = EventsQueue(cfg.event_queue_size)
         self._eps_by_ip: dict[IPAddress, EndpointInfo] = {}
         self._policies: dict[str, Policy] = {}
-        self.decoder = FlowDecoder(acfg.node, self._getters())
+        self.decoder = FlowDecoder(acfg.node, self._getters(), cluster_name=acfg.cluster_name)
         self.decode_errors = 0
         self.decoded = 0
         self.lost: LostCounter | None = None

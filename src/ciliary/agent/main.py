@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -24,6 +25,7 @@ from ciliary.agent.config import (
 from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.datapath.loader import PIN_ROOT, default_object_dir
+from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,11 +47,23 @@ def _parser() -> argparse.ArgumentParser:
                    "from the cluster store")  # fmt: skip
     p.add_argument("--cluster-store", type=Path, help="directory of the shared cluster store")
     p.add_argument("--node-labels", default="", help="k=v,k2=v2 (matched by pool nodeSelectors)")
+    p.add_argument("--cluster-name", type=_cluster_name, default=DEFAULT_CLUSTER_NAME,
+                   help="name of the cluster the node belongs to (as cilium-agent's)")  # fmt: skip
     p.add_argument("--enable-policy", choices=["default", "always", "never"], default="default",
                    help="policy enforcement mode, as Cilium's")  # fmt: skip
     p.add_argument("--debug", action="store_true")
     _hubble_flags(p)
     return p
+
+
+def _cluster_name(text: str) -> str:
+    """Cilium's rule for cluster names: lower-case alphanumerics and '-', at most 32."""
+    if len(text) > 32 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(
+            f"invalid cluster name {text!r}: lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 32 characters"
+        )
+    return text
 
 
 def _bool(text: str) -> bool:
@@ -257,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         node_labels=node_labels,
         enable_policy=args.enable_policy,
         hubble=hubble,
+        cluster_name=args.cluster_name,
     )
     try:
         if cfg.netns:

@@ -33,7 +33,8 @@ from ciliary.hubble.monitorapi import MSG_ACCESS_LOG
 
 Predicate = Callable[[flow_pb2.Flow], bool]
 
-# Cluster name assumed for node names without a "cluster/" prefix (Cilium's default).
+# Cilium's default cluster name (cilium-agent ``--cluster-name``), also assumed for node names
+# without a "cluster/" prefix.
 DEFAULT_CLUSTER_NAME = "default"
 
 

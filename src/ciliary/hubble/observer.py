@@ -41,7 +41,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2, wrappers_pb2
 from ciliary import __version__
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
-from ciliary.hubble.filters import FilterError, Predicate, build_filter
+from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME, FilterError, Predicate, build_filter
 from ciliary.hubble.ring import DEFAULT_CAPACITY, Event, Ring, RingReader
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_VERSION = __version__
 DEFAULT_AGENT_EVENTS_CAPACITY = 1023
 NAMESPACE_TTL_S = 3600.0
-DEFAULT_CLUSTER_NAME = "default"
 # grpc.health.v1 names of the Observer: upstream's clients (``hubble status``, probes) ask for
 # ``hubble.server.Observer`` (api/v1 ``ObserverServiceName``); ``observer.Observer`` is the gRPC
 # service's own name, which earlier clients of ours ask for. Servers and the relay report both.

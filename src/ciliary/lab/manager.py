@@ -378,6 +378,7 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
         "--monitor-aggregation", rec.monitor_aggregation,
         "--ipam", rec.ipam_mode,
         "--cluster-store", str(cluster_store(rec.name).root),
+        "--cluster-name", rec.name,  # the lab is the cluster
     ]  # fmt: skip
     if nrec.labels:
         argv += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(nrec.labels.items()))]

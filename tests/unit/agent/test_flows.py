@@ -361,3 +361,30 @@ def test_lost_counter_deltas_baseline_and_reset() -> None:
     # no (or a mismatching) saved state: start from the current values
     assert LostCounter(lambda: [4, 4], baseline=None).poll() == []
     assert LostCounter(lambda: [4, 4], baseline=[1, 2, 3]).poll() == []
+
+
+def test_allowed_policy_verdict_is_not_a_reply_denied_one_unknown(decoder: FlowDecoder) -> None:
+    """Upstream sets ``is_reply`` false on allowed verdicts (first packet of a connection), so
+    compact output prints ``->``; a denied verdict, like a drop, leaves it unset."""
+    allowed = decoder.decode(event(type=5, obs_point=0, policy_cookie=1))
+    assert allowed.HasField("is_reply") and allowed.is_reply.value is False
+    denied = decoder.decode(event(type=5, obs_point=0, verdict=2, drop_reason=133))
+    assert not denied.HasField("is_reply")
+
+
+def test_endpoints_carry_the_cluster_name() -> None:
+    """Pods (local endpoints and allocated identities) belong to the agent's cluster
+    (``--cluster-name``); reserved and CIDR peers to none, as their labels name no cluster."""
+    getters = FlowGetters(
+        endpoint_by_ip={CLIENT: ENDPOINTS[CLIENT]}.get,
+        identity_of_ip=ipcache,
+        identity_labels=IDENTITIES.get,
+    )
+    dec = FlowDecoder("node-a", getters, cluster_name="lab1")
+    f = dec.decode(event())  # local client -> server known only by its identity (remote pod)
+    assert (f.source.cluster_name, f.destination.cluster_name) == ("lab1", "lab1")
+    world = dec.decode(event(dst=WORLD, dst_sec_id=0))
+    assert world.destination.cluster_name == ""
+    host = dec.decode(event(src=IPv4Address("10.0.0.1"), src_sec_id=1))
+    assert host.source.cluster_name == ""
+    assert FlowDecoder("n", getters).decode(event()).source.cluster_name == "default"
