@@ -3,7 +3,9 @@
  *   tc ingress  cil_from_container: packets the pod sends. Source validated against the endpoint
  *               map (anti-spoofing), identities resolved, conntrack updated, then delivered to a
  *               local destination pod with bpf_redirect_peer (straight into its eth0, skipping the
- *               node stack) or handed to the node's stack.
+ *               node stack) or handed to the node's stack. Replies of connections that came in
+ *               through the stack (CT_F_VIA_STACK) go back through it, whoever the destination:
+ *               the stack may have NATed the request (hostPort), and only it can undo that.
  *   tc egress   cil_to_container: packets the node's stack sends to the pod.
  * One object is loaded per node; each endpoint's lxc gets the same pinned programs, and which
  * endpoint a packet belongs to comes from ciliary_lxc, so adding a pod is a map update plus an
@@ -103,7 +105,10 @@ int cil_from_container(struct __sk_buff *skb)
 		}
 	}
 
-	if (dst) {
+	/* A reply (or ICMP error) of a connection whose requests the stack delivered: back through
+	 * the stack, so that its NAT is reversed (a hairpin to a hostPort of this node). */
+	int via_stack = skip_policy && ct.entry && (ct.entry->flags & CT_F_VIA_STACK);
+	if (dst && !via_stack) {
 		__u32 dst_ifindex = dst->ifindex;
 		__u8 dmac[6], smac[6];
 		if (!(dst->flags & EP_F_READY))
@@ -170,6 +175,11 @@ int cil_to_container(struct __sk_buff *skb)
 	ret = ct_process(&p, src_id, dst_id, level, interval, &ct);
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+
+	/* Forward packets of a connection reach the pod here only through the node stack (local
+	 * pod-to-pod traffic is redirected straight into the peer), so its replies take the stack */
+	if (ct.entry && (ct.state == CT_NEW || ct.state == CT_ESTABLISHED))
+		ct.entry->flags |= CT_F_VIA_STACK;
 
 	struct policy_verdict pv = {};
 	if (ct.state != CT_REPLY && ct.state != CT_RELATED) {

@@ -138,6 +138,10 @@ struct ct_key {
 #define CT_F_RX_CLOSING 0x2
 #define CT_F_REPLY_SEEN 0x4
 #define CT_F_REPLY_REPORTED 0x8
+/* The connection's packets reach the destination pod through the node stack (cil_to_container):
+ * the stack may have NATed them (portmap's hostPort DNAT), so the replies go back through the
+ * stack too, where its conntrack undoes the NAT, never straight to a local pod. */
+#define CT_F_VIA_STACK 0x10
 
 struct ct_entry {
 	__u64 created_ns;

@@ -19,6 +19,7 @@ __all__ = [
     "CT_F_REPLY_SEEN",
     "CT_F_RX_CLOSING",
     "CT_F_TX_CLOSING",
+    "CT_F_VIA_STACK",
     "CTEntryC",
     "CTKeyC",
     "CTMap",
@@ -29,6 +30,8 @@ CT_F_TX_CLOSING = 0x1
 CT_F_RX_CLOSING = 0x2
 CT_F_REPLY_SEEN = 0x4
 CT_F_REPLY_REPORTED = 0x8
+CT_F_VIA_STACK = 0x10
+"""Requests came through the node stack (maybe NATed): replies go back through it."""
 
 
 class CTKeyC(ctypes.Structure):
