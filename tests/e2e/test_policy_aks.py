@@ -99,6 +99,11 @@ def test_step1_deny_all_ingress_to_the_namespace(lab: PolicyLab) -> None:
     ev = drops[0]
     assert (ev.verdict, ev.drop_reason, ev.drop_reason_desc) == ("DROPPED", 133, "Policy denied")
     assert ev.traffic_direction == "ingress" and ev.verdict_reason == "default deny"
+    assert ev.default_deny_by == ["NetworkPolicy production/default-deny-ingress"]
+    assert ev.explanation == (
+        "production/backend is selected for ingress by NetworkPolicy"
+        " production/default-deny-ingress; no rule of it allows this peer/port"
+    )
     assert (ev.src_pod, ev.dst_pod) == ("development/frontend", "production/backend")
     assert ev.tcp_flags == ["SYN"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from ciliary.client.agent import AgentClient
+from ciliary.core.models import TraceRequest
 from ciliary.lab import manager, policytest
 from ciliary.lab.policytest import CaseResult, PolicyTestError, PolicyTestReport
 
@@ -342,7 +344,12 @@ def test_cli_table_json_and_exit_codes(lab: PolicyLab, tmp_path: Path) -> None:
     denied, free, ping = report["cases"]
     assert denied["datapath"] == "deny" and denied["drop_reason"] == 133
     assert denied["drop_reason_desc"] == "Policy denied" and denied["direction"] == "ingress"
-    assert denied["trace"] == "deny" and denied["reason"] == "ingress: default deny"
+    assert denied["trace"] == "deny"
+    assert denied["reason"] == (
+        "ingress: default deny: production/backend is selected for ingress by NetworkPolicy"
+        " production/default-deny-ingress; no rule of it allows this peer/port"
+    )
+    assert denied["rules"] == ["NetworkPolicy production/default-deny-ingress"]
     assert free["datapath"] == "allow" and free["client"] == "connected"
     assert ping["datapath"] == "allow" and ping["client"] == "replied"
     # a denied case ends on the drop event, not on the client's timeout
@@ -378,3 +385,79 @@ def test_udp_without_a_server_is_decided_by_the_datapath(lab: PolicyLab) -> None
     )
     assert case(report, "open").datapath == "allow"
     assert case(report, "closed").datapath == "deny"
+
+
+FROM_FRONTEND = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: backend-from-frontend, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {role: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: frontend}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"""
+WHY = (
+    "production/backend is selected for ingress by CiliumNetworkPolicy"
+    " production/backend-from-frontend, NetworkPolicy production/default-deny-ingress; no rule of"
+    " them allows this peer/port"
+)
+MISS = (
+    "CiliumNetworkPolicy production/backend-from-frontend spec.ingress[0]: selects role=frontend"
+    " in namespace production, but the peer is in namespace development"
+)
+
+
+def test_default_deny_drop_names_the_policies_that_select_the_endpoint(lab: PolicyLab) -> None:
+    """Which policy dropped this? For a default deny: the policies that select the receiver for
+    ingress, in the datapath's own event (``ciliary monitor``), the PolicyTest report and
+    ``policy trace``, which also names the near miss (``fromEndpoints`` written in production's
+    policy, so it only selects production's frontends: the classic namespace mistake)."""
+    lab.import_policy(FROM_FRONTEND)
+    try:
+        mon = subprocess.Popen(
+            [CILIARY, "--node", lab.node, "monitor", "--type", "drop"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            # the subscription reaches the agent before the packet
+            assert select.select([mon.stderr], [], [], 30)[0], "monitor did not start"
+            assert mon.stderr is not None and "Listening" in mon.stderr.readline()
+            time.sleep(0.3)
+            report = lab.check(
+                "- {name: dev, from: development/frontend, to: production/backend, port: 80,"
+                " expect: deny, dropReason: 133, rule: production/backend-from-frontend}"
+            )
+            time.sleep(0.5)
+        finally:
+            mon.terminate()
+            out, err = mon.communicate(timeout=10)
+        dev = case(report, "dev")
+        assert dev.passed, explain(report)
+        assert dev.reason == f"ingress: default deny: {WHY}"
+        backend = lab.pod_ip("production/backend")
+        lines = [line for line in out.splitlines() if f"{backend}:80" in line]
+        assert lines, out + err
+        assert lines[0].endswith(f"default deny: {WHY}"), lines[0]
+
+        with lab.client() as cl:
+            tr = cl.policy_trace(
+                TraceRequest(src="development/frontend", dst="production/backend", port=80)
+            )
+        assert tr.ingress.reason == "default deny" and tr.ingress.explanation == WHY
+        assert tr.ingress.default_deny_by == [
+            "CiliumNetworkPolicy production/backend-from-frontend",
+            "NetworkPolicy production/default-deny-ingress",
+        ]
+        assert tr.ingress.near_misses == [MISS]
+        res = subprocess.run(
+            [CILIARY, "--node", lab.node, "policy", "trace", "--from", "development/frontend",
+             "--to", "production/backend", "--dport", "80/TCP"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 1, res.stderr
+        flat = " ".join(res.stdout.split())
+        assert f"default deny: {WHY}" in flat, res.stdout
+        assert "Near misses" in flat and MISS in flat, res.stdout
+    finally:
+        lab.delete_policies()

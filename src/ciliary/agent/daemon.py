@@ -74,8 +74,9 @@ class Agent:
             on_change=self._endpoint_changed,
         )
         self.monitor = Monitor(
-            cfg.node, self.datapath, self._pod_of_endpoint, explain=self._explain_cookie
-        )
+            cfg.node, self.datapath, self._pod_of_endpoint, explain=self._explain_cookie,
+            default_deny=self.policy.default_deny,
+        )  # fmt: skip
         self.hubble = AgentHubble(self, cfg.hubble)
         self.server = APIServer(self, cfg.socket)
         self._tasks: set[asyncio.Task[None]] = set()

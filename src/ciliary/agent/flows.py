@@ -21,7 +21,10 @@ same lines for the same packets:
   the identity's labels, sorted, CIDR identities reduced to their longest prefix;
 * ``{ingress,egress}_{allowed,denied}_by`` come from the policy cookie the datapath carries: the
   cookie names the rules that put the deciding map entry there (upstream correlates policy
-  verdict events through the endpoint's realized policy, which is the same information).
+  verdict events through the endpoint's realized policy, which is the same information);
+* a default-deny drop has no cookie (no rule matched): the policies that put the endpoint into
+  default deny travel in ``extensions`` (:mod:`ciliary.hubble.explain`), never in the
+  ``*_denied_by`` fields, which name deny rules as upstream's do.
 
 Everything here is a pure function of the event and the getters it is given, so it is tested
 with constructed events; ``ciliary.agent.hubble`` supplies the getters from the running agent.
@@ -45,6 +48,7 @@ from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.datapath.maps.events import RawTraceEvent
 from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.explain import default_deny_extension
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
 from ciliary.hubble.gopacket import ICMP4, ICMP6, TCP_FLAG_BITS, icmp_text
 from ciliary.hubble.monitorapi import TRACE_TO_LXC
@@ -53,6 +57,7 @@ from ciliary.policy.api.labels import (
     POLICY_LABEL_NAME,
     POLICY_LABEL_NAMESPACE,
 )
+from ciliary.policy.explain import DefaultDeny
 from ciliary.policy.identity import is_local_identity
 
 __all__ = [
@@ -187,6 +192,8 @@ class FlowGetters:
     policy_revision: Callable[[int], int] = lambda _ep: 0
     """Revision of the policy realized for an endpoint id (the repository's if unknown)."""
     ifname: Callable[[int], str] = lambda _i: ""
+    default_deny: Callable[[RawTraceEvent], DefaultDeny | None] = lambda _r: None
+    """A default-deny drop's explanation (the monitor's ``why_default_deny``), else None."""
 
 
 @dataclass
@@ -254,6 +261,10 @@ class FlowDecoder:
             f.interface.name = self.getters.ifname(raw.ifindex)
         if raw.policy_cookie:
             self._attribute(raw, f, src, dst)
+        elif f.drop_reason:
+            why = self.getters.default_deny(raw)
+            if why is not None:
+                f.extensions.CopyFrom(default_deny_extension(why))
         return f
 
     @staticmethod

@@ -265,6 +265,7 @@ class AgentHubble:
             rules_of_cookie=rules_of_cookie,
             policy_revision=policy_revision,
             ifname=self._agent.monitor.ifname,
+            default_deny=self._agent.monitor.why_default_deny,
         )
 
     def _index_endpoint(self, ep: Endpoint) -> None:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from ciliary.core.flow import (
+    DROP_REASON_NAMES,
     IP_PROTOCOLS,
     CTState,
     EventType,
@@ -39,6 +40,8 @@ from ciliary.core.models import MonitorEvent
 from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawTraceEvent, decode_trace_event
+from ciliary.policy.explain import DefaultDeny
+from ciliary.policy.mapstate import Direction
 
 log = logging.getLogger(__name__)
 _EVENT_TYPES: dict[int, Literal["trace", "drop", "policy-verdict"]] = {
@@ -74,10 +77,13 @@ class Monitor:
         node: str,
         datapath: NodeDatapath,
         pod_of_endpoint: Callable[[int], str | None],
+        *,
         queue_size: int = 4096,
         explain: Callable[[int], list[str]] = lambda _cookie: [],
+        default_deny: Callable[[int, Direction], DefaultDeny | None] = lambda _ep, _d: None,
     ) -> None:
         self._explain = explain
+        self._default_deny = default_deny
         self._node = node
         self._dp = datapath
         self._pod_of = pod_of_endpoint
@@ -208,6 +214,7 @@ class Monitor:
             ct_state = CTState(raw.ct_state).name.lower()
         except ValueError:
             ct_state = str(raw.ct_state)
+        why = self.why_default_deny(raw)
         return MonitorEvent(
             time=wall.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             ts_ns=raw.ts_ns,
@@ -245,11 +252,28 @@ class Monitor:
             traffic_direction=_DIRECTIONS.get(raw.traffic_direction, "unknown"),
             policy_match_type=raw.policy_match,
             policy_rules=self._explain(raw.policy_cookie) if raw.policy_cookie else [],
-            verdict_reason=(
-                "default deny" if raw.drop_reason == 133 and not raw.policy_cookie else ""
-            ),
+            verdict_reason="default deny" if why is not None else "",
+            default_deny_by=[str(p) for p in why.policies] if why is not None else [],
+            explanation=why.text if why is not None else "",
             summary=summary_of(raw),
         )
+
+    def why_default_deny(self, raw: RawTraceEvent) -> DefaultDeny | None:
+        """A default-deny drop (no rule matched: no cookie) explained by the policies that put
+        the deciding endpoint into default deny: the receiver for ingress, the sender for
+        egress (``bpf_lxc.c`` reports both ids with every policy drop)."""
+        if DROP_REASON_NAMES.get(raw.drop_reason) != "POLICY_DENIED" or raw.policy_cookie:
+            return None
+        direction = _DIRECTIONS.get(raw.traffic_direction)
+        if direction == "ingress":
+            ep_id = raw.dst_ep_id
+        elif direction == "egress":
+            ep_id = raw.ep_id
+        else:
+            return None
+        why = self._default_deny(ep_id, direction) if ep_id else None
+        # the endpoint may be gone by the time the event is read: still a default deny
+        return why or DefaultDeny(self._pod_of(ep_id) or f"endpoint {ep_id}", direction, ())
 
     def _src_pod(self, raw: RawTraceEvent) -> str | None:
         # from-container events carry the sender's endpoint; to-container ones the receiver's

@@ -45,8 +45,9 @@ from ciliary.kvstore import FileStore
 from ciliary.kvstore import policies as policystore
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 from ciliary.policy.api.documents import load_yaml
+from ciliary.policy.explain import DefaultDeny, near_misses
 from ciliary.policy.identity import Identity, cidr_identity
-from ciliary.policy.mapstate import MapEntry, MapKey, RuleRef
+from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
 from ciliary.policy.resolve import EndpointPolicy, Mode, NamedPorts, compute, merge_named_ports
 from ciliary.policy.selectorcache import SelectorCache, cidr_blocks
@@ -66,6 +67,11 @@ def rule_reference(ref: RuleRef) -> RuleReference:
         section=ref.direction + ("Deny" if ref.deny else ""),
         peer_index=ref.peer_index,
     )
+
+
+def endpoint_name(ep: Endpoint) -> str:
+    """``namespace/pod`` of an endpoint (``endpoint ID`` when it has no pod)."""
+    return f"{ep.namespace}/{ep.pod_name}" if ep.pod_name else f"endpoint {ep.id}"
 
 
 def ports_text(key: MapKey) -> str:
@@ -330,6 +336,25 @@ class PolicyManager:
 
     def realized(self, ep_id: int) -> EndpointPolicy | None:
         return self._realized.get(ep_id)
+
+    def default_deny(self, ep_id: int, direction: Direction) -> DefaultDeny | None:
+        """Why endpoint ``ep_id``'s ``direction`` drops what no rule allows (a default-deny
+        drop's explanation: the datapath's event names the endpoint and the direction); None
+        when the endpoint is unknown or the direction is not enforced."""
+        pol = self._realized.get(ep_id)
+        inputs = self._inputs.get(ep_id)
+        if pol is None or inputs is None or not pol.enforced(direction):
+            return None
+        return DefaultDeny(endpoint_name(inputs[0]), direction, pol.enforced_by(direction))
+
+    def near_misses(self, ep: Endpoint, direction: Direction, peer_identity: int) -> list[str]:
+        """Allow rules selecting ``ep`` whose selector for ``direction`` matched the peer's
+        labels but not its namespace (see :func:`ciliary.policy.explain.near_misses`)."""
+        labels = self._labels_of(ep.identity) or ()
+        peer = self._labels_of(peer_identity)
+        if self._mode == "never" or peer is None:
+            return []
+        return list(near_misses(self.repo.rules_for(labels), direction, peer))
 
     def status(self, ep: Endpoint) -> EndpointPolicyStatus:
         pol = self._realized.get(ep.id) or self.compute(ep)

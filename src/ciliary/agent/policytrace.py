@@ -3,7 +3,10 @@
 Each side is resolved the way the datapath sees it: a pod or endpoint id is a local endpoint
 (its identity, its realized policy); an address is looked up in the endpoints, else in the
 ipcache (longest prefix, else world). The verdict comes from the engine's ``trace_flow``, which
-simulates the two-lookup LPM rule of ``bpf/lib/policy.h`` on the entries written to the maps.
+simulates the two-lookup LPM rule of ``bpf/lib/policy.h`` on the entries written to the maps. A
+default deny is explained as the monitor explains its drops (the policies that selected the
+endpoint for that direction), with the near misses: allow rules whose selector matched the peer's
+labels but not its namespace.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 from ciliary.agent.endpoints import EndpointError, EndpointManager
-from ciliary.agent.policymanager import PolicyManager, rule_reference
+from ciliary.agent.policymanager import PolicyManager, endpoint_name, rule_reference
 from ciliary.core.flow import drop_reason_text
 from ciliary.core.models import Endpoint, TraceHalf, TraceRequest, TraceResponse
+from ciliary.policy.explain import DefaultDeny
+from ciliary.policy.mapstate import Direction
 from ciliary.policy.resolve import EndpointPolicy
 from ciliary.policy.trace import TraceResult, trace_flow
 
@@ -46,14 +51,23 @@ def _resolve(
     return None, policy.identity_of_address(str(addr))
 
 
-def _half(direction: str, ep: Endpoint | None, result: TraceResult) -> TraceHalf:
+def _half(
+    direction: Direction, ep: Endpoint | None, peer: int, result: TraceResult, policy: PolicyManager
+) -> TraceHalf:
+    explanation, misses = "", []
+    if ep is not None and result.reason == "default deny":
+        explanation = DefaultDeny(endpoint_name(ep), direction, result.enforced_by).text
+        misses = policy.near_misses(ep, direction, peer)
     return TraceHalf(
-        direction=direction,  # type: ignore[arg-type]
+        direction=direction,
         endpoint=f"{ep.id} ({ep.namespace}/{ep.pod_name})" if ep is not None else None,
         allowed=result.allowed,
         reason=result.reason,
         rules=[rule_reference(r) for r in sorted(result.deciding)],
         matched=str(result.matched_key) if result.matched_key is not None else None,
+        default_deny_by=[str(p) for p in result.enforced_by],
+        explanation=explanation,
+        near_misses=misses,
     )
 
 
@@ -79,6 +93,6 @@ def trace(req: TraceRequest, endpoints: EndpointManager, policy: PolicyManager) 
         verdict="FORWARDED" if flow.allowed else "DROPPED",
         drop_reason=reason,
         drop_reason_desc=drop_reason_text(reason) if reason else None,
-        egress=_half("egress", src_ep, flow.egress),
-        ingress=_half("ingress", dst_ep, flow.ingress),
+        egress=_half("egress", src_ep, dst_id, flow.egress, policy),
+        ingress=_half("ingress", dst_ep, src_id, flow.ingress, policy),
     )

@@ -97,6 +97,8 @@ def _policy(ev: MonitorEvent) -> str:
     """Why policy let the flow through or dropped it: the deciding rules, else the reason."""
     if ev.policy_rules:
         return " policy: " + ", ".join(ev.policy_rules)
+    if ev.explanation:  # a default deny: the policies that selected the endpoint
+        return f" {ev.verdict_reason}: {ev.explanation}"
     return f" {ev.verdict_reason}" if ev.verdict_reason else ""
 
 

@@ -356,7 +356,7 @@ def _half_rows(half: TraceHalf) -> list[tuple[str, str | Text]]:
     if half.rules:
         rules = "\n".join(str(r) for r in half.rules)
     elif half.reason == "default deny":
-        rules = "default deny (no rule allows this flow)"
+        rules = f"default deny: {half.explanation or 'no rule allows this flow'}"
     elif half.endpoint is None:
         rules = "none (not a local endpoint: no policy applies)"
     elif half.reason == "not enforced":
@@ -364,12 +364,15 @@ def _half_rows(half: TraceHalf) -> list[tuple[str, str | Text]]:
     else:
         rules = "none"
     verdict = Text("allowed", style="green") if half.allowed else Text("denied", style="bold red")
-    return [
+    rows: list[tuple[str, str | Text]] = [
         ("Verdict", verdict),
         ("Reason", half.reason),
         ("Rules", rules),
         ("Matched entry", half.matched or "-"),
     ]
+    if half.near_misses:
+        rows.append(("Near misses", "\n".join(half.near_misses)))
+    return rows
 
 
 def render_trace(console: Console, tr: TraceResponse) -> None:

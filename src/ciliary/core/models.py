@@ -213,6 +213,13 @@ class MonitorEvent(_Model):
         default_factory=list, description="the rules that decided (allowed or denied) this flow"
     )
     verdict_reason: str = Field(default="", description="'default deny' when no rule allowed it")
+    default_deny_by: list[str] = Field(
+        default_factory=list,
+        description="default deny: the policies that select the endpoint for that direction",
+    )
+    explanation: str = Field(
+        default="", description="default deny, in words: who selects the endpoint, and why it drops"
+    )
     summary: str
 
 
@@ -393,6 +400,15 @@ class TraceHalf(_Model):
     reason: str = Field(description="allowed | denied by rule | default deny | not enforced")
     rules: list[RuleReference]
     matched: str | None = Field(description="the policy map entry that matched")
+    default_deny_by: list[str] = Field(
+        default_factory=list,
+        description="default deny: the policies that select the endpoint for this direction",
+    )
+    explanation: str = Field(default="", description="default deny, in words")
+    near_misses: list[str] = Field(
+        default_factory=list,
+        description="allow rules whose selector matched the peer's labels but not its namespace",
+    )
 
 
 class TraceResponse(_Model):

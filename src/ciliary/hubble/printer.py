@@ -29,6 +29,7 @@ from ciliary.core.flow import DROP_REASONS, ReservedIdentity
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2
 from ciliary.hubble.api.relay import relay_pb2
+from ciliary.hubble.explain import default_deny_of
 from ciliary.hubble.goformat import (
     NOT_AVAILABLE,
     TabWriter,
@@ -166,6 +167,13 @@ def policy_names(policies: Iterable[flow_pb2.Policy]) -> str:
     """`` BY name (Kind), name2 (Kind2)`` for policies that have both a name and a kind."""
     named = [f"{p.name} ({p.kind})" for p in policies if p.name and p.kind]
     return " BY " + ", ".join(named) if named else ""
+
+
+def _default_deny_names(f: flow_pb2.Flow) -> str:
+    """`` (default deny: <why>)`` for a default-deny drop whose flow explains it (our
+    ``extensions``, :mod:`ciliary.hubble.explain`); upstream's fields name no policy there."""
+    why = default_deny_of(f)
+    return f" (default deny: {why[0]})" if why is not None else ""
 
 
 def _deciding_policies(f: flow_pb2.Flow) -> Sequence[flow_pb2.Policy]:
@@ -335,7 +343,7 @@ class Printer:
         else:
             text = msg
         if self.opts.policy_names:
-            text += policy_names(_deciding_policies(f))
+            text += policy_names(_deciding_policies(f)) or _default_deny_names(f)
         return text
 
     def _table_row(self, when: str, node_name: str, *cells: str) -> None:

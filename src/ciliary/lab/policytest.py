@@ -1,21 +1,23 @@
 """``ciliary policy test``: policy expectations, checked with real packets in a running lab.
 
 A ``PolicyTest`` file (``ciliary.io/v1alpha1``) lists flows and whether policy must allow or deny
-them. Each case is checked three ways, and all three must agree:
+them. Each case is observed three ways:
 
-- **the datapath's own verdict**: while a probe runs, the runner listens to the monitor stream
-  of every node's agent and takes the trace (FORWARDED at the last hop: ``to-endpoint`` for a pod,
-  ``to-stack`` for anything else) or drop event of the probe's flow. This is the authoritative
-  answer: it is what the eBPF program decided, it does not depend on a server listening, and it
-  names the drop reason (133 "Policy denied", 181 "Policy denied by denylist") and the deciding
-  rules;
-- **the client's result**, the fallback when no event was seen: a TCP connect that succeeds or is
-  *refused* (the SYN reached the peer, which answered with a reset) proves the packet passed, a
-  timeout is a deny; a UDP datagram (a DNS query, so DNS servers answer too) that gets an answer or
-  a port-unreachable passed, a timeout is a deny; an ICMP echo with a reply passed;
-- **``policy trace``**: the agent's explanation from its computed policy map state, reported with
-  its deciding rule, and compared with the datapath (a disagreement is a failure: one of them is
-  wrong).
+- **the datapath's own verdict**, which alone decides: while a probe runs, the runner listens to
+  the monitor stream of every node's agent and takes the drop event of the probe's flow, else its
+  trace FORWARDED at the last hop (``to-endpoint`` for a pod, ``to-stack`` for anything else). It
+  is what the eBPF program decided and names the drop reason (133 "Policy denied", 181 "Policy
+  denied by denylist") and the deciding rules, or for a default deny the policies that put the
+  endpoint into it;
+- **the client's result**, which must agree but never stands in for the datapath: a timeout also
+  happens when a server is down or a route is missing, so it proves no deny, and a request the
+  datapath forwarded proves no allow if its reply never comes back. So a ``deny`` needs the drop
+  event (a policy drop reason, or exactly ``dropReason`` when given) and a client that did not get
+  through; an ``allow`` needs the FORWARDED event and, towards a pod, a reply (connected, a TCP
+  reset or ICMP port unreachable from the peer, a UDP answer, an echo reply). A case without the
+  event it needs fails and says which one is missing;
+- **``policy trace``**: the agent's explanation from its computed policy map state, compared with
+  the datapath (a disagreement is a failure: one of them is wrong).
 
 Probes run inside the source's network namespace (a pod's, or the node's for ``from: host``) as
 short-lived processes, one new connection each, so every case is a new flow through conntrack and
@@ -334,7 +336,7 @@ class CaseResult(_Result):
     trace_reason: str
     rules: list[str] = Field(description="the deciding rules (datapath event, else trace)")
     reason: str = Field(description="deciding rule or reason, one line")
-    verdict: Verdict | None = Field(description="the observed verdict (datapath, else client)")
+    verdict: Verdict | None = Field(description="the observed verdict: the datapath's")
     passed: bool
     problems: list[str]
     seconds: float
@@ -687,7 +689,8 @@ def _trace(lab: _Lab, src: _Peer, dst: _Peer, case: PolicyTestCase) -> tuple[Tra
 def _half_text(half: TraceHalf) -> str:
     if half.rules:
         return f"{half.direction}: " + "; ".join(str(r) for r in half.rules)
-    return f"{half.direction}: {half.reason}"
+    why = f": {half.explanation}" if half.explanation else ""
+    return f"{half.direction}: {half.reason}{why}"
 
 
 def _trace_summary(egress: TraceHalf, ingress: TraceHalf) -> tuple[Verdict, str, list[str]]:
@@ -700,7 +703,8 @@ def _trace_summary(egress: TraceHalf, ingress: TraceHalf) -> tuple[Verdict, str,
         if deciding.reason != "allowed":
             return "allow", "not enforced", []
     verdict: Verdict = "allow" if egress.allowed and ingress.allowed else "deny"
-    return verdict, _half_text(deciding), [str(r) for r in deciding.rules]
+    rules = [str(r) for r in deciding.rules] or list(deciding.default_deny_by)
+    return verdict, _half_text(deciding), rules
 
 
 # --------------------------------------------------------------------------------------------
@@ -711,26 +715,47 @@ def _case_name(test: PolicyTest, index: int, case: PolicyTestCase) -> str:
     return case.name or f"{test.metadata.name}#{index}"
 
 
-def _check(case: PolicyTestCase, res: dict[str, Any]) -> list[str]:
+def _check(case: PolicyTestCase, res: dict[str, Any], dst_kind: str) -> list[str]:
+    """Every way the observed case falls short of its expectation (empty: it holds).
+
+    Only the datapath's own event decides: a deny is a drop event (with the expected reason, else
+    a policy drop reason), never a client's timeout (a server that is down, a route that is
+    missing, a probe that is too slow all time out too); an allow is a FORWARDED event at the
+    last hop, and towards a pod the client must also have seen the reply (the request was
+    forwarded, but a dropped reply would break the connection all the same). A case without the
+    event it needs fails, saying which event is missing.
+    """
     problems: list[str] = []
-    observed: Verdict | None = res["verdict"]
     datapath: Verdict | None = res["datapath"]
-    if observed is None:
-        problems.append(f"no verdict: no datapath event and the client saw {res['client']}")
-    elif observed != case.expect:
-        src = "datapath" if datapath else "client"
-        problems.append(f"expected {case.expect}, the {src} says {observed}")
-    if res["trace"] is not None and observed is not None and res["trace"] != observed:
-        src = "datapath" if datapath else "client"
-        problems.append(f"policy trace says {res['trace']} but the {src} says {observed}")
-    if datapath == "deny" and res["client_verdict"] == "allow":
-        problems.append(f"the client got through ({res['client']}) although the datapath dropped")
-    if (
-        case.drop_reason is not None
-        and datapath == "deny"
-        and res["drop_reason"] != case.drop_reason
-    ):
-        problems.append(f"expected drop reason {case.drop_reason}, got {res['drop_reason']}")
+    client = res["client"]
+    if datapath is None:
+        needed = "drop" if case.expect == "deny" else "FORWARDED"
+        problems.append(
+            f"no {needed} event from the datapath for this flow (the client saw {client}):"
+            f" the client alone proves no {case.expect}"
+        )
+    elif datapath != case.expect:
+        problems.append(f"expected {case.expect}, the datapath says {datapath}")
+    if res["trace"] is not None and datapath is not None and res["trace"] != datapath:
+        problems.append(f"policy trace says {res['trace']} but the datapath says {datapath}")
+    if datapath == "deny":
+        if res["client_verdict"] == "allow":
+            problems.append(f"the client got through ({client}) although the datapath dropped")
+        wanted = case.drop_reason
+        if wanted is not None and res["drop_reason"] != wanted:
+            problems.append(
+                f"expected drop reason {wanted} ({POLICY_DROPS[wanted]}), got"
+                f" {res['drop_reason']} ({res['drop_reason_desc']})"
+            )
+        elif wanted is None and res["drop_reason"] not in POLICY_DROPS:
+            problems.append(
+                f"dropped for {res['drop_reason_desc']} ({res['drop_reason']}), not by policy"
+            )
+    replied = res["client_verdict"] == "allow"
+    if case.expect == "allow" and datapath == "allow" and dst_kind == "pod" and not replied:
+        problems.append(
+            f"the datapath forwarded the request but the client saw no reply ({client})"
+        )
     if case.rule is not None and not any(case.rule in r for r in res["rules"]):
         problems.append(f"no deciding rule contains {case.rule!r}")
     return problems
@@ -757,7 +782,11 @@ def _run_case(
         if datapath == "deny":
             reason = f"{ev.traffic_direction}: {reason}"
     elif ev is not None and ev.verdict_reason:
-        rules, reason = [], f"{ev.traffic_direction}: {ev.verdict_reason}"
+        why = f": {ev.explanation}" if ev.explanation else ""
+        rules, reason = (
+            list(ev.default_deny_by),
+            f"{ev.traffic_direction}: {ev.verdict_reason}{why}",
+        )
     else:
         rules, reason = trace_rules, trace_reason
     res: dict[str, Any] = {
@@ -782,10 +811,10 @@ def _run_case(
         "trace_reason": trace_reason,
         "rules": rules,
         "reason": reason,
-        "verdict": datapath or client_verdict,
+        "verdict": datapath,
         "seconds": round(probe.seconds, 3),
     }
-    problems = _check(case, res)
+    problems = _check(case, res, dst.kind)
     if ev is None and tap.errors:
         problems.append(f"the monitor stream failed: {tap.errors[0]}")
     return CaseResult(**res, passed=not problems, problems=problems)

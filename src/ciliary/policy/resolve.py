@@ -74,6 +74,7 @@ from typing import Final, Literal, TypeAlias
 
 from ciliary.policy.api.model import PeerRule, PortRule
 from ciliary.policy.api.selector import Requirement, Selector
+from ciliary.policy.explain import PolicyRef
 from ciliary.policy.identity import WILDCARD_IDENTITY, Identity, reserved_identity
 from ciliary.policy.mapstate import (
     PROTO_ICMP,
@@ -121,7 +122,9 @@ class EndpointPolicy:
     ``entries`` is read-only and shared between callers (results are cached). ``selectors`` are the
     peer selectors the entries depend on: when the selector cache reports one of them changed, the
     endpoint needs recomputing. ``policies`` are the keys of the policies with a rule selecting the
-    endpoint. ``egress_port_names`` are the egress named ports its rules use: when the named ports
+    endpoint; ``ingress_enforced_by``/``egress_enforced_by`` those of them whose rules turned that
+    direction's default deny on (what a default-deny drop is explained with, :mod:`.explain`).
+    ``egress_port_names`` are the egress named ports its rules use: when the named ports
     of other identities change for one of them, the endpoint needs recomputing.
     """
 
@@ -134,10 +137,17 @@ class EndpointPolicy:
     policies: tuple[str, ...] = ()
     selector_cache_version: int = 0
     egress_port_names: frozenset[str] = frozenset()
+    ingress_enforced_by: tuple[PolicyRef, ...] = ()
+    egress_enforced_by: tuple[PolicyRef, ...] = ()
     _index: LPMIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def enforced(self, direction: Direction) -> bool:
         return self.ingress_enforced if direction == "ingress" else self.egress_enforced
+
+    def enforced_by(self, direction: Direction) -> tuple[PolicyRef, ...]:
+        """The policies whose rules put ``direction`` into default deny (empty when it is not
+        enforced, or enforced by the mode ``always`` alone)."""
+        return self.ingress_enforced_by if direction == "ingress" else self.egress_enforced_by
 
     def lookup(
         self, identity: int, egress: bool, protocol: int, port: int
@@ -472,23 +482,25 @@ def _compute(
     selected = repo.rules_for(subject.labels)
     resolver = _Resolver(cache, named_ports, remote_named_ports)
     enforced: dict[Direction, bool] = {}
+    enforcers: dict[Direction, tuple[PolicyRef, ...]] = {}
     for direction in _DIRECTIONS:
         egress = direction == "egress"
         if egress:
-            on = any(
-                (s.rule.egress or s.rule.egress_deny) and s.rule.default_deny_egress
-                for s in selected
-            )
+            on_by = [
+                s for s in selected if (s.rule.egress or s.rule.egress_deny)
+                and s.rule.default_deny_egress
+            ]  # fmt: skip
             allows = [(s, p) for s in selected for p in s.rule.egress]
             denies = [(s, p) for s in selected for p in s.rule.egress_deny]
         else:
-            on = any(
-                (s.rule.ingress or s.rule.ingress_deny) and s.rule.default_deny_ingress
-                for s in selected
-            )
+            on_by = [
+                s for s in selected if (s.rule.ingress or s.rule.ingress_deny)
+                and s.rule.default_deny_ingress
+            ]  # fmt: skip
             allows = [(s, p) for s in selected for p in s.rule.ingress]
             denies = [(s, p) for s in selected for p in s.rule.ingress_deny]
-        enforced[direction] = on or mode == "always"
+        enforced[direction] = bool(on_by) or mode == "always"
+        enforcers[direction] = tuple(dict.fromkeys(PolicyRef.of(s.policy) for s in on_by))
         _resolve_peers(resolver, direction, True, denies)
         _resolve_peers(resolver, direction, False, allows)
         if not enforced[direction]:
@@ -505,6 +517,8 @@ def _compute(
         policies=tuple(dict.fromkeys(s.policy.key for s in selected)),
         selector_cache_version=cache.version,
         egress_port_names=frozenset(resolver.egress_port_names),
+        ingress_enforced_by=enforcers["ingress"],
+        egress_enforced_by=enforcers["egress"],
     )
 
 

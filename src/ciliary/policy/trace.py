@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from ciliary.policy.explain import PolicyRef
 from ciliary.policy.identity import WILDCARD_IDENTITY
 from ciliary.policy.mapstate import Direction, MapKey, RuleRef
 from ciliary.policy.resolve import EndpointPolicy
@@ -37,12 +38,15 @@ class TraceResult:
     (a deny entry matched: drop reason 181), ``default deny`` (nothing matched in an enforced
     direction: drop reason 133) or ``not enforced`` (the direction is not enforced and no deny
     matched). ``deciding`` are the rules behind the deciding entry, ``matched_key`` that entry.
+    For ``default deny``, ``enforced_by`` are the policies that put the direction into default
+    deny (:class:`~ciliary.policy.explain.DefaultDeny` says it in words).
     """
 
     allowed: bool
     reason: Reason
     deciding: frozenset[RuleRef] = frozenset()
     matched_key: MapKey | None = None
+    enforced_by: tuple[PolicyRef, ...] = ()
 
     @property
     def drop_reason(self) -> int | None:
@@ -80,7 +84,7 @@ def trace(
     if wildcard is not None and (best is None or wildcard[0].prefixlen > best[0].prefixlen):
         best = wildcard
     if best is None:
-        return TraceResult(False, "default deny")
+        return TraceResult(False, "default deny", enforced_by=policy.enforced_by(direction))
     reason: Reason = "allowed" if policy.enforced(direction) else "not enforced"
     return TraceResult(True, reason, best[1].derived_from, best[0])
 
