@@ -125,16 +125,34 @@ def render_view(console: Console, view: LabView) -> None:
                 if view.relay is not None
                 else "(not started)",
             ),
+            (
+                "Supervisor",
+                "(none)"
+                if view.supervisor_alive is None
+                else "running (restarts agents that exit)"
+                if view.supervisor_alive
+                else "NOT running (agents that exit stay down; `lab restart-agent` starts one)",
+            ),
         ],
     )
     console.print()
-    nodes = new_table("NODE", "NETNS", "AGENT PID", "ALIVE", "SOCKET", "IPv4 CIDR", "IPv6 CIDR")
+    nodes = new_table(
+        "NODE", "NETNS", "AGENT PID", "ALIVE", "RESTARTS", "LAST EXIT", "SOCKET", "IPv4 CIDR",
+        "IPv6 CIDR",
+    )  # fmt: skip
     for n in view.nodes:
+        last_exit = (
+            f"{n.agent_last_exit} ({fmt_time(n.agent_last_exit_at)})"
+            if n.agent_last_exit and n.agent_last_exit_at
+            else None
+        )
         nodes.add_row(
             n.name,
             n.netns,
             fmt_opt(n.agent_pid),
             fmt_bool(n.agent_alive),
+            str(n.agent_restarts),
+            fmt_opt(last_exit),
             n.socket,
             fmt_opt(n.ipv4_cidr),
             fmt_opt(n.ipv6_cidr),

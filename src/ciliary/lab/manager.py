@@ -17,6 +17,7 @@ Safety and hygiene contracts:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.progress import Progress, TaskID
@@ -47,6 +48,7 @@ from ciliary.lab.state import (
     PodView,
     RelayRecord,
     RelayView,
+    SupervisorRecord,
 )
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 
@@ -133,8 +135,52 @@ def _k8s_object(
     return {"apiVersion": "v1", "kind": kind, "metadata": meta, **body}
 
 
-def _save(rec: LabRecord) -> None:
-    atomic.write_json(_state_file(rec.name), rec.model_dump(mode="json"))
+# The agent_* fields of a node are the supervisor's (``lab.supervisor``): it starts every agent
+# and writes them; every other writer keeps the values on disk. Writes of the record take
+# ``state.lock`` so the two never lose each other's updates.
+SUPERVISED_FIELDS = (
+    "agent_pid", "agent_start_time", "agent_log_offset",
+    "agent_restarts", "agent_last_exit", "agent_last_exit_at",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _record_lock(lab: str) -> Iterator[None]:
+    path = _lab_dir(lab) / "state.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _refresh_supervised(rec: LabRecord) -> None:
+    """Take the supervisor's fields of every node from the record on disk into ``rec``."""
+    with contextlib.suppress(LabError):
+        on_disk = {n.name: n for n in _load(rec.name).nodes}
+        for nrec in rec.nodes:
+            if nrec.name in on_disk:
+                for field in SUPERVISED_FIELDS:
+                    setattr(nrec, field, getattr(on_disk[nrec.name], field))
+
+
+def _save(rec: LabRecord, *, agent_fields: bool = False) -> None:
+    """Write the record; the supervisor's fields of ``rec`` are refreshed from disk first unless
+    ``agent_fields`` (the writer started the agent itself)."""
+    with _record_lock(rec.name):
+        if not agent_fields:
+            _refresh_supervised(rec)
+        atomic.write_json(_state_file(rec.name), rec.model_dump(mode="json"))
+
+
+def update_node(lab: str, node: str, change: Callable[[NodeRecord], None]) -> None:
+    """Read-modify-write one node of the record under the lock (the supervisor's writes)."""
+    with _record_lock(lab):
+        rec = _load(lab)
+        change(_node(rec, node))
+        atomic.write_json(_state_file(lab), rec.model_dump(mode="json"))
 
 
 def _load(lab: str) -> LabRecord:
@@ -206,6 +252,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     try:
         _publish_cluster(rec, lab_file)
         _publish_policies(rec.name, lab_file, policies)
+        _start_supervisor(rec)
         cidrs = schema.node_cidrs(lab_file)
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
@@ -239,33 +286,70 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
         raise LabError(f"{path}: {err.strerror}") from err
     except schema.LabFileError as err:
         raise LabError(str(err)) from err
-    made: list[PodRecord] = []
     policies = _policies_of(added)
+    undo = _ApplyUndo.of(rec, policies)
     try:
         _publish_policies(rec.name, added, policies)
         store = cluster_store(rec.name)
         for ns in added.namespaces:
-            rec.namespaces[ns.metadata.name] = {
-                **ns.metadata.labels,
-                "kubernetes.io/metadata.name": ns.metadata.name,
-            }
+            # as kube-apiserver does for every namespace (and `lab up` here): its name as a label
+            labels = {**ns.metadata.labels, "kubernetes.io/metadata.name": ns.metadata.name}
+            rec.namespaces[ns.metadata.name] = labels
             store.put(
                 "namespaces",
                 ns.metadata.name,
-                _k8s_object("Namespace", ns.metadata.name, labels=dict(ns.metadata.labels)),
+                _k8s_object("Namespace", ns.metadata.name, labels=labels),
             )
         _save(rec)
         for pod in added.pods:
             with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
-                made.append(_create_pod(rec, pod))
+                _create_pod(rec, pod)
     except BaseException as err:
-        for pod_rec in made:
-            _remove_pod(rec, pod_rec)
-        _save(rec)
+        undo.rollback(rec)
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
             raise LabError(f"lab apply failed, nothing was added: {err}") from err
         raise
     return status(rec.name)
+
+
+class _ApplyUndo:
+    """What ``lab apply`` must give back when it fails: every pod it created (also one that failed
+    half-way: the record is written before the pod is made), the namespaces it added, and the
+    policies it published (restored to their previous version when it replaced one)."""
+
+    def __init__(
+        self,
+        pods: set[str],
+        namespaces: dict[str, dict[str, str]],
+        policies: dict[str, dict[str, object] | None],
+    ) -> None:
+        self.pods, self.namespaces, self.policies = pods, namespaces, policies
+
+    @classmethod
+    def of(cls, rec: LabRecord, policies: list[Policy]) -> _ApplyUndo:
+        store = cluster_store(rec.name)
+        return cls(
+            {p.key for p in rec.pods},
+            {k: dict(v) for k, v in rec.namespaces.items()},
+            {pol.key: store.get(policystore.KIND, pol.key) for pol in policies},
+        )
+
+    def rollback(self, rec: LabRecord) -> None:
+        for prec in [p for p in rec.pods if p.key not in self.pods]:
+            _remove_pod(rec, prec)
+        store = cluster_store(rec.name)
+        for ns_name in [n for n in rec.namespaces if n not in self.namespaces]:
+            store.delete("namespaces", ns_name)
+        rec.namespaces = self.namespaces
+        if self.policies:
+            with store.transaction() as txn:
+                for key, old in self.policies.items():
+                    if old is None:
+                        txn.delete(policystore.KIND, key)
+                    else:
+                        txn.put(policystore.KIND, key, old)
+            policystore.withdraw(store, [])  # one revision bump: agents reload
+        _save(rec)
 
 
 def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
@@ -474,25 +558,84 @@ def _start_relay(rec: LabRecord, listen_address: str) -> None:
     raise LabError(f"hubble relay not listening on {address} after {RELAY_READY_TIMEOUT:.0f}s")
 
 
-def _start_agent(rec: LabRecord, nrec: NodeRecord) -> None:
+def supervisor_dir(lab: str) -> Path:
+    """Requests to the lab's supervisor (``restart-<node>``) and its log."""
+    return _lab_dir(lab) / "supervisor"
+
+
+def _start_supervisor(rec: LabRecord) -> None:
+    """The lab's supervisor: starts each node's agent once the node is made, and restarts it
+    when it exits (kubelet's part for the agent's DaemonSet pod). One per lab, root netns."""
+    srec = SupervisorRecord(cgroup=_cgroup_rel(rec.name, "supervisor"))
+    rec.supervisor = srec
+    _save(rec)  # intent first
+    cg = cgroup.create(srec.cgroup) if srec.cgroup else None
+    argv = [sys.executable, "-m", "ciliary.lab.supervisor", rec.name]
+    srec.pid, srec.start_time = process.spawn(
+        argv, netns_path=None, cgroup_path=cg, log_path=supervisor_dir(rec.name) / "supervisor.log"
+    )
+    _save(rec)
+
+
+def _supervised(rec: LabRecord) -> bool:
+    return rec.supervisor is not None and process.alive(
+        rec.supervisor.pid, rec.supervisor.start_time
+    )
+
+
+def spawn_agent(rec: LabRecord, nrec: NodeRecord) -> None:
+    """Start the node's agent process (no wait) and set ``nrec``'s agent fields."""
     state_dir = Path(nrec.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cg = cgroup.create(nrec.cgroup) if nrec.cgroup else None
     log_path = state_dir / "agent.log"
-    pid, started = process.spawn(
+    nrec.agent_log_offset = _log_size(log_path)  # this run's lines: an earlier run's are stale
+    nrec.agent_pid, nrec.agent_start_time = process.spawn(
         _agent_argv(rec, nrec), netns_path=None, cgroup_path=cg, log_path=log_path
     )
-    nrec.agent_pid, nrec.agent_start_time = pid, started
+
+
+def _start_agent(rec: LabRecord, nrec: NodeRecord, *, restart: bool = False) -> None:
+    """(Re)start the node's agent through the supervisor (directly when the lab has none, e.g. it
+    was killed) and wait until it is ready."""
+    old_pid = nrec.agent_pid
+    nrec.agent_wanted = True
     _save(rec)
-    _wait_agent(nrec, log_path)
+    if _supervised(rec):
+        if restart:
+            request = supervisor_dir(rec.name) / f"restart-{nrec.name}"
+            request.parent.mkdir(parents=True, exist_ok=True)
+            request.touch()
+        _await_spawn(rec, nrec, old_pid)
+    else:
+        if restart:
+            process.stop(nrec.agent_pid, nrec.agent_start_time)
+        with _record_lock(rec.name):
+            spawn_agent(rec, nrec)
+            atomic.write_json(_state_file(rec.name), rec.model_dump(mode="json"))
+    _wait_agent(nrec, Path(nrec.state_dir) / "agent.log", nrec.agent_log_offset)
 
 
-def _wait_agent(nrec: NodeRecord, log_path: Path) -> None:
+def _await_spawn(rec: LabRecord, nrec: NodeRecord, old_pid: int | None) -> None:
+    """Wait until the supervisor has started a new agent for ``nrec`` (fields refreshed)."""
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        _refresh_supervised(rec)
+        if nrec.agent_pid is not None and nrec.agent_pid != old_pid:
+            return
+        if not _supervised(rec):
+            log = supervisor_dir(rec.name) / "supervisor.log"
+            raise LabError(f"the lab's supervisor exited: {_tail(log)}")
+        time.sleep(0.05)
+    raise LabError(f"the supervisor did not start the agent of node {nrec.name}")
+
+
+def _wait_agent(nrec: NodeRecord, log_path: Path, log_start: int = 0) -> None:
     deadline = time.monotonic() + AGENT_READY_TIMEOUT
     sock = Path(nrec.socket)
     while time.monotonic() < deadline:
         if not process.alive(nrec.agent_pid, nrec.agent_start_time):
-            tail = _tail(log_path)
+            tail = _tail(log_path, log_start)
             raise LabError(f"agent of node {nrec.name} exited during start-up: {tail}")
         if sock.exists():
             with contextlib.suppress(AgentUnavailableError), AgentClient(sock, timeout=2) as cl:
@@ -502,9 +645,21 @@ def _wait_agent(nrec: NodeRecord, log_path: Path) -> None:
     raise LabError(f"agent of node {nrec.name} not ready after {AGENT_READY_TIMEOUT:.0f}s")
 
 
-def _tail(path: Path) -> str:
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, start: int = 0) -> str:
+    """The telling line of a log (the last error, else the last line), from byte ``start`` on: a
+    process's own run, never a line an earlier run left in the same file."""
     with contextlib.suppress(OSError):
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
         for line in reversed(lines):
             if "Error" in line or "error" in line or "failed" in line:
                 return line.strip()[-300:]
@@ -579,6 +734,7 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
     # Every container is a process in the pod's netns and its cgroup (as containers of a pod
     # share the pod's network namespace).
     cg = cgroup.create(prec.cgroup) if prec.cgroup else None
+    log_start = _log_size(Path(prec.log)) if prec.log else 0
     specs = {c.name: c for c in pod.spec.containers}
     for crec in prec.containers:
         spec = specs[crec.name]
@@ -593,8 +749,28 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
             cwd=spec.working_dir,
         )
         _save(rec)
+    _check_started(prec, log_start)
     _write_dns_records(rec)
     return prec
+
+
+def _check_started(prec: PodRecord, log_start: int) -> None:
+    """A container whose command cannot be started (not found, not executable) fails the pod,
+    as the runtime's start error fails it in Kubernetes; the reason is the log line the failed
+    exec wrote (from this start on: ``log_start``) and its exit code. A command that starts and
+    later exits is not a start failure."""
+    for crec in prec.containers:
+        if crec.pid is None:
+            continue
+        code = process.wait_exec(crec.pid, crec.pid_start_time, crec.argv)
+        if code is None:
+            continue
+        meaning = {126: "not executable", 127: "command not found"}.get(code, f"exit code {code}")
+        reason = _tail(Path(prec.log), log_start) if prec.log else ""
+        raise LabError(
+            f"pod {prec.key}: container {crec.name} cannot start {crec.argv[0]!r}"
+            f" ({meaning}): {reason}"
+        )
 
 
 # ---- cluster DNS -------------------------------------------------------------------------------
@@ -752,7 +928,7 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
     for crec in prec.containers:
         process.stop(crec.pid, crec.pid_start_time, timeout=1.0)
     with contextlib.suppress(Exception):
-        node = _node(rec, prec.node)
+        node = _node(_load(rec.name), prec.node)  # the agent now (the supervisor restarts it)
         if process.alive(node.agent_pid, node.agent_start_time):
             _cni(rec, node).delete(prec.container_id, str(netns.path_of(prec.netns)), "eth0")
     with contextlib.suppress(Exception):
@@ -768,6 +944,13 @@ def _teardown(rec: LabRecord) -> None:
     """Idempotent removal of everything the record (and the lab's name prefixes) points at."""
     errors: list[str] = []
     root = cgroup.cgroup2_root()
+    if rec.supervisor is not None:
+        # first, so that no agent is started again while the lab goes
+        process.stop(rec.supervisor.pid, rec.supervisor.start_time, timeout=5.0)
+        if rec.supervisor.cgroup and root is not None:
+            _collect(errors, cgroup.kill_and_remove, root / rec.supervisor.cgroup)
+        with contextlib.suppress(OSError):
+            _refresh_supervised(rec)
     if rec.relay is not None:
         process.stop(rec.relay.pid, rec.relay.start_time, timeout=5.0)
         if rec.relay.cgroup and root is not None:
@@ -828,6 +1011,9 @@ def status(name: str | None = None) -> LabView:
                 netns=n.netns,
                 agent_pid=n.agent_pid,
                 agent_alive=process.alive(n.agent_pid, n.agent_start_time),
+                agent_restarts=n.agent_restarts,
+                agent_last_exit=n.agent_last_exit,
+                agent_last_exit_at=n.agent_last_exit_at,
                 socket=n.socket,
                 ipv4_cidr=n.ipv4_cidr,
                 ipv6_cidr=n.ipv6_cidr,
@@ -857,6 +1043,7 @@ def status(name: str | None = None) -> LabView:
         )
         if rec.relay is not None
         else None,
+        supervisor_alive=_supervised(rec) if rec.supervisor is not None else None,
     )
 
 
@@ -897,9 +1084,7 @@ def restart_agent(node: str, *, name: str | None = None) -> None:
     """Stop (if running) and start again the agent of ``node``; returns once it is ready."""
     _require_root()
     rec = _load(_resolve(name))
-    nrec = _node(rec, node)
-    process.stop(nrec.agent_pid, nrec.agent_start_time)
-    _start_agent(rec, nrec)
+    _start_agent(rec, _node(rec, node), restart=True)
 
 
 def agent_socket(node: str, *, name: str | None = None) -> Path:

@@ -81,6 +81,67 @@ def spawn(
     return proc.pid, start_time(proc.pid)
 
 
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def _runs(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
+    """Whether a process with ``cmdline`` is ``argv`` itself (its wrappers have exec'd into it):
+    the same program and arguments, or a script's interpreter followed by them (``#!``)."""
+    if not cmdline or not argv:
+        return False
+    name = os.path.basename(argv[0])
+    if os.path.basename(cmdline[0]) == name and list(cmdline[1:]) == list(argv[1:]):
+        return True
+    return (
+        len(cmdline) >= 2
+        and os.path.basename(cmdline[1]) == name
+        and list(cmdline[2:]) == list(argv[1:])
+    )
+
+
+def exit_status(pid: int) -> int | None:
+    """The exit code of our child ``pid`` if it has ended (it is reaped), else None; a signal
+    that killed it is 128 + its number, as a shell reports it."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if done == 0:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def wait_exec(
+    pid: int, started: int | None, argv: Sequence[str], timeout: float = 10.0
+) -> int | None:
+    """Wait until the process we spawned runs ``argv`` (the wrappers before it, ``sh`` joining
+    the cgroup and ``nsenter`` entering the netns, have exec'd into it) or has ended first.
+
+    Returns the exit code when it ended before running ``argv`` (the command could not be
+    started: not found, not executable, ...), None once it runs ``argv`` (or at ``timeout``: a
+    chain we do not recognise is not an error). A command that runs and then exits is not a
+    start failure (as with a container that starts and crashes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = exit_status(pid)
+        if code is not None:
+            return code
+        cmdline = _cmdline(pid)
+        if cmdline is not None and _runs(cmdline, argv):
+            return None
+        if not alive(pid, started) and not cmdline:
+            return 127  # gone, and not our child (no status to read): it never ran argv
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.005)
+
+
 def stop(pid: int | None, started: int | None, timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``; only if (pid, start time) is still ours."""
     if pid is None or not alive(pid, started):

@@ -21,8 +21,16 @@ class NodeRecord(_Model):
     state_dir: str
     pin_dir: str
     socket: str
+    # Written by the lab's supervisor only (it starts every agent, see ``lab.supervisor``); the
+    # manager keeps the supervisor's values when it saves the record.
     agent_pid: int | None = None
     agent_start_time: int | None = Field(default=None, description="/proc/<pid>/stat starttime")
+    agent_log_offset: int = Field(default=0, description="agent.log size when it started")
+    agent_restarts: int = Field(default=0, description="restarts after the agent exited")
+    agent_last_exit: str | None = None
+    agent_last_exit_at: float | None = None
+    # Written by the manager: the supervisor starts an agent only once its node is ready for it.
+    agent_wanted: bool = False
     cgroup: str | None = None
     ipv4_cidr: str | None = None
     ipv6_cidr: str | None = None
@@ -77,6 +85,14 @@ class RelayRecord(_Model):
     cgroup: str | None = None
 
 
+class SupervisorRecord(_Model):
+    """The lab's supervisor process (root netns), which starts and restarts the agents."""
+
+    pid: int | None = None
+    start_time: int | None = None
+    cgroup: str | None = None
+
+
 class LabRecord(_Model):
     name: str
     file: str | None
@@ -88,6 +104,7 @@ class LabRecord(_Model):
     ipam_mode: str = "cluster-pool"
     hubble: HubbleRecord = Field(default_factory=HubbleRecord)
     relay: RelayRecord | None = None
+    supervisor: SupervisorRecord | None = None
 
 
 class NodeView(_Model):
@@ -95,6 +112,9 @@ class NodeView(_Model):
     netns: str
     agent_pid: int | None
     agent_alive: bool
+    agent_restarts: int = 0
+    agent_last_exit: str | None = None
+    agent_last_exit_at: float | None = None
     socket: str
     ipv4_cidr: str | None
     ipv6_cidr: str | None
@@ -126,3 +146,4 @@ class LabView(_Model):
     nodes: list[NodeView]
     pods: list[PodView]
     relay: RelayView | None = None
+    supervisor_alive: bool | None = None

@@ -1,0 +1,145 @@
+"""The lab's supervisor: kubelet's part for each node's agent (a DaemonSet pod in a cluster).
+
+One process per lab (``python -m ciliary.lab.supervisor LAB``), started by ``lab up`` before the
+first node and stopped (by pid) by ``lab down`` before anything else goes. It is the only
+starter of agents, so it is their parent and knows how each one ended:
+
+* a node's agent is started once the manager marks the node ready for it (``agent_wanted``);
+* an agent that exits is started again after a back-off, as kubelet's CrashLoopBackOff but
+  shorter for a lab: 1 s, doubling, at most 60 s (kubelet: 10 s doubling to 5 min); an agent
+  that ran for 2 minutes starts over at 1 s. Each such restart counts in the node's
+  ``agent_restarts``, with ``agent_last_exit`` (shown by ``lab status``);
+* ``lab restart-agent`` asks for a restart with a ``restart-<node>`` file: the agent is stopped
+  (SIGTERM, SIGKILL after 5 s) and started at once, not counted (as a pod deleted by hand);
+* the restart contract holds: a stopped or dead agent leaves programs attached and maps pinned,
+  so pods keep their traffic while it is down, and the new agent restores its endpoints.
+
+The supervisor writes only the ``agent_*`` fields of the record, under the record's lock.
+Stopping the supervisor leaves the agents running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+from ciliary.lab import manager, process
+from ciliary.lab.state import LabRecord, NodeRecord
+
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 60.0
+BACKOFF_RESET_AFTER = 120.0
+TICK = 0.2
+
+log = logging.getLogger("ciliary.lab.supervisor")
+
+
+@dataclass
+class _Backoff:
+    """kubelet's restart back-off for one agent: the delay before the next start."""
+
+    delay: float = BACKOFF_INITIAL
+    restart_at: float | None = None  # set while an exited agent waits for its restart
+    started_at: float = field(default_factory=time.monotonic)
+
+    def exited(self, now: float) -> float:
+        if now - self.started_at >= BACKOFF_RESET_AFTER:
+            self.delay = BACKOFF_INITIAL
+        wait = self.delay
+        self.restart_at = now + wait
+        self.delay = min(self.delay * 2, BACKOFF_MAX)
+        return wait
+
+
+def describe_exit(code: int | None) -> str:
+    """``exit code 1``, ``killed by SIGKILL``, or ``exited`` when the status is unknown."""
+    if code is None:
+        return "exited (status unknown)"
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+class Supervisor:
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+        self._backoff: dict[str, _Backoff] = {}
+        self._stopping = False
+
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def run(self) -> None:
+        while not self._stopping:
+            try:
+                rec = manager.record(self.lab)
+            except manager.LabError:
+                return  # the lab is gone
+            for nrec in rec.nodes:
+                if nrec.agent_wanted:
+                    self._tend(rec, nrec)
+            time.sleep(TICK)
+
+    def _tend(self, rec: LabRecord, nrec: NodeRecord) -> None:
+        now = time.monotonic()
+        backoff = self._backoff.setdefault(nrec.name, _Backoff())
+        request = manager.supervisor_dir(self.lab) / f"restart-{nrec.name}"
+        if request.exists():
+            log.info("node %s: restart requested", nrec.name)
+            process.stop(nrec.agent_pid, nrec.agent_start_time)
+            request.unlink(missing_ok=True)
+            self._start(rec, nrec, backoff, counted=False)
+            return
+        if nrec.agent_pid is None:
+            self._start(rec, nrec, backoff, counted=False)
+            return
+        if process.alive(nrec.agent_pid, nrec.agent_start_time):
+            return
+        if backoff.restart_at is None:
+            how = describe_exit(process.exit_status(nrec.agent_pid))
+            wait = backoff.exited(now)
+            pid = nrec.agent_pid
+            log.warning("node %s: agent %s %s; restart in %.0fs", nrec.name, pid, how, wait)
+
+            def note(n: NodeRecord) -> None:
+                n.agent_last_exit, n.agent_last_exit_at = how, time.time()
+
+            manager.update_node(self.lab, nrec.name, note)
+        elif now >= backoff.restart_at:
+            self._start(rec, nrec, backoff, counted=True)
+
+    def _start(self, rec: LabRecord, nrec: NodeRecord, backoff: _Backoff, *, counted: bool) -> None:
+        manager.spawn_agent(rec, nrec)
+        backoff.restart_at, backoff.started_at = None, time.monotonic()
+        log.info("node %s: agent started, pid %s", nrec.name, nrec.agent_pid)
+
+        def started(n: NodeRecord) -> None:
+            n.agent_pid, n.agent_start_time = nrec.agent_pid, nrec.agent_start_time
+            n.agent_log_offset = nrec.agent_log_offset
+            if counted:
+                n.agent_restarts += 1
+
+        manager.update_node(self.lab, nrec.name, started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ciliary-lab-supervisor")
+    parser.add_argument("lab")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    sup = Supervisor(args.lab)
+    signal.signal(signal.SIGTERM, sup.stop)
+    signal.signal(signal.SIGINT, sup.stop)
+    sup.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""`lab apply` and `lab up` are all or nothing: a pod whose CNI ADD fails or whose command cannot
+start rolls back every pod, namespace and policy of the operation (record, cluster store, netns,
+cgroup, endpoint), and a retry after the fix succeeds; namespaces added by `lab apply` carry
+`kubernetes.io/metadata.name` as `lab up`'s (and kube-apiserver's) do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ciliary.client.agent import AgentClient
+from ciliary.datapath.linux import netns
+from ciliary.datapath.linux.cgroup import cgroup2_root
+from ciliary.kvstore import policies as policystore
+from ciliary.lab import manager
+
+from .conftest import CILIARY, LAB_TEMPLATE, Lab, assert_no_leftovers, unique
+
+APPLIED = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}, labels: {{tier: extra}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-from-own-namespace, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: {ns}, labels: {{app: web}}}}
+spec:
+  containers:
+  - name: main
+    command: [ciliary, workload, http-server, --port, "80"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: cli, namespace: {ns}, labels: {{app: cli}}}}
+spec:
+  containers:
+  - name: main
+    command: [{command}]
+"""
+
+
+def _applied(path: Path, ns: str, command: str = "ciliary, workload, pause") -> Path:
+    path.write_text(APPLIED.format(ns=ns, command=command))
+    return path
+
+
+def _assert_nothing_of(lab: Lab, ns: str) -> None:
+    """Nothing of namespace ``ns`` is left: record, cluster store, netns, cgroups, endpoints."""
+    rec = manager.record(lab.name)
+    assert [p.key for p in rec.pods if p.namespace == ns] == []
+    assert ns not in rec.namespaces
+    store = manager.cluster_store(lab.name)
+    assert [k for k in store.list("pods") if k.startswith(f"{ns}/")] == []
+    assert store.get("namespaces", ns) is None
+    assert store.get(policystore.KIND, f"{ns}/web-from-own-namespace") is None
+    assert netns.list_names(f"cilp-{lab.name}-{ns}-") == []
+    root = cgroup2_root()
+    assert root is not None
+    assert list((root / "ciliary" / lab.name).glob(f"pod-{ns}-*")) == []
+    with AgentClient(manager.agent_socket(lab.node, name=lab.name)) as cl:
+        ids = [e.container_id for e in cl.endpoints()]
+    assert [c for c in ids if f"-{ns}-" in c] == []
+
+
+def test_failed_cni_add_rolls_back_the_whole_apply(lab: Lab, tmp_path: Path) -> None:
+    ns = unique("ap")
+    conflist = Path(f"/run/ciliary/lab/{lab.name}/cni/{lab.node}/net.d/10-ciliary.conflist")
+    good = conflist.read_text()
+    broken = json.loads(good)
+    broken["plugins"].append({"type": "ciliary-no-such-plugin"})
+    conflist.write_text(json.dumps(broken))
+    try:
+        with pytest.raises(manager.LabError, match=r"nothing was added.*CNI ADD failed"):
+            manager.apply(_applied(tmp_path / "a.yaml", ns), name=lab.name)
+    finally:
+        conflist.write_text(good)
+    _assert_nothing_of(lab, ns)
+    view = manager.apply(_applied(tmp_path / "a.yaml", ns), name=lab.name)
+    pods = {f"{p.namespace}/{p.name}": p for p in view.pods}
+    assert pods[f"{ns}/web"].running and pods[f"{ns}/cli"].running
+
+
+def test_applied_namespace_is_selectable_by_name(lab: Lab, tmp_path: Path) -> None:
+    """A NetworkPolicy allowing its own namespace by ``kubernetes.io/metadata.name`` admits the
+    applied namespace's pods (real packets), and still denies pods of other namespaces."""
+    ns = unique("nm")
+    manager.apply(_applied(tmp_path / "n.yaml", ns), name=lab.name)
+    store = manager.cluster_store(lab.name)
+    body = store.get("namespaces", ns)
+    assert body is not None
+    assert body["metadata"]["labels"] == {"tier": "extra", "kubernetes.io/metadata.name": ns}
+    web = lab.pod_ip(f"{ns}/web")
+    get = ["ciliary", "workload", "http-get", f"http://{web}/", "--timeout", "3"]
+    allowed = lab.run(f"{ns}/cli", *get)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    denied = lab.run("default/client", *get)
+    assert denied.returncode != 0, denied.stdout
+
+
+def test_apply_of_a_pod_whose_command_does_not_exist_fails_and_rolls_back(
+    lab: Lab, tmp_path: Path
+) -> None:
+    ns = unique("nc")
+    path = _applied(tmp_path / "c.yaml", ns, command="no-such-command-ciliary")
+    with pytest.raises(manager.LabError) as info:
+        manager.apply(path, name=lab.name)
+    message = str(info.value)
+    assert f"pod {ns}/cli: container main cannot start 'no-such-command-ciliary'" in message
+    assert "command not found" in message and "No such file or directory" in message
+    _assert_nothing_of(lab, ns)
+    manager.apply(_applied(tmp_path / "c.yaml", ns), name=lab.name)
+    assert {p.name for p in manager.status(lab.name).pods if p.namespace == ns} == {"web", "cli"}
+
+
+def test_lab_up_with_a_missing_command_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    """`lab up`'s own rollback: the last pod cannot start, after the node, its agent, the relay,
+    the DNS pod and the other pods were made: exit 1 with the reason, and nothing is left."""
+    lab, node = unique("upc"), unique("n")
+    text = LAB_TEMPLATE.format(lab=lab, node=node, aggregation="medium")
+    text = text.replace(
+        'command: [ciliary, workload, http-server, --port, "80"]',
+        "command: [/nonexistent/ciliary-http]",
+    )
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    res = subprocess.run(
+        [CILIARY, "lab", "up", str(path)], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert res.returncode == 1, res.stdout
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(err) == 1, res.stderr
+    assert "lab up failed, nothing was left behind" in err[0]
+    assert "pod shop/server: container web cannot start '/nonexistent/ciliary-http'" in err[0]
+    assert_no_leftovers(lab, [node])
