@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
+from google.protobuf import struct_pb2 as _struct_pb2  # noqa: F401 - flow extensions' type
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ciliary.hubble.api.flow import flow_pb2
@@ -405,3 +406,18 @@ def test_allowed_policy_verdict_is_not_a_reply(hlab: HubbleLab) -> None:
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stdout.splitlines() if "policy-verdict" in ln]
     assert lines and all(" -> " in ln and " <> " not in ln for ln in lines), lines
+
+
+def test_cel_expression_through_relay_and_node(hlab: HubbleLab) -> None:
+    """``--cel-expression`` with upstream's ``_flow`` variable: checked by the relay, evaluated
+    by the nodes, and an invalid expression is a clear InvalidArgument."""
+    expr = "_flow.verdict == Verdict.DROPPED && _flow.destination.namespace == 'shop'"
+    for server in (hlab.relay, f"unix:///run/ciliary/{hlab.a}/hubble.sock"):
+        flows = hlab.observe_json("--cel-expression", expr, "--last", "50", server=server)
+        assert flows, server
+        assert all(
+            f.verdict == flow_pb2.DROPPED and f.destination.namespace == "shop" for f in flows
+        )
+    res = hlab.observe("--cel-expression", "_flow.verdict ==", "--last", "1")
+    assert res.returncode != 0
+    assert "InvalidArgument" in res.stderr and "error compiling CEL expression" in res.stderr

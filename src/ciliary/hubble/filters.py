@@ -10,7 +10,8 @@ Each field's meaning follows upstream's filter of the same name (``ip.go``, ``k8
 IPs; ``[namespace/][name-prefix]`` pods and services (no namespace means ``default``);
 Kubernetes label selectors with Cilium source prefixes (``k8s:app=x``; a bare key matches any
 source); FQDN and node-name globs; RE2-style regexes for DNS queries and HTTP paths/URLs (we
-use Python's ``re``, which agrees on the common subset). Compilation validates everything and
+use Python's ``re``, which agrees on the common subset); ``experimental.cel_expression`` is
+evaluated by :mod:`ciliary.hubble.celfilter`. Compilation validates everything and
 raises :class:`FilterError` naming the list, index and field, so a typo surfaces as
 INVALID_ARGUMENT instead of as "no flows".
 
@@ -28,6 +29,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.celfilter import CELError, cel_filter
 from ciliary.hubble.labelselector import SelectorError, parse_label, parse_selector
 from ciliary.hubble.monitorapi import MSG_ACCESS_LOG
 
@@ -572,9 +574,10 @@ def compile_flow_filter(ff: flow_pb2.FlowFilter) -> Predicate:
         except FilterError as err:
             raise FilterError(f"{name}: {err}") from None
     if ff.HasField("experimental") and ff.experimental.cel_expression:
-        raise FilterError(
-            "experimental.cel_expression: CEL expressions are not supported by this server"
-        )
+        try:
+            preds.append(cel_filter(ff.experimental.cel_expression))
+        except CELError as err:
+            raise FilterError(f"experimental.cel_expression: {err}") from None
 
     if not preds:
         return _always

@@ -510,6 +510,18 @@ def test_observe_jsonpb_round_trip_and_input_file(
     captured = capsys.readouterr()
     assert "FORWARDED" in captured.out and captured.out.count("\n") == 1
     assert "Failed to unmarshal" not in captured.err  # --first stopped before the bad line
+    # --cel-expression: sent to a server, evaluated locally on a replayed file
+    cel = ["--cel-expression", "_flow.verdict == Verdict.DROPPED"]
+    assert main(["observe", "--server", hubble_server, "-o", "jsonpb", *cel]) == 0
+    served = [json_format.Parse(ln, observer_pb2.GetFlowsResponse()).flow for ln in
+              capsys.readouterr().out.splitlines()]  # fmt: skip
+    assert served == [f for f in FLOWS if f.verdict == flow_pb2.DROPPED] and served
+    assert main(["observe", "--input-file", str(saved), "-o", "jsonpb", *cel]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(served)
+    assert main(["observe", "--server", hubble_server, "--cel-expression", "_flow.nope"]) == 1
+    assert "error compiling CEL expression" in capsys.readouterr().err
+    assert main(["observe", "--input-file", str(saved), "--cel-expression", "1 +"]) == 1
+    assert "error compiling CEL expression" in capsys.readouterr().err
 
 
 def test_observe_table(hubble_server: str, capsys: pytest.CaptureFixture[str]) -> None:

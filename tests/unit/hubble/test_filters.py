@@ -241,7 +241,22 @@ def test_field_semantics(flt: dict[str, Any], flw: flow_pb2.Flow, want: bool) ->
             {"event_type": [{"type": 4}], "http_status_code": ["404"]},
             "http_status_code: filtering by http status code requires",
         ),
-        ({"experimental": {"cel_expression": ["true"]}}, "CEL expressions are not supported"),
+        (
+            {"experimental": {"cel_expression": ["_flow.verdict =="]}},
+            r"experimental.cel_expression: error compiling CEL expression: .*Syntax error",
+        ),
+        (
+            {"experimental": {"cel_expression": ["_flow.nope == 1"]}},
+            "undefined field 'nope'",
+        ),
+        (
+            {"experimental": {"cel_expression": ["_flow.source.pod_name"]}},
+            "got 'string', wanted 'bool' result type",
+        ),
+        (
+            {"experimental": {"cel_expression": ["true || " * 1000 + "true"]}},
+            "more than the limit of 4096",
+        ),
     ],
 )
 def test_invalid_filters_name_the_field(flt: dict[str, Any], msg: str) -> None:
@@ -357,3 +372,45 @@ def test_whitelist_minus_blacklist_algebra(
         # a filter black-listed as well as white-listed never shows
         if white:
             assert not build_filter(white, white)(f)
+
+
+# --------------------------------------------------------------------------- CEL
+
+
+@pytest.mark.parametrize(
+    ("expression", "matches"),
+    [
+        ("_flow.verdict == Verdict.FORWARDED", True),
+        ("_flow.verdict == flow.Verdict.DROPPED", False),
+        ("_flow.source.pod_name == 'client-abc' && _flow.destination.namespace == 'prod'", True),
+        ("_flow.l4.TCP.destination_port == 80u", True),
+        ("has(_flow.l4.TCP) && !has(_flow.l4.UDP)", True),
+        ("_flow.l4.TCP.flags.SYN && _flow.l4.TCP.flags.ACK", True),
+        ("_flow.is_reply == false", True),
+        ("_flow.source.labels.exists(l, l == 'k8s:app=client')", True),
+        ("_flow.source.cluster_name == 'c2'", False),
+        ("_flow.traffic_direction == TrafficDirection.INGRESS", False),
+        ("_flow.IP.source.startsWith('10.0.')", True),
+        ("1 / 0 == 1", False),  # an evaluation error does not match
+    ],
+)
+def test_cel_expression_over_the_flow(expression: str, matches: bool) -> None:
+    """Upstream's environment: ``_flow`` is a flow.Flow, enums by name in the flow package."""
+    pred = build_filter([ff(experimental={"cel_expression": [expression]})], [])
+    assert pred(TCP_FLOW) is matches
+
+
+def test_cel_expressions_of_one_filter_are_alternatives_and_combine_with_fields() -> None:
+    either = ff(
+        experimental={
+            "cel_expression": ["_flow.verdict == Verdict.DROPPED", "_flow.l4.TCP.flags.SYN"]
+        }
+    )
+    assert build_filter([either], [])(TCP_FLOW)
+    assert build_filter([either], [])(DNS_DROP)
+    assert not build_filter([either], [])(ICMP_FLOW)
+    both = ff(verdict=["DROPPED"], experimental={"cel_expression": ["_flow.l4.TCP.flags.SYN"]})
+    assert not build_filter([both], [])(TCP_FLOW)
+    deny = ff(experimental={"cel_expression": ["_flow.source.pod_name == 'client-abc'"]})
+    assert not build_filter([], [deny])(TCP_FLOW)
+    assert build_filter([], [deny])(DNS_DROP)

@@ -83,6 +83,12 @@ async def collect(stub: Stub, **req: Any) -> list[observer_pb2.GetFlowsResponse]
     return [r async for r in stub.GetFlows(observer_pb2.GetFlowsRequest(**req))]
 
 
+def _cel(*expressions: str) -> flow_pb2.FlowFilter:
+    ff = flow_pb2.FlowFilter()
+    ff.experimental.cel_expression.extend(expressions)
+    return ff
+
+
 def fill(obs: LocalObserver, n: int, **kw: Any) -> None:
     for i in range(n):
         obs.on_flow(make_flow(i, **kw))
@@ -256,6 +262,11 @@ def test_debug_events_empty_nodes_unimplemented_status_namespaces() -> None:
             r"invalid blacklist\[0\] filter: source_label",
         ),
         ({"since": timestamp_pb2.Timestamp(seconds=1, nanos=-5)}, "invalid since timestamp"),
+        (
+            {"whitelist": [_cel("_flow.verdict == Verdict.NOPE")]},
+            r"(?s)invalid whitelist\[0\] filter: experimental.cel_expression: "
+            r"error compiling CEL expression: .*Verdict.NOPE",
+        ),
     ],
 )
 def test_invalid_requests_are_invalid_argument(req: dict[str, Any], msg: str) -> None:
@@ -265,6 +276,18 @@ def test_invalid_requests_are_invalid_argument(req: dict[str, Any], msg: str) ->
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details() is not None
         assert re.search(msg, err.value.details() or ""), err.value.details()
+
+    run(body)
+
+
+def test_cel_expression_filters_on_the_node() -> None:
+    async def body(obs: LocalObserver, stub: Stub) -> None:
+        for i in range(6):
+            f = make_flow(i)
+            f.verdict = flow_pb2.DROPPED if i % 3 == 0 else flow_pb2.FORWARDED
+            obs.on_flow(f)
+        got = await collect(stub, whitelist=[_cel("_flow.verdict == Verdict.DROPPED")])
+        assert [r.flow.verdict for r in got] == [flow_pb2.DROPPED] * 2
 
     run(body)
 

@@ -302,6 +302,28 @@ def test_agent_events_are_merged_with_a_global_number() -> None:
     run(body())
 
 
+def test_cel_expression_through_the_relay() -> None:
+    """The relay checks the expression (InvalidArgument with the compiler's reason) and the
+    nodes evaluate it on their flows."""
+
+    async def body() -> None:
+        async with cluster(["n1", "n2"]) as c:
+            feed_interleaved(c, 3)
+            ff = flow_pb2.FlowFilter()
+            ff.experimental.cel_expression.append("_flow.node_name == 'n2'")
+            resps = await all_responses(c.stub, observer_pb2.GetFlowsRequest(whitelist=[ff]))
+            nodes = [r.node_name for r in resps if r.HasField("flow")]
+            assert nodes == ["n2"] * 3
+            bad = flow_pb2.FlowFilter()
+            bad.experimental.cel_expression.append("_flow.node_name")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await all_responses(c.stub, observer_pb2.GetFlowsRequest(whitelist=[bad]))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "wanted 'bool' result type" in (err.value.details() or "")
+
+    run(body())
+
+
 def test_invalid_requests_are_rejected_with_invalid_argument() -> None:
     async def body() -> None:
         async with cluster(["n1", "n2"]) as c:
