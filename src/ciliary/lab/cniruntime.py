@@ -14,8 +14,10 @@ The libcni rules followed here:
 * ``runtimeConfig`` carries the capability arguments (``ips``, ``portMappings``, ``bandwidth``,
   ...) only for the capabilities a plugin declares in ``capabilities``.
 * ADD: in order, each plugin's ``prevResult`` is the previous result, written in the list's
-  version. When a plugin fails, DEL runs for it and the ones before it (reverse order) so nothing
-  is left half-made, then the error is raised.
+  version. When a plugin fails, DEL runs for it and the ones before it (reverse order) so
+  nothing is left half-made, then the error is raised. One ciliary-specific refusal comes
+  first: ``bandwidth`` egress shaping after ``ciliary-cni``, which cannot work on our datapath
+  (:func:`refuse_unworkable_chain`).
 * DEL: reverse order, best effort (every plugin is called; the first error is raised at the
   end); prevResult from the cache from 0.4.0 on; the cache entry goes only when DEL succeeded (a
   retry needs it).
@@ -102,6 +104,40 @@ def _at_least(version: str, minimum: str) -> bool:
 
 
 # --------------------------------------------------------------------------- conflists
+
+
+def _egress_rate(plugin: Mapping[str, Any], caps: Mapping[str, Any]) -> object:
+    """The egress rate a ``bandwidth`` plugin would shape with: its capability argument (when it
+    declares the capability) or its static ``egressRate``."""
+    declared = plugin.get("capabilities")
+    wants = isinstance(declared, dict) and bool(declared.get("bandwidth"))
+    given = caps.get("bandwidth") if wants else None
+    if isinstance(given, dict) and given.get("egressRate"):
+        return given["egressRate"]
+    return plugin.get("egressRate")
+
+
+def refuse_unworkable_chain(conflist: ConfList, caps: Mapping[str, Any]) -> None:
+    """Refuse, before anything is made, a chain that cannot work on ciliary's datapath: the
+    reference ``bandwidth`` plugin shapes a pod's *egress* by adding an ``ingress`` qdisc to the
+    pod's host-side veth and redirecting to an ifb device, but that veth already carries the
+    ``clsact`` qdisc ciliary's programs are attached to, and the two cannot coexist (the plugin
+    fails half-way with "create ingress qdisc: file exists"). Its ingress shaping (a ``tbf`` root
+    qdisc on the veth) works and is allowed. Error 7 names the conflict and what to do."""
+    types = [str(p.get("type")) for p in conflist.plugins]
+    if "ciliary-cni" not in types:
+        return
+    for plugin in conflist.plugins[types.index("ciliary-cni") + 1 :]:
+        rate = _egress_rate(plugin, caps) if plugin.get("type") == "bandwidth" else None
+        if rate:
+            raise CNIRuntimeError(
+                INVALID_CONFIG,
+                f"network {conflist.name}: bandwidth cannot shape egress (egressRate {rate}) "
+                "after ciliary-cni: it needs an ingress qdisc on the pod's host-side veth, where "
+                "ciliary's datapath already holds the clsact qdisc; chain bandwidth for "
+                "ingressRate only (egress limits are not supported yet)",
+                "bandwidth",
+            )
 
 
 @dataclass(frozen=True)
@@ -320,6 +356,7 @@ class CNIRuntime:
         version = conflist.cni_version
         args = dict(args or {})
         caps = dict(capability_args or {})
+        refuse_unworkable_chain(conflist, caps)
         prev: dict[str, Any] | None = None
         for index, plugin in enumerate(conflist.plugins):
             conf = self._plugin_conf(conflist, plugin, version, prev, caps)
