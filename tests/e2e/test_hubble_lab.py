@@ -10,6 +10,8 @@ the server on TCP/80); node B runs one pod so that the relay has two peers.
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -230,19 +232,33 @@ def test_follow_streams_new_flows(hlab: HubbleLab) -> None:
 
 
 def _follow_one(hlab: HubbleLab, proc: subprocess.Popen[str]) -> None:
+    """``-f`` streams flows that happen after it starts, and only those: a replay of history
+    (this module's earlier traffic from the client) fails, as a flow older than the start or one
+    not of this test's own connection (a port no other test uses) before it."""
+    start = time.time()
+    port = 20000 + os.getpid() % 20000
     try:
-        time.sleep(1.0)
         server_ip = manager.find_pod(manager.record(hlab.name), "shop/server").ipv4
-        _traffic(hlab.name, str(server_ip))
+        argv = ["ciliary", "workload", "tcp-echo", str(server_ip), str(port), "--timeout", "1"]
         assert proc.stdout is not None
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 20
+        sent_at = 0.0
         got = None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            resp = json_format.Parse(line, observer_pb2.GetFlowsResponse())
-            if resp.HasField("flow"):
-                got = resp.flow
-                break
+        while got is None and time.monotonic() < deadline:
+            if time.monotonic() - sent_at > 2:  # again until the stream is subscribed
+                manager.run_in_pod("default/client", argv, name=hlab.name)
+                sent_at = time.monotonic()
+            if not select.select([proc.stdout], [], [], 0.5)[0]:
+                continue
+            resp = json_format.Parse(proc.stdout.readline(), observer_pb2.GetFlowsResponse())
+            if not resp.HasField("flow"):
+                continue
+            f = resp.flow
+            assert f.time.ToNanoseconds() / 1e9 >= start - 0.5, f"replayed: {f}"
+            assert port in (f.l4.TCP.destination_port, f.l4.TCP.source_port), (
+                f"a flow of earlier traffic: {f}"
+            )
+            got = f
         assert got is not None and got.source.pod_name == "client"
     finally:
         proc.terminate()

@@ -3,7 +3,9 @@ own events describing the packets correctly, and an agent kill -9 that breaks no
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -187,24 +189,36 @@ def test_cli_tables_and_json(lab: Lab) -> None:
             timeout=30,
         )
         assert js.returncode == 0 and js.stdout.lstrip()[0] in "[{", js.stderr
+    # ``monitor -o json`` prints the ping's own events, as JSON, once subscribed (not just any
+    # two lines after a sleep): the echo request client -> server and the reply back
+    client, server = lab.pod_ip("default/client"), lab.pod_ip("shop/server")
     mon = subprocess.Popen(
-        [CILIARY, "--node", lab.node, "monitor", "-o", "json", "--count", "2"],
-        stdout=subprocess.PIPE, text=True,
+        [CILIARY, "--node", lab.node, "monitor", "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(1.0)
-    lab.run(
-        "default/client",
-        "ciliary",
-        "workload",
-        "ping",
-        lab.pod_ip("shop/server"),
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-    )
-    out, _ = mon.communicate(timeout=20)
-    assert mon.returncode == 0 and len(out.strip().splitlines()) == 2
+    try:
+        assert mon.stdout is not None
+        seen: set[str] = set()
+        deadline = time.monotonic() + 30
+        pinged_at = 0.0
+        while seen != {"request", "reply"} and time.monotonic() < deadline:
+            if time.monotonic() - pinged_at > 2:  # until the subscription is in place
+                lab.run("default/client", "ciliary", "workload", "ping", server, "-c", "1")
+                pinged_at = time.monotonic()
+            if not select.select([mon.stdout], [], [], 0.5)[0]:
+                continue
+            ev = json.loads(mon.stdout.readline())
+            if ev["protocol"] != "ICMPv4":
+                continue
+            if (ev["src_ip"], ev["dst_ip"], ev["icmp_type"]) == (client, server, 8):
+                seen.add("request")
+            elif (ev["src_ip"], ev["dst_ip"], ev["icmp_type"]) == (server, client, 0):
+                assert ev["is_reply"] is True, ev
+                seen.add("reply")
+        assert seen == {"request", "reply"}, seen
+    finally:
+        mon.terminate()
+        mon.communicate(timeout=10)
 
 
 def test_agent_kill9_keeps_stream_and_restores(lab: Lab) -> None:

@@ -182,6 +182,10 @@ def test_shipped_policy_test_file(lab: PolicyLab) -> None:
     assert not fixed, f"fixed, remove from KNOWN_AGENT_BUGS: {fixed}"
     if failed:
         pytest.xfail(f"known agent bugs: {sorted(failed)}")
+    # every case decided by the datapath's own event, agreeing with the file and the trace
+    assert all(c["datapath"] == c["expected"] == c["trace"] for c in report["cases"]), [
+        (c["name"], c["datapath"], c["expected"], c["trace"]) for c in report["cases"]
+    ]
 
 
 def test_host_reaches_local_pods_whatever_the_policy(lab: PolicyLab) -> None:

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ciliary.client import AgentClient
 from ciliary.core.models import TraceRequest
-from ciliary.lab import manager
+from ciliary.lab import manager, policytest
 
 from .conftest import Lab, assert_no_leftovers, unique
 
@@ -110,20 +111,34 @@ def client(lab: Lab) -> AgentClient:
     return AgentClient(manager.agent_socket(lab.node, name=lab.name), timeout=60)
 
 
-def get(lab: Lab, server: str, port: int) -> bool:
-    """Whether the client's HTTP GET gets an answer (False: timed out, the policy dropped it).
-    A refused connection went through the policy to a server not listening yet: retried."""
-    url = f"http://{lab.pod_ip(f'default/{server}')}:{port}/"
-    deadline = time.monotonic() + 10
-    while True:
-        res = lab.run("default/client", "ciliary", "workload", "http-get", "--timeout", "1", url)
-        if res.returncode == 0:
-            return True
-        if "connection refused" in res.stderr and time.monotonic() < deadline:
-            time.sleep(0.2)
-            continue
-        assert "timed out" in res.stderr, res.stderr
-        return False
+def expect(lab: Lab, *cases: tuple[str, int, str]) -> None:
+    """Each ``(server, port, allow|deny)`` from the client, judged by the PolicyTest oracle: a
+    deny is the datapath's own drop (reason 133, at the client's egress), never a timeout; an
+    allow is the datapath's FORWARDED with the server's reply seen by the client."""
+    doc = {
+        "apiVersion": policytest.API_VERSION,
+        "kind": policytest.KIND,
+        "metadata": {"name": "named-ports"},
+        "spec": {
+            "cases": [
+                {"name": f"{server}:{port}", "from": "default/client", "to": f"default/{server}",
+                 "port": port, "expect": verdict}
+                | ({"dropReason": 133} if verdict == "deny" else {})
+                for server, port, verdict in cases
+            ]
+        },
+    }  # fmt: skip
+    report = policytest.run(
+        policytest.parse_text(yaml.safe_dump(doc), "<named-ports>"), name=lab.name
+    )
+    failed = {
+        c.name: (c.problems, c.datapath_event, c.client) for c in report.cases if not c.passed
+    }
+    assert not failed, failed
+    for c in report.cases:
+        assert c.datapath == c.expected
+        if c.expected == "deny":
+            assert c.direction == "egress", c  # the client's egress rule decided
 
 
 def trace(lab: Lab, server: str, port: int) -> bool:
@@ -134,12 +149,11 @@ def trace(lab: Lab, server: str, port: int) -> bool:
 
 
 def test_named_port_reaches_each_server_on_its_own_number(lab: Lab) -> None:
-    assert get(lab, "server-a", 8080)
-    assert get(lab, "server-b", 9090)
+    expect(lab, ("server-a", 8080, "allow"), ("server-b", 9090, "allow"))
 
 
 def test_unnamed_port_is_denied(lab: Lab) -> None:
-    assert not get(lab, "server-a", 7070)
+    expect(lab, ("server-a", 7070, "deny"), ("server-a", 9090, "deny"), ("server-b", 8080, "deny"))
 
 
 def test_trace_agrees_and_nothing_is_unsupported(lab: Lab) -> None:
@@ -164,12 +178,17 @@ def test_a_pod_naming_the_port_later_opens_it(lab: Lab, tmp_path: Path) -> None:
     """server-d declares no named port: nothing towards it. server-d2 (same labels, so the same
     identity: no selector changes) declares ``web`` as 6060: the client's endpoint is regenerated
     for the name alone, and 6060 opens towards that identity (both pods of it)."""
-    assert not get(lab, "server-d", 6060)
+    expect(lab, ("server-d", 6060, "deny"))
     path = tmp_path / "later.yaml"
     path.write_text(LATER)
     manager.apply(path, name=lab.name)
-    assert get(lab, "server-d2", 6060)
-    assert trace(lab, "server-d2", 6060)
-    assert get(lab, "server-d", 6060)  # the same identity
-    assert get(lab, "server-a", 8080)  # the others still
-    assert not get(lab, "server-a", 7070)
+    deadline = time.monotonic() + 10  # the client's endpoint is regenerated for the new name
+    while not trace(lab, "server-d2", 6060) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    expect(
+        lab,
+        ("server-d2", 6060, "allow"),
+        ("server-d", 6060, "allow"),  # the same identity
+        ("server-a", 8080, "allow"),  # the others still
+        ("server-a", 7070, "deny"),
+    )
