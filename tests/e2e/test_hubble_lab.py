@@ -28,6 +28,7 @@ from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
 from ciliary.hubble.api.relay import relay_pb2
 from ciliary.lab import manager
+from ciliary.lab.certs import LabCA, node_server_name
 from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
 from tests.e2e.prometheus import PrometheusServer
 
@@ -37,7 +38,6 @@ kind: Lab
 metadata: {{name: {lab}}}
 spec:
   hubble:
-    relay: {{listenAddress: "127.0.0.1:0"}}
     export: {{enabled: true}}
   nodes:
   - name: {a}
@@ -377,15 +377,18 @@ def test_node_going_away_is_reported_not_fatal(hlab: HubbleLab) -> None:
 
 
 def test_node_serves_hubble_on_4244_inside_its_netns(hlab: HubbleLab) -> None:
-    """As on a real node, :4244 is the node's own: reachable from its network namespace."""
-    netns = manager.record(hlab.name).nodes[0].netns
+    """As on a real node, :4244 is the node's own: reachable from its network namespace, with
+    TLS and a client certificate of the lab's CA (here the relay's)."""
+    node = manager.record(hlab.name).nodes[0]
+    ca = LabCA(manager.relay_address_file(hlab.name).parent, cluster=hlab.name)
+    client = ca.relay_client()
     res = subprocess.run(
-        ["ip", "netns", "exec", netns, CILIARY, "hubble", "status", "--server", "127.0.0.1:4244"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+        ["ip", "netns", "exec", node.netns, CILIARY, "hubble", "status",
+         "--server", "tls://127.0.0.1:4244", "--tls-ca-cert-files", str(ca.ca_cert),
+         "--tls-client-cert-file", str(client.cert), "--tls-client-key-file", str(client.key),
+         "--tls-server-name", node_server_name(node.name, hlab.name)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "Healthcheck (via 127.0.0.1:4244): Ok" in res.stdout
     assert "Current/Max Flows" in res.stdout

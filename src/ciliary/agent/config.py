@@ -27,9 +27,10 @@ def default_event_queue_size() -> int:
 
 @dataclass(frozen=True)
 class HubbleConfig:
-    """Hubble in the agent, with upstream's flag names (``--hubble-*``) and defaults, except
-    ``disable_tls``: upstream's TLS certificates come from its certificate manager, which we do
-    not have, so the TCP listener is plaintext unless a certificate and key are given."""
+    """Hubble in the agent, with upstream's flag names (``--hubble-*``) and defaults. As
+    upstream, the TCP listener uses TLS unless ``disable_tls``; its certificate comes from
+    whoever installs the agent (the lab's CA, see ``lab/certs.py``): without one, the agent
+    opens no TCP listener rather than a plaintext one."""
 
     enabled: bool = True
     socket: Path | None = None
@@ -40,7 +41,7 @@ class HubbleConfig:
     tls_key_file: Path | None = None
     tls_client_ca_files: tuple[Path, ...] = ()
     """Client CAs: with any, the TCP listener requires client certificates (mTLS)."""
-    disable_tls: bool = True
+    disable_tls: bool = False
     event_buffer_capacity: int = 4095
     """Flows kept by the observer's ring: 2**n - 1, 1..65535."""
     event_queue_size: int = field(default_factory=default_event_queue_size)

@@ -453,10 +453,8 @@ class AgentHubble:
 
     def _tls(self) -> TLSConfig | None:
         cfg = self.cfg
-        if cfg.disable_tls:
-            return None
-        if cfg.tls_cert_file is None or cfg.tls_key_file is None:
-            raise ValueError("hubble TLS needs --hubble-tls-cert-file and --hubble-tls-key-file")
+        if cfg.disable_tls or cfg.tls_cert_file is None or cfg.tls_key_file is None:
+            return None  # no certificate: start() opens no TCP listener
         client_ca: Path | None = None
         if len(cfg.tls_client_ca_files) == 1:
             client_ca = cfg.tls_client_ca_files[0]
@@ -517,11 +515,20 @@ class AgentHubble:
         self._spawn(self._decode_loop(), "hubble-decoder")
         self._spawn(self._lost_poll_loop(), "hubble-lost-poll")
         self.poll_lost()  # losses while the agent was down
+        tls = self._tls()
+        tcp_address = cfg.listen_address or None
+        if tcp_address is not None and tls is None and not cfg.disable_tls:
+            log.warning(
+                "hubble: no TCP listener on %s: TLS is on and no --hubble-tls-cert-file/"
+                "--hubble-tls-key-file is given (or pass --hubble-disable-tls)",
+                tcp_address,
+            )
+            tcp_address = None
         self.server = HubbleServer(
             self.observer,
             unix_path=self.socket,
-            tcp_address=cfg.listen_address or None,
-            tls=self._tls(),
+            tcp_address=tcp_address,
+            tls=tls,
             peers=self.list_peers,
         )
         await self.server.start()

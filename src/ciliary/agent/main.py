@@ -95,13 +95,13 @@ def _hubble_flags(p: argparse.ArgumentParser) -> None:
         default=":4244",
         help='TCP address in the node netns (":4244"; "" = unix socket only)',
     )
-    bool_flag(
-        "--hubble-disable-tls",
-        "plaintext TCP listener (true here: there is no certificate manager; set false and "
-        "give --hubble-tls-cert-file/--hubble-tls-key-file for TLS)",
-    )
-    h.add_argument("--hubble-tls-cert-file", type=Path)
-    h.add_argument("--hubble-tls-key-file", type=Path)
+    h.add_argument(
+        "--hubble-disable-tls", nargs="?", const=True, default=False, type=_bool, metavar="BOOL",
+        help="serve the TCP listener in plaintext (false: TLS, and without "
+        "--hubble-tls-cert-file/--hubble-tls-key-file no TCP listener at all)",
+    )  # fmt: skip
+    h.add_argument("--hubble-tls-cert-file", type=Path, help="server certificate (PEM)")
+    h.add_argument("--hubble-tls-key-file", type=Path, help="server key (PEM)")
     h.add_argument(
         "--hubble-tls-client-ca-files",
         type=Path,
@@ -188,20 +188,18 @@ def hubble_config(args: argparse.Namespace) -> HubbleConfig:
             except ValueError as err:
                 raise ValueError(f"--{name.replace('_', '-')}: {err}") from None
     if not args.hubble_disable_tls and args.hubble_listen_address:
-        if args.hubble_tls_cert_file is None or args.hubble_tls_key_file is None:
-            raise ValueError(
-                "--hubble-disable-tls=false needs --hubble-tls-cert-file and --hubble-tls-key-file"
-            )
+        if (args.hubble_tls_cert_file is None) != (args.hubble_tls_key_file is None):
+            raise ValueError("--hubble-tls-cert-file and --hubble-tls-key-file go together")
         for path in (
             args.hubble_tls_cert_file,
             args.hubble_tls_key_file,
             *args.hubble_tls_client_ca_files,
         ):
-            if not path.is_file():
+            if path is not None and not path.is_file():
                 raise ValueError(f"hubble TLS file {path} does not exist")
     elif args.hubble_tls_cert_file is not None and args.hubble_disable_tls:
         logging.getLogger("ciliary.agent").warning(
-            "--hubble-tls-cert-file is ignored: TLS is disabled (pass --hubble-disable-tls=false)"
+            "--hubble-tls-cert-file is ignored: --hubble-disable-tls is set"
         )
     return HubbleConfig(
         enabled=args.enable_hubble,

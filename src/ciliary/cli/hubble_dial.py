@@ -51,12 +51,9 @@ OUTPUTS = {
 # --------------------------------------------------------------------------- server choice
 
 
-def default_server() -> str:
-    """``$HUBBLE_SERVER``; else the relay address of the one running lab; else
-    ``localhost:4245``. A lab publishes its relay in ``/run/ciliary/lab/<lab>/relay.addr``."""
-    env = os.environ.get(SERVER_ENV, "").strip()
-    if env:
-        return env
+def _lab_relay() -> tuple[str, Path] | None:
+    """The relay address the one running lab publishes (``<lab dir>/relay.addr``: its unix
+    socket, or ``tls://host:port``) and that lab's directory."""
     try:
         records = sorted((run_dir() / LAB_DIR_NAME).glob(f"*/{RELAY_ADDR_FILE}"))
     except OSError:
@@ -67,8 +64,45 @@ def default_server() -> str:
         except OSError:
             addr = ""
         if addr:
-            return addr
-    return DEFAULT_SERVER
+            return addr, records[0].parent
+    return None
+
+
+def _lab_of_relay(server: str) -> Path | None:
+    """The directory of the lab that publishes ``server`` as its relay, if one does."""
+    try:
+        records = sorted((run_dir() / LAB_DIR_NAME).glob(f"*/{RELAY_ADDR_FILE}"))
+    except OSError:
+        return None
+    for record in records:
+        try:
+            if record.read_text().strip() == server:
+                return record.parent
+        except OSError:
+            continue
+    return None
+
+
+def default_server() -> str:
+    """``$HUBBLE_SERVER``; else the relay address of the one running lab; else
+    ``localhost:4245``. A lab publishes its relay in ``/run/ciliary/lab/<lab>/relay.addr``."""
+    env = os.environ.get(SERVER_ENV, "").strip()
+    if env:
+        return env
+    lab = _lab_relay()
+    return lab[0] if lab is not None else DEFAULT_SERVER
+
+
+def lab_client_tls(lab_dir: Path) -> ClientTLS | None:
+    """The client certificate a lab issues for its TCP relay (``<lab dir>/tls/``: the lab CA,
+    ``hubble-client.crt``/``.key``), if it has one."""
+    from ciliary.lab.certs import USER_CLIENT_STEM, LabCA  # noqa: PLC0415 (cryptography: slow)
+
+    ca = LabCA(lab_dir)
+    pair = ca.pair(USER_CLIENT_STEM)
+    if not all(p.is_file() for p in (ca.ca_cert, pair.cert, pair.key)):
+        return None
+    return ClientTLS(ca.ca_cert, pair.cert, pair.key)
 
 
 def _server_of(args: argparse.Namespace, ctx: Context) -> str:
@@ -239,6 +273,10 @@ def dial(args: argparse.Namespace, ctx: Context) -> tuple[grpc.Channel, ServerAd
     except ValueError as err:
         raise CLIError(str(err)) from err
     tls = _tls_of(args, addr)
+    if addr.tls and not (args.tls_ca_cert_files or args.tls_client_cert_file):
+        lab_dir = _lab_of_relay(server)  # a lab's TLS relay: its CA and user certificate
+        if lab_dir is not None:
+            tls = lab_client_tls(lab_dir) or tls
     _check_unix_socket(addr)
     try:
         channel = connect_sync(addr, tls, timeout=args.timeout)

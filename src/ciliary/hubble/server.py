@@ -91,7 +91,9 @@ def parse_listen_address(address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _remove_stale_socket(path: Path) -> None:
+def remove_stale_socket(path: Path) -> None:
+    """Removes a unix socket nobody answers on (left by a killed server); FileExistsError for
+    one in use or a path that is not a socket. (Shared with the relay's unix listener.)"""
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -158,7 +160,7 @@ class HubbleServer:
         try:
             if self.unix_path is not None:
                 self.unix_path.parent.mkdir(parents=True, exist_ok=True)
-                _remove_stale_socket(self.unix_path)
+                remove_stale_socket(self.unix_path)
                 self._owns_socket = True
                 self._add_port(server, f"unix://{self.unix_path}", None)
                 os.chmod(self.unix_path, 0o600)
@@ -235,5 +237,6 @@ __all__ = [
     "HubbleServer",
     "TLSConfig",
     "parse_listen_address",
+    "remove_stale_socket",
     "split_listen_address",
 ]

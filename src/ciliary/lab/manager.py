@@ -35,7 +35,7 @@ from ciliary.datapath.linux import bpffs, cgroup, netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.kvstore import FileStore, atomic
 from ciliary.kvstore import policies as policystore
-from ciliary.lab import process, schema
+from ciliary.lab import certs, podsandbox, process, schema
 from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError
 from ciliary.lab.state import (
     ContainerRecord,
@@ -58,7 +58,6 @@ PIN_ROOT = Path("/sys/fs/bpf/ciliary")
 CGROUP_PARENT = "ciliary"
 AGENT_READY_TIMEOUT = 60.0
 RELAY_READY_TIMEOUT = 20.0
-RELAY_DEFAULT_ADDRESS = "127.0.0.1:4245"
 CNI_PLUGIN_DIRS = [Path("/usr/lib/cni"), Path("/opt/cni/bin")]
 NETWORK_NAME = "ciliary"
 
@@ -500,7 +499,33 @@ def _hubble_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
             "--hubble-export-file-max-size-mb", str(hub.export_max_size_mb),
             "--hubble-export-file-max-backups", str(hub.export_max_backups),
         ]  # fmt: skip
-    return argv
+    # :4244 serves TLS with the lab CA's certificate for this node, clients need one (mTLS)
+    ca = certs.LabCA(_lab_dir(rec.name), cluster=rec.name)
+    cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
+    return argv + certs.agent_flags(ca, nrec.name, certs.router_addresses(cidrs))
+
+
+def relay_socket(lab: str) -> Path:
+    """The lab relay's root-only unix socket (its default listener)."""
+    return _lab_dir(lab) / "hubble-relay.sock"
+
+
+def _listening(address: str) -> bool:
+    """Whether something accepts connections on ``unix:///path`` or ``host:port``."""
+    if address.startswith("unix://"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1)
+            try:
+                probe.connect(address[len("unix://") :])
+            except OSError:
+                return False
+            return True
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def relay_address_file(lab: str) -> Path:
@@ -521,17 +546,24 @@ def _free_loopback_port(preferred: int) -> int:
 
 
 def _start_relay(rec: LabRecord, listen_address: str) -> None:
-    """One relay per lab, in the root netns on loopback, dialing every node's unix socket."""
+    """One relay per lab, in the root netns, dialing every node's unix socket. By default it
+    serves on a root-only unix socket in the lab's directory; a TCP (loopback) listen address
+    of the lab file gets TLS and requires client certificates (the lab CA's, see certs)."""
+    ca = certs.LabCA(_lab_dir(rec.name), cluster=rec.name)
     if listen_address:
         address = listen_address
         if address.startswith(":"):
             address = "127.0.0.1" + address
         if address.endswith(":0"):
             address = f"127.0.0.1:{_free_loopback_port(0)}"
+        tls_flags = certs.relay_flags(ca, tcp=True)
+        published = f"tls://{address}"
     else:
-        address = f"127.0.0.1:{_free_loopback_port(int(RELAY_DEFAULT_ADDRESS.rsplit(':', 1)[1]))}"
+        address = f"unix://{relay_socket(rec.name)}"
+        tls_flags = certs.relay_flags(ca, tcp=False)
+        published = address
     peers = ",".join(f"{n.name}=unix://{Path(n.state_dir) / 'hubble.sock'}" for n in rec.nodes)
-    rrec = RelayRecord(address=address, cgroup=_cgroup_rel(rec.name, "hubble-relay"))
+    rrec = RelayRecord(address=published, cgroup=_cgroup_rel(rec.name, "hubble-relay"))
     rec.relay = rrec
     _save(rec)  # intent first
     cg = cgroup.create(rrec.cgroup) if rrec.cgroup else None
@@ -541,18 +573,18 @@ def _start_relay(rec: LabRecord, listen_address: str) -> None:
         "--listen-address", address,
         "--peers", peers,
         "--retry-timeout", "2s",  # a restarted agent is back in the relay within seconds
+        *tls_flags,
     ]  # fmt: skip
     rrec.pid, rrec.start_time = process.spawn(
         argv, netns_path=None, cgroup_path=cg, log_path=log_path
     )
     _save(rec)
-    host, _, port = address.rpartition(":")
     deadline = time.monotonic() + RELAY_READY_TIMEOUT
     while time.monotonic() < deadline:
         if not process.alive(rrec.pid, rrec.start_time):
             raise LabError(f"hubble relay exited during start-up: {_tail(log_path)}")
-        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
-            atomic.write_text(relay_address_file(rec.name), address + "\n")
+        if _listening(address):
+            atomic.write_text(relay_address_file(rec.name), published + "\n")
             return
         time.sleep(0.1)
     raise LabError(f"hubble relay not listening on {address} after {RELAY_READY_TIMEOUT:.0f}s")
@@ -736,17 +768,19 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
     cg = cgroup.create(prec.cgroup) if prec.cgroup else None
     log_start = _log_size(Path(prec.log)) if prec.log else 0
     specs = {c.name: c for c in pod.spec.containers}
+    # Each container also gets its own mount view and environment (podsandbox): no agent or
+    # relay socket, no lab key, none of our environment; the DNS pod reads its records.
+    keep = [dns_records_file(rec.name).parent] if _is_cluster_dns(pod.labels) else []
     for crec in prec.containers:
         spec = specs[crec.name]
-        env = {"HOSTNAME": pod.name, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace}
-        env.update({var.name: var.value for var in spec.env})
         crec.pid, crec.pid_start_time = process.spawn(
-            crec.argv,
+            podsandbox.pod_command(crec.argv, RUN_ROOT, keep),
             netns_path=str(path),
             cgroup_path=cg,
             log_path=Path(prec.log or "/dev/null"),
-            env=env,
+            env=podsandbox.container_env(pod.name, [(v.name, v.value) for v in spec.env]),
             cwd=spec.working_dir,
+            inherit_env=False,
         )
         _save(rec)
     _check_started(prec, log_start)
@@ -1048,11 +1082,8 @@ def status(name: str | None = None) -> LabView:
 
 
 def _pod_env(prec: PodRecord) -> dict[str, str]:
-    """Environment of a command run in a pod: ours first on PATH, the pod's identity set."""
-    env = dict(os.environ)
-    env["PATH"] = f"{process.venv_bin()}:{env.get('PATH', '/usr/bin:/bin')}"
-    env.update({"HOSTNAME": prec.name, "POD_NAME": prec.name, "POD_NAMESPACE": prec.namespace})
-    return env
+    """Environment of a command run in a pod: a container's (podsandbox), not ours."""
+    return podsandbox.container_env(prec.name)
 
 
 def find_pod(rec: LabRecord, pod: str) -> PodRecord:
@@ -1106,7 +1137,7 @@ def run_in_pod(
     prec = find_pod(_load(_resolve(name)), pod)
     env = _pod_env(prec)
     return subprocess.run(
-        ["nsenter", f"--net={netns.path_of(prec.netns)}", "--", *argv],
+        podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT),
         env=env,
         capture_output=True,
         text=True,

@@ -49,6 +49,7 @@ def spawn(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    inherit_env: bool = True,
 ) -> tuple[int, int | None]:
     """Start a detached process (own session), optionally inside a netns (via nsenter, which
     execs: the pid we get is the command's) and a cgroup. Returns (pid, start time)."""
@@ -60,8 +61,11 @@ def spawn(
         # group (no preexec_fn: the lab process may have threads).
         procs = str(cgroup_path / "cgroup.procs")
         full = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *full]
-    environment = dict(os.environ)
-    environment["PATH"] = f"{venv_bin()}:{environment.get('PATH', '/usr/bin:/bin')}"
+    if inherit_env:  # the lab's own processes (agents, relay): ours, our venv first
+        environment = dict(os.environ)
+        environment["PATH"] = f"{venv_bin()}:{environment.get('PATH', '/usr/bin:/bin')}"
+    else:  # a pod's: exactly ``env`` (see podsandbox)
+        environment = {}
     if env:
         environment.update(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)

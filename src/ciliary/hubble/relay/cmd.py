@@ -30,6 +30,7 @@ from ciliary.hubble.relay.server import (
     RelayServer,
     ServerTLSConfig,
 )
+from ciliary.hubble.server import remove_stale_socket
 
 log = logging.getLogger("ciliary.hubble.relay")
 
@@ -199,10 +200,27 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
     )
 
 
+def _unix_path(listen_address: str) -> Path | None:
+    if not listen_address.startswith("unix:"):
+        return None
+    return Path(listen_address[len("unix:") :].removeprefix("//"))
+
+
 async def serve(config: RelayConfig, pid_file: Path | None = None) -> None:
-    """Runs the relay until SIGTERM/SIGINT."""
+    """Runs the relay until SIGTERM/SIGINT.
+
+    A unix listener is root-only as the nodes' sockets are (the relay serves every node's
+    flows): the socket is created under umask 077 and then set to 0600, a stale one (left by a
+    killed relay) replaced, one in use refused."""
     relay = RelayServer(config)
+    sock = _unix_path(config.listen_address)
+    if sock is not None:
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_socket(sock)
+        os.umask(0o077)
     await relay.start()
+    if sock is not None:
+        os.chmod(sock, 0o600)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,141 @@
+"""What a pod's process sees besides its network: a container's mount view and environment.
+
+A real runtime gives every container its own mount namespace (the image's root, a few volumes)
+and an environment made of the image's ``PATH``, ``HOSTNAME`` and what the pod spec declares.
+Lab pods share the machine's root file system, so without care a pod would run as root *next to*
+the agents' unix sockets (``/run/ciliary/<node>/agent.sock``, ``hubble.sock``), the lab's relay
+socket and certificates, and inherit the environment of whoever ran ``lab up``. This module
+builds the wrapper every pod process starts through:
+
+* ``unshare --mount --propagation private`` gives the process a mount namespace of its own (the
+  host's mounts are not changed: nothing propagates back), in which a small ``tmpfs`` is mounted
+  over each ciliary run directory (``/run/ciliary``, ``/var/run/ciliary`` when it is another
+  directory, ``$CILIARY_RUN_DIR``): the agents' API, Hubble's and the relay's sockets and the lab's
+  keys do not exist for the pod. A directory the pod must read (the cluster DNS pod's records, as
+  a ConfigMap volume would be) is bound back read-only: it is opened *before* the tmpfs hides it
+  and bound from that descriptor (``/proc/self/fd/N``, not re-resolved by path). The command then
+  runs (``setpriv``) without the capabilities that would undo this (:data:`DROPPED_CAPS`: a root
+  process keeping ``CAP_SYS_ADMIN`` could unmount the tmpfs or enter the host's mount namespace);
+* the environment is exactly the container's: ``PATH`` a standard container ``PATH``,
+  ``HOSTNAME`` the pod's name, ``HOME``, then the spec's ``env`` (which may override them).
+  The lab's own commands (``ciliary workload ...``, from the lab's virtualenv) are still found
+  because a bare command name that the virtualenv provides is resolved to its absolute path when
+  the process is spawned; the virtualenv is never put on the pod's ``PATH``.
+
+The wrapper ``exec``s into the command (same pid), so the lab's pid/start-time bookkeeping and
+its check that a container really started are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ciliary.lab import process
+
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""The ``PATH`` of a container whose image sets none (containerd's and Docker's default)."""
+CONTAINER_HOME = "/root"
+DEFAULT_HIDDEN = (Path("/run/ciliary"), Path("/var/run/ciliary"))
+HIDDEN_FS_NAME = "ciliary-pod-hidden"
+DROPPED_CAPS = ",".join(
+    f"-{cap}"
+    for cap in (
+        "sys_admin", "sys_ptrace", "sys_module", "dac_read_search", "bpf", "perfmon",
+        "sys_rawio", "sys_boot", "syslog", "mac_admin", "mac_override", "sys_time",
+    )
+)  # fmt: skip
+"""Capabilities a container runtime never grants by default and that would undo the mount view:
+``sys_admin`` (unmount the tmpfs, ``setns`` into the host's mount namespace), ``sys_ptrace``
+(``/proc/<agent>/root``), ``dac_read_search`` (``open_by_handle_at``), ``bpf``/``perfmon`` (the
+agents' maps), and the other host-wide ones."""
+
+
+def container_env(pod_name: str, declared: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+    """The environment of a container of pod ``pod_name``: Kubernetes' own variables (the lab
+    has no API server, so no ``KUBERNETES_SERVICE_*``), then the spec's ``env`` in order."""
+    env = {"PATH": CONTAINER_PATH, "HOSTNAME": pod_name, "HOME": CONTAINER_HOME}
+    env.update(declared)
+    return env
+
+
+def resolve_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a bare command name the lab's virtualenv provides (``ciliary``) replaced by
+    its absolute path; anything else is left for the container's ``PATH``."""
+    if not argv or "/" in argv[0]:
+        return list(argv)
+    candidate = process.venv_bin() / argv[0]
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return [str(candidate), *argv[1:]]
+    return list(argv)
+
+
+def hidden_dirs(run_root: Path) -> list[Path]:
+    """The existing directories to hide from pods: the lab's run directory and ciliary's default
+    ones, each once (``/var/run`` is usually a link to ``/run``)."""
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for path in (run_root, *DEFAULT_HIDDEN):
+        try:
+            real = path.resolve(strict=True)
+        except OSError:
+            continue
+        if real.is_dir() and real not in seen:
+            seen.add(real)
+            out.append(real)
+    # an outer directory hides what is below it: drop nested ones (mount order matters)
+    return [p for p in out if not any(o != p and p.is_relative_to(o) for o in out)]
+
+
+def sandbox_argv(
+    argv: Sequence[str], *, hide: Sequence[Path], keep: Sequence[Path] = ()
+) -> list[str]:
+    """``argv`` (already resolved) behind a fresh mount namespace in which ``hide`` are empty
+    tmpfs and each directory of ``keep`` (below one of ``hide``) is visible again, read-only."""
+    lines = ["set -e"]
+    for i, path in enumerate(keep):
+        lines.append(f"exec {3 + i}< {shlex.quote(str(path))}")
+    for path in hide:
+        lines.append(
+            f"mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev,noexec {HIDDEN_FS_NAME} "
+            f"{shlex.quote(str(path))}"
+        )
+    for i, path in enumerate(keep):
+        q = shlex.quote(str(path))
+        # -c (no canonicalisation): the kernel follows the descriptor to the hidden directory
+        lines.append(f"mkdir -p {q}")
+        lines.append(f"mount -c --bind /proc/self/fd/{3 + i} {q}")
+        lines.append(f"mount -c -o remount,bind,ro {q}")
+        lines.append(f"exec {3 + i}<&-")
+    lines.append("unset PWD OLDPWD")  # the shells' own: not part of a container's environment
+    lines.append(f'exec setpriv --inh-caps=-all --bounding-set={DROPPED_CAPS} -- "$@"')
+    return [
+        "unshare", "--mount", "--propagation", "private", "--",
+        "/bin/sh", "-c", "\n".join(lines), "ciliary-pod", *argv,
+    ]  # fmt: skip
+
+
+def pod_command(argv: Sequence[str], run_root: Path, keep: Sequence[Path] = ()) -> list[str]:
+    """The full argv the lab spawns for a container (or ``lab exec``) command."""
+    for path in keep:
+        path.mkdir(parents=True, exist_ok=True)
+    return sandbox_argv(resolve_command(argv), hide=hidden_dirs(run_root), keep=keep)
+
+
+def exec_argv(netns_path: str | Path, argv: Sequence[str], run_root: Path) -> list[str]:
+    """A command run in a pod from outside (``lab exec``, tests): in the pod's netns and behind
+    the same mount view as its containers (``kubectl exec`` joins the container's)."""
+    return ["nsenter", f"--net={netns_path}", "--", *pod_command(argv, run_root)]
+
+
+__all__ = [
+    "CONTAINER_PATH",
+    "container_env",
+    "exec_argv",
+    "hidden_dirs",
+    "pod_command",
+    "resolve_command",
+    "sandbox_argv",
+]
