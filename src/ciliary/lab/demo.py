@@ -4,7 +4,9 @@ Each step runs a real client in one pod against a server in another and checks t
 database is protected by a policy, so the client's attempts must fail); a monitor subscription to
 the node's agent collects the datapath's own events for those packets, and the same flows are
 then read back through Hubble (the lab's relay, as ``ciliary observe`` does), with verdicts, drop
-reasons and the policy that decided. The lab stays up for the user to explore.
+reasons and the policy that decided: for the database's default deny, the policy that selected it
+(``db-from-web``), which the flow carries in its ``extensions``. The lab stays up for the user to
+explore.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ciliary.core.models import MonitorEvent
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
 from ciliary.hubble.client import sync_channel
+from ciliary.hubble.explain import default_deny_of
 from ciliary.hubble.printer import Printer, PrinterOptions
 from ciliary.lab import manager, schema
 
@@ -92,7 +95,7 @@ def _show_hubble(console: Console, lab: str) -> int:
         return 1
     out = io.StringIO()
     printer = Printer(PrinterOptions(policy_names=True), out, io.StringIO())
-    dropped = False
+    dropped = explained = False
     request = observer_pb2.GetFlowsRequest(
         number=16, whitelist=[flow_pb2.FlowFilter(source_pod=["shop/"]),
                               flow_pb2.FlowFilter(destination_pod=["shop/"])],
@@ -101,11 +104,16 @@ def _show_hubble(console: Console, lab: str) -> int:
         for res in observer_pb2_grpc.ObserverStub(channel).GetFlows(request, timeout=10):
             if res.HasField("flow"):
                 printer.write_flow(res)
+                why = default_deny_of(res.flow)
                 dropped |= res.flow.drop_reason_desc == flow_pb2.POLICY_DENIED
+                explained |= why is not None and any("db-from-web" in p for p in why[1])
     printer.close()
     console.print(out.getvalue().rstrip(), markup=False, highlight=False)
     if not dropped:
         console.print("[red]Hubble did not report the policy drop of client → db[/red]")
+        return 1
+    if not explained:
+        console.print("[red]Hubble's drop of client → db does not name db-from-web[/red]")
         return 1
     return 0
 
@@ -216,6 +224,7 @@ def run(console: Console) -> int:
         "  ciliary monitor                    # live datapath events (-o json)\n"
         "  ciliary observe --verdict DROPPED  # Hubble flows via the relay (hubble's flags)\n"
         "  ciliary observe -f --namespace shop -o json\n"
+        "  ciliary policy trace --from default/client --to shop/db --dport 5432/tcp  # why\n"
         "  ciliary hubble status              # flows in the ring buffers, connected nodes\n"
         f"  ciliary lab exec default/client -- ciliary workload ping {echo4} -c 3\n"
         "  ciliary lab down                   # remove everything"

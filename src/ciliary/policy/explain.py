@@ -116,9 +116,9 @@ def near_misses(
                     | {v for r in selector.match_expressions if _namespace_key(r.key)
                        for v in r.values}
                 )  # fmt: skip
+                where = f"{PolicyRef.of(policy)} {rule.path}.{direction}[{peer.index}]"
                 out.append(
-                    f"{PolicyRef.of(policy)} {rule.path}.{direction}[{peer.index}]:"
-                    f" selects {_shown(bare)} in namespace {', '.join(wanted) or '?'}, but the peer is"
-                    f" in namespace {', '.join(peer_ns) or '(none)'}"
+                    f"{where}: selects {_shown(bare)} in namespace {', '.join(wanted) or '?'},"
+                    f" but the peer is in namespace {', '.join(peer_ns) or '(none)'}"
                 )
     return tuple(dict.fromkeys(out))
