@@ -450,6 +450,11 @@ def test_default_deny_drop_names_the_policies_that_select_the_endpoint(lab: Poli
             "NetworkPolicy production/default-deny-ingress",
         ]
         assert tr.ingress.near_misses == [MISS]
+        with lab.client() as cl:  # the endpoint's policy says it too (GET /v1/endpoint/ID/policy)
+            ep = next(e for e in cl.endpoints() if e.pod_name == "backend")
+            status = cl.endpoint_policy(ep.id)
+        assert status.ingress_enforced_by == tr.ingress.default_deny_by
+        assert status.egress_enforced_by == []
         res = subprocess.run(
             [CILIARY, "--node", lab.node, "policy", "trace", "--from", "development/frontend",
              "--to", "production/backend", "--dport", "80/TCP"],

@@ -374,6 +374,8 @@ class PolicyManager:
             endpoint_id=ep.id, identity=ep.identity, revision=pol.revision,
             ingress_enforced=pol.ingress_enforced, egress_enforced=pol.egress_enforced,
             policies=list(pol.policies), entries=entries, unsupported=list(pol.unsupported),
+            ingress_enforced_by=[str(p) for p in pol.ingress_enforced_by],
+            egress_enforced_by=[str(p) for p in pol.egress_enforced_by],
         )  # fmt: skip
 
     @staticmethod

@@ -382,6 +382,12 @@ class EndpointPolicyStatus(_Model):
     policies: list[str]
     entries: list[PolicyMapEntry]
     unsupported: list[str] = Field(default_factory=list)
+    ingress_enforced_by: list[str] = Field(
+        default_factory=list, description="policies that put ingress into default deny"
+    )
+    egress_enforced_by: list[str] = Field(
+        default_factory=list, description="policies that put egress into default deny"
+    )
 
 
 class TraceRequest(_Model):
