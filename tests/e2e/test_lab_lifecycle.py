@@ -95,14 +95,11 @@ def test_non_root_is_refused(tmp_path: Path) -> None:
     assert_no_leftovers(lab, [node])
 
 
-def test_failure_half_way_rolls_back(tmp_path: Path) -> None:
-    """A pod whose command cannot start is not the lab's problem, but an agent that cannot start
-    is: lab up fails with one line and leaves nothing."""
+def test_node_name_in_use_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    """A second lab asking for a node name another lab uses is refused before anything is made
+    (`lab up`'s rollback after resources exist is tested in test_lab_apply.py)."""
     lab, node = unique("rb"), unique("n")
     path = tmp_path / "lab.yaml"
-    # A second node with a pod CIDR that exists twice would be a schema error; instead make the
-    # node's netns name collide at creation time by pre-creating the *pod* netns after preflight
-    # is impossible to time, so collide on the node state dir of a second lab instead.
     other = unique("o")
     path.write_text(_valid(lab, node))
     other_path = tmp_path / "other.yaml"
@@ -155,4 +152,44 @@ def test_down_after_agent_crash(tmp_path: Path) -> None:
     finally:
         res = _cli("lab", "down", "--name", lab)
     assert res.returncode == 0, res.stderr
+    assert_no_leftovers(lab, [node])
+
+
+def test_every_problem_of_the_file_at_once(tmp_path: Path) -> None:
+    """Several unknown or invalid fields, in several documents: one run reports them all, one
+    `Error:` line each naming file, document and field, and creates nothing."""
+    lab, node = unique("many"), unique("n")
+    text = _valid(lab, node)
+    text = text.replace("monitorAggregation: medium", "monitorAggregation: loud")
+    text = text.replace("metadata: {name: shop, labels: {team: shop}}", "metadata: {nme: shop}")
+    text = text.replace("command: [ciliary, workload, pause]", "comand: [ciliary, workload, pause]")
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    res = _cli("lab", "up", str(path))
+    assert res.returncode == 1, res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) >= 3, res.stderr
+    assert all(ln.startswith(f"Error: {path}: document ") for ln in lines), res.stderr
+    assert any("document 1" in ln and "monitorAggregation" in ln for ln in lines), res.stderr
+    assert any("document 2" in ln and "nme" in ln for ln in lines), res.stderr
+    assert any("document 3" in ln and "comand: unknown field" in ln for ln in lines), res.stderr
+    assert_no_leftovers(lab, [node])
+
+
+def test_every_problem_of_the_lab_files_policies_at_once(tmp_path: Path) -> None:
+    lab, node = unique("mpol"), unique("n")
+    policy = (
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+        "metadata: {name: bad, namespace: shop}\n"
+        "spec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Sideways]\n"
+        "  ingress:\n  - from:\n    - podSelectr: {}\n"
+    )
+    path = tmp_path / "lab.yaml"
+    path.write_text(_valid(lab, node) + policy)
+    res = _cli("lab", "up", str(path))
+    assert res.returncode == 1, res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2, res.stderr
+    assert all(ln.startswith("Error: ") and str(path) in ln for ln in lines), res.stderr
+    assert any("Sideways" in ln for ln in lines) and any("podSelectr" in ln for ln in lines)
     assert_no_leftovers(lab, [node])

@@ -8,6 +8,7 @@ answer with an ``ErrorResponse`` body so clients can print one clear line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from ciliary.agent.daemon import Agent
 
 log = logging.getLogger(__name__)
+_MAX_BODY = web.AppKey("max_body", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -61,10 +63,58 @@ def _error(message: str, status: int, kind: str = "error") -> web.Response:
     return _json(ErrorResponse(error=message, kind=kind), status)
 
 
+# The largest request body the API reads (aiohttp's default is 1 MiB, less than a policy import
+# of a few thousand rules). A body over it is read to its end and dropped, so the client gets
+# the answer naming the limit instead of a broken pipe.
+MAX_BODY_ENV = "CILIARY_AGENT_API_MAX_BODY"
+DEFAULT_MAX_BODY = 64 << 20
+_DRAIN_AT_MOST = 1 << 30
+
+
+def max_body_bytes() -> int:
+    """The body limit: ``$CILIARY_AGENT_API_MAX_BODY`` (bytes) in the agent's environment, else
+    64 MiB."""
+    raw = os.environ.get(MAX_BODY_ENV, "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_BODY
+
+
+def _too_large(size: int | None, limit: int) -> web.Response:
+    what = f"request body of {size} bytes" if size is not None else "request body"
+    return _error(
+        f"{what} is over the agent API's limit of {limit} bytes ({limit >> 20} MiB); raise it"
+        f" with {MAX_BODY_ENV}=<bytes> in the agent's environment, or split the import into"
+        " smaller files",
+        413,
+        "too-large",
+    )
+
+
+async def _drain(request: web.Request) -> None:
+    """Read and drop what the client still sends (bounded), so it can read our answer."""
+    left = _DRAIN_AT_MOST
+    while left > 0 and not request.content.at_eof():
+        chunk = await request.content.readany()
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limit = request.app[_MAX_BODY]
     try:
+        if request.content_length is not None and request.content_length > limit:
+            await _drain(request)
+            return _too_large(request.content_length, limit)
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:  # a body without Content-Length (chunked)
+        with contextlib.suppress(ConnectionResetError):
+            await _drain(request)
+        return _too_large(None, limit)
+    except ConnectionResetError:
+        # the client hung up mid-request (interrupted, timed out): nothing to answer, no bug
+        log.info("client went away during %s %s; request dropped", request.method, request.path)
+        return web.Response(status=400)
     except web.HTTPException as exc:
         return _error(exc.reason or "error", exc.status, "http")
     except EndpointError as err:
@@ -95,7 +145,9 @@ class APIServer:
         self._agent = agent
         self._path = socket_path
         self._runner: web.AppRunner | None = None
-        app = web.Application(middlewares=[_errors])
+        limit = max_body_bytes()
+        app = web.Application(middlewares=[_errors], client_max_size=limit)
+        app[_MAX_BODY] = limit
         p = API_PREFIX
         app.add_routes(
             [

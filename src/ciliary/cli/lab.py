@@ -9,6 +9,7 @@ The manager is imported lazily so that ``ciliary status`` and friends do not pay
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -95,7 +96,10 @@ def _call(fn: Callable[[], _T]) -> _T:
     try:
         return fn()
     except manager.LabError as exc:
-        raise CLIError(str(exc)) from exc
+        # every problem of a bad file at once, one ``Error:`` line each (the last is raised)
+        for problem in exc.problems[:-1]:
+            print(f"Error: {problem}", file=sys.stderr, flush=True)
+        raise CLIError(exc.problems[-1] if len(exc.problems) > 1 else str(exc)) from exc
 
 
 def _progress(ctx: Context) -> Progress:

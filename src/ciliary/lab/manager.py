@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rich.progress import Progress, TaskID
@@ -63,7 +63,13 @@ NETWORK_NAME = "ciliary"
 
 
 class LabError(Exception):
-    """A lab operation failed; ``str()`` is one line for the user."""
+    """A lab operation failed; ``str()`` is one line for the user. ``problems`` holds every
+    problem of a bad input (one line each naming file, document and field; the first is
+    ``str()``), so the CLI shows them all at once."""
+
+    def __init__(self, message: str, problems: Sequence[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = list(problems) if problems else [message]
 
 
 # ---- names -------------------------------------------------------------------------------------
@@ -235,7 +241,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     try:
         lab_file = schema.load_default() if path is None else schema.load_lab_file(path)
     except schema.LabFileError as err:
-        raise LabError(str(err)) from err
+        raise LabError(str(err), err.problems) from err
     lab_name = name or lab_file.lab.metadata.name
     _preflight(lab_name, lab_file)
     policies = _policies_of(lab_file)
@@ -284,7 +290,7 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
     except OSError as err:
         raise LabError(f"{path}: {err.strerror}") from err
     except schema.LabFileError as err:
-        raise LabError(str(err)) from err
+        raise LabError(str(err), err.problems) from err
     policies = _policies_of(added)
     undo = _ApplyUndo.of(rec, policies)
     try:
@@ -376,7 +382,7 @@ def _policies_of(lab_file: schema.LabFile) -> list[Policy]:
     try:
         return parse_policy_documents(docs, lab_file.filename) if docs else []
     except PolicyError as err:
-        raise LabError(str(err)) from err
+        raise LabError(str(err), err.problems) from err
 
 
 def _publish_policies(lab: str, lab_file: schema.LabFile, policies: list[Policy]) -> None:
@@ -1104,11 +1110,14 @@ def exec_in_pod(pod: str, argv: list[str], *, name: str | None = None) -> int:
     prec = find_pod(_load(_resolve(name)), pod)
     env = _pod_env(prec)
     try:
-        return subprocess.run(
-            ["nsenter", f"--net={netns.path_of(prec.netns)}", "--", *argv], env=env, check=False
-        ).returncode
+        proc = subprocess.Popen(
+            podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT),
+            env=env,
+            start_new_session=True,  # its own process group, which our signals end as a whole
+        )
     except FileNotFoundError as err:
         raise LabError(f"cannot run {argv[0]}: {err.strerror}") from err
+    return process.run_forwarding_signals(proc)
 
 
 def restart_agent(node: str, *, name: str | None = None) -> None:

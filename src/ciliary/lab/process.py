@@ -146,6 +146,46 @@ def wait_exec(
         time.sleep(0.005)
 
 
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+GROUP_GRACE = 5.0
+
+
+def run_forwarding_signals(proc: subprocess.Popen[bytes], grace: float = GROUP_GRACE) -> int:
+    """Wait for ``proc`` (the leader of its own process group) in the foreground, as ``kubectl
+    exec`` does: SIGINT, SIGTERM, SIGHUP and SIGQUIT we receive go to its whole group; once it
+    ends after such a signal (or ``grace`` seconds later, with SIGKILL), whatever of its group is
+    left is killed, so nothing it started keeps running. Returns its exit code (128 + signal
+    when a signal ended it, as a shell reports it)."""
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        deadline: float | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if received and deadline is None:
+                deadline = time.monotonic() + grace
+            if deadline is not None and time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if received:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the rest of its group
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code if code >= 0 else 128 - code
+
+
 def stop(pid: int | None, started: int | None, timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``; only if (pid, start time) is still ours."""
     if pid is None or not alive(pid, started):
