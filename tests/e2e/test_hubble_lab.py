@@ -440,3 +440,26 @@ def test_cel_expression_through_relay_and_node(hlab: HubbleLab) -> None:
     res = hlab.observe("--cel-expression", "_flow.verdict ==", "--last", "1")
     assert res.returncode != 0
     assert "InvalidArgument" in res.stderr and "error compiling CEL expression" in res.stderr
+
+
+def test_last_n_through_the_relay_is_n_per_node(hlab: HubbleLab) -> None:
+    """As upstream's relay: ``--last N`` asks every node for its last N, merged in time order."""
+    server_ip = manager.find_pod(manager.record(hlab.name), "shop/server").ipv4
+    across = manager.run_in_pod(  # node B's pod to node A's server: flows on both nodes
+        "default/lonely",
+        ["ciliary", "workload", "http-get", "--timeout", "1", f"http://{server_ip}/"],
+        name=hlab.name,
+    )
+    assert across.returncode != 0  # denied by the server's policy, seen on both nodes
+    deadline = time.monotonic() + 15
+    while True:
+        flows = hlab.observe_json("--last", "1")
+        nodes = sorted(f.node_name.split("/")[-1] for f in flows)
+        if nodes == sorted([hlab.a, hlab.b]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert nodes == sorted([hlab.a, hlab.b])  # one per node, not one for the cluster
+    times = [f.time.ToNanoseconds() for f in flows]
+    assert times == sorted(times)
+    first = hlab.observe_json("--first", "1")
+    assert sorted(f.node_name.split("/")[-1] for f in first) == sorted([hlab.a, hlab.b])

@@ -94,15 +94,15 @@ def add_observe_flags(p: argparse.ArgumentParser, suppress: bool = False) -> Non
         type=_uint,
         default=d(0),
         metavar="N",
-        help=f"get the last N flows of each server's buffer (default "
-        f"{cliflags.DEFAULT_LAST} when nothing else selects)",
+        help=f"get the last N flows of each server's buffer (through a relay: N per node; "
+        f"default {cliflags.DEFAULT_LAST} when nothing else selects)",
     )
     sel.add_argument(
         "--first",
         type=_uint,
         default=d(0),
         metavar="N",
-        help="get the first N flows of each server's buffer",
+        help="get the first N flows of each server's buffer (through a relay: N per node)",
     )
     sel.add_argument(
         "--all", action="store_true", default=d(False), help="get all flows stored in the buffers"

@@ -32,7 +32,7 @@ from ciliary.hubble.observer import LocalObserver
 from ciliary.hubble.peer import PeerInfo
 from ciliary.hubble.relay import RelayConfig, RelayServer
 from ciliary.hubble.relay.cmd import build_parser, config_from_args, parse_duration
-from ciliary.hubble.relay.merge import SortBuffer, select_window
+from ciliary.hubble.relay.merge import SortBuffer
 from ciliary.hubble.relay.observer import ObserverConfig
 from ciliary.hubble.relay.pool import (
     PeerSpec,
@@ -227,16 +227,27 @@ def test_non_follow_merges_all_nodes_in_time_order() -> None:
     run(body())
 
 
-def test_number_and_first_apply_to_the_merged_stream() -> None:
+def test_number_and_first_select_n_per_node_then_merge_in_time_order() -> None:
+    """Upstream's relay passes ``number``/``first`` to every node: ``--last 3`` through a relay
+    is each node's last 3 (here n1's last 3 of 10 and both of n2's), merged by time."""
+
     async def body() -> None:
-        async with cluster(["n1", "n2", "n3"]) as c:
-            expected = feed_interleaved(c, 10)
-            last = flows_of(await all_responses(c.stub, observer_pb2.GetFlowsRequest(number=7)))
-            assert [(f.time.ToNanoseconds(), f.node_name) for f in last] == expected[-7:]
-            first = flows_of(
-                await all_responses(c.stub, observer_pb2.GetFlowsRequest(number=4, first=True))
-            )
-            assert [(f.time.ToNanoseconds(), f.node_name) for f in first] == expected[:4]
+        async with cluster(["n1", "n2"]) as c:
+            n1 = [BASE + i * SEC for i in range(10)]
+            n2 = [BASE + 2 * SEC + SEC // 2, BASE + 8 * SEC + SEC // 2]
+            for t in n1:
+                c.nodes["n1"].observer.on_flow(mkflow("n1", t))
+            for t in n2:
+                c.nodes["n2"].observer.on_flow(mkflow("n2", t))
+
+            def seen(resps: list[observer_pb2.GetFlowsResponse]) -> list[tuple[int, str]]:
+                return [(f.time.ToNanoseconds(), f.node_name) for f in flows_of(resps)]
+
+            last = await all_responses(c.stub, observer_pb2.GetFlowsRequest(number=3))
+            want = sorted([(t, "n1") for t in n1[-3:]] + [(t, "n2") for t in n2])
+            assert seen(last) == want
+            first = await all_responses(c.stub, observer_pb2.GetFlowsRequest(number=1, first=True))
+            assert seen(first) == [(n1[0], "n1"), (n2[0], "n2")]
 
     run(body())
 
@@ -266,23 +277,23 @@ def test_follow_merges_history_then_live_flows_across_nodes() -> None:
                 while len(flows_of(got)) < n:
                     got.append(await asyncio.wait_for(call.read(), 5))  # type: ignore[arg-type]
 
-            await read_flows(4)
+            await read_flows(12)
             assert statuses_of(got)[0] == (relay_pb2.NODE_CONNECTED, ["n1", "n2", "n3"])
             history = [(f.time.ToNanoseconds(), f.node_name) for f in flows_of(got)]
-            assert history == expected[-4:]  # the cluster's last 4, not 4 per node
+            assert history == expected[-12:]  # 4 per node, as upstream, merged by time
             # live flows, written out of node order but with interleaved times
             now = time.time_ns()
             live = [(now + 1000 * i, f"n{(i % 3) + 1}") for i in range(9)]
             for t, name in reversed(live):
                 c.nodes[name].observer.on_flow(mkflow(name, t))
-            await read_flows(4 + len(live))
-            assert [(f.time.ToNanoseconds(), f.node_name) for f in flows_of(got)[4:]] == live
+            await read_flows(12 + len(live))
+            assert [(f.time.ToNanoseconds(), f.node_name) for f in flows_of(got)[12:]] == live
             call.cancel()
 
     run(body())
 
 
-def test_agent_events_are_merged_with_a_global_number() -> None:
+def test_agent_events_are_merged_with_a_number_per_node() -> None:
     async def body() -> None:
         async with cluster(["n1", "n2"]) as c:
             for i in range(6):
@@ -294,7 +305,7 @@ def test_agent_events_are_merged_with_a_global_number() -> None:
                     )
                 )
                 await asyncio.sleep(0.002)
-            req = observer_pb2.GetAgentEventsRequest(number=4)
+            req = observer_pb2.GetAgentEventsRequest(number=2)  # each node's last 2
             resps = [r async for r in c.stub.GetAgentEvents(req, timeout=10)]
             assert [r.agent_event.policy_update.revision for r in resps] == [2, 3, 4, 5]
             assert [r.node_name for r in resps] == ["n1", "n2", "n1", "n2"]
@@ -628,31 +639,6 @@ def test_sort_buffer_orders_within_its_window_and_drains_by_age() -> None:
     assert len(buf) == 0
     with pytest.raises(ValueError):
         SortBuffer(0)
-
-
-def test_select_window_counts_only_counted_items_and_keeps_exempt_ones() -> None:
-    items = ["f1", "lost", "f2", "S", "f3", "f4", "lost2"]
-
-    def counts(x: str) -> bool:
-        return x.startswith("f")
-
-    def exempt(x: str) -> bool:
-        return x == "S"
-
-    assert select_window(items, number=0, first=False, counts=counts) == items
-    assert select_window(items, number=2, first=False, counts=counts, exempt=exempt) == [
-        "S",
-        "f3",
-        "f4",
-        "lost2",
-    ]
-    assert select_window(items, number=2, first=True, counts=counts, exempt=exempt) == [
-        "f1",
-        "lost",
-        "f2",
-        "S",
-    ]
-    assert select_window(items, number=9, first=True, counts=counts) == items
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

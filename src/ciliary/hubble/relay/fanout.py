@@ -4,8 +4,9 @@
 
 - it first tells the client which nodes take part (NODE_CONNECTED) and which cannot
   (NODE_UNAVAILABLE), as upstream does;
-- a non-follow request collects every node's answer, sorts the lot by time and applies
-  ``number``/``first`` to the merged list (the last N of the cluster, not N per node);
+- a non-follow request goes to every node as it is, so ``number``/``first`` select N per
+  node (upstream's relay: ``--last N`` through a relay of k nodes returns up to k*N flows),
+  and their answers are merged in time order;
 - a follow request fetches the history the same way (the request without ``follow``, events
   before the request's start ``t0``), then follows every node from ``t0`` on through a
   :class:`~ciliary.hubble.relay.merge.SortBuffer` bounded by ``--sort-buffer-len-max`` and
@@ -40,13 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
 from ciliary.hubble.api.relay import relay_pb2
-from ciliary.hubble.relay.merge import (
-    SortBuffer,
-    ns_timestamp,
-    select_window,
-    sort_by_time,
-    timestamp_ns,
-)
+from ciliary.hubble.relay.merge import SortBuffer, ns_timestamp, sort_by_time, timestamp_ns
 from ciliary.hubble.relay.pool import Peer, PeerPool
 
 if TYPE_CHECKING:
@@ -102,7 +97,6 @@ class Kind(Generic[Req, Resp]):
 
     what: str
     call: Callable[[ObserverAsyncStub, Req], AsyncIterable[Resp]]
-    counts: Callable[[Resp], bool]  # counts towards ``number``
     status: Callable[[int, Sequence[str], str, str], Resp] | None  # node-status event maker
 
 
@@ -123,19 +117,16 @@ def _flows_status(
 FLOWS: Kind[observer_pb2.GetFlowsRequest, observer_pb2.GetFlowsResponse] = Kind(
     what="flows",
     call=lambda stub, req: stub.GetFlows(req),
-    counts=lambda resp: resp.HasField("flow"),
     status=_flows_status,
 )
 AGENT_EVENTS: Kind[observer_pb2.GetAgentEventsRequest, observer_pb2.GetAgentEventsResponse] = Kind(
     what="agent events",
     call=lambda stub, req: stub.GetAgentEvents(req),
-    counts=lambda resp: True,
     status=None,
 )
 DEBUG_EVENTS: Kind[observer_pb2.GetDebugEventsRequest, observer_pb2.GetDebugEventsResponse] = Kind(
     what="debug events",
     call=lambda stub, req: stub.GetDebugEvents(req),
-    counts=lambda resp: True,
     status=None,
 )
 
@@ -295,14 +286,14 @@ class Fanout(Generic[Req, Resp]):
             await self._cancel_all()
 
     async def _history(self, peers: Sequence[Peer], req: Req, before_ns: int | None) -> list[Resp]:
-        """Every node's answer to a non-follow request, merged and trimmed; node failures are
-        reported in place (exempt from trimming). Raises RequestRejectedError."""
+        """Every node's answer to a non-follow request (``number``/``first`` applied by each
+        node), merged in time order; node failures are reported in place. Raises
+        RequestRejectedError."""
         req.follow = False
         queue: asyncio.Queue[_Item[Resp] | _Ended] = asyncio.Queue(maxsize=1024)
         for p in peers:
             self._spawn(self._pump(p, req, queue), f"history:{p.name}")
         items: list[Resp] = []
-        status_ids: set[int] = set()
         failures: dict[str, list[str]] = {}  # message -> nodes (upstream coalesces equal errors)
         states: dict[str, int] = {}
         pending = len(peers)
@@ -324,16 +315,8 @@ class Fanout(Generic[Req, Resp]):
             self._reported.update(names)
             status = self._status(states[message], names, message)
             if status is not None:
-                status_ids.add(id(status))
                 items.append(status)
-        merged = sort_by_time(items, _time_of)
-        return select_window(
-            merged,
-            number=int(self._req.number),
-            first=self._req.first,
-            counts=self._kind.counts,
-            exempt=lambda r: id(r) in status_ids,
-        )
+        return sort_by_time(items, _time_of)
 
     async def _follow(self, available: Sequence[Peer]) -> AsyncIterator[Resp]:
         cfg = self._cfg

@@ -3,14 +3,13 @@
 Each node streams its own events in time order, but the relay's client wants one stream for
 the whole cluster. Two tools, both pure and clock-free so they are tested without sockets:
 
+- :func:`sort_by_time` merges the histories of non-follow requests (each node has applied the
+  request's ``number``/``first`` to its own ring, as upstream: N per node, not N overall);
 - :class:`SortBuffer` is upstream's bounded priority queue for *follow* requests: events wait
   in a min-heap keyed by their timestamp; when the heap is full the oldest leaves, and events
   older than a drain horizon leave on a timer. Within the buffer's window the output is in
   time order; an event that arrives later than the window is passed on as soon as possible
   (never dropped), which is the price of bounded memory and latency.
-- :func:`select_window` applies a request's ``number``/``first`` to the *merged* history of
-  all nodes: the last (or first) N counted events across the cluster, not N per node. Events
-  the caller marks as exempt (the relay's own node-status reports) are always kept.
 
 Ties on equal timestamps keep arrival order, so one node's events never swap places.
 """
@@ -79,30 +78,3 @@ class SortBuffer(Generic[T]):
 def sort_by_time(items: Sequence[T], time_of: Callable[[T], int]) -> list[T]:
     """Stable sort by time: equal timestamps keep their arrival order."""
     return sorted(items, key=time_of)
-
-
-def select_window(
-    items: Sequence[T],
-    *,
-    number: int,
-    first: bool,
-    counts: Callable[[T], bool],
-    exempt: Callable[[T], bool] = lambda _item: False,
-) -> list[T]:
-    """Keeps the first (``first``) or last ``number`` counted items of a time-sorted list.
-
-    ``number == 0`` keeps everything. Uncounted items (lost-event reports, say) are kept when
-    they lie inside the window of the kept counted items, with the window open towards the
-    end of the list for "last N" (so a trailing report stays) and towards the start for
-    "first N". Exempt items are kept wherever they are.
-    """
-    if number <= 0:
-        return list(items)
-    positions = [i for i, item in enumerate(items) if not exempt(item) and counts(item)]
-    if len(positions) <= number:
-        return list(items)
-    if first:
-        end = positions[number - 1]
-        return [item for i, item in enumerate(items) if i <= end or exempt(item)]
-    start = positions[len(positions) - number]
-    return [item for i, item in enumerate(items) if i >= start or exempt(item)]
