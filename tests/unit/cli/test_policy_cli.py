@@ -214,8 +214,21 @@ def trace_response(req: TraceRequest) -> TraceResponse:
         reason="default deny",
         rules=[],
         matched=None,
+        default_deny_by=["CiliumNetworkPolicy shop/allow-client"],
+        explanation=WHY,
+        near_misses=[MISS],
     )
     return _trace(req, allowed_egress, ingress, 133, "Policy denied")
+
+
+WHY = (
+    "shop/web is selected for ingress by CiliumNetworkPolicy shop/allow-client; no rule of it"
+    " allows this peer/port"
+)
+MISS = (
+    "CiliumNetworkPolicy shop/allow-client spec.ingress[0]: selects app=client in namespace shop,"
+    " but the peer is in namespace default"
+)
 
 
 def _trace(
@@ -686,7 +699,9 @@ def test_trace_default_deny_exit_1_and_json(
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "Final verdict: DENIED (Policy denied)" in out.splitlines()
-    assert "default deny (no rule allows this flow)" in out
+    flat = " ".join(out.split())  # the table wraps long cells
+    assert f"Rules: default deny: {WHY}" in flat
+    assert f"Near misses: {MISS}" in flat
     assert main([*argv, "-o", "json"]) == 1
     resp = TraceResponse.model_validate_json(capsys.readouterr().out)
     assert not resp.allowed and resp.drop_reason == 133
