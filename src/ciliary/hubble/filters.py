@@ -30,8 +30,10 @@ from urllib.parse import urlsplit
 
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.celfilter import CELError, cel_filter
-from ciliary.hubble.labelselector import SelectorError, parse_label, parse_selector
 from ciliary.hubble.monitorapi import MSG_ACCESS_LOG
+from ciliary.k8s.labelselector import SelectorError
+from ciliary.k8s.labelselector import parse_cilium_label as parse_label
+from ciliary.k8s.labelselector import parse_cilium_selector as parse_selector
 
 Predicate = Callable[[flow_pb2.Flow], bool]
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.filters import FilterError, build_filter, compile_flow_filter
-from ciliary.hubble.labelselector import parse_selector
+from ciliary.k8s.labelselector import parse_cilium_selector as parse_selector
 
 F = flow_pb2
 

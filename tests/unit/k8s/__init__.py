@@ -1,0 +1,1 @@
+"""Unit tests of ciliary.k8s."""
