@@ -159,8 +159,6 @@ kind: Lab
 metadata: {{name: {lab}}}
 spec:
   monitorAggregation: none
-  hubble:
-    relay: {{listenAddress: "127.0.0.1:0"}}
   nodes: [{{name: {node}}}]
 ---
 apiVersion: v1
