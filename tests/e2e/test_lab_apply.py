@@ -5,17 +5,21 @@ cgroup, endpoint), and a retry after the fix succeeds; namespaces added by `lab 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from ciliary.client.agent import AgentClient
+from ciliary.client.agent import AgentClient, AgentUnavailableError
 from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.cgroup import cgroup2_root
 from ciliary.kvstore import policies as policystore
-from ciliary.lab import manager
+from ciliary.lab import manager, process
 
 from .conftest import CILIARY, LAB_TEMPLATE, Lab, assert_no_leftovers, unique
 
@@ -146,3 +150,42 @@ def test_lab_up_with_a_missing_command_fails_and_leaves_nothing(tmp_path: Path) 
     assert "lab up failed, nothing was left behind" in err[0]
     assert "pod shop/server: container web cannot start '/nonexistent/ciliary-http'" in err[0]
     assert_no_leftovers(lab, [node])
+
+
+def test_apply_while_the_agent_is_down_rolls_back_and_a_retry_succeeds(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The agent is down (killed, its supervisor held with SIGSTOP so it stays down): the ADD
+    fails, the rollback still leaves nothing; once the agent is back the same apply succeeds."""
+    ns = unique("dn")
+    rec = manager.record(lab.name)
+    assert rec.supervisor is not None and rec.supervisor.pid is not None
+    agent = rec.nodes[0].agent_pid
+    assert agent is not None
+    os.kill(rec.supervisor.pid, signal.SIGSTOP)
+    try:
+        os.kill(agent, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process.start_time(agent) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(manager.LabError, match=r"nothing was added.*CNI ADD failed"):
+            manager.apply(_applied(tmp_path / "d.yaml", ns), name=lab.name)
+        rec = manager.record(lab.name)
+        assert [p.key for p in rec.pods if p.namespace == ns] == []
+        assert ns not in rec.namespaces
+        store = manager.cluster_store(lab.name)
+        assert [k for k in store.list("pods") if k.startswith(f"{ns}/")] == []
+        assert store.get("namespaces", ns) is None
+        assert netns.list_names(f"cilp-{lab.name}-{ns}-") == []
+    finally:
+        os.kill(rec.supervisor.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the supervisor brings the agent back
+        sock = manager.agent_socket(lab.node, name=lab.name)
+        with contextlib.suppress(AgentUnavailableError), AgentClient(sock, timeout=2) as cl:
+            cl.healthz()
+            break
+        time.sleep(0.1)
+    _assert_nothing_of(lab, ns)  # also the restarted agent has no endpoint of it
+    view = manager.apply(_applied(tmp_path / "d.yaml", ns), name=lab.name)
+    assert {p.name for p in view.pods if p.namespace == ns and p.running} == {"web", "cli"}

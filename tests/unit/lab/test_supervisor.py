@@ -1,0 +1,36 @@
+"""The supervisor's restart back-off (kubelet's CrashLoopBackOff, shortened for a lab) and how it
+names an agent's exit."""
+
+from __future__ import annotations
+
+import signal
+
+from ciliary.lab.supervisor import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    BACKOFF_RESET_AFTER,
+    _Backoff,
+    describe_exit,
+)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    b = _Backoff(started_at=0.0)
+    waits = [b.exited(now=1.0) for _ in range(9)]
+    assert waits[:4] == [BACKOFF_INITIAL, 2 * BACKOFF_INITIAL, 4 * BACKOFF_INITIAL, 8.0]
+    assert max(waits) == BACKOFF_MAX and waits[-1] == BACKOFF_MAX
+    assert b.restart_at == 1.0 + BACKOFF_MAX
+
+
+def test_backoff_starts_over_after_a_long_run() -> None:
+    b = _Backoff(started_at=0.0)
+    for _ in range(5):
+        b.exited(now=1.0)
+    b.started_at = 10.0
+    assert b.exited(now=10.0 + BACKOFF_RESET_AFTER) == BACKOFF_INITIAL
+
+
+def test_exit_descriptions() -> None:
+    assert describe_exit(128 + signal.SIGKILL) == "killed by SIGKILL"
+    assert describe_exit(1) == "exit code 1"
+    assert describe_exit(None) == "exited (status unknown)"
