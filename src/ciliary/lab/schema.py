@@ -883,11 +883,12 @@ def _listen_address(text: str) -> str:
 
 
 class HubbleRelaySpec(_Model):
-    """The lab's Hubble Relay (one per lab, in the root netns, on loopback)."""
+    """The lab's Hubble Relay (one per lab, in the root netns)."""
 
     enabled: bool = True
     listen_address: Annotated[str, AfterValidator(_listen_address)] = ""
-    """``""``: 127.0.0.1:4245 when free, else a free loopback port (``lab status`` shows it)."""
+    """``""``: a root-only unix socket in the lab's directory; a loopback ``host:port`` (port 0:
+    a free one) serves TLS and requires client certificates (the lab's CA issues them)."""
 
 
 class HubbleExportSpec(_Model):
