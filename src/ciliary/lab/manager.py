@@ -150,10 +150,16 @@ SUPERVISED_FIELDS = (
 
 
 @contextlib.contextmanager
-def _record_lock(lab: str) -> Iterator[None]:
+def _record_lock(lab: str, *, create: bool = True) -> Iterator[None]:
+    """The record's lock; without ``create`` a lab that is gone (its directory removed) is a
+    LabError instead of a directory made again."""
     path = _lab_dir(lab) / "state.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        raise LabError(f"lab {lab!r} is gone (no {path.parent})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -182,7 +188,7 @@ def _save(rec: LabRecord, *, agent_fields: bool = False) -> None:
 
 def update_node(lab: str, node: str, change: Callable[[NodeRecord], None]) -> None:
     """Read-modify-write one node of the record under the lock (the supervisor's writes)."""
-    with _record_lock(lab):
+    with _record_lock(lab, create=False):
         rec = _load(lab)
         change(_node(rec, node))
         atomic.write_json(_state_file(lab), rec.model_dump(mode="json"))

@@ -80,11 +80,14 @@ class Supervisor:
         while not self._stopping:
             try:
                 rec = manager.record(self.lab)
+                for nrec in rec.nodes:
+                    if nrec.agent_wanted:
+                        self._tend(rec, nrec)
             except manager.LabError:
                 return  # the lab is gone
-            for nrec in rec.nodes:
-                if nrec.agent_wanted:
-                    self._tend(rec, nrec)
+            except Exception:
+                # a start that failed (spawn, cgroup) is tried again on the next tick
+                log.exception("supervising lab %s", self.lab)
             time.sleep(TICK)
 
     def _tend(self, rec: LabRecord, nrec: NodeRecord) -> None:
