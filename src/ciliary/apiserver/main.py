@@ -1,0 +1,92 @@
+"""``ciliary-apiserver``: the lab's Kubernetes API server process.
+
+Flags carry kube-apiserver's names (``--etcd-servers``, ``--bind-address``, ``--secure-port``,
+``--tls-cert-file``, ``--tls-private-key-file``, ``--client-ca-file``) so the lab's command line
+reads like a cluster's. With a client CA, every client must present a certificate it signed
+(kubectl and the agents do); without TLS files it serves plain HTTP (tests of the protocol only).
+One asyncio loop; SIGTERM/SIGINT stop it (open watches end, clients relist elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+
+from aiohttp import web
+
+from ciliary.apiserver.etcd import EtcdClient
+from ciliary.apiserver.server import APIServer
+from ciliary.apiserver.storage import Storage
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ciliary-apiserver", description=__doc__.splitlines()[0])
+    p.add_argument("--etcd-servers", required=True, help="http://127.0.0.1:2379 (the first)")
+    p.add_argument("--bind-address", default="127.0.0.1")
+    p.add_argument("--secure-port", type=int, default=6443)
+    p.add_argument("--tls-cert-file")
+    p.add_argument("--tls-private-key-file")
+    p.add_argument("--client-ca-file")
+    p.add_argument(
+        "--watch-bookmark-interval",
+        type=float,
+        default=60.0,
+        help="seconds between BOOKMARK events on watches that allow them",
+    )
+    p.add_argument("-v", "--v", type=int, default=0, dest="verbosity")
+    return p.parse_args(argv)
+
+
+def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
+    if args.client_ca_file:
+        ctx.load_verify_locations(args.client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def etcd_target(servers: str) -> str:
+    first = servers.split(",", maxsplit=1)[0].strip()
+    return first.split("://", 1)[-1].rstrip("/")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    etcd = EtcdClient(etcd_target(args.etcd_servers))
+    server = APIServer(Storage(etcd), bookmark_interval=args.watch_bookmark_interval)
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, args.bind_address, args.secure_port, ssl_context=ssl_context(args))
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger(__name__).info(
+        "serving on %s:%d (etcd %s)", args.bind_address, args.secure_port, etcd.target
+    )
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await etcd.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbosity >= 4 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

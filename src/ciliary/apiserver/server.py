@@ -1,0 +1,471 @@
+"""The REST half of the lab's Kubernetes API: URL → resource → storage, kube-apiserver's verbs.
+
+Paths are kube-apiserver's: ``/api/v1/…`` for the core group, ``/apis/<group>/<version>/…``
+for the others, a namespaced collection under ``namespaces/<ns>/``, an object's subresource after
+its name (``status``, ``scale``). Every failure is a ``Status`` object with kube-apiserver's reason
+and code (:mod:`ciliary.apiserver.errors`), since clients decide by them. Discovery documents come
+from :mod:`ciliary.k8s.discovery`, OpenAPI and Table rendering from ``ciliary.k8s.openapi`` and
+``ciliary.k8s.table`` when present; this module owns the verbs and their ordering guarantees only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from ciliary.apiserver import errors, patching, strategy, watch
+from ciliary.apiserver.filters import predicate
+from ciliary.apiserver.storage import DELETE, Obj, Storage, parse_rv
+from ciliary.k8s import discovery
+from ciliary.k8s.resources import RESOURCES, ResourceType, UnknownResourceError, by_path
+
+log = logging.getLogger(__name__)
+
+NAMESPACES = by_path("", "v1", "namespaces")
+
+
+def _optional(name: str) -> ModuleType | None:
+    """A :mod:`ciliary.k8s` module that may not be written yet (discovery, openapi, table)."""
+    try:
+        return importlib.import_module(f"ciliary.k8s.{name}")
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class Target:
+    rt: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+def resolve(group: str, version: str, segments: list[str]) -> Target:
+    """The resource a path after ``/api/v1`` or ``/apis/<g>/<v>`` names."""
+    namespace: str | None = None
+    namespace_sub = len(segments) == 3 and segments[2] in ("status", "finalize")
+    if segments and segments[0] == "namespaces" and len(segments) >= 3 and not namespace_sub:
+        namespace, segments = segments[1], segments[2:]
+    if not segments or len(segments) > 3:
+        raise errors.resource_not_found("/".join(segments))
+    try:
+        rt = by_path(group, version, segments[0])
+    except UnknownResourceError:
+        raise errors.resource_not_found(segments[0]) from None
+    name = segments[1] if len(segments) > 1 else None
+    sub = segments[2] if len(segments) > 2 else None
+    if sub is not None and sub not in rt.subresources:
+        raise errors.resource_not_found(sub)
+    if namespace is not None and not rt.namespaced:
+        raise errors.resource_not_found(segments[0])
+    return Target(rt, namespace, name, sub)
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(doc, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+class APIServer:
+    def __init__(self, storage: Storage, *, bookmark_interval: float = 60.0) -> None:
+        self.storage = storage
+        self.bookmark_interval = bookmark_interval
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._errors])
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.healthz)
+        app.router.add_get("/livez", self.healthz)
+        app.router.add_route("*", "/api", self.discovery)
+        app.router.add_route("*", "/apis", self.discovery)
+        app.router.add_route("*", "/openapi/{tail:.*}", self.openapi)
+        app.router.add_route("*", "/api/{version}", self.discovery)
+        app.router.add_route("*", "/apis/{group}", self.discovery)
+        app.router.add_route("*", "/apis/{group}/{version}", self.discovery)
+        app.router.add_route("*", "/api/{version}/{tail:.+}", self.core)
+        app.router.add_route("*", "/apis/{group}/{version}/{tail:.+}", self.grouped)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        except errors.StatusError as err:
+            return _json(err.status(), err.code)
+        except web.HTTPException as err:
+            if err.status == 404:
+                return _json(errors.resource_not_found(request.path).status(), 404)
+            raise
+        except Exception as err:
+            log.exception("%s %s failed", request.method, request.path_qs)
+            status = errors.internal(str(err))
+            return _json(status.status(), 500)
+
+    async def version(self, request: web.Request) -> web.Response:
+        return _json(discovery.version_info())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        await self.storage.revision()
+        return web.Response(text="ok")
+
+    async def discovery(self, request: web.Request) -> web.StreamResponse:
+        host = request.host
+        result = discovery.handle(request.path, request.headers.get("Accept", ""), host)
+        if result is None:
+            raise errors.resource_not_found(request.path)
+        content_type, body = result
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        module = _optional("openapi")
+        handler = module.__dict__.get("handle") if module else None
+        result = handler(request.path, request.query_string) if callable(handler) else None
+        if result is None:
+            raise errors.resource_not_found(request.path)
+        content_type, body = result
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def core(self, request: web.Request) -> web.StreamResponse:
+        return await self._resource(request, "", request.match_info["version"])
+
+    async def grouped(self, request: web.Request) -> web.StreamResponse:
+        return await self._resource(
+            request, request.match_info["group"], request.match_info["version"]
+        )
+
+    async def _resource(self, request: web.Request, group: str, version: str) -> web.StreamResponse:
+        target = resolve(group, version, request.match_info["tail"].split("/"))
+        method = request.method
+        if target.name is None:
+            if method == "GET":
+                return await self.list_or_watch(request, target)
+            if method == "POST":
+                return await self.create(request, target)
+            if method == "DELETE":
+                return await self.delete_collection(request, target)
+        elif target.subresource is None:
+            if method == "GET":
+                return await self.get(request, target)
+            if method == "PUT":
+                return await self.update(request, target)
+            if method == "PATCH":
+                return await self.patch(request, target)
+            if method == "DELETE":
+                return await self.delete(request, target)
+        elif target.subresource == "status":
+            if method == "GET":
+                return await self.get(request, target)
+            if method in ("PUT", "PATCH"):
+                return await (self.update if method == "PUT" else self.patch)(request, target)
+        elif target.subresource == "scale":
+            if method == "GET":
+                return _json(_scale(await self._get(target)))
+            if method in ("PUT", "PATCH"):
+                return await self.scale(request, target)
+        raise errors.method_not_allowed()
+
+    # ------------------------------------------------------------------------------ reads
+
+    async def _get(self, target: Target) -> Obj:
+        assert target.name is not None
+        return await self.storage.get(target.rt, target.namespace, target.name)
+
+    def _render(self, request: web.Request, rt: ResourceType) -> Any:
+        """Object → what the Accept header asks for (a Table when ``k8s.table`` is there)."""
+        accept = request.headers.get("Accept", "")
+        table = _optional("table") if "as=Table" in accept else None
+        return table.__dict__.get("render") if table else None
+
+    async def get(self, request: web.Request, target: Target) -> web.Response:
+        obj = await self._get(target)
+        render = self._render(request, target.rt)
+        if render is not None:
+            return _json(render(target.rt, [obj], obj["metadata"]["resourceVersion"], None))
+        return _json(obj)
+
+    async def list_or_watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        q = request.query
+        rt = target.rt
+        match = predicate(rt, q.get("labelSelector"), q.get("fieldSelector"))
+        rv = parse_rv(rt, q.get("resourceVersion"))
+        render = self._render(request, rt)
+        if watch.parse_bool(q.get("watch")):
+
+            def one(kind: str, obj: Obj) -> Obj:
+                if render is None or kind == "BOOKMARK":
+                    return obj
+                table: Obj = render(rt, [obj], obj["metadata"]["resourceVersion"], None)
+                return table
+
+            return await watch.serve_watch(
+                request,
+                self.storage,
+                rt,
+                target.namespace,
+                match=match,
+                resource_version=rv,
+                bookmarks=watch.parse_bool(q.get("allowWatchBookmarks")),
+                timeout=watch.timeout_seconds(q.get("timeoutSeconds")),
+                bookmark_interval=self.bookmark_interval,
+                render=one,
+            )
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError:
+            raise errors.bad_request(f"invalid limit {q.get('limit')!r}") from None
+        page = await self.storage.list(
+            rt,
+            target.namespace,
+            limit=max(limit, 0),
+            continue_token=q.get("continue") or None,
+            match=match,
+        )
+        meta: dict[str, Any] = {"resourceVersion": str(page.revision)}
+        if page.continue_token:
+            meta["continue"] = page.continue_token
+        if render is not None:
+            return _json(render(rt, page.items, str(page.revision), page.continue_token))
+        return _json(
+            {
+                "kind": rt.list_kind,
+                "apiVersion": rt.api_version,
+                "metadata": meta,
+                "items": page.items,
+            }
+        )
+
+    # ------------------------------------------------------------------------------ writes
+
+    async def _body(self, request: web.Request) -> Any:
+        """A JSON (or YAML) body; protobuf, which typed Go clients send for built-in kinds, is
+        not served (415, as a server without that codec answers)."""
+        raw = await request.read()
+        if not raw:
+            return None
+        content_type = request.headers.get("Content-Type", "application/json")
+        media = content_type.split(";")[0].strip() or "application/json"
+        try:
+            if media in ("application/yaml", "application/apply-patch+yaml"):
+                return yaml.safe_load(raw.decode())
+            if media in ("application/json", "*/*"):
+                return json.loads(raw)
+        except (ValueError, yaml.YAMLError) as err:
+            raise errors.bad_request(
+                f"the body of the request could not be decoded: {err}"
+            ) from None
+        raise errors.StatusError(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format - accepted media types include:"
+            f' application/json, application/yaml (got "{media}")',
+        )
+
+    async def _namespace_exists(self, rt: ResourceType, namespace: str | None) -> None:
+        if rt.namespaced and namespace:
+            kv = await self.storage.get_raw(NAMESPACES, None, namespace)
+            if kv is None:
+                raise errors.not_found(NAMESPACES, namespace)
+            doc = json.loads(kv.value)
+            if doc.get("metadata", {}).get("deletionTimestamp"):
+                raise errors.StatusError(
+                    403,
+                    "Forbidden",
+                    f'{rt.plural} "{namespace}" is forbidden: unable to create new content in'
+                    f" namespace {namespace} because it is being terminated",
+                )
+
+    async def create(self, request: web.Request, target: Target) -> web.Response:
+        rt = target.rt
+        body = await self._body(request)
+        obj = strategy.prepare_create(rt, body, target.namespace)
+        await self._namespace_exists(
+            rt, obj["metadata"].get("namespace") if rt.namespaced else None
+        )
+        if request.query.get("dryRun"):
+            return _json(obj, 201)
+        return _json(await self.storage.create(rt, obj), 201)
+
+    async def update(self, request: web.Request, target: Target) -> web.Response:
+        rt = target.rt
+        assert target.name is not None
+        body = await self._body(request)
+        body = strategy.check_type(rt, body)
+        precondition = parse_rv(rt, body["metadata"].get("resourceVersion"))
+        status_only = target.subresource == "status"
+
+        def change(current: Obj) -> Obj | Any:
+            if status_only:
+                return strategy.prepare_status_update(rt, current, json.loads(json.dumps(body)))
+            return strategy.prepare_update(rt, current, json.loads(json.dumps(body)))
+
+        obj, _ = await self.storage.update(
+            rt, target.namespace, target.name, change, precondition_rv=precondition
+        )
+        return _json(obj)
+
+    async def patch(self, request: web.Request, target: Target) -> web.Response:
+        rt = target.rt
+        assert target.name is not None
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if content_type not in patching.PATCH_TYPES:
+            raise errors.unsupported_media_type(content_type)
+        patch = patching.parse_body(content_type, await request.read())
+        status_only = target.subresource == "status"
+        if content_type == patching.APPLY and status_only is False:
+            existing = await self.storage.get_raw(rt, target.namespace, target.name)
+            if existing is None:
+                if not isinstance(patch, dict):
+                    raise errors.bad_request("apply configuration must be an object")
+                patch.setdefault("metadata", {})["name"] = target.name
+                obj = strategy.prepare_create(rt, patch, target.namespace)
+                await self._namespace_exists(rt, target.namespace)
+                return _json(await self.storage.create(rt, obj), 201)
+        precondition = None
+        if isinstance(patch, dict) and isinstance(patch.get("metadata"), dict):
+            precondition = parse_rv(rt, patch["metadata"].get("resourceVersion"))
+
+        def change(current: Obj) -> Obj | Any:
+            patched = patching.apply_patch(rt, content_type, current, patch)
+            if status_only:
+                return strategy.prepare_status_update(rt, current, patched)
+            return strategy.prepare_update(rt, current, patched)
+
+        obj, _ = await self.storage.update(
+            rt, target.namespace, target.name, change, precondition_rv=precondition
+        )
+        return _json(obj)
+
+    async def scale(self, request: web.Request, target: Target) -> web.Response:
+        rt = target.rt
+        assert target.name is not None
+        raw = await request.read()
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        body = patching.parse_body(
+            content_type if request.method == "PATCH" else "application/json", raw
+        )
+
+        def change(current: Obj) -> Obj | Any:
+            scale = _scale(current)
+            if request.method == "PATCH":
+                ct = patching.MERGE if content_type == patching.STRATEGIC else content_type
+                scale = patching.apply_patch(rt, ct, scale, body)
+            else:
+                scale = body
+            replicas = (scale.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                raise errors.invalid(
+                    rt, target.name or "", [errors.Cause("spec.replicas", "Invalid value")]
+                )
+            new = json.loads(json.dumps(current))
+            new.setdefault("spec", {})["replicas"] = replicas
+            return strategy.prepare_update(rt, current, new)
+
+        obj, _ = await self.storage.update(rt, target.namespace, target.name, change)
+        return _json(_scale(obj))
+
+    async def _delete_one(
+        self, rt: ResourceType, namespace: str | None, name: str, precondition: int | None
+    ) -> Obj:
+        def change(current: Obj) -> Obj | Any:
+            if current["metadata"].get("finalizers"):
+                return strategy.mark_deleting(current)
+            return DELETE
+
+        obj, deleted = await self.storage.update(
+            rt, namespace, name, change, precondition_rv=precondition
+        )
+        if deleted and rt is NAMESPACES:
+            await self._delete_namespace_content(name)
+        return obj
+
+    async def _delete_namespace_content(self, namespace: str) -> None:
+        """kube's namespace controller, done at once: every object in it is deleted (objects
+        with finalizers are marked and stay until their finalizers are removed)."""
+        for rt in RESOURCES:
+            if not rt.namespaced:
+                continue
+            page = await self.storage.list(rt, namespace)
+            for obj in page.items:
+                try:
+                    await self._delete_one(rt, namespace, obj["metadata"]["name"], None)
+                except errors.StatusError as err:
+                    if err.code != 404:
+                        raise
+
+    async def delete(self, request: web.Request, target: Target) -> web.Response:
+        assert target.name is not None
+        body = await self._body(request) or {}
+        if not isinstance(body, dict):
+            raise errors.bad_request("DeleteOptions must be an object")
+        preconditions = body.get("preconditions") or {}
+        precondition = parse_rv(target.rt, preconditions.get("resourceVersion"))
+        uid = preconditions.get("uid")
+        if uid:
+            current = await self._get(target)
+            if current["metadata"].get("uid") != uid:
+                raise errors.conflict(
+                    target.rt,
+                    target.name,
+                    f"Precondition failed: UID in precondition: {uid}, UID in object meta:"
+                    f" {current['metadata'].get('uid')}",
+                )
+        obj = await self._delete_one(target.rt, target.namespace, target.name, precondition)
+        return _json(obj)
+
+    async def delete_collection(self, request: web.Request, target: Target) -> web.Response:
+        rt = target.rt
+        q = request.query
+        match = predicate(rt, q.get("labelSelector"), q.get("fieldSelector"))
+        page = await self.storage.list(rt, target.namespace, match=match)
+        deleted = []
+        for obj in page.items:
+            meta = obj["metadata"]
+            try:
+                deleted.append(
+                    await self._delete_one(rt, meta.get("namespace"), meta["name"], None)
+                )
+            except errors.StatusError as err:
+                if err.code != 404:
+                    raise
+        return _json(
+            {
+                "kind": rt.list_kind,
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": str(await self.storage.revision())},
+                "items": deleted,
+            }
+        )
+
+
+def _scale(obj: Obj) -> Obj:
+    meta = obj["metadata"]
+    status = obj.get("status") or {}
+    selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
+        "status": {
+            "replicas": status.get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items())),
+        },
+    }
