@@ -236,11 +236,14 @@ def test_allowed_and_denied_flows(hlab: HubbleLab) -> None:
     assert allowed_pv.traffic_direction == flow_pb2.INGRESS
     assert allowed_pv.policy_match_type == 2  # L3-L4
     assert [p.name for p in allowed_pv.ingress_allowed_by] == ["allow-echo"]
-    assert not allowed_pv.HasField("is_reply") and allowed_pv.trace_observation_point == 0
+    # upstream: an allowed verdict is a connection's first packet, so is_reply is false (set)
+    assert allowed_pv.HasField("is_reply") and not allowed_pv.is_reply.value
+    assert allowed_pv.trace_observation_point == 0
     denied_pv = one(lambda f: f.l4.TCP.destination_port == 80, "verdict to 80", etype=5)
     assert denied_pv.verdict == flow_pb2.DROPPED
     assert denied_pv.drop_reason_desc == flow_pb2.POLICY_DENY
     assert [p.name for p in denied_pv.ingress_denied_by] == ["deny-web"]
+    assert not denied_pv.HasField("is_reply")  # as a drop: not known
 
     default = one(lambda f: f.l4.TCP.destination_port == 9, "to 9")
     assert default.verdict == flow_pb2.DROPPED
