@@ -156,23 +156,31 @@ def test_down_after_agent_crash(tmp_path: Path) -> None:
 
 
 def test_every_problem_of_the_file_at_once(tmp_path: Path) -> None:
-    """Several unknown or invalid fields, in several documents: one run reports them all, one
-    `Error:` line each naming file, document and field, and creates nothing."""
+    """Several unknown or invalid fields, in several documents (a policy among them): one run
+    reports them all, one `Error:` line each naming file, document and field, in document order,
+    and creates nothing."""
     lab, node = unique("many"), unique("n")
     text = _valid(lab, node)
     text = text.replace("monitorAggregation: medium", "monitorAggregation: loud")
     text = text.replace("metadata: {name: shop, labels: {team: shop}}", "metadata: {nme: shop}")
     text = text.replace("command: [ciliary, workload, pause]", "comand: [ciliary, workload, pause]")
+    text += (
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+        "metadata: {name: bad, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Up]}\n"
+    )
     path = tmp_path / "lab.yaml"
     path.write_text(text)
     res = _cli("lab", "up", str(path))
     assert res.returncode == 1, res.stdout
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) >= 3, res.stderr
+    assert len(lines) >= 4, res.stderr
     assert all(ln.startswith(f"Error: {path}: document ") for ln in lines), res.stderr
     assert any("document 1" in ln and "monitorAggregation" in ln for ln in lines), res.stderr
     assert any("document 2" in ln and "nme" in ln for ln in lines), res.stderr
     assert any("document 3" in ln and "comand: unknown field" in ln for ln in lines), res.stderr
+    assert any("document 5" in ln and "Up" in ln for ln in lines), res.stderr  # the policy's
+    numbers = [int(ln.split(": document ")[1].split()[0].rstrip(":")) for ln in lines]
+    assert numbers == sorted(numbers), res.stderr
     assert_no_leftovers(lab, [node])
 
 

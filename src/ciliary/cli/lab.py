@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -34,6 +34,9 @@ from ciliary.cli.output import (
     wants_json,
 )
 from ciliary.lab.state import LabView
+
+if TYPE_CHECKING:
+    from ciliary.lab.manager import LabError
 
 _T = TypeVar("_T")
 
@@ -96,10 +99,28 @@ def _call(fn: Callable[[], _T]) -> _T:
     try:
         return fn()
     except manager.LabError as exc:
-        # every problem of a bad file at once, one ``Error:`` line each (the last is raised)
-        for problem in exc.problems[:-1]:
-            print(f"Error: {problem}", file=sys.stderr, flush=True)
-        raise CLIError(exc.problems[-1] if len(exc.problems) > 1 else str(exc)) from exc
+        raise _cli_error(exc) from exc
+
+
+def _call_with_progress(ctx: Context, fn: Callable[[Progress], _T]) -> _T:
+    """``_call`` with a progress display; problems are printed once the display is closed."""
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    with _progress(ctx) as progress:
+        try:
+            return fn(progress)
+        except manager.LabError as exc:
+            failure = exc
+    raise _cli_error(failure) from failure
+
+
+def _cli_error(exc: LabError) -> CLIError:
+    """Every problem of a bad file at once, one ``Error:`` line each: all but the last printed
+    here, the last raised (main prints it like any error)."""
+    problems: list[str] = getattr(exc, "problems", None) or [str(exc)]
+    for problem in problems[:-1]:
+        print(f"Error: {problem}", file=sys.stderr, flush=True)
+    return CLIError(problems[-1] if len(problems) > 1 else str(exc))
 
 
 def _progress(ctx: Context) -> Progress:
@@ -194,8 +215,9 @@ def run_up(args: argparse.Namespace, ctx: Context) -> int:
     require_root()
     from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
 
-    with _progress(ctx) as progress:
-        view = _call(lambda: manager.up(args.file, name=args.name, progress=progress))
+    view = _call_with_progress(
+        ctx, lambda progress: manager.up(args.file, name=args.name, progress=progress)
+    )
     return _show(args, ctx, view)
 
 
@@ -203,8 +225,9 @@ def run_apply(args: argparse.Namespace, ctx: Context) -> int:
     require_root()
     from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
 
-    with _progress(ctx) as progress:
-        view = _call(lambda: manager.apply(args.file, name=args.name, progress=progress))
+    view = _call_with_progress(
+        ctx, lambda progress: manager.apply(args.file, name=args.name, progress=progress)
+    )
     return _show(args, ctx, view)
 
 

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from pathlib import Path
 from rich.progress import Progress, TaskID
 
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
+from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.datapath.linux import bpffs, cgroup, netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.kvstore import FileStore, atomic
@@ -247,7 +249,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     try:
         lab_file = schema.load_default() if path is None else schema.load_lab_file(path)
     except schema.LabFileError as err:
-        raise LabError(str(err), err.problems) from err
+        raise _file_error(err, path) from err
     lab_name = name or lab_file.lab.metadata.name
     _preflight(lab_name, lab_file)
     policies = _policies_of(lab_file)
@@ -296,7 +298,7 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
     except OSError as err:
         raise LabError(f"{path}: {err.strerror}") from err
     except schema.LabFileError as err:
-        raise LabError(str(err), err.problems) from err
+        raise _file_error(err, path) from err
     policies = _policies_of(added)
     undo = _ApplyUndo.of(rec, policies)
     try:
@@ -380,6 +382,44 @@ def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
             store.put("ippools", pool.name, pool.to_calico_json())
         store.put("ipamconfigs", "default", lab_file.ipam_config.to_calico_json())
     _save(rec)
+
+
+def _file_error(err: schema.LabFileError, path: Path | None) -> LabError:
+    """Every problem of a bad lab file at once: the schema's, and those of its policy documents
+    (which are checked only once the rest is valid otherwise), in document order."""
+    problems = list(err.problems)
+    if path is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            problems += _policy_problems(Path(path).read_text(), str(path), problems)
+    problems.sort(key=_document_number)
+    return LabError(problems[0], problems)
+
+
+def _document_number(problem: str) -> int:
+    match = re.search(r": document (\d+)[ :]", problem)
+    return int(match.group(1)) if match else 0
+
+
+def _policy_problems(text: str, filename: str, known: list[str]) -> list[str]:
+    """The policy parser's problems with the file's policy documents that have none yet."""
+    try:
+        docs = load_documents(text, filename)
+    except YAMLDocumentError:
+        return []
+    flagged = {_document_number(p) for p in known}
+    policy_docs = [
+        (index, doc)
+        for index, doc in docs
+        if isinstance(doc, dict)
+        and doc.get("kind") in schema.DEFERRED_KINDS
+        and index not in flagged
+    ]
+    try:
+        if policy_docs:
+            parse_policy_documents(policy_docs, filename)
+    except PolicyError as perr:
+        return list(perr.problems)
+    return []
 
 
 def _policies_of(lab_file: schema.LabFile) -> list[Policy]:
