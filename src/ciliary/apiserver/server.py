@@ -3,18 +3,16 @@
 Paths are kube-apiserver's: ``/api/v1/…`` for the core group, ``/apis/<group>/<version>/…``
 for the others, a namespaced collection under ``namespaces/<ns>/``, an object's subresource after
 its name (``status``, ``scale``). Every failure is a ``Status`` object with kube-apiserver's reason
-and code (:mod:`ciliary.apiserver.errors`), since clients decide by them. Discovery documents come
-from :mod:`ciliary.k8s.discovery`, OpenAPI and Table rendering from ``ciliary.k8s.openapi`` and
-``ciliary.k8s.table`` when present; this module owns the verbs and their ordering guarantees only.
+and code (:mod:`ciliary.apiserver.errors`), since clients decide by them. Discovery documents,
+OpenAPI and Tables come from :mod:`ciliary.k8s` (``discovery``, ``openapi``, ``table``); this
+module owns the verbs and their ordering guarantees only.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import yaml
@@ -23,20 +21,12 @@ from aiohttp import web
 from ciliary.apiserver import errors, patching, strategy, watch
 from ciliary.apiserver.filters import predicate
 from ciliary.apiserver.storage import DELETE, Obj, Storage, parse_rv
-from ciliary.k8s import discovery
+from ciliary.k8s import discovery, openapi, table
 from ciliary.k8s.resources import RESOURCES, ResourceType, UnknownResourceError, by_path
 
 log = logging.getLogger(__name__)
 
 NAMESPACES = by_path("", "v1", "namespaces")
-
-
-def _optional(name: str) -> ModuleType | None:
-    """A :mod:`ciliary.k8s` module that may not be written yet (discovery, openapi, table)."""
-    try:
-        return importlib.import_module(f"ciliary.k8s.{name}")
-    except ImportError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -129,9 +119,7 @@ class APIServer:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
-        module = _optional("openapi")
-        handler = module.__dict__.get("handle") if module else None
-        result = handler(request.path, request.query_string) if callable(handler) else None
+        result = openapi.handle(request.path, request.query_string)
         if result is None:
             raise errors.resource_not_found(request.path)
         content_type, body = result
@@ -182,17 +170,18 @@ class APIServer:
         assert target.name is not None
         return await self.storage.get(target.rt, target.namespace, target.name)
 
-    def _render(self, request: web.Request, rt: ResourceType) -> Any:
-        """Object → what the Accept header asks for (a Table when ``k8s.table`` is there)."""
-        accept = request.headers.get("Accept", "")
-        table = _optional("table") if "as=Table" in accept else None
-        return table.__dict__.get("render") if table else None
+    def _table(self, request: web.Request) -> str | None:
+        """The ``includeObject`` of a request for a Table, None when it wants objects."""
+        if "as=Table" not in request.headers.get("Accept", ""):
+            return None
+        return request.query.get("includeObject") or "Metadata"
 
     async def get(self, request: web.Request, target: Target) -> web.Response:
         obj = await self._get(target)
-        render = self._render(request, target.rt)
-        if render is not None:
-            return _json(render(target.rt, [obj], obj["metadata"]["resourceVersion"], None))
+        include = self._table(request)
+        if include is not None:
+            rv = obj["metadata"]["resourceVersion"]
+            return _json(table.to_table(target.rt, [obj], include, rv))
         return _json(obj)
 
     async def list_or_watch(self, request: web.Request, target: Target) -> web.StreamResponse:
@@ -200,14 +189,13 @@ class APIServer:
         rt = target.rt
         match = predicate(rt, q.get("labelSelector"), q.get("fieldSelector"))
         rv = parse_rv(rt, q.get("resourceVersion"))
-        render = self._render(request, rt)
+        include = self._table(request)
         if watch.parse_bool(q.get("watch")):
 
             def one(kind: str, obj: Obj) -> Obj:
-                if render is None or kind == "BOOKMARK":
+                if include is None or kind == "BOOKMARK":
                     return obj
-                table: Obj = render(rt, [obj], obj["metadata"]["resourceVersion"], None)
-                return table
+                return table.to_table(rt, [obj], include, obj["metadata"]["resourceVersion"])
 
             return await watch.serve_watch(
                 request,
@@ -235,8 +223,16 @@ class APIServer:
         meta: dict[str, Any] = {"resourceVersion": str(page.revision)}
         if page.continue_token:
             meta["continue"] = page.continue_token
-        if render is not None:
-            return _json(render(rt, page.items, str(page.revision), page.continue_token))
+        if include is not None:
+            return _json(
+                table.to_table(
+                    rt,
+                    page.items,
+                    include,
+                    str(page.revision),
+                    continue_token=page.continue_token or "",
+                )
+            )
         return _json(
             {
                 "kind": rt.list_kind,
