@@ -1,0 +1,228 @@
+"""The machine's own kubectl (/usr/bin/kubectl) against etcd + ciliary-apiserver over TLS with
+the lab's kubeconfig: apply of a multi-document manifest, get (-o wide, -o yaml, -l,
+--field-selector, short names), get -w printing later changes, label, delete with and without a
+finalizer, and an invalid CiliumNetworkPolicy refused with its field path and not stored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ciliary.lab.controlplane import ControlPlane
+
+pytestmark = pytest.mark.timeout(240)
+
+KUBECTL = "/usr/bin/kubectl"
+
+MANIFEST = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: busybox, ports: [{containerPort: 80, name: http}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec:
+  nodeName: n2
+  containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db-from-web, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: web}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers: [{name: c, image: busybox, ports: [{containerPort: 8080}]}]
+"""
+
+BAD_CNP = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bad, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress: [{toPorts: [{ports: [{port: "99999"}]}]}]
+"""
+
+
+def kubectl(
+    cp: ControlPlane, *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(cp.kubeconfig), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def names(cp: ControlPlane, *args: str) -> list[str]:
+    out = kubectl(cp, "get", *args, "-o", "json").stdout
+    return sorted(o["metadata"]["name"] for o in json.loads(out)["items"])
+
+
+@pytest.fixture
+def shop(control_plane: ControlPlane, tmp_path: Path) -> ControlPlane:
+    manifest = tmp_path / "shop.yaml"
+    manifest.write_text(MANIFEST)
+    out = kubectl(control_plane, "apply", "-f", str(manifest)).stdout
+    assert "namespace/shop created" in out and "deployment.apps/api created" in out
+    return control_plane
+
+
+def test_apply_and_get(shop: ControlPlane, tmp_path: Path) -> None:
+    assert names(shop, "pods", "-n", "shop") == ["db", "web"]
+    assert names(shop, "po", "-A", "-l", "app=web") == ["web"]
+    assert names(shop, "pods", "-A", "-l", "app in (web,db),app!=db") == ["web"]
+    assert names(shop, "pods", "-A", "--field-selector", "spec.nodeName=n2") == ["db"]
+    assert names(shop, "cnp", "-n", "shop") == ["db-from-web"]
+    assert names(shop, "netpol", "-n", "shop") == ["deny-all"]
+    wide = kubectl(shop, "get", "pods", "-n", "shop", "-o", "wide").stdout
+    assert "NODE" in wide.splitlines()[0] and "n2" in wide
+    pod: dict[str, Any] = yaml.safe_load(
+        kubectl(shop, "get", "pod", "web", "-n", "shop", "-o", "yaml").stdout
+    )
+    assert pod["metadata"]["uid"] and pod["metadata"]["creationTimestamp"]
+    assert int(pod["metadata"]["resourceVersion"]) > 0
+    # a second apply of a changed manifest is a strategic merge patch keeping the ports
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(MANIFEST.replace("image: busybox, ports", "image: nginx, ports"))
+    out = kubectl(shop, "apply", "-f", str(changed)).stdout
+    assert "pod/web configured" in out and "pod/db unchanged" in out
+    web = json.loads(kubectl(shop, "get", "pod", "web", "-n", "shop", "-o", "json").stdout)
+    assert web["spec"]["containers"][0]["image"] == "nginx"
+    assert web["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "name": "http"}]
+    kubectl(shop, "label", "pod", "db", "-n", "shop", "tier=data")
+    assert names(shop, "pods", "-n", "shop", "-l", "tier=data") == ["db"]
+    before = json.loads(kubectl(shop, "get", "deploy", "api", "-n", "shop", "-o", "json").stdout)
+    assert before["metadata"]["generation"] == 2  # the second apply changed its image too
+    kubectl(shop, "scale", "deployment", "api", "-n", "shop", "--replicas=3")
+    deploy = json.loads(kubectl(shop, "get", "deploy", "api", "-n", "shop", "-o", "json").stdout)
+    assert deploy["spec"]["replicas"] == 3 and deploy["metadata"]["generation"] == 3
+
+
+def test_invalid_policy_names_the_field_and_is_not_stored(
+    shop: ControlPlane, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_CNP)
+    result = kubectl(shop, "apply", "-f", str(bad), check=False)
+    assert result.returncode == 1
+    assert 'CiliumNetworkPolicy "bad" is invalid' in result.stderr
+    assert "spec.ingress[0].toPorts[0].ports[0].port" in result.stderr
+    assert names(shop, "cnp", "-n", "shop") == ["db-from-web"]
+
+
+def test_get_watch_prints_later_changes(shop: ControlPlane) -> None:
+    proc = subprocess.Popen(
+        [
+            KUBECTL,
+            "--kubeconfig",
+            str(shop.kubeconfig),
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-w",
+            "--request-timeout=20s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)
+        late = json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "late2", "namespace": "shop"},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            }
+        )
+        kubectl(shop, "create", "-f", "-", stdin=late)
+        time.sleep(1.5)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "READY"]
+    assert any(line.split()[0] == "late2" for line in lines[1:]), out
+
+
+def test_delete_with_and_without_finalizer(shop: ControlPlane) -> None:
+    kubectl(shop, "delete", "pod", "web", "-n", "shop")
+    assert names(shop, "pods", "-n", "shop") == ["db"]
+    kubectl(
+        shop,
+        "patch",
+        "pod",
+        "db",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        '{"metadata":{"finalizers":["example.com/keep"]}}',
+    )
+    kubectl(shop, "delete", "pod", "db", "-n", "shop", "--wait=false")
+    held = json.loads(kubectl(shop, "get", "pod", "db", "-n", "shop", "-o", "json").stdout)
+    assert held["metadata"]["deletionTimestamp"]
+    kubectl(
+        shop,
+        "patch",
+        "pod",
+        "db",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        '[{"op":"remove","path":"/metadata/finalizers"}]',
+    )
+    gone = kubectl(shop, "get", "pod", "db", "-n", "shop", check=False)
+    assert gone.returncode == 1 and 'pods "db" not found' in gone.stderr
+    kubectl(shop, "delete", "namespace", "shop")
+    assert names(shop, "cnp", "-A") == []
+    missing = kubectl(shop, "get", "pod", "nope", "-n", "default", check=False)
+    assert 'Error from server (NotFound): pods "nope" not found' in missing.stderr
