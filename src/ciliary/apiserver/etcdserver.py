@@ -55,6 +55,7 @@ class EtcdProcess:
     client_url: str  # http://127.0.0.1:<port>
     data_dir: Path
     log_path: Path
+    peer_url: str = ""
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -99,6 +100,7 @@ class EtcdProcess:
             "clientURL": self.client_url,
             "dataDir": str(self.data_dir),
             "log": str(self.log_path),
+            "peerURL": self.peer_url,
         }
 
     @classmethod
@@ -110,6 +112,7 @@ class EtcdProcess:
             client_url=str(doc["clientURL"]),
             data_dir=Path(str(doc["dataDir"])),
             log_path=Path(str(doc["log"])),
+            peer_url=str(doc.get("peerURL", "")),
         )
 
 
@@ -133,6 +136,7 @@ def start_etcd(
     name: str = "default",
     log_path: Path | None = None,
     client_port: int | None = None,
+    peer_port: int | None = None,
     timeout: float = 30.0,
 ) -> EtcdProcess:
     """Start one etcd member on loopback with its data in ``data_dir`` (created 0700; an existing
@@ -140,7 +144,7 @@ def start_etcd(
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
     client_port = client_port or free_port()
-    peer_port = free_port()
+    peer_port = peer_port or free_port()
     client_url = f"http://127.0.0.1:{client_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
     argv = [
@@ -173,7 +177,7 @@ def start_etcd(
             start_new_session=True,
             close_fds=True,
         )
-    etcd = EtcdProcess(proc.pid, _start_time(proc.pid), client_url, data_dir, log_path)
+    etcd = EtcdProcess(proc.pid, _start_time(proc.pid), client_url, data_dir, log_path, peer_url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -187,6 +191,21 @@ def start_etcd(
     proc.returncode = 0
     etcd.stop()
     raise EtcdError(f"etcd did not become healthy within {timeout:.0f}s: {_tail(log_path)}")
+
+
+def restart_etcd(etcd: EtcdProcess, *, name: str = "default") -> EtcdProcess:
+    """The same member again (same data, same ports, so clients' addresses stay valid), after
+    it died or was stopped."""
+    etcd.stop()
+    client_port = etcd.host_port[1]
+    peer_port = int(etcd.peer_url.rsplit(":", 1)[1]) if etcd.peer_url else None
+    return start_etcd(
+        etcd.data_dir,
+        name=name,
+        log_path=etcd.log_path,
+        client_port=client_port,
+        peer_port=peer_port,
+    )
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ciliary.apiserver.etcdserver import EtcdProcess, free_port, start_etcd
+from ciliary.apiserver.etcdserver import EtcdProcess, free_port, restart_etcd, start_etcd
 from ciliary.lab.certs import LOOPBACK_ADDRESSES, CertPair, LabCA
 from ciliary.lab.process import alive, start_time, venv_bin
 
@@ -245,6 +245,14 @@ def restart_apiserver(cp: ControlPlane) -> None:
     cp.apiserver_pid, cp.apiserver_started = _spawn_apiserver(
         cp.dir, cp.etcd, cp.port, server=server, ca=cp.ca, interval=cp.bookmark_interval
     )
+    cp.save()
+    wait_ready(cp)
+
+
+def restart_etcd_member(cp: ControlPlane) -> None:
+    """Start etcd again with its data and ports (after it died or was stopped); the API server
+    reconnects by itself."""
+    cp.etcd = restart_etcd(cp.etcd)
     cp.save()
     wait_ready(cp)
 

@@ -20,7 +20,7 @@ from ciliary.apiserver.etcd import EtcdClient
 from ciliary.apiserver.storage import Storage
 from ciliary.apiserver.strategy import prepare_create
 from ciliary.k8s.resources import by_path
-from ciliary.lab.controlplane import ControlPlane, restart_apiserver
+from ciliary.lab.controlplane import ControlPlane, restart_apiserver, restart_etcd_member
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -302,5 +302,46 @@ def test_apiserver_killed_mid_watch_then_rewatch_loses_nothing(
             ("ADDED", "d3"),
             ("ADDED", "k3"),
         ]
+
+    run(control_plane, body)
+
+
+def test_etcd_killed_mid_watch_then_rewatch_loses_nothing(control_plane: ControlPlane) -> None:
+    async def body(v1: client.CoreV1Api) -> None:
+        rv = (await v1.list_namespaced_pod("t")).metadata.resource_version
+        stream = open_watch(v1.list_namespaced_pod, "t", resource_version=rv, timeout_seconds=60)
+        seen: list[dict[str, Any]] = []
+        failure: list[BaseException] = []
+
+        async def consume() -> None:
+            try:
+                async for event in stream:
+                    seen.append(event)
+            except ApiException as err:  # the ERROR event the API server sends
+                failure.append(err)
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.3)
+        await v1.create_namespaced_pod("t", pod("e1"))
+        while not seen:
+            await asyncio.sleep(0.05)
+        os.kill(control_plane.etcd.pid, signal.SIGKILL)
+        await asyncio.wait_for(task, 15)
+        assert failure and failure[0].status == 503, failure
+        with pytest.raises(ApiException) as exc:
+            await v1.create_namespaced_pod("t", pod("while-down"))
+        assert exc.value.status == 503
+        await asyncio.to_thread(restart_etcd_member, control_plane)
+        await v1.create_namespaced_pod("t", pod("e2"))
+        last_rv = seen[-1]["raw_object"]["metadata"]["resourceVersion"]
+        rewatch = open_watch(
+            v1.list_namespaced_pod, "t", resource_version=last_rv, timeout_seconds=10
+        )
+        events = await asyncio.wait_for(collect(rewatch, 1), 15)
+        assert [(e["type"], e["raw_object"]["metadata"]["name"]) for e in events] == [
+            ("ADDED", "e2")
+        ]
+        relisted = await v1.list_namespaced_pod("t")
+        assert sorted(p.metadata.name for p in relisted.items) == ["e1", "e2"]
 
     run(control_plane, body)
