@@ -83,13 +83,19 @@ def test_policy_problems_become_causes_with_field_paths() -> None:
         "metadata": {"name": "bad", "namespace": "ns"},
         "spec": {
             "endpointSelector": {},
-            "ingress": [{"toPorts": [{"ports": [{"port": "99999"}]}], "bogus": 1}],
+            "ingress": [{"toPorts": [{"ports": [{"port": "99999"}]}]}],
+            "egress": [{"toCIDR": ["300.1.1.1/8"]}],
         },
     }
     causes = policy_causes(CNPS, doc)
-    assert [(c.field, c.message) for c in causes] == [
-        ("spec.ingress[0].bogus", "unknown field"),
-        ("spec.ingress[0].toPorts[0].ports[0].port", "expected a port number 0-65535, got '99999'"),
+    assert [c.field for c in causes] == [
+        "spec.ingress[0].toPorts[0].ports[0].port",
+        "spec.egress[0].toCIDR[0]",
+    ]
+    assert causes[0].message == "expected a port number 0-65535, got '99999'"
+    unknown = {**doc, "spec": {"endpointSelector": {}, "ingress": [{"bogus": 1}]}}
+    assert [(c.field, c.message) for c in policy_causes(CNPS, unknown)] == [
+        ("spec.ingress[0].bogus", "unknown field")
     ]
     with pytest.raises(errors.StatusError) as exc:
         prepare_create(CNPS, doc, "ns")
