@@ -1,4 +1,4 @@
-"""``ciliary lab up|apply|status|exec|down|restart-agent|list``: drive a lab from the shell.
+"""``ciliary lab up|apply|status|exec|down|restart-agent|stop-agent|list``: a lab from the shell.
 
 All the work is in ``ciliary.lab.manager``; this module only parses arguments, checks for root
 up front (building netns and loading BPF fail late and confusingly otherwise), shows progress
@@ -82,6 +82,13 @@ def register(sub: Subparsers) -> None:
     ra.add_argument("node", metavar="NODE")
     _name_flag(ra)
     ra.set_defaults(func=run_restart_agent)
+
+    sa = lsub.add_parser(
+        "stop-agent", help="stop the agent of one node and keep it down until restart-agent"
+    )
+    sa.add_argument("node", metavar="NODE")
+    _name_flag(sa)
+    sa.set_defaults(func=run_stop_agent)
 
     ls = lsub.add_parser("list", aliases=["ls"], help="list the labs")
     add_output_flag(ls)
@@ -295,6 +302,18 @@ def run_restart_agent(args: argparse.Namespace, ctx: Context) -> int:
 
     _call(lambda: manager.restart_agent(args.node, name=args.name))
     ctx.console.print(f"Agent of node {args.node} restarted")
+    return 0
+
+
+def run_stop_agent(args: argparse.Namespace, ctx: Context) -> int:
+    require_root()
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    _call(lambda: manager.stop_agent(args.node, name=args.name))
+    ctx.console.print(
+        f"Agent of node {args.node} stopped; it stays down until `ciliary lab restart-agent"
+        f" {args.node}` (pods keep their traffic)"
+    )
     return 0
 
 

@@ -685,6 +685,7 @@ def _start_agent(rec: LabRecord, nrec: NodeRecord, *, restart: bool = False) -> 
     old_pid = nrec.agent_pid
     nrec.agent_wanted = True
     _save(rec)
+    (supervisor_dir(rec.name) / f"hold-{nrec.name}").unlink(missing_ok=True)
     if _supervised(rec):
         if restart:
             request = supervisor_dir(rec.name) / f"restart-{nrec.name}"
@@ -1171,6 +1172,19 @@ def restart_agent(node: str, *, name: str | None = None) -> None:
     _require_root()
     rec = _load(_resolve(name))
     _start_agent(rec, _node(rec, node), restart=True)
+
+
+def stop_agent(node: str, *, name: str | None = None) -> None:
+    """Stop the agent of ``node`` and keep it down (the supervisor does not restart it) until
+    :func:`restart_agent`: an outage on purpose. The datapath stays: pods keep their traffic."""
+    _require_root()
+    rec = _load(_resolve(name))
+    nrec = _node(rec, node)
+    hold = supervisor_dir(rec.name) / f"hold-{nrec.name}"
+    hold.parent.mkdir(parents=True, exist_ok=True)
+    hold.touch()
+    _refresh_supervised(rec)
+    process.stop(nrec.agent_pid, nrec.agent_start_time)
 
 
 def agent_socket(node: str, *, name: str | None = None) -> Path:

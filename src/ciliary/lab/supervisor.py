@@ -5,10 +5,11 @@ first node and stopped (by pid) by ``lab down`` before anything else goes. It is
 starter of agents, so it is their parent and knows how each one ended:
 
 * a node's agent is started once the manager marks the node ready for it (``agent_wanted``);
-* an agent that exits is started again after a back-off, as kubelet's CrashLoopBackOff but
-  shorter for a lab: 1 s, doubling, at most 60 s (kubelet: 10 s doubling to 5 min); an agent
-  that ran for 2 minutes starts over at 1 s. Each such restart counts in the node's
-  ``agent_restarts``, with ``agent_last_exit`` (shown by ``lab status``);
+* an agent that exits is started again after kubelet's CrashLoopBackOff: 10 s, doubling, at
+  most 5 min; an agent that ran for 10 minutes starts over at 10 s. Each such restart counts in
+  the node's ``agent_restarts``, with ``agent_last_exit`` (shown by ``lab status``);
+* ``lab stop-agent`` holds a node's agent down (a ``hold-<node>`` file: no restart) until
+  ``lab restart-agent``, for outages on purpose;
 * ``lab restart-agent`` asks for a restart with a ``restart-<node>`` file: the agent is stopped
   (SIGTERM, SIGKILL after 5 s) and started at once, not counted (as a pod deleted by hand);
 * the restart contract holds: a stopped or dead agent leaves programs attached and maps pinned,
@@ -30,9 +31,9 @@ from types import FrameType
 from ciliary.lab import manager, process
 from ciliary.lab.state import LabRecord, NodeRecord
 
-BACKOFF_INITIAL = 1.0
-BACKOFF_MAX = 60.0
-BACKOFF_RESET_AFTER = 120.0
+BACKOFF_INITIAL = 10.0
+BACKOFF_MAX = 300.0
+BACKOFF_RESET_AFTER = 600.0
 TICK = 0.2
 
 log = logging.getLogger("ciliary.lab.supervisor")
@@ -100,10 +101,16 @@ class Supervisor:
             request.unlink(missing_ok=True)
             self._start(rec, nrec, backoff, counted=False)
             return
+        held = (manager.supervisor_dir(self.lab) / f"hold-{nrec.name}").exists()
         if nrec.agent_pid is None:
-            self._start(rec, nrec, backoff, counted=False)
+            if not held:
+                self._start(rec, nrec, backoff, counted=False)
             return
         if process.alive(nrec.agent_pid, nrec.agent_start_time):
+            return
+        if held:
+            if process.exit_status(nrec.agent_pid) is not None:
+                log.info("node %s: agent stopped and held down", nrec.name)
             return
         if backoff.restart_at is None:
             how = describe_exit(process.exit_status(nrec.agent_pid))

@@ -14,10 +14,19 @@ from ciliary.lab.supervisor import (
 )
 
 
+def test_backoff_is_kubelets() -> None:
+    assert (BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET_AFTER) == (10.0, 300.0, 600.0)
+
+
 def test_backoff_doubles_up_to_the_cap() -> None:
     b = _Backoff(started_at=0.0)
     waits = [b.exited(now=1.0) for _ in range(9)]
-    assert waits[:4] == [BACKOFF_INITIAL, 2 * BACKOFF_INITIAL, 4 * BACKOFF_INITIAL, 8.0]
+    assert waits[:4] == [
+        BACKOFF_INITIAL,
+        2 * BACKOFF_INITIAL,
+        4 * BACKOFF_INITIAL,
+        8 * BACKOFF_INITIAL,
+    ]
     assert max(waits) == BACKOFF_MAX and waits[-1] == BACKOFF_MAX
     assert b.restart_at == 1.0 + BACKOFF_MAX
 
