@@ -115,8 +115,9 @@ def expired(message: str) -> StatusError:
     return StatusError(410, "Expired", message)
 
 
-def resource_not_found(what: str) -> StatusError:
-    return StatusError(404, "NotFound", "the server could not find the requested resource", {})
+def resource_not_found() -> StatusError:
+    """A path that names nothing served (kube-apiserver's words, no details)."""
+    return StatusError(404, "NotFound", "the server could not find the requested resource")
 
 
 def internal(message: str) -> StatusError:

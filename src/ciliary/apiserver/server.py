@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ciliary.apiserver import errors, patching, strategy, watch
 from ciliary.apiserver.filters import predicate
-from ciliary.apiserver.storage import DELETE, Obj, Storage, parse_rv
+from ciliary.apiserver.storage import DELETE, Obj, Outcome, Storage, parse_rv
 from ciliary.k8s import discovery, openapi, table
 from ciliary.k8s.resources import RESOURCES, ResourceType, UnknownResourceError, by_path
 
@@ -44,17 +44,17 @@ def resolve(group: str, version: str, segments: list[str]) -> Target:
     if segments and segments[0] == "namespaces" and len(segments) >= 3 and not namespace_sub:
         namespace, segments = segments[1], segments[2:]
     if not segments or len(segments) > 3:
-        raise errors.resource_not_found("/".join(segments))
+        raise errors.resource_not_found()
     try:
         rt = by_path(group, version, segments[0])
     except UnknownResourceError:
-        raise errors.resource_not_found(segments[0]) from None
+        raise errors.resource_not_found() from None
     name = segments[1] if len(segments) > 1 else None
     sub = segments[2] if len(segments) > 2 else None
     if sub is not None and sub not in rt.subresources:
-        raise errors.resource_not_found(sub)
+        raise errors.resource_not_found()
     if namespace is not None and not rt.namespaced:
-        raise errors.resource_not_found(segments[0])
+        raise errors.resource_not_found()
     return Target(rt, namespace, name, sub)
 
 
@@ -96,7 +96,7 @@ class APIServer:
             return _json(err.status(), err.code)
         except web.HTTPException as err:
             if err.status == 404:
-                return _json(errors.resource_not_found(request.path).status(), 404)
+                return _json(errors.resource_not_found().status(), 404)
             raise
         except Exception as err:
             log.exception("%s %s failed", request.method, request.path_qs)
@@ -114,14 +114,14 @@ class APIServer:
         host = request.host
         result = discovery.handle(request.path, request.headers.get("Accept", ""), host)
         if result is None:
-            raise errors.resource_not_found(request.path)
+            raise errors.resource_not_found()
         content_type, body = result
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         result = openapi.handle(request.path, request.query_string)
         if result is None:
-            raise errors.resource_not_found(request.path)
+            raise errors.resource_not_found()
         content_type, body = result
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -188,7 +188,7 @@ class APIServer:
         q = request.query
         rt = target.rt
         match = predicate(rt, q.get("labelSelector"), q.get("fieldSelector"))
-        rv = parse_rv(rt, q.get("resourceVersion"))
+        rv = parse_rv(q.get("resourceVersion"))
         include = self._table(request)
         if watch.parse_bool(q.get("watch")):
 
@@ -268,7 +268,10 @@ class APIServer:
             f' application/json, application/yaml (got "{media}")',
         )
 
-    async def _namespace_exists(self, rt: ResourceType, namespace: str | None) -> None:
+    async def _namespace_exists(self, rt: ResourceType, obj: Obj) -> None:
+        """A namespaced object is created only in a namespace that exists and is not being
+        deleted (kube-apiserver's NamespaceLifecycle admission)."""
+        namespace = obj["metadata"].get("namespace")
         if rt.namespaced and namespace:
             kv = await self.storage.get_raw(NAMESPACES, None, namespace)
             if kv is None:
@@ -278,17 +281,16 @@ class APIServer:
                 raise errors.StatusError(
                     403,
                     "Forbidden",
-                    f'{rt.plural} "{namespace}" is forbidden: unable to create new content in'
-                    f" namespace {namespace} because it is being terminated",
+                    f'{errors.qualified(rt)} "{obj["metadata"]["name"]}" is forbidden: unable to'
+                    f" create new content in namespace {namespace} because it is being"
+                    " terminated",
                 )
 
     async def create(self, request: web.Request, target: Target) -> web.Response:
         rt = target.rt
         body = await self._body(request)
         obj = strategy.prepare_create(rt, body, target.namespace)
-        await self._namespace_exists(
-            rt, obj["metadata"].get("namespace") if rt.namespaced else None
-        )
+        await self._namespace_exists(rt, obj)
         if request.query.get("dryRun"):
             return _json(obj, 201)
         return _json(await self.storage.create(rt, obj), 201)
@@ -298,10 +300,10 @@ class APIServer:
         assert target.name is not None
         body = await self._body(request)
         body = strategy.check_type(rt, body)
-        precondition = parse_rv(rt, body["metadata"].get("resourceVersion"))
+        precondition = parse_rv(body["metadata"].get("resourceVersion"))
         status_only = target.subresource == "status"
 
-        def change(current: Obj) -> Obj | Any:
+        def change(current: Obj) -> Outcome:
             if status_only:
                 return strategy.prepare_status_update(rt, current, json.loads(json.dumps(body)))
             return strategy.prepare_update(rt, current, json.loads(json.dumps(body)))
@@ -326,13 +328,13 @@ class APIServer:
                     raise errors.bad_request("apply configuration must be an object")
                 patch.setdefault("metadata", {})["name"] = target.name
                 obj = strategy.prepare_create(rt, patch, target.namespace)
-                await self._namespace_exists(rt, target.namespace)
+                await self._namespace_exists(rt, obj)
                 return _json(await self.storage.create(rt, obj), 201)
         precondition = None
         if isinstance(patch, dict) and isinstance(patch.get("metadata"), dict):
-            precondition = parse_rv(rt, patch["metadata"].get("resourceVersion"))
+            precondition = parse_rv(patch["metadata"].get("resourceVersion"))
 
-        def change(current: Obj) -> Obj | Any:
+        def change(current: Obj) -> Outcome:
             patched = patching.apply_patch(rt, content_type, current, patch)
             if status_only:
                 return strategy.prepare_status_update(rt, current, patched)
@@ -352,7 +354,7 @@ class APIServer:
             content_type if request.method == "PATCH" else "application/json", raw
         )
 
-        def change(current: Obj) -> Obj | Any:
+        def change(current: Obj) -> Outcome:
             scale = _scale(current)
             if request.method == "PATCH":
                 ct = patching.MERGE if content_type == patching.STRATEGIC else content_type
@@ -374,7 +376,7 @@ class APIServer:
     async def _delete_one(
         self, rt: ResourceType, namespace: str | None, name: str, precondition: int | None
     ) -> Obj:
-        def change(current: Obj) -> Obj | Any:
+        def change(current: Obj) -> Outcome:
             if current["metadata"].get("finalizers"):
                 return strategy.mark_deleting(current)
             return DELETE
@@ -406,7 +408,7 @@ class APIServer:
         if not isinstance(body, dict):
             raise errors.bad_request("DeleteOptions must be an object")
         preconditions = body.get("preconditions") or {}
-        precondition = parse_rv(target.rt, preconditions.get("resourceVersion"))
+        precondition = parse_rv(preconditions.get("resourceVersion"))
         uid = preconditions.get("uid")
         if uid:
             current = await self._get(target)

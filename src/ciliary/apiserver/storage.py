@@ -41,6 +41,7 @@ from ciliary.k8s.resources import ResourceType
 Obj = dict[str, Any]
 DELETE: Final = "delete"
 """What an update function returns to have the object deleted instead of written."""
+Outcome = Obj | Literal["delete"]
 
 MAX_UPDATE_RETRIES = 20
 
@@ -58,7 +59,7 @@ def decode(kv: KV, revision: int | None = None) -> Obj:
     return obj
 
 
-def parse_rv(rt: ResourceType, value: str | None) -> int | None:
+def parse_rv(value: str | None) -> int | None:
     """A resourceVersion as etcd revision; None for absent/empty."""
     if value in (None, ""):
         return None
@@ -190,7 +191,7 @@ class Storage:
         rt: ResourceType,
         namespace: str | None,
         name: str,
-        fn: Callable[[Obj], Obj | Literal["delete"]],
+        fn: Callable[[Obj], Outcome],
         *,
         precondition_rv: int | None = None,
     ) -> tuple[Obj, bool]:

@@ -15,11 +15,11 @@ import datetime
 import re
 import secrets
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from ciliary.apiserver import errors
 from ciliary.apiserver.errors import Cause
-from ciliary.apiserver.storage import DELETE, Obj
+from ciliary.apiserver.storage import DELETE, Obj, Outcome
 from ciliary.k8s.labelselector import label_key_problem, label_value_problem
 from ciliary.k8s.resources import ResourceType
 from ciliary.policy.api.documents import POLICY_KINDS, parse_policy_documents, where
@@ -212,7 +212,7 @@ _KEPT_META = (
 )
 
 
-def prepare_update(rt: ResourceType, old: Obj, new: Obj) -> Obj | Literal["delete"]:
+def prepare_update(rt: ResourceType, old: Obj, new: Obj) -> Outcome:
     """The object a PUT/PATCH of the main resource stores (or DELETE: finalizers are done)."""
     new = check_type(rt, new)
     meta = _meta(new)
