@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -157,39 +158,37 @@ def test_invalid_policy_names_the_field_and_is_not_stored(
 
 def test_get_watch_prints_later_changes(shop: ControlPlane) -> None:
     proc = subprocess.Popen(
-        [
-            KUBECTL,
-            "--kubeconfig",
-            str(shop.kubeconfig),
-            "get",
-            "pods",
-            "-n",
-            "shop",
-            "-w",
-            "--request-timeout=20s",
-        ],
+        [KUBECTL, "--kubeconfig", str(shop.kubeconfig), "get", "pods", "-n", "shop", "-w"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while len(lines) < 3 and time.monotonic() < deadline:  # header, db, web: listed
+            time.sleep(0.05)
+        assert [line.split()[0] for line in lines[:3]] == ["NAME", "db", "web"], lines
+        # the watch continues from the list's resourceVersion: nothing between is missed
         late = json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": "late2", "namespace": "shop"},
+                "metadata": {"name": "late", "namespace": "shop"},
                 "spec": {"containers": [{"name": "c", "image": "busybox"}]},
             }
         )
         kubectl(shop, "create", "-f", "-", stdin=late)
-        time.sleep(1.5)
+        while not any(line.split()[0] == "late" for line in lines[3:]):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        assert lines[0].split()[:2] == ["NAME", "READY"]
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    lines = out.splitlines()
-    assert lines[0].split()[:2] == ["NAME", "READY"]
-    assert any(line.split()[0] == "late2" for line in lines[1:]), out
+        proc.communicate(timeout=10)
+        reader.join(timeout=10)
 
 
 def test_delete_with_and_without_finalizer(shop: ControlPlane) -> None:
