@@ -2,8 +2,9 @@
 
 Start-up order matters for the restart contract: the datapath is loaded through its pins first
 (so running traffic keeps its state), then endpoints are restored and their programs re-attached
-(atomic replace), then the ring buffer reader and Hubble start (so the first flows find every
-endpoint known), and only then is the API socket opened, so no request sees a half-restored node.
+(atomic replace), then Hubble and only then the ring buffer reader start (so the backlog of
+events written while no agent ran reaches Hubble, and the first flows find every endpoint
+known), and only then is the API socket opened, so no request sees a half-restored node.
 """
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ class Agent:
         self.policy.load_from_store()
         restored, removed = await self.endpoints.restore()
         log.info("restored %d endpoints, removed %d stale objects", restored, removed)
-        self.monitor.start()
+        # Hubble's sink before the reader: its first drain is the ring's backlog (events the
+        # datapath wrote while no agent ran), which must reach Hubble, enriched from the
+        # endpoints just restored.
         await self.hubble.start()
+        self.monitor.start()
         await self.server.start()
         self._spawn(self._ct_gc(), "ct-gc")
         self._spawn(self._watch_policies(), "policy-watch")

@@ -12,12 +12,16 @@ Nothing is lost silently, and every loss is counted exactly once, where it happe
 * the datapath could not reserve a ring buffer record: it counts it per CPU in
   ``ciliary_events_lost``; the counters are read after every drain of the ring and every
   ``lost_poll_interval_s``, and each increase becomes a ``LostEvent(PERF_EVENT_RING_BUFFER,
-  cpu)``. The counters persist with the pinned map, so the last values read are saved at stop
-  (``hubble-events-lost.json``) and losses while the agent was down are reported at start;
-* the events queue was full: the event that did not fit is counted and, as soon as there is
+  cpu)``. The counters persist with the pinned map, so the values reported so far are saved
+  (``hubble-events-lost.json``: at start, after a report at most once a second, at stop), and
+  losses while the agent was down (also after a SIGKILL) are reported at start, behind the
+  backlog of events the pinned ring kept for the new agent (see ``Monitor.caught_up``);
+* the events queue was full: an event that did not fit is counted and, as soon as there is
   room again (or the decoder has caught up), one ``LostEvent(OBSERVER_EVENTS_QUEUE)`` carrying
-  the count is queued behind the events queued before it. The reader then pauses (see
-  ``Monitor``'s backpressure) until the decoder has emptied half the queue: the reader and the
+  the count is queued behind the events queued before it. The reader pauses (see
+  ``Monitor``'s backpressure) as soon as the queue is full, before it reads a record that would
+  not fit (so a backlog larger than the queue is read whole), until the decoder has emptied
+  half the queue: the reader and the
   decoder share one loop, and reading records only to drop them would starve the decoder
   (measured: under 1% of a flood decoded without the pause, 27% with it), so the datapath's ring is
   the buffer and its overflow is counted by the datapath, as above;
@@ -80,6 +84,8 @@ log = logging.getLogger(__name__)
 
 PEERS_KIND = "hubblepeers"
 LOST_STATE_FILE = "hubble-events-lost.json"
+LOST_SAVE_INTERVAL_S = 1.0
+"""At most one save of the reported lost-event counters per interval (each is an fsync)."""
 DECODE_BATCH = 256
 """Events decoded between yields to the loop (keeps gRPC streams and the API responsive)."""
 
@@ -99,8 +105,9 @@ class _Lost:
 class EventsQueue:
     """Bounded FIFO of datapath events between the reader and the decoder.
 
-    ``put`` never blocks: an event that does not fit is counted (``lost``) and reported as one
-    ``OBSERVER_EVENTS_QUEUE`` notice once there is room. Loss notices (``put_lost``) are always
+    ``put`` never blocks: it says when the queue has become full (the reader pauses), and an
+    event that does not fit is counted (``lost``) and reported as one ``OBSERVER_EVENTS_QUEUE``
+    notice once there is room. Loss notices (``put_lost``) are always
     accepted and do not count against ``capacity``. Event loop only.
     """
 
@@ -119,6 +126,8 @@ class EventsQueue:
         return self._events
 
     def put(self, raw: RawTraceEvent) -> bool:
+        """Queues ``raw`` (or counts it as lost when full); False when no room is left, so
+        that the reader stops before it would have to drop a record it read."""
         if self._events >= self.capacity:
             self.pending_lost += 1
             self.lost_total += 1
@@ -127,7 +136,7 @@ class EventsQueue:
         self._items.append(raw)
         self._events += 1
         self.wakeup.set()
-        return True
+        return self._events < self.capacity
 
     def put_lost(self, source: int, count: int, cpu: int | None = None) -> None:
         self._items.append(_Lost(source, count, cpu))
@@ -207,7 +216,8 @@ def _policy_update(kind: int, pol: Policy, revision: int) -> flow_pb2.AgentEvent
 
 class AgentHubble:
     """The agent's Hubble: build with the agent, ``start()`` after the endpoints are restored
-    and the ring buffer reader runs, ``stop()`` before the datapath closes."""
+    and before the ring buffer reader starts (its first drain is the backlog a restart finds in
+    the pinned ring), ``stop()`` before the datapath closes."""
 
     def __init__(self, agent: Agent, cfg: HubbleConfig) -> None:
         self._agent = agent
@@ -229,6 +239,8 @@ class AgentHubble:
         self.decode_errors = 0
         self.decoded = 0
         self.lost: LostCounter | None = None
+        self._lost_unsaved = False
+        self._lost_save_after = 0.0
         self.server: HubbleServer | None = None
         self.metrics_registry = CollectorRegistry()
         self.flow_metrics = FlowMetrics(list(cfg.metrics), self.metrics_registry)
@@ -347,10 +359,18 @@ class AgentHubble:
         return self.queue.put(raw)
 
     def poll_lost(self) -> None:
-        """Datapath losses since the last poll → loss notices; also flushes queue losses."""
-        if self.lost is not None:
-            for cpu, count in self.lost.poll():
+        """Datapath losses since the last poll → loss notices; also flushes queue losses.
+
+        Not before the reader has emptied the ring once: what the datapath counted while the
+        agent was down happened after the backlog the ring held, so it is reported behind it.
+        """
+        if self.lost is not None and self._agent.monitor.caught_up:
+            moved = self.lost.poll()
+            for cpu, count in moved:
                 self.queue.put_lost(PERF_EVENT_RING_BUFFER, count, cpu)
+            self._lost_unsaved |= bool(moved)
+            if self._lost_unsaved and time.monotonic() >= self._lost_save_after:
+                self._save_lost()
         if self.queue.pending_lost and len(self.queue) < self.queue.capacity:
             self.queue.flush_lost()
 
@@ -392,6 +412,15 @@ class AgentHubble:
                 monitor.resume()
             if q.pending_lost:
                 q.flush_lost()  # caught up: report what the full queue refused
+
+    def _save_lost(self) -> None:
+        """Saves the counters as reported so far: the next agent reports from there, also after
+        a SIGKILL (then losses reported in the last ``LOST_SAVE_INTERVAL_S`` are reported
+        again: a count too high rather than a loss never reported)."""
+        assert self.lost is not None
+        store_files.write_json(self._lost_state, {"per_cpu": self.lost.last})
+        self._lost_unsaved = False
+        self._lost_save_after = time.monotonic() + LOST_SAVE_INTERVAL_S
 
     async def _lost_poll_loop(self) -> None:
         while True:
@@ -514,7 +543,7 @@ class AgentHubble:
         agent.monitor.add_drain_hook(self.poll_lost)
         self._spawn(self._decode_loop(), "hubble-decoder")
         self._spawn(self._lost_poll_loop(), "hubble-lost-poll")
-        self.poll_lost()  # losses while the agent was down
+        self._save_lost()  # a baseline for the next agent, even if this one is killed
         tls = self._tls()
         tcp_address = cfg.listen_address or None
         if tcp_address is not None and tls is None and not cfg.disable_tls:
@@ -565,8 +594,9 @@ class AgentHubble:
         self._tasks.clear()
         if self.lost is not None:
             try:
-                self.poll_lost()
-                store_files.write_json(self._lost_state, {"per_cpu": self.lost.last})
+                # what was reported, not what a last poll would read: notices queued now would
+                # never be decoded, so the next agent reports those losses
+                self._save_lost()
             except Exception:
                 log.exception("saving the lost-event counters failed")
         if self.exporter is not None:

@@ -9,11 +9,22 @@ subscribers get bounded queues; a slow subscriber loses events and the loss is c
 (``dropped_by_subscribers``), never blocking the reader. Drain hooks run after every drain of
 the ring (Hubble reads the datapath's lost-event counters there).
 
-Backpressure: a sink returns False when it is full (it has counted that record as lost). The
-reader then stops draining, leaving the rest in the datapath's ring, until the sink calls
-:meth:`Monitor.resume`. One loop runs the reader and Hubble's decoder; reading records only to
-drop them would take the time the decoder needs, so the ring buffer is the buffer, and what it
-cannot hold the datapath counts as lost.
+Backpressure: a sink returns False when it has no room left after a record (it kept it; one it
+had to refuse it would count as lost, which this pause avoids). The reader then stops draining,
+leaving the rest in the datapath's ring, until the sink calls :meth:`Monitor.resume`. One loop
+runs the reader and Hubble's decoder; reading records only to drop them would take the time the
+decoder needs, so the ring buffer is the buffer, and what it cannot hold the datapath counts as
+lost.
+
+Restart: the ring buffer is pinned, so events the datapath wrote while no agent ran wait in it.
+The first drain at :meth:`Monitor.start` reads that backlog, so every sink must be added before
+(the daemon starts Hubble first, after the endpoints are restored: the backlog is enriched from
+the same state as live events). :attr:`Monitor.caught_up` turns true after the first drain that
+emptied the ring: whatever the datapath counted as lost before that happened after the backlog.
+``ciliary monitor`` subscribers see none of the backlog: the API socket opens after the start,
+so no one has subscribed yet (except for the part of a backlog larger than the sink's queue that
+is still unread when someone subscribes, which they see live, as upstream's monitor shows only
+what it reads after it connects).
 """
 
 from __future__ import annotations
@@ -96,13 +107,15 @@ class Monitor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ifnames: dict[int, str] = {}
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        self.caught_up = False
+        """True once a drain has emptied the ring: the backlog of a restart is read."""
         self.received = 0
         self.malformed = 0
         self.dropped_by_subscribers = 0
 
     def add_sink(self, sink: Callable[[RawTraceEvent], bool | None]) -> None:
         """``sink(raw)`` gets every record, decoded once, from the reader (must not block); it
-        returns False when it is full: reading pauses until :meth:`resume`."""
+        returns False when it is full after that record: reading pauses until :meth:`resume`."""
         self._sinks.append(sink)
 
     @property
@@ -127,6 +140,7 @@ class Monitor:
         self._drain_hooks.append(hook)
 
     def start(self) -> None:
+        """Starts reading, backlog first: every sink must be added before (see module doc)."""
         self._loop = asyncio.get_running_loop()
         self._rb = RingBuffer(self._dp.events_map.fd, self._on_record)
         self._loop.add_reader(self._rb.epoll_fd(), self._drain)
@@ -152,6 +166,7 @@ class Monitor:
             return
         try:
             self._rb.consume()
+            self.caught_up = True
         except _SinkFullError:
             self._pause()
         except Exception:

@@ -335,12 +335,14 @@ def test_decode_rate(decoder: FlowDecoder) -> None:
 def test_events_queue_counts_refusals_and_reports_them_in_order() -> None:
     q = EventsQueue(2)
     a, b, c, d = (event(sport=p) for p in (1, 2, 3, 4))
-    assert q.put(a) and q.put(b)
+    assert q.put(a)
+    assert not q.put(b)  # kept, and now full: the reader stops before it reads one too many
+    assert (len(q), q.pending_lost, q.lost_total) == (2, 0, 0)
     assert not q.put(c) and not q.put(d)  # full: counted, not queued
     assert (len(q), q.pending_lost, q.lost_total) == (2, 2, 2)
     q.put_lost(1, 5, cpu=1)  # loss notices never count against the size
     assert q.pop() is a
-    assert q.put(event(sport=5))  # room again: the count goes in first, behind what was queued
+    assert not q.put(event(sport=5))  # room again: the count goes in first, behind the queue
     items = [q.pop() for _ in range(4)]
     assert items[0] is b
     assert items[1] == _Lost(1, 5, 1)
