@@ -24,6 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
+from ciliary.k8s.names import (
+    LABEL_VALUE_MAX,
+    KeyFault,
+    is_label_value,
+    is_qualified_name_part,
+    label_key_fault,
+)
+
 __all__ = [
     "CiliumLabel",
     "CiliumRequirement",
@@ -45,10 +53,6 @@ class SelectorError(ValueError):
 
 Op: TypeAlias = Literal["exists", "!", "=", "!=", "in", "notin", "gt", "lt"]
 
-_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
 _INT_RE = re.compile(r"^[+-]?[0-9]+$")
 _TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|<|>|[^\s!=,()<>]+)")
 _SPECIAL = frozenset({"!=", "==", "=", "!", ",", "(", ")", "<", ">"})
@@ -56,11 +60,11 @@ _KEYWORDS = frozenset({"in", "notin"})
 
 
 def label_value_problem(value: str) -> str | None:
-    """Why ``value`` is not a valid label value (None when it is): at most 63 characters,
-    alphanumeric at both ends, ``-_.`` inside; empty is valid."""
-    if len(value) > 63:
+    """Why ``value`` is not a valid label value (None when it is), in kube-apiserver's words:
+    at most 63 characters, alphanumeric at both ends, ``-_.`` inside; empty is valid."""
+    if len(value) > LABEL_VALUE_MAX:
         return "must be no more than 63 characters"
-    if not _NAME_RE.match(value):
+    if not is_label_value(value):
         return (
             "a valid label must be an empty string or consist of alphanumeric characters, "
             "'-', '_' or '.', and must start and end with an alphanumeric character"
@@ -68,25 +72,26 @@ def label_value_problem(value: str) -> str | None:
     return None
 
 
+_BAD_PREFIX = "prefix part must be a lowercase RFC 1123 subdomain of at most 253 characters"
+_KEY_PROBLEMS: dict[KeyFault, str] = {
+    KeyFault.SLASHES: _BAD_PREFIX,
+    KeyFault.PREFIX_EMPTY: "prefix part must be non-empty",
+    KeyFault.PREFIX_INVALID: _BAD_PREFIX,
+    KeyFault.NAME_EMPTY: "name part must be non-empty",
+    KeyFault.NAME_TOO_LONG: "name part must be no more than 63 characters",
+    KeyFault.NAME_INVALID: (
+        "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
+        "start and end with an alphanumeric character"
+    ),
+}
+
+
 def label_key_problem(key: str) -> str | None:
     """Why ``key`` is not a valid label key (a qualified name: ``[prefix/]name``, the prefix a
-    DNS-1123 subdomain of at most 253 characters, the name at most 63), or None."""
-    prefix, slash, name = key.rpartition("/")
-    if slash:
-        if not prefix:
-            return "prefix part must be non-empty"
-        if len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix):
-            return "prefix part must be a lowercase RFC 1123 subdomain of at most 253 characters"
-    if not name:
-        return "name part must be non-empty"
-    if len(name) > 63:
-        return "name part must be no more than 63 characters"
-    if not _NAME_RE.match(name):
-        return (
-            "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
-            "start and end with an alphanumeric character"
-        )
-    return None
+    DNS-1123 subdomain of at most 253 characters, the name at most 63), in kube-apiserver's
+    words, or None."""
+    fault = label_key_fault(key)
+    return None if fault is None else _KEY_PROBLEMS[fault]
 
 
 def _holds(op: str, values: frozenset[str], value: str | None) -> bool:
@@ -398,7 +403,7 @@ def _cilium_key(token: str, selector: str) -> tuple[str, str]:
     if not source or not key:
         raise SelectorError(f"invalid label selector {selector!r}: bad key {token!r}")
     prefix, slash, name = key.rpartition("/")
-    if len(name) > 63 or not name or not _NAME_RE.match(name) or (slash and not prefix):
+    if not is_qualified_name_part(name) or (slash and not prefix):
         raise SelectorError(
             f"invalid label selector {selector!r}: key {token!r} is not a valid label key"
         )

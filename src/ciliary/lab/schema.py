@@ -52,6 +52,12 @@ from pydantic.alias_generators import to_camel
 
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.core.yamldoc import show as _show
+from ciliary.k8s.names import (
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_label_value,
+    label_key_fault,
+)
 
 __all__ = [
     "CALICO_API_VERSION",
@@ -252,16 +258,13 @@ def _error_message(err: Any) -> tuple[list[str | int], str]:
 # --------------------------------------------------------------------------------------------
 # Value syntax (Kubernetes' rules)
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 
 
 def _dns_label(max_len: int) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if len(value) > max_len or not _DNS1123_LABEL.fullmatch(value):
+        if not is_dns1123_label(value, max_len):
             raise ValueError(
                 "expected a DNS-1123 label (lowercase letters, digits and '-', starting and ending"
                 f" with a letter or digit, at most {max_len} characters), got {_show(value)}"
@@ -277,18 +280,13 @@ def _label_key(value: str) -> str:
         " '-', '_' and '.', starting and ending with a letter or digit; optional prefix a DNS"
         f" subdomain), got {_show(value)}"
     )
-    prefix, slash, name = value.rpartition("/")
-    if slash and (
-        not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix) or "/" in prefix
-    ):
-        raise ValueError(expected)
-    if not name or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+    if label_key_fault(value) is not None:
         raise ValueError(expected)
     return value
 
 
 def _label_value(value: str) -> str:
-    if value and (len(value) > 63 or not _QUALIFIED_NAME.fullmatch(value)):
+    if not is_label_value(value):
         raise ValueError(
             "expected a label value (empty, or at most 63 characters of letters, digits, '-', '_'"
             f" and '.', starting and ending with a letter or digit), got {_show(value)}"
@@ -377,7 +375,7 @@ def _parse_requested_ips(value: str) -> list[IPAddress]:
 
 
 def _dns_subdomain(value: str) -> str:
-    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+    if not is_dns1123_subdomain(value):
         raise ValueError(
             "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each"
             " dot-separated part starting and ending with a letter or digit, at most 253"

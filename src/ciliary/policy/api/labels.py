@@ -14,10 +14,11 @@ to the key with its source folded in as ``source.key``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from ciliary.k8s.names import KeyFault, is_label_value, label_key_fault
 
 __all__ = [
     "NAMESPACE_LABEL",
@@ -164,41 +165,39 @@ class LabelSet:
 # --------------------------------------------------------------------------------------------
 # Kubernetes' label syntax
 
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_KEY_PROBLEMS: dict[KeyFault, str] = {
+    KeyFault.SLASHES: "at most one '/' (between a DNS-subdomain prefix and the name)",
+    KeyFault.PREFIX_EMPTY: "the prefix {prefix!r} must be a DNS subdomain",
+    KeyFault.PREFIX_INVALID: "the prefix {prefix!r} must be a DNS subdomain",
+    KeyFault.NAME_EMPTY: "the name part is empty",
+    KeyFault.NAME_TOO_LONG: "the name part {name20!r}... is longer than 63 characters",
+    KeyFault.NAME_INVALID: (
+        "the name part {name!r} must be letters, digits, '-', '_' and '.', starting and"
+        " ending with a letter or digit"
+    ),
+}
+_PREFIX_RULE = " (lowercase letters, digits, '-' and '.', at most 253 characters)"
 
 
 def qualified_name_problem(text: str) -> str | None:
-    """What makes ``text`` not a Kubernetes qualified name (``[prefix/]name``), or None."""
-    prefix, slash, name = text.rpartition("/")
-    if slash:
-        if "/" in prefix:
-            return "at most one '/' (between a DNS-subdomain prefix and the name)"
-        if not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix):
-            return (
-                f"the prefix {prefix!r} must be a DNS subdomain (lowercase letters, digits, '-' and"
-                " '.', at most 253 characters)"
-            )
-    if not name:
-        return "the name part is empty"
-    if len(name) > 63:
-        return f"the name part {name[:20]!r}... is longer than 63 characters"
-    if not _QUALIFIED_NAME.fullmatch(name):
-        return (
-            f"the name part {name!r} must be letters, digits, '-', '_' and '.', starting and"
-            " ending with a letter or digit"
-        )
-    return None
+    """What makes ``text`` not a Kubernetes qualified name (``[prefix/]name``), or None: the check
+    is :func:`ciliary.k8s.names.label_key_fault`, the words are the policy checker's."""
+    fault = label_key_fault(text)
+    if fault is None:
+        return None
+    prefix, _, name = text.rpartition("/")
+    problem = _KEY_PROBLEMS[fault].format(prefix=prefix, name=name, name20=name[:20])
+    if fault in (KeyFault.PREFIX_EMPTY, KeyFault.PREFIX_INVALID):
+        problem += _PREFIX_RULE
+    return problem
 
 
 def label_value_problem(text: str) -> str | None:
     """What makes ``text`` not a Kubernetes label value (empty, or at most 63 characters of
     letters, digits, ``-``, ``_`` and ``.``, alphanumeric at both ends), or None."""
-    if not text:
+    if is_label_value(text):
         return None
-    if len(text) > 63 or not _QUALIFIED_NAME.fullmatch(text):
-        return (
-            "a label value is empty or at most 63 characters of letters, digits, '-', '_' and '.',"
-            " starting and ending with a letter or digit"
-        )
-    return None
+    return (
+        "a label value is empty or at most 63 characters of letters, digits, '-', '_' and '.',"
+        " starting and ending with a letter or digit"
+    )

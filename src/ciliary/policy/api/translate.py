@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ciliary.k8s.names import is_dns1123_label, is_dns1123_subdomain
 from ciliary.policy.api import schema
 from ciliary.policy.api.errors import format_path, show
 from ciliary.policy.api.labels import (
@@ -207,8 +208,6 @@ _EGRESS_L3: tuple[tuple[str, str], ...] = (
 # --------------------------------------------------------------------------------------------
 # Value syntax
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _PREFIX_LENGTH = re.compile(r"0|[1-9][0-9]{0,2}")
 _FQDN_NAME = re.compile(r"[-a-zA-Z0-9_]+(\.[-a-zA-Z0-9_]+)*\.?")
 _FQDN_PATTERN = re.compile(r"[-a-zA-Z0-9_*]+(\.[-a-zA-Z0-9_*]+)*\.?")
@@ -227,7 +226,7 @@ _PORT_NAME_RULE = (
 
 
 def dns_subdomain_problem(text: str) -> str | None:
-    if len(text) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(text):
+    if not is_dns1123_subdomain(text):
         return (
             "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each part"
             " starting and ending with a letter or digit, at most 253 characters), got"
@@ -237,7 +236,7 @@ def dns_subdomain_problem(text: str) -> str | None:
 
 
 def dns_label_problem(text: str) -> str | None:
-    if len(text) > 63 or not _DNS1123_LABEL.fullmatch(text):
+    if not is_dns1123_label(text):
         return (
             "expected a DNS-1123 label (lowercase letters, digits and '-', starting and ending with"
             f" a letter or digit, at most 63 characters), got {show(text)}"
