@@ -22,6 +22,7 @@ filter needs.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -207,7 +208,10 @@ def _label_filter(
         raise FilterError(str(err)) from None
 
     def match(flow: flow_pb2.Flow) -> bool:
-        labels = [parse_label(s) for s in get(flow)]
+        labels = []
+        for text in get(flow):
+            with contextlib.suppress(ValueError):  # a label without a key matches no key
+                labels.append(parse_label(text))
         return any(all(r.matches(labels) for r in sel) for sel in selectors)
 
     return match

@@ -352,28 +352,42 @@ def parse_selector(selector: str) -> Selector:
 # --------------------------------------------------------------------------- Cilium labels
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, order=True, slots=True)
 class CiliumLabel:
-    """One Cilium label: ``source:key=value``."""
+    """One Cilium label: ``source:key=value`` (``source:key`` when the value is empty)."""
 
     source: str
     key: str
-    value: str
+    value: str = ""
+
+    def __str__(self) -> str:
+        if self.value:
+            return f"{self.source}:{self.key}={self.value}"
+        return f"{self.source}:{self.key}"
 
 
 def parse_cilium_label(text: str) -> CiliumLabel:
-    """Parses a Cilium label ``[source:]key[=value]`` (no source → ``unspec``)."""
-    source = "unspec"
-    colon = text.find(":")
-    eq = text.find("=")
-    if text.startswith("$"):
-        source, text = "reserved", text[1:]
-    elif colon >= 0 and (eq < 0 or colon < eq):
-        source, text = text[:colon], text[colon + 1 :]
-    key, _, value = text.partition("=")
-    if source == "reserved" and not key:
+    """Splits a label string as Cilium's ``ParseLabel`` does; ValueError when it has no key.
+
+    ``k8s:app=web`` → ``("k8s", "app", "web")``; ``reserved:host`` → ``("reserved", "host",
+    "")``; ``$host`` is short for ``reserved:host`` (and, as upstream, ``reserved:=host`` too); a
+    label without a source (``app=web``) gets source ``unspec``. Only the part before the first
+    ``=`` is searched for the source, so values may hold ``:``.
+    """
+    source = ""
+    rest = text
+    if rest.startswith("$"):
+        source, rest = "reserved", rest[1:]
+    key, equals, value = rest.partition("=")
+    if not source:
+        head, colon, tail = key.partition(":")
+        if colon:
+            source, key = head, tail
+    if not key and source == "reserved":
         key, value = value, ""
-    return CiliumLabel(source, key, value)
+    if not key:
+        raise ValueError(f"label {text!r} has no key")
+    return CiliumLabel(source or "unspec", key, value if equals else "")
 
 
 @dataclass(frozen=True, slots=True)

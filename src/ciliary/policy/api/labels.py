@@ -4,8 +4,9 @@ Policy selectors are matched against an endpoint's *security labels*, which Cili
 source they came from: ``k8s:app=web`` (a pod label), ``k8s:io.kubernetes.pod.namespace=shop`` (its
 namespace), ``reserved:host`` (the node itself). A selector key may name a source (``k8s:app``) or
 not (``app``, the same as ``any:app``), so matching needs the source kept apart from the key:
-:func:`parse_label` splits a label string the way Cilium's ``ParseLabel`` does and :class:`LabelSet`
-answers "which values does this key have, from this source or from any".
+:func:`parse_label` (``k8s.labelselector``'s, the one parser of label strings, shared with
+Hubble's label filters) splits a label string the way Cilium's ``ParseLabel`` does and
+:class:`LabelSet` answers "which values does this key have, from this source or from any".
 
 The key and value syntax checks are Kubernetes' (a label key is a qualified name, optionally
 behind a DNS-subdomain prefix; a value is at most 63 characters), applied as Cilium applies them:
@@ -15,9 +16,10 @@ to the key with its source folded in as ``source.key``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Final
 
+from ciliary.k8s.labelselector import CiliumLabel as Label
+from ciliary.k8s.labelselector import parse_cilium_label as parse_label
 from ciliary.k8s.names import KeyFault, is_label_value, label_key_fault
 
 __all__ = [
@@ -54,42 +56,6 @@ NAMESPACE_LABELS_PREFIX: Final = "io.cilium.k8s.namespace.labels."
 POLICY_LABEL_NAME: Final = "io.cilium.k8s.policy.name"
 POLICY_LABEL_NAMESPACE: Final = "io.cilium.k8s.policy.namespace"
 POLICY_LABEL_DERIVED_FROM: Final = "io.cilium.k8s.policy.derived-from"
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Label:
-    """One label: ``source:key=value`` (``source:key`` when the value is empty)."""
-
-    source: str
-    key: str
-    value: str = ""
-
-    def __str__(self) -> str:
-        if self.value:
-            return f"{self.source}:{self.key}={self.value}"
-        return f"{self.source}:{self.key}"
-
-
-def parse_label(text: str) -> Label:
-    """Split a label string as Cilium's ``ParseLabel`` does. Raises ValueError if it has no key.
-
-    ``k8s:app=web`` -> ``Label("k8s", "app", "web")``; ``reserved:host`` -> ``Label("reserved",
-    "host", "")``; ``$host`` is short for ``reserved:host``; a label without a source (``app=web``)
-    gets source ``unspec``. Only the part before the first ``=`` is searched for the source, so
-    values may hold ``:``.
-    """
-    source = ""
-    rest = text
-    if rest.startswith("$"):
-        source, rest = SOURCE_RESERVED, rest[1:]
-    key_part, equals, value = rest.partition("=")
-    if not source:
-        head, colon, tail = key_part.partition(":")
-        if colon:
-            source, key_part = head, tail
-    if not key_part:
-        raise ValueError(f"label {text!r} has no key")
-    return Label(source or SOURCE_UNSPEC, key_part, value if equals else "")
 
 
 def split_key(text: str) -> tuple[str, str]:
