@@ -32,7 +32,7 @@ from ciliary.hubble.observer import LocalObserver
 from ciliary.hubble.peer import PeerInfo
 from ciliary.hubble.relay import RelayConfig, RelayServer
 from ciliary.hubble.relay.cmd import build_parser, config_from_args, parse_duration
-from ciliary.hubble.relay.merge import SortBuffer
+from ciliary.hubble.relay.merge import SortBuffer, timestamp_ns
 from ciliary.hubble.relay.observer import ObserverConfig
 from ciliary.hubble.relay.pool import (
     PeerSpec,
@@ -419,6 +419,25 @@ def test_unreachable_peer_is_reported_not_fatal() -> None:
                 "ghost": relay_pb2.NODE_UNAVAILABLE,
                 "n1": relay_pb2.NODE_CONNECTED,
             }
+
+    run(body())
+
+
+def test_follow_starts_when_the_relay_takes_the_request() -> None:
+    """A flow a node records once the relay has answered NODE_CONNECTED is followed, however
+    late the relay resumes after sending that status (under load it resumed after the client
+    had already made a flow: the stream started at its own later time and filtered it out)."""
+
+    async def body() -> None:
+        async with cluster(["n1", "n2"]) as c:
+            call = c.stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True))
+            first = await asyncio.wait_for(call.read(), 5)  # type: ignore[arg-type]
+            assert first.node_status.state_change == relay_pb2.NODE_CONNECTED
+            # the earliest time a flow can have once NODE_CONNECTED is out: the status's own
+            c.nodes["n2"].observer.on_flow(mkflow("n2", timestamp_ns(first.time) + 1))
+            resp = await asyncio.wait_for(call.read(), 5)  # type: ignore[arg-type]
+            assert resp.flow.node_name == "n2"
+            call.cancel()
 
     run(body())
 

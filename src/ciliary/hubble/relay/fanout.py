@@ -264,6 +264,10 @@ class Fanout(Generic[Req, Resp]):
     # -- the request -------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[Resp]:
+        # A follow request streams from when the relay took it: before the first status goes
+        # out (the client may make flows as soon as it reads NODE_CONNECTED, and this
+        # generator resumes after that yield only when the loop gets to it)
+        t0 = time.time_ns()
         peers = self._pool.list()
         available = [p for p in peers if p.available]
         for p in peers:
@@ -280,7 +284,7 @@ class Fanout(Generic[Req, Resp]):
                 for resp in await self._history(available, self._clone(), None):
                     yield resp
                 return
-            async for resp in self._follow(available):
+            async for resp in self._follow(available, t0):
                 yield resp
         finally:
             await self._cancel_all()
@@ -318,9 +322,8 @@ class Fanout(Generic[Req, Resp]):
                 items.append(status)
         return sort_by_time(items, _time_of)
 
-    async def _follow(self, available: Sequence[Peer]) -> AsyncIterator[Resp]:
+    async def _follow(self, available: Sequence[Peer], t0: int) -> AsyncIterator[Resp]:
         cfg = self._cfg
-        t0 = time.time_ns()
         since0 = max(t0, timestamp_ns(self._req.since)) if _is_set(self._req.since) else t0
         until_ns = timestamp_ns(self._req.until) if _is_set(self._req.until) else None
         live: asyncio.Queue[_Item[Resp] | _Ended] = asyncio.Queue(
