@@ -45,6 +45,13 @@ async def api_client(cp: ControlPlane) -> client.ApiClient:
 _OPEN: list[watch.Watch] = []
 
 
+async def settle() -> None:
+    """Lets closed TLS connections finish closing before the loop ends (aiohttp closes an SSL
+    transport's socket a few loop iterations after the session; a loop that ends first leaves
+    the socket to the garbage collector, which warns)."""
+    await asyncio.sleep(0.25)
+
+
 def open_watch(func: Any, *args: Any, **kwargs: Any) -> watch.Watch:
     """A watch stream, closed (with its own ApiClient) when the test's loop ends."""
     w = watch.Watch()
@@ -63,6 +70,7 @@ def run(cp: ControlPlane, body: Callable[[client.CoreV1Api], Awaitable[Any]]) ->
             while _OPEN:
                 await _OPEN.pop().close()
             await api.close()
+            await settle()
 
     return asyncio.run(main())
 

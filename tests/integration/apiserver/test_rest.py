@@ -43,6 +43,7 @@ def run(cp: ControlPlane, body: Any) -> None:
             status, _ = await s.call("POST", "/api/v1/namespaces", {"metadata": {"name": "t"}})
             assert status == 201
             await body(s)
+        await asyncio.sleep(0.25)  # closed TLS connections finish closing before the loop ends
 
     asyncio.run(main())
 
@@ -58,6 +59,7 @@ def test_client_certificate_is_required(control_plane: ControlPlane) -> None:
                 control_plane.url + "/api/v1/pods", ssl=control_plane.ssl_context()
             ) as resp:
                 assert resp.status == 200
+        await asyncio.sleep(0.25)
 
     asyncio.run(main())
 
