@@ -21,12 +21,11 @@ from ciliary.apiserver import errors
 from ciliary.apiserver.errors import Cause
 from ciliary.apiserver.storage import DELETE, Obj, Outcome
 from ciliary.k8s.labelselector import label_key_problem, label_value_problem
+from ciliary.k8s.names import is_dns1123_label, is_dns1123_subdomain
 from ciliary.k8s.resources import ResourceType
 from ciliary.policy.api.documents import POLICY_KINDS, parse_policy_documents, where
 from ciliary.policy.api.errors import PolicyError
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String alphabet
 _FIELD_PATH = re.compile(r"[A-Za-z_$][\w$]*(\[[^\]]+\]|\.[A-Za-z_$][\w$]*)*")
 
@@ -63,7 +62,7 @@ def check_type(rt: ResourceType, obj: Any) -> Obj:
 
 def _name_causes(rt: ResourceType, name: str) -> list[Cause]:
     if rt.kind == "Namespace":
-        if len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
+        if not is_dns1123_label(name):
             return [
                 Cause(
                     "metadata.name",
@@ -73,7 +72,7 @@ def _name_causes(rt: ResourceType, name: str) -> list[Cause]:
                 )
             ]
         return []
-    if len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
+    if not is_dns1123_subdomain(name):
         return [
             Cause(
                 "metadata.name",
