@@ -181,7 +181,12 @@ def test_allowed_and_denied_flows(hlab: HubbleLab) -> None:
     between = [f for f in flows if {f.IP.source, f.IP.destination} == {client_ip, server_ip}]
     assert between, f"no flows between the pods among {len(flows)}"
     for f in between:
-        assert f.node_name == hlab.lab.node and f.Type == flow_pb2.L3_L4 and len(f.uuid) == 36
+        # upstream's absolute node name: "<cluster>/<node>", the lab being the cluster
+        assert (
+            f.node_name == f"{hlab.lab.name}/{hlab.lab.node}"
+            and f.Type == flow_pb2.L3_L4
+            and len(f.uuid) == 36
+        )
         assert f.IP.ipVersion == flow_pb2.IPv4 and f.ethernet.source and f.ethernet.destination
         assert f.interface.index > 0
 

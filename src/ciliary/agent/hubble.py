@@ -224,10 +224,13 @@ class AgentHubble:
         self.cfg = cfg
         acfg: AgentConfig = agent.cfg
         self.node = acfg.node
+        # Flows, lost events and exports name the node as upstream does: "<cluster>/<node>"
+        # (cilium's GetAbsoluteNodeName), so --node-name patterns match across clusters.
+        self.absolute_node = f"{acfg.cluster_name}/{acfg.node}"
         self.socket = cfg.socket or acfg.state_dir / "hubble.sock"
         self._lost_state = acfg.state_dir / LOST_STATE_FILE
         self.observer = LocalObserver(
-            acfg.node,
+            self.absolute_node,
             capacity=cfg.event_buffer_capacity,
             version=__version__,
             cluster_name=acfg.cluster_name,
@@ -235,7 +238,9 @@ class AgentHubble:
         self.queue = EventsQueue(cfg.event_queue_size)
         self._eps_by_ip: dict[IPAddress, EndpointInfo] = {}
         self._policies: dict[str, Policy] = {}
-        self.decoder = FlowDecoder(acfg.node, self._getters(), cluster_name=acfg.cluster_name)
+        self.decoder = FlowDecoder(
+            self.absolute_node, self._getters(), cluster_name=acfg.cluster_name
+        )
         self.decode_errors = 0
         self.decoded = 0
         self.lost: LostCounter | None = None
@@ -531,7 +536,7 @@ class AgentHubble:
                 cfg.export_file_max_backups,
                 allowlist=cfg.export_allowlist or None,
                 denylist=cfg.export_denylist or None,
-                node_name=self.node,
+                node_name=self.absolute_node,
             )
             self.observer.add_flow_hook(self.exporter.on_flow)
             self.observer.add_lost_hook(self.exporter.on_lost)
