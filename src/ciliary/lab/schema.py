@@ -17,8 +17,9 @@ IPAM has two modes. In ``cluster-pool`` mode (the default) node pod CIDRs are de
 Cilium's operator does, deterministically: node *i* (file order) gets the *i*-th subnet of the
 configured mask size of the first pool CIDR. In ``pools`` mode addresses come from Calico-style
 ``IPPool`` documents (``projectcalico.org/v3``), carved into blocks that nodes take on demand, with
-an optional ``IPAMConfiguration``; a pool's ``nodeSelector`` (a Calico selector, parsed here by
-:func:`parse_selector`) picks the nodes, by their ``labels``, that allocate from it automatically.
+an optional ``IPAMConfiguration`` (both typed in :mod:`ciliary.k8s.calico`, which the agent reads
+them with too); a pool's ``nodeSelector`` (a Calico selector, :mod:`ciliary.k8s.calicoselector`)
+picks the nodes, by their ``labels``, that allocate from it automatically.
 There are no node CIDRs in that mode, so pod address requests are checked against the pools.
 """
 
@@ -37,9 +38,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -48,15 +47,30 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.core.yamldoc import show as _show
-from ciliary.k8s.names import (
-    is_dns1123_label,
-    is_dns1123_subdomain,
-    is_label_value,
-    label_key_fault,
+from ciliary.k8s.calico import (
+    CALICO_API_VERSION,
+    IPV4_POOLS_ANNOTATION,
+    IPV6_POOLS_ANNOTATION,
+    REQUESTED_IPS_ANNOTATION,
+    IPAMConfiguration,
+    IPAMConfigurationMetadata,
+    IPAMConfigurationSpec,
+    IPPool,
+    IPPoolMetadata,
+    IPPoolSpec,
+    default_ipam_configuration,
+)
+from ciliary.k8s.fields import (
+    Annotations,
+    FieldProblemError,
+    Labels,
+    StrictModel,
+    dns_label,
+    error_message,
+    format_path,
 )
 
 __all__ = [
@@ -93,14 +107,11 @@ __all__ = [
     "PodMetadata",
     "PodSpec",
     "RawDocument",
-    "Selector",
-    "SelectorError",
     "load_default",
     "load_lab_file",
     "node_cidrs",
     "parse_documents",
     "parse_lab_text",
-    "parse_selector",
     "register_deferred_kind",
     "with_running_pods",
 ]
@@ -109,13 +120,6 @@ LAB_API_VERSION: Final = "ciliary.io/v1alpha1"
 CORE_API_VERSION: Final = "v1"
 IMPLICIT_NAMESPACES: tuple[str, ...] = ("default", "kube-system")
 """Namespaces that exist in every lab without a Namespace document, as in every cluster."""
-CALICO_API_VERSION: Final = "projectcalico.org/v3"
-REQUESTED_IPS_ANNOTATION = "cni.projectcalico.org/ipAddrs"
-"""Calico's pod annotation: a JSON list of the addresses the pod asks for (one per family)."""
-IPV4_POOLS_ANNOTATION = "cni.projectcalico.org/ipv4pools"
-"""Calico's pod annotation (``pools`` mode): a JSON list of the IPv4 pools to allocate from."""
-IPV6_POOLS_ANNOTATION = "cni.projectcalico.org/ipv6pools"
-"""Calico's pod annotation (``pools`` mode): a JSON list of the IPv6 pools to allocate from."""
 
 LAB_NAME_MAX = 20  # the lab name prefixes network namespace names
 NODE_NAME_MAX = 15  # node names become interface names (IFNAMSIZ - 1)
@@ -167,131 +171,11 @@ class LabFileError(Exception):
         return self.problems[0]
 
 
-class _FieldProblemError(ValueError):
-    """A validator's complaint about a part of the value it checks (``subpath`` below its field)."""
-
-    def __init__(self, message: str, *subpath: str | int) -> None:
-        super().__init__(message)
-        self.subpath: tuple[str | int, ...] = subpath
-
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _format_path(loc: Sequence[str | int]) -> str:
-    """``('spec', 'containers', 0, 'name')`` -> ``spec.containers[0].name``; odd keys quoted."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _IDENT.fullmatch(part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{json.dumps(part, ensure_ascii=False)}]"
-    return out
-
-
-_TYPE_WORDS = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "int_parsing": "an integer",
-    "bool_type": "true or false",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-}
-
-
-def _error_message(err: Any) -> tuple[list[str | int], str]:
-    """Translate one pydantic error into (field path, "what was expected" message)."""
-    loc: list[str | int] = list(err.get("loc", ()))
-    kind = err.get("type", "")
-    value = err.get("input")
-    ctx = err.get("ctx") or {}
-    key_problem = bool(loc) and loc[-1] == "[key]"
-    if key_problem:
-        loc = loc[:-1]
-    if kind == "extra_forbidden":
-        message = "unknown field"
-    elif kind == "invalid_key":
-        message = f"unknown field (field names are strings, got {_show(value)})"
-    elif kind == "missing":
-        message = "required field is missing"
-    elif kind in _TYPE_WORDS:
-        message = f"expected {_TYPE_WORDS[kind]}, got {_show(value)}"
-        if kind == "string_type" and isinstance(value, (bool, int, float)):
-            message += " (quote it to make it a string)"
-    elif kind == "literal_error":
-        message = f"expected {ctx.get('expected', 'one of the allowed values')}, got {_show(value)}"
-    elif kind == "too_short":
-        message = (
-            f"expected at least {ctx.get('min_length')} item(s), got {ctx.get('actual_length')}"
-        )
-    elif kind == "too_long":
-        message = (
-            f"expected at most {ctx.get('max_length')} item(s), got {ctx.get('actual_length')}"
-        )
-    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {
-            "greater_than_equal": ">=",
-            "greater_than": ">",
-            "less_than_equal": "<=",
-            "less_than": "<",
-        }[kind]
-        bound = next(iter(ctx.values()), "?")
-        message = f"expected a number {op} {bound}, got {_show(value)}"
-    elif kind == "value_error" and isinstance(ctx.get("error"), Exception):
-        exc = ctx["error"]
-        if isinstance(exc, _FieldProblemError):
-            loc.extend(exc.subpath)
-        message = str(exc)
-    else:
-        message = str(err.get("msg", "invalid value")).replace("Input should be", "expected")
-        message += f", got {_show(value)}"
-    if key_problem:
-        message = f"invalid key: {message}"
-    return loc, message
-
-
 # --------------------------------------------------------------------------------------------
 # Value syntax (Kubernetes' rules)
 
 _IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
-
-
-def _dns_label(max_len: int) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if not is_dns1123_label(value, max_len):
-            raise ValueError(
-                "expected a DNS-1123 label (lowercase letters, digits and '-', starting and ending"
-                f" with a letter or digit, at most {max_len} characters), got {_show(value)}"
-            )
-        return value
-
-    return check
-
-
-def _label_key(value: str) -> str:
-    expected = (
-        "expected a label key ([prefix/]name: name at most 63 characters of letters, digits,"
-        " '-', '_' and '.', starting and ending with a letter or digit; optional prefix a DNS"
-        f" subdomain), got {_show(value)}"
-    )
-    if label_key_fault(value) is not None:
-        raise ValueError(expected)
-    return value
-
-
-def _label_value(value: str) -> str:
-    if not is_label_value(value):
-        raise ValueError(
-            "expected a label value (empty, or at most 63 characters of letters, digits, '-', '_'"
-            f" and '.', starting and ending with a letter or digit), got {_show(value)}"
-        )
-    return value
 
 
 def _port_name(value: str) -> str:
@@ -336,13 +220,9 @@ def _network(family: int) -> Callable[[object], object]:
     return parse
 
 
-LabName = Annotated[str, AfterValidator(_dns_label(LAB_NAME_MAX))]
-NodeName = Annotated[str, AfterValidator(_dns_label(NODE_NAME_MAX))]
-ObjectName = Annotated[str, AfterValidator(_dns_label(OBJECT_NAME_MAX))]
-LabelKey = Annotated[str, AfterValidator(_label_key)]
-LabelValue = Annotated[str, AfterValidator(_label_value)]
-Labels = dict[LabelKey, LabelValue]
-Annotations = dict[LabelKey, str]
+LabName = Annotated[str, AfterValidator(dns_label(LAB_NAME_MAX))]
+NodeName = Annotated[str, AfterValidator(dns_label(NODE_NAME_MAX))]
+ObjectName = Annotated[str, AfterValidator(dns_label(OBJECT_NAME_MAX))]
 PortName = Annotated[str, AfterValidator(_port_name)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 V4Network = Annotated[IPv4Network, BeforeValidator(_network(4))]
@@ -374,16 +254,6 @@ def _parse_requested_ips(value: str) -> list[IPAddress]:
     return addresses
 
 
-def _dns_subdomain(value: str) -> str:
-    if not is_dns1123_subdomain(value):
-        raise ValueError(
-            "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each"
-            " dot-separated part starting and ending with a letter or digit, at most 253"
-            f" characters), got {_show(value)}"
-        )
-    return value
-
-
 _POOLS_EXPECTED = 'expected a JSON list of IP pool names like ["pool-a", "pool-b"]'
 
 
@@ -399,327 +269,10 @@ def _parse_pool_names(value: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Calico selectors (the subset an IPPool's nodeSelector needs)
-
-_SELECTOR_SYNTAX: Final = (
-    'all(), has(k), k == "v", k != "v", k in {"a", "b"}, k not in {"a", "b"}, joined by !, &&,'
-    " || and parentheses"
-)
-_SELECTOR_MAX_DEPTH = 64
-_SELECTOR_TOKEN = re.compile(
-    r"""(?P<op>&&|\|\||==|!=|[!(){},])|(?P<str>"[^"]*"|'[^']*')|(?P<word>[A-Za-z0-9_./-]+)"""
-)
-
-
-class SelectorError(ValueError):
-    """A selector that does not parse; the message says what was expected, and where."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Token:
-    kind: str  # "op", "str", "word" or "end"
-    text: str
-    position: int  # 1-based character of the selector text
-
-    def shown(self) -> str:
-        return "the end" if self.kind == "end" else repr(self.text)
-
-    def is_op(self, text: str) -> bool:
-        return self.kind == "op" and self.text == text
-
-    def is_word(self, text: str) -> bool:
-        return self.kind == "word" and self.text == text
-
-
-class _Expr:
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True)
-class _All(_Expr):
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return True
-
-
-@dataclasses.dataclass(frozen=True)
-class _Has(_Expr):
-    key: str
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return self.key in labels
-
-
-@dataclasses.dataclass(frozen=True)
-class _In(_Expr):
-    """``k == "v"`` (one value), ``k in {...}``; negated: ``k != "v"``, ``k not in {...}``.
-
-    As in Calico, a negated test also selects label sets without the key."""
-
-    key: str
-    values: frozenset[str]
-    negated: bool
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        found = self.key in labels and labels[self.key] in self.values
-        return found != self.negated
-
-
-@dataclasses.dataclass(frozen=True)
-class _Not(_Expr):
-    operand: _Expr
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return not self.operand.matches(labels)
-
-
-@dataclasses.dataclass(frozen=True)
-class _And(_Expr):
-    operands: tuple[_Expr, ...]
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(o.matches(labels) for o in self.operands)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Or(_Expr):
-    operands: tuple[_Expr, ...]
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return any(o.matches(labels) for o in self.operands)
-
-
-@dataclasses.dataclass(frozen=True)
-class Selector:
-    """A parsed Calico selector (see :func:`parse_selector`)."""
-
-    text: str
-    expression: _Expr = dataclasses.field(repr=False, compare=False)
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether a set of labels (a node's) is selected."""
-        return self.expression.matches(labels)
-
-
-def _tokenize_selector(text: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    position = 0
-    while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position == len(text):
-            break
-        match = _SELECTOR_TOKEN.match(text, position)
-        if match is None:
-            char = text[position]
-            where = f"at character {position + 1}"
-            if char in "\"'":
-                raise SelectorError(f"unterminated string {where}")
-            hint = {"=": " (use == to compare)", "&": " (use &&)", "|": " (use ||)"}.get(char, "")
-            raise SelectorError(f"unexpected character {char!r} {where}{hint}")
-        tokens.append(_Token(str(match.lastgroup), match.group(), position + 1))
-        position = match.end()
-    tokens.append(_Token("end", "", len(text) + 1))
-    return tokens
-
-
-class _SelectorParser:
-    """Recursive descent over the tokens: ``or := and ('||' and)*``, ``and := unary ('&&'
-    unary)*``, ``unary := '!' unary | primary``, ``primary := '(' or ')' | all() | has(k) |
-    k == s | k != s | k in set | k not in set``, ``set := '{' [s (',' s)*] '}'``."""
-
-    def __init__(self, tokens: list[_Token]) -> None:
-        self.tokens = tokens
-        self.index = 0
-        self.depth = 0
-
-    def peek(self) -> _Token:
-        return self.tokens[self.index]
-
-    def take(self) -> _Token:
-        token = self.tokens[self.index]
-        if token.kind != "end":
-            self.index += 1
-        return token
-
-    def expect(self, op: str) -> None:
-        token = self.take()
-        if not token.is_op(op):
-            raise SelectorError(
-                f"expected {op!r} at character {token.position}, got {token.shown()}"
-            )
-
-    def nest(self) -> None:
-        self.depth += 1
-        if self.depth > _SELECTOR_MAX_DEPTH:
-            raise SelectorError(f"nested more than {_SELECTOR_MAX_DEPTH} levels deep")
-
-    def parse(self) -> _Expr:
-        if self.peek().kind == "end":
-            return _All()  # an empty selector selects everything, as in Calico
-        expression = self.disjunction()
-        token = self.peek()
-        if token.kind != "end":
-            raise SelectorError(
-                f"expected &&, || or the end at character {token.position}, got {token.shown()}"
-            )
-        return expression
-
-    def disjunction(self) -> _Expr:
-        operands = [self.conjunction()]
-        while self.peek().is_op("||"):
-            self.take()
-            operands.append(self.conjunction())
-        return operands[0] if len(operands) == 1 else _Or(tuple(operands))
-
-    def conjunction(self) -> _Expr:
-        operands = [self.unary()]
-        while self.peek().is_op("&&"):
-            self.take()
-            operands.append(self.unary())
-        return operands[0] if len(operands) == 1 else _And(tuple(operands))
-
-    def unary(self) -> _Expr:
-        if not self.peek().is_op("!"):
-            return self.primary()
-        self.take()
-        self.nest()
-        operand = self.unary()
-        self.depth -= 1
-        return _Not(operand)
-
-    def primary(self) -> _Expr:
-        token = self.take()
-        if token.is_op("("):
-            self.nest()
-            expression = self.disjunction()
-            self.expect(")")
-            self.depth -= 1
-            return expression
-        if token.kind == "word" and token.text in ("all", "has") and self.peek().is_op("("):
-            self.take()
-            if token.text == "all":
-                self.expect(")")
-                return _All()
-            key = self.key(self.take())
-            self.expect(")")
-            return _Has(key)
-        if token.kind != "word":
-            raise SelectorError(
-                f"expected a label key, all(), has(key), '!' or '(' at character"
-                f" {token.position}, got {token.shown()}"
-            )
-        key = self.key(token)
-        operator = self.take()
-        if operator.is_op("==") or operator.is_op("!="):
-            return _In(key, frozenset({self.string()}), operator.text == "!=")
-        if operator.is_word("in"):
-            return _In(key, self.value_set(), False)
-        if operator.is_word("not") and self.peek().is_word("in"):
-            self.take()
-            return _In(key, self.value_set(), True)
-        raise SelectorError(
-            f"expected ==, !=, in or not in after {key!r} at character {operator.position},"
-            f" got {operator.shown()}"
-        )
-
-    def key(self, token: _Token) -> str:
-        if token.kind == "word":
-            with contextlib.suppress(ValueError):
-                return _label_key(token.text)
-        raise SelectorError(
-            f"expected a label key at character {token.position}, got {token.shown()}"
-        )
-
-    def string(self) -> str:
-        token = self.take()
-        if token.kind != "str":
-            raise SelectorError(
-                f"expected a quoted string at character {token.position}, got {token.shown()}"
-            )
-        return token.text[1:-1]
-
-    def value_set(self) -> frozenset[str]:
-        self.expect("{")
-        values: set[str] = set()
-        if self.peek().is_op("}"):
-            self.take()
-            return frozenset()
-        while True:
-            values.add(self.string())
-            token = self.take()
-            if token.is_op("}"):
-                return frozenset(values)
-            if not token.is_op(","):
-                raise SelectorError(
-                    f"expected ',' or '}}' at character {token.position}, got {token.shown()}"
-                )
-
-
-def parse_selector(text: str) -> Selector:
-    """Parse a Calico selector of the subset ``nodeSelector`` uses. Raises :class:`SelectorError`.
-
-    ``all()``, ``has(k)``, ``k == "v"``, ``k != "v"``, ``k in {"a", "b"}``, ``k not in {...}``,
-    ``!``, ``&&`` (binds tighter than ``||``) and parentheses; keys are Kubernetes label keys,
-    values quoted with ``"`` or ``'``. Empty text selects everything, like ``all()``. As in Calico,
-    ``!=`` and ``not in`` also select label sets that do not have the key.
-    """
-    return Selector(text, _SelectorParser(_tokenize_selector(text)).parse())
-
-
-def _selector_text(value: str) -> str:
-    try:
-        parse_selector(value)
-    except SelectorError as exc:
-        raise ValueError(
-            f"expected a Calico selector ({_SELECTOR_SYNTAX}), got {_show(value)}: {exc}"
-        ) from None
-    return value
-
-
-_LINK_LOCAL: dict[int, IPv4Network | IPv6Network] = {
-    4: IPv4Network("169.254.0.0/16"),
-    6: IPv6Network("fe80::/10"),
-}
-
-
-def _pool_cidr(value: object) -> object:
-    expected = "expected an IPv4 or IPv6 CIDR like 10.244.0.0/16 or fd00:10:244::/64"
-    if not isinstance(value, str):
-        raise ValueError(f"{expected}, got {_show(value)}")
-    text = value.strip()
-    if "/" not in text:
-        raise ValueError(f"{expected}, got {_show(value)} (no prefix length)")
-    if "%" in text:
-        raise ValueError(f"{expected}, got {_show(value)} (a pool has no zone)")
-    try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{expected}, got {_show(value)} ({exc})") from None
-    link_local = _LINK_LOCAL[network.version]
-    if _overlap(network, link_local):
-        raise ValueError(
-            f"{network} overlaps the IPv{network.version} link-local range {link_local}"
-            " (pod addresses cannot be link-local)"
-        )
-    return network
-
-
-# --------------------------------------------------------------------------------------------
 # Models
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        strict=True,
-        populate_by_name=True,
-        alias_generator=to_camel,
-    )
-
-
-class NodeSpec(_Model):
+class NodeSpec(StrictModel):
     """One node of the lab (a network namespace on this machine).
 
     ``labels`` are the node's Kubernetes labels; in ``pools`` mode IP pools select nodes by them
@@ -732,7 +285,7 @@ class NodeSpec(_Model):
 IPAMMode: TypeAlias = Literal["cluster-pool", "pools"]
 
 
-class IPAMSpec(_Model):
+class IPAMSpec(StrictModel):
     """How pod addresses are allocated.
 
     ``cluster-pool`` (the default), with Cilium's option names: each node gets a pod CIDR cut
@@ -770,7 +323,7 @@ class IPAMSpec(_Model):
         for name, info in cls.model_fields.items():
             for key in (info.alias, name):
                 if name != "mode" and key in data:
-                    raise _FieldProblemError(
+                    raise FieldProblemError(
                         "only valid with mode cluster-pool (in mode pools, addresses come from"
                         " IPPool documents)",
                         str(key),
@@ -840,7 +393,7 @@ def _check_mask(value: int, pools: object, family: int) -> int:
     return value
 
 
-class LabMetadata(_Model):
+class LabMetadata(StrictModel):
     name: LabName
 
 
@@ -880,7 +433,7 @@ def _listen_address(text: str) -> str:
     return text
 
 
-class HubbleRelaySpec(_Model):
+class HubbleRelaySpec(StrictModel):
     """The lab's Hubble Relay (one per lab, in the root netns)."""
 
     enabled: bool = True
@@ -889,7 +442,7 @@ class HubbleRelaySpec(_Model):
     a free one) serves TLS and requires client certificates (the lab's CA issues them)."""
 
 
-class HubbleExportSpec(_Model):
+class HubbleExportSpec(StrictModel):
     """Flow export to JSON lines on each node (upstream's ``hubble-export-file-*``)."""
 
     enabled: bool = False
@@ -897,7 +450,7 @@ class HubbleExportSpec(_Model):
     max_backups: int = Field(default=5, ge=0)
 
 
-class HubbleSpec(_Model):
+class HubbleSpec(StrictModel):
     """Hubble on every node of the lab, with the metrics a Helm install usually enables."""
 
     enabled: bool = True
@@ -909,7 +462,7 @@ class HubbleSpec(_Model):
     export: HubbleExportSpec = Field(default_factory=HubbleExportSpec)
 
 
-class LabBody(_Model):
+class LabBody(StrictModel):
     """The ``spec`` of the Lab document."""
 
     ipam: IPAMSpec = Field(default_factory=IPAMSpec)
@@ -923,7 +476,7 @@ class LabBody(_Model):
         first: dict[str, int] = {}
         for i, node in enumerate(nodes):
             if node.name in first:
-                raise _FieldProblemError(
+                raise FieldProblemError(
                     f"duplicate node name {node.name!r} (also spec.nodes[{first[node.name]}])",
                     i,
                     "name",
@@ -947,7 +500,7 @@ class LabBody(_Model):
         return nodes
 
 
-class LabSpec(_Model):
+class LabSpec(StrictModel):
     """The ``Lab`` document: the lab's name, its nodes and how pod addresses are allocated."""
 
     api_version: Literal["ciliary.io/v1alpha1"] = LAB_API_VERSION
@@ -972,202 +525,13 @@ class LabSpec(_Model):
         return self.spec.ipam
 
 
-EncapsulationMode: TypeAlias = Literal["Never", "Always", "CrossSubnet"]
-PoolUse: TypeAlias = Literal["Workload", "Tunnel"]
-PoolName = Annotated[str, AfterValidator(_dns_subdomain)]
-PoolCIDR = Annotated[IPv4Network | IPv6Network, BeforeValidator(_pool_cidr)]
-NodeSelector = Annotated[str, AfterValidator(_selector_text)]
-
-
-def _all_uses() -> list[PoolUse]:
-    return ["Workload", "Tunnel"]
-
-
-_BLOCK_SIZES: dict[int, tuple[int, int, int]] = {4: (20, 32, 26), 6: (116, 128, 122)}
-"""Per family: the smallest and largest block prefix length Calico accepts, and its default."""
-
-
-class IPPoolMetadata(_Model):
-    name: PoolName
-    labels: Labels = Field(default_factory=dict)
-    annotations: Annotations = Field(default_factory=dict)
-
-
-class IPPoolSpec(_Model):
-    """The ``spec`` of an IPPool, with Calico's fields and defaults."""
-
-    cidr: PoolCIDR
-    block_size: int = Field(default=None, validate_default=True)
-    ipip_mode: EncapsulationMode = "Never"
-    vxlan_mode: EncapsulationMode = "Never"
-    nat_outgoing: bool = False
-    disabled: bool = False
-    node_selector: NodeSelector = "all()"
-    allowed_uses: list[PoolUse] = Field(default_factory=_all_uses, min_length=1)
-    assignment_mode: Literal["Automatic", "Manual"] = "Automatic"
-
-    @field_validator("block_size", mode="before")
-    @classmethod
-    def _default_block_size(cls, value: object, info: ValidationInfo) -> object:
-        if value is not None:
-            return value
-        cidr = info.data.get("cidr")
-        return _BLOCK_SIZES[cidr.version if isinstance(cidr, IPv6Network) else 4][2]
-
-    @field_validator("block_size")
-    @classmethod
-    def _check_block_size(cls, value: int, info: ValidationInfo) -> int:
-        cidr = info.data.get("cidr")
-        if not isinstance(cidr, IPv4Network | IPv6Network):
-            return value
-        smallest, largest, _ = _BLOCK_SIZES[cidr.version]
-        if not smallest <= value <= largest:
-            raise ValueError(
-                f"expected a block size between {smallest} and {largest} for an"
-                f" IPv{cidr.version} pool, got {_show(value)}"
-            )
-        return value
-
-    @field_validator("allowed_uses")
-    @classmethod
-    def _unique_uses(cls, uses: list[str]) -> list[str]:
-        for i, use in enumerate(uses):
-            if use in uses[:i]:
-                raise _FieldProblemError(f"{use} is given twice", i)
-        return uses
-
-    @model_validator(mode="after")
-    def _check_pool(self) -> IPPoolSpec:
-        if self.ipip_mode != "Never" and self.vxlan_mode != "Never":
-            raise _FieldProblemError(
-                f"ipipMode and vxlanMode cannot both be enabled (ipipMode is {self.ipip_mode});"
-                " set one of them to Never",
-                "vxlanMode",
-            )
-        if self.cidr.version == 6 and self.ipip_mode != "Never":
-            raise _FieldProblemError(
-                "expected Never for an IPv6 pool (IPIP carries IPv4 only; use vxlanMode), got"
-                f" {_show(self.ipip_mode)}",
-                "ipipMode",
-            )
-        if self.block_size < self.cidr.prefixlen:
-            if "block_size" in self.model_fields_set:
-                raise _FieldProblemError(
-                    f"expected a block size of at least the pool's prefix length"
-                    f" {self.cidr.prefixlen} (a block lies inside the pool), got"
-                    f" {_show(self.block_size)}",
-                    "blockSize",
-                )
-            raise _FieldProblemError(
-                f"{self.cidr} is smaller than one block (/{self.block_size}, the default"
-                f" blockSize for IPv{self.cidr.version}); set blockSize to at least"
-                f" {self.cidr.prefixlen}",
-                "cidr",
-            )
-        return self
-
-
-class IPPool(_Model):
-    """An ``IPPool`` document (``projectcalico.org/v3``): a range pods take addresses from.
-
-    ``pools`` mode only. :meth:`to_calico_json` is the document in Calico's JSON shape."""
-
-    api_version: Literal["projectcalico.org/v3"] = CALICO_API_VERSION
-    kind: Literal["IPPool"] = "IPPool"
-    metadata: IPPoolMetadata
-    spec: IPPoolSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def cidr(self) -> IPv4Network | IPv6Network:
-        return self.spec.cidr
-
-    @property
-    def version(self) -> int:
-        """4 or 6."""
-        return self.spec.cidr.version
-
-    @property
-    def enabled(self) -> bool:
-        return not self.spec.disabled
-
-    @property
-    def for_workloads(self) -> bool:
-        """Whether pods may take addresses from it (``allowedUses`` has Workload)."""
-        return "Workload" in self.spec.allowed_uses
-
-    @property
-    def automatic(self) -> bool:
-        """Whether pods that name no pool take addresses from it (``assignmentMode``)."""
-        return self.spec.assignment_mode == "Automatic"
-
-    @property
-    def selector(self) -> Selector:
-        """``spec.nodeSelector``, parsed."""
-        return parse_selector(self.spec.node_selector)
-
-    def selects(self, node_labels: Mapping[str, str]) -> bool:
-        """Whether the pool's ``nodeSelector`` selects a node with these labels."""
-        return self.selector.matches(node_labels)
-
-    def to_calico_json(self) -> dict[str, Any]:
-        """The document as Calico stores it: apiVersion, kind, metadata, spec (defaults filled)."""
-        return self.model_dump(by_alias=True, mode="json")
-
-
-def _ipam_configuration_name(value: str) -> str:
-    if value != "default":
-        raise ValueError(
-            f"expected 'default' (Calico reads one IPAMConfiguration, named default), got"
-            f" {_show(value)}"
-        )
-    return value
-
-
-class IPAMConfigurationMetadata(_Model):
-    name: Annotated[str, AfterValidator(_ipam_configuration_name)]
-    labels: Labels = Field(default_factory=dict)
-    annotations: Annotations = Field(default_factory=dict)
-
-
-class IPAMConfigurationSpec(_Model):
-    """Calico's IPAM settings: block affinity and how many blocks a node may take."""
-
-    strict_affinity: bool = False
-    max_blocks_per_host: int = Field(default=20, ge=0, le=2**31 - 1)
-    """0 means unlimited."""
-    auto_allocate_blocks: bool = True
-
-
-class IPAMConfiguration(_Model):
-    """The ``IPAMConfiguration`` document (``projectcalico.org/v3``), named ``default``.
-
-    ``pools`` mode only; :attr:`LabFile.ipam_config` holds the defaults when the file has none."""
-
-    api_version: Literal["projectcalico.org/v3"] = CALICO_API_VERSION
-    kind: Literal["IPAMConfiguration"] = "IPAMConfiguration"
-    metadata: IPAMConfigurationMetadata
-    spec: IPAMConfigurationSpec = Field(default_factory=IPAMConfigurationSpec)
-
-    def to_calico_json(self) -> dict[str, Any]:
-        """The document as Calico stores it: apiVersion, kind, metadata, spec (defaults filled)."""
-        return self.model_dump(by_alias=True, mode="json")
-
-
-def _default_ipam_configuration() -> IPAMConfiguration:
-    return IPAMConfiguration(metadata=IPAMConfigurationMetadata(name="default"))
-
-
-class NamespaceMetadata(_Model):
+class NamespaceMetadata(StrictModel):
     name: ObjectName
     labels: Labels = Field(default_factory=dict)
     annotations: Annotations = Field(default_factory=dict)
 
 
-class Namespace(_Model):
+class Namespace(StrictModel):
     """A ``Namespace`` document; its labels select pods in policies (``namespaceSelector``)."""
 
     api_version: Literal["v1"] = CORE_API_VERSION
@@ -1183,12 +547,12 @@ class Namespace(_Model):
         return self.metadata.labels
 
 
-class EnvVar(_Model):
+class EnvVar(StrictModel):
     name: EnvName
     value: str = ""
 
 
-class ContainerPort(_Model):
+class ContainerPort(StrictModel):
     """A declared container port; its name can be used in policies (``toPorts`` named ports)."""
 
     name: PortName | None = None
@@ -1196,7 +560,7 @@ class ContainerPort(_Model):
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
 
 
-class Container(_Model):
+class Container(StrictModel):
     """A container: here only a command line, run in the pod's network namespace."""
 
     name: ObjectName
@@ -1216,7 +580,7 @@ class Container(_Model):
             if port.name is None:
                 continue
             if port.name in first:
-                raise _FieldProblemError(
+                raise FieldProblemError(
                     f"duplicate port name {port.name!r} (also ports[{first[port.name]}])", i, "name"
                 )
             first[port.name] = i
@@ -1226,7 +590,7 @@ class Container(_Model):
         return [*self.command, *self.args]
 
 
-class PodMetadata(_Model):
+class PodMetadata(StrictModel):
     name: ObjectName
     namespace: ObjectName = "default"
     labels: Labels = Field(default_factory=dict)
@@ -1240,18 +604,18 @@ class PodMetadata(_Model):
             try:
                 _parse_requested_ips(value)
             except ValueError as exc:
-                raise _FieldProblemError(str(exc), REQUESTED_IPS_ANNOTATION) from None
+                raise FieldProblemError(str(exc), REQUESTED_IPS_ANNOTATION) from None
         for key in (IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION):
             value = annotations.get(key)
             if value is not None:
                 try:
                     _parse_pool_names(value)
                 except ValueError as exc:
-                    raise _FieldProblemError(str(exc), key) from None
+                    raise FieldProblemError(str(exc), key) from None
         return annotations
 
 
-class PodBody(_Model):
+class PodBody(StrictModel):
     """The ``spec`` of a Pod document (Kubernetes' ``PodSpec``)."""
 
     node_name: NodeName | None = None
@@ -1265,7 +629,7 @@ class PodBody(_Model):
         first: dict[str, int] = {}
         for i, container in enumerate(containers):
             if container.name in first:
-                raise _FieldProblemError(
+                raise FieldProblemError(
                     f"duplicate container name {container.name!r}"
                     f" (also spec.containers[{first[container.name]}])",
                     i,
@@ -1280,7 +644,7 @@ class PodBody(_Model):
         return containers
 
 
-class PodSpec(_Model):
+class PodSpec(StrictModel):
     """A ``Pod`` document. In a :class:`LabFile` its namespace and node are resolved."""
 
     api_version: Literal["v1"] = CORE_API_VERSION
@@ -1402,7 +766,7 @@ class LabFile:
     other_documents: list[RawDocument]
     filename: str = "<lab>"
     ip_pools: list[IPPool] = dataclasses.field(default_factory=list)
-    ipam_config: IPAMConfiguration = dataclasses.field(default_factory=_default_ipam_configuration)
+    ipam_config: IPAMConfiguration = dataclasses.field(default_factory=default_ipam_configuration)
 
     @property
     def ipam_mode(self) -> IPAMMode:
@@ -1658,14 +1022,14 @@ def _parse_document(doc: object, filename: str, index: int) -> _Doc:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc, message = _error_message(err)
-            path = _format_path(loc)
+            loc, message = error_message(err)
+            path = format_path(loc)
             problems.append(f"{where}: {path}: {message}" if path else f"{where}: {message}")
         raise LabFileError(problems) from None
     return _Doc(index, where, value)
 
 
-_IPS_PATH = _format_path(["metadata", "annotations", REQUESTED_IPS_ANNOTATION])
+_IPS_PATH = format_path(["metadata", "annotations", REQUESTED_IPS_ANNOTATION])
 
 
 def parse_documents(
@@ -1812,7 +1176,7 @@ def _check_together(
                 if key in pod.annotations:
                     problem(
                         doc,
-                        _format_path(["metadata", "annotations", key]),
+                        format_path(["metadata", "annotations", key]),
                         f"only valid with spec.ipam.mode: pools (lab {lab.name!r} uses"
                         " cluster-pool)",
                     )
@@ -1861,7 +1225,7 @@ def _check_pools(
                     f"{doc.value.kind} documents need spec.ipam.mode: pools (lab {lab.name!r}"
                     " uses cluster-pool)",
                 )
-        return [], _default_ipam_configuration()
+        return [], default_ipam_configuration()
     ipam_config: IPAMConfiguration | None = None
     config_index = 0
     pool_docs: dict[str, _Doc] = {}
@@ -1913,7 +1277,7 @@ def _check_pools(
             f"mode pools needs at least one enabled IPPool document (apiVersion:"
             f" {CALICO_API_VERSION}, kind: IPPool) for pods, and {have}",
         )
-    return pools, ipam_config or _default_ipam_configuration()
+    return pools, ipam_config or default_ipam_configuration()
 
 
 def _overlap(a: IPv4Network | IPv6Network, b: IPv4Network | IPv6Network) -> bool:
@@ -1985,7 +1349,7 @@ def _pool_annotation_problems(
     problems: list[tuple[str, str]] = []
     for version, key in ((4, IPV4_POOLS_ANNOTATION), (6, IPV6_POOLS_ANNOTATION)):
         names = pod.requested_pools(version)
-        path = _format_path(["metadata", "annotations", key])
+        path = format_path(["metadata", "annotations", key])
         for name in names or ():
             pool = by_name.get(name)
             if pool is None:

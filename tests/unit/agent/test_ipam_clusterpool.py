@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ciliary.agent.ipam import (
-    IP_ADDRS_ANNOTATION,
-    IPAM,
-    IPV4_POOLS_ANNOTATION,
-    ClusterPoolIPAM,
-    IPAMError,
-    router_owner,
-)
+from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, IPAMError, router_owner
 from ciliary.core.models import IPAllocation, IPAMAllocateRequest
+from ciliary.k8s.calico import IPV4_POOLS_ANNOTATION, REQUESTED_IPS_ANNOTATION
 
 V4 = IPv4Network("10.200.0.0/29")  # .0 network, .1 router, .7 broadcast: 5 pod addresses
 V6 = IPv6Network("fd00:10:200::/125")  # ::0 network, ::1 router: 6 pod addresses
@@ -298,7 +292,7 @@ def test_listing(tmp_path: Path) -> None:
 def test_annotations(tmp_path: Path) -> None:
     ipam = make(tmp_path)
     ann = {
-        IP_ADDRS_ANNOTATION: '["10.200.0.6", "fd00:10:200::6"]',
+        REQUESTED_IPS_ANNOTATION: '["10.200.0.6", "fd00:10:200::6"]',
         IPV4_POOLS_ANNOTATION: '["calico-only"]',  # ignored: one pool in cluster-pool mode
     }
     assert addrs(ipam.allocate(req("c1/eth0"), pod_annotations=ann)) == [
@@ -309,4 +303,4 @@ def test_annotations(tmp_path: Path) -> None:
     got = ipam.allocate(req("c2/eth0", families=[4], requested=["10.200.0.3"]), pod_annotations=ann)
     assert addrs(got) == ["10.200.0.3"]
     with pytest.raises(IPAMError, match="ipAddrs is not valid JSON"):
-        ipam.allocate(req("c3/eth0"), pod_annotations={IP_ADDRS_ANNOTATION: "10.200.0.4"})
+        ipam.allocate(req("c3/eth0"), pod_annotations={REQUESTED_IPS_ANNOTATION: "10.200.0.4"})

@@ -10,18 +10,21 @@ from typing import Any
 import pytest
 
 from ciliary.agent.ipam import (
-    IP_ADDRS_ANNOTATION,
     IPAM,
-    IPV4_POOLS_ANNOTATION,
-    IPV6_POOLS_ANNOTATION,
-    IPAMConfig,
     IPAMError,
-    IPPool,
     PoolsIPAM,
+    ipam_config_from_document,
     load_pools,
+    pool_from_document,
     router_owner,
 )
 from ciliary.core.models import IPAllocation, IPAMAllocateRequest
+from ciliary.k8s.calico import (
+    IPV4_POOLS_ANNOTATION,
+    IPV6_POOLS_ANNOTATION,
+    REQUESTED_IPS_ANNOTATION,
+    IPAMConfiguration,
+)
 from ciliary.kvstore import FileStore
 
 
@@ -67,40 +70,97 @@ def dual(store: FileStore) -> FileStore:
 
 
 def test_pool_defaults() -> None:
-    v4 = IPPool.from_document("p", pool_doc("p", "10.1.0.0/16"))
-    v6 = IPPool.from_document("q", {"spec": {"cidr": "fd00:1::/48"}})
-    assert (v4.family, v4.block_size, v4.node_selector, v4.disabled) == (4, 26, "all()", False)
-    assert (v6.family, v6.block_size) == (6, 122)
-    assert not v4.nat_outgoing
-    again = IPPool.from_document("p", v4.to_document())
-    assert again.to_document() == v4.to_document()
+    v4 = pool_from_document("p", pool_doc("p", "10.1.0.0/16"))
+    v6 = pool_from_document("q", {"spec": {"cidr": "fd00:1::/48"}})  # the store key names it
+    assert (v4.version, v4.block_size, v4.spec.node_selector, v4.spec.disabled) == (
+        4,
+        26,
+        "all()",
+        False,
+    )
+    assert (v6.version, v6.block_size, v6.name) == (6, 122, "q")
+    assert not v4.spec.nat_outgoing
+    again = pool_from_document("p", v4.to_calico_json())
+    assert again == v4
+    assert again.to_calico_json() == v4.to_calico_json()
+
+
+INVALID = "IP pool 'p' is invalid"
 
 
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        (pool_doc("p", "10.0.0.0/33"), "IP pool 'p' has an invalid cidr '10.0.0.0/33'"),
-        (pool_doc("p", "10.0.0.1/24"), "IP pool 'p' has an invalid cidr '10.0.0.1/24'"),
-        (pool_doc("p", "10.0.0.0/16", blockSize=19), "blockSize 19 is outside 20-32 for IPv4"),
-        (pool_doc("p", "fd00::/64", blockSize=112), "blockSize 112 is outside 116-128 for IPv6"),
-        (pool_doc("p", "10.0.0.0/28", blockSize=26), "blockSize /26 is larger than the pool's"),
-        (pool_doc("p", "10.0.0.0/24", nodeSelector="zone =="), "IP pool 'p': nodeSelector:"),
-        (pool_doc("q", "10.0.0.0/24"), "metadata.name is 'q'"),
-        (pool_doc("p", "10.0.0.0/24", ipipMode="Always", vxlanMode="Always"), "cannot both"),
-        (pool_doc("p", "fd00::/64", ipipMode="Always"), "ipipMode is IPv4 only"),
+        (pool_doc("p", "10.0.0.0/33"), f"{INVALID}: spec.cidr: expected an IPv4 or IPv6 CIDR"),
+        (pool_doc("p", "10.0.0.1/24"), "got '10.0.0.1/24' (10.0.0.1/24 has host bits set)"),
+        (
+            pool_doc("p", "10.0.0.0/16", blockSize=19),
+            f"{INVALID}: spec.blockSize: expected a block size between 20 and 32 for an IPv4"
+            " pool, got int 19",
+        ),
+        (
+            pool_doc("p", "fd00::/64", blockSize=112),
+            "expected a block size between 116 and 128 for an IPv6 pool, got int 112",
+        ),
+        (
+            pool_doc("p", "10.0.0.0/28", blockSize=26),
+            f"{INVALID}: spec.blockSize: expected a block size of at least the pool's prefix"
+            " length 28",
+        ),
+        (
+            pool_doc("p", "10.0.0.0/24", nodeSelector="zone =="),
+            f"{INVALID}: spec.nodeSelector: expected a Calico selector",
+        ),
+        (pool_doc("q", "10.0.0.0/24"), f"{INVALID}: metadata.name is 'q'"),
+        (
+            pool_doc("p", "10.0.0.0/24", ipipMode="Always", vxlanMode="Always"),
+            f"{INVALID}: spec.vxlanMode: ipipMode and vxlanMode cannot both be enabled",
+        ),
+        (
+            pool_doc("p", "fd00::/64", ipipMode="Always"),
+            f"{INVALID}: spec.ipipMode: expected Never for an IPv6 pool (IPIP carries IPv4 only",
+        ),
         (pool_doc("p", "169.254.0.0/24"), "link-local"),
-        (pool_doc("p", "10.0.0.0/24", blokSize=26), "spec.blokSize: Extra inputs"),
-        (pool_doc("p", "10.0.0.0/24", vxlanMode="Sometimes"), "spec.vxlanMode"),
-        ({"kind": "IPPool"}, "IP pool 'p' is invalid: spec: Field required"),
+        (pool_doc("p", "10.0.0.0/24", blokSize=26), f"{INVALID}: spec.blokSize: unknown field"),
+        (pool_doc("p", "10.0.0.0/24", vxlanMode="Sometimes"), f"{INVALID}: spec.vxlanMode"),
+        ({"kind": "IPPool"}, f"{INVALID}: spec: required field is missing"),
     ],
 )
 def test_bad_pools_are_named(doc: dict[str, Any], message: str) -> None:
+    """The agent reads pools with the lab's model, so it says what the lab says."""
     with pytest.raises(IPAMError) as info:
-        IPPool.from_document("p", doc)
+        pool_from_document("p", doc)
     assert message in str(info.value)
     assert "IP pool 'p'" in str(info.value)
     assert "\n" not in str(info.value)
     assert info.value.kind == "invalid"
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        # formerly accepted by the agent, refused by the lab: now refused by both
+        (pool_doc("p", "10.0.0.0/24") | {"metadata": {"name": "P_1"}}, "metadata.name"),
+        (pool_doc("p", "fd00::%eth0/64"), "(a pool has no zone)"),
+        (pool_doc("p", "10.0.0.0/24", nodeSelector="_zone == 'a'"), "expected a label key"),
+        (pool_doc("p", "10.0.0.0/24", nodeSelector="(" * 65 + "all()" + ")" * 65), "nested"),
+        (pool_doc("p", "10.0.0.0/24", allowedUses=[]), "spec.allowedUses: expected at least 1"),
+        (pool_doc("p", "10.0.0.0/24", natOutgoing="true"), "expected true or false"),
+    ],
+)
+def test_former_disagreements_are_refused(doc: dict[str, Any], message: str) -> None:
+    name = str(doc["metadata"]["name"])
+    with pytest.raises(IPAMError, match=f"IP pool '{name}' is invalid") as info:
+        pool_from_document(name, doc)
+    assert message in str(info.value)
+
+
+def test_calico_fields_the_lab_used_to_refuse_are_read() -> None:
+    """disableBGPExport, the LoadBalancer use and Calico's CRD storage group are Calico's."""
+    doc = pool_doc("p", "10.0.0.0/24", disableBGPExport=True, allowedUses=["LoadBalancer"])
+    doc["apiVersion"] = "crd.projectcalico.org/v1"
+    pool = pool_from_document("p", doc)
+    assert pool.spec.disable_bgp_export and not pool.for_workloads
 
 
 def test_overlapping_pools_are_refused() -> None:
@@ -110,18 +170,24 @@ def test_overlapping_pools_are_refused() -> None:
 
 
 def test_ipam_config_defaults_and_validation(store: FileStore) -> None:
-    assert IPAMConfig.from_document(None) == IPAMConfig(False, 20, True)
-    cfg = IPAMConfig.from_document({"spec": {"strictAffinity": True, "maxBlocksPerHost": 3}})
-    assert cfg == IPAMConfig(True, 3, True)
-    assert IPAMConfig.from_document(cfg.to_document()) == cfg
+    defaults = ipam_config_from_document(None)
+    assert (defaults.spec.strict_affinity, defaults.spec.max_blocks_per_host) == (False, 20)
+    assert defaults.spec.auto_allocate_blocks
+    cfg = ipam_config_from_document({"spec": {"strictAffinity": True, "maxBlocksPerHost": 3}})
+    assert (cfg.spec.strict_affinity, cfg.spec.max_blocks_per_host) == (True, 3)
+    assert ipam_config_from_document(cfg.to_calico_json()) == cfg
+    assert isinstance(cfg, IPAMConfiguration)
     with pytest.raises(IPAMError, match=r"ipamconfigs/default is invalid: spec\.maxBlocksPerHost"):
-        IPAMConfig.from_document({"spec": {"maxBlocksPerHost": -1}})
+        ipam_config_from_document({"spec": {"maxBlocksPerHost": -1}})
+    # Calico reads one configuration, named default (the agent used to take any name)
+    with pytest.raises(IPAMError, match=r"metadata\.name: expected 'default'"):
+        ipam_config_from_document({"metadata": {"name": "other"}, "spec": {}})
 
 
 def test_invalid_pool_in_store_fails_allocation_clearly(dual: FileStore) -> None:
     ipam = PoolsIPAM("n1", {}, dual)
     dual.put("ippools", "bad", pool_doc("bad", "10.9.0.0/24", blockSize=40))
-    with pytest.raises(IPAMError, match="IP pool 'bad': blockSize 40"):
+    with pytest.raises(IPAMError, match=r"IP pool 'bad' is invalid: spec\.blockSize: expected"):
         ipam.allocate(req("c1/eth0"))
 
 
@@ -332,7 +398,7 @@ def test_pool_annotations(colors: FileStore) -> None:
         ({IPV6_POOLS_ANNOTATION: '["zzz"]'}, "not-found", "named in pod annotation"),
         ({IPV4_POOLS_ANNOTATION: "[blue"}, "invalid", "ipv4pools is not valid JSON"),
         ({IPV4_POOLS_ANNOTATION: '"blue"'}, "invalid", "must be a JSON list of strings"),
-        ({IP_ADDRS_ANNOTATION: '["10.9.9.9"]'}, "invalid", "10.9.9.9 is not in any IP pool"),
+        ({REQUESTED_IPS_ANNOTATION: '["10.9.9.9"]'}, "invalid", "10.9.9.9 is not in any IP pool"),
     ],
 )
 def test_bad_annotations(colors: FileStore, ann: dict[str, str], kind: str, message: str) -> None:
@@ -346,7 +412,7 @@ def test_bad_annotations(colors: FileStore, ann: dict[str, str], kind: str, mess
 def test_requested_addresses(colors: FileStore) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     n2 = PoolsIPAM("n2", {}, colors)
-    ann = {IP_ADDRS_ANNOTATION: json.dumps(["10.1.0.77", "fd01::77"])}
+    ann = {REQUESTED_IPS_ANNOTATION: json.dumps(["10.1.0.77", "fd01::77"])}
     got = n1.allocate(req("c1/eth0"), pod_annotations=ann)
     assert [(a.address, a.block, a.pool) for a in got] == [
         ("10.1.0.77", "10.1.0.64/28", "blue"),

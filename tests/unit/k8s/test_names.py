@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ciliary.k8s import labelselector, names
+from ciliary.k8s import fields, labelselector, names
 from ciliary.k8s.names import KeyFault, label_key_fault
-from ciliary.lab import schema as lab
 from ciliary.policy.api import labels as policy_labels
 from ciliary.policy.api import translate
 
@@ -81,13 +80,13 @@ _TEXT = st.text(alphabet="aZ09-_./:", max_size=70)
 
 @given(_TEXT)
 def test_every_surface_agrees_on_label_keys_and_values(text: str) -> None:
-    """The lab's pydantic types, the policy checker and the API server's checks used to carry
-    their own regular expressions; they now share one verdict."""
+    """The lab's pydantic types (k8s.fields), the policy checker and the API server's checks used
+    to carry their own regular expressions; they now share one verdict."""
     valid_key = label_key_fault(text) is None
     assert (labelselector.label_key_problem(text) is None) is valid_key
     assert (policy_labels.qualified_name_problem(text) is None) is valid_key
     try:
-        lab._label_key(text)
+        fields.label_key(text)
     except ValueError:
         assert not valid_key
     else:

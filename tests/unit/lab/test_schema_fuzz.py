@@ -13,13 +13,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ciliary.k8s.calicoselector import SelectorError, parse_selector
 from ciliary.lab.schema import (
     DEFAULT_SCENARIO,
     LabFile,
     LabFileError,
-    SelectorError,
     parse_lab_text,
-    parse_selector,
 )
 
 FILE = "fuzz.yaml"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ciliary.k8s.calicoselector import SelectorError, parse_selector
 from ciliary.lab import schema
 from ciliary.lab.schema import (
     IPAMConfiguration,
@@ -21,11 +22,9 @@ from ciliary.lab.schema import (
     LabFileError,
     LabSpec,
     NodeCIDRs,
-    SelectorError,
     node_cidrs,
     parse_documents,
     parse_lab_text,
-    parse_selector,
     with_running_pods,
 )
 
@@ -278,6 +277,7 @@ def test_calico_json_of_the_documents() -> None:
             "nodeSelector": 'topology.kubernetes.io/zone in {"b", "c"} && !has(gpu)',
             "allowedUses": ["Workload"],
             "assignmentMode": "Automatic",
+            "disableBGPExport": False,
         },
     }
     assert lf.ipam_config.to_calico_json() == {
@@ -588,7 +588,7 @@ def test_encapsulation_modes() -> None:
         (
             {"allowedUses": ["Workload", "Storage"]},
             "allowedUses[1]",
-            "expected 'Workload' or 'Tunnel', got 'Storage'",
+            "expected 'Workload', 'Tunnel' or 'LoadBalancer', got 'Storage'",
         ),
         ({"allowedUses": ["Tunnel", "Tunnel"]}, "allowedUses[1]", "Tunnel is given twice"),
         ({"allowedUses": []}, "allowedUses", "expected at least 1 item(s), got 0"),
@@ -599,7 +599,8 @@ def test_encapsulation_modes() -> None:
         ),
         ({"nodeSelector": ["all()"]}, "nodeSelector", "expected a string, got a list"),
         ({"ipip": {"enabled": True}}, "ipip", "unknown field"),
-        ({"disableBGPExport": True}, "disableBGPExport", "unknown field"),
+        ({"disableBGPExport": "yes"}, "disableBGPExport", "expected true or false, got 'yes'"),
+        ({"disableBgpExport": True}, "disableBgpExport", "unknown field"),
     ],
 )
 def test_pool_fields(spec: dict[str, Any], path: str, message: str) -> None:

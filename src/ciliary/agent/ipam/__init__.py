@@ -8,13 +8,14 @@ idempotent per owner so a retried CNI ADD gets the same addresses.
 """
 
 from ciliary.agent.ipam.clusterpool import ClusterPoolIPAM
-from ciliary.agent.ipam.pools import IPAMConfig, IPPool, PoolsIPAM, load_pools
-from ciliary.agent.ipam.selector import Selector, parse_selector
+from ciliary.agent.ipam.pools import (
+    PoolsIPAM,
+    ipam_config_from_document,
+    load_pools,
+    pool_from_document,
+)
 from ciliary.agent.ipam.types import (
-    IP_ADDRS_ANNOTATION,
     IPAM,
-    IPV4_POOLS_ANNOTATION,
-    IPV6_POOLS_ANNOTATION,
     ROUTER_KIND,
     IPAMError,
     router_owner,
@@ -22,17 +23,12 @@ from ciliary.agent.ipam.types import (
 
 __all__ = [
     "IPAM",
-    "IPV4_POOLS_ANNOTATION",
-    "IPV6_POOLS_ANNOTATION",
-    "IP_ADDRS_ANNOTATION",
     "ROUTER_KIND",
     "ClusterPoolIPAM",
-    "IPAMConfig",
     "IPAMError",
-    "IPPool",
     "PoolsIPAM",
-    "Selector",
+    "ipam_config_from_document",
     "load_pools",
-    "parse_selector",
+    "pool_from_document",
     "router_owner",
 ]

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ciliary.agent.ipam.persist import read_json
 from ciliary.agent.ipam.types import (
-    IP_ADDRS_ANNOTATION,
     ROUTER_KIND,
     Family,
     IPAddress,
@@ -46,6 +45,7 @@ from ciliary.core.models import (
     IPAMListing,
     IPPoolStatus,
 )
+from ciliary.k8s.calico import REQUESTED_IPS_ANNOTATION
 from ciliary.kvstore.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,9 @@ class ClusterPoolIPAM:
                     f"IP pool {name!r} not found: cluster-pool IPAM has only pool {POOL!r}",
                     "not-found",
                 )
-        requested = list(req.requested) or annotation_list(annotations, IP_ADDRS_ANNOTATION) or []
+        requested = (
+            list(req.requested) or annotation_list(annotations, REQUESTED_IPS_ANNOTATION) or []
+        )
         wanted = wanted_families(self._node, req, requested, self._ranges, "pod CIDR")
         todo = reuse_existing(req.owner, self._owners.get(req.owner, {}), wanted)
         if todo:

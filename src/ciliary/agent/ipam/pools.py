@@ -13,7 +13,8 @@ own range as in Cilium. Every allocation records the node that made it, since a 
 lives in another node's block.
 
 Document kinds in the store: ``ippools`` (Calico IPPool), ``ipamconfigs``/``default`` (Calico
-IPAMConfiguration), ``ipamblocks`` (name = block CIDR; our own format, close to Calico's
+IPAMConfiguration) — both validated with :mod:`ciliary.k8s.calico`, the model the lab writes them
+with —, ``ipamblocks`` (name = block CIDR; our own format, close to Calico's
 AllocationBlock but keyed by address).
 """
 
@@ -26,9 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import (
     IPv4Address,
-    IPv4Network,
     IPv6Address,
-    IPv6Network,
     ip_address,
     ip_network,
 )
@@ -36,12 +35,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ciliary.agent.ipam.selector import Selector, parse_selector
 from ciliary.agent.ipam.types import (
     FAMILIES,
-    IP_ADDRS_ANNOTATION,
-    IPV4_POOLS_ANNOTATION,
-    IPV6_POOLS_ANNOTATION,
     ROUTER_KIND,
     Family,
     IPAddress,
@@ -62,6 +57,15 @@ from ciliary.core.models import (
     IPAMListing,
     IPPoolStatus,
 )
+from ciliary.k8s.calico import (
+    IPV4_POOLS_ANNOTATION,
+    IPV6_POOLS_ANNOTATION,
+    REQUESTED_IPS_ANNOTATION,
+    IPAMConfiguration,
+    IPPool,
+    default_ipam_configuration,
+)
+from ciliary.k8s.fields import error_message, format_path
 from ciliary.kvstore import FileStore, Transaction
 
 POOLS_KIND = "ippools"
@@ -69,78 +73,10 @@ CONFIG_KIND = "ipamconfigs"
 CONFIG_NAME = "default"
 BLOCKS_KIND = "ipamblocks"
 
-DEFAULT_BLOCK_SIZE: dict[Family, int] = {4: 26, 6: 122}
-BLOCK_SIZE_RANGE: dict[Family, tuple[int, int]] = {4: (20, 32), 6: (116, 128)}
-_LINK_LOCAL: dict[Family, IPNetwork] = {
-    4: IPv4Network("169.254.0.0/16"),
-    6: IPv6Network("fe80::/10"),
-}
-
 AllocKind = Literal["endpoint", "ipam-plugin", "router"]
-EncapMode = Literal["Never", "Always", "CrossSubnet"]
-PoolUse = Literal["Workload", "Tunnel", "LoadBalancer"]
-
-
-def _default_uses() -> list[PoolUse]:
-    return ["Workload", "Tunnel"]
 
 
 # -- documents -------------------------------------------------------------------------------
-
-
-class _Metadata(BaseModel):
-    """Kubernetes object metadata: only the name matters here, the rest is accepted."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str | None = None
-
-
-class _IPPoolSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    cidr: str
-    block_size: int | None = Field(default=None, alias="blockSize")
-    node_selector: str = Field(default="all()", alias="nodeSelector")
-    nat_outgoing: bool = Field(default=False, alias="natOutgoing")
-    disabled: bool = False
-    ipip_mode: EncapMode = Field(default="Never", alias="ipipMode")
-    vxlan_mode: EncapMode = Field(default="Never", alias="vxlanMode")
-    allowed_uses: list[PoolUse] = Field(default_factory=_default_uses, alias="allowedUses")
-    disable_bgp_export: bool = Field(default=False, alias="disableBGPExport")
-    assignment_mode: Literal["Automatic", "Manual"] = Field(
-        default="Automatic", alias="assignmentMode"
-    )
-
-
-class _IPPoolDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    apiVersion: Literal["projectcalico.org/v3", "crd.projectcalico.org/v1"] = (  # noqa: N815
-        "projectcalico.org/v3"
-    )
-    kind: Literal["IPPool"] = "IPPool"
-    metadata: _Metadata = Field(default_factory=_Metadata)
-    spec: _IPPoolSpec
-
-
-class _IPAMConfigSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    strict_affinity: bool = Field(default=False, alias="strictAffinity")
-    max_blocks_per_host: int = Field(default=20, ge=0, alias="maxBlocksPerHost")
-    auto_allocate_blocks: bool = Field(default=True, alias="autoAllocateBlocks")
-
-
-class _IPAMConfigDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    apiVersion: Literal["projectcalico.org/v3", "crd.projectcalico.org/v1"] = (  # noqa: N815
-        "projectcalico.org/v3"
-    )
-    kind: Literal["IPAMConfiguration", "IPAMConfig"] = "IPAMConfiguration"
-    metadata: _Metadata = Field(default_factory=_Metadata)
-    spec: _IPAMConfigSpec = Field(default_factory=_IPAMConfigSpec)
 
 
 class _SlotDoc(BaseModel):
@@ -172,146 +108,48 @@ def _first_error(err: ValidationError) -> str:
 # -- pools and configuration ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class IPPool:
-    """A validated Calico IPPool."""
-
-    name: str
-    cidr: IPNetwork
-    block_size: int
-    node_selector: str
-    selector: Selector
-    nat_outgoing: bool = False
-    disabled: bool = False
-    ipip_mode: EncapMode = "Never"
-    vxlan_mode: EncapMode = "Never"
-    allowed_uses: tuple[str, ...] = ("Workload", "Tunnel")
-    disable_bgp_export: bool = False
-    assignment_mode: Literal["Automatic", "Manual"] = "Automatic"
-
-    @classmethod
-    def from_document(cls, name: str, doc: Mapping[str, Any]) -> IPPool:
-        """Validate a Calico IPPool document; ``IPAMError`` naming the pool when it is bad."""
-        try:
-            parsed = _IPPoolDoc.model_validate(doc)
-        except ValidationError as err:
-            raise IPAMError(f"IP pool {name!r} is invalid: {_first_error(err)}") from err
-        if parsed.metadata.name is not None and parsed.metadata.name != name:
-            raise IPAMError(
-                f"IP pool {name!r} is invalid: metadata.name is {parsed.metadata.name!r}"
-            )
-        spec = parsed.spec
-        try:
-            cidr = ip_network(spec.cidr.strip())
-        except ValueError as err:
-            raise IPAMError(f"IP pool {name!r} has an invalid cidr {spec.cidr!r}: {err}") from err
-        fam = family_of(cidr)
-        if cidr.overlaps(_LINK_LOCAL[fam]):
-            raise IPAMError(f"IP pool {name!r}: cidr {cidr} overlaps the link-local range")
-        block_size = spec.block_size if spec.block_size is not None else DEFAULT_BLOCK_SIZE[fam]
-        low, high = BLOCK_SIZE_RANGE[fam]
-        if not low <= block_size <= high:
-            raise IPAMError(
-                f"IP pool {name!r}: blockSize {block_size} is outside {low}-{high} for"
-                f" {family_name(fam)}"
-            )
-        if block_size < cidr.prefixlen:
-            raise IPAMError(
-                f"IP pool {name!r}: blockSize /{block_size} is larger than the pool's cidr {cidr}"
-            )
-        if spec.ipip_mode != "Never" and spec.vxlan_mode != "Never":
-            raise IPAMError(f"IP pool {name!r}: ipipMode and vxlanMode cannot both be enabled")
-        if spec.ipip_mode != "Never" and fam == 6:
-            raise IPAMError(f"IP pool {name!r}: ipipMode is IPv4 only")
-        try:
-            selector = parse_selector(spec.node_selector)
-        except IPAMError as err:
-            raise IPAMError(f"IP pool {name!r}: nodeSelector: {err}") from err
-        return cls(
-            name=name,
-            cidr=cidr,
-            block_size=block_size,
-            node_selector=spec.node_selector,
-            selector=selector,
-            nat_outgoing=spec.nat_outgoing,
-            disabled=spec.disabled,
-            ipip_mode=spec.ipip_mode,
-            vxlan_mode=spec.vxlan_mode,
-            allowed_uses=tuple(spec.allowed_uses),
-            disable_bgp_export=spec.disable_bgp_export,
-            assignment_mode=spec.assignment_mode,
-        )
-
-    def to_document(self) -> dict[str, Any]:
-        """The Calico IPPool document, as stored."""
-        return {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "IPPool",
-            "metadata": {"name": self.name},
-            "spec": {
-                "cidr": str(self.cidr),
-                "blockSize": self.block_size,
-                "nodeSelector": self.node_selector,
-                "natOutgoing": self.nat_outgoing,
-                "disabled": self.disabled,
-                "ipipMode": self.ipip_mode,
-                "vxlanMode": self.vxlan_mode,
-                "allowedUses": list(self.allowed_uses),
-                "disableBGPExport": self.disable_bgp_export,
-                "assignmentMode": self.assignment_mode,
-            },
-        }
-
-    @property
-    def family(self) -> Family:
-        return family_of(self.cidr)
-
-    def describe(self) -> str:
-        return f"IP pool {self.name!r} ({self.cidr})"
-
-    def selects(self, labels: Mapping[str, str]) -> bool:
-        return self.selector.matches(labels)
+def _problem(err: ValidationError) -> str:
+    """The first problem of a document, in the lab file's words (``spec.blockSize: expected …``)."""
+    loc, message = error_message(err.errors()[0])
+    where = format_path(loc)
+    return f"{where}: {message}" if where else message
 
 
-@dataclass(frozen=True)
-class IPAMConfig:
-    """Calico's IPAMConfiguration (defaults when the document is absent)."""
+def pool_from_document(name: str, doc: Mapping[str, Any]) -> IPPool:
+    """Validate a stored Calico IPPool document (the store key is its name when the document has
+    none); ``IPAMError`` naming the pool when it is bad."""
+    metadata = doc.get("metadata")
+    if metadata is None:
+        doc = {**doc, "metadata": {"name": name}}
+    try:
+        pool = IPPool.model_validate(doc)
+    except ValidationError as err:
+        raise IPAMError(f"IP pool {name!r} is invalid: {_problem(err)}") from err
+    if pool.name != name:
+        raise IPAMError(f"IP pool {name!r} is invalid: metadata.name is {pool.name!r}")
+    return pool
 
-    strict_affinity: bool = False
-    max_blocks_per_host: int = 20  # 0: unlimited
-    auto_allocate_blocks: bool = True
 
-    @classmethod
-    def from_document(cls, doc: Mapping[str, Any] | None) -> IPAMConfig:
-        if doc is None:
-            return cls()
-        try:
-            spec = _IPAMConfigDoc.model_validate(doc).spec
-        except ValidationError as err:
-            raise IPAMError(
-                f"IPAM configuration {CONFIG_KIND}/{CONFIG_NAME} is invalid: {_first_error(err)}"
-            ) from err
-        return cls(spec.strict_affinity, spec.max_blocks_per_host, spec.auto_allocate_blocks)
-
-    def to_document(self) -> dict[str, Any]:
-        return {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "IPAMConfiguration",
-            "metadata": {"name": CONFIG_NAME},
-            "spec": {
-                "strictAffinity": self.strict_affinity,
-                "maxBlocksPerHost": self.max_blocks_per_host,
-                "autoAllocateBlocks": self.auto_allocate_blocks,
-            },
-        }
+def ipam_config_from_document(doc: Mapping[str, Any] | None) -> IPAMConfiguration:
+    """Validate the stored IPAMConfiguration; Calico's defaults when there is none."""
+    if doc is None:
+        return default_ipam_configuration()
+    if doc.get("metadata") is None:
+        doc = {**doc, "metadata": {"name": CONFIG_NAME}}
+    try:
+        return IPAMConfiguration.model_validate(doc)
+    except ValidationError as err:
+        raise IPAMError(
+            f"IPAM configuration {CONFIG_KIND}/{CONFIG_NAME} is invalid: {_problem(err)}"
+        ) from err
 
 
 def load_pools(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, IPPool]:
     """Validate every pool document, and that no two pools overlap (their blocks would)."""
-    pools = {name: IPPool.from_document(name, doc) for name, doc in sorted(docs.items())}
-    ordered = sorted(pools.values(), key=lambda p: (p.family, int(p.cidr.network_address)))
+    pools = {name: pool_from_document(name, doc) for name, doc in sorted(docs.items())}
+    ordered = sorted(pools.values(), key=lambda p: (p.version, int(p.cidr.network_address)))
     for a, b in itertools.pairwise(ordered):
-        if a.family == b.family and a.cidr.overlaps(b.cidr):
+        if a.version == b.version and a.cidr.overlaps(b.cidr):
             raise IPAMError(f"{a.describe()} and {b.describe()} overlap")
     return pools
 
@@ -419,7 +257,7 @@ class _View:
     """The store as one transaction sees it; changed blocks are written back on success."""
 
     pools: dict[str, IPPool]
-    config: IPAMConfig
+    config: IPAMConfiguration
     blocks: dict[str, _Block]
     dirty: set[str] = field(default_factory=set)
 
@@ -486,7 +324,9 @@ class PoolsIPAM:
         does. Requested addresses come from ``req.requested``, else from the pod's
         ``cni.projectcalico.org/ipAddrs`` annotation."""
         annotations = pod_annotations or {}
-        requested = list(req.requested) or annotation_list(annotations, IP_ADDRS_ANNOTATION) or []
+        requested = (
+            list(req.requested) or annotation_list(annotations, REQUESTED_IPS_ANNOTATION) or []
+        )
         wanted = wanted_families(
             self._node,
             req,
@@ -540,9 +380,9 @@ class PoolsIPAM:
                     name=p.name,
                     cidr=str(p.cidr),
                     block_size=p.block_size,
-                    disabled=p.disabled,
-                    nat_outgoing=p.nat_outgoing,
-                    node_selector=p.node_selector,
+                    disabled=p.spec.disabled,
+                    nat_outgoing=p.spec.nat_outgoing,
+                    node_selector=p.spec.node_selector,
                     size=p.cidr.num_addresses,
                     used=used.get(p.name, 0),
                 )
@@ -561,7 +401,7 @@ class PoolsIPAM:
             return IPAMListing(
                 mode="pools",
                 node=self._node,
-                strict_affinity=view.config.strict_affinity,
+                strict_affinity=view.config.spec.strict_affinity,
                 pools=pools,
                 blocks=blocks,
                 allocations=self._collect(view, lambda s: True),
@@ -622,10 +462,10 @@ class PoolsIPAM:
         return [
             p
             for p in sorted(view.pools.values(), key=lambda p: p.name)
-            if p.family == fam
-            and not p.disabled
-            and "Workload" in p.allowed_uses
-            and p.assignment_mode == "Automatic"
+            if p.version == fam
+            and not p.spec.disabled
+            and "Workload" in p.spec.allowed_uses
+            and p.spec.assignment_mode == "Automatic"
             and p.selects(self._labels)
         ]
 
@@ -639,7 +479,7 @@ class PoolsIPAM:
             self._pool(view, name, "the request")
         annotation_of: dict[Family, str] = {4: IPV4_POOLS_ANNOTATION, 6: IPV6_POOLS_ANNOTATION}
         for fam, key in annotation_of.items():
-            names = [n for n in dict.fromkeys(explicit or []) if view.pools[n].family == fam]
+            names = [n for n in dict.fromkeys(explicit or []) if view.pools[n].version == fam]
             if names:
                 out[fam] = names
                 continue
@@ -648,7 +488,7 @@ class PoolsIPAM:
                 continue
             for name in listed:
                 pool = self._pool(view, name, f"pod annotation {key}")
-                if pool.family != fam:
+                if pool.version != fam:
                     raise IPAMError(
                         f"{pool.describe()} in pod annotation {key} is not an"
                         f" {family_name(fam)} pool"
@@ -664,14 +504,14 @@ class PoolsIPAM:
 
     def _check_usable(self, pool: IPPool) -> None:
         """A pool a request names explicitly must be able to serve this node's pods."""
-        if pool.disabled:
+        if pool.spec.disabled:
             raise IPAMError(f"{pool.describe()} is disabled", "disabled")
-        if "Workload" not in pool.allowed_uses:
+        if "Workload" not in pool.spec.allowed_uses:
             raise IPAMError(f"{pool.describe()} is not for workloads (allowedUses)")
         if not pool.selects(self._labels):
             raise IPAMError(
                 f"{pool.describe()} does not select node {self._node}"
-                f" (nodeSelector {pool.node_selector!r})"
+                f" (nodeSelector {pool.spec.node_selector!r})"
             )
 
     def _candidates(self, view: _View, fam: Family, names: list[str] | None) -> list[IPPool]:
@@ -683,9 +523,9 @@ class PoolsIPAM:
         pools = self._default_pools(view, fam)
         if not pools:
             selected = [
-                p for p in view.pools.values() if p.family == fam and p.selects(self._labels)
+                p for p in view.pools.values() if p.version == fam and p.selects(self._labels)
             ]
-            disabled = bool(selected) and all(p.disabled for p in selected)
+            disabled = bool(selected) and all(p.spec.disabled for p in selected)
             raise IPAMError(
                 f"no {'enabled ' if disabled else ''}{family_name(fam)} IP pool is usable by"
                 f" node {self._node}",
@@ -718,11 +558,11 @@ class PoolsIPAM:
                 addr = block.free_address(host_first=host_first)
                 if addr is not None:
                     return self._take(view, block, addr, slot)
-        limit = view.config.max_blocks_per_host
+        limit = view.config.spec.max_blocks_per_host
         affine = sum(
             1 for b in view.blocks.values() if b.affinity == self._affinity and b.family == fam
         )
-        may_claim = view.config.auto_allocate_blocks and (limit == 0 or affine < limit)
+        may_claim = view.config.spec.auto_allocate_blocks and (limit == 0 or affine < limit)
         if may_claim:
             for pool in pools:
                 claimed = self._claim(view, pool)
@@ -730,13 +570,13 @@ class PoolsIPAM:
                     addr = claimed.free_address(host_first=host_first)
                     assert addr is not None, f"claimed {claimed.describe()} has no free address"
                     return self._take(view, claimed, addr, slot)
-        if not view.config.strict_affinity:
+        if not view.config.spec.strict_affinity:
             for block in blocks:
                 if block.affinity != self._affinity:
                     addr = block.free_address(host_first=host_first)
                     if addr is not None:
                         return self._take(view, block, addr, slot)
-        if not view.config.auto_allocate_blocks:
+        if not view.config.spec.auto_allocate_blocks:
             no_block = "autoAllocateBlocks is off"
         elif not may_claim:
             no_block = f"node {self._node} has maxBlocksPerHost={limit} blocks"
@@ -744,7 +584,7 @@ class PoolsIPAM:
             no_block = "no unclaimed block is left"
         borrow = (
             "strictAffinity forbids borrowing from other nodes' blocks"
-            if view.config.strict_affinity
+            if view.config.spec.strict_affinity
             else "no other node's block has a free address"
         )
         names = ", ".join(f"{p.name!r} ({p.cidr})" for p in pools)
@@ -764,7 +604,7 @@ class PoolsIPAM:
         odd_sized = [
             b.cidr
             for b in view.blocks.values()
-            if b.family == pool.family and b.cidr.prefixlen != pool.block_size
+            if b.family == pool.version and b.cidr.prefixlen != pool.block_size
         ]
         for cidr in pool.cidr.subnets(new_prefix=pool.block_size):
             existing = view.blocks.get(str(cidr))
@@ -793,7 +633,7 @@ class PoolsIPAM:
         now: float,
     ) -> None:
         pool = next(
-            (p for p in view.pools.values() if p.family == addr.version and addr in p.cidr),
+            (p for p in view.pools.values() if p.version == addr.version and addr in p.cidr),
             None,
         )
         if pool is None:
@@ -811,7 +651,7 @@ class PoolsIPAM:
                 (
                     b
                     for b in view.blocks.values()
-                    if b.family == pool.family and b.cidr.overlaps(cidr)
+                    if b.family == pool.version and b.cidr.overlaps(cidr)
                 ),
                 None,
             )
@@ -822,7 +662,7 @@ class PoolsIPAM:
                 view.blocks[str(cidr)] = block
         if block.affinity is None:
             block.affinity = self._affinity
-        elif block.affinity != self._affinity and view.config.strict_affinity:
+        elif block.affinity != self._affinity and view.config.spec.strict_affinity:
             raise IPAMError(
                 f"requested address {addr} is in {block.describe()}, affine to"
                 f" {block.affinity}; strictAffinity forbids borrowing it",
@@ -843,6 +683,6 @@ class PoolsIPAM:
 
 def _load(txn: Transaction) -> _View:
     pools = load_pools(txn.list(POOLS_KIND))
-    config = IPAMConfig.from_document(txn.get(CONFIG_KIND, CONFIG_NAME))
+    config = ipam_config_from_document(txn.get(CONFIG_KIND, CONFIG_NAME))
     blocks = {name: _Block.from_document(name, doc) for name, doc in txn.list(BLOCKS_KIND).items()}
     return _View(pools, config, blocks)

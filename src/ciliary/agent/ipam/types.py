@@ -23,9 +23,6 @@ FAMILIES: tuple[Family, Family] = (4, 6)
 
 ErrorKind = Literal["exhausted", "invalid", "conflict", "not-found", "disabled"]
 
-IPV4_POOLS_ANNOTATION = "cni.projectcalico.org/ipv4pools"
-IPV6_POOLS_ANNOTATION = "cni.projectcalico.org/ipv6pools"
-IP_ADDRS_ANNOTATION = "cni.projectcalico.org/ipAddrs"
 
 ROUTER_KIND: Literal["router"] = "router"
 

@@ -1,4 +1,5 @@
-"""Calico selector subset used by IPPool nodeSelector: grammar, semantics, errors."""
+"""Calico selectors (IPPool nodeSelector): grammar, semantics, canonical form, and the cases on
+which the agent's former parser disagreed with the lab's."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ciliary.agent.ipam import IPAMError, parse_selector
+from ciliary.k8s.calicoselector import SelectorError, parse_selector
 
 NODE = {"zone": "a", "kubernetes.io/hostname": "node1", "gpu": "", "tier": "web"}
 
@@ -58,34 +59,51 @@ def test_matches(text: str, expected: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "position", "fragment"),
+    ("text", "message"),
     [
-        ("all(", 4, "expected ')'"),
-        ("all(x)", 4, "all() takes no argument"),
-        ("has()", 4, "expected a label key"),
-        ("zone", 4, "expected '==', '!=', 'in' or 'not in' after label key 'zone'"),
-        ("zone == a", 8, "expected a quoted value"),
-        ('zone == "a', 8, "unterminated string"),
-        ('zone == "a" &&', 14, "expected a label key"),
-        ('zone == "a" zone', 12, "expected '&&', '||' or end of selector"),
-        ('(zone == "a"', 12, "expected ')'"),
-        ('zone in {"a" "b"}', 13, "expected ',' or '}'"),
-        ('zone in "a"', 8, "expected '{'"),
-        ("zone not {}", 5, "expected '==', '!=', 'in' or 'not in'"),
-        ('zone = "a"', 5, "unexpected character '='"),
-        ("&& x", 0, "expected a label key"),
-        ("has(a) & has(b)", 7, "unexpected character '&'"),
+        ("all(", "expected ')' at character 5, got the end"),
+        ("all(x)", "expected ')' at character 5, got 'x'"),
+        ("has()", "expected a label key at character 5, got ')'"),
+        ("zone", "expected ==, !=, in or not in after 'zone' at character 5, got the end"),
+        ("zone == a", "expected a quoted string at character 9, got 'a'"),
+        ('zone == "a', "unterminated string at character 9"),
+        (
+            'zone == "a" &&',
+            "expected a label key, all(), has(key), '!' or '(' at character 15, got the end",
+        ),
+        ('zone == "a" zone', "expected &&, || or the end at character 13, got 'zone'"),
+        ('(zone == "a"', "expected ')' at character 13, got the end"),
+        ('zone in {"a" "b"}', "expected ',' or '}' at character 14, got '\"b\"'"),
+        ('zone in "a"', "expected '{' at character 9, got '\"a\"'"),
+        ("zone not {}", "expected ==, !=, in or not in after 'zone' at character 6, got 'not'"),
+        ('zone = "a"', "unexpected character '=' at character 6 (use == to compare)"),
+        ("&& x", "expected a label key, all(), has(key), '!' or '(' at character 1, got '&&'"),
+        ("has(a) & has(b)", "unexpected character '&' at character 8 (use &&)"),
     ],
 )
-def test_errors_name_selector_and_position(text: str, position: int, fragment: str) -> None:
-    with pytest.raises(IPAMError) as info:
+def test_errors_say_what_was_expected_and_where(text: str, message: str) -> None:
+    """Positions are 1-based characters (the agent's parser used to count from 0)."""
+    with pytest.raises(SelectorError) as info:
         parse_selector(text)
-    message = str(info.value)
-    assert info.value.kind == "invalid"
-    assert repr(text) in message
-    assert f"at position {position}:" in message
-    assert fragment in message
-    assert "\n" not in message
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("_zone == 'a'", "expected a label key at character 1, got '_zone'"),
+        ("has(a//b)", "expected a label key at character 5, got 'a//b'"),
+        ("Zone.IO/x == 'a'", "expected a label key at character 1, got 'Zone.IO/x'"),
+        ("(" * 65 + "all()" + ")" * 65, "nested more than 64 levels deep"),
+        ("!" * 65 + "all()", "nested more than 64 levels deep"),
+    ],
+)
+def test_what_the_agent_accepted_and_the_lab_refused_is_refused(text: str, message: str) -> None:
+    """The agent's parser took any word as a key and had no nesting limit (deep nesting was a
+    RecursionError); the lab refused both. One parser now, the stricter."""
+    with pytest.raises(SelectorError) as info:
+        parse_selector(text)
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize(
@@ -143,8 +161,7 @@ def test_canonical_form_means_the_same(text: str, labels: dict[str, str]) -> Non
 def test_arbitrary_text_parses_or_fails_cleanly(text: str) -> None:
     try:
         sel = parse_selector(text)
-    except IPAMError as err:
-        assert err.kind == "invalid"
+    except SelectorError as err:
         assert "\n" not in str(err)
     else:
         sel.matches(NODE)
