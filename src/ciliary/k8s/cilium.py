@@ -1,0 +1,102 @@
+"""Cilium's state objects (``cilium.io/v2``): CiliumNode, CiliumIdentity, CiliumEndpoint.
+
+These are how Cilium agents tell each other, and the operator, what they own: a node its pod
+CIDRs and addresses (CiliumNode), the cluster the label set behind an identity number
+(CiliumIdentity, named by the number), and every endpoint its identity, addresses and node
+(CiliumEndpoint). Field names are upstream's (``pkg/k8s/apis/cilium.io/v2``), some of them with
+dashes (``security-labels``, ``named-ports``), which the aliases here keep.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ciliary.k8s.meta import ObjectModel, TypedObject
+
+__all__ = [
+    "AddressPair",
+    "CiliumEndpoint",
+    "CiliumIdentity",
+    "CiliumNode",
+    "CiliumNodeSpec",
+    "EndpointIdentity",
+    "EndpointNetworking",
+    "EndpointStatus",
+    "NamedPort",
+    "NodeAddress",
+    "NodeIPAMSpec",
+]
+
+
+class NodeAddress(ObjectModel):
+    type: Literal["InternalIP", "ExternalIP", "CiliumInternalIP"]
+    ip: str
+
+
+class NodeIPAMSpec(ObjectModel):
+    pod_cidrs: list[str] = Field(default_factory=list, alias="podCIDRs")
+
+
+class CiliumNodeSpec(ObjectModel):
+    addresses: list[NodeAddress] = Field(default_factory=list)
+    ipam: NodeIPAMSpec = Field(default_factory=NodeIPAMSpec)
+
+
+class CiliumNode(TypedObject):
+    """One per node, named like the node."""
+
+    api_version: Literal["cilium.io/v2"] = "cilium.io/v2"
+    kind: Literal["CiliumNode"] = "CiliumNode"
+    spec: CiliumNodeSpec = Field(default_factory=CiliumNodeSpec)
+
+
+class CiliumIdentity(TypedObject):
+    """A security identity: named by its number, ``security-labels`` maps ``source:key`` to value
+    (``k8s:app: web``) — the label set whose pods share the identity."""
+
+    api_version: Literal["cilium.io/v2"] = "cilium.io/v2"
+    kind: Literal["CiliumIdentity"] = "CiliumIdentity"
+    security_labels: dict[str, str] = Field(default_factory=dict, alias="security-labels")
+
+    @property
+    def number(self) -> int:
+        return int(self.metadata.name)
+
+
+class EndpointIdentity(ObjectModel):
+    id: int
+    labels: list[str] = Field(default_factory=list)
+
+
+class AddressPair(ObjectModel):
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+
+class EndpointNetworking(ObjectModel):
+    addressing: list[AddressPair] = Field(default_factory=list)
+    node: str | None = None
+
+
+class NamedPort(ObjectModel):
+    name: str
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP", "ANY"] = "TCP"
+
+
+class EndpointStatus(ObjectModel):
+    id: int | None = None
+    identity: EndpointIdentity | None = None
+    networking: EndpointNetworking | None = None
+    state: str | None = None
+    named_ports: list[NamedPort] = Field(default_factory=list, alias="named-ports")
+
+
+class CiliumEndpoint(TypedObject):
+    """One per pod endpoint, named and namespaced like the pod; all of it is ``status``."""
+
+    api_version: Literal["cilium.io/v2"] = "cilium.io/v2"
+    kind: Literal["CiliumEndpoint"] = "CiliumEndpoint"
+    status: EndpointStatus = Field(default_factory=EndpointStatus)

@@ -1,0 +1,185 @@
+"""The core (``v1``) kinds a lab runs on: Namespace, Pod, Node, Service.
+
+Field names and defaults are Kubernetes' (``k8s.io/api/core/v1``), trimmed to what a lab uses:
+a pod's containers with their command, args, env and ports, its node (``nodeName``, or
+``nodeSelector`` for a scheduler to honour) and addresses; a node's pod CIDRs and addresses; a
+service's type, selector, ports and cluster IPs. Workload controllers
+(:mod:`ciliary.k8s.apps`) embed :class:`PodTemplateSpec`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ciliary.k8s.meta import ObjectMeta, ObjectModel, TypedObject
+
+__all__ = [
+    "Container",
+    "ContainerPort",
+    "EnvVar",
+    "Namespace",
+    "NamespaceSpec",
+    "Node",
+    "NodeAddress",
+    "NodeSpec",
+    "NodeStatus",
+    "Pod",
+    "PodIP",
+    "PodSpec",
+    "PodStatus",
+    "PodTemplateSpec",
+    "Protocol",
+    "Service",
+    "ServicePort",
+    "ServiceSpec",
+]
+
+Protocol = Literal["TCP", "UDP", "SCTP"]
+
+
+class NamespaceSpec(ObjectModel):
+    finalizers: list[str] = Field(default_factory=list)
+
+
+class Namespace(TypedObject):
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Namespace"] = "Namespace"
+    spec: NamespaceSpec = Field(default_factory=NamespaceSpec)
+
+
+class EnvVar(ObjectModel):
+    name: str
+    value: str = ""
+
+
+class ContainerPort(ObjectModel):
+    """A declared port; its name is what policies' named ports resolve."""
+
+    name: str | None = None
+    container_port: int = Field(ge=1, le=65535)
+    protocol: Protocol = "TCP"
+    host_port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class Container(ObjectModel):
+    name: str
+    image: str | None = None
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    working_dir: str | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        """What runs: ``command`` then ``args`` (the lab has no images to take defaults from)."""
+        return [*self.command, *self.args]
+
+
+class PodSpec(ObjectModel):
+    containers: list[Container] = Field(default_factory=list)
+    node_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    termination_grace_period_seconds: int = Field(default=30, ge=0)
+    host_network: bool = False
+    hostname: str | None = None
+    subdomain: str | None = None
+    service_account_name: str | None = None
+
+    def named_ports(self) -> dict[str, ContainerPort]:
+        """Declared ports by name, across containers (the first declaration of a name wins)."""
+        ports: dict[str, ContainerPort] = {}
+        for container in self.containers:
+            for port in container.ports:
+                if port.name is not None:
+                    ports.setdefault(port.name, port)
+        return ports
+
+
+class PodIP(ObjectModel):
+    ip: str
+
+
+class PodStatus(ObjectModel):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"] | None = None
+    pod_ip: str | None = Field(default=None, alias="podIP")
+    pod_ips: list[PodIP] = Field(default_factory=list, alias="podIPs")
+    host_ip: str | None = Field(default=None, alias="hostIP")
+    start_time: str | None = None
+
+
+class Pod(TypedObject):
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Pod"] = "Pod"
+    spec: PodSpec = Field(default_factory=PodSpec)
+    status: PodStatus = Field(default_factory=PodStatus)
+
+    @property
+    def key(self) -> str:
+        """``namespace/name`` (the namespace ``default`` when the object names none)."""
+        return f"{self.metadata.namespace or 'default'}/{self.metadata.name}"
+
+
+class PodTemplateSpec(ObjectModel):
+    """The pod a controller stamps out: metadata (labels the selector must match) and spec."""
+
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: PodSpec = Field(default_factory=PodSpec)
+
+
+class NodeSpec(ObjectModel):
+    pod_cidr: str | None = Field(default=None, alias="podCIDR")
+    pod_cidrs: list[str] = Field(default_factory=list, alias="podCIDRs")
+    provider_id: str | None = Field(default=None, alias="providerID")
+    unschedulable: bool = False
+
+
+class NodeAddress(ObjectModel):
+    type: Literal["InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"]
+    address: str
+
+
+class NodeStatus(ObjectModel):
+    addresses: list[NodeAddress] = Field(default_factory=list)
+
+
+class Node(TypedObject):
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Node"] = "Node"
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+    status: NodeStatus = Field(default_factory=NodeStatus)
+
+    def internal_ips(self) -> list[str]:
+        return [a.address for a in self.status.addresses if a.type == "InternalIP"]
+
+
+class ServicePort(ObjectModel):
+    name: str | None = None
+    protocol: Protocol = "TCP"
+    port: int = Field(ge=1, le=65535)
+    target_port: int | str | None = None  # a number or a container port's name
+    node_port: int | None = Field(default=None, ge=1, le=65535)
+    app_protocol: str | None = None
+
+
+class ServiceSpec(ObjectModel):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
+    selector: dict[str, str] = Field(default_factory=dict)
+    ports: list[ServicePort] = Field(default_factory=list)
+    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+    cluster_ips: list[str] = Field(default_factory=list, alias="clusterIPs")
+    ip_families: list[Literal["IPv4", "IPv6"]] = Field(default_factory=list, alias="ipFamilies")
+    external_name: str | None = None
+    session_affinity: Literal["None", "ClientIP"] = "None"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
+
+
+class Service(TypedObject):
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Service"] = "Service"
+    spec: ServiceSpec = Field(default_factory=ServiceSpec)
