@@ -143,7 +143,7 @@ class LabCA:
         """Where the certificate ``stem`` is (issued or not)."""
         return CertPair(self.dir / f"{stem}.crt", self.dir / f"{stem}.key")
 
-    def _issue(
+    def issue(
         self,
         stem: str,
         common_name: str,
@@ -152,6 +152,10 @@ class LabCA:
         addresses: tuple[Address, ...] = (),
         server: bool,
     ) -> CertPair:
+        """The certificate ``stem`` (``<tls dir>/<stem>.{crt,key}``) for ``common_name``, with
+        ``dns_names`` and ``addresses`` as SANs, for TLS servers (``server``) or clients; issued by
+        the lab's CA unless it exists. Hubble's certificates below and the control plane's
+        (``lab/controlplane.py``: the API server's, the admin client's) are all issued here."""
         pair = self.pair(stem)
         ca_cert, ca_key = self._ca()
         if pair.cert.is_file() and pair.key.is_file():
@@ -189,7 +193,7 @@ class LabCA:
         """The node's Hubble server certificate: upstream's name, the node's addresses and
         loopback (a client inside the node netns dials 127.0.0.1:4244)."""
         ips = tuple(ipaddress.ip_address(a) for a in (*LOOPBACK_ADDRESSES, *addresses))
-        return self._issue(
+        return self.issue(
             f"hubble-server-{node}",
             node_server_name(node, self.cluster),
             dns_names=("localhost",),
@@ -199,12 +203,12 @@ class LabCA:
 
     def relay_client(self) -> CertPair:
         """What the relay presents to the nodes' :4244 (mTLS)."""
-        return self._issue("hubble-relay-client", RELAY_CLIENT_NAME, server=False)
+        return self.issue("hubble-relay-client", RELAY_CLIENT_NAME, server=False)
 
     def relay_server(self) -> CertPair:
         """The relay's own TCP listener (loopback only in the lab)."""
         ips = tuple(ipaddress.ip_address(a) for a in LOOPBACK_ADDRESSES)
-        return self._issue(
+        return self.issue(
             "hubble-relay-server",
             RELAY_SERVER_NAME,
             dns_names=("localhost",),
@@ -214,7 +218,7 @@ class LabCA:
 
     def user_client(self) -> CertPair:
         """The certificate a user's ``ciliary hubble`` / ``hubble`` presents to a TCP relay."""
-        return self._issue(USER_CLIENT_STEM, USER_CLIENT_NAME, server=False)
+        return self.issue(USER_CLIENT_STEM, USER_CLIENT_NAME, server=False)
 
 
 def router_addresses(cidrs: list[str]) -> tuple[str, ...]:

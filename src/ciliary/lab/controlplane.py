@@ -112,15 +112,14 @@ def load(lab_dir: Path) -> ControlPlane | None:
 
 
 def _certificates(ca: LabCA) -> tuple[CertPair, CertPair]:
-    # LabCA's issuing primitive; its public methods are Hubble's certificates.
-    server = ca._issue(
+    server = ca.issue(
         SERVER_STEM,
         SERVER_STEM,
         dns_names=SERVER_NAMES,
         addresses=tuple(ipaddress.ip_address(a) for a in LOOPBACK_ADDRESSES),
         server=True,
     )
-    admin = ca._issue(ADMIN_STEM, ADMIN_USER, server=False)
+    admin = ca.issue(ADMIN_STEM, ADMIN_USER, server=False)
     return server, admin
 
 
@@ -216,24 +215,36 @@ def wait_ready(cp: ControlPlane, timeout: float = 30.0) -> None:
 def start_control_plane(
     lab_dir: Path, *, cluster: str = "lab", bookmark_interval: float = 60.0
 ) -> ControlPlane:
-    """etcd, certificates, the API server and the kubeconfig for ``lab_dir`` (created 0700)."""
+    """etcd, certificates, the API server and the kubeconfig for ``lab_dir`` (created 0700).
+
+    The API server is spawned first, on etcd's chosen port, and etcd right after: they start
+    side by side (etcd is leader in ~0.1 s, before the API server's imports are done and its
+    gRPC channel dials), so ``lab up`` pays ~0.6 s for both instead of their sum (~1.5 s)."""
     lab_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = LabCA(lab_dir, cluster)
     server, _ = _certificates(ca)
-    etcd = start_etcd(lab_dir / "etcd", log_path=lab_dir / "etcd.log")
+    etcd_port, peer_port, port = free_port(), free_port(), free_port()
+    planned = EtcdProcess(
+        0, None, f"http://127.0.0.1:{etcd_port}", lab_dir / "etcd", lab_dir / "etcd.log"
+    )
+    cp = ControlPlane(lab_dir, cluster, planned, 0, None, port, bookmark_interval)
     try:
-        port = free_port()
-        pid, started = _spawn_apiserver(
-            lab_dir, etcd, port, server=server, ca=ca, interval=bookmark_interval
+        cp.apiserver_pid, cp.apiserver_started = _spawn_apiserver(
+            lab_dir, planned, port, server=server, ca=ca, interval=bookmark_interval
         )
-        cp = ControlPlane(lab_dir, cluster, etcd, pid, started, port, bookmark_interval)
+        cp.save()  # intent first: a failure from here on stops the API server by its pid
+        cp.etcd = start_etcd(
+            planned.data_dir,
+            log_path=planned.log_path,
+            client_port=etcd_port,
+            peer_port=peer_port,
+        )
         cp.save()
         write_kubeconfig(cp)
         wait_ready(cp)
     except BaseException:
         with contextlib.suppress(Exception):
-            stop_control_plane(load(lab_dir) or ControlPlane(lab_dir, cluster, etcd, 0, None, 0, 0))
-        etcd.stop()
+            stop_control_plane(cp)
         raise
     return cp
 
@@ -284,7 +295,8 @@ def stop_control_plane(cp: ControlPlane) -> None:
     try:
         stop_apiserver(cp)
     finally:
-        cp.etcd.stop()
+        if cp.etcd.pid > 0:  # 0: not started yet (and waitpid(0) would reap any child of ours)
+            cp.etcd.stop()
 
 
 def _reap(pid: int) -> None:
