@@ -93,12 +93,15 @@ class EtcdClient:
         self.timeout = timeout
         # etcd is local: after it restarts, reconnect within a second rather than after
         # gRPC's default back-off (up to two minutes), so the API server recovers with it.
+        # Range responses of an unpaginated list easily pass gRPC's default 4 MiB receive
+        # limit (10k ConfigMaps do); etcd's Go client, kube-apiserver's, accepts up to MaxInt32.
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.max_receive_message_length", 2**31 - 1),
             ],
         )
         self._kv = rpc.KVStub(self._channel)
