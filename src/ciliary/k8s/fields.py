@@ -56,7 +56,8 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def format_path(loc: Sequence[str | int]) -> str:
-    """``('spec', 'containers', 0, 'name')`` -> ``spec.containers[0].name``; odd keys quoted."""
+    """``('spec', 'containers', 0, 'name')`` -> ``spec.containers[0].name``; odd keys quoted (and
+    cut at 80 characters)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -64,7 +65,7 @@ def format_path(loc: Sequence[str | int]) -> str:
         elif _IDENT.fullmatch(part):
             out += f".{part}" if out else part
         else:
-            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+            out += f"[{json.dumps(part, ensure_ascii=False)[:80]}]"  # keep the line readable
     return out
 
 

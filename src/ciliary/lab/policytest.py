@@ -73,9 +73,10 @@ from pydantic.alias_generators import to_camel
 
 from ciliary.client.agent import AgentClient, AgentClientError
 from ciliary.core.models import MonitorEvent, TraceHalf, TraceRequest, TraceResponse
+from ciliary.k8s.fields import format_path
 from ciliary.lab import manager
 from ciliary.lab.state import LabRecord, PodRecord
-from ciliary.policy.api.errors import format_path, one_line, show
+from ciliary.policy.api.errors import one_line, show
 
 __all__ = [
     "API_VERSION",

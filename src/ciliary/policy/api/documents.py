@@ -21,8 +21,9 @@ from typing import Any, Final
 from pydantic import BaseModel, ValidationError
 
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
+from ciliary.k8s.fields import error_message, format_path
 from ciliary.policy.api import schema
-from ciliary.policy.api.errors import PolicyError, format_path, show
+from ciliary.policy.api.errors import PolicyError, show
 from ciliary.policy.api.model import Policy, PolicyKind, Rule
 from ciliary.policy.api.translate import Translator
 
@@ -85,50 +86,6 @@ def where(filename: str, index: int, doc: object) -> str:
     return f"{filename}: document {index}" + (f" ({description})" if description else "")
 
 
-_TYPE_WORDS = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "int_parsing": "an integer",
-    "bool_type": "true or false",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-}
-
-
-def _pydantic_problem(err: Any) -> tuple[list[str | int], str]:
-    """One pydantic error as (field path, "what was expected" message)."""
-    loc: list[str | int] = [p for p in err.get("loc", ()) if isinstance(p, str | int)]
-    kind = err.get("type", "")
-    value = err.get("input")
-    ctx = err.get("ctx") or {}
-    key_problem = bool(loc) and loc[-1] == "[key]"
-    if key_problem:
-        loc = loc[:-1]
-    if kind == "extra_forbidden":
-        message = "unknown field"
-    elif kind == "invalid_key":
-        message = f"unknown field (field names are strings, got {show(value)})"
-    elif kind == "missing":
-        message = "required field is missing"
-    elif kind in _TYPE_WORDS:
-        message = f"expected {_TYPE_WORDS[kind]}, got {show(value)}"
-        if kind == "string_type" and isinstance(value, bool | int | float):
-            message += " (quote it to make it a string)"
-    elif kind == "literal_error":
-        message = f"expected {ctx.get('expected', 'one of the allowed values')}, got {show(value)}"
-    elif kind == "value_error" and isinstance(ctx.get("error"), Exception):
-        message = str(ctx["error"])
-    else:
-        message = str(err.get("msg", "invalid value")).replace("Input should be", "expected")
-        message += f", got {show(value)}"
-    if key_problem:
-        message = f"invalid key: {message}"
-    return loc, message
-
-
 def _validate(
     model: type[schema.CiliumPolicyDocument] | type[schema.NetworkPolicyDocument],
     doc: Mapping[Any, Any],
@@ -139,7 +96,7 @@ def _validate(
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc, message = _pydantic_problem(err)
+            loc, message = error_message(err)
             path = format_path(loc)
             problems.append(f"{prefix}: {path}: {message}" if path else f"{prefix}: {message}")
         return None, problems

@@ -9,15 +9,11 @@ all of them; ``str()`` is the first.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 
 from ciliary.core.yamldoc import one_line, show
 
-__all__ = ["PolicyError", "format_path", "one_line", "show"]
-
-PathPart = str | int
+__all__ = ["PolicyError", "one_line", "show"]
 
 
 class PolicyError(Exception):
@@ -36,19 +32,3 @@ class PolicyError(Exception):
 
     def __str__(self) -> str:
         return self.problems[0]
-
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def format_path(loc: Sequence[PathPart]) -> str:
-    """``('spec', 'egress', 0, 'toPorts')`` -> ``spec.egress[0].toPorts``; odd keys quoted."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _IDENT.fullmatch(part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{json.dumps(part, ensure_ascii=False)[:80]}]"
-    return out

@@ -39,9 +39,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ciliary.k8s.fields import format_path
 from ciliary.k8s.names import is_dns1123_label, is_dns1123_subdomain
 from ciliary.policy.api import schema
-from ciliary.policy.api.errors import format_path, show
+from ciliary.policy.api.errors import show
 from ciliary.policy.api.labels import (
     NAMESPACE_LABEL,
     NAMESPACE_LABELS_PREFIX,
