@@ -1,4 +1,5 @@
-"""``ciliary lab up|apply|status|exec|down|restart-agent|stop-agent|list``: a lab from the shell.
+"""``ciliary lab up|apply|status|kubeconfig|exec|down|restart-agent|stop-agent|list``: a lab from
+the shell.
 
 All the work is in ``ciliary.lab.manager``; this module only parses arguments, checks for root
 up front (building netns and loading BPF fail late and confusingly otherwise), shows progress
@@ -61,6 +62,14 @@ def register(sub: Subparsers) -> None:
     _name_flag(status)
     add_output_flag(status)
     status.set_defaults(func=run_status)
+
+    kc = lsub.add_parser(
+        "kubeconfig",
+        help="print the path of the lab's kubeconfig (kubectl --kubeconfig $(ciliary lab"
+        " kubeconfig) get pods -A)",
+    )
+    _name_flag(kc)
+    kc.set_defaults(func=run_kubeconfig)
 
     ex = lsub.add_parser(
         "exec",
@@ -157,6 +166,7 @@ def render_view(console: Console, view: LabView) -> None:
                 if view.relay is not None
                 else "(not started)",
             ),
+            ("API server", _control_plane_line(view)),
             (
                 "Supervisor",
                 "(none)"
@@ -207,6 +217,20 @@ def render_view(console: Console, view: LabView) -> None:
     print_table(console, pods)
 
 
+def _control_plane_line(view: LabView) -> str:
+    cp = view.control_plane
+    if cp is None:
+        return "(none)"
+
+    def part(what: str, alive: bool, restarts: int, last_exit: str | None) -> str:
+        text = f"{what} {'running' if alive else 'NOT running'}, {restarts} restarts"
+        return text + (f" (last: {last_exit})" if last_exit else "")
+
+    apiserver = part("apiserver", cp.apiserver_alive, cp.apiserver_restarts, cp.apiserver_last_exit)
+    etcd = part("etcd", cp.etcd_alive, cp.etcd_restarts, cp.etcd_last_exit)
+    return f"{cp.url} ({apiserver}; {etcd}; kubeconfig {cp.kubeconfig})"
+
+
 def _show(args: argparse.Namespace, ctx: Context, view: LabView) -> int:
     if wants_json(args):
         print_json(view)
@@ -242,6 +266,14 @@ def run_status(args: argparse.Namespace, ctx: Context) -> int:
     from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
 
     return _show(args, ctx, _call(lambda: manager.status(args.name)))
+
+
+def run_kubeconfig(args: argparse.Namespace, ctx: Context) -> int:
+    from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
+
+    # the bare path on stdout, for $(ciliary lab kubeconfig)
+    print(_call(lambda: manager.kubeconfig(args.name)))
+    return 0
 
 
 def normalize_pod(pod: str) -> str:

@@ -31,16 +31,19 @@ from pathlib import Path
 
 from rich.progress import Progress, TaskID
 
+from ciliary.apiserver.etcdserver import EtcdError
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.datapath.linux import bpffs, cgroup, netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.kvstore import FileStore, atomic
 from ciliary.kvstore import policies as policystore
-from ciliary.lab import certs, podsandbox, process, schema
+from ciliary.lab import certs, controlplane, kubeapi, kubelet, podsandbox, process, schema
 from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError
 from ciliary.lab.state import (
     ContainerRecord,
+    ControlPlaneRecord,
+    ControlPlaneView,
     HubbleRecord,
     LabRecord,
     LabView,
@@ -62,6 +65,9 @@ AGENT_READY_TIMEOUT = 60.0
 RELAY_READY_TIMEOUT = 20.0
 CNI_PLUGIN_DIRS = [Path("/usr/lib/cni"), Path("/opt/cni/bin")]
 NETWORK_NAME = "ciliary"
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+"""What kube-apiserver's system namespaces controller creates at start; the lab's API server
+leaves it to the lab."""
 
 
 class LabError(Exception):
@@ -149,6 +155,9 @@ SUPERVISED_FIELDS = (
     "agent_pid", "agent_start_time", "agent_log_offset",
     "agent_restarts", "agent_last_exit", "agent_last_exit_at",
 )  # fmt: skip
+SUPERVISED_CONTROL_PLANE_FIELDS = (
+    "apiserver_restarts", "apiserver_last_exit", "etcd_restarts", "etcd_last_exit",
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -170,9 +179,14 @@ def _record_lock(lab: str, *, create: bool = True) -> Iterator[None]:
 
 
 def _refresh_supervised(rec: LabRecord) -> None:
-    """Take the supervisor's fields of every node from the record on disk into ``rec``."""
+    """Take the supervisor's fields of every node (and the control plane's restart counts) from
+    the record on disk into ``rec``."""
     with contextlib.suppress(LabError):
-        on_disk = {n.name: n for n in _load(rec.name).nodes}
+        disk = _load(rec.name)
+        if disk.control_plane is not None and rec.control_plane is not None:
+            for field in SUPERVISED_CONTROL_PLANE_FIELDS:
+                setattr(rec.control_plane, field, getattr(disk.control_plane, field))
+        on_disk = {n.name: n for n in disk.nodes}
         for nrec in rec.nodes:
             if nrec.name in on_disk:
                 for field in SUPERVISED_FIELDS:
@@ -186,6 +200,16 @@ def _save(rec: LabRecord, *, agent_fields: bool = False) -> None:
         if not agent_fields:
             _refresh_supervised(rec)
         atomic.write_json(_state_file(rec.name), rec.model_dump(mode="json"))
+
+
+def update_control_plane(lab: str, change: Callable[[ControlPlaneRecord], None]) -> None:
+    """Read-modify-write the control plane's part of the record under the lock (the
+    supervisor's restart counts)."""
+    with _record_lock(lab, create=False):
+        rec = _load(lab)
+        if rec.control_plane is not None:
+            change(rec.control_plane)
+            atomic.write_json(_state_file(lab), rec.model_dump(mode="json"))
 
 
 def update_node(lab: str, node: str, change: Callable[[NodeRecord], None]) -> None:
@@ -263,6 +287,8 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     )
     _save(rec)
     try:
+        with _step(progress, "control plane: etcd + API server"):
+            _start_control_plane(rec)
         _publish_cluster(rec, lab_file)
         _publish_policies(rec.name, lab_file, policies)
         _start_supervisor(rec)
@@ -270,6 +296,9 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
                 _create_node(rec, node.name, cidrs[node.name], dict(node.labels))
+        with _step(progress, "kubectl apply: the file's manifests"):
+            text = Path(path).read_text() if path is not None else schema.DEFAULT_SCENARIO
+            _apply_manifests(rec, _manifests(text, lab_file))
         relay = lab_file.lab.spec.hubble.relay
         if rec.hubble.enabled and relay.enabled:
             with _step(progress, "hubble relay"):
@@ -281,9 +310,72 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     except BaseException as err:
         _teardown(rec)
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
-            raise LabError(f"lab up failed, nothing was left behind: {err}") from err
+            problems = getattr(err, "problems", None) or [str(err)]
+            raise LabError(
+                f"lab up failed, nothing was left behind: {err}",
+                [f"lab up failed, nothing was left behind: {problems[0]}", *problems[1:]],
+            ) from err
         raise
     return status(lab_name)
+
+
+def _start_control_plane(rec: LabRecord) -> None:
+    """etcd and the API server of the lab, data and certificates under the lab's directory (the
+    lab's CA is Hubble's too), recorded before the nodes: the cluster exists first, as with
+    kind. ``lab down`` stops both by pid and removes their data with the directory."""
+    try:
+        cp = controlplane.start_control_plane(_lab_dir(rec.name), cluster=rec.name)
+    except (controlplane.ControlPlaneError, EtcdError, OSError) as err:
+        raise LabError(f"control plane: {err}") from err
+    rec.control_plane = ControlPlaneRecord(url=cp.url, kubeconfig=str(cp.kubeconfig))
+    _save(rec)
+    api = _api(rec.name)
+    # kube-apiserver's system namespaces controller makes these at start
+    system = [_k8s_object("Namespace", n) for n in SYSTEM_NAMESPACES]
+    _api_call(lambda: [api.create(ns, exist_ok=True) for ns in system])
+
+
+def control_plane(lab: str) -> controlplane.ControlPlane | None:
+    """The lab's etcd + API server as last (re)started (None for a lab without one)."""
+    return controlplane.load(_lab_dir(lab))
+
+
+def _api(lab: str) -> kubeapi.KubeAPI:
+    cp = control_plane(lab)
+    if cp is None:
+        raise LabError(f"lab {lab!r} has no control plane (no {_lab_dir(lab)}/controlplane.json)")
+    return kubeapi.KubeAPI(cp)
+
+
+def _api_call(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except kubeapi.KubeAPIError as err:
+        raise LabError(f"API server: {err}", [f"API server: {p}" for p in err.problems]) from err
+
+
+def _manifests(text: str, lab_file: schema.LabFile) -> list[kubeapi.Obj]:
+    """Every document of the file but the Lab, pods with the node the lab scheduled them to."""
+    try:
+        raw = [doc for _, doc in load_documents(text, lab_file.filename) if isinstance(doc, dict)]
+    except YAMLDocumentError as err:
+        raise LabError(str(err)) from err
+    return kubeapi.manifests(raw, {p.key: p.node_name for p in lab_file.pods})
+
+
+def _apply_manifests(rec: LabRecord, docs: list[kubeapi.Obj]) -> None:
+    """``docs`` through the API as ``kubectl apply -f`` would (``lab.kubeapi``). Something the
+    API refuses (a 422 with its field path, ...) fails the caller, which rolls back."""
+    cp = control_plane(rec.name)
+    if cp is None:
+        raise LabError(f"lab {rec.name!r} has no control plane")
+    try:
+        kubeapi.apply(cp, docs)
+    except kubeapi.KubeAPIError as err:
+        raise LabError(
+            f"kubectl apply: {'; '.join(err.problems)}",
+            [f"kubectl apply: {p}" for p in err.problems],
+        ) from err
 
 
 def apply(path: Path, *, name: str | None = None, progress: Progress | None = None) -> LabView:
@@ -301,7 +393,15 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
         raise _file_error(err, path) from err
     policies = _policies_of(added)
     undo = _ApplyUndo.of(rec, policies)
+    api_undo: kubeapi.Snapshot | None = None
     try:
+        if rec.control_plane is not None:
+            docs = _manifests(Path(path).read_text(), added)
+            try:
+                api_undo = kubeapi.Snapshot(_api(rec.name), docs)
+            except kubeapi.KubeAPIError as err:
+                raise LabError(f"API server: {err}") from err
+            _apply_manifests(rec, docs)
         _publish_policies(rec.name, added, policies)
         store = cluster_store(rec.name)
         for ns in added.namespaces:
@@ -319,6 +419,9 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
                 _create_pod(rec, pod)
     except BaseException as err:
         undo.rollback(rec)
+        if api_undo is not None:
+            with contextlib.suppress(kubeapi.KubeAPIError):
+                api_undo.restore()
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
             raise LabError(f"lab apply failed, nothing was added: {err}") from err
         raise
@@ -500,6 +603,12 @@ def _create_node(
     _write_conflist(rec.name, node)
     netns.create(nrec.netns)
     _start_agent(rec, nrec)
+    if rec.control_plane is not None:  # kubelet registers its node once it runs
+        api = _api(rec.name)
+        path = f"/api/v1/nodes/{node}"
+        _api_call(lambda: api.create(kubelet.node(node, labels, pod_cidrs), exist_ok=True))
+        status = kubelet.node_status(node, list(certs.router_addresses(pod_cidrs)))
+        _api_call(lambda: api.patch_status(path, status))
     return nrec
 
 
@@ -776,6 +885,7 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
     )
     rec.pods.append(prec)
     _save(rec)  # intent first
+    started_at = time.time()
     # the API server knows the pod (labels, annotations) before its node plugs it in
     cluster_store(rec.name).put(
         "pods",
@@ -838,7 +948,36 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
         _save(rec)
     _check_started(prec, log_start)
     _write_dns_records(rec)
+    if rec.control_plane is not None:
+        _report_pod_running(rec, pod, prec, nrec, started_at)
     return prec
+
+
+def _report_pod_running(
+    rec: LabRecord, pod: schema.PodSpec, prec: PodRecord, nrec: NodeRecord, started_at: float
+) -> None:
+    """kubelet's part: the pod in the API (the lab's own pods, e.g. cluster DNS, are created
+    here; the file's were applied already) and, now that its containers run, its status."""
+    api = _api(rec.name)
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        **pod.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True),
+    }
+    doc.setdefault("metadata", {})["namespace"] = pod.namespace
+    doc.setdefault("spec", {})["nodeName"] = nrec.name
+    cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
+    hosts = certs.router_addresses(cidrs)
+    status = kubelet.pod_running(
+        containers=[(c.name, c.image) for c in pod.spec.containers],
+        container_id=prec.container_id,
+        pod_ips=[a.partition("/")[0] for a in (prec.ipv4, prec.ipv6) if a],
+        host_ip=hosts[0] if hosts else None,
+        started_at=started_at,
+    )
+    path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
+    _api_call(lambda: api.create(doc, exist_ok=True))
+    _api_call(lambda: api.patch_status(path, status))
 
 
 def _check_started(prec: PodRecord, log_start: int) -> None:
@@ -1060,6 +1199,9 @@ def _teardown(rec: LabRecord) -> None:
     for nrec in rec.nodes:
         _collect(errors, shutil.rmtree, Path(nrec.pin_dir), ignore_errors=False)
         _collect(errors, shutil.rmtree, Path(nrec.state_dir), ignore_errors=False)
+    cp = control_plane(rec.name)
+    if cp is not None:  # its data (etcd's) goes with the lab's directory below
+        _collect(errors, controlplane.stop_control_plane, cp)
     if root is not None:
         _collect(errors, cgroup.kill_and_remove, root / CGROUP_PARENT / rec.name)
         parent = root / CGROUP_PARENT
@@ -1131,7 +1273,35 @@ def status(name: str | None = None) -> LabView:
         if rec.relay is not None
         else None,
         supervisor_alive=_supervised(rec) if rec.supervisor is not None else None,
+        control_plane=_control_plane_view(rec),
     )
+
+
+def _control_plane_view(rec: LabRecord) -> ControlPlaneView | None:
+    cprec = rec.control_plane
+    cp = control_plane(rec.name)
+    if cprec is None or cp is None:
+        return None
+    return ControlPlaneView(
+        url=cprec.url,
+        kubeconfig=cprec.kubeconfig,
+        apiserver_pid=cp.apiserver_pid,
+        apiserver_alive=cp.apiserver_alive(),
+        apiserver_restarts=cprec.apiserver_restarts,
+        apiserver_last_exit=cprec.apiserver_last_exit,
+        etcd_pid=cp.etcd.pid,
+        etcd_alive=cp.etcd.alive(),
+        etcd_restarts=cprec.etcd_restarts,
+        etcd_last_exit=cprec.etcd_last_exit,
+    )
+
+
+def kubeconfig(name: str | None = None) -> Path:
+    """The path of the lab's kubeconfig (admin certificate embedded; ``kubectl --kubeconfig``)."""
+    rec = _load(_resolve(name))
+    if rec.control_plane is None:
+        raise LabError(f"lab {rec.name!r} has no API server (made by an older ciliary)")
+    return Path(rec.control_plane.kubeconfig)
 
 
 def _pod_env(prec: PodRecord) -> dict[str, str]:

@@ -93,6 +93,19 @@ class SupervisorRecord(_Model):
     cgroup: str | None = None
 
 
+class ControlPlaneRecord(_Model):
+    """The lab's etcd and API server. Their pids, start times and ports live in
+    ``<lab dir>/controlplane.json`` (``lab.controlplane``), rewritten by whoever (re)starts them;
+    the restart counts here are written by the supervisor only, like the agents'."""
+
+    url: str
+    kubeconfig: str
+    apiserver_restarts: int = 0
+    etcd_restarts: int = 0
+    apiserver_last_exit: str | None = None
+    etcd_last_exit: str | None = None
+
+
 class LabRecord(_Model):
     name: str
     file: str | None
@@ -105,6 +118,7 @@ class LabRecord(_Model):
     hubble: HubbleRecord = Field(default_factory=HubbleRecord)
     relay: RelayRecord | None = None
     supervisor: SupervisorRecord | None = None
+    control_plane: ControlPlaneRecord | None = None
 
 
 class NodeView(_Model):
@@ -139,6 +153,19 @@ class RelayView(_Model):
     alive: bool
 
 
+class ControlPlaneView(_Model):
+    url: str
+    kubeconfig: str
+    apiserver_pid: int | None
+    apiserver_alive: bool
+    apiserver_restarts: int = 0
+    apiserver_last_exit: str | None = None
+    etcd_pid: int | None
+    etcd_alive: bool
+    etcd_restarts: int = 0
+    etcd_last_exit: str | None = None
+
+
 class LabView(_Model):
     name: str
     file: str | None
@@ -147,3 +174,4 @@ class LabView(_Model):
     pods: list[PodView]
     relay: RelayView | None = None
     supervisor_alive: bool | None = None
+    control_plane: ControlPlaneView | None = None

@@ -13,10 +13,16 @@ starter of agents, so it is their parent and knows how each one ended:
 * ``lab restart-agent`` asks for a restart with a ``restart-<node>`` file: the agent is stopped
   (SIGTERM, SIGKILL after 5 s) and started at once, not counted (as a pod deleted by hand);
 * the restart contract holds: a stopped or dead agent leaves programs attached and maps pinned,
-  so pods keep their traffic while it is down, and the new agent restores its endpoints.
+  so pods keep their traffic while it is down, and the new agent restores its endpoints;
+* the lab's **etcd and API server** (static pods under kubelet in a kubeadm cluster) are
+  restarted the same way when they exit, each with its own back-off: etcd on its ports with its
+  data (no object or revision is lost), the API server on its port (kubeconfigs stay valid), etcd
+  first since the API server's readiness reads it. Restarts are counted in the record's
+  ``control_plane`` (``lab status``); the new pids go to ``controlplane.json``.
 
-The supervisor writes only the ``agent_*`` fields of the record, under the record's lock.
-Stopping the supervisor leaves the agents running.
+The supervisor writes only the ``agent_*`` fields of the record and the control plane's restart
+counts, under the record's lock. Stopping the supervisor leaves the agents and the control plane
+running.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from ciliary.lab import manager, process
-from ciliary.lab.state import LabRecord, NodeRecord
+from ciliary.apiserver.etcdserver import restart_etcd
+from ciliary.lab import controlplane, manager, process
+from ciliary.lab.state import ControlPlaneRecord, LabRecord, NodeRecord
 
 BACKOFF_INITIAL = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0
 TICK = 0.2
+CONTROL_PLANE = ("etcd", "apiserver")  # in restart order
 
 log = logging.getLogger("ciliary.lab.supervisor")
 
@@ -81,6 +89,8 @@ class Supervisor:
         while not self._stopping:
             try:
                 rec = manager.record(self.lab)
+                if rec.control_plane is not None:
+                    self._tend_control_plane()
                 for nrec in rec.nodes:
                     if nrec.agent_wanted:
                         self._tend(rec, nrec)
@@ -124,6 +134,41 @@ class Supervisor:
             manager.update_node(self.lab, nrec.name, note)
         elif now >= backoff.restart_at:
             self._start(rec, nrec, backoff, counted=True)
+
+    def _tend_control_plane(self) -> None:
+        cp = manager.control_plane(self.lab)
+        if cp is None:
+            return
+        for part in CONTROL_PLANE:
+            if cp.etcd.alive() if part == "etcd" else cp.apiserver_alive():
+                continue
+            # "control-plane/..." cannot be a node's name (no "/" in names)
+            backoff = self._backoff.setdefault(f"control-plane/{part}", _Backoff())
+            now = time.monotonic()
+            if backoff.restart_at is None:
+                pid = cp.etcd.pid if part == "etcd" else cp.apiserver_pid
+                how = describe_exit(process.exit_status(pid))
+                wait = backoff.exited(now)
+                log.warning("control plane: %s %s %s; restart in %.0fs", part, pid, how, wait)
+
+                def note(c: ControlPlaneRecord, part: str = part, how: str = how) -> None:
+                    setattr(c, f"{part}_last_exit", how)
+
+                manager.update_control_plane(self.lab, note)
+            elif now >= backoff.restart_at:
+                if part == "etcd":
+                    cp.etcd = restart_etcd(cp.etcd)
+                    cp.save()
+                else:
+                    controlplane.restart_apiserver(cp)
+                backoff.restart_at, backoff.started_at = None, time.monotonic()
+                log.info("control plane: %s restarted", part)
+
+                def count(c: ControlPlaneRecord, part: str = part) -> None:
+                    field = f"{part}_restarts"
+                    setattr(c, field, getattr(c, field) + 1)
+
+                manager.update_control_plane(self.lab, count)
 
     def _start(self, rec: LabRecord, nrec: NodeRecord, backoff: _Backoff, *, counted: bool) -> None:
         manager.spawn_agent(rec, nrec)
