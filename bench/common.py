@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import statistics
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,16 +29,31 @@ def tag() -> str:
     return PREFIX + secrets.token_hex(2)
 
 
+APISERVER_SUFFIX = "-apiserver"
+"""The ``apiserver`` group's control plane lives in ``<tmp>/<PREFIX>xxxx-apiserver``."""
+
+
+def apiserver_dirs() -> list[Path]:
+    return sorted(Path(tempfile.gettempdir()).glob(f"{PREFIX}*{APISERVER_SUFFIX}"))
+
+
 def sweep_leftovers(log: Callable[[str], None]) -> None:
     """What a killed run (SIGKILL: no finally blocks) left: bench labs (removed like `lab down`,
-    processes by the pids in their records) and scratch namespaces. Only names a bench run
-    makes are touched."""
-    from ciliary.lab import manager  # noqa: PLC0415  (needs root; only when a run starts)
+    processes by the pids in their records), bench control planes (etcd + API server stopped by
+    the pids in their ``controlplane.json``, data removed) and scratch namespaces. Only names a
+    bench run makes are touched."""
+    from ciliary.lab import controlplane, manager  # noqa: PLC0415  (root; only at a run's start)
 
     for lab in manager.list_labs():
         if PREFIX in lab:
             log(f"removing lab {lab} left by an interrupted bench run")
             manager.down(lab)
+    for lab_dir in apiserver_dirs():
+        log(f"removing control plane {lab_dir} left by an interrupted bench run")
+        cp = controlplane.load(lab_dir)
+        if cp is not None:
+            controlplane.stop_control_plane(cp)  # by pid and start time
+        shutil.rmtree(lab_dir, ignore_errors=True)
     listing = sh("ip", "netns", "list", check=False).stdout.split()
     for name in listing:
         if name.startswith(PREFIX):

@@ -1,7 +1,8 @@
 """Rendering of ``latest.json``: the markdown tables (``latest.md``) and the PNG plots.
 
 Every result is a dict with ``benchmark``, ``unit``, ``baseline`` (a setup name or None),
-``values`` (setup → median) and ``group``; datapath results also carry ``metric``,
+``values`` (setup → median) and ``group`` (and ``run``, date and command, when a partial run kept
+it from an earlier one); datapath results also carry ``metric``,
 ``higher_is_better`` and ``setups`` (setup → kind, entries), from which the summary (b/a, c/a)
 and the policy-scale tables and plots are built. Groups without a renderer of their own get one
 table per benchmark: setup, median, ratio against the baseline.
@@ -255,6 +256,7 @@ TITLES = {
     "cni": "CNI ADD",
     "policy": "Network policy engine and rule changes",
     "hubble": "Hubble: flows per node, losses, observe",
+    "apiserver": "Kubernetes API server on etcd: writes, watch fan-out, memory",
 }
 ABOUT = {
     "hubble": (
@@ -278,6 +280,18 @@ ABOUT = {
         "The policy engine in-process on synthetic clusters, and one rule change through the"
         " agent until the BPF map and then a real packet see it."
     ),
+    "apiserver": (
+        "`ciliary-apiserver` over TLS (client certificates of the lab CA) on a real etcd, both"
+        " started by the bench; the baseline is that etcd driven directly with aetcd in the same"
+        " run, from the same process, at the same concurrency (8 clients) and with values as long"
+        " as the stored objects. Creates are HTTPS POSTs of ConfigMaps (one guarded etcd"
+        " transaction each) against plain etcd puts; watchers are HTTP watch streams against"
+        " etcd watch streams (the API server opens one etcd watch per client watch), connected"
+        " before a writer creates the objects, so with 1 watcher the rate is bounded by the"
+        " writes. Memory: the API server process's RSS idle and with 10k ConfigMaps stored,"
+        " after one unpaginated list of all of them. Two cores are shared by etcd, the API"
+        " server and the clients."
+    ),
 }
 RENDERERS: dict[str, Renderer] = {"datapath": datapath_tables}
 PLOTTERS: dict[str, Plotter] = {"datapath": plot_datapath, "controlplane": plot_controlplane}
@@ -293,6 +307,18 @@ def to_markdown(results: dict[str, Any], order: list[str]) -> str:
         " `bench/results/*.png`).",
         "",
     ]
+    earlier: dict[tuple[str, str], list[str]] = {}
+    for res in results["benchmarks"]:
+        run = res.get("run")
+        if run is not None:
+            groups_of = earlier.setdefault((run["date"], run["command"]), [])
+            if res.get("group", "other") not in groups_of:
+                groups_of.append(res.get("group", "other"))
+    if earlier:
+        lines[-1:-1] = [
+            f"- Kept from earlier runs: {', '.join(groups)} from `{command}` run {date}."
+            for (date, command), groups in earlier.items()
+        ]
     if results.get("failed"):
         lines += [
             f"**Failed groups: {', '.join(results['failed'])}** (their tables, if any, are from"

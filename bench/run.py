@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    apiserver_bench,
     cni_latency,
     common,
     controlplane,
@@ -83,6 +84,16 @@ GROUPS = [
         "policy",
         lambda a: policy_bench.run(engine_runs=1 if a.quick else 3, flips=20 if a.quick else 60),
         "policy computation, rule change → enforced",
+    ),
+    Group(
+        "apiserver",
+        lambda a: apiserver_bench.run(
+            rounds=1 if a.quick else apiserver_bench.ROUNDS,
+            creates=300 if a.quick else apiserver_bench.CREATES,
+            stored=2_000 if a.quick else apiserver_bench.STORED,
+            log=_log,
+        ),
+        "Kubernetes API server vs its etcd: create rate, watch fan-out, RSS with 10k objects",
     ),
 ]
 
@@ -164,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             for b in old.get("benchmarks", [])
             if b.get("group") in names and b.get("group") not in ran
         ]  # groups that no longer exist go too
+        for b in keep:  # which run each kept result is from (said in latest.md's header)
+            b.setdefault(
+                "run", {"date": old["machine"]["date"], "command": old.get("command", "make bench")}
+            )
         results["benchmarks"] = [*keep, *benchmarks]
     results["failed"] = failed
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
