@@ -1,18 +1,22 @@
 """The core (``v1``) kinds a lab runs on: Namespace, Pod, Node, Service.
 
-Field names and defaults are Kubernetes' (``k8s.io/api/core/v1``), trimmed to what a lab uses:
+Field names, defaults and name rules are Kubernetes' (``k8s.io/api/core/v1``), trimmed to what a
+lab uses:
 a pod's containers with their command, args, env and ports, its node (``nodeName``, or
 ``nodeSelector`` for a scheduler to honour) and addresses; a node's pod CIDRs and addresses; a
 service's type, selector, ports and cluster IPs. Workload controllers
-(:mod:`ciliary.k8s.apps`) embed :class:`PodTemplateSpec`.
+(:mod:`ciliary.k8s.apps`) embed :class:`PodTemplateSpec`. The lab file's containers are these
+(made strict by the lab, where an unknown field is a typo).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from ciliary.k8s.fields import EnvName, FieldProblemError, ObjectName, PortName
 from ciliary.k8s.meta import ObjectMeta, ObjectModel, TypedObject
 
 __all__ = [
@@ -50,30 +54,47 @@ class Namespace(TypedObject):
 
 
 class EnvVar(ObjectModel):
-    name: str
+    name: EnvName
     value: str = ""
 
 
 class ContainerPort(ObjectModel):
-    """A declared port; its name is what policies' named ports resolve."""
+    """A declared container port; its name is what policies' named ports (``toPorts``) resolve."""
 
-    name: str | None = None
+    name: PortName | None = None
     container_port: int = Field(ge=1, le=65535)
     protocol: Protocol = "TCP"
-    host_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class Container(ObjectModel):
-    name: str
+    """What a lab runs of a container: a command line (there are no images to take one from),
+    its environment and working directory, and its declared ports."""
+
+    name: ObjectName
     image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     command: list[str] = Field(default_factory=list)
     args: list[str] = Field(default_factory=list)
-    env: list[EnvVar] = Field(default_factory=list)
+    env: Sequence[EnvVar] = Field(default_factory=list)
     working_dir: str | None = None
-    ports: list[ContainerPort] = Field(default_factory=list)
+    ports: Sequence[ContainerPort] = Field(default_factory=list)
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_port_names(cls, ports: Sequence[ContainerPort]) -> Sequence[ContainerPort]:
+        first: dict[str, int] = {}
+        for i, port in enumerate(ports):
+            if port.name is None:
+                continue
+            if port.name in first:
+                raise FieldProblemError(
+                    f"duplicate port name {port.name!r} (also ports[{first[port.name]}])", i, "name"
+                )
+            first[port.name] = i
+        return ports
 
     def argv(self) -> list[str]:
-        """What runs: ``command`` then ``args`` (the lab has no images to take defaults from)."""
+        """What runs: ``command`` then ``args``."""
         return [*self.command, *self.args]
 
 

@@ -21,26 +21,34 @@ from pydantic.alias_generators import to_camel
 
 from ciliary.core.yamldoc import show
 from ciliary.k8s.names import (
+    DNS1123_LABEL_MAX,
     is_dns1123_label,
     is_dns1123_subdomain,
+    is_env_var_name,
     is_label_value,
+    is_port_name,
     label_key_fault,
 )
 
 __all__ = [
     "Annotations",
     "DNSSubdomain",
+    "EnvName",
     "FieldProblemError",
     "LabelKey",
     "LabelValue",
     "Labels",
+    "ObjectName",
+    "PortName",
     "StrictModel",
     "dns_label",
     "dns_subdomain",
+    "env_name",
     "error_message",
     "format_path",
     "label_key",
     "label_value",
+    "port_name",
 ]
 
 
@@ -175,6 +183,24 @@ def dns_subdomain(value: str) -> str:
     return value
 
 
+def port_name(value: str) -> str:
+    if not is_port_name(value):
+        raise ValueError(
+            "expected a port name (at most 15 lowercase letters, digits and '-', with at least one"
+            f" letter, no '--', not starting or ending with '-'), got {show(value)}"
+        )
+    return value
+
+
+def env_name(value: str) -> str:
+    if not is_env_var_name(value):
+        raise ValueError(
+            "expected an environment variable name (letters, digits, '_', '-' and '.', not"
+            f" starting with a digit), got {show(value)}"
+        )
+    return value
+
+
 class StrictModel(BaseModel):
     """The base of every typed document: unknown fields are errors, values keep their YAML/JSON
     types (no "1" for 1), instances are immutable, fields are camelCase on the wire."""
@@ -193,3 +219,6 @@ LabelValue = Annotated[str, AfterValidator(label_value)]
 Labels = dict[LabelKey, LabelValue]
 Annotations = dict[LabelKey, str]
 DNSSubdomain = Annotated[str, AfterValidator(dns_subdomain)]
+ObjectName = Annotated[str, AfterValidator(dns_label(DNS1123_LABEL_MAX))]
+PortName = Annotated[str, AfterValidator(port_name)]
+EnvName = Annotated[str, AfterValidator(env_name)]

@@ -23,7 +23,9 @@ __all__ = [
     "KeyFault",
     "is_dns1123_label",
     "is_dns1123_subdomain",
+    "is_env_var_name",
     "is_label_value",
+    "is_port_name",
     "is_qualified_name_part",
     "label_key_fault",
 ]
@@ -36,6 +38,8 @@ LABEL_VALUE_MAX: Final = 63
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_ENV_VAR_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 
 
 def is_dns1123_label(text: str, max_len: int = DNS1123_LABEL_MAX) -> bool:
@@ -58,6 +62,22 @@ def is_qualified_name_part(text: str) -> bool:
 def is_label_value(text: str) -> bool:
     """Empty, or a qualified name part (at most 63 characters)."""
     return not text or is_qualified_name_part(text)
+
+
+def is_port_name(text: str) -> bool:
+    """Kubernetes' IANA_SVC_NAME (a container port's name): at most 15 lowercase alphanumerics
+    and ``-``, at least one letter, no ``--``, not starting or ending with ``-``."""
+    return (
+        len(text) <= 15
+        and _IANA_SVC_NAME.fullmatch(text) is not None
+        and "--" not in text
+        and any("a" <= c <= "z" for c in text)
+    )
+
+
+def is_env_var_name(text: str) -> bool:
+    """Letters, digits, ``_``, ``-`` and ``.``, not starting with a digit."""
+    return _ENV_VAR_NAME.fullmatch(text) is not None
 
 
 class KeyFault(enum.Enum):

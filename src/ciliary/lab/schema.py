@@ -50,6 +50,7 @@ from pydantic import (
 
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.core.yamldoc import show as _show
+from ciliary.k8s import core
 from ciliary.k8s.calico import (
     CALICO_API_VERSION,
     IPV4_POOLS_ANNOTATION,
@@ -67,6 +68,7 @@ from ciliary.k8s.fields import (
     Annotations,
     FieldProblemError,
     Labels,
+    ObjectName,
     StrictModel,
     dns_label,
     error_message,
@@ -123,7 +125,6 @@ IMPLICIT_NAMESPACES: tuple[str, ...] = ("default", "kube-system")
 
 LAB_NAME_MAX = 20  # the lab name prefixes network namespace names
 NODE_NAME_MAX = 15  # node names become interface names (IFNAMSIZ - 1)
-OBJECT_NAME_MAX = 63
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 
@@ -174,34 +175,6 @@ class LabFileError(Exception):
 # --------------------------------------------------------------------------------------------
 # Value syntax (Kubernetes' rules)
 
-_IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
-
-
-def _port_name(value: str) -> str:
-    # Kubernetes' IANA_SVC_NAME: at most 15 characters, lowercase alphanumerics and '-', at least
-    # one letter, no '--', not starting or ending with '-'.
-    if (
-        len(value) > 15
-        or not _IANA_SVC_NAME.fullmatch(value)
-        or "--" in value
-        or not re.search("[a-z]", value)
-    ):
-        raise ValueError(
-            "expected a port name (at most 15 lowercase letters, digits and '-', with at least one"
-            f" letter, no '--', not starting or ending with '-'), got {_show(value)}"
-        )
-    return value
-
-
-def _env_name(value: str) -> str:
-    if not _ENV_NAME.fullmatch(value):
-        raise ValueError(
-            "expected an environment variable name (letters, digits, '_', '-' and '.', not"
-            f" starting with a digit), got {_show(value)}"
-        )
-    return value
-
 
 def _network(family: int) -> Callable[[object], object]:
     cls: type[IPv4Network | IPv6Network] = IPv4Network if family == 4 else IPv6Network
@@ -222,9 +195,6 @@ def _network(family: int) -> Callable[[object], object]:
 
 LabName = Annotated[str, AfterValidator(dns_label(LAB_NAME_MAX))]
 NodeName = Annotated[str, AfterValidator(dns_label(NODE_NAME_MAX))]
-ObjectName = Annotated[str, AfterValidator(dns_label(OBJECT_NAME_MAX))]
-PortName = Annotated[str, AfterValidator(_port_name)]
-EnvName = Annotated[str, AfterValidator(_env_name)]
 V4Network = Annotated[IPv4Network, BeforeValidator(_network(4))]
 V6Network = Annotated[IPv6Network, BeforeValidator(_network(6))]
 
@@ -547,47 +517,19 @@ class Namespace(StrictModel):
         return self.metadata.labels
 
 
-class EnvVar(StrictModel):
-    name: EnvName
-    value: str = ""
+class EnvVar(core.EnvVar, StrictModel):
+    """``core.EnvVar``, strict: a lab file's unknown field is a typo."""
 
 
-class ContainerPort(StrictModel):
-    """A declared container port; its name can be used in policies (``toPorts`` named ports)."""
-
-    name: PortName | None = None
-    container_port: int = Field(ge=1, le=65535)
-    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+class ContainerPort(core.ContainerPort, StrictModel):
+    """``core.ContainerPort``, strict."""
 
 
-class Container(StrictModel):
-    """A container: here only a command line, run in the pod's network namespace."""
+class Container(core.Container, StrictModel):
+    """``core.Container``, strict: here only a command line, run in the pod's network namespace."""
 
-    name: ObjectName
-    image: str | None = None
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    command: list[str] = Field(default_factory=list)
-    args: list[str] = Field(default_factory=list)
-    env: list[EnvVar] = Field(default_factory=list)
-    working_dir: str | None = None
-    ports: list[ContainerPort] = Field(default_factory=list)
-
-    @field_validator("ports")
-    @classmethod
-    def _unique_port_names(cls, ports: list[ContainerPort]) -> list[ContainerPort]:
-        first: dict[str, int] = {}
-        for i, port in enumerate(ports):
-            if port.name is None:
-                continue
-            if port.name in first:
-                raise FieldProblemError(
-                    f"duplicate port name {port.name!r} (also ports[{first[port.name]}])", i, "name"
-                )
-            first[port.name] = i
-        return ports
-
-    def argv(self) -> list[str]:
-        return [*self.command, *self.args]
+    env: Sequence[EnvVar] = Field(default_factory=list)
+    ports: Sequence[ContainerPort] = Field(default_factory=list)
 
 
 class PodMetadata(StrictModel):

@@ -94,3 +94,22 @@ def test_every_surface_agrees_on_label_keys_and_values(text: str) -> None:
     valid_value = names.is_label_value(text)
     assert (labelselector.label_value_problem(text) is None) is valid_value
     assert (policy_labels.label_value_problem(text) is None) is valid_value
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "env"),
+    [
+        ("http", True, True),
+        ("web-8080", True, True),
+        ("8080", False, False),  # a port name needs a letter; an env name may not start so
+        ("a--b", False, True),
+        ("-a", False, True),
+        ("a" * 16, False, True),
+        ("HTTP", False, True),
+        ("MY_VAR.x", False, True),
+        ("", False, False),
+    ],
+)
+def test_port_and_env_var_names(text: str, port: bool, env: bool) -> None:
+    assert names.is_port_name(text) is port
+    assert names.is_env_var_name(text) is env

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from ciliary.k8s import core
 from ciliary.k8s.apps import Deployment, StatefulSet
 from ciliary.k8s.cilium import CiliumEndpoint, CiliumIdentity, CiliumNode
 from ciliary.k8s.core import Namespace, Node, Pod, Service
@@ -20,6 +22,7 @@ from ciliary.k8s.networking import (
 )
 from ciliary.k8s.objects import MODELS, ObjectError, model_for, parse_object
 from ciliary.k8s.resources import RESOURCES
+from ciliary.lab import schema
 from ciliary.policy.api import parse_policy_documents
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -251,3 +254,26 @@ def test_the_default_scenarios_objects_read_as_kubernetes_objects() -> None:
             assert isinstance(obj, Namespace | Pod)
             kinds.append(obj.kind)
     assert "Pod" in kinds
+
+
+def test_containers_are_one_model_strict_in_lab_files() -> None:
+    """The lab file's Container is core.Container made strict: the same fields and name rules
+    (port names, env names, unique port names), but an unknown field is an error there."""
+    doc = {
+        "name": "main",
+        "command": ["x"],
+        "env": [{"name": "A", "value": "1", "valueFrom": {}}],
+        "resources": {},
+    }
+    assert core.Container.model_validate(doc).env[0].name == "A"  # from the API: dropped
+    with pytest.raises(ValidationError, match=r"env\.0\.valueFrom"):
+        schema.Container.model_validate(doc)
+    assert issubclass(schema.Container, core.Container)
+    ports = [{"name": "http", "containerPort": 80}, {"name": "http", "containerPort": 81}]
+    for model in (core.Container, schema.Container):
+        with pytest.raises(
+            ValidationError, match=r"duplicate port name 'http' \(also ports\[0\]\)"
+        ):
+            model.model_validate({"name": "c", "ports": ports})
+        with pytest.raises(ValidationError, match="expected a port name"):
+            model.model_validate({"name": "c", "ports": [{"name": "HTTP", "containerPort": 80}]})
