@@ -103,6 +103,11 @@ def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
         )
         assert ps.stdout.strip() == "", f"agent of {node} still running: {ps.stdout}"
     assert not Path(f"/run/ciliary/lab/{lab}").exists(), "lab record left"
+    # etcd (--data-dir) and the API server (--tls-cert-file) name the lab's directory
+    ps = subprocess.run(
+        ["pgrep", "-af", f"/run/ciliary/lab/{lab}/"], capture_output=True, text=True, check=False
+    )
+    assert ps.stdout.strip() == "", f"control plane of {lab} still running: {ps.stdout}"
     root = cgroup2_root()
     assert root is not None
     assert not (root / "ciliary" / lab).exists(), "lab cgroups left"

@@ -1,0 +1,259 @@
+"""The machine's own kubectl against a whole lab: ``lab up`` starts etcd + the API server, applies
+the file's manifests through it and plays kubelet (Nodes, pod status), so ``kubectl get pods -o
+wide`` shows the pods' real addresses and nodes and ``kubectl wait`` sees them Ready; a file the
+lab refuses leaves nothing (no etcd, no API server, no data); the API refusing a ``lab apply``
+rolls it back; a killed API server is restarted by the lab's supervisor; ``lab down`` leaves
+nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ciliary.lab import controlplane, manager
+from ciliary.lab.certs import router_addresses
+from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
+
+pytestmark = pytest.mark.timeout(300)
+
+KUBECTL = "/usr/bin/kubectl"
+
+LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  nodes:
+  - name: {n1}
+  - name: {n2}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{team: shop}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: shop, labels: {{app: web}}}}
+spec:
+  containers:
+  - name: main
+    command: [ciliary, workload, http-server, --port, "80"]
+    ports: [{{name: http, containerPort: 80}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db, namespace: shop, labels: {{app: db}}}}
+spec:
+  containers:
+  - name: main
+    command: [ciliary, workload, pause]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: db-from-web, namespace: shop}}
+spec:
+  endpointSelector: {{matchLabels: {{app: db}}}}
+  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-ingress, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  policyTypes: [Ingress]
+  ingress: [{{ports: [{{port: 80}}]}}]
+"""
+
+BAD_CNP = """\
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bad, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress: [{toPorts: [{ports: [{port: "99999"}]}]}]
+"""
+
+
+def kubectl(
+    kubeconfig: str, *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [KUBECTL, "--kubeconfig", kubeconfig, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        input=stdin,
+    )
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def get_json(kubeconfig: str, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(kubectl(kubeconfig, "get", *args, "-o", "json").stdout)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
+    """A two-node lab from LAB; (name, nodes, kubeconfig path)."""
+    name, n1, n2 = unique("kc"), unique("n"), unique("n")
+    path = tmp_path_factory.mktemp("kubectl") / "lab.yaml"
+    path.write_text(LAB.format(lab=name, n1=n1, n2=n2))
+    try:
+        manager.up(path)
+        kubeconfig = subprocess.run(
+            [CILIARY, "lab", "kubeconfig", "--name", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        yield name, [n1, n2], kubeconfig
+    finally:
+        if name in manager.list_labs():
+            manager.down(name)
+        assert_no_leftovers(name, [n1, n2])
+
+
+def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:
+    name, nodes, kubeconfig = lab
+    assert kubeconfig == f"/run/ciliary/lab/{name}/kubeconfig"
+    assert oct(os.stat(kubeconfig).st_mode & 0o777) == "0o600"
+    view = manager.status(name)
+    assert view.control_plane is not None and view.control_plane.apiserver_alive
+    # -o wide: the pods' real addresses (the agents' IPAM) and the nodes the lab put them on
+    wide = kubectl(kubeconfig, "get", "pods", "-A", "-o", "wide").stdout
+    rows = {tuple(line.split()[:2]): line.split() for line in wide.splitlines()[1:]}
+    for pod in view.pods:
+        row = rows[(pod.namespace, pod.name)]
+        assert row[2:4] == ["1/1", "Running"], row
+        assert pod.ipv4 is not None and row[6] == pod.ipv4.partition("/")[0], (row, pod)
+        assert row[7] == pod.node, row
+    assert {("shop", "web"), ("shop", "db"), ("kube-system", "coredns")} <= set(rows)
+    web = get_json(kubeconfig, "pod", "web", "-n", "shop")
+    assert web["spec"]["nodeName"] in nodes
+    prec = manager.find_pod(manager.record(name), "shop/web")
+    addresses = [a.partition("/")[0] for a in (prec.ipv4, prec.ipv6) if a]
+    assert [a["ip"] for a in web["status"]["podIPs"]] == addresses
+    statuses = web["status"]["containerStatuses"]
+    assert [(c["name"], c["ready"], c["restartCount"], c["started"]) for c in statuses] == [
+        ("main", True, 0, True)
+    ]
+    # applied as kubectl apply does: the last-applied annotation, kubectl can diff against it
+    assert "kubectl.kubernetes.io/last-applied-configuration" in web["metadata"]["annotations"]
+    kubectl(
+        kubeconfig, "wait", "--for=condition=Ready", "pod", "-l", "app in (web,db)", "-n",
+        "shop", "--timeout=30s",
+    )  # fmt: skip
+    cnps = kubectl(kubeconfig, "get", "cnp", "-A").stdout
+    assert "db-from-web" in cnps and "shop" in cnps
+    netpols = kubectl(kubeconfig, "get", "netpol", "-n", "shop", "-o", "name").stdout.split()
+    assert netpols == ["networkpolicy.networking.k8s.io/web-ingress"]
+    node_rows = kubectl(kubeconfig, "get", "nodes", "-o", "wide").stdout.splitlines()[1:]
+    by_name = {line.split()[0]: line.split() for line in node_rows}
+    assert sorted(by_name) == sorted(nodes)
+    for n in view.nodes:
+        assert by_name[n.name][1] == "Ready"
+        assert n.ipv4_cidr is not None
+        assert by_name[n.name][5] == router_addresses([n.ipv4_cidr])[0]  # its InternalIP
+    namespaces = kubectl(kubeconfig, "get", "ns", "-o", "name").stdout.split()
+    assert {"namespace/default", "namespace/kube-system", "namespace/shop"} <= set(namespaces)
+
+
+def test_lab_apply_goes_through_the_api_and_is_rolled_back_when_refused(
+    lab: tuple[str, list[str], str], tmp_path: Path
+) -> None:
+    name, _, kubeconfig = lab
+    added = tmp_path / "more.yaml"
+    added.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cache, namespace: shop, labels: {app: c}}\n"
+        "spec:\n  containers: [{name: main, command: [ciliary, workload, pause]}]\n"
+    )
+    manager.apply(added, name=name)
+    kubectl(kubeconfig, "wait", "--for=condition=Ready", "pod/cache", "-n", "shop")
+    # A namespace the API holds in Terminating (a finalizer keeps it): the lab still knows it,
+    # the API refuses new content in it (NamespaceLifecycle), so the apply fails and rolls back.
+    # (kubectl create's generators send protobuf, which the lab's API server does not speak)
+    kubectl(
+        kubeconfig,
+        "apply",
+        "-f",
+        "-",
+        stdin="kind: Namespace\napiVersion: v1\nmetadata: {name: closing}\n",
+    )
+    kubectl(
+        kubeconfig, "patch", "namespace", "closing", "--type=merge", "-p",
+        '{"metadata":{"finalizers":["example.com/hold"]}}',
+    )  # fmt: skip
+    kubectl(kubeconfig, "delete", "namespace", "closing", "--wait=false")
+    refused = tmp_path / "refused.yaml"
+    refused.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: closing}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: shop}\n"
+        "spec:\n  containers: [{name: main, command: [ciliary, workload, pause]}]\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: doomed, namespace: closing}\n"
+        "spec:\n  containers: [{name: main, command: [ciliary, workload, pause]}]\n"
+    )
+    with pytest.raises(manager.LabError, match="being terminated"):
+        manager.apply(refused, name=name)
+    pods = {f"{p.namespace}/{p.name}" for p in manager.status(name).pods}
+    assert "shop/late" not in pods and "closing/doomed" not in pods
+    api_pods = kubectl(kubeconfig, "get", "pods", "-A", "-o", "name").stdout.split()
+    assert "pod/late" not in api_pods and "pod/doomed" not in api_pods
+    kubectl(
+        kubeconfig, "patch", "namespace", "closing", "--type=merge", "-p",
+        '{"metadata":{"finalizers":null}}',
+    )  # fmt: skip
+
+
+def test_killed_api_server_is_restarted_by_the_supervisor(lab: tuple[str, list[str], str]) -> None:
+    name, _, kubeconfig = lab
+    cp = manager.control_plane(name)
+    assert cp is not None
+    before = manager.status(name).control_plane
+    assert before is not None
+    os.kill(cp.apiserver_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        view = manager.status(name).control_plane
+        assert view is not None
+        if view.apiserver_restarts == before.apiserver_restarts + 1 and view.apiserver_alive:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the API server was not restarted: {manager.status(name).control_plane}")
+    after = controlplane.load(Path(f"/run/ciliary/lab/{name}"))
+    assert after is not None and after.apiserver_pid != cp.apiserver_pid
+    assert after.port == cp.port  # the kubeconfig stays valid
+    names = kubectl(kubeconfig, "get", "pods", "-n", "shop", "-o", "name").stdout.split()
+    assert {"pod/web", "pod/db"} <= set(names)  # etcd kept everything
+    status = subprocess.run(
+        [CILIARY, "lab", "status", "--name", name], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"https://127.0.0.1:{cp.port}" in status and "apiserver running, 1 restarts" in status
+
+
+def test_lab_up_with_an_invalid_policy_names_the_field_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    name, n1, n2 = unique("kb"), unique("n"), unique("n")
+    path = tmp_path / "bad.yaml"
+    path.write_text(LAB.format(lab=name, n1=n1, n2=n2) + BAD_CNP)
+    result = subprocess.run(
+        [CILIARY, "lab", "up", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0
+    assert "CiliumNetworkPolicy shop/bad" in result.stderr
+    assert "spec.ingress[0].toPorts[0].ports[0].port" in result.stderr
+    assert name not in manager.list_labs()
+    assert_no_leftovers(name, [n1, n2])
