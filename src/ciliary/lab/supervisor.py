@@ -156,19 +156,21 @@ class Supervisor:
 
                 manager.update_control_plane(self.lab, note)
             elif now >= backoff.restart_at:
-                if part == "etcd":
-                    cp.etcd = restart_etcd(cp.etcd)
-                    cp.save()
-                else:
-                    controlplane.restart_apiserver(cp)
-                backoff.restart_at, backoff.started_at = None, time.monotonic()
-                log.info("control plane: %s restarted", part)
+                # counted as kubelet counts a container start, also one that fails (then the
+                # next tick finds it dead again and backs off further)
+                backoff.restart_at, backoff.started_at = None, now
 
                 def count(c: ControlPlaneRecord, part: str = part) -> None:
                     field = f"{part}_restarts"
                     setattr(c, field, getattr(c, field) + 1)
 
                 manager.update_control_plane(self.lab, count)
+                if part == "etcd":
+                    cp.etcd = restart_etcd(cp.etcd)
+                    cp.save()
+                else:
+                    controlplane.restart_apiserver(cp)
+                log.info("control plane: %s restarted", part)
 
     def _start(self, rec: LabRecord, nrec: NodeRecord, backoff: _Backoff, *, counted: bool) -> None:
         manager.spawn_agent(rec, nrec)
