@@ -58,6 +58,16 @@ def resolve(group: str, version: str, segments: list[str]) -> Target:
     return Target(rt, namespace, name, sub)
 
 
+def _dry_run(request: web.Request) -> bool:
+    """``dryRun=All``: every check of the verb runs, nothing is written (any other value is
+    400, as kube-apiserver answers)."""
+    values = request.query.getall("dryRun", [])
+    for value in values:
+        if value != "All":
+            raise errors.bad_request(f'Invalid dryRun value: "{value}", supported values: All')
+    return bool(values)
+
+
 def _json(doc: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status,
@@ -291,7 +301,7 @@ class APIServer:
         body = await self._body(request)
         obj = strategy.prepare_create(rt, body, target.namespace)
         await self._namespace_exists(rt, obj)
-        if request.query.get("dryRun"):
+        if _dry_run(request):
             return _json(obj, 201)
         return _json(await self.storage.create(rt, obj), 201)
 
@@ -309,7 +319,12 @@ class APIServer:
             return strategy.prepare_update(rt, current, json.loads(json.dumps(body)))
 
         obj, _ = await self.storage.update(
-            rt, target.namespace, target.name, change, precondition_rv=precondition
+            rt,
+            target.namespace,
+            target.name,
+            change,
+            precondition_rv=precondition,
+            dry_run=_dry_run(request),
         )
         return _json(obj)
 
@@ -329,6 +344,8 @@ class APIServer:
                 patch.setdefault("metadata", {})["name"] = target.name
                 obj = strategy.prepare_create(rt, patch, target.namespace)
                 await self._namespace_exists(rt, obj)
+                if _dry_run(request):
+                    return _json(obj, 201)
                 return _json(await self.storage.create(rt, obj), 201)
         precondition = None
         if isinstance(patch, dict) and isinstance(patch.get("metadata"), dict):
@@ -341,7 +358,12 @@ class APIServer:
             return strategy.prepare_update(rt, current, patched)
 
         obj, _ = await self.storage.update(
-            rt, target.namespace, target.name, change, precondition_rv=precondition
+            rt,
+            target.namespace,
+            target.name,
+            change,
+            precondition_rv=precondition,
+            dry_run=_dry_run(request),
         )
         return _json(obj)
 
@@ -370,11 +392,19 @@ class APIServer:
             new.setdefault("spec", {})["replicas"] = replicas
             return strategy.prepare_update(rt, current, new)
 
-        obj, _ = await self.storage.update(rt, target.namespace, target.name, change)
+        obj, _ = await self.storage.update(
+            rt, target.namespace, target.name, change, dry_run=_dry_run(request)
+        )
         return _json(_scale(obj))
 
     async def _delete_one(
-        self, rt: ResourceType, namespace: str | None, name: str, precondition: int | None
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        precondition: int | None,
+        *,
+        dry_run: bool = False,
     ) -> Obj:
         def change(current: Obj) -> Outcome:
             if current["metadata"].get("finalizers"):
@@ -382,9 +412,9 @@ class APIServer:
             return DELETE
 
         obj, deleted = await self.storage.update(
-            rt, namespace, name, change, precondition_rv=precondition
+            rt, namespace, name, change, precondition_rv=precondition, dry_run=dry_run
         )
-        if deleted and rt is NAMESPACES:
+        if deleted and rt is NAMESPACES and not dry_run:
             await self._delete_namespace_content(name)
         return obj
 
@@ -419,20 +449,25 @@ class APIServer:
                     f"Precondition failed: UID in precondition: {uid}, UID in object meta:"
                     f" {current['metadata'].get('uid')}",
                 )
-        obj = await self._delete_one(target.rt, target.namespace, target.name, precondition)
+        obj = await self._delete_one(
+            target.rt, target.namespace, target.name, precondition, dry_run=_dry_run(request)
+        )
         return _json(obj)
 
     async def delete_collection(self, request: web.Request, target: Target) -> web.Response:
         rt = target.rt
         q = request.query
         match = predicate(rt, q.get("labelSelector"), q.get("fieldSelector"))
+        dry_run = _dry_run(request)
         page = await self.storage.list(rt, target.namespace, match=match)
         deleted = []
         for obj in page.items:
             meta = obj["metadata"]
             try:
                 deleted.append(
-                    await self._delete_one(rt, meta.get("namespace"), meta["name"], None)
+                    await self._delete_one(
+                        rt, meta.get("namespace"), meta["name"], None, dry_run=dry_run
+                    )
                 )
             except errors.StatusError as err:
                 if err.code != 404:

@@ -194,10 +194,13 @@ class Storage:
         fn: Callable[[Obj], Outcome],
         *,
         precondition_rv: int | None = None,
+        dry_run: bool = False,
     ) -> tuple[Obj, bool]:
         """Read-modify-write: ``fn(current)`` returns the new object (or :data:`DELETE`).
         Returns (the stored object, or the deleted one with the delete's revision; deleted?).
-        ``fn`` may raise a :class:`StatusError` (and may be called more than once)."""
+        ``fn`` may raise a :class:`StatusError` (and may be called more than once). With
+        ``dry_run`` every check runs and nothing is written: the answer is the object as it
+        would be stored, at the current resourceVersion (``dryRun=All``)."""
         key = rt.etcd_key(namespace, name)
         for _ in range(MAX_UPDATE_RETRIES):
             kv = await self._call(self.etcd.get(key))
@@ -207,6 +210,13 @@ class Storage:
                 raise errors.conflict(rt, name)
             current = decode(kv)
             new = fn(current)
+            if dry_run:
+                if new == DELETE:
+                    return current, True
+                assert not isinstance(new, str)
+                preview: Obj = json.loads(encode(new))
+                preview["metadata"]["resourceVersion"] = str(kv.mod_revision)
+                return preview, False
             if new == DELETE:
                 revision = await self._call(self.etcd.delete(key, kv.mod_revision))
                 if revision is not None:
