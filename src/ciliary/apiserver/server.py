@@ -21,7 +21,7 @@ from aiohttp import web
 from ciliary.apiserver import errors, patching, strategy, watch
 from ciliary.apiserver.filters import predicate
 from ciliary.apiserver.storage import DELETE, Obj, Outcome, Storage, parse_rv
-from ciliary.k8s import discovery, openapi, table
+from ciliary.k8s import discovery, openapi, protobuf, table
 from ciliary.k8s.resources import RESOURCES, ResourceType, UnknownResourceError, by_path
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,9 @@ class APIServer:
     # ------------------------------------------------------------------------------ writes
 
     async def _body(self, request: web.Request) -> Any:
-        """A JSON (or YAML) body; protobuf, which typed Go clients send for built-in kinds, is
-        not served (415, as a server without that codec answers)."""
+        """A JSON (or YAML) body, or protobuf for the kinds kubectl's typed create commands send
+        (:mod:`ciliary.k8s.protobuf`); other protobuf is 415, as a server without that codec
+        answers."""
         raw = await request.read()
         if not raw:
             return None
@@ -267,6 +268,14 @@ class APIServer:
                 return yaml.safe_load(raw.decode())
             if media in ("application/json", "*/*"):
                 return json.loads(raw)
+            if media == protobuf.MEDIA_TYPE:
+                return protobuf.decode(raw)
+        except protobuf.UnsupportedProtobufError as err:
+            raise errors.StatusError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in a protobuf form not served here: {err}",
+            ) from None
         except (ValueError, yaml.YAMLError) as err:
             raise errors.bad_request(
                 f"the body of the request could not be decoded: {err}"
