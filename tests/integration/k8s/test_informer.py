@@ -16,7 +16,7 @@ from ciliary.agent.k8s.informer import Backoff, Informer
 from ciliary.apiserver.etcd import EtcdClient
 from ciliary.apiserver.storage import Storage
 from ciliary.apiserver.strategy import prepare_create
-from ciliary.lab.controlplane import ControlPlane, restart_apiserver
+from ciliary.lab.controlplane import ControlPlane, restart_apiserver, restart_etcd_member
 from tests.integration.k8s.helpers import NAMESPACES, PODS, Recorder, eventually, pod, run
 
 pytestmark = pytest.mark.timeout(180)
@@ -212,6 +212,47 @@ def test_paged_list(control_plane: ControlPlane) -> None:
             await inf.wait_synced(10)
             assert [n for _, n in rec.calls] == [f"p{i:02d}" for i in range(25)]
             assert all(o["kind"] == "Pod" for o in inf.store.objects())
+        finally:
+            await inf.stop()
+
+    run(control_plane, body)
+
+
+def test_etcd_killed_mid_watch_then_converges(control_plane: ControlPlane) -> None:
+    async def body(kube: KubeClient) -> None:
+        await kube.create(PODS, pod("e0"), "t")
+        rec = Recorder()
+        inf = informer(kube, rec)
+        inf.start()
+        try:
+            await inf.wait_synced(10)
+            os.kill(control_plane.etcd.pid, signal.SIGKILL)
+            await eventually(
+                lambda: inf.last_error is not None and inf.last_error.unavailable,
+                what="the watch to fail with 503",
+            )
+            await asyncio.to_thread(restart_etcd_member, control_plane)
+            await kube.create(PODS, pod("e1"), "t")
+            await kube.delete(PODS, "e0", "t")
+            await eventually(lambda: len(rec.calls) == 3, what="e1 and e0's deletion")
+            await asyncio.sleep(0.3)
+            assert rec.calls == [("add", "e0"), ("add", "e1"), ("delete", "e0")]
+        finally:
+            await inf.stop()
+
+    run(control_plane, body)
+
+
+def test_resync_redelivers_the_store(control_plane: ControlPlane) -> None:
+    async def body(kube: KubeClient) -> None:
+        await kube.create(PODS, pod("r0"), "t")
+        rec = Recorder()
+        inf = informer(kube, rec, resync_period=0.2)
+        inf.start()
+        try:
+            await inf.wait_synced(10)
+            await eventually(lambda: rec.calls.count(("update", "r0")) >= 2, what="resyncs")
+            assert rec.calls[0] == ("add", "r0") and inf.lists == 1
         finally:
             await inf.stop()
 

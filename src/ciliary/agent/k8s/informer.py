@@ -241,6 +241,11 @@ class Informer:
                 delay = self.backoff.delay()
                 log.info("informer %s: %s, retrying in %.2fs", self.name, err, delay)
                 await asyncio.sleep(delay)
+            except Exception:  # a malformed object or a bug: start over from a fresh list
+                delay = self.backoff.delay()
+                log.exception("informer %s failed, relisting in %.2fs", self.name, delay)
+                need_list = True
+                await asyncio.sleep(delay)
 
     async def _list_and_replace(self) -> None:
         items: list[KubeObject] = []
