@@ -1,0 +1,1 @@
+"""The lab's kube-controller-manager and kube-scheduler roles, as Kubernetes API clients."""

@@ -1,0 +1,497 @@
+"""The controller manager against a real etcd + API server, with no kubelet: the test plays the
+kubelet (a task that marks every bound pod Running and Ready with an address), so what is
+checked is what the controllers and the scheduler do through the API: pods created, bound,
+spread, recreated, scaled (``kubectl scale``), rolled (``kubectl rollout status``), ordered,
+garbage-collected, and EndpointSlices that follow them."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from ciliary.k8s.resources import by_path
+from ciliary.kube.client import KubeClient, KubeError
+from tests.integration.controllers.conftest import Cluster
+
+pytestmark = pytest.mark.timeout(240)
+
+PODS = by_path("", "v1", "pods")
+NODES = by_path("", "v1", "nodes")
+SERVICES = by_path("", "v1", "services")
+NAMESPACES = by_path("", "v1", "namespaces")
+DEPLOYMENTS = by_path("apps", "v1", "deployments")
+REPLICASETS = by_path("apps", "v1", "replicasets")
+DAEMONSETS = by_path("apps", "v1", "daemonsets")
+STATEFULSETS = by_path("apps", "v1", "statefulsets")
+SLICES = by_path("discovery.k8s.io", "v1", "endpointslices")
+
+Obj = dict[str, Any]
+NS = "t"
+
+
+def node(name: str, **labels: str) -> Obj:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+
+
+def template(app: str, **extra: Any) -> Obj:
+    return {
+        "metadata": {"labels": {"app": app}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "busybox",
+                    "command": ["sleep", "infinity"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    **extra,
+                }
+            ]
+        },
+    }
+
+
+def workload(kind: str, name: str, app: str, **spec: Any) -> Obj:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": app}}, "template": template(app), **spec},
+    }
+
+
+async def pods(kube: KubeClient, selector: str = "") -> list[Obj]:
+    query = {"labelSelector": selector} if selector else {}
+    doc = await kube.request("GET", PODS.path(NS), query=query)
+    items: list[Obj] = doc["items"]
+    return sorted(items, key=lambda p: p["metadata"]["name"])
+
+
+async def eventually(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    """Until ``check`` returns something truthy (it may raise AssertionError meanwhile)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            got = await check()
+            if got:
+                return got
+            last = got
+        except AssertionError as err:
+            last = err
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {last}")
+
+
+class Kubelet:
+    """Marks bound pods Running/Ready with addresses, as the kubelet and CNI would; ``hold``
+    names pods to leave not ready."""
+
+    def __init__(self, kube: KubeClient, *, dual_stack: bool = False) -> None:
+        self.kube = kube
+        self.dual_stack = dual_stack
+        self.hold: set[str] = set()
+        self.addresses: dict[str, int] = {}
+
+    async def run(self) -> None:
+        while True:
+            for p in await pods(self.kube):
+                name = p["metadata"]["name"]
+                if not p["spec"].get("nodeName") or name in self.hold:
+                    continue
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in p.get("status", {}).get("conditions") or []
+                ):
+                    continue
+                n = self.addresses.setdefault(p["metadata"]["uid"], len(self.addresses) + 1)
+                ips = [{"ip": f"10.244.{n // 250}.{n % 250 + 2}"}]
+                if self.dual_stack:
+                    ips.append({"ip": f"fd00::{n:x}"})
+                status = {
+                    "phase": "Running",
+                    "podIP": ips[0]["ip"],
+                    "podIPs": ips,
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z",
+                        }
+                    ],
+                }
+                try:
+                    await self.kube.merge_patch(PODS, NS, name, {"status": status}, "status")
+                except KubeError as err:
+                    if err.code != 404:
+                        raise
+            await asyncio.sleep(0.05)
+
+
+def run(
+    cluster: Cluster, body: Callable[[KubeClient, Kubelet], Awaitable[None]], **kw: Any
+) -> None:
+    async def main() -> None:
+        kube = await KubeClient.connect(cluster.cp.kubeconfig)
+        kubelet = Kubelet(kube, **kw)
+        task: asyncio.Task[None] | None = None
+        try:
+            await kube.create(NAMESPACES, None, {"metadata": {"name": NS}})
+            for n in ("node1", "node2"):
+                await kube.create(NODES, None, node(n, zone=n[-1]))
+            task = asyncio.create_task(kubelet.run(), name="test-kubelet")
+            await body(kube, kubelet)
+            assert not task.done(), task.exception()
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await kube.close()
+            await asyncio.sleep(0.25)
+
+    asyncio.run(main())
+    assert cluster.manager.poll() is None, "controller-manager died"
+
+
+def kubectl(cluster: Cluster, *args: str) -> str:
+    out = subprocess.run(
+        ["kubectl", "--kubeconfig", str(cluster.cp.kubeconfig), "-n", NS, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def ready(p: Obj) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in p.get("status", {}).get("conditions") or []
+    )
+
+
+def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -> None:
+    async def body(kube: KubeClient, kubelet: Kubelet) -> None:
+        await kube.create(DEPLOYMENTS, NS, workload("Deployment", "web", "web", replicas=4))
+
+        async def spread(n: int) -> list[Obj]:
+            got = [p for p in await pods(kube, "app=web") if ready(p)]
+            if len(got) != n or len(await pods(kube, "app=web")) != n:
+                return []
+            per_node = Counter(p["spec"]["nodeName"] for p in got)
+            assert sorted(per_node.values()) == [n // 2, n - n // 2], per_node
+            return got
+
+        first = await eventually("4 ready pods spread 2/2", lambda: spread(4))
+        rs_list = (await kube.request("GET", REPLICASETS.path(NS)))["items"]
+        assert len(rs_list) == 1
+        rs = rs_list[0]
+        hash_ = rs["metadata"]["labels"]["pod-template-hash"]
+        assert rs["metadata"]["name"] == f"web-{hash_}"
+        assert rs["spec"]["selector"]["matchLabels"] == {"app": "web", "pod-template-hash": hash_}
+        deploy = await kube.get(DEPLOYMENTS, NS, "web")
+        owner = rs["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == (
+            "Deployment",
+            deploy["metadata"]["uid"],
+            True,
+        )
+        for p in first:
+            assert p["metadata"]["labels"]["pod-template-hash"] == hash_
+            assert p["metadata"]["name"].startswith(f"web-{hash_}-")
+            ref = p["metadata"]["ownerReferences"][0]
+            assert (ref["kind"], ref["uid"], ref["controller"]) == (
+                "ReplicaSet",
+                rs["metadata"]["uid"],
+                True,
+            )
+
+        async def deploy_status(n: int) -> bool:
+            st = (await kube.get(DEPLOYMENTS, NS, "web")).get("status") or {}
+            conditions = {c["type"]: c for c in st.get("conditions") or []}
+            return (
+                st.get("availableReplicas") == n
+                and st.get("readyReplicas") == n
+                and st.get("updatedReplicas") == n
+                and st.get("replicas") == n
+                and conditions.get("Available", {}).get("status") == "True"
+                and conditions.get("Progressing", {}).get("reason") == "NewReplicaSetAvailable"
+            )
+
+        await eventually("deployment status 4/4", lambda: deploy_status(4))
+
+        # a deleted pod is replaced by a new one
+        victim = first[0]["metadata"]["name"]
+        await kube.delete(PODS, NS, victim)
+
+        async def replaced() -> bool:
+            names = {p["metadata"]["name"] for p in await spread(4)}
+            return bool(names) and victim not in names
+
+        await eventually("the deleted pod replaced", replaced)
+
+        # kubectl scale, up then down (through /scale)
+        kubectl(cluster, "scale", "deployment", "web", "--replicas=6")
+        await eventually("6 pods 3/3", lambda: spread(6))
+        kubectl(cluster, "scale", "deployment", "web", "--replicas=2")
+        await eventually("2 pods 1/1", lambda: spread(2))
+        await eventually("deployment status 2/2", lambda: deploy_status(2))
+
+        # rolling update: every pod replaced by one of the new template
+        await kube.merge_patch(
+            DEPLOYMENTS,
+            NS,
+            "web",
+            {"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}},
+        )
+
+        async def rolled() -> bool:
+            got = await spread(2)
+            hashes = {p["metadata"]["labels"]["pod-template-hash"] for p in got}
+            return bool(got) and hashes != {hash_} and len(hashes) == 1
+
+        await eventually("all pods of the new template", rolled)
+        kubectl(cluster, "rollout", "status", "deployment/web", "--timeout=30s")
+        await eventually("deployment status 2/2 after the rollout", lambda: deploy_status(2))
+        sets = (await kube.request("GET", REPLICASETS.path(NS)))["items"]
+        assert len(sets) == 2
+        assert {s["spec"]["replicas"] for s in sets if s["metadata"]["name"] != f"web-{hash_}"} == {
+            2
+        }
+        assert (
+            next(s for s in sets if s["metadata"]["name"] == f"web-{hash_}")["spec"]["replicas"]
+            == 0
+        )
+
+        # deleting the Deployment deletes its ReplicaSets and their pods
+        await kube.delete(DEPLOYMENTS, NS, "web")
+
+        async def collected() -> bool:
+            left_rs = (await kube.request("GET", REPLICASETS.path(NS)))["items"]
+            return not left_rs and not await pods(kube)
+
+        await eventually("ReplicaSets and pods garbage-collected", collected)
+
+    run(cluster, body)
+
+
+def test_daemonset_one_pod_per_matching_node(cluster: Cluster) -> None:
+    async def body(kube: KubeClient, kubelet: Kubelet) -> None:
+        await kube.create(DAEMONSETS, NS, workload("DaemonSet", "agent", "agent"))
+
+        async def one_each(nodes: set[str]) -> bool:
+            got = await pods(kube, "app=agent")
+            on = [p["spec"].get("nodeName") for p in got]
+            return sorted(on) == sorted(nodes) and all(ready(p) for p in got)
+
+        await eventually("a pod on node1 and node2", lambda: one_each({"node1", "node2"}))
+        # a third node gets one; a node selector restricts them
+        await kube.create(NODES, None, node("node3", zone="3", role="edge"))
+        await eventually("a pod on each of 3 nodes", lambda: one_each({"node1", "node2", "node3"}))
+
+        async def status(n: int) -> bool:
+            st = (await kube.get(DAEMONSETS, NS, "agent")).get("status") or {}
+            return st.get("desiredNumberScheduled") == n and st.get("numberReady") == n
+
+        await eventually("daemonset status 3/3", lambda: status(3))
+        await kube.merge_patch(
+            DAEMONSETS,
+            NS,
+            "agent",
+            {"spec": {"template": {"spec": {"nodeSelector": {"role": "edge"}}}}},
+        )
+        await eventually("only node3 keeps a pod", lambda: one_each({"node3"}))
+        await eventually("daemonset status 1/1", lambda: status(1))
+
+        # the scheduler: a bare pod with a nodeSelector goes to the only matching node, one
+        # matching no node stays Pending with the scheduler's reason
+        for name, selector in (("pinned", {"zone": "2"}), ("nowhere", {"zone": "9"})):
+            await kube.create(
+                PODS,
+                NS,
+                {
+                    "metadata": {"name": name},
+                    "spec": {"nodeSelector": selector, **template("x")["spec"]},
+                },
+            )
+
+        async def placed() -> bool:
+            pinned = await kube.get(PODS, NS, "pinned")
+            nowhere = await kube.get(PODS, NS, "nowhere")
+            conditions = {c["type"]: c for c in nowhere.get("status", {}).get("conditions") or []}
+            return (
+                pinned["spec"].get("nodeName") == "node2"
+                and "nodeName" not in nowhere["spec"]
+                and conditions.get("PodScheduled", {}).get("reason") == "Unschedulable"
+                and "0/3 nodes are available" in conditions["PodScheduled"]["message"]
+            )
+
+        await eventually("pinned on node2, nowhere unschedulable", placed)
+
+    run(cluster, body)
+
+
+def test_statefulset_ordered_create_and_scale_down(cluster: Cluster) -> None:
+    async def body(kube: KubeClient, kubelet: Kubelet) -> None:
+        kubelet.hold = {"db-0", "db-1", "db-2"}
+        await kube.create(
+            STATEFULSETS, NS, workload("StatefulSet", "db", "db", replicas=3, serviceName="db")
+        )
+
+        async def names() -> list[str]:
+            return [p["metadata"]["name"] for p in await pods(kube, "app=db")]
+
+        await eventually("db-0", lambda: _equals(names, ["db-0"]))
+        await asyncio.sleep(1.0)
+        assert await names() == ["db-0"], "db-1 made before db-0 was ready"
+        db0 = await kube.get(PODS, NS, "db-0")
+        assert db0["spec"]["hostname"] == "db-0" and db0["spec"]["subdomain"] == "db"
+        assert db0["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] == "db-0"
+        kubelet.hold.discard("db-0")
+        await eventually("db-1", lambda: _equals(names, ["db-0", "db-1"]))
+        await asyncio.sleep(0.5)
+        assert await names() == ["db-0", "db-1"]
+        kubelet.hold.clear()
+        await eventually("db-2", lambda: _equals(names, ["db-0", "db-1", "db-2"]))
+
+        async def sts_ready(n: int) -> bool:
+            st = (await kube.get(STATEFULSETS, NS, "db")).get("status") or {}
+            return st.get("readyReplicas") == n and st.get("replicas") == n
+
+        await eventually("statefulset status 3/3", lambda: sts_ready(3))
+        # a deleted pod comes back under its name
+        uid = (await kube.get(PODS, NS, "db-1"))["metadata"]["uid"]
+        await kube.delete(PODS, NS, "db-1")
+
+        async def back() -> bool:
+            try:
+                p = await kube.get(PODS, NS, "db-1")
+            except KubeError:
+                return False
+            return p["metadata"]["uid"] != uid and ready(p)
+
+        await eventually("db-1 recreated", back)
+        # scale down from the highest ordinal
+        await kube.merge_patch(STATEFULSETS, NS, "db", {"spec": {"replicas": 1}})
+        seen: list[list[str]] = []
+
+        async def down() -> bool:
+            now = await names()
+            if not seen or seen[-1] != now:
+                seen.append(now)
+            return now == ["db-0"]
+
+        await eventually("scaled to db-0", down)
+        assert all(s in (["db-0", "db-1", "db-2"], ["db-0", "db-1"], ["db-0"]) for s in seen), seen
+        await eventually("statefulset status 1/1", lambda: sts_ready(1))
+
+    run(cluster, body)
+
+
+async def _equals(get: Callable[[], Awaitable[list[str]]], want: list[str]) -> bool:
+    return await get() == want
+
+
+def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
+    async def body(kube: KubeClient, kubelet: Kubelet) -> None:
+        kubelet.hold = set()
+        await kube.create(
+            SERVICES,
+            NS,
+            {
+                "metadata": {"name": "web", "labels": {"tier": "front"}},
+                "spec": {
+                    "selector": {"app": "web"},
+                    "ports": [
+                        {"name": "http", "port": 80, "targetPort": "http"},
+                        {"name": "metrics", "port": 9090, "targetPort": 9091, "protocol": "TCP"},
+                    ],
+                },
+            },
+        )
+
+        async def slices() -> list[Obj]:
+            doc = await kube.request(
+                "GET", SLICES.path(NS), query={"labelSelector": "kubernetes.io/service-name=web"}
+            )
+            items: list[Obj] = doc["items"]
+            return items
+
+        # no pods yet: one empty placeholder
+        placeholder = await eventually("a placeholder slice", slices)
+        assert len(placeholder) == 1 and not placeholder[0].get("endpoints")
+        await kube.create(DEPLOYMENTS, NS, workload("Deployment", "web", "web", replicas=2))
+
+        async def filled() -> list[Obj]:
+            got = await slices()
+            by_type = {s["addressType"]: s for s in got}
+            if set(by_type) != {"IPv4", "IPv6"}:
+                return []
+            for s in got:
+                eps = s.get("endpoints") or []
+                if len(eps) != 2 or not all(e["conditions"]["ready"] for e in eps):
+                    return []
+            return got
+
+        got = await eventually("IPv4 and IPv6 slices with 2 ready endpoints", filled)
+        web_pods = {p["metadata"]["name"]: p for p in await pods(kube, "app=web")}
+        for s in got:
+            assert s["metadata"]["labels"]["kubernetes.io/service-name"] == "web"
+            assert s["metadata"]["labels"]["tier"] == "front"
+            assert (
+                s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"]
+                == "endpointslice-controller.k8s.io"
+            )
+            assert s["metadata"]["ownerReferences"][0]["kind"] == "Service"
+            assert sorted((p["name"], p["port"], p["protocol"]) for p in s["ports"]) == [
+                ("http", 8080, "TCP"),
+                ("metrics", 9091, "TCP"),
+            ]
+            for e in s["endpoints"]:
+                pod = web_pods[e["targetRef"]["name"]]
+                family = 6 if s["addressType"] == "IPv6" else 4
+                want = [
+                    i["ip"] for i in pod["status"]["podIPs"] if (":" in i["ip"]) == (family == 6)
+                ]
+                assert e["addresses"] == want
+                assert e["nodeName"] == pod["spec"]["nodeName"]
+                assert e["conditions"] == {"ready": True, "serving": True, "terminating": False}
+
+        # a pod that turns unready is listed not ready; a deleted one leaves
+        name = sorted(web_pods)[0]
+        kubelet.hold.add(name)
+        await kube.merge_patch(
+            PODS,
+            NS,
+            name,
+            {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+            "status",
+        )
+
+        async def unready() -> bool:
+            for s in await slices():
+                for e in s.get("endpoints") or []:
+                    if e["targetRef"]["name"] == name:
+                        return e["conditions"] == {
+                            "ready": False,
+                            "serving": False,
+                            "terminating": False,
+                        }
+            return False
+
+        await eventually("the unready endpoint", unready)
+        await kube.delete(SERVICES, NS, "web")
+        await eventually("slices collected with their Service", lambda: _none(slices))
+
+    run(cluster, body, dual_stack=True)
+
+
+async def _none(get: Callable[[], Awaitable[list[Obj]]]) -> bool:
+    return not await get()
