@@ -183,7 +183,6 @@ def test_lab_apply_goes_through_the_api_and_is_rolled_back_when_refused(
     kubectl(kubeconfig, "wait", "--for=condition=Ready", "pod/cache", "-n", "shop")
     # A namespace the API holds in Terminating (a finalizer keeps it): the lab still knows it,
     # the API refuses new content in it (NamespaceLifecycle), so the apply fails and rolls back.
-    # (kubectl create's generators send protobuf, which the lab's API server does not speak)
     kubectl(
         kubeconfig,
         "apply",
