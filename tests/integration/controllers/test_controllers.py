@@ -7,6 +7,9 @@ garbage-collected, and EndpointSlices that follow them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -16,7 +19,8 @@ from typing import Any
 import pytest
 
 from ciliary.k8s.resources import by_path
-from ciliary.kube.client import KubeClient, KubeError
+from ciliary.kube.client import KubeClient, KubeError, KubeUnavailableError
+from ciliary.lab.controlplane import restart_apiserver
 from tests.integration.controllers.conftest import Cluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -100,37 +104,42 @@ class Kubelet:
 
     async def run(self) -> None:
         while True:
-            for p in await pods(self.kube):
-                name = p["metadata"]["name"]
-                if not p["spec"].get("nodeName") or name in self.hold:
-                    continue
-                if any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in p.get("status", {}).get("conditions") or []
-                ):
-                    continue
-                n = self.addresses.setdefault(p["metadata"]["uid"], len(self.addresses) + 1)
-                ips = [{"ip": f"10.244.{n // 250}.{n % 250 + 2}"}]
-                if self.dual_stack:
-                    ips.append({"ip": f"fd00::{n:x}"})
-                status = {
-                    "phase": "Running",
-                    "podIP": ips[0]["ip"],
-                    "podIPs": ips,
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True",
-                            "lastTransitionTime": "2026-01-01T00:00:00Z",
-                        }
-                    ],
-                }
-                try:
-                    await self.kube.merge_patch(PODS, NS, name, {"status": status}, "status")
-                except KubeError as err:
-                    if err.code != 404:
-                        raise
+            # the API server may be restarting: as a kubelet, try again
+            with contextlib.suppress(KubeUnavailableError):
+                await self._pass()
             await asyncio.sleep(0.05)
+
+    async def _pass(self) -> None:
+        for p in await pods(self.kube):
+            name = p["metadata"]["name"]
+            if not p["spec"].get("nodeName") or name in self.hold:
+                continue
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions") or []
+            ):
+                continue
+            n = self.addresses.setdefault(p["metadata"]["uid"], len(self.addresses) + 1)
+            ips = [{"ip": f"10.244.{n // 250}.{n % 250 + 2}"}]
+            if self.dual_stack:
+                ips.append({"ip": f"fd00::{n:x}"})
+            status = {
+                "phase": "Running",
+                "podIP": ips[0]["ip"],
+                "podIPs": ips,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ],
+            }
+            try:
+                await self.kube.merge_patch(PODS, NS, name, {"status": status}, "status")
+            except KubeError as err:
+                if err.code != 404:
+                    raise
 
 
 def run(
@@ -495,3 +504,40 @@ def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
 
 async def _none(get: Callable[[], Awaitable[list[Obj]]]) -> bool:
     return not await get()
+
+
+def test_api_server_restart_then_controllers_carry_on(cluster: Cluster) -> None:
+    """kill -9 of the API server: the manager's informers resume from their last
+    resourceVersion once it is back, so a pod deleted afterwards is replaced, once."""
+
+    async def body(kube: KubeClient, kubelet: Kubelet) -> None:
+        await kube.create(DEPLOYMENTS, NS, workload("Deployment", "web", "web", replicas=2))
+
+        async def two_ready() -> list[Obj]:
+            got = await pods(kube, "app=web")
+            return got if len(got) == 2 and all(ready(p) for p in got) else []
+
+        before = await eventually("2 ready pods", two_ready)
+        os.kill(cluster.cp.apiserver_pid, signal.SIGKILL)
+        await asyncio.to_thread(restart_apiserver, cluster.cp)
+        victim = before[0]["metadata"]["name"]
+        await eventually("the API answers again", lambda: _answers(kube))
+        await kube.delete(PODS, NS, victim)
+
+        async def replaced() -> bool:
+            got = await two_ready()
+            return bool(got) and victim not in {p["metadata"]["name"] for p in got}
+
+        await eventually("the deleted pod replaced after the restart", replaced)
+        await asyncio.sleep(1.0)
+        assert len(await pods(kube, "app=web")) == 2
+
+    run(cluster, body)
+
+
+async def _answers(kube: KubeClient) -> bool:
+    try:
+        await kube.request("GET", NAMESPACES.path())
+    except (KubeError, KubeUnavailableError):
+        return False
+    return True
