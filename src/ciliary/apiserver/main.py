@@ -5,6 +5,8 @@ Flags carry kube-apiserver's names (``--etcd-servers``, ``--bind-address``, ``--
 reads like a cluster's. With a client CA, every client must present a certificate it signed
 (kubectl and the agents do); without TLS files it serves plain HTTP (tests of the protocol only).
 One asyncio loop; SIGTERM/SIGINT stop it (open watches end, clients relist elsewhere).
+``--listen-netns-file`` adds listeners inside other network namespaces (the lab's nodes; see
+``apiserver/netnslisten.py``), read at start and on SIGHUP.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import logging
 import signal
 import ssl
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from ciliary.apiserver.etcd import EtcdClient
+from ciliary.apiserver.netnslisten import NetnsSites
 from ciliary.apiserver.server import APIServer
 from ciliary.apiserver.storage import Storage
 
@@ -31,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls-cert-file")
     p.add_argument("--tls-private-key-file")
     p.add_argument("--client-ca-file")
+    p.add_argument(
+        "--listen-netns-file",
+        type=Path,
+        help="listeners inside other network namespaces, '<netns path>=<address>:<port>' a line;"
+        " read at start and on SIGHUP",
+    )
     p.add_argument(
         "--watch-bookmark-interval",
         type=float,
@@ -62,17 +72,41 @@ async def serve(args: argparse.Namespace) -> None:
     server = APIServer(Storage(etcd), bookmark_interval=args.watch_bookmark_interval)
     runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, args.bind_address, args.secure_port, ssl_context=ssl_context(args))
-    await site.start()
-    stop = asyncio.Event()
+    tls = ssl_context(args)
+    # Signals first: a SIGHUP sent while the sites start is a reload after them, not a death.
+    wake = asyncio.Event()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        wake.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    logging.getLogger(__name__).info(
-        "serving on %s:%d (etcd %s)", args.bind_address, args.secure_port, etcd.target
-    )
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, wake.set)
+    # a starter may hold SIGHUP blocked until now (the lab does): one sent meanwhile arrives here
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
-        await stop.wait()
+        # the namespaces' listeners before the port: once /readyz answers there, they are open
+        netns_sites = (
+            NetnsSites(runner, args.listen_netns_file, tls) if args.listen_netns_file else None
+        )
+        if netns_sites is not None:
+            await netns_sites.sync()
+        site = web.TCPSite(runner, args.bind_address, args.secure_port, ssl_context=tls)
+        await site.start()
+        logging.getLogger(__name__).info(
+            "serving on %s:%d (etcd %s)", args.bind_address, args.secure_port, etcd.target
+        )
+        while True:
+            await wake.wait()
+            wake.clear()
+            if stopping:
+                break
+            if netns_sites is not None:
+                await netns_sites.sync()
     finally:
         await runner.cleanup()
         await etcd.close()

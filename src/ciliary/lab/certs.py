@@ -150,10 +150,12 @@ class LabCA:
         *,
         dns_names: tuple[str, ...] = (),
         addresses: tuple[Address, ...] = (),
+        organization: str | None = None,
         server: bool,
     ) -> CertPair:
         """The certificate ``stem`` (``<tls dir>/<stem>.{crt,key}``) for ``common_name``, with
-        ``dns_names`` and ``addresses`` as SANs, for TLS servers (``server``) or clients; issued by
+        ``dns_names`` and ``addresses`` as SANs (and ``organization``: what Kubernetes reads as
+        the client's group), for TLS servers (``server``) or clients; issued by
         the lab's CA unless it exists. Hubble's certificates below and the control plane's
         (``lab/controlplane.py``: the API server's, the admin client's) are all issued here."""
         pair = self.pair(stem)
@@ -162,9 +164,12 @@ class LabCA:
             return pair
         key = _new_key()
         now = datetime.datetime.now(datetime.UTC)
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        if organization is not None:
+            subject.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(x509.Name(subject))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

@@ -7,6 +7,13 @@ What ``kind create cluster`` leaves behind for a lab: etcd with its data under
 embedded, as kind writes them) for kubectl and client libraries. Both processes are recorded by
 pid and start time in ``<lab dir>/controlplane.json``, so a later command (or ``lab down``) stops
 exactly them; a restarted API server keeps its port, so kubeconfigs stay valid.
+
+Each node reaches the API on its own loopback, ``https://127.0.0.1:6443`` inside the node netns
+(as a kubelet dials its local endpoint), never through the root namespace: ``add_node`` adds the
+node's netns to ``<lab dir>/apiserver-listeners`` (the server opens a socket *inside* that netns
+and serves it, ``apiserver/netnslisten.py``; read again on SIGHUP and by every restart) and writes
+``<lab dir>/nodes/<node>/kubeconfig`` with the node's own client certificate (kubelet's identity:
+CN ``system:node:<node>``, O ``system:nodes``), for what runs in the node (the agent).
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from pathlib import Path
 
 import yaml
 
+from ciliary.apiserver import netnslisten
 from ciliary.apiserver.etcdserver import EtcdProcess, free_port, restart_etcd, start_etcd
+from ciliary.datapath.linux import netns
+from ciliary.kvstore import atomic
 from ciliary.lab.certs import LOOPBACK_ADDRESSES, CertPair, LabCA
 from ciliary.lab.process import alive, start_time, venv_bin
 
@@ -37,6 +47,10 @@ SERVER_STEM = "kube-apiserver"
 ADMIN_STEM = "kube-admin"
 ADMIN_USER = "kubernetes-admin"
 SERVER_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "localhost")
+LISTENERS_FILE = "apiserver-listeners"
+NODE_API_HOST = "127.0.0.1"  # the node netns' loopback: the API's 127.0.0.1 SAN covers it
+NODE_API_PORT = 6443  # kube-apiserver's secure port, free in a node netns
+NODES_GROUP = "system:nodes"
 
 
 class ControlPlaneError(RuntimeError):
@@ -60,6 +74,10 @@ class ControlPlane:
     @property
     def kubeconfig(self) -> Path:
         return self.dir / KUBECONFIG
+
+    @property
+    def listeners_file(self) -> Path:
+        return self.dir / LISTENERS_FILE
 
     @property
     def apiserver_log(self) -> Path:
@@ -129,6 +147,10 @@ def _b64(path: Path) -> str:
 
 def write_kubeconfig(cp: ControlPlane) -> Path:
     """A kubeconfig as ``kind get kubeconfig`` prints one: certificates embedded, 0600."""
+    return _write_kubeconfig(cp, cp.kubeconfig, cp.url, cp.admin)
+
+
+def _write_kubeconfig(cp: ControlPlane, path: Path, url: str, user: CertPair) -> Path:
     name = f"ciliary-{cp.cluster}"
     doc = {
         "apiVersion": "v1",
@@ -137,7 +159,7 @@ def write_kubeconfig(cp: ControlPlane) -> Path:
             {
                 "name": name,
                 "cluster": {
-                    "server": cp.url,
+                    "server": url,
                     "certificate-authority-data": _b64(cp.ca.ca_cert),
                 },
             }
@@ -146,8 +168,8 @@ def write_kubeconfig(cp: ControlPlane) -> Path:
             {
                 "name": name,
                 "user": {
-                    "client-certificate-data": _b64(cp.admin.cert),
-                    "client-key-data": _b64(cp.admin.key),
+                    "client-certificate-data": _b64(user.cert),
+                    "client-key-data": _b64(user.key),
                 },
             }
         ],
@@ -155,10 +177,54 @@ def write_kubeconfig(cp: ControlPlane) -> Path:
         "current-context": name,
         "preferences": {},
     }
-    fd = os.open(cp.kubeconfig, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
-    return cp.kubeconfig
+    return path
+
+
+def node_kubeconfig(lab_dir: Path, node: str) -> Path:
+    """Where ``add_node`` writes the node's kubeconfig (the path is known before the node exists:
+    the record names it first)."""
+    return lab_dir / "nodes" / node / KUBECONFIG
+
+
+def node_listener(netns_path: str | Path) -> netnslisten.NetnsListener:
+    return netnslisten.NetnsListener(str(netns_path), NODE_API_HOST, NODE_API_PORT)
+
+
+def node_listeners(cp: ControlPlane) -> list[netnslisten.NetnsListener]:
+    """The listeners the API server is asked to keep (the file; empty when it is missing)."""
+    try:
+        return netnslisten.parse(cp.listeners_file.read_text())
+    except FileNotFoundError:
+        return []
+
+
+def add_node(cp: ControlPlane, node: str, netns_path: str | Path, timeout: float = 30.0) -> Path:
+    """Make the API reachable inside ``node``'s netns and return the node's kubeconfig.
+
+    The node's client certificate and kubeconfig (``https://127.0.0.1:6443``, root-only) are
+    written, the listener added to the file, the API server told (SIGHUP), and this returns once
+    ``/readyz`` answers *from inside the netns* with the node's certificate. Idempotent."""
+    user = cp.ca.issue(f"kube-node-{node}", f"system:node:{node}", organization=NODES_GROUP,
+                       server=False)  # fmt: skip
+    path = node_kubeconfig(cp.dir, node)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.parent.chmod(0o700)
+    url = f"https://{NODE_API_HOST}:{NODE_API_PORT}"
+    _write_kubeconfig(cp, path, url, user)
+    listener = node_listener(netns_path)
+    listeners = node_listeners(cp)
+    if listener not in listeners:
+        atomic.write_text(cp.listeners_file, netnslisten.render([*listeners, listener]))
+    if cp.apiserver_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(cp.apiserver_pid, signal.SIGHUP)
+    ctx = ssl.create_default_context(cafile=str(cp.ca.ca_cert))
+    ctx.load_cert_chain(str(user.cert), str(user.key))
+    netns.call_in(str(netns_path), lambda: wait_ready(cp, timeout, url=url, ctx=ctx))
+    return path
 
 
 def _spawn_apiserver(
@@ -180,36 +246,52 @@ def _spawn_apiserver(
         str(ca.ca_cert),
         "--watch-bookmark-interval",
         str(interval),
+        "--listen-netns-file",
+        str(lab_dir / LISTENERS_FILE),
     ]
+    # SIGHUP (reread the listeners) must not kill it before its handler is in place: blocked in
+    # the child from the fork on (the mask survives exec), pending until the server unblocks it
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     with open(lab_dir / "apiserver.log", "ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     proc.returncode = 0  # known by pid from now on (stop_apiserver reaps it): detach the Popen
     return proc.pid, start_time(proc.pid)
 
 
-def wait_ready(cp: ControlPlane, timeout: float = 30.0) -> None:
-    """Until ``/readyz`` answers over TLS with the admin certificate (it reads etcd)."""
-    ctx = cp.ssl_context()
+def wait_ready(
+    cp: ControlPlane,
+    timeout: float = 30.0,
+    *,
+    url: str | None = None,
+    ctx: ssl.SSLContext | None = None,
+) -> None:
+    """Until ``/readyz`` answers over TLS (it reads etcd): at ``url`` (the root netns' port by
+    default) with ``ctx`` (the admin certificate by default)."""
+    ctx = ctx or cp.ssl_context()
+    url = url or cp.url
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if not cp.apiserver_alive():
             raise ControlPlaneError(f"ciliary-apiserver exited: {_tail(cp.apiserver_log)}")
         try:
-            with urllib.request.urlopen(f"{cp.url}/readyz", context=ctx, timeout=2) as resp:
+            with urllib.request.urlopen(f"{url}/readyz", context=ctx, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except (OSError, urllib.error.URLError) as err:
             last = str(err)
         time.sleep(0.05)
-    raise ControlPlaneError(f"ciliary-apiserver not ready after {timeout:.0f}s: {last}")
+    raise ControlPlaneError(f"ciliary-apiserver not ready at {url} after {timeout:.0f}s: {last}")
 
 
 def start_control_plane(
