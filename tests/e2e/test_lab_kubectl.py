@@ -2,8 +2,9 @@
 the file's manifests through it and plays kubelet (Nodes, pod status), so ``kubectl get pods -o
 wide`` shows the pods' real addresses and nodes and ``kubectl wait`` sees them Ready; a file the
 lab refuses leaves nothing (no etcd, no API server, no data); the API refusing a ``lab apply``
-rolls it back; a killed API server is restarted by the lab's supervisor; ``lab down`` leaves
-nothing."""
+rolls it back; a killed API server is restarted by the lab's supervisor; each node reaches the
+API on its own loopback (``ip netns exec <node netns> kubectl`` with the node's kubeconfig), also
+after that restart, and pods do not; ``lab down`` leaves nothing."""
 
 from __future__ import annotations
 
@@ -170,6 +171,64 @@ def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:
     assert {"namespace/default", "namespace/kube-system", "namespace/shop"} <= set(namespaces)
 
 
+def kubectl_in_netns(ns: str, kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The machine's kubectl run inside the network namespace ``ns`` (files from the root's
+    mount namespace: only the network differs)."""
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, KUBECTL, "--kubeconfig", kubeconfig, "--request-timeout=5s",
+         *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def assert_nodes_reach_the_api(name: str) -> None:
+    for node in manager.status(name).nodes:
+        assert node.kubeconfig is not None
+        got = kubectl_in_netns(node.netns, node.kubeconfig, "get", "nodes", "-o", "name")
+        assert got.returncode == 0, (node.name, got.stderr)
+        assert f"node/{node.name}" in got.stdout.split(), got.stdout
+
+
+def test_nodes_reach_the_api_on_their_loopback_and_pods_do_not(
+    lab: tuple[str, list[str], str],
+) -> None:
+    name, nodes, _ = lab
+    view = manager.status(name)
+    assert sorted(n.name for n in view.nodes) == sorted(nodes)
+    for node in view.nodes:
+        path = subprocess.run(
+            [CILIARY, "lab", "kubeconfig", "--name", name, "--node", node.name],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert path == node.kubeconfig == f"/run/ciliary/lab/{name}/nodes/{node.name}/kubeconfig"
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        assert "server: https://127.0.0.1:6443" in Path(path).read_text()
+    assert_nodes_reach_the_api(name)
+    # the root netns' loopback is not the node's: the lab's port answers only in the root netns
+    cp = manager.control_plane(name)
+    assert cp is not None
+    admin_in_node = kubectl_in_netns(
+        view.nodes[0].netns, str(cp.kubeconfig), "get", "--raw=/readyz"
+    )
+    assert admin_in_node.returncode != 0 and "refused" in admin_in_node.stderr
+    # pods: neither their own loopback nor their node's addresses lead to the API
+    for pod in view.pods:
+        node = next(n for n in view.nodes if n.name == pod.node)
+        assert node.kubeconfig is not None and node.ipv4_cidr is not None
+        got = kubectl_in_netns(pod.netns, node.kubeconfig, "get", "--raw=/readyz")
+        assert got.returncode != 0 and "refused" in got.stderr, (pod.name, got.stderr)
+        router = router_addresses([node.ipv4_cidr])[0]
+        via_node = kubectl_in_netns(
+            pod.netns, node.kubeconfig, "--server", f"https://{router}:6443", "get",
+            "--raw=/readyz",
+        )  # fmt: skip
+        # refused: nothing listens there (a TLS error would mean something answered)
+        assert via_node.returncode != 0 and "refused" in via_node.stderr, (
+            pod.name,
+            via_node.stderr,
+        )
+
+
 def test_lab_apply_goes_through_the_api_and_is_rolled_back_when_refused(
     lab: tuple[str, list[str], str], tmp_path: Path
 ) -> None:
@@ -241,6 +300,8 @@ def test_killed_api_server_is_restarted_by_the_supervisor(lab: tuple[str, list[s
         [CILIARY, "lab", "status", "--name", name], capture_output=True, text=True, check=True
     ).stdout
     assert f"https://127.0.0.1:{cp.port}" in status and "apiserver running, 1 restarts" in status
+    # the restarted server opened the nodes' listeners again before it turned ready
+    assert_nodes_reach_the_api(name)
 
 
 def test_lab_up_with_an_invalid_policy_names_the_field_and_leaves_nothing(

@@ -69,6 +69,11 @@ def register(sub: Subparsers) -> None:
         " kubeconfig) get pods -A)",
     )
     _name_flag(kc)
+    kc.add_argument(
+        "--node",
+        help="the node's kubeconfig instead, for inside its netns (ip netns exec <netns> kubectl"
+        " --kubeconfig ...): https://127.0.0.1:6443 there, the node's certificate",
+    )
     kc.set_defaults(func=run_kubeconfig)
 
     ex = lsub.add_parser(
@@ -272,7 +277,7 @@ def run_kubeconfig(args: argparse.Namespace, ctx: Context) -> int:
     from ciliary.lab import manager  # noqa: PLC0415 (lazy import)
 
     # the bare path on stdout, for $(ciliary lab kubeconfig)
-    print(_call(lambda: manager.kubeconfig(args.name)))
+    print(_call(lambda: manager.kubeconfig(args.name, node=args.node)))
     return 0
 
 

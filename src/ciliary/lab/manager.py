@@ -593,6 +593,9 @@ def _create_node(
         ipv4_cidr=str(cidrs.ipv4) if cidrs.ipv4 else None,
         ipv6_cidr=str(cidrs.ipv6) if cidrs.ipv6 else None,
         labels=labels,
+        kubeconfig=str(controlplane.node_kubeconfig(_lab_dir(rec.name), node))
+        if rec.control_plane is not None
+        else None,
     )
     rec.nodes.append(nrec)
     _save(rec)  # intent first
@@ -602,6 +605,8 @@ def _create_node(
     )
     _write_conflist(rec.name, node)
     netns.create(nrec.netns)
+    if rec.control_plane is not None:  # the API on the node's loopback before its agent starts
+        _add_node_listener(rec, nrec)
     _start_agent(rec, nrec)
     if rec.control_plane is not None:  # kubelet registers its node once it runs
         api = _api(rec.name)
@@ -610,6 +615,18 @@ def _create_node(
         status = kubelet.node_status(node, list(certs.router_addresses(pod_cidrs)))
         _api_call(lambda: api.patch_status(path, status))
     return nrec
+
+
+def _add_node_listener(rec: LabRecord, nrec: NodeRecord) -> None:
+    """The API server listens inside the node netns, on its loopback (never routed through the
+    root netns, out of the pods' reach), and the node gets its kubeconfig for it."""
+    cp = control_plane(rec.name)
+    if cp is None:
+        raise LabError(f"lab {rec.name!r} has no control plane")
+    try:
+        controlplane.add_node(cp, nrec.name, netns.path_of(nrec.netns))
+    except (controlplane.ControlPlaneError, OSError) as err:
+        raise LabError(f"node {nrec.name}: API server in its netns: {err}") from err
 
 
 def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
@@ -1246,6 +1263,7 @@ def status(name: str | None = None) -> LabView:
                 socket=n.socket,
                 ipv4_cidr=n.ipv4_cidr,
                 ipv6_cidr=n.ipv6_cidr,
+                kubeconfig=n.kubeconfig,
             )
             for n in rec.nodes
         ],
@@ -1296,12 +1314,18 @@ def _control_plane_view(rec: LabRecord) -> ControlPlaneView | None:
     )
 
 
-def kubeconfig(name: str | None = None) -> Path:
-    """The path of the lab's kubeconfig (admin certificate embedded; ``kubectl --kubeconfig``)."""
+def kubeconfig(name: str | None = None, *, node: str | None = None) -> Path:
+    """The path of the lab's kubeconfig (admin certificate embedded; ``kubectl --kubeconfig``),
+    or with ``node`` the node's own, for use inside its netns (``ip netns exec``)."""
     rec = _load(_resolve(name))
     if rec.control_plane is None:
         raise LabError(f"lab {rec.name!r} has no API server (made by an older ciliary)")
-    return Path(rec.control_plane.kubeconfig)
+    if node is None:
+        return Path(rec.control_plane.kubeconfig)
+    nrec = _node(rec, node)
+    if nrec.kubeconfig is None:
+        raise LabError(f"node {node} has no kubeconfig (made by an older ciliary)")
+    return Path(nrec.kubeconfig)
 
 
 def _pod_env(prec: PodRecord) -> dict[str, str]:

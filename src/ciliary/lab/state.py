@@ -35,6 +35,11 @@ class NodeRecord(_Model):
     ipv4_cidr: str | None = None
     ipv6_cidr: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    kubeconfig: str | None = Field(
+        default=None,
+        description="kubeconfig for use inside the node netns (https://127.0.0.1:6443, the "
+        "node's client certificate); None for a lab without an API server",
+    )
 
 
 class ContainerRecord(_Model):
@@ -132,6 +137,7 @@ class NodeView(_Model):
     socket: str
     ipv4_cidr: str | None
     ipv6_cidr: str | None
+    kubeconfig: str | None = None
 
 
 class PodView(_Model):
