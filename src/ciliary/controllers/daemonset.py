@@ -29,10 +29,10 @@ import time
 
 from ciliary.controllers import objects as o
 from ciliary.controllers.deployment import _intstr
-from ciliary.controllers.informers import DAEMONSETS, PODS, Informers
-from ciliary.controllers.queue import Controller, Expectations
-from ciliary.kube.client import KubeClient, KubeError, Obj
-from ciliary.kube.informer import EventType
+from ciliary.controllers.informers import DAEMONSETS, Informers
+from ciliary.controllers.queue import Controller, Expectations, PodControl
+from ciliary.kube.client import KubeClient, KubeObject, object_key, split_key
+from ciliary.kube.informer import HandlerFuncs
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ UNSCHEDULABLE_TOLERATION = {
 }
 
 
-def daemon_template(ds: Obj) -> Obj:
+def daemon_template(ds: KubeObject) -> KubeObject:
     """The template with the tolerations every daemon pod gets."""
     template = copy.deepcopy(o.spec(ds).get("template") or {})
     pod_spec = template.setdefault("spec", {})
@@ -63,48 +63,36 @@ class DaemonSetController(Controller):
         self.pods = informers.pods
         self.nodes = informers.nodes
         self.expectations = Expectations()
-        self.ds.add_handler(self._on_ds)
-        self.pods.add_handler(self._on_pod)
-        self.nodes.add_handler(self._on_node)
+        self.pod_control = PodControl(kube, self.expectations)
+        self.ds.add_handler(self.enqueue_objects())
+        self.pods.add_handler(self.enqueue_owners("DaemonSet", self.expectations))
+        self.nodes.add_handler(
+            HandlerFuncs(add=self._on_node, update=self._on_node_update, delete=self._on_node)
+        )
 
-    def _on_ds(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        self.queue.add(o.key_of(obj))
+    def _on_node(self, node: KubeObject) -> None:
+        for ds in self.ds.store.objects():
+            self.queue.add(object_key(ds))
 
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        for pod in (old, new):
-            if pod is not None and (key := o.controller_key(pod, "DaemonSet")):
-                if kind == "ADDED":
-                    self.expectations.created(key)
-                elif kind == "DELETED":
-                    self.expectations.deleted(key)
-                self.queue.add(key)
-
-    def _on_node(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        if (
-            kind == "MODIFIED"
-            and old is not None
-            and new is not None
-            and (o.labels(old), o.spec(old)) == (o.labels(new), o.spec(new))
-        ):
-            return  # a status heartbeat changes nothing here
-        for ds in self.ds.list():
-            self.queue.add(o.key_of(ds))
+    def _on_node_update(self, old: KubeObject, new: KubeObject) -> None:
+        if o.node_fit_changed(old, new):  # a status heartbeat changes nothing here
+            self._on_node(new)
 
     async def reconcile(self, key: str) -> float | None:
-        ns, name = o.split_key(key)
-        ds = self.ds.get(ns, name)
+        ns, _ = split_key(key)
+        ds = self.ds.store.get(key)
         if ds is None:
             self.expectations.forget(key)
             return None
         template = daemon_template(ds)
         hash_ = o.template_hash(template)
-        pods = [p for p in self.pods.list(ns) if o.controlled_by(p, ds) and not o.deleting(p)]
-        by_node: dict[str, list[Obj]] = {}
+        pods = [
+            p for p in self.pods.store.objects(ns) if o.controlled_by(p, ds) and not o.deleting(p)
+        ]
+        by_node: dict[str, list[KubeObject]] = {}
         for p in pods:
             by_node.setdefault(str(o.spec(p).get("nodeName") or ""), []).append(p)
-        nodes = sorted(self.nodes.list(), key=lambda n: o.meta(n)["name"])
+        nodes = sorted(self.nodes.store.objects(), key=lambda n: o.meta(n)["name"])
         wanted = {
             o.meta(n)["name"] for n in nodes if o.fits_node(template.get("spec") or {}, n) is None
         }
@@ -118,14 +106,14 @@ class DaemonSetController(Controller):
         self,
         key: str,
         *,
-        ds: Obj,
-        template: Obj,
+        ds: KubeObject,
+        template: KubeObject,
         hash_: str,
         wanted: set[str],
-        by_node: dict[str, list[Obj]],
+        by_node: dict[str, list[KubeObject]],
     ) -> None:
         create: list[str] = []
-        delete: list[Obj] = []
+        delete: list[KubeObject] = []
         for node in sorted(wanted):
             here = sorted(by_node.get(node, []), key=lambda p: o.meta(p)["creationTimestamp"])
             alive = [p for p in here if o.status(p).get("phase") != "Failed"]
@@ -157,14 +145,16 @@ class DaemonSetController(Controller):
         self.expectations.expect(key, adds=len(create), deletes=len(delete))
         results = await asyncio.gather(
             *(self._create(key, ds, template, hash_, n) for n in create),
-            *(self._delete(key, p) for p in delete),
+            *(self.pod_control.delete(key, p) for p in delete),
             return_exceptions=True,
         )
         for r in results:
             if isinstance(r, BaseException):
                 raise r
 
-    async def _create(self, key: str, ds: Obj, template: Obj, hash_: str, node: str) -> None:
+    async def _create(
+        self, key: str, ds: KubeObject, template: KubeObject, hash_: str, node: str
+    ) -> None:
         pod = o.pod_from_template(
             ds,
             template,
@@ -174,23 +164,10 @@ class DaemonSetController(Controller):
             },
         )
         pod["spec"]["nodeName"] = node
-        try:
-            await self.kube.create(PODS, o.meta(ds)["namespace"], pod)
-        except BaseException:
-            self.expectations.created(key)
-            raise
-
-    async def _delete(self, key: str, pod: Obj) -> None:
-        m = o.meta(pod)
-        try:
-            await self.kube.delete(PODS, m["namespace"], m["name"], uid=m.get("uid"))
-        except KubeError as err:
-            self.expectations.deleted(key)
-            if err.code != 404:
-                raise
+        await self.pod_control.create(key, pod)
 
     async def _update_status(
-        self, ds: Obj, hash_: str, wanted: set[str], by_node: dict[str, list[Obj]]
+        self, ds: KubeObject, hash_: str, wanted: set[str], by_node: dict[str, list[KubeObject]]
     ) -> float | None:
         at = time.time()
         min_ready = o.min_ready_seconds(ds)
@@ -213,8 +190,8 @@ class DaemonSetController(Controller):
         current = o.status(ds)
         if any(current.get(k) != v for k, v in st.items()):
             m = o.meta(ds)
-            await self.kube.merge_patch(
-                DAEMONSETS, m["namespace"], m["name"], {"status": st}, "status"
+            await self.kube.patch(
+                DAEMONSETS, m["name"], {"status": st}, m["namespace"], subresource="status"
             )
         waits = [w for p in daemon_pods if (w := o.available_in(p, min_ready, at)) is not None]
         return min(waits) + 0.05 if waits else None

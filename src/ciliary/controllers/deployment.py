@@ -31,8 +31,7 @@ import math
 from ciliary.controllers import objects as o
 from ciliary.controllers.informers import DEPLOYMENTS, REPLICASETS, Informers
 from ciliary.controllers.queue import Controller
-from ciliary.kube.client import KubeClient, KubeError, Obj
-from ciliary.kube.informer import EventType
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, split_key
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def _intstr(value: object, total: int, *, round_up: bool, default: str) -> int:
     return max(int(text), 0)
 
 
-def surge_and_unavailable(deploy: Obj) -> tuple[int, int]:
+def surge_and_unavailable(deploy: KubeObject) -> tuple[int, int]:
     """(maxSurge, maxUnavailable) in pods (upstream's ``ResolveFenceposts``)."""
     rolling = (o.spec(deploy).get("strategy") or {}).get("rollingUpdate") or {}
     want = o.replicas(deploy)
@@ -65,18 +64,18 @@ def surge_and_unavailable(deploy: Obj) -> tuple[int, int]:
     return surge, unavailable
 
 
-def _revision(rs: Obj) -> int:
+def _revision(rs: KubeObject) -> int:
     try:
         return int((o.meta(rs).get("annotations") or {}).get(REVISION, "0"))
     except ValueError:
         return 0
 
 
-def _rs_replicas(rs: Obj) -> int:
+def _rs_replicas(rs: KubeObject) -> int:
     return o.replicas(rs, default=0)
 
 
-def _created(obj: Obj) -> tuple[float, str]:
+def _created(obj: KubeObject) -> tuple[float, str]:
     return (o.parse_time(o.meta(obj).get("creationTimestamp")) or 0.0, o.meta(obj)["name"])
 
 
@@ -88,25 +87,15 @@ class DeploymentController(Controller):
         self.kube = kube
         self.deployments = informers.deployments
         self.rs = informers.replicasets
-        self.deployments.add_handler(self._on_deployment)
-        self.rs.add_handler(self._on_rs)
-
-    def _on_deployment(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        self.queue.add(o.key_of(obj))
-
-    def _on_rs(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        for rs in (old, new):
-            if rs is not None and (key := o.controller_key(rs, "Deployment")):
-                self.queue.add(key)
+        self.deployments.add_handler(self.enqueue_objects())
+        self.rs.add_handler(self.enqueue_owners("Deployment"))
 
     async def reconcile(self, key: str) -> float | None:
-        ns, name = o.split_key(key)
-        deploy = self.deployments.get(ns, name)
+        ns, _ = split_key(key)
+        deploy = self.deployments.store.get(key)
         if deploy is None or o.deleting(deploy):
             return None
-        owned = [rs for rs in self.rs.list(ns) if o.controlled_by(rs, deploy)]
+        owned = [rs for rs in self.rs.store.objects(ns) if o.controlled_by(rs, deploy)]
         template = o.spec(deploy).get("template") or {}
         hash_ = o.template_hash(template, int(o.status(deploy).get("collisionCount") or 0))
         new = next((rs for rs in owned if o.labels(rs).get(o.POD_TEMPLATE_HASH) == hash_), None)
@@ -136,8 +125,8 @@ class DeploymentController(Controller):
         return None
 
     async def _create_rs(
-        self, deploy: Obj, template: Obj, hash_: str, old: list[Obj]
-    ) -> Obj | None:
+        self, deploy: KubeObject, template: KubeObject, hash_: str, old: list[KubeObject]
+    ) -> KubeObject | None:
         dm = o.meta(deploy)
         tmpl = copy.deepcopy(template)
         tmpl.setdefault("metadata", {}).setdefault("labels", {})[o.POD_TEMPLATE_HASH] = hash_
@@ -151,7 +140,7 @@ class DeploymentController(Controller):
             start = want
         elif start == 0:
             start = max(min(want + surge - total, want), 0)
-        rs: Obj = {
+        rs: KubeObject = {
             "apiVersion": "apps/v1",
             "kind": "ReplicaSet",
             "metadata": {
@@ -173,42 +162,41 @@ class DeploymentController(Controller):
             },
         }
         try:
-            return await self.kube.create(REPLICASETS, dm["namespace"], rs)
-        except KubeError as err:
-            if err.code != 409:
+            return await self.kube.create(REPLICASETS, rs, dm["namespace"])
+        except ApiError as err:
+            if err.status != 409:
                 raise
-        existing = await self.kube.get(REPLICASETS, dm["namespace"], rs["metadata"]["name"])
+        existing = await self.kube.get(REPLICASETS, rs["metadata"]["name"], dm["namespace"])
         if o.controlled_by(existing, deploy):
             return existing  # ours, not yet in the cache
         # another object holds the name: bump collisionCount for a new hash (as upstream)
         count = int(o.status(deploy).get("collisionCount") or 0) + 1
-        await self.kube.merge_patch(
+        await self.kube.patch(
             DEPLOYMENTS,
-            dm["namespace"],
             dm["name"],
             {"status": {"collisionCount": count}},
-            "status",
+            dm["namespace"],
+            subresource="status",
         )
         return None
 
-    async def _annotate(self, deploy: Obj, rs: Obj, revision: int) -> Obj:
+    async def _annotate(self, deploy: KubeObject, rs: KubeObject, revision: int) -> KubeObject:
         m = o.meta(rs)
-        return await self.kube.merge_patch(
+        return await self.kube.patch(
             REPLICASETS,
-            m["namespace"],
             m["name"],
             {"metadata": {"annotations": {REVISION: str(revision)}}},
+            m["namespace"],
         )
 
-    async def _scale(self, deploy: Obj, rs: Obj, count: int) -> Obj:
+    async def _scale(self, deploy: KubeObject, rs: KubeObject, count: int) -> KubeObject:
         if _rs_replicas(rs) == count:
             return rs
         m = o.meta(rs)
         surge, _ = surge_and_unavailable(deploy)
         want = o.replicas(deploy)
-        return await self.kube.merge_patch(
+        return await self.kube.patch(
             REPLICASETS,
-            m["namespace"],
             m["name"],
             {
                 "metadata": {
@@ -216,17 +204,20 @@ class DeploymentController(Controller):
                 },
                 "spec": {"replicas": count},
             },
+            m["namespace"],
         )
 
-    async def _scale_all(self, sets: list[Obj], count: int) -> None:
+    async def _scale_all(self, sets: list[KubeObject], count: int) -> None:
         for rs in sets:
             if _rs_replicas(rs) != count:
                 m = o.meta(rs)
-                await self.kube.merge_patch(
-                    REPLICASETS, m["namespace"], m["name"], {"spec": {"replicas": count}}
+                await self.kube.patch(
+                    REPLICASETS, m["name"], {"spec": {"replicas": count}}, m["namespace"]
                 )
 
-    async def _rolling(self, deploy: Obj, new: Obj, old: list[Obj]) -> Obj:
+    async def _rolling(
+        self, deploy: KubeObject, new: KubeObject, old: list[KubeObject]
+    ) -> KubeObject:
         want = o.replicas(deploy)
         surge, max_unavailable = surge_and_unavailable(deploy)
         # reconcileNewReplicaSet
@@ -275,24 +266,26 @@ class DeploymentController(Controller):
             size = old_sizes[o.meta(rs)["name"]]
             if size != _rs_replicas(rs):
                 m = o.meta(rs)
-                await self.kube.merge_patch(
-                    REPLICASETS, m["namespace"], m["name"], {"spec": {"replicas": size}}
+                await self.kube.patch(
+                    REPLICASETS, m["name"], {"spec": {"replicas": size}}, m["namespace"]
                 )
         return new
 
-    async def _cleanup(self, deploy: Obj, old: list[Obj]) -> None:
+    async def _cleanup(self, deploy: KubeObject, old: list[KubeObject]) -> None:
         limit = o.spec(deploy).get("revisionHistoryLimit")
         limit = 10 if not isinstance(limit, int) else limit
         empty = [rs for rs in old if _rs_replicas(rs) == 0 and not o.status(rs).get("replicas")]
         for rs in empty[: max(len(empty) - limit, 0)]:
             m = o.meta(rs)
             try:
-                await self.kube.delete(REPLICASETS, m["namespace"], m["name"], uid=m.get("uid"))
-            except KubeError as err:
-                if err.code != 404:
+                await self.kube.delete(REPLICASETS, m["name"], m["namespace"], uid=m.get("uid"))
+            except ApiError as err:
+                if not err.not_found:
                     raise
 
-    async def _update_status(self, deploy: Obj, new: Obj | None, old: list[Obj]) -> None:
+    async def _update_status(
+        self, deploy: KubeObject, new: KubeObject | None, old: list[KubeObject]
+    ) -> None:
         sets = ([new] if new is not None else []) + old
         want = o.replicas(deploy)
         _, max_unavailable = surge_and_unavailable(deploy)
@@ -303,7 +296,7 @@ class DeploymentController(Controller):
         updated = int(o.status(new).get("replicas") or 0) if new is not None else 0
         available = total("availableReplicas")
         replicas = total("replicas")
-        st: Obj = {
+        st: KubeObject = {
             "observedGeneration": o.meta(deploy).get("generation", 1),
             "replicas": replicas,
             "updatedReplicas": updated,
@@ -346,12 +339,14 @@ class DeploymentController(Controller):
         current = o.status(deploy)
         if any(current.get(k) != v for k, v in st.items()):
             m = o.meta(deploy)
-            await self.kube.merge_patch(
-                DEPLOYMENTS, m["namespace"], m["name"], {"status": st}, "status"
+            await self.kube.patch(
+                DEPLOYMENTS, m["name"], {"status": st}, m["namespace"], subresource="status"
             )
 
 
-def _condition(previous: Obj | None, kind: str, status: str, reason: str, message: str) -> Obj:
+def _condition(
+    previous: KubeObject | None, kind: str, status: str, reason: str, message: str
+) -> KubeObject:
     """A condition whose timestamps move only when it changes (lastTransitionTime only when
     its status does), so an unchanged status is not rewritten."""
     stamp = o.now()

@@ -35,8 +35,8 @@ from ciliary.controllers import objects as o
 from ciliary.controllers.informers import ENDPOINTSLICES, Informers
 from ciliary.controllers.queue import Controller
 from ciliary.k8s.labelselector import Selector, SelectorError
-from ciliary.kube.client import KubeClient, KubeError, Obj
-from ciliary.kube.informer import EventType
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, object_key, split_key
+from ciliary.kube.informer import HandlerFuncs
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ def _family(address: str) -> str | None:
         return None
 
 
-def _primary_family(service: Obj) -> str:
+def _primary_family(service: KubeObject) -> str:
     families = o.spec(service).get("ipFamilies") or ["IPv4"]
     return str(families[0])
 
 
-def resolve_port(pod: Obj, service_port: Obj) -> int | None:
+def resolve_port(pod: KubeObject, service_port: KubeObject) -> int | None:
     """The pod's port for one Service port (kube's ``podutil.FindPort``)."""
     target = service_port.get("targetPort")
     if target is None or target == "":
@@ -76,18 +76,18 @@ def resolve_port(pod: Obj, service_port: Obj) -> int | None:
     return None
 
 
-def pod_addresses(pod: Obj) -> list[str]:
+def pod_addresses(pod: KubeObject) -> list[str]:
     ips = [str(p.get("ip")) for p in o.status(pod).get("podIPs") or [] if p.get("ip")]
     if not ips and o.status(pod).get("podIP"):
         ips = [str(o.status(pod)["podIP"])]
     return ips
 
 
-def desired_slices(service: Obj, pods: list[Obj]) -> dict[str, Obj]:
+def desired_slices(service: KubeObject, pods: list[KubeObject]) -> dict[str, KubeObject]:
     """The slices a Service should have, by name."""
     svc_meta = o.meta(service)
     svc_name = svc_meta["name"]
-    groups: dict[tuple[str, tuple[Port, ...]], list[Obj]] = {}
+    groups: dict[tuple[str, tuple[Port, ...]], list[KubeObject]] = {}
     service_ports = o.spec(service).get("ports") or []
     for pod in sorted(pods, key=lambda p: o.meta(p)["name"]):
         if o.status(pod).get("phase") in ("Succeeded", "Failed"):
@@ -109,7 +109,7 @@ def desired_slices(service: Obj, pods: list[Obj]) -> dict[str, Obj]:
             if family is not None:
                 by_family.setdefault(family, []).append(address)
         for family, family_addresses in by_family.items():
-            endpoint: Obj = {
+            endpoint: KubeObject = {
                 "addresses": family_addresses[:1],
                 "conditions": {
                     "ready": ready and not terminating,
@@ -131,7 +131,7 @@ def desired_slices(service: Obj, pods: list[Obj]) -> dict[str, Obj]:
     if not groups:
         # upstream keeps one empty placeholder slice for a Service that selects nothing
         groups[(_primary_family(service), ())] = []
-    out: dict[str, Obj] = {}
+    out: dict[str, KubeObject] = {}
     for (family, ports_key), endpoints in sorted(groups.items()):
         suffix = o.template_hash({"addressType": family, "ports": [list(p) for p in ports_key]})
         name = f"{svc_name}-{suffix}"[:253]
@@ -155,7 +155,7 @@ def desired_slices(service: Obj, pods: list[Obj]) -> dict[str, Obj]:
     return out
 
 
-def _content(slice_: Obj) -> Any:
+def _content(slice_: KubeObject) -> Any:
     meta = slice_["metadata"]
     return json.dumps(
         [
@@ -178,45 +178,49 @@ class EndpointSliceController(Controller):
         self.services = informers.services
         self.pods = informers.pods
         self.slices = informers.endpointslices
-        self.services.add_handler(self._on_service)
-        self.pods.add_handler(self._on_pod)
-        self.slices.add_handler(self._on_slice)
+        self.services.add_handler(self.enqueue_objects())
+        self.pods.add_handler(
+            HandlerFuncs(add=self._on_pod, update=self._on_pod_update, delete=self._on_pod)
+        )
+        self.slices.add_handler(
+            HandlerFuncs(
+                add=self._on_slice,
+                update=lambda _old, new: self._on_slice(new),
+                delete=self._on_slice,
+            )
+        )
 
-    def _on_service(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        self.queue.add(o.key_of(obj))
+    def _on_pod(self, pod: KubeObject) -> None:
+        """Queue the Services selecting ``pod``."""
+        for svc in self.services.store.objects(o.meta(pod)["namespace"]):
+            selector = o.spec(svc).get("selector")
+            if selector and all(o.labels(pod).get(k) == v for k, v in selector.items()):
+                self.queue.add(object_key(svc))
 
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        for pod in (old, new):
-            if pod is None:
-                continue
-            ns = o.meta(pod)["namespace"]
-            for svc in self.services.list(ns):
-                selector = o.spec(svc).get("selector")
-                if selector and all(o.labels(pod).get(k) == v for k, v in selector.items()):
-                    self.queue.add(o.key_of(svc))
+    def _on_pod_update(self, old: KubeObject, new: KubeObject) -> None:
+        self._on_pod(old)  # the Services it may have left
+        self._on_pod(new)
 
-    def _on_slice(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        labels = o.labels(obj)
+    def _on_slice(self, slice_: KubeObject) -> None:
+        labels = o.labels(slice_)
         if labels.get(MANAGED_BY) == CONTROLLER_NAME and labels.get(SERVICE_NAME):
-            self.queue.add(f"{o.meta(obj)['namespace']}/{labels[SERVICE_NAME]}")
+            self.queue.add(f"{o.meta(slice_)['namespace']}/{labels[SERVICE_NAME]}")
 
-    def _selected(self, service: Obj) -> list[Obj]:
+    def _selected(self, service: KubeObject) -> list[KubeObject]:
         selector_map = o.spec(service).get("selector") or {}
         try:
             selector = Selector.from_labels(selector_map)
         except SelectorError:
             return []
         return [
-            p for p in self.pods.list(o.meta(service)["namespace"]) if selector.matches(o.labels(p))
+            p
+            for p in self.pods.store.objects(o.meta(service)["namespace"])
+            if selector.matches(o.labels(p))
         ]
 
     async def reconcile(self, key: str) -> float | None:
-        ns, name = o.split_key(key)
-        service = self.services.get(ns, name)
+        ns, name = split_key(key)
+        service = self.services.store.get(key)
         if service is None or o.deleting(service):
             return None  # its slices go with it (garbage collector)
         if not o.spec(service).get("selector"):
@@ -224,14 +228,14 @@ class EndpointSliceController(Controller):
         want = desired_slices(service, self._selected(service))
         have = {
             o.meta(s)["name"]: s
-            for s in self.slices.list(ns)
+            for s in self.slices.store.objects(ns)
             if o.labels(s).get(SERVICE_NAME) == name
             and o.labels(s).get(MANAGED_BY) == CONTROLLER_NAME
         }
         for slice_name, slice_ in want.items():
             existing = have.get(slice_name)
             if existing is None:
-                await self.kube.create(ENDPOINTSLICES, ns, slice_)
+                await self.kube.create(ENDPOINTSLICES, slice_, ns)
             elif _content(existing) != _content(slice_):
                 slice_["metadata"]["resourceVersion"] = o.meta(existing)["resourceVersion"]
                 await self.kube.replace(ENDPOINTSLICES, slice_)
@@ -239,9 +243,9 @@ class EndpointSliceController(Controller):
             if slice_name not in want:
                 try:
                     await self.kube.delete(
-                        ENDPOINTSLICES, ns, slice_name, uid=o.meta(existing).get("uid")
+                        ENDPOINTSLICES, slice_name, ns, uid=o.meta(existing).get("uid")
                     )
-                except KubeError as err:
-                    if err.code != 404:
+                except ApiError as err:
+                    if not err.not_found:
                         raise
         return None

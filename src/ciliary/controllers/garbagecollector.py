@@ -22,8 +22,8 @@ from ciliary.controllers import objects as o
 from ciliary.controllers.informers import ENDPOINTSLICES, PODS, REPLICASETS, Informers
 from ciliary.controllers.queue import Controller
 from ciliary.k8s.resources import ResourceType, UnknownResourceError, by_kind
-from ciliary.kube.client import KubeClient, KubeError, Obj
-from ciliary.kube.informer import EventType, Handler, Informer
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, object_key, split_key
+from ciliary.kube.informer import HandlerFuncs, Informer
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +46,25 @@ class GarbageCollector(Controller):
             self.dependents[rt.plural] = informer
             informer.add_handler(self._dependent_handler(rt))
         for informer in informers.all():
-            informer.add_handler(self._on_owner)
+            informer.add_handler(HandlerFuncs(delete=self._on_owner_deleted))
 
-    def _dependent_handler(self, rt: ResourceType) -> Handler:
-        def handler(kind: EventType, old: Obj | None, new: Obj | None) -> None:
-            if new is not None and o.meta(new).get("ownerReferences"):
-                self.queue.add(f"{rt.plural}|{o.key_of(new)}")
+    def _dependent_handler(self, rt: ResourceType) -> HandlerFuncs:
+        def check(dependent: KubeObject) -> None:
+            if o.meta(dependent).get("ownerReferences"):
+                self.queue.add(f"{rt.plural}|{object_key(dependent)}")
 
-        return handler
+        return HandlerFuncs(add=check, update=lambda _old, new: check(new))
 
-    def _on_owner(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        if kind != "DELETED" or old is None:
-            return
-        uid = o.meta(old).get("uid")
-        ns = o.meta(old).get("namespace")
+    def _on_owner_deleted(self, owner: KubeObject) -> None:
+        uid = o.meta(owner).get("uid")
+        ns = o.meta(owner).get("namespace")
         for plural, informer in self.dependents.items():
-            for dep in informer.list(ns) if ns else informer.list():
+            for dep in informer.store.objects(ns) if ns else informer.store.objects():
                 refs = o.meta(dep).get("ownerReferences") or []
                 if any(ref.get("uid") == uid for ref in refs):
-                    self.queue.add(f"{plural}|{o.key_of(dep)}")
+                    self.queue.add(f"{plural}|{object_key(dep)}")
 
-    async def _owner_exists(self, namespace: str | None, ref: Obj) -> bool:
+    async def _owner_exists(self, namespace: str | None, ref: KubeObject) -> bool:
         try:
             rt = by_kind(str(ref.get("apiVersion")), str(ref.get("kind")))
         except UnknownResourceError:
@@ -74,13 +72,14 @@ class GarbageCollector(Controller):
         ns = namespace if rt.namespaced else None
         informer = self.informers.by_resource(rt)
         if informer is not None:
-            cached = informer.get(ns, str(ref["name"]))
+            key = object_key({"metadata": {"namespace": ns, "name": ref["name"]}})
+            cached = informer.store.get(key)
             if cached is not None and o.meta(cached).get("uid") == ref.get("uid"):
                 return True
         try:
-            live = await self.kube.get(rt, ns, str(ref["name"]))
-        except KubeError as err:
-            if err.code == 404:
+            live = await self.kube.get(rt, str(ref["name"]), ns)
+        except ApiError as err:
+            if err.not_found:
                 return False
             raise
         return bool(o.meta(live).get("uid") == ref.get("uid"))
@@ -88,8 +87,8 @@ class GarbageCollector(Controller):
     async def reconcile(self, key: str) -> float | None:
         plural, _, obj_key = key.partition("|")
         informer = self.dependents[plural]
-        ns, name = o.split_key(obj_key)
-        dep = informer.get(ns, name)
+        ns, name = split_key(obj_key)
+        dep = informer.store.get(obj_key)
         if dep is None:
             return None
         refs = o.meta(dep).get("ownerReferences") or []
@@ -101,8 +100,8 @@ class GarbageCollector(Controller):
         m = o.meta(dep)
         log.info("garbagecollector: deleting %s %s (owners gone)", plural, obj_key)
         try:
-            await self.kube.delete(informer.rt, ns, name, uid=m.get("uid"))
-        except KubeError as err:
-            if err.code not in (404, 409):
+            await self.kube.delete(informer.rt, name, ns, uid=m.get("uid"))
+        except ApiError as err:
+            if err.status not in (404, 409):
                 raise
         return None

@@ -9,24 +9,23 @@ full, as upstream's ``WaitForCacheSync``: a ReplicaSet reconciled against an emp
 would create its pods a second time.
 
 SIGTERM or SIGINT stops it (exit 0). The process holds no state of its own: a restart lists
-everything again and carries on.
+everything again and carries on (``process``). Cilium's controllers (identity GC) are
+``ciliary-operator``'s (``operator``), as cilium-operator is not kube-controller-manager.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
-from pathlib import Path
 
 from ciliary.controllers.daemonset import DaemonSetController
 from ciliary.controllers.deployment import DeploymentController
 from ciliary.controllers.endpointslice import EndpointSliceController
 from ciliary.controllers.garbagecollector import GarbageCollector
 from ciliary.controllers.informers import Informers
+from ciliary.controllers.process import cancel, parse_args, serve
 from ciliary.controllers.queue import Controller
 from ciliary.controllers.replicaset import ReplicaSetController
 from ciliary.controllers.scheduler import Scheduler
@@ -50,54 +49,39 @@ def build(kube: KubeClient) -> tuple[Informers, list[Controller]]:
     return informers, controllers
 
 
-async def run(kubeconfig: Path | None) -> None:
-    kube = await KubeClient.connect(kubeconfig)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def run(kube: KubeClient, stop: asyncio.Event) -> None:
+    """Informers started, controllers once every cache synced, all stopped on ``stop``."""
+    informers, controllers = build(kube)
+    for informer in informers.all():
+        informer.start()
+    running: list[asyncio.Task[None]] = []
+
+    async def start_controllers() -> None:
+        await informers.wait_synced()
+        log.info("caches synced; starting %d controllers", len(controllers))
+        for c in controllers:
+            running.append(asyncio.create_task(c.run(), name=f"controller-{c.name}"))
+
+    running.append(asyncio.create_task(start_controllers(), name="start-controllers"))
     try:
-        informers, controllers = build(kube)
-        async with asyncio.TaskGroup() as tasks:
-            running = [
-                tasks.create_task(i.run(), name=f"informer-{i.rt.plural}") for i in informers.all()
-            ]
-
-            async def start_controllers() -> None:
-                await informers.wait_synced()
-                log.info("caches synced; starting %d controllers", len(controllers))
-                for c in controllers:
-                    running.append(tasks.create_task(c.run(), name=f"controller-{c.name}"))
-
-            running.append(tasks.create_task(start_controllers(), name="start-controllers"))
-            await stop.wait()
-            for task in running:
-                task.cancel()
+        await stop.wait()
     finally:
-        await kube.close()
-        with contextlib.suppress(Exception):
-            await asyncio.sleep(0.25)  # let TLS transports finish closing
+        await cancel(running)
+        for informer in informers.all():
+            await informer.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ciliary-controller-manager",
-        description="Deployment, ReplicaSet, DaemonSet, StatefulSet, EndpointSlice and garbage"
-        " collection controllers and the scheduler, as clients of a Kubernetes API server.",
+    args = parse_args(
+        argparse.ArgumentParser(
+            prog="ciliary-controller-manager",
+            description="Deployment, ReplicaSet, DaemonSet, StatefulSet, EndpointSlice and"
+            " garbage collection controllers and the scheduler, as clients of a Kubernetes API"
+            " server.",
+        ),
+        argv,
     )
-    parser.add_argument(
-        "--kubeconfig",
-        type=Path,
-        help="kubeconfig of the API server (default: the pod's service account)",
-    )
-    parser.add_argument("--v", type=int, default=0, help="log verbosity (0: info, 2+: debug)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.v >= 2 else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    asyncio.run(run(args.kubeconfig))
+    asyncio.run(serve(args.kubeconfig, run))
     return 0
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ciliary.k8s.labelselector import Selector, SelectorError
-from ciliary.kube.client import Obj
+from ciliary.kube.client import KubeObject
 
 SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.SafeEncodeString
 POD_TEMPLATE_HASH = "pod-template-hash"
@@ -45,39 +45,29 @@ def parse_time(value: str | None) -> float | None:
         return None
 
 
-def meta(obj: Obj) -> dict[str, Any]:
+def meta(obj: KubeObject) -> dict[str, Any]:
     m: dict[str, Any] = obj["metadata"]
     return m
 
 
-def spec(obj: Obj) -> dict[str, Any]:
+def spec(obj: KubeObject) -> dict[str, Any]:
     s: dict[str, Any] = obj.get("spec") or {}
     return s
 
 
-def status(obj: Obj) -> dict[str, Any]:
+def status(obj: KubeObject) -> dict[str, Any]:
     s: dict[str, Any] = obj.get("status") or {}
     return s
 
 
-def key_of(obj: Obj) -> str:
-    m = meta(obj)
-    return f"{m['namespace']}/{m['name']}" if m.get("namespace") else str(m["name"])
-
-
-def split_key(key: str) -> tuple[str | None, str]:
-    ns, sep, name = key.partition("/")
-    return (ns, name) if sep else (None, ns)
-
-
-def deleting(obj: Obj) -> bool:
+def deleting(obj: KubeObject) -> bool:
     return bool(meta(obj).get("deletionTimestamp"))
 
 
 # ------------------------------------------------------------------------------ owners
 
 
-def owner_reference(owner: Obj, *, controller: bool = True) -> Obj:
+def owner_reference(owner: KubeObject, *, controller: bool = True) -> KubeObject:
     return {
         "apiVersion": owner["apiVersion"],
         "kind": owner["kind"],
@@ -88,21 +78,21 @@ def owner_reference(owner: Obj, *, controller: bool = True) -> Obj:
     }
 
 
-def controller_ref(obj: Obj) -> Obj | None:
+def controller_ref(obj: KubeObject) -> KubeObject | None:
     """The ownerReference with ``controller: true`` (at most one may have it)."""
     for ref in meta(obj).get("ownerReferences") or []:
         if ref.get("controller"):
-            r: Obj = ref
+            r: KubeObject = ref
             return r
     return None
 
 
-def controlled_by(obj: Obj, owner: Obj) -> bool:
+def controlled_by(obj: KubeObject, owner: KubeObject) -> bool:
     ref = controller_ref(obj)
     return ref is not None and ref.get("uid") == meta(owner).get("uid")
 
 
-def controller_key(obj: Obj, kind: str) -> str | None:
+def controller_key(obj: KubeObject, kind: str) -> str | None:
     """``namespace/name`` of the controller of kind ``kind`` owning ``obj``, if any."""
     ref = controller_ref(obj)
     if ref is None or ref.get("kind") != kind:
@@ -113,7 +103,7 @@ def controller_key(obj: Obj, kind: str) -> str | None:
 # ------------------------------------------------------------------------------ selectors
 
 
-def selector_of(obj: Obj) -> Selector | None:
+def selector_of(obj: KubeObject) -> Selector | None:
     """The workload's ``spec.selector`` (None when absent or invalid: such a workload selects
     nothing, and kube-apiserver would have refused it)."""
     doc = spec(obj).get("selector")
@@ -125,7 +115,7 @@ def selector_of(obj: Obj) -> Selector | None:
         return None
 
 
-def labels(obj: Obj) -> Mapping[str, str]:
+def labels(obj: KubeObject) -> Mapping[str, str]:
     got: Mapping[str, str] = meta(obj).get("labels") or {}
     return got
 
@@ -133,20 +123,20 @@ def labels(obj: Obj) -> Mapping[str, str]:
 # ------------------------------------------------------------------------------ pods
 
 
-def condition(obj: Obj, kind: str) -> Obj | None:
+def condition(obj: KubeObject, kind: str) -> KubeObject | None:
     for c in status(obj).get("conditions") or []:
         if c.get("type") == kind:
-            found: Obj = c
+            found: KubeObject = c
             return found
     return None
 
 
-def pod_ready(pod: Obj) -> bool:
+def pod_ready(pod: KubeObject) -> bool:
     c = condition(pod, "Ready")
     return c is not None and c.get("status") == "True"
 
 
-def pod_available(pod: Obj, min_ready_seconds: int, at: float) -> bool:
+def pod_available(pod: KubeObject, min_ready_seconds: int, at: float) -> bool:
     """Ready for at least ``min_ready_seconds`` (kube's ``IsPodAvailable``)."""
     if not pod_ready(pod):
         return False
@@ -156,7 +146,7 @@ def pod_available(pod: Obj, min_ready_seconds: int, at: float) -> bool:
     return since is not None and since + min_ready_seconds <= at
 
 
-def available_in(pod: Obj, min_ready_seconds: int, at: float) -> float | None:
+def available_in(pod: KubeObject, min_ready_seconds: int, at: float) -> float | None:
     """Seconds until a ready pod turns available (None when it is not ready or already is)."""
     if min_ready_seconds <= 0 or not pod_ready(pod):
         return None
@@ -166,12 +156,12 @@ def available_in(pod: Obj, min_ready_seconds: int, at: float) -> float | None:
     return since + min_ready_seconds - at
 
 
-def pod_active(pod: Obj) -> bool:
+def pod_active(pod: KubeObject) -> bool:
     """Counts toward a controller's replicas: not being deleted, not finished."""
     return not deleting(pod) and status(pod).get("phase") not in ("Succeeded", "Failed")
 
 
-def template_hash(template: Obj, collision_count: int = 0) -> str:
+def template_hash(template: KubeObject, collision_count: int = 0) -> str:
     """A short, stable name-safe hash of a pod template (see the module docstring)."""
     text = json.dumps(template, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(f"{text}|{collision_count}".encode()).digest()
@@ -180,16 +170,16 @@ def template_hash(template: Obj, collision_count: int = 0) -> str:
 
 
 def pod_from_template(
-    owner: Obj,
-    template: Obj,
+    owner: KubeObject,
+    template: KubeObject,
     *,
     name: str | None = None,
     extra_labels: Mapping[str, str] | None = None,
-) -> Obj:
+) -> KubeObject:
     """A new pod of ``owner`` (ownerReference with ``controller: true``): the template's labels,
     annotations and spec; ``name``, or ``generateName`` ``<owner>-`` as kube's controllers do."""
     tmeta = template.get("metadata") or {}
-    pod_meta: Obj = {
+    pod_meta: KubeObject = {
         "namespace": meta(owner)["namespace"],
         "labels": {**(tmeta.get("labels") or {}), **(extra_labels or {})},
         "ownerReferences": [owner_reference(owner)],
@@ -208,17 +198,17 @@ def pod_from_template(
     }
 
 
-def replicas(obj: Obj, default: int = 1) -> int:
+def replicas(obj: KubeObject, default: int = 1) -> int:
     value = spec(obj).get("replicas")
     return int(value) if isinstance(value, int) else default
 
 
-def min_ready_seconds(obj: Obj) -> int:
+def min_ready_seconds(obj: KubeObject) -> int:
     value = spec(obj).get("minReadySeconds")
     return int(value) if isinstance(value, int) else 0
 
 
-def tolerates(pod_spec: Obj, taint: Obj) -> bool:
+def tolerates(pod_spec: KubeObject, taint: KubeObject) -> bool:
     """A pod tolerates a taint (kube's ``Toleration.ToleratesTaint``)."""
     for t in pod_spec.get("tolerations") or []:
         effect = t.get("effect") or ""
@@ -235,7 +225,7 @@ def tolerates(pod_spec: Obj, taint: Obj) -> bool:
     return False
 
 
-def fits_node(pod_spec: Obj, node: Obj) -> str | None:
+def fits_node(pod_spec: KubeObject, node: KubeObject) -> str | None:
     """Why the pod cannot go to ``node`` (None when it can): the node's labels must match the
     pod's ``nodeSelector``; a node marked ``spec.unschedulable`` takes only pods tolerating
     ``node.kubernetes.io/unschedulable:NoSchedule``; NoSchedule/NoExecute taints must be
@@ -254,3 +244,9 @@ def fits_node(pod_spec: Obj, node: Obj) -> str | None:
             key, value = taint.get("key"), taint.get("value", "")
             return f"had untolerated taint {{{key}: {value}}}"
     return None
+
+
+def node_fit_changed(old: KubeObject, new: KubeObject) -> bool:
+    """Whether a node update can change which pods fit it (labels or spec: taints, cordon); a
+    status heartbeat cannot."""
+    return (labels(old), spec(old)) != (labels(new), spec(new))

@@ -9,6 +9,10 @@ afterwards. A reconcile sees the world through informers (a cache that may lag t
 * :class:`Expectations` are kube-controller-manager's ``ControllerExpectations``: a controller
   that has just asked for N pods to be created (or deleted) does not act on the pod count again
   until its informer has seen those N (or 5 minutes pass), or it would create them twice.
+
+Informer handlers only queue keys (they run on the informer's delivery path and must not block);
+the two every controller needs are :meth:`Controller.enqueue_objects` (its own kind) and
+:meth:`Controller.enqueue_owners` (the objects it controls: pods, ReplicaSets).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ciliary.kube.client import KubeError
+from ciliary.controllers.informers import PODS
+from ciliary.controllers.objects import controller_key
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, object_key
+from ciliary.kube.informer import HandlerFuncs
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +122,39 @@ class Expectations:
         self._by_key.pop(key, None)
 
 
+class PodControl:
+    """Creates and deletes a controller's pods, each counted in its expectations (upstream's
+    ``RealPodControl`` as the ReplicaSet, DaemonSet and StatefulSet controllers use it): a
+    request that failed is counted as observed at once, since no event will ever come for it."""
+
+    def __init__(self, kube: KubeClient, expectations: Expectations) -> None:
+        self.kube = kube
+        self.expectations = expectations
+
+    async def create(self, key: str, pod: KubeObject, *, exists_ok: bool = False) -> None:
+        """Create ``pod`` for controller ``key``; ``exists_ok``: a 409 (a pod of that fixed name
+        the cache has not seen yet) is no error."""
+        try:
+            await self.kube.create(PODS, pod, pod["metadata"]["namespace"])
+        except ApiError as err:
+            self.expectations.created(key)
+            if not (exists_ok and err.status == 409):
+                raise
+        except BaseException:
+            self.expectations.created(key)
+            raise
+
+    async def delete(self, key: str, pod: KubeObject) -> None:
+        """Delete ``pod`` (this object only: uid precondition); one already gone is no error."""
+        m = pod["metadata"]
+        try:
+            await self.kube.delete(PODS, m["name"], m["namespace"], uid=m.get("uid"))
+        except ApiError as err:
+            self.expectations.deleted(key)
+            if not err.not_found:
+                raise
+
+
 class Controller:
     """A reconcile loop over a :class:`WorkQueue`; subclasses implement :meth:`reconcile`."""
 
@@ -134,8 +174,8 @@ class Controller:
             key = await self.queue.get()
             try:
                 again = await self.reconcile(key)
-            except KubeError as err:
-                self._retry(key, err, quick=err.code == 409)
+            except ApiError as err:
+                self._retry(key, err, quick=err.status == 409)
             except Exception as err:
                 self._retry(key, err, quick=False)
             else:
@@ -144,6 +184,39 @@ class Controller:
                     self.queue.add_after(key, again)
             finally:
                 self.queue.done(key)
+
+    def enqueue_objects(self) -> HandlerFuncs:
+        """A handler queueing the key of every object added, changed or deleted (for the kind
+        the controller reconciles, whose keys are its queue's)."""
+
+        def enqueue(obj: KubeObject) -> None:
+            self.queue.add(object_key(obj))
+
+        return HandlerFuncs(add=enqueue, update=lambda _old, new: enqueue(new), delete=enqueue)
+
+    def enqueue_owners(self, kind: str, expectations: Expectations | None = None) -> HandlerFuncs:
+        """A handler queueing the controller (an owner of ``kind``) of every dependent added,
+        changed (the old owner and the new one) or deleted; additions and deletions are counted
+        as observed in ``expectations`` (upstream's ``addPod``/``updatePod``/``deletePod``)."""
+
+        def added(obj: KubeObject) -> None:
+            if key := controller_key(obj, kind):
+                if expectations is not None:
+                    expectations.created(key)
+                self.queue.add(key)
+
+        def updated(old: KubeObject, new: KubeObject) -> None:
+            for obj in (old, new):
+                if key := controller_key(obj, kind):
+                    self.queue.add(key)
+
+        def deleted(obj: KubeObject) -> None:
+            if key := controller_key(obj, kind):
+                if expectations is not None:
+                    expectations.deleted(key)
+                self.queue.add(key)
+
+        return HandlerFuncs(add=added, update=updated, delete=deleted)
 
     def _retry(self, key: str, err: Exception, *, quick: bool) -> None:
         n = self._failures.get(key, 0) + 1

@@ -18,10 +18,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ciliary.controllers import objects as o
-from ciliary.controllers.informers import PODS, REPLICASETS, Informers
-from ciliary.controllers.queue import Controller, Expectations
-from ciliary.kube.client import KubeClient, KubeError, Obj
-from ciliary.kube.informer import EventType
+from ciliary.controllers.informers import REPLICASETS, Informers
+from ciliary.controllers.queue import Controller, Expectations, PodControl
+from ciliary.kube.client import KubeClient, KubeObject
 
 log = logging.getLogger(__name__)
 
@@ -37,37 +36,19 @@ class ReplicaSetController(Controller):
         self.rs = informers.replicasets
         self.pods = informers.pods
         self.expectations = Expectations()
-        self.rs.add_handler(self._on_rs)
-        self.pods.add_handler(self._on_pod)
+        self.pod_control = PodControl(kube, self.expectations)
+        self.rs.add_handler(self.enqueue_objects())
+        self.pods.add_handler(self.enqueue_owners("ReplicaSet", self.expectations))
 
-    def _on_rs(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        self.queue.add(o.key_of(obj))
-
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        for pod in (old, new):
-            if pod is None:
-                continue
-            key = o.controller_key(pod, "ReplicaSet")
-            if key is None:
-                continue
-            if kind == "ADDED":
-                self.expectations.created(key)
-            elif kind == "DELETED":
-                self.expectations.deleted(key)
-            self.queue.add(key)
-
-    def owned_pods(self, rs: Obj) -> list[Obj]:
+    def owned_pods(self, rs: KubeObject) -> list[KubeObject]:
         return [
             p
-            for p in self.pods.list(o.meta(rs)["namespace"])
+            for p in self.pods.store.objects(o.meta(rs)["namespace"])
             if o.controlled_by(p, rs) and o.pod_active(p)
         ]
 
     async def reconcile(self, key: str) -> float | None:
-        ns, name = o.split_key(key)
-        rs = self.rs.get(ns, name)
+        rs = self.rs.store.get(key)
         if rs is None:
             self.expectations.forget(key)
             return None
@@ -76,7 +57,7 @@ class ReplicaSetController(Controller):
             await self._manage(key, rs, pods)
         return await self._update_status(rs, pods)
 
-    async def _manage(self, key: str, rs: Obj, pods: list[Obj]) -> None:
+    async def _manage(self, key: str, rs: KubeObject, pods: list[KubeObject]) -> None:
         diff = len(pods) - o.replicas(rs)
         if diff < 0:
             count = min(-diff, BURST)
@@ -90,26 +71,12 @@ class ReplicaSetController(Controller):
         elif diff > 0:
             victims = sorted(pods, key=_deletion_rank)[: min(diff, BURST)]
             self.expectations.expect(key, deletes=len(victims))
-            await asyncio.gather(*(self._delete(key, p) for p in victims))
+            await asyncio.gather(*(self.pod_control.delete(key, p) for p in victims))
 
-    async def _create(self, key: str, rs: Obj, template: Obj) -> None:
-        pod = o.pod_from_template(rs, template)
-        try:
-            await self.kube.create(PODS, o.meta(rs)["namespace"], pod)
-        except BaseException:
-            self.expectations.created(key)  # never observed: do not wait for it
-            raise
+    async def _create(self, key: str, rs: KubeObject, template: KubeObject) -> None:
+        await self.pod_control.create(key, o.pod_from_template(rs, template))
 
-    async def _delete(self, key: str, pod: Obj) -> None:
-        m = o.meta(pod)
-        try:
-            await self.kube.delete(PODS, m["namespace"], m["name"], uid=m.get("uid"))
-        except KubeError as err:
-            self.expectations.deleted(key)
-            if err.code != 404:
-                raise
-
-    async def _update_status(self, rs: Obj, pods: list[Obj]) -> float | None:
+    async def _update_status(self, rs: KubeObject, pods: list[KubeObject]) -> float | None:
         at = time.time()
         min_ready = o.min_ready_seconds(rs)
         selector = o.selector_of(rs)
@@ -130,14 +97,14 @@ class ReplicaSetController(Controller):
         current = o.status(rs)
         if any(current.get(k, 0) != v for k, v in want.items()):
             m = o.meta(rs)
-            await self.kube.merge_patch(
-                REPLICASETS, m["namespace"], m["name"], {"status": want}, "status"
+            await self.kube.patch(
+                REPLICASETS, m["name"], {"status": want}, m["namespace"], subresource="status"
             )
         waits = [w for p in pods if (w := o.available_in(p, min_ready, at)) is not None]
         return min(waits) + 0.05 if waits else None
 
 
-def _deletion_rank(pod: Obj) -> tuple[int, int, int, float]:
+def _deletion_rank(pod: KubeObject) -> tuple[int, int, int, float]:
     """Which pods go first on scale-down (kube's ``ActivePods`` order): unscheduled before
     scheduled, Pending before Unknown before Running, not ready before ready, younger first."""
     phase_rank = {"Pending": 0, "Unknown": 1, "Running": 2}

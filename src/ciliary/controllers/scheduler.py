@@ -30,15 +30,15 @@ from collections import Counter
 from ciliary.controllers import objects as o
 from ciliary.controllers.informers import PODS, Informers
 from ciliary.controllers.queue import Controller
-from ciliary.kube.client import KubeClient, KubeError, Obj, object_path
-from ciliary.kube.informer import EventType
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, object_key, split_key
+from ciliary.kube.informer import HandlerFuncs
 
 log = logging.getLogger(__name__)
 
 SCHEDULER_NAME = "default-scheduler"
 
 
-def _wants_scheduling(pod: Obj) -> bool:
+def _wants_scheduling(pod: KubeObject) -> bool:
     pod_spec = o.spec(pod)
     return (
         not pod_spec.get("nodeName")
@@ -48,7 +48,7 @@ def _wants_scheduling(pod: Obj) -> bool:
     )
 
 
-def _group(pod: Obj) -> str | None:
+def _group(pod: KubeObject) -> str | None:
     ref = o.controller_ref(pod)
     return str(ref["uid"]) if ref is not None else None
 
@@ -63,35 +63,41 @@ class Scheduler(Controller):
         self.nodes = informers.nodes
         self.assumed: dict[str, tuple[str, str | None]] = {}  # pod key → (node, group)
         self.binding_served = True
-        self.pods.add_handler(self._on_pod)
-        self.nodes.add_handler(self._on_node)
+        self.pods.add_handler(
+            HandlerFuncs(
+                add=self._on_pod,
+                update=lambda _old, new: self._on_pod(new),
+                delete=lambda pod: self._forget(object_key(pod)),
+            )
+        )
+        self.nodes.add_handler(
+            HandlerFuncs(add=self._on_node, update=self._on_node_update, delete=self._on_node)
+        )
 
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        key = o.key_of(obj)
-        if new is None or o.spec(new).get("nodeName"):
-            self.assumed.pop(key, None)
-        if new is not None and _wants_scheduling(new):
+    def _on_pod(self, pod: KubeObject) -> None:
+        key = object_key(pod)
+        if o.spec(pod).get("nodeName"):
+            self._forget(key)  # the binding is seen: no longer assumed
+        if _wants_scheduling(pod):
             self.queue.add(key)
 
-    def _on_node(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        if (
-            kind == "MODIFIED"
-            and old is not None
-            and new is not None
-            and (o.labels(old), o.spec(old)) == (o.labels(new), o.spec(new))
-        ):
-            return
-        for pod in self.pods.list():
+    def _forget(self, key: str) -> None:
+        self.assumed.pop(key, None)
+
+    def _on_node(self, node: KubeObject) -> None:
+        for pod in self.pods.store.objects():
             if _wants_scheduling(pod):
-                self.queue.add(o.key_of(pod))
+                self.queue.add(object_key(pod))
+
+    def _on_node_update(self, old: KubeObject, new: KubeObject) -> None:
+        if o.node_fit_changed(old, new):
+            self._on_node(new)
 
     def _load(self, group: str | None) -> Counter[str]:
         """Pods per node of ``group`` (all pods when None), assumed bindings included."""
         counts: Counter[str] = Counter()
-        for pod in self.pods.list():
-            key = o.key_of(pod)
+        for pod in self.pods.store.objects():
+            key = object_key(pod)
             if key in self.assumed or o.deleting(pod):
                 continue
             node = o.spec(pod).get("nodeName")
@@ -103,11 +109,11 @@ class Scheduler(Controller):
         return counts
 
     async def reconcile(self, key: str) -> float | None:
-        ns, name = o.split_key(key)
-        pod = self.pods.get(ns, name)
+        ns, name = split_key(key)
+        pod = self.pods.store.get(key)
         if pod is None or not _wants_scheduling(pod) or key in self.assumed:
             return None
-        nodes = sorted(self.nodes.list(), key=lambda n: o.meta(n)["name"])
+        nodes = sorted(self.nodes.store.objects(), key=lambda n: o.meta(n)["name"])
         reasons: Counter[str] = Counter()
         feasible: list[str] = []
         for node in nodes:
@@ -131,75 +137,64 @@ class Scheduler(Controller):
         try:
             if self.binding_served:
                 try:
-                    await self.kube.request(
-                        "POST", object_path(PODS, ns, name, "binding"), body=binding
-                    )
-                except KubeError as err:
-                    if err.code != 404 or "requested resource" not in err.message:
+                    await self.kube.create(PODS, binding, ns, subresource="binding")
+                except ApiError as err:
+                    if not err.not_found or "requested resource" not in err.message:
                         raise
                     log.info("scheduler: pods/binding not served; binding by patch")
                     self.binding_served = False
             if not self.binding_served:
                 await self._bind_by_patch(pod, chosen)
-        except KubeError as err:
-            if err.code in (404, 409):  # gone, or changed/bound meanwhile: the cache will tell
+        except ApiError as err:
+            if err.status in (404, 409):  # gone, or changed/bound meanwhile: the cache will tell
                 return None
             raise
         self.assumed[key] = (chosen, group)
         log.info("scheduler: %s bound to %s", key, chosen)
         return None
 
-    async def _bind_by_patch(self, pod: Obj, node: str) -> None:
+    async def _bind_by_patch(self, pod: KubeObject, node: str) -> None:
         """What the binding subresource does, for an API server without it: ``spec.nodeName``
         set only on the version of the pod that was read (a merge patch carrying its
         resourceVersion, so a pod bound or changed meanwhile is 409, not re-bound), then the
         PodScheduled condition."""
         m = o.meta(pod)
-        await self.kube.merge_patch(
+        await self.kube.patch(
             PODS,
-            m["namespace"],
             m["name"],
             {"metadata": {"resourceVersion": m["resourceVersion"]}, "spec": {"nodeName": node}},
+            m["namespace"],
         )
-        conditions = [
-            c for c in o.status(pod).get("conditions") or [] if c.get("type") != "PodScheduled"
-        ]
-        conditions.append(
-            {
-                "type": "PodScheduled",
-                "status": "True",
-                "lastProbeTime": None,
-                "lastTransitionTime": o.now(),
-            }
-        )
-        await self.kube.merge_patch(
-            PODS, m["namespace"], m["name"], {"status": {"conditions": conditions}}, "status"
-        )
+        await self._set_scheduled(pod, "True")
 
-    async def _unschedulable(self, pod: Obj, total: int, reasons: Counter[str]) -> None:
+    async def _unschedulable(self, pod: KubeObject, total: int, reasons: Counter[str]) -> None:
         detail = ", ".join(f"{n} node(s) {why}" for why, n in sorted(reasons.items()))
         message = f"0/{total} nodes are available: {detail}." if total else "no nodes available"
         previous = o.condition(pod, "PodScheduled")
         if previous and previous.get("message") == message:
             return
+        try:
+            await self._set_scheduled(pod, "False", "Unschedulable", message)
+        except ApiError as err:
+            if not err.not_found:
+                raise
+
+    async def _set_scheduled(
+        self, pod: KubeObject, status: str, reason: str | None = None, message: str | None = None
+    ) -> None:
+        """The pod's PodScheduled condition replaced (through ``/status``)."""
+        condition: KubeObject = {"type": "PodScheduled", "status": status}
+        if reason is not None:
+            condition |= {"reason": reason, "message": message}
+        condition |= {"lastProbeTime": None, "lastTransitionTime": o.now()}
         conditions = [
             c for c in o.status(pod).get("conditions") or [] if c.get("type") != "PodScheduled"
         ]
-        conditions.append(
-            {
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": message,
-                "lastProbeTime": None,
-                "lastTransitionTime": o.now(),
-            }
-        )
         m = o.meta(pod)
-        try:
-            await self.kube.merge_patch(
-                PODS, m["namespace"], m["name"], {"status": {"conditions": conditions}}, "status"
-            )
-        except KubeError as err:
-            if err.code != 404:
-                raise
+        await self.kube.patch(
+            PODS,
+            m["name"],
+            {"status": {"conditions": [*conditions, condition]}},
+            m["namespace"],
+            subresource="status",
+        )

@@ -23,10 +23,9 @@ import re
 import time
 
 from ciliary.controllers import objects as o
-from ciliary.controllers.informers import PODS, STATEFULSETS, Informers
-from ciliary.controllers.queue import Controller, Expectations
-from ciliary.kube.client import KubeClient, KubeError, Obj
-from ciliary.kube.informer import EventType
+from ciliary.controllers.informers import STATEFULSETS, Informers
+from ciliary.controllers.queue import Controller, Expectations, PodControl
+from ciliary.kube.client import KubeClient, KubeObject, split_key
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def ordinal(sts_name: str, pod_name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _running_ready(pod: Obj) -> bool:
+def _running_ready(pod: KubeObject) -> bool:
     return o.status(pod).get("phase") == "Running" and o.pod_ready(pod)
 
 
@@ -52,32 +51,19 @@ class StatefulSetController(Controller):
         self.sts = informers.statefulsets
         self.pods = informers.pods
         self.expectations = Expectations()
-        self.sts.add_handler(self._on_sts)
-        self.pods.add_handler(self._on_pod)
-
-    def _on_sts(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        self.queue.add(o.key_of(obj))
-
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        for pod in (old, new):
-            if pod is not None and (key := o.controller_key(pod, "StatefulSet")):
-                if kind == "ADDED":
-                    self.expectations.created(key)
-                elif kind == "DELETED":
-                    self.expectations.deleted(key)
-                self.queue.add(key)
+        self.pod_control = PodControl(kube, self.expectations)
+        self.sts.add_handler(self.enqueue_objects())
+        self.pods.add_handler(self.enqueue_owners("StatefulSet", self.expectations))
 
     async def reconcile(self, key: str) -> float | None:
-        ns, name = o.split_key(key)
-        sts = self.sts.get(ns, name)
+        ns, name = split_key(key)
+        sts = self.sts.store.get(key)
         if sts is None:
             self.expectations.forget(key)
             return None
         hash_ = f"{name}-{o.template_hash(o.spec(sts).get('template') or {})}"
-        pods: dict[int, Obj] = {}
-        for p in self.pods.list(ns):
+        pods: dict[int, KubeObject] = {}
+        for p in self.pods.store.objects(ns):
             i = ordinal(name, o.meta(p)["name"])
             if i is not None and o.controlled_by(p, sts):
                 pods[i] = p
@@ -85,7 +71,9 @@ class StatefulSetController(Controller):
             await self._manage(key, sts, hash_, pods)
         return await self._update_status(sts, hash_, pods)
 
-    async def _manage(self, key: str, sts: Obj, hash_: str, pods: dict[int, Obj]) -> None:
+    async def _manage(
+        self, key: str, sts: KubeObject, hash_: str, pods: dict[int, KubeObject]
+    ) -> None:
         want = o.replicas(sts)
         parallel = o.spec(sts).get("podManagementPolicy") == "Parallel"
         # failed pods go first; they come back under the same name
@@ -127,7 +115,7 @@ class StatefulSetController(Controller):
                 await self._delete(key, pods[i])
                 return
 
-    async def _create(self, key: str, sts: Obj, hash_: str, i: int) -> None:
+    async def _create(self, key: str, sts: KubeObject, hash_: str, i: int) -> None:
         name = f"{o.meta(sts)['name']}-{i}"
         pod = o.pod_from_template(
             sts,
@@ -139,27 +127,15 @@ class StatefulSetController(Controller):
         if o.spec(sts).get("serviceName"):
             pod["spec"]["subdomain"] = o.spec(sts)["serviceName"]
         self.expectations.expect(key, adds=1)
-        try:
-            await self.kube.create(PODS, o.meta(sts)["namespace"], pod)
-        except KubeError as err:
-            self.expectations.created(key)
-            if err.code != 409:  # 409: the cache has not seen it yet
-                raise
-        except BaseException:
-            self.expectations.created(key)
-            raise
+        await self.pod_control.create(key, pod, exists_ok=True)
 
-    async def _delete(self, key: str, pod: Obj) -> None:
-        m = o.meta(pod)
+    async def _delete(self, key: str, pod: KubeObject) -> None:
         self.expectations.expect(key, deletes=1)
-        try:
-            await self.kube.delete(PODS, m["namespace"], m["name"], uid=m.get("uid"))
-        except KubeError as err:
-            self.expectations.deleted(key)
-            if err.code != 404:
-                raise
+        await self.pod_control.delete(key, pod)
 
-    async def _update_status(self, sts: Obj, hash_: str, pods: dict[int, Obj]) -> float | None:
+    async def _update_status(
+        self, sts: KubeObject, hash_: str, pods: dict[int, KubeObject]
+    ) -> float | None:
         at = time.time()
         min_ready = o.min_ready_seconds(sts)
         live = [p for p in pods.values() if not o.deleting(p)]
@@ -182,8 +158,8 @@ class StatefulSetController(Controller):
         current = o.status(sts)
         if any(current.get(k) != v for k, v in st.items()):
             m = o.meta(sts)
-            await self.kube.merge_patch(
-                STATEFULSETS, m["namespace"], m["name"], {"status": st}, "status"
+            await self.kube.patch(
+                STATEFULSETS, m["name"], {"status": st}, m["namespace"], subresource="status"
             )
         waits = [w for p in live if (w := o.available_in(p, min_ready, at)) is not None]
         return min(waits) + 0.05 if waits else None

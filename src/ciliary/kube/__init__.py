@@ -1,7 +1,7 @@
-"""Kubernetes API clients shared by every ciliary process that talks to an API server.
+"""The Kubernetes API client shared by every ciliary process that talks to an API server.
 
-A layer of its own (beside ``policy``/``datapath``, above ``k8s``) so that the controllers and
-the agent can both import it. ``ciliary.agent.k8s`` has its own client and informer (written at
-the same time, with indexes and async handlers); they are to be moved here and this package's
-``client``/``informer`` folded into them, so that one list + watch implementation remains.
+One client (``client``: ``KubeClient``, ``ApiError``), one list + watch informer (``informer``).
+A layer of its own (beside ``policy``/``datapath``, above ``k8s``) so that the agent, the
+controller manager and the operator all import the same code: a second informer would be a
+second, subtly different answer to resumes, relists and deletions missed while disconnected.
 """

@@ -7,7 +7,6 @@ garbage-collected, and EndpointSlices that follow them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from ciliary.k8s.resources import by_path
-from ciliary.kube.client import KubeClient, KubeError, KubeUnavailableError
+from ciliary.kube.client import ApiError, KubeClient
 from ciliary.lab.controlplane import restart_apiserver
 from tests.integration.controllers.conftest import Cluster
 
@@ -70,8 +69,7 @@ def workload(kind: str, name: str, app: str, **spec: Any) -> Obj:
 
 
 async def pods(kube: KubeClient, selector: str = "") -> list[Obj]:
-    query = {"labelSelector": selector} if selector else {}
-    doc = await kube.request("GET", PODS.path(NS), query=query)
+    doc = await kube.list(PODS, namespace=NS, label_selector=selector or None)
     items: list[Obj] = doc["items"]
     return sorted(items, key=lambda p: p["metadata"]["name"])
 
@@ -105,8 +103,11 @@ class Kubelet:
     async def run(self) -> None:
         while True:
             # the API server may be restarting: as a kubelet, try again
-            with contextlib.suppress(KubeUnavailableError):
+            try:
                 await self._pass()
+            except ApiError as err:
+                if not err.unavailable:
+                    raise
             await asyncio.sleep(0.05)
 
     async def _pass(self) -> None:
@@ -136,9 +137,9 @@ class Kubelet:
                 ],
             }
             try:
-                await self.kube.merge_patch(PODS, NS, name, {"status": status}, "status")
-            except KubeError as err:
-                if err.code != 404:
+                await self.kube.patch(PODS, name, {"status": status}, NS, subresource="status")
+            except ApiError as err:
+                if not err.not_found:
                     raise
 
 
@@ -150,9 +151,9 @@ def run(
         kubelet = Kubelet(kube, **kw)
         task: asyncio.Task[None] | None = None
         try:
-            await kube.create(NAMESPACES, None, {"metadata": {"name": NS}})
+            await kube.create(NAMESPACES, {"metadata": {"name": NS}})
             for n in ("node1", "node2"):
-                await kube.create(NODES, None, node(n, zone=n[-1]))
+                await kube.create(NODES, node(n, zone=n[-1]))
             task = asyncio.create_task(kubelet.run(), name="test-kubelet")
             await body(kube, kubelet)
             assert not task.done(), task.exception()
@@ -188,7 +189,7 @@ def ready(p: Obj) -> bool:
 
 def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -> None:
     async def body(kube: KubeClient, kubelet: Kubelet) -> None:
-        await kube.create(DEPLOYMENTS, NS, workload("Deployment", "web", "web", replicas=4))
+        await kube.create(DEPLOYMENTS, workload("Deployment", "web", "web", replicas=4), NS)
 
         async def spread(n: int) -> list[Obj]:
             got = [p for p in await pods(kube, "app=web") if ready(p)]
@@ -199,13 +200,13 @@ def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -
             return got
 
         first = await eventually("4 ready pods spread 2/2", lambda: spread(4))
-        rs_list = (await kube.request("GET", REPLICASETS.path(NS)))["items"]
+        rs_list = (await kube.list(REPLICASETS, namespace=NS))["items"]
         assert len(rs_list) == 1
         rs = rs_list[0]
         hash_ = rs["metadata"]["labels"]["pod-template-hash"]
         assert rs["metadata"]["name"] == f"web-{hash_}"
         assert rs["spec"]["selector"]["matchLabels"] == {"app": "web", "pod-template-hash": hash_}
-        deploy = await kube.get(DEPLOYMENTS, NS, "web")
+        deploy = await kube.get(DEPLOYMENTS, "web", NS)
         owner = rs["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["uid"], owner["controller"]) == (
             "Deployment",
@@ -223,7 +224,7 @@ def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -
             )
 
         async def deploy_status(n: int) -> bool:
-            st = (await kube.get(DEPLOYMENTS, NS, "web")).get("status") or {}
+            st = (await kube.get(DEPLOYMENTS, "web", NS)).get("status") or {}
             conditions = {c["type"]: c for c in st.get("conditions") or []}
             return (
                 st.get("availableReplicas") == n
@@ -238,7 +239,7 @@ def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -
 
         # a deleted pod is replaced by a new one
         victim = first[0]["metadata"]["name"]
-        await kube.delete(PODS, NS, victim)
+        await kube.delete(PODS, victim, NS)
 
         async def replaced() -> bool:
             names = {p["metadata"]["name"] for p in await spread(4)}
@@ -254,11 +255,11 @@ def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -
         await eventually("deployment status 2/2", lambda: deploy_status(2))
 
         # rolling update: every pod replaced by one of the new template
-        await kube.merge_patch(
+        await kube.patch(
             DEPLOYMENTS,
-            NS,
             "web",
             {"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}},
+            NS,
         )
 
         async def rolled() -> bool:
@@ -269,7 +270,7 @@ def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -
         await eventually("all pods of the new template", rolled)
         kubectl(cluster, "rollout", "status", "deployment/web", "--timeout=30s")
         await eventually("deployment status 2/2 after the rollout", lambda: deploy_status(2))
-        sets = (await kube.request("GET", REPLICASETS.path(NS)))["items"]
+        sets = (await kube.list(REPLICASETS, namespace=NS))["items"]
         assert len(sets) == 2
         assert {s["spec"]["replicas"] for s in sets if s["metadata"]["name"] != f"web-{hash_}"} == {
             2
@@ -280,10 +281,10 @@ def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -
         )
 
         # deleting the Deployment deletes its ReplicaSets and their pods
-        await kube.delete(DEPLOYMENTS, NS, "web")
+        await kube.delete(DEPLOYMENTS, "web", NS)
 
         async def collected() -> bool:
-            left_rs = (await kube.request("GET", REPLICASETS.path(NS)))["items"]
+            left_rs = (await kube.list(REPLICASETS, namespace=NS))["items"]
             return not left_rs and not await pods(kube)
 
         await eventually("ReplicaSets and pods garbage-collected", collected)
@@ -293,7 +294,7 @@ def test_deployment_spread_recreate_scale_rollout_and_delete(cluster: Cluster) -
 
 def test_daemonset_one_pod_per_matching_node(cluster: Cluster) -> None:
     async def body(kube: KubeClient, kubelet: Kubelet) -> None:
-        await kube.create(DAEMONSETS, NS, workload("DaemonSet", "agent", "agent"))
+        await kube.create(DAEMONSETS, workload("DaemonSet", "agent", "agent"), NS)
 
         async def one_each(nodes: set[str]) -> bool:
             got = await pods(kube, "app=agent")
@@ -302,19 +303,19 @@ def test_daemonset_one_pod_per_matching_node(cluster: Cluster) -> None:
 
         await eventually("a pod on node1 and node2", lambda: one_each({"node1", "node2"}))
         # a third node gets one; a node selector restricts them
-        await kube.create(NODES, None, node("node3", zone="3", role="edge"))
+        await kube.create(NODES, node("node3", zone="3", role="edge"))
         await eventually("a pod on each of 3 nodes", lambda: one_each({"node1", "node2", "node3"}))
 
         async def status(n: int) -> bool:
-            st = (await kube.get(DAEMONSETS, NS, "agent")).get("status") or {}
+            st = (await kube.get(DAEMONSETS, "agent", NS)).get("status") or {}
             return st.get("desiredNumberScheduled") == n and st.get("numberReady") == n
 
         await eventually("daemonset status 3/3", lambda: status(3))
-        await kube.merge_patch(
+        await kube.patch(
             DAEMONSETS,
-            NS,
             "agent",
             {"spec": {"template": {"spec": {"nodeSelector": {"role": "edge"}}}}},
+            NS,
         )
         await eventually("only node3 keeps a pod", lambda: one_each({"node3"}))
         await eventually("daemonset status 1/1", lambda: status(1))
@@ -324,16 +325,16 @@ def test_daemonset_one_pod_per_matching_node(cluster: Cluster) -> None:
         for name, selector in (("pinned", {"zone": "2"}), ("nowhere", {"zone": "9"})):
             await kube.create(
                 PODS,
-                NS,
                 {
                     "metadata": {"name": name},
                     "spec": {"nodeSelector": selector, **template("x")["spec"]},
                 },
+                NS,
             )
 
         async def placed() -> bool:
-            pinned = await kube.get(PODS, NS, "pinned")
-            nowhere = await kube.get(PODS, NS, "nowhere")
+            pinned = await kube.get(PODS, "pinned", NS)
+            nowhere = await kube.get(PODS, "nowhere", NS)
             conditions = {c["type"]: c for c in nowhere.get("status", {}).get("conditions") or []}
             return (
                 pinned["spec"].get("nodeName") == "node2"
@@ -351,7 +352,7 @@ def test_statefulset_ordered_create_and_scale_down(cluster: Cluster) -> None:
     async def body(kube: KubeClient, kubelet: Kubelet) -> None:
         kubelet.hold = {"db-0", "db-1", "db-2"}
         await kube.create(
-            STATEFULSETS, NS, workload("StatefulSet", "db", "db", replicas=3, serviceName="db")
+            STATEFULSETS, workload("StatefulSet", "db", "db", replicas=3, serviceName="db"), NS
         )
 
         async def names() -> list[str]:
@@ -360,7 +361,7 @@ def test_statefulset_ordered_create_and_scale_down(cluster: Cluster) -> None:
         await eventually("db-0", lambda: _equals(names, ["db-0"]))
         await asyncio.sleep(1.0)
         assert await names() == ["db-0"], "db-1 made before db-0 was ready"
-        db0 = await kube.get(PODS, NS, "db-0")
+        db0 = await kube.get(PODS, "db-0", NS)
         assert db0["spec"]["hostname"] == "db-0" and db0["spec"]["subdomain"] == "db"
         assert db0["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] == "db-0"
         kubelet.hold.discard("db-0")
@@ -371,24 +372,24 @@ def test_statefulset_ordered_create_and_scale_down(cluster: Cluster) -> None:
         await eventually("db-2", lambda: _equals(names, ["db-0", "db-1", "db-2"]))
 
         async def sts_ready(n: int) -> bool:
-            st = (await kube.get(STATEFULSETS, NS, "db")).get("status") or {}
+            st = (await kube.get(STATEFULSETS, "db", NS)).get("status") or {}
             return st.get("readyReplicas") == n and st.get("replicas") == n
 
         await eventually("statefulset status 3/3", lambda: sts_ready(3))
         # a deleted pod comes back under its name
-        uid = (await kube.get(PODS, NS, "db-1"))["metadata"]["uid"]
-        await kube.delete(PODS, NS, "db-1")
+        uid = (await kube.get(PODS, "db-1", NS))["metadata"]["uid"]
+        await kube.delete(PODS, "db-1", NS)
 
         async def back() -> bool:
             try:
-                p = await kube.get(PODS, NS, "db-1")
-            except KubeError:
+                p = await kube.get(PODS, "db-1", NS)
+            except ApiError:
                 return False
             return p["metadata"]["uid"] != uid and ready(p)
 
         await eventually("db-1 recreated", back)
         # scale down from the highest ordinal
-        await kube.merge_patch(STATEFULSETS, NS, "db", {"spec": {"replicas": 1}})
+        await kube.patch(STATEFULSETS, "db", {"spec": {"replicas": 1}}, NS)
         seen: list[list[str]] = []
 
         async def down() -> bool:
@@ -413,7 +414,6 @@ def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
         kubelet.hold = set()
         await kube.create(
             SERVICES,
-            NS,
             {
                 "metadata": {"name": "web", "labels": {"tier": "front"}},
                 "spec": {
@@ -424,11 +424,12 @@ def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
                     ],
                 },
             },
+            NS,
         )
 
         async def slices() -> list[Obj]:
-            doc = await kube.request(
-                "GET", SLICES.path(NS), query={"labelSelector": "kubernetes.io/service-name=web"}
+            doc = await kube.list(
+                SLICES, namespace=NS, label_selector="kubernetes.io/service-name=web"
             )
             items: list[Obj] = doc["items"]
             return items
@@ -436,7 +437,7 @@ def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
         # no pods yet: one empty placeholder
         placeholder = await eventually("a placeholder slice", slices)
         assert len(placeholder) == 1 and not placeholder[0].get("endpoints")
-        await kube.create(DEPLOYMENTS, NS, workload("Deployment", "web", "web", replicas=2))
+        await kube.create(DEPLOYMENTS, workload("Deployment", "web", "web", replicas=2), NS)
 
         async def filled() -> list[Obj]:
             got = await slices()
@@ -476,12 +477,12 @@ def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
         # a pod that turns unready is listed not ready; a deleted one leaves
         name = sorted(web_pods)[0]
         kubelet.hold.add(name)
-        await kube.merge_patch(
+        await kube.patch(
             PODS,
-            NS,
             name,
             {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
-            "status",
+            NS,
+            subresource="status",
         )
 
         async def unready() -> bool:
@@ -496,7 +497,7 @@ def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
             return False
 
         await eventually("the unready endpoint", unready)
-        await kube.delete(SERVICES, NS, "web")
+        await kube.delete(SERVICES, "web", NS)
         await eventually("slices collected with their Service", lambda: _none(slices))
 
     run(cluster, body, dual_stack=True)
@@ -511,7 +512,7 @@ def test_api_server_restart_then_controllers_carry_on(cluster: Cluster) -> None:
     resourceVersion once it is back, so a pod deleted afterwards is replaced, once."""
 
     async def body(kube: KubeClient, kubelet: Kubelet) -> None:
-        await kube.create(DEPLOYMENTS, NS, workload("Deployment", "web", "web", replicas=2))
+        await kube.create(DEPLOYMENTS, workload("Deployment", "web", "web", replicas=2), NS)
 
         async def two_ready() -> list[Obj]:
             got = await pods(kube, "app=web")
@@ -522,7 +523,7 @@ def test_api_server_restart_then_controllers_carry_on(cluster: Cluster) -> None:
         await asyncio.to_thread(restart_apiserver, cluster.cp)
         victim = before[0]["metadata"]["name"]
         await eventually("the API answers again", lambda: _answers(kube))
-        await kube.delete(PODS, NS, victim)
+        await kube.delete(PODS, victim, NS)
 
         async def replaced() -> bool:
             got = await two_ready()
@@ -537,7 +538,7 @@ def test_api_server_restart_then_controllers_carry_on(cluster: Cluster) -> None:
 
 async def _answers(kube: KubeClient) -> bool:
     try:
-        await kube.request("GET", NAMESPACES.path())
-    except (KubeError, KubeUnavailableError):
+        await kube.list(NAMESPACES)
+    except ApiError:
         return False
     return True

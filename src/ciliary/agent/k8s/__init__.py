@@ -1,6 +1,8 @@
-"""The agent as a Kubernetes client: one generic REST client (``client``), list + watch informers
-(``informer``) and Cilium's CRD-mode identity allocation (``identity``, ``identitygc``).
+"""The agent as a Kubernetes client: Cilium's CRD-mode identity allocation (``identity``).
 
-Everything here speaks JSON objects (``dict``) of the kinds in ``ciliary.k8s.resources``; typed
-models (``ciliary.k8s.objects``) are applied by the consumers that need them, once.
+The client and informers it stands on are ``ciliary.kube``'s (shared with the controller manager
+and the operator); the operator's side of identities (their garbage collection) is
+``ciliary.controllers.identitygc``. Everything here speaks JSON objects (``dict``) of the kinds
+in ``ciliary.k8s.resources``; typed models (``ciliary.k8s.objects``) are applied by the
+consumers that need them, once.
 """

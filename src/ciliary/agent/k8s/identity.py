@@ -27,7 +27,7 @@ identity X of the set also holds every identity of the set created before X — 
 never deleted by a loser (nothing is older) — so each answer is M, whether from the cache
 (an identity of the set was there) or after a creation (the cache is current past our own).
 ciliary's operator never annotates identities (its grace clock is in its memory, see
-``identitygc``), so an identity's resourceVersion is its creation's.
+``ciliary.controllers.identitygc``), so an identity's resourceVersion is its creation's.
 
 References: as upstream in CRD mode, an identity is in use while a CiliumEndpoint names it
 (``status.identity.id``); ``release`` is a no-op and the operator's GC deletes identities no
@@ -44,10 +44,10 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ciliary.agent.k8s.client import ApiError, KubeClient, KubeObject, resource_version
-from ciliary.agent.k8s.informer import Informer
 from ciliary.core.flow import MIN_ALLOCATED_IDENTITY
 from ciliary.k8s.resources import by_path
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, resource_version
+from ciliary.kube.informer import Informer
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import signal
 
 import pytest
 
-from ciliary.agent.k8s.client import ApiError, KubeClient
-from ciliary.agent.k8s.informer import Backoff, Informer
 from ciliary.apiserver.etcd import EtcdClient
 from ciliary.apiserver.storage import Storage
 from ciliary.apiserver.strategy import prepare_create
+from ciliary.kube.client import ApiError, KubeClient
+from ciliary.kube.informer import Backoff, Informer
 from ciliary.lab.controlplane import ControlPlane, restart_apiserver, restart_etcd_member
-from tests.integration.k8s.helpers import NAMESPACES, PODS, Recorder, eventually, pod, run
+from tests.integration.kube.helpers import NAMESPACES, PODS, Recorder, eventually, pod, run
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -10,7 +10,6 @@ import random
 
 import pytest
 
-from ciliary.agent.k8s.client import KubeClient
 from ciliary.agent.k8s.identity import (
     IDENTITIES,
     CRDIdentityAllocator,
@@ -18,8 +17,9 @@ from ciliary.agent.k8s.identity import (
     labels_map,
     object_labels,
 )
+from ciliary.kube.client import KubeClient
 from ciliary.lab.controlplane import ControlPlane
-from tests.integration.k8s.helpers import run
+from tests.integration.kube.helpers import run
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,18 +1,25 @@
 """The operator's identity GC against a real API server + etcd: identities no CiliumEndpoint
 names are deleted once unused for the grace period, used ones never; a reference coming back
-stops the clock; the running collector (short grace) removes what allocators left unused."""
+stops the clock; the running collector (short grace) removes what allocators left unused; the
+``ciliary-operator`` process does the same and exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from ciliary.agent.k8s.client import ApiError, KubeClient
 from ciliary.agent.k8s.identity import IDENTITIES, CRDIdentityAllocator, identity_object
-from ciliary.agent.k8s.identitygc import ENDPOINTS, IdentityGC, referenced_identities
+from ciliary.controllers.identitygc import ENDPOINTS, IdentityGC, referenced_identities
+from ciliary.kube.client import ApiError, KubeClient
 from ciliary.lab.controlplane import ControlPlane
-from tests.integration.k8s.helpers import eventually, run
+from tests.integration.controllers.conftest import VENV_BIN
+from tests.integration.kube.helpers import eventually, run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,5 +107,47 @@ def test_running_collector_with_short_grace(control_plane: ControlPlane) -> None
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await alloc.stop()
+
+    run(control_plane, body)
+
+
+def test_operator_process(control_plane: ControlPlane, tmp_path: Path) -> None:
+    async def body(kube: KubeClient) -> None:
+        await kube.create(IDENTITIES, identity_object(300, {"k8s:app": "used"}))
+        await kube.create(IDENTITIES, identity_object(301, {"k8s:app": "unused"}))
+        await endpoint(kube, "ep", 300)
+        log = tmp_path / "operator.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [
+                    str(VENV_BIN / "ciliary-operator"),
+                    "--kubeconfig",
+                    str(control_plane.kubeconfig),
+                    "--identity-gc-interval",
+                    "0.2",
+                    "--identity-heartbeat-timeout",
+                    "0.5",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        try:
+            deadline = asyncio.get_running_loop().time() + 15
+            while await exists(kube, 301):
+                assert asyncio.get_running_loop().time() < deadline, log.read_text()
+                assert proc.poll() is None, log.read_text()
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # two grace periods more: the used one stays
+            assert await exists(kube, 300)
+            os.kill(proc.pid, signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 10) == 0, log.read_text()
+            assert "deleted unused identity 301" in log.read_text()
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     run(control_plane, body)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ciliary.agent.k8s.client import ApiError, ConfigError, load_configuration, object_key
-from ciliary.agent.k8s.informer import Backoff, Store
+from ciliary.kube.client import ApiError, ConfigError, load_configuration, object_key
+from ciliary.kube.informer import Backoff, Store
 
 
 def service_account(tmp_path: Path) -> Path:

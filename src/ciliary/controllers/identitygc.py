@@ -4,17 +4,20 @@ Upstream (``operator/identitygc``, CRD mode) counts a CiliumIdentity as used whi
 CiliumEndpoint names it (``status.identity.id``); one found unused is marked with the
 ``io.cilium.heartbeat`` annotation and deleted when still unused a heartbeat timeout later (the
 agent removes the mark when it reuses the identity). ciliary keeps the "unused since" clock in
-the collector's memory instead of on the object: identities stay immutable after creation, which
-the allocator's oldest-wins rule (``identity``) relies on (an identity's resourceVersion is its
-creation's). A restarted collector starts every clock afresh: it deletes later, never earlier.
+the collector's memory instead of on the object: identities stay immutable after creation,
+which the agent allocator's oldest-wins rule (``ciliary.agent.k8s.identity``) relies on (an
+identity's resourceVersion is its creation's). A restarted collector starts every clock afresh:
+it deletes later, never earlier.
 
 Safety: a pass runs only once both informers have synced (an empty cache would make every
 identity look unused) and its endpoint cache is current at the revision the pass began at (an
 endpoint written just before is seen). Deletion carries the identity's uid and resourceVersion
 as preconditions, so an identity that was deleted and recreated meanwhile is not touched.
 
-This module is the collector, not a process: the operator role (a lab process, or an operator
-Deployment) runs ``IdentityGC.run`` next to its other controllers.
+This module is the collector, not a process: ``ciliary-operator`` (``operator``) runs
+``IdentityGC.run``. It sits with the controllers, not in the agent, because it is the operator's
+role (one per cluster, not one per node) and the lab, which starts the operator, never imports
+the agent; both speak to the API server through ``ciliary.kube`` alone.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ciliary.agent.k8s.client import ApiError, KubeClient, KubeObject, resource_version
-from ciliary.agent.k8s.identity import IDENTITIES
-from ciliary.agent.k8s.informer import Informer
 from ciliary.k8s.resources import by_path
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, resource_version
+from ciliary.kube.informer import Informer
 
 log = logging.getLogger(__name__)
 
+IDENTITIES = by_path("cilium.io", "v2", "ciliumidentities")
 ENDPOINTS = by_path("cilium.io", "v2", "ciliumendpoints")
 DEFAULT_GRACE = 30 * 60.0  # upstream's --identity-heartbeat-timeout (twice the GC interval)
 DEFAULT_INTERVAL = 15 * 60.0  # upstream's --identity-gc-interval

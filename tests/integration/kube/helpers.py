@@ -1,4 +1,4 @@
-"""What the agent-side Kubernetes tests share: a client per control plane, a handler that
+"""What the Kubernetes client tests share: a client per control plane, a handler that
 records what an informer delivers, and a way to wait for it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ciliary.agent.k8s.client import KubeClient, KubeObject
 from ciliary.k8s.resources import by_path
+from ciliary.kube.client import KubeClient, KubeObject
 from ciliary.lab.controlplane import ControlPlane
 
 PODS = by_path("", "v1", "pods")
