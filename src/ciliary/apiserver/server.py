@@ -2,10 +2,10 @@
 
 Paths are kube-apiserver's: ``/api/v1/…`` for the core group, ``/apis/<group>/<version>/…``
 for the others, a namespaced collection under ``namespaces/<ns>/``, an object's subresource after
-its name (``status``, ``scale``). Every failure is a ``Status`` object with kube-apiserver's reason
-and code (:mod:`ciliary.apiserver.errors`), since clients decide by them. Discovery documents,
-OpenAPI and Tables come from :mod:`ciliary.k8s` (``discovery``, ``openapi``, ``table``); this
-module owns the verbs and their ordering guarantees only.
+its name (``status``, ``scale``, ``binding``). Every failure is a ``Status`` object with
+kube-apiserver's reason and code (:mod:`ciliary.apiserver.errors`), since clients decide by
+them. Discovery documents, OpenAPI and Tables come from :mod:`ciliary.k8s` (``discovery``,
+``openapi``, ``table``); this module owns the verbs and their ordering guarantees only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from ciliary.apiserver import errors, patching, strategy, watch
+from ciliary.apiserver import binding, errors, patching, strategy, watch
 from ciliary.apiserver.filters import predicate
 from ciliary.apiserver.storage import DELETE, Obj, Outcome, Storage, parse_rv
 from ciliary.k8s import discovery, openapi, protobuf, table
@@ -172,6 +172,8 @@ class APIServer:
                 return _json(_scale(await self._get(target)))
             if method in ("PUT", "PATCH"):
                 return await self.scale(request, target)
+        elif target.subresource == "binding" and method == "POST":
+            return await self.bind(request, target)
         raise errors.method_not_allowed()
 
     # ------------------------------------------------------------------------------ reads
@@ -405,6 +407,20 @@ class APIServer:
             rt, target.namespace, target.name, change, dry_run=_dry_run(request)
         )
         return _json(_scale(obj))
+
+    async def bind(self, request: web.Request, target: Target) -> web.Response:
+        """``POST pods/<name>/binding`` (:mod:`ciliary.apiserver.binding`)."""
+        assert target.name is not None
+        wanted = binding.parse(await self._body(request), target.name)
+        await self.storage.update(
+            target.rt,
+            target.namespace,
+            target.name,
+            lambda current: binding.bind(target.rt, current, wanted),
+            precondition_rv=wanted.resource_version,
+            dry_run=_dry_run(request),
+        )
+        return _json(binding.SUCCESS, 201)
 
     async def _delete_one(
         self,

@@ -10,11 +10,10 @@ kube-scheduler's role for the lab, with its filters and one scoring rule:
   default PodTopologySpread/SelectorSpread scoring).
 
 Binding is kube-scheduler's: ``POST pods/<name>/binding`` with a ``Binding`` naming the node
-(the API server sets ``spec.nodeName`` and the PodScheduled condition, and refuses a pod that
-is already bound). The lab's API server does not serve ``pods/binding`` yet (404 "the server
-could not find the requested resource"); the scheduler then binds as that subresource would,
-by a merge patch of ``spec.nodeName`` carrying the pod's resourceVersion (409 if the pod was
-bound or changed meanwhile) and a status patch of PodScheduled True. Pods naming another
+(the API server sets ``spec.nodeName`` and the PodScheduled condition, and refuses with 409 a
+pod that is already bound or being deleted; the binding carries the pod's uid as a
+precondition, so a pod deleted and recreated under the same name is not bound blind). Pods
+naming another
 ``schedulerName`` are left alone. A bound pod is
 *assumed* on its node until the informer shows it there (upstream's scheduler cache), so pods
 scheduled back to back see each other. A pod no node fits stays Pending with PodScheduled
@@ -62,7 +61,6 @@ class Scheduler(Controller):
         self.pods = informers.pods
         self.nodes = informers.nodes
         self.assumed: dict[str, tuple[str, str | None]] = {}  # pod key → (node, group)
-        self.binding_served = True
         self.pods.add_handler(
             HandlerFuncs(
                 add=self._on_pod,
@@ -131,20 +129,11 @@ class Scheduler(Controller):
         binding = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": ns},
+            "metadata": {"name": name, "namespace": ns, "uid": o.meta(pod)["uid"]},
             "target": {"apiVersion": "v1", "kind": "Node", "name": chosen},
         }
         try:
-            if self.binding_served:
-                try:
-                    await self.kube.create(PODS, binding, ns, subresource="binding")
-                except ApiError as err:
-                    if not err.not_found or "requested resource" not in err.message:
-                        raise
-                    log.info("scheduler: pods/binding not served; binding by patch")
-                    self.binding_served = False
-            if not self.binding_served:
-                await self._bind_by_patch(pod, chosen)
+            await self.kube.create(PODS, binding, ns, subresource="binding")
         except ApiError as err:
             if err.status in (404, 409):  # gone, or changed/bound meanwhile: the cache will tell
                 return None
@@ -152,20 +141,6 @@ class Scheduler(Controller):
         self.assumed[key] = (chosen, group)
         log.info("scheduler: %s bound to %s", key, chosen)
         return None
-
-    async def _bind_by_patch(self, pod: KubeObject, node: str) -> None:
-        """What the binding subresource does, for an API server without it: ``spec.nodeName``
-        set only on the version of the pod that was read (a merge patch carrying its
-        resourceVersion, so a pod bound or changed meanwhile is 409, not re-bound), then the
-        PodScheduled condition."""
-        m = o.meta(pod)
-        await self.kube.patch(
-            PODS,
-            m["name"],
-            {"metadata": {"resourceVersion": m["resourceVersion"]}, "spec": {"nodeName": node}},
-            m["namespace"],
-        )
-        await self._set_scheduled(pod, "True")
 
     async def _unschedulable(self, pod: KubeObject, total: int, reasons: Counter[str]) -> None:
         detail = ", ".join(f"{n} node(s) {why}" for why, n in sorted(reasons.items()))

@@ -55,6 +55,13 @@ def aggregated_content_type(version: str = "v2") -> str:
 
 
 _SUBRESOURCE_VERBS = ("get", "patch", "update")
+_ONLY_VERBS = {"binding": ("create",), "log": ("get",)}
+"""Subresources that are not a view of the object to read and write: ``pods/binding`` is only
+created, ``pods/log`` only read (kube-apiserver's discovery says the same)."""
+
+
+def _subresource_verbs(sub: str) -> list[str]:
+    return list(_ONLY_VERBS.get(sub, _SUBRESOURCE_VERBS))
 
 
 def version_info() -> dict[str, str]:
@@ -80,9 +87,12 @@ def _scope(r: ResourceType) -> str:
 
 
 def _subresource_kind(r: ResourceType, sub: str) -> tuple[str, str, str]:
-    """(group, version, kind) a subresource answers with: ``scale`` is autoscaling/v1 Scale."""
+    """(group, version, kind) a subresource answers with: ``scale`` is autoscaling/v1 Scale,
+    ``binding`` takes a v1 Binding (``pods/log`` is listed with the Pod kind, as upstream)."""
     if sub == "scale":
         return ("autoscaling", "v1", "Scale")
+    if sub == "binding":
+        return ("", "v1", "Binding")
     return (r.group, r.version, r.kind)
 
 
@@ -113,7 +123,7 @@ def _discovery_resource(r: ResourceType) -> dict[str, Any]:
                 {
                     "subresource": sub,
                     "responseKind": {"group": g, "version": v, "kind": k},
-                    "verbs": list(_SUBRESOURCE_VERBS),
+                    "verbs": _subresource_verbs(sub),
                 }
             )
         out["subresources"] = subs
@@ -232,7 +242,7 @@ def api_resource_list(group: str, version: str) -> dict[str, Any] | None:
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": k,
-                "verbs": list(_SUBRESOURCE_VERBS),
+                "verbs": _subresource_verbs(sub),
             }
             if (g, v) != (r.group, r.version):
                 sub_entry.update(group=g, version=v)

@@ -344,6 +344,12 @@ def test_daemonset_one_pod_per_matching_node(cluster: Cluster) -> None:
             )
 
         await eventually("pinned on node2, nowhere unschedulable", placed)
+        # bound through pods/binding (the scheduler has no other way): a second binding is the
+        # server's 409, naming the node the scheduler chose
+        again = {"metadata": {"name": "pinned"}, "target": {"kind": "Node", "name": "node1"}}
+        with pytest.raises(ApiError) as err:
+            await kube.create(PODS, again, NS, subresource="binding")
+        assert err.value.conflict and 'already assigned to node "node2"' in err.value.message
 
     run(cluster, body)
 
