@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="seconds between BOOKMARK events on watches that allow them",
     )
+    p.add_argument(
+        "--pod-log-dir",
+        type=Path,
+        help="the kubelet role's container logs, <dir>/<namespace>_<pod>_<uid>/<container>/<n>.log"
+        " (ciliary.k8s.podlogs), served as pods/<name>/log; without it that is 400",
+    )
     p.add_argument("-v", "--v", type=int, default=0, dest="verbosity")
     return p.parse_args(argv)
 
@@ -69,7 +75,9 @@ def etcd_target(servers: str) -> str:
 
 async def serve(args: argparse.Namespace) -> None:
     etcd = EtcdClient(etcd_target(args.etcd_servers))
-    server = APIServer(Storage(etcd), bookmark_interval=args.watch_bookmark_interval)
+    server = APIServer(
+        Storage(etcd), bookmark_interval=args.watch_bookmark_interval, pod_log_dir=args.pod_log_dir
+    )
     runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     tls = ssl_context(args)

@@ -2,8 +2,8 @@
 
 Paths are kube-apiserver's: ``/api/v1/…`` for the core group, ``/apis/<group>/<version>/…``
 for the others, a namespaced collection under ``namespaces/<ns>/``, an object's subresource after
-its name (``status``, ``scale``, ``binding``). Every failure is a ``Status`` object with
-kube-apiserver's reason and code (:mod:`ciliary.apiserver.errors`), since clients decide by
+its name (``status``, ``scale``, ``binding``, ``log``). Every failure is a ``Status`` object
+with kube-apiserver's reason and code (:mod:`ciliary.apiserver.errors`), since clients decide by
 them. Discovery documents, OpenAPI and Tables come from :mod:`ciliary.k8s` (``discovery``,
 ``openapi``, ``table``); this module owns the verbs and their ordering guarantees only.
 """
@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-from ciliary.apiserver import binding, errors, patching, strategy, watch
+from ciliary.apiserver import binding, errors, patching, podlogs, strategy, watch
 from ciliary.apiserver.filters import predicate
 from ciliary.apiserver.storage import DELETE, Obj, Outcome, Storage, parse_rv
 from ciliary.k8s import discovery, openapi, protobuf, table
@@ -77,9 +78,16 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 
 
 class APIServer:
-    def __init__(self, storage: Storage, *, bookmark_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        bookmark_interval: float = 60.0,
+        pod_log_dir: Path | None = None,
+    ) -> None:
         self.storage = storage
         self.bookmark_interval = bookmark_interval
+        self.pod_log_dir = pod_log_dir  # the kubelet role's logs (ciliary.k8s.podlogs layout)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._errors])
@@ -174,6 +182,8 @@ class APIServer:
                 return await self.scale(request, target)
         elif target.subresource == "binding" and method == "POST":
             return await self.bind(request, target)
+        elif target.subresource == "log" and method == "GET":
+            return await podlogs.serve(request, await self._get(target), self.pod_log_dir)
         raise errors.method_not_allowed()
 
     # ------------------------------------------------------------------------------ reads

@@ -26,7 +26,7 @@ class ResourceType:
     namespaced: bool
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
-    subresources: tuple[str, ...] = ()  # "status", "scale", "binding"
+    subresources: tuple[str, ...] = ()  # "status", "scale", "binding", "log"
     custom: bool = False  # served as a CRD (JSON merge patch only, /registry/<group>/…)
     verbs: tuple[str, ...] = (
         "create",
@@ -73,7 +73,9 @@ _CORE_ALL = ("all",)
 
 RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "Namespace", "namespaces", "namespace", False, ("ns",), (), ("status",)),
-    ResourceType("", "v1", "Pod", "pods", "pod", True, ("po",), _CORE_ALL, ("status", "binding")),
+    ResourceType(
+        "", "v1", "Pod", "pods", "pod", True, ("po",), _CORE_ALL, ("status", "binding", "log")
+    ),
     ResourceType("", "v1", "Node", "nodes", "node", False, ("no",), (), ("status",)),
     ResourceType(
         "", "v1", "Service", "services", "service", True, ("svc",), _CORE_ALL, ("status",)
