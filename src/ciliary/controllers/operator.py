@@ -38,7 +38,8 @@ async def run(kube: KubeClient, stop: asyncio.Event, *, grace: float, interval: 
         await cancel([task])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The operator's own flags (``process.parse_args`` adds ``--kubeconfig`` and ``--v``)."""
     parser = argparse.ArgumentParser(
         prog="ciliary-operator",
         description="Cilium's cluster-wide controllers (identity garbage collection), as a"
@@ -58,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="seconds an identity must stay unused before it is deleted",
     )
-    args = parse_args(parser, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
 
     async def body(kube: KubeClient, stop: asyncio.Event) -> None:
         await run(

@@ -98,6 +98,11 @@ _KINDS: dict[tuple[str, str], dict[Path, ListStrategy]] = {
     ("apps", "StatefulSet"): dict(_POD_TEMPLATE_OWNER),
     ("networking.k8s.io", "NetworkPolicy"): {},
     ("apiextensions.k8s.io", "CustomResourceDefinition"): {},
+    # rbac/v1: rules and subjects carry no patchStrategy (replaced whole)
+    ("rbac.authorization.k8s.io", "ClusterRole"): {},
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): {},
+    ("rbac.authorization.k8s.io", "Role"): {},
+    ("rbac.authorization.k8s.io", "RoleBinding"): {},
 }
 
 _TABLES: dict[tuple[str, str], Mapping[Path, ListStrategy]] = {

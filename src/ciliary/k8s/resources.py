@@ -151,6 +151,24 @@ RESOURCES: tuple[ResourceType, ...] = (
         (),
         ("status",),
     ),
+    # RBAC: what the agent's and operator's manifests (deploy/) grant them. Stored and served
+    # like any kind; the lab's API server authorizes nothing with them (every
+    # authenticated client may do everything).
+    ResourceType(
+        "rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", False
+    ),
+    ResourceType(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        False,
+    ),
+    ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", True),
+    ResourceType(
+        "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", True
+    ),
     ResourceType(
         "cilium.io",
         "v2",
