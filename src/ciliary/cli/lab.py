@@ -172,6 +172,7 @@ def render_view(console: Console, view: LabView) -> None:
                 else "(not started)",
             ),
             ("API server", _control_plane_line(view)),
+            ("Controllers", _processes_line(view)),
             (
                 "Supervisor",
                 "(none)"
@@ -220,6 +221,18 @@ def render_view(console: Console, view: LabView) -> None:
             fmt_bool(p.running),
         )
     print_table(console, pods)
+
+
+def _processes_line(view: LabView) -> str:
+    """The cluster processes (controller manager, operator, kubelet role) as the supervisor
+    keeps them."""
+    if not view.processes:
+        return "(none)"
+    return "; ".join(
+        f"{p.name} {'running' if p.alive else 'NOT running'} (pid {fmt_opt(p.pid)}),"
+        f" {p.restarts} restarts" + (f" (last: {p.last_exit})" if p.last_exit else "")
+        for p in view.processes
+    )
 
 
 def _control_plane_line(view: LabView) -> str:

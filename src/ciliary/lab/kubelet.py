@@ -14,7 +14,8 @@ at the same moments:
   ``Running``, ``podIP``/``podIPs``, ``hostIP``, ``startTime``, the conditions kubelet sets
   (``PodReadyToStartContainers``, ``Initialized``, ``ContainersReady``, ``Ready``,
   ``PodScheduled``) and one ``containerStatus`` per container (``ready``, ``started``,
-  ``restartCount`` 0: the lab does not restart pod containers).
+  ``restartCount`` 0 for the lab's own pods); the kubelet role (``lab.kubeletd``) reports the
+  pods it runs with :func:`pod_status`: restart counts, exit codes, ``Failed`` with a reason.
 
 These are pure builders; ``lab.manager`` sends them (``lab.kubeapi``).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import datetime
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ciliary import __version__
@@ -159,6 +161,94 @@ def pod_running(
         ],
         "qosClass": "BestEffort",
     }
+    if pod_ips:
+        status["podIP"] = pod_ips[0]
+        status["podIPs"] = [{"ip": ip} for ip in pod_ips]
+    if host_ip:
+        status["hostIP"] = host_ip
+        status["hostIPs"] = [{"ip": host_ip}]
+    return status
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One container of a pod the kubelet role runs, as its status reports it: running, or
+    ``exit_code`` (None: unknown) once ended; ``waiting`` a reason it is not started yet."""
+
+    name: str
+    image: str | None
+    running: bool
+    restarts: int = 0
+    exit_code: int | None = None
+    waiting: tuple[str, str] | None = None  # (reason, message)
+
+
+def pod_status(
+    *,
+    phase: str,
+    containers: Sequence[ContainerState],
+    container_id: str,
+    pod_ips: Sequence[str],
+    host_ip: str | None,
+    started_at: str,
+    reason: str | None = None,
+    message: str | None = None,
+) -> Obj:
+    """The status kubelet reports for a pod in any phase: ``Ready`` when every container runs,
+    restart counts, exit codes of ended containers (kubelet's ``terminated`` state) and reasons
+    of containers that cannot start (``waiting``)."""
+    ready = phase == "Running" and all(c.running for c in containers)
+    stamp = now()
+
+    def condition(kind: str, ok: bool) -> Obj:
+        return {
+            "type": kind, "status": "True" if ok else "False",
+            "lastProbeTime": None, "lastTransitionTime": stamp,
+        }  # fmt: skip
+
+    def state(c: ContainerState) -> Obj:
+        if c.running:
+            return {"running": {"startedAt": started_at}}
+        if c.waiting is not None:
+            return {"waiting": {"reason": c.waiting[0], "message": c.waiting[1]}}
+        code = c.exit_code if c.exit_code is not None else 1
+        return {
+            "terminated": {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "finishedAt": stamp,
+            }
+        }
+
+    status: Obj = {
+        "phase": phase,
+        "conditions": [
+            condition("PodReadyToStartContainers", bool(pod_ips)),
+            condition("Initialized", True),
+            condition("Ready", ready),
+            condition("ContainersReady", ready),
+            condition("PodScheduled", True),
+        ],
+        "startTime": started_at,
+        "containerStatuses": [
+            {
+                "name": c.name,
+                "image": c.image or "",
+                "imageID": "",
+                "containerID": f"ciliary-lab://{container_id}-{c.name}",
+                "ready": c.running and phase == "Running",
+                "started": c.running,
+                "restartCount": c.restarts,
+                "state": state(c),
+            }
+            for c in containers
+        ],
+        "qosClass": "BestEffort",
+    }
+    if reason:
+        status["reason"] = reason
+    if message:
+        status["message"] = message
     if pod_ips:
         status["podIP"] = pod_ips[0]
         status["podIPs"] = [{"ip": ip} for ip in pod_ips]

@@ -51,6 +51,8 @@ from ciliary.lab.state import (
     NodeView,
     PodRecord,
     PodView,
+    ProcessRecord,
+    ProcessView,
     RelayRecord,
     RelayView,
     SupervisorRecord,
@@ -158,6 +160,8 @@ SUPERVISED_FIELDS = (
 SUPERVISED_CONTROL_PLANE_FIELDS = (
     "apiserver_restarts", "apiserver_last_exit", "etcd_restarts", "etcd_last_exit",
 )  # fmt: skip
+SUPERVISED_PROCESS_FIELDS = ("pid", "start_time", "restarts", "last_exit")
+CONTROLLER_MANAGER, OPERATOR, KUBELET = "controller-manager", "operator", "kubelet"
 
 
 @contextlib.contextmanager
@@ -191,6 +195,30 @@ def _refresh_supervised(rec: LabRecord) -> None:
             if nrec.name in on_disk:
                 for field in SUPERVISED_FIELDS:
                     setattr(nrec, field, getattr(on_disk[nrec.name], field))
+        for pname, prec in rec.processes.items():
+            if pname in disk.processes:
+                for field in SUPERVISED_PROCESS_FIELDS:
+                    setattr(prec, field, getattr(disk.processes[pname], field))
+        # the kubelet role's pods are its own (lab.kubeletd): as on disk
+        rec.pods = [p for p in rec.pods if not p.kubelet] + [p for p in disk.pods if p.kubelet]
+
+
+def save_kubelet_pods(rec: LabRecord) -> None:
+    """The kubelet role's write: its pods (``kubelet``) from ``rec``, everything else as on
+    disk, under the record's lock."""
+    with _record_lock(rec.name, create=False):
+        disk = _load(rec.name)
+        disk.pods = [p for p in disk.pods if not p.kubelet] + [p for p in rec.pods if p.kubelet]
+        atomic.write_json(_state_file(rec.name), disk.model_dump(mode="json"))
+
+
+def update_process(lab: str, name: str, change: Callable[[ProcessRecord], None]) -> None:
+    """Read-modify-write one cluster process of the record under the lock (the supervisor's)."""
+    with _record_lock(lab, create=False):
+        rec = _load(lab)
+        if name in rec.processes:
+            change(rec.processes[name])
+            atomic.write_json(_state_file(lab), rec.model_dump(mode="json"))
 
 
 def _save(rec: LabRecord, *, agent_fields: bool = False) -> None:
@@ -307,6 +335,9 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         for pod in lab_file.pods:
             with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
                 _create_pod(rec, pod)
+        if rec.control_plane is not None:
+            with _step(progress, "controller manager, operator, kubelet"):
+                _start_cluster_processes(rec)
     except BaseException as err:
         _teardown(rec)
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
@@ -451,7 +482,7 @@ class _ApplyUndo:
         )
 
     def rollback(self, rec: LabRecord) -> None:
-        for prec in [p for p in rec.pods if p.key not in self.pods]:
+        for prec in [p for p in rec.pods if p.key not in self.pods and not p.kubelet]:
             _remove_pod(rec, prec)
         store = cluster_store(rec.name)
         for ns_name in [n for n in rec.namespaces if n not in self.namespaces]:
@@ -787,6 +818,50 @@ def _start_supervisor(rec: LabRecord) -> None:
     _save(rec)
 
 
+def _start_cluster_processes(rec: LabRecord) -> None:
+    """The cluster's own processes, once the nodes and the file's pods are made (so pods the
+    controllers make never race the file's for names or addresses): kube-controller-manager's
+    and cilium-operator's roles (``ciliary.controllers``) and the kubelet role that runs the
+    pods they make (``lab.kubeletd``), each a client of the API with the admin kubeconfig,
+    started and restarted by the supervisor."""
+    if rec.control_plane is None:
+        return
+    kubeconfig = rec.control_plane.kubeconfig
+    python = [sys.executable, "-m"]
+    argvs = {
+        CONTROLLER_MANAGER: [*python, "ciliary.controllers.manager", "--kubeconfig", kubeconfig],
+        OPERATOR: [*python, "ciliary.controllers.operator", "--kubeconfig", kubeconfig],
+        KUBELET: [*python, "ciliary.lab.kubeletd", "--kubeconfig", kubeconfig, rec.name],
+    }
+    for pname, argv in argvs.items():
+        rec.processes[pname] = ProcessRecord(
+            argv=argv,
+            log=str(_lab_dir(rec.name) / f"{pname}.log"),
+            cgroup=_cgroup_rel(rec.name, pname),
+        )
+    _save(rec)  # intent first: the supervisor starts them
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    while any(p.pid is None for p in rec.processes.values()):
+        if not _supervised(rec):
+            log = supervisor_dir(rec.name) / "supervisor.log"
+            raise LabError(f"the lab's supervisor exited: {_tail(log)}")
+        if time.monotonic() > deadline:
+            raise LabError("the supervisor did not start the cluster's processes")
+        time.sleep(0.05)
+        _refresh_supervised(rec)
+
+
+def spawn_process(rec: LabRecord, name: str) -> ProcessRecord:
+    """Start one of the lab's cluster processes (the supervisor's part; no wait); the returned
+    record has its new pid."""
+    prec = rec.processes[name]
+    cg = cgroup.create(prec.cgroup) if prec.cgroup else None
+    prec.pid, prec.start_time = process.spawn(
+        prec.argv, netns_path=None, cgroup_path=cg, log_path=Path(prec.log)
+    )
+    return prec
+
+
 def _supervised(rec: LabRecord) -> bool:
     return rec.supervisor is not None and process.alive(
         rec.supervisor.pid, rec.supervisor.start_time
@@ -885,7 +960,11 @@ def _node(rec: LabRecord, name: str) -> NodeRecord:
     raise LabError(f"lab {rec.name!r} has no node {name!r}")
 
 
-def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
+def _create_pod(rec: LabRecord, pod: schema.PodSpec, *, uid: str | None = None) -> PodRecord:
+    """Make the pod: netns, CNI ADD, its containers as processes; the lab's own pods (``uid``
+    None) also reported in the API. With ``uid`` the pod is the kubelet role's (lab.kubeletd),
+    which reports its status itself: the record is written with :func:`save_kubelet_pods`."""
+    save = _save if uid is None else save_kubelet_pods
     nrec = _node(rec, pod.node_name)
     prec = PodRecord(
         name=pod.name,
@@ -895,13 +974,18 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
         container_id=f"{rec.name}-{pod.namespace}-{pod.name}",
         labels=dict(pod.labels),
         containers=[
-            ContainerRecord(name=c.name, argv=c.argv()) for c in pod.spec.containers if c.argv()
+            ContainerRecord(name=c.name, argv=c.argv(), image=c.image)
+            for c in pod.spec.containers
+            if c.argv()
         ],
         cgroup=_cgroup_rel(rec.name, f"pod-{pod.namespace}-{pod.name}"),
         log=str(_lab_dir(rec.name) / "logs" / f"{pod.namespace}_{pod.name}.log"),
+        kubelet=uid is not None,
+        uid=uid,
+        restart_policy=pod.spec.restart_policy,
     )
     rec.pods.append(prec)
-    _save(rec)  # intent first
+    save(rec)  # intent first
     started_at = time.time()
     # the API server knows the pod (labels, annotations) before its node plugs it in
     cluster_store(rec.name).put(
@@ -941,33 +1025,60 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec) -> PodRecord:
     with AgentClient(Path(nrec.socket)) as cl:
         ep = next(e for e in cl.endpoints() if e.container_id == prec.container_id)
     prec.endpoint_id, prec.ipv4, prec.ipv6 = ep.id, ep.ipv4, ep.ipv6
-    _save(rec)
+    save(rec)
     # The pod's processes start only now: the endpoint is ready (programs attached) by contract.
     # Every container is a process in the pod's netns and its cgroup (as containers of a pod
     # share the pod's network namespace).
-    cg = cgroup.create(prec.cgroup) if prec.cgroup else None
     log_start = _log_size(Path(prec.log)) if prec.log else 0
     specs = {c.name: c for c in pod.spec.containers}
+    for crec in prec.containers:
+        start_container(rec, pod, prec, crec, specs[crec.name])
+        save(rec)
+    _check_started(prec, log_start)
+    _write_dns_records(rec)
+    if rec.control_plane is not None and uid is None:
+        _report_pod_running(rec, pod, prec, nrec, started_at)
+    return prec
+
+
+def run_api_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
+    """The kubelet role's start of a pod of the API (``lab.kubeletd``): as the lab's own pods,
+    recorded as the kubelet role's, its status left to it."""
+    return _create_pod(rec, pod, uid=uid)
+
+
+def remove_pod(rec: LabRecord, prec: PodRecord) -> None:
+    """Stop a pod's containers, CNI DEL, remove its netns and cgroup, drop it from ``rec`` (the
+    caller saves)."""
+    _remove_pod(rec, prec)
+
+
+def node_record(rec: LabRecord, name: str) -> NodeRecord:
+    return _node(rec, name)
+
+
+def start_container(
+    rec: LabRecord,
+    pod: schema.PodSpec,
+    prec: PodRecord,
+    crec: ContainerRecord,
+    spec: schema.Container,
+) -> None:
+    """Start one container of a made pod (its first start, or a restart): a process in the
+    pod's netns and cgroup; ``crec``'s pid fields are set (the caller saves)."""
+    cg = cgroup.create(prec.cgroup) if prec.cgroup else None
     # Each container also gets its own mount view and environment (podsandbox): no agent or
     # relay socket, no lab key, none of our environment; the DNS pod reads its records.
     keep = [dns_records_file(rec.name).parent] if _is_cluster_dns(pod.labels) else []
-    for crec in prec.containers:
-        spec = specs[crec.name]
-        crec.pid, crec.pid_start_time = process.spawn(
-            podsandbox.pod_command(crec.argv, RUN_ROOT, keep),
-            netns_path=str(path),
-            cgroup_path=cg,
-            log_path=Path(prec.log or "/dev/null"),
-            env=podsandbox.container_env(pod.name, [(v.name, v.value) for v in spec.env]),
-            cwd=spec.working_dir,
-            inherit_env=False,
-        )
-        _save(rec)
-    _check_started(prec, log_start)
-    _write_dns_records(rec)
-    if rec.control_plane is not None:
-        _report_pod_running(rec, pod, prec, nrec, started_at)
-    return prec
+    crec.pid, crec.pid_start_time = process.spawn(
+        podsandbox.pod_command(crec.argv, RUN_ROOT, keep),
+        netns_path=str(netns.path_of(prec.netns)),
+        cgroup_path=cg,
+        log_path=Path(prec.log or "/dev/null"),
+        env=podsandbox.container_env(pod.name, [(v.name, v.value) for v in spec.env]),
+        cwd=spec.working_dir,
+        inherit_env=False,
+    )
 
 
 def _report_pod_running(
@@ -1194,6 +1305,13 @@ def _teardown(rec: LabRecord) -> None:
             _collect(errors, cgroup.kill_and_remove, root / rec.supervisor.cgroup)
         with contextlib.suppress(OSError):
             _refresh_supervised(rec)
+    for cluster_process in rec.processes.values():  # the kubelet role before its pods go
+        process.stop(cluster_process.pid, cluster_process.start_time, timeout=5.0)
+        if cluster_process.cgroup and root is not None:
+            _collect(errors, cgroup.kill_and_remove, root / cluster_process.cgroup)
+    if rec.processes:
+        with contextlib.suppress(OSError):
+            _refresh_supervised(rec)  # the pods the kubelet role made until it stopped
     if rec.relay is not None:
         process.stop(rec.relay.pid, rec.relay.start_time, timeout=5.0)
         if rec.relay.cgroup and root is not None:
@@ -1292,6 +1410,16 @@ def status(name: str | None = None) -> LabView:
         else None,
         supervisor_alive=_supervised(rec) if rec.supervisor is not None else None,
         control_plane=_control_plane_view(rec),
+        processes=[
+            ProcessView(
+                name=pname,
+                pid=p.pid,
+                alive=process.alive(p.pid, p.start_time),
+                restarts=p.restarts,
+                last_exit=p.last_exit,
+            )
+            for pname, p in rec.processes.items()
+        ],
     )
 
 

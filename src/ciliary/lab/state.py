@@ -49,6 +49,11 @@ class ContainerRecord(_Model):
     argv: list[str]
     pid: int | None = None
     pid_start_time: int | None = None
+    # kubelet pods (``lab.kubeletd``): what the Pod status reports
+    image: str | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    restart_at: float | None = Field(default=None, description="back-off: restart after (epoch)")
 
 
 class PodRecord(_Model):
@@ -64,6 +69,12 @@ class PodRecord(_Model):
     endpoint_id: int | None = None
     ipv4: str | None = None
     ipv6: str | None = None
+    # Pods of the API that the lab's kubelet role runs (``lab.kubeletd``), written by it only
+    # (the manager keeps its values when it saves, as the supervisor's agent fields).
+    kubelet: bool = False
+    uid: str | None = None
+    restart_policy: str = "Always"
+    phase: str = "Running"
 
     @property
     def key(self) -> str:
@@ -98,6 +109,21 @@ class SupervisorRecord(_Model):
     cgroup: str | None = None
 
 
+class ProcessRecord(_Model):
+    """One of the lab's cluster processes (``ciliary-controller-manager``, ``ciliary-operator``,
+    the kubelet role): started and restarted by the supervisor, which alone writes its pid,
+    start time, restarts and last exit; ``argv`` and ``wanted`` are the manager's."""
+
+    argv: list[str]
+    log: str
+    cgroup: str | None = None
+    wanted: bool = True
+    pid: int | None = None
+    start_time: int | None = None
+    restarts: int = 0
+    last_exit: str | None = None
+
+
 class ControlPlaneRecord(_Model):
     """The lab's etcd and API server. Their pids, start times and ports live in
     ``<lab dir>/controlplane.json`` (``lab.controlplane``), rewritten by whoever (re)starts them;
@@ -124,6 +150,7 @@ class LabRecord(_Model):
     relay: RelayRecord | None = None
     supervisor: SupervisorRecord | None = None
     control_plane: ControlPlaneRecord | None = None
+    processes: dict[str, ProcessRecord] = Field(default_factory=dict)
 
 
 class NodeView(_Model):
@@ -151,6 +178,14 @@ class PodView(_Model):
     pids: list[int]
     running: bool
     labels: dict[str, str]
+
+
+class ProcessView(_Model):
+    name: str
+    pid: int | None
+    alive: bool
+    restarts: int = 0
+    last_exit: str | None = None
 
 
 class RelayView(_Model):
@@ -181,3 +216,4 @@ class LabView(_Model):
     relay: RelayView | None = None
     supervisor_alive: bool | None = None
     control_plane: ControlPlaneView | None = None
+    processes: list[ProcessView] = Field(default_factory=list)

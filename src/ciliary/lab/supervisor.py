@@ -18,11 +18,14 @@ starter of agents, so it is their parent and knows how each one ended:
   restarted the same way when they exit, each with its own back-off: etcd on its ports with its
   data (no object or revision is lost), the API server on its port (kubeconfigs stay valid), etcd
   first since the API server's readiness reads it. Restarts are counted in the record's
-  ``control_plane`` (``lab status``); the new pids go to ``controlplane.json``.
+  ``control_plane`` (``lab status``); the new pids go to ``controlplane.json``;
+* the lab's **cluster processes** (``ciliary-controller-manager``, ``ciliary-operator`` and the
+  kubelet role, ``lab.kubeletd``: the record's ``processes``, marked wanted by ``lab up``) are
+  started and restarted the same way, each with its own back-off, counted in its record.
 
-The supervisor writes only the ``agent_*`` fields of the record and the control plane's restart
-counts, under the record's lock. Stopping the supervisor leaves the agents and the control plane
-running.
+The supervisor writes only the ``agent_*`` fields of the record, the control plane's restart
+counts and the cluster processes' pid/restart fields, under the record's lock. Stopping the
+supervisor leaves the agents, the control plane and the cluster processes running.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from types import FrameType
 
 from ciliary.apiserver.etcdserver import restart_etcd
 from ciliary.lab import controlplane, manager, process
-from ciliary.lab.state import ControlPlaneRecord, LabRecord, NodeRecord
+from ciliary.lab.state import ControlPlaneRecord, LabRecord, NodeRecord, ProcessRecord
 
 BACKOFF_INITIAL = 10.0
 BACKOFF_MAX = 300.0
@@ -94,6 +97,9 @@ class Supervisor:
                 for nrec in rec.nodes:
                     if nrec.agent_wanted:
                         self._tend(rec, nrec)
+                for pname, prec in rec.processes.items():
+                    if prec.wanted:
+                        self._tend_process(rec, pname, prec)
             except manager.LabError:
                 return  # the lab is gone
             except Exception:
@@ -171,6 +177,36 @@ class Supervisor:
                 else:
                     controlplane.restart_apiserver(cp)
                 log.info("control plane: %s restarted", part)
+
+    def _tend_process(self, rec: LabRecord, name: str, prec: ProcessRecord) -> None:
+        # "process/..." cannot be a node's name (no "/" in names)
+        backoff = self._backoff.setdefault(f"process/{name}", _Backoff())
+        now = time.monotonic()
+        if prec.pid is not None and process.alive(prec.pid, prec.start_time):
+            return
+        if prec.pid is not None and backoff.restart_at is None:
+            how = describe_exit(process.exit_status(prec.pid))
+            wait = backoff.exited(now)
+            log.warning("%s: %s %s; restart in %.0fs", name, prec.pid, how, wait)
+
+            def note(p: ProcessRecord, how: str = how) -> None:
+                p.last_exit = how
+
+            manager.update_process(self.lab, name, note)
+            return
+        if prec.pid is not None and backoff.restart_at is not None and now < backoff.restart_at:
+            return
+        counted = prec.pid is not None
+        started = manager.spawn_process(rec, name)
+        backoff.restart_at, backoff.started_at = None, now
+        log.info("%s: started, pid %s", name, started.pid)
+
+        def record(p: ProcessRecord) -> None:
+            p.pid, p.start_time = started.pid, started.start_time
+            if counted:
+                p.restarts += 1
+
+        manager.update_process(self.lab, name, record)
 
     def _start(self, rec: LabRecord, nrec: NodeRecord, backoff: _Backoff, *, counted: bool) -> None:
         manager.spawn_agent(rec, nrec)

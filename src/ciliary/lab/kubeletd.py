@@ -1,0 +1,376 @@
+"""The lab's kubelet role: runs the pods the controllers make (``-m ciliary.lab.kubeletd LAB``).
+
+``lab up`` runs the file's own pods itself; the pods of Deployments, ReplicaSets, DaemonSets and
+StatefulSets are made by ``ciliary-controller-manager`` and bound to a node by its scheduler, and
+something must then do what kubelet does on that node. This process is that part, for every node
+of the lab: one process per lab (not one per node) because the lab's record is one file under one
+lock and the pod functions of ``lab.manager`` are blocking calls; a single writer of the kubelet
+pods (one worker, one pod at a time) never loses its own updates, while each node still has its
+own informer, as each kubelet watches ``spec.nodeName=<node>`` only. It is started and restarted
+by the lab's supervisor; on a restart it takes the pods of the record back (their processes run
+on) and reconciles them with the API.
+
+For a pod of its nodes (a pod with a controller ``ownerReference``; bare pods are the lab's, made
+by ``lab up``/``lab apply``):
+
+* **start**: the lab's own steps (``manager.run_api_pod``: netns, CNI ADD through the node's
+  conflist, each container's ``command`` + ``args`` as a process; ``image`` informational), then
+  the Pod status (phase, podIP/podIPs, hostIP, Ready, containerStatuses). A container with an
+  ``image`` and no ``command`` cannot run here (the lab has no images): the pod is refused,
+  ``Failed`` with reason ``ImageWithoutCommand`` and a message naming the pod. A start that fails
+  (CNI, a command not found) is undone and tried again after a back-off; its message is in the
+  status (``Pending``, the container ``waiting``);
+* **restart**: a container that exits is started again per ``restartPolicy`` (``Always``;
+  ``OnFailure`` if its exit code is not 0; never for ``Never``), at once the first time, then
+  after kubelet's CrashLoopBackOff (10 s doubling, at most 5 min), ``restartCount`` in the
+  status; when every container has ended for good the phase is ``Succeeded`` (all exit codes 0)
+  or ``Failed``;
+* **stop**: a pod deleted from the API (or replaced by another of the same name, a new uid) is
+  torn down: containers stopped, CNI DEL, netns and cgroup removed, its record gone.
+
+Container liveness is this machine's process table, checked every second (kubelet's PLEG
+relist); cluster state arrives only through the informers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ciliary.controllers.objects import controller_ref
+from ciliary.controllers.process import cancel, parse_args, serve
+from ciliary.k8s.resources import by_path
+from ciliary.kube.client import ApiError, KubeClient, KubeObject
+from ciliary.kube.informer import HandlerFuncs, Informer
+from ciliary.lab import certs, kubelet, manager, process, schema
+from ciliary.lab.state import LabRecord, PodRecord
+
+PODS = by_path("", "v1", "pods")
+RELIST = 1.0  # seconds between checks of the containers' processes
+RETRY = 5.0  # seconds before a pod whose start failed is tried again
+BACKOFF_INITIAL, BACKOFF_MAX = 10.0, 300.0
+
+log = logging.getLogger("ciliary.lab.kubeletd")
+
+Status = dict[str, Any]
+
+
+def refusal(pod: Mapping[str, Any]) -> str | None:
+    """Why the lab cannot run ``pod`` (a container with an image and no command), or None."""
+    meta = pod.get("metadata") or {}
+    key = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if not c.get("command") and not c.get("args"):
+            image = c.get("image") or "(none)"
+            return (
+                f"pod {key}: container {c.get('name')!r} has image {image!r} and no command;"
+                " the lab runs no images, only a container's command + args"
+            )
+    return None
+
+
+def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
+    """The API's Pod as the lab's pod document (only what the lab runs of it)."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    containers = [
+        {
+            "name": c["name"],
+            "image": c.get("image"),
+            "command": list(c.get("command") or []),
+            "args": list(c.get("args") or []),
+            "env": [{"name": e["name"], "value": e.get("value") or ""} for e in c.get("env") or []],
+            "workingDir": c.get("workingDir"),
+            "ports": [
+                {k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
+                for p in c.get("ports") or []
+            ],
+        }
+        for c in spec.get("containers") or []
+    ]
+    return schema.PodSpec.model_validate(
+        {
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta.get("namespace", "default"),
+                "labels": dict(meta.get("labels") or {}),
+                "annotations": dict(meta.get("annotations") or {}),
+            },
+            "spec": {
+                "nodeName": spec.get("nodeName"),
+                "restartPolicy": spec.get("restartPolicy", "Always"),
+                "containers": containers,
+            },
+        },
+        strict=False,
+    )
+
+
+def _restarts(policy: str, code: int | None) -> bool:
+    if policy == "Always":
+        return True
+    return policy == "OnFailure" and code != 0
+
+
+def _backoff(restarts: int) -> float:
+    """Delay before restart number ``restarts + 1``: none the first time, then CrashLoopBackOff."""
+    if restarts == 0:
+        return 0.0
+    return float(min(BACKOFF_INITIAL * 2 ** (restarts - 1), BACKOFF_MAX))
+
+
+class Kubelet:
+    def __init__(self, lab: str, kube: KubeClient) -> None:
+        self.lab = lab
+        self.kube = kube
+        self.informers: list[Informer] = []
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queued: set[str] = set()
+        self.retry_at: dict[str, float] = {}
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def enqueue(self, key: str) -> None:
+        if key not in self.queued:
+            self.queued.add(key)
+            self.queue.put_nowait(key)
+
+    def _on_event(self, obj: KubeObject) -> None:
+        meta = obj.get("metadata") or {}
+        self.enqueue(f"{meta.get('namespace', 'default')}/{meta.get('name')}")
+
+    def pod(self, key: str) -> KubeObject | None:
+        for inf in self.informers:
+            obj = inf.store.get(key)
+            if obj is not None:
+                return obj
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        rec = manager.record(self.lab)
+        handler = HandlerFuncs(
+            add=self._on_event,
+            update=lambda _old, new: self._on_event(new),
+            delete=self._on_event,
+        )
+        for nrec in rec.nodes:
+            inf = Informer(
+                self.kube, PODS, field_selector=f"spec.nodeName={nrec.name}", name=nrec.name
+            )
+            inf.add_handler(handler)
+            inf.start()
+            self.informers.append(inf)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for inf in self.informers:
+                await inf.wait_synced()
+            for p in rec.pods:  # pods deleted while this process was away go now
+                if p.kubelet:
+                    self.enqueue(p.key)
+            tasks = [
+                asyncio.create_task(self._worker(), name="kubelet-worker"),
+                asyncio.create_task(self._relist(), name="kubelet-relist"),
+            ]
+            await stop.wait()
+        finally:
+            await cancel(tasks)
+            for inf in self.informers:
+                await inf.stop()
+
+    async def _relist(self) -> None:
+        """Every second: pods with a container that ended, a restart due, or a start to retry."""
+        while True:
+            await asyncio.sleep(RELIST)
+            now = time.time()
+            for key, at in list(self.retry_at.items()):
+                if now >= at:
+                    del self.retry_at[key]
+                    self.enqueue(key)
+            try:
+                rec = await asyncio.to_thread(manager.record, self.lab)
+            except manager.LabError:
+                continue
+            for p in rec.pods:
+                if p.kubelet and any(
+                    c.pid is not None
+                    and (
+                        not process.alive(c.pid, c.pid_start_time)
+                        or (c.restart_at is not None and now >= c.restart_at)
+                    )
+                    for c in p.containers
+                ):
+                    self.enqueue(p.key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self.queued.discard(key)
+            obj = self.pod(key)
+            try:
+                status = await asyncio.to_thread(self.sync, key, obj)
+            except Exception as err:
+                log.warning("pod %s: %s; again in %.0fs", key, err, RETRY)
+                self.retry_at[key] = time.time() + RETRY
+                status = self._waiting(obj, str(err)) if obj is not None else None
+            if status is not None and obj is not None:
+                await self._write_status(obj, status)
+
+    async def _write_status(self, obj: KubeObject, status: Status) -> None:
+        meta = obj["metadata"]
+        with contextlib.suppress(ApiError):  # a pod deleted meanwhile: its DELETED event follows
+            await self.kube.patch(
+                PODS, meta["name"], {"status": status}, meta.get("namespace"), subresource="status"
+            )
+
+    # ---- one pod (blocking: runs in a thread) ---------------------------------------------
+
+    def sync(self, key: str, obj: KubeObject | None) -> Status | None:
+        """Bring pod ``key`` to what the API says; the status to write, if any."""
+        rec = manager.record(self.lab)
+        prec = next((p for p in rec.pods if p.key == key and p.kubelet), None)
+        meta = (obj or {}).get("metadata") or {}
+        if prec is not None and (obj is None or meta.get("uid") != prec.uid):
+            log.info("pod %s: stopping (deleted or replaced)", key)
+            manager.remove_pod(rec, prec)
+            manager.save_kubelet_pods(rec)
+            prec = None
+        if obj is None or meta.get("deletionTimestamp"):
+            return None
+        if prec is None:
+            return self._start(rec, key, obj)
+        return self._tend(rec, prec, obj)
+
+    def _start(self, rec: LabRecord, key: str, obj: KubeObject) -> Status | None:
+        if any(p.key == key and not p.kubelet for p in rec.pods):
+            return None  # the lab's own (lab up / lab apply)
+        if controller_ref(obj) is None:
+            return None  # a bare pod: ``lab apply`` runs those
+        phase = (obj.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return None
+        reason = refusal(obj)
+        if reason is not None:
+            log.warning("%s", reason)
+            return self._status(obj, None, "Failed", reason="ImageWithoutCommand", message=reason)
+        started = time.time()
+        try:
+            prec = manager.run_api_pod(rec, pod_spec(obj), str(obj["metadata"].get("uid")))
+        except BaseException:
+            for made in [p for p in rec.pods if p.key == key and p.kubelet]:
+                manager.remove_pod(rec, made)
+            manager.save_kubelet_pods(rec)
+            raise
+        log.info("pod %s: running, %s", key, prec.ipv4 or prec.ipv6)
+        return self._status(obj, prec, "Running", started_at=kubelet.timestamp(started))
+
+    def _tend(self, rec: LabRecord, prec: PodRecord, obj: KubeObject) -> Status | None:
+        """Restarts per ``restartPolicy``; the status when something changed."""
+        now = time.time()
+        changed = False
+        spec = None
+        for crec in prec.containers:
+            if crec.pid is None or process.alive(crec.pid, crec.pid_start_time):
+                continue
+            if crec.restart_at is None:  # just ended
+                crec.last_exit_code = process.exit_status(crec.pid)
+                changed = True
+                if _restarts(prec.restart_policy, crec.last_exit_code):
+                    crec.restart_at = now + _backoff(crec.restarts)
+                    log.info(
+                        "pod %s: container %s exited (%s), restart in %.0fs",
+                        prec.key, crec.name, crec.last_exit_code, crec.restart_at - now,
+                    )  # fmt: skip
+                else:
+                    crec.pid = None  # ended for good
+            if crec.restart_at is not None and now >= crec.restart_at:
+                spec = spec or pod_spec(obj)
+                container = next(c for c in spec.spec.containers if c.name == crec.name)
+                manager.start_container(rec, spec, prec, crec, container)
+                crec.restarts += 1
+                crec.restart_at = None
+                changed = True
+        if not changed:
+            return None
+        if all(c.pid is None for c in prec.containers):
+            ok = all(c.last_exit_code == 0 for c in prec.containers)
+            prec.phase = "Succeeded" if ok else "Failed"
+        manager.save_kubelet_pods(rec)
+        return self._status(obj, prec, prec.phase)
+
+    # ---- status ---------------------------------------------------------------------------
+
+    def _status(
+        self,
+        obj: KubeObject,
+        prec: PodRecord | None,
+        phase: str,
+        *,
+        started_at: str | None = None,
+        reason: str | None = None,
+        message: str | None = None,
+        waiting: tuple[str, str] | None = None,
+    ) -> Status:
+        spec = obj.get("spec") or {}
+        start = started_at or (obj.get("status") or {}).get("startTime") or kubelet.now()
+        records = {c.name: c for c in prec.containers} if prec is not None else {}
+        containers = []
+        for c in spec.get("containers") or []:
+            crec = records.get(c["name"])
+            running = crec is not None and process.alive(crec.pid, crec.pid_start_time)
+            containers.append(
+                kubelet.ContainerState(
+                    name=c["name"],
+                    image=c.get("image"),
+                    running=running,
+                    restarts=crec.restarts if crec is not None else 0,
+                    exit_code=crec.last_exit_code if crec is not None else None,
+                    waiting=None if crec is not None else (waiting or ("Refused", message or "")),
+                )
+            )
+        host_ip = None
+        with contextlib.suppress(manager.LabError):
+            nrec = manager.node_record(manager.record(self.lab), spec.get("nodeName", ""))
+            hosts = certs.router_addresses([c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c])
+            host_ip = hosts[0] if hosts else None
+        ips = [a.partition("/")[0] for a in (prec.ipv4, prec.ipv6) if a] if prec else []
+        return kubelet.pod_status(
+            phase=phase,
+            containers=containers,
+            container_id=prec.container_id if prec else "",
+            pod_ips=ips,
+            host_ip=host_ip,
+            started_at=start,
+            reason=reason,
+            message=message,
+        )
+
+    def _waiting(self, obj: KubeObject, message: str) -> Status:
+        return self._status(
+            obj, None, "Pending", waiting=("CreateContainerError", message), message=message
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ciliary-lab-kubelet",
+        description="The lab's kubelet role: runs the pods the controllers bind to its nodes.",
+    )
+    parser.add_argument("lab")
+    args = parse_args(parser, argv)
+    kubeconfig = args.kubeconfig or manager.kubeconfig(args.lab)
+
+    async def body(kube: KubeClient, stop: asyncio.Event) -> None:
+        await Kubelet(args.lab, kube).run(stop)
+
+    asyncio.run(serve(kubeconfig, body))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

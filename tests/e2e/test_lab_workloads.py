@@ -1,0 +1,327 @@
+"""The lab runs workloads: ``lab up`` starts ciliary-controller-manager, ciliary-operator and the
+kubelet role (``lab.kubeletd``) under its supervisor; a Deployment applied with kubectl becomes
+pods spread over the nodes, running with real addresses and reachable with real packets; a pod
+deleted is replaced (new address) and the old one leaves nothing; ``kubectl scale`` scales; a
+DaemonSet runs one pod per node; containers restart per ``restartPolicy``; an image without a
+command is refused naming the pod; ``lab down`` leaves nothing."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from ciliary.client.agent import AgentClient
+from ciliary.lab import manager, process
+from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
+
+pytestmark = pytest.mark.timeout(600)
+
+KUBECTL = "/usr/bin/kubectl"
+T = TypeVar("T")
+
+LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  nodes:
+  - name: {n1}
+  - name: {n2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client-1, labels: {{app: client}}}}
+spec:
+  nodeName: {n1}
+  containers:
+  - name: main
+    command: [ciliary, workload, pause]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client-2, labels: {{app: client}}}}
+spec:
+  nodeName: {n2}
+  containers:
+  - name: main
+    command: [ciliary, workload, pause]
+"""
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: http
+        image: ciliary/http-server
+        command: [ciliary, workload, http-server]
+        args: [--port, "80"]
+        ports: [{name: http, containerPort: 80}]
+"""
+
+DAEMONSET = """\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agentlike}
+spec:
+  selector: {matchLabels: {app: agentlike}}
+  template:
+    metadata: {labels: {app: agentlike}}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        command: [ciliary, workload, pause]
+"""
+
+CRASHER = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: crasher}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: crasher}}
+  template:
+    metadata: {labels: {app: crasher}}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, "sleep 0.5; exit 3"]
+"""
+
+IMAGE_ONLY = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: nginx}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: nginx}}
+  template:
+    metadata: {labels: {app: nginx}}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+"""
+
+
+def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [KUBECTL, "--kubeconfig", kubeconfig, *args],
+        capture_output=True, text=True, timeout=60, check=False, input=stdin,
+    )  # fmt: skip
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result.stdout
+
+
+def pods(kubeconfig: str, selector: str) -> list[dict[str, Any]]:
+    out = json.loads(kubectl(kubeconfig, "get", "pods", "-l", selector, "-o", "json"))
+    items: list[dict[str, Any]] = out["items"]
+    return items
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    return status.get("phase") == "Running" and conditions.get("Ready") == "True"
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def ready_pods(kubeconfig: str, selector: str, count: int) -> list[dict[str, Any]] | None:
+    """The ``count`` pods of ``selector`` once exactly that many exist and all are Ready."""
+    got = pods(kubeconfig, selector)
+    live = [p for p in got if not p["metadata"].get("deletionTimestamp")]
+    return live if len(live) == count and all(ready(p) for p in live) else None
+
+
+def client(nodes: list[str], pod: dict[str, Any]) -> str:
+    """The file's client pod on ``pod``'s node."""
+    return f"default/client-{nodes.index(pod['spec']['nodeName']) + 1}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
+    name, n1, n2 = unique("wl"), unique("n"), unique("n")
+    path = tmp_path_factory.mktemp("workloads") / "lab.yaml"
+    path.write_text(LAB.format(lab=name, n1=n1, n2=n2))
+    try:
+        manager.up(path)
+        kubeconfig = subprocess.run(
+            [CILIARY, "lab", "kubeconfig", "--name", name],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        yield name, [n1, n2], kubeconfig
+    finally:
+        if name in manager.list_labs():
+            manager.down(name)
+        assert_no_leftovers(name, [n1, n2])
+
+
+def test_cluster_processes_run_under_the_supervisor(lab: tuple[str, list[str], str]) -> None:
+    name, _, _ = lab
+    view = manager.status(name)
+    procs = {p.name: p for p in view.processes}
+    assert sorted(procs) == ["controller-manager", "kubelet", "operator"]
+    assert all(p.alive and p.restarts == 0 for p in procs.values()), procs
+    shown = subprocess.run(
+        [CILIARY, "lab", "status", "--name", name], capture_output=True, text=True, check=True
+    ).stdout
+    assert "controller-manager running" in shown and "kubelet running" in shown, shown
+    # killed -9, the controller manager is started again by the supervisor (after its back-off)
+    cm = procs["controller-manager"]
+    assert cm.pid is not None
+    os.kill(cm.pid, signal.SIGKILL)
+
+    def restarted() -> bool:
+        again = {p.name: p for p in manager.status(name).processes}["controller-manager"]
+        return again.alive and again.restarts == 1 and again.pid != cm.pid
+
+    wait_for("the controller manager's restart", restarted, timeout=40)
+    again = {p.name: p for p in manager.status(name).processes}["controller-manager"]
+    assert again.last_exit == "killed by SIGKILL"
+
+
+def test_deployment_pods_run_spread_and_serve(lab: tuple[str, list[str], str]) -> None:
+    name, nodes, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=DEPLOYMENT)
+    web = wait_for("4 ready web pods", lambda: ready_pods(kubeconfig, "app=web", 4), 120)
+    per_node = sorted(sum(p["spec"]["nodeName"] == n for p in web) for n in nodes)
+    assert per_node == [2, 2], [p["spec"]["nodeName"] for p in web]
+    cidrs = {n.name: ipaddress.ip_network(n.ipv4_cidr or "") for n in manager.status(name).nodes}
+    ips = set()
+    for p in web:
+        ip = p["status"]["podIP"]
+        assert ipaddress.ip_address(ip) in cidrs[p["spec"]["nodeName"]], p["status"]
+        assert p["status"]["containerStatuses"][0]["image"] == "ciliary/http-server"
+        assert p["status"]["hostIP"]
+        ips.add(ip)
+        rec = manager.find_pod(manager.record(name), f"default/{p['metadata']['name']}")
+        assert rec.kubelet and rec.uid == p["metadata"]["uid"] and rec.ipv4
+        assert rec.ipv4.partition("/")[0] == ip
+        # real packets from another pod (a client of the file on the pod's node: the lab's
+        # nodes have no datapath between them)
+        got = manager.run_in_pod(
+            client(nodes, p), ["ciliary", "workload", "http-get", f"http://{ip}/"], name=name
+        )
+        assert got.returncode == 0, (ip, got.stdout, got.stderr)
+    assert len(ips) == 4
+
+
+def test_deleted_pod_is_replaced_and_leaves_nothing(lab: tuple[str, list[str], str]) -> None:
+    name, nodes, kubeconfig = lab
+    web = wait_for("4 ready web pods", lambda: ready_pods(kubeconfig, "app=web", 4), 120)
+    victim = web[0]
+    pod_name, ip = victim["metadata"]["name"], victim["status"]["podIP"]
+    old = manager.find_pod(manager.record(name), f"default/{pod_name}")
+    node = manager.node_record(manager.record(name), old.node)
+    kubectl(kubeconfig, "delete", "pod", pod_name)
+
+    def replaced() -> list[dict[str, Any]] | None:
+        now = ready_pods(kubeconfig, "app=web", 4)
+        if now is None or pod_name in {p["metadata"]["name"] for p in now}:
+            return None
+        return now
+
+    after = wait_for("the replacement pod", replaced, 120)
+    new = [p for p in after if p["metadata"]["name"] not in {w["metadata"]["name"] for w in web}]
+    assert len(new) == 1 and new[0]["status"]["podIP"] != ip
+    got = manager.run_in_pod(
+        client(nodes, new[0]),
+        ["ciliary", "workload", "http-get", f"http://{new[0]['status']['podIP']}/"],
+        name=name,
+    )
+    assert got.returncode == 0, got.stderr
+
+    def gone() -> bool:
+        with AgentClient(Path(node.socket)) as cl:
+            endpoints = cl.endpoints()
+        return (
+            not os.path.exists(f"/run/netns/{old.netns}")
+            and all(e.container_id != old.container_id for e in endpoints)
+            and all(ip not in (e.ipv4 or "") for e in endpoints)
+            and all(p.key != old.key for p in manager.record(name).pods)
+        )
+
+    wait_for("the old pod's netns, endpoint and record to go", gone, 30)
+    for c in old.containers:
+        assert not process.alive(c.pid, c.pid_start_time)
+
+
+def test_scale_down(lab: tuple[str, list[str], str]) -> None:
+    name, _, kubeconfig = lab
+    kubectl(kubeconfig, "scale", "deployment", "web", "--replicas=2")
+    two = wait_for("2 web pods", lambda: ready_pods(kubeconfig, "app=web", 2), 120)
+
+    def recorded() -> bool:
+        recs = [p for p in manager.record(name).pods if p.labels.get("app") == "web"]
+        return sorted(p.name for p in recs) == sorted(p["metadata"]["name"] for p in two)
+
+    wait_for("the record to hold the 2 pods only", recorded, 30)
+    netns = [n for n in os.listdir("/run/netns") if n.startswith(f"cilp-{name}-default-web-")]
+    assert len(netns) == 2, netns
+
+
+def test_daemonset_runs_one_pod_per_node(lab: tuple[str, list[str], str]) -> None:
+    _, nodes, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=DAEMONSET)
+    ds = wait_for("a ready pod per node", lambda: ready_pods(kubeconfig, "app=agentlike", 2), 120)
+    assert sorted(p["spec"]["nodeName"] for p in ds) == sorted(nodes)
+
+
+def test_containers_restart_per_policy(lab: tuple[str, list[str], str]) -> None:
+    _, _, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=CRASHER)
+
+    def restarted() -> dict[str, Any] | None:
+        for p in pods(kubeconfig, "app=crasher"):
+            statuses = (p.get("status") or {}).get("containerStatuses") or []
+            if statuses and statuses[0]["restartCount"] >= 2:
+                return p
+        return None
+
+    pod = wait_for("two restarts (the second after the back-off)", restarted, 60)
+    assert pod["status"]["phase"] == "Running"  # restartPolicy Always: never ends
+
+
+def test_image_without_command_is_refused_naming_the_pod(
+    lab: tuple[str, list[str], str],
+) -> None:
+    _, _, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=IMAGE_ONLY)
+
+    def failed() -> dict[str, Any] | None:
+        for p in pods(kubeconfig, "app=nginx"):
+            if (p.get("status") or {}).get("phase") == "Failed":
+                return p
+        return None
+
+    pod = wait_for("the refusal", failed, 60)
+    assert pod["status"]["reason"] == "ImageWithoutCommand"
+    message = pod["status"]["message"]
+    assert f"default/{pod['metadata']['name']}" in message and "nginx:1.27" in message
+    kubectl(kubeconfig, "delete", "deployment", "nginx")
