@@ -318,3 +318,37 @@ def test_lab_up_with_an_invalid_policy_names_the_field_and_leaves_nothing(
     assert "spec.ingress[0].toPorts[0].ports[0].port" in result.stderr
     assert name not in manager.list_labs()
     assert_no_leftovers(name, [n1, n2])
+
+
+def test_killed_etcd_is_restarted_by_the_supervisor_with_its_data(
+    lab: tuple[str, list[str], str],
+) -> None:
+    """kill -9 etcd: the supervisor brings it back on the same ports with the same data dir, the
+    API server (which never exited) answers again, and nothing stored is lost."""
+    name, _, kubeconfig = lab
+    cp = manager.control_plane(name)
+    assert cp is not None
+    before = manager.status(name).control_plane
+    assert before is not None
+    kubectl(kubeconfig, "create", "configmap", "before-etcd-kill", "-n", "shop")
+    os.kill(cp.etcd.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        view = manager.status(name).control_plane
+        assert view is not None
+        restarted = view.etcd_restarts == before.etcd_restarts + 1 and view.etcd_alive
+        if restarted and kubectl(kubeconfig, "get", "--raw=/readyz", check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"etcd was not restarted: {manager.status(name).control_plane}")
+    after = controlplane.load(Path(f"/run/ciliary/lab/{name}"))
+    assert after is not None and after.etcd.pid != cp.etcd.pid
+    assert after.etcd.client_url == cp.etcd.client_url  # the API server's --etcd-servers holds
+    got = kubectl(kubeconfig, "get", "configmap", "-n", "shop", "-o", "name").stdout.split()
+    assert "configmap/before-etcd-kill" in got  # the data dir survived the kill
+    kubectl(kubeconfig, "create", "configmap", "after-etcd-kill", "-n", "shop")
+    status = subprocess.run(
+        [CILIARY, "lab", "status", "--name", name], capture_output=True, text=True, check=True
+    ).stdout
+    assert "etcd running, 1 restarts" in status
