@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from ciliary.k8s.fields import EnvName, FieldProblemError, ObjectName, PortName
 from ciliary.k8s.meta import ObjectMeta, ObjectModel, TypedObject
+from ciliary.k8s.quantity import QuantityError, parse_quantity
 
 __all__ = [
     "Container",
@@ -31,10 +32,13 @@ __all__ = [
     "NodeStatus",
     "Pod",
     "PodIP",
+    "PodSecurityContext",
     "PodSpec",
     "PodStatus",
     "PodTemplateSpec",
     "Protocol",
+    "ResourceRequirements",
+    "SecurityContext",
     "Service",
     "ServicePort",
     "ServiceSpec",
@@ -66,6 +70,40 @@ class ContainerPort(ObjectModel):
     protocol: Protocol = "TCP"
 
 
+class SecurityContext(ObjectModel):
+    """The identity a container runs as (``runAsUser``/``runAsGroup``; ``runAsNonRoot`` makes
+    the runtime refuse to start it as root). Unset fields fall back to the pod's."""
+
+    run_as_user: int | None = Field(default=None, ge=0)
+    run_as_group: int | None = Field(default=None, ge=0)
+    run_as_non_root: bool | None = None
+
+
+class PodSecurityContext(SecurityContext):
+    """The pod-level defaults of every container's :class:`SecurityContext`."""
+
+
+Quantity = int | float | str
+
+
+class ResourceRequirements(ObjectModel):
+    """``limits`` and ``requests`` by resource name (``cpu``, ``memory``), each a quantity
+    (:mod:`ciliary.k8s.quantity`, which checks them here)."""
+
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+
+    @field_validator("limits", "requests")
+    @classmethod
+    def _quantities(cls, values: dict[str, Quantity]) -> dict[str, Quantity]:
+        for name, value in values.items():
+            try:
+                parse_quantity(value)
+            except QuantityError as err:
+                raise FieldProblemError(str(err), name) from None
+        return values
+
+
 class Container(ObjectModel):
     """What a lab runs of a container: a command line (there are no images to take one from),
     its environment and working directory, and its declared ports."""
@@ -78,6 +116,8 @@ class Container(ObjectModel):
     env: Sequence[EnvVar] = Field(default_factory=list)
     working_dir: str | None = None
     ports: Sequence[ContainerPort] = Field(default_factory=list)
+    security_context: SecurityContext | None = None
+    resources: ResourceRequirements | None = None
 
     @field_validator("ports")
     @classmethod
@@ -108,6 +148,7 @@ class PodSpec(ObjectModel):
     hostname: str | None = None
     subdomain: str | None = None
     service_account_name: str | None = None
+    security_context: PodSecurityContext | None = None
 
     def named_ports(self) -> dict[str, ContainerPort]:
         """Declared ports by name, across containers (the first declaration of a name wins)."""

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from ciliary.datapath.linux import cgrouplimits
+from ciliary.k8s import core, quantity
 from ciliary.lab import process
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -90,10 +93,20 @@ def hidden_dirs(run_root: Path) -> list[Path]:
 
 
 def sandbox_argv(
-    argv: Sequence[str], *, hide: Sequence[Path], keep: Sequence[Path] = ()
+    argv: Sequence[str],
+    *,
+    hide: Sequence[Path],
+    keep: Sequence[Path] = (),
+    user: RunAs | None = None,
+    working_dir: str | None = None,
+    pid_namespace: bool = False,
+    join_cgroups: Sequence[Path] = (),
 ) -> list[str]:
     """``argv`` (already resolved) behind a fresh mount namespace in which ``hide`` are empty
-    tmpfs and each directory of ``keep`` (below one of ``hide``) is visible again, read-only."""
+    tmpfs and each directory of ``keep`` (below one of ``hide``) is visible again, read-only;
+    optionally as ``user``, in ``working_dir`` (created if missing, as runc does), as PID 1 of
+    a PID namespace of its own (``/proc`` remounted for it) and after joining the
+    ``cgroup.procs`` files ``join_cgroups`` (see :func:`container_command`)."""
     lines = ["set -e"]
     for i, path in enumerate(keep):
         lines.append(f"exec {3 + i}< {shlex.quote(str(path))}")
@@ -109,12 +122,28 @@ def sandbox_argv(
         lines.append(f"mount -c --bind /proc/self/fd/{3 + i} {q}")
         lines.append(f"mount -c -o remount,bind,ro {q}")
         lines.append(f"exec {3 + i}<&-")
+    if working_dir is not None:
+        q = shlex.quote(working_dir)
+        lines.append(f"mkdir -p -- {q}")
+        lines.append(f"cd -- {q}")
     lines.append("unset PWD OLDPWD")  # the shells' own: not part of a container's environment
-    lines.append(f'exec setpriv --inh-caps=-all --bounding-set={DROPPED_CAPS} -- "$@"')
-    return [
-        "unshare", "--mount", "--propagation", "private", "--",
+    ids = ""
+    if user is not None:
+        ids = f"--reuid={user.uid} --regid={user.gid} --clear-groups "
+    lines.append(f'exec setpriv {ids}--inh-caps=-all --bounding-set={DROPPED_CAPS} -- "$@"')
+    namespaces = ["--mount", "--propagation", "private"]
+    if pid_namespace:
+        # unshare forks: its child is PID 1 of the new namespace; --kill-child ends that child
+        # (and with it the namespace) if unshare is killed
+        namespaces += ["--pid", "--fork", "--kill-child", "--mount-proc"]
+    wrapped = [
+        "unshare", *namespaces, "--",
         "/bin/sh", "-c", "\n".join(lines), "ciliary-pod", *argv,
     ]  # fmt: skip
+    if not join_cgroups:
+        return wrapped
+    join = 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
+    return ["/bin/sh", "-c", join, "ciliary-cgroups", *map(str, join_cgroups), "--", *wrapped]
 
 
 def pod_command(argv: Sequence[str], run_root: Path, keep: Sequence[Path] = ()) -> list[str]:
@@ -122,6 +151,93 @@ def pod_command(argv: Sequence[str], run_root: Path, keep: Sequence[Path] = ()) 
     for path in keep:
         path.mkdir(parents=True, exist_ok=True)
     return sandbox_argv(resolve_command(argv), hide=hidden_dirs(run_root), keep=keep)
+
+
+class ContainerConfigError(Exception):
+    """A container the runtime must not start (kubelet's ``CreateContainerConfigError``); the
+    message is kubelet's, for the pod's status."""
+
+    reason = "CreateContainerConfigError"
+
+
+@dataclass(frozen=True)
+class RunAs:
+    uid: int
+    gid: int
+
+
+def run_as(pod: str, spec: core.PodSpec, container: core.Container) -> RunAs:
+    """The uid/gid ``container`` runs as: its ``securityContext``, else the pod's, else root (a
+    lab container has no image whose ``USER`` would say otherwise). ``runAsNonRoot`` refuses
+    root as kubelet does (``pod`` names the pod in the message)."""
+    mine = container.security_context or core.SecurityContext()
+    pods = spec.security_context or core.PodSecurityContext()
+    uid = mine.run_as_user if mine.run_as_user is not None else pods.run_as_user
+    gid = mine.run_as_group if mine.run_as_group is not None else pods.run_as_group
+    non_root = mine.run_as_non_root if mine.run_as_non_root is not None else pods.run_as_non_root
+    if non_root and uid == 0:
+        raise ContainerConfigError(
+            f"container's runAsUser breaks non-root policy (pod: {pod!r}, container:"
+            f" {container.name})"
+        )
+    if non_root and uid is None:
+        raise ContainerConfigError(
+            f"container has runAsNonRoot and image will run as root (pod: {pod!r}, container:"
+            f" {container.name})"
+        )
+    return RunAs(uid or 0, gid or 0)
+
+
+def pod_limits(spec: core.PodSpec) -> cgrouplimits.Limits:
+    """The pod cgroup's limits, kubelet's rule: a resource is limited at the pod level only when
+    every container limits it, to the sum of their limits (one unlimited container leaves the
+    pod unlimited)."""
+
+    def total(resource: str, convert: Callable[[str | int | float], int]) -> int | None:
+        values = []
+        for c in spec.containers:
+            limit = (c.resources.limits if c.resources else {}).get(resource)
+            if limit is None:
+                return None
+            values.append(convert(limit))
+        return sum(values) if values else None
+
+    return cgrouplimits.Limits(
+        cpu_millis=total("cpu", quantity.cpu_millis),
+        memory_bytes=total("memory", quantity.memory_bytes),
+    )
+
+
+def container_command(
+    pod: str,
+    spec: core.PodSpec,
+    container: core.Container,
+    run_root: Path,
+    *,
+    keep: Sequence[Path] = (),
+    join_cgroups: Sequence[Path] = (),
+) -> list[str]:
+    """The argv a runtime spawns for ``container`` of pod ``pod`` (``namespace/name``): its
+    ``command`` + ``args`` behind the pod's mount view (:func:`pod_command`), as its
+    ``securityContext`` user (:func:`run_as`, which may refuse it: ContainerConfigError), in its
+    ``workingDir``, as PID 1 of its own PID namespace, having joined ``join_cgroups`` (what
+    :func:`ciliary.datapath.linux.cgrouplimits.apply` returned for :func:`pod_limits`). Spawn it
+    with :func:`container_env` and into the pod's cgroup as today; the spawned pid is the
+    namespace's ``unshare`` (it exits with the container's code); stop the container through
+    its process group (:func:`ciliary.lab.process.stop_group`: ``unshare`` does not forward
+    signals)."""
+    who = run_as(pod, spec, container)
+    for path in keep:
+        path.mkdir(parents=True, exist_ok=True)
+    return sandbox_argv(
+        resolve_command(container.argv()),
+        hide=hidden_dirs(run_root),
+        keep=keep,
+        user=who,
+        working_dir=container.working_dir,
+        pid_namespace=True,
+        join_cgroups=join_cgroups,
+    )
 
 
 def exec_argv(netns_path: str | Path, argv: Sequence[str], run_root: Path) -> list[str]:
@@ -132,10 +248,15 @@ def exec_argv(netns_path: str | Path, argv: Sequence[str], run_root: Path) -> li
 
 __all__ = [
     "CONTAINER_PATH",
+    "ContainerConfigError",
+    "RunAs",
+    "container_command",
     "container_env",
     "exec_argv",
     "hidden_dirs",
     "pod_command",
+    "pod_limits",
     "resolve_command",
+    "run_as",
     "sandbox_argv",
 ]

@@ -139,11 +139,29 @@ def wait_exec(
         cmdline = _cmdline(pid)
         if cmdline is not None and _runs(cmdline, argv):
             return None
+        # a wrapper that forks instead of exec'ing (a PID namespace's unshare): its descendants
+        if any(_runs(_cmdline(child) or [], argv) for child in _descendants(pid)):
+            return None
         if not alive(pid, started) and not cmdline:
             return 127  # gone, and not our child (no status to read): it never ran argv
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.005)
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        kids = [int(c) for c in children]
+        out.extend(kids)
+        todo.extend(kids)
+    return out
 
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -201,6 +219,25 @@ def stop(pid: int | None, started: int | None, timeout: float = 5.0) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+
+
+def stop_group(pid: int | None, started: int | None, timeout: float = 5.0) -> None:
+    """:func:`stop` for a process group led by ``pid`` (a container behind its PID namespace's
+    ``unshare``, which does not forward signals): SIGTERM to the group, SIGKILL to it after
+    ``timeout``; only if (pid, start time) is still ours."""
+    if pid is None or not alive(pid, started):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not alive(pid, started):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
     _reap(pid)
 
 

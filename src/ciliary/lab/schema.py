@@ -47,6 +47,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.core.yamldoc import show as _show
@@ -530,6 +531,14 @@ class Container(core.Container, StrictModel):
 
     env: Sequence[EnvVar] = Field(default_factory=list)
     ports: Sequence[ContainerPort] = Field(default_factory=list)
+
+    @field_validator("security_context", "resources", mode="before")
+    @classmethod
+    def _not_applied_yet(cls, value: object) -> object:
+        # core.Container has them for the API's pods (lab.podsandbox applies them); a lab
+        # file's pods do not pass them to the sandbox yet, so they stay unknown here rather
+        # than silently ignored
+        raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
 
 
 class PodMetadata(StrictModel):
