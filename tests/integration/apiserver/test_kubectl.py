@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ciliary.k8s.resources import RESOURCES
 from ciliary.lab.controlplane import ControlPlane
 
 pytestmark = pytest.mark.timeout(240)
@@ -225,3 +226,24 @@ def test_delete_with_and_without_finalizer(shop: ControlPlane) -> None:
     assert names(shop, "cnp", "-A") == []
     missing = kubectl(shop, "get", "pod", "nope", "-n", "default", check=False)
     assert 'Error from server (NotFound): pods "nope" not found' in missing.stderr
+
+
+def test_api_resources_lists_our_kinds(control_plane: ControlPlane) -> None:
+    """`kubectl api-resources` against the real server lists every served kind with its short
+    names (discovery as kubectl ≥1.30 asks for it first: aggregated)."""
+    out = kubectl(control_plane, "api-resources", "--no-headers").stdout
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    plurals = {r[0] for r in rows}
+    for rt in RESOURCES:
+        assert rt.plural in plurals, f"{rt.plural} missing from kubectl api-resources"
+    shorts = {
+        "ciliumnetworkpolicies": "cnp",
+        "ciliumclusterwidenetworkpolicies": "ccnp",
+        "ciliumendpoints": "cep",
+        "ciliumnodes": "cn",
+        "ciliumidentities": "ciliumid",
+    }
+    for plural, short in shorts.items():
+        line = next(r for r in rows if r[0] == plural)
+        assert short in line[1].split(","), (plural, line)
+    assert names(control_plane, "ciliumidentities") == []  # the short-named kinds answer `get`
