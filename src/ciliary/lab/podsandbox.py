@@ -24,6 +24,14 @@ builds the wrapper every pod process starts through:
 
 The wrapper ``exec``s into the command (same pid), so the lab's pid/start-time bookkeeping and
 its check that a container really started are unchanged.
+
+:func:`container_command` builds a Kubernetes container's wrapper from its spec (``k8s.core``):
+the ``securityContext`` uid/gid (``runAsNonRoot`` refusing root with kubelet's words,
+:class:`ContainerConfigError`), ``workingDir``, and a PID namespace of its own in which the
+command is PID 1 (there ``unshare`` forks: the spawned pid is unshare's, which exits with the
+command's code and does not forward signals, hence ``process.stop_group``); :func:`pod_limits`
+is kubelet's pod-level cgroup rule for ``resources.limits``, written by
+``datapath.linux.cgrouplimits``.
 """
 
 from __future__ import annotations
