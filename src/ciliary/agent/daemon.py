@@ -22,8 +22,10 @@ from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.hubble import AgentHubble
 from ciliary.agent.identity import LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
+from ciliary.agent.k8s.pods import PodWatcher
+from ciliary.agent.k8s.policies import PolicyWatcher
 from ciliary.agent.monitor import Monitor
-from ciliary.agent.podstore import PodStore
+from ciliary.agent.podstore import PodLookup, PodMeta, PodStore, no_pods
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.agent.server import APIServer
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
@@ -39,6 +41,7 @@ from ciliary.core.models import (
 from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
+from ciliary.kube.client import KubeClient
 from ciliary.kvstore import FileStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ class Agent:
             datapath=self.datapath,
             ipam=self.ipam,
             identities=self.identities,
-            pods=PodStore(self.store) if self.store else (lambda _ns, _name: None),
+            pods=self._pod_meta,
             policy=self.policy,
             mtu=cfg.mtu,
             on_change=self._endpoint_changed,
@@ -80,6 +83,11 @@ class Agent:
         )  # fmt: skip
         self.hubble = AgentHubble(self, cfg.hubble)
         self.server = APIServer(self, cfg.socket)
+        self._pods: PodLookup = PodStore(self.store) if self.store else no_pods
+        self.kube: KubeClient | None = None
+        self.pod_watcher: PodWatcher | None = None
+        self.policy_watcher: PolicyWatcher | None = None
+        """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
@@ -90,6 +98,30 @@ class Agent:
         return ClusterPoolIPAM(
             cfg.node, cfg.ipv4_range, cfg.ipv6_range, cfg.state_dir / "ipam-allocations.json"
         )
+
+    async def _pod_meta(self, namespace: str, name: str) -> PodMeta | None:
+        return await self._pods(namespace, name)
+
+    async def _connect_kubernetes(self) -> None:
+        """Pods, namespaces and policies from the API: informers synced before endpoints are
+        restored (their labels and the policies they get must be the cluster's)."""
+        self.kube = await KubeClient.connect(self.cfg.kubeconfig)
+        self.pod_watcher = PodWatcher(self.kube, self.node, self.endpoints.pod_changed)
+        self.policy_watcher = PolicyWatcher(self.kube, self.policy, self.endpoints.regenerate_all)
+        self.pod_watcher.start()
+        self.policy_watcher.start()
+        log.info("waiting for the Kubernetes API at %s", self.kube.host)
+        await self.pod_watcher.wait_synced()
+        await self.policy_watcher.wait_synced()
+        self._pods = self.pod_watcher
+        log.info("pods, namespaces and policies synced from %s", self.kube.host)
+
+    async def _disconnect_kubernetes(self) -> None:
+        for watcher in (self.policy_watcher, self.pod_watcher):
+            if watcher is not None:
+                await watcher.stop()
+        if self.kube is not None:
+            await self.kube.close()
 
     def _explain_cookie(self, cookie: int) -> list[str]:
         return [str(r) for r in self.policy.rules_of_cookie(cookie)]
@@ -128,7 +160,10 @@ class Agent:
             int(cfg.monitor_aggregation_interval_s * 1e9),
         )
         await self._setup_node()
-        self.policy.load_from_store()
+        if cfg.kubeconfig is not None or cfg.in_cluster:
+            await self._connect_kubernetes()
+        else:
+            self.policy.load_from_store()
         restored, removed = await self.endpoints.restore()
         log.info("restored %d endpoints, removed %d stale objects", restored, removed)
         # Hubble's sink before the reader: its first drain is the ring's backlog (events the
@@ -138,7 +173,8 @@ class Agent:
         self.monitor.start()
         await self.server.start()
         self._spawn(self._ct_gc(), "ct-gc")
-        self._spawn(self._watch_policies(), "policy-watch")
+        if self.kube is None:
+            self._spawn(self._watch_policies(), "policy-watch")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -152,6 +188,7 @@ class Agent:
             self.monitor.stop()
             for task in list(self._tasks):
                 task.cancel()
+            await self._disconnect_kubernetes()
             self.datapath.close()
 
     async def _watch_policies(self) -> None:

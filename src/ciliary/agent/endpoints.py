@@ -26,7 +26,7 @@ from typing import Any
 
 from ciliary.agent.identity import IdentityAllocator, security_labels
 from ciliary.agent.ipam import IPAM, IPAMError
-from ciliary.agent.podstore import PodMeta
+from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import (
     CheckResponse,
@@ -70,7 +70,7 @@ class EndpointManager:
         datapath: NodeDatapath,
         ipam: IPAM,
         identities: IdentityAllocator,
-        pods: Callable[[str, str], PodMeta | None] = lambda _ns, _name: None,
+        pods: PodLookup = no_pods,
         policy: PolicyManager | None = None,
         mtu: int = 1500,
         on_change: Callable[[Endpoint], None] | None = None,
@@ -203,8 +203,8 @@ class EndpointManager:
             )
         return ep
 
-    def _meta(self, namespace: str, pod_name: str) -> PodMeta | None:
-        return self._pods(namespace, pod_name) if pod_name else None
+    async def _meta(self, namespace: str, pod_name: str) -> PodMeta | None:
+        return await self._pods(namespace, pod_name) if pod_name else None
 
     def _named_ports(self, ep: Endpoint) -> dict[str, tuple[int, str]]:
         meta = self._pod_meta.get(ep.id)
@@ -250,6 +250,34 @@ class EndpointManager:
         self._policy.realize(ep, self._named_ports(ep))
         self._realize_peers(changed, names, ep.id)
 
+    async def pod_changed(self, namespace: str, pod_name: str, meta: PodMeta) -> int:
+        """The cluster's view of a pod (or of its namespace) arrived or changed: each ready
+        endpoint of it whose security labels differ gets the identity of the new labels (maps,
+        ipcache and the policy of it and its peers), as upstream's pod watcher updates an
+        endpoint's labels. A pod the cluster did not know at CNI ADD is settled this way once
+        the API has it. Returns how many endpoints changed."""
+        async with self._lock:
+            changed_eps = 0
+            for ep in list(self._eps.values()):
+                if ep.namespace != namespace or ep.pod_name != pod_name:
+                    continue
+                self._pod_meta[ep.id] = meta
+                if ep.state != EndpointState.READY:
+                    continue
+                sec_labels = security_labels(namespace, meta.labels, meta.namespace_labels)
+                if self._ids.lookup(ep.identity) == sec_labels and ep.labels == meta.labels:
+                    continue
+                identity = self._ids.allocate(sec_labels)
+                changed: frozenset[Any] = frozenset()
+                if self._policy is not None:
+                    changed = self._policy.identity_added(identity, sec_labels)
+                updated = ep.model_copy(update={"labels": dict(meta.labels), "identity": identity})
+                self._program(updated, ready=True)
+                self._realize_policy(updated, changed)
+                self._set(updated, EndpointState.READY, "pod labels changed")
+                changed_eps += 1
+            return changed_eps
+
     async def regenerate_all(self, reason: str) -> int:
         """Recompute and write every endpoint's policy (policy repository changed)."""
         if self._policy is None:
@@ -273,7 +301,7 @@ class EndpointManager:
 
     async def _create_locked(self, req: EndpointCreateRequest) -> Endpoint:
         ep_id = self._next_id()
-        meta = self._meta(req.namespace, req.pod_name)
+        meta = await self._meta(req.namespace, req.pod_name)
         labels = dict(req.labels) if req.labels else dict(meta.labels if meta else {})
         ep = Endpoint(
             id=ep_id,
@@ -520,7 +548,7 @@ class EndpointManager:
             await self._teardown(ep)
             return False
         restoring = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
-        meta = self._meta(ep.namespace, ep.pod_name)
+        meta = await self._meta(ep.namespace, ep.pod_name)
         self._pod_meta[ep.id] = meta or PodMeta()
         labels = self._identity_labels(ep, meta)
         identity = self._ids.allocate(labels)

@@ -26,6 +26,7 @@ from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.datapath.loader import PIN_ROOT, default_object_dir
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
+from ciliary.kube.client import SERVICE_HOST_ENV
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="cluster-pool: this node's CIDRs (--ipv4/6-range); pools: Calico IPPools "
                    "from the cluster store")  # fmt: skip
     p.add_argument("--cluster-store", type=Path, help="directory of the shared cluster store")
+    p.add_argument("--kubeconfig", "--k8s-kubeconfig-path", type=Path, dest="kubeconfig",
+                   help="list and watch pods, namespaces and policies from this cluster (in a pod:"
+                   " the service account when KUBERNETES_SERVICE_HOST is set)")  # fmt: skip
     p.add_argument("--node-labels", default="", help="k=v,k2=v2 (matched by pool nodeSelectors)")
     p.add_argument("--cluster-name", type=_cluster_name, default=DEFAULT_CLUSTER_NAME,
                    help="name of the cluster the node belongs to (as cilium-agent's)")  # fmt: skip
@@ -266,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         mtu=args.mtu,
         ipam_mode=args.ipam,
         cluster_store=args.cluster_store,
+        kubeconfig=args.kubeconfig,
+        in_cluster=args.kubeconfig is None and bool(os.environ.get(SERVICE_HOST_ENV)),
         node_labels=node_labels,
         enable_policy=args.enable_policy,
         hubble=hubble,

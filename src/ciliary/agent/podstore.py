@@ -8,7 +8,7 @@ request carries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,32 +52,44 @@ def workload_of(pod: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
     return ((name, kind),) if name and kind else ()
 
 
+PodLookup = Callable[[str, str], Awaitable[PodMeta | None]]
+"""(namespace, pod name) → the pod's metadata, or None when the cluster has no such pod."""
+
+
+async def no_pods(_namespace: str, _name: str) -> PodMeta | None:
+    """The lookup of an agent without a cluster: pods are known by their CNI request only."""
+    return None
+
+
+def pod_meta(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> PodMeta:
+    """What the agent needs of a Pod object and its Namespace object (either source)."""
+    meta = pod.get("metadata") or {}
+    ns_meta = (namespace or {}).get("metadata") or {}
+    ports: dict[str, tuple[int, str]] = {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in (container or {}).get("ports") or []:
+            name = port.get("name")
+            if isinstance(name, str) and isinstance(port.get("containerPort"), int):
+                ports.setdefault(name.lower(), (port["containerPort"], port.get("protocol", "TCP")))
+    return PodMeta(
+        labels=_str_map(meta.get("labels")),
+        annotations=_str_map(meta.get("annotations")),
+        namespace_labels=_str_map(ns_meta.get("labels")),
+        named_ports=ports,
+        workloads=workload_of(pod),
+    )
+
+
 class PodStore:
+    """Pods and namespaces from the lab's file store (an agent without a Kubernetes API)."""
+
     def __init__(self, store: FileStore) -> None:
         self._store = store
 
-    def __call__(self, namespace: str, name: str) -> PodMeta | None:
+    async def __call__(self, namespace: str, name: str) -> PodMeta | None:
         try:
             pod = self._store.get("pods", f"{namespace}/{name}")
             ns = self._store.get("namespaces", namespace)
         except StoreError:
             return None
-        if pod is None:
-            return None
-        meta = pod.get("metadata", {})
-        ns_meta = (ns or {}).get("metadata", {})
-        ports: dict[str, tuple[int, str]] = {}
-        for container in (pod.get("spec") or {}).get("containers") or []:
-            for port in (container or {}).get("ports") or []:
-                name = port.get("name")
-                if isinstance(name, str) and isinstance(port.get("containerPort"), int):
-                    ports.setdefault(
-                        name.lower(), (port["containerPort"], port.get("protocol", "TCP"))
-                    )
-        return PodMeta(
-            labels=_str_map(meta.get("labels")),
-            annotations=_str_map(meta.get("annotations")),
-            namespace_labels=_str_map(ns_meta.get("labels")),
-            named_ports=ports,
-            workloads=workload_of(pod),
-        )
+        return pod_meta(pod, ns) if pod is not None else None

@@ -172,6 +172,20 @@ class PolicyManager:
         self._repository_changed()
         return True
 
+    def upsert_policies(self, policies: Iterable[Policy]) -> None:
+        """Add or replace policies (by key) that arrived from the Kubernetes API: the
+        repository and the derived state follow at once (the caller regenerates endpoints)."""
+        self.repo.replace(list(policies))
+        self._repository_changed()
+
+    def remove_policies(self, keys: Iterable[str]) -> bool:
+        """Remove the policies of these keys that the repository holds; True if any was."""
+        present = [k for k in keys if self.repo.get(k) is not None]
+        if present:
+            self.repo.delete(present)
+            self._repository_changed()
+        return bool(present)
+
     def import_text(self, text: str, filename: str) -> list[str]:
         """Validate (raises PolicyError, nothing applied), store, apply; returns the keys."""
         docs = load_yaml(text, filename)

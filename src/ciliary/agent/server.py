@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from ciliary.agent import policytrace
 from ciliary.agent.endpoints import EndpointError
 from ciliary.agent.ipam import IPAMError
+from ciliary.agent.k8s.policies import PolicyWriteError
 from ciliary.core.models import (
     API_PREFIX,
     Endpoint,
@@ -121,6 +122,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(str(err), err.status, err.kind)
     except PolicyError as err:
         return _error(str(err), 400, "policy")
+    except PolicyWriteError as err:
+        return _error(str(err), 502, "kubernetes")
     except IPAMError as err:
         status = {"exhausted": 409, "conflict": 409, "not-found": 404}.get(err.kind, 400)
         return _error(str(err), status, "exhausted" if err.kind == "exhausted" else "ipam")
@@ -262,7 +265,11 @@ class APIServer:
 
     async def policy_import(self, request: web.Request) -> web.Response:
         req = PolicyImportRequest.model_validate(await _body(request))
-        keys = self._agent.policy.import_text(req.text, req.filename)
+        watcher = self._agent.policy_watcher
+        if watcher is not None:  # the API server holds the policies: write them there
+            keys = await watcher.import_text(req.text, req.filename)
+        else:
+            keys = self._agent.policy.import_text(req.text, req.filename)
         await self._agent.endpoints.regenerate_all(f"policy import of {req.filename}")
         return _json(PolicyChangeResponse(revision=self._agent.policy.repo.revision, keys=keys))
 
@@ -281,7 +288,12 @@ class APIServer:
                 "give key=<kind/namespace/name> (repeatable) or all=true", 400, "validation"
             )
         try:
-            removed = self._agent.policy.delete(None if everything else list(keys))
+            targets = None if everything else list(keys)
+            watcher = self._agent.policy_watcher
+            if watcher is not None:
+                removed = await watcher.delete(targets)
+            else:
+                removed = self._agent.policy.delete(targets)
         except KeyError as err:
             return _error(str(err.args[0]), 404, "not-found")
         await self._agent.endpoints.regenerate_all("policy delete")

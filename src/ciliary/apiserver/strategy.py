@@ -23,7 +23,12 @@ from ciliary.apiserver.storage import DELETE, Obj, Outcome
 from ciliary.k8s.labelselector import label_key_problem, label_value_problem
 from ciliary.k8s.names import is_dns1123_label, is_dns1123_subdomain
 from ciliary.k8s.resources import ResourceType
-from ciliary.policy.api.documents import POLICY_KINDS, parse_policy_documents, where
+from ciliary.policy.api.documents import (
+    POLICY_KINDS,
+    api_object_document,
+    parse_policy_documents,
+    where,
+)
 from ciliary.policy.api.errors import PolicyError
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String alphabet
@@ -114,12 +119,7 @@ def policy_causes(rt: ResourceType, obj: Obj) -> list[Cause]:
     path split from the message (the engine's one-line form is ``<where>: <path>: <what>``)."""
     if rt.kind not in POLICY_KINDS or POLICY_KINDS[rt.kind] != rt.api_version:
         return []
-    doc = {k: v for k, v in obj.items() if k != "status"}
-    doc["metadata"] = {
-        k: v
-        for k, v in obj.get("metadata", {}).items()
-        if k in ("name", "namespace", "labels", "annotations")
-    }
+    doc = api_object_document(obj)
     try:
         parse_policy_documents([(1, doc)], "request")
     except PolicyError as err:

@@ -674,6 +674,8 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
     ]  # fmt: skip
     if nrec.labels:
         argv += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(nrec.labels.items()))]
+    if nrec.kubeconfig:  # pods, namespaces and policies from the lab's API server
+        argv += ["--kubeconfig", nrec.kubeconfig]
     if nrec.ipv4_cidr:
         argv += ["--ipv4-range", nrec.ipv4_cidr]
     if nrec.ipv6_cidr:

@@ -27,7 +27,7 @@ from ciliary.policy.api.errors import PolicyError, show
 from ciliary.policy.api.model import Policy, PolicyKind, Rule
 from ciliary.policy.api.translate import Translator
 
-__all__ = ["POLICY_KINDS", "parse_policy_documents", "parse_policy_text"]
+__all__ = ["POLICY_KINDS", "api_object_document", "parse_policy_documents", "parse_policy_text"]
 
 POLICY_KINDS: Final[dict[str, str]] = {
     "CiliumNetworkPolicy": "cilium.io/v2",
@@ -169,6 +169,19 @@ def _parse_document(doc: object, filename: str, index: int) -> tuple[Policy | No
 
 def _default_namespace(kind: PolicyKind) -> str | None:
     return None if kind == "CiliumClusterwideNetworkPolicy" else "default"
+
+
+def api_object_document(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy object as an API server stores it, back to the document its user wrote: no
+    ``status``, and of the metadata only what users write (the server's ``uid``,
+    ``resourceVersion``, ``managedFields``… are no policy fields)."""
+    doc = {k: v for k, v in obj.items() if k != "status"}
+    doc["metadata"] = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k in ("name", "namespace", "labels", "annotations")
+    }
+    return doc
 
 
 def parse_policy_documents(docs: Sequence[tuple[int, object]], filename: str) -> list[Policy]:

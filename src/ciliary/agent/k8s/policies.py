@@ -1,0 +1,172 @@
+"""Network policies from the Kubernetes API (Cilium's CNP/CCNP/NetworkPolicy watchers).
+
+Three informers (CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies, NetworkPolicies) feed
+the PolicyManager's repository: every add/update is parsed by the same parser the API server
+validates with (``policy.api``) and applied at once, followed by the regeneration of the
+endpoints — no polling, so a ``kubectl apply`` reaches the datapath as soon as the watch event
+arrives. An object the parser refuses (a server that does not validate, a newer schema) is
+logged and never reaches the repository; for an update, the object's previous valid version
+stays enforced, as upstream keeps the last rules it could translate.
+
+Writes (``ciliary policy import``/``delete`` through the agent's API) go to the API server: the
+agent validates the whole import first (all or nothing, the same errors as before), creates or
+replaces each object, and answers once its own informers have delivered the change (the
+resourceVersion it wrote), so the caller's next packet meets the new policy, on this node; other
+nodes follow from their own watches. The objects are the source of truth, never the agent's
+memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ciliary.agent.policymanager import PolicyManager
+from ciliary.k8s.resources import ResourceType, by_path
+from ciliary.kube.client import ApiError, KubeClient, KubeObject, object_key, resource_version
+from ciliary.kube.informer import HandlerFuncs, Informer
+from ciliary.policy.api import PolicyError, parse_policy_documents
+from ciliary.policy.api.documents import api_object_document, load_yaml
+
+log = logging.getLogger(__name__)
+
+CNP = by_path("cilium.io", "v2", "ciliumnetworkpolicies")
+CCNP = by_path("cilium.io", "v2", "ciliumclusterwidenetworkpolicies")
+KNP = by_path("networking.k8s.io", "v1", "networkpolicies")
+POLICY_TYPES: dict[str, ResourceType] = {rt.kind: rt for rt in (CNP, CCNP, KNP)}
+WRITE_TIMEOUT_S = 10.0
+
+
+class PolicyWriteError(Exception):
+    """The API server refused or could not take a policy write (message says which object)."""
+
+
+class PolicyWatcher:
+    """The cluster's policies, watched into ``policy``; ``regenerate(reason)`` after each change."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        policy: PolicyManager,
+        regenerate: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._regenerate = regenerate
+        self._keys: dict[tuple[str, str], str] = {}
+        """(plural, object key) → the repository key of the policy it became."""
+        self.informers: dict[str, Informer] = {}
+        for kind, rt in POLICY_TYPES.items():
+            informer = Informer(client, rt, name=rt.plural)
+            informer.add_handler(
+                HandlerFuncs(
+                    add=lambda obj, rt=rt: self._upsert(rt, obj),  # type: ignore[misc]
+                    update=lambda _old, new, rt=rt: self._upsert(rt, new),  # type: ignore[misc]
+                    delete=lambda obj, rt=rt: self._remove(rt, obj),  # type: ignore[misc]
+                )
+            )
+            self.informers[kind] = informer
+
+    def start(self) -> None:
+        for informer in self.informers.values():
+            informer.start()
+
+    async def wait_synced(self, timeout: float | None = None) -> None:
+        for informer in self.informers.values():
+            await informer.wait_synced(timeout)
+
+    async def stop(self) -> None:
+        for informer in self.informers.values():
+            await informer.stop()
+
+    # ---- informer handlers -----------------------------------------------------------------
+
+    async def _upsert(self, rt: ResourceType, obj: KubeObject) -> None:
+        where = f"{rt.plural}/{object_key(obj)}"
+        try:
+            policies = parse_policy_documents([(1, api_object_document(obj))], where)
+        except PolicyError as err:
+            log.error("ignoring invalid %s %s: %s", rt.kind, object_key(obj), err)
+            return
+        old = self._keys.get((rt.plural, object_key(obj)))
+        self._keys[(rt.plural, object_key(obj))] = policies[0].key
+        if old is not None and old != policies[0].key:
+            self._policy.remove_policies([old])
+        self._policy.upsert_policies(policies)
+        await self._regenerate(f"{rt.kind} {object_key(obj)} changed")
+
+    async def _remove(self, rt: ResourceType, obj: KubeObject) -> None:
+        key = self._keys.pop((rt.plural, object_key(obj)), None)
+        if key is not None and self._policy.remove_policies([key]):
+            await self._regenerate(f"{rt.kind} {object_key(obj)} deleted")
+
+    # ---- writes through the API -------------------------------------------------------------
+
+    async def import_text(self, text: str, filename: str) -> list[str]:
+        """Validate every document (PolicyError, nothing written), then create or replace each
+        object; returns the policies' keys once this agent enforces them."""
+        docs = load_yaml(text, filename)
+        if not docs:
+            raise PolicyError(f"{filename}: the file has no documents (expected policy documents)")
+        policies = parse_policy_documents(docs, filename)
+        for policy, (_, doc) in zip(policies, docs, strict=True):
+            body: dict[str, Any] = dict(doc)  # type: ignore[call-overload]
+            meta = dict(body.get("metadata") or {})
+            if policy.namespace is not None:
+                meta["namespace"] = policy.namespace
+            body["metadata"] = meta
+            written = await self._create_or_replace(POLICY_TYPES[policy.kind], body)
+            await self._wait(policy.kind, resource_version(written))
+        return [p.key for p in policies]
+
+    async def delete(self, keys: list[str] | None) -> list[str]:
+        """Delete the objects behind these repository keys (every policy when None); KeyError
+        names unknown keys (nothing deleted)."""
+        by_key = {key: ref for ref, key in self._keys.items()}
+        targets = list(by_key) if keys is None else keys
+        unknown = [k for k in targets if k not in by_key]
+        if unknown:
+            raise KeyError(f"no such policy: {', '.join(unknown)}")
+        for key in targets:
+            plural, obj_key = by_key[key]
+            kind = next(k for k, rt in POLICY_TYPES.items() if rt.plural == plural)
+            rt = POLICY_TYPES[kind]
+            namespace, _, name = obj_key.rpartition("/")
+            try:
+                gone = await self._client.delete(rt, name, namespace or None)
+            except ApiError as err:
+                if err.not_found:
+                    continue
+                raise PolicyWriteError(f"deleting {rt.kind} {obj_key}: {err}") from err
+            rv = resource_version(gone)
+            # a deletion's answer is the object as last stored; the delete event is newer
+            informer = self.informers[kind]
+            await informer.wait_for_resource_version(rv + 1, WRITE_TIMEOUT_S)
+        return targets
+
+    async def _create_or_replace(self, rt: ResourceType, body: dict[str, Any]) -> KubeObject:
+        meta = body["metadata"]
+        name, namespace = str(meta.get("name", "")), meta.get("namespace")
+        for _ in range(5):
+            try:
+                current = await self._client.get(rt, name, namespace)
+            except ApiError as err:
+                if not err.not_found:
+                    raise PolicyWriteError(f"reading {rt.kind} {name}: {err}") from err
+                current = None
+            try:
+                if current is None:
+                    return await self._client.create(rt, body, namespace)
+                rv = (current.get("metadata") or {}).get("resourceVersion")
+                return await self._client.replace(
+                    rt, {**body, "metadata": {**meta, "resourceVersion": rv}}
+                )
+            except ApiError as err:
+                if not (err.conflict or err.already_exists):
+                    raise PolicyWriteError(f"writing {rt.kind} {name}: {err}") from err
+        raise PolicyWriteError(f"writing {rt.kind} {name}: kept conflicting with other writers")
+
+    async def _wait(self, kind: str, rv: int) -> None:
+        if not await self.informers[kind].wait_for_resource_version(rv, WRITE_TIMEOUT_S):
+            log.warning("%s at resourceVersion %d not seen after %.0fs", kind, rv, WRITE_TIMEOUT_S)
