@@ -255,6 +255,82 @@ def test_policy_import_and_delete_go_through_the_api(lab: tuple[str, list[str], 
             time.sleep(0.05)
 
 
+def test_identities_are_cluster_wide(lab: tuple[str, list[str], str]) -> None:
+    """server-1 (node 1) and server-2 (node 2) share a label set: one CiliumIdentity, the same
+    number on both nodes, which both nodes' identity lists know."""
+    name, nodes, kubeconfig = lab
+    numbers = []
+    for sock, pod in zip(_sockets(name, nodes), ("server-1", "server-2"), strict=True):
+        with AgentClient(sock) as cl:
+            numbers.append(next(e.identity for e in cl.endpoints() if e.pod_name == pod))
+    assert numbers[0] == numbers[1] and numbers[0] >= 256, numbers
+    number = numbers[0]
+    for sock in _sockets(name, nodes):
+        with AgentClient(sock) as cl:
+            known = {i.id: i.labels for i in cl.identities()}
+        assert "k8s:app=server" in known[number], known.get(number)
+        client_ids = [i for i, labels in known.items() if "k8s:app=client" in labels]
+        assert len(client_ids) == 1, known  # both nodes' clients: one identity, known to both
+    ids = json.loads(kubectl(kubeconfig, "get", "ciliumidentities", "-o", "json"))["items"]
+    by_number = {int(o["metadata"]["name"]): o for o in ids}
+    assert by_number[number]["security-labels"]["k8s:app"] == "server"
+    assert by_number[number]["metadata"]["labels"]["app"] == "server"
+    cli = subprocess.run(
+        [CILIARY, "--node", nodes[1], "identity", "list"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 0 and str(number) in cli.stdout, (cli.stdout, cli.stderr)
+
+
+def test_cilium_endpoints_and_nodes(lab: tuple[str, list[str], str]) -> None:
+    name, _nodes, kubeconfig = lab
+    rec = manager.record(name)
+    deadline = time.time() + 5
+    while True:
+        ceps = json.loads(kubectl(kubeconfig, "get", "cep", "-A", "-o", "json"))["items"]
+        got = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in ceps}
+        if {"default/client-1", "default/client-2", "shop/server-1", "shop/server-2"} <= set(got):
+            break
+        assert time.time() < deadline, sorted(got)
+        time.sleep(0.1)
+    for key in ("default/client-2", "shop/server-1", "shop/server-2"):
+        prec = manager.find_pod(rec, key)
+        status = got[key]["status"]
+        assert status["networking"]["node"] == prec.node
+        assert status["networking"]["addressing"] == [
+            {"ipv4": prec.ipv4.partition("/")[0], "ipv6": prec.ipv6.partition("/")[0]}  # type: ignore[union-attr]
+        ]
+        with AgentClient(manager.agent_socket(prec.node, name=name)) as cl:
+            ep = next(e for e in cl.endpoints() if f"{e.namespace}/{e.pod_name}" == key)
+        assert status["id"] == ep.id and status["identity"]["id"] == ep.identity
+        assert status["state"] == "ready"
+        assert "policy" in status and status["policy"]["ingress"]["enforcing"] is False
+    wide = kubectl(kubeconfig, "get", "cep", "-A")
+    assert "server-1" in wide and "client-2" in wide
+    cns = json.loads(kubectl(kubeconfig, "get", "ciliumnodes", "-o", "json"))["items"]
+    by_node = {o["metadata"]["name"]: o for o in cns}
+    for node in manager.status(name).nodes:
+        spec = by_node[node.name]["spec"]
+        assert spec["ipam"]["podCIDRs"] == [c for c in (node.ipv4_cidr, node.ipv6_cidr) if c]
+        assert spec["addresses"] and all(a["type"] == "CiliumInternalIP" for a in spec["addresses"])
+
+
+def test_cilium_endpoint_goes_with_its_endpoint(lab: tuple[str, list[str], str]) -> None:
+    name, _nodes, kubeconfig = lab
+    rec = manager.record(name)
+    prec = manager.find_pod(rec, "default/client-2")
+    manager.remove_pod(rec, prec)
+    deadline = time.time() + 5
+    while True:
+        ceps = json.loads(kubectl(kubeconfig, "get", "cep", "-n", "default", "-o", "json"))
+        names = [o["metadata"]["name"] for o in ceps["items"]]
+        if "client-2" not in names:
+            break
+        assert time.time() < deadline, names
+        time.sleep(0.1)
+    assert "client-1" in names
+
+
 def test_pod_labels_from_the_api_set_the_identity(lab: tuple[str, list[str], str]) -> None:
     name, nodes, kubeconfig = lab
     sock = _sockets(name, nodes)[0]

@@ -20,8 +20,11 @@ from ciliary import __version__
 from ciliary.agent.config import MONITOR_AGGREGATION, AgentConfig
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.hubble import AgentHubble
-from ciliary.agent.identity import LocalIdentityAllocator
+from ciliary.agent.identity import IdentityAllocator, LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
+from ciliary.agent.k8s import ciliumendpoints
+from ciliary.agent.k8s.ciliumendpoints import EndpointSync
+from ciliary.agent.k8s.identity import CRDIdentityAllocator
 from ciliary.agent.k8s.pods import PodWatcher
 from ciliary.agent.k8s.policies import PolicyWatcher
 from ciliary.agent.monitor import Monitor
@@ -33,6 +36,7 @@ from ciliary.core.models import (
     CTEntry,
     DatapathStatus,
     Endpoint,
+    EndpointState,
     IPAMStatus,
     IPCacheEntry,
     MapPressure,
@@ -56,7 +60,9 @@ class Agent:
         self.datapath = NodeDatapath(cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max)
         self.store = FileStore(cfg.cluster_store) if cfg.cluster_store else None
         self.ipam = self._make_ipam(cfg)
-        self.identities = LocalIdentityAllocator(cfg.state_dir / "identities.json")
+        self.identities: IdentityAllocator = LocalIdentityAllocator(
+            cfg.state_dir / "identities.json"
+        )
         mode = (
             cfg.enable_policy if cfg.enable_policy in ("default", "always", "never") else "default"
         )
@@ -64,8 +70,8 @@ class Agent:
             datapath=self.datapath,
             store=self.store or FileStore(cfg.state_dir / "store"),
             mode=mode,  # type: ignore[arg-type]
-            identity_labels=self.identities.lookup,
-            all_identities=self.identities.all,
+            identity_labels=self._identity_labels,  # whichever allocator is in use
+            all_identities=self._all_identities,
         )
         self.endpoints = EndpointManager(
             state_dir=cfg.state_dir,
@@ -87,6 +93,8 @@ class Agent:
         self.kube: KubeClient | None = None
         self.pod_watcher: PodWatcher | None = None
         self.policy_watcher: PolicyWatcher | None = None
+        self.endpoint_sync: EndpointSync | None = None
+        self.crd_identities: CRDIdentityAllocator | None = None
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -99,6 +107,12 @@ class Agent:
             cfg.node, cfg.ipv4_range, cfg.ipv6_range, cfg.state_dir / "ipam-allocations.json"
         )
 
+    def _identity_labels(self, number: int) -> tuple[str, ...] | None:
+        return self.identities.lookup(number)
+
+    def _all_identities(self) -> list[tuple[int, tuple[str, ...]]]:
+        return self.identities.all()
+
     async def _pod_meta(self, namespace: str, name: str) -> PodMeta | None:
         return await self._pods(namespace, name)
 
@@ -107,16 +121,71 @@ class Agent:
         restored (their labels and the policies they get must be the cluster's)."""
         self.kube = await KubeClient.connect(self.cfg.kubeconfig)
         self.pod_watcher = PodWatcher(self.kube, self.node, self.endpoints.pod_changed)
-        self.policy_watcher = PolicyWatcher(self.kube, self.policy, self.endpoints.regenerate_all)
+        self.policy_watcher = PolicyWatcher(self.kube, self.policy, self._policy_changed)
+        # cluster-wide identities (CiliumIdentity objects): every one of the cluster feeds the
+        # selector cache; CIDR identities stay node-local (the policy manager's)
+        self.crd_identities = CRDIdentityAllocator(self.kube)
+        self.crd_identities.on_added.append(self._cluster_identity_added)
+        self.crd_identities.on_deleted.append(self._cluster_identity_deleted)
+        self.endpoint_sync = EndpointSync(self.kube)
         self.pod_watcher.start()
         self.policy_watcher.start()
+        self.crd_identities.start()
+        self.endpoint_sync.start()
         log.info("waiting for the Kubernetes API at %s", self.kube.host)
         await self.pod_watcher.wait_synced()
         await self.policy_watcher.wait_synced()
+        await self.crd_identities.informer.wait_synced()
         self._pods = self.pod_watcher
+        self.identities = self.crd_identities
+        self.endpoints.use_identities(self.crd_identities)
+        await ciliumendpoints.register_node(
+            self.kube,
+            ciliumendpoints.cilium_node(
+                self.node,
+                [str(r) for r in (self.ipam.router_v4, self.ipam.router_v6) if r is not None],
+                [str(c) for c in (self.cfg.ipv4_range, self.cfg.ipv6_range) if c is not None],
+                self.cfg.node_labels,
+            ),
+        )
         log.info("pods, namespaces and policies synced from %s", self.kube.host)
 
+    def _cluster_identity_added(self, number: int, labels: tuple[str, ...]) -> None:
+        changed = self.policy.identity_added(number, labels)
+        if changed:
+            self._spawn(self.endpoints.selections_changed(changed), f"identity-{number}-added")
+
+    def _cluster_identity_deleted(self, number: int, _labels: tuple[str, ...]) -> None:
+        if any(ep.identity == number for ep in self.endpoints.endpoints()):
+            return  # still ours (the operator's GC lost a race with a new endpoint)
+        changed = self.policy.identity_removed(number)
+        if changed:
+            self._spawn(self.endpoints.selections_changed(changed), f"identity-{number}-deleted")
+
+    async def _policy_changed(self, reason: str) -> None:
+        await self.endpoints.regenerate_all(reason)
+        for ep in self.endpoints.endpoints():  # policy enforcement in the CiliumEndpoints
+            self._publish_endpoint(ep)
+
+    def _publish_endpoint(self, ep: Endpoint) -> None:
+        sync = self.endpoint_sync
+        if sync is None or not ep.pod_name:
+            return
+        if ciliumendpoints.publishable(ep):
+            pol = self.policy.realized(ep.id)
+            enforcing = (pol.ingress_enforced, pol.egress_enforced) if pol else (False, False)
+            labels = self.identities.lookup(ep.identity) or ()
+            status = ciliumendpoints.endpoint_status(ep, self.node, labels, enforcing)
+            sync.changed(ep.namespace, ep.pod_name, status)
+        elif ep.state in (EndpointState.DISCONNECTING, EndpointState.DISCONNECTED):
+            sync.deleted(ep.namespace, ep.pod_name)
+
     async def _disconnect_kubernetes(self) -> None:
+        if self.endpoint_sync is not None:
+            await self.endpoint_sync.flushed(2.0)
+            await self.endpoint_sync.stop()
+        if self.crd_identities is not None:
+            await self.crd_identities.stop()
         for watcher in (self.policy_watcher, self.pod_watcher):
             if watcher is not None:
                 await watcher.stop()
@@ -128,6 +197,7 @@ class Agent:
 
     def _endpoint_changed(self, ep: Endpoint) -> None:
         self.hubble.endpoint_changed(ep)
+        self._publish_endpoint(ep)
 
     def _pod_of_endpoint(self, ep_id: int) -> str | None:
         ep = self.endpoints.get(ep_id)

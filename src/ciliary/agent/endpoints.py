@@ -250,6 +250,21 @@ class EndpointManager:
         self._policy.realize(ep, self._named_ports(ep))
         self._realize_peers(changed, names, ep.id)
 
+    def use_identities(self, identities: IdentityAllocator) -> None:
+        """Allocate from ``identities`` from now on; only before any endpoint exists (the
+        daemon, once its cluster-wide allocator is synced, before restore)."""
+        if self._eps:
+            raise RuntimeError("identity allocator switched with endpoints present")
+        self._ids = identities
+
+    async def selections_changed(self, changed: frozenset[Any]) -> None:
+        """Identities came or went elsewhere in the cluster: re-realize the endpoints whose
+        policy depends on a selector whose selection changed."""
+        if self._policy is None or not changed:
+            return
+        async with self._lock:
+            self._realize_peers(changed, frozenset(), skip=0)
+
     async def pod_changed(self, namespace: str, pod_name: str, meta: PodMeta) -> int:
         """The cluster's view of a pod (or of its namespace) arrived or changed: each ready
         endpoint of it whose security labels differ gets the identity of the new labels (maps,
@@ -267,7 +282,7 @@ class EndpointManager:
                 sec_labels = security_labels(namespace, meta.labels, meta.namespace_labels)
                 if self._ids.lookup(ep.identity) == sec_labels and ep.labels == meta.labels:
                     continue
-                identity = self._ids.allocate(sec_labels)
+                identity = await self._ids.allocate(sec_labels)
                 changed: frozenset[Any] = frozenset()
                 if self._policy is not None:
                     changed = self._policy.identity_added(identity, sec_labels)
@@ -355,7 +370,7 @@ class EndpointManager:
             )
             sec_labels = self._identity_labels(ep, meta)
             self._pod_meta[ep.id] = meta or PodMeta()
-            identity = self._ids.allocate(sec_labels)
+            identity = await self._ids.allocate(sec_labels)
             changed: frozenset[Any] = frozenset()
             if self._policy is not None:
                 changed = self._policy.identity_added(identity, sec_labels)
@@ -551,7 +566,7 @@ class EndpointManager:
         meta = await self._meta(ep.namespace, ep.pod_name)
         self._pod_meta[ep.id] = meta or PodMeta()
         labels = self._identity_labels(ep, meta)
-        identity = self._ids.allocate(labels)
+        identity = await self._ids.allocate(labels)
         programmed = restoring.model_copy(update={"identity": identity})
         changed: frozenset[Any] = frozenset()
         if self._policy is not None:

@@ -2,8 +2,8 @@
 
 This node-local allocator hands out numbers from 256 up (Cilium's first allocatable identity),
 the same number for the same label set, persisted so that a restarted agent keeps every
-endpoint's identity (and with it every ipcache entry) stable. The policy work replaces it with the
-cluster-wide allocator behind the same ``IdentityAllocator`` protocol.
+endpoint's identity (and with it every ipcache entry) stable. An agent with a Kubernetes API uses
+the cluster-wide CRD allocator instead, behind the same ``IdentityAllocator`` protocol.
 
 Labels are Cilium's security-relevant form: the pod's labels as ``k8s:key=value`` plus
 ``k8s:io.kubernetes.pod.namespace=<ns>``.
@@ -38,7 +38,10 @@ def security_labels(
 
 
 class IdentityAllocator(Protocol):
-    def allocate(self, labels: tuple[str, ...]) -> int: ...
+    """Label set → number: this node-local one, or the cluster-wide CRD allocator
+    (``agent.k8s.identity``) when the agent has a Kubernetes API."""
+
+    async def allocate(self, labels: tuple[str, ...]) -> int: ...
 
     def lookup(self, identity: int) -> tuple[str, ...] | None: ...
 
@@ -55,7 +58,7 @@ class LocalIdentityAllocator:
             for entry in store.read_json(path):
                 self._by_labels[tuple(entry["labels"])] = int(entry["id"])
 
-    def allocate(self, labels: tuple[str, ...]) -> int:
+    async def allocate(self, labels: tuple[str, ...]) -> int:
         found = self._by_labels.get(labels)
         if found is not None:
             return found

@@ -117,6 +117,11 @@ class PolicyManager:
         changed (the caller regenerates the endpoints that depend on them)."""
         return self.cache.upsert_identity(Identity.of(number, labels))
 
+    def identity_removed(self, number: int) -> frozenset[Any]:
+        """Forget an identity (deleted in the cluster); returns the selectors that had selected
+        it (the caller regenerates the endpoints that depend on them)."""
+        return self.cache.remove_identity(number)
+
     def set_remote_named_ports(
         self, declarations: Iterable[tuple[int, Mapping[str, tuple[int, str]]]]
     ) -> frozenset[str]:

@@ -23,10 +23,12 @@ __all__ = [
     "CiliumNodeSpec",
     "EndpointIdentity",
     "EndpointNetworking",
+    "EndpointPolicy",
     "EndpointStatus",
     "NamedPort",
     "NodeAddress",
     "NodeIPAMSpec",
+    "PolicyDirection",
 ]
 
 
@@ -86,11 +88,23 @@ class NamedPort(ObjectModel):
     protocol: Literal["TCP", "UDP", "SCTP", "ANY"] = "TCP"
 
 
+class PolicyDirection(ObjectModel):
+    enforcing: bool = False
+
+
+class EndpointPolicy(ObjectModel):
+    """Whether policy is enforced per direction (upstream's ``EndpointPolicyStatus``)."""
+
+    ingress: PolicyDirection = Field(default_factory=PolicyDirection)
+    egress: PolicyDirection = Field(default_factory=PolicyDirection)
+
+
 class EndpointStatus(ObjectModel):
     id: int | None = None
     identity: EndpointIdentity | None = None
     networking: EndpointNetworking | None = None
     state: str | None = None
+    policy: EndpointPolicy | None = None
     named_ports: list[NamedPort] = Field(default_factory=list, alias="named-ports")
 
 
