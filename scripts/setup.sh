@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command setup from a bare Debian machine; every step is skipped when already done.
-#   - Debian packages (clang/llvm for -target bpf, libbpf, bpftool, iproute2, iperf3, ...)
+#   - Debian packages (clang/llvm for -target bpf, libbpf, bpftool, iproute2, iperf3, nginx, ...)
 #   - bpffs mounted at /sys/fs/bpf and cgroup2 available
 #   - .venv with the package (editable) and dev tools
 #   - BPF objects compiled (make -C bpf, incremental)
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping util-linux
               procps libelf-dev make python3-venv containernetworking-plugins iptables
-              sockperf prometheus)
+              sockperf prometheus nginx)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -22,8 +22,9 @@ if ((${#need_apt[@]})); then
     fi
     echo "setup: installing Debian packages: ${need_apt[*]}"
     apt-get update -qq
-    # Debian's prometheus package would start a system-wide server on :9090 on a machine with an
-    # init system: we only run it from tests, on loopback, so services are not started on install.
+    # Debian's prometheus and nginx packages would start system-wide servers (:9090, :80) on a
+    # machine with an init system: we only run them from tests (nginx as a lab pod, on its own
+    # config), so services are not started on install.
     policy_rc=/usr/sbin/policy-rc.d
     if [[ ! -e $policy_rc ]]; then
         printf '#!/bin/sh\nexit 101\n' > "$policy_rc"; chmod +x "$policy_rc"

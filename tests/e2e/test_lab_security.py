@@ -297,8 +297,14 @@ def test_container_environment_is_the_spec_and_kubernetes_own(slab: SecLab) -> N
     assert os.environ.get(MARKER) == "leaked"  # we had it when the lab started the pod
     pod = next(p for p in manager.status(slab.name).pods if p.name == "envpod")
     (pid,) = pod.pids
-    # the environment the container's process was started with (exec'd, same pid)
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    # the environment the container's command was started with: PID 1 of its PID namespace,
+    # the child of the recorded ``unshare`` (lab.podsandbox)
+    (child,) = [
+        int(c)
+        for t in Path(f"/proc/{pid}/task").iterdir()
+        for c in (t / "children").read_text().split()
+    ]
+    raw = Path(f"/proc/{child}/environ").read_bytes()
     env = dict(item.split("=", 1) for item in raw.decode().split("\0") if item)
     assert env == _expected_env("envpod", GREETING="hello")
 

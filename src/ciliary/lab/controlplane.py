@@ -48,6 +48,7 @@ ADMIN_STEM = "kube-admin"
 ADMIN_USER = "kubernetes-admin"
 SERVER_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "localhost")
 LISTENERS_FILE = "apiserver-listeners"
+POD_LOG_DIR = "pod-logs"
 NODE_API_HOST = "127.0.0.1"  # the node netns' loopback: the API's 127.0.0.1 SAN covers it
 NODE_API_PORT = 6443  # kube-apiserver's secure port, free in a node netns
 NODES_GROUP = "system:nodes"
@@ -227,6 +228,12 @@ def add_node(cp: ControlPlane, node: str, netns_path: str | Path, timeout: float
     return path
 
 
+def pod_log_dir(lab_dir: Path) -> Path:
+    """The lab's container logs (``ciliary.k8s.podlogs`` layout), written by the lab's pods and
+    read by the API server (``--pod-log-dir``) for ``kubectl logs``."""
+    return lab_dir / POD_LOG_DIR
+
+
 def _spawn_apiserver(
     lab_dir: Path, etcd: EtcdProcess, port: int, *, server: CertPair, ca: LabCA, interval: float
 ) -> tuple[int, int | None]:
@@ -248,6 +255,8 @@ def _spawn_apiserver(
         str(interval),
         "--listen-netns-file",
         str(lab_dir / LISTENERS_FILE),
+        "--pod-log-dir",
+        str(pod_log_dir(lab_dir)),
     ]
     # SIGHUP (reread the listeners) must not kill it before its handler is in place: blocked in
     # the child from the fork on (the mask survives exec), pending until the server unblocks it

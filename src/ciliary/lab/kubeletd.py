@@ -48,7 +48,7 @@ from ciliary.controllers.process import cancel, parse_args, serve
 from ciliary.k8s.resources import by_path
 from ciliary.kube.client import ApiError, KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
-from ciliary.lab import certs, kubelet, manager, process, schema
+from ciliary.lab import certs, kubelet, manager, podsandbox, process, schema
 from ciliary.lab.state import LabRecord, PodRecord
 
 PODS = by_path("", "v1", "pods")
@@ -75,6 +75,16 @@ def refusal(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+SECURITY_FIELDS = ("runAsUser", "runAsGroup", "runAsNonRoot")
+
+
+def _known(value: Any, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """The fields of ``value`` the lab applies (lab.podsandbox); None when it is absent."""
+    if not isinstance(value, Mapping):
+        return None
+    return {k: value[k] for k in fields if value.get(k) is not None}
+
+
 def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
     """The API's Pod as the lab's pod document (only what the lab runs of it)."""
     meta = pod.get("metadata") or {}
@@ -87,6 +97,8 @@ def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
             "args": list(c.get("args") or []),
             "env": [{"name": e["name"], "value": e.get("value") or ""} for e in c.get("env") or []],
             "workingDir": c.get("workingDir"),
+            "securityContext": _known(c.get("securityContext"), SECURITY_FIELDS),
+            "resources": _known(c.get("resources"), ("limits", "requests")),
             "ports": [
                 {k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
                 for p in c.get("ports") or []
@@ -105,6 +117,7 @@ def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
             "spec": {
                 "nodeName": spec.get("nodeName"),
                 "restartPolicy": spec.get("restartPolicy", "Always"),
+                "securityContext": _known(spec.get("securityContext"), SECURITY_FIELDS),
                 "containers": containers,
             },
         },
@@ -259,8 +272,19 @@ class Kubelet:
             log.warning("%s", reason)
             return self._status(obj, None, "Failed", reason="ImageWithoutCommand", message=reason)
         started = time.time()
+        spec = pod_spec(obj)
         try:
-            prec = manager.run_api_pod(rec, pod_spec(obj), str(obj["metadata"].get("uid")))
+            manager.check_containers(spec)  # before anything of the pod is made
+        except podsandbox.ContainerConfigError as err:
+            if (obj.get("status") or {}).get("reason") == err.reason:
+                return None  # reported already (each write would sync the pod again)
+            log.warning("pod %s: %s", key, err)
+            return self._status(
+                obj, None, "Pending", reason=err.reason, message=str(err),
+                waiting=(err.reason, str(err)),
+            )  # fmt: skip
+        try:
+            prec = manager.run_api_pod(rec, spec, str(obj["metadata"].get("uid")))
         except BaseException:
             for made in [p for p in rec.pods if p.key == key and p.kubelet]:
                 manager.remove_pod(rec, made)
@@ -291,8 +315,8 @@ class Kubelet:
             if crec.restart_at is not None and now >= crec.restart_at:
                 spec = spec or pod_spec(obj)
                 container = next(c for c in spec.spec.containers if c.name == crec.name)
+                crec.restarts += 1  # numbers the new run (its log file)
                 manager.start_container(rec, spec, prec, crec, container)
-                crec.restarts += 1
                 crec.restart_at = None
                 changed = True
         if not changed:

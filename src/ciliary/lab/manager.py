@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -34,8 +35,9 @@ from rich.progress import Progress, TaskID
 from ciliary.apiserver.etcdserver import EtcdError
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
-from ciliary.datapath.linux import bpffs, cgroup, netns
+from ciliary.datapath.linux import bpffs, cgroup, cgrouplimits, netns
 from ciliary.datapath.linux.errors import LinkError
+from ciliary.k8s import core, podlogs
 from ciliary.kvstore import FileStore, atomic
 from ciliary.kvstore import policies as policystore
 from ciliary.lab import certs, controlplane, kubeapi, kubelet, podsandbox, process, schema
@@ -981,7 +983,6 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, *, uid: str | None = None) 
             if c.argv()
         ],
         cgroup=_cgroup_rel(rec.name, f"pod-{pod.namespace}-{pod.name}"),
-        log=str(_lab_dir(rec.name) / "logs" / f"{pod.namespace}_{pod.name}.log"),
         kubelet=uid is not None,
         uid=uid,
         restart_policy=pod.spec.restart_policy,
@@ -1030,17 +1031,60 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, *, uid: str | None = None) 
     save(rec)
     # The pod's processes start only now: the endpoint is ready (programs attached) by contract.
     # Every container is a process in the pod's netns and its cgroup (as containers of a pod
-    # share the pod's network namespace).
-    log_start = _log_size(Path(prec.log)) if prec.log else 0
+    # share the pod's network namespace), its output in kubelet's log file of its run, which
+    # ``kubectl logs`` reads through the API server (named by the pod's uid in the API).
+    prec.uid = prec.uid or _lab_pod_uid(rec, pod, nrec)
+    prec.log = str(podlogs.pod_log_dir(pod_log_root(rec.name), pod.namespace, pod.name, prec.uid))
+    save(rec)
     specs = {c.name: c for c in pod.spec.containers}
     for crec in prec.containers:
-        start_container(rec, pod, prec, crec, specs[crec.name])
+        try:
+            start_container(rec, pod, prec, crec, specs[crec.name])
+        except podsandbox.ContainerConfigError as err:
+            if uid is not None:
+                raise  # the kubelet role reports it in the pod's status
+            raise LabError(f"pod {prec.key}: {err.reason}: {err}") from err
         save(rec)
-    _check_started(prec, log_start)
+    _check_started(rec, prec)
     _write_dns_records(rec)
     if rec.control_plane is not None and uid is None:
         _report_pod_running(rec, pod, prec, nrec, started_at)
     return prec
+
+
+def pod_log_root(lab: str) -> Path:
+    """Where the lab's containers write their logs (the API server's ``--pod-log-dir``)."""
+    return controlplane.pod_log_dir(_lab_dir(lab))
+
+
+def container_log(rec: LabRecord, prec: PodRecord, crec: ContainerRecord) -> Path:
+    """The log file of ``crec``'s current run (``crec.restarts`` numbers it)."""
+    return podlogs.container_log_path(
+        pod_log_root(rec.name),
+        prec.namespace,
+        prec.name,
+        prec.uid or prec.container_id,
+        crec.name,
+        restart_count=crec.restarts,
+    )
+
+
+def _lab_pod_uid(rec: LabRecord, pod: schema.PodSpec, nrec: NodeRecord) -> str:
+    """The uid of a lab pod in the API (created here when the file did not apply it: the
+    cluster DNS pod); a lab without an API server has its own."""
+    if rec.control_plane is None:
+        return str(uuid.uuid4())
+    api = _api(rec.name)
+    path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
+    try:
+        obj = api.get(path)
+        if obj is None:
+            obj = api.create(_pod_doc(pod, nrec), exist_ok=True) or api.get(path)
+    except kubeapi.KubeAPIError as err:
+        raise LabError(f"API server: {err}", [f"API server: {p}" for p in err.problems]) from err
+    if obj is None:
+        raise LabError(f"API server: pod {pod.key} vanished while it was being started")
+    return str(obj["metadata"]["uid"])
 
 
 def run_api_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
@@ -1066,21 +1110,50 @@ def start_container(
     crec: ContainerRecord,
     spec: schema.Container,
 ) -> None:
-    """Start one container of a made pod (its first start, or a restart): a process in the
-    pod's netns and cgroup; ``crec``'s pid fields are set (the caller saves)."""
+    """Start one container of a made pod (its first start, or a restart: ``crec.restarts``
+    numbers the run and its log file): a process in the pod's netns and cgroup, under the pod's
+    ``resources.limits``, as its ``securityContext`` user, in its ``workingDir``; ``crec``'s pid
+    fields are set (the caller saves). The one place a container process starts (the lab's
+    pods and the kubelet role's). Raises ``podsandbox.ContainerConfigError`` for a container
+    kubelet would refuse (``runAsNonRoot`` and root)."""
     cg = cgroup.create(prec.cgroup) if prec.cgroup else None
     # Each container also gets its own mount view and environment (podsandbox): no agent or
     # relay socket, no lab key, none of our environment; the DNS pod reads its records.
     keep = [dns_records_file(rec.name).parent] if _is_cluster_dns(pod.labels) else []
+    pod_spec = _core_spec(pod)
+    user = podsandbox.run_as(prec.key, pod_spec, spec)  # refused before any cgroup is limited
+    join = cgrouplimits.apply(prec.cgroup, podsandbox.pod_limits(pod_spec)) if prec.cgroup else []
+    argv = podsandbox.container_command(
+        prec.key, pod_spec, spec, RUN_ROOT, keep=keep, join_cgroups=join
+    )
+    # The container's stdout/stderr is its log file: owned by its user, so that reopening
+    # /dev/stdout (nginx's access_log, as on a runtime's pipe) works as that user.
+    log_path = container_log(rec, prec, crec)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.touch(mode=0o640)
+    os.chown(log_path, user.uid, user.gid)
     crec.pid, crec.pid_start_time = process.spawn(
-        podsandbox.pod_command(crec.argv, RUN_ROOT, keep),
+        argv,
         netns_path=str(netns.path_of(prec.netns)),
         cgroup_path=cg,
-        log_path=Path(prec.log or "/dev/null"),
+        log_path=log_path,
         env=podsandbox.container_env(pod.name, [(v.name, v.value) for v in spec.env]),
-        cwd=spec.working_dir,
         inherit_env=False,
     )
+
+
+def _core_spec(pod: schema.PodSpec) -> core.PodSpec:
+    return core.PodSpec(
+        containers=list(pod.spec.containers), security_context=pod.spec.security_context
+    )
+
+
+def check_containers(pod: schema.PodSpec) -> None:
+    """Raise ``podsandbox.ContainerConfigError`` if a container of ``pod`` would be refused
+    (kubelet checks this before it makes anything of the pod)."""
+    spec = _core_spec(pod)
+    for container in pod.spec.containers:
+        podsandbox.run_as(pod.key, spec, container)
 
 
 def _report_pod_running(
@@ -1089,13 +1162,7 @@ def _report_pod_running(
     """kubelet's part: the pod in the API (the lab's own pods, e.g. cluster DNS, are created
     here; the file's were applied already) and, now that its containers run, its status."""
     api = _api(rec.name)
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        **pod.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True),
-    }
-    doc.setdefault("metadata", {})["namespace"] = pod.namespace
-    doc.setdefault("spec", {})["nodeName"] = nrec.name
+    doc = _pod_doc(pod, nrec)
     cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
     hosts = certs.router_addresses(cidrs)
     status = kubelet.pod_running(
@@ -1110,11 +1177,22 @@ def _report_pod_running(
     _api_call(lambda: api.patch_status(path, status))
 
 
-def _check_started(prec: PodRecord, log_start: int) -> None:
+def _pod_doc(pod: schema.PodSpec, nrec: NodeRecord) -> kubeapi.Obj:
+    doc: kubeapi.Obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        **pod.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True),
+    }
+    doc.setdefault("metadata", {})["namespace"] = pod.namespace
+    doc.setdefault("spec", {})["nodeName"] = nrec.name
+    return doc
+
+
+def _check_started(rec: LabRecord, prec: PodRecord) -> None:
     """A container whose command cannot be started (not found, not executable) fails the pod,
     as the runtime's start error fails it in Kubernetes; the reason is the log line the failed
-    exec wrote (from this start on: ``log_start``) and its exit code. A command that starts and
-    later exits is not a start failure."""
+    exec wrote (its run's own log file) and its exit code. A command that starts and later
+    exits is not a start failure."""
     for crec in prec.containers:
         if crec.pid is None:
             continue
@@ -1122,7 +1200,7 @@ def _check_started(prec: PodRecord, log_start: int) -> None:
         if code is None:
             continue
         meaning = {126: "not executable", 127: "command not found"}.get(code, f"exit code {code}")
-        reason = _tail(Path(prec.log), log_start) if prec.log else ""
+        reason = _tail(container_log(rec, prec, crec))
         raise LabError(
             f"pod {prec.key}: container {crec.name} cannot start {crec.argv[0]!r}"
             f" ({meaning}): {reason}"
@@ -1282,7 +1360,9 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
         if root is not None:
             cgroup.kill_and_remove(root / prec.cgroup)
     for crec in prec.containers:
-        process.stop(crec.pid, crec.pid_start_time, timeout=1.0)
+        process.stop_group(crec.pid, crec.pid_start_time, timeout=1.0)
+    if prec.cgroup:
+        cgrouplimits.remove_v1(prec.cgroup)
     with contextlib.suppress(Exception):
         node = _node(_load(rec.name), prec.node)  # the agent now (the supervisor restarts it)
         if process.alive(node.agent_pid, node.agent_start_time):
@@ -1290,6 +1370,8 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
     with contextlib.suppress(Exception):
         cluster_store(rec.name).delete("pods", prec.key)
     netns.remove(prec.netns)
+    if prec.log:  # its container logs go with it (kubelet removes a deleted pod's)
+        shutil.rmtree(prec.log, ignore_errors=True)
     if prec in rec.pods:
         rec.pods.remove(prec)
     with contextlib.suppress(OSError):
@@ -1321,6 +1403,8 @@ def _teardown(rec: LabRecord) -> None:
     for prec in list(rec.pods):
         if prec.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / prec.cgroup)
+        if prec.cgroup:
+            _collect(errors, cgrouplimits.remove_v1, prec.cgroup)
         for crec in prec.containers:
             process.stop(crec.pid, crec.pid_start_time, timeout=1.0)
     for nrec in rec.nodes:
@@ -1341,6 +1425,8 @@ def _teardown(rec: LabRecord) -> None:
         _collect(errors, controlplane.stop_control_plane, cp)
     if root is not None:
         _collect(errors, cgroup.kill_and_remove, root / CGROUP_PARENT / rec.name)
+        for group in (f"{CGROUP_PARENT}/{rec.name}", CGROUP_PARENT):  # the v1 limits' parents
+            cgrouplimits.remove_v1(group)
         parent = root / CGROUP_PARENT
         with contextlib.suppress(OSError):
             parent.rmdir()  # only when no other lab uses it

@@ -47,7 +47,6 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.core.yamldoc import show as _show
@@ -527,18 +526,12 @@ class ContainerPort(core.ContainerPort, StrictModel):
 
 
 class Container(core.Container, StrictModel):
-    """``core.Container``, strict: here only a command line, run in the pod's network namespace."""
+    """``core.Container``, strict: a command line run in the pod's network namespace, as its
+    ``securityContext`` user, in its ``workingDir``, under the pod's ``resources.limits``
+    (``lab.podsandbox``)."""
 
     env: Sequence[EnvVar] = Field(default_factory=list)
     ports: Sequence[ContainerPort] = Field(default_factory=list)
-
-    @field_validator("security_context", "resources", mode="before")
-    @classmethod
-    def _not_applied_yet(cls, value: object) -> object:
-        # core.Container has them for the API's pods (lab.podsandbox applies them); a lab
-        # file's pods do not pass them to the sandbox yet, so they stay unknown here rather
-        # than silently ignored
-        raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
 
 
 class PodMetadata(StrictModel):
@@ -572,6 +565,7 @@ class PodBody(StrictModel):
     node_name: NodeName | None = None
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     termination_grace_period_seconds: int = Field(default=30, ge=0, le=2**63 - 1)
+    security_context: core.PodSecurityContext | None = None
     containers: list[Container] = Field(min_length=1)
 
     @field_validator("containers")

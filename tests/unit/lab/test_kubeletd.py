@@ -53,6 +53,23 @@ def test_api_pod_becomes_the_lab_pod_document() -> None:
     assert [p.container_port for p in c.ports] == [80]
 
 
+def test_api_pod_security_context_and_limits_reach_the_sandbox() -> None:
+    """What lab.podsandbox applies (user, group, non-root, limits) is carried; the rest of a
+    securityContext (capabilities, ...) is left out rather than refused."""
+    doc = api_pod(
+        command=["ciliary", "workload", "pause"],
+        securityContext={"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}},
+        resources={"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"cpu": "100m"}},
+    )
+    doc["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsGroup": 7, "fsGroup": 9}
+    pod = kubeletd.pod_spec(doc)
+    (c,) = pod.spec.containers
+    assert c.security_context is not None and c.security_context.run_as_user == 1000
+    assert c.resources is not None and c.resources.limits == {"memory": "64Mi", "cpu": "500m"}
+    sc = pod.spec.security_context
+    assert sc is not None and (sc.run_as_non_root, sc.run_as_group) == (True, 7)
+
+
 def test_restarts_follow_the_restart_policy_with_crash_loop_back_off() -> None:
     assert kubeletd._restarts("Always", 0) and kubeletd._restarts("Always", 3)
     assert kubeletd._restarts("OnFailure", 3) and kubeletd._restarts("OnFailure", None)

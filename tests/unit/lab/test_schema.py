@@ -324,13 +324,34 @@ def test_unknown_field_names_the_path() -> None:
         (lambda d: d.update(status={}), "status"),
         (lambda d: d["metadata"].update(uid="x"), "metadata.uid"),
         (lambda d: d["spec"].update(hostNetwork=True), "spec.hostNetwork"),
-        (lambda d: d["spec"]["containers"][0].update(resources={}), "spec.containers[0].resources"),
+        (
+            lambda d: d["spec"]["containers"][0].update(volumeMounts=[]),
+            "spec.containers[0].volumeMounts",
+        ),
     ],
 )
 def test_unknown_fields_anywhere(where: Any, path: str) -> None:
     p = pod("web")
     where(p)
     assert str(error(lab(), p)) == f"{FILE}: document 2 (Pod default/web): {path}: unknown field"
+
+
+def test_security_context_resources_working_dir_accepted() -> None:
+    """What the sandbox applies to a lab pod (lab.podsandbox) is part of a lab file's pods."""
+    p = pod("web")
+    p["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsGroup": 50}
+    p["spec"]["containers"][0].update(
+        securityContext={"runAsUser": 1000},
+        resources={"limits": {"memory": "64Mi", "cpu": "250m"}},
+        workingDir="/srv",
+    )
+    (parsed,) = parse(lab(), p).pods
+    c = parsed.containers[0]
+    assert c.security_context is not None and c.security_context.run_as_user == 1000
+    assert c.resources is not None and c.resources.limits == {"memory": "64Mi", "cpu": "250m"}
+    assert c.working_dir == "/srv"
+    sc = parsed.spec.security_context
+    assert sc is not None and sc.run_as_non_root is True and sc.run_as_group == 50
 
 
 def test_unknown_field_in_the_lab() -> None:
