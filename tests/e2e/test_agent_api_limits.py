@@ -1,6 +1,7 @@
 """The agent API's body limit: a large valid policy import goes through (64 MiB by default, set
 with ``CILIARY_AGENT_API_MAX_BODY``), one over the limit is refused with a message naming the
-limit and how to raise it, and a client hanging up mid-request is no internal error."""
+limit and how to raise it, one the API cannot store (over etcd's per-object request limit) is
+refused naming that limit, and a client hanging up mid-request is no internal error."""
 
 from __future__ import annotations
 
@@ -57,8 +58,14 @@ def test_import_over_one_mib_works_and_over_the_limit_names_it(
     small_limit_lab: tuple[str, str], tmp_path: Path
 ) -> None:
     _, node = small_limit_lab
-    ok = _import(node, _policy(tmp_path / "ok.yaml", 3 << 19))  # 1.5 MiB: over aiohttp's 1 MiB
+    ok = _import(node, _policy(tmp_path / "ok.yaml", 5 << 18))  # 1.25 MiB: over aiohttp's 1 MiB
     assert ok.returncode == 0, ok.stderr
+    # under the agent's limit but over what one Kubernetes object may be (etcd's request limit):
+    # refused by the API, the message naming that limit; nothing stored, nothing enforced
+    stored = _import(node, _policy(tmp_path / "stored.yaml", 7 << 18))  # 1.75 MiB
+    assert stored.returncode == 1
+    assert "RequestEntityTooLarge" in stored.stderr, stored.stderr
+    assert "etcd --max-request-bytes" in stored.stderr, stored.stderr
     big = _import(node, _policy(tmp_path / "big.yaml", 3 << 20))
     assert big.returncode == 1
     lines = big.stderr.strip().splitlines()

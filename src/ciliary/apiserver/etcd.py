@@ -21,6 +21,7 @@ import grpc
 from aetcd import rpc
 
 COMPACTED_MESSAGE = "required revision has been compacted"
+TOO_LARGE_MESSAGE = "etcdserver: request is too large"
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 
@@ -30,6 +31,11 @@ class EtcdError(Exception):
 
 class EtcdUnavailableError(EtcdError):
     pass
+
+
+class RequestTooLargeError(EtcdError):
+    """etcd refused a write over its ``--max-request-bytes`` (1.5 MiB by default): in Kubernetes
+    the size limit of one stored object."""
 
 
 class RevisionCompactedError(EtcdError):
@@ -82,6 +88,12 @@ def _wrap(err: grpc.aio.AioRpcError) -> EtcdError:
         return RevisionCompactedError()
     if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return EtcdUnavailableError(f"etcd unavailable: {details}")
+    if TOO_LARGE_MESSAGE in details or (
+        # over etcd's gRPC receive limit (--max-request-bytes + 512 KiB) the refusal comes from
+        # gRPC itself, before etcd's own check
+        err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
+    ):
+        return RequestTooLargeError(TOO_LARGE_MESSAGE)
     return EtcdError(f"etcd: {err.code().name}: {details}")
 
 

@@ -31,6 +31,11 @@ class EtcdError(RuntimeError):
     """etcd could not be started (the message quotes its log)."""
 
 
+MAX_REQUEST_BYTES = 1536 * 1024
+"""etcd's request limit (its default, stated so the API server can name it): one object is one
+etcd write, so this is the largest object the cluster stores, as in Kubernetes."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -166,6 +171,8 @@ def start_etcd(
         # One member on loopback: a 10 ms heartbeat and 100 ms election timeout make it leader
         # in ~0.1 s instead of ~0.5-1 s with the 100 ms/1 s defaults (meant for networks), and
         # `lab up` waits for that. A single member has no peer to lose its leadership to.
+        "--max-request-bytes",
+        str(MAX_REQUEST_BYTES),
         "--heartbeat-interval",
         "10",
         "--election-timeout",

@@ -20,6 +20,8 @@ import yaml
 from aiohttp import web
 
 from ciliary.apiserver import binding, errors, patching, podlogs, strategy, watch
+from ciliary.apiserver.etcd import RequestTooLargeError
+from ciliary.apiserver.etcdserver import MAX_REQUEST_BYTES as ETCD_MAX_REQUEST_BYTES
 from ciliary.apiserver.filters import predicate
 from ciliary.apiserver.storage import DELETE, Obj, Outcome, Storage, parse_rv
 from ciliary.k8s import discovery, openapi, protobuf, table
@@ -112,6 +114,13 @@ class APIServer:
             return resp
         except errors.StatusError as err:
             return _json(err.status(), err.code)
+        except RequestTooLargeError as err:
+            # one object is one etcd request: over etcd's --max-request-bytes nothing is stored
+            status = errors.request_entity_too_large(
+                f"{err}: an object is stored in one etcd request of at most"
+                f" {ETCD_MAX_REQUEST_BYTES} bytes (etcd --max-request-bytes)"
+            )
+            return _json(status.status(), 413)
         except web.HTTPException as err:
             if err.status == 404:
                 return _json(errors.resource_not_found().status(), 404)
