@@ -219,6 +219,8 @@ def run(console: Console) -> int:
     echo4 = ips["shop/echo"][0]
     console.print(
         "  ciliary lab status                 # nodes and pods\n"
+        "  export KUBECONFIG=$(ciliary lab kubeconfig)  # the lab's API server, for kubectl\n"
+        "  kubectl get pods,cep -A -o wide    # pods and their CiliumEndpoints\n"
         "  ciliary endpoint list              # the agent's endpoints\n"
         "  ciliary bpf ct list                # connections tracked by bpf_lxc\n"
         "  ciliary monitor                    # live datapath events (-o json)\n"
