@@ -3,6 +3,7 @@ then proves nothing of it is left (netns, pins, state, cgroups, processes), also
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -125,3 +126,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         if name in manager.list_labs():
             manager.down(name)
         assert_no_leftovers(name, [node])
+
+
+@contextlib.contextmanager
+def kube_lab(path: Path, name: str, nodes: list[str]) -> Iterator[str]:
+    """``lab up`` of the lab file at ``path`` (lab ``name`` with ``nodes``), yielding its admin
+    kubeconfig (as ``ciliary lab kubeconfig`` prints it) for tests.kubectl; afterwards ``lab
+    down`` and the proof that nothing of it is left, also when the test failed."""
+    try:
+        manager.up(path)
+        kubeconfig = subprocess.run(
+            [CILIARY, "lab", "kubeconfig", "--name", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        yield kubeconfig
+    finally:
+        if name in manager.list_labs():
+            manager.down(name)
+        assert_no_leftovers(name, nodes)

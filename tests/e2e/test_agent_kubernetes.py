@@ -20,11 +20,11 @@ import pytest
 
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
+from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.kubectl import kubectl, kubectl_run
 
 pytestmark = pytest.mark.timeout(300)
 
-KUBECTL = "/usr/bin/kubectl"
 BUDGET_S = 1.0
 
 LAB = """\
@@ -92,15 +92,6 @@ while True:
 """
 
 
-def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
-    res = subprocess.run(
-        [KUBECTL, "--kubeconfig", kubeconfig, *args],
-        capture_output=True, text=True, timeout=60, check=False, input=stdin,
-    )  # fmt: skip
-    assert res.returncode == 0, (args, res.stdout, res.stderr)
-    return res.stdout
-
-
 class Probe:
     """Connects to ``server`` in a loop from inside a pod's netns, one ``time ok`` line each."""
 
@@ -150,17 +141,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[st
     text = LAB.format(lab=name, n1=n1, n2=n2)
     text += PODS.format(i=1, node=n1) + PODS.format(i=2, node=n2)
     path.write_text(text)
-    try:
-        manager.up(path)
-        kubeconfig = subprocess.run(
-            [CILIARY, "lab", "kubeconfig", "--name", name],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+    with kube_lab(path, name, [n1, n2]) as kubeconfig:
         yield name, [n1, n2], kubeconfig
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [n1, n2])
 
 
 def _probes(name: str, tmp_path: Path) -> list[Probe]:
@@ -214,10 +196,7 @@ def test_kubectl_apply_and_delete_change_verdicts_within_budget(
 
 def test_invalid_cnp_never_reaches_the_datapath(lab: tuple[str, list[str], str]) -> None:
     name, nodes, kubeconfig = lab
-    res = subprocess.run(
-        [KUBECTL, "--kubeconfig", kubeconfig, "apply", "-f", "-"],
-        input=INVALID, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    res = kubectl_run(kubeconfig, "apply", "-f", "-", stdin=INVALID, check=False)
     assert res.returncode != 0 and "99999" in res.stderr, res.stderr
     for sock in _sockets(name, nodes):
         with AgentClient(sock) as cl:

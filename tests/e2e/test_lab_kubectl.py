@@ -8,24 +8,22 @@ after that restart, and pods do not; ``lab down`` leaves nothing."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ciliary.lab import controlplane, manager
 from ciliary.lab.certs import router_addresses
-from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
+from tests.e2e.conftest import CILIARY, assert_no_leftovers, kube_lab, unique
+from tests.kubectl import KUBECTL, get_json, kubectl_run
 
 pytestmark = pytest.mark.timeout(300)
 
-KUBECTL = "/usr/bin/kubectl"
 
 LAB = """\
 apiVersion: ciliary.io/v1alpha1
@@ -84,46 +82,14 @@ spec:
 """
 
 
-def kubectl(
-    kubeconfig: str, *args: str, check: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [KUBECTL, "--kubeconfig", kubeconfig, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        input=stdin,
-    )
-    if check:
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result
-
-
-def get_json(kubeconfig: str, *args: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(kubectl(kubeconfig, "get", *args, "-o", "json").stdout)
-    return out
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
     """A two-node lab from LAB; (name, nodes, kubeconfig path)."""
     name, n1, n2 = unique("kc"), unique("n"), unique("n")
     path = tmp_path_factory.mktemp("kubectl") / "lab.yaml"
     path.write_text(LAB.format(lab=name, n1=n1, n2=n2))
-    try:
-        manager.up(path)
-        kubeconfig = subprocess.run(
-            [CILIARY, "lab", "kubeconfig", "--name", name],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+    with kube_lab(path, name, [n1, n2]) as kubeconfig:
         yield name, [n1, n2], kubeconfig
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [n1, n2])
 
 
 def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:
@@ -133,7 +99,7 @@ def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:
     view = manager.status(name)
     assert view.control_plane is not None and view.control_plane.apiserver_alive
     # -o wide: the pods' real addresses (the agents' IPAM) and the nodes the lab put them on
-    wide = kubectl(kubeconfig, "get", "pods", "-A", "-o", "wide").stdout
+    wide = kubectl_run(kubeconfig, "get", "pods", "-A", "-o", "wide").stdout
     rows = {tuple(line.split()[:2]): line.split() for line in wide.splitlines()[1:]}
     for pod in view.pods:
         row = rows[(pod.namespace, pod.name)]
@@ -152,22 +118,22 @@ def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:
     ]
     # applied as kubectl apply does: the last-applied annotation, kubectl can diff against it
     assert "kubectl.kubernetes.io/last-applied-configuration" in web["metadata"]["annotations"]
-    kubectl(
+    kubectl_run(
         kubeconfig, "wait", "--for=condition=Ready", "pod", "-l", "app in (web,db)", "-n",
         "shop", "--timeout=30s",
     )  # fmt: skip
-    cnps = kubectl(kubeconfig, "get", "cnp", "-A").stdout
+    cnps = kubectl_run(kubeconfig, "get", "cnp", "-A").stdout
     assert "db-from-web" in cnps and "shop" in cnps
-    netpols = kubectl(kubeconfig, "get", "netpol", "-n", "shop", "-o", "name").stdout.split()
+    netpols = kubectl_run(kubeconfig, "get", "netpol", "-n", "shop", "-o", "name").stdout.split()
     assert netpols == ["networkpolicy.networking.k8s.io/web-ingress"]
-    node_rows = kubectl(kubeconfig, "get", "nodes", "-o", "wide").stdout.splitlines()[1:]
+    node_rows = kubectl_run(kubeconfig, "get", "nodes", "-o", "wide").stdout.splitlines()[1:]
     by_name = {line.split()[0]: line.split() for line in node_rows}
     assert sorted(by_name) == sorted(nodes)
     for n in view.nodes:
         assert by_name[n.name][1] == "Ready"
         assert n.ipv4_cidr is not None
         assert by_name[n.name][5] == router_addresses([n.ipv4_cidr])[0]  # its InternalIP
-    namespaces = kubectl(kubeconfig, "get", "ns", "-o", "name").stdout.split()
+    namespaces = kubectl_run(kubeconfig, "get", "ns", "-o", "name").stdout.split()
     assert {"namespace/default", "namespace/kube-system", "namespace/shop"} <= set(namespaces)
 
 
@@ -239,21 +205,21 @@ def test_lab_apply_goes_through_the_api_and_is_rolled_back_when_refused(
         "spec:\n  containers: [{name: main, command: [ciliary, workload, pause]}]\n"
     )
     manager.apply(added, name=name)
-    kubectl(kubeconfig, "wait", "--for=condition=Ready", "pod/cache", "-n", "shop")
+    kubectl_run(kubeconfig, "wait", "--for=condition=Ready", "pod/cache", "-n", "shop")
     # A namespace the API holds in Terminating (a finalizer keeps it): the lab still knows it,
     # the API refuses new content in it (NamespaceLifecycle), so the apply fails and rolls back.
-    kubectl(
+    kubectl_run(
         kubeconfig,
         "apply",
         "-f",
         "-",
         stdin="kind: Namespace\napiVersion: v1\nmetadata: {name: closing}\n",
     )
-    kubectl(
+    kubectl_run(
         kubeconfig, "patch", "namespace", "closing", "--type=merge", "-p",
         '{"metadata":{"finalizers":["example.com/hold"]}}',
     )  # fmt: skip
-    kubectl(kubeconfig, "delete", "namespace", "closing", "--wait=false")
+    kubectl_run(kubeconfig, "delete", "namespace", "closing", "--wait=false")
     refused = tmp_path / "refused.yaml"
     refused.write_text(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: closing}\n---\n"
@@ -266,9 +232,9 @@ def test_lab_apply_goes_through_the_api_and_is_rolled_back_when_refused(
         manager.apply(refused, name=name)
     pods = {f"{p.namespace}/{p.name}" for p in manager.status(name).pods}
     assert "shop/late" not in pods and "closing/doomed" not in pods
-    api_pods = kubectl(kubeconfig, "get", "pods", "-A", "-o", "name").stdout.split()
+    api_pods = kubectl_run(kubeconfig, "get", "pods", "-A", "-o", "name").stdout.split()
     assert "pod/late" not in api_pods and "pod/doomed" not in api_pods
-    kubectl(
+    kubectl_run(
         kubeconfig, "patch", "namespace", "closing", "--type=merge", "-p",
         '{"metadata":{"finalizers":null}}',
     )  # fmt: skip
@@ -286,7 +252,10 @@ def test_killed_api_server_is_restarted_by_the_supervisor(lab: tuple[str, list[s
         view = manager.status(name).control_plane
         assert view is not None
         restarted = view.apiserver_restarts == before.apiserver_restarts + 1
-        if restarted and kubectl(kubeconfig, "get", "--raw=/readyz", check=False).returncode == 0:
+        if (
+            restarted
+            and kubectl_run(kubeconfig, "get", "--raw=/readyz", check=False).returncode == 0
+        ):
             break
         time.sleep(0.5)
     else:
@@ -294,7 +263,7 @@ def test_killed_api_server_is_restarted_by_the_supervisor(lab: tuple[str, list[s
     after = controlplane.load(Path(f"/run/ciliary/lab/{name}"))
     assert after is not None and after.apiserver_pid != cp.apiserver_pid
     assert after.port == cp.port  # the kubeconfig stays valid
-    names = kubectl(kubeconfig, "get", "pods", "-n", "shop", "-o", "name").stdout.split()
+    names = kubectl_run(kubeconfig, "get", "pods", "-n", "shop", "-o", "name").stdout.split()
     assert {"pod/web", "pod/db"} <= set(names)  # etcd kept everything
     status = subprocess.run(
         [CILIARY, "lab", "status", "--name", name], capture_output=True, text=True, check=True
@@ -330,14 +299,17 @@ def test_killed_etcd_is_restarted_by_the_supervisor_with_its_data(
     assert cp is not None
     before = manager.status(name).control_plane
     assert before is not None
-    kubectl(kubeconfig, "create", "configmap", "before-etcd-kill", "-n", "shop")
+    kubectl_run(kubeconfig, "create", "configmap", "before-etcd-kill", "-n", "shop")
     os.kill(cp.etcd.pid, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         view = manager.status(name).control_plane
         assert view is not None
         restarted = view.etcd_restarts == before.etcd_restarts + 1 and view.etcd_alive
-        if restarted and kubectl(kubeconfig, "get", "--raw=/readyz", check=False).returncode == 0:
+        if (
+            restarted
+            and kubectl_run(kubeconfig, "get", "--raw=/readyz", check=False).returncode == 0
+        ):
             break
         time.sleep(0.5)
     else:
@@ -345,9 +317,9 @@ def test_killed_etcd_is_restarted_by_the_supervisor_with_its_data(
     after = controlplane.load(Path(f"/run/ciliary/lab/{name}"))
     assert after is not None and after.etcd.pid != cp.etcd.pid
     assert after.etcd.client_url == cp.etcd.client_url  # the API server's --etcd-servers holds
-    got = kubectl(kubeconfig, "get", "configmap", "-n", "shop", "-o", "name").stdout.split()
+    got = kubectl_run(kubeconfig, "get", "configmap", "-n", "shop", "-o", "name").stdout.split()
     assert "configmap/before-etcd-kill" in got  # the data dir survived the kill
-    kubectl(kubeconfig, "create", "configmap", "after-etcd-kill", "-n", "shop")
+    kubectl_run(kubeconfig, "create", "configmap", "after-etcd-kill", "-n", "shop")
     status = subprocess.run(
         [CILIARY, "lab", "status", "--name", name], capture_output=True, text=True, check=True
     ).stdout

@@ -8,14 +8,13 @@ nginx runs as such a pod, non-root, and serves another pod."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,11 +22,11 @@ import pytest
 
 from ciliary.datapath.linux import cgroup
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
+from tests.e2e.conftest import assert_no_leftovers, kube_lab, unique
+from tests.kubectl import KUBECTL, kubectl, kubectl_run, pods, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-KUBECTL = "/usr/bin/kubectl"
 MEMORY = 48 * 1024 * 1024
 T = TypeVar("T")
 
@@ -83,19 +82,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Pa
     workdir = tmp / "work"
     path = tmp / "lab.yaml"
     path.write_text(LAB.format(lab=name, node=node, workdir=workdir))
-    try:
-        manager.up(path)
-        kubeconfig = subprocess.run(
-            [CILIARY, "lab", "kubeconfig", "--name", name],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+    with kube_lab(path, name, [node]) as kubeconfig:
         yield name, kubeconfig, workdir
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [node])
 
 
 def _children(pid: int) -> list[int]:
@@ -147,10 +135,7 @@ def test_kubectl_logs_and_follow(lab: tuple[str, str, Path]) -> None:
     deadline = time.monotonic() + 20
     out = ""
     while time.monotonic() < deadline and "tick 1" not in out:
-        out = subprocess.run(
-            [KUBECTL, "--kubeconfig", kubeconfig, "logs", "app", "-c", "main"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout  # fmt: skip
+        out = kubectl_run(kubeconfig, "logs", "app", "-c", "main", timeout=30).stdout
         time.sleep(0.2)
     assert out.startswith(f"hello uid=1000 dir={workdir}\ntick 0\n"), out
     seen = int(re.findall(r"^tick (\d+)$", out, re.M)[-1])
@@ -229,30 +214,9 @@ spec:
 """
 
 
-def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [KUBECTL, "--kubeconfig", kubeconfig, *args],
-        capture_output=True, text=True, timeout=60, check=False, input=stdin,
-    )  # fmt: skip
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result.stdout
-
-
 def first_pod(kubeconfig: str, selector: str) -> dict[str, Any] | None:
-    items: list[dict[str, Any]] = json.loads(
-        kubectl(kubeconfig, "get", "pods", "-l", selector, "-o", "json")
-    )["items"]
+    items = pods(kubeconfig, selector)
     return items[0] if items else None
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_kubelet_pods_runs_each_in_its_log_file(lab: tuple[str, str, Path]) -> None:

@@ -8,12 +8,10 @@ command is refused naming the pod; ``lab down`` leaves nothing."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,11 +19,11 @@ import pytest
 
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager, process
-from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
+from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.kubectl import kubectl, pods, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
-KUBECTL = "/usr/bin/kubectl"
 T = TypeVar("T")
 
 LAB = """\
@@ -121,35 +119,10 @@ spec:
 """
 
 
-def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [KUBECTL, "--kubeconfig", kubeconfig, *args],
-        capture_output=True, text=True, timeout=60, check=False, input=stdin,
-    )  # fmt: skip
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result.stdout
-
-
-def pods(kubeconfig: str, selector: str) -> list[dict[str, Any]]:
-    out = json.loads(kubectl(kubeconfig, "get", "pods", "-l", selector, "-o", "json"))
-    items: list[dict[str, Any]] = out["items"]
-    return items
-
-
 def ready(pod: dict[str, Any]) -> bool:
     status = pod.get("status") or {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     return status.get("phase") == "Running" and conditions.get("Ready") == "True"
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def ready_pods(kubeconfig: str, selector: str, count: int) -> list[dict[str, Any]] | None:
@@ -169,17 +142,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[st
     name, n1, n2 = unique("wl"), unique("n"), unique("n")
     path = tmp_path_factory.mktemp("workloads") / "lab.yaml"
     path.write_text(LAB.format(lab=name, n1=n1, n2=n2))
-    try:
-        manager.up(path)
-        kubeconfig = subprocess.run(
-            [CILIARY, "lab", "kubeconfig", "--name", name],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+    with kube_lab(path, name, [n1, n2]) as kubeconfig:
         yield name, [n1, n2], kubeconfig
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [n1, n2])
 
 
 def test_cluster_processes_run_under_the_supervisor(lab: tuple[str, list[str], str]) -> None:

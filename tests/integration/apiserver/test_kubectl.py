@@ -17,10 +17,10 @@ import yaml
 
 from ciliary.k8s.resources import RESOURCES
 from ciliary.lab.controlplane import ControlPlane
+from tests.kubectl import KUBECTL, kubectl_run
 
 pytestmark = pytest.mark.timeout(240)
 
-KUBECTL = "/usr/bin/kubectl"
 
 MANIFEST = """\
 apiVersion: v1
@@ -87,17 +87,7 @@ spec:
 def kubectl(
     cp: ControlPlane, *args: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(cp.kubeconfig), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
-    if check:
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result
+    return kubectl_run(cp.kubeconfig, *args, check=check, stdin=stdin)
 
 
 def names(cp: ControlPlane, *args: str) -> list[str]:
