@@ -4,7 +4,9 @@ polling). ``kubectl apply`` of a CNP changes real packet verdicts on both nodes 
 kubectl returning (p99 over several applies, measured by probes connecting in a loop inside the
 pods), ``kubectl delete`` reverts them; an invalid CNP never reaches the datapath; ``ciliary
 policy import``/``delete`` through an agent write the objects to the API server, so every node
-enforces them; a pod's labels changed with ``kubectl label`` give its endpoint a new identity."""
+enforces them; a pod's labels changed with ``kubectl label`` give its endpoint a new identity;
+each agent reports into every CNP's ``status.nodes`` (both nodes in ``kubectl get cnp -o yaml``);
+CiliumEndpoints carry the pods' named ports."""
 
 from __future__ import annotations
 
@@ -54,7 +56,10 @@ kind: Pod
 metadata: {{name: server-{i}, namespace: shop, labels: {{app: server}}}}
 spec:
   nodeName: {node}
-  containers: [{{name: web, command: [ciliary, workload, http-server, --port, "80"]}}]
+  containers:
+  - name: web
+    command: [ciliary, workload, http-server, --port, "80"]
+    ports: [{{name: http, containerPort: 80}}]
 """
 
 DENY_CLIENTS = """\
@@ -284,6 +289,8 @@ def test_cilium_endpoints_and_nodes(lab: tuple[str, list[str], str]) -> None:
         assert status["id"] == ep.id and status["identity"]["id"] == ep.identity
         assert status["state"] == "ready"
         assert "policy" in status and status["policy"]["ingress"]["enforcing"] is False
+        ports = [{"name": "http", "port": 80, "protocol": "TCP"}] if "server" in key else []
+        assert status["named-ports"] == ports, status
     wide = kubectl(kubeconfig, "get", "cep", "-A")
     assert "server-1" in wide and "client-2" in wide
     cns = json.loads(kubectl(kubeconfig, "get", "ciliumnodes", "-o", "json"))["items"]
@@ -328,3 +335,41 @@ def test_pod_labels_from_the_api_set_the_identity(lab: tuple[str, list[str], str
         assert time.time() < deadline, client_labels()
         time.sleep(0.05)
     assert client_labels()[0] != before
+
+
+ALLOW_CLIENTS = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-from-clients, namespace: shop, annotations: {owner: shop-team}}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client, k8s:io.kubernetes.pod.namespace: default}}]
+    toPorts: [{ports: [{port: http}]}]
+"""
+
+
+def test_policy_status_per_node(lab: tuple[str, list[str], str]) -> None:
+    """Each agent writes its own ``status.nodes[<node>]`` (merge patch of the status
+    subresource): ``kubectl get cnp -o yaml`` shows both nodes enforcing."""
+    _name, nodes, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=ALLOW_CLIENTS)
+    try:
+        deadline = time.time() + 10
+        while True:
+            obj = json.loads(
+                kubectl(kubeconfig, "get", "cnp", "server-from-clients", "-n", "shop", "-o", "json")
+            )
+            by_node = (obj.get("status") or {}).get("nodes") or {}
+            if set(by_node) == set(nodes) and all(e.get("enforcing") for e in by_node.values()):
+                break
+            assert time.time() < deadline, by_node
+            time.sleep(0.1)
+        for entry in by_node.values():
+            assert entry["ok"] is True and "error" not in entry, entry
+            assert entry["localPolicyRevision"] >= 1 and entry["lastUpdated"].endswith("Z")
+            assert entry["annotations"] == {"owner": "shop-team"}, entry
+        text = kubectl(kubeconfig, "get", "cnp", "server-from-clients", "-n", "shop", "-o", "yaml")
+        assert all(f"    {n}:" in text for n in nodes), text
+    finally:
+        kubectl(kubeconfig, "delete", "cnp", "server-from-clients", "-n", "shop")

@@ -68,7 +68,9 @@ class Agent:
         )
         self.policy = PolicyManager(
             datapath=self.datapath,
-            store=self.store or FileStore(cfg.state_dir / "store"),
+            # without an API server, policies imported through this agent's own API live in its
+            # state directory (they survive a restart); with one, the API server holds them
+            saved=None if cfg.kubeconfig is not None or cfg.in_cluster else cfg.state_dir,
             mode=mode,  # type: ignore[arg-type]
             identity_labels=self._identity_labels,  # whichever allocator is in use
             all_identities=self._all_identities,
@@ -121,13 +123,15 @@ class Agent:
         restored (their labels and the policies they get must be the cluster's)."""
         self.kube = await KubeClient.connect(self.cfg.kubeconfig)
         self.pod_watcher = PodWatcher(self.kube, self.node, self.endpoints.pod_changed)
-        self.policy_watcher = PolicyWatcher(self.kube, self.policy, self._policy_changed)
+        self.policy_watcher = PolicyWatcher(
+            self.kube, self.policy, self._policy_changed, node=self.node
+        )
         # cluster-wide identities (CiliumIdentity objects): every one of the cluster feeds the
         # selector cache; CIDR identities stay node-local (the policy manager's)
         self.crd_identities = CRDIdentityAllocator(self.kube)
         self.crd_identities.on_added.append(self._cluster_identity_added)
         self.crd_identities.on_deleted.append(self._cluster_identity_deleted)
-        self.endpoint_sync = EndpointSync(self.kube)
+        self.endpoint_sync = EndpointSync(self.kube, self.node)
         self.pod_watcher.start()
         self.policy_watcher.start()
         self.crd_identities.start()
@@ -175,7 +179,8 @@ class Agent:
             pol = self.policy.realized(ep.id)
             enforcing = (pol.ingress_enforced, pol.egress_enforced) if pol else (False, False)
             labels = self.identities.lookup(ep.identity) or ()
-            status = ciliumendpoints.endpoint_status(ep, self.node, labels, enforcing)
+            ports = self.endpoints.named_ports(ep.id)
+            status = ciliumendpoints.endpoint_status(ep, self.node, labels, enforcing, ports)
             sync.changed(ep.namespace, ep.pod_name, status)
         elif ep.state in (EndpointState.DISCONNECTING, EndpointState.DISCONNECTED):
             sync.deleted(ep.namespace, ep.pod_name)
@@ -233,7 +238,7 @@ class Agent:
         if cfg.kubeconfig is not None or cfg.in_cluster:
             await self._connect_kubernetes()
         else:
-            self.policy.load_from_store()
+            self.policy.load_saved()
         restored, removed = await self.endpoints.restore()
         log.info("restored %d endpoints, removed %d stale objects", restored, removed)
         # Hubble's sink before the reader: its first drain is the ring's backlog (events the
@@ -243,8 +248,6 @@ class Agent:
         self.monitor.start()
         await self.server.start()
         self._spawn(self._ct_gc(), "ct-gc")
-        if self.kube is None:
-            self._spawn(self._watch_policies(), "policy-watch")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -260,16 +263,6 @@ class Agent:
                 task.cancel()
             await self._disconnect_kubernetes()
             self.datapath.close()
-
-    async def _watch_policies(self) -> None:
-        """Pick up policies other agents (or the lab) wrote into the cluster store."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                if self.policy.load_from_store():
-                    await self.endpoints.regenerate_all("policy revision changed in the store")
-            except Exception:
-                log.exception("policy reload failed")
 
     async def _ct_gc(self) -> None:
         while True:

@@ -210,6 +210,12 @@ class EndpointManager:
         meta = self._pod_meta.get(ep.id)
         return meta.named_ports if meta is not None else {}
 
+    def named_ports(self, ep_id: int) -> dict[str, tuple[int, str]]:
+        """The endpoint's pod's named container ports (name → (port, protocol)), as read at
+        create/restore."""
+        meta = self._pod_meta.get(ep_id)
+        return dict(meta.named_ports) if meta is not None else {}
+
     def workloads(self, ep_id: int) -> tuple[tuple[str, str], ...]:
         """The (name, kind) controllers of the endpoint's pod, as read at create/restore."""
         meta = self._pod_meta.get(ep_id)

@@ -2,10 +2,12 @@
 this node's identities, turned into each endpoint's BPF policy map.
 
 Where things come from:
-  * policies: the cluster store (kind ``policies``: the documents as users wrote them), so every
-    agent of a lab enforces the same set; an import through this agent's API is validated (all or
-    nothing), written to the store and applied at once; other agents notice the store's policy
-    revision change and reload;
+  * policies: with a Kubernetes API, its CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies
+    and NetworkPolicies (``agent/k8s/policies.py``'s informers call :meth:`upsert_policies` and
+    :meth:`remove_policies`), the same set on every node; without one (a standalone agent, the
+    CNI tests' runtime), the policies imported through this agent's own API (validated, all or
+    nothing), kept as their documents in its state directory (``policies.json``) so that they
+    survive a restart, and nowhere else;
   * identities: the endpoint identity allocator (pods) plus node-local CIDR identities
     (``1<<24 | n``) for every prefix a CIDR rule names, which are also written to the ipcache so
     the datapath resolves those addresses to them;
@@ -13,7 +15,7 @@ Where things come from:
     manager hands over every local pod's declared container ports with its identity
     (:meth:`PolicyManager.set_remote_named_ports`); the endpoints whose egress rules use a name
     whose resolution changed are regenerated (:meth:`PolicyManager.affected_by_ports`).
-Selectors: every repository change (import, delete, reload from the store) ends with
+Selectors: every repository change (API event, import, delete, load at start) ends with
 :meth:`PolicyManager.retain_selectors`: each realized endpoint's policy is computed anew (the
 regeneration that follows finds it memoized) and the selector cache drops every selector none of
 them uses any more (those of deleted or replaced rules).
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_address
+from pathlib import Path
 from typing import Any
 
 from ciliary.core.models import (
@@ -41,8 +44,7 @@ from ciliary.core.models import (
 )
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
-from ciliary.kvstore import FileStore
-from ciliary.kvstore import policies as policystore
+from ciliary.kvstore.atomic import read_json, write_json
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 from ciliary.policy.api.documents import load_yaml
 from ciliary.policy.explain import DefaultDeny, near_misses
@@ -55,6 +57,8 @@ from ciliary.policy.selectorcache import SelectorCache, cidr_blocks
 log = logging.getLogger(__name__)
 Network = IPv4Network | IPv6Network
 PROTOCOL_NAMES = {0: "any", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+SAVED_POLICIES = "policies.json"
+"""In a standalone agent's state directory: ``{"policies": {key: {source, index, document}}}``."""
 
 
 def rule_reference(ref: RuleRef) -> RuleReference:
@@ -88,13 +92,16 @@ class PolicyManager:
         self,
         *,
         datapath: NodeDatapath,
-        store: FileStore,
+        saved: Path | None = None,
         mode: Mode = "default",
         identity_labels: Callable[[int], tuple[str, ...] | None],
         all_identities: Callable[[], Iterable[tuple[int, tuple[str, ...]]]],
     ) -> None:
         self._dp = datapath
-        self._store = store
+        self._saved = saved / SAVED_POLICIES if saved is not None else None
+        """Where imported policies are kept (a standalone agent); None: memory only."""
+        self._documents: dict[str, dict[str, Any]] = {}
+        """Imported policies' documents by key ({source, index, document}), as saved."""
         self._mode: Mode = mode
         self._labels_of = identity_labels
         self.repo = Repository()
@@ -104,7 +111,6 @@ class PolicyManager:
         self._cidr_ids: dict[Network, Identity] = {}
         self._realized: dict[int, EndpointPolicy] = {}
         self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
-        self._store_revision: int | None = None
         self._remote_ports: Mapping[int, NamedPorts] = {}
         self._listeners: list[Callable[[], None]] = []
         for number, labels in all_identities():
@@ -157,25 +163,34 @@ class PolicyManager:
 
     # ---- policies ----------------------------------------------------------------------------
 
-    def load_from_store(self) -> bool:
-        """Reload the repository when the store's policy revision moved; True if it did."""
-        revision = policystore.revision(self._store)
-        if revision == self._store_revision:
-            return False
+    def load_saved(self) -> int:
+        """Load the policies a standalone agent saved before it restarted (a document the parser
+        refuses now is logged and left out: it never reaches the datapath); returns how many."""
+        if self._saved is None or not self._saved.exists():
+            return 0
+        try:
+            saved = read_json(self._saved).get("policies") or {}
+        except (OSError, ValueError, AttributeError) as err:
+            raise PolicyError(f"{self._saved}: unreadable saved policies: {err}") from err
         policies: list[Policy] = []
-        for doc in policystore.documents(self._store):
+        for key, body in saved.items():
             try:
-                policies += parse_policy_documents([(doc.index, doc.document)], doc.source)
-            except PolicyError as err:
-                log.error("ignoring an invalid policy in the cluster store: %s", err)
-        gone = {p.key for p in self.repo.policies()} - {p.key for p in policies}
-        if gone:
-            self.repo.delete(gone)
+                parsed = parse_policy_documents(
+                    [(int(body["index"]), body["document"])], str(body["source"])
+                )
+            except (PolicyError, KeyError, TypeError, ValueError) as err:
+                log.error("%s: ignoring saved policy %s: %s", self._saved, key, err)
+                continue
+            self._documents[key] = body
+            policies += parsed
         if policies:
             self.repo.replace(policies)
-        self._store_revision = revision
-        self._repository_changed()
-        return True
+            self._repository_changed()
+        return len(policies)
+
+    def _save(self) -> None:
+        if self._saved is not None:
+            write_json(self._saved, {"policies": self._documents})
 
     def upsert_policies(self, policies: Iterable[Policy]) -> None:
         """Add or replace policies (by key) that arrived from the Kubernetes API: the
@@ -192,20 +207,21 @@ class PolicyManager:
         return bool(present)
 
     def import_text(self, text: str, filename: str) -> list[str]:
-        """Validate (raises PolicyError, nothing applied), store, apply; returns the keys."""
+        """Validate (raises PolicyError, nothing applied), save, apply; returns the keys."""
         docs = load_yaml(text, filename)
         if not docs:
             raise PolicyError(f"{filename}: the file has no documents (expected policy documents)")
         policies = parse_policy_documents(docs, filename)
         bodies = dict(docs)
-        self._store_revision = policystore.publish(
-            self._store,
-            [
-                policystore.PolicyDocument(p.key, filename, index, bodies[index])  # type: ignore[arg-type]
-                for p in policies
-                for index in [int(p.source.rsplit(":", 1)[1])]
-            ],
-        )
+        before = dict(self._documents)
+        for p in policies:
+            index = int(p.source.rsplit(":", 1)[1])
+            self._documents[p.key] = {"source": filename, "index": index, "document": bodies[index]}
+        try:
+            self._save()
+        except OSError:
+            self._documents = before
+            raise
         self.repo.replace(policies)
         self._repository_changed()
         return [p.key for p in policies]
@@ -216,14 +232,16 @@ class PolicyManager:
         if unknown:
             raise KeyError(f"no such policy: {', '.join(unknown)}")
         if targets:
-            self._store_revision = policystore.withdraw(self._store, targets)
+            for key in targets:
+                self._documents.pop(key, None)
+            self._save()
             self.repo.delete(targets)
             self._repository_changed()
         return targets
 
     def add_listener(self, listener: Callable[[], None]) -> None:
-        """``listener()`` runs after every change of the repository (import, delete, reload from
-        the store), once the derived state (CIDR identities, selector cache) follows it."""
+        """``listener()`` runs after every change of the repository (API event, import, delete,
+        load at start), once the derived state (CIDR identities, selector cache) follows it."""
         self._listeners.append(listener)
 
     def _repository_changed(self) -> None:

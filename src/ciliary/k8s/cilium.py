@@ -1,4 +1,5 @@
-"""Cilium's state objects (``cilium.io/v2``): CiliumNode, CiliumIdentity, CiliumEndpoint.
+"""Cilium's state objects (``cilium.io/v2``): CiliumNode, CiliumIdentity, CiliumEndpoint, and
+the per-node status agents write into each CiliumNetworkPolicy/CiliumClusterwideNetworkPolicy.
 
 These are how Cilium agents tell each other, and the operator, what they own: a node its pod
 CIDRs and addresses (CiliumNode), the cluster the label set behind an identity number
@@ -29,6 +30,7 @@ __all__ = [
     "NodeAddress",
     "NodeIPAMSpec",
     "PolicyDirection",
+    "PolicyNodeStatus",
 ]
 
 
@@ -114,3 +116,18 @@ class CiliumEndpoint(TypedObject):
     api_version: Literal["cilium.io/v2"] = "cilium.io/v2"
     kind: Literal["CiliumEndpoint"] = "CiliumEndpoint"
     status: EndpointStatus = Field(default_factory=EndpointStatus)
+
+
+class PolicyNodeStatus(ObjectModel):
+    """One node's entry in a Cilium policy's ``status.nodes`` (upstream's
+    ``CiliumNetworkPolicyNodeStatus``): ``ok`` once parsed and in the node's repository (else
+    ``error`` says why, and the policy is not enforced there); ``enforcing`` once the endpoints
+    present have been regenerated with it; ``localPolicyRevision`` the node's repository revision
+    that first held it; ``annotations`` the policy's annotations that version carried."""
+
+    ok: bool = False
+    error: str | None = None
+    last_updated: str | None = None
+    local_policy_revision: int | None = None
+    enforcing: bool = False
+    annotations: dict[str, str] | None = None

@@ -11,6 +11,7 @@ report: its documents are :class:`ciliary.k8s.fields.StrictModel` instead.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -27,7 +28,13 @@ __all__ = [
     "ObjectModel",
     "OwnerReference",
     "TypedObject",
+    "now",
 ]
+
+
+def now() -> str:
+    """The current time as the API writes ``metav1.Time`` (RFC 3339, seconds, UTC)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ObjectModel(BaseModel):

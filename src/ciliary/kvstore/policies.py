@@ -1,9 +1,14 @@
-"""Policy documents in the cluster store, as the lab and every agent read and write them.
+"""Policy documents in the lab's cluster store, which only the lab still writes.
+
+No agent reads them any more: an agent with a Kubernetes API takes its policies from the API
+server's objects (``agent/k8s/policies.py``), a standalone agent from its own imports (its state
+directory). The lab keeps publishing its file's policies here (``lab/manager.py``'s
+``_publish_policies`` and ``lab apply``'s rollback) until the cluster store is removed; this
+module goes with them.
 
 Each policy is kept as the document its user wrote (kind ``policies``, name = the policy's key,
-body ``{"source", "index", "document"}``) so that every agent parses the same text with the same
-parser; a ``policyrevisions/current`` counter, bumped in the same transaction as the change,
-tells agents to reload.
+body ``{"source", "index", "document"}``); a ``policyrevisions/current`` counter is bumped in the
+same transaction as each change.
 """
 
 from __future__ import annotations
@@ -45,18 +50,3 @@ def withdraw(store: FileStore, keys: Iterable[str]) -> int:
         for key in keys:
             txn.delete(KIND, key)
         return _bump(txn)
-
-
-def revision(store: FileStore) -> int:
-    return int((store.get(*REVISION) or {}).get("revision", 0))
-
-
-def documents(store: FileStore) -> list[PolicyDocument]:
-    out = []
-    for key, body in store.list(KIND).items():
-        doc = body.get("document")
-        if isinstance(doc, dict):
-            out.append(
-                PolicyDocument(key, str(body.get("source", "?")), int(body.get("index", 0)), doc)
-            )
-    return out

@@ -16,6 +16,7 @@ from ciliary.client.agent import AgentAPIError
 from ciliary.core.models import EndpointState, IPAMAllocateRequest
 
 from .conftest import (
+    RUN_ROOT,
     NodeAgent,
     Pods,
     assert_cni_error,
@@ -264,6 +265,42 @@ def test_gc_needs_the_attachment_list_and_version_1_1_0(agent: NodeAgent) -> Non
     assert_cni_error(run_plugin("GC", netconf(agent), ifname=None), 7, "cni.dev/valid-attachments")
     old = run_plugin("GC", netconf(agent, "1.0.0", **{"cni.dev/valid-attachments": []}))
     assert_cni_error(old, 1, "GC")
+
+
+STANDALONE_POLICIES = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+"""
+
+
+def test_standalone_agent_keeps_its_imported_policies(agent: NodeAgent) -> None:
+    """Without a Kubernetes API, policies imported through the agent's own API are kept in its
+    state directory (no shared store): a restarted agent enforces the same set, a deleted one
+    stays deleted."""
+    with agent.client() as cl:
+        imported = sorted(cl.policy_import(STANDALONE_POLICIES, "p.yaml").keys)
+        assert imported == ["CiliumNetworkPolicy/default/web", "NetworkPolicy/default/db"]
+        cl.policy_delete(["NetworkPolicy/default/db"])
+    assert (RUN_ROOT / agent.node / "policies.json").exists()
+    agent.stop()
+    agent.start()
+    try:
+        with agent.client() as cl:
+            assert [p.key for p in cl.policy_list().policies] == imported[:1]
+    finally:
+        with agent.client() as cl:
+            cl.policy_delete(all=True)
 
 
 def test_status_follows_the_agent(agent: NodeAgent) -> None:

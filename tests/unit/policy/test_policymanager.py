@@ -3,13 +3,13 @@ the endpoints to regenerate when they change, and the selector cache shrinking a
 
 from __future__ import annotations
 
+import json
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import Endpoint, EndpointState
-from ciliary.kvstore import FileStore
 
 NS = "k8s:io.kubernetes.pod.namespace=default"
 LABELS = {
@@ -84,7 +84,7 @@ def endpoint(ep_id: int, identity: int) -> Endpoint:
 def manager(tmp_path: Path) -> PolicyManager:
     pm = PolicyManager(
         datapath=_Datapath(),  # type: ignore[arg-type]
-        store=FileStore(tmp_path / "store"),
+        saved=tmp_path,
         identity_labels=LABELS.get,
         all_identities=lambda: list(LABELS.items()),
     )
@@ -149,3 +149,32 @@ def test_deleting_a_policy_shrinks_the_selector_cache(tmp_path: Path) -> None:
     assert len(after) == 1 and after < before
     # the remaining selector still reports new identities
     assert pm.identity_added(300, ("k8s:app=server", "k8s:instance=c", NS)) == after
+
+
+def test_standalone_imports_survive_a_restart_in_the_state_dir(tmp_path: Path) -> None:
+    pm = manager(tmp_path)  # imported POLICIES, saved in tmp_path
+    keys = sorted(p.key for p in pm.repo.policies())
+    assert keys and (tmp_path / "policies.json").exists()
+    pm.delete([keys[0]])
+    again = PolicyManager(
+        datapath=_Datapath(),  # type: ignore[arg-type]
+        saved=tmp_path,
+        identity_labels=LABELS.get,
+        all_identities=lambda: list(LABELS.items()),
+    )
+    assert sorted(p.key for p in again.repo.policies()) == []  # nothing until loaded
+    assert again.load_saved() == len(keys) - 1
+    assert sorted(p.key for p in again.repo.policies()) == keys[1:]
+    # a saved document the parser refuses now is left out, the others load
+    saved = json.loads((tmp_path / "policies.json").read_text())
+    first = sorted(saved["policies"])[0]
+    saved["policies"][first]["document"]["spec"] = {"endpointSelector": 5}
+    (tmp_path / "policies.json").write_text(json.dumps(saved))
+    third = PolicyManager(
+        datapath=_Datapath(),  # type: ignore[arg-type]
+        saved=tmp_path,
+        identity_labels=LABELS.get,
+        all_identities=lambda: list(LABELS.items()),
+    )
+    assert third.load_saved() == len(keys) - 2
+    assert third.repo.get(first) is None

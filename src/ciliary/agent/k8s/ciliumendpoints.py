@@ -3,24 +3,31 @@ CiliumNode (upstream's endpoint sync controller and node registration).
 
 A CiliumEndpoint is named and namespaced like the endpoint's pod; all of it is ``status``
 (upstream's shape, ``k8s.cilium``'s models: ``id``, ``identity {id, labels}``, ``networking
-{addressing [{ipv4, ipv6}], node}``, ``state``, ``policy {ingress, egress: {enforcing}}``).
+{addressing [{ipv4, ipv6}], node}``, ``state``, ``policy {ingress, egress: {enforcing}}``,
+``named-ports [{name, port, protocol}]`` of the pod's containers).
 It is how other agents and the operator learn an endpoint's identity and addresses: the
 operator's identity GC treats an identity named by some CiliumEndpoint as in use.
 
 Writes are asynchronous to the endpoint manager (which calls :meth:`EndpointSync.changed` and
-:meth:`EndpointSync.deleted` from its state changes): the latest wanted state per pod is kept and
-one worker writes it (create, then the ``status`` subresource, as the API server drops ``status``
-on create; replace when it exists; delete when gone), retrying with back-off while the API server
-is away. Intermediate states of an endpoint in between are skipped: only the last one counts.
+:meth:`EndpointSync.deleted` from its state changes): a :class:`KeyedWriter` keeps the latest
+wanted state per pod and writes it (create, then the ``status`` subresource, as the API server
+drops ``status`` on create; replace when it exists; delete when gone), retrying with back-off
+while the API server is away. Intermediate states of an endpoint are skipped.
+
+Ownership, as upstream's ``deleteCEP``: a pod's name outlives the pod (a StatefulSet's ``web-0``
+comes back, maybe on another node), so the agent remembers the ``uid`` of the CiliumEndpoint it
+wrote and deletes only that one (``DeleteOptions.preconditions.uid``): never a newer object of
+the same name that another node made. After a restart it deletes one only if it names this node
+(again under its uid). A CiliumEndpoint of another node for a pod that is now here is that
+node's leftover: it is deleted (under its uid) and this node's made.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from ciliary.agent.k8s.writer import KeyedWriter
 from ciliary.core.models import Endpoint, EndpointState
 from ciliary.k8s.cilium import (
     AddressPair,
@@ -31,6 +38,7 @@ from ciliary.k8s.cilium import (
     EndpointNetworking,
     EndpointPolicy,
     EndpointStatus,
+    NamedPort,
     NodeAddress,
     NodeIPAMSpec,
     PolicyDirection,
@@ -38,7 +46,6 @@ from ciliary.k8s.cilium import (
 from ciliary.k8s.meta import ObjectMeta
 from ciliary.k8s.resources import by_path
 from ciliary.kube.client import ApiError, KubeClient, KubeObject
-from ciliary.kube.informer import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +55,14 @@ PodKey = tuple[str, str]
 
 
 def endpoint_status(
-    ep: Endpoint, node: str, labels: Iterable[str], enforcing: tuple[bool, bool]
+    ep: Endpoint,
+    node: str,
+    labels: Iterable[str],
+    enforcing: tuple[bool, bool],
+    named_ports: Mapping[str, tuple[int, str]] | None = None,
 ) -> EndpointStatus:
-    """The ``status`` of an endpoint's CiliumEndpoint (upstream's shape)."""
+    """The ``status`` of an endpoint's CiliumEndpoint (upstream's shape); ``named_ports`` are
+    the pod's containers' (name → (port, protocol)), sorted by name."""
     addrs = {k: v.partition("/")[0] for k, v in (("ipv4", ep.ipv4), ("ipv6", ep.ipv6)) if v}
     return EndpointStatus(
         id=ep.id,
@@ -61,6 +73,12 @@ def endpoint_status(
             ingress=PolicyDirection(enforcing=enforcing[0]),
             egress=PolicyDirection(enforcing=enforcing[1]),
         ),
+        **{
+            "named-ports": [
+                NamedPort.model_validate({"name": name, "port": port, "protocol": protocol.upper()})
+                for name, (port, protocol) in sorted((named_ports or {}).items())
+            ]
+        },
     )
 
 
@@ -111,91 +129,93 @@ async def register_node(client: KubeClient, obj: KubeObject) -> None:
 
 
 class EndpointSync:
-    """Keeps one CiliumEndpoint per endpoint (with a pod) in the API server."""
+    """Keeps one CiliumEndpoint per endpoint (with a pod) of ``node`` in the API server."""
 
-    def __init__(self, client: KubeClient, backoff: Backoff | None = None) -> None:
+    def __init__(self, client: KubeClient, node: str) -> None:
         self._client = client
-        self._wanted: dict[PodKey, KubeObject | None] = {}
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._backoff = backoff or Backoff(initial=0.2, maximum=5.0)
-        self._task: asyncio.Task[None] | None = None
-        self.writes = 0
+        self._node = node
+        self._uids: dict[PodKey, str] = {}
+        """The uid of the CiliumEndpoint this agent wrote, per pod."""
+        self._writer: KeyedWriter[PodKey, KubeObject | None] = KeyedWriter(
+            "ciliumendpoint-sync", self._write
+        )
+
+    @property
+    def writes(self) -> int:
+        return self._writer.writes
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ciliumendpoint-sync")
+        self._writer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._writer.stop()
 
     def changed(self, namespace: str, name: str, status: EndpointStatus) -> None:
-        self._want((namespace, name), cilium_endpoint(namespace, name, status))
+        self._writer.want((namespace, name), cilium_endpoint(namespace, name, status))
 
     def deleted(self, namespace: str, name: str) -> None:
-        self._want((namespace, name), None)
+        self._writer.want((namespace, name), None)
 
     async def flushed(self, timeout: float) -> bool:
         """Until every wanted state is written (tests, shutdown)."""
+        return await self._writer.flushed(timeout)
+
+    def _node_of(self, obj: KubeObject) -> str | None:
+        node = ((obj.get("status") or {}).get("networking") or {}).get("node")
+        return str(node) if node else None
+
+    async def _get(self, key: PodKey) -> KubeObject | None:
+        namespace, name = key
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            return await self._client.get(CILIUM_ENDPOINTS, name, namespace)
+        except ApiError as err:
+            if not err.not_found:
+                raise
+            return None
 
-    def _want(self, key: PodKey, obj: KubeObject | None) -> None:
-        self._wanted[key] = obj
-        self._idle.clear()
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._wanted:
-                key = next(iter(self._wanted))
-                obj = self._wanted.pop(key)
-                try:
-                    await self._write(key, obj)
-                    self._backoff.reset()
-                except ApiError as err:
-                    log.warning("CiliumEndpoint %s/%s: %s (retrying)", *key, err)
-                    self._wanted.setdefault(key, obj)  # a newer state wins over the retry
-                    await asyncio.sleep(self._backoff.delay())
-                except Exception:
-                    log.exception("CiliumEndpoint %s/%s: write failed", *key)
-            self._idle.set()
+    async def _delete(self, key: PodKey, uid: str) -> None:
+        """Delete the CiliumEndpoint of ``key`` only while it is the object ``uid``."""
+        namespace, name = key
+        try:
+            await self._client.delete(CILIUM_ENDPOINTS, name, namespace, uid=uid)
+        except ApiError as err:
+            if err.conflict:  # a newer object of that name: someone else's, left alone
+                log.info("CiliumEndpoint %s/%s: not %s any more, not deleted", *key, uid)
+            elif not err.not_found:
+                raise
 
     async def _write(self, key: PodKey, obj: KubeObject | None) -> None:
         namespace, name = key
         if obj is None:
-            try:
-                await self._client.delete(CILIUM_ENDPOINTS, name, namespace)
-            except ApiError as err:
-                if not err.not_found:
-                    raise
-            self.writes += 1
+            uid = self._uids.get(key)
+            if uid is None:  # written before a restart: ours only if it names this node
+                current = await self._get(key)
+                if current is None or self._node_of(current) != self._node:
+                    return
+                uid = str(current["metadata"]["uid"])
+            await self._delete(key, uid)
+            self._uids.pop(key, None)
             return
-        try:
-            current = await self._client.get(CILIUM_ENDPOINTS, name, namespace)
-        except ApiError as err:
-            if not err.not_found:
-                raise
+        current = await self._get(key)
+        if current is not None and self._uids.get(key) != current["metadata"]["uid"]:
+            node = self._node_of(current)
+            if node is not None and node != self._node:  # another node's leftover
+                await self._delete(key, str(current["metadata"]["uid"]))
+                current = None
+        if current is None:
             try:
                 current = await self._client.create(
                     CILIUM_ENDPOINTS, {k: v for k, v in obj.items() if k != "status"}, namespace
                 )
-            except ApiError as err2:
-                if not err2.already_exists:
+            except ApiError as err:
+                if not err.already_exists:
                     raise
-                current = await self._client.get(CILIUM_ENDPOINTS, name, namespace)
+                msg = f"CiliumEndpoint {namespace}/{name} came back"
+                raise ApiError(409, "Conflict", msg) from err
+        self._uids[key] = str(current["metadata"]["uid"])
         if current.get("status") != obj["status"]:
             body = {**current, "status": obj["status"]}
             await self._client.replace(CILIUM_ENDPOINTS, body, subresource="status")
-        self.writes += 1
 
 
 def publishable(ep: Endpoint) -> bool:
