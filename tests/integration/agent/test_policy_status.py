@@ -130,6 +130,20 @@ def test_each_node_reports_into_policy_status(control_plane: ControlPlane) -> No
             # the status writes came back as watch events and were not applied again
             await asyncio.sleep(0.5)
             assert [w.status_writer.writes for w in watchers] == [n + 1 for n in writes]
+
+            # fixed through the API: each entry turns ok, its old error removed (merge patch null)
+            fixed = await kube.get(CNP, "bad", "t")
+            fixed["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = "8080"
+            await kube.replace(CNP, fixed)
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                nodes = await status_of(CNP, "bad", "t")
+                if set(nodes) == {"n1", "n2"} and all(e.get("ok") for e in nodes.values()):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, nodes
+                await asyncio.sleep(0.05)
+            assert all("error" not in e and e["enforcing"] for e in nodes.values()), nodes
+            assert all(w._policy.repo.get("CiliumNetworkPolicy/t/bad") for w in watchers)
         finally:
             for w in watchers:
                 await w.stop()
