@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup from a bare Debian machine; every step is skipped when already done.
-#   - Debian packages (clang/llvm for -target bpf, libbpf, bpftool, iproute2, iperf3, nginx, ...)
+#   - Debian packages (clang/llvm for -target bpf, libbpf, bpftool, iproute2, iperf3, nginx,
+#     postgresql, redis-server, ...)
 #   - bpffs mounted at /sys/fs/bpf and cgroup2 available
 #   - .venv with the package (editable) and dev tools
 #   - BPF objects compiled (make -C bpf, incremental)
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping util-linux
               procps libelf-dev make python3-venv containernetworking-plugins iptables
-              sockperf prometheus nginx)
+              sockperf prometheus nginx postgresql postgresql-client redis-server redis-tools)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -22,15 +23,28 @@ if ((${#need_apt[@]})); then
     fi
     echo "setup: installing Debian packages: ${need_apt[*]}"
     apt-get update -qq
-    # Debian's prometheus and nginx packages would start system-wide servers (:9090, :80) on a
-    # machine with an init system: we only run them from tests (nginx as a lab pod, on its own
-    # config), so services are not started on install.
+    # Debian's prometheus, nginx, redis-server and postgresql packages would start system-wide
+    # servers (:9090, :80, :6379, :5432) on a machine with an init system: we only run them from
+    # tests (nginx, Redis and PostgreSQL as lab pods, on their own config), so services are not
+    # started on install.
     policy_rc=/usr/sbin/policy-rc.d
     if [[ ! -e $policy_rc ]]; then
         printf '#!/bin/sh\nexit 101\n' > "$policy_rc"; chmod +x "$policy_rc"
         trap 'rm -f "$policy_rc"' EXIT
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # postgresql-common would also create and start a "main" cluster (:5432): the lab's
+    # PostgreSQL pods run initdb into their own emptyDir (examples/databases.yaml).
+    createcluster=/etc/postgresql-common/createcluster.conf
+    if [[ ! -e $createcluster ]]; then
+        mkdir -p "$(dirname "$createcluster")"
+        echo "create_main_cluster = false" > "$createcluster"
+    elif ! grep -Eq '^\s*create_main_cluster\s*=\s*false' "$createcluster"; then
+        sed -i -E '/^\s*#?\s*create_main_cluster\s*=/d' "$createcluster"
+        echo "create_main_cluster = false" >> "$createcluster"
+    fi
+    # (a createcluster.conf written above is the admin's: dpkg keeps it rather than asking)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${need_apt[@]}" >/dev/null
 fi
 
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then

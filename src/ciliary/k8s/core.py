@@ -2,8 +2,9 @@
 
 Field names, defaults and name rules are Kubernetes' (``k8s.io/api/core/v1``), trimmed to what a
 lab uses:
-a pod's containers with their command, args, env and ports, its node (``nodeName``, or
-``nodeSelector`` for a scheduler to honour) and addresses; a node's pod CIDRs and addresses; a
+a pod's containers with their command, args, env, ports and volume mounts, its volumes (of the
+sources, ``emptyDir``), its node (``nodeName``, or ``nodeSelector`` for a scheduler to honour)
+and addresses; a node's pod CIDRs and addresses; a
 service's type, selector, ports and cluster IPs. Workload controllers
 (:mod:`ciliary.k8s.apps`) embed :class:`PodTemplateSpec`. The lab file's containers are these
 (made strict by the lab, where an unknown field is a typo).
@@ -23,6 +24,7 @@ from ciliary.k8s.quantity import QuantityError, parse_quantity
 __all__ = [
     "Container",
     "ContainerPort",
+    "EmptyDirVolumeSource",
     "EnvVar",
     "Namespace",
     "NamespaceSpec",
@@ -42,6 +44,8 @@ __all__ = [
     "Service",
     "ServicePort",
     "ServiceSpec",
+    "Volume",
+    "VolumeMount",
 ]
 
 Protocol = Literal["TCP", "UDP", "SCTP"]
@@ -104,9 +108,41 @@ class ResourceRequirements(ObjectModel):
         return values
 
 
+class EmptyDirVolumeSource(ObjectModel):
+    """An ``emptyDir``: scratch space that starts empty (``sizeLimit`` a quantity)."""
+
+    medium: Literal["", "Memory"] = ""
+    size_limit: Quantity | None = None
+
+    @field_validator("size_limit")
+    @classmethod
+    def _quantity(cls, value: Quantity | None) -> Quantity | None:
+        if value is not None:
+            try:
+                parse_quantity(value)
+            except QuantityError as err:
+                raise FieldProblemError(str(err)) from None
+        return value
+
+
+class Volume(ObjectModel):
+    """A pod's volume. Of the sources only ``emptyDir`` is modelled: a volume of another kind
+    (``hostPath``, ``configMap``, ...) is kept by name with no source, and a runtime that cannot
+    provide it refuses the container that mounts it (``lab.podsandbox``)."""
+
+    name: ObjectName
+    empty_dir: EmptyDirVolumeSource | None = None
+
+
+class VolumeMount(ObjectModel):
+    name: ObjectName
+    mount_path: str = Field(min_length=1)
+    read_only: bool = False
+
+
 class Container(ObjectModel):
     """What a lab runs of a container: a command line (there are no images to take one from),
-    its environment and working directory, and its declared ports."""
+    its environment and working directory, its declared ports and volume mounts."""
 
     name: ObjectName
     image: str | None = None
@@ -118,6 +154,7 @@ class Container(ObjectModel):
     ports: Sequence[ContainerPort] = Field(default_factory=list)
     security_context: SecurityContext | None = None
     resources: ResourceRequirements | None = None
+    volume_mounts: Sequence[VolumeMount] = Field(default_factory=list)
 
     @field_validator("ports")
     @classmethod
@@ -149,6 +186,7 @@ class PodSpec(ObjectModel):
     subdomain: str | None = None
     service_account_name: str | None = None
     security_context: PodSecurityContext | None = None
+    volumes: list[Volume] = Field(default_factory=list)
 
     def named_ports(self) -> dict[str, ContainerPort]:
         """Declared ports by name, across containers (the first declaration of a name wins)."""

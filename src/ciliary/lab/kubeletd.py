@@ -103,6 +103,10 @@ def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
                 {k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
                 for p in c.get("ports") or []
             ],
+            "volumeMounts": [
+                {k: m[k] for k in ("name", "mountPath", "readOnly") if k in m}
+                for m in c.get("volumeMounts") or []
+            ],
         }
         for c in spec.get("containers") or []
     ]
@@ -119,6 +123,11 @@ def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
                 "restartPolicy": spec.get("restartPolicy", "Always"),
                 "securityContext": _known(spec.get("securityContext"), SECURITY_FIELDS),
                 "containers": containers,
+                # another source than emptyDir is kept by name: podsandbox refuses its mounts
+                "volumes": [
+                    {"name": v["name"], **({"emptyDir": v["emptyDir"]} if "emptyDir" in v else {})}
+                    for v in spec.get("volumes") or []
+                ],
             },
         },
         strict=False,

@@ -1144,7 +1144,9 @@ def start_container(
 
 def _core_spec(pod: schema.PodSpec) -> core.PodSpec:
     return core.PodSpec(
-        containers=list(pod.spec.containers), security_context=pod.spec.security_context
+        containers=list(pod.spec.containers),
+        security_context=pod.spec.security_context,
+        volumes=list(pod.spec.volumes),
     )
 
 
@@ -1154,6 +1156,7 @@ def check_containers(pod: schema.PodSpec) -> None:
     spec = _core_spec(pod)
     for container in pod.spec.containers:
         podsandbox.run_as(pod.key, spec, container)
+        podsandbox.empty_dir_mounts(pod.key, spec, container)
 
 
 def _report_pod_running(

@@ -29,7 +29,13 @@ its check that a container really started are unchanged.
 the ``securityContext`` uid/gid (``runAsNonRoot`` refusing root with kubelet's words,
 :class:`ContainerConfigError`), ``workingDir``, and a PID namespace of its own in which the
 command is PID 1 (there ``unshare`` forks: the spawned pid is unshare's, which exits with the
-command's code and does not forward signals, hence ``process.stop_group``); :func:`pod_limits`
+command's code and does not forward signals, hence ``process.stop_group``), and its
+``volumeMounts`` of ``emptyDir`` volumes (:func:`empty_dir_mounts`): a server that must write
+(PostgreSQL's data directory, Redis's ``dir``) as a non-root user gets scratch space the way a
+runtime gives it, a fresh ``tmpfs`` (mode 0777, ``sizeLimit`` its size) mounted in the
+container's mount namespace over an *existing* directory of the machine (pods share its root file
+system: nothing is created on it, nothing is left behind). Unlike kubelet's, the volume is the
+container's alone and starts empty again when the container restarts. :func:`pod_limits`
 is kubelet's pod-level cgroup rule for ``resources.limits``, written by
 ``datapath.linux.cgrouplimits``.
 """
@@ -51,6 +57,7 @@ CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_HOME = "/root"
 DEFAULT_HIDDEN = (Path("/run/ciliary"), Path("/var/run/ciliary"))
 HIDDEN_FS_NAME = "ciliary-pod-hidden"
+EMPTY_DIR_FS_NAME = "ciliary-emptydir"
 DROPPED_CAPS = ",".join(
     f"-{cap}"
     for cap in (
@@ -109,12 +116,13 @@ def sandbox_argv(
     working_dir: str | None = None,
     pid_namespace: bool = False,
     join_cgroups: Sequence[Path] = (),
+    empty_dirs: Sequence[EmptyDirMount] = (),
 ) -> list[str]:
     """``argv`` (already resolved) behind a fresh mount namespace in which ``hide`` are empty
     tmpfs and each directory of ``keep`` (below one of ``hide``) is visible again, read-only;
     optionally as ``user``, in ``working_dir`` (created if missing, as runc does), as PID 1 of
-    a PID namespace of its own (``/proc`` remounted for it) and after joining the
-    ``cgroup.procs`` files ``join_cgroups`` (see :func:`container_command`)."""
+    a PID namespace of its own (``/proc`` remounted for it), with ``empty_dirs`` mounted and
+    after joining the ``cgroup.procs`` files ``join_cgroups`` (see :func:`container_command`)."""
     lines = ["set -e"]
     for i, path in enumerate(keep):
         lines.append(f"exec {3 + i}< {shlex.quote(str(path))}")
@@ -130,6 +138,12 @@ def sandbox_argv(
         lines.append(f"mount -c --bind /proc/self/fd/{3 + i} {q}")
         lines.append(f"mount -c -o remount,bind,ro {q}")
         lines.append(f"exec {3 + i}<&-")
+    for vol in empty_dirs:
+        q = shlex.quote(vol.path)
+        size = f",size={vol.size_bytes}" if vol.size_bytes is not None else ""
+        lines.append(f"mount -t tmpfs -o mode=0777,nosuid,nodev{size} {EMPTY_DIR_FS_NAME} {q}")
+        if vol.read_only:
+            lines.append(f"mount -o remount,ro {q}")
     if working_dir is not None:
         q = shlex.quote(working_dir)
         lines.append(f"mkdir -p -- {q}")
@@ -196,6 +210,54 @@ def run_as(pod: str, spec: core.PodSpec, container: core.Container) -> RunAs:
     return RunAs(uid or 0, gid or 0)
 
 
+@dataclass(frozen=True)
+class EmptyDirMount:
+    """An ``emptyDir`` as a container mounts it: where (a real, existing directory), its size
+    limit in bytes (None: tmpfs's default) and whether it is read-only."""
+
+    path: str
+    size_bytes: int | None
+    read_only: bool
+
+
+def empty_dir_mounts(
+    pod: str, spec: core.PodSpec, container: core.Container
+) -> list[EmptyDirMount]:
+    """``container``'s ``volumeMounts``, each of an ``emptyDir`` of ``spec.volumes`` over an
+    existing directory; anything else is refused (ContainerConfigError naming ``pod``, the
+    container and the mount): an undeclared volume, another source than ``emptyDir``, a
+    ``mountPath`` that is not an absolute path of an existing directory other than ``/``."""
+    volumes = {v.name: v for v in spec.volumes}
+    out: list[EmptyDirMount] = []
+    for i, mount in enumerate(container.volume_mounts):
+        where = f"(pod: {pod!r}, container: {container.name}, volumeMounts[{i}])"
+        volume = volumes.get(mount.name)
+        if volume is None:
+            raise ContainerConfigError(
+                f"volumeMount {mount.name!r} names no volume of the pod's spec.volumes {where}"
+            )
+        if volume.empty_dir is None:
+            raise ContainerConfigError(
+                f"volume {mount.name!r}: a lab container mounts emptyDir volumes only {where}"
+            )
+        path = Path(mount.mount_path)
+        if not path.is_absolute():
+            raise ContainerConfigError(
+                f"mountPath {mount.mount_path!r} must be an absolute path {where}"
+            )
+        real = path.resolve()
+        if real == Path("/") or not real.is_dir():
+            raise ContainerConfigError(
+                f"mountPath {mount.mount_path!r}: expected an existing directory other than / of"
+                f" the lab's machine (lab pods share its root file system; the lab creates no"
+                f" mount point) {where}"
+            )
+        limit = volume.empty_dir.size_limit
+        size = quantity.memory_bytes(limit) if limit is not None else None
+        out.append(EmptyDirMount(str(real), size, mount.read_only))
+    return out
+
+
 def pod_limits(spec: core.PodSpec) -> cgrouplimits.Limits:
     """The pod cgroup's limits, kubelet's rule: a resource is limited at the pod level only when
     every container limits it, to the sum of their limits (one unlimited container leaves the
@@ -227,7 +289,8 @@ def container_command(
 ) -> list[str]:
     """The argv a runtime spawns for ``container`` of pod ``pod`` (``namespace/name``): its
     ``command`` + ``args`` behind the pod's mount view (:func:`pod_command`), as its
-    ``securityContext`` user (:func:`run_as`, which may refuse it: ContainerConfigError), in its
+    ``securityContext`` user (:func:`run_as`, which may refuse it: ContainerConfigError), with
+    its ``emptyDir`` mounts (:func:`empty_dir_mounts`, which may refuse them too), in its
     ``workingDir``, as PID 1 of its own PID namespace, having joined ``join_cgroups`` (what
     :func:`ciliary.datapath.linux.cgrouplimits.apply` returned for :func:`pod_limits`). Spawn it
     with :func:`container_env` and into the pod's cgroup as today; the spawned pid is the
@@ -235,6 +298,7 @@ def container_command(
     its process group (:func:`ciliary.lab.process.stop_group`: ``unshare`` does not forward
     signals)."""
     who = run_as(pod, spec, container)
+    empty_dirs = empty_dir_mounts(pod, spec, container)
     for path in keep:
         path.mkdir(parents=True, exist_ok=True)
     return sandbox_argv(
@@ -245,6 +309,7 @@ def container_command(
         working_dir=container.working_dir,
         pid_namespace=True,
         join_cgroups=join_cgroups,
+        empty_dirs=empty_dirs,
     )
 
 
@@ -257,9 +322,11 @@ def exec_argv(netns_path: str | Path, argv: Sequence[str], run_root: Path) -> li
 __all__ = [
     "CONTAINER_PATH",
     "ContainerConfigError",
+    "EmptyDirMount",
     "RunAs",
     "container_command",
     "container_env",
+    "empty_dir_mounts",
     "exec_argv",
     "hidden_dirs",
     "pod_command",

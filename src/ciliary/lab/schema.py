@@ -534,6 +534,11 @@ class Container(core.Container, StrictModel):
     ports: Sequence[ContainerPort] = Field(default_factory=list)
 
 
+class Volume(core.Volume, StrictModel):
+    """``core.Volume``, strict: of the sources a lab pod can mount, ``emptyDir``
+    (``lab.podsandbox``); another source is an unknown field here."""
+
+
 class PodMetadata(StrictModel):
     name: ObjectName
     namespace: ObjectName = "default"
@@ -567,6 +572,7 @@ class PodBody(StrictModel):
     termination_grace_period_seconds: int = Field(default=30, ge=0, le=2**63 - 1)
     security_context: core.PodSecurityContext | None = None
     containers: list[Container] = Field(min_length=1)
+    volumes: list[Volume] = Field(default_factory=list)
 
     @field_validator("containers")
     @classmethod

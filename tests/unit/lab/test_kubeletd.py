@@ -70,6 +70,27 @@ def test_api_pod_security_context_and_limits_reach_the_sandbox() -> None:
     assert sc is not None and (sc.run_as_non_root, sc.run_as_group) == (True, 7)
 
 
+def test_api_pod_volumes_reach_the_sandbox() -> None:
+    """emptyDir volumes and the mounts are carried; another volume source is kept by name only
+    (lab.podsandbox refuses a container that mounts it)."""
+    doc = api_pod(
+        command=["redis-server"],
+        volumeMounts=[{"name": "data", "mountPath": "/var/lib/redis", "readOnly": True}],
+    )
+    doc["spec"]["volumes"] = [
+        {"name": "data", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "conf", "configMap": {"name": "redis"}},
+    ]
+    pod = kubeletd.pod_spec(doc)
+    (c,) = pod.spec.containers
+    assert [(m.name, m.mount_path, m.read_only) for m in c.volume_mounts] == [
+        ("data", "/var/lib/redis", True)
+    ]
+    data, conf = pod.spec.volumes
+    assert data.empty_dir is not None and data.empty_dir.size_limit == "64Mi"
+    assert conf.name == "conf" and conf.empty_dir is None
+
+
 def test_restarts_follow_the_restart_policy_with_crash_loop_back_off() -> None:
     assert kubeletd._restarts("Always", 0) and kubeletd._restarts("Always", 3)
     assert kubeletd._restarts("OnFailure", 3) and kubeletd._restarts("OnFailure", None)

@@ -165,6 +165,67 @@ def test_container_runs_as_its_user_in_its_dir_as_pid_1_limited(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_empty_dir_is_a_fresh_tmpfs_the_user_writes_over_an_existing_directory(
+    tmp_path: Path, pod_cgroup: str
+) -> None:
+    """A non-root container writes into its emptyDir (a tmpfs of its own mount namespace, mode
+    0777, ``sizeLimit`` its size); the machine's directory under it is neither seen nor changed."""
+    under = Path(tempfile.mkdtemp(prefix="ciliary-ed-", dir="/tmp"))
+    try:
+        (under / "host-file").write_text("the machine's\n")
+        script = (
+            f"ls -A {under}; echo hi > {under}/f; cat {under}/f; stat -c %a {under}; df -k {under}"
+        )
+        s = spec(
+            [{"name": "app", "command": ["/bin/sh", "-c", script],
+              "securityContext": {"runAsUser": 1000},
+              "volumeMounts": [{"name": "scratch", "mountPath": str(under)}]}],
+            volumes=[{"name": "scratch", "emptyDir": {"sizeLimit": "8Mi"}}],
+        )  # fmt: skip
+        argv = podsandbox.container_command("t/web", s, s.containers[0], tmp_path / "run")
+        log = tmp_path / "c.log"
+        pid, _ = _spawn(argv, pod_cgroup, log)
+        deadline = time.monotonic() + 10
+        while (code := process.exit_status(pid)) is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        out = log.read_text().splitlines()
+        assert code == 0, out
+        assert out[:2] == ["hi", "777"], out  # empty: the host's file is not there
+        assert out[-1].split()[0] == podsandbox.EMPTY_DIR_FS_NAME, out
+        assert out[-1].split()[1] == str(8 * 1024), out
+        assert sorted(p.name for p in under.iterdir()) == ["host-file"]
+    finally:
+        shutil.rmtree(under, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("mounts", "volumes", "expected"),
+    [
+        ([{"name": "x", "mountPath": "/tmp"}], [], "names no volume"),
+        (
+            [{"name": "x", "mountPath": "/tmp"}],
+            [{"name": "x", "hostPath": {"path": "/"}}],
+            "emptyDir volumes only",
+        ),
+        ([{"name": "x", "mountPath": "tmp"}], [{"name": "x", "emptyDir": {}}], "absolute path"),
+        ([{"name": "x", "mountPath": "/"}], [{"name": "x", "emptyDir": {}}], "other than /"),
+        (
+            [{"name": "x", "mountPath": "/nonexistent/ciliary"}],
+            [{"name": "x", "emptyDir": {}}],
+            "expected an existing directory",
+        ),
+    ],
+)
+def test_empty_dir_mounts_refused_as_kubelet(
+    mounts: list[dict[str, Any]], volumes: list[dict[str, Any]], expected: str
+) -> None:
+    s = spec([{"name": "app", "command": ["true"], "volumeMounts": mounts}], volumes=volumes)
+    with pytest.raises(ContainerConfigError, match=expected) as info:
+        podsandbox.container_command("t/web", s, s.containers[0], Path("/run/ciliary"))
+    assert "pod: 't/web', container: app, volumeMounts[0]" in str(info.value)
+
+
 def test_started_recognised_and_stopped_through_its_group(tmp_path: Path, pod_cgroup: str) -> None:
     loop = "trap 'exit 7' TERM; while :; do sleep 0.1; done"
     s = spec([{"name": "app", "command": ["/bin/sh", "-c", loop]}])

@@ -325,8 +325,12 @@ def test_unknown_field_names_the_path() -> None:
         (lambda d: d["metadata"].update(uid="x"), "metadata.uid"),
         (lambda d: d["spec"].update(hostNetwork=True), "spec.hostNetwork"),
         (
-            lambda d: d["spec"]["containers"][0].update(volumeMounts=[]),
-            "spec.containers[0].volumeMounts",
+            lambda d: d["spec"]["containers"][0].update(volumeDevices=[]),
+            "spec.containers[0].volumeDevices",
+        ),
+        (
+            lambda d: d["spec"].update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
+            "spec.volumes[0].hostPath",
         ),
     ],
 )
@@ -352,6 +356,19 @@ def test_security_context_resources_working_dir_accepted() -> None:
     assert c.working_dir == "/srv"
     sc = parsed.spec.security_context
     assert sc is not None and sc.run_as_non_root is True and sc.run_as_group == 50
+
+
+def test_empty_dir_volumes_accepted() -> None:
+    """emptyDir volumes and their mounts are a lab pod's too (lab.podsandbox mounts them)."""
+    p = pod("db")
+    p["spec"]["volumes"] = [{"name": "data", "emptyDir": {"sizeLimit": "64Mi"}}]
+    p["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/var/lib/x"}]
+    (parsed,) = parse(lab(), p).pods
+    (volume,) = parsed.spec.volumes
+    assert volume.name == "data" and volume.empty_dir is not None
+    assert volume.empty_dir.size_limit == "64Mi"
+    (mount,) = parsed.containers[0].volume_mounts
+    assert (mount.name, mount.mount_path, mount.read_only) == ("data", "/var/lib/x", False)
 
 
 def test_unknown_field_in_the_lab() -> None:
