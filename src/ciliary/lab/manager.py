@@ -1392,26 +1392,28 @@ def _teardown(rec: LabRecord) -> None:
             _collect(errors, cgroup.kill_and_remove, root / rec.supervisor.cgroup)
         with contextlib.suppress(OSError):
             _refresh_supervised(rec)
-    for cluster_process in rec.processes.values():  # the kubelet role before its pods go
-        process.stop(cluster_process.pid, cluster_process.start_time, timeout=5.0)
+    # Each step stops its processes in parallel (one deadline for all), in this order: the
+    # kubelet role (and the controllers) before its pods go, the pods, then the relay and agents.
+    process.stop_all([(p.pid, p.start_time) for p in rec.processes.values()], timeout=5.0)
+    for cluster_process in rec.processes.values():
         if cluster_process.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / cluster_process.cgroup)
     if rec.processes:
         with contextlib.suppress(OSError):
             _refresh_supervised(rec)  # the pods the kubelet role made until it stopped
-    if rec.relay is not None:
-        process.stop(rec.relay.pid, rec.relay.start_time, timeout=5.0)
-        if rec.relay.cgroup and root is not None:
-            _collect(errors, cgroup.kill_and_remove, root / rec.relay.cgroup)
     for prec in list(rec.pods):
         if prec.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / prec.cgroup)
         if prec.cgroup:
             _collect(errors, cgrouplimits.remove_v1, prec.cgroup)
-        for crec in prec.containers:
-            process.stop(crec.pid, crec.pid_start_time, timeout=1.0)
+    containers = [(c.pid, c.pid_start_time) for p in rec.pods for c in p.containers]
+    process.stop_all(containers, timeout=1.0)  # those outside a cgroup (killed above)
+    relay = [(rec.relay.pid, rec.relay.start_time)] if rec.relay is not None else []
+    agents = [(n.agent_pid, n.agent_start_time) for n in rec.nodes]
+    process.stop_all(relay + agents, timeout=5.0)
+    if rec.relay is not None and rec.relay.cgroup and root is not None:
+        _collect(errors, cgroup.kill_and_remove, root / rec.relay.cgroup)
     for nrec in rec.nodes:
-        process.stop(nrec.agent_pid, nrec.agent_start_time, timeout=5.0)
         if nrec.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / nrec.cgroup)
     for prec in rec.pods:

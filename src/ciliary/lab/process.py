@@ -12,29 +12,24 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+# One home for "a process known by pid and start time" and for stopping it (the control plane's
+# etcd and API server use it too): re-exported here, the lab's own name for it.
+from ciliary.processes import alive, start_time, stop, stop_all
 
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot), None if the pid is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return int(fields[19])
-
-
-def alive(pid: int | None, started: int | None) -> bool:
-    if pid is None:
-        return False
-    now = start_time(pid)
-    if now is None or (started is not None and now != started):
-        return False
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            return False
-    return True
+__all__ = [
+    "FORWARDED_SIGNALS",
+    "GROUP_GRACE",
+    "alive",
+    "exit_status",
+    "run_forwarding_signals",
+    "spawn",
+    "start_time",
+    "stop",
+    "stop_all",
+    "stop_group",
+    "venv_bin",
+    "wait_exec",
+]
 
 
 def venv_bin() -> Path:
@@ -204,43 +199,7 @@ def run_forwarding_signals(proc: subprocess.Popen[bytes], grace: float = GROUP_G
     return code if code >= 0 else 128 - code
 
 
-def stop(pid: int | None, started: int | None, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; only if (pid, start time) is still ours."""
-    if pid is None or not alive(pid, started):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid, started):
-            _reap(pid)
-            return
-        _reap(pid)
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _reap(pid)
-
-
 def stop_group(pid: int | None, started: int | None, timeout: float = 5.0) -> None:
     """:func:`stop` for a process group led by ``pid`` (a container behind its PID namespace's
-    ``unshare``, which does not forward signals): SIGTERM to the group, SIGKILL to it after
-    ``timeout``; only if (pid, start time) is still ours."""
-    if pid is None or not alive(pid, started):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid, started):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    ``unshare``, which does not forward signals); only if (pid, start time) is still ours."""
+    stop_all([(pid, started)], timeout, group=True)
