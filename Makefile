@@ -23,7 +23,7 @@ lint: setup
 	$(VENV)/lint-imports
 
 bench: setup
-	$(VENV)/python -m bench.run
+	$(VENV)/python -m bench.run $(if $(GROUP),--only $(GROUP))
 
 clean-lab: setup
 	$(VENV)/ciliary lab down --all

@@ -62,7 +62,9 @@ def _ping_until(prober_ns: str, ip: str, deadline_s: float = 5.0) -> float:
     raise RuntimeError(f"{ip} never became reachable")
 
 
-def _ciliary(pods: int) -> dict[str, list[float]]:
+def ciliary_adds(pods: int) -> dict[str, list[float]]:
+    """``pods`` CNI ADDs through ciliary's plugin on a one-node lab, one after another (ms per
+    pod: ``add``, ``reachable`` and the split of the ADD; see the module docstring)."""
     t = tag()
     out: dict[str, list[float]] = {
         k: [] for k in ("add", "reachable", "plugin", "ipam", "datapath", "return")
@@ -144,7 +146,7 @@ def _bridge(pods: int) -> dict[str, list[float]]:
 
 def run(*, pods: int = 100) -> list[dict[str, Any]]:
     base = _bridge(pods)
-    ours = _ciliary(pods)
+    ours = ciliary_adds(pods)
     results = []
     for q, label in ((0.5, "p50"), (0.99, "p99")):
         results.append({

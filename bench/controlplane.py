@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_seconds, median, tag
+from bench.common import cpu_seconds, median, rss_mib, tag
 from ciliary.client.agent import AgentClient
 from ciliary.core.models import EndpointCreateRequest
 from ciliary.datapath.linux import netns
@@ -71,13 +71,6 @@ spec:
 """
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def _idle(pid: int, samples: int) -> tuple[list[float], list[float]]:
     time.sleep(2)  # settle: the last regenerations, GC
     rss, cpu = [], []
@@ -85,7 +78,7 @@ def _idle(pid: int, samples: int) -> tuple[list[float], list[float]]:
         c0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(1)
         cpu.append((cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100)
-        rss.append(_rss_mib(pid))
+        rss.append(rss_mib(pid))
     return rss, cpu
 
 

@@ -257,6 +257,7 @@ TITLES = {
     "policy": "Network policy engine and rule changes",
     "hubble": "Hubble: flows per node, losses, observe",
     "apiserver": "Kubernetes API server on etcd: writes, watch fan-out, memory",
+    "workloads": "Workloads: a Deployment on two nodes, agent memory, policy change → enforced",
 }
 ABOUT = {
     "hubble": (
@@ -291,6 +292,14 @@ ABOUT = {
         " writes. Memory: the API server process's RSS idle and with 10k ConfigMaps stored,"
         " after one unpaginated list of all of them. Two cores are shared by etcd, the API"
         " server and the clients."
+    ),
+    "workloads": (
+        "A two-node lab with its API server, controller manager, scheduler and kubelet role:"
+        " `kubectl apply` of a Deployment (`sleep infinity` pods) until every pod is Ready, per"
+        " pod from its ADDED to its Ready watch event, against bare CNI ADDs of as many pods"
+        " through `ciliary-cni` in the same run; the agents' RSS as the Deployment grows; a CNP"
+        " on the Deployment's pods flipped with `kubectl apply` until a real SYN on each node"
+        " gets the new verdict. See docs/benchmarks.md."
     ),
 }
 RENDERERS: dict[str, Renderer] = {"datapath": datapath_tables}

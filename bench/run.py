@@ -37,6 +37,7 @@ from bench import (
     policy_bench,
     readme,
     report,
+    workloads,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,6 +96,17 @@ GROUPS = [
         ),
         "Kubernetes API server vs its etcd: create rate, watch fan-out, RSS with 10k objects",
     ),
+    Group(
+        "workloads",
+        lambda a: workloads.run(
+            replicas=a.pods,
+            scale_to=a.scale_to or (a.pods if a.quick else workloads.SCALE_TO),
+            flips=4 if a.quick else workloads.FLIPS,
+            log=_log,
+        ),
+        "kubectl apply of a Deployment → pods Ready vs bare CNI ADD; agent RSS at 0 / 100 /"
+        " 1000 pods; policy change → enforced on both nodes",
+    ),
 ]
 
 
@@ -126,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="reduced sizes, for development")
     parser.add_argument("--rounds", type=int, help="measured rounds per setup (default 5)")
     parser.add_argument("--seconds", type=float, help="seconds per datapath run (default 2)")
-    parser.add_argument("--pods", type=int, help="pods for the CNI ADD benchmark (default 100)")
+    parser.add_argument(
+        "--pods", type=int, help="pods for the CNI ADD and workloads benchmarks (default 100)"
+    )
+    parser.add_argument(
+        "--scale-to", type=int, help="pods for the workloads group's largest RSS level (1000)"
+    )
     parser.add_argument("--readme", action="store_true", help="regenerate the README section")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
