@@ -7,4 +7,5 @@ cleanup() {
     .venv/bin/python -c 'from ciliary.datapath.linux.bpffs import unmount_if_setup_mounted as u; u()'
 }
 trap cleanup EXIT
-.venv/bin/python -m pytest -q tests
+# the slowest 30 in every log, to keep the suite within its 25-minute budget
+.venv/bin/python -m pytest -q --durations=30 tests
