@@ -17,6 +17,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -116,8 +117,10 @@ async def serve(args: argparse.Namespace) -> None:
             if netns_sites is not None:
                 await netns_sites.sync()
     finally:
-        await runner.cleanup()
+        began = time.monotonic()
+        await runner.cleanup()  # ends open watches and log streams at once (APIServer._end_streams)
         await etcd.close()
+        logging.getLogger(__name__).info("stopped in %.2fs", time.monotonic() - began)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,8 +10,11 @@ them. Discovery documents, OpenAPI and Tables come from :mod:`ciliary.k8s` (``di
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,7 @@ class APIServer:
         self.storage = storage
         self.bookmark_interval = bookmark_interval
         self.pod_log_dir = pod_log_dir  # the kubelet role's logs (ciliary.k8s.podlogs layout)
+        self._streams: set[asyncio.Task[Any]] = set()  # the handlers of open watches and log -f
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._errors])
@@ -105,7 +109,25 @@ class APIServer:
         app.router.add_route("*", "/apis/{group}/{version}", self.discovery)
         app.router.add_route("*", "/api/{version}/{tail:.+}", self.core)
         app.router.add_route("*", "/apis/{group}/{version}/{tail:.+}", self.grouped)
+        app.on_shutdown.append(self._end_streams)
         return app
+
+    @contextlib.asynccontextmanager
+    async def _stream(self) -> AsyncIterator[None]:
+        """Marks the current handler as a stream that only ends when the client goes (a watch, a
+        followed log), so that shutdown ends it at once (as kube-apiserver closes its watches)
+        rather than waiting the runner's shutdown_timeout for a handler that never finishes."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            yield
+        finally:
+            self._streams.discard(task)
+
+    async def _end_streams(self, _app: web.Application) -> None:
+        for task in list(self._streams):
+            task.cancel()
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -192,7 +214,8 @@ class APIServer:
         elif target.subresource == "binding" and method == "POST":
             return await self.bind(request, target)
         elif target.subresource == "log" and method == "GET":
-            return await podlogs.serve(request, await self._get(target), self.pod_log_dir)
+            async with self._stream():
+                return await podlogs.serve(request, await self._get(target), self.pod_log_dir)
         raise errors.method_not_allowed()
 
     # ------------------------------------------------------------------------------ reads
@@ -228,18 +251,19 @@ class APIServer:
                     return obj
                 return table.to_table(rt, [obj], include, obj["metadata"]["resourceVersion"])
 
-            return await watch.serve_watch(
-                request,
-                self.storage,
-                rt,
-                target.namespace,
-                match=match,
-                resource_version=rv,
-                bookmarks=watch.parse_bool(q.get("allowWatchBookmarks")),
-                timeout=watch.timeout_seconds(q.get("timeoutSeconds")),
-                bookmark_interval=self.bookmark_interval,
-                render=one,
-            )
+            async with self._stream():
+                return await watch.serve_watch(
+                    request,
+                    self.storage,
+                    rt,
+                    target.namespace,
+                    match=match,
+                    resource_version=rv,
+                    bookmarks=watch.parse_bool(q.get("allowWatchBookmarks")),
+                    timeout=watch.timeout_seconds(q.get("timeoutSeconds")),
+                    bookmark_interval=self.bookmark_interval,
+                    render=one,
+                )
         try:
             limit = int(q.get("limit") or 0)
         except ValueError:
