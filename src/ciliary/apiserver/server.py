@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -353,24 +353,42 @@ class APIServer:
     async def create(self, request: web.Request, target: Target) -> web.Response:
         rt = target.rt
         body = await self._body(request)
-        obj = strategy.prepare_create(rt, body, target.namespace)
+        return await self._create(request, rt, body, target.namespace)
+
+    async def _create(
+        self, request: web.Request, rt: ResourceType, body: Obj, namespace: str | None
+    ) -> web.Response:
+        """A new object from ``body`` (a POST, or an apply of an object that is not there)."""
+        obj = strategy.prepare_create(rt, body, namespace)
         await self._namespace_exists(rt, obj)
         if _dry_run(request):
             return _json(obj, 201)
         return _json(await self.storage.create(rt, obj), 201)
 
     async def update(self, request: web.Request, target: Target) -> web.Response:
+        body = strategy.check_type(target.rt, await self._body(request))
+        precondition = parse_rv(body["metadata"].get("resourceVersion"))
+        return await self._update(
+            request, target, lambda _current: json.loads(json.dumps(body)), precondition
+        )
+
+    async def _update(
+        self,
+        request: web.Request,
+        target: Target,
+        new: Callable[[Obj], Obj],
+        precondition: int | None,
+    ) -> web.Response:
+        """Read-modify-write of the object (of its status for the status subresource): ``new``
+        makes the wanted object from the current one, the update strategy checks it."""
         rt = target.rt
         assert target.name is not None
-        body = await self._body(request)
-        body = strategy.check_type(rt, body)
-        precondition = parse_rv(body["metadata"].get("resourceVersion"))
         status_only = target.subresource == "status"
 
         def change(current: Obj) -> Outcome:
             if status_only:
-                return strategy.prepare_status_update(rt, current, json.loads(json.dumps(body)))
-            return strategy.prepare_update(rt, current, json.loads(json.dumps(body)))
+                return strategy.prepare_status_update(rt, current, new(current))
+            return strategy.prepare_update(rt, current, new(current))
 
         obj, _ = await self.storage.update(
             rt,
@@ -389,37 +407,22 @@ class APIServer:
         if content_type not in patching.PATCH_TYPES:
             raise errors.unsupported_media_type(content_type)
         patch = patching.parse_body(content_type, await request.read())
-        status_only = target.subresource == "status"
-        if content_type == patching.APPLY and status_only is False:
+        if content_type == patching.APPLY and target.subresource != "status":
             existing = await self.storage.get_raw(rt, target.namespace, target.name)
             if existing is None:
                 if not isinstance(patch, dict):
                     raise errors.bad_request("apply configuration must be an object")
                 patch.setdefault("metadata", {})["name"] = target.name
-                obj = strategy.prepare_create(rt, patch, target.namespace)
-                await self._namespace_exists(rt, obj)
-                if _dry_run(request):
-                    return _json(obj, 201)
-                return _json(await self.storage.create(rt, obj), 201)
+                return await self._create(request, rt, patch, target.namespace)
         precondition = None
         if isinstance(patch, dict) and isinstance(patch.get("metadata"), dict):
             precondition = parse_rv(patch["metadata"].get("resourceVersion"))
-
-        def change(current: Obj) -> Outcome:
-            patched = patching.apply_patch(rt, content_type, current, patch)
-            if status_only:
-                return strategy.prepare_status_update(rt, current, patched)
-            return strategy.prepare_update(rt, current, patched)
-
-        obj, _ = await self.storage.update(
-            rt,
-            target.namespace,
-            target.name,
-            change,
-            precondition_rv=precondition,
-            dry_run=_dry_run(request),
+        return await self._update(
+            request,
+            target,
+            lambda current: patching.apply_patch(rt, content_type, current, patch),
+            precondition,
         )
-        return _json(obj)
 
     async def scale(self, request: web.Request, target: Target) -> web.Response:
         rt = target.rt
