@@ -141,64 +141,50 @@ def error_message(err: Any) -> tuple[list[str | int], str]:
     return loc, message
 
 
-def dns_label(max_len: int) -> Callable[[str], str]:
+def checked(valid: Callable[[str], bool], expectation: str) -> Callable[[str], str]:
+    """A field check: the value itself when ``valid``, else the one-line error
+    ``expected <expectation>, got <value>``."""
+
     def check(value: str) -> str:
-        if not is_dns1123_label(value, max_len):
-            raise ValueError(
-                "expected a DNS-1123 label (lowercase letters, digits and '-', starting and ending"
-                f" with a letter or digit, at most {max_len} characters), got {show(value)}"
-            )
+        if not valid(value):
+            raise ValueError(f"expected {expectation}, got {show(value)}")
         return value
 
     return check
 
 
-def label_key(value: str) -> str:
-    expected = (
-        "expected a label key ([prefix/]name: name at most 63 characters of letters, digits,"
-        " '-', '_' and '.', starting and ending with a letter or digit; optional prefix a DNS"
-        f" subdomain), got {show(value)}"
+def dns_label(max_len: int) -> Callable[[str], str]:
+    return checked(
+        lambda value: is_dns1123_label(value, max_len),
+        "a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter"
+        f" or digit, at most {max_len} characters)",
     )
-    if label_key_fault(value) is not None:
-        raise ValueError(expected)
-    return value
 
 
-def label_value(value: str) -> str:
-    if not is_label_value(value):
-        raise ValueError(
-            "expected a label value (empty, or at most 63 characters of letters, digits, '-', '_'"
-            f" and '.', starting and ending with a letter or digit), got {show(value)}"
-        )
-    return value
-
-
-def dns_subdomain(value: str) -> str:
-    if not is_dns1123_subdomain(value):
-        raise ValueError(
-            "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each"
-            " dot-separated part starting and ending with a letter or digit, at most 253"
-            f" characters), got {show(value)}"
-        )
-    return value
-
-
-def port_name(value: str) -> str:
-    if not is_port_name(value):
-        raise ValueError(
-            "expected a port name (at most 15 lowercase letters, digits and '-', with at least one"
-            f" letter, no '--', not starting or ending with '-'), got {show(value)}"
-        )
-    return value
-
-
-def env_name(value: str) -> str:
-    if not is_env_var_name(value):
-        raise ValueError(
-            "expected an environment variable name (letters, digits, '_', '-' and '.', not"
-            f" starting with a digit), got {show(value)}"
-        )
-    return value
+label_key = checked(
+    lambda value: label_key_fault(value) is None,
+    "a label key ([prefix/]name: name at most 63 characters of letters, digits, '-', '_' and"
+    " '.', starting and ending with a letter or digit; optional prefix a DNS subdomain)",
+)
+label_value = checked(
+    is_label_value,
+    "a label value (empty, or at most 63 characters of letters, digits, '-', '_' and '.',"
+    " starting and ending with a letter or digit)",
+)
+dns_subdomain = checked(
+    is_dns1123_subdomain,
+    "a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each dot-separated part"
+    " starting and ending with a letter or digit, at most 253 characters)",
+)
+port_name = checked(
+    is_port_name,
+    "a port name (at most 15 lowercase letters, digits and '-', with at least one letter, no"
+    " '--', not starting or ending with '-')",
+)
+env_name = checked(
+    is_env_var_name,
+    "an environment variable name (letters, digits, '_', '-' and '.', not starting with a digit)",
+)
 
 
 class StrictModel(BaseModel):
