@@ -11,11 +11,11 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
 from pathlib import Path
 
+from ciliary.hubble.cliflags import parse_go_duration
 from ciliary.hubble.relay.observer import ObserverConfig
 from ciliary.hubble.relay.pool import (
     ClientTLSConfig,
@@ -34,9 +34,6 @@ from ciliary.hubble.server import remove_stale_socket
 
 log = logging.getLogger("ciliary.hubble.relay")
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 def parse_duration(text: str) -> float:
     """Go duration (``1m30s``, ``250ms``) or plain seconds → seconds; must be positive."""
@@ -44,16 +41,12 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
-        pos, seconds = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-            pos = m.end()
-        if pos != len(text) or not text:
+        nanoseconds = parse_go_duration(text)
+        if nanoseconds is None:
             raise argparse.ArgumentTypeError(
                 f"invalid duration {text!r} (e.g. 500ms, 5s, 1m, or seconds)"
             ) from None
+        seconds = nanoseconds / 1e9
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"duration must be positive, not {text!r}")
     return seconds
