@@ -22,6 +22,7 @@ from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.hubble import AgentHubble
 from ciliary.agent.identity import IdentityAllocator, LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
+from ciliary.agent.ipam.kubestore import KubeDatastore
 from ciliary.agent.k8s import ciliumendpoints
 from ciliary.agent.k8s.ciliumendpoints import EndpointSync
 from ciliary.agent.k8s.identity import CRDIdentityAllocator
@@ -59,6 +60,7 @@ class Agent:
         self.started = time.monotonic()
         self.datapath = NodeDatapath(cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max)
         self.store = FileStore(cfg.cluster_store) if cfg.cluster_store else None
+        self.ipam_datastore: KubeDatastore | None = None
         self.ipam = self._make_ipam(cfg)
         self.identities: IdentityAllocator = LocalIdentityAllocator(
             cfg.state_dir / "identities.json"
@@ -102,9 +104,10 @@ class Agent:
         self._stop = asyncio.Event()
 
     def _make_ipam(self, cfg: AgentConfig) -> IPAM:
-        if cfg.ipam_mode == "pools":
-            assert self.store is not None  # enforced by main
-            return PoolsIPAM(cfg.node, cfg.node_labels, self.store)
+        if cfg.ipam_mode == "pools":  # Calico's pools and blocks live in the API (main checks)
+            self.ipam_datastore = KubeDatastore(cfg.kubeconfig)
+            self.ipam_datastore.start()
+            return PoolsIPAM(cfg.node, cfg.node_labels, self.ipam_datastore)
         return ClusterPoolIPAM(
             cfg.node, cfg.ipv4_range, cfg.ipv6_range, cfg.state_dir / "ipam-allocations.json"
         )
@@ -262,6 +265,8 @@ class Agent:
             for task in list(self._tasks):
                 task.cancel()
             await self._disconnect_kubernetes()
+            if self.ipam_datastore is not None:
+                await asyncio.to_thread(self.ipam_datastore.close)
             self.datapath.close()
 
     async def _ct_gc(self) -> None:

@@ -239,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.ipam == "cluster-pool" and args.ipv4_range is None and args.ipv6_range is None:
         print("ciliary-agent: need --ipv4-range and/or --ipv6-range", file=sys.stderr)
         return 2
-    if args.ipam == "pools" and args.cluster_store is None:
-        print("ciliary-agent: --ipam pools needs --cluster-store", file=sys.stderr)
+    if args.ipam == "pools" and args.kubeconfig is None and not os.environ.get(SERVICE_HOST_ENV):
+        print(
+            "ciliary-agent: --ipam pools needs a Kubernetes API (--kubeconfig, or run in a pod):"
+            " Calico's IP pools and IPAM blocks are API objects",
+            file=sys.stderr,
+        )
         return 2
     try:
         node_labels = dict(kv.split("=", 1) for kv in args.node_labels.split(",") if kv)

@@ -266,6 +266,20 @@ RESOURCES: tuple[ResourceType, ...] = (
         (),
         custom=True,
     ),
+    # Calico IPAM's state in the Kubernetes datastore: one object per block of a pool (name =
+    # the CIDR with '.', ':' and '/' as '-', Calico's CIDRToName), changed by agents with
+    # optimistic concurrency (resourceVersion preconditions, 409 → re-read and retry)
+    ResourceType(
+        "crd.projectcalico.org",
+        "v1",
+        "IPAMBlock",
+        "ipamblocks",
+        "ipamblock",
+        False,
+        (),
+        (),
+        custom=True,
+    ),
 )
 
 

@@ -514,9 +514,10 @@ def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
         labels.setdefault("kubernetes.io/metadata.name", ns_name)
         store.put("namespaces", ns_name, _k8s_object("Namespace", ns_name, labels=labels))
     if lab_file.ipam_mode == "pools":
-        for pool in lab_file.ip_pools:
-            store.put("ippools", pool.name, pool.to_calico_json())
-        store.put("ipamconfigs", "default", lab_file.ipam_config.to_calico_json())
+        # Calico's pools are API objects that the agents' IPAM informers read: in the API server
+        # before any agent starts (the file's manifests, applied later, hold them again: no-op)
+        pools = [pool.to_calico_json() for pool in lab_file.ip_pools]
+        _apply_manifests(rec, [*pools, lab_file.ipam_config.to_calico_json()])
     _save(rec)
 
 

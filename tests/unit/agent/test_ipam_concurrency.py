@@ -1,4 +1,6 @@
-"""Two agents (processes) allocating from the same pools at once through one FileStore.
+"""Two agents (threads) allocating from the same pools at once through one datastore with the
+API server's resourceVersion/409 contract (``MemoryDatastore``; the same scenario against a real
+API server is tests/integration/agent/test_ipam_kube.py).
 
 Phase 1 races both nodes for blocks: no address is handed out twice and every block is affine to
 exactly the node whose allocations it holds. Phase 2 has node A ask for more than is left while B
@@ -8,17 +10,17 @@ takes one: A fills its blocks, claims the free ones, then borrows B's free addre
 
 from __future__ import annotations
 
-import multiprocessing
+import queue
+import threading
 from collections import Counter
 from ipaddress import ip_address, ip_network
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ciliary.agent.ipam import IPAMError, PoolsIPAM
+from ciliary.agent.ipam.datastore import IPAMDatastore, MemoryDatastore
 from ciliary.core.models import IPAMAllocateRequest
-from ciliary.kvstore import FileStore
 
 # 8 blocks of 8 addresses per family; each node's router claims one block
 V4, V6 = "10.0.0.0/26", "fd00::/122"
@@ -26,10 +28,10 @@ BLOCK_V4, BLOCK_V6 = 29, 125
 PHASE1 = 20  # per node: 21 addresses with the router, 3 blocks each, no borrowing needed
 
 
-def _agent(root: str, node: str, phases: list[int], barrier: Any, out: Any) -> None:
+def _agent(store: IPAMDatastore, node: str, phases: list[int], barrier: Any, out: Any) -> None:
     """One agent: allocate ``phases[i]`` dual-stack owners after each barrier; report."""
     try:
-        ipam = PoolsIPAM(node, {"kubernetes.io/hostname": node}, FileStore(Path(root)))
+        ipam = PoolsIPAM(node, {"kubernetes.io/hostname": node}, store)
         results: list[list[tuple[str, int, str, str | None]]] = []
         errors: list[list[str]] = []
         for phase, count in enumerate(phases):
@@ -49,44 +51,49 @@ def _agent(root: str, node: str, phases: list[int], barrier: Any, out: Any) -> N
         out.put((node, str(ipam.router_v4), str(ipam.router_v6), results, errors))
     except BaseException as err:  # reported to the test, which fails with it
         out.put((node, "crash", repr(err), [], []))
-        raise
 
 
-def _run(
-    tmp_path: Path, strict: bool, phases: dict[str, list[int]]
-) -> tuple[dict[str, Any], FileStore]:
-    root = tmp_path / "store"
-    store = FileStore(root)
-    store.put("ippools", "v4", {"spec": {"cidr": V4, "blockSize": BLOCK_V4}})
-    store.put("ippools", "v6", {"spec": {"cidr": V6, "blockSize": BLOCK_V6}})
-    store.put("ipamconfigs", "default", {"spec": {"strictAffinity": strict}})
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(len(phases))
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_agent, args=(str(root), node, counts, barrier, out))
+def seed(put_pool: Any, put_config: Any, strict: bool) -> None:
+    """The scenario's pools and configuration, through ``put_pool``/``put_config``."""
+    for name, cidr, size in (("v4", V4, BLOCK_V4), ("v6", V6, BLOCK_V6)):
+        put_pool({"metadata": {"name": name}, "spec": {"cidr": cidr, "blockSize": size}})
+    put_config({"metadata": {"name": "default"}, "spec": {"strictAffinity": strict}})
+
+
+def run_agents(stores: dict[str, IPAMDatastore], phases: dict[str, list[int]]) -> dict[str, Any]:
+    """Each node's agent in a thread of its own, on its own datastore (or a shared one)."""
+    barrier = threading.Barrier(len(phases))
+    out: queue.Queue[Any] = queue.Queue()
+    threads = [
+        threading.Thread(target=_agent, args=(stores[node], node, counts, barrier, out))
         for node, counts in phases.items()
     ]
-    for p in procs:
-        p.start()
+    for t in threads:
+        t.start()
     reports: dict[str, Any] = {}
-    for _ in procs:
-        node, r4, r6, results, errors = out.get(timeout=60)
+    for _ in threads:
+        node, r4, r6, results, errors = out.get(timeout=120)
         assert r4 != "crash", f"agent {node} crashed: {r6}"
         reports[node] = {"routers": (r4, r6), "results": results, "errors": errors}
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
-    return reports, store
+    for t in threads:
+        t.join(timeout=30)
+    return reports
 
 
-def _blocks(store: FileStore) -> dict[str, dict[str, Any]]:
-    return store.list("ipamblocks")
+def slots(blocks: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Address → (node, owner) of every allocation recorded in IPAMBlock objects."""
+    out: dict[str, tuple[str, str]] = {}
+    for block in blocks:
+        spec = block["spec"]
+        base = ip_network(spec["cidr"]).network_address
+        for ordinal, index in enumerate(spec["allocations"]):
+            if index is not None:
+                attr = spec["attributes"][index]
+                out[str(base + ordinal)] = (attr["secondary"]["node"], attr["handle_id"])
+    return out
 
 
-@pytest.mark.parametrize("strict", [False, True], ids=["borrowing", "strict-affinity"])
-def test_two_agents_share_pools(tmp_path: Path, strict: bool) -> None:
-    reports, store = _run(tmp_path, strict, {"a": [PHASE1, 30], "b": [PHASE1, 1]})
+def check_two_agents(reports: dict[str, Any], blocks: list[dict[str, Any]], strict: bool) -> None:
     a, b = reports["a"], reports["b"]
 
     # phase 1: both got everything, dual stack, and no address twice
@@ -100,16 +107,11 @@ def test_two_agents_share_pools(tmp_path: Path, strict: bool) -> None:
     ]
     assert len(everything) == len(set(everything)), "an address was handed out twice"
 
-    blocks = _blocks(store)
     assert len(blocks) == 16  # every block of both pools is claimed in the end
-    node_of_block = {name: doc["affinity"] for name, doc in blocks.items()}
+    node_of_block = {blk["spec"]["cidr"]: blk["spec"]["affinity"] for blk in blocks}
     assert set(node_of_block.values()) == {"host:a", "host:b"}
-    # the store agrees with what the agents were told, and records who allocated
-    in_store = {
-        addr: (slot["node"], slot["owner"])
-        for doc in blocks.values()
-        for addr, slot in doc["allocations"].items()
-    }
+    # the datastore agrees with what the agents were told, and records who allocated
+    in_store = slots(blocks)
     assert len(in_store) == len(everything)
     for node, r in (("a", a), ("b", b)):
         for phase in r["results"]:
@@ -130,8 +132,11 @@ def test_two_agents_share_pools(tmp_path: Path, strict: bool) -> None:
     assert all(
         e.startswith("exhausted: IP pool 'v4' (10.0.0.0/26) is exhausted") for e in a["errors"][1]
     )
-    full = {name: len(doc["allocations"]) == 8 for name, doc in blocks.items()}
-    assert all(full[name] for name, node in node_of_block.items() if node == "host:a")
+    full = {
+        blk["spec"]["cidr"]: sum(i is not None for i in blk["spec"]["allocations"]) == 8
+        for blk in blocks
+    }
+    assert all(full[cidr] for cidr, node in node_of_block.items() if node == "host:a")
     if strict:
         assert borrowed == []
         assert not all(full.values()), "b's blocks keep free addresses a may not borrow"
@@ -140,3 +145,11 @@ def test_two_agents_share_pools(tmp_path: Path, strict: bool) -> None:
         assert borrowed, "a should have borrowed from b's blocks"
         assert all(full.values())
         assert granted == 64 - 2 - 2 * PHASE1 - 1  # everything that was left
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["borrowing", "strict-affinity"])
+def test_two_agents_share_pools(strict: bool) -> None:
+    store = MemoryDatastore()
+    seed(store.put_pool, store.put_config, strict)
+    reports = run_agents({"a": store, "b": store}, {"a": [PHASE1, 30], "b": [PHASE1, 1]})
+    check_two_agents(reports, store.blocks(), strict)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from ipaddress import IPv4Address, IPv6Address
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,8 @@ from ciliary.agent.ipam import (
     pool_from_document,
     router_owner,
 )
+from ciliary.agent.ipam.datastore import MemoryDatastore
+from ciliary.agent.main import main as agent_main
 from ciliary.core.models import IPAllocation, IPAMAllocateRequest
 from ciliary.k8s.calico import (
     IPV4_POOLS_ANNOTATION,
@@ -25,7 +26,6 @@ from ciliary.k8s.calico import (
     REQUESTED_IPS_ANNOTATION,
     IPAMConfiguration,
 )
-from ciliary.kvstore import FileStore
 
 
 def req(owner: str, **kw: object) -> IPAMAllocateRequest:
@@ -41,12 +41,12 @@ def pool_doc(name: str, cidr: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def add_pool(store: FileStore, name: str, cidr: str, **spec: Any) -> None:
-    store.put("ippools", name, pool_doc(name, cidr, **spec))
+def add_pool(store: MemoryDatastore, name: str, cidr: str, **spec: Any) -> None:
+    store.put_pool(pool_doc(name, cidr, **spec))
 
 
-def set_config(store: FileStore, **spec: Any) -> None:
-    store.put("ipamconfigs", "default", {"spec": spec})
+def set_config(store: MemoryDatastore, **spec: Any) -> None:
+    store.put_config({"metadata": {"name": "default"}, "spec": spec})
 
 
 def addrs(allocs: list[IPAllocation]) -> list[str]:
@@ -54,12 +54,12 @@ def addrs(allocs: list[IPAllocation]) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> FileStore:
-    return FileStore(tmp_path / "store")
+def store() -> MemoryDatastore:
+    return MemoryDatastore()
 
 
 @pytest.fixture
-def dual(store: FileStore) -> FileStore:
+def dual(store: MemoryDatastore) -> MemoryDatastore:
     """A /28 and a /124 pool in /30 and /126 blocks: 4 blocks of 4 addresses per family."""
     add_pool(store, "v4", "10.0.0.0/28", blockSize=30)
     add_pool(store, "v6", "fd00::/124", blockSize=126)
@@ -169,7 +169,7 @@ def test_overlapping_pools_are_refused() -> None:
         load_pools(docs)
 
 
-def test_ipam_config_defaults_and_validation(store: FileStore) -> None:
+def test_ipam_config_defaults_and_validation(store: MemoryDatastore) -> None:
     defaults = ipam_config_from_document(None)
     assert (defaults.spec.strict_affinity, defaults.spec.max_blocks_per_host) == (False, 20)
     assert defaults.spec.auto_allocate_blocks
@@ -177,16 +177,16 @@ def test_ipam_config_defaults_and_validation(store: FileStore) -> None:
     assert (cfg.spec.strict_affinity, cfg.spec.max_blocks_per_host) == (True, 3)
     assert ipam_config_from_document(cfg.to_calico_json()) == cfg
     assert isinstance(cfg, IPAMConfiguration)
-    with pytest.raises(IPAMError, match=r"ipamconfigs/default is invalid: spec\.maxBlocksPerHost"):
+    with pytest.raises(IPAMError, match=r"'default' is invalid: spec\.maxBlocksPerHost"):
         ipam_config_from_document({"spec": {"maxBlocksPerHost": -1}})
     # Calico reads one configuration, named default (the agent used to take any name)
     with pytest.raises(IPAMError, match=r"metadata\.name: expected 'default'"):
         ipam_config_from_document({"metadata": {"name": "other"}, "spec": {}})
 
 
-def test_invalid_pool_in_store_fails_allocation_clearly(dual: FileStore) -> None:
+def test_invalid_pool_in_store_fails_allocation_clearly(dual: MemoryDatastore) -> None:
     ipam = PoolsIPAM("n1", {}, dual)
-    dual.put("ippools", "bad", pool_doc("bad", "10.9.0.0/24", blockSize=40))
+    dual.put_pool(pool_doc("bad", "10.9.0.0/24", blockSize=40))
     with pytest.raises(IPAMError, match=r"IP pool 'bad' is invalid: spec\.blockSize: expected"):
         ipam.allocate(req("c1/eth0"))
 
@@ -194,7 +194,7 @@ def test_invalid_pool_in_store_fails_allocation_clearly(dual: FileStore) -> None
 # -- routers and blocks ----------------------------------------------------------------------
 
 
-def test_routers_claim_the_first_block(dual: FileStore) -> None:
+def test_routers_claim_the_first_block(dual: MemoryDatastore) -> None:
     ipam: IPAM = PoolsIPAM("n1", {}, dual)
     assert ipam.mode == "pools"
     assert ipam.router_v4 == IPv4Address("10.0.0.1")
@@ -215,7 +215,7 @@ def test_routers_claim_the_first_block(dual: FileStore) -> None:
     ]
 
 
-def test_restart_keeps_router_and_allocations(dual: FileStore) -> None:
+def test_restart_keeps_router_and_allocations(dual: MemoryDatastore) -> None:
     ipam = PoolsIPAM("n1", {}, dual)
     ipam.allocate(req("c1/eth0"))
     again = PoolsIPAM("n1", {}, dual)
@@ -224,7 +224,7 @@ def test_restart_keeps_router_and_allocations(dual: FileStore) -> None:
     assert len(again.listing().blocks) == 2
 
 
-def test_node_selector_picks_pools(store: FileStore) -> None:
+def test_node_selector_picks_pools(store: MemoryDatastore) -> None:
     add_pool(store, "east", "10.1.0.0/24", nodeSelector='zone == "east"', blockSize=28)
     add_pool(store, "west", "10.2.0.0/24", nodeSelector='zone == "west"', blockSize=28)
     add_pool(store, "v6east", "fd00::/120", nodeSelector='zone in {"east"}', blockSize=124)
@@ -243,7 +243,7 @@ def test_node_selector_picks_pools(store: FileStore) -> None:
         nowhere.allocate(req("c1/eth0"))
 
 
-def test_fills_own_blocks_then_claims_lowest_free_block(dual: FileStore) -> None:
+def test_fills_own_blocks_then_claims_lowest_free_block(dual: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, dual)
     PoolsIPAM("n2", {}, dual)  # takes 10.0.0.4/30
     got = [addrs(n1.allocate(req(f"c{i}/eth0", families=[4])))[0] for i in range(4)]
@@ -259,7 +259,7 @@ def test_fills_own_blocks_then_claims_lowest_free_block(dual: FileStore) -> None
     }
 
 
-def test_borrows_when_pool_has_no_free_block(dual: FileStore) -> None:
+def test_borrows_when_pool_has_no_free_block(dual: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, dual)
     n2 = PoolsIPAM("n2", {}, dual)
     # n1: 3 in its first block + 4 + 4 in the two remaining blocks = 11 pod addresses
@@ -281,7 +281,7 @@ def test_borrows_when_pool_has_no_free_block(dual: FileStore) -> None:
     assert addrs(n1.allocate(req("b3/eth0", families=[4]))) == [borrowed[0].address]
 
 
-def test_strict_affinity_never_borrows(dual: FileStore) -> None:
+def test_strict_affinity_never_borrows(dual: MemoryDatastore) -> None:
     set_config(dual, strictAffinity=True)
     n1 = PoolsIPAM("n1", {}, dual)
     PoolsIPAM("n2", {}, dual)
@@ -296,7 +296,7 @@ def test_strict_affinity_never_borrows(dual: FileStore) -> None:
     assert info.value.kind == "conflict"
 
 
-def test_max_blocks_per_host_then_borrow(dual: FileStore) -> None:
+def test_max_blocks_per_host_then_borrow(dual: MemoryDatastore) -> None:
     set_config(dual, maxBlocksPerHost=1)
     n1 = PoolsIPAM("n1", {}, dual)
     n2 = PoolsIPAM("n2", {}, dual)
@@ -310,7 +310,7 @@ def test_max_blocks_per_host_then_borrow(dual: FileStore) -> None:
         n1.allocate(req("c9/eth0", families=[4]))
 
 
-def test_pools_tried_in_name_order(store: FileStore) -> None:
+def test_pools_tried_in_name_order(store: MemoryDatastore) -> None:
     add_pool(store, "b", "10.2.0.0/30", blockSize=30)
     add_pool(store, "a", "10.1.0.0/30", blockSize=30)
     n1 = PoolsIPAM("n1", {}, store)
@@ -321,7 +321,7 @@ def test_pools_tried_in_name_order(store: FileStore) -> None:
         n1.allocate(req("c9/eth0"))
 
 
-def test_dual_stack_all_or_nothing(store: FileStore) -> None:
+def test_dual_stack_all_or_nothing(store: MemoryDatastore) -> None:
     add_pool(store, "v4", "10.0.0.0/24", blockSize=28)
     add_pool(store, "v6", "fd00::/126", blockSize=126)  # router + 3 pods
     n1 = PoolsIPAM("n1", {}, store)
@@ -338,7 +338,7 @@ def test_dual_stack_all_or_nothing(store: FileStore) -> None:
 
 
 @pytest.fixture
-def colors(store: FileStore) -> FileStore:
+def colors(store: MemoryDatastore) -> MemoryDatastore:
     add_pool(store, "a-default", "10.0.0.0/24", blockSize=28)
     add_pool(store, "blue", "10.1.0.0/24", blockSize=28)
     add_pool(store, "blue6", "fd01::/120", blockSize=124)
@@ -349,13 +349,13 @@ def colors(store: FileStore) -> FileStore:
     return store
 
 
-def test_default_pools_skip_disabled_and_manual(colors: FileStore) -> None:
+def test_default_pools_skip_disabled_and_manual(colors: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     assert str(n1.router_v4) == "10.0.0.1" and str(n1.router_v6) == "fd00::1"
     assert [a.pool for a in n1.allocate(req("c1/eth0"))] == ["a-default", "a-default6"]
 
 
-def test_explicit_pools(colors: FileStore) -> None:
+def test_explicit_pools(colors: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     got = n1.allocate(req("c1/eth0", pools=["blue"]))
     assert [(a.pool, a.gateway) for a in got] == [("blue", "10.0.0.1"), ("a-default6", "fd00::1")]
@@ -371,7 +371,9 @@ def test_explicit_pools(colors: FileStore) -> None:
         (["elsewhere"], "invalid", "does not select node n1 (nodeSelector 'zone == \"far\"')"),
     ],
 )
-def test_explicit_pool_errors(colors: FileStore, pools: list[str], kind: str, message: str) -> None:
+def test_explicit_pool_errors(
+    colors: MemoryDatastore, pools: list[str], kind: str, message: str
+) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     with pytest.raises(IPAMError) as info:
         n1.allocate(req("c1/eth0", pools=pools))
@@ -379,7 +381,7 @@ def test_explicit_pool_errors(colors: FileStore, pools: list[str], kind: str, me
     assert message in str(info.value)
 
 
-def test_pool_annotations(colors: FileStore) -> None:
+def test_pool_annotations(colors: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     ann = {IPV4_POOLS_ANNOTATION: '["blue"]', IPV6_POOLS_ANNOTATION: '["blue6"]'}
     assert [a.pool for a in n1.allocate(req("c1/eth0"), pod_annotations=ann)] == [
@@ -401,7 +403,9 @@ def test_pool_annotations(colors: FileStore) -> None:
         ({REQUESTED_IPS_ANNOTATION: '["10.9.9.9"]'}, "invalid", "10.9.9.9 is not in any IP pool"),
     ],
 )
-def test_bad_annotations(colors: FileStore, ann: dict[str, str], kind: str, message: str) -> None:
+def test_bad_annotations(
+    colors: MemoryDatastore, ann: dict[str, str], kind: str, message: str
+) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     with pytest.raises(IPAMError) as info:
         n1.allocate(req("c1/eth0"), pod_annotations=ann)
@@ -409,7 +413,7 @@ def test_bad_annotations(colors: FileStore, ann: dict[str, str], kind: str, mess
     assert message in str(info.value)
 
 
-def test_requested_addresses(colors: FileStore) -> None:
+def test_requested_addresses(colors: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     n2 = PoolsIPAM("n2", {}, colors)
     ann = {REQUESTED_IPS_ANNOTATION: json.dumps(["10.1.0.77", "fd01::77"])}
@@ -440,7 +444,7 @@ def test_requested_addresses(colors: FileStore) -> None:
     ],
 )
 def test_bad_requested_addresses(
-    colors: FileStore, requested: str, pools: list[str] | None, kind: str, message: str
+    colors: MemoryDatastore, requested: str, pools: list[str] | None, kind: str, message: str
 ) -> None:
     n1 = PoolsIPAM("n1", {}, colors)
     n1.allocate(req("taken/eth0", requested=["10.1.0.77"]))
@@ -450,13 +454,16 @@ def test_bad_requested_addresses(
     assert message in str(info.value)
 
 
-def test_reserved_addresses_are_never_handed_out(store: FileStore) -> None:
+def test_reserved_addresses_are_never_handed_out(store: MemoryDatastore) -> None:
     add_pool(store, "p", "10.0.0.0/29", blockSize=29)
-    store.put(
-        "ipamblocks",
-        "10.0.0.0/29",
-        {"cidr": "10.0.0.0/29", "pool": "p", "affinity": None, "allocations": {},
-         "reserved": ["10.0.0.0", "10.0.0.7", "10.0.0.3"]},
+    # as an admin pre-creates it: no affinity, three addresses held back
+    store.create_block(
+        {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
+         "metadata": {"name": "10-0-0-0-29"},
+         "spec": {"cidr": "10.0.0.0/29", "affinity": None,
+                  "allocations": [0, None, None, 0, None, None, None, 0],
+                  "unallocated": [1, 2, 4, 5, 6],
+                  "attributes": [{"handle_id": "ipam-reserved", "secondary": None}]}}
     )  # fmt: skip
     n1 = PoolsIPAM("n1", {}, store)
     assert str(n1.router_v4) == "10.0.0.1"  # the unaffine block was claimed
@@ -469,7 +476,7 @@ def test_reserved_addresses_are_never_handed_out(store: FileStore) -> None:
         n1.allocate(req("c9/eth0", requested=["10.0.0.3"]))
 
 
-def test_idempotent_per_owner(dual: FileStore) -> None:
+def test_idempotent_per_owner(dual: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, dual)
     first = n1.allocate(req("c1/eth0"))
     assert n1.allocate(req("c1/eth0")) == first
@@ -482,7 +489,7 @@ def test_idempotent_per_owner(dual: FileStore) -> None:
     assert n2.allocate(req("c1/eth0")) != first
 
 
-def test_release_and_gc(dual: FileStore) -> None:
+def test_release_and_gc(dual: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, dual)
     n2 = PoolsIPAM("n2", {}, dual)
     a = n1.allocate(req("a/eth0"))
@@ -499,7 +506,7 @@ def test_release_and_gc(dual: FileStore) -> None:
         n1.release(router_owner("n1"))
 
 
-def test_listing(dual: FileStore) -> None:
+def test_listing(dual: MemoryDatastore) -> None:
     set_config(dual, strictAffinity=False)
     n1 = PoolsIPAM("n1", {}, dual)
     PoolsIPAM("n2", {}, dual)
@@ -519,20 +526,55 @@ def test_listing(dual: FileStore) -> None:
     assert {a.owner for a in listing.allocations} == {"a/eth0", router_owner("n1")}
 
 
-def test_block_documents(dual: FileStore) -> None:
+def test_block_objects_are_calicos(dual: MemoryDatastore) -> None:
     n1 = PoolsIPAM("n1", {}, dual)
     n1.allocate(req("a/eth0", kind="endpoint"))
-    doc = dual.get("ipamblocks", "10.0.0.0/30")
-    assert doc is not None
-    assert doc["affinity"] == "host:n1" and doc["pool"] == "v4"
-    assert doc["allocations"]["10.0.0.2"] == {
-        "owner": "a/eth0",
-        "kind": "endpoint",
-        "created_at": doc["allocations"]["10.0.0.2"]["created_at"],
-        "node": "n1",
-    }
-    dual.put("ipamblocks", "10.0.0.4/30", {"cidr": "10.0.0.8/30", "pool": "v4"})
+    blocks = {b["metadata"]["name"]: b for b in dual.blocks()}
+    assert set(blocks) == {"10-0-0-0-30", "fd00---126"}  # Calico's CIDRToName
+    block = blocks["10-0-0-0-30"]
+    assert (block["apiVersion"], block["kind"]) == ("crd.projectcalico.org/v1", "IPAMBlock")
+    spec = block["spec"]
+    assert (spec["cidr"], spec["affinity"]) == ("10.0.0.0/30", "host:n1")
+    # ordinals: .1 the router, .2 the pod; the free ones in hand-out order
+    assert spec["allocations"] == [None, 0, 1, None]
+    assert spec["unallocated"] == [3, 0]
+    assert [a["handle_id"] for a in spec["attributes"]] == [router_owner("n1"), "a/eth0"]
+    assert spec["attributes"][1]["secondary"]["node"] == "n1"
+    assert spec["attributes"][1]["secondary"]["kind"] == "endpoint"
+    bad = {**blocks["10-0-0-0-30"], "spec": {**spec, "cidr": "10.0.0.8/30"}}
+    dual.update_block(bad)
     with pytest.raises(
-        IPAMError, match=r"IPAM block 10\.0\.0\.4/30 is invalid: cidr 10\.0\.0\.8/30"
+        IPAMError, match=r"IPAMBlock 10-0-0-0-30 is invalid: spec\.cidr 10\.0\.0\.8/30 does not"
     ):
         n1.allocations()
+
+
+def test_lost_races_are_retried_on_a_fresh_read(dual: MemoryDatastore) -> None:
+    """A write whose resourceVersion is stale is refused (409) and the operation re-runs: the
+    allocation made in between by another node is kept, and nothing is handed out twice."""
+    n1 = PoolsIPAM("n1", {}, dual)
+    n2 = PoolsIPAM("n2", {}, dual)
+    real_blocks = dual.blocks
+    stale: list[list[dict[str, Any]]] = []
+
+    def blocks_then_race() -> list[dict[str, Any]]:
+        read = real_blocks()
+        if not stale:  # the first read of n1: n2 allocates from n1's block right after it
+            stale.append(read)
+            n2.allocate(req("theirs/eth0", requested=["10.0.0.2"]))
+        return read
+
+    dual.blocks = blocks_then_race  # type: ignore[method-assign]
+    mine = n1.allocate(req("mine/eth0", families=[4]))
+    assert addrs(mine) == ["10.0.0.3"]
+    assert n1.conflicts == 1 and dual.conflicts == 1
+    holders = {a.address: a.owner for a in n2.allocations() + n1.allocations()}
+    assert holders["10.0.0.2"] == "theirs/eth0" and holders["10.0.0.3"] == "mine/eth0"
+
+
+def test_agent_refuses_pools_mode_without_an_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert agent_main(["--node-name", "n1", "--ipam", "pools"]) == 2
+    assert "--ipam pools needs a Kubernetes API (--kubeconfig" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 For both modes: an address is never held twice, routers and reserved addresses are never handed
 out, release returns what the owner held, a restarted IPAM sees exactly the persisted
 allocations, and allocation fails with ``exhausted`` exactly when the family is at capacity.
-Pools mode runs two nodes on one store (borrowing between them included).
+Pools mode runs two nodes on one datastore (borrowing between them included).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, IPAMError, PoolsIPAM, router_owner
+from ciliary.agent.ipam.datastore import MemoryDatastore
 from ciliary.agent.ipam.types import IPAddress, IPNetwork
 from ciliary.core.models import IPAllocation, IPAMAllocateRequest
-from ciliary.kvstore import FileStore
 
 OWNERS = 12
 
@@ -62,22 +62,20 @@ def cluster_pool(root: Path) -> Harness:
 
 
 def pools(root: Path) -> Harness:
-    store = FileStore(root / "store")
+    store = MemoryDatastore()
     # IPv4: two blocks, both claimed by the routers, so a node outgrowing its block borrows;
     # IPv6: four blocks, claimed on demand
     for name, cidr, size in (("v4", "10.0.0.0/28", 29), ("v6", "fd00::/124", 126)):
-        store.put("ippools", name, {"spec": {"cidr": cidr, "blockSize": size}})
-    # an unclaimed block with a reserved address, as an operator would pre-create it
-    store.put(
-        "ipamblocks",
-        "10.0.0.8/29",
-        {
-            "cidr": "10.0.0.8/29",
-            "pool": "v4",
-            "affinity": None,
-            "reserved": ["10.0.0.9", "10.0.0.12"],
-        },
-    )
+        store.put_pool({"metadata": {"name": name}, "spec": {"cidr": cidr, "blockSize": size}})
+    # an unclaimed block with reserved addresses (.9 and .12), as an admin would pre-create it
+    store.create_block(
+        {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
+         "metadata": {"name": "10-0-0-8-29"},
+         "spec": {"cidr": "10.0.0.8/29", "affinity": None,
+                  "allocations": [None, 0, None, None, 0, None, None, None],
+                  "unallocated": [0, 2, 3, 5, 6, 7],
+                  "attributes": [{"handle_id": "ipam-reserved", "secondary": None}]}}
+    )  # fmt: skip
     return Harness(
         make=lambda i: PoolsIPAM(f"n{i}", {}, store),
         ranges={4: IPv4Network("10.0.0.0/28"), 6: IPv6Network("fd00::/124")},

@@ -2,9 +2,10 @@
 
 ``cluster-pool`` (Cilium's default): the node allocates from its own per-family CIDR, handed out
 by the operator (the lab), with state in a node-local file. ``pools`` (Calico's model): nodes
-allocate from cluster-wide IP pools through the cluster store, in blocks affine to nodes, with
-borrowing when a pool runs low. Both persist an allocation before returning it, and both are
-idempotent per owner so a retried CNI ADD gets the same addresses.
+allocate from cluster-wide IP pools of the Kubernetes API, in blocks (API objects written with
+optimistic concurrency) affine to nodes, with borrowing when a pool runs low. Both persist an
+allocation before returning it, and both are idempotent per owner so a retried CNI ADD gets the
+same addresses.
 """
 
 from ciliary.agent.ipam.clusterpool import ClusterPoolIPAM

@@ -1,40 +1,56 @@
 """Calico's IPAM: cluster-wide IP pools carved into blocks that become affine to nodes.
 
 Unlike cluster-pool, no operator hands a node its range: every agent allocates from shared pools
-(Calico ``IPPool`` documents in the cluster store), so each allocation is a read-modify-write of
-shared block documents inside one store transaction — two agents can never hand out the same
-address. A node first uses free addresses of blocks affine to it, then claims a new block (the
-lowest free one of the first pool that has one, up to ``maxBlocksPerHost``), and only then, unless
-``strictAffinity`` forbids it, borrows a free address from another node's block: routes stay
-aggregated per block as long as pools are not nearly full, and a nearly full pool still serves
-every node. The node's router (its pods' gateway) is allocated the same way when the IPAM is
-constructed, which claims the node's first block per family so the gateway lives in the node's
-own range as in Cilium. Every allocation records the node that made it, since a borrowed address
-lives in another node's block.
+(Calico ``IPPool`` objects of the Kubernetes API), so each allocation is a read-modify-write of
+shared ``IPAMBlock`` objects, with optimistic concurrency as Calico's Kubernetes datastore does
+it (``agent.ipam.datastore``): blocks are read with their resourceVersion, changed, and written
+back with it as a precondition; a 409 (another agent changed the block, or created the block
+this one wanted to claim) re-reads and retries the whole operation, so two agents can never hand
+out the same address. A node first uses free addresses of blocks affine to it, then claims a new
+block (the lowest free one of the first pool that has one, up to ``maxBlocksPerHost``), and only
+then, unless ``strictAffinity`` forbids it, borrows a free address from another node's block:
+routes stay aggregated per block as long as pools are not nearly full, and a nearly full pool
+still serves every node. The node's router (its pods' gateway) is allocated the same way when the
+IPAM is constructed, which claims the node's first block per family so the gateway lives in the
+node's own range as in Cilium. Every allocation records the node that made it, since a borrowed
+address lives in another node's block.
 
-Document kinds in the store: ``ippools`` (Calico IPPool), ``ipamconfigs``/``default`` (Calico
-IPAMConfiguration) — both validated with :mod:`ciliary.k8s.calico`, the model the lab writes them
-with —, ``ipamblocks`` (name = block CIDR; our own format, close to Calico's
-AllocationBlock but keyed by address).
+Objects: ``IPPool`` and the ``default`` ``IPAMConfiguration`` (validated with
+:mod:`ciliary.k8s.calico`, the model the lab writes them with) and ``IPAMBlock`` (Calico's
+AllocationBlock: ``spec.cidr``, ``affinity`` ``host:<node>``, ``allocations`` (per ordinal, an
+index into ``attributes`` or null), ``unallocated`` (free ordinals in hand-out order),
+``attributes`` (``handle_id`` = the owner; ``secondary``: node, kind, timestamp)). A block's pool
+is the pool whose CIDR holds it, as in Calico.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import logging
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import (
     IPv4Address,
+    IPv4Network,
     IPv6Address,
+    IPv6Network,
     ip_address,
     ip_network,
 )
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from ciliary.agent.ipam.datastore import (
+    BLOCK_API_VERSION,
+    BLOCK_KIND,
+    BlockConflictError,
+    IPAMDatastore,
+    KubeObject,
+    block_name,
+)
 from ciliary.agent.ipam.types import (
     FAMILIES,
     ROUTER_KIND,
@@ -66,43 +82,16 @@ from ciliary.k8s.calico import (
     default_ipam_configuration,
 )
 from ciliary.k8s.fields import error_message, format_path
-from ciliary.kvstore import FileStore, Transaction
 
-POOLS_KIND = "ippools"
-CONFIG_KIND = "ipamconfigs"
 CONFIG_NAME = "default"
-BLOCKS_KIND = "ipamblocks"
+RESERVED_HANDLE = "ipam-reserved"
+"""The handle of addresses a block holds back (never handed out), e.g. pre-created by an admin."""
+MAX_ATTEMPTS = 100  # as Calico's retries of a block write that lost a race
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 AllocKind = Literal["endpoint", "ipam-plugin", "router"]
-
-
-# -- documents -------------------------------------------------------------------------------
-
-
-class _SlotDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    owner: str
-    kind: AllocKind
-    created_at: float
-    node: str
-
-
-class _BlockDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    cidr: str
-    pool: str
-    affinity: str | None = None
-    allocations: dict[str, _SlotDoc] = Field(default_factory=dict)
-    reserved: list[str] = Field(default_factory=list)
-    next: int = 0
-
-
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
 # -- pools and configuration ----------------------------------------------------------------
@@ -139,9 +128,7 @@ def ipam_config_from_document(doc: Mapping[str, Any] | None) -> IPAMConfiguratio
     try:
         return IPAMConfiguration.model_validate(doc)
     except ValidationError as err:
-        raise IPAMError(
-            f"IPAM configuration {CONFIG_KIND}/{CONFIG_NAME} is invalid: {_problem(err)}"
-        ) from err
+        raise IPAMError(f"IPAMConfiguration {CONFIG_NAME!r} is invalid: {_problem(err)}") from err
 
 
 def load_pools(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, IPPool]:
@@ -173,6 +160,7 @@ class _Block:
     allocations: dict[IPAddress, _Slot] = field(default_factory=dict)
     reserved: frozenset[IPAddress] = frozenset()
     next: int = 0
+    resource_version: str | None = None  # None: not in the datastore yet (claim = create)
 
     @property
     def family(self) -> Family:
@@ -212,40 +200,101 @@ class _Block:
         return f"block {self.cidr} of IP pool {self.pool!r}"
 
     @classmethod
-    def from_document(cls, name: str, doc: Mapping[str, Any]) -> _Block:
+    def from_object(cls, obj: Mapping[str, Any], pools: Mapping[str, IPPool]) -> _Block:
+        """A block object as an agent (or an admin) wrote it; ``IPAMError`` naming the object
+        and the field when it is not one."""
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", "?"))
         try:
-            parsed = _BlockDoc.model_validate(doc)
-            cidr = ip_network(parsed.cidr)
-            if str(cidr) != name:
-                raise ValueError(f"cidr {parsed.cidr} does not match the document name")
-            allocations = {
-                ip_address(text): _Slot(s.owner, s.kind, s.created_at, s.node)
-                for text, s in parsed.allocations.items()
-            }
-            reserved = frozenset(ip_address(text) for text in parsed.reserved)
-        except ValidationError as err:
-            raise IPAMError(f"IPAM block {name} is invalid: {_first_error(err)}") from err
-        except ValueError as err:
-            raise IPAMError(f"IPAM block {name} is invalid: {err}") from err
-        return cls(cidr, parsed.pool, parsed.affinity, allocations, reserved, parsed.next)
+            return cls._parse(obj, pools)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise IPAMError(f"IPAMBlock {name} is invalid: {err}") from err
 
-    def to_document(self) -> dict[str, Any]:
-        return {
-            "cidr": str(self.cidr),
-            "pool": self.pool,
-            "affinity": self.affinity,
-            "allocations": {
-                str(addr): {
-                    "owner": s.owner,
-                    "kind": s.kind,
-                    "created_at": s.created_at,
-                    "node": s.node,
+    @classmethod
+    def _parse(cls, obj: Mapping[str, Any], pools: Mapping[str, IPPool]) -> _Block:
+        spec = obj.get("spec")
+        if not isinstance(spec, Mapping):
+            raise ValueError("spec: expected an object")
+        cidr = ip_network(str(spec.get("cidr")))
+        name = obj["metadata"]["name"]
+        if block_name(str(cidr)) != name:
+            raise ValueError(f"spec.cidr {cidr} does not match the object name")
+        affinity = spec.get("affinity")
+        if affinity is not None and not isinstance(affinity, str):
+            raise ValueError("spec.affinity: expected a string such as host:<node>")
+        ordinals = spec.get("allocations") or []
+        attributes = spec.get("attributes") or []
+        if not isinstance(ordinals, list) or len(ordinals) > cidr.num_addresses:
+            raise ValueError(f"spec.allocations: expected at most {cidr.num_addresses} entries")
+        allocations: dict[IPAddress, _Slot] = {}
+        reserved: set[IPAddress] = set()
+        for ordinal, index in enumerate(ordinals):
+            if index is None:
+                continue
+            attr = attributes[int(index)]
+            addr = cidr.network_address + ordinal
+            if attr.get("handle_id") == RESERVED_HANDLE:
+                reserved.add(addr)
+                continue
+            secondary = attr.get("secondary") or {}
+            kind = secondary.get("kind")
+            if kind not in ("endpoint", "ipam-plugin", ROUTER_KIND):
+                raise ValueError(f"spec.attributes[{index}].secondary.kind: got {kind!r}")
+            allocations[addr] = _Slot(
+                str(attr["handle_id"]), kind, float(secondary["timestamp"]), str(secondary["node"])
+            )
+        free = spec.get("unallocated") or []
+        nxt = int(free[0]) if free else 0
+        pool = next((p.name for p in pools.values() if _holds(p.cidr, cidr)), "")
+        rv = obj["metadata"].get("resourceVersion")
+        return cls(cidr, pool, affinity, allocations, frozenset(reserved), nxt, rv)
+
+    def to_object(self) -> KubeObject:
+        """The block as Calico's IPAMBlock object (with the resourceVersion read, if any)."""
+        base = self.cidr.network_address
+        attributes: list[dict[str, Any]] = []
+        ordinals: list[int | None] = [None] * self.size
+        for addr in sorted(self.reserved):
+            ordinals[int(addr) - int(base)] = len(attributes)
+            attributes.append({"handle_id": RESERVED_HANDLE, "secondary": None})
+        for addr, s in sorted(self.allocations.items()):
+            ordinals[int(addr) - int(base)] = len(attributes)
+            attributes.append(
+                {
+                    "handle_id": s.owner,
+                    "secondary": {"node": s.node, "kind": s.kind, "timestamp": repr(s.created_at)},
                 }
-                for addr, s in sorted(self.allocations.items())
+            )
+        unallocated = [
+            (self.next + step) % self.size
+            for step in range(self.size)
+            if ordinals[(self.next + step) % self.size] is None
+        ]
+        metadata: dict[str, Any] = {"name": block_name(str(self.cidr))}
+        if self.resource_version is not None:
+            metadata["resourceVersion"] = self.resource_version
+        return {
+            "apiVersion": BLOCK_API_VERSION,
+            "kind": BLOCK_KIND,
+            "metadata": metadata,
+            "spec": {
+                "cidr": str(self.cidr),
+                "affinity": self.affinity,
+                "strictAffinity": False,
+                "allocations": ordinals,
+                "unallocated": unallocated,
+                "attributes": attributes,
+                "deleted": False,
             },
-            "reserved": sorted(str(a) for a in self.reserved),
-            "next": self.next,
         }
+
+
+def _holds(outer: IPNetwork, inner: IPNetwork) -> bool:
+    if isinstance(outer, IPv4Network) and isinstance(inner, IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(outer, IPv6Network) and isinstance(inner, IPv6Network):
+        return inner.subnet_of(outer)
+    return False
 
 
 def _block_order(block: _Block) -> tuple[str, int, int]:
@@ -254,7 +303,7 @@ def _block_order(block: _Block) -> tuple[str, int, int]:
 
 @dataclass
 class _View:
-    """The store as one transaction sees it; changed blocks are written back on success."""
+    """The datastore as one attempt of an operation read it; changed blocks are written back."""
 
     pools: dict[str, IPPool]
     config: IPAMConfiguration
@@ -276,13 +325,16 @@ class _View:
 class PoolsIPAM:
     """Allocator of node ``node`` (labelled ``node_labels``, matched by pools' nodeSelector)."""
 
-    def __init__(self, node: str, node_labels: Mapping[str, str], store: FileStore) -> None:
+    def __init__(self, node: str, node_labels: Mapping[str, str], datastore: IPAMDatastore) -> None:
         self._node = node
         self._labels = dict(node_labels)
-        self._store = store
+        self._datastore = datastore
         self._affinity = f"host:{node}"
         self._routers: dict[Family, IPAddress] = {}
-        with self._view() as view:
+        self.conflicts = 0
+        """Writes that lost a race and were retried (a measure of contention between nodes)."""
+
+        def routers(view: _View) -> None:
             now = time.time()
             for fam in FAMILIES:
                 for block, addr, slot in view.slots():
@@ -295,6 +347,8 @@ class PoolsIPAM:
                         self._routers[fam] = self._assign(
                             view, fam, usable, owner=router_owner(node), kind=ROUTER_KIND, now=now
                         )
+
+        self._transact(routers)
 
     # -- the IPAM protocol ------------------------------------------------------------------
 
@@ -334,13 +388,17 @@ class PoolsIPAM:
             self._routers,
             "IP pool selecting it",
         )
-        with self._view() as view:
+        before: list[set[IPAddress]] = []  # what the owner held when the request came
+
+        def assign(view: _View) -> list[IPAllocation]:
             restriction = self._restriction(view, req.pools, annotations)
             held = {
                 block.family: addr
                 for block, addr, slot in view.slots()
                 if slot.node == self._node and slot.owner == req.owner
             }
+            if not before:
+                before.append(set(held.values()))
             todo = reuse_existing(req.owner, held, wanted)
             now = time.time()
             for fam, addr in todo.items():
@@ -353,69 +411,108 @@ class PoolsIPAM:
                     self._assign(view, fam, pools, owner=req.owner, kind=req.kind, now=now)
             return self._collect(view, lambda s: s.owner == req.owner)
 
+        try:
+            return self._transact(assign)
+        except IPAMError:
+            # all or nothing: an attempt may have written one family's block before losing the
+            # race for the other's, and the retry found that family exhausted
+            if before:
+                kept = before[0]
+                self._release_where(
+                    lambda a: a.owner == req.owner and ip_address(a.address) not in kept
+                )
+            raise
+
     def release(self, owner: str) -> list[IPAllocation]:
         if owner == router_owner(self._node):
             raise IPAMError(f"{owner} holds the node's router addresses: never released")
         return self._release_where(lambda a: a.owner == owner)
 
     def allocations(self) -> list[IPAllocation]:
-        with self._view() as view:
-            return self._collect(view, lambda s: True)
+        return self._collect(self._load(), lambda s: True)
 
     def owned_by(self, owner: str) -> list[IPAllocation]:
-        with self._view() as view:
-            return self._collect(view, lambda s: s.owner == owner)
+        return self._collect(self._load(), lambda s: s.owner == owner)
 
     def gc(self, keep: Callable[[IPAllocation], bool]) -> list[IPAllocation]:
-        """``keep`` runs while the cluster store is locked: it must be quick and local."""
+        """``keep`` may run more than once per allocation (an attempt that lost a race is
+        retried): it must be quick, local and free of side effects."""
         return self._release_where(lambda a: a.kind != ROUTER_KIND and not keep(a))
 
     def listing(self) -> IPAMListing:
-        with self._view() as view:
-            used: dict[str, int] = {}
-            for block in view.blocks.values():
-                used[block.pool] = used.get(block.pool, 0) + len(block.allocations)
-            pools = [
-                IPPoolStatus(
-                    name=p.name,
-                    cidr=str(p.cidr),
-                    block_size=p.block_size,
-                    disabled=p.spec.disabled,
-                    nat_outgoing=p.spec.nat_outgoing,
-                    node_selector=p.spec.node_selector,
-                    size=p.cidr.num_addresses,
-                    used=used.get(p.name, 0),
-                )
-                for p in sorted(view.pools.values(), key=lambda p: p.name)
-            ]
-            blocks = [
-                IPAMBlockStatus(
-                    cidr=str(b.cidr),
-                    pool=b.pool,
-                    affinity=b.affinity,
-                    size=b.size,
-                    used=len(b.allocations),
-                )
-                for b in sorted(view.blocks.values(), key=_block_order)
-            ]
-            return IPAMListing(
-                mode="pools",
-                node=self._node,
-                strict_affinity=view.config.spec.strict_affinity,
-                pools=pools,
-                blocks=blocks,
-                allocations=self._collect(view, lambda s: True),
+        view = self._load()
+        used: dict[str, int] = {}
+        for block in view.blocks.values():
+            used[block.pool] = used.get(block.pool, 0) + len(block.allocations)
+        pools = [
+            IPPoolStatus(
+                name=p.name,
+                cidr=str(p.cidr),
+                block_size=p.block_size,
+                disabled=p.spec.disabled,
+                nat_outgoing=p.spec.nat_outgoing,
+                node_selector=p.spec.node_selector,
+                size=p.cidr.num_addresses,
+                used=used.get(p.name, 0),
             )
+            for p in sorted(view.pools.values(), key=lambda p: p.name)
+        ]
+        blocks = [
+            IPAMBlockStatus(
+                cidr=str(b.cidr),
+                pool=b.pool,
+                affinity=b.affinity,
+                size=b.size,
+                used=len(b.allocations),
+            )
+            for b in sorted(view.blocks.values(), key=_block_order)
+        ]
+        return IPAMListing(
+            mode="pools",
+            node=self._node,
+            strict_affinity=view.config.spec.strict_affinity,
+            pools=pools,
+            blocks=blocks,
+            allocations=self._collect(view, lambda s: True),
+        )
 
     # -- transactions -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _view(self) -> Iterator[_View]:
-        with self._store.transaction() as txn:
-            view = _load(txn)
-            yield view
-            for name in sorted(view.dirty):
-                txn.put(BLOCKS_KIND, name, view.blocks[name].to_document())
+    def _load(self) -> _View:
+        pools = load_pools(self._datastore.pools())
+        config = ipam_config_from_document(self._datastore.ipam_config())
+        blocks: dict[str, _Block] = {}
+        for obj in self._datastore.blocks():
+            block = _Block.from_object(obj, pools)
+            blocks[str(block.cidr)] = block
+        return _View(pools, config, blocks)
+
+    def _transact(self, body: Callable[[_View], _T]) -> _T:
+        """``body`` on a fresh read, then every block it changed written back (claims created,
+        the rest updated with the resourceVersion read); a write that loses a race re-runs the
+        whole operation on a fresh read, as Calico's IPAM does. ``body`` must be re-runnable:
+        its only effects are on the view (and on what the commit then writes)."""
+        for attempt in range(MAX_ATTEMPTS):
+            view = self._load()
+            result = body(view)
+            try:
+                for name in sorted(view.dirty):
+                    block = view.blocks[name]
+                    if block.resource_version is None:
+                        self._datastore.create_block(block.to_object())
+                    else:
+                        self._datastore.update_block(block.to_object())
+            except BlockConflictError as err:
+                self.conflicts += 1
+                log.debug("node %s: %s; retrying (attempt %d)", self._node, err, attempt + 1)
+                time.sleep(random.uniform(0, 0.001 * min(attempt, 20)))  # spread the racers
+                continue
+            return result
+        raise IPAMError(
+            f"node {self._node}: IPAM blocks kept changing under this node's writes"
+            f" ({MAX_ATTEMPTS} attempts lost a race); try again",
+            "conflict",
+        )
 
     def _is_router(self, slot: _Slot) -> bool:
         return slot.kind == ROUTER_KIND and slot.owner == router_owner(self._node)
@@ -442,8 +539,8 @@ class PoolsIPAM:
         )
 
     def _release_where(self, select: Callable[[IPAllocation], bool]) -> list[IPAllocation]:
-        gone: list[IPAllocation] = []
-        with self._view() as view:
+        def release(view: _View) -> list[IPAllocation]:
+            gone: list[IPAllocation] = []
             for block in view.blocks.values():
                 for addr, slot in list(block.allocations.items()):
                     if slot.node != self._node or self._is_router(slot):
@@ -453,7 +550,9 @@ class PoolsIPAM:
                         del block.allocations[addr]
                         view.touch(block)
                         gone.append(alloc)
-        return sort_allocations(gone)
+            return sort_allocations(gone)
+
+        return self._transact(release)
 
     # -- choosing pools ---------------------------------------------------------------------
 
@@ -679,10 +778,3 @@ class PoolsIPAM:
                 "conflict",
             )
         self._take(view, block, addr, _Slot(owner, kind, now, self._node))
-
-
-def _load(txn: Transaction) -> _View:
-    pools = load_pools(txn.list(POOLS_KIND))
-    config = ipam_config_from_document(txn.get(CONFIG_KIND, CONFIG_NAME))
-    blocks = {name: _Block.from_document(name, doc) for name, doc in txn.list(BLOCKS_KIND).items()}
-    return _View(pools, config, blocks)
