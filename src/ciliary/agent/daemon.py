@@ -10,6 +10,7 @@ known), and only then is the API socket opened, so no request sees a half-restor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from ciliary.agent.hubble import AgentHubble
 from ciliary.agent.identity import IdentityAllocator, LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
 from ciliary.agent.ipam.kubestore import KubeDatastore
-from ciliary.agent.k8s import ciliumendpoints
+from ciliary.agent.k8s import ciliumendpoints, nodecidrs
 from ciliary.agent.k8s.ciliumendpoints import EndpointSync
 from ciliary.agent.k8s.identity import CRDIdentityAllocator
 from ciliary.agent.k8s.pods import PodWatcher
@@ -55,6 +56,14 @@ CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply"}
 
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
+        if cfg.ipam_mode == "cluster-pool" and cfg.ipv4_range is None and cfg.ipv6_range is None:
+            # cluster-pool v2: the operator allocates this node's CIDRs into its CiliumNode (main
+            # checks there is an API); no API socket, so no CNI ADD, until they are there
+            v4, v6 = nodecidrs.by_family(
+                cfg.node,
+                nodecidrs.wait_for_pod_cidrs_blocking(cfg.kubeconfig, cfg.node, cfg.node_labels),
+            )
+            cfg = dataclasses.replace(cfg, ipv4_range=v4, ipv6_range=v6)
         self.cfg = cfg
         self.node = cfg.node
         self.started = time.monotonic()

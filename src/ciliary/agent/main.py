@@ -236,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("ciliary-agent: must run as root (BPF, netlink, netns)", file=sys.stderr)
         return 1
-    if args.ipam == "cluster-pool" and args.ipv4_range is None and args.ipv6_range is None:
-        print("ciliary-agent: need --ipv4-range and/or --ipv6-range", file=sys.stderr)
+    has_api = args.kubeconfig is not None or bool(os.environ.get(SERVICE_HOST_ENV))
+    no_range = args.ipv4_range is None and args.ipv6_range is None
+    if args.ipam == "cluster-pool" and no_range and not has_api:
+        # with an API, the operator allocates them into the node's CiliumNode
+        print(
+            "ciliary-agent: need --ipv4-range and/or --ipv6-range (or a Kubernetes API,"
+            " --kubeconfig, whose operator allocates the node's pod CIDRs)",
+            file=sys.stderr,
+        )
         return 2
-    if args.ipam == "pools" and args.kubeconfig is None and not os.environ.get(SERVICE_HOST_ENV):
+    if args.ipam == "pools" and not has_api:
         print(
             "ciliary-agent: --ipam pools needs a Kubernetes API (--kubeconfig, or run in a pod):"
             " Calico's IP pools and IPAM blocks are API objects",

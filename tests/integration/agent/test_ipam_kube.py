@@ -2,16 +2,22 @@
 ``KubeDatastore``), race for the blocks of the same pools at once; the scenario and its checks
 are the unit test's (tests/unit/agent/test_ipam_concurrency.py), here with the API server's
 real resourceVersion preconditions and 409s. Pools arrive through the informers: the IPv6 pool
-is created after the agents' datastores have synced."""
+is created after the agents' datastores have synced. Cilium's cluster-pool v2: the agent's wait
+for the pod CIDRs the operator's allocator writes into its CiliumNode."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
 
 from ciliary.agent.ipam.kubestore import IPAM_BLOCKS, IPAM_CONFIGURATIONS, IPPOOLS, KubeDatastore
+from ciliary.agent.k8s.ciliumendpoints import CILIUM_NODES, cilium_node
+from ciliary.agent.k8s.nodecidrs import by_family, pod_cidrs, wait_for_pod_cidrs
+from ciliary.controllers.nodeipam import ClusterPool, NodeIPAM
 from ciliary.kube.client import KubeClient
 from ciliary.lab.controlplane import ControlPlane
 from tests.integration.kube.helpers import run
@@ -60,3 +66,38 @@ def test_two_agents_race_for_blocks_through_the_api(control_plane: ControlPlane)
         for store in stores.values():
             store.close()
     check_two_agents(reports, _blocks(control_plane), strict=False)
+
+
+def test_agent_waits_for_the_operators_pod_cidrs(control_plane: ControlPlane) -> None:
+    """Cluster-pool v2: an agent with no range creates its CiliumNode and waits (fail closed)
+    until the operator's allocator writes its pod CIDRs, which a restarted agent gets back; a
+    node whose CIDRs were fixed beforehand keeps them and the operator allocates around them."""
+
+    async def body(kube: KubeClient) -> None:
+        fixed = cilium_node("fixed", [], ["10.250.0.0/24"], {})
+        await kube.create(CILIUM_NODES, fixed)
+        waiting = asyncio.create_task(wait_for_pod_cidrs(kube, "n1", {"zone": "a"}, log_every=0.2))
+        await asyncio.sleep(1.0)
+        assert not waiting.done(), "no operator yet: the agent must keep waiting"
+        shown = await kube.get(CILIUM_NODES, "n1")
+        assert shown["metadata"]["labels"] == {"zone": "a"} and not pod_cidrs(shown)
+        pool = ClusterPool(
+            ipv4=(ip_network("10.250.0.0/16"),), ipv4_mask=24,
+            ipv6=(ip_network("fd00:250::/104"),), ipv6_mask=120,
+        )  # fmt: skip
+        operator = asyncio.create_task(NodeIPAM(kube, pool).run())
+        try:
+            got = await asyncio.wait_for(waiting, 15)
+            assert got == ["10.250.1.0/24", "fd00:250::/120"]
+            assert by_family("n1", got) == (
+                ip_network("10.250.1.0/24"),
+                ip_network("fd00:250::/120"),
+            )
+            again = await asyncio.wait_for(wait_for_pod_cidrs(kube, "n1", {"zone": "a"}), 15)
+            assert again == got  # a restarted agent: same CIDRs
+            assert pod_cidrs(await kube.get(CILIUM_NODES, "fixed")) == ["10.250.0.0/24"]
+        finally:
+            operator.cancel()
+            await asyncio.gather(operator, return_exceptions=True)
+
+    run(control_plane, body, ns="")

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, IPAMError, router_owner
+from ciliary.agent.k8s.nodecidrs import by_family
+from ciliary.agent.main import main as agent_main
 from ciliary.core.models import IPAllocation, IPAMAllocateRequest
 from ciliary.k8s.calico import IPV4_POOLS_ANNOTATION, REQUESTED_IPS_ANNOTATION
 
@@ -304,3 +306,22 @@ def test_annotations(tmp_path: Path) -> None:
     assert addrs(got) == ["10.200.0.3"]
     with pytest.raises(IPAMError, match="ipAddrs is not valid JSON"):
         ipam.allocate(req("c3/eth0"), pod_annotations={REQUESTED_IPS_ANNOTATION: "10.200.0.4"})
+
+
+def test_without_a_range_the_agent_needs_an_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --ipv4-range/--ipv6-range: only an operator (through an API) can give the CIDRs."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert agent_main(["--node-name", "n1"]) == 2
+    err = capsys.readouterr().err
+    assert "need --ipv4-range and/or --ipv6-range (or a Kubernetes API, --kubeconfig" in err
+
+
+def test_pod_cidrs_of_a_cilium_node_by_family() -> None:
+    assert by_family("n1", ["fd00::/120", "10.1.0.0/24", "10.2.0.0/24"]) == (
+        IPv4Network("10.1.0.0/24"),
+        IPv6Network("fd00::/120"),
+    )
+    with pytest.raises(ValueError, match=r"CiliumNode n1: spec.ipam.podCIDRs has '10.1.0.1/24'"):
+        by_family("n1", ["10.1.0.1/24"])
