@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
@@ -231,8 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     sup.run()
+    log.info("supervisor of lab %s: stopped", args.lab)
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's finalization: tearing down the objects of every module the
+    supervisor imports (the whole lab) one by one costs 0.4-1 s of CPU (strace shows no system
+    call between the handled SIGTERM and exit_group), which every ``lab down`` waited for.
+    Nothing here needs it: no atexit work, and the logs are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())
