@@ -1,14 +1,19 @@
-"""Calico-style pools end to end: two agents share the lab's cluster store, each claims its own
-blocks, a pod's annotation picks its pool, and pods get working dual-stack addresses."""
+"""Calico-style pools end to end: two agents share the pools and blocks of the lab's API server,
+each claims its own blocks, a pod's annotation picks its pool, pods get working dual-stack
+addresses, and kubectl shows the pools and blocks."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ciliary.agent.ipam.datastore import block_name
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager
 
@@ -71,3 +76,23 @@ def test_pods_reach_each_other_on_a_node(pools_lab: tuple[str, str, str]) -> Non
         argv = ["ciliary", "workload", "http-get", f"http://{host}/", "--timeout", "3"]
         res = manager.run_in_pod("default/zonal", argv, name=lab)
         assert res.returncode == 0, res.stderr
+
+
+def test_pools_and_blocks_are_api_objects(pools_lab: tuple[str, str, str]) -> None:
+    """The agents' IPAM state is the API server's: the file's pools, and one IPAMBlock object
+    (Calico's name and fields) per block the agents list, with the same affinity."""
+    lab, n1, _ = pools_lab
+    kubectl = ["kubectl", "--kubeconfig", str(manager.kubeconfig(lab)), "get", "-o", "json"]
+
+    def items(kind: str) -> list[dict[str, Any]]:
+        out = subprocess.run([*kubectl, kind], capture_output=True, text=True, check=True)
+        return list(json.loads(out.stdout)["items"])
+
+    pools = {p["metadata"]["name"] for p in items("ippools.projectcalico.org")}
+    assert pools == {"default-ipv4", "default-ipv6", "zone-a"}
+    blocks = items("ipamblocks.crd.projectcalico.org")
+    with AgentClient(manager.agent_socket(n1, name=lab)) as c1:
+        listed = {b.cidr: b.affinity for b in c1.ipam_list().blocks}
+    assert {b["spec"]["cidr"]: b["spec"]["affinity"] for b in blocks} == listed
+    for b in blocks:
+        assert b["metadata"]["name"] == block_name(b["spec"]["cidr"])
