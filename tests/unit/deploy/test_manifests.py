@@ -112,7 +112,9 @@ def test_agent_flags_are_the_agents() -> None:
     _explicit(parser, argv)
     args = parser.parse_args(argv)
     assert args.node_name == NODE
-    assert str(args.ipv4_range) == CONFIG["ipv4-range"]
+    # cluster-pool v2: no range flag, the node's CIDR comes from its CiliumNode (the operator's)
+    assert args.ipam == CONFIG["ipam"] == "cluster-pool"
+    assert args.ipv4_range is None and args.ipv6_range is None
     assert args.cluster_name == CONFIG["cluster-name"]
     assert args.monitor_aggregation == CONFIG["monitor-aggregation"]
     assert args.hubble_disable_tls is True
@@ -130,6 +132,9 @@ def test_operator_flags_are_the_operators() -> None:
     assert args.identity_gc_interval == float(CONFIG["identity-gc-interval"])
     assert args.identity_heartbeat_timeout == float(CONFIG["identity-heartbeat-timeout"])
     assert args.kubeconfig is None  # in a pod: the service account
+    pool = operator.cluster_pool(args)
+    assert [str(c) for c in pool.ipv4] == [CONFIG["cluster-pool-ipv4-cidr"]]
+    assert pool.ipv4_mask == int(CONFIG["cluster-pool-ipv4-mask-size"]) and pool.enabled
 
 
 def test_relay_flags_are_the_relays() -> None:
