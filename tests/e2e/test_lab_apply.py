@@ -1,7 +1,9 @@
 """`lab apply` and `lab up` are all or nothing: a pod whose CNI ADD fails or whose command cannot
-start rolls back every pod, namespace and policy of the operation (record, cluster store, netns,
+start rolls back every pod, namespace and policy of the operation (API objects, record, netns,
 cgroup, endpoint), and a retry after the fix succeeds; namespaces added by `lab apply` carry
-`kubernetes.io/metadata.name` as `lab up`'s (and kube-apiserver's) do."""
+`kubernetes.io/metadata.name` as `lab up`'s (and kube-apiserver's) do. Every pod runs through the
+API and the kubelet role: a bare pod made with kubectl (no owner, no node) is scheduled and run,
+and `lab status` shows the pods as `kubectl get pods -A -o wide` does."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.cgroup import cgroup2_root
 from ciliary.kvstore import policies as policystore
 from ciliary.lab import manager
+from tests.kubectl import get_json, kubectl, kubectl_run, wait_for
 
 from .conftest import CILIARY, LAB_TEMPLATE, Lab, assert_no_leftovers, unique
 
@@ -58,14 +61,20 @@ def _applied(path: Path, ns: str, command: str = "ciliary, workload, pause") -> 
     return path
 
 
+def _assert_nothing_in_api(lab: Lab, ns: str) -> None:
+    """The API server has no pod of namespace ``ns``, nor the namespace."""
+    kubeconfig = manager.kubeconfig(lab.name)
+    assert get_json(kubeconfig, "pods", "-n", ns)["items"] == []
+    assert kubectl_run(kubeconfig, "get", "namespace", ns, check=False).returncode != 0
+
+
 def _assert_nothing_of(lab: Lab, ns: str) -> None:
-    """Nothing of namespace ``ns`` is left: record, cluster store, netns, cgroups, endpoints."""
+    """Nothing of namespace ``ns`` is left: API objects, record, netns, cgroups, endpoints."""
     rec = manager.record(lab.name)
     assert [p.key for p in rec.pods if p.namespace == ns] == []
     assert ns not in rec.namespaces
+    _assert_nothing_in_api(lab, ns)
     store = manager.cluster_store(lab.name)
-    assert [k for k in store.list("pods") if k.startswith(f"{ns}/")] == []
-    assert store.get("namespaces", ns) is None
     assert store.get(policystore.KIND, f"{ns}/web-from-own-namespace") is None
     assert netns.list_names(f"cilp-{lab.name}-{ns}-") == []
     root = cgroup2_root()
@@ -99,9 +108,7 @@ def test_applied_namespace_is_selectable_by_name(lab: Lab, tmp_path: Path) -> No
     applied namespace's pods (real packets), and still denies pods of other namespaces."""
     ns = unique("nm")
     manager.apply(_applied(tmp_path / "n.yaml", ns), name=lab.name)
-    store = manager.cluster_store(lab.name)
-    body = store.get("namespaces", ns)
-    assert body is not None
+    body = get_json(manager.kubeconfig(lab.name), "namespace", ns)
     assert body["metadata"]["labels"] == {"tier": "extra", "kubernetes.io/metadata.name": ns}
     web = lab.pod_ip(f"{ns}/web")
     get = ["ciliary", "workload", "http-get", f"http://{web}/", "--timeout", "3"]
@@ -166,9 +173,7 @@ def test_apply_while_the_agent_is_down_rolls_back_and_a_retry_succeeds(
         rec = manager.record(lab.name)
         assert [p.key for p in rec.pods if p.namespace == ns] == []
         assert ns not in rec.namespaces
-        store = manager.cluster_store(lab.name)
-        assert [k for k in store.list("pods") if k.startswith(f"{ns}/")] == []
-        assert store.get("namespaces", ns) is None
+        _assert_nothing_in_api(lab, ns)
         assert netns.list_names(f"cilp-{lab.name}-{ns}-") == []
         assert not manager.status(lab.name).nodes[0].agent_alive, "held down: not restarted"
     finally:
@@ -176,3 +181,59 @@ def test_apply_while_the_agent_is_down_rolls_back_and_a_retry_succeeds(
     _assert_nothing_of(lab, ns)  # also the restarted agent has no endpoint of it
     view = manager.apply(_applied(tmp_path / "d.yaml", ns), name=lab.name)
     assert {p.name for p in view.pods if p.namespace == ns and p.running} == {"web", "cli"}
+
+
+BARE = """\
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}
+spec:
+  containers:
+  - name: main
+    image: debian
+    command: [ciliary, workload, http-server, --port, "8080"]
+"""
+
+
+def test_a_bare_pod_of_kubectl_is_scheduled_run_and_shown_by_lab_status(lab: Lab) -> None:
+    """A Pod made with `kubectl apply` (no owner, no nodeName) is bound to the lab's node by the
+    scheduler and run by the kubelet role (Running, Ready, serving); `lab status` shows it as
+    `kubectl get pods -A -o wide` does; `kubectl delete` tears it down."""
+    name = unique("bare")
+    kubeconfig = manager.kubeconfig(lab.name)
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=BARE.format(name=name))
+
+    def ready() -> dict[str, object] | None:
+        pod = get_json(kubeconfig, "pod", name)
+        conditions = pod.get("status", {}).get("conditions") or []
+        ok = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        return pod if ok else None
+
+    pod = wait_for(f"bare pod {name} ready", ready, timeout=60)
+    assert pod["spec"]["nodeName"] == lab.node  # type: ignore[index]
+    ip = pod["status"]["podIP"]  # type: ignore[index]
+    got = lab.run("default/client", "ciliary", "workload", "http-get", f"http://{ip}:8080/")
+    assert got.returncode == 0, got.stdout + got.stderr
+
+    wide = kubectl(kubeconfig, "get", "pods", "-A", "-o", "wide").splitlines()
+    status = subprocess.run(
+        [CILIARY, "lab", "status", "--name", lab.name],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    header = ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert wide[0].split()[:8] == header
+    assert [ln for ln in status if ln.split()[:8] == header], status
+    for line in wide[1:]:  # every pod kubectl lists, with the same cells (AGE may tick)
+        cells = line.split()
+        row = next((ln.split() for ln in status if ln.split()[:2] == cells[:2]), None)
+        assert row is not None, (line, status)
+        assert row[2:5] + row[6:] == cells[2:5] + cells[6:], (row, cells)
+    assert any(ln.split()[:2] == ["default", name] for ln in status)
+
+    kubectl(kubeconfig, "delete", "pod", name)
+    wait_for(
+        f"pod {name} torn down",
+        lambda: all(p.name != name for p in manager.record(lab.name).pods),
+        timeout=30,
+    )
+    assert netns.list_names(f"cilp-{lab.name}-default-{name}") == []

@@ -30,7 +30,7 @@ from ciliary.agent.k8s.identity import CRDIdentityAllocator
 from ciliary.agent.k8s.pods import PodWatcher
 from ciliary.agent.k8s.policies import PolicyWatcher
 from ciliary.agent.monitor import Monitor
-from ciliary.agent.podstore import PodLookup, PodMeta, PodStore, no_pods
+from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.agent.server import APIServer
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
@@ -102,7 +102,7 @@ class Agent:
         )  # fmt: skip
         self.hubble = AgentHubble(self, cfg.hubble)
         self.server = APIServer(self, cfg.socket)
-        self._pods: PodLookup = PodStore(self.store) if self.store else no_pods
+        self._pods: PodLookup = no_pods  # the pod informer's once the API is reached
         self.kube: KubeClient | None = None
         self.pod_watcher: PodWatcher | None = None
         self.policy_watcher: PolicyWatcher | None = None

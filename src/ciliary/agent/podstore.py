@@ -1,9 +1,8 @@
-"""Pods and namespaces as the agent sees them in the cluster store (Cilium's pod/namespace
-watchers): labels for identities, annotations for IPAM (Calico's pool and address annotations).
+"""What the agent knows of a pod (Cilium's pod/namespace watchers): labels for identities,
+annotations for IPAM (Calico's pool and address annotations), named ports, its workload.
 
-Documents are Kubernetes objects (``pods/<ns>/<name>``, ``namespaces/<name>``) written by
-whoever plays the API server (the lab). Without a store, a pod is known only by what the CNI
-request carries.
+Filled from the Kubernetes API by the node's pod and namespace informers (``agent.k8s.pods``);
+an agent without an API knows a pod only by what the CNI request carries (:func:`no_pods`).
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from ciliary.kvstore import FileStore, StoreError
 
 
 @dataclass(frozen=True)
@@ -78,18 +75,3 @@ def pod_meta(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> Pod
         named_ports=ports,
         workloads=workload_of(pod),
     )
-
-
-class PodStore:
-    """Pods and namespaces from the lab's file store (an agent without a Kubernetes API)."""
-
-    def __init__(self, store: FileStore) -> None:
-        self._store = store
-
-    async def __call__(self, namespace: str, name: str) -> PodMeta | None:
-        try:
-            pod = self._store.get("pods", f"{namespace}/{name}")
-            ns = self._store.get("namespaces", namespace)
-        except StoreError:
-            return None
-        return pod_meta(pod, ns) if pod is not None else None

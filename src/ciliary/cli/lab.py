@@ -3,7 +3,8 @@ the shell.
 
 All the work is in ``ciliary.lab.manager``; this module only parses arguments, checks for root
 up front (building netns and loading BPF fail late and confusingly otherwise), shows progress
-while a lab comes up, and renders the resulting :class:`LabView` as two tables (nodes, pods).
+while a lab comes up, and renders the resulting :class:`LabView` as two tables: nodes, and pods as
+``kubectl get pods -A -o wide`` shows them (the API server's Table).
 The manager is imported lazily so that ``ciliary status`` and friends do not pay for it.
 """
 
@@ -207,7 +208,16 @@ def render_view(console: Console, view: LabView) -> None:
         )
     print_table(console, nodes)
     console.print()
-    if not view.pods:
+    if view.pod_table is not None:  # as `kubectl get pods -A -o wide` shows them
+        if not view.pod_table.rows:
+            console.print(Text("No resources found"))
+            return
+        api_pods = new_table(*view.pod_table.columns)
+        for row in view.pod_table.rows:
+            api_pods.add_row(*row)
+        print_table(console, api_pods)
+        return
+    if not view.pods:  # the API server does not answer: the lab's record
         console.print(Text("No pods"))
         return
     pods = new_table("POD", "NODE", "IPv4", "IPv6", "ENDPOINT", "RUNNING")

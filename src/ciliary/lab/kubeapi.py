@@ -36,6 +36,7 @@ from ciliary.lab.controlplane import ControlPlane
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 APPLY_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 30.0
+TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 Obj = dict[str, Any]
 
@@ -72,10 +73,11 @@ class KubeAPI:
         body: Obj | None = None,
         *,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> Obj:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.cp.url}{path}", data=data, method=method)
-        req.add_header("Accept", "application/json")
+        req.add_header("Accept", accept)
         if data is not None:
             req.add_header("Content-Type", content_type)
         try:
@@ -90,6 +92,10 @@ class KubeAPI:
             raise KubeAPIError(message, err.code) from None
         except (OSError, urllib.error.URLError) as err:
             raise KubeAPIError(f"API server {self.cp.url} unreachable: {err}") from None
+
+    def table(self, path: str) -> Obj:
+        """The server-side Table of a list (what ``kubectl get`` prints), as kubectl asks."""
+        return self.request("GET", path, accept=TABLE_ACCEPT)
 
     def get(self, path: str) -> Obj | None:
         try:

@@ -1,17 +1,19 @@
-"""The lab's kubelet role: runs the pods the controllers make (``-m ciliary.lab.kubeletd LAB``).
+"""The lab's kubelet role: runs every pod bound to a node of the lab (``-m ciliary.lab.kubeletd``).
 
-``lab up`` runs the file's own pods itself; the pods of Deployments, ReplicaSets, DaemonSets and
-StatefulSets are made by ``ciliary-controller-manager`` and bound to a node by its scheduler, and
-something must then do what kubelet does on that node. This process is that part, for every node
-of the lab: one process per lab (not one per node) because the lab's record is one file under one
-lock and the pod functions of ``lab.manager`` are blocking calls; a single writer of the kubelet
-pods (one worker, one pod at a time) never loses its own updates, while each node still has its
-own informer, as each kubelet watches ``spec.nodeName=<node>`` only. It is started and restarted
-by the lab's supervisor; on a restart it takes the pods of the record back (their processes run
-on) and reconciles them with the API.
+A pod reaches a node of the lab through the API only: the lab file's own pods (``lab up``/``lab
+apply`` apply them with ``spec.nodeName``, as a manifest that names its node), a bare pod of
+``kubectl run``/``kubectl apply`` (bound by the scheduler of ``ciliary-controller-manager``), the
+pods of Deployments, ReplicaSets, DaemonSets and StatefulSets, the lab's cluster DNS pod. This
+process does what kubelet does on each node, for every node of the lab: one process per lab (not
+one per node) because the lab's record is one file under one lock and the pod functions of
+``lab.manager`` are blocking calls; a single writer of the pods of the record (one worker, one pod
+at a time) never loses its own updates, while each node still has its own informer, as each
+kubelet watches ``spec.nodeName=<node>`` only, from the moment its node registers (a Node
+informer), so this process starts with the lab, before the nodes are made. It is started and
+restarted by the lab's supervisor; on a restart it takes the pods of the record back (their
+processes run on) and reconciles them with the API.
 
-For a pod of its nodes (a pod with a controller ``ownerReference``; bare pods are the lab's, made
-by ``lab up``/``lab apply``):
+For a pod bound to one of its nodes:
 
 * **start**: the lab's own steps (``manager.run_api_pod``: netns, CNI ADD through the node's
   conflist, each container's ``command`` + ``args`` as a process; ``image`` informational), then
@@ -19,7 +21,7 @@ by ``lab up``/``lab apply``):
   ``image`` and no ``command`` cannot run here (the lab has no images): the pod is refused,
   ``Failed`` with reason ``ImageWithoutCommand`` and a message naming the pod. A start that fails
   (CNI, a command not found) is undone and tried again after a back-off; its message is in the
-  status (``Pending``, the container ``waiting``);
+  status (``Pending``, the container ``waiting``), where ``lab up``/``lab apply`` read it;
 * **restart**: a container that exits is started again per ``restartPolicy`` (``Always``;
   ``OnFailure`` if its exit code is not 0; never for ``Never``), at once the first time, then
   after kubelet's CrashLoopBackOff (10 s doubling, at most 5 min), ``restartCount`` in the
@@ -43,7 +45,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ciliary.controllers.objects import controller_ref
 from ciliary.controllers.process import cancel, parse_args, serve
 from ciliary.k8s.resources import by_path
 from ciliary.kube.client import ApiError, KubeClient, KubeObject
@@ -52,6 +53,7 @@ from ciliary.lab import certs, kubelet, manager, podsandbox, process, schema
 from ciliary.lab.state import LabRecord, PodRecord
 
 PODS = by_path("", "v1", "pods")
+NODES = by_path("", "v1", "nodes")
 RELIST = 1.0  # seconds between checks of the containers' processes
 RETRY = 5.0  # seconds before a pod whose start failed is tried again
 BACKOFF_INITIAL, BACKOFF_MAX = 10.0, 300.0
@@ -151,7 +153,13 @@ class Kubelet:
     def __init__(self, lab: str, kube: KubeClient) -> None:
         self.lab = lab
         self.kube = kube
-        self.informers: list[Informer] = []
+        self.informers: dict[str, Informer] = {}  # node → its pods (spec.nodeName)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.handler = HandlerFuncs(
+            add=self._on_event,
+            update=lambda _old, new: self._on_event(new),
+            delete=self._on_event,
+        )
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued: set[str] = set()
         self.retry_at: dict[str, float] = {}
@@ -168,41 +176,60 @@ class Kubelet:
         self.enqueue(f"{meta.get('namespace', 'default')}/{meta.get('name')}")
 
     def pod(self, key: str) -> KubeObject | None:
-        for inf in self.informers:
+        for inf in self.informers.values():
             obj = inf.store.get(key)
             if obj is not None:
                 return obj
         return None
 
+    def _on_node(self, node: KubeObject) -> None:
+        """A node registered (its Node object): the pod informer of its kubelet, as a node's
+        kubelet starts watching its pods once the node is there. So this process can start
+        with the lab, before any node is made."""
+        name = str((node.get("metadata") or {}).get("name"))
+        if name in self.informers:
+            return
+        inf = Informer(self.kube, PODS, field_selector=f"spec.nodeName={name}", name=name)
+        inf.add_handler(self.handler)
+        inf.start()
+        self.informers[name] = inf
+        self.tasks.append(asyncio.create_task(self._adopt(name, inf), name=f"adopt-{name}"))
+
+    async def _adopt(self, node: str, inf: Informer) -> None:
+        """Once the node's pods are listed, its pods of the record (this process restarted;
+        their processes ran on) are checked against them: those deleted meanwhile go now."""
+        await inf.wait_synced()
+        rec = await asyncio.to_thread(manager.record, self.lab)
+        for p in rec.pods:
+            if p.kubelet and p.node == node:
+                self.enqueue(p.key)
+
+    def synced(self, node: str) -> bool:
+        """Whether the pods of ``node`` are listed (before that, a pod of the record that the
+        informer lacks is not known to be deleted)."""
+        inf = self.informers.get(node)
+        return inf is not None and inf.synced.is_set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        rec = manager.record(self.lab)
-        handler = HandlerFuncs(
-            add=self._on_event,
-            update=lambda _old, new: self._on_event(new),
-            delete=self._on_event,
-        )
-        for nrec in rec.nodes:
-            inf = Informer(
-                self.kube, PODS, field_selector=f"spec.nodeName={nrec.name}", name=nrec.name
+        nodes = Informer(self.kube, NODES, name="nodes")
+        nodes.add_handler(
+            HandlerFuncs(
+                add=self._on_node,
+                update=lambda _old, new: self._on_node(new),
+                delete=lambda _node: None,
             )
-            inf.add_handler(handler)
-            inf.start()
-            self.informers.append(inf)
-        tasks: list[asyncio.Task[None]] = []
+        )
+        nodes.start()
+        self.tasks += [
+            asyncio.create_task(self._worker(), name="kubelet-worker"),
+            asyncio.create_task(self._relist(), name="kubelet-relist"),
+        ]
         try:
-            for inf in self.informers:
-                await inf.wait_synced()
-            for p in rec.pods:  # pods deleted while this process was away go now
-                if p.kubelet:
-                    self.enqueue(p.key)
-            tasks = [
-                asyncio.create_task(self._worker(), name="kubelet-worker"),
-                asyncio.create_task(self._relist(), name="kubelet-relist"),
-            ]
             await stop.wait()
         finally:
-            await cancel(tasks)
-            for inf in self.informers:
+            await cancel(self.tasks)
+            await nodes.stop()
+            for inf in self.informers.values():
                 await inf.stop()
 
     async def _relist(self) -> None:
@@ -256,6 +283,8 @@ class Kubelet:
         """Bring pod ``key`` to what the API says; the status to write, if any."""
         rec = manager.record(self.lab)
         prec = next((p for p in rec.pods if p.key == key and p.kubelet), None)
+        if prec is not None and not self.synced(prec.node):
+            return None  # its node's pods are not listed yet: _adopt enqueues it then
         meta = (obj or {}).get("metadata") or {}
         if prec is not None and (obj is None or meta.get("uid") != prec.uid):
             log.info("pod %s: stopping (deleted or replaced)", key)
@@ -269,10 +298,6 @@ class Kubelet:
         return self._tend(rec, prec, obj)
 
     def _start(self, rec: LabRecord, key: str, obj: KubeObject) -> Status | None:
-        if any(p.key == key and not p.kubelet for p in rec.pods):
-            return None  # the lab's own (lab up / lab apply)
-        if controller_ref(obj) is None:
-            return None  # a bare pod: ``lab apply`` runs those
         phase = (obj.get("status") or {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             return None
@@ -392,7 +417,7 @@ class Kubelet:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ciliary-lab-kubelet",
-        description="The lab's kubelet role: runs the pods the controllers bind to its nodes.",
+        description="The lab's kubelet role: runs every pod bound to a node of the lab.",
     )
     parser.add_argument("lab")
     args = parse_args(parser, argv)

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from ciliary.lab.state import (
     NodeRecord,
     NodeView,
     PodRecord,
+    PodTableView,
     PodView,
     ProcessRecord,
     ProcessView,
@@ -322,24 +322,29 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         _publish_cluster(rec, lab_file)
         _publish_policies(rec.name, lab_file, policies)
         _start_supervisor(rec)
+        # the kubelet role starts while the nodes are made; it takes each node as it registers
+        _start_cluster_processes(rec, [KUBELET], wait=False)
         cidrs = schema.node_cidrs(lab_file)
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
                 _create_node(rec, node.name, cidrs[node.name], dict(node.labels))
+        text = Path(path).read_text() if path is not None else schema.DEFAULT_SCENARIO
+        docs = _manifests(text, lab_file)
+        dns = _cluster_dns_pod(rec, lab_file)
+        if dns is not None:
+            _write_dns_records(rec)  # the server reads it as it starts
+            docs.append(_pod_doc(dns))
         with _step(progress, "kubectl apply: the file's manifests"):
-            text = Path(path).read_text() if path is not None else schema.DEFAULT_SCENARIO
-            _apply_manifests(rec, _manifests(text, lab_file))
+            _apply_in_order(rec, docs, policies)
         relay = lab_file.lab.spec.hubble.relay
-        if rec.hubble.enabled and relay.enabled:
+        if rec.hubble.enabled and relay.enabled:  # while the kubelet role starts the pods
             with _step(progress, "hubble relay"):
                 _start_relay(rec, relay.listen_address)
-        _create_cluster_dns(rec, lab_file, progress)
-        for pod in lab_file.pods:
-            with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
-                _create_pod(rec, pod)
-        if rec.control_plane is not None:
-            with _step(progress, "controller manager, operator, kubelet"):
-                _start_cluster_processes(rec)
+        keys = [p.key for p in lab_file.pods] + ([dns.key] if dns is not None else [])
+        with _step(progress, f"{len(keys)} pods: running and ready"):
+            _await_pods(rec, keys)
+        with _step(progress, "controller manager, operator"):
+            _start_cluster_processes(rec, [CONTROLLER_MANAGER, OPERATOR])
     except BaseException as err:
         _teardown(rec)
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
@@ -411,6 +416,140 @@ def _apply_manifests(rec: LabRecord, docs: list[kubeapi.Obj]) -> None:
         ) from err
 
 
+WORKLOAD_KINDS = frozenset(
+    {"Pod", "Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job", "CronJob"}
+)
+"""Kinds whose objects become running pods: applied after everything else of a file, once every
+agent enforces the file's policies."""
+POD_READY_TIMEOUT = 120.0
+POLICY_SYNC_TIMEOUT = 30.0
+POLL = 0.05
+
+
+def _apply_in_order(rec: LabRecord, docs: list[kubeapi.Obj], policies: list[Policy]) -> None:
+    """``docs`` through the API, so that no pod runs before its policy is enforced: with
+    policies, first everything but the kinds that make pods (namespaces, policies, services…),
+    then, once every agent of the lab has the policies, the pods and workloads."""
+    if not policies:
+        _apply_manifests(rec, docs)
+        return
+    _apply_manifests(rec, [d for d in docs if d.get("kind") not in WORKLOAD_KINDS])
+    _await_policies(rec, policies)
+    _apply_manifests(rec, [d for d in docs if d.get("kind") in WORKLOAD_KINDS])
+
+
+def _await_policies(rec: LabRecord, policies: list[Policy]) -> None:
+    """Wait until every running agent has each of ``policies`` (key and rule count) in its
+    repository, as its policy list reports it. An agent that is down (held down, or between
+    restarts) is not waited for: it plugs in no pod until it runs again, and it serves only once
+    its informers have synced the API's policies."""
+    wanted = {(pol.key, len(pol.rules)) for pol in policies}
+    deadline = time.monotonic() + POLICY_SYNC_TIMEOUT
+    for nrec in _load(rec.name).nodes:
+        while process.alive(nrec.agent_pid, nrec.agent_start_time):
+            have: set[tuple[str, int]] = set()
+            with (
+                contextlib.suppress(AgentUnavailableError, AgentAPIError),
+                AgentClient(Path(nrec.socket), timeout=5) as cl,
+            ):
+                have = {(p.key, p.rules) for p in cl.policy_list().policies}
+            if wanted <= have:
+                break
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(k for k, _ in wanted - have))
+                raise LabError(
+                    f"node {nrec.name}: the agent does not enforce {missing} after"
+                    f" {POLICY_SYNC_TIMEOUT:.0f}s (see {Path(nrec.state_dir) / 'agent.log'})"
+                )
+            time.sleep(POLL)
+
+
+STARTING_REASONS = ("ContainerCreating", "PodInitializing")
+
+
+def _pod_problem(key: str, pod: kubeapi.Obj) -> str | None:
+    """Why the kubelet role cannot run ``pod``, from its status (the reason and message it
+    wrote), or None while it is starting or running."""
+    status = pod.get("status") or {}
+    reason, message = None, None
+    if status.get("phase") == "Failed":
+        reason, message = status.get("reason") or "Failed", status.get("message") or ""
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if reason is None and waiting and waiting.get("reason") not in STARTING_REASONS:
+            reason = waiting.get("reason")
+            message = waiting.get("message") or status.get("message") or ""
+    if reason is None:
+        return None
+    text = str(message or "")
+    text = text if text.startswith(f"pod {key}") else f"pod {key}: {text}"
+    return f"{text} ({reason})"
+
+
+def _pod_ready(pod: kubeapi.Obj) -> bool:
+    """Running and Ready, or done for good (``Succeeded``: every container exited 0)."""
+    status = pod.get("status") or {}
+    if status.get("phase") == "Succeeded":
+        return True
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def _await_pods(rec: LabRecord, keys: Sequence[str]) -> None:
+    """Wait until each pod ``keys`` names is Running and Ready in the API (the kubelet role
+    started it and wrote its status); a pod the kubelet role cannot run fails with the reason
+    of its status, naming the pod."""
+    api = _api(rec.name)
+    pending = set(keys)
+    deadline = time.monotonic() + POD_READY_TIMEOUT
+    while pending:
+        try:
+            items = api.request("GET", "/api/v1/pods").get("items") or []
+        except kubeapi.KubeAPIError as err:
+            raise LabError(f"API server: {err}") from err
+        pods = {f"{o['metadata'].get('namespace')}/{o['metadata']['name']}": o for o in items}
+        for key in sorted(pending):
+            pod = pods.get(key)
+            if pod is None:
+                raise LabError(f"pod {key}: deleted from the API server while it was starting")
+            problem = _pod_problem(key, pod)
+            if problem is not None:
+                raise LabError(problem)
+            if _pod_ready(pod):
+                pending.discard(key)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            kubelet_log = _lab_dir(rec.name) / f"{KUBELET}.log"
+            raise LabError(
+                f"pods not running and ready after {POD_READY_TIMEOUT:.0f}s:"
+                f" {', '.join(sorted(pending))} (kubelet role: {_tail(kubelet_log)})"
+            )
+        if not _supervised(rec):
+            log = supervisor_dir(rec.name) / "supervisor.log"
+            raise LabError(f"the lab's supervisor exited: {_tail(log)}")
+        time.sleep(POLL)
+
+
+def _await_pods_gone(rec: LabRecord, keys: set[str]) -> None:
+    """Wait until the kubelet role has torn down the pods ``keys`` names (deleted from the API);
+    what is still there after the timeout is removed here."""
+    deadline = time.monotonic() + POD_READY_TIMEOUT / 4
+    while True:
+        left = [p for p in _load(rec.name).pods if p.key in keys]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(POLL)
+    disk = _load(rec.name)
+    for prec in [p for p in disk.pods if p.key in keys]:
+        _remove_pod(disk, prec)
+    save_kubelet_pods(disk)
+
+
 def apply(path: Path, *, name: str | None = None, progress: Progress | None = None) -> LabView:
     """Add the Namespace and Pod documents of ``path`` to a running lab (all or nothing)."""
     _require_root()
@@ -428,33 +567,26 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
     undo = _ApplyUndo.of(rec, policies)
     api_undo: kubeapi.Snapshot | None = None
     try:
-        if rec.control_plane is not None:
-            docs = _manifests(Path(path).read_text(), added)
-            try:
-                api_undo = kubeapi.Snapshot(_api(rec.name), docs)
-            except kubeapi.KubeAPIError as err:
-                raise LabError(f"API server: {err}") from err
-            _apply_manifests(rec, docs)
+        docs = _manifests(Path(path).read_text(), added)
+        try:
+            api_undo = kubeapi.Snapshot(_api(rec.name), docs)
+        except kubeapi.KubeAPIError as err:
+            raise LabError(f"API server: {err}") from err
         _publish_policies(rec.name, added, policies)
-        store = cluster_store(rec.name)
         for ns in added.namespaces:
             # as kube-apiserver does for every namespace (and `lab up` here): its name as a label
             labels = {**ns.metadata.labels, "kubernetes.io/metadata.name": ns.metadata.name}
             rec.namespaces[ns.metadata.name] = labels
-            store.put(
-                "namespaces",
-                ns.metadata.name,
-                _k8s_object("Namespace", ns.metadata.name, labels=labels),
-            )
         _save(rec)
-        for pod in added.pods:
-            with _step(progress, f"pod {pod.key}: netns + endpoint + process"):
-                _create_pod(rec, pod)
+        with _step(progress, "kubectl apply"):
+            _apply_in_order(rec, docs, policies)
+        with _step(progress, f"{len(added.pods)} pods: running and ready"):
+            _await_pods(rec, [p.key for p in added.pods])
     except BaseException as err:
-        undo.rollback(rec)
-        if api_undo is not None:
+        if api_undo is not None:  # the kubelet role stops the pods deleted here
             with contextlib.suppress(kubeapi.KubeAPIError):
                 api_undo.restore()
+        undo.rollback(rec, {p.key for p in added.pods})
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
             raise LabError(f"lab apply failed, nothing was added: {err}") from err
         raise
@@ -462,9 +594,10 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
 
 
 class _ApplyUndo:
-    """What ``lab apply`` must give back when it fails: every pod it created (also one that failed
-    half-way: the record is written before the pod is made), the namespaces it added, and the
-    policies it published (restored to their previous version when it replaced one)."""
+    """What ``lab apply`` must give back when it fails, once its objects are gone from the API
+    (``kubeapi.Snapshot``): every pod of the record it made (the kubelet role tears them down;
+    waited for), the namespaces it added, and the policies it published (restored to their
+    previous version when it replaced one)."""
 
     def __init__(
         self,
@@ -483,12 +616,10 @@ class _ApplyUndo:
             {pol.key: store.get(policystore.KIND, pol.key) for pol in policies},
         )
 
-    def rollback(self, rec: LabRecord) -> None:
-        for prec in [p for p in rec.pods if p.key not in self.pods and not p.kubelet]:
-            _remove_pod(rec, prec)
+    def rollback(self, rec: LabRecord, pods: set[str]) -> None:
+        """Give back what the apply made; ``pods`` are the keys of the file's pods."""
+        _await_pods_gone(rec, pods - self.pods)
         store = cluster_store(rec.name)
-        for ns_name in [n for n in rec.namespaces if n not in self.namespaces]:
-            store.delete("namespaces", ns_name)
         rec.namespaces = self.namespaces
         if self.policies:
             with store.transaction() as txn:
@@ -502,8 +633,8 @@ class _ApplyUndo:
 
 
 def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
-    """Write what the API server would hold before any agent starts: namespaces, IP pools."""
-    store = cluster_store(rec.name)
+    """Record the lab's namespaces (the API server gets them with the file's manifests) and
+    put the IP pools in the API server before any agent starts."""
     for ns_name in ("default", "kube-system"):
         rec.namespaces.setdefault(ns_name, {})
     for ns in lab_file.namespaces:
@@ -512,7 +643,6 @@ def _publish_cluster(rec: LabRecord, lab_file: schema.LabFile) -> None:
         # as Kubernetes (>= 1.21) does, every namespace carries its own name as a label, so
         # policies can select namespaces by name
         labels.setdefault("kubernetes.io/metadata.name", ns_name)
-        store.put("namespaces", ns_name, _k8s_object("Namespace", ns_name, labels=labels))
     if lab_file.ipam_mode == "pools":
         # Calico's pools are API objects that the agents' IPAM informers read: in the API server
         # before any agent starts (the file's manifests, applied later, hold them again: no-op)
@@ -823,12 +953,13 @@ def _start_supervisor(rec: LabRecord) -> None:
     _save(rec)
 
 
-def _start_cluster_processes(rec: LabRecord) -> None:
-    """The cluster's own processes, once the nodes and the file's pods are made (so pods the
-    controllers make never race the file's for names or addresses): kube-controller-manager's
-    and cilium-operator's roles (``ciliary.controllers``) and the kubelet role that runs the
-    pods they make (``lab.kubeletd``), each a client of the API with the admin kubeconfig,
-    started and restarted by the supervisor."""
+def _start_cluster_processes(rec: LabRecord, names: Sequence[str], *, wait: bool = True) -> None:
+    """The cluster's own processes ``names``, started and restarted by the supervisor, each a
+    client of the API with the admin kubeconfig: the kubelet role that runs every pod
+    (``lab.kubeletd``; ``lab up`` starts it before the nodes are made, it takes each node as it
+    registers) and, once the file's pods run, kube-controller-manager's and cilium-operator's
+    roles (``ciliary.controllers``). With ``wait``, returns once the supervisor has started
+    every one of the lab's processes."""
     if rec.control_plane is None:
         return
     kubeconfig = rec.control_plane.kubeconfig
@@ -838,15 +969,15 @@ def _start_cluster_processes(rec: LabRecord) -> None:
         OPERATOR: [*python, "ciliary.controllers.operator", "--kubeconfig", kubeconfig],
         KUBELET: [*python, "ciliary.lab.kubeletd", "--kubeconfig", kubeconfig, rec.name],
     }
-    for pname, argv in argvs.items():
+    for pname in names:
         rec.processes[pname] = ProcessRecord(
-            argv=argv,
+            argv=argvs[pname],
             log=str(_lab_dir(rec.name) / f"{pname}.log"),
             cgroup=_cgroup_rel(rec.name, pname),
         )
     _save(rec)  # intent first: the supervisor starts them
     deadline = time.monotonic() + AGENT_READY_TIMEOUT
-    while any(p.pid is None for p in rec.processes.values()):
+    while wait and any(p.pid is None for p in rec.processes.values()):
         if not _supervised(rec):
             log = supervisor_dir(rec.name) / "supervisor.log"
             raise LabError(f"the lab's supervisor exited: {_tail(log)}")
@@ -965,11 +1096,11 @@ def _node(rec: LabRecord, name: str) -> NodeRecord:
     raise LabError(f"lab {rec.name!r} has no node {name!r}")
 
 
-def _create_pod(rec: LabRecord, pod: schema.PodSpec, *, uid: str | None = None) -> PodRecord:
-    """Make the pod: netns, CNI ADD, its containers as processes; the lab's own pods (``uid``
-    None) also reported in the API. With ``uid`` the pod is the kubelet role's (lab.kubeletd),
-    which reports its status itself: the record is written with :func:`save_kubelet_pods`."""
-    save = _save if uid is None else save_kubelet_pods
+def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
+    """Make the pod ``uid`` of the API (the kubelet role's part, ``lab.kubeletd``, which reports
+    its status): netns, CNI ADD, its containers as processes; the record is written with
+    :func:`save_kubelet_pods`, before each resource is made."""
+    save = save_kubelet_pods
     nrec = _node(rec, pod.node_name)
     prec = PodRecord(
         name=pod.name,
@@ -984,32 +1115,12 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, *, uid: str | None = None) 
             if c.argv()
         ],
         cgroup=_cgroup_rel(rec.name, f"pod-{pod.namespace}-{pod.name}"),
-        kubelet=uid is not None,
+        kubelet=True,
         uid=uid,
         restart_policy=pod.spec.restart_policy,
     )
     rec.pods.append(prec)
     save(rec)  # intent first
-    started_at = time.time()
-    # the API server knows the pod (labels, annotations) before its node plugs it in
-    cluster_store(rec.name).put(
-        "pods",
-        prec.key,
-        _k8s_object(
-            "Pod", pod.name, pod.namespace,
-            labels=dict(pod.labels), annotations=dict(pod.metadata.annotations),
-            spec={
-                "nodeName": nrec.name,
-                "containers": [
-                    {
-                        "name": c.name,
-                        "ports": [p.model_dump(by_alias=True, exclude_none=True) for p in c.ports],
-                    }
-                    for c in pod.spec.containers
-                ],
-            },
-        ),
-    )  # fmt: skip
     path = netns.create(prec.netns)
     requested = [str(a) for a in pod.requested_ips()]
     try:
@@ -1029,27 +1140,18 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, *, uid: str | None = None) 
     with AgentClient(Path(nrec.socket)) as cl:
         ep = next(e for e in cl.endpoints() if e.container_id == prec.container_id)
     prec.endpoint_id, prec.ipv4, prec.ipv6 = ep.id, ep.ipv4, ep.ipv6
-    save(rec)
     # The pod's processes start only now: the endpoint is ready (programs attached) by contract.
     # Every container is a process in the pod's netns and its cgroup (as containers of a pod
     # share the pod's network namespace), its output in kubelet's log file of its run, which
     # ``kubectl logs`` reads through the API server (named by the pod's uid in the API).
-    prec.uid = prec.uid or _lab_pod_uid(rec, pod, nrec)
-    prec.log = str(podlogs.pod_log_dir(pod_log_root(rec.name), pod.namespace, pod.name, prec.uid))
+    prec.log = str(podlogs.pod_log_dir(pod_log_root(rec.name), pod.namespace, pod.name, uid))
     save(rec)
     specs = {c.name: c for c in pod.spec.containers}
     for crec in prec.containers:
-        try:
-            start_container(rec, pod, prec, crec, specs[crec.name])
-        except podsandbox.ContainerConfigError as err:
-            if uid is not None:
-                raise  # the kubelet role reports it in the pod's status
-            raise LabError(f"pod {prec.key}: {err.reason}: {err}") from err
+        start_container(rec, pod, prec, crec, specs[crec.name])  # ContainerConfigError: status
         save(rec)
     _check_started(rec, prec)
     _write_dns_records(rec)
-    if rec.control_plane is not None and uid is None:
-        _report_pod_running(rec, pod, prec, nrec, started_at)
     return prec
 
 
@@ -1070,28 +1172,9 @@ def container_log(rec: LabRecord, prec: PodRecord, crec: ContainerRecord) -> Pat
     )
 
 
-def _lab_pod_uid(rec: LabRecord, pod: schema.PodSpec, nrec: NodeRecord) -> str:
-    """The uid of a lab pod in the API (created here when the file did not apply it: the
-    cluster DNS pod); a lab without an API server has its own."""
-    if rec.control_plane is None:
-        return str(uuid.uuid4())
-    api = _api(rec.name)
-    path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
-    try:
-        obj = api.get(path)
-        if obj is None:
-            obj = api.create(_pod_doc(pod, nrec), exist_ok=True) or api.get(path)
-    except kubeapi.KubeAPIError as err:
-        raise LabError(f"API server: {err}", [f"API server: {p}" for p in err.problems]) from err
-    if obj is None:
-        raise LabError(f"API server: pod {pod.key} vanished while it was being started")
-    return str(obj["metadata"]["uid"])
-
-
 def run_api_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
-    """The kubelet role's start of a pod of the API (``lab.kubeletd``): as the lab's own pods,
-    recorded as the kubelet role's, its status left to it."""
-    return _create_pod(rec, pod, uid=uid)
+    """The kubelet role's start of a pod of the API (``lab.kubeletd``), its status left to it."""
+    return _create_pod(rec, pod, uid)
 
 
 def remove_pod(rec: LabRecord, prec: PodRecord) -> None:
@@ -1160,35 +1243,15 @@ def check_containers(pod: schema.PodSpec) -> None:
         podsandbox.empty_dir_mounts(pod.key, spec, container)
 
 
-def _report_pod_running(
-    rec: LabRecord, pod: schema.PodSpec, prec: PodRecord, nrec: NodeRecord, started_at: float
-) -> None:
-    """kubelet's part: the pod in the API (the lab's own pods, e.g. cluster DNS, are created
-    here; the file's were applied already) and, now that its containers run, its status."""
-    api = _api(rec.name)
-    doc = _pod_doc(pod, nrec)
-    cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
-    hosts = certs.router_addresses(cidrs)
-    status = kubelet.pod_running(
-        containers=[(c.name, c.image) for c in pod.spec.containers],
-        container_id=prec.container_id,
-        pod_ips=[a.partition("/")[0] for a in (prec.ipv4, prec.ipv6) if a],
-        host_ip=hosts[0] if hosts else None,
-        started_at=started_at,
-    )
-    path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
-    _api_call(lambda: api.create(doc, exist_ok=True))
-    _api_call(lambda: api.patch_status(path, status))
-
-
-def _pod_doc(pod: schema.PodSpec, nrec: NodeRecord) -> kubeapi.Obj:
+def _pod_doc(pod: schema.PodSpec) -> kubeapi.Obj:
+    """The Pod the lab applies for ``pod`` (its own: the cluster DNS pod), bound to its node."""
     doc: kubeapi.Obj = {
         "apiVersion": "v1",
         "kind": "Pod",
         **pod.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True),
     }
     doc.setdefault("metadata", {})["namespace"] = pod.namespace
-    doc.setdefault("spec", {})["nodeName"] = nrec.name
+    doc.setdefault("spec", {})["nodeName"] = pod.node_name
     return doc
 
 
@@ -1294,17 +1357,6 @@ def _cluster_dns_pod(rec: LabRecord, lab_file: schema.LabFile) -> schema.PodSpec
     )  # fmt: skip
 
 
-def _create_cluster_dns(
-    rec: LabRecord, lab_file: schema.LabFile, progress: Progress | None
-) -> None:
-    pod = _cluster_dns_pod(rec, lab_file)
-    if pod is None:
-        return
-    with _step(progress, f"pod {pod.key}: cluster DNS"):
-        _write_dns_records(rec)  # the server reads it as it starts
-        _create_pod(rec, pod)
-
-
 def _write_dns_records(rec: LabRecord) -> None:
     """``records.json``, atomically: every pod with addresses as
     ``<name>.<namespace>.pod.cluster.local.`` (its IPv4 and IPv6) and in Kubernetes' dashed
@@ -1371,8 +1423,6 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
         node = _node(_load(rec.name), prec.node)  # the agent now (the supervisor restarts it)
         if process.alive(node.agent_pid, node.agent_start_time):
             _cni(rec, node).delete(prec.container_id, str(netns.path_of(prec.netns)), "eth0")
-    with contextlib.suppress(Exception):
-        cluster_store(rec.name).delete("pods", prec.key)
     netns.remove(prec.netns)
     if prec.log:  # its container logs go with it (kubelet removes a deleted pod's)
         shutil.rmtree(prec.log, ignore_errors=True)
@@ -1514,7 +1564,26 @@ def status(name: str | None = None) -> LabView:
             )
             for pname, p in rec.processes.items()
         ],
+        pod_table=_pod_table(rec),
     )
+
+
+def _pod_table(rec: LabRecord) -> PodTableView | None:
+    """``kubectl get pods -A -o wide`` of the lab (the API server's Table, as kubectl prints it:
+    every column, NAMESPACE first); None when the API server does not answer."""
+    cp = control_plane(rec.name)
+    if cp is None:
+        return None
+    try:
+        table = kubeapi.KubeAPI(cp).table("/api/v1/pods")
+    except kubeapi.KubeAPIError:
+        return None
+    columns = ["NAMESPACE"] + [str(c["name"]).upper() for c in table.get("columnDefinitions", [])]
+    rows = []
+    for row in table.get("rows") or []:
+        namespace = ((row.get("object") or {}).get("metadata") or {}).get("namespace", "")
+        rows.append([str(namespace)] + ["" if c is None else str(c) for c in row["cells"]])
+    return PodTableView(columns=columns, rows=sorted(rows))
 
 
 def _control_plane_view(rec: LabRecord) -> ControlPlaneView | None:

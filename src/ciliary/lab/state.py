@@ -207,6 +207,14 @@ class ControlPlaneView(_Model):
     etcd_last_exit: str | None = None
 
 
+class PodTableView(_Model):
+    """The lab's pods as ``kubectl get pods -A -o wide`` prints them: the API server's Table
+    (its columns, upper-cased, after NAMESPACE), every cell as text."""
+
+    columns: list[str]
+    rows: list[list[str]]
+
+
 class LabView(_Model):
     name: str
     file: str | None
@@ -217,3 +225,6 @@ class LabView(_Model):
     supervisor_alive: bool | None = None
     control_plane: ControlPlaneView | None = None
     processes: list[ProcessView] = Field(default_factory=list)
+    pod_table: PodTableView | None = Field(
+        default=None, description="from the API server; None when it does not answer"
+    )
