@@ -5,6 +5,13 @@ Every command module only raises; this module turns that into the CLI's contract
 ``Error: this command must run as root (try sudo)`` whenever the real cause is a root-only socket
 or lab operation seen by a non-root user. ``ciliary workload ...`` is handed over before argparse
 sees it, so the workload's own options are never mistaken for ours.
+
+Each subcommand's module is imported only when that subcommand runs: the e2e suite calls this CLI
+hundreds of times and importing every command (grpc, protobuf, the policy schema) cost ~0.75 s of
+CPU per call. When the first word names a command (see ``COMMANDS``), the parser holds that
+command alone, which argparse renders and rejects exactly as the full parser would (the top-level
+usage says ``COMMAND``, not the list); anything else (``--help``, no command, an unknown one)
+builds the full parser from every module, so its help and errors are unchanged.
 """
 
 from __future__ import annotations
@@ -13,45 +20,61 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib import import_module
+from types import ModuleType
+from typing import Protocol, cast
 
 from ciliary import __version__
-from ciliary.cli import (
-    bpf,
-    demo,
-    endpoint,
-    hubble,
-    identity,
-    ipam,
-    lab,
-    monitor,
-    policy,
-    status,
-    version,
-    workload,
+from ciliary.cli.output import (
+    ROOT_REQUIRED,
+    CLIError,
+    Context,
+    RootRequiredError,
+    Subparsers,
+    one_line,
 )
-from ciliary.cli.output import ROOT_REQUIRED, CLIError, Context, RootRequiredError, one_line
 from ciliary.client import AgentClientError, AgentPermissionError
 
 DEBUG_ENV = "CILIARY_DEBUG"
 """Set to 1 to get the traceback of an unexpected error instead of the one-line message."""
 
-_COMMANDS = (
-    status,
-    endpoint,
-    identity,
-    policy,
-    ipam,
-    bpf,
-    monitor,
-    hubble,
-    lab,
-    workload,
-    demo,
-    version,
+COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("status", ("status",)),
+    ("endpoint", ("endpoint", "ep")),
+    ("identity", ("identity",)),
+    ("policy", ("policy",)),
+    ("ipam", ("ipam",)),
+    ("bpf", ("bpf",)),
+    ("monitor", ("monitor",)),
+    ("hubble", ("observe", "hubble")),
+    ("lab", ("lab",)),
+    ("workload", ("workload",)),
+    ("demo", ("demo",)),
+    ("version", ("version",)),
 )
+"""Each ``ciliary.cli.<module>`` in help order, with the top-level names (aliases included) its
+``register`` adds; a test checks these names against the full parser."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _CommandModule(Protocol):
+    def register(self, sub: Subparsers) -> None: ...
+
+
+def _command_module(name: str) -> _CommandModule:
+    module: ModuleType = import_module(f"ciliary.cli.{name}")
+    return cast(_CommandModule, module)
+
+
+def command_module_of(word: str) -> str | None:
+    """The module registering the top-level command ``word``, None if no command is called so."""
+    for module, names in COMMANDS:
+        if word in names:
+            return module
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser: every command, or only those of module ``only`` (imports just it)."""
     parser = argparse.ArgumentParser(
         prog="ciliary",
         description="CLI for ciliary: Cilium's datapath, identities and observability, in Python.",
@@ -63,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ciliary {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _COMMANDS:
-        module.register(sub)
+    for module, _names in COMMANDS:
+        if only is None or module == only:
+            _command_module(module).register(sub)
     return parser
 
 
@@ -120,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     idx = _first_command(argv)
     if idx is not None and argv[idx] == "workload":
+        from ciliary.cli import workload  # noqa: PLC0415 (lazy: see the module docstring)
+
         try:
             return workload.delegate(argv[idx + 1 :])
         except SystemExit as exc:  # the workload's own argparse
@@ -130,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if os.environ.get(DEBUG_ENV):
                 raise
             return _error(f"{type(exc).__name__}: {exc}")
-    parser = build_parser()
+    parser = build_parser(None if idx is None else command_module_of(argv[idx]))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed
