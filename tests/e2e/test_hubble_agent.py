@@ -10,6 +10,7 @@ events queue full, or a reader lapped by the observer's ring).
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,13 +24,15 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ciliary.agent.k8s.hubblepeers import ADDRESS_ANNOTATION
 from ciliary.client.agent import AgentClient
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
 from ciliary.hubble.api.peer import peer_pb2, peer_pb2_grpc
 from ciliary.lab import manager
+from tests.kubectl import get_json
 
-from .conftest import Lab, assert_no_leftovers, unique
+from .conftest import CILIARY, Lab, assert_no_leftovers, unique
 
 LAB = """\
 apiVersion: ciliary.io/v1alpha1
@@ -286,6 +289,13 @@ def test_agent_events_and_peers(hlab: HubbleLab) -> None:
         peers.cancel()
     assert (first.name, first.type) == (hlab.lab.node, peer_pb2.PEER_ADDED)
     assert first.address == f"unix://{hlab.sock}"
+    # listed from the node's CiliumNode, where the agent published its server
+    kubeconfig = subprocess.run(
+        [CILIARY, "lab", "kubeconfig", "--name", hlab.lab.name],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    node = get_json(kubeconfig, "ciliumnode", hlab.lab.node)
+    assert node["metadata"]["annotations"][ADDRESS_ANNOTATION] == f"unix://{hlab.sock}"
 
 
 NOOP_POLICY = """\

@@ -77,12 +77,11 @@ class AgentConfig:
     mtu: int = 1500
     ct_gc_interval_s: float = 30.0
     ipam_mode: str = "cluster-pool"
-    cluster_store: Path | None = None
     kubeconfig: Path | None = None
     """Cilium's --k8s-kubeconfig-path: the Kubernetes API the agent lists and watches."""
     in_cluster: bool = False
     """Use the pod's service account (``KUBERNETES_SERVICE_HOST``) when no kubeconfig is given.
-    With either, pods, namespaces and policies come from the API, not the cluster store."""
+    With either, pods, namespaces, policies and Hubble peers come from the API."""
     node_labels: dict[str, str] = field(default_factory=dict)
     enable_policy: str = "default"
     """Cilium's --enable-policy: default (enforce once selected), always, never."""

@@ -48,7 +48,6 @@ from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.kube.client import KubeClient
-from ciliary.kvstore import FileStore
 
 log = logging.getLogger(__name__)
 CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply"}
@@ -68,7 +67,6 @@ class Agent:
         self.node = cfg.node
         self.started = time.monotonic()
         self.datapath = NodeDatapath(cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max)
-        self.store = FileStore(cfg.cluster_store) if cfg.cluster_store else None
         self.ipam_datastore: KubeDatastore | None = None
         self.ipam = self._make_ipam(cfg)
         self.identities: IdentityAllocator = LocalIdentityAllocator(

@@ -36,8 +36,9 @@ listener, which compares the repository with what it held before (POLICY_UPDATED
 POLICY_DELETED, with the policy's labels).
 The agent's own metrics (``--prometheus-serve-addr``) are served from here too, with Hubble's
 (``--hubble-metrics-server``, only when ``--hubble-metrics`` enables some, as upstream).
-The server registers this node in the cluster store (kind ``hubblepeers``) so that every node's
-Peer service, and through it the relay, finds every node's socket.
+Peers (``peer.Peer``): with a Kubernetes API the agent publishes its server's address on its
+CiliumNode and lists every node's from the CiliumNode informer (``agent.k8s.hubblepeers``);
+without one the only peer is this node.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from ciliary.agent.flows import (
     FlowGetters,
     policy_labels,
 )
+from ciliary.agent.k8s.hubblepeers import HubblePeers
 from ciliary.agent.metrics import AgentMetrics, count_identities
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
@@ -82,7 +84,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PEERS_KIND = "hubblepeers"
 LOST_STATE_FILE = "hubble-events-lost.json"
 LOST_SAVE_INTERVAL_S = 1.0
 """At most one save of the reported lost-event counters per interval (each is an fsync)."""
@@ -247,6 +248,8 @@ class AgentHubble:
         self._lost_unsaved = False
         self._lost_save_after = 0.0
         self.server: HubbleServer | None = None
+        self.peers: HubblePeers | None = None
+        """The CiliumNodes' Hubble servers, with a Kubernetes API (set at start)."""
         self.metrics_registry = CollectorRegistry()
         self.flow_metrics = FlowMetrics(list(cfg.metrics), self.metrics_registry)
         self.agent_registry = CollectorRegistry()
@@ -437,30 +440,15 @@ class AgentHubble:
 
     # ---- peers -----------------------------------------------------------------------------
 
-    def _peer_record(self) -> dict[str, object]:
-        return {"name": self.node, "address": f"unix://{self.socket}", "tls": False}
+    def own_peer(self) -> PeerInfo:
+        """This node's server as a relay dials it: the unix socket (plaintext), which the lab's
+        relay in the root netns reaches (a node IP inside the node's netns it cannot)."""
+        return PeerInfo(self.node, f"unix://{self.socket}")
 
     def list_peers(self) -> list[PeerInfo]:
-        store = self._agent.store
-        if store is None:
-            return [PeerInfo(self.node, f"unix://{self.socket}")]
-        out = []
-        for name, rec in sorted(store.list(PEERS_KIND).items()):
-            address = rec.get("address")
-            if not isinstance(address, str) or not address:
-                continue
-            server_name = rec.get("tls_server_name")
-            tls = rec.get("tls") is True
-            out.append(
-                PeerInfo(
-                    str(rec.get("name") or name),
-                    address,
-                    (str(server_name) if server_name else str(rec.get("name") or name))
-                    if tls
-                    else None,
-                )
-            )
-        return out
+        if self.peers is None:  # no Kubernetes API: a standalone node is its only peer
+            return [self.own_peer()]
+        return self.peers.peers()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -558,6 +546,10 @@ class AgentHubble:
                 tcp_address,
             )
             tcp_address = None
+        if agent.kube is not None:  # the cluster's nodes, listed before the first Notify
+            self.peers = HubblePeers(agent.kube)
+            self.peers.start()
+            await self.peers.wait_synced()
         self.server = HubbleServer(
             self.observer,
             unix_path=self.socket,
@@ -566,10 +558,10 @@ class AgentHubble:
             peers=self.list_peers,
         )
         await self.server.start()
-        if agent.store is not None:
-            agent.store.put(PEERS_KIND, self.node, self._peer_record())
+        if self.peers is not None:
             if self.server.peer_servicer is not None:
-                self.server.peer_servicer.notify_changed()
+                self.peers.add_listener(self.server.peer_servicer.notify_changed)
+            self.peers.publish(self.own_peer())
         if self.flow_metrics.enabled and cfg.metrics_server:
             self._metrics_servers.append(MetricsServer(self.metrics_registry, cfg.metrics_server))
         self._agent_event(
@@ -583,8 +575,9 @@ class AgentHubble:
         self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
 
     async def stop(self) -> None:
-        """Stops serving; the peer registration stays (the node still exists, a restarted
-        agent serves the same socket), the lost-event counters read so far are saved."""
+        """Stops serving; the address published on the CiliumNode stays (the node still exists,
+        a restarted agent serves the same socket), the lost-event counters read so far are
+        saved."""
         for srv in self._metrics_servers:
             try:
                 await srv.stop()
@@ -593,6 +586,8 @@ class AgentHubble:
         self._metrics_servers.clear()
         if self.server is not None:
             await self.server.stop(grace=0.5)
+        if self.peers is not None:
+            await self.peers.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -608,4 +603,4 @@ class AgentHubble:
             self.exporter.close()
 
 
-__all__ = ["PEERS_KIND", "AgentHubble", "EventsQueue", "LostCounter"]
+__all__ = ["AgentHubble", "EventsQueue", "LostCounter"]

@@ -45,8 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", type=int, default=1500)
     p.add_argument("--ipam", choices=["cluster-pool", "pools"], default="cluster-pool",
                    help="cluster-pool: this node's CIDRs (--ipv4/6-range); pools: Calico IPPools "
-                   "from the cluster store")  # fmt: skip
-    p.add_argument("--cluster-store", type=Path, help="directory of the shared cluster store")
+                   "from the Kubernetes API")  # fmt: skip
     p.add_argument("--kubeconfig", "--k8s-kubeconfig-path", type=Path, dest="kubeconfig",
                    help="list and watch pods, namespaces and policies from this cluster (in a pod:"
                    " the service account when KUBERNETES_SERVICE_HOST is set)")  # fmt: skip
@@ -280,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         ct_max=args.bpf_ct_global_max,
         mtu=args.mtu,
         ipam_mode=args.ipam,
-        cluster_store=args.cluster_store,
         kubeconfig=args.kubeconfig,
         in_cluster=args.kubeconfig is None and bool(os.environ.get(SERVICE_HOST_ENV)),
         node_labels=node_labels,

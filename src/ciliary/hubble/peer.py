@@ -3,9 +3,10 @@
 Upstream's agent streams one ``PEER_ADDED`` per known node, then ``PEER_ADDED`` /
 ``PEER_DELETED`` / ``PEER_UPDATED`` as its node manager reports changes; a renamed node is a
 delete plus an add, and an update is only sent when something a client dials with (address,
-TLS server name) changed (``pkg/hubble/peer/handler.go``). Our peer list comes from the
-cluster store, so the servicer takes a callable listing the peers and diffs successive lists:
-it polls (``poll_interval``) and can be woken early with :meth:`PeerServicer.notify_changed`.
+TLS server name) changed (``pkg/hubble/peer/handler.go``). The servicer takes a callable
+listing the peers (the agent's: its CiliumNode informer's nodes, ``agent.k8s.hubblepeers``)
+and diffs successive lists: it is woken by :meth:`PeerServicer.notify_changed` (the agent calls
+it on every informer event) and re-lists every ``poll_interval`` anyway.
 """
 
 from __future__ import annotations

@@ -802,7 +802,6 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
         "--bpf-pin-dir", nrec.pin_dir,
         "--monitor-aggregation", rec.monitor_aggregation,
         "--ipam", rec.ipam_mode,
-        "--cluster-store", str(cluster_store(rec.name).root),
         "--cluster-name", rec.name,  # the lab is the cluster
     ]  # fmt: skip
     if nrec.labels:

@@ -119,6 +119,11 @@ async def register_node(client: KubeClient, obj: KubeObject) -> None:
                     continue
                 raise
         meta = {**current["metadata"], **obj["metadata"]}
+        # annotations others wrote (the Hubble address, ``hubblepeers``) survive a restart
+        meta["annotations"] = {
+            **(current["metadata"].get("annotations") or {}),
+            **(obj["metadata"].get("annotations") or {}),
+        }
         try:
             await client.replace(CILIUM_NODES, {**current, "metadata": meta, "spec": obj["spec"]})
             return
