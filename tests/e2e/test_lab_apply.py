@@ -16,7 +16,6 @@ import pytest
 from ciliary.client.agent import AgentClient
 from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.cgroup import cgroup2_root
-from ciliary.kvstore import policies as policystore
 from ciliary.lab import manager
 from tests.kubectl import get_json, kubectl, kubectl_run, wait_for
 
@@ -74,8 +73,10 @@ def _assert_nothing_of(lab: Lab, ns: str) -> None:
     assert [p.key for p in rec.pods if p.namespace == ns] == []
     assert ns not in rec.namespaces
     _assert_nothing_in_api(lab, ns)
-    store = manager.cluster_store(lab.name)
-    assert store.get(policystore.KIND, f"{ns}/web-from-own-namespace") is None
+    kubeconfig = manager.kubeconfig(lab.name)
+    netpol = "networkpolicy/web-from-own-namespace"
+    gone = kubectl_run(kubeconfig, "get", netpol, "-n", ns, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone
     assert netns.list_names(f"cilp-{lab.name}-{ns}-") == []
     root = cgroup2_root()
     assert root is not None

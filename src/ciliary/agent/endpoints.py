@@ -28,6 +28,7 @@ from ciliary.agent.identity import IdentityAllocator, security_labels
 from ciliary.agent.ipam import IPAM, IPAMError
 from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
+from ciliary.core import atomicfile as store
 from ciliary.core.models import (
     CheckResponse,
     Endpoint,
@@ -42,7 +43,6 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.endpoints import EP_F_READY
-from ciliary.kvstore import atomic as store
 
 log = logging.getLogger(__name__)
 MAX_ENDPOINT_ID = 4095

@@ -67,6 +67,7 @@ from ciliary.agent.flows import (
 )
 from ciliary.agent.k8s.hubblepeers import HubblePeers
 from ciliary.agent.metrics import AgentMetrics, count_identities
+from ciliary.core import atomicfile as store_files
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.datapath.maps.events import RawTraceEvent
@@ -76,7 +77,6 @@ from ciliary.hubble.metrics import FlowMetrics, MetricsServer
 from ciliary.hubble.observer import LocalObserver
 from ciliary.hubble.peer import PeerInfo
 from ciliary.hubble.server import HubbleServer, TLSConfig
-from ciliary.kvstore import atomic as store_files
 from ciliary.policy.api import Policy
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from ciliary.core import atomicfile as store
 from ciliary.core.flow import MIN_ALLOCATED_IDENTITY
-from ciliary.kvstore import atomic as store
 
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 

@@ -34,6 +34,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any
 
+from ciliary.core.atomicfile import read_json, write_json
 from ciliary.core.models import (
     Endpoint,
     EndpointPolicyStatus,
@@ -44,7 +45,6 @@ from ciliary.core.models import (
 )
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
-from ciliary.kvstore.atomic import read_json, write_json
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 from ciliary.policy.api.documents import load_yaml
 from ciliary.policy.explain import DefaultDeny, near_misses

@@ -36,8 +36,8 @@ import yaml
 
 from ciliary.apiserver import netnslisten
 from ciliary.apiserver.etcdserver import EtcdProcess, free_port, restart_etcd, start_etcd
+from ciliary.core import atomicfile as atomic
 from ciliary.datapath.linux import netns
-from ciliary.kvstore import atomic
 from ciliary.lab.certs import LOOPBACK_ADDRESSES, CertPair, LabCA
 from ciliary.lab.process import alive, start_time, stop, venv_bin
 

@@ -33,12 +33,11 @@ from rich.progress import Progress, TaskID
 
 from ciliary.apiserver.etcdserver import EtcdError
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
+from ciliary.core import atomicfile as atomic
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.datapath.linux import bpffs, cgroup, cgrouplimits, netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.k8s import core, podlogs
-from ciliary.kvstore import FileStore, atomic
-from ciliary.kvstore import policies as policystore
 from ciliary.lab import certs, controlplane, kubeapi, kubelet, podsandbox, process, schema
 from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError
 from ciliary.lab.state import (
@@ -101,11 +100,6 @@ def _lab_dir(lab: str) -> Path:
 
 def _state_file(lab: str) -> Path:
     return _lab_dir(lab) / "state.json"
-
-
-def cluster_store(lab: str) -> FileStore:
-    """The lab's stand-in for the Kubernetes API: nodes, namespaces, pods, IP pools."""
-    return FileStore(_lab_dir(lab) / "store")
 
 
 def _cni_conf_dir(lab: str, node: str) -> Path:
@@ -320,7 +314,6 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         with _step(progress, "control plane: etcd + API server"):
             _start_control_plane(rec)
         _publish_cluster(rec, lab_file)
-        _publish_policies(rec.name, lab_file, policies)
         _start_supervisor(rec)
         # the kubelet role starts while the nodes are made; it takes each node as it registers
         _start_cluster_processes(rec, [KUBELET], wait=False)
@@ -564,7 +557,7 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
     except schema.LabFileError as err:
         raise _file_error(err, path) from err
     policies = _policies_of(added)
-    undo = _ApplyUndo.of(rec, policies)
+    undo = _ApplyUndo.of(rec)
     api_undo: kubeapi.Snapshot | None = None
     try:
         docs = _manifests(Path(path).read_text(), added)
@@ -572,7 +565,6 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
             api_undo = kubeapi.Snapshot(_api(rec.name), docs)
         except kubeapi.KubeAPIError as err:
             raise LabError(f"API server: {err}") from err
-        _publish_policies(rec.name, added, policies)
         for ns in added.namespaces:
             # as kube-apiserver does for every namespace (and `lab up` here): its name as a label
             labels = {**ns.metadata.labels, "kubernetes.io/metadata.name": ns.metadata.name}
@@ -594,41 +586,22 @@ def apply(path: Path, *, name: str | None = None, progress: Progress | None = No
 
 
 class _ApplyUndo:
-    """What ``lab apply`` must give back when it fails, once its objects are gone from the API
-    (``kubeapi.Snapshot``): every pod of the record it made (the kubelet role tears them down;
-    waited for), the namespaces it added, and the policies it published (restored to their
-    previous version when it replaced one)."""
+    """What ``lab apply`` must give back of the record when it fails, once its objects (pods,
+    namespaces, policies: restored to their previous version when it replaced one) are back as
+    they were in the API (``kubeapi.Snapshot``): every pod of the record it made (the kubelet
+    role tears them down; waited for) and the namespaces it added."""
 
-    def __init__(
-        self,
-        pods: set[str],
-        namespaces: dict[str, dict[str, str]],
-        policies: dict[str, dict[str, object] | None],
-    ) -> None:
-        self.pods, self.namespaces, self.policies = pods, namespaces, policies
+    def __init__(self, pods: set[str], namespaces: dict[str, dict[str, str]]) -> None:
+        self.pods, self.namespaces = pods, namespaces
 
     @classmethod
-    def of(cls, rec: LabRecord, policies: list[Policy]) -> _ApplyUndo:
-        store = cluster_store(rec.name)
-        return cls(
-            {p.key for p in rec.pods},
-            {k: dict(v) for k, v in rec.namespaces.items()},
-            {pol.key: store.get(policystore.KIND, pol.key) for pol in policies},
-        )
+    def of(cls, rec: LabRecord) -> _ApplyUndo:
+        return cls({p.key for p in rec.pods}, {k: dict(v) for k, v in rec.namespaces.items()})
 
     def rollback(self, rec: LabRecord, pods: set[str]) -> None:
         """Give back what the apply made; ``pods`` are the keys of the file's pods."""
         _await_pods_gone(rec, pods - self.pods)
-        store = cluster_store(rec.name)
         rec.namespaces = self.namespaces
-        if self.policies:
-            with store.transaction() as txn:
-                for key, old in self.policies.items():
-                    if old is None:
-                        txn.delete(policystore.KIND, key)
-                    else:
-                        txn.put(policystore.KIND, key, old)
-            policystore.withdraw(store, [])  # one revision bump: agents reload
         _save(rec)
 
 
@@ -698,18 +671,6 @@ def _policies_of(lab_file: schema.LabFile) -> list[Policy]:
         raise LabError(str(err), err.problems) from err
 
 
-def _publish_policies(lab: str, lab_file: schema.LabFile, policies: list[Policy]) -> None:
-    """Policies go into the cluster store (agents load them at start and watch for changes)."""
-    if not policies:
-        return
-    bodies = {d.index: d.body for d in lab_file.other_documents}
-    docs = []
-    for pol in policies:
-        index = int(pol.source.rsplit(":", 1)[1])
-        docs.append(policystore.PolicyDocument(pol.key, lab_file.filename, index, bodies[index]))
-    policystore.publish(cluster_store(lab), docs)
-
-
 def _effective_base(base: schema.LabFile, rec: LabRecord) -> schema.LabFile:
     """The lab as it runs now (its file plus pods applied since), for duplicate/IP checks."""
     return schema.with_running_pods(
@@ -764,9 +725,6 @@ def _create_node(
     rec.nodes.append(nrec)
     _save(rec)  # intent first
     pod_cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
-    cluster_store(rec.name).put(
-        "nodes", node, _k8s_object("Node", node, labels=labels, spec={"podCIDRs": pod_cidrs})
-    )
     _write_conflist(rec.name, node)
     netns.create(nrec.netns)
     if rec.control_plane is not None:  # the API on the node's loopback before its agent starts

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from ciliary.apiserver import netnslisten
+from ciliary.core import atomicfile as atomic
 from ciliary.datapath.linux import netns
-from ciliary.kvstore import atomic
 from ciliary.lab import controlplane
 from ciliary.lab.controlplane import ControlPlane
 

@@ -38,6 +38,7 @@ from ciliary.agent.ipam.types import (
     sort_allocations,
     wanted_families,
 )
+from ciliary.core.atomicfile import write_json
 from ciliary.core.models import (
     IPAllocation,
     IPAMAllocateRequest,
@@ -46,7 +47,6 @@ from ciliary.core.models import (
     IPPoolStatus,
 )
 from ciliary.k8s.calico import REQUESTED_IPS_ANNOTATION
-from ciliary.kvstore.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Crash-safe JSON (and small text) files: the one writer for every state file ciliary keeps
-(agent endpoint and identity records, IPAM state, cluster-store documents, lab records).
+(agent endpoint and identity records, IPAM state, policy revision, lab records).
 
 Every write goes to a temporary file in the same directory, is fsync'ed and renamed over the
 target, then the directory is fsync'ed: after a ``kill -9`` at any point a reader sees either the
