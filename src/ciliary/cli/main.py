@@ -11,7 +11,9 @@ hundreds of times and importing every command (grpc, protobuf, the policy schema
 CPU per call. When the first word names a command (see ``COMMANDS``), the parser holds that
 command alone, which argparse renders and rejects exactly as the full parser would (the top-level
 usage says ``COMMAND``, not the list); anything else (``--help``, no command, an unknown one)
-builds the full parser from every module, so its help and errors are unchanged.
+builds the full parser from every module, so its help and errors are unchanged. ``ciliary
+workload`` (the tools every pod runs) is handed over before the output layer or the agent client
+is even imported.
 """
 
 from __future__ import annotations
@@ -22,18 +24,12 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 from types import ModuleType
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ciliary import __version__
-from ciliary.cli.output import (
-    ROOT_REQUIRED,
-    CLIError,
-    Context,
-    RootRequiredError,
-    Subparsers,
-    one_line,
-)
-from ciliary.client import AgentClientError, AgentPermissionError
+
+if TYPE_CHECKING:  # imported where used: ``ciliary workload`` (every pod) needs neither
+    from ciliary.cli.output import Context, Subparsers
 
 DEBUG_ENV = "CILIARY_DEBUG"
 """Set to 1 to get the traceback of an unexpected error instead of the one-line message."""
@@ -109,11 +105,16 @@ def _first_command(argv: Sequence[str]) -> int | None:
 
 
 def _error(message: str) -> int:
+    from ciliary.cli.output import one_line  # noqa: PLC0415 (lazy: see the module docstring)
+
     print(f"Error: {one_line(message)}", file=sys.stderr, flush=True)
     return 1
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:
+    from ciliary.cli.output import ROOT_REQUIRED, CLIError, RootRequiredError  # noqa: PLC0415
+    from ciliary.client import AgentClientError, AgentPermissionError  # noqa: PLC0415
+
     try:
         rc = args.func(args, ctx)
         return rc if isinstance(rc, int) else 0
@@ -161,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    from ciliary.cli.output import Context  # noqa: PLC0415 (lazy: see the module docstring)
+
     return _run(args, Context(node=args.node))
 
 

@@ -8,8 +8,10 @@ its own parser sees options meant for the workload.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ciliary.cli.output import Context, Subparsers
+if TYPE_CHECKING:  # at run time the workload path loads neither the output layer nor the client
+    from ciliary.cli.output import Context, Subparsers
 
 
 def register(sub: Subparsers) -> None:

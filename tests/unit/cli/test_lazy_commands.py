@@ -28,11 +28,14 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
 print(" ".join(m for m in {heavy!r} if m in sys.modules))
 """
 
+WORKLOAD_UNNEEDED = (*HEAVY, "ciliary.cli.output", "ciliary.client", "pydantic", "httpx", "rich")
+"""``ciliary workload`` (what every pod runs) needs none of the CLI's output layer or client."""
 
-def _heavy_imported(argv: list[str], tmp_path: Path) -> list[str]:
+
+def _heavy_imported(argv: list[str], tmp_path: Path, heavy: tuple[str, ...] = HEAVY) -> list[str]:
     env = {"CILIARY_AGENT_SOCKET": str(tmp_path / "no-agent.sock"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv],
+        [sys.executable, "-c", _PROBE.format(heavy=heavy), *argv],
         capture_output=True,
         text=True,
         env=env,
@@ -58,6 +61,13 @@ def _heavy_imported(argv: list[str], tmp_path: Path) -> list[str]:
 )
 def test_light_commands_import_no_heavy_module(argv: list[str], tmp_path: Path) -> None:
     assert _heavy_imported(argv, tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "argv", [["workload", "--help"], ["workload", "no-such-tool"]], ids=" ".join
+)
+def test_workload_imports_no_cli_output_or_client(argv: list[str], tmp_path: Path) -> None:
+    assert _heavy_imported(argv, tmp_path, WORKLOAD_UNNEEDED) == []
 
 
 def test_command_table_matches_the_full_parser() -> None:
