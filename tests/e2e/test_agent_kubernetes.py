@@ -301,6 +301,26 @@ def test_cilium_endpoints_and_nodes(lab: tuple[str, list[str], str]) -> None:
         assert spec["addresses"] and all(a["type"] == "CiliumInternalIP" for a in spec["addresses"])
 
 
+def test_the_operator_allocates_each_nodes_pod_cidrs(lab: tuple[str, list[str], str]) -> None:
+    """Cluster-pool v2 in the lab: ciliary-operator runs with the lab file's cluster pool, the
+    agents get no range flag, and each node's CIDRs (as the lab records and routes them) are
+    the ones the operator wrote into its CiliumNode: node i, the i-th subnet of the pool."""
+    name, nodes, _kubeconfig = lab
+    rec = manager.record(name)
+    operator = rec.processes[manager.OPERATOR]
+    pool = ["--cluster-pool-ipv4-cidr", "10.200.0.0/16", "--cluster-pool-ipv4-mask-size", "24"]
+    assert " ".join(pool) in " ".join(operator.argv), operator.argv
+    log = Path(operator.log).read_text()
+    expected = {nodes[0]: ("10.200.0.0/24", "fd00:10:200::/120")}
+    expected[nodes[1]] = ("10.200.1.0/24", "fd00:10:200::100/120")
+    for node in rec.nodes:
+        argv = Path(f"/proc/{node.agent_pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--ipv4-range" not in argv and b"--ipv6-range" not in argv, argv
+        assert (node.ipv4_cidr, node.ipv6_cidr) == expected[node.name]
+        cidrs = f"{node.ipv4_cidr}, {node.ipv6_cidr}"
+        assert f"CiliumNode {node.name}: allocated pod CIDRs {cidrs}" in log, log
+
+
 def test_cilium_endpoint_goes_with_its_endpoint(lab: tuple[str, list[str], str]) -> None:
     name, _nodes, kubeconfig = lab
     rec = manager.record(name)

@@ -1,9 +1,9 @@
 """``ciliary lab``: a cluster on this machine, made of network namespaces, agents and pods.
 
 The lab plays the parts Kubernetes plays for Cilium: it creates node namespaces and starts one
-agent in each (the DaemonSet), hands each node its pod CIDR (the operator, cluster-pool mode),
-creates pod namespaces, asks the node's agent to plug them in and starts the pods' commands in
-them (kubelet + runtime).
+agent in each (the DaemonSet), runs ciliary-operator with the file's cluster pool (each agent's
+CiliumNode gets its pod CIDRs from it, cluster-pool v2), creates pod namespaces, asks the node's
+agent to plug them in and starts the pods' commands in them (kubelet + runtime).
 
 Safety and hygiene contracts:
   * everything is validated before anything is created; a failure half-way rolls back what was
@@ -28,8 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-
-from rich.progress import Progress, TaskID
+from typing import TYPE_CHECKING
 
 from ciliary.apiserver.etcdserver import EtcdError
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
@@ -58,7 +57,11 @@ from ciliary.lab.state import (
     RelayView,
     SupervisorRecord,
 )
-from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
+
+if TYPE_CHECKING:  # the kubelet role (lab.kubeletd) imports this module: no policy engine, no rich
+    from rich.progress import Progress, TaskID
+
+    from ciliary.policy.api import Policy
 
 RUN_ROOT = Path(os.environ.get("CILIARY_RUN_DIR", "/run/ciliary"))
 LAB_ROOT = RUN_ROOT / "lab"
@@ -315,8 +318,11 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
             _start_control_plane(rec)
         _publish_cluster(rec, lab_file)
         _start_supervisor(rec)
-        # the kubelet role starts while the nodes are made; it takes each node as it registers
-        _start_cluster_processes(rec, [KUBELET], wait=False)
+        # the kubelet role starts while the nodes are made, it takes each node as it registers;
+        # the operator too: each agent waits for the pod CIDRs it allocates (cluster-pool v2)
+        _start_cluster_processes(
+            rec, [KUBELET, OPERATOR], wait=False, operator_flags=_cluster_pool_flags(lab_file)
+        )
         cidrs = schema.node_cidrs(lab_file)
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
@@ -336,8 +342,8 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         keys = [p.key for p in lab_file.pods] + ([dns.key] if dns is not None else [])
         with _step(progress, f"{len(keys)} pods: running and ready"):
             _await_pods(rec, keys)
-        with _step(progress, "controller manager, operator"):
-            _start_cluster_processes(rec, [CONTROLLER_MANAGER, OPERATOR])
+        with _step(progress, "controller manager"):
+            _start_cluster_processes(rec, [CONTROLLER_MANAGER])
     except BaseException as err:
         _teardown(rec)
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
@@ -654,6 +660,8 @@ def _policy_problems(text: str, filename: str, known: list[str]) -> list[str]:
         and doc.get("kind") in schema.DEFERRED_KINDS
         and index not in flagged
     ]
+    from ciliary.policy.api import PolicyError, parse_policy_documents  # noqa: PLC0415
+
     try:
         if policy_docs:
             parse_policy_documents(policy_docs, filename)
@@ -664,6 +672,8 @@ def _policy_problems(text: str, filename: str, known: list[str]) -> list[str]:
 
 def _policies_of(lab_file: schema.LabFile) -> list[Policy]:
     """The lab file's CiliumNetworkPolicy / NetworkPolicy documents, validated all or nothing."""
+    from ciliary.policy.api import PolicyError, parse_policy_documents  # noqa: PLC0415
+
     docs = [(d.index, d.body) for d in lab_file.other_documents]
     try:
         return parse_policy_documents(docs, lab_file.filename) if docs else []
@@ -705,9 +715,62 @@ def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
             )
 
 
+def _cluster_pool_flags(lab_file: schema.LabFile) -> list[str]:
+    """ciliary-operator's cluster pool (upstream's flags) from the lab file's IPAM options; none
+    in ``pools`` mode (the agents take Calico blocks, the operator allocates no node CIDR)."""
+    ipam = lab_file.lab.spec.ipam
+    if ipam.mode != "cluster-pool":
+        return []
+    flags = []
+    if ipam.cluster_pool_ipv4_pod_cidr_list:
+        flags += [
+            "--cluster-pool-ipv4-cidr", ",".join(map(str, ipam.cluster_pool_ipv4_pod_cidr_list)),
+            "--cluster-pool-ipv4-mask-size", str(ipam.cluster_pool_ipv4_mask_size),
+        ]  # fmt: skip
+    if ipam.cluster_pool_ipv6_pod_cidr_list:
+        flags += [
+            "--cluster-pool-ipv6-cidr", ",".join(map(str, ipam.cluster_pool_ipv6_pod_cidr_list)),
+            "--cluster-pool-ipv6-mask-size", str(ipam.cluster_pool_ipv6_mask_size),
+        ]  # fmt: skip
+    return flags
+
+
+CILIUM_NODES = "/apis/cilium.io/v2/ciliumnodes"
+
+
+def _allocated_cidrs(rec: LabRecord, nrec: NodeRecord, expected: schema.NodeCIDRs) -> None:
+    """Record the pod CIDRs the operator allocated to the node (its CiliumNode's
+    ``spec.ipam.podCIDRs``, there once its agent serves). They must be the ones the lab file
+    was checked against (``schema.node_cidrs``: node *i* gets the *i*-th subnet, as the
+    operator's lowest-free allocation gives them to nodes made one after the other), else the
+    file's pod addresses would not be the node's: a LabError naming both."""
+    api = _api(rec.name)
+    obj: kubeapi.Obj | None = None
+
+    def read() -> None:
+        nonlocal obj
+        obj = api.get(f"{CILIUM_NODES}/{nrec.name}")
+
+    _api_call(read)
+    spec = (obj or {}).get("spec") or {}
+    got = list(((spec.get("ipam") or {}).get("podCIDRs")) or [])
+    want = [str(c) for c in (expected.ipv4, expected.ipv6) if c is not None]
+    if sorted(got) != sorted(want):
+        raise LabError(
+            f"node {nrec.name}: CiliumNode spec.ipam.podCIDRs is {got or 'empty'}, expected"
+            f" {want} (the lab file's cluster pool, node {nrec.name}'s subnet)"
+        )
+    nrec.ipv4_cidr = str(expected.ipv4) if expected.ipv4 is not None else None
+    nrec.ipv6_cidr = str(expected.ipv6) if expected.ipv6 is not None else None
+    _save(rec)
+
+
 def _create_node(
     rec: LabRecord, node: str, cidrs: schema.NodeCIDRs, labels: dict[str, str]
 ) -> NodeRecord:
+    """The node's netns and agent. In ``cluster-pool`` mode the agent gets no range: it
+    creates its CiliumNode and serves once ciliary-operator allocated its pod CIDRs, which the
+    lab then reads back (routes, records, the Node object)."""
     nrec = NodeRecord(
         name=node,
         netns=node_netns(rec.name, node),
@@ -715,21 +778,24 @@ def _create_node(
         pin_dir=str(PIN_ROOT / node),
         socket=str(RUN_ROOT / node / "agent.sock"),
         cgroup=_cgroup_rel(rec.name, f"agent-{node}"),
-        ipv4_cidr=str(cidrs.ipv4) if cidrs.ipv4 else None,
-        ipv6_cidr=str(cidrs.ipv6) if cidrs.ipv6 else None,
         labels=labels,
         kubeconfig=str(controlplane.node_kubeconfig(_lab_dir(rec.name), node))
         if rec.control_plane is not None
         else None,
     )
+    if rec.control_plane is None:  # no operator: the node's CIDRs by flag
+        nrec.ipv4_cidr = str(cidrs.ipv4) if cidrs.ipv4 else None
+        nrec.ipv6_cidr = str(cidrs.ipv6) if cidrs.ipv6 else None
     rec.nodes.append(nrec)
     _save(rec)  # intent first
-    pod_cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
     _write_conflist(rec.name, node)
     netns.create(nrec.netns)
     if rec.control_plane is not None:  # the API on the node's loopback before its agent starts
         _add_node_listener(rec, nrec)
     _start_agent(rec, nrec)
+    if rec.control_plane is not None and rec.ipam_mode == "cluster-pool":
+        _allocated_cidrs(rec, nrec, cidrs)
+    pod_cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
     if rec.control_plane is not None:  # kubelet registers its node once it runs
         api = _api(rec.name)
         path = f"/api/v1/nodes/{node}"
@@ -766,10 +832,11 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
         argv += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(nrec.labels.items()))]
     if nrec.kubeconfig:  # pods, namespaces and policies from the lab's API server
         argv += ["--kubeconfig", nrec.kubeconfig]
-    if nrec.ipv4_cidr:
-        argv += ["--ipv4-range", nrec.ipv4_cidr]
-    if nrec.ipv6_cidr:
-        argv += ["--ipv6-range", nrec.ipv6_cidr]
+    if not nrec.kubeconfig:  # with an API, the CiliumNode's CIDRs (the operator's) are its own
+        if nrec.ipv4_cidr:
+            argv += ["--ipv4-range", nrec.ipv4_cidr]
+        if nrec.ipv6_cidr:
+            argv += ["--ipv6-range", nrec.ipv6_cidr]
     return argv + _hubble_argv(rec, nrec)
 
 
@@ -801,9 +868,9 @@ def _hubble_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
             "--hubble-export-file-max-backups", str(hub.export_max_backups),
         ]  # fmt: skip
     # :4244 serves TLS with the lab CA's certificate for this node, clients need one (mTLS)
+    # (upstream's name and loopback: the node's addresses come from the operator once it runs)
     ca = certs.LabCA(_lab_dir(rec.name), cluster=rec.name)
-    cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
-    return argv + certs.agent_flags(ca, nrec.name, certs.router_addresses(cidrs))
+    return argv + certs.agent_flags(ca, nrec.name)
 
 
 def relay_socket(lab: str) -> Path:
@@ -910,20 +977,33 @@ def _start_supervisor(rec: LabRecord) -> None:
     _save(rec)
 
 
-def _start_cluster_processes(rec: LabRecord, names: Sequence[str], *, wait: bool = True) -> None:
+def _start_cluster_processes(
+    rec: LabRecord,
+    names: Sequence[str],
+    *,
+    wait: bool = True,
+    operator_flags: Sequence[str] = (),
+) -> None:
     """The cluster's own processes ``names``, started and restarted by the supervisor, each a
     client of the API with the admin kubeconfig: the kubelet role that runs every pod
     (``lab.kubeletd``; ``lab up`` starts it before the nodes are made, it takes each node as it
-    registers) and, once the file's pods run, kube-controller-manager's and cilium-operator's
-    roles (``ciliary.controllers``). With ``wait``, returns once the supervisor has started
-    every one of the lab's processes."""
+    registers), cilium-operator's role (``ciliary.controllers.operator`` with
+    ``operator_flags``, the lab's cluster pool: started with the kubelet role, the agents wait
+    for the pod CIDRs it allocates) and, once the file's pods run, kube-controller-manager's.
+    With ``wait``, returns once the supervisor has started every one of the lab's processes."""
     if rec.control_plane is None:
         return
     kubeconfig = rec.control_plane.kubeconfig
     python = [sys.executable, "-m"]
     argvs = {
         CONTROLLER_MANAGER: [*python, "ciliary.controllers.manager", "--kubeconfig", kubeconfig],
-        OPERATOR: [*python, "ciliary.controllers.operator", "--kubeconfig", kubeconfig],
+        OPERATOR: [
+            *python,
+            "ciliary.controllers.operator",
+            "--kubeconfig",
+            kubeconfig,
+            *operator_flags,
+        ],
         KUBELET: [*python, "ciliary.lab.kubeletd", "--kubeconfig", kubeconfig, rec.name],
     }
     for pname in names:
