@@ -307,6 +307,11 @@ def test_the_operator_allocates_each_nodes_pod_cidrs(lab: tuple[str, list[str], 
     the ones the operator wrote into its CiliumNode: node i, the i-th subnet of the pool."""
     name, nodes, _kubeconfig = lab
     rec = manager.record(name)
+    cp = manager.control_plane(name)
+    # the supervisor (which spawns the agents) started before etcd: its import is off the path
+    assert cp is not None and rec.supervisor is not None and cp.etcd.started is not None
+    assert rec.supervisor.start_time is not None
+    assert rec.supervisor.start_time <= cp.etcd.started
     operator = rec.processes[manager.OPERATOR]
     pool = ["--cluster-pool-ipv4-cidr", "10.200.0.0/16", "--cluster-pool-ipv4-mask-size", "24"]
     assert " ".join(pool) in " ".join(operator.argv), operator.argv

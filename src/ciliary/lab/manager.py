@@ -314,10 +314,12 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     )
     _save(rec)
     try:
+        # the supervisor imports while etcd and the API server start: it spawns the first agent
+        # as soon as the node is recorded (it tends the control plane once it is recorded)
+        _start_supervisor(rec)
         with _step(progress, "control plane: etcd + API server"):
             _start_control_plane(rec)
         _publish_cluster(rec, lab_file)
-        _start_supervisor(rec)
         # the kubelet role starts while the nodes are made, it takes each node as it registers;
         # the operator too: each agent waits for the pod CIDRs it allocates (cluster-pool v2)
         _start_cluster_processes(
