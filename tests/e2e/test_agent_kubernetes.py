@@ -398,3 +398,53 @@ def test_policy_status_per_node(lab: tuple[str, list[str], str]) -> None:
         assert all(f"    {n}:" in text for n in nodes), text
     finally:
         kubectl(kubeconfig, "delete", "cnp", "server-from-clients", "-n", "shop")
+
+
+WEB_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.80
+  selector: {app: server}
+  ports: [{name: http, port: 8080, targetPort: http}]
+"""
+
+
+def test_agents_cache_services_and_report_synced_apis(lab: tuple[str, list[str], str]) -> None:
+    """A Service applied with kubectl reaches every agent's service cache with the server pods
+    (the controller manager's EndpointSlices) as backends; ``ciliary status`` lists the synced
+    Kubernetes APIs under upstream's names."""
+    name, nodes, kubeconfig = lab
+    rec = manager.record(name)
+    servers = {
+        str(manager.find_pod(rec, f"shop/server-{i}").ipv4).partition("/")[0] for i in (1, 2)
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=WEB_SERVICE)
+    try:
+        for sock in _sockets(name, nodes):
+            with AgentClient(sock) as cl:
+                apis = cl.status().kubernetes_apis or []
+                assert {
+                    "core/v1::Pods",
+                    "core/v1::Namespace",
+                    "core/v1::Service",
+                    "core/v1::Node",
+                    "discovery/v1::EndpointSlice",
+                    "cilium/v2::CiliumNetworkPolicy",
+                } <= set(apis), apis
+                deadline = time.time() + 15
+                while True:
+                    svc = next(
+                        (s for s in cl.services() if (s.namespace, s.name) == ("shop", "web")), None
+                    )
+                    got = {b.address for b in svc.backends if b.ready} if svc else set()
+                    if servers <= got or time.time() > deadline:
+                        break
+                    time.sleep(0.05)
+                assert svc is not None and servers <= got, (svc, servers)
+                assert svc.cluster_ips == ["10.96.0.80"]
+                assert {b.ports["http"].port for b in svc.backends} == {80}
+                assert set(nodes) <= {n.name for n in cl.cluster_nodes()}
+    finally:
+        kubectl(kubeconfig, "delete", "service", "web", "-n", "shop")

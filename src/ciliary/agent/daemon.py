@@ -29,6 +29,7 @@ from ciliary.agent.k8s.ciliumendpoints import EndpointSync
 from ciliary.agent.k8s.identity import CRDIdentityAllocator
 from ciliary.agent.k8s.pods import PodWatcher
 from ciliary.agent.k8s.policies import PolicyWatcher
+from ciliary.agent.k8s.services import ServiceWatcher, synced_apis
 from ciliary.agent.monitor import Monitor
 from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
@@ -48,6 +49,7 @@ from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.kube.client import KubeClient
+from ciliary.kube.informer import Informer
 
 log = logging.getLogger(__name__)
 CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply"}
@@ -104,6 +106,7 @@ class Agent:
         self.kube: KubeClient | None = None
         self.pod_watcher: PodWatcher | None = None
         self.policy_watcher: PolicyWatcher | None = None
+        self.service_watcher: ServiceWatcher | None = None
         self.endpoint_sync: EndpointSync | None = None
         self.crd_identities: CRDIdentityAllocator | None = None
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
@@ -142,6 +145,8 @@ class Agent:
         self.crd_identities.on_added.append(self._cluster_identity_added)
         self.crd_identities.on_deleted.append(self._cluster_identity_deleted)
         self.endpoint_sync = EndpointSync(self.kube, self.node)
+        self.service_watcher = ServiceWatcher(self.kube)  # read by nothing yet (issue #14)
+        self.service_watcher.start()
         self.pod_watcher.start()
         self.policy_watcher.start()
         self.crd_identities.start()
@@ -201,7 +206,7 @@ class Agent:
             await self.endpoint_sync.stop()
         if self.crd_identities is not None:
             await self.crd_identities.stop()
-        for watcher in (self.policy_watcher, self.pod_watcher):
+        for watcher in (self.policy_watcher, self.pod_watcher, self.service_watcher):
             if watcher is not None:
                 await watcher.stop()
         if self.kube is not None:
@@ -315,11 +320,25 @@ class Agent:
                 allocated=len(self.ipam.allocations()),
             ),
             endpoints_by_state=self.endpoints.counts_by_state(),
+            kubernetes_apis=None if self.kube is None else synced_apis(self._informers()),
             maps=[
                 MapPressure(name=u.name, entries=u.entries, max_entries=u.max_entries)
                 for u in usage
             ],
         )
+
+    def _informers(self) -> list[Informer]:
+        """The agent's informers (status reports which have synced)."""
+        out: list[Informer] = []
+        if self.pod_watcher is not None:
+            out += [self.pod_watcher.pods, self.pod_watcher.namespaces]
+        for watcher in (self.policy_watcher, self.service_watcher):
+            out += watcher.informers.values() if watcher is not None else []
+        if self.crd_identities is not None:
+            out.append(self.crd_identities.informer)
+        if self.hubble.peers is not None:
+            out.append(self.hubble.peers.informer)
+        return out
 
     def _cidr_text(self, family: int) -> str | None:
         """Node CIDR (cluster-pool) or the pools of that family (pools), for status."""

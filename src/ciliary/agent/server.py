@@ -177,6 +177,8 @@ class APIServer:
                 web.get(f"{p}/endpoint/{{id}}/policy", self.endpoint_policy),
                 web.get(f"{p}/identity", self.identity_list),
                 web.get(f"{p}/identity/{{id}}", self.identity_get),
+                web.get(f"{p}/service", self.service_list),
+                web.get(f"{p}/cluster/nodes", self.node_list),
             ]
         )
         self._app = app
@@ -319,6 +321,15 @@ class APIServer:
             if info.id == number:
                 return _json(info)
         return _error(f"identity {number} not found", 404, "not-found")
+
+    async def service_list(self, _: web.Request) -> web.Response:
+        """The service cache (read-only; empty without a Kubernetes API)."""
+        watcher = self._agent.service_watcher
+        return _json(watcher.services.services() if watcher is not None else [])
+
+    async def node_list(self, _: web.Request) -> web.Response:
+        watcher = self._agent.service_watcher
+        return _json(watcher.nodes.nodes() if watcher is not None else [])
 
     async def ipam_gc(self, _: web.Request) -> web.Response:
         released = await self._agent.endpoints.release_orphaned_addresses()

@@ -9,6 +9,7 @@ is always shown because a map filling up is the failure a datapath hits silently
 from __future__ import annotations
 
 import argparse
+import json
 
 from rich.console import Console
 from rich.text import Text
@@ -138,6 +139,8 @@ def render(console: Console, st: StatusResponse, *, verbose: bool = False) -> No
             + Text(f"   {ready}/{total} ready" + (f" ({detail})" if detail else "")),
         )
     )
+    if st.kubernetes_apis is not None:  # upstream's line, a JSON list of the synced resources
+        rows.append(("Kubernetes APIs", Text(json.dumps(st.kubernetes_apis))))
     print_kv(console, rows)
 
     if verbose:

@@ -44,9 +44,11 @@ from ciliary.core.models import (
     IPAMListing,
     IPCacheEntry,
     MonitorEvent,
+    NodeInfo,
     PolicyChangeResponse,
     PolicyImportRequest,
     PolicyListResponse,
+    ServiceInfo,
     StatusResponse,
     TraceRequest,
     TraceResponse,
@@ -77,6 +79,8 @@ _TRACE = TypeAdapter(TraceResponse)
 _EP_POLICY = TypeAdapter(EndpointPolicyStatus)
 _IDENTITY = TypeAdapter(IdentityInfo)
 _IDENTITIES = TypeAdapter(list[IdentityInfo])
+_SERVICES = TypeAdapter(list[ServiceInfo])
+_NODES = TypeAdapter(list[NodeInfo])
 
 
 class AgentClientError(Exception):
@@ -334,6 +338,13 @@ class AgentClient:
 
     def identity(self, id: int) -> IdentityInfo:
         return self._get(_IDENTITY, f"/identity/{int(id)}")
+
+    def services(self) -> list[ServiceInfo]:
+        """The agent's service cache (Services with their EndpointSlices' backends)."""
+        return self._get(_SERVICES, "/service")
+
+    def cluster_nodes(self) -> list[NodeInfo]:
+        return self._get(_NODES, "/cluster/nodes")
 
     def monitor(self, type: str | None = None) -> Generator[MonitorEvent, None, None]:
         """Live datapath events, ``type`` ``"trace"`` or ``"drop"`` (None: both).

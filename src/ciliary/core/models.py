@@ -171,6 +171,60 @@ class StatusResponse(_Model):
     ipam: IPAMStatus
     endpoints_by_state: dict[str, int]
     maps: list[MapPressure]
+    kubernetes_apis: list[str] | None = Field(
+        default=None,
+        description="the Kubernetes resources whose informers have synced, upstream's names "
+        '("core/v1::Service"); None without a Kubernetes API',
+    )
+
+
+class L4Addr(_Model):
+    protocol: str
+    port: int
+
+
+class ServicePortInfo(_Model):
+    name: str
+    port: int
+    protocol: str
+    node_port: int | None = None
+
+
+class BackendInfo(_Model):
+    """One address behind a service, merged over the service's EndpointSlices."""
+
+    address: str
+    node_name: str | None = None
+    ready: bool
+    serving: bool
+    terminating: bool
+    ports: dict[str, L4Addr] = Field(description="the slices' ports by name ('' if unnamed)")
+
+
+class ServiceInfo(_Model):
+    """A Service as the agent's service cache holds it (Cilium's ``k8s.Service`` + backends)."""
+
+    namespace: str
+    name: str
+    type: str
+    cluster_ips: list[str]
+    ports: list[ServicePortInfo]
+    session_affinity: str
+    external_traffic_policy: str
+    backends: list[BackendInfo]
+
+
+class NodeAddressInfo(_Model):
+    type: str
+    address: str
+
+
+class NodeInfo(_Model):
+    """A Kubernetes Node as the agent's node cache holds it."""
+
+    name: str
+    addresses: list[NodeAddressInfo]
+    labels: dict[str, str]
 
 
 class MonitorEvent(_Model):

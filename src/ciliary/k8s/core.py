@@ -4,10 +4,10 @@ Field names, defaults and name rules are Kubernetes' (``k8s.io/api/core/v1``), t
 lab uses:
 a pod's containers with their command, args, env, ports and volume mounts, its volumes (of the
 sources, ``emptyDir``), its node (``nodeName``, or ``nodeSelector`` for a scheduler to honour)
-and addresses; a node's pod CIDRs and addresses; a
-service's type, selector, ports and cluster IPs. Workload controllers
-(:mod:`ciliary.k8s.apps`) embed :class:`PodTemplateSpec`. The lab file's containers are these
-(made strict by the lab, where an unknown field is a typo).
+and addresses; a node's pod CIDRs and addresses; a service's type, selector, ports, cluster IPs,
+session affinity and traffic policies. Workload controllers (:mod:`ciliary.k8s.apps`) embed
+:class:`PodTemplateSpec`. The lab file's containers are these (made strict by the lab, where an
+unknown field is a typo).
 """
 
 from __future__ import annotations
@@ -273,6 +273,8 @@ class ServiceSpec(ObjectModel):
     ip_families: list[Literal["IPv4", "IPv6"]] = Field(default_factory=list, alias="ipFamilies")
     external_name: str | None = None
     session_affinity: Literal["None", "ClientIP"] = "None"
+    external_traffic_policy: Literal["Cluster", "Local"] | None = None  # None: Cluster
+    internal_traffic_policy: Literal["Cluster", "Local"] | None = None
 
     @property
     def headless(self) -> bool:

@@ -136,6 +136,7 @@ STATUS = StatusResponse(
         MapPressure(name="cilium_ct4_global", entries=12, max_entries=65536),
         MapPressure(name="cilium_ipcache", entries=95, max_entries=100),
     ],
+    kubernetes_apis=["core/v1::Pods", "core/v1::Service", "discovery/v1::EndpointSlice"],
 )
 
 CT = [
@@ -573,6 +574,10 @@ def test_status(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
     assert "2/3 ready" in out
     assert "cilium_ipcache" in out and "95.0%" in out
     assert "cil_to_container" in out
+    assert (
+        'Kubernetes APIs: ["core/v1::Pods", "core/v1::Service", "discovery/v1::EndpointSlice"]'
+        in " ".join(out.split())
+    )
     assert main(["status", "-o", "json"]) == 0
     assert StatusResponse.model_validate_json(capsys.readouterr().out) == STATUS
 

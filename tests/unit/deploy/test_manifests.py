@@ -317,6 +317,19 @@ def test_the_scan_sees_the_identity_calls() -> None:
     } <= gc
 
 
+def test_the_scan_sees_the_service_informers() -> None:
+    """The agent's Service, EndpointSlice and Node informers (``agent.k8s.services``)."""
+    agent = {
+        (rt.plural, verb)
+        for rt, _, verb in _api_calls(sorted((SRC / "ciliary" / "agent").rglob("*.py")))
+    }
+    assert {
+        (plural, verb)
+        for plural in ("services", "endpointslices", "nodes")
+        for verb in ("list", "watch")
+    } <= agent
+
+
 def test_pods_use_their_service_accounts() -> None:
     accounts = {d["metadata"]["name"] for d in _documents() if d["kind"] == "ServiceAccount"}
     for doc in _documents():
