@@ -17,7 +17,7 @@ from typing import Any
 
 from ciliary.apiserver import errors
 from ciliary.apiserver.storage import Obj, parse_rv
-from ciliary.apiserver.strategy import now
+from ciliary.k8s.meta import now
 from ciliary.k8s.resources import ResourceType
 
 

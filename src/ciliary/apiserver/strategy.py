@@ -11,7 +11,6 @@ would reject is 422 Invalid with field paths and is never stored.
 
 from __future__ import annotations
 
-import datetime
 import re
 import secrets
 import uuid
@@ -21,6 +20,7 @@ from ciliary.apiserver import errors
 from ciliary.apiserver.errors import Cause
 from ciliary.apiserver.storage import DELETE, Obj, Outcome
 from ciliary.k8s.labelselector import label_key_problem, label_value_problem
+from ciliary.k8s.meta import now
 from ciliary.k8s.names import is_dns1123_label, is_dns1123_subdomain
 from ciliary.k8s.resources import ResourceType
 from ciliary.policy.api.documents import (
@@ -33,10 +33,6 @@ from ciliary.policy.api.errors import PolicyError
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String alphabet
 _FIELD_PATH = re.compile(r"[A-Za-z_$][\w$]*(\[[^\]]+\]|\.[A-Za-z_$][\w$]*)*")
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _meta(obj: Obj) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import math
 from ciliary.controllers import objects as o
 from ciliary.controllers.informers import DEPLOYMENTS, REPLICASETS, Informers
 from ciliary.controllers.queue import Controller
+from ciliary.k8s.meta import now
 from ciliary.kube.client import ApiError, KubeClient, KubeObject, split_key
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,7 @@ def _condition(
 ) -> KubeObject:
     """A condition whose timestamps move only when it changes (lastTransitionTime only when
     its status does), so an unchanged status is not rewritten."""
-    stamp = o.now()
+    stamp = now()
     if previous and (previous.get("status"), previous.get("reason")) == (status, reason):
         return dict(previous, message=message)
     transition = stamp

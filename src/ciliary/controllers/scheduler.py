@@ -29,6 +29,7 @@ from collections import Counter
 from ciliary.controllers import objects as o
 from ciliary.controllers.informers import PODS, Informers
 from ciliary.controllers.queue import Controller
+from ciliary.k8s.meta import now
 from ciliary.kube.client import ApiError, KubeClient, KubeObject, object_key, split_key
 from ciliary.kube.informer import HandlerFuncs
 
@@ -161,7 +162,7 @@ class Scheduler(Controller):
         condition: KubeObject = {"type": "PodScheduled", "status": status}
         if reason is not None:
             condition |= {"reason": reason, "message": message}
-        condition |= {"lastProbeTime": None, "lastTransitionTime": o.now()}
+        condition |= {"lastProbeTime": None, "lastTransitionTime": now()}
         conditions = [
             c for c in o.status(pod).get("conditions") or [] if c.get("type") != "PodScheduled"
         ]
