@@ -5,13 +5,16 @@ apply`` apply them with ``spec.nodeName``, as a manifest that names its node), a
 ``kubectl run``/``kubectl apply`` (bound by the scheduler of ``ciliary-controller-manager``), the
 pods of Deployments, ReplicaSets, DaemonSets and StatefulSets, the lab's cluster DNS pod. This
 process does what kubelet does on each node, for every node of the lab: one process per lab (not
-one per node) because the lab's record is one file under one lock and the pod functions of
-``lab.manager`` are blocking calls; a single writer of the pods of the record (one worker, one pod
-at a time) never loses its own updates, while each node still has its own informer, as each
-kubelet watches ``spec.nodeName=<node>`` only, from the moment its node registers (a Node
-informer), so this process starts with the lab, before the nodes are made. It is started and
-restarted by the lab's supervisor; on a restart it takes the pods of the record back (their
-processes run on) and reconciles them with the API.
+one per node) because the lab's record is one file under one lock; each node still has its own
+informer, as each kubelet watches ``spec.nodeName=<node>`` only, from the moment its node
+registers (a Node informer), so this process starts with the lab, before the nodes are made.
+Pods are synced concurrently, as kubelet has a pod worker per pod: ``--parallel`` workers run the
+blocking pod functions of ``lab.manager`` in threads, never two syncs of the same pod at once (a
+pod that gets an event while its sync runs is synced again after it), and each sync writes only
+its own pod's entry of the record, read-modify-write under the record's lock
+(``manager.save_kubelet_pod``/``remove_kubelet_pod``), so concurrent syncs lose no update.
+It is started and restarted by the lab's supervisor; on a restart it takes the pods of the
+record back (their processes run on) and reconciles them with the API.
 
 For a pod bound to one of its nodes:
 
@@ -43,6 +46,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ciliary.controllers.process import cancel, parse_args, serve
@@ -57,6 +61,7 @@ NODES = by_path("", "v1", "nodes")
 RELIST = 1.0  # seconds between checks of the containers' processes
 RETRY = 5.0  # seconds before a pod whose start failed is tried again
 BACKOFF_INITIAL, BACKOFF_MAX = 10.0, 300.0
+PARALLEL = 6  # pods synced at once (default of --parallel)
 
 log = logging.getLogger("ciliary.lab.kubeletd")
 
@@ -150,8 +155,11 @@ def _backoff(restarts: int) -> float:
 
 
 class Kubelet:
-    def __init__(self, lab: str, kube: KubeClient) -> None:
+    def __init__(self, lab: str, kube: KubeClient, *, parallel: int = PARALLEL) -> None:
+        if parallel < 1:
+            raise ValueError(f"--parallel must be at least 1, not {parallel}")
         self.lab = lab
+        self.parallel = parallel
         self.kube = kube
         self.informers: dict[str, Informer] = {}  # node → its pods (spec.nodeName)
         self.tasks: list[asyncio.Task[None]] = []
@@ -162,12 +170,16 @@ class Kubelet:
         )
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.queued: set[str] = set()
+        self.in_flight: set[str] = set()  # pods whose sync runs now
+        self.dirty: set[str] = set()  # in flight and enqueued again meanwhile: synced once more
         self.retry_at: dict[str, float] = {}
 
     # ---- events ---------------------------------------------------------------------------
 
     def enqueue(self, key: str) -> None:
-        if key not in self.queued:
+        if key in self.in_flight:
+            self.dirty.add(key)  # never two syncs of one pod at once: again after this one
+        elif key not in self.queued:
             self.queued.add(key)
             self.queue.put_nowait(key)
 
@@ -220,14 +232,13 @@ class Kubelet:
             )
         )
         nodes.start()
-        self.tasks += [
-            asyncio.create_task(self._worker(), name="kubelet-worker"),
-            asyncio.create_task(self._relist(), name="kubelet-relist"),
-        ]
+        self.start_workers()
+        self.tasks.append(asyncio.create_task(self._relist(), name="kubelet-relist"))
         try:
             await stop.wait()
         finally:
             await cancel(self.tasks)
+            self.executor.shutdown(wait=False, cancel_futures=True)
             await nodes.stop()
             for inf in self.informers.values():
                 await inf.stop()
@@ -256,19 +267,38 @@ class Kubelet:
                 ):
                     self.enqueue(p.key)
 
+    def start_workers(self) -> None:
+        """``parallel`` workers, each syncing one pod at a time in a thread of its own."""
+        self.executor = ThreadPoolExecutor(self.parallel, thread_name_prefix="pod-sync")
+        self.tasks += [
+            asyncio.create_task(self._worker(), name=f"kubelet-worker-{i}")
+            for i in range(self.parallel)
+        ]
+
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
             self.queued.discard(key)
-            obj = self.pod(key)
+            self.in_flight.add(key)
             try:
-                status = await asyncio.to_thread(self.sync, key, obj)
-            except Exception as err:
-                log.warning("pod %s: %s; again in %.0fs", key, err, RETRY)
-                self.retry_at[key] = time.time() + RETRY
-                status = self._waiting(obj, str(err)) if obj is not None else None
-            if status is not None and obj is not None:
-                await self._write_status(obj, status)
+                await self._sync_one(key)
+            finally:
+                self.in_flight.discard(key)
+                if key in self.dirty:
+                    self.dirty.discard(key)
+                    self.enqueue(key)
+
+    async def _sync_one(self, key: str) -> None:
+        obj = self.pod(key)
+        loop = asyncio.get_running_loop()
+        try:
+            status = await loop.run_in_executor(self.executor, self.sync, key, obj)
+        except Exception as err:
+            log.warning("pod %s: %s; again in %.0fs", key, err, RETRY)
+            self.retry_at[key] = time.time() + RETRY
+            status = self._waiting(obj, str(err)) if obj is not None else None
+        if status is not None and obj is not None:
+            await self._write_status(obj, status)
 
     async def _write_status(self, obj: KubeObject, status: Status) -> None:
         meta = obj["metadata"]
@@ -288,8 +318,7 @@ class Kubelet:
         meta = (obj or {}).get("metadata") or {}
         if prec is not None and (obj is None or meta.get("uid") != prec.uid):
             log.info("pod %s: stopping (deleted or replaced)", key)
-            manager.remove_pod(rec, prec)
-            manager.save_kubelet_pods(rec)
+            manager.remove_kubelet_pod(rec, prec)
             prec = None
         if obj is None or meta.get("deletionTimestamp"):
             return None
@@ -321,8 +350,7 @@ class Kubelet:
             prec = manager.run_api_pod(rec, spec, str(obj["metadata"].get("uid")))
         except BaseException:
             for made in [p for p in rec.pods if p.key == key and p.kubelet]:
-                manager.remove_pod(rec, made)
-            manager.save_kubelet_pods(rec)
+                manager.remove_kubelet_pod(rec, made)
             raise
         log.info("pod %s: running, %s", key, prec.ipv4 or prec.ipv6)
         return self._status(obj, prec, "Running", started_at=kubelet.timestamp(started))
@@ -358,7 +386,7 @@ class Kubelet:
         if all(c.pid is None for c in prec.containers):
             ok = all(c.last_exit_code == 0 for c in prec.containers)
             prec.phase = "Succeeded" if ok else "Failed"
-        manager.save_kubelet_pods(rec)
+        manager.save_kubelet_pod(self.lab, prec)
         return self._status(obj, prec, prec.phase)
 
     # ---- status ---------------------------------------------------------------------------
@@ -420,11 +448,19 @@ def main(argv: list[str] | None = None) -> int:
         description="The lab's kubelet role: runs every pod bound to a node of the lab.",
     )
     parser.add_argument("lab")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=PARALLEL,
+        help=f"pods started, stopped and tended at once (default {PARALLEL})",
+    )
     args = parse_args(parser, argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be at least 1, not {args.parallel}")
     kubeconfig = args.kubeconfig or manager.kubeconfig(args.lab)
 
     async def body(kube: KubeClient, stop: asyncio.Event) -> None:
-        await Kubelet(args.lab, kube).run(stop)
+        await Kubelet(args.lab, kube, parallel=args.parallel).run(stop)
 
     asyncio.run(serve(kubeconfig, body))
     return 0

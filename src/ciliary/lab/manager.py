@@ -211,6 +211,36 @@ def save_kubelet_pods(rec: LabRecord) -> None:
         atomic.write_json(_state_file(rec.name), disk.model_dump(mode="json"))
 
 
+def save_kubelet_pod(lab: str, prec: PodRecord) -> None:
+    """The kubelet role's write of ONE pod (``lab.kubeletd`` syncs pods concurrently): under the
+    record's lock, the record on disk with ``prec`` in place of the kubelet pod of its key (or
+    added), every other pod as on disk, so concurrent syncs of other pods lose nothing."""
+    with _record_lock(lab, create=False):
+        disk = _load(lab)
+        others = [p for p in disk.pods if not (p.kubelet and p.key == prec.key)]
+        disk.pods = [*others, prec]
+        atomic.write_json(_state_file(lab), disk.model_dump(mode="json"))
+
+
+def remove_kubelet_pod(rec: LabRecord, prec: PodRecord) -> None:
+    """Tear a kubelet pod down (as :func:`remove_pod`) and drop only its entry from the record
+    on disk, then write the DNS records from the record on disk, under the lock (``rec`` is the
+    caller's snapshot, which other pods' concurrent syncs have made stale)."""
+    _remove_pod(rec, prec, dns=False)
+    with _record_lock(rec.name, create=False):
+        disk = _load(rec.name)
+        disk.pods = [p for p in disk.pods if not (p.kubelet and p.key == prec.key)]
+        atomic.write_json(_state_file(rec.name), disk.model_dump(mode="json"))
+        with contextlib.suppress(OSError):
+            _write_dns_records(disk)
+
+
+def _write_dns_records_of(lab: str) -> None:
+    """The DNS records of the record on disk, under its lock (never a stale snapshot's)."""
+    with _record_lock(lab, create=False):
+        _write_dns_records(_load(lab))
+
+
 def update_process(lab: str, name: str, change: Callable[[ProcessRecord], None]) -> None:
     """Read-modify-write one cluster process of the record under the lock (the supervisor's)."""
     with _record_lock(lab, create=False):
@@ -1138,8 +1168,12 @@ def _node(rec: LabRecord, name: str) -> NodeRecord:
 def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
     """Make the pod ``uid`` of the API (the kubelet role's part, ``lab.kubeletd``, which reports
     its status): netns, CNI ADD, its containers as processes; the record is written with
-    :func:`save_kubelet_pods`, before each resource is made."""
-    save = save_kubelet_pods
+    :func:`save_kubelet_pod` (this pod's entry only: pods start concurrently), before each
+    resource is made."""
+
+    def save(rec: LabRecord) -> None:
+        save_kubelet_pod(rec.name, prec)
+
     nrec = _node(rec, pod.node_name)
     prec = PodRecord(
         name=pod.name,
@@ -1190,7 +1224,7 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
         start_container(rec, pod, prec, crec, specs[crec.name])  # ContainerConfigError: status
         save(rec)
     _check_started(rec, prec)
-    _write_dns_records(rec)
+    _write_dns_records_of(rec.name)
     return prec
 
 
@@ -1449,7 +1483,7 @@ def down(name: str | None = None, *, all_labs: bool = False) -> list[str]:
     return removed
 
 
-def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
+def _remove_pod(rec: LabRecord, prec: PodRecord, *, dns: bool = True) -> None:
     if prec.cgroup:
         root = cgroup.cgroup2_root()
         if root is not None:
@@ -1467,8 +1501,9 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
         shutil.rmtree(prec.log, ignore_errors=True)
     if prec in rec.pods:
         rec.pods.remove(prec)
-    with contextlib.suppress(OSError):
-        _write_dns_records(rec)
+    if dns:
+        with contextlib.suppress(OSError):
+            _write_dns_records(rec)
 
 
 def _teardown(rec: LabRecord) -> None:
