@@ -214,12 +214,17 @@ def test_deleted_pod_is_replaced_and_leaves_nothing(lab: tuple[str, list[str], s
     after = wait_for("the replacement pod", replaced, 120)
     new = [p for p in after if p["metadata"]["name"] not in {w["metadata"]["name"] for w in web}]
     assert len(new) == 1 and new[0]["status"]["podIP"] != ip
-    got = manager.run_in_pod(
-        client(nodes, new[0]),
-        ["ciliary", "workload", "http-get", f"http://{new[0]['status']['podIP']}/"],
-        name=name,
-    )
-    assert got.returncode == 0, got.stderr
+
+    def served() -> bool:
+        # Ready is "containers running" (no readiness probe, as in Kubernetes), not "listening"
+        got = manager.run_in_pod(
+            client(nodes, new[0]),
+            ["ciliary", "workload", "http-get", f"http://{new[0]['status']['podIP']}/"],
+            name=name,
+        )
+        return got.returncode == 0
+
+    wait_for("the replacement pod to serve HTTP", served, 20)
 
     def gone() -> bool:
         with AgentClient(Path(node.socket)) as cl:

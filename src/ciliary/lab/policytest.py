@@ -98,6 +98,8 @@ MONITOR_WARMUP = 0.3
 """Seconds to let the monitor subscriptions reach the agents before the first probe."""
 EVENT_GRACE = 2.0
 """Seconds to keep waiting for the datapath's event once the client has finished."""
+SERVER_START_GRACE = 5.0
+"""Seconds a refused connection is tried again (a just-started pod's server not listening yet)."""
 POLICY_DROPS = {133: "Policy denied", 181: "Policy denied by denylist"}
 
 Verdict: TypeAlias = Literal["allow", "deny"]
@@ -772,6 +774,13 @@ def _run_case(
 ) -> CaseResult:
     src, dst = lab.peers(case)
     probe = _probe(tap, src, dst, case, timeout)
+    # A pod is Ready once its containers run (no readiness probe, as in Kubernetes), which can be
+    # before its server listens: "refused" (never a policy's doing: denied packets are dropped)
+    # is asked again for a moment, so a case reports what the started workload answers.
+    settle = time.monotonic() + SERVER_START_GRACE
+    while probe.outcome == "refused" and time.monotonic() < settle:
+        time.sleep(0.2)
+        probe = _probe(tap, src, dst, case, timeout)
     if probe.event is None:  # a lost race with the monitor subscription: once more
         probe = _probe(tap, src, dst, case, timeout)
     egress, ingress = _trace(lab, src, dst, case)
