@@ -64,6 +64,7 @@ spec:
     spec:
       containers:
       - name: main
+        image: debian
         command: [sleep, infinity]
         volumeMounts: [{name: data, mountPath: /nonexistent/ciliary-data}]
       volumes: [{name: data, emptyDir: {}}]

@@ -5,8 +5,9 @@ generation, generateName), immutable fields kept from the stored object, the ``s
 subresource split (the main resource ignores status, ``/status`` changes only status),
 ``generation`` bumped when anything but metadata and status changes, finalizers (an object whose
 deletion was requested goes away when its last finalizer is removed), and validation: names,
-labels, and network policies checked by the policy engine's own parser, so a policy the agents
-would reject is 422 Invalid with field paths and is never stored.
+labels, every container's required ``image`` (Pods and the pod templates of workloads), and
+network policies checked by the policy engine's own parser, so a policy the agents would reject
+is 422 Invalid with field paths and is never stored.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ciliary.apiserver.storage import DELETE, Obj, Outcome
 from ciliary.k8s.labelselector import label_key_problem, label_value_problem
 from ciliary.k8s.meta import now
 from ciliary.k8s.names import is_dns1123_label, is_dns1123_subdomain
-from ciliary.k8s.resources import ResourceType
+from ciliary.k8s.resources import ResourceType, pod_spec_of
 from ciliary.policy.api.documents import (
     POLICY_KINDS,
     api_object_document,
@@ -132,10 +133,33 @@ def policy_causes(rt: ResourceType, obj: Obj) -> list[Cause]:
     return []
 
 
+def _image_causes(rt: ResourceType, obj: Obj) -> list[Cause]:
+    """A container without a non-empty ``image`` is refused as kube-apiserver refuses it
+    (``spec.containers[0].image: Required value``): the image is required by the API even
+    though the lab's kubelet role only runs a container's command."""
+    found = pod_spec_of({**obj, "apiVersion": rt.api_version, "kind": rt.kind})
+    if found is None:
+        return []
+    prefix, spec = found
+    causes: list[Cause] = []
+    for field in ("containers", "initContainers"):
+        containers = spec.get(field)
+        if not isinstance(containers, list):
+            continue
+        for i, c in enumerate(containers):
+            image = c.get("image") if isinstance(c, dict) else None
+            if not isinstance(image, str) or not image.strip():
+                causes.append(
+                    Cause(f"{prefix}.{field}[{i}].image", "Required value", "FieldValueRequired")
+                )
+    return causes
+
+
 def validate(rt: ResourceType, obj: Obj) -> None:
     meta = obj["metadata"]
     causes = _name_causes(rt, str(meta.get("name", "")))
     causes += _label_causes(meta)
+    causes += _image_causes(rt, obj)
     if not causes:
         causes += policy_causes(rt, obj)
     if causes:

@@ -9,7 +9,9 @@ resources under `/registry/<group>/<resource>/…` (as apiextensions-apiserver s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 REGISTRY_ROOT = "/registry"
 
@@ -309,3 +311,28 @@ def groups() -> dict[str, list[str]]:
         if r.version not in versions:
             versions.append(r.version)
     return out
+
+
+POD_SPEC_PATHS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("v1", "Pod"): ("spec",),
+    ("apps/v1", "Deployment"): ("spec", "template", "spec"),
+    ("apps/v1", "ReplicaSet"): ("spec", "template", "spec"),
+    ("apps/v1", "DaemonSet"): ("spec", "template", "spec"),
+    ("apps/v1", "StatefulSet"): ("spec", "template", "spec"),
+}
+"""Where each kind that makes pods keeps its pod spec (``(apiVersion, kind)`` → field path): the
+API server validates a template's pod spec as a Pod's, under the template's path."""
+
+
+def pod_spec_of(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """``doc``'s pod spec and its dotted path (``spec`` or ``spec.template.spec``), or None when
+    ``doc`` is no kind that makes pods or has no pod spec object."""
+    path = POD_SPEC_PATHS.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
+    if path is None:
+        return None
+    spec: Any = doc
+    for part in path:
+        spec = spec.get(part) if isinstance(spec, dict) else None
+    if not isinstance(spec, dict):
+        return None
+    return ".".join(path), spec

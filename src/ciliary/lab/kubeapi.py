@@ -36,6 +36,10 @@ from ciliary.lab.controlplane import ControlPlane
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 APPLY_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 30.0
+LAB_PROCESS_IMAGE = "ciliary.io/lab-process"
+"""The ``image`` the lab gives a container of its own file (or of a pod it makes itself, the
+cluster DNS pod) that names none: informational, as every image is here (the kubelet role runs
+the container's ``command``)."""
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 Obj = dict[str, Any]
@@ -204,5 +208,19 @@ def manifests(raw: Sequence[Obj], node_of: dict[str, str]) -> list[Obj]:
             key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
             if key in node_of:
                 doc.setdefault("spec", {})["nodeName"] = node_of[key]
+        with_placeholder_images(doc)
         docs.append(doc)
     return sorted(docs, key=lambda d: d.get("kind") != "Namespace")
+
+
+def with_placeholder_images(doc: Obj) -> Obj:
+    """``doc`` (a Pod or a workload's pod template) with :data:`LAB_PROCESS_IMAGE` as the
+    ``image`` of each container that has none: the API requires an image, as Kubernetes does,
+    and lab files written before it did run commands without one."""
+    found = resources.pod_spec_of(doc)
+    if found is not None:
+        for field in ("containers", "initContainers"):
+            for c in found[1].get(field) or []:
+                if isinstance(c, dict) and not c.get("image"):
+                    c["image"] = LAB_PROCESS_IMAGE
+    return doc

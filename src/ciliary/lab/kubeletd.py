@@ -21,7 +21,9 @@ For a pod bound to one of its nodes:
 * **start**: the lab's own steps (``manager.run_api_pod``: netns, CNI ADD through the node's
   conflist, each container's ``command`` + ``args`` as a process; ``image`` informational), then
   the Pod status (phase, podIP/podIPs, hostIP, Ready, containerStatuses). A container with an
-  ``image`` and no ``command`` cannot run here (the lab has no images): the pod is refused,
+  ``image`` and no ``command`` runs the command the Lab's ``spec.images`` maps that image to
+  (``LabRecord.images``; its ``args`` when the container has none); any other cannot run here
+  (the lab has no images): the pod is refused,
   ``Failed`` with reason ``ImageWithoutCommand`` and a message naming the pod. A start that fails
   (CNI, a command not found) is undone and tried again after a back-off; its message is in the
   status (``Pending``, the container ``waiting``), where ``lab up``/``lab apply`` read it;
@@ -54,7 +56,7 @@ from ciliary.k8s.resources import by_path
 from ciliary.kube.client import ApiError, KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
 from ciliary.lab import certs, kubelet, manager, podsandbox, process, schema
-from ciliary.lab.state import LabRecord, PodRecord
+from ciliary.lab.state import ImageRecord, LabRecord, PodRecord
 
 PODS = by_path("", "v1", "pods")
 NODES = by_path("", "v1", "nodes")
@@ -68,18 +70,33 @@ log = logging.getLogger("ciliary.lab.kubeletd")
 Status = dict[str, Any]
 
 
-def refusal(pod: Mapping[str, Any]) -> str | None:
-    """Why the lab cannot run ``pod`` (a container with an image and no command), or None."""
+def refusal(pod: Mapping[str, Any], images: Mapping[str, ImageRecord]) -> str | None:
+    """Why the lab cannot run ``pod`` (a container with an image and no command that the Lab's
+    ``spec.images`` does not map to one), or None."""
     meta = pod.get("metadata") or {}
     key = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
     for c in (pod.get("spec") or {}).get("containers") or []:
-        if not c.get("command") and not c.get("args"):
+        if not c.get("command") and not c.get("args") and c.get("image") not in images:
             image = c.get("image") or "(none)"
             return (
                 f"pod {key}: container {c.get('name')!r} has image {image!r} and no command;"
-                " the lab runs no images, only a container's command + args"
+                " the lab runs no images, only a container's command + args (or the command"
+                " its Lab's spec.images maps the image to)"
             )
     return None
+
+
+def _command_and_args(
+    c: Mapping[str, Any], images: Mapping[str, ImageRecord]
+) -> tuple[list[str], list[str]]:
+    """A container's command + args; a container without a command runs its image's mapped
+    command, with the mapped args when it has none of its own (as an image's entrypoint and
+    cmd would in Kubernetes)."""
+    command, args = list(c.get("command") or []), list(c.get("args") or [])
+    mapped = images.get(c.get("image") or "")
+    if not command and mapped is not None:
+        return list(mapped.command), args or list(mapped.args)
+    return command, args
 
 
 SECURITY_FIELDS = ("runAsUser", "runAsGroup", "runAsNonRoot")
@@ -92,16 +109,20 @@ def _known(value: Any, fields: tuple[str, ...]) -> dict[str, Any] | None:
     return {k: value[k] for k in fields if value.get(k) is not None}
 
 
-def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
-    """The API's Pod as the lab's pod document (only what the lab runs of it)."""
+def pod_spec(
+    pod: Mapping[str, Any], images: Mapping[str, ImageRecord] | None = None
+) -> schema.PodSpec:
+    """The API's Pod as the lab's pod document (only what the lab runs of it); ``images`` is the
+    Lab's image → command mapping (``LabRecord.images``)."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
+    runs = [_command_and_args(c, images or {}) for c in spec.get("containers") or []]
     containers = [
         {
             "name": c["name"],
             "image": c.get("image"),
-            "command": list(c.get("command") or []),
-            "args": list(c.get("args") or []),
+            "command": command,
+            "args": args,
             "env": [{"name": e["name"], "value": e.get("value") or ""} for e in c.get("env") or []],
             "workingDir": c.get("workingDir"),
             "securityContext": _known(c.get("securityContext"), SECURITY_FIELDS),
@@ -115,7 +136,7 @@ def pod_spec(pod: Mapping[str, Any]) -> schema.PodSpec:
                 for m in c.get("volumeMounts") or []
             ],
         }
-        for c in spec.get("containers") or []
+        for c, (command, args) in zip(spec.get("containers") or [], runs, strict=True)
     ]
     return schema.PodSpec.model_validate(
         {
@@ -330,12 +351,12 @@ class Kubelet:
         phase = (obj.get("status") or {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             return None
-        reason = refusal(obj)
+        reason = refusal(obj, rec.images)
         if reason is not None:
             log.warning("%s", reason)
             return self._status(obj, None, "Failed", reason="ImageWithoutCommand", message=reason)
         started = time.time()
-        spec = pod_spec(obj)
+        spec = pod_spec(obj, rec.images)
         try:
             manager.check_containers(spec)  # before anything of the pod is made
         except podsandbox.ContainerConfigError as err:
@@ -375,7 +396,7 @@ class Kubelet:
                 else:
                     crec.pid = None  # ended for good
             if crec.restart_at is not None and now >= crec.restart_at:
-                spec = spec or pod_spec(obj)
+                spec = spec or pod_spec(obj, rec.images)
                 container = next(c for c in spec.spec.containers if c.name == crec.name)
                 crec.restarts += 1  # numbers the new run (its log file)
                 manager.start_container(rec, spec, prec, crec, container)

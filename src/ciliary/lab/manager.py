@@ -44,6 +44,7 @@ from ciliary.lab.state import (
     ControlPlaneRecord,
     ControlPlaneView,
     HubbleRecord,
+    ImageRecord,
     LabRecord,
     LabView,
     NodeRecord,
@@ -341,6 +342,9 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         monitor_aggregation=lab_file.lab.spec.monitor_aggregation,
         ipam_mode=lab_file.lab.spec.ipam.mode,
         hubble=_hubble_record(lab_file.lab.spec.hubble),
+        images={
+            i.image: ImageRecord(command=i.command, args=i.args) for i in lab_file.lab.spec.images
+        },
     )
     _save(rec)
     try:
@@ -1325,7 +1329,7 @@ def _pod_doc(pod: schema.PodSpec) -> kubeapi.Obj:
     }
     doc.setdefault("metadata", {})["namespace"] = pod.namespace
     doc.setdefault("spec", {})["nodeName"] = pod.node_name
-    return doc
+    return kubeapi.with_placeholder_images(doc)
 
 
 def _check_started(rec: LabRecord, prec: PodRecord) -> None:

@@ -6,6 +6,12 @@ Kubernetes gives them. Building a lab creates namespaces, veths and BPF state, s
 be caught here, before anything is created, and reported so that it can be fixed without guessing:
 each problem is one line naming the file, the document, the dotted path of the field and what was
 expected (``lab.yaml: document 2 (Pod shop/web): spec.containers[0].comand: unknown field``).
+A container's ``image`` is optional here, unlike in the API: the lab runs a container's
+``command``, and gives a container without an image the placeholder ``ciliary.io/lab-process``
+(``kubeapi.LAB_PROCESS_IMAGE``) when it applies the file. The Lab's ``spec.images`` maps an
+image to the command (and args) the lab's kubelet role runs for a container with that image and
+no command (``{image: redis:7, command: [redis-server], args: [--port, "6379"]}``); any other
+image without a command is refused (``ImageWithoutCommand``).
 
 Unknown fields are errors (every model forbids extras), values have Kubernetes' types and syntax
 (names are DNS-1123 labels, label keys and values follow the label rules), and the checks that span
@@ -432,13 +438,38 @@ class HubbleSpec(StrictModel):
     export: HubbleExportSpec = Field(default_factory=HubbleExportSpec)
 
 
+class ImageCommand(StrictModel):
+    """What the lab runs for ``image`` (``spec.images[]``): a container with that image and no
+    ``command`` gets this ``command`` (and these ``args`` when it has none), as the image's
+    entrypoint would run in Kubernetes; the lab has no images to read one from."""
+
+    image: str = Field(min_length=1)
+    command: list[str] = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+
+
 class LabBody(StrictModel):
     """The ``spec`` of the Lab document."""
 
     ipam: IPAMSpec = Field(default_factory=IPAMSpec)
     monitor_aggregation: Literal["none", "medium"] = "medium"
     hubble: HubbleSpec = Field(default_factory=HubbleSpec)
+    images: list[ImageCommand] = Field(default_factory=list)
     nodes: list[NodeSpec] = Field(min_length=1)
+
+    @field_validator("images")
+    @classmethod
+    def _check_images(cls, images: list[ImageCommand]) -> list[ImageCommand]:
+        first: dict[str, int] = {}
+        for i, entry in enumerate(images):
+            if entry.image in first:
+                raise FieldProblemError(
+                    f"duplicate image {entry.image!r} (also spec.images[{first[entry.image]}])",
+                    i,
+                    "image",
+                )
+            first[entry.image] = i
+        return images
 
     @field_validator("nodes")
     @classmethod

@@ -137,6 +137,13 @@ class ControlPlaneRecord(_Model):
     etcd_last_exit: str | None = None
 
 
+class ImageRecord(_Model):
+    """The command (and args) the lab runs for an image (from the Lab's ``spec.images``)."""
+
+    command: list[str]
+    args: list[str] = Field(default_factory=list)
+
+
 class LabRecord(_Model):
     name: str
     file: str | None
@@ -147,6 +154,7 @@ class LabRecord(_Model):
     monitor_aggregation: str = "medium"
     ipam_mode: str = "cluster-pool"
     hubble: HubbleRecord = Field(default_factory=HubbleRecord)
+    images: dict[str, ImageRecord] = Field(default_factory=dict)
     relay: RelayRecord | None = None
     supervisor: SupervisorRecord | None = None
     control_plane: ControlPlaneRecord | None = None

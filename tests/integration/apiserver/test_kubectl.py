@@ -147,6 +147,24 @@ def test_invalid_policy_names_the_field_and_is_not_stored(
     assert names(shop, "cnp", "-n", "shop") == ["db-from-web"]
 
 
+def test_a_container_without_an_image_is_refused_as_kubernetes_does(shop: ControlPlane) -> None:
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: noimage, namespace: shop}\n" + (
+        "spec: {containers: [{name: c, command: [sleep, infinity]}]}\n"
+    )
+    result = kubectl(shop, "create", "-f", "-", stdin=pod, check=False)
+    assert result.returncode == 1
+    assert 'Pod "noimage" is invalid: spec.containers[0].image: Required value' in result.stderr
+    deploy = (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: noimage, namespace: shop}\n"
+        "spec:\n  selector: {matchLabels: {app: x}}\n  template:\n"
+        "    metadata: {labels: {app: x}}\n    spec: {containers: [{name: c}]}\n"
+    )
+    result = kubectl(shop, "apply", "-f", "-", stdin=deploy, check=False)
+    assert result.returncode == 1
+    assert "spec.template.spec.containers[0].image: Required value" in result.stderr
+    assert "noimage" not in names(shop, "pods", "-n", "shop") + names(shop, "deploy", "-n", "shop")
+
+
 def test_get_watch_prints_later_changes(shop: ControlPlane) -> None:
     proc = subprocess.Popen(
         [KUBECTL, "--kubeconfig", str(shop.kubeconfig), "get", "pods", "-n", "shop", "-w"],

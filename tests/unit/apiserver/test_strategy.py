@@ -104,6 +104,32 @@ def test_policy_problems_become_causes_with_field_paths() -> None:
     assert policy_causes(CNPS, good) == []
 
 
+def test_containers_without_an_image_are_refused_with_their_field_paths() -> None:
+    pod = {
+        "metadata": {"name": "p"},
+        "spec": {
+            "initContainers": [{"name": "i", "image": " "}],
+            "containers": [{"name": "a", "image": "busybox"}, {"name": "b", "command": ["x"]}],
+        },
+    }
+    with pytest.raises(errors.StatusError) as exc:
+        prepare_create(PODS, pod, "ns")
+    assert exc.value.code == 422
+    assert exc.value.message == (
+        'Pod "p" is invalid: [spec.containers[1].image: Required value,'
+        " spec.initContainers[0].image: Required value]"
+    )
+    assert [c["reason"] for c in exc.value.details["causes"]] == ["FieldValueRequired"] * 2
+    template = {"spec": {"containers": [{"name": "c"}]}}
+    with pytest.raises(errors.StatusError) as exc:
+        prepare_create(DEPLOYMENTS, {**deployment(), "spec": {"template": template}}, "ns")
+    assert exc.value.message == (
+        'Deployment "d" is invalid: spec.template.spec.containers[0].image: Required value'
+    )
+    pod["spec"] = {"containers": [{"name": "a", "image": "busybox"}]}
+    assert prepare_create(PODS, pod, "ns")["spec"]["containers"][0]["image"] == "busybox"
+
+
 def _pod(labels: dict[str, str]) -> dict[str, Any]:
     return {"metadata": {"name": "p", "labels": labels, "resourceVersion": "9"}}
 

@@ -3,7 +3,7 @@ status), without a cluster: documents in, objects out."""
 
 from __future__ import annotations
 
-from ciliary.lab import kubeapi, kubelet
+from ciliary.lab import kubeapi, kubelet, manager, schema
 
 
 def test_manifests_drop_the_lab_put_namespaces_first_and_pin_pods_to_their_nodes() -> None:
@@ -18,9 +18,38 @@ def test_manifests_drop_the_lab_put_namespaces_first_and_pin_pods_to_their_nodes
     ]  # fmt: skip
     docs = kubeapi.manifests(raw, {"shop/web": "n1", "default/client": "n2"})
     assert [d["kind"] for d in docs] == ["Namespace", "Pod", "Pod", "CiliumNetworkPolicy"]
-    assert docs[1]["spec"] == {"containers": [{"name": "c"}], "nodeName": "n1"}
+    placeholder = {"name": "c", "image": kubeapi.LAB_PROCESS_IMAGE}
+    assert docs[1]["spec"] == {"containers": [placeholder], "nodeName": "n1"}
     assert docs[2]["spec"] == {"nodeName": "n2"}
     assert "nodeName" not in raw[1]["spec"]  # the caller's documents are left alone
+
+
+def test_containers_of_the_lab_without_an_image_get_the_placeholder() -> None:
+    """The API requires an image; lab files (and the lab's own DNS pod) need not name one."""
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"template": {"spec": {
+            "initContainers": [{"name": "i"}],
+            "containers": [{"name": "a", "image": "nginx:1.27"}, {"name": "b", "image": ""}],
+        }}},
+    }  # fmt: skip
+    (out,) = kubeapi.manifests([deploy], {})
+    spec = out["spec"]["template"]["spec"]
+    assert [c["image"] for c in spec["initContainers"] + spec["containers"]] == [
+        "ciliary.io/lab-process",
+        "nginx:1.27",
+        "ciliary.io/lab-process",
+    ]
+    pod = schema.PodSpec.model_validate(
+        {"metadata": {"name": "dns", "namespace": "kube-system"},
+         "spec": {"nodeName": "n1", "containers": [{"name": "c", "command": ["x"]}]}},
+        strict=False,
+    )  # fmt: skip
+    doc = manager._pod_doc(pod)
+    assert doc["spec"]["containers"][0]["image"] == kubeapi.LAB_PROCESS_IMAGE
+    assert doc["spec"]["nodeName"] == "n1"
 
 
 def test_object_paths_follow_the_resource_registry() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ciliary.lab import kubelet, kubeletd
+from ciliary.lab.state import ImageRecord
 
 
 def api_pod(**container: Any) -> dict[str, Any]:
@@ -26,11 +27,26 @@ def api_pod(**container: Any) -> dict[str, Any]:
 
 
 def test_an_image_without_command_is_refused_naming_the_pod() -> None:
-    reason = kubeletd.refusal(api_pod())
+    reason = kubeletd.refusal(api_pod(), {})
     assert reason is not None
     assert "shop/web-abc" in reason and "'main'" in reason and "nginx:1.27" in reason
-    assert kubeletd.refusal(api_pod(command=["ciliary", "workload", "pause"])) is None
-    assert kubeletd.refusal(api_pod(args=["x"])) is None
+    assert kubeletd.refusal(api_pod(command=["ciliary", "workload", "pause"]), {}) is None
+    assert kubeletd.refusal(api_pod(args=["x"]), {}) is None
+    other = {"redis:7": ImageRecord(command=["redis-server"])}
+    assert kubeletd.refusal(api_pod(), other) == reason  # an unmapped image is still refused
+
+
+def test_a_mapped_image_runs_its_command_and_args_unless_the_container_has_its_own() -> None:
+    images = {"nginx:1.27": ImageRecord(command=["nginx"], args=["-g", "daemon off;"])}
+    assert kubeletd.refusal(api_pod(), images) is None
+    (c,) = kubeletd.pod_spec(api_pod(), images).spec.containers
+    assert (c.command, c.args) == (["nginx"], ["-g", "daemon off;"])
+    (c,) = kubeletd.pod_spec(api_pod(args=["-c", "/etc/n.conf"]), images).spec.containers
+    assert (c.command, c.args) == (["nginx"], ["-c", "/etc/n.conf"])
+    (c,) = kubeletd.pod_spec(api_pod(command=["sh"], args=[]), images).spec.containers
+    assert (c.command, c.args) == (["sh"], [])  # a container's own command wins
+    (c,) = kubeletd.pod_spec(api_pod(image="other", command=["x"]), images).spec.containers
+    assert (c.command, c.args) == (["x"], [])
 
 
 def test_api_pod_becomes_the_lab_pod_document() -> None:

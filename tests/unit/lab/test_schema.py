@@ -712,6 +712,34 @@ def test_duplicate_node() -> None:
     )
 
 
+def test_lab_images_map_an_image_to_its_command() -> None:
+    doc = lab()
+    doc["spec"]["images"] = [
+        {"image": "redis:7", "command": ["redis-server"], "args": ["--port", "6379"]},
+        {"image": "nginx", "command": ["nginx"]},
+    ]
+    images = parse(doc).lab.spec.images
+    assert [(i.image, i.command, i.args) for i in images] == [
+        ("redis:7", ["redis-server"], ["--port", "6379"]),
+        ("nginx", ["nginx"], []),
+    ]
+    doc["spec"]["images"] = [{"image": "redis:7", "command": []}]
+    assert str(error(doc)) == (
+        f"{FILE}: document 1 (Lab demo): spec.images[0].command: expected at least 1 item(s), got 0"
+    )
+    doc["spec"]["images"] = [{"image": "", "command": ["x"]}, {"image": "x", "cmd": ["x"]}]
+    assert [p.split(": ", 2)[2] for p in error(doc).problems] == [
+        "spec.images[0].image: String should have at least 1 character, got ''",
+        "spec.images[1].command: required field is missing",
+        "spec.images[1].cmd: unknown field",
+    ]
+    doc["spec"]["images"] = [{"image": "x", "command": ["a"]}, {"image": "x", "command": ["b"]}]
+    assert str(error(doc)) == (
+        f"{FILE}: document 1 (Lab demo): spec.images[1].image: duplicate image 'x'"
+        " (also spec.images[0])"
+    )
+
+
 def test_duplicate_pod() -> None:
     assert str(error(lab(), pod("a"), pod("b"), pod("a", "default"))) == (
         f"{FILE}: document 4 (Pod default/a): metadata.name: duplicate pod default/a"
