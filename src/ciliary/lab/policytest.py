@@ -775,10 +775,12 @@ def _run_case(
     src, dst = lab.peers(case)
     probe = _probe(tap, src, dst, case, timeout)
     # A pod is Ready once its containers run (no readiness probe, as in Kubernetes), which can be
-    # before its server listens: "refused" (never a policy's doing: denied packets are dropped)
-    # is asked again for a moment, so a case reports what the started workload answers.
+    # before its server listens: a TCP "refused" (a RST; never a policy's doing: denied packets
+    # are dropped) is asked again for a moment, so a case reports what the started workload
+    # answers. Not UDP: its "refused" is an ICMP error, which the kernel rate-limits, so asking
+    # again would turn a closed port's answer into a timeout.
     settle = time.monotonic() + SERVER_START_GRACE
-    while probe.outcome == "refused" and time.monotonic() < settle:
+    while case.protocol == "TCP" and probe.outcome == "refused" and time.monotonic() < settle:
         time.sleep(0.2)
         probe = _probe(tap, src, dst, case, timeout)
     if probe.event is None:  # a lost race with the monitor subscription: once more
