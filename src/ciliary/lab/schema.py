@@ -10,8 +10,10 @@ A container's ``image`` is optional here, unlike in the API: the lab runs a cont
 ``command``, and gives a container without an image the placeholder ``ciliary.io/lab-process``
 (``kubeapi.LAB_PROCESS_IMAGE``) when it applies the file. The Lab's ``spec.images`` maps an
 image to the command (and args) the lab's kubelet role runs for a container with that image and
-no command (``{image: redis:7, command: [redis-server], args: [--port, "6379"]}``); any other
-image without a command is refused (``ImageWithoutCommand``).
+no command (``{image: redis:7, command: [redis-server], args: [--port, "6379"]}``), also for the
+file's own Pods; every container of a file's Pod has a command or a mapped image, checked when
+the whole file is (the mapping is in the Lab document), as the kubelet role would refuse any
+other (``ImageWithoutCommand``).
 
 Unknown fields are errors (every model forbids extras), values have Kubernetes' types and syntax
 (names are DNS-1123 labels, label keys and values follow the label rules), and the checks that span
@@ -618,11 +620,14 @@ class PodBody(StrictModel):
                     "name",
                 )
             first[container.name] = i
-        if not any(c.argv() for c in containers):
-            raise ValueError(
-                "expected at least one container with a command (command or args), e.g."
-                " command: [ciliary, workload, pause]"
-            )
+        for i, container in enumerate(containers):
+            if not container.argv() and not container.image:
+                raise FieldProblemError(
+                    "expected a command (command or args), e.g. command: [ciliary, workload,"
+                    " pause], or an image that the Lab's spec.images maps to one",
+                    i,
+                    "command",
+                )
         return containers
 
 
@@ -1121,6 +1126,7 @@ def _check_together(
         round_robin = len(base.pods)
 
     pods: list[PodSpec] = []
+    mapped_images = {entry.image for entry in lab.spec.images}
     for doc in parsed:
         if not isinstance(doc.value, PodSpec):
             continue
@@ -1129,6 +1135,15 @@ def _check_together(
             problem(doc, "metadata.name", f"duplicate pod {pod.key} ({pod_owner[pod.key]})")
             continue
         pod_owner[pod.key] = f"also in document {doc.index}"
+        for i, container in enumerate(pod.spec.containers):
+            if not container.argv() and container.image not in mapped_images:
+                problem(
+                    doc,
+                    f"spec.containers[{i}].image",
+                    f"{container.image!r} has no command here: the lab runs no images, so give"
+                    " the container a command or map the image in the Lab's spec.images"
+                    " ({image, command, args})",
+                )
         if pod.namespace not in declared and pod.namespace not in IMPLICIT_NAMESPACES:
             problem(
                 doc,

@@ -275,10 +275,12 @@ def test_args_without_command_is_a_command() -> None:
 
 def test_argv_is_the_first_container_with_a_command() -> None:
     containers: list[dict[str, Any]] = [
-        {"name": "side"},
+        {"name": "side", "image": "proxy"},
         {"name": "main", "command": ["a"], "args": ["b"]},
     ]
-    lf = parse(lab(), pod("p", containers=containers))
+    doc = lab()
+    doc["spec"]["images"] = [{"image": "proxy", "command": ["sleep", "infinity"]}]
+    lf = parse(doc, pod("p", containers=containers))
     assert lf.pods[0].argv() == ["a", "b"]
     assert lf.pods[0].main_container().name == "main"
 
@@ -303,7 +305,7 @@ def test_a_namespace_may_come_after_its_pods() -> None:
 def test_empty_documents_are_skipped_but_counted() -> None:
     text = dump(lab()) + "---\n---\n" + dump(pod("p", containers=[{"name": "c"}]))
     err = error_of(text)
-    assert str(err).startswith(f"{FILE}: document 3 (Pod default/p): spec.containers: ")
+    assert str(err).startswith(f"{FILE}: document 3 (Pod default/p): spec.containers[0]")
 
 
 # ---- structure errors: unknown fields, types, syntax ------------------------------------------
@@ -671,8 +673,9 @@ def test_container_rules() -> None:
     )
     idle: list[dict[str, Any]] = [{"name": "c", "command": [], "args": []}, {"name": "d"}]
     assert str(error(lab(), pod("p", containers=idle))) == (
-        f"{FILE}: document 2 (Pod default/p): spec.containers: expected at least one container"
-        " with a command (command or args), e.g. command: [ciliary, workload, pause]"
+        f"{FILE}: document 2 (Pod default/p): spec.containers[0].command: expected a command"
+        " (command or args), e.g. command: [ciliary, workload, pause], or an image that the"
+        " Lab's spec.images maps to one"
     )
     p = pod("p")
     p["spec"]["containers"] = []
@@ -738,6 +741,21 @@ def test_lab_images_map_an_image_to_its_command() -> None:
         f"{FILE}: document 1 (Lab demo): spec.images[1].image: duplicate image 'x'"
         " (also spec.images[0])"
     )
+
+
+def test_a_pod_may_run_a_mapped_image_without_a_command() -> None:
+    doc = lab()
+    doc["spec"]["images"] = [{"image": "redis:7", "command": ["redis-server"]}]
+    redis = pod("cache", containers=[{"name": "redis", "image": "redis:7"}])
+    assert [c.image for c in parse(doc, redis).pods[0].spec.containers] == ["redis:7"]
+    unmapped = pod("web", containers=[{"name": "web", "image": "nginx:1.25"}])
+    assert str(error(doc, unmapped)) == (
+        f"{FILE}: document 2 (Pod default/web): spec.containers[0].image: 'nginx:1.25' has no"
+        " command here: the lab runs no images, so give the container a command or map the image"
+        " in the Lab's spec.images ({image, command, args})"
+    )
+    bare = pod("idle", containers=[{"name": "idle"}])
+    assert "spec.containers[0].command: expected a command" in str(error(doc, bare))
 
 
 def test_duplicate_pod() -> None:
