@@ -31,6 +31,10 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  images:
+  - image: redis:7
+    command: [redis-server]
+    args: [--port, "6379", --protected-mode, "no", --dir, /tmp, --save, "", --appendonly, "no"]
   nodes:
   - name: {node}
 ---
@@ -41,6 +45,14 @@ spec:
   containers:
   - name: main
     command: [ciliary, workload, pause]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: cache, labels: {{app: cache}}}}
+spec:
+  containers:
+  - name: redis
+    image: redis:7
 """
 
 DB_FROM_NOBODY = """\
@@ -183,6 +195,20 @@ def test_redis_and_postgres_serve_a_client_until_a_policy_denies_it(
     kubectl(kubeconfig, "delete", "cnp", "db-from-nobody")
     assert answered(lambda: redis_ping(name, redis_ip), "PONG")
     assert answered(lambda: psql_select(name, pg_ip), "42")
+
+
+def test_a_lab_file_pod_runs_the_command_its_image_maps_to(lab: tuple[str, str, str]) -> None:
+    """The lab file's ``cache`` Pod has ``image: redis:7`` and no command: the kubelet role runs
+    the command the Lab's ``spec.images`` maps that image to, and it serves."""
+    name, kubeconfig, _ = lab
+    cache = wait_for("cache ready", lambda: ready_pod(kubeconfig, "app=cache"))
+    (container,) = cache["spec"]["containers"]
+    assert container["image"] == "redis:7" and "command" not in container, container
+    assert answered(lambda: redis_ping(name, cache["status"]["podIP"]), "PONG")
+    pid = server_process(name, "default/cache")
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "redis-server"
+    title = Path(f"/proc/{pid}/cmdline").read_bytes()  # redis sets its title from its args
+    assert title.startswith(b"redis-server *:6379"), title
 
 
 def test_empty_dir_without_a_mount_point_is_refused(lab: tuple[str, str, str]) -> None:
