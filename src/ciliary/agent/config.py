@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
+from typing import Literal
 
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
 
@@ -61,6 +62,41 @@ class HubbleConfig:
     """How often the datapath's lost-event counters are read when no event arrives."""
 
 
+ROUTING_MODES = ("tunnel", "native")
+TUNNEL_PROTOCOLS = ("vxlan",)
+DEFAULT_TUNNEL_PORT = 8472
+"""Cilium's VXLAN port (the Linux default, not IANA's 4789)."""
+TUNNEL_OVERHEAD = 50
+"""Bytes VXLAN over IPv4 adds to a packet (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8): in
+tunnel mode a pod's MTU is the node's less this, as Cilium's."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """How pods reach pods of other nodes and the world, with cilium-agent's flag names:
+    ``--routing-mode`` (``tunnel``: VXLAN with the source identity in the VNI, the default;
+    ``native``: the underlay routes pod CIDRs, identity from the ipcache), ``--tunnel-protocol``,
+    ``--tunnel-port``, ``--auto-direct-node-routes`` (native: a route per remote node's pod CIDR
+    via its node IP, all nodes on one L2), ``--ipv4-native-routing-cidr`` /
+    ``--ipv6-native-routing-cidr`` (never masqueraded), ``--ipv4-node`` / ``--ipv6-node`` (this
+    node's IPs on the underlay, published in its CiliumNode as ``InternalIP``), ``--devices``
+    (the node's underlay devices: BPF masquerade and NodePort attach there) and
+    ``--enable-ipv4-masquerade`` / ``--enable-ipv6-masquerade`` / ``--enable-bpf-masquerade``."""
+
+    routing_mode: Literal["tunnel", "native"] = "tunnel"
+    tunnel_protocol: Literal["vxlan"] = "vxlan"
+    tunnel_port: int = DEFAULT_TUNNEL_PORT
+    auto_direct_node_routes: bool = False
+    ipv4_native_routing_cidr: IPv4Network | None = None
+    ipv6_native_routing_cidr: IPv6Network | None = None
+    ipv4_node: IPv4Address | None = None
+    ipv6_node: IPv6Address | None = None
+    devices: tuple[str, ...] = ()
+    enable_ipv4_masquerade: bool = True
+    enable_ipv6_masquerade: bool = True
+    enable_bpf_masquerade: bool = True
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     node: str
@@ -86,6 +122,7 @@ class AgentConfig:
     enable_policy: str = "default"
     """Cilium's --enable-policy: default (enforce once selected), always, never."""
     hubble: HubbleConfig = field(default_factory=HubbleConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     cluster_name: str = DEFAULT_CLUSTER_NAME
     """Cilium's --cluster-name: the cluster the node's endpoints belong to (Hubble's
     ``Endpoint.cluster_name``, ``--cluster`` filters, ``list namespaces``)."""

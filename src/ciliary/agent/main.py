@@ -12,14 +12,18 @@ import logging
 import os
 import re
 import sys
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 from ciliary.agent.config import (
+    DEFAULT_TUNNEL_PORT,
     MONITOR_AGGREGATION,
+    ROUTING_MODES,
     RUN_ROOT,
+    TUNNEL_PROTOCOLS,
     AgentConfig,
     HubbleConfig,
+    NetworkConfig,
     default_event_queue_size,
 )
 from ciliary.datapath.linux import netns
@@ -56,8 +60,58 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-policy", choices=["default", "always", "never"], default="default",
                    help="policy enforcement mode, as Cilium's")  # fmt: skip
     p.add_argument("--debug", action="store_true")
+    _network_flags(p)
     _hubble_flags(p)
     return p
+
+
+def _network_flags(p: argparse.ArgumentParser) -> None:
+    """Routing between nodes and to the world, cilium-agent's flag names (NetworkConfig)."""
+    n = p.add_argument_group("routing")
+    n.add_argument("--routing-mode", choices=ROUTING_MODES, default="tunnel",
+                   help="tunnel: VXLAN between nodes (default); native: the network routes pod"
+                   " CIDRs")  # fmt: skip
+    n.add_argument("--tunnel-protocol", choices=TUNNEL_PROTOCOLS, default="vxlan")
+    n.add_argument("--tunnel-port", type=int, default=DEFAULT_TUNNEL_PORT,
+                   help=f"UDP port of the tunnel ({DEFAULT_TUNNEL_PORT})")  # fmt: skip
+    n.add_argument("--auto-direct-node-routes", nargs="?", const=True, default=False,
+                   type=_bool, metavar="BOOL",
+                   help="native routing: route each remote node's pod CIDRs via its node IP"
+                   " (nodes on one L2)")  # fmt: skip
+    n.add_argument("--ipv4-native-routing-cidr", type=IPv4Network,
+                   help="IPv4 destinations reached without masquerading")  # fmt: skip
+    n.add_argument("--ipv6-native-routing-cidr", type=IPv6Network,
+                   help="IPv6 destinations reached without masquerading")  # fmt: skip
+    n.add_argument("--ipv4-node", type=IPv4Address, help="this node's IPv4 address")
+    n.add_argument("--ipv6-node", type=IPv6Address, help="this node's IPv6 address")
+    n.add_argument(
+        "--devices",
+        default="",
+        help="comma-separated underlay devices of the node (masquerade, NodePort)",
+    )
+    for family in ("ipv4", "ipv6"):
+        n.add_argument(f"--enable-{family}-masquerade", nargs="?", const=True, default=True,
+                       type=_bool, metavar="BOOL",
+                       help=f"masquerade {family} traffic leaving the cluster (true)")  # fmt: skip
+    n.add_argument("--enable-bpf-masquerade", nargs="?", const=True, default=True,
+                   type=_bool, metavar="BOOL", help="masquerade in BPF (true)")  # fmt: skip
+
+
+def network_config(args: argparse.Namespace) -> NetworkConfig:
+    return NetworkConfig(
+        routing_mode=args.routing_mode,
+        tunnel_protocol=args.tunnel_protocol,
+        tunnel_port=args.tunnel_port,
+        auto_direct_node_routes=args.auto_direct_node_routes,
+        ipv4_native_routing_cidr=args.ipv4_native_routing_cidr,
+        ipv6_native_routing_cidr=args.ipv6_native_routing_cidr,
+        ipv4_node=args.ipv4_node,
+        ipv6_node=args.ipv6_node,
+        devices=tuple(d for d in args.devices.split(",") if d),
+        enable_ipv4_masquerade=args.enable_ipv4_masquerade,
+        enable_ipv6_masquerade=args.enable_ipv6_masquerade,
+        enable_bpf_masquerade=args.enable_bpf_masquerade,
+    )
 
 
 def _cluster_name(text: str) -> str:
@@ -285,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         node_labels=node_labels,
         enable_policy=args.enable_policy,
         hubble=hubble,
+        network=network_config(args),
         cluster_name=args.cluster_name,
     )
     try:
