@@ -155,7 +155,7 @@ kind: Lab
 metadata: {{name: {lab}}}
 spec:
   nodes: [{nodes}]
----
+{spec}---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {{name: bench-datapath, namespace: default}}
@@ -177,12 +177,14 @@ spec:
 """
 
 
-def _lab_yaml(lab: str, nodes: list[str]) -> str:
+def lab_yaml(lab: str, nodes: list[str], pods: list[tuple[str, int, str]], spec: str = "") -> str:
+    """The lab file: ``nodes``, the policy, ``pods`` as (role, index, node) → pod ``role-index``
+    labelled ``app: bench-<role>`` on that node; ``spec``: more lines of the Lab's spec."""
     lo, hi = tools.PORT_RANGE
-    text = LAB_HEAD.format(lab=lab, nodes=", ".join(f"{{name: {n}}}" for n in nodes), lo=lo, hi=hi)
-    for i, node in enumerate(nodes):
-        for role in ("client", "server"):
-            text += LAB_POD.format(role=role, i=i, node=node)
+    names = ", ".join(f"{{name: {n}}}" for n in nodes)
+    text = LAB_HEAD.format(lab=lab, nodes=names, spec=spec, lo=lo, hi=hi)
+    for role, i, node in pods:
+        text += LAB_POD.format(role=role, i=i, node=node)
     return text
 
 
@@ -211,7 +213,8 @@ def ciliary_lab(connrate: Path, scale: tuple[int, ...]) -> Iterator[list[Target]
     nodes = [f"{t}{chr(ord('a') + i)}" for i in range(len(scale))]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         path = Path(tmp) / "lab.yaml"
-        path.write_text(_lab_yaml(t, nodes))
+        placed = [(r, i, node) for i, node in enumerate(nodes) for r in ("client", "server")]
+        path.write_text(lab_yaml(t, nodes, placed))
         view = manager.up(path)  # a failed `up` removes what it made
         try:
             rec = manager.record(t)
@@ -255,9 +258,11 @@ def _counts(pin_dir: Path, server_ep: int) -> tuple[int, int]:
 # ---- the run ---------------------------------------------------------------------------------
 
 Metric = Callable[[Target, float], tuple[float, ...]]
+Samples = dict[str, dict[str, list[tuple[float, ...]]]]
+"""metric → setup → one tuple of values per measured round"""
 
 
-def _metrics(connrate: Path) -> dict[str, tuple[str, str, bool, Metric]]:
+def tool_metrics(connrate: Path) -> dict[str, tuple[str, str, bool, Metric]]:
     """key → (title, unit, higher is better, measure(target, seconds) → values)."""
     return {
         "tcp1": ("TCP throughput, iperf3 1 stream", "Gbit/s", True,
@@ -271,7 +276,9 @@ def _metrics(connrate: Path) -> dict[str, tuple[str, str, bool, Metric]]:
     }  # fmt: skip
 
 
-def _quiesce(agents: list[int], log: Callable[[str], None], limit: float = 30.0) -> None:
+def _quiesce(
+    agents: list[int], log: Callable[[str], None], group: str = GROUP, limit: float = 30.0
+) -> None:
     """Wait until the lab's agents are idle (< 5% of a core over 100 ms): an agent still decoding
     the events of the previous run (the ring buffer holds 8 MiB of them) would steal CPU from the
     next setup's run; in a first version the setup measured after ciliary's was always slower."""
@@ -282,7 +289,42 @@ def _quiesce(agents: list[int], log: Callable[[str], None], limit: float = 30.0)
         if sum(cpu_seconds(pid) for pid in agents) - c0 < 0.005:
             return
     if agents:
-        log(f"datapath: the agents are still busy after {limit:.0f}s, going on")
+        log(f"{group}: the agents are still busy after {limit:.0f}s, going on")
+
+
+def interleave(
+    targets: list[Target],
+    metrics: dict[str, tuple[str, str, bool, Metric]],
+    *,
+    rounds: int,
+    seconds: float,
+    agents: list[int],
+    log: Callable[[str], None],
+    group: str = GROUP,
+) -> tuple[Samples, dict[str, list[float]]]:
+    """Every round runs every metric on every setup back to back (round 0: a short warm-up, not
+    recorded), each run once ``agents`` are idle. Returns the samples and, for targets with an
+    ``agent_pid``, that agent's CPU per run ("<setup> | <metric>" → % of one core)."""
+    samples: Samples = {m: {t.name: [] for t in targets} for m in metrics}
+    agent_cpu: dict[str, list[float]] = {}
+    for r in range(rounds + 1):
+        for key, (_, _, _, measure) in metrics.items():
+            if r == 0 and key == "rr":
+                continue  # sockperf warms up by itself (its first 400 ms are discarded)
+            for target in targets:
+                _quiesce(agents, log, group)
+                pid = target.agent_pid
+                c0, t0 = (cpu_seconds(pid), time.monotonic()) if pid else (0.0, 0.0)
+                value = measure(target, 1 if r == 0 else seconds)
+                if r > 0:
+                    samples[key][target.name].append(value)
+                if pid and r > 0:
+                    wall = time.monotonic() - t0
+                    _quiesce(agents, log, group)  # what the run left in the ring buffer counts too
+                    pct = (cpu_seconds(pid) - c0) / wall * 100
+                    agent_cpu.setdefault(f"{target.name} | {key}", []).append(pct)
+        log(f"{group}: round {r}/{rounds} done" + (" (warm-up)" if r == 0 else ""))
+    return samples, agent_cpu
 
 
 def run(
@@ -303,31 +345,12 @@ def run(
         for i, n in enumerate(iptables_scale):
             targets += stack.enter_context(routed(connrate, i + 1, n))
         log(f"datapath: {len(targets)} setups ready after {time.monotonic() - t0:.1f}s")
-        metrics = _metrics(connrate)
-        # samples[metric][target] = list of value tuples
-        samples: dict[str, dict[str, list[tuple[float, ...]]]] = {
-            m: {t.name: [] for t in targets} for m in metrics
-        }
-        agent_cpu: dict[str, list[float]] = {}  # "<setup> | <metric>" → % of one core
+        metrics = tool_metrics(connrate)
         agents = [t.agent_pid for t in targets if t.agent_pid]
-        for r in range(rounds + 1):  # round 0: warm-up, short, not recorded
-            for key, (_, _, _, measure) in metrics.items():
-                if r == 0 and key == "rr":
-                    continue  # sockperf warms up by itself (its first 400 ms are discarded)
-                for target in targets:
-                    _quiesce(agents, log)
-                    pid = target.agent_pid
-                    c0, t0 = (cpu_seconds(pid), time.monotonic()) if pid else (0.0, 0.0)
-                    value = measure(target, 1 if r == 0 else seconds)
-                    if r > 0:
-                        samples[key][target.name].append(value)
-                    if pid and r > 0:
-                        wall = time.monotonic() - t0
-                        _quiesce(agents, log)  # what the run left in the ring buffer counts too
-                        pct = (cpu_seconds(pid) - c0) / wall * 100
-                        agent_cpu.setdefault(f"{target.name} | {key}", []).append(pct)
-            log(f"datapath: round {r}/{rounds} done" + (" (warm-up)" if r == 0 else ""))
-    results = _results(targets, metrics, samples, rounds, seconds)
+        samples, agent_cpu = interleave(
+            targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log
+        )
+    results = results_of(targets, metrics, samples, rounds=rounds, seconds=seconds)
     results.append({
         "benchmark": "ciliary: the node agent's CPU per second of each run (it decodes the"
         " datapath's events; including the backlog it drains after the run), % of one core",
@@ -341,13 +364,16 @@ def run(
     return results
 
 
-def _results(
+def results_of(
     targets: list[Target],
     metrics: dict[str, tuple[str, str, bool, Metric]],
-    samples: dict[str, dict[str, list[tuple[float, ...]]]],
+    samples: Samples,
+    *,
     rounds: int,
     seconds: float,
+    group: str = GROUP,
 ) -> list[dict[str, Any]]:
+    """One result per metric (latency: p50 and p99), medians, baseline: the first target."""
     base = targets[0].name
     setups = {
         t.name: {"kind": t.kind, "entries": t.entries} for t in targets
@@ -367,6 +393,6 @@ def _results(
                 "samples": per,
                 "setups": setups,
                 "seconds": seconds,
-                "group": GROUP,
+                "group": group,
             })  # fmt: skip
     return out

@@ -210,6 +210,60 @@ def plot_datapath(all_results: list[Result], out_dir: Path) -> list[Path]:
     return [path]
 
 
+# ---- multinode --------------------------------------------------------------------------------
+
+
+def multinode_tables(results: list[Result]) -> list[str]:
+    """Columns a-d (a setup that was not available: "n/a" and its reason below the table), the
+    ratios b/a, c/a, d/a the group computed, the goals of issue #13 above them."""
+    first = results[0]
+    a = first["baseline"]
+    unavailable: dict[str, str] = first.get("unavailable", {})
+    ratios: dict[str, dict[str, Any]] = first["ratios"]  # "b/a" → setup, value, goal
+    cols = [a, *(r["setup"] for r in ratios.values())]
+    goals = ", ".join(f"{k} ≥ {r['goal']}" for k, r in ratios.items() if r.get("goal"))
+    lines = [
+        "## Datapath: pod → pod across two nodes",
+        "",
+        f"Medians of interleaved rounds after a warm-up; ratios against {a} measured in the same"
+        " rounds (throughput and connection rate: higher is better; latency: lower is better)."
+        f" Goals (issue #13, throughput and connection rate): {goals}.",
+        "",
+        "| metric | " + " | ".join(cols) + " | " + " | ".join(ratios) + " |",
+        "|---|" + "---|" * (len(cols) + len(ratios)),
+    ]
+    for res in results:
+        v = res["values"]
+        row = [f"{_METRIC_TITLES.get(res['metric'], res['benchmark'])} ({res['unit']})"]
+        row += [_num(v[s]) if s in v else "n/a" for s in cols]
+        row += [_ratio(r["value"]) for r in res["ratios"].values()]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "- Every setup: a client pod behind node 1 and a server pod behind node 2, the node"
+        " namespaces joined by an underlay namespace's bridge (each node's `eth0`, 172.18.0.x/24,"
+        " MTU 1500), as the lab network joins lab nodes.",
+        "- **a**: kernel routing only: each node routes the other's pod /24 via its node IP; no"
+        " BPF, no encapsulation: the limit.",
+        "- **b**: a two-node ciliary lab, `routingMode: tunnel`: `bpf_lxc` encapsulates into"
+        " `ciliary_vxlan` with the source identity in the VNI, `bpf_overlay` decapsulates and"
+        " enforces the CNP allowing the client on the server's ports (pod MTU 1450).",
+        "- **c**: the same lab file with `routingMode: native`, `autoDirectNodeRoutes: true`.",
+        "- **d**: a's namespaces, the pod traffic through a Linux vxlan device per node (UDP"
+        " 8472, the other node as remote) and a route over it, no BPF; pod MTU 1450.",
+        "- Each setup's path is checked before the rounds by node 1's device counters (`eth0`"
+        " for a and c, the vxlan device for b and d). Tools as in the one-node table.",
+    ]
+    lines += [
+        f"- **{name}: not available** in this run: {why}" for name, why in unavailable.items()
+    ]
+    return lines
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 # ---- control plane ----------------------------------------------------------------------------
 
 
@@ -302,7 +356,7 @@ ABOUT = {
         " gets the new verdict. See docs/benchmarks.md."
     ),
 }
-RENDERERS: dict[str, Renderer] = {"datapath": datapath_tables}
+RENDERERS: dict[str, Renderer] = {"datapath": datapath_tables, "multinode": multinode_tables}
 PLOTTERS: dict[str, Plotter] = {"datapath": plot_datapath, "controlplane": plot_controlplane}
 
 

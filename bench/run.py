@@ -34,6 +34,7 @@ from bench import (
     controlplane,
     datapath,
     hubble_bench,
+    multinode,
     policy_bench,
     readme,
     report,
@@ -65,6 +66,12 @@ GROUPS = [
             log=_log,
         ),
         "pod → pod throughput, latency, connection rate: bare veth, ciliary, iptables; scale",
+    ),
+    Group(
+        "multinode",
+        lambda a: multinode.run(rounds=a.rounds, seconds=a.seconds, log=_log),
+        "pod → pod across two nodes: kernel routing, ciliary VXLAN and native routing, kernel"
+        " VXLAN",
     ),
     Group(
         "controlplane",

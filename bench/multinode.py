@@ -1,0 +1,216 @@
+"""Pod → pod across two nodes: ciliary's VXLAN overlay and native routing against the kernel's own
+paths between the same kind of node namespaces, on the same kind of underlay.
+
+Every setup is a client "pod" namespace behind node 1 and a server "pod" namespace (iperf3,
+sockperf, ``connrate``: ``bench/tools.py``) behind node 2, the two node namespaces joined as a lab
+joins them: an underlay namespace holding a bridge ``br0``, each node's ``eth0`` (172.18.0.x/24,
+MTU 1500) a veth whose other end is enslaved to it. All setups exist at once and every round
+measures each back to back (``datapath.interleave``: the same metrics, tools, warm-up and agent
+quiescing as the one-node ``datapath`` group).
+  a  kernel routing   pod → veth → node 1 forwards by a route for node 2's pod /24 via node 2's
+                      IP → br0 → node 2 forwards → veth → pod; no BPF, no encapsulation: the
+                      limit of this topology.
+  b  ciliary VXLAN    a two-node lab with ``routingMode: tunnel``: bpf_lxc encapsulates into the
+                      node's ``ciliary_vxlan`` (source identity in the VNI), bpf_overlay on node 2
+                      decapsulates and enforces; the client pod on node 1, the server pod on
+                      node 2, the CNP of the ``datapath`` group (the client allowed on the
+                      server's ports).
+  c  ciliary native   the same lab file with ``routingMode: native, autoDirectNodeRoutes: true``:
+                      pod CIDR routes via the node IPs, identity from the ipcache.
+  d  kernel VXLAN     a's namespaces with each node's pod traffic through a plain Linux vxlan
+                      device (id 1, the other node as remote, UDP 8472) and a route over it; pod
+                      MTU 1450 as ciliary's in tunnel mode.
+Each setup's path is checked once built: a short connrate run must leave through the device the
+setup is about (node 1's ``eth0`` for a and c, its vxlan device for b and d), by its counters.
+A ciliary setup that cannot be built or does not pass (a lab feature not there yet) is reported
+as "not available: <reason>" in the results, never left out silently; a and d must work.
+Ratios b/a, c/a, d/a are in the results (issue #13's goals: b/a ≥ 0.85, c/a ≥ 0.95), reported,
+not asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import datapath, tools
+from bench.common import scratch_netns, sh, tag
+from bench.datapath import Target
+from ciliary.lab import manager
+
+GROUP = "multinode"
+BARE = "a: kernel routing"
+TUNNEL = "b: ciliary VXLAN"
+NATIVE = "c: ciliary native"
+VXLAN = "d: kernel VXLAN"
+RATIOS = {"b/a": TUNNEL, "c/a": NATIVE, "d/a": VXLAN}
+GOALS = {"b/a": 0.85, "c/a": 0.95}  # issue #13, throughput and connection rate
+UNDERLAY = "172.18.0"  # the lab network's default (kind's): node i has .i+1
+VXLAN_PORT, VXLAN_ID = 8472, 1
+VXLAN_MTU = 1450  # 1500 - 50 (outer IPv4 + UDP + VXLAN + inner Ethernet): ciliary's pod MTU
+PROBE_SECONDS = 0.5
+
+
+def _tx_packets(ns: str, dev: str) -> int:
+    res = sh("ip", "-j", "-s", "link", "show", "dev", dev, ns=ns, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"no device {dev} in node 1 ({ns}): {res.stderr.strip()}")
+    return int(json.loads(res.stdout)[0]["stats64"]["tx"]["packets"])
+
+
+def _check_path(target: Target, connrate: Path, node_ns: str, dev: str) -> None:
+    """A short connrate run from the client; ``dev`` in node 1 must have sent at least two
+    packets per connection (each sends a SYN, its request, ACKs and a FIN), else the setup's
+    traffic took another path than the one it is named for."""
+    before = _tx_packets(node_ns, dev)
+    rate = tools.connrate_per_s(target.client, connrate, target.server_ip, PROBE_SECONDS)
+    sent = _tx_packets(node_ns, dev) - before
+    if sent < 2 * rate * PROBE_SECONDS:
+        raise RuntimeError(
+            f"{target.name}: {rate * PROBE_SECONDS:.0f} connections but {dev} of node 1 sent"
+            f" {sent} packets: the traffic took another path"
+        )
+
+
+# ---- kernel-only setups ------------------------------------------------------------------------
+
+
+def _veth(ns: str, dev: str, peer_ns: str, peer: str) -> None:
+    sh("ip", "link", "add", dev, "type", "veth", "peer", "name", peer, ns=ns)
+    sh("ip", "link", "set", peer, "netns", peer_ns, ns=ns)
+
+
+def _up(ns: str, *devs: str) -> None:
+    for dev in devs:
+        sh("ip", "link", "set", dev, "up", ns=ns)
+
+
+@contextlib.contextmanager
+def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
+    """Setup a (``vxlan`` False) or d: the underlay, two nodes, a pod behind each."""
+    t = tag()
+    under = f"{t}-u"
+    nodes, pods = [f"{t}-n1", f"{t}-n2"], [f"{t}-p1", f"{t}-p2"]
+    mtu = str(VXLAN_MTU if vxlan else 1500)
+    with scratch_netns([under, *nodes, *pods]):
+        sh("ip", "link", "add", "br0", "type", "bridge", ns=under)
+        _up(under, "br0")
+        for i, (node, pod) in enumerate(zip(nodes, pods, strict=True), start=1):
+            _veth(node, "eth0", under, f"n{i}")
+            sh("ip", "link", "set", f"n{i}", "master", "br0", ns=under)
+            _up(under, f"n{i}")
+            sh("ip", "addr", "add", f"{UNDERLAY}.{i + 1}/24", "dev", "eth0", ns=node)
+            _veth(pod, "eth0", node, "lxc0")
+            for ns, dev in ((pod, "eth0"), (node, "lxc0")):
+                sh("ip", "link", "set", dev, "mtu", mtu, ns=ns)
+            sh("ip", "addr", "add", f"10.0.{i}.10/24", "dev", "eth0", ns=pod)
+            sh("ip", "addr", "add", f"10.0.{i}.1/24", "dev", "lxc0", ns=node)
+            _up(pod, "eth0")
+            _up(node, "eth0", "lxc0")
+            sh("ip", "route", "add", "default", "via", f"10.0.{i}.1", ns=pod)
+            sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=node)
+        for i, node in enumerate(nodes, start=1):
+            j = 3 - i  # the other node
+            if vxlan:
+                sh("ip", "link", "add", "vxlan0", "type", "vxlan", "id", str(VXLAN_ID),
+                   "local", f"{UNDERLAY}.{i + 1}", "remote", f"{UNDERLAY}.{j + 1}",
+                   "dstport", str(VXLAN_PORT), "dev", "eth0", ns=node)  # fmt: skip
+                sh("ip", "addr", "add", f"10.1.0.{i}/24", "dev", "vxlan0", ns=node)
+                _up(node, "vxlan0")
+                via = ["via", f"10.1.0.{j}", "dev", "vxlan0"]
+            else:
+                via = ["via", f"{UNDERLAY}.{j + 1}", "dev", "eth0"]
+            sh("ip", "route", "add", f"10.0.{j}.0/24", *via, ns=node)
+        with tools.servers(pods[1], connrate):
+            name = VXLAN if vxlan else BARE
+            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10")
+            _check_path(target, connrate, nodes[0], "vxlan0" if vxlan else "eth0")
+            yield [target]
+
+
+# ---- ciliary -----------------------------------------------------------------------------------
+
+ROUTING = {
+    TUNNEL: "  routingMode: tunnel\n",
+    NATIVE: "  routingMode: native\n  autoDirectNodeRoutes: true\n",
+}
+VXLAN_DEVICE = "ciliary_vxlan"
+
+
+@contextlib.contextmanager
+def ciliary_nodes(connrate: Path, name: str) -> Iterator[tuple[list[Target], list[int]]]:
+    """Setup b or c: a two-node lab, the client pod on the first node, the server pod on the
+    second; yields the target and the lab's agents (idle before every run)."""
+    t = tag()
+    nodes = [f"{t}a", f"{t}b"]
+    placed = [("client", 0, nodes[0]), ("server", 0, nodes[1])]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        path = Path(tmp) / "lab.yaml"
+        path.write_text(datapath.lab_yaml(t, nodes, placed, ROUTING[name]))
+        view = manager.up(path)  # a failed `up` removes what it made
+        try:
+            rec = manager.record(t)
+            pods = {p.name: p for p in view.pods}
+            client, server = pods["client-0"], pods["server-0"]
+            node_ns = {n.name: n.netns for n in rec.nodes}
+            if server.ipv4 is None or client.node == server.node:
+                raise RuntimeError(f"{name}: server pod without IPv4 or on the client's node")
+            stack.enter_context(tools.servers(server.netns, connrate))
+            target = Target(name, name, None, tools.enter(client.netns), server.ipv4)
+            dev = VXLAN_DEVICE if name == TUNNEL else "eth0"
+            _check_path(target, connrate, node_ns[client.node], dev)
+            yield [target], [n.agent_pid for n in rec.nodes if n.agent_pid]
+        finally:
+            stack.close()  # servers first, then the lab
+            manager.down(t)
+
+
+def _reason(err: BaseException) -> str:
+    lines = str(err).strip().splitlines() or [""]
+    return f"{type(err).__name__}: {lines[0][:300]}"
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def run(
+    *, rounds: int = 5, seconds: float = 2, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    with tools.connrate_binary() as connrate, contextlib.ExitStack() as stack:
+        t0 = time.monotonic()
+        targets: list[Target] = stack.enter_context(kernel_nodes(connrate, vxlan=False))
+        agents: list[int] = []
+        unavailable: dict[str, str] = {}
+        for name in (TUNNEL, NATIVE):
+            try:
+                lab_targets, lab_agents = stack.enter_context(ciliary_nodes(connrate, name))
+            except Exception as err:  # a lab feature not there (yet): said in the results
+                unavailable[name] = _reason(err)
+                log(f"{GROUP}: {name}: not available: {unavailable[name]}")
+                continue
+            targets += lab_targets
+            agents += lab_agents
+        targets += stack.enter_context(kernel_nodes(connrate, vxlan=True))
+        log(f"{GROUP}: {len(targets)} setups ready after {time.monotonic() - t0:.1f}s")
+        metrics = datapath.tool_metrics(connrate)
+        samples, _ = datapath.interleave(
+            targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log, group=GROUP
+        )
+    results = datapath.results_of(
+        targets, metrics, samples, rounds=rounds, seconds=seconds, group=GROUP
+    )
+    for res in results:
+        v = res["values"]
+        res["ratios"] = {
+            r: {"setup": s, "value": v[s] / v[BARE] if s in v else None, "goal": GOALS.get(r)}
+            for r, s in RATIOS.items()
+        }
+        res["unavailable"] = unavailable
+    for name, reason in unavailable.items():
+        log(f"{GROUP}: {name} not available: {reason}")
+    return results
