@@ -91,7 +91,7 @@ spec:
 
 def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
     leftovers = (
-        [n for n in os.listdir("/run/netns") if f"-{lab}-" in n]
+        [n for n in os.listdir("/run/netns") if f"-{lab}-" in n or n == f"cilu-{lab}"]
         if os.path.isdir("/run/netns")
         else []
     )

@@ -131,8 +131,8 @@ def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:
     assert sorted(by_name) == sorted(nodes)
     for n in view.nodes:
         assert by_name[n.name][1] == "Ready"
-        assert n.ipv4_cidr is not None
-        assert by_name[n.name][5] == router_addresses([n.ipv4_cidr])[0]  # its InternalIP
+        assert n.node_ipv4 is not None
+        assert by_name[n.name][5] == n.node_ipv4  # its InternalIP: its IP on the lab network
     namespaces = kubectl_run(kubeconfig, "get", "ns", "-o", "name").stdout.split()
     assert {"namespace/default", "namespace/kube-system", "namespace/shop"} <= set(namespaces)
 

@@ -186,8 +186,8 @@ def render_view(console: Console, view: LabView) -> None:
     )
     console.print()
     nodes = new_table(
-        "NODE", "NETNS", "AGENT PID", "ALIVE", "RESTARTS", "LAST EXIT", "SOCKET", "IPv4 CIDR",
-        "IPv6 CIDR",
+        "NODE", "NETNS", "INTERNAL-IP", "AGENT PID", "ALIVE", "RESTARTS", "LAST EXIT", "SOCKET",
+        "IPv4 CIDR", "IPv6 CIDR",
     )  # fmt: skip
     for n in view.nodes:
         last_exit = (
@@ -198,6 +198,7 @@ def render_view(console: Console, view: LabView) -> None:
         nodes.add_row(
             n.name,
             n.netns,
+            fmt_opt(",".join(a for a in (n.node_ipv4, n.node_ipv6) if a) or None),  # lab network
             fmt_opt(n.agent_pid),
             fmt_bool(n.agent_alive),
             str(n.agent_restarts),

@@ -7,8 +7,8 @@ at the same moments:
 * a **Node** per lab node when the node is made (kubelet registers itself): kubelet's well-known
   labels (``kubernetes.io/hostname``, ``/os``, ``/arch``) plus the file's, ``spec.podCIDRs`` (the
   node IPAM controller's part), then its ``status``: ``Ready=True``, addresses (``InternalIP``:
-  the node's router address on ``ciliary_host``, the one address of a node that pods reach;
-  ``Hostname``) and ``nodeInfo``;
+  the node's IPs on the lab network, IPv4 then IPv6, ``lab.underlay``; ``Hostname``: its name)
+  and ``nodeInfo``;
 * a Pod's **status** once its containers run (the lab's CNI ADD is done and the processes are
   started, as kubelet's status manager reports after the sandbox and containers are up): phase
   ``Running``, ``podIP``/``podIPs``, ``hostIP``, ``startTime``, the conditions kubelet sets
@@ -84,7 +84,8 @@ def _os_image() -> str:
 
 def node_status(name: str, addresses: Sequence[str]) -> Obj:
     """A ready node's status: the Ready condition (and the pressure conditions false), its
-    addresses, and what it runs (the lab's runtime is ciliary's, on this machine's kernel)."""
+    ``addresses`` (its InternalIPs, kubelet's order: IPv4 first) and Hostname, and what it runs
+    (the lab's runtime is ciliary's, on this machine's kernel)."""
     stamp = now()
 
     def condition(kind: str, status: str, reason: str, message: str) -> Obj:

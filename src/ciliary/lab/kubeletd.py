@@ -55,7 +55,7 @@ from ciliary.controllers.process import cancel, parse_args, serve
 from ciliary.k8s.resources import by_path
 from ciliary.kube.client import ApiError, KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
-from ciliary.lab import certs, kubelet, manager, podsandbox, process, schema
+from ciliary.lab import kubelet, manager, podsandbox, process, schema
 from ciliary.lab.state import ImageRecord, LabRecord, PodRecord
 
 PODS = by_path("", "v1", "pods")
@@ -443,7 +443,7 @@ class Kubelet:
         host_ip = None
         with contextlib.suppress(manager.LabError):
             nrec = manager.node_record(manager.record(self.lab), spec.get("nodeName", ""))
-            hosts = certs.router_addresses([c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c])
+            hosts = manager.node_ips(nrec)  # kubelet's hostIP: the node's (first) InternalIP
             host_ip = hosts[0] if hosts else None
         ips = [a.partition("/")[0] for a in (prec.ipv4, prec.ipv6) if a] if prec else []
         return kubelet.pod_status(

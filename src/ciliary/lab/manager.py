@@ -1,9 +1,11 @@
 """``ciliary lab``: a cluster on this machine, made of network namespaces, agents and pods.
 
-The lab plays the parts Kubernetes plays for Cilium: it creates node namespaces and starts one
-agent in each (the DaemonSet), runs ciliary-operator with the file's cluster pool (each agent's
-CiliumNode gets its pod CIDRs from it, cluster-pool v2), creates pod namespaces, asks the node's
-agent to plug them in and starts the pods' commands in them (kubelet + runtime).
+The lab plays the parts Kubernetes plays for Cilium: it creates node namespaces joined by the
+lab network (``lab.underlay``: each node's ``eth0`` on a bridge in ``cilu-<lab>``, the nodes'
+InternalIPs) and starts one agent in each (the DaemonSet), runs ciliary-operator with the file's
+cluster pool (each agent's CiliumNode gets its pod CIDRs from it, cluster-pool v2), creates pod
+namespaces, asks the node's agent to plug them in and starts the pods' commands in them (kubelet
++ runtime).
 
 Safety and hygiene contracts:
   * everything is validated before anything is created; a failure half-way rolls back what was
@@ -37,7 +39,17 @@ from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.datapath.linux import bpffs, cgroup, cgrouplimits, netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.k8s import core, podlogs
-from ciliary.lab import certs, controlplane, kubeapi, kubelet, podsandbox, process, schema
+from ciliary.lab import (
+    certs,
+    controlplane,
+    kubeapi,
+    kubelet,
+    nodenetwork,
+    podsandbox,
+    process,
+    schema,
+    underlay,
+)
 from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError
 from ciliary.lab.state import (
     ContainerRecord,
@@ -335,6 +347,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     lab_name = name or lab_file.lab.metadata.name
     _preflight(lab_name, lab_file)
     policies = _policies_of(lab_file)
+    network, node_ips = underlay.plan(lab_name, lab_file.lab.spec)
     rec = LabRecord(
         name=lab_name,
         file=str(path) if path else None,
@@ -345,6 +358,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         images={
             i.image: ImageRecord(command=i.command, args=i.args) for i in lab_file.lab.spec.images
         },
+        network=network,  # recorded before it is made, as every resource
     )
     _save(rec)
     try:
@@ -360,9 +374,13 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
             rec, [KUBELET, OPERATOR], wait=False, operator_flags=_cluster_pool_flags(lab_file)
         )
         cidrs = schema.node_cidrs(lab_file)
+        with _step(progress, f"lab network: {network.netns}, {network.bridge}"):
+            underlay.create(network)
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
-                _create_node(rec, node.name, cidrs[node.name], dict(node.labels))
+                _create_node(
+                    rec, node.name, cidrs[node.name], dict(node.labels), node_ips[node.name]
+                )
         text = Path(path).read_text() if path is not None else schema.DEFAULT_SCENARIO
         docs = _manifests(text, lab_file)
         dns = _cluster_dns_pod(rec, lab_file)
@@ -735,6 +753,8 @@ def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
         raise LabError(str(err)) from err
     if cgroup.cgroup2_root() is None:
         raise LabError("no cgroup2 hierarchy is mounted")
+    if netns.exists(underlay.netns_name(lab_name)):
+        raise LabError(f"network namespace {underlay.netns_name(lab_name)} already exists")
     for node in lab_file.lab.spec.nodes:
         if netns.exists(node_netns(lab_name, node.name)):
             raise LabError(f"network namespace {node_netns(lab_name, node.name)} already exists")
@@ -802,11 +822,16 @@ def _allocated_cidrs(rec: LabRecord, nrec: NodeRecord, expected: schema.NodeCIDR
 
 
 def _create_node(
-    rec: LabRecord, node: str, cidrs: schema.NodeCIDRs, labels: dict[str, str]
+    rec: LabRecord,
+    node: str,
+    cidrs: schema.NodeCIDRs,
+    labels: dict[str, str],
+    addresses: nodenetwork.NodeAddresses,
 ) -> NodeRecord:
-    """The node's netns and agent. In ``cluster-pool`` mode the agent gets no range: it
-    creates its CiliumNode and serves once ciliary-operator allocated its pod CIDRs, which the
-    lab then reads back (routes, records, the Node object)."""
+    """The node's netns, its ``eth0`` on the lab network (``addresses``) and its agent. In
+    ``cluster-pool`` mode the agent gets no range: it creates its CiliumNode and serves once
+    ciliary-operator allocated its pod CIDRs, which the lab then reads back (routes, records,
+    the Node object)."""
     nrec = NodeRecord(
         name=node,
         netns=node_netns(rec.name, node),
@@ -818,6 +843,8 @@ def _create_node(
         kubeconfig=str(controlplane.node_kubeconfig(_lab_dir(rec.name), node))
         if rec.control_plane is not None
         else None,
+        node_ipv4=str(addresses.ipv4.ip),
+        node_ipv6=str(addresses.ipv6.ip),
     )
     if rec.control_plane is None:  # no operator: the node's CIDRs by flag
         nrec.ipv4_cidr = str(cidrs.ipv4) if cidrs.ipv4 else None
@@ -826,6 +853,8 @@ def _create_node(
     _save(rec)  # intent first
     _write_conflist(rec.name, node)
     netns.create(nrec.netns)
+    if rec.network is not None:  # on the lab network before its agent starts
+        underlay.plug_node(rec.network, nrec)
     if rec.control_plane is not None:  # the API on the node's loopback before its agent starts
         _add_node_listener(rec, nrec)
     _start_agent(rec, nrec)
@@ -836,9 +865,14 @@ def _create_node(
         api = _api(rec.name)
         path = f"/api/v1/nodes/{node}"
         _api_call(lambda: api.create(kubelet.node(node, labels, pod_cidrs), exist_ok=True))
-        status = kubelet.node_status(node, list(certs.router_addresses(pod_cidrs)))
+        status = kubelet.node_status(node, node_ips(nrec))
         _api_call(lambda: api.patch_status(path, status))
     return nrec
+
+
+def node_ips(nrec: NodeRecord) -> list[str]:
+    """The node's IPs on the lab network (IPv4 first): its InternalIPs, as kubelet reports."""
+    return [a for a in (nrec.node_ipv4, nrec.node_ipv6) if a]
 
 
 def _add_node_listener(rec: LabRecord, nrec: NodeRecord) -> None:
@@ -873,6 +907,8 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
             argv += ["--ipv4-range", nrec.ipv4_cidr]
         if nrec.ipv6_cidr:
             argv += ["--ipv6-range", nrec.ipv6_cidr]
+    if rec.network is not None:  # the node's place on the lab network, the lab's routing
+        argv += underlay.agent_flags(rec.network, nrec)
     return argv + _hubble_argv(rec, nrec)
 
 
@@ -1470,6 +1506,10 @@ def down(name: str | None = None, *, all_labs: bool = False) -> list[str]:
             lab = ns_name.split("-", 2)[1] if ns_name.count("-") >= 2 else None
             if lab and lab not in names:
                 names.append(lab)
+        for ns_name in netns.list_names(underlay.PREFIX):
+            lab = underlay.lab_of(ns_name)
+            if lab and lab not in names:
+                names.append(lab)
     else:
         names = [_resolve(name) if name is None else name]
     removed = []
@@ -1478,7 +1518,9 @@ def down(name: str | None = None, *, all_labs: bool = False) -> list[str]:
             rec = _load(lab)
         except LabError:
             rec = LabRecord(name=lab, file=None, created_at=0)
-            if not any(netns.list_names(p) for p in (f"ciln-{lab}-", f"cilp-{lab}-")):
+            if not netns.exists(underlay.netns_name(lab)) and not any(
+                netns.list_names(p) for p in (f"ciln-{lab}-", f"cilp-{lab}-")
+            ):
                 if not all_labs:
                     raise
                 continue
@@ -1551,6 +1593,7 @@ def _teardown(rec: LabRecord) -> None:
         _collect(errors, netns.remove, nrec.netns)
     for ns_name in netns.list_names(f"cilp-{rec.name}-") + netns.list_names(f"ciln-{rec.name}-"):
         _collect(errors, netns.remove, ns_name)
+    _collect(errors, underlay.remove, rec.name)  # after the nodes: their veths are gone
     for nrec in rec.nodes:
         _collect(errors, shutil.rmtree, Path(nrec.pin_dir), ignore_errors=False)
         _collect(errors, shutil.rmtree, Path(nrec.state_dir), ignore_errors=False)
@@ -1604,6 +1647,8 @@ def status(name: str | None = None) -> LabView:
                 ipv4_cidr=n.ipv4_cidr,
                 ipv6_cidr=n.ipv6_cidr,
                 kubeconfig=n.kubeconfig,
+                node_ipv4=n.node_ipv4,
+                node_ipv6=n.node_ipv6,
             )
             for n in rec.nodes
         ],

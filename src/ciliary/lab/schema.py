@@ -82,6 +82,7 @@ from ciliary.k8s.fields import (
     error_message,
     format_path,
 )
+from ciliary.lab import nodenetwork
 
 __all__ = [
     "CALICO_API_VERSION",
@@ -112,6 +113,7 @@ __all__ = [
     "Namespace",
     "NamespaceMetadata",
     "NodeCIDRs",
+    "NodeNetworkSpec",
     "NodeSpec",
     "PodBody",
     "PodMetadata",
@@ -450,14 +452,38 @@ class ImageCommand(StrictModel):
     args: list[str] = Field(default_factory=list)
 
 
+def _lab_network(net: IPv4Network | IPv6Network) -> IPv4Network | IPv6Network:
+    why = nodenetwork.usable(net)
+    if why is not None:
+        raise ValueError(f"expected a subnet for the nodes' interfaces: {why}")
+    return net
+
+
+class NodeNetworkSpec(StrictModel):
+    """The Lab's ``spec.nodeNetwork``: the lab network's subnets (``lab.nodenetwork``), kind's
+    by default; its first address is the network's own, the nodes' follow in file order."""
+
+    ipv4: Annotated[V4Network, AfterValidator(_lab_network)] = nodenetwork.DEFAULT_IPV4
+    ipv6: Annotated[V6Network, AfterValidator(_lab_network)] = nodenetwork.DEFAULT_IPV6
+
+
 class LabBody(StrictModel):
-    """The ``spec`` of the Lab document."""
+    """The ``spec`` of the Lab document. The lab network and the routing between nodes use
+    Cilium's Helm names: ``routingMode`` (``tunnel``: VXLAN on ``tunnelPort``; ``native``: pod
+    CIDRs routed on the lab network, which has no router but the nodes, so it needs
+    ``autoDirectNodeRoutes``), ``ipv4NativeRoutingCIDR``/``ipv6NativeRoutingCIDR``."""
 
     ipam: IPAMSpec = Field(default_factory=IPAMSpec)
     monitor_aggregation: Literal["none", "medium"] = "medium"
     hubble: HubbleSpec = Field(default_factory=HubbleSpec)
     images: list[ImageCommand] = Field(default_factory=list)
     nodes: list[NodeSpec] = Field(min_length=1)
+    node_network: NodeNetworkSpec = Field(default_factory=NodeNetworkSpec)
+    routing_mode: nodenetwork.RoutingMode = "tunnel"
+    auto_direct_node_routes: bool = False
+    ipv4_native_routing_cidr: V4Network | None = Field(default=None, alias="ipv4NativeRoutingCIDR")
+    ipv6_native_routing_cidr: V6Network | None = Field(default=None, alias="ipv6NativeRoutingCIDR")
+    tunnel_port: int = Field(default=nodenetwork.DEFAULT_TUNNEL_PORT, ge=1, le=65535)
 
     @field_validator("images")
     @classmethod
@@ -501,6 +527,48 @@ class LabBody(StrictModel):
                 f" holds {ipam.capacity()} nodes)"
             )
         return nodes
+
+    @model_validator(mode="after")
+    def _check_network(self) -> LabBody:
+        """The lab network holds the nodes and is not the pods'; native routing has a router."""
+        if self.routing_mode == "native" and not self.auto_direct_node_routes:
+            raise FieldProblemError(
+                "expected true with routingMode native: the lab network has no router but the"
+                " nodes, so each node must route the others' pod CIDRs via their node IPs",
+                "autoDirectNodeRoutes",
+            )
+        if self.routing_mode == "tunnel" and self.auto_direct_node_routes:
+            raise FieldProblemError(
+                "only valid with routingMode native (in tunnel mode pod traffic between nodes"
+                " goes through the tunnel, as in Cilium)",
+                "autoDirectNodeRoutes",
+            )
+        net = self.node_network
+        for family, subnet in (("ipv4", net.ipv4), ("ipv6", net.ipv6)):
+            room = nodenetwork.capacity(subnet)
+            if len(self.nodes) > room:
+                raise FieldProblemError(
+                    f"{len(self.nodes)} nodes do not fit in {subnet}: it has room for {room}"
+                    " (its first address is the lab network's own)",
+                    "nodeNetwork",
+                    family,
+                )
+        pools: list[tuple[str, IPv4Network | IPv6Network, Sequence[IPv4Network | IPv6Network]]]
+        pools = [
+            ("ipv4", net.ipv4, self.ipam.cluster_pool_ipv4_pod_cidr_list),
+            ("ipv6", net.ipv6, self.ipam.cluster_pool_ipv6_pod_cidr_list),
+        ]
+        for family, subnet, cidrs in pools:
+            field = f"clusterPoolIP{family[2:]}PodCIDRList"
+            for i, cidr in enumerate(cidrs):
+                if _overlap(subnet, cidr):
+                    raise FieldProblemError(
+                        f"{subnet} overlaps the pod CIDR pool spec.ipam.{field}[{i}] ({cidr}):"
+                        " node and pod addresses must differ",
+                        "nodeNetwork",
+                        family,
+                    )
+        return self
 
 
 class LabSpec(StrictModel):
@@ -1262,6 +1330,17 @@ def _check_pools(
                 break
         pool_docs[pool.name] = doc
         pools.append(pool)
+    if lab_doc is not None:
+        subnets = (lab.spec.node_network.ipv4, lab.spec.node_network.ipv6)
+        for pool in pools:
+            for subnet in subnets:
+                if _overlap(subnet, pool.cidr):
+                    problem(
+                        lab_doc,
+                        f"spec.nodeNetwork.ipv{subnet.version}",
+                        f"{subnet} overlaps IPPool {pool.name!r} ({pool.cidr}): node and pod"
+                        " addresses must differ",
+                    )
     if lab_doc is not None and not any(p.enabled and p.for_workloads for p in pools):
         have = (
             "it has none"

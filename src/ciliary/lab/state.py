@@ -40,6 +40,10 @@ class NodeRecord(_Model):
         description="kubeconfig for use inside the node netns (https://127.0.0.1:6443, the "
         "node's client certificate); None for a lab without an API server",
     )
+    node_ipv4: str | None = Field(
+        default=None, description="the node's IP on the lab network (its eth0), no prefix"
+    )
+    node_ipv6: str | None = None
 
 
 class ContainerRecord(_Model):
@@ -144,6 +148,21 @@ class ImageRecord(_Model):
     args: list[str] = Field(default_factory=list)
 
 
+class LabNetworkRecord(_Model):
+    """The lab network (``lab.underlay``, from the Lab's ``spec.nodeNetwork``) and the routing
+    settings every agent of the lab is started with. Recorded before the namespace is made."""
+
+    netns: str
+    bridge: str
+    ipv4: str = Field(description="the subnet, e.g. 172.18.0.0/24")
+    ipv6: str
+    routing_mode: str = "tunnel"
+    auto_direct_node_routes: bool = False
+    ipv4_native_routing_cidr: str | None = None
+    ipv6_native_routing_cidr: str | None = None
+    tunnel_port: int = 8472
+
+
 class LabRecord(_Model):
     name: str
     file: str | None
@@ -159,6 +178,9 @@ class LabRecord(_Model):
     supervisor: SupervisorRecord | None = None
     control_plane: ControlPlaneRecord | None = None
     processes: dict[str, ProcessRecord] = Field(default_factory=dict)
+    network: LabNetworkRecord | None = Field(
+        default=None, description="None in records of labs made before the lab network"
+    )
 
 
 class NodeView(_Model):
@@ -173,6 +195,8 @@ class NodeView(_Model):
     ipv4_cidr: str | None
     ipv6_cidr: str | None
     kubeconfig: str | None = None
+    node_ipv4: str | None = None
+    node_ipv6: str | None = None
 
 
 class PodView(_Model):

@@ -709,6 +709,8 @@ class FakeManager:
                     socket="/run/ciliary/n1/agent.sock",
                     ipv4_cidr="10.200.0.0/24",
                     ipv6_cidr=None,
+                    node_ipv4="172.18.0.2",
+                    node_ipv6="fc00:f853:ccd:e793::2",
                 )
             ],
             pods=[
@@ -756,6 +758,7 @@ def test_lab_status(fake_manager: FakeManager, capsys: pytest.CaptureFixture[str
     assert main(["lab", "status"]) == 0
     out = capsys.readouterr().out
     assert "ciln-lab1-n1" in out and "default/client" in out and "10.200.0.5" in out
+    assert "INTERNAL-IP" in out and "172.18.0.2,fc00:f853:ccd:e793::2" in out  # the node's IPs
     assert main(["lab", "status", "-o", "json"]) == 0
     assert LabView.model_validate_json(capsys.readouterr().out).name == "lab1"
     assert main(["lab", "status", "--name", "nope"]) == 1

@@ -258,7 +258,9 @@ def test_node_cidrs_do_not_exist_in_pools_mode() -> None:
 
 def test_more_nodes_than_a_cluster_pool_would_hold_are_fine() -> None:
     nodes = [f"n{i}" for i in range(300)]  # the default cluster pool holds 256 nodes
-    assert len(parse(lab(*nodes), V4).lab.nodes) == 300
+    doc = lab(*nodes)
+    doc["spec"]["nodeNetwork"] = {"ipv4": "172.18.0.0/23"}  # the default /24 holds 253
+    assert len(parse(doc, V4).lab.nodes) == 300
 
 
 def test_calico_json_of_the_documents() -> None:

@@ -1,0 +1,91 @@
+"""A shared L2 segment between namespaces: a Linux bridge and the veths plugged into it.
+
+The lab's network (``lab.underlay``) is one bridge in a namespace of its own and, for each node,
+a veth whose one end is the node's ``eth0`` (in the node's namespace, with the node's IPs) and
+whose other end is a port of the bridge: the nodes are hosts on one Ethernet, as kind's are on
+its docker bridge. Nothing here touches the calling thread's namespace: every step names the
+namespace it acts in (netlink opened inside it, ``link.in_netns``), so a caller in the root
+namespace never adds a device, address or route there.
+
+IPv6 addresses are added without duplicate address detection and DAD is off on the devices
+(the plan makes addresses unique), so they are usable at once rather than seconds later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from ipaddress import IPv4Interface, IPv6Interface
+from typing import Any
+
+from ciliary.datapath.linux.errors import LinkError
+from ciliary.datapath.linux.link import IFA_F_NODAD, _index, _ipr, _netlink, write_sysctl
+
+Address = IPv4Interface | IPv6Interface
+
+
+def _add_addresses(ipr: Any, idx: int, ifname: str, addresses: Sequence[Address]) -> None:
+    for address in addresses:
+        flags = IFA_F_NODAD if address.version == 6 else 0
+        _netlink(
+            f"add {address} to {ifname}", ipr.addr, "add",
+            index=idx, address=str(address.ip), prefixlen=address.network.prefixlen, flags=flags,
+        )  # fmt: skip
+
+
+def create_bridge(netns_path: str, name: str, addresses: Sequence[Address]) -> int:
+    """The bridge ``name`` in ``netns_path``, up, holding ``addresses``; its ifindex. The
+    namespace must not have it yet (a lab's namespace is new)."""
+    with _ipr(netns_path) as ipr:
+        if _index(ipr, name) is not None:
+            raise LinkError(f"bridge {name} already exists in {netns_path}")
+        _netlink(f"create bridge {name}", ipr.link, "add", ifname=name, kind="bridge")
+        idx = _index(ipr, name)
+        if idx is None:
+            raise LinkError(f"bridge {name} vanished right after creation in {netns_path}")
+        write_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
+        _add_addresses(ipr, idx, name, addresses)
+        _netlink(f"set {name} up", ipr.link, "set", index=idx, state="up")
+        return idx
+
+
+def plug(
+    *,
+    bridge_netns: str,
+    bridge: str,
+    port: str,
+    netns_path: str,
+    ifname: str,
+    addresses: Sequence[Address],
+    mtu: int = 1500,
+) -> None:
+    """A veth from ``netns_path`` to the bridge: ``ifname`` there (up, ``mtu``, ``addresses``
+    on-link, no route beyond), ``port`` a port of ``bridge`` in ``bridge_netns`` (up)."""
+    with _ipr(bridge_netns) as ipr:
+        br = _index(ipr, bridge)
+        if br is None:
+            raise LinkError(f"bridge {bridge} does not exist in {bridge_netns}")
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:  # the peer is born in the node's namespace: no moment in any other
+            _netlink(
+                f"create veth {port} (peer {ifname} in {netns_path})", ipr.link, "add",
+                ifname=port, kind="veth", mtu=mtu,
+                peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu},
+            )  # fmt: skip
+        finally:
+            os.close(fd)
+        idx = _index(ipr, port)
+        if idx is None:
+            raise LinkError(f"veth {port} vanished right after creation in {bridge_netns}")
+        _netlink(f"enslave {port} to {bridge}", ipr.link, "set", index=idx, master=br)
+        _netlink(f"set {port} up", ipr.link, "set", index=idx, state="up")
+    with _ipr(netns_path) as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            raise LinkError(f"veth peer {ifname} did not arrive in {netns_path}")
+        write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+        _add_addresses(ipr, idx, ifname, addresses)
+        _netlink(f"set {ifname} up", ipr.link, "set", index=idx, state="up")
+
+
+__all__ = ["Address", "create_bridge", "plug"]

@@ -1,0 +1,120 @@
+"""The lab network at run time: the namespace ``cilu-<lab>`` with the bridge ``br0``, and each
+node's ``eth0`` on it (``lab.nodenetwork`` says which addresses, ``datapath.linux.bridge`` makes
+the devices).
+
+The lab records the network (``LabRecord.network``) and each node's IPs (``NodeRecord``) before
+it creates them, as every other resource of the lab, so ``lab down`` after any crash removes the
+namespace (the nodes' veths go with their namespaces). Nothing is added to the root namespace:
+the lab network is the nodes' only, as a cluster's node network is the machines'. Every agent of
+the lab is told its node's IPs, its device and the lab's routing settings (:func:`agent_flags`,
+cilium-agent's flag names).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+
+from ciliary.datapath.linux import bridge, netns
+from ciliary.lab import nodenetwork
+from ciliary.lab.schema import LabBody
+from ciliary.lab.state import LabNetworkRecord, NodeRecord
+
+PREFIX = "cilu-"
+BRIDGE = "br0"
+NODE_DEVICE = "eth0"
+MTU = 1500
+
+
+def netns_name(lab: str) -> str:
+    return f"{PREFIX}{lab}"
+
+
+def lab_of(ns_name: str) -> str | None:
+    """The lab whose network namespace ``ns_name`` is (None for another name)."""
+    return ns_name[len(PREFIX) :] if ns_name.startswith(PREFIX) and len(ns_name) > 5 else None
+
+
+def plan(lab: str, spec: LabBody) -> tuple[LabNetworkRecord, dict[str, nodenetwork.NodeAddresses]]:
+    """The record of the lab network of ``spec`` and each node's IPs (file order)."""
+    net = spec.node_network
+    record = LabNetworkRecord(
+        netns=netns_name(lab),
+        bridge=BRIDGE,
+        ipv4=str(net.ipv4),
+        ipv6=str(net.ipv6),
+        routing_mode=spec.routing_mode,
+        auto_direct_node_routes=spec.auto_direct_node_routes,
+        ipv4_native_routing_cidr=_text(spec.ipv4_native_routing_cidr),
+        ipv6_native_routing_cidr=_text(spec.ipv6_native_routing_cidr),
+        tunnel_port=spec.tunnel_port,
+    )
+    nodes = nodenetwork.node_addresses(net.ipv4, net.ipv6, [n.name for n in spec.nodes])
+    return record, nodes
+
+
+def _text(value: object | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def create(record: LabNetworkRecord) -> None:
+    """The lab's namespace and its bridge holding the network's own addresses."""
+    own = nodenetwork.gateway(IPv4Network(record.ipv4), IPv6Network(record.ipv6))
+    path = netns.create(record.netns)
+    bridge.create_bridge(str(path), record.bridge, [own.ipv4, own.ipv6])
+
+
+def plug_node(record: LabNetworkRecord, nrec: NodeRecord) -> None:
+    """The node's ``eth0`` (its IPs, on-link) and its port on the bridge (named after it)."""
+    addresses: list[bridge.Address] = []
+    if nrec.node_ipv4 is not None:
+        addresses.append(IPv4Interface(f"{nrec.node_ipv4}/{IPv4Network(record.ipv4).prefixlen}"))
+    if nrec.node_ipv6 is not None:
+        addresses.append(IPv6Interface(f"{nrec.node_ipv6}/{IPv6Network(record.ipv6).prefixlen}"))
+    bridge.plug(
+        bridge_netns=str(netns.path_of(record.netns)),
+        bridge=record.bridge,
+        port=nrec.name,  # node names fit an interface name (schema.NODE_NAME_MAX)
+        netns_path=str(netns.path_of(nrec.netns)),
+        ifname=NODE_DEVICE,
+        addresses=addresses,
+        mtu=MTU,
+    )
+
+
+def remove(lab: str) -> bool:
+    """Remove the lab's network namespace (and with it the bridge and its ports)."""
+    return netns.remove(netns_name(lab))
+
+
+def agent_flags(record: LabNetworkRecord, nrec: NodeRecord) -> list[str]:
+    """cilium-agent's flags for the node's place on the lab network and the lab's routing."""
+    flags: list[str] = []
+    if nrec.node_ipv4 is not None:
+        flags += ["--ipv4-node", nrec.node_ipv4]
+    if nrec.node_ipv6 is not None:
+        flags += ["--ipv6-node", nrec.node_ipv6]
+    flags += ["--devices", NODE_DEVICE, "--routing-mode", record.routing_mode]
+    if record.routing_mode == "tunnel":
+        flags += ["--tunnel-port", str(record.tunnel_port)]
+    elif record.auto_direct_node_routes:
+        flags += ["--auto-direct-node-routes"]
+    if record.ipv4_native_routing_cidr is not None:
+        flags += ["--ipv4-native-routing-cidr", record.ipv4_native_routing_cidr]
+    if record.ipv6_native_routing_cidr is not None:
+        flags += ["--ipv6-native-routing-cidr", record.ipv6_native_routing_cidr]
+    return flags
+
+
+__all__ = [
+    "BRIDGE",
+    "MTU",
+    "NODE_DEVICE",
+    "PREFIX",
+    "agent_flags",
+    "create",
+    "lab_of",
+    "netns_name",
+    "plan",
+    "plug_node",
+    "remove",
+]
