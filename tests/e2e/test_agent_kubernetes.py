@@ -277,10 +277,15 @@ def test_cilium_endpoints_and_nodes(lab: tuple[str, list[str], str]) -> None:
             break
         assert time.time() < deadline, sorted(got)
         time.sleep(0.1)
+    cns = json.loads(kubectl(kubeconfig, "get", "ciliumnodes", "-o", "json"))["items"]
+    by_node = {o["metadata"]["name"]: o for o in cns}
     for key in ("default/client-2", "shop/server-1", "shop/server-2"):
         prec = manager.find_pod(rec, key)
         status = got[key]["status"]
-        assert status["networking"]["node"] == prec.node
+        # the hosting node's IP (upstream's NodeIP: its first InternalIP), else its name
+        addrs = by_node[prec.node]["spec"]["addresses"]
+        node_ips = [a["ip"] for a in addrs if a["type"] == "InternalIP"]
+        assert status["networking"]["node"] == (node_ips[0] if node_ips else prec.node)
         assert status["networking"]["addressing"] == [
             {"ipv4": prec.ipv4.partition("/")[0], "ipv6": prec.ipv6.partition("/")[0]}  # type: ignore[union-attr]
         ]
@@ -293,12 +298,11 @@ def test_cilium_endpoints_and_nodes(lab: tuple[str, list[str], str]) -> None:
         assert status["named-ports"] == ports, status
     wide = kubectl(kubeconfig, "get", "cep", "-A")
     assert "server-1" in wide and "client-2" in wide
-    cns = json.loads(kubectl(kubeconfig, "get", "ciliumnodes", "-o", "json"))["items"]
-    by_node = {o["metadata"]["name"]: o for o in cns}
     for node in manager.status(name).nodes:
         spec = by_node[node.name]["spec"]
         assert spec["ipam"]["podCIDRs"] == [c for c in (node.ipv4_cidr, node.ipv6_cidr) if c]
-        assert spec["addresses"] and all(a["type"] == "CiliumInternalIP" for a in spec["addresses"])
+        types = [a["type"] for a in spec["addresses"]]  # node IPs, then routers (upstream's)
+        assert "CiliumInternalIP" in types and set(types) <= {"InternalIP", "CiliumInternalIP"}
 
 
 def test_the_operator_allocates_each_nodes_pod_cidrs(lab: tuple[str, list[str], str]) -> None:

@@ -27,6 +27,7 @@ from ciliary.agent.ipam.kubestore import KubeDatastore
 from ciliary.agent.k8s import ciliumendpoints, nodecidrs
 from ciliary.agent.k8s.ciliumendpoints import EndpointSync
 from ciliary.agent.k8s.identity import CRDIdentityAllocator
+from ciliary.agent.k8s.nodemanager import LocalNode, NodeManager, NodeRoutes
 from ciliary.agent.k8s.pods import PodWatcher
 from ciliary.agent.k8s.policies import PolicyWatcher
 from ciliary.agent.k8s.services import ServiceWatcher, synced_apis
@@ -36,6 +37,7 @@ from ciliary.agent.policymanager import PolicyManager
 from ciliary.agent.server import APIServer
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.models import (
+    ClusterNodeStatus,
     CTEntry,
     DatapathStatus,
     Endpoint,
@@ -108,6 +110,7 @@ class Agent:
         self.policy_watcher: PolicyWatcher | None = None
         self.service_watcher: ServiceWatcher | None = None
         self.endpoint_sync: EndpointSync | None = None
+        self.node_manager: NodeManager | None = None
         self.crd_identities: CRDIdentityAllocator | None = None
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,13 +147,15 @@ class Agent:
         self.crd_identities = CRDIdentityAllocator(self.kube)
         self.crd_identities.on_added.append(self._cluster_identity_added)
         self.crd_identities.on_deleted.append(self._cluster_identity_deleted)
-        self.endpoint_sync = EndpointSync(self.kube, self.node)
+        self.endpoint_sync = EndpointSync(self.kube, self.node, self._node_ips())
+        self.node_manager = self._make_node_manager(self.kube)
         self.service_watcher = ServiceWatcher(self.kube)  # read by nothing yet (issue #14)
         self.service_watcher.start()
         self.pod_watcher.start()
         self.policy_watcher.start()
         self.crd_identities.start()
         self.endpoint_sync.start()
+        self.node_manager.start()  # writes nothing before its informers synced
         log.info("waiting for the Kubernetes API at %s", self.kube.host)
         await self.pod_watcher.wait_synced()
         await self.policy_watcher.wait_synced()
@@ -165,9 +170,32 @@ class Agent:
                 [str(r) for r in (self.ipam.router_v4, self.ipam.router_v6) if r is not None],
                 [str(c) for c in (self.cfg.ipv4_range, self.cfg.ipv6_range) if c is not None],
                 self.cfg.node_labels,
+                self._node_ips(),
             ),
         )
         log.info("pods, namespaces and policies synced from %s", self.kube.host)
+
+    def _node_ips(self) -> list[str]:
+        """This node's IPs on the underlay (``--ipv4-node``, ``--ipv6-node``), IPv4 first."""
+        net = self.cfg.network
+        return [str(a) for a in (net.ipv4_node, net.ipv6_node) if a is not None]
+
+    def _make_node_manager(self, kube: KubeClient) -> NodeManager:
+        net = self.cfg.network
+        local = LocalNode(
+            self.node,
+            tuple(a for a in (net.ipv4_node, net.ipv6_node) if a is not None),
+            tuple(c for c in (self.cfg.ipv4_range, self.cfg.ipv6_range) if c is not None),
+        )
+        return NodeManager(
+            kube,
+            local,
+            self.datapath.ipcache,
+            mode=net.routing_mode,
+            # in every mode: routes left by a native-mode run before are pruned
+            routes=NodeRoutes(net.devices[0] if net.devices else None),
+            auto_direct_node_routes=net.auto_direct_node_routes,
+        )
 
     def _cluster_identity_added(self, number: int, labels: tuple[str, ...]) -> None:
         changed = self.policy.identity_added(number, labels)
@@ -195,7 +223,8 @@ class Agent:
             enforcing = (pol.ingress_enforced, pol.egress_enforced) if pol else (False, False)
             labels = self.identities.lookup(ep.identity) or ()
             ports = self.endpoints.named_ports(ep.id)
-            status = ciliumendpoints.endpoint_status(ep, self.node, labels, enforcing, ports)
+            node = ciliumendpoints.cep_node(self.node, self._node_ips())
+            status = ciliumendpoints.endpoint_status(ep, node, labels, enforcing, ports)
             sync.changed(ep.namespace, ep.pod_name, status)
         elif ep.state in (EndpointState.DISCONNECTING, EndpointState.DISCONNECTED):
             sync.deleted(ep.namespace, ep.pod_name)
@@ -206,6 +235,8 @@ class Agent:
             await self.endpoint_sync.stop()
         if self.crd_identities is not None:
             await self.crd_identities.stop()
+        if self.node_manager is not None:  # its ipcache entries and routes stay (restart)
+            await self.node_manager.stop()
         for watcher in (self.policy_watcher, self.pod_watcher, self.service_watcher):
             if watcher is not None:
                 await watcher.stop()
@@ -321,6 +352,12 @@ class Agent:
             ),
             endpoints_by_state=self.endpoints.counts_by_state(),
             kubernetes_apis=None if self.kube is None else synced_apis(self._informers()),
+            cluster_nodes=None
+            if self.node_manager is None
+            else [
+                ClusterNodeStatus(name=n.name, node_ips=list(n.node_ips), local=n.local)
+                for n in self.node_manager.nodes()
+            ],
             maps=[
                 MapPressure(name=u.name, entries=u.entries, max_entries=u.max_entries)
                 for u in usage
@@ -338,6 +375,8 @@ class Agent:
             out.append(self.crd_identities.informer)
         if self.hubble.peers is not None:
             out.append(self.hubble.peers.informer)
+        if self.node_manager is not None:
+            out += self.node_manager.informers()
         return out
 
     def _cidr_text(self, family: int) -> str | None:

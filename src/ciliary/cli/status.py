@@ -141,6 +141,12 @@ def render(console: Console, st: StatusResponse, *, verbose: bool = False) -> No
     )
     if st.kubernetes_apis is not None:  # upstream's line, a JSON list of the synced resources
         rows.append(("Kubernetes APIs", Text(json.dumps(st.kubernetes_apis))))
+    if st.cluster_nodes is not None:  # the node manager's nodes (their CiliumNodes)
+        nodes = [
+            f"{n.name}{' (local)' if n.local else ''} {', '.join(n.node_ips) or '-'}"
+            for n in st.cluster_nodes
+        ]
+        rows.append(("Cluster nodes", f"{len(nodes)} known: " + "; ".join(nodes)))
     print_kv(console, rows)
 
     if verbose:

@@ -160,6 +160,14 @@ class IPAMStatus(_Model):
     allocated: int
 
 
+class ClusterNodeStatus(_Model):
+    """A node of the cluster as the agent's node manager knows it (from its CiliumNode)."""
+
+    name: str
+    node_ips: list[str] = Field(default_factory=list)
+    local: bool = False
+
+
 class StatusResponse(_Model):
     node: str
     version: str
@@ -175,6 +183,10 @@ class StatusResponse(_Model):
         default=None,
         description="the Kubernetes resources whose informers have synced, upstream's names "
         '("core/v1::Service"); None without a Kubernetes API',
+    )
+    cluster_nodes: list[ClusterNodeStatus] | None = Field(
+        default=None,
+        description="the cluster's nodes known to the node manager; None without a Kubernetes API",
     )
 
 

@@ -3,8 +3,9 @@ CiliumNode (upstream's endpoint sync controller and node registration).
 
 A CiliumEndpoint is named and namespaced like the endpoint's pod; all of it is ``status``
 (upstream's shape, ``k8s.cilium``'s models: ``id``, ``identity {id, labels}``, ``networking
-{addressing [{ipv4, ipv6}], node}``, ``state``, ``policy {ingress, egress: {enforcing}}``,
-``named-ports [{name, port, protocol}]`` of the pod's containers).
+{addressing [{ipv4, ipv6}], node}`` (``node``: the hosting node's IP, upstream's ``NodeIP``,
+which other nodes' node managers use as its tunnel endpoint), ``state``, ``policy {ingress,
+egress: {enforcing}}``, ``named-ports [{name, port, protocol}]`` of the pod's containers).
 It is how other agents and the operator learn an endpoint's identity and addresses: the
 operator's identity GC treats an identity named by some CiliumEndpoint as in use.
 
@@ -54,6 +55,12 @@ CILIUM_NODES = by_path("cilium.io", "v2", "ciliumnodes")
 PodKey = tuple[str, str]
 
 
+def cep_node(node: str, node_ips: Iterable[str]) -> str:
+    """``networking.node`` of this node's CiliumEndpoints: its first node IP (upstream's
+    ``NodeIP``, IPv4 first), the node's name when it has none (no underlay: standalone tests)."""
+    return next(iter(node_ips), node)
+
+
 def endpoint_status(
     ep: Endpoint,
     node: str,
@@ -61,8 +68,9 @@ def endpoint_status(
     enforcing: tuple[bool, bool],
     named_ports: Mapping[str, tuple[int, str]] | None = None,
 ) -> EndpointStatus:
-    """The ``status`` of an endpoint's CiliumEndpoint (upstream's shape); ``named_ports`` are
-    the pod's containers' (name → (port, protocol)), sorted by name."""
+    """The ``status`` of an endpoint's CiliumEndpoint (upstream's shape); ``node`` is
+    :func:`cep_node`'s; ``named_ports`` are the pod's containers' (name → (port, protocol)),
+    sorted by name."""
     addrs = {k: v.partition("/")[0] for k, v in (("ipv4", ep.ipv4), ("ipv6", ep.ipv6)) if v}
     return EndpointStatus(
         id=ep.id,
@@ -89,14 +97,20 @@ def cilium_endpoint(namespace: str, name: str, status: EndpointStatus) -> KubeOb
 
 
 def cilium_node(
-    node: str, addresses: Iterable[str], pod_cidrs: Iterable[str], labels: dict[str, str]
+    node: str,
+    addresses: Iterable[str],
+    pod_cidrs: Iterable[str],
+    labels: dict[str, str],
+    node_ips: Iterable[str] = (),
 ) -> KubeObject:
-    """The node's CiliumNode: its addresses (the router addresses, as upstream's
-    ``CiliumInternalIP``) and the cluster-pool pod CIDRs it allocates from."""
+    """The node's CiliumNode (upstream's shape): its addresses — the node IPs
+    (``--ipv4-node``/``--ipv6-node``) as ``InternalIP``, the router addresses as
+    ``CiliumInternalIP`` — and the cluster-pool pod CIDRs it allocates from."""
     return CiliumNode(
         metadata=ObjectMeta(name=node, labels=dict(labels)),
         spec=CiliumNodeSpec(
-            addresses=[NodeAddress(type="CiliumInternalIP", ip=a) for a in addresses],
+            addresses=[NodeAddress(type="InternalIP", ip=a) for a in node_ips]
+            + [NodeAddress(type="CiliumInternalIP", ip=a) for a in addresses],
             ipam=NodeIPAMSpec.model_validate({"podCIDRs": list(pod_cidrs)}),
         ),
     ).to_json()
@@ -136,9 +150,12 @@ async def register_node(client: KubeClient, obj: KubeObject) -> None:
 class EndpointSync:
     """Keeps one CiliumEndpoint per endpoint (with a pod) of ``node`` in the API server."""
 
-    def __init__(self, client: KubeClient, node: str) -> None:
+    def __init__(self, client: KubeClient, node: str, node_ips: Iterable[str] = ()) -> None:
         self._client = client
         self._node = node
+        self._mine = {node, *node_ips}
+        """What ``networking.node`` of this node's CiliumEndpoints holds: a node IP (upstream's),
+        or the node's name (written without a node IP, or before node IPs were published)."""
         self._uids: dict[PodKey, str] = {}
         """The uid of the CiliumEndpoint this agent wrote, per pod."""
         self._writer: KeyedWriter[PodKey, KubeObject | None] = KeyedWriter(
@@ -195,7 +212,7 @@ class EndpointSync:
             uid = self._uids.get(key)
             if uid is None:  # written before a restart: ours only if it names this node
                 current = await self._get(key)
-                if current is None or self._node_of(current) != self._node:
+                if current is None or self._node_of(current) not in self._mine:
                     return
                 uid = str(current["metadata"]["uid"])
             await self._delete(key, uid)
@@ -204,7 +221,7 @@ class EndpointSync:
         current = await self._get(key)
         if current is not None and self._uids.get(key) != current["metadata"]["uid"]:
             node = self._node_of(current)
-            if node is not None and node != self._node:  # another node's leftover
+            if node is not None and node not in self._mine:  # another node's leftover
                 await self._delete(key, str(current["metadata"]["uid"]))
                 current = None
         if current is None:

@@ -14,12 +14,13 @@ may be retried after a crash half-way.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,51 @@ def inspect_pod_interface(netns_path: str, ifname: str) -> PodInterfaceState:
                 if route["dst_len"] == 0 and _attr(route, "RTA_GATEWAY"):
                     gateways.append(str(_attr(route, "RTA_GATEWAY")))
         return PodInterfaceState(True, addrs, gateways, up)
+
+
+NODE_ROUTE_PROTOCOL = 193
+"""The route protocol of the node manager's native routes (a number of ours, unused by
+iproute2's list): a restarted agent finds the routes it made by it and prunes stale ones."""
+
+
+def node_routes() -> dict[IPv4Network | IPv6Network, IPv4Address | IPv6Address]:
+    """The node manager's routes in the calling thread's netns: pod CIDR → gateway."""
+    out: dict[IPv4Network | IPv6Network, IPv4Address | IPv6Address] = {}
+    with _ipr() as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, proto=NODE_ROUTE_PROTOCOL):
+                if route["proto"] != NODE_ROUTE_PROTOCOL:
+                    continue
+                dst, gw = _attr(route, "RTA_DST"), _attr(route, "RTA_GATEWAY")
+                if dst is None or gw is None:
+                    continue
+                out[ip_network(f"{dst}/{route['dst_len']}")] = ip_address(gw)
+    return out
+
+
+def replace_node_route(
+    prefix: IPv4Network | IPv6Network, via: IPv4Address | IPv6Address, device: str | None
+) -> None:
+    """``ip route replace PREFIX via VIA [dev DEVICE] proto 193`` (idempotent); without a
+    device the kernel finds the one ``via`` is on-link on."""
+    with _ipr() as ipr:
+        kwargs: dict[str, Any] = {}
+        if device is not None:
+            idx = _index(ipr, device)
+            if idx is None:
+                raise LinkError(f"route {prefix} via {via}: device {device} does not exist")
+            kwargs["oif"] = idx
+        _netlink(
+            f"route {prefix} via {via}", ipr.route, "replace",
+            dst=str(prefix), gateway=str(via), proto=NODE_ROUTE_PROTOCOL, **kwargs,
+        )  # fmt: skip
+
+
+def delete_node_route(prefix: IPv4Network | IPv6Network) -> None:
+    """Removes the node manager's route to ``prefix``; absent is fine."""
+    with _ipr() as ipr:
+        try:
+            ipr.route("del", dst=str(prefix), proto=NODE_ROUTE_PROTOCOL)
+        except NetlinkError as err:
+            if err.code != errno.ESRCH:
+                raise LinkError(f"delete route {prefix}: {os.strerror(err.code)}") from err

@@ -14,9 +14,21 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from ciliary.datapath.libbpf import BPF_ANY, Map
 from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_addr, encode_addr
 
-__all__ = ["IPCacheInfoC", "IPCacheKeyC", "IPCacheMap", "IPCacheRecord", "IPNetwork"]
+__all__ = [
+    "IPCACHE_F_REMOTE",
+    "IPCacheInfoC",
+    "IPCacheKeyC",
+    "IPCacheMap",
+    "IPCacheRecord",
+    "IPNetwork",
+]
 
 IPNetwork = IPv4Network | IPv6Network
+
+IPCACHE_F_REMOTE = 0x1
+"""``ipcache_info.flags`` bit (bpf/lib/common.h): written by the node manager from the cluster
+(remote pods, remote nodes, their pod CIDRs; also this node's own node IPs as host); it prunes
+only entries with this bit (local endpoints and CIDR identities are owned by others)."""
 
 _FAMILY_PAD_BITS = 32
 

@@ -1,0 +1,271 @@
+"""The node manager's entry computation (CiliumNodes + CiliumEndpoints + routing mode → wanted
+ipcache entries and native routes), its diff, and its reconcile against a map that already holds
+entries (the pinned map after an agent restart): stale flagged ones pruned, live ones kept,
+other owners' never touched. Against the API server and a real map:
+``tests/integration/agent/test_nodemanager.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+import pytest
+
+from ciliary.agent.k8s.ciliumendpoints import cep_node, cilium_node, endpoint_status
+from ciliary.agent.k8s.nodemanager import (
+    ClusterEndpoint,
+    ClusterNode,
+    Entry,
+    IPNet,
+    LocalNode,
+    NodeManager,
+    diff,
+    parse_endpoint,
+    parse_node,
+    wanted_entries,
+    wanted_routes,
+)
+from ciliary.core.flow import ReservedIdentity
+from ciliary.core.models import Endpoint, EndpointState
+from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheRecord
+
+V4 = IPv4Address
+LOCAL = LocalNode(
+    "n1",
+    (ip_address("172.18.0.2"), ip_address("fc00::2")),
+    (ip_network("10.0.1.0/24"), ip_network("fd00:1::/64")),
+)
+N2 = ClusterNode(
+    "n2",
+    (ip_address("172.18.0.3"), ip_address("fc00::3")),
+    (ip_address("10.0.2.1"), ip_address("fd00:2::1")),
+    (ip_network("10.0.2.0/24"), ip_network("fd00:2::/64")),
+)
+N1 = ClusterNode(  # this node's own CiliumNode: contributes nothing but its InternalIPs (HOST)
+    "n1",
+    (ip_address("172.18.0.2"), ip_address("fc00::2")),
+    (ip_address("10.0.1.1"),),
+    (ip_network("10.0.1.0/24"),),
+)
+
+
+def net(text: str) -> IPNet:
+    return ip_network(text)
+
+
+def test_tunnel_mode_entries() -> None:
+    web = ClusterEndpoint(
+        "a/web", 300, (ip_address("10.0.2.7"), ip_address("fd00:2::7")), "172.18.0.3"
+    )
+    mine = ClusterEndpoint("a/db", 301, (ip_address("10.0.1.9"),), "172.18.0.2")
+    got = wanted_entries(LOCAL, [N1, N2], [web, mine], "tunnel")
+    tep = V4("172.18.0.3")
+    assert got == {
+        net("172.18.0.2/32"): Entry(ReservedIdentity.HOST, None),
+        net("fc00::2/128"): Entry(ReservedIdentity.HOST, None),
+        net("172.18.0.3/32"): Entry(ReservedIdentity.REMOTE_NODE, None),
+        net("fc00::3/128"): Entry(ReservedIdentity.REMOTE_NODE, None),
+        net("10.0.2.1/32"): Entry(ReservedIdentity.REMOTE_NODE, tep),
+        net("fd00:2::1/128"): Entry(ReservedIdentity.REMOTE_NODE, tep),
+        net("10.0.2.0/24"): Entry(ReservedIdentity.WORLD_IPV4, tep),
+        net("fd00:2::/64"): Entry(ReservedIdentity.WORLD_IPV6, tep),
+        net("10.0.2.7/32"): Entry(300, tep),
+        net("fd00:2::7/128"): Entry(300, tep),
+    }
+
+
+def test_native_mode_has_no_tunnel_endpoints() -> None:
+    web = ClusterEndpoint("a/web", 300, (ip_address("10.0.2.7"),), "172.18.0.3")
+    got = wanted_entries(LOCAL, [N2], [web], "native")
+    assert all(e.tunnel_endpoint is None for e in got.values())
+    assert got[net("10.0.2.7/32")] == Entry(300, None)
+    assert got[net("10.0.2.0/24")] == Entry(ReservedIdentity.WORLD_IPV4, None)
+
+
+def test_endpoint_node_by_name_ipv6_or_unknown_ip() -> None:
+    by_name = ClusterEndpoint("a/x", 400, (ip_address("10.0.2.8"),), "n2")
+    by_v6 = ClusterEndpoint("a/y", 401, (ip_address("10.0.2.9"),), "fc00::3")
+    unknown = ClusterEndpoint("a/z", 402, (ip_address("10.0.9.9"),), "172.18.0.9")
+    unknown_v6 = ClusterEndpoint("a/w", 403, (ip_address("10.0.9.8"),), "fc00::9")
+    mine_by_name = ClusterEndpoint("a/v", 404, (ip_address("10.0.3.3"),), "n1")
+    got = wanted_entries(LOCAL, [N2], [by_name, by_v6, unknown, unknown_v6, mine_by_name], "tunnel")
+    assert got[net("10.0.2.8/32")] == Entry(400, V4("172.18.0.3"))
+    assert got[net("10.0.2.9/32")] == Entry(401, V4("172.18.0.3"))
+    assert got[net("10.0.9.9/32")] == Entry(402, V4("172.18.0.9"))
+    assert got[net("10.0.9.8/32")] == Entry(403, None)
+    assert net("10.0.3.3/32") not in got
+
+
+def test_remote_endpoint_in_local_cidr_is_left_to_the_local_endpoint() -> None:
+    leftover = ClusterEndpoint("a/old", 500, (ip_address("10.0.1.5"),), "172.18.0.3")
+    assert net("10.0.1.5/32") not in wanted_entries(LOCAL, [N2], [leftover], "tunnel")
+
+
+def test_node_addresses_win_over_pods() -> None:
+    odd = ClusterEndpoint("a/odd", 600, (ip_address("172.18.0.3"),), "172.18.0.3")
+    got = wanted_entries(LOCAL, [N2], [odd], "tunnel")
+    assert got[net("172.18.0.3/32")] == Entry(ReservedIdentity.REMOTE_NODE, None)
+
+
+def test_diff() -> None:
+    a, b, c = net("10.0.2.7/32"), net("10.0.2.8/32"), net("10.0.2.9/32")
+    current = {a: Entry(300, None), b: Entry(301, None)}
+    wanted = {a: Entry(300, None), b: Entry(302, None), c: Entry(303, None)}
+    assert diff(current, wanted) == ({b: Entry(302, None), c: Entry(303, None)}, [])
+    assert diff(current, {}) == ({}, [a, b])
+
+
+def test_routes_only_native_with_auto_direct_node_routes() -> None:
+    assert wanted_routes(LOCAL, [N1, N2], "native", True) == {
+        net("10.0.2.0/24"): ip_address("172.18.0.3"),
+        net("fd00:2::/64"): ip_address("fc00::3"),
+    }
+    assert wanted_routes(LOCAL, [N2], "native", False) == {}
+    assert wanted_routes(LOCAL, [N2], "tunnel", True) == {}
+    v4_only = ClusterNode("n3", (ip_address("172.18.0.4"),), (), (net("fd00:3::/64"),))
+    assert wanted_routes(LOCAL, [v4_only], "native", True) == {}  # no v6 node IP: no route
+
+
+def test_published_objects_parse_back() -> None:
+    """What an agent publishes (CiliumNode, CiliumEndpoint) is what the node manager reads."""
+    obj = cilium_node(
+        "n2",
+        ["10.0.2.1", "fd00:2::1"],
+        ["10.0.2.0/24", "fd00:2::/64"],
+        {},
+        ["172.18.0.3", "fc00::3"],
+    )
+    assert obj["spec"]["addresses"] == [
+        {"type": "InternalIP", "ip": "172.18.0.3"},
+        {"type": "InternalIP", "ip": "fc00::3"},
+        {"type": "CiliumInternalIP", "ip": "10.0.2.1"},
+        {"type": "CiliumInternalIP", "ip": "fd00:2::1"},
+    ]
+    assert parse_node(obj) == N2
+    ep = Endpoint(
+        id=1, container_id="c", ifname="eth0", netns="/x", ipv4="10.0.2.7/32",
+        ipv6="fd00:2::7/128", identity=300, state=EndpointState.READY, pod_name="web",
+        namespace="a", labels={}, lxc="lxc1", lxc_ifindex=0, mac="", node_mac="",
+        created_at=0.0,
+    )  # fmt: skip
+    node = cep_node("n2", ["172.18.0.3", "fc00::3"])
+    assert node == "172.18.0.3"
+    assert cep_node("n2", []) == "n2"
+    status = endpoint_status(ep, node, [], (False, False))
+    cep = {"apiVersion": "cilium.io/v2", "kind": "CiliumEndpoint",
+           "metadata": {"name": "web", "namespace": "a"},
+           "status": status.model_dump(by_alias=True, exclude_none=True)}  # fmt: skip
+    assert parse_endpoint(cep) == ClusterEndpoint(
+        "a/web", 300, (ip_address("10.0.2.7"), ip_address("fd00:2::7")), "172.18.0.3"
+    )
+
+
+def test_malformed_objects_name_the_field() -> None:
+    bad = cilium_node("n9", [], [], {}, ["172.18.0.9"])
+    bad["spec"]["addresses"][0]["ip"] = "not-an-ip"
+    with pytest.raises(ValueError, match=r"CiliumNode n9: spec.addresses\[0\].ip"):
+        parse_node(bad)
+    bad = cilium_node("n9", [], ["10.0.9.0/33"], {})
+    with pytest.raises(ValueError, match=r"CiliumNode n9: spec.ipam.podCIDRs\[0\]"):
+        parse_node(bad)
+
+
+class FakeIPCache:
+    def __init__(self, records: list[IPCacheRecord]) -> None:
+        self.entries = {r.prefix: r for r in records}
+        self.writes = 0
+
+    def upsert(
+        self, prefix: IPNet, sec_id: int, tunnel_endpoint: IPv4Address | None = None, *, flags: int
+    ) -> None:
+        self.writes += 1
+        self.entries[prefix] = IPCacheRecord(prefix, sec_id, tunnel_endpoint, flags)
+
+    def delete(self, prefix: IPNet) -> bool:
+        return self.entries.pop(prefix, None) is not None
+
+    def items(self) -> list[IPCacheRecord]:
+        return list(self.entries.values())
+
+
+class FakeRoutes:
+    def __init__(self, routes: dict[IPNet, Any]) -> None:
+        self.table = dict(routes)
+
+    def routes(self) -> dict[IPNet, Any]:
+        return dict(self.table)
+
+    def replace(self, prefix: IPNet, via: Any) -> None:
+        self.table[prefix] = via
+
+    def delete(self, prefix: IPNet) -> None:
+        self.table.pop(prefix, None)
+
+
+def _stored(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"] |= {"uid": obj["metadata"]["name"], "resourceVersion": "1"}
+    return obj
+
+
+def _web_cep() -> dict[str, Any]:
+    return _stored({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumEndpoint",
+        "metadata": {"name": "web", "namespace": "a"},
+        "status": {"identity": {"id": 300}, "networking": {
+            "addressing": [{"ipv4": "10.0.2.7"}], "node": "172.18.0.3"}},
+    })  # fmt: skip
+
+
+def _manager(ipcache: FakeIPCache, routes: FakeRoutes, mode: Any) -> NodeManager:
+    mgr = NodeManager(
+        None,  # type: ignore[arg-type]  # the informers are never started here
+        LOCAL, ipcache, mode=mode, routes=routes, auto_direct_node_routes=True,
+    )  # fmt: skip
+    n2 = cilium_node("n2", ["10.0.2.1"], ["10.0.2.0/24"], {}, ["172.18.0.3"])
+    mgr.nodes_informer.store.put(_stored(n2))
+    mgr.endpoints_informer.store.put(_web_cep())
+    return mgr
+
+
+def test_reconcile_prunes_only_its_own_stale_entries() -> None:
+    """The map as a restarted agent finds it: the live entry stays (not even rewritten), the
+    stale flagged one goes, the endpoint manager's and the policy manager's stay."""
+    tep = V4("172.18.0.3")
+    live = IPCacheRecord(IPv4Network("10.0.2.7/32"), 300, tep, IPCACHE_F_REMOTE)
+    stale = IPCacheRecord(IPv4Network("10.0.2.99/32"), 301, tep, IPCACHE_F_REMOTE)
+    local_ep = IPCacheRecord(IPv4Network("10.0.1.5/32"), 302, None, 0)
+    cidr = IPCacheRecord(IPv6Network("2001:db8::/32"), 1 << 24 | 1, None, 0)
+    ipcache = FakeIPCache([live, stale, local_ep, cidr])
+    routes = FakeRoutes({IPv4Network("10.0.7.0/24"): ip_address("172.18.0.7")})  # gone node's
+    mgr = _manager(ipcache, routes, "tunnel")
+    asyncio.run(mgr._reconcile())
+    assert set(ipcache.entries) == {
+        live.prefix, local_ep.prefix, cidr.prefix,
+        net("172.18.0.2/32"), net("fc00::2/128"),  # HOST
+        net("172.18.0.3/32"), net("10.0.2.1/32"), net("10.0.2.0/24"),
+    }  # fmt: skip
+    assert ipcache.entries[live.prefix] == live
+    assert ipcache.entries[local_ep.prefix] == local_ep
+    assert ipcache.entries[cidr.prefix] == cidr
+    assert ipcache.writes == 5  # live was already right
+    assert all(ipcache.entries[p].flags == IPCACHE_F_REMOTE for p in (net("10.0.2.0/24"),))
+    assert routes.table == {}  # tunnel mode: the stale native route is pruned, none added
+
+    # the pod goes: its entry goes on the next reconcile
+    mgr.endpoints_informer.store.remove("a/web")
+    asyncio.run(mgr._reconcile())
+    assert live.prefix not in ipcache.entries
+    assert ipcache.entries[local_ep.prefix] == local_ep
+
+
+def test_reconcile_native_routes() -> None:
+    ipcache = FakeIPCache([])
+    routes = FakeRoutes({IPv4Network("10.0.7.0/24"): ip_address("172.18.0.7")})
+    mgr = _manager(ipcache, routes, "native")
+    asyncio.run(mgr._reconcile())
+    assert routes.table == {net("10.0.2.0/24"): ip_address("172.18.0.3")}
+    assert ipcache.entries[net("10.0.2.7/32")].tunnel_endpoint is None
+    mgr.nodes_informer.store.remove("n2")
+    asyncio.run(mgr._reconcile())
+    assert routes.table == {}
