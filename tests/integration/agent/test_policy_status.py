@@ -203,6 +203,33 @@ def test_cilium_endpoint_named_ports_and_uid_precondition(control_plane: Control
             assert await two.flushed(10)
             listed = await kube.list(CILIUM_ENDPOINTS, namespace="t")
             assert listed["items"] == []
+
+            # with node IPs, networking.node is the node's IP (upstream's NodeIP): a restarted
+            # n3 knows its own by that IP, and n1 takes over n3's leftover named by it
+            three = EndpointSync(kube, "n3", ["172.18.0.4", "fc00::4"])
+            three.start()
+            three.changed(
+                "t", "db-0", endpoint_status(endpoint(3), "172.18.0.4", [], (False, False))
+            )
+            assert await three.flushed(10)
+            await three.stop()
+            fresh = EndpointSync(kube, "n3", ["172.18.0.4", "fc00::4"])
+            fresh.start()
+            fresh.deleted("t", "db-0")
+            assert await fresh.flushed(10)
+            await fresh.stop()
+            assert (await kube.list(CILIUM_ENDPOINTS, namespace="t"))["items"] == []
+            three = EndpointSync(kube, "n3", ["172.18.0.4"])
+            three.start()
+            three.changed(
+                "t", "db-0", endpoint_status(endpoint(3), "172.18.0.4", [], (False, False))
+            )
+            assert await three.flushed(10)
+            await three.stop()
+            one.changed("t", "db-0", endpoint_status(endpoint(4), "n1", [], (False, False)))
+            assert await one.flushed(10)
+            cep = await kube.get(CILIUM_ENDPOINTS, "db-0", "t")
+            assert cep["status"]["networking"]["node"] == "n1" and cep["status"]["id"] == 4
         finally:
             await one.stop()
             await two.stop()

@@ -269,3 +269,21 @@ def test_reconcile_native_routes() -> None:
     mgr.nodes_informer.store.remove("n2")
     asyncio.run(mgr._reconcile())
     assert routes.table == {}
+
+
+def test_relist_reads_the_map_again() -> None:
+    """After a relist (410 Gone) the map is the truth again: an entry of ours that went missing
+    is written back, one that is no longer wanted is pruned."""
+    ipcache = FakeIPCache([])
+    mgr = _manager(ipcache, FakeRoutes({}), "tunnel")
+    asyncio.run(mgr._reconcile())
+    web = net("10.0.2.7/32")
+    lost = ipcache.entries.pop(web)
+    stray = IPCacheRecord(IPv4Network("10.0.2.66/32"), 301, None, IPCACHE_F_REMOTE)
+    ipcache.entries[stray.prefix] = stray
+    asyncio.run(mgr._reconcile())  # no relist: the node manager trusts what it wrote
+    assert web not in ipcache.entries and stray.prefix in ipcache.entries
+    mgr.endpoints_informer.lists += 1
+    asyncio.run(mgr._reconcile())
+    assert ipcache.entries[web] == lost
+    assert stray.prefix not in ipcache.entries
