@@ -56,25 +56,33 @@ VXLAN_MTU = 1450  # 1500 - 50 (outer IPv4 + UDP + VXLAN + inner Ethernet): cilia
 PROBE_SECONDS = 0.5
 
 
-def _tx_packets(ns: str, dev: str) -> int:
+def _tx_packets(ns: str, dev: str) -> int | None:
+    """``dev``'s transmitted packets in ``ns``; None: there is no such device."""
     res = sh("ip", "-j", "-s", "link", "show", "dev", dev, ns=ns, check=False)
     if res.returncode != 0:
-        raise RuntimeError(f"no device {dev} in node 1 ({ns}): {res.stderr.strip()}")
+        return None
     return int(json.loads(res.stdout)[0]["stats64"]["tx"]["packets"])
 
 
-def _check_path(target: Target, connrate: Path, node_ns: str, dev: str) -> None:
+def _check_path(
+    target: Target, connrate: Path, node_ns: str, dev: str, bypassed: str | None = None
+) -> None:
     """A short connrate run from the client; ``dev`` in node 1 must have sent at least two
-    packets per connection (each sends a SYN, its request, ACKs and a FIN), else the setup's
-    traffic took another path than the one it is named for."""
-    before = _tx_packets(node_ns, dev)
+    packets per connection (each sends a SYN, its request, ACKs and a FIN) and ``bypassed``, if
+    node 1 has it, none: else the setup's traffic took another path than the one it is named
+    for (native routing must not be encapsulated on its way out of eth0)."""
+    before = {d: _tx_packets(node_ns, d) for d in (dev, bypassed) if d}
+    if before[dev] is None:
+        raise RuntimeError(f"{target.name}: no device {dev} in node 1 ({node_ns})")
     rate = tools.connrate_per_s(target.client, connrate, target.server_ip, PROBE_SECONDS)
-    sent = _tx_packets(node_ns, dev) - before
-    if sent < 2 * rate * PROBE_SECONDS:
+    sent = {d: (_tx_packets(node_ns, d) or 0) - (n or 0) for d, n in before.items()}
+    if sent[dev] < 2 * rate * PROBE_SECONDS:
         raise RuntimeError(
             f"{target.name}: {rate * PROBE_SECONDS:.0f} connections but {dev} of node 1 sent"
-            f" {sent} packets: the traffic took another path"
+            f" {sent[dev]} packets: the traffic took another path"
         )
+    if bypassed and sent[bypassed] > 0:
+        raise RuntimeError(f"{target.name}: {bypassed} of node 1 sent {sent[bypassed]} packets")
 
 
 # ---- kernel-only setups ------------------------------------------------------------------------
@@ -162,8 +170,10 @@ def ciliary_nodes(connrate: Path, name: str) -> Iterator[tuple[list[Target], lis
                 raise RuntimeError(f"{name}: server pod without IPv4 or on the client's node")
             stack.enter_context(tools.servers(server.netns, connrate))
             target = Target(name, name, None, tools.enter(client.netns), server.ipv4)
-            dev = VXLAN_DEVICE if name == TUNNEL else "eth0"
-            _check_path(target, connrate, node_ns[client.node], dev)
+            if name == TUNNEL:
+                _check_path(target, connrate, node_ns[client.node], VXLAN_DEVICE)
+            else:
+                _check_path(target, connrate, node_ns[client.node], "eth0", VXLAN_DEVICE)
             yield [target], [n.agent_pid for n in rec.nodes if n.agent_pid]
         finally:
             stack.close()  # servers first, then the lab

@@ -252,7 +252,8 @@ def multinode_tables(results: list[Result]) -> list[str]:
         "- **d**: a's namespaces, the pod traffic through a Linux vxlan device per node (UDP"
         " 8472, the other node as remote) and a route over it, no BPF; pod MTU 1450.",
         "- Each setup's path is checked before the rounds by node 1's device counters (`eth0`"
-        " for a and c, the vxlan device for b and d). Tools as in the one-node table.",
+        " for a and c, the vxlan device for b and d; for c, nothing through `ciliary_vxlan`)."
+        " Tools as in the one-node table.",
     ]
     lines += [
         f"- **{name}: not available** in this run: {why}" for name, why in unavailable.items()
