@@ -1,13 +1,16 @@
 """The lab network (underlay) of a two-node lab with its own ``spec.nodeNetwork``: each node's
 ``eth0`` holds its node IPs and reaches the other node's over IPv4 and IPv6 through the bridge in
-``cilu-<lab>`` (nothing of it in the root netns); ``kubectl get nodes -o wide`` shows them as the
-nodes' InternalIPs (a pod's hostIP too); the agents run with them and the routing flags; ``lab
-down`` removes the lab network, also one left by a crash without a record."""
+``cilu-<lab>`` (nothing of it in the root netns); world hosts (``spec.externals``) are on it
+with their addresses and serve their command; ``kubectl get nodes -o wide`` shows the node IPs
+as the nodes' InternalIPs (a pod's hostIP too); the agents run with them and the routing flags;
+``lab down`` removes the lab network and the world, also a lab network left by a crash without a
+record."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from ciliary.datapath.linux import netns
-from ciliary.lab import manager
-from tests.e2e.conftest import kube_lab, unique
+from ciliary.lab import manager, process
+from tests.e2e.conftest import CILIARY, assert_no_leftovers, kube_lab, unique
 from tests.kubectl import get_json, kubectl
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,8 +35,15 @@ spec:
   nodes:
   - name: {n1}
   - name: {n2}
+  externals:
+  - name: {web}
+    command: [ciliary, workload, http-server, --port, "8080"]
+  - name: {db}
+    addresses: [192.168.77.100, "fd77:1::100"]
 """
 IPS = {0: ("192.168.77.2", "fd77:1::2"), 1: ("192.168.77.3", "fd77:1::3")}
+WEB = ("192.168.77.254", "fd77:1::ffff:ffff:ffff:fffe")  # from the top of the subnets
+DB = ("192.168.77.100", "fd77:1::100")
 
 
 @dataclass
@@ -41,15 +51,17 @@ class NetLab:
     name: str
     nodes: list[str]
     kubeconfig: str
+    web: str
+    db: str
 
 
 @pytest.fixture(scope="module")
 def netlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
-    name, nodes = unique("net"), [unique("na"), unique("nb")]
+    name, nodes, web, db = unique("net"), [unique("na"), unique("nb")], unique("w"), unique("d")
     path = tmp_path_factory.mktemp("lab") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, n1=nodes[0], n2=nodes[1]))
+    path.write_text(LAB.format(lab=name, n1=nodes[0], n2=nodes[1], web=web, db=db))
     with kube_lab(path, name, nodes) as kubeconfig:
-        yield NetLab(name, nodes, kubeconfig)
+        yield NetLab(name, nodes, kubeconfig, web, db)
 
 
 def in_node(lab: NetLab, node: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -82,12 +94,46 @@ def test_nodes_reach_each_other_on_the_lab_network(netlab: NetLab) -> None:
         ["ip", "-n", f"cilu-{netlab.name}", "-j", "link", "show", "master", "br0"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert sorted(p["ifname"] for p in json.loads(ports)) == sorted(netlab.nodes)
+    assert sorted(p["ifname"] for p in json.loads(ports)) == sorted(
+        [*netlab.nodes, netlab.web, netlab.db]
+    )
     # nothing of it in the root netns: no port, no address of the lab network
     root = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True)
     names = {link["ifname"] for link in json.loads(root.stdout)}
-    assert not names & set(netlab.nodes)
+    assert not names & {*netlab.nodes, netlab.web, netlab.db}
     assert "192.168.77." not in root.stdout and "fd77:1::" not in root.stdout
+
+
+def test_world_hosts_are_on_the_lab_network_and_serve(netlab: NetLab) -> None:
+    for host, ips in ((netlab.web, WEB), (netlab.db, DB)):
+        got = subprocess.run(
+            ["ip", "-n", f"cilw-{netlab.name}-{host}", "-j", "addr", "show", "eth0"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        addr_info = json.loads(got)[0]["addr_info"]
+        assert {a["local"] for a in addr_info if a["scope"] == "global"} == set(ips)
+        for address in ips:
+            ping = in_node(netlab, netlab.nodes[0], "ping", "-c", "1", "-W", "5", address)
+            assert ping.returncode == 0, (host, address, ping.stdout, ping.stderr)
+    # the web host's command serves on its addresses (it may still be starting: ask again)
+    for url in (f"http://{WEB[0]}:8080/", f"http://[{WEB[1]}]:8080/"):
+        deadline = time.monotonic() + 15
+        while True:
+            got = in_node(netlab, netlab.nodes[1], CILIARY, "workload", "http-get", url)
+            if got.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert got.returncode == 0, (url, got.stdout, got.stderr)
+    view = manager.status(netlab.name)
+    assert [(e.name, e.ipv4, e.ipv6, e.alive) for e in view.externals] == [
+        (netlab.web, *WEB, True),
+        (netlab.db, *DB, False),  # no command: nothing runs
+    ]
+    table = subprocess.run(
+        [CILIARY, "lab", "status", "--name", netlab.name],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "WORLD HOST" in table and f"cilw-{netlab.name}-{netlab.web}" in table
 
 
 def test_kubectl_shows_the_node_ips_as_internal_ips(netlab: NetLab) -> None:
@@ -123,9 +169,13 @@ def test_agents_run_with_their_node_ips_and_the_routing(netlab: NetLab) -> None:
 
 
 def test_lab_down_removes_the_lab_network(netlab: NetLab) -> None:
+    web = manager.record(netlab.name).externals[0]
+    assert process.alive(web.pid, web.start_time)
     assert netns.exists(f"cilu-{netlab.name}")
     manager.down(netlab.name)
     assert not netns.exists(f"cilu-{netlab.name}")
+    assert not netns.list_names(f"cilw-{netlab.name}-")
+    assert not process.alive(web.pid, web.start_time)
 
 
 def test_lab_down_removes_a_lab_network_left_without_a_record() -> None:
@@ -137,3 +187,24 @@ def test_lab_down_removes_a_lab_network_left_without_a_record() -> None:
         assert not netns.exists(f"cilu-{name}")
     finally:
         netns.remove(f"cilu-{name}")
+
+
+def test_a_world_host_whose_command_cannot_start_fails_lab_up(tmp_path: Path) -> None:
+    name, node = unique("wbad"), unique("n")
+    path = tmp_path / "lab.yaml"
+    path.write_text(
+        f"""\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {name}}}
+spec:
+  hubble: {{enabled: false}}
+  nodes: [{{name: {node}}}]
+  externals: [{{name: ext, command: [/nonexistent/server]}}]
+"""
+    )
+    with pytest.raises(manager.LabError) as info:
+        manager.up(path)
+    assert "world host ext (spec.externals): cannot start '/nonexistent/server'" in str(info.value)
+    assert "nothing was left behind" in str(info.value)
+    assert_no_leftovers(name, [node])

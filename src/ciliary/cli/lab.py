@@ -209,6 +209,12 @@ def render_view(console: Console, view: LabView) -> None:
         )
     print_table(console, nodes)
     console.print()
+    if view.externals:  # the world outside the cluster, on the lab network
+        world = new_table("WORLD HOST", "NETNS", "IPv4", "IPv6", "PID", "ALIVE")
+        for e in view.externals:
+            world.add_row(e.name, e.netns, e.ipv4, e.ipv6, fmt_opt(e.pid), fmt_bool(e.alive))
+        print_table(console, world)
+        console.print()
     if view.pod_table is not None:  # as `kubectl get pods -A -o wide` shows them
         if not view.pod_table.rows:
             console.print(Text("No resources found"))

@@ -55,6 +55,8 @@ from ciliary.lab.state import (
     ContainerRecord,
     ControlPlaneRecord,
     ControlPlaneView,
+    ExternalRecord,
+    ExternalView,
     HubbleRecord,
     ImageRecord,
     LabRecord,
@@ -376,6 +378,10 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         cidrs = schema.node_cidrs(lab_file)
         with _step(progress, f"lab network: {network.netns}, {network.bridge}"):
             underlay.create(network)
+        externals = lab_file.lab.spec.externals
+        if externals:  # the world is there before the cluster
+            with _step(progress, f"world: {len(externals)} hosts on the lab network"):
+                _create_externals(rec, lab_file.lab.spec)
         for node in lab_file.lab.spec.nodes:
             with _step(progress, f"node {node.name}: netns + agent"):
                 _create_node(
@@ -753,8 +759,12 @@ def _preflight(lab_name: str, lab_file: schema.LabFile) -> None:
         raise LabError(str(err)) from err
     if cgroup.cgroup2_root() is None:
         raise LabError("no cgroup2 hierarchy is mounted")
-    if netns.exists(underlay.netns_name(lab_name)):
-        raise LabError(f"network namespace {underlay.netns_name(lab_name)} already exists")
+    taken = [underlay.netns_name(lab_name)] + [
+        underlay.external_netns(lab_name, e.name) for e in lab_file.lab.spec.externals
+    ]
+    for ns_name in taken:
+        if netns.exists(ns_name):
+            raise LabError(f"network namespace {ns_name} already exists")
     for node in lab_file.lab.spec.nodes:
         if netns.exists(node_netns(lab_name, node.name)):
             raise LabError(f"network namespace {node_netns(lab_name, node.name)} already exists")
@@ -868,6 +878,54 @@ def _create_node(
         status = kubelet.node_status(node, node_ips(nrec))
         _api_call(lambda: api.patch_status(path, status))
     return nrec
+
+
+def _create_externals(rec: LabRecord, spec: schema.LabBody) -> None:
+    """The world's hosts: each a netns on the lab network (recorded first) running its
+    command, if any, in its own cgroup with its log in the lab's directory; not restarted (a
+    machine of its own, outside the cluster: no kubelet tends it)."""
+    if rec.network is None:
+        raise LabError(f"lab {rec.name!r} has no lab network for its world hosts")
+    net = spec.node_network
+    plan = nodenetwork.external_addresses(
+        net.ipv4, net.ipv6, [(e.name, e.addresses) for e in spec.externals]
+    )
+    for ext_spec in spec.externals:
+        argv = ext_spec.argv()
+        ext = ExternalRecord(
+            name=ext_spec.name,
+            netns=underlay.external_netns(rec.name, ext_spec.name),
+            ipv4=str(plan[ext_spec.name].ipv4.ip),
+            ipv6=str(plan[ext_spec.name].ipv6.ip),
+            argv=argv,
+            cgroup=_cgroup_rel(rec.name, f"world-{ext_spec.name}") if argv else None,
+            log=str(_lab_dir(rec.name) / "world" / f"{ext_spec.name}.log") if argv else None,
+        )
+        rec.externals.append(ext)
+        _save(rec)  # intent first
+        netns.create(ext.netns)
+        underlay.plug_external(rec.network, ext)
+        if ext.cgroup is not None and ext.log is not None:
+            try:
+                ext.pid, ext.start_time = process.spawn(
+                    argv,
+                    netns_path=str(netns.path_of(ext.netns)),
+                    cgroup_path=cgroup.create(ext.cgroup),
+                    log_path=Path(ext.log),
+                )
+            except OSError as err:
+                raise LabError(f"world host {ext.name}: cannot start {argv[0]!r}: {err}") from err
+            _save(rec)
+            # as a pod's container: a command that cannot start fails lab up, naming the host
+            code = process.wait_exec(ext.pid, ext.start_time, argv)
+            if code is not None:
+                meaning = {126: "not executable", 127: "command not found"}.get(
+                    code, f"exit code {code}"
+                )
+                raise LabError(
+                    f"world host {ext.name} (spec.externals): cannot start {argv[0]!r}"
+                    f" ({meaning}): {_tail(Path(ext.log))}"
+                )
 
 
 def node_ips(nrec: NodeRecord) -> list[str]:
@@ -1502,7 +1560,8 @@ def down(name: str | None = None, *, all_labs: bool = False) -> list[str]:
     if all_labs:
         names = list_labs()
         # labs whose record was lost still leave netns with our prefixes behind
-        for ns_name in netns.list_names("ciln-") + netns.list_names("cilp-"):
+        leftovers = ("ciln-", "cilp-", underlay.WORLD_PREFIX)
+        for ns_name in [n for prefix in leftovers for n in netns.list_names(prefix)]:
             lab = ns_name.split("-", 2)[1] if ns_name.count("-") >= 2 else None
             if lab and lab not in names:
                 names.append(lab)
@@ -1519,7 +1578,8 @@ def down(name: str | None = None, *, all_labs: bool = False) -> list[str]:
         except LabError:
             rec = LabRecord(name=lab, file=None, created_at=0)
             if not netns.exists(underlay.netns_name(lab)) and not any(
-                netns.list_names(p) for p in (f"ciln-{lab}-", f"cilp-{lab}-")
+                netns.list_names(p)
+                for p in (f"ciln-{lab}-", f"cilp-{lab}-", underlay.external_netns(lab, ""))
             ):
                 if not all_labs:
                     raise
@@ -1581,7 +1641,11 @@ def _teardown(rec: LabRecord) -> None:
     process.stop_all(containers, timeout=1.0)  # those outside a cgroup (killed above)
     relay = [(rec.relay.pid, rec.relay.start_time)] if rec.relay is not None else []
     agents = [(n.agent_pid, n.agent_start_time) for n in rec.nodes]
-    process.stop_all(relay + agents, timeout=5.0)
+    world = [(e.pid, e.start_time) for e in rec.externals]
+    process.stop_all(relay + agents + world, timeout=5.0)
+    for ext in rec.externals:
+        if ext.cgroup and root is not None:
+            _collect(errors, cgroup.kill_and_remove, root / ext.cgroup)
     if rec.relay is not None and rec.relay.cgroup and root is not None:
         _collect(errors, cgroup.kill_and_remove, root / rec.relay.cgroup)
     for nrec in rec.nodes:
@@ -1592,6 +1656,10 @@ def _teardown(rec: LabRecord) -> None:
     for nrec in rec.nodes:
         _collect(errors, netns.remove, nrec.netns)
     for ns_name in netns.list_names(f"cilp-{rec.name}-") + netns.list_names(f"ciln-{rec.name}-"):
+        _collect(errors, netns.remove, ns_name)
+    for ext in rec.externals:
+        _collect(errors, netns.remove, ext.netns)
+    for ns_name in netns.list_names(underlay.external_netns(rec.name, "")):
         _collect(errors, netns.remove, ns_name)
     _collect(errors, underlay.remove, rec.name)  # after the nodes: their veths are gone
     for nrec in rec.nodes:
@@ -1676,6 +1744,17 @@ def status(name: str | None = None) -> LabView:
         if rec.relay is not None
         else None,
         supervisor_alive=_supervised(rec) if rec.supervisor is not None else None,
+        externals=[
+            ExternalView(
+                name=e.name,
+                netns=e.netns,
+                ipv4=e.ipv4,
+                ipv6=e.ipv6,
+                pid=e.pid,
+                alive=process.alive(e.pid, e.start_time),
+            )
+            for e in rec.externals
+        ],
         control_plane=_control_plane_view(rec),
         processes=[
             ProcessView(

@@ -7,7 +7,8 @@ and this module says what it is, with no I/O, so that the lab file's checks (``l
 the Lab's ``spec.nodeNetwork`` and routing fields) and the runtime agree: kind's default
 subnets, Cilium's defaults, and the address plan: the lab network's own address is the first of
 each subnet (on the bridge), node *i* (file order) gets the next ones, ``.2, .3, …`` and
-``::2, ::3, …``.
+``::2, ::3, …``; the world's hosts (the Lab's ``spec.externals``) take theirs from the top down
+unless they name them.
 """
 
 from __future__ import annotations
@@ -69,6 +70,26 @@ def node_addresses(
     return {name: _nth(ipv4, ipv6, FIRST_NODE + i) for i, name in enumerate(nodes)}
 
 
+def external_addresses(
+    ipv4: IPv4Network,
+    ipv6: IPv6Network,
+    externals: Sequence[tuple[str, Sequence[IPv4Address | IPv6Address]]],
+) -> dict[str, NodeAddresses]:
+    """Each world host's IPs, by name: the ones it asks for, else from the top of each subnet
+    down (host *i* of the list: IPv4's broadcast address - 1 - *i*, IPv6's last - 1 - *i*),
+    away from the nodes, which count up."""
+    out: dict[str, NodeAddresses] = {}
+    for i, (name, requested) in enumerate(externals):
+        v4 = next((a for a in requested if isinstance(a, IPv4Address)), None)
+        v6 = next((a for a in requested if isinstance(a, IPv6Address)), None)
+        v4 = v4 or IPv4Address(int(ipv4.broadcast_address) - 1 - i)
+        v6 = v6 or IPv6Address(int(ipv6.broadcast_address) - 1 - i)
+        out[name] = NodeAddresses(
+            IPv4Interface((v4, ipv4.prefixlen)), IPv6Interface((v6, ipv6.prefixlen))
+        )
+    return out
+
+
 def _nth(ipv4: IPv4Network, ipv6: IPv6Network, n: int) -> NodeAddresses:
     v4 = IPv4Address(int(ipv4.network_address) + n)
     v6 = IPv6Address(int(ipv6.network_address) + n)
@@ -83,6 +104,7 @@ __all__ = [
     "NodeAddresses",
     "RoutingMode",
     "capacity",
+    "external_addresses",
     "gateway",
     "node_addresses",
     "usable",

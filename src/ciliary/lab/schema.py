@@ -97,6 +97,7 @@ __all__ = [
     "Container",
     "ContainerPort",
     "EnvVar",
+    "ExternalSpec",
     "IPAMConfiguration",
     "IPAMConfigurationMetadata",
     "IPAMConfigurationSpec",
@@ -467,6 +468,45 @@ class NodeNetworkSpec(StrictModel):
     ipv6: Annotated[V6Network, AfterValidator(_lab_network)] = nodenetwork.DEFAULT_IPV6
 
 
+def _host_address(value: object) -> object:
+    expected = "expected an IP address like 172.18.0.100 or fc00:f853:ccd:e793::100"
+    if not isinstance(value, str):
+        raise ValueError(f"{expected}, got {_show(value)}")
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"{expected}, got {_show(value)}") from None
+
+
+HostAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_host_address)]
+
+
+class ExternalSpec(StrictModel):
+    """A host of the world outside the cluster (``spec.externals[]``): a network namespace on
+    the lab network with its addresses (at most one per family; by default from the top of
+    ``nodeNetwork``) and an optional command (``command`` + ``args``) running in it, such as a
+    server for pods to reach. Its name is its port's on the bridge, so it differs from every
+    node's."""
+
+    name: NodeName
+    addresses: list[HostAddress] = Field(default_factory=list)
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+
+    @field_validator("addresses")
+    @classmethod
+    def _one_per_family(cls, addresses: list[IPAddress]) -> list[IPAddress]:
+        for i, address in enumerate(addresses):
+            if any(a.version == address.version for a in addresses[:i]):
+                raise FieldProblemError(
+                    f"a second IPv{address.version} address (a host has one per family)", i
+                )
+        return addresses
+
+    def argv(self) -> list[str]:
+        return [*self.command, *self.args]
+
+
 class LabBody(StrictModel):
     """The ``spec`` of the Lab document. The lab network and the routing between nodes use
     Cilium's Helm names: ``routingMode`` (``tunnel``: VXLAN on ``tunnelPort``; ``native``: pod
@@ -484,6 +524,7 @@ class LabBody(StrictModel):
     ipv4_native_routing_cidr: V4Network | None = Field(default=None, alias="ipv4NativeRoutingCIDR")
     ipv6_native_routing_cidr: V6Network | None = Field(default=None, alias="ipv6NativeRoutingCIDR")
     tunnel_port: int = Field(default=nodenetwork.DEFAULT_TUNNEL_PORT, ge=1, le=65535)
+    externals: list[ExternalSpec] = Field(default_factory=list)
 
     @field_validator("images")
     @classmethod
@@ -544,15 +585,18 @@ class LabBody(StrictModel):
                 "autoDirectNodeRoutes",
             )
         net = self.node_network
+        hosts = len(self.nodes) + len(self.externals)
         for family, subnet in (("ipv4", net.ipv4), ("ipv6", net.ipv6)):
             room = nodenetwork.capacity(subnet)
-            if len(self.nodes) > room:
+            if hosts > room:
+                world = f" and {len(self.externals)} externals" if self.externals else ""
                 raise FieldProblemError(
-                    f"{len(self.nodes)} nodes do not fit in {subnet}: it has room for {room}"
-                    " (its first address is the lab network's own)",
+                    f"{len(self.nodes)} nodes{world} do not fit in {subnet}: it has room for"
+                    f" {room} (its first address is the lab network's own)",
                     "nodeNetwork",
                     family,
                 )
+        self._check_externals()
         pools: list[tuple[str, IPv4Network | IPv6Network, Sequence[IPv4Network | IPv6Network]]]
         pools = [
             ("ipv4", net.ipv4, self.ipam.cluster_pool_ipv4_pod_cidr_list),
@@ -569,6 +613,57 @@ class LabBody(StrictModel):
                         family,
                     )
         return self
+
+    def _check_externals(self) -> None:
+        """World hosts: names apart from the nodes' and each other's, addresses on the lab
+        network apart from its own, the nodes' and each other's."""
+        net = self.node_network
+        names = {n.name: f"node spec.nodes[{i}]" for i, n in enumerate(self.nodes)}
+        for i, ext in enumerate(self.externals):
+            if ext.name in names:
+                raise FieldProblemError(
+                    f"duplicate name {ext.name!r} (also {names[ext.name]}; a host's name is its"
+                    " port on the lab network's bridge)",
+                    "externals",
+                    i,
+                    "name",
+                )
+            names[ext.name] = f"spec.externals[{i}]"
+        plan = nodenetwork.external_addresses(
+            net.ipv4, net.ipv6, [(e.name, e.addresses) for e in self.externals]
+        )
+        taken = {
+            a.ip: f"node {n}"
+            for n, addrs in nodenetwork.node_addresses(
+                net.ipv4, net.ipv6, [n.name for n in self.nodes]
+            ).items()
+            for a in (addrs.ipv4, addrs.ipv6)
+        }
+        own = nodenetwork.gateway(net.ipv4, net.ipv6)
+        taken[own.ipv4.ip] = taken[own.ipv6.ip] = "the lab network's own address"
+        for i, ext in enumerate(self.externals):
+            for address in (plan[ext.name].ipv4, plan[ext.name].ipv6):
+                asked = address.ip in ext.addresses
+                where: tuple[str | int, ...] = ("externals", i, "addresses")
+                if asked:
+                    where += (ext.addresses.index(address.ip),)
+                subnet = net.ipv4 if address.version == 4 else net.ipv6
+                if address.ip not in subnet or address.ip in (
+                    subnet.network_address,
+                    subnet.broadcast_address if address.version == 4 else None,
+                ):
+                    raise FieldProblemError(
+                        f"{address.ip} is not a host address of spec.nodeNetwork.ipv"
+                        f"{address.version} ({subnet}): a world host is on the lab network",
+                        *where,
+                    )
+                if address.ip in taken:
+                    raise FieldProblemError(
+                        f"{address.ip} is {taken[address.ip]}"
+                        + ("" if asked else " (the default from the top of the subnet)"),
+                        *where,
+                    )
+                taken[address.ip] = f"also spec.externals[{i}] ({ext.name})"
 
 
 class LabSpec(StrictModel):

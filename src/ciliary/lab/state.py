@@ -163,6 +163,21 @@ class LabNetworkRecord(_Model):
     tunnel_port: int = 8472
 
 
+class ExternalRecord(_Model):
+    """A host of the world outside the cluster (the Lab's ``spec.externals``): its netns on the
+    lab network and its command's process (not restarted: a host of its own)."""
+
+    name: str
+    netns: str
+    ipv4: str
+    ipv6: str
+    argv: list[str] = Field(default_factory=list)
+    pid: int | None = None
+    start_time: int | None = None
+    cgroup: str | None = None
+    log: str | None = None
+
+
 class LabRecord(_Model):
     name: str
     file: str | None
@@ -181,6 +196,7 @@ class LabRecord(_Model):
     network: LabNetworkRecord | None = Field(
         default=None, description="None in records of labs made before the lab network"
     )
+    externals: list[ExternalRecord] = Field(default_factory=list)
 
 
 class NodeView(_Model):
@@ -197,6 +213,15 @@ class NodeView(_Model):
     kubeconfig: str | None = None
     node_ipv4: str | None = None
     node_ipv6: str | None = None
+
+
+class ExternalView(_Model):
+    name: str
+    netns: str
+    ipv4: str
+    ipv6: str
+    pid: int | None
+    alive: bool
 
 
 class PodView(_Model):
@@ -257,6 +282,7 @@ class LabView(_Model):
     supervisor_alive: bool | None = None
     control_plane: ControlPlaneView | None = None
     processes: list[ProcessView] = Field(default_factory=list)
+    externals: list[ExternalView] = Field(default_factory=list)
     pod_table: PodTableView | None = Field(
         default=None, description="from the API server; None when it does not answer"
     )

@@ -17,9 +17,10 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from ciliary.datapath.linux import bridge, netns
 from ciliary.lab import nodenetwork
 from ciliary.lab.schema import LabBody
-from ciliary.lab.state import LabNetworkRecord, NodeRecord
+from ciliary.lab.state import ExternalRecord, LabNetworkRecord, NodeRecord
 
 PREFIX = "cilu-"
+WORLD_PREFIX = "cilw-"
 BRIDGE = "br0"
 NODE_DEVICE = "eth0"
 MTU = 1500
@@ -27,6 +28,11 @@ MTU = 1500
 
 def netns_name(lab: str) -> str:
     return f"{PREFIX}{lab}"
+
+
+def external_netns(lab: str, name: str) -> str:
+    """The namespace of a world host (``spec.externals``) of ``lab``."""
+    return f"{WORLD_PREFIX}{lab}-{name}"
 
 
 def lab_of(ns_name: str) -> str | None:
@@ -65,16 +71,27 @@ def create(record: LabNetworkRecord) -> None:
 
 def plug_node(record: LabNetworkRecord, nrec: NodeRecord) -> None:
     """The node's ``eth0`` (its IPs, on-link) and its port on the bridge (named after it)."""
+    _plug(record, nrec.name, nrec.netns, nrec.node_ipv4, nrec.node_ipv6)
+
+
+def plug_external(record: LabNetworkRecord, ext: ExternalRecord) -> None:
+    """A world host's ``eth0`` and its port on the bridge (named after it), as a node's."""
+    _plug(record, ext.name, ext.netns, ext.ipv4, ext.ipv6)
+
+
+def _plug(
+    record: LabNetworkRecord, name: str, ns_name: str, ipv4: str | None, ipv6: str | None
+) -> None:
     addresses: list[bridge.Address] = []
-    if nrec.node_ipv4 is not None:
-        addresses.append(IPv4Interface(f"{nrec.node_ipv4}/{IPv4Network(record.ipv4).prefixlen}"))
-    if nrec.node_ipv6 is not None:
-        addresses.append(IPv6Interface(f"{nrec.node_ipv6}/{IPv6Network(record.ipv6).prefixlen}"))
+    if ipv4 is not None:
+        addresses.append(IPv4Interface(f"{ipv4}/{IPv4Network(record.ipv4).prefixlen}"))
+    if ipv6 is not None:
+        addresses.append(IPv6Interface(f"{ipv6}/{IPv6Network(record.ipv6).prefixlen}"))
     bridge.plug(
         bridge_netns=str(netns.path_of(record.netns)),
         bridge=record.bridge,
-        port=nrec.name,  # node names fit an interface name (schema.NODE_NAME_MAX)
-        netns_path=str(netns.path_of(nrec.netns)),
+        port=name,  # node and host names fit an interface name (schema.NODE_NAME_MAX)
+        netns_path=str(netns.path_of(ns_name)),
         ifname=NODE_DEVICE,
         addresses=addresses,
         mtu=MTU,
@@ -110,11 +127,14 @@ __all__ = [
     "MTU",
     "NODE_DEVICE",
     "PREFIX",
+    "WORLD_PREFIX",
     "agent_flags",
     "create",
+    "external_netns",
     "lab_of",
     "netns_name",
     "plan",
+    "plug_external",
     "plug_node",
     "remove",
 ]

@@ -204,3 +204,92 @@ def test_agents_get_native_routing_with_direct_routes_and_the_cidrs() -> None:
     assert net.ipv4_native_routing_cidr == IPv4Network("10.200.0.0/16")
     assert net.ipv6_native_routing_cidr == IPv6Network("fd00:10:200::/104")
     assert net.ipv4_node == IPv4Address("172.18.0.2")
+
+
+# ---- the world: hosts outside the cluster on the lab network ---------------------------------
+
+
+def test_world_hosts_take_addresses_from_the_top_unless_they_name_them() -> None:
+    spec = lab_spec(
+        externals=[
+            {
+                "name": "web",
+                "command": ["ciliary", "workload", "http-server"],
+                "args": ["--port", "80"],
+            },
+            {"name": "db", "addresses": ["172.18.0.100"]},
+            {"name": "dns", "addresses": ["fc00:f853:ccd:e793::53"]},
+        ]
+    )
+    web, db, dns = spec.externals
+    assert [str(a) for a in dns.addresses] == ["fc00:f853:ccd:e793::53"]
+    assert web.argv() == ["ciliary", "workload", "http-server", "--port", "80"]
+    assert db.argv() == []
+    net = spec.node_network
+    plan = nodenetwork.external_addresses(
+        net.ipv4, net.ipv6, [(e.name, e.addresses) for e in spec.externals]
+    )
+    assert {n: (str(a.ipv4), str(a.ipv6)) for n, a in plan.items()} == {
+        "web": ("172.18.0.254/24", "fc00:f853:ccd:e793:ffff:ffff:ffff:fffe/64"),
+        "db": ("172.18.0.100/24", "fc00:f853:ccd:e793:ffff:ffff:ffff:fffd/64"),
+        "dns": ("172.18.0.252/24", "fc00:f853:ccd:e793::53/64"),
+    }
+    assert underlay.external_netns("demo", "web") == "cilw-demo-web"
+
+
+@pytest.mark.parametrize(
+    ("externals", "expected"),
+    [
+        (
+            [{"name": "node1"}],
+            "spec.externals[0].name: duplicate name 'node1' (also node spec.nodes[0];",
+        ),
+        ([{"name": "w"}, {"name": "w"}], "spec.externals[1].name: duplicate name 'w' (also"),
+        ([{"name": "Web"}], "spec.externals[0].name: expected a DNS-1123 label"),
+        (
+            [{"name": "w", "addresses": ["172.18.0.3"]}],
+            "spec.externals[0].addresses[0]: 172.18.0.3 is node node2",
+        ),
+        (
+            [{"name": "w", "addresses": ["172.18.0.1"]}],
+            "spec.externals[0].addresses[0]: 172.18.0.1 is the lab network's own address",
+        ),
+        (
+            [{"name": "w", "addresses": ["172.18.0.255"]}],
+            "spec.externals[0].addresses[0]: 172.18.0.255 is not a host address of"
+            " spec.nodeNetwork.ipv4 (172.18.0.0/24)",
+        ),
+        (
+            [{"name": "w", "addresses": ["10.1.1.1"]}],
+            "spec.externals[0].addresses[0]: 10.1.1.1 is not a host address of",
+        ),
+        (
+            [{"name": "v"}, {"name": "w", "addresses": ["172.18.0.254"]}],
+            "spec.externals[1].addresses[0]: 172.18.0.254 is also spec.externals[0] (v)",
+        ),
+        (
+            [{"name": "w", "addresses": ["10.1.1.1", "10.1.1.2"]}],
+            "spec.externals[0].addresses[1]: a second IPv4 address (a host has one per family)",
+        ),
+        (
+            [{"name": "w", "addresses": ["web.example"]}],
+            "spec.externals[0].addresses[0]: expected an IP address like 172.18.0.100",
+        ),
+        ([{"name": "w", "image": "nginx"}], "spec.externals[0].image: unknown field"),
+    ],
+)
+def test_bad_world_hosts_are_named(externals: list[dict[str, Any]], expected: str) -> None:
+    (problem,) = problems(lab_text(externals=externals))
+    assert problem.startswith(f"{WHERE}: {expected}"), problem
+
+
+def test_world_hosts_count_against_the_lab_network() -> None:
+    net = {"ipv4": "10.9.0.0/29", "ipv6": "fd09::/120"}  # room for 5
+    lab_spec(3, nodeNetwork=net, externals=[{"name": "a"}, {"name": "b"}])
+    (problem,) = problems(
+        lab_text(3, nodeNetwork=net, externals=[{"name": "a"}, {"name": "b"}, {"name": "c"}])
+    )
+    assert problem == (
+        f"{WHERE}: spec.nodeNetwork.ipv4: 3 nodes and 3 externals do not fit in 10.9.0.0/29: it"
+        " has room for 5 (its first address is the lab network's own)"
+    )
