@@ -287,3 +287,17 @@ def test_relist_reads_the_map_again() -> None:
     asyncio.run(mgr._reconcile())
     assert ipcache.entries[web] == lost
     assert stray.prefix not in ipcache.entries
+
+
+def test_unchanged_objects_are_parsed_once() -> None:
+    """A reconcile recomputes the wanted set from the stores; an object whose resourceVersion
+    did not change keeps its parse (and its host prefixes), a new version is parsed again."""
+    mgr = _manager(FakeIPCache([]), FakeRoutes({}), "tunnel")
+    (first,) = mgr._cluster_endpoints()
+    assert mgr._cluster_endpoints()[0] is first
+    changed = _web_cep()
+    changed["metadata"]["resourceVersion"] = "2"
+    changed["status"]["identity"]["id"] = 301
+    mgr.endpoints_informer.store.put(changed)
+    (second,) = mgr._cluster_endpoints()
+    assert second is not first and second.identity == 301

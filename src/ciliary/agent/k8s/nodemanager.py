@@ -35,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -45,7 +46,7 @@ from ipaddress import (
     ip_address,
     ip_network,
 )
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -54,7 +55,7 @@ from ciliary.core.flow import ReservedIdentity
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheRecord
 from ciliary.k8s.cilium import CiliumEndpoint, CiliumNode
-from ciliary.kube.client import KubeClient, KubeObject
+from ciliary.kube.client import KubeClient, KubeObject, object_key
 from ciliary.kube.informer import HandlerFuncs, Informer
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,12 @@ class ClusterEndpoint:
     """``status.networking.node``: the hosting node's IP (upstream's), or its name (an agent
     without a node IP, and CiliumEndpoints written before node IPs were published)."""
 
+    @cached_property
+    def prefixes(self) -> tuple[IPNet, ...]:
+        """The addresses as host prefixes (made once per object version: ``ip_network`` is
+        what a recomputation over thousands of endpoints would spend its time on)."""
+        return tuple(_host_prefix(a) for a in self.addresses)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -108,9 +115,14 @@ class LocalNode:
     node_ips: tuple[IPAddr, ...]
     pod_cidrs: tuple[IPNet, ...]
 
+    @cached_property
+    def refs(self) -> frozenset[str]:
+        """What a CiliumEndpoint of this node has as ``networking.node``: its name or IPs."""
+        return frozenset((self.name, *(str(a) for a in self.node_ips)))
+
     def hosts(self, node_ref: str) -> bool:
         """Whether a CiliumEndpoint's ``networking.node`` names this node."""
-        return node_ref == self.name or node_ref in {str(a) for a in self.node_ips}
+        return node_ref in self.refs
 
 
 def parse_node(obj: KubeObject) -> ClusterNode:
@@ -224,10 +236,11 @@ def wanted_entries(
         tep: IPv4Address | None = None
         if tunnel:  # by the node's CiliumNode, else the CEP's node IP itself (upstream's)
             tep = tunnel_of[cep.node] if cep.node in tunnel_of else _ipv4_or_none(cep.node)
-        for ip in cep.addresses:
+        entry = Entry(cep.identity, tep)
+        for ip, prefix in zip(cep.addresses, cep.prefixes, strict=True):
             if any(ip in cidr for cidr in local.pod_cidrs if cidr.version == ip.version):
                 continue  # a leftover naming one of this node's addresses: a local endpoint's
-            out.setdefault(_host_prefix(ip), Entry(cep.identity, tep))
+            out.setdefault(prefix, entry)
     for node in remote:
         ep = node.ipv4 if tunnel else None
         for cidr in node.pod_cidrs:
@@ -349,6 +362,9 @@ class NodeManager:
         """What this node manager wrote (None: read the map first)."""
         self._routed: dict[IPNet, IPAddr] | None = None
         self._lists_seen = 0
+        self._nodes: dict[str, tuple[object, ClusterNode | None]] = {}
+        self._endpoints: dict[str, tuple[object, ClusterEndpoint | None]] = {}
+        """Parsed objects by store key, with the resourceVersion they were parsed at."""
         self.reconciles = 0
         self.reconciled = asyncio.Event()
         """Set after each reconcile (tests wait on it)."""
@@ -382,25 +398,12 @@ class NodeManager:
         return sorted(out, key=lambda n: n.name)
 
     def _cluster_nodes(self) -> list[ClusterNode]:
-        out = []
-        for obj in self.nodes_informer.store.objects():
-            try:
-                out.append(parse_node(obj))
-            except ValueError as err:  # fail closed: that node contributes nothing
-                log.warning("node manager: %s", err)
-        return out
+        self._nodes = _parsed(self.nodes_informer, self._nodes, parse_node)
+        return [n for _, n in self._nodes.values() if n is not None]
 
     def _cluster_endpoints(self) -> list[ClusterEndpoint]:
-        out = []
-        for obj in self.endpoints_informer.store.objects():
-            try:
-                cep = parse_endpoint(obj)
-            except ValueError as err:
-                log.warning("node manager: %s", err)
-                continue
-            if cep is not None:
-                out.append(cep)
-        return out
+        self._endpoints = _parsed(self.endpoints_informer, self._endpoints, parse_endpoint)
+        return [e for _, e in self._endpoints.values() if e is not None]
 
     async def _run(self) -> None:
         await self.wait_synced()
@@ -460,3 +463,29 @@ class NodeManager:
             await asyncio.to_thread(routes.delete, prefix)
             del self._routed[prefix]
             log.info("route %s removed", prefix)
+
+
+T = TypeVar("T")
+
+
+def _parsed(
+    informer: Informer,
+    before: dict[str, tuple[object, T | None]],
+    parse: Callable[[KubeObject], T | None],
+) -> dict[str, tuple[object, T | None]]:
+    """The informer's objects parsed, reusing ``before``'s parse of an unchanged version; a
+    malformed object is logged once per version and contributes nothing (fail closed)."""
+    out: dict[str, tuple[object, T | None]] = {}
+    for obj in informer.store.objects():
+        key = object_key(obj)
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        hit = before.get(key)
+        if hit is not None and version is not None and hit[0] == version:
+            out[key] = hit
+            continue
+        try:
+            out[key] = (version, parse(obj))
+        except ValueError as err:
+            log.warning("node manager: %s", err)
+            out[key] = (version, None)
+    return out
