@@ -28,6 +28,7 @@ from ciliary.agent.k8s.nodemanager import (
 )
 from ciliary.core.flow import ReservedIdentity
 from ciliary.core.models import Endpoint, EndpointState
+from ciliary.datapath.linux.errors import LinkError
 from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheRecord
 
 V4 = IPv4Address
@@ -301,3 +302,37 @@ def test_unchanged_objects_are_parsed_once() -> None:
     mgr.endpoints_informer.store.put(changed)
     (second,) = mgr._cluster_endpoints()
     assert second is not first and second.identity == 301
+
+
+class FlakyRoutes(FakeRoutes):
+    """Refuses the first route (the underlay device not there yet)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.refused = 0
+
+    def replace(self, prefix: IPNet, via: Any) -> None:
+        if not self.refused:
+            self.refused += 1
+            raise LinkError(f"route {prefix} via {via}: device eth0 does not exist")
+        super().replace(prefix, via)
+
+
+def test_a_refused_write_is_retried_without_another_event() -> None:
+    routes = FlakyRoutes()
+    mgr = _manager(FakeIPCache([]), routes, "native")
+
+    async def run() -> None:
+        for inf in mgr.informers():
+            inf.synced.set()
+        task = asyncio.create_task(mgr._run())
+        try:
+            async with asyncio.timeout(5):
+                while not routes.table:
+                    await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    asyncio.run(run())
+    assert routes.refused == 1
+    assert routes.table == {net("10.0.2.0/24"): ip_address("172.18.0.3")}

@@ -56,7 +56,7 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheRecord
 from ciliary.k8s.cilium import CiliumEndpoint, CiliumNode
 from ciliary.kube.client import KubeClient, KubeObject, object_key
-from ciliary.kube.informer import HandlerFuncs, Informer
+from ciliary.kube.informer import Backoff, HandlerFuncs, Informer
 
 log = logging.getLogger(__name__)
 
@@ -365,9 +365,6 @@ class NodeManager:
         self._nodes: dict[str, tuple[object, ClusterNode | None]] = {}
         self._endpoints: dict[str, tuple[object, ClusterEndpoint | None]] = {}
         """Parsed objects by store key, with the resourceVersion they were parsed at."""
-        self.reconciles = 0
-        self.reconciled = asyncio.Event()
-        """Set after each reconcile (tests wait on it)."""
 
     def start(self) -> None:
         self.nodes_informer.start()
@@ -407,18 +404,19 @@ class NodeManager:
 
     async def _run(self) -> None:
         await self.wait_synced()
+        backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
             self._wake.clear()
             try:
                 await self._reconcile()
-            except Exception:  # a kernel refusal: logged, retried on the next event
+            except Exception:  # a kernel refusal (a route's device not there yet): retried
                 log.exception("node manager: reconcile failed")
-                self._written = None  # re-read the map next time
+                self._written = None  # re-read the map and the routes next time
                 self._routed = None
-            self.reconciles += 1
-            self.reconciled.set()
+                await asyncio.sleep(backoff.delay())
+                continue
+            backoff.reset()
             await self._wake.wait()
-            self.reconciled.clear()
 
     async def _reconcile(self) -> None:
         lists = self.nodes_informer.lists + self.endpoints_informer.lists
