@@ -26,8 +26,16 @@ the map (pinned across agent restarts) and prunes flagged entries nobody wants a
 the ones still wanted (a restart never drops an entry in use). Every informer event wakes one
 reconcile task (events coalesce: the wanted set is recomputed from the stores, so it is level
 triggered and a 410 relist, which delivers the difference as events, needs no special case; the
-map is read again after a relist all the same). A reconcile is a few map syscalls, so a deleted
-pod's entries are gone milliseconds after its event.
+map is read again after a relist all the same). Objects are parsed once per resourceVersion;
+a reconcile recomputes the whole wanted set (14 ms for 1,000 pods on 10 nodes) and writes only
+the difference, so a deleted pod's entries are gone milliseconds after its event. A reconcile
+the kernel refuses is retried with back-off.
+
+Native routing with ``--auto-direct-node-routes``: one route per remote node's pod CIDR via its
+node IP of the same family (:func:`wanted_routes`, ``datapath.linux.link``'s node routes, marked
+with their own route protocol), diffed the same way; the routes present are read at the first
+reconcile, so a restart changes nothing that is right and prunes what is not (in every mode:
+tunnel mode wants none).
 """
 
 from __future__ import annotations
