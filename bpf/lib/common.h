@@ -59,7 +59,9 @@
 
 /* Hubble TraceObservationPoint enum. */
 #define OBS_TO_STACK 3
+#define OBS_TO_OVERLAY 4
 #define OBS_FROM_ENDPOINT 5
+#define OBS_FROM_OVERLAY 9
 #define OBS_TO_ENDPOINT 101
 
 /* Cilium drop reasons (values < 130 are not drops). */
@@ -72,6 +74,7 @@
 #define DROP_UNKNOWN_L3 139
 #define DROP_WRITE_ERROR 141
 #define DROP_UNKNOWN_L4 142
+#define DROP_NO_TUNNEL_KEY 147
 #define DROP_UNKNOWN_TARGET 150
 #define DROP_FRAG_NOSUPPORT 157
 #define DROP_CT_CREATE_FAILED 155
@@ -118,10 +121,14 @@ struct ipcache_key {
 
 struct ipcache_info {
 	__u32 sec_id;
-	__u32 tunnel_ep;    /* IPv4 of the node hosting the prefix, 0 = local/none */
-	__u8 flags;
+	__u32 tunnel_ep;    /* IPv4 of the node hosting the prefix (network order), 0 = local/none */
+	__u8 flags;         /* IPCACHE_F_* */
 	__u8 pad[3];
 };
+
+/* Written by the node manager from the cluster (remote pods, remote nodes, their pod CIDRs): it
+ * prunes only entries with this bit (local endpoints and CIDR identities are owned by others). */
+#define IPCACHE_F_REMOTE 0x1
 
 /* ciliary_ct key: the tuple as the packet carries it (ports host order). */
 struct ct_key {
@@ -183,10 +190,18 @@ struct policy_entry {
 #define MONITOR_AGG_NONE 0
 #define MONITOR_AGG_MEDIUM 2
 
+/* How pods reach pods of other nodes (the agent's --routing-mode). 0 = native, so a datapath the
+ * agent has not configured yet hands cross-node traffic to the stack rather than to a tunnel
+ * device that may not exist. */
+#define ROUTING_MODE_NATIVE 0
+#define ROUTING_MODE_TUNNEL 1
+
 struct dp_config {
 	__u64 aggregation_interval_ns;
 	__u32 monitor_aggregation;
 	__u32 flags;
+	__u32 routing_mode;     /* ROUTING_MODE_* */
+	__u32 tunnel_ifindex;   /* ciliary_vxlan in tunnel mode, else 0 */
 };
 
 /* One record in the ciliary_events ring buffer per reported verdict. */

@@ -17,4 +17,20 @@ static __always_inline struct dp_config *dp_config_get(void)
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&ciliary_config, &zero);
 }
+
+#define DEFAULT_AGG_INTERVAL (5 * 1000000000ULL)
+
+/* Monitor aggregation level and report interval; Cilium's defaults (medium, 5 s) until the agent
+ * has written the entry (an array slot always exists: an interval of 0 means "not yet"). */
+static __always_inline void load_config(__u32 *level, __u64 *interval)
+{
+	struct dp_config *cfg = dp_config_get();
+	if (!cfg || cfg->aggregation_interval_ns == 0) {
+		*level = MONITOR_AGG_MEDIUM;
+		*interval = DEFAULT_AGG_INTERVAL;
+		return;
+	}
+	*level = cfg->monitor_aggregation;
+	*interval = cfg->aggregation_interval_ns;
+}
 #endif

@@ -18,7 +18,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_ipcache SEC(".maps");
 
-static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
+/* The longest prefix covering `addr`: its identity and, for a prefix on another node in tunnel
+ * mode, the node to encapsulate to. NULL when nothing covers it. */
+static __always_inline struct ipcache_info *ipcache_lookup(const __u8 *addr, __u8 family)
 {
 	struct ipcache_key k = {};
 	k.family = family;
@@ -29,9 +31,18 @@ static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
 		k.prefixlen = 32 + 128;
 		__builtin_memcpy(k.addr, addr, 16);
 	}
-	struct ipcache_info *info = bpf_map_lookup_elem(&ciliary_ipcache, &k);
+	return bpf_map_lookup_elem(&ciliary_ipcache, &k);
+}
+
+static __always_inline __u32 ipcache_info_identity(const struct ipcache_info *info, __u8 family)
+{
 	if (info)
 		return info->sec_id;
 	return family == AF_INET4 ? ID_WORLD_IPV4 : ID_WORLD_IPV6;
+}
+
+static __always_inline __u32 ipcache_identity(const __u8 *addr, __u8 family)
+{
+	return ipcache_info_identity(ipcache_lookup(addr, family), family);
 }
 #endif

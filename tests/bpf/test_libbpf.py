@@ -66,7 +66,12 @@ from ciliary.datapath.maps import (
     IPCacheMap,
     decode_trace_event,
 )
-from ciliary.datapath.maps.config import MONITOR_AGG_MEDIUM, MONITOR_AGG_NONE
+from ciliary.datapath.maps.config import (
+    MONITOR_AGG_MEDIUM,
+    MONITOR_AGG_NONE,
+    ROUTING_MODE_NATIVE,
+    ROUTING_MODE_TUNNEL,
+)
 from ciliary.datapath.maps.endpoints import encode_addr
 
 pytestmark = pytest.mark.privileged
@@ -229,7 +234,7 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
 
 def test_map_info(loaded: BPFObject) -> None:
     expected = {
-        "ciliary_config": (BPF_MAP_TYPE_ARRAY, 4, 16, 1, 0),
+        "ciliary_config": (BPF_MAP_TYPE_ARRAY, 4, 24, 1, 0),
         "ciliary_lxc": (BPF_MAP_TYPE_HASH, 20, 24, 65536, 0),
         "ciliary_ipcache": (BPF_MAP_TYPE_LPM_TRIE, 24, 12, 512000, BPF_F_NO_PREALLOC),
         "ciliary_ct": (BPF_MAP_TYPE_LRU_HASH, 40, 80, 65536, 0),
@@ -419,6 +424,11 @@ def test_config_map(loaded: BPFObject) -> None:
             5 * 10**9,
             3,
         )
+        assert (got.routing_mode, got.tunnel_ifindex) == (ROUTING_MODE_NATIVE, 0)
+        cfg.set(MONITOR_AGG_MEDIUM, 5 * 10**9, routing_mode=ROUTING_MODE_TUNNEL, tunnel_ifindex=9)
+        assert (cfg.get().routing_mode, cfg.get().tunnel_ifindex) == (ROUTING_MODE_TUNNEL, 9)
+        with pytest.raises(ValueError, match="ifindex"):
+            cfg.set(MONITOR_AGG_MEDIUM, 5 * 10**9, routing_mode=ROUTING_MODE_TUNNEL)
         assert raw.count() == 1
 
 
@@ -459,7 +469,7 @@ def test_typed_errors(loaded: BPFObject, tmp_path: Path) -> None:
         raw.update(key, value, BPF_ANY)
     with loaded.map("ciliary_config") as array:
         with pytest.raises(BPFNoSpaceError):  # index beyond max_entries: E2BIG
-            array.update((1).to_bytes(4, "little"), bytes(16))
+            array.update((1).to_bytes(4, "little"), bytes(24))
         with pytest.raises(BPFInvalidError):  # array elements cannot be deleted
             array.delete_batch([bytes(4)])
 
@@ -724,7 +734,8 @@ def test_forwarded_packet_is_traced_and_tracked(loaded: BPFObject, netns: str) -
             mac="02:aa:bb:cc:dd:01",
             node_mac="02:aa:bb:cc:dd:02",
         )
-        IPCacheMap(ipcache).upsert(ip_network("10.99.0.0/24"), 5678)
+        # a prefix of another node, but the datapath is in native mode: the stack routes it
+        IPCacheMap(ipcache).upsert(ip_network("10.99.0.0/24"), 5678, IPv4Address("192.0.2.9"))
         ConfigMap(config).set(MONITOR_AGG_NONE, 0)
 
         records: list[bytes] = []

@@ -18,7 +18,7 @@ import time
 from ipaddress import ip_network
 
 from ciliary import __version__
-from ciliary.agent.config import MONITOR_AGGREGATION, AgentConfig
+from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.hubble import AgentHubble
 from ciliary.agent.identity import IdentityAllocator, LocalIdentityAllocator
@@ -50,6 +50,7 @@ from ciliary.core.models import (
 from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
+from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNEL
 from ciliary.kube.client import KubeClient
 from ciliary.kube.informer import Informer
 
@@ -95,7 +96,7 @@ class Agent:
             identities=self.identities,
             pods=self._pod_meta,
             policy=self.policy,
-            mtu=cfg.mtu,
+            mtu=self._pod_mtu(cfg),
             on_change=self._endpoint_changed,
         )
         self.monitor = Monitor(
@@ -115,6 +116,13 @@ class Agent:
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+
+    @staticmethod
+    def _pod_mtu(cfg: AgentConfig) -> int:
+        """Cilium's route MTU: in tunnel mode every pod packet gets a VXLAN header on the way
+        to another node, so pods send that much less than the underlay carries."""
+        tunnel = cfg.network.routing_mode == "tunnel"
+        return cfg.mtu - TUNNEL_OVERHEAD if tunnel else cfg.mtu
 
     def _make_ipam(self, cfg: AgentConfig) -> IPAM:
         if cfg.ipam_mode == "pools":  # Calico's pools and blocks live in the API (main checks)
@@ -271,15 +279,28 @@ class Agent:
         for router in (self.ipam.router_v4, self.ipam.router_v6):
             if router is not None:
                 self.datapath.ipcache.upsert(ip_network(router), ReservedIdentity.HOST)
+        net = self.cfg.network
+        mode, tunnel_ifindex = ROUTING_MODE_NATIVE, 0
+        if net.routing_mode == "tunnel":
+            # kept as it is when it exists (restart contract); the program replaced atomically
+            tunnel_ifindex = await asyncio.to_thread(
+                links.ensure_tunnel_device, net.tunnel_port, self._pod_mtu(self.cfg)
+            )
+            self.datapath.attach_overlay(tunnel_ifindex)
+            mode = ROUTING_MODE_TUNNEL
+        # written once, whole, after the device exists: a restarted agent's programs keep
+        # tunnelling with the previous entry until then
+        self.datapath.config.set(
+            MONITOR_AGGREGATION[self.cfg.monitor_aggregation],
+            int(self.cfg.monitor_aggregation_interval_s * 1e9),
+            routing_mode=mode,
+            tunnel_ifindex=tunnel_ifindex,
+        )
 
     async def run(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.datapath.load()
-        self.datapath.config.set(
-            MONITOR_AGGREGATION[cfg.monitor_aggregation],
-            int(cfg.monitor_aggregation_interval_s * 1e9),
-        )
         await self._setup_node()
         if cfg.kubeconfig is not None or cfg.in_cluster:
             await self._connect_kubernetes()

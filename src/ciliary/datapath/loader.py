@@ -1,5 +1,11 @@
-"""One node's datapath: the compiled object loaded once, its maps and programs pinned under
-``/sys/fs/bpf/ciliary/<node>/``, and the attach/detach of an endpoint's lxc device.
+"""One node's datapath: the compiled objects loaded once, their maps and programs pinned under
+``/sys/fs/bpf/ciliary/<node>/``, the attach/detach of an endpoint's lxc device and of the tunnel
+device's program.
+
+One object per attach point, as Cilium's: ``bpf_lxc.o`` (the endpoints' lxc devices) and
+``bpf_overlay.o`` next to it (``ciliary_vxlan``'s ingress). Both declare the same maps with the
+same pins, so the second load reuses what the first created: one conntrack table, one ipcache,
+one events ring per node whichever program saw a packet.
 
 Restart contract: maps are opened through their pins (libbpf reuses a pinned map of the same
 shape), so a restarted agent sees the conntrack, endpoint and ipcache state the datapath kept
@@ -27,6 +33,8 @@ BPF_FS = Path("/sys/fs/bpf")
 PIN_ROOT = BPF_FS / "ciliary"
 FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
+FROM_OVERLAY = "cil_from_overlay"
+OVERLAY_OBJECT = "bpf_overlay.o"
 EVENTS_MAP = "ciliary_events"
 
 
@@ -50,30 +58,45 @@ class NodeDatapath:
 
     def __init__(self, object_path: Path, pin_dir: Path, *, ct_max: int = 65536) -> None:
         self.object_path = object_path
+        self.overlay_object_path = object_path.parent / OVERLAY_OBJECT
         self.pin_dir = pin_dir
         self._ct_max = ct_max
         self._obj: BPFObject | None = None
+        self._overlay: BPFObject | None = None
         self._maps: dict[str, Map] = {}
 
-    def load(self) -> None:
-        if not self.object_path.exists():
-            raise FileNotFoundError(
-                f"BPF object {self.object_path} not found (run `make -C bpf` / `make setup`)"
-            )
-        bpffs.ensure_mounted()
-        self.pin_dir.mkdir(parents=True, exist_ok=True)
-        obj = BPFObject.open(
-            self.object_path, pin_dir=self.pin_dir, max_entries={"ciliary_ct": self._ct_max}
-        )
+    def _open(self, path: Path) -> BPFObject:
+        obj = BPFObject.open(path, pin_dir=self.pin_dir, max_entries={"ciliary_ct": self._ct_max})
         try:
             obj.load()
-            for prog in (FROM_CONTAINER, TO_CONTAINER):
-                obj.pin_program(prog, self.pin_dir / prog)
-            self._maps = {name: obj.map(name) for name in obj.map_names()}
         except BaseException:
             obj.close()
             raise
+        return obj
+
+    def load(self) -> None:
+        for path in (self.object_path, self.overlay_object_path):
+            if not path.exists():  # both checked before anything is created or pinned
+                raise FileNotFoundError(
+                    f"BPF object {path} not found (run `make -C bpf` / `make setup`)"
+                )
+        bpffs.ensure_mounted()
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        obj = self._open(self.object_path)
+        overlay: BPFObject | None = None
+        try:
+            overlay = self._open(self.overlay_object_path)
+            for prog in (FROM_CONTAINER, TO_CONTAINER):
+                obj.pin_program(prog, self.pin_dir / prog)
+            overlay.pin_program(FROM_OVERLAY, self.pin_dir / FROM_OVERLAY)
+            self._maps = {name: obj.map(name) for name in obj.map_names()}
+        except BaseException:
+            if overlay is not None:
+                overlay.close()
+            obj.close()
+            raise
         self._obj = obj
+        self._overlay = overlay
         self.endpoints = EndpointMap(self._maps["ciliary_lxc"])
         self.ipcache = IPCacheMap(self._maps["ciliary_ipcache"])
         self.ct = CTMap(self._maps["ciliary_ct"])
@@ -83,7 +106,7 @@ class NodeDatapath:
 
     @property
     def programs(self) -> list[str]:
-        return [FROM_CONTAINER, TO_CONTAINER]
+        return [FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY]
 
     @property
     def events_map(self) -> Map:
@@ -107,6 +130,15 @@ class NodeDatapath:
     def is_attached(self, ifindex: int) -> bool:
         return tc_query(ifindex, "ingress") is not None and tc_query(ifindex, "egress") is not None
 
+    def attach_overlay(self, ifindex: int) -> None:
+        """Attach cil_from_overlay to the tunnel device's ingress (replacing what is there)."""
+        if self._overlay is None:
+            raise RuntimeError("datapath not loaded")
+        tc_attach(ifindex, self._overlay.program_fd(FROM_OVERLAY), "ingress")
+
+    def overlay_attached(self, ifindex: int) -> bool:
+        return tc_query(ifindex, "ingress") is not None
+
     def map_usage(self) -> list[MapUsage]:
         out = []
         for name, m in sorted(self._maps.items()):
@@ -122,9 +154,10 @@ class NodeDatapath:
         for m in self._maps.values():
             m.close()
         self._maps = {}
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
+        for obj in (self._obj, self._overlay):
+            if obj is not None:
+                obj.close()
+        self._obj = self._overlay = None
 
 
 def remove_pins(pin_dir: Path) -> None:

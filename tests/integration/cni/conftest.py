@@ -81,6 +81,8 @@ class NodeAgent:
     ipv4_range: str | None
     ipv6_range: str | None
     log: Path
+    extra_args: tuple[str, ...] = ()
+    """More agent flags (``--routing-mode native``, ``--ipv4-node``...)."""
     proc: subprocess.Popen[bytes] | None = None
     _log_file: Any = field(default=None, repr=False)
 
@@ -102,6 +104,7 @@ class NodeAgent:
             argv += ["--ipv4-range", self.ipv4_range]
         if self.ipv6_range:
             argv += ["--ipv6-range", self.ipv6_range]
+        argv += self.extra_args
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
             argv, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

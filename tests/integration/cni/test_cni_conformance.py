@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ciliary.agent.config import TUNNEL_OVERHEAD
 from ciliary.client.agent import AgentAPIError
 from ciliary.core.models import EndpointState, IPAMAllocateRequest
 
@@ -131,7 +132,8 @@ def test_add_result_has_the_shape_of_the_requested_version(
     assert (ep.pod_name, ep.namespace, ep.labels) == ("web-1", "shop", {"app": "web"})
     assert host["mac"] == ep.node_mac and sandbox["mac"] == ep.mac
     if version == "1.1.0":
-        assert sandbox["mtu"] == ep.mtu == 1500
+        # the agent runs in tunnel mode (the default): its --mtu less the VXLAN header
+        assert sandbox["mtu"] == ep.mtu == 1500 - TUNNEL_OVERHEAD
         assert set(sandbox) == {"name", "mac", "mtu", "sandbox"}
     else:
         assert set(sandbox) == {"name", "mac", "sandbox"}

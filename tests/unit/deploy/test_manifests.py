@@ -405,8 +405,11 @@ def test_image_has_what_the_manifests_run() -> None:
         for c in _containers(doc["kind"], doc["metadata"]["name"]):
             command = c["command"][0]
             assert command in scripts or command in copied, command
-    bpf_dir = next(i for i in instructions if "bpf_lxc.o" in i and i.startswith("COPY")).split()[-1]
-    assert (ROOT / "bpf" / "bpf_lxc.c").exists()
+    copy_bpf = next(i for i in instructions if "bpf_lxc.o" in i and i.startswith("COPY"))
+    bpf_dir = copy_bpf.split()[-1]
+    # the agent loads the overlay object from the lxc object's directory
+    assert "/bpf_overlay.o " in copy_bpf
+    assert (ROOT / "bpf" / "bpf_lxc.c").exists() and (ROOT / "bpf" / "bpf_overlay.c").exists()
     agent = _argv(_container("DaemonSet", "ciliary", "ciliary-agent"))
     assert f"--bpf-object={bpf_dir}bpf_lxc.o" in agent
 

@@ -35,6 +35,7 @@ IFA_F_NODAD = 0x02
 RT_SCOPE_LINK = 253
 HOST_DEVICE = "ciliary_host"
 HOST_PEER = "ciliary_net"
+TUNNEL_DEVICE = "ciliary_vxlan"
 LXC_PREFIX = "lxc"
 
 
@@ -281,6 +282,49 @@ def ensure_host_device(router_v4: IPv4Address | None, router_v6: IPv6Address | N
         lo = _index(ipr, "lo")
         if lo is not None:
             _netlink("set lo up", ipr.link, "set", index=lo, state="up")
+        return idx
+
+
+def _vxlan_settings(msg: Any) -> tuple[str | None, int | None, bool]:
+    """(kind, UDP port, external) of a link message."""
+    info = _attr(msg, "IFLA_LINKINFO")
+    if info is None:
+        return None, None, False
+    kind = info.get_attr("IFLA_INFO_KIND")
+    data = info.get_attr("IFLA_INFO_DATA")
+    if kind != "vxlan" or data is None:
+        return kind, None, False
+    port = data.get_attr("IFLA_VXLAN_PORT")
+    return kind, port, bool(data.get_attr("IFLA_VXLAN_COLLECT_METADATA"))
+
+
+def ensure_tunnel_device(port: int, mtu: int) -> int:
+    """The node's VXLAN device ``ciliary_vxlan`` (as Cilium's ``cilium_vxlan``): external
+    (collect_md: the programs set and read each packet's tunnel key, VNI and remote node), no
+    learning, UDP ``port``; up. Returns its ifindex.
+
+    Restart contract: a device that already is such a VXLAN device on ``port`` is kept as it is
+    (its ifindex, its attached program, the packets in flight), so restarting the agent never
+    interrupts cross-node connections. Only one of another kind or port (a changed
+    ``--tunnel-port``) is replaced."""
+    with _ipr() as ipr:
+        idx = _index(ipr, TUNNEL_DEVICE)
+        if idx is not None:
+            kind, have_port, external = _vxlan_settings(ipr.link("get", index=idx)[0])
+            if (kind, have_port, external) != ("vxlan", port, True):
+                _netlink(f"delete {TUNNEL_DEVICE} ({kind}, port {have_port})", ipr.link,
+                         "del", index=idx)  # fmt: skip
+                idx = None
+        if idx is None:
+            _netlink(
+                f"create {TUNNEL_DEVICE}", ipr.link, "add",
+                ifname=TUNNEL_DEVICE, kind="vxlan", vxlan_port=port,
+                vxlan_collect_metadata=1, vxlan_learning=0, mtu=mtu,
+            )  # fmt: skip
+            idx = _index(ipr, TUNNEL_DEVICE)
+            if idx is None:
+                raise LinkError(f"{TUNNEL_DEVICE} vanished right after creation")
+        _netlink(f"set {TUNNEL_DEVICE} up", ipr.link, "set", index=idx, state="up")
         return idx
 
 

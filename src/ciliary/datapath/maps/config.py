@@ -12,10 +12,23 @@ from dataclasses import dataclass
 from ciliary.datapath.libbpf import BPF_ANY, Map
 from ciliary.datapath.maps.endpoints import check_map_layout
 
-__all__ = ["MONITOR_AGG_MEDIUM", "MONITOR_AGG_NONE", "ConfigMap", "DPConfig", "DPConfigC"]
+__all__ = [
+    "MONITOR_AGG_MEDIUM",
+    "MONITOR_AGG_NONE",
+    "ROUTING_MODE_NATIVE",
+    "ROUTING_MODE_TUNNEL",
+    "ConfigMap",
+    "DPConfig",
+    "DPConfigC",
+]
 
 MONITOR_AGG_NONE = 0
 MONITOR_AGG_MEDIUM = 2
+ROUTING_MODE_NATIVE = 0
+"""bpf_lxc hands traffic for other nodes to the stack (also what an unwritten entry means)."""
+ROUTING_MODE_TUNNEL = 1
+"""bpf_lxc encapsulates traffic for prefixes with an ipcache tunnel endpoint into the device
+``tunnel_ifindex``."""
 
 _KEY = bytes(ctypes.sizeof(ctypes.c_uint32))  # index 0
 
@@ -28,6 +41,8 @@ class DPConfigC(ctypes.Structure):
         ("aggregation_interval_ns", ctypes.c_uint64),
         ("monitor_aggregation", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
+        ("routing_mode", ctypes.c_uint32),
+        ("tunnel_ifindex", ctypes.c_uint32),
     ]
 
 
@@ -36,6 +51,8 @@ class DPConfig:
     monitor_aggregation: int
     aggregation_interval_ns: int
     flags: int
+    routing_mode: int = ROUTING_MODE_NATIVE
+    tunnel_ifindex: int = 0
 
 
 class ConfigMap:
@@ -45,11 +62,24 @@ class ConfigMap:
         check_map_layout(bpf_map, ctypes.c_uint32, DPConfigC)
         self.map = bpf_map
 
-    def set(self, monitor_aggregation: int, aggregation_interval_ns: int, flags: int = 0) -> None:
+    def set(
+        self,
+        monitor_aggregation: int,
+        aggregation_interval_ns: int,
+        flags: int = 0,
+        *,
+        routing_mode: int = ROUTING_MODE_NATIVE,
+        tunnel_ifindex: int = 0,
+    ) -> None:
+        """Writes the whole entry at once: the running programs never see half of it."""
+        if routing_mode == ROUTING_MODE_TUNNEL and tunnel_ifindex <= 0:
+            raise ValueError("tunnel routing needs the tunnel device's ifindex")
         value = DPConfigC(
             aggregation_interval_ns=aggregation_interval_ns,
             monitor_aggregation=monitor_aggregation,
             flags=flags,
+            routing_mode=routing_mode,
+            tunnel_ifindex=tunnel_ifindex,
         )
         self.map.update(_KEY, bytes(value), BPF_ANY)
 
@@ -60,4 +90,6 @@ class ConfigMap:
             monitor_aggregation=int(value.monitor_aggregation),
             aggregation_interval_ns=int(value.aggregation_interval_ns),
             flags=int(value.flags),
+            routing_mode=int(value.routing_mode),
+            tunnel_ifindex=int(value.tunnel_ifindex),
         )

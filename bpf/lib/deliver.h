@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Delivery to a local endpoint, the tail both ways into a pod share: from another pod of this
+ * node (bpf_lxc) and from a pod of another node out of the tunnel (bpf_overlay). The receiver's
+ * ingress policy is checked with the sender's identity (unless conntrack says the packet answers
+ * a connection the receiver opened), then the node acts as the pod's router: TTL−1, the
+ * endpoint's own MACs, and bpf_redirect_peer straight into its eth0 (no second pass through the
+ * node stack, so the lxc's tc egress never sees these packets). */
+#ifndef __CILIARY_DELIVER_H
+#define __CILIARY_DELIVER_H
+#include "common.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "events.h"
+#include "l3.h"
+#include "policy.h"
+
+/* Metadata of a FORWARDED trace for a packet conntrack has just classified. */
+static __always_inline void trace_meta(struct event_meta *m, const struct ct_result *ct,
+				       __u16 ep_id, __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
+				       __u8 obs, const struct policy_verdict *pv, __u8 direction)
+{
+	m->policy_cookie = pv->cookie;
+	m->policy_match = pv->match;
+	m->traffic_direction = direction;
+	m->type = EVENT_TRACE;
+	m->verdict = VERDICT_FORWARDED;
+	m->obs_point = obs;
+	m->ep_id = ep_id;
+	m->dst_ep_id = dst_ep_id;
+	m->src_sec_id = src_id;
+	m->dst_sec_id = dst_id;
+	m->is_reply = ct->state == CT_REPLY;
+	m->ct_state = ct->state;
+	if (ct->entry)
+		m->ct_created_ns = ct->entry->created_ns;
+}
+
+/* `ev_ep` is the endpoint events are reported for (the sending pod in bpf_lxc, the receiving
+ * one in bpf_overlay); `pv_out` the sender's egress verdict when this node checked it (its
+ * cookie names the rule in the trace when the receiver enforces nothing). Returns the tc verdict. */
+static __always_inline int local_deliver(struct __sk_buff *skb, const struct pkt *p,
+					 struct ct_result *ct, const struct endpoint_info *dst,
+					 __u16 ev_ep, __u32 src_id, __u32 dst_id, int skip_policy,
+					 const struct policy_verdict *pv_out)
+{
+	struct policy_verdict pv_in = {};
+	struct event_meta m = {};
+	__u32 dst_ifindex = dst->ifindex;
+	__u8 dmac[6], smac[6];
+	int ret;
+
+	if (!(dst->flags & EP_F_READY))
+		return drop_packet(skb, p, DROP_EP_NOT_READY, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+	__builtin_memcpy(dmac, dst->mac, 6);
+	__builtin_memcpy(smac, dst->node_mac, 6);
+	__u16 dst_ep = dst->ep_id;
+	if (!skip_policy) {
+		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, p, &pv_in);
+		if (pv_in.enforced && (ret < 0 || ct->state == CT_NEW))
+			policy_verdict_notify(skb, p, ev_ep, dst_ep, src_id, dst_id, pv_in.cookie,
+					      pv_in.match, TRAFFIC_INGRESS, ret);
+		if (ret < 0) {
+			ct_forget_new(p, ct);
+			return drop_policy(skb, p, -ret, ev_ep, dst_ep, src_id, dst_id,
+					   OBS_TO_ENDPOINT, pv_in.cookie, pv_in.match,
+					   TRAFFIC_INGRESS);
+		}
+	}
+	trace_meta(&m, ct, ev_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
+		   pv_in.enforced ? &pv_in : pv_out, TRAFFIC_INGRESS);
+	ret = l3_dec_ttl(skb, p);
+	if (ret == 0)
+		ret = l2_rewrite(skb, dmac, smac);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+	if (ct->report)
+		emit_event(skb, p, &m);
+	return bpf_redirect_peer(dst_ifindex, 0);
+}
+#endif
