@@ -288,6 +288,8 @@ class Agent:
             )
             self.datapath.attach_overlay(tunnel_ifindex)
             mode = ROUTING_MODE_TUNNEL
+        elif await asyncio.to_thread(links.delete_link, links.TUNNEL_DEVICE):
+            log.info("native routing: removed the tunnel device of an earlier run")
         # written once, whole, after the device exists: a restarted agent's programs keep
         # tunnelling with the previous entry until then
         self.datapath.config.set(
