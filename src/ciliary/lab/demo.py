@@ -1,8 +1,10 @@
 """``make demo``: bring up the embedded default lab and walk through what it shows.
 
 Each step runs a real client in one pod against a server in another and checks the outcome (the
-database is protected by a policy, so the client's attempts must fail); a monitor subscription to
-the node's agent collects the datapath's own events for those packets, and the same flows are
+database is protected by a policy, so the client's attempts must fail); the default lab has two
+nodes (VXLAN between them) and puts the web server and the database on the second, so the
+traffic crosses nodes and the database's node decides; a monitor subscription to every node's
+agent collects the datapath's own events for those packets, and the same flows are
 then read back through Hubble (the lab's relay, as ``ciliary observe`` does), with verdicts, drop
 reasons and the policy that decided: for the database's default deny, the policy that selected it
 (``db-from-web``), which the flow carries in its ``extensions``. The lab stays up for the user to
@@ -142,7 +144,7 @@ def run(console: Console) -> int:
     if lab in manager.list_labs():
         console.print(f"[dim]lab {lab} is already up: recreating it[/dim]")
         manager.down(lab)
-    console.rule("[bold]ciliary demo[/bold]: one node, four pods, our eBPF datapath")
+    console.rule("[bold]ciliary demo[/bold]: two nodes, four pods, our eBPF datapath")
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as prog:
         view = manager.up(None, progress=prog)
     nodes = Table(title="nodes (network namespaces, one agent each)")
@@ -152,15 +154,18 @@ def run(console: Console) -> int:
         nodes.add_row(n.name, n.netns, str(n.agent_pid), f"{n.ipv4_cidr}  {n.ipv6_cidr}")
     console.print(nodes)
     ips = {f"{p.namespace}/{p.name}": (p.ipv4, p.ipv6) for p in view.pods}
-    sock = manager.agent_socket(view.nodes[0].name, name=lab)
+    socks = [manager.agent_socket(n.name, name=lab) for n in view.nodes]
 
-    collector = _Collector(sock)
-    collector.start()
-    collector.ready.wait(5)
+    collectors = [_Collector(sock) for sock in socks]
+    for collector in collectors:
+        collector.start()
+        collector.ready.wait(5)
     time.sleep(0.3)
     _wait_servers(lab, ips)
 
-    console.rule("pod → pod traffic through bpf_lxc (redirect_peer between lxc devices)")
+    console.rule(
+        "pod → pod traffic through bpf_lxc (redirect_peer on one node, VXLAN between nodes)"
+    )
     results = Table()
     for col in ("check", "from", "result", "output"):
         results.add_column(col)
@@ -177,13 +182,15 @@ def run(console: Console) -> int:
         results.add_row(step.title, step.pod, result, last[:70])
     console.print(results)
     time.sleep(0.5)
-    collector.stop()
+    for collector in collectors:
+        collector.stop()
 
     console.rule("what the datapath reported (ring buffer → agent → ciliary monitor)")
     events = Table()
     for col in ("time", "source", "destination", "summary", "verdict", "point", "identities"):
         events.add_column(col, no_wrap=True)
-    seen = [e for e in collector.events if e.src_pod or e.dst_pod]
+    captured = sorted((e for c in collectors for e in c.events), key=lambda e: e.time)
+    seen = [e for e in captured if e.src_pod or e.dst_pod]
     for e in seen[-24:]:
         src = f"{e.src_pod or e.src_ip}:{e.src_port}" if e.src_port else (e.src_pod or e.src_ip)
         dst = f"{e.dst_pod or e.dst_ip}:{e.dst_port}" if e.dst_port else (e.dst_pod or e.dst_ip)
@@ -194,14 +201,16 @@ def run(console: Console) -> int:
         )  # fmt: skip
     console.print(events)
     console.print(
-        f"[dim]{len(collector.events)} events captured; showing the last {min(24, len(seen))}[/dim]"
+        f"[dim]{len(captured)} events captured; showing the last {min(24, len(seen))}[/dim]"
     )
 
     failures += _show_hubble(console, lab)
 
-    console.rule("endpoints (ciliary endpoint list)")
-    with AgentClient(sock) as cl:
-        eps = cl.endpoints()
+    console.rule("endpoints (ciliary endpoint list, on every node)")
+    eps = []
+    for sock in socks:
+        with AgentClient(sock) as cl:
+            eps += cl.endpoints()
     table = Table()
     for col in ("ENDPOINT", "IDENTITY", "POD", "IPv4", "IPv6", "STATUS"):
         table.add_column(col)

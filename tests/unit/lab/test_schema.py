@@ -201,11 +201,14 @@ def test_default_scenario() -> None:
     assert packaged.read_text() == DEFAULT_SCENARIO
     lf = load_default()
     assert lf.lab.name == "ciliary-demo"
-    assert lf.lab.node_names == ["node1"]
+    assert lf.lab.node_names == ["node1", "node2"]
     assert [(ns.name, ns.labels) for ns in lf.namespaces] == [("shop", {"team": "shop"})]
     pods = {p.key: p for p in lf.pods}
     assert sorted(pods) == ["default/client", "shop/db", "shop/echo", "shop/web"]
-    assert all(p.node_name == "node1" for p in lf.pods)
+    # the web tier and the database on the second node: the demo's traffic crosses nodes
+    assert {k: p.node_name for k, p in pods.items()} == {
+        "default/client": "node1", "shop/echo": "node1", "shop/web": "node2", "shop/db": "node2",
+    }  # fmt: skip
     assert pods["default/client"].labels == {"app": "client"}
     assert pods["default/client"].argv() == ["ciliary", "workload", "pause"]
     assert pods["shop/web"].argv() == ["ciliary", "workload", "http-server", "--port", "80"]
