@@ -98,6 +98,17 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """Cluster health (``agent/health.py``), cilium-agent's ``--enable-health-checking`` and
+    ``--cluster-health-port``; ``--cluster-health-interval`` is ciliary's (upstream probes every
+    60 s, fixed), so a lab can see a node go away in seconds."""
+
+    enabled: bool = True
+    port: int = 4240
+    interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node: str
     state_dir: Path
@@ -123,6 +134,7 @@ class AgentConfig:
     """Cilium's --enable-policy: default (enforce once selected), always, never."""
     hubble: HubbleConfig = field(default_factory=HubbleConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     cluster_name: str = DEFAULT_CLUSTER_NAME
     """Cilium's --cluster-name: the cluster the node's endpoints belong to (Hubble's
     ``Endpoint.cluster_name``, ``--cluster`` filters, ``list namespaces``)."""

@@ -20,6 +20,7 @@ from ipaddress import ip_network
 from ciliary import __version__
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
 from ciliary.agent.endpoints import EndpointManager
+from ciliary.agent.health import ClusterHealthChecker, HealthTarget
 from ciliary.agent.hubble import AgentHubble
 from ciliary.agent.identity import IdentityAllocator, LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
@@ -52,7 +53,7 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNEL
 from ciliary.kube.client import KubeClient
-from ciliary.kube.informer import Informer
+from ciliary.kube.informer import HandlerFuncs, Informer
 
 log = logging.getLogger(__name__)
 CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply"}
@@ -112,6 +113,8 @@ class Agent:
         self.service_watcher: ServiceWatcher | None = None
         self.endpoint_sync: EndpointSync | None = None
         self.node_manager: NodeManager | None = None
+        self.health: ClusterHealthChecker | None = None
+        """Cluster health: with a Kubernetes API (its nodes are the node manager's)."""
         self.crd_identities: CRDIdentityAllocator | None = None
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -163,6 +166,18 @@ class Agent:
         self.policy_watcher.start()
         self.crd_identities.start()
         self.endpoint_sync.start()
+        if self.cfg.health.enabled:  # probes once the node manager knows the cluster's nodes
+            self.health = ClusterHealthChecker(
+                self._health_targets,
+                ready=self.node_manager.wait_synced,
+                interval_s=self.cfg.health.interval_s,
+                port=self.cfg.health.port,
+            )
+            soon = self.health.probe_soon  # a node joins or leaves: probe now, not in a minute
+            self.node_manager.nodes_informer.add_handler(
+                HandlerFuncs(add=lambda _o: soon(), delete=lambda _o: soon())
+            )
+            await self.health.start()
         self.node_manager.start()  # writes nothing before its informers synced
         log.info("waiting for the Kubernetes API at %s", self.kube.host)
         await self.pod_watcher.wait_synced()
@@ -187,6 +202,11 @@ class Agent:
         """This node's IPs on the underlay (``--ipv4-node``, ``--ipv6-node``), IPv4 first."""
         net = self.cfg.network
         return [str(a) for a in (net.ipv4_node, net.ipv6_node) if a is not None]
+
+    def _health_targets(self) -> list[HealthTarget]:
+        nm = self.node_manager
+        nodes = nm.nodes() if nm is not None else []
+        return [HealthTarget(n.name, n.node_ips, n.local) for n in nodes]
 
     def _make_node_manager(self, kube: KubeClient) -> NodeManager:
         net = self.cfg.network
@@ -238,6 +258,8 @@ class Agent:
             sync.deleted(ep.namespace, ep.pod_name)
 
     async def _disconnect_kubernetes(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
         if self.endpoint_sync is not None:
             await self.endpoint_sync.flushed(2.0)
             await self.endpoint_sync.stop()
@@ -381,6 +403,7 @@ class Agent:
                 ClusterNodeStatus(name=n.name, node_ips=list(n.node_ips), local=n.local)
                 for n in self.node_manager.nodes()
             ],
+            cluster_health=None if self.health is None else self.health.report(),
             maps=[
                 MapPressure(name=u.name, entries=u.entries, max_entries=u.max_entries)
                 for u in usage

@@ -22,6 +22,7 @@ from ciliary.agent.config import (
     RUN_ROOT,
     TUNNEL_PROTOCOLS,
     AgentConfig,
+    HealthConfig,
     HubbleConfig,
     NetworkConfig,
     default_event_queue_size,
@@ -60,9 +61,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-policy", choices=["default", "always", "never"], default="default",
                    help="policy enforcement mode, as Cilium's")  # fmt: skip
     p.add_argument("--debug", action="store_true")
+    _health_flags(p)
     _network_flags(p)
     _hubble_flags(p)
     return p
+
+
+def _health_flags(p: argparse.ArgumentParser) -> None:
+    """Cluster health (HealthConfig): upstream's names, and the probe interval of our own."""
+    h = p.add_argument_group("cluster health")
+    h.add_argument(
+        "--enable-health-checking",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="probe every node of the cluster and answer their probes (default true)",
+    )
+    h.add_argument(
+        "--cluster-health-port",
+        type=_port,
+        default=4240,
+        help="TCP port of the health responder, probed on every node (default 4240)",
+    )
+    h.add_argument(
+        "--cluster-health-interval",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="time between two rounds of probes (default 60, upstream's)",
+    )
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1..65535, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 3600], got {text!r}")
+    return value
 
 
 def _network_flags(p: argparse.ArgumentParser) -> None:
@@ -340,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         enable_policy=args.enable_policy,
         hubble=hubble,
         network=network_config(args),
+        health=HealthConfig(
+            enabled=args.enable_health_checking,
+            port=args.cluster_health_port,
+            interval_s=args.cluster_health_interval,
+        ),
         cluster_name=args.cluster_name,
     )
     try:

@@ -36,6 +36,7 @@ DEBUG_ENV = "CILIARY_DEBUG"
 
 COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("status", ("status",)),
+    ("health", ("health",)),
     ("endpoint", ("endpoint", "ep")),
     ("identity", ("identity",)),
     ("policy", ("policy",)),

@@ -14,6 +14,7 @@ import json
 from rich.console import Console
 from rich.text import Text
 
+from ciliary.cli import health
 from ciliary.cli.output import (
     Context,
     Subparsers,
@@ -60,6 +61,10 @@ _STATE_ORDER = (
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("status", help="show the agent's health, datapath, IPAM and map pressure")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per feature/program")
+    p.add_argument(
+        "--all-health", action="store_true", help="the cluster health of every node, not only "
+        "of the unreachable ones (as cilium-dbg status --all-health)"
+    )  # fmt: skip
     add_node_flag(p)
     add_output_flag(p)
     p.set_defaults(func=run)
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if wants_json(args):
         print_json(status)
     else:
-        render(ctx.console, status, verbose=args.verbose)
+        render(ctx.console, status, verbose=args.verbose, all_health=args.all_health)
     return 0
 
 
@@ -87,7 +92,9 @@ def _missing_features(kernel: KernelFeatures) -> list[str]:
     return [name for attr, name in _FEATURES if not getattr(kernel, attr)]
 
 
-def render(console: Console, st: StatusResponse, *, verbose: bool = False) -> None:
+def render(
+    console: Console, st: StatusResponse, *, verbose: bool = False, all_health: bool = False
+) -> None:
     rows: list[tuple[str, Text | str]] = []
     rows.append(("Node", st.node))
     rows.append(
@@ -147,7 +154,11 @@ def render(console: Console, st: StatusResponse, *, verbose: bool = False) -> No
             for n in st.cluster_nodes
         ]
         rows.append(("Cluster nodes", f"{len(nodes)} known: " + "; ".join(nodes)))
+    if st.cluster_health is not None:  # the health prober's (agent/health.py)
+        rows.append(("Cluster health", health.summary(st.cluster_health)))
     print_kv(console, rows)
+    if st.cluster_health is not None:
+        health.render_table(console, st.cluster_health, all_nodes=all_health)
 
     if verbose:
         print_kv(console, [("Kernel features", "")])

@@ -168,6 +168,54 @@ class ClusterNodeStatus(_Model):
     local: bool = False
 
 
+class ConnectivityStatus(_Model):
+    """One probe of a path (upstream's ``ConnectivityStatus``): its round-trip time, or why it
+    failed (``status``, empty when it answered)."""
+
+    ok: bool
+    latency_s: float | None = None
+    status: str = ""
+    last_probed: float = Field(description="unix time of the probe")
+
+
+class PathStatus(_Model):
+    """One address of a node (upstream's ``PathStatus``): ICMP echo to its stack, HTTP to its
+    agent's health responder (``GET /hello`` on the health port). None: not probed yet."""
+
+    ip: str
+    icmp: ConnectivityStatus | None = None
+    http: ConnectivityStatus | None = None
+
+    def reachable(self) -> bool:
+        return bool(self.icmp and self.icmp.ok and self.http and self.http.ok)
+
+
+class NodeHealth(_Model):
+    """A node of the cluster as this node's prober sees it, one path per node IP."""
+
+    name: str
+    local: bool = False
+    host: list[PathStatus] = Field(default_factory=list)
+
+    def reachable(self) -> bool:
+        """Every address answered both probes (a node without addresses is not reachable)."""
+        return bool(self.host) and all(p.reachable() for p in self.host)
+
+
+class ClusterHealth(_Model):
+    """Cluster connectivity from this node (``cilium-health status``)."""
+
+    probe_interval_s: float
+    port: int
+    last_probe: float | None = Field(
+        default=None, description="unix time the last round of probes finished; None before"
+    )
+    nodes: list[NodeHealth] = Field(default_factory=list)
+
+    def reachable(self) -> int:
+        return sum(1 for n in self.nodes if n.reachable())
+
+
 class StatusResponse(_Model):
     node: str
     version: str
@@ -187,6 +235,11 @@ class StatusResponse(_Model):
     cluster_nodes: list[ClusterNodeStatus] | None = Field(
         default=None,
         description="the cluster's nodes known to the node manager; None without a Kubernetes API",
+    )
+    cluster_health: ClusterHealth | None = Field(
+        default=None,
+        description="connectivity to every node of the cluster (the health prober's); None "
+        "without a Kubernetes API or with health checking disabled",
     )
 
 

@@ -525,6 +525,9 @@ class LabBody(StrictModel):
     ipv6_native_routing_cidr: V6Network | None = Field(default=None, alias="ipv6NativeRoutingCIDR")
     tunnel_port: int = Field(default=nodenetwork.DEFAULT_TUNNEL_PORT, ge=1, le=65535)
     externals: list[ExternalSpec] = Field(default_factory=list)
+    health_check_interval: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds between two rounds of the agents' cluster health probes (ciliary's; upstream
+    probes every 60 s): a short one lets a lab see a node become unreachable at once."""
 
     @field_validator("images")
     @classmethod

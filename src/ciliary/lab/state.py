@@ -161,6 +161,7 @@ class LabNetworkRecord(_Model):
     ipv4_native_routing_cidr: str | None = None
     ipv6_native_routing_cidr: str | None = None
     tunnel_port: int = 8472
+    health_check_interval_s: float = 60.0
 
 
 class ExternalRecord(_Model):

@@ -53,6 +53,7 @@ def plan(lab: str, spec: LabBody) -> tuple[LabNetworkRecord, dict[str, nodenetwo
         ipv4_native_routing_cidr=_text(spec.ipv4_native_routing_cidr),
         ipv6_native_routing_cidr=_text(spec.ipv6_native_routing_cidr),
         tunnel_port=spec.tunnel_port,
+        health_check_interval_s=spec.health_check_interval,
     )
     nodes = nodenetwork.node_addresses(net.ipv4, net.ipv6, [n.name for n in spec.nodes])
     return record, nodes
@@ -104,7 +105,8 @@ def remove(lab: str) -> bool:
 
 
 def agent_flags(record: LabNetworkRecord, nrec: NodeRecord) -> list[str]:
-    """cilium-agent's flags for the node's place on the lab network and the lab's routing."""
+    """cilium-agent's flags for the node's place on the lab network, the lab's routing and how
+    often the agents probe each other's health over it."""
     flags: list[str] = []
     if nrec.node_ipv4 is not None:
         flags += ["--ipv4-node", nrec.node_ipv4]
@@ -119,7 +121,7 @@ def agent_flags(record: LabNetworkRecord, nrec: NodeRecord) -> list[str]:
         flags += ["--ipv4-native-routing-cidr", record.ipv4_native_routing_cidr]
     if record.ipv6_native_routing_cidr is not None:
         flags += ["--ipv6-native-routing-cidr", record.ipv6_native_routing_cidr]
-    return flags
+    return [*flags, "--cluster-health-interval", f"{record.health_check_interval_s:g}"]
 
 
 __all__ = [
