@@ -75,6 +75,7 @@ class Target:
     client: list[str]  # argv prefix entering the client's netns
     server_ip: str
     agent_pid: int | None = None  # ciliary: the node's agent, whose CPU use is recorded
+    other_agents: tuple[int, ...] = ()  # across nodes: the other nodes' agents, added to it
 
 
 # ---- kernel-only setups -----------------------------------------------------------------------
@@ -304,7 +305,8 @@ def interleave(
 ) -> tuple[Samples, dict[str, list[float]]]:
     """Every round runs every metric on every setup back to back (round 0: a short warm-up, not
     recorded), each run once ``agents`` are idle. Returns the samples and, for targets with an
-    ``agent_pid``, that agent's CPU per run ("<setup> | <metric>" → % of one core)."""
+    ``agent_pid``, the CPU per run of that agent and its ``other_agents`` ("<setup> | <metric>"
+    → % of one core)."""
     samples: Samples = {m: {t.name: [] for t in targets} for m in metrics}
     agent_cpu: dict[str, list[float]] = {}
     for r in range(rounds + 1):
@@ -313,15 +315,15 @@ def interleave(
                 continue  # sockperf warms up by itself (its first 400 ms are discarded)
             for target in targets:
                 _quiesce(agents, log, group)
-                pid = target.agent_pid
-                c0, t0 = (cpu_seconds(pid), time.monotonic()) if pid else (0.0, 0.0)
+                pids = [target.agent_pid, *target.other_agents] if target.agent_pid else []
+                c0, t0 = sum(cpu_seconds(p) for p in pids), time.monotonic()
                 value = measure(target, 1 if r == 0 else seconds)
                 if r > 0:
                     samples[key][target.name].append(value)
-                if pid and r > 0:
+                if pids and r > 0:
                     wall = time.monotonic() - t0
                     _quiesce(agents, log, group)  # what the run left in the ring buffer counts too
-                    pct = (cpu_seconds(pid) - c0) / wall * 100
+                    pct = (sum(cpu_seconds(p) for p in pids) - c0) / wall * 100
                     agent_cpu.setdefault(f"{target.name} | {key}", []).append(pct)
         log(f"{group}: round {r}/{rounds} done" + (" (warm-up)" if r == 0 else ""))
     return samples, agent_cpu
@@ -351,17 +353,22 @@ def run(
             targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log
         )
     results = results_of(targets, metrics, samples, rounds=rounds, seconds=seconds)
-    results.append({
-        "benchmark": "ciliary: the node agent's CPU per second of each run (it decodes the"
+    results.append(agent_cpu_result(agent_cpu, "the node agent's", GROUP))
+    return results
+
+
+def agent_cpu_result(agent_cpu: dict[str, list[float]], whose: str, group: str) -> dict[str, Any]:
+    """The agent CPU of ``interleave`` as a result (``whose``: which agents, for its title)."""
+    return {
+        "benchmark": f"ciliary: {whose} CPU per second of each run (it decodes the"
         " datapath's events; including the backlog it drains after the run), % of one core",
         "metric": "agent-cpu",
         "unit": "%",
         "baseline": None,
         "values": {name: median(v) for name, v in agent_cpu.items()},
         "samples": agent_cpu,
-        "group": GROUP,
-    })  # fmt: skip
-    return results
+        "group": group,
+    }
 
 
 def results_of(

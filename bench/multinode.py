@@ -169,7 +169,10 @@ def ciliary_nodes(connrate: Path, name: str) -> Iterator[tuple[list[Target], lis
             if server.ipv4 is None or client.node == server.node:
                 raise RuntimeError(f"{name}: server pod without IPv4 or on the client's node")
             stack.enter_context(tools.servers(server.netns, connrate))
-            target = Target(name, name, None, tools.enter(client.netns), server.ipv4)
+            agent = {n.name: n.agent_pid for n in rec.nodes}
+            other = tuple(p for p in [agent[server.node]] if p)
+            target = Target(name, name, None, tools.enter(client.netns), server.ipv4,
+                            agent[client.node], other)  # fmt: skip
             if name == TUNNEL:
                 _check_path(target, connrate, node_ns[client.node], VXLAN_DEVICE)
             else:
@@ -208,7 +211,7 @@ def run(
         targets += stack.enter_context(kernel_nodes(connrate, vxlan=True))
         log(f"{GROUP}: {len(targets)} setups ready after {time.monotonic() - t0:.1f}s")
         metrics = datapath.tool_metrics(connrate)
-        samples, _ = datapath.interleave(
+        samples, agent_cpu = datapath.interleave(
             targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log, group=GROUP
         )
     results = datapath.results_of(
@@ -221,6 +224,7 @@ def run(
             for r, s in RATIOS.items()
         }
         res["unavailable"] = unavailable
+    results.append(datapath.agent_cpu_result(agent_cpu, "both nodes' agents'", GROUP))
     for name, reason in unavailable.items():
         log(f"{GROUP}: {name} not available: {reason}")
     return results

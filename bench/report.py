@@ -216,6 +216,8 @@ def plot_datapath(all_results: list[Result], out_dir: Path) -> list[Path]:
 def multinode_tables(results: list[Result]) -> list[str]:
     """Columns a-d (a setup that was not available: "n/a" and its reason below the table), the
     ratios b/a, c/a, d/a the group computed, the goals of issue #13 above them."""
+    extra = [r for r in results if r.get("metric") == "agent-cpu" and r["values"]]
+    results = [r for r in results if "ratios" in r]
     first = results[0]
     a = first["baseline"]
     unavailable: dict[str, str] = first.get("unavailable", {})
@@ -258,6 +260,7 @@ def multinode_tables(results: list[Result]) -> list[str]:
     lines += [
         f"- **{name}: not available** in this run: {why}" for name, why in unavailable.items()
     ]
+    lines += ["", *(line for res in extra for line in _agent_cpu_table(res))]
     return lines
 
 
