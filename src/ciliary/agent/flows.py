@@ -14,11 +14,14 @@ same lines for the same packets:
 * ``traffic_direction`` is the direction of the *connection* at the endpoint that decided: the
   datapath's direction of the policy check, inverted for replies;
 * source and destination are resolved from the agent's state as upstream's endpoint resolver
-  does: a local endpoint by address (id, pod, namespace, workload), else the ipcache; pods (local
-  ones and allocated identities) carry the cluster's name (``--cluster-name``), which upstream
-  reads from their ``io.cilium.k8s.policy.cluster`` label; reserved and CIDR peers none; the numeric
-  identity the datapath saw wins over user space's (it is what policy was decided on); labels are
-  the identity's labels, sorted, CIDR identities reduced to their longest prefix;
+  does: a local endpoint by address (id, pod, namespace, workload), else the ipcache, with the
+  namespace and pod name of a remote pod from the cluster's CiliumEndpoints (upstream's
+  ``IPGetter.GetK8sMetadata``: no id and no workloads, a CiliumEndpoint names no controller);
+  pods (local ones and allocated identities) carry the cluster's name (``--cluster-name``),
+  which upstream reads from their ``io.cilium.k8s.policy.cluster`` label; reserved and CIDR
+  peers none; the numeric identity the datapath saw wins over user space's (it is what policy
+  was decided on); labels are the identity's labels, sorted, CIDR identities reduced to their
+  longest prefix;
 * ``{ingress,egress}_{allowed,denied}_by`` come from the policy cookie the datapath carries: the
   cookie names the rules that put the deciding map entry there (upstream correlates policy
   verdict events through the endpoint's realized policy, which is the same information);
@@ -38,6 +41,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue
@@ -64,6 +68,7 @@ __all__ = [
     "EndpointInfo",
     "FlowDecoder",
     "FlowGetters",
+    "PodRef",
     "WallClock",
     "filter_labels",
     "policy_labels",
@@ -88,6 +93,16 @@ class EndpointInfo:
     pod_name: str = ""
     workloads: tuple[tuple[str, str], ...] = ()
     """(name, kind) of the pod's controllers (Deployment, StatefulSet, ...)."""
+
+
+class PodRef(Protocol):
+    """The pod behind an address that is not a local endpoint (a remote pod)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def pod_name(self) -> str: ...
 
 
 class WallClock:
@@ -187,6 +202,8 @@ class FlowGetters:
     endpoint_by_ip: Callable[[IPAddress], EndpointInfo | None] = lambda _ip: None
     identity_of_ip: Callable[[IPAddress], int | None] = lambda _ip: None
     """The ipcache's answer for an address (longest prefix), None when nothing covers it."""
+    pod_of_ip: Callable[[IPAddress], PodRef | None] = lambda _ip: None
+    """The remote pod at an address (the cluster's CiliumEndpoints), None when none is."""
     identity_labels: Callable[[int], Iterable[str] | None] = lambda _id: None
     rules_of_cookie: Callable[[int], Sequence[RuleReference]] = lambda _c: ()
     policy_revision: Callable[[int], int] = lambda _ep: 0
@@ -310,10 +327,13 @@ class FlowDecoder:
         if addr is not None and not identity:
             identity = g.identity_of_ip(addr) or 0
         pod = identity >= MIN_ALLOCATED_IDENTITY and not is_local_identity(identity)
+        remote = g.pod_of_ip(addr) if addr is not None else None
         return flow_pb2.Endpoint(
             identity=identity,
             cluster_name=self.cluster_name if pod else "",
+            namespace=remote.namespace if remote is not None else "",
             labels=self._labels_of(identity),
+            pod_name=remote.pod_name if remote is not None else "",
         )
 
     def _labels_of(self, identity: int) -> list[str]:

@@ -66,6 +66,7 @@ from ciliary.agent.flows import (
     policy_labels,
 )
 from ciliary.agent.k8s.hubblepeers import HubblePeers
+from ciliary.agent.k8s.nodemanager import RemotePod
 from ciliary.agent.metrics import AgentMetrics, count_identities
 from ciliary.core import atomicfile as store_files
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
@@ -278,9 +279,14 @@ class AgentHubble:
         def identity_of_ip(addr: IPAddress) -> int | None:
             return agent.datapath.ipcache.lookup(addr)  # the maps exist once the agent runs
 
+        def pod_of_ip(addr: IPAddress) -> RemotePod | None:
+            nodes = agent.node_manager  # with a Kubernetes API only (set when it connects)
+            return nodes.pod_by_ip(addr) if nodes is not None else None
+
         return FlowGetters(
             endpoint_by_ip=self._eps_by_ip.get,
             identity_of_ip=identity_of_ip,
+            pod_of_ip=pod_of_ip,
             identity_labels=identity_labels,
             rules_of_cookie=rules_of_cookie,
             policy_revision=policy_revision,

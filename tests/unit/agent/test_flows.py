@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
+from types import SimpleNamespace
 
 import pytest
 
@@ -390,3 +391,24 @@ def test_endpoints_carry_the_cluster_name() -> None:
     host = dec.decode(event(src=IPv4Address("10.0.0.1"), src_sec_id=1))
     assert host.source.cluster_name == ""
     assert FlowDecoder("n", getters).decode(event()).source.cluster_name == "default"
+
+
+def test_remote_pod_named_from_its_cilium_endpoint() -> None:
+    """A pod of another node (not a local endpoint) carries the namespace and pod name its
+    CiliumEndpoint gives (upstream's ipcache metadata), the identity's labels and the cluster;
+    no endpoint id, no workloads. An address no pod has stays nameless."""
+    remote = SimpleNamespace(namespace="default", pod_name="client")
+    getters = FlowGetters(
+        endpoint_by_ip={SERVER: ENDPOINTS[SERVER]}.get,
+        identity_of_ip=ipcache,
+        pod_of_ip={CLIENT: remote}.get,
+        identity_labels=IDENTITIES.get,
+    )
+    f = FlowDecoder("node-b", getters, cluster_name="lab1").decode(event())
+    src = f.source
+    assert (src.namespace, src.pod_name, src.ID, src.identity) == ("default", "client", 0, 300)
+    assert list(src.labels) == sorted(CLIENT_LABELS)
+    assert src.cluster_name == "lab1" and not src.workloads
+    assert (f.destination.pod_name, f.destination.ID) == ("server-5d8f7c-abcde", 9)
+    world = FlowDecoder("node-b", getters).decode(event(src=WORLD, src_sec_id=0))
+    assert (world.source.namespace, world.source.pod_name) == ("", "")

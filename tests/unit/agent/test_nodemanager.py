@@ -20,6 +20,7 @@ from ciliary.agent.k8s.nodemanager import (
     IPNet,
     LocalNode,
     NodeManager,
+    RemotePod,
     diff,
     parse_endpoint,
     parse_node,
@@ -336,3 +337,46 @@ def test_a_refused_write_is_retried_without_another_event() -> None:
     asyncio.run(run())
     assert routes.refused == 1
     assert routes.table == {net("10.0.2.0/24"): ip_address("172.18.0.3")}
+
+
+def test_pod_by_ip_names_remote_pods_from_the_endpoints_store() -> None:
+    """Hubble's address → remote pod: the CiliumEndpoint's namespace and name, the node by its
+    CiliumNode's name; kept by the store's index on every event (no reconcile needed); this
+    node's endpoints and pod CIDRs, unknown addresses and malformed objects name nothing."""
+    mgr = _manager(FakeIPCache([]), FakeRoutes({}), "tunnel")
+    assert mgr.pod_by_ip(V4("10.0.2.7")) == RemotePod("a", "web", "n2")
+    assert mgr.pod_by_ip(V4("10.0.2.8")) is None
+    # a node without a CiliumNode (yet): named as the CiliumEndpoint names it
+    lone = _web_cep()
+    lone["metadata"]["name"] = "lone"
+    lone["status"]["networking"] = {"addressing": [{"ipv6": "fd00:9::5"}], "node": "172.18.0.9"}
+    mgr.endpoints_informer.store.put(lone)
+    assert mgr.pod_by_ip(ip_address("fd00:9::5")) == RemotePod("a", "lone", "172.18.0.9")
+    # this node's own: a CiliumEndpoint naming it, or an address in its pod CIDRs
+    mine = _web_cep()
+    mine["metadata"]["name"] = "mine"
+    mine["status"]["networking"] = {"addressing": [{"ipv4": "10.0.3.3"}], "node": "n1"}
+    stale = _web_cep()
+    stale["metadata"]["name"] = "stale"
+    stale["status"]["networking"] = {"addressing": [{"ipv4": "10.0.1.5"}], "node": "172.18.0.3"}
+    for obj in (mine, stale):
+        mgr.endpoints_informer.store.put(obj)
+    assert mgr.pod_by_ip(V4("10.0.3.3")) is None
+    assert mgr.pod_by_ip(V4("10.0.1.5")) is None
+    # two claims of one address: the first by key, as the ipcache entry's identity
+    dup = _web_cep()
+    dup["metadata"] |= {"name": "web", "namespace": "0-first"}
+    mgr.endpoints_informer.store.put(dup)
+    assert mgr.pod_by_ip(V4("10.0.2.7")) == RemotePod("0-first", "web", "n2")
+    mgr.endpoints_informer.store.remove("0-first/web")
+    assert mgr.pod_by_ip(V4("10.0.2.7")) == RemotePod("a", "web", "n2")
+    # no identity yet, or malformed: not in the ipcache, so no name either
+    pending = _web_cep()
+    pending["status"].pop("identity")
+    bad = _web_cep()
+    bad["metadata"]["namespace"] = "b"
+    bad["status"]["networking"]["addressing"] = [{"ipv4": "10.0.2.9"}, {"ipv4": "nope"}]
+    mgr.endpoints_informer.store.put(pending)
+    mgr.endpoints_informer.store.put(bad)
+    assert mgr.pod_by_ip(V4("10.0.2.7")) is None
+    assert mgr.pod_by_ip(V4("10.0.2.9")) is None
