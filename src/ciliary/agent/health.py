@@ -15,10 +15,10 @@ The bookkeeping (:class:`HealthBook`) is sans-IO: targets in, results in, a
 :class:`~ciliary.core.models.ClusterHealth` out, so it is tested without sockets. A node that
 leaves the cluster leaves the report with its next round; a node's results are always its last
 probe's (no failure threshold: upstream's ``--health-check-icmp-failure-threshold`` is not
-implemented). Probes of one round run concurrently, each bounded by the probe timeout, so a dead
-node costs a round at most that long. Upstream's per-node *health endpoint* (a pod-like
-endpoint with an address of the pod CIDR, probed the same way) is not made: the probes prove the
-node path only.
+implemented). A round pings every address at once, then probes them all over HTTP at once, each
+bounded by the probe timeout, so a dead node costs a round at most twice that long. Upstream's
+per-node *health endpoint* (a pod-like endpoint with an address of the pod CIDR, probed the same
+way) is not made: the probes prove the node path only.
 """
 
 from __future__ import annotations
@@ -158,12 +158,18 @@ class Pinger:
         self._seq = 0
 
     async def ping(self, addresses: list[str], timeout: float) -> dict[str, ConnectivityStatus]:
-        out: dict[str, ConnectivityStatus] = {}
-        for v6 in (False, True):
-            family = [a for a in addresses if (ip_address(a).version == 6) == v6]
-            if family:
-                out.update(await self._ping_family(family, timeout, v6=v6))
-        return out
+        """Both families at once: a dead IPv4 path does not delay (or inflate) IPv6's."""
+        families = [
+            [a for a in addresses if (ip_address(a).version == 6) == v6] for v6 in (False, True)
+        ]
+        results = await asyncio.gather(
+            *(
+                self._ping_family(f, timeout, v6=v6)
+                for v6, f in zip((False, True), families, strict=True)
+                if f
+            )
+        )
+        return {addr: st for part in results for addr, st in part.items()}
 
     async def _ping_family(
         self, addresses: list[str], timeout: float, *, v6: bool
@@ -345,10 +351,10 @@ class ClusterHealthChecker:
         self.book.set_targets(targets)
         paths = [(t.name, a) for t in targets for a in t.addresses]
         addresses = sorted({a for _n, a in paths})
-        pings, https = await asyncio.gather(
-            self._pinger.ping(addresses, self.timeout_s),
-            asyncio.gather(*(http_probe(a, self.port, self.timeout_s) for a in addresses)),
-        )
+        # ICMP first, then HTTP: connection set-ups on the same loop would delay reading the
+        # echo replies and inflate their round-trip times (lab, IPv4: 5-6 ms, not 0.2-0.4 ms)
+        pings = await self._pinger.ping(addresses, self.timeout_s)
+        https = await asyncio.gather(*(http_probe(a, self.port, self.timeout_s) for a in addresses))
         by_address = dict(zip(addresses, https, strict=True))
         for name, addr in paths:
             if addr in pings:
