@@ -112,6 +112,13 @@ def test_world_hosts_are_on_the_lab_network_and_serve(netlab: NetLab) -> None:
         ).stdout  # fmt: skip
         addr_info = json.loads(got)[0]["addr_info"]
         assert {a["local"] for a in addr_info if a["scope"] == "global"} == set(ips)
+        # tunnel mode: no route to the pod CIDRs (the world reaches pods through services only)
+        for family in ("-4", "-6"):
+            routes = subprocess.run(
+                ["ip", family, "-n", f"cilw-{netlab.name}-{host}", "route"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert " via " not in routes, (host, routes)
         for address in ips:
             ping = in_node(netlab, netlab.nodes[0], "ping", "-c", "1", "-W", "5", address)
             assert ping.returncode == 0, (host, address, ping.stdout, ping.stderr)

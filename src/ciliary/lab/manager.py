@@ -387,6 +387,9 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
                 _create_node(
                     rec, node.name, cidrs[node.name], dict(node.labels), node_ips[node.name]
                 )
+        if externals and network.routing_mode == "native":
+            with _step(progress, "world: routes to the pod CIDRs via the nodes"):
+                underlay.route_world(network, rec.externals, rec.nodes)
         text = Path(path).read_text() if path is not None else schema.DEFAULT_SCENARIO
         docs = _manifests(text, lab_file)
         dns = _cluster_dns_pod(rec, lab_file)

@@ -13,16 +13,16 @@ them. Each case is observed three ways:
   happens when a server is down or a route is missing, so it proves no deny, and a request the
   datapath forwarded proves no allow if its reply never comes back. So a ``deny`` needs the drop
   event (a policy drop reason, or exactly ``dropReason`` when given) and a client that did not get
-  through; an ``allow`` needs the FORWARDED event and, towards a pod, a reply (connected, a TCP
-  reset or ICMP port unreachable from the peer, a UDP answer, an echo reply). A case without the
-  event it needs fails and says which one is missing;
+  through; an ``allow`` needs the FORWARDED event and, towards a pod or a world host, a reply
+  (connected, a TCP reset or ICMP port unreachable from the peer, a UDP answer, an echo reply).
+  A case without the event it needs fails and says which one is missing;
 - **``policy trace``**: the agent's explanation from its computed policy map state, compared with
   the datapath (a disagreement is a failure: one of them is wrong).
 
-Probes run inside the source's network namespace (a pod's, or the node's for ``from: host``) as
-short-lived processes, one new connection each, so every case is a new flow through conntrack and
-policy. A probe whose drop event has arrived is stopped at once: denied cases cost milliseconds,
-not a timeout.
+Probes run inside the source's network namespace (a pod's, the node's for ``from: host``, a
+world host's for ``from: world:NAME``) as short-lived processes, one new connection each, so
+every case is a new flow through conntrack and policy. A probe whose drop event has arrived is
+stopped at once: denied cases cost milliseconds, not a timeout.
 
 The file (one or more documents)::
 
@@ -37,9 +37,17 @@ The file (one or more documents)::
       - {from: shop/web, to: 10.200.0.9, port: 53, protocol: UDP, expect: allow}
       - {from: host, to: shop/web, port: 80, expect: allow, rule: shop/allow-host}
       - {name: no ping, from: default/client, to: shop/db, protocol: ICMP, expect: deny}
+      - {from: world:partner, to: shop/web, port: 80, expect: deny}
+      - {from: shop/web, to: world:partner, port: 443, expect: allow}
 
-``from`` is a pod (``[namespace/]name``) or ``host`` (the node of the other side; ``host:NODE``
-to name one); ``to`` is a pod, ``host[:NODE]`` or an IP address. ``protocol`` is TCP (default),
+``from`` is a pod (``[namespace/]name``), ``host`` (the node of the other side; ``host:NODE``
+to name one) or ``world:NAME``, a host of the world outside the cluster (the Lab's
+``spec.externals``; ``world`` alone when the lab has one); ``to`` is a pod, ``host[:NODE]``,
+``world[:NAME]`` or an IP address (a world host's address is that host). A case with a world
+host has a pod on its other side (the pod's node enforces it). Traffic to a world host goes to
+its address and is answered by what its ``command`` serves (a closed TCP port's reset is a reply
+too); the world reaches pods directly only in native routing mode, where the lab gives each world
+host a route to every node's pod CIDRs. ``protocol`` is TCP (default),
 UDP (both need ``port``) or ICMP (an echo request, no port). ``family: 6`` probes pods over
 IPv6. ``dropReason`` (133 or 181) and ``rule`` (text one of the deciding rules must contain)
 sharpen a case. Unknown fields are errors and every problem is one line naming the file, the
@@ -149,8 +157,12 @@ class PolicyTestCase(_Model):
     """One flow and the verdict policy must give it."""
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
-    from_: str = Field(alias="from", min_length=1, description="[ns/]pod, or host[:NODE]")
-    to: str = Field(min_length=1, description="[ns/]pod, host[:NODE], or an IP address")
+    from_: str = Field(
+        alias="from", min_length=1, description="[ns/]pod, host[:NODE] or world[:NAME]"
+    )
+    to: str = Field(
+        min_length=1, description="[ns/]pod, host[:NODE], world[:NAME] or an IP address"
+    )
     port: int | None = Field(default=None, ge=1, le=65535)
     protocol: Annotated[Protocol, BeforeValidator(_upper)] = "TCP"
     expect: Annotated[Verdict, BeforeValidator(_lower)]
@@ -362,9 +374,9 @@ class _Peer:
     """One side of a case as the datapath sees it."""
 
     text: str
-    kind: Literal["pod", "host", "ip"]
+    kind: Literal["pod", "host", "world", "ip"]
     ip: str
-    node: str | None  # the node it lives on (pods, hosts); None for outside addresses
+    node: str | None  # the node it lives on (pods, hosts); None for the world
     netns: str | None  # where a probe from it runs
     pod: PodRecord | None = None
 
@@ -389,6 +401,7 @@ class _Lab:
                 if ip:
                     addrs[ipaddress.ip_address(ip).version] = ip
             self.routers[node.name] = addrs
+        self.world = {e.name: e for e in rec.externals}
 
     def socket(self, node: str) -> Path:
         return Path(next(n.socket for n in self.rec.nodes if n.name == node))
@@ -406,6 +419,17 @@ class _Lab:
         if ip is None:
             raise PolicyTestError(f"{text!r}: node {node} has no IPv{family} router address")
         return _Peer(text, "host", ip, node, self.node_netns(node))
+
+    def _world(self, text: str, name: str, family: int) -> _Peer:
+        known = ", ".join(self.world) or "none: the Lab has no spec.externals"
+        if not name:
+            if len(self.world) != 1:
+                raise PolicyTestError(f"{text!r}: which world host? (write world:NAME; {known})")
+            name = next(iter(self.world))
+        ext = self.world.get(name)
+        if ext is None:
+            raise PolicyTestError(f"{text!r}: the lab has no world host {name!r} ({known})")
+        return _Peer(text, "world", ext.ipv4 if family == 4 else ext.ipv6, None, ext.netns)
 
     def _pod(self, text: str, family: int) -> _Peer:
         ns, _, name = text.rpartition("/")
@@ -425,6 +449,8 @@ class _Lab:
             if node is None and len(self.rec.nodes) == 1:
                 node = self.rec.nodes[0].name
             return self._host(text, node, family)
+        if _is_world(text):
+            return self._world(text, text.partition(":")[2], family)
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
@@ -435,6 +461,9 @@ class _Lab:
         for node, addrs in self.routers.items():
             if str(addr) in addrs.values():
                 return _Peer(text, "host", str(addr), node, self.node_netns(node))
+        for ext in self.world.values():
+            if str(addr) in (ext.ipv4, ext.ipv6):
+                return _Peer(text, "world", str(addr), None, ext.netns)
         return _Peer(text, "ip", str(addr), None, None)
 
     def peers(self, case: PolicyTestCase) -> tuple[_Peer, _Peer]:
@@ -443,12 +472,24 @@ class _Lab:
             family = ipaddress.ip_address(case.to).version
         fam = family or 4
         # ``host`` means the node of the other side when that side is a pod
-        src_pod = None if case.from_.startswith("host") else self._pod(case.from_, fam)
+        by_name = not (case.from_.startswith("host") or _is_world(case.from_))
+        src_pod = self._pod(case.from_, fam) if by_name else None
         dst = self.resolve(case.to, fam, src_pod.node if src_pod else None)
         src = src_pod or self.resolve(case.from_, fam, dst.node)
         if src.netns is None:
-            raise PolicyTestError(f"from: {case.from_!r} must be a pod or host")
+            raise PolicyTestError(f"from: {case.from_!r} must be a pod, host or world host")
+        if "world" in (src.kind, dst.kind) and "pod" not in (src.kind, dst.kind):
+            # only a pod's node sees (and enforces) the flow: no endpoint, no verdict event
+            raise PolicyTestError(
+                f"{case.from_!r} -> {case.to!r}: a case with a world host needs a pod on its"
+                " other side"
+            )
         return src, dst
+
+
+def _is_world(text: str) -> bool:
+    """``world`` or ``world:NAME`` (a pod named ``world`` is ``default/world``)."""
+    return text == "world" or text.startswith("world:")
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,9 +770,9 @@ def _check(case: PolicyTestCase, res: dict[str, Any], dst_kind: str) -> list[str
     Only the datapath's own event decides: a deny is a drop event (with the expected reason, else
     a policy drop reason), never a client's timeout (a server that is down, a route that is
     missing, a probe that is too slow all time out too); an allow is a FORWARDED event at the
-    last hop, and towards a pod the client must also have seen the reply (the request was
-    forwarded, but a dropped reply would break the connection all the same). A case without the
-    event it needs fails, saying which event is missing.
+    last hop, and towards a pod or world host the client must also have seen the reply (the
+    request was forwarded, but a dropped reply would break the connection all the same). A case
+    without the event it needs fails, saying which event is missing.
     """
     problems: list[str] = []
     datapath: Verdict | None = res["datapath"]
@@ -760,7 +801,9 @@ def _check(case: PolicyTestCase, res: dict[str, Any], dst_kind: str) -> list[str
                 f"dropped for {res['drop_reason_desc']} ({res['drop_reason']}), not by policy"
             )
     replied = res["client_verdict"] == "allow"
-    if case.expect == "allow" and datapath == "allow" and dst_kind == "pod" and not replied:
+    # a pod or a lab's world host answers (a reset of a closed TCP port is an answer too)
+    answers = dst_kind in ("pod", "world")
+    if case.expect == "allow" and datapath == "allow" and answers and not replied:
         problems.append(
             f"the datapath forwarded the request but the client saw no reply ({client})"
         )

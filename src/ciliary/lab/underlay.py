@@ -12,6 +12,7 @@ cilium-agent's flag names).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 from ciliary.datapath.linux import bridge, netns
@@ -99,6 +100,24 @@ def _plug(
     )
 
 
+def route_world(
+    record: LabNetworkRecord, externals: Sequence[ExternalRecord], nodes: Sequence[NodeRecord]
+) -> None:
+    """In native routing mode, each world host's route to every node's pod CIDRs via that
+    node's IP (v4 via v4, v6 via v6), as a real network's router or BGP peering would give it:
+    the world reaches pods directly and their replies find their way back. None in tunnel mode:
+    there pods are reachable from the world only through services."""
+    if record.routing_mode != "native":
+        return
+    routes: list[tuple[str, str]] = []
+    for nrec in nodes:
+        for cidr, via in ((nrec.ipv4_cidr, nrec.node_ipv4), (nrec.ipv6_cidr, nrec.node_ipv6)):
+            if cidr is not None and via is not None:
+                routes.append((cidr, via))
+    for ext in externals:
+        bridge.add_routes(str(netns.path_of(ext.netns)), NODE_DEVICE, routes)
+
+
 def remove(lab: str) -> bool:
     """Remove the lab's network namespace (and with it the bridge and its ports)."""
     return netns.remove(netns_name(lab))
@@ -139,4 +158,5 @@ __all__ = [
     "plug_external",
     "plug_node",
     "remove",
+    "route_world",
 ]

@@ -88,4 +88,19 @@ def plug(
         _netlink(f"set {ifname} up", ipr.link, "set", index=idx, state="up")
 
 
-__all__ = ["Address", "create_bridge", "plug"]
+def add_routes(netns_path: str, ifname: str, routes: Sequence[tuple[str, str]]) -> None:
+    """``ip route replace PREFIX via GATEWAY dev IFNAME`` in ``netns_path`` for each (prefix,
+    gateway): a host on the segment reaches networks behind a neighbour on it (as a router or
+    BGP would have taught it). Idempotent."""
+    with _ipr(netns_path) as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            raise LinkError(f"device {ifname} does not exist in {netns_path}")
+        for prefix, gateway in routes:
+            _netlink(
+                f"route {prefix} via {gateway} dev {ifname} in {netns_path}", ipr.route,
+                "replace", dst=prefix, gateway=gateway, oif=idx,
+            )  # fmt: skip
+
+
+__all__ = ["Address", "add_routes", "create_bridge", "plug"]

@@ -1,0 +1,143 @@
+"""The world outside the cluster in policy, with real packets (``examples/policies/world.yaml``):
+two world hosts (the Lab's ``spec.externals``) and pods on two nodes in native routing mode,
+where the lab gives each world host a route to every node's pod CIDRs via that node's IP (as a
+real network's router or BGP peering would), so world hosts reach pods directly and pods' replies
+and requests reach them without masquerade.
+
+Semantics asserted, with their sources (cilium/cilium ``Documentation/security/policy/``):
+- ``fromEntities: [world]`` / ``toEntities: [world]`` select every peer outside the cluster, and
+  a pod is never ``world`` (``pkg/policy/api/entity.go``; ``language.rst`` "Entities Based");
+- ``fromCIDR`` / ``toCIDR`` select the addresses in the prefix only; an endpoint selected by any
+  ingress (egress) rule default-denies the rest of that direction (``intro.rst``, enforcement
+  modes), drop reason 133 "Policy denied";
+- the world has the reserved identity ``world`` (9 ``world-ipv4`` / 10 ``world-ipv6`` in a
+  dual-stack cluster), a prefix some policy names has a CIDR identity (``cidr:<prefix>`` plus
+  ``reserved:world`` labels, local scope ``1 << 24`` and up): Hubble names them on the enforcing
+  node (``pkg/identity/numericidentity.go``, ``pkg/identity/identity.go``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ciliary.lab import manager
+from tests.kubectl import wait_for
+
+from .conftest import CILIARY
+from .test_policy_runner import EXAMPLES, PolicyLab, explain, policy_lab
+
+pytestmark = pytest.mark.timeout(300)
+
+PARTNER = ("172.18.0.100", "fc00:f853:ccd:e793::100")
+STRANGER = ("172.18.0.101", "fc00:f853:ccd:e793::101")
+LOCAL_IDENTITY_MIN = 1 << 24  # CIDR identities are node-local (upstream's local scope)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyLab]:
+    yield from policy_lab(tmp_path_factory, "world.yaml", "pw")
+
+
+def _hubble(lab: PolicyLab, node: str) -> list[dict[str, Any]]:
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+    res = subprocess.run(
+        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
+         "--last", "1000", "-o", "jsonpb", "--verdict", "DROPPED"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+def _drop(lab: PolicyLab, node: str, src: str, dst: str) -> dict[str, Any]:
+    def found() -> list[dict[str, Any]]:
+        return [
+            f
+            for f in _hubble(lab, node)
+            if f["IP"]["source"] == src
+            and f["IP"]["destination"] == dst
+            and f.get("drop_reason_desc") == "POLICY_DENIED"
+        ]
+
+    return wait_for(f"{src} -> {dst} dropped in node {node}'s Hubble", found, 20)[-1]
+
+
+def test_world_hosts_route_to_every_nodes_pod_cidrs(lab: PolicyLab) -> None:
+    rec = manager.record(lab.name)
+    want = set()
+    for n in rec.nodes:
+        assert n.ipv4_cidr and n.ipv6_cidr and n.node_ipv4 and n.node_ipv6
+        want |= {(n.ipv4_cidr, n.node_ipv4), (n.ipv6_cidr, n.node_ipv6)}
+    assert len(rec.externals) == 2
+    for ext in rec.externals:
+        have = set()
+        for family in ("-4", "-6"):
+            out = subprocess.run(
+                ["ip", family, "-n", ext.netns, "-j", "route", "show", "dev", "eth0"],
+                capture_output=True, text=True, check=True, timeout=30,
+            ).stdout  # fmt: skip
+            have |= {(r["dst"], r["gateway"]) for r in json.loads(out) if "gateway" in r}
+        assert have == want, ext.name
+
+
+def test_shipped_policy_test_file(lab: PolicyLab) -> None:
+    """Every case of ``world.test.yaml`` holds, decided by the datapath on the pod's node."""
+    res = subprocess.run(
+        [CILIARY, "policy", "test", str(EXAMPLES / "world.test.yaml"),
+         "--name", lab.name, "-o", "json"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    report = json.loads(res.stdout)
+    failed = {c["name"]: c["problems"] for c in report["cases"] if not c["passed"]}
+    assert not failed and res.returncode == 0, failed
+    by_name = {c["name"]: c for c in report["cases"]}
+    assert len(by_name) == 18
+    # the world host's own address is the source, its answer came back (an allow needs it)
+    partner_in = by_name["partner -> web (fromEntities world)"]
+    assert (partner_in["src_ip"], partner_in["client"]) == (PARTNER[0], "connected")
+    assert by_name["stranger -> api (not in the CIDR)"]["direction"] == "ingress"
+    assert by_name["client -> stranger (not in the CIDR)"]["direction"] == "egress"
+    assert by_name["client -> partner over IPv6 (toCIDR)"]["dst_ip"] == PARTNER[1]
+
+
+def test_world_drops_name_world_and_cidr_identities_in_hubble(lab: PolicyLab) -> None:
+    """The enforcing node's Hubble names the world peer of a drop: ``reserved:world`` for an
+    address no policy names, the CIDR identity (``cidr:`` labels) for one a policy names."""
+    node1, node2 = lab.nodes  # api and client on node 1, web, db and crawler on node 2
+    report = lab.expect(
+        """
+        - {from: world:stranger, to: shop/api, port: 80, expect: deny}
+        - {from: world:stranger, to: shop/api, port: 80, family: 6, expect: deny}
+        - {from: world:partner, to: shop/db, port: 5432, expect: deny}
+        - {from: default/client, to: world:stranger, port: 80, expect: deny}
+        - {from: world:partner, to: shop/api, port: 80, expect: allow}
+        """,
+        name="hubble",
+    )
+    assert report.passed, explain(report)
+    api4, api6, db = lab.pod_ip("shop/api"), lab.pod_ip("shop/api", 6), lab.pod_ip("shop/db")
+    client = lab.pod_ip("default/client")
+
+    drop = _drop(lab, node1, STRANGER[0], api4)  # ingress on api's node: world-ipv4
+    assert drop["node_name"].endswith(node1) and drop["traffic_direction"] == "INGRESS", drop
+    assert drop["source"]["identity"] == 9, drop
+    assert "reserved:world" in drop["source"]["labels"], drop
+    assert not [x for x in drop["source"]["labels"] if x.startswith("cidr:")], drop
+    drop = _drop(lab, node1, STRANGER[1], api6)  # the same over IPv6: world-ipv6
+    assert drop["source"]["identity"] == 10 and "reserved:world" in drop["source"]["labels"]
+
+    # the partner's address is in a CIDR policy: its drop at db's node names the CIDR identity
+    drop = _drop(lab, node2, PARTNER[0], db)
+    assert drop["node_name"].endswith(node2) and drop["traffic_direction"] == "INGRESS", drop
+    assert drop["source"]["identity"] >= LOCAL_IDENTITY_MIN, drop
+    assert f"cidr:{PARTNER[0]}/32" in drop["source"]["labels"], drop
+    assert "reserved:world" in drop["source"]["labels"], drop
+
+    drop = _drop(lab, node1, client, STRANGER[0])  # egress on client's node
+    assert drop["traffic_direction"] == "EGRESS" and drop["destination"]["identity"] == 9, drop
+    assert "reserved:world" in drop["destination"]["labels"], drop
