@@ -62,6 +62,8 @@
 #define OBS_TO_OVERLAY 4
 #define OBS_FROM_ENDPOINT 5
 #define OBS_FROM_OVERLAY 9
+#define OBS_FROM_NETWORK 10
+#define OBS_TO_NETWORK 11
 #define OBS_TO_ENDPOINT 101
 
 /* Cilium drop reasons (values < 130 are not drops). */
@@ -79,6 +81,8 @@
 #define DROP_FRAG_NOSUPPORT 157
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_UNSUPPORTED_L2 166
+#define DROP_NAT_NO_MAPPING 167
+#define DROP_NAT_UNSUPP_PROTO 168
 #define DROP_INVALID_IDENTITY 171
 #define DROP_TTL_EXCEEDED 196
 #define DROP_EP_NOT_READY 203

@@ -1,4 +1,5 @@
-"""Every ctypes mirror in ciliary.datapath.maps matches its C struct as compiled into bpf_lxc.o.
+"""Every ctypes mirror in ciliary.datapath.maps matches its C struct as compiled into bpf_lxc.o
+(or the object its ``C_OBJECT`` names: the NAT structs live in bpf_host.o).
 
 The compiler's BTF is the ground truth: size, field set, field order, offsets and sizes. A field
 added on one side only fails here instead of silently corrupting a map.
@@ -39,13 +40,17 @@ def test_mirrors_cover_every_shared_struct() -> None:
         "trace_event",
         "policy_key",
         "policy_entry",
+        "nat_key",
+        "nat_entry",
+        "nat_config",
     }
 
 
 @pytest.mark.parametrize("mirror", ALL_MIRRORS, ids=lambda m: m.C_NAME)
 def test_mirror_matches_btf(lxc_object: Path, mirror: type[ctypes.Structure]) -> None:
     c_name: str = mirror.C_NAME  # type: ignore[attr-defined]
-    layout = struct_layout(lxc_object, c_name)
+    obj = lxc_object.parent / getattr(mirror, "C_OBJECT", lxc_object.name)
+    layout = struct_layout(obj, c_name)
 
     assert mirror.__doc__ is not None and f"struct {c_name}`" in mirror.__doc__
     assert ctypes.sizeof(mirror) == layout.size, f"sizeof(struct {c_name})"

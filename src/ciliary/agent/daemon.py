@@ -32,6 +32,7 @@ from ciliary.agent.k8s.nodemanager import LocalNode, NodeManager, NodeRoutes
 from ciliary.agent.k8s.pods import PodWatcher
 from ciliary.agent.k8s.policies import PolicyWatcher
 from ciliary.agent.k8s.services import ServiceWatcher, synced_apis
+from ciliary.agent.masquerade import setup_masquerade
 from ciliary.agent.monitor import Monitor
 from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
@@ -320,6 +321,7 @@ class Agent:
             routing_mode=mode,
             tunnel_ifindex=tunnel_ifindex,
         )
+        await asyncio.to_thread(setup_masquerade, self.datapath, net)
 
     async def run(self) -> None:
         cfg = self.cfg

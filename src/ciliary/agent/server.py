@@ -23,6 +23,7 @@ from ciliary.agent import policytrace
 from ciliary.agent.endpoints import EndpointError
 from ciliary.agent.ipam import IPAMError
 from ciliary.agent.k8s.policies import PolicyWriteError
+from ciliary.agent.masquerade import nat_entries
 from ciliary.core.models import (
     API_PREFIX,
     Endpoint,
@@ -163,6 +164,7 @@ class APIServer:
                 web.get(f"{p}/endpoint/{{id}}", self.endpoint_get),
                 web.delete(f"{p}/endpoint/{{id}}", self.endpoint_delete),
                 web.get(f"{p}/map/ct", self.ct_list),
+                web.get(f"{p}/map/nat", self.nat_list),
                 web.get(f"{p}/map/ipcache", self.ipcache_list),
                 web.get(f"{p}/monitor", self.monitor),
                 web.get(f"{p}/ipam", self.ipam_list),
@@ -353,6 +355,9 @@ class APIServer:
 
     async def ct_list(self, _: web.Request) -> web.Response:
         return _json(self._agent.ct_entries())
+
+    async def nat_list(self, _: web.Request) -> web.Response:
+        return _json(nat_entries(self._agent.datapath))
 
     async def ipcache_list(self, _: web.Request) -> web.Response:
         return _json(self._agent.ipcache_entries())

@@ -35,7 +35,13 @@ from ciliary.cli.output import (
 )
 from ciliary.client import AgentClient
 from ciliary.core.flow import ReservedIdentity
-from ciliary.core.models import CTEntry, EndpointPolicyStatus, IPCacheEntry, PolicyMapEntry
+from ciliary.core.models import (
+    CTEntry,
+    EndpointPolicyStatus,
+    IPCacheEntry,
+    NATEntry,
+    PolicyMapEntry,
+)
 
 
 def register(sub: Subparsers) -> None:
@@ -51,6 +57,13 @@ def register(sub: Subparsers) -> None:
     add_node_flag(ctl)
     add_output_flag(ctl)
     ctl.set_defaults(func=run_ct_list)
+
+    nat = bsub.add_parser("nat", help="BPF masquerade (NAT) table")
+    natsub = nat.add_subparsers(dest="nat_cmd", required=True, metavar="COMMAND")
+    natl = natsub.add_parser("list", aliases=["ls"], help="list NAT entries")
+    add_node_flag(natl)
+    add_output_flag(natl)
+    natl.set_defaults(func=run_nat_list)
 
     ipc = bsub.add_parser("ipcache", help="IP to identity cache")
     ipcsub = ipc.add_subparsers(dest="ipcache_cmd", required=True, metavar="COMMAND")
@@ -129,6 +142,36 @@ def run_ct_list(args: argparse.Namespace, ctx: Context) -> int:
         print_json(entries)
     else:
         render_ct(ctx.console, entries)
+    return 0
+
+
+# --------------------------------------------------------------------------- nat
+
+
+def render_nat(console: Console, entries: list[NATEntry]) -> None:
+    """One line per entry, as ``cilium-dbg bpf nat list``:
+    ``TCP OUT 10.0.0.5:39130 -> 172.18.0.254:80 XLATE_SRC 172.18.0.2:39130 Created=3s ago``."""
+    for e in entries:
+        xlate = "XLATE_SRC" if e.direction == "OUT" else "XLATE_DST"
+        console.print(
+            f"{e.protocol} {e.direction} {fmt_addr(e.src, e.sport)} -> "
+            f"{fmt_addr(e.dst, e.dport)} {xlate} {fmt_addr(e.to, e.to_port)} "
+            f"Created={fmt_duration(e.age_s)} ago",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def run_nat_list(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        entries = sorted(
+            client.nat_list(), key=lambda e: (e.family, e.protocol, e.direction, e.src, e.sport)
+        )
+    if wants_json(args):
+        print_json(entries)
+    else:
+        render_nat(ctx.console, entries)
     return 0
 
 

@@ -44,6 +44,7 @@ from ciliary.core.models import (
     IPAMListing,
     IPCacheEntry,
     MonitorEvent,
+    NATEntry,
     NodeInfo,
     PolicyChangeResponse,
     PolicyImportRequest,
@@ -68,6 +69,7 @@ _STATUS = TypeAdapter(StatusResponse)
 _ENDPOINTS = TypeAdapter(list[Endpoint])
 _CT = TypeAdapter(list[CTEntry])
 _IPCACHE = TypeAdapter(list[IPCacheEntry])
+_NAT = TypeAdapter(list[NATEntry])
 _HEALTHZ = TypeAdapter(dict[str, str])
 _IPAM_ALLOC = TypeAdapter(IPAMAllocateResponse)
 _IPAM_LIST = TypeAdapter(IPAMListing)
@@ -298,6 +300,9 @@ class AgentClient:
 
     def ct_list(self) -> list[CTEntry]:
         return self._get(_CT, "/map/ct")
+
+    def nat_list(self) -> list[NATEntry]:
+        return self._get(_NAT, "/map/nat")
 
     def ipcache_list(self) -> list[IPCacheEntry]:
         return self._get(_IPCACHE, "/map/ipcache")

@@ -102,6 +102,23 @@ class IPCacheEntry(_Model):
     tunnel_endpoint: str | None = None
 
 
+class NATEntry(_Model):
+    """One BPF masquerade map entry (``ciliary bpf nat list``): ``OUT`` is the pod's packet
+    given the source ``to``:``to_port`` (XLATE_SRC), ``IN`` the reply given the destination
+    ``to``:``to_port`` (XLATE_DST), as ``cilium-dbg bpf nat list``."""
+
+    family: Literal["IPv4", "IPv6"]
+    protocol: str
+    direction: Literal["OUT", "IN"]
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    to: str
+    to_port: int
+    age_s: float
+
+
 class CTEntry(_Model):
     family: Literal["IPv4", "IPv6"]
     protocol: str

@@ -3,9 +3,10 @@
 device's program.
 
 One object per attach point, as Cilium's: ``bpf_lxc.o`` (the endpoints' lxc devices) and
-``bpf_overlay.o`` next to it (``ciliary_vxlan``'s ingress). Both declare the same maps with the
-same pins, so the second load reuses what the first created: one conntrack table, one ipcache,
-one events ring per node whichever program saw a packet.
+``bpf_overlay.o`` next to it (``ciliary_vxlan``'s ingress) and ``bpf_host.o`` (the native
+devices' ingress and egress: BPF masquerade). They declare the same maps with the same pins, so
+each load reuses what the first created: one conntrack table, one ipcache, one events ring per
+node whichever program saw a packet; the NAT maps are pinned too.
 
 Restart contract: maps are opened through their pins (libbpf reuses a pinned map of the same
 shape), so a restarted agent sees the conntrack, endpoint and ipcache state the datapath kept
@@ -27,6 +28,7 @@ from ciliary.datapath.maps.conntrack import CTMap
 from ciliary.datapath.maps.endpoints import EndpointMap
 from ciliary.datapath.maps.events import EventsLostMap
 from ciliary.datapath.maps.ipcache import IPCacheMap
+from ciliary.datapath.maps.nat import NAT_CONFIG_MAP, NAT_MAPS, NATConfigMap, NATRecord, nat_records
 from ciliary.datapath.maps.policy import PolicyMaps
 
 BPF_FS = Path("/sys/fs/bpf")
@@ -35,6 +37,9 @@ FROM_CONTAINER = "cil_from_container"
 TO_CONTAINER = "cil_to_container"
 FROM_OVERLAY = "cil_from_overlay"
 OVERLAY_OBJECT = "bpf_overlay.o"
+TO_NETDEV = "cil_to_netdev"
+FROM_NETDEV = "cil_from_netdev"
+HOST_OBJECT = "bpf_host.o"
 EVENTS_MAP = "ciliary_events"
 
 
@@ -59,10 +64,12 @@ class NodeDatapath:
     def __init__(self, object_path: Path, pin_dir: Path, *, ct_max: int = 65536) -> None:
         self.object_path = object_path
         self.overlay_object_path = object_path.parent / OVERLAY_OBJECT
+        self.host_object_path = object_path.parent / HOST_OBJECT
         self.pin_dir = pin_dir
         self._ct_max = ct_max
         self._obj: BPFObject | None = None
         self._overlay: BPFObject | None = None
+        self._host: BPFObject | None = None
         self._maps: dict[str, Map] = {}
 
     def _open(self, path: Path) -> BPFObject:
@@ -75,7 +82,7 @@ class NodeDatapath:
         return obj
 
     def load(self) -> None:
-        for path in (self.object_path, self.overlay_object_path):
+        for path in (self.object_path, self.overlay_object_path, self.host_object_path):
             if not path.exists():  # both checked before anything is created or pinned
                 raise FileNotFoundError(
                     f"BPF object {path} not found (run `make -C bpf` / `make setup`)"
@@ -84,19 +91,28 @@ class NodeDatapath:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         obj = self._open(self.object_path)
         overlay: BPFObject | None = None
+        host: BPFObject | None = None
         try:
             overlay = self._open(self.overlay_object_path)
+            host = self._open(self.host_object_path)
             for prog in (FROM_CONTAINER, TO_CONTAINER):
                 obj.pin_program(prog, self.pin_dir / prog)
             overlay.pin_program(FROM_OVERLAY, self.pin_dir / FROM_OVERLAY)
+            for prog in (TO_NETDEV, FROM_NETDEV):
+                host.pin_program(prog, self.pin_dir / prog)
             self._maps = {name: obj.map(name) for name in obj.map_names()}
+            for name in (NAT_CONFIG_MAP, *NAT_MAPS.values()):
+                self._maps[name] = host.map(name)
         except BaseException:
-            if overlay is not None:
-                overlay.close()
+            for o in (host, overlay):
+                if o is not None:
+                    o.close()
             obj.close()
             raise
         self._obj = obj
         self._overlay = overlay
+        self._host = host
+        self.nat_config = NATConfigMap(self._maps[NAT_CONFIG_MAP])
         self.endpoints = EndpointMap(self._maps["ciliary_lxc"])
         self.ipcache = IPCacheMap(self._maps["ciliary_ipcache"])
         self.ct = CTMap(self._maps["ciliary_ct"])
@@ -106,7 +122,7 @@ class NodeDatapath:
 
     @property
     def programs(self) -> list[str]:
-        return [FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY]
+        return [FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY, TO_NETDEV, FROM_NETDEV]
 
     @property
     def events_map(self) -> Map:
@@ -139,13 +155,33 @@ class NodeDatapath:
     def overlay_attached(self, ifindex: int) -> bool:
         return tc_query(ifindex, "ingress") is not None
 
+    def attach_host(self, ifindex: int) -> None:
+        """Attach the native device's programs (BPF masquerade), egress first: a reply can only
+        need cil_from_netdev once cil_to_netdev translated its request. Each replaces what is
+        there atomically."""
+        if self._host is None:
+            raise RuntimeError("datapath not loaded")
+        tc_attach(ifindex, self._host.program_fd(TO_NETDEV), "egress")
+        tc_attach(ifindex, self._host.program_fd(FROM_NETDEV), "ingress")
+
+    def detach_host(self, ifindex: int) -> None:
+        tc_detach(ifindex, "egress")
+        tc_detach(ifindex, "ingress")
+
+    def nat_entries(self) -> list[NATRecord]:
+        """Both families' NAT state (``ciliary bpf nat list``)."""
+        out: list[NATRecord] = []
+        for family, name in NAT_MAPS.items():
+            out += nat_records(self._maps[name], family)
+        return out
+
     def map_usage(self) -> list[MapUsage]:
         out = []
         for name, m in sorted(self._maps.items()):
             info = m.info
             if name in (EVENTS_MAP,) or name.endswith(".bss") or name.endswith(".rodata"):
                 continue
-            if name in ("ciliary_config", "ciliary_events_lost", "ciliary_policy"):
+            if name in ("ciliary_config", "ciliary_events_lost", "ciliary_policy", NAT_CONFIG_MAP):
                 continue
             out.append(MapUsage(name, m.count(), info.max_entries))
         return out
@@ -154,10 +190,10 @@ class NodeDatapath:
         for m in self._maps.values():
             m.close()
         self._maps = {}
-        for obj in (self._obj, self._overlay):
+        for obj in (self._obj, self._overlay, self._host):
             if obj is not None:
                 obj.close()
-        self._obj = self._overlay = None
+        self._obj = self._overlay = self._host = None
 
 
 def remove_pins(pin_dir: Path) -> None:

@@ -1,10 +1,11 @@
 """Typed views of the datapath's maps and ctypes mirrors of the structs they hold.
 
 Each module mirrors the C structs of one map of ``bpf/lib/common.h`` (class attribute
-``C_NAME`` names the C twin; ``_fields_`` in the C order with the C types) and wraps a
-:class:`~ciliary.datapath.libbpf.Map` with an API in ``ipaddress`` types. :data:`ALL_MIRRORS` is
-what tests/bpf/test_btf_layout.py checks against the compiled object's BTF, so a struct changed
-on one side only fails the suite instead of corrupting maps.
+``C_NAME`` names the C twin, ``C_OBJECT`` the object holding it when not ``bpf_lxc.o``;
+``_fields_`` in the C order with the C types) and wraps a :class:`~ciliary.datapath.libbpf.Map`
+with an API in ``ipaddress`` types. :data:`ALL_MIRRORS` is what tests/bpf/test_btf_layout.py
+checks against the compiled objects' BTF, so a struct changed on one side only fails the suite
+instead of corrupting maps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ciliary.datapath.maps.events import (
     decode_trace_event,
 )
 from ciliary.datapath.maps.ipcache import IPCacheInfoC, IPCacheKeyC, IPCacheMap, IPCacheRecord
+from ciliary.datapath.maps.nat import NATConfigC, NATEntryC, NATKeyC
 from ciliary.datapath.maps.policy import PolicyEntryC, PolicyKeyC
 
 __all__ = [
@@ -48,6 +50,9 @@ __all__ = [
     "IPCacheKeyC",
     "IPCacheMap",
     "IPCacheRecord",
+    "NATConfigC",
+    "NATEntryC",
+    "NATKeyC",
     "PolicyEntryC",
     "PolicyKeyC",
     "RawTraceEvent",
@@ -66,4 +71,7 @@ ALL_MIRRORS: list[type[ctypes.Structure]] = [
     TraceEventC,
     PolicyKeyC,
     PolicyEntryC,
+    NATKeyC,
+    NATEntryC,
+    NATConfigC,
 ]

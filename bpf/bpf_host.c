@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Programs of the node's native devices (--devices, e.g. the lab network's eth0), as Cilium's
+ * bpf_host.c with bpf.masquerade:
+ *   tc egress   cil_to_netdev: a packet a local endpoint sends to the world (lib/nat.h decides)
+ *               leaves with the node IP as source and a NAT port; everything else (the node's
+ *               own traffic, pod traffic to the cluster or the native routing CIDR) untouched.
+ *   tc ingress  cil_from_netdev: a reply addressed to the node IP and a NAT port of a
+ *               masqueraded connection gets the pod's address and port back, then the stack
+ *               routes it to the pod's lxc, where cil_to_container does conntrack and policy as
+ *               for any packet from outside. Anything else untouched.
+ * It shares the node's pins with bpf_lxc (endpoints, ipcache, conntrack: a pod's reply to a
+ * connection the peer opened is never masqueraded) and owns the NAT maps, so the
+ * translation state outlives an agent restart as conntrack does. */
+#include "lib/common.h"
+#include "lib/config.h"
+#include "lib/parse.h"
+#include "lib/endpoints.h"
+#include "lib/ipcache.h"
+#include "lib/events.h"
+#include "lib/nat.h"
+
+SEC("tc")
+int cil_to_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct nat_config *cfg = nat_config_get();
+	if (!cfg || parse_packet(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
+	const __u8 *node = nat_node_addr(cfg, p.family);
+	if (!node || !snat_needs_masquerade(&p, cfg))
+		return TC_ACT_OK;
+	if (!nat_proto_ok(&p, 1))
+		return drop_packet(skb, &p, DROP_NAT_UNSUPP_PROTO, 0, 0, 0, OBS_TO_NETWORK);
+	int ret = snat_masquerade(skb, &p, node);
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_TO_NETWORK);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int cil_from_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct nat_config *cfg = nat_config_get();
+	if (!cfg || parse_packet(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
+	int ret = snat_reverse(skb, &p, cfg);
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
+	return TC_ACT_OK;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
