@@ -3,19 +3,30 @@
 the pod CIDRs, the receiving node takes the identity from its ipcache). A policy allowing one
 source is enforced at the destination node with the sender's real identity: a pod of the third
 node with other labels is dropped there, ``Policy denied``, and the receiving node's Hubble names
-its identity. An agent restart on either end leaves a cross-node connection established."""
+its identity. Hubble on either node names both pods of a cross-node flow (the receiving node
+knows the sender only by its address and the identity the overlay carried; its pod name and
+namespace come from the cluster's CiliumEndpoints, as upstream's ipcache metadata), so pod
+filters select cross-node traffic, and the relay's ``--node-name`` selects one node's flows. An
+agent restart on either end leaves a cross-node connection established. Cluster health, as
+``cilium-health`` (probes every second here, ``spec.healthCheckInterval``): every agent reports
+every node reachable over ICMP and HTTP (:4240 ``/hello``) on its IPv4 and IPv6 node IPs, with
+round-trip times; the third node's agent stopped, its HTTP turns unreachable while ICMP stays;
+then its ``eth0`` down, ICMP too, each within a few probe intervals (these two come last: they
+take the third node away)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from ciliary.core.models import ClusterHealth, StatusResponse
 from ciliary.lab import manager
 from tests.e2e.conftest import CILIARY, kube_lab, unique
 from tests.kubectl import get_json, kubectl, wait_for
@@ -29,6 +40,7 @@ metadata: {{name: {lab}}}
 spec:
   routingMode: {mode}
   autoDirectNodeRoutes: {direct}
+  healthCheckInterval: 1
   nodes:
   - name: {n1}
   - name: {n2}
@@ -157,15 +169,22 @@ def _identity(lab: MultiLab, pod: str) -> int:
     return int(cep["status"]["identity"]["id"])
 
 
-def _hubble(lab: MultiLab, node: str, *flags: str) -> list[dict[str, Any]]:
-    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+def _pod(endpoint: dict[str, Any]) -> str:
+    return f"{endpoint.get('namespace', '')}/{endpoint.get('pod_name', '')}"
+
+
+def _observe(server: str, *flags: str) -> list[dict[str, Any]]:
     res = subprocess.run(
-        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
-         "--last", "200", "-o", "jsonpb", *flags],
-        capture_output=True, text=True, timeout=60, check=False,
+        [CILIARY, "observe", "--server", server, "--last", "500", "-o", "jsonpb", *flags],
+        capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+def _node_socket(lab: MultiLab, node: str) -> str:
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+    return f"unix://{nrec.state_dir}/hubble.sock"
 
 
 def test_policy_enforced_at_the_destination_with_the_source_identity(lab: MultiLab) -> None:
@@ -184,7 +203,9 @@ def test_policy_enforced_at_the_destination_with_the_source_identity(lab: MultiL
         def denied() -> list[dict[str, Any]]:
             return [
                 f
-                for f in _hubble(lab, n2, "--verdict", "DROPPED", "--to-pod", "shop/server")
+                for f in _observe(
+                    _node_socket(lab, n2), "--verdict", "DROPPED", "--to-pod", "shop/server"
+                )
                 if f.get("drop_reason_desc") == "POLICY_DENIED"
             ]
 
@@ -193,16 +214,21 @@ def test_policy_enforced_at_the_destination_with_the_source_identity(lab: MultiL
         assert drop["node_name"].endswith(n2), drop
         assert drop["source"]["identity"] == other_id, drop
         assert "k8s:app=other" in drop["source"]["labels"], drop
+        assert _pod(drop["source"]) == "default/other", drop  # named from its CiliumEndpoint
         assert drop["traffic_direction"] == "INGRESS", drop
 
         allowed = [
             f
-            for f in _hubble(lab, n2, "--verdict", "FORWARDED", "--to-pod", "shop/server")
+            for f in _observe(
+                _node_socket(lab, n2), "--verdict", "FORWARDED", "--to-pod", "shop/server"
+            )
             if f["source"]["identity"] == client_id
         ]
         assert allowed, "no forwarded flow from the client at the destination node"
         if lab.mode == "tunnel":  # observed on both ends of the overlay
-            sent = _hubble(lab, lab.nodes[0], "--to-ip", server, "--verdict", "FORWARDED")
+            sent = _observe(
+                _node_socket(lab, lab.nodes[0]), "--to-ip", server, "--verdict", "FORWARDED"
+            )
             points = {f.get("trace_observation_point") for f in sent}
             assert "TO_OVERLAY" in points, points
             points = {f.get("trace_observation_point") for f in allowed}
@@ -210,6 +236,50 @@ def test_policy_enforced_at_the_destination_with_the_source_identity(lab: MultiL
     finally:
         kubectl(lab.kubeconfig, "delete", "cnp", "-n", "shop", "server-from-client")
     wait_for("other allowed again", lambda: lab.run("default/other", *tcp).returncode == 0, 20)
+
+
+def test_receiving_node_names_the_remote_client(lab: MultiLab) -> None:
+    """On the server's node the client is a remote pod: ``--from-pod default/client`` selects
+    its flows, and they name it (and the server) as on the client's own node."""
+    _serving(lab, 4)
+    n1, n2 = lab.nodes[0], lab.nodes[1]
+    node2 = _node_socket(lab, n2)
+    flows = wait_for(
+        "node 2's flows from default/client",
+        lambda: _observe(node2, "--from-pod", "default/client", "--to-pod", "shop/server"),
+        10,
+    )
+    for f in flows:
+        assert f["node_name"] == f"{lab.name}/{n2}", f
+        assert (_pod(f["source"]), _pod(f["destination"])) == ("default/client", "shop/server")
+        assert "ID" not in f["source"], f  # not an endpoint of this node
+        assert "k8s:app=client" in f["source"]["labels"], f
+        assert f["source"]["cluster_name"] == lab.name, f
+    # replies name the remote client as their destination; --namespace matches either end
+    replies = _observe(node2, "--to-pod", "default/client")
+    assert replies and all(_pod(f["source"]) == "shop/server" for f in replies), replies
+    ns = _observe(node2, "--namespace", "default")
+    assert len(ns) >= len(flows) + len(replies), (len(ns), len(flows), len(replies))
+    # on the client's node the server is the remote one
+    sent = _observe(_node_socket(lab, n1), "--to-pod", "shop/server")
+    assert sent and all(_pod(f["source"]) == "default/client" for f in sent), sent
+
+
+def test_relay_names_both_ends_and_selects_a_node(lab: MultiLab) -> None:
+    """Through the relay both nodes' flows of the connection name both pods; ``--node-name``
+    (``<cluster>/<node>``, or a node pattern) keeps one node's."""
+    _serving(lab, 4)
+    relay = manager.record(lab.name).relay
+    assert relay is not None
+    n1, n2 = lab.nodes[0], lab.nodes[1]
+    both = _observe(relay.address, "--from-pod", "default/client", "--to-pod", "shop/server")
+    nodes = {f["node_name"] for f in both}
+    assert nodes == {f"{lab.name}/{n1}", f"{lab.name}/{n2}"}, nodes
+    # <cluster>/<node>, or a bare node name (any cluster)
+    for pattern, node in ((f"{lab.name}/{n1}", n1), (n2, n2)):
+        one = _observe(relay.address, "--node-name", pattern, "--from-pod", "default/client")
+        assert one and {f["node_name"] for f in one} == {f"{lab.name}/{node}"}, (pattern, one)
+    assert _observe(relay.address, "--node-name", f"other/{n1}") == []
 
 
 def test_connection_survives_agent_restarts(lab: MultiLab) -> None:
@@ -234,3 +304,107 @@ def test_connection_survives_agent_restarts(lab: MultiLab) -> None:
             assert round_trip() == "ok", f"after restarting {node}'s agent"
     finally:
         proc.communicate(timeout=10)  # closes stdin: the holder ends; its pipes are closed
+
+
+WITHIN = 8.0
+"""A health change shows within a probe round in flight (probe timeout = interval) and the next."""
+
+
+def _ciliary(*argv: str) -> str:
+    got = subprocess.run([CILIARY, *argv], capture_output=True, text=True, timeout=30, check=False)
+    assert got.returncode == 0, (argv, got.stdout, got.stderr)
+    return got.stdout
+
+
+def _health(node: str) -> ClusterHealth:
+    status = StatusResponse.model_validate(
+        json.loads(_ciliary("--node", node, "status", "-o", "json"))
+    )
+    assert status.cluster_health is not None
+    return status.cluster_health
+
+
+def _wait_health(node: str, ok: Callable[[ClusterHealth], bool], within: float) -> ClusterHealth:
+    deadline = time.monotonic() + within
+    while True:
+        health = _health(node)
+        if ok(health) or time.monotonic() > deadline:
+            return health
+        time.sleep(0.2)
+
+
+def _paths(health: ClusterHealth, node: str) -> dict[str, tuple[bool | None, bool | None]]:
+    """address → (ICMP ok, HTTP ok) of ``node`` in ``health`` (None: not probed)."""
+    (entry,) = [n for n in health.nodes if n.name == node]
+    return {
+        p.ip: (p.icmp.ok if p.icmp else None, p.http.ok if p.http else None) for p in entry.host
+    }
+
+
+def _node_ips(lab: MultiLab) -> dict[str, list[str]]:
+    return {
+        n.name: [ip for ip in (n.node_ipv4, n.node_ipv6) if ip]
+        for n in manager.record(lab.name).nodes
+    }
+
+
+def test_every_node_reaches_every_node_over_icmp_and_http(lab: MultiLab) -> None:
+    ips = _node_ips(lab)
+    for node in lab.nodes:
+        health = _wait_health(node, lambda h: len(h.nodes) == 3 and h.reachable() == 3, 30)
+        assert health.reachable() == 3, health
+        assert health.port == 4240 and health.probe_interval_s == 1.0
+        assert sorted((n.name, n.local) for n in health.nodes) == sorted(
+            (n, n == node) for n in lab.nodes
+        )
+        for n in health.nodes:
+            assert [p.ip for p in n.host] == ips[n.name] and len(ips[n.name]) == 2
+            for p in n.host:
+                for probe in (p.icmp, p.http):
+                    assert probe is not None and probe.ok and probe.latency_s is not None
+                    assert 0 < probe.latency_s < 1, probe
+    text = _ciliary("--node", lab.nodes[0], "status", "--all-health")
+    assert "Cluster health:" in text and "3/3 reachable" in text
+    for ip in (ip for node_ips in ips.values() for ip in node_ips):
+        assert ip in text, text  # the table lists every address with its latencies
+    assert text.count("reachable ") >= 12, text
+    detail = _ciliary("--node", lab.nodes[0], "health", "status")
+    assert f"{lab.nodes[0]} (localhost):" in detail
+    assert f"Host connectivity to {ips[lab.nodes[2]][1]}:" in detail
+    assert detail.count("OK, RTT=") == 12, detail  # 3 nodes x 2 addresses x ICMP + HTTP
+
+
+def test_a_stopped_agent_is_unreachable_over_http_only(lab: MultiLab) -> None:
+    a, c = lab.nodes[0], lab.nodes[2]
+    _wait_health(a, lambda h: h.reachable() == 3, 30)
+    manager.stop_agent(c, name=lab.name)
+    t0 = time.monotonic()
+    want = {ip: (True, False) for ip in _node_ips(lab)[c]}
+    health = _wait_health(a, lambda h: _paths(h, c) == want, WITHIN)
+    took = time.monotonic() - t0
+    assert _paths(health, c) == want, health
+    assert health.reachable() == 2
+    assert "2/3 reachable" in _ciliary("--node", a, "status")
+    print(f"agent stopped -> HTTP unreachable in {took:.2f}s")
+
+
+def test_a_node_off_the_network_is_unreachable_over_icmp_too(lab: MultiLab) -> None:
+    """After the test above (its agent stays down): its stack stops answering too."""
+    a, c = lab.nodes[0], lab.nodes[2]
+    health = _wait_health(a, lambda h: all(icmp for icmp, _ in _paths(h, c).values()), 30)
+    assert all(icmp for icmp, _ in _paths(health, c).values()), health
+    subprocess.run(
+        ["ip", "-n", f"ciln-{lab.name}-{c}", "link", "set", "eth0", "down"], check=True, timeout=10
+    )
+    t0 = time.monotonic()
+    want = {ip: (False, False) for ip in _node_ips(lab)[c]}
+    health = _wait_health(a, lambda h: _paths(h, c) == want, WITHIN)
+    took = time.monotonic() - t0
+    assert _paths(health, c) == want, health
+    (entry,) = [n for n in health.nodes if n.name == c]
+    assert entry.host[0].icmp is not None and "no echo reply" in entry.host[0].icmp.status
+    text = _ciliary("--node", a, "status")  # without --all-health: the unreachable node's rows
+    after = text.split("Cluster health")[1]
+    assert "2/3 reachable" in text and _node_ips(lab)[c][0] in after, text
+    assert _node_ips(lab)[a][0] not in after, text
+    print(f"eth0 down -> ICMP and HTTP unreachable in {took:.2f}s")
