@@ -7,12 +7,14 @@ pinned, the new programs replace the old ones atomically)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,6 +174,35 @@ def test_pod_reaches_a_world_host_as_the_node(masq: MasqLab, family: int) -> Non
     assert sent.returncode == 0, sent.stderr
     wait_for("the world host's UDP peer", lambda: f"udp {NODE[i]}" in peers_seen(masq.logs["web"]))
     assert f"udp {masq.pod_ips[i]}" not in peers_seen(masq.logs["web"])
+
+
+RAW_253 = "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_RAW, 253).sendto(b'x', (sys.argv[1], 0))"  # noqa: E501
+
+
+def test_a_protocol_without_ports_to_the_world_is_dropped(masq: MasqLab) -> None:
+    """Nothing to give a NAT port (IP protocol 253): dropped on the device, never leaked with the
+    pod's address; Hubble names upstream's reason."""
+    sent = in_pod(masq, sys.executable, "-c", RAW_253, WEB[0])
+    assert sent.returncode == 0, sent.stderr
+    nrec = next(n for n in manager.record(masq.name).nodes if n.name == masq.node)
+
+    def dropped() -> list[dict[str, Any]]:
+        res = subprocess.run(
+            [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock", "--last",
+             "500", "--verdict", "DROPPED", "-o", "jsonpb"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        flows = [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+        return [
+            f
+            for f in flows
+            if f.get("drop_reason_desc") == "UNSUPPORTED_PROTOCOL_FOR_NAT_MASQUERADE"
+            and f["IP"]["destination"] == WEB[0]
+        ]
+
+    flows = wait_for("the drop 168 flow", dropped, 20)
+    assert flows[0]["IP"]["source"] == masq.pod_ips[0]
 
 
 def test_native_routing_cidr_is_not_masqueraded(masq: MasqLab) -> None:
