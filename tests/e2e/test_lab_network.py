@@ -3,6 +3,8 @@
 ``cilu-<lab>`` (nothing of it in the root netns); world hosts (``spec.externals``) are on it
 with their addresses and serve their command; ``kubectl get nodes -o wide`` shows the node IPs
 as the nodes' InternalIPs (a pod's hostIP too); the agents run with them and the routing flags;
+the API server is on the lab network (its ``.1``/``::1``, port 6443) for the nodes with their
+kubeconfigs' credentials and out of a pod's reach (a pod still reaches a world host there);
 ``lab down`` removes the lab network and the world, also a lab network left by a crash without a
 record."""
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ import pytest
 from ciliary.datapath.linux import netns
 from ciliary.lab import manager, process
 from tests.e2e.conftest import CILIARY, assert_no_leftovers, kube_lab, unique
-from tests.kubectl import get_json, kubectl
+from tests.kubectl import KUBECTL, get_json, kubectl
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,6 +47,7 @@ spec:
 IPS = {0: ("192.168.77.2", "fd77:1::2"), 1: ("192.168.77.3", "fd77:1::3")}
 WEB = ("192.168.77.254", "fd77:1::ffff:ffff:ffff:fffe")  # from the top of the subnets
 DB = ("192.168.77.100", "fd77:1::100")
+API = ("192.168.77.1", "fd77:1::1")  # the lab network's own addresses (its bridge's)
 
 
 @dataclass
@@ -173,6 +177,52 @@ def test_agents_run_with_their_node_ips_and_the_routing(netlab: NetLab) -> None:
         assert "--auto-direct-node-routes" not in flags
     view = manager.status(netlab.name)
     assert [(n.node_ipv4, n.node_ipv6) for n in view.nodes] == [IPS[0], IPS[1]]
+
+
+def connect(ns: str, host: str, port: int) -> str:
+    """``ok`` or the error of a TCP connect from inside the netns ``ns`` (3 s)."""
+    code = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(({host!r}, {port}), timeout=3).close()\n"
+        "    print('ok')\n"
+        "except OSError as err:\n"
+        "    print(type(err).__name__, err)\n"
+    )
+    got = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return got.stdout.strip()
+
+
+def test_nodes_reach_the_api_on_the_lab_network_and_pods_do_not(netlab: NetLab) -> None:
+    rec = manager.record(netlab.name)
+    assert rec.control_plane is not None
+    assert rec.control_plane.network_urls == [
+        f"https://{API[0]}:6443",
+        f"https://[{API[1]}]:6443",
+    ]
+    for node in rec.nodes:
+        assert node.kubeconfig is not None
+        for url in rec.control_plane.network_urls:  # the node's own certificate, the lab's CA
+            got = in_node(
+                netlab, node.name, KUBECTL, "--kubeconfig", node.kubeconfig, "--server", url,
+                "--request-timeout=5s", "get", "nodes", "-o", "name",
+            )  # fmt: skip
+            # kubectl checks the serving certificate names the address
+            assert got.returncode == 0, (node.name, url, got.stderr)
+            assert sorted(got.stdout.split()) == sorted(f"node/{n}" for n in netlab.nodes)
+    # a pod (the lab's DNS pod) reaches a world host on the lab network (masqueraded) but not
+    # the API there: its node forwards nothing of it to port 6443 of the bridge's addresses
+    pod = manager.status(netlab.name).pods[0]
+    for web, api in zip(WEB, API, strict=True):
+        assert connect(pod.netns, web, 8080) == "ok", (pod.name, web)
+        refused = connect(pod.netns, api, 6443)
+        assert refused != "ok" and "timed out" not in refused, (pod.name, api, refused)
+    # its node's own connections there pass (the fence is for what it forwards only)
+    node_ns = f"ciln-{netlab.name}-{pod.node}"
+    assert [connect(node_ns, api, 6443) for api in API] == ["ok", "ok"]
 
 
 def test_lab_down_removes_the_lab_network(netlab: NetLab) -> None:

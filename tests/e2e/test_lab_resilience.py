@@ -25,7 +25,7 @@ from ciliary.client.agent import AgentClient
 from ciliary.lab import manager
 from tests.e2e.conftest import CILIARY, kube_lab, unique
 from tests.e2e.test_agent_kubernetes import DENY_CLIENTS, Probe
-from tests.kubectl import kubectl, kubectl_run
+from tests.kubectl import KUBECTL, kubectl, kubectl_run
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -143,6 +143,20 @@ def _assert_held(allowed: list[Probe], denied: list[Probe], start: float, end: f
         assert True not in got, f"{p.out.name}: a denied flow got through during the outage"
 
 
+def _assert_nodes_reach_the_lab_network_api(name: str) -> None:
+    rec = manager.record(name)
+    assert rec.control_plane is not None and rec.control_plane.network_urls
+    for node in rec.nodes:
+        assert node.kubeconfig is not None
+        for url in rec.control_plane.network_urls:
+            got = subprocess.run(
+                ["ip", "netns", "exec", node.netns, KUBECTL, "--kubeconfig", node.kubeconfig,
+                 "--server", url, "--request-timeout=5s", "get", "--raw=/readyz"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert got.returncode == 0, (node.name, url, got.stderr)
+
+
 def _assert_nothing_duplicated(name: str, nodes: list[str], kubeconfig: str) -> None:
     ids = json.loads(kubectl(kubeconfig, "get", "ciliumidentities", "-o", "json"))["items"]
     by_labels: dict[tuple[str, ...], list[int]] = {}
@@ -211,6 +225,7 @@ def test_control_plane_kill9_during_traffic(
             assert True not in _outcomes(p, back, time.time())
         after = manager.control_plane(name)
         assert after is not None and after.apiserver_pid != cp.apiserver_pid
+        _assert_nodes_reach_the_lab_network_api(name)  # the restarted server listens there too
 
         killed, back = _kill_and_change(
             name,

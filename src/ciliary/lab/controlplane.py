@@ -14,6 +14,13 @@ node's netns to ``<lab dir>/apiserver-listeners`` (the server opens a socket *in
 and serves it, ``apiserver/netnslisten.py``; read again on SIGHUP and by every restart) and writes
 ``<lab dir>/nodes/<node>/kubeconfig`` with the node's own client certificate (kubelet's identity:
 CN ``system:node:<node>``, O ``system:nodes``), for what runs in the node (the agent).
+
+The API is also on the lab network, as a real cluster's nodes reach their API server at an
+address of their network: ``add_network`` adds listeners inside the lab network's namespace on
+its own addresses (the bridge's ``.1``/``::1``, port 6443; the serving certificate names them,
+``start_control_plane(addresses=...)``), through the same file, so a restarted server opens them
+again. Pods do not reach it: ``lab.underlay`` fences the address's API port off from what a node
+forwards.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,12 +138,12 @@ def load(lab_dir: Path) -> ControlPlane | None:
     )
 
 
-def _certificates(ca: LabCA) -> tuple[CertPair, CertPair]:
+def _certificates(ca: LabCA, addresses: Sequence[str] = ()) -> tuple[CertPair, CertPair]:
     server = ca.issue(
         SERVER_STEM,
         SERVER_STEM,
         dns_names=SERVER_NAMES,
-        addresses=tuple(ipaddress.ip_address(a) for a in LOOPBACK_ADDRESSES),
+        addresses=tuple(ipaddress.ip_address(a) for a in (*LOOPBACK_ADDRESSES, *addresses)),
         server=True,
     )
     admin = ca.issue(ADMIN_STEM, ADMIN_USER, server=False)
@@ -194,6 +202,12 @@ def node_listener(netns_path: str | Path) -> netnslisten.NetnsListener:
     return netnslisten.NetnsListener(str(netns_path), NODE_API_HOST, NODE_API_PORT)
 
 
+def network_url(address: str) -> str:
+    """The API's URL at ``address`` of the lab network (the bridge's), port 6443."""
+    host = f"[{address}]" if ":" in address else address
+    return f"https://{host}:{NODE_API_PORT}"
+
+
 def node_listeners(cp: ControlPlane) -> list[netnslisten.NetnsListener]:
     """The listeners the API server is asked to keep (the file; empty when it is missing)."""
     try:
@@ -215,17 +229,39 @@ def add_node(cp: ControlPlane, node: str, netns_path: str | Path, timeout: float
     path.parent.chmod(0o700)
     url = f"https://{NODE_API_HOST}:{NODE_API_PORT}"
     _write_kubeconfig(cp, path, url, user)
-    listener = node_listener(netns_path)
-    listeners = node_listeners(cp)
-    if listener not in listeners:
-        atomic.write_text(cp.listeners_file, netnslisten.render([*listeners, listener]))
-    if cp.apiserver_alive():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(cp.apiserver_pid, signal.SIGHUP)
+    _listen(cp, [node_listener(netns_path)])
     ctx = ssl.create_default_context(cafile=str(cp.ca.ca_cert))
     ctx.load_cert_chain(str(user.cert), str(user.key))
     netns.call_in(str(netns_path), lambda: wait_ready(cp, timeout, url=url, ctx=ctx))
     return path
+
+
+def add_network(
+    cp: ControlPlane, netns_path: str | Path, addresses: Sequence[str], timeout: float = 30.0
+) -> list[str]:
+    """Make the API reachable on the lab network at each of ``addresses`` (the bridge's, in
+    ``netns_path``; the serving certificate must name them) and return their URLs, once
+    ``/readyz`` answers at each from inside that netns. Idempotent."""
+    _listen(cp, [netnslisten.NetnsListener(str(netns_path), a, NODE_API_PORT) for a in addresses])
+    urls = [network_url(a) for a in addresses]
+
+    def ready() -> None:
+        for url in urls:
+            wait_ready(cp, timeout, url=url)
+
+    netns.call_in(str(netns_path), ready)
+    return urls
+
+
+def _listen(cp: ControlPlane, new: Sequence[netnslisten.NetnsListener]) -> None:
+    """Add ``new`` to the listeners file (atomically) and tell the API server (SIGHUP)."""
+    listeners = node_listeners(cp)
+    missing = [lst for lst in new if lst not in listeners]
+    if missing:
+        atomic.write_text(cp.listeners_file, netnslisten.render([*listeners, *missing]))
+    if cp.apiserver_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(cp.apiserver_pid, signal.SIGHUP)
 
 
 def pod_log_dir(lab_dir: Path) -> Path:
@@ -304,16 +340,22 @@ def wait_ready(
 
 
 def start_control_plane(
-    lab_dir: Path, *, cluster: str = "lab", bookmark_interval: float = 60.0
+    lab_dir: Path,
+    *,
+    cluster: str = "lab",
+    bookmark_interval: float = 60.0,
+    addresses: Sequence[str] = (),
 ) -> ControlPlane:
     """etcd, certificates, the API server and the kubeconfig for ``lab_dir`` (created 0700).
+    The serving certificate names loopback and ``addresses`` (the lab network's, for
+    :func:`add_network`).
 
     The API server is spawned first, on etcd's chosen port, and etcd right after: they start
     side by side (etcd is leader in ~0.1 s, before the API server's imports are done and its
     gRPC channel dials), so ``lab up`` pays ~0.6 s for both instead of their sum (~1.5 s)."""
     lab_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = LabCA(lab_dir, cluster)
-    server, _ = _certificates(ca)
+    server, _ = _certificates(ca, addresses)
     etcd_port, peer_port, port = free_port(), free_port(), free_port()
     planned = EtcdProcess(
         0, None, f"http://127.0.0.1:{etcd_port}", lab_dir / "etcd", lab_dir / "etcd.log"

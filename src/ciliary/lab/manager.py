@@ -376,8 +376,9 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
             rec, [KUBELET, OPERATOR], wait=False, operator_flags=_cluster_pool_flags(lab_file)
         )
         cidrs = schema.node_cidrs(lab_file)
-        with _step(progress, f"lab network: {network.netns}, {network.bridge}"):
+        with _step(progress, f"lab network: {network.netns}, {network.bridge}, the API on it"):
             underlay.create(network)
+            _add_network_listeners(rec)
         externals = lab_file.lab.spec.externals
         if externals:  # the world is there before the cluster
             with _step(progress, f"world: {len(externals)} hosts on the lab network"):
@@ -423,8 +424,11 @@ def _start_control_plane(rec: LabRecord) -> None:
     """etcd and the API server of the lab, data and certificates under the lab's directory (the
     lab's CA is Hubble's too), recorded before the nodes: the cluster exists first, as with
     kind. ``lab down`` stops both by pid and removes their data with the directory."""
+    addresses = underlay.api_addresses(rec.network) if rec.network is not None else []
     try:
-        cp = controlplane.start_control_plane(_lab_dir(rec.name), cluster=rec.name)
+        cp = controlplane.start_control_plane(
+            _lab_dir(rec.name), cluster=rec.name, addresses=addresses
+        )
     except (controlplane.ControlPlaneError, EtcdError, OSError) as err:
         raise LabError(f"control plane: {err}") from err
     rec.control_plane = ControlPlaneRecord(url=cp.url, kubeconfig=str(cp.kubeconfig))
@@ -868,6 +872,8 @@ def _create_node(
     netns.create(nrec.netns)
     if rec.network is not None:  # on the lab network before its agent starts
         underlay.plug_node(rec.network, nrec)
+        if rec.control_plane is not None:  # its pods kept from the API there
+            underlay.fence_api(rec.network, nrec, controlplane.NODE_API_PORT)
     if rec.control_plane is not None:  # the API on the node's loopback before its agent starts
         _add_node_listener(rec, nrec)
     _start_agent(rec, nrec)
@@ -946,6 +952,22 @@ def _add_node_listener(rec: LabRecord, nrec: NodeRecord) -> None:
         controlplane.add_node(cp, nrec.name, netns.path_of(nrec.netns))
     except (controlplane.ControlPlaneError, OSError) as err:
         raise LabError(f"node {nrec.name}: API server in its netns: {err}") from err
+
+
+def _add_network_listeners(rec: LabRecord) -> None:
+    """The API server listens on the lab network's own addresses too (inside ``cilu-<lab>``),
+    as a cluster's API on its nodes' network; recorded as ``ControlPlaneRecord.network_urls``."""
+    cp = control_plane(rec.name)
+    if cp is None or rec.network is None or rec.control_plane is None:
+        raise LabError(f"lab {rec.name!r} has no control plane or no lab network")
+    try:
+        urls = controlplane.add_network(
+            cp, netns.path_of(rec.network.netns), underlay.api_addresses(rec.network)
+        )
+    except (controlplane.ControlPlaneError, OSError) as err:
+        raise LabError(f"API server on the lab network {rec.network.netns}: {err}") from err
+    rec.control_plane.network_urls = urls
+    _save(rec)
 
 
 def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:

@@ -135,6 +135,11 @@ class ControlPlaneRecord(_Model):
 
     url: str
     kubeconfig: str
+    network_urls: list[str] = Field(
+        default_factory=list,
+        description="the API on the lab network (the bridge's addresses, port 6443), reachable "
+        "from the nodes, not from pods",
+    )
     apiserver_restarts: int = 0
     etcd_restarts: int = 0
     apiserver_last_exit: str | None = None

@@ -8,6 +8,10 @@ namespace (the nodes' veths go with their namespaces). Nothing is added to the r
 the lab network is the nodes' only, as a cluster's node network is the machines'. Every agent of
 the lab is told its node's IPs, its device and the lab's routing settings (:func:`agent_flags`,
 cilium-agent's flag names).
+
+The lab's API server listens on the network's own addresses (:func:`api_addresses`, the
+bridge's: as a cluster's nodes reach their API server on their network); each node is fenced
+(:func:`fence_api`) so that what it forwards, its pods' packets, never reaches that port there.
 """
 
 from __future__ import annotations
@@ -69,6 +73,19 @@ def create(record: LabNetworkRecord) -> None:
     own = nodenetwork.gateway(IPv4Network(record.ipv4), IPv6Network(record.ipv6))
     path = netns.create(record.netns)
     bridge.create_bridge(str(path), record.bridge, [own.ipv4, own.ipv6])
+
+
+def api_addresses(record: LabNetworkRecord) -> list[str]:
+    """Where the lab's API server listens on the lab network: its own addresses (the bridge's,
+    ``.1`` and ``::1``), v4 first."""
+    own = nodenetwork.gateway(IPv4Network(record.ipv4), IPv6Network(record.ipv6))
+    return [str(own.ipv4.ip), str(own.ipv6.ip)]
+
+
+def fence_api(record: LabNetworkRecord, nrec: NodeRecord, port: int) -> None:
+    """The node forwards nothing of its pods to the API's ``port`` on the lab network (its own
+    connections there pass): pods do not reach the control plane, even masqueraded."""
+    bridge.fence_forwarded(str(netns.path_of(nrec.netns)), api_addresses(record), port)
 
 
 def plug_node(record: LabNetworkRecord, nrec: NodeRecord) -> None:
@@ -150,8 +167,10 @@ __all__ = [
     "PREFIX",
     "WORLD_PREFIX",
     "agent_flags",
+    "api_addresses",
     "create",
     "external_netns",
+    "fence_api",
     "lab_of",
     "netns_name",
     "plan",

@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ciliary.cli.hubble_dial import lab_client_tls
+from ciliary.lab import controlplane
 from ciliary.lab.certs import LabCA, agent_flags, node_server_name, relay_flags, router_addresses
 
 
@@ -136,3 +137,10 @@ def test_router_addresses() -> None:
     assert ipaddress.ip_address(router_addresses(["fd00::/120"])[0]) == ipaddress.ip_address(
         "fd00::1"
     )
+
+
+def test_the_api_servers_certificate_names_loopback_and_the_lab_network(tmp_path: Path) -> None:
+    server, _ = controlplane._certificates(LabCA(tmp_path, "lab"), ["172.18.0.1", "fc00::1"])
+    dns, ips = _sans(_load(server.cert))
+    assert "kubernetes.default.svc" in dns
+    assert sorted(ips) == sorted(["127.0.0.1", "::1", "172.18.0.1", "fc00::1"])

@@ -11,7 +11,7 @@ import yaml
 
 from ciliary.agent.config import NetworkConfig
 from ciliary.agent.main import _parser, network_config
-from ciliary.lab import manager, nodenetwork, underlay
+from ciliary.lab import controlplane, manager, nodenetwork, underlay
 from ciliary.lab.schema import LabBody, LabFileError, parse_lab_text
 from ciliary.lab.state import HubbleRecord, LabRecord, NodeRecord
 
@@ -156,6 +156,19 @@ def test_plan_gives_the_network_the_first_address_and_nodes_the_next_in_file_ord
         "node3": ("10.9.0.4/24", "fd09::4/64"),
     }
     assert underlay.lab_of("cilu-demo") == "demo" and underlay.lab_of("ciln-demo-a") is None
+
+
+def test_the_api_is_on_the_lab_networks_own_addresses() -> None:
+    record, _ = underlay.plan("demo", lab_spec(nodeNetwork={"ipv4": "10.9.0.0/24",
+                                                            "ipv6": "fd09::/64"}))  # fmt: skip
+    assert underlay.api_addresses(record) == ["10.9.0.1", "fd09::1"]
+    default, _ = underlay.plan("demo", lab_spec())
+    addresses = underlay.api_addresses(default)
+    assert addresses == ["172.18.0.1", "fc00:f853:ccd:e793::1"]
+    assert [controlplane.network_url(a) for a in addresses] == [
+        "https://172.18.0.1:6443",
+        "https://[fc00:f853:ccd:e793::1]:6443",
+    ]
 
 
 def agent_network(spec: LabBody) -> NetworkConfig:

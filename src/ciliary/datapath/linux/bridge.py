@@ -14,6 +14,7 @@ IPv6 addresses are added without duplicate address detection and DAD is off on t
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
@@ -103,4 +104,40 @@ def add_routes(netns_path: str, ifname: str, routes: Sequence[tuple[str, str]]) 
             )  # fmt: skip
 
 
-__all__ = ["Address", "add_routes", "create_bridge", "plug"]
+FENCE_PRIORITY = 100
+"""The rules of :func:`fence_forwarded` (``ip rule`` preferences ``100`` and ``101``): before
+``main`` (32766), after ``local`` (0)."""
+MAIN_TABLE = 254
+
+
+def fence_forwarded(netns_path: str, addresses: Sequence[str], port: int) -> None:
+    """A host on the segment keeps what it forwards (its guests' packets: a node's pods) from
+    TCP ``port`` at each of ``addresses``, while its own connections there are routed as ever:
+    ``ip rule add pref 100 iif lo to ADDR lookup main`` (``iif lo``: locally generated) and
+    ``ip rule add pref 101 to ADDR ipproto tcp dport PORT prohibit`` (the sender gets ICMP
+    administratively prohibited). A rule, not netfilter: routing is what a forwarded packet
+    always goes through here, and it is there before any masquerade rewrites its source to the
+    host's own address. Idempotent."""
+    with _ipr(netns_path) as ipr:
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            bits = 128 if family == socket.AF_INET6 else 32
+            common = {"family": family, "dst": address, "dst_len": bits}
+            present = {
+                (r.get("priority"), r.get("dst"), r.get("FRA_IIFNAME"))
+                for r in ipr.get_rules(family=family)
+            }
+            if (FENCE_PRIORITY, address, "lo") not in present:
+                _netlink(
+                    f"rule iif lo to {address} lookup main in {netns_path}", ipr.rule, "add",
+                    priority=FENCE_PRIORITY, iifname="lo", table=MAIN_TABLE, **common,
+                )  # fmt: skip
+            if (FENCE_PRIORITY + 1, address, None) not in present:
+                _netlink(
+                    f"rule to {address} tcp dport {port} prohibit in {netns_path}", ipr.rule,
+                    "add", priority=FENCE_PRIORITY + 1, ip_proto=socket.IPPROTO_TCP,
+                    dport_range=f"{port}:{port}", action="prohibit", **common,
+                )  # fmt: skip
+
+
+__all__ = ["Address", "add_routes", "create_bridge", "fence_forwarded", "plug"]
