@@ -1,5 +1,7 @@
 """`lab exec` killed with SIGTERM or SIGINT ends its command and everything the command started
-(its process group), as `kubectl exec` does, instead of leaving them running in the pod."""
+(its process group), as `kubectl exec` does, instead of leaving them running in the pod; also
+when `lab exec` itself was started with SIGINT and SIGQUIT ignored (from a background job of a
+shell), which its command must not inherit."""
 
 from __future__ import annotations
 
@@ -18,15 +20,20 @@ def _running(tag: str) -> list[str]:
     return res.stdout.split()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_ends_the_command_and_its_group(lab: Lab, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "background"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+)
+def test_signal_ends_the_command_and_its_group(
+    lab: Lab, sig: signal.Signals, background: bool
+) -> None:
     n = 100000 + secrets.randbelow(800000)
     tag_bg, tag_fg = f"sleep {n}", f"sleep {n + 1}"
-    proc = subprocess.Popen(
-        [CILIARY, "lab", "exec", "--name", lab.name, "default/client", "--",
-         "sh", "-c", f"{tag_bg} & exec {tag_fg}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    argv = [CILIARY, "lab", "exec", "--name", lab.name, "default/client", "--",
+            "sh", "-c", f"{tag_bg} & exec {tag_fg}"]  # fmt: skip
+    if background:  # as a shell starts a job with `&`: SIGINT and SIGQUIT ignored, then exec
+        argv = ["sh", "-c", 'trap "" INT QUIT; exec "$@"', "background-job", *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (_running(tag_bg) and _running(tag_fg)):

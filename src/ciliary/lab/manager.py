@@ -1868,15 +1868,18 @@ def exec_in_pod(pod: str, argv: list[str], *, name: str | None = None) -> int:
         raise LabError("nothing to run: give a command after --")
     prec = find_pod(_load(_resolve(name)), pod)
     env = _pod_env(prec)
-    try:
-        proc = subprocess.Popen(
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT),
             env=env,
             start_new_session=True,  # its own process group, which our signals end as a whole
         )
+
+    try:
+        return process.run_forwarding_signals(start)
     except FileNotFoundError as err:
         raise LabError(f"cannot run {argv[0]}: {err.strerror}") from err
-    return process.run_forwarding_signals(proc)
 
 
 def restart_agent(node: str, *, name: str | None = None) -> None:

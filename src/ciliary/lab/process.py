@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # One home for "a process known by pid and start time" and for stopping it (the control plane's
@@ -163,21 +163,36 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 GROUP_GRACE = 5.0
 
 
-def run_forwarding_signals(proc: subprocess.Popen[bytes], grace: float = GROUP_GRACE) -> int:
-    """Wait for ``proc`` (the leader of its own process group) in the foreground, as ``kubectl
-    exec`` does: SIGINT, SIGTERM, SIGHUP and SIGQUIT we receive go to its whole group; once it
-    ends after such a signal (or ``grace`` seconds later, with SIGKILL), whatever of its group is
-    left is killed, so nothing it started keeps running. Returns its exit code (128 + signal
-    when a signal ended it, as a shell reports it)."""
+def run_forwarding_signals(
+    start: Callable[[], subprocess.Popen[bytes]], grace: float = GROUP_GRACE
+) -> int:
+    """Start a process with ``start`` (it must lead its own process group) and wait for it in
+    the foreground, as ``kubectl exec`` does: SIGINT, SIGTERM, SIGHUP and SIGQUIT we receive go
+    to its whole group; once it ends after such a signal (or ``grace`` seconds later, with
+    SIGKILL), whatever of its group is left is killed, so nothing it started keeps running.
+    Returns its exit code (128 + signal when a signal ended it, as a shell reports it).
+
+    Our handlers are installed *before* the process starts: a signal in between is forwarded
+    once it runs, and the process starts with those signals at their defaults (exec resets a
+    handled signal, but an ignored one is inherited: a ``lab exec`` run from a background job,
+    whose shell ignores SIGINT and SIGQUIT, would otherwise pass that deafness on to its
+    command, as no container runtime does)."""
     received: list[int] = []
+    started: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
+        if started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(started[0].pid, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
+        proc = start()
+        started.append(proc)
+        for signum in list(received):  # arrived while it was starting
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
         deadline: float | None = None
         while True:
             try:
@@ -191,9 +206,9 @@ def run_forwarding_signals(proc: subprocess.Popen[bytes], grace: float = GROUP_G
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
     finally:
-        if received:
+        if received and started:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the rest of its group
+                os.killpg(started[0].pid, signal.SIGKILL)  # the rest of its group
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return code if code >= 0 else 128 - code
