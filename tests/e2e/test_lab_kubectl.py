@@ -137,6 +137,9 @@ def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:
     assert {"namespace/default", "namespace/kube-system", "namespace/shop"} <= set(namespaces)
 
 
+LOOPBACK_API = "https://127.0.0.1:6443"  # a node's own loopback, where the API listens too
+
+
 def kubectl_in_netns(ns: str, kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The machine's kubectl run inside the network namespace ``ns`` (files from the root's
     mount namespace: only the network differs)."""
@@ -148,11 +151,15 @@ def kubectl_in_netns(ns: str, kubeconfig: str, *args: str) -> subprocess.Complet
 
 
 def assert_nodes_reach_the_api(name: str) -> None:
+    """With their kubeconfigs (the API on the lab network) and on their own loopback."""
     for node in manager.status(name).nodes:
         assert node.kubeconfig is not None
-        got = kubectl_in_netns(node.netns, node.kubeconfig, "get", "nodes", "-o", "name")
-        assert got.returncode == 0, (node.name, got.stderr)
-        assert f"node/{node.name}" in got.stdout.split(), got.stdout
+        for server in ((), ("--server", LOOPBACK_API)):
+            got = kubectl_in_netns(
+                node.netns, node.kubeconfig, *server, "get", "nodes", "-o", "name"
+            )
+            assert got.returncode == 0, (node.name, server, got.stderr)
+            assert f"node/{node.name}" in got.stdout.split(), got.stdout
 
 
 def test_nodes_reach_the_api_on_their_loopback_and_pods_do_not(
@@ -168,7 +175,8 @@ def test_nodes_reach_the_api_on_their_loopback_and_pods_do_not(
         ).stdout.strip()  # fmt: skip
         assert path == node.kubeconfig == f"/run/ciliary/lab/{name}/nodes/{node.name}/kubeconfig"
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-        assert "server: https://127.0.0.1:6443" in Path(path).read_text()
+        # the API on the lab network (the default one's bridge address), as kind's nodes dial it
+        assert "server: https://172.18.0.1:6443" in Path(path).read_text()
     assert_nodes_reach_the_api(name)
     # the root netns' loopback is not the node's: the lab's port answers only in the root netns
     cp = manager.control_plane(name)
@@ -177,12 +185,20 @@ def test_nodes_reach_the_api_on_their_loopback_and_pods_do_not(
         view.nodes[0].netns, str(cp.kubeconfig), "get", "--raw=/readyz"
     )
     assert admin_in_node.returncode != 0 and "refused" in admin_in_node.stderr
-    # pods: neither their own loopback nor their node's addresses lead to the API
+    # pods: neither their own loopback nor their node's addresses lead to the API, nor the lab
+    # network's (the node's routing refuses to forward there: no connection, so no TLS error)
     for pod in view.pods:
         node = next(n for n in view.nodes if n.name == pod.node)
         assert node.kubeconfig is not None and node.ipv4_cidr is not None
-        got = kubectl_in_netns(pod.netns, node.kubeconfig, "get", "--raw=/readyz")
+        got = kubectl_in_netns(
+            pod.netns, node.kubeconfig, "--server", LOOPBACK_API, "get", "--raw=/readyz"
+        )
         assert got.returncode != 0 and "refused" in got.stderr, (pod.name, got.stderr)
+        fenced = kubectl_in_netns(pod.netns, node.kubeconfig, "get", "--raw=/readyz")
+        assert fenced.returncode != 0 and "dial tcp 172.18.0.1:6443: connect: " in fenced.stderr, (
+            pod.name,
+            fenced.stderr,
+        )
         router = router_addresses([node.ipv4_cidr])[0]
         via_node = kubectl_in_netns(
             pod.netns, node.kubeconfig, "--server", f"https://{router}:6443", "get",

@@ -204,7 +204,8 @@ def test_nodes_reach_the_api_on_the_lab_network_and_pods_do_not(netlab: NetLab) 
         f"https://[{API[1]}]:6443",
     ]
     for node in rec.nodes:
-        assert node.kubeconfig is not None
+        assert node.kubeconfig is not None  # what the agent uses: the API on the lab network
+        assert f"server: https://{API[0]}:6443" in Path(node.kubeconfig).read_text()
         for url in rec.control_plane.network_urls:  # the node's own certificate, the lab's CA
             got = in_node(
                 netlab, node.name, KUBECTL, "--kubeconfig", node.kubeconfig, "--server", url,

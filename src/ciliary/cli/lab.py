@@ -73,7 +73,8 @@ def register(sub: Subparsers) -> None:
     kc.add_argument(
         "--node",
         help="the node's kubeconfig instead, for inside its netns (ip netns exec <netns> kubectl"
-        " --kubeconfig ...): https://127.0.0.1:6443 there, the node's certificate",
+        " --kubeconfig ...): the API on the lab network (https://172.18.0.1:6443 by default),"
+        " the node's certificate",
     )
     kc.set_defaults(func=run_kubeconfig)
 

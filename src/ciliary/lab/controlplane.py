@@ -13,7 +13,9 @@ Each node reaches the API on its own loopback, ``https://127.0.0.1:6443`` inside
 node's netns to ``<lab dir>/apiserver-listeners`` (the server opens a socket *inside* that netns
 and serves it, ``apiserver/netnslisten.py``; read again on SIGHUP and by every restart) and writes
 ``<lab dir>/nodes/<node>/kubeconfig`` with the node's own client certificate (kubelet's identity:
-CN ``system:node:<node>``, O ``system:nodes``), for what runs in the node (the agent).
+CN ``system:node:<node>``, O ``system:nodes``), for what runs in the node (the agent); its server
+is the lab network's address below when the lab has one (as a node of a real cluster dials its
+API server on their network), the loopback otherwise.
 
 The API is also on the lab network, as a real cluster's nodes reach their API server at an
 address of their network: ``add_network`` adds listeners inside the lab network's namespace on
@@ -216,18 +218,27 @@ def node_listeners(cp: ControlPlane) -> list[netnslisten.NetnsListener]:
         return []
 
 
-def add_node(cp: ControlPlane, node: str, netns_path: str | Path, timeout: float = 30.0) -> Path:
+def add_node(
+    cp: ControlPlane,
+    node: str,
+    netns_path: str | Path,
+    timeout: float = 30.0,
+    *,
+    server: str | None = None,
+) -> Path:
     """Make the API reachable inside ``node``'s netns and return the node's kubeconfig.
 
-    The node's client certificate and kubeconfig (``https://127.0.0.1:6443``, root-only) are
-    written, the listener added to the file, the API server told (SIGHUP), and this returns once
-    ``/readyz`` answers *from inside the netns* with the node's certificate. Idempotent."""
+    The node's client certificate and kubeconfig (root-only; its server ``server``, one of
+    :func:`add_network`'s URLs, else ``https://127.0.0.1:6443``) are written, the loopback
+    listener added to the file, the API server told (SIGHUP), and this returns once ``/readyz``
+    answers *from inside the netns* at the kubeconfig's server with the node's certificate.
+    Idempotent."""
     user = cp.ca.issue(f"kube-node-{node}", f"system:node:{node}", organization=NODES_GROUP,
                        server=False)  # fmt: skip
     path = node_kubeconfig(cp.dir, node)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.parent.chmod(0o700)
-    url = f"https://{NODE_API_HOST}:{NODE_API_PORT}"
+    url = server or f"https://{NODE_API_HOST}:{NODE_API_PORT}"
     _write_kubeconfig(cp, path, url, user)
     _listen(cp, [node_listener(netns_path)])
     ctx = ssl.create_default_context(cafile=str(cp.ca.ca_cert))

@@ -944,12 +944,15 @@ def node_ips(nrec: NodeRecord) -> list[str]:
 
 def _add_node_listener(rec: LabRecord, nrec: NodeRecord) -> None:
     """The API server listens inside the node netns, on its loopback (never routed through the
-    root netns, out of the pods' reach), and the node gets its kubeconfig for it."""
+    root netns, out of the pods' reach), and the node gets its kubeconfig: for the API on the
+    lab network (its first address, IPv4) when the lab has one, as a cluster's nodes dial their
+    API server's address on their network, else the loopback."""
     cp = control_plane(rec.name)
-    if cp is None:
+    if cp is None or rec.control_plane is None:
         raise LabError(f"lab {rec.name!r} has no control plane")
+    server = rec.control_plane.network_urls[0] if rec.control_plane.network_urls else None
     try:
-        controlplane.add_node(cp, nrec.name, netns.path_of(nrec.netns))
+        controlplane.add_node(cp, nrec.name, netns.path_of(nrec.netns), server=server)
     except (controlplane.ControlPlaneError, OSError) as err:
         raise LabError(f"node {nrec.name}: API server in its netns: {err}") from err
 

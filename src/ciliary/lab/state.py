@@ -37,8 +37,9 @@ class NodeRecord(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     kubeconfig: str | None = Field(
         default=None,
-        description="kubeconfig for use inside the node netns (https://127.0.0.1:6443, the "
-        "node's client certificate); None for a lab without an API server",
+        description="kubeconfig for use inside the node netns (the API on the lab network, "
+        "https://172.18.0.1:6443 by default, else https://127.0.0.1:6443; the node's client "
+        "certificate); None for a lab without an API server",
     )
     node_ipv4: str | None = Field(
         default=None, description="the node's IP on the lab network (its eth0), no prefix"
