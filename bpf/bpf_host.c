@@ -8,6 +8,12 @@
  *               masqueraded connection gets the pod's address and port back, then the stack
  *               routes it to the pod's lxc, where cil_to_container does conntrack and policy as
  *               for any packet from outside. Anything else untouched.
+ * And on ciliary_host (as Cilium's cil_from_host on cilium_host), tunnel mode:
+ *   tc egress   cil_from_host: the node's own packets to a remote pod CIDR, which the agent
+ *               routes through ciliary_host from the router address, go into the tunnel like
+ *               bpf_lxc's, with the source identity HOST (the receiving node reads it as
+ *               remote-node) or, for a local endpoint's packet the stack forwarded, the
+ *               endpoint's. Anything without a tunnel endpoint in the ipcache is untouched.
  * It shares the node's pins with bpf_lxc (endpoints, ipcache, conntrack: a pod's reply to a
  * connection the peer opened is never masqueraded) and owns the NAT maps, so the
  * translation state outlives an agent restart as conntrack does. */
@@ -18,6 +24,7 @@
 #include "lib/ipcache.h"
 #include "lib/events.h"
 #include "lib/nat.h"
+#include "lib/encap.h"
 
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *skb)
@@ -48,6 +55,24 @@ int cil_from_netdev(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
 	return TC_ACT_OK;
+}
+
+SEC("tc")
+int cil_from_host(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	__u32 encap_dev = encap_ifindex();
+	if (!encap_dev || parse_packet(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
+	struct ipcache_info *info = ipcache_lookup(p.daddr, p.family);
+	if (!info || !info->tunnel_ep)
+		return TC_ACT_OK;
+	struct endpoint_info *src = lookup_endpoint(p.saddr, p.family);
+	__u32 src_id = src ? src->sec_id : ID_HOST;
+	int ret = encap_and_redirect(skb, info->tunnel_ep, src_id, encap_dev);
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, 0, src_id, 0, OBS_TO_OVERLAY);
+	return ret;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

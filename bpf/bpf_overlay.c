@@ -6,7 +6,9 @@
  *               To a local endpoint: conntrack, that endpoint's ingress policy with the VNI's
  *               identity (replies of its own connections pass on conntrack), L2 rewrite and
  *               bpf_redirect_peer, as local pod-to-pod delivery. Anything else (the node's own
- *               addresses) goes to the node's stack.
+ *               addresses: replies to its own connections, which cil_from_host tunnelled) goes
+ *               to the node's stack, as a packet for this host: the inner frame still carries
+ *               the sending node's MACs, which the stack would discard as another host's.
  * It shares the node's pinned maps with bpf_lxc (conntrack, endpoints, policy, events), so a
  * connection is one conntrack entry whichever object saw which of its packets. */
 #include "lib/common.h"
@@ -19,6 +21,8 @@
 #include "lib/policy.h"
 #include "lib/deliver.h"
 #include "lib/encap.h"
+
+#define PACKET_HOST 0 /* linux/if_packet.h: to us */
 
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
@@ -63,6 +67,7 @@ int cil_from_overlay(struct __sk_buff *skb)
 	trace_meta(&m, &ct, 0, 0, src_id, dst_id, OBS_TO_STACK, &none, TRAFFIC_INGRESS);
 	if (ct.report)
 		emit_event(skb, &p, &m);
+	bpf_skb_change_type(skb, PACKET_HOST);
 	return TC_ACT_OK;
 }
 

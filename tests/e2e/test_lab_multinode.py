@@ -7,12 +7,15 @@ its identity. Hubble on either node names both pods of a cross-node flow (the re
 knows the sender only by its address and the identity the overlay carried; its pod name and
 namespace come from the cluster's CiliumEndpoints, as upstream's ipcache metadata), so pod
 filters select cross-node traffic, and the relay's ``--node-name`` selects one node's flows. An
-agent restart on either end leaves a cross-node connection established. Cluster health, as
-``cilium-health`` (probes every second here, ``spec.healthCheckInterval``): every agent reports
-every node reachable over ICMP and HTTP (:4240 ``/hello``) on its IPv4 and IPv6 node IPs, with
-round-trip times; the third node's agent stopped, its HTTP turns unreachable while ICMP stays;
-then its ``eth0`` down, ICMP too, each within a few probe intervals (these two come last: they
-take the third node away)."""
+agent restart on either end leaves a cross-node connection established. A node's own stack
+reaches a pod of another node over ICMP and HTTP, IPv4 and IPv6 (tunnel mode: routed via
+ciliary_host, tunnelled by cil_from_host with the host identity), and the receiving node sees it
+as remote-node: a policy allowing remote-node admits it, one allowing only a pod drops it.
+Cluster health, as ``cilium-health`` (probes every second here, ``spec.healthCheckInterval``):
+every agent reports every node reachable over ICMP and HTTP (:4240 ``/hello``) on its IPv4 and
+IPv6 node IPs, with round-trip times; the third node's agent stopped, its HTTP turns
+unreachable while ICMP stays; then its ``eth0`` down, ICMP too, each within a few probe
+intervals (these two come last: they take the third node away)."""
 
 from __future__ import annotations
 
@@ -304,6 +307,78 @@ def test_connection_survives_agent_restarts(lab: MultiLab) -> None:
             assert round_trip() == "ok", f"after restarting {node}'s agent"
     finally:
         proc.communicate(timeout=10)  # closes stdin: the holder ends; its pipes are closed
+
+
+REMOTE_NODES = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-from-nodes, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEntities: [remote-node]
+"""
+
+
+def _from_node(lab: MultiLab, node: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A command of the node itself (its netns, no pod)."""
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+    return subprocess.run(
+        ["ip", "netns", "exec", nrec.netns, CILIARY, *argv],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def test_a_node_reaches_a_pod_of_another_node_as_remote_node(lab: MultiLab) -> None:
+    """Node 1's own stack to node 2's server, ICMP and HTTP, IPv4 and IPv6 (tunnel mode: routed
+    via ciliary_host, tunnelled by cil_from_host with HOST, read as remote-node by node 2);
+    a policy allowing remote-node lets it in, one allowing only the client pod drops it at
+    node 2 with source identity remote-node (6)."""
+    _serving(lab, 4)
+    n1, n2 = lab.nodes[0], lab.nodes[1]
+    v4, v6 = lab.ip("shop/server", 4), lab.ip("shop/server", 6)
+    probes = [
+        ["workload", "ping", v4, "-c", "1", "-W", "1"],
+        ["workload", "http-get", f"http://{v4}/", "--timeout", "1"],
+        ["workload", "http-get", f"http://[{v6}]/", "--timeout", "1"],
+    ]
+
+    def all_pass() -> bool:
+        return all(_from_node(lab, n1, *argv).returncode == 0 for argv in probes)
+
+    wait_for("node 1 reaches the server (no policy)", all_pass, 20)
+    kubectl(lab.kubeconfig, "apply", "-f", "-", stdin=REMOTE_NODES)
+    try:
+        wait_for("node 1 reaches the server (remote-node allowed)", all_pass, 20)
+        kubectl(lab.kubeconfig, "apply", "-f", "-", stdin=ONLY_CLIENT)
+        kubectl(lab.kubeconfig, "delete", "cnp", "-n", "shop", "server-from-nodes")
+
+        def all_denied() -> bool:
+            return all(_from_node(lab, n1, *argv).returncode != 0 for argv in probes)
+
+        wait_for("node 1 denied (only the client allowed)", all_denied, 20)
+
+        def denied() -> list[dict[str, Any]]:
+            return [
+                f
+                for f in _observe(
+                    _node_socket(lab, n2), "--verdict", "DROPPED", "--to-pod", "shop/server"
+                )
+                if f.get("drop_reason_desc") == "POLICY_DENIED" and f["source"].get("identity") == 6
+            ]
+
+        drop = wait_for("node 2's drop of remote-node", denied, 20)[-1]
+        assert "reserved:remote-node" in drop["source"]["labels"], drop
+    finally:
+        kubectl(lab.kubeconfig, "delete", "cnp", "-n", "shop", "--all")
+    wait_for("node 1 allowed again", all_pass, 20)
+    if lab.mode == "tunnel":  # the agent's route: via ciliary_host from the router address
+        nrec = next(n for n in manager.record(lab.name).nodes if n.name == n1)
+        routes = subprocess.run(
+            ["ip", "-n", nrec.netns, "route", "show", "proto", "193"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        assert "dev ciliary_host" in routes and "src" in routes, routes
 
 
 WITHIN = 8.0

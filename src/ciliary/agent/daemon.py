@@ -215,14 +215,19 @@ class Agent:
             self.node,
             tuple(a for a in (net.ipv4_node, net.ipv6_node) if a is not None),
             tuple(c for c in (self.cfg.ipv4_range, self.cfg.ipv6_range) if c is not None),
+            tuple(r for r in (self.ipam.router_v4, self.ipam.router_v6) if r is not None),
         )
+        tunnel = net.routing_mode == "tunnel"
         return NodeManager(
             kube,
             local,
             self.datapath.ipcache,
             mode=net.routing_mode,
             # in every mode: routes left by a native-mode run before are pruned
-            routes=NodeRoutes(net.devices[0] if net.devices else None),
+            routes=NodeRoutes(
+                net.devices[0] if net.devices else None,
+                tunnel_mtu=self._pod_mtu(self.cfg) if tunnel else None,
+            ),
             auto_direct_node_routes=net.auto_direct_node_routes,
         )
 
@@ -298,7 +303,9 @@ class Agent:
             ("net.ipv6.conf.all.forwarding", "1"),
         ):
             links.write_sysctl(key, value)
-        await asyncio.to_thread(links.ensure_host_device, self.ipam.router_v4, self.ipam.router_v6)
+        host_ifindex = await asyncio.to_thread(
+            links.ensure_host_device, self.ipam.router_v4, self.ipam.router_v6
+        )
         for router in (self.ipam.router_v4, self.ipam.router_v6):
             if router is not None:
                 self.datapath.ipcache.upsert(ip_network(router), ReservedIdentity.HOST)
@@ -310,9 +317,12 @@ class Agent:
                 links.ensure_tunnel_device, net.tunnel_port, self._pod_mtu(self.cfg)
             )
             self.datapath.attach_overlay(tunnel_ifindex)
+            self.datapath.attach_from_host(host_ifindex)
             mode = ROUTING_MODE_TUNNEL
-        elif await asyncio.to_thread(links.delete_link, links.TUNNEL_DEVICE):
-            log.info("native routing: removed the tunnel device of an earlier run")
+        else:
+            self.datapath.detach_from_host(host_ifindex)
+            if await asyncio.to_thread(links.delete_link, links.TUNNEL_DEVICE):
+                log.info("native routing: removed the tunnel device of an earlier run")
         # written once, whole, after the device exists: a restarted agent's programs keep
         # tunnelling with the previous entry until then
         self.datapath.config.set(

@@ -4,7 +4,8 @@ device's program.
 
 One object per attach point, as Cilium's: ``bpf_lxc.o`` (the endpoints' lxc devices) and
 ``bpf_overlay.o`` next to it (``ciliary_vxlan``'s ingress) and ``bpf_host.o`` (the native
-devices' ingress and egress: BPF masquerade). They declare the same maps with the same pins, so
+devices' ingress and egress: BPF masquerade; ``ciliary_host``'s egress: the node's own packets into
+the tunnel). They declare the same maps with the same pins, so
 each load reuses what the first created: one conntrack table, one ipcache, one events ring per
 node whichever program saw a packet; the NAT maps are pinned too.
 
@@ -39,6 +40,7 @@ FROM_OVERLAY = "cil_from_overlay"
 OVERLAY_OBJECT = "bpf_overlay.o"
 TO_NETDEV = "cil_to_netdev"
 FROM_NETDEV = "cil_from_netdev"
+FROM_HOST = "cil_from_host"
 HOST_OBJECT = "bpf_host.o"
 EVENTS_MAP = "ciliary_events"
 
@@ -98,7 +100,7 @@ class NodeDatapath:
             for prog in (FROM_CONTAINER, TO_CONTAINER):
                 obj.pin_program(prog, self.pin_dir / prog)
             overlay.pin_program(FROM_OVERLAY, self.pin_dir / FROM_OVERLAY)
-            for prog in (TO_NETDEV, FROM_NETDEV):
+            for prog in (TO_NETDEV, FROM_NETDEV, FROM_HOST):
                 host.pin_program(prog, self.pin_dir / prog)
             self._maps = {name: obj.map(name) for name in obj.map_names()}
             for name in (NAT_CONFIG_MAP, *NAT_MAPS.values()):
@@ -122,7 +124,7 @@ class NodeDatapath:
 
     @property
     def programs(self) -> list[str]:
-        return [FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY, TO_NETDEV, FROM_NETDEV]
+        return [FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY, TO_NETDEV, FROM_NETDEV, FROM_HOST]
 
     @property
     def events_map(self) -> Map:
@@ -163,6 +165,16 @@ class NodeDatapath:
             raise RuntimeError("datapath not loaded")
         tc_attach(ifindex, self._host.program_fd(TO_NETDEV), "egress")
         tc_attach(ifindex, self._host.program_fd(FROM_NETDEV), "ingress")
+
+    def attach_from_host(self, ifindex: int) -> None:
+        """Attach cil_from_host to ``ciliary_host``'s egress (tunnel mode; replacing what is
+        there): the node's packets routed to remote pods are tunnelled there."""
+        if self._host is None:
+            raise RuntimeError("datapath not loaded")
+        tc_attach(ifindex, self._host.program_fd(FROM_HOST), "egress")
+
+    def detach_from_host(self, ifindex: int) -> None:
+        tc_detach(ifindex, "egress")
 
     def detach_host(self, ifindex: int) -> None:
         tc_detach(ifindex, "egress")

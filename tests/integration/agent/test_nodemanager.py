@@ -210,12 +210,8 @@ def test_node_manager_ipcache_restart_and_native_routes(
             _until(lambda: "10.0.2.7/32" not in _remote_entries(node), "stale pruned", 30, log)
             assert _remote_entries(node)["10.0.2.0/24"].tunnel_endpoint == TEP
 
-            # native mode with auto-direct-node-routes: routes via the node IPs, no tunnel ep
-            _stop(agent)
-            agent = start("--routing-mode", "native", "--auto-direct-node-routes",
-                          "--devices", "eth0")  # fmt: skip
-
             def routes() -> dict[str, tuple[str, str]]:
+                """proto 193 routes: prefix → (gateway, or source when none; device)."""
                 out = {}
                 for fam in ("-4", "-6"):
                     listed = subprocess.run(
@@ -225,14 +221,26 @@ def test_node_manager_ipcache_restart_and_native_routes(
                         check=True,
                     ).stdout
                     for r in json.loads(listed or "[]"):
-                        out[str(ip_network(r["dst"]))] = (r.get("gateway"), r.get("dev"))
+                        via = r.get("gateway") or r.get("prefsrc")
+                        out[str(ip_network(r["dst"]))] = (via, r.get("dev"))
                 return out
 
-            _until(lambda: len(routes()) == 2, "native routes", 30, log)
-            assert routes() == {
+            # tunnel mode: the remote pod CIDRs via ciliary_host from the router addresses
+            tunnel_routes = {
+                "10.0.2.0/24": ("10.0.1.1", "ciliary_host"),
+                "fd00:2::/64": ("fd00:1::1", "ciliary_host"),
+            }
+            _until(lambda: routes() == tunnel_routes, "tunnel routes", 30, log)
+
+            # native mode with auto-direct-node-routes: routes via the node IPs, no tunnel ep
+            _stop(agent)
+            agent = start("--routing-mode", "native", "--auto-direct-node-routes",
+                          "--devices", "eth0")  # fmt: skip
+            native_routes = {
                 "10.0.2.0/24": ("172.18.0.3", "eth0"),
                 "fd00:2::/64": ("fc00::3", "eth0"),
             }
+            _until(lambda: routes() == native_routes, "native routes", 30, log)
             _until(
                 lambda: _remote_entries(node)["10.0.2.0/24"].tunnel_endpoint is None,
                 "no tunnel endpoints in native mode", 30, log,

@@ -118,13 +118,27 @@ def test_diff() -> None:
     assert diff(current, {}) == ({}, [a, b])
 
 
-def test_routes_only_native_with_auto_direct_node_routes() -> None:
+def test_routes_native_with_auto_direct_node_routes_or_tunnel_via_the_host_device() -> None:
     assert wanted_routes(LOCAL, [N1, N2], "native", True) == {
         net("10.0.2.0/24"): ip_address("172.18.0.3"),
         net("fd00:2::/64"): ip_address("fc00::3"),
     }
     assert wanted_routes(LOCAL, [N2], "native", False) == {}
-    assert wanted_routes(LOCAL, [N2], "tunnel", True) == {}
+    # tunnel mode: a remote pod CIDR from this node's router of its family (via ciliary_host)
+    routed = LocalNode(
+        LOCAL.name,
+        LOCAL.node_ips,
+        LOCAL.pod_cidrs,
+        (ip_address("10.0.1.1"), ip_address("fd00:1::1")),
+    )
+    assert wanted_routes(routed, [N1, N2], "tunnel", False) == {
+        net("10.0.2.0/24"): ip_address("10.0.1.1"),
+        net("fd00:2::/64"): ip_address("fd00:1::1"),
+    }
+    v4_router = LocalNode(LOCAL.name, LOCAL.node_ips, LOCAL.pod_cidrs, (ip_address("10.0.1.1"),))
+    assert wanted_routes(v4_router, [N2], "tunnel", True) == {  # no v6 router: no v6 route
+        net("10.0.2.0/24"): ip_address("10.0.1.1")
+    }
     v4_only = ClusterNode("n3", (ip_address("172.18.0.4"),), (), (net("fd00:3::/64"),))
     assert wanted_routes(LOCAL, [v4_only], "native", True) == {}  # no v6 node IP: no route
 

@@ -34,8 +34,11 @@ the kernel refuses is retried with back-off.
 Native routing with ``--auto-direct-node-routes``: one route per remote node's pod CIDR via its
 node IP of the same family (:func:`wanted_routes`, ``datapath.linux.link``'s node routes, marked
 with their own route protocol), diffed the same way; the routes present are read at the first
-reconcile, so a restart changes nothing that is right and prunes what is not (in every mode:
-tunnel mode wants none).
+reconcile, so a restart changes nothing that is right and prunes what is not. Tunnel mode, as
+Cilium's routes via ``cilium_host``: one route per remote node's pod CIDR on ``ciliary_host``
+from this node's router address of the same family (MTU left for the tunnel header), so the
+node's own packets to remote pods (the cluster health probes, any connection it opens) reach
+``cil_from_host`` on ``ciliary_host``'s egress, which tunnels them with the host identity.
 
 The same CiliumEndpoints name the pods behind remote addresses for Hubble (upstream's ipcache
 Kubernetes metadata, ``IPGetter.GetK8sMetadata``): :meth:`NodeManager.pod_by_ip` answers
@@ -141,6 +144,11 @@ class LocalNode:
     name: str
     node_ips: tuple[IPAddr, ...]
     pod_cidrs: tuple[IPNet, ...]
+    routers: tuple[IPAddr, ...] = ()
+    """The router addresses on ``ciliary_host``: the source of tunnel mode's routes."""
+
+    def router(self, version: int) -> IPAddr | None:
+        return next((a for a in self.routers if a.version == version), None)
 
     @cached_property
     def refs(self) -> frozenset[str]:
@@ -316,15 +324,18 @@ def wanted_routes(
     local: LocalNode, nodes: Iterable[ClusterNode], mode: RoutingMode, auto_direct: bool
 ) -> dict[IPNet, IPAddr]:
     """Native routing with auto-direct-node-routes: each remote node's pod CIDR via its node IP
-    of the same family (a CIDR whose family the node has no IP of gets no route)."""
-    if mode != "native" or not auto_direct:
+    of the same family (a CIDR whose family the node has no IP of gets no route). Tunnel mode:
+    each remote node's pod CIDR → this node's router address of the same family, the source of
+    a route via ``ciliary_host`` (the node's own packets to remote pods are tunnelled there)."""
+    if mode == "native" and not auto_direct:
         return {}
     out: dict[IPNet, IPAddr] = {}
     for node in nodes:
         if node.name == local.name:
             continue
         for cidr in node.pod_cidrs:
-            via = node.node_ip(cidr.version)
+            on = local.router if mode == "tunnel" else node.node_ip
+            via = on(cidr.version)
             if via is not None:
                 out[cidr] = via
     return out
@@ -358,16 +369,21 @@ class RouteWriter(Protocol):
 
 class NodeRoutes:
     """:class:`RouteWriter` over the calling netns's main table, on ``device`` (None: the
-    device the gateway is on-link on)."""
+    device the gateway is on-link on); with ``tunnel_mtu`` (tunnel mode) the routes go via
+    ``ciliary_host`` from the given source address instead, with that MTU."""
 
-    def __init__(self, device: str | None) -> None:
+    def __init__(self, device: str | None, *, tunnel_mtu: int | None = None) -> None:
         self.device = device
+        self.tunnel_mtu = tunnel_mtu
 
     def routes(self) -> dict[IPNet, IPAddr]:
         return links.node_routes()
 
     def replace(self, prefix: IPNet, via: IPAddr) -> None:
-        links.replace_node_route(prefix, via, self.device)
+        if self.tunnel_mtu is not None:
+            links.replace_host_route(prefix, via, self.tunnel_mtu)
+        else:
+            links.replace_node_route(prefix, via, self.device)
 
     def delete(self, prefix: IPNet) -> None:
         links.delete_node_route(prefix)

@@ -31,6 +31,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
 
 NUD_PERMANENT = 0x80
+IFF_UP = 0x1
+IFF_NOARP = 0x80
 IFA_F_NODAD = 0x02
 RT_SCOPE_LINK = 253
 HOST_DEVICE = "ciliary_host"
@@ -268,7 +270,12 @@ def ensure_host_device(router_v4: IPv4Address | None, router_v6: IPv6Address | N
         peer = _index(ipr, HOST_PEER)
         if peer is not None:
             _netlink(f"set {HOST_PEER} up", ipr.link, "set", index=peer, state="up")
-        _netlink(f"set {HOST_DEVICE} up", ipr.link, "set", index=idx, state="up")
+        # NOARP (as cilium_host): the node's packets to remote pods routed here leave with
+        # its own MAC, never waiting on a neighbour nobody answers; cil_from_host tunnels them
+        _netlink(
+            f"set {HOST_DEVICE} up noarp", ipr.link, "set",
+            index=idx, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP,
+        )  # fmt: skip
         have = {str(_attr(a, "IFA_ADDRESS")) for a in ipr.get_addr(index=idx)}
         if router_v4 is not None and str(router_v4) not in have:
             _netlink(
@@ -370,14 +377,16 @@ iproute2's list): a restarted agent finds the routes it made by it and prunes st
 
 
 def node_routes() -> dict[IPv4Network | IPv6Network, IPv4Address | IPv6Address]:
-    """The node manager's routes in the calling thread's netns: pod CIDR → gateway."""
+    """The node manager's routes in the calling thread's netns: pod CIDR → gateway (native
+    mode) or source address (tunnel mode's routes via ``ciliary_host``)."""
     out: dict[IPv4Network | IPv6Network, IPv4Address | IPv6Address] = {}
     with _ipr() as ipr:
         for family in (socket.AF_INET, socket.AF_INET6):
             for route in ipr.get_routes(family=family, proto=NODE_ROUTE_PROTOCOL):
                 if route["proto"] != NODE_ROUTE_PROTOCOL:
                     continue
-                dst, gw = _attr(route, "RTA_DST"), _attr(route, "RTA_GATEWAY")
+                dst = _attr(route, "RTA_DST")
+                gw = _attr(route, "RTA_GATEWAY") or _attr(route, "RTA_PREFSRC")
                 if dst is None or gw is None:
                     continue
                 out[ip_network(f"{dst}/{route['dst_len']}")] = ip_address(gw)
@@ -399,6 +408,25 @@ def replace_node_route(
         _netlink(
             f"route {prefix} via {via}", ipr.route, "replace",
             dst=str(prefix), gateway=str(via), proto=NODE_ROUTE_PROTOCOL, **kwargs,
+        )  # fmt: skip
+
+
+def replace_host_route(
+    prefix: IPv4Network | IPv6Network, src: IPv4Address | IPv6Address, mtu: int
+) -> None:
+    """Tunnel mode, as Cilium's routes via cilium_host: ``ip route replace PREFIX dev
+    ciliary_host src SRC mtu MTU proto 193`` (idempotent). The node's own packets to a remote
+    pod CIDR leave from the router address through ``ciliary_host``, whose egress program
+    tunnels them; ``mtu`` leaves room for the tunnel header. :func:`node_routes` reports it as
+    ``PREFIX → SRC``."""
+    with _ipr() as ipr:
+        idx = _index(ipr, HOST_DEVICE)
+        if idx is None:
+            raise LinkError(f"route {prefix} src {src}: device {HOST_DEVICE} does not exist")
+        _netlink(
+            f"route {prefix} dev {HOST_DEVICE} src {src}", ipr.route, "replace",
+            dst=str(prefix), oif=idx, prefsrc=str(src), proto=NODE_ROUTE_PROTOCOL,
+            scope=RT_SCOPE_LINK if prefix.version == 4 else 0, metrics={"RTAX_MTU": mtu},
         )  # fmt: skip
 
 
