@@ -229,7 +229,14 @@ def test_policy_import_and_delete_go_through_the_api(lab: tuple[str, list[str], 
         assert time.time() < deadline, "the other node never saw the imported policy"
         time.sleep(0.05)
     with AgentClient(second) as cl:  # deleted through the other node's agent
+        t0 = time.monotonic()
         assert cl.policy_delete(keys).keys == keys
+        took = time.monotonic() - t0
+    # it answers once its own watch has the deletion (the DELETED event carries the revision
+    # the DELETE answered with), not after waiting for a later one that may never come
+    assert took < 2, f"policy delete took {took:.1f}s"
+    with AgentClient(second) as cl:
+        assert cl.policy_list().policies == []
     got = json.loads(kubectl(kubeconfig, "get", "cnp", "-n", "shop", "-o", "json"))
     assert got["items"] == []
     with AgentClient(first) as cl:

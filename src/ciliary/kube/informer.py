@@ -243,11 +243,14 @@ class Informer:
 
     async def wait_for_resource_version(self, rv: int, timeout: float) -> bool:
         """Until the store is current at ``rv`` or later (False on timeout)."""
+        return await self.wait_until(lambda: self.store.resource_version >= rv, timeout)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Until ``predicate`` (of the store) holds, checked whenever the store's
+        resourceVersion advances (False on timeout)."""
         try:
             async with self._rv_changed:
-                await asyncio.wait_for(
-                    self._rv_changed.wait_for(lambda: self.store.resource_version >= rv), timeout
-                )
+                await asyncio.wait_for(self._rv_changed.wait_for(predicate), timeout)
         except TimeoutError:
             return False
         return True

@@ -251,11 +251,20 @@ class PolicyWatcher:
                 if err.not_found:
                     continue
                 raise PolicyWriteError(f"deleting {rt.kind} {obj_key}: {err}") from err
-            rv = resource_version(gone)
-            # a deletion's answer is the object as last stored; the delete event is newer
-            informer = self.informers[kind]
-            await informer.wait_for_resource_version(rv + 1, WRITE_TIMEOUT_S)
+            await self._wait_deleted(kind, gone)
         return targets
+
+    async def _wait_deleted(self, kind: str, gone: KubeObject) -> None:
+        """Until this agent's informer has the deletion whose answer was ``gone``. The answer
+        carries the deletion's revision, as kube-apiserver's does (its etcd3 store decodes the
+        deleted object at the DeleteRange's revision), and so does the DELETED event: the store
+        at that revision without the object."""
+        informer = self.informers[kind]
+        rv, key, store = resource_version(gone), object_key(gone), informer.store
+        if not await informer.wait_until(
+            lambda: store.resource_version >= rv and key not in store, WRITE_TIMEOUT_S
+        ):
+            log.warning("%s %s: deletion not seen after %.0fs", kind, key, WRITE_TIMEOUT_S)
 
     async def _create_or_replace(self, rt: ResourceType, body: dict[str, Any]) -> KubeObject:
         meta = body["metadata"]
