@@ -20,7 +20,7 @@ import pytest
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager, process
 from tests.e2e.conftest import CILIARY, kube_lab, unique
-from tests.kubectl import kubectl, pods, wait_for
+from tests.kubectl import get_json, kubectl, pods, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -194,6 +194,22 @@ def test_deployment_pods_run_spread_and_serve(lab: tuple[str, list[str], str]) -
         )
         assert got.returncode == 0, (ip, got.stdout, got.stderr)
     assert len(ips) == 4
+    # one label set, one cluster-wide identity: every replica's endpoint has the same number on
+    # whichever node it runs, both nodes' identity lists know it, and so does the API
+    numbers = set()
+    for n in nodes:
+        with AgentClient(manager.agent_socket(n, name=name)) as cl:
+            numbers |= {e.identity for e in cl.endpoints() if e.pod_name in names_of(web)}
+            known = {i.id: i.labels for i in cl.identities()}
+        assert len(numbers) == 1, numbers
+        (number,) = numbers
+        assert "k8s:app=web" in known[number], known.get(number)
+    api = get_json(kubeconfig, "ciliumidentities", str(number))
+    assert api["security-labels"]["k8s:app"] == "web", api
+
+
+def names_of(items: list[dict[str, Any]]) -> set[str]:
+    return {p["metadata"]["name"] for p in items}
 
 
 def test_deleted_pod_is_replaced_and_leaves_nothing(lab: tuple[str, list[str], str]) -> None:
