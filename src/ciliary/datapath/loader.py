@@ -17,6 +17,7 @@ atomically (``BPF_TC_F_REPLACE``): traffic never passes through an unattached de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -209,6 +210,11 @@ class NodeDatapath:
 
 
 def remove_pins(pin_dir: Path) -> None:
-    """Remove a node's pins (``lab down``): attached programs stay alive only while attached."""
+    """Remove a node's pins (attached programs stay alive only while attached), and the shared
+    ``/sys/fs/bpf/ciliary`` once no node's are left in it, so a bpffs that setup mounted can be
+    unmounted again."""
     if pin_dir.exists():
         shutil.rmtree(pin_dir)
+    if pin_dir.parent == PIN_ROOT:
+        with contextlib.suppress(OSError):  # absent, or another node's pins are there
+            PIN_ROOT.rmdir()

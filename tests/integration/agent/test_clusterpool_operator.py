@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from ciliary.client.agent import AgentClient, AgentClientError
+from ciliary.datapath.loader import PIN_ROOT, remove_pins
 from ciliary.lab.controlplane import ControlPlane, add_node
 from tests.integration.controllers.conftest import VENV_BIN
 
 pytestmark = pytest.mark.timeout(180)
 
 RUN_ROOT = Path("/run/ciliary")
-PIN_ROOT = Path("/sys/fs/bpf/ciliary")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -114,4 +114,4 @@ def test_agent_serves_once_the_operator_allocated_its_cidrs(
             if operator is not None:
                 _stop(operator)
             shutil.rmtree(RUN_ROOT / node, ignore_errors=True)
-            shutil.rmtree(PIN_ROOT / node, ignore_errors=True)
+            remove_pins(PIN_ROOT / node)

@@ -27,6 +27,7 @@ import pytest
 from ciliary.agent.k8s.ciliumendpoints import CILIUM_ENDPOINTS, CILIUM_NODES, cilium_node
 from ciliary.client.agent import AgentClient, AgentClientError
 from ciliary.datapath.libbpf import Map
+from ciliary.datapath.loader import PIN_ROOT, remove_pins
 from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheMap, IPCacheRecord
 from ciliary.k8s.resources import by_path
 from ciliary.kube.client import KubeClient
@@ -35,7 +36,6 @@ from ciliary.lab.controlplane import ControlPlane, add_node
 pytestmark = pytest.mark.timeout(240)
 
 RUN_ROOT = Path("/run/ciliary")
-PIN_ROOT = Path("/sys/fs/bpf/ciliary")
 NAMESPACES = by_path("", "v1", "namespaces")
 TEP = IPv4Address("172.18.0.3")
 
@@ -259,4 +259,4 @@ def test_node_manager_ipcache_restart_and_native_routes(
                 _stop(agent)
             cluster.close()
             shutil.rmtree(RUN_ROOT / node, ignore_errors=True)
-            shutil.rmtree(PIN_ROOT / node, ignore_errors=True)
+            remove_pins(PIN_ROOT / node)

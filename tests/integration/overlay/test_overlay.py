@@ -32,7 +32,7 @@ from ciliary.agent.identity import security_labels
 from ciliary.core.flow import MIN_ALLOCATED_IDENTITY, ObservationPoint, ReservedIdentity, Verdict
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.linux.link import TUNNEL_DEVICE
-from ciliary.datapath.loader import FROM_OVERLAY
+from ciliary.datapath.loader import FROM_OVERLAY, remove_pins
 from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNEL, ConfigMap
 from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheMap
 from ciliary.hubble.api.flow import flow_pb2
@@ -203,7 +203,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             agent.stop()
             netns_del(agent.netns)
             shutil.rmtree(RUN_ROOT / agent.node, ignore_errors=True)
-            shutil.rmtree(PIN_ROOT / agent.node, ignore_errors=True)
+            remove_pins(PIN_ROOT / agent.node)
 
 
 def _wait_listening(pod: Pod) -> None:
@@ -374,4 +374,4 @@ def test_native_mode_has_no_tunnel_device(tmp_path: Path) -> None:
         agent.stop()
         netns_del(agent.netns)
         shutil.rmtree(RUN_ROOT / agent.node, ignore_errors=True)
-        shutil.rmtree(PIN_ROOT / agent.node, ignore_errors=True)
+        remove_pins(PIN_ROOT / agent.node)
