@@ -198,6 +198,52 @@ class EtcdClient:
         resp = await self._txn(compare, [op], [])
         return int(resp.header.revision) if resp.succeeded else None
 
+    async def transaction(
+        self,
+        *,
+        absent: list[str],
+        at: dict[str, int],
+        puts: dict[str, bytes],
+        deletes: list[str],
+    ) -> tuple[int | None, set[str]]:
+        """One transaction of several keys: if every key of ``absent`` does not exist and every
+        key of ``at`` is still at its ``mod_revision``, put ``puts`` and delete ``deletes``.
+        Returns (the revision, or None when a comparison failed; then the keys of ``absent``
+        that exist)."""
+        compares = [
+            rpc.Compare(
+                key=k.encode(), result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
+                create_revision=0,
+            )
+            for k in absent
+        ] + [
+            rpc.Compare(
+                key=k.encode(), result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
+                mod_revision=rev,
+            )
+            for k, rev in at.items()
+        ]  # fmt: skip
+        success = [
+            rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=v))
+            for k, v in puts.items()
+        ] + [
+            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
+            for k in deletes
+        ]
+        failure = [
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode(), keys_only=True))
+            for k in absent
+        ]
+        req = rpc.TxnRequest(compare=compares, success=success, failure=failure)
+        try:
+            resp = await self._kv.Txn(req, timeout=self.timeout)
+        except grpc.aio.AioRpcError as err:
+            raise _wrap(err) from err
+        if resp.succeeded:
+            return int(resp.header.revision), set()
+        existing = {k for k, r in zip(absent, resp.responses, strict=True) if r.response_range.kvs}
+        return None, existing
+
     async def compact(self, revision: int) -> None:
         try:
             await self._kv.Compact(

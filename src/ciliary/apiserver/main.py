@@ -6,7 +6,8 @@ reads like a cluster's. With a client CA, every client must present a certificat
 (kubectl and the agents do); without TLS files it serves plain HTTP (tests of the protocol only).
 One asyncio loop; SIGTERM/SIGINT stop it (open watches end, clients relist elsewhere).
 ``--listen-netns-file`` adds listeners inside other network namespaces (the lab's nodes; see
-``apiserver/netnslisten.py``), read at start and on SIGHUP.
+``apiserver/netnslisten.py``), read at start and on SIGHUP. ``--service-cluster-ip-range`` and
+``--service-node-port-range`` are what Services are allocated from (``apiserver/servicealloc.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from aiohttp import web
 from ciliary.apiserver.etcd import EtcdClient
 from ciliary.apiserver.netnslisten import NetnsSites
 from ciliary.apiserver.server import APIServer
+from ciliary.apiserver.servicealloc import (
+    DEFAULT_NODE_PORTS,
+    DEFAULT_SERVICE_CIDR,
+    ServiceAllocator,
+    parse_port_range,
+    parse_service_cidrs,
+)
 from ciliary.apiserver.storage import Storage
 
 
@@ -54,8 +62,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the kubelet role's container logs, <dir>/<namespace>_<pod>_<uid>/<container>/<n>.log"
         " (ciliary.k8s.podlogs), served as pods/<name>/log; without it that is 400",
     )
+    p.add_argument(
+        "--service-cluster-ip-range",
+        default=DEFAULT_SERVICE_CIDR,
+        help="the Services' cluster IPs: one CIDR, or one IPv4 and one IPv6 CIDR comma-separated"
+        f" (the first is the primary family; default {DEFAULT_SERVICE_CIDR})",
+    )
+    p.add_argument(
+        "--service-node-port-range",
+        default=DEFAULT_NODE_PORTS,
+        help=f"the Services' node ports, A-B inclusive (default {DEFAULT_NODE_PORTS})",
+    )
     p.add_argument("-v", "--v", type=int, default=0, dest="verbosity")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.service_allocator = ServiceAllocator(
+            parse_service_cidrs(args.service_cluster_ip_range),
+            parse_port_range(args.service_node_port_range),
+        )
+    except ValueError as err:
+        p.error(str(err))
+    return args
 
 
 def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -77,7 +104,10 @@ def etcd_target(servers: str) -> str:
 async def serve(args: argparse.Namespace) -> None:
     etcd = EtcdClient(etcd_target(args.etcd_servers))
     server = APIServer(
-        Storage(etcd), bookmark_interval=args.watch_bookmark_interval, pod_log_dir=args.pod_log_dir
+        Storage(etcd, claims=args.service_allocator),
+        bookmark_interval=args.watch_bookmark_interval,
+        pod_log_dir=args.pod_log_dir,
+        service_allocator=args.service_allocator,
     )
     runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()

@@ -22,17 +22,27 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from ciliary.apiserver import binding, errors, patching, podlogs, strategy, watch
+from ciliary.apiserver import binding, errors, patching, podlogs, services, strategy, watch
 from ciliary.apiserver.etcd import RequestTooLargeError
 from ciliary.apiserver.etcdserver import MAX_REQUEST_BYTES as ETCD_MAX_REQUEST_BYTES
 from ciliary.apiserver.filters import predicate
-from ciliary.apiserver.storage import DELETE, Obj, Outcome, Storage, parse_rv
+from ciliary.apiserver.servicealloc import (
+    DEFAULT_SERVICE_CIDR,
+    IP_PREFIX,
+    PORT_PREFIX,
+    ServiceAllocator,
+    Session,
+    parse_service_cidrs,
+)
+from ciliary.apiserver.storage import DELETE, ClaimTakenError, Obj, Outcome, Storage, parse_rv
 from ciliary.k8s import discovery, openapi, protobuf, table
 from ciliary.k8s.resources import RESOURCES, ResourceType, UnknownResourceError, by_path
 
 log = logging.getLogger(__name__)
 
 NAMESPACES = by_path("", "v1", "namespaces")
+SERVICES = by_path("", "v1", "services")
+SERVICE_WRITE_ATTEMPTS = 16  # a choice etcd says is taken is made again (another process)
 
 
 @dataclass(frozen=True)
@@ -89,8 +99,16 @@ class APIServer:
         *,
         bookmark_interval: float = 60.0,
         pod_log_dir: Path | None = None,
+        service_allocator: ServiceAllocator | None = None,
     ) -> None:
         self.storage = storage
+        # Service cluster IPs and node ports: claims written with the Services (servicealloc)
+        self.services = service_allocator or ServiceAllocator(
+            parse_service_cidrs(DEFAULT_SERVICE_CIDR)
+        )
+        if storage.claims is None:
+            storage.claims = self.services
+        self._claims_loaded = asyncio.Lock()
         self.bookmark_interval = bookmark_interval
         self.pod_log_dir = pod_log_dir  # the kubelet role's logs (ciliary.k8s.podlogs layout)
         self._streams: set[asyncio.Task[Any]] = set()  # the handlers of open watches and log -f
@@ -361,9 +379,35 @@ class APIServer:
         """A new object from ``body`` (a POST, or an apply of an object that is not there)."""
         obj = strategy.prepare_create(rt, body, namespace)
         await self._namespace_exists(rt, obj)
+        if rt is SERVICES:
+            return _json(await self._create_service(obj, dry_run=_dry_run(request)), 201)
         if _dry_run(request):
             return _json(obj, 201)
         return _json(await self.storage.create(rt, obj), 201)
+
+    async def _load_claims(self) -> None:
+        """The allocator's view of what is claimed, read from etcd before its first use."""
+        async with self._claims_loaded:
+            if not self.services.loaded:
+                keys = await self.storage.keys(IP_PREFIX) + await self.storage.keys(PORT_PREFIX)
+                self.services.load(keys)
+
+    async def _create_service(self, obj: Obj, *, dry_run: bool) -> Obj:
+        """A Service with what it is allocated, written with its claims in one transaction; a
+        choice etcd says is taken is made again, a taken address the client asked for is 422."""
+        await self._load_claims()
+        for _ in range(SERVICE_WRITE_ATTEMPTS):
+            with self.services.session() as session:
+                svc = services.admit(self.services, session, None, obj)
+                if dry_run:
+                    return svc
+                try:
+                    return await self.storage.create(SERVICES, svc)
+                except ClaimTakenError as err:
+                    self.services.taken(err.key)
+                    if err.key not in session.picked:
+                        raise services.taken_error(svc, err.key) from None
+        raise errors.conflict(SERVICES, obj["metadata"]["name"], "too many concurrent allocations")
 
     async def update(self, request: web.Request, target: Target) -> web.Response:
         body = strategy.check_type(target.rt, await self._body(request))
@@ -384,21 +428,40 @@ class APIServer:
         rt = target.rt
         assert target.name is not None
         status_only = target.subresource == "status"
+        if rt is SERVICES:
+            await self._load_claims()
+        for _ in range(SERVICE_WRITE_ATTEMPTS):
+            with self.services.session() as session:
+                attempted: list[Obj] = []
 
-        def change(current: Obj) -> Outcome:
-            if status_only:
-                return strategy.prepare_status_update(rt, current, new(current))
-            return strategy.prepare_update(rt, current, new(current))
+                def change(
+                    current: Obj, session: Session = session, attempted: list[Obj] = attempted
+                ) -> Outcome:
+                    if status_only:
+                        return strategy.prepare_status_update(rt, current, new(current))
+                    out = strategy.prepare_update(rt, current, new(current))
+                    if rt is SERVICES and out != DELETE:
+                        assert not isinstance(out, str)
+                        out = services.admit(self.services, session, current, out)
+                        attempted.append(out)
+                    return out
 
-        obj, _ = await self.storage.update(
-            rt,
-            target.namespace,
-            target.name,
-            change,
-            precondition_rv=precondition,
-            dry_run=_dry_run(request),
-        )
-        return _json(obj)
+                try:
+                    obj, _ = await self.storage.update(
+                        rt,
+                        target.namespace,
+                        target.name,
+                        change,
+                        precondition_rv=precondition,
+                        dry_run=_dry_run(request),
+                    )
+                except ClaimTakenError as err:
+                    self.services.taken(err.key)
+                    if err.key in session.picked:
+                        continue
+                    raise services.taken_error(attempted[-1], err.key) from None
+                return _json(obj)
+        raise errors.conflict(rt, target.name, "too many concurrent allocations")
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
         rt = target.rt

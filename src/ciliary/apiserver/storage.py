@@ -13,6 +13,12 @@ Writes are single etcd transactions:
   (the last finalizer of an object being deleted is gone);
 * delete compares the revision read (and a caller's precondition).
 
+An object may hold *claims* (:class:`Claims`: a Service's cluster IPs and node ports, see
+:mod:`ciliary.apiserver.servicealloc`): keys of their own written in the object's transaction.
+A write that adds a claim compares ``create_revision == 0`` for it too (taken:
+:class:`ClaimTakenError`), a write that drops one (a delete drops all) deletes it, so what is
+claimed is always exactly what the stored objects hold.
+
 Lists read one etcd revision with ``limit`` pages; a ``continue`` token carries the revision and
 the next key, so a paged list is one consistent snapshot (410 Expired once compacted).
 """
@@ -22,9 +28,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from ciliary.apiserver import errors
 from ciliary.apiserver.etcd import (
@@ -111,11 +117,42 @@ def _parse_continue(token: str) -> tuple[int, str]:
         raise errors.bad_request(f"continue key is not valid: {token[:64]}") from None
 
 
+class Claims(Protocol):
+    """Keys an object holds besides its own, written and deleted in its transactions."""
+
+    def claims_of(self, rt: ResourceType, obj: Obj) -> dict[str, bytes]:
+        """The claim keys (with their values) the object, as stored, holds."""
+        ...
+
+    def committed(self, added: Iterable[str], removed: Iterable[str]) -> None:
+        """A transaction adding and removing these claim keys succeeded."""
+        ...
+
+
+class ClaimTakenError(Exception):
+    """A write would claim a key another object holds (nothing was written)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key} is held by another object")
+        self.key = key
+
+
 class Storage:
     """The resources' objects in one etcd."""
 
-    def __init__(self, etcd: EtcdClient) -> None:
+    def __init__(self, etcd: EtcdClient, claims: Claims | None = None) -> None:
         self.etcd = etcd
+        self.claims = claims
+
+    def _claims_of(self, rt: ResourceType, obj: Obj | None) -> dict[str, bytes]:
+        if self.claims is None or obj is None:
+            return {}
+        return self.claims.claims_of(rt, obj)
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (claims, read back at start)."""
+        _, kvs, _ = await self._call(self.etcd.range(prefix, prefix_end(prefix), keys_only=True))
+        return [kv.key for kv in kvs]
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -179,7 +216,20 @@ class Storage:
     async def create(self, rt: ResourceType, obj: Obj) -> Obj:
         meta = obj["metadata"]
         key = rt.etcd_key(meta.get("namespace"), meta["name"])
-        revision = await self._call(self.etcd.create(key, encode(obj)))
+        held = self._claims_of(rt, obj)
+        if held:
+            revision, existing = await self._call(
+                self.etcd.transaction(
+                    absent=[key, *held], at={}, puts={key: encode(obj), **held}, deletes=[]
+                )
+            )
+            if revision is None and key not in existing and existing:
+                raise ClaimTakenError(sorted(existing)[0])
+            if revision is not None:
+                assert self.claims is not None
+                self.claims.committed(held, ())
+        else:
+            revision = await self._call(self.etcd.create(key, encode(obj)))
         if revision is None:
             raise errors.already_exists(rt, meta["name"])
         out = json.loads(encode(obj))
@@ -217,20 +267,37 @@ class Storage:
                 preview: Obj = json.loads(encode(new))
                 preview["metadata"]["resourceVersion"] = str(kv.mod_revision)
                 return preview, False
-            if new == DELETE:
+            data = None if isinstance(new, str) else encode(new)
+            if data == kv.value:  # no change: no write, as kube-apiserver
+                return current, False
+            held = self._claims_of(rt, current)
+            wanted = self._claims_of(rt, None if isinstance(new, str) else new)
+            added = {k: v for k, v in wanted.items() if k not in held}
+            removed = [k for k in held if k not in wanted]
+            if added or removed:
+                revision, existing = await self._call(
+                    self.etcd.transaction(
+                        absent=list(added),
+                        at={key: kv.mod_revision},
+                        puts=added if data is None else {key: data, **added},
+                        deletes=removed if data is not None else [key, *removed],
+                    )
+                )
+                if existing:
+                    raise ClaimTakenError(sorted(existing)[0])
+                if revision is not None:
+                    assert self.claims is not None
+                    self.claims.committed(added, removed)
+            elif data is None:
                 revision = await self._call(self.etcd.delete(key, kv.mod_revision))
-                if revision is not None:
-                    return decode(kv, revision), True
             else:
-                assert not isinstance(new, str)
-                data = encode(new)
-                if data == kv.value:  # no change: no write, as kube-apiserver
-                    return current, False
                 revision = await self._call(self.etcd.update(key, data, kv.mod_revision))
-                if revision is not None:
-                    out: Obj = json.loads(data)
-                    out["metadata"]["resourceVersion"] = str(revision)
-                    return out, False
+            if revision is not None:
+                if data is None:
+                    return decode(kv, revision), True
+                out: Obj = json.loads(data)
+                out["metadata"]["resourceVersion"] = str(revision)
+                return out, False
             if precondition_rv is not None:
                 raise errors.conflict(rt, name)
         raise errors.conflict(rt, name, "too many concurrent updates, try again")

@@ -61,6 +61,10 @@ LISTENERS_FILE = "apiserver-listeners"
 POD_LOG_DIR = "pod-logs"
 NODE_API_HOST = "127.0.0.1"  # the node netns' loopback: the API's 127.0.0.1 SAN covers it
 NODE_API_PORT = 6443  # kube-apiserver's secure port, free in a node netns
+# The Services' cluster IPs (kind's defaults): apart from the pod pools (10.200.0.0/16,
+# fd00:10:200::/104 by default) and the lab network (172.18.0.0/24, fc00:f853:ccd:e793::/64)
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16,fd00:10:96::/112"
+SERVICE_NODE_PORT_RANGE = "30000-32767"
 NODES_GROUP = "system:nodes"
 
 
@@ -304,6 +308,10 @@ def _spawn_apiserver(
         str(lab_dir / LISTENERS_FILE),
         "--pod-log-dir",
         str(pod_log_dir(lab_dir)),
+        "--service-cluster-ip-range",
+        SERVICE_CLUSTER_IP_RANGE,
+        "--service-node-port-range",
+        SERVICE_NODE_PORT_RANGE,
     ]
     # SIGHUP (reread the listeners) must not kill it before its handler is in place: blocked in
     # the child from the fork on (the mask survives exec), pending until the server unblocks it

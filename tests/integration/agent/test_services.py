@@ -80,7 +80,7 @@ def test_services_endpointslices_and_nodes_reach_the_cache(
                     "metadata": {"name": "web"},
                     "spec": {
                         "type": "NodePort",
-                        "clusterIP": "10.96.0.10",  # this API server allocates none (yet)
+                        "clusterIP": "10.96.0.10",  # asked for: in the lab's service range
                         "selector": {"app": "web"},
                         "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
                         "externalTrafficPolicy": "Local",

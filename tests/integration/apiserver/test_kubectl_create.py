@@ -5,6 +5,7 @@ through JSON. Kinds the server does not serve stay 404."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from pathlib import Path
@@ -75,6 +76,12 @@ def test_typed_create_commands(control_plane: ControlPlane, tmp_path: Path) -> N
     svc = stored(cp, "svc", "web", "-n", "shop")["spec"]
     assert [p["targetPort"] for p in svc["ports"]] == [8080, "dns"]
     assert (svc["selector"], svc["type"]) == ({"app": "web"}, "ClusterIP")
+    # the API server allocated its cluster IP from the lab's service range (#14)
+    ip = kubectl(cp, "get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network("10.96.0.0/16")
+    table = kubectl(cp, "get", "svc", "-n", "shop").stdout.splitlines()
+    assert table[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert table[1].split()[:5] == ["web", "ClusterIP", ip, "<none>", "80/TCP,53/TCP"]
     kubectl(cp, "create", "service", "nodeport", "np", "-n", "shop", "--tcp=80:80",
             "--node-port=30080")  # fmt: skip
     assert stored(cp, "svc", "np", "-n", "shop")["spec"]["ports"][0]["nodePort"] == 30080
