@@ -224,6 +224,11 @@ def test_nodes_reach_the_api_on_the_lab_network_and_pods_do_not(netlab: NetLab) 
     # its node's own connections there pass (the fence is for what it forwards only)
     node_ns = f"ciln-{netlab.name}-{pod.node}"
     assert [connect(node_ns, api, 6443) for api in API] == ["ok", "ok"]
+    # the kubernetes Service names it: the first address of the service range (#14)
+    svc = get_json(netlab.kubeconfig, "svc", "kubernetes", "-n", "default")["spec"]
+    assert (svc["clusterIPs"], svc["ports"][0]["port"]) == (["10.96.0.1"], 443)
+    eps = get_json(netlab.kubeconfig, "endpointslice", "kubernetes", "-n", "default")
+    assert eps["endpoints"][0]["addresses"] == [API[0]] and eps["ports"][0]["port"] == 6443
 
 
 def test_lab_down_removes_the_lab_network(netlab: NetLab) -> None:

@@ -41,11 +41,13 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from ciliary.apiserver import netnslisten
 from ciliary.apiserver.etcdserver import EtcdProcess, free_port, restart_etcd, start_etcd
+from ciliary.apiserver.servicealloc import IPRange, parse_service_cidrs
 from ciliary.core import atomicfile as atomic
 from ciliary.datapath.linux import netns
 from ciliary.lab.certs import LOOPBACK_ADDRESSES, CertPair, LabCA
@@ -277,6 +279,38 @@ def _listen(cp: ControlPlane, new: Sequence[netnslisten.NetnsListener]) -> None:
     if cp.apiserver_alive():
         with contextlib.suppress(ProcessLookupError):
             os.kill(cp.apiserver_pid, signal.SIGHUP)
+
+
+def kubernetes_service(address: str, port: int = NODE_API_PORT) -> list[dict[str, Any]]:
+    """What kube-apiserver creates in ``default`` at start for its clients in the cluster: the
+    ``kubernetes`` Service (the first address of the primary service range, port 443 ``https``)
+    and its EndpointSlice naming the API server's address on the nodes' network (the lab
+    network's own address, port 6443). No selector: nothing but this names its backends."""
+    ip = IPRange(parse_service_cidrs(SERVICE_CLUSTER_IP_RANGE)[0]).first
+    family = "IPv6" if ipaddress.ip_address(address).version == 6 else "IPv4"
+    meta = {"name": "kubernetes", "namespace": "default"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {**meta, "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": ip,
+                "ipFamilyPolicy": "SingleStack",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                "sessionAffinity": "None",
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {**meta, "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": family,
+            "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        },
+    ]
 
 
 def pod_log_dir(lab_dir: Path) -> Path:

@@ -434,9 +434,12 @@ def _start_control_plane(rec: LabRecord) -> None:
     rec.control_plane = ControlPlaneRecord(url=cp.url, kubeconfig=str(cp.kubeconfig))
     _save(rec)
     api = _api(rec.name)
-    # kube-apiserver's system namespaces controller makes these at start
+    # kube-apiserver's system namespaces controller makes these at start, and its
+    # kubernetes-service controller the kubernetes Service at the API's address on the network
     system = [_k8s_object("Namespace", n) for n in SYSTEM_NAMESPACES]
-    _api_call(lambda: [api.create(ns, exist_ok=True) for ns in system])
+    if addresses:
+        system += controlplane.kubernetes_service(addresses[0])
+    _api_call(lambda: [api.create(doc, exist_ok=True) for doc in system])
 
 
 def control_plane(lab: str) -> controlplane.ControlPlane | None:
