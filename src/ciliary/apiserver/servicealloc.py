@@ -217,12 +217,12 @@ class ServiceAllocator:
         return self.claims(obj) if rt.group == "" and rt.kind == "Service" else {}
 
     def claims(self, svc: Obj) -> dict[str, bytes]:
-        """The claim keys a stored Service holds, with their values: its cluster IPs inside a
-        configured range, its node ports and health check node port inside the port range."""
+        """The claim keys a stored Service holds, with their values: its cluster IPs, node ports
+        and health check node port. Whether or not they are inside today's ranges (which a
+        restart with other flags may change): what a Service holds it releases when it goes."""
         meta = svc.get("metadata") or {}
         spec = svc.get("spec") or {}
         out: dict[str, bytes] = {}
-        ranges = self.ranges
         owner = {
             "group": "",
             "resource": "services",
@@ -234,24 +234,20 @@ class ServiceAllocator:
                 if not isinstance(ip, str) or ip in ("", "None"):
                     continue
                 try:
-                    family = family_of(ip)
+                    name = ipaddress.ip_address(ip).compressed
                 except ValueError:
                     continue
-                r = ranges.get(family)
-                if r is not None and r.offset(ip) is not None:
-                    name = ipaddress.ip_address(ip).compressed
-                    doc = {
-                        "apiVersion": "networking.k8s.io/v1",
-                        "kind": "IPAddress",
-                        "metadata": {"name": name},
-                        "spec": {"parentRef": owner},
-                    }
-                    out[ip_key(ip)] = json.dumps(doc, separators=(",", ":")).encode()
-        low, high = self.node_ports
+                doc = {
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "IPAddress",
+                    "metadata": {"name": name},
+                    "spec": {"parentRef": owner},
+                }
+                out[ip_key(ip)] = json.dumps(doc, separators=(",", ":")).encode()
         ports = [p.get("nodePort") for p in spec.get("ports") or [] if isinstance(p, dict)]
         ports.append(spec.get("healthCheckNodePort"))
         for port in ports:
-            if isinstance(port, int) and not isinstance(port, bool) and low <= port <= high:
+            if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
                 out[port_key(port)] = json.dumps(owner, separators=(",", ":")).encode()
         return out
 

@@ -271,10 +271,16 @@ class ServiceSpec(ObjectModel):
     cluster_ip: str | None = Field(default=None, alias="clusterIP")
     cluster_ips: list[str] = Field(default_factory=list, alias="clusterIPs")
     ip_families: list[Literal["IPv4", "IPv6"]] = Field(default_factory=list, alias="ipFamilies")
+    ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] | None = Field(
+        default=None, alias="ipFamilyPolicy"
+    )
     external_name: str | None = None
     session_affinity: Literal["None", "ClientIP"] = "None"
     external_traffic_policy: Literal["Cluster", "Local"] | None = None  # None: Cluster
     internal_traffic_policy: Literal["Cluster", "Local"] | None = None
+    # what the API server allocates for a LoadBalancer with externalTrafficPolicy Local
+    health_check_node_port: int | None = Field(default=None, ge=1, le=65535)
+    allocate_load_balancer_node_ports: bool | None = None
 
     @property
     def headless(self) -> bool:

@@ -173,9 +173,11 @@ def test_claims_of_a_service() -> None:
     assert set(claims) == {
         "/registry/ipaddresses/10.96.0.5",
         "/registry/ipaddresses/fd00:10:96::5",
+        "/registry/ipaddresses/10.200.0.1",  # held whatever today's ranges are
         "/registry/servicenodeports/30001",
         "/registry/servicenodeports/30009",
-    }  # outside the ranges: not claimed
+        "/registry/servicenodeports/8080",
+    }
     doc = json.loads(claims["/registry/ipaddresses/fd00:10:96::5"])
     assert doc["kind"] == "IPAddress" and doc["spec"]["parentRef"]["name"] == "web"
     external = {"type": "ExternalName", "clusterIPs": ["10.96.0.5"], "ports": []}

@@ -138,6 +138,21 @@ def test_node_service_and_endpoint_slice() -> None:
     assert svc.spec.headless and svc.spec.type == "ClusterIP"
     assert svc.spec.ports[0].target_port == "sql" and svc.spec.ports[0].protocol == "TCP"
     assert svc.to_json()["spec"]["clusterIP"] == "None"
+    lb = Service.model_validate(
+        {
+            "metadata": {"name": "lb"},
+            "spec": {
+                "type": "LoadBalancer",
+                "ipFamilyPolicy": "PreferDualStack",
+                "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 31000,
+                "allocateLoadBalancerNodePorts": False,
+                "ports": [{"port": 80}],
+            },
+        }
+    )  # what the API server stores for one (apiserver/services.py)
+    assert (lb.spec.ip_family_policy, lb.spec.health_check_node_port) == ("PreferDualStack", 31000)
+    assert lb.spec.allocate_load_balancer_node_ports is False
     eps = EndpointSlice.model_validate(
         {
             "metadata": {"name": "db-x1", "labels": {"kubernetes.io/service-name": "db"}},
