@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ciliary.apiserver.main import parse_args
 from ciliary.apiserver.servicealloc import (
     AllocatedError,
     IPRange,
@@ -184,3 +185,16 @@ def test_claims_of_a_service() -> None:
     assert a.claims({**svc, "spec": external}) == {}
     assert a.claims_of(by_path("", "v1", "pods"), svc) == {}
     assert a.claims_of(by_path("", "v1", "services"), svc) == claims
+
+
+def test_the_servers_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["--etcd-servers", "http://127.0.0.1:2379"])
+    assert [str(n) for n in args.service_allocator.cidrs] == ["10.0.0.0/24"]  # upstream's
+    assert args.service_allocator.node_ports == (30000, 32767)
+    lab = parse_args(
+        ["--etcd-servers", "x", "--service-cluster-ip-range", "fd00:10:96::/112,10.96.0.0/16"]
+    )
+    assert lab.service_allocator.primary_family == "IPv6"
+    with pytest.raises(SystemExit):
+        parse_args(["--etcd-servers", "x", "--service-node-port-range", "32767-30000"])
+    assert "--service-node-port-range '32767-30000'" in capsys.readouterr().err
