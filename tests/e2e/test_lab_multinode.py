@@ -13,9 +13,12 @@ ciliary_host, tunnelled by cil_from_host with the host identity), and the receiv
 as remote-node: a policy allowing remote-node admits it, one allowing only a pod drops it.
 Cluster health, as ``cilium-health`` (probes every second here, ``spec.healthCheckInterval``):
 every agent reports every node reachable over ICMP and HTTP (:4240 ``/hello``) on its IPv4 and
-IPv6 node IPs, with round-trip times; the third node's agent stopped, its HTTP turns
-unreachable while ICMP stays; then its ``eth0`` down, ICMP too, each within a few probe
-intervals (these two come last: they take the third node away)."""
+IPv6 node IPs and on its health endpoint's (identity 4 ``reserved:health`` in ``ciliary endpoint
+list``, in a netns of its own, its addresses the CiliumNode's ``spec.health``; reached over the
+overlay or the native routes as a pod), with round-trip times; the third node's agent stopped,
+its HTTP turns unreachable on both paths while ICMP stays (the health netns' stack answers);
+then its ``eth0`` down, ICMP too, each within a few probe intervals (these two come last: they
+take the third node away); ``lab down`` leaves no health netns (``assert_no_leftovers``)."""
 
 from __future__ import annotations
 
@@ -409,10 +412,12 @@ def _wait_health(node: str, ok: Callable[[ClusterHealth], bool], within: float) 
 
 
 def _paths(health: ClusterHealth, node: str) -> dict[str, tuple[bool | None, bool | None]]:
-    """address → (ICMP ok, HTTP ok) of ``node`` in ``health`` (None: not probed)."""
+    """address → (ICMP ok, HTTP ok) of ``node`` in ``health`` (None: not probed), of the node
+    and of its health endpoint."""
     (entry,) = [n for n in health.nodes if n.name == node]
     return {
-        p.ip: (p.icmp.ok if p.icmp else None, p.http.ok if p.http else None) for p in entry.host
+        p.ip: (p.icmp.ok if p.icmp else None, p.http.ok if p.http else None)
+        for p in [*entry.host, *entry.endpoint]
     }
 
 
@@ -423,8 +428,30 @@ def _node_ips(lab: MultiLab) -> dict[str, list[str]]:
     }
 
 
+def _health_ips(lab: MultiLab) -> dict[str, list[str]]:
+    """Each node's health endpoint addresses, from its CiliumNode's ``spec.health``."""
+    out = {}
+    for node in lab.nodes:
+        spec = get_json(lab.kubeconfig, "ciliumnodes", node)["spec"]["health"]
+        out[node] = [spec["ipv4"], spec["ipv6"]]
+    return out
+
+
+def _all_ips(lab: MultiLab) -> dict[str, list[str]]:
+    return {n: ips + _health_ips(lab)[n] for n, ips in _node_ips(lab).items()}
+
+
 def test_every_node_reaches_every_node_over_icmp_and_http(lab: MultiLab) -> None:
-    ips = _node_ips(lab)
+    ips, health_ips = _node_ips(lab), _health_ips(lab)
+    for node in lab.nodes:
+        # the node's health endpoint: identity 4, reserved:health, the addresses of spec.health
+        listed = json.loads(_ciliary("--node", node, "endpoint", "list", "-o", "json"))
+        (ep,) = [e for e in listed if e["identity"] == 4]
+        assert [ep["ipv4"], ep["ipv6"]] == health_ips[node]
+        assert (ep["pod_name"], ep["namespace"]) == ("", "")
+        assert ep["netns"] == f"/run/netns/ciln-{lab.name}-{node}-health" and ep["state"] == "ready"
+        table = _ciliary("--node", node, "endpoint", "list")
+        assert "reserved:health" in table and health_ips[node][0] in table, table
     for node in lab.nodes:
         health = _wait_health(node, lambda h: len(h.nodes) == 3 and h.reachable() == 3, 30)
         assert health.reachable() == 3, health
@@ -434,19 +461,22 @@ def test_every_node_reaches_every_node_over_icmp_and_http(lab: MultiLab) -> None
         )
         for n in health.nodes:
             assert [p.ip for p in n.host] == ips[n.name] and len(ips[n.name]) == 2
-            for p in n.host:
+            assert [p.ip for p in n.endpoint] == health_ips[n.name]
+            for p in [*n.host, *n.endpoint]:
                 for probe in (p.icmp, p.http):
                     assert probe is not None and probe.ok and probe.latency_s is not None
                     assert 0 < probe.latency_s < 1, probe
     text = _ciliary("--node", lab.nodes[0], "status", "--all-health")
     assert "Cluster health:" in text and "3/3 reachable" in text
-    for ip in (ip for node_ips in ips.values() for ip in node_ips):
+    for ip in (ip for node_ips in _all_ips(lab).values() for ip in node_ips):
         assert ip in text, text  # the table lists every address with its latencies
-    assert text.count("reachable ") >= 12, text
+    assert text.count("reachable ") >= 24, text
     detail = _ciliary("--node", lab.nodes[0], "health", "status")
     assert f"{lab.nodes[0]} (localhost):" in detail
     assert f"Host connectivity to {ips[lab.nodes[2]][1]}:" in detail
-    assert detail.count("OK, RTT=") == 12, detail  # 3 nodes x 2 addresses x ICMP + HTTP
+    assert f"Endpoint connectivity to {health_ips[lab.nodes[2]][1]}:" in detail
+    # 3 nodes x (2 node + 2 health endpoint addresses) x ICMP + HTTP
+    assert detail.count("OK, RTT=") == 24, detail
 
 
 def test_a_stopped_agent_is_unreachable_over_http_only(lab: MultiLab) -> None:
@@ -454,7 +484,8 @@ def test_a_stopped_agent_is_unreachable_over_http_only(lab: MultiLab) -> None:
     _wait_health(a, lambda h: h.reachable() == 3, 30)
     manager.stop_agent(c, name=lab.name)
     t0 = time.monotonic()
-    want = {ip: (True, False) for ip in _node_ips(lab)[c]}
+    # the health endpoint's netns stays and answers ICMP; the responder was the agent's
+    want = {ip: (True, False) for ip in _all_ips(lab)[c]}
     health = _wait_health(a, lambda h: _paths(h, c) == want, WITHIN)
     took = time.monotonic() - t0
     assert _paths(health, c) == want, health
@@ -472,7 +503,7 @@ def test_a_node_off_the_network_is_unreachable_over_icmp_too(lab: MultiLab) -> N
         ["ip", "-n", f"ciln-{lab.name}-{c}", "link", "set", "eth0", "down"], check=True, timeout=10
     )
     t0 = time.monotonic()
-    want = {ip: (False, False) for ip in _node_ips(lab)[c]}
+    want = {ip: (False, False) for ip in _all_ips(lab)[c]}
     health = _wait_health(a, lambda h: _paths(h, c) == want, WITHIN)
     took = time.monotonic() - t0
     assert _paths(health, c) == want, health

@@ -74,6 +74,9 @@ def test_pod_to_pod_tcp_udp_icmp(lab: Lab, family: int) -> None:
 def test_endpoints_ready_with_identities(lab: Lab) -> None:
     with AgentClient(manager.agent_socket(lab.node, name=lab.name)) as cl:
         eps = [e for e in cl.endpoints() if e.namespace != "kube-system"]  # the lab's DNS pod
+    # the node's health endpoint: no pod, no namespace, reserved:health
+    assert [(e.namespace, e.identity) for e in eps if not e.pod_name] == [("", 4)]
+    eps = [e for e in eps if e.pod_name]
     assert {(e.namespace, e.pod_name) for e in eps} == {("default", "client"), ("shop", "server")}
     assert all(e.state.value == "ready" for e in eps)
     assert all(e.identity >= 256 for e in eps)

@@ -2,9 +2,11 @@
 
 Start-up order matters for the restart contract: the datapath is loaded through its pins first
 (so running traffic keeps its state), then endpoints are restored and their programs re-attached
-(atomic replace), then Hubble and only then the ring buffer reader start (so the backlog of
-events written while no agent ran reaches Hubble, and the first flows find every endpoint
-known), and only then is the API socket opened, so no request sees a half-restored node.
+(atomic replace), then (with an API) the health endpoint is made or kept and the node's
+CiliumNode written with its addresses, then Hubble and only then the ring buffer reader start
+(so the backlog of events written while no agent ran reaches Hubble, and the first flows find
+every endpoint known), and only then is the API socket opened, so no request sees a
+half-restored node.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ciliary import __version__
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.health import ClusterHealthChecker, HealthTarget
+from ciliary.agent.healthendpoint import HealthEndpoint, netns_name
 from ciliary.agent.hubble import AgentHubble
 from ciliary.agent.identity import IdentityAllocator, LocalIdentityAllocator
 from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
@@ -116,6 +119,10 @@ class Agent:
         self.node_manager: NodeManager | None = None
         self.health: ClusterHealthChecker | None = None
         """Cluster health: with a Kubernetes API (its nodes are the node manager's)."""
+        self.health_endpoint = HealthEndpoint(
+            self.endpoints, netns_name(cfg.netns, cfg.node), cfg.health.port
+        )
+        """The node's health endpoint: made (or kept) with cluster health, else removed."""
         self.crd_identities: CRDIdentityAllocator | None = None
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -187,17 +194,28 @@ class Agent:
         self._pods = self.pod_watcher
         self.identities = self.crd_identities
         self.endpoints.use_identities(self.crd_identities)
+        log.info("pods, namespaces and policies synced from %s", self.kube.host)
+
+    async def _register_node(self, kube: KubeClient) -> None:
+        """The node's CiliumNode, once the endpoints are restored and the health endpoint is
+        there (its addresses are ``spec.health``; without health checking there is none)."""
+        health: list[str] = []
+        if self.cfg.health.enabled:
+            ep = await self.health_endpoint.ensure()
+            health = [a for a in (ep.ipv4, ep.ipv6) if a]
+        else:
+            await self.health_endpoint.remove()
         await ciliumendpoints.register_node(
-            self.kube,
+            kube,
             ciliumendpoints.cilium_node(
                 self.node,
                 [str(r) for r in (self.ipam.router_v4, self.ipam.router_v6) if r is not None],
                 [str(c) for c in (self.cfg.ipv4_range, self.cfg.ipv6_range) if c is not None],
                 self.cfg.node_labels,
                 self._node_ips(),
+                health=health,
             ),
         )
-        log.info("pods, namespaces and policies synced from %s", self.kube.host)
 
     def _node_ips(self) -> list[str]:
         """This node's IPs on the underlay (``--ipv4-node``, ``--ipv6-node``), IPv4 first."""
@@ -207,7 +225,7 @@ class Agent:
     def _health_targets(self) -> list[HealthTarget]:
         nm = self.node_manager
         nodes = nm.nodes() if nm is not None else []
-        return [HealthTarget(n.name, n.node_ips, n.local) for n in nodes]
+        return [HealthTarget(n.name, n.node_ips, n.local, n.health_ips) for n in nodes]
 
     def _make_node_manager(self, kube: KubeClient) -> NodeManager:
         net = self.cfg.network
@@ -266,6 +284,7 @@ class Agent:
     async def _disconnect_kubernetes(self) -> None:
         if self.health is not None:
             await self.health.stop()
+        await self.health_endpoint.stop()  # its endpoint and netns stay (restart contract)
         if self.endpoint_sync is not None:
             await self.endpoint_sync.flushed(2.0)
             await self.endpoint_sync.stop()
@@ -344,6 +363,8 @@ class Agent:
             self.policy.load_saved()
         restored, removed = await self.endpoints.restore()
         log.info("restored %d endpoints, removed %d stale objects", restored, removed)
+        if self.kube is not None:
+            await self._register_node(self.kube)
         # Hubble's sink before the reader: its first drain is the ring's backlog (events the
         # datapath wrote while no agent ran), which must reach Hubble, enriched from the
         # endpoints just restored.
@@ -412,7 +433,12 @@ class Agent:
             cluster_nodes=None
             if self.node_manager is None
             else [
-                ClusterNodeStatus(name=n.name, node_ips=list(n.node_ips), local=n.local)
+                ClusterNodeStatus(
+                    name=n.name,
+                    node_ips=list(n.node_ips),
+                    local=n.local,
+                    health_ips=list(n.health_ips),
+                )
                 for n in self.node_manager.nodes()
             ],
             cluster_health=None if self.health is None else self.health.report(),

@@ -43,6 +43,7 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.endpoints import EP_F_READY
+from ciliary.policy.identity import RESERVED_LABELS
 
 log = logging.getLogger(__name__)
 MAX_ENDPOINT_ID = 4095
@@ -167,15 +168,23 @@ class EndpointManager:
 
     # ---- create --------------------------------------------------------------------------
 
-    async def create(self, req: EndpointCreateRequest) -> tuple[Endpoint, bool]:
+    async def create(
+        self, req: EndpointCreateRequest, *, reserved_identity: int | None = None
+    ) -> tuple[Endpoint, bool]:
         """(the endpoint, whether it was made now). A repeated ADD of an attachment that exists
         returns it untouched (CNI: same network, container and ifname give the same result);
         anything else for that container and ifname is a conflict, never a silent rebuild that
-        would give the first attachment's CHECK and DEL a different endpoint."""
+        would give the first attachment's CHECK and DEL a different endpoint.
+
+        ``reserved_identity`` is for the agent's own endpoints only (the health endpoint's
+        ``reserved:health``), never an API request's: the endpoint gets that identity and its
+        reserved labels instead of its pod's."""
+        if reserved_identity is not None and reserved_identity not in RESERVED_LABELS:
+            raise EndpointError(f"no reserved identity {reserved_identity}", 400, "identity")
         async with self._lock:
             old = self.by_container(req.container_id, req.ifname)
             if old is None:
-                return await self._create_locked(req), True
+                return await self._create_locked(req, reserved_identity), True
             return self._existing(old, req), False
 
     def _existing(self, ep: Endpoint, req: EndpointCreateRequest) -> Endpoint:
@@ -280,7 +289,7 @@ class EndpointManager:
         async with self._lock:
             changed_eps = 0
             for ep in list(self._eps.values()):
-                if ep.namespace != namespace or ep.pod_name != pod_name:
+                if ep.namespace != namespace or ep.pod_name != pod_name or ep.reserved_identity:
                     continue
                 self._pod_meta[ep.id] = meta
                 if ep.state != EndpointState.READY:
@@ -320,7 +329,19 @@ class EndpointManager:
         ns_labels = meta.namespace_labels if meta is not None else {}
         return security_labels(ep.namespace, ep.labels, ns_labels)
 
-    async def _create_locked(self, req: EndpointCreateRequest) -> Endpoint:
+    async def _resolve_identity(
+        self, ep: Endpoint, meta: PodMeta | None
+    ) -> tuple[int, tuple[str, ...]]:
+        """(number, security labels) of the endpoint: its reserved identity's own (the health
+        endpoint's), else the allocator's number for its pod's labels."""
+        if ep.reserved_identity is not None:
+            return ep.reserved_identity, tuple(sorted(RESERVED_LABELS[ep.reserved_identity]))
+        labels = self._identity_labels(ep, meta)
+        return await self._ids.allocate(labels), labels
+
+    async def _create_locked(
+        self, req: EndpointCreateRequest, reserved_identity: int | None = None
+    ) -> Endpoint:
         ep_id = self._next_id()
         meta = await self._meta(req.namespace, req.pod_name)
         labels = dict(req.labels) if req.labels else dict(meta.labels if meta else {})
@@ -343,6 +364,7 @@ class EndpointManager:
             mtu=req.mtu or self._mtu,
             created_at=time.time(),
             network=req.network,
+            reserved_identity=reserved_identity,
         )
         # intent first: a crash from here on leaves a record that restore cleans up
         ep = self._set(ep, EndpointState.CREATING, "endpoint requested")
@@ -374,9 +396,8 @@ class EndpointManager:
                 ipv4_gateway=str(router_v4) if v4 and router_v4 else None,
                 ipv6_gateway=str(router_v6) if v6 and router_v6 else None,
             )
-            sec_labels = self._identity_labels(ep, meta)
             self._pod_meta[ep.id] = meta or PodMeta()
-            identity = await self._ids.allocate(sec_labels)
+            identity, sec_labels = await self._resolve_identity(ep, meta)
             changed: frozenset[Any] = frozenset()
             if self._policy is not None:
                 changed = self._policy.identity_added(identity, sec_labels)
@@ -571,8 +592,7 @@ class EndpointManager:
         restoring = self._set(ep, EndpointState.RESTORING, "agent restart", lxc_ifindex=ifindex)
         meta = await self._meta(ep.namespace, ep.pod_name)
         self._pod_meta[ep.id] = meta or PodMeta()
-        labels = self._identity_labels(ep, meta)
-        identity = await self._ids.allocate(labels)
+        identity, labels = await self._resolve_identity(ep, meta)
         programmed = restoring.model_copy(update={"identity": identity})
         changed: frozenset[Any] = frozenset()
         if self._policy is not None:

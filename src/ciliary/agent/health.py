@@ -2,14 +2,23 @@
 fast?
 
 A node that cannot reach another shows it nowhere else until a pod's connection hangs. So each
-agent, as upstream's, runs two small things in its node's netns: a **responder** (HTTP on the
-health port, 4240, ``GET /hello`` → 200, on every address of the node) and a **prober** that,
-every interval (upstream's 60 s), probes every node the node manager knows (its CiliumNodes'
-InternalIPs, this node's own included, as upstream's "localhost" entry): an ICMP echo to each
-address (the node's stack answers, so it proves the underlay) and ``GET /hello`` to each address
-on the health port (the agent answers, so it also proves the agent runs). Each result is kept
-with its round-trip time and when it was probed; ``ciliary status`` reports "Cluster health:
-N/M reachable" from them.
+agent, as upstream's, answers probes and probes every node the node manager knows (its
+CiliumNodes, this node's own included, as upstream's "localhost" entry) on two paths:
+
+* **host**: the node's IPs (``InternalIP``). A **responder** (HTTP on the health port, 4240,
+  ``GET /hello`` → 200) listens on every address of the node's netns;
+* **endpoint**: the node's **health endpoint** (``agent/healthendpoint.py``: a pod-like endpoint
+  with identity ``reserved:health`` and addresses of the pod CIDR, published as the CiliumNode's
+  ``spec.health``); the same responder listens inside its netns (:func:`serve_in_netns`: sockets
+  made in a thread that entered it, served by this loop), so reaching it proves the pod path
+  too — overlay or native routes, the remote node's ipcache entry for it, its ``bpf_lxc``.
+
+Each address gets an ICMP echo (the stack of the node, or of the health netns, answers: it
+proves the path) and ``GET /hello`` on the health port (the agent answers: it also proves the
+agent runs), every interval (upstream's 60 s) and when a node joins or leaves. Each result is
+kept with its round-trip time and when it was probed; a node is reachable when every address of
+both paths answered both probes (upstream's count; a node that publishes no health endpoint is
+judged on its host path); ``ciliary status`` reports "Cluster health: N/M reachable" from them.
 
 The bookkeeping (:class:`HealthBook`) is sans-IO: targets in, results in, a
 :class:`~ciliary.core.models.ClusterHealth` out, so it is tested without sockets. A node that
@@ -17,8 +26,8 @@ leaves the cluster leaves the report with its next round; a node's results are a
 probe's (no failure threshold: upstream's ``--health-check-icmp-failure-threshold`` is not
 implemented). A round pings every address at once, then probes them all over HTTP at once, each
 bounded by the probe timeout, so a dead node costs a round at most twice that long. Upstream's
-per-node *health endpoint* (a pod-like endpoint with an address of the pod CIDR, probed the same
-way) is not made: the probes prove the node path only.
+responder is a process of its own in the health netns, so it answers while the agent is down;
+here it is the agent's socket, so a stopped agent's endpoint answers ICMP but not HTTP.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from ipaddress import ip_address
 from typing import Literal
 
 from ciliary.core.models import ClusterHealth, ConnectivityStatus, NodeHealth, PathStatus
+from ciliary.datapath.linux import netns
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +62,17 @@ ProbeKind = Literal["icmp", "http"]
 
 @dataclass(frozen=True)
 class HealthTarget:
-    """A node to probe: its name, its node IPs (IPv4 first), whether it is this node."""
+    """A node to probe: its name, its node IPs (IPv4 first), whether it is this node, and its
+    health endpoint's addresses (IPv4 first; none when it publishes no health endpoint)."""
 
     name: str
     addresses: tuple[str, ...]
     local: bool = False
+    endpoint_addresses: tuple[str, ...] = ()
+
+    @property
+    def all_addresses(self) -> tuple[str, ...]:
+        return (*self.addresses, *self.endpoint_addresses)
 
 
 class HealthBook:
@@ -73,30 +89,31 @@ class HealthBook:
 
     def set_targets(self, targets: Iterable[HealthTarget]) -> None:
         self._targets = {t.name: t for t in targets}
-        wanted = {(t.name, a) for t in self._targets.values() for a in t.addresses}
+        wanted = {(t.name, a) for t in self._targets.values() for a in t.all_addresses}
         self._results = {k: v for k, v in self._results.items() if (k[0], k[1]) in wanted}
 
     def record(self, node: str, address: str, kind: ProbeKind, result: ConnectivityStatus) -> None:
         target = self._targets.get(node)
-        if target is not None and address in target.addresses:
+        if target is not None and address in target.all_addresses:
             self._results[(node, address, kind)] = result
 
     def round_done(self, at: float) -> None:
         self.last_probe = at
+
+    def _path(self, node: str, address: str) -> PathStatus:
+        return PathStatus(
+            ip=address,
+            icmp=self._results.get((node, address, "icmp")),
+            http=self._results.get((node, address, "http")),
+        )
 
     def report(self) -> ClusterHealth:
         nodes = [
             NodeHealth(
                 name=t.name,
                 local=t.local,
-                host=[
-                    PathStatus(
-                        ip=a,
-                        icmp=self._results.get((t.name, a, "icmp")),
-                        http=self._results.get((t.name, a, "http")),
-                    )
-                    for a in t.addresses
-                ],
+                host=[self._path(t.name, a) for a in t.addresses],
+                endpoint=[self._path(t.name, a) for a in t.endpoint_addresses],
             )
             for t in sorted(self._targets.values(), key=lambda t: (not t.local, t.name))
         ]
@@ -276,6 +293,45 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         writer.close()
 
 
+def _listen_all(port: int) -> list[socket.socket]:
+    """Listening sockets on every address of both families of the calling thread's netns."""
+    out: list[socket.socket] = []
+    try:
+        for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out
+
+
+async def serve_in_netns(netns_path: str, port: int) -> list[asyncio.Server]:
+    """The ``/hello`` responder on ``port`` inside another network namespace (the health
+    endpoint's), served by this event loop: a socket belongs to the netns of the thread that
+    made it, so they are made in a thread of their own that entered it
+    (:func:`~ciliary.datapath.linux.netns.call_in`); no process runs there."""
+    socks = await asyncio.to_thread(netns.call_in, netns_path, lambda: _listen_all(port))
+    servers: list[asyncio.Server] = []
+    try:
+        for sock in socks:
+            servers.append(await asyncio.start_server(_answer, sock=sock))
+    except BaseException:
+        for server in servers:
+            server.close()
+        for sock in socks[len(servers) :]:
+            sock.close()
+        raise
+    return servers
+
+
 # ---- the component --------------------------------------------------------------------------
 
 
@@ -349,7 +405,7 @@ class ClusterHealthChecker:
         """One round: every address of every target, ICMP and HTTP, concurrently."""
         targets = self._targets()
         self.book.set_targets(targets)
-        paths = [(t.name, a) for t in targets for a in t.addresses]
+        paths = [(t.name, a) for t in targets for a in t.all_addresses]
         addresses = sorted({a for _n, a in paths})
         # ICMP first, then HTTP: connection set-ups on the same loop would delay reading the
         # echo replies and inflate their round-trip times (lab, IPv4: 5-6 ms, not 0.2-0.4 ms)
@@ -373,4 +429,5 @@ __all__ = [
     "echo_request",
     "http_probe",
     "parse_echo_reply",
+    "serve_in_netns",
 ]

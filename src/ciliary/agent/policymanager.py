@@ -48,7 +48,7 @@ from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 from ciliary.policy.api.documents import load_yaml
 from ciliary.policy.explain import DefaultDeny, near_misses
-from ciliary.policy.identity import Identity, cidr_identity
+from ciliary.policy.identity import RESERVED_LABELS, Identity, cidr_identity
 from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
 from ciliary.policy.resolve import EndpointPolicy, Mode, NamedPorts, compute, merge_named_ports
@@ -313,7 +313,9 @@ class PolicyManager:
     def compute(
         self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None
     ) -> EndpointPolicy:
-        labels = self._labels_of(ep.identity) or ()
+        # a reserved identity's endpoint (the health endpoint) is selected by its own labels
+        reserved = tuple(sorted(RESERVED_LABELS.get(ep.identity, ())))
+        labels = self._labels_of(ep.identity) or reserved
         # As Cilium in Kubernetes mode (allow-localhost=always): the node itself always reaches
         # its pods (kubelet probes); deny rules still win over it.
         return compute(

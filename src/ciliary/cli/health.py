@@ -2,9 +2,11 @@
 reach every node of the cluster, and how fast?
 
 Both read the agent's status (its prober's results, ``agent/health.py``) and print them as
-upstream does: ``cilium-health status`` (per node, per address: "ICMP to stack" and "HTTP to
-agent" with the round-trip time or the error) and ``cilium-dbg status``'s "Cluster health: N/M
-reachable" line, with the table of the nodes that are not (``--all-health``: of every node).
+upstream does: ``cilium-health status`` (per node, per address of the node — "Host
+connectivity to" — and of its health endpoint — "Endpoint connectivity to" —: "ICMP to stack"
+and "HTTP to agent" with the round-trip time or the error) and ``cilium-dbg status``'s "Cluster
+health: N/M reachable" line, with the table of the nodes that are not (``--all-health``: of
+every node), one row per address of either path.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def render_health(console: Console, st: StatusResponse) -> None:
         console.print(Text(f"  {_node_label(node)}:"))
         if not node.host:
             console.print(Text("    no node IPs in its CiliumNode", style="yellow"))
-        for path in node.host:
-            console.print(Text(f"    Host connectivity to {path.ip}:"))
+        paths = [("Host", p) for p in node.host] + [("Endpoint", p) for p in node.endpoint]
+        for which, path in paths:
+            console.print(Text(f"    {which} connectivity to {path.ip}:"))
             print_kv(
                 console,
                 [
@@ -119,15 +122,17 @@ def summary(health: ClusterHealth) -> Text:
 
 
 def render_table(console: Console, health: ClusterHealth, *, all_nodes: bool) -> None:
-    """The nodes (only the unreachable ones unless ``all_nodes``), one row per address."""
+    """The nodes (only the unreachable ones unless ``all_nodes``), one row per address of the
+    node (PATH ``node``) and of its health endpoint (``endpoint``)."""
     nodes = [n for n in health.nodes if all_nodes or not n.reachable()]
     if not nodes or health.last_probe is None:
         return
-    table = new_table("  NAME", "IP", "ICMP", "HTTP")
+    table = new_table("  NAME", "PATH", "IP", "ICMP", "HTTP")
     for node in nodes:
-        for i, path in enumerate(node.host or []):
+        paths = [("node", p) for p in node.host] + [("endpoint", p) for p in node.endpoint]
+        for i, (which, path) in enumerate(paths):
             name = f"  {_node_label(node)}" if i == 0 else ""
-            table.add_row(name, path.ip, _cell(path.icmp), _cell(path.http))
+            table.add_row(name, which, path.ip, _cell(path.icmp), _cell(path.http))
         if not node.host:
-            table.add_row(f"  {_node_label(node)}", "-", "-", "-")
+            table.add_row(f"  {_node_label(node)}", "node", "-", "-", "-")
     print_table(console, table)

@@ -94,6 +94,11 @@ class Endpoint(_Model):
         description="CNI network that made the attachment; None: created without one (API, or "
         "a record from before networks were recorded), never garbage-collected by a CNI GC",
     )
+    reserved_identity: int | None = Field(
+        default=None,
+        description="the reserved identity the agent gave an endpoint of its own (the health "
+        "endpoint's 4, reserved:health); None: the identity of its pod's labels",
+    )
 
 
 class IPCacheEntry(_Model):
@@ -183,6 +188,9 @@ class ClusterNodeStatus(_Model):
     name: str
     node_ips: list[str] = Field(default_factory=list)
     local: bool = False
+    health_ips: list[str] = Field(
+        default_factory=list, description="its health endpoint's addresses (spec.health)"
+    )
 
 
 class ConnectivityStatus(_Model):
@@ -196,8 +204,9 @@ class ConnectivityStatus(_Model):
 
 
 class PathStatus(_Model):
-    """One address of a node (upstream's ``PathStatus``): ICMP echo to its stack, HTTP to its
-    agent's health responder (``GET /hello`` on the health port). None: not probed yet."""
+    """One address of a node or of its health endpoint (upstream's ``PathStatus``): ICMP echo
+    to its stack, HTTP to its agent's health responder (``GET /hello`` on the health port).
+    None: not probed yet."""
 
     ip: str
     icmp: ConnectivityStatus | None = None
@@ -208,15 +217,23 @@ class PathStatus(_Model):
 
 
 class NodeHealth(_Model):
-    """A node of the cluster as this node's prober sees it, one path per node IP."""
+    """A node of the cluster as this node's prober sees it: one path per node IP (``host``)
+    and one per address of its health endpoint (``endpoint``, upstream's ``health-endpoint``;
+    from its CiliumNode's ``spec.health``)."""
 
     name: str
     local: bool = False
     host: list[PathStatus] = Field(default_factory=list)
+    endpoint: list[PathStatus] = Field(
+        default_factory=list,
+        description="the node's health endpoint addresses; empty: it publishes none",
+    )
 
     def reachable(self) -> bool:
-        """Every address answered both probes (a node without addresses is not reachable)."""
-        return bool(self.host) and all(p.reachable() for p in self.host)
+        """Every address, of the node and of its health endpoint, answered both probes, as
+        upstream counts a node (a node without addresses is not reachable; one that publishes
+        no health endpoint is judged on its node addresses, as upstream's)."""
+        return bool(self.host) and all(p.reachable() for p in [*self.host, *self.endpoint])
 
 
 class ClusterHealth(_Model):

@@ -26,6 +26,7 @@ __all__ = [
     "EndpointNetworking",
     "EndpointPolicy",
     "EndpointStatus",
+    "HealthAddressingSpec",
     "NamedPort",
     "NodeAddress",
     "NodeIPAMSpec",
@@ -43,8 +44,16 @@ class NodeIPAMSpec(ObjectModel):
     pod_cidrs: list[str] = Field(default_factory=list, alias="podCIDRs")
 
 
+class HealthAddressingSpec(ObjectModel):
+    """The node's health endpoint addresses (upstream's ``spec.health``)."""
+
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+
 class CiliumNodeSpec(ObjectModel):
     addresses: list[NodeAddress] = Field(default_factory=list)
+    health: HealthAddressingSpec | None = None
     ipam: NodeIPAMSpec = Field(default_factory=NodeIPAMSpec)
 
 

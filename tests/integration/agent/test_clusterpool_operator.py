@@ -46,6 +46,7 @@ def _netns(name: str) -> Iterator[Path]:
         yield Path("/run/netns") / name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+        subprocess.run(["ip", "netns", "del", f"{name}-health"], check=False)  # the agent's
 
 
 def _until(check: object, what: str, timeout: float, log: Path) -> None:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ def _netns(name: str) -> Iterator[Path]:
         yield Path("/run/netns") / name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+        subprocess.run(["ip", "netns", "del", f"{name}-health"], check=False)  # the agent's
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float, log: Path) -> float:
@@ -161,9 +162,16 @@ def test_node_manager_ipcache_restart_and_native_routes(
                 {"type": "CiliumInternalIP", "ip": "10.0.1.1"},
                 {"type": "CiliumInternalIP", "ip": "fd00:1::1"},
             ]
+            # its health endpoint: identity 4 in its own netns, published as spec.health
+            with AgentClient(socket) as cl:
+                (health,) = [e for e in cl.endpoints() if e.identity == 4]
+            assert health.netns == f"{ns_path}-health" and health.pod_name == ""
+            assert own["spec"]["health"] == {"ipv4": health.ipv4, "ipv6": health.ipv6}
+            assert health.ipv4 and ip_address(health.ipv4) in ip_network("10.0.1.0/24")
             # a fake remote node and two of its pods
             remote = cilium_node("far", ["10.0.2.1", "fd00:2::1"], ["10.0.2.0/24", "fd00:2::/64"],
-                                 {}, ["172.18.0.3", "fc00::3"])  # fmt: skip
+                                 {}, ["172.18.0.3", "fc00::3"],
+                                 health=["10.0.2.5", "fd00:2::5"])  # fmt: skip
             cluster.run(cluster.kube.create(CILIUM_NODES, remote))
             cluster.run(cluster.kube.create(NAMESPACES, {"metadata": {"name": "shop"}}))
             cluster.create_cep(_cep("web", 300, "10.0.2.7", "fd00:2::7", "172.18.0.3"))
@@ -175,6 +183,7 @@ def test_node_manager_ipcache_restart_and_native_routes(
                 "172.18.0.3/32": (6, None), "fc00::3/128": (6, None),
                 "10.0.2.1/32": (6, TEP), "fd00:2::1/128": (6, TEP),
                 "10.0.2.0/24": (9, TEP), "fd00:2::/64": (10, TEP),
+                "10.0.2.5/32": (4, TEP), "fd00:2::5/128": (4, TEP),  # its health endpoint
                 "10.0.2.7/32": (300, TEP), "fd00:2::7/128": (300, TEP),
                 "10.0.2.8/32": (301, TEP), "fd00:2::8/128": (301, TEP),
             }  # fmt: skip
@@ -183,9 +192,9 @@ def test_node_manager_ipcache_restart_and_native_routes(
                 assert api["10.0.2.7/32"] == (300, "172.18.0.3")
                 nodes = cl.status().cluster_nodes
             assert nodes is not None
-            assert [(n.name, n.node_ips, n.local) for n in nodes] == [
-                ("far", ["172.18.0.3", "fc00::3"], False),
-                (node, ["172.18.0.2", "fc00::2"], True),
+            assert [(n.name, n.node_ips, n.local, n.health_ips) for n in nodes] == [
+                ("far", ["172.18.0.3", "fc00::3"], False, ["10.0.2.5", "fd00:2::5"]),
+                (node, ["172.18.0.2", "fc00::2"], True, [health.ipv4, health.ipv6]),
             ]
             shown = subprocess.run(
                 [sys.executable, "-m", "ciliary.cli.main", "--node", node, "status"],
@@ -208,6 +217,11 @@ def test_node_manager_ipcache_restart_and_native_routes(
             assert "10.0.2.7/32" in _remote_entries(node)  # pinned: kept while down
             agent = start()
             _until(lambda: "10.0.2.7/32" not in _remote_entries(node), "stale pruned", 30, log)
+            with AgentClient(socket) as cl:  # the health endpoint restored, not made again
+                (again,) = [e for e in cl.endpoints() if e.identity == 4]
+            same = ("id", "ipv4", "ipv6", "lxc", "mac", "netns")
+            assert [getattr(again, f) for f in same] == [getattr(health, f) for f in same]
+            assert again.log[-1].reason == "restored"
             assert _remote_entries(node)["10.0.2.0/24"].tunnel_endpoint == TEP
 
             def routes() -> dict[str, tuple[str, str]]:

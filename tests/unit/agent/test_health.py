@@ -11,6 +11,7 @@ import struct
 
 import pytest
 from pydantic import ValidationError
+from rich.console import Console
 
 from ciliary.agent.health import (
     ClusterHealthChecker,
@@ -24,8 +25,8 @@ from ciliary.agent.health import (
     parse_echo_reply,
 )
 from ciliary.agent.main import _parser
-from ciliary.cli.health import fmt_rtt, summary
-from ciliary.core.models import ConnectivityStatus
+from ciliary.cli.health import fmt_rtt, render_health, render_table, summary
+from ciliary.core.models import ConnectivityStatus, StatusResponse
 from ciliary.lab import underlay
 from ciliary.lab.schema import LabBody
 from ciliary.lab.state import NodeRecord
@@ -58,6 +59,38 @@ def test_book_counts_a_node_reachable_only_when_every_address_answered_both_prob
     assert str(summary(report)).startswith("2/3 reachable")
     book.record("b", "fd00::3", "http", BAD)  # the last probe counts
     assert book.report().reachable() == 1
+
+
+def test_a_node_is_reachable_only_when_its_health_endpoint_answered_too() -> None:
+    """Upstream's count: host and endpoint paths; both printed as cilium-health prints them."""
+    book = HealthBook(1.0, 4240)
+    book.set_targets(
+        [
+            HealthTarget("a", ("10.0.0.2",), local=True, endpoint_addresses=("10.1.0.2",)),
+            HealthTarget("b", ("10.0.0.3",)),  # publishes no health endpoint: host path only
+        ]
+    )
+    for kind in ("icmp", "http"):
+        book.record("a", "10.0.0.2", kind, OK)  # type: ignore[arg-type]
+        book.record("b", "10.0.0.3", kind, OK)  # type: ignore[arg-type]
+    book.record("a", "10.1.0.2", "icmp", OK)
+    book.record("a", "10.1.0.2", "http", BAD)
+    book.round_done(5.0)
+    report = book.report()
+    assert [p.ip for p in report.nodes[0].endpoint] == ["10.1.0.2"]
+    assert report.nodes[1].endpoint == []
+    assert [n.reachable() for n in report.nodes] == [False, True]
+    console = Console(width=200, record=True)
+    status = StatusResponse.model_construct(node="a", cluster_health=report)
+    render_health(console, status)
+    render_table(console, report, all_nodes=True)
+    text = console.export_text()
+    assert "Host connectivity to 10.0.0.2:" in text
+    assert "Endpoint connectivity to 10.1.0.2:" in text
+    assert text.count("OK, RTT=") == 5 and "no echo reply within 2s" in text, text
+    assert "endpoint   10.1.0.2" in text and "node       10.0.0.2" in text, text
+    book.record("a", "10.1.0.2", "http", OK)
+    assert book.report().reachable() == 2
 
 
 def test_book_forgets_nodes_and_addresses_that_left_and_ignores_unknown_results() -> None:

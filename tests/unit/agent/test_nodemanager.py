@@ -177,6 +177,32 @@ def test_published_objects_parse_back() -> None:
     )
 
 
+def test_health_endpoints_of_remote_nodes_are_health_with_their_node_as_tunnel_endpoint() -> None:
+    """spec.health as published parses back; remote health IPs → identity 4 (reserved:health),
+    tunnelled to their node in tunnel mode, not in native mode; this node's own health endpoint
+    is a local endpoint (not the node manager's), a stale one in its pod CIDR is left alone."""
+    obj = cilium_node(
+        "n2", ["10.0.2.1"], ["10.0.2.0/24", "fd00:2::/64"], {}, ["172.18.0.3", "fc00::3"],
+        health=["10.0.2.5", "fd00:2::5"],
+    )  # fmt: skip
+    assert obj["spec"]["health"] == {"ipv4": "10.0.2.5", "ipv6": "fd00:2::5"}
+    assert "health" not in cilium_node("n2", [], [], {})["spec"]
+    n2 = parse_node(obj)
+    assert n2.health_ips == (ip_address("10.0.2.5"), ip_address("fd00:2::5"))
+    mine = ClusterNode("n1", LOCAL.node_ips, (), (), (ip_address("10.0.1.5"),))
+    stale = ClusterNode("n3", (ip_address("172.18.0.4"),), (), (), (ip_address("10.0.1.6"),))
+    got = wanted_entries(LOCAL, [mine, n2, stale], [], "tunnel")
+    tep = V4("172.18.0.3")
+    assert got[net("10.0.2.5/32")] == Entry(ReservedIdentity.HEALTH, tep)
+    assert got[net("fd00:2::5/128")] == Entry(ReservedIdentity.HEALTH, tep)
+    assert net("10.0.1.5/32") not in got and net("10.0.1.6/32") not in got
+    native = wanted_entries(LOCAL, [n2], [], "native")
+    assert native[net("10.0.2.5/32")] == Entry(ReservedIdentity.HEALTH, None)
+    bad = {**obj, "spec": {**obj["spec"], "health": {"ipv4": "fd00:2::5"}}}
+    with pytest.raises(ValueError, match=r"CiliumNode n2: spec.health.ipv4: not an IPv4"):
+        parse_node(bad)
+
+
 def test_malformed_objects_name_the_field() -> None:
     bad = cilium_node("n9", [], [], {}, ["172.18.0.9"])
     bad["spec"]["addresses"][0]["ip"] = "not-an-ip"

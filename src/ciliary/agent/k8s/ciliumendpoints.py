@@ -39,6 +39,7 @@ from ciliary.k8s.cilium import (
     EndpointNetworking,
     EndpointPolicy,
     EndpointStatus,
+    HealthAddressingSpec,
     NamedPort,
     NodeAddress,
     NodeIPAMSpec,
@@ -102,15 +103,20 @@ def cilium_node(
     pod_cidrs: Iterable[str],
     labels: dict[str, str],
     node_ips: Iterable[str] = (),
+    *,
+    health: Iterable[str] = (),
 ) -> KubeObject:
     """The node's CiliumNode (upstream's shape): its addresses — the node IPs
     (``--ipv4-node``/``--ipv6-node``) as ``InternalIP``, the router addresses as
-    ``CiliumInternalIP`` — and the cluster-pool pod CIDRs it allocates from."""
+    ``CiliumInternalIP`` —, its health endpoint's addresses (``spec.health.ipv4``/``ipv6``;
+    left out without one) and the cluster-pool pod CIDRs it allocates from."""
+    by_family = {("ipv6" if ":" in a else "ipv4"): a for a in health}
     return CiliumNode(
         metadata=ObjectMeta(name=node, labels=dict(labels)),
         spec=CiliumNodeSpec(
             addresses=[NodeAddress(type="InternalIP", ip=a) for a in node_ips]
             + [NodeAddress(type="CiliumInternalIP", ip=a) for a in addresses],
+            health=HealthAddressingSpec(**by_family) if by_family else None,
             ipam=NodeIPAMSpec.model_validate({"podCIDRs": list(pod_cidrs)}),
         ),
     ).to_json()

@@ -12,6 +12,8 @@ identity, addresses, ``status.networking.node`` = the hosting node's IP) — by 
 * a remote node's ``InternalIP`` → ``remote-node`` (6), no tunnel endpoint (the underlay);
 * its ``CiliumInternalIP`` (router) → ``remote-node`` with tunnel endpoint = its IPv4
   ``InternalIP``, its pod CIDRs → the family's world identity with that tunnel endpoint;
+* its health endpoint's addresses (``spec.health.ipv4``/``ipv6``) → ``health`` (4) with that
+  tunnel endpoint, so the other nodes' probes reach it as they reach a pod;
 * each address of a CiliumEndpoint of another node → the endpoint's identity with the hosting
   node's IPv4 node IP as tunnel endpoint;
 * this node's own ``InternalIP`` → ``host`` (1).
@@ -92,6 +94,8 @@ class ClusterNode:
     internal_ips: tuple[IPAddr, ...]
     cilium_internal_ips: tuple[IPAddr, ...]
     pod_cidrs: tuple[IPNet, ...]
+    health_ips: tuple[IPAddr, ...] = ()
+    """Its health endpoint's addresses (``spec.health``), IPv4 first."""
 
     @property
     def ipv4(self) -> IPv4Address | None:
@@ -189,7 +193,22 @@ def parse_node(obj: KubeObject) -> ClusterNode:
         except ValueError as err:
             msg = f"CiliumNode {cn.metadata.name}: spec.ipam.podCIDRs[{i}]: not a CIDR"
             raise ValueError(f"{msg}: {text!r}") from err
-    return ClusterNode(str(cn.metadata.name), tuple(internal), tuple(cilium_internal), tuple(cidrs))
+    health: list[IPAddr] = []
+    spec_health = cn.spec.health
+    for version, given in ((4, spec_health.ipv4), (6, spec_health.ipv6)) if spec_health else ():
+        if not given:
+            continue
+        try:
+            hip: IPAddr | None = ip_address(given)
+        except ValueError:
+            hip = None
+        if hip is None or hip.version != version:
+            msg = f"CiliumNode {cn.metadata.name}: spec.health.ipv{version}: not an IPv{version}"
+            raise ValueError(f"{msg} address: {given!r}")
+        health.append(hip)
+    return ClusterNode(
+        str(cn.metadata.name), tuple(internal), tuple(cilium_internal), tuple(cidrs), tuple(health)
+    )
 
 
 def parse_endpoint(obj: KubeObject) -> ClusterEndpoint | None:
@@ -275,7 +294,7 @@ def wanted_entries(
     """The ipcache entries the cluster asks for on ``local`` (see the module docstring).
 
     When two sources name one prefix the stronger wins: this node's own addresses, then node
-    addresses, then pods, then pod CIDRs."""
+    addresses (routers and health endpoints with them), then pods, then pod CIDRs."""
     tunnel = mode == "tunnel"
     remote = [n for n in nodes if n.name != local.name]
     out: dict[IPNet, Entry] = {}
@@ -288,6 +307,9 @@ def wanted_entries(
         ep = node.ipv4 if tunnel else None
         for ip in node.cilium_internal_ips:
             out.setdefault(_host_prefix(ip), Entry(ReservedIdentity.REMOTE_NODE, ep))
+        for ip in node.health_ips:
+            if not local.owns(ip):  # a stale one naming this node's addresses: a local one's
+                out.setdefault(_host_prefix(ip), Entry(ReservedIdentity.HEALTH, ep))
     # a CiliumEndpoint's node: its IP (upstream's) or, from agents without one, its name
     tunnel_of: dict[str, IPv4Address | None] = {}
     for node in remote:
@@ -396,6 +418,7 @@ class NodeView:
     name: str
     node_ips: tuple[str, ...]
     local: bool
+    health_ips: tuple[str, ...] = ()
 
 
 class NodeManager:
@@ -464,7 +487,8 @@ class NodeManager:
         out = []
         for node in self._cluster_nodes():
             ips = tuple(str(a) for a in node.internal_ips)
-            out.append(NodeView(node.name, ips, node.name == self.local.name))
+            health = tuple(str(a) for a in node.health_ips)
+            out.append(NodeView(node.name, ips, node.name == self.local.name, health))
         return sorted(out, key=lambda n: n.name)
 
     def pod_by_ip(self, ip: IPAddr) -> RemotePod | None:
