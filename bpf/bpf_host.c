@@ -25,6 +25,9 @@
 #include "lib/events.h"
 #include "lib/nat.h"
 #include "lib/encap.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+#include "lib/deliver.h"
 
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *skb)
@@ -44,16 +47,48 @@ int cil_to_netdev(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* Native routing: a packet from the network to a local endpoint goes straight into the pod (BPF
+ * host routing), as one out of the tunnel does: conntrack, the endpoint's ingress policy with
+ * the sender's identity from the ipcache, bpf_redirect_peer. Anything else is the stack's. */
+static __always_inline int netdev_deliver(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct ct_result ct = {};
+	struct policy_verdict none = {};
+	__u32 level;
+	__u64 interval;
+
+	if (skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK; /* flooded by the L2 segment to us: not ours to deliver */
+	struct endpoint_info *dst = lookup_endpoint(p->daddr, p->family);
+	if (!dst)
+		return TC_ACT_OK;
+	__u16 dst_ep = dst->ep_id;
+	__u32 dst_id = dst->sec_id;
+	__u32 src_id = ipcache_identity(p->saddr, p->family);
+	load_config(&level, &interval);
+	int ret = ct_process(p, src_id, dst_id, level, interval, &ct);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, dst_ep, src_id, dst_id, OBS_FROM_NETWORK);
+	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
+	return local_deliver(skb, p, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
+}
+
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct nat_config *cfg = nat_config_get();
-	if (!cfg || parse_packet(skb, &p) != PARSE_OK)
+	if (parse_packet(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
-	int ret = snat_reverse(skb, &p, cfg);
-	if (ret < 0)
-		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
+	struct nat_config *cfg = nat_config_get();
+	if (cfg) {
+		int ret = snat_reverse(skb, &p, cfg);
+		if (ret < 0)
+			return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
+		if (ret > 0)
+			return TC_ACT_OK; /* translated back: the stack routes it to the pod's lxc */
+	}
+	if (routing_mode() == ROUTING_MODE_NATIVE)
+		return netdev_deliver(skb, &p);
 	return TC_ACT_OK;
 }
 

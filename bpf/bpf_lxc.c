@@ -22,6 +22,7 @@
 #include "lib/policy.h"
 #include "lib/deliver.h"
 #include "lib/encap.h"
+#include "lib/fib.h"
 
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
@@ -102,6 +103,21 @@ int cil_from_container(struct __sk_buff *skb)
 		if (ct.report)
 			emit_event(skb, &p, &m);
 		return ret;
+	}
+
+	/* Native routing: routed here with the node's FIB, straight to the egress device (BPF host
+	 * routing, lib/fib.h); what the FIB does not simply forward goes to the stack. */
+	if (!via_stack && routing_mode() == ROUTING_MODE_NATIVE) {
+		ret = fib_redirect(skb, &p);
+		if (ret < 0)
+			return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_TO_NETWORK);
+		if (ret != FIB_PASS) {
+			trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_NETWORK, &pv_out,
+				   TRAFFIC_EGRESS);
+			if (ct.report)
+				emit_event(skb, &p, &m);
+			return ret;
+		}
 	}
 
 	trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_STACK, &pv_out, TRAFFIC_EGRESS);

@@ -22,8 +22,6 @@
 #include "lib/deliver.h"
 #include "lib/encap.h"
 
-#define PACKET_HOST 0 /* linux/if_packet.h: to us */
-
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
 {
@@ -55,10 +53,13 @@ int cil_from_overlay(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_FROM_OVERLAY);
 
-	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_OVERLAY, &none,
-		   TRAFFIC_INGRESS);
-	if (ct.report)
+	/* Above aggregation "none" a from-* point is not reported (upstream's emit_trace_notify):
+	 * the packet's next point, to-endpoint or to-stack, says the same with the same identity. */
+	if (ct.report && level == MONITOR_AGG_NONE) {
+		trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_OVERLAY, &none,
+			   TRAFFIC_INGRESS);
 		emit_event(skb, &p, &m);
+	}
 
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
 	if (dst)

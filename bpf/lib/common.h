@@ -30,6 +30,7 @@
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
+#define PACKET_HOST 0 /* linux/if_packet.h: skb->pkt_type of a frame addressed to us */
 #define AF_INET4 2
 #define AF_INET6 10
 

@@ -33,4 +33,13 @@ static __always_inline void load_config(__u32 *level, __u64 *interval)
 	*level = cfg->monitor_aggregation;
 	*interval = cfg->aggregation_interval_ns;
 }
+/* The routing mode the agent configured (ROUTING_MODE_*); tunnel until it has written it, so
+ * nothing is routed by lib/fib.h before the agent said the node routes natively. */
+static __always_inline __u32 routing_mode(void)
+{
+	struct dp_config *cfg = dp_config_get();
+	if (!cfg || cfg->aggregation_interval_ns == 0)
+		return ROUTING_MODE_TUNNEL;
+	return cfg->routing_mode;
+}
 #endif

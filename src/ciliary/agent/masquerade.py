@@ -10,7 +10,9 @@ translate until the new ones replace them, both reading the same maps.
 A family is masqueraded when its ``--enable-ipvX-masquerade`` is on and the node has an address
 of it (``--ipv4-node`` / ``--ipv6-node``); ``--enable-bpf-masquerade=false`` (upstream's iptables
 masquerade, which ciliary does not implement) or no ``--devices`` masquerades nothing, and the
-programs of an earlier run are removed from the devices.
+programs of an earlier run are removed from the devices — except in native routing mode, where
+the devices' programs also deliver packets from the network straight to local endpoints (BPF host
+routing, bpf/lib/fib.h): there they stay attached, translating nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ def setup_masquerade(datapath: NodeDatapath, net: NetworkConfig) -> list[str]:
         datapath.nat_config.clear()
         for dev in net.devices:
             ifindex = links.link_index(dev)
-            if ifindex is not None:
+            if ifindex is None:
+                continue
+            if net.routing_mode == "native":  # BPF host routing delivers from the devices
+                datapath.attach_host(ifindex)
+            else:
                 datapath.detach_host(ifindex)
         if net.devices and (net.enable_ipv4_masquerade or net.enable_ipv6_masquerade):
             log.info("masquerade: not in BPF (no node IP of a masqueraded family, or disabled)")

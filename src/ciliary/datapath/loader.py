@@ -159,7 +159,8 @@ class NodeDatapath:
         return tc_query(ifindex, "ingress") is not None
 
     def attach_host(self, ifindex: int) -> None:
-        """Attach the native device's programs (BPF masquerade), egress first: a reply can only
+        """Attach the native device's programs (BPF masquerade; in native routing mode also the
+        delivery of packets from the network to local endpoints), egress first: a reply can only
         need cil_from_netdev once cil_to_netdev translated its request. Each replaces what is
         there atomically."""
         if self._host is None:

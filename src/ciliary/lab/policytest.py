@@ -5,7 +5,8 @@ them. Each case is observed three ways:
 
 - **the datapath's own verdict**, which alone decides: while a probe runs, the runner listens to
   the monitor stream of every node's agent and takes the drop event of the probe's flow, else its
-  trace FORWARDED at the last hop (``to-endpoint`` for a pod, ``to-stack`` for anything else). It
+  trace FORWARDED at the last hop (``to-endpoint`` for a pod; for anything else ``to-stack``, or
+  ``to-network`` where BPF host routing sends it straight to a device, in native mode). It
   is what the eBPF program decided and names the drop reason (133 "Policy denied", 181 "Policy
   denied by denylist") and the deciding rules, or for a default deny the policies that put the
   endpoint into it;
@@ -570,9 +571,9 @@ def _datapath_verdict(events: Sequence[MonitorEvent], dst: _Peer) -> MonitorEven
     for ev in events:
         if ev.type == "drop" or ev.verdict == "DROPPED":
             return ev
-    last_hop = "to-endpoint" if dst.kind == "pod" else "to-stack"
+    last_hops = {"to-endpoint"} if dst.kind == "pod" else {"to-stack", "to-network"}
     for ev in events:
-        if ev.verdict == "FORWARDED" and ev.observation_point == last_hop:
+        if ev.verdict == "FORWARDED" and ev.observation_point in last_hops:
             return ev
     return None
 

@@ -97,8 +97,9 @@ def _agent(log_dir: Path, suffix: str, side: int) -> NodeAgent:
         ipv4_range=f"10.231.{side}.0/24",
         ipv6_range=f"fd00:10:231:{side}::/120",
         log=log_dir / f"agent-ov{suffix}{side}.log",
+        # every packet reported: from-overlay is a point only aggregation "none" reports
         extra_args=("--routing-mode", "tunnel", "--ipv4-node", UNDERLAY[side - 1],
-                    "--devices", "eth0"),
+                    "--devices", "eth0", "--monitor-aggregation", "none"),
     )  # fmt: skip
 
 
