@@ -477,6 +477,13 @@ def test_every_node_reaches_every_node_over_icmp_and_http(lab: MultiLab) -> None
     assert f"Endpoint connectivity to {health_ips[lab.nodes[2]][1]}:" in detail
     # 3 nodes x (2 node + 2 health endpoint addresses) x ICMP + HTTP
     assert detail.count("OK, RTT=") == 24, detail
+    # the other nodes' probes arrive as remote-node (over the overlay: the VNI; native: the
+    # ipcache) and pass: no policy selects reserved:health
+    b = lab.nodes[1]
+    flows = _observe(_node_socket(lab, b), "--to-ip", health_ips[b][0], "--port", "4240")
+    remote = [f for f in flows if f["source"].get("identity") == 6]
+    assert remote and all(f["verdict"] == "FORWARDED" for f in remote), flows
+    assert all(f["destination"]["identity"] == 4 for f in remote), remote
 
 
 def test_a_stopped_agent_is_unreachable_over_http_only(lab: MultiLab) -> None:

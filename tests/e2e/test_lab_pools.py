@@ -64,7 +64,8 @@ def test_blocks_are_affine_per_node_and_annotation_picks_pool(
     assert other.ipv4 is not None
     assert any(ip_address(other.ipv4) in ip_network(b) for b in mine2)
     owners1 = {a.owner.split("/")[0] for a in l1.allocations if a.kind == "endpoint"}
-    assert owners1 == {f"{lab}-default-web", f"{lab}-default-zonal", f"{lab}-kube-system-coredns"}
+    pods1 = {f"{lab}-default-web", f"{lab}-default-zonal", f"{lab}-kube-system-coredns"}
+    assert owners1 == pods1 | {"cilium-health"}  # the node's health endpoint, from the pools
 
 
 def test_pods_reach_each_other_on_a_node(pools_lab: tuple[str, str, str]) -> None:

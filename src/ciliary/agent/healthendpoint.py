@@ -71,6 +71,7 @@ class HealthEndpoint:
         ep = self.endpoint()
         if ep is not None and (ep.state != EndpointState.READY or ep.netns != self._path):
             await self._endpoints.delete(ep.id)
+            await asyncio.to_thread(netns.remove, ep.netns)  # ours, under another name before
             ep = None
         if ep is None:
             await asyncio.to_thread(self._fresh_netns)

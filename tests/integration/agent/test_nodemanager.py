@@ -247,9 +247,14 @@ def test_node_manager_ipcache_restart_and_native_routes(
             _until(lambda: routes() == tunnel_routes, "tunnel routes", 30, log)
 
             # native mode with auto-direct-node-routes: routes via the node IPs, no tunnel ep
+            # (and health checking off: the health endpoint, its netns and spec.health go)
             _stop(agent)
             agent = start("--routing-mode", "native", "--auto-direct-node-routes",
-                          "--devices", "eth0")  # fmt: skip
+                          "--devices", "eth0", "--enable-health-checking=false")  # fmt: skip
+            with AgentClient(socket) as cl:
+                assert [e for e in cl.endpoints() if e.identity == 4] == []
+            assert not Path(f"{ns_path}-health").exists()
+            assert "health" not in cluster.run(cluster.kube.get(CILIUM_NODES, node))["spec"]
             native_routes = {
                 "10.0.2.0/24": ("172.18.0.3", "eth0"),
                 "fd00:2::/64": ("fc00::3", "eth0"),
