@@ -29,11 +29,12 @@ import contextlib
 import logging
 from pathlib import Path
 
-from ciliary.agent.endpoints import EndpointManager
+from ciliary.agent.endpoints import EndpointError, EndpointManager
 from ciliary.agent.health import serve_in_netns
 from ciliary.core.flow import ReservedIdentity
 from ciliary.core.models import Endpoint, EndpointCreateRequest, EndpointState
 from ciliary.datapath.linux import netns
+from ciliary.datapath.linux.errors import LinkError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,26 @@ class HealthEndpoint:
     def endpoint(self) -> Endpoint | None:
         return self._endpoints.by_container(HEALTH_CONTAINER_ID, HEALTH_IFNAME)
 
-    async def ensure(self) -> Endpoint:
+    async def ensure(self) -> Endpoint | None:
         """The health endpoint, ready (after the endpoint manager's restore): the restored one,
-        else a new one in a fresh netns; then the responder inside it."""
+        else a new one in a fresh netns; then the responder inside it. None when it cannot be
+        made (logged, its netns removed again): the agent runs on without one, publishes no
+        ``spec.health``, and its own prober reports no endpoint path for this node."""
+        try:
+            ep = await self._endpoint()
+        except (EndpointError, LinkError, OSError) as err:
+            log.error("health endpoint: cannot make it in %s: %s", self.netns, err)
+            with contextlib.suppress(LinkError, OSError):
+                await asyncio.to_thread(netns.remove, self.netns)
+            return None
+        try:
+            self._servers = await serve_in_netns(self._path, self.port)
+        except OSError as err:  # the other nodes will report its HTTP path unreachable
+            log.error("health endpoint: cannot listen on port %d in %s: %s", self.port,
+                      self.netns, err)  # fmt: skip
+        return ep
+
+    async def _endpoint(self) -> Endpoint:
         ep = self.endpoint()
         if ep is not None and (ep.state != EndpointState.READY or ep.netns != self._path):
             await self._endpoints.delete(ep.id)
@@ -88,11 +106,6 @@ class HealthEndpoint:
                 "health endpoint %d made in %s: %s",
                 ep.id, self.netns, ", ".join(a for a in (ep.ipv4, ep.ipv6) if a),
             )  # fmt: skip
-        try:
-            self._servers = await serve_in_netns(self._path, self.port)
-        except OSError as err:  # the other nodes will report its HTTP path unreachable
-            log.error("health endpoint: cannot listen on port %d in %s: %s", self.port,
-                      self.netns, err)  # fmt: skip
         return ep
 
     def _fresh_netns(self) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from ciliary.agent import healthendpoint
 from ciliary.agent.endpoints import EndpointError, EndpointManager
-from ciliary.agent.healthendpoint import netns_name
+from ciliary.agent.healthendpoint import HealthEndpoint, netns_name
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import Endpoint, EndpointCreateRequest, EndpointState
 from ciliary.policy.api import parse_policy_text
@@ -98,3 +99,32 @@ def test_the_agent_selects_the_health_endpoint_by_reserved_health() -> None:
     )  # fmt: skip
     pol = manager.compute(ep)
     assert pol.ingress_enforced and not pol.egress_enforced
+
+
+class _FailingEndpoints:
+    """An endpoint manager whose create fails (an exhausted pool, a netlink refusal)."""
+
+    def by_container(self, _container_id: str, _ifname: str | None = None) -> None:
+        return None
+
+    async def create(self, _req: EndpointCreateRequest, **_kw: object) -> Any:
+        raise EndpointError("no free address in 10.0.1.0/30", 409, "exhausted")
+
+
+def test_a_health_endpoint_that_cannot_be_made_leaves_no_netns_and_the_agent_runs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[str] = []
+
+    def remove(name: str) -> bool:
+        if name not in made:
+            return False
+        made.remove(name)
+        return True
+
+    monkeypatch.setattr(healthendpoint.netns, "create", made.append)
+    monkeypatch.setattr(healthendpoint.netns, "remove", remove)
+    unused: Any = _FailingEndpoints()
+    health = HealthEndpoint(unused, "ciln-l-n1-health", 4240)
+    assert asyncio.run(health.ensure()) is None
+    assert made == []  # made, then removed again
