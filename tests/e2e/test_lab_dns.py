@@ -1,6 +1,8 @@
-"""The lab's cluster DNS: ``kube-system/coredns`` comes up with the lab, serves every pod's name
-(and Kubernetes' dashed-IP form) over UDP and TCP through the datapath, and learns pods added
-later; a lab file that brings its own DNS pod gets none."""
+"""The lab's cluster DNS: ``kube-system/coredns`` comes up with the lab behind the ``kube-dns``
+Service, serves every pod's name (and Kubernetes' dashed-IP form) over UDP and TCP through the
+datapath, learns pods added later, and Services made and deleted with kubectl (A, AAAA, SRV,
+headless); pods resolve short names through their namespace's search path; a lab file that
+brings its own DNS pod gets none."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 from ciliary.lab import manager, schema
 from ciliary.lab.state import LabRecord
+from tests.kubectl import get_json, kubectl, wait_for
 
 from .conftest import LAB_TEMPLATE, Lab
 
@@ -22,6 +25,17 @@ def _query(lab: Lab, dns_ip: str, name: str, *args: str) -> tuple[int, str]:
         "ciliary", "workload", "dns-query", name, "--server", dns_ip, "--timeout", "2", *args,
     )  # fmt: skip
     return res.returncode, (res.stdout + res.stderr).strip()
+
+
+def _answered(lab: Lab, dns_ip: str, name: str, *args: str, timeout: float = 10) -> str:
+    """The output of the first query of ``name`` that succeeds (the records follow the API
+    through the controller manager's watch: a bounded wait, no sleep)."""
+
+    def once() -> str | None:
+        status, out = _query(lab, dns_ip, name, *args)
+        return out if status == 0 else None
+
+    return wait_for(f"{name} {' '.join(args)}", once, timeout=timeout)
 
 
 def _dns_ip(lab: Lab) -> str:
@@ -45,11 +59,55 @@ def test_dns_pod_is_created(lab: Lab) -> None:
     assert manager.cluster_dns_ip(lab.name) == coredns.ipv4
     # the highest address of the node's CIDR: the file's pods keep the first ones
     assert coredns.ipv4 is not None and coredns.ipv4.endswith(".254")
-    records = json.loads(manager.dns_records_file(lab.name).read_text())
+    # the controller manager's records: the pods once the API reports their addresses
     server4, server6 = lab.pod_ip("shop/server"), lab.pod_ip("shop/server", 6)
-    assert records["server.shop.pod.cluster.local."] == [server4, server6]
-    assert records[f"{server4.replace('.', '-')}.shop.pod.cluster.local."] == [server4]
-    assert records["coredns.kube-system.pod.cluster.local."][0] == coredns.ipv4
+    records = wait_for("the server pod's records", lambda: _records_with(lab, "server.shop.pod"))
+    assert records["server.shop.pod.cluster.local."] == {"A": [server4], "AAAA": [server6]}
+    assert records[f"{server4.replace('.', '-')}.shop.pod.cluster.local."] == {"A": [server4]}
+    assert records["coredns.kube-system.pod.cluster.local."]["A"] == [coredns.ipv4]
+
+
+def _records_with(lab: Lab, part: str) -> dict[str, dict[str, list[str]]] | None:
+    records: dict[str, dict[str, list[str]]] = json.loads(
+        manager.dns_records_file(lab.name).read_text()
+    )
+    return records if any(part in name for name in records) else None
+
+
+def test_kube_dns_service(lab: Lab) -> None:
+    """kubeadm's kube-dns: 10.96.0.10 and fd00:10:96::a, its EndpointSlices name the DNS pod."""
+    kubeconfig = manager.kubeconfig(lab.name)
+    svc = get_json(kubeconfig, "-n", "kube-system", "service", "kube-dns")
+    assert svc["metadata"]["labels"]["k8s-app"] == "kube-dns"
+    assert svc["metadata"]["labels"]["kubernetes.io/name"] == "CoreDNS"
+    assert svc["spec"]["clusterIPs"] == ["10.96.0.10", "fd00:10:96::a"]
+    assert svc["spec"]["ipFamilyPolicy"] == "PreferDualStack"
+    assert svc["spec"]["selector"] == {"k8s-app": "kube-dns"}
+    assert [(p["name"], p["port"], p["protocol"]) for p in svc["spec"]["ports"]] == [
+        ("dns", 53, "UDP"),
+        ("dns-tcp", 53, "TCP"),
+    ]
+    coredns = lab.pod_ip("kube-system/coredns")
+
+    def endpoints() -> bool:
+        slices = get_json(
+            kubeconfig,
+            "-n",
+            "kube-system",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=kube-dns",
+        )["items"]
+        return any(coredns in e["addresses"] for s in slices for e in s.get("endpoints") or [])
+
+    wait_for("kube-dns's endpoints", endpoints, timeout=10)
+    dns_ip = _dns_ip(lab)
+    name = "kube-dns.kube-system.svc.cluster.local"
+    assert _query(lab, dns_ip, name) == (0, f"{name}. A -> NOERROR, 10.96.0.10")
+    assert _query(lab, dns_ip, name, "--type", "AAAA") == (
+        0,
+        f"{name}. AAAA -> NOERROR, fd00:10:96::a",
+    )
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
@@ -93,8 +151,72 @@ def test_pods_added_later_resolve(lab: Lab) -> None:
     )
     manager.apply(extra, name=lab.name)
     later = lab.pod_ip("shop/later")
-    status, out = _query(lab, dns_ip, "later.shop.pod.cluster.local", "--tcp")
-    assert (status, out) == (0, f"later.shop.pod.cluster.local. A -> NOERROR, {later}")
+    out = _answered(lab, dns_ip, "later.shop.pod.cluster.local", "--tcp")
+    assert out == f"later.shop.pod.cluster.local. A -> NOERROR, {later}"
+
+
+SERVICES = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: server}
+  ipFamilyPolicy: PreferDualStack
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: server}
+  ports: [{name: echo, port: 7, protocol: TCP}]
+"""
+
+
+def test_services_resolve_and_go_away(lab: Lab) -> None:
+    """A Service and a headless one made with kubectl: A/AAAA (ClusterIPs; the pod's address),
+    SRV of their named ports, the short names through the pods' search path; deleted: NXDOMAIN
+    within seconds."""
+    dns_ip = _dns_ip(lab)
+    kubeconfig = manager.kubeconfig(lab.name)
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICES)
+    web = get_json(kubeconfig, "-n", "shop", "service", "web")["spec"]["clusterIPs"]
+    assert len(web) == 2
+    name = "web.shop.svc.cluster.local"
+    assert _answered(lab, dns_ip, name) == f"{name}. A -> NOERROR, {web[0]}"
+    assert _query(lab, dns_ip, name, "--type", "AAAA") == (0, f"{name}. AAAA -> NOERROR, {web[1]}")
+    srv = f"_http._tcp.{name}"
+    assert _query(lab, dns_ip, srv, "--type", "SRV", "--tcp") == (
+        0,
+        f"{srv}. SRV -> NOERROR, 0 100 80 {name}.",
+    )
+    server4 = lab.pod_ip("shop/server")
+    db = "db.shop.svc.cluster.local"
+    assert _answered(lab, dns_ip, db) == f"{db}. A -> NOERROR, {server4}"
+    # one SRV per endpoint: the dual-stack pod is an endpoint of each family's slice
+    server6 = lab.pod_ip("shop/server", 6)
+    targets = [
+        f"0 50 7 {ip.replace('.', '-').replace(':', '-')}.{db}." for ip in (server4, server6)
+    ]
+    assert _query(lab, dns_ip, f"_echo._tcp.{db}", "--type", "SRV") == (
+        0,
+        f"_echo._tcp.{db}. SRV -> NOERROR, {' '.join(targets)}",
+    )
+    # ClusterFirst: the pods' resolv.conf, glibc's resolver through the search path
+    conf = lab.run("shop/server", "cat", "/etc/resolv.conf").stdout
+    assert "search shop.svc.cluster.local svc.cluster.local cluster.local\n" in conf
+    assert f"nameserver {dns_ip}\n" in conf and "options ndots:5\n" in conf
+    res = lab.run("default/client", "getent", "ahostsv4", "web.shop")
+    assert res.returncode == 0 and res.stdout.split()[0] == web[0], res
+    short = "import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('web', 80)}))"
+    res = lab.run("shop/server", "python3", "-c", short)
+    assert res.returncode == 0 and res.stdout.strip() == str(sorted(web)), res
+    # deleted: gone from the zone within seconds
+    kubectl(kubeconfig, "-n", "shop", "delete", "service", "web", "db")
+    for gone in (name, db):
+        out = _answered(lab, dns_ip, gone, "--expect-rcode", "NXDOMAIN", timeout=5)
+        assert out == f"{gone}. A -> NXDOMAIN, no answers"
 
 
 def test_a_file_with_its_own_dns_pod_gets_none() -> None:

@@ -4,7 +4,9 @@ What kube-controller-manager and kube-scheduler are to a cluster, as one asyncio
 only a client of the API server (a kubeconfig, or the pod's service account): shared informers
 (one list + watch per resource), then, once every cache has synced, the Deployment, ReplicaSet,
 DaemonSet, StatefulSet, EndpointSlice and garbage-collection controllers and the scheduler,
-each a reconcile loop over its own work queue. Controllers start only after the caches are
+each a reconcile loop over its own work queue; with ``--cluster-dns-records``, also the cluster
+DNS records controller (``clusterdns``: the zone the DNS pod serves, which CoreDNS would read
+from the API itself). Controllers start only after the caches are
 full, as upstream's ``WaitForCacheSync``: a ReplicaSet reconciled against an empty pod cache
 would create its pods a second time.
 
@@ -19,7 +21,9 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
+from ciliary.controllers.clusterdns import DEFAULT_DOMAIN, ClusterDNSController
 from ciliary.controllers.daemonset import DaemonSetController
 from ciliary.controllers.deployment import DeploymentController
 from ciliary.controllers.endpointslice import EndpointSliceController
@@ -35,7 +39,9 @@ from ciliary.kube.client import KubeClient
 log = logging.getLogger("ciliary.controllers")
 
 
-def build(kube: KubeClient) -> tuple[Informers, list[Controller]]:
+def build(
+    kube: KubeClient, dns_records: Path | None = None, cluster_domain: str = DEFAULT_DOMAIN
+) -> tuple[Informers, list[Controller]]:
     informers = Informers.create(kube)
     controllers: list[Controller] = [
         DeploymentController(kube, informers),
@@ -46,12 +52,19 @@ def build(kube: KubeClient) -> tuple[Informers, list[Controller]]:
         EndpointSliceController(kube, informers),
         GarbageCollector(kube, informers),
     ]
+    if dns_records is not None:
+        controllers.append(ClusterDNSController(informers, dns_records, cluster_domain))
     return informers, controllers
 
 
-async def run(kube: KubeClient, stop: asyncio.Event) -> None:
+async def run(
+    kube: KubeClient,
+    stop: asyncio.Event,
+    dns_records: Path | None = None,
+    cluster_domain: str = DEFAULT_DOMAIN,
+) -> None:
     """Informers started, controllers once every cache synced, all stopped on ``stop``."""
-    informers, controllers = build(kube)
+    informers, controllers = build(kube, dns_records, cluster_domain)
     for informer in informers.all():
         informer.start()
     running: list[asyncio.Task[None]] = []
@@ -72,16 +85,29 @@ async def run(kube: KubeClient, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(
-        argparse.ArgumentParser(
-            prog="ciliary-controller-manager",
-            description="Deployment, ReplicaSet, DaemonSet, StatefulSet, EndpointSlice and"
-            " garbage collection controllers and the scheduler, as clients of a Kubernetes API"
-            " server.",
-        ),
-        argv,
+    parser = argparse.ArgumentParser(
+        prog="ciliary-controller-manager",
+        description="Deployment, ReplicaSet, DaemonSet, StatefulSet, EndpointSlice and"
+        " garbage collection controllers and the scheduler, as clients of a Kubernetes API"
+        " server.",
     )
-    asyncio.run(serve(args.kubeconfig, run))
+    parser.add_argument(
+        "--cluster-dns-records",
+        type=Path,
+        help="write the cluster DNS zone (Services, EndpointSlices, Pods) to this records file"
+        " of 'ciliary workload dns-server' (default: no DNS records controller)",
+    )
+    parser.add_argument(
+        "--cluster-domain",
+        default=DEFAULT_DOMAIN,
+        help=f"the cluster's DNS domain ({DEFAULT_DOMAIN})",
+    )
+    args = parse_args(parser, argv)
+
+    async def body(kube: KubeClient, stop: asyncio.Event) -> None:
+        await run(kube, stop, args.cluster_dns_records, args.cluster_domain)
+
+    asyncio.run(serve(args.kubeconfig, body))
     return 0
 
 

@@ -313,6 +313,42 @@ def kubernetes_service(address: str, port: int = NODE_API_PORT) -> list[dict[str
     ]
 
 
+KUBE_DNS_OFFSET = 9
+"""kube-dns's address: the 10th of each service range (network + 10), kubeadm's choice."""
+
+
+def kube_dns_service(ranges: str = SERVICE_CLUSTER_IP_RANGE) -> dict[str, Any]:
+    """``kube-system/kube-dns``, the cluster DNS Service as kubeadm makes it (its labels,
+    selector ``k8s-app: kube-dns``, ports ``dns`` 53/UDP and ``dns-tcp`` 53/TCP) at the 10th
+    address of each service range: 10.96.0.10, and fd00:10:96::a with a dual-stack range
+    (``PreferDualStack``, the primary family first)."""
+    ips = [IPRange(net).address(KUBE_DNS_OFFSET) for net in parse_service_cidrs(ranges)]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "labels": {
+                "k8s-app": "kube-dns",
+                "kubernetes.io/cluster-service": "true",
+                "kubernetes.io/name": "CoreDNS",
+            },
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"k8s-app": "kube-dns"},
+            "clusterIP": ips[0],
+            "clusterIPs": ips,
+            "ipFamilyPolicy": "PreferDualStack" if len(ips) > 1 else "SingleStack",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ],
+        },
+    }
+
+
 def pod_log_dir(lab_dir: Path) -> Path:
     """The lab's container logs (``ciliary.k8s.podlogs`` layout), written by the lab's pods and
     read by the API server (``--pod-log-dir``) for ``kubectl logs``."""

@@ -42,6 +42,7 @@ from ciliary.k8s import core, podlogs
 from ciliary.lab import (
     certs,
     controlplane,
+    dnsconfig,
     kubeapi,
     kubelet,
     nodenetwork,
@@ -239,21 +240,13 @@ def save_kubelet_pod(lab: str, prec: PodRecord) -> None:
 
 def remove_kubelet_pod(rec: LabRecord, prec: PodRecord) -> None:
     """Tear a kubelet pod down (as :func:`remove_pod`) and drop only its entry from the record
-    on disk, then write the DNS records from the record on disk, under the lock (``rec`` is the
-    caller's snapshot, which other pods' concurrent syncs have made stale)."""
-    _remove_pod(rec, prec, dns=False)
+    on disk, under the lock (``rec`` is the caller's snapshot, which other pods' concurrent
+    syncs have made stale)."""
+    _remove_pod(rec, prec)
     with _record_lock(rec.name, create=False):
         disk = _load(rec.name)
         disk.pods = [p for p in disk.pods if not (p.kubelet and p.key == prec.key)]
         atomic.write_json(_state_file(rec.name), disk.model_dump(mode="json"))
-        with contextlib.suppress(OSError):
-            _write_dns_records(disk)
-
-
-def _write_dns_records_of(lab: str) -> None:
-    """The DNS records of the record on disk, under its lock (never a stale snapshot's)."""
-    with _record_lock(lab, create=False):
-        _write_dns_records(_load(lab))
 
 
 def update_process(lab: str, name: str, change: Callable[[ProcessRecord], None]) -> None:
@@ -370,10 +363,16 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         with _step(progress, "control plane: etcd + API server"):
             _start_control_plane(rec)
         _publish_cluster(rec, lab_file)
+        dns = _cluster_dns_pod(rec, lab_file)
         # the kubelet role starts while the nodes are made, it takes each node as it registers;
-        # the operator too: each agent waits for the pod CIDRs it allocates (cluster-pool v2)
+        # the operator too: each agent waits for the pod CIDRs it allocates (cluster-pool v2);
+        # the controller manager too: its DNS records are there before the DNS pod starts
         _start_cluster_processes(
-            rec, [KUBELET, OPERATOR], wait=False, operator_flags=_cluster_pool_flags(lab_file)
+            rec,
+            [KUBELET, OPERATOR, CONTROLLER_MANAGER],
+            wait=False,
+            operator_flags=_cluster_pool_flags(lab_file),
+            dns_records=dns_records_file(rec.name) if dns is not None else None,
         )
         cidrs = schema.node_cidrs(lab_file)
         with _step(progress, f"lab network: {network.netns}, {network.bridge}, the API on it"):
@@ -393,10 +392,10 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
                 underlay.route_world(network, rec.externals, rec.nodes)
         text = Path(path).read_text() if path is not None else schema.DEFAULT_SCENARIO
         docs = _manifests(text, lab_file)
-        dns = _cluster_dns_pod(rec, lab_file)
         if dns is not None:
-            _write_dns_records(rec)  # the server reads it as it starts
-            docs.append(_pod_doc(dns))
+            with _step(progress, "cluster DNS: kube-dns, its records, the DNS pod"):
+                _await_dns_records(rec)  # the server reads them as it starts
+            docs += [controlplane.kube_dns_service(), _pod_doc(dns)]
         with _step(progress, "kubectl apply: the file's manifests"):
             _apply_in_order(rec, docs, policies)
         relay = lab_file.lab.spec.hubble.relay
@@ -406,8 +405,6 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         keys = [p.key for p in lab_file.pods] + ([dns.key] if dns is not None else [])
         with _step(progress, f"{len(keys)} pods: running and ready"):
             _await_pods(rec, keys)
-        with _step(progress, "controller manager"):
-            _start_cluster_processes(rec, [CONTROLLER_MANAGER])
     except BaseException as err:
         _teardown(rec)
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
@@ -1144,20 +1141,28 @@ def _start_cluster_processes(
     *,
     wait: bool = True,
     operator_flags: Sequence[str] = (),
+    dns_records: Path | None = None,
 ) -> None:
     """The cluster's own processes ``names``, started and restarted by the supervisor, each a
     client of the API with the admin kubeconfig: the kubelet role that runs every pod
     (``lab.kubeletd``; ``lab up`` starts it before the nodes are made, it takes each node as it
     registers), cilium-operator's role (``ciliary.controllers.operator`` with
     ``operator_flags``, the lab's cluster pool: started with the kubelet role, the agents wait
-    for the pod CIDRs it allocates) and, once the file's pods run, kube-controller-manager's.
-    With ``wait``, returns once the supervisor has started every one of the lab's processes."""
+    for the pod CIDRs it allocates) and kube-controller-manager's (with the cluster DNS records
+    controller writing ``dns_records`` when the lab runs its own DNS pod). With ``wait``,
+    returns once the supervisor has started every one of the lab's processes."""
     if rec.control_plane is None:
         return
     kubeconfig = rec.control_plane.kubeconfig
     python = [sys.executable, "-m"]
     argvs = {
-        CONTROLLER_MANAGER: [*python, "ciliary.controllers.manager", "--kubeconfig", kubeconfig],
+        CONTROLLER_MANAGER: [
+            *python,
+            "ciliary.controllers.manager",
+            "--kubeconfig",
+            kubeconfig,
+            *(["--cluster-dns-records", str(dns_records)] if dns_records is not None else []),
+        ],
         OPERATOR: [
             *python,
             "ciliary.controllers.operator",
@@ -1353,7 +1358,6 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
         start_container(rec, pod, prec, crec, specs[crec.name])  # ContainerConfigError: status
         save(rec)
     _check_started(rec, prec)
-    _write_dns_records_of(rec.name)
     return prec
 
 
@@ -1404,13 +1408,21 @@ def start_container(
     kubelet would refuse (``runAsNonRoot`` and root)."""
     cg = cgroup.create(prec.cgroup) if prec.cgroup else None
     # Each container also gets its own mount view and environment (podsandbox): no agent or
-    # relay socket, no lab key, none of our environment; the DNS pod reads its records.
+    # relay socket, no lab key, none of our environment; the DNS pod reads its records, every
+    # other pod gets its namespace's resolv.conf (ClusterFirst).
     keep = [dns_records_file(rec.name).parent] if _is_cluster_dns(pod.labels) else []
+    _write_resolv_confs(rec.name, pod.namespace)
     pod_spec = _core_spec(pod)
     user = podsandbox.run_as(prec.key, pod_spec, spec)  # refused before any cgroup is limited
     join = cgrouplimits.apply(prec.cgroup, podsandbox.pod_limits(pod_spec)) if prec.cgroup else []
     argv = podsandbox.container_command(
-        prec.key, pod_spec, spec, RUN_ROOT, keep=keep, join_cgroups=join
+        prec.key,
+        pod_spec,
+        spec,
+        RUN_ROOT,
+        keep=keep,
+        join_cgroups=join,
+        files=_pod_files(rec.name, prec),
     )
     # The container's stdout/stderr is its log file: owned by its user, so that reopening
     # /dev/stdout (nginx's access_log, as on a runtime's pipe) works as that user.
@@ -1478,7 +1490,6 @@ def _check_started(rec: LabRecord, prec: PodRecord) -> None:
 
 # ---- cluster DNS -------------------------------------------------------------------------------
 
-CLUSTER_DOMAIN = "cluster.local"
 CLUSTER_DNS_LABEL = ("k8s-app", "kube-dns")
 CLUSTER_DNS_POD = ("kube-system", "coredns")
 
@@ -1486,6 +1497,40 @@ CLUSTER_DNS_POD = ("kube-system", "coredns")
 def dns_records_file(lab: str) -> Path:
     """The names the lab's DNS pod serves (``ciliary workload dns-server --records``)."""
     return _lab_dir(lab) / "dns" / "records.json"
+
+
+def resolv_conf_file(lab: str, namespace: str) -> Path:
+    """The resolv.conf of lab ``lab``'s pods of ``namespace`` (``dnsconfig``)."""
+    return _lab_dir(lab) / "resolv" / f"{namespace}.conf"
+
+
+def _write_resolv_confs(lab: str, namespace: str) -> None:
+    """``namespace``'s resolv.conf and every other one already written, with the cluster DNS
+    pod's addresses of the record on disk (rewritten in place: the DNS pod gets them while the
+    other pods start), under the record's lock (the kubelet role starts pods concurrently)."""
+    with _record_lock(lab, create=False):
+        servers = dnsconfig.nameservers(_cluster_dns_addresses_of(_load(lab)))
+        directory = resolv_conf_file(lab, namespace).parent
+        known = {f.stem for f in directory.glob("*.conf")} if directory.is_dir() else set()
+        for ns in sorted(known | {namespace}):
+            dnsconfig.write_in_place(resolv_conf_file(lab, ns), dnsconfig.resolv_conf(ns, servers))
+
+
+def _pod_files(lab: str, prec: PodRecord) -> list[tuple[Path, Path]]:
+    """The files bound into ``prec``'s containers: its namespace's resolv.conf (ClusterFirst),
+    but for the cluster DNS pod (``dnsPolicy: Default``) or a machine without one to cover."""
+    source = resolv_conf_file(lab, prec.namespace)
+    if _is_cluster_dns(prec.labels) or not source.is_file() or not dnsconfig.RESOLV_CONF.exists():
+        return []
+    return [(source, dnsconfig.RESOLV_CONF)]
+
+
+def _cluster_dns_addresses_of(rec: LabRecord) -> list[str]:
+    """The cluster DNS pod's addresses (IPv4 first), [] until it has them."""
+    for p in rec.pods:
+        if _is_cluster_dns(p.labels) and (p.ipv4 or p.ipv6):
+            return [a.partition("/")[0] for a in (p.ipv4, p.ipv6) if a]
+    return []
 
 
 def _is_cluster_dns(labels: dict[str, str]) -> bool:
@@ -1559,27 +1604,26 @@ def _cluster_dns_pod(rec: LabRecord, lab_file: schema.LabFile) -> schema.PodSpec
     )  # fmt: skip
 
 
-def _write_dns_records(rec: LabRecord) -> None:
-    """``records.json``, atomically: every pod with addresses as
-    ``<name>.<namespace>.pod.cluster.local.`` (its IPv4 and IPv6) and in Kubernetes' dashed
-    form, ``10-200-0-5.<namespace>.pod.cluster.local.`` (``fd00-10-200--5...`` for IPv6)."""
-    records: dict[str, list[str]] = {}
-    for p in rec.pods:
-        ips = [a.partition("/")[0] for a in (p.ipv4, p.ipv6) if a]
-        zone = f"{p.namespace}.pod.{CLUSTER_DOMAIN}."
-        if ips:
-            records.setdefault(f"{p.name}.{zone}", []).extend(ips)
-        for ip in ips:
-            records.setdefault(f"{ip.replace('.', '-').replace(':', '-')}.{zone}", []).append(ip)
-    atomic.write_json(dns_records_file(rec.name), records)
+def _await_dns_records(rec: LabRecord) -> None:
+    """Wait until the controller manager's cluster DNS controller has written the records file
+    (its first render, once its caches synced): the DNS pod's server refuses to start without
+    it. The controller is the file's only writer (``controllers.clusterdns``)."""
+    path = dns_records_file(rec.name)
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    while not path.exists():
+        if time.monotonic() > deadline:
+            log = Path(rec.processes[CONTROLLER_MANAGER].log)
+            raise LabError(
+                f"the controller manager did not write the cluster DNS records {path}"
+                f" within {AGENT_READY_TIMEOUT:g}s: {_tail(log)}"
+            )
+        time.sleep(POLL)
 
 
 def cluster_dns_ip(name: str) -> str | None:
     """The address of lab ``name``'s DNS pod (``k8s-app: kube-dns``): IPv4, else IPv6."""
-    for p in _load(name).pods:
-        if _is_cluster_dns(p.labels) and (p.ipv4 or p.ipv6):
-            return (p.ipv4 or p.ipv6 or "").partition("/")[0]
-    return None
+    addresses = _cluster_dns_addresses_of(_load(name))
+    return addresses[0] if addresses else None
 
 
 # ---- down --------------------------------------------------------------------------------------
@@ -1620,7 +1664,7 @@ def down(name: str | None = None, *, all_labs: bool = False) -> list[str]:
     return removed
 
 
-def _remove_pod(rec: LabRecord, prec: PodRecord, *, dns: bool = True) -> None:
+def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
     if prec.cgroup:
         root = cgroup.cgroup2_root()
         if root is not None:
@@ -1638,9 +1682,6 @@ def _remove_pod(rec: LabRecord, prec: PodRecord, *, dns: bool = True) -> None:
         shutil.rmtree(prec.log, ignore_errors=True)
     if prec in rec.pods:
         rec.pods.remove(prec)
-    if dns:
-        with contextlib.suppress(OSError):
-            _write_dns_records(rec)
 
 
 def _teardown(rec: LabRecord) -> None:
@@ -1872,12 +1913,13 @@ def exec_in_pod(pod: str, argv: list[str], *, name: str | None = None) -> int:
     _require_root()
     if not argv:
         raise LabError("nothing to run: give a command after --")
-    prec = find_pod(_load(_resolve(name)), pod)
+    lab = _resolve(name)
+    prec = find_pod(_load(lab), pod)
     env = _pod_env(prec)
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT),
+            podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT, _pod_files(lab, prec)),
             env=env,
             start_new_session=True,  # its own process group, which our signals end as a whole
         )
@@ -1924,10 +1966,11 @@ def run_in_pod(
     pod: str, argv: list[str], *, name: str | None = None, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
     """Run a command inside a pod's netns and capture its output (tests, demo)."""
-    prec = find_pod(_load(_resolve(name)), pod)
+    lab = _resolve(name)
+    prec = find_pod(_load(lab), pod)
     env = _pod_env(prec)
     return subprocess.run(
-        podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT),
+        podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT, _pod_files(lab, prec)),
         env=env,
         capture_output=True,
         text=True,

@@ -13,7 +13,9 @@ builds the wrapper every pod process starts through:
   directory, ``$CILIARY_RUN_DIR``): the agents' API, Hubble's and the relay's sockets and the lab's
   keys do not exist for the pod. A directory the pod must read (the cluster DNS pod's records, as
   a ConfigMap volume would be) is bound back read-only: it is opened *before* the tmpfs hides it
-  and bound from that descriptor (``/proc/self/fd/N``, not re-resolved by path). The command then
+  and bound from that descriptor (``/proc/self/fd/N``, not re-resolved by path); so is a file
+  the runtime gives the container at a path of its own (``files``: the pod's
+  ``/etc/resolv.conf``, as kubelet writes one per pod for the runtime to bind). The command then
   runs (``setpriv``) without the capabilities that would undo this (:data:`DROPPED_CAPS`: a root
   process keeping ``CAP_SYS_ADMIN`` could unmount the tmpfs or enter the host's mount namespace);
 * the environment is exactly the container's: ``PATH`` a standard container ``PATH``,
@@ -117,15 +119,19 @@ def sandbox_argv(
     pid_namespace: bool = False,
     join_cgroups: Sequence[Path] = (),
     empty_dirs: Sequence[EmptyDirMount] = (),
+    files: Sequence[tuple[Path, Path]] = (),
 ) -> list[str]:
     """``argv`` (already resolved) behind a fresh mount namespace in which ``hide`` are empty
     tmpfs and each directory of ``keep`` (below one of ``hide``) is visible again, read-only;
+    each ``(source, target)`` of ``files`` bound read-only over the existing file ``target``;
     optionally as ``user``, in ``working_dir`` (created if missing, as runc does), as PID 1 of
     a PID namespace of its own (``/proc`` remounted for it), with ``empty_dirs`` mounted and
     after joining the ``cgroup.procs`` files ``join_cgroups`` (see :func:`container_command`)."""
     lines = ["set -e"]
     for i, path in enumerate(keep):
         lines.append(f"exec {3 + i}< {shlex.quote(str(path))}")
+    for i, (source, _) in enumerate(files):
+        lines.append(f"exec {3 + len(keep) + i}< {shlex.quote(str(source))}")
     for path in hide:
         lines.append(
             f"mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev,noexec {HIDDEN_FS_NAME} "
@@ -138,6 +144,11 @@ def sandbox_argv(
         lines.append(f"mount -c --bind /proc/self/fd/{3 + i} {q}")
         lines.append(f"mount -c -o remount,bind,ro {q}")
         lines.append(f"exec {3 + i}<&-")
+    for i, (_, target) in enumerate(files):
+        fd, q = 3 + len(keep) + i, shlex.quote(str(target))
+        lines.append(f"mount -c --bind /proc/self/fd/{fd} {q}")
+        lines.append(f"mount -c -o remount,bind,ro {q}")
+        lines.append(f"exec {fd}<&-")
     for vol in empty_dirs:
         q = shlex.quote(vol.path)
         size = f",size={vol.size_bytes}" if vol.size_bytes is not None else ""
@@ -168,11 +179,16 @@ def sandbox_argv(
     return ["/bin/sh", "-c", join, "ciliary-cgroups", *map(str, join_cgroups), "--", *wrapped]
 
 
-def pod_command(argv: Sequence[str], run_root: Path, keep: Sequence[Path] = ()) -> list[str]:
+def pod_command(
+    argv: Sequence[str],
+    run_root: Path,
+    keep: Sequence[Path] = (),
+    files: Sequence[tuple[Path, Path]] = (),
+) -> list[str]:
     """The full argv the lab spawns for a container (or ``lab exec``) command."""
     for path in keep:
         path.mkdir(parents=True, exist_ok=True)
-    return sandbox_argv(resolve_command(argv), hide=hidden_dirs(run_root), keep=keep)
+    return sandbox_argv(resolve_command(argv), hide=hidden_dirs(run_root), keep=keep, files=files)
 
 
 class ContainerConfigError(Exception):
@@ -286,6 +302,7 @@ def container_command(
     *,
     keep: Sequence[Path] = (),
     join_cgroups: Sequence[Path] = (),
+    files: Sequence[tuple[Path, Path]] = (),
 ) -> list[str]:
     """The argv a runtime spawns for ``container`` of pod ``pod`` (``namespace/name``): its
     ``command`` + ``args`` behind the pod's mount view (:func:`pod_command`), as its
@@ -310,13 +327,19 @@ def container_command(
         pid_namespace=True,
         join_cgroups=join_cgroups,
         empty_dirs=empty_dirs,
+        files=files,
     )
 
 
-def exec_argv(netns_path: str | Path, argv: Sequence[str], run_root: Path) -> list[str]:
+def exec_argv(
+    netns_path: str | Path,
+    argv: Sequence[str],
+    run_root: Path,
+    files: Sequence[tuple[Path, Path]] = (),
+) -> list[str]:
     """A command run in a pod from outside (``lab exec``, tests): in the pod's netns and behind
     the same mount view as its containers (``kubectl exec`` joins the container's)."""
-    return ["nsenter", f"--net={netns_path}", "--", *pod_command(argv, run_root)]
+    return ["nsenter", f"--net={netns_path}", "--", *pod_command(argv, run_root, files=files)]
 
 
 __all__ = [

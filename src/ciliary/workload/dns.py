@@ -1,13 +1,22 @@
 """``dns-server`` and ``dns-query``: the cluster's DNS, and a client that checks its answers.
 
 ``dns-server`` is an authoritative-only server (UDP and TCP, dual stack) for one domain,
-``cluster.local`` by default, as the DNS pod of a Kubernetes cluster is: it answers A and AAAA
-queries for the names of a JSON records file (``{"web.shop.pod.cluster.local.": ["10.200.0.5",
-"fd00::5"]}``), which it re-reads when the file changes (the lab rewrites it, atomically, as pods
-come and go; a file that cannot be read keeps the previous names). A name under the domain that
-the file does not know is NXDOMAIN, a name elsewhere is REFUSED: there is no recursion, as the lab
-has no outside world. Answers carry the AA flag and a TTL of 30 seconds; negative answers carry
-the domain's SOA (RFC 2308). One log line per query.
+``cluster.local`` by default, as the DNS pod of a Kubernetes cluster is. It answers from a JSON
+records file, which it re-reads when the file changes (the controller manager's cluster DNS
+controller rewrites it, atomically, as Services, endpoints and pods come and go; a file that
+cannot be read keeps the previous names). Each name maps to its records by type, as rdata text
+(``{"web.shop.svc.cluster.local.": {"A": ["10.96.0.20"], "AAAA": ["fd00:10:96::14"]},
+"_http._tcp.web.shop.svc.cluster.local.": {"SRV": ["0 100 80 web.shop.svc.cluster.local."]},
+"db.shop.svc.cluster.local.": {"CNAME": ["db.example.com."]}}``: types A, AAAA, SRV and CNAME;
+a CNAME is alone at its name), or to a plain list of addresses, the A/AAAA shorthand.
+
+A name under the domain that the file does not know is NXDOMAIN; a name that exists (a record
+name, or a name between it and the domain) without the asked type is NODATA (NOERROR, no
+answers); a name elsewhere is REFUSED: there is no recursion, as the lab has no outside world.
+A CNAME answers every type and is followed inside the zone (its target's records of the asked
+type join the answer; a target outside the zone is left to the client); an SRV answer carries its
+targets' addresses in the additional section, as CoreDNS's. Answers carry the AA flag and a TTL
+of 30 seconds; negative answers carry the domain's SOA (RFC 2308). One log line per query.
 
 ``dns-query`` sends one query and prints ``NAME TYPE -> RCODE, answers``; it exits 0 when the
 rcode is the expected one (by default NOERROR with at least one answer), else 1.
@@ -36,6 +45,7 @@ import dns.name
 import dns.opcode
 import dns.query
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -59,6 +69,12 @@ TCP_IDLE_TIMEOUT = 10.0  # a TCP client that says nothing is dropped after this 
 UDP_PAYLOAD_WITHOUT_EDNS = 512  # RFC 1035: a UDP answer to a query without EDNS fits in 512
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+RECORD_TYPES = (
+    dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SRV, dns.rdatatype.CNAME,
+)  # fmt: skip
+"""The types a records file may hold."""
+MAX_CNAME_CHAIN = 8
+RData = dict[dns.rdatatype.RdataType, list[dns.rdata.Rdata]]
 
 
 class RecordsError(Exception):
@@ -70,13 +86,20 @@ class Zone:
     """The names the server is authoritative for, as read from the records file."""
 
     domain: dns.name.Name
-    addresses: dict[dns.name.Name, list[IPAddress]]
+    records: dict[dns.name.Name, RData]
     serial: int = 1
 
     @functools.cached_property
     def names(self) -> frozenset[dns.name.Name]:
         """Every name that exists: the record names, the domain and the names in between."""
-        return _existing_names(self.domain, tuple(self.addresses))
+        return _existing_names(self.domain, tuple(self.records))
+
+    def rrset(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.rrset.RRset | None:
+        """``name``'s records of ``rdtype`` (None: it has none)."""
+        rdatas = self.records.get(name, {}).get(rdtype)
+        if not rdatas:
+            return None
+        return dns.rrset.from_rdata_list(name, TTL, rdatas)
 
     def soa(self) -> dns.rrset.RRset:
         """The domain's SOA record (as CoreDNS's kubernetes plugin writes it)."""
@@ -101,34 +124,79 @@ def _existing_names(
 def parse_records(text: str, domain: dns.name.Name, where: str) -> tuple[Zone, list[str]]:
     """The zone of a records file's text, and the names it gives outside ``domain`` (ignored).
 
-    Raises :class:`RecordsError` when the text is not a JSON object of names to lists of IP
-    addresses.
+    Raises :class:`RecordsError` naming the file, the name and what was expected when the text
+    is not a JSON object of names to record types (or to address lists).
     """
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise RecordsError(f"{where}: not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise RecordsError(f"{where}: expected a JSON object of names to address lists")
-    addresses: dict[dns.name.Name, list[IPAddress]] = {}
+        raise RecordsError(f"{where}: expected a JSON object of names to records")
+    records: dict[dns.name.Name, RData] = {}
     outside: list[str] = []
     for key, value in data.items():
         try:
             name = dns.name.from_text(key)
         except dns.exception.DNSException as exc:
             raise RecordsError(f"{where}: {key!r} is not a DNS name: {exc}") from None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise RecordsError(f"{where}: {key!r}: expected a list of IP addresses, got {value!r}")
-        try:
-            ips = [ipaddress.ip_address(v) for v in value]
-        except ValueError as exc:
-            raise RecordsError(f"{where}: {key!r}: {exc}") from None
+        parsed = _parse_name_records(value, f"{where}: {key!r}")
         if not name.is_subdomain(domain):
             outside.append(name.to_text())
             continue
-        known = addresses.setdefault(name, [])
-        known.extend(ip for ip in ips if ip not in known)
-    return Zone(domain, addresses), outside
+        known = records.setdefault(name, {})
+        for rdtype, rdatas in parsed.items():
+            have = known.setdefault(rdtype, [])
+            have.extend(rd for rd in rdatas if rd not in have)
+        if dns.rdatatype.CNAME in known and (len(known) > 1 or len(known[dns.rdatatype.CNAME]) > 1):
+            raise RecordsError(f"{where}: {key!r}: a CNAME must be the name's only record")
+    return Zone(domain, records), outside
+
+
+def _parse_name_records(value: object, where: str) -> RData:
+    if isinstance(value, list):  # the shorthand: addresses
+        if not all(isinstance(v, str) for v in value):
+            raise RecordsError(
+                f"{where}: expected a list of IP addresses or an object of record types,"
+                f" got {value!r}"
+            )
+        try:
+            ips = [ipaddress.ip_address(v) for v in value]
+        except ValueError as exc:
+            raise RecordsError(f"{where}: {exc}") from None
+        value = {
+            "A": [str(ip) for ip in ips if ip.version == 4],
+            "AAAA": [str(ip) for ip in ips if ip.version == 6],
+        }
+    if not isinstance(value, dict):
+        raise RecordsError(
+            f"{where}: expected a list of IP addresses or an object of record types, got {value!r}"
+        )
+    out: RData = {}
+    allowed = ", ".join(dns.rdatatype.to_text(t) for t in RECORD_TYPES)
+    for type_text, texts in value.items():
+        try:
+            rdtype = dns.rdatatype.from_text(str(type_text))
+        except dns.exception.DNSException:
+            rdtype = None
+        if rdtype not in RECORD_TYPES:
+            raise RecordsError(f"{where}: record type {type_text!r}: expected one of {allowed}")
+        assert rdtype is not None
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise RecordsError(f"{where}: {type_text}: expected a list of record texts")
+        rdatas: list[dns.rdata.Rdata] = []
+        for text in texts:
+            try:
+                rd = dns.rdata.from_text(
+                    dns.rdataclass.IN, rdtype, text, origin=dns.name.root, relativize=False
+                )
+            except (dns.exception.DNSException, ValueError) as exc:
+                raise RecordsError(f"{where}: {type_text} {text!r}: {exc}") from None
+            if rd not in rdatas:
+                rdatas.append(rd)
+        if rdatas:
+            out[rdtype] = rdatas
+    return out
 
 
 def _names(count: int) -> str:
@@ -177,7 +245,7 @@ class Records:
         note = ""
         if outside:
             note = f" ({len(outside)} outside {self.domain} ignored: {', '.join(outside[:3])})"
-        log(f"records: {_names(len(zone.addresses))} from {self.path}{note}")
+        log(f"records: {_names(len(zone.records))} from {self.path}{note}")
         return zone
 
     def zone(self) -> Zone:
@@ -189,7 +257,7 @@ class Records:
                 try:
                     self._zone = self._read(signature)
                 except RecordsError as exc:
-                    log(f"records: {exc}; keeping {_names(len(self._zone.addresses))}")
+                    log(f"records: {exc}; keeping {_names(len(self._zone.records))}")
             return self._zone
 
 
@@ -213,21 +281,44 @@ def answer(zone: Zone, query: dns.message.Message) -> tuple[dns.message.Message,
         response.set_rcode(dns.rcode.NXDOMAIN)
         response.authority.append(zone.soa())
         return response, f"{asked} -> NXDOMAIN"
-    addresses = zone.addresses.get(qname, [])
     count = 0
-    for rdtype, version in ((dns.rdatatype.A, 4), (dns.rdatatype.AAAA, 6)):
-        if qtype not in (rdtype, dns.rdatatype.ANY):
-            continue
-        texts = [str(ip) for ip in addresses if ip.version == version]
-        if texts:
-            response.answer.append(dns.rrset.from_text_list(qname, TTL, "IN", rdtype, texts))
-            count += len(texts)
-    if qtype == dns.rdatatype.SOA and qname == zone.domain:
+    name = qname
+    for _ in range(MAX_CNAME_CHAIN):  # a CNAME answers every type; followed inside the zone
+        cname = zone.rrset(name, dns.rdatatype.CNAME)
+        if cname is None or qtype == dns.rdatatype.CNAME:
+            break
+        response.answer.append(cname)
+        count += 1
+        name = cname[0].target
+        if not name.is_subdomain(zone.domain):
+            return response, f"{asked} -> NOERROR {_answers(count)}"
+        if name not in zone.names:  # RFC 6604: the rcode is the chain's last name's
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            response.authority.append(zone.soa())
+            return response, f"{asked} -> NXDOMAIN {_answers(count)}"
+    wanted = RECORD_TYPES if qtype == dns.rdatatype.ANY else (qtype,)
+    for rdtype in wanted:
+        rrset = zone.rrset(name, rdtype)
+        if rrset is not None:
+            response.answer.append(rrset)
+            count += len(rrset)
+            if rdtype == dns.rdatatype.SRV:
+                _add_targets(zone, rrset, response)
+    if qtype == dns.rdatatype.SOA and name == zone.domain:
         response.answer.append(zone.soa())
         count += 1
     if not count:
         response.authority.append(zone.soa())  # NODATA: the name exists, not with this type
     return response, f"{asked} -> NOERROR {_answers(count)}"
+
+
+def _add_targets(zone: Zone, srv: dns.rrset.RRset, response: dns.message.Message) -> None:
+    """The SRV targets' addresses of the zone, in the additional section (as CoreDNS adds)."""
+    for rd in srv:
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            rrset = zone.rrset(rd.target, rdtype)
+            if rrset is not None and rrset not in response.additional:
+                response.additional.append(rrset)
 
 
 def _formerr(wire: bytes) -> bytes | None:
@@ -342,7 +433,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--records",
         required=True,
         type=Path,
-        help='JSON file {"name.": ["10.0.0.5", "fd00::5"], ...}, re-read when it changes',
+        help='JSON file {"name.": {"A": ["10.0.0.5"], "SRV": ["0 100 80 t."], ...}, ...}'
+        ' (or {"name.": ["10.0.0.5", "fd00::5"]}), re-read when it changes',
     )
     server.add_argument("--port", type=int, default=53, help="UDP and TCP port (53; 0: any)")
     server.add_argument("--bind", help="address to listen on (default: [::], dual-stack)")
@@ -360,7 +452,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     query.add_argument("name", help="the name to look up")
     query.add_argument("--server", required=True, help="IP address of the DNS server")
     query.add_argument("--port", type=int, default=53, help="server port (53)")
-    query.add_argument("--type", default="A", choices=["A", "AAAA"], help="record type (A)")
+    query.add_argument(
+        "--type", default="A", choices=["A", "AAAA", "SRV", "CNAME"], help="record type (A)"
+    )
     query.add_argument("--tcp", action="store_true", help="ask over TCP (default: UDP)")
     query.add_argument("--timeout", type=float, default=2.0, help="seconds (2)")
     query.add_argument(

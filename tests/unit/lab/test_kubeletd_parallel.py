@@ -137,8 +137,6 @@ def test_concurrent_starts_keep_every_pod_in_the_record(
     assert sorted(p.key for p in pods if p.kubelet) == sorted(f"default/{n}" for n in names)
     assert all(p.ipv4 and p.containers[0].pid == 1 for p in pods if p.kubelet)
     assert [p.key for p in pods if not p.kubelet] == ["default/own"]  # not the kubelet's: kept
-    records = (manager.dns_records_file(LAB)).read_text()
-    assert all(f"{n}.default.pod.cluster.local." in records for n in names), records
 
     # and concurrent stops drop only their own pod
     rec_now = manager.record(LAB)

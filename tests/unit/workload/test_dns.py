@@ -11,6 +11,8 @@ import json
 import os
 import re
 import socket
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,3 +341,126 @@ def test_client_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert (status, err) == (1, "dns-query: --timeout must be positive\n")
     assert run(capsys, "dns-query", "a.b", "--server", "127.0.0.1", "--type", "MX")[0] == 2
     assert run(capsys, "dns-query", "a.b")[0] == 2  # --server is required
+
+
+# ---- services: SRV, CNAME, NODATA (the cluster DNS controller's record types) ----------------
+
+SERVICE_RECORDS = {
+    "web.shop.svc.cluster.local.": {"A": ["10.96.0.20"], "AAAA": ["fd00:10:96::14"]},
+    "_http._tcp.web.shop.svc.cluster.local.": {"SRV": ["0 100 80 web.shop.svc.cluster.local."]},
+    "db.shop.svc.cluster.local.": {"A": ["10.200.0.7", "10.200.0.8"]},
+    "db-0.db.shop.svc.cluster.local.": {"A": ["10.200.0.7"]},
+    "10-200-0-8.db.shop.svc.cluster.local.": {"A": ["10.200.0.8"]},
+    "_pg._tcp.db.shop.svc.cluster.local.": {
+        "SRV": [
+            "0 50 5432 db-0.db.shop.svc.cluster.local.",
+            "0 50 5432 10-200-0-8.db.shop.svc.cluster.local.",
+        ]
+    },
+    "mail.shop.svc.cluster.local.": {"CNAME": ["smtp.example.com."]},
+    "front.shop.svc.cluster.local.": {"CNAME": ["web.shop.svc.cluster.local."]},
+    "dangling.shop.svc.cluster.local.": {"CNAME": ["nothing.shop.svc.cluster.local."]},
+    "old.shop.pod.cluster.local.": ["10.200.0.9"],  # the address-list shorthand still reads
+}
+
+
+@pytest.fixture
+def service_dns() -> Iterator[int]:
+    """The server's UDP and TCP listeners in this process, on loopback, with SERVICE_RECORDS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "records.json"
+        write_atomically(path, SERVICE_RECORDS)
+        udp, tcp = dnsw._listen("127.0.0.1", 0)
+        udp.records = tcp.records = dnsw.Records(path, DOMAIN)
+        threads = [
+            threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True) for s in (udp, tcp)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            yield int(udp.server_address[1])
+        finally:
+            for s in (udp, tcp):
+                s.shutdown()
+                s.server_close()
+
+
+def rdatas(section: list[dns.rrset.RRset], rdtype: str) -> list[str]:
+    wanted = dns.rdatatype.from_text(rdtype)
+    return sorted(str(rd) for rrset in section if rrset.rdtype == wanted for rd in rrset)
+
+
+def test_srv_answers_with_target_addresses(service_dns: int) -> None:
+    resp = ask("127.0.0.1", service_dns, "_http._tcp.web.shop.svc.cluster.local", "SRV")
+    assert resp.rcode() == dns.rcode.NOERROR and resp.flags & dns.flags.AA
+    assert rdatas(resp.answer, "SRV") == ["0 100 80 web.shop.svc.cluster.local."]
+    assert rdatas(resp.additional, "A") == ["10.96.0.20"]
+    assert rdatas(resp.additional, "AAAA") == ["fd00:10:96::14"]
+    resp = ask("127.0.0.1", service_dns, "_pg._tcp.db.shop.svc.cluster.local", "SRV", tcp=True)
+    assert rdatas(resp.answer, "SRV") == [
+        "0 50 5432 10-200-0-8.db.shop.svc.cluster.local.",
+        "0 50 5432 db-0.db.shop.svc.cluster.local.",
+    ]
+    assert rdatas(resp.additional, "A") == ["10.200.0.7", "10.200.0.8"]
+    # a headless Service's name: its endpoints; an endpoint's own name
+    assert addresses(ask("127.0.0.1", service_dns, "db.shop.svc.cluster.local")) == [
+        "10.200.0.7",
+        "10.200.0.8",
+    ]
+    assert addresses(ask("127.0.0.1", service_dns, "db-0.db.shop.svc.cluster.local")) == [
+        "10.200.0.7"
+    ]
+    assert addresses(ask("127.0.0.1", service_dns, "old.shop.pod.cluster.local")) == ["10.200.0.9"]
+
+
+def test_cname_answers_every_type_and_is_followed_in_the_zone(service_dns: int) -> None:
+    for rdtype in ("A", "AAAA", "CNAME", "SRV"):
+        resp = ask("127.0.0.1", service_dns, "mail.shop.svc.cluster.local", rdtype)
+        assert resp.rcode() == dns.rcode.NOERROR
+        assert rdatas(resp.answer, "CNAME") == ["smtp.example.com."]
+        assert len(resp.answer) == 1  # outside the zone: the client follows it
+    resp = ask("127.0.0.1", service_dns, "front.shop.svc.cluster.local", "A")
+    assert rdatas(resp.answer, "CNAME") == ["web.shop.svc.cluster.local."]
+    assert rdatas(resp.answer, "A") == ["10.96.0.20"]
+    resp = ask("127.0.0.1", service_dns, "dangling.shop.svc.cluster.local", "A")
+    assert resp.rcode() == dns.rcode.NXDOMAIN  # RFC 6604: the chain's last name
+    assert rdatas(resp.answer, "CNAME") == ["nothing.shop.svc.cluster.local."]
+
+
+def test_nodata_and_nxdomain_for_services(service_dns: int) -> None:
+    for name, rdtype in (
+        ("web.shop.svc.cluster.local", "SRV"),  # exists, other types
+        ("_http._tcp.web.shop.svc.cluster.local", "A"),
+        ("_tcp.web.shop.svc.cluster.local", "SRV"),  # between a record and the domain
+        ("svc.cluster.local", "A"),
+    ):
+        resp = ask("127.0.0.1", service_dns, name, rdtype)
+        assert (resp.rcode(), resp.answer) == (dns.rcode.NOERROR, []), name
+        assert [r.rdtype for r in resp.authority] == [dns.rdatatype.SOA]
+    resp = ask("127.0.0.1", service_dns, "_ftp._tcp.web.shop.svc.cluster.local", "SRV")
+    assert resp.rcode() == dns.rcode.NXDOMAIN
+    assert [r.rdtype for r in resp.authority] == [dns.rdatatype.SOA]
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        (
+            {"a.cluster.local.": {"MX": ["10 b."]}},
+            "record type 'MX': expected one of A, AAAA, SRV, CNAME",
+        ),
+        ({"a.cluster.local.": {"SRV": ["0 100 x."]}}, "SRV '0 100 x.'"),
+        (
+            {"a.cluster.local.": {"CNAME": ["b."], "A": ["10.0.0.1"]}},
+            "a CNAME must be the name's only",
+        ),
+        ({"a.cluster.local.": {"A": "10.0.0.1"}}, "A: expected a list of record texts"),
+        ({"a.cluster.local.": 5}, "expected a list of IP addresses or an object of record types"),
+    ],
+)
+def test_bad_typed_records_are_refused_naming_the_name(records: object, message: str) -> None:
+    with pytest.raises(dnsw.RecordsError) as err:
+        dnsw.parse_records(json.dumps(records), DOMAIN, "records.json")
+    assert str(err.value).startswith("records.json: 'a.cluster.local.': ") and message in str(
+        err.value
+    )
