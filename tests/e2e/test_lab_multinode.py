@@ -231,14 +231,16 @@ def test_policy_enforced_at_the_destination_with_the_source_identity(lab: MultiL
             if f["source"]["identity"] == client_id
         ]
         assert allowed, "no forwarded flow from the client at the destination node"
-        if lab.mode == "tunnel":  # observed on both ends of the overlay
-            sent = _observe(
-                _node_socket(lab, lab.nodes[0]), "--to-ip", server, "--verdict", "FORWARDED"
-            )
-            points = {f.get("trace_observation_point") for f in sent}
-            assert "TO_OVERLAY" in points, points
-            points = {f.get("trace_observation_point") for f in allowed}
-            assert "FROM_OVERLAY" in points or "TO_ENDPOINT" in points, points
+        # observed on both ends: into the tunnel, or (native) straight to eth0 by BPF host
+        # routing, never through the node stack; delivered at the destination (from-overlay
+        # is reported at aggregation "none" only, as upstream)
+        sent = _observe(
+            _node_socket(lab, lab.nodes[0]), "--to-ip", server, "--verdict", "FORWARDED"
+        )
+        points = {f["trace_observation_point"] for f in sent if "trace_observation_point" in f}
+        assert points == {"TO_OVERLAY" if lab.mode == "tunnel" else "TO_NETWORK"}, points
+        points = {f["trace_observation_point"] for f in allowed if "trace_observation_point" in f}
+        assert points == {"TO_ENDPOINT"}, points
     finally:
         kubectl(lab.kubeconfig, "delete", "cnp", "-n", "shop", "server-from-client")
     wait_for("other allowed again", lambda: lab.run("default/other", *tcp).returncode == 0, 20)
