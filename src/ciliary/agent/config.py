@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Literal
 
+from ciliary.core.defaults import CLUSTER_HEALTH_PORT, TUNNEL_PORT
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
 
 RUN_ROOT = Path("/run/ciliary")
@@ -64,8 +65,7 @@ class HubbleConfig:
 
 ROUTING_MODES = ("tunnel", "native")
 TUNNEL_PROTOCOLS = ("vxlan",)
-DEFAULT_TUNNEL_PORT = 8472
-"""Cilium's VXLAN port (the Linux default, not IANA's 4789)."""
+DEFAULT_TUNNEL_PORT = TUNNEL_PORT
 TUNNEL_OVERHEAD = 50
 """Bytes VXLAN over IPv4 adds to a packet (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8): in
 tunnel mode a pod's MTU is the node's less this, as Cilium's."""
@@ -104,7 +104,7 @@ class HealthConfig:
     60 s, fixed), so a lab can see a node go away in seconds."""
 
     enabled: bool = True
-    port: int = 4240
+    port: int = CLUSTER_HEALTH_PORT
     interval_s: float = 60.0
 
 

@@ -44,12 +44,13 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Literal
 
+from ciliary.core.defaults import CLUSTER_HEALTH_PORT
 from ciliary.core.models import ClusterHealth, ConnectivityStatus, NodeHealth, PathStatus
 from ciliary.datapath.linux import netns
 
 log = logging.getLogger(__name__)
 
-HEALTH_PORT = 4240
+HEALTH_PORT = CLUSTER_HEALTH_PORT
 """Upstream's ``--cluster-health-port`` default."""
 DEFAULT_PROBE_INTERVAL_S = 60.0
 """Upstream's probe interval (cilium-health's ``--interval`` default)."""

@@ -27,6 +27,7 @@ from ciliary.agent.config import (
     NetworkConfig,
     default_event_queue_size,
 )
+from ciliary.core.defaults import CLUSTER_HEALTH_PORT
 from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.datapath.loader import PIN_ROOT, default_object_dir
@@ -80,7 +81,7 @@ def _health_flags(p: argparse.ArgumentParser) -> None:
     h.add_argument(
         "--cluster-health-port",
         type=_port,
-        default=4240,
+        default=CLUSTER_HEALTH_PORT,
         help="TCP port of the health responder, probed on every node (default 4240)",
     )
     h.add_argument(

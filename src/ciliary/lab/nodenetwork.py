@@ -25,11 +25,12 @@ from ipaddress import (
 )
 from typing import Literal, TypeAlias
 
+from ciliary.core.defaults import TUNNEL_PORT
+
 DEFAULT_IPV4: IPv4Network = IPv4Network("172.18.0.0/24")
 DEFAULT_IPV6: IPv6Network = IPv6Network("fc00:f853:ccd:e793::/64")
 """kind's network: what a Cilium user's lab usually runs on."""
-DEFAULT_TUNNEL_PORT = 8472
-"""Cilium's VXLAN port (its Helm ``tunnelPort`` default)."""
+DEFAULT_TUNNEL_PORT = TUNNEL_PORT
 FIRST_NODE = 2
 """Node *i* gets the subnet's address ``FIRST_NODE + i``; ``1`` is the lab network's own."""
 

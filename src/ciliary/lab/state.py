@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ciliary.core.defaults import TUNNEL_PORT
+
 
 class _Model(BaseModel):
     # Records written by another ciliary version must still load: `lab down` depends on it.
@@ -166,7 +168,7 @@ class LabNetworkRecord(_Model):
     auto_direct_node_routes: bool = False
     ipv4_native_routing_cidr: str | None = None
     ipv6_native_routing_cidr: str | None = None
-    tunnel_port: int = 8472
+    tunnel_port: int = TUNNEL_PORT
     health_check_interval_s: float = 60.0
 
 
