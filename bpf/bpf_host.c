@@ -50,7 +50,7 @@ int cil_to_netdev(struct __sk_buff *skb)
 /* Native routing: a packet from the network to a local endpoint goes straight into the pod (BPF
  * host routing), as one out of the tunnel does: conntrack, the endpoint's ingress policy with
  * the sender's identity from the ipcache, bpf_redirect_peer. Anything else is the stack's. */
-static __always_inline int netdev_deliver(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline int netdev_deliver(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ct_result ct = {};
 	struct policy_verdict none = {};

@@ -7,6 +7,8 @@
  *               ipcache names its node), or handed to the node's stack. Replies of connections that came in
  *               through the stack (CT_F_VIA_STACK) go back through it, whoever the destination:
  *               the stack may have NATed the request (hostPort), and only it can undo that.
+ *               A packet to a service frontend is first given a backend (lib/lb.h: DNAT, before
+ *               identity, conntrack, policy and routing look at its destination).
  *   tc egress   cil_to_container: packets the node's stack sends to the pod.
  * One object is loaded per node; each endpoint's lxc gets the same pinned programs, and which
  * endpoint a packet belongs to comes from ciliary_lxc, so adding a pod is a map update plus an
@@ -23,59 +25,54 @@
 #include "lib/deliver.h"
 #include "lib/encap.h"
 #include "lib/fib.h"
+#include "lib/lb.h"
 
-SEC("tc")
-int cil_from_container(struct __sk_buff *skb)
+/* cil_from_container after the service translation: the destination's identity, conntrack,
+ * policy, delivery. */
+static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb, struct pkt *p,
+							  __u16 src_ep, __u32 src_id,
+							  const struct lb_result *lb)
 {
-	struct pkt p = {};
 	struct ct_result ct = {};
 	struct event_meta m = {};
 	__u32 level;
 	__u64 interval;
 	int ret;
 
-	ret = parse_packet(skb, &p);
-	if (ret == PARSE_PASS)
-		return TC_ACT_OK;
-	if (ret < 0)
-		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_FROM_ENDPOINT);
-
-	struct endpoint_info *src = lookup_endpoint(p.saddr, p.family);
-	if (!src || src->ifindex != skb->ifindex)
-		return drop_packet(skb, &p, DROP_INVALID_SIP, 0, 0, 0, OBS_FROM_ENDPOINT);
-	__u16 src_ep = src->ep_id;
-	__u32 src_id = src->sec_id;
-	if (!(src->flags & EP_F_READY))
-		return drop_packet(skb, &p, DROP_EP_NOT_READY, src_ep, src_id, 0, OBS_FROM_ENDPOINT);
-
-	struct endpoint_info *dst = lookup_endpoint(p.daddr, p.family);
+	struct endpoint_info *dst = lookup_endpoint(p->daddr, p->family);
 	__u32 dst_id, tunnel_ep = 0;
 	if (dst) {
 		dst_id = dst->sec_id;
 	} else {
-		struct ipcache_info *info = ipcache_lookup(p.daddr, p.family);
-		dst_id = ipcache_info_identity(info, p.family);
+		struct ipcache_info *info = ipcache_lookup(p->daddr, p->family);
+		dst_id = ipcache_info_identity(info, p->family);
 		if (info)
 			tunnel_ep = info->tunnel_ep;
 	}
 
 	load_config(&level, &interval);
-	ret = ct_process(&p, src_id, dst_id, level, interval, &ct);
+	ret = ct_process(p, src_id, dst_id, level, interval, &ct);
 	if (ret < 0)
-		return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
+		return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
+	if (lb->rev_nat_index && ct.entry) {
+		/* the connection's replies get the frontend back; its service entry lives as long */
+		ct.entry->rev_nat_index = lb->rev_nat_index;
+		if (lb->svc_ct)
+			lb->svc_ct->expires_ns = ct.entry->expires_ns;
+	}
 
 	/* Policy: replies of allowed connections pass on conntrack; everything else is checked
 	 * against the sender's egress policy and, for a local receiver, its ingress policy. */
 	struct policy_verdict pv_out = {};
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
 	if (!skip_policy) {
-		ret = policy_check(src_ep, dst_id, POLICY_EGRESS, &p, &pv_out);
+		ret = policy_check(src_ep, dst_id, POLICY_EGRESS, p, &pv_out);
 		if (pv_out.enforced && (ret < 0 || ct.state == CT_NEW))
-			policy_verdict_notify(skb, &p, src_ep, dst ? dst->ep_id : 0, src_id, dst_id,
+			policy_verdict_notify(skb, p, src_ep, dst ? dst->ep_id : 0, src_id, dst_id,
 					      pv_out.cookie, pv_out.match, TRAFFIC_EGRESS, ret);
 		if (ret < 0) {
-			ct_forget_new(&p, &ct);
-			return drop_policy(skb, &p, -ret, src_ep, dst ? dst->ep_id : 0, src_id,
+			ct_forget_new(p, &ct);
+			return drop_policy(skb, p, -ret, src_ep, dst ? dst->ep_id : 0, src_id,
 					   dst_id, OBS_FROM_ENDPOINT, pv_out.cookie, pv_out.match,
 					   TRAFFIC_EGRESS);
 		}
@@ -85,7 +82,7 @@ int cil_from_container(struct __sk_buff *skb)
 	 * the stack, so that its NAT is reversed (a hairpin to a hostPort of this node). */
 	int via_stack = skip_policy && ct.entry && (ct.entry->flags & CT_F_VIA_STACK);
 	if (dst && !via_stack)
-		return local_deliver(skb, &p, &ct, dst, src_ep, src_id, dst_id, skip_policy,
+		return local_deliver(skb, p, &ct, dst, src_ep, src_id, dst_id, skip_policy,
 				     &pv_out);
 
 	/* A prefix of another node, in tunnel mode: into the tunnel with our identity as VNI (the
@@ -94,36 +91,94 @@ int cil_from_container(struct __sk_buff *skb)
 	if (encap_dev) {
 		trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_OVERLAY, &pv_out,
 			   TRAFFIC_EGRESS);
-		ret = l3_dec_ttl(skb, &p);
+		ret = l3_dec_ttl(skb, p);
 		if (ret < 0)
-			return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
+			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
 		ret = encap_and_redirect(skb, tunnel_ep, src_id, encap_dev);
 		if (ret < 0)
-			return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
+			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
 		if (ct.report)
-			emit_event(skb, &p, &m);
+			emit_event(skb, p, &m);
 		return ret;
 	}
 
 	/* Native routing: routed here with the node's FIB, straight to the egress device (BPF host
 	 * routing, lib/fib.h); what the FIB does not simply forward goes to the stack. */
 	if (!via_stack && routing_mode() == ROUTING_MODE_NATIVE) {
-		ret = fib_redirect(skb, &p);
+		ret = fib_redirect(skb, p);
 		if (ret < 0)
-			return drop_packet(skb, &p, -ret, src_ep, src_id, dst_id, OBS_TO_NETWORK);
+			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_NETWORK);
 		if (ret != FIB_PASS) {
 			trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_NETWORK, &pv_out,
 				   TRAFFIC_EGRESS);
 			if (ct.report)
-				emit_event(skb, &p, &m);
+				emit_event(skb, p, &m);
 			return ret;
 		}
 	}
 
 	trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_STACK, &pv_out, TRAFFIC_EGRESS);
 	if (ct.report)
-		emit_event(skb, &p, &m);
+		emit_event(skb, p, &m);
 	return TC_ACT_OK;
+}
+
+#define FC_CONTINUE -1
+
+struct fc_source {
+	__u32 sec_id;
+	__u16 ep_id;
+};
+
+/* Parsing and the sender's checks (anti-spoofing, endpoint ready). */
+static __attribute__((noinline)) int from_container_source(struct __sk_buff *skb, struct pkt *p,
+							   struct fc_source *out)
+{
+	int ret = parse_packet(skb, p);
+	if (ret == PARSE_PASS)
+		return TC_ACT_OK;
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_FROM_ENDPOINT);
+
+	struct endpoint_info *src = lookup_endpoint(p->saddr, p->family);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop_packet(skb, p, DROP_INVALID_SIP, 0, 0, 0, OBS_FROM_ENDPOINT);
+	out->ep_id = src->ep_id;
+	out->sec_id = src->sec_id;
+	if (!(src->flags & EP_F_READY))
+		return drop_packet(skb, p, DROP_EP_NOT_READY, out->ep_id, out->sec_id, 0,
+				   OBS_FROM_ENDPOINT);
+	return FC_CONTINUE;
+}
+
+/* Service translation (lib/lb.h) of what the sender addressed. */
+static __attribute__((noinline)) int from_container_lb(struct __sk_buff *skb, struct pkt *p,
+						       const struct fc_source *src,
+						       struct lb_result *lb)
+{
+	int ret = lb_translate(skb, p, lb);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, src->ep_id, src->sec_id, 0, OBS_FROM_ENDPOINT);
+	return FC_CONTINUE;
+}
+
+/* Three steps in functions of their own, so that no two of their stack frames add up beyond the
+ * verifier's 512 bytes per call chain; service translation first: identity, conntrack, policy
+ * and routing see the backend. */
+SEC("tc")
+int cil_from_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct fc_source src = {};
+	struct lb_result lb = {};
+
+	int ret = from_container_source(skb, &p, &src);
+	if (ret != FC_CONTINUE)
+		return ret;
+	ret = from_container_lb(skb, &p, &src, &lb);
+	if (ret != FC_CONTINUE)
+		return ret;
+	return from_container_route(skb, &p, src.ep_id, src.sec_id, &lb);
 }
 
 SEC("tc")
@@ -171,6 +226,10 @@ int cil_to_container(struct __sk_buff *skb)
 					   OBS_TO_ENDPOINT, pv.cookie, pv.match, TRAFFIC_INGRESS);
 		}
 	}
+	/* a reply the stack routed here (not delivered by lib/deliver.h): from the frontend again */
+	ret = lb_rev_nat_ct(skb, &p, &ct);
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT, &pv, TRAFFIC_INGRESS);
 	if (ct.report)
 		emit_event(skb, &p, &m);

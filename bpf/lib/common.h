@@ -80,6 +80,7 @@
 #define DROP_NO_TUNNEL_KEY 147
 #define DROP_UNKNOWN_TARGET 150
 #define DROP_FRAG_NOSUPPORT 157
+#define DROP_NO_SERVICE 158
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_UNSUPPORTED_L2 166
 #define DROP_NAT_NO_MAPPING 167
@@ -143,8 +144,15 @@ struct ct_key {
 	__u16 dport;
 	__u8 proto;
 	__u8 family;
-	__u8 pad[2];
+	__u8 scope;         /* CT_SCOPE_*: a service entry never matches a connection's lookup */
+	__u8 pad;
 };
+
+/* ct_key.scope: the connection's entry (its tuple as it travels, after service translation),
+ * or the service entry keyed on the tuple the client sent (client -> frontend), which remembers
+ * the connection's backend (upstream's CT_SERVICE). */
+#define CT_SCOPE_CONN 0
+#define CT_SCOPE_SERVICE 1
 
 #define CT_F_TX_CLOSING 0x1
 #define CT_F_RX_CLOSING 0x2
@@ -169,7 +177,10 @@ struct ct_entry {
 	__u8 tx_flags_seen;
 	__u8 rx_flags_seen;
 	__u16 flags;        /* CT_F_* */
-	__u32 pad;
+	__u16 rev_nat_index; /* the service frontend the client addressed (lib/lb.h), 0 = none */
+	__u16 pad;
+	__u32 backend_id;   /* service entry: the backend this connection was given */
+	__u32 pad2;
 };
 
 /* Inner key of ciliary_policy (LPM trie): prefixlen counts the bits after it; sec_label is always

@@ -4,7 +4,9 @@
  * ingress policy is checked with the sender's identity (unless conntrack says the packet answers
  * a connection the receiver opened), then the node acts as the pod's router: TTL−1, the
  * endpoint's own MACs, and bpf_redirect_peer straight into its eth0 (no second pass through the
- * node stack, so the lxc's tc egress never sees these packets). */
+ * node stack, so the lxc's tc egress never sees these packets). A reply of a connection the
+ * receiver opened to a service gets the frontend back as its source here (lib/lb.h), whichever
+ * program delivers it. */
 #ifndef __CILIARY_DELIVER_H
 #define __CILIARY_DELIVER_H
 #include "common.h"
@@ -13,6 +15,7 @@
 #include "events.h"
 #include "l3.h"
 #include "policy.h"
+#include "lb.h"
 
 /* Metadata of a FORWARDED trace for a packet conntrack has just classified. */
 static __always_inline void trace_meta(struct event_meta *m, const struct ct_result *ct,
@@ -38,7 +41,7 @@ static __always_inline void trace_meta(struct event_meta *m, const struct ct_res
 /* `ev_ep` is the endpoint events are reported for (the sending pod in bpf_lxc, the receiving
  * one in bpf_overlay); `pv_out` the sender's egress verdict when this node checked it (its
  * cookie names the rule in the trace when the receiver enforces nothing). Returns the tc verdict. */
-static __always_inline int local_deliver(struct __sk_buff *skb, const struct pkt *p,
+static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 					 struct ct_result *ct, const struct endpoint_info *dst,
 					 __u16 ev_ep, __u32 src_id, __u32 dst_id, int skip_policy,
 					 const struct policy_verdict *pv_out)
@@ -51,6 +54,10 @@ static __always_inline int local_deliver(struct __sk_buff *skb, const struct pkt
 
 	if (!(dst->flags & EP_F_READY))
 		return drop_packet(skb, p, DROP_EP_NOT_READY, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+	/* a reply of a connection the client sent to a service: from the frontend again */
+	ret = lb_rev_nat_ct(skb, p, ct);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 	__builtin_memcpy(dmac, dst->mac, 6);
 	__builtin_memcpy(smac, dst->node_mac, 6);
 	__u16 dst_ep = dst->ep_id;

@@ -43,6 +43,13 @@ def test_mirrors_cover_every_shared_struct() -> None:
         "nat_key",
         "nat_entry",
         "nat_config",
+        "lb4_key",
+        "lb6_key",
+        "lb_service",
+        "lb4_backend",
+        "lb6_backend",
+        "lb4_reverse_nat",
+        "lb6_reverse_nat",
     }
 
 

@@ -223,6 +223,12 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_events",
         "ciliary_events_lost",
         "ciliary_policy",
+        "ciliary_lb4_services",
+        "ciliary_lb6_services",
+        "ciliary_lb4_backends",
+        "ciliary_lb6_backends",
+        "ciliary_lb4_reverse_nat",
+        "ciliary_lb6_reverse_nat",
     }
     assert set(loaded.map_names()) == names
     assert sorted(loaded.program_names()) == ["cil_from_container", "cil_to_container"]
@@ -237,7 +243,7 @@ def test_map_info(loaded: BPFObject) -> None:
         "ciliary_config": (BPF_MAP_TYPE_ARRAY, 4, 24, 1, 0),
         "ciliary_lxc": (BPF_MAP_TYPE_HASH, 20, 24, 65536, 0),
         "ciliary_ipcache": (BPF_MAP_TYPE_LPM_TRIE, 24, 12, 512000, BPF_F_NO_PREALLOC),
-        "ciliary_ct": (BPF_MAP_TYPE_LRU_HASH, 40, 80, 65536, 0),
+        "ciliary_ct": (BPF_MAP_TYPE_LRU_HASH, 40, 88, 65536, 0),
         "ciliary_events": (BPF_MAP_TYPE_RINGBUF, 0, 0, 8 * 1024 * 1024, 0),
         "ciliary_events_lost": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0),
     }

@@ -7,7 +7,8 @@ One object per attach point, as Cilium's: ``bpf_lxc.o`` (the endpoints' lxc devi
 devices' ingress and egress: BPF masquerade; ``ciliary_host``'s egress: the node's own packets into
 the tunnel). They declare the same maps with the same pins, so
 each load reuses what the first created: one conntrack table, one ipcache, one events ring per
-node whichever program saw a packet; the NAT maps are pinned too.
+node whichever program saw a packet; the NAT maps are pinned too, and so are the service maps
+(``ciliary_lb{4,6}_*``, sized by ``lb_max``: ``--bpf-lb-map-max``), which every object reads.
 
 Restart contract: maps are opened through their pins (libbpf reuses a pinned map of the same
 shape), so a restarted agent sees the conntrack, endpoint and ipcache state the datapath kept
@@ -30,6 +31,7 @@ from ciliary.datapath.maps.conntrack import CTMap
 from ciliary.datapath.maps.endpoints import EndpointMap
 from ciliary.datapath.maps.events import EventsLostMap
 from ciliary.datapath.maps.ipcache import IPCacheMap
+from ciliary.datapath.maps.lb import LB_MAPS, LBMaps
 from ciliary.datapath.maps.nat import NAT_CONFIG_MAP, NAT_MAPS, NATConfigMap, NATRecord, nat_records
 from ciliary.datapath.maps.policy import PolicyMaps
 
@@ -64,19 +66,24 @@ class MapUsage:
 class NodeDatapath:
     """The loaded datapath of one node. Not thread-safe: one owner (the agent)."""
 
-    def __init__(self, object_path: Path, pin_dir: Path, *, ct_max: int = 65536) -> None:
+    def __init__(
+        self, object_path: Path, pin_dir: Path, *, ct_max: int = 65536, lb_max: int = 65536
+    ) -> None:
         self.object_path = object_path
         self.overlay_object_path = object_path.parent / OVERLAY_OBJECT
         self.host_object_path = object_path.parent / HOST_OBJECT
         self.pin_dir = pin_dir
         self._ct_max = ct_max
+        self._lb_max = lb_max
         self._obj: BPFObject | None = None
         self._overlay: BPFObject | None = None
         self._host: BPFObject | None = None
         self._maps: dict[str, Map] = {}
 
     def _open(self, path: Path) -> BPFObject:
-        obj = BPFObject.open(path, pin_dir=self.pin_dir, max_entries={"ciliary_ct": self._ct_max})
+        sizes = {"ciliary_ct": self._ct_max}
+        sizes.update({name: self._lb_max for names in LB_MAPS.values() for name in names})
+        obj = BPFObject.open(path, pin_dir=self.pin_dir, max_entries=sizes)
         try:
             obj.load()
         except BaseException:
@@ -122,6 +129,7 @@ class NodeDatapath:
         self.config = ConfigMap(self._maps["ciliary_config"])
         self.events_lost = EventsLostMap(self._maps["ciliary_events_lost"])
         self.policy = PolicyMaps(self._maps["ciliary_policy"], self.pin_dir)
+        self.lb = LBMaps(self._maps)
 
     @property
     def programs(self) -> list[str]:

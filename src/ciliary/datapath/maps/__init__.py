@@ -28,6 +28,15 @@ from ciliary.datapath.maps.events import (
     decode_trace_event,
 )
 from ciliary.datapath.maps.ipcache import IPCacheInfoC, IPCacheKeyC, IPCacheMap, IPCacheRecord
+from ciliary.datapath.maps.lb import (
+    Lb4BackendC,
+    Lb4KeyC,
+    Lb4ReverseNatC,
+    Lb6BackendC,
+    Lb6KeyC,
+    Lb6ReverseNatC,
+    LbServiceC,
+)
 from ciliary.datapath.maps.nat import NATConfigC, NATEntryC, NATKeyC
 from ciliary.datapath.maps.policy import PolicyEntryC, PolicyKeyC
 
@@ -50,6 +59,13 @@ __all__ = [
     "IPCacheKeyC",
     "IPCacheMap",
     "IPCacheRecord",
+    "Lb4BackendC",
+    "Lb4KeyC",
+    "Lb4ReverseNatC",
+    "Lb6BackendC",
+    "Lb6KeyC",
+    "Lb6ReverseNatC",
+    "LbServiceC",
     "NATConfigC",
     "NATEntryC",
     "NATKeyC",
@@ -74,4 +90,11 @@ ALL_MIRRORS: list[type[ctypes.Structure]] = [
     NATKeyC,
     NATEntryC,
     NATConfigC,
+    Lb4KeyC,
+    Lb6KeyC,
+    LbServiceC,
+    Lb4BackendC,
+    Lb6BackendC,
+    Lb4ReverseNatC,
+    Lb6ReverseNatC,
 ]

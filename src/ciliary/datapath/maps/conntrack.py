@@ -20,6 +20,7 @@ __all__ = [
     "CT_F_RX_CLOSING",
     "CT_F_TX_CLOSING",
     "CT_F_VIA_STACK",
+    "CT_SCOPE_SERVICE",
     "CTEntryC",
     "CTKeyC",
     "CTMap",
@@ -32,6 +33,9 @@ CT_F_REPLY_SEEN = 0x4
 CT_F_REPLY_REPORTED = 0x8
 CT_F_VIA_STACK = 0x10
 """Requests came through the node stack (maybe NATed): replies go back through it."""
+CT_SCOPE_SERVICE = 1
+"""``ct_key.scope`` of a service entry (bpf/lib/lb.h): keyed on the tuple the client sent to a
+frontend, it remembers the connection's backend; connection entries have scope 0."""
 
 
 class CTKeyC(ctypes.Structure):
@@ -45,7 +49,8 @@ class CTKeyC(ctypes.Structure):
         ("dport", ctypes.c_uint16),
         ("proto", ctypes.c_uint8),
         ("family", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 2),
+        ("scope", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
     ]
 
 
@@ -67,7 +72,10 @@ class CTEntryC(ctypes.Structure):
         ("tx_flags_seen", ctypes.c_uint8),
         ("rx_flags_seen", ctypes.c_uint8),
         ("flags", ctypes.c_uint16),
-        ("pad", ctypes.c_uint32),
+        ("rev_nat_index", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("backend_id", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
     ]
 
 
@@ -94,6 +102,11 @@ class CTRecord:
     flags: int
     src_sec_id: int
     dst_sec_id: int
+    scope: int = 0
+    """CT_SCOPE_SERVICE: the service entry of a connection to a frontend."""
+    rev_nat_index: int = 0
+    """The frontend the connection was sent to (its replies get it back as source), 0 = none."""
+    backend_id: int = 0
 
 
 def _is_expired(value_raw: bytes, now_ns: int) -> bool:
@@ -157,4 +170,7 @@ def _record(key_raw: bytes, value_raw: bytes) -> CTRecord:
         flags=int(e.flags),
         src_sec_id=int(e.src_sec_id),
         dst_sec_id=int(e.dst_sec_id),
+        scope=int(key.scope),
+        rev_nat_index=int(e.rev_nat_index),
+        backend_id=int(e.backend_id),
     )

@@ -69,7 +69,9 @@ def format_mac(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in bytes(raw[:6]))
 
 
-_Mirror = type[ctypes.Structure] | type[ctypes.c_uint32] | type[ctypes.c_uint64]
+_Mirror = (
+    type[ctypes.Structure] | type[ctypes.c_uint16] | type[ctypes.c_uint32] | type[ctypes.c_uint64]
+)
 
 
 def check_map_layout(bpf_map: Map, key: _Mirror, value: _Mirror) -> None:

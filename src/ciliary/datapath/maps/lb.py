@@ -1,0 +1,284 @@
+"""The service maps (bpf/lib/lb.h), both families: ``ciliary_lb{4,6}_services`` (a frontend's
+slot 0 = the service entry, slots 1..count = backend ids), ``ciliary_lb{4,6}_backends`` and
+``ciliary_lb{4,6}_reverse_nat``, in Cilium's shapes, read and written through :class:`LBMaps`
+in ``ipaddress`` types.
+
+The agent's service manager (``ciliary.agent.services``) is the only writer and orders the
+writes (backends, then slots, then slot 0; stale ones last); this module only encodes them.
+Ports and addresses are network byte order in the maps (the C's ``__be16``/``__be32``), host
+integers here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+from ciliary.datapath.libbpf import BPF_ANY, Map
+from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress, check_map_layout
+
+__all__ = [
+    "BE_STATE_ACTIVE",
+    "BE_STATE_MAINTENANCE",
+    "BE_STATE_QUARANTINED",
+    "BE_STATE_TERMINATING",
+    "LB_MAPS",
+    "SVC_FLAG_WILDCARD",
+    "Backend",
+    "Frontend",
+    "LBMaps",
+    "LBState",
+    "Lb4BackendC",
+    "Lb4KeyC",
+    "Lb4ReverseNatC",
+    "Lb6BackendC",
+    "Lb6KeyC",
+    "Lb6ReverseNatC",
+    "LbServiceC",
+    "ServiceValue",
+]
+
+BE_STATE_ACTIVE = 0
+BE_STATE_TERMINATING = 1
+BE_STATE_QUARANTINED = 2
+BE_STATE_MAINTENANCE = 3
+SVC_FLAG_WILDCARD = 0x80
+"""``lb_service.flags2``: the address's catch-all entry (port 0, protocol 0, no backends)."""
+
+LB_MAPS = {
+    AF_INET4: ("ciliary_lb4_services", "ciliary_lb4_backends", "ciliary_lb4_reverse_nat"),
+    AF_INET6: ("ciliary_lb6_services", "ciliary_lb6_backends", "ciliary_lb6_reverse_nat"),
+}
+
+
+class Lb4KeyC(ctypes.Structure):
+    """Mirror of C ``struct lb4_key`` (bpf/lib/lb.h); address and dport network order."""
+
+    C_NAME = "lb4_key"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 4),
+        ("dport", ctypes.c_uint16),
+        ("backend_slot", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("scope", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class Lb6KeyC(ctypes.Structure):
+    """Mirror of C ``struct lb6_key`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb6_key"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 16),
+        ("dport", ctypes.c_uint16),
+        ("backend_slot", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("scope", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class LbServiceC(ctypes.Structure):
+    """Mirror of C ``struct lb_service`` (bpf/lib/lb.h), the value of both service maps."""
+
+    C_NAME = "lb_service"
+    _fields_ = [
+        ("backend_id", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("rev_nat_index", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("flags2", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class Lb4BackendC(ctypes.Structure):
+    """Mirror of C ``struct lb4_backend`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb4_backend"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 4),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+    ]
+
+
+class Lb6BackendC(ctypes.Structure):
+    """Mirror of C ``struct lb6_backend`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb6_backend"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 16),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+    ]
+
+
+class Lb4ReverseNatC(ctypes.Structure):
+    """Mirror of C ``struct lb4_reverse_nat`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb4_reverse_nat"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 4),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Lb6ReverseNatC(ctypes.Structure):
+    """Mirror of C ``struct lb6_reverse_nat`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb6_reverse_nat"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 16),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+_KEY = {AF_INET4: Lb4KeyC, AF_INET6: Lb6KeyC}
+_BACKEND = {AF_INET4: Lb4BackendC, AF_INET6: Lb6BackendC}
+_REVNAT = {AF_INET4: Lb4ReverseNatC, AF_INET6: Lb6ReverseNatC}
+
+
+def _be16(port: int) -> int:
+    return int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
+
+
+def _from_be16(raw: int) -> int:
+    return int.from_bytes(raw.to_bytes(2, sys.byteorder), "big")
+
+
+def _family(addr: IPAddress) -> int:
+    return AF_INET4 if isinstance(addr, IPv4Address) else AF_INET6
+
+
+def _decode(raw: bytes, family: int) -> IPAddress:
+    return IPv4Address(bytes(raw)) if family == AF_INET4 else IPv6Address(bytes(raw))
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """A service frontend: address, port, IP protocol number; port 0 and protocol 0 is the
+    address's wildcard entry."""
+
+    address: IPAddress
+    port: int
+    proto: int
+
+    @property
+    def family(self) -> int:
+        return _family(self.address)
+
+    @property
+    def sort_key(self) -> tuple[int, bytes, int, int]:
+        """IPv4 first, then by address, port, protocol (addresses of two families do not
+        compare)."""
+        return (self.address.version, self.address.packed, self.port, self.proto)
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    address: IPAddress
+    port: int
+    proto: int
+    state: int = field(default=BE_STATE_ACTIVE, compare=False)
+
+
+@dataclass(frozen=True)
+class ServiceValue:
+    """One slot's value: slot 0 has ``count`` and ``rev_nat_index``, the others ``backend_id``."""
+
+    backend_id: int = 0
+    count: int = 0
+    rev_nat_index: int = 0
+    flags: int = 0
+    flags2: int = 0
+
+
+@dataclass
+class LBState:
+    """Everything in the maps, both families."""
+
+    slots: dict[tuple[Frontend, int], ServiceValue] = field(default_factory=dict)
+    backends: dict[int, Backend] = field(default_factory=dict)
+    rev_nat: dict[int, Frontend] = field(default_factory=dict)
+    """rev-NAT index -> the frontend it restores (its protocol is not stored: 0 here)."""
+
+
+class LBMaps:
+    """Typed view of the six service maps over :class:`Map` objects it does not own."""
+
+    def __init__(self, maps: dict[str, Map]) -> None:
+        for family, (svc, be, rn) in LB_MAPS.items():
+            check_map_layout(maps[svc], _KEY[family], LbServiceC)
+            check_map_layout(maps[be], ctypes.c_uint32, _BACKEND[family])
+            check_map_layout(maps[rn], ctypes.c_uint16, _REVNAT[family])
+        self._maps = maps
+
+    def _map(self, family: int, which: int) -> Map:
+        return self._maps[LB_MAPS[family][which]]
+
+    @staticmethod
+    def _slot_key(fe: Frontend, slot: int) -> bytes:
+        key = _KEY[fe.family](backend_slot=slot, proto=fe.proto, dport=_be16(fe.port))
+        key.address[:] = list(fe.address.packed)
+        return bytes(key)
+
+    def upsert_slot(self, fe: Frontend, slot: int, value: ServiceValue) -> None:
+        raw = LbServiceC(
+            backend_id=value.backend_id,
+            count=value.count,
+            rev_nat_index=value.rev_nat_index,
+            flags=value.flags,
+            flags2=value.flags2,
+        )
+        self._map(fe.family, 0).update(self._slot_key(fe, slot), bytes(raw), BPF_ANY)
+
+    def delete_slot(self, fe: Frontend, slot: int) -> None:
+        self._map(fe.family, 0).delete(self._slot_key(fe, slot))
+
+    def upsert_backend(self, backend_id: int, backend: Backend) -> None:
+        family = _family(backend.address)
+        raw = _BACKEND[family](port=_be16(backend.port), proto=backend.proto, flags=backend.state)
+        raw.address[:] = list(backend.address.packed)
+        key = bytes(ctypes.c_uint32(backend_id))
+        self._map(family, 1).update(key, bytes(raw), BPF_ANY)
+
+    def delete_backend(self, backend_id: int, family: int) -> None:
+        self._map(family, 1).delete(bytes(ctypes.c_uint32(backend_id)))
+
+    def upsert_rev_nat(self, index: int, fe: Frontend) -> None:
+        raw = _REVNAT[fe.family](port=_be16(fe.port))
+        raw.address[:] = list(fe.address.packed)
+        self._map(fe.family, 2).update(bytes(ctypes.c_uint16(index)), bytes(raw), BPF_ANY)
+
+    def delete_rev_nat(self, index: int, family: int) -> None:
+        self._map(family, 2).delete(bytes(ctypes.c_uint16(index)))
+
+    def dump(self) -> LBState:
+        state = LBState()
+        for family in LB_MAPS:
+            for k_raw, v_raw in self._map(family, 0).items():
+                k = _KEY[family].from_buffer_copy(k_raw)
+                v = LbServiceC.from_buffer_copy(v_raw)
+                fe = Frontend(_decode(bytes(k.address), family), _from_be16(k.dport), k.proto)
+                state.slots[(fe, int(k.backend_slot))] = ServiceValue(
+                    int(v.backend_id), int(v.count), int(v.rev_nat_index), v.flags, v.flags2
+                )
+            for k_raw, v_raw in self._map(family, 1).items():
+                b = _BACKEND[family].from_buffer_copy(v_raw)
+                state.backends[int.from_bytes(k_raw, sys.byteorder)] = Backend(
+                    _decode(bytes(b.address), family), _from_be16(b.port), b.proto, b.flags
+                )
+            for k_raw, v_raw in self._map(family, 2).items():
+                r = _REVNAT[family].from_buffer_copy(v_raw)
+                state.rev_nat[int.from_bytes(k_raw, sys.byteorder)] = Frontend(
+                    _decode(bytes(r.address), family), _from_be16(r.port), 0
+                )
+        return state
