@@ -121,6 +121,8 @@ class AgentConfig:
     monitor_aggregation: str = "medium"
     monitor_aggregation_interval_s: float = 5.0
     ct_max: int = 65536
+    lb_max: int = 65536
+    """--bpf-lb-map-max: entries of each service map (Cilium's default)."""
     mtu: int = 1500
     ct_gc_interval_s: float = 30.0
     ipam_mode: str = "cluster-pool"

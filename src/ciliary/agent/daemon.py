@@ -40,6 +40,12 @@ from ciliary.agent.monitor import Monitor
 from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.agent.server import APIServer
+from ciliary.agent.services import (
+    ServiceManager,
+    ServiceSyncer,
+    lb_map_entries,
+    service_frontends,
+)
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.models import (
     ClusterNodeStatus,
@@ -49,7 +55,9 @@ from ciliary.core.models import (
     EndpointState,
     IPAMStatus,
     IPCacheEntry,
+    LBMapEntry,
     MapPressure,
+    ServiceFrontend,
     StatusResponse,
 )
 from ciliary.datapath import probe
@@ -76,7 +84,9 @@ class Agent:
         self.cfg = cfg
         self.node = cfg.node
         self.started = time.monotonic()
-        self.datapath = NodeDatapath(cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max)
+        self.datapath = NodeDatapath(
+            cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max, lb_max=cfg.lb_max
+        )
         self.ipam_datastore: KubeDatastore | None = None
         self.ipam = self._make_ipam(cfg)
         self.identities: IdentityAllocator = LocalIdentityAllocator(
@@ -115,6 +125,8 @@ class Agent:
         self.pod_watcher: PodWatcher | None = None
         self.policy_watcher: PolicyWatcher | None = None
         self.service_watcher: ServiceWatcher | None = None
+        self.services: ServiceSyncer | None = None
+        """The service manager: the watcher's services into the BPF service maps."""
         self.endpoint_sync: EndpointSync | None = None
         self.node_manager: NodeManager | None = None
         self.health: ClusterHealthChecker | None = None
@@ -168,7 +180,8 @@ class Agent:
         self.crd_identities.on_deleted.append(self._cluster_identity_deleted)
         self.endpoint_sync = EndpointSync(self.kube, self.node, self._node_ips())
         self.node_manager = self._make_node_manager(self.kube)
-        self.service_watcher = ServiceWatcher(self.kube)  # read by nothing yet (issue #14)
+        self.service_watcher = ServiceWatcher(self.kube)
+        self.services = self._make_service_syncer(self.service_watcher)
         self.service_watcher.start()
         self.pod_watcher.start()
         self.policy_watcher.start()
@@ -195,6 +208,19 @@ class Agent:
         self.identities = self.crd_identities
         self.endpoints.use_identities(self.crd_identities)
         log.info("pods, namespaces and policies synced from %s", self.kube.host)
+
+    def _make_service_syncer(self, watcher: ServiceWatcher) -> ServiceSyncer:
+        """The service manager over the pinned maps (ids restored from them), fed by the
+        watcher's informers once its cache has each event; it writes nothing before the
+        watcher synced, then prunes what went while no agent ran."""
+        manager = ServiceManager(self.datapath.lb)
+        manager.restore()
+        syncer = ServiceSyncer(manager, watcher.services.services, watcher.services.get)
+        on_service, on_slice = syncer.handlers()
+        watcher.informers["services"].add_handler(on_service)
+        watcher.informers["endpointslices"].add_handler(on_slice)
+        self._spawn(syncer.run(watcher.wait_synced), "services")
+        return syncer
 
     async def _register_node(self, kube: KubeClient) -> None:
         """The node's CiliumNode, once the endpoints are restored and the health endpoint is
@@ -497,6 +523,16 @@ class Agent:
                 )
             )
         return out
+
+    def service_frontends(self) -> list[ServiceFrontend]:
+        """The frontends in the BPF service maps (``ciliary service list``)."""
+        known = self.services.manager.known() if self.services is not None else {}
+        return service_frontends(self.datapath.lb.dump(), known)
+
+    def lb_entries(self) -> list[LBMapEntry]:
+        """Every slot of the BPF service maps (``ciliary bpf lb list``)."""
+        known = self.services.manager.known() if self.services is not None else {}
+        return lb_map_entries(self.datapath.lb.dump(), known)
 
     def ipcache_entries(self) -> list[IPCacheEntry]:
         return [

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor-aggregation", choices=sorted(MONITOR_AGGREGATION), default="medium")
     p.add_argument("--monitor-aggregation-interval", type=float, default=5.0, metavar="SECONDS")
     p.add_argument("--bpf-ct-global-max", type=int, default=65536)
+    p.add_argument("--bpf-lb-map-max", type=int, default=65536,
+                   help="entries of each service map (slots, backends, rev-NAT)")  # fmt: skip
     p.add_argument("--mtu", type=int, default=1500)
     p.add_argument("--ipam", choices=["cluster-pool", "pools"], default="cluster-pool",
                    help="cluster-pool: this node's CIDRs (--ipv4/6-range); pools: Calico IPPools "
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         monitor_aggregation=args.monitor_aggregation,
         monitor_aggregation_interval_s=args.monitor_aggregation_interval,
         ct_max=args.bpf_ct_global_max,
+        lb_max=args.bpf_lb_map_max,
         mtu=args.mtu,
         ipam_mode=args.ipam,
         kubeconfig=args.kubeconfig,

@@ -180,6 +180,8 @@ class APIServer:
                 web.get(f"{p}/identity", self.identity_list),
                 web.get(f"{p}/identity/{{id}}", self.identity_get),
                 web.get(f"{p}/service", self.service_list),
+                web.get(f"{p}/service/frontend", self.service_frontend_list),
+                web.get(f"{p}/map/lb", self.lb_list),
                 web.get(f"{p}/cluster/nodes", self.node_list),
             ]
         )
@@ -328,6 +330,13 @@ class APIServer:
         """The service cache (read-only; empty without a Kubernetes API)."""
         watcher = self._agent.service_watcher
         return _json(watcher.services.services() if watcher is not None else [])
+
+    async def service_frontend_list(self, _: web.Request) -> web.Response:
+        """The frontends the BPF service maps hold, with ids and backends."""
+        return _json(self._agent.service_frontends())
+
+    async def lb_list(self, _: web.Request) -> web.Response:
+        return _json(self._agent.lb_entries())
 
     async def node_list(self, _: web.Request) -> web.Response:
         watcher = self._agent.service_watcher

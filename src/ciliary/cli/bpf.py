@@ -1,4 +1,5 @@
-"""``ciliary bpf ct list`` / ``ipcache list`` / ``policy get``: the datapath's maps, via the agent.
+"""``ciliary bpf ct list`` / ``nat list`` / ``lb list`` / ``ipcache list`` / ``policy get``: the
+datapath's maps, via the agent.
 
 Upstream's ``cilium-dbg bpf`` reads pinned maps directly; here the agent reads them and the CLI
 asks it over the socket, because the CLI must never touch the kernel (import-linter contract) and
@@ -39,6 +40,7 @@ from ciliary.core.models import (
     CTEntry,
     EndpointPolicyStatus,
     IPCacheEntry,
+    LBMapEntry,
     NATEntry,
     PolicyMapEntry,
 )
@@ -64,6 +66,13 @@ def register(sub: Subparsers) -> None:
     add_node_flag(natl)
     add_output_flag(natl)
     natl.set_defaults(func=run_nat_list)
+
+    lb = bsub.add_parser("lb", help="service (load-balancing) maps")
+    lbsub = lb.add_subparsers(dest="lb_cmd", required=True, metavar="COMMAND")
+    lbl = lbsub.add_parser("list", aliases=["ls"], help="list service map entries")
+    add_node_flag(lbl)
+    add_output_flag(lbl)
+    lbl.set_defaults(func=run_lb_list)
 
     ipc = bsub.add_parser("ipcache", help="IP to identity cache")
     ipcsub = ipc.add_subparsers(dest="ipcache_cmd", required=True, metavar="COMMAND")
@@ -172,6 +181,36 @@ def run_nat_list(args: argparse.Namespace, ctx: Context) -> int:
         print_json(entries)
     else:
         render_nat(ctx.console, entries)
+    return 0
+
+
+# --------------------------------------------------------------------------- lb
+
+
+def render_lb(console: Console, entries: list[LBMapEntry]) -> None:
+    """As ``cilium-dbg bpf lb list``: ``SERVICE ADDRESS (SLOT)`` then ``BACKEND ADDRESS
+    (REVNAT_ID) (SLOT)``; the service entry (slot 0) shows ``0.0.0.0:0`` and its flags."""
+    table = new_table("SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)")
+    for e in entries:
+        service = f"{fmt_addr(e.service_address, e.service_port)}/{e.protocol} ({e.slot})"
+        if e.backend_address is None:
+            zero = "[::]:0" if ":" in e.service_address else "0.0.0.0:0"
+            flags = f" [{', '.join(e.flags)}]" if e.flags else ""
+            backend = f"{zero} ({e.rev_nat_index}) ({e.slot}){flags}"
+        else:
+            addr = fmt_addr(e.backend_address, e.backend_port)
+            backend = f"{addr}/{e.protocol} ({e.rev_nat_index}) ({e.slot})"
+        table.add_row(Text(service), Text(backend))  # brackets are not markup
+    print_table(console, table)
+
+
+def run_lb_list(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        entries = client.lb_list()
+    if wants_json(args):
+        print_json(entries)
+    else:
+        render_lb(ctx.console, entries)
     return 0
 
 

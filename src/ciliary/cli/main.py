@@ -41,6 +41,7 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("identity", ("identity",)),
     ("policy", ("policy",)),
     ("ipam", ("ipam",)),
+    ("service", ("service",)),
     ("bpf", ("bpf",)),
     ("monitor", ("monitor",)),
     ("hubble", ("observe", "hubble")),

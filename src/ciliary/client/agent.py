@@ -43,12 +43,14 @@ from ciliary.core.models import (
     IPAMAllocateResponse,
     IPAMListing,
     IPCacheEntry,
+    LBMapEntry,
     MonitorEvent,
     NATEntry,
     NodeInfo,
     PolicyChangeResponse,
     PolicyImportRequest,
     PolicyListResponse,
+    ServiceFrontend,
     ServiceInfo,
     StatusResponse,
     TraceRequest,
@@ -82,6 +84,8 @@ _EP_POLICY = TypeAdapter(EndpointPolicyStatus)
 _IDENTITY = TypeAdapter(IdentityInfo)
 _IDENTITIES = TypeAdapter(list[IdentityInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
+_FRONTENDS = TypeAdapter(list[ServiceFrontend])
+_LB = TypeAdapter(list[LBMapEntry])
 _NODES = TypeAdapter(list[NodeInfo])
 
 
@@ -347,6 +351,14 @@ class AgentClient:
     def services(self) -> list[ServiceInfo]:
         """The agent's service cache (Services with their EndpointSlices' backends)."""
         return self._get(_SERVICES, "/service")
+
+    def service_frontends(self) -> list[ServiceFrontend]:
+        """The frontends in the BPF service maps, with ids and backends."""
+        return self._get(_FRONTENDS, "/service/frontend")
+
+    def lb_list(self) -> list[LBMapEntry]:
+        """Every slot of the BPF service maps."""
+        return self._get(_LB, "/map/lb")
 
     def cluster_nodes(self) -> list[NodeInfo]:
         return self._get(_NODES, "/cluster/nodes")

@@ -300,6 +300,45 @@ class BackendInfo(_Model):
     ports: dict[str, L4Addr] = Field(description="the slices' ports by name ('' if unnamed)")
 
 
+class LBBackend(_Model):
+    """One backend of a programmed frontend (``ciliary service list``'s ``1 => addr (active)``)."""
+
+    id: int
+    address: str
+    port: int
+    protocol: str
+    state: Literal["active", "terminating", "quarantined", "maintenance"]
+
+
+class ServiceFrontend(_Model):
+    """One frontend as the BPF service maps hold it (``ciliary service list``, as
+    ``cilium-dbg service list``): its id (= rev-NAT index), address, port, protocol, the service
+    it belongs to (when this agent programmed it) and its backends in slot order."""
+
+    id: int
+    address: str
+    port: int
+    protocol: str
+    type: str
+    namespace: str | None = None
+    name: str | None = None
+    backends: list[LBBackend]
+
+
+class LBMapEntry(_Model):
+    """One slot of a service map (``ciliary bpf lb list``, as ``cilium-dbg bpf lb list``):
+    slot 0 is the service entry (no backend), slots 1..count name a backend."""
+
+    service_address: str
+    service_port: int
+    protocol: str
+    slot: int
+    rev_nat_index: int
+    backend_address: str | None = None
+    backend_port: int | None = None
+    flags: list[str]
+
+
 class ServiceInfo(_Model):
     """A Service as the agent's service cache holds it (Cilium's ``k8s.Service`` + backends)."""
 

@@ -1,0 +1,439 @@
+"""The agent's service manager: the service cache (``agent.k8s.services``) into the BPF service
+maps (``bpf/lib/lb.h``), the one writer of those maps, as Cilium's ``ServiceManager``.
+
+What is programmed: each ClusterIP of a Service (every family it has) times each of its ports is a
+frontend (address, port, protocol), and the address alone a wildcard frontend (port 0, protocol
+0, no backends: the datapath drops anything else sent to a ClusterIP). A frontend's backends are
+the service's ready endpoints of the frontend's family that list the port (by the port's name,
+with its protocol); only when none is ready, the serving terminating ones (flagged terminating),
+as upstream. NodePort, externalIPs, LoadBalancer ingress addresses and session affinity are not
+programmed yet (issue #14's later steps): such a Service gets its ClusterIP frontends only.
+
+IDs, stable across agent restarts: each frontend has an id (1..65535) that is also its rev-NAT
+index, each backend (address, port, protocol; shared by the frontends that use it) an id
+(1..2^32-1). :meth:`ServiceManager.restore` reads both back from the pinned maps at start, so the
+connections the datapath kept translating while no agent ran keep their reverse translation.
+
+Update order, so that no packet ever reads a slot naming a missing backend and a frontend never
+counts slots it does not have: (1) new or changed backends, (2) a new frontend's rev-NAT entry,
+(3) its slots 1..n, (4) its slot 0 (count n), then (5) slots beyond n, (6) frontends no longer
+wanted (slot 0 first, then its slots and rev-NAT entry), (7) backends no frontend uses any more.
+A removed backend is thus out of every slot before it leaves the backend map, and the
+datapath gives its established connections another backend (their service conntrack entry
+names a backend id that no longer resolves).
+
+Sans-IO core: :func:`desired_frontends` (services → frontends) and :class:`ServiceManager`
+over any :class:`LBWriter` (the real :class:`~ciliary.datapath.maps.lb.LBMaps`, or a dict in
+the unit tests); :class:`ServiceSyncer` runs it from the watcher's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Literal, Protocol
+
+from ciliary.agent.k8s.services import SERVICE_NAME_LABEL
+from ciliary.core.models import LBBackend, LBMapEntry, ServiceFrontend, ServiceInfo
+from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6
+from ciliary.datapath.maps.lb import (
+    BE_STATE_ACTIVE,
+    BE_STATE_TERMINATING,
+    SVC_FLAG_WILDCARD,
+    Backend,
+    Frontend,
+    LBState,
+    ServiceValue,
+)
+from ciliary.kube.client import KubeObject
+from ciliary.kube.informer import HandlerFuncs
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PROTOCOLS",
+    "FrontendSpec",
+    "IDAllocator",
+    "LBWriter",
+    "ServiceManager",
+    "ServiceSyncer",
+    "desired_frontends",
+    "lb_map_entries",
+    "service_frontends",
+]
+
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+FRONTEND_ID_MAX = 0xFFFF
+BACKEND_ID_MAX = 0xFFFFFFFF
+
+ServiceKey = tuple[str, str]
+
+
+class LBWriter(Protocol):
+    """What the manager writes to: :class:`~ciliary.datapath.maps.lb.LBMaps`' operations."""
+
+    def upsert_slot(self, fe: Frontend, slot: int, value: ServiceValue) -> None: ...
+    def delete_slot(self, fe: Frontend, slot: int) -> None: ...
+    def upsert_backend(self, backend_id: int, backend: Backend) -> None: ...
+    def delete_backend(self, backend_id: int, family: int) -> None: ...
+    def upsert_rev_nat(self, index: int, fe: Frontend) -> None: ...
+    def delete_rev_nat(self, index: int, family: int) -> None: ...
+    def dump(self) -> LBState: ...
+
+
+@dataclass(frozen=True)
+class FrontendSpec:
+    """What one frontend should hold."""
+
+    service: ServiceKey
+    type: str
+    backends: tuple[Backend, ...]
+    flags2: int = 0
+
+
+def _family(addr: str) -> int:
+    return AF_INET4 if ip_address(addr).version == 4 else AF_INET6
+
+
+def desired_frontends(services: Iterable[ServiceInfo]) -> dict[Frontend, FrontendSpec]:
+    """The frontends the services ask for (see the module's docstring for which)."""
+    out: dict[Frontend, FrontendSpec] = {}
+    for svc in services:
+        key = (svc.namespace, svc.name)
+        for cluster_ip in svc.cluster_ips:
+            vip = ip_address(cluster_ip)
+            out[Frontend(vip, 0, 0)] = FrontendSpec(key, svc.type, (), SVC_FLAG_WILDCARD)
+            family = _family(cluster_ip)
+            for port in svc.ports:
+                proto = PROTOCOLS.get(port.protocol)
+                if proto is None:
+                    continue
+                ready: list[Backend] = []
+                terminating: list[Backend] = []
+                for b in svc.backends:
+                    l4 = b.ports.get(port.name)
+                    if l4 is None or l4.protocol != port.protocol or _family(b.address) != family:
+                        continue
+                    addr = ip_address(b.address)
+                    if b.ready and not b.terminating:
+                        ready.append(Backend(addr, l4.port, proto, BE_STATE_ACTIVE))
+                    elif b.serving:
+                        terminating.append(Backend(addr, l4.port, proto, BE_STATE_TERMINATING))
+                chosen = ready or terminating
+                out[Frontend(vip, port.port, proto)] = FrontendSpec(
+                    key, svc.type, tuple(sorted(chosen))
+                )
+    return out
+
+
+class IDAllocator:
+    """Ids in [1, high]: the lowest free one after the last handed out (wrapping), so a just
+    released id is not reused at once."""
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+        self._used: set[int] = set()
+        self._next = 1
+
+    def claim(self, value: int) -> None:
+        """An id found in the maps at start."""
+        self._used.add(value)
+
+    def allocate(self) -> int:
+        if len(self._used) >= self.high:
+            raise RuntimeError(f"all {self.high} ids are in use")
+        candidate = self._next
+        while candidate in self._used:
+            candidate = candidate % self.high + 1
+        self._used.add(candidate)
+        self._next = candidate % self.high + 1
+        return candidate
+
+    def release(self, value: int) -> None:
+        self._used.discard(value)
+
+    def __contains__(self, value: int) -> bool:
+        return value in self._used
+
+
+@dataclass
+class _Programmed:
+    """A frontend as it is in the maps."""
+
+    id: int
+    backend_ids: tuple[int, ...]
+    flags2: int
+    service: ServiceKey | None = None
+    type: str = ""
+
+
+@dataclass
+class ServiceManager:
+    """The maps' content as this agent knows it, and the ordered writes that change it."""
+
+    maps: LBWriter
+    frontends: dict[Frontend, _Programmed] = field(default_factory=dict)
+    backends: dict[int, Backend] = field(default_factory=dict)
+    _backend_ids: dict[Backend, int] = field(default_factory=dict)
+    _fe_ids: IDAllocator = field(default_factory=lambda: IDAllocator(FRONTEND_ID_MAX))
+    _be_ids: IDAllocator = field(default_factory=lambda: IDAllocator(BACKEND_ID_MAX))
+
+    def restore(self) -> None:
+        """Frontend and backend ids from the pinned maps (an agent restart keeps them)."""
+        state = self.maps.dump()
+        for backend_id, backend in state.backends.items():
+            self.backends[backend_id] = backend
+            self._backend_ids[backend] = backend_id
+            self._be_ids.claim(backend_id)
+        for (fe, slot), value in state.slots.items():
+            if slot != 0:
+                continue
+            ids = tuple(
+                state.slots[(fe, i)].backend_id if (fe, i) in state.slots else 0
+                for i in range(1, value.count + 1)
+            )
+            self.frontends[fe] = _Programmed(value.rev_nat_index, ids, value.flags2)
+            self._fe_ids.claim(value.rev_nat_index)
+        log.info(
+            "restored %d service frontends and %d backends from the BPF maps",
+            len(self.frontends),
+            len(self.backends),
+        )
+
+    def _backend_id(self, backend: Backend) -> int:
+        have = self._backend_ids.get(backend)
+        if have is not None:
+            if self.backends[have].state != backend.state:
+                self.maps.upsert_backend(have, backend)
+                self.backends[have] = backend
+            return have
+        new = self._be_ids.allocate()
+        self.maps.upsert_backend(new, backend)
+        self.backends[new] = backend
+        self._backend_ids[backend] = new
+        return new
+
+    def sync(
+        self, desired: Mapping[Frontend, FrontendSpec], owned: Iterable[Frontend] | None = None
+    ) -> int:
+        """Makes the maps hold ``desired``. ``owned``: the programmed frontends this update may
+        remove (those of the services it covers); None = every frontend not desired (a full
+        sync). Returns the number of frontends written or removed."""
+        changed = 0
+        wanted: dict[Frontend, tuple[FrontendSpec, tuple[int, ...]]] = {}
+        for fe, spec in desired.items():  # (1) backends first
+            wanted[fe] = (spec, tuple(self._backend_id(b) for b in spec.backends))
+        shrink: list[tuple[Frontend, int, int]] = []
+        for fe, (spec, ids) in wanted.items():
+            have = self.frontends.get(fe)
+            if have is not None:
+                have.service, have.type = spec.service, spec.type
+                if have.backend_ids == ids and have.flags2 == spec.flags2:
+                    continue
+            else:
+                have = _Programmed(
+                    self._fe_ids.allocate(), (), spec.flags2, spec.service, spec.type
+                )
+                self.maps.upsert_rev_nat(have.id, fe)  # (2)
+            for slot, backend_id in enumerate(ids, start=1):  # (3)
+                if slot > len(have.backend_ids) or have.backend_ids[slot - 1] != backend_id:
+                    self.maps.upsert_slot(fe, slot, ServiceValue(backend_id=backend_id))
+            head = ServiceValue(count=len(ids), rev_nat_index=have.id, flags2=spec.flags2)
+            self.maps.upsert_slot(fe, 0, head)  # (4)
+            if len(have.backend_ids) > len(ids):
+                shrink.append((fe, len(ids), len(have.backend_ids)))
+            have.backend_ids, have.flags2 = ids, spec.flags2
+            self.frontends[fe] = have
+            changed += 1
+        for fe, new_count, old_count in shrink:  # (5)
+            for slot in range(new_count + 1, old_count + 1):
+                self.maps.delete_slot(fe, slot)
+        candidates = list(self.frontends) if owned is None else list(owned)
+        for fe in candidates:  # (6)
+            if fe in wanted or fe not in self.frontends:
+                continue
+            gone = self.frontends.pop(fe)
+            self.maps.delete_slot(fe, 0)
+            for slot in range(1, len(gone.backend_ids) + 1):
+                self.maps.delete_slot(fe, slot)
+            self.maps.delete_rev_nat(gone.id, fe.family)
+            self._fe_ids.release(gone.id)
+            changed += 1
+        self._collect_backends()  # (7)
+        return changed
+
+    def _collect_backends(self) -> None:
+        used = {i for p in self.frontends.values() for i in p.backend_ids}
+        for backend_id in [i for i in self.backends if i not in used]:
+            backend = self.backends.pop(backend_id)
+            if self._backend_ids.get(backend) == backend_id:
+                del self._backend_ids[backend]
+            self.maps.delete_backend(backend_id, _family(str(backend.address)))
+            self._be_ids.release(backend_id)
+
+    def owned_by(self, service: ServiceKey) -> list[Frontend]:
+        return [fe for fe, p in self.frontends.items() if p.service == service]
+
+    def known(self) -> dict[Frontend, tuple[ServiceKey | None, str]]:
+        """The service and type of each frontend (restored ones: unknown until synced)."""
+        return {fe: (p.service, p.type) for fe, p in self.frontends.items()}
+
+
+class ServiceSyncer:
+    """Runs the manager from the service watcher's events: a full sync once the watcher has
+    synced (frontends of services deleted while no agent ran go then, not before), then each
+    changed service on its own, as soon as the event is in (no batching delay: a deleted
+    backend must leave the maps before the client's next connection)."""
+
+    def __init__(
+        self,
+        manager: ServiceManager,
+        services: Callable[[], list[ServiceInfo]],
+        get: Callable[[str, str], ServiceInfo | None],
+    ) -> None:
+        self.manager = manager
+        self._services = services
+        self._get = get
+        self._dirty: set[ServiceKey] = set()
+        self._wake = asyncio.Event()
+        self._full = False
+        self.synced = asyncio.Event()
+
+    def handlers(self) -> tuple[HandlerFuncs, HandlerFuncs]:
+        """Informer handlers (registered after the cache's, so it is current when they run):
+        one for Services, one for EndpointSlices (filed under their service-name label)."""
+
+        def svc(obj: KubeObject) -> None:
+            meta = obj.get("metadata") or {}
+            self.changed(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+        def eps(obj: KubeObject) -> None:
+            meta = obj.get("metadata") or {}
+            name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+            if name:
+                self.changed(str(meta.get("namespace") or ""), str(name))
+
+        def both(fn: Callable[[KubeObject], None]) -> Callable[[KubeObject, KubeObject], None]:
+            def update(old: KubeObject, new: KubeObject) -> None:
+                fn(old)
+                fn(new)
+
+            return update
+
+        return (
+            HandlerFuncs(add=svc, update=both(svc), delete=svc),
+            HandlerFuncs(add=eps, update=both(eps), delete=eps),
+        )
+
+    def changed(self, namespace: str, name: str) -> None:
+        """A Service or one of its EndpointSlices changed (called from informer handlers)."""
+        self._dirty.add((namespace, name))
+        self._wake.set()
+
+    async def run(self, watcher_synced: Callable[[], Awaitable[None]]) -> None:
+        await watcher_synced()
+        self.manager.sync(desired_frontends(self._services()))
+        self._dirty.clear()
+        self.synced.set()
+        log.info("services programmed: %d frontends", len(self.manager.frontends))
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            for key in sorted(dirty):
+                try:
+                    svc = self._get(*key)
+                    desired = desired_frontends([svc] if svc is not None else [])
+                    self.manager.sync(desired, owned=self.manager.owned_by(key))
+                except Exception:
+                    log.exception("programming service %s/%s failed", *key)
+                    self._dirty.add(key)  # again with the next event
+
+
+# ---- listings for the API (what is in the maps, with the names this agent knows) ----
+
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
+_STATES: dict[int, Literal["active", "terminating", "quarantined", "maintenance"]] = {
+    BE_STATE_ACTIVE: "active",
+    BE_STATE_TERMINATING: "terminating",
+    2: "quarantined",
+    3: "maintenance",
+}
+
+
+def _proto_name(proto: int) -> str:
+    return PROTOCOL_NAMES.get(proto, "ANY" if proto == 0 else str(proto))
+
+
+def service_frontends(
+    state: LBState, known: Mapping[Frontend, tuple[ServiceKey | None, str]]
+) -> list[ServiceFrontend]:
+    """Every frontend in the maps but the wildcards, sorted by id; ``known``: the service and
+    type of the frontends this agent programmed."""
+    out = []
+    for (fe, slot), head in state.slots.items():
+        if slot != 0 or head.flags2 & SVC_FLAG_WILDCARD:
+            continue
+        backends = []
+        for i in range(1, head.count + 1):
+            value = state.slots.get((fe, i))
+            backend = state.backends.get(value.backend_id) if value is not None else None
+            if value is None or backend is None:
+                continue
+            backends.append(
+                LBBackend(
+                    id=value.backend_id,
+                    address=str(backend.address),
+                    port=backend.port,
+                    protocol=_proto_name(backend.proto),
+                    state=_STATES.get(backend.state, "active"),
+                )
+            )
+        service, svc_type = known.get(fe, (None, ""))
+        out.append(
+            ServiceFrontend(
+                id=head.rev_nat_index,
+                address=str(fe.address),
+                port=fe.port,
+                protocol=_proto_name(fe.proto),
+                type=svc_type or "ClusterIP",
+                namespace=service[0] if service else None,
+                name=service[1] if service else None,
+                backends=backends,
+            )
+        )
+    return sorted(out, key=lambda f: f.id)
+
+
+def lb_map_entries(
+    state: LBState, known: Mapping[Frontend, tuple[ServiceKey | None, str]]
+) -> list[LBMapEntry]:
+    """Every slot of both service maps, frontend by frontend (slot 0 first)."""
+    out = []
+    for (fe, slot), value in sorted(
+        state.slots.items(), key=lambda kv: (*kv[0][0].sort_key, kv[0][1])
+    ):
+        head = state.slots.get((fe, 0))
+        flags: list[str] = []
+        backend = None
+        if slot == 0:
+            flags = [known.get(fe, (None, ""))[1] or "ClusterIP", "non-routable"]
+            if value.flags2 & SVC_FLAG_WILDCARD:
+                flags.append("wildcard")
+        else:
+            backend = state.backends.get(value.backend_id)
+        entry = LBMapEntry(
+            service_address=str(fe.address),
+            service_port=fe.port,
+            protocol=_proto_name(fe.proto),
+            slot=slot,
+            rev_nat_index=head.rev_nat_index if head is not None else 0,
+            backend_address=str(backend.address) if backend is not None else None,
+            backend_port=backend.port if backend is not None else None,
+            flags=flags,
+        )
+        out.append(entry)
+    return out

@@ -1,0 +1,253 @@
+"""A dual-stack ClusterIP Service in a 2-node lab, through the tc-level load balancer
+(bpf/lib/lb.h), in both routing modes: 3 backend pods (one on the client's node, two on the
+other), the Service's frontends and backends in both nodes' ``ciliary bpf lb list`` and
+``ciliary service list`` with the maps' ids; from a client pod, repeated HTTP GETs to
+ClusterIP:80 reach every backend, over IPv4 and IPv6 (each answer names its pod; a TCP exchange
+that completes proves the replies came back from the VIP, reverse-translated), UDP through the
+ClusterIP echoes from the VIP (a connected UDP socket takes nothing else), an ICMP echo to the
+ClusterIP is not answered (dropped, as upstream: no such service port); a policy on the
+backends allowing only the client on the *target* port 8080 is enforced after translation (the
+other pod is dropped, Policy denied, its flow naming the backend and port 8080); a deleted
+backend pod leaves both nodes' maps and no request reaches it afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ciliary.lab import manager
+from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.kubectl import get_json, kubectl, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  routingMode: {mode}
+  autoDirectNodeRoutes: {direct}
+  nodes:
+  - name: {n1}
+  - name: {n2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, labels: {{app: client}}}}
+spec:
+  nodeName: {n1}
+  containers: [{{name: main, command: [ciliary, workload, pause]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: other, labels: {{app: other}}}}
+spec:
+  nodeName: {n1}
+  containers: [{{name: main, command: [ciliary, workload, pause]}}]
+{backends}"""
+
+# (a lab file holds no Services: created through the lab's API)
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ipFamilyPolicy: PreferDualStack
+  ports:
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+  - {name: echo, port: 53, targetPort: 5353, protocol: UDP}
+"""
+
+BACKEND = """\
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: web}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: web
+    command: [ciliary, workload, http-server, --port, "8080"]
+  - name: echo
+    command: [ciliary, workload, echo-server, --udp-port, "5353"]
+"""
+
+ONLY_CLIENT = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-client}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+
+# N GETs to a URL, each a new connection; prints the answering pods as a JSON list (a failed
+# one counts as "error"), and the peer address of one more connection's socket.
+GETS = """\
+import json, socket, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+pods = []
+for _ in range(int(sys.argv[3])):
+    try:
+        host = f"[{sys.argv[1]}]" if ":" in sys.argv[1] else sys.argv[1]
+        with opener.open(f"http://{host}:{sys.argv[2]}/", timeout=2) as r:
+            pods.append(json.load(r)["pod"])
+    except OSError as err:
+        pods.append("error")
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2) as s:
+        peer = s.getpeername()[0]
+except OSError as err:
+    peer = f"error: {err}"
+print(json.dumps({"pods": pods, "peer": peer}))
+"""
+
+BACKENDS = ("web-a", "web-b", "web-c")
+
+
+@dataclass(frozen=True)
+class SvcLab:
+    name: str
+    mode: str
+    nodes: list[str]
+    kubeconfig: str
+
+    def ip(self, pod: str) -> str:
+        addr = manager.find_pod(manager.record(self.name), pod).ipv4
+        assert addr is not None, pod
+        return addr.partition("/")[0]
+
+    def run(self, pod: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        return manager.run_in_pod(pod, list(argv), name=self.name, timeout=60)
+
+    def cli(self, node: str, *argv: str) -> Any:
+        res = subprocess.run(
+            [CILIARY, "--node", node, *argv, "-o", "json"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, (argv, res.stdout, res.stderr)
+        return json.loads(res.stdout)
+
+    def vip(self, family: int = 4) -> str:
+        ips = get_json(self.kubeconfig, "service", "web")["spec"]["clusterIPs"]
+        return str(next(ip for ip in ips if (":" in ip) == (family == 6)))
+
+    def gets(self, pod: str, count: int, family: int = 4) -> dict[str, Any]:
+        res = self.run(pod, sys.executable, "-c", GETS, self.vip(family), "80", str(count))
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        out: dict[str, Any] = json.loads(res.stdout)
+        return out
+
+
+@pytest.fixture(scope="module", params=["tunnel", "native"])
+def lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SvcLab]:
+    mode = str(request.param)
+    name, nodes = unique("svc"), [unique("n") for _ in range(2)]
+    placement = {"web-a": nodes[0], "web-b": nodes[1], "web-c": nodes[1]}
+    backends = "".join(BACKEND.format(name=n, node=node) for n, node in placement.items())
+    path = tmp_path_factory.mktemp("services") / "lab.yaml"
+    direct = str(mode == "native").lower()
+    path.write_text(
+        LAB.format(lab=name, mode=mode, direct=direct, n1=nodes[0], n2=nodes[1], backends=backends)
+    )
+    with kube_lab(path, name, nodes) as kubeconfig:
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICE)
+        yield SvcLab(name, mode, nodes, kubeconfig)
+
+
+def _backends_in_maps(lab: SvcLab, node: str, vip: str) -> set[str]:
+    return {
+        e["backend_address"]
+        for e in lab.cli(node, "bpf", "lb", "list")
+        if e["service_address"] == vip and e["service_port"] == 80 and e["slot"] > 0
+    }
+
+
+def _wait_backends(lab: SvcLab, node: str, vip: str, ok: Callable[[set[str]], bool]) -> None:
+    wait_for(f"{node}'s maps", lambda: ok(_backends_in_maps(lab, node, vip)), 30)
+
+
+def test_clusterip_balances_over_every_backend_on_both_nodes(lab: SvcLab) -> None:
+    vip = lab.vip()
+    want = {lab.ip(p) for p in BACKENDS}
+    for node in lab.nodes:
+        _wait_backends(lab, node, vip, lambda have: have == want)
+    listed = lab.cli(lab.nodes[0], "service", "list")
+    http = next(f for f in listed if f["address"] == vip and f["port"] == 80)
+    assert http["protocol"] == "TCP" and http["type"] == "ClusterIP", http
+    assert (http["namespace"], http["name"]) == ("default", "web")
+    assert {(b["address"], b["port"], b["state"]) for b in http["backends"]} == {
+        (a, 8080, "active") for a in want
+    }
+    lb = lab.cli(lab.nodes[0], "bpf", "lb", "list")
+    heads = [e for e in lb if (e["service_address"], e["service_port"], e["slot"]) == (vip, 80, 0)]
+    head = heads[0]
+    assert head["rev_nat_index"] == http["id"]
+
+    got = lab.gets("default/client", 30)
+    assert set(got["pods"]) == set(BACKENDS), got  # every backend, no error
+    assert got["peer"] == vip
+    got6 = lab.gets("default/client", 30, family=6)  # the IPv6 ClusterIP of the same Service
+    assert set(got6["pods"]) == set(BACKENDS), got6
+    assert got6["peer"] == lab.vip(6)
+
+    udp = lab.run("default/client", "ciliary", "workload", "udp-echo", vip, "53", "--count", "3")
+    assert udp.returncode == 0, (udp.stdout, udp.stderr)
+    ping = lab.run("default/client", "ciliary", "workload", "ping", vip, "-c", "1", "-W", "1")
+    assert ping.returncode != 0, ping.stdout
+
+
+def _observe(lab: SvcLab, node: str, *flags: str) -> list[dict[str, Any]]:
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+    res = subprocess.run(
+        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock", "--last",
+         "1000", "-o", "jsonpb", *flags],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+def test_policy_on_the_backends_applies_after_translation(lab: SvcLab) -> None:
+    kubectl(lab.kubeconfig, "apply", "-f", "-", stdin=ONLY_CLIENT)
+    try:
+        wait_for("other denied", lambda: lab.gets("default/other", 1)["pods"][0] == "error", 30)
+        assert all(p in BACKENDS for p in lab.gets("default/client", 6)["pods"])
+        backends = {lab.ip(p) for p in BACKENDS}
+
+        def denied() -> list[dict[str, Any]]:
+            return [
+                f
+                for node in lab.nodes
+                for f in _observe(lab, node, "--verdict", "DROPPED", "--from-pod", "default/other")
+                if f.get("drop_reason_desc") == "POLICY_DENIED"
+            ]
+
+        drop = wait_for("a Policy denied drop of other's connection", denied, 20)[-1]
+        # the backend and its target port: the policy saw the translated packet
+        assert drop["IP"]["destination"] in backends, drop
+        assert drop["l4"]["TCP"]["destination_port"] == 8080, drop
+    finally:
+        kubectl(lab.kubeconfig, "delete", "cnp", "web-from-client")
+
+
+def test_a_deleted_backend_leaves_both_nodes_maps_before_the_next_request(lab: SvcLab) -> None:
+    vip = lab.vip()
+    gone = lab.ip("web-c")
+    kubectl(lab.kubeconfig, "delete", "pod", "web-c", "--wait=false")
+    for node in lab.nodes:
+        _wait_backends(lab, node, vip, lambda have: gone not in have)
+    got = lab.gets("default/client", 20)
+    assert set(got["pods"]) <= {"web-a", "web-b"}, got
