@@ -56,6 +56,10 @@ DEFAULT_PROBE_INTERVAL_S = 60.0
 """Upstream's probe interval (cilium-health's ``--interval`` default)."""
 HELLO_PATH = "/hello"
 MAX_PROBE_TIMEOUT_S = 5.0
+RETRY_AFTER_FAILURE_S = 5.0
+"""A round that found a path down is followed by the next one this soon (or at the interval,
+when shorter): a node that joined before its agent answered, or a blip, does not show
+unreachable for a whole minute."""
 """A probe waits at most this long (less when the interval is shorter)."""
 
 ProbeKind = Literal["icmp", "http"]
@@ -100,6 +104,10 @@ class HealthBook:
 
     def round_done(self, at: float) -> None:
         self.last_probe = at
+
+    def any_failed(self) -> bool:
+        """Did the last results of some path fail?"""
+        return any(not r.ok for r in self._results.values())
 
     def _path(self, node: str, address: str) -> PathStatus:
         return PathStatus(
@@ -349,6 +357,7 @@ class ClusterHealthChecker:
         interval_s: float = DEFAULT_PROBE_INTERVAL_S,
         port: int = HEALTH_PORT,
         listen_host: str | None = None,
+        retry_s: float = RETRY_AFTER_FAILURE_S,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"cluster health interval must be > 0 s, got {interval_s}")
@@ -358,6 +367,8 @@ class ClusterHealthChecker:
         self._listen_host = listen_host
         """None: every address of the node's netns (tests pass loopback)."""
         self.interval_s = interval_s
+        self.retry_s = min(retry_s, interval_s)
+        """The wait after a round with a failed path."""
         self.timeout_s = min(MAX_PROBE_TIMEOUT_S, interval_s)
         self.book = HealthBook(interval_s, port)
         self._pinger = Pinger()
@@ -399,8 +410,9 @@ class ClusterHealthChecker:
                 await self.probe_once()
             except Exception:  # a round's failure is logged; the next round tries again
                 log.exception("cluster health: probe round failed")
+            wait = self.retry_s if self.book.any_failed() else self.interval_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def probe_once(self) -> None:
         """One round: every address of every target, ICMP and HTTP, concurrently."""

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 from rich.console import Console
 
+from ciliary.agent import health
 from ciliary.agent.health import (
     ClusterHealthChecker,
     HealthBook,
@@ -168,6 +169,41 @@ def test_checker_round_probes_every_target_and_a_missing_responder_is_unreachabl
                     break
                 await asyncio.sleep(0.1)
             assert report.reachable() == 1, report
+        finally:
+            await checker.stop()
+
+    asyncio.run(run())
+
+
+def test_a_failed_path_is_probed_again_soon_not_after_the_interval() -> None:
+    """A node whose responder was not up yet at the first round shows reachable after the
+    retry wait, not after the (here one-minute) interval."""
+
+    async def run() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        targets = [HealthTarget("late", ("127.0.0.1",))]
+        checker = ClusterHealthChecker(  # its own responder elsewhere: 127.0.0.2
+            lambda: targets, interval_s=60, port=port, listen_host="127.0.0.2", retry_s=0.2
+        )
+        await checker.start()
+        try:
+            for _ in range(50):
+                if checker.report().last_probe is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert checker.report().reachable() == 0  # nothing answers on 127.0.0.1 yet
+            late = await asyncio.start_server(health._answer, "127.0.0.1", port)
+            try:
+                for _ in range(40):
+                    if checker.report().reachable() == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert checker.report().reachable() == 1, checker.report()
+            finally:
+                late.close()
+                await late.wait_closed()
         finally:
             await checker.stop()
 
