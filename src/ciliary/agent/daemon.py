@@ -139,6 +139,8 @@ class Agent:
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._serving = asyncio.Event()
+        """Set once the agent serves: its ring reader runs (the health prober waits for it)."""
 
     @staticmethod
     def _pod_mtu(cfg: AgentConfig) -> int:
@@ -190,7 +192,7 @@ class Agent:
         if self.cfg.health.enabled:  # probes once the node manager knows the cluster's nodes
             self.health = ClusterHealthChecker(
                 self._health_targets,
-                ready=self.node_manager.wait_synced,
+                ready=self._health_ready,
                 interval_s=self.cfg.health.interval_s,
                 port=self.cfg.health.port,
             )
@@ -247,6 +249,14 @@ class Agent:
         """This node's IPs on the underlay (``--ipv4-node``, ``--ipv6-node``), IPv4 first."""
         net = self.cfg.network
         return [str(a) for a in (net.ipv4_node, net.ipv6_node) if a is not None]
+
+    async def _health_ready(self) -> None:
+        """The first round once the node manager knows the cluster's nodes and the agent
+        serves: a probe of this node's health endpoint is a datapath event, which must not
+        land in a ring no reader drains yet (a restart after an outage: it would be lost)."""
+        assert self.node_manager is not None
+        await self.node_manager.wait_synced()
+        await self._serving.wait()
 
     def _health_targets(self) -> list[HealthTarget]:
         nm = self.node_manager
@@ -397,6 +407,7 @@ class Agent:
         await self.hubble.start()
         self.monitor.start()
         await self.server.start()
+        self._serving.set()
         self._spawn(self._ct_gc(), "ct-gc")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
