@@ -365,14 +365,9 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         _publish_cluster(rec, lab_file)
         dns = _cluster_dns_pod(rec, lab_file)
         # the kubelet role starts while the nodes are made, it takes each node as it registers;
-        # the operator too: each agent waits for the pod CIDRs it allocates (cluster-pool v2);
-        # the controller manager too: its DNS records are there before the DNS pod starts
+        # the operator too: each agent waits for the pod CIDRs it allocates (cluster-pool v2)
         _start_cluster_processes(
-            rec,
-            [KUBELET, OPERATOR, CONTROLLER_MANAGER],
-            wait=False,
-            operator_flags=_cluster_pool_flags(lab_file),
-            dns_records=dns_records_file(rec.name) if dns is not None else None,
+            rec, [KUBELET, OPERATOR], wait=False, operator_flags=_cluster_pool_flags(lab_file)
         )
         cidrs = schema.node_cidrs(lab_file)
         with _step(progress, f"lab network: {network.netns}, {network.bridge}, the API on it"):
@@ -390,6 +385,14 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         if externals and network.routing_mode == "native":
             with _step(progress, "world: routes to the pod CIDRs via the nodes"):
                 underlay.route_world(network, rec.externals, rec.nodes)
+        # the controller manager once the nodes are there (started with them, its start-up slowed
+        # theirs more than it saved); its DNS records are on disk before the DNS pod starts
+        _start_cluster_processes(
+            rec,
+            [CONTROLLER_MANAGER],
+            wait=False,
+            dns_records=dns_records_file(rec.name) if dns is not None else None,
+        )
         text = Path(path).read_text() if path is not None else schema.DEFAULT_SCENARIO
         docs = _manifests(text, lab_file)
         if dns is not None:
