@@ -57,8 +57,18 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	if (lb->rev_nat_index && ct.entry) {
 		/* the connection's replies get the frontend back; its service entry lives as long */
 		ct.entry->rev_nat_index = lb->rev_nat_index;
+		if (lb->loopback)
+			ct.entry->flags |= CT_F_LOOPBACK;
 		if (lb->svc_ct)
 			lb->svc_ct->expires_ns = ct.entry->expires_ns;
+	} else if (ct.state == CT_REPLY && ct.entry && (ct.entry->flags & CT_F_LOOPBACK)) {
+		/* a hairpinned connection's reply: to the pod itself, from the frontend */
+		ret = lb_loopback_reply(skb, p);
+		if (ret < 0)
+			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
+		dst = lookup_endpoint(p->daddr, p->family);
+		dst_id = src_id;
+		tunnel_ep = 0;
 	}
 
 	/* Policy: replies of allowed connections pass on conntrack; everything else is checked

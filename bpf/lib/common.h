@@ -162,6 +162,9 @@ struct ct_key {
  * the stack may have NATed them (portmap's hostPort DNAT), so the replies go back through the
  * stack too, where its conntrack undoes the NAT, never straight to a local pod. */
 #define CT_F_VIA_STACK 0x10
+/* A pod's connection to a service that chose the pod itself (hairpin): the request's source was
+ * rewritten to the loopback address (lib/lb.h), so the reply is sent back to it. */
+#define CT_F_LOOPBACK 0x20
 
 struct ct_entry {
 	__u64 created_ns;

@@ -23,7 +23,9 @@
  * DNATed (address, port, checksums) before anything else looks at its destination, so identity,
  * conntrack, policy and routing see the backend; the connection's own conntrack entry carries
  * the rev-NAT index, and wherever a reply is delivered to the client (lib/deliver.h, or the lxc's
- * tc egress for one that came through the stack) its source is rewritten back to the frontend. */
+ * tc egress for one that came through the stack) its source is rewritten back to the frontend.
+ * A pod given itself as backend (hairpin, IPv4) sends from the loopback address 169.254.42.1
+ * (CT_F_LOOPBACK), and its reply to that address is turned back to the pod. */
 #ifndef __CILIARY_LB_H
 #define __CILIARY_LB_H
 #include "common.h"
@@ -244,9 +246,19 @@ static __always_inline int lb_backend(__u8 family, __u32 id, __u8 *addr, __u16 *
 	return 1;
 }
 
+/* Upstream's --ipv4-service-loopback-address default: the source of a pod's connection to a
+ * service that picked the pod itself (hairpin), which the kernel would otherwise refuse (a packet
+ * from its own address). IPv6 has none (as upstream: an IPv6 hairpin is not translated). */
+#define LB_LOOPBACK_V4_0 169
+#define LB_LOOPBACK_V4_1 254
+#define LB_LOOPBACK_V4_2 42
+#define LB_LOOPBACK_V4_3 1
+
 struct lb_result {
 	struct ct_entry *svc_ct; /* the service conntrack entry, refreshed with the connection's */
 	__u16 rev_nat_index;     /* 0: not sent to a frontend */
+	__u8 loopback;           /* hairpin: the source is now the loopback address */
+	__u8 pad;
 };
 
 /* Service translation of a packet a pod sends (before anything looks at its destination).
@@ -298,6 +310,26 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
 	p->dport = port;
 	res->svc_ct = e;
 	res->rev_nat_index = rev_nat;
+	if (p->family == AF_INET4 && addr_eq(p->daddr, p->saddr, AF_INET4)) {
+		__u8 lo[16] = {LB_LOOPBACK_V4_0, LB_LOOPBACK_V4_1, LB_LOOPBACK_V4_2,
+			       LB_LOOPBACK_V4_3};
+		ret = nat_rewrite(skb, p, 1, lo, p->sport, p->sport);
+		if (ret < 0)
+			return ret;
+		addr_copy(p->saddr, lo, AF_INET4);
+		res->loopback = 1;
+	}
+	return 0;
+}
+
+/* The reply of a hairpinned connection (the pod answering the loopback address): to the pod
+ * itself again, whose own address it is. Returns 0 or -DROP_*. */
+static __always_inline int lb_loopback_reply(struct __sk_buff *skb, struct pkt *p)
+{
+	int ret = nat_rewrite(skb, p, 0, p->saddr, p->dport, p->dport);
+	if (ret < 0)
+		return ret;
+	addr_copy(p->daddr, p->saddr, p->family);
 	return 0;
 }
 

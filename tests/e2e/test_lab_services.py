@@ -3,7 +3,8 @@
 other), the Service's frontends and backends in both nodes' ``ciliary bpf lb list`` and
 ``ciliary service list`` with the maps' ids; from a client pod, repeated HTTP GETs to
 ClusterIP:80 reach every backend, over IPv4 and IPv6 (each answer names its pod; a TCP exchange
-that completes proves the replies came back from the VIP, reverse-translated), UDP through the
+that completes proves the replies came back from the VIP, reverse-translated), a backend reaches
+its own Service and itself through it over IPv4 (hairpin: from 169.254.42.1), UDP through the
 ClusterIP echoes from the VIP (a connected UDP socket takes nothing else), an ICMP echo to the
 ClusterIP is not answered (dropped, as upstream: no such service port); a policy on the
 backends allowing only the client on the *target* port 8080 is enforced after translation (the
@@ -199,6 +200,8 @@ def test_clusterip_balances_over_every_backend_on_both_nodes(lab: SvcLab) -> Non
     got = lab.gets("default/client", 30)
     assert set(got["pods"]) == set(BACKENDS), got  # every backend, no error
     assert got["peer"] == vip
+    hairpin = lab.gets("default/web-a", 30)  # a backend to its own Service: itself included
+    assert set(hairpin["pods"]) == set(BACKENDS), hairpin
     got6 = lab.gets("default/client", 30, family=6)  # the IPv6 ClusterIP of the same Service
     assert set(got6["pods"]) == set(BACKENDS), got6
     assert got6["peer"] == lab.vip(6)

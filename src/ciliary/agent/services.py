@@ -333,10 +333,16 @@ class ServiceSyncer:
         self._dirty.add((namespace, name))
         self._wake.set()
 
-    async def run(self, watcher_synced: Callable[[], Awaitable[None]]) -> None:
+    async def run(self, watcher_synced: Callable[[], Awaitable[object]]) -> None:
         await watcher_synced()
-        self.manager.sync(desired_frontends(self._services()))
-        self._dirty.clear()
+        while True:
+            self._dirty.clear()  # the full sync covers what changed until now
+            try:
+                self.manager.sync(desired_frontends(self._services()))
+                break
+            except Exception:
+                log.exception("programming the services failed; again in 1 s")
+                await asyncio.sleep(1)
         self.synced.set()
         log.info("services programmed: %d frontends", len(self.manager.frontends))
         while True:

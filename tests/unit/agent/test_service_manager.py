@@ -6,6 +6,7 @@ entry."""
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import ip_address
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from ciliary.agent.services import (
     IDAllocator,
     ServiceManager,
+    ServiceSyncer,
     desired_frontends,
     lb_map_entries,
     service_frontends,
@@ -267,3 +269,36 @@ def test_listings_show_the_maps_with_ids_and_the_service_names() -> None:
         e for e in entries if (e.service_address, e.service_port) == ("fd00:10:96::5", 0)
     )
     assert wildcard.protocol == "ANY" and "wildcard" in wildcard.flags
+
+
+def test_syncer_programs_all_once_synced_then_each_changed_service() -> None:
+    maps = FakeMaps()
+    services = {("shop", "web"): _svc([_backend("10.0.1.5")])}
+    syncer = ServiceSyncer(
+        ServiceManager(maps), lambda: list(services.values()), lambda ns, n: services.get((ns, n))
+    )
+    synced = asyncio.Event()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(syncer.run(synced.wait))
+        syncer.changed("shop", "web")  # before the watcher synced: nothing is written
+        await asyncio.sleep(0.01)
+        assert maps.writes == 0
+        synced.set()
+        await asyncio.wait_for(syncer.synced.wait(), 1)
+        assert {f.address for f, _ in maps.state.slots} == {ip_address("10.96.0.5")}
+        on_service, on_slice = syncer.handlers()
+        services[("shop", "db")] = _svc([_backend("10.0.1.7")], "db", ("10.96.0.6",))
+        on_service.add({"metadata": {"namespace": "shop", "name": "db"}})  # type: ignore[misc]
+        del services[("shop", "web")]
+        slice_ = {"metadata": {"namespace": "shop", "name": "web-x1",
+                               "labels": {"kubernetes.io/service-name": "web"}}}  # fmt: skip
+        on_slice.delete(slice_)  # type: ignore[misc]
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if {f.address for f, _ in maps.state.slots} == {ip_address("10.96.0.6")}:
+                break
+        assert {f.address for f, _ in maps.state.slots} == {ip_address("10.96.0.6")}
+        task.cancel()
+
+    asyncio.run(scenario())
