@@ -111,6 +111,12 @@ def test_kube_dns_service(lab: Lab) -> None:
         0,
         f"{name}. AAAA -> NOERROR, fd00:10:96::a",
     )
+    # the cluster DNS is itself a Service: UDP and TCP through its ClusterIPs (the agents'
+    # service datapath translates them to the DNS pod), both families
+    server = f"server.shop.pod.cluster.local. A -> NOERROR, {lab.pod_ip('shop/server')}"
+    for vip, over in (("10.96.0.10", ()), ("10.96.0.10", ("--tcp",)), ("fd00:10:96::a", ())):
+        got = _answered(lab, vip, "server.shop.pod.cluster.local", *over, expect=server)
+        assert got == server, (vip, over)
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
@@ -207,7 +213,9 @@ def test_services_resolve_and_go_away(lab: Lab) -> None:
     # ClusterFirst: the pods' resolv.conf, glibc's resolver through the search path
     conf = lab.run("shop/server", "cat", "/etc/resolv.conf").stdout
     assert "search shop.svc.cluster.local svc.cluster.local cluster.local\n" in conf
-    assert f"nameserver {dns_ip}\n" in conf and "options ndots:5\n" in conf
+    # kube-dns's ClusterIPs: DNS through the Service (the datapath translates it to the pod)
+    assert "nameserver 10.96.0.10\nnameserver fd00:10:96::a\n" in conf
+    assert "options ndots:5\n" in conf
     res = lab.run("default/client", "getent", "ahostsv4", "web.shop")
     assert res.returncode == 0 and res.stdout.split()[0] == web[0], res
     short = "import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('web', 80)}))"

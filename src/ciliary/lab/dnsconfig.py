@@ -8,10 +8,12 @@ for ``web.shop.svc.cluster.local`` first. The lab does the same (``lab.manager``
 per namespace and ``podsandbox`` binds it in each container's and ``lab exec``'s mount view; the
 cluster DNS pod itself keeps the machine's, as CoreDNS runs with ``dnsPolicy: Default``).
 
-The nameserver: kube-dns's ClusterIP (10.96.0.10) is what kubelet writes, but a ClusterIP is
-reachable only once the datapath translates service addresses; until then the lab names the DNS
-pod's own addresses (:data:`NAMESERVER_IS_CLUSTER_IP`, the one switch to turn when ClusterIPs
-work). The pod's address is known only once the DNS pod runs, and pods start concurrently with
+The nameserver: kube-dns's ClusterIPs (10.96.0.10, fd00:10:96::a), as kubelet writes, when the
+lab runs its own DNS pod behind that Service (the agents' service datapath translates them to
+the pod: DNS itself goes through a Service, as in a cluster). A lab file that brings its own DNS
+pod has no kube-dns Service of the lab's, so its pods name that pod's own addresses, as they all
+did before ClusterIPs were translated (:data:`NAMESERVER_IS_CLUSTER_IP` = False goes back to
+that, one switch). A pod's address is known only once it runs, and pods start concurrently with
 it, so the files are rewritten in place (never renamed: a bind mount keeps the inode it was given)
 when it does; glibc re-reads a resolv.conf whose modification time changed.
 """
@@ -27,14 +29,15 @@ from ciliary.lab import controlplane
 CLUSTER_DOMAIN = "cluster.local"
 NDOTS = 5
 RESOLV_CONF = Path("/etc/resolv.conf")
-NAMESERVER_IS_CLUSTER_IP = False
-"""True once ClusterIPs are reachable from pods: the nameserver is then kube-dns's ClusterIP
-(kubelet's ``--cluster-dns``) instead of the DNS pod's address."""
+NAMESERVER_IS_CLUSTER_IP = True
+"""Pods ask kube-dns's ClusterIPs (kubelet's ``--cluster-dns``), which the service datapath
+translates; False: the DNS pod's own addresses (no service translation needed)."""
 
 
-def nameservers(dns_pod_addresses: Sequence[str]) -> list[str]:
-    """The nameservers of a ClusterFirst pod (see :data:`NAMESERVER_IS_CLUSTER_IP`)."""
-    if NAMESERVER_IS_CLUSTER_IP:
+def nameservers(dns_pod_addresses: Sequence[str], *, kube_dns: bool) -> list[str]:
+    """The nameservers of a ClusterFirst pod: kube-dns's ClusterIPs when the lab runs that
+    Service (``kube_dns``) and :data:`NAMESERVER_IS_CLUSTER_IP`, else the DNS pod's addresses."""
+    if NAMESERVER_IS_CLUSTER_IP and kube_dns:
         return [str(ip) for ip in controlplane.kube_dns_service()["spec"]["clusterIPs"]]
     return list(dns_pod_addresses)
 

@@ -1512,7 +1512,8 @@ def _write_resolv_confs(lab: str, namespace: str) -> None:
     pod's addresses of the record on disk (rewritten in place: the DNS pod gets them while the
     other pods start), under the record's lock (the kubelet role starts pods concurrently)."""
     with _record_lock(lab, create=False):
-        servers = dnsconfig.nameservers(_cluster_dns_addresses_of(_load(lab)))
+        rec = _load(lab)
+        servers = dnsconfig.nameservers(_cluster_dns_addresses_of(rec), kube_dns=_runs_dns(rec))
         directory = resolv_conf_file(lab, namespace).parent
         known = {f.stem for f in directory.glob("*.conf")} if directory.is_dir() else set()
         for ns in sorted(known | {namespace}):
@@ -1526,6 +1527,13 @@ def _pod_files(lab: str, prec: PodRecord) -> list[tuple[Path, Path]]:
     if _is_cluster_dns(prec.labels) or not source.is_file() or not dnsconfig.RESOLV_CONF.exists():
         return []
     return [(source, dnsconfig.RESOLV_CONF)]
+
+
+def _runs_dns(rec: LabRecord) -> bool:
+    """Whether the lab runs its own DNS pod behind ``kube-system/kube-dns``: ``lab up`` decided
+    it before any pod, and gave the controller manager the records file then."""
+    cm = rec.processes.get(CONTROLLER_MANAGER)
+    return cm is not None and "--cluster-dns-records" in cm.argv
 
 
 def _cluster_dns_addresses_of(rec: LabRecord) -> list[str]:

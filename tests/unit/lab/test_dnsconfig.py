@@ -21,10 +21,12 @@ def test_resolv_conf_is_kubelets_cluster_first() -> None:
     assert "nameserver" not in dnsconfig.resolv_conf("default", [])
 
 
-def test_nameservers_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert dnsconfig.nameservers(["10.200.0.254"]) == ["10.200.0.254"]
-    monkeypatch.setattr(dnsconfig, "NAMESERVER_IS_CLUSTER_IP", True)
-    assert dnsconfig.nameservers(["10.200.0.254"]) == ["10.96.0.10", "fd00:10:96::a"]
+def test_nameservers_kube_dns_or_the_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = ["10.200.0.254"]
+    assert dnsconfig.nameservers(pod, kube_dns=True) == ["10.96.0.10", "fd00:10:96::a"]
+    assert dnsconfig.nameservers(pod, kube_dns=False) == pod  # a lab file's own DNS pod
+    monkeypatch.setattr(dnsconfig, "NAMESERVER_IS_CLUSTER_IP", False)
+    assert dnsconfig.nameservers(pod, kube_dns=True) == pod
 
 
 def test_kube_dns_service_is_kubeadms() -> None:
