@@ -64,11 +64,12 @@ from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNEL
+from ciliary.datapath.maps.conntrack import CT_SCOPE_SERVICE
 from ciliary.kube.client import KubeClient
 from ciliary.kube.informer import HandlerFuncs, Informer
 
 log = logging.getLogger(__name__)
-CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply"}
+CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply", 0x20: "loopback"}
 
 
 class Agent:
@@ -528,7 +529,9 @@ class Agent:
                     rx_bytes=rec.rx_bytes,
                     tx_flags=tcp_flag_names(rec.tx_flags_seen) if rec.proto == 6 else [],
                     rx_flags=tcp_flag_names(rec.rx_flags_seen) if rec.proto == 6 else [],
-                    flags=[n for bit, n in CT_FLAG_NAMES.items() if rec.flags & bit],
+                    flags=[n for bit, n in CT_FLAG_NAMES.items() if rec.flags & bit]
+                    + (["service"] if rec.scope == CT_SCOPE_SERVICE else []),
+                    rev_nat_index=rec.rev_nat_index,
                     src_identity=rec.src_sec_id,
                     dst_identity=rec.dst_sec_id,
                 )

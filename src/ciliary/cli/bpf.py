@@ -129,7 +129,7 @@ def render_ct(console: Console, entries: list[CTEntry]) -> None:
         expires = "expired" if e.expires_in_s <= 0 else fmt_duration(e.expires_in_s)
         table.add_row(
             e.protocol,
-            f"{fmt_addr(e.src, e.sport)} -> {fmt_addr(e.dst, e.dport)}",
+            Text(f"{fmt_addr(e.src, e.sport)} -> {fmt_addr(e.dst, e.dport)}"),  # [v6] not markup
             fmt_duration(e.age_s),
             expires,
             str(e.tx_packets),
@@ -138,7 +138,7 @@ def render_ct(console: Console, entries: list[CTEntry]) -> None:
             str(e.rx_bytes),
             _flags(e.tx_flags),
             _flags(e.rx_flags),
-            _flags(e.flags),
+            _flags(e.flags + ([f"rev-nat={e.rev_nat_index}"] if e.rev_nat_index else [])),
             f"{e.src_identity}->{e.dst_identity}",
         )
     print_table(console, table)

@@ -142,6 +142,9 @@ class CTEntry(_Model):
     flags: list[str]
     src_identity: int
     dst_identity: int
+    rev_nat_index: int = 0
+    """The service frontend a translated connection was sent to (its replies get it back as
+    source); ``service`` in ``flags``: the entry keyed on the client's tuple to the frontend."""
 
 
 class MapPressure(_Model):
