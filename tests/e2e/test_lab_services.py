@@ -101,12 +101,12 @@ pods = []
 for _ in range(int(sys.argv[3])):
     try:
         host = f"[{sys.argv[1]}]" if ":" in sys.argv[1] else sys.argv[1]
-        with opener.open(f"http://{host}:{sys.argv[2]}/", timeout=2) as r:
+        with opener.open(f"http://{host}:{sys.argv[2]}/", timeout=float(sys.argv[4])) as r:
             pods.append(json.load(r)["pod"])
     except OSError as err:
         pods.append("error")
 try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2) as s:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4])) as s:
         peer = s.getpeername()[0]
 except OSError as err:
     peer = f"error: {err}"
@@ -143,8 +143,9 @@ class SvcLab:
         ips = get_json(self.kubeconfig, "service", "web")["spec"]["clusterIPs"]
         return str(next(ip for ip in ips if (":" in ip) == (family == 6)))
 
-    def gets(self, pod: str, count: int, family: int = 4) -> dict[str, Any]:
-        res = self.run(pod, sys.executable, "-c", GETS, self.vip(family), "80", str(count))
+    def gets(self, pod: str, count: int, family: int = 4, timeout: float = 2) -> dict[str, Any]:
+        vip = self.vip(family)
+        res = self.run(pod, sys.executable, "-c", GETS, vip, "80", str(count), str(timeout))
         assert res.returncode == 0, (res.stdout, res.stderr)
         out: dict[str, Any] = json.loads(res.stdout)
         return out
@@ -226,7 +227,11 @@ def _observe(lab: SvcLab, node: str, *flags: str) -> list[dict[str, Any]]:
 def test_policy_on_the_backends_applies_after_translation(lab: SvcLab) -> None:
     kubectl(lab.kubeconfig, "apply", "-f", "-", stdin=ONLY_CLIENT)
     try:
-        wait_for("other denied", lambda: lab.gets("default/other", 1)["pods"][0] == "error", 30)
+
+        def other_denied() -> bool:
+            return bool(lab.gets("default/other", 1, timeout=0.5)["pods"][0] == "error")
+
+        wait_for("other denied", other_denied, 30)
         assert all(p in BACKENDS for p in lab.gets("default/client", 6)["pods"])
         backends = {lab.ip(p) for p in BACKENDS}
 
