@@ -180,6 +180,29 @@ class ServiceManager:
     _backend_ids: dict[Backend, int] = field(default_factory=dict)
     _fe_ids: IDAllocator = field(default_factory=lambda: IDAllocator(FRONTEND_ID_MAX))
     _be_ids: IDAllocator = field(default_factory=lambda: IDAllocator(BACKEND_ID_MAX))
+    _refs: dict[int, int] = field(default_factory=dict)
+    """backend id -> how many slots name it (a service event costs its own size, not the
+    node's number of services)."""
+    _by_service: dict[ServiceKey, set[Frontend]] = field(default_factory=dict)
+
+    def _set_backends(self, p: _Programmed, ids: tuple[int, ...]) -> set[int]:
+        """``p``'s slots become ``ids``; returns the ids no slot names any more."""
+        for i in ids:
+            self._refs[i] = self._refs.get(i, 0) + 1
+        unused = set()
+        for i in p.backend_ids:
+            self._refs[i] -= 1
+            if self._refs[i] <= 0:
+                unused.add(i)
+        p.backend_ids = ids
+        return {i for i in unused if self._refs.get(i, 0) <= 0}
+
+    def _set_service(self, fe: Frontend, p: _Programmed, service: ServiceKey | None) -> None:
+        if p.service is not None:
+            self._by_service.get(p.service, set()).discard(fe)
+        p.service = service
+        if service is not None:
+            self._by_service.setdefault(service, set()).add(fe)
 
     def restore(self) -> None:
         """Frontend and backend ids from the pinned maps (an agent restart keeps them)."""
@@ -196,6 +219,8 @@ class ServiceManager:
                 for i in range(1, value.count + 1)
             )
             self.frontends[fe] = _Programmed(value.rev_nat_index, ids, value.flags2)
+            for i in ids:
+                self._refs[i] = self._refs.get(i, 0) + 1
             self._fe_ids.claim(value.rev_nat_index)
         log.info(
             "restored %d service frontends and %d backends from the BPF maps",
@@ -223,6 +248,7 @@ class ServiceManager:
         remove (those of the services it covers); None = every frontend not desired (a full
         sync). Returns the number of frontends written or removed."""
         changed = 0
+        unused: set[int] = set()
         wanted: dict[Frontend, tuple[FrontendSpec, tuple[int, ...]]] = {}
         for fe, spec in desired.items():  # (1) backends first
             wanted[fe] = (spec, tuple(self._backend_id(b) for b in spec.backends))
@@ -230,13 +256,13 @@ class ServiceManager:
         for fe, (spec, ids) in wanted.items():
             have = self.frontends.get(fe)
             if have is not None:
-                have.service, have.type = spec.service, spec.type
+                self._set_service(fe, have, spec.service)
+                have.type = spec.type
                 if have.backend_ids == ids and have.flags2 == spec.flags2:
                     continue
             else:
-                have = _Programmed(
-                    self._fe_ids.allocate(), (), spec.flags2, spec.service, spec.type
-                )
+                have = _Programmed(self._fe_ids.allocate(), (), spec.flags2, None, spec.type)
+                self._set_service(fe, have, spec.service)
                 self.maps.upsert_rev_nat(have.id, fe)  # (2)
             for slot, backend_id in enumerate(ids, start=1):  # (3)
                 if slot > len(have.backend_ids) or have.backend_ids[slot - 1] != backend_id:
@@ -245,7 +271,8 @@ class ServiceManager:
             self.maps.upsert_slot(fe, 0, head)  # (4)
             if len(have.backend_ids) > len(ids):
                 shrink.append((fe, len(ids), len(have.backend_ids)))
-            have.backend_ids, have.flags2 = ids, spec.flags2
+            unused |= self._set_backends(have, ids)
+            have.flags2 = spec.flags2
             self.frontends[fe] = have
             changed += 1
         for fe, new_count, old_count in shrink:  # (5)
@@ -261,13 +288,19 @@ class ServiceManager:
                 self.maps.delete_slot(fe, slot)
             self.maps.delete_rev_nat(gone.id, fe.family)
             self._fe_ids.release(gone.id)
+            self._set_service(fe, gone, None)
+            unused |= self._set_backends(gone, ())
             changed += 1
-        self._collect_backends()  # (7)
+        if owned is None:  # a full sync: also what no slot named at start
+            unused |= {i for i in self.backends if self._refs.get(i, 0) <= 0}
+        self._collect_backends(unused)  # (7)
         return changed
 
-    def _collect_backends(self) -> None:
-        used = {i for p in self.frontends.values() for i in p.backend_ids}
-        for backend_id in [i for i in self.backends if i not in used]:
+    def _collect_backends(self, candidates: Iterable[int]) -> None:
+        for backend_id in sorted(candidates):
+            if self._refs.get(backend_id, 0) > 0 or backend_id not in self.backends:
+                continue
+            self._refs.pop(backend_id, None)
             backend = self.backends.pop(backend_id)
             if self._backend_ids.get(backend) == backend_id:
                 del self._backend_ids[backend]
@@ -275,7 +308,7 @@ class ServiceManager:
             self._be_ids.release(backend_id)
 
     def owned_by(self, service: ServiceKey) -> list[Frontend]:
-        return [fe for fe, p in self.frontends.items() if p.service == service]
+        return list(self._by_service.get(service, ()))
 
     def known(self) -> dict[Frontend, tuple[ServiceKey | None, str]]:
         """The service and type of each frontend (restored ones: unknown until synced)."""

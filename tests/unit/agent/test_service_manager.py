@@ -224,6 +224,7 @@ def test_ids_survive_a_restart_and_a_full_sync_removes_what_went_while_down() ->
     assert maps.state.slots[(http, 0)].rev_nat_index == rev_nat
     assert maps.state.slots[(http, 1)].backend_id == backend
     assert {f.address for f, _ in maps.state.slots} == {ip_address("10.96.0.5")}
+    assert {str(b.address) for b in maps.state.backends.values()} == {"10.0.1.5"}  # db's gone
     assert maps.writes > before  # db's entries removed, web's untouched
     # a new frontend gets an id no restored one has
     db2 = _svc([_backend("10.0.1.7")], "db2", ("10.96.0.7",))
