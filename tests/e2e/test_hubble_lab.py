@@ -286,7 +286,8 @@ def test_grpc_client_talks_to_node_and_relay(hlab: HubbleLab) -> None:
                 for r in stub.GetFlows(observer_pb2.GetFlowsRequest(number=10), timeout=10)
                 if r.HasField("flow")
             ]
-            assert 0 < len(flows) <= 10
+            # the relay passes number to each node (N per node, as upstream's): 2 nodes here
+            assert 0 < len(flows) <= (10 if target == node_sock else 20)
             times = [f.time.ToNanoseconds() for f in flows]
             assert times == sorted(times)
     with _channel(hlab.relay) as ch:
