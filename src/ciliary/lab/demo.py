@@ -7,8 +7,10 @@ traffic crosses nodes and the database's node decides; a monitor subscription to
 agent collects the datapath's own events for those packets, and the same flows are
 then read back through Hubble (the lab's relay, as ``ciliary observe`` does), with verdicts, drop
 reasons and the policy that decided: for the database's default deny, the policy that selected it
-(``db-from-web``), which the flow carries in its ``extensions``. The lab stays up for the user to
-explore.
+(``db-from-web``), which the flow carries in its ``extensions``. The first step reaches the web
+server by its Service's name (``web.shop.svc.cluster.local``: the lab's cluster DNS, reached
+through its own ClusterIP, answers with the Service's ClusterIP, which bpf_lxc translates to the
+pod). The lab stays up for the user to explore.
 """
 
 from __future__ import annotations
@@ -63,11 +65,18 @@ class _Collector(threading.Thread):
         self._client.close()
 
 
+WEB_SERVICE = "web.shop.svc.cluster.local"
+"""The default lab's Service in front of ``shop/web``."""
+
+
 def _steps(view_ips: dict[str, tuple[str | None, str | None]]) -> list[Step]:
     web4, web6 = view_ips["shop/web"]
     echo4, echo6 = view_ips["shop/echo"]
     db4, db6 = view_ips["shop/db"]
-    out: list[Step] = []
+    out = [  # by name: the cluster DNS (itself a Service) answers, the datapath translates
+        Step("Service  client → web.shop.svc.cluster.local  HTTP GET", "default/client",
+             ["ciliary", "workload", "http-get", f"http://{WEB_SERVICE}/", "--timeout", "3"]),
+    ]  # fmt: skip
     for fam, web, echo, db in (("IPv4", web4, echo4, db4), ("IPv6", web6, echo6, db6)):
         if web is None or echo is None or db is None:
             continue
@@ -232,6 +241,8 @@ def run(console: Console) -> int:
         "  kubectl get pods,cep -A -o wide    # pods and their CiliumEndpoints\n"
         "  ciliary endpoint list              # the agent's endpoints\n"
         "  ciliary bpf ct list                # connections tracked by bpf_lxc\n"
+        "  ciliary service list               # Services as the datapath has them (bpf lb list)\n"
+        "  ciliary lab exec default/client -- ciliary workload http-get http://web.shop/\n"
         "  ciliary monitor                    # live datapath events (-o json)\n"
         "  ciliary observe --verdict DROPPED  # Hubble flows via the relay (hubble's flags)\n"
         "  ciliary observe -f --namespace shop -o json\n"

@@ -150,6 +150,22 @@ Documents of these kinds are kept as :class:`RawDocument` in :attr:`LabFile.othe
 the layer that owns them (policy) to parse; any other unknown kind is an error."""
 
 
+API_KINDS: dict[str, str] = {
+    "Service": "v1",
+    "ConfigMap": "v1",
+    "Deployment": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "EndpointSlice": "discovery.k8s.io/v1",
+}
+"""Kubernetes kinds a lab file may hold that the lab hands to its API server as they are, as
+``kubectl apply -f`` does: the API server validates them (its refusal names the document's field
+and fails the whole ``lab up``/``lab apply``), the controllers make their pods, Services get
+their cluster IPs. This module checks only kind, apiVersion, ``metadata.name`` and that the
+namespace exists; they are :attr:`LabFile.api_documents`."""
+
+
 def register_deferred_kind(kind: str, *api_versions: str) -> None:
     """Accept documents of ``kind`` (with one of ``api_versions``) as raw, deferred documents."""
     if not api_versions:
@@ -917,9 +933,12 @@ class LabFile:
     namespaces: list[Namespace]
     pods: list[PodSpec]
     other_documents: list[RawDocument]
+    """The policy documents (:data:`DEFERRED_KINDS`), for the policy layer."""
     filename: str = "<lab>"
     ip_pools: list[IPPool] = dataclasses.field(default_factory=list)
     ipam_config: IPAMConfiguration = dataclasses.field(default_factory=default_ipam_configuration)
+    api_documents: list[RawDocument] = dataclasses.field(default_factory=list)
+    """Documents of :data:`API_KINDS` (Services, Deployments…), for the API server as they are."""
 
     @property
     def ipam_mode(self) -> IPAMMode:
@@ -1111,7 +1130,11 @@ def _describe(doc: dict[Any, Any]) -> str | None:
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     if isinstance(namespace, str):
         name = f"{_name_text(namespace)}/{name}"
-    elif kind == "Pod" or (kind in DEFERRED_KINDS and kind != "CiliumClusterwideNetworkPolicy"):
+    elif (
+        kind == "Pod"
+        or kind in API_KINDS
+        or (kind in DEFERRED_KINDS and kind != "CiliumClusterwideNetworkPolicy")
+    ):
         name = f"default/{name}"
     return f"{kind} {name}"
 
@@ -1145,8 +1168,10 @@ def _parse_document(doc: object, filename: str, index: int) -> _Doc:
         api_versions = frozenset({_KNOWN_KINDS[kind][0]})
     elif kind in DEFERRED_KINDS:
         api_versions = DEFERRED_KINDS[kind]
+    elif kind in API_KINDS:
+        api_versions = frozenset({API_KINDS[kind]})
     else:
-        known = ", ".join([*_KNOWN_KINDS, *sorted(DEFERRED_KINDS)])
+        known = ", ".join([*_KNOWN_KINDS, *sorted(DEFERRED_KINDS), *sorted(API_KINDS)])
         raise LabFileError(f"{where}: kind: unknown kind {_show(kind)} (expected one of {known})")
     wanted = " or ".join(repr(v) for v in sorted(api_versions))
     if api_version is None:
@@ -1155,7 +1180,7 @@ def _parse_document(doc: object, filename: str, index: int) -> _Doc:
         raise LabFileError(
             f"{where}: apiVersion: expected {wanted} for kind {kind}, got {_show(api_version)}"
         )
-    if kind in DEFERRED_KINDS:
+    if kind in DEFERRED_KINDS or kind in API_KINDS:
         metadata = doc.get("metadata")
         if not isinstance(metadata, dict):
             raise LabFileError(f"{where}: metadata: expected a mapping, got {_show(metadata)}")
@@ -1236,7 +1261,16 @@ def parse_documents(
         lab=lab,
         namespaces=checked.namespaces,
         pods=checked.pods,
-        other_documents=[d.value for d in parsed if isinstance(d.value, RawDocument)],
+        other_documents=[
+            d.value
+            for d in parsed
+            if isinstance(d.value, RawDocument) and d.value.kind in DEFERRED_KINDS
+        ],
+        api_documents=[
+            d.value
+            for d in parsed
+            if isinstance(d.value, RawDocument) and d.value.kind in API_KINDS
+        ],
         filename=filename,
         ip_pools=checked.ip_pools,
         ipam_config=checked.ipam_config,
@@ -1291,6 +1325,19 @@ def _check_together(
                 ip_owner[ip] = f"pod {pod.key}, already in the lab"
         round_robin = len(base.pods)
 
+    def check_namespace(doc: _Doc, namespace: str) -> None:
+        if namespace not in declared and namespace not in IMPLICIT_NAMESPACES:
+            problem(
+                doc,
+                "metadata.namespace",
+                f"namespace {namespace!r} is not declared (add a Namespace document; only"
+                f" {' and '.join(IMPLICIT_NAMESPACES)} exist without one)",
+            )
+
+    for doc in parsed:
+        if isinstance(doc.value, RawDocument) and doc.value.kind in API_KINDS:
+            check_namespace(doc, doc.value.namespace or "default")
+
     pods: list[PodSpec] = []
     mapped_images = {entry.image for entry in lab.spec.images}
     for doc in parsed:
@@ -1310,13 +1357,7 @@ def _check_together(
                     " the container a command or map the image in the Lab's spec.images"
                     " ({image, command, args})",
                 )
-        if pod.namespace not in declared and pod.namespace not in IMPLICIT_NAMESPACES:
-            problem(
-                doc,
-                "metadata.namespace",
-                f"namespace {pod.namespace!r} is not declared (add a Namespace document; only"
-                f" {' and '.join(IMPLICIT_NAMESPACES)} exist without one)",
-            )
+        check_namespace(doc, pod.namespace)
         assigned = pod.spec.node_name is None
         if assigned:
             node = node_names[round_robin % len(node_names)]

@@ -225,6 +225,9 @@ def test_default_scenario() -> None:
         "shop/echo": "echo",
         "shop/db": "db",
     }
+    # the API server's kinds go to it as they are; the policy layer sees only policies
+    assert [(d.kind, d.namespace, d.name) for d in lf.api_documents] == [("Service", "shop", "web")]
+    assert [d.kind for d in lf.other_documents] == ["CiliumNetworkPolicy"]
 
 
 def test_round_robin_assignment_in_file_order() -> None:
@@ -528,11 +531,12 @@ def test_kind_and_api_version() -> None:
     del p["kind"]
     assert str(error(lab(), p)) == f"{FILE}: document 2: kind: required field is missing"
     p = pod("a")
-    p["kind"] = "Deployment"
+    p["kind"] = "Job"
     assert str(error(lab(), p)) == (
-        f"{FILE}: document 2 (Deployment a): kind: unknown kind 'Deployment' (expected one of"
+        f"{FILE}: document 2 (Job a): kind: unknown kind 'Job' (expected one of"
         " Lab, Namespace, Pod, IPPool, IPAMConfiguration, CiliumClusterwideNetworkPolicy,"
-        " CiliumNetworkPolicy, NetworkPolicy)"
+        " CiliumNetworkPolicy, NetworkPolicy, ConfigMap, DaemonSet, Deployment, EndpointSlice,"
+        " ReplicaSet, Service, StatefulSet)"
     )
     p = pod("a")
     p["apiVersion"] = "apps/v1"
@@ -601,6 +605,39 @@ def test_deferred_kinds_check_api_version_and_name() -> None:
     bad = copy.deepcopy(CNP)
     bad["metadata"]["name"] = 5
     assert str(error(lab(), bad)).endswith("metadata.name: expected a string, got int 5")
+
+
+def test_api_kinds_go_to_the_api_server_as_they_are() -> None:
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+    }
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"anything": "the API server checks it"},
+    }
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
+    lf = parse(lab(), ns, svc, deploy)
+    assert [(d.kind, d.namespace, d.name, d.body) for d in lf.api_documents] == [
+        ("Service", "shop", "web", svc),
+        ("Deployment", None, "web", deploy),
+    ]
+    assert lf.other_documents == []
+    assert str(error(lab(), svc)) == (
+        f"{FILE}: document 2 (Service shop/web): metadata.namespace: namespace 'shop' is not"
+        " declared (add a Namespace document; only default and kube-system exist without one)"
+    )
+    wrong = {**deploy, "apiVersion": "extensions/v1beta1"}
+    assert str(error(lab(), wrong)) == (
+        f"{FILE}: document 2 (Deployment default/web): apiVersion: expected 'apps/v1' for kind"
+        " Deployment, got 'extensions/v1beta1'"
+    )
+    nameless = {**svc, "metadata": {"namespace": "shop"}}
+    assert str(error(lab(), ns, nameless)).endswith("metadata.name: expected a string, got null")
 
 
 def test_register_deferred_kind() -> None:
