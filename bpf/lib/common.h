@@ -252,7 +252,8 @@ struct trace_event {
 	__u8 ct_state;
 	__u8 policy_match;      /* POLICY_MATCH_* of the deciding entry */
 	__u8 traffic_direction; /* Hubble TrafficDirection: 1 ingress, 2 egress, 0 unknown */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 rev_nat_index;    /* the connection's service frontend (translated here), 0 if none */
 	__u32 policy_cookie;    /* rule that decided (agent's cookie table); 0 = default / none */
 };
 

@@ -34,8 +34,10 @@ static __always_inline void trace_meta(struct event_meta *m, const struct ct_res
 	m->dst_sec_id = dst_id;
 	m->is_reply = ct->state == CT_REPLY;
 	m->ct_state = ct->state;
-	if (ct->entry)
+	if (ct->entry) {
 		m->ct_created_ns = ct->entry->created_ns;
+		m->rev_nat_index = ct->entry->rev_nat_index;
+	}
 }
 
 /* `ev_ep` is the endpoint events are reported for (the sending pod in bpf_lxc, the receiving

@@ -39,6 +39,7 @@ struct event_meta {
 	__u8 ct_state;
 	__u8 policy_match;
 	__u8 traffic_direction;
+	__u16 rev_nat_index;
 	__u32 policy_cookie;
 };
 
@@ -84,7 +85,8 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct pkt *
 	ev->policy_match = m->policy_match;
 	ev->traffic_direction = m->traffic_direction;
 	ev->policy_cookie = m->policy_cookie;
-	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	ev->pad = 0;
+	ev->rev_nat_index = m->rev_nat_index;
 	bpf_ringbuf_submit(ev, 0);
 }
 

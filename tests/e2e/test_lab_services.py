@@ -259,3 +259,28 @@ def test_a_deleted_backend_leaves_both_nodes_maps_before_the_next_request(lab: S
         _wait_backends(lab, node, vip, lambda have: gone not in have)
     got = lab.gets("default/client", 20)
     assert set(got["pods"]) <= {"web-a", "web-b"}, got
+
+
+def test_flows_to_the_clusterip_name_the_service(lab: SvcLab) -> None:
+    """Hubble: a request to the ClusterIP (reported after translation, to the backend) has
+    ``destination_service`` default/web, its reply (from the VIP again) ``source_service``;
+    ``--to-service``/``--from-service`` select them."""
+    assert "error" not in lab.gets("default/client", 3)["pods"]
+    client, vip = lab.ip("client"), lab.vip()
+    node = lab.nodes[0]  # the client's: where the connection is translated
+
+    def to_web() -> list[dict[str, Any]]:
+        return [f for f in _observe(lab, node, "--to-service", "default/web")
+                if f["IP"]["source"] == client]  # fmt: skip
+
+    flows = wait_for("flows --to-service default/web", to_web, 20)
+    for f in flows:
+        assert f["destination_service"] == {"name": "web", "namespace": "default"}, f
+        assert f["IP"]["destination"] != vip, f  # the backend: seen after translation
+    replies = _observe(lab, node, "--from-service", "default/web", "--to-pod", "default/client")
+    assert replies, "no reply flow from the service"
+    for f in replies:
+        assert f["source_service"] == {"name": "web", "namespace": "default"}, f
+        assert f["IP"]["source"] == vip, f
+    other = _observe(lab, node, "--to-service", "default/nothing")
+    assert other == [], other

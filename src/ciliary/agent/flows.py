@@ -211,6 +211,11 @@ class FlowGetters:
     ifname: Callable[[int], str] = lambda _i: ""
     default_deny: Callable[[RawTraceEvent], DefaultDeny | None] = lambda _r: None
     """A default-deny drop's explanation (the monitor's ``why_default_deny``), else None."""
+    service_by_addr: Callable[[IPAddress, int], tuple[str, str] | None] = lambda _a, _p: None
+    """(namespace, name) of the Service with a frontend at address:port (upstream's
+    ``ServiceGetter.GetServiceByAddr``), None when none has."""
+    frontend_of: Callable[[int], tuple[IPAddress, int] | None] = lambda _i: None
+    """The frontend (address, port) a rev-NAT index names, None when unknown."""
 
 
 @dataclass
@@ -276,6 +281,7 @@ class FlowDecoder:
         if raw.ifindex:
             f.interface.index = raw.ifindex
             f.interface.name = self.getters.ifname(raw.ifindex)
+        self._services(raw, f)
         if raw.policy_cookie:
             self._attribute(raw, f, src, dst)
         elif f.drop_reason:
@@ -283,6 +289,27 @@ class FlowDecoder:
             if why is not None:
                 f.extensions.CopyFrom(default_deny_extension(why))
         return f
+
+    def _services(self, raw: RawTraceEvent, f: flow_pb2.Flow) -> None:
+        """``source_service``/``destination_service`` as upstream's parser: the Service whose
+        frontend is the flow's source (destination) address and port. Events are taken after
+        the translation to a backend, so a request's original destination (the frontend the
+        client addressed) comes from its connection's rev-NAT index; a reply is already
+        translated back to the frontend when reported here."""
+        if raw.src is None or raw.dst is None:
+            return
+        src_addr: tuple[IPAddress, int] | None = (raw.src, raw.sport)
+        dst_addr: tuple[IPAddress, int] | None = (raw.dst, raw.dport)
+        if raw.rev_nat_index:
+            original = self.getters.frontend_of(raw.rev_nat_index)
+            if original is not None and raw.is_reply:
+                src_addr = original
+            elif original is not None:
+                dst_addr = original
+        for addr, field_ in ((src_addr, f.source_service), (dst_addr, f.destination_service)):
+            found = self.getters.service_by_addr(*addr) if addr is not None else None
+            if found is not None:
+                field_.namespace, field_.name = found
 
     @staticmethod
     def _l4(raw: RawTraceEvent, l4: flow_pb2.Layer4) -> None:

@@ -283,6 +283,15 @@ class AgentHubble:
             nodes = agent.node_manager  # with a Kubernetes API only (set when it connects)
             return nodes.pod_by_ip(addr) if nodes is not None else None
 
+        def service_by_addr(addr: IPAddress, port: int) -> tuple[str, str] | None:
+            syncer = agent.services  # with a Kubernetes API only
+            return syncer.manager.service_by_addr(addr, port) if syncer is not None else None
+
+        def frontend_of(rev_nat_index: int) -> tuple[IPAddress, int] | None:
+            syncer = agent.services
+            fe = syncer.manager.frontend_of(rev_nat_index) if syncer is not None else None
+            return (fe.address, fe.port) if fe is not None else None
+
         return FlowGetters(
             endpoint_by_ip=self._eps_by_ip.get,
             identity_of_ip=identity_of_ip,
@@ -292,6 +301,8 @@ class AgentHubble:
             policy_revision=policy_revision,
             ifname=self._agent.monitor.ifname,
             default_deny=self._agent.monitor.why_default_deny,
+            service_by_addr=service_by_addr,
+            frontend_of=frontend_of,
         )
 
     def _index_endpoint(self, ep: Endpoint) -> None:

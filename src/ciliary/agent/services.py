@@ -38,7 +38,7 @@ from typing import Literal, Protocol
 
 from ciliary.agent.k8s.services import SERVICE_NAME_LABEL
 from ciliary.core.models import LBBackend, LBMapEntry, ServiceFrontend, ServiceInfo
-from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6
+from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress
 from ciliary.datapath.maps.lb import (
     BE_STATE_ACTIVE,
     BE_STATE_TERMINATING,
@@ -184,6 +184,8 @@ class ServiceManager:
     """backend id -> how many slots name it (a service event costs its own size, not the
     node's number of services)."""
     _by_service: dict[ServiceKey, set[Frontend]] = field(default_factory=dict)
+    _by_id: dict[int, Frontend] = field(default_factory=dict)
+    """frontend id (= rev-NAT index) -> frontend: Hubble's original destination of a flow."""
 
     def _set_backends(self, p: _Programmed, ids: tuple[int, ...]) -> set[int]:
         """``p``'s slots become ``ids``; returns the ids no slot names any more."""
@@ -219,6 +221,7 @@ class ServiceManager:
                 for i in range(1, value.count + 1)
             )
             self.frontends[fe] = _Programmed(value.rev_nat_index, ids, value.flags2)
+            self._by_id[value.rev_nat_index] = fe
             for i in ids:
                 self._refs[i] = self._refs.get(i, 0) + 1
             self._fe_ids.claim(value.rev_nat_index)
@@ -263,6 +266,7 @@ class ServiceManager:
             else:
                 have = _Programmed(self._fe_ids.allocate(), (), spec.flags2, None, spec.type)
                 self._set_service(fe, have, spec.service)
+                self._by_id[have.id] = fe
                 self.maps.upsert_rev_nat(have.id, fe)  # (2)
             for slot, backend_id in enumerate(ids, start=1):  # (3)
                 if slot > len(have.backend_ids) or have.backend_ids[slot - 1] != backend_id:
@@ -288,6 +292,7 @@ class ServiceManager:
                 self.maps.delete_slot(fe, slot)
             self.maps.delete_rev_nat(gone.id, fe.family)
             self._fe_ids.release(gone.id)
+            self._by_id.pop(gone.id, None)
             self._set_service(fe, gone, None)
             unused |= self._set_backends(gone, ())
             changed += 1
@@ -309,6 +314,20 @@ class ServiceManager:
 
     def owned_by(self, service: ServiceKey) -> list[Frontend]:
         return list(self._by_service.get(service, ()))
+
+    def service_by_addr(self, address: IPAddress, port: int) -> ServiceKey | None:
+        """The Service whose frontend is ``address``:``port`` (any protocol), as upstream's
+        Hubble ``ServiceGetter.GetServiceByAddr``; a few dictionary lookups (once per flow)."""
+        for proto in PROTOCOLS.values():
+            p = self.frontends.get(Frontend(address, port, proto))
+            if p is not None and p.service is not None:
+                return p.service
+        return None
+
+    def frontend_of(self, rev_nat_index: int) -> Frontend | None:
+        """The frontend a rev-NAT index names (a translated connection's original
+        destination)."""
+        return self._by_id.get(rev_nat_index)
 
     def known(self) -> dict[Frontend, tuple[ServiceKey | None, str]]:
         """The service and type of each frontend (restored ones: unknown until synced)."""

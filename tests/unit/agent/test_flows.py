@@ -412,3 +412,31 @@ def test_remote_pod_named_from_its_cilium_endpoint() -> None:
     assert (f.destination.pod_name, f.destination.ID) == ("server-5d8f7c-abcde", 9)
     world = FlowDecoder("node-b", getters).decode(event(src=WORLD, src_sec_id=0))
     assert (world.source.namespace, world.source.pod_name) == ("", "")
+
+
+VIP = IPv4Address("10.96.0.5")
+
+
+def test_service_fields_from_the_original_destination_and_the_reply_source() -> None:
+    services = {(VIP, 80): ("shop", "web")}
+    dec = FlowDecoder(
+        "node-a",
+        FlowGetters(
+            endpoint_by_ip=ENDPOINTS.get,
+            service_by_addr=lambda a, p: services.get((a, p)),
+            frontend_of=lambda i: (VIP, 80) if i == 4 else None,
+        ),
+    )
+    # the request, reported after the translation to the backend: the rev-NAT index names VIP
+    f = dec.decode(event(rev_nat_index=4))
+    assert f.IP.destination == str(SERVER)
+    assert (f.destination_service.namespace, f.destination_service.name) == ("shop", "web")
+    assert not f.HasField("source_service")
+    # the reply, translated back to the frontend before it is reported
+    f = dec.decode(event(src=VIP, dst=CLIENT, sport=80, dport=40000, is_reply=True,
+                         ct_state=2, rev_nat_index=4))  # fmt: skip
+    assert (f.source_service.namespace, f.source_service.name) == ("shop", "web")
+    assert not f.HasField("destination_service")
+    # straight to the backend's pod address: no service (upstream names frontends only)
+    f = dec.decode(event())
+    assert not f.HasField("destination_service") and not f.HasField("source_service")

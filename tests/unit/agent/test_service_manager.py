@@ -303,3 +303,23 @@ def test_syncer_programs_all_once_synced_then_each_changed_service() -> None:
         task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_hubble_lookups_service_by_address_and_frontend_by_rev_nat_index() -> None:
+    maps = FakeMaps()
+    mgr = ServiceManager(maps)
+    web, db = _svc([_backend("10.0.1.5")]), _svc([_backend("10.0.1.7")], "db", ("10.96.0.6",))
+    mgr.sync(desired_frontends([web, db]))
+    vip = ip_address("10.96.0.5")
+    assert mgr.service_by_addr(vip, 80) == ("shop", "web")
+    assert mgr.service_by_addr(vip, 53) == ("shop", "web")  # the UDP port, any protocol
+    assert mgr.service_by_addr(vip, 81) is None
+    assert mgr.service_by_addr(ip_address("10.0.1.5"), 80) is None  # a backend is no frontend
+    index = maps.state.slots[(fe("10.96.0.6", 80, 6), 0)].rev_nat_index
+    assert mgr.frontend_of(index) == fe("10.96.0.6", 80, 6)
+    again = ServiceManager(maps)  # restored ids resolve too
+    again.restore()
+    assert again.frontend_of(index) == fe("10.96.0.6", 80, 6)
+    mgr.sync(desired_frontends([web]))  # db deleted: its index no longer names it
+    assert mgr.frontend_of(index) is None
+    assert mgr.service_by_addr(ip_address("10.96.0.6"), 80) is None

@@ -64,7 +64,8 @@ class TraceEventC(ctypes.Structure):
         ("ct_state", ctypes.c_uint8),
         ("policy_match", ctypes.c_uint8),
         ("traffic_direction", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 3),
+        ("pad", ctypes.c_uint8),
+        ("rev_nat_index", ctypes.c_uint16),
         ("policy_cookie", ctypes.c_uint32),
     ]
 
@@ -102,6 +103,10 @@ class RawTraceEvent:
     policy_match: int = 0
     traffic_direction: int = 0
     policy_cookie: int = 0
+    rev_nat_index: int = 0
+    """The service frontend (its rev-NAT index) of a connection this node translated; events
+    are taken after the translation, so this is how a flow knows the address the client sent
+    to."""
 
 
 def _addr(raw: bytes, family: int) -> IPAddress | None:
@@ -147,6 +152,7 @@ def decode_trace_event(data: bytes) -> RawTraceEvent:
         policy_match=int(ev.policy_match),
         traffic_direction=int(ev.traffic_direction),
         policy_cookie=int(ev.policy_cookie),
+        rev_nat_index=int(ev.rev_nat_index),
     )
 
 
