@@ -123,6 +123,11 @@ class AgentConfig:
     ct_max: int = 65536
     lb_max: int = 65536
     """--bpf-lb-map-max: entries of each service map (Cilium's default)."""
+    cgroup_root: Path | None = None
+    """--cgroup-root: the cgroup v2 directory socket-LB attaches to (upstream's flag); None:
+    no socket-LB, the tc-level LB alone."""
+    bpf_lb_sock: bool = True
+    """--bpf-lb-sock: socket-LB where a --cgroup-root is given (false: tc-level LB alone)."""
     mtu: int = 1500
     ct_gc_interval_s: float = 30.0
     ipam_mode: str = "cluster-pool"

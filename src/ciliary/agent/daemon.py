@@ -389,11 +389,22 @@ class Agent:
         )
         await asyncio.to_thread(setup_masquerade, self.datapath, net)
 
+    def _setup_socket_lb(self) -> None:
+        """Socket-LB on the node's cgroup (--cgroup-root, --bpf-lb-sock, as upstream's), else
+        the tc-level LB alone: a link an earlier run left is detached."""
+        cfg = self.cfg
+        if cfg.bpf_lb_sock and cfg.cgroup_root is not None:
+            self.datapath.attach_socket_lb(cfg.cgroup_root)
+            log.info("socket-LB attached to cgroup %s", cfg.cgroup_root)
+        elif self.datapath.detach_socket_lb():
+            log.info("socket-LB detached: service translation at tc only")
+
     async def run(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.datapath.load()
         await self._setup_node()
+        self._setup_socket_lb()
         if cfg.kubeconfig is not None or cfg.in_cluster:
             await self._connect_kubernetes()
         else:

@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bpf-ct-global-max", type=int, default=65536)
     p.add_argument("--bpf-lb-map-max", type=int, default=65536,
                    help="entries of each service map (slots, backends, rev-NAT)")  # fmt: skip
+    p.add_argument("--cgroup-root", type=Path,
+                   help="cgroup v2 directory of this node's pods (socket-LB attaches there)"
+                   )  # fmt: skip
+    p.add_argument("--bpf-lb-sock", nargs="?", const=True, default=True, type=_bool,
+                   metavar="BOOL", help="socket-LB on --cgroup-root (true); false: tc-level LB"
+                   " alone")  # fmt: skip
     p.add_argument("--mtu", type=int, default=1500)
     p.add_argument("--ipam", choices=["cluster-pool", "pools"], default="cluster-pool",
                    help="cluster-pool: this node's CIDRs (--ipv4/6-range); pools: Calico IPPools "
@@ -379,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         monitor_aggregation_interval_s=args.monitor_aggregation_interval,
         ct_max=args.bpf_ct_global_max,
         lb_max=args.bpf_lb_map_max,
+        cgroup_root=args.cgroup_root,
+        bpf_lb_sock=args.bpf_lb_sock,
         mtu=args.mtu,
         ipam_mode=args.ipam,
         kubeconfig=args.kubeconfig,

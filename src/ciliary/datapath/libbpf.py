@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import platform
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -33,6 +34,14 @@ from typing import Any, Final, Literal, Self
 
 __all__ = [
     "BPF_ANY",
+    "BPF_CGROUP_INET4_CONNECT",
+    "BPF_CGROUP_INET4_GETPEERNAME",
+    "BPF_CGROUP_INET6_CONNECT",
+    "BPF_CGROUP_INET6_GETPEERNAME",
+    "BPF_CGROUP_UDP4_RECVMSG",
+    "BPF_CGROUP_UDP4_SENDMSG",
+    "BPF_CGROUP_UDP6_RECVMSG",
+    "BPF_CGROUP_UDP6_SENDMSG",
     "BPF_EXIST",
     "BPF_F_NO_PREALLOC",
     "BPF_MAP_TYPE_ARRAY",
@@ -57,6 +66,9 @@ __all__ = [
     "TcDirection",
     "bpf_error",
     "libbpf_version",
+    "link_cgroup_id",
+    "link_create",
+    "link_update",
     "num_possible_cpus",
     "obj_pin",
     "prog_from_pin",
@@ -91,6 +103,17 @@ BPF_MAP_TYPE_LRU_PERCPU_HASH: Final = 10
 BPF_MAP_TYPE_LPM_TRIE: Final = 11
 BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: Final = 21
 BPF_MAP_TYPE_RINGBUF: Final = 27
+
+# enum bpf_attach_type: the cgroup sock_addr hooks of socket-LB (bpf_sock.c)
+BPF_CGROUP_INET4_CONNECT: Final = 10
+BPF_CGROUP_INET6_CONNECT: Final = 11
+BPF_CGROUP_UDP4_SENDMSG: Final = 14
+BPF_CGROUP_UDP6_SENDMSG: Final = 15
+BPF_CGROUP_UDP4_RECVMSG: Final = 19
+BPF_CGROUP_UDP6_RECVMSG: Final = 20
+BPF_CGROUP_INET4_GETPEERNAME: Final = 29
+BPF_CGROUP_INET6_GETPEERNAME: Final = 30
+_BPF_LINK_TYPE_CGROUP: Final = 3
 
 _PERCPU_MAP_TYPES: Final = frozenset(
     {
@@ -247,6 +270,8 @@ class _C:
     bpf_program__pin = _proto(_LIBBPF, "bpf_program__pin", _int, _vp, _cp)
 
     bpf_obj_pin = _proto(_LIBBPF, "bpf_obj_pin", _int, _int, _cp)
+    bpf_link_create = _proto(_LIBBPF, "bpf_link_create", _int, _int, _int, _int, _vp)
+    bpf_link_update = _proto(_LIBBPF, "bpf_link_update", _int, _int, _int, _vp)
     bpf_map_create = _proto(
         _LIBBPF, "bpf_map_create", _int, ctypes.c_int, _cp, _u32, _u32, _u32, _vp
     )
@@ -789,6 +814,39 @@ def map_create(
 def obj_pin(fd: int, path: os.PathLike[str] | str) -> None:
     """Pins a map or program fd at ``path`` on bpffs."""
     _check(int(_C.bpf_obj_pin(fd, os.fsencode(path))), "bpf_obj_pin", str(path))
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """A BPF link attaching ``prog_fd`` to ``target_fd`` (a cgroup directory's fd for the
+    ``BPF_CGROUP_*`` types); returns the link's fd, owned by the caller (pin it with
+    :func:`obj_pin` to keep the attachment once the fd is closed)."""
+    fd = int(_C.bpf_link_create(prog_fd, target_fd, attach_type, None))
+    return _check(fd, "bpf_link_create", f"attach type {attach_type}")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Replace the program of the link ``link_fd`` atomically (no moment without one)."""
+    _check(int(_C.bpf_link_update(link_fd, prog_fd, None)), "bpf_link_update")
+
+
+def link_cgroup_id(link_fd: int) -> int | None:
+    """The id of the cgroup a cgroup link is attached to (a cgroup v2 directory's inode number);
+    0 once that cgroup was removed; None for a link of another kind."""
+    kind = os.readlink(f"/proc/self/fd/{link_fd}")
+    if kind != "anon_inode:bpf-link":
+        raise bpf_error(_errno.EINVAL, "bpf_obj_get_info_by_fd", f"fd {link_fd} is {kind}")
+    # struct bpf_link_info: type, id, prog_id (u32 each), then the union at offset 16, whose
+    # cgroup member is {u64 cgroup_id; u32 attach_type}
+    raw = (ctypes.c_uint8 * 64)()
+    size = ctypes.c_uint32(ctypes.sizeof(raw))
+    _check(
+        int(_C.bpf_obj_get_info_by_fd(link_fd, ctypes.byref(raw), ctypes.byref(size))),
+        "bpf_obj_get_info_by_fd",
+    )
+    data = bytes(raw)
+    if int.from_bytes(data[0:4], sys.byteorder) != _BPF_LINK_TYPE_CGROUP:
+        return None
+    return int.from_bytes(data[16:24], sys.byteorder)
 
 
 def prog_from_pin(path: os.PathLike[str] | str) -> int:

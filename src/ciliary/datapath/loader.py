@@ -24,6 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ciliary.datapath import socketlb
 from ciliary.datapath.libbpf import BPFObject, Map, tc_attach, tc_detach, tc_query
 from ciliary.datapath.linux import bpffs
 from ciliary.datapath.maps.config import ConfigMap
@@ -189,6 +190,23 @@ class NodeDatapath:
     def detach_host(self, ifindex: int) -> None:
         tc_detach(ifindex, "egress")
         tc_detach(ifindex, "ingress")
+
+    def attach_socket_lb(self, cgroup: Path) -> None:
+        """Socket-LB: load ``bpf_sock.o`` (the same pinned service maps) and attach its
+        programs to ``cgroup`` (datapath.socketlb: pinned links, replaced in place on restart);
+        the object is closed again, the links hold its programs."""
+        path = self.object_path.parent / socketlb.SOCK_OBJECT
+        if not path.exists():
+            raise FileNotFoundError(f"BPF object {path} not found (run `make -C bpf`)")
+        obj = self._open(path)
+        try:
+            socketlb.attach(obj, self.pin_dir, cgroup)
+        finally:
+            obj.close()
+
+    def detach_socket_lb(self) -> bool:
+        """Detach socket-LB (the tc-level LB alone translates); True when it was attached."""
+        return socketlb.detach(self.pin_dir)
 
     def nat_entries(self) -> list[NATRecord]:
         """Both families' NAT state (``ciliary bpf nat list``)."""

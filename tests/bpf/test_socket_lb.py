@@ -1,0 +1,156 @@
+"""Socket-LB in the kernel (bpf/bpf_sock.c through datapath/socketlb.py): with the programs on a
+cgroup, a process of that cgroup (in a network namespace of its own, where the ClusterIP has no
+route at all) reaches a Service's backend by connect() and by unconnected UDP sendto(), and sees
+the ClusterIP as its peer (getpeername, recvfrom); a frontend without backends refuses with
+EHOSTUNREACH; an agent restarted over the pins replaces the programs inside the same links; once
+detached (--bpf-lb-sock=false) the ClusterIP is unreachable again: the translation was the
+programs'."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ciliary.agent.services import ServiceManager, desired_frontends
+from ciliary.core.models import BackendInfo, L4Addr, ServiceInfo, ServicePortInfo
+from ciliary.datapath import socketlb
+from ciliary.datapath.linux import cgroup
+from ciliary.datapath.loader import PIN_ROOT, NodeDatapath, default_object_dir, remove_pins
+
+VIP4, VIP6, EMPTY4 = "10.96.200.1", "fd00:10:96::c8", "10.96.200.2"
+
+# Runs in the test's cgroup and a fresh netns (only lo): a server on the backend address, a
+# client to the ClusterIP; prints what each side saw.
+CLIENT = r"""
+import json, socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+out = {}
+pairs = ((socket.AF_INET, sys.argv[1], "127.0.0.1"), (socket.AF_INET6, sys.argv[2], "::1"))
+for fam, vip, be in pairs:
+    srv = socket.socket(fam, socket.SOCK_STREAM)
+    srv.bind((be, 8080)); srv.listen()
+    c = socket.create_connection((vip, 80), timeout=2)
+    conn, seen = srv.accept()
+    out[f"tcp{fam}"] = [list(c.getpeername()[:2]), list(seen[:2]), list(c.getsockname()[:2])]
+    u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((be, 8080))
+    cu = socket.socket(fam, socket.SOCK_DGRAM); cu.settimeout(2)
+    cu.sendto(b"ping", (vip, 80))
+    data, src = u.recvfrom(16)
+    u.sendto(b"pong", src)
+    reply, frm = cu.recvfrom(16)
+    out[f"udp{fam}"] = [data.decode(), list(frm[:2]), reply.decode()]
+try:
+    socket.create_connection((sys.argv[3], 80), timeout=2)
+    out["empty"] = "connected"
+except OSError as err:
+    out["empty"] = err.errno
+print(json.dumps(out))
+"""
+
+PROBE = r"""
+import socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+try:
+    socket.create_connection((sys.argv[1], 80), timeout=2)
+    print("connected")
+except OSError as err:
+    print(err.errno)
+"""
+
+
+def _svc(name: str, ips: list[str], backends: list[str]) -> ServiceInfo:
+    return ServiceInfo(
+        namespace="default",
+        name=name,
+        type="ClusterIP",
+        cluster_ips=ips,
+        ports=[
+            ServicePortInfo(name="http", port=80, protocol="TCP"),
+            ServicePortInfo(name="dns", port=80, protocol="UDP"),
+        ],
+        session_affinity="None",
+        external_traffic_policy="Cluster",
+        backends=[
+            BackendInfo(
+                address=a, ready=True, serving=True, terminating=False,
+                ports={"http": L4Addr(protocol="TCP", port=8080),
+                       "dns": L4Addr(protocol="UDP", port=8080)},
+            )
+            for a in backends
+        ],
+    )  # fmt: skip
+
+
+@pytest.fixture
+def node() -> Iterator[tuple[NodeDatapath, Path]]:
+    """A loaded datapath (its own pins) with two services, and an empty cgroup."""
+    token = secrets.token_hex(3)
+    pin_dir = PIN_ROOT / f"socklb{token}"
+    group = cgroup.create(f"ciliary-socklb-{token}")
+    dp = NodeDatapath(default_object_dir() / "bpf_lxc.o", pin_dir, lb_max=1024)
+    try:
+        dp.load()
+        ServiceManager(dp.lb).sync(
+            desired_frontends(
+                [_svc("web", [VIP4, VIP6], ["127.0.0.1", "::1"]), _svc("none", [EMPTY4], [])]
+            )
+        )
+        yield dp, group
+    finally:
+        dp.close()
+        cgroup.kill_and_remove(group)
+        remove_pins(pin_dir)
+
+
+def _run(group: Path, script: str, *args: str) -> str:
+    """``script`` as a process of ``group`` in a netns of its own."""
+    argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs")]
+    argv += ["unshare", "--net", sys.executable, "-c", script, *args]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_connect_sendmsg_recvmsg_getpeername_translated(node: tuple[NodeDatapath, Path]) -> None:
+    dp, group = node
+    dp.attach_socket_lb(group)
+    dp.attach_socket_lb(group)  # a restarted agent: the same links get the new programs
+    assert socketlb.attached(dp.pin_dir) == dict.fromkeys(socketlb.PROGRAMS, group.stat().st_ino)
+    out = json.loads(_run(group, CLIENT, VIP4, VIP6, EMPTY4))
+    # TCP: the client's peer is the ClusterIP, the server sees the client's own address
+    peer, seen, local = out["tcp2"]
+    assert peer == [VIP4, 80]
+    assert seen == local and seen[0] == "127.0.0.1"
+    peer6, seen6, local6 = out["tcp10"]
+    assert peer6 == [VIP6, 80]
+    assert seen6 == local6 and seen6[0] == "::1"
+    # unconnected UDP: translated per datagram, the reply reads as from the ClusterIP
+    assert out["udp2"] == ["ping", [VIP4, 80], "pong"]
+    assert out["udp10"] == ["ping", [VIP6, 80], "pong"]
+    assert out["empty"] == 113  # EHOSTUNREACH: a frontend without backends
+    # detached (--bpf-lb-sock=false): no translation, the ClusterIP has no route here
+    assert dp.detach_socket_lb()
+    assert socketlb.attached(dp.pin_dir) == {}
+    assert _run(group, PROBE, VIP4) == "101"  # ENETUNREACH
+    assert not dp.detach_socket_lb()
+
+
+def test_a_link_on_another_cgroup_is_replaced(node: tuple[NodeDatapath, Path]) -> None:
+    dp, group = node
+    other = cgroup.create(f"{group.name}-other")
+    try:
+        dp.attach_socket_lb(other)
+        assert set(socketlb.attached(dp.pin_dir).values()) == {other.stat().st_ino}
+        dp.attach_socket_lb(group)  # the flag now names another cgroup
+        assert set(socketlb.attached(dp.pin_dir).values()) == {group.stat().st_ino}
+        assert _run(other, PROBE, VIP4) == "101"  # the old cgroup is no longer translated
+        assert _run(group, PROBE, VIP4) == "111"  # translated: no server, ECONNREFUSED
+    finally:
+        dp.detach_socket_lb()
+        cgroup.kill_and_remove(other)
