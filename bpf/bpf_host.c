@@ -28,6 +28,7 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/deliver.h"
+#include "lib/nodeport.h"
 
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *skb)
@@ -36,12 +37,18 @@ int cil_to_netdev(struct __sk_buff *skb)
 	struct nat_config *cfg = nat_config_get();
 	if (!cfg || parse_packet(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
+	/* a local backend's reply to a NodePort client: from the frontend (lib/nodeport.h) */
+	int ret = nodeport_rev_dnat(skb, &p);
+	if (ret < 0)
+		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_TO_NETWORK);
+	if (ret > 0)
+		return TC_ACT_OK;
 	const __u8 *node = nat_node_addr(cfg, p.family);
 	if (!node || !snat_needs_masquerade(&p, cfg))
 		return TC_ACT_OK;
 	if (!nat_proto_ok(&p, 1))
 		return drop_packet(skb, &p, DROP_NAT_UNSUPP_PROTO, 0, 0, 0, OBS_TO_NETWORK);
-	int ret = snat_masquerade(skb, &p, node);
+	ret = snat_masquerade(skb, &p, node, 0);
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_TO_NETWORK);
 	return TC_ACT_OK;
@@ -49,8 +56,11 @@ int cil_to_netdev(struct __sk_buff *skb)
 
 /* Native routing: a packet from the network to a local endpoint goes straight into the pod (BPF
  * host routing), as one out of the tunnel does: conntrack, the endpoint's ingress policy with
- * the sender's identity from the ipcache, bpf_redirect_peer. Anything else is the stack's. */
-static __always_inline int netdev_deliver(struct __sk_buff *skb, struct pkt *p)
+ * the sender's identity from the ipcache, bpf_redirect_peer. Anything else is the stack's.
+ * Also the tail of a NodePort request given a local backend (any routing mode): `lb` names the
+ * frontend, which the connection's entry remembers for the reply (cil_to_netdev). */
+static __attribute__((noinline)) int netdev_deliver(struct __sk_buff *skb, struct pkt *p,
+						    const struct lb_result *lb)
 {
 	struct ct_result ct = {};
 	struct policy_verdict none = {};
@@ -69,26 +79,95 @@ static __always_inline int netdev_deliver(struct __sk_buff *skb, struct pkt *p)
 	int ret = ct_process(p, src_id, dst_id, level, interval, &ct);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, dst_ep, src_id, dst_id, OBS_FROM_NETWORK);
+	if (lb && lb->rev_nat_index && ct.entry) {
+		ct.entry->rev_nat_index = lb->rev_nat_index;
+		if (lb->svc_ct)
+			lb->svc_ct->expires_ns = ct.entry->expires_ns;
+	}
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
 	return local_deliver(skb, p, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
 }
 
+/* The reply of a NodePort connection forwarded to another node's backend (lib/nodeport.h). */
+static __attribute__((noinline)) int from_netdev_nodeport_reply(struct __sk_buff *skb,
+								struct pkt *p)
+{
+	int ret = nodeport_reply(skb, p);
+	if (ret != NP_PASS && ret < 0)
+		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
+	return ret;
+}
+
+/* The backend of a request to an external frontend (lib/lb.h), in a frame of its own. */
+static __attribute__((noinline)) int from_netdev_nodeport_lb(struct __sk_buff *skb,
+							     struct pkt *p, struct lb_result *lb)
+{
+	if (skb->pkt_type != PACKET_HOST || !nodeport_is_frontend(p))
+		return NP_PASS;
+	int ret = lb_translate(skb, p, lb);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, 0, ipcache_identity(p->saddr, p->family), 0,
+				   OBS_FROM_NETWORK);
+	return 0;
+}
+
+/* A request to an external frontend given a backend on another node (lib/nodeport.h). */
+static __attribute__((noinline)) int from_netdev_nodeport_fwd(struct __sk_buff *skb,
+							      struct pkt *p,
+							      const struct lb_result *lb)
+{
+	int ret = nodeport_forward(skb, p, lb);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_TO_NETWORK);
+	return ret;
+}
+
+/* A reply of a masqueraded pod connection (lib/nat.h). */
+static __attribute__((noinline)) int from_netdev_masq_reply(struct __sk_buff *skb, struct pkt *p)
+{
+	struct nat_config *cfg = nat_config_get();
+	if (!cfg)
+		return NP_PASS;
+	int ret = snat_reverse(skb, p, cfg);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
+	if (ret > 0)
+		return TC_ACT_OK; /* translated back: the stack routes it to the pod's lxc */
+	return NP_PASS;
+}
+
+static __attribute__((noinline)) int from_netdev_parse(struct __sk_buff *skb, struct pkt *p)
+{
+	return parse_packet(skb, p);
+}
+
+/* Steps in functions of their own (each call chain's frames add up to at most 512 bytes): a
+ * NodePort reply, a request to an external frontend (NodePort, externalIPs, LoadBalancer: a
+ * backend, then a local one's delivery or SNAT and forwarding to another node's), a
+ * masqueraded connection's reply, BPF host routing. */
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	if (parse_packet(skb, &p) != PARSE_OK)
+	struct lb_result lb = {};
+	if (from_netdev_parse(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
-	struct nat_config *cfg = nat_config_get();
-	if (cfg) {
-		int ret = snat_reverse(skb, &p, cfg);
-		if (ret < 0)
-			return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
-		if (ret > 0)
-			return TC_ACT_OK; /* translated back: the stack routes it to the pod's lxc */
+	int np = from_netdev_nodeport_reply(skb, &p);
+	if (np != NP_PASS)
+		return np;
+	np = from_netdev_nodeport_lb(skb, &p, &lb);
+	if (np == 0) {
+		if (lookup_endpoint(p.daddr, p.family))
+			return netdev_deliver(skb, &p, &lb);
+		return from_netdev_nodeport_fwd(skb, &p, &lb);
 	}
+	if (np != NP_PASS)
+		return np;
+	np = from_netdev_masq_reply(skb, &p);
+	if (np != NP_PASS)
+		return np;
 	if (routing_mode() == ROUTING_MODE_NATIVE)
-		return netdev_deliver(skb, &p);
+		return netdev_deliver(skb, &p, 0);
 	return TC_ACT_OK;
 }
 

@@ -53,7 +53,7 @@ struct nat_entry {
 	__u64 created_ns;
 	__u8 to_addr[16];   /* OUT: new source; IN: new destination */
 	__u16 to_port;
-	__u16 pad;
+	__u16 rev_nat_index; /* IN of a NodePort SNAT (lib/nodeport.h): the frontend, else 0 */
 	__u32 pad2;
 };
 
@@ -61,8 +61,12 @@ struct nat_entry {
 #define NAT_F_IPV6 0x2
 #define NAT_F_NATIVE_V4 0x4   /* native_cidr_v4/native_plen_v4 valid */
 #define NAT_F_NATIVE_V6 0x8
+#define NAT_F_NODE_V4 0x10    /* node_ipv4 is the node's address for NodePort SNAT */
+#define NAT_F_NODE_V6 0x20
 
-/* ciliary_nat_config[0], written whole by the agent; zero (unwritten) = masquerade nothing. */
+/* ciliary_nat_config[0], written whole by the agent; zero (unwritten) = masquerade nothing.
+ * The node addresses are also the source NodePort traffic forwarded to another node's backend
+ * is given (NAT_F_NODE_V4/V6, set whether or not the family is masqueraded). */
 struct nat_config {
 	__u8 node_ipv4[4];
 	__u8 native_cidr_v4[4];
@@ -193,12 +197,9 @@ static __always_inline void nat_reverse_key(struct nat_key *rk, const struct pkt
 	rk->dir = NAT_DIR_IN;
 }
 
-/* Masquerade a packet snat_needs_masquerade accepted: find or create its mapping, rewrite the
- * source. A new mapping claims its IN entry first (BPF_NOEXIST: a port another connection to the
- * same peer holds is a collision, retried with another port), then publishes OUT.
- * Returns 0 or -DROP_*. */
-static __always_inline int snat_masquerade(struct __sk_buff *skb, const struct pkt *p,
-					   const __u8 *node)
+/* The mapping of snat_masquerade: returns the NAT port (> 0) or -DROP_*. */
+static __always_inline int snat_translate(struct __sk_buff *skb, const struct pkt *p,
+					  const __u8 *node, __u16 rev_nat)
 {
 	void *map = nat_map(p->family);
 	struct nat_key ok = {};
@@ -210,8 +211,11 @@ static __always_inline int snat_masquerade(struct __sk_buff *skb, const struct p
 	ok.dir = NAT_DIR_OUT;
 
 	struct nat_entry *out = bpf_map_lookup_elem(map, &ok);
-	if (out)
-		return nat_rewrite(skb, p, 1, out->to_addr, p->sport, out->to_port);
+	if (out) {
+		__u16 have = out->to_port;
+		int ret = nat_rewrite(skb, p, 1, out->to_addr, p->sport, have);
+		return ret < 0 ? ret : have;
+	}
 
 	/* an ICMP echo's id has no reply "port" on the peer's side: dport is 0 in both keys */
 	struct nat_entry in_val = {}, out_val = {};
@@ -219,26 +223,47 @@ static __always_inline int snat_masquerade(struct __sk_buff *skb, const struct p
 	in_val.created_ns = out_val.created_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(in_val.to_addr, p->saddr, 16);
 	in_val.to_port = p->sport;
+	in_val.rev_nat_index = rev_nat;
 	addr_copy(out_val.to_addr, node, p->family);
 
 	__u16 port = p->sport >= NAT_PORT_MIN ? p->sport
 					      : NAT_PORT_MIN + bpf_get_prandom_u32() %
 								  (NAT_PORT_MAX - NAT_PORT_MIN + 1);
+	int claimed = 0;
 	for (int i = 0; i < NAT_COLLISION_RETRIES; i++) {
 		nat_reverse_key(&rk, p, node, port);
 		if (bpf_map_update_elem(map, &rk, &in_val, BPF_NOEXIST) == 0) {
-			out_val.to_port = port;
-			if (bpf_map_update_elem(map, &ok, &out_val, BPF_ANY) < 0) {
-				bpf_map_delete_elem(map, &rk);
-				return -DROP_NAT_NO_MAPPING;
-			}
-			return nat_rewrite(skb, p, 1, out_val.to_addr, p->sport, port);
+			claimed = 1;
+			break;
 		}
 		port = NAT_PORT_MIN + bpf_get_prandom_u32() % (NAT_PORT_MAX - NAT_PORT_MIN + 1);
 	}
-	return -DROP_NAT_NO_MAPPING;
+	if (!claimed)
+		return -DROP_NAT_NO_MAPPING;
+	out_val.to_port = port;
+	if (bpf_map_update_elem(map, &ok, &out_val, BPF_ANY) < 0) {
+		bpf_map_delete_elem(map, &rk);
+		return -DROP_NAT_NO_MAPPING;
+	}
+	int ret = nat_rewrite(skb, p, 1, out_val.to_addr, p->sport, port);
+	return ret < 0 ? ret : port;
 }
 
+/* Masquerade a packet snat_needs_masquerade accepted: find or create its mapping, rewrite the
+ * source. A new mapping claims its IN entry first (BPF_NOEXIST: a port another connection to the
+ * same peer holds is a collision, retried with another port), then publishes OUT. `rev_nat`: the
+ * frontend of a NodePort connection (lib/nodeport.h), kept in the IN entry; 0 for a pod's.
+ * Returns 0 or -DROP_*; `p` carries the new source. */
+static __always_inline int snat_masquerade(struct __sk_buff *skb, struct pkt *p,
+					   const __u8 *node, __u16 rev_nat)
+{
+	int ret = snat_translate(skb, p, node, rev_nat);
+	if (ret < 0)
+		return ret;
+	addr_copy(p->saddr, node, p->family);
+	p->sport = (__u16)ret;
+	return 0;
+}
 /* A packet to the node address: a reply of a masqueraded connection gets the pod's address and
  * port back. Returns 1 translated, 0 not ours (untouched), or -DROP_*. */
 static __always_inline int snat_reverse(struct __sk_buff *skb, const struct pkt *p,

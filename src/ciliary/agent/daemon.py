@@ -41,6 +41,7 @@ from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.agent.server import APIServer
 from ciliary.agent.services import (
+    FrontendNode,
     ServiceManager,
     ServiceSyncer,
     lb_map_entries,
@@ -218,7 +219,8 @@ class Agent:
         watcher synced, then prunes what went while no agent ran."""
         manager = ServiceManager(self.datapath.lb)
         manager.restore()
-        syncer = ServiceSyncer(manager, watcher.services.services, watcher.services.get)
+        node = FrontendNode(self.node, tuple(self._node_ips()))  # NodePort: --ipv4/6-node
+        syncer = ServiceSyncer(manager, watcher.services.services, watcher.services.get, node)
         on_service, on_slice = syncer.handlers()
         watcher.informers["services"].add_handler(on_service)
         watcher.informers["endpointslices"].add_handler(on_slice)

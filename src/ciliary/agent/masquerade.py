@@ -10,9 +10,10 @@ translate until the new ones replace them, both reading the same maps.
 A family is masqueraded when its ``--enable-ipvX-masquerade`` is on and the node has an address
 of it (``--ipv4-node`` / ``--ipv6-node``); ``--enable-bpf-masquerade=false`` (upstream's iptables
 masquerade, which ciliary does not implement) or no ``--devices`` masquerades nothing, and the
-programs of an earlier run are removed from the devices — except in native routing mode, where
-the devices' programs also deliver packets from the network straight to local endpoints (BPF host
-routing, bpf/lib/fib.h): there they stay attached, translating nothing.
+programs masquerade nothing. The devices' programs stay attached in every case: they are also the
+kube-proxy replacement's NodePort path (bpf/lib/nodeport.h: external frontends, SNAT to the node's
+address, which the config always carries for that) and, in native routing mode, deliver packets
+from the network straight to local endpoints (BPF host routing, bpf/lib/fib.h).
 """
 
 from __future__ import annotations
@@ -41,15 +42,13 @@ def setup_masquerade(datapath: NodeDatapath, net: NetworkConfig) -> list[str]:
     v6 = net.ipv6_node if net.enable_ipv6_masquerade else None
     active = net.enable_bpf_masquerade and bool(net.devices) and (v4 or v6) is not None
     if not active:
-        datapath.nat_config.clear()
+        # NodePort SNAT still needs the node's addresses; masquerade flags stay off
+        datapath.nat_config.set(None, None, nodeport_v4=net.ipv4_node, nodeport_v6=net.ipv6_node)
         for dev in net.devices:
             ifindex = links.link_index(dev)
             if ifindex is None:
                 continue
-            if net.routing_mode == "native":  # BPF host routing delivers from the devices
-                datapath.attach_host(ifindex)
-            else:
-                datapath.detach_host(ifindex)
+            datapath.attach_host(ifindex)  # NodePort, and BPF host routing in native mode
         if net.devices and (net.enable_ipv4_masquerade or net.enable_ipv6_masquerade):
             log.info("masquerade: not in BPF (no node IP of a masqueraded family, or disabled)")
         return []
@@ -59,7 +58,14 @@ def setup_masquerade(datapath: NodeDatapath, net: NetworkConfig) -> list[str]:
         if ifindex is None:
             raise MasqueradeError(f"--devices: device {dev!r} not found in the node's netns")
         indexes.append(ifindex)
-    datapath.nat_config.set(v4, v6, net.ipv4_native_routing_cidr, net.ipv6_native_routing_cidr)
+    datapath.nat_config.set(
+        v4,
+        v6,
+        net.ipv4_native_routing_cidr,
+        net.ipv6_native_routing_cidr,
+        nodeport_v4=net.ipv4_node,
+        nodeport_v6=net.ipv6_node,
+    )
     for ifindex in indexes:
         datapath.attach_host(ifindex)
     log.info("masquerade: BPF on %s to %s", ",".join(net.devices), [str(a) for a in (v4, v6) if a])

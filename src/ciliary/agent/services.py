@@ -6,8 +6,17 @@ frontend (address, port, protocol), and the address alone a wildcard frontend (p
 0, no backends: the datapath drops anything else sent to a ClusterIP). A frontend's backends are
 the service's ready endpoints of the frontend's family that list the port (by the port's name,
 with its protocol); only when none is ready, the serving terminating ones (flagged terminating),
-as upstream. NodePort, externalIPs, LoadBalancer ingress addresses and session affinity are not
-programmed yet (issue #14's later steps): such a Service gets its ClusterIP frontends only.
+as upstream. The external frontends, which bpf_host's cil_from_netdev translates for clients
+outside the cluster (bpf/lib/nodeport.h), as upstream's with their ``SVC_FLAG_*``: each of this
+node's addresses (:class:`FrontendNode`, its ``--ipv4-node``/``--ipv6-node``) times a port's
+``nodePort`` (NodePort and LoadBalancer Services; ``SVC_FLAG_NODEPORT``), each ``spec.externalIPs``
+address (``SVC_FLAG_EXTERNAL_IP``) and each ``status.loadBalancer.ingress`` IP of a LoadBalancer
+(``SVC_FLAG_LOADBALANCER``) times the port. With ``externalTrafficPolicy: Local`` those get only
+the backends on this node (``SVC_FLAG_EXT_LOCAL_SCOPE``; none: no backends, the datapath drops),
+with ``internalTrafficPolicy: Local`` the ClusterIP frontends likewise
+(``SVC_FLAG_INT_LOCAL_SCOPE``).
+Upstream keeps two scopes for a Local service (in-cluster clients of a NodePort still reach every
+backend); here one: a pod reaching this node's NodePort of a Local service gets the local ones.
 
 IDs, stable across agent restarts: each frontend has an id (1..65535) that is also its rev-NAT
 index, each backend (address, port, protocol; shared by the frontends that use it) an id
@@ -37,11 +46,22 @@ from ipaddress import ip_address
 from typing import Literal, Protocol
 
 from ciliary.agent.k8s.services import SERVICE_NAME_LABEL
-from ciliary.core.models import LBBackend, LBMapEntry, ServiceFrontend, ServiceInfo
+from ciliary.core.models import (
+    LBBackend,
+    LBMapEntry,
+    ServiceFrontend,
+    ServiceInfo,
+    ServicePortInfo,
+)
 from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress
 from ciliary.datapath.maps.lb import (
     BE_STATE_ACTIVE,
     BE_STATE_TERMINATING,
+    SVC_FLAG_EXT_LOCAL_SCOPE,
+    SVC_FLAG_EXTERNAL_IP,
+    SVC_FLAG_INT_LOCAL_SCOPE,
+    SVC_FLAG_LOADBALANCER,
+    SVC_FLAG_NODEPORT,
     SVC_FLAG_WILDCARD,
     Backend,
     Frontend,
@@ -55,6 +75,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PROTOCOLS",
+    "FrontendNode",
     "FrontendSpec",
     "IDAllocator",
     "LBWriter",
@@ -92,39 +113,87 @@ class FrontendSpec:
     type: str
     backends: tuple[Backend, ...]
     flags2: int = 0
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class FrontendNode:
+    """This node, for what only it programs: its name (which backends are local) and its
+    addresses (its NodePort frontends)."""
+
+    name: str
+    addresses: tuple[str, ...] = ()
 
 
 def _family(addr: str) -> int:
     return AF_INET4 if ip_address(addr).version == 4 else AF_INET6
 
 
-def desired_frontends(services: Iterable[ServiceInfo]) -> dict[Frontend, FrontendSpec]:
-    """The frontends the services ask for (see the module's docstring for which)."""
+def _backends(
+    svc: ServiceInfo, port: ServicePortInfo, family: int, local: str | None
+) -> tuple[Backend, ...]:
+    """The port's backends of one family (only those on node ``local`` when given)."""
+    proto = PROTOCOLS[port.protocol]
+    ready: list[Backend] = []
+    terminating: list[Backend] = []
+    for b in svc.backends:
+        l4 = b.ports.get(port.name)
+        if l4 is None or l4.protocol != port.protocol or _family(b.address) != family:
+            continue
+        if local is not None and b.node_name != local:
+            continue
+        addr = ip_address(b.address)
+        if b.ready and not b.terminating:
+            ready.append(Backend(addr, l4.port, proto, BE_STATE_ACTIVE))
+        elif b.serving:
+            terminating.append(Backend(addr, l4.port, proto, BE_STATE_TERMINATING))
+    return tuple(sorted(ready or terminating))
+
+
+def desired_frontends(
+    services: Iterable[ServiceInfo], node: FrontendNode | None = None
+) -> dict[Frontend, FrontendSpec]:
+    """The frontends the services ask for (see the module's docstring for which); ``node``:
+    this node (None: no NodePort frontends, and a Local traffic policy keeps every backend)."""
     out: dict[Frontend, FrontendSpec] = {}
+    here = node.name if node is not None else None
     for svc in services:
         key = (svc.namespace, svc.name)
+        int_local = here if svc.internal_traffic_policy == "Local" else None
+        ext_local = here if svc.external_traffic_policy == "Local" else None
+        ext_scope = SVC_FLAG_EXT_LOCAL_SCOPE if ext_local is not None else 0
         for cluster_ip in svc.cluster_ips:
             vip = ip_address(cluster_ip)
             out[Frontend(vip, 0, 0)] = FrontendSpec(key, svc.type, (), SVC_FLAG_WILDCARD)
-            family = _family(cluster_ip)
             for port in svc.ports:
                 proto = PROTOCOLS.get(port.protocol)
                 if proto is None:
                     continue
-                ready: list[Backend] = []
-                terminating: list[Backend] = []
-                for b in svc.backends:
-                    l4 = b.ports.get(port.name)
-                    if l4 is None or l4.protocol != port.protocol or _family(b.address) != family:
-                        continue
-                    addr = ip_address(b.address)
-                    if b.ready and not b.terminating:
-                        ready.append(Backend(addr, l4.port, proto, BE_STATE_ACTIVE))
-                    elif b.serving:
-                        terminating.append(Backend(addr, l4.port, proto, BE_STATE_TERMINATING))
-                chosen = ready or terminating
                 out[Frontend(vip, port.port, proto)] = FrontendSpec(
-                    key, svc.type, tuple(sorted(chosen))
+                    key,
+                    svc.type,
+                    _backends(svc, port, _family(cluster_ip), int_local),
+                    SVC_FLAG_INT_LOCAL_SCOPE if int_local is not None else 0,
+                )
+        external: list[tuple[str, bool, int, str]] = []  # address, node port?, flag, type
+        if node is not None and svc.type in ("NodePort", "LoadBalancer"):
+            external += [(a, True, SVC_FLAG_NODEPORT, "NodePort") for a in node.addresses]
+        external += [(a, False, SVC_FLAG_EXTERNAL_IP, "ExternalIPs") for a in svc.external_ips]
+        if svc.type == "LoadBalancer":
+            external += [
+                (a, False, SVC_FLAG_LOADBALANCER, "LoadBalancer") for a in svc.load_balancer_ips
+            ]
+        for address, node_port, flag, kind in external:
+            for port in svc.ports:
+                proto = PROTOCOLS.get(port.protocol)
+                number = port.node_port if node_port else port.port
+                if proto is None or not number:
+                    continue
+                out[Frontend(ip_address(address), number, proto)] = FrontendSpec(
+                    key,
+                    kind,
+                    _backends(svc, port, _family(address), ext_local),
+                    flags=flag | ext_scope,
                 )
     return out
 
@@ -168,6 +237,7 @@ class _Programmed:
     flags2: int
     service: ServiceKey | None = None
     type: str = ""
+    flags: int = 0
 
 
 @dataclass
@@ -220,7 +290,9 @@ class ServiceManager:
                 state.slots[(fe, i)].backend_id if (fe, i) in state.slots else 0
                 for i in range(1, value.count + 1)
             )
-            self.frontends[fe] = _Programmed(value.rev_nat_index, ids, value.flags2)
+            self.frontends[fe] = _Programmed(
+                value.rev_nat_index, ids, value.flags2, flags=value.flags
+            )
             self._by_id[value.rev_nat_index] = fe
             for i in ids:
                 self._refs[i] = self._refs.get(i, 0) + 1
@@ -261,7 +333,11 @@ class ServiceManager:
             if have is not None:
                 self._set_service(fe, have, spec.service)
                 have.type = spec.type
-                if have.backend_ids == ids and have.flags2 == spec.flags2:
+                if (
+                    have.backend_ids == ids
+                    and have.flags2 == spec.flags2
+                    and have.flags == spec.flags
+                ):
                     continue
             else:
                 have = _Programmed(self._fe_ids.allocate(), (), spec.flags2, None, spec.type)
@@ -271,12 +347,15 @@ class ServiceManager:
             for slot, backend_id in enumerate(ids, start=1):  # (3)
                 if slot > len(have.backend_ids) or have.backend_ids[slot - 1] != backend_id:
                     self.maps.upsert_slot(fe, slot, ServiceValue(backend_id=backend_id))
-            head = ServiceValue(count=len(ids), rev_nat_index=have.id, flags2=spec.flags2)
+            head = ServiceValue(
+                count=len(ids), rev_nat_index=have.id, flags=spec.flags, flags2=spec.flags2
+            )
             self.maps.upsert_slot(fe, 0, head)  # (4)
             if len(have.backend_ids) > len(ids):
                 shrink.append((fe, len(ids), len(have.backend_ids)))
             unused |= self._set_backends(have, ids)
             have.flags2 = spec.flags2
+            have.flags = spec.flags
             self.frontends[fe] = have
             changed += 1
         for fe, new_count, old_count in shrink:  # (5)
@@ -345,10 +424,12 @@ class ServiceSyncer:
         manager: ServiceManager,
         services: Callable[[], list[ServiceInfo]],
         get: Callable[[str, str], ServiceInfo | None],
+        node: FrontendNode | None = None,
     ) -> None:
         self.manager = manager
         self._services = services
         self._get = get
+        self.node = node
         self._dirty: set[ServiceKey] = set()
         self._wake = asyncio.Event()
         self._full = False
@@ -390,7 +471,7 @@ class ServiceSyncer:
         while True:
             self._dirty.clear()  # the full sync covers what changed until now
             try:
-                self.manager.sync(desired_frontends(self._services()))
+                self.manager.sync(desired_frontends(self._services(), self.node))
                 break
             except Exception:
                 log.exception("programming the services failed; again in 1 s")
@@ -404,7 +485,7 @@ class ServiceSyncer:
             for key in sorted(dirty):
                 try:
                     svc = self._get(*key)
-                    desired = desired_frontends([svc] if svc is not None else [])
+                    desired = desired_frontends([svc] if svc is not None else [], self.node)
                     self.manager.sync(desired, owned=self.manager.owned_by(key))
                 except Exception:
                     log.exception("programming service %s/%s failed", *key)

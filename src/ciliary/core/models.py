@@ -353,6 +353,11 @@ class ServiceInfo(_Model):
     session_affinity: str
     external_traffic_policy: str
     backends: list[BackendInfo]
+    internal_traffic_policy: str = "Cluster"
+    external_ips: list[str] = Field(default_factory=list, description="spec.externalIPs")
+    load_balancer_ips: list[str] = Field(
+        default_factory=list, description="status.loadBalancer.ingress[].ip"
+    )
 
 
 class NodeAddressInfo(_Model):

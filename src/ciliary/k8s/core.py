@@ -12,6 +12,7 @@ unknown field is a typo).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,6 +27,8 @@ __all__ = [
     "ContainerPort",
     "EmptyDirVolumeSource",
     "EnvVar",
+    "LoadBalancerIngress",
+    "LoadBalancerStatus",
     "Namespace",
     "NamespaceSpec",
     "Node",
@@ -44,6 +47,7 @@ __all__ = [
     "Service",
     "ServicePort",
     "ServiceSpec",
+    "ServiceStatus",
     "Volume",
     "VolumeMount",
 ]
@@ -281,13 +285,40 @@ class ServiceSpec(ObjectModel):
     # what the API server allocates for a LoadBalancer with externalTrafficPolicy Local
     health_check_node_port: int | None = Field(default=None, ge=1, le=65535)
     allocate_load_balancer_node_ports: bool | None = None
+    external_ips: list[str] = Field(default_factory=list, alias="externalIPs")
+
+    @field_validator("external_ips")
+    @classmethod
+    def _external_ips_are_addresses(cls, value: list[str]) -> list[str]:
+        for ip in value:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ValueError(f"spec.externalIPs: {ip!r} is not an IP address") from None
+        return value
 
     @property
     def headless(self) -> bool:
         return self.cluster_ip == "None"
 
 
+class LoadBalancerIngress(ObjectModel):
+    ip: str | None = None
+    hostname: str | None = None
+
+
+class LoadBalancerStatus(ObjectModel):
+    ingress: list[LoadBalancerIngress] = Field(default_factory=list)
+
+
+class ServiceStatus(ObjectModel):
+    """What a load-balancer controller reports (the lab has none: set it with kubectl)."""
+
+    load_balancer: LoadBalancerStatus = Field(default_factory=LoadBalancerStatus)
+
+
 class Service(TypedObject):
     api_version: Literal["v1"] = "v1"
     kind: Literal["Service"] = "Service"
     spec: ServiceSpec = Field(default_factory=ServiceSpec)
+    status: ServiceStatus = Field(default_factory=ServiceStatus)

@@ -72,6 +72,9 @@ def _service_info(svc: Service) -> ServiceInfo:
         ],
         session_affinity=spec.session_affinity,
         external_traffic_policy=spec.external_traffic_policy or "Cluster",
+        internal_traffic_policy=spec.internal_traffic_policy or "Cluster",
+        external_ips=list(spec.external_ips),
+        load_balancer_ips=[i.ip for i in svc.status.load_balancer.ingress if i.ip],
         backends=[],
     )
 

@@ -25,6 +25,11 @@ __all__ = [
     "BE_STATE_QUARANTINED",
     "BE_STATE_TERMINATING",
     "LB_MAPS",
+    "SVC_FLAG_EXTERNAL_IP",
+    "SVC_FLAG_EXT_LOCAL_SCOPE",
+    "SVC_FLAG_INT_LOCAL_SCOPE",
+    "SVC_FLAG_LOADBALANCER",
+    "SVC_FLAG_NODEPORT",
     "SVC_FLAG_WILDCARD",
     "Backend",
     "Frontend",
@@ -46,6 +51,15 @@ BE_STATE_QUARANTINED = 2
 BE_STATE_MAINTENANCE = 3
 SVC_FLAG_WILDCARD = 0x80
 """``lb_service.flags2``: the address's catch-all entry (port 0, protocol 0, no backends)."""
+SVC_FLAG_EXTERNAL_IP = 0x01
+"""``lb_service.flags`` (upstream's values): a ``spec.externalIPs`` frontend (bpf/lib/nodeport.h
+translates the external ones for clients outside the cluster)."""
+SVC_FLAG_NODEPORT = 0x02
+SVC_FLAG_EXT_LOCAL_SCOPE = 0x04
+"""``externalTrafficPolicy: Local``: the frontend has only this node's backends."""
+SVC_FLAG_LOADBALANCER = 0x20
+SVC_FLAG_INT_LOCAL_SCOPE = 0x10
+"""``lb_service.flags2``: ``internalTrafficPolicy: Local`` (this node's backends only)."""
 
 LB_MAPS = {
     AF_INET4: ("ciliary_lb4_services", "ciliary_lb4_backends", "ciliary_lb4_reverse_nat"),

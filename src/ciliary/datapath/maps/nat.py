@@ -48,6 +48,9 @@ NAT_F_IPV4 = 0x1
 NAT_F_IPV6 = 0x2
 NAT_F_NATIVE_V4 = 0x4
 NAT_F_NATIVE_V6 = 0x8
+NAT_F_NODE_V4 = 0x10
+"""The node address is set for NodePort SNAT (bpf/lib/nodeport.h), masqueraded or not."""
+NAT_F_NODE_V6 = 0x20
 
 
 class NATKeyC(ctypes.Structure):
@@ -75,7 +78,7 @@ class NATEntryC(ctypes.Structure):
         ("created_ns", ctypes.c_uint64),
         ("to_addr", ctypes.c_uint8 * 16),
         ("to_port", ctypes.c_uint16),
-        ("pad", ctypes.c_uint16),
+        ("rev_nat_index", ctypes.c_uint16),
         ("pad2", ctypes.c_uint32),
     ]
 
@@ -113,9 +116,14 @@ class NATConfigMap:
         node_ipv6: IPv6Address | None,
         native_v4: IPv4Network | None = None,
         native_v6: IPv6Network | None = None,
+        *,
+        nodeport_v4: IPv4Address | None = None,
+        nodeport_v6: IPv6Address | None = None,
     ) -> None:
         """Masquerade the families with a node address (None: that family untouched); never
-        to the native routing CIDRs. One write: the programs never see half a config."""
+        to the native routing CIDRs. ``nodeport_v4/v6``: the node's addresses NodePort traffic
+        forwarded to another node is SNATed to (a masqueraded family's node address is one too).
+        One write: the programs never see half a config."""
         c = NATConfigC()
         if node_ipv4 is not None:
             c.flags |= NAT_F_IPV4
@@ -123,6 +131,18 @@ class NATConfigMap:
         if node_ipv6 is not None:
             c.flags |= NAT_F_IPV6
             c.node_ipv6[:] = list(node_ipv6.packed)
+        if node_ipv4 is not None and nodeport_v4 not in (None, node_ipv4):
+            raise ValueError(f"NodePort address {nodeport_v4} is not the masquerade's {node_ipv4}")
+        if node_ipv6 is not None and nodeport_v6 not in (None, node_ipv6):
+            raise ValueError(f"NodePort address {nodeport_v6} is not the masquerade's {node_ipv6}")
+        v4 = nodeport_v4 or node_ipv4
+        v6 = nodeport_v6 or node_ipv6
+        if v4 is not None:
+            c.flags |= NAT_F_NODE_V4
+            c.node_ipv4[:] = list(v4.packed)
+        if v6 is not None:
+            c.flags |= NAT_F_NODE_V6
+            c.node_ipv6[:] = list(v6.packed)
         if native_v4 is not None:
             c.flags |= NAT_F_NATIVE_V4
             c.native_cidr_v4[:] = list(native_v4.network_address.packed)

@@ -1,0 +1,192 @@
+"""NodePort and externalIPs from a world host (the kube-proxy replacement's external half, SNAT
+mode: bpf_host.c cil_from_netdev, bpf/lib/nodeport.h) in a 2-node lab in tunnel mode (Cilium's
+default), with the only backend on node 1:
+
+- a NodePort Service (externalTrafficPolicy Cluster) answers on both nodes' IPs: node 1 delivers
+  to its local backend keeping the client's address; node 2, which has no backend, SNATs the
+  request to its own IP and tunnels it to node 1, and translates the reply back (the client sees
+  node 2's IP and nodePort answer: a TCP exchange that completes proves it);
+- with externalTrafficPolicy Local, node 1 answers with the world host's address preserved and
+  node 2 (no local backend: a frontend without backends) drops the connection;
+- an externalIP (routed to node 1 by the world host) reaches the backend likewise.
+One lab for the module (~25 s with lab up)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ciliary.lab import manager
+from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.kubectl import get_json, kubectl, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  hubble: {{relay: {{enabled: false}}}}
+  nodes:
+  - name: {n1}
+  - name: {n2}
+  externals:
+  - name: {world}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-a, labels: {{app: web}}}}
+spec:
+  nodeName: {n1}
+  containers:
+  - name: web
+    command: [ciliary, workload, http-server, --port, "8080"]
+"""
+
+EXTERNAL_IP = "203.0.113.10"  # outside every lab network: the world host routes it to node 1
+
+SERVICES = f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: web-np}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-local}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-ext}}
+spec:
+  selector: {{app: web}}
+  externalIPs: [{EXTERNAL_IP}]
+  ports: [{{name: http, port: 8000, targetPort: 8080, protocol: TCP}}]
+"""
+
+# One GET; prints the answer's JSON ({"pod", "client"}) or {"error": ...}.
+GET = """\
+import json, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(f"http://{sys.argv[1]}:{sys.argv[2]}/", timeout=float(sys.argv[3])) as r:
+        print(json.dumps(json.load(r)))
+except OSError as err:
+    print(json.dumps({"error": str(err)}))
+"""
+
+
+@dataclass(frozen=True)
+class NPLab:
+    name: str
+    nodes: list[str]
+    node_ips: list[str]
+    world_netns: str
+    world_ip: str
+    kubeconfig: str
+
+    def node_port(self, service: str) -> int:
+        return int(get_json(self.kubeconfig, "service", service)["spec"]["ports"][0]["nodePort"])
+
+    def get(self, address: str, port: int, timeout: float = 3) -> dict[str, Any]:
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.world_netns, sys.executable, "-c", GET, address,
+             str(port), str(timeout)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        out: dict[str, Any] = json.loads(res.stdout)
+        return out
+
+    def frontend(self, node: str, address: str, port: int) -> dict[str, Any] | None:
+        res = subprocess.run(
+            [CILIARY, "--node", node, "service", "list", "-o", "json"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        listed: list[dict[str, Any]] = json.loads(res.stdout)
+        return next((f for f in listed if (f["address"], f["port"]) == (address, port)), None)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NPLab]:
+    name, nodes, world = unique("np"), [unique("n") for _ in range(2)], unique("w")
+    path = tmp_path_factory.mktemp("nodeport") / "lab.yaml"
+    path.write_text(LAB.format(lab=name, n1=nodes[0], n2=nodes[1], world=world))
+    with kube_lab(path, name, nodes) as kubeconfig:
+        rec = manager.record(name)
+        ips = []
+        for node in nodes:
+            nrec = next(n for n in rec.nodes if n.name == node)
+            assert nrec.node_ipv4 is not None
+            ips.append(nrec.node_ipv4)
+        netns = f"cilw-{name}-{world}"
+        addrs = subprocess.run(
+            ["ip", "netns", "exec", netns, "ip", "-4", "-o", "addr", "show", "scope", "global"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.split()  # fmt: skip
+        world_ip = addrs[addrs.index("inet") + 1].partition("/")[0]
+        # the external IP is routed to node 1, as an operator's router would
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "ip", "route", "add", f"{EXTERNAL_IP}/32", "via",
+             ips[0]],
+            check=True, timeout=30,
+        )  # fmt: skip
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICES)
+        yield NPLab(name, nodes, ips, netns, world_ip, kubeconfig)
+
+
+def _wait_frontend(lab: NPLab, node: str, address: str, port: int, backends: int) -> None:
+    def ready() -> bool:
+        f = lab.frontend(node, address, port)
+        return f is not None and len(f["backends"]) == backends
+
+    wait_for(f"{address}:{port} with {backends} backends on {node}", ready, 30)
+
+
+def test_nodeport_answers_on_every_node_from_a_world_host(lab: NPLab) -> None:
+    port = lab.node_port("web-np")
+    for node, ip in zip(lab.nodes, lab.node_ips, strict=True):
+        _wait_frontend(lab, node, ip, port, 1)
+    listed = lab.frontend(lab.nodes[1], lab.node_ips[1], port)
+    assert listed is not None and listed["type"] == "NodePort", listed
+    local = lab.get(lab.node_ips[0], port)
+    assert local.get("pod") == "web-a", local
+    assert local["client"].partition(":")[0] == lab.world_ip  # a local backend: no SNAT
+    remote = lab.get(lab.node_ips[1], port)  # node 2 has no backend: SNAT, tunnel to node 1
+    assert remote.get("pod") == "web-a", remote
+    assert remote["client"].partition(":")[0] == lab.node_ips[1]
+
+
+def test_external_traffic_policy_local_refuses_where_no_backend_runs(lab: NPLab) -> None:
+    port = lab.node_port("web-local")
+    _wait_frontend(lab, lab.nodes[0], lab.node_ips[0], port, 1)
+    _wait_frontend(lab, lab.nodes[1], lab.node_ips[1], port, 0)
+    here = lab.get(lab.node_ips[0], port)
+    assert here.get("pod") == "web-a", here
+    assert here["client"].partition(":")[0] == lab.world_ip  # the client's address preserved
+    there = lab.get(lab.node_ips[1], port, timeout=1)
+    assert "error" in there, there
+
+
+def test_an_external_ip_reaches_the_backend(lab: NPLab) -> None:
+    _wait_frontend(lab, lab.nodes[0], EXTERNAL_IP, 8000, 1)
+    listed = lab.frontend(lab.nodes[0], EXTERNAL_IP, 8000)
+    assert listed is not None and listed["type"] == "ExternalIPs", listed
+    got = lab.get(EXTERNAL_IP, 8000)
+    assert got.get("pod") == "web-a", got
+    assert got["client"].partition(":")[0] == lab.world_ip
