@@ -321,6 +321,13 @@ def _cgroup_rel(lab: str, leaf: str) -> str:
     return f"{CGROUP_PARENT}/{lab}/{leaf}"
 
 
+def node_cgroup_rel(lab: str, node: str) -> str:
+    """The node's own cgroup, parent of its pods' (containers and ``lab exec``): what a node's
+    root cgroup is to Cilium, where its agent attaches socket-LB (``--cgroup-root``). Only pod
+    processes are in it: the node's agent and the lab's processes have cgroups of their own."""
+    return _cgroup_rel(lab, f"node-{node}")
+
+
 @contextlib.contextmanager
 def _step(progress: Progress | None, text: str) -> Iterator[TaskID | None]:
     task = progress.add_task(text, total=1) if progress is not None else None
@@ -348,6 +355,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         file=str(path) if path else None,
         created_at=time.time(),
         monitor_aggregation=lab_file.lab.spec.monitor_aggregation,
+        socket_lb=lab_file.lab.spec.socket_lb.enabled,
         ipam_mode=lab_file.lab.spec.ipam.mode,
         hubble=_hubble_record(lab_file.lab.spec.hubble),
         images={
@@ -987,6 +995,10 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
         "--ipam", rec.ipam_mode,
         "--cluster-name", rec.name,  # the lab is the cluster
     ]  # fmt: skip
+    root = cgroup.cgroup2_root()
+    if root is not None:  # socket-LB on the node's pods when the lab file asks for it
+        argv += ["--cgroup-root", str(root / node_cgroup_rel(rec.name, nrec.name))]
+        argv += [f"--bpf-lb-sock={str(rec.socket_lb).lower()}"]
     if nrec.labels:
         argv += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(nrec.labels.items()))]
     if nrec.kubeconfig:  # pods, namespaces and policies from the lab's API server
@@ -1215,6 +1227,7 @@ def spawn_agent(rec: LabRecord, nrec: NodeRecord) -> None:
     state_dir = Path(nrec.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cg = cgroup.create(nrec.cgroup) if nrec.cgroup else None
+    cgroup.create(node_cgroup_rel(rec.name, nrec.name))  # its --cgroup-root, before it starts
     log_path = state_dir / "agent.log"
     nrec.agent_log_offset = _log_size(log_path)  # this run's lines: an earlier run's are stale
     nrec.agent_pid, nrec.agent_start_time = process.spawn(
@@ -1324,7 +1337,7 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
             for c in pod.spec.containers
             if c.argv()
         ],
-        cgroup=_cgroup_rel(rec.name, f"pod-{pod.namespace}-{pod.name}"),
+        cgroup=f"{node_cgroup_rel(rec.name, nrec.name)}/pod-{pod.namespace}-{pod.name}",
         kubelet=True,
         uid=uid,
         restart_policy=pod.spec.restart_policy,
@@ -1734,6 +1747,10 @@ def _teardown(rec: LabRecord) -> None:
     for nrec in rec.nodes:
         if nrec.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / nrec.cgroup)
+        node_group = node_cgroup_rel(rec.name, nrec.name)
+        if root is not None:
+            _collect(errors, cgroup.kill_and_remove, root / node_group)
+        _collect(errors, cgrouplimits.remove_v1, node_group)  # the v1 limits' parent
     for prec in rec.pods:
         _collect(errors, netns.remove, prec.netns)
     for nrec in rec.nodes:
@@ -1919,6 +1936,15 @@ def find_pod(rec: LabRecord, pod: str) -> PodRecord:
     raise LabError(f"lab {rec.name!r} has no pod {ns}/{name} (pods: {known})")
 
 
+def _pod_cgroup(prec: PodRecord) -> Path | None:
+    """The pod's cgroup (v2), which a command run in the pod joins (as ``kubectl exec`` joins
+    the container's): the node's socket-LB applies to it as to the pod's containers."""
+    root = cgroup.cgroup2_root()
+    if root is None or not prec.cgroup:
+        return None
+    return cgroup.create(prec.cgroup)
+
+
 def exec_in_pod(pod: str, argv: list[str], *, name: str | None = None) -> int:
     """Run a command inside a pod's network namespace, in the foreground; its exit code."""
     _require_root()
@@ -1930,7 +1956,9 @@ def exec_in_pod(pod: str, argv: list[str], *, name: str | None = None) -> int:
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT, _pod_files(lab, prec)),
+            podsandbox.exec_argv(
+                netns.path_of(prec.netns), argv, RUN_ROOT, _pod_files(lab, prec), _pod_cgroup(prec)
+            ),
             env=env,
             start_new_session=True,  # its own process group, which our signals end as a whole
         )
@@ -1981,7 +2009,9 @@ def run_in_pod(
     prec = find_pod(_load(lab), pod)
     env = _pod_env(prec)
     return subprocess.run(
-        podsandbox.exec_argv(netns.path_of(prec.netns), argv, RUN_ROOT, _pod_files(lab, prec)),
+        podsandbox.exec_argv(
+            netns.path_of(prec.netns), argv, RUN_ROOT, _pod_files(lab, prec), _pod_cgroup(prec)
+        ),
         env=env,
         capture_output=True,
         text=True,

@@ -336,10 +336,16 @@ def exec_argv(
     argv: Sequence[str],
     run_root: Path,
     files: Sequence[tuple[Path, Path]] = (),
+    cgroup: Path | None = None,
 ) -> list[str]:
     """A command run in a pod from outside (``lab exec``, tests): in the pod's netns and behind
-    the same mount view as its containers (``kubectl exec`` joins the container's)."""
-    return ["nsenter", f"--net={netns_path}", "--", *pod_command(argv, run_root, files=files)]
+    the same mount view as its containers (``kubectl exec`` joins the container's), and in the
+    pod's ``cgroup`` when given (joined before anything runs, so nothing it starts escapes)."""
+    inner = ["nsenter", f"--net={netns_path}", "--", *pod_command(argv, run_root, files=files)]
+    if cgroup is None:
+        return inner
+    procs = str(cgroup / "cgroup.procs")
+    return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *inner]
 
 
 __all__ = [

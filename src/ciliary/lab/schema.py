@@ -459,6 +459,15 @@ class HubbleSpec(StrictModel):
     export: HubbleExportSpec = Field(default_factory=HubbleExportSpec)
 
 
+class SocketLBSpec(StrictModel):
+    """Socket-LB (Helm's ``socketLB.enabled``, the agent's ``--bpf-lb-sock``): each node's agent
+    translates its pods' connect()/sendmsg() to a Service in the socket (bpf_sock.c on the
+    node's cgroup) instead of per packet at tc. Off by default in the lab, which then exercises
+    the tc-level load balancer."""
+
+    enabled: bool = False
+
+
 class ImageCommand(StrictModel):
     """What the lab runs for ``image`` (``spec.images[]``): a container with that image and no
     ``command`` gets this ``command`` (and these ``args`` when it has none), as the image's
@@ -532,6 +541,7 @@ class LabBody(StrictModel):
     ipam: IPAMSpec = Field(default_factory=IPAMSpec)
     monitor_aggregation: Literal["none", "medium"] = "medium"
     hubble: HubbleSpec = Field(default_factory=HubbleSpec)
+    socket_lb: SocketLBSpec = Field(default_factory=SocketLBSpec, alias="socketLB")
     images: list[ImageCommand] = Field(default_factory=list)
     nodes: list[NodeSpec] = Field(min_length=1)
     node_network: NodeNetworkSpec = Field(default_factory=NodeNetworkSpec)

@@ -195,6 +195,8 @@ class LabRecord(_Model):
     pods: list[PodRecord] = Field(default_factory=list)
     namespaces: dict[str, dict[str, str]] = Field(default_factory=dict)
     monitor_aggregation: str = "medium"
+    socket_lb: bool = False
+    """The Lab's ``spec.socketLB.enabled``: the agents' ``--bpf-lb-sock``."""
     ipam_mode: str = "cluster-pool"
     hubble: HubbleRecord = Field(default_factory=HubbleRecord)
     images: dict[str, ImageRecord] = Field(default_factory=dict)
