@@ -46,6 +46,7 @@ from ciliary.agent.services import (
     ServiceSyncer,
     lb_map_entries,
     service_frontends,
+    service_handlers,
 )
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.models import (
@@ -224,6 +225,12 @@ class Agent:
         on_service, on_slice = syncer.handlers()
         watcher.informers["services"].add_handler(on_service)
         watcher.informers["endpointslices"].add_handler(on_slice)
+        # toServices rules: the policy follows the Services' endpoints
+        policy_svc, policy_slice = service_handlers(
+            lambda ns, name: self.policy.service_changed(ns, name, watcher.services.get(ns, name))
+        )
+        watcher.informers["services"].add_handler(policy_svc)
+        watcher.informers["endpointslices"].add_handler(policy_slice)
         self._spawn(syncer.run(watcher.wait_synced), "services")
         return syncer
 

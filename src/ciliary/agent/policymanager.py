@@ -42,6 +42,7 @@ from ciliary.core.models import (
     PolicyMapEntry,
     PolicySummary,
     RuleReference,
+    ServiceInfo,
 )
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
@@ -53,6 +54,7 @@ from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
 from ciliary.policy.resolve import EndpointPolicy, Mode, NamedPorts, compute, merge_named_ports
 from ciliary.policy.selectorcache import SelectorCache, cidr_blocks
+from ciliary.policy.services import ServiceEndpoints
 
 log = logging.getLogger(__name__)
 Network = IPv4Network | IPv6Network
@@ -109,6 +111,9 @@ class PolicyManager:
         self._cookies: dict[frozenset[RuleRef], int] = {}
         self._by_cookie: dict[int, frozenset[RuleRef]] = {}
         self._cidr_ids: dict[Network, Identity] = {}
+        self.services = ServiceEndpoints()
+        """The Services toServices rules select from (fed by the service cache)."""
+        self._uses_services = False
         self._realized: dict[int, EndpointPolicy] = {}
         self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
         self._remote_ports: Mapping[int, NamedPorts] = {}
@@ -239,6 +244,20 @@ class PolicyManager:
             self._repository_changed()
         return targets
 
+    def service_changed(self, namespace: str, name: str, svc: ServiceInfo | None) -> None:
+        """A Service or its endpoints changed (``svc`` as the service cache now has it, None:
+        deleted): when toServices rules exist and what they select may differ, the CIDR
+        identities follow and every endpoint is recomputed, as after a policy change."""
+        if svc is None:
+            changed = self.services.delete(namespace, name)
+        else:
+            changed = self.services.upsert(
+                namespace, name, labels=svc.labels, has_selector=svc.selector is not None,
+                addresses=[b.address for b in svc.backends],
+            )  # fmt: skip
+        if changed and self._uses_services:
+            self._repository_changed()
+
     def add_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` runs after every change of the repository (API event, import, delete,
         load at start), once the derived state (CIDR identities, selector cache) follows it."""
@@ -269,6 +288,7 @@ class PolicyManager:
     def _sync_cidr_identities(self) -> None:
         """Local identities (and ipcache entries) for exactly the prefixes CIDR rules name."""
         wanted: set[Network] = set()
+        uses_services = False
         for pol in self.repo.policies():
             for rule in pol.rules:
                 for peer in (*rule.ingress, *rule.egress, *rule.ingress_deny, *rule.egress_deny):
@@ -279,6 +299,10 @@ class PolicyManager:
                         wanted.update(cidr.except_cidrs)
                         # the block minus its exceptions, as the selector cache selects it
                         wanted.update(cidr_blocks(cidr.cidr, cidr.except_cidrs))
+                    if peer.services:
+                        uses_services = True
+                        wanted.update(self.services.all_prefixes(peer.services))
+        self._uses_services = uses_services
         for prefix in [p for p in self._cidr_ids if p not in wanted]:
             ident = self._cidr_ids.pop(prefix)
             self._dp.ipcache.delete(prefix)
@@ -321,7 +345,7 @@ class PolicyManager:
         return compute(
             self.repo, self.cache, Identity.of(ep.identity, labels),
             named_ports=named_ports or {}, remote_named_ports=self._remote_ports,
-            mode=self._mode, allow_localhost=True,
+            mode=self._mode, allow_localhost=True, services=self.services,
         )  # fmt: skip
 
     def realize(

@@ -84,6 +84,7 @@ __all__ = [
     "desired_frontends",
     "lb_map_entries",
     "service_frontends",
+    "service_handlers",
 ]
 
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
@@ -413,6 +414,36 @@ class ServiceManager:
         return {fe: (p.service, p.type) for fe, p in self.frontends.items()}
 
 
+def service_handlers(
+    changed: Callable[[str, str], None],
+) -> tuple[HandlerFuncs, HandlerFuncs]:
+    """Informer handlers calling ``changed(namespace, name)`` for a Service's events and its
+    EndpointSlices' (filed under their service-name label); register them after the service
+    cache's, so that it is current when they run."""
+
+    def svc(obj: KubeObject) -> None:
+        meta = obj.get("metadata") or {}
+        changed(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+    def eps(obj: KubeObject) -> None:
+        meta = obj.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if name:
+            changed(str(meta.get("namespace") or ""), str(name))
+
+    def both(fn: Callable[[KubeObject], None]) -> Callable[[KubeObject, KubeObject], None]:
+        def update(old: KubeObject, new: KubeObject) -> None:
+            fn(old)
+            fn(new)
+
+        return update
+
+    return (
+        HandlerFuncs(add=svc, update=both(svc), delete=svc),
+        HandlerFuncs(add=eps, update=both(eps), delete=eps),
+    )
+
+
 class ServiceSyncer:
     """Runs the manager from the service watcher's events: a full sync once the watcher has
     synced (frontends of services deleted while no agent ran go then, not before), then each
@@ -438,28 +469,7 @@ class ServiceSyncer:
     def handlers(self) -> tuple[HandlerFuncs, HandlerFuncs]:
         """Informer handlers (registered after the cache's, so it is current when they run):
         one for Services, one for EndpointSlices (filed under their service-name label)."""
-
-        def svc(obj: KubeObject) -> None:
-            meta = obj.get("metadata") or {}
-            self.changed(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-
-        def eps(obj: KubeObject) -> None:
-            meta = obj.get("metadata") or {}
-            name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-            if name:
-                self.changed(str(meta.get("namespace") or ""), str(name))
-
-        def both(fn: Callable[[KubeObject], None]) -> Callable[[KubeObject, KubeObject], None]:
-            def update(old: KubeObject, new: KubeObject) -> None:
-                fn(old)
-                fn(new)
-
-            return update
-
-        return (
-            HandlerFuncs(add=svc, update=both(svc), delete=svc),
-            HandlerFuncs(add=eps, update=both(eps), delete=eps),
-        )
+        return service_handlers(self.changed)
 
     def changed(self, namespace: str, name: str) -> None:
         """A Service or one of its EndpointSlices changed (called from informer handlers)."""

@@ -358,6 +358,10 @@ class ServiceInfo(_Model):
     load_balancer_ips: list[str] = Field(
         default_factory=list, description="status.loadBalancer.ingress[].ip"
     )
+    selector: dict[str, str] | None = Field(
+        default=None, description="spec.selector; None for a Service without one"
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="metadata.labels")
 
 
 class NodeAddressInfo(_Model):

@@ -55,8 +55,13 @@ Ports (``l4.go``; ``Documentation/security/policy/language.rst``, "Layer 4 Examp
     ICMP fields: protocol 1 (IPv4) or 58 (IPv6) with the type in the port field
     (``bpf/lib/policy.h``).
 
+Services (``toServices``, :mod:`.services`)
+    The endpoint addresses of the selector-less Services an entry names or selects, as CIDR
+    peers (one host prefix each); a Service with a pod selector gives nothing (as upstream,
+    reported). Without service data (``services`` None) an entry selects nothing (reported).
+
 Not implemented yet (reported in :attr:`EndpointPolicy.unsupported`, so the agent can warn)
-    ``toFQDNs``, ``toServices``, ``from/toNodes``, ``from/toGroups`` and CIDR group references
+    ``toFQDNs``, ``from/toNodes``, ``from/toGroups`` and CIDR group references
     select nothing; L7 rules (and SNI, TLS, listeners) are allowed at L4, without the proxy;
     ``authentication`` is not enforced.
 
@@ -100,6 +105,7 @@ from ciliary.policy.selectorcache import (
     SelectorCache,
     is_wildcard,
 )
+from ciliary.policy.services import ServiceEndpoints
 
 __all__ = ["EndpointPolicy", "Mode", "NamedPorts", "compute", "merge_named_ports"]
 
@@ -208,6 +214,7 @@ class _Resolver:
     cache: SelectorCache
     named_ports: NamedPorts
     remote_named_ports: Mapping[int, NamedPorts] | None
+    services: ServiceEndpoints | None = None
     builder: MapStateBuilder = field(default_factory=MapStateBuilder)
     selectors: set[PeerSelector] = field(default_factory=set)
     egress_port_names: set[str] = field(default_factory=set)
@@ -275,8 +282,15 @@ class _Resolver:
                 peers.append(CIDRPeer(cidr.cidr, cidr.except_cidrs))
         if peer.fqdns:
             self.note(where, "toFQDNs selects nothing yet")
-        if peer.services:
-            self.note(where, "toServices selects nothing yet")
+        for entry in peer.services:
+            if self.services is None:
+                self.note(where, "toServices selects nothing (no service data)")
+                continue
+            for key in self.services.matching(entry):
+                if self.services.has_selector(key):
+                    what = "has a selector: only selector-less Services are translated (upstream)"
+                    self.note(where, f"toServices: Service {key[0]}/{key[1]} {what}")
+            peers.extend(CIDRPeer(prefix) for prefix in self.services.prefixes(entry))
         if peer.nodes:
             self.note(where, "fromNodes/toNodes selects nothing yet")
         if peer.groups:
@@ -415,6 +429,7 @@ def compute(
     remote_named_ports: Mapping[int, NamedPorts] | None = None,
     mode: Mode = "default",
     allow_localhost: bool = False,
+    services: ServiceEndpoints | None = None,
 ) -> EndpointPolicy:
     """The policy map state of the endpoint ``subject`` under the policies in ``repo``.
 
@@ -439,6 +454,7 @@ def compute(
         allow_localhost,
         frozenset(named_ports.items()),
         _freeze_remote(remote_named_ports),
+        None if services is None else (id(services), services.version),
     )
     found = memo.results.get(memo_key)
     if found is not None:
@@ -455,6 +471,7 @@ def compute(
             remote_named_ports=remote_named_ports,
             mode=mode,
             allow_localhost=allow_localhost,
+            services=services,
         )
         memo.results[memo_key] = found
     return found
@@ -469,6 +486,7 @@ def _compute(
     remote_named_ports: Mapping[int, NamedPorts] | None,
     mode: Mode,
     allow_localhost: bool,
+    services: ServiceEndpoints | None = None,
 ) -> EndpointPolicy:
     if mode == "never":
         entries = {allow_all_key(False): MapEntry(False), allow_all_key(True): MapEntry(False)}
@@ -480,7 +498,7 @@ def _compute(
             selector_cache_version=cache.version,
         )
     selected = repo.rules_for(subject.labels)
-    resolver = _Resolver(cache, named_ports, remote_named_ports)
+    resolver = _Resolver(cache, named_ports, remote_named_ports, services)
     enforced: dict[Direction, bool] = {}
     enforcers: dict[Direction, tuple[PolicyRef, ...]] = {}
     for direction in _DIRECTIONS:

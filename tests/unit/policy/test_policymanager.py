@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ciliary.agent.policymanager import PolicyManager
-from ciliary.core.models import Endpoint, EndpointState
+from ciliary.core.models import BackendInfo, Endpoint, EndpointState, ServiceInfo
 
 NS = "k8s:io.kubernetes.pod.namespace=default"
 LABELS = {
@@ -178,3 +178,71 @@ def test_standalone_imports_survive_a_restart_in_the_state_dir(tmp_path: Path) -
     )
     assert third.load_saved() == len(keys) - 2
     assert third.repo.get(first) is None
+
+
+TO_SERVICES = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-db, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toServices:
+    - k8sService: {serviceName: external-db, namespace: default}
+    - k8sServiceSelector: {selector: {matchLabels: {team: web}}}
+"""
+
+
+def _svc(
+    name: str,
+    addresses: list[str],
+    *,
+    selector: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> ServiceInfo:
+    return ServiceInfo(
+        namespace="default", name=name, type="ClusterIP", cluster_ips=["10.96.0.9"], ports=[],
+        session_affinity="None", external_traffic_policy="Cluster", selector=selector,
+        labels=labels or {},
+        backends=[BackendInfo(address=a, ready=True, serving=True, terminating=False, ports={})
+                  for a in addresses],
+    )  # fmt: skip
+
+
+def test_to_services_allows_the_endpoints_of_selector_less_services(tmp_path: Path) -> None:
+    pm = PolicyManager(
+        datapath=_Datapath(),  # type: ignore[arg-type]
+        saved=tmp_path,
+        identity_labels=LABELS.get,
+        all_identities=lambda: list(LABELS.items()),
+    )
+    pm.import_text(TO_SERVICES, "p.yaml")
+    changes: list[int] = []
+    pm.add_listener(lambda: changes.append(1))
+    client = endpoint(1, 256)
+
+    def allowed() -> set[str]:
+        pol = pm.realize(client)
+        ids = {k.identity for k in pol.entries if k.egress}
+        labels = {c for i in ids for c in pm.cache.get(i).labels}  # type: ignore[union-attr]
+        # the host prefixes (an identity's labels name every prefix containing its own)
+        return {c for c in labels if c.endswith("/128") or ("." in c and c.endswith("/32"))}
+
+    assert allowed() == set()
+    pm.service_changed("default", "external-db", _svc("external-db", ["192.0.2.10", "2001:db8::1"]))
+    assert changes and allowed() == {"cidr:192.0.2.10/32", "cidr:2001-db8--1/128"}
+    # a Service selected by its labels, selector-less: its endpoints too; one with a pod
+    # selector: nothing (upstream translates selector-less Services only), reported
+    pm.service_changed("default", "ext-2", _svc("ext-2", ["198.51.100.7"], labels={"team": "web"}))
+    pm.service_changed("default", "pods", _svc("pods", ["10.0.0.5"], labels={"team": "web"},
+                                               selector={"app": "web"}))  # fmt: skip
+    assert allowed() == {"cidr:192.0.2.10/32", "cidr:2001-db8--1/128", "cidr:198.51.100.7/32"}
+    assert any("default/pods has a selector" in n for n in pm.realize(client).unsupported)
+    # the endpoints change: the rule follows; the Service goes: so do its addresses
+    pm.service_changed("default", "external-db", _svc("external-db", ["192.0.2.11"]))
+    assert allowed() == {"cidr:192.0.2.11/32", "cidr:198.51.100.7/32"}
+    pm.service_changed("default", "external-db", None)
+    assert allowed() == {"cidr:198.51.100.7/32"}
+    n = len(changes)
+    pm.service_changed("default", "ext-2", _svc("ext-2", ["198.51.100.7"], labels={"team": "web"}))
+    assert len(changes) == n  # nothing changed: no recomputation

@@ -76,6 +76,8 @@ def _service_info(svc: Service) -> ServiceInfo:
         external_ips=list(spec.external_ips),
         load_balancer_ips=[i.ip for i in svc.status.load_balancer.ingress if i.ip],
         backends=[],
+        selector=dict(spec.selector) if spec.selector else None,
+        labels=dict(svc.metadata.labels),
     )
 
 
