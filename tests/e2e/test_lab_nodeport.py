@@ -2,14 +2,17 @@
 mode: bpf_host.c cil_from_netdev, bpf/lib/nodeport.h) in a 2-node lab in tunnel mode (Cilium's
 default), with the only backend on node 1:
 
-- a NodePort Service (externalTrafficPolicy Cluster) answers on both nodes' IPs: node 1 delivers
-  to its local backend keeping the client's address; node 2, which has no backend, SNATs the
-  request to its own IP and tunnels it to node 1, and translates the reply back (the client sees
-  node 2's IP and nodePort answer: a TCP exchange that completes proves it);
+- a dual-stack NodePort Service (externalTrafficPolicy Cluster) answers on both nodes' IPv4 and
+  IPv6 addresses: node 1 delivers to its local backend keeping the client's address; node 2,
+  which has no backend, SNATs the request to its own IP and tunnels it to node 1, and translates
+  the reply back (the client sees node 2's IP and nodePort answer: a TCP exchange that completes
+  proves it);
 - with externalTrafficPolicy Local, node 1 answers with the world host's address preserved and
   node 2 (no local backend: a frontend without backends) drops the connection;
-- an externalIP (routed to node 1 by the world host) reaches the backend likewise.
-One lab for the module (~25 s with lab up)."""
+- an externalIP (routed to node 1 by the world host) reaches the backend likewise, and so does a
+  LoadBalancer's status.loadBalancer.ingress IP (set with kubectl, routed to node 2: SNAT).
+One lab for the module (~25 s with lab up on an idle machine). Native routing mode passes the
+same checks (run by hand: the suite's budget has room for one lab here)."""
 
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ spec:
 """
 
 EXTERNAL_IP = "203.0.113.10"  # outside every lab network: the world host routes it to node 1
+LB_IP = "203.0.113.11"  # a LoadBalancer's ingress IP, routed to node 2 (no backend there)
 
 SERVICES = f"""\
 apiVersion: v1
@@ -58,6 +62,7 @@ kind: Service
 metadata: {{name: web-np}}
 spec:
   type: NodePort
+  ipFamilyPolicy: PreferDualStack
   selector: {{app: web}}
   ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]
 ---
@@ -77,14 +82,24 @@ spec:
   selector: {{app: web}}
   externalIPs: [{EXTERNAL_IP}]
   ports: [{{name: http, port: 8000, targetPort: 8080, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-lb}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{name: http, port: 8001, targetPort: 8080, protocol: TCP}}]
 """
+LB_STATUS = json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}})
 
 # One GET; prints the answer's JSON ({"pod", "client"}) or {"error": ...}.
 GET = """\
 import json, sys, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 try:
-    with opener.open(f"http://{sys.argv[1]}:{sys.argv[2]}/", timeout=float(sys.argv[3])) as r:
+    host = f"[{sys.argv[1]}]" if ":" in sys.argv[1] else sys.argv[1]
+    with opener.open(f"http://{host}:{sys.argv[2]}/", timeout=float(sys.argv[3])) as r:
         print(json.dumps(json.load(r)))
 except OSError as err:
     print(json.dumps({"error": str(err)}))
@@ -96,8 +111,10 @@ class NPLab:
     name: str
     nodes: list[str]
     node_ips: list[str]
+    node_ips6: list[str]
     world_netns: str
     world_ip: str
+    world_ip6: str
     kubeconfig: str
 
     def node_port(self, service: str) -> int:
@@ -129,25 +146,30 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NPLab]:
     path.write_text(LAB.format(lab=name, n1=nodes[0], n2=nodes[1], world=world))
     with kube_lab(path, name, nodes) as kubeconfig:
         rec = manager.record(name)
-        ips = []
+        ips, ips6 = [], []
         for node in nodes:
             nrec = next(n for n in rec.nodes if n.name == node)
-            assert nrec.node_ipv4 is not None
+            assert nrec.node_ipv4 is not None and nrec.node_ipv6 is not None
             ips.append(nrec.node_ipv4)
+            ips6.append(nrec.node_ipv6)
         netns = f"cilw-{name}-{world}"
         addrs = subprocess.run(
-            ["ip", "netns", "exec", netns, "ip", "-4", "-o", "addr", "show", "scope", "global"],
+            ["ip", "netns", "exec", netns, "ip", "-o", "addr", "show", "scope", "global"],
             capture_output=True, text=True, timeout=30, check=True,
         ).stdout.split()  # fmt: skip
         world_ip = addrs[addrs.index("inet") + 1].partition("/")[0]
-        # the external IP is routed to node 1, as an operator's router would
-        subprocess.run(
-            ["ip", "netns", "exec", netns, "ip", "route", "add", f"{EXTERNAL_IP}/32", "via",
-             ips[0]],
-            check=True, timeout=30,
-        )  # fmt: skip
+        world_ip6 = addrs[addrs.index("inet6") + 1].partition("/")[0]
+        # the external IP and the LoadBalancer IP are routed to a node, as a router would
+        for address, via in ((EXTERNAL_IP, ips[0]), (LB_IP, ips[1])):
+            subprocess.run(
+                ["ip", "netns", "exec", netns, "ip", "route", "add", f"{address}/32", "via", via],
+                check=True, timeout=30,
+            )  # fmt: skip
         kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICES)
-        yield NPLab(name, nodes, ips, netns, world_ip, kubeconfig)
+        # no load-balancer controller in the lab: its status as one would write it
+        kubectl(kubeconfig, "patch", "service", "web-lb", "--subresource=status", "--type=merge",
+                "-p", LB_STATUS)  # fmt: skip
+        yield NPLab(name, nodes, ips, ips6, netns, world_ip, world_ip6, kubeconfig)
 
 
 def _wait_frontend(lab: NPLab, node: str, address: str, port: int, backends: int) -> None:
@@ -158,18 +180,25 @@ def _wait_frontend(lab: NPLab, node: str, address: str, port: int, backends: int
     wait_for(f"{address}:{port} with {backends} backends on {node}", ready, 30)
 
 
-def test_nodeport_answers_on_every_node_from_a_world_host(lab: NPLab) -> None:
+def _host(client: str) -> str:
+    """The address of an ``ip:port`` / ``[ip]:port`` the server saw."""
+    return client.rpartition(":")[0].strip("[]")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_nodeport_answers_on_every_node_from_a_world_host(lab: NPLab, family: int) -> None:
     port = lab.node_port("web-np")
-    for node, ip in zip(lab.nodes, lab.node_ips, strict=True):
+    ips, world = (lab.node_ips, lab.world_ip) if family == 4 else (lab.node_ips6, lab.world_ip6)
+    for node, ip in zip(lab.nodes, ips, strict=True):
         _wait_frontend(lab, node, ip, port, 1)
-    listed = lab.frontend(lab.nodes[1], lab.node_ips[1], port)
+    listed = lab.frontend(lab.nodes[1], ips[1], port)
     assert listed is not None and listed["type"] == "NodePort", listed
-    local = lab.get(lab.node_ips[0], port)
+    local = lab.get(ips[0], port)
     assert local.get("pod") == "web-a", local
-    assert local["client"].partition(":")[0] == lab.world_ip  # a local backend: no SNAT
-    remote = lab.get(lab.node_ips[1], port)  # node 2 has no backend: SNAT, tunnel to node 1
+    assert _host(local["client"]) == world  # a local backend: no SNAT
+    remote = lab.get(ips[1], port)  # node 2 has no backend: SNAT, tunnel to node 1
     assert remote.get("pod") == "web-a", remote
-    assert remote["client"].partition(":")[0] == lab.node_ips[1]
+    assert _host(remote["client"]) == ips[1]
 
 
 def test_external_traffic_policy_local_refuses_where_no_backend_runs(lab: NPLab) -> None:
@@ -178,7 +207,7 @@ def test_external_traffic_policy_local_refuses_where_no_backend_runs(lab: NPLab)
     _wait_frontend(lab, lab.nodes[1], lab.node_ips[1], port, 0)
     here = lab.get(lab.node_ips[0], port)
     assert here.get("pod") == "web-a", here
-    assert here["client"].partition(":")[0] == lab.world_ip  # the client's address preserved
+    assert _host(here["client"]) == lab.world_ip  # the client's address preserved
     there = lab.get(lab.node_ips[1], port, timeout=1)
     assert "error" in there, there
 
@@ -189,4 +218,13 @@ def test_an_external_ip_reaches_the_backend(lab: NPLab) -> None:
     assert listed is not None and listed["type"] == "ExternalIPs", listed
     got = lab.get(EXTERNAL_IP, 8000)
     assert got.get("pod") == "web-a", got
-    assert got["client"].partition(":")[0] == lab.world_ip
+    assert _host(got["client"]) == lab.world_ip
+
+
+def test_a_load_balancer_ingress_ip_reaches_the_backend_through_another_node(lab: NPLab) -> None:
+    _wait_frontend(lab, lab.nodes[1], LB_IP, 8001, 1)
+    listed = lab.frontend(lab.nodes[1], LB_IP, 8001)
+    assert listed is not None and listed["type"] == "LoadBalancer", listed
+    got = lab.get(LB_IP, 8001)  # node 2 has no backend: SNAT to its IP, tunnel to node 1
+    assert got.get("pod") == "web-a", got
+    assert _host(got["client"]) == lab.node_ips[1]

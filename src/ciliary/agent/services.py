@@ -9,7 +9,8 @@ with its protocol); only when none is ready, the serving terminating ones (flagg
 as upstream. The external frontends, which bpf_host's cil_from_netdev translates for clients
 outside the cluster (bpf/lib/nodeport.h), as upstream's with their ``SVC_FLAG_*``: each of this
 node's addresses (:class:`FrontendNode`, its ``--ipv4-node``/``--ipv6-node``) times a port's
-``nodePort`` (NodePort and LoadBalancer Services; ``SVC_FLAG_NODEPORT``), each ``spec.externalIPs``
+``nodePort`` (NodePort and LoadBalancer Services, the addresses of the Service's IP families;
+``SVC_FLAG_NODEPORT``), each ``spec.externalIPs``
 address (``SVC_FLAG_EXTERNAL_IP``) and each ``status.loadBalancer.ingress`` IP of a LoadBalancer
 (``SVC_FLAG_LOADBALANCER``) times the port. With ``externalTrafficPolicy: Local`` those get only
 the backends on this node (``SVC_FLAG_EXT_LOCAL_SCOPE``; none: no backends, the datapath drops),
@@ -178,7 +179,12 @@ def desired_frontends(
                 )
         external: list[tuple[str, bool, int, str]] = []  # address, node port?, flag, type
         if node is not None and svc.type in ("NodePort", "LoadBalancer"):
-            external += [(a, True, SVC_FLAG_NODEPORT, "NodePort") for a in node.addresses]
+            families = {_family(ip) for ip in svc.cluster_ips}  # the Service's ipFamilies
+            external += [
+                (a, True, SVC_FLAG_NODEPORT, "NodePort")
+                for a in node.addresses
+                if _family(a) in families
+            ]
         external += [(a, False, SVC_FLAG_EXTERNAL_IP, "ExternalIPs") for a in svc.external_ips]
         if svc.type == "LoadBalancer":
             external += [

@@ -42,7 +42,7 @@ def _svc(svc_type: str = "NodePort", etp: str = "Cluster", **kw: object) -> Serv
         namespace="shop",
         name="web",
         type=svc_type,
-        cluster_ips=["10.96.0.5"],
+        cluster_ips=kw.pop("cluster_ips", ["10.96.0.5"]),
         ports=[ServicePortInfo(name="http", port=80, protocol="TCP", node_port=30080)],
         session_affinity="None",
         external_traffic_policy=etp,
@@ -64,19 +64,21 @@ def _addrs(spec_backends: tuple[Backend, ...]) -> list[str]:
 
 
 def test_nodeport_on_each_node_address_with_every_backend_of_its_family() -> None:
-    got = desired_frontends([_svc()], NODE)
+    got = desired_frontends([_svc(cluster_ips=["10.96.0.5", "fd00:10:96::5"])], NODE)
     v4, v6 = got[fe("192.168.1.2", 30080)], got[fe("fd00:1::2", 30080)]
     assert v4.flags == SVC_FLAG_NODEPORT and v4.type == "NodePort"
     assert _addrs(v4.backends) == ["10.0.1.5", "10.0.2.7"]
     assert _addrs(v6.backends) == ["fd00::5"]
     assert got[fe("10.96.0.5", 80)].flags == 0  # the ClusterIP stays the cluster's
+    # a single-stack Service: its family's node addresses only (upstream's)
+    assert fe("fd00:1::2", 30080) not in desired_frontends([_svc()], NODE)
     # without this node's addresses (or for a ClusterIP Service): no NodePort frontend
     assert fe("192.168.1.2", 30080) not in desired_frontends([_svc()])
     assert fe("192.168.1.2", 30080) not in desired_frontends([_svc("ClusterIP")], NODE)
 
 
 def test_external_traffic_policy_local_keeps_this_nodes_backends_only() -> None:
-    got = desired_frontends([_svc(etp="Local")], NODE)
+    got = desired_frontends([_svc(etp="Local", cluster_ips=["10.96.0.5", "fd00:10:96::5"])], NODE)
     v4 = got[fe("192.168.1.2", 30080)]
     assert v4.flags == SVC_FLAG_NODEPORT | SVC_FLAG_EXT_LOCAL_SCOPE
     assert _addrs(v4.backends) == ["10.0.1.5"]
