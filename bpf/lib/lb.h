@@ -32,6 +32,7 @@
 #include "parse.h"
 #include "conntrack.h"
 #include "rewrite.h"
+#include "jhash.h"
 
 #ifndef LB_MAP_SIZE
 #define LB_MAP_SIZE 65536 /* upstream's --bpf-lb-map-max default; the agent's flag overrides */
@@ -85,14 +86,17 @@ struct lb6_key {
 	__u8 pad[2];
 };
 
-/* The value of both families' service maps. */
+/* The value of both families' service maps. Slots 1..count are the backends new connections
+ * choose from; slots count+1..count+qcount the terminating ones (upstream's quarantined slots),
+ * kept only so their backend entries stay while established connections finish. */
 struct lb_service {
-	__u32 backend_id;   /* slots 1..count */
+	__u32 backend_id;   /* slots 1..: the backend; slot 0: the sessionAffinity timeout (s),
+			     * as upstream's union affinity_timeout */
 	__u16 count;        /* slot 0: number of backend slots */
 	__u16 rev_nat_index; /* slot 0: the frontend's id */
 	__u8 flags;         /* SVC_FLAG_* */
 	__u8 flags2;
-	__u8 pad[2];
+	__u16 qcount;       /* slot 0: terminating backends in slots count+1..count+qcount */
 };
 
 struct lb4_backend {
@@ -175,6 +179,106 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_lb6_reverse_nat SEC(".maps");
 
+/* Session affinity (sessionAffinity: ClientIP), upstream's cilium_lb{4,6}_affinity and
+ * cilium_lb_affinity_match: the client address's last backend per frontend, with when it was
+ * last chosen; the match map says which backends a frontend with affinity may still be given
+ * (the agent keeps it to the frontend's active backends). */
+struct lb4_affinity_key {
+	__be32 address;
+	__u16 rev_nat_id;
+	__u16 pad;
+};
+
+struct lb6_affinity_key {
+	__u8 address[16];
+	__u16 rev_nat_id;
+	__u16 pad;
+};
+
+struct lb_affinity_val {
+	__u64 last_used_ns; /* bpf_ktime_get_ns() of the last new connection given backend_id */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+struct lb_affinity_match {
+	__u32 backend_id;
+	__u16 rev_nat_id;
+	__u16 pad;
+};
+
+/* Maglev: the table size and the jhash seeds of the tuple hash, the same on every node
+ * (--bpf-lb-maglev-table-size, --bpf-lb-maglev-hash-seed); table_size 0 = not written yet. */
+struct lb_maglev_config {
+	__u32 table_size;
+	__u32 seed_v4;
+	__u32 seed_v6;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb_affinity_val);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_lb4_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb6_affinity_key);
+	__type(value, struct lb_affinity_val);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_lb6_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_affinity_match);
+	__type(value, __u8);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_lb_affinity_match SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lb_maglev_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_lb_maglev_config SEC(".maps");
+
+/* A Maglev service's table (upstream's cilium_lb{4,6}_maglev): rev_nat_index -> an array of
+ * table_size backend ids the agent computed (ciliary.core.maglev). BPF_F_INNER_MAP: the inner
+ * arrays take the configured size, not this template's. A frontend without an entry here is
+ * balanced at random. */
+struct lb_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u16);
+	__type(value, __u32);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct lb_maglev_inner);
+} ciliary_lb4_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u16);
+	__type(value, __u32);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct lb_maglev_inner);
+} ciliary_lb6_maglev SEC(".maps");
+
 /* The service entry (slot 0) of the frontend the packet is sent to: its own (address, port,
  * protocol), else the address's wildcard entry; NULL when the address is no frontend. */
 static __always_inline struct lb_service *lb_lookup_service(const struct pkt *p)
@@ -226,6 +330,172 @@ static __always_inline __u32 lb_slot_backend(const struct pkt *p, __u16 slot)
 	return s ? s->backend_id : 0;
 }
 
+/* What the selection reads of a new connection: the client's tuple (the frontend as
+ * destination) and the frontend's slot 0. Copied to a per-CPU scratch entry that the selection
+ * (a global function) is handed: a pointer to the caller's stack would make the verifier forget
+ * everything it knew of that stack after the call. */
+struct lb_select_req {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport; /* host order */
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 pad[2];
+	struct lb_service svc;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lb_select_req);
+	__uint(max_entries, 1);
+} ciliary_lb_select_scratch SEC(".maps");
+
+/* Backend id of slot `slot` of the request's frontend, 0 when the slot is absent. */
+static __always_inline __u32 lb_req_slot_backend(const struct lb_select_req *r, __u16 slot)
+{
+	struct lb_service *s;
+	if (r->family == AF_INET4) {
+		struct lb4_key k = {};
+		__builtin_memcpy(&k.address, r->daddr, 4);
+		k.dport = bpf_htons(r->dport);
+		k.proto = r->proto;
+		k.backend_slot = slot;
+		s = bpf_map_lookup_elem(&ciliary_lb4_services, &k);
+	} else {
+		struct lb6_key k = {};
+		__builtin_memcpy(k.address, r->daddr, 16);
+		k.dport = bpf_htons(r->dport);
+		k.proto = r->proto;
+		k.backend_slot = slot;
+		s = bpf_map_lookup_elem(&ciliary_lb6_services, &k);
+	}
+	return s ? s->backend_id : 0;
+}
+
+/* Hash of a connection's tuple as the client sent it (source address and port, destination
+ * port, protocol; the table is the frontend's own): jhash_3words with the configured seed, as
+ * upstream's hash_from_tuple_v4; IPv6 folds the source address's four words first. Words are
+ * read in host order (ciliary.core.maglev.tuple_hash mirrors it). */
+static __always_inline __u32 lb_tuple_hash(const struct lb_select_req *r,
+					   const struct lb_maglev_config *c)
+{
+	__u32 ports = ((__u32)r->dport << 16) | r->sport;
+	__u32 w[4];
+	__builtin_memcpy(w, r->saddr, 16);
+	if (r->family == AF_INET4)
+		return jhash_3words(w[0], ports, r->proto, c->seed_v4);
+	__u32 h = jhash_3words(w[0], w[1], w[2], c->seed_v6);
+	return jhash_3words(w[3], ports, r->proto, h);
+}
+
+/* The Maglev table's backend for the request's tuple; 0 when the frontend has no table. */
+static __always_inline __u32 lb_maglev_backend(const struct lb_select_req *r, __u16 rev_nat)
+{
+	__u32 zero = 0;
+	struct lb_maglev_config *c = bpf_map_lookup_elem(&ciliary_lb_maglev_config, &zero);
+	if (!c || c->table_size == 0)
+		return 0;
+	void *table = r->family == AF_INET4 ? bpf_map_lookup_elem(&ciliary_lb4_maglev, &rev_nat)
+					    : bpf_map_lookup_elem(&ciliary_lb6_maglev, &rev_nat);
+	if (!table)
+		return 0;
+	__u32 index = lb_tuple_hash(r, c) % c->table_size;
+	__u32 *id = bpf_map_lookup_elem(table, &index);
+	return id ? *id : 0;
+}
+
+/* The client's backend of a frontend with session affinity, if it was chosen less than the
+ * timeout ago and is still one of the frontend's active backends (refreshed); else 0. */
+static __always_inline __u32 lb_affinity_backend(const struct lb_select_req *r, __u16 rev_nat,
+						 __u64 timeout_ns, __u64 now)
+{
+	struct lb_affinity_val *v;
+	if (r->family == AF_INET4) {
+		struct lb4_affinity_key k = {.rev_nat_id = rev_nat};
+		__builtin_memcpy(&k.address, r->saddr, 4);
+		v = bpf_map_lookup_elem(&ciliary_lb4_affinity, &k);
+	} else {
+		struct lb6_affinity_key k = {.rev_nat_id = rev_nat};
+		__builtin_memcpy(k.address, r->saddr, 16);
+		v = bpf_map_lookup_elem(&ciliary_lb6_affinity, &k);
+	}
+	if (!v || now - v->last_used_ns > timeout_ns)
+		return 0;
+	struct lb_affinity_match m = {.backend_id = v->backend_id, .rev_nat_id = rev_nat};
+	if (!bpf_map_lookup_elem(&ciliary_lb_affinity_match, &m))
+		return 0;
+	v->last_used_ns = now;
+	return v->backend_id;
+}
+
+static __always_inline void lb_affinity_update(const struct lb_select_req *r, __u16 rev_nat,
+					       __u32 id, __u64 now)
+{
+	struct lb_affinity_val v = {.last_used_ns = now, .backend_id = id};
+	if (r->family == AF_INET4) {
+		struct lb4_affinity_key k = {.rev_nat_id = rev_nat};
+		__builtin_memcpy(&k.address, r->saddr, 4);
+		bpf_map_update_elem(&ciliary_lb4_affinity, &k, &v, BPF_ANY);
+	} else {
+		struct lb6_affinity_key k = {.rev_nat_id = rev_nat};
+		__builtin_memcpy(k.address, r->saddr, 16);
+		bpf_map_update_elem(&ciliary_lb6_affinity, &k, &v, BPF_ANY);
+	}
+}
+
+/* The selection proper (see lb_select_backend). A global function: the verifier checks it once,
+ * apart from its callers' states (inlined, its branches multiplied cil_from_netdev's past the
+ * 1M-instruction limit). */
+__attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
+{
+	if (!r)
+		return 0;
+	__u16 rev_nat = r->svc.rev_nat_index;
+	__u16 count = r->svc.count;
+	__u8 affinity = r->svc.flags & SVC_FLAG_AFFINITY;
+	__u64 timeout_ns = (__u64)r->svc.backend_id * 1000000000ULL;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 id = 0;
+	if (count == 0)
+		return 0;
+	if (affinity) {
+		id = lb_affinity_backend(r, rev_nat, timeout_ns, now);
+		if (id)
+			return id;
+	}
+	id = lb_maglev_backend(r, rev_nat);
+	if (!id)
+		id = lb_req_slot_backend(r, (__u16)(bpf_get_prandom_u32() % count) + 1);
+	if (id && affinity)
+		lb_affinity_update(r, rev_nat, id, now);
+	return id;
+}
+
+/* THE backend selection for a new connection, for every path that translates a frontend (tc LB
+ * in bpf_lxc, NodePort in bpf_host, socket-LB): `p` holds the client's tuple with the frontend
+ * as destination, `svc` the frontend's slot 0. In order: the client's affinity backend
+ * (SVC_FLAG_AFFINITY, chosen less than slot 0's timeout ago and still active), the Maglev
+ * table's entry for the tuple (a frontend with a table: the same on every node), else a random
+ * slot 1..count (terminating backends, beyond count, are never chosen). Returns the backend id,
+ * 0 if none. */
+static __always_inline __u32 lb_select_backend(const struct pkt *p, const struct lb_service *svc)
+{
+	__u32 zero = 0;
+	struct lb_select_req *r = bpf_map_lookup_elem(&ciliary_lb_select_scratch, &zero);
+	if (!r)
+		return 0;
+	__builtin_memcpy(r->saddr, p->saddr, 16);
+	__builtin_memcpy(r->daddr, p->daddr, 16);
+	r->sport = p->sport;
+	r->dport = p->dport;
+	r->family = p->family;
+	r->proto = p->proto;
+	r->svc = *svc;
+	return lb_select_backend_req(r);
+}
+
 /* A backend's address (16 bytes, IPv4 in the first 4) and port (host order); 0 when the id is
  * not (or no longer) a backend. */
 static __always_inline int lb_backend(__u8 family, __u32 id, __u8 *addr, __u16 *port)
@@ -274,7 +544,6 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
 		return -DROP_NO_SERVICE;
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return -DROP_NO_SERVICE; /* SCTP frontends are not translated (yet) */
-	__u16 count = svc->count;
 	__u16 rev_nat = svc->rev_nat_index;
 	__u64 now = bpf_ktime_get_ns();
 	__u8 addr[16] = {};
@@ -288,8 +557,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
 	    lb_backend(p->family, e->backend_id, addr, &port)) {
 		e->last_seen_ns = now;
 	} else {
-		__u16 slot = (__u16)(bpf_get_prandom_u32() % count) + 1;
-		__u32 id = lb_slot_backend(p, slot);
+		__u32 id = lb_select_backend(p, svc);
 		if (!id || !lb_backend(p->family, id, addr, &port))
 			return -DROP_NO_SERVICE;
 		struct ct_entry n = {};

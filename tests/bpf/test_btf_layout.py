@@ -50,6 +50,11 @@ def test_mirrors_cover_every_shared_struct() -> None:
         "lb6_backend",
         "lb4_reverse_nat",
         "lb6_reverse_nat",
+        "lb4_affinity_key",
+        "lb6_affinity_key",
+        "lb_affinity_val",
+        "lb_affinity_match",
+        "lb_maglev_config",
     }
 
 

@@ -123,6 +123,13 @@ class AgentConfig:
     ct_max: int = 65536
     lb_max: int = 65536
     """--bpf-lb-map-max: entries of each service map (Cilium's default)."""
+    lb_algorithm: str = "random"
+    """--bpf-lb-algorithm: random or maglev (a Service's lb-algorithm annotation overrides)."""
+    maglev_table_size: int = 16381
+    """--bpf-lb-maglev-table-size (upstream's default, one of its primes)."""
+    maglev_hash_seed: str = "JLfvgnHc2kaSUFaI"
+    """--bpf-lb-maglev-hash-seed: base64 of 12 bytes, the same on every node (upstream's
+    default; the lab passes one of its own to every agent)."""
     cgroup_root: Path | None = None
     """--cgroup-root: the cgroup v2 directory socket-LB attaches to (upstream's flag); None:
     no socket-LB, the tc-level LB alone."""

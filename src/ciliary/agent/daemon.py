@@ -49,6 +49,7 @@ from ciliary.agent.services import (
     service_handlers,
 )
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
+from ciliary.core.maglev import parse_hash_seed
 from ciliary.core.models import (
     ClusterNodeStatus,
     CTEntry,
@@ -218,7 +219,16 @@ class Agent:
         """The service manager over the pinned maps (ids restored from them), fed by the
         watcher's informers once its cache has each event; it writes nothing before the
         watcher synced, then prunes what went while no agent ran."""
-        manager = ServiceManager(self.datapath.lb)
+        cfg = self.cfg
+        seed = parse_hash_seed(cfg.maglev_hash_seed)
+        # the datapath's half of Maglev: table size and tuple-hash seeds (before any table)
+        self.datapath.lb.set_maglev_config(cfg.maglev_table_size, seed.jhash0, seed.jhash1)
+        manager = ServiceManager(
+            self.datapath.lb,
+            algorithm=cfg.lb_algorithm,
+            maglev_table_size=cfg.maglev_table_size,
+            maglev_seed=seed.murmur,
+        )
         manager.restore()
         node = FrontendNode(self.node, tuple(self._node_ips()))  # NodePort: --ipv4/6-node
         syncer = ServiceSyncer(manager, watcher.services.services, watcher.services.get, node)

@@ -28,6 +28,13 @@ from ciliary.agent.config import (
     default_event_queue_size,
 )
 from ciliary.core.defaults import CLUSTER_HEALTH_PORT
+from ciliary.core.maglev import (
+    DEFAULT_HASH_SEED,
+    DEFAULT_TABLE_SIZE,
+    MAGLEV_TABLE_SIZES,
+    parse_hash_seed,
+    validate_table_size,
+)
 from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.datapath.loader import PIN_ROOT, default_object_dir
@@ -51,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bpf-ct-global-max", type=int, default=65536)
     p.add_argument("--bpf-lb-map-max", type=int, default=65536,
                    help="entries of each service map (slots, backends, rev-NAT)")  # fmt: skip
+    p.add_argument("--bpf-lb-algorithm", choices=("random", "maglev"), default="random",
+                   help="backend selection of new connections (a Service's"
+                   " service.cilium.io/lb-algorithm annotation overrides)")  # fmt: skip
+    p.add_argument("--bpf-lb-maglev-table-size", type=_maglev_size, default=DEFAULT_TABLE_SIZE,
+                   metavar="M", help=f"Maglev table size, a prime of {MAGLEV_TABLE_SIZES}"
+                   )  # fmt: skip
+    p.add_argument("--bpf-lb-maglev-hash-seed", type=_maglev_seed, default=DEFAULT_HASH_SEED,
+                   metavar="SEED", help="base64 of 12 bytes, the same on every node"
+                   )  # fmt: skip
     p.add_argument("--cgroup-root", type=Path,
                    help="cgroup v2 directory of this node's pods (socket-LB attaches there)"
                    )  # fmt: skip
@@ -173,6 +189,21 @@ def _cluster_name(text: str) -> str:
             f"invalid cluster name {text!r}: lower-case letters, digits and '-', "
             "starting and ending with a letter or digit, at most 32 characters"
         )
+    return text
+
+
+def _maglev_size(text: str) -> int:
+    try:
+        return validate_table_size(int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _maglev_seed(text: str) -> str:
+    try:
+        parse_hash_seed(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
     return text
 
 
@@ -385,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         monitor_aggregation_interval_s=args.monitor_aggregation_interval,
         ct_max=args.bpf_ct_global_max,
         lb_max=args.bpf_lb_map_max,
+        lb_algorithm=args.bpf_lb_algorithm,
+        maglev_table_size=args.bpf_lb_maglev_table_size,
+        maglev_hash_seed=args.bpf_lb_maglev_hash_seed,
         cgroup_root=args.cgroup_root,
         bpf_lb_sock=args.bpf_lb_sock,
         mtu=args.mtu,

@@ -5,8 +5,16 @@ What is programmed: each ClusterIP of a Service (every family it has) times each
 frontend (address, port, protocol), and the address alone a wildcard frontend (port 0, protocol
 0, no backends: the datapath drops anything else sent to a ClusterIP). A frontend's backends are
 the service's ready endpoints of the frontend's family that list the port (by the port's name,
-with its protocol); only when none is ready, the serving terminating ones (flagged terminating),
-as upstream. The external frontends, which bpf_host's cil_from_netdev translates for clients
+with its protocol), the ready ones first (slot 0's count: what new connections choose from), then
+the serving terminating ones (flagged terminating, slot 0's qcount: never chosen, their backend
+entries kept so established connections finish; chosen only when none is ready), as upstream's
+quarantined slots. Selection (bpf/lib/lb.h ``lb_select_backend``): ``--bpf-lb-algorithm`` or the
+Service's ``service.cilium.io/lb-algorithm`` annotation; a Maglev frontend gets a table of
+``--bpf-lb-maglev-table-size`` backend ids (``core.maglev``, over its active backends by
+name, seeded by ``--bpf-lb-maglev-hash-seed``: the same table on every node) in
+``ciliary_lb{4,6}_maglev``; ``sessionAffinity: ClientIP`` sets ``SVC_FLAG_AFFINITY`` and the
+timeout in slot 0, its active backends in ``ciliary_lb_affinity_match``. The external
+frontends, which bpf_host's cil_from_netdev translates for clients
 outside the cluster (bpf/lib/nodeport.h), as upstream's with their ``SVC_FLAG_*``: each of this
 node's addresses (:class:`FrontendNode`, its ``--ipv4-node``/``--ipv6-node``) times a port's
 ``nodePort`` (NodePort and LoadBalancer Services, the addresses of the Service's IP families;
@@ -26,7 +34,8 @@ connections the datapath kept translating while no agent ran keep their reverse 
 
 Update order, so that no packet ever reads a slot naming a missing backend and a frontend never
 counts slots it does not have: (1) new or changed backends, (2) a new frontend's rev-NAT entry,
-(3) its slots 1..n, (4) its slot 0 (count n), then (5) slots beyond n, (6) frontends no longer
+(3) its slots 1..n, (3b) its Maglev table and new affinity matches, (4) its slot 0 (count n),
+then stale affinity matches, (5) slots beyond n, (6) frontends no longer
 wanted (slot 0 first, then its slots and rev-NAT entry), (7) backends no frontend uses any more.
 A removed backend is thus out of every slot before it leaves the backend map, and the
 datapath gives its established connections another backend (their service conntrack entry
@@ -41,12 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Literal, Protocol
 
 from ciliary.agent.k8s.services import SERVICE_NAME_LABEL
+from ciliary.core.maglev import DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, lookup_table, parse_hash_seed
 from ciliary.core.models import (
     LBBackend,
     LBMapEntry,
@@ -58,6 +68,7 @@ from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress
 from ciliary.datapath.maps.lb import (
     BE_STATE_ACTIVE,
     BE_STATE_TERMINATING,
+    SVC_FLAG_AFFINITY,
     SVC_FLAG_EXT_LOCAL_SCOPE,
     SVC_FLAG_EXTERNAL_IP,
     SVC_FLAG_INT_LOCAL_SCOPE,
@@ -105,6 +116,10 @@ class LBWriter(Protocol):
     def upsert_rev_nat(self, index: int, fe: Frontend) -> None: ...
     def delete_rev_nat(self, index: int, family: int) -> None: ...
     def dump(self) -> LBState: ...
+    def upsert_maglev(self, index: int, family: int, table: Sequence[int]) -> None: ...
+    def delete_maglev(self, index: int, family: int) -> None: ...
+    def upsert_affinity_match(self, backend_id: int, index: int) -> None: ...
+    def delete_affinity_match(self, backend_id: int, index: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,16 @@ class FrontendSpec:
     backends: tuple[Backend, ...]
     flags2: int = 0
     flags: int = 0
+    affinity_timeout: int = 0
+    """sessionAffinity ClientIP: its timeout in seconds (0: no affinity)."""
+    algorithm: str | None = None
+    """the Service's lb-algorithm annotation (None: the agent's --bpf-lb-algorithm)."""
+
+    @property
+    def active(self) -> int:
+        """How many of ``backends`` (active first) new connections choose from: the active ones,
+        or every (terminating) one when none is active, as upstream."""
+        return sum(1 for b in self.backends if b.state == BE_STATE_ACTIVE) or len(self.backends)
 
 
 @dataclass(frozen=True)
@@ -149,7 +174,9 @@ def _backends(
             ready.append(Backend(addr, l4.port, proto, BE_STATE_ACTIVE))
         elif b.serving:
             terminating.append(Backend(addr, l4.port, proto, BE_STATE_TERMINATING))
-    return tuple(sorted(ready or terminating))
+    # terminating ones after the active: slots count+1.. keep their backend entries while
+    # established connections finish (upstream's quarantined slots); chosen only if none is ready
+    return tuple(sorted(ready)) + tuple(sorted(terminating))
 
 
 def desired_frontends(
@@ -164,6 +191,7 @@ def desired_frontends(
         int_local = here if svc.internal_traffic_policy == "Local" else None
         ext_local = here if svc.external_traffic_policy == "Local" else None
         ext_scope = SVC_FLAG_EXT_LOCAL_SCOPE if ext_local is not None else 0
+        affinity = svc.session_affinity_timeout if svc.session_affinity == "ClientIP" else 0
         for cluster_ip in svc.cluster_ips:
             vip = ip_address(cluster_ip)
             out[Frontend(vip, 0, 0)] = FrontendSpec(key, svc.type, (), SVC_FLAG_WILDCARD)
@@ -176,6 +204,8 @@ def desired_frontends(
                     svc.type,
                     _backends(svc, port, _family(cluster_ip), int_local),
                     SVC_FLAG_INT_LOCAL_SCOPE if int_local is not None else 0,
+                    affinity_timeout=affinity,
+                    algorithm=svc.lb_algorithm,
                 )
         external: list[tuple[str, bool, int, str]] = []  # address, node port?, flag, type
         if node is not None and svc.type in ("NodePort", "LoadBalancer"):
@@ -201,6 +231,8 @@ def desired_frontends(
                     kind,
                     _backends(svc, port, _family(address), ext_local),
                     flags=flag | ext_scope,
+                    affinity_timeout=affinity,
+                    algorithm=svc.lb_algorithm,
                 )
     return out
 
@@ -245,6 +277,12 @@ class _Programmed:
     service: ServiceKey | None = None
     type: str = ""
     flags: int = 0
+    count: int = 0
+    affinity_timeout: int = 0
+    maglev: tuple[int, ...] | None = None
+    """the backend ids (sorted by name) its Maglev table was computed from; None: random."""
+    affinity: frozenset[int] = frozenset()
+    """the backend ids of its affinity match entries."""
 
 
 @dataclass
@@ -263,6 +301,10 @@ class ServiceManager:
     _by_service: dict[ServiceKey, set[Frontend]] = field(default_factory=dict)
     _by_id: dict[int, Frontend] = field(default_factory=dict)
     """frontend id (= rev-NAT index) -> frontend: Hubble's original destination of a flow."""
+    algorithm: str = "random"
+    """--bpf-lb-algorithm: a frontend's algorithm unless its Service's annotation says."""
+    maglev_table_size: int = DEFAULT_TABLE_SIZE
+    maglev_seed: int = field(default_factory=lambda: parse_hash_seed(DEFAULT_HASH_SEED).murmur)
 
     def _set_backends(self, p: _Programmed, ids: tuple[int, ...]) -> set[int]:
         """``p``'s slots become ``ids``; returns the ids no slot names any more."""
@@ -295,10 +337,15 @@ class ServiceManager:
                 continue
             ids = tuple(
                 state.slots[(fe, i)].backend_id if (fe, i) in state.slots else 0
-                for i in range(1, value.count + 1)
+                for i in range(1, value.count + value.qcount + 1)
             )
             self.frontends[fe] = _Programmed(
-                value.rev_nat_index, ids, value.flags2, flags=value.flags
+                value.rev_nat_index,
+                ids,
+                value.flags2,
+                flags=value.flags,
+                count=value.count,
+                affinity_timeout=value.backend_id if value.flags & SVC_FLAG_AFFINITY else 0,
             )
             self._by_id[value.rev_nat_index] = fe
             for i in ids:
@@ -343,7 +390,10 @@ class ServiceManager:
                 if (
                     have.backend_ids == ids
                     and have.flags2 == spec.flags2
-                    and have.flags == spec.flags
+                    and have.flags == self._flags(spec)
+                    and have.count == spec.active
+                    and have.affinity_timeout == spec.affinity_timeout
+                    and have.maglev == self._maglev_ids(spec, ids)
                 ):
                     continue
             else:
@@ -354,15 +404,24 @@ class ServiceManager:
             for slot, backend_id in enumerate(ids, start=1):  # (3)
                 if slot > len(have.backend_ids) or have.backend_ids[slot - 1] != backend_id:
                     self.maps.upsert_slot(fe, slot, ServiceValue(backend_id=backend_id))
+            self._write_selection(fe, have, spec, ids)  # (3b) Maglev table, affinity matches
             head = ServiceValue(
-                count=len(ids), rev_nat_index=have.id, flags=spec.flags, flags2=spec.flags2
+                backend_id=spec.affinity_timeout,  # slot 0: upstream's affinity_timeout
+                count=spec.active,
+                rev_nat_index=have.id,
+                flags=self._flags(spec),
+                flags2=spec.flags2,
+                qcount=len(ids) - spec.active,
             )
             self.maps.upsert_slot(fe, 0, head)  # (4)
+            self._prune_affinity(have, spec, ids)
             if len(have.backend_ids) > len(ids):
                 shrink.append((fe, len(ids), len(have.backend_ids)))
             unused |= self._set_backends(have, ids)
             have.flags2 = spec.flags2
-            have.flags = spec.flags
+            have.flags = self._flags(spec)
+            have.count = spec.active
+            have.affinity_timeout = spec.affinity_timeout
             self.frontends[fe] = have
             changed += 1
         for fe, new_count, old_count in shrink:  # (5)
@@ -374,6 +433,10 @@ class ServiceManager:
                 continue
             gone = self.frontends.pop(fe)
             self.maps.delete_slot(fe, 0)
+            if gone.maglev is not None:
+                self.maps.delete_maglev(gone.id, fe.family)
+            for backend_id in gone.affinity:
+                self.maps.delete_affinity_match(backend_id, gone.id)
             for slot in range(1, len(gone.backend_ids) + 1):
                 self.maps.delete_slot(fe, slot)
             self.maps.delete_rev_nat(gone.id, fe.family)
@@ -386,6 +449,46 @@ class ServiceManager:
             unused |= {i for i in self.backends if self._refs.get(i, 0) <= 0}
         self._collect_backends(unused)  # (7)
         return changed
+
+    @staticmethod
+    def _flags(spec: FrontendSpec) -> int:
+        return spec.flags | (SVC_FLAG_AFFINITY if spec.affinity_timeout else 0)
+
+    def _maglev_ids(self, spec: FrontendSpec, ids: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The active backend ids a Maglev frontend's table is computed from (None: random)."""
+        if spec.flags2 & SVC_FLAG_WILDCARD or (spec.algorithm or self.algorithm) != "maglev":
+            return None
+        return ids[: spec.active] or None
+
+    def _write_selection(
+        self, fe: Frontend, p: _Programmed, spec: FrontendSpec, ids: tuple[int, ...]
+    ) -> None:
+        """Before slot 0: the frontend's Maglev table (its active backends, by name as upstream:
+        names are the same on every node, ids are not) and its affinity match entries."""
+        chosen = self._maglev_ids(spec, ids)
+        if chosen != p.maglev:
+            if chosen:
+                bes = sorted((self._name(i), i) for i in chosen)
+                table = lookup_table([n for n, _ in bes], self.maglev_table_size, self.maglev_seed)
+                self.maps.upsert_maglev(p.id, fe.family, [bes[i][1] for i in table])
+            elif p.maglev is not None:
+                self.maps.delete_maglev(p.id, fe.family)
+            p.maglev = chosen or None
+        if spec.affinity_timeout:
+            for backend_id in set(ids[: spec.active]) - p.affinity:
+                self.maps.upsert_affinity_match(backend_id, p.id)
+
+    def _prune_affinity(self, p: _Programmed, spec: FrontendSpec, ids: tuple[int, ...]) -> None:
+        """After slot 0: affinity matches of backends that are no longer active ones."""
+        keep = frozenset(ids[: spec.active]) if spec.affinity_timeout else frozenset()
+        for backend_id in p.affinity - keep:
+            self.maps.delete_affinity_match(backend_id, p.id)
+        p.affinity = keep
+
+    def _name(self, backend_id: int) -> str:
+        b = self.backends[backend_id]
+        host = f"[{b.address}]" if b.address.version == 6 else str(b.address)
+        return f"{host}:{b.port}"
 
     def _collect_backends(self, candidates: Iterable[int]) -> None:
         for backend_id in sorted(candidates):
@@ -533,7 +636,7 @@ def service_frontends(
         if slot != 0 or head.flags2 & SVC_FLAG_WILDCARD:
             continue
         backends = []
-        for i in range(1, head.count + 1):
+        for i in range(1, head.count + head.qcount + 1):  # terminating ones too
             value = state.slots.get((fe, i))
             backend = state.backends.get(value.backend_id) if value is not None else None
             if value is None or backend is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,10 +30,12 @@ __all__ = [
     "DEFAULT_TABLE_SIZE",
     "MAGLEV_TABLE_SIZES",
     "MaglevSeed",
+    "jhash_3words",
     "lookup_table",
     "murmur3_x64_128",
     "new_hash_seed",
     "parse_hash_seed",
+    "tuple_hash",
     "validate_table_size",
 ]
 
@@ -152,3 +155,43 @@ def lookup_table(names: Sequence[str], m: int, seed: int) -> list[int]:
             filled += 1
             if filled == m:
                 return entry
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _rol32(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _M32
+
+
+def jhash_3words(a: int, b: int, c: int, initval: int) -> int:
+    """The kernel's ``jhash_3words`` (lookup3's final mix), as bpf/lib/jhash.h."""
+    a = (a + 0xDEADBEEF + 12 + initval) & _M32
+    b = (b + 0xDEADBEEF + 12 + initval) & _M32
+    c = (c + 0xDEADBEEF + 12 + initval) & _M32
+    c ^= b
+    c = (c - _rol32(b, 14)) & _M32
+    a ^= c
+    a = (a - _rol32(c, 11)) & _M32
+    b ^= a
+    b = (b - _rol32(a, 25)) & _M32
+    c ^= b
+    c = (c - _rol32(b, 16)) & _M32
+    a ^= c
+    a = (a - _rol32(c, 4)) & _M32
+    b ^= a
+    b = (b - _rol32(a, 14)) & _M32
+    c ^= b
+    return (c - _rol32(b, 24)) & _M32
+
+
+def tuple_hash(saddr: bytes, sport: int, dport: int, proto: int, seed: MaglevSeed) -> int:
+    """lib/lb.h ``lb_tuple_hash``: the hash whose value mod M indexes a frontend's table (the
+    client's source address, ports in host order, protocol; address words in the machine's
+    byte order, as the C reads them)."""
+    ports = ((dport << 16) | sport) & _M32
+    w = [int.from_bytes(saddr[i : i + 4], sys.byteorder) for i in range(0, len(saddr), 4)]
+    if len(saddr) == 4:
+        return jhash_3words(w[0], ports, proto, seed.jhash0)
+    h = jhash_3words(w[0], w[1], w[2], seed.jhash1)
+    return jhash_3words(w[3], ports, proto, h)

@@ -351,6 +351,10 @@ class ServiceInfo(_Model):
     cluster_ips: list[str]
     ports: list[ServicePortInfo]
     session_affinity: str
+    session_affinity_timeout: int = 10800
+    """sessionAffinityConfig.clientIP.timeoutSeconds (Kubernetes' default: 3 h)."""
+    lb_algorithm: str | None = None
+    """the ``service.cilium.io/lb-algorithm`` annotation (random, maglev); None: the agent's."""
     external_traffic_policy: str
     backends: list[BackendInfo]
     internal_traffic_policy: str = "Cluster"

@@ -268,6 +268,14 @@ class ServicePort(ObjectModel):
     app_protocol: str | None = None
 
 
+class ClientIPConfig(ObjectModel):
+    timeout_seconds: int | None = Field(default=None, ge=1, le=86400)
+
+
+class SessionAffinityConfig(ObjectModel):
+    client_ip: ClientIPConfig | None = Field(default=None, alias="clientIP")
+
+
 class ServiceSpec(ObjectModel):
     type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
     selector: dict[str, str] = Field(default_factory=dict)
@@ -280,6 +288,7 @@ class ServiceSpec(ObjectModel):
     )
     external_name: str | None = None
     session_affinity: Literal["None", "ClientIP"] = "None"
+    session_affinity_config: SessionAffinityConfig | None = None
     external_traffic_policy: Literal["Cluster", "Local"] | None = None  # None: Cluster
     internal_traffic_policy: Literal["Cluster", "Local"] | None = None
     # what the API server allocates for a LoadBalancer with externalTrafficPolicy Local

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from ciliary.apiserver.etcdserver import EtcdError
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
 from ciliary.core import atomicfile as atomic
+from ciliary.core.maglev import new_hash_seed
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.datapath.linux import bpffs, cgroup, cgrouplimits, netns
 from ciliary.datapath.linux.errors import LinkError
@@ -356,6 +357,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         created_at=time.time(),
         monitor_aggregation=lab_file.lab.spec.monitor_aggregation,
         socket_lb=lab_file.lab.spec.socket_lb.enabled,
+        maglev_hash_seed=new_hash_seed(),  # one per cluster, every agent's
         ipam_mode=lab_file.lab.spec.ipam.mode,
         hubble=_hubble_record(lab_file.lab.spec.hubble),
         images={
@@ -999,6 +1001,8 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
     if root is not None:  # socket-LB on the node's pods when the lab file asks for it
         argv += ["--cgroup-root", str(root / node_cgroup_rel(rec.name, nrec.name))]
         argv += [f"--bpf-lb-sock={str(rec.socket_lb).lower()}"]
+    if rec.maglev_hash_seed:  # the same on every node: a tuple picks the same Maglev backend
+        argv += ["--bpf-lb-maglev-hash-seed", rec.maglev_hash_seed]
     if nrec.labels:
         argv += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(nrec.labels.items()))]
     if nrec.kubeconfig:  # pods, namespaces and policies from the lab's API server

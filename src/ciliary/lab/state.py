@@ -197,6 +197,9 @@ class LabRecord(_Model):
     monitor_aggregation: str = "medium"
     socket_lb: bool = False
     """The Lab's ``spec.socketLB.enabled``: the agents' ``--bpf-lb-sock``."""
+    maglev_hash_seed: str | None = None
+    """The cluster's ``--bpf-lb-maglev-hash-seed``, made at ``lab up`` and given to every agent
+    (None in records made before: the agents' default seed)."""
     ipam_mode: str = "cluster-pool"
     hubble: HubbleRecord = Field(default_factory=HubbleRecord)
     images: dict[str, ImageRecord] = Field(default_factory=dict)

@@ -135,11 +135,14 @@ def test_frontends_per_cluster_ip_and_port_with_their_family_and_port_backends()
     assert got[fe("10.96.0.5", 0, 0)].backends == ()
     assert got[fe("10.96.0.5", 0, 0)].flags2 == SVC_FLAG_WILDCARD
     http = got[fe("10.96.0.5", 80, 6)]
-    # ready ones only while there are any; the target port by the port's name
-    assert [(str(b.address), b.port, b.proto) for b in http.backends] == [
-        ("10.0.1.5", 8080, 6),
-        ("10.0.2.7", 8080, 6),
+    # the ready ones chosen from; a terminating one after them (kept for its connections, never
+    # chosen while there are ready ones); the target port by the port's name
+    assert [(str(b.address), b.port, b.proto, b.state) for b in http.backends] == [
+        ("10.0.1.5", 8080, 6, BE_STATE_ACTIVE),
+        ("10.0.2.7", 8080, 6, BE_STATE_ACTIVE),
+        ("10.0.1.8", 8080, 6, BE_STATE_TERMINATING),
     ]
+    assert http.active == 2
     assert [str(b.address) for b in got[fe("fd00:10:96::5", 53, 17)].backends] == ["fd00::5"]
     assert http.service == ("shop", "web")
 
@@ -155,6 +158,7 @@ def test_terminating_serving_backends_only_when_no_ready_one_is_left() -> None:
     assert [(str(b.address), b.state) for b in http.backends] == [
         ("10.0.1.8", BE_STATE_TERMINATING)
     ]
+    assert http.active == 1  # chosen from, none being ready
 
 
 def test_sync_programs_removes_a_backend_then_the_service_in_a_safe_order() -> None:

@@ -46,6 +46,7 @@ ENDPOINT_SLICES = by_path("discovery.k8s.io", "v1", "endpointslices")
 NODES = by_path("", "v1", "nodes")
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+LB_ALGORITHM_ANNOTATION = "service.cilium.io/lb-algorithm"
 
 
 def _key(obj: KubeObject) -> tuple[str, str]:
@@ -71,6 +72,14 @@ def _service_info(svc: Service) -> ServiceInfo:
             for p in spec.ports
         ],
         session_affinity=spec.session_affinity,
+        session_affinity_timeout=(
+            spec.session_affinity_config.client_ip.timeout_seconds
+            if spec.session_affinity_config is not None
+            and spec.session_affinity_config.client_ip is not None
+            and spec.session_affinity_config.client_ip.timeout_seconds is not None
+            else 10800
+        ),
+        lb_algorithm=svc.metadata.annotations.get(LB_ALGORITHM_ANNOTATION),
         external_traffic_policy=spec.external_traffic_policy or "Cluster",
         internal_traffic_policy=spec.internal_traffic_policy or "Cluster",
         external_ips=list(spec.external_ips),

@@ -29,12 +29,17 @@ from ciliary.datapath.maps.events import (
 )
 from ciliary.datapath.maps.ipcache import IPCacheInfoC, IPCacheKeyC, IPCacheMap, IPCacheRecord
 from ciliary.datapath.maps.lb import (
+    Lb4AffinityKeyC,
     Lb4BackendC,
     Lb4KeyC,
     Lb4ReverseNatC,
+    Lb6AffinityKeyC,
     Lb6BackendC,
     Lb6KeyC,
     Lb6ReverseNatC,
+    LbAffinityMatchC,
+    LbAffinityValC,
+    LbMaglevConfigC,
     LbServiceC,
 )
 from ciliary.datapath.maps.nat import NATConfigC, NATEntryC, NATKeyC
@@ -59,12 +64,17 @@ __all__ = [
     "IPCacheKeyC",
     "IPCacheMap",
     "IPCacheRecord",
+    "Lb4AffinityKeyC",
     "Lb4BackendC",
     "Lb4KeyC",
     "Lb4ReverseNatC",
+    "Lb6AffinityKeyC",
     "Lb6BackendC",
     "Lb6KeyC",
     "Lb6ReverseNatC",
+    "LbAffinityMatchC",
+    "LbAffinityValC",
+    "LbMaglevConfigC",
     "LbServiceC",
     "NATConfigC",
     "NATEntryC",
@@ -97,4 +107,9 @@ ALL_MIRRORS: list[type[ctypes.Structure]] = [
     Lb6BackendC,
     Lb4ReverseNatC,
     Lb6ReverseNatC,
+    Lb4AffinityKeyC,
+    Lb6AffinityKeyC,
+    LbAffinityValC,
+    LbAffinityMatchC,
+    LbMaglevConfigC,
 ]

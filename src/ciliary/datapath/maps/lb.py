@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
-from ciliary.datapath.libbpf import BPF_ANY, Map
+from ciliary.datapath.libbpf import BPF_ANY, BPF_MAP_TYPE_ARRAY, Map, map_create
 from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress, check_map_layout
 
 __all__ = [
@@ -25,6 +26,9 @@ __all__ = [
     "BE_STATE_QUARANTINED",
     "BE_STATE_TERMINATING",
     "LB_MAPS",
+    "MAGLEV_CONFIG_MAP",
+    "MAGLEV_MAPS",
+    "SVC_FLAG_AFFINITY",
     "SVC_FLAG_EXTERNAL_IP",
     "SVC_FLAG_EXT_LOCAL_SCOPE",
     "SVC_FLAG_INT_LOCAL_SCOPE",
@@ -35,12 +39,17 @@ __all__ = [
     "Frontend",
     "LBMaps",
     "LBState",
+    "Lb4AffinityKeyC",
     "Lb4BackendC",
     "Lb4KeyC",
     "Lb4ReverseNatC",
+    "Lb6AffinityKeyC",
     "Lb6BackendC",
     "Lb6KeyC",
     "Lb6ReverseNatC",
+    "LbAffinityMatchC",
+    "LbAffinityValC",
+    "LbMaglevConfigC",
     "LbServiceC",
     "ServiceValue",
 ]
@@ -50,6 +59,8 @@ BE_STATE_TERMINATING = 1
 BE_STATE_QUARANTINED = 2
 BE_STATE_MAINTENANCE = 3
 SVC_FLAG_WILDCARD = 0x80
+SVC_FLAG_AFFINITY = 0x10
+"""``lb_service.flags``: sessionAffinity ClientIP (slot 0's ``backend_id`` = the timeout, s)."""
 """``lb_service.flags2``: the address's catch-all entry (port 0, protocol 0, no backends)."""
 SVC_FLAG_EXTERNAL_IP = 0x01
 """``lb_service.flags`` (upstream's values): a ``spec.externalIPs`` frontend (bpf/lib/nodeport.h
@@ -60,6 +71,13 @@ SVC_FLAG_EXT_LOCAL_SCOPE = 0x04
 SVC_FLAG_LOADBALANCER = 0x20
 SVC_FLAG_INT_LOCAL_SCOPE = 0x10
 """``lb_service.flags2``: ``internalTrafficPolicy: Local`` (this node's backends only)."""
+
+AFFINITY_MAPS = {AF_INET4: "ciliary_lb4_affinity", AF_INET6: "ciliary_lb6_affinity"}
+AFFINITY_MATCH_MAP = "ciliary_lb_affinity_match"
+MAGLEV_MAPS = {AF_INET4: "ciliary_lb4_maglev", AF_INET6: "ciliary_lb6_maglev"}
+MAGLEV_CONFIG_MAP = "ciliary_lb_maglev_config"
+BPF_F_INNER_MAP = 1 << 12
+"""An inner map of a map-of-maps whose size may differ from the template's (kernel 5.10)."""
 
 LB_MAPS = {
     AF_INET4: ("ciliary_lb4_services", "ciliary_lb4_backends", "ciliary_lb4_reverse_nat"),
@@ -105,7 +123,7 @@ class LbServiceC(ctypes.Structure):
         ("rev_nat_index", ctypes.c_uint16),
         ("flags", ctypes.c_uint8),
         ("flags2", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 2),
+        ("qcount", ctypes.c_uint16),
     ]
 
 
@@ -155,7 +173,64 @@ class Lb6ReverseNatC(ctypes.Structure):
     ]
 
 
+class Lb4AffinityKeyC(ctypes.Structure):
+    """Mirror of C ``struct lb4_affinity_key`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb4_affinity_key"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 4),
+        ("rev_nat_id", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Lb6AffinityKeyC(ctypes.Structure):
+    """Mirror of C ``struct lb6_affinity_key`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb6_affinity_key"
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 16),
+        ("rev_nat_id", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class LbAffinityValC(ctypes.Structure):
+    """Mirror of C ``struct lb_affinity_val`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb_affinity_val"
+    _fields_ = [
+        ("last_used_ns", ctypes.c_uint64),
+        ("backend_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+class LbAffinityMatchC(ctypes.Structure):
+    """Mirror of C ``struct lb_affinity_match`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb_affinity_match"
+    _fields_ = [
+        ("backend_id", ctypes.c_uint32),
+        ("rev_nat_id", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class LbMaglevConfigC(ctypes.Structure):
+    """Mirror of C ``struct lb_maglev_config`` (bpf/lib/lb.h)."""
+
+    C_NAME = "lb_maglev_config"
+    _fields_ = [
+        ("table_size", ctypes.c_uint32),
+        ("seed_v4", ctypes.c_uint32),
+        ("seed_v6", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
 _KEY = {AF_INET4: Lb4KeyC, AF_INET6: Lb6KeyC}
+_AFFINITY_KEY = {AF_INET4: Lb4AffinityKeyC, AF_INET6: Lb6AffinityKeyC}
 _BACKEND = {AF_INET4: Lb4BackendC, AF_INET6: Lb6BackendC}
 _REVNAT = {AF_INET4: Lb4ReverseNatC, AF_INET6: Lb6ReverseNatC}
 
@@ -213,6 +288,8 @@ class ServiceValue:
     rev_nat_index: int = 0
     flags: int = 0
     flags2: int = 0
+    qcount: int = 0
+    """slot 0: terminating backends kept in slots count+1..count+qcount (never chosen)."""
 
 
 @dataclass
@@ -234,6 +311,7 @@ class LBMaps:
             check_map_layout(maps[be], ctypes.c_uint32, _BACKEND[family])
             check_map_layout(maps[rn], ctypes.c_uint16, _REVNAT[family])
         self._maps = maps
+        self._maglev: dict[tuple[int, int], Map] = {}
 
     def _map(self, family: int, which: int) -> Map:
         return self._maps[LB_MAPS[family][which]]
@@ -251,6 +329,7 @@ class LBMaps:
             rev_nat_index=value.rev_nat_index,
             flags=value.flags,
             flags2=value.flags2,
+            qcount=value.qcount,
         )
         self._map(fe.family, 0).update(self._slot_key(fe, slot), bytes(raw), BPF_ANY)
 
@@ -283,7 +362,12 @@ class LBMaps:
                 v = LbServiceC.from_buffer_copy(v_raw)
                 fe = Frontend(_decode(bytes(k.address), family), _from_be16(k.dport), k.proto)
                 state.slots[(fe, int(k.backend_slot))] = ServiceValue(
-                    int(v.backend_id), int(v.count), int(v.rev_nat_index), v.flags, v.flags2
+                    int(v.backend_id),
+                    int(v.count),
+                    int(v.rev_nat_index),
+                    v.flags,
+                    v.flags2,
+                    int(v.qcount),
                 )
             for k_raw, v_raw in self._map(family, 1).items():
                 b = _BACKEND[family].from_buffer_copy(v_raw)
@@ -296,3 +380,76 @@ class LBMaps:
                     _decode(bytes(r.address), family), _from_be16(r.port), 0
                 )
         return state
+
+    # ---- Maglev tables and session affinity (the agent writes; the datapath reads) ----
+
+    def set_maglev_config(self, table_size: int, seed_v4: int, seed_v6: int) -> None:
+        raw = LbMaglevConfigC(table_size=table_size, seed_v4=seed_v4, seed_v6=seed_v6)
+        self._maps[MAGLEV_CONFIG_MAP].update(bytes(4), bytes(raw), BPF_ANY)
+
+    def upsert_maglev(self, index: int, family: int, table: Sequence[int]) -> None:
+        """Frontend ``index``'s table (backend ids): a fresh inner array swapped in at once, so
+        a packet reads either the old table or the new one, never half of each."""
+        inner = map_create(
+            BPF_MAP_TYPE_ARRAY, f"ciliary_mlv{index}", 4, 4, len(table), flags=BPF_F_INNER_MAP
+        )
+        try:
+            for i, backend_id in enumerate(table):
+                inner.update(i.to_bytes(4, sys.byteorder), backend_id.to_bytes(4, sys.byteorder))
+            self._maps[MAGLEV_MAPS[family]].update(
+                bytes(ctypes.c_uint16(index)), inner.fd.to_bytes(4, sys.byteorder), BPF_ANY
+            )
+        except BaseException:
+            inner.close()
+            raise
+        old = self._maglev.pop((family, index), None)
+        if old is not None:
+            old.close()
+        self._maglev[(family, index)] = inner  # kept open to read back (the listing)
+
+    def delete_maglev(self, index: int, family: int) -> None:
+        self._maps[MAGLEV_MAPS[family]].delete(bytes(ctypes.c_uint16(index)))
+        old = self._maglev.pop((family, index), None)
+        if old is not None:
+            old.close()
+
+    def maglev_table(self, index: int, family: int) -> list[int] | None:
+        """Frontend ``index``'s table as this process wrote it and the datapath reads it (None:
+        no table of this process's: not a Maglev frontend, or not written since start)."""
+        if self._maps[MAGLEV_MAPS[family]].lookup(bytes(ctypes.c_uint16(index))) is None:
+            return None
+        inner = self._maglev.get((family, index))
+        if inner is None:
+            return None
+        return [
+            int.from_bytes(v, sys.byteorder)
+            for _, v in sorted(
+                ((int.from_bytes(k, sys.byteorder), v) for k, v in inner.items()),
+                key=lambda kv: kv[0],
+            )
+        ]
+
+    def upsert_affinity_match(self, backend_id: int, index: int) -> None:
+        key = LbAffinityMatchC(backend_id=backend_id, rev_nat_id=index)
+        self._maps[AFFINITY_MATCH_MAP].update(bytes(key), b"\x00", BPF_ANY)
+
+    def delete_affinity_match(self, backend_id: int, index: int) -> None:
+        key = LbAffinityMatchC(backend_id=backend_id, rev_nat_id=index)
+        self._maps[AFFINITY_MATCH_MAP].delete(bytes(key))
+
+    def affinity_entries(self) -> list[tuple[IPAddress, int, int, int]]:
+        """(client, rev-NAT index, backend id, last used ns) of both families' affinity maps."""
+        out: list[tuple[IPAddress, int, int, int]] = []
+        for family, name in AFFINITY_MAPS.items():
+            for k_raw, v_raw in self._maps[name].items():
+                k = _AFFINITY_KEY[family].from_buffer_copy(k_raw)
+                v = LbAffinityValC.from_buffer_copy(v_raw)
+                out.append(
+                    (
+                        _decode(bytes(k.address), family),
+                        int(k.rev_nat_id),
+                        int(v.backend_id),
+                        int(v.last_used_ns),
+                    )
+                )
+        return out
