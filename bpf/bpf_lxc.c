@@ -54,6 +54,14 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	ret = ct_process(p, src_id, dst_id, level, interval, &ct);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
+	if (ct.state == CT_ESTABLISHED && ct.entry && ct.entry->rev_nat_index != lb->rev_nat_index) {
+		/* a stale entry (as upstream's "stale non-service entry? recreate"): the client reused
+		 * the port of a closed connection whose translated tuple was the same, to the pod's
+		 * address after one through the service or the other way; its translation is now
+		 * this connection's, and the old one's closing state goes */
+		ct.entry->rev_nat_index = lb->rev_nat_index;
+		ct.entry->flags &= ~(CT_F_LOOPBACK | CT_F_TX_CLOSING | CT_F_RX_CLOSING);
+	}
 	if (lb->rev_nat_index && ct.entry) {
 		/* the connection's replies get the frontend back; its service entry lives as long */
 		ct.entry->rev_nat_index = lb->rev_nat_index;

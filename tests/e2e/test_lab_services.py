@@ -281,6 +281,40 @@ def test_flows_to_the_clusterip_name_the_service(lab: SvcLab) -> None:
     assert replies, "no reply flow from the service"
     for f in replies:
         assert f["source_service"] == {"name": "web", "namespace": "default"}, f
-        assert f["IP"]["source"] == vip, f
+        assert f["IP"]["source"] in (vip, lab.vip(6)), f  # the GETs above went over both
     other = _observe(lab, node, "--to-service", "default/nothing")
     assert other == [], other
+
+
+# From one source port: a datagram through the ClusterIP's UDP port, then one straight to each
+# backend's echo port (one of them has the translated tuple of the first); True per answer.
+UDP_SAME_PORT = """\
+import json, socket, sys
+def ask(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", 41234))
+    s.settimeout(2)
+    s.connect((host, port))
+    try:
+        s.send(b"same-port")
+        return s.recv(100) == b"same-port"
+    except OSError:
+        return False
+    finally:
+        s.close()
+print(json.dumps([ask(sys.argv[1], 53), *(ask(b, 5353) for b in sys.argv[2].split(","))]))
+"""
+
+
+def test_a_port_reused_for_the_backend_after_the_service_gets_its_own_replies(
+    lab: SvcLab,
+) -> None:
+    """The conntrack entry of a connection through the Service has the translated tuple; a new
+    connection straight to that backend from the same port finds it (stale): its replies must
+    not be translated back to the frontend (as upstream, the entry is re-made)."""
+    vip = lab.vip()
+    backends = sorted(_backends_in_maps(lab, lab.nodes[0], vip))  # the VIP's choices
+    res = lab.run("default/client", sys.executable, "-c", UDP_SAME_PORT, vip, ",".join(backends))
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert json.loads(res.stdout) == [True] * (1 + len(backends)), res.stdout
