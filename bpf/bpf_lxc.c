@@ -107,6 +107,11 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	 * receiving node checks its ingress policy on it). The node routes: TTL−1 first. */
 	__u32 encap_dev = tunnel_ep && !via_stack ? encap_ifindex() : 0;
 	if (encap_dev) {
+		/* a local backend's reply to a pod of another node that came in through this node's
+		 * NodePort (lib/nodeport.h): from the frontend, before the tunnel hides it */
+		ret = lb_rev_nat_ct(skb, p, &ct);
+		if (ret < 0)
+			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
 		trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_OVERLAY, &pv_out,
 			   TRAFFIC_EGRESS);
 		ret = l3_dec_ttl(skb, p);

@@ -10,7 +10,8 @@ default), with the only backend on node 1:
 - with externalTrafficPolicy Local, node 1 answers with the world host's address preserved and
   node 2 (no local backend: a frontend without backends) drops the connection;
 - an externalIP (routed to node 1 by the world host) reaches the backend likewise, and so does a
-  LoadBalancer's status.loadBalancer.ingress IP (set with kubectl, routed to node 2: SNAT).
+  LoadBalancer's status.loadBalancer.ingress IP (set with kubectl, routed to node 2: SNAT);
+- a pod of node 2 reaches node 1's IP:nodePort (the reply reverse-translated before the tunnel).
 One lab for the module (~25 s with lab up on an idle machine). Native routing mode passes the
 same checks (run by hand: the suite's budget has room for one lab here)."""
 
@@ -51,6 +52,13 @@ spec:
   containers:
   - name: web
     command: [ciliary, workload, http-server, --port, "8080"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {n2}
+  containers: [{{name: main, command: [ciliary, workload, pause]}}]
 """
 
 EXTERNAL_IP = "203.0.113.10"  # outside every lab network: the world host routes it to node 1
@@ -228,3 +236,18 @@ def test_a_load_balancer_ingress_ip_reaches_the_backend_through_another_node(lab
     got = lab.get(LB_IP, 8001)  # node 2 has no backend: SNAT to its IP, tunnel to node 1
     assert got.get("pod") == "web-a", got
     assert _host(got["client"]) == lab.node_ips[1]
+
+
+def test_a_pod_of_another_node_reaches_the_nodeport(lab: NPLab) -> None:
+    """A pod on node 2 to node 1's IP:nodePort: translated by node 1 (the frontend is node 1's),
+    delivered to its local backend; the reply, tunnelled back to the pod's node, leaves node 1
+    with the frontend as source (bpf_lxc reverse-translates before the tunnel)."""
+    port = lab.node_port("web-np")
+    _wait_frontend(lab, lab.nodes[0], lab.node_ips[0], port, 1)
+    res = manager.run_in_pod(
+        "default/client", [sys.executable, "-c", GET, lab.node_ips[0], str(port), "3"],
+        name=lab.name, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got.get("pod") == "web-a", got
