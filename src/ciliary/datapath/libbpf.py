@@ -276,6 +276,7 @@ class _C:
         _LIBBPF, "bpf_map_create", _int, ctypes.c_int, _cp, _u32, _u32, _u32, _vp
     )
     bpf_obj_get = _proto(_LIBBPF, "bpf_obj_get", _int, _cp)
+    bpf_map_get_fd_by_id = _proto(_LIBBPF, "bpf_map_get_fd_by_id", _int, _u32)
     bpf_obj_get_info_by_fd = _proto(_LIBBPF, "bpf_obj_get_info_by_fd", _int, _int, _vp, _u32p)
     bpf_map_lookup_elem = _proto(_LIBBPF, "bpf_map_lookup_elem", _int, _int, _vp, _vp)
     bpf_map_update_elem = _proto(
@@ -544,6 +545,12 @@ class Map(_Owned):
         """Opens the map pinned at ``path`` on bpffs."""
         fd = int(_C.bpf_obj_get(os.fsencode(path)))
         return cls(_check(fd, "bpf_obj_get", str(path)))
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        """Opens the map with kernel id ``map_id`` (what a map-of-maps lookup returns)."""
+        fd = int(_C.bpf_map_get_fd_by_id(map_id))
+        return cls(_check(fd, "bpf_map_get_fd_by_id", str(map_id)))
 
     # -- lifecycle ---------------------------------------------------------------------------
 

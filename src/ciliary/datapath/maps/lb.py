@@ -311,7 +311,6 @@ class LBMaps:
             check_map_layout(maps[be], ctypes.c_uint32, _BACKEND[family])
             check_map_layout(maps[rn], ctypes.c_uint16, _REVNAT[family])
         self._maps = maps
-        self._maglev: dict[tuple[int, int], Map] = {}
 
     def _map(self, family: int, which: int) -> Map:
         return self._maps[LB_MAPS[family][which]]
@@ -399,35 +398,21 @@ class LBMaps:
             self._maps[MAGLEV_MAPS[family]].update(
                 bytes(ctypes.c_uint16(index)), inner.fd.to_bytes(4, sys.byteorder), BPF_ANY
             )
-        except BaseException:
-            inner.close()
-            raise
-        old = self._maglev.pop((family, index), None)
-        if old is not None:
-            old.close()
-        self._maglev[(family, index)] = inner  # kept open to read back (the listing)
+        finally:
+            inner.close()  # the outer map holds it
 
     def delete_maglev(self, index: int, family: int) -> None:
         self._maps[MAGLEV_MAPS[family]].delete(bytes(ctypes.c_uint16(index)))
-        old = self._maglev.pop((family, index), None)
-        if old is not None:
-            old.close()
 
     def maglev_table(self, index: int, family: int) -> list[int] | None:
-        """Frontend ``index``'s table as this process wrote it and the datapath reads it (None:
-        no table of this process's: not a Maglev frontend, or not written since start)."""
-        if self._maps[MAGLEV_MAPS[family]].lookup(bytes(ctypes.c_uint16(index))) is None:
+        """Frontend ``index``'s table as the datapath reads it (None: not a Maglev frontend):
+        the outer map's value is the inner array's kernel id."""
+        raw = self._maps[MAGLEV_MAPS[family]].lookup(bytes(ctypes.c_uint16(index)))
+        if raw is None:
             return None
-        inner = self._maglev.get((family, index))
-        if inner is None:
-            return None
-        return [
-            int.from_bytes(v, sys.byteorder)
-            for _, v in sorted(
-                ((int.from_bytes(k, sys.byteorder), v) for k, v in inner.items()),
-                key=lambda kv: kv[0],
-            )
-        ]
+        with Map.from_id(int.from_bytes(raw, sys.byteorder)) as inner:
+            entries = {int.from_bytes(k, sys.byteorder): v for k, v in inner.items()}
+        return [int.from_bytes(entries[i], sys.byteorder) for i in sorted(entries)]
 
     def upsert_affinity_match(self, backend_id: int, index: int) -> None:
         key = LbAffinityMatchC(backend_id=backend_id, rev_nat_id=index)
