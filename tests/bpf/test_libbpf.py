@@ -229,6 +229,13 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_lb6_backends",
         "ciliary_lb4_reverse_nat",
         "ciliary_lb6_reverse_nat",
+        "ciliary_lb4_maglev",
+        "ciliary_lb6_maglev",
+        "ciliary_lb_maglev_config",
+        "ciliary_lb4_affinity",
+        "ciliary_lb6_affinity",
+        "ciliary_lb_affinity_match",
+        "ciliary_lb_select_scratch",
     }
     assert set(loaded.map_names()) == names
     assert sorted(loaded.program_names()) == ["cil_from_container", "cil_to_container"]
