@@ -288,6 +288,7 @@ class _C:
         _LIBBPF, "bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp, _u32p, _vp
     )
     bpf_map_delete_batch = _proto(_LIBBPF, "bpf_map_delete_batch", _int, _int, _vp, _u32p, _vp)
+    bpf_map_update_batch = _proto(_LIBBPF, "bpf_map_update_batch", _int, _int, _vp, _vp, _u32p, _vp)
 
     bpf_tc_hook_create = _proto(_LIBBPF, "bpf_tc_hook_create", _int, _vp)
     bpf_tc_hook_destroy = _proto(_LIBBPF, "bpf_tc_hook_destroy", _int, _vp)
@@ -752,6 +753,22 @@ class Map(_Owned):
             except _BatchUnsupportedError:
                 self._delete_batch_ok = False
         return sum(1 for k in batch if self.delete(k))
+
+    def update_batch(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Writes every (key, value) (BPF_ANY) in one syscall where the map type batches (a
+        Maglev table: 16381 entries), else one by one."""
+        keys = b"".join(self._key(k, "bpf_map_update_batch") for k, _ in items)
+        values = b"".join(self._value(v, "bpf_map_update_batch") for _, v in items)
+        if not items:
+            return
+        count = ctypes.c_uint32(len(items))
+        ret = int(_C.bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count), None))
+        if ret == 0 and count.value == len(items):
+            return
+        if ret < 0 and -ret not in _BATCH_UNSUPPORTED:
+            _check(ret, "bpf_map_update_batch")
+        for k, v in items[count.value if ret == 0 else 0 :]:
+            self.update(k, v)
 
     def _delete_batch(self, batch: list[bytes]) -> int:
         deleted = 0

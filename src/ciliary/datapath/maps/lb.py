@@ -393,8 +393,12 @@ class LBMaps:
             BPF_MAP_TYPE_ARRAY, f"ciliary_mlv{index}", 4, 4, len(table), flags=BPF_F_INNER_MAP
         )
         try:
-            for i, backend_id in enumerate(table):
-                inner.update(i.to_bytes(4, sys.byteorder), backend_id.to_bytes(4, sys.byteorder))
+            inner.update_batch(
+                [
+                    (i.to_bytes(4, sys.byteorder), backend_id.to_bytes(4, sys.byteorder))
+                    for i, backend_id in enumerate(table)
+                ]
+            )
             self._maps[MAGLEV_MAPS[family]].update(
                 bytes(ctypes.c_uint16(index)), inner.fd.to_bytes(4, sys.byteorder), BPF_ANY
             )
