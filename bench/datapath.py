@@ -114,8 +114,14 @@ def _iptables_rules(n: int, client_ip: str, server_dev: str) -> str:
 
 
 @contextlib.contextmanager
-def routed(connrate: Path, index: int, rules: int | None) -> Iterator[list[Target]]:
-    """pod a → node r → pod b, routed by the kernel; ``rules`` not None: iptables in r."""
+def routed(
+    connrate: Path,
+    index: int,
+    rules: int | None,
+    router: Callable[[str, str, str], None] | None = None,
+) -> Iterator[list[Target]]:
+    """pod a → node r → pod b, routed by the kernel; ``rules`` not None: iptables in r;
+    ``router(r, client_ip, server_ip)``: more set-up of the node (bench/services.py: NAT)."""
     t = tag()
     a, r, b = f"{t}-a", f"{t}-r", f"{t}-b"
     net = f"10.{252 - index // 200}.{(index % 200)}"  # distinct /24 pairs per setup
@@ -133,6 +139,8 @@ def routed(connrate: Path, index: int, rules: int | None) -> Iterator[list[Targe
             sh("ip", "addr", "add", f"{gw}/25", "dev", dev, ns=r)
             sh("ip", "link", "set", dev, "up", ns=r)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=r)
+        if router is not None:
+            router(r, client_ip, server_ip)
         if rules is None:
             name, kind = ROUTE, ROUTE
         else:

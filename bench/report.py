@@ -316,8 +316,19 @@ TITLES = {
     "hubble": "Hubble: flows per node, losses, observe",
     "apiserver": "Kubernetes API server on etcd: writes, watch fan-out, memory",
     "workloads": "Workloads: a Deployment on two nodes, agent memory, policy change → enforced",
+    "services": "Services: ClusterIP vs pod IP with 1 / 1k / 10k Services, ciliary vs iptables",
 }
 ABOUT = {
+    "services": (
+        "A client pod's connections (connrate: connect, 64 B request/response, close) and"
+        " sockperf ping-pong latency through a ClusterIP against straight to the backend's pod"
+        " IP (ratio: ClusterIP / pod IP, goal ≥ 0.95 for the rate, ≤ 1.05 for latency). ciliary:"
+        " a one-node lab, tc-level load balancing in bpf_lxc, 1 Service, then 1k and 10k"
+        " Services created through the lab's API server (timed until the node's BPF service map"
+        " holds them). iptables: kube-proxy's nat rules (KUBE-SERVICES → KUBE-SVC with"
+        " statistic splits → KUBE-SEP DNAT) for 1, 1k, 10k Services on a kernel-routed node,"
+        " the measured Service in the middle of the list. See bench/services.py."
+    ),
     "hubble": (
         "The node's flow pipeline in-process (record decode → flow with endpoints, identities"
         " and policy → observer ring + the lab's default Hubble metrics → one filter), then a"

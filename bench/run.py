@@ -38,6 +38,7 @@ from bench import (
     policy_bench,
     readme,
     report,
+    services,
     workloads,
 )
 
@@ -102,6 +103,17 @@ GROUPS = [
             log=_log,
         ),
         "Kubernetes API server vs its etcd: create rate, watch fan-out, RSS with 10k objects",
+    ),
+    Group(
+        "services",
+        lambda a: services.run(
+            rounds=1 if a.quick else 3,
+            seconds=a.seconds,
+            scale=(1, 1_000) if a.quick else services.SCALE,
+            log=_log,
+        ),
+        "a pod through a ClusterIP vs to the pod IP with 1 / 1k / 10k Services: ciliary vs"
+        " kube-proxy's iptables rules; time to program the Services",
     ),
     Group(
         "workloads",

@@ -1,0 +1,362 @@
+"""Services: a pod's connections through a ClusterIP against straight to the backend pod's address,
+with 1, 1k and 10k Services installed, for ciliary's tc-level load balancer (bpf_lxc, hash maps:
+the cost should not grow with the number of Services) and for iptables rules of kube-proxy's
+shape (a list walked for every new connection: the reason eBPF service load balancing exists).
+
+Metrics (bench/tools.py, the datapath group's tools, run back to back per round):
+  connection rate  connrate: connect, 64 B request, 64 B response, close, serially (conn/s);
+  latency          sockperf TCP ping-pong, 64-byte messages, p50 and p99 (usec).
+The ratio of each result is ClusterIP / pod IP in the same setup and round (goal: rate ≥ 0.95,
+latency ≤ 1.05).
+Setups:
+  ciliary          a one-node lab (client and server pods, the datapath group's policy allowing
+                   the client on the server's ports), a Service ``bench-svc`` selecting the server
+                   (ports 5202 sockperf, 5203 connrate); measured with that one Service (plus the
+                   lab's kubernetes and kube-dns), then after 999 and 9,000 more Services were
+                   created through the lab's API server (no selector: frontends without backends,
+                   8 concurrent HTTPS POSTs), each step timed from its first POST until the
+                   node's ``ciliary_lb4_services`` map holds all of them (the agent's watch →
+                   service manager → BPF maps). The steps run one after the other in the same
+                   lab (a node's agent programs every Service of the cluster), so the ratio, not
+                   the absolute numbers across steps, is the comparison;
+  iptables N       the datapath group's ``routed`` topology (pod a → node r → pod b, kernel
+                   routing) with r holding kube-proxy's nat rules for N Services (PREROUTING and
+                   OUTPUT → KUBE-SERVICES: per Service port ``-d VIP -p tcp --dport`` → KUBE-SVC
+                   chain: the masquerade mark for sources outside the cluster CIDR, then ``-m
+                   statistic --mode random --probability 1/k`` splits over k = 2 KUBE-SEP chains
+                   (the measured Service: 1), each marking its own hairpin and DNATing;
+                   KUBE-POSTROUTING masquerades marked packets), loaded with one
+                   ``iptables-restore`` (timed); the measured Service's rules in the middle of
+                   KUBE-SERVICES (kube-proxy's order is arbitrary: half the list on average).
+                   N = 1, 1k, 10k exist at once and are measured in the first step's rounds,
+                   with a plain kernel route (no rules) beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import tools
+from bench.common import median, tag
+from bench.datapath import Metric, Target, interleave, k, lab_yaml, routed, tool_metrics
+from ciliary.datapath.libbpf import Map
+from ciliary.k8s.resources import by_path
+from ciliary.kube.client import KubeClient
+from ciliary.lab import manager
+
+GROUP = "services"
+SCALE = (1, 1_000, 10_000)
+METRICS = ("crr", "rr")
+SERVICES = by_path("", "v1", "services")
+SYNTHETIC_VIPS = ipaddress.IPv4Network("10.97.0.0/16")  # iptables: the other Services' VIPs
+SYNTHETIC_PODS = ipaddress.IPv4Network("10.230.0.0/16")  # iptables: their endpoints
+CLUSTER_CIDR = "10.0.0.0/8"  # iptables: sources outside it are masqueraded (kube-proxy's rule)
+IPT_VIP = "10.96.0.100"
+PORTS = (tools.SOCKPERF_PORT, tools.CONNRATE_PORT)
+CREATE_CONCURRENCY = 8
+PROGRAM_LIMIT_S = 300.0
+
+
+# ---- iptables, kube-proxy's shape ------------------------------------------------------------
+
+
+def kube_proxy_rules(n: int, vip: str, server_ip: str) -> str:
+    """``iptables-restore`` input: the nat table of kube-proxy (iptables mode) for ``n`` Services:
+    the measured one (``vip`` → ``server_ip`` on PORTS) and n-1 others of one port, 2 endpoints."""
+    services: list[tuple[str, str, list[int], list[str]]] = [
+        (f"bench/s{i}", str(SYNTHETIC_VIPS[i + 1]), [80],
+         [str(SYNTHETIC_PODS[2 * i + 1]), str(SYNTHETIC_PODS[2 * i + 2])])
+        for i in range(n - 1)
+    ]  # fmt: skip
+    services.insert(len(services) // 2, ("default/bench-svc", vip, list(PORTS), [server_ip]))
+    chains = [":KUBE-SERVICES - [0:0]", ":KUBE-MARK-MASQ - [0:0]", ":KUBE-POSTROUTING - [0:0]"]
+    rules = [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+        "-A KUBE-POSTROUTING -j MASQUERADE --random-fully",
+    ]
+    for s, (name, addr, ports, endpoints) in enumerate(services):
+        for port in ports:
+            svc = f"KUBE-SVC-{s:07d}P{port}"
+            chains.append(f":{svc} - [0:0]")
+            where = f'-m comment --comment "{name}:p{port} cluster IP"'
+            rules.append(f"-A KUBE-SERVICES -d {addr}/32 -p tcp {where} -m tcp --dport {port}"
+                         f" -j {svc}")  # fmt: skip
+            rules.append(f"-A {svc} ! -s {CLUSTER_CIDR} -d {addr}/32 -p tcp {where} -m tcp"
+                         f" --dport {port} -j KUBE-MARK-MASQ")  # fmt: skip
+            for e, ep in enumerate(endpoints):
+                sep = f"KUBE-SEP-{s:07d}P{port}E{e}"
+                chains.append(f":{sep} - [0:0]")
+                left = len(endpoints) - e
+                split = (f"-m statistic --mode random --probability {1 / left:.11f} "
+                         if left > 1 else "")  # fmt: skip
+                rules.append(f"-A {svc} {split}-j {sep}")
+                rules.append(f"-A {sep} -s {ep}/32 -j KUBE-MARK-MASQ")
+                rules.append(f"-A {sep} -p tcp -m tcp -j DNAT --to-destination {ep}:{port}")
+    rules.append("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+    chains.append(":KUBE-NODEPORTS - [0:0]")
+    head = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+            ":POSTROUTING ACCEPT [0:0]"]  # fmt: skip
+    return "\n".join([*head, *chains, *rules, "COMMIT", ""])
+
+
+@contextlib.contextmanager
+def kube_proxy(connrate: Path, index: int, n: int | None) -> Iterator[tuple[list[Target], float]]:
+    """Routed topologies with kube-proxy's rules for ``n`` Services (None: none, a plain
+    route); yields (pod IP target, ClusterIP target) or (route target,), and the load time.
+    The two targets are two copies of the topology (one client each): a client port reused for
+    the VIP after a direct connection to the same server port is in the kernel's conntrack as
+    that connection's reply direction (kube-proxy's known clash), which would fail it."""
+    loaded: list[float] = []
+
+    def nat(router: str, _client_ip: str, server_ip: str) -> None:
+        if n is None:
+            return
+        text = kube_proxy_rules(n, IPT_VIP, server_ip)
+        t0 = time.monotonic()
+        subprocess.run(
+            ["ip", "netns", "exec", router, "iptables-restore"],
+            input=text, text=True, check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+        loaded.append(time.monotonic() - t0)
+
+    with contextlib.ExitStack() as stack:
+        (direct,) = stack.enter_context(routed(connrate, 20 + 2 * index, None, nat))
+        if n is None:
+            route = Target("kernel route, no rules", "route", None, direct.client, direct.server_ip)
+            yield [route], 0
+            return
+        (other,) = stack.enter_context(routed(connrate, 21 + 2 * index, None, nat))
+        label = f"iptables {k(n)}"
+        yield (
+            [
+                Target(f"{label}: pod IP", "iptables", n, direct.client, direct.server_ip),
+                Target(f"{label}: ClusterIP", "iptables", n, other.client, IPT_VIP),
+            ],
+            loaded[0],
+        )
+
+
+# ---- ciliary ---------------------------------------------------------------------------------
+
+
+def _service(name: str, ports: tuple[int, ...], selector: dict[str, str] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "ports": [{"name": f"p{p}", "port": p, "targetPort": p, "protocol": "TCP"} for p in ports]
+    }
+    if selector is not None:
+        spec["selector"] = selector
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec}  # fmt: skip
+
+
+async def _create(kubeconfig: Path, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    client = await KubeClient.connect(kubeconfig)
+    sem = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+    async def one(body: dict[str, Any]) -> dict[str, Any]:
+        async with sem:
+            return dict(await client.create(SERVICES, body, "default"))
+
+    try:
+        return await asyncio.gather(*(one(b) for b in bodies))
+    finally:
+        await client.close()
+
+
+def _lb_entries(pin_dir: Path) -> int:
+    with Map.from_pin(pin_dir / "ciliary_lb4_services") as m:
+        return m.count()
+
+
+def _wait_entries(pin_dir: Path, want: int, limit_s: float) -> float:
+    """Waits until the node's IPv4 service map holds ``want`` entries; returns when it did."""
+    deadline = time.monotonic() + limit_s
+    while (have := _lb_entries(pin_dir)) < want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ciliary_lb4_services: {have} of {want} entries after {limit_s}s")
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+class CiliaryLab:
+    """The one-node lab, its measured Service, and Services added in steps."""
+
+    def __init__(self, lab: str, kubeconfig: Path, pin_dir: Path, agent_pid: int) -> None:
+        self.lab, self.kubeconfig, self.pin_dir, self.agent_pid = (
+            lab,
+            kubeconfig,
+            pin_dir,
+            agent_pid,
+        )
+        self.installed = 0  # Services of the bench (the measured one included)
+
+    def add(self, count: int) -> tuple[float, float]:
+        """Creates ``count`` Services without selector (2 map entries each: the port's frontend,
+        the address's wildcard); returns (seconds of the API creates, seconds until the node's
+        map holds them all), both from the first POST."""
+        start = _lb_entries(self.pin_dir)
+        first = self.installed
+        bodies = [_service(f"extra-{first + i}", (80,), None) for i in range(count)]
+        t0 = time.monotonic()
+        asyncio.run(_create(self.kubeconfig, bodies))
+        created = time.monotonic() - t0
+        done = _wait_entries(self.pin_dir, start + 2 * count, PROGRAM_LIMIT_S)
+        self.installed += count
+        return created, done - t0
+
+
+@contextlib.contextmanager
+def ciliary_lab(connrate: Path) -> Iterator[tuple[CiliaryLab, Target, Target]]:
+    t = tag()
+    node = f"{t}a"
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        path = Path(tmp) / "lab.yaml"
+        placed = [("client", 0, node), ("client", 1, node), ("server", 0, node)]
+        path.write_text(lab_yaml(t, [node], placed))
+        view = manager.up(path)
+        try:
+            rec = manager.record(t)
+            nrec = rec.nodes[0]
+            assert nrec.agent_pid is not None
+            pods = {p.name: p for p in view.pods}
+            server = pods["server-0"]
+            assert server.ipv4 is not None
+            server_ip = server.ipv4.partition("/")[0]
+            lab = CiliaryLab(t, manager.kubeconfig(t), Path(nrec.pin_dir), nrec.agent_pid)
+            before = _lb_entries(lab.pin_dir)
+            (svc,) = asyncio.run(_create(lab.kubeconfig, [
+                _service("bench-svc", PORTS, {"app": "bench-server"})]))  # fmt: skip
+            vip = str(svc["spec"]["clusterIP"])
+            # 2 ports x (slot 0 + the server's slot) + the wildcard
+            _wait_entries(lab.pin_dir, before + 2 * len(PORTS) + 1, 60)
+            lab.installed = 1
+            stack.enter_context(tools.servers(server.netns, connrate))
+            # one client each: a port the kernel reuses towards the VIP may be one whose direct
+            # connection the server still holds in TIME_WAIT (tc-level DNAT, no socket-LB: the
+            # client's kernel sees two destinations; the kernel's NAT would remap the port)
+            enter0, enter1 = (tools.enter(pods[f"client-{i}"].netns) for i in (0, 1))
+            direct = Target("ciliary: pod IP", "ciliary", 1, enter0, server_ip, nrec.agent_pid)
+            via = Target("ciliary: ClusterIP", "ciliary", 1, enter1, vip, nrec.agent_pid)
+            yield lab, direct, via
+        finally:
+            stack.close()
+            manager.down(t)
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+def _pair_results(
+    label: str,
+    targets: list[Target],
+    samples: dict[str, dict[str, list[tuple[float, ...]]]],
+    metrics: dict[str, tuple[str, str, bool, Any]],
+    *,
+    rounds: int,
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """One result per metric column: the targets' medians, ratios against the first (pod IP)."""
+    out = []
+    for key in METRICS:
+        title, unit, higher, _ = metrics[key]
+        columns = ("p50", "p99") if key == "rr" else ("",)
+        for c, col in enumerate(columns):
+            per = {t.name: [v[c] for v in samples[key][t.name]] for t in targets}
+            out.append({
+                "benchmark": f"{label}: {title}{' ' + col if col else ''}, median of {rounds}"
+                             f" x {seconds}s",
+                "metric": f"{key}{'-' + col if col else ''}",
+                "unit": unit,
+                "higher_is_better": higher,
+                "baseline": targets[0].name,
+                "values": {name: median(v) for name, v in per.items()},
+                "samples": per,
+                "group": GROUP,
+            })  # fmt: skip
+    return out
+
+
+def _naming(measure: Metric) -> Metric:
+    """``measure`` whose failure names the setup."""
+
+    def named(target: Target, seconds: float) -> tuple[float, ...]:
+        try:
+            return measure(target, seconds)
+        except RuntimeError as err:
+            raise RuntimeError(f"{target.name}: {err}") from err
+
+    return named
+
+
+def run(
+    *,
+    rounds: int = 3,
+    seconds: float = 2,
+    scale: tuple[int, ...] = SCALE,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    with tools.connrate_binary() as connrate, contextlib.ExitStack() as stack:
+        metrics = {
+            key: (title, unit, higher, _naming(measure))
+            for key, (title, unit, higher, measure) in tool_metrics(connrate).items()
+            if key in METRICS
+        }
+        t0 = time.monotonic()
+        (route,), _ = stack.enter_context(kube_proxy(connrate, 0, None))
+        ipt: list[tuple[int, list[Target]]] = []
+        load_s: dict[str, float] = {}
+        for i, n in enumerate(scale):
+            pair, took = stack.enter_context(kube_proxy(connrate, i + 1, n))
+            ipt.append((n, pair))
+            load_s[f"iptables-restore, {k(n)} Services"] = took
+        log(f"{GROUP}: iptables setups ready after {time.monotonic() - t0:.1f}s")
+        lab, direct, via = stack.enter_context(ciliary_lab(connrate))
+        log(f"{GROUP}: ciliary lab ready after {time.monotonic() - t0:.1f}s")
+        program: dict[str, float] = {}
+        for n in scale:
+            if n > lab.installed:
+                added = n - lab.installed
+                created, programmed = lab.add(added)
+                program[f"{k(added)} Services: created through the API"] = created
+                program[f"{k(added)} Services: created → all in the node's BPF maps"] = programmed
+                log(f"{GROUP}: {added} Services created in {created:.1f}s, in the maps after"
+                    f" {programmed:.1f}s")  # fmt: skip
+            cil = [direct, via]
+            targets = list(cil)
+            if n == scale[0]:  # the kernel setups exist all along: measured in the first step
+                targets += [route, *(t for _, pair in ipt for t in pair)]
+            samples, _ = interleave(targets, metrics, rounds=rounds, seconds=seconds,
+                                    agents=[lab.agent_pid], log=log, group=GROUP)  # fmt: skip
+            results += _pair_results(f"ciliary, {k(n)} Services", cil, samples, metrics,
+                                     rounds=rounds, seconds=seconds)  # fmt: skip
+            if n == scale[0]:
+                for m, pair in ipt:
+                    results += _pair_results(
+                        f"iptables (kube-proxy rules), {k(m)} Services", [*pair, route], samples,
+                        metrics, rounds=rounds, seconds=seconds,
+                    )  # fmt: skip
+    results.append({
+        "benchmark": "time to program Services: ciliary through the lab's API server (8"
+                     " concurrent creates) until the node's service map holds them; iptables:"
+                     " one iptables-restore of the whole nat table",
+        "metric": "program-time",
+        "unit": "s",
+        "baseline": None,
+        "values": {**program, **load_s},
+        "group": GROUP,
+    })  # fmt: skip
+    return results
