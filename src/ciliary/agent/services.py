@@ -346,6 +346,11 @@ class ServiceManager:
                 flags=value.flags,
                 count=value.count,
                 affinity_timeout=value.backend_id if value.flags & SVC_FLAG_AFFINITY else 0,
+                # the match entries the last run wrote: its active backends (pruned as usual when
+                # one leaves, else a client's affinity could name a backend that is gone)
+                affinity=frozenset(ids[: value.count])
+                if value.flags & SVC_FLAG_AFFINITY
+                else frozenset(),
             )
             self._by_id[value.rev_nat_index] = fe
             for i in ids:

@@ -119,8 +119,12 @@ def test_affinity_timeout_flag_and_matches() -> None:
     index = head.rev_nat_index
     ids = {str(b.address): i for i, b in maps.state.backends.items()}
     assert maps.matches == {(ids["10.0.1.1"], index), (ids["10.0.1.2"], index)}
-    mgr.sync(desired_frontends([_svc({"10.0.1.1": True, "10.0.1.2": False}, affinity=3)]))
+    # a restarted agent knows the matches it wrote: a backend terminating loses its match
+    again = ServiceManager(maps)
+    again.restore()
+    again.sync(desired_frontends([_svc({"10.0.1.1": True, "10.0.1.2": False}, affinity=3)]))
     assert maps.matches == {(ids["10.0.1.2"], index)}  # a terminating one is no client's
+    mgr = again
     mgr.sync(desired_frontends([_svc({"10.0.1.1": True, "10.0.1.2": False})]))
     assert maps.matches == set()
     assert not maps.state.slots[(HTTP, 0)].flags & SVC_FLAG_AFFINITY
