@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from ciliary.core.maglev import DEFAULT_TABLE_SIZE, parse_hash_seed, tuple_hash
-from ciliary.datapath.libbpf import Map
 from ciliary.lab import manager
 from tests.e2e.conftest import CILIARY, kube_lab, unique
 from tests.kubectl import get_json, kubectl, kubectl_run, wait_for
@@ -237,16 +236,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SelLab]:
 
 
 def _table(lab: SelLab, node: str) -> list[str]:
-    """``mag``'s Maglev table in ``node``'s pinned map, as backend addresses."""
+    """``mag``'s Maglev table on ``node`` (``ciliary bpf lb maglev list``), as addresses."""
     fe = lab.frontend(node, "mag", 80)
     by_id = {b["id"]: b["address"] for b in fe["backends"]}
-    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
-    with Map.from_pin(Path(nrec.pin_dir) / "ciliary_lb4_maglev") as outer:
-        raw = outer.lookup(int(fe["id"]).to_bytes(2, sys.byteorder))
-        assert raw is not None, f"no Maglev table for mag on {node}"
-        with Map.from_id(int.from_bytes(raw, sys.byteorder)) as inner:
-            entries = {int.from_bytes(k, sys.byteorder): v for k, v in inner.items()}
-    return [by_id[int.from_bytes(entries[i], sys.byteorder)] for i in sorted(entries)]
+    res = subprocess.run(
+        [CILIARY, "--node", node, "bpf", "lb", "maglev", "list", "-o", "json"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    tables = [t for t in json.loads(res.stdout) if t["service_id"] == fe["id"]]
+    assert len(tables) == 1 and tables[0]["family"] == 4, (node, res.stdout[:200])
+    return [by_id[i] for i in tables[0]["backend_ids"]]
 
 
 def test_maglev_the_same_tuple_picks_the_same_backend_on_every_node(lab: SelLab) -> None:

@@ -59,6 +59,7 @@ from ciliary.core.models import (
     IPAMStatus,
     IPCacheEntry,
     LBMapEntry,
+    MaglevTable,
     MapPressure,
     ServiceFrontend,
     StatusResponse,
@@ -577,6 +578,23 @@ class Agent:
         """Every slot of the BPF service maps (``ciliary bpf lb list``)."""
         known = self.services.manager.known() if self.services is not None else {}
         return lb_map_entries(self.datapath.lb.dump(), known)
+
+    def maglev_tables(self) -> list[MaglevTable]:
+        """Every Maglev frontend's table in the maps (``ciliary bpf lb maglev list``)."""
+        out = []
+        for (frontend, slot), head in self.datapath.lb.dump().slots.items():
+            if slot != 0:
+                continue
+            table = self.datapath.lb.maglev_table(head.rev_nat_index, frontend.family)
+            if table is not None:
+                out.append(
+                    MaglevTable(
+                        service_id=head.rev_nat_index,
+                        family=frontend.address.version,
+                        backend_ids=table,
+                    )
+                )
+        return sorted(out, key=lambda t: (t.family, t.service_id))
 
     def ipcache_entries(self) -> list[IPCacheEntry]:
         return [

@@ -182,6 +182,7 @@ class APIServer:
                 web.get(f"{p}/service", self.service_list),
                 web.get(f"{p}/service/frontend", self.service_frontend_list),
                 web.get(f"{p}/map/lb", self.lb_list),
+                web.get(f"{p}/map/lb/maglev", self.maglev_list),
                 web.get(f"{p}/cluster/nodes", self.node_list),
             ]
         )
@@ -337,6 +338,9 @@ class APIServer:
 
     async def lb_list(self, _: web.Request) -> web.Response:
         return _json(self._agent.lb_entries())
+
+    async def maglev_list(self, _: web.Request) -> web.Response:
+        return _json(self._agent.maglev_tables())
 
     async def node_list(self, _: web.Request) -> web.Response:
         watcher = self._agent.service_watcher

@@ -13,6 +13,7 @@ derived from, which upstream only shows with ``cilium-dbg policy selectors``.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Mapping
 
 from rich.console import Console
@@ -41,6 +42,7 @@ from ciliary.core.models import (
     EndpointPolicyStatus,
     IPCacheEntry,
     LBMapEntry,
+    MaglevTable,
     NATEntry,
     PolicyMapEntry,
 )
@@ -73,6 +75,12 @@ def register(sub: Subparsers) -> None:
     add_node_flag(lbl)
     add_output_flag(lbl)
     lbl.set_defaults(func=run_lb_list)
+    mag = lbsub.add_parser("maglev", help="Maglev lookup tables")
+    magsub = mag.add_subparsers(dest="maglev_cmd", required=True, metavar="COMMAND")
+    magl = magsub.add_parser("list", aliases=["ls"], help="list each Maglev frontend's table")
+    add_node_flag(magl)
+    add_output_flag(magl)
+    magl.set_defaults(func=run_maglev_list)
 
     ipc = bsub.add_parser("ipcache", help="IP to identity cache")
     ipcsub = ipc.add_subparsers(dest="ipcache_cmd", required=True, metavar="COMMAND")
@@ -211,6 +219,27 @@ def run_lb_list(args: argparse.Namespace, ctx: Context) -> int:
         print_json(entries)
     else:
         render_lb(ctx.console, entries)
+    return 0
+
+
+def render_maglev(console: Console, tables: list[MaglevTable]) -> None:
+    """``SVC ID`` and the table, as ``cilium-dbg bpf lb maglev list``'s ``LUT``, summarised:
+    its size and each backend id with how many entries it holds."""
+    table = new_table("SVC ID", "FAMILY", "SIZE", "LUT (BACKEND ID: ENTRIES)")
+    for t in tables:
+        counts = Counter(t.backend_ids)
+        lut = " ".join(f"{i}:{n}" for i, n in sorted(counts.items()))
+        table.add_row(str(t.service_id), f"v{t.family}", str(len(t.backend_ids)), lut)
+    print_table(console, table)
+
+
+def run_maglev_list(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        tables = client.maglev_list()
+    if wants_json(args):
+        print_json(tables)
+    else:
+        render_maglev(ctx.console, tables)
     return 0
 
 

@@ -44,6 +44,7 @@ from ciliary.core.models import (
     IPAMListing,
     IPCacheEntry,
     LBMapEntry,
+    MaglevTable,
     MonitorEvent,
     NATEntry,
     NodeInfo,
@@ -86,6 +87,7 @@ _IDENTITIES = TypeAdapter(list[IdentityInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
 _FRONTENDS = TypeAdapter(list[ServiceFrontend])
 _LB = TypeAdapter(list[LBMapEntry])
+_MAGLEV = TypeAdapter(list[MaglevTable])
 _NODES = TypeAdapter(list[NodeInfo])
 
 
@@ -359,6 +361,10 @@ class AgentClient:
     def lb_list(self) -> list[LBMapEntry]:
         """Every slot of the BPF service maps."""
         return self._get(_LB, "/map/lb")
+
+    def maglev_list(self) -> list[MaglevTable]:
+        """Every Maglev frontend's lookup table."""
+        return self._get(_MAGLEV, "/map/lb/maglev")
 
     def cluster_nodes(self) -> list[NodeInfo]:
         return self._get(_NODES, "/cluster/nodes")

@@ -342,6 +342,16 @@ class LBMapEntry(_Model):
     flags: list[str]
 
 
+class MaglevTable(_Model):
+    """A Maglev frontend's lookup table as the datapath reads it (``ciliary bpf lb maglev
+    list``, as ``cilium-dbg bpf lb maglev list``): entry i = the backend id of the tuples whose
+    hash mod the table's size is i."""
+
+    service_id: int = Field(description="the frontend's id (= rev-NAT index)")
+    family: Literal[4, 6]
+    backend_ids: list[int]
+
+
 class ServiceInfo(_Model):
     """A Service as the agent's service cache holds it (Cilium's ``k8s.Service`` + backends)."""
 
