@@ -2,8 +2,8 @@
 3 backend pods (one on the client's node, two on the other) behind three Services.
 
 - Maglev (``service.cilium.io/lb-algorithm: maglev``): both nodes hold the same table (compared
-  entry by entry as backend addresses: ids are node-local), and a connection from a fixed source
-  port reaches the backend the table names at ``jhash(tuple) % M`` (the tuple hash computed
+  entry by entry as backend addresses: ids are node-local), and, over IPv4 and IPv6 (a
+  dual-stack Service), a connection from a fixed source port reaches the backend the table names at ``jhash(tuple) % M`` (the tuple hash computed
   here, core.maglev.tuple_hash, with the lab's seed): the same tuple picks that backend on every
   node.
 - ``sessionAffinity: ClientIP`` (timeoutSeconds 3): 100 connections from one client land on one
@@ -86,6 +86,7 @@ metadata:
   annotations: {service.cilium.io/lb-algorithm: maglev}
 spec:
   selector: {app: web}
+  ipFamilyPolicy: PreferDualStack
   ports: [{name: http, port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
@@ -111,7 +112,7 @@ import http.client, json, sys
 vip, count, ports = sys.argv[1], int(sys.argv[2]), [int(p) for p in sys.argv[3:]]
 pods = []
 for i in range(len(ports) or count):
-    src = ("0.0.0.0", ports[i]) if ports else None
+    src = ("::" if ":" in vip else "0.0.0.0", ports[i]) if ports else None
     c = http.client.HTTPConnection(vip, 80, timeout=2, source_address=src)
     try:
         c.request("GET", "/")
@@ -165,8 +166,9 @@ class SelLab:
     nodes: list[str]
     kubeconfig: str
 
-    def ip(self, pod: str) -> str:
-        addr = manager.find_pod(manager.record(self.name), pod).ipv4
+    def ip(self, pod: str, family: int = 4) -> str:
+        prec = manager.find_pod(manager.record(self.name), pod)
+        addr = prec.ipv4 if family == 4 else prec.ipv6
         assert addr is not None, pod
         return addr.partition("/")[0]
 
@@ -175,8 +177,9 @@ class SelLab:
         assert res.returncode == 0, (res.stdout, res.stderr)
         return res.stdout
 
-    def vip(self, service: str) -> str:
-        return str(get_json(self.kubeconfig, "service", service)["spec"]["clusterIP"])
+    def vip(self, service: str, family: int = 4) -> str:
+        ips = get_json(self.kubeconfig, "service", service)["spec"]["clusterIPs"]
+        return str(next(ip for ip in ips if (":" in ip) == (family == 6)))
 
     def frontends(self, node: str) -> list[dict[str, Any]]:
         res = subprocess.run(
@@ -186,14 +189,15 @@ class SelLab:
         out: list[dict[str, Any]] = json.loads(res.stdout)
         return out
 
-    def frontend(self, node: str, service: str, port: int) -> dict[str, Any]:
-        vip = self.vip(service)
+    def frontend(self, node: str, service: str, port: int, family: int = 4) -> dict[str, Any]:
+        vip = self.vip(service, family)
         return next(f for f in self.frontends(node) if f["address"] == vip and f["port"] == port)
 
-    def gets(self, service: str, count: int, ports: tuple[int, ...] = ()) -> list[str]:
-        out = self.run(
-            "client", sys.executable, "-c", GETS, self.vip(service), str(count), *map(str, ports)
-        )
+    def gets(
+        self, service: str, count: int, ports: tuple[int, ...] = (), family: int = 4
+    ) -> list[str]:
+        vip = self.vip(service, family)
+        out = self.run("client", sys.executable, "-c", GETS, vip, str(count), *map(str, ports))
         pods: list[str] = json.loads(out)
         return pods
 
@@ -213,7 +217,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SelLab]:
         try:
             kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICES)
             lab = SelLab(name, nodes, kubeconfig)
-            vips = {lab.vip(svc) for svc in ("mag", "aff", "drain")}
+            vips = {lab.vip(svc) for svc in ("mag", "aff", "drain")} | {lab.vip("mag", 6)}
             for node in nodes:  # every Service's backends on both nodes
                 wait_for(
                     f"the Services on {node}",
@@ -223,7 +227,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SelLab]:
                             for f in lab.frontends(n)
                             if f["address"] in vips
                         )
-                        == 3
+                        == 4
                     ),
                     30,
                 )
@@ -235,30 +239,33 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SelLab]:
             )  # fmt: skip
 
 
-def _table(lab: SelLab, node: str) -> list[str]:
+def _table(lab: SelLab, node: str, family: int = 4) -> list[str]:
     """``mag``'s Maglev table on ``node`` (``ciliary bpf lb maglev list``), as addresses."""
-    fe = lab.frontend(node, "mag", 80)
+    fe = lab.frontend(node, "mag", 80, family)
     by_id = {b["id"]: b["address"] for b in fe["backends"]}
     res = subprocess.run(
         [CILIARY, "--node", node, "bpf", "lb", "maglev", "list", "-o", "json"],
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     tables = [t for t in json.loads(res.stdout) if t["service_id"] == fe["id"]]
-    assert len(tables) == 1 and tables[0]["family"] == 4, (node, res.stdout[:200])
+    assert len(tables) == 1 and tables[0]["family"] == family, (node, res.stdout[:200])
     return [by_id[i] for i in tables[0]["backend_ids"]]
 
 
-def test_maglev_the_same_tuple_picks_the_same_backend_on_every_node(lab: SelLab) -> None:
-    tables = [_table(lab, node) for node in lab.nodes]
+@pytest.mark.parametrize("family", [4, 6])
+def test_maglev_the_same_tuple_picks_the_same_backend_on_every_node(
+    lab: SelLab, family: int
+) -> None:
+    tables = [_table(lab, node, family) for node in lab.nodes]
     assert len(tables[0]) == DEFAULT_TABLE_SIZE
     assert tables[0] == tables[1]
-    assert set(tables[0]) == {lab.ip(p) for p in BACKENDS}
+    assert set(tables[0]) == {lab.ip(p, family) for p in BACKENDS}
     seed = manager.record(lab.name).maglev_hash_seed
     assert seed is not None
-    client = ip_address(lab.ip("client")).packed
-    ports = tuple(41000 + 7 * i for i in range(6))
-    pods = lab.gets("mag", 0, ports)
-    by_ip = {lab.ip(p): p for p in BACKENDS}
+    client = ip_address(lab.ip("client", family)).packed
+    ports = tuple(41000 + 7 * i + family for i in range(6))
+    pods = lab.gets("mag", 0, ports, family)
+    by_ip = {lab.ip(p, family): p for p in BACKENDS}
     expected = [
         by_ip[tables[1][tuple_hash(client, port, 80, 6, parse_hash_seed(seed)) % len(tables[1])]]
         for port in ports
