@@ -3,9 +3,9 @@
 
 - Maglev (``service.cilium.io/lb-algorithm: maglev``): both nodes hold the same table (compared
   entry by entry as backend addresses: ids are node-local), and, over IPv4 and IPv6 (a
-  dual-stack Service), a connection from a fixed source port reaches the backend the table names at ``jhash(tuple) % M`` (the tuple hash computed
-  here, core.maglev.tuple_hash, with the lab's seed): the same tuple picks that backend on every
-  node.
+  dual-stack Service), a connection from a fixed source port reaches the backend the table
+  names at ``jhash(tuple) % M`` (the tuple hash computed here, core.maglev.tuple_hash, with the
+  lab's seed): the same tuple picks that backend on every node.
 - ``sessionAffinity: ClientIP`` (timeoutSeconds 3): 100 connections from one client land on one
   backend; once the timeout passed, a new connection may get another.
 - A terminating backend (its pod deleted, held by a finalizer: still running, its endpoint
