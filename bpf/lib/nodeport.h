@@ -6,7 +6,8 @@
  *   request  a packet from the network to a frontend the agent flagged external (SVC_FLAG_NODEPORT,
  *            _EXTERNAL_IP, _LOADBALANCER: the node's own IPs x nodePort, spec.externalIPs,
  *            status.loadBalancer.ingress) gets a backend the way a pod's does (lib/lb.h
- *            lb_translate: random slot, the service conntrack entry keeps it) and is DNATed;
+ *            lb_translate → lb_select_backend: affinity, Maglev or a random slot; the service
+ *            conntrack entry keeps it) and is DNATed;
  *            - a local backend: conntrack (the entry remembers the frontend's rev-NAT index),
  *              the backend's ingress policy with the client's identity (world), delivered into
  *              the pod (lib/deliver.h); the client's address is kept;
