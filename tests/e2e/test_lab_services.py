@@ -206,6 +206,14 @@ def test_clusterip_balances_over_every_backend_on_both_nodes(lab: SvcLab) -> Non
     got6 = lab.gets("default/client", 30, family=6)  # the IPv6 ClusterIP of the same Service
     assert set(got6["pods"]) == set(BACKENDS), got6
     assert got6["peer"] == lab.vip(6)
+    # by name, as a pod does: the cluster DNS (itself a Service, asked through its ClusterIP)
+    # answers with the VIPs, which are translated to all 3 backends on the 2 nodes
+    name = "web.default.svc.cluster.local"
+    res = lab.run("default/client", sys.executable, "-c", GETS, name, "80", "30", "2")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    by_name = json.loads(res.stdout)
+    assert set(by_name["pods"]) == set(BACKENDS), by_name
+    assert by_name["peer"] in (vip, lab.vip(6)), by_name
 
     udp = lab.run("default/client", "ciliary", "workload", "udp-echo", vip, "53", "--count", "3")
     assert udp.returncode == 0, (udp.stdout, udp.stderr)
