@@ -41,33 +41,29 @@ def setup_masquerade(datapath: NodeDatapath, net: NetworkConfig) -> list[str]:
     v4 = net.ipv4_node if net.enable_ipv4_masquerade else None
     v6 = net.ipv6_node if net.enable_ipv6_masquerade else None
     active = net.enable_bpf_masquerade and bool(net.devices) and (v4 or v6) is not None
-    if not active:
-        # NodePort SNAT still needs the node's addresses; masquerade flags stay off
-        datapath.nat_config.set(None, None, nodeport_v4=net.ipv4_node, nodeport_v6=net.ipv6_node)
-        for dev in net.devices:
-            ifindex = links.link_index(dev)
-            if ifindex is None:
-                continue
-            datapath.attach_host(ifindex)  # NodePort, and BPF host routing in native mode
-        if net.devices and (net.enable_ipv4_masquerade or net.enable_ipv6_masquerade):
-            log.info("masquerade: not in BPF (no node IP of a masqueraded family, or disabled)")
-        return []
     indexes = []
     for dev in net.devices:
         ifindex = links.link_index(dev)
         if ifindex is None:
-            raise MasqueradeError(f"--devices: device {dev!r} not found in the node's netns")
+            if active:
+                raise MasqueradeError(f"--devices: device {dev!r} not found in the node's netns")
+            continue
         indexes.append(ifindex)
+    # the node's addresses always (NodePort SNAT needs them); the masquerade's only when active
     datapath.nat_config.set(
-        v4,
-        v6,
-        net.ipv4_native_routing_cidr,
-        net.ipv6_native_routing_cidr,
+        v4 if active else None,
+        v6 if active else None,
+        net.ipv4_native_routing_cidr if active else None,
+        net.ipv6_native_routing_cidr if active else None,
         nodeport_v4=net.ipv4_node,
         nodeport_v6=net.ipv6_node,
     )
-    for ifindex in indexes:
+    for ifindex in indexes:  # masquerade, NodePort, and BPF host routing in native mode
         datapath.attach_host(ifindex)
+    if not active:
+        if net.devices and (net.enable_ipv4_masquerade or net.enable_ipv6_masquerade):
+            log.info("masquerade: not in BPF (no node IP of a masqueraded family, or disabled)")
+        return []
     log.info("masquerade: BPF on %s to %s", ",".join(net.devices), [str(a) for a in (v4, v6) if a])
     return list(net.devices)
 
