@@ -1,12 +1,15 @@
 """Maglev tables (core/maglev.py): upstream's hash (MurmurHash3 x64-128, checked against the
 reference's known answer), the table a permutation-filled, balanced, deterministic function of
-(sorted backend names, size, seed), the issue's Must-hold disruption bound (removing 1 of 100
-backends moves at most 1.5 % of the other backends' entries), and the flags' validation."""
+(sorted backend names, size, seed), the disruption when 1 of 100 backends goes (the issue's
+Must-hold: at most 1.5 % of flows move besides the removed backend's own; measured and printed,
+with the total), the shares' balance (the "1 %" of the Maglev paper's M > 100 N rule), and the
+flags' validation."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 
@@ -62,17 +65,65 @@ def test_each_backend_fills_its_own_permutation() -> None:
     assert lookup_table([], m, SEED) == []
 
 
-@pytest.mark.parametrize("removed", [0, 37, 99])
-def test_removing_one_of_100_moves_at_most_1_5_percent(removed: int) -> None:
-    before = lookup_table(NAMES, DEFAULT_TABLE_SIZE, SEED)
+@dataclass(frozen=True)
+class Disruption:
+    """What removing one backend of ``NAMES`` does to the table, as fractions of M: ``own`` the
+    entries the removed backend held (they must move), ``without_cause`` the entries of a backend
+    that stays whose backend changed, ``total`` every entry whose backend changed."""
+
+    own: float
+    without_cause: float
+    total: float
+
+
+def disruption(m: int, removed: int) -> Disruption:
+    before = lookup_table(NAMES, m, SEED)
     rest = NAMES[:removed] + NAMES[removed + 1 :]
-    after = lookup_table(rest, DEFAULT_TABLE_SIZE, SEED)
-    own = sum(1 for i in before if i == removed)
-    moved = sum(
-        1 for b, a in zip(before, after, strict=True) if b != removed and NAMES[b] != rest[a]
+    after = lookup_table(rest, m, SEED)
+    own = sum(1 for b in before if b == removed)
+    changed = [b for b, a in zip(before, after, strict=True) if NAMES[b] != rest[a]]
+    without_cause = sum(1 for b in changed if b != removed)
+    return Disruption(own / m, without_cause / m, len(changed) / m)
+
+
+REMOVED = range(0, 100, 10)  # 10 of the 100 backends, each removed alone
+
+
+@pytest.mark.parametrize(
+    ("m", "bound"),
+    [(DEFAULT_TABLE_SIZE, 0.015), (32749, 0.01)],
+)
+def test_removing_one_of_100_backends_moves_few_flows(m: int, bound: float) -> None:
+    """Flows map to table entries uniformly (the tuple hash % M), so the share of entries whose
+    backend changes is the share of flows that move. The removed backend's own entries (1/N)
+    must move; the Must-hold bound (<= 1.5 % of flows) is on those that move without cause, the
+    entries of backends that stay. At the default M=16381 (M/N = 164), over all 100 removals,
+    that is 1.29 % mean, 1.50 % max (245 entries), in total (with the removed backend's 1 %)
+    2.29 % / 2.50 %; the next upstream size, 32749, gets it below 1 % (0.83 % / 0.96 %). The
+    test takes 10 of the removals; ``pytest -s`` prints its numbers (docs/architecture.md)."""
+    found = [disruption(m, r) for r in REMOVED]
+    for d in found:
+        assert abs(d.own - 1 / len(NAMES)) <= 1 / m, d  # 1/N of the table, within one entry
+        assert d.total == pytest.approx(d.own + d.without_cause), d
+        assert d.without_cause <= bound, d
+        assert d.total <= d.own + bound, d
+    worst = max(found, key=lambda d: d.without_cause)
+    mean = sum(d.without_cause for d in found) / len(found)
+    print(
+        f"\nMaglev M={m}, 1 of {len(NAMES)} backends removed ({len(found)} cases): moved "
+        f"without cause mean {mean:.2%} max {worst.without_cause:.2%}; in total max "
+        f"{max(d.total for d in found):.2%} (of which the removed backend's own "
+        f"{worst.own:.2%})"
     )
-    assert own > 0
-    assert moved / DEFAULT_TABLE_SIZE <= 0.015, f"{moved} of {DEFAULT_TABLE_SIZE} moved"
+
+
+def test_backends_shares_differ_by_under_1_percent() -> None:
+    """The Maglev paper's rule M > 100 N (Cilium's docs: "at most 1 % difference"): every
+    backend holds floor or ceil of M/N entries, so two backends' shares of the flows differ by
+    at most N/M < 1 %."""
+    counts = Counter(lookup_table(NAMES, DEFAULT_TABLE_SIZE, SEED))
+    spread = (max(counts.values()) - min(counts.values())) / (DEFAULT_TABLE_SIZE / len(NAMES))
+    assert spread <= len(NAMES) / DEFAULT_TABLE_SIZE < 0.01, counts
 
 
 def test_flags_validated() -> None:
