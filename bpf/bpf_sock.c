@@ -11,9 +11,16 @@
  *                   the frontend.
  *   getpeername4/6  a translated socket's peer reads as the frontend.
  *
- * The backend is a random slot for TCP and the socket's cookie modulo the slot count for UDP
- * (one socket keeps talking to one backend while the slots stay), as upstream's
- * sock_select_slot. Each translation records (socket cookie, backend address, port) ->
+ * The backend follows the service's rules as lib/lb.h's lb_select_backend does, but keyed for
+ * a socket: a frontend with sessionAffinity ClientIP gives the client's network namespace
+ * (bpf_get_netns_cookie: one per pod) its backend of less than the timeout ago while that
+ * backend is still active (ciliary_lb_affinity_netns, validated by lb_affinity_valid against
+ * the service's affinity matches, as upstream's lb4_affinity_backend_id_by_netns); otherwise a
+ * random slot 1..count for TCP and the socket's cookie modulo the slot count for UDP (one
+ * socket keeps talking to one backend while the slots stay), as upstream's sock_select_slot.
+ * Terminating backends sit beyond count and are never chosen. Maglev tables are not read here:
+ * as upstream, Maglev applies to N-S traffic (NodePort, bpf_host.c); E-W connections
+ * translated at connect() get a random slot. Each translation records (socket cookie, backend address, port) ->
  * (frontend address, port, rev_nat_index) in ciliary_lb{4,6}_reverse_sk (LRU, upstream's
  * cilium_lb{4,6}_reverse_sk), which recvmsg and getpeername read; an entry whose service is gone
  * (or now has another rev-NAT index) is deleted and not applied. A frontend without backends
@@ -79,6 +86,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_lb6_reverse_sk SEC(".maps");
 
+/* Socket-LB's session affinity: (the client's network namespace, frontend, family) -> its
+ * backend and when it was last chosen (lib/lb.h's lb_affinity_val), as upstream's affinity
+ * entries with the netns flag: a connect() has no source address yet, its namespace is the
+ * client. */
+struct lb_affinity_netns_key {
+	__u64 netns_cookie;
+	__u16 rev_nat_id;
+	__u8 family;
+	__u8 pad[5];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_affinity_netns_key);
+	__type(value, struct lb_affinity_val);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_lb_affinity_netns SEC(".maps");
+
 static __always_inline int sock_proto_ok(const struct bpf_sock_addr *ctx)
 {
 	return ctx->protocol == IPPROTO_TCP || ctx->protocol == IPPROTO_UDP;
@@ -87,6 +113,35 @@ static __always_inline int sock_proto_ok(const struct bpf_sock_addr *ctx)
 static __always_inline __u32 sock_select_slot(struct bpf_sock_addr *ctx)
 {
 	return ctx->protocol == IPPROTO_TCP ? bpf_get_prandom_u32() : bpf_get_socket_cookie(ctx);
+}
+
+/* The client namespace's affinity backend of a frontend with SVC_FLAG_AFFINITY (slot 0's
+ * backend_id is the timeout in seconds), 0 when it has none (or the frontend no affinity). */
+static __always_inline __u32 sock_affinity_backend(struct bpf_sock_addr *ctx, __u8 flags,
+						   __u16 rev_nat, __u32 timeout_s, __u8 family,
+						   __u64 now)
+{
+	if (!(flags & SVC_FLAG_AFFINITY))
+		return 0;
+	struct lb_affinity_netns_key k = {};
+	k.netns_cookie = bpf_get_netns_cookie(ctx);
+	k.rev_nat_id = rev_nat;
+	k.family = family;
+	struct lb_affinity_val *v = bpf_map_lookup_elem(&ciliary_lb_affinity_netns, &k);
+	return lb_affinity_valid(v, rev_nat, (__u64)timeout_s * 1000000000ULL, now);
+}
+
+static __always_inline void sock_affinity_update(struct bpf_sock_addr *ctx, __u8 flags,
+						 __u16 rev_nat, __u8 family, __u32 id, __u64 now)
+{
+	if (!(flags & SVC_FLAG_AFFINITY))
+		return;
+	struct lb_affinity_netns_key k = {};
+	k.netns_cookie = bpf_get_netns_cookie(ctx);
+	k.rev_nat_id = rev_nat;
+	k.family = family;
+	struct lb_affinity_val v = {.last_used_ns = now, .backend_id = id};
+	bpf_map_update_elem(&ciliary_lb_affinity_netns, &k, &v, BPF_ANY);
 }
 
 /* ---- IPv4 ---- */
@@ -107,11 +162,18 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 	if (svc->count == 0)
 		return -EHOSTUNREACH;
 	__u16 rev_nat = svc->rev_nat_index;
-	key.backend_slot = (__u16)(sock_select_slot(ctx) % svc->count) + 1;
-	struct lb_service *slot = bpf_map_lookup_elem(&ciliary_lb4_services, &key);
-	if (!slot)
-		return -EHOSTUNREACH;
-	__u32 id = slot->backend_id;
+	__u16 count = svc->count;
+	__u8 flags = svc->flags;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 id = sock_affinity_backend(ctx, flags, rev_nat, svc->backend_id, AF_INET4, now);
+	if (!id) {
+		key.backend_slot = (__u16)(sock_select_slot(ctx) % count) + 1;
+		struct lb_service *slot = bpf_map_lookup_elem(&ciliary_lb4_services, &key);
+		if (!slot)
+			return -EHOSTUNREACH;
+		id = slot->backend_id;
+		sock_affinity_update(ctx, flags, rev_nat, AF_INET4, id, now);
+	}
 	struct lb4_backend *be = bpf_map_lookup_elem(&ciliary_lb4_backends, &id);
 	if (!be)
 		return -EHOSTUNREACH;
@@ -224,11 +286,18 @@ static __always_inline int sock6_xlate_fwd(struct bpf_sock_addr *ctx)
 	if (svc->count == 0)
 		return -EHOSTUNREACH;
 	__u16 rev_nat = svc->rev_nat_index;
-	key.backend_slot = (__u16)(sock_select_slot(ctx) % svc->count) + 1;
-	struct lb_service *slot = bpf_map_lookup_elem(&ciliary_lb6_services, &key);
-	if (!slot)
-		return -EHOSTUNREACH;
-	__u32 id = slot->backend_id;
+	__u16 count = svc->count;
+	__u8 flags = svc->flags;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 id = sock_affinity_backend(ctx, flags, rev_nat, svc->backend_id, AF_INET6, now);
+	if (!id) {
+		key.backend_slot = (__u16)(sock_select_slot(ctx) % count) + 1;
+		struct lb_service *slot = bpf_map_lookup_elem(&ciliary_lb6_services, &key);
+		if (!slot)
+			return -EHOSTUNREACH;
+		id = slot->backend_id;
+		sock_affinity_update(ctx, flags, rev_nat, AF_INET6, id, now);
+	}
 	struct lb6_backend *be = bpf_map_lookup_elem(&ciliary_lb6_backends, &id);
 	if (!be)
 		return -EHOSTUNREACH;

@@ -406,8 +406,22 @@ static __always_inline __u32 lb_maglev_backend(const struct lb_select_req *r, __
 	return id ? *id : 0;
 }
 
-/* The client's backend of a frontend with session affinity, if it was chosen less than the
- * timeout ago and is still one of the frontend's active backends (refreshed); else 0. */
+/* An affinity entry's backend if it was chosen less than the timeout ago and is still one of
+ * the frontend's active backends (the entry is refreshed); else 0. Every affinity key's (the
+ * client address's here, the client's network namespace's in socket-LB, bpf_sock.c). */
+static __always_inline __u32 lb_affinity_valid(struct lb_affinity_val *v, __u16 rev_nat,
+					       __u64 timeout_ns, __u64 now)
+{
+	if (!v || now - v->last_used_ns > timeout_ns)
+		return 0;
+	struct lb_affinity_match m = {.backend_id = v->backend_id, .rev_nat_id = rev_nat};
+	if (!bpf_map_lookup_elem(&ciliary_lb_affinity_match, &m))
+		return 0;
+	v->last_used_ns = now;
+	return v->backend_id;
+}
+
+/* The client's backend of a frontend with session affinity (lb_affinity_valid), else 0. */
 static __always_inline __u32 lb_affinity_backend(const struct lb_select_req *r, __u16 rev_nat,
 						 __u64 timeout_ns, __u64 now)
 {
@@ -421,13 +435,7 @@ static __always_inline __u32 lb_affinity_backend(const struct lb_select_req *r, 
 		__builtin_memcpy(k.address, r->saddr, 16);
 		v = bpf_map_lookup_elem(&ciliary_lb6_affinity, &k);
 	}
-	if (!v || now - v->last_used_ns > timeout_ns)
-		return 0;
-	struct lb_affinity_match m = {.backend_id = v->backend_id, .rev_nat_id = rev_nat};
-	if (!bpf_map_lookup_elem(&ciliary_lb_affinity_match, &m))
-		return 0;
-	v->last_used_ns = now;
-	return v->backend_id;
+	return lb_affinity_valid(v, rev_nat, timeout_ns, now);
 }
 
 static __always_inline void lb_affinity_update(const struct lb_select_req *r, __u16 rev_nat,
@@ -473,8 +481,9 @@ __attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
 	return id;
 }
 
-/* THE backend selection for a new connection, for every path that translates a frontend (tc LB
- * in bpf_lxc, NodePort in bpf_host, socket-LB): `p` holds the client's tuple with the frontend
+/* THE backend selection for a new connection, for every path that translates packets (tc LB
+ * in bpf_lxc, NodePort in bpf_host; socket-LB, bpf_sock.c, follows the same rules for a socket:
+ * affinity keyed by the client's netns, no Maglev as upstream's E-W): `p` holds the client's tuple with the frontend
  * as destination, `svc` the frontend's slot 0. In order: the client's affinity backend
  * (SVC_FLAG_AFFINITY, chosen less than slot 0's timeout ago and still active), the Maglev
  * table's entry for the tuple (a frontend with a table: the same on every node), else a random

@@ -154,3 +154,128 @@ def test_a_link_on_another_cgroup_is_replaced(node: tuple[NodeDatapath, Path]) -
     finally:
         dp.detach_socket_lb()
         cgroup.kill_and_remove(other)
+
+
+# Runs in the test's cgroup and a fresh netns (a pod): a TCP server on each backend address,
+# then rounds of connects to the ClusterIP, each accepted by whichever server the socket was
+# sent to; one JSON line per round (the backend of each connect), a round per line of stdin.
+ROUNDS = r"""
+import json, select, socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+vip, n, backends = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+servers = {}
+for be in backends:
+    s = socket.socket(); s.bind((be, 8080)); s.listen(128); servers[s] = be
+for _ in sys.stdin:
+    seen = []
+    for _ in range(n):
+        c = socket.create_connection((vip, 80), timeout=2)
+        ready, _w, _x = select.select(list(servers), [], [], 2)
+        conn, _addr = ready[0].accept()
+        seen.append(servers[ready[0]])
+        conn.close(); c.close()
+    print(json.dumps(seen), flush=True)
+"""
+
+BACKENDS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def _affinity_svc(terminating: frozenset[str] = frozenset(), affinity: bool = True) -> ServiceInfo:
+    return ServiceInfo(
+        namespace="default", name="sticky", type="ClusterIP", cluster_ips=[VIP4],
+        ports=[ServicePortInfo(name="http", port=80, protocol="TCP")],
+        session_affinity="ClientIP" if affinity else "None", session_affinity_timeout=600,
+        external_traffic_policy="Cluster",
+        backends=[
+            BackendInfo(
+                address=a, ready=a not in terminating, serving=True,
+                terminating=a in terminating, ports={"http": L4Addr(protocol="TCP", port=8080)},
+            )
+            for a in BACKENDS
+        ],
+    )  # fmt: skip
+
+
+@pytest.fixture
+def sticky() -> Iterator[tuple[ServiceManager, Path]]:
+    """Socket-LB on an empty cgroup over a loaded datapath (its own pins) whose services the
+    test syncs."""
+    token = secrets.token_hex(3)
+    pin_dir = PIN_ROOT / f"socklb{token}"
+    group = cgroup.create(f"ciliary-socklb-{token}")
+    dp = NodeDatapath(default_object_dir() / "bpf_lxc.o", pin_dir, lb_max=1024)
+    try:
+        dp.load()
+        dp.attach_socket_lb(group)
+        yield ServiceManager(dp.lb), group
+    finally:
+        dp.detach_socket_lb()
+        dp.close()
+        cgroup.kill_and_remove(group)
+        remove_pins(pin_dir)
+
+
+class _Pod:
+    """A process of the cgroup in a netns of its own (a pod), running ROUNDS."""
+
+    def __init__(self, group: Path, n: int) -> None:
+        argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs")]
+        argv += ["unshare", "--net", sys.executable, "-c", ROUNDS, VIP4, str(n), ",".join(BACKENDS)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def round(self) -> list[str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the pod's process ended: {self.proc.wait(timeout=5)}"
+        return list(json.loads(line))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+        assert code == 0
+
+
+def test_affinity_is_per_network_namespace(sticky: tuple[ServiceManager, Path]) -> None:
+    """sessionAffinity ClientIP in socket-LB: 100 connects from one pod (netns) land on one
+    backend; other pods have their own (not all the same one); a pod's backend that starts
+    terminating is not chosen again, the pod sticks to its next one instead."""
+    manager, group = sticky
+    manager.sync(desired_frontends([_affinity_svc()]))
+    pod = _Pod(group, 100)
+    try:
+        first = pod.round()
+        assert len(first) == 100 and len(set(first)) == 1, first
+        others = []
+        for _ in range(11):
+            other = _Pod(group, 3)
+            try:
+                seen = other.round()
+            finally:
+                other.close()
+            assert len(set(seen)) == 1, seen  # each pod sticks to its own backend
+            others.append(seen[0])
+        # 12 pods each given a random one of 3 backends: all on one has p = 3**-11
+        assert len({first[0], *others}) > 1, (first[0], others)
+
+        manager.sync(desired_frontends([_affinity_svc(terminating=frozenset({first[0]}))]))
+        again = pod.round()
+        assert first[0] not in again and len(set(again)) == 1, (first[0], again)
+    finally:
+        pod.close()
+
+
+def test_terminating_backends_are_never_chosen(sticky: tuple[ServiceManager, Path]) -> None:
+    """Without affinity: new connections spread over the active backends (random slots), a
+    terminating backend (kept for its established connections) gets none of 100."""
+    manager, group = sticky
+    manager.sync(desired_frontends([_affinity_svc(frozenset({"127.0.0.2"}), affinity=False)]))
+    pod = _Pod(group, 100)
+    try:
+        seen = pod.round()
+    finally:
+        pod.close()
+    assert set(seen) == {"127.0.0.1", "127.0.0.3"}, seen
