@@ -1,10 +1,11 @@
 """NodePort and externalIPs from a world host (the kube-proxy replacement's external half, SNAT
-mode: bpf_host.c cil_from_netdev, bpf/lib/nodeport.h) in a 2-node lab in tunnel mode (Cilium's
-default), with the only backend on node 1:
+mode: bpf_host.c cil_from_netdev, bpf/lib/nodeport.h) in a 2-node lab per routing mode (tunnel,
+Cilium's default, and native with autoDirectNodeRoutes: the forwarded request is routed with the
+FIB instead of tunnelled), with the only backend on node 1:
 
 - a dual-stack NodePort Service (externalTrafficPolicy Cluster) answers on both nodes' IPv4 and
   IPv6 addresses: node 1 delivers to its local backend keeping the client's address; node 2,
-  which has no backend, SNATs the request to its own IP and tunnels it to node 1, and translates
+  which has no backend, SNATs the request to its own IP and sends it to node 1, and translates
   the reply back (the client sees node 2's IP and nodePort answer: a TCP exchange that completes
   proves it);
 - with externalTrafficPolicy Local, node 1 answers with the world host's address preserved and
@@ -12,8 +13,8 @@ default), with the only backend on node 1:
 - an externalIP (routed to node 1 by the world host) reaches the backend likewise, and so does a
   LoadBalancer's status.loadBalancer.ingress IP (set with kubectl, routed to node 2: SNAT);
 - a pod of node 2 reaches node 1's IP:nodePort (the reply reverse-translated before the tunnel).
-One lab for the module (~25 s with lab up on an idle machine). Native routing mode passes the
-same checks (run by hand: the suite's budget has room for one lab here)."""
+One lab per mode (~30 s each with lab up on an idle machine). The labs pin socket-LB off: a
+pod's connections must take the tc path checked here."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  routingMode: {mode}
+  autoDirectNodeRoutes: {direct}
+  socketLB: {{enabled: false}}
   hubble: {{relay: {{enabled: false}}}}
   nodes:
   - name: {n1}
@@ -117,6 +121,7 @@ except OSError as err:
 @dataclass(frozen=True)
 class NPLab:
     name: str
+    mode: str
     nodes: list[str]
     node_ips: list[str]
     node_ips6: list[str]
@@ -147,11 +152,17 @@ class NPLab:
         return next((f for f in listed if (f["address"], f["port"]) == (address, port)), None)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NPLab]:
+@pytest.fixture(scope="module", params=["tunnel", "native"])
+def lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NPLab]:
+    mode = str(request.param)
     name, nodes, world = unique("np"), [unique("n") for _ in range(2)], unique("w")
     path = tmp_path_factory.mktemp("nodeport") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, n1=nodes[0], n2=nodes[1], world=world))
+    direct = str(mode == "native").lower()
+    path.write_text(
+        LAB.format(lab=name, mode=mode, direct=direct, n1=nodes[0], n2=nodes[1], world=world)
+    )
     with kube_lab(path, name, nodes) as kubeconfig:
         rec = manager.record(name)
         ips, ips6 = [], []
@@ -177,7 +188,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NPLab]:
         # no load-balancer controller in the lab: its status as one would write it
         kubectl(kubeconfig, "patch", "service", "web-lb", "--subresource=status", "--type=merge",
                 "-p", LB_STATUS)  # fmt: skip
-        yield NPLab(name, nodes, ips, ips6, netns, world_ip, world_ip6, kubeconfig)
+        yield NPLab(name, mode, nodes, ips, ips6, netns, world_ip, world_ip6, kubeconfig)
 
 
 def _wait_frontend(lab: NPLab, node: str, address: str, port: int, backends: int) -> None:
