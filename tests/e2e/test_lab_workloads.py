@@ -11,6 +11,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ import pytest
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager, process
 from tests.e2e.conftest import CILIARY, kube_lab, unique
-from tests.kubectl import get_json, kubectl, pods, wait_for
+from tests.kubectl import get_json, kubectl, kubectl_run, pods, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -116,6 +117,56 @@ spec:
       containers:
       - name: nginx
         image: nginx:1.27
+"""
+
+
+PROBED = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: probed}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: probed}}
+  template:
+    metadata: {labels: {app: probed}}
+    spec:
+      containers:
+      - name: http
+        image: ciliary/http-server
+        command: [ciliary, workload, http-server]
+        args: [--port, "80"]
+        ports: [{name: http, containerPort: 80}, {name: health, containerPort: 8081}]
+        readinessProbe:
+          httpGet: {path: /healthz, port: health}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: probed}
+spec:
+  selector: {app: probed}
+  ports: [{port: 80, targetPort: http}]
+"""
+
+LIVENESS = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: wedged}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: wedged}}
+  template:
+    metadata: {labels: {app: wedged}}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        command: [ciliary, workload, pause]
+        livenessProbe:
+          exec: {command: [sh, -c, "exit 1"]}
+          periodSeconds: 1
+          failureThreshold: 2
 """
 
 
@@ -310,3 +361,119 @@ def test_image_without_command_is_refused_naming_the_pod(
     message = pod["status"]["message"]
     assert f"default/{pod['metadata']['name']}" in message and "nginx:1.27" in message
     kubectl(kubeconfig, "delete", "deployment", "nginx")
+
+
+def _active_backend_on(name: str, nodes: list[str], address: str) -> dict[str, bool]:
+    """Per node: whether its agent has ``address`` as an active backend of some frontend."""
+    out = {}
+    for n in manager.record(name).nodes:
+        if n.name in nodes:
+            with AgentClient(Path(n.state_dir) / "agent.sock", timeout=5) as cl:
+                out[n.name] = any(
+                    b.address == address and b.state == "active"
+                    for f in cl.service_frontends()
+                    for b in f.backends
+                )
+    return out
+
+
+def _slice_ready(kubeconfig: str, address: str) -> bool | None:
+    slices = get_json(kubeconfig, "endpointslices", "-l", "kubernetes.io/service-name=probed")[
+        "items"
+    ]
+    for sl in slices:
+        for ep in sl.get("endpoints") or []:
+            if address in ep.get("addresses", []):
+                return bool((ep.get("conditions") or {}).get("ready"))
+    return None
+
+
+def test_readiness_probe_decides_ready_and_the_service_backends(
+    lab: tuple[str, list[str], str],
+) -> None:
+    """A readinessProbe (httpGet from the node to a named port) gates the pod's Ready condition,
+    its EndpointSlice ``ready`` and every node's service backends, both ways."""
+    name, nodes, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=PROBED)
+
+    def running() -> dict[str, Any] | None:
+        got = [p for p in pods(kubeconfig, "app=probed") if p.get("status", {}).get("podIP")]
+        return got[0] if got and got[0]["status"].get("phase") == "Running" else None
+
+    pod = wait_for("the probed pod running", running, 60)
+    key, address = f"default/{pod['metadata']['name']}", pod["status"]["podIP"]
+    wait_for(
+        "its endpoint in the slice, not ready",
+        lambda: _slice_ready(kubeconfig, address) is False,
+        30,
+    )
+    time.sleep(3)  # three probe periods: the failing probe keeps it out
+    pod = get_json(kubeconfig, "pod", pod["metadata"]["name"])
+    assert not ready(pod) and pod["status"]["containerStatuses"][0]["ready"] is False, pod["status"]
+    assert not any(_active_backend_on(name, nodes, address).values())
+
+    health = subprocess.Popen(
+        [CILIARY, "lab", "exec", "--name", name, key, "--",
+         "ciliary", "workload", "http-server", "--port", "8081"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            "Ready once /healthz answers",
+            lambda: ready(get_json(kubeconfig, "pod", pod["metadata"]["name"])),
+            30,
+        )
+        wait_for(
+            "an active backend on every node",
+            lambda: all(_active_backend_on(name, nodes, address).values()),
+            30,
+        )
+        vip = get_json(kubeconfig, "service", "probed")["spec"]["clusterIP"]
+        got = manager.run_in_pod(
+            "default/client-1", ["ciliary", "workload", "http-get", f"http://{vip}/"], name=name
+        )
+        assert got.returncode == 0, (got.stdout, got.stderr)
+    finally:
+        os.killpg(health.pid, signal.SIGTERM)
+        health.wait(10)
+    wait_for(
+        "not Ready once /healthz is gone",
+        lambda: not ready(get_json(kubeconfig, "pod", pod["metadata"]["name"])),
+        30,
+    )
+    wait_for(
+        "no active backend on any node",
+        lambda: not any(_active_backend_on(name, nodes, address).values()),
+        30,
+    )
+    assert _slice_ready(kubeconfig, address) is False
+    kubectl(kubeconfig, "delete", "-f", "-", stdin=PROBED)
+
+
+def test_failed_liveness_probe_restarts_the_container(lab: tuple[str, list[str], str]) -> None:
+    _, _, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=LIVENESS)
+
+    def restarted() -> dict[str, Any] | None:
+        for p in pods(kubeconfig, "app=wedged"):
+            statuses = (p.get("status") or {}).get("containerStatuses") or []
+            if statuses and statuses[0]["restartCount"] >= 1:
+                return p
+        return None
+
+    pod = wait_for("a restart after two failed liveness probes", restarted, 60)
+    assert pod["status"]["phase"] == "Running"
+    kubectl(kubeconfig, "delete", "deployment", "wedged")
+
+
+def test_invalid_probe_is_refused_by_the_api_server(lab: tuple[str, list[str], str]) -> None:
+    _, _, kubeconfig = lab
+    bad = LIVENESS.replace(
+        "failureThreshold: 2", "failureThreshold: 2\n          successThreshold: 3"
+    )
+    res = kubectl_run(kubeconfig, "apply", "-f", "-", stdin=bad, check=False)
+    assert res.returncode != 0
+    assert "spec.template.spec.containers[0].livenessProbe.successThreshold" in res.stderr, (
+        res.stderr
+    )
+    assert "must be 1" in res.stderr

@@ -5,7 +5,8 @@ generation, generateName), immutable fields kept from the stored object, the ``s
 subresource split (the main resource ignores status, ``/status`` changes only status),
 ``generation`` bumped when anything but metadata and status changes, finalizers (an object whose
 deletion was requested goes away when its last finalizer is removed), and validation: names,
-labels, every container's required ``image`` (Pods and the pod templates of workloads), and
+labels, every container's required ``image`` and its probes (Pods and the pod templates of
+workloads), and
 network policies checked by the policy engine's own parser, so a policy the agents would reject
 is 422 Invalid with field paths and is never stored.
 """
@@ -17,9 +18,13 @@ import secrets
 import uuid
 from typing import Any
 
+from pydantic import ValidationError
+
 from ciliary.apiserver import errors
 from ciliary.apiserver.errors import Cause
 from ciliary.apiserver.storage import DELETE, Obj, Outcome
+from ciliary.k8s.core import Container
+from ciliary.k8s.fields import error_message, format_path
 from ciliary.k8s.labelselector import label_key_problem, label_value_problem
 from ciliary.k8s.meta import now
 from ciliary.k8s.names import is_dns1123_label, is_dns1123_subdomain
@@ -155,11 +160,40 @@ def _image_causes(rt: ResourceType, obj: Obj) -> list[Cause]:
     return causes
 
 
+_PROBE_FIELDS = ("readinessProbe", "livenessProbe", "startupProbe")
+
+
+def _probe_causes(rt: ResourceType, obj: Obj) -> list[Cause]:
+    """Containers' probes checked by the one model of a container (``k8s.core.Container``:
+    exactly one handler, thresholds, named ports), as kube-apiserver validates them, so the
+    kubelet role never meets a probe it cannot run (``spec.containers[0].livenessProbe.
+    successThreshold: must be 1``)."""
+    found = pod_spec_of({**obj, "apiVersion": rt.api_version, "kind": rt.kind})
+    if found is None:
+        return []
+    prefix, spec = found
+    causes: list[Cause] = []
+    containers = spec.get("containers")
+    for i, c in enumerate(containers if isinstance(containers, list) else []):
+        if not isinstance(c, dict) or not any(f in c for f in _PROBE_FIELDS):
+            continue
+        part = {"name": "probed", "ports": c.get("ports") or []}
+        part |= {f: c[f] for f in _PROBE_FIELDS if f in c}
+        try:
+            Container.model_validate(part)
+        except ValidationError as err:
+            for e in err.errors():
+                loc, message = error_message(e)
+                causes.append(Cause(f"{prefix}.containers[{i}].{format_path(loc)}", message))
+    return causes
+
+
 def validate(rt: ResourceType, obj: Obj) -> None:
     meta = obj["metadata"]
     causes = _name_causes(rt, str(meta.get("name", "")))
     causes += _label_causes(meta)
     causes += _image_causes(rt, obj)
+    causes += _probe_causes(rt, obj)
     if not causes:
         causes += policy_causes(rt, obj)
     if causes:

@@ -2,7 +2,8 @@
 
 Field names, defaults and name rules are Kubernetes' (``k8s.io/api/core/v1``), trimmed to what a
 lab uses:
-a pod's containers with their command, args, env, ports and volume mounts, its volumes (of the
+a pod's containers with their command, args, env, ports, volume mounts and probes (readiness,
+liveness, startup: what kubelet runs to decide Ready and restarts), its volumes (of the
 sources, ``emptyDir``), its node (``nodeName``, or ``nodeSelector`` for a scheduler to honour)
 and addresses; a node's pod CIDRs and addresses; a service's type, selector, ports, cluster IPs,
 session affinity and traffic policies. Workload controllers (:mod:`ciliary.k8s.apps`) embed
@@ -16,7 +17,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ciliary.k8s.fields import EnvName, FieldProblemError, ObjectName, PortName
 from ciliary.k8s.meta import ObjectMeta, ObjectModel, TypedObject
@@ -27,6 +28,10 @@ __all__ = [
     "ContainerPort",
     "EmptyDirVolumeSource",
     "EnvVar",
+    "ExecAction",
+    "GRPCAction",
+    "HTTPGetAction",
+    "HTTPHeader",
     "LoadBalancerIngress",
     "LoadBalancerStatus",
     "Namespace",
@@ -41,6 +46,7 @@ __all__ = [
     "PodSpec",
     "PodStatus",
     "PodTemplateSpec",
+    "Probe",
     "Protocol",
     "ResourceRequirements",
     "SecurityContext",
@@ -48,6 +54,7 @@ __all__ = [
     "ServicePort",
     "ServiceSpec",
     "ServiceStatus",
+    "TCPSocketAction",
     "Volume",
     "VolumeMount",
 ]
@@ -144,6 +151,71 @@ class VolumeMount(ObjectModel):
     read_only: bool = False
 
 
+PortRef = int | PortName
+"""A probe's port: a number, or the name of one of the container's ``ports`` (IntOrString)."""
+
+
+class HTTPHeader(ObjectModel):
+    name: str = Field(min_length=1)
+    value: str = ""
+
+
+class HTTPGetAction(ObjectModel):
+    """GET ``scheme://host:port/path``; 200 <= status < 400 is success. ``host`` defaults to
+    the pod's IP (kubelet's)."""
+
+    path: str = "/"
+    port: PortRef
+    host: str | None = None
+    scheme: Literal["HTTP", "HTTPS"] = "HTTP"
+    http_headers: Sequence[HTTPHeader] = Field(default_factory=list)
+
+
+class TCPSocketAction(ObjectModel):
+    """Success when a TCP connection to ``host`` (default: the pod's IP) and ``port`` opens."""
+
+    port: PortRef
+    host: str | None = None
+
+
+class ExecAction(ObjectModel):
+    """Success when ``command`` run inside the container exits 0."""
+
+    command: list[str] = Field(min_length=1)
+
+
+class GRPCAction(ObjectModel):
+    """The gRPC health checking protocol (``grpc.health.v1.Health/Check``) on ``port``."""
+
+    port: int = Field(ge=1, le=65535)
+    service: str | None = None
+
+
+class Probe(ObjectModel):
+    """A container probe with kubelet's defaults; exactly one handler (``httpGet``,
+    ``tcpSocket``, ``exec``, ``grpc``), as the API server requires."""
+
+    http_get: HTTPGetAction | None = None
+    tcp_socket: TCPSocketAction | None = None
+    exec: ExecAction | None = None
+    grpc: GRPCAction | None = None
+    initial_delay_seconds: int = Field(default=0, ge=0)
+    timeout_seconds: int = Field(default=1, ge=1)
+    period_seconds: int = Field(default=10, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+    failure_threshold: int = Field(default=3, ge=1)
+    termination_grace_period_seconds: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Probe:
+        handlers = [self.http_get, self.tcp_socket, self.exec, self.grpc]
+        if sum(h is not None for h in handlers) != 1:
+            raise ValueError(
+                "must specify exactly one handler type (httpGet, tcpSocket, exec or grpc)"
+            )
+        return self
+
+
 class Container(ObjectModel):
     """What a lab runs of a container: a command line (there are no images to take one from),
     its environment and working directory, its declared ports and volume mounts."""
@@ -159,6 +231,9 @@ class Container(ObjectModel):
     security_context: SecurityContext | None = None
     resources: ResourceRequirements | None = None
     volume_mounts: Sequence[VolumeMount] = Field(default_factory=list)
+    readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
+    startup_probe: Probe | None = None
 
     @field_validator("ports")
     @classmethod
@@ -173,6 +248,35 @@ class Container(ObjectModel):
                 )
             first[port.name] = i
         return ports
+
+    @model_validator(mode="after")
+    def _probes(self) -> Container:
+        """The API server's rules: liveness and startup probes need ``successThreshold`` 1, a
+        named probe port must be one of the container's ``ports``."""
+        names = {p.name for p in self.ports if p.name is not None}
+        for field, probe in (
+            ("readinessProbe", self.readiness_probe),
+            ("livenessProbe", self.liveness_probe),
+            ("startupProbe", self.startup_probe),
+        ):
+            if probe is None:
+                continue
+            if field != "readinessProbe" and probe.success_threshold != 1:
+                raise FieldProblemError("must be 1", field, "successThreshold")
+            action = probe.http_get or probe.tcp_socket
+            if action is not None and isinstance(action.port, str) and action.port not in names:
+                kind = "httpGet" if probe.http_get is not None else "tcpSocket"
+                raise FieldProblemError(
+                    f"port name {action.port!r} is not one of the container's ports",
+                    field, kind, "port",
+                )  # fmt: skip
+        return self
+
+    def port_number(self, port: PortRef) -> int:
+        """A probe's port as a number (a name resolves through ``ports``)."""
+        if isinstance(port, int):
+            return port
+        return next(p.container_port for p in self.ports if p.name == port)
 
     def argv(self) -> list[str]:
         """What runs: ``command`` then ``args``."""

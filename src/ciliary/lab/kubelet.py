@@ -15,7 +15,8 @@ at the same moments:
   (``PodReadyToStartContainers``, ``Initialized``, ``ContainersReady``, ``Ready``,
   ``PodScheduled``) and one ``containerStatus`` per container (``ready``, ``started``,
   ``restartCount`` 0 for the lab's own pods); the kubelet role (``lab.kubeletd``) reports the
-  pods it runs with :func:`pod_status`: restart counts, exit codes, ``Failed`` with a reason.
+  pods it runs with :func:`pod_status`: restart counts, exit codes, ``Failed`` with a reason,
+  ``Ready`` only when the containers' readiness probes say so (``lab.prober``).
 
 These are pure builders; ``lab.manager`` sends them (``lab.kubeapi``).
 """
@@ -182,6 +183,8 @@ class ContainerState:
     restarts: int = 0
     exit_code: int | None = None
     waiting: tuple[str, str] | None = None  # (reason, message)
+    ready: bool = True  # its probes' verdict (lab.prober): readiness, startup
+    started: bool = True  # passed its startup probe (or has none)
 
 
 def pod_status(
@@ -195,10 +198,10 @@ def pod_status(
     reason: str | None = None,
     message: str | None = None,
 ) -> Obj:
-    """The status kubelet reports for a pod in any phase: ``Ready`` when every container runs,
-    restart counts, exit codes of ended containers (kubelet's ``terminated`` state) and reasons
-    of containers that cannot start (``waiting``)."""
-    ready = phase == "Running" and all(c.running for c in containers)
+    """The status kubelet reports for a pod in any phase: ``Ready`` when every container runs
+    and is ready by its probes, restart counts, exit codes of ended containers (kubelet's
+    ``terminated`` state) and reasons of containers that cannot start (``waiting``)."""
+    ready = phase == "Running" and all(c.running and c.ready for c in containers)
     stamp = now()
 
     def condition(kind: str, ok: bool) -> Obj:
@@ -237,8 +240,8 @@ def pod_status(
                 "image": c.image or "",
                 "imageID": "",
                 "containerID": f"ciliary-lab://{container_id}-{c.name}",
-                "ready": c.running and phase == "Running",
-                "started": c.running,
+                "ready": c.running and c.ready and phase == "Running",
+                "started": c.running and c.started,
                 "restartCount": c.restarts,
                 "state": state(c),
             }

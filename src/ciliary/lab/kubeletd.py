@@ -35,6 +35,11 @@ For a pod bound to one of its nodes:
 * **stop**: a pod deleted from the API (or replaced by another of the same name, a new uid) is
   torn down: containers stopped, CNI DEL, netns and cgroup removed, its record gone.
 
+* **probe**: readiness, liveness and startup probes run as kubelet runs them (``lab.prober``):
+  ``Ready`` follows the readiness probes (so an unready pod leaves its Services' EndpointSlices
+  and every node's service maps), a failed liveness or startup probe kills the container, which
+  restarts per ``restartPolicy``.
+
 Container liveness is this machine's process table, checked every second (kubelet's PLEG
 relist); cluster state arrives only through the informers.
 """
@@ -51,11 +56,14 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pydantic import ValidationError
+
 from ciliary.controllers.process import cancel, parse_args, serve
+from ciliary.k8s import core
 from ciliary.k8s.resources import by_path
 from ciliary.kube.client import ApiError, KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
-from ciliary.lab import kubelet, manager, podsandbox, process, schema
+from ciliary.lab import kubelet, manager, podsandbox, prober, process, schema
 from ciliary.lab.state import ImageRecord, LabRecord, PodRecord
 
 PODS = by_path("", "v1", "pods")
@@ -175,6 +183,18 @@ def _backoff(restarts: int) -> float:
     return float(min(BACKOFF_INITIAL * 2 ** (restarts - 1), BACKOFF_MAX))
 
 
+def _container_models(pod: Mapping[str, Any]) -> dict[str, core.Container]:
+    """The pod's containers as typed models (their probes); one the model refuses (the API
+    server validates probes, so only a pod written before it did) runs without probes."""
+    out: dict[str, core.Container] = {}
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        try:
+            out[c["name"]] = core.Container.model_validate(c)
+        except (ValidationError, KeyError, TypeError) as err:
+            log.warning("pod container %r: probes not run: %s", c.get("name"), err)
+    return out
+
+
 class Kubelet:
     def __init__(self, lab: str, kube: KubeClient, *, parallel: int = PARALLEL) -> None:
         if parallel < 1:
@@ -194,6 +214,9 @@ class Kubelet:
         self.in_flight: set[str] = set()  # pods whose sync runs now
         self.dirty: set[str] = set()  # in flight and enqueued again meanwhile: synced once more
         self.retry_at: dict[str, float] = {}
+        self.prober = prober.Prober(lab, on_change=self._probe_changed, kill=self._probe_kill)
+        self.status_due: set[str] = set()  # a probe result changed: write the status again
+        self.synced_records: dict[str, PodRecord | None] = {}  # by sync(): the pod's record
 
     # ---- events ---------------------------------------------------------------------------
 
@@ -214,6 +237,36 @@ class Kubelet:
             if obj is not None:
                 return obj
         return None
+
+    def _probe_changed(self, key: str) -> None:
+        self.status_due.add(key)
+        self.enqueue(key)
+
+    async def _probe_kill(self, key: str, container: str) -> None:
+        log.info("pod %s: container %s failed its liveness probe, killing it", key, container)
+        await asyncio.to_thread(prober.kill_container, self.lab, key, container)
+        self.enqueue(key)
+
+    def _sync_probes(self, key: str, obj: KubeObject | None) -> None:
+        """The probes of the pod's running containers (after a sync: new runs start, ended runs
+        and deleted pods stop)."""
+        prec = self.synced_records.pop(key, None)
+        if obj is None or prec is None or not (prec.ipv4 or prec.ipv6):
+            self.prober.forget(key)
+            return
+        specs = _container_models(obj)
+        target = prober.Target(
+            lab=self.lab,
+            pod=key,
+            node=prec.node,
+            pod_ip=(prec.ipv4 or prec.ipv6 or "").partition("/")[0],
+        )
+        runs = [
+            (specs[c.name], c.restarts, process.alive(c.pid, c.pid_start_time))
+            for c in prec.containers
+            if c.name in specs
+        ]
+        self.prober.sync(target, str(obj["metadata"].get("uid")), runs)
 
     def _on_node(self, node: KubeObject) -> None:
         """A node registered (its Node object): the pod informer of its kubelet, as a node's
@@ -318,6 +371,7 @@ class Kubelet:
             log.warning("pod %s: %s; again in %.0fs", key, err, RETRY)
             self.retry_at[key] = time.time() + RETRY
             status = self._waiting(obj, str(err)) if obj is not None else None
+        self._sync_probes(key, obj)
         if status is not None and obj is not None:
             await self._write_status(obj, status)
 
@@ -343,9 +397,11 @@ class Kubelet:
             prec = None
         if obj is None or meta.get("deletionTimestamp"):
             return None
-        if prec is None:
-            return self._start(rec, key, obj)
-        return self._tend(rec, prec, obj)
+        status = self._start(rec, key, obj) if prec is None else self._tend(rec, prec, obj)
+        self.synced_records[key] = next(
+            (p for p in rec.pods if p.key == key and p.kubelet), None
+        )  # fmt: skip
+        return status
 
     def _start(self, rec: LabRecord, key: str, obj: KubeObject) -> Status | None:
         phase = (obj.get("status") or {}).get("phase")
@@ -402,8 +458,10 @@ class Kubelet:
                 manager.start_container(rec, spec, prec, crec, container)
                 crec.restart_at = None
                 changed = True
+        due = prec.key in self.status_due
+        self.status_due.discard(prec.key)
         if not changed:
-            return None
+            return self._status(obj, prec, prec.phase) if due else None
         if all(c.pid is None for c in prec.containers):
             ok = all(c.last_exit_code == 0 for c in prec.containers)
             prec.phase = "Succeeded" if ok else "Failed"
@@ -426,10 +484,15 @@ class Kubelet:
         spec = obj.get("spec") or {}
         start = started_at or (obj.get("status") or {}).get("startTime") or kubelet.now()
         records = {c.name: c for c in prec.containers} if prec is not None else {}
+        models = _container_models(obj)
+        meta = obj.get("metadata") or {}
+        uid, key = str(meta.get("uid")), f"{meta.get('namespace', 'default')}/{meta.get('name')}"
         containers = []
         for c in spec.get("containers") or []:
             crec = records.get(c["name"])
             running = crec is not None and process.alive(crec.pid, crec.pid_start_time)
+            model = models.get(c["name"])
+            restarts = crec.restarts if crec is not None else 0
             containers.append(
                 kubelet.ContainerState(
                     name=c["name"],
@@ -438,6 +501,8 @@ class Kubelet:
                     restarts=crec.restarts if crec is not None else 0,
                     exit_code=crec.last_exit_code if crec is not None else None,
                     waiting=None if crec is not None else (waiting or ("Refused", message or "")),
+                    ready=model is None or self.prober.ready(key, uid, model, restarts),
+                    started=model is None or self.prober.started(key, uid, model, restarts),
                 )
             )
         host_ip = None
