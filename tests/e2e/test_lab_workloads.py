@@ -183,6 +183,15 @@ def ready_pods(kubeconfig: str, selector: str, count: int) -> list[dict[str, Any
     return live if len(live) == count and all(ready(p) for p in live) else None
 
 
+def restarted(kubeconfig: str, selector: str, count: int) -> dict[str, Any] | None:
+    """A pod of ``selector`` whose first container restarted at least ``count`` times."""
+    for p in pods(kubeconfig, selector):
+        statuses = (p.get("status") or {}).get("containerStatuses") or []
+        if statuses and statuses[0]["restartCount"] >= count:
+            return p
+    return None
+
+
 def client(nodes: list[str], pod: dict[str, Any]) -> str:
     """The file's client pod on ``pod``'s node."""
     return f"default/client-{nodes.index(pod['spec']['nodeName']) + 1}"
@@ -332,15 +341,11 @@ def test_daemonset_runs_one_pod_per_node(lab: tuple[str, list[str], str]) -> Non
 def test_containers_restart_per_policy(lab: tuple[str, list[str], str]) -> None:
     _, _, kubeconfig = lab
     kubectl(kubeconfig, "apply", "-f", "-", stdin=CRASHER)
-
-    def restarted() -> dict[str, Any] | None:
-        for p in pods(kubeconfig, "app=crasher"):
-            statuses = (p.get("status") or {}).get("containerStatuses") or []
-            if statuses and statuses[0]["restartCount"] >= 2:
-                return p
-        return None
-
-    pod = wait_for("two restarts (the second after the back-off)", restarted, 60)
+    pod = wait_for(
+        "two restarts (the second after the back-off)",
+        lambda: restarted(kubeconfig, "app=crasher", 2),
+        60,
+    )
     assert pod["status"]["phase"] == "Running"  # restartPolicy Always: never ends
 
 
@@ -453,15 +458,11 @@ def test_readiness_probe_decides_ready_and_the_service_backends(
 def test_failed_liveness_probe_restarts_the_container(lab: tuple[str, list[str], str]) -> None:
     _, _, kubeconfig = lab
     kubectl(kubeconfig, "apply", "-f", "-", stdin=LIVENESS)
-
-    def restarted() -> dict[str, Any] | None:
-        for p in pods(kubeconfig, "app=wedged"):
-            statuses = (p.get("status") or {}).get("containerStatuses") or []
-            if statuses and statuses[0]["restartCount"] >= 1:
-                return p
-        return None
-
-    pod = wait_for("a restart after two failed liveness probes", restarted, 60)
+    pod = wait_for(
+        "a restart after two failed liveness probes",
+        lambda: restarted(kubeconfig, "app=wedged", 1),
+        60,
+    )
     assert pod["status"]["phase"] == "Running"
     kubectl(kubeconfig, "delete", "deployment", "wedged")
 
