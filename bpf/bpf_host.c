@@ -104,6 +104,7 @@ static __attribute__((noinline)) int from_netdev_nodeport_lb(struct __sk_buff *s
 {
 	if (skb->pkt_type != PACKET_HOST || !nodeport_is_frontend(p))
 		return NP_PASS;
+	nodeport_trace_from_network(skb, p, 0, 0);
 	int ret = lb_translate(skb, p, lb);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, 0, ipcache_identity(p->saddr, p->family), 0,
@@ -111,12 +112,21 @@ static __attribute__((noinline)) int from_netdev_nodeport_lb(struct __sk_buff *s
 	return 0;
 }
 
+/* Its trace, in a frame of its own (lib/nodeport.h); returns the client's identity. */
+static __attribute__((noinline)) __u32 from_netdev_nodeport_fwd_trace(struct __sk_buff *skb,
+								      struct pkt *p,
+								      const struct lb_result *lb)
+{
+	return nodeport_forward_trace(skb, p, lb);
+}
+
 /* A request to an external frontend given a backend on another node (lib/nodeport.h). */
 static __attribute__((noinline)) int from_netdev_nodeport_fwd(struct __sk_buff *skb,
 							      struct pkt *p,
-							      const struct lb_result *lb)
+							      const struct lb_result *lb,
+							      __u32 src_id)
 {
-	int ret = nodeport_forward(skb, p, lb);
+	int ret = nodeport_forward(skb, p, lb, src_id);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_TO_NETWORK);
 	return ret;
@@ -159,7 +169,8 @@ int cil_from_netdev(struct __sk_buff *skb)
 	if (np == 0) {
 		if (lookup_endpoint(p.daddr, p.family))
 			return netdev_deliver(skb, &p, &lb);
-		return from_netdev_nodeport_fwd(skb, &p, &lb);
+		return from_netdev_nodeport_fwd(skb, &p, &lb,
+						from_netdev_nodeport_fwd_trace(skb, &p, &lb));
 	}
 	if (np != NP_PASS)
 		return np;

@@ -262,3 +262,62 @@ def test_a_pod_of_another_node_reaches_the_nodeport(lab: NPLab) -> None:
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
     assert got.get("pod") == "web-a", got
+
+
+def _observe(lab: NPLab, node: str, *flags: str) -> list[dict[str, Any]]:
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+    res = subprocess.run(
+        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock", "--last",
+         "1000", "-o", "jsonpb", *flags],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+WEB_NP = {"name": "web-np", "namespace": "default"}
+
+
+def _world(endpoint: dict[str, Any]) -> bool:
+    return any(label.startswith("reserved:world") for label in endpoint.get("labels", ()))
+
+
+def test_hubble_names_the_service_of_a_nodeport_connection(lab: NPLab) -> None:
+    """Node 2 forwards a world host's connection to node 1's backend: its request is traced
+    (to-overlay, or to-network in native mode) from the world host, world identity, to the
+    backend, with destination_service; the reply, back out to the client from the frontend, with
+    source_service; monitor aggregation (the lab's medium) reports the request's packets that
+    open or close it only. Node 1, delivering to its local backend, names the Service too."""
+    port = lab.node_port("web-np")
+    _wait_frontend(lab, lab.nodes[1], lab.node_ips[1], port, 1)
+    assert lab.get(lab.node_ips[1], port).get("pod") == "web-a"
+    point = "TO_OVERLAY" if lab.mode == "tunnel" else "TO_NETWORK"
+
+    def requests() -> list[dict[str, Any]]:
+        return [f for f in _observe(lab, lab.nodes[1], "--to-service", "default/web-np")
+                if f["IP"]["source"] == lab.world_ip]  # fmt: skip
+
+    flows = wait_for("node 2's flows to web-np", requests, 20)
+    for f in flows:
+        assert f["destination_service"] == WEB_NP, f
+        assert f["trace_observation_point"] == point, f
+        assert _world(f["source"]), f
+        assert f["destination"].get("pod_name") == "web-a", f
+        tcp = f["l4"]["TCP"]
+        assert {"SYN", "FIN", "RST"} & set(tcp.get("flags", {})), f  # aggregated: no bare ACKs
+    replies = _observe(lab, lab.nodes[1], "--from-service", "default/web-np")
+    mine = [f for f in replies if f["IP"]["destination"] == lab.world_ip]
+    assert mine, replies
+    for f in mine:
+        assert f["source_service"] == WEB_NP and f["IP"]["source"] == lab.node_ips[1], f
+        assert f["trace_observation_point"] == "TO_NETWORK", f
+
+    assert lab.get(lab.node_ips[0], port).get("pod") == "web-a"
+
+    def delivered() -> list[dict[str, Any]]:
+        return [f for f in _observe(lab, lab.nodes[0], "--to-service", "default/web-np")
+                if f["IP"]["source"] == lab.world_ip]  # fmt: skip
+
+    local = wait_for("node 1's to-endpoint flows to web-np", delivered, 20)
+    assert any(f["trace_observation_point"] == "TO_ENDPOINT" and _world(f["source"])
+               for f in local), local  # fmt: skip
