@@ -10,7 +10,13 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping util-linux
               procps libelf-dev make python3-venv containernetworking-plugins iptables
-              sockperf prometheus nginx postgresql postgresql-client redis-server redis-tools)
+              sockperf prometheus nginx postgresql postgresql-client redis-server redis-tools
+              chromium fonts-liberation)
+# (chromium: the Hubble UI's browser tests drive Debian's /usr/bin/chromium through playwright;
+# fonts-liberation gives its pages readable text)
+# npm installs the Hubble UI's pinned front-end dependencies (below); Debian's npm only when none
+# is there (a Node.js distribution that bundles its own npm would conflict with it)
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -69,6 +75,17 @@ make -s -C bpf
 
 # Hubble's gRPC/protobuf modules are generated from our .proto files (src/ciliary/hubble/api)
 .venv/bin/python scripts/gen_protos.py
+
+# The Hubble UI's front-end dependencies (cytoscape), pinned by src/ciliary/hubble/ui's
+# package-lock.json and served from its node_modules (no CDN at run time); again when the lock
+# file changed
+ui=src/ciliary/hubble/ui
+ui_stamp=$ui/node_modules/.installed-$(sha256sum $ui/package-lock.json | cut -c1-16)
+if [[ ! -f $ui_stamp ]]; then
+    echo "setup: installing the Hubble UI's npm packages"
+    (cd "$ui" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+    touch "$ui_stamp"
+fi
 
 # CNI plugins are short-lived processes on the pod start-up path: ship them byte-compiled so an
 # exec never recompiles (the environment may set PYTHONDONTWRITEBYTECODE).

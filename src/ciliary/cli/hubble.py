@@ -11,8 +11,9 @@ nodes answer; ``list nodes|namespaces`` ask the relay (or a node).
 Which server, and how failures read: :mod:`ciliary.cli.hubble_dial`; ``status`` and ``list``:
 :mod:`ciliary.cli.hubble_status`.
 
-``hubble relay`` only hands its arguments to :func:`ciliary.hubble.relay.main`, imported when
-used so the other commands do not load the relay.
+``hubble ui`` serves the Hubble UI (:mod:`ciliary.cli.hubble_ui`). ``hubble relay`` only hands
+its arguments to :func:`ciliary.hubble.relay.main`, imported when used so the other commands do
+not load the relay.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ciliary.cli.hubble_dial import (
     suppressible,
 )
 from ciliary.cli.hubble_status import run_list_namespaces, run_list_nodes, run_status
+from ciliary.cli.hubble_ui import register_ui
 from ciliary.cli.output import CLIError, Context, Subparsers
 from ciliary.hubble import cliflags
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
@@ -265,6 +267,7 @@ def register(sub: Subparsers) -> None:
     )
     relay.add_argument("relay_args", nargs="*")
     relay.set_defaults(func=run_relay)
+    register_ui(hsub)
 
 
 # --------------------------------------------------------------------------- observe

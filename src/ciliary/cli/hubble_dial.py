@@ -105,6 +105,12 @@ def lab_client_tls(lab_dir: Path) -> ClientTLS | None:
     return ClientTLS(ca.ca_cert, pair.cert, pair.key)
 
 
+def lab_tls_of(server: str) -> ClientTLS | None:
+    """The client certificate to dial ``server`` with when it is a lab's TLS relay, else None."""
+    lab_dir = _lab_of_relay(server)
+    return lab_client_tls(lab_dir) if lab_dir is not None else None
+
+
 def _server_of(args: argparse.Namespace, ctx: Context) -> str:
     if getattr(args, "server", None):
         return str(args.server)

@@ -459,3 +459,41 @@ def build_filters(
     for name, value in pairs:
         builder.add(name, value)
     return builder.finish()
+
+
+_BY_NAME = {f.name: f for f in FILTER_FLAGS}
+_BY_SHORT = {f.short: f for f in FILTER_FLAGS if f.short}
+
+
+def flag_pairs(words: Sequence[str]) -> list[tuple[str, str]]:
+    """The filter flags of a split command line (``["--pod", "x", "--verdict=DROPPED", "-4"]``)
+    as the ordered ``(flag, value)`` pairs :func:`build_filters` takes, for front ends that get
+    the flags as text (the Hubble UI's filter bar); FlagError naming the word otherwise."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word.startswith("--"):
+            name, eq, value = word[2:].partition("=")
+            flag = _BY_NAME.get(name)
+        elif word.startswith("-") and len(word) >= 2:
+            name, value, eq = word[1], word[2:].removeprefix("="), ""
+            eq = "=" if value else ""
+            flag = _BY_SHORT.get(name)
+        else:
+            raise FlagError(f'unexpected argument "{word}": filters are flags (e.g. --pod x)')
+        if flag is None:
+            raise FlagError(f"unknown flag: {word.partition('=')[0]}")
+        if not flag.takes_value:
+            if eq:
+                raise FlagError(f'flag "{word}" takes no value')
+            pairs.append((flag.name, flag.implicit))
+            continue
+        if not eq:
+            if i >= len(words):
+                raise FlagError(f"flag needs an argument: {word}")
+            value = words[i]
+            i += 1
+        pairs.append((flag.name, value))
+    return pairs

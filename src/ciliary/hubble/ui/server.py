@@ -1,0 +1,232 @@
+"""``ciliary hubble ui``'s web server: the page's static files and a small JSON/SSE API over
+the relay.
+
+The browser never speaks gRPC: this server asks the relay (:mod:`ciliary.hubble.ui.flows`) and
+hands the page JSON — ``/api/namespaces`` (GetNamespaces), ``/api/nodes`` (GetNodes) — and one
+server-sent-events stream per view, ``/api/flows/stream?namespace=NS&filter=FLAGS``: a GetFlows
+follow of that namespace with ``hubble observe``'s filter flags, sent as ``flows`` events (a
+batch of table rows every ~50 ms while flows arrive) and ``map`` events (the namespace's whole
+service map, :mod:`ciliary.hubble.ui.servicemap`, whenever its picture changed), ``failure`` once
+when the filter is refused or the relay fails (the page then stops the stream rather than letting
+the browser retry it), and a comment every 15 s to keep proxies from closing an idle stream.
+
+The page's own JS/CSS is in ``static/``; cytoscape (the map's layout and drawing) comes from npm,
+pinned by ``package-lock.json`` and installed by ``make setup`` into ``node_modules``, served at
+``/vendor/cytoscape.min.js``: nothing is fetched from the internet at run time. The server binds
+loopback by default: flows name every pod and address of the cluster, and there is no login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from aiohttp import web
+
+from ciliary.hubble.client import ClientTLS, connect
+from ciliary.hubble.ui import DEFAULT_PORT
+from ciliary.hubble.ui.flows import (
+    FlowQuery,
+    QueryError,
+    RelayClient,
+    build_query,
+    flow_row,
+    rpc_message,
+)
+from ciliary.hubble.ui.servicemap import ServiceMap
+
+log = logging.getLogger(__name__)
+
+UI_DIR = Path(__file__).resolve().parent
+STATIC_DIR = UI_DIR / "static"
+CYTOSCAPE_JS = UI_DIR / "node_modules" / "cytoscape" / "dist" / "cytoscape.min.js"
+
+BATCH_WINDOW = 0.05
+"""Seconds flows are gathered into one ``flows`` event once the first arrived."""
+BATCH_MAX = 500
+KEEPALIVE = 15.0
+
+_RELAY_KEY = web.AppKey("relay", RelayClient)
+_RELAY_NAME_KEY = web.AppKey("relay_name", str)
+_END = object()
+
+
+class UIError(RuntimeError):
+    """The UI cannot start (front-end files missing, relay unreachable); the message says what
+    to do."""
+
+
+def check_assets() -> None:
+    """UIError unless the page's files and the npm packages are installed."""
+    if not (STATIC_DIR / "index.html").is_file():
+        raise UIError(f"the Hubble UI's page is missing ({STATIC_DIR / 'index.html'})")
+    if not CYTOSCAPE_JS.is_file():
+        raise UIError(
+            f"the Hubble UI's front-end packages are not installed ({CYTOSCAPE_JS} missing): "
+            f"run 'make setup' (npm ci in {UI_DIR})"
+        )
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def _index(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+
+
+async def _cytoscape(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(CYTOSCAPE_JS)
+
+
+async def _unary(request: web.Request, what: str) -> web.Response:
+    relay = request.app[_RELAY_KEY]
+    try:
+        answer: Any = await (relay.namespaces() if what == "namespaces" else relay.nodes())
+    except grpc.RpcError as err:
+        msg = rpc_message(err, request.app[_RELAY_NAME_KEY])
+        return web.json_response({"error": msg}, status=502)
+    return web.json_response({what: answer})
+
+
+async def _namespaces(request: web.Request) -> web.Response:
+    return await _unary(request, "namespaces")
+
+
+async def _nodes(request: web.Request) -> web.Response:
+    return await _unary(request, "nodes")
+
+
+async def _pump(relay: RelayClient, query: FlowQuery, queue: asyncio.Queue[Any]) -> None:
+    """Relay flows into ``queue``; an error message string or _END closes it."""
+    try:
+        async for flow in relay.flows(query):
+            await queue.put(flow)
+    except grpc.RpcError as err:
+        await queue.put(err)
+        return
+    await queue.put(_END)
+
+
+async def _send_flows(
+    resp: web.StreamResponse, queue: asyncio.Queue[Any], smap: ServiceMap, relay_name: str
+) -> None:
+    """Batches the queue's flows into ``flows``/``map`` events until it ends or fails."""
+    await resp.write(_sse("map", smap.snapshot()))
+    while True:
+        try:
+            first = await asyncio.wait_for(queue.get(), KEEPALIVE)
+        except TimeoutError:
+            await resp.write(b": keepalive\n\n")
+            continue
+        batch = [first]
+        await asyncio.sleep(BATCH_WINDOW)
+        while len(batch) < BATCH_MAX and not queue.empty():
+            batch.append(queue.get_nowait())
+        rows, changed, end = [], False, None
+        for item in batch:
+            if item is _END or isinstance(item, grpc.RpcError):
+                end = item
+                break
+            rows.append(flow_row(item))
+            changed |= smap.add(item)
+        if rows:
+            await resp.write(_sse("flows", rows))
+        if changed:
+            await resp.write(_sse("map", smap.snapshot()))
+        if isinstance(end, grpc.RpcError):
+            await resp.write(_sse("failure", {"message": rpc_message(end, relay_name)}))
+            return
+        if end is _END:
+            await resp.write(_sse("failure", {"message": "the relay ended the flow stream"}))
+            return
+
+
+async def _flows_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await resp.prepare(request)
+    namespace = request.query.get("namespace", "")
+    try:
+        query = build_query(namespace, request.query.get("filter", ""))
+    except QueryError as err:
+        await resp.write(_sse("failure", {"message": str(err), "filter": True}))
+        return resp
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    smap = ServiceMap(namespace)
+    async with asyncio.TaskGroup() as tg:
+        pump = tg.create_task(
+            _pump(request.app[_RELAY_KEY], query, queue), name=f"hubble-ui-flows-{namespace}"
+        )
+        try:
+            await _send_flows(resp, queue, smap, request.app[_RELAY_NAME_KEY])
+        except ConnectionResetError:  # the page went away
+            pass
+        finally:
+            pump.cancel()
+    return resp
+
+
+def make_app(relay: RelayClient, relay_name: str) -> web.Application:
+    """The UI's aiohttp application over a relay client (``relay_name`` is shown in errors)."""
+    app = web.Application()
+    app[_RELAY_KEY] = relay
+    app[_RELAY_NAME_KEY] = relay_name
+    app.router.add_get("/", _index)
+    app.router.add_get("/api/namespaces", _namespaces)
+    app.router.add_get("/api/nodes", _nodes)
+    app.router.add_get("/api/flows/stream", _flows_stream)
+    app.router.add_get("/vendor/cytoscape.min.js", _cytoscape)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    return app
+
+
+async def serve(
+    relay_addr: str,
+    tls: ClientTLS | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    dial_timeout: float = 5.0,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serves the UI until cancelled; prints its URL once it listens."""
+    check_assets()
+    try:
+        channel = await connect(relay_addr, tls, timeout=dial_timeout)
+    except ConnectionError as err:
+        raise UIError(f"{err}; is the lab (its relay) running? ('ciliary lab up')") from err
+    runner = web.AppRunner(make_app(RelayClient(channel), relay_addr), handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        try:
+            await site.start()
+        except OSError as err:
+            raise UIError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+        bound = runner.addresses[0][1] if runner.addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        print(f"Hubble UI at http://{shown}:{bound}/ (relay {relay_addr})", flush=True)
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        with contextlib.suppress(Exception):
+            await channel.close(None)
+
+
+__all__ = [
+    "DEFAULT_PORT",
+    "UIError",
+    "check_assets",
+    "make_app",
+    "serve",
+]
