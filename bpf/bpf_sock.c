@@ -27,9 +27,11 @@
  * refuses the connect()/sendmsg() with EHOSTUNREACH (upstream's); an address that is no
  * frontend, or a protocol other than TCP/UDP, is left alone (the tc path still sees it, so a
  * ClusterIP's unknown port is dropped there as before). IPv4-mapped IPv6 addresses are not
- * translated (upstream's sock6_xlate_v4_in_v6: not done). */
+ * translated (upstream's sock6_xlate_v4_in_v6: not done). Every translation is reported to
+ * Hubble as trace-sock records (lib/trace_sock.h). */
 #include "lib/common.h"
 #include "lib/lb.h"
+#include "lib/trace_sock.h"
 
 /* errno values (asm-generic/errno.h; libc headers stay out of BPF objects) */
 #define ENOMEM 12
@@ -148,7 +150,7 @@ static __always_inline void sock_affinity_update(struct bpf_sock_addr *ctx, __u8
 
 /* 0: translated; -ENXIO: not a frontend (left alone); -EHOSTUNREACH: a frontend without a
  * usable backend; -ENOMEM: the reverse entry could not be written. */
-static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
+static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int is_connect)
 {
 	if (!sock_proto_ok(ctx))
 		return -ENXIO;
@@ -187,6 +189,13 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 	rv.rev_nat_index = rev_nat;
 	if (bpf_map_update_elem(&ciliary_lb4_reverse_sk, &rk, &rv, BPF_ANY) < 0)
 		return -ENOMEM;
+	__u8 addr[16] = {};
+	__builtin_memcpy(addr, &key.address, 4);
+	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_FWD, addr, bpf_ntohs(key.dport), 0,
+			       is_connect);
+	__builtin_memcpy(addr, &be->address, 4);
+	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_FWD, addr, bpf_ntohs(be->port), 0,
+			       is_connect);
 	ctx->user_ip4 = be->address;
 	ctx->user_port = (__u32)be->port;
 	return 0;
@@ -210,13 +219,18 @@ static __always_inline void sock4_xlate_rev(struct bpf_sock_addr *ctx)
 		bpf_map_delete_elem(&ciliary_lb4_reverse_sk, &rk); /* stale: the service is gone */
 		return;
 	}
+	__u8 addr[16] = {};
+	__builtin_memcpy(addr, &rk.address, 4);
+	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_REV, addr, bpf_ntohs(rk.port), 0, 0);
+	__builtin_memcpy(addr, &rv->address, 4);
+	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_REV, addr, bpf_ntohs(rv->port), 0, 0);
 	ctx->user_ip4 = rv->address;
 	ctx->user_port = (__u32)rv->port;
 }
 
-static __always_inline int sock4_fwd_verdict(struct bpf_sock_addr *ctx)
+static __always_inline int sock4_fwd_verdict(struct bpf_sock_addr *ctx, int is_connect)
 {
-	int err = sock4_xlate_fwd(ctx);
+	int err = sock4_xlate_fwd(ctx, is_connect);
 	if (err == -EHOSTUNREACH || err == -ENOMEM) {
 		bpf_set_retval(err);
 		return SYS_REJECT;
@@ -227,13 +241,13 @@ static __always_inline int sock4_fwd_verdict(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int cil_sock4_connect(struct bpf_sock_addr *ctx)
 {
-	return sock4_fwd_verdict(ctx);
+	return sock4_fwd_verdict(ctx, 1);
 }
 
 SEC("cgroup/sendmsg4")
 int cil_sock4_sendmsg(struct bpf_sock_addr *ctx)
 {
-	return sock4_fwd_verdict(ctx);
+	return sock4_fwd_verdict(ctx, 0);
 }
 
 SEC("cgroup/recvmsg4")
@@ -272,7 +286,7 @@ static __always_inline void sock6_addr_set(struct bpf_sock_addr *ctx, const __u8
 	ctx->user_ip6[3] = w[3];
 }
 
-static __always_inline int sock6_xlate_fwd(struct bpf_sock_addr *ctx)
+static __always_inline int sock6_xlate_fwd(struct bpf_sock_addr *ctx, int is_connect)
 {
 	if (!sock_proto_ok(ctx))
 		return -ENXIO;
@@ -311,6 +325,10 @@ static __always_inline int sock6_xlate_fwd(struct bpf_sock_addr *ctx)
 	rv.rev_nat_index = rev_nat;
 	if (bpf_map_update_elem(&ciliary_lb6_reverse_sk, &rk, &rv, BPF_ANY) < 0)
 		return -ENOMEM;
+	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_FWD, key.address, bpf_ntohs(key.dport), 1,
+			       is_connect);
+	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_FWD, rk.address, bpf_ntohs(rk.port), 1,
+			       is_connect);
 	sock6_addr_set(ctx, be->address);
 	ctx->user_port = (__u32)be->port;
 	return 0;
@@ -334,13 +352,16 @@ static __always_inline void sock6_xlate_rev(struct bpf_sock_addr *ctx)
 		bpf_map_delete_elem(&ciliary_lb6_reverse_sk, &rk);
 		return;
 	}
+	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_REV, rk.address, bpf_ntohs(rk.port), 1, 0);
+	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_REV, rv->address, bpf_ntohs(rv->port), 1,
+			       0);
 	sock6_addr_set(ctx, rv->address);
 	ctx->user_port = (__u32)rv->port;
 }
 
-static __always_inline int sock6_fwd_verdict(struct bpf_sock_addr *ctx)
+static __always_inline int sock6_fwd_verdict(struct bpf_sock_addr *ctx, int is_connect)
 {
-	int err = sock6_xlate_fwd(ctx);
+	int err = sock6_xlate_fwd(ctx, is_connect);
 	if (err == -EHOSTUNREACH || err == -ENOMEM) {
 		bpf_set_retval(err);
 		return SYS_REJECT;
@@ -351,13 +372,13 @@ static __always_inline int sock6_fwd_verdict(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int cil_sock6_connect(struct bpf_sock_addr *ctx)
 {
-	return sock6_fwd_verdict(ctx);
+	return sock6_fwd_verdict(ctx, 1);
 }
 
 SEC("cgroup/sendmsg6")
 int cil_sock6_sendmsg(struct bpf_sock_addr *ctx)
 {
-	return sock6_fwd_verdict(ctx);
+	return sock6_fwd_verdict(ctx, 0);
 }
 
 SEC("cgroup/recvmsg6")

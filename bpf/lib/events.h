@@ -43,6 +43,15 @@ struct event_meta {
 	__u32 policy_cookie;
 };
 
+/* A record the ring had no room for: counted for the agent's lost-events report. */
+static __always_inline void events_lost_inc(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&ciliary_events_lost, &zero);
+	if (lost)
+		*lost += 1;
+}
+
 #define TRAFFIC_INGRESS 1
 #define TRAFFIC_EGRESS 2
 
@@ -51,10 +60,7 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct pkt *
 {
 	struct trace_event *ev = bpf_ringbuf_reserve(&ciliary_events, sizeof(*ev), 0);
 	if (!ev) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&ciliary_events_lost, &zero);
-		if (lost)
-			*lost += 1;
+		events_lost_inc();
 		return;
 	}
 	ev->ts_ns = bpf_ktime_get_ns();

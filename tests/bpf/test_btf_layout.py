@@ -38,6 +38,7 @@ def test_mirrors_cover_every_shared_struct() -> None:
         "ct_entry",
         "dp_config",
         "trace_event",
+        "trace_sock_notify",
         "policy_key",
         "policy_entry",
         "nat_key",

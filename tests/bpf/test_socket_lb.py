@@ -20,8 +20,10 @@ import pytest
 from ciliary.agent.services import ServiceManager, desired_frontends
 from ciliary.core.models import BackendInfo, L4Addr, ServiceInfo, ServicePortInfo
 from ciliary.datapath import socketlb
+from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.linux import cgroup
 from ciliary.datapath.loader import PIN_ROOT, NodeDatapath, default_object_dir, remove_pins
+from ciliary.datapath.maps.events import RawSockEvent, decode_event
 
 VIP4, VIP6, EMPTY4 = "10.96.200.1", "fd00:10:96::c8", "10.96.200.2"
 
@@ -279,3 +281,35 @@ def test_terminating_backends_are_never_chosen(sticky: tuple[ServiceManager, Pat
     finally:
         pod.close()
     assert set(seen) == {"127.0.0.1", "127.0.0.3"}, seen
+
+
+def _sock_records(dp: NodeDatapath, group: Path, script: str, *args: str) -> list[RawSockEvent]:
+    """The trace-sock records ``script`` (run as _run does) makes the programs send."""
+    records: list[bytes] = []
+    with RingBuffer(dp.events_map.fd, records.append) as rb:
+        rb.consume()
+        records.clear()  # none of an earlier run
+        _run(group, script, *args)
+        rb.consume()
+    return [e for e in map(decode_event, records) if isinstance(e, RawSockEvent)]
+
+
+def test_translations_are_reported_as_trace_sock_records(node: tuple[NodeDatapath, Path]) -> None:
+    """A connect() to the ClusterIP: pre-xlate-fwd (the ClusterIP) and post-xlate-fwd (the
+    backend), the socket's cookie, the process's cgroup. Monitor aggregation medium (the
+    default) reports connect() only; none also sendmsg() and the reverse points."""
+    dp, group = node
+    dp.attach_socket_lb(group)
+    got = _sock_records(dp, group, PROBE, VIP4)
+    points = [(e.xlate_point, str(e.dst), e.dport, e.l4_proto, e.family) for e in got]
+    assert points == [(1, VIP4, 80, 1, 2), (2, "127.0.0.1", 8080, 1, 2)], got
+    assert {e.cgroup_id for e in got} == {group.stat().st_ino}
+    assert len({e.sock_cookie for e in got}) == 1 and got[0].sock_cookie
+    # medium: the UDP sendmsg() and recvmsg()/getpeername() translations send nothing
+    medium = _sock_records(dp, group, CLIENT, VIP4, VIP6, EMPTY4)
+    assert {(e.xlate_point, e.l4_proto) for e in medium} == {(1, 1), (2, 1)}, medium
+    dp.config.set(0, 5_000_000_000)  # monitor aggregation none
+    every = _sock_records(dp, group, CLIENT, VIP4, VIP6, EMPTY4)
+    udp = {(e.xlate_point, str(e.dst), e.dport) for e in every if e.l4_proto == 2}
+    assert udp >= {(1, VIP4, 80), (2, "127.0.0.1", 8080), (3, "127.0.0.1", 8080), (4, VIP4, 80)}
+    assert (4, VIP6, 80) in {(e.xlate_point, str(e.dst), e.dport) for e in every if e.family == 10}

@@ -5,6 +5,11 @@ address and the client's getpeername() says ClusterIP:80; an unconnected UDP sen
 ClusterIP is answered from the ClusterIP (recvfrom). The node's conntrack table proves it
 was the socket that was translated, not the packets: the connections' entries name the backend
 and its target port, carry no rev-NAT index, and no service entry (to the ClusterIP) exists.
+``hubble observe --type trace-sock`` shows the client's connect() as SOCK flows: pre-xlate-fwd
+to the ClusterIP with destination_service default/web, post-xlate-fwd to the web pod.
+A ``sessionAffinity: ClientIP`` Service over 3 pods: 100 connections from one pod land on one
+backend, a second pod sticks to its own; that backend once terminating (deleted, held by a
+finalizer) gets none of the pod's next connections, which stick to another one.
 (The tc-level LB with ``--bpf-lb-sock=false``, the lab's default, is test_lab_services'.)"""
 
 from __future__ import annotations
@@ -42,7 +47,28 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: web, labels: {{app: web}}}}
+metadata: {{name: client2, labels: {{app: client}}}}
+spec:
+  nodeName: {n1}
+  containers: [{{name: main, command: [ciliary, workload, pause]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: sticky-a, labels: {{tier: sticky}}}}
+spec:
+  nodeName: {n1}
+  containers: [{{name: web, command: [ciliary, workload, http-server, --port, "8080"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: sticky-b, labels: {{tier: sticky}}}}
+spec:
+  nodeName: {n1}
+  containers: [{{name: web, command: [ciliary, workload, http-server, --port, "8080"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web, tier: sticky}}}}
 spec:
   nodeName: {n1}
   containers:
@@ -61,6 +87,26 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080, protocol: TCP}
   - {name: echo, port: 53, targetPort: 5353, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {tier: sticky}
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+# GETs to VIP:80, each a new connection: the pods that answered
+GETS = """\
+import http.client, json, sys
+pods = []
+for _ in range(int(sys.argv[2])):
+    c = http.client.HTTPConnection(sys.argv[1], 80, timeout=3)
+    c.request("GET", "/")
+    pods.append(json.loads(c.getresponse().read())["pod"])
+    c.close()
+print(json.dumps(pods))
 """
 
 # A GET over a connect()ed TCP socket and an unconnected UDP datagram, both to the ClusterIP;
@@ -96,6 +142,37 @@ class SockLab:
         assert addr is not None, pod
         return addr.partition("/")[0]
 
+    def vip(self, service: str) -> str:
+        return str(get_json(self.kubeconfig, "service", service)["spec"]["clusterIP"])
+
+    def gets(self, pod: str, service: str, count: int) -> list[str]:
+        res = manager.run_in_pod(
+            f"default/{pod}", [sys.executable, "-c", GETS, self.vip(service), str(count)],
+            name=self.name, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        pods: list[str] = json.loads(res.stdout)
+        return pods
+
+    def observe(self, *flags: str) -> list[dict[str, Any]]:
+        """``hubble observe`` of the node (upstream's flags), as JSON flows."""
+        nrec = next(n for n in manager.record(self.name).nodes if n.name == self.nodes[0])
+        res = subprocess.run(
+            [CILIARY, "hubble", "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
+             "--last", "1000", "-o", "jsonpb", *flags],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+    def backends(self, service: str) -> dict[str, str]:
+        """Backend address -> state of the Service's port 80 frontend in the node's maps."""
+        vip = self.vip(service)
+        for fe in self.cli(self.nodes[0], "service", "list"):
+            if fe["address"] == vip and fe["port"] == 80:
+                return {b["address"]: b["state"] for b in fe["backends"]}
+        return {}
+
     def cli(self, node: str, *argv: str) -> Any:
         res = subprocess.run(
             [CILIARY, "--node", node, *argv, "-o", "json"],
@@ -116,7 +193,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SockLab]:
 
 
 def test_connect_and_sendmsg_are_translated_in_the_socket(lab: SockLab) -> None:
-    vip = str(get_json(lab.kubeconfig, "service", "web")["spec"]["clusterIP"])
+    vip = lab.vip("web")
     client, backend = lab.ip("client"), lab.ip("web")
 
     def programmed() -> bool:
@@ -143,3 +220,58 @@ def test_connect_and_sendmsg_are_translated_in_the_socket(lab: SockLab) -> None:
             assert (e["dst"], e["dport"]) == (backend, port), e
             assert e["rev_nat_index"] == 0 and "service" not in e["flags"], e
     assert not [e for e in entries if e["dst"] == vip], "a service conntrack entry exists"
+
+
+def test_socket_translations_are_hubble_sock_flows(lab: SockLab) -> None:
+    """upstream's trace-sock flows: the client's connect() before (to the ClusterIP, the
+    Service named) and after the translation (to the web pod)."""
+    vip, client, backend = lab.vip("web"), lab.ip("client"), lab.ip("web")
+    assert lab.gets("client", "web", 1) == ["web"]
+
+    def sock_flows() -> list[dict[str, Any]]:
+        return [f for f in lab.observe("--type", "trace-sock", "--from-pod", "default/client")
+                if f["IP"]["destination"] in (vip, backend)]  # fmt: skip
+
+    wait_for("the client's trace-sock flows", lambda: len(sock_flows()) >= 2, 30)
+    flows = sock_flows()
+    pre = [f for f in flows if f["sock_xlate_point"] == "SOCK_XLATE_POINT_PRE_DIRECTION_FWD"]
+    post = [f for f in flows if f["sock_xlate_point"] == "SOCK_XLATE_POINT_POST_DIRECTION_FWD"]
+    assert pre and post, flows
+    for f in pre + post:
+        assert (f["Type"], f["source"]["pod_name"], f["IP"]["source"]) == (
+            "SOCK", "client", client), f  # fmt: skip
+        assert f["event_type"]["type"] == 7 and f["socket_cookie"] and f["cgroup_id"], f
+    assert pre[-1]["verdict"] == "TRACED", pre[-1]
+    assert pre[-1]["IP"]["destination"] == vip and pre[-1]["l4"]["TCP"]["destination_port"] == 80
+    assert pre[-1]["destination_service"] == {"namespace": "default", "name": "web"}, pre[-1]
+    assert post[-1]["verdict"] == "TRANSLATED", post[-1]
+    assert (post[-1]["IP"]["destination"], post[-1]["destination"]["pod_name"]) == (backend, "web")
+    assert post[-1]["l4"]["TCP"]["destination_port"] == 8080, post[-1]
+    # one socket: the same cookie before and after
+    assert {f["socket_cookie"] for f in pre} & {f["socket_cookie"] for f in post}
+
+
+def test_affinity_per_pod_and_a_terminating_backend_is_left(lab: SockLab) -> None:
+    sticky = {"web", "sticky-a", "sticky-b"}
+    wait_for("the sticky Service's 3 backends", lambda: len(lab.backends("sticky")) == 3, 60)
+    first = lab.gets("client", "sticky", 100)
+    assert len(set(first)) == 1 and set(first) <= sticky, first  # one backend for the pod
+    other = lab.gets("client2", "sticky", 20)
+    assert len(set(other)) == 1 and set(other) <= sticky, other  # its own (maybe the same)
+
+    chosen = first[0]
+    address = lab.ip(chosen)
+    kubectl(lab.kubeconfig, "patch", "pod", chosen, "--type=merge",
+            "-p", '{"metadata": {"finalizers": ["ciliary.io/e2e-hold"]}}')  # fmt: skip
+    try:
+        kubectl(lab.kubeconfig, "delete", "pod", chosen, "--wait=false")
+        wait_for(
+            f"{chosen} terminating in the node's maps",
+            lambda: lab.backends("sticky").get(address) == "terminating",
+            60,
+        )
+        again = lab.gets("client", "sticky", 20)
+        assert chosen not in again and len(set(again)) == 1, (chosen, again)
+    finally:
+        kubectl(lab.kubeconfig, "patch", "pod", chosen, "--type=merge",
+                "-p", '{"metadata": {"finalizers": null}}')  # fmt: skip

@@ -27,7 +27,16 @@ same lines for the same packets:
   verdict events through the endpoint's realized policy, which is the same information);
 * a default-deny drop has no cookie (no rule matched): the policies that put the endpoint into
   default deny travel in ``extensions`` (:mod:`ciliary.hubble.explain`), never in the
-  ``*_denied_by`` fields, which name deny rules as upstream's do.
+  ``*_denied_by`` fields, which name deny rules as upstream's do;
+* socket-LB's trace-sock records become ``Type: SOCK`` flows as upstream's
+  ``pkg/hubble/parser/sock`` builds them (:meth:`FlowDecoder.decode_sock`): the source is the
+  pod of the calling process's cgroup (its address of the record's family; a record whose cgroup
+  names no local endpoint is skipped, as upstream's SkipUnknownCGroupIDs), the destination the
+  record's address (the frontend before the translation, the backend after it), swapped for
+  the reverse points; source port 0 (unknown at connect); verdict TRACED before, TRANSLATED
+  after; ``event_type {type: 7, sub_type: <xlate point>}``, ``sock_xlate_point``,
+  ``socket_cookie``, ``cgroup_id``; ``destination_service`` by address and port (so the
+  pre-translation point names the Service).
 
 Everything here is a pure function of the event and the getters it is given, so it is tested
 with constructed events; ``ciliary.agent.hubble`` supplies the getters from the running agent.
@@ -47,10 +56,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from ciliary.agent.podstore import workload_of
-from ciliary.core.flow import MIN_ALLOCATED_IDENTITY, CTState, EventType, ObservationPoint, Verdict
+from ciliary.core.flow import (
+    MIN_ALLOCATED_IDENTITY,
+    CTState,
+    EventType,
+    ObservationPoint,
+    SockXlatePoint,
+    Verdict,
+)
 from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
-from ciliary.datapath.maps.events import RawTraceEvent
+from ciliary.datapath.maps.events import RawSockEvent, RawTraceEvent
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.explain import default_deny_extension
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
@@ -216,6 +232,10 @@ class FlowGetters:
     ``ServiceGetter.GetServiceByAddr``), None when none has."""
     frontend_of: Callable[[int], tuple[IPAddress, int] | None] = lambda _i: None
     """The frontend (address, port) a rev-NAT index names, None when unknown."""
+    endpoint_ip_of_cgroup: Callable[[int, int], IPAddress | None] = lambda _c, _f: None
+    """The address (of the family, ``socket.AF_INET``/``AF_INET6``) of the local endpoint whose
+    processes are in the cgroup of that id (upstream's ``PodMetadataGetter`` by cgroup id),
+    None when it is no endpoint's."""
 
 
 @dataclass
@@ -288,6 +308,45 @@ class FlowDecoder:
             why = self.getters.default_deny(raw)
             if why is not None:
                 f.extensions.CopyFrom(default_deny_extension(why))
+        return f
+
+    def decode_sock(self, raw: RawSockEvent) -> flow_pb2.Flow | None:
+        """A trace-sock record's SOCK flow (see the module doc); None: skipped (its cgroup is
+        no local endpoint's)."""
+        src_ip = self.getters.endpoint_ip_of_cgroup(raw.cgroup_id, raw.family)
+        if src_ip is None or raw.dst is None:
+            return None
+        point = SockXlatePoint(raw.xlate_point)
+        wall = self.clock.wall_ns(raw.ts_ns)
+        f = flow_pb2.Flow(
+            time=Timestamp(seconds=wall // 1_000_000_000, nanos=wall % 1_000_000_000),
+            uuid=str(uuid.uuid4()),
+            verdict=Verdict.TRACED if point.is_pre else Verdict.TRANSLATED,  # type: ignore[arg-type]
+            Type=flow_pb2.SOCK,
+            node_name=self.node_name,
+            sock_xlate_point=int(point),  # type: ignore[arg-type]
+            socket_cookie=raw.sock_cookie,
+            cgroup_id=raw.cgroup_id,
+            Summary={1: "TCP", 2: "UDP"}.get(raw.l4_proto, "Unknown"),
+        )
+        f.event_type.type = EventType.TRACE_SOCK
+        f.event_type.sub_type = int(point)
+        src: tuple[IPAddress, int] = (src_ip, 0)
+        dst: tuple[IPAddress, int] = (raw.dst, raw.dport)
+        if point.is_reverse:
+            src, dst = dst, src
+        f.IP.source, f.IP.destination = str(src[0]), str(dst[0])
+        f.IP.ipVersion = flow_pb2.IPv4 if raw.family == socket.AF_INET else flow_pb2.IPv6
+        if raw.l4_proto == 1:
+            f.l4.TCP.source_port, f.l4.TCP.destination_port = src[1], dst[1]
+        elif raw.l4_proto == 2:
+            f.l4.UDP.source_port, f.l4.UDP.destination_port = src[1], dst[1]
+        f.source.CopyFrom(self._endpoint(src[0], 0))
+        f.destination.CopyFrom(self._endpoint(dst[0], 0))
+        for addr, field_ in ((src, f.source_service), (dst, f.destination_service)):
+            found = self.getters.service_by_addr(*addr)
+            if found is not None:
+                field_.namespace, field_.name = found
         return f
 
     def _services(self, raw: RawTraceEvent, f: flow_pb2.Flow) -> None:

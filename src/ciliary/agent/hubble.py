@@ -47,6 +47,7 @@ import asyncio
 import collections
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ from ciliary.agent.k8s.nodemanager import RemotePod
 from ciliary.agent.metrics import AgentMetrics, count_identities
 from ciliary.core import atomicfile as store_files
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
+from ciliary.datapath.linux import cgroup
 from ciliary.datapath.maps.endpoints import IPAddress
-from ciliary.datapath.maps.events import RawTraceEvent
+from ciliary.datapath.maps.events import RawEvent, RawSockEvent
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.exporter import FlowExporter
 from ciliary.hubble.metrics import FlowMetrics, MetricsServer
@@ -117,7 +119,7 @@ class EventsQueue:
         if capacity < 1:
             raise ValueError(f"events queue size must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._items: collections.deque[RawTraceEvent | _Lost] = collections.deque()
+        self._items: collections.deque[RawEvent | _Lost] = collections.deque()
         self._events = 0
         self.pending_lost = 0
         """Events dropped since the last OBSERVER_EVENTS_QUEUE notice was queued."""
@@ -127,7 +129,7 @@ class EventsQueue:
     def __len__(self) -> int:
         return self._events
 
-    def put(self, raw: RawTraceEvent) -> bool:
+    def put(self, raw: RawEvent) -> bool:
         """Queues ``raw`` (or counts it as lost when full); False when no room is left, so
         that the reader stops before it would have to drop a record it read."""
         if self._events >= self.capacity:
@@ -151,7 +153,7 @@ class EventsQueue:
             self.pending_lost = 0
             self.wakeup.set()
 
-    def pop(self) -> RawTraceEvent | _Lost | None:
+    def pop(self) -> RawEvent | _Lost | None:
         if not self._items:
             return None
         item = self._items.popleft()
@@ -186,6 +188,58 @@ class LostCounter:
                 out.append((cpu, value - before))
         self._last = list(current)
         return out
+
+
+class CgroupEndpoints:
+    """Socket-LB's trace-sock records name the calling process's cgroup; this finds the local
+    endpoint behind a cgroup id as upstream's cgroup manager does for a pod's: the cgroup under
+    the agent's ``--cgroup-root`` with that id, whose processes live in the endpoint's network
+    namespace (compared by nsfs inode with the endpoint's netns path). Answers are cached until
+    an endpoint changes; a cgroup found to be no endpoint's is asked again after
+    ``retry_s`` (its pod may not be an endpoint yet)."""
+
+    def __init__(
+        self, root: Path | None, endpoints: Callable[[], list[Endpoint]], retry_s: float = 5.0
+    ) -> None:
+        self._root = root
+        self._endpoints = endpoints
+        self._retry_s = retry_s
+        self._known: dict[int, Endpoint] = {}
+        self._unknown: dict[int, float] = {}
+
+    def clear(self) -> None:
+        self._known.clear()
+        self._unknown.clear()
+
+    def endpoint(self, cgroup_id: int) -> Endpoint | None:
+        ep = self._known.get(cgroup_id)
+        if ep is not None or self._root is None:
+            return ep
+        if time.monotonic() < self._unknown.get(cgroup_id, 0.0):
+            return None
+        path = cgroup.find_by_id(self._root, cgroup_id)
+        inodes = cgroup.netns_inodes(path) if path is not None else set()
+        for candidate in self._endpoints():
+            try:
+                ino = os.stat(candidate.netns).st_ino
+            except OSError:
+                continue
+            if ino in inodes and candidate.state not in _GONE:
+                self._known[cgroup_id] = candidate
+                return candidate
+        self._unknown[cgroup_id] = time.monotonic() + self._retry_s
+        return None
+
+    def address(self, cgroup_id: int, family: int) -> IPAddress | None:
+        """The endpoint's address of ``family`` (2 or 10), None when none."""
+        ep = self.endpoint(cgroup_id)
+        if ep is None:
+            return None
+        addr = ep.ipv4 if family == socket.AF_INET else ep.ipv6
+        return ip_address(addr.partition("/")[0]) if addr else None
+
+
+_GONE = (EndpointState.DISCONNECTING, EndpointState.DISCONNECTED)
 
 
 def _now_ts() -> Timestamp:
@@ -239,12 +293,14 @@ class AgentHubble:
         )
         self.queue = EventsQueue(cfg.event_queue_size)
         self._eps_by_ip: dict[IPAddress, EndpointInfo] = {}
+        self.cgroups = CgroupEndpoints(acfg.cgroup_root, self._endpoints)
         self._policies: dict[str, Policy] = {}
         self.decoder = FlowDecoder(
             self.absolute_node, self._getters(), cluster_name=acfg.cluster_name
         )
         self.decode_errors = 0
         self.decoded = 0
+        self.skipped = 0
         self.lost: LostCounter | None = None
         self._lost_unsaved = False
         self._lost_save_after = 0.0
@@ -303,7 +359,11 @@ class AgentHubble:
             default_deny=self._agent.monitor.why_default_deny,
             service_by_addr=service_by_addr,
             frontend_of=frontend_of,
+            endpoint_ip_of_cgroup=self.cgroups.address,
         )
+
+    def _endpoints(self) -> list[Endpoint]:
+        return self._agent.endpoints.endpoints()
 
     def _index_endpoint(self, ep: Endpoint) -> None:
         addrs = [ip_address(a) for a in (ep.ipv4, ep.ipv6) if a]
@@ -328,6 +388,7 @@ class AgentHubble:
         events (created, regenerated, deleted, failed) as upstream's agent does."""
         self._agent.monitor.forget_ifnames()  # device indexes are reused once a pod is gone
         self._index_endpoint(ep)
+        self.cgroups.clear()
         previous = ep.log[-2].state if len(ep.log) >= 2 else None
         last = ep.log[-1] if ep.log else None
         labels = list(self._agent.identities.lookup(ep.identity) or ()) if ep.identity else []
@@ -379,7 +440,7 @@ class AgentHubble:
 
     # ---- events pipeline -------------------------------------------------------------------
 
-    def on_raw_event(self, raw: RawTraceEvent) -> bool:
+    def on_raw_event(self, raw: RawEvent) -> bool:
         """The ring buffer reader's sink: queue, or count as lost and make the reader pause."""
         return self.queue.put(raw)
 
@@ -402,6 +463,7 @@ class AgentHubble:
     async def _decode_loop(self) -> None:
         q = self.queue
         decode = self.decoder.decode
+        decode_sock = self.decoder.decode_sock
         observer = self.observer
         monitor = self._agent.monitor
         resume_below = max(q.capacity // 2, 1)
@@ -417,13 +479,16 @@ class AgentHubble:
                         observer.on_lost(item.source, item.count, item.cpu)
                         continue
                     try:
-                        flow = decode(item)
+                        flow = decode_sock(item) if isinstance(item, RawSockEvent) else decode(item)
                     except Exception:
                         self.decode_errors += 1
                         if self.decode_errors == 1 or self.decode_errors % 1000 == 0:
                             log.exception(
                                 "cannot decode a datapath event (%d so far)", self.decode_errors
                             )
+                        continue
+                    if flow is None:
+                        self.skipped += 1  # a trace-sock record of no local endpoint's cgroup
                         continue
                     self.decoded += 1
                     observer.on_flow(flow)

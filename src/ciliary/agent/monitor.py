@@ -4,10 +4,11 @@ The ring buffer's epoll fd sits in the event loop (``add_reader``), so records a
 they arrive without a thread. Each record is decoded once into a ``RawTraceEvent`` and handed to
 every sink (Hubble's events queue) and, while someone runs ``ciliary monitor``, turned into a
 ``MonitorEvent`` named the way Cilium's monitor names things and enriched from the agent's own
-state (endpoint ids → pods), never guessed from addresses. Sinks and subscribers must not block:
-subscribers get bounded queues; a slow subscriber loses events and the loss is counted
-(``dropped_by_subscribers``), never blocking the reader. Drain hooks run after every drain of
-the ring (Hubble reads the datapath's lost-event counters there).
+state (endpoint ids → pods), never guessed from addresses. Socket-LB's trace-sock records
+(``RawSockEvent``) go to the sinks (Hubble's SOCK flows) only, not to ``ciliary monitor``.
+Sinks and subscribers must not block: subscribers get bounded queues; a slow subscriber loses
+events and the loss is counted (``dropped_by_subscribers``), never blocking the reader. Drain
+hooks run after every drain of the ring (Hubble reads the datapath's lost-event counters there).
 
 Backpressure: a sink returns False when it has no room left after a record (it kept it; one it
 had to refuse it would count as lost, which this pause avoids). The reader then stops draining,
@@ -50,7 +51,7 @@ from ciliary.core.flow import (
 from ciliary.core.models import MonitorEvent
 from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.loader import NodeDatapath
-from ciliary.datapath.maps.events import RawTraceEvent, decode_trace_event
+from ciliary.datapath.maps.events import RawEvent, RawTraceEvent, decode_event
 from ciliary.policy.explain import DefaultDeny
 from ciliary.policy.mapstate import Direction
 
@@ -100,7 +101,7 @@ class Monitor:
         self._pod_of = pod_of_endpoint
         self._queue_size = queue_size
         self._subs: set[asyncio.Queue[MonitorEvent]] = set()
-        self._sinks: list[Callable[[RawTraceEvent], bool | None]] = []
+        self._sinks: list[Callable[[RawEvent], bool | None]] = []
         self._drain_hooks: list[Callable[[], None]] = []
         self._rb: RingBuffer | None = None
         self._paused = False
@@ -113,7 +114,7 @@ class Monitor:
         self.malformed = 0
         self.dropped_by_subscribers = 0
 
-    def add_sink(self, sink: Callable[[RawTraceEvent], bool | None]) -> None:
+    def add_sink(self, sink: Callable[[RawEvent], bool | None]) -> None:
         """``sink(raw)`` gets every record, decoded once, from the reader (must not block); it
         returns False when it is full after that record: reading pauses until :meth:`resume`."""
         self._sinks.append(sink)
@@ -180,7 +181,7 @@ class Monitor:
     def _on_record(self, data: bytes) -> None:
         self.received += 1
         try:
-            raw = decode_trace_event(data)
+            raw = decode_event(data)
         except ValueError as err:
             self.malformed += 1
             if self.malformed == 1 or self.malformed % 1000 == 0:
@@ -194,7 +195,7 @@ class Monitor:
                 full |= sink(raw) is False
             except Exception:
                 log.exception("ring buffer sink %r failed", sink)
-        if self._subs:
+        if self._subs and isinstance(raw, RawTraceEvent):  # trace-sock: Hubble's only
             event = self.decode(raw)
             for q in self._subs:
                 try:

@@ -51,6 +51,33 @@ class EventType(enum.IntEnum):
     CAPTURE = 3
     TRACE = 4
     POLICY_VERDICT = 5
+    TRACE_SOCK = 7
+    """Socket-LB's translations (bpf/lib/trace_sock.h), Hubble's SOCK flows."""
+
+
+class SockXlatePoint(enum.IntEnum):
+    """Where a trace-sock record was taken (Hubble's ``SocketTranslationPoint``): before or
+    after the translation, forward (connect, sendmsg) or reverse (recvmsg, getpeername)."""
+
+    SOCK_XLATE_POINT_UNKNOWN = 0
+    SOCK_XLATE_POINT_PRE_DIRECTION_FWD = 1
+    SOCK_XLATE_POINT_POST_DIRECTION_FWD = 2
+    SOCK_XLATE_POINT_PRE_DIRECTION_REV = 3
+    SOCK_XLATE_POINT_POST_DIRECTION_REV = 4
+
+    @property
+    def is_reverse(self) -> bool:
+        return self in (
+            SockXlatePoint.SOCK_XLATE_POINT_PRE_DIRECTION_REV,
+            SockXlatePoint.SOCK_XLATE_POINT_POST_DIRECTION_REV,
+        )
+
+    @property
+    def is_pre(self) -> bool:
+        return self in (
+            SockXlatePoint.SOCK_XLATE_POINT_PRE_DIRECTION_FWD,
+            SockXlatePoint.SOCK_XLATE_POINT_PRE_DIRECTION_REV,
+        )
 
 
 class CTState(enum.IntEnum):

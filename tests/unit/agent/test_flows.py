@@ -22,7 +22,13 @@ from ciliary.agent.flows import (
 from ciliary.agent.hubble import OBSERVER_EVENTS_QUEUE, EventsQueue, LostCounter, _Lost
 from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
-from ciliary.datapath.maps.events import RawTraceEvent
+from ciliary.datapath.maps.events import (
+    RawSockEvent,
+    RawTraceEvent,
+    TraceEventC,
+    TraceSockNotifyC,
+    decode_event,
+)
 from ciliary.hubble.api.flow import flow_pb2
 
 CLIENT = IPv4Address("10.0.0.10")
@@ -440,3 +446,63 @@ def test_service_fields_from_the_original_destination_and_the_reply_source() -> 
     # straight to the backend's pod address: no service (upstream names frontends only)
     f = dec.decode(event())
     assert not f.HasField("destination_service") and not f.HasField("source_service")
+
+
+def sock_event(**kw: object) -> RawSockEvent:
+    base = RawSockEvent(
+        ts_ns=time.monotonic_ns(), xlate_point=1, l4_proto=1, family=2, dst=VIP, dport=80,
+        sock_cookie=77, cgroup_id=4242,
+    )  # fmt: skip
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_trace_sock_records_are_sock_flows_as_upstream_parses_them() -> None:
+    """upstream's pkg/hubble/parser/sock: the pod from the cgroup, the record's address as the
+    destination (swapped on the reverse path), TRACED before / TRANSLATED after, the Service
+    named by address and port; a cgroup of no local endpoint is skipped."""
+    services = {(VIP, 80): ("shop", "web")}
+    dec = FlowDecoder(
+        "node-a",
+        FlowGetters(
+            endpoint_by_ip=ENDPOINTS.get,
+            service_by_addr=lambda a, p: services.get((a, p)),
+            endpoint_ip_of_cgroup=lambda c, fam: CLIENT if (c, fam) == (4242, 2) else None,
+        ),
+    )
+    pre = dec.decode_sock(sock_event())
+    assert pre is not None
+    assert (pre.Type, pre.verdict) == (flow_pb2.SOCK, flow_pb2.TRACED)
+    assert (pre.event_type.type, pre.event_type.sub_type) == (7, 1)
+    assert pre.sock_xlate_point == flow_pb2.SOCK_XLATE_POINT_PRE_DIRECTION_FWD
+    assert (pre.socket_cookie, pre.cgroup_id, pre.Summary) == (77, 4242, "TCP")
+    assert (pre.IP.source, pre.IP.destination) == (str(CLIENT), str(VIP))
+    assert (pre.l4.TCP.source_port, pre.l4.TCP.destination_port) == (0, 80)
+    assert (pre.source.pod_name, pre.source.ID) == ("client", 7)
+    assert (pre.destination_service.namespace, pre.destination_service.name) == ("shop", "web")
+    post = dec.decode_sock(sock_event(xlate_point=2, dst=SERVER, dport=8080, l4_proto=2))
+    assert post is not None and post.verdict == flow_pb2.TRANSLATED
+    assert (post.IP.destination, post.l4.UDP.destination_port) == (str(SERVER), 8080)
+    assert post.destination.pod_name == "server-5d8f7c-abcde"
+    assert not post.HasField("destination_service")
+    rev = dec.decode_sock(sock_event(xlate_point=4))  # post-xlate-rev: the frontend answers
+    assert rev is not None and (rev.IP.source, rev.IP.destination) == (str(VIP), str(CLIENT))
+    assert (rev.source_service.name, rev.l4.TCP.source_port) == ("web", 80)
+    assert dec.decode_sock(sock_event(cgroup_id=1)) is None
+
+
+def test_ring_records_are_told_apart() -> None:
+    """decode_event: a trace_sock_notify (shorter, type byte first) or a trace_event."""
+    sock = TraceSockNotifyC(type=7, xlate_point=2, l4_proto=1, flags=1, dst_port=8080,
+                            sock_cookie=5, cgroup_id=6)  # fmt: skip
+    sock.dst_ip[:] = list(IPv6Address("fd00::5").packed)
+    raw = decode_event(bytes(sock))
+    assert isinstance(raw, RawSockEvent)
+    assert (raw.family, raw.dst, raw.dport, raw.xlate_point) == (
+        10,
+        IPv6Address("fd00::5"),
+        8080,
+        2,
+    )
+    assert (raw.sock_cookie, raw.cgroup_id) == (5, 6)
+    trace = TraceEventC(ts_ns=7, family=2, proto=6, sport=1, dport=2)  # first byte 7 too
+    assert isinstance(decode_event(bytes(trace)), RawTraceEvent)

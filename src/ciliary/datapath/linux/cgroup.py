@@ -76,3 +76,22 @@ def _kill_one(path: Path, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise LinkError(f"cannot remove cgroup {path}: {err.strerror}") from err
             time.sleep(0.02)
+
+
+def find_by_id(root: Path, cgroup_id: int) -> Path | None:
+    """The cgroup at or under ``root`` whose id (its directory's inode number, what
+    ``bpf_get_current_cgroup_id`` returns) is ``cgroup_id``; None when there is none."""
+    for top, _dirs, _files in os.walk(root):  # every directory once, as a top
+        with contextlib.suppress(OSError):
+            if os.stat(top).st_ino == cgroup_id:
+                return Path(top)
+    return None
+
+
+def netns_inodes(path: Path) -> set[int]:
+    """The network namespaces (nsfs inode numbers) of the processes directly in ``path``."""
+    out: set[int] = set()
+    for pid in pids(path):
+        with contextlib.suppress(OSError):
+            out.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+    return out

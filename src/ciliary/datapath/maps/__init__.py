@@ -25,6 +25,7 @@ from ciliary.datapath.maps.events import (
     EventsLostMap,
     RawTraceEvent,
     TraceEventC,
+    TraceSockNotifyC,
     decode_trace_event,
 )
 from ciliary.datapath.maps.ipcache import IPCacheInfoC, IPCacheKeyC, IPCacheMap, IPCacheRecord
@@ -83,6 +84,7 @@ __all__ = [
     "PolicyKeyC",
     "RawTraceEvent",
     "TraceEventC",
+    "TraceSockNotifyC",
     "decode_trace_event",
 ]
 
@@ -95,6 +97,7 @@ ALL_MIRRORS: list[type[ctypes.Structure]] = [
     CTEntryC,
     DPConfigC,
     TraceEventC,
+    TraceSockNotifyC,
     PolicyKeyC,
     PolicyEntryC,
     NATKeyC,

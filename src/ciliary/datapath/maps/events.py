@@ -1,19 +1,31 @@
 """``ciliary_events`` / ``ciliary_events_lost`` (bpf/lib/events.h): the datapath's notifications.
 
-A ring buffer record is one C ``struct trace_event``; :func:`decode_trace_event` turns it into
-plain Python values without interpreting them (the numbers are Hubble's and Cilium's, see
-bpf/lib/common.h; giving them meaning is the agent's job). Records the datapath could not
-reserve are counted per CPU in ``ciliary_events_lost``.
+A ring buffer record is one C ``struct trace_event`` (the tc programs' packets) or one C
+``struct trace_sock_notify`` (socket-LB's translations, bpf/lib/trace_sock.h), told apart by
+:func:`decode_event` as the C header says: the sock record is the shorter one and starts with
+its type (upstream dispatches on that first byte; a trace_event keeps its own layout).
+:func:`decode_trace_event` and :func:`decode_sock_event` turn each into plain Python values
+without interpreting them (the numbers are Hubble's and Cilium's, see bpf/lib/common.h; giving
+them meaning is the agent's job). Records the datapath could not reserve are counted per CPU in
+``ciliary_events_lost``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+import time
 from dataclasses import dataclass
 
 from ciliary.datapath.libbpf import Map
-from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_addr, format_mac
+from ciliary.datapath.maps.endpoints import (
+    AF_INET4,
+    AF_INET6,
+    IPAddress,
+    check_map_layout,
+    decode_addr,
+    format_mac,
+)
 
 __all__ = [
     "EVENT_DROP",
@@ -21,13 +33,20 @@ __all__ = [
     "VERDICT_DROPPED",
     "VERDICT_FORWARDED",
     "EventsLostMap",
+    "RawEvent",
+    "RawSockEvent",
     "RawTraceEvent",
     "TraceEventC",
+    "TraceSockNotifyC",
+    "decode_event",
+    "decode_sock_event",
     "decode_trace_event",
 ]
 
 EVENT_DROP = 1
 EVENT_TRACE = 4
+EVENT_TRACE_SOCK = 7
+TRACE_SOCK_F_IPV6 = 0x1
 VERDICT_FORWARDED = 1
 VERDICT_DROPPED = 2
 
@@ -154,6 +173,72 @@ def decode_trace_event(data: bytes) -> RawTraceEvent:
         policy_cookie=int(ev.policy_cookie),
         rev_nat_index=int(ev.rev_nat_index),
     )
+
+
+class TraceSockNotifyC(ctypes.Structure):
+    """Mirror of C ``struct trace_sock_notify`` (bpf/lib/trace_sock.h)."""
+
+    C_NAME = "trace_sock_notify"
+    C_OBJECT = "bpf_sock.o"
+    _fields_ = [
+        ("type", ctypes.c_uint8),
+        ("xlate_point", ctypes.c_uint8),
+        ("l4_proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("dst_port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("sock_cookie", ctypes.c_uint64),
+        ("cgroup_id", ctypes.c_uint64),
+        ("dst_ip", ctypes.c_uint8 * 16),
+    ]
+
+
+@dataclass(frozen=True)
+class RawSockEvent:
+    """A decoded ``struct trace_sock_notify``: one translation point of a socket (its
+    ``dst`` is the frontend before a forward translation, the backend after it; the reverse
+    way round for a reverse one)."""
+
+    ts_ns: int
+    """When the agent read it (the record has no timestamp, as upstream's)."""
+    xlate_point: int
+    l4_proto: int
+    """upstream's enum l4_protocol: 1 TCP, 2 UDP, 0 unknown"""
+    family: int
+    dst: IPAddress | None
+    dport: int
+    sock_cookie: int
+    cgroup_id: int
+
+
+RawEvent = RawTraceEvent | RawSockEvent
+"""What a ring buffer record decodes to."""
+
+
+def decode_sock_event(data: bytes, ts_ns: int) -> RawSockEvent:
+    """Decodes one trace_sock_notify record (``data`` exactly its size)."""
+    size = ctypes.sizeof(TraceSockNotifyC)
+    if len(data) != size or data[0] != EVENT_TRACE_SOCK:
+        raise ValueError(f"not a trace_sock_notify record ({len(data)} bytes, type {data[:1]!r})")
+    ev = TraceSockNotifyC.from_buffer_copy(data)
+    family = AF_INET6 if ev.flags & TRACE_SOCK_F_IPV6 else AF_INET4
+    return RawSockEvent(
+        ts_ns=ts_ns,
+        xlate_point=int(ev.xlate_point),
+        l4_proto=int(ev.l4_proto),
+        family=family,
+        dst=_addr(bytes(ev.dst_ip), family),
+        dport=int(ev.dst_port),
+        sock_cookie=int(ev.sock_cookie),
+        cgroup_id=int(ev.cgroup_id),
+    )
+
+
+def decode_event(data: bytes) -> RawEvent:
+    """Decodes one ring buffer record of either kind (see the module doc)."""
+    if len(data) == ctypes.sizeof(TraceSockNotifyC) and data[0] == EVENT_TRACE_SOCK:
+        return decode_sock_event(data, time.monotonic_ns())
+    return decode_trace_event(data)
 
 
 _KEY = bytes(ctypes.sizeof(ctypes.c_uint32))  # index 0
