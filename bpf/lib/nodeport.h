@@ -42,7 +42,8 @@
 #include "config.h"
 #include "events.h"
 
-#define SVC_FLAGS_EXTERNAL (SVC_FLAG_NODEPORT | SVC_FLAG_EXTERNAL_IP | SVC_FLAG_LOADBALANCER)
+#define SVC_FLAGS_EXTERNAL                                                                         \
+	(SVC_FLAG_NODEPORT | SVC_FLAG_EXTERNAL_IP | SVC_FLAG_LOADBALANCER | SVC_FLAG_HOSTPORT)
 #define NP_PASS -1 /* not a NodePort packet: the caller goes on */
 
 /* The node's address of the packet's family for NodePort SNAT, NULL when the agent set none. */

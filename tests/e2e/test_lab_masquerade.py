@@ -1,9 +1,10 @@
-"""BPF masquerade (Cilium's ``bpf.masquerade``) in a lab: a pod reaches a world host, which has no
-route to pod CIDRs, over IPv4 and IPv6 (HTTP, UDP, ping) because its packets leave the node's
-eth0 with the node IP as source and the replies are translated back; a world host inside
-``ipv4NativeRoutingCIDR`` receives the pod's own address instead; ``ciliary bpf nat list`` shows
-the mapping; an agent restart keeps a masqueraded TCP connection working (the NAT maps are
-pinned, the new programs replace the old ones atomically)."""
+"""BPF masquerade (Cilium's ``bpf.masquerade``) and hostPort in a lab: a pod reaches a world
+host, which has no route to pod CIDRs, over IPv4 and IPv6 (HTTP, UDP, ping) because its packets
+leave the node's eth0 with the node IP as source and the replies are translated back; a world host
+inside ``ipv4NativeRoutingCIDR`` receives the pod's own address instead; ``ciliary bpf nat list``
+shows the mapping; an agent restart keeps a masqueraded TCP connection working (the NAT maps are
+pinned, the new programs replace the old ones atomically); a container's ``hostPort`` is served on
+the node's addresses, to the world host and to another pod (the agent's HostPort service)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,19 @@ metadata: {{name: client}}
 spec:
   nodeName: {node}
   containers: [{{name: main, command: [ciliary, workload, pause]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostported}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: http
+    command: [ciliary, workload, http-server, --port, "8080"]
+    ports: [{{containerPort: 8080, hostPort: {host_port}}}]
 """
+HOST_PORT = 18080
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"  # noqa: E501
 NODE = ("192.168.78.2", "fd78:1::2")
 WEB = ("192.168.78.254", "fd78:1::ffff:ffff:ffff:fffe")
 INNER = "192.168.78.100"  # inside ipv4NativeRoutingCIDR: never masqueraded
@@ -110,7 +123,7 @@ def masq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasqLab]:
     name, node, web, inner = unique("masq"), unique("n"), unique("w"), unique("i")
     tmp = tmp_path_factory.mktemp("masq")
     path = tmp / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node, web=web, inner=inner))
+    path.write_text(LAB.format(lab=name, node=node, web=web, inner=inner, host_port=HOST_PORT))
     procs: list[subprocess.Popen[bytes]] = []
     with kube_lab(path, name, [node]):
         try:
@@ -234,6 +247,35 @@ def test_a_pod_answers_a_world_host_with_its_own_address(masq: MasqLab) -> None:
         server.kill()
         server.wait()
         subprocess.run([*world, "ip", "route", "del", pod_ip], check=False)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_host_port_is_served_on_the_node_address(masq: MasqLab, family: int) -> None:
+    """A container's ``hostPort`` without portmap or iptables: the agent's HostPort service
+    (node address:hostPort → the pod's containerPort) serves a world host and another pod."""
+    node = NODE[0] if family == 4 else f"[{NODE[1]}]"
+    url = f"http://{node}:{HOST_PORT}/"
+    world = ["ip", "netns", "exec", masq.world_netns, sys.executable, "-c", FETCH, url]
+
+    def from_world() -> dict[str, Any] | None:
+        res = subprocess.run(world, capture_output=True, text=True, timeout=30, check=False)
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
+    answer = wait_for(f"GET {url} from the world host", from_world, 30)
+    assert answer["pod"] == "hostported", answer
+    got = manager.run_in_pod("default/client", [sys.executable, "-c", FETCH, url], name=masq.name)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert json.loads(got.stdout)["pod"] == "hostported"
+    listing = subprocess.run(
+        [CILIARY, "service", "list", "--node", masq.node, "-o", "json"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    frontends = [f for f in json.loads(listing) if f["type"] == "HostPort"]
+    assert {(f["address"], f["port"]) for f in frontends} == {
+        (NODE[0], HOST_PORT),
+        (NODE[1], HOST_PORT),
+    }
+    assert all(f["name"] == f"hostported/host-port/{HOST_PORT}" for f in frontends), frontends
 
 
 def test_masqueraded_connection_survives_an_agent_restart(masq: MasqLab) -> None:

@@ -30,6 +30,7 @@ from ciliary.agent.ipam import IPAM, ClusterPoolIPAM, PoolsIPAM
 from ciliary.agent.ipam.kubestore import KubeDatastore
 from ciliary.agent.k8s import ciliumendpoints, nodecidrs
 from ciliary.agent.k8s.ciliumendpoints import EndpointSync
+from ciliary.agent.k8s.hostports import HostPorts
 from ciliary.agent.k8s.identity import CRDIdentityAllocator
 from ciliary.agent.k8s.nodemanager import LocalNode, NodeManager, NodeRoutes
 from ciliary.agent.k8s.pods import PodWatcher
@@ -69,7 +70,7 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNEL
 from ciliary.datapath.maps.conntrack import CT_SCOPE_SERVICE
-from ciliary.kube.client import KubeClient
+from ciliary.kube.client import KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,27 @@ class Agent:
         )
         manager.restore()
         node = FrontendNode(self.node, tuple(self._node_ips()))  # NodePort: --ipv4/6-node
-        syncer = ServiceSyncer(manager, watcher.services.services, watcher.services.get, node)
+        # the Services' frontends and this node's pods' hostPorts (agent.k8s.hostports)
+        hostports, pods = HostPorts(self.node), self.pod_watcher
+        assert pods is not None
+        syncer = ServiceSyncer(
+            manager,
+            lambda: [*watcher.services.services(), *hostports.services()],
+            lambda ns, name: hostports.get(ns, name) or watcher.services.get(ns, name),
+            node,
+        )
+
+        def pod_event(pod: KubeObject, deleted: bool = False) -> None:
+            for key in hostports.update(pod, deleted):
+                syncer.changed(*key)
+
+        pods.pods.add_handler(
+            HandlerFuncs(
+                add=pod_event,
+                update=lambda _old, new: pod_event(new),
+                delete=lambda pod: pod_event(pod, deleted=True),
+            )
+        )
         on_service, on_slice = syncer.handlers()
         watcher.informers["services"].add_handler(on_service)
         watcher.informers["endpointslices"].add_handler(on_slice)
@@ -242,7 +263,12 @@ class Agent:
         )
         watcher.informers["services"].add_handler(policy_svc)
         watcher.informers["endpointslices"].add_handler(policy_slice)
-        self._spawn(syncer.run(watcher.wait_synced), "services")
+
+        async def synced() -> None:  # no full sync before the pods' hostPorts are known
+            await watcher.wait_synced()
+            await pods.wait_synced()
+
+        self._spawn(syncer.run(synced), "services")
         return syncer
 
     async def _register_node(self, kube: KubeClient) -> None:

@@ -20,10 +20,11 @@ node's addresses (:class:`FrontendNode`, its ``--ipv4-node``/``--ipv6-node``) ti
 ``nodePort`` (NodePort and LoadBalancer Services, the addresses of the Service's IP families;
 ``SVC_FLAG_NODEPORT``), each ``spec.externalIPs``
 address (``SVC_FLAG_EXTERNAL_IP``) and each ``status.loadBalancer.ingress`` IP of a LoadBalancer
-(``SVC_FLAG_LOADBALANCER``) times the port. With ``externalTrafficPolicy: Local`` those get only
-the backends on this node (``SVC_FLAG_EXT_LOCAL_SCOPE``; none: no backends, the datapath drops),
-with ``internalTrafficPolicy: Local`` the ClusterIP frontends likewise
-(``SVC_FLAG_INT_LOCAL_SCOPE``).
+(``SVC_FLAG_LOADBALANCER``) times the port, and a local pod's ``hostPort`` on this node's
+addresses or its ``hostIP`` (``SVC_FLAG_HOSTPORT``, ``agent.k8s.hostports``). With
+``externalTrafficPolicy: Local`` those get only the backends on this node
+(``SVC_FLAG_EXT_LOCAL_SCOPE``; none: no backends, the datapath drops), with
+``internalTrafficPolicy: Local`` the ClusterIP frontends likewise (``SVC_FLAG_INT_LOCAL_SCOPE``).
 Upstream keeps two scopes for a Local service (in-cluster clients of a NodePort still reach every
 backend); here one: a pod reaching this node's NodePort of a Local service gets the local ones.
 
@@ -55,6 +56,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Literal, Protocol
 
+from ciliary.agent.k8s.hostports import HOST_PORT
 from ciliary.agent.k8s.services import SERVICE_NAME_LABEL
 from ciliary.core.maglev import DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, lookup_table, parse_hash_seed
 from ciliary.core.models import (
@@ -71,6 +73,7 @@ from ciliary.datapath.maps.lb import (
     SVC_FLAG_AFFINITY,
     SVC_FLAG_EXT_LOCAL_SCOPE,
     SVC_FLAG_EXTERNAL_IP,
+    SVC_FLAG_HOSTPORT,
     SVC_FLAG_INT_LOCAL_SCOPE,
     SVC_FLAG_LOADBALANCER,
     SVC_FLAG_NODEPORT,
@@ -208,14 +211,23 @@ def desired_frontends(
                     algorithm=svc.lb_algorithm,
                 )
         external: list[tuple[str, bool, int, str]] = []  # address, node port?, flag, type
-        if node is not None and svc.type in ("NodePort", "LoadBalancer"):
+        if svc.type == HOST_PORT:  # a pod's hostPort: this node's addresses (or its hostIP)
+            if node is not None:
+                families = {_family(b.address) for b in svc.backends}
+                external += [
+                    (a, True, SVC_FLAG_HOSTPORT | SVC_FLAG_EXT_LOCAL_SCOPE, HOST_PORT)
+                    for a in svc.external_ips or node.addresses
+                    if _family(a) in families
+                ]
+        elif node is not None and svc.type in ("NodePort", "LoadBalancer"):
             families = {_family(ip) for ip in svc.cluster_ips}  # the Service's ipFamilies
             external += [
                 (a, True, SVC_FLAG_NODEPORT, "NodePort")
                 for a in node.addresses
                 if _family(a) in families
             ]
-        external += [(a, False, SVC_FLAG_EXTERNAL_IP, "ExternalIPs") for a in svc.external_ips]
+        if svc.type != HOST_PORT:  # its external_ips are its hostIP, programmed above
+            external += [(a, False, SVC_FLAG_EXTERNAL_IP, "ExternalIPs") for a in svc.external_ips]
         if svc.type == "LoadBalancer":
             external += [
                 (a, False, SVC_FLAG_LOADBALANCER, "LoadBalancer") for a in svc.load_balancer_ips

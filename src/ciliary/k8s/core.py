@@ -83,6 +83,9 @@ class ContainerPort(ObjectModel):
     name: PortName | None = None
     container_port: int = Field(ge=1, le=65535)
     protocol: Protocol = "TCP"
+    host_port: int | None = Field(default=None, ge=1, le=65535)
+    """Exposed on the node's addresses (the agent's HostPort service, ``agent.k8s.hostports``)."""
+    host_ip: str | None = None
 
 
 class SecurityContext(ObjectModel):

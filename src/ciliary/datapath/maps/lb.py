@@ -31,6 +31,7 @@ __all__ = [
     "SVC_FLAG_AFFINITY",
     "SVC_FLAG_EXTERNAL_IP",
     "SVC_FLAG_EXT_LOCAL_SCOPE",
+    "SVC_FLAG_HOSTPORT",
     "SVC_FLAG_INT_LOCAL_SCOPE",
     "SVC_FLAG_LOADBALANCER",
     "SVC_FLAG_NODEPORT",
@@ -67,6 +68,8 @@ SVC_FLAG_EXTERNAL_IP = 0x01
 translates the external ones for clients outside the cluster)."""
 SVC_FLAG_NODEPORT = 0x02
 SVC_FLAG_EXT_LOCAL_SCOPE = 0x04
+SVC_FLAG_HOSTPORT = 0x08
+"""A container's ``hostPort`` on this node's addresses (``agent.k8s.hostports``)."""
 """``externalTrafficPolicy: Local``: the frontend has only this node's backends."""
 SVC_FLAG_LOADBALANCER = 0x20
 SVC_FLAG_INT_LOCAL_SCOPE = 0x10
