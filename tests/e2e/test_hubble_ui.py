@@ -295,3 +295,21 @@ def test_dropped_flow_panel_names_the_deciding_policy(ui: UILab) -> None:
     expect(page.locator("#flows-body tr").first).to_have_attribute(
         "data-verdict", "FORWARDED", timeout=10_000
     )
+
+
+def test_table_pauses_while_scrolled_away_from_the_top(ui: UILab) -> None:
+    page = ui.page
+    page.set_viewport_size({"width": 1280, "height": 480})  # a table of ~8 rows
+    ui.set_filter("")
+    wrap = "document.getElementById('table-wrap')"
+    page.wait_for_function(f"{wrap}.scrollHeight > {wrap}.clientHeight + 40", timeout=10_000)
+    page.evaluate(f"{wrap}.scrollTop = 40")
+    shown = page.locator("#flows-body tr").count()
+    ui.traffic()
+    paused = page.locator("#paused")
+    expect(paused).to_be_visible()
+    expect(paused).to_contain_text("new flows")
+    assert page.locator("#flows-body tr").count() == shown
+    page.evaluate(f"{wrap}.scrollTop = 0")
+    expect(paused).to_be_hidden()
+    assert page.locator("#flows-body tr").count() > shown
