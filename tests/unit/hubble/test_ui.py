@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -346,3 +348,28 @@ def test_map_skips_replies_traces_and_socket_translations() -> None:
     assert m.add(tcp(CLIENT, WEB, 80, flow_pb2.TRANSLATED)) is False
     assert m.add(tcp(WEB, CLIENT, 40000, reply=True)) is False
     assert m.snapshot()["edges"] == [] and m.snapshot()["cards"] == []
+
+
+def test_cli_names_an_unreachable_relay_and_a_bad_address(tmp_path: Path) -> None:
+    ciliary = str(Path(sys.executable).with_name("ciliary"))
+    sock = tmp_path / "no-relay.sock"
+    res = subprocess.run(
+        [ciliary, "hubble", "ui", "--relay", f"unix://{sock}", "--timeout", "0.3s"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        f"Error: cannot connect to Hubble server unix://{sock}: no answer within 0.3s; "
+        "is the lab (its relay) running? ('ciliary lab up')"
+    )
+    res = subprocess.run(
+        [ciliary, "hubble", "ui", "--relay", "ftp://x:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 1 and "unsupported scheme 'ftp'" in res.stderr
