@@ -60,8 +60,14 @@ Services (``toServices``, :mod:`.services`)
     peers (one host prefix each); a Service with a pod selector gives nothing (as upstream,
     reported). Without service data (``services`` None) an entry selects nothing (reported).
 
+FQDNs (``toFQDNs``, :mod:`.fqdn`)
+    The IPs the DNS cache holds for the names an entry matches, as CIDR peers (one host prefix
+    each, whose identity is a local CIDR identity), as upstream selects them; a name with no
+    answer yet selects nothing. Without DNS data (``fqdns`` None) an entry selects nothing
+    (reported).
+
 Not implemented yet (reported in :attr:`EndpointPolicy.unsupported`, so the agent can warn)
-    ``toFQDNs``, ``from/toNodes``, ``from/toGroups`` and CIDR group references
+    ``from/toNodes``, ``from/toGroups`` and CIDR group references
     select nothing; L7 rules (and SNI, TLS, listeners) are allowed at L4, without the proxy;
     ``authentication`` is not enforced.
 
@@ -80,6 +86,7 @@ from typing import Final, Literal, TypeAlias
 from ciliary.policy.api.model import PeerRule, PortRule
 from ciliary.policy.api.selector import Requirement, Selector
 from ciliary.policy.explain import PolicyRef
+from ciliary.policy.fqdn import DNSCache
 from ciliary.policy.identity import WILDCARD_IDENTITY, Identity, reserved_identity
 from ciliary.policy.mapstate import (
     PROTO_ICMP,
@@ -215,6 +222,7 @@ class _Resolver:
     named_ports: NamedPorts
     remote_named_ports: Mapping[int, NamedPorts] | None
     services: ServiceEndpoints | None = None
+    fqdns: DNSCache | None = None
     builder: MapStateBuilder = field(default_factory=MapStateBuilder)
     selectors: set[PeerSelector] = field(default_factory=set)
     egress_port_names: set[str] = field(default_factory=set)
@@ -281,7 +289,10 @@ class _Resolver:
             else:
                 peers.append(CIDRPeer(cidr.cidr, cidr.except_cidrs))
         if peer.fqdns:
-            self.note(where, "toFQDNs selects nothing yet")
+            if self.fqdns is None:
+                self.note(where, "toFQDNs selects nothing (no DNS data)")
+            else:
+                peers.extend(CIDRPeer(prefix) for prefix in self.fqdns.prefixes(peer.fqdns))
         for entry in peer.services:
             if self.services is None:
                 self.note(where, "toServices selects nothing (no service data)")
@@ -430,6 +441,7 @@ def compute(
     mode: Mode = "default",
     allow_localhost: bool = False,
     services: ServiceEndpoints | None = None,
+    fqdns: DNSCache | None = None,
 ) -> EndpointPolicy:
     """The policy map state of the endpoint ``subject`` under the policies in ``repo``.
 
@@ -455,6 +467,7 @@ def compute(
         frozenset(named_ports.items()),
         _freeze_remote(remote_named_ports),
         None if services is None else (id(services), services.version),
+        None if fqdns is None else (id(fqdns), fqdns.version),
     )
     found = memo.results.get(memo_key)
     if found is not None:
@@ -472,6 +485,7 @@ def compute(
             mode=mode,
             allow_localhost=allow_localhost,
             services=services,
+            fqdns=fqdns,
         )
         memo.results[memo_key] = found
     return found
@@ -487,6 +501,7 @@ def _compute(
     mode: Mode,
     allow_localhost: bool,
     services: ServiceEndpoints | None = None,
+    fqdns: DNSCache | None = None,
 ) -> EndpointPolicy:
     if mode == "never":
         entries = {allow_all_key(False): MapEntry(False), allow_all_key(True): MapEntry(False)}
@@ -498,7 +513,7 @@ def _compute(
             selector_cache_version=cache.version,
         )
     selected = repo.rules_for(subject.labels)
-    resolver = _Resolver(cache, named_ports, remote_named_ports, services)
+    resolver = _Resolver(cache, named_ports, remote_named_ports, services, fqdns)
     enforced: dict[Direction, bool] = {}
     enforcers: dict[Direction, tuple[PolicyRef, ...]] = {}
     for direction in _DIRECTIONS:

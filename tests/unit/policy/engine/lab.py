@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ciliary.policy.api import Policy, parse_policy_text
+from ciliary.policy.fqdn import DNSCache
 from ciliary.policy.identity import Identity, cidr_identity, reserved_identity
 from ciliary.policy.mapstate import PROTO_TCP
 from ciliary.policy.repository import Repository
@@ -53,6 +54,7 @@ class Lab:
         self.cache = SelectorCache()
         self.mode: Mode = mode
         self.named_ports: dict[int, NamedPorts] = {}
+        self.fqdns: DNSCache | None = None
         for identity in identities:
             self.cache.upsert_identity(identity)
 
@@ -77,6 +79,7 @@ class Lab:
             remote_named_ports=self.named_ports,
             mode=self.mode,
             allow_localhost=allow_localhost,
+            fqdns=self.fqdns,
         )
 
     def ingress(

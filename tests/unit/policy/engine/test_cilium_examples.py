@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ciliary.policy.fqdn import DNSCache, DNSLookup
 from ciliary.policy.mapstate import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -269,6 +270,36 @@ egress:
     )
     reached = {e.id for e in EVERYONE if lab_.egress(BACKEND, e).allowed}
     assert reached == ids(HOST_IP, NET10)
+
+
+def test_to_fqdns_selects_the_ips_dns_gave_for_the_names() -> None:
+    """toFQDNs (matchName, matchPattern) selects the CIDR identities of the IPs the DNS cache
+    holds for matching names; a new answer or an expiry changes the result."""
+    lab_ = lab(
+        cnp(
+            "fqdn-rule",
+            """
+endpointSelector: {matchLabels: {role: backend}}
+egress:
+- toFQDNs: [{matchName: api.example.com}, {matchPattern: "*.cdn.example.com"}]
+""",
+        )
+    )
+    assert lab_.policy(BACKEND).unsupported  # no DNS data: reported, nothing selected
+    assert not lab_.egress(BACKEND, HOST_IP).allowed
+    lab_.fqdns = DNSCache()
+    assert not lab_.egress(BACKEND, HOST_IP).allowed and not lab_.policy(BACKEND).unsupported
+    lab_.fqdns.update(DNSLookup("API.example.com.", ("20.1.1.1",), 30, 0.0))
+    assert {e.id for e in EVERYONE if lab_.egress(BACKEND, e).allowed} == ids(HOST_IP)
+    lab_.fqdns.update(DNSLookup("img.cdn.example.com", ("2001:db8::",), 60, 0.0))
+    assert not lab_.egress(BACKEND, V6).allowed  # a /48 identity is not the /128 selected
+    lab_.add(late := cidr(60, "2001:db8::/128"))
+    assert lab_.egress(BACKEND, late).allowed
+    lab_.fqdns.update(DNSLookup("x.other.cdn.example.com", ("8.8.8.8",), 60, 0.0))
+    lab_.add(other := cidr(61, "8.8.8.8/32"))
+    assert not lab_.egress(BACKEND, other).allowed  # one label for '*'
+    lab_.fqdns.expire(30.0)
+    assert not lab_.egress(BACKEND, HOST_IP).allowed and lab_.egress(BACKEND, late).allowed
 
 
 def test_cidr_never_selects_cluster_identities() -> None:

@@ -1,0 +1,178 @@
+"""DNS names for ``toFQDNs``: Cilium's name patterns and the DNS cache they select IPs from.
+
+``toFQDNs`` allows egress to the IPs that DNS gave for some names. The names come with the
+policy (``matchName``, ``matchPattern``), the IPs from DNS answers the agent saw (its DNS proxy;
+``--tofqdns-pre-cache`` at start): this module keeps both halves and joins them, sans-IO.
+
+Patterns (Cilium's ``pkg/fqdn/matchpattern``): names and patterns are compared lowercase and
+without the trailing dot (the policy parser normalizes them so). ``*`` alone matches every name;
+``*`` inside a label matches any run of DNS characters (``[-a-zA-Z0-9_]``) within that label, never
+a dot (``*.cilium.io`` matches ``sub.cilium.io``, not ``cilium.io`` nor ``a.b.cilium.io``); a
+leading ``**.`` matches one or more whole labels (``**.cilium.io`` matches ``a.b.cilium.io``).
+
+The cache (Cilium's ``pkg/fqdn`` ``DNSCache``): each (name, IP) lives until the lookup time plus
+its TTL, raised to ``min_ttl`` (``--tofqdns-min-ttl``, default 0 as upstream since 1.13); a name
+keeps at most ``max_ips_per_name`` IPs (``--tofqdns-endpoint-max-ip-per-hostname``), the ones
+expiring last; expired entries leave at :meth:`DNSCache.expire`. Every change bumps
+:attr:`DNSCache.version`, which the policy computation's cache is keyed on, as the service data
+of ``toServices`` (:mod:`.services`). Each selected IP becomes a host prefix, whose identity is a
+local CIDR identity (as toCIDR's), so the datapath needs nothing new.
+
+Not yet (upstream has them): IPs kept past their TTL while connections use them (zombies, fed
+by conntrack GC), per-endpoint caches (one cache per node here).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from ipaddress import ip_address, ip_network
+
+from ciliary.policy.api.model import FQDNSelector, Network
+
+__all__ = [
+    "DEFAULT_MAX_IPS_PER_NAME",
+    "DNSCache",
+    "DNSLookup",
+    "normalize_name",
+    "pattern_regex",
+    "selector_matches",
+]
+
+DEFAULT_MAX_IPS_PER_NAME = 1000  # upstream's --tofqdns-endpoint-max-ip-per-hostname
+_DNS_CHARS = "[-a-zA-Z0-9_]"
+
+
+def _address_order(ip: str) -> tuple[int, int]:
+    addr = ip_address(ip)
+    return addr.version, int(addr)
+
+
+def normalize_name(name: str) -> str:
+    """``Example.COM.`` → ``example.com`` (how names are compared)."""
+    name = name.strip().lower()
+    return name[:-1] if name.endswith(".") else name
+
+
+@lru_cache(maxsize=4096)
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """The anchored regex of a ``matchPattern`` (normalized as the policy parser does)."""
+    pattern = normalize_name(pattern)
+    if pattern == "*":
+        return re.compile(f"{_DNS_CHARS}+(?:[.]{_DNS_CHARS}+)*")
+    prefix = ""
+    if pattern.startswith("**."):
+        prefix, pattern = f"{_DNS_CHARS}+(?:[.]{_DNS_CHARS}+)*[.]", pattern[3:]
+    body = "[.]".join(
+        f"{_DNS_CHARS}*".join(re.escape(part) for part in label.split("*"))
+        for label in pattern.split(".")
+    )
+    return re.compile(prefix + body)
+
+
+def selector_matches(selector: FQDNSelector, name: str) -> bool:
+    """Whether a ``toFQDNs`` entry (or DNS rule) selects the DNS name ``name``."""
+    name = normalize_name(name)
+    if selector.match_name is not None:
+        return normalize_name(selector.match_name) == name
+    assert selector.match_pattern is not None
+    return pattern_regex(selector.match_pattern).fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DNSLookup:
+    """One answer: ``name`` resolved to ``ips`` at ``lookup_time`` (epoch seconds) for ``ttl``."""
+
+    name: str
+    ips: tuple[str, ...]
+    ttl: int
+    lookup_time: float
+
+
+@dataclass
+class DNSCache:
+    """Names → IPs with their expiry, and what ``toFQDNs`` selectors select of them."""
+
+    min_ttl: int = 0
+    max_ips_per_name: int = DEFAULT_MAX_IPS_PER_NAME
+    version: int = 0
+    _expires: dict[str, dict[str, float]] = field(default_factory=dict)  # name → IP → expiry
+
+    def update(self, lookup: DNSLookup) -> bool:
+        """Records an answer; True when the names' IPs changed (not only their expiry)."""
+        name = normalize_name(lookup.name)
+        expiry = lookup.lookup_time + max(lookup.ttl, self.min_ttl)
+        entries = self._expires.setdefault(name, {})
+        before = set(entries)
+        for ip in lookup.ips:
+            key = str(ip_address(ip))
+            entries[key] = max(entries.get(key, 0.0), expiry)
+        if len(entries) > self.max_ips_per_name:  # keep those expiring last
+            keep = sorted(entries, key=lambda k: entries[k], reverse=True)
+            for gone in keep[self.max_ips_per_name :]:
+                del entries[gone]
+        changed = set(entries) != before
+        self.version += changed
+        return changed
+
+    def expire(self, now: float) -> set[str]:
+        """Drops what expired at ``now``; the names that lost IPs."""
+        lost: set[str] = set()
+        for name, entries in list(self._expires.items()):
+            for ip in [ip for ip, at in entries.items() if at <= now]:
+                del entries[ip]
+                lost.add(name)
+            if not entries:
+                del self._expires[name]
+        self.version += bool(lost)
+        return lost
+
+    def lookup(self, name: str) -> list[str]:
+        """The IPs of ``name`` (sorted)."""
+        return sorted(self._expires.get(normalize_name(name), {}), key=_address_order)
+
+    def entries(self) -> list[tuple[str, str, float]]:
+        """(name, IP, expiry) of every entry, by name then IP (``ciliary fqdn cache list``)."""
+        return [
+            (name, ip, self._expires[name][ip])
+            for name in sorted(self._expires)
+            for ip in self.lookup(name)
+        ]
+
+    def names(self) -> list[str]:
+        return sorted(self._expires)
+
+    def prefixes(self, selectors: Sequence[FQDNSelector]) -> tuple[Network, ...]:
+        """The host prefixes of every IP of every name ``selectors`` select."""
+        found = {
+            ip_network(ip)
+            for name, entries in self._expires.items()
+            if any(selector_matches(s, name) for s in selectors)
+            for ip in entries
+        }
+        return tuple(sorted(found, key=lambda n: (n.version, n)))
+
+    def load(self, lookups: Iterable[DNSLookup]) -> None:
+        for lookup in lookups:
+            self.update(lookup)
+
+    def restore(self, data: Iterable[Mapping[str, object]]) -> None:
+        """Entries of ``ciliary fqdn cache list -o json`` (``fqdn``, ``ips``, ``ttl``,
+        ``lookup-time`` in epoch seconds), as upstream's ``--tofqdns-pre-cache`` file: all of
+        them or, on the first bad entry, none (``ValueError`` naming it)."""
+        lookups = []
+        for i, entry in enumerate(data):
+            name, ips = entry.get("fqdn"), entry.get("ips")
+            ttl, at = entry.get("ttl", 0), entry.get("lookup-time", 0)
+            if not isinstance(name, str) or not isinstance(ips, list):
+                raise ValueError(f"entry {i}: expected 'fqdn' (a string) and 'ips' (a list)")
+            if not isinstance(ttl, int) or not isinstance(at, int | float):
+                raise ValueError(f"entry {i}: expected 'ttl' and 'lookup-time' as numbers")
+            try:
+                addresses = tuple(str(ip_address(str(ip))) for ip in ips)
+            except ValueError as err:
+                raise ValueError(f"entry {i}: {err}") from err
+            lookups.append(DNSLookup(name, addresses, ttl, float(at)))
+        self.load(lookups)
