@@ -10,6 +10,9 @@ Semantics asserted, with their sources (cilium/cilium ``Documentation/security/p
 - ``fromCIDR`` / ``toCIDR`` select the addresses in the prefix only; an endpoint selected by any
   ingress (egress) rule default-denies the rest of that direction (``intro.rst``, enforcement
   modes), drop reason 133 "Policy denied";
+- egress ``toServices`` allows the endpoint addresses of a Service without a selector, named
+  (``k8sService``) or selected by its labels (``k8sServiceSelector``), and follows its
+  EndpointSlices (``language.rst`` "Services based": selector-less Services only);
 - the world has the reserved identity ``world`` (9 ``world-ipv4`` / 10 ``world-ipv6`` in a
   dual-stack cluster), a prefix some policy names has a CIDR identity (``cidr:<prefix>`` plus
   ``reserved:world`` labels, local scope ``1 << 24`` and up): Hubble names them on the enforcing
@@ -26,7 +29,7 @@ from typing import Any
 import pytest
 
 from ciliary.lab import manager
-from tests.kubectl import wait_for
+from tests.kubectl import get_json, kubectl, wait_for
 
 from .conftest import CILIARY
 from .test_policy_runner import EXAMPLES, PolicyLab, explain, policy_lab
@@ -141,3 +144,114 @@ def test_world_drops_name_world_and_cidr_identities_in_hubble(lab: PolicyLab) ->
     drop = _drop(lab, node1, client, STRANGER[0])  # egress on client's node
     assert drop["traffic_direction"] == "EGRESS" and drop["destination"]["identity"] == 9, drop
     assert "reserved:world" in drop["destination"]["labels"], drop
+
+
+# A Service without a selector whose endpoints are the partner (an external database's shape),
+# its EndpointSlices written by hand as upstream's docs show; toServices names it (by name, then
+# by its labels): the policy allows the endpoints' addresses, nothing else of the world.
+PARTNER_SERVICE = f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: partner, namespace: shop, labels: {{role: partner}}}}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  ports: [{{name: http, port: 80, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: partner-v4
+  namespace: shop
+  labels: {{kubernetes.io/service-name: partner}}
+addressType: IPv4
+ports: [{{name: http, port: 80, protocol: TCP}}]
+endpoints: [{{addresses: ["{PARTNER[0]}"]}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: partner-v6
+  namespace: shop
+  labels: {{kubernetes.io/service-name: partner}}
+addressType: IPv6
+ports: [{{name: http, port: 80, protocol: TCP}}]
+endpoints: [{{addresses: ["{PARTNER[1]}"]}}]
+"""
+
+API_TO_SERVICE = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: api-to-partner-service, namespace: shop}}
+spec:
+  endpointSelector: {{matchLabels: {{app: api}}}}
+  egress:
+  - toServices: [{peer}]
+"""
+
+PARTNER_TO_STRANGER = (f'addresses: ["{PARTNER[0]}"]', f'addresses: ["{STRANGER[0]}"]')
+
+BY_NAME = "{k8sService: {serviceName: partner, namespace: shop}}"
+BY_LABELS = "{k8sServiceSelector: {selector: {matchLabels: {role: partner}}, namespace: shop}}"
+
+
+def test_to_services_allows_a_selector_less_services_world_endpoints(lab: PolicyLab) -> None:
+    """Egress ``toServices`` (``k8sService`` by name, then ``k8sServiceSelector``) on shop/api
+    (node 1; no other egress rule selects it): the world host the Service's EndpointSlices name
+    is reached over both families, straight and through the Service's ClusterIP (translated
+    first, the policy applies to the backend), while another world host is denied, Policy
+    denied in node 1's Hubble (egress, to the stranger's address)."""
+    kubeconfig = subprocess.run(
+        [CILIARY, "lab", "kubeconfig", "--name", lab.name],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=PARTNER_SERVICE)
+    vip = get_json(kubeconfig, "service", "partner", "-n", "shop")["spec"]["clusterIP"]
+
+    _wait_endpoints(lab, set(PARTNER))
+    api = lab.pod_ip("shop/api")
+    try:
+        for peer in (BY_NAME, BY_LABELS):
+            lab.import_policy(API_TO_SERVICE.format(peer=peer))
+            report = lab.expect(
+                """
+                - {from: shop/api, to: world:partner, port: 80, expect: allow}
+                - {from: shop/api, to: world:partner, port: 80, family: 6, expect: allow}
+                - {from: shop/api, to: world:stranger, port: 80, expect: deny}
+                - {from: shop/api, to: world:stranger, port: 80, family: 6, expect: deny}
+                """,
+                name="to-services",
+            )
+            assert report.passed, explain(report)
+            got = lab.run("shop/api", "ciliary", "workload", "http-get", "--timeout", "3",
+                          f"http://{vip}/")  # fmt: skip
+            assert got.returncode == 0, (peer, got.stdout, got.stderr)
+            drop = _drop(lab, lab.nodes[0], api, STRANGER[0])
+            assert drop["traffic_direction"] == "EGRESS", drop
+        # what the rule allows follows the EndpointSlices: pointed at the stranger, it swaps
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=PARTNER_SERVICE.replace(*PARTNER_TO_STRANGER))
+        _wait_endpoints(lab, {STRANGER[0], PARTNER[1]})
+        report = lab.expect(
+            """
+            - {from: shop/api, to: world:stranger, port: 80, expect: allow}
+            - {from: shop/api, to: world:partner, port: 80, expect: deny}
+            """,
+            name="to-services-moved",
+        )
+        assert report.passed, explain(report)
+    finally:
+        lab.delete_policies()
+        kubectl(kubeconfig, "delete", "-f", "-", stdin=PARTNER_SERVICE)
+
+
+def _wait_endpoints(lab: PolicyLab, addresses: set[str]) -> None:
+    """Until every agent's service cache has shop/partner with exactly these endpoints."""
+
+    def everywhere() -> bool:
+        for node in lab.nodes:
+            with lab.client(node) as cl:
+                have = [s for s in cl.services() if (s.namespace, s.name) == ("shop", "partner")]
+                if not have or {b.address for b in have[0].backends} != addresses:
+                    return False
+        return True
+
+    wait_for(f"shop/partner's endpoints {sorted(addresses)} in every agent", everywhere, 30)

@@ -257,10 +257,14 @@ class Agent:
         on_service, on_slice = syncer.handlers()
         watcher.informers["services"].add_handler(on_service)
         watcher.informers["endpointslices"].add_handler(on_slice)
+
         # toServices rules: the policy follows the Services' endpoints
-        policy_svc, policy_slice = service_handlers(
-            lambda ns, name: self.policy.service_changed(ns, name, watcher.services.get(ns, name))
-        )
+        def policy_follows(namespace: str, name: str) -> None:
+            if self.policy.service_changed(namespace, name, watcher.services.get(namespace, name)):
+                reason = f"Service {namespace}/{name} changed (toServices)"
+                self._spawn(self._policy_changed(reason), f"service-{namespace}-{name}-policy")
+
+        policy_svc, policy_slice = service_handlers(policy_follows)
         watcher.informers["services"].add_handler(policy_svc)
         watcher.informers["endpointslices"].add_handler(policy_slice)
 

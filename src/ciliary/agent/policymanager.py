@@ -48,6 +48,7 @@ from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 from ciliary.policy.api.documents import load_yaml
+from ciliary.policy.api.model import Service as ServiceEntry
 from ciliary.policy.explain import DefaultDeny, near_misses
 from ciliary.policy.identity import RESERVED_LABELS, Identity, cidr_identity
 from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef
@@ -113,7 +114,9 @@ class PolicyManager:
         self._cidr_ids: dict[Network, Identity] = {}
         self.services = ServiceEndpoints()
         """The Services toServices rules select from (fed by the service cache)."""
-        self._uses_services = False
+        self._service_entries: list[ServiceEntry] = []
+        """Every toServices entry of the repository's policies (what a Service change can
+        affect)."""
         self._realized: dict[int, EndpointPolicy] = {}
         self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
         self._remote_ports: Mapping[int, NamedPorts] = {}
@@ -244,10 +247,11 @@ class PolicyManager:
             self._repository_changed()
         return targets
 
-    def service_changed(self, namespace: str, name: str, svc: ServiceInfo | None) -> None:
+    def service_changed(self, namespace: str, name: str, svc: ServiceInfo | None) -> bool:
         """A Service or its endpoints changed (``svc`` as the service cache now has it, None:
-        deleted): when toServices rules exist and what they select may differ, the CIDR
-        identities follow and every endpoint is recomputed, as after a policy change."""
+        deleted). True when what toServices rules allow changed: the CIDR identities have
+        followed, and the caller must regenerate every endpoint, as after a policy event."""
+        before = self._services_allowed()
         if svc is None:
             changed = self.services.delete(namespace, name)
         else:
@@ -255,8 +259,13 @@ class PolicyManager:
                 namespace, name, labels=svc.labels, has_selector=svc.selector is not None,
                 addresses=[b.address for b in svc.backends],
             )  # fmt: skip
-        if changed and self._uses_services:
-            self._repository_changed()
+        if not changed or self._services_allowed() == before:
+            return False
+        self._repository_changed()
+        return True
+
+    def _services_allowed(self) -> list[tuple[Network, ...]]:
+        return [self.services.prefixes(entry) for entry in self._service_entries]
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` runs after every change of the repository (API event, import, delete,
@@ -288,7 +297,7 @@ class PolicyManager:
     def _sync_cidr_identities(self) -> None:
         """Local identities (and ipcache entries) for exactly the prefixes CIDR rules name."""
         wanted: set[Network] = set()
-        uses_services = False
+        service_entries: list[ServiceEntry] = []
         for pol in self.repo.policies():
             for rule in pol.rules:
                 for peer in (*rule.ingress, *rule.egress, *rule.ingress_deny, *rule.egress_deny):
@@ -299,10 +308,9 @@ class PolicyManager:
                         wanted.update(cidr.except_cidrs)
                         # the block minus its exceptions, as the selector cache selects it
                         wanted.update(cidr_blocks(cidr.cidr, cidr.except_cidrs))
-                    if peer.services:
-                        uses_services = True
-                        wanted.update(self.services.all_prefixes(peer.services))
-        self._uses_services = uses_services
+                    service_entries.extend(peer.services)
+                    wanted.update(self.services.all_prefixes(peer.services))
+        self._service_entries = service_entries
         for prefix in [p for p in self._cidr_ids if p not in wanted]:
             ident = self._cidr_ids.pop(prefix)
             self._dp.ipcache.delete(prefix)

@@ -229,20 +229,28 @@ def test_to_services_allows_the_endpoints_of_selector_less_services(tmp_path: Pa
         return {c for c in labels if c.endswith("/128") or ("." in c and c.endswith("/32"))}
 
     assert allowed() == set()
-    pm.service_changed("default", "external-db", _svc("external-db", ["192.0.2.10", "2001:db8::1"]))
+    # True: what the rules allow changed, the caller regenerates the endpoints
+    assert pm.service_changed(
+        "default", "external-db", _svc("external-db", ["192.0.2.10", "2001:db8::1"])
+    )
     assert changes and allowed() == {"cidr:192.0.2.10/32", "cidr:2001-db8--1/128"}
     # a Service selected by its labels, selector-less: its endpoints too; one with a pod
     # selector: nothing (upstream translates selector-less Services only), reported
-    pm.service_changed("default", "ext-2", _svc("ext-2", ["198.51.100.7"], labels={"team": "web"}))
-    pm.service_changed("default", "pods", _svc("pods", ["10.0.0.5"], labels={"team": "web"},
-                                               selector={"app": "web"}))  # fmt: skip
+    assert pm.service_changed(
+        "default", "ext-2", _svc("ext-2", ["198.51.100.7"], labels={"team": "web"})
+    )
+    assert not pm.service_changed("default", "pods", _svc("pods", ["10.0.0.5"],
+                                  labels={"team": "web"}, selector={"app": "web"}))  # fmt: skip
+    assert not pm.service_changed("default", "other", _svc("other", ["198.51.100.9"]))  # no rule
     assert allowed() == {"cidr:192.0.2.10/32", "cidr:2001-db8--1/128", "cidr:198.51.100.7/32"}
     assert any("default/pods has a selector" in n for n in pm.realize(client).unsupported)
     # the endpoints change: the rule follows; the Service goes: so do its addresses
-    pm.service_changed("default", "external-db", _svc("external-db", ["192.0.2.11"]))
+    assert pm.service_changed("default", "external-db", _svc("external-db", ["192.0.2.11"]))
     assert allowed() == {"cidr:192.0.2.11/32", "cidr:198.51.100.7/32"}
-    pm.service_changed("default", "external-db", None)
+    assert pm.service_changed("default", "external-db", None)
     assert allowed() == {"cidr:198.51.100.7/32"}
     n = len(changes)
-    pm.service_changed("default", "ext-2", _svc("ext-2", ["198.51.100.7"], labels={"team": "web"}))
+    assert not pm.service_changed(
+        "default", "ext-2", _svc("ext-2", ["198.51.100.7"], labels={"team": "web"})
+    )
     assert len(changes) == n  # nothing changed: no recomputation
