@@ -8,12 +8,14 @@ under ``web-from-client``) and ``shop/db`` (echo on 5432, only ``web`` may reach
 ``db-from-web``, so the client's connection is a default-deny drop). The map must show client →
 web forwarded and client → db dropped; fresh traffic must reach the table within 2 s; a filter
 narrows it; clicking a dropped flow names ``db-from-web``. Screenshots (the map; the whole page,
-map and table; the side panel of a drop) go to the test's tmp dir and are copied to
-``docs/images/hubble-ui*.png`` (the README and docs/hubble-ui.md show them).
+map and table; the side panel of a drop) go to the test's tmp dir; with
+``CILIARY_UPDATE_DOCS_IMAGES=1`` they are also copied to ``docs/images/hubble-ui*.png`` (the README
+and docs/hubble-ui.md show them), so a plain test run leaves the tree as it was.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import shutil
 import subprocess
@@ -112,8 +114,9 @@ class UILab:
     def shot(self, selector: str, name: str) -> None:
         path = self.shots / name
         self.page.locator(selector).screenshot(path=path)
-        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS_IMAGES / name)
+        if os.environ.get("CILIARY_UPDATE_DOCS_IMAGES") == "1":
+            DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, DOCS_IMAGES / name)
 
     def rows(self) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = self.page.eval_on_selector_all(
