@@ -19,6 +19,7 @@ REPLICASETS = by_path("apps", "v1", "replicasets")
 DAEMONSETS = by_path("apps", "v1", "daemonsets")
 STATEFULSETS = by_path("apps", "v1", "statefulsets")
 ENDPOINTSLICES = by_path("discovery.k8s.io", "v1", "endpointslices")
+ENDPOINTS = by_path("", "v1", "endpoints")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Informers:
     daemonsets: Informer
     statefulsets: Informer
     endpointslices: Informer
+    endpoints: Informer
 
     @classmethod
     def create(cls, kube: KubeClient) -> Informers:
@@ -43,6 +45,7 @@ class Informers:
             daemonsets=Informer(kube, DAEMONSETS),
             statefulsets=Informer(kube, STATEFULSETS),
             endpointslices=Informer(kube, ENDPOINTSLICES),
+            endpoints=Informer(kube, ENDPOINTS),
         )
 
     def all(self) -> list[Informer]:

@@ -3,7 +3,8 @@
 What kube-controller-manager and kube-scheduler are to a cluster, as one asyncio process that is
 only a client of the API server (a kubeconfig, or the pod's service account): shared informers
 (one list + watch per resource), then, once every cache has synced, the Deployment, ReplicaSet,
-DaemonSet, StatefulSet, EndpointSlice and garbage-collection controllers and the scheduler,
+DaemonSet, StatefulSet, EndpointSlice, EndpointSlice mirroring (a selector-less Service's
+Endpoints as EndpointSlices) and garbage-collection controllers and the scheduler,
 each a reconcile loop over its own work queue; with ``--cluster-dns-records``, also the cluster
 DNS records controller (``clusterdns``: the zone the DNS pod serves, which CoreDNS would read
 from the API itself). Controllers start only after the caches are
@@ -27,6 +28,7 @@ from ciliary.controllers.clusterdns import DEFAULT_DOMAIN, ClusterDNSController
 from ciliary.controllers.daemonset import DaemonSetController
 from ciliary.controllers.deployment import DeploymentController
 from ciliary.controllers.endpointslice import EndpointSliceController
+from ciliary.controllers.endpointslicemirroring import EndpointSliceMirroringController
 from ciliary.controllers.garbagecollector import GarbageCollector
 from ciliary.controllers.informers import Informers
 from ciliary.controllers.process import cancel, parse_args, serve
@@ -50,6 +52,7 @@ def build(
         StatefulSetController(kube, informers),
         Scheduler(kube, informers),
         EndpointSliceController(kube, informers),
+        EndpointSliceMirroringController(kube, informers),
         GarbageCollector(kube, informers),
     ]
     if dns_records is not None:

@@ -2,7 +2,8 @@
 kubelet (a task that marks every bound pod Running and Ready with an address), so what is
 checked is what the controllers and the scheduler do through the API: pods created, bound,
 spread, recreated, scaled (``kubectl scale``), rolled (``kubectl rollout status``), ordered,
-garbage-collected, and EndpointSlices that follow them."""
+garbage-collected, and EndpointSlices that follow them (or mirror a selector-less Service's
+Endpoints)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ REPLICASETS = by_path("apps", "v1", "replicasets")
 DAEMONSETS = by_path("apps", "v1", "daemonsets")
 STATEFULSETS = by_path("apps", "v1", "statefulsets")
 SLICES = by_path("discovery.k8s.io", "v1", "endpointslices")
+ENDPOINTS = by_path("", "v1", "endpoints")
 
 Obj = dict[str, Any]
 NS = "t"
@@ -518,6 +520,57 @@ def test_endpointslices_follow_ready_pods(cluster: Cluster) -> None:
 
 async def _none(get: Callable[[], Awaitable[list[Obj]]]) -> bool:
     return not await get()
+
+
+def test_endpoints_of_a_selector_less_service_are_mirrored(cluster: Cluster) -> None:
+    """The user's Endpoints of a Service without a selector become EndpointSlices (the
+    mirroring controller's), follow its changes, and go when the Service gains a selector."""
+
+    async def body(kube: KubeClient, _kubelet: Kubelet) -> None:
+        svc: Obj = {"metadata": {"name": "db"}, "spec": {"ports": [{"name": "pg", "port": 5432}]}}
+        await kube.create(SERVICES, svc, NS)
+        eps: Obj = {
+            "metadata": {"name": "db", "labels": {"team": "data"}},
+            "subsets": [
+                {
+                    "addresses": [{"ip": "192.0.2.10"}, {"ip": "2001:db8::10"}],
+                    "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+                }
+            ],
+        }
+        await kube.create(ENDPOINTS, eps, NS)
+
+        async def mirrored() -> list[Obj]:
+            doc = await kube.list(
+                SLICES,
+                namespace=NS,
+                label_selector="endpointslice.kubernetes.io/managed-by="
+                "endpointslicemirroring-controller.k8s.io",
+            )
+            items: list[Obj] = doc["items"]
+            return items
+
+        async def addresses(want: set[str]) -> bool:
+            got = await mirrored()
+            return {a for s in got for e in s["endpoints"] for a in e["addresses"]} == want
+
+        await eventually(
+            "both families mirrored", lambda: addresses({"192.0.2.10", "2001:db8::10"})
+        )
+        for s in await mirrored():
+            labels = s["metadata"]["labels"]
+            assert labels["kubernetes.io/service-name"] == "db" and labels["team"] == "data"
+            assert s["metadata"]["ownerReferences"][0]["kind"] == "Endpoints"
+            assert s["ports"] == [{"name": "pg", "port": 5432, "protocol": "TCP"}]
+        eps["subsets"][0]["addresses"] = [{"ip": "192.0.2.11"}]
+        live = await kube.get(ENDPOINTS, "db", NS)
+        eps["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+        await kube.replace(ENDPOINTS, {**eps, "metadata": {**eps["metadata"], "namespace": NS}})
+        await eventually("the change mirrored", lambda: addresses({"192.0.2.11"}))
+        await kube.patch(SERVICES, "db", {"spec": {"selector": {"app": "db"}}}, NS)
+        await eventually("no mirror for a Service with a selector", lambda: _none(mirrored))
+
+    run(cluster, body)
 
 
 def test_api_server_restart_then_controllers_carry_on(cluster: Cluster) -> None:
