@@ -151,6 +151,16 @@ def request(*argv: str) -> observer_pb2.GetFlowsRequest:
             [],
         ),
         (
+            ["--service", "web"],  # the server reads a name alone as default/web
+            [FF(source_service=["web"]), FF(destination_service=["web"])],
+            [],
+        ),
+        (
+            ["--to-namespace", "shop", "--to-service", "web"],
+            [FF(destination_service=["shop/web"])],
+            [],
+        ),
+        (
             ["--workload", "Deployment/web", "--from-workload", "x"][:2],
             [
                 FF(source_workload=[flow_pb2.Workload(kind="Deployment", name="web")]),

@@ -134,6 +134,8 @@ def m(f: flow_pb2.Flow, **kw: Any) -> bool:
         ({"destination_fqdn": ["example.com"]}, TCP_FLOW, False),
         ({"destination_service": ["prod/web"]}, TCP_FLOW, True),
         ({"destination_service": ["prod/"]}, TCP_FLOW, True),
+        ({"destination_service": ["prod/we"]}, TCP_FLOW, True),  # a name prefix
+        ({"destination_service": ["web"]}, TCP_FLOW, False),  # a name alone: default/web
         ({"source_service": ["prod/"]}, TCP_FLOW, False),
         ({"source_workload": [{"name": "client"}]}, TCP_FLOW, True),
         ({"source_workload": [{"kind": "Deployment"}]}, TCP_FLOW, True),
