@@ -24,7 +24,7 @@
  * conntrack, policy and routing see the backend; the connection's own conntrack entry carries
  * the rev-NAT index, and wherever a reply is delivered to the client (lib/deliver.h, or the lxc's
  * tc egress for one that came through the stack) its source is rewritten back to the frontend.
- * A pod given itself as backend (hairpin, IPv4) sends from the loopback address 169.254.42.1
+ * A pod given itself as backend (hairpin) sends from the loopback address 169.254.42.1 or fe80::1
  * (CT_F_LOOPBACK), and its reply to that address is turned back to the pod. */
 #ifndef __CILIARY_LB_H
 #define __CILIARY_LB_H
@@ -525,13 +525,19 @@ static __always_inline int lb_backend(__u8 family, __u32 id, __u8 *addr, __u16 *
 	return 1;
 }
 
-/* Upstream's --ipv4-service-loopback-address default: the source of a pod's connection to a
- * service that picked the pod itself (hairpin), which the kernel would otherwise refuse (a packet
- * from its own address). IPv6 has none (as upstream: an IPv6 hairpin is not translated). */
+/* Upstream's --ipv4-service-loopback-address and --ipv6-service-loopback-address defaults
+ * (169.254.42.1, fe80::1): the source of a pod's connection to a service that picked the pod
+ * itself (hairpin). From its own address the pod's kernel would refuse the packet (IPv4: a
+ * martian source) or answer it over lo, never through the translation (IPv6). The pod reaches
+ * fe80::1 on its eth0 through a permanent neighbour entry naming the node side's MAC, as its
+ * router (datapath/linux/link.py). */
 #define LB_LOOPBACK_V4_0 169
 #define LB_LOOPBACK_V4_1 254
 #define LB_LOOPBACK_V4_2 42
 #define LB_LOOPBACK_V4_3 1
+#define LB_LOOPBACK_V6_0 0xfe
+#define LB_LOOPBACK_V6_1 0x80
+#define LB_LOOPBACK_V6_15 1
 
 struct lb_result {
 	struct ct_entry *svc_ct; /* the service conntrack entry, refreshed with the connection's */
@@ -587,13 +593,22 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
 	p->dport = port;
 	res->svc_ct = e;
 	res->rev_nat_index = rev_nat;
-	if (p->family == AF_INET4 && addr_eq(p->daddr, p->saddr, AF_INET4)) {
-		__u8 lo[16] = {LB_LOOPBACK_V4_0, LB_LOOPBACK_V4_1, LB_LOOPBACK_V4_2,
-			       LB_LOOPBACK_V4_3};
+	if (addr_eq(p->daddr, p->saddr, p->family)) {
+		__u8 lo[16] = {};
+		if (p->family == AF_INET4) {
+			lo[0] = LB_LOOPBACK_V4_0;
+			lo[1] = LB_LOOPBACK_V4_1;
+			lo[2] = LB_LOOPBACK_V4_2;
+			lo[3] = LB_LOOPBACK_V4_3;
+		} else {
+			lo[0] = LB_LOOPBACK_V6_0;
+			lo[1] = LB_LOOPBACK_V6_1;
+			lo[15] = LB_LOOPBACK_V6_15;
+		}
 		ret = nat_rewrite(skb, p, 1, lo, p->sport, p->sport);
 		if (ret < 0)
 			return ret;
-		addr_copy(p->saddr, lo, AF_INET4);
+		addr_copy(p->saddr, lo, p->family);
 		res->loopback = 1;
 	}
 	return 0;

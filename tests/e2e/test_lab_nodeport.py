@@ -321,3 +321,24 @@ def test_hubble_names_the_service_of_a_nodeport_connection(lab: NPLab) -> None:
     local = wait_for("node 1's to-endpoint flows to web-np", delivered, 20)
     assert any(f["trace_observation_point"] == "TO_ENDPOINT" and _world(f["source"])
                for f in local), local  # fmt: skip
+
+
+LOOPBACK = {4: "169.254.42.1", 6: "fe80::1"}  # upstream's --ipv{4,6}-service-loopback-address
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_backend_reaches_itself_through_its_cluster_ip(lab: NPLab, family: int) -> None:
+    """Hairpin on the tc path (socket-LB is off here): web-a, web-np's only backend, GETs
+    web-np's ClusterIP and is given itself; the request arrives from the service loopback
+    address (the kernel refuses a packet from its own address on eth0, and would answer it over
+    lo), whose reply bpf_lxc turns back to the pod, from the VIP."""
+    ips = get_json(lab.kubeconfig, "service", "web-np")["spec"]["clusterIPs"]
+    vip = next(ip for ip in ips if (":" in ip) == (family == 6))
+    _wait_frontend(lab, lab.nodes[0], vip, 80, 1)
+    res = manager.run_in_pod(
+        "default/web-a", [sys.executable, "-c", GET, vip, "80", "3"], name=lab.name, timeout=30
+    )
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got.get("pod") == "web-a", got
+    assert _host(got["client"]).partition("%")[0] == LOOPBACK[family], got

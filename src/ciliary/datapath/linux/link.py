@@ -3,8 +3,9 @@
 Layout (as Cilium's): the pod side is ``eth0`` in the pod's netns with a /32 (and /128) address,
 an on-link route to the node's router address, a default route via it and a *permanent*
 neighbour entry mapping the router address to the node-side MAC, so the pod never ARPs for its
-gateway. The node side is ``lxc<hash>`` (15 chars, stable for a container id and ifname) with a
-host route to the pod's address; the tc programs on it do the forwarding.
+gateway (IPv6: also the service loopback address fe80::1, a hairpin's source). The node side
+is ``lxc<hash>`` (15 chars, stable for a container id and ifname) with a host route to the
+pod's address; the tc programs on it do the forwarding.
 
 Everything here is synchronous netlink; the agent calls it from a worker thread. Every function
 is idempotent on retry (a leftover interface of the same name is removed first) because a CNI ADD
@@ -39,6 +40,10 @@ HOST_DEVICE = "ciliary_host"
 HOST_PEER = "ciliary_net"
 TUNNEL_DEVICE = "ciliary_vxlan"
 LXC_PREFIX = "lxc"
+SERVICE_LOOPBACK_V6 = IPv6Address("fe80::1")
+"""Upstream's ``--ipv6-service-loopback-address``: the source bpf/lib/lb.h gives a pod's
+connection to a Service that picked the pod itself (hairpin). Link-local, so the pod answers it
+on eth0 by neighbour: a permanent entry naming the node side's MAC, as for its router."""
 
 
 @dataclass(frozen=True)
@@ -193,11 +198,12 @@ def create_pod_interface(
                 "default route v6", pr.route, "add",
                 dst="::/0", gateway=str(router_v6), oif=pidx, family=socket.AF_INET6,
             )  # fmt: skip
-            _netlink(
-                f"neighbour {router_v6}", pr.neigh, "add",
-                dst=str(router_v6), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
-                family=socket.AF_INET6,
-            )  # fmt: skip
+            for neighbour in (router_v6, SERVICE_LOOPBACK_V6):
+                _netlink(
+                    f"neighbour {neighbour}", pr.neigh, "add",
+                    dst=str(neighbour), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
+                    family=socket.AF_INET6,
+                )  # fmt: skip
         pod_mac = str(_attr(pr.link("get", index=pidx)[0], "IFLA_ADDRESS"))
 
     with _ipr() as ipr:

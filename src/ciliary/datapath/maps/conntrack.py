@@ -36,7 +36,7 @@ CT_F_VIA_STACK = 0x10
 """Requests came through the node stack (maybe NATed): replies go back through it."""
 CT_F_LOOPBACK = 0x20
 """A hairpinned service connection (the pod was its own backend): its source was rewritten to
-the loopback address 169.254.42.1, the reply goes back to the pod (bpf/lib/lb.h)."""
+the loopback address 169.254.42.1 or fe80::1, the reply goes back to the pod (bpf/lib/lb.h)."""
 CT_SCOPE_SERVICE = 1
 """``ct_key.scope`` of a service entry (bpf/lib/lb.h): keyed on the tuple the client sent to a
 frontend, it remembers the connection's backend; connection entries have scope 0."""
