@@ -133,6 +133,12 @@ class AgentConfig:
     cgroup_root: Path | None = None
     """--cgroup-root: the cgroup v2 directory socket-LB attaches to (upstream's flag); None:
     no socket-LB, the tc-level LB alone."""
+    tofqdns_pre_cache: Path | None = None
+    """--tofqdns-pre-cache: DNS answers loaded at start (``ciliary fqdn cache list -o json``)."""
+    tofqdns_min_ttl: int = 0
+    """--tofqdns-min-ttl: the shortest time an answer's IPs stay selected (upstream's 0)."""
+    tofqdns_max_ips_per_name: int = 1000
+    """--tofqdns-endpoint-max-ip-per-hostname (upstream's 1000)."""
     bpf_lb_sock: bool = True
     """--bpf-lb-sock: socket-LB where a --cgroup-root is given (false: tc-level LB alone)."""
     mtu: int = 1500

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import json
 import logging
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from ipaddress import ip_network
 
 from ciliary import __version__
@@ -57,6 +60,7 @@ from ciliary.core.models import (
     DatapathStatus,
     Endpoint,
     EndpointState,
+    FQDNCacheEntry,
     IPAMStatus,
     IPCacheEntry,
     LBMapEntry,
@@ -72,8 +76,10 @@ from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNE
 from ciliary.datapath.maps.conntrack import CT_SCOPE_SERVICE
 from ciliary.kube.client import KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
+from ciliary.policy.fqdn import DNSCache
 
 log = logging.getLogger(__name__)
+DNS_GC_INTERVAL_S = 1.0
 CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply", 0x20: "loopback"}
 
 
@@ -109,6 +115,7 @@ class Agent:
             mode=mode,  # type: ignore[arg-type]
             identity_labels=self._identity_labels,  # whichever allocator is in use
             all_identities=self._all_identities,
+            fqdns=DNSCache(cfg.tofqdns_min_ttl, cfg.tofqdns_max_ips_per_name),
         )
         self.endpoints = EndpointManager(
             state_dir=cfg.state_dir,
@@ -452,6 +459,7 @@ class Agent:
     async def run(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._load_dns_pre_cache()  # before policies: toFQDNs rules start with these IPs
         self.datapath.load()
         await self._setup_node()
         self._setup_socket_lb()
@@ -471,6 +479,7 @@ class Agent:
         await self.server.start()
         self._serving.set()
         self._spawn(self._ct_gc(), "ct-gc")
+        self._spawn(self._dns_gc(), "dns-gc")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -488,6 +497,35 @@ class Agent:
             if self.ipam_datastore is not None:
                 await asyncio.to_thread(self.ipam_datastore.close)
             self.datapath.close()
+
+    def _load_dns_pre_cache(self) -> None:
+        """``--tofqdns-pre-cache``: all its answers or, when it is bad, no start (the error names
+        the file and the entry)."""
+        path = self.cfg.tofqdns_pre_cache
+        if path is None:
+            return
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, list):
+                raise ValueError("expected a JSON list of entries")
+            self.policy.fqdns.restore(data)
+        except (OSError, ValueError) as err:
+            raise RuntimeError(f"--tofqdns-pre-cache {path}: {err}") from err
+        log.info("DNS cache: %d names from %s", len(self.policy.fqdns.names()), path)
+
+    async def _dns_gc(self) -> None:
+        """Expired DNS answers leave the cache; toFQDNs rules stop selecting their IPs."""
+        while True:
+            await asyncio.sleep(DNS_GC_INTERVAL_S)
+            expire = functools.partial(DNSCache.expire, now=time.time())
+            if self.policy.dns_changed(expire):
+                await self._policy_changed("DNS answers expired (toFQDNs)")
+
+    def fqdn_cache(self) -> list[FQDNCacheEntry]:
+        return [
+            FQDNCacheEntry(fqdn=name, ip=ip, expiration_time=datetime.fromtimestamp(at, UTC))
+            for name, ip, at in self.policy.fqdns.entries()
+        ]
 
     async def _ct_gc(self) -> None:
         while True:

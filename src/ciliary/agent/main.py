@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bpf-lb-sock", nargs="?", const=True, default=True, type=_bool,
                    metavar="BOOL", help="socket-LB on --cgroup-root (true); false: tc-level LB"
                    " alone")  # fmt: skip
+    p.add_argument("--tofqdns-pre-cache", type=Path, metavar="PATH",
+                   help="DNS answers toFQDNs rules start with (JSON, as 'ciliary fqdn cache list"
+                   " -o json')")  # fmt: skip
+    p.add_argument("--tofqdns-min-ttl", type=int, default=0, metavar="SECONDS",
+                   help="keep DNS answers' IPs at least this long (0: their TTL)")  # fmt: skip
+    p.add_argument("--tofqdns-endpoint-max-ip-per-hostname", type=int, default=1000,
+                   metavar="N", help="IPs kept per DNS name (the latest expiring)")  # fmt: skip
     p.add_argument("--mtu", type=int, default=1500)
     p.add_argument("--ipam", choices=["cluster-pool", "pools"], default="cluster-pool",
                    help="cluster-pool: this node's CIDRs (--ipv4/6-range); pools: Calico IPPools "
@@ -421,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         maglev_hash_seed=args.bpf_lb_maglev_hash_seed,
         cgroup_root=args.cgroup_root,
         bpf_lb_sock=args.bpf_lb_sock,
+        tofqdns_pre_cache=args.tofqdns_pre_cache,
+        tofqdns_min_ttl=args.tofqdns_min_ttl,
+        tofqdns_max_ips_per_name=args.tofqdns_endpoint_max_ip_per_hostname,
         mtu=args.mtu,
         ipam_mode=args.ipam,
         kubeconfig=args.kubeconfig,

@@ -48,8 +48,10 @@ from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 from ciliary.policy.api.documents import load_yaml
+from ciliary.policy.api.model import FQDNSelector
 from ciliary.policy.api.model import Service as ServiceEntry
 from ciliary.policy.explain import DefaultDeny, near_misses
+from ciliary.policy.fqdn import DNSCache
 from ciliary.policy.identity import RESERVED_LABELS, Identity, cidr_identity
 from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
@@ -99,6 +101,7 @@ class PolicyManager:
         mode: Mode = "default",
         identity_labels: Callable[[int], tuple[str, ...] | None],
         all_identities: Callable[[], Iterable[tuple[int, tuple[str, ...]]]],
+        fqdns: DNSCache | None = None,
     ) -> None:
         self._dp = datapath
         self._saved = saved / SAVED_POLICIES if saved is not None else None
@@ -117,6 +120,10 @@ class PolicyManager:
         self._service_entries: list[ServiceEntry] = []
         """Every toServices entry of the repository's policies (what a Service change can
         affect)."""
+        self.fqdns = fqdns if fqdns is not None else DNSCache()
+        """The DNS answers toFQDNs rules select IPs from (``--tofqdns-pre-cache``, expiry)."""
+        self._fqdn_entries: list[FQDNSelector] = []
+        """Every toFQDNs entry of the repository's policies."""
         self._realized: dict[int, EndpointPolicy] = {}
         self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
         self._remote_ports: Mapping[int, NamedPorts] = {}
@@ -267,6 +274,17 @@ class PolicyManager:
     def _services_allowed(self) -> list[tuple[Network, ...]]:
         return [self.services.prefixes(entry) for entry in self._service_entries]
 
+    def dns_changed(self, change: Callable[[DNSCache], object]) -> bool:
+        """Applies ``change`` to the DNS cache (an answer, an expiry). True when what toFQDNs
+        rules allow changed: the CIDR identities have followed, and the caller must regenerate
+        every endpoint, as after a policy event."""
+        before = self.fqdns.prefixes(self._fqdn_entries)
+        change(self.fqdns)
+        if self.fqdns.prefixes(self._fqdn_entries) == before:
+            return False
+        self._repository_changed()
+        return True
+
     def add_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` runs after every change of the repository (API event, import, delete,
         load at start), once the derived state (CIDR identities, selector cache) follows it."""
@@ -295,9 +313,11 @@ class PolicyManager:
         ]
 
     def _sync_cidr_identities(self) -> None:
-        """Local identities (and ipcache entries) for exactly the prefixes CIDR rules name."""
+        """Local identities (and ipcache entries) for exactly the prefixes CIDR rules name, and
+        those toServices and toFQDNs entries select now."""
         wanted: set[Network] = set()
         service_entries: list[ServiceEntry] = []
+        fqdn_entries: list[FQDNSelector] = []
         for pol in self.repo.policies():
             for rule in pol.rules:
                 for peer in (*rule.ingress, *rule.egress, *rule.ingress_deny, *rule.egress_deny):
@@ -310,7 +330,10 @@ class PolicyManager:
                         wanted.update(cidr_blocks(cidr.cidr, cidr.except_cidrs))
                     service_entries.extend(peer.services)
                     wanted.update(self.services.all_prefixes(peer.services))
+                    fqdn_entries.extend(peer.fqdns)
         self._service_entries = service_entries
+        self._fqdn_entries = fqdn_entries
+        wanted.update(self.fqdns.prefixes(fqdn_entries))
         for prefix in [p for p in self._cidr_ids if p not in wanted]:
             ident = self._cidr_ids.pop(prefix)
             self._dp.ipcache.delete(prefix)
@@ -353,7 +376,7 @@ class PolicyManager:
         return compute(
             self.repo, self.cache, Identity.of(ep.identity, labels),
             named_ports=named_ports or {}, remote_named_ports=self._remote_ports,
-            mode=self._mode, allow_localhost=True, services=self.services,
+            mode=self._mode, allow_localhost=True, services=self.services, fqdns=self.fqdns,
         )  # fmt: skip
 
     def realize(

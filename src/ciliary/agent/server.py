@@ -179,6 +179,7 @@ class APIServer:
                 web.get(f"{p}/endpoint/{{id}}/policy", self.endpoint_policy),
                 web.get(f"{p}/identity", self.identity_list),
                 web.get(f"{p}/identity/{{id}}", self.identity_get),
+                web.get(f"{p}/fqdn/cache", self.fqdn_cache_list),
                 web.get(f"{p}/service", self.service_list),
                 web.get(f"{p}/service/frontend", self.service_frontend_list),
                 web.get(f"{p}/map/lb", self.lb_list),
@@ -326,6 +327,10 @@ class APIServer:
             if info.id == number:
                 return _json(info)
         return _error(f"identity {number} not found", 404, "not-found")
+
+    async def fqdn_cache_list(self, _: web.Request) -> web.Response:
+        """The DNS cache toFQDNs rules select from (name, IP, expiry)."""
+        return _json(self._agent.fqdn_cache())
 
     async def service_list(self, _: web.Request) -> web.Response:
         """The service cache (read-only; empty without a Kubernetes API)."""

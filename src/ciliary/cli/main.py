@@ -42,6 +42,7 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("policy", ("policy",)),
     ("ipam", ("ipam",)),
     ("service", ("service",)),
+    ("fqdn", ("fqdn",)),
     ("bpf", ("bpf",)),
     ("monitor", ("monitor",)),
     ("hubble", ("observe", "hubble")),

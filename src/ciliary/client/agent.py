@@ -36,6 +36,7 @@ from ciliary.core.models import (
     EndpointCreateRequest,
     EndpointPolicyStatus,
     ErrorResponse,
+    FQDNCacheEntry,
     GCRequest,
     GCResponse,
     IdentityInfo,
@@ -85,6 +86,7 @@ _EP_POLICY = TypeAdapter(EndpointPolicyStatus)
 _IDENTITY = TypeAdapter(IdentityInfo)
 _IDENTITIES = TypeAdapter(list[IdentityInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
+_FQDN_CACHE = TypeAdapter(list[FQDNCacheEntry])
 _FRONTENDS = TypeAdapter(list[ServiceFrontend])
 _LB = TypeAdapter(list[LBMapEntry])
 _MAGLEV = TypeAdapter(list[MaglevTable])
@@ -349,6 +351,10 @@ class AgentClient:
 
     def identity(self, id: int) -> IdentityInfo:
         return self._get(_IDENTITY, f"/identity/{int(id)}")
+
+    def fqdn_cache(self) -> list[FQDNCacheEntry]:
+        """The DNS cache toFQDNs rules select IPs from."""
+        return self._get(_FQDN_CACHE, "/fqdn/cache")
 
     def services(self) -> list[ServiceInfo]:
         """The agent's service cache (Services with their EndpointSlices' backends)."""

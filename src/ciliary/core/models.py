@@ -9,6 +9,7 @@ follow Cilium's API (``cilium-dbg endpoint list -o json``) where one exists.
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -350,6 +351,15 @@ class MaglevTable(_Model):
     service_id: int = Field(description="the frontend's id (= rev-NAT index)")
     family: Literal[4, 6]
     backend_ids: list[int]
+
+
+class FQDNCacheEntry(_Model):
+    """One (name, IP) of the agent's DNS cache (``ciliary fqdn cache list``, as ``cilium-dbg fqdn
+    cache list``): what toFQDNs rules select, until ``expiration_time``."""
+
+    fqdn: str
+    ip: str
+    expiration_time: datetime
 
 
 class ServiceInfo(_Model):

@@ -178,6 +178,7 @@ SUPERVISED_CONTROL_PLANE_FIELDS = (
 )  # fmt: skip
 SUPERVISED_PROCESS_FIELDS = ("pid", "start_time", "restarts", "last_exit")
 CONTROLLER_MANAGER, OPERATOR, KUBELET = "controller-manager", "operator", "kubelet"
+DNS_PRE_CACHE = "dns-pre-cache.json"  # the agents' --tofqdns-pre-cache, in the lab's directory
 
 
 @contextlib.contextmanager
@@ -358,6 +359,16 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         monitor_aggregation=lab_file.lab.spec.monitor_aggregation,
         socket_lb=lab_file.lab.spec.socket_lb.enabled,
         maglev_hash_seed=new_hash_seed(),  # one per cluster, every agent's
+        dns_pre_cache=[
+            {
+                "fqdn": a.fqdn,
+                "ips": [str(ip) for ip in a.ips],
+                "ttl": a.ttl,
+                "lookup-time": int(time.time()),
+            }
+            for a in lab_file.lab.spec.dns_proxy.pre_cache
+        ],
+        dns_min_ttl=lab_file.lab.spec.dns_proxy.min_ttl,
         ipam_mode=lab_file.lab.spec.ipam.mode,
         hubble=_hubble_record(lab_file.lab.spec.hubble),
         images={
@@ -1001,6 +1012,12 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
     if root is not None:  # socket-LB on the node's pods when the lab file asks for it
         argv += ["--cgroup-root", str(root / node_cgroup_rel(rec.name, nrec.name))]
         argv += [f"--bpf-lb-sock={str(rec.socket_lb).lower()}"]
+    if rec.dns_pre_cache:  # the DNS answers toFQDNs rules start with
+        pre_cache = _lab_dir(rec.name) / DNS_PRE_CACHE
+        atomic.write_json(pre_cache, rec.dns_pre_cache)
+        argv += ["--tofqdns-pre-cache", str(pre_cache)]
+    if rec.dns_min_ttl:
+        argv += ["--tofqdns-min-ttl", str(rec.dns_min_ttl)]
     if rec.maglev_hash_seed:  # the same on every node: a tuple picks the same Maglev backend
         argv += ["--bpf-lb-maglev-hash-seed", rec.maglev_hash_seed]
     if nrec.labels:

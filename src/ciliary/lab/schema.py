@@ -532,6 +532,36 @@ class ExternalSpec(StrictModel):
         return [*self.command, *self.args]
 
 
+class DNSAnswer(StrictModel):
+    """One answer the agents' DNS cache starts with: ``fqdn`` resolved to ``ips`` for ``ttl``
+    seconds from ``lab up`` (toFQDNs rules select those IPs)."""
+
+    fqdn: str = Field(min_length=1, max_length=255)
+    ips: list[IPv4Address | IPv6Address] = Field(min_length=1)
+    ttl: int = Field(default=3600, ge=0)
+
+    @field_validator("ips", mode="before")
+    @classmethod
+    def _addresses(cls, value: Any) -> Any:
+        if isinstance(value, list):  # strict mode takes no strings for addresses: parse them
+            out = []
+            for i, v in enumerate(value):
+                try:
+                    out.append(ipaddress.ip_address(v) if isinstance(v, str) else v)
+                except ValueError:
+                    raise FieldProblemError(f"expected an IP address, got {_show(v)}", i) from None
+            return out
+        return value
+
+
+class DNSProxySpec(StrictModel):
+    """Helm's ``dnsProxy``: ``preCache`` (upstream a file path, ``--tofqdns-pre-cache``; here the
+    answers themselves, so a lab file stays one file) and ``minTtl`` (``--tofqdns-min-ttl``)."""
+
+    pre_cache: list[DNSAnswer] = Field(default_factory=list)
+    min_ttl: int = Field(default=0, ge=0)
+
+
 class LabBody(StrictModel):
     """The ``spec`` of the Lab document. The lab network and the routing between nodes use
     Cilium's Helm names: ``routingMode`` (``tunnel``: VXLAN on ``tunnelPort``; ``native``: pod
@@ -542,6 +572,7 @@ class LabBody(StrictModel):
     monitor_aggregation: Literal["none", "medium"] = "medium"
     hubble: HubbleSpec = Field(default_factory=HubbleSpec)
     socket_lb: SocketLBSpec = Field(default_factory=SocketLBSpec, alias="socketLB")
+    dns_proxy: DNSProxySpec = Field(default_factory=DNSProxySpec)
     images: list[ImageCommand] = Field(default_factory=list)
     nodes: list[NodeSpec] = Field(min_length=1)
     node_network: NodeNetworkSpec = Field(default_factory=NodeNetworkSpec)

@@ -7,6 +7,8 @@ to remove. ``lab status`` renders a view of it joined with liveness checks.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ciliary.core.defaults import TUNNEL_PORT
@@ -197,6 +199,10 @@ class LabRecord(_Model):
     monitor_aggregation: str = "medium"
     socket_lb: bool = False
     """The Lab's ``spec.socketLB.enabled``: the agents' ``--bpf-lb-sock``."""
+    dns_pre_cache: list[dict[str, Any]] = Field(default_factory=list)
+    """The Lab's ``spec.dnsProxy.preCache`` as the agents' ``--tofqdns-pre-cache`` reads it
+    (``lookup-time``: ``lab up``)."""
+    dns_min_ttl: int = 0
     maglev_hash_seed: str | None = None
     """The cluster's ``--bpf-lb-maglev-hash-seed``, made at ``lab up`` and given to every agent
     (None in records made before: the agents' default seed)."""
