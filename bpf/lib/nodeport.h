@@ -114,10 +114,10 @@ static __always_inline void nodeport_emit(struct __sk_buff *skb, const struct pk
  * rev-NAT index, so Hubble names the Service (destination_service of a request, source_service
  * of a reply). `what` packs the observation point (bits 0-7), 1 for a reply (8-15) and the
  * rev-NAT index (16-31); `ids` the source identity (low half; 0: the packet source's, from the
- * ipcache) and the destination's. A reply's service entry is looked up here (`svc` NULL): its
- * client tuple is the packet's reversed. Returns the source identity. Five arguments at most,
- * and a frame of its own: its locals would push the forwarding path's call chain past 512 bytes
- * of stack. */
+ * ipcache) and the destination's. Without `svc` the service entry is looked up here: a reply's
+ * client tuple is the packet's reversed, a translated request's is its source and the frontend
+ * (the rev-NAT entry). Returns the source identity. Five arguments at most, and a frame of its
+ * own: its locals would push the forwarding path's call chain past 512 bytes of stack. */
 #define NP_TRACE(obs, is_reply, rev_nat)                                                           \
 	((__u32)(obs) | (__u32)(is_reply) << 8 | (__u32)(rev_nat) << 16)
 #define NP_IDS(src, dst) ((__u64)(src) | (__u64)(dst) << 32)
@@ -133,9 +133,28 @@ static __attribute__((noinline)) __u32 nodeport_trace(struct __sk_buff *skb, con
 		return ID_WORLD;
 	if (!(__u32)ids)
 		ids |= ipcache_identity(p->saddr, p->family);
-	if (is_reply && !svc) {
+	if (!svc) {
 		struct ct_key sk = {};
-		ct_build_key(&sk, p, 1);
+		ct_build_key(&sk, p, is_reply);
+		if (!is_reply) {
+			__u16 rev_nat = what >> 16;
+			struct lb4_reverse_nat *r4;
+			struct lb6_reverse_nat *r6;
+			if (p->family == AF_INET4) {
+				r4 = bpf_map_lookup_elem(&ciliary_lb4_reverse_nat, &rev_nat);
+				if (r4) {
+					__builtin_memset(sk.daddr, 0, 16);
+					__builtin_memcpy(sk.daddr, &r4->address, 4);
+					sk.dport = bpf_ntohs(r4->port);
+				}
+			} else {
+				r6 = bpf_map_lookup_elem(&ciliary_lb6_reverse_nat, &rev_nat);
+				if (r6) {
+					__builtin_memcpy(sk.daddr, r6->address, 16);
+					sk.dport = bpf_ntohs(r6->port);
+				}
+			}
+		}
 		sk.scope = CT_SCOPE_SERVICE;
 		svc = bpf_map_lookup_elem(&ciliary_ct, &sk);
 	}

@@ -305,6 +305,7 @@ def test_hubble_names_the_service_of_a_nodeport_connection(lab: NPLab) -> None:
         assert f["destination"].get("pod_name") == "web-a", f
         tcp = f["l4"]["TCP"]
         assert {"SYN", "FIN", "RST"} & set(tcp.get("flags", {})), f  # aggregated: no bare ACKs
+    assert any(f["l4"]["TCP"]["flags"].get("SYN") for f in flows), flows  # the opening packet
     replies = _observe(lab, lab.nodes[1], "--from-service", "default/web-np")
     mine = [f for f in replies if f["IP"]["destination"] == lab.world_ip]
     assert mine, replies
