@@ -12,7 +12,8 @@ Semantics asserted, with their sources (cilium/cilium ``Documentation/security/p
   modes), drop reason 133 "Policy denied";
 - egress ``toServices`` allows the endpoint addresses of a Service without a selector, named
   (``k8sService``) or selected by its labels (``k8sServiceSelector``), and follows its
-  EndpointSlices (``language.rst`` "Services based": selector-less Services only);
+  EndpointSlices (``language.rst`` "Services based": selector-less Services only; an Endpoints
+  object is mirrored into a slice, as kube-controller-manager's endpointslicemirroring);
 - egress ``toFQDNs`` allows the IPs DNS gave for the names it matches (``language.rst`` "DNS
   based"; here the agents' DNS cache starts with the lab file's ``dnsProxy.preCache``);
 - the world has the reserved identity ``world`` (9 ``world-ipv4`` / 10 ``world-ipv6`` in a
@@ -148,9 +149,11 @@ def test_world_drops_name_world_and_cidr_identities_in_hubble(lab: PolicyLab) ->
     assert "reserved:world" in drop["destination"]["labels"], drop
 
 
-# A Service without a selector whose endpoints are the partner (an external database's shape),
-# its EndpointSlices written by hand as upstream's docs show; toServices names it (by name, then
-# by its labels): the policy allows the endpoints' addresses, nothing else of the world.
+# A Service without a selector whose endpoints are the partner (an external database's shape):
+# its IPv4 address in an EndpointSlice written by hand, its IPv6 one in an Endpoints object (as
+# Cilium's toServices example), which the controller manager mirrors into a slice; toServices
+# names the Service (by name, then by its labels): the policy allows the endpoints' addresses,
+# nothing else of the world.
 PARTNER_SERVICE = f"""\
 apiVersion: v1
 kind: Service
@@ -169,15 +172,12 @@ addressType: IPv4
 ports: [{{name: http, port: 80, protocol: TCP}}]
 endpoints: [{{addresses: ["{PARTNER[0]}"]}}]
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: partner-v6
-  namespace: shop
-  labels: {{kubernetes.io/service-name: partner}}
-addressType: IPv6
-ports: [{{name: http, port: 80, protocol: TCP}}]
-endpoints: [{{addresses: ["{PARTNER[1]}"]}}]
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: partner, namespace: shop}}
+subsets:
+- addresses: [{{ip: "{PARTNER[1]}"}}]
+  ports: [{{name: http, port: 80, protocol: TCP}}]
 """
 
 API_TO_SERVICE = """\
@@ -198,10 +198,11 @@ BY_LABELS = "{k8sServiceSelector: {selector: {matchLabels: {role: partner}}, nam
 
 def test_to_services_allows_a_selector_less_services_world_endpoints(lab: PolicyLab) -> None:
     """Egress ``toServices`` (``k8sService`` by name, then ``k8sServiceSelector``) on shop/api
-    (node 1; no other egress rule selects it): the world host the Service's EndpointSlices name
-    is reached over both families, straight and through the Service's ClusterIP (translated
-    first, the policy applies to the backend), while another world host is denied, Policy
-    denied in node 1's Hubble (egress, to the stranger's address)."""
+    (node 1; no other egress rule selects it): the world host the Service's endpoints name (an
+    EndpointSlice, and an Endpoints mirrored into one) is reached over both families, straight
+    and through the Service's ClusterIP (translated first, the policy applies to the backend),
+    while another world host is denied, Policy denied in node 1's Hubble (egress, to the
+    stranger's address); the IPv4 slice moved to the stranger swaps them."""
     kubeconfig = subprocess.run(
         [CILIARY, "lab", "kubeconfig", "--name", lab.name],
         capture_output=True, text=True, check=True, timeout=30,
