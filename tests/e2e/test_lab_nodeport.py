@@ -12,7 +12,12 @@ FIB instead of tunnelled), with the only backend on node 1:
   node 2 (no local backend: a frontend without backends) drops the connection;
 - an externalIP (routed to node 1 by the world host) reaches the backend likewise, and so does a
   LoadBalancer's status.loadBalancer.ingress IP (set with kubectl, routed to node 2: SNAT);
-- a pod of node 2 reaches node 1's IP:nodePort (the reply reverse-translated before the tunnel).
+- a pod of node 2 reaches node 1's IP:nodePort (the reply reverse-translated before the tunnel);
+- Hubble names the Service of a NodePort connection on both nodes (the forwarding node's traces
+  of the request and its reply, the backend node's to-endpoint), within monitor aggregation
+  (medium in the tunnel lab, none in the native one);
+- the backend reaches itself through the Service's ClusterIP over IPv4 and IPv6 (hairpin: from
+  the service loopback address).
 One lab per mode (~30 s each with lab up on an idle machine). The labs pin socket-LB off: a
 pod's connections must take the tc path checked here."""
 
@@ -39,6 +44,7 @@ kind: Lab
 metadata: {{name: {lab}}}
 spec:
   routingMode: {mode}
+  monitorAggregation: {aggregation}
   autoDirectNodeRoutes: {direct}
   socketLB: {{enabled: false}}
   hubble: {{relay: {{enabled: false}}}}
@@ -122,6 +128,7 @@ except OSError as err:
 class NPLab:
     name: str
     mode: str
+    aggregation: str
     nodes: list[str]
     node_ips: list[str]
     node_ips6: list[str]
@@ -152,6 +159,11 @@ class NPLab:
         return next((f for f in listed if (f["address"], f["port"]) == (address, port)), None)
 
 
+# Monitor aggregation per lab (the NodePort traces honour it): Cilium's default in tunnel mode,
+# every packet reported (and the from-* points) in native mode.
+AGGREGATION = {"tunnel": "medium", "native": "none"}
+
+
 @pytest.fixture(scope="module", params=["tunnel", "native"])
 def lab(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -160,9 +172,13 @@ def lab(
     name, nodes, world = unique("np"), [unique("n") for _ in range(2)], unique("w")
     path = tmp_path_factory.mktemp("nodeport") / "lab.yaml"
     direct = str(mode == "native").lower()
+    aggregation = AGGREGATION[mode]
     path.write_text(
-        LAB.format(lab=name, mode=mode, direct=direct, n1=nodes[0], n2=nodes[1], world=world)
-    )
+        LAB.format(
+            lab=name, mode=mode, direct=direct, aggregation=aggregation, n1=nodes[0],
+            n2=nodes[1], world=world,
+        )
+    )  # fmt: skip
     with kube_lab(path, name, nodes) as kubeconfig:
         rec = manager.record(name)
         ips, ips6 = [], []
@@ -188,7 +204,9 @@ def lab(
         # no load-balancer controller in the lab: its status as one would write it
         kubectl(kubeconfig, "patch", "service", "web-lb", "--subresource=status", "--type=merge",
                 "-p", LB_STATUS)  # fmt: skip
-        yield NPLab(name, mode, nodes, ips, ips6, netns, world_ip, world_ip6, kubeconfig)
+        yield NPLab(
+            name, mode, aggregation, nodes, ips, ips6, netns, world_ip, world_ip6, kubeconfig
+        )
 
 
 def _wait_frontend(lab: NPLab, node: str, address: str, port: int, backends: int) -> None:
@@ -282,30 +300,44 @@ def _world(endpoint: dict[str, Any]) -> bool:
     return any(label.startswith("reserved:world") for label in endpoint.get("labels", ()))
 
 
+def _bare(f: dict[str, Any]) -> bool:
+    """A TCP packet that neither opens nor closes its connection (a bare ACK, data)."""
+    return not {"SYN", "FIN", "RST"} & set(f["l4"]["TCP"].get("flags", {}))
+
+
 def test_hubble_names_the_service_of_a_nodeport_connection(lab: NPLab) -> None:
     """Node 2 forwards a world host's connection to node 1's backend: its request is traced
     (to-overlay, or to-network in native mode) from the world host, world identity, to the
     backend, with destination_service; the reply, back out to the client from the frontend, with
-    source_service; monitor aggregation (the lab's medium) reports the request's packets that
-    open or close it only. Node 1, delivering to its local backend, names the Service too."""
+    source_service. Monitor aggregation: at medium only the packets that open or close the
+    connection, at none every packet and the request as received (from-network, to the node's
+    IP and nodePort). Node 1, delivering to its local backend, names the Service too."""
     port = lab.node_port("web-np")
     _wait_frontend(lab, lab.nodes[1], lab.node_ips[1], port, 1)
     assert lab.get(lab.node_ips[1], port).get("pod") == "web-a"
     point = "TO_OVERLAY" if lab.mode == "tunnel" else "TO_NETWORK"
+    medium = lab.aggregation == "medium"
 
-    def requests() -> list[dict[str, Any]]:
+    def from_world() -> list[dict[str, Any]]:
         return [f for f in _observe(lab, lab.nodes[1], "--to-service", "default/web-np")
                 if f["IP"]["source"] == lab.world_ip]  # fmt: skip
+
+    def requests() -> list[dict[str, Any]]:
+        sent = [f for f in from_world() if f["trace_observation_point"] == point]
+        return sent if sent and (medium or any(map(_bare, sent))) else []
 
     flows = wait_for("node 2's flows to web-np", requests, 20)
     for f in flows:
         assert f["destination_service"] == WEB_NP, f
-        assert f["trace_observation_point"] == point, f
         assert _world(f["source"]), f
         assert f["destination"].get("pod_name") == "web-a", f
-        tcp = f["l4"]["TCP"]
-        assert {"SYN", "FIN", "RST"} & set(tcp.get("flags", {})), f  # aggregated: no bare ACKs
+        assert not (medium and _bare(f)), f  # aggregated: no bare ACKs
     assert any(f["l4"]["TCP"]["flags"].get("SYN") for f in flows), flows  # the opening packet
+    received = [f for f in from_world() if f["trace_observation_point"] == "FROM_NETWORK"]
+    assert bool(received) != medium, received  # a from-* point: at aggregation none only
+    for f in received:
+        assert f["IP"]["destination"] == lab.node_ips[1], f
+        assert f["destination_service"] == WEB_NP, f
     replies = _observe(lab, lab.nodes[1], "--from-service", "default/web-np")
     mine = [f for f in replies if f["IP"]["destination"] == lab.world_ip]
     assert mine, replies
