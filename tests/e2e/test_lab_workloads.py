@@ -8,9 +8,11 @@ command is refused naming the pod; ``lab down`` leaves nothing."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  socketLB: {{enabled: true}}  # Cilium's default: host-network pods' connects are translated
   nodes:
   - name: {n1}
   - name: {n2}
@@ -167,6 +170,38 @@ spec:
           exec: {command: [sh, -c, "exit 1"]}
           periodSeconds: 1
           failureThreshold: 2
+"""
+
+
+HOSTNET = """\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: hostnet}
+spec:
+  selector: {matchLabels: {app: hostnet}}
+  template:
+    metadata: {labels: {app: hostnet}}
+    spec:
+      hostNetwork: true
+      containers:
+      - name: http
+        image: ciliary/http-server
+        command: [ciliary, workload, http-server, --port, "18082"]
+        ports: [{containerPort: 18082}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hostnet}
+spec:
+  selector: {app: hostnet}
+  ports: [{port: 80, targetPort: 18082}]
+"""
+# GET a URL N times, print the answering pods (http-server names the pod it runs in)
+FETCH_PODS = """\
+import json, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+pods = [json.load(opener.open(sys.argv[1], timeout=5))["pod"] for _ in range(int(sys.argv[2]))]
+print(json.dumps(pods))
 """
 
 
@@ -478,3 +513,49 @@ def test_invalid_probe_is_refused_by_the_api_server(lab: tuple[str, list[str], s
         res.stderr
     )
     assert "must be 1" in res.stderr
+
+
+def test_host_network_pods_run_in_their_nodes_namespace(lab: tuple[str, list[str], str]) -> None:
+    """``hostNetwork: true``: no sandbox, no CNI; the pod's IP is its node's InternalIP, its
+    processes run in the node's network namespace and answer a Service from pods; a
+    host-network pod's own connect() to a ClusterIP is translated (socket-LB on the node's
+    cgroup); deleting the pods leaves the node's namespace (and its pods) untouched."""
+    name, nodes, kubeconfig = lab
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=HOSTNET)
+    got = wait_for(
+        "a host-network pod per node", lambda: ready_pods(kubeconfig, "app=hostnet", 2), 120
+    )
+    internal = {
+        n["metadata"]["name"]: [
+            a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP"
+        ]
+        for n in get_json(kubeconfig, "nodes")["items"]
+    }
+    rec = manager.record(name)
+    for pod in got:
+        node = pod["spec"]["nodeName"]
+        assert [p["ip"] for p in pod["status"]["podIPs"]] == internal[node], pod["status"]
+        prec = manager.find_pod(rec, f"default/{pod['metadata']['name']}")
+        assert prec.netns == manager.node_netns(name, node) and prec.endpoint_id is None
+    vip = get_json(kubeconfig, "service", "hostnet")["spec"]["clusterIP"]
+    url = f"http://{vip}/"
+    answered = manager.run_in_pod(
+        "default/client-1", [sys.executable, "-c", FETCH_PODS, url, "20"], name=name
+    )
+    assert answered.returncode == 0, answered.stderr
+    assert set(json.loads(answered.stdout)) <= {p["metadata"]["name"] for p in got}
+    host_pod = f"default/{got[0]['metadata']['name']}"
+    from_host = manager.run_in_pod(
+        host_pod, [sys.executable, "-c", FETCH_PODS, url, "5"], name=name
+    )
+    assert from_host.returncode == 0, from_host.stderr  # translated in the socket (socket-LB)
+    kubectl(kubeconfig, "delete", "-f", "-", stdin=HOSTNET)
+    wait_for("the host-network pods gone", lambda: not pods(kubeconfig, "app=hostnet"), 60)
+    for node in nodes:
+        assert Path(f"/run/netns/{manager.node_netns(name, node)}").exists()
+    again = manager.run_in_pod(
+        "default/client-2",
+        ["ciliary", "workload", "ping", "-c", "1", internal[nodes[0]][0]],
+        name=name,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -157,6 +157,7 @@ def pod_spec(
             "spec": {
                 "nodeName": spec.get("nodeName"),
                 "restartPolicy": spec.get("restartPolicy", "Always"),
+                "hostNetwork": bool(spec.get("hostNetwork", False)),
                 "securityContext": _known(spec.get("securityContext"), SECURITY_FIELDS),
                 "containers": containers,
                 # another source than emptyDir is kept by name: podsandbox refuses its mounts

@@ -1346,11 +1346,12 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
         save_kubelet_pod(rec.name, prec)
 
     nrec = _node(rec, pod.node_name)
+    host = pod.spec.host_network
     prec = PodRecord(
         name=pod.name,
         namespace=pod.namespace,
         node=nrec.name,
-        netns=pod_netns(rec.name, pod.namespace, pod.name),
+        netns=nrec.netns if host else pod_netns(rec.name, pod.namespace, pod.name),
         container_id=f"{rec.name}-{pod.namespace}-{pod.name}",
         labels=dict(pod.labels),
         containers=[
@@ -1362,9 +1363,14 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
         kubelet=True,
         uid=uid,
         restart_policy=pod.spec.restart_policy,
+        host_network=host,
     )
     rec.pods.append(prec)
     save(rec)  # intent first
+    if host:  # kubelet makes no sandbox for it: the node's netns and addresses, no CNI
+        prec.ipv4 = f"{nrec.node_ipv4}/32" if nrec.node_ipv4 else None
+        prec.ipv6 = f"{nrec.node_ipv6}/128" if nrec.node_ipv6 else None
+        return _start_containers(rec, pod, prec, uid)
     path = netns.create(prec.netns)
     requested = [str(a) for a in pod.requested_ips()]
     try:
@@ -1384,10 +1390,18 @@ def _create_pod(rec: LabRecord, pod: schema.PodSpec, uid: str) -> PodRecord:
     with AgentClient(Path(nrec.socket)) as cl:
         ep = next(e for e in cl.endpoints() if e.container_id == prec.container_id)
     prec.endpoint_id, prec.ipv4, prec.ipv6 = ep.id, ep.ipv4, ep.ipv6
-    # The pod's processes start only now: the endpoint is ready (programs attached) by contract.
-    # Every container is a process in the pod's netns and its cgroup (as containers of a pod
-    # share the pod's network namespace), its output in kubelet's log file of its run, which
-    # ``kubectl logs`` reads through the API server (named by the pod's uid in the API).
+    return _start_containers(rec, pod, prec, uid)
+
+
+def _start_containers(rec: LabRecord, pod: schema.PodSpec, prec: PodRecord, uid: str) -> PodRecord:
+    """The pod's processes start only now: the endpoint is ready (programs attached) by
+    contract. Every container is a process in the pod's netns and its cgroup (as containers of a
+    pod share the pod's network namespace), its output in kubelet's log file of its run, which
+    ``kubectl logs`` reads through the API server (named by the pod's uid in the API)."""
+
+    def save(rec: LabRecord) -> None:
+        save_kubelet_pod(rec.name, prec)
+
     prec.log = str(podlogs.pod_log_dir(pod_log_root(rec.name), pod.namespace, pod.name, uid))
     save(rec)
     specs = {c.name: c for c in pod.spec.containers}
@@ -1718,6 +1732,12 @@ def _remove_pod(rec: LabRecord, prec: PodRecord) -> None:
         process.stop_group(crec.pid, crec.pid_start_time, timeout=1.0)
     if prec.cgroup:
         cgrouplimits.remove_v1(prec.cgroup)
+    if prec.host_network:  # the node's netns stays; no CNI DEL (no ADD was made)
+        if prec.log:
+            shutil.rmtree(prec.log, ignore_errors=True)
+        if prec in rec.pods:
+            rec.pods.remove(prec)
+        return
     with contextlib.suppress(Exception):
         node = _node(_load(rec.name), prec.node)  # the agent now (the supervisor restarts it)
         if process.alive(node.agent_pid, node.agent_start_time):
@@ -1773,7 +1793,8 @@ def _teardown(rec: LabRecord) -> None:
             _collect(errors, cgroup.kill_and_remove, root / node_group)
         _collect(errors, cgrouplimits.remove_v1, node_group)  # the v1 limits' parent
     for prec in rec.pods:
-        _collect(errors, netns.remove, prec.netns)
+        if not prec.host_network:  # a host-network pod's is its node's, removed below
+            _collect(errors, netns.remove, prec.netns)
     for nrec in rec.nodes:
         _collect(errors, netns.remove, nrec.netns)
     for ns_name in netns.list_names(f"cilp-{rec.name}-") + netns.list_names(f"ciln-{rec.name}-"):

@@ -829,6 +829,8 @@ class PodBody(StrictModel):
     security_context: core.PodSecurityContext | None = None
     containers: list[Container] = Field(min_length=1)
     volumes: list[Volume] = Field(default_factory=list)
+    host_network: bool = False
+    """Run in the node's network namespace: no sandbox, no CNI, the node's IPs (kubelet's)."""
 
     @field_validator("containers")
     @classmethod

@@ -84,6 +84,8 @@ class PodRecord(_Model):
     uid: str | None = None
     restart_policy: str = "Always"
     phase: str = "Running"
+    host_network: bool = False
+    """``spec.hostNetwork``: ``netns`` is the node's (never removed with the pod), no endpoint."""
 
     @property
     def key(self) -> str:

@@ -331,7 +331,7 @@ def test_unknown_field_names_the_path() -> None:
     [
         (lambda d: d.update(status={}), "status"),
         (lambda d: d["metadata"].update(uid="x"), "metadata.uid"),
-        (lambda d: d["spec"].update(hostNetwork=True), "spec.hostNetwork"),
+        (lambda d: d["spec"].update(dnsPolicy="None"), "spec.dnsPolicy"),
         (
             lambda d: d["spec"]["containers"][0].update(volumeDevices=[]),
             "spec.containers[0].volumeDevices",
