@@ -66,7 +66,7 @@ def parse_mac(mac: str) -> bytes:
 
 def format_mac(raw: bytes) -> str:
     """6 bytes as lowercase ``"aa:bb:cc:dd:ee:ff"``."""
-    return ":".join(f"{b:02x}" for b in bytes(raw[:6]))
+    return bytes(raw[:6]).hex(":")
 
 
 _Mirror = (

@@ -13,9 +13,11 @@ them meaning is the agent's job). Records the datapath could not reserve are cou
 from __future__ import annotations
 
 import ctypes
+import struct
 import sys
 import time
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.maps.endpoints import (
@@ -135,44 +137,66 @@ def _addr(raw: bytes, family: int) -> IPAddress | None:
         return None
 
 
+_TRACE_EVENT = struct.Struct("@QQ16s16s6s6sHHIIIIHH14BHI")
+"""``struct trace_event`` unpacked in one C call (native alignment, as the ctypes mirror, which
+stays the layout's reference: the sizes are compared at import)."""
+if _TRACE_EVENT.size != ctypes.sizeof(TraceEventC):  # pragma: no cover - a layout edit
+    raise ImportError(
+        f"events.py: trace_event unpacks {_TRACE_EVENT.size} bytes, "
+        f"the ctypes mirror is {ctypes.sizeof(TraceEventC)}"
+    )
+_TRACE_FIELDS = tuple(f.name for f in dataclass_fields(RawTraceEvent))
+_CACHE_MAX = 16_384
+_addrs: dict[tuple[bytes, int], IPAddress | None] = {}
+_macs: dict[bytes, str] = {}
+
+
+def _cached_addr(raw: bytes, family: int) -> IPAddress | None:
+    """Address objects by their raw bytes: a node sees few distinct addresses, and building an
+    ``ip_address`` per record was a tenth of the decode (the objects are immutable)."""
+    key = (raw, family)
+    addr = _addrs.get(key, _addrs)
+    if addr is _addrs:
+        if len(_addrs) >= _CACHE_MAX:
+            _addrs.clear()
+        addr = _addrs[key] = _addr(raw, family)
+    return addr  # type: ignore[return-value]
+
+
+def _cached_mac(raw: bytes) -> str:
+    mac = _macs.get(raw)
+    if mac is None:
+        if len(_macs) >= _CACHE_MAX:
+            _macs.clear()
+        mac = _macs[raw] = format_mac(raw)
+    return mac
+
+
 def decode_trace_event(data: bytes) -> RawTraceEvent:
-    """Decodes one ring buffer record; ``data`` may be longer than the struct (never shorter)."""
-    size = ctypes.sizeof(TraceEventC)
+    """Decodes one ring buffer record; ``data`` may be longer than the struct (never shorter).
+
+    Per record this is one ``struct`` unpack, cached address and MAC values and one dict
+    for the frozen dataclass (filled as its generated ``__init__`` would, without the 29
+    ``object.__setattr__`` calls a frozen ``__init__`` makes)."""
+    size = _TRACE_EVENT.size
     if len(data) < size:
         raise ValueError(f"trace_event record is {len(data)} bytes, expected {size}")
-    ev = TraceEventC.from_buffer_copy(data[:size])
-    family = int(ev.family)
-    return RawTraceEvent(
-        ts_ns=int(ev.ts_ns),
-        ct_created_ns=int(ev.ct_created_ns),
-        src=_addr(bytes(ev.saddr), family),
-        dst=_addr(bytes(ev.daddr), family),
-        smac=format_mac(bytes(ev.smac)),
-        dmac=format_mac(bytes(ev.dmac)),
-        sport=int(ev.sport),
-        dport=int(ev.dport),
-        src_sec_id=int(ev.src_sec_id),
-        dst_sec_id=int(ev.dst_sec_id),
-        ifindex=int(ev.ifindex),
-        pkt_len=int(ev.pkt_len),
-        ep_id=int(ev.ep_id),
-        dst_ep_id=int(ev.dst_ep_id),
-        type=int(ev.type),
-        obs_point=int(ev.obs_point),
-        verdict=int(ev.verdict),
-        drop_reason=int(ev.drop_reason),
-        family=family,
-        proto=int(ev.proto),
-        tcp_flags=int(ev.tcp_flags),
-        is_reply=bool(ev.is_reply),
-        icmp_type=int(ev.icmp_type),
-        icmp_code=int(ev.icmp_code),
-        ct_state=int(ev.ct_state),
-        policy_match=int(ev.policy_match),
-        traffic_direction=int(ev.traffic_direction),
-        policy_cookie=int(ev.policy_cookie),
-        rev_nat_index=int(ev.rev_nat_index),
-    )
+    (
+        ts_ns, ct_created_ns, saddr, daddr, smac, dmac, sport, dport, src_sec_id, dst_sec_id,
+        ifindex, pkt_len, ep_id, dst_ep_id, type_, obs_point, verdict, drop_reason, family,
+        proto, tcp_flags, is_reply, icmp_type, icmp_code, ct_state, policy_match,
+        traffic_direction, _pad, rev_nat_index, policy_cookie,
+    ) = _TRACE_EVENT.unpack_from(data)  # fmt: skip
+    values = (
+        ts_ns, ct_created_ns, _cached_addr(saddr, family), _cached_addr(daddr, family),
+        _cached_mac(smac), _cached_mac(dmac), sport, dport, src_sec_id, dst_sec_id,
+        ifindex, pkt_len, ep_id, dst_ep_id, type_, obs_point, verdict, drop_reason,
+        family, proto, tcp_flags, bool(is_reply), icmp_type, icmp_code, ct_state,
+        policy_match, traffic_direction, policy_cookie, rev_nat_index,
+    )  # fmt: skip
+    ev = object.__new__(RawTraceEvent)
+    ev.__dict__.update(zip(_TRACE_FIELDS, values, strict=True))
+    return ev
 
 
 class TraceSockNotifyC(ctypes.Structure):
