@@ -1,4 +1,5 @@
-"""Backend selection (bpf/lib/lb.h lb_select_backend) in a 2-node lab, through the tc-level LB:
+"""Backend selection (bpf/lib/lb.h lb_select_backend) in a 2-node lab, through the tc-level LB
+(socket-LB pinned off: it would translate at connect(), with no Maglev for E-W, as upstream's):
 3 backend pods (one on the client's node, two on the other) behind three Services.
 
 - Maglev (``service.cilium.io/lb-algorithm: maglev``): both nodes hold the same table (compared
@@ -50,6 +51,7 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  socketLB: {{enabled: false}}  # the tc-level LB's selection is what is tested
   nodes:
   - name: {n1}
   - name: {n2}

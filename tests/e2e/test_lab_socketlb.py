@@ -1,5 +1,5 @@
-"""Socket-LB in a lab (``spec.socketLB.enabled``: each agent's bpf_sock.c on its node's
-cgroup, which holds that node's pod processes, ``lab exec`` included): a client pod's TCP
+"""Socket-LB in a lab (``spec.socketLB.enabled``, on by default: each agent's bpf_sock.c on its
+node's cgroup, which holds that node's pod processes, ``lab exec`` included): a client pod's TCP
 connect() to a ClusterIP reaches the backend, the server sees the client's own
 address and the client's getpeername() says ClusterIP:80; an unconnected UDP sendto() to the
 ClusterIP is answered from the ClusterIP (recvfrom). The node's conntrack table proves it
@@ -10,7 +10,7 @@ to the ClusterIP with destination_service default/web, post-xlate-fwd to the web
 A ``sessionAffinity: ClientIP`` Service over 3 pods: 100 connections from one pod land on one
 backend, a second pod sticks to its own; that backend once terminating (deleted, held by a
 finalizer) gets none of the pod's next connections, which stick to another one.
-(The tc-level LB with ``--bpf-lb-sock=false``, the lab's default, is test_lab_services'.)"""
+(The tc-level LB with ``socketLB: {enabled: false}`` is test_lab_services'.)"""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
-  socketLB: {{enabled: true}}
   nodes:
   - name: {n1}
 ---

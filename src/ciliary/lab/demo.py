@@ -9,8 +9,8 @@ then read back through Hubble (the lab's relay, as ``ciliary observe`` does), wi
 reasons and the policy that decided: for the database's default deny, the policy that selected it
 (``db-from-web``), which the flow carries in its ``extensions``. The first step reaches the web
 server by its Service's name (``web.shop.svc.cluster.local``: the lab's cluster DNS, reached
-through its own ClusterIP, answers with the Service's ClusterIP, which bpf_lxc translates to the
-pod). The lab stays up for the user to explore.
+through its own ClusterIP, answers with the Service's ClusterIP, which socket-LB translates to
+the pod at connect(), the lab's default). The lab stays up for the user to explore.
 """
 
 from __future__ import annotations

@@ -462,10 +462,11 @@ class HubbleSpec(StrictModel):
 class SocketLBSpec(StrictModel):
     """Socket-LB (Helm's ``socketLB.enabled``, the agent's ``--bpf-lb-sock``): each node's agent
     translates its pods' connect()/sendmsg() to a Service in the socket (bpf_sock.c on the
-    node's cgroup) instead of per packet at tc. Off by default in the lab, which then exercises
-    the tc-level load balancer."""
+    node's cgroup) instead of per packet at tc. On by default, as Cilium's with
+    kubeProxyReplacement; ``enabled: false`` leaves Services to the tc-level load balancer
+    (per-packet DNAT, which labs testing that path pin)."""
 
-    enabled: bool = False
+    enabled: bool = True
 
 
 class ImageCommand(StrictModel):

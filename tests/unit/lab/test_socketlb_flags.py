@@ -1,7 +1,8 @@
 """Socket-LB's wiring in the lab: every agent gets its node's cgroup as ``--cgroup-root`` and
-``--bpf-lb-sock`` from the lab file's ``spec.socketLB.enabled`` (off by default: the tc-level
-LB), which the agent's parser turns into its config; ``lab exec``'s command joins the pod's
-cgroup before anything runs (so the node's socket-LB applies to it too)."""
+``--bpf-lb-sock`` from the lab file's ``spec.socketLB.enabled`` (on by default, as Cilium's
+with kubeProxyReplacement; false: the tc-level LB alone), which the agent's parser turns into
+its config; ``lab exec``'s command joins the pod's cgroup before anything runs (so the node's
+socket-LB applies to it too)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def _agent_args(socket_lb: bool) -> tuple[Path | None, bool]:
 
 
 def test_the_lab_file_switches_socket_lb_and_every_agent_gets_its_node_cgroup() -> None:
-    assert lab_spec().socket_lb.enabled is False
-    assert lab_spec(socketLB={"enabled": True}).socket_lb.enabled is True
+    assert lab_spec().socket_lb.enabled is True
+    assert lab_spec(socketLB={"enabled": False}).socket_lb.enabled is False
     root = cgroup.cgroup2_root()
     assert root is not None
     node_group = root / "ciliary" / "demo" / "node-node1"
