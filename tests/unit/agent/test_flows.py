@@ -3,9 +3,12 @@ the events queue and lost-event accounting in front of the decoder."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,8 +22,14 @@ from ciliary.agent.flows import (
     summary,
     workload_of,
 )
-from ciliary.agent.hubble import OBSERVER_EVENTS_QUEUE, EventsQueue, LostCounter, _Lost
-from ciliary.core.models import RuleReference
+from ciliary.agent.hubble import (
+    OBSERVER_EVENTS_QUEUE,
+    CgroupEndpoints,
+    EventsQueue,
+    LostCounter,
+    _Lost,
+)
+from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.datapath.maps.events import (
     RawSockEvent,
@@ -506,3 +515,37 @@ def test_ring_records_are_told_apart() -> None:
     assert (raw.sock_cookie, raw.cgroup_id) == (5, 6)
     trace = TraceEventC(ts_ns=7, family=2, proto=6, sport=1, dport=2)  # first byte 7 too
     assert isinstance(decode_event(bytes(trace)), RawTraceEvent)
+
+
+def test_a_cgroup_id_names_the_endpoint_whose_netns_its_processes_are_in(tmp_path: Path) -> None:
+    """CgroupEndpoints: the cgroup under the root with that id (its directory's inode), its
+    processes' network namespace, the endpoint in that namespace; cached until cleared, and a
+    cgroup of no endpoint is not asked again before the retry delay."""
+    pod = tmp_path / "node" / "pod-default-client"
+    pod.mkdir(parents=True)
+    (pod / "cgroup.procs").write_text(f"{os.getpid()}\n")  # this process: this netns
+    here = Endpoint.model_construct(netns="/proc/self/ns/net", ipv4="10.0.0.10",
+                                    ipv6="fd00::a", state=EndpointState.READY)  # fmt: skip
+    other = Endpoint.model_construct(netns=str(tmp_path / "gone"), ipv4="10.0.0.11",
+                                     ipv6=None, state=EndpointState.READY)  # fmt: skip
+    eps = [other, here]
+    calls: list[int] = []
+
+    def endpoints() -> list[Endpoint]:
+        calls.append(1)
+        return eps
+
+    cg = CgroupEndpoints(tmp_path, endpoints, retry_s=60)
+    cid = pod.stat().st_ino
+    assert cg.address(cid, socket.AF_INET) == IPv4Address("10.0.0.10")
+    assert cg.address(cid, socket.AF_INET6) == IPv6Address("fd00::a")
+    assert len(calls) == 1  # cached
+    empty = tmp_path / "node" / "pod-default-none"
+    empty.mkdir()
+    assert cg.address(empty.stat().st_ino, socket.AF_INET) is None
+    assert cg.address(empty.stat().st_ino, socket.AF_INET) is None
+    assert len(calls) == 2  # the unknown one not asked again before the retry delay
+    assert cg.address(123456789, socket.AF_INET) is None  # no such cgroup
+    eps.remove(here)
+    cg.clear()  # an endpoint changed
+    assert cg.address(cid, socket.AF_INET) is None
