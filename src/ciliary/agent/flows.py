@@ -44,16 +44,15 @@ with constructed events; ``ciliary.agent.hubble`` supplies the getters from the 
 
 from __future__ import annotations
 
+import os
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.protobuf.wrappers_pb2 import BoolValue
 
 from ciliary.agent.podstore import workload_of
 from ciliary.core.flow import (
@@ -97,6 +96,14 @@ TRAFFIC_INGRESS = 1
 TRAFFIC_EGRESS = 2
 
 _KNOWN_CT = frozenset({CTState.NEW, CTState.ESTABLISHED, CTState.REPLY, CTState.RELATED})
+# plain ints for the per-event comparisons (no enum class attribute lookups per event)
+_DROP, _TRACE, _VERDICT = int(EventType.DROP), int(EventType.TRACE), int(EventType.POLICY_VERDICT)
+_DROPPED, _CT_REPLY = int(Verdict.DROPPED), int(CTState.REPLY)
+_TO_ENDPOINT = int(ObservationPoint.TO_ENDPOINT)
+_NO_LABELS: list[str] = []  # shared (callers copy labels into messages, never modify them)
+_CACHE_MAX = 4096
+"""Entries of each per-decoder cache before it is emptied (a node has few distinct values;
+the bound only keeps churn, e.g. pods coming and going for days, from growing it)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,27 @@ class WallClock:
 
 
 # ---- pure helpers ----------------------------------------------------------------------------
+
+_UUID_BATCH = 1024
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+class FlowUUIDs:
+    """Random (version 4) UUIDs in their string form, as ``str(uuid.uuid4())`` makes them
+    (upstream gives every flow one), from ``os.urandom`` read 16 KiB at a time: a flow's
+    UUID was a getrandom call and a UUID object, about a tenth of its decode."""
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def next(self) -> str:
+        pos = self._pos
+        if pos >= len(self._hex):
+            self._hex, pos = os.urandom(16 * _UUID_BATCH).hex(), 0
+        self._pos = pos + 32
+        x = self._hex[pos : pos + 32]
+        return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:]}"
 
 
 def summary(raw: RawTraceEvent) -> str:
@@ -247,55 +275,67 @@ class FlowDecoder:
     clock: WallClock = field(default_factory=WallClock)
     cluster_name: str = DEFAULT_CLUSTER_NAME
     _labels: dict[int, tuple[object, list[str]]] = field(default_factory=dict, repr=False)
+    _endpoints: dict[tuple[object, ...], tuple[list[str], flow_pb2.Endpoint]] = field(
+        default_factory=dict, repr=False
+    )
+    """Endpoint submessages by everything they are made of (see :meth:`_endpoint`)."""
+    _addr_text: dict[IPAddress, str] = field(default_factory=dict, repr=False)
+    _summaries: dict[tuple[int, int, int, int, int], str] = field(default_factory=dict, repr=False)
+    _tcp_flags: dict[int, flow_pb2.TCPFlags] = field(default_factory=dict, repr=False)
+    _uuids: FlowUUIDs = field(default_factory=FlowUUIDs, repr=False)
 
     def decode(self, raw: RawTraceEvent) -> flow_pb2.Flow:
-        is_drop = raw.type == EventType.DROP
+        kind, verdict = raw.type, raw.verdict
+        is_drop = kind == _DROP
         wall = self.clock.wall_ns(raw.ts_ns)
         f = flow_pb2.Flow(
-            time=Timestamp(seconds=wall // 1_000_000_000, nanos=wall % 1_000_000_000),
-            uuid=str(uuid.uuid4()),
-            verdict=raw.verdict,  # type: ignore[arg-type]
+            uuid=self._uuids.next(),
+            verdict=verdict,  # type: ignore[arg-type]
             Type=flow_pb2.L3_L4,
             node_name=self.node_name,
             policy_match_type=raw.policy_match,
-            Summary=summary(raw),
+            Summary=self._summary(raw),
         )
-        f.ethernet.source = raw.smac
-        f.ethernet.destination = raw.dmac
+        ts = f.time
+        ts.seconds, ts.nanos = divmod(wall, 1_000_000_000)
+        eth = f.ethernet
+        eth.source = raw.smac
+        eth.destination = raw.dmac
         if raw.src is not None and raw.dst is not None:
-            f.IP.source = str(raw.src)
-            f.IP.destination = str(raw.dst)
-            f.IP.ipVersion = flow_pb2.IPv4 if raw.family == socket.AF_INET else flow_pb2.IPv6
+            ip = f.IP
+            ip.source = self._text(raw.src)
+            ip.destination = self._text(raw.dst)
+            ip.ipVersion = flow_pb2.IPv4 if raw.family == socket.AF_INET else flow_pb2.IPv6
             self._l4(raw, f.l4)
         src = self._endpoint(raw.src, raw.src_sec_id)
         dst = self._endpoint(raw.dst, raw.dst_sec_id)
         f.source.CopyFrom(src)
         f.destination.CopyFrom(dst)
-        is_verdict = raw.type == EventType.POLICY_VERDICT
-        if is_drop or (is_verdict and raw.verdict == Verdict.DROPPED):
+        is_verdict = kind == _VERDICT
+        if is_drop or (is_verdict and verdict == _DROPPED):
             f.drop_reason = raw.drop_reason
             f.drop_reason_desc = raw.drop_reason  # type: ignore[assignment]
+        event_type = f.event_type
         if is_verdict:
             # upstream's policy-verdict flows: no observation point, the deciding direction as
             # the datapath reports it (never inverted: verdicts are only sent for new flows)
-            f.event_type.type = EventType.POLICY_VERDICT
-            f.event_type.sub_type = 0
-            if raw.verdict != Verdict.DROPPED:
+            event_type.type = _VERDICT
+            event_type.sub_type = 0
+            if verdict != _DROPPED:
                 # as upstream's decodeIsReply: an allowed verdict is only ever sent for the
                 # first packet of a connection, so it is statically not a reply
-                f.is_reply.CopyFrom(BoolValue(value=False))
+                f.is_reply.value = False
         elif is_drop:
-            f.event_type.type = EventType.DROP
-            f.event_type.sub_type = raw.drop_reason
+            event_type.type = _DROP
+            event_type.sub_type = raw.drop_reason
         else:
-            f.event_type.type = EventType.TRACE
-            f.event_type.sub_type = (
-                TRACE_TO_LXC if raw.obs_point == ObservationPoint.TO_ENDPOINT else raw.obs_point
-            )
-            f.trace_observation_point = raw.obs_point  # type: ignore[assignment]
+            event_type.type = _TRACE
+            obs_point = raw.obs_point
+            event_type.sub_type = TRACE_TO_LXC if obs_point == _TO_ENDPOINT else obs_point
+            f.trace_observation_point = obs_point  # type: ignore[assignment]
             if raw.ct_state in _KNOWN_CT:
-                is_reply = raw.ct_state == CTState.REPLY
-                f.is_reply.CopyFrom(BoolValue(value=is_reply))
+                is_reply = raw.ct_state == _CT_REPLY
+                f.is_reply.value = is_reply
                 f.reply = is_reply
         f.traffic_direction = self._direction(raw, src, is_drop)  # type: ignore[assignment]
         if raw.ifindex:
@@ -310,6 +350,26 @@ class FlowDecoder:
                 f.extensions.CopyFrom(default_deny_extension(why))
         return f
 
+    def _text(self, addr: IPAddress) -> str:
+        """``str(addr)``, remembered (formatting an address is slow in ``ipaddress``)."""
+        text = self._addr_text.get(addr)
+        if text is None:
+            if len(self._addr_text) >= _CACHE_MAX:
+                self._addr_text.clear()
+            text = self._addr_text[addr] = str(addr)
+        return text
+
+    def _summary(self, raw: RawTraceEvent) -> str:
+        if raw.src is None:
+            return "Ethernet"
+        key = (raw.proto, raw.tcp_flags, raw.icmp_type, raw.icmp_code, raw.family)
+        text = self._summaries.get(key)
+        if text is None:
+            if len(self._summaries) >= _CACHE_MAX:
+                self._summaries.clear()
+            text = self._summaries[key] = summary(raw)
+        return text
+
     def decode_sock(self, raw: RawSockEvent) -> flow_pb2.Flow | None:
         """A trace-sock record's SOCK flow (see the module doc); None: skipped (its cgroup is
         no local endpoint's)."""
@@ -320,7 +380,7 @@ class FlowDecoder:
         wall = self.clock.wall_ns(raw.ts_ns)
         f = flow_pb2.Flow(
             time=Timestamp(seconds=wall // 1_000_000_000, nanos=wall % 1_000_000_000),
-            uuid=str(uuid.uuid4()),
+            uuid=self._uuids.next(),
             verdict=Verdict.TRACED if point.is_pre else Verdict.TRANSLATED,  # type: ignore[arg-type]
             Type=flow_pb2.SOCK,
             node_name=self.node_name,
@@ -370,16 +430,20 @@ class FlowDecoder:
             if found is not None:
                 field_.namespace, field_.name = found
 
-    @staticmethod
-    def _l4(raw: RawTraceEvent, l4: flow_pb2.Layer4) -> None:
+    def _l4(self, raw: RawTraceEvent, l4: flow_pb2.Layer4) -> None:
         if raw.proto == 6:
-            l4.TCP.source_port = raw.sport
-            l4.TCP.destination_port = raw.dport
-            flags = l4.TCP.flags
+            tcp = l4.TCP
+            tcp.source_port = raw.sport
+            tcp.destination_port = raw.dport
             bits = raw.tcp_flags
-            flags.FIN, flags.SYN, flags.RST = bool(bits & 0x01), bool(bits & 0x02), bool(bits & 4)
-            flags.PSH, flags.ACK, flags.URG = bool(bits & 0x08), bool(bits & 0x10), bool(bits & 32)
-            flags.ECE, flags.CWR = bool(bits & 0x40), bool(bits & 0x80)
+            flags = self._tcp_flags.get(bits)
+            if flags is None:
+                flags = self._tcp_flags[bits] = flow_pb2.TCPFlags(
+                    FIN=bool(bits & 0x01), SYN=bool(bits & 0x02), RST=bool(bits & 0x04),
+                    PSH=bool(bits & 0x08), ACK=bool(bits & 0x10), URG=bool(bits & 0x20),
+                    ECE=bool(bits & 0x40), CWR=bool(bits & 0x80),
+                )  # fmt: skip
+            tcp.flags.CopyFrom(flags)
         elif raw.proto == 17:
             l4.UDP.source_port = raw.sport
             l4.UDP.destination_port = raw.dport
@@ -395,39 +459,68 @@ class FlowDecoder:
 
     def _endpoint(self, addr: IPAddress | None, datapath_id: int) -> flow_pb2.Endpoint:
         """Upstream's ``ResolveEndpoint``: a local endpoint by address, else ipcache + labels.
-        The datapath's identity wins when it has one (policy was decided on it)."""
+        The datapath's identity wins when it has one (policy was decided on it).
+
+        The getters are asked for every event, so a change in the agent's state shows in the
+        next flow; what is remembered is only the message built from their answers, keyed by
+        every value it is made of (the labels by identity: the identity cache hands out a new
+        object when an identity's labels change). The result is shared: copy, never modify."""
         g = self.getters
         ep = g.endpoint_by_ip(addr) if addr is not None else None
         if ep is not None:
             identity = datapath_id or ep.identity
-            return flow_pb2.Endpoint(
+            labels = self._labels_of(identity)
+            key: tuple[object, ...] = (
+                ep.id,
+                identity,
+                ep.namespace,
+                ep.pod_name,
+                ep.workloads,
+                self.cluster_name,
+            )
+            cached = self._endpoints.get(key)
+            if cached is not None and cached[0] is labels:
+                return cached[1]
+            msg = flow_pb2.Endpoint(
                 ID=ep.id,
                 identity=identity,
                 cluster_name=self.cluster_name,
                 namespace=ep.namespace,
-                labels=self._labels_of(identity),
+                labels=labels,
                 pod_name=ep.pod_name,
                 workloads=[flow_pb2.Workload(name=n, kind=k) for n, k in ep.workloads],
             )
-        identity = datapath_id
-        if addr is not None and not identity:
-            identity = g.identity_of_ip(addr) or 0
-        pod = identity >= MIN_ALLOCATED_IDENTITY and not is_local_identity(identity)
-        remote = g.pod_of_ip(addr) if addr is not None else None
-        return flow_pb2.Endpoint(
-            identity=identity,
-            cluster_name=self.cluster_name if pod else "",
-            namespace=remote.namespace if remote is not None else "",
-            labels=self._labels_of(identity),
-            pod_name=remote.pod_name if remote is not None else "",
-        )
+        else:
+            identity = datapath_id
+            if addr is not None and not identity:
+                identity = g.identity_of_ip(addr) or 0
+            remote = g.pod_of_ip(addr) if addr is not None else None
+            labels = self._labels_of(identity)
+            namespace = remote.namespace if remote is not None else ""
+            pod_name = remote.pod_name if remote is not None else ""
+            key = (identity, namespace, pod_name, self.cluster_name)
+            cached = self._endpoints.get(key)
+            if cached is not None and cached[0] is labels:
+                return cached[1]
+            pod = identity >= MIN_ALLOCATED_IDENTITY and not is_local_identity(identity)
+            msg = flow_pb2.Endpoint(
+                identity=identity,
+                cluster_name=self.cluster_name if pod else "",
+                namespace=namespace,
+                labels=labels,
+                pod_name=pod_name,
+            )
+        if len(self._endpoints) >= _CACHE_MAX:
+            self._endpoints.clear()
+        self._endpoints[key] = (labels, msg)
+        return msg
 
     def _labels_of(self, identity: int) -> list[str]:
         if not identity:
-            return []
+            return _NO_LABELS
         labels = self.getters.identity_labels(identity)
         if labels is None:
-            return []
+            return _NO_LABELS
         cached = self._labels.get(identity)
         if cached is not None and cached[0] is labels:
             return cached[1]
