@@ -342,6 +342,34 @@ def test_server_streams_rows_and_map_and_refuses_bad_filters() -> None:
     asyncio.run(scenario())
 
 
+def test_server_sends_a_changing_map_at_most_every_map_interval() -> None:
+    """A busy namespace changes its map with almost every batch; the page gets the whole map
+    (all the cards and edges) at most every MAP_INTERVAL, and the last change still arrives."""
+    from ciliary.hubble.ui.server import MAP_INTERVAL  # noqa: PLC0415
+
+    async def scenario() -> None:
+        observer = LocalObserver("n1", capacity=255)
+        async for client in _ui(observer):
+            resp = await client.get("/api/flows/stream", params={"namespace": "shop"})
+            [(event, _)] = await _events(resp, 1)
+            assert event == "map"
+            start = asyncio.get_running_loop().time()
+            for port in range(20):  # a new edge every 50 ms: 20 batches that change the map
+                observer.on_flow(tcp(CLIENT, WEB, 1000 + port))
+                await asyncio.sleep(0.05)
+            took = asyncio.get_running_loop().time() - start
+            maps: list[Any] = []
+            while not maps or len(maps[-1]["edges"]) < 20:
+                [(event, data)] = await _events(resp, 1)
+                if event == "map":
+                    maps.append(data)
+            assert len(maps) <= took / MAP_INTERVAL + 2, len(maps)
+            assert len(maps) < 10, len(maps)  # not one per changing batch (20)
+            resp.close()
+
+    asyncio.run(scenario())
+
+
 def test_map_skips_replies_traces_and_socket_translations() -> None:
     m = ServiceMap("shop")
     assert m.add(tcp(CLIENT, WEB, 80, flow_pb2.TRACED)) is False

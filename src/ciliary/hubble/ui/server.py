@@ -6,7 +6,8 @@ hands the page JSON — ``/api/namespaces`` (GetNamespaces), ``/api/nodes`` (Get
 server-sent-events stream per view, ``/api/flows/stream?namespace=NS&filter=FLAGS``: a GetFlows
 follow of that namespace with ``hubble observe``'s filter flags, sent as ``flows`` events (a
 batch of table rows every ~50 ms while flows arrive) and ``map`` events (the namespace's whole
-service map, :mod:`ciliary.hubble.ui.servicemap`, whenever its picture changed), ``failure`` once
+service map, :mod:`ciliary.hubble.ui.servicemap`, when its picture changed, at most every
+0.5 s), ``failure`` once
 when the filter is refused or the relay fails (the page then stops the stream rather than letting
 the browser retry it), and a comment every 15 s to keep proxies from closing an idle stream.
 
@@ -50,6 +51,9 @@ CYTOSCAPE_JS = UI_DIR / "node_modules" / "cytoscape" / "dist" / "cytoscape.min.j
 BATCH_WINDOW = 0.05
 """Seconds flows are gathered into one ``flows`` event once the first arrived."""
 BATCH_MAX = 500
+MAP_INTERVAL = 0.5
+"""Seconds between two ``map`` events at most (a large map is re-sent whole; the page redraws
+only what changed in it)."""
 KEEPALIVE = 15.0
 
 _RELAY_KEY = web.AppKey("relay", RelayClient)
@@ -117,13 +121,23 @@ async def _pump(relay: RelayClient, query: FlowQuery, queue: asyncio.Queue[Any])
 async def _send_flows(
     resp: web.StreamResponse, queue: asyncio.Queue[Any], smap: ServiceMap, relay_name: str
 ) -> None:
-    """Batches the queue's flows into ``flows``/``map`` events until it ends or fails."""
+    """Batches the queue's flows into ``flows``/``map`` events until it ends or fails; a changed
+    map is sent at most every MAP_INTERVAL seconds (at once when the last one is older)."""
+    loop = asyncio.get_running_loop()
     await resp.write(_sse("map", smap.snapshot()))
+    map_sent, map_dirty = loop.time(), False
     while True:
+        wait = KEEPALIVE
+        if map_dirty:
+            wait = max(0.0, map_sent + MAP_INTERVAL - loop.time())
         try:
-            first = await asyncio.wait_for(queue.get(), KEEPALIVE)
+            first = await asyncio.wait_for(queue.get(), wait)
         except TimeoutError:
-            await resp.write(b": keepalive\n\n")
+            if map_dirty:
+                await resp.write(_sse("map", smap.snapshot()))
+                map_sent, map_dirty = loop.time(), False
+            else:
+                await resp.write(b": keepalive\n\n")
             continue
         batch = [first]
         await asyncio.sleep(BATCH_WINDOW)
@@ -138,8 +152,10 @@ async def _send_flows(
             changed |= smap.add(item)
         if rows:
             await resp.write(_sse("flows", rows))
-        if changed:
+        map_dirty |= changed
+        if map_dirty and (end is not None or loop.time() - map_sent >= MAP_INTERVAL):
             await resp.write(_sse("map", smap.snapshot()))
+            map_sent, map_dirty = loop.time(), False
         if isinstance(end, grpc.RpcError):
             await resp.write(_sse("failure", {"message": rpc_message(end, relay_name)}))
             return
