@@ -15,11 +15,14 @@ and docs/hubble-ui.md show them), so a plain test run leaves the tree as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from ciliary import processes
 from ciliary.lab import manager
 from tests.e2e.conftest import CILIARY, REPO, assert_no_leftovers, unique
 
@@ -319,3 +323,22 @@ def test_table_pauses_while_scrolled_away_from_the_top(ui: UILab) -> None:
     expect(paused).to_be_hidden()
     assert page.evaluate("hubbleUI.state.rows.length") > held
     expect(page.locator("#flows-body tr").first).not_to_have_attribute("data-id", top or "")
+
+
+def test_the_lab_serves_the_ui_until_lab_down(lab: Lab) -> None:
+    """What ``make demo`` does: the UI as a process of the lab (the supervisor's, recorded), its
+    URL answering, and ``lab down`` stopping it by its pid. Last: it takes the module's lab down
+    (the fixture then finds nothing left)."""
+    url = manager.start_hubble_ui(lab.name, port=0)
+    assert url.startswith("http://127.0.0.1:"), url
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200 and b"cytoscape.min.js" in resp.read()
+    with urllib.request.urlopen(url + "api/namespaces", timeout=10) as resp:
+        assert "shop" in json.loads(resp.read())["namespaces"]
+    ui = manager.record(lab.name).processes[manager.HUBBLE_UI]
+    assert ui.pid is not None and processes.alive(ui.pid, ui.start_time)
+    assert ui.argv[-2:] == ["--port", "0"] and "--relay" in ui.argv
+    manager.down(lab.name)
+    assert not processes.alive(ui.pid, ui.start_time)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)

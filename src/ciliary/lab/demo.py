@@ -10,7 +10,9 @@ reasons and the policy that decided: for the database's default deny, the policy
 (``db-from-web``), which the flow carries in its ``extensions``. The first step reaches the web
 server by its Service's name (``web.shop.svc.cluster.local``: the lab's cluster DNS, reached
 through its own ClusterIP, answers with the Service's ClusterIP, which socket-LB translates to
-the pod at connect(), the lab's default). The lab stays up for the user to explore.
+the pod at connect(), the lab's default). The lab stays up for the user to explore, with the
+Hubble UI (``ciliary hubble ui`` on the relay, a process of the lab) at
+``http://127.0.0.1:12000/`` until ``lab down``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class _Collector(threading.Thread):
     def stop(self) -> None:
         self._client.close()
 
+
+HUBBLE_UI_PORT = 12000
+"""Upstream's ``cilium hubble ui`` port: the demo serves the UI there until ``lab down``."""
 
 WEB_SERVICE = "web.shop.svc.cluster.local"
 """The default lab's Service in front of ``shop/web``."""
@@ -234,6 +239,12 @@ def run(console: Console) -> int:
     if not_ready:
         failures += 1
     console.rule("explore")
+    try:  # a lab process: the supervisor keeps it up, `lab down` stops it
+        ui = manager.start_hubble_ui(lab, port=HUBBLE_UI_PORT)
+        console.print(f"  [bold]Hubble UI: {ui}[/bold]  (service map and flows, until lab down)")
+    except manager.LabError as err:
+        console.print(f"[red]Hubble UI: {err}[/red]")
+        failures += 1
     echo4 = ips["shop/echo"][0]
     console.print(
         "  ciliary lab status                 # nodes and pods\n"

@@ -1237,6 +1237,52 @@ def spawn_process(rec: LabRecord, name: str) -> ProcessRecord:
     return prec
 
 
+HUBBLE_UI = "hubble-ui"
+HUBBLE_UI_READY_TIMEOUT = 20.0
+_UI_URL = re.compile(r"^Hubble UI at (http://\S+/) ", re.MULTILINE)
+
+
+def start_hubble_ui(lab: str, port: int = 12000) -> str:
+    """``ciliary hubble ui`` on the lab's relay as one of the lab's processes: the supervisor
+    starts (and restarts) it like the cluster's, ``lab down`` stops it by its recorded pid and
+    start time. ``port`` 0: any free port. Returns the UI's URL once it answers; LabError when
+    the lab has no relay or supervisor, or when the UI exits during start-up (its log's reason:
+    e.g. the port is taken), and then it is not restarted."""
+    with _record_lock(lab, create=False):
+        rec = _load(lab)
+        if rec.relay is None:
+            raise LabError(f"lab {lab!r} has no Hubble relay: the Hubble UI reads its flows")
+        if not _supervised(rec):
+            raise LabError(f"lab {lab!r} has no running supervisor to run the Hubble UI")
+        old = rec.processes.get(HUBBLE_UI)
+        if old is not None and process.alive(old.pid, old.start_time):
+            process.stop(old.pid, old.start_time)  # another port, or a UI that hangs
+        log_path = _lab_dir(lab) / f"{HUBBLE_UI}.log"
+        argv = [sys.executable, "-m", "ciliary.cli.main", "hubble", "ui"]
+        rec.processes[HUBBLE_UI] = ProcessRecord(
+            argv=[*argv, "--relay", rec.relay.address, "--port", str(port)],
+            log=str(log_path),
+            cgroup=_cgroup_rel(lab, HUBBLE_UI),
+        )
+        start = _log_size(log_path)  # this run's lines only
+        atomic.write_json(_state_file(lab), rec.model_dump(mode="json"))
+    deadline = time.monotonic() + HUBBLE_UI_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        prec = _load(lab).processes[HUBBLE_UI]
+        if prec.last_exit is not None:
+            update_process(lab, HUBBLE_UI, lambda p: setattr(p, "wanted", False))
+            raise LabError(f"the Hubble UI exited ({prec.last_exit}): {_tail(log_path, start)}")
+        with contextlib.suppress(OSError):
+            with open(log_path, "rb") as fh:
+                fh.seek(start)
+                found = _UI_URL.search(fh.read().decode(errors="replace"))
+            if found:
+                return found.group(1)
+        time.sleep(0.1)
+    why = _tail(log_path, start)
+    raise LabError(f"the Hubble UI did not listen within {HUBBLE_UI_READY_TIMEOUT:.0f}s: {why}")
+
+
 def _supervised(rec: LabRecord) -> bool:
     return rec.supervisor is not None and process.alive(
         rec.supervisor.pid, rec.supervisor.start_time
