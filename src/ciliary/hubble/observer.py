@@ -163,12 +163,16 @@ class LocalObserver:
         )
 
     def _track_namespaces(self, flow: flow_pb2.Flow) -> None:
+        src, dst = flow.source, flow.destination
+        src_ns, dst_ns = src.namespace, dst.namespace
+        if not (src_ns or dst_ns):
+            return
         now = time.monotonic()
-        for ep in (flow.source, flow.destination):
-            if ep.namespace:
-                key = (ep.cluster_name or self.cluster_name, ep.namespace)
-                with self._namespaces_lock:
-                    self._namespaces[key] = now
+        with self._namespaces_lock:
+            if src_ns:
+                self._namespaces[(src.cluster_name or self.cluster_name, src_ns)] = now
+            if dst_ns:
+                self._namespaces[(dst.cluster_name or self.cluster_name, dst_ns)] = now
 
     # -- status --------------------------------------------------------------------------
 

@@ -30,12 +30,19 @@ _KUBE_APISERVER_LABEL = ReservedIdentity.KUBE_APISERVER.label
 # ---- flow readers ----------------------------------------------------------------------------
 
 
+_enum_names: dict[object, dict[int, str]] = {}
+"""Per enum wrapper, number → name, as its ``Name`` answers (``Name`` goes through the
+descriptor in Python on every call)."""
+
+
 def enum_name(enum: Any, value: int) -> str:
     """Name of ``value`` in a protobuf enum; the number if it has none."""
-    try:
-        return str(enum.Name(value))
-    except ValueError:
-        return str(value)
+    names = _enum_names.get(enum)
+    if names is None:
+        by_number = enum.DESCRIPTOR.values_by_number
+        names = _enum_names[enum] = {n: str(v.name) for n, v in by_number.items()}
+    name = names.get(value)
+    return name if name is not None else str(value)
 
 
 def verdict_name(flow: flow_pb2.Flow) -> str:
@@ -201,6 +208,16 @@ class ContextOptions:
     def label_values(self, flow: flow_pb2.Flow, invert: bool = False) -> list[str]:
         """Values in ``label_names`` order; ``invert`` swaps source and destination (for
         metrics taken from reply flows, e.g. httpV2)."""
+        if not (
+            self.labels
+            or self.source
+            or self.source_egress
+            or self.source_ingress
+            or self.destination
+            or self.destination_egress
+            or self.destination_ingress
+        ):
+            return []  # no context options (the common case): nothing to read
         values = [_label_value(label, flow, invert) for label in self.labels]
         direction = flow.traffic_direction
         src = self._chain(direction, self.source, self.source_ingress, self.source_egress)
@@ -223,9 +240,9 @@ class ContextOptions:
         ingress: tuple[str, ...],
         egress: tuple[str, ...],
     ) -> tuple[str, ...]:
-        if ingress and direction == flow_pb2.TrafficDirection.INGRESS:
+        if ingress and direction == flow_pb2.INGRESS:
             return ingress
-        if egress and direction == flow_pb2.TrafficDirection.EGRESS:
+        if egress and direction == flow_pb2.EGRESS:
             return egress
         return both
 
