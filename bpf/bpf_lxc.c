@@ -27,19 +27,32 @@
 #include "lib/fib.h"
 #include "lib/lb.h"
 
+#define FC_CONTINUE -1
+
+/* What the steps of cil_from_container learn of a packet for the next ones. */
+struct fc_state {
+	struct endpoint_info *dst; /* dst_known: the local endpoint of the destination, or NULL */
+	__u32 sec_id;              /* the sender's */
+	__u16 ep_id;
+	__u8 dst_known;            /* dst looked up for the packet's (final) destination */
+	__u8 pad;
+};
+
 /* cil_from_container after the service translation: the destination's identity, conntrack,
  * policy, delivery. */
 static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb, struct pkt *p,
-							  __u16 src_ep, __u32 src_id,
+							  const struct fc_state *st,
 							  const struct lb_result *lb)
 {
 	struct ct_result ct = {};
 	struct event_meta m = {};
+	__u16 src_ep = st->ep_id;
+	__u32 src_id = st->sec_id;
 	__u32 level;
 	__u64 interval;
 	int ret;
 
-	struct endpoint_info *dst = lookup_endpoint(p->daddr, p->family);
+	struct endpoint_info *dst = st->dst_known ? st->dst : lookup_endpoint(p->daddr, p->family);
 	__u32 dst_id, tunnel_ep = 0;
 	if (dst) {
 		dst_id = dst->sec_id;
@@ -51,7 +64,8 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	}
 
 	load_config(&level, &interval);
-	ret = ct_process(p, src_id, dst_id, level, interval, &ct);
+	ret = ct_process_at(p, src_id, dst_id, level, interval,
+			    lb->now ? lb->now : bpf_ktime_get_ns(), &ct);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
 	if (ct.state == CT_ESTABLISHED && ct.entry && ct.entry->rev_nat_index != lb->rev_nat_index) {
@@ -146,16 +160,9 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	return TC_ACT_OK;
 }
 
-#define FC_CONTINUE -1
-
-struct fc_source {
-	__u32 sec_id;
-	__u16 ep_id;
-};
-
 /* Parsing and the sender's checks (anti-spoofing, endpoint ready). */
 static __attribute__((noinline)) int from_container_source(struct __sk_buff *skb, struct pkt *p,
-							   struct fc_source *out)
+							   struct fc_state *out)
 {
 	int ret = parse_packet(skb, p);
 	if (ret == PARSE_PASS)
@@ -174,14 +181,27 @@ static __attribute__((noinline)) int from_container_source(struct __sk_buff *skb
 	return FC_CONTINUE;
 }
 
-/* Service translation (lib/lb.h) of what the sender addressed. */
+/* Service translation (lib/lb.h) of what the sender addressed: lb_lookup_service's lookups,
+ * except that the wildcard entry is not looked for at a local pod's address (wildcards are
+ * ClusterIPs' only, agent/services.py, and a ClusterIP is never a pod's address): pod-to-pod
+ * packets pay one miss here, and the endpoint found is the route step's. */
 static __attribute__((noinline)) int from_container_lb(struct __sk_buff *skb, struct pkt *p,
-						       const struct fc_source *src,
-						       struct lb_result *lb)
+						       struct fc_state *st, struct lb_result *lb)
 {
-	int ret = lb_translate(skb, p, lb);
+	struct lb_service *svc = lb_lookup_frontend(p, 0);
+	if (!svc) {
+		st->dst = lookup_endpoint(p->daddr, p->family);
+		st->dst_known = 1;
+		if (st->dst)
+			return FC_CONTINUE;
+		svc = lb_lookup_frontend(p, 1);
+		if (!svc)
+			return FC_CONTINUE;
+	}
+	int ret = lb_translate_service(skb, p, svc, lb);
 	if (ret < 0)
-		return drop_packet(skb, p, -ret, src->ep_id, src->sec_id, 0, OBS_FROM_ENDPOINT);
+		return drop_packet(skb, p, -ret, st->ep_id, st->sec_id, 0, OBS_FROM_ENDPOINT);
+	st->dst_known = 0; /* sent to the backend now */
 	return FC_CONTINUE;
 }
 
@@ -192,16 +212,16 @@ SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct fc_source src = {};
+	struct fc_state st = {};
 	struct lb_result lb = {};
 
-	int ret = from_container_source(skb, &p, &src);
+	int ret = from_container_source(skb, &p, &st);
 	if (ret != FC_CONTINUE)
 		return ret;
-	ret = from_container_lb(skb, &p, &src, &lb);
+	ret = from_container_lb(skb, &p, &st, &lb);
 	if (ret != FC_CONTINUE)
 		return ret;
-	return from_container_route(skb, &p, src.ep_id, src.sec_id, &lb);
+	return from_container_route(skb, &p, &st, &lb);
 }
 
 SEC("tc")

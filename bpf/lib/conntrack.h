@@ -109,13 +109,14 @@ static __always_inline void ct_forget_new(const struct pkt *p, const struct ct_r
 	bpf_map_delete_elem(&ciliary_ct, &k);
 }
 
-/* Looks up (and creates, for new connections) the conntrack entry of packet `p`.
+/* Looks up (and creates, for new connections) the conntrack entry of packet `p` at time `now`
+ * (bpf_ktime_get_ns(), taken once per packet: the service translation may have read it already).
  * Returns 0, or -DROP_* when an entry could not be created. */
-static __always_inline int ct_process(const struct pkt *p, __u32 src_id, __u32 dst_id,
-				      __u32 agg_level, __u64 agg_interval, struct ct_result *res)
+static __always_inline int ct_process_at(const struct pkt *p, __u32 src_id, __u32 dst_id,
+					 __u32 agg_level, __u64 agg_interval, __u64 now,
+					 struct ct_result *res)
 {
 	struct ct_key k = {};
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_entry *e;
 
 	res->entry = 0;
@@ -201,5 +202,11 @@ static __always_inline int ct_process(const struct pkt *p, __u32 src_id, __u32 d
 	res->state = CT_NEW;
 	res->report = 1;
 	return 0;
+}
+
+static __always_inline int ct_process(const struct pkt *p, __u32 src_id, __u32 dst_id,
+				      __u32 agg_level, __u64 agg_interval, struct ct_result *res)
+{
+	return ct_process_at(p, src_id, dst_id, agg_level, agg_interval, bpf_ktime_get_ns(), res);
 }
 #endif

@@ -279,33 +279,34 @@ struct {
 	__array(values, struct lb_maglev_inner);
 } ciliary_lb6_maglev SEC(".maps");
 
-/* The service entry (slot 0) of the frontend the packet is sent to: its own (address, port,
- * protocol), else the address's wildcard entry; NULL when the address is no frontend. */
-static __always_inline struct lb_service *lb_lookup_service(const struct pkt *p)
+/* The service entry (slot 0) of the packet's destination (address, port, protocol), or with
+ * `wildcard` the address's catch-all entry (port 0, protocol 0); NULL when there is none. */
+static __always_inline struct lb_service *lb_lookup_frontend(const struct pkt *p, int wildcard)
 {
-	struct lb_service *svc;
 	if (p->family == AF_INET4) {
 		struct lb4_key k = {};
 		__builtin_memcpy(&k.address, p->daddr, 4);
-		k.dport = bpf_htons(p->dport);
-		k.proto = p->proto;
-		svc = bpf_map_lookup_elem(&ciliary_lb4_services, &k);
-		if (svc)
-			return svc;
-		k.dport = 0;
-		k.proto = 0;
+		if (!wildcard) {
+			k.dport = bpf_htons(p->dport);
+			k.proto = p->proto;
+		}
 		return bpf_map_lookup_elem(&ciliary_lb4_services, &k);
 	}
 	struct lb6_key k = {};
 	__builtin_memcpy(k.address, p->daddr, 16);
-	k.dport = bpf_htons(p->dport);
-	k.proto = p->proto;
-	svc = bpf_map_lookup_elem(&ciliary_lb6_services, &k);
-	if (svc)
-		return svc;
-	k.dport = 0;
-	k.proto = 0;
+	if (!wildcard) {
+		k.dport = bpf_htons(p->dport);
+		k.proto = p->proto;
+	}
 	return bpf_map_lookup_elem(&ciliary_lb6_services, &k);
+}
+
+/* The service entry (slot 0) of the frontend the packet is sent to: its own (address, port,
+ * protocol), else the address's wildcard entry; NULL when the address is no frontend. */
+static __always_inline struct lb_service *lb_lookup_service(const struct pkt *p)
+{
+	struct lb_service *svc = lb_lookup_frontend(p, 0);
+	return svc ? svc : lb_lookup_frontend(p, 1);
 }
 
 /* Backend id of slot `slot` (1..count) of the packet's frontend, 0 when the slot is absent. */
@@ -464,7 +465,7 @@ __attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
 	__u16 count = r->svc.count;
 	__u8 affinity = r->svc.flags & SVC_FLAG_AFFINITY;
 	__u64 timeout_ns = (__u64)r->svc.backend_id * 1000000000ULL;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = affinity ? bpf_ktime_get_ns() : 0; /* the affinity entry's clock only */
 	__u32 id = 0;
 	if (count == 0)
 		return 0;
@@ -540,21 +541,22 @@ static __always_inline int lb_backend(__u8 family, __u32 id, __u8 *addr, __u16 *
 #define LB_LOOPBACK_V6_15 1
 
 struct lb_result {
-	struct ct_entry *svc_ct; /* the service conntrack entry, refreshed with the connection's */
+	struct ct_entry *svc_ct; /* the service conntrack entry, refreshed with the connection's
+				  * (NULL when created by this packet: created as the connection's) */
+	__u64 now;               /* translated: its bpf_ktime_get_ns(), conntrack's clock after it */
 	__u16 rev_nat_index;     /* 0: not sent to a frontend */
 	__u8 loopback;           /* hairpin: the source is now the loopback address */
 	__u8 pad;
 };
 
-/* Service translation of a packet a pod sends (before anything looks at its destination).
- * Returns 0 (not a frontend, or translated: res says which), or -DROP_*. On translation the
- * packet and `p` carry the backend's address and port. */
-static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
-					struct lb_result *res)
+/* Service translation of a packet a pod sends to frontend `svc` (its lb_lookup_service entry),
+ * before anything looks at its destination. Returns 0 (translated: res says how), or -DROP_*.
+ * The packet and `p` then carry the backend's address and port. Per packet of an established
+ * connection: the service conntrack entry and the backend (two lookups), the DNAT. */
+static __always_inline int lb_translate_service(struct __sk_buff *skb, struct pkt *p,
+						const struct lb_service *svc,
+						struct lb_result *res)
 {
-	struct lb_service *svc = lb_lookup_service(p);
-	if (!svc)
-		return 0;
 	if (svc->flags2 & SVC_FLAG_WILDCARD || svc->count == 0)
 		return -DROP_NO_SERVICE;
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
@@ -584,7 +586,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
 		n.backend_id = id;
 		if (bpf_map_update_elem(&ciliary_ct, &sk, &n, BPF_ANY) < 0)
 			return -DROP_CT_CREATE_FAILED;
-		e = bpf_map_lookup_elem(&ciliary_ct, &sk);
+		e = 0; /* its lifetime is the opening connection's; no lookup back for it */
 	}
 	int ret = nat_rewrite(skb, p, 0, addr, p->dport, port);
 	if (ret < 0)
@@ -592,6 +594,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
 	addr_copy(p->daddr, addr, p->family);
 	p->dport = port;
 	res->svc_ct = e;
+	res->now = now;
 	res->rev_nat_index = rev_nat;
 	if (addr_eq(p->daddr, p->saddr, p->family)) {
 		__u8 lo[16] = {};
@@ -612,6 +615,17 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
 		res->loopback = 1;
 	}
 	return 0;
+}
+
+/* Service translation of a packet a pod sends (before anything looks at its destination).
+ * Returns 0 (not a frontend, or translated: res says which), or -DROP_*. */
+static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p,
+					struct lb_result *res)
+{
+	struct lb_service *svc = lb_lookup_service(p);
+	if (!svc)
+		return 0;
+	return lb_translate_service(skb, p, svc, res);
 }
 
 /* The reply of a hairpinned connection (the pod answering the loopback address): to the pod
