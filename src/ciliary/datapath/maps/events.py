@@ -236,6 +236,7 @@ class RawSockEvent:
 
 
 RawEvent = RawTraceEvent | RawSockEvent
+_SOCK_SIZE = ctypes.sizeof(TraceSockNotifyC)
 """What a ring buffer record decodes to."""
 
 
@@ -260,7 +261,7 @@ def decode_sock_event(data: bytes, ts_ns: int) -> RawSockEvent:
 
 def decode_event(data: bytes) -> RawEvent:
     """Decodes one ring buffer record of either kind (see the module doc)."""
-    if len(data) == ctypes.sizeof(TraceSockNotifyC) and data[0] == EVENT_TRACE_SOCK:
+    if len(data) == _SOCK_SIZE and data[0] == EVENT_TRACE_SOCK:
         return decode_sock_event(data, time.monotonic_ns())
     return decode_trace_event(data)
 
