@@ -325,6 +325,34 @@ def test_table_pauses_while_scrolled_away_from_the_top(ui: UILab) -> None:
     expect(page.locator("#flows-body tr").first).not_to_have_attribute("data-id", top or "")
 
 
+def test_policy_view_and_what_if_name_the_deciding_rule(ui: UILab) -> None:
+    """db's panel: web may reach it on 5432 (db-from-web), and the what-if of client → db:5432
+    is the default deny db-from-web puts it in; web → db:5432 is allowed by it."""
+    page = ui.page
+    page.select_option("#policy-of", "shop/Pod/db")
+    allowed = page.locator("#wpanel-ingress li[data-port='5432/TCP'][data-verdict=allowed]")
+    expect(allowed).to_contain_text("shop/web", timeout=10_000)
+    expect(allowed).to_contain_text("by CiliumNetworkPolicy shop/db-from-web")
+    expect(page.locator("#wpanel-ingress .policy-state")).to_contain_text(
+        "enforced (default deny) by CiliumNetworkPolicy shop/db-from-web"
+    )
+    expect(page.locator("#wpanel-egress .policy-state")).to_contain_text("not enforced")
+    result = page.locator("#whatif-result")
+    page.select_option("#whatif-from", "default/Pod/client")
+    page.fill("#whatif-port", "5432")
+    page.click("#whatif button[type=submit]")
+    expect(result).to_have_attribute("data-allowed", "false")
+    expect(result).to_contain_text("DENIED — default deny: shop/db is selected for ingress by")
+    expect(result).to_contain_text("CiliumNetworkPolicy shop/db-from-web")
+    ui.shot("body", "hubble-ui-policy.png")
+    page.select_option("#whatif-from", "shop/Pod/web")
+    page.click("#whatif button[type=submit]")
+    expect(result).to_have_attribute("data-allowed", "true")
+    expect(result).to_contain_text("allowed at ingress by CiliumNetworkPolicy shop/db-from-web")
+    page.keyboard.press("Escape")
+    expect(page.locator("#wpanel")).to_be_hidden()
+
+
 def test_the_lab_serves_the_ui_until_lab_down(lab: Lab) -> None:
     """What ``make demo`` does: the UI as a process of the lab (the supervisor's, recorded), its
     URL answering, and ``lab down`` stopping it by its pid. Last: it takes the module's lab down

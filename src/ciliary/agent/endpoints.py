@@ -24,7 +24,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
-from ciliary.agent.identity import IdentityAllocator, security_labels
+from ciliary.agent.identity import IdentityAllocator
 from ciliary.agent.ipam import IPAM, IPAMError
 from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
@@ -43,6 +43,7 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.endpoints import EP_F_READY
+from ciliary.k8s.podidentity import security_labels
 from ciliary.policy.identity import RESERVED_LABELS
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,6 @@ from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ciliary.agent.podstore import workload_of
 from ciliary.core.flow import (
     MIN_ALLOCATED_IDENTITY,
     CTState,
@@ -71,6 +70,7 @@ from ciliary.hubble.explain import default_deny_extension
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
 from ciliary.hubble.gopacket import ICMP4, ICMP6, TCP_FLAG_BITS, icmp_text
 from ciliary.hubble.monitorapi import TRACE_TO_LXC
+from ciliary.k8s.podidentity import workload_of
 from ciliary.policy.api.labels import (
     POLICY_LABEL_DERIVED_FROM,
     POLICY_LABEL_NAME,

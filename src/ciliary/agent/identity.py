@@ -11,30 +11,11 @@ Labels are Cilium's security-relevant form: the pod's labels as ``k8s:key=value`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from ciliary.core import atomicfile as store
 from ciliary.core.flow import MIN_ALLOCATED_IDENTITY
-
-NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
-
-
-NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
-
-
-def security_labels(
-    namespace: str, labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None
-) -> tuple[str, ...]:
-    """Sorted ``k8s:`` labels of a pod, its namespace folded in as Cilium does: the namespace
-    name as ``io.kubernetes.pod.namespace`` and each namespace label as
-    ``io.cilium.k8s.namespace.labels.<key>``."""
-    out = {f"k8s:{k}={v}" for k, v in labels.items()}
-    out.add(f"k8s:{NAMESPACE_LABEL}={namespace}")
-    for key, value in (namespace_labels or {}).items():
-        out.add(f"k8s:{NAMESPACE_LABELS_PREFIX}{key}={value}")
-    return tuple(sorted(out))
 
 
 class IdentityAllocator(Protocol):

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ciliary.k8s.podidentity import workload_of  # one home, shared with the Hubble UI
+
 
 @dataclass(frozen=True)
 class PodMeta:
@@ -26,27 +28,6 @@ def _str_map(obj: object) -> dict[str, str]:
     if not isinstance(obj, dict):
         return {}
     return {str(k): str(v) for k, v in obj.items()}
-
-
-def workload_of(pod: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
-    """The (name, kind) workload of a pod object from its controller owner reference, as
-    upstream's ``GetWorkloadMetaFromPod``: a ReplicaSet ``<deployment>-<hash>`` with the pod's
-    ``pod-template-hash`` is its Deployment, a Job ``<cronjob>-<digits>`` its CronJob."""
-    meta = (pod or {}).get("metadata") or {}
-    owners = meta.get("ownerReferences") or []
-    controller = next((o for o in owners if isinstance(o, dict) and o.get("controller")), None)
-    if controller is None:
-        return ()
-    kind, name = str(controller.get("kind", "")), str(controller.get("name", ""))
-    if kind == "ReplicaSet":
-        template_hash = (meta.get("labels") or {}).get("pod-template-hash")
-        if template_hash and name.endswith("-" + str(template_hash)):
-            return ((name[: -len(str(template_hash)) - 1], "Deployment"),)
-    if kind == "Job":
-        head, _, tail = name.rpartition("-")
-        if head and tail.isdigit():
-            return ((head, "CronJob"),)
-    return ((name, kind),) if name and kind else ()
 
 
 PodLookup = Callable[[str, str], Awaitable[PodMeta | None]]

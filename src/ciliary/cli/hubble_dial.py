@@ -111,6 +111,19 @@ def lab_tls_of(server: str) -> ClientTLS | None:
     return lab_client_tls(lab_dir) if lab_dir is not None else None
 
 
+def lab_kubeconfig_of(server: str) -> Path | None:
+    """The kubeconfig of the lab whose relay ``server`` is, if it is a lab's and has an API."""
+    from ciliary.lab import manager  # noqa: PLC0415 (the lab's record: only when asked)
+
+    lab_dir = _lab_of_relay(server)
+    if lab_dir is None:
+        return None
+    try:
+        return manager.kubeconfig(lab_dir.name)
+    except manager.LabError:
+        return None
+
+
 def _server_of(args: argparse.Namespace, ctx: Context) -> str:
     if getattr(args, "server", None):
         return str(args.server)

@@ -3,15 +3,18 @@
 Upstream's ``cilium hubble ui`` port-forwards to the hubble-ui pod on port 12000; ours runs the
 UI's backend right here, a client of the relay only: ``--relay`` (default: ``$HUBBLE_SERVER``,
 else the running lab's relay, as ``hubble observe`` chooses; a lab's TLS relay is dialed with the
-lab's client certificate). It listens on loopback and runs until interrupted.
+lab's client certificate). The policy view reads the cluster's policies and pods from its
+Kubernetes API: ``--kubeconfig`` (default: the lab's, when the relay is a lab's). It listens on
+loopback and runs until interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
-from ciliary.cli.hubble_dial import default_server, duration_arg, lab_tls_of
+from ciliary.cli.hubble_dial import default_server, duration_arg, lab_kubeconfig_of, lab_tls_of
 from ciliary.cli.output import CLIError, Context, Subparsers
 from ciliary.hubble.client import parse_server
 from ciliary.hubble.ui import DEFAULT_PORT
@@ -44,6 +47,14 @@ def register_ui(hsub: Subparsers) -> None:
         help=f"local port to serve the UI on (default {DEFAULT_PORT}; 0: any free port)",
     )
     p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the cluster's Kubernetes API, read for the policy view (default: the lab's, when "
+        "the relay is a lab's)",
+    )
+    p.add_argument(
         "--timeout",
         type=duration_arg,
         default=duration_arg("5s"),
@@ -62,8 +73,13 @@ def run_ui(args: argparse.Namespace, ctx: Context) -> int:
     except ValueError as err:
         raise CLIError(str(err)) from err
     tls = lab_tls_of(relay) if addr.tls else None
+    kubeconfig = args.kubeconfig or lab_kubeconfig_of(relay)
+    if kubeconfig is not None and not kubeconfig.is_file():
+        raise CLIError(f"--kubeconfig {kubeconfig}: no such file")
     try:
-        asyncio.run(serve(str(addr), tls, port=args.port, dial_timeout=args.timeout))
+        asyncio.run(
+            serve(str(addr), tls, port=args.port, dial_timeout=args.timeout, kubeconfig=kubeconfig)
+        )
     except UIError as err:
         raise CLIError(str(err)) from err
     except KeyboardInterrupt:

@@ -1259,8 +1259,9 @@ def start_hubble_ui(lab: str, port: int = 12000) -> str:
             process.stop(old.pid, old.start_time)  # another port, or a UI that hangs
         log_path = _lab_dir(lab) / f"{HUBBLE_UI}.log"
         argv = [sys.executable, "-m", "ciliary.cli.main", "hubble", "ui"]
+        api = ["--kubeconfig", rec.control_plane.kubeconfig] if rec.control_plane else []
         rec.processes[HUBBLE_UI] = ProcessRecord(
-            argv=[*argv, "--relay", rec.relay.address, "--port", str(port)],
+            argv=[*argv, "--relay", rec.relay.address, *api, "--port", str(port)],
             log=str(log_path),
             cgroup=_cgroup_rel(lab, HUBBLE_UI),
         )

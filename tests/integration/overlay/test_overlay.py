@@ -28,7 +28,6 @@ import grpc
 import pytest
 
 from ciliary.agent.config import TUNNEL_OVERHEAD
-from ciliary.agent.identity import security_labels
 from ciliary.core.flow import MIN_ALLOCATED_IDENTITY, ObservationPoint, ReservedIdentity, Verdict
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.linux.link import TUNNEL_DEVICE
@@ -37,6 +36,7 @@ from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNE
 from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheMap
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
+from ciliary.k8s.podidentity import security_labels
 
 from ..cni.conftest import (
     NETNS_DIR,

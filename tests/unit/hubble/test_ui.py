@@ -370,6 +370,130 @@ def test_server_sends_a_changing_map_at_most_every_map_interval() -> None:
     asyncio.run(scenario())
 
 
+# --------------------------------------------------------------------------- policy view
+
+
+def _pod(ns: str, name: str, labels: dict[str, str], **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": ns, "name": name, "labels": labels, **meta},
+        "spec": {},
+        "status": {"phase": "Running"},
+    }
+
+
+def _cnp(name: str, selects: str, peer: dict[str, str], port: str) -> tuple[str, str, Any]:
+    spec = {
+        "endpointSelector": {"matchLabels": {"app": selects}},
+        "ingress": [
+            {
+                "fromEndpoints": [{"matchLabels": peer}],
+                "toPorts": [{"ports": [{"port": port, "protocol": "TCP"}]}],
+            }
+        ],
+    }
+    meta = {"name": name, "namespace": "shop", "uid": "u1", "resourceVersion": "7"}
+    return "cilium.io/v2", "CiliumNetworkPolicy", {"metadata": meta, "spec": spec}
+
+
+def _cluster() -> Any:
+    from ciliary.hubble.ui.policyview import build  # noqa: PLC0415
+
+    web_owner = [{"kind": "ReplicaSet", "name": "web-5d8f", "controller": True}]
+    return build(
+        [
+            _cnp("web-from-client", "web", {"app": "client", NS_LABEL: "default"}, "80"),
+            _cnp("db-from-web", "db", {"app": "web"}, "5432"),
+            ("cilium.io/v2", "CiliumNetworkPolicy", {"metadata": {"name": "bad"}, "spec": {}}),
+        ],
+        [
+            _pod("default", "client", {"app": "client"}),
+            _pod(
+                "shop",
+                "web-5d8f-abcde",
+                {"app": "web", "pod-template-hash": "5d8f"},
+                ownerReferences=web_owner,
+            ),
+            _pod(
+                "shop",
+                "web-5d8f-fghij",
+                {"app": "web", "pod-template-hash": "5d8f"},
+                ownerReferences=web_owner,
+            ),
+            _pod("shop", "db", {"app": "db"}),
+            {
+                "metadata": {"namespace": "kube-system", "name": "n1-agent"},
+                "spec": {"hostNetwork": True},
+                "status": {},
+            },
+        ],
+        [{"metadata": {"name": "shop"}}, {"metadata": {"name": "default"}}],
+    )
+
+
+NS_LABEL = "k8s:io.kubernetes.pod.namespace"
+
+
+def test_policy_view_of_a_workload_per_port_with_its_rules() -> None:
+    cluster = _cluster()
+    # the map's card ids: the Deployment of both web pods; a host-network pod is the host
+    assert sorted(cluster.workloads) == ["default/Pod/client", "shop/Deployment/web", "shop/Pod/db"]
+    view = cluster.view("shop/Pod/db")
+    assert view["ingress"]["enforced"] is True
+    assert view["ingress"]["enforced_by"] == ["CiliumNetworkPolicy shop/db-from-web"]
+    ports = {p["port"]: p["peers"] for p in view["ingress"]["ports"]}
+    assert ports["5432/TCP"] == [
+        {
+            "peers": ["shop/web"],
+            "verdict": "allowed",
+            "rules": ["CiliumNetworkPolicy shop/db-from-web"],
+        }
+    ]
+    assert ports["any"][0]["peers"] == ["host"]  # allow-localhost, as the agents run
+    assert view["egress"]["enforced"] is False
+    assert view["refused"] and view["refused"][0].startswith("CiliumNetworkPolicy bad:")
+    with pytest.raises(ValueError, match="workload 'shop/Pod/nope': no running pod of it"):
+        cluster.view("shop/Pod/nope")
+
+
+def test_what_if_names_the_deciding_rule_or_the_default_deny() -> None:
+    cluster = _cluster()
+    denied = cluster.what_if("default/Pod/client", "shop/Pod/db", "tcp", 5432)
+    assert (denied["allowed"], denied["reason"], denied["direction"]) == (
+        False,
+        "default deny",
+        "ingress",
+    )
+    assert denied["enforced_by"] == ["CiliumNetworkPolicy shop/db-from-web"]
+    assert denied["text"] == (
+        "default deny: shop/db is selected for ingress by CiliumNetworkPolicy shop/db-from-web;"
+        " no rule of it allows this peer/port"
+    )
+    allowed = cluster.what_if("shop/Deployment/web", "shop/Pod/db", "TCP", 5432)
+    assert allowed["allowed"] is True
+    assert allowed["text"] == "allowed at ingress by CiliumNetworkPolicy shop/db-from-web"
+    assert cluster.what_if("shop/Deployment/web", "shop/Pod/db", "TCP", 5433)["allowed"] is False
+    assert cluster.what_if("reserved:world", "shop/Deployment/web", "TCP", 80)["allowed"] is False
+    assert cluster.what_if("default/Pod/client", "shop/Deployment/web", "TCP", 80)["allowed"]
+    with pytest.raises(ValueError, match="protocol 'GRE': expected one of TCP, UDP"):
+        cluster.what_if("default/Pod/client", "shop/Pod/db", "GRE", 1)
+    with pytest.raises(ValueError, match=r"port 70000: expected 0\.\.65535"):
+        cluster.what_if("default/Pod/client", "shop/Pod/db", "TCP", 70000)
+    with pytest.raises(ValueError, match="source 'reserved:nope': no such reserved identity"):
+        cluster.what_if("reserved:nope", "shop/Pod/db", "TCP", 1)
+
+
+def test_policy_api_without_a_kubeconfig_says_so() -> None:
+    async def scenario() -> None:
+        async for client in _ui(LocalObserver("n1", capacity=255)):
+            resp = await client.get("/api/policy", params={"workload": "shop/Pod/db"})
+            assert resp.status == 503
+            assert await resp.json() == {
+                "error": "no Kubernetes API to read policies from: start the UI with --kubeconfig"
+            }
+
+    asyncio.run(scenario())
+
+
 def test_map_skips_replies_traces_and_socket_translations() -> None:
     m = ServiceMap("shop")
     assert m.add(tcp(CLIENT, WEB, 80, flow_pb2.TRACED)) is False

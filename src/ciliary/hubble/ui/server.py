@@ -11,6 +11,11 @@ service map, :mod:`ciliary.hubble.ui.servicemap`, when its picture changed, at m
 when the filter is refused or the relay fails (the page then stops the stream rather than letting
 the browser retry it), and a comment every 15 s to keep proxies from closing an idle stream.
 
+The policy view (``/api/policy?workload=ID``: what may reach a workload and what it may reach,
+per port; ``/api/policy/workloads``; ``/api/policy/trace?from=ID&to=ID&port=N&protocol=P``: the
+"what if") is computed by :mod:`ciliary.hubble.ui.policyview` from the cluster's Kubernetes API
+(``--kubeconfig``), never from an agent.
+
 The page's own JS/CSS is in ``static/``; cytoscape (the map's layout and drawing) comes from npm,
 pinned by ``package-lock.json`` and installed by ``make setup`` into ``node_modules``, served at
 ``/vendor/cytoscape.min.js``: nothing is fetched from the internet at run time. The server binds
@@ -40,6 +45,7 @@ from ciliary.hubble.ui.flows import (
     flow_row,
     rpc_message,
 )
+from ciliary.hubble.ui.policyview import RESERVED_SOURCES, PolicySource, PolicyViewError
 from ciliary.hubble.ui.servicemap import ServiceMap
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ KEEPALIVE = 15.0
 
 _RELAY_KEY = web.AppKey("relay", RelayClient)
 _RELAY_NAME_KEY = web.AppKey("relay_name", str)
+_POLICIES_KEY = web.AppKey("policies", PolicySource)
 _END = object()
 
 
@@ -190,11 +197,65 @@ async def _flows_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def make_app(relay: RelayClient, relay_name: str) -> web.Application:
-    """The UI's aiohttp application over a relay client (``relay_name`` is shown in errors)."""
+async def _policy_answer(request: web.Request, question: str) -> web.Response:
+    """``/api/policy`` (a workload's view), ``/api/policy/workloads`` (the what-if's choices)
+    and ``/api/policy/trace`` (the what-if), from the cluster's API (policyview)."""
+    source = request.app.get(_POLICIES_KEY)
+    if source is None:
+        msg = "no Kubernetes API to read policies from: start the UI with --kubeconfig"
+        return web.json_response({"error": msg}, status=503)
+    q = request.query
+    try:
+        cluster = await source.read()
+        if question == "workloads":
+            ids = sorted(cluster.workloads)
+            answer: dict[str, Any] = {
+                "workloads": [{"id": k, "name": cluster.workloads[k].shown} for k in ids]
+                + [{"id": f"reserved:{r}", "name": r} for r in RESERVED_SOURCES],
+            }
+        elif question == "view":
+            answer = cluster.view(q.get("workload", ""))
+        else:
+            port_text = q.get("port", "")
+            if not port_text.isdigit():
+                raise PolicyViewError(f"port {port_text!r}: expected a number 0..65535")
+            answer = cluster.what_if(
+                q.get("from", ""), q.get("to", ""), q.get("protocol", "TCP"), int(port_text)
+            )
+    except PolicyViewError as err:
+        return web.json_response({"error": str(err)}, status=400)
+    except Exception as err:  # the API away, refused credentials
+        log.warning("policy view: %s", err)
+        where = f"the Kubernetes API ({source.kubeconfig})"
+        return web.json_response({"error": f"{where}: {err}"}, status=502)
+    return web.json_response(answer)
+
+
+async def _policy_view(request: web.Request) -> web.Response:
+    return await _policy_answer(request, "view")
+
+
+async def _policy_workloads(request: web.Request) -> web.Response:
+    return await _policy_answer(request, "workloads")
+
+
+async def _policy_trace(request: web.Request) -> web.Response:
+    return await _policy_answer(request, "trace")
+
+
+def make_app(
+    relay: RelayClient, relay_name: str, policies: PolicySource | None = None
+) -> web.Application:
+    """The UI's aiohttp application over a relay client (``relay_name`` is shown in errors) and,
+    for the policy view, the cluster's API (``policies``)."""
     app = web.Application()
     app[_RELAY_KEY] = relay
     app[_RELAY_NAME_KEY] = relay_name
+    if policies is not None:
+        app[_POLICIES_KEY] = policies
+    app.router.add_get("/api/policy", _policy_view)
+    app.router.add_get("/api/policy/workloads", _policy_workloads)
+    app.router.add_get("/api/policy/trace", _policy_trace)
     app.router.add_get("/", _index)
     app.router.add_get("/api/namespaces", _namespaces)
     app.router.add_get("/api/nodes", _nodes)
@@ -212,6 +273,7 @@ async def serve(
     port: int = DEFAULT_PORT,
     dial_timeout: float = 5.0,
     ready: asyncio.Event | None = None,
+    kubeconfig: Path | None = None,
 ) -> None:
     """Serves the UI until cancelled; prints its URL once it listens."""
     check_assets()
@@ -219,7 +281,9 @@ async def serve(
         channel = await connect(relay_addr, tls, timeout=dial_timeout)
     except ConnectionError as err:
         raise UIError(f"{err}; is the lab (its relay) running? ('ciliary lab up')") from err
-    runner = web.AppRunner(make_app(RelayClient(channel), relay_addr), handle_signals=False)
+    policies = PolicySource(kubeconfig) if kubeconfig is not None else None
+    app = make_app(RelayClient(channel), relay_addr, policies)
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
@@ -237,6 +301,9 @@ async def serve(
         await runner.cleanup()
         with contextlib.suppress(Exception):
             await channel.close(None)
+        if policies is not None:
+            with contextlib.suppress(Exception):
+                await policies.close()
 
 
 __all__ = [

@@ -52,6 +52,21 @@ def card_labels(labels: list[str]) -> list[str]:
     return sorted(set(out))
 
 
+def pod_card(
+    namespace: str, pod: str, labels: list[str], workloads: list[tuple[str, str]]
+) -> tuple[str, str, str]:
+    """(card id, name, kind) of a pod: ``kube-dns`` for a ``k8s-app=kube-dns`` pod, else its
+    first workload (name, kind), else the pod. ``labels`` as the identity has them
+    (``k8s:app=web``) or as a card shows them; the policy view names pods read from the API the
+    same way, so its workloads are the map's cards."""
+    if f"k8s:{KUBE_DNS_LABEL}" in labels or KUBE_DNS_LABEL in labels:
+        return f"{namespace}/kube-dns", "kube-dns", "kube-dns"
+    if workloads:
+        name, kind = workloads[0]
+        return f"{namespace}/{kind}/{name}", name, kind
+    return f"{namespace}/Pod/{pod}", pod, "Pod"
+
+
 @dataclass
 class Card:
     id: str
@@ -128,13 +143,12 @@ class ServiceMap:
         labels = card_labels(list(ep.labels))
         if ep.pod_name:
             ns = ep.namespace
-            if f"k8s:{KUBE_DNS_LABEL}" in ep.labels or KUBE_DNS_LABEL in labels:
-                key, name, kind = f"{ns}/kube-dns", "kube-dns", "kube-dns"
-            elif ep.workloads:
-                wl = ep.workloads[0]
-                key, name, kind = f"{ns}/{wl.kind}/{wl.name}", wl.name, wl.kind
-            else:
-                key, name, kind = f"{ns}/Pod/{ep.pod_name}", ep.pod_name, "Pod"
+            key, name, kind = pod_card(
+                ns,
+                ep.pod_name,
+                [*ep.labels, *labels],
+                [(wl.name, wl.kind) for wl in ep.workloads],
+            )
             inside = ns == self.namespace
         else:
             reserved = reserved_identity_name(ep.identity) if ep.identity else None
@@ -207,4 +221,4 @@ class ServiceMap:
         }
 
 
-__all__ = ["Card", "Edge", "ServiceMap", "card_labels"]
+__all__ = ["Card", "Edge", "ServiceMap", "card_labels", "pod_card"]

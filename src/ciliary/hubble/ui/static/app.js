@@ -355,7 +355,10 @@ function drawMap(snapshot) {
       map.shown.set(c.id, sig);
       const w = Math.max(90, 7 * Math.max(...lines.map((l) => l.length)) + 20);
       const search = [c.name, c.kind, c.namespace, ...c.labels, ...c.ports].join(" ").toLowerCase();
-      const data = { id: c.id, name: c.name, kind: c.kind, label, w, h: 16 * lines.length + 14, search };
+      const data = {
+        id: c.id, name: c.name, kind: c.kind, label, w, h: 16 * lines.length + 14, search,
+        pod: c.namespace !== "",
+      };
       let node = cy.getElementById(c.id);
       if (node.nonempty()) node.data(data);
       else {
@@ -396,6 +399,7 @@ function drawMap(snapshot) {
     scheduleLayout(true);
   }
   refreshGroupChoices(snapshot.cards);
+  refreshPolicyChoices(snapshot.cards);
   applySearch();
   // the map as text: for screen readers, and what the tests read
   const list = $("map-list");
@@ -786,6 +790,116 @@ for (const button of document.querySelectorAll("#panel [data-filter]")) {
     applyFilter();
   });
 }
+
+// ------------------------------------------------------------------ a workload's policy
+
+// What may reach a workload and what it may reach (per port), and "what if": from the server's
+// policy view (the cluster's policies and pods through its API, the agents' policy engine).
+const wpanel = { id: null, opener: null };
+
+function refreshPolicyChoices(cards) {
+  const select = $("policy-of");
+  const pods = cards.filter((c) => c.namespace !== "").sort((a, b) => a.id.localeCompare(b.id));
+  const want = ["", ...pods.map((c) => c.id)];
+  if (want.join("\n") === [...select.options].map((o) => o.value).join("\n")) return;
+  select.replaceChildren(new Option("a workload…", ""), ...pods.map((c) => new Option(
+    c.inside ? `${c.name} (${c.kind})` : `${c.namespace}/${c.name} (${c.kind})`, c.id)));
+  select.value = wpanel.id || "";
+}
+
+function policyList(direction) {
+  const out = [];
+  const state = document.createElement("p");
+  state.className = "policy-state";
+  state.textContent = direction.enforced
+    ? `enforced (default deny) by ${direction.enforced_by.join(", ") || "the agents' mode"}; allowed:`
+    : "not enforced: no policy selects it for this direction, everything is allowed";
+  out.push(state);
+  const ul = document.createElement("ul");
+  for (const port of direction.ports) {
+    for (const entry of port.peers) {
+      const li = document.createElement("li");
+      li.dataset.port = port.port;
+      li.dataset.verdict = entry.verdict;
+      li.dataset.peers = entry.peers.join(" ");
+      const v = document.createElement("span");
+      v.className = entry.verdict;
+      v.textContent = entry.verdict;
+      const why = entry.rules.join(", ");
+      li.append(`${port.port}: ${entry.peers.join(", ")} `, v, why.startsWith("(") ? ` ${why}` : ` by ${why}`);
+      ul.append(li);
+    }
+  }
+  out.push(ul);
+  return out;
+}
+
+async function openWorkload(id) {
+  if (!id) return;
+  wpanel.id = id;
+  wpanel.opener = document.activeElement;
+  $("policy-of").value = id;
+  $("panel").hidden = true;
+  $("wpanel").hidden = false;
+  $("wpanel-error").textContent = "";
+  $("whatif-result").textContent = "";
+  $("wpanel-ingress").replaceChildren();
+  $("wpanel-egress").replaceChildren();
+  $("wpanel-title").textContent = id;
+  try {
+    const [view, choices] = await Promise.all([
+      getJSON(`/api/policy?${new URLSearchParams({ workload: id })}`),
+      getJSON("/api/policy/workloads"),
+    ]);
+    if (wpanel.id !== id) return;  // another one was opened meanwhile
+    $("wpanel-title").textContent = `${view.workload.name} (${view.workload.kind})`;
+    $("wpanel-ingress").replaceChildren(...policyList(view.ingress));
+    $("wpanel-egress").replaceChildren(...policyList(view.egress));
+    if (view.refused.length) $("wpanel-error").textContent = `refused policies: ${view.refused.join("; ")}`;
+    const from = $("whatif-from");
+    from.replaceChildren(...choices.workloads.filter((w) => w.id !== id).map((w) => new Option(w.name, w.id)));
+    document.body.dataset.policyOf = id;
+  } catch (err) {
+    $("wpanel-error").textContent = err.message;
+  }
+  $("wpanel-close").focus();
+}
+
+async function whatIf() {
+  const q = new URLSearchParams({
+    from: $("whatif-from").value, to: wpanel.id, port: $("whatif-port").value, protocol: $("whatif-proto").value,
+  });
+  const out = $("whatif-result");
+  out.textContent = "…";
+  try {
+    const r = await getJSON(`/api/policy/trace?${q}`);
+    const v = document.createElement("span");
+    v.className = r.allowed ? "allowed" : "denied";
+    v.textContent = r.allowed ? "ALLOWED" : "DENIED";
+    out.dataset.allowed = String(r.allowed);
+    out.replaceChildren(`${r.source} → ${r.destination} ${r.port}: `, v, ` — ${r.text}`);
+  } catch (err) {
+    out.dataset.allowed = "";
+    out.textContent = err.message;
+  }
+}
+
+function closeWorkload() {
+  $("wpanel").hidden = true;
+  wpanel.id = null;
+  $("policy-of").value = "";
+  if (wpanel.opener && wpanel.opener.focus) wpanel.opener.focus();
+}
+
+cy.on("tap", "node", (ev) => { if (!ev.target.hasClass("group") && ev.target.data("pod")) openWorkload(ev.target.id()); });
+$("policy-of").addEventListener("change", () => {
+  if ($("policy-of").value) openWorkload($("policy-of").value); else closeWorkload();
+});
+$("wpanel-close").addEventListener("click", closeWorkload);
+$("whatif").addEventListener("submit", (ev) => { ev.preventDefault(); whatIf(); });
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && !$("wpanel").hidden) closeWorkload();
+});
 
 // ------------------------------------------------------------------ the stream
 
