@@ -525,3 +525,12 @@ def test_cli_names_an_unreachable_relay_and_a_bad_address(tmp_path: Path) -> Non
         check=False,
     )
     assert res.returncode == 1 and "unsupported scheme 'ftp'" in res.stderr
+    res = subprocess.run(
+        [ciliary, "hubble", "ui", "--relay", f"unix://{sock}", "--kubeconfig", str(tmp_path / "k")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"Error: --kubeconfig {tmp_path / 'k'}: no such file"
