@@ -117,10 +117,11 @@ GROUPS = [
             rounds=1 if a.quick else 3,
             seconds=a.seconds,
             scale=(1, 1_000) if a.quick else services.SCALE,
+            socket_lb_scale=(1,) if a.quick else services.SOCKET_LB_SCALE,
             log=_log,
         ),
-        "a pod through a ClusterIP vs to the pod IP with 1 / 1k / 10k Services: ciliary vs"
-        " kube-proxy's iptables rules; time to program the Services",
+        "a pod through a ClusterIP vs to the pod IP with 1 / 1k / 10k Services: ciliary (tc-level"
+        " LB; socket-LB at 1 and 10k) vs kube-proxy's iptables rules; time to program the Services",
     ),
     Group(
         "workloads",

@@ -1,13 +1,17 @@
 """Services: a pod's connections through a ClusterIP against straight to the backend pod's address,
 with 1, 1k and 10k Services installed, for ciliary's tc-level load balancer (bpf_lxc, hash maps:
-the cost should not grow with the number of Services) and for iptables rules of kube-proxy's
-shape (a list walked for every new connection: the reason eBPF service load balancing exists).
+the cost should not grow with the number of Services), for its socket-LB (bpf_sock.c: the
+backend chosen once at connect(), no per-packet translation; Cilium's default with
+kubeProxyReplacement) and for iptables rules of kube-proxy's shape (a list walked for every new
+connection: the reason eBPF service load balancing exists).
 
 Metrics (bench/tools.py, the datapath group's tools, run back to back per round):
   connection rate  connrate: connect, 64 B request, 64 B response, close, serially (conn/s);
   latency          sockperf TCP ping-pong, 64-byte messages, p50 and p99 (usec).
 The ratio of each result is ClusterIP / pod IP in the same setup and round (goal: rate ≥ 0.95,
-latency ≤ 1.05).
+latency ≤ 1.05). ciliary's connection-rate runs also give bpf_lxc's cil_from_container run time
+per packet (``kernel.bpf_stats_enabled`` on for the group: the kernel's run_time_ns / run_cnt of
+the pinned program, bpftool), both directions of every connection, translation included.
 Setups:
   ciliary          a one-node lab (client and server pods, the datapath group's policy allowing
                    the client on the server's ports), a Service ``bench-svc`` selecting the server
@@ -29,7 +33,11 @@ Setups:
                    ``iptables-restore`` (timed); the measured Service's rules in the middle of
                    KUBE-SERVICES (kube-proxy's order is arbitrary: half the list on average).
                    N = 1, 1k, 10k exist at once and are measured in the first step's rounds,
-                   with a plain kernel route (no rules) beside them.
+                   with a plain kernel route (no rules) beside them;
+  ciliary socket-LB the same lab with ``spec.socketLB.enabled: true`` (the tc rows' lab pins it
+                   false: which one the lab defaults to is not what is measured), the clients
+                   run in their pods' cgroups (where the node's bpf_sock programs apply),
+                   measured at 1 and 10k Services (SOCKET_LB_SCALE), after the tc lab is down.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import subprocess
 import tempfile
 import time
@@ -48,12 +57,15 @@ from bench import tools
 from bench.common import median, tag
 from bench.datapath import Metric, Target, interleave, k, lab_yaml, routed, tool_metrics
 from ciliary.datapath.libbpf import Map
+from ciliary.datapath.linux import cgroup
 from ciliary.k8s.resources import by_path
 from ciliary.kube.client import KubeClient
 from ciliary.lab import manager
+from ciliary.lab.state import PodRecord
 
 GROUP = "services"
 SCALE = (1, 1_000, 10_000)
+SOCKET_LB_SCALE = (1, 10_000)  # the socket-LB lab's steps (1k left out: the run's length)
 METRICS = ("crr", "rr")
 SERVICES = by_path("", "v1", "services")
 SYNTHETIC_VIPS = ipaddress.IPv4Network("10.97.0.0/16")  # iptables: the other Services' VIPs
@@ -62,6 +74,8 @@ CLUSTER_CIDR = "10.0.0.0/8"  # iptables: sources outside it are masqueraded (kub
 IPT_VIP = "10.96.0.100"
 PORTS = (tools.SOCKPERF_PORT, tools.CONNRATE_PORT)
 CREATE_CONCURRENCY = 8
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+BPF_PROGRAM = "cil_from_container"  # the tc LB's program: both directions of a pod's packets
 PROGRAM_LIMIT_S = 300.0
 
 
@@ -218,14 +232,32 @@ class CiliaryLab:
         return created, done - t0
 
 
+def lab_file(lab: str, node: str, *, socket_lb: bool) -> str:
+    """The one-node lab: clients 0 and 1, the server, ``spec.socketLB.enabled`` pinned (the tc
+    rows measure bpf_lxc's translation whatever the lab's default is)."""
+    placed = [("client", 0, node), ("client", 1, node), ("server", 0, node)]
+    spec = f"  socketLB: {{enabled: {str(socket_lb).lower()}}}\n"
+    return lab_yaml(lab, [node], placed, spec)
+
+
+def _enter_pod(prec: PodRecord) -> list[str]:
+    """argv prefix running a command in the pod: its netns and, as ``lab exec``, its cgroup (the
+    node's socket-LB applies to the pod's processes only)."""
+    if not prec.cgroup:
+        raise RuntimeError(f"pod {prec.key}: no cgroup in the lab's record")
+    procs = cgroup.create(prec.cgroup) / "cgroup.procs"
+    return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *tools.enter(prec.netns)]
+
+
 @contextlib.contextmanager
-def ciliary_lab(connrate: Path) -> Iterator[tuple[CiliaryLab, Target, Target]]:
+def ciliary_lab(connrate: Path, *, socket_lb: bool) -> Iterator[tuple[CiliaryLab, Target, Target]]:
+    """The one-node lab with ``spec.socketLB.enabled`` pinned to ``socket_lb`` (either way: the
+    lab's default is not what is measured), its measured Service, and the two targets."""
     t = tag()
     node = f"{t}a"
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         path = Path(tmp) / "lab.yaml"
-        placed = [("client", 0, node), ("client", 1, node), ("server", 0, node)]
-        path.write_text(lab_yaml(t, [node], placed))
+        path.write_text(lab_file(t, node, socket_lb=socket_lb))
         view = manager.up(path)
         try:
             rec = manager.record(t)
@@ -247,13 +279,65 @@ def ciliary_lab(connrate: Path) -> Iterator[tuple[CiliaryLab, Target, Target]]:
             # one client each: a port the kernel reuses towards the VIP may be one whose direct
             # connection the server still holds in TIME_WAIT (tc-level DNAT, no socket-LB: the
             # client's kernel sees two destinations; the kernel's NAT would remap the port)
-            enter0, enter1 = (tools.enter(pods[f"client-{i}"].netns) for i in (0, 1))
-            direct = Target("ciliary: pod IP", "ciliary", 1, enter0, server_ip, nrec.agent_pid)
-            via = Target("ciliary: ClusterIP", "ciliary", 1, enter1, vip, nrec.agent_pid)
+            precs = {p.name: p for p in rec.pods}
+            enter0, enter1 = (_enter_pod(precs[f"client-{i}"]) for i in (0, 1))
+            kind = "ciliary socket-LB" if socket_lb else "ciliary"
+            direct = Target(f"{kind}: pod IP", "ciliary", 1, enter0, server_ip, nrec.agent_pid)
+            via = Target(f"{kind}: ClusterIP", "ciliary", 1, enter1, vip, nrec.agent_pid)
             yield lab, direct, via
         finally:
             stack.close()
             manager.down(t)
+
+
+# ---- BPF run time per packet (bpf_stats) -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    """``kernel.bpf_stats_enabled`` on while the run lasts (the kernel then counts each program's
+    run time and runs), its previous value back after."""
+    before = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1\n")
+    try:
+        yield
+    finally:
+        BPF_STATS.write_text(before + "\n")
+
+
+def prog_run_stats(pin: Path) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program pinned at ``pin`` (bpftool; zeros while stats are
+    off)."""
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "show", "pinned", str(pin)],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    info = json.loads(out)
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+class PerPacket:
+    """A connection-rate measure that also records the node's BPF_PROGRAM run time per packet
+    of each run (ns) of the ``recorded`` targets; the first run of a target (interleave's
+    warm-up) is left out."""
+
+    def __init__(self, measure: Any, pin: Path, recorded: list[Target]) -> None:
+        self.measure, self.pin = measure, pin
+        self.recorded = {t.name for t in recorded}
+        self.samples: dict[str, list[float]] = {}
+        self._warm: set[str] = set()
+
+    def __call__(self, target: Target, seconds: float) -> tuple[float, ...]:
+        if target.name not in self.recorded:
+            return tuple(self.measure(target, seconds))
+        ns0, n0 = prog_run_stats(self.pin)
+        values: tuple[float, ...] = self.measure(target, seconds)
+        ns1, n1 = prog_run_stats(self.pin)
+        if target.name not in self._warm:
+            self._warm.add(target.name)
+        elif n1 > n0:
+            self.samples.setdefault(target.name, []).append((ns1 - ns0) / (n1 - n0))
+        return values
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -301,15 +385,76 @@ def _naming(measure: Metric) -> Metric:
     return named
 
 
+def _ciliary_steps(
+    connrate: Path,
+    metrics: dict[str, tuple[str, str, bool, Any]],
+    *,
+    socket_lb: bool,
+    scale: tuple[int, ...],
+    beside: list[Target],
+    rounds: int,
+    seconds: float,
+    log: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, dict[str, list[tuple[float, ...]]]]]:
+    """One lab (socket-LB on or off), measured at each step of ``scale``: its results, the
+    program times, and the first step's samples (``beside``, the kernel setups, are measured in
+    the first step's rounds too)."""
+    results: list[dict[str, Any]] = []
+    program: dict[str, float] = {}
+    first: dict[str, dict[str, list[tuple[float, ...]]]] = {}
+    kind = "ciliary socket-LB" if socket_lb else "ciliary"
+    t0 = time.monotonic()
+    with ciliary_lab(connrate, socket_lb=socket_lb) as (lab, direct, via):
+        log(f"{GROUP}: {kind} lab ready after {time.monotonic() - t0:.1f}s")
+        title, unit, higher, crr = metrics["crr"]
+        for n in scale:
+            per_packet = PerPacket(crr, lab.pin_dir / BPF_PROGRAM, [direct, via])
+            step = {**metrics, "crr": (title, unit, higher, per_packet)}
+            if n > lab.installed:
+                added = n - lab.installed
+                created, programmed = lab.add(added)
+                where = f"{kind} lab, " if socket_lb else ""
+                program[f"{where}{k(added)} Services: created through the API"] = created
+                program[f"{where}{k(added)} Services: created → all in the node's BPF maps"] = (
+                    programmed
+                )
+                log(f"{GROUP}: {added} Services created in {created:.1f}s, in the maps after"
+                    f" {programmed:.1f}s")  # fmt: skip
+            cil = [direct, via]
+            targets = [*cil, *beside] if n == scale[0] else cil
+            samples, _ = interleave(targets, step, rounds=rounds, seconds=seconds,
+                                    agents=[lab.agent_pid], log=log, group=GROUP)  # fmt: skip
+            if n == scale[0]:
+                first = samples
+            results += _pair_results(f"{kind}, {k(n)} Services", cil, samples, metrics,
+                                     rounds=rounds, seconds=seconds)  # fmt: skip
+            results.append({
+                "benchmark": f"{kind}, {k(n)} Services: {BPF_PROGRAM} run time per packet"
+                             " during the connection-rate runs (bpf_stats: both directions,"
+                             f" the service translation included), median of {rounds}",
+                "metric": "bpf-ns-per-packet",
+                "unit": "ns/packet",
+                "higher_is_better": False,
+                "baseline": direct.name,
+                "values": {t: median(v) for t, v in per_packet.samples.items()},
+                "samples": per_packet.samples,
+                "group": GROUP,
+            })  # fmt: skip
+    return results, program, first
+
+
 def run(
     *,
     rounds: int = 3,
     seconds: float = 2,
     scale: tuple[int, ...] = SCALE,
+    socket_lb_scale: tuple[int, ...] = SOCKET_LB_SCALE,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
+    """The tc-level LB's lab at ``scale`` (the kernel setups beside its first step), then the
+    socket-LB lab's at ``socket_lb_scale``, one lab at a time."""
     results: list[dict[str, Any]] = []
-    with tools.connrate_binary() as connrate, contextlib.ExitStack() as stack:
+    with tools.connrate_binary() as connrate, bpf_stats(), contextlib.ExitStack() as stack:
         metrics = {
             key: (title, unit, higher, _naming(measure))
             for key, (title, unit, higher, measure) in tool_metrics(connrate).items()
@@ -324,31 +469,25 @@ def run(
             ipt.append((n, pair))
             load_s[f"iptables-restore, {k(n)} Services"] = took
         log(f"{GROUP}: iptables setups ready after {time.monotonic() - t0:.1f}s")
-        lab, direct, via = stack.enter_context(ciliary_lab(connrate))
-        log(f"{GROUP}: ciliary lab ready after {time.monotonic() - t0:.1f}s")
-        program: dict[str, float] = {}
-        for n in scale:
-            if n > lab.installed:
-                added = n - lab.installed
-                created, programmed = lab.add(added)
-                program[f"{k(added)} Services: created through the API"] = created
-                program[f"{k(added)} Services: created → all in the node's BPF maps"] = programmed
-                log(f"{GROUP}: {added} Services created in {created:.1f}s, in the maps after"
-                    f" {programmed:.1f}s")  # fmt: skip
-            cil = [direct, via]
-            targets = list(cil)
-            if n == scale[0]:  # the kernel setups exist all along: measured in the first step
-                targets += [route, *(t for _, pair in ipt for t in pair)]
-            samples, _ = interleave(targets, metrics, rounds=rounds, seconds=seconds,
-                                    agents=[lab.agent_pid], log=log, group=GROUP)  # fmt: skip
-            results += _pair_results(f"ciliary, {k(n)} Services", cil, samples, metrics,
-                                     rounds=rounds, seconds=seconds)  # fmt: skip
-            if n == scale[0]:
-                for m, pair in ipt:
-                    results += _pair_results(
-                        f"iptables (kube-proxy rules), {k(m)} Services", [*pair, route], samples,
-                        metrics, rounds=rounds, seconds=seconds,
-                    )  # fmt: skip
+        beside = [route, *(t for _, pair in ipt for t in pair)]
+        tc_rows, program, samples = _ciliary_steps(
+            connrate, metrics, socket_lb=False, scale=scale, beside=beside, rounds=rounds,
+            seconds=seconds, log=log,
+        )  # fmt: skip
+        results += tc_rows
+        for m, pair in ipt:
+            results += _pair_results(
+                f"iptables (kube-proxy rules), {k(m)} Services", [*pair, route], samples,
+                metrics, rounds=rounds, seconds=seconds,
+            )  # fmt: skip
+        stack.close()  # the kernel setups go before the second lab comes
+        if socket_lb_scale:
+            sock_rows, sock_program, _ = _ciliary_steps(
+                connrate, metrics, socket_lb=True, scale=socket_lb_scale, beside=[],
+                rounds=rounds, seconds=seconds, log=log,
+            )  # fmt: skip
+            results += sock_rows
+            program |= sock_program
     results.append({
         "benchmark": "time to program Services: ciliary through the lab's API server (8"
                      " concurrent creates) until the node's service map holds them; iptables:"

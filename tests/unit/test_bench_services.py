@@ -4,7 +4,14 @@ is measured against ciliary must be the rules kube-proxy writes, and load as one
 
 from __future__ import annotations
 
-from bench.services import IPT_VIP, PORTS, kube_proxy_rules
+from pathlib import Path
+
+import pytest
+from bench import services
+from bench.datapath import Target
+from bench.services import IPT_VIP, PORTS, PerPacket, kube_proxy_rules, lab_file
+
+from ciliary.lab.schema import parse_lab_text
 
 
 def test_kube_proxy_rules_shape() -> None:
@@ -26,3 +33,29 @@ def test_kube_proxy_rules_shape() -> None:
     chains = {line[1:].split()[0] for line in lines if line.startswith(":")}
     targets = {line.split(" -j ")[1].split()[0] for line in lines if " -j " in line}
     assert {t for t in targets if t.startswith("KUBE-")} <= chains  # every jump has its chain
+
+
+@pytest.mark.parametrize("socket_lb", [False, True])
+def test_lab_file_pins_socket_lb(socket_lb: bool) -> None:
+    """The tc rows' lab says socketLB off and the socket-LB rows' on, whatever the default."""
+    parsed = parse_lab_text(lab_file("bsvc", "bsvca", socket_lb=socket_lb), "bench.yaml")
+    assert parsed.lab.spec.socket_lb.enabled is socket_lb
+    assert "socketLB: {enabled: " + str(socket_lb).lower() + "}" in lab_file(
+        "bsvc", "bsvca", socket_lb=socket_lb
+    )
+
+
+def test_per_packet_run_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ns per packet of the recorded targets' runs from the program's counters around each run;
+    a target's first run (the warm-up) and the targets not recorded leave no sample."""
+    counters = iter([(0, 0), (1_000, 10), (1_000, 10), (5_000, 30), (5_000, 30), (5_600, 32)])
+    monkeypatch.setattr(services, "prog_run_stats", lambda pin: next(counters))
+    pod = Target("pod IP", "ciliary", 1, [], "10.0.0.2")
+    vip = Target("ClusterIP", "ciliary", 1, [], "10.96.0.5")
+    other = Target("iptables", "iptables", 1, [], "10.0.0.3")
+    per = PerPacket(lambda t, s: (float(s),), tmp_path / "cil_from_container", [pod, vip])
+    assert per(pod, 1) == (1.0,)  # warm-up: (0, 0) -> (1000, 10) not kept
+    assert per(other, 2) == (2.0,)  # not recorded: no counters read
+    assert per(pod, 2) == (2.0,)  # 4000 ns over 20 packets
+    assert per(vip, 1) == (1.0,)  # vip's warm-up
+    assert per.samples == {"pod IP": [200.0]}
