@@ -358,7 +358,7 @@ ABOUT = {
         " a one-node lab, tc-level load balancing in bpf_lxc, 1 Service, then 1k and 10k"
         " Services created through the lab's API server (timed until the node's BPF service map"
         " holds them); ciliary socket-LB: the same with the translation at connect() (bpf_sock),"
-        " 1 and 10k Services. iptables: kube-proxy's nat rules (KUBE-SERVICES → KUBE-SVC with"
+        " 1, 1k and 10k Services. iptables: kube-proxy's nat rules (KUBE-SERVICES → KUBE-SVC with"
         " statistic splits → KUBE-SEP DNAT) for 1, 1k, 10k Services on a kernel-routed node,"
         " the measured Service in the middle of the list. See bench/services.py."
     ),

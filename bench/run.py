@@ -121,7 +121,7 @@ GROUPS = [
             log=_log,
         ),
         "a pod through a ClusterIP vs to the pod IP with 1 / 1k / 10k Services: ciliary (tc-level"
-        " LB; socket-LB at 1 and 10k) vs kube-proxy's iptables rules; time to program the Services",
+        " LB; socket-LB likewise) vs kube-proxy's iptables rules; time to program the Services",
     ),
     Group(
         "workloads",
