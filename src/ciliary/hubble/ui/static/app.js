@@ -129,7 +129,10 @@ function cardLabel(c) {
 
 function edgeLabel(e) {
   const port = e.port == null ? e.protocol : `${e.protocol}/${e.port}`;
-  const http = e.http.methods.length ? ` ${e.http.methods.join(",")} ${e.http.codes.join(",")}` : "";
+  const paths = e.http.paths.slice(0, 2).join(",") + (e.http.paths.length > 2 ? ",…" : "");
+  const http = e.http.methods.length
+    ? ` ${e.http.methods.join(",")} ${paths} ${e.http.codes.join(",")}`.replace(/ +/g, " ")
+    : "";
   return `${port} ${e.verdict}${http}`.trim();
 }
 
