@@ -105,6 +105,9 @@ static __attribute__((noinline)) int from_netdev_nodeport_lb(struct __sk_buff *s
 	if (skb->pkt_type != PACKET_HOST || !nodeport_is_frontend(p))
 		return NP_PASS;
 	nodeport_trace_from_network(skb, p, 0, 0);
+	if (!nodeport_src_range_ok(p))
+		return drop_packet(skb, p, DROP_NOT_IN_SRC_RANGE, 0,
+				   ipcache_identity(p->saddr, p->family), 0, OBS_FROM_NETWORK);
 	int ret = lb_translate(skb, p, lb);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, 0, ipcache_identity(p->saddr, p->family), 0,

@@ -241,6 +241,44 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_lb_affinity_match SEC(".maps");
 
+/* loadBalancerSourceRanges (upstream's cilium_lb{4,6}_source_range, one map for both families
+ * here): a frontend flagged SVC_FLAG_SOURCE_RANGE accepts a client only when its address is in
+ * one of the frontend's prefixes. prefixlen counts rev_nat_id, family and pad (32 bits, always
+ * matched) plus the prefix's own length; an IPv4 address is in addr[0..3]. */
+struct lb_src_range_key {
+	__u32 prefixlen;
+	__u16 rev_nat_id;
+	__u8 family;
+	__u8 pad;
+	__u8 addr[16];
+};
+
+#define LB_SRC_RANGE_KEY_BITS 32
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lb_src_range_key);
+	__type(value, __u8);
+	__uint(max_entries, LB_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_lb_source_range SEC(".maps");
+
+/* Whether a client may use a frontend: always, unless the frontend has source ranges
+ * (SVC_FLAG_SOURCE_RANGE) and none of them holds its address. */
+static __always_inline int lb_src_range_ok(const struct lb_service *svc, const struct pkt *p)
+{
+	if (!(svc->flags & SVC_FLAG_SOURCE_RANGE))
+		return 1;
+	struct lb_src_range_key k = {
+		.prefixlen = LB_SRC_RANGE_KEY_BITS + 128,
+		.rev_nat_id = svc->rev_nat_index,
+		.family = p->family,
+	};
+	__builtin_memcpy(k.addr, p->saddr, 16);
+	return bpf_map_lookup_elem(&ciliary_lb_source_range, &k) != NULL;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);

@@ -55,6 +55,14 @@ static __always_inline const __u8 *nodeport_node_addr(const struct nat_config *c
 }
 
 /* The packet goes to an external frontend (not a ClusterIP: those are the cluster's only). */
+/* A request to an external frontend from a client outside its loadBalancerSourceRanges: 0
+ * (dropped as upstream's DROP_NOT_IN_SRC_RANGE), else 1. */
+static __attribute__((noinline)) int nodeport_src_range_ok(const struct pkt *p)
+{
+	struct lb_service *svc = lb_lookup_service(p);
+	return !svc || lb_src_range_ok(svc, p);
+}
+
 static __always_inline int nodeport_is_frontend(const struct pkt *p)
 {
 	if (!p->has_l4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))

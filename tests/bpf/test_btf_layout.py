@@ -55,6 +55,7 @@ def test_mirrors_cover_every_shared_struct() -> None:
         "lb6_affinity_key",
         "lb_affinity_val",
         "lb_affinity_match",
+        "lb_src_range_key",
         "lb_maglev_config",
     }
 

@@ -235,6 +235,7 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_lb4_affinity",
         "ciliary_lb6_affinity",
         "ciliary_lb_affinity_match",
+        "ciliary_lb_source_range",
         "ciliary_lb_select_scratch",
     }
     assert set(loaded.map_names()) == names

@@ -267,6 +267,44 @@ def test_a_load_balancer_ingress_ip_reaches_the_backend_through_another_node(lab
     assert _host(got["client"]) == lab.node_ips[1]
 
 
+def test_load_balancer_source_ranges_admit_only_their_clients(lab: NPLab) -> None:
+    """``spec.loadBalancerSourceRanges``: a world host outside them is dropped where the LB IP
+    arrives (node 2; Hubble names upstream's reason), one inside reaches the backend; the same
+    Service's NodePort stays open (as upstream's default); cleared, the LB IP is open again."""
+
+    def ranges(cidrs: list[str]) -> None:
+        body = json.dumps({"spec": {"loadBalancerSourceRanges": cidrs}})
+        kubectl(lab.kubeconfig, "patch", "service", "web-lb", "--type=merge", "-p", body)
+
+    _wait_frontend(lab, lab.nodes[1], LB_IP, 8001, 1)
+    try:
+        ranges(["198.18.0.0/15"])  # not the world host's
+        wait_for(
+            "the LB IP refusing the world host", lambda: "error" in lab.get(LB_IP, 8001, 1), 20
+        )
+
+        def dropped() -> list[dict[str, Any]]:
+            return [
+                f
+                for f in _observe(lab, lab.nodes[1], "--verdict", "DROPPED")
+                if f.get("drop_reason_desc") == "DENIED_BY_LB_SRC_RANGE_CHECK"
+                and f["IP"]["source"] == lab.world_ip
+            ]
+
+        wait_for("the source-range drop in node 2's Hubble", dropped, 20)
+        port = lab.node_port("web-lb")
+        assert lab.get(lab.node_ips[1], port).get("pod") == "web-a"  # its NodePort: open
+        ranges([f"{lab.world_ip}/32", "198.18.0.0/15"])
+        wait_for(
+            "the LB IP admitting the world host",
+            lambda: lab.get(LB_IP, 8001, 1).get("pod") == "web-a",
+            20,
+        )
+    finally:
+        ranges([])
+    wait_for("the LB IP open again", lambda: lab.get(LB_IP, 8001, 1).get("pod") == "web-a", 20)
+
+
 def test_a_pod_of_another_node_reaches_the_nodeport(lab: NPLab) -> None:
     """A pod on node 2 to node 1's IP:nodePort: translated by node 1 (the frontend is node 1's),
     delivered to its local backend; the reply, tunnelled back to the pod's node, leaves node 1

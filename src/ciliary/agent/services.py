@@ -20,7 +20,9 @@ node's addresses (:class:`FrontendNode`, its ``--ipv4-node``/``--ipv6-node``) ti
 ``nodePort`` (NodePort and LoadBalancer Services, the addresses of the Service's IP families;
 ``SVC_FLAG_NODEPORT``), each ``spec.externalIPs``
 address (``SVC_FLAG_EXTERNAL_IP``) and each ``status.loadBalancer.ingress`` IP of a LoadBalancer
-(``SVC_FLAG_LOADBALANCER``) times the port, and a local pod's ``hostPort`` on this node's
+(``SVC_FLAG_LOADBALANCER``; with ``loadBalancerSourceRanges`` also ``SVC_FLAG_SOURCE_RANGE`` and
+its prefixes in ``ciliary_lb_source_range``, written before the flag and removed after it)
+times the port, and a local pod's ``hostPort`` on this node's
 addresses or its ``hostIP`` (``SVC_FLAG_HOSTPORT``, ``agent.k8s.hostports``). With
 ``externalTrafficPolicy: Local`` those get only the backends on this node
 (``SVC_FLAG_EXT_LOCAL_SCOPE``; none: no backends, the datapath drops), with
@@ -77,6 +79,7 @@ from ciliary.datapath.maps.lb import (
     SVC_FLAG_INT_LOCAL_SCOPE,
     SVC_FLAG_LOADBALANCER,
     SVC_FLAG_NODEPORT,
+    SVC_FLAG_SOURCE_RANGE,
     SVC_FLAG_WILDCARD,
     Backend,
     Frontend,
@@ -123,6 +126,8 @@ class LBWriter(Protocol):
     def delete_maglev(self, index: int, family: int) -> None: ...
     def upsert_affinity_match(self, backend_id: int, index: int) -> None: ...
     def delete_affinity_match(self, backend_id: int, index: int) -> None: ...
+    def upsert_source_range(self, index: int, cidr: str) -> None: ...
+    def delete_source_range(self, index: int, cidr: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class FrontendSpec:
     """sessionAffinity ClientIP: its timeout in seconds (0: no affinity)."""
     algorithm: str | None = None
     """the Service's lb-algorithm annotation (None: the agent's --bpf-lb-algorithm)."""
+    source_ranges: frozenset[str] = frozenset()
+    """loadBalancerSourceRanges of a LoadBalancer ingress frontend (empty: every client)."""
 
     @property
     def active(self) -> int:
@@ -228,10 +235,10 @@ def desired_frontends(
             ]
         if svc.type != HOST_PORT:  # its external_ips are its hostIP, programmed above
             external += [(a, False, SVC_FLAG_EXTERNAL_IP, "ExternalIPs") for a in svc.external_ips]
+        ranges = frozenset(svc.load_balancer_source_ranges)
         if svc.type == "LoadBalancer":
-            external += [
-                (a, False, SVC_FLAG_LOADBALANCER, "LoadBalancer") for a in svc.load_balancer_ips
-            ]
+            flag = SVC_FLAG_LOADBALANCER | (SVC_FLAG_SOURCE_RANGE if ranges else 0)
+            external += [(a, False, flag, "LoadBalancer") for a in svc.load_balancer_ips]
         for address, node_port, flag, kind in external:
             for port in svc.ports:
                 proto = PROTOCOLS.get(port.protocol)
@@ -245,6 +252,7 @@ def desired_frontends(
                     flags=flag | ext_scope,
                     affinity_timeout=affinity,
                     algorithm=svc.lb_algorithm,
+                    source_ranges=ranges if flag & SVC_FLAG_SOURCE_RANGE else frozenset(),
                 )
     return out
 
@@ -295,6 +303,8 @@ class _Programmed:
     """the backend ids (sorted by name) its Maglev table was computed from; None: random."""
     affinity: frozenset[int] = frozenset()
     """the backend ids of its affinity match entries."""
+    source_ranges: frozenset[str] = frozenset()
+    """its loadBalancerSourceRanges entries in ``ciliary_lb_source_range``."""
 
 
 @dataclass
@@ -363,6 +373,7 @@ class ServiceManager:
                 affinity=frozenset(ids[: value.count])
                 if value.flags & SVC_FLAG_AFFINITY
                 else frozenset(),
+                source_ranges=frozenset(state.source_ranges.get(value.rev_nat_index, ())),
             )
             self._by_id[value.rev_nat_index] = fe
             for i in ids:
@@ -411,6 +422,7 @@ class ServiceManager:
                     and have.count == spec.active
                     and have.affinity_timeout == spec.affinity_timeout
                     and have.maglev == self._maglev_ids(spec, ids)
+                    and have.source_ranges == spec.source_ranges
                 ):
                     continue
             else:
@@ -422,6 +434,8 @@ class ServiceManager:
                 if slot > len(have.backend_ids) or have.backend_ids[slot - 1] != backend_id:
                     self.maps.upsert_slot(fe, slot, ServiceValue(backend_id=backend_id))
             self._write_selection(fe, have, spec, ids)  # (3b) Maglev table, affinity matches
+            for cidr in spec.source_ranges - have.source_ranges:  # (3c) before the flag is set
+                self.maps.upsert_source_range(have.id, cidr)
             head = ServiceValue(
                 backend_id=spec.affinity_timeout,  # slot 0: upstream's affinity_timeout
                 count=spec.active,
@@ -432,6 +446,9 @@ class ServiceManager:
             )
             self.maps.upsert_slot(fe, 0, head)  # (4)
             self._prune_affinity(have, spec, ids)
+            for cidr in have.source_ranges - spec.source_ranges:  # after: none lets more in
+                self.maps.delete_source_range(have.id, cidr)
+            have.source_ranges = spec.source_ranges
             if len(have.backend_ids) > len(ids):
                 shrink.append((fe, len(ids), len(have.backend_ids)))
             unused |= self._set_backends(have, ids)
@@ -454,6 +471,8 @@ class ServiceManager:
                 self.maps.delete_maglev(gone.id, fe.family)
             for backend_id in gone.affinity:
                 self.maps.delete_affinity_match(backend_id, gone.id)
+            for cidr in gone.source_ranges:
+                self.maps.delete_source_range(gone.id, cidr)
             for slot in range(1, len(gone.backend_ids) + 1):
                 self.maps.delete_slot(fe, slot)
             self.maps.delete_rev_nat(gone.id, fe.family)

@@ -382,6 +382,9 @@ class ServiceInfo(_Model):
     load_balancer_ips: list[str] = Field(
         default_factory=list, description="status.loadBalancer.ingress[].ip"
     )
+    load_balancer_source_ranges: list[str] = Field(
+        default_factory=list, description="spec.loadBalancerSourceRanges (empty: everyone)"
+    )
     selector: dict[str, str] | None = Field(
         default=None, description="spec.selector; None for a Service without one"
     )

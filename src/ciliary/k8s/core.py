@@ -402,6 +402,18 @@ class ServiceSpec(ObjectModel):
     health_check_node_port: int | None = Field(default=None, ge=1, le=65535)
     allocate_load_balancer_node_ports: bool | None = None
     external_ips: list[str] = Field(default_factory=list, alias="externalIPs")
+    load_balancer_source_ranges: list[str] = Field(default_factory=list)
+    """Who may reach a LoadBalancer's ingress IPs (CIDRs; empty: everyone)."""
+
+    @field_validator("load_balancer_source_ranges")
+    @classmethod
+    def _source_ranges_are_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"spec.loadBalancerSourceRanges: {cidr!r} is not a CIDR") from None
+        return value
 
     @field_validator("external_ips")
     @classmethod

@@ -74,7 +74,12 @@ class FakeMaps:
         self._check()
 
     def dump(self) -> LBState:
-        return LBState(dict(self.state.slots), dict(self.state.backends), dict(self.state.rev_nat))
+        return LBState(
+            dict(self.state.slots),
+            dict(self.state.backends),
+            dict(self.state.rev_nat),
+            {i: set(r) for i, r in self.state.source_ranges.items()},
+        )
 
 
 def _backend(addr: str, *, ready: bool = True, serving: bool = True, term: bool = False,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from ipaddress import ip_network
 
 from pydantic import ValidationError
 
@@ -84,6 +85,9 @@ def _service_info(svc: Service) -> ServiceInfo:
         internal_traffic_policy=spec.internal_traffic_policy or "Cluster",
         external_ips=list(spec.external_ips),
         load_balancer_ips=[i.ip for i in svc.status.load_balancer.ingress if i.ip],
+        load_balancer_source_ranges=[
+            str(ip_network(c.strip(), strict=False)) for c in spec.load_balancer_source_ranges
+        ],
         backends=[],
         selector=dict(spec.selector) if spec.selector else None,
         labels=dict(svc.metadata.labels),

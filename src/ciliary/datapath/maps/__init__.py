@@ -42,6 +42,7 @@ from ciliary.datapath.maps.lb import (
     LbAffinityValC,
     LbMaglevConfigC,
     LbServiceC,
+    LbSrcRangeKeyC,
 )
 from ciliary.datapath.maps.nat import NATConfigC, NATEntryC, NATKeyC
 from ciliary.datapath.maps.policy import PolicyEntryC, PolicyKeyC
@@ -77,6 +78,7 @@ __all__ = [
     "LbAffinityValC",
     "LbMaglevConfigC",
     "LbServiceC",
+    "LbSrcRangeKeyC",
     "NATConfigC",
     "NATEntryC",
     "NATKeyC",
@@ -114,5 +116,6 @@ ALL_MIRRORS: list[type[ctypes.Structure]] = [
     Lb6AffinityKeyC,
     LbAffinityValC,
     LbAffinityMatchC,
+    LbSrcRangeKeyC,
     LbMaglevConfigC,
 ]

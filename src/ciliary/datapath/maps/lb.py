@@ -15,7 +15,7 @@ import ctypes
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from ciliary.datapath.libbpf import BPF_ANY, BPF_MAP_TYPE_ARRAY, Map, map_create
 from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress, check_map_layout
@@ -35,6 +35,7 @@ __all__ = [
     "SVC_FLAG_INT_LOCAL_SCOPE",
     "SVC_FLAG_LOADBALANCER",
     "SVC_FLAG_NODEPORT",
+    "SVC_FLAG_SOURCE_RANGE",
     "SVC_FLAG_WILDCARD",
     "Backend",
     "Frontend",
@@ -52,6 +53,7 @@ __all__ = [
     "LbAffinityValC",
     "LbMaglevConfigC",
     "LbServiceC",
+    "LbSrcRangeKeyC",
     "ServiceValue",
 ]
 
@@ -72,11 +74,16 @@ SVC_FLAG_HOSTPORT = 0x08
 """A container's ``hostPort`` on this node's addresses (``agent.k8s.hostports``)."""
 """``externalTrafficPolicy: Local``: the frontend has only this node's backends."""
 SVC_FLAG_LOADBALANCER = 0x20
+SVC_FLAG_SOURCE_RANGE = 0x80
+"""``lb_service.flags``: the frontend has loadBalancerSourceRanges (``ciliary_lb_source_range``)."""
 SVC_FLAG_INT_LOCAL_SCOPE = 0x10
 """``lb_service.flags2``: ``internalTrafficPolicy: Local`` (this node's backends only)."""
 
 AFFINITY_MAPS = {AF_INET4: "ciliary_lb4_affinity", AF_INET6: "ciliary_lb6_affinity"}
 AFFINITY_MATCH_MAP = "ciliary_lb_affinity_match"
+SOURCE_RANGE_MAP = "ciliary_lb_source_range"
+SRC_RANGE_KEY_BITS = 32
+"""The bits of ``struct lb_src_range_key`` before the address (rev_nat_id, family, pad)."""
 MAGLEV_MAPS = {AF_INET4: "ciliary_lb4_maglev", AF_INET6: "ciliary_lb6_maglev"}
 MAGLEV_CONFIG_MAP = "ciliary_lb_maglev_config"
 BPF_F_INNER_MAP = 1 << 12
@@ -220,6 +227,19 @@ class LbAffinityMatchC(ctypes.Structure):
     ]
 
 
+class LbSrcRangeKeyC(ctypes.Structure):
+    """Mirror of C ``struct lb_src_range_key`` (bpf/lib/lb.h): an LPM key, IPv4 in addr[0..3]."""
+
+    C_NAME = "lb_src_range_key"
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("rev_nat_id", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("addr", ctypes.c_uint8 * 16),
+    ]
+
+
 class LbMaglevConfigC(ctypes.Structure):
     """Mirror of C ``struct lb_maglev_config`` (bpf/lib/lb.h)."""
 
@@ -248,6 +268,24 @@ def _from_be16(raw: int) -> int:
 
 def _family(addr: IPAddress) -> int:
     return AF_INET4 if isinstance(addr, IPv4Address) else AF_INET6
+
+
+def _src_range_key(index: int, cidr: str) -> bytes:
+    net = ip_network(cidr, strict=False)
+    key = LbSrcRangeKeyC(
+        prefixlen=SRC_RANGE_KEY_BITS + net.prefixlen,
+        rev_nat_id=index,
+        family=AF_INET4 if net.version == 4 else AF_INET6,
+    )
+    packed = net.network_address.packed
+    key.addr[: len(packed)] = list(packed)
+    return bytes(key)
+
+
+def _src_range_text(k: LbSrcRangeKeyC) -> str:
+    size = 4 if k.family == AF_INET4 else 16
+    addr = ip_address(bytes(k.addr)[:size])
+    return str(ip_network(f"{addr}/{k.prefixlen - SRC_RANGE_KEY_BITS}", strict=False))
 
 
 def _decode(raw: bytes, family: int) -> IPAddress:
@@ -303,6 +341,8 @@ class LBState:
     backends: dict[int, Backend] = field(default_factory=dict)
     rev_nat: dict[int, Frontend] = field(default_factory=dict)
     """rev-NAT index -> the frontend it restores (its protocol is not stored: 0 here)."""
+    source_ranges: dict[int, set[str]] = field(default_factory=dict)
+    """rev-NAT index -> its loadBalancerSourceRanges entries (CIDR text)."""
 
 
 class LBMaps:
@@ -381,7 +421,18 @@ class LBMaps:
                 state.rev_nat[int.from_bytes(k_raw, sys.byteorder)] = Frontend(
                     _decode(bytes(r.address), family), _from_be16(r.port), 0
                 )
+        for k_raw, _ in self._maps[SOURCE_RANGE_MAP].items():
+            k = LbSrcRangeKeyC.from_buffer_copy(k_raw)
+            state.source_ranges.setdefault(int(k.rev_nat_id), set()).add(_src_range_text(k))
         return state
+
+    # ---- loadBalancerSourceRanges (the agent writes; bpf/lib/nodeport.h checks) ----
+
+    def upsert_source_range(self, index: int, cidr: str) -> None:
+        self._maps[SOURCE_RANGE_MAP].update(_src_range_key(index, cidr), b"\x01", BPF_ANY)
+
+    def delete_source_range(self, index: int, cidr: str) -> None:
+        self._maps[SOURCE_RANGE_MAP].delete(_src_range_key(index, cidr))
 
     # ---- Maglev tables and session affinity (the agent writes; the datapath reads) ----
 
