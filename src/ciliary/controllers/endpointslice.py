@@ -47,7 +47,8 @@ CONTROLLER_NAME = "endpointslice-controller.k8s.io"
 Port = tuple[str, str, int]  # (name, protocol, port)
 
 
-def _family(address: str) -> str | None:
+def address_family(address: str) -> str | None:
+    """An address's slice ``addressType`` (None: no IP address)."""
     try:
         return "IPv6" if ipaddress.ip_address(address).version == 6 else "IPv4"
     except ValueError:
@@ -105,7 +106,7 @@ def desired_slices(service: KubeObject, pods: list[KubeObject]) -> dict[str, Kub
         pm = o.meta(pod)
         by_family: dict[str, list[str]] = {}
         for address in addresses:
-            family = _family(address)
+            family = address_family(address)
             if family is not None:
                 by_family.setdefault(family, []).append(address)
         for family, family_addresses in by_family.items():

@@ -23,27 +23,15 @@ their owner, the Endpoints, is gone).
 
 from __future__ import annotations
 
-import ipaddress
-
 from ciliary.controllers import objects as o
-from ciliary.controllers.endpointslice import SERVICE_NAME
+from ciliary.controllers.endpointslice import MANAGED_BY, SERVICE_NAME, Port, address_family
 from ciliary.controllers.informers import ENDPOINTSLICES, Informers
 from ciliary.controllers.queue import Controller
 from ciliary.kube.client import ApiError, KubeClient, KubeObject, split_key
 from ciliary.kube.informer import HandlerFuncs
 
-MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER_NAME = "endpointslicemirroring-controller.k8s.io"
 SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
-
-Port = tuple[str, str, int]  # (name, protocol, port)
-
-
-def _family(address: str) -> str | None:
-    try:
-        return "IPv6" if ipaddress.ip_address(address).version == 6 else "IPv4"
-    except ValueError:
-        return None
 
 
 def _endpoint(address: KubeObject, ready: bool) -> KubeObject:
@@ -71,7 +59,7 @@ def mirrored_slices(endpoints: KubeObject) -> dict[str, KubeObject]:
         )
         for key, ready in (("addresses", True), ("notReadyAddresses", False)):
             for address in subset.get(key) or []:
-                family = _family(str(address.get("ip") or ""))
+                family = address_family(str(address.get("ip") or ""))
                 if family is None:
                     continue  # the API validated it; a hostname-only entry has no place here
                 groups.setdefault((family, ports), []).append(_endpoint(address, ready))
