@@ -124,6 +124,8 @@ class PolicyManager:
         """The DNS answers toFQDNs rules select IPs from (``--tofqdns-pre-cache``, expiry)."""
         self._fqdn_entries: list[FQDNSelector] = []
         """Every toFQDNs entry of the repository's policies."""
+        self._fqdn_allowed: tuple[Network, ...] = ()
+        """What those entries select, as the last sync of the CIDR identities wrote it."""
         self._realized: dict[int, EndpointPolicy] = {}
         self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
         self._remote_ports: Mapping[int, NamedPorts] = {}
@@ -278,9 +280,11 @@ class PolicyManager:
         """Applies ``change`` to the DNS cache (an answer, an expiry). True when what toFQDNs
         rules allow changed: the CIDR identities have followed, and the caller must regenerate
         every endpoint, as after a policy event."""
-        before = self.fqdns.prefixes(self._fqdn_entries)
+        version = self.fqdns.version
         change(self.fqdns)
-        if self.fqdns.prefixes(self._fqdn_entries) == before:
+        if self.fqdns.version == version:  # nothing changed (most expiry checks): no scan
+            return False
+        if self.fqdns.prefixes(self._fqdn_entries) == self._fqdn_allowed:
             return False
         self._repository_changed()
         return True
@@ -333,7 +337,8 @@ class PolicyManager:
                     fqdn_entries.extend(peer.fqdns)
         self._service_entries = service_entries
         self._fqdn_entries = fqdn_entries
-        wanted.update(self.fqdns.prefixes(fqdn_entries))
+        self._fqdn_allowed = self.fqdns.prefixes(fqdn_entries)
+        wanted.update(self._fqdn_allowed)
         for prefix in [p for p in self._cidr_ids if p not in wanted]:
             ident = self._cidr_ids.pop(prefix)
             self._dp.ipcache.delete(prefix)

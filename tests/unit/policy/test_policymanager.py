@@ -10,6 +10,7 @@ from typing import Any
 
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import BackendInfo, Endpoint, EndpointState, ServiceInfo
+from ciliary.policy.fqdn import DNSLookup
 
 NS = "k8s:io.kubernetes.pod.namespace=default"
 LABELS = {
@@ -254,3 +255,48 @@ def test_to_services_allows_the_endpoints_of_selector_less_services(tmp_path: Pa
         "default", "ext-2", _svc("ext-2", ["198.51.100.7"], labels={"team": "web"})
     )
     assert len(changes) == n  # nothing changed: no recomputation
+
+
+TO_FQDNS = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-api, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toFQDNs: [{matchPattern: "*.example.com"}]
+"""
+
+
+def test_to_fqdns_follows_the_dns_cache(tmp_path: Path) -> None:
+    pm = PolicyManager(
+        datapath=_Datapath(),  # type: ignore[arg-type]
+        saved=tmp_path,
+        identity_labels=LABELS.get,
+        all_identities=lambda: list(LABELS.items()),
+    )
+    pm.import_text(TO_FQDNS, "p.yaml")
+    changes: list[int] = []
+    pm.add_listener(lambda: changes.append(1))
+    client = endpoint(1, 256)
+
+    def allowed() -> set[str]:
+        pol = pm.realize(client)
+        ids = {k.identity for k in pol.entries if k.egress}
+        labels = {c for i in ids for c in pm.cache.get(i).labels}  # type: ignore[union-attr]
+        return {c for c in labels if "." in c and c.endswith("/32")}
+
+    assert allowed() == set()
+    assert pm.dns_changed(lambda c: c.update(DNSLookup("api.example.com", ("192.0.2.5",), 30, 0)))
+    assert changes and allowed() == {"cidr:192.0.2.5/32"}
+    n = len(changes)
+    # nothing expired, a name no rule selects, the same answer again: no recomputation
+    assert not pm.dns_changed(lambda c: c.expire(10.0))
+    assert not pm.dns_changed(lambda c: c.update(DNSLookup("other.org", ("198.51.100.1",), 30, 0)))
+    assert not pm.dns_changed(
+        lambda c: c.update(DNSLookup("api.example.com", ("192.0.2.5",), 60, 0))
+    )
+    assert len(changes) == n
+    # the answer expires: the rule selects nothing again
+    assert pm.dns_changed(lambda c: c.expire(61.0))
+    assert allowed() == set()
