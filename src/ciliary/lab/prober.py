@@ -225,24 +225,22 @@ class Prober:
 
     def sync(
         self,
-        target: Target | None,
+        target: Target,
         uid: str,
         containers: list[tuple[core.Container, int, bool]],
     ) -> None:
         """Runs the probes of ``containers`` (spec, restart count, running) of the pod
-        ``target.pod``; stops those of runs that ended or pods that are gone (``target`` None
-        with ``containers`` empty: stop everything of that pod)."""
-        key = target.pod if target is not None else None
+        ``target.pod``; stops those of its runs that ended (:meth:`forget`: a pod that is
+        gone)."""
         wanted: set[Run] = set()
-        if target is not None:
-            for spec, restarts, running in containers:
-                if not running:
-                    continue
-                run = (target.pod, uid, spec.name, restarts)
-                wanted.add(run)
-                if run not in self.runs:
-                    self._start(run, target, spec)
-        for run in [r for r in self.runs if (key is None or r[0] == key) and r not in wanted]:
+        for spec, restarts, running in containers:
+            if not running:
+                continue
+            run = (target.pod, uid, spec.name, restarts)
+            wanted.add(run)
+            if run not in self.runs:
+                self._start(run, target, spec)
+        for run in [r for r in self.runs if r[0] == target.pod and r not in wanted]:
             self._stop(run)
 
     def forget(self, pod_key: str) -> None:
