@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from ciliary.apiserver.etcdserver import free_port
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 
@@ -44,12 +45,6 @@ _FETCH = (
 
 class PrometheusError(RuntimeError):
     """Prometheus did not start, or answered a query with an error."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusServer:
@@ -69,7 +64,7 @@ class PrometheusServer:
     ) -> None:
         self.targets = list(targets)
         self.netns = netns
-        self.port = port if port is not None else (9090 if netns else _free_port())
+        self.port = port if port is not None else (9090 if netns else free_port())
         self.scrape_interval = scrape_interval
         self.job = job
         self.binary = binary

@@ -10,6 +10,7 @@ only once etcd answers ``/health``, so callers never race its start-up.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import subprocess
 import time
@@ -35,11 +36,42 @@ MAX_REQUEST_BYTES = 1536 * 1024
 etcd write, so this is the largest object the cluster stores, as in Kubernetes."""
 
 
+LISTEN_PORTS = range(20000, 32768)
+"""Where :func:`free_port` looks: below Linux's default ephemeral range (32768-60999). A port the
+kernel picks with ``bind(0)`` is an ephemeral one, which any outgoing connection may take as its
+local port before the server that was promised it binds (``EADDRINUSE``, seen in CI); ports
+here are only ever taken by listeners, so the only race left is with another :func:`free_port`
+caller, which :func:`is_bind_race` lets a starter retry."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return LISTEN_PORTS.stop
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's choice)."""
+    """A TCP port nothing is bound to right now, outside the ephemeral range (see
+    :data:`LISTEN_PORTS`); the kernel's choice only if none there is free."""
+    stop = min(LISTEN_PORTS.stop, _ephemeral_low())
+    for _ in range(64):
+        port = random.randrange(LISTEN_PORTS.start, max(stop, LISTEN_PORTS.start + 1))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def is_bind_race(err: BaseException) -> bool:
+    """Whether ``err`` (a start failure quoting a server's log) is a port taken between
+    :func:`free_port` and the server's bind: worth a retry on other ports."""
+    return "address already in use" in str(err).lower()
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -46,7 +47,14 @@ from typing import Any
 import yaml
 
 from ciliary.apiserver import netnslisten
-from ciliary.apiserver.etcdserver import EtcdProcess, free_port, restart_etcd, start_etcd
+from ciliary.apiserver.etcdserver import (
+    EtcdError,
+    EtcdProcess,
+    free_port,
+    is_bind_race,
+    restart_etcd,
+    start_etcd,
+)
 from ciliary.apiserver.servicealloc import IPRange, parse_service_cidrs
 from ciliary.core import atomicfile as atomic
 from ciliary.datapath.linux import netns
@@ -428,6 +436,11 @@ def wait_ready(
     raise ControlPlaneError(f"ciliary-apiserver not ready at {url} after {timeout:.0f}s: {last}")
 
 
+BIND_ATTEMPTS = 3
+"""Starts on fresh ports when a port :func:`free_port` promised was taken before etcd or the API
+server bound it (:func:`is_bind_race`)."""
+
+
 def start_control_plane(
     lab_dir: Path,
     *,
@@ -441,7 +454,26 @@ def start_control_plane(
 
     The API server is spawned first, on etcd's chosen port, and etcd right after: they start
     side by side (etcd is leader in ~0.1 s, before the API server's imports are done and its
-    gRPC channel dials), so ``lab up`` pays ~0.6 s for both instead of their sum (~1.5 s)."""
+    gRPC channel dials), so ``lab up`` pays ~0.6 s for both instead of their sum (~1.5 s).
+    A port taken between its choice and its bind is a retry on fresh ports
+    (:data:`BIND_ATTEMPTS`)."""
+    for attempt in range(BIND_ATTEMPTS):
+        try:
+            return _start_control_plane(
+                lab_dir, cluster=cluster, bookmark_interval=bookmark_interval, addresses=addresses
+            )
+        except (ControlPlaneError, EtcdError) as err:
+            if attempt + 1 == BIND_ATTEMPTS or not is_bind_race(err):
+                raise
+            # a member that started before the API server failed stored its peer URL: a fresh
+            # member on the new ports starts from nothing (the failed start wrote no object)
+            shutil.rmtree(lab_dir / "etcd", ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def _start_control_plane(
+    lab_dir: Path, *, cluster: str, bookmark_interval: float, addresses: Sequence[str]
+) -> ControlPlane:
     lab_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = LabCA(lab_dir, cluster)
     server, _ = _certificates(ca, addresses)
