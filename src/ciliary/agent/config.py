@@ -139,6 +139,11 @@ class AgentConfig:
     """--tofqdns-min-ttl: the shortest time an answer's IPs stay selected (upstream's 0)."""
     tofqdns_max_ips_per_name: int = 1000
     """--tofqdns-endpoint-max-ip-per-hostname (upstream's 1000)."""
+    tofqdns_proxy_port: int = 0
+    """--tofqdns-proxy-port: the DNS proxy's port (0: allocated, ``ciliary.core.proxyports``)."""
+    enable_l7_proxy: bool = True
+    """--enable-l7-proxy (upstream's, default true): L7 rules redirect to the node's proxies;
+    false: they allow at L4 (reported unsupported)."""
     bpf_lb_sock: bool = True
     """--bpf-lb-sock: socket-LB where a --cgroup-root is given (false: tc-level LB alone)."""
     mtu: int = 1500

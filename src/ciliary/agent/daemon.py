@@ -69,6 +69,8 @@ from ciliary.core.models import (
     ServiceFrontend,
     StatusResponse,
 )
+from ciliary.core.proxyports import DNS_EGRESS, ProxyPorts
+from ciliary.core.proxyports import allocate as allocate_proxy_ports
 from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
@@ -104,6 +106,13 @@ class Agent:
         self.identities: IdentityAllocator = LocalIdentityAllocator(
             cfg.state_dir / "identities.json"
         )
+        self.proxy_ports = (
+            allocate_proxy_ports({DNS_EGRESS: cfg.tofqdns_proxy_port})
+            if cfg.enable_l7_proxy
+            else ProxyPorts()
+        )
+        """The node's proxy listeners (``ciliary.core.proxyports``): the DNS proxy and Envoy bind
+        these ports; the policy maps redirect L7 rules' traffic to them."""
         mode = (
             cfg.enable_policy if cfg.enable_policy in ("default", "always", "never") else "default"
         )

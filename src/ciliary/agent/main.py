@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep DNS answers' IPs at least this long (0: their TTL)")  # fmt: skip
     p.add_argument("--tofqdns-endpoint-max-ip-per-hostname", type=int, default=1000,
                    metavar="N", help="IPs kept per DNS name (the latest expiring)")  # fmt: skip
+    p.add_argument("--tofqdns-proxy-port", type=int, default=0, metavar="PORT",
+                   help="the DNS proxy's port (0: the lowest free one of the proxy port range)"
+                   )  # fmt: skip
+    p.add_argument("--enable-l7-proxy", nargs="?", const=True, default=True, type=_bool,
+                   metavar="BOOL", help="redirect traffic under L7 rules to the node's proxies"
+                   " (true); false: L7 rules allow at L4")  # fmt: skip
     p.add_argument("--mtu", type=int, default=1500)
     p.add_argument("--ipam", choices=["cluster-pool", "pools"], default="cluster-pool",
                    help="cluster-pool: this node's CIDRs (--ipv4/6-range); pools: Calico IPPools "
@@ -431,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         tofqdns_pre_cache=args.tofqdns_pre_cache,
         tofqdns_min_ttl=args.tofqdns_min_ttl,
         tofqdns_max_ips_per_name=args.tofqdns_endpoint_max_ip_per_hostname,
+        tofqdns_proxy_port=args.tofqdns_proxy_port,
+        enable_l7_proxy=args.enable_l7_proxy,
         mtu=args.mtu,
         ipam_mode=args.ipam,
         kubeconfig=args.kubeconfig,
