@@ -66,6 +66,11 @@ FQDNs (``toFQDNs``, :mod:`.fqdn`)
     answer yet selects nothing. Without DNS data (``fqdns`` None) an entry selects nothing
     (reported).
 
+L7 rules (``rules: {dns|http|...}``, :mod:`.l7`)
+    An allow entry some rule gives L7 rules keeps them in :attr:`EndpointPolicy.l7` (what the
+    proxy that entry's traffic goes to allows; an L3/L4-only rule on the same entry, or on the
+    same port for every peer, makes it allow every request, as upstream's wildcard L7 rule).
+
 Not implemented yet (reported in :attr:`EndpointPolicy.unsupported`, so the agent can warn)
     ``from/toNodes``, ``from/toGroups`` and CIDR group references
     select nothing; L7 rules (and SNI, TLS, listeners) are allowed at L4, without the proxy;
@@ -83,11 +88,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
-from ciliary.policy.api.model import PeerRule, PortRule
+from ciliary.policy.api.model import L7Rules, PeerRule, PortRule
 from ciliary.policy.api.selector import Requirement, Selector
 from ciliary.policy.explain import PolicyRef
 from ciliary.policy.fqdn import DNSCache
 from ciliary.policy.identity import WILDCARD_IDENTITY, Identity, reserved_identity
+from ciliary.policy.l7 import L7Policy
 from ciliary.policy.mapstate import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -152,6 +158,9 @@ class EndpointPolicy:
     egress_port_names: frozenset[str] = frozenset()
     ingress_enforced_by: tuple[PolicyRef, ...] = ()
     egress_enforced_by: tuple[PolicyRef, ...] = ()
+    l7: Mapping[MapKey, L7Policy] = field(default_factory=lambda: MappingProxyType({}))
+    """The allow entries whose traffic goes through a proxy, with what it allows
+    (:mod:`.l7`)."""
     _index: LPMIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def enforced(self, direction: Direction) -> bool:
@@ -227,6 +236,8 @@ class _Resolver:
     selectors: set[PeerSelector] = field(default_factory=set)
     egress_port_names: set[str] = field(default_factory=set)
     notes: dict[str, None] = field(default_factory=dict)
+    l7: dict[MapKey, list[tuple[L7Rules | None, RuleRef]]] = field(default_factory=dict)
+    """Per allow key, each rule's L7 rules (None: the rule allows it without any)."""
 
     def note(self, where: str, what: str) -> None:
         self.notes[f"{where}: {what}"] = None
@@ -259,15 +270,43 @@ class _Resolver:
         egress = direction == "egress"
         add = self.builder.add
         for target in sorted(targets):
-            for item in ports:
+            for item, l7 in ports:
                 if isinstance(item, _AllPorts):
-                    add(MapKey(target, egress), deny, ref)
+                    keys = [MapKey(target, egress)]
                 elif isinstance(item, _Ports):
-                    for key in keys_for_ports(target, egress, item.protocol, item.lo, item.hi):
-                        add(key, deny, ref)
+                    keys = keys_for_ports(target, egress, item.protocol, item.lo, item.hi)
                 else:
-                    for identity, protocol, port in self._named(item, target, egress, where):
-                        add(MapKey(identity, egress, protocol, port, 16), deny, ref)
+                    keys = [
+                        MapKey(identity, egress, protocol, port, 16)
+                        for identity, protocol, port in self._named(item, target, egress, where)
+                    ]
+                for key in keys:
+                    add(key, deny, ref)
+                    if not deny:
+                        self.l7.setdefault(key, []).append((l7, ref))
+
+    def l7_policies(self, entries: Mapping[MapKey, MapEntry]) -> dict[MapKey, L7Policy]:
+        """The L7 side of every allow entry of ``entries`` that some rule sends to a proxy."""
+        out: dict[MapKey, L7Policy] = {}
+        for key, found in self.l7.items():
+            entry = entries.get(key)
+            with_rules = [(rules, ref) for rules, ref in found if rules is not None]
+            if entry is None or entry.deny or not with_rules:
+                continue
+            kind = with_rules[0][0].kind
+            same = [(rules, ref) for rules, ref in with_rules if rules.kind == kind]
+            # an L3/L4-only rule on the same port for every peer allows every request of any
+            # peer too (upstream's wildcardL3L4Rules)
+            any_peer = self.l7.get(MapKey(0, key.egress, key.protocol, key.port, key.port_prefix))
+            out[key] = L7Policy(
+                kind=kind,
+                rules=tuple(dict.fromkeys(rules for rules, _ in same)),
+                wildcard=len(same) < len(found)
+                or any(_allows_all(r) for r, _ in same)
+                or any(rules is None for rules, _ in any_peer or ()),
+                derived_from=frozenset(ref for _, ref in same),
+            )
+        return out
 
     def _targets(
         self, peer: PeerRule, requirements: tuple[Requirement, ...], where: str
@@ -314,28 +353,30 @@ class _Resolver:
             found |= self.cache.selections(selector)
         return frozenset(found)
 
-    def _ports(self, peer: PeerRule, where: str) -> list[_L4]:
+    def _ports(self, peer: PeerRule, where: str) -> list[tuple[_L4, L7Rules | None]]:
+        """The ports of a peer entry, each with the L7 rules of its ``toPorts`` entry."""
         if peer.authentication in ("required", "test-always-fail"):
             self.note(where, f"authentication mode {peer.authentication!r} is not enforced yet")
         if not peer.ports and not peer.icmps:
-            return [_ALL]
-        out: list[_L4] = []
+            return [(_ALL, None)]
+        out: list[tuple[_L4, L7Rules | None]] = []
         for port_rule in peer.ports:
             self._note_l7(port_rule, where)
+            l7 = port_rule.l7
             if not port_rule.ports:
-                out.append(_ALL)
+                out.append((_ALL, l7))
                 continue
             for entry in port_rule.ports:
                 protocols = _ANY if entry.protocol == "ANY" else (_PROTOCOLS[entry.protocol],)
                 if entry.name is not None:
-                    out.append(_NamedPort(entry.name, protocols))
+                    out.append((_NamedPort(entry.name, protocols), l7))
                     continue
                 lo = entry.port or 0
                 hi = 0xFFFF if lo == 0 else (entry.end_port or lo)
-                out.extend(_Ports(protocol, lo, hi) for protocol in protocols)
+                out.extend((_Ports(protocol, lo, hi), l7) for protocol in protocols)
         for icmp in peer.icmps:
             protocol = PROTO_ICMP if icmp.family == "IPv4" else PROTO_ICMPV6
-            out.append(_Ports(protocol, icmp.type, icmp.type))
+            out.append((_Ports(protocol, icmp.type, icmp.type), None))
         return out
 
     def _note_l7(self, port_rule: PortRule, where: str) -> None:
@@ -372,6 +413,13 @@ class _Resolver:
             if found is not None:
                 out.append((identity, *found))
         return out
+
+
+def _allows_all(rules: L7Rules) -> bool:
+    """An empty list of its kind (``dns: []``): every request of the protocol passes."""
+    return not {"http": rules.http, "dns": rules.dns, "kafka": rules.kafka, "l7": rules.l7}[
+        rules.kind
+    ]
 
 
 def _resolve(ports: NamedPorts, item: _NamedPort) -> tuple[int, int] | None:
@@ -540,11 +588,12 @@ def _compute(
             resolver.builder.add(allow_all_key(egress), False)
         elif allow_localhost and not egress:
             resolver.builder.add(MapKey(_HOST, False), False)
+    entries = resolver.builder.build()
     return EndpointPolicy(
         revision=repo.revision,
         ingress_enforced=enforced["ingress"],
         egress_enforced=enforced["egress"],
-        entries=MappingProxyType(resolver.builder.build()),
+        entries=MappingProxyType(entries),
         unsupported=tuple(resolver.notes),
         selectors=frozenset(resolver.selectors),
         policies=tuple(dict.fromkeys(s.policy.key for s in selected)),
@@ -552,6 +601,7 @@ def _compute(
         egress_port_names=frozenset(resolver.egress_port_names),
         ingress_enforced_by=enforcers["ingress"],
         egress_enforced_by=enforcers["egress"],
+        l7=MappingProxyType(resolver.l7_policies(entries)),
     )
 
 

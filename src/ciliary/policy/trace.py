@@ -22,10 +22,12 @@ from typing import Literal, TypeAlias
 
 from ciliary.policy.explain import PolicyRef
 from ciliary.policy.identity import WILDCARD_IDENTITY
-from ciliary.policy.mapstate import Direction, MapKey, RuleRef
+from ciliary.policy.mapstate import PROTO_TCP, PROTO_UDP, Direction, MapKey, RuleRef
 from ciliary.policy.resolve import EndpointPolicy
 
-__all__ = ["FlowTrace", "Reason", "TraceResult", "trace", "trace_flow"]
+__all__ = [
+    "DNSVerdict", "FlowTrace", "Reason", "TraceResult", "dns_verdict", "trace", "trace_flow",
+]  # fmt: skip
 
 Reason: TypeAlias = Literal["allowed", "denied by rule", "default deny", "not enforced"]
 
@@ -123,3 +125,36 @@ def trace_flow(  # noqa: PLR0917 - source, then destination, then the packet
         egress=trace(src_policy, dst_identity, protocol, port, "egress"),
         ingress=trace(dst_policy, src_identity, protocol, port, "ingress"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DNSVerdict:
+    """The DNS proxy's decision for one query: ``allowed``, and why (``reason``: ``allowed``,
+    ``no L7 rule`` (the deciding entry sends nothing to the proxy: allowed), ``name not
+    allowed``, ``denied by rule``, ``default deny``); ``key`` the deciding entry, ``rules`` the
+    rules behind it."""
+
+    allowed: bool
+    reason: str
+    key: MapKey | None = None
+    rules: frozenset[RuleRef] = frozenset()
+
+
+def dns_verdict(
+    policy: EndpointPolicy | None, server_identity: int, protocol: int, port: int, name: str
+) -> DNSVerdict:
+    """Whether the endpoint whose egress ``policy`` this is (None: no endpoint, nothing
+    enforced) may ask ``name`` from a server of ``server_identity`` on ``protocol``/``port``."""
+    if protocol not in (PROTO_UDP, PROTO_TCP):
+        raise ValueError(f"DNS over protocol {protocol}: expected UDP (17) or TCP (6)")
+    verdict = trace(policy, server_identity, protocol, port, "egress")
+    if not verdict.allowed:
+        return DNSVerdict(False, verdict.reason, verdict.matched_key, verdict.deciding)
+    l7 = None
+    if policy is not None and verdict.matched_key is not None:
+        l7 = policy.l7.get(verdict.matched_key)
+    if l7 is None or l7.kind != "dns":
+        return DNSVerdict(True, "no L7 rule", verdict.matched_key, verdict.deciding)
+    if l7.allows_dns_name(name):
+        return DNSVerdict(True, "allowed", verdict.matched_key, l7.derived_from)
+    return DNSVerdict(False, "name not allowed", verdict.matched_key, l7.derived_from)

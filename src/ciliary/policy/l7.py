@@ -1,0 +1,51 @@
+"""L7 rules per policy map key: what a proxy allows on the traffic one allow entry lets through.
+
+An allow rule's ``toPorts`` entry may carry ``rules`` (``http``, ``dns``, ``kafka``, ``l7``):
+the port's traffic to the entry's peers then goes through a proxy, which allows only the
+requests the rules allow (Cilium's ``L4Filter.PerSelectorPolicies``). The policy computation
+(:mod:`.resolve`) keeps, next to the map state, every key whose traffic some rule sends to a
+proxy, with the L7 rules of every rule behind that key (:attr:`EndpointPolicy.l7`). Several
+rules on one key add up, as allows do: a rule allowing the key *without* L7 rules makes the
+proxy allow every request (``wildcard``; upstream adds the same wildcard L7 rule when merging),
+as does an empty list of the kind (``dns: []``, ``http: []``).
+
+The proxy's question, "may this endpoint ask for this name from that DNS server", is answered
+on the same map state the datapath decides with (:func:`.trace.dns_verdict`): the deciding
+entry of the two longest-prefix lookups, then the L7 rules of that entry. So the proxy and the
+datapath agree on which rule applies by construction; a query the datapath would not have let
+through (it never reaches the proxy then) is refused too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from ciliary.policy.api.model import L7Rules
+from ciliary.policy.fqdn import selector_matches
+from ciliary.policy.mapstate import RuleRef
+
+__all__ = ["L7Kind", "L7Policy"]
+
+L7Kind: TypeAlias = Literal["http", "dns", "kafka", "l7"]
+
+
+@dataclass(frozen=True, slots=True)
+class L7Policy:
+    """The L7 side of one allow entry: the proxy ``kind`` and the rules it enforces.
+
+    ``rules`` are the L7 rule sets of ``kind`` of the rules behind the entry; ``wildcard``: one
+    of them allows every request (a rule allowing the entry without L7 rules, or an empty
+    list of the kind). ``derived_from``: the rules that carried L7 rules.
+    """
+
+    kind: L7Kind
+    rules: tuple[L7Rules, ...]
+    wildcard: bool
+    derived_from: frozenset[RuleRef] = frozenset()
+
+    def allows_dns_name(self, name: str) -> bool:
+        """Whether a DNS query for ``name`` passes (``matchName``/``matchPattern``)."""
+        if self.wildcard:
+            return True
+        return any(selector_matches(s, name) for r in self.rules for s in r.dns)
