@@ -56,10 +56,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ciliary.core.flow import (
     MIN_ALLOCATED_IDENTITY,
+    TCP_FLAG_BITS,
+    TRACE_TO_LXC,
     CTState,
     EventType,
     ObservationPoint,
+    SockL4Protocol,
     SockXlatePoint,
+    TrafficDirection,
     Verdict,
 )
 from ciliary.core.models import RuleReference
@@ -68,8 +72,7 @@ from ciliary.datapath.maps.events import RawSockEvent, RawTraceEvent
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.explain import default_deny_extension
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
-from ciliary.hubble.gopacket import ICMP4, ICMP6, TCP_FLAG_BITS, icmp_text
-from ciliary.hubble.monitorapi import TRACE_TO_LXC
+from ciliary.hubble.gopacket import ICMP4, ICMP6, TCP_SUMMARY_FLAGS, icmp_text
 from ciliary.k8s.podidentity import workload_of
 from ciliary.policy.api.labels import (
     POLICY_LABEL_DERIVED_FROM,
@@ -92,14 +95,15 @@ __all__ = [
     "workload_of",
 ]
 
-TRAFFIC_INGRESS = 1
-TRAFFIC_EGRESS = 2
+TRAFFIC_INGRESS = int(TrafficDirection.INGRESS)
+TRAFFIC_EGRESS = int(TrafficDirection.EGRESS)
 
 _KNOWN_CT = frozenset({CTState.NEW, CTState.ESTABLISHED, CTState.REPLY, CTState.RELATED})
 # plain ints for the per-event comparisons (no enum class attribute lookups per event)
 _DROP, _TRACE, _VERDICT = int(EventType.DROP), int(EventType.TRACE), int(EventType.POLICY_VERDICT)
 _DROPPED, _CT_REPLY = int(Verdict.DROPPED), int(CTState.REPLY)
 _TO_ENDPOINT = int(ObservationPoint.TO_ENDPOINT)
+_SOCK_L4_NAMES = {int(SockL4Protocol.TCP): "TCP", int(SockL4Protocol.UDP): "UDP"}
 _NO_LABELS: list[str] = []  # shared (callers copy labels into messages, never modify them)
 _CACHE_MAX = 4096
 """Entries of each per-decoder cache before it is emptied (a node has few distinct values;
@@ -177,7 +181,7 @@ def summary(raw: RawTraceEvent) -> str:
         return "Ethernet"
     if raw.proto == 6:
         return "TCP Flags: " + ", ".join(
-            n for n, bit in TCP_FLAG_BITS.items() if raw.tcp_flags & bit
+            n for n, bit in TCP_SUMMARY_FLAGS.items() if raw.tcp_flags & bit
         )
     if raw.proto == 17:
         return "UDP"
@@ -387,7 +391,7 @@ class FlowDecoder:
             sock_xlate_point=int(point),  # type: ignore[arg-type]
             socket_cookie=raw.sock_cookie,
             cgroup_id=raw.cgroup_id,
-            Summary={1: "TCP", 2: "UDP"}.get(raw.l4_proto, "Unknown"),
+            Summary=_SOCK_L4_NAMES.get(raw.l4_proto, "Unknown"),
         )
         f.event_type.type = EventType.TRACE_SOCK
         f.event_type.sub_type = int(point)
@@ -397,9 +401,9 @@ class FlowDecoder:
             src, dst = dst, src
         f.IP.source, f.IP.destination = str(src[0]), str(dst[0])
         f.IP.ipVersion = flow_pb2.IPv4 if raw.family == socket.AF_INET else flow_pb2.IPv6
-        if raw.l4_proto == 1:
+        if raw.l4_proto == SockL4Protocol.TCP:
             f.l4.TCP.source_port, f.l4.TCP.destination_port = src[1], dst[1]
-        elif raw.l4_proto == 2:
+        elif raw.l4_proto == SockL4Protocol.UDP:
             f.l4.UDP.source_port, f.l4.UDP.destination_port = src[1], dst[1]
         f.source.CopyFrom(self._endpoint(src[0], 0))
         f.destination.CopyFrom(self._endpoint(dst[0], 0))
@@ -439,10 +443,8 @@ class FlowDecoder:
             flags = self._tcp_flags.get(bits)
             if flags is None:
                 flags = self._tcp_flags[bits] = flow_pb2.TCPFlags(
-                    FIN=bool(bits & 0x01), SYN=bool(bits & 0x02), RST=bool(bits & 0x04),
-                    PSH=bool(bits & 0x08), ACK=bool(bits & 0x10), URG=bool(bits & 0x20),
-                    ECE=bool(bits & 0x40), CWR=bool(bits & 0x80),
-                )  # fmt: skip
+                    **{name: bool(bits & bit) for name, bit in TCP_FLAG_BITS.items()}
+                )
             tcp.flags.CopyFrom(flags)
         elif raw.proto == 17:
             l4.UDP.source_port = raw.sport

@@ -39,11 +39,12 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from ciliary.core.flow import (
-    DROP_REASON_NAMES,
+    DROP_POLICY,
     IP_PROTOCOLS,
     CTState,
     EventType,
     ObservationPoint,
+    TrafficDirection,
     Verdict,
     drop_reason_text,
     tcp_flag_names,
@@ -61,7 +62,10 @@ _EVENT_TYPES: dict[int, Literal["trace", "drop", "policy-verdict"]] = {
     EventType.TRACE: "trace",
     EventType.POLICY_VERDICT: "policy-verdict",
 }
-_DIRECTIONS: dict[int, Literal["ingress", "egress", "unknown"]] = {1: "ingress", 2: "egress"}
+_DIRECTIONS: dict[int, Literal["ingress", "egress", "unknown"]] = {
+    TrafficDirection.INGRESS: "ingress",
+    TrafficDirection.EGRESS: "egress",
+}
 ICMP4_TYPES = {0: "EchoReply", 3: "DestinationUnreachable", 8: "EchoRequest", 11: "TimeExceeded"}
 ICMP6_TYPES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoRequest", 129: "EchoReply"}
 
@@ -278,7 +282,7 @@ class Monitor:
         """A default-deny drop (no rule matched: no cookie) explained by the policies that put
         the deciding endpoint into default deny: the receiver for ingress, the sender for
         egress (``bpf_lxc.c`` reports both ids with every policy drop)."""
-        if DROP_REASON_NAMES.get(raw.drop_reason) != "POLICY_DENIED" or raw.policy_cookie:
+        if raw.drop_reason != DROP_POLICY or raw.policy_cookie:
             return None
         direction = _DIRECTIONS.get(raw.traffic_direction)
         if direction == "ingress":

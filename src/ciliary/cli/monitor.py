@@ -25,12 +25,9 @@ from ciliary.cli.output import (
     fmt_addr,
     wants_json,
 )
+from ciliary.core.flow import POLICY_MATCH_TYPES
 from ciliary.core.models import MonitorEvent
-from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES, TCP_FLAG_BITS
-from ciliary.hubble.monitorapi import POLICY_MATCH_TYPES
-
-_TCP_FLAG_ORDER = tuple(TCP_FLAG_BITS)
-"""The flags byte's flags in gopacket's summary order (the datapath reports no others)."""
+from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES, TCP_FLAG_ORDER
 
 # cilium's traceSummary(): where in the datapath a trace was emitted.
 _TRACE_POINTS: dict[str, str] = {
@@ -81,8 +78,8 @@ def _l4(ev: MonitorEvent) -> str:
         return f"{fmt_addr(ev.src_ip)} -> {fmt_addr(ev.dst_ip)} {proto} {name}{code}"
     conn = f"{fmt_addr(ev.src_ip, ev.src_port)} -> {fmt_addr(ev.dst_ip, ev.dst_port)} {proto}"
     if proto == "tcp" and ev.tcp_flags:
-        flags = [f for f in _TCP_FLAG_ORDER if f in ev.tcp_flags]
-        flags += [f for f in ev.tcp_flags if f not in _TCP_FLAG_ORDER]
+        flags = [f for f in TCP_FLAG_ORDER if f in ev.tcp_flags]
+        flags += [f for f in ev.tcp_flags if f not in TCP_FLAG_ORDER]
         conn += " " + ", ".join(flags)
     return conn
 

@@ -40,6 +40,7 @@ from ciliary.cli.output import (
     wants_json,
 )
 from ciliary.client import AgentAPIError
+from ciliary.core.flow import DROP_POLICY, drop_reason_text
 from ciliary.core.models import (
     PolicyChangeResponse,
     PolicyListResponse,
@@ -53,9 +54,6 @@ STDIN = "-"
 STDIN_NAME = "<stdin>"
 CHANGE_TIMEOUT = 120.0
 """Import/delete wait for the endpoints' regeneration; give them longer than a plain query."""
-
-# The datapath's drop reasons for policy verdicts (bpf/lib/common.h), as upstream names them.
-_DROP_REASONS = {133: "Policy denied", 181: "Policy denied by denylist"}
 
 TraceProtocol = Literal["TCP", "UDP", "SCTP", "ICMP", "ICMPv6"]
 _PROTOCOLS: dict[str, TraceProtocol] = {
@@ -337,7 +335,7 @@ def final_verdict(tr: TraceResponse) -> str:
     """``ALLOWED``, or ``DENIED (<drop reason>)`` as the datapath would report the drop."""
     if tr.allowed:
         return "ALLOWED"
-    reason = tr.drop_reason_desc or _DROP_REASONS.get(tr.drop_reason or 133, "Policy denied")
+    reason = tr.drop_reason_desc or drop_reason_text(tr.drop_reason or DROP_POLICY)
     return f"DENIED ({reason})"
 
 

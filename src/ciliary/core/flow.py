@@ -1,9 +1,18 @@
-"""Numbered vocabularies of the datapath, with upstream's numbers and names.
+"""The datapath's event vocabulary, one home: numbered names with upstream's numbers.
 
-Verdicts and observation points are Hubble's ``flow.proto`` enums; drop reasons are Cilium's
-``DROP_*`` list (``bpf/lib/common.h`` here mirrors the ones our C emits); reserved identities are
-Cilium's. The C side returns these numbers as they are and user space only names them, so a flow
-printed by ciliary reads the same as one printed by Hubble.
+Everything a datapath record or a flow carries as a number is named here and nowhere else:
+the record types of the ring buffer (Cilium's monitor message types, ``pkg/monitor/api``, which
+are also a flow's ``event_type.type``), verdicts, trace observation points (in the flow enum's
+numbering and in the monitor's, where ``to-endpoint`` is 0), socket translation points, traffic
+directions, policy match types, conntrack states, drop reasons (Cilium's ``DROP_*`` list and
+Hubble's ``DropReason`` names), TCP flag bits, IP protocols and reserved identities. The C side
+(``bpf/lib/*.h``) defines the numbers it emits once more, as ``#define``s:
+``tests/bpf/test_event_vocabulary.py`` compiles the datapath and checks that every number C
+emits is the one named here. C returns them as they are and user space only names them, so a
+flow printed by ciliary reads the same as one printed by Hubble.
+
+Hot paths compare plain ints (the ``MSG_*`` values, ``int(Enum.X)``): an enum attribute costs
+ten times an int comparison, per event.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ class ObservationPoint(enum.IntEnum):
     FROM_OVERLAY = 9
     FROM_NETWORK = 10
     TO_NETWORK = 11
+    FROM_CRYPTO = 12
+    TO_CRYPTO = 13
     TO_ENDPOINT = 101
 
     @property
@@ -43,16 +54,88 @@ class ObservationPoint(enum.IntEnum):
         return self.name.lower().replace("_", "-")
 
 
+TRACE_TO_LXC = 0
+"""The monitor's number for to-endpoint traces (``TraceToLxc``): a trace flow's
+``event_type.sub_type`` is the observation point but for this one (101 in the flow enum)."""
+
+TRACE_POINTS: dict[int, str] = {
+    (TRACE_TO_LXC if p is ObservationPoint.TO_ENDPOINT else int(p)): p.cli_name
+    for p in ObservationPoint
+    if p is not ObservationPoint.UNKNOWN_POINT
+}
+"""Trace observation points by monitor number (``sub_type`` of a trace event) → CLI name."""
+
+
 class EventType(enum.IntEnum):
-    """Monitor message types (``CiliumEventType.type``)."""
+    """Monitor message types (``CiliumEventType.type``): the type byte every ring buffer record
+    starts with (``bpf/lib/common.h`` ``struct event_hdr``), and the ``event_type.type`` of the
+    flow made from it. Records of the proxies (L7) and of the agent never cross the ring."""
 
     DROP = 1
     DEBUG = 2
     CAPTURE = 3
     TRACE = 4
     POLICY_VERDICT = 5
+    RECORDER = 6
     TRACE_SOCK = 7
     """Socket-LB's translations (bpf/lib/trace_sock.h), Hubble's SOCK flows."""
+    ACCESS_LOG = 129
+    """L7 records of the proxies (upstream's ``MessageTypeAccessLog``), Hubble's L7 flows."""
+    AGENT = 130
+
+
+MSG_DROP = EventType.DROP.value
+MSG_DEBUG = EventType.DEBUG.value
+MSG_CAPTURE = EventType.CAPTURE.value
+MSG_TRACE = EventType.TRACE.value
+MSG_POLICY_VERDICT = EventType.POLICY_VERDICT.value
+MSG_RECORDER = EventType.RECORDER.value
+MSG_TRACE_SOCK = EventType.TRACE_SOCK.value
+MSG_ACCESS_LOG = EventType.ACCESS_LOG.value
+MSG_AGENT = EventType.AGENT.value
+
+MESSAGE_TYPES: dict[str, int] = {
+    "drop": MSG_DROP,
+    "debug": MSG_DEBUG,
+    "capture": MSG_CAPTURE,
+    "trace": MSG_TRACE,
+    "policy-verdict": MSG_POLICY_VERDICT,
+    "recorder": MSG_RECORDER,
+    "trace-sock": MSG_TRACE_SOCK,
+    "l7": MSG_ACCESS_LOG,
+    "agent": MSG_AGENT,
+}
+"""Message type names, as ``--type`` (hubble observe, ciliary monitor) spells them."""
+
+
+class TrafficDirection(enum.IntEnum):
+    """Hubble's ``TrafficDirection``: the datapath's direction of a policy decision."""
+
+    TRAFFIC_DIRECTION_UNKNOWN = 0
+    INGRESS = 1
+    EGRESS = 2
+
+
+class PolicyMatchType(enum.IntEnum):
+    """What a deciding policy entry matched on (upstream's ``PolicyMatchType``)."""
+
+    NONE = 0
+    L3_ONLY = 1
+    L3_L4 = 2
+    L4_ONLY = 3
+    ALL = 4
+
+
+POLICY_MATCH_TYPES: dict[int, str] = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all"}
+"""``policy_match_type`` names (``PolicyMatchType.String()``; metrics use them lower-cased)."""
+
+
+class SockL4Protocol(enum.IntEnum):
+    """A trace-sock record's ``l4_proto`` (upstream's C ``enum l4_protocol``, not IP numbers)."""
+
+    UNKNOWN = 0
+    TCP = 1
+    UDP = 2
 
 
 class SockXlatePoint(enum.IntEnum):
@@ -199,14 +282,31 @@ DROP_REASON_NAMES: dict[int, str] = {
     150: "UNKNOWN_L3_TARGET_ADDRESS",
     155: "CT_MAP_INSERTION_FAILED",
     157: "IP_FRAGMENTATION_NOT_SUPPORTED",
+    158: "SERVICE_BACKEND_NOT_FOUND",
     166: "UNSUPPORTED_L2_PROTOCOL",
+    167: "NO_MAPPING_FOR_NAT_MASQUERADE",
+    168: "UNSUPPORTED_PROTOCOL_FOR_NAT_MASQUERADE",
+    169: "FIB_LOOKUP_FAILED",
     171: "INVALID_IDENTITY",
+    177: "DENIED_BY_LB_SRC_RANGE_CHECK",
+    178: "SOCKET_LOOKUP_FAILED",
+    179: "SOCKET_ASSIGN_FAILED",
+    180: "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL",
     181: "POLICY_DENY",
     196: "TTL_EXCEEDED",
     202: "DROP_HOST_NOT_READY",
     203: "DROP_EP_NOT_READY",
 }
-"""Names of the Hubble ``DropReason`` enum for the reasons our datapath can emit today."""
+"""Names of the Hubble ``DropReason`` enum for the reasons our datapath (and the proxy redirect,
+178-180) can emit."""
+
+
+DROP_POLICY = 133
+"""No rule allows (default deny); C's ``DROP_POLICY``."""
+DROP_POLICY_DENY = 181
+"""A deny rule matched; C's ``DROP_POLICY_DENY``."""
+POLICY_DROPS = (DROP_POLICY, DROP_POLICY_DENY)
+"""The drop reasons of a policy decision."""
 
 
 def drop_reason_text(code: int) -> str:
@@ -214,21 +314,23 @@ def drop_reason_text(code: int) -> str:
     return DROP_REASONS.get(code, f"Unknown drop reason ({code})")
 
 
-TCP_FLAG_BITS: tuple[tuple[str, int], ...] = (
-    ("FIN", 0x01),
-    ("SYN", 0x02),
-    ("RST", 0x04),
-    ("PSH", 0x08),
-    ("ACK", 0x10),
-    ("URG", 0x20),
-    ("ECE", 0x40),
-    ("CWR", 0x80),
-)
+TCP_FLAG_BITS: dict[str, int] = {
+    "FIN": 0x01,
+    "SYN": 0x02,
+    "RST": 0x04,
+    "PSH": 0x08,
+    "ACK": 0x10,
+    "URG": 0x20,
+    "ECE": 0x40,
+    "CWR": 0x80,
+}
+"""The TCP header's flags byte (a trace record's ``tcp_flags``), lowest bit first; gopacket's
+summary order is :data:`ciliary.hubble.gopacket.TCP_FLAG_ORDER`."""
 
 
 def tcp_flag_names(flags: int) -> list[str]:
-    """Names of the TCP flags set in the header byte ``flags`` (wire order CWR..FIN)."""
-    return [name for name, bit in TCP_FLAG_BITS if flags & bit]
+    """Names of the TCP flags set in the header byte ``flags`` (lowest bit first)."""
+    return [name for name, bit in TCP_FLAG_BITS.items() if flags & bit]
 
 
 IP_PROTOCOLS: dict[int, str] = {1: "ICMPv4", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}

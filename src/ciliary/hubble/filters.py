@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ciliary.core.flow import MSG_ACCESS_LOG
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.celfilter import CELError, cel_filter
-from ciliary.hubble.monitorapi import MSG_ACCESS_LOG
 from ciliary.k8s.labelselector import SelectorError
 from ciliary.k8s.labelselector import parse_cilium_label as parse_label
 from ciliary.k8s.labelselector import parse_cilium_selector as parse_selector

@@ -7,8 +7,8 @@ upstream's message. :mod:`ciliary.hubble.filterflags` says which flag takes whic
 
 from __future__ import annotations
 
+from ciliary.core.flow import MESSAGE_TYPES, MSG_AGENT, MSG_TRACE, TRACE_POINTS
 from ciliary.hubble.api.flow import flow_pb2
-from ciliary.hubble.monitorapi import MESSAGE_TYPES, MSG_AGENT, MSG_TRACE, TRACE_POINTS
 
 
 class FlagError(ValueError):

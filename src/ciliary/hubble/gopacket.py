@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ciliary.core.flow import TCP_FLAG_BITS
+
 IcmpTable = Mapping[int, tuple[str, tuple[str, ...] | None]]
 """ICMP type → (type name, code names by code or None when the type has no named codes)."""
 
@@ -96,18 +98,9 @@ ICMP6_TYPE_NAMES: dict[int, str] = {
 }
 """The ICMPv6 counterpart of :data:`ICMP4_TYPE_NAMES`."""
 
-TCP_FLAG_BITS: dict[str, int] = {
-    "SYN": 0x02,
-    "ACK": 0x10,
-    "RST": 0x04,
-    "FIN": 0x01,
-    "PSH": 0x08,
-    "URG": 0x20,
-    "ECE": 0x40,
-    "CWR": 0x80,
-}
-"""TCP flags in the order gopacket-based summaries list them (not the wire order), with their
-bit in the TCP header's flags byte."""
+TCP_FLAG_ORDER: tuple[str, ...] = ("SYN", "ACK", "RST", "FIN", "PSH", "URG", "ECE", "CWR", "NS")
+"""Summary order of every flag ``flow.TCPFlags`` has (gopacket's order, not the wire's; ``NS``
+lives outside the flags byte)."""
 
-TCP_FLAG_ORDER: tuple[str, ...] = (*TCP_FLAG_BITS, "NS")
-"""Summary order of every flag ``flow.TCPFlags`` has (``NS`` lives outside the flags byte)."""
+TCP_SUMMARY_FLAGS: dict[str, int] = {n: TCP_FLAG_BITS[n] for n in TCP_FLAG_ORDER if n != "NS"}
+"""The flags byte's flags (:data:`ciliary.core.flow.TCP_FLAG_BITS`) in summary order."""

@@ -25,7 +25,17 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ciliary.core.flow import DROP_REASONS, ReservedIdentity
+from ciliary.core.flow import (
+    DROP_REASONS,
+    MSG_CAPTURE,
+    MSG_DROP,
+    MSG_POLICY_VERDICT,
+    MSG_TRACE,
+    MSG_TRACE_SOCK,
+    POLICY_MATCH_TYPES,
+    TRACE_POINTS,
+    ReservedIdentity,
+)
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2
 from ciliary.hubble.api.relay import relay_pb2
@@ -38,15 +48,6 @@ from ciliary.hubble.goformat import (
     group_thousands,
 )
 from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES, TCP_FLAG_ORDER
-from ciliary.hubble.monitorapi import (
-    MSG_CAPTURE,
-    MSG_DROP,
-    MSG_POLICY_VERDICT,
-    MSG_TRACE,
-    MSG_TRACE_SOCK,
-    POLICY_MATCH_TYPES,
-    TRACE_POINTS,
-)
 
 # --------------------------------------------------------------------------- vocabulary
 

@@ -81,6 +81,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from ciliary.client.agent import AgentClient, AgentClientError
+from ciliary.core.flow import POLICY_DROPS, drop_reason_text
 from ciliary.core.models import MonitorEvent, TraceHalf, TraceRequest, TraceResponse
 from ciliary.k8s.fields import format_path
 from ciliary.lab import manager
@@ -109,7 +110,6 @@ EVENT_GRACE = 2.0
 """Seconds to keep waiting for the datapath's event once the client has finished."""
 SERVER_START_GRACE = 5.0
 """Seconds a refused connection is tried again (a just-started pod's server not listening yet)."""
-POLICY_DROPS = {133: "Policy denied", 181: "Policy denied by denylist"}
 
 Verdict: TypeAlias = Literal["allow", "deny"]
 Protocol: TypeAlias = Literal["TCP", "UDP", "ICMP"]
@@ -794,7 +794,7 @@ def _check(case: PolicyTestCase, res: dict[str, Any], dst_kind: str) -> list[str
         wanted = case.drop_reason
         if wanted is not None and res["drop_reason"] != wanted:
             problems.append(
-                f"expected drop reason {wanted} ({POLICY_DROPS[wanted]}), got"
+                f"expected drop reason {wanted} ({drop_reason_text(wanted)}), got"
                 f" {res['drop_reason']} ({res['drop_reason_desc']})"
             )
         elif wanted is None and res["drop_reason"] not in POLICY_DROPS:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 
+from ciliary.core.flow import EventType
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.maps.endpoints import (
     AF_INET4,
@@ -30,10 +31,6 @@ from ciliary.datapath.maps.endpoints import (
 )
 
 __all__ = [
-    "EVENT_DROP",
-    "EVENT_TRACE",
-    "VERDICT_DROPPED",
-    "VERDICT_FORWARDED",
     "EventsLostMap",
     "RawEvent",
     "RawSockEvent",
@@ -45,12 +42,9 @@ __all__ = [
     "decode_trace_event",
 ]
 
-EVENT_DROP = 1
-EVENT_TRACE = 4
-EVENT_TRACE_SOCK = 7
 TRACE_SOCK_F_IPV6 = 0x1
-VERDICT_FORWARDED = 1
-VERDICT_DROPPED = 2
+"""``trace_sock_notify.flags``: the address is IPv6 (a flag of this record's layout only)."""
+_MSG_TRACE_SOCK = int(EventType.TRACE_SOCK)
 
 
 class TraceEventC(ctypes.Structure):
@@ -243,7 +237,7 @@ _SOCK_SIZE = ctypes.sizeof(TraceSockNotifyC)
 def decode_sock_event(data: bytes, ts_ns: int) -> RawSockEvent:
     """Decodes one trace_sock_notify record (``data`` exactly its size)."""
     size = ctypes.sizeof(TraceSockNotifyC)
-    if len(data) != size or data[0] != EVENT_TRACE_SOCK:
+    if len(data) != size or data[0] != _MSG_TRACE_SOCK:
         raise ValueError(f"not a trace_sock_notify record ({len(data)} bytes, type {data[:1]!r})")
     ev = TraceSockNotifyC.from_buffer_copy(data)
     family = AF_INET6 if ev.flags & TRACE_SOCK_F_IPV6 else AF_INET4
@@ -261,7 +255,7 @@ def decode_sock_event(data: bytes, ts_ns: int) -> RawSockEvent:
 
 def decode_event(data: bytes) -> RawEvent:
     """Decodes one ring buffer record of either kind (see the module doc)."""
-    if len(data) == _SOCK_SIZE and data[0] == EVENT_TRACE_SOCK:
+    if len(data) == _SOCK_SIZE and data[0] == _MSG_TRACE_SOCK:
         return decode_sock_event(data, time.monotonic_ns())
     return decode_trace_event(data)
 

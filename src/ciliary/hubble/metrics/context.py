@@ -15,15 +15,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ciliary.core.flow import ReservedIdentity
-from ciliary.hubble.api.flow import flow_pb2
-from ciliary.hubble.monitorapi import (
+from ciliary.core.flow import (
     MSG_ACCESS_LOG,
     MSG_CAPTURE,
     MSG_DROP,
     MSG_POLICY_VERDICT,
     MSG_TRACE,
+    ReservedIdentity,
 )
+from ciliary.hubble.api.flow import flow_pb2
 
 _KUBE_APISERVER_LABEL = ReservedIdentity.KUBE_APISERVER.label
 

@@ -18,7 +18,16 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 
-from ciliary.core.flow import ReservedIdentity
+from ciliary.core.flow import (
+    MSG_ACCESS_LOG,
+    MSG_CAPTURE,
+    MSG_DROP,
+    MSG_POLICY_VERDICT,
+    MSG_TRACE,
+    POLICY_MATCH_TYPES,
+    TRACE_POINTS,
+    ReservedIdentity,
+)
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.gopacket import ICMP4, ICMP6, IcmpTable, icmp_text
 from ciliary.hubble.metrics.context import (
@@ -28,15 +37,6 @@ from ciliary.hubble.metrics.context import (
     flow_protocol,
     is_reply,
     verdict_name,
-)
-from ciliary.hubble.monitorapi import (
-    MSG_ACCESS_LOG,
-    MSG_CAPTURE,
-    MSG_DROP,
-    MSG_POLICY_VERDICT,
-    MSG_TRACE,
-    POLICY_MATCH_TYPES,
-    TRACE_POINTS,
 )
 
 NAMESPACE = "hubble"
