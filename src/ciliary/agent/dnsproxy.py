@@ -1,0 +1,680 @@
+"""The agent's DNS proxy: pods' DNS queries, allowed or refused by ``rules: dns``, and the answers
+that feed ``toFQDNs`` before the pod sees them.
+
+Why in the agent (as Cilium's ``pkg/fqdn/dnsproxy``): the IPs of an answer must be allowed in the
+datapath *before* the pod can use them, or the pod's first connection to a fresh IP is dropped.
+Only whoever holds the answer back can promise that: the proxy takes the query, asks the
+original server itself, records the answer in the DNS cache (:meth:`PolicyManager.dns_changed`:
+CIDR identities, ipcache, endpoints' policy maps regenerated) and releases the answer to the pod
+only once that is done, or after ``--tofqdns-proxy-response-max-delay`` (upstream's 100 ms), when
+it logs that the pod may race the maps.
+
+How queries arrive (``docs/architecture.md``, "L7 proxy redirect"): the datapath assigns a pod's
+DNS packets, unchanged, to the proxy's listening sockets in the node netns (``bpf_sk_assign``;
+iptables TPROXY does the same, the integration test uses it). The sockets are ``IP_TRANSPARENT``
+on ``0.0.0.0``/``[::]`` at the proxy port (:mod:`ciliary.core.proxyports`); the original
+destination of a UDP datagram is its ``IP_ORIGDSTADDR`` ancillary data, of a TCP connection the
+accepted socket's local address. The answer goes back to the pod from that original address
+(a transparent socket bound to it), so the pod's resolver sees its server answer.
+
+Forwarding (upstream's transparent mode, ``--dnsproxy-enable-transparent-mode``, default true):
+the query leaves from the pod's own address and port (a transparent socket bound to them), so
+the server and the policy on its side see the pod, and the server's reply comes back on the
+pod's connection, which the datapath assigns to that socket. Queries of one pod socket to one
+server share one upstream socket (as upstream's shared clients since 1.15: glibc sends A and
+AAAA together from one port), answers matched by message ID (rewritten per query, so equal IDs
+never collide). Without transparent mode the query leaves from the node's address.
+
+Decisions are sans-IO (:func:`decide` on the policy engine's :func:`~ciliary.policy.trace.
+dns_verdict`, :func:`answer_lookups`, :func:`reject`): a query whose source is no endpoint of
+this node, whose original destination is the proxy itself (not redirected), that the
+endpoint's rules do not allow, or that is malformed, never leaves the node; the pod gets
+REFUSED (``--tofqdns-dns-reject-response-code refused|nameError``: NXDOMAIN), FORMERR for what
+cannot be parsed (nothing for what has no header), SERVFAIL when the server cannot be reached
+in ``FORWARD_TIMEOUT_S`` or answers garbage. Every query and answer is a :class:`DNSProxyEvent`
+(Hubble's L7 DNS flow: ``dns-request``/``dns-response``, ``observation_source`` "proxy").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Final, Literal, Protocol, TypeAlias
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from ciliary.policy.fqdn import DNSLookup
+from ciliary.policy.mapstate import PROTO_TCP, PROTO_UDP
+from ciliary.policy.resolve import EndpointPolicy
+from ciliary.policy.trace import dns_verdict
+
+__all__ = [
+    "DNSProxy",
+    "DNSProxyEvent",
+    "Decision",
+    "EndpointDNSRules",
+    "ProxyPolicy",
+    "RejectCode",
+    "answer_lookups",
+    "reject",
+]
+
+log = logging.getLogger(__name__)
+
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+Address: TypeAlias = tuple[str, int]
+RejectCode: TypeAlias = Literal["refused", "nameError"]
+REJECT_RCODES: Final[dict[str, dns.rcode.Rcode]] = {
+    "refused": dns.rcode.REFUSED,
+    "nameError": dns.rcode.NXDOMAIN,
+}
+"""``--tofqdns-dns-reject-response-code`` values (upstream's) → the rcode a denied query gets."""
+
+FORWARD_TIMEOUT_S: Final = 10.0  # upstream's ProxyForwardTimeout
+DEFAULT_RESPONSE_MAX_DELAY_S: Final = 0.1  # upstream's --tofqdns-proxy-response-max-delay
+MAX_MESSAGE: Final = 65535
+TCP_IDLE_TIMEOUT_S: Final = 10.0
+
+# <linux/in.h>, <linux/in6.h>: not all in Python's socket module
+IP_TRANSPARENT: Final = 19
+IP_RECVORIGDSTADDR: Final = 20  # the ancillary message type is the same number (IP_ORIGDSTADDR)
+IPV6_RECVORIGDSTADDR: Final = 74
+IPV6_TRANSPARENT: Final = 75
+
+
+# ---- decisions (sans-IO) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the agent says of one query: ``allowed``; the querying ``endpoint`` (None: the
+    source is no endpoint here); ``reason`` and ``rules`` (why, for the event)."""
+
+    allowed: bool
+    reason: str
+    endpoint: int | None = None
+    rules: tuple[str, ...] = ()
+
+
+class ProxyPolicy(Protocol):
+    """The agent's side of the proxy: the rules, and the cache the answers go to."""
+
+    def decide(
+        self, source: IPAddress, server: IPAddress, protocol: int, port: int, name: str
+    ) -> Decision:
+        """Whether the endpoint at ``source`` may ask ``name`` from ``server``:``port``."""
+        ...
+
+    def answered(self, lookups: list[DNSLookup]) -> Awaitable[None]:
+        """Records the answers; done once the datapath allows their IPs as the rules say."""
+        ...
+
+
+@dataclass(frozen=True)
+class EndpointDNSRules:
+    """:class:`ProxyPolicy` on the agent's endpoints: the endpoint at the query's source
+    (``endpoint_at``; none: refused), its realized policy (``policy_of``) decided on with the
+    server's identity as the datapath resolves it (``identity_of``); answers go to ``update``
+    (the DNS cache, then the endpoints' regeneration when the rules' IPs changed)."""
+
+    endpoint_at: Callable[[IPAddress], int | None]
+    policy_of: Callable[[int], EndpointPolicy | None]
+    identity_of: Callable[[IPAddress], int]
+    update: Callable[[list[DNSLookup]], Awaitable[None]]
+
+    def decide(
+        self, source: IPAddress, server: IPAddress, protocol: int, port: int, name: str
+    ) -> Decision:
+        endpoint = self.endpoint_at(source)
+        if endpoint is None:
+            return Decision(False, f"{source} is no endpoint of this node")
+        verdict = dns_verdict(
+            self.policy_of(endpoint), self.identity_of(server), protocol, port, name
+        )
+        rules = tuple(str(r) for r in sorted(verdict.rules))
+        return Decision(verdict.allowed, verdict.reason, endpoint, rules)
+
+    def answered(self, lookups: list[DNSLookup]) -> Awaitable[None]:
+        return self.update(lookups)
+
+
+@dataclass(frozen=True, slots=True)
+class DNSProxyEvent:
+    """One L7 DNS record (Hubble's ``Flow.l7.dns``, type 129 ``access log``).
+
+    ``kind`` request (the pod's query: ``verdict`` FORWARDED, or DROPPED when refused) or
+    response (the server's answer as released to the pod, ``latency_ns`` since the query;
+    ERROR when the server failed and the pod got SERVFAIL). ``source``/``destination`` are
+    the pod and its server as the pod sees them (the server's original address, on both
+    records). ``query`` is the name with its trailing dot, as upstream prints it."""
+
+    time: float
+    kind: Literal["request", "response"]
+    verdict: Literal["FORWARDED", "DROPPED", "ERROR"]
+    source: Address
+    destination: Address
+    protocol: Literal["UDP", "TCP"]
+    endpoint: int | None
+    query: str
+    qtypes: tuple[str, ...]
+    rcode: int = 0
+    ips: tuple[str, ...] = ()
+    ttl: int = 0
+    cnames: tuple[str, ...] = ()
+    rrtypes: tuple[str, ...] = ()
+    latency_ns: int = 0
+    reason: str = ""
+    rules: tuple[str, ...] = ()
+    observation_source: str = "proxy"
+
+
+class MalformedQueryError(Exception):
+    """A query that cannot be parsed; ``reply`` is the FORMERR to send (None: nothing)."""
+
+    def __init__(self, reason: str, reply: bytes | None) -> None:
+        super().__init__(reason)
+        self.reply = reply
+
+
+def parse_query(wire: bytes) -> dns.message.Message:
+    """The query in ``wire``; :class:`MalformedQueryError` when it is no single-question query."""
+    try:
+        query = dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError) as err:
+        raise MalformedQueryError(str(err) or type(err).__name__, _formerr(wire)) from None
+    if query.flags & dns.flags.QR:
+        raise MalformedQueryError("a response, not a query", None)
+    if len(query.question) != 1:
+        raise MalformedQueryError(f"{len(query.question)} questions", _formerr(wire))
+    return query
+
+
+def _formerr(wire: bytes) -> bytes | None:
+    """A header-only FORMERR (None: too short for a header, or a response: never answered)."""
+    if len(wire) < 12 or wire[2] & 0x80:
+        return None
+    message = dns.message.Message(id=int.from_bytes(wire[:2], "big"))
+    message.flags = dns.flags.QR
+    message.set_rcode(dns.rcode.FORMERR)
+    return message.to_wire()
+
+
+def reject(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
+    """The answer to a query that is not forwarded: its question, ``rcode``, nothing else."""
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    return response.to_wire()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a response says, for the cache and the event."""
+
+    rcode: int
+    ips: tuple[str, ...]
+    ttl: int
+    cnames: tuple[str, ...]
+    rrtypes: tuple[str, ...]
+    lookups: tuple[DNSLookup, ...]
+
+
+def answer_lookups(qname: str, response: dns.message.Message, now: float) -> Answer:
+    """The IPs of ``response`` (to the query of ``qname``) as DNS cache entries: every address
+    of the answer section under the name asked for (what the pod connects to after asking it)
+    and under the owner name of its record (a CNAME's target selects them too), each with the
+    lowest TTL of the records on the way, as upstream's ``ExtractMsgDetails``. Nothing for a
+    response other than NOERROR."""
+    rcode = response.rcode()
+    ips: dict[str, None] = {}
+    owners: dict[str, dict[str, None]] = {}
+    cnames: list[str] = []
+    rrtypes: list[str] = []
+    ttl: int | None = None
+    for rrset in response.answer:
+        rrtypes.append(dns.rdatatype.to_text(rrset.rdtype))
+        ttl = rrset.ttl if ttl is None else min(ttl, rrset.ttl)
+        if rrset.rdtype == dns.rdatatype.CNAME:
+            cnames.extend(rd.target.to_text() for rd in rrset)
+        elif rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            of_owner = owners.setdefault(rrset.name.to_text(), {})
+            for rd in rrset:
+                ips[rd.address] = None
+                of_owner[rd.address] = None
+    lowest = ttl or 0
+    lookups: list[DNSLookup] = []
+    if rcode == dns.rcode.NOERROR and ips:
+        lookups.append(DNSLookup(qname, tuple(ips), lowest, now))
+        asked = dns.name.from_text(qname)
+        for name, found in owners.items():
+            if dns.name.from_text(name) != asked:
+                lookups.append(DNSLookup(name, tuple(found), lowest, now))
+    return Answer(int(rcode), tuple(ips), lowest, tuple(cnames), tuple(rrtypes), tuple(lookups))
+
+
+def _qtypes(query: dns.message.Message) -> tuple[str, ...]:
+    return tuple(dns.rdatatype.to_text(q.rdtype) for q in query.question)
+
+
+# ---- sockets -------------------------------------------------------------------------------
+
+
+def _transparent(sock: socket.socket, family: int) -> None:
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def listen_sockets(port: int) -> list[tuple[Literal["UDP", "TCP"], socket.socket]]:
+    """The proxy's listeners (UDP and TCP on ``0.0.0.0`` and ``[::]``, v6only, transparent,
+    UDP with the original destination as ancillary data), made in the calling thread's netns.
+    IPv6 is left out when the netns has none."""
+    out: list[tuple[Literal["UDP", "TCP"], socket.socket]] = []
+    try:
+        for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                try:
+                    sock = socket.socket(family, kind)
+                except OSError:
+                    if family == socket.AF_INET6:
+                        break
+                    raise
+                out.append(("UDP" if kind == socket.SOCK_DGRAM else "TCP", sock))
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                _transparent(sock, family)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    if kind == socket.SOCK_DGRAM:
+                        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
+                elif kind == socket.SOCK_DGRAM:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_RECVORIGDSTADDR, 1)
+                sock.bind((host, port))
+                if kind == socket.SOCK_STREAM:
+                    sock.listen(128)
+    except BaseException:
+        for _, sock in out:
+            sock.close()
+        raise
+    return out
+
+
+def original_destination(ancdata: list[tuple[int, int, bytes]]) -> Address | None:
+    """The ``IP_ORIGDSTADDR``/``IPV6_ORIGDSTADDR`` of a datagram (a ``sockaddr_in``/``_in6``)."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_RECVORIGDSTADDR and len(data) >= 8:
+            return str(IPv4Address(data[4:8])), struct.unpack("!H", data[2:4])[0]
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_RECVORIGDSTADDR and len(data) >= 24:
+            return str(IPv6Address(data[8:24])), struct.unpack("!H", data[2:4])[0]
+    return None
+
+
+def _bound_socket(kind: int, local: Address | None, remote: Address) -> socket.socket:
+    """A non-blocking socket towards ``remote``, bound to ``local`` (transparent: the address
+    need not be this netns's) or, with None, to what the kernel picks."""
+    family = _family(remote[0])
+    sock = socket.socket(family, kind)
+    try:
+        sock.setblocking(False)
+        if local is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _transparent(sock, family)
+            sock.bind(local)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _TCPUpstream:
+    """The upstream TCP connection of one pod connection (pod address/port → server), opened
+    at its first forwarded query and used for the next ones, one at a time."""
+
+    def __init__(self, transparent: bool) -> None:
+        self._transparent = transparent
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def ask(self, wire: bytes, pod: Address, server: Address) -> bytes:
+        if self._streams is None:
+            sock = _bound_socket(socket.SOCK_STREAM, pod if self._transparent else None, server)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, server)
+                self._streams = await asyncio.open_connection(sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+        reader, writer = self._streams
+        writer.write(len(wire).to_bytes(2, "big") + wire)
+        await writer.drain()
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        return await reader.readexactly(size)
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+
+
+class _UDPUpstream:
+    """One upstream UDP socket (pod address/port → server), shared by that pod socket's
+    concurrent queries; each query's ID rewritten to one unused here, restored in its answer."""
+
+    def __init__(self, sock: socket.socket, on_idle: Callable[[], None]) -> None:
+        self._sock = sock
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._next = secrets.randbelow(0x10000)
+        self._on_idle = on_idle
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                wire = self._sock.recv(MAX_MESSAGE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # ICMP unreachable on a connected socket
+                for fut in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(err)
+                return
+            waiting = self._pending.get(int.from_bytes(wire[:2], "big")) if len(wire) >= 2 else None
+            if waiting is not None and not waiting.done():
+                waiting.set_result(wire)
+
+    async def ask(self, wire: bytes, timeout: float) -> bytes:
+        while self._next in self._pending:
+            self._next = (self._next + 1) & 0xFFFF
+        qid, self._next = self._next, (self._next + 1) & 0xFFFF
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        self._pending[qid] = fut
+        try:
+            await self._loop.sock_sendall(self._sock, qid.to_bytes(2, "big") + wire[2:])
+            answer = await asyncio.wait_for(fut, timeout)
+        finally:
+            del self._pending[qid]
+            if not self._pending:
+                self.close()
+                self._on_idle()
+        return wire[:2] + answer[2:]
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
+# ---- the proxy -------------------------------------------------------------------------------
+
+
+@dataclass
+class ProxyStats:
+    """Counters (the agent's metrics read them)."""
+
+    queries: int = 0
+    refused: int = 0
+    forwarded: int = 0
+    malformed: int = 0
+    errors: int = 0
+    late_releases: int = 0
+    """Answers released after the maximum delay, before the datapath allowed their IPs."""
+
+
+@dataclass
+class DNSProxy:
+    """The proxy of one node: :meth:`start` in the node netns (sockets belong to the netns of
+    the thread that makes them), :meth:`stop` closes everything it made."""
+
+    port: int
+    policy: ProxyPolicy
+    on_event: Callable[[DNSProxyEvent], None] = lambda _event: None
+    reject_code: RejectCode = "refused"
+    response_max_delay_s: float = DEFAULT_RESPONSE_MAX_DELAY_S
+    forward_timeout_s: float = FORWARD_TIMEOUT_S
+    transparent: bool = True
+    stats: ProxyStats = field(default_factory=ProxyStats)
+    _listeners: list[tuple[str, socket.socket]] = field(default_factory=list)
+    _servers: list[asyncio.Server] = field(default_factory=list)
+    _upstreams: dict[tuple[Address, Address], _UDPUpstream] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.reject_code not in REJECT_RCODES:
+            raise ValueError(
+                f"--tofqdns-dns-reject-response-code {self.reject_code!r}: expected one of"
+                f" {', '.join(REJECT_RCODES)}"
+            )
+        if self.response_max_delay_s <= 0:
+            raise ValueError("--tofqdns-proxy-response-max-delay must be positive")
+
+    async def start(self) -> None:
+        self._listeners = list(listen_sockets(self.port))
+        loop = asyncio.get_running_loop()
+        for kind, sock in self._listeners:
+            if kind == "UDP":
+                loop.add_reader(sock.fileno(), self._udp_readable, sock)
+            else:
+                self._servers.append(await asyncio.start_server(self._tcp_client, sock=sock))
+        log.info("DNS proxy listening on port %d (udp, tcp)", self.port)
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for server in self._servers:
+            server.close()
+        for kind, sock in self._listeners:
+            if kind == "UDP" and sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for upstream in list(self._upstreams.values()):
+            upstream.close()
+        self._upstreams.clear()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()
+        self._listeners.clear()
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # a task, named, referenced
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("DNS proxy: %s failed", task.get_name(), exc_info=task.exception())
+
+    # ---- UDP ------------------------------------------------------------------------------
+
+    def _udp_readable(self, sock: socket.socket) -> None:
+        for _ in range(64):  # a bounded batch per wake-up: TCP clients get their turn
+            try:
+                wire, ancdata, _flags, peer = sock.recvmsg(MAX_MESSAGE, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                log.warning("DNS proxy: udp receive: %s", err)
+                return
+            source: Address = (peer[0], peer[1])
+            dest = original_destination(ancdata) or (source[0], 0)
+            self._spawn(self._udp_query(sock, wire, source, dest), f"dns-udp-{source[0]}")
+
+    async def _udp_query(
+        self, listener: socket.socket, wire: bytes, source: Address, dest: Address
+    ) -> None:
+        reply = await self.handle(wire, source, dest, "UDP", self._forward_udp)
+        if reply is not None:
+            self._send_udp(listener, reply, source, dest)
+
+    def _send_udp(
+        self, listener: socket.socket, reply: bytes, pod: Address, server: Address
+    ) -> None:
+        """The answer to the pod from the address it asked (the listener's own when the pod
+        asked the proxy directly)."""
+        try:
+            if server[1] == self.port:
+                listener.sendto(reply, pod)
+                return
+            with contextlib.closing(_bound_socket(socket.SOCK_DGRAM, server, pod)) as sock:
+                sock.sendto(reply, pod)  # a fresh socket's buffer: never would block
+        except OSError as err:
+            log.warning("DNS proxy: cannot answer %s from %s: %s", pod, server, err)
+
+    async def _forward_udp(self, wire: bytes, pod: Address, server: Address) -> bytes:
+        key = (pod, server)
+        upstream = self._upstreams.get(key)
+        if upstream is None:
+            sock = _bound_socket(socket.SOCK_DGRAM, pod if self.transparent else None, server)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, server)
+            except BaseException:
+                sock.close()
+                raise
+            upstream = _UDPUpstream(sock, lambda: self._forget_upstream(key))
+            self._upstreams[key] = upstream
+        return await upstream.ask(wire, self.forward_timeout_s)
+
+    def _forget_upstream(self, key: tuple[Address, Address]) -> None:
+        self._upstreams.pop(key, None)
+
+    # ---- TCP ------------------------------------------------------------------------------
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        local = writer.get_extra_info("sockname")
+        source: Address = (peer[0], peer[1])
+        dest: Address = (local[0], local[1])  # the original destination (transparent)
+        upstream = _TCPUpstream(self.transparent)
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
+                size = int.from_bytes(head, "big")
+                wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT_S)
+                reply = await self.handle(wire, source, dest, "TCP", upstream.ask)
+                if reply is None:
+                    return
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            return
+        finally:
+            upstream.close()
+            writer.close()
+
+    # ---- one query --------------------------------------------------------------------------
+
+    async def handle(
+        self,
+        wire: bytes,
+        source: Address,
+        dest: Address,
+        protocol: Literal["UDP", "TCP"],
+        forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
+    ) -> bytes | None:
+        """The reply to one query from ``source`` to ``dest`` (None: none is sent)."""
+        started = time.monotonic_ns()
+        self.stats.queries += 1
+        try:
+            query = parse_query(wire)
+        except MalformedQueryError as err:
+            self.stats.malformed += 1
+            log.info("DNS proxy: malformed query from %s: %s", source[0], err)
+            return err.reply
+        question = query.question[0]
+        qname = question.name.to_text()
+        decision = self._decide(source, dest, protocol, qname)
+        request = DNSProxyEvent(
+            time=time.time(), kind="request", verdict="FORWARDED", source=source,
+            destination=dest, protocol=protocol, endpoint=decision.endpoint, query=qname,
+            qtypes=_qtypes(query), reason=decision.reason, rules=decision.rules,
+        )  # fmt: skip
+        if not decision.allowed:
+            self.stats.refused += 1
+            self._emit(dataclasses.replace(request, verdict="DROPPED"))
+            return reject(query, REJECT_RCODES[self.reject_code])
+        self._emit(request)
+        try:
+            answer_wire = await forward(wire, source, dest)
+            response = dns.message.from_wire(answer_wire)
+        except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as err:
+            return self._failed(query, request, started, f"server: {err!r}")
+        except (dns.exception.DNSException, ValueError) as err:
+            return self._failed(query, request, started, f"bad answer: {err}")
+        answer = answer_lookups(qname, response, time.time())
+        if answer.lookups:
+            await self._answered(list(answer.lookups), qname)
+        self.stats.forwarded += 1
+        self._emit(
+            dataclasses.replace(
+                request, time=time.time(), kind="response", rcode=answer.rcode,
+                ips=answer.ips, ttl=answer.ttl, cnames=answer.cnames, rrtypes=answer.rrtypes,
+                latency_ns=time.monotonic_ns() - started,
+            )
+        )  # fmt: skip
+        return answer_wire
+
+    def _decide(
+        self, source: Address, dest: Address, protocol: Literal["UDP", "TCP"], qname: str
+    ) -> Decision:
+        if dest[1] == self.port:
+            return Decision(False, "not redirected: no original destination to forward to")
+        try:
+            src, server = ip_address(source[0]), ip_address(dest[0])
+        except ValueError:
+            return Decision(False, f"bad address {source[0]!r} or {dest[0]!r}")
+        proto = PROTO_UDP if protocol == "UDP" else PROTO_TCP
+        return self.policy.decide(src, server, proto, dest[1], qname)
+
+    async def _answered(self, lookups: list[DNSLookup], qname: str) -> None:
+        """The cache update, awaited up to the maximum delay (then it goes on alone)."""
+        update = asyncio.ensure_future(self.policy.answered(lookups))
+        update.set_name(f"dns-answer-{qname}")
+        self._tasks.add(update)
+        update.add_done_callback(self._done)
+        done, _ = await asyncio.wait({update}, timeout=self.response_max_delay_s)
+        if not done:
+            self.stats.late_releases += 1
+            log.warning(
+                "DNS proxy: %s answered before the datapath allows its IPs (policy update"
+                " longer than %g s)", qname, self.response_max_delay_s,
+            )  # fmt: skip
+
+    def _failed(
+        self, query: dns.message.Message, request: DNSProxyEvent, started: int, reason: str
+    ) -> bytes:
+        self.stats.errors += 1
+        log.info("DNS proxy: %s: %s", request.query, reason)
+        self._emit(
+            dataclasses.replace(
+                request, time=time.time(), kind="response", verdict="ERROR",
+                rcode=int(dns.rcode.SERVFAIL), latency_ns=time.monotonic_ns() - started,
+                reason=reason,
+            )
+        )  # fmt: skip
+        return reject(query, dns.rcode.SERVFAIL)
+
+    def _emit(self, event: DNSProxyEvent) -> None:
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("DNS proxy: event sink failed")

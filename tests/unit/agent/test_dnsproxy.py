@@ -1,0 +1,256 @@
+"""The DNS proxy's decisions without sockets (agent/dnsproxy.py): allowed names forwarded,
+others REFUSED (or NXDOMAIN with nameError), matchPattern through the real policy engine, the
+DNS cache updated and the datapath's update awaited BEFORE the answer is released (bounded by the
+maximum delay), answers parsed into cache entries, malformed queries answered FORMERR, a
+failing server SERVFAIL; each query and answer an event."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from ciliary.agent.dnsproxy import (
+    DNSProxy,
+    DNSProxyEvent,
+    EndpointDNSRules,
+    MalformedQueryError,
+    answer_lookups,
+    parse_query,
+)
+from ciliary.policy.fqdn import DNSCache, DNSLookup
+from ciliary.policy.mapstate import PROTO_UDP
+from tests.unit.policy.engine.lab import Lab, pod
+from tests.unit.policy.engine.test_l7_dns import CLIENT, DNS, DNS_RULES, OTHER
+
+POD = ("10.0.0.2", 40000)
+SERVER = ("10.96.0.10", 53)
+PROXY_PORT = 10001
+ADDRESSES = {"10.0.0.2": CLIENT, "10.0.0.3": OTHER}
+
+
+class Rules:
+    """The agent side: the engine's policies, the DNS cache and a datapath update that takes
+    ``delay`` seconds; ``log`` says in which order things happened."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.lab = Lab(CLIENT, OTHER, DNS, pod(1003, "default", app="x"))
+        self.lab.apply(DNS_RULES)
+        self.cache = DNSCache()
+        self.delay = delay
+        self.log: list[str] = []
+        self.rules = EndpointDNSRules(
+            endpoint_at=lambda ip: ADDRESSES[str(ip)].id if str(ip) in ADDRESSES else None,
+            policy_of=lambda ep: self.lab.policy(next(i for i in ADDRESSES.values() if i.id == ep)),
+            identity_of=lambda ip: DNS.id if str(ip) == SERVER[0] else 2,
+            update=self.update,
+        )
+
+    async def update(self, lookups: list[DNSLookup]) -> None:
+        await asyncio.sleep(self.delay)
+        self.cache.load(lookups)
+        self.log.append("maps updated")
+
+
+def answer_for(query_wire: bytes, *addresses: str, ttl: int = 60) -> bytes:
+    query = dns.message.from_wire(query_wire)
+    response = dns.message.make_response(query)
+    name = query.question[0].name
+    for address in addresses:
+        rdtype = "AAAA" if ":" in address else "A"
+        response.answer.append(dns.rrset.from_text(name, ttl, "IN", rdtype, address))
+    return response.to_wire()
+
+
+def make_proxy(rules: Rules, **kw: object) -> tuple[DNSProxy, list[DNSProxyEvent]]:
+    events: list[DNSProxyEvent] = []
+    proxy = DNSProxy(PROXY_PORT, rules.rules, on_event=events.append, **kw)  # type: ignore[arg-type]
+    return proxy, events
+
+
+def ask(
+    proxy: DNSProxy,
+    rules: Rules,
+    name: str,
+    *addresses: str,
+    source: tuple[str, int] = POD,
+    dest: tuple[str, int] = SERVER,
+) -> tuple[dns.message.Message, list[str]]:
+    forwarded: list[str] = []
+
+    async def forward(wire: bytes, pod_addr: tuple[str, int], server: tuple[str, int]) -> bytes:
+        assert (pod_addr, server) == (source, dest)
+        forwarded.append(dns.message.from_wire(wire).question[0].name.to_text())
+        return answer_for(wire, *addresses)
+
+    async def run() -> bytes | None:
+        wire = dns.message.make_query(name, "A").to_wire()
+        reply = await proxy.handle(wire, source, dest, "UDP", forward)
+        rules.log.append("answer released")
+        return reply
+
+    reply = asyncio.run(run())
+    assert reply is not None
+    return dns.message.from_wire(reply), forwarded
+
+
+def test_an_allowed_name_is_forwarded_and_its_answer_cached_before_release() -> None:
+    rules = Rules(delay=0.02)
+    proxy, events = make_proxy(rules)
+    response, forwarded = ask(proxy, rules, "partner.example.com.", "192.0.2.7")
+    assert forwarded == ["partner.example.com."]
+    assert response.rcode() == dns.rcode.NOERROR
+    assert [rd.address for rd in response.answer[0]] == ["192.0.2.7"]
+    assert rules.cache.lookup("partner.example.com") == ["192.0.2.7"]
+    # the order upstream guarantees: the datapath allows the IPs, then the pod sees them
+    assert rules.log == ["maps updated", "answer released"]
+    request, answer = events
+    assert (request.kind, request.verdict, answer.kind, answer.verdict) == (
+        "request", "FORWARDED", "response", "FORWARDED",
+    )  # fmt: skip
+    assert request.endpoint == CLIENT.id and request.query == "partner.example.com."
+    assert request.rules == ("CiliumNetworkPolicy default/dns rule 0 egress[0]",)
+    assert (answer.ips, answer.ttl, answer.rrtypes, answer.qtypes) == (
+        ("192.0.2.7",), 60, ("A",), ("A",),
+    )  # fmt: skip
+    assert answer.latency_ns > 0 and answer.observation_source == "proxy"
+    assert proxy.stats.late_releases == 0
+
+
+def test_the_answer_waits_no_longer_than_the_maximum_delay() -> None:
+    rules = Rules(delay=0.3)
+    proxy, _ = make_proxy(rules, response_max_delay_s=0.05)
+
+    async def run() -> None:
+        async def forward(wire: bytes, *_: object) -> bytes:
+            return answer_for(wire, "192.0.2.9")
+
+        wire = dns.message.make_query("partner.example.com", "A").to_wire()
+        reply = await proxy.handle(wire, POD, SERVER, "UDP", forward)
+        assert reply is not None
+        rules.log.append("answer released")
+        await asyncio.sleep(0.4)  # the update goes on alone
+
+    asyncio.run(run())
+    assert rules.log == ["answer released", "maps updated"]
+    assert proxy.stats.late_releases == 1
+    assert rules.cache.lookup("partner.example.com") == ["192.0.2.9"]
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("docs.cilium.io", True),  # matchPattern *.cilium.io
+        ("a.docs.cilium.io", False),
+        ("cilium.io", False),
+        ("evil.example.com", False),
+    ],
+)
+def test_match_pattern_decides(name: str, allowed: bool) -> None:
+    rules = Rules()
+    proxy, events = make_proxy(rules)
+    response, forwarded = ask(proxy, rules, name, "192.0.2.1")
+    assert (response.rcode() == dns.rcode.NOERROR) is allowed
+    assert bool(forwarded) is allowed
+    assert bool(rules.cache.names()) is allowed
+    assert events[0].verdict == ("FORWARDED" if allowed else "DROPPED")
+
+
+def test_a_disallowed_name_is_refused_or_name_error_and_never_forwarded() -> None:
+    for code, rcode in (("refused", dns.rcode.REFUSED), ("nameError", dns.rcode.NXDOMAIN)):
+        rules = Rules()
+        proxy, events = make_proxy(rules, reject_code=code)
+        response, forwarded = ask(proxy, rules, "evil.example.com", "192.0.2.66")
+        assert response.rcode() == rcode and not response.answer
+        assert response.question[0].name.to_text() == "evil.example.com."
+        assert forwarded == [] and rules.cache.names() == [] and rules.log == ["answer released"]
+        assert [(e.kind, e.verdict, e.reason) for e in events] == [
+            ("request", "DROPPED", "name not allowed")
+        ]
+        assert proxy.stats.refused == 1
+    with pytest.raises(ValueError, match="reject-response-code 'servfail'"):
+        make_proxy(Rules(), reject_code="servfail")
+
+
+def test_unknown_sources_other_servers_and_direct_queries_are_refused() -> None:
+    rules = Rules()
+    proxy, events = make_proxy(rules)
+    for source, dest, reason in (
+        (("10.0.0.9", 5000), SERVER, "10.0.0.9 is no endpoint of this node"),
+        (POD, ("10.96.0.99", 53), "default deny"),  # a server its rules do not name
+        (POD, ("10.0.0.1", PROXY_PORT), "not redirected: no original destination to forward to"),
+    ):
+        response, forwarded = ask(proxy, rules, "partner.example.com", source=source, dest=dest)
+        assert response.rcode() == dns.rcode.REFUSED and not forwarded
+        assert events[-1].reason == reason
+    # an endpoint no rule restricts: every name passes (no L7 rule on its entry)
+    response, forwarded = ask(proxy, rules, "evil.example.com", "192.0.2.3", source=("10.0.0.3", 1))
+    assert response.rcode() == dns.rcode.NOERROR and forwarded
+
+
+def test_answers_become_cache_entries() -> None:
+    query = dns.message.make_query("www.example.com", "A")
+    response = dns.message.make_response(query)
+    response.answer.append(
+        dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "edge.cdn.example.")
+    )
+    response.answer.append(
+        dns.rrset.from_text("edge.cdn.example.", 20, "IN", "A", "192.0.2.1", "192.0.2.2")
+    )
+    found = answer_lookups("www.example.com.", response, 1000.0)
+    assert found.ips == ("192.0.2.1", "192.0.2.2") and found.ttl == 20
+    assert found.cnames == ("edge.cdn.example.",) and found.rrtypes == ("CNAME", "A")
+    assert found.lookups == (
+        DNSLookup("www.example.com.", ("192.0.2.1", "192.0.2.2"), 20, 1000.0),
+        DNSLookup("edge.cdn.example.", ("192.0.2.1", "192.0.2.2"), 20, 1000.0),
+    )
+    nx = dns.message.make_response(query)
+    nx.set_rcode(dns.rcode.NXDOMAIN)
+    assert answer_lookups("www.example.com.", nx, 0.0).lookups == ()
+    v6 = dns.message.make_response(dns.message.make_query("v6.example", "AAAA"))
+    v6.answer.append(dns.rrset.from_text("v6.example.", 5, "IN", "AAAA", "2001:db8::5"))
+    assert answer_lookups("v6.example.", v6, 0.0).lookups[0].ips == ("2001:db8::5",)
+
+
+def test_malformed_queries_and_failing_servers() -> None:
+    rules = Rules()
+    proxy, events = make_proxy(rules)
+    good = dns.message.make_query("partner.example.com", "A").to_wire()
+
+    async def run(wire: bytes, answer: bytes | Exception) -> bytes | None:
+        async def forward(*_: object) -> bytes:
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        return await proxy.handle(wire, POD, SERVER, "UDP", forward)
+
+    formerr = asyncio.run(run(good[:14], b""))  # a header and half a question
+    assert formerr is not None and dns.message.from_wire(formerr).rcode() == dns.rcode.FORMERR
+    assert asyncio.run(run(b"\x01", b"")) is None  # not even a header: nothing to answer
+    with pytest.raises(MalformedQueryError, match="a response"):
+        parse_query(answer_for(good))
+    for failure in (TimeoutError(), ConnectionRefusedError(), b"garbage"):
+        reply = asyncio.run(run(good, failure))
+        assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.SERVFAIL
+        assert events[-1].verdict == "ERROR"
+    assert proxy.stats.malformed == 2 and proxy.stats.errors == 3
+    assert rules.cache.names() == []
+
+
+def test_addresses_of_either_family() -> None:
+    rules = Rules()
+    assert (
+        rules.rules.decide(
+            IPv6Address("fd00::9"), ip_address(SERVER[0]), PROTO_UDP, 53, "partner.example.com"
+        ).reason
+        == "fd00::9 is no endpoint of this node"
+    )
+    assert rules.rules.decide(
+        IPv4Address(POD[0]), ip_address(SERVER[0]), PROTO_UDP, 53, "partner.example.com"
+    ).allowed
