@@ -225,8 +225,25 @@ struct dp_config {
 	__u32 tunnel_ifindex;   /* ciliary_vxlan in tunnel mode, else 0 */
 };
 
-/* One record in the ciliary_events ring buffer per reported verdict. */
+/* Every record in the ciliary_events ring buffer starts with its type, one byte (EVENT_*, the
+ * monitor message types), as upstream's NOTIFY_COMMON_HDR: the agent dispatches on that byte
+ * (src/ciliary/datapath/maps/events.py decode_event) and a record type's layout is its own
+ * after it. EVENT_HDR_CHECK puts the rule into each record struct's definition. */
+#define EVENT_HDR_CHECK(record)                                                              \
+	_Static_assert(__builtin_offsetof(struct record, type) == 0,                           \
+		       #record ": a ring buffer record starts with its type")
+
+/* One record in the ciliary_events ring buffer per reported verdict: EVENT_TRACE, EVENT_DROP
+ * or EVENT_POLICY_VERDICT (the "threefour" family: one layout, one size). */
 struct trace_event {
+	__u8 type;              /* EVENT_TRACE / EVENT_DROP / EVENT_POLICY_VERDICT: first */
+	__u8 obs_point;
+	__u8 verdict;
+	__u8 drop_reason;
+	__u8 family;
+	__u8 proto;
+	__u8 tcp_flags;         /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80 */
+	__u8 is_reply;
 	__u64 ts_ns;            /* bpf_ktime_get_ns() at the verdict */
 	__u64 ct_created_ns;    /* start of the connection, 0 when untracked */
 	__u8 saddr[16];
@@ -241,14 +258,6 @@ struct trace_event {
 	__u32 pkt_len;
 	__u16 ep_id;            /* endpoint whose program saw the packet */
 	__u16 dst_ep_id;        /* local destination endpoint, 0 if none */
-	__u8 type;              /* EVENT_TRACE / EVENT_DROP / EVENT_POLICY_VERDICT */
-	__u8 obs_point;
-	__u8 verdict;
-	__u8 drop_reason;
-	__u8 family;
-	__u8 proto;
-	__u8 tcp_flags;         /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80 */
-	__u8 is_reply;
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 ct_state;
@@ -258,5 +267,6 @@ struct trace_event {
 	__u16 rev_nat_index;    /* the connection's service frontend (translated here), 0 if none */
 	__u32 policy_cookie;    /* rule that decided (agent's cookie table); 0 = default / none */
 };
+EVENT_HDR_CHECK(trace_event);
 
 #endif

@@ -11,8 +11,8 @@
  * reverse ones). Upstream also rate-limits to one record per report interval when aggregating;
  * not done here (every connect() is reported).
  *
- * The record is not a struct trace_event: the agent tells the two apart by the record's size (a
- * trace_sock_notify is shorter) and its first byte, the type, as upstream's dispatch on data[0]. */
+ * The record is not a struct trace_event: like every ring buffer record it starts with its type
+ * (common.h EVENT_HDR_CHECK), on which the agent dispatches, as upstream's on data[0]. */
 #ifndef __CILIARY_TRACE_SOCK_H
 #define __CILIARY_TRACE_SOCK_H
 #include "common.h"
@@ -45,6 +45,7 @@ struct trace_sock_notify {
 	__u64 cgroup_id;    /* the calling process's cgroup (a pod's, in the lab) */
 	__u8 dst_ip[16];    /* IPv4 in the first 4 bytes */
 };
+EVENT_HDR_CHECK(trace_sock_notify);
 
 static __always_inline int trace_sock_wanted(__u8 point, int is_connect)
 {

@@ -500,7 +500,7 @@ def test_trace_sock_records_are_sock_flows_as_upstream_parses_them() -> None:
 
 
 def test_ring_records_are_told_apart() -> None:
-    """decode_event: a trace_sock_notify (shorter, type byte first) or a trace_event."""
+    """decode_event: a trace_sock_notify or a trace_event, by the type byte both start with."""
     sock = TraceSockNotifyC(type=7, xlate_point=2, l4_proto=1, flags=1, dst_port=8080,
                             sock_cookie=5, cgroup_id=6)  # fmt: skip
     sock.dst_ip[:] = list(IPv6Address("fd00::5").packed)
@@ -513,8 +513,11 @@ def test_ring_records_are_told_apart() -> None:
         2,
     )
     assert (raw.sock_cookie, raw.cgroup_id) == (5, 6)
-    trace = TraceEventC(ts_ns=7, family=2, proto=6, sport=1, dport=2)  # first byte 7 too
+    trace = TraceEventC(type=4, ts_ns=7, family=2, proto=6, sport=1, dport=2)
     assert isinstance(decode_event(bytes(trace)), RawTraceEvent)
+    trace.type = 0  # no record type: refused, not guessed
+    with pytest.raises(ValueError, match="unknown type 0"):
+        decode_event(bytes(trace))
 
 
 def test_a_cgroup_id_names_the_endpoint_whose_netns_its_processes_are_in(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """decode_trace_event: the struct-unpacking fast path gives exactly the values of the C layout
-(the ctypes mirror builds the records), with address objects and MAC strings reused."""
+(the ctypes mirror builds the records), with address objects and MAC strings reused;
+decode_event: the dispatch on a record's first byte, its type."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from ipaddress import ip_address
 
 import pytest
 
+from ciliary.core.flow import EventType
 from ciliary.datapath.maps.endpoints import format_mac
-from ciliary.datapath.maps.events import RawTraceEvent, TraceEventC, decode_trace_event
+from ciliary.datapath.maps.events import (
+    RECORD_MIRRORS,
+    RawSockEvent,
+    RawTraceEvent,
+    TraceEventC,
+    TraceSockNotifyC,
+    decode_event,
+    decode_trace_event,
+)
 
 
 def _record(**fields: object) -> bytes:
@@ -67,3 +77,39 @@ def test_a_short_record_is_refused() -> None:
 
 def test_format_mac() -> None:
     assert format_mac(b"\x02\xab\x00\x10\xff\x01extra") == "02:ab:00:10:ff:01"
+
+
+def test_every_record_layout_starts_with_its_type() -> None:
+    for mirror in RECORD_MIRRORS:
+        assert mirror.type.offset == 0, mirror  # type: ignore[attr-defined]
+    assert _record(type=EventType.POLICY_VERDICT)[0] == EventType.POLICY_VERDICT
+
+
+@pytest.mark.parametrize("kind", [EventType.DROP, EventType.TRACE, EventType.POLICY_VERDICT])
+def test_the_threefour_types_decode_as_trace_events(kind: EventType) -> None:
+    # ts_ns's low byte was where a length-and-byte guess looked for a trace-sock type
+    ev = decode_event(_record(type=kind, ts_ns=0x0107, family=socket.AF_INET))
+    assert isinstance(ev, RawTraceEvent) and ev.type == kind and ev.ts_ns == 0x0107
+
+
+def test_a_trace_sock_record_is_told_by_its_type() -> None:
+    rec = TraceSockNotifyC(type=EventType.TRACE_SOCK, xlate_point=2, l4_proto=1, dst_port=80)
+    rec.dst_ip[:4] = [10, 96, 0, 10]
+    ev = decode_event(bytes(rec))
+    assert isinstance(ev, RawSockEvent)
+    assert (ev.xlate_point, ev.dport, ev.dst) == (2, 80, ip_address("10.96.0.10"))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty ring buffer record"),
+        (bytes([EventType.ACCESS_LOG]) + bytes(103), "unknown type 129 \\(104 bytes\\)"),
+        (bytes([0]) + bytes(39), "unknown type 0 \\(40 bytes\\)"),
+        (bytes([EventType.TRACE_SOCK]) + bytes(103), "not a trace_sock_notify record"),
+        (bytes([EventType.TRACE]) + bytes(39), "trace_event record is 40 bytes, expected 104"),
+    ],
+)
+def test_records_no_decoder_takes_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decode_event(data)

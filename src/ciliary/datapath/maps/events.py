@@ -1,10 +1,13 @@
 """``ciliary_events`` / ``ciliary_events_lost`` (bpf/lib/events.h): the datapath's notifications.
 
-A ring buffer record is one C ``struct trace_event`` (the tc programs' packets) or one C
-``struct trace_sock_notify`` (socket-LB's translations, bpf/lib/trace_sock.h), told apart by
-:func:`decode_event` as the C header says: the sock record is the shorter one and starts with
-its type (upstream dispatches on that first byte; a trace_event keeps its own layout).
-:func:`decode_trace_event` and :func:`decode_sock_event` turn each into plain Python values
+Every ring buffer record starts with its type byte (``EventType``, Cilium's monitor message
+types; bpf/lib/common.h ``EVENT_HDR_CHECK``), and :func:`decode_event` dispatches on it, as
+upstream's Hubble parser on ``data[0]`` (:data:`RECORD_DECODERS`): a drop, trace or policy
+verdict is one C ``struct trace_event`` (the tc programs' packets), a trace-sock record one C
+``struct trace_sock_notify`` (socket-LB's translations, bpf/lib/trace_sock.h). The ring reader
+(``ciliary.agent.monitor``) decodes each record once, here, for every consumer (Hubble's flows,
+``ciliary monitor``). :func:`decode_trace_event` and :func:`decode_sock_event` turn each into
+plain Python values
 without interpreting them (the numbers are Hubble's and Cilium's, see bpf/lib/common.h; giving
 them meaning is the agent's job). Records the datapath could not reserve are counted per CPU in
 ``ciliary_events_lost``.
@@ -16,6 +19,7 @@ import ctypes
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 
@@ -52,6 +56,14 @@ class TraceEventC(ctypes.Structure):
 
     C_NAME = "trace_event"
     _fields_ = [
+        ("type", ctypes.c_uint8),
+        ("obs_point", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("drop_reason", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("is_reply", ctypes.c_uint8),
         ("ts_ns", ctypes.c_uint64),
         ("ct_created_ns", ctypes.c_uint64),
         ("saddr", ctypes.c_uint8 * 16),
@@ -66,14 +78,6 @@ class TraceEventC(ctypes.Structure):
         ("pkt_len", ctypes.c_uint32),
         ("ep_id", ctypes.c_uint16),
         ("dst_ep_id", ctypes.c_uint16),
-        ("type", ctypes.c_uint8),
-        ("obs_point", ctypes.c_uint8),
-        ("verdict", ctypes.c_uint8),
-        ("drop_reason", ctypes.c_uint8),
-        ("family", ctypes.c_uint8),
-        ("proto", ctypes.c_uint8),
-        ("tcp_flags", ctypes.c_uint8),
-        ("is_reply", ctypes.c_uint8),
         ("icmp_type", ctypes.c_uint8),
         ("icmp_code", ctypes.c_uint8),
         ("ct_state", ctypes.c_uint8),
@@ -131,7 +135,7 @@ def _addr(raw: bytes, family: int) -> IPAddress | None:
         return None
 
 
-_TRACE_EVENT = struct.Struct("@QQ16s16s6s6sHHIIIIHH14BHI")
+_TRACE_EVENT = struct.Struct("@8BQQ16s16s6s6sHHIIIIHH6BHI")
 """``struct trace_event`` unpacked in one C call (native alignment, as the ctypes mirror, which
 stays the layout's reference: the sizes are compared at import)."""
 if _TRACE_EVENT.size != ctypes.sizeof(TraceEventC):  # pragma: no cover - a layout edit
@@ -176,9 +180,9 @@ def decode_trace_event(data: bytes) -> RawTraceEvent:
     if len(data) < size:
         raise ValueError(f"trace_event record is {len(data)} bytes, expected {size}")
     (
+        type_, obs_point, verdict, drop_reason, family, proto, tcp_flags, is_reply,
         ts_ns, ct_created_ns, saddr, daddr, smac, dmac, sport, dport, src_sec_id, dst_sec_id,
-        ifindex, pkt_len, ep_id, dst_ep_id, type_, obs_point, verdict, drop_reason, family,
-        proto, tcp_flags, is_reply, icmp_type, icmp_code, ct_state, policy_match,
+        ifindex, pkt_len, ep_id, dst_ep_id, icmp_type, icmp_code, ct_state, policy_match,
         traffic_direction, _pad, rev_nat_index, policy_cookie,
     ) = _TRACE_EVENT.unpack_from(data)  # fmt: skip
     values = (
@@ -230,7 +234,6 @@ class RawSockEvent:
 
 
 RawEvent = RawTraceEvent | RawSockEvent
-_SOCK_SIZE = ctypes.sizeof(TraceSockNotifyC)
 """What a ring buffer record decodes to."""
 
 
@@ -253,11 +256,35 @@ def decode_sock_event(data: bytes, ts_ns: int) -> RawSockEvent:
     )
 
 
+def _decode_sock_now(data: bytes) -> RawSockEvent:
+    return decode_sock_event(data, time.monotonic_ns())
+
+
+RECORD_DECODERS: dict[int, Callable[[bytes], RawEvent]] = {
+    int(EventType.DROP): decode_trace_event,
+    int(EventType.TRACE): decode_trace_event,
+    int(EventType.POLICY_VERDICT): decode_trace_event,
+    _MSG_TRACE_SOCK: _decode_sock_now,
+}
+"""The record types the datapath writes, by their first byte, and each one's decoder."""
+
+RECORD_MIRRORS: tuple[type[ctypes.Structure], ...] = (TraceEventC, TraceSockNotifyC)
+"""Every record layout of the ring buffer: each starts with its type byte."""
+for _mirror in RECORD_MIRRORS:
+    if _mirror.type.offset != 0:  # pragma: no cover - a layout edit
+        raise ImportError(f"events.py: {_mirror.__name__} does not start with its type")
+
+
 def decode_event(data: bytes) -> RawEvent:
-    """Decodes one ring buffer record of either kind (see the module doc)."""
-    if len(data) == _SOCK_SIZE and data[0] == _MSG_TRACE_SOCK:
-        return decode_sock_event(data, time.monotonic_ns())
-    return decode_trace_event(data)
+    """Decodes one ring buffer record: dispatched on its first byte, the record type (see the
+    module doc); a record of a type no decoder knows is a ValueError (the reader counts it as
+    malformed and goes on)."""
+    if not data:
+        raise ValueError("empty ring buffer record")
+    decoder = RECORD_DECODERS.get(data[0])
+    if decoder is None:
+        raise ValueError(f"ring buffer record of unknown type {data[0]} ({len(data)} bytes)")
+    return decoder(data)
 
 
 _KEY = bytes(ctypes.sizeof(ctypes.c_uint32))  # index 0
