@@ -140,6 +140,14 @@ class AgentConfig:
     tofqdns_max_ips_per_name: int = 1000
     """--tofqdns-endpoint-max-ip-per-hostname (upstream's 1000)."""
     tofqdns_proxy_port: int = 0
+    tofqdns_dns_reject_response_code: str = "refused"
+    """--tofqdns-dns-reject-response-code: what a denied DNS query gets (refused|nameError)."""
+    tofqdns_proxy_response_max_delay_s: float = 0.1
+    """--tofqdns-proxy-response-max-delay: how long an answer waits for the datapath to allow
+    its IPs before it is released anyway (upstream's 100ms)."""
+    dnsproxy_enable_transparent_mode: bool = True
+    """--dnsproxy-enable-transparent-mode: forwarded queries leave from the pod's address and
+    port (upstream's default since 1.12); false: from the node's."""
     """--tofqdns-proxy-port: the DNS proxy's port (0: allocated, ``ciliary.core.proxyports``)."""
     enable_l7_proxy: bool = True
     """--enable-l7-proxy (upstream's, default true): L7 rules redirect to the node's proxies;

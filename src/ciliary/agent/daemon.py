@@ -24,6 +24,7 @@ from ipaddress import ip_network
 
 from ciliary import __version__
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
+from ciliary.agent.dnsproxy import DNSProxy, DNSProxyEvent, EndpointDNSRules
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.health import ClusterHealthChecker, HealthTarget
 from ciliary.agent.healthendpoint import HealthEndpoint, netns_name
@@ -78,7 +79,7 @@ from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNE
 from ciliary.datapath.maps.conntrack import CT_SCOPE_SERVICE
 from ciliary.kube.client import KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
-from ciliary.policy.fqdn import DNSCache
+from ciliary.policy.fqdn import DNSCache, DNSLookup
 
 log = logging.getLogger(__name__)
 DNS_GC_INTERVAL_S = 1.0
@@ -159,6 +160,8 @@ class Agent:
         """The node's health endpoint: made (or kept) with cluster health, else removed."""
         self.crd_identities: CRDIdentityAllocator | None = None
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
+        self.dns_proxy: DNSProxy | None = None
+        """The DNS proxy (``rules: dns``, toFQDNs' answers), started when L7 proxies are on."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._serving = asyncio.Event()
@@ -480,6 +483,7 @@ class Agent:
         log.info("restored %d endpoints, removed %d stale objects", restored, removed)
         if self.kube is not None:
             await self._register_node(self.kube)
+        await self._start_dns_proxy()  # endpoints and policies known: queries can be decided
         # Hubble's sink before the reader: its first drain is the ring's backlog (events the
         # datapath wrote while no agent ran), which must reach Hubble, enriched from the
         # endpoints just restored.
@@ -498,6 +502,8 @@ class Agent:
         finally:
             # Restart contract: programs stay attached and maps pinned; only the API goes away.
             await self.server.stop()
+            if self.dns_proxy is not None:
+                await self.dns_proxy.stop()
             await self.hubble.stop()
             self.monitor.stop()
             for task in list(self._tasks):
@@ -529,6 +535,46 @@ class Agent:
             expire = functools.partial(DNSCache.expire, now=time.time())
             if self.policy.dns_changed(expire):
                 await self._policy_changed("DNS answers expired (toFQDNs)")
+
+    async def _start_dns_proxy(self) -> None:
+        """The DNS proxy on its port (``ciliary.core.proxyports``), if L7 proxies are on."""
+        port = self.proxy_ports.ports.get(DNS_EGRESS)
+        if port is None:
+            return
+        rules = EndpointDNSRules(
+            endpoint_at=self._endpoint_at,
+            policy_of=self.policy.realized,
+            identity_of=lambda addr: self.policy.identity_of_address(str(addr)),
+            update=self._dns_answered,
+        )
+        cfg = self.cfg
+        self.dns_proxy = DNSProxy(
+            port, rules, on_event=self._dns_event,
+            reject_code=cfg.tofqdns_dns_reject_response_code,
+            response_max_delay_s=cfg.tofqdns_proxy_response_max_delay_s,
+            transparent=cfg.dnsproxy_enable_transparent_mode,
+        )  # fmt: skip
+        await self.dns_proxy.start()
+
+    def _endpoint_at(self, addr: object) -> int | None:
+        text = str(addr)
+        for ep in self.endpoints.endpoints():
+            if text in (ep.ipv4, ep.ipv6):
+                return ep.id
+        return None
+
+    async def _dns_answered(self, lookups: list[DNSLookup]) -> None:
+        """A DNS answer the proxy holds back: into the cache, and when the IPs toFQDNs rules
+        select changed, every endpoint regenerated (their maps allow the IPs) before return."""
+        if self.policy.dns_changed(lambda cache: cache.load(lookups)):
+            await self._policy_changed("DNS answer (toFQDNs)")
+
+    def _dns_event(self, event: DNSProxyEvent) -> None:
+        log.debug(
+            "dns %s %s %s:%d -> %s:%d %s %s rcode=%d ips=%s (%s)", event.kind, event.verdict,
+            *event.source, *event.destination, event.protocol, event.query, event.rcode,
+            ",".join(event.ips), event.reason,
+        )  # fmt: skip
 
     def fqdn_cache(self) -> list[FQDNCacheEntry]:
         return [

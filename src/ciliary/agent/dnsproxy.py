@@ -445,7 +445,8 @@ class DNSProxy:
     port: int
     policy: ProxyPolicy
     on_event: Callable[[DNSProxyEvent], None] = lambda _event: None
-    reject_code: RejectCode = "refused"
+    reject_code: str = "refused"
+    """``--tofqdns-dns-reject-response-code``: a :data:`RejectCode` (checked at creation)."""
     response_max_delay_s: float = DEFAULT_RESPONSE_MAX_DELAY_S
     forward_timeout_s: float = FORWARD_TIMEOUT_S
     transparent: bool = True

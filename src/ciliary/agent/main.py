@@ -38,6 +38,7 @@ from ciliary.core.maglev import (
 from ciliary.datapath.linux import netns
 from ciliary.datapath.linux.errors import LinkError
 from ciliary.datapath.loader import PIN_ROOT, default_object_dir
+from ciliary.hubble.cliflags import parse_go_duration
 from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME
 from ciliary.kube.client import SERVICE_HOST_ENV
 from ciliary.processes import exit_now
@@ -83,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tofqdns-proxy-port", type=int, default=0, metavar="PORT",
                    help="the DNS proxy's port (0: the lowest free one of the proxy port range)"
                    )  # fmt: skip
+    p.add_argument("--tofqdns-dns-reject-response-code", choices=["refused", "nameError"],
+                   default="refused", help="what a DNS query the rules deny gets (refused)"
+                   )  # fmt: skip
+    p.add_argument("--tofqdns-proxy-response-max-delay", type=_duration, default=0.1,
+                   metavar="DURATION", help="longest wait of a DNS answer for the datapath to"
+                   " allow its IPs before it is released anyway (100ms)")  # fmt: skip
+    p.add_argument("--dnsproxy-enable-transparent-mode", nargs="?", const=True, default=True,
+                   type=_bool, metavar="BOOL", help="forward DNS queries from the pod's address"
+                   " (true); false: from the node's")  # fmt: skip
     p.add_argument("--enable-l7-proxy", nargs="?", const=True, default=True, type=_bool,
                    metavar="BOOL", help="redirect traffic under L7 rules to the node's proxies"
                    " (true); false: L7 rules allow at L4")  # fmt: skip
@@ -143,6 +153,20 @@ def _seconds(text: str) -> float:
         value = 0.0
     if not 0 < value <= 3600:
         raise argparse.ArgumentTypeError(f"expected seconds in (0, 3600], got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    """A Go duration (``100ms``, ``1s``) or plain seconds, positive, at most an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        nanoseconds = parse_go_duration(text)
+        value = -1.0 if nanoseconds is None else nanoseconds / 1e9
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration in (0, 1h] (100ms, 2s), got {text!r}"
+        )
     return value
 
 
@@ -438,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         tofqdns_min_ttl=args.tofqdns_min_ttl,
         tofqdns_max_ips_per_name=args.tofqdns_endpoint_max_ip_per_hostname,
         tofqdns_proxy_port=args.tofqdns_proxy_port,
+        tofqdns_dns_reject_response_code=args.tofqdns_dns_reject_response_code,
+        tofqdns_proxy_response_max_delay_s=args.tofqdns_proxy_response_max_delay,
+        dnsproxy_enable_transparent_mode=args.dnsproxy_enable_transparent_mode,
         enable_l7_proxy=args.enable_l7_proxy,
         mtu=args.mtu,
         ipam_mode=args.ipam,

@@ -148,7 +148,9 @@ class NodeAgent:
 
 
 @contextlib.contextmanager
-def node_agent(log_dir: Path, ipv4: str | None, ipv6: str | None) -> Iterator[NodeAgent]:
+def node_agent(
+    log_dir: Path, ipv4: str | None, ipv6: str | None, extra_args: tuple[str, ...] = ()
+) -> Iterator[NodeAgent]:
     suffix = secrets.token_hex(3)
     agent = NodeAgent(
         node=f"cn{suffix}",
@@ -156,6 +158,7 @@ def node_agent(log_dir: Path, ipv4: str | None, ipv6: str | None) -> Iterator[No
         ipv4_range=ipv4,
         ipv6_range=ipv6,
         log=log_dir / f"agent-cn{suffix}.log",
+        extra_args=extra_args,
     )
     try:
         netns_add(agent.netns)

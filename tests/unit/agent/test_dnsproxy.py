@@ -23,6 +23,7 @@ from ciliary.agent.dnsproxy import (
     answer_lookups,
     parse_query,
 )
+from ciliary.agent.main import _parser
 from ciliary.policy.fqdn import DNSCache, DNSLookup
 from ciliary.policy.mapstate import PROTO_UDP
 from tests.unit.policy.engine.lab import Lab, pod
@@ -254,3 +255,23 @@ def test_addresses_of_either_family() -> None:
     assert rules.rules.decide(
         IPv4Address(POD[0]), ip_address(SERVER[0]), PROTO_UDP, 53, "partner.example.com"
     ).allowed
+
+
+def test_agent_flags() -> None:
+    args = _parser().parse_args(["--node-name", "n1"])
+    assert args.tofqdns_dns_reject_response_code == "refused"
+    assert args.tofqdns_proxy_response_max_delay == 0.1
+    assert args.dnsproxy_enable_transparent_mode is True
+    args = _parser().parse_args(
+        ["--node-name", "n1", "--tofqdns-dns-reject-response-code", "nameError",
+         "--tofqdns-proxy-response-max-delay", "250ms",
+         "--dnsproxy-enable-transparent-mode=false"]
+    )  # fmt: skip
+    assert args.tofqdns_dns_reject_response_code == "nameError"
+    assert args.tofqdns_proxy_response_max_delay == 0.25
+    assert args.dnsproxy_enable_transparent_mode is False
+    for bad in (["--tofqdns-dns-reject-response-code", "servfail"],
+                ["--tofqdns-proxy-response-max-delay", "0s"],
+                ["--tofqdns-proxy-response-max-delay", "soon"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--node-name", "n1", *bad])
