@@ -1,0 +1,403 @@
+"""The node's Envoy with compiled HTTP policy, as a pod's redirected connection meets it.
+
+A network namespace of the test's own holds everything: a server "endpoint" (10.199.0.2: an
+aiohttp HTTP/1.1 server on 8080 and 8081, a gRPC health server on 50051), client addresses
+(.3, .4, .5) and one Envoy started by :class:`EnvoyProcess` (shared by the module: it starts in
+~0.5 s). Connections to the server's ports are handed to Envoy's transparent listeners by an
+iptables TPROXY rule, which, as the datapath's ``bpf_sk_assign``, keeps the original destination
+as the accepted socket's local address; Envoy's own upstream connections carry the proxy mark
+(0xa00) and are not redirected again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ciliary.agent import envoyconfig as cfg
+from ciliary.agent.envoy import EnvoyConfigWriter, EnvoyPaths, EnvoyProcess
+from ciliary.datapath.linux import netns
+from ciliary.policy.api.model import HTTPHeaderMatch, HTTPRule
+
+pytestmark = pytest.mark.privileged
+
+T = TypeVar("T")
+SERVER = "10.199.0.2"
+ALLOWED, OTHER, EGRESS_CLIENT = "10.199.0.3", "10.199.0.4", "10.199.0.5"
+INGRESS_PORT, EGRESS_PORT = 15001, 15002
+PROXY_MARK = 0xA00
+
+
+class NetnsLoop:
+    """An event loop on a thread that lives in a network namespace: sockets it makes and
+    processes it starts are there."""
+
+    def __init__(self, path: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            netns.enter(path)  # this thread only
+            asyncio.set_event_loop(self.loop)
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="envoy-test-loop")
+        self.thread.start()
+        ready.wait()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _ns(name: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", name, *args], check=True, capture_output=True)
+
+
+def _tproxy(name: str, dport: int, proxy_port: int) -> None:
+    _ns(name, "iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-d", SERVER,
+        "--dport", str(dport), "-m", "mark", "!", "--mark", f"{PROXY_MARK:#x}/0xf00",
+        "-j", "TPROXY", "--on-port", str(proxy_port), "--tproxy-mark", "0x200/0xf00")  # fmt: skip
+
+
+async def _upstreams() -> list[Callable[[], Awaitable[None]]]:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=f"{request.method} {request.path_qs} from upstream\n")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    for port in (8080, 8081):
+        await web.TCPSite(runner, SERVER, port).start()
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    server.add_insecure_port(f"{SERVER}:50051")
+    await server.start()
+    return [runner.cleanup, lambda: server.stop(None)]
+
+
+def ingress(peers: tuple[cfg.PeerHTTPRules, ...]) -> cfg.ProxyListener:
+    chains = (
+        cfg.HTTPChain("ep7-ingress-8080", "ingress", (SERVER,), 8080, peers),
+        cfg.HTTPChain("ep7-ingress-50051", "ingress", (SERVER,), 50051, GRPC_PEERS),
+    )
+    return cfg.ProxyListener("cilium-http-ingress", INGRESS_PORT, "ingress", chains)
+
+
+BASE_PEERS = (
+    cfg.PeerHTTPRules(
+        (f"{ALLOWED}/32",),
+        (
+            HTTPRule(method="GET", path="/public.*"),
+            HTTPRule(method="PUT|POST", path="/v1/request-landing"),
+            HTTPRule(path="/headers", headers=("X-Token: abc",)),
+            HTTPRule(path="/present", headers=("X-Flag",)),
+            HTTPRule(path="/matches", header_matches=(HTTPHeaderMatch("X-Team", "blue"),)),
+            HTTPRule(host="api\\.example", path="/host"),
+        ),
+    ),
+)
+GRPC_PEERS = (
+    cfg.PeerHTTPRules(None, (HTTPRule(method="POST", path="/grpc.health.v1.Health/Check"),)),
+)
+EGRESS = cfg.ProxyListener(
+    "cilium-http-egress",
+    EGRESS_PORT,
+    "egress",
+    (
+        cfg.HTTPChain(
+            "ep9-egress-8081",
+            "egress",
+            (EGRESS_CLIENT,),
+            8081,
+            (cfg.PeerHTTPRules((f"{SERVER}/32",), (HTTPRule(method="GET", path="/out/.*"),)),),
+        ),
+    ),
+)
+
+
+class Env:
+    def __init__(self, loop: NetnsLoop, envoy: EnvoyProcess, writer: EnvoyConfigWriter) -> None:
+        self.loop, self.envoy, self.writer = loop, envoy, writer
+
+    def apply(self, *listeners: cfg.ProxyListener) -> None:
+        """Write the configuration and wait until Envoy runs every file's version."""
+        self.writer.apply(listeners, [cfg.cluster(d, PROXY_MARK) for d in ("ingress", "egress")])
+        wanted = self._versions()
+
+        async def applied() -> None:
+            deadline = time.monotonic() + 10
+            while True:
+                have = await self.envoy.config_versions()
+                if all(have.get(name) == v for name, v in wanted.items()):
+                    return
+                assert time.monotonic() < deadline, (
+                    f"not applied: {wanted} vs {have}: {self.envoy.paths.log.read_text()[-1500:]}"
+                )
+                await asyncio.sleep(0.05)
+
+        self.loop.run(applied())
+
+    def _versions(self) -> dict[str, str]:
+        """What the writer wrote last: the files' versions (LDS, CDS, each route's)."""
+        paths = self.writer.paths
+        out = {p.stem: json.loads(p.read_text())["version_info"] for p in (paths.lds, paths.cds)}
+        for path in paths.routes.glob("*.json"):
+            doc = json.loads(path.read_text())
+            out[doc["resources"][0]["name"]] = doc["version_info"]
+        return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    name = f"f-envoy-{os.getpid()}"
+    path = str(netns.create(name))
+    loop = NetnsLoop(path)
+    envoy: EnvoyProcess | None = None
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+    try:
+        for a in (SERVER, ALLOWED, OTHER, EGRESS_CLIENT):
+            _ns(name, "ip", "addr", "add", f"{a}/32", "dev", "lo")
+        _ns(name, "ip", "rule", "add", "fwmark", "0x200/0xf00", "lookup", "100")
+        _ns(name, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+        for dport in (8080, 50051):
+            _tproxy(name, dport, INGRESS_PORT)
+        _tproxy(name, 8081, EGRESS_PORT)
+        cleanups = loop.run(_upstreams())
+        paths = EnvoyPaths(tmp_path_factory.mktemp("envoy"))
+        envoy = EnvoyProcess("f-test", paths)
+        writer = EnvoyConfigWriter(paths)
+        loop.run(envoy.start())
+        e = Env(loop, envoy, writer)
+        e.apply(ingress(BASE_PEERS), EGRESS)
+        yield e
+    finally:
+        if envoy is not None:
+            loop.run(envoy.stop())
+        for cleanup in cleanups:
+            with contextlib.suppress(Exception):
+                loop.run(cleanup())
+        loop.close()
+        netns.remove(name)
+
+
+async def _request(
+    method: str,
+    path: str,
+    *,
+    source: str = ALLOWED,
+    port: int = 8080,
+    headers: tuple[str, ...] = (),
+    host: str | None = None,
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request (on ``conn`` when given, kept open) → (status, body)."""
+    if conn is None:
+        reader, writer = await asyncio.open_connection(SERVER, port, local_addr=(source, 0))
+    else:
+        reader, writer = conn
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host or f'{SERVER}:{port}'}",
+            "Content-Length: 0", *headers]  # fmt: skip
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    status_line = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        key, _, value = line.decode().partition(":")
+        if key.lower() == "content-length":
+            length = int(value)
+    body = await reader.readexactly(length)
+    if conn is None:
+        writer.close()
+    return int(status_line.split()[1]), body
+
+
+def test_http_rules_allow_and_deny_as_cilium(env: Env) -> None:
+    async def run() -> dict[str, tuple[int, bytes]]:
+        cases = {
+            "get public": _request("GET", "/public/index.html"),
+            "get private": _request("GET", "/private"),
+            "post public": _request("POST", "/public/x"),
+            "put landing": _request("PUT", "/v1/request-landing"),
+            "landing prefix only": _request("PUT", "/v1/request-landing/more"),
+            "public from other peer": _request("GET", "/public/x", source=OTHER),
+            "header exact": _request("GET", "/headers", headers=("X-Token: abc",)),
+            "header wrong value": _request("GET", "/headers", headers=("X-Token: abd",)),
+            "header present": _request("GET", "/present", headers=("X-Flag: 1",)),
+            "header absent": _request("GET", "/present"),
+            "headerMatches": _request("GET", "/matches", headers=("X-Team: blue",)),
+            "headerMatches wrong": _request("GET", "/matches", headers=("X-Team: red",)),
+            "host": _request("GET", "/host", host="api.example"),
+            "host other": _request("GET", "/host", host="api.example.org"),
+        }
+        results = await asyncio.gather(*cases.values())
+        return dict(zip(cases, results, strict=True))
+
+    got = env.loop.run(run())
+    allowed = {"get public", "put landing", "header exact", "header present", "headerMatches",
+               "host"}  # fmt: skip
+    for case, (status, body) in got.items():
+        if case in allowed:
+            assert status == 200 and body.endswith(b"from upstream\n"), (case, status, body)
+        else:
+            assert (status, body) == (403, b"Access denied\r\n"), (case, status, body)
+
+
+def test_denied_response_is_ciliums_byte_for_byte(env: Env) -> None:
+    async def raw() -> bytes:
+        reader, writer = await asyncio.open_connection(SERVER, 8080, local_addr=(OTHER, 0))
+        writer.write(b"GET /x HTTP/1.1\r\nHost: s\r\n\r\n")
+        data = await reader.readuntil(b"Access denied\r\n")
+        writer.close()
+        return data
+
+    data = env.loop.run(raw())
+    head = data.split(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert head[0] == b"http/1.1 403 forbidden"
+    assert {b"content-length: 15", b"content-type: text/plain", b"server: envoy"} <= set(head)
+
+
+def test_h2c_and_grpc_enforced_per_request(env: Env) -> None:
+    async def grpc_calls() -> tuple[int, grpc.StatusCode | None]:
+        async with grpc.aio.insecure_channel(f"{SERVER}:50051") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest())
+            try:
+                async for _ in stub.Watch(health_pb2.HealthCheckRequest()):
+                    break
+            except grpc.aio.AioRpcError as err:
+                return reply.status, err.code()
+            return reply.status, None
+
+    status, denied = env.loop.run(grpc_calls())
+    assert status == health_pb2.HealthCheckResponse.SERVING  # allowed method, over h2c
+    assert denied == grpc.StatusCode.PERMISSION_DENIED  # grpc-status 7, as upstream
+
+    # plain HTTP/2 with prior knowledge: a denied request is the same 403
+    out = env.loop.run(_curl("--http2-prior-knowledge", f"http://{SERVER}:8080/private"))
+    assert out == "403 2 Access denied\r\n"
+
+
+async def _curl(*args: str) -> str:
+    """``<code> <http version> <body>`` of one curl request from the allowed client."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-s", "--interface", ALLOWED, "-w", "\n%{http_code} %{http_version}", *args,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    body, _, status = out.decode().rpartition("\n")
+    return f"{status} {body}"
+
+
+async def _status_or_closed(method: str, path: str, **kw: Any) -> int:
+    """The status, or 0 when Envoy closed the connection without an answer."""
+    try:
+        return (await _request(method, path, **kw))[0]
+    except (asyncio.IncompleteReadError, ConnectionError, IndexError):
+        return 0
+
+
+def test_egress_chain_checks_the_destination(env: Env) -> None:
+    async def run() -> list[int]:
+        return [
+            await _status_or_closed("GET", "/out/a", source=EGRESS_CLIENT, port=8081),
+            await _status_or_closed("GET", "/in/a", source=EGRESS_CLIENT, port=8081),
+            # another source is no endpoint of a chain: the connection is closed
+            await _status_or_closed("GET", "/out/a", source=OTHER, port=8081),
+        ]
+
+    assert env.loop.run(run()) == [200, 403, 0]
+
+
+def test_policy_change_applies_to_an_open_connection(env: Env) -> None:
+    reader_writer: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def open_conn() -> int:
+        conn = await asyncio.open_connection(SERVER, 8080, local_addr=(ALLOWED, 0))
+        reader_writer.append(conn)
+        return (await _request("GET", "/private/a", conn=conn))[0]
+
+    async def again() -> int:
+        return (await _request("GET", "/private/a", conn=reader_writer[0]))[0]
+
+    assert env.loop.run(open_conn()) == 403
+    rules = (*(BASE_PEERS[0].rules or ()), HTTPRule(path="/private/.*"))
+    wider = (cfg.PeerHTTPRules((f"{ALLOWED}/32",), rules),)
+    try:
+        env.apply(ingress(wider), EGRESS)
+        assert env.loop.run(again()) == 200  # the same connection, the new policy
+        env.apply(ingress(BASE_PEERS), EGRESS)
+        assert env.loop.run(again()) == 403
+        # a listener change (another endpoint's chain added: LDS) keeps the connection too
+        more = ingress(BASE_PEERS)
+        other = cfg.HTTPChain("ep8-ingress-8080", "ingress", ("10.199.0.9",), 8080, BASE_PEERS)
+        env.apply(
+            cfg.ProxyListener(more.name, more.port, more.direction, (*more.chains, other)), EGRESS
+        )
+        assert env.loop.run(again()) == 403
+        assert env.loop.run(_request("GET", "/public/b", conn=reader_writer[0]))[0] == 200
+    finally:
+        env.apply(ingress(BASE_PEERS), EGRESS)
+        reader_writer[0][1].close()
+
+
+def test_access_log_lines(env: Env) -> None:
+    log = env.writer.paths.access_log
+    env.loop.run(_request("GET", "/public/logged?q=1"))
+    deadline = time.monotonic() + 5
+    while b"/public/logged" not in (log.read_bytes() if log.exists() else b""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    line = next(ln for ln in log.read_text().splitlines() if "/public/logged" in ln)
+    rec = json.loads(line)
+    assert rec["method"] == "GET" and rec["code"] == 200 and rec["protocol"] == "HTTP/1.1"
+    assert rec["source"].startswith(ALLOWED + ":") and rec["destination"] == f"{SERVER}:8080"
+
+
+def test_killed_envoy_is_restarted(env: Env) -> None:
+    before = env.envoy.pid
+    assert before is not None
+    os.kill(before, signal.SIGKILL)
+
+    async def restarted() -> int:
+        deadline = time.monotonic() + 15
+        while env.envoy.pid == before or not env.envoy.alive():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await env.envoy.wait_ready()
+        return (await _request("GET", "/public/again"))[0]
+
+    assert env.loop.run(restarted()) == 200
+    assert env.envoy.restarts >= 1
+
+
+def test_a_connection_no_chain_matches_is_closed(env: Env) -> None:
+    # straight to the proxy port: its original destination is no chain's, nothing answers
+    async def direct() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", INGRESS_PORT)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            return await reader.read()
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    assert env.loop.run(direct()) == b""
