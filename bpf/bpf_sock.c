@@ -27,8 +27,9 @@
  * refuses the connect()/sendmsg() with EHOSTUNREACH (upstream's); an address that is no
  * frontend, or a protocol other than TCP/UDP, is left alone (the tc path still sees it, so a
  * ClusterIP's unknown port is dropped there as before). IPv4-mapped IPv6 addresses are not
- * translated (upstream's sock6_xlate_v4_in_v6: not done). Every translation is reported to
- * Hubble as trace-sock records (lib/trace_sock.h). */
+ * translated (upstream's sock6_xlate_v4_in_v6: not done). Translations are reported to Hubble as
+ * trace-sock records as the monitor aggregation allows (lib/trace_sock.h: at medium one
+ * connect() per report interval). */
 #include "lib/common.h"
 #include "lib/lb.h"
 #include "lib/trace_sock.h"
@@ -189,13 +190,13 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int is_con
 	rv.rev_nat_index = rev_nat;
 	if (bpf_map_update_elem(&ciliary_lb4_reverse_sk, &rk, &rv, BPF_ANY) < 0)
 		return -ENOMEM;
-	__u8 addr[16] = {};
-	__builtin_memcpy(addr, &key.address, 4);
-	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_FWD, addr, bpf_ntohs(key.dport), 0,
-			       is_connect);
-	__builtin_memcpy(addr, &be->address, 4);
-	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_FWD, addr, bpf_ntohs(be->port), 0,
-			       is_connect);
+	if (trace_sock_wanted(1, is_connect, now)) {
+		__u8 addr[16] = {};
+		__builtin_memcpy(addr, &key.address, 4);
+		send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_FWD, addr, bpf_ntohs(key.dport), 0);
+		__builtin_memcpy(addr, &be->address, 4);
+		send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_FWD, addr, bpf_ntohs(be->port), 0);
+	}
 	ctx->user_ip4 = be->address;
 	ctx->user_port = (__u32)be->port;
 	return 0;
@@ -219,11 +220,13 @@ static __always_inline void sock4_xlate_rev(struct bpf_sock_addr *ctx)
 		bpf_map_delete_elem(&ciliary_lb4_reverse_sk, &rk); /* stale: the service is gone */
 		return;
 	}
-	__u8 addr[16] = {};
-	__builtin_memcpy(addr, &rk.address, 4);
-	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_REV, addr, bpf_ntohs(rk.port), 0, 0);
-	__builtin_memcpy(addr, &rv->address, 4);
-	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_REV, addr, bpf_ntohs(rv->port), 0, 0);
+	if (trace_sock_wanted(0, 0, 0)) {
+		__u8 addr[16] = {};
+		__builtin_memcpy(addr, &rk.address, 4);
+		send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_REV, addr, bpf_ntohs(rk.port), 0);
+		__builtin_memcpy(addr, &rv->address, 4);
+		send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_REV, addr, bpf_ntohs(rv->port), 0);
+	}
 	ctx->user_ip4 = rv->address;
 	ctx->user_port = (__u32)rv->port;
 }
@@ -325,10 +328,12 @@ static __always_inline int sock6_xlate_fwd(struct bpf_sock_addr *ctx, int is_con
 	rv.rev_nat_index = rev_nat;
 	if (bpf_map_update_elem(&ciliary_lb6_reverse_sk, &rk, &rv, BPF_ANY) < 0)
 		return -ENOMEM;
-	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_FWD, key.address, bpf_ntohs(key.dport), 1,
-			       is_connect);
-	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_FWD, rk.address, bpf_ntohs(rk.port), 1,
-			       is_connect);
+	if (trace_sock_wanted(1, is_connect, now)) {
+		send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_FWD, key.address,
+				       bpf_ntohs(key.dport), 1);
+		send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_FWD, rk.address, bpf_ntohs(rk.port),
+				       1);
+	}
 	sock6_addr_set(ctx, be->address);
 	ctx->user_port = (__u32)be->port;
 	return 0;
@@ -352,9 +357,12 @@ static __always_inline void sock6_xlate_rev(struct bpf_sock_addr *ctx)
 		bpf_map_delete_elem(&ciliary_lb6_reverse_sk, &rk);
 		return;
 	}
-	send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_REV, rk.address, bpf_ntohs(rk.port), 1, 0);
-	send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_REV, rv->address, bpf_ntohs(rv->port), 1,
-			       0);
+	if (trace_sock_wanted(0, 0, 0)) {
+		send_trace_sock_notify(ctx, XLATE_PRE_DIRECTION_REV, rk.address, bpf_ntohs(rk.port),
+				       1);
+		send_trace_sock_notify(ctx, XLATE_POST_DIRECTION_REV, rv->address,
+				       bpf_ntohs(rv->port), 1);
+	}
 	sock6_addr_set(ctx, rv->address);
 	ctx->user_port = (__u32)rv->port;
 }

@@ -7,9 +7,16 @@
  * backend) and post-xlate-rev (the frontend). Sockets to no frontend send nothing.
  *
  * Monitor aggregation (ciliary_config, the agent's --monitor-aggregation) as upstream's
- * emit_trace_sock_notify: none: every point; medium: the connect() points only (no sendmsg, no
- * reverse ones). Upstream also rate-limits to one record per report interval when aggregating;
- * not done here (every connect() is reported).
+ * emit_trace_sock_notify and its rate limit: none: every point of every translation; medium:
+ * the connect() points only (no sendmsg, no reverse ones), and of those one connect() per report
+ * interval (--monitor-aggregation-interval, upstream's CT_REPORT_INTERVAL) node-wide: a token
+ * bucket of one token topped up once per interval (lib/ratelimit.h, upstream's
+ * RATELIMIT_USAGE_SOCKET_EVENTS_MAP with bucket_size 1, tokens_per_topup 1). Unlike upstream,
+ * which takes a token per record (so the post-xlate record of the connect() it reports is
+ * refused right after its pre-xlate one), the token is taken once per translation: the
+ * reported connect() has both points, where it was going and where it went (at most 2 records
+ * per interval instead of 1). A connect() not reported costs a config and a bucket lookup, no
+ * ring-buffer record and nothing for the agent to decode.
  *
  * The record is not a struct trace_event: like every ring buffer record it starts with its type
  * (common.h EVENT_HDR_CHECK), on which the agent dispatches, as upstream's on data[0]. */
@@ -18,6 +25,7 @@
 #include "common.h"
 #include "config.h"
 #include "events.h"
+#include "ratelimit.h"
 
 #define EVENT_TRACE_SOCK 7 /* upstream's CILIUM_NOTIFY_TRACE_SOCK */
 
@@ -47,23 +55,26 @@ struct trace_sock_notify {
 };
 EVENT_HDR_CHECK(trace_sock_notify);
 
-static __always_inline int trace_sock_wanted(__u8 point, int is_connect)
+/* Whether one translation's records are sent: `fwd` a connect()/sendmsg() (pre- and
+ * post-xlate-fwd), else a recvmsg()/getpeername() (the rev points); `now` bpf_ktime_get_ns(),
+ * read only when the rate limit applies. Called once per translation, before its records. */
+static __always_inline int trace_sock_wanted(int fwd, int is_connect, __u64 now)
 {
 	__u32 level;
 	__u64 interval;
 	load_config(&level, &interval);
 	if (level == MONITOR_AGG_NONE)
 		return 1;
-	return is_connect && (point == XLATE_PRE_DIRECTION_FWD || point == XLATE_POST_DIRECTION_FWD);
+	if (!fwd || !is_connect)
+		return 0;
+	return ratelimit_take(RATELIMIT_USAGE_SOCKET_EVENTS, 1, 1, interval, now);
 }
 
-/* `addr`: 16 bytes (IPv4 in the first 4), `port` host order. */
+/* One record; the caller asked trace_sock_wanted. `addr`: 16 bytes (IPv4 in the first 4),
+ * `port` host order. */
 static __always_inline void send_trace_sock_notify(struct bpf_sock_addr *ctx, __u8 point,
-						   const __u8 *addr, __u16 port, int ipv6,
-						   int is_connect)
+						   const __u8 *addr, __u16 port, int ipv6)
 {
-	if (!trace_sock_wanted(point, is_connect))
-		return;
 	struct trace_sock_notify *ev = bpf_ringbuf_reserve(&ciliary_events, sizeof(*ev), 0);
 	if (!ev) {
 		events_lost_inc();

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import secrets
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ciliary.agent.config import MONITOR_AGGREGATION
 from ciliary.agent.services import ServiceManager, desired_frontends
 from ciliary.core.models import BackendInfo, L4Addr, ServiceInfo, ServicePortInfo
 from ciliary.datapath import socketlb
-from ciliary.datapath.libbpf import RingBuffer
+from ciliary.datapath.libbpf import Map, RingBuffer
 from ciliary.datapath.linux import cgroup
 from ciliary.datapath.loader import PIN_ROOT, NodeDatapath, default_object_dir, remove_pins
 from ciliary.datapath.maps.events import RawSockEvent, decode_event
@@ -295,21 +298,76 @@ def _sock_records(dp: NodeDatapath, group: Path, script: str, *args: str) -> lis
 
 
 def test_translations_are_reported_as_trace_sock_records(node: tuple[NodeDatapath, Path]) -> None:
-    """A connect() to the ClusterIP: pre-xlate-fwd (the ClusterIP) and post-xlate-fwd (the
-    backend), the socket's cookie, the process's cgroup. Monitor aggregation medium (the
-    default) reports connect() only; none also sendmsg() and the reverse points."""
+    """Monitor aggregation none: every translation point of every socket. A connect() to the
+    ClusterIP: pre-xlate-fwd (the ClusterIP) and post-xlate-fwd (the backend), the socket's
+    cookie, the process's cgroup; UDP sendmsg() and recvmsg()/getpeername() too."""
     dp, group = node
     dp.attach_socket_lb(group)
+    dp.config.set(MONITOR_AGGREGATION["none"], 5_000_000_000)
     got = _sock_records(dp, group, PROBE, VIP4)
     points = [(e.xlate_point, str(e.dst), e.dport, e.l4_proto, e.family) for e in got]
     assert points == [(1, VIP4, 80, 1, 2), (2, "127.0.0.1", 8080, 1, 2)], got
     assert {e.cgroup_id for e in got} == {group.stat().st_ino}
     assert len({e.sock_cookie for e in got}) == 1 and got[0].sock_cookie
-    # medium: the UDP sendmsg() and recvmsg()/getpeername() translations send nothing
-    medium = _sock_records(dp, group, CLIENT, VIP4, VIP6, EMPTY4)
-    assert {(e.xlate_point, e.l4_proto) for e in medium} == {(1, 1), (2, 1)}, medium
-    dp.config.set(0, 5_000_000_000)  # monitor aggregation none
     every = _sock_records(dp, group, CLIENT, VIP4, VIP6, EMPTY4)
     udp = {(e.xlate_point, str(e.dst), e.dport) for e in every if e.l4_proto == 2}
     assert udp >= {(1, VIP4, 80), (2, "127.0.0.1", 8080), (3, "127.0.0.1", 8080), (4, VIP4, 80)}
     assert (4, VIP6, 80) in {(e.xlate_point, str(e.dst), e.dport) for e in every if e.family == 10}
+    many = _sock_records(dp, group, CONNECTS, VIP4, "20")
+    assert len(many) == 40 and len({e.sock_cookie for e in many}) == 20, many
+
+
+# Runs as PROBE: `n` connect()s to the ClusterIP (refused: no server), each a new socket.
+CONNECTS = r"""
+import socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+for _ in range(int(sys.argv[2])):
+    try:
+        socket.create_connection((sys.argv[1], 80), timeout=2).close()
+    except OSError:
+        pass
+"""
+
+# Runs as PROBE: an unconnected UDP datagram to the ClusterIP and its answer (sendmsg, recvmsg).
+DATAGRAM = r"""
+import socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 8080))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(2)
+c.sendto(b"ping", (sys.argv[1], 80))
+data, src = u.recvfrom(16)
+u.sendto(b"pong", src)
+assert c.recvfrom(16)[1][0] == sys.argv[1]
+"""
+
+
+def _socket_events_refused(dp: NodeDatapath) -> int:
+    """The trace-sock bucket's refusals (lib/ratelimit.h: ciliary_ratelimit[3], struct
+    ratelimit_value {last_topup, tokens, dropped})."""
+    with Map.from_pin(dp.pin_dir / "ciliary_ratelimit") as m:
+        raw = m.lookup(struct.pack("<I", 3))
+    assert raw is not None
+    return int(struct.unpack("<QQQ", raw)[2])
+
+
+def test_medium_reports_one_connect_per_interval(node: tuple[NodeDatapath, Path]) -> None:
+    """Monitor aggregation medium (the default), upstream's trace-sock rate limit: one token
+    per report interval node-wide, taken once per connect(): 20 connect()s within the interval
+    give one socket's pre- and post-xlate-fwd records and 19 refusals; a UDP sendmsg()/
+    recvmsg() never reports (nor takes the token); once the interval has passed, the next
+    connect() is reported again."""
+    dp, group = node
+    dp.attach_socket_lb(group)
+    t0 = time.monotonic()
+    got = _sock_records(dp, group, CONNECTS, VIP4, "20")  # the built-in default: medium, 5 s
+    intervals = 1 + int((time.monotonic() - t0) / 5)  # a loaded machine may cross one
+    assert len(got) == 2 * intervals <= 4, got
+    assert [e.xlate_point for e in got] == [1, 2] * intervals, got
+    assert got[0].sock_cookie == got[1].sock_cookie and (str(got[0].dst), str(got[1].dst)) == (
+        VIP4, "127.0.0.1")  # fmt: skip
+    assert _socket_events_refused(dp) == 20 - intervals
+    interval_ns = 200_000_000
+    dp.config.set(MONITOR_AGGREGATION["medium"], interval_ns)
+    time.sleep(interval_ns / 1e9 * 1.5)  # the bucket holds a token again
+    assert _sock_records(dp, group, DATAGRAM, VIP4) == []  # answered: translated both ways
+    assert [e.xlate_point for e in _sock_records(dp, group, PROBE, VIP4)] == [1, 2]

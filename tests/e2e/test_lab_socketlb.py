@@ -6,7 +6,8 @@ ClusterIP is answered from the ClusterIP (recvfrom). The node's conntrack table 
 was the socket that was translated, not the packets: the connections' entries name the backend
 and its target port, carry no rev-NAT index, and no service entry (to the ClusterIP) exists.
 ``hubble observe --type trace-sock`` shows the client's connect() as SOCK flows: pre-xlate-fwd
-to the ClusterIP with destination_service default/web, post-xlate-fwd to the web pod.
+to the ClusterIP with destination_service default/web, post-xlate-fwd to the web pod (at the
+default monitor aggregation, of one connect() per report interval).
 A ``sessionAffinity: ClientIP`` Service over 3 pods: 100 connections from one pod land on one
 backend, a second pod sticks to its own; that backend once terminating (deleted, held by a
 finalizer) gets none of the pod's next connections, which stick to another one.
@@ -223,16 +224,18 @@ def test_connect_and_sendmsg_are_translated_in_the_socket(lab: SockLab) -> None:
 
 def test_socket_translations_are_hubble_sock_flows(lab: SockLab) -> None:
     """upstream's trace-sock flows: the client's connect() before (to the ClusterIP, the
-    Service named) and after the translation (to the web pod)."""
+    Service named) and after the translation (to the web pod). At the lab's monitor aggregation
+    (medium, the default) one connect() per report interval (5 s) on the node is reported: the
+    client connects until one of its connect()s is."""
     vip, client, backend = lab.vip("web"), lab.ip("client"), lab.ip("web")
-    assert lab.gets("client", "web", 1) == ["web"]
 
-    def sock_flows() -> list[dict[str, Any]]:
-        return [f for f in lab.observe("--type", "trace-sock", "--from-pod", "default/client")
-                if f["IP"]["destination"] in (vip, backend)]  # fmt: skip
+    def sock_flows() -> list[dict[str, Any]] | None:
+        assert lab.gets("client", "web", 1) == ["web"]
+        flows = [f for f in lab.observe("--type", "trace-sock", "--from-pod", "default/client")
+                 if f["IP"]["destination"] in (vip, backend)]  # fmt: skip
+        return flows if len(flows) >= 2 else None
 
-    wait_for("the client's trace-sock flows", lambda: len(sock_flows()) >= 2, 30)
-    flows = sock_flows()
+    flows = wait_for("the client's trace-sock flows", sock_flows, 30, interval=1)
     pre = [f for f in flows if f["sock_xlate_point"] == "SOCK_XLATE_POINT_PRE_DIRECTION_FWD"]
     post = [f for f in flows if f["sock_xlate_point"] == "SOCK_XLATE_POINT_POST_DIRECTION_FWD"]
     assert pre and post, flows
