@@ -14,6 +14,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ciliary.agent.dnsproxy import (
     DNSProxy,
@@ -275,3 +277,37 @@ def test_agent_flags() -> None:
                 ["--tofqdns-proxy-response-max-delay", "soon"]):  # fmt: skip
         with pytest.raises(SystemExit):
             _parser().parse_args(["--node-name", "n1", *bad])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.builds(
+            lambda wire, at, byte: wire[:at] + bytes([byte]) + wire[at + 1 :],
+            st.sampled_from(
+                [
+                    dns.message.make_query("partner.example.com", "A").to_wire(),
+                    dns.message.make_query("x" * 63 + ".example.com", "AAAA").to_wire(),
+                ]
+            ),
+            st.integers(0, 60),
+            st.integers(0, 255),
+        ),
+    )
+)
+def test_no_input_crashes_the_proxy_and_every_query_is_counted(wire: bytes) -> None:
+    rules = Rules()
+    proxy, _ = make_proxy(rules)
+
+    async def forward(query: bytes, *_: object) -> bytes:
+        return answer_for(query, "192.0.2.1")
+
+    reply = asyncio.run(proxy.handle(wire, POD, SERVER, "UDP", forward))
+    stats = proxy.stats
+    assert stats.queries == 1
+    assert stats.malformed + stats.refused + stats.forwarded + stats.errors == 1
+    if reply is not None:
+        response = dns.message.from_wire(reply)
+        assert response.id == int.from_bytes(wire[:2], "big")
+        assert response.rcode() in (dns.rcode.NOERROR, dns.rcode.FORMERR, dns.rcode.REFUSED)
