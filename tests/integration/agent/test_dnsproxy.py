@@ -1,8 +1,9 @@
 """The DNS proxy with real sockets, a real redirect and a real DNS server (agent/dnsproxy.py).
 
-Three scratch namespaces: a pod (10.0.0.2), a node (the proxy; routes between the two) and a
-DNS server (10.0.1.53, ``ciliary workload dns-server``). The node redirects the pod's port-53
-packets to the proxy's transparent listeners with iptables TPROXY, upstream's classic path
+Three scratch namespaces, dual stack: a pod (10.0.0.2, fd00:e::2), a node (the proxy; routes
+between the two) and a DNS server (10.0.1.53, fd00:e:1::53, ``ciliary workload dns-server``).
+The node redirects the pod's port-53 packets to the proxy's transparent listeners with
+iptables/ip6tables TPROXY, upstream's classic path
 (``bpf_sk_assign`` delivers them to the same sockets the same way: original destination kept),
 and routes packets of the proxy's transparent upstream sockets to them (``-m socket
 --transparent``, as TPROXY setups do). The pod runs ``ciliary workload dns-query`` over UDP and
@@ -33,6 +34,8 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.privileged]
 
 POD_IP, NODE_POD_SIDE = "10.0.0.2", "10.0.0.1"
 SERVER_IP, NODE_DNS_SIDE = "10.0.1.53", "10.0.1.1"
+POD_IP6, NODE_POD_SIDE6 = "fd00:e::2", "fd00:e::1"
+SERVER_IP6, NODE_DNS_SIDE6 = "fd00:e:1::53", "fd00:e:1::1"
 PROXY_PORT = 10053
 RECORDS = {
     "partner.example.com.": ["192.0.2.10", "2001:db8::10"],
@@ -55,33 +58,45 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         pod, node, dns = names["pod"], names["node"], names["dns"]
         sh("ip", "link", "add", "p0", "netns", node, "type", "veth", "peer", "eth0", "netns", pod)
         sh("ip", "link", "add", "d0", "netns", node, "type", "veth", "peer", "eth0", "netns", dns)
-        for ns, dev, addr in (
-            (node, "p0", f"{NODE_POD_SIDE}/24"), (pod, "eth0", f"{POD_IP}/24"),
-            (node, "d0", f"{NODE_DNS_SIDE}/24"), (dns, "eth0", f"{SERVER_IP}/24"),
-        ):  # fmt: skip
+        for ns, dev, addr, addr6 in (
+            (node, "p0", f"{NODE_POD_SIDE}/24", f"{NODE_POD_SIDE6}/64"),
+            (pod, "eth0", f"{POD_IP}/24", f"{POD_IP6}/64"),
+            (node, "d0", f"{NODE_DNS_SIDE}/24", f"{NODE_DNS_SIDE6}/64"),
+            (dns, "eth0", f"{SERVER_IP}/24", f"{SERVER_IP6}/64"),
+        ):
             sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            sh("ip", "-n", ns, "addr", "add", addr6, "dev", dev, "nodad")
             sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", pod, "route", "add", "default", "via", NODE_POD_SIDE)
-        sh("ip", "-n", dns, "route", "add", "default", "via", NODE_DNS_SIDE)
-        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"):
+        for ns, gw, gw6 in (
+            (pod, NODE_POD_SIDE, NODE_POD_SIDE6),
+            (dns, NODE_DNS_SIDE, NODE_DNS_SIDE6),
+        ):
+            sh("ip", "-n", ns, "route", "add", "default", "via", gw)
+            sh("ip", "-n", ns, "-6", "route", "add", "default", "via", gw6)
+        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv6.conf.all.forwarding=1"):  # fmt: skip
             sh("ip", "netns", "exec", node, "sysctl", "-qw", key)
-        for proto in ("udp", "tcp"):
-            sh("ip", "netns", "exec", node, "iptables", "-t", "mangle", "-A", "PREROUTING",
-               "-i", "p0", "-p", proto, "--dport", "53", "-j", "TPROXY",
-               "--on-port", str(PROXY_PORT), "--tproxy-mark", "0x200/0xf00")  # fmt: skip
-            sh("ip", "netns", "exec", node, "iptables", "-t", "mangle", "-A", "PREROUTING",
-               "-i", "d0", "-p", proto, "--sport", "53", "-m", "socket", "--transparent",
-               "-j", "MARK", "--set-mark", "0x200/0xf00")  # fmt: skip
-        sh("ip", "-n", node, "rule", "add", "fwmark", "0x200/0xf00", "lookup", "100")
-        sh("ip", "-n", node, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+        # iptables TPROXY stands in for bpf_sk_assign; -m socket routes the replies to the
+        # proxy's transparent upstream sockets to them (both: local delivery by the fwmark)
+        for tables, local in (("iptables", "0.0.0.0/0"), ("ip6tables", "::/0")):
+            for proto in ("udp", "tcp"):
+                sh("ip", "netns", "exec", node, tables, "-t", "mangle", "-A", "PREROUTING",
+                   "-i", "p0", "-p", proto, "--dport", "53", "-j", "TPROXY",
+                   "--on-port", str(PROXY_PORT), "--tproxy-mark", "0x200/0xf00")  # fmt: skip
+                sh("ip", "netns", "exec", node, tables, "-t", "mangle", "-A", "PREROUTING",
+                   "-i", "d0", "-p", proto, "--sport", "53", "-m", "socket", "--transparent",
+                   "-j", "MARK", "--set-mark", "0x200/0xf00")  # fmt: skip
+            family = "-6" if ":" in local else "-4"
+            sh("ip", "-n", node, family, "rule", "add", "fwmark", "0x200/0xf00", "lookup", "100")
+            sh("ip", "-n", node, family, "route", "add", "local", local, "dev", "lo",
+               "table", "100")  # fmt: skip
         records = tmp_path_factory.mktemp("dns") / "records.json"
         records.write_text(json.dumps(RECORDS))
         log = records.with_name("server.log")
         with log.open("w") as out:
             server = subprocess.Popen(
                 ["ip", "netns", "exec", dns, sys.executable, "-m", "ciliary.workload.main",
-                 "dns-server", "--records", str(records), "--domain", "example.com",
-                 "--bind", SERVER_IP],
+                 "dns-server", "--records", str(records), "--domain", "example.com"],
                 stdout=out, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
         deadline = time.monotonic() + 15
@@ -97,10 +112,10 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             netns.remove(name)
 
 
-async def query(pod_ns: str, name: str, *flags: str) -> tuple[int, str]:
+async def query(pod_ns: str, name: str, *flags: str, server: str = SERVER_IP) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", pod_ns, sys.executable, "-m", "ciliary.workload.main",
-        "dns-query", name, "--server", SERVER_IP, "--timeout", "5", *flags,
+        "dns-query", name, "--server", server, "--timeout", "5", *flags,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await proc.communicate()
@@ -118,9 +133,9 @@ def run_proxy_scenario(topology: dict[str, str], transparent: bool) -> dict[str,
         updates.append(",".join(lk.name for lk in lookups))
 
     rules = EndpointDNSRules(
-        endpoint_at=lambda ip: CLIENT.id if str(ip) == POD_IP else None,
+        endpoint_at=lambda ip: CLIENT.id if str(ip) in (POD_IP, POD_IP6) else None,
         policy_of=lambda _ep: lab.policy(CLIENT),
-        identity_of=lambda ip: DNS.id if str(ip) == SERVER_IP else 2,
+        identity_of=lambda ip: DNS.id if str(ip) in (SERVER_IP, SERVER_IP6) else 2,
         update=update,
     )
     events: list[DNSProxyEvent] = []
@@ -137,7 +152,12 @@ def run_proxy_scenario(topology: dict[str, str], transparent: bool) -> dict[str,
                 "tcp-refused": await query(
                     pod, "evil.example.com", "--tcp", "--expect-rcode", "REFUSED"
                 ),
-            }
+                "udp6-allowed": await query(pod, "partner.example.com", server=SERVER_IP6),
+                "tcp6-refused": await query(
+                    pod, "evil.example.com", "--tcp", "--expect-rcode", "REFUSED",
+                    server=SERVER_IP6,
+                ),
+            }  # fmt: skip
             # A and AAAA at once from one pod socket (glibc's way): both answered
             both = await asyncio.gather(
                 query(pod, "partner.example.com"),
@@ -162,6 +182,7 @@ def test_pod_queries_through_the_proxy(topology: dict[str, str], transparent: bo
     assert "192.0.2.10" in results["udp-allowed"][1]
     assert "2001:db8::10" in results["tcp-allowed"][1]
     assert "REFUSED" in results["udp-refused"][1]
+    assert "192.0.2.10" in results["udp6-allowed"][1]
     both = out["both"]
     assert isinstance(both, list) and all(rc == 0 for rc, _ in both), both
     cache = out["cache"]
@@ -171,17 +192,19 @@ def test_pod_queries_through_the_proxy(topology: dict[str, str], transparent: bo
     server_log = Path(topology["server_log"]).read_text()[len(log_before) :]
     assert "evil.example.com" not in server_log  # refused names never reach the server
     assert "partner.example.com" in server_log
-    seen_from = POD_IP if transparent else NODE_DNS_SIDE
-    assert f"partner.example.com. from {seen_from}:" in server_log, server_log
-    assert f"from {POD_IP if not transparent else NODE_DNS_SIDE}:" not in server_log
+    seen_from = (POD_IP, POD_IP6) if transparent else (NODE_DNS_SIDE, NODE_DNS_SIDE6)
+    for source in seen_from:
+        shown = f"[{source}]" if ":" in source else source
+        assert f"partner.example.com. from {shown}:" in server_log, server_log
     events = out["events"]
     assert isinstance(events, list)
     dropped = [e for e in events if e.verdict == "DROPPED"]
-    assert {(e.protocol, e.query) for e in dropped} == {
-        ("UDP", "evil.example.com."), ("TCP", "evil.example.com."),
-    }  # fmt: skip
+    assert sorted((e.protocol, e.destination[0], e.query) for e in dropped) == [
+        ("TCP", SERVER_IP, "evil.example.com."), ("TCP", SERVER_IP6, "evil.example.com."),
+        ("UDP", SERVER_IP, "evil.example.com."),
+    ]  # fmt: skip
     # the original destination, as the pod addressed it, on every record
-    assert {e.destination for e in events} == {(SERVER_IP, 53)}
-    assert {e.source[0] for e in events} == {POD_IP}
+    assert {e.destination for e in events} == {(SERVER_IP, 53), (SERVER_IP6, 53)}
+    assert {e.source[0] for e in events} == {POD_IP, POD_IP6}
     responses = [e for e in events if e.kind == "response"]
-    assert len(responses) == 4 and all(e.verdict == "FORWARDED" for e in responses)
+    assert len(responses) == 5 and all(e.verdict == "FORWARDED" for e in responses)
