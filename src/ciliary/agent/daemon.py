@@ -26,6 +26,7 @@ from ciliary import __version__
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
 from ciliary.agent.dnsproxy import DNSProxy, DNSProxyEvent, EndpointDNSRules
 from ciliary.agent.endpoints import EndpointManager
+from ciliary.agent.envoypolicy import EndpointView, NodeEnvoy
 from ciliary.agent.health import ClusterHealthChecker, HealthTarget
 from ciliary.agent.healthendpoint import HealthEndpoint, netns_name
 from ciliary.agent.hubble import AgentHubble
@@ -162,6 +163,12 @@ class Agent:
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self.dns_proxy: DNSProxy | None = None
         """The DNS proxy (``rules: dns``, toFQDNs' answers), started when L7 proxies are on."""
+        self.envoy = NodeEnvoy(
+            cfg.node, cfg.state_dir / "envoy", self.proxy_ports, self._endpoint_views,
+            lambda: [(str(r.prefix), r.sec_id) for r in self.datapath.ipcache.items()],
+            ipv6=cfg.ipv6_range is not None,
+        )  # fmt: skip
+        """The node's Envoy (HTTP L7 rules), when the node has its proxy ports."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._serving = asyncio.Event()
@@ -207,6 +214,7 @@ class Agent:
         self.crd_identities.on_deleted.append(self._cluster_identity_deleted)
         self.endpoint_sync = EndpointSync(self.kube, self.node, self._node_ips())
         self.node_manager = self._make_node_manager(self.kube)
+        self.node_manager.on_reconciled.append(self.envoy.changed)  # peers' addresses
         self.service_watcher = ServiceWatcher(self.kube)
         self.services = self._make_service_syncer(self.service_watcher)
         self.service_watcher.start()
@@ -484,6 +492,9 @@ class Agent:
         if self.kube is not None:
             await self._register_node(self.kube)
         await self._start_dns_proxy()  # endpoints and policies known: queries can be decided
+        if self.envoy.enabled:  # its configuration follows every realized policy from now on
+            self.policy.on_realized.append(lambda _ep: self.envoy.changed())
+            await self.envoy.start()
         # Hubble's sink before the reader: its first drain is the ring's backlog (events the
         # datapath wrote while no agent ran), which must reach Hubble, enriched from the
         # endpoints just restored.
@@ -504,6 +515,7 @@ class Agent:
             await self.server.stop()
             if self.dns_proxy is not None:
                 await self.dns_proxy.stop()
+            await self.envoy.stop()  # by pid: its proxied connections close
             await self.hubble.stop()
             self.monitor.stop()
             for task in list(self._tasks):
@@ -555,6 +567,14 @@ class Agent:
             transparent=cfg.dnsproxy_enable_transparent_mode,
         )  # fmt: skip
         await self.dns_proxy.start()
+
+    def _endpoint_views(self) -> list[EndpointView]:
+        return [
+            EndpointView(
+                ep.id, tuple(a for a in (ep.ipv4, ep.ipv6) if a), self.policy.realized(ep.id)
+            )
+            for ep in self.endpoints.endpoints()
+        ]
 
     def _endpoint_at(self, addr: object) -> int | None:
         text = str(addr)

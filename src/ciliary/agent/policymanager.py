@@ -130,6 +130,9 @@ class PolicyManager:
         self._inputs: dict[int, tuple[Endpoint, dict[str, tuple[int, str]] | None]] = {}
         self._remote_ports: Mapping[int, NamedPorts] = {}
         self._listeners: list[Callable[[], None]] = []
+        self.on_realized: list[Callable[[int], None]] = []
+        """Called with an endpoint's id after its policy was realized or forgotten (the
+        node's Envoy follows the L7 rules of every endpoint's realized policy)."""
         for number, labels in all_identities():
             self.cache.upsert_identity(Identity.of(number, labels))
 
@@ -401,12 +404,16 @@ class PolicyManager:
             self._dp.policy.remove(ep.id)
         self._realized[ep.id] = pol
         self._inputs[ep.id] = (ep, named_ports)
+        for fn in self.on_realized:
+            fn(ep.id)
         return pol
 
     def forget(self, ep_id: int) -> None:
         self._dp.policy.remove(ep_id)
         self._realized.pop(ep_id, None)
         self._inputs.pop(ep_id, None)
+        for fn in self.on_realized:
+            fn(ep_id)
 
     def affected(self, changed: frozenset[Any]) -> list[int]:
         """Endpoints whose realized policy depends on one of the changed selectors."""

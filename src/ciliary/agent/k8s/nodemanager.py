@@ -461,6 +461,9 @@ class NodeManager:
         self._nodes: dict[str, tuple[object, ClusterNode | None]] = {}
         self._endpoints: dict[str, tuple[object, ClusterEndpoint | None]] = {}
         """Parsed objects by store key, with the resourceVersion they were parsed at."""
+        self.on_reconciled: list[Callable[[], None]] = []
+        """Called after each reconcile that succeeded (the ipcache holds the cluster's
+        addresses as of the events so far): the node's Envoy names peers by them."""
 
     def start(self) -> None:
         self.nodes_informer.start()
@@ -530,6 +533,8 @@ class NodeManager:
                 await asyncio.sleep(backoff.delay())
                 continue
             backoff.reset()
+            for fn in self.on_reconciled:
+                fn()
             await self._wake.wait()
 
     async def _reconcile(self) -> None:

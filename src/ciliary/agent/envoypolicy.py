@@ -1,0 +1,217 @@
+"""The node's HTTP policy for its Envoy: every endpoint's realized policy → proxy listeners.
+
+The policy computation keeps, per allow entry whose traffic goes through a proxy, the L7 rules
+behind it (:attr:`ciliary.policy.resolve.EndpointPolicy.l7`, keyed by the policy map key). The
+datapath redirects such a connection to the proxy port of its kind and direction
+(``ciliary.core.proxyports``); Envoy must then decide each request as the rules say. This
+module groups those entries per (endpoint, direction, port) into one filter chain each
+(:mod:`.envoyconfig`), the peers of an entry named by the addresses the ipcache gives their
+identity (identity 0, every peer: no address check; the world identities: every address, as
+their traffic has no more specific identity in the ipcache).
+
+:class:`NodeEnvoy` is the component the agent wires: it starts the supervised Envoy
+(:mod:`.envoy`), and on :meth:`NodeEnvoy.changed` (a policy was realized or forgotten, the
+cluster's addresses changed) recomputes the whole configuration once (coalesced: one pending
+sync at most) and writes what differs. The whole-node recomputation is what keeps it simple
+and correct: files that did not change are not rewritten, so Envoy sees only real changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ciliary.agent import envoyconfig as cfg
+from ciliary.agent.envoy import EnvoyConfigWriter, EnvoyPaths, EnvoyProcess
+from ciliary.core.flow import ReservedIdentity
+from ciliary.core.proxyports import HTTP_EGRESS, HTTP_INGRESS, ProxyPorts
+from ciliary.policy.api.model import HTTPRule
+from ciliary.policy.mapstate import PROTO_TCP, MapKey
+from ciliary.policy.resolve import EndpointPolicy
+
+log = logging.getLogger(__name__)
+
+WORLD_IDENTITIES = frozenset(
+    {
+        int(ReservedIdentity.WORLD),
+        int(ReservedIdentity.WORLD_IPV4),
+        int(ReservedIdentity.WORLD_IPV6),
+    }
+)
+WORLD_PREFIXES = ("0.0.0.0/0", "::/0")
+_DIRECTION: dict[bool, cfg.Direction] = {False: "ingress", True: "egress"}
+PROXY_MARK = 0x0A00
+"""Upstream's ``MagicMarkIsProxy``: set on the proxy's upstream connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """What the HTTP policy needs of one local endpoint."""
+
+    id: int
+    addresses: tuple[str, ...]
+    policy: EndpointPolicy | None
+
+
+def identity_prefixes(records: Iterable[tuple[str, int]]) -> dict[int, tuple[str, ...]]:
+    """Identity → its prefixes, from (prefix, identity) pairs of the ipcache."""
+    out: dict[int, list[str]] = {}
+    for prefix, identity in records:
+        out.setdefault(identity, []).append(prefix)
+    return {identity: tuple(sorted(p)) for identity, p in out.items()}
+
+
+def chain_name(ep_id: int, egress: bool, port: int) -> str:
+    return f"ep{ep_id}-{'egress' if egress else 'ingress'}-{port}"
+
+
+def http_listeners(
+    endpoints: Iterable[EndpointView],
+    ports: ProxyPorts,
+    prefixes: Mapping[int, tuple[str, ...]],
+) -> list[cfg.ProxyListener]:
+    """The node's HTTP proxy listeners: per endpoint, direction and port with HTTP rules, one
+    chain whose peers are the entries' identities (their addresses) with the entries' rules."""
+    chains: dict[bool, list[cfg.HTTPChain]] = {False: [], True: []}
+    for ep in sorted(endpoints, key=lambda e: e.id):
+        if ep.policy is None or not ep.addresses:
+            continue
+        grouped: dict[tuple[bool, int], list[cfg.PeerHTTPRules]] = {}
+        for key, l7 in sorted(ep.policy.l7.items(), key=lambda kv: _key_order(kv[0])):
+            if l7.kind != "http" or key.protocol != PROTO_TCP or key.port_prefix != 16:
+                continue
+            if key.identity == 0:
+                peers: tuple[str, ...] | None = None
+            elif key.identity in WORLD_IDENTITIES:
+                peers = WORLD_PREFIXES
+            else:
+                peers = prefixes.get(key.identity, ())
+            rules = None if l7.wildcard else tuple(h for r in l7.rules for h in r.http)
+            grouped.setdefault((key.egress, key.port), []).append(cfg.PeerHTTPRules(peers, rules))
+        for (egress, port), peer_rules in sorted(grouped.items()):
+            chains[egress].append(
+                cfg.HTTPChain(
+                    chain_name(ep.id, egress, port),
+                    _DIRECTION[egress],
+                    tuple(f"{a}/{128 if ':' in a else 32}" for a in ep.addresses),
+                    port,
+                    _merged(peer_rules),
+                )
+            )
+    out = []
+    for name, egress in ((HTTP_INGRESS, False), (HTTP_EGRESS, True)):
+        proxy_port = ports.ports.get(name)
+        if proxy_port is not None and chains[egress]:
+            out.append(
+                cfg.ProxyListener(name, proxy_port, _DIRECTION[egress], tuple(chains[egress]))
+            )
+    return out
+
+
+def _merged(peers: list[cfg.PeerHTTPRules]) -> tuple[cfg.PeerHTTPRules, ...]:
+    """Peers with the same rules as one entry (their addresses together; every peer wins)."""
+    every: set[tuple[HTTPRule, ...] | None] = set()
+    addresses: dict[tuple[HTTPRule, ...] | None, set[str]] = {}
+    for peer in peers:
+        found = addresses.setdefault(peer.rules, set())
+        if peer.prefixes is None:
+            every.add(peer.rules)
+        else:
+            found.update(peer.prefixes)
+    return tuple(
+        cfg.PeerHTTPRules(None if rules in every else tuple(sorted(found)), rules)
+        for rules, found in addresses.items()
+    )
+
+
+def _key_order(key: MapKey) -> tuple[int, bool, int]:
+    return (key.port, key.egress, key.identity)
+
+
+class NodeEnvoy:
+    """The agent's Envoy: started with the agent, configured from the endpoints' policies."""
+
+    def __init__(
+        self,
+        node: str,
+        root: Path,
+        ports: ProxyPorts,
+        endpoints: Callable[[], Iterable[EndpointView]],
+        ipcache: Callable[[], Iterable[tuple[str, int]]],
+        *,
+        ipv6: bool = False,
+    ) -> None:
+        self.paths = EnvoyPaths(root)
+        self.ports = ports
+        self._endpoints = endpoints
+        self._ipcache = ipcache
+        self.writer = EnvoyConfigWriter(self.paths, ipv6=ipv6)
+        self.process = EnvoyProcess(node, self.paths)
+        self._pending: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.syncs = 0
+
+    @property
+    def enabled(self) -> bool:
+        return HTTP_INGRESS in self.ports.ports or HTTP_EGRESS in self.ports.ports
+
+    async def start(self) -> None:
+        """Follow the endpoints' policies from now on: the configuration of those known now;
+        the process once some endpoint has an HTTP rule (Envoy costs ~70 MB and a core's
+        half second; most nodes never need it)."""
+        self._running = True
+        self._loop = asyncio.get_running_loop()
+        await self._reconcile()
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pending
+        if self.process.pid is not None:
+            await self.process.stop()
+
+    def sync(self) -> int:
+        """Recompute and write the node's proxy configuration; returns how many listeners it
+        has (only files that changed are written)."""
+        listeners = http_listeners(
+            self._endpoints(), self.ports, identity_prefixes(self._ipcache())
+        )
+        clusters = [cfg.cluster(d, PROXY_MARK) for d in ("ingress", "egress")]
+        if self.writer.apply(listeners, clusters):
+            log.info("envoy: configuration written (%d HTTP listener(s))", len(listeners))
+        self.syncs += 1
+        return len(listeners)
+
+    async def _reconcile(self) -> None:
+        if self.sync() and self.process.pid is None:
+            await self.process.start()  # reads the files just written
+
+    def changed(self) -> None:
+        """Something the configuration depends on changed: sync soon (once for a burst).
+        Safe from any thread (the work happens on the agent's loop)."""
+        if self._running and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        self._dirty = True
+        if self._running and (self._pending is None or self._pending.done()):
+            self._pending = asyncio.get_running_loop().create_task(
+                self._sync_soon(), name="envoy-sync"
+            )
+
+    async def _sync_soon(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            await asyncio.sleep(0)  # let the rest of a burst of changes arrive
+            try:
+                await self._reconcile()
+            except Exception:
+                log.exception("envoy: configuration not applied")
