@@ -54,6 +54,7 @@ from ciliary.agent.services import (
     service_frontends,
     service_handlers,
 )
+from ciliary.core.atomicfile import write_json
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.maglev import parse_hash_seed
 from ciliary.core.models import (
@@ -84,6 +85,9 @@ from ciliary.policy.fqdn import DNSCache, DNSLookup
 
 log = logging.getLogger(__name__)
 DNS_GC_INTERVAL_S = 1.0
+SAVED_DNS_CACHE = "fqdn-cache.json"
+"""In the state directory: the DNS cache (``DNSCache.dump``), so a restarted agent's toFQDNs
+rules allow what they allowed before (saved every second it changed, and at exit)."""
 CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply", 0x20: "loopback"}
 
 
@@ -162,6 +166,8 @@ class Agent:
         self.crd_identities: CRDIdentityAllocator | None = None
         """Set when the agent has a Kubernetes API (``--kubeconfig`` or in a pod)."""
         self.dns_proxy: DNSProxy | None = None
+        self._saved_dns_version = 0
+        """The DNS cache's version last saved (``SAVED_DNS_CACHE``)."""
         """The DNS proxy (``rules: dns``, toFQDNs' answers), started when L7 proxies are on."""
         self.envoy = NodeEnvoy(
             cfg.node, cfg.state_dir / "envoy", self.proxy_ports, self._endpoint_views,
@@ -479,7 +485,8 @@ class Agent:
     async def run(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._load_dns_pre_cache()  # before policies: toFQDNs rules start with these IPs
+        self._restore_dns_cache()  # before policies: toFQDNs rules start with these IPs
+        self._load_dns_pre_cache()
         self.datapath.load()
         await self._setup_node()
         self._setup_socket_lb()
@@ -520,6 +527,7 @@ class Agent:
             self.monitor.stop()
             for task in list(self._tasks):
                 task.cancel()
+            self._save_dns_cache()
             await self._disconnect_kubernetes()
             if self.ipam_datastore is not None:
                 await asyncio.to_thread(self.ipam_datastore.close)
@@ -541,12 +549,40 @@ class Agent:
         log.info("DNS cache: %d names from %s", len(self.policy.fqdns.names()), path)
 
     async def _dns_gc(self) -> None:
-        """Expired DNS answers leave the cache; toFQDNs rules stop selecting their IPs."""
+        """Expired DNS answers leave the cache; toFQDNs rules stop selecting their IPs. The
+        cache is saved when it changed (answers, expiry)."""
         while True:
             await asyncio.sleep(DNS_GC_INTERVAL_S)
             expire = functools.partial(DNSCache.expire, now=time.time())
             if self.policy.dns_changed(expire):
                 await self._policy_changed("DNS answers expired (toFQDNs)")
+            if self.policy.fqdns.version != self._saved_dns_version:
+                self._save_dns_cache()
+
+    def _restore_dns_cache(self) -> None:
+        """The DNS cache a previous run saved (a bad file is logged and left: fewer IPs
+        allowed, never more)."""
+        path = self.cfg.state_dir / SAVED_DNS_CACHE
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, list):
+                raise ValueError("expected a JSON list of entries")
+            self.policy.fqdns.restore(data)
+        except (OSError, ValueError) as err:
+            log.error("%s: DNS cache not restored: %s", path, err)
+            return
+        self._saved_dns_version = self.policy.fqdns.version
+        log.info("DNS cache: %d names restored", len(self.policy.fqdns.names()))
+
+    def _save_dns_cache(self) -> None:
+        try:
+            write_json(self.cfg.state_dir / SAVED_DNS_CACHE, self.policy.fqdns.dump(time.time()))
+        except OSError as err:
+            log.warning("DNS cache not saved: %s", err)
+            return
+        self._saved_dns_version = self.policy.fqdns.version
 
     async def _start_dns_proxy(self) -> None:
         """The DNS proxy on its port (``ciliary.core.proxyports``), if L7 proxies are on."""

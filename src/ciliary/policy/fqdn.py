@@ -24,6 +24,7 @@ by conntrack GC), per-endpoint caches (one cache per node here).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,6 +154,20 @@ class DNSCache:
             for ip in entries
         }
         return tuple(sorted(found, key=lambda n: (n.version, n)))
+
+    def dump(self, now: float) -> list[dict[str, object]]:
+        """The entries not expired at ``now`` in :meth:`restore`'s shape, one per name and
+        expiry (``ttl`` whole seconds, ``lookup-time`` such that each IP expires when it does
+        here): what the agent saves to survive a restart."""
+        groups: dict[tuple[str, float], list[str]] = {}
+        for name, ip, expiry in self.entries():
+            if expiry > now:
+                groups.setdefault((name, expiry), []).append(ip)
+        out: list[dict[str, object]] = []
+        for (name, expiry), ips in sorted(groups.items()):
+            ttl = math.ceil(expiry - now)
+            out.append({"fqdn": name, "ips": ips, "ttl": ttl, "lookup-time": expiry - ttl})
+        return out
 
     def load(self, lookups: Iterable[DNSLookup]) -> None:
         for lookup in lookups:

@@ -100,3 +100,18 @@ def test_the_pre_cache_file_is_all_or_nothing() -> None:
         cache.restore([{"ips": []}])
     cache.restore([good])
     assert cache.lookup("a.io") == ["192.0.2.1"]
+
+
+def test_a_dump_restores_every_entry_with_its_expiry() -> None:
+    cache = DNSCache()
+    cache.update(DNSLookup("web.example.com", ("192.0.2.1",), 30, 1000.0))
+    cache.update(DNSLookup("web.example.com", ("192.0.2.2",), 300, 1000.5))
+    cache.update(DNSLookup("gone.example.com", ("192.0.2.9",), 5, 1000.0))
+    dumped = cache.dump(now=1010.0)
+    assert [(e["fqdn"], e["ips"], e["ttl"]) for e in dumped] == [
+        ("web.example.com", ["192.0.2.1"], 20),
+        ("web.example.com", ["192.0.2.2"], 291),
+    ]  # the expired answer is not saved
+    again = DNSCache()
+    again.restore(dumped)
+    assert again.entries() == [e for e in cache.entries() if e[0] == "web.example.com"]
