@@ -59,6 +59,7 @@
 #define VERDICT_DROPPED 2
 
 /* Hubble TraceObservationPoint enum. */
+#define OBS_TO_PROXY 1
 #define OBS_TO_STACK 3
 #define OBS_TO_OVERLAY 4
 #define OBS_FROM_ENDPOINT 5
@@ -87,6 +88,8 @@
 #define DROP_NAT_UNSUPP_PROTO 168
 #define DROP_NO_FIB 169
 #define DROP_NOT_IN_SRC_RANGE 177
+#define DROP_PROXY_LOOKUP_FAILED 178
+#define DROP_PROXY_SET_FAILED 179
 #define DROP_INVALID_IDENTITY 171
 #define DROP_TTL_EXCEEDED 196
 #define DROP_EP_NOT_READY 203
@@ -167,6 +170,10 @@ struct ct_key {
 /* A pod's connection to a service that chose the pod itself (hairpin): the request's source was
  * rewritten to the loopback address (lib/lb.h), so the reply is sent back to it. */
 #define CT_F_LOOPBACK 0x20
+/* The connection goes through the node's L7 proxy on ct_entry.proxy_port (lib/proxy.h): its
+ * requests are assigned to the proxy's socket, its replies to the socket the proxy opened to
+ * the destination with the same tuple. */
+#define CT_F_PROXY_REDIRECT 0x40
 
 struct ct_entry {
 	__u64 created_ns;
@@ -183,7 +190,7 @@ struct ct_entry {
 	__u8 rx_flags_seen;
 	__u16 flags;        /* CT_F_* */
 	__u16 rev_nat_index; /* the service frontend the client addressed (lib/lb.h), 0 = none */
-	__u16 pad;
+	__u16 proxy_port;   /* CT_F_PROXY_REDIRECT: the proxy's port, network order */
 	__u32 backend_id;   /* service entry: the backend this connection was given */
 	__u32 pad2;
 };

@@ -12,7 +12,8 @@
  *   - no match: default deny (DROP_POLICY). An endpoint without an inner map is not enforced
  *     in either direction; a direction that is not enforced holds an allow-all entry (identity
  *     0, prefix 40).
- * ICMP rules key the ICMP type in the port field, as Cilium does. */
+ * ICMP rules key the ICMP type in the port field, as Cilium does. An allow entry with a
+ * proxy_port sends the connection to that L7 proxy (lib/proxy.h). */
 #ifndef __CILIARY_POLICY_H
 #define __CILIARY_POLICY_H
 #include "common.h"
@@ -63,6 +64,7 @@ struct policy_verdict {
 	__u32 cookie;
 	__u8 match;
 	__u8 enforced;
+	__be16 proxy_port;  /* the deciding allow entry's L7 proxy (lib/proxy.h), 0 = none */
 };
 
 static __always_inline __u8 policy_match_type(const struct policy_entry *e, int specific)
@@ -81,6 +83,7 @@ static __always_inline int policy_check(__u16 ep_id, __u32 remote_id, __u8 egres
 	v->cookie = 0;
 	v->match = POLICY_MATCH_NONE;
 	v->enforced = 0;
+	v->proxy_port = 0;
 	if (!inner)
 		return 0;
 	v->enforced = 1;
@@ -120,6 +123,7 @@ static __always_inline int policy_check(__u16 ep_id, __u32 remote_id, __u8 egres
 	__sync_fetch_and_add(&best->bytes, p->len);
 	v->cookie = best->cookie;
 	v->match = policy_match_type(best, is_specific);
+	v->proxy_port = best->proxy_port;
 	return 0;
 }
 #endif

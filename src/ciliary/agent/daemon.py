@@ -131,6 +131,7 @@ class Agent:
             identity_labels=self._identity_labels,  # whichever allocator is in use
             all_identities=self._all_identities,
             fqdns=DNSCache(cfg.tofqdns_min_ttl, cfg.tofqdns_max_ips_per_name),
+            proxy_ports=self.proxy_ports if cfg.enable_l7_proxy else None,
         )
         self.endpoints = EndpointManager(
             state_dir=cfg.state_dir,
@@ -471,6 +472,9 @@ class Agent:
             tunnel_ifindex=tunnel_ifindex,
         )
         await asyncio.to_thread(setup_masquerade, self.datapath, net)
+        if self.proxy_ports.ports:
+            # packets bpf_lxc assigns to a proxy's socket are delivered locally (lib/proxy.h)
+            await asyncio.to_thread(links.ensure_proxy_routing)
 
     def _setup_socket_lb(self) -> None:
         """Socket-LB on the node's cgroup (--cgroup-root, --bpf-lb-sock, as upstream's), else

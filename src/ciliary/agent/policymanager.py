@@ -44,6 +44,7 @@ from ciliary.core.models import (
     RuleReference,
     ServiceInfo,
 )
+from ciliary.core.proxyports import ProxyPorts
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
@@ -55,7 +56,14 @@ from ciliary.policy.fqdn import DNSCache
 from ciliary.policy.identity import RESERVED_LABELS, Identity, cidr_identity
 from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef
 from ciliary.policy.repository import Repository
-from ciliary.policy.resolve import EndpointPolicy, Mode, NamedPorts, compute, merge_named_ports
+from ciliary.policy.resolve import (
+    EndpointPolicy,
+    Mode,
+    NamedPorts,
+    compute,
+    merge_named_ports,
+    with_proxy_ports,
+)
 from ciliary.policy.selectorcache import SelectorCache, cidr_blocks
 from ciliary.policy.services import ServiceEndpoints
 
@@ -102,6 +110,7 @@ class PolicyManager:
         identity_labels: Callable[[int], tuple[str, ...] | None],
         all_identities: Callable[[], Iterable[tuple[int, tuple[str, ...]]]],
         fqdns: DNSCache | None = None,
+        proxy_ports: ProxyPorts | None = None,
     ) -> None:
         self._dp = datapath
         self._saved = saved / SAVED_POLICIES if saved is not None else None
@@ -121,6 +130,8 @@ class PolicyManager:
         """Every toServices entry of the repository's policies (what a Service change can
         affect)."""
         self.fqdns = fqdns if fqdns is not None else DNSCache()
+        self._proxy_ports = proxy_ports
+        """The node's L7 proxies: L7 entries get their ports (None: allowed at L4)."""
         """The DNS answers toFQDNs rules select IPs from (``--tofqdns-pre-cache``, expiry)."""
         self._fqdn_entries: list[FQDNSelector] = []
         """Every toFQDNs entry of the repository's policies."""
@@ -381,11 +392,14 @@ class PolicyManager:
         labels = self._labels_of(ep.identity) or reserved
         # As Cilium in Kubernetes mode (allow-localhost=always): the node itself always reaches
         # its pods (kubelet probes); deny rules still win over it.
-        return compute(
+        pol = compute(
             self.repo, self.cache, Identity.of(ep.identity, labels),
             named_ports=named_ports or {}, remote_named_ports=self._remote_ports,
             mode=self._mode, allow_localhost=True, services=self.services, fqdns=self.fqdns,
         )  # fmt: skip
+        if self._proxy_ports is None:
+            return pol
+        return with_proxy_ports(pol, self._proxy_ports)
 
     def realize(
         self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None
@@ -395,7 +409,7 @@ class PolicyManager:
         if pol.ingress_enforced or pol.egress_enforced:
             desired = {
                 PolicyKey(k.identity, k.egress, k.protocol, k.port, k.port_prefix): PolicyValue(
-                    e.deny, self._cookie(e.derived_from)
+                    e.deny, self._cookie(e.derived_from), e.proxy_port
                 )
                 for k, e in pol.entries.items()
             }
@@ -495,6 +509,7 @@ class PolicyManager:
             rules=[rule_reference(r) for r in sorted(entry.derived_from)],
             packets=packets,
             bytes=nbytes,
+            proxy_port=entry.proxy_port,
         )
 
     def identity_of_address(self, addr: str) -> int:

@@ -602,6 +602,7 @@ class PolicyMapEntry(_Model):
     rules: list[RuleReference]
     packets: int = 0
     bytes: int = 0
+    proxy_port: int = Field(0, description="the L7 proxy the traffic goes to (0: none)")
 
 
 class EndpointPolicyStatus(_Model):

@@ -177,10 +177,13 @@ class RuleRef:
 @dataclass(frozen=True, slots=True)
 class MapEntry:
     """What a key does: allow or deny, and the rules that put it there (empty for the allow-all
-    entry of a direction that is not enforced)."""
+    entry of a direction that is not enforced). ``proxy_port`` (host order, 0 = none): an allow
+    whose traffic goes to the node's L7 proxy listening there (upstream's ``ProxyPort``; set by
+    :func:`ciliary.policy.resolve.with_proxy_ports`)."""
 
     deny: bool
     derived_from: frozenset[RuleRef] = frozenset()
+    proxy_port: int = 0
 
 
 class MapStateBuilder:

@@ -71,9 +71,15 @@ L7 rules (``rules: {dns|http|...}``, :mod:`.l7`)
     proxy that entry's traffic goes to allows; an L3/L4-only rule on the same entry, or on the
     same port for every peer, makes it allow every request, as upstream's wildcard L7 rule).
 
+L7 rules (:mod:`.l7`)
+    An allow entry some rule sends to a proxy is in :attr:`EndpointPolicy.l7`;
+    :func:`with_proxy_ports` (the agent's, which knows the node's proxy ports) gives it the
+    port of the proxy that serves its kind, which the datapath redirects the connection to.
+    Without it (or for a kind no proxy serves) the entry allows at L4 and is reported.
+
 Not implemented yet (reported in :attr:`EndpointPolicy.unsupported`, so the agent can warn)
     ``from/toNodes``, ``from/toGroups`` and CIDR group references
-    select nothing; L7 rules (and SNI, TLS, listeners) are allowed at L4, without the proxy;
+    select nothing; SNI, TLS interception and listeners are allowed at L4, without the proxy;
     ``authentication`` is not enforced.
 
 The result is cached per (subject labels, repository revision, selector cache and its version,
@@ -84,10 +90,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
+from ciliary.core.proxyports import ProxyPorts
 from ciliary.policy.api.model import L7Rules, PeerRule, PortRule
 from ciliary.policy.api.selector import Requirement, Selector
 from ciliary.policy.explain import PolicyRef
@@ -120,7 +127,10 @@ from ciliary.policy.selectorcache import (
 )
 from ciliary.policy.services import ServiceEndpoints
 
-__all__ = ["EndpointPolicy", "Mode", "NamedPorts", "compute", "merge_named_ports"]
+__all__ = [
+    "EndpointPolicy", "Mode", "NamedPorts", "compute", "l7_note", "merge_named_ports",
+    "with_proxy_ports",
+]  # fmt: skip
 
 Mode: TypeAlias = Literal["default", "always", "never"]
 NamedPorts: TypeAlias = Mapping[str, tuple[int, str]]
@@ -381,7 +391,7 @@ class _Resolver:
 
     def _note_l7(self, port_rule: PortRule, where: str) -> None:
         if port_rule.l7 is not None:
-            self.note(where, f"L7 {port_rule.l7.kind} rules are not enforced yet (allowed at L4)")
+            self.note(where, l7_note(port_rule.l7.kind))
         if port_rule.server_names:
             self.note(where, "serverNames (SNI) is not enforced yet (allowed at L4)")
         if port_rule.terminating_tls or port_rule.originating_tls:
@@ -420,6 +430,42 @@ def _allows_all(rules: L7Rules) -> bool:
     return not {"http": rules.http, "dns": rules.dns, "kafka": rules.kafka, "l7": rules.l7}[
         rules.kind
     ]
+
+
+def l7_note(kind: str) -> str:
+    """The note of a rule's L7 rules of ``kind`` until a proxy serves them
+    (:func:`with_proxy_ports` lifts it for the kinds the node's proxies serve)."""
+    return f"L7 {kind} rules are not enforced (no proxy serves them: allowed at L4)"
+
+
+def with_proxy_ports(policy: EndpointPolicy, ports: ProxyPorts) -> EndpointPolicy:
+    """``policy`` with its L7 entries redirected: each allow entry whose traffic some rule
+    sends to a proxy (:attr:`EndpointPolicy.l7`) gets the port of the node's proxy serving its
+    kind in its direction (DNS egress, HTTP either way: ``ciliary.core.proxyports``), as
+    upstream's ``ProxyPort`` in the policy map; the notes of the served kinds go. Kinds no
+    proxy serves (kafka, generic ``l7``, DNS on ingress) stay allowed at L4 and noted. The
+    same object when nothing changes (no L7 entry), so the computation's sharing holds."""
+    redirects: dict[MapKey, MapEntry] = {}
+    served: set[str] = set()
+    unserved: set[str] = set()
+    for key, l7 in policy.l7.items():
+        if key.protocol not in (PROTO_TCP, PROTO_UDP):
+            continue  # the proxies take TCP and UDP (protocol ANY's SCTP: allowed at L4)
+        port = ports.for_l7(l7.kind, key.egress)
+        entry = policy.entries.get(key)
+        if port is None or entry is None or entry.deny:
+            unserved.add(l7.kind)
+            continue
+        served.add(l7.kind)
+        if entry.proxy_port != port:
+            redirects[key] = replace(entry, proxy_port=port)
+    lifted = {l7_note(kind) for kind in served - unserved}
+    notes = tuple(n for n in policy.unsupported if not any(n.endswith(f": {x}") for x in lifted))
+    if not redirects and notes == policy.unsupported:
+        return policy
+    entries = dict(policy.entries)
+    entries.update(redirects)
+    return replace(policy, entries=MappingProxyType(entries), unsupported=notes)
 
 
 def _resolve(ports: NamedPorts, item: _NamedPort) -> tuple[int, int] | None:

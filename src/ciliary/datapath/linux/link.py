@@ -444,3 +444,40 @@ def delete_node_route(prefix: IPv4Network | IPv6Network) -> None:
         except NetlinkError as err:
             if err.code != errno.ESRCH:
                 raise LinkError(f"delete route {prefix}: {os.strerror(err.code)}") from err
+
+
+PROXY_ROUTE_TABLE = 2004
+"""Upstream's ``linux_defaults.RouteTableToProxy``: local delivery of packets to the L7 proxy."""
+PROXY_RULE_PRIORITY = 9
+"""Upstream's ``RulePriorityToProxyIngress``: before the main table (priority 32766)."""
+MARK_MAGIC_TO_PROXY = 0x0200
+MARK_MAGIC_HOST_MASK = 0x0F00
+
+
+def ensure_proxy_routing() -> None:
+    """Policy routing of the packets bpf_lxc hands to an L7 proxy's socket (bpf/lib/proxy.h),
+    in the calling thread's netns, both families, idempotent: ``ip rule add fwmark
+    0x200/0xf00 lookup 2004 pref 9`` and ``ip route replace local default dev lo table 2004``,
+    as upstream's BPF TPROXY setup. Whatever their destination (the pod's original one), such
+    packets are delivered locally, where the socket bpf_sk_assign chose takes them."""
+    with _ipr() as ipr:
+        lo = _index(ipr, "lo")
+        if lo is None:
+            raise LinkError("proxy routing: no loopback device in the node netns")
+        for family, default in ((socket.AF_INET, "0.0.0.0/0"), (socket.AF_INET6, "::/0")):
+            present = any(
+                rule.get_attr("FRA_TABLE") == PROXY_ROUTE_TABLE
+                and rule.get_attr("FRA_PRIORITY") == PROXY_RULE_PRIORITY
+                and rule.get_attr("FRA_FWMARK") == MARK_MAGIC_TO_PROXY
+                for rule in ipr.get_rules(family=family)
+            )
+            if not present:
+                _netlink(
+                    f"proxy rule (family {family})", ipr.rule, "add", family=family,
+                    table=PROXY_ROUTE_TABLE, priority=PROXY_RULE_PRIORITY,
+                    fwmark=MARK_MAGIC_TO_PROXY, fwmask=MARK_MAGIC_HOST_MASK,
+                )  # fmt: skip
+            _netlink(
+                f"proxy route {default}", ipr.route, "replace", family=family, dst_len=0,
+                type="local", scope=254, table=PROXY_ROUTE_TABLE, oif=lo,
+            )  # fmt: skip

@@ -16,6 +16,7 @@ from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_
 
 __all__ = [
     "CT_F_LOOPBACK",
+    "CT_F_PROXY_REDIRECT",
     "CT_F_REPLY_REPORTED",
     "CT_F_REPLY_SEEN",
     "CT_F_RX_CLOSING",
@@ -37,6 +38,9 @@ CT_F_VIA_STACK = 0x10
 CT_F_LOOPBACK = 0x20
 """A hairpinned service connection (the pod was its own backend): its source was rewritten to
 the loopback address 169.254.42.1 or fe80::1, the reply goes back to the pod (bpf/lib/lb.h)."""
+CT_F_PROXY_REDIRECT = 0x40
+"""The connection goes through the node's L7 proxy on the entry's ``proxy_port``
+(bpf/lib/proxy.h)."""
 CT_SCOPE_SERVICE = 1
 """``ct_key.scope`` of a service entry (bpf/lib/lb.h): keyed on the tuple the client sent to a
 frontend, it remembers the connection's backend; connection entries have scope 0."""
@@ -77,7 +81,7 @@ class CTEntryC(ctypes.Structure):
         ("rx_flags_seen", ctypes.c_uint8),
         ("flags", ctypes.c_uint16),
         ("rev_nat_index", ctypes.c_uint16),
-        ("pad", ctypes.c_uint16),
+        ("proxy_port", ctypes.c_uint16),
         ("backend_id", ctypes.c_uint32),
         ("pad2", ctypes.c_uint32),
     ]

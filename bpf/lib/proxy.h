@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Redirect to the node's L7 proxies, as Cilium's BPF TPROXY path (bpf/lib/proxy.h upstream,
+ * ctx_redirect_to_proxy_ingress4/6): a connection whose policy entry carries a proxy port is
+ * handed to the proxy's socket in the node netns with bpf_sk_assign, the packet unchanged, so
+ * the proxy sees the original destination as its socket's local address (UDP: in
+ * IP_RECVORIGDSTADDR). The socket: the established one of the packet's own tuple first (a
+ * connection the proxy already accepted), else the listener on (0.0.0.0 | ::, proxy_port).
+ * Neither: DROP_PROXY_LOOKUP_FAILED (fail closed, no proxy listening); a refused assign:
+ * DROP_PROXY_SET_FAILED. The packet then goes up the node stack with MARK_MAGIC_TO_PROXY |
+ * port << 16, which the agent's policy routing (fwmark 0x200/0xf00 → table 2004, local
+ * default route: agent/proxyrouting.py) delivers locally whatever its destination.
+ *
+ * The proxy speaks to the destination as the pod: a transparent socket bound to the pod's
+ * address *and port* (the redirected connection's tuple), so the destination's replies match
+ * the connection's conntrack entry as replies; proxy_reply() hands them to that socket (the
+ * established lookup alone) instead of delivering them to the pod. The proxy's own packets
+ * never pass cil_from_container, so they are not redirected again. */
+#ifndef __CILIARY_PROXY_H
+#define __CILIARY_PROXY_H
+#include "common.h"
+#include "parse.h"
+
+#define MARK_MAGIC_HOST_MASK 0x0F00
+#define MARK_MAGIC_TO_PROXY 0x0200
+
+/* The tuple of a socket lookup in the node netns: the packet's own (listener_port 0) or the
+ * proxy's listener (wildcard address, listener_port, network order). Returns its length. */
+static __always_inline __u32 proxy_tuple(struct bpf_sock_tuple *t, const struct pkt *p,
+					 __be16 listener_port)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	if (p->family == AF_INET4) {
+		if (listener_port) {
+			t->ipv4.dport = listener_port;
+		} else {
+			__builtin_memcpy(&t->ipv4.saddr, p->saddr, 4);
+			__builtin_memcpy(&t->ipv4.daddr, p->daddr, 4);
+			t->ipv4.sport = bpf_htons(p->sport);
+			t->ipv4.dport = bpf_htons(p->dport);
+		}
+		return sizeof(t->ipv4);
+	}
+	if (listener_port) {
+		t->ipv6.dport = listener_port;
+	} else {
+		__builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+		__builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
+		t->ipv6.sport = bpf_htons(p->sport);
+		t->ipv6.dport = bpf_htons(p->dport);
+	}
+	return sizeof(t->ipv6);
+}
+
+/* Whether a connection of this protocol can go through a proxy. */
+static __always_inline int proxy_proto_ok(const struct pkt *p)
+{
+	return p->has_l4 && !p->has_related &&
+	       (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP);
+}
+
+/* Assigns the packet to the proxy's socket: listener_port (network order) 0 looks for the
+ * established socket of the packet's tuple only (a reply to the proxy's upstream socket).
+ * Returns 0 or -DROP_PROXY_*; the caller returns TC_ACT_OK (up the node stack). */
+static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt *p,
+					__be16 listener_port)
+{
+	struct bpf_sock_tuple t;
+	__u32 len;
+	long err;
+	if (p->proto == IPPROTO_TCP) {
+		/* the connection's own socket (accepted by the proxy, or its upstream one for a
+		 * reply); a listener found on the original port is not the proxy */
+		len = proxy_tuple(&t, p, 0);
+		struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (sk && sk->state == BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			sk = 0;
+		}
+		if (!sk && listener_port) {
+			len = proxy_tuple(&t, p, listener_port);
+			sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		}
+		if (!sk)
+			return -DROP_PROXY_LOOKUP_FAILED;
+		err = bpf_sk_assign(skb, sk, 0);
+		bpf_sk_release(sk);
+	} else {
+		/* a request goes to the listener (an unconnected socket on the original port in the
+		 * node netns is not the proxy's); a reply to the proxy's upstream socket */
+		len = proxy_tuple(&t, p, listener_port);
+		struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -DROP_PROXY_LOOKUP_FAILED;
+		err = bpf_sk_assign(skb, sk, 0);
+		bpf_sk_release(sk);
+	}
+	if (err)
+		return -DROP_PROXY_SET_FAILED;
+	skb->mark = MARK_MAGIC_TO_PROXY | ((__u32)listener_port << 16);
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return 0;
+}
+#endif

@@ -1,0 +1,307 @@
+"""The L7 proxy redirect with real packets (bpf/lib/proxy.h, issue #15 Build 2): a real agent in a
+node netns, two pods added through the CNI plugin, a policy whose egress rules carry L7 rules.
+
+The agent writes its proxies' ports (``cilium-http-egress``, ``cilium-dns-egress``) into the
+client's policy map: asserted through its API. The datapath part is then tested against a test
+listener that stands in for the proxies (the agent's own proxies, once they run, hold their
+ports): the redirecting entries are pointed at the listener's ports in the pinned map, and the
+listener, bound with IP_TRANSPARENT in the node netns, answers what it saw.
+
+Asserted: the pod's TCP connection and UDP query to a port with an L7 rule reach it unchanged
+(its local address / IP_RECVORIGDSTADDR is the original destination, the web pod's address and
+port) and its answers come back to the pod from that destination; its upstream connection to the
+web pod made as the pod (IP_TRANSPARENT, bound to the pod's address and port) gets the web pod's
+replies; a port without L7 rules reaches the web pod itself; without a listener the connection
+is dropped (fail closed) and Hubble names the reason (178, SOCKET_LOOKUP_FAILED).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ciliary.datapath.libbpf import Map
+from ciliary.datapath.maps.policy import EndpointPolicyMap
+
+from .conftest import (
+    PIN_ROOT,
+    PYTHON,
+    RUN_ROOT,
+    VENV_BIN,
+    NodeAgent,
+    Pods,
+    node_agent,
+    run_plugin,
+    unique,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+V4_RANGE = "10.231.0.0/24"
+TEST_TCP_PORT, TEST_UDP_PORT = 10901, 10902  # the stand-in proxy's (free in a fresh node netns)
+NO_PROXY_PORT = 10903
+
+POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: GET}]}
+    - ports: [{port: "53", protocol: UDP}]
+      rules: {dns: [{matchPattern: "*"}]}
+    - ports: [{port: "8080", protocol: TCP}]
+"""
+
+# The stand-in proxy: transparent TCP and UDP listeners; each answer names the original
+# destination it saw (the accepted socket's local address; the datagram's IP_RECVORIGDSTADDR,
+# answered from that address as a transparent socket bound to it).
+LISTENER = r"""
+import select, socket, struct, sys
+IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20
+t = socket.socket()
+t.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", int(sys.argv[1])))
+t.listen(8)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+u.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+u.bind(("0.0.0.0", int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    ready, _, _ = select.select([t, u], [], [])
+    if t in ready:
+        c, peer = t.accept()
+        local = c.getsockname()
+        # upstream as the pod: its address and port, to the original destination
+        up = socket.socket()
+        up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        up.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        up.settimeout(2)
+        up.bind(peer)
+        try:
+            up.connect(local)
+            answer = up.recv(200).decode()
+        except OSError as err:
+            answer = f"error {type(err).__name__}"
+        up.close()
+        c.sendall(f"proxy tcp {local[0]}:{local[1]} from {peer[0]}, upstream: {answer}".encode())
+        c.close()
+    if u in ready:
+        data, anc, _, peer = u.recvmsg(512, 256)
+        orig = None
+        for level, kind, raw in anc:
+            if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
+                orig = (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(orig)
+        s.sendto(f"proxy udp {orig[0]}:{orig[1]} from {peer[0]}".encode(), peer)
+        s.close()
+"""
+
+# The web pod's servers: 80 (behind the L7 rule: what the proxy's upstream connection reaches)
+# and 8080 (no L7 rule: never redirected); each answer names the peer it saw.
+WEB_SERVER = r"""
+import select, socket
+servers = []
+for port in (80, 8080):
+    t = socket.socket()
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("0.0.0.0", port))
+    t.listen(8)
+    servers.append(t)
+print("ready", flush=True)
+while True:
+    for t in select.select(servers, [], [])[0]:
+        c, peer = t.accept()
+        c.sendall(f"web pod {t.getsockname()[1]} from {peer[0]}".encode())
+        c.close()
+"""
+
+# A pod's client: one TCP connection or one UDP query on a connected socket (so only an answer
+# from the address asked is accepted); prints the answer, or the error.
+CLIENT = r"""
+import socket, sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if kind == "tcp":
+        s = socket.create_connection((host, port), timeout=2)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        s.send(b"query")
+    print(s.recv(200).decode())
+except OSError as err:
+    print(f"error {type(err).__name__}")
+"""
+
+
+def _netns_exec(netns: str, script: str, *args: str) -> str:
+    res = subprocess.run(
+        ["ip", "netns", "exec", netns, PYTHON, "-c", script, *args],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    return res.stdout.strip()
+
+
+def _serve(netns: str, script: str, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, PYTHON, "-c", script, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise AssertionError(f"server did not start: {line!r} {proc.communicate(timeout=10)[1]!r}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.communicate(timeout=10)
+
+
+class Node:
+    """The agent, its two pods and their addresses."""
+
+    def __init__(self, agent: NodeAgent, pods: Pods) -> None:
+        self.agent = agent
+        self.conf = {"cniVersion": "1.0.0", "name": "ciliary", "type": "ciliary-cni",
+                     "node": agent.node}  # fmt: skip
+        self.added: list[tuple[str, str]] = []
+        self.client_ns, self.client_ip, self.client_ep = self._add(pods, "client")
+        self.web_ns, self.web_ip, _ = self._add(pods, "web")
+
+    def _add(self, pods: Pods, app: str) -> tuple[str, str, int]:
+        cid = unique("c")
+        name, path = pods.new()
+        conf = {**self.conf, "args": {"cni": {"labels": [{"key": "app", "value": app}]}}}
+        run = run_plugin("ADD", conf, container_id=cid, netns=path,
+                         args=f"K8S_POD_NAME={app};K8S_POD_NAMESPACE=default")  # fmt: skip
+        assert run.rc == 0, str(run)
+        self.added.append((cid, path))
+        ip = next(i["address"].split("/")[0] for i in run.json["ips"] if "." in i["address"])
+        with self.agent.client() as cl:
+            ep = next(e.id for e in cl.endpoints() if e.container_id == cid)
+        return name, ip, ep
+
+    def cleanup(self) -> None:
+        for cid, path in self.added:
+            run_plugin("DEL", self.conf, container_id=cid, netns=path)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    pods = Pods()
+    with node_agent(tmp_path_factory.mktemp("proxy-agent"), V4_RANGE, None) as agent:
+        n = Node(agent, pods)
+        try:
+            with agent.client() as cl:
+                cl.policy_import(POLICY, "client-l7.yaml")
+            yield n
+        finally:
+            n.cleanup()
+            pods.cleanup()
+
+
+def _proxy_ports(node: Node) -> dict[tuple[str, str], int]:
+    """(protocol, ports) → proxy port of the client's policy map entries that redirect."""
+    with node.agent.client() as cl:
+        entries = cl.endpoint_policy(node.client_ep).entries
+    return {(e.protocol, e.ports): e.proxy_port for e in entries if e.proxy_port}
+
+
+def _point_to(node: Node, tcp_port: int, udp_port: int) -> None:
+    """Point the client's redirecting policy map entries at other listener ports."""
+    inner = EndpointPolicyMap(
+        Map.from_pin(PIN_ROOT / node.agent.node / f"ciliary_policy_{node.client_ep}")
+    )
+    try:
+        for key, value in inner.current().items():
+            if value.proxy_port:
+                port = tcp_port if key.protocol == 6 else udp_port
+                inner.upsert(key, replace(value, proxy_port=port))
+    finally:
+        inner.close()
+
+
+def _hubble(node: Node, *flags: str) -> list[dict[str, Any]]:
+    sock = Path(RUN_ROOT) / node.agent.node / "hubble.sock"
+    res = subprocess.run(
+        [str(VENV_BIN / "ciliary"), "observe", "--server", f"unix://{sock}", "--last", "2000",
+         "-o", "jsonpb", *flags],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node) -> None:
+    ports = _proxy_ports(node)
+    # the policy map names the node's proxies for the L7 ports only (8080 has none)
+    assert set(ports) == {("TCP", "80"), ("UDP", "53")}
+    with node.agent.client() as cl:
+        status = cl.endpoint_policy(node.client_ep)
+    assert not any("L7" in note for note in status.unsupported)
+    assert ports["TCP", "80"] != ports["UDP", "53"]  # cilium-http-egress, cilium-dns-egress
+    _point_to(node, TEST_TCP_PORT, TEST_UDP_PORT)
+    listener = _serve(node.agent.netns, LISTENER, str(TEST_TCP_PORT), str(TEST_UDP_PORT))
+    web = _serve(node.web_ns, WEB_SERVER)
+    try:
+        seen = _netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "80")
+        # ... and the proxy's upstream connection as the pod (same tuple) gets its replies
+        assert seen == (
+            f"proxy tcp {node.web_ip}:80 from {node.client_ip},"
+            f" upstream: web pod 80 from {node.client_ip}"
+        )
+        seen = _netns_exec(node.client_ns, CLIENT, "udp", node.web_ip, "53")
+        assert seen == f"proxy udp {node.web_ip}:53 from {node.client_ip}"
+        # a port without L7 rules is not redirected: the web pod answers
+        seen = _netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "8080")
+        assert seen == f"web pod 8080 from {node.client_ip}"
+    finally:
+        _stop(listener)
+        _stop(web)
+    # the redirect is traced at the to-proxy observation point
+    to_proxy = [
+        f for f in _hubble(node, "--from-ip", node.client_ip)
+        if f.get("trace_observation_point") == "TO_PROXY"
+        and f["IP"]["destination"] == node.web_ip
+    ]  # fmt: skip
+    assert {f["l4"].get("TCP", f["l4"].get("UDP"))["destination_port"] for f in to_proxy} >= {
+        80,
+        53,
+    }
+
+
+def test_without_a_proxy_listening_the_connection_is_dropped(node: Node) -> None:
+    _point_to(node, NO_PROXY_PORT, NO_PROXY_PORT)
+    assert _netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "80").startswith("error")
+
+    def dropped() -> list[dict[str, Any]]:
+        return [
+            f for f in _hubble(node, "--verdict", "DROPPED", "--from-ip", node.client_ip)
+            if f.get("drop_reason_desc") == "SOCKET_LOOKUP_FAILED"
+            and f["IP"]["destination"] == node.web_ip
+        ]  # fmt: skip
+
+    deadline = time.monotonic() + 15
+    while not dropped():
+        assert time.monotonic() < deadline, "no SOCKET_LOOKUP_FAILED drop in Hubble"
+        time.sleep(0.2)
