@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ciliary.agent import envoyconfig as cfg
+from ciliary.agent.accesslog import AccessLogReader, HTTPAccess
 from ciliary.agent.envoy import EnvoyConfigWriter, EnvoyPaths, EnvoyProcess
 from ciliary.core.flow import ReservedIdentity
 from ciliary.core.proxyports import HTTP_EGRESS, HTTP_INGRESS, ProxyPorts
@@ -128,6 +129,14 @@ def _merged(peers: list[cfg.PeerHTTPRules]) -> tuple[cfg.PeerHTTPRules, ...]:
     )
 
 
+def _log_access(rec: HTTPAccess) -> None:
+    """Until Hubble takes L7 records: the agent's debug log."""
+    log.debug(
+        "http %s ep%d %s %s %s -> %d %s (%.1f ms)", rec.direction, rec.endpoint_id, rec.method,
+        rec.url, rec.protocol, rec.code, rec.verdict, rec.latency_ns / 1e6,
+    )  # fmt: skip
+
+
 def _key_order(key: MapKey) -> tuple[int, bool, int]:
     return (key.port, key.egress, key.identity)
 
@@ -144,6 +153,7 @@ class NodeEnvoy:
         ipcache: Callable[[], Iterable[tuple[str, int]]],
         *,
         ipv6: bool = False,
+        on_access: Callable[[HTTPAccess], None] | None = None,
     ) -> None:
         self.paths = EnvoyPaths(root)
         self.ports = ports
@@ -151,6 +161,7 @@ class NodeEnvoy:
         self._ipcache = ipcache
         self.writer = EnvoyConfigWriter(self.paths, ipv6=ipv6)
         self.process = EnvoyProcess(node, self.paths)
+        self.access_log = AccessLogReader(self.paths.access_log, on_access or _log_access)
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
         self._running = False
@@ -177,6 +188,7 @@ class NodeEnvoy:
                 await self._pending
         if self.process.pid is not None:
             await self.process.stop()
+        self.access_log.stop()
 
     def sync(self) -> int:
         """Recompute and write the node's proxy configuration; returns how many listeners it
@@ -192,6 +204,7 @@ class NodeEnvoy:
 
     async def _reconcile(self) -> None:
         if self.sync() and self.process.pid is None:
+            self.access_log.start()  # before Envoy opens it (its open must not wait)
             await self.process.start()  # reads the files just written
 
     def changed(self) -> None:

@@ -1,0 +1,106 @@
+"""Envoy's access log lines into typed records (agent/accesslog.py): fields, verdicts, and the
+pipe reader counting what it cannot parse instead of failing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import pytest
+
+from ciliary.agent.accesslog import AccessLogReader, HTTPAccess, parse_line
+
+LINE = {
+    "start_time": "1796480301.736302",
+    "method": "PUT",
+    "path": "/v1/exhaust-port",
+    "authority": "deathstar.default.svc.cluster.local",
+    "protocol": "HTTP/1.1",
+    "code": 403,
+    "details": "rbac_access_denied_matched_policy[none]",
+    "flags": "-",
+    "grpc_status": None,
+    "duration_us": 149,
+    "source": "[fd00::3]:41000",
+    "destination": "[fd00::2]:80",
+    "chain": "ep12-ingress-80",
+    "request_id": "-",
+    "user_agent": "curl/8",
+}
+
+
+def test_a_denied_request() -> None:
+    rec = parse_line(json.dumps(LINE))
+    assert rec == HTTPAccess(
+        time_ns=1_796_480_301_736_302_000,
+        endpoint_id=12,
+        direction="ingress",
+        source=(IPv6Address("fd00::3"), 41000),
+        destination=(IPv6Address("fd00::2"), 80),
+        method="PUT",
+        url="http://deathstar.default.svc.cluster.local/v1/exhaust-port",
+        protocol="HTTP/1.1",
+        code=403,
+        verdict="DROPPED",
+        latency_ns=149_000,
+        details="rbac_access_denied_matched_policy[none]",
+        user_agent="curl/8",
+    )
+
+
+def test_forwarded_error_and_grpc() -> None:
+    ok = parse_line(json.dumps({**LINE, "code": 503, "details": "upstream_reset", "chain":
+                                "ep3-egress-8080", "source": "10.0.0.3:5", "destination":
+                                "10.0.0.2:8080"}))  # fmt: skip
+    assert (ok.verdict, ok.direction, ok.source) == (
+        "FORWARDED",
+        "egress",
+        (IPv4Address("10.0.0.3"), 5),
+    )
+    none = parse_line(json.dumps({**LINE, "code": 0, "details": "downstream_remote_disconnect"}))
+    assert none.verdict == "ERROR"
+    grpc = parse_line(json.dumps({**LINE, "code": 200, "grpc_status": 7, "protocol": "HTTP/2"}))
+    assert (grpc.grpc_status, grpc.verdict) == (7, "DROPPED")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not json",
+        "[1]",
+        json.dumps({**LINE, "chain": "other"}),
+        json.dumps({**LINE, "source": "x"}),
+        json.dumps({**LINE, "method": "-"}),
+    ],
+)
+def test_malformed_lines_name_the_problem(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_line(bad)
+
+
+def test_the_pipe_reader_parses_lines_and_counts_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    path.write_text("a regular file left by an earlier run\n")
+    got: list[HTTPAccess] = []
+
+    async def run() -> AccessLogReader:
+        reader = AccessLogReader(path, got.append)
+        reader.start()
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # as Envoy: a writer of the pipe
+        line = json.dumps(LINE).encode()
+        os.write(fd, line[:40])
+        os.write(fd, line[40:] + b"\n{broken\n\n" + line + b"\n")
+        os.close(fd)  # a writer gone (Envoy restarting) is no end of the reader
+        for _ in range(100):
+            if reader.records + reader.malformed >= 3:
+                break
+            await asyncio.sleep(0.01)
+        reader.stop()
+        return reader
+
+    reader = asyncio.run(run())
+    assert (reader.records, reader.malformed, len(got)) == (2, 1, 2)
+    assert got[0].url.endswith("/v1/exhaust-port")
