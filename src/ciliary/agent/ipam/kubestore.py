@@ -11,7 +11,7 @@ The IPAM protocol is synchronous (the endpoint manager calls it inline, as it ca
 store under its lock), while the one Kubernetes client is asyncio: the datastore runs its own
 client and informers on an event loop in a thread of its own and the synchronous calls wait for
 them there. A call is one round trip on the node's loopback to the API server; the agent's loop
-is held for that time, as it was for the file store's lock and fsync.
+is held for that time, as it was for the file store's lock and write.
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ IFF_UP = 0x1
 IFF_NOARP = 0x80
 IFA_F_NODAD = 0x02
 RT_SCOPE_LINK = 253
+LOOPBACK_INDEX = 1
+"""``lo`` is the first interface of every network namespace (the kernel registers it first)."""
 HOST_DEVICE = "ciliary_host"
 HOST_PEER = "ciliary_net"
 TUNNEL_DEVICE = "ciliary_vxlan"
@@ -135,78 +137,78 @@ def create_pod_interface(
     router_v6: IPv6Address | None,
     mtu: int = 1500,
 ) -> PodInterface:
-    """Create and configure the veth pair of one pod attachment; returns what was made."""
+    """Create and configure the veth pair of one pod attachment; returns what was made.
+
+    Few round trips, because each is most of a millisecond of pyroute2 and this is on every
+    CNI ADD's path: the pair is made with its peer already in the pod's netns under its final
+    name and MTU and the node side up (no temporary name, move and rename), interfaces are
+    fetched by name in one request each (their index and MAC together), and ``lo`` is index 1
+    in every netns."""
     lxc = lxc_name(container_id, ifname)
-    tmp = "tmp" + lxc[len(LXC_PREFIX) :]
     if not Path(netns_path).exists():
         raise NetnsNotFoundError(f"network namespace {netns_path} does not exist")
     with _ipr() as ipr:
-        for stale in (lxc, tmp):
-            idx = _index(ipr, stale)
-            if idx is not None:
-                _netlink(f"delete stale {stale}", ipr.link, "del", index=idx)
-        _netlink(
-            f"create veth {lxc}", ipr.link, "add", ifname=lxc, kind="veth", peer={"ifname": tmp}
-        )
-        lxc_idx = _index(ipr, lxc)
-        tmp_idx = _index(ipr, tmp)
-        if lxc_idx is None or tmp_idx is None:
-            raise LinkError(f"veth {lxc} vanished right after creation")
+        _delete_if_present(ipr, lxc)  # a retried ADD after a crash half-way
         fd = os.open(netns_path, os.O_RDONLY)
         try:
-            _netlink(f"move {tmp} to {netns_path}", ipr.link, "set", index=tmp_idx, net_ns_fd=fd)
+            ipr.link(
+                "add", ifname=lxc, kind="veth", mtu=mtu, state="up",
+                peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu},
+            )  # fmt: skip
+        except NetlinkError as err:
+            if err.code == errno.EEXIST:
+                raise LinkError(f"interface {ifname} already exists in {netns_path}") from err
+            raise LinkError(f"create veth {lxc}: {os.strerror(err.code)}") from err
         finally:
             os.close(fd)
-        _netlink(f"set {lxc} up", ipr.link, "set", index=lxc_idx, mtu=mtu, state="up")
-        node_mac = str(_attr(ipr.link("get", index=lxc_idx)[0], "IFLA_ADDRESS"))
+        node_link = _get(ipr, lxc)
+        if node_link is None:
+            raise LinkError(f"veth {lxc} vanished right after creation")
+        lxc_idx = int(node_link["index"])
+        node_mac = str(_attr(node_link, "IFLA_ADDRESS"))
 
-    with _ipr(netns_path) as pr:
-        if _index(pr, ifname) is not None:
-            raise LinkError(f"interface {ifname} already exists in {netns_path}")
-        pidx = _index(pr, tmp)
-        if pidx is None:
-            raise LinkError(f"veth peer {tmp} did not arrive in {netns_path}")
-        _netlink(f"rename {tmp} to {ifname}", pr.link, "set", index=pidx, ifname=ifname, mtu=mtu)
-        # No DAD on the pod's point-to-point link: a tentative link-local would delay the
-        # node's neighbour discovery for a freshly started pod by seconds.
-        write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
-        _netlink(f"set {ifname} up", pr.link, "set", index=pidx, state="up")
-        lo = _index(pr, "lo")
-        if lo is not None:
-            _netlink("set lo up", pr.link, "set", index=lo, state="up")
-        if ipv4 is not None and router_v4 is not None:
-            _netlink(f"add {ipv4}", pr.addr, "add", index=pidx, address=str(ipv4), prefixlen=32)
-            _netlink(
-                f"route to {router_v4}", pr.route, "add",
-                dst=f"{router_v4}/32", oif=pidx, scope=RT_SCOPE_LINK,
-            )  # fmt: skip
-            _netlink("default route", pr.route, "add", dst="0.0.0.0/0", gateway=str(router_v4))
-            _netlink(
-                f"neighbour {router_v4}", pr.neigh, "add",
-                dst=str(router_v4), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
-            )  # fmt: skip
-        if ipv6 is not None and router_v6 is not None:
-            _netlink(
-                f"add {ipv6}", pr.addr, "add",
-                index=pidx, address=str(ipv6), prefixlen=128, flags=IFA_F_NODAD,
-            )  # fmt: skip
-            _netlink(
-                f"route to {router_v6}", pr.route, "add",
-                dst=f"{router_v6}/128", oif=pidx, family=socket.AF_INET6,
-            )  # fmt: skip
-            _netlink(
-                "default route v6", pr.route, "add",
-                dst="::/0", gateway=str(router_v6), oif=pidx, family=socket.AF_INET6,
-            )  # fmt: skip
-            for neighbour in (router_v6, SERVICE_LOOPBACK_V6):
+        with _ipr(netns_path) as pr:
+            pod_link = _get(pr, ifname)
+            if pod_link is None:
+                raise LinkError(f"veth peer {ifname} did not arrive in {netns_path}")
+            pidx = int(pod_link["index"])
+            pod_mac = str(_attr(pod_link, "IFLA_ADDRESS"))
+            # No DAD on the pod's point-to-point link: a tentative link-local would delay the
+            # node's neighbour discovery for a freshly started pod by seconds.
+            write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+            _netlink(f"set {ifname} up", pr.link, "set", index=pidx, state="up")
+            _netlink("set lo up", pr.link, "set", index=LOOPBACK_INDEX, state="up")
+            if ipv4 is not None and router_v4 is not None:
+                _netlink(f"add {ipv4}", pr.addr, "add", index=pidx, address=str(ipv4), prefixlen=32)
                 _netlink(
-                    f"neighbour {neighbour}", pr.neigh, "add",
-                    dst=str(neighbour), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
-                    family=socket.AF_INET6,
+                    f"route to {router_v4}", pr.route, "add",
+                    dst=f"{router_v4}/32", oif=pidx, scope=RT_SCOPE_LINK,
                 )  # fmt: skip
-        pod_mac = str(_attr(pr.link("get", index=pidx)[0], "IFLA_ADDRESS"))
+                _netlink("default route", pr.route, "add", dst="0.0.0.0/0", gateway=str(router_v4))
+                _netlink(
+                    f"neighbour {router_v4}", pr.neigh, "add",
+                    dst=str(router_v4), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
+                )  # fmt: skip
+            if ipv6 is not None and router_v6 is not None:
+                _netlink(
+                    f"add {ipv6}", pr.addr, "add",
+                    index=pidx, address=str(ipv6), prefixlen=128, flags=IFA_F_NODAD,
+                )  # fmt: skip
+                _netlink(
+                    f"route to {router_v6}", pr.route, "add",
+                    dst=f"{router_v6}/128", oif=pidx, family=socket.AF_INET6,
+                )  # fmt: skip
+                _netlink(
+                    "default route v6", pr.route, "add",
+                    dst="::/0", gateway=str(router_v6), oif=pidx, family=socket.AF_INET6,
+                )  # fmt: skip
+                for neighbour in (router_v6, SERVICE_LOOPBACK_V6):
+                    _netlink(
+                        f"neighbour {neighbour}", pr.neigh, "add",
+                        dst=str(neighbour), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
+                        family=socket.AF_INET6,
+                    )  # fmt: skip
 
-    with _ipr() as ipr:
         if ipv4 is not None:
             _netlink(
                 f"host route {ipv4}", ipr.route, "replace",
@@ -218,6 +220,24 @@ def create_pod_interface(
                 dst=f"{ipv6}/128", oif=lxc_idx, family=socket.AF_INET6,
             )  # fmt: skip
     return PodInterface(lxc, lxc_idx, node_mac, ifname, pidx, pod_mac)
+
+
+def _get(ipr: Any, ifname: str) -> Any | None:
+    """The link named ``ifname`` (one request), None when there is none."""
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as err:
+        if err.code == errno.ENODEV:
+            return None
+        raise LinkError(f"get {ifname}: {os.strerror(err.code)}") from err
+
+
+def _delete_if_present(ipr: Any, ifname: str) -> None:
+    try:
+        ipr.link("del", ifname=ifname)
+    except NetlinkError as err:
+        if err.code != errno.ENODEV:
+            raise LinkError(f"delete stale {ifname}: {os.strerror(err.code)}") from err
 
 
 def delete_link(ifname: str) -> bool:
