@@ -9,15 +9,20 @@ Kubernetes object does.
 
 Selecting the rules that apply to an endpoint is the hot path (every regeneration asks), so rules
 are indexed by the namespace their subject selector requires (``CiliumNetworkPolicy`` and
-``NetworkPolicy`` subjects always carry one) and the answer is remembered per label set until the
-next change. A rule's subject is its ``endpointSelector`` for endpoints and its ``nodeSelector`` for
-the host endpoint (labels with ``reserved:host``); neither kind selects the other, as in Cilium's
-``rule.matchesSubject``.
+``NetworkPolicy`` subjects always carry one) and the answer is remembered per label set. A change
+forgets only the answers it can alter: those holding a rule of a replaced or deleted policy, and
+those a new rule's subject selects; the others stay, so one rule change at 10k endpoints does not
+make every endpoint look changed. Every answer also carries a token (:meth:`Repository.selection`):
+equal tokens mean the very same rules (policies are numbered as they are stored, numbers never
+reused), which is what lets the engine share one computed policy among all the identities that the
+same rules select. A rule's subject is its ``endpointSelector`` for endpoints and its
+``nodeSelector`` for the host endpoint (labels with ``reserved:host``); neither kind selects the
+other, as in Cilium's ``rule.matchesSubject``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import NamedTuple
 
 from ciliary.policy.api.labels import NAMESPACE_LABEL, SOURCE_ANY, SOURCE_K8S, LabelSet
@@ -48,14 +53,26 @@ def _subject_namespace(rule: Rule) -> str | None:
     return None
 
 
+class _Selection(NamedTuple):
+    """A remembered answer of :meth:`Repository.selection`, with what a change needs to know."""
+
+    rules: tuple[SelectedRule, ...]
+    token: tuple[tuple[int, int], ...]
+    label_set: LabelSet
+    is_node: bool
+
+
 class Repository:
     """Policies by key, with a revision. Not thread-safe (the agent calls it from its loop)."""
 
     def __init__(self) -> None:
         self._revision = 1
         self._policies: dict[str, Policy] = {}
+        self._serials: dict[str, int] = {}
+        """Per stored policy, the number it was stored under (a replaced policy gets a new one)."""
+        self._next_serial = 1
         self._by_namespace: dict[str | None, list[SelectedRule]] = {}
-        self._memo: dict[frozenset[str], tuple[SelectedRule, ...]] = {}
+        self._memo: dict[frozenset[str], _Selection] = {}
 
     @property
     def revision(self) -> int:
@@ -86,25 +103,37 @@ class Repository:
             if policy.key in seen:
                 raise ValueError(f"policy {policy.key} given twice in one replace")
             seen.add(policy.key)
+        gone = [self._serials[key] for key in seen if key in self._serials]
         for policy in policies:
             self._policies[policy.key] = policy
-        self._changed()
+            self._serials[policy.key] = self._next_serial
+            self._next_serial += 1
+        self._changed(gone, policies)
         return self._revision
 
     def delete(self, keys: Iterable[str]) -> int:
         """Remove the policies with these keys (unknown keys are ignored). The revision goes up
         if anything was removed. Returns the (possibly new) revision."""
-        removed = [key for key in set(keys) if self._policies.pop(key, None) is not None]
-        if removed:
-            self._changed()
+        gone = []
+        for key in set(keys):
+            if self._policies.pop(key, None) is not None:
+                gone.append(self._serials.pop(key))
+        if gone:
+            self._changed(gone, ())
         return self._revision
 
     def rules_for(self, labels: Iterable[str]) -> tuple[SelectedRule, ...]:
         """The rules whose subject selects an endpoint with these labels, in policy-key order."""
+        return self.selection(labels)[0]
+
+    def selection(self, labels: Iterable[str]) -> tuple[tuple[SelectedRule, ...], Hashable]:
+        """:meth:`rules_for` and its token: two label sets get equal tokens exactly when the
+        same stored rules select them (tokens of different revisions compare too: a policy
+        stored again is a new one)."""
         key = labels if isinstance(labels, frozenset) else frozenset(labels)
         found = self._memo.get(key)
         if found is not None:
-            return found
+            return found.rules, found.token
         label_set = LabelSet(key)
         is_node = LABEL_HOST in key
         candidates = list(self._by_namespace.get(None, ()))
@@ -121,16 +150,34 @@ class Repository:
                 key=lambda e: (e.policy.key, e.rule.index),
             )
         )
+        token = tuple((self._serials[s.policy.key], s.rule.index) for s in selected)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
-        self._memo[key] = selected
-        return selected
+        self._memo[key] = _Selection(selected, token, label_set, is_node)
+        return selected, token
 
-    def _changed(self) -> None:
+    def _changed(self, gone: Collection[int], added: Iterable[Policy]) -> None:
+        """A new revision: the index rebuilt, and the remembered selections that ``gone``
+        (serials of policies replaced or deleted) or the rules of ``added`` can alter
+        forgotten."""
         self._revision += 1
-        self._memo.clear()
         index: dict[str | None, list[SelectedRule]] = {}
         for policy in self._policies.values():
             for rule in policy.rules:
                 index.setdefault(_subject_namespace(rule), []).append(SelectedRule(policy, rule))
         self._by_namespace = index
+        new_rules = [rule for policy in added for rule in policy.rules]
+        if not self._memo:
+            return
+        gone_set = set(gone)
+        stale = [
+            labels
+            for labels, found in self._memo.items()
+            if any(serial in gone_set for serial, _ in found.token)
+            or any(
+                rule.is_host_policy == found.is_node and rule.subject.matches(found.label_set)
+                for rule in new_rules
+            )
+        ]
+        for labels in stale:
+            del self._memo[labels]

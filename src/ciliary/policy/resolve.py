@@ -82,8 +82,12 @@ Not implemented yet (reported in :attr:`EndpointPolicy.unsupported`, so the agen
     select nothing; SNI, TLS interception and listeners are allowed at L4, without the proxy;
     ``authentication`` is not enforced.
 
-The result is cached per (subject labels, repository revision, selector cache and its version,
-mode, named ports): recomputing an unchanged endpoint is a dictionary lookup.
+Results are shared and kept (:func:`compute`): one per set of selected rules (all the identities of
+a deployment, which differ only in labels no rule looks at, get the same object) and other inputs
+(mode, named ports, services, DNS answers), kept across repository revisions that do not change
+those rules and across identity changes that do not change the selections they used. Recomputing
+an unchanged endpoint is a dictionary lookup; after one rule change only the rule sets holding it
+are computed again.
 """
 
 from __future__ import annotations
@@ -483,7 +487,7 @@ def _resolve(ports: NamedPorts, item: _NamedPort) -> tuple[int, int] | None:
 
 def merge_named_ports(
     declarations: Iterable[tuple[int, NamedPorts]],
-) -> dict[int, NamedPorts]:
+) -> Mapping[int, NamedPorts]:
     """Named ports by identity, from (identity, one pod's named ports) pairs: what
     :func:`compute` takes as ``remote_named_ports``. Pods of one identity declaring one name
     alike count once; declaring it differently (another number or protocol) drops the name for
@@ -503,7 +507,9 @@ def merge_named_ports(
             elif found != value:
                 conflicts.add((identity, key))
                 del mine[key]
-    return {identity: MappingProxyType(ports) for identity, ports in merged.items() if ports}
+    return MappingProxyType(
+        {identity: MappingProxyType(ports) for identity, ports in merged.items() if ports}
+    )
 
 
 def _freeze_remote(
@@ -515,14 +521,33 @@ def _freeze_remote(
 
 
 @dataclass
+class _Memoized:
+    """A computed policy and the selector cache's :attr:`~SelectorCache.drops` count when its
+    selectors were last made sure to be kept."""
+
+    policy: EndpointPolicy
+    drops: int
+
+
+@dataclass
 class _Memo:
-    revision: int
     cache_uid: int
-    cache_version: int
-    results: dict[object, EndpointPolicy] = field(default_factory=dict)
+    results: dict[object, _Memoized] = field(default_factory=dict)
+    remote: Mapping[int, NamedPorts] | None = None
+    remote_frozen: object = None
 
 
 _memos: weakref.WeakKeyDictionary[Repository, _Memo] = weakref.WeakKeyDictionary()
+
+
+def _frozen_remote(memo: _Memo, remote: Mapping[int, NamedPorts] | None) -> object:
+    """``remote`` as a memo key part; a read-only mapping (what :func:`merge_named_ports`
+    returns) is frozen once per object, not once per call."""
+    if remote is not None and remote is memo.remote and isinstance(remote, MappingProxyType):
+        return memo.remote_frozen
+    frozen = _freeze_remote(remote)
+    memo.remote, memo.remote_frozen = remote, frozen
+    return frozen
 
 
 def compute(
@@ -543,46 +568,61 @@ def compute(
     ports of other identities (egress named ports), by identity. ``allow_localhost`` adds an allow
     of every ingress from the host identity (Cilium's ``--allow-localhost=always``, which
     Kubernetes installs use so kubelet probes reach pods; deny rules still win over it).
+
+    Results are shared: every subject the same rules select (:meth:`Repository.selection`) with
+    the same other inputs gets the same result, and a result outlives repository revisions and
+    selector cache versions that do not touch it (rules it was made of unchanged, selections it
+    used unchanged); it is then handed out again with the current ``revision`` and
+    ``selector_cache_version``, its ``entries`` the very same mapping.
     """
     memo = _memos.get(repo)
-    if (
-        memo is None
-        or memo.revision != repo.revision
-        or memo.cache_uid != cache.uid
-        or memo.cache_version != cache.version
-        or len(memo.results) >= _MEMO_LIMIT
-    ):
-        memo = _Memo(repo.revision, cache.uid, cache.version)
+    if memo is None or memo.cache_uid != cache.uid or len(memo.results) >= _MEMO_LIMIT:
+        memo = _Memo(cache.uid)
         _memos[repo] = memo
+    _, token = repo.selection(subject.labels)
     memo_key = (
-        subject.labels,
+        token,
         mode,
         allow_localhost,
-        frozenset(named_ports.items()),
-        _freeze_remote(remote_named_ports),
+        frozenset(named_ports.items()) if named_ports else None,
+        _frozen_remote(memo, remote_named_ports),
         None if services is None else (id(services), services.version),
         None if fqdns is None else (id(fqdns), fqdns.version),
     )
     found = memo.results.get(memo_key)
     if found is not None:
-        # the selector cache may have dropped selectors since (retain): keep the ones this
-        # policy depends on tracked, so identity changes keep reporting them
-        for selector in found.selectors:
-            cache.selections(selector)
-    else:
-        found = _compute(
-            repo,
-            cache,
-            subject,
-            named_ports=named_ports,
-            remote_named_ports=remote_named_ports,
-            mode=mode,
-            allow_localhost=allow_localhost,
-            services=services,
-            fqdns=fqdns,
-        )
-        memo.results[memo_key] = found
-    return found
+        pol = found.policy
+        if pol.selector_cache_version != cache.version:
+            if not cache.unchanged_since(pol.selectors, pol.selector_cache_version):
+                found = None
+            else:
+                pol = replace(pol, selector_cache_version=cache.version)
+                found.policy = pol
+    if found is not None:
+        pol = found.policy
+        if pol.revision != repo.revision:
+            pol = replace(pol, revision=repo.revision)
+            found.policy = pol
+        if found.drops != cache.drops:
+            # the selector cache may have dropped selectors since (retain): keep the ones this
+            # policy depends on tracked, so identity changes keep reporting them
+            for selector in pol.selectors:
+                cache.selections(selector)
+            found.drops = cache.drops
+        return pol
+    pol = _compute(
+        repo,
+        cache,
+        subject,
+        named_ports=named_ports,
+        remote_named_ports=remote_named_ports,
+        mode=mode,
+        allow_localhost=allow_localhost,
+        services=services,
+        fqdns=fqdns,
+    )
+    memo.results[memo_key] = _Memoized(pol, cache.drops)
+    return pol
 
 
 def _compute(

@@ -137,11 +137,33 @@ def _cidr_peer_labels(cidr: Network, excepts: tuple[Network, ...]) -> frozenset[
     return frozenset(labels)
 
 
+_IndexLabel: TypeAlias = tuple[str, str | None] | None
+
+
+def _index_label(peer: PeerSelector) -> _IndexLabel:
+    """A label every identity ``peer`` selects has, (key, value) or (key, None) for the key
+    alone (:attr:`Selector.index_label`); None: no such label, or not a label selector."""
+    return peer.selector.index_label if isinstance(peer, LabelPeer) else None
+
+
+def _index_of(labels: LabelSet) -> frozenset[tuple[str, str | None]]:
+    """What an identity is indexed under: each (key, value) and each (key, None)."""
+    pairs = labels.pairs()
+    return pairs | {(key, None) for key, _ in pairs}
+
+
 class SelectorCache:
     """Known identities and, per peer selector in use, the identities it selects.
 
     Starts with the reserved identities (they always exist). ``version`` goes up with every change
-    of the known identities, so a computed policy can tell whether it is still current.
+    of the known identities, so a computed policy can tell whether it is still current, and
+    :meth:`unchanged_since` tells whether the selections it used are.
+
+    Selectors and identities are both indexed by label key and value (:attr:`Selector.index_label`,
+    sources aside): a new selector is matched only against the identities with its label (or its
+    key, for a selector whose first requirement is an expression), a new or changed identity only
+    against the selectors whose label it has (or had), plus those without one (entities, CIDRs,
+    selectors of only ``NotIn``/``DoesNotExist``).
     """
 
     _uids = itertools.count(1)
@@ -150,9 +172,15 @@ class SelectorCache:
         self.uid = next(SelectorCache._uids)
         """Distinguishes caches (a computed policy is only valid for the cache it came from)."""
         self._version = 0
+        self._drops = 0
         self._identities: dict[int, Identity] = {}
         self._label_sets: dict[int, LabelSet] = {}
+        self._by_label: dict[tuple[str, str | None], set[int]] = {}
+        """(key, value) and (key, None) → the identities with such a label (any source)."""
         self._selected: dict[PeerSelector, set[int]] = {}
+        self._peers_by_label: dict[_IndexLabel, set[PeerSelector]] = {}
+        self._changed_at: dict[PeerSelector, int] = {}
+        """Per kept selector, the version at which its selection was made or last changed."""
         self._frozen: dict[PeerSelector, frozenset[int]] = {}
         for identity in identities:
             self.upsert_identity(identity)
@@ -160,6 +188,12 @@ class SelectorCache:
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def drops(self) -> int:
+        """How many times :meth:`retain` dropped selectors (a user of selections made before
+        must ask for them again to keep them tracked)."""
+        return self._drops
 
     def identities(self) -> Mapping[int, Identity]:
         """The known identities by number (a read-only view)."""
@@ -172,17 +206,39 @@ class SelectorCache:
         """The selectors whose selections are being kept."""
         return frozenset(self._selected)
 
+    def unchanged_since(self, peers: Iterable[PeerSelector], version: int) -> bool:
+        """Whether every one of ``peers`` is kept and selects what it selected at ``version``
+        (a selector dropped by :meth:`retain` meanwhile counts as changed)."""
+        changed_at = self._changed_at
+        return all(changed_at.get(peer, version + 1) <= version for peer in peers)
+
+    def _peers_for(self, index: Iterable[tuple[str, str | None]]) -> set[PeerSelector]:
+        """The selectors that may select an identity with the labels ``index`` stands for."""
+        by_label = self._peers_by_label
+        found = set(by_label.get(None, ()))
+        for label in index:
+            found.update(by_label.get(label, ()))
+        return found
+
     def upsert_identity(self, identity: Identity) -> frozenset[PeerSelector]:
         """Add an identity, or change the labels of a known one. Returns the selectors whose
         selections changed (an identity added with labels nobody selects changes none)."""
-        if self._identities.get(identity.id) == identity:
+        old = self._identities.get(identity.id)
+        if old == identity:
             return frozenset()
         label_set = LabelSet(identity.labels)
+        index = _index_of(label_set)
+        old_index = _index_of(self._label_sets[identity.id]) if old is not None else frozenset()
+        for label in old_index - index:
+            self._by_label[label].discard(identity.id)
+        for label in index:
+            self._by_label.setdefault(label, set()).add(identity.id)
         self._identities[identity.id] = identity
         self._label_sets[identity.id] = label_set
         self._version += 1
         changed: list[PeerSelector] = []
-        for peer, selected in self._selected.items():
+        for peer in self._peers_for(old_index | index):
+            selected = self._selected[peer]
             hit = peer.selects(identity, label_set)
             if hit != (identity.id in selected):
                 if hit:
@@ -192,21 +248,26 @@ class SelectorCache:
                 changed.append(peer)
         for peer in changed:
             self._frozen.pop(peer, None)
+            self._changed_at[peer] = self._version
         return frozenset(changed)
 
     def remove_identity(self, number: int) -> frozenset[PeerSelector]:
         """Forget an identity. Returns the selectors that had selected it."""
         if self._identities.pop(number, None) is None:
             return frozenset()
-        del self._label_sets[number]
+        index = _index_of(self._label_sets.pop(number))
+        for label in index:
+            self._by_label[label].discard(number)
         self._version += 1
         changed: list[PeerSelector] = []
-        for peer, selected in self._selected.items():
+        for peer in self._peers_for(index):
+            selected = self._selected[peer]
             if number in selected:
                 selected.discard(number)
                 changed.append(peer)
         for peer in changed:
             self._frozen.pop(peer, None)
+            self._changed_at[peer] = self._version
         return frozenset(changed)
 
     def selections(self, peer: PeerSelector) -> frozenset[int]:
@@ -217,12 +278,18 @@ class SelectorCache:
             return frozen
         selected = self._selected.get(peer)
         if selected is None:
+            key = _index_label(peer)
+            candidates = self._identities if key is None else self._by_label.get(key, ())
+            label_sets = self._label_sets
+            identities = self._identities
             selected = {
                 number
-                for number, identity in self._identities.items()
-                if peer.selects(identity, self._label_sets[number])
+                for number in candidates
+                if peer.selects(identities[number], label_sets[number])
             }
             self._selected[peer] = selected
+            self._peers_by_label.setdefault(key, set()).add(peer)
+            self._changed_at[peer] = self._version
         frozen = frozenset(selected)
         self._frozen[peer] = frozen
         return frozen
@@ -234,5 +301,9 @@ class SelectorCache:
         gone = [peer for peer in self._selected if peer not in keep]
         for peer in gone:
             del self._selected[peer]
+            self._peers_by_label[_index_label(peer)].discard(peer)
             self._frozen.pop(peer, None)
+            self._changed_at.pop(peer, None)
+        if gone:
+            self._drops += 1
         return len(gone)

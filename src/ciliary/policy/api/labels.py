@@ -122,6 +122,19 @@ class LabelSet:
             return frozenset(label.value for label in found)
         return frozenset(label.value for label in found if label.source == source)
 
+    def pairs(self) -> frozenset[tuple[str, str]]:
+        """The (key, value) pairs present, without their source (``("app", "web")`` for
+        ``k8s:app=web``)."""
+        return frozenset((label.key, label.value) for label in self._labels)
+
+    def has_value(self, source: str, key: str, value: str) -> bool:
+        """Whether a label of ``source`` (any source for ``any``) has ``key`` = ``value``
+        (``value in values(source, key)``, without building the set)."""
+        for label in self._by_key.get(key, ()):
+            if label.value == value and source in (SOURCE_ANY, label.source):
+                return True
+        return False
+
     def has(self, source: str, key: str) -> bool:
         """Whether a label has ``key`` (from ``source``, or from any source for ``any``)."""
         found = self._by_key.get(key, ())

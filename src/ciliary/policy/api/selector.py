@@ -15,6 +15,7 @@ key finds the same key under several sources, ``In`` holds if any of them has an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeAlias
@@ -22,6 +23,9 @@ from typing import Literal, NamedTuple, TypeAlias
 from ciliary.policy.api.labels import Label, LabelSet, split_key
 
 __all__ = ["Operator", "Requirement", "Selector"]
+
+_split_key = functools.lru_cache(maxsize=4096)(split_key)
+"""``split_key`` remembered: selectors match on the hot path with a few distinct keys."""
 
 Operator: TypeAlias = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 OPERATORS: tuple[Operator, ...] = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -80,6 +84,18 @@ class Selector:
         keys = [k for k, _ in self.match_labels] + [r.key for r in self.match_expressions]
         return any(split_key(k)[0] == source for k in keys)
 
+    @property
+    def index_label(self) -> tuple[str, str | None] | None:
+        """A label every selected label set has, without its source: (key, value) of the first
+        ``matchLabels`` entry, else (key, None) for the key of the first ``In``/``Exists``
+        expression; None when no label is required (what the selector cache indexes by)."""
+        for key, value in self.match_labels:
+            return split_key(key)[1], value
+        for requirement in self.match_expressions:
+            if requirement.operator in ("In", "Exists"):
+                return split_key(requirement.key)[1], None
+        return None
+
     def get(self, key: str) -> str | None:
         """The value ``match_labels`` requires for ``key``, if any."""
         for k, v in self.match_labels:
@@ -102,8 +118,7 @@ class Selector:
         strings like ``k8s:app=web`` / ``reserved:host``, or a ``{"k8s:app": "web"}`` mapping."""
         label_set = labels if isinstance(labels, LabelSet) else LabelSet(labels)
         for key, value in self.match_labels:
-            source, bare = split_key(key)
-            if value not in label_set.values(source, bare):
+            if not label_set.has_value(*_split_key(key), value):
                 return False
         return all(r.matches(label_set) for r in self.match_expressions)
 

@@ -430,3 +430,55 @@ def test_identities_arriving_late_give_the_same_policy(
         repo, SelectorCache(IDENTITIES), subject, named_ports=NAMED_PORTS.get(subject.id, {})
     )
     assert dict(seen.entries) == dict(fresh.entries)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("replace"), policy_sets()),
+            st.tuples(st.just("delete"), st.sampled_from(["p0", "p1"])),
+            st.tuples(st.just("identity"), st.sampled_from(PODS + CIDRS)),
+            st.tuples(st.just("forget"), st.sampled_from(PODS + CIDRS)),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_repository_changed_step_by_step_gives_what_a_fresh_one_gives(
+    steps: list[tuple[str, object]],
+) -> None:
+    """Results kept across changes (shared by subjects with the same rules, kept while their
+    rules and selections stay) equal computing from scratch, for every pod after every step."""
+    repo = Repository()
+    cache = SelectorCache([*RESERVED_IDENTITIES, *PODS[::2]])
+    for op, arg in steps:
+        if op == "replace":
+            repo.replace(arg)  # type: ignore[arg-type]
+        elif op == "delete":
+            repo.delete([f"CiliumNetworkPolicy/n1/{arg}"])
+        elif op == "identity":
+            cache.upsert_identity(arg)  # type: ignore[arg-type]
+        else:
+            cache.remove_identity(arg.id)  # type: ignore[attr-defined]
+        if op != "replace" and len(cache.selectors()) > 3:
+            cache.retain(list(cache.selectors())[:3])  # as the agent drops unused selectors
+        fresh_repo = Repository()
+        fresh_repo.replace(repo.policies())
+        fresh_cache = SelectorCache(cache.identities().values())
+        for subject in PODS:
+            kept = compute(repo, cache, subject, remote_named_ports=NAMED_PORTS)
+            fresh = compute(fresh_repo, fresh_cache, subject, remote_named_ports=NAMED_PORTS)
+            assert dict(kept.entries) == dict(fresh.entries), (op, subject)
+            assert kept.selectors == fresh.selectors
+            assert kept.revision == repo.revision
+            assert kept.selector_cache_version == cache.version
+            assert (kept.ingress_enforced, kept.egress_enforced, kept.policies) == (
+                fresh.ingress_enforced,
+                fresh.egress_enforced,
+                fresh.policies,
+            )

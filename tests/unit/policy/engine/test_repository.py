@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ciliary.policy.api import parse_policy_text
+from ciliary.policy.mapstate import MapKey
 from ciliary.policy.repository import Repository
 from ciliary.policy.resolve import compute
 from ciliary.policy.selectorcache import SelectorCache
@@ -150,3 +151,57 @@ def test_compute_is_cached_and_follows_revisions_and_identities() -> None:
     # another cache with the same version number is not confused with this one
     other_cache = SelectorCache()
     assert compute(repo, other_cache, WEB) is not third
+
+
+def test_subjects_the_same_rules_select_share_one_result() -> None:
+    repo = Repository()
+    cache = SelectorCache()
+    repo.replace(policies())
+    replica = pod(259, "shop", app="web", pod_template_hash="h2")  # other labels, same rules
+    for identity in (WEB, replica, DB):
+        cache.upsert_identity(identity)
+    assert repo.selection(WEB.labels)[1] == repo.selection(replica.labels)[1]
+    assert repo.selection(WEB.labels)[1] != repo.selection(DB.labels)[1]
+    assert compute(repo, cache, replica) is compute(repo, cache, WEB)
+    assert compute(repo, cache, DB) is not compute(repo, cache, WEB)
+
+
+CHANGE = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db-only, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: web}}], toPorts: [{ports: [{port: "5432"}]}]}]
+"""
+
+
+def test_a_change_keeps_the_results_it_does_not_touch() -> None:
+    repo = Repository()
+    cache = SelectorCache()
+    repo.replace(policies())
+    for identity in (WEB, DB):
+        cache.upsert_identity(identity)
+    web, db = compute(repo, cache, WEB), compute(repo, cache, DB)
+    # a new policy selecting db only: web's result stays (same entries), at the new revision
+    repo.replace(parse_policy_text(CHANGE, "c.yaml"))
+    web2, db2 = compute(repo, cache, WEB), compute(repo, cache, DB)
+    assert web2.entries is web.entries
+    assert (web2.revision, db2.revision) == (repo.revision, repo.revision)
+    assert db2.entries != db.entries
+    assert db2.policies == (*db.policies, "CiliumNetworkPolicy/shop/db-only")
+    # the same policy again is a change of db's rules (a new object, equal entries)
+    repo.replace(parse_policy_text(CHANGE, "c.yaml"))
+    db3 = compute(repo, cache, DB)
+    assert db3.entries is not db2.entries and db3.entries == db2.entries
+    assert compute(repo, cache, WEB).entries is web.entries
+    # a new identity that db's selectors select: db recomputed, web (no such selector) kept
+    cache.upsert_identity(pod(300, "shop", app="web", pod_template_hash="h3"))
+    db4, web4 = compute(repo, cache, DB), compute(repo, cache, WEB)
+    assert MapKey(300, False, 6, 5432, 16) in db4.entries
+    assert web4.entries is web.entries
+    assert web4.selector_cache_version == cache.version
+    # deleting it: back to what db had before
+    repo.delete(["CiliumNetworkPolicy/shop/db-only"])
+    assert dict(compute(repo, cache, DB).entries) == dict(db.entries)
+    assert compute(repo, cache, WEB).entries is web.entries

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from ipaddress import ip_network
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ciliary.policy.api import Requirement, Selector
+from ciliary.policy.api import LabelSet, Requirement, Selector
 from ciliary.policy.identity import (
     RESERVED_IDENTITIES,
     Identity,
@@ -212,3 +213,96 @@ def test_incremental_cache_equals_a_fresh_one(
     fresh = SelectorCache(cache.identities().values())
     for peer in PEERS:
         assert cache.selections(peer) == fresh.selections(peer)
+
+
+RELABELLED = [
+    pod(256, "b", app="db", env="y"),  # IDENTITIES[0]'s number, another label set
+    Identity.of(257, ["reserved:host"]),
+    Identity.of(258, ["k8s:app=web", "container:app=web", f"{NS}=a"]),
+]
+INDEXED_PEERS: list[PeerSelector] = [
+    *PEERS,
+    LabelPeer(Selector((("any:app", "web"),))),
+    LabelPeer(Selector((("container:app", "web"),))),
+    LabelPeer(Selector((), (Requirement("k8s:app", "In", ("db", "web")),))),
+    LabelPeer(Selector((), (Requirement("any:env", "DoesNotExist"),))),
+    LabelPeer(Selector((("reserved:host", ""),))),
+]
+
+
+@settings(max_examples=80)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.sampled_from(IDENTITIES + RELABELLED),
+            st.sampled_from(INDEXED_PEERS),
+        ),
+        max_size=30,
+    )
+)
+def test_the_label_index_misses_no_identity_that_changes_labels(
+    ops: list[tuple[bool, Identity, PeerSelector]],
+) -> None:
+    """Identities whose number comes back with other labels, label sources other than ``k8s``
+    and selectors indexed by key, by key and value, or not at all: the indexed cache reports
+    and keeps exactly what matching every identity against every selector gives."""
+    cache = SelectorCache()
+    for add, identity, peer in ops:
+        cache.selections(peer)
+        before = {p: cache.selections(p) for p in cache.selectors()}
+        changed = cache.upsert_identity(identity) if add else cache.remove_identity(identity.id)
+        brute = {
+            p: frozenset(
+                n for n, i in cache.identities().items() if p.selects(i, LabelSet(i.labels))
+            )
+            for p in cache.selectors()
+        }
+        assert {p: cache.selections(p) for p in cache.selectors()} == brute
+        assert changed == {p for p in before if before[p] != brute[p]}
+
+
+def test_a_new_selector_is_matched_only_against_identities_with_its_label(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = SelectorCache()
+    for n in range(200):
+        cache.upsert_identity(pod(256 + n, f"ns{n % 4}", app=f"a{n % 20}", tier=f"t{n % 2}"))
+    asked: list[int] = []
+    selects = LabelPeer.selects
+
+    def counting(self: LabelPeer, identity: Identity, labels: LabelSet) -> bool:
+        asked.append(identity.id)
+        return selects(self, identity, labels)
+
+    monkeypatch.setattr(LabelPeer, "selects", counting)
+    app = LabelPeer(Selector((("any:app", "a3"), ("k8s:tier", "t1"))))
+    assert cache.selections(app) == {256 + n for n in range(200) if n % 20 == 3}
+    assert len(asked) == 10  # the identities labelled app=a3, not all 210
+    asked.clear()
+    tier = LabelPeer(Selector((), (Requirement("k8s:tier", "Exists"),)))
+    assert len(cache.selections(tier)) == 200
+    assert len(asked) == 200  # every identity with the key (the reserved ones have none)
+    # a new identity is matched against the selectors of its labels (and unindexed ones) only
+    asked.clear()
+    assert cache.upsert_identity(pod(999, "ns0", app="a9", tier="t0")) == {tier}
+    assert asked == [999]
+
+
+def test_unchanged_since_and_drops() -> None:
+    cache = SelectorCache()
+    cache.selections(WEB)
+    cache.selections(SHOP)
+    version = cache.version
+    cache.upsert_identity(pod(256, "other", app="db"))  # neither selects it
+    assert cache.unchanged_since([WEB, SHOP], version)
+    cache.upsert_identity(pod(257, "shop", app="db"))
+    assert cache.unchanged_since([WEB], version)
+    assert not cache.unchanged_since([WEB, SHOP], version)
+    assert cache.unchanged_since([WEB, SHOP], cache.version)
+    drops = cache.drops
+    cache.retain([SHOP])
+    assert cache.drops == drops + 1
+    assert not cache.unchanged_since([WEB], cache.version)  # dropped: not kept any more
+    cache.retain([SHOP])
+    assert cache.drops == drops + 1  # nothing dropped
