@@ -198,7 +198,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         cleanups = loop.run(_upstreams())
         paths = EnvoyPaths(tmp_path_factory.mktemp("envoy"))
         envoy = EnvoyProcess("f-test", paths)
-        writer = EnvoyConfigWriter(paths)
+        writer = EnvoyConfigWriter(paths, ipv6=True)  # the [::] socket too (v6only)
         records: list[HTTPAccess] = []
         reader = AccessLogReader(paths.access_log, records.append)
         loop.run(_start_reader(reader))
@@ -555,3 +555,8 @@ def test_node_envoy_runs_once_an_http_rule_applies(
         env.loop.run(run())
     finally:
         env.loop.run(node.stop())
+
+
+def test_listeners_bind_both_families(env: Env) -> None:
+    listening = env.loop.run(env.envoy.admin("/listeners"))
+    assert f"0.0.0.0:{INGRESS_PORT}" in listening and f"[::]:{INGRESS_PORT}" in listening, listening
