@@ -185,11 +185,13 @@ for _ in sys.stdin:
 BACKENDS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
 
-def _affinity_svc(terminating: frozenset[str] = frozenset(), affinity: bool = True) -> ServiceInfo:
+def _affinity_svc(
+    terminating: frozenset[str] = frozenset(), affinity: bool = True, timeout: int = 600
+) -> ServiceInfo:
     return ServiceInfo(
         namespace="default", name="sticky", type="ClusterIP", cluster_ips=[VIP4],
         ports=[ServicePortInfo(name="http", port=80, protocol="TCP")],
-        session_affinity="ClientIP" if affinity else "None", session_affinity_timeout=600,
+        session_affinity="ClientIP" if affinity else "None", session_affinity_timeout=timeout,
         external_traffic_policy="Cluster",
         backends=[
             BackendInfo(
@@ -271,6 +273,25 @@ def test_affinity_is_per_network_namespace(sticky: tuple[ServiceManager, Path]) 
         assert first[0] not in again and len(set(again)) == 1, (first[0], again)
     finally:
         pod.close()
+
+
+def test_affinity_holds_until_the_timeout(sticky: tuple[ServiceManager, Path]) -> None:
+    """#14's Must-hold on the socket-LB path: 100 connections from one client (pod) land on one
+    backend until the timeout (timeoutSeconds 1 here): each round's 100 connects, the first
+    over a second after the previous round's last, stick to one backend; once the timeout has
+    passed a round may get another one (each round: 2 chances in 3), and one does."""
+    manager, group = sticky
+    manager.sync(desired_frontends([_affinity_svc(timeout=1)]))
+    pod = _Pod(group, 100)
+    try:
+        rounds = [pod.round()]
+        while len({r[0] for r in rounds}) == 1 and len(rounds) < 13:
+            time.sleep(1.2)  # the affinity entry expires (last used over 1 s ago)
+            rounds.append(pod.round())
+    finally:
+        pod.close()
+    assert all(len(r) == 100 and len(set(r)) == 1 for r in rounds), rounds
+    assert len({r[0] for r in rounds}) > 1, f"{len(rounds)} rounds all on {rounds[0][0]}"
 
 
 def test_terminating_backends_are_never_chosen(sticky: tuple[ServiceManager, Path]) -> None:
