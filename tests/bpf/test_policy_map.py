@@ -84,6 +84,23 @@ def test_ensure_apply_remove(maps: PolicyMaps) -> None:
     assert maps.enforced() == [] and maps.get(7) is None
 
 
+def test_apply_changes_writes_the_difference_without_reading(maps: PolicyMaps) -> None:
+    allow80, allow443 = PolicyKey(256, False, 6, 80, 16), PolicyKey(256, False, 6, 443, 16)
+    deny_all = PolicyKey(300, False)
+    inner = maps.ensure(8, {allow80: PolicyValue(False, 1), deny_all: PolicyValue(True, 2)})
+    # allow80 gets another cookie, allow443 arrives, the deny goes (given with its value)
+    written, deleted = inner.apply_changes(
+        {allow80: PolicyValue(False, 3), allow443: PolicyValue(False, 1, proxy_port=15001)},
+        {deny_all: PolicyValue(True, 2)},
+    )
+    assert (written, deleted) == (2, 1)
+    assert inner.current() == {
+        allow80: PolicyValue(False, 3),
+        allow443: PolicyValue(False, 1, proxy_port=15001),
+    }
+    inner.close()
+
+
 def test_lpm_port_prefix_match(maps: PolicyMaps) -> None:
     inner = maps.ensure(3)
     for port, bits in port_range_prefixes(8000, 8015):

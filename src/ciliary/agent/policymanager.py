@@ -22,8 +22,10 @@ them uses any more (those of deleted or replaced rules).
 Ordering contract: an endpoint's map is complete before the endpoint is marked ready; when a new
 identity appears, endpoints whose peer selectors now select it are regenerated before the new
 endpoint is reported ready, so its first packet meets up-to-date peers. Map updates go through
-``EndpointPolicyMap.apply`` (denies before allows are removed, …): never a window where traffic
-that must be denied passes.
+``EndpointPolicyMap.apply``/``apply_changes`` (denies before allows are removed, …): never a
+window where traffic that must be denied passes. A realized endpoint's map gets only the
+difference from what was realized last (nothing when the engine's shared result is unchanged), so
+a rule change costs the endpoints it touches, not every endpoint of the node.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from ciliary.policy.api.model import Service as ServiceEntry
 from ciliary.policy.explain import DefaultDeny, near_misses
 from ciliary.policy.fqdn import DNSCache
 from ciliary.policy.identity import RESERVED_LABELS, Identity, cidr_identity
-from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef
+from ciliary.policy.mapstate import Direction, MapEntry, MapKey, RuleRef, diff
 from ciliary.policy.repository import Repository
 from ciliary.policy.resolve import (
     EndpointPolicy,
@@ -404,23 +406,61 @@ class PolicyManager:
     def realize(
         self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None
     ) -> EndpointPolicy:
-        """Write the endpoint's computed policy into its map (or drop the map: not enforced)."""
+        """Write the endpoint's computed policy into its map (or drop the map: not enforced).
+
+        Only what differs from the policy realized last is written, without reading the map
+        back; nothing at all when the engine handed out the same map state (a change elsewhere,
+        or a shared result kept). The first time, and after a write that failed, the map is
+        compared with what the kernel holds. ``on_realized`` hears of changed map states only."""
         pol = self.compute(ep, named_ports)
-        if pol.ingress_enforced or pol.egress_enforced:
-            desired = {
-                PolicyKey(k.identity, k.egress, k.protocol, k.port, k.port_prefix): PolicyValue(
-                    e.deny, self._cookie(e.derived_from), e.proxy_port
-                )
-                for k, e in pol.entries.items()
-            }
-            self._dp.policy.ensure(ep.id, desired).apply(desired)
-        else:
-            self._dp.policy.remove(ep.id)
+        old = self._realized.pop(ep.id, None)  # a failed write below leaves no stale base
+        enforced = pol.ingress_enforced or pol.egress_enforced
+        was_enforced = old is not None and (old.ingress_enforced or old.egress_enforced)
+        same = old is not None and old.entries is pol.entries and was_enforced == enforced
+        if not same:
+            if not enforced:
+                self._dp.policy.remove(ep.id)
+            elif old is not None and was_enforced:
+                self._write_changes(ep.id, old, pol)
+            else:
+                self._write_whole(ep.id, pol)
         self._realized[ep.id] = pol
         self._inputs[ep.id] = (ep, named_ports)
-        for fn in self.on_realized:
-            fn(ep.id)
+        if not same:
+            for fn in self.on_realized:
+                fn(ep.id)
         return pol
+
+    @staticmethod
+    def _key(k: MapKey) -> PolicyKey:
+        return PolicyKey(k.identity, k.egress, k.protocol, k.port, k.port_prefix)
+
+    def _value(self, e: MapEntry) -> PolicyValue:
+        return PolicyValue(e.deny, self._cookie(e.derived_from), e.proxy_port)
+
+    def _write_changes(self, ep_id: int, old: EndpointPolicy, pol: EndpointPolicy) -> None:
+        """The map, which holds ``old``, made equal to ``pol`` by writing the difference."""
+        inner = self._dp.policy.get(ep_id)
+        if inner is None:  # gone meanwhile: write it whole
+            self._write_whole(ep_id, pol)
+            return
+        try:
+            changed, stale = diff(old.entries, pol.entries)
+            inner.apply_changes(
+                {self._key(k): self._value(e) for k, e in changed.items()},
+                {self._key(k): self._value(old.entries[k]) for k in stale},
+            )
+        finally:
+            inner.close()
+
+    def _write_whole(self, ep_id: int, pol: EndpointPolicy) -> None:
+        """The map made equal to ``pol`` against what the kernel holds (created if missing)."""
+        desired = {self._key(k): self._value(e) for k, e in pol.entries.items()}
+        inner = self._dp.policy.ensure(ep_id, desired)
+        try:
+            inner.apply(desired)
+        finally:
+            inner.close()
 
     def forget(self, ep_id: int) -> None:
         self._dp.policy.remove(ep_id)
@@ -447,8 +487,16 @@ class PolicyManager:
         may still name a dropped selector: it belongs to a rule that is gone, so the identity
         changes it would miss no longer matter.)"""
         used: set[Any] = set()
-        for ep, named_ports in self._inputs.values():
-            used |= self.compute(ep, named_ports).selectors
+        inputs = {
+            (ep.identity, frozenset((named_ports or {}).items())): (ep, named_ports)
+            for ep, named_ports in self._inputs.values()
+        }  # endpoints of one identity with the same ports: one computation
+        seen: set[int] = set()
+        for ep, named_ports in inputs.values():
+            selectors = self.compute(ep, named_ports).selectors
+            if id(selectors) not in seen:  # results are shared: union each set once
+                seen.add(id(selectors))
+                used |= selectors
         dropped = self.cache.retain(used)
         if dropped:
             log.debug("selector cache: dropped %d unused selectors", dropped)

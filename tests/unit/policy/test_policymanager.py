@@ -8,6 +8,8 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import BackendInfo, Endpoint, EndpointState, ServiceInfo
 from ciliary.policy.fqdn import DNSLookup
@@ -41,22 +43,43 @@ spec:
 
 
 class _Map:
+    """An endpoint's policy map: its entries and the calls that wrote them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, Any] = {}
+        self.calls: list[str] = []
+        self.fail = False
+
     def apply(self, desired: Any) -> tuple[int, int]:
+        self.calls.append("apply")  # reads the map back, then writes the difference
+        self.entries = dict(desired)
         return (len(desired), 0)
+
+    def apply_changes(self, changed: Any, stale: Any) -> tuple[int, int]:
+        self.calls.append("apply_changes")
+        if self.fail:
+            raise OSError("the kernel refused")
+        for key, value in stale.items():
+            assert self.entries.pop(key) == value
+        self.entries.update(changed)
+        return (len(changed), len(stale))
+
+    def close(self) -> None:
+        pass
 
 
 class _Policy:
     def __init__(self) -> None:
         self.maps: dict[int, _Map] = {}
 
-    def ensure(self, ep_id: int, desired: Any) -> _Map:
+    def ensure(self, ep_id: int, desired: Any = None) -> _Map:
         return self.maps.setdefault(ep_id, _Map())
 
     def remove(self, ep_id: int) -> None:
         self.maps.pop(ep_id, None)
 
-    def get(self, ep_id: int) -> None:
-        return None
+    def get(self, ep_id: int) -> _Map | None:
+        return self.maps.get(ep_id)
 
 
 class _IPCache:
@@ -300,3 +323,53 @@ def test_to_fqdns_follows_the_dns_cache(tmp_path: Path) -> None:
     # the answer expires: the rule selects nothing again
     assert pm.dns_changed(lambda c: c.expire(61.0))
     assert allowed() == set()
+
+
+MORE = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: db}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+"""
+
+
+def test_a_realized_map_gets_only_what_changed(tmp_path: Path) -> None:
+    """The map of an endpoint is written whole once; a change writes the difference from what
+    was realized (no read back); an unchanged result writes nothing and is not announced; after
+    a failed write the next one is whole again."""
+    pm = manager(tmp_path)
+    heard: list[int] = []
+    pm.on_realized.append(heard.append)
+    client, server = endpoint(1, 256), endpoint(2, 257)  # the server: no rule selects it
+    pm.realize(client)
+    pm.realize(server)
+    maps = pm._dp.policy.maps  # type: ignore[attr-defined]
+    assert maps[1].calls == ["apply"] and 2 not in maps and heard == [1, 2]
+    pm.realize(client)
+    pm.realize(server)
+    assert maps[1].calls == ["apply"] and heard == [1, 2]  # nothing changed: nothing written
+    # a change of the client's rules: its map gets the difference; the server: nothing again
+    pm.import_text(MORE, "more.yaml")
+    pol = pm.realize(client)
+    pm.realize(server)
+    assert maps[1].calls == ["apply", "apply_changes"] and heard == [1, 2, 1]
+    whole = {pm._key(k): pm._value(e) for k, e in pol.entries.items()}
+    assert maps[1].entries == whole
+    assert any(k.protocol == 6 and k.port == 5432 for k in maps[1].entries)
+    # the same policy again (a new revision, other rule objects): only the cookies' rules differ
+    pm.import_text(POLICIES, "p.yaml")
+    maps[1].fail = True
+    with pytest.raises(OSError):
+        pm.realize(client)
+    assert pm.realized(1) is None
+    maps[1].fail = False
+    pm.realize(client)
+    assert maps[1].calls[-1] == "apply"  # written whole after the failure
+    assert maps[1].entries == {
+        pm._key(k): pm._value(e)
+        for k, e in pm.realized(1).entries.items()  # type: ignore[union-attr]
+    }

@@ -159,19 +159,27 @@ class EndpointPolicyMap:
         """Make the map equal ``desired`` touching only what differs, in the safe order.
         Returns (entries written, entries deleted)."""
         current = self.current()
-        stale = [k for k in current if k not in desired]
+        stale = {k: v for k, v in current.items() if k not in desired}
         changed = {k: v for k, v in desired.items() if current.get(k) != v}
+        return self.apply_changes(changed, stale)
+
+    def apply_changes(
+        self, changed: Mapping[PolicyKey, PolicyValue], stale: Mapping[PolicyKey, PolicyValue]
+    ) -> tuple[int, int]:
+        """Write ``changed`` and delete ``stale`` (the keys with the values they have now), in
+        the safe order, without reading the map: for a caller that knows what the map holds
+        (the agent diffs against what it wrote last). Returns (entries written, deleted)."""
         for k, v in changed.items():
             if v.deny:
                 self.upsert(k, v)
-        for k in stale:
-            if not current[k].deny:
+        for k, v in stale.items():
+            if not v.deny:
                 self.delete(k)
         for k, v in changed.items():
             if not v.deny:
                 self.upsert(k, v)
-        for k in stale:
-            if current[k].deny:
+        for k, v in stale.items():
+            if v.deny:
                 self.delete(k)
         return len(changed), len(stale)
 
