@@ -5,7 +5,9 @@ pod added through the CNI plugin, the client's egress policy with HTTP rules on 
 Asserted, as issue #15 asks of Build 3: the agent starts Envoy once the HTTP rule applies; the
 client's ``GET /public`` reaches the web pod through Envoy (200), ``GET /private`` gets Cilium's
 ``403 Access denied``, another method too, and the web pod's port without L7 rules is reached
-directly.
+directly; HTTP/1.1 keep-alive requests are decided one by one on one connection; a gRPC
+client's allowed method (``Health/Check``) answers over h2c and a denied one
+(``Health/Watch``) fails with ``PERMISSION_DENIED`` (grpc-status 7), as upstream.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ spec:
         http:
         - {method: GET, path: "/public.*"}
     - ports: [{port: "8080", protocol: TCP}]
+    - ports: [{port: "50051", protocol: TCP}]
+      rules:
+        http:
+        - {method: POST, path: "/grpc.health.v1.Health/Check"}
 """
 WEB = r"""
 import http.server, sys
@@ -50,10 +56,31 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 servers = [http.server.ThreadingHTTPServer(("0.0.0.0", p), H) for p in (80, 8080)]
 import threading
-for s in servers[1:]:
+for s in servers:
     threading.Thread(target=s.serve_forever, daemon=True).start()
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+g = grpc.server(futures.ThreadPoolExecutor(4))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), g)
+g.add_insecure_port("0.0.0.0:50051")
+g.start()
 print("ready", flush=True)
-servers[0].serve_forever()
+g.wait_for_termination()
+"""
+# A gRPC client in the client pod: the allowed method's answer, then the denied one's status.
+GRPC_CLIENT = r"""
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(sys.argv[1] + ":50051") as ch:
+    stub = health_pb2_grpc.HealthStub(ch)
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(stub.Check(
+        health_pb2.HealthCheckRequest(), timeout=5).status))
+    try:
+        next(stub.Watch(health_pb2.HealthCheckRequest(), timeout=5))
+        print("watch allowed")
+    except grpc.RpcError as err:
+        print(err.code().name, err.code().value[0])
 """
 
 
@@ -137,3 +164,27 @@ def test_http_rules_through_envoy(node: Node) -> None:
     assert node.curl("POST", "/public/a") == "403 Access denied\r\n"
     direct = node.curl("GET", "/private", port=8080)  # no L7 rule on 8080: the pod itself
     assert direct == f"200 web GET /private from {node.client_ip}", direct
+
+
+def test_keep_alive_requests_are_decided_one_by_one(node: Node) -> None:
+    _until(lambda: node.curl("GET", "/public/a").startswith("200"))
+    res = subprocess.run(
+        ["ip", "netns", "exec", node.client_ns, "curl", "-s", "-m", "5",
+         "-w", "%{http_code} %{num_connects}\n",
+         *(f"http://{node.web_ip}{p}" for p in ("/public/1", "/private", "/public/2"))],
+        capture_output=True, timeout=20, check=False,
+    )  # fmt: skip
+    lines = res.stdout.decode().splitlines()
+    # one connection (curl reuses it: the 2nd and 3rd requests connect 0 times)
+    assert [ln[-5:] for ln in lines if ln[-5:-2] in ("200", "403")] == [
+        "200 1", "403 0", "200 0"
+    ], lines  # fmt: skip
+
+
+def test_grpc_allowed_method_and_denied_one(node: Node) -> None:
+    _until(lambda: node.curl("GET", "/public/a").startswith("200"))
+    res = subprocess.run(
+        ["ip", "netns", "exec", node.client_ns, PYTHON, "-c", GRPC_CLIENT, node.web_ip],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.stdout.split() == ["SERVING", "PERMISSION_DENIED", "7"], res.stdout + res.stderr
