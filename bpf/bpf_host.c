@@ -144,8 +144,18 @@ static __attribute__((noinline)) int from_netdev_masq_reply(struct __sk_buff *sk
 	int ret = snat_reverse(skb, p, cfg);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_FROM_NETWORK);
-	if (ret > 0)
-		return TC_ACT_OK; /* translated back: the stack routes it to the pod's lxc */
+	if (ret > 0) {
+		/* translated back: the stack routes it to the pod's lxc, or delivers it to the L7
+		 * proxy's upstream socket when it answers a connection the proxy took over */
+		struct ct_key k = {};
+		if (parse_packet(skb, p) == PARSE_OK) {
+			ct_build_key(&k, p, 1);
+			struct ct_entry *e = bpf_map_lookup_elem(&ciliary_ct, &k);
+			if (proxy_ct_reply(p, e, CT_REPLY))
+				return proxy_reply_to_stack(skb);
+		}
+		return TC_ACT_OK;
+	}
 	return NP_PASS;
 }
 

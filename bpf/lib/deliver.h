@@ -6,7 +6,8 @@
  * endpoint's own MACs, and bpf_redirect_peer straight into its eth0 (no second pass through the
  * node stack, so the lxc's tc egress never sees these packets). A reply of a connection the
  * receiver opened to a service gets the frontend back as its source here (lib/lb.h), whichever
- * program delivers it. */
+ * program delivers it. A reply of a connection the L7 proxy took over goes to the proxy's
+ * upstream socket instead (lib/proxy.h). */
 #ifndef __CILIARY_DELIVER_H
 #define __CILIARY_DELIVER_H
 #include "common.h"
@@ -16,6 +17,7 @@
 #include "l3.h"
 #include "policy.h"
 #include "lb.h"
+#include "proxy.h"
 
 /* Metadata of a FORWARDED trace for a packet conntrack has just classified. */
 static __always_inline void trace_meta(struct event_meta *m, const struct ct_result *ct,
@@ -56,6 +58,13 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 
 	if (!(dst->flags & EP_F_READY))
 		return drop_packet(skb, p, DROP_EP_NOT_READY, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+	/* a reply to the L7 proxy's upstream socket (lib/proxy.h): the proxy speaks for the pod */
+	if (skip_policy && proxy_ct_reply(p, ct->entry, ct->state)) {
+		trace_meta(&m, ct, ev_ep, 0, src_id, dst_id, OBS_TO_PROXY, pv_out, TRAFFIC_EGRESS);
+		if (ct->report)
+			emit_event(skb, p, &m);
+		return proxy_reply_to_stack(skb);
+	}
 	/* a reply of a connection the client sent to a service: from the frontend again */
 	ret = lb_rev_nat_ct(skb, p, ct);
 	if (ret < 0)

@@ -13,12 +13,14 @@
  * The proxy speaks to the destination as the pod: a transparent socket bound to the pod's
  * address *and port* (the redirected connection's tuple), so the destination's replies match
  * the connection's conntrack entry as replies; proxy_reply() hands them to that socket (the
- * established lookup alone) instead of delivering them to the pod. The proxy's own packets
- * never pass cil_from_container, so they are not redirected again. */
+ * established lookup alone) instead of delivering them to the pod, on any path a reply reaches
+ * the node (lib/deliver.h, bpf_host's masquerade reply). The proxy's own packets never pass
+ * cil_from_container, so they are not redirected again. */
 #ifndef __CILIARY_PROXY_H
 #define __CILIARY_PROXY_H
 #include "common.h"
 #include "parse.h"
+#include "conntrack.h"
 
 #define MARK_MAGIC_HOST_MASK 0x0F00
 #define MARK_MAGIC_TO_PROXY 0x0200
@@ -99,5 +101,24 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt 
 	skb->mark = MARK_MAGIC_TO_PROXY | ((__u32)listener_port << 16);
 	bpf_skb_change_type(skb, PACKET_HOST);
 	return 0;
+}
+/* Whether a packet is a reply of a connection the proxy took over (conntrack says so): it is
+ * for the proxy's upstream socket, not for the pod. */
+static __always_inline int proxy_ct_reply(const struct pkt *p, const struct ct_entry *e,
+					  __u8 ct_state)
+{
+	return ct_state == CT_REPLY && e && (e->flags & CT_F_PROXY_REDIRECT) && proxy_proto_ok(p);
+}
+
+/* Such a reply that arrives from another node or the world (bpf_overlay, bpf_host): up the
+ * node stack with the to-proxy mark, whose policy route delivers it locally, where the stack's
+ * own lookup finds the proxy's upstream socket by the tuple (a transparent socket bound to the
+ * pod's address and port). No socket lookup here: those programs' frames have no room for the
+ * tuple under the verifier's 512 bytes; a reply nobody owns gets the stack's answer (RST). */
+static __always_inline int proxy_reply_to_stack(struct __sk_buff *skb)
+{
+	skb->mark = MARK_MAGIC_TO_PROXY;
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
 }
 #endif

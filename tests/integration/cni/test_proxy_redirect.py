@@ -21,18 +21,12 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ciliary.datapath.libbpf import Map
-from ciliary.datapath.maps.policy import EndpointPolicyMap
-
 from .conftest import (
-    PIN_ROOT,
-    PYTHON,
     RUN_ROOT,
     VENV_BIN,
     NodeAgent,
@@ -41,6 +35,7 @@ from .conftest import (
     run_plugin,
     unique,
 )
+from .l7proxy import CLIENT, LISTENER, netns_exec, point_to, serve, stop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,117 +59,31 @@ spec:
     - ports: [{port: "8080", protocol: TCP}]
 """
 
-# The stand-in proxy: transparent TCP and UDP listeners; each answer names the original
-# destination it saw (the accepted socket's local address; the datagram's IP_RECVORIGDSTADDR,
-# answered from that address as a transparent socket bound to it).
-LISTENER = r"""
-import select, socket, struct, sys
-IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20
-t = socket.socket()
-t.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", int(sys.argv[1])))
-t.listen(8)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-u.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-u.bind(("0.0.0.0", int(sys.argv[2])))
-print("ready", flush=True)
-while True:
-    ready, _, _ = select.select([t, u], [], [])
-    if t in ready:
-        c, peer = t.accept()
-        local = c.getsockname()
-        # upstream as the pod: its address and port, to the original destination
-        up = socket.socket()
-        up.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        up.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        up.settimeout(2)
-        up.bind(peer)
-        try:
-            up.connect(local)
-            answer = up.recv(200).decode()
-        except OSError as err:
-            answer = f"error {type(err).__name__}"
-        up.close()
-        c.sendall(f"proxy tcp {local[0]}:{local[1]} from {peer[0]}, upstream: {answer}".encode())
-        c.close()
-    if u in ready:
-        data, anc, _, peer = u.recvmsg(512, 256)
-        orig = None
-        for level, kind, raw in anc:
-            if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
-                orig = (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(orig)
-        s.sendto(f"proxy udp {orig[0]}:{orig[1]} from {peer[0]}".encode(), peer)
-        s.close()
-"""
-
-# The web pod's servers: 80 (behind the L7 rule: what the proxy's upstream connection reaches)
-# and 8080 (no L7 rule: never redirected); each answer names the peer it saw.
+# The web pod's servers: TCP 80 and UDP 53 (behind the L7 rules: what the proxy's upstream
+# connections reach) and TCP 8080 (no L7 rule: never redirected); each answer names the port
+# and the peer it saw.
 WEB_SERVER = r"""
 import select, socket
 servers = []
-for port in (80, 8080):
-    t = socket.socket()
-    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind(("0.0.0.0", port))
-    t.listen(8)
-    servers.append(t)
+for kind, port in ((socket.SOCK_STREAM, 80), (socket.SOCK_STREAM, 8080), (socket.SOCK_DGRAM, 53)):
+    s = socket.socket(socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(8)
+    servers.append(s)
 print("ready", flush=True)
 while True:
-    for t in select.select(servers, [], [])[0]:
-        c, peer = t.accept()
-        c.sendall(f"web pod {t.getsockname()[1]} from {peer[0]}".encode())
-        c.close()
+    for s in select.select(servers, [], [])[0]:
+        port = s.getsockname()[1]
+        if s.type == socket.SOCK_DGRAM:
+            _, peer = s.recvfrom(512)
+            s.sendto(f"web pod {port} from {peer[0]}".encode(), peer)
+        else:
+            c, peer = s.accept()
+            c.sendall(f"web pod {port} from {peer[0]}".encode())
+            c.close()
 """
-
-# A pod's client: one TCP connection or one UDP query on a connected socket (so only an answer
-# from the address asked is accepted); prints the answer, or the error.
-CLIENT = r"""
-import socket, sys
-kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    if kind == "tcp":
-        s = socket.create_connection((host, port), timeout=2)
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(2)
-        s.connect((host, port))
-        s.send(b"query")
-    print(s.recv(200).decode())
-except OSError as err:
-    print(f"error {type(err).__name__}")
-"""
-
-
-def _netns_exec(netns: str, script: str, *args: str) -> str:
-    res = subprocess.run(
-        ["ip", "netns", "exec", netns, PYTHON, "-c", script, *args],
-        capture_output=True, text=True, timeout=20, check=True,
-    )  # fmt: skip
-    return res.stdout.strip()
-
-
-def _serve(netns: str, script: str, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", netns, PYTHON, "-c", script, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.kill()
-        raise AssertionError(f"server did not start: {line!r} {proc.communicate(timeout=10)[1]!r}")
-    return proc
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.communicate(timeout=10)
 
 
 class Node:
@@ -227,20 +136,6 @@ def _proxy_ports(node: Node) -> dict[tuple[str, str], int]:
     return {(e.protocol, e.ports): e.proxy_port for e in entries if e.proxy_port}
 
 
-def _point_to(node: Node, tcp_port: int, udp_port: int) -> None:
-    """Point the client's redirecting policy map entries at other listener ports."""
-    inner = EndpointPolicyMap(
-        Map.from_pin(PIN_ROOT / node.agent.node / f"ciliary_policy_{node.client_ep}")
-    )
-    try:
-        for key, value in inner.current().items():
-            if value.proxy_port:
-                port = tcp_port if key.protocol == 6 else udp_port
-                inner.upsert(key, replace(value, proxy_port=port))
-    finally:
-        inner.close()
-
-
 def _hubble(node: Node, *flags: str) -> list[dict[str, Any]]:
     sock = Path(RUN_ROOT) / node.agent.node / "hubble.sock"
     res = subprocess.run(
@@ -260,24 +155,27 @@ def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node) -> N
         status = cl.endpoint_policy(node.client_ep)
     assert not any("L7" in note for note in status.unsupported)
     assert ports["TCP", "80"] != ports["UDP", "53"]  # cilium-http-egress, cilium-dns-egress
-    _point_to(node, TEST_TCP_PORT, TEST_UDP_PORT)
-    listener = _serve(node.agent.netns, LISTENER, str(TEST_TCP_PORT), str(TEST_UDP_PORT))
-    web = _serve(node.web_ns, WEB_SERVER)
+    point_to(node.agent.node, node.client_ep, TEST_TCP_PORT, TEST_UDP_PORT)
+    listener = serve(node.agent.netns, LISTENER, str(TEST_TCP_PORT), str(TEST_UDP_PORT))
+    web = serve(node.web_ns, WEB_SERVER)
     try:
-        seen = _netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "80")
+        seen = netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "80")
         # ... and the proxy's upstream connection as the pod (same tuple) gets its replies
         assert seen == (
             f"proxy tcp {node.web_ip}:80 from {node.client_ip},"
             f" upstream: web pod 80 from {node.client_ip}"
         )
-        seen = _netns_exec(node.client_ns, CLIENT, "udp", node.web_ip, "53")
-        assert seen == f"proxy udp {node.web_ip}:53 from {node.client_ip}"
+        seen = netns_exec(node.client_ns, CLIENT, "udp", node.web_ip, "53")
+        assert seen == (
+            f"proxy udp {node.web_ip}:53 from {node.client_ip},"
+            f" upstream: web pod 53 from {node.client_ip}"
+        )
         # a port without L7 rules is not redirected: the web pod answers
-        seen = _netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "8080")
+        seen = netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "8080")
         assert seen == f"web pod 8080 from {node.client_ip}"
     finally:
-        _stop(listener)
-        _stop(web)
+        stop(listener)
+        stop(web)
     # the redirect is traced at the to-proxy observation point
     to_proxy = [
         f for f in _hubble(node, "--from-ip", node.client_ip)
@@ -291,8 +189,8 @@ def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node) -> N
 
 
 def test_without_a_proxy_listening_the_connection_is_dropped(node: Node) -> None:
-    _point_to(node, NO_PROXY_PORT, NO_PROXY_PORT)
-    assert _netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "80").startswith("error")
+    point_to(node.agent.node, node.client_ep, NO_PROXY_PORT, NO_PROXY_PORT)
+    assert netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "80").startswith("error")
 
     def dropped() -> list[dict[str, Any]]:
         return [

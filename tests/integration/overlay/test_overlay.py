@@ -51,11 +51,13 @@ from ..cni.conftest import (
     sh,
     unique,
 )
+from ..cni.l7proxy import CLIENT, LISTENER, netns_exec, point_to, serve, stop
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.privileged]
 
 UNDERLAY = ("172.31.250.1", "172.31.250.2")
 PORT_TCP, PORT_UDP = 7000, 7001
+PROXY_TCP_PORT, PROXY_UDP_PORT = 10911, 10912  # the stand-in proxy's, in node A's netns
 NAMESPACE = "default"
 APPS = ("client", "other", "server")
 IDENTITY = {app: MIN_ALLOCATED_IDENTITY + i for i, app in enumerate(APPS)}
@@ -326,6 +328,98 @@ def test_receiving_node_enforces_ingress_on_the_vni_identity(cluster: Cluster) -
             assert drop.destination.pod_name == "server"
     finally:
         with cluster.b.client() as cl:
+            cl.policy_delete(all=True)
+
+
+L7_POLICY = f"""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: client-l7, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: client}}}}
+  egress:
+  - toEndpoints: [{{matchLabels: {{app: server}}}}]
+    toPorts:
+    - ports: [{{port: "{PORT_TCP}", protocol: TCP}}]
+      rules: {{http: [{{}}]}}
+    - ports: [{{port: "{PORT_UDP}", protocol: UDP}}]
+      rules: {{dns: [{{matchPattern: "*"}}]}}
+"""
+
+
+def test_l7_proxy_speaks_to_another_nodes_pod_as_the_pod(cluster: Cluster) -> None:
+    """bpf/lib/proxy.h across nodes: the client's connection and query to the server on node B
+    go to a stand-in proxy in node A's netns (its ports put into the client's entries), which
+    passes them on as the pod; B's replies come back through the tunnel and reach the proxy's
+    upstream sockets (bpf_overlay hands them to the stack with the to-proxy mark), not the pod."""
+    with cluster.a.client() as cl:
+        cl.policy_import(L7_POLICY, "l7.yaml")
+        ep = next(e.id for e in cl.endpoints() if e.container_id == cluster.client.container_id)
+        assert {e.protocol for e in cl.endpoint_policy(ep).entries if e.proxy_port} == {
+            "TCP",
+            "UDP",
+        }
+    point_to(cluster.a.node, ep, PROXY_TCP_PORT, PROXY_UDP_PORT)
+    # node A's own route to B's pods (the node manager's, tunnel mode): the proxy's upstream
+    # connections leave through the node stack
+    remote = str(cluster.b.ipv4_range)
+    router = str(next(ip_network(str(cluster.a.ipv4_range)).hosts()))
+    sh("ip", "-n", cluster.a.netns, "route", "replace", remote, "dev", "ciliary_host",
+       "src", router, "mtu", str(1500 - TUNNEL_OVERHEAD))  # fmt: skip
+    proxy = serve(cluster.a.netns, LISTENER, str(PROXY_TCP_PORT), str(PROXY_UDP_PORT))
+    try:
+        srv, client = cluster.server.v4, cluster.client.v4
+        for kind, port in (("tcp", PORT_TCP), ("udp", PORT_UDP)):
+            seen = netns_exec(cluster.client.netns, CLIENT, kind, srv, str(port))
+            assert seen == f"proxy {kind} {srv}:{port} from {client}, upstream: hello"
+    finally:
+        stop(proxy)
+        sh("ip", "-n", cluster.a.netns, "route", "del", remote, check=False)
+        with cluster.a.client() as cl:
+            cl.policy_delete(all=True)
+
+
+WORLD_PORT = 7100  # a server of node B's own netns: the world to node A's pods (masqueraded)
+WORLD_SERVER = r"""
+import socket, sys
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", int(sys.argv[1])))
+t.listen(8)
+print("ready", flush=True)
+while True:
+    c, peer = t.accept()
+    c.recv(200)
+    c.sendall(f"world from {peer[0]}".encode())
+    c.close()
+"""
+
+
+def test_l7_proxy_reaches_the_world_masqueraded(cluster: Cluster) -> None:
+    """The proxy's upstream connection to a world address leaves masqueraded (node A's IP, as
+    the pod's own would); the reply, translated back by bpf_host, reaches the proxy's upstream
+    socket (the to-proxy mark), not the pod."""
+    world = UNDERLAY[1]
+    policy = L7_POLICY.replace(
+        "  - toEndpoints: [{matchLabels: {app: server}}]\n",
+        f"  - toCIDR: [{world}/32]\n",
+    ).replace(f'port: "{PORT_TCP}"', f'port: "{WORLD_PORT}"')
+    with cluster.a.client() as cl:
+        cl.policy_import(policy, "l7-world.yaml")
+        ep = next(e.id for e in cl.endpoints() if e.container_id == cluster.client.container_id)
+    point_to(cluster.a.node, ep, PROXY_TCP_PORT, PROXY_UDP_PORT)
+    server = serve(cluster.b.netns, WORLD_SERVER, str(WORLD_PORT))
+    proxy = serve(cluster.a.netns, LISTENER, str(PROXY_TCP_PORT), str(PROXY_UDP_PORT))
+    try:
+        seen = netns_exec(cluster.client.netns, CLIENT, "tcp", world, str(WORLD_PORT))
+        assert seen == (
+            f"proxy tcp {world}:{WORLD_PORT} from {cluster.client.v4},"
+            f" upstream: world from {UNDERLAY[0]}"
+        )
+    finally:
+        stop(proxy)
+        stop(server)
+        with cluster.a.client() as cl:
             cl.policy_delete(all=True)
 
 

@@ -1,0 +1,129 @@
+"""A stand-in for the node's L7 proxies in tests with real packets (issue #15, bpf/lib/proxy.h):
+transparent listeners in the node netns that answer what they saw, after speaking to the
+original destination as the pod (the contract docs/architecture.md gives the real proxies), and
+a pod-side client. Scripts run with ``ip netns exec``; the servers print ``ready`` once bound."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+
+from ciliary.datapath.libbpf import Map
+from ciliary.datapath.maps.policy import EndpointPolicyMap
+
+from .conftest import PIN_ROOT, PYTHON
+
+# The stand-in proxy: transparent TCP and UDP listeners (ports: argv 1 and 2). Each request is
+# passed on to the original destination as the pod (IP_TRANSPARENT, bound to the pod's address
+# and port) and answered with what it saw: the original destination (the accepted socket's
+# local address; the datagram's IP_RECVORIGDSTADDR, answered from that address as a transparent
+# socket bound to it), the pod, and the destination's answer.
+LISTENER = r"""
+import select, socket, struct, sys
+IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20
+
+
+def transparent(kind, bind):
+    s = socket.socket(socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(2)
+    s.bind(bind)
+    return s
+
+
+def upstream(kind, pod, orig):
+    # to the original destination as the pod: its address and port
+    up = transparent(kind, pod)
+    try:
+        up.connect(orig)
+        up.send(b"hello")
+        return up.recv(200).decode()
+    except OSError as err:
+        return f"error {type(err).__name__} {err.errno}"
+    finally:
+        up.close()
+
+
+t = transparent(socket.SOCK_STREAM, ("0.0.0.0", int(sys.argv[1])))
+t.settimeout(None)
+t.listen(8)
+u = transparent(socket.SOCK_DGRAM, ("0.0.0.0", int(sys.argv[2])))
+u.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+print("ready", flush=True)
+while True:
+    ready, _, _ = select.select([t, u], [], [])
+    if t in ready:
+        c, peer = t.accept()
+        orig = c.getsockname()
+        answer = upstream(socket.SOCK_STREAM, peer, orig)
+        c.sendall(f"proxy tcp {orig[0]}:{orig[1]} from {peer[0]}, upstream: {answer}".encode())
+        c.close()
+    if u in ready:
+        data, anc, _, peer = u.recvmsg(512, 256)
+        orig = None
+        for level, kind, raw in anc:
+            if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
+                orig = (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
+        answer = upstream(socket.SOCK_DGRAM, peer, orig)
+        s = transparent(socket.SOCK_DGRAM, orig)  # the answer comes from the original destination
+        s.sendto(f"proxy udp {orig[0]}:{orig[1]} from {peer[0]}, upstream: {answer}".encode(), peer)
+        s.close()
+"""
+
+# A pod's client: one TCP connection or one UDP query on a connected socket (so only an answer
+# from the address asked is accepted); prints the answer, or the error.
+CLIENT = r"""
+import socket, sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if kind == "tcp":
+        s = socket.create_connection((host, port), timeout=2)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        s.send(b"query")
+    print(s.recv(200).decode())
+except OSError as err:
+    print(f"error {type(err).__name__}")
+"""
+
+
+def netns_exec(netns: str, script: str, *args: str) -> str:
+    res = subprocess.run(
+        ["ip", "netns", "exec", netns, PYTHON, "-c", script, *args],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    return res.stdout.strip()
+
+
+def serve(netns: str, script: str, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, PYTHON, "-c", script, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise AssertionError(f"server did not start: {line!r} {proc.communicate(timeout=10)[1]!r}")
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.communicate(timeout=10)
+
+
+def point_to(node: str, ep_id: int, tcp_port: int, udp_port: int) -> None:
+    """Point the redirecting entries of endpoint ``ep_id``'s policy map (node ``node``'s pin) at
+    the stand-in's ports: the agent's own proxies hold the ports it allocated."""
+    inner = EndpointPolicyMap(Map.from_pin(PIN_ROOT / node / f"ciliary_policy_{ep_id}"))
+    try:
+        for key, value in inner.current().items():
+            if value.proxy_port:
+                port = tcp_port if key.protocol == 6 else udp_port
+                inner.upsert(key, replace(value, proxy_port=port))
+    finally:
+        inner.close()
