@@ -560,3 +560,25 @@ def test_node_envoy_runs_once_an_http_rule_applies(
 def test_listeners_bind_both_families(env: Env) -> None:
     listening = env.loop.run(env.envoy.admin("/listeners"))
     assert f"0.0.0.0:{INGRESS_PORT}" in listening and f"[::]:{INGRESS_PORT}" in listening, listening
+
+
+def test_malformed_http_is_answered_and_envoy_lives_on(env: Env) -> None:
+    async def raw(payload: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(SERVER, 8080, local_addr=(ALLOWED, 0))
+        writer.write(payload)
+        try:
+            return await asyncio.wait_for(reader.read(200), 5)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    pid = env.envoy.pid
+    garbage = env.loop.run(raw(b"\x16\x03\x01 not http at all\r\n\r\n"))
+    assert garbage.startswith(b"HTTP/1.1 400 Bad Request"), garbage
+    huge = env.loop.run(
+        raw(b"GET /public HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    )
+    assert huge.startswith(b"HTTP/1.1 431"), huge  # over Envoy's 60 KiB of request headers
+    assert env.loop.run(_request("GET", "/public/after"))[0] == 200
+    assert env.envoy.pid == pid and env.envoy.alive()
