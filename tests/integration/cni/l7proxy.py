@@ -13,19 +13,25 @@ from ciliary.datapath.maps.policy import EndpointPolicyMap
 
 from .conftest import PIN_ROOT, PYTHON
 
-# The stand-in proxy: transparent TCP and UDP listeners (ports: argv 1 and 2). Each request is
+# The stand-in proxy: transparent TCP and UDP listeners (ports: argv 1 and 2) on both wildcard
+# addresses. Each request is
 # passed on to the original destination as the pod (IP_TRANSPARENT, bound to the pod's address
 # and port) and answered with what it saw: the original destination (the accepted socket's
 # local address; the datagram's IP_RECVORIGDSTADDR, answered from that address as a transparent
 # socket bound to it), the pod, and the destination's answer.
 LISTENER = r"""
 import select, socket, struct, sys
-IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20
+IP_TRANSPARENT, IP_RECVORIGDSTADDR, IPV6_TRANSPARENT, IPV6_RECVORIGDSTADDR = 19, 20, 75, 74
 
 
 def transparent(kind, bind):
-    s = socket.socket(socket.AF_INET, kind)
-    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    v6 = ":" in bind[0]
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.settimeout(2)
     s.bind(bind)
@@ -34,9 +40,9 @@ def transparent(kind, bind):
 
 def upstream(kind, pod, orig):
     # to the original destination as the pod: its address and port
-    up = transparent(kind, pod)
+    up = transparent(kind, pod[:2])
     try:
-        up.connect(orig)
+        up.connect(orig[:2])
         up.send(b"hello")
         return up.recv(200).decode()
     except OSError as err:
@@ -45,30 +51,44 @@ def upstream(kind, pod, orig):
         up.close()
 
 
-t = transparent(socket.SOCK_STREAM, ("0.0.0.0", int(sys.argv[1])))
-t.settimeout(None)
-t.listen(8)
-u = transparent(socket.SOCK_DGRAM, ("0.0.0.0", int(sys.argv[2])))
-u.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+def orig_dst(anc):
+    for level, kind, raw in anc:
+        if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
+            return socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0]
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_RECVORIGDSTADDR:
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0]
+    return None
+
+
+tcp, udp = [], []
+for wildcard in ("0.0.0.0", "::"):
+    t = transparent(socket.SOCK_STREAM, (wildcard, int(sys.argv[1])))
+    t.settimeout(None)
+    t.listen(8)
+    tcp.append(t)
+    u = transparent(socket.SOCK_DGRAM, (wildcard, int(sys.argv[2])))
+    if wildcard == "::":
+        u.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
+    else:
+        u.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+    udp.append(u)
 print("ready", flush=True)
 while True:
-    ready, _, _ = select.select([t, u], [], [])
-    if t in ready:
-        c, peer = t.accept()
-        orig = c.getsockname()
-        answer = upstream(socket.SOCK_STREAM, peer, orig)
-        c.sendall(f"proxy tcp {orig[0]}:{orig[1]} from {peer[0]}, upstream: {answer}".encode())
-        c.close()
-    if u in ready:
-        data, anc, _, peer = u.recvmsg(512, 256)
-        orig = None
-        for level, kind, raw in anc:
-            if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
-                orig = (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
-        answer = upstream(socket.SOCK_DGRAM, peer, orig)
-        s = transparent(socket.SOCK_DGRAM, orig)  # the answer comes from the original destination
-        s.sendto(f"proxy udp {orig[0]}:{orig[1]} from {peer[0]}, upstream: {answer}".encode(), peer)
-        s.close()
+    for s in select.select(tcp + udp, [], [])[0]:
+        if s in tcp:
+            c, peer = s.accept()
+            orig = c.getsockname()
+            answer = upstream(socket.SOCK_STREAM, peer, orig)
+            c.sendall(f"proxy tcp {orig[0]}:{orig[1]} from {peer[0]}, upstream: {answer}".encode())
+            c.close()
+        else:
+            data, anc, _, peer = s.recvmsg(512, 256)
+            orig = orig_dst(anc)
+            answer = upstream(socket.SOCK_DGRAM, peer, orig)
+            out = transparent(socket.SOCK_DGRAM, orig)  # answers from the original destination
+            text = f"proxy udp {orig[0]}:{orig[1]} from {peer[0]}, upstream: {answer}"
+            out.sendto(text.encode(), peer)
+            out.close()
 """
 
 # A pod's client: one TCP connection or one UDP query on a connected socket (so only an answer
@@ -80,7 +100,7 @@ try:
     if kind == "tcp":
         s = socket.create_connection((host, port), timeout=2)
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(2)
         s.connect((host, port))
         s.send(b"query")

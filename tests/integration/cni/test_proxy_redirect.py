@@ -7,7 +7,8 @@ listener that stands in for the proxies (the agent's own proxies, once they run,
 ports): the redirecting entries are pointed at the listener's ports in the pinned map, and the
 listener, bound with IP_TRANSPARENT in the node netns, answers what it saw.
 
-Asserted: the pod's TCP connection and UDP query to a port with an L7 rule reach it unchanged
+Asserted, over IPv4 and IPv6: the pod's TCP connection and UDP query to a port with an L7 rule
+reach it unchanged
 (its local address / IP_RECVORIGDSTADDR is the original destination, the web pod's address and
 port) and its answers come back to the pod from that destination; its upstream connection to the
 web pod made as the pod (IP_TRANSPARENT, bound to the pod's address and port) gets the web pod's
@@ -40,6 +41,7 @@ from .l7proxy import CLIENT, LISTENER, netns_exec, point_to, serve, stop
 pytestmark = pytest.mark.timeout(120)
 
 V4_RANGE = "10.231.0.0/24"
+V6_RANGE = "fd00:10:231::/120"
 TEST_TCP_PORT, TEST_UDP_PORT = 10901, 10902  # the stand-in proxy's (free in a fresh node netns)
 NO_PROXY_PORT = 10903
 
@@ -65,13 +67,17 @@ spec:
 WEB_SERVER = r"""
 import select, socket
 servers = []
-for kind, port in ((socket.SOCK_STREAM, 80), (socket.SOCK_STREAM, 8080), (socket.SOCK_DGRAM, 53)):
-    s = socket.socket(socket.AF_INET, kind)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    if kind == socket.SOCK_STREAM:
-        s.listen(8)
-    servers.append(s)
+for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    for kind, port in ((socket.SOCK_STREAM, 80), (socket.SOCK_STREAM, 8080),
+                       (socket.SOCK_DGRAM, 53)):
+        s = socket.socket(family, kind)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((wildcard, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(8)
+        servers.append(s)
 print("ready", flush=True)
 while True:
     for s in select.select(servers, [], [])[0]:
@@ -94,10 +100,11 @@ class Node:
         self.conf = {"cniVersion": "1.0.0", "name": "ciliary", "type": "ciliary-cni",
                      "node": agent.node}  # fmt: skip
         self.added: list[tuple[str, str]] = []
-        self.client_ns, self.client_ip, self.client_ep = self._add(pods, "client")
-        self.web_ns, self.web_ip, _ = self._add(pods, "web")
+        self.client_ns, self.client_ips, self.client_ep = self._add(pods, "client")
+        self.web_ns, self.web_ips, _ = self._add(pods, "web")
+        self.client_ip, self.web_ip = self.client_ips[4], self.web_ips[4]
 
-    def _add(self, pods: Pods, app: str) -> tuple[str, str, int]:
+    def _add(self, pods: Pods, app: str) -> tuple[str, dict[int, str], int]:
         cid = unique("c")
         name, path = pods.new()
         conf = {**self.conf, "args": {"cni": {"labels": [{"key": "app", "value": app}]}}}
@@ -105,10 +112,11 @@ class Node:
                          args=f"K8S_POD_NAME={app};K8S_POD_NAMESPACE=default")  # fmt: skip
         assert run.rc == 0, str(run)
         self.added.append((cid, path))
-        ip = next(i["address"].split("/")[0] for i in run.json["ips"] if "." in i["address"])
+        addrs = [i["address"].split("/")[0] for i in run.json["ips"]]
+        ips = {6 if ":" in a else 4: a for a in addrs}
         with self.agent.client() as cl:
             ep = next(e.id for e in cl.endpoints() if e.container_id == cid)
-        return name, ip, ep
+        return name, ips, ep
 
     def cleanup(self) -> None:
         for cid, path in self.added:
@@ -118,7 +126,7 @@ class Node:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     pods = Pods()
-    with node_agent(tmp_path_factory.mktemp("proxy-agent"), V4_RANGE, None) as agent:
+    with node_agent(tmp_path_factory.mktemp("proxy-agent"), V4_RANGE, V6_RANGE) as agent:
         n = Node(agent, pods)
         try:
             with agent.client() as cl:
@@ -159,20 +167,19 @@ def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node) -> N
     listener = serve(node.agent.netns, LISTENER, str(TEST_TCP_PORT), str(TEST_UDP_PORT))
     web = serve(node.web_ns, WEB_SERVER)
     try:
-        seen = netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "80")
-        # ... and the proxy's upstream connection as the pod (same tuple) gets its replies
-        assert seen == (
-            f"proxy tcp {node.web_ip}:80 from {node.client_ip},"
-            f" upstream: web pod 80 from {node.client_ip}"
-        )
-        seen = netns_exec(node.client_ns, CLIENT, "udp", node.web_ip, "53")
-        assert seen == (
-            f"proxy udp {node.web_ip}:53 from {node.client_ip},"
-            f" upstream: web pod 53 from {node.client_ip}"
-        )
-        # a port without L7 rules is not redirected: the web pod answers
-        seen = netns_exec(node.client_ns, CLIENT, "tcp", node.web_ip, "8080")
-        assert seen == f"web pod 8080 from {node.client_ip}"
+        for family in (4, 6):
+            web_ip, client_ip = node.web_ips[family], node.client_ips[family]
+            # the proxy sees the original destination; its upstream connection as the pod
+            # (same tuple) gets the web pod's replies
+            for kind, port in (("tcp", 80), ("udp", 53)):
+                seen = netns_exec(node.client_ns, CLIENT, kind, web_ip, str(port))
+                assert seen == (
+                    f"proxy {kind} {web_ip}:{port} from {client_ip},"
+                    f" upstream: web pod {port} from {client_ip}"
+                )
+            # a port without L7 rules is not redirected: the web pod answers
+            seen = netns_exec(node.client_ns, CLIENT, "tcp", web_ip, "8080")
+            assert seen == f"web pod 8080 from {client_ip}"
     finally:
         stop(listener)
         stop(web)
