@@ -33,7 +33,7 @@ from typing import Final
 
 from ciliary import processes
 from ciliary.agent import envoyconfig as cfg
-from ciliary.core.atomicfile import remove, write_json
+from ciliary.core.atomicfile import read_json, remove, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,10 @@ class EnvoyPaths:
     @property
     def access_log(self) -> Path:
         return self.root / "access.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "envoy.pid"
 
 
 class EnvoyConfigWriter:
@@ -200,10 +204,26 @@ class EnvoyProcess:
             logfile.close()
         self.pid = self._proc.pid
         self._started_at = processes.start_time(self.pid)
+        write_json(p.pidfile, {"pid": self.pid, "start_time": self._started_at})
         log.info("envoy started (pid %d), log %s", self.pid, p.log)
+
+    def _stop_leftover(self) -> None:
+        """The Envoy of an agent that died without stopping it (SIGKILL): it would still hold
+        the proxy ports (Envoy's listeners use SO_REUSEPORT, so a second one would share them
+        with stale policy). Ours only while its pid has the recorded start time."""
+        try:
+            doc = read_json(self.paths.pidfile)
+            pid, started = int(doc["pid"]), int(doc["start_time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if processes.alive(pid, started):
+            log.warning("envoy of an earlier run (pid %d) still running: stopping it", pid)
+            processes.stop(pid, started)
+        remove(self.paths.pidfile)
 
     async def start(self) -> None:
         p = self.paths
+        await asyncio.to_thread(self._stop_leftover)
         write_json(p.bootstrap, cfg.bootstrap(self.node, p.lds, p.cds, p.admin))
         for path in (p.lds, p.cds):  # Envoy needs the files to exist at start
             if not path.exists():
@@ -304,6 +324,7 @@ class EnvoyProcess:
                     self._proc.wait(1.0)
             self.pid = None
         remove(self.paths.admin)
+        remove(self.paths.pidfile)
 
     def alive(self) -> bool:
         return processes.alive(self.pid, self._started_at)

@@ -1,9 +1,23 @@
-"""From one datapath event to one Hubble ``flow.Flow``, as upstream's L3/L4 parser builds it.
+"""From one event to one Hubble ``flow.Flow``, as upstream's Hubble parser builds it.
+
+:class:`FlowDecoder` is upstream's ``parser.Parser``: one decoder per node with the agent's
+getters and the caches the families share (endpoints, labels, UUIDs, the wall clock), and a
+dispatch on the event's record type (``event.type``, the ``EventType`` every ring buffer record
+starts with, :data:`FAMILIES`) to one parser per family, as upstream's:
+
+* ``threefour`` (:meth:`FlowDecoder.decode`): drops, traces, policy verdicts
+  (``RawTraceEvent``), L3/L4 flows;
+* ``sock`` (:meth:`FlowDecoder.decode_sock`): socket-LB's trace-sock records
+  (``RawSockEvent``), SOCK flows;
+* ``seven`` (:meth:`FlowDecoder.decode_l7`, with :mod:`ciliary.agent.seven`): the proxies'
+  requests and responses (:class:`~ciliary.core.l7record.L7Record`), L7 flows.
+
+:meth:`FlowDecoder.parse` is the dispatch; Hubble's decode loop takes the same table.
 
 The datapath reports numbers (``struct trace_event``, decoded without interpretation into
-``RawTraceEvent``); this module gives them Hubble's meaning, field by field, the way Cilium's
-``pkg/hubble/parser/threefour`` does, so that ``hubble observe`` (ours or upstream's) prints the
-same lines for the same packets:
+``RawTraceEvent``); the threefour family gives them Hubble's meaning, field by field, the way
+Cilium's ``pkg/hubble/parser/threefour`` does, so that ``hubble observe`` (ours or upstream's)
+prints the same lines for the same packets:
 
 * drops are ``event_type {type: 1, sub_type: <drop reason>}`` with ``drop_reason`` and
   ``drop_reason_desc``, no observation point and ``is_reply`` unset (a drop does not know);
@@ -36,7 +50,13 @@ same lines for the same packets:
   the reverse points; source port 0 (unknown at connect); verdict TRACED before, TRANSLATED
   after; ``event_type {type: 7, sub_type: <xlate point>}``, ``sock_xlate_point``,
   ``socket_cookie``, ``cgroup_id``; ``destination_service`` by address and port (so the
-  pre-translation point names the Service).
+  pre-translation point names the Service);
+* a proxy's L7 record becomes a ``Type: L7`` flow as upstream's ``pkg/hubble/parser/seven``
+  builds it (:meth:`FlowDecoder.decode_l7`): ``event_type {type: 129}``, the record's verdict
+  and direction, ``IP`` and ``l4`` from its two sides (as the pod sees them), endpoints
+  resolved from the addresses as above (the record's identity wins when it has one),
+  ``source_service``/``destination_service`` by address and port, ``is_reply`` true on
+  responses, ``l7`` and ``Summary`` from :mod:`ciliary.agent.seven`.
 
 Everything here is a pure function of the event and the getters it is given, so it is tested
 with constructed events; ``ciliary.agent.hubble`` supplies the getters from the running agent.
@@ -50,22 +70,25 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ciliary.agent import seven
 from ciliary.core.flow import (
     MIN_ALLOCATED_IDENTITY,
     TCP_FLAG_BITS,
     TRACE_TO_LXC,
     CTState,
     EventType,
+    L7FlowType,
     ObservationPoint,
     SockL4Protocol,
     SockXlatePoint,
     TrafficDirection,
     Verdict,
 )
+from ciliary.core.l7record import L7Record
 from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.datapath.maps.events import RawSockEvent, RawTraceEvent
@@ -83,7 +106,9 @@ from ciliary.policy.explain import DefaultDeny
 from ciliary.policy.identity import is_local_identity
 
 __all__ = [
+    "FAMILIES",
     "EndpointInfo",
+    "Event",
     "FlowDecoder",
     "FlowGetters",
     "PodRef",
@@ -101,11 +126,22 @@ TRAFFIC_EGRESS = int(TrafficDirection.EGRESS)
 _KNOWN_CT = frozenset({CTState.NEW, CTState.ESTABLISHED, CTState.REPLY, CTState.RELATED})
 # plain ints for the per-event comparisons (no enum class attribute lookups per event)
 _DROP, _TRACE, _VERDICT = int(EventType.DROP), int(EventType.TRACE), int(EventType.POLICY_VERDICT)
+_ACCESS_LOG = int(EventType.ACCESS_LOG)
 _DROPPED, _CT_REPLY = int(Verdict.DROPPED), int(CTState.REPLY)
 _TO_ENDPOINT = int(ObservationPoint.TO_ENDPOINT)
 _SOCK_L4_NAMES = {int(SockL4Protocol.TCP): "TCP", int(SockL4Protocol.UDP): "UDP"}
 _NO_LABELS: list[str] = []  # shared (callers copy labels into messages, never modify them)
 _CACHE_MAX = 4096
+Event = RawTraceEvent | RawSockEvent | L7Record
+"""What the decoder takes: a datapath record (ring buffer) or a proxy's L7 record."""
+FAMILIES: dict[int, str] = {
+    int(EventType.DROP): "decode",
+    int(EventType.TRACE): "decode",
+    int(EventType.POLICY_VERDICT): "decode",
+    int(EventType.TRACE_SOCK): "decode_sock",
+    int(EventType.ACCESS_LOG): "decode_l7",
+}
+"""Record type → the :class:`FlowDecoder` method of its family (threefour, sock, seven)."""
 """Entries of each per-decoder cache before it is emptied (a node has few distinct values;
 the bound only keeps churn, e.g. pods coming and going for days, from growing it)."""
 
@@ -287,8 +323,23 @@ class FlowDecoder:
     _summaries: dict[tuple[int, int, int, int, int], str] = field(default_factory=dict, repr=False)
     _tcp_flags: dict[int, flow_pb2.TCPFlags] = field(default_factory=dict, repr=False)
     _uuids: FlowUUIDs = field(default_factory=FlowUUIDs, repr=False)
+    families: dict[int, Callable[[Any], flow_pb2.Flow | None]] = field(init=False, repr=False)
+    """:data:`FAMILIES` bound to this decoder (Hubble's decode loop dispatches through it)."""
+
+    def __post_init__(self) -> None:
+        self.families = {kind: getattr(self, name) for kind, name in FAMILIES.items()}
+
+    def parse(self, event: Event) -> flow_pb2.Flow | None:
+        """The flow of any event, by its record type (see the module doc); None: the family
+        skipped it (a trace-sock record of no local endpoint's cgroup). An event of a type no
+        family takes is a ValueError."""
+        family = self.families.get(event.type)
+        if family is None:
+            raise ValueError(f"no parser for record type {event.type}")
+        return family(event)
 
     def decode(self, raw: RawTraceEvent) -> flow_pb2.Flow:
+        """The ``threefour`` family: a drop, trace or policy verdict's L3/L4 flow."""
         kind, verdict = raw.type, raw.verdict
         is_drop = kind == _DROP
         wall = self.clock.wall_ns(raw.ts_ns)
@@ -375,8 +426,8 @@ class FlowDecoder:
         return text
 
     def decode_sock(self, raw: RawSockEvent) -> flow_pb2.Flow | None:
-        """A trace-sock record's SOCK flow (see the module doc); None: skipped (its cgroup is
-        no local endpoint's)."""
+        """The ``sock`` family: a trace-sock record's SOCK flow (see the module doc); None:
+        skipped (its cgroup is no local endpoint's)."""
         src_ip = self.getters.endpoint_ip_of_cgroup(raw.cgroup_id, raw.family)
         if src_ip is None or raw.dst is None:
             return None
@@ -409,6 +460,42 @@ class FlowDecoder:
         f.destination.CopyFrom(self._endpoint(dst[0], 0))
         for addr, field_ in ((src, f.source_service), (dst, f.destination_service)):
             found = self.getters.service_by_addr(*addr)
+            if found is not None:
+                field_.namespace, field_.name = found
+        return f
+
+    def decode_l7(self, rec: L7Record) -> flow_pb2.Flow:
+        """The ``seven`` family: a proxy's request or response as an L7 flow (see the module
+        doc). The entry point of the proxies' records: build an :class:`L7Record` and hand it
+        to the agent's event fan-out (``Monitor.publish``), which queues it for Hubble's decode
+        loop, where it arrives here."""
+        f = flow_pb2.Flow(
+            uuid=self._uuids.next(),
+            verdict=int(rec.verdict),  # type: ignore[arg-type]
+            Type=flow_pb2.L7,
+            node_name=self.node_name,
+            traffic_direction=int(rec.direction),  # type: ignore[arg-type]
+            Summary=seven.summary(rec),
+        )
+        f.time.seconds, f.time.nanos = divmod(rec.time_ns, 1_000_000_000)
+        src, dst = rec.source, rec.destination
+        f.IP.source, f.IP.destination = self._text(src.ip), self._text(dst.ip)
+        f.IP.ipVersion = flow_pb2.IPv4 if src.ip.version == 4 else flow_pb2.IPv6
+        if rec.transport == 6:
+            f.l4.TCP.source_port, f.l4.TCP.destination_port = src.port, dst.port
+        elif rec.transport == 17:
+            f.l4.UDP.source_port, f.l4.UDP.destination_port = src.port, dst.port
+        elif rec.transport == 132:
+            f.l4.SCTP.source_port, f.l4.SCTP.destination_port = src.port, dst.port
+        f.source.CopyFrom(self._endpoint(src.ip, src.identity))
+        f.destination.CopyFrom(self._endpoint(dst.ip, dst.identity))
+        f.l7.CopyFrom(seven.layer7(rec))
+        is_reply = rec.kind == L7FlowType.RESPONSE
+        f.is_reply.value = is_reply
+        f.reply = is_reply
+        f.event_type.type = _ACCESS_LOG
+        for side, field_ in ((src, f.source_service), (dst, f.destination_service)):
+            found = self.getters.service_by_addr(side.ip, side.port)
             if found is not None:
                 field_.namespace, field_.name = found
         return f

@@ -2,9 +2,10 @@
 
 Pipeline (all on the agent's event loop, no threads)::
 
-    ring buffer reader (monitor.py, decodes each record once)
+    ring buffer reader (monitor.py, decodes each record once), proxies' L7 records (publish)
       └─ sink ──► events queue (bounded: --hubble-event-queue-size)
-                    └─ decoder task ──► FlowDecoder ──► LocalObserver.on_flow ──► ring, hooks
+                    └─ decoder task ──► FlowDecoder (by record type: threefour, sock, seven)
+                                          ──► LocalObserver.on_flow ──► ring, hooks
                                                                   (metrics, exporter)
 
 Nothing is lost silently, and every loss is counted exactly once, where it happened, as upstream:
@@ -62,6 +63,7 @@ from ciliary import __version__
 from ciliary.agent.config import AgentConfig, HubbleConfig
 from ciliary.agent.flows import (
     EndpointInfo,
+    Event,
     FlowDecoder,
     FlowGetters,
     policy_labels,
@@ -73,7 +75,6 @@ from ciliary.core import atomicfile as store_files
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.linux import cgroup
 from ciliary.datapath.maps.endpoints import IPAddress
-from ciliary.datapath.maps.events import RawEvent, RawSockEvent
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.exporter import FlowExporter
 from ciliary.hubble.metrics import FlowMetrics, MetricsServer
@@ -119,7 +120,7 @@ class EventsQueue:
         if capacity < 1:
             raise ValueError(f"events queue size must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._items: collections.deque[RawEvent | _Lost] = collections.deque()
+        self._items: collections.deque[Event | _Lost] = collections.deque()
         self._events = 0
         self.pending_lost = 0
         """Events dropped since the last OBSERVER_EVENTS_QUEUE notice was queued."""
@@ -129,7 +130,7 @@ class EventsQueue:
     def __len__(self) -> int:
         return self._events
 
-    def put(self, raw: RawEvent) -> bool:
+    def put(self, raw: Event) -> bool:
         """Queues ``raw`` (or counts it as lost when full); False when no room is left, so
         that the reader stops before it would have to drop a record it read."""
         if self._events >= self.capacity:
@@ -153,7 +154,7 @@ class EventsQueue:
             self.pending_lost = 0
             self.wakeup.set()
 
-    def pop(self) -> RawEvent | _Lost | None:
+    def pop(self) -> Event | _Lost | None:
         if not self._items:
             return None
         item = self._items.popleft()
@@ -440,8 +441,9 @@ class AgentHubble:
 
     # ---- events pipeline -------------------------------------------------------------------
 
-    def on_raw_event(self, raw: RawEvent) -> bool:
-        """The ring buffer reader's sink: queue, or count as lost and make the reader pause."""
+    def on_raw_event(self, raw: Event) -> bool:
+        """The event fan-out's sink (``Monitor``: ring buffer records and the proxies' L7
+        records): queue, or count as lost and make the reader pause."""
         return self.queue.put(raw)
 
     def poll_lost(self) -> None:
@@ -462,8 +464,7 @@ class AgentHubble:
 
     async def _decode_loop(self) -> None:
         q = self.queue
-        decode = self.decoder.decode
-        decode_sock = self.decoder.decode_sock
+        families = self.decoder.families  # the parser's dispatch on the record type
         observer = self.observer
         monitor = self._agent.monitor
         resume_below = max(q.capacity // 2, 1)
@@ -479,7 +480,7 @@ class AgentHubble:
                         observer.on_lost(item.source, item.count, item.cpu)
                         continue
                     try:
-                        flow = decode_sock(item) if isinstance(item, RawSockEvent) else decode(item)
+                        flow = families[item.type](item)
                     except Exception:
                         self.decode_errors += 1
                         if self.decode_errors == 1 or self.decode_errors % 1000 == 0:

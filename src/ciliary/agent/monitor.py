@@ -1,11 +1,16 @@
-"""The datapath's ring buffer reader, and decoded, enriched events for ``ciliary monitor``.
+"""The node's event fan-out (upstream's monitor agent): the datapath's ring buffer reader, the
+proxies' L7 records, and decoded, enriched events for ``ciliary monitor``.
 
 The ring buffer's epoll fd sits in the event loop (``add_reader``), so records are consumed as
-they arrive without a thread. Each record is decoded once into a ``RawTraceEvent`` and handed to
-every sink (Hubble's events queue) and, while someone runs ``ciliary monitor``, turned into a
+they arrive without a thread. Each record is decoded once, by the one decoder
+(``ciliary.datapath.maps.events.decode_event``: a dispatch on the record's type byte), and the
+typed record is handed to every sink (Hubble's events queue, whose parser dispatches on the same
+type) and, while someone runs ``ciliary monitor``, a ``RawTraceEvent`` is turned into a
 ``MonitorEvent`` named the way Cilium's monitor names things and enriched from the agent's own
 state (endpoint ids → pods), never guessed from addresses. Socket-LB's trace-sock records
-(``RawSockEvent``) go to the sinks (Hubble's SOCK flows) only, not to ``ciliary monitor``.
+(``RawSockEvent``) go to the sinks (Hubble's SOCK flows) only, not to ``ciliary monitor``; so do
+the proxies' L7 records (``L7Record``), which enter at :meth:`Monitor.publish` instead of the
+ring, as upstream's proxies' access log records enter its monitor agent.
 Sinks and subscribers must not block: subscribers get bounded queues; a slow subscriber loses
 events and the loss is counted (``dropped_by_subscribers``), never blocking the reader. Drain
 hooks run after every drain of the ring (Hubble reads the datapath's lost-event counters there).
@@ -38,6 +43,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
+from ciliary.agent.flows import Event
 from ciliary.core.flow import (
     DROP_POLICY,
     IP_PROTOCOLS,
@@ -49,10 +55,11 @@ from ciliary.core.flow import (
     drop_reason_text,
     tcp_flag_names,
 )
+from ciliary.core.l7record import L7Record
 from ciliary.core.models import MonitorEvent
 from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.loader import NodeDatapath
-from ciliary.datapath.maps.events import RawEvent, RawTraceEvent, decode_event
+from ciliary.datapath.maps.events import RawTraceEvent, decode_event
 from ciliary.policy.explain import DefaultDeny
 from ciliary.policy.mapstate import Direction
 
@@ -105,7 +112,7 @@ class Monitor:
         self._pod_of = pod_of_endpoint
         self._queue_size = queue_size
         self._subs: set[asyncio.Queue[MonitorEvent]] = set()
-        self._sinks: list[Callable[[RawEvent], bool | None]] = []
+        self._sinks: list[Callable[[Event], bool | None]] = []
         self._drain_hooks: list[Callable[[], None]] = []
         self._rb: RingBuffer | None = None
         self._paused = False
@@ -115,12 +122,15 @@ class Monitor:
         self.caught_up = False
         """True once a drain has emptied the ring: the backlog of a restart is read."""
         self.received = 0
+        self.published = 0
+        """L7 records the proxies published (:meth:`publish`)."""
         self.malformed = 0
         self.dropped_by_subscribers = 0
 
-    def add_sink(self, sink: Callable[[RawEvent], bool | None]) -> None:
-        """``sink(raw)`` gets every record, decoded once, from the reader (must not block); it
-        returns False when it is full after that record: reading pauses until :meth:`resume`."""
+    def add_sink(self, sink: Callable[[Event], bool | None]) -> None:
+        """``sink(event)`` gets every record, decoded once, from the reader and every published
+        L7 record (must not block); it returns False when it is full after that record: reading
+        pauses until :meth:`resume`."""
         self._sinks.append(sink)
 
     @property
@@ -193,12 +203,7 @@ class Monitor:
                     "skipping malformed ring buffer record (%d so far): %s", self.malformed, err
                 )
             return
-        full = False
-        for sink in self._sinks:
-            try:
-                full |= sink(raw) is False
-            except Exception:
-                log.exception("ring buffer sink %r failed", sink)
+        full = self._to_sinks(raw)
         if self._subs and isinstance(raw, RawTraceEvent):  # trace-sock: Hubble's only
             event = self.decode(raw)
             for q in self._subs:
@@ -208,6 +213,25 @@ class Monitor:
                     self.dropped_by_subscribers += 1
         if full:
             raise _SinkFullError  # stops this drain (the record is consumed)
+
+    def publish(self, record: L7Record) -> None:
+        """A proxy's L7 record into the fan-out: every sink gets it as a ring buffer record
+        (Hubble: an L7 flow, ``FlowDecoder.decode_l7``). Never blocks: a sink that is full
+        after it pauses the ring reader as a full ring record would; one that had no room
+        counts it as lost (Hubble's ``OBSERVER_EVENTS_QUEUE``)."""
+        self.published += 1
+        if self._to_sinks(record):
+            self._pause()
+
+    def _to_sinks(self, event: Event) -> bool:
+        """Hands ``event`` to every sink; True when one of them is full."""
+        full = False
+        for sink in self._sinks:
+            try:
+                full |= sink(event) is False
+            except Exception:
+                log.exception("event sink %r failed", sink)
+        return full
 
     def forget_ifnames(self) -> None:
         """Device indexes are reused once a pod is gone: called on every endpoint change."""

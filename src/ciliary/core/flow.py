@@ -130,6 +130,15 @@ POLICY_MATCH_TYPES: dict[int, str] = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L
 """``policy_match_type`` names (``PolicyMatchType.String()``; metrics use them lower-cased)."""
 
 
+class L7FlowType(enum.IntEnum):
+    """An L7 record's kind (Hubble's ``L7FlowType``; upstream's accesslog ``FlowType``)."""
+
+    UNKNOWN_L7_TYPE = 0
+    REQUEST = 1
+    RESPONSE = 2
+    SAMPLE = 3
+
+
 class SockL4Protocol(enum.IntEnum):
     """A trace-sock record's ``l4_proto`` (upstream's C ``enum l4_protocol``, not IP numbers)."""
 

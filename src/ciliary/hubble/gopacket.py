@@ -104,3 +104,30 @@ lives outside the flags byte)."""
 
 TCP_SUMMARY_FLAGS: dict[str, int] = {n: TCP_FLAG_BITS[n] for n in TCP_FLAG_ORDER if n != "NS"}
 """The flags byte's flags (:data:`ciliary.core.flow.TCP_FLAG_BITS`) in summary order."""
+
+DNS_RCODE_NAMES: dict[int, str] = {
+    0: "No Error",
+    1: "Format Error",
+    2: "Server Failure",
+    3: "Non-Existent Domain",
+    4: "Not Implemented",
+    5: "Query Refused",
+    6: "Name Exists when it should not",
+    7: "RR Set Exists when it should not",
+    8: "RR Set that should exist does not",
+    9: "Not Authorized",
+    10: "Name not contained in zone",
+    11: "DSO-TYPE Not Implemented",
+    16: "Bad OPT Version",
+    17: "Key not recognized",
+    18: "Signature out of time window",
+    19: "Bad TKEY Mode",
+    20: "Duplicate key name",
+    21: "Algorithm not supported",
+    22: "Bad Truncation",
+    23: "Bad/missing Server Cookie",
+}
+"""DNS response code names as Hubble spells them: the ``rcode`` label of
+``hubble_dns_responses_total`` (upstream's metrics table) and a DNS answer's summary
+``RCode: Query Refused`` (gopacket's ``DNSResponseCode.String()``: the same names but for 9,
+which gopacket calls "Server Not Authoritative for zone")."""

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -582,3 +583,22 @@ def test_malformed_http_is_answered_and_envoy_lives_on(env: Env) -> None:
     assert huge.startswith(b"HTTP/1.1 431"), huge  # over Envoy's 60 KiB of request headers
     assert env.loop.run(_request("GET", "/public/after"))[0] == 200
     assert env.envoy.pid == pid and env.envoy.alive()
+
+
+def test_the_envoy_of_a_dead_agent_is_stopped(tmp_path: Path) -> None:
+    paths = EnvoyPaths(tmp_path / "envoy")
+    left = EnvoyProcess("f-dead", paths)
+    asyncio.run(left.start())  # the loop ends: its supervisor is gone, the process is not
+    assert left.alive()
+
+    async def next_agent() -> tuple[bool, bool]:
+        envoy = EnvoyProcess("f-dead", paths)
+        await envoy.start()
+        try:
+            return left.alive(), envoy.alive()
+        finally:
+            await envoy.stop()
+
+    assert asyncio.run(next_agent()) == (False, True)
+    assert not paths.pidfile.exists()
+    asyncio.run(left.stop())  # nothing left to stop: its handle is released

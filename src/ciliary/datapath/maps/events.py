@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
+from typing import ClassVar
 
 from ciliary.core.flow import EventType
 from ciliary.datapath.libbpf import Map
@@ -221,6 +222,9 @@ class RawSockEvent:
     ``dst`` is the frontend before a forward translation, the backend after it; the reverse
     way round for a reverse one)."""
 
+    type: ClassVar[int] = _MSG_TRACE_SOCK
+    """The record type (a trace-sock record's first byte), as ``RawTraceEvent.type``."""
+
     ts_ns: int
     """When the agent read it (the record has no timestamp, as upstream's)."""
     xlate_point: int
@@ -279,11 +283,14 @@ def decode_event(data: bytes) -> RawEvent:
     """Decodes one ring buffer record: dispatched on its first byte, the record type (see the
     module doc); a record of a type no decoder knows is a ValueError (the reader counts it as
     malformed and goes on)."""
-    if not data:
-        raise ValueError("empty ring buffer record")
-    decoder = RECORD_DECODERS.get(data[0])
-    if decoder is None:
-        raise ValueError(f"ring buffer record of unknown type {data[0]} ({len(data)} bytes)")
+    try:
+        decoder = RECORD_DECODERS[data[0]]
+    except IndexError:
+        raise ValueError("empty ring buffer record") from None
+    except KeyError:
+        raise ValueError(
+            f"ring buffer record of unknown type {data[0]} ({len(data)} bytes)"
+        ) from None
     return decoder(data)
 
 

@@ -29,7 +29,7 @@ from ciliary.core.flow import (
     ReservedIdentity,
 )
 from ciliary.hubble.api.flow import flow_pb2
-from ciliary.hubble.gopacket import ICMP4, ICMP6, IcmpTable, icmp_text
+from ciliary.hubble.gopacket import DNS_RCODE_NAMES, ICMP4, ICMP6, IcmpTable, icmp_text
 from ciliary.hubble.metrics.context import (
     ContextOptions,
     direction_name,
@@ -50,29 +50,6 @@ _ICMP6_PARAMETER_PROBLEM = (
 _METRIC_ICMP6: IcmpTable = {**ICMP6, 4: _ICMP6_PARAMETER_PROBLEM}
 """gopacket's ICMPv6 names, but for code 2 of ParameterProblem, which the metrics call by its
 own name where gopacket (and so the flow summaries) repeat code 1's."""
-
-DNS_RCODES = {
-    0: "No Error",
-    1: "Format Error",
-    2: "Server Failure",
-    3: "Non-Existent Domain",
-    4: "Not Implemented",
-    5: "Query Refused",
-    6: "Name Exists when it should not",
-    7: "RR Set Exists when it should not",
-    8: "RR Set that should exist does not",
-    9: "Not Authorized",
-    10: "Name not contained in zone",
-    11: "DSO-TYPE Not Implemented",
-    16: "Bad OPT Version",
-    17: "Key not recognized",
-    18: "Signature out of time window",
-    19: "Bad TKEY Mode",
-    20: "Duplicate key name",
-    21: "Algorithm not supported",
-    22: "Bad Truncation",
-    23: "Bad/missing Server Cookie",
-}
 
 
 class Handler(Protocol):
@@ -350,7 +327,7 @@ class DNSHandler:
         elif not is_reply(flow):
             self.queries.inc((*ctx, "", qtypes, ips, *extra))
         else:
-            rcode = DNS_RCODES.get(dns.rcode, "")
+            rcode = DNS_RCODE_NAMES.get(dns.rcode, "")
             self.responses.inc((*ctx, rcode, qtypes, ips, *extra))
             for rrtype in dns.rrtypes:
                 self.types.inc((*ctx, rrtype, qtypes, *extra))
