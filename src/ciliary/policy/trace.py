@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from ciliary.core.flow import DROP_POLICY, DROP_POLICY_DENY
 from ciliary.policy.explain import PolicyRef
 from ciliary.policy.identity import WILDCARD_IDENTITY
 from ciliary.policy.mapstate import PROTO_TCP, PROTO_UDP, Direction, MapKey, RuleRef
@@ -55,7 +56,7 @@ class TraceResult:
         """The datapath's drop reason for this verdict (None when allowed)."""
         if self.allowed:
             return None
-        return 181 if self.reason == "denied by rule" else 133
+        return DROP_POLICY_DENY if self.reason == "denied by rule" else DROP_POLICY
 
 
 def trace(
