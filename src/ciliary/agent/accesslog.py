@@ -31,6 +31,9 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
+from ciliary.core.l7record import HTTPRecord, L7Endpoint, L7Record
+
 log = logging.getLogger(__name__)
 
 _CHAIN = re.compile(r"^ep(\d+)-(ingress|egress)-(\d+)$")
@@ -122,6 +125,37 @@ def parse_line(line: str | bytes) -> HTTPAccess:
         user_agent=_text(doc, "user_agent"),
         request_id=_text(doc, "request_id"),
     )
+
+
+def to_l7_records(rec: HTTPAccess) -> tuple[L7Record, L7Record]:
+    """The request and the response of one access as Hubble's L7 records (upstream's two
+    flows: ``http-request`` with the verdict, ``http-response`` with the code and latency;
+    the response from the server to the client)."""
+    client = L7Endpoint(rec.source[0], rec.source[1])
+    server = L7Endpoint(rec.destination[0], rec.destination[1])
+    direction = TrafficDirection.INGRESS if rec.direction == "ingress" else TrafficDirection.EGRESS
+    request = L7Record(
+        time_ns=rec.time_ns,
+        kind=L7FlowType.REQUEST,
+        verdict=Verdict[rec.verdict],
+        direction=direction,
+        source=client,
+        destination=server,
+        transport=6,
+        http=HTTPRecord(rec.method, rec.url, rec.protocol),
+    )
+    response = L7Record(
+        time_ns=rec.time_ns + rec.latency_ns,
+        kind=L7FlowType.RESPONSE,
+        verdict=Verdict.FORWARDED if rec.code else Verdict.ERROR,
+        direction=direction,
+        source=server,
+        destination=client,
+        transport=6,
+        http=HTTPRecord(rec.method, rec.url, rec.protocol, rec.code),
+        latency_ns=rec.latency_ns,
+    )
+    return request, response
 
 
 class AccessLogReader:

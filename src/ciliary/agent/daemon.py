@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from ipaddress import ip_network
 
 from ciliary import __version__
+from ciliary.agent.accesslog import HTTPAccess, to_l7_records
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
 from ciliary.agent.dnsproxy import DNSProxy, DNSProxyEvent, EndpointDNSRules
 from ciliary.agent.endpoints import EndpointManager
@@ -173,7 +174,7 @@ class Agent:
         self.envoy = NodeEnvoy(
             cfg.node, cfg.state_dir / "envoy", self.proxy_ports, self._endpoint_views,
             lambda: [(str(r.prefix), r.sec_id) for r in self.datapath.ipcache.items()],
-            ipv6=cfg.ipv6_range is not None,
+            ipv6=cfg.ipv6_range is not None, on_access=self._http_access,
         )  # fmt: skip
         """The node's Envoy (HTTP L7 rules), when the node has its proxy ports."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -607,6 +608,11 @@ class Agent:
             transparent=cfg.dnsproxy_enable_transparent_mode,
         )  # fmt: skip
         await self.dns_proxy.start()
+
+    def _http_access(self, access: HTTPAccess) -> None:
+        """One request Envoy decided: Hubble's request and response flows."""
+        for record in to_l7_records(access):
+            self.monitor.publish(record)
 
     def _endpoint_views(self) -> list[EndpointView]:
         return [

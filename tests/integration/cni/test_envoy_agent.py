@@ -7,18 +7,22 @@ client's ``GET /public`` reaches the web pod through Envoy (200), ``GET /private
 ``403 Access denied``, another method too, and the web pod's port without L7 rules is reached
 directly; HTTP/1.1 keep-alive requests are decided one by one on one connection; a gRPC
 client's allowed method (``Health/Check``) answers over h2c and a denied one
-(``Health/Watch``) fails with ``PERMISSION_DENIED`` (grpc-status 7), as upstream.
+(``Health/Watch``) fails with ``PERMISSION_DENIED`` (grpc-status 7), as upstream; each request
+reaches Hubble from Envoy's access log as upstream's two L7 flows.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import PYTHON, NodeAgent, Pods, node_agent, run_plugin, unique
+from .conftest import PYTHON, VENV_BIN, NodeAgent, Pods, node_agent, run_plugin, unique
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -135,7 +139,7 @@ class Node:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("envoy-agent")
     pods = Pods()
-    with node_agent(tmp, V4_RANGE, None) as agent:
+    with node_agent(tmp, V4_RANGE, None, ("--hubble-metrics", "httpV2")) as agent:
         n = Node(agent, pods)
         try:
             n.serve()
@@ -188,3 +192,41 @@ def test_grpc_allowed_method_and_denied_one(node: Node) -> None:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert res.stdout.split() == ["SERVING", "PERMISSION_DENIED", "7"], res.stdout + res.stderr
+
+
+def test_each_request_is_two_l7_flows_in_hubble(node: Node) -> None:
+    # from Envoy's access log: each request a request flow (the verdict) and a response flow
+    _until(lambda: node.curl("GET", "/public/hubble").startswith("200"))
+    assert node.curl("GET", "/private/hubble").startswith("403")
+    allowed, denied = (f"http://{node.web_ip}/{p}/hubble" for p in ("public", "private"))
+
+    def seen() -> set[tuple[str, str, str, int]]:
+        return {
+            (f["l7"]["type"], f["verdict"], f["l7"]["http"]["url"], f["l7"]["http"].get("code", 0))
+            for f in _l7_flows(node)
+        }
+
+    _until(lambda: ("RESPONSE", "FORWARDED", denied, 403) in seen())
+    got = seen()
+    assert ("REQUEST", "DROPPED", denied, 0) in got, got
+    assert ("REQUEST", "FORWARDED", allowed, 0) in got, got
+    assert ("RESPONSE", "FORWARDED", allowed, 200) in got, got
+    # and Hubble's HTTP metrics (httpV2: response flows) count them, as upstream's
+    metrics = subprocess.run(
+        ["ip", "netns", "exec", node.agent.netns, "curl", "-s", "http://127.0.0.1:9965/metrics"],
+        capture_output=True, text=True, timeout=20, check=True,
+    ).stdout  # fmt: skip
+    counted = [ln for ln in metrics.splitlines() if ln.startswith("hubble_http_requests_total{")]
+    assert any('status="403"' in ln and 'method="GET"' in ln for ln in counted), counted
+    assert "hubble_http_request_duration_seconds_count" in metrics
+
+
+def _l7_flows(node: Node) -> list[dict[str, Any]]:
+    sock = Path(f"/run/ciliary/{node.agent.node}/hubble.sock")
+    res = subprocess.run(
+        [str(VENV_BIN / "ciliary"), "observe", "--server", f"unix://{sock}", "--last", "2000",
+         "-o", "jsonpb", "--type", "l7"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ciliary.agent.accesslog import AccessLogReader, HTTPAccess, parse_line
+from ciliary.agent.accesslog import AccessLogReader, HTTPAccess, parse_line, to_l7_records
+from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
 
 LINE = {
     "start_time": "1796480301.736302",
@@ -104,3 +105,18 @@ def test_the_pipe_reader_parses_lines_and_counts_the_rest(tmp_path: Path) -> Non
     reader = asyncio.run(run())
     assert (reader.records, reader.malformed, len(got)) == (2, 1, 2)
     assert got[0].url.endswith("/v1/exhaust-port")
+
+
+def test_an_access_is_hubbles_request_and_response() -> None:
+    request, response = to_l7_records(parse_line(json.dumps(LINE)))
+    assert (request.kind, request.verdict, request.direction) == (
+        L7FlowType.REQUEST, Verdict.DROPPED, TrafficDirection.INGRESS,
+    )  # fmt: skip
+    assert request.http is not None and request.http.code == 0
+    assert (str(request.source.ip), request.destination.port) == ("fd00::3", 80)
+    assert (response.kind, response.verdict, response.latency_ns) == (
+        L7FlowType.RESPONSE, Verdict.FORWARDED, 149_000,
+    )  # fmt: skip
+    assert response.http is not None and response.http.code == 403
+    assert (str(response.source.ip), response.destination.port) == ("fd00::2", 41000)
+    assert response.time_ns == request.time_ns + 149_000
