@@ -60,6 +60,7 @@ from ciliary.core.models import MonitorEvent
 from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawTraceEvent, decode_event
+from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES
 from ciliary.policy.explain import DefaultDeny
 from ciliary.policy.mapstate import Direction
 
@@ -73,20 +74,18 @@ _DIRECTIONS: dict[int, Literal["ingress", "egress", "unknown"]] = {
     TrafficDirection.INGRESS: "ingress",
     TrafficDirection.EGRESS: "egress",
 }
-ICMP4_TYPES = {0: "EchoReply", 3: "DestinationUnreachable", 8: "EchoRequest", 11: "TimeExceeded"}
-ICMP6_TYPES = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoRequest", 129: "EchoReply"}
 
 
 def summary_of(raw: RawTraceEvent) -> str:
-    """Hubble's ``Summary`` string for an L3/L4 flow."""
+    """The monitor event's summary: TCP flags in wire order, ICMP types by gopacket's names."""
     if raw.proto == 6:
         return "TCP Flags: " + ", ".join(tcp_flag_names(raw.tcp_flags)) if raw.tcp_flags else "TCP"
     if raw.proto == 17:
         return "UDP"
     if raw.proto == 1:
-        return "ICMPv4 " + ICMP4_TYPES.get(raw.icmp_type, f"type {raw.icmp_type}")
+        return "ICMPv4 " + ICMP4_TYPE_NAMES.get(raw.icmp_type, f"type {raw.icmp_type}")
     if raw.proto == 58:
-        return "ICMPv6 " + ICMP6_TYPES.get(raw.icmp_type, f"type {raw.icmp_type}")
+        return "ICMPv6 " + ICMP6_TYPE_NAMES.get(raw.icmp_type, f"type {raw.icmp_type}")
     return IP_PROTOCOLS.get(raw.proto, f"proto {raw.proto}")
 
 

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from ciliary.agent.config import AgentConfig, HubbleConfig
 from ciliary.agent.flows import FAMILIES, FlowDecoder, FlowGetters
 from ciliary.agent.hubble import AgentHubble
-from ciliary.agent.monitor import Monitor
+from ciliary.agent.monitor import Monitor, summary_of
 from ciliary.core.flow import EventType, L7FlowType, TrafficDirection, Verdict
 from ciliary.core.l7record import DNSRecord, HTTPRecord, L7Endpoint, L7Record
 from ciliary.datapath.loader import NodeDatapath
@@ -241,3 +241,13 @@ def test_hubbles_decode_loop_takes_every_family(tmp_path: Path) -> None:
     asyncio.run(run())
     assert flows == [EventType.TRACE, EventType.TRACE_SOCK, EventType.ACCESS_LOG]
     assert (hubble.decoded, hubble.decode_errors) == (3, 1)
+
+
+def test_the_monitor_summary_reads_the_one_vocabulary() -> None:
+    """``ciliary monitor``'s summary: TCP flags lowest bit first, ICMP types by gopacket's
+    names (the table Hubble's printer uses), a type it does not name by number."""
+    assert summary_of(event(proto=6, tcp_flags=0x12)) == "TCP Flags: SYN, ACK"
+    assert summary_of(event(proto=1, icmp_type=8)) == "ICMPv4 EchoRequest"
+    assert summary_of(event(proto=1, icmp_type=5)) == "ICMPv4 Redirect"
+    assert summary_of(event(proto=58, icmp_type=135)) == "ICMPv6 NeighborSolicitation"
+    assert summary_of(event(proto=1, icmp_type=42)) == "ICMPv4 type 42"
