@@ -103,6 +103,11 @@ class ProxyListener:
     port: int
     direction: Direction
     chains: tuple[HTTPChain, ...]
+    original_source_mark: int | None = None
+    """Set: the upstream connections leave from the client's address (``original_src``: a
+    transparent socket bound to it, a port of Envoy's own) with this SO_MARK, by which the
+    datapath hands their replies back to Envoy (``bpf/lib/proxy.h`` ``proxy_sent``): the
+    destination sees the pod, not the node. None: from the node's own address."""
 
 
 # ---- RBAC --------------------------------------------------------------------------------
@@ -289,9 +294,14 @@ def _chain_match(chain: HTTPChain) -> JSON:
 
 
 def listener(
-    proxy: ProxyListener, routes_dir: Path, access_log: Path, *, ipv6: bool = False
+    proxy: ProxyListener,
+    routes_dir: Path,
+    access_log: Path,
+    *,
+    ipv6: bool = False,
 ) -> JSON:
     """The LDS resource of one proxy port (IPv4 socket, and an IPv6-only one with ``ipv6``)."""
+    original_source_mark = proxy.original_source_mark
     out: JSON = {
         "@type": _T + "envoy.config.listener.v3.Listener",
         "name": proxy.name,
@@ -303,7 +313,21 @@ def listener(
                 "typed_config": {
                     "@type": _T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
                 },
-            }
+            },
+            *(
+                []
+                if original_source_mark is None
+                else [
+                    {
+                        "name": "envoy.filters.listener.original_src",
+                        "typed_config": {
+                            "@type": _T
+                            + "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
+                            "mark": original_source_mark,
+                        },
+                    }
+                ]
+            ),
         ],
         "filter_chains": [
             {

@@ -87,7 +87,10 @@ def _tproxy(name: str, dport: int, proxy_port: int) -> None:
 
 async def _upstreams() -> list[Callable[[], Awaitable[None]]]:
     async def echo(request: web.Request) -> web.Response:
-        return web.Response(text=f"{request.method} {request.path_qs} from upstream\n")
+        seen = f"{request.method} {request.path_qs} from upstream"
+        if request.path.startswith("/out/"):  # the egress chain's: who connected
+            seen += f" (client {request.remote})"
+        return web.Response(text=seen + "\n")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
@@ -139,6 +142,7 @@ EGRESS = cfg.ProxyListener(
             (cfg.PeerHTTPRules((f"{SERVER}/32",), (HTTPRule(method="GET", path="/out/.*"),)),),
         ),
     ),
+    original_source_mark=PROXY_MARK,  # upstream as the pod (original_src), marked
 )
 
 
@@ -368,6 +372,12 @@ def test_egress_chain_checks_the_destination(env: Env) -> None:
         ]
 
     assert env.loop.run(run()) == [200, 403, 0]
+    # the upstream connection left from the client's address (original_src), not the node's
+    status, body = env.loop.run(_request("GET", "/out/who", source=EGRESS_CLIENT, port=8081))
+    assert (status, body) == (
+        200,
+        f"GET /out/who from upstream (client {EGRESS_CLIENT})\n".encode(),
+    )
 
 
 def test_policy_change_applies_to_an_open_connection(env: Env) -> None:
