@@ -47,8 +47,8 @@ from ciliary.agent.flows import Event
 from ciliary.core.flow import (
     DROP_POLICY,
     IP_PROTOCOLS,
+    MESSAGE_TYPES,
     CTState,
-    EventType,
     ObservationPoint,
     TrafficDirection,
     Verdict,
@@ -56,7 +56,7 @@ from ciliary.core.flow import (
     tcp_flag_names,
 )
 from ciliary.core.l7record import L7Record
-from ciliary.core.models import MonitorEvent
+from ciliary.core.models import MONITOR_EVENT_TYPES, MonitorEvent, MonitorEventType
 from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawTraceEvent, decode_event
@@ -65,11 +65,7 @@ from ciliary.policy.explain import DefaultDeny
 from ciliary.policy.mapstate import Direction
 
 log = logging.getLogger(__name__)
-_EVENT_TYPES: dict[int, Literal["trace", "drop", "policy-verdict"]] = {
-    EventType.DROP: "drop",
-    EventType.TRACE: "trace",
-    EventType.POLICY_VERDICT: "policy-verdict",
-}
+_EVENT_TYPES: dict[int, MonitorEventType] = {MESSAGE_TYPES[t]: t for t in MONITOR_EVENT_TYPES}
 _DIRECTIONS: dict[int, Literal["ingress", "egress", "unknown"]] = {
     TrafficDirection.INGRESS: "ingress",
     TrafficDirection.EGRESS: "egress",

@@ -26,6 +26,7 @@ from ciliary.agent.k8s.policies import PolicyWriteError
 from ciliary.agent.masquerade import nat_entries
 from ciliary.core.models import (
     API_PREFIX,
+    MONITOR_EVENT_TYPES,
     Endpoint,
     EndpointCheckRequest,
     EndpointCreateRequest,
@@ -382,8 +383,9 @@ class APIServer:
 
     async def monitor(self, request: web.Request) -> web.StreamResponse:
         want = request.query.get("type")
-        if want not in (None, "trace", "drop", "policy-verdict"):
-            return _error("type must be trace, drop or policy-verdict", 400, "validation")
+        if want is not None and want not in MONITOR_EVENT_TYPES:
+            *rest, last = MONITOR_EVENT_TYPES
+            return _error(f"type must be {', '.join(rest)} or {last}", 400, "validation")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         queue = self._agent.monitor.subscribe()

@@ -26,7 +26,7 @@ from ciliary.cli.output import (
     wants_json,
 )
 from ciliary.core.flow import POLICY_MATCH_TYPES
-from ciliary.core.models import MonitorEvent
+from ciliary.core.models import MONITOR_EVENT_TYPES, MonitorEvent
 from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES, TCP_FLAG_ORDER
 
 # cilium's traceSummary(): where in the datapath a trace was emitted.
@@ -50,9 +50,7 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser("monitor", help="print live datapath trace/drop events")
     add_node_flag(p)
     add_output_flag(p)
-    p.add_argument(
-        "-t", "--type", choices=["drop", "trace", "policy-verdict"], help="only events of this type"
-    )
+    p.add_argument("-t", "--type", choices=MONITOR_EVENT_TYPES, help="only events of this type")
     p.add_argument("--from", dest="from_ep", type=int, metavar="ID", help="source endpoint id")
     p.add_argument("--to", dest="to_ep", type=int, metavar="ID", help="destination endpoint id")
     p.add_argument(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -404,6 +404,11 @@ class NodeInfo(_Model):
     labels: dict[str, str]
 
 
+MonitorEventType = Literal["trace", "drop", "policy-verdict"]
+"""The record types ``ciliary monitor`` shows, by their ``core.flow.MESSAGE_TYPES`` names."""
+MONITOR_EVENT_TYPES: tuple[MonitorEventType, ...] = get_args(MonitorEventType)
+
+
 class MonitorEvent(_Model):
     """One decoded datapath notification (trace or drop), as ``ciliary monitor`` shows it."""
 
@@ -411,7 +416,7 @@ class MonitorEvent(_Model):
     ts_ns: int = Field(description="CLOCK_MONOTONIC of the verdict")
     ct_created_ns: int
     node: str
-    type: Literal["trace", "drop", "policy-verdict"]
+    type: MonitorEventType
     verdict: str
     drop_reason: int
     drop_reason_desc: str

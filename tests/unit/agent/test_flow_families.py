@@ -18,9 +18,10 @@ from google.protobuf import json_format
 from ciliary.agent.config import AgentConfig, HubbleConfig
 from ciliary.agent.flows import FAMILIES, FlowDecoder, FlowGetters
 from ciliary.agent.hubble import AgentHubble
-from ciliary.agent.monitor import Monitor, summary_of
-from ciliary.core.flow import EventType, L7FlowType, TrafficDirection, Verdict
+from ciliary.agent.monitor import _EVENT_TYPES, Monitor, summary_of
+from ciliary.core.flow import MESSAGE_TYPES, EventType, L7FlowType, TrafficDirection, Verdict
 from ciliary.core.l7record import DNSRecord, HTTPRecord, L7Endpoint, L7Record
+from ciliary.core.models import MONITOR_EVENT_TYPES
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawSockEvent
 from tests.unit.agent.test_flows import ENDPOINTS, IDENTITIES, event, ipcache
@@ -251,3 +252,13 @@ def test_the_monitor_summary_reads_the_one_vocabulary() -> None:
     assert summary_of(event(proto=1, icmp_type=5)) == "ICMPv4 Redirect"
     assert summary_of(event(proto=58, icmp_type=135)) == "ICMPv6 NeighborSolicitation"
     assert summary_of(event(proto=1, icmp_type=42)) == "ICMPv4 type 42"
+
+
+def test_the_monitors_event_types_are_the_record_types_names() -> None:
+    assert MONITOR_EVENT_TYPES == ("trace", "drop", "policy-verdict")
+    assert {k: v for k, v in _EVENT_TYPES.items()} == {
+        EventType.TRACE: "trace",
+        EventType.DROP: "drop",
+        EventType.POLICY_VERDICT: "policy-verdict",
+    }
+    assert all(MESSAGE_TYPES[name] in _EVENT_TYPES for name in MONITOR_EVENT_TYPES)
