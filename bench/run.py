@@ -33,6 +33,7 @@ from bench import (
     common,
     controlplane,
     datapath,
+    dnsproxy,
     hubble_bench,
     hubble_ui,
     multinode,
@@ -95,6 +96,12 @@ GROUPS = [
         lambda a: hubble_ui.run(seconds=10 if a.quick else 30, log=_log),
         "the Hubble UI page with 200 workloads and 5,000 flows/min: frame time and event loop"
         " lag in headless Chromium against the same page without flows",
+    ),
+    Group(
+        "dnsproxy",
+        lambda a: dnsproxy.run(queries=300 if a.quick else dnsproxy.QUERIES, log=_log),
+        "a pod's DNS query through the agent's DNS proxy vs direct to the server: p50/p99,"
+        " queries/s",
     ),
     Group(
         "policy",

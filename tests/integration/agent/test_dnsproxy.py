@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench import dnsproxy as bench_dnsproxy
 
 from ciliary.agent.dnsproxy import DNSProxy, DNSProxyEvent, EndpointDNSRules
 from ciliary.datapath.linux import netns
@@ -208,3 +209,10 @@ def test_pod_queries_through_the_proxy(topology: dict[str, str], transparent: bo
     assert {e.source[0] for e in events} == {POD_IP, POD_IP6}
     responses = [e for e in events if e.kind == "response"]
     assert len(responses) == 5 and all(e.verdict == "FORWARDED" for e in responses)
+
+
+def test_the_bench_group_measures_both_paths() -> None:
+    results = {r["benchmark"]: r["values"] for r in bench_dnsproxy.run(20, log=lambda _: None)}
+    assert set(results["DNS query latency p50"]) == {"direct", "through the DNS proxy"}
+    assert all(v > 0 for v in results["DNS queries/s (one in flight)"].values())
+    assert results["DNS queries lost (1 s timeout)"] == {"through the DNS proxy": 0, "direct": 0}
