@@ -193,9 +193,13 @@ class NodeEnvoy:
     def sync(self) -> int:
         """Recompute and write the node's proxy configuration; returns how many listeners it
         has (only files that changed are written)."""
-        listeners = http_listeners(
-            self._endpoints(), self.ports, identity_prefixes(self._ipcache())
+        views = list(self._endpoints())
+        # the ipcache (a map dump) only when some endpoint has HTTP rules: most nodes have none
+        wanted = any(
+            l7.kind == "http" for v in views if v.policy is not None for l7 in v.policy.l7.values()
         )
+        prefixes = identity_prefixes(self._ipcache()) if wanted else {}
+        listeners = http_listeners(views, self.ports, prefixes)
         clusters = [cfg.cluster(d, PROXY_MARK) for d in ("ingress", "egress")]
         if self.writer.apply(listeners, clusters):
             log.info("envoy: configuration written (%d HTTP listener(s))", len(listeners))

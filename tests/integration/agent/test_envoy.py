@@ -536,8 +536,14 @@ def test_node_envoy_runs_once_an_http_rule_applies(
     views: list[EndpointView] = []
     ipcache = [(f"{ALLOWED}/32", 1001)]
     ports = ProxyPorts({HTTP_INGRESS: NODE_INGRESS_PORT, HTTP_EGRESS: NODE_INGRESS_PORT + 1})
+    dumps: list[int] = []
+
+    def read_ipcache() -> list[tuple[str, int]]:
+        dumps.append(1)
+        return ipcache
+
     node = NodeEnvoy("f-node", tmp_path_factory.mktemp("node-envoy"), ports, lambda: views,
-                     lambda: ipcache)  # fmt: skip
+                     read_ipcache)  # fmt: skip
 
     async def until(check: Callable[[], Awaitable[bool]]) -> None:
         deadline = time.monotonic() + 10
@@ -552,6 +558,7 @@ def test_node_envoy_runs_once_an_http_rule_applies(
     async def run() -> None:
         await node.start()
         assert node.process.pid is None  # no HTTP rule on this node: no Envoy
+        assert dumps == []  # nor an ipcache dump
         views.append(EndpointView(7, (SERVER,), pol))
         node.changed()
         await until(lambda: serves(200))
