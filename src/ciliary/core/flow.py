@@ -68,7 +68,7 @@ TRACE_POINTS: dict[int, str] = {
 
 class EventType(enum.IntEnum):
     """Monitor message types (``CiliumEventType.type``): the type byte every ring buffer record
-    starts with (``bpf/lib/common.h`` ``struct event_hdr``), and the ``event_type.type`` of the
+    starts with (``EVENT_HDR_CHECK`` in ``bpf/lib/common.h``), and the ``event_type.type`` of the
     flow made from it. Records of the proxies (L7) and of the agent never cross the ring."""
 
     DROP = 1
