@@ -11,7 +11,10 @@ Metrics (bench/tools.py, the datapath group's tools, run back to back per round)
 The ratio of each result is ClusterIP / pod IP in the same setup and round (goal: rate ≥ 0.95,
 latency ≤ 1.05). ciliary's connection-rate runs also give bpf_lxc's cil_from_container run time
 per packet (``kernel.bpf_stats_enabled`` on for the group: the kernel's run_time_ns / run_cnt of
-the pinned program, bpftool), both directions of every connection, translation included.
+the pinned program, bpftool), both directions of every connection, translation included; the
+socket-LB lab's also give bpf_sock's cil_sock4_connect run time per connect() (its link's
+program): the translation, its reverse entry and the trace-sock records at the lab's monitor
+aggregation (medium: one connect() per 5 s reported).
 Setups:
   ciliary          a one-node lab (client and server pods, the datapath group's policy allowing
                    the client on the server's ports), a Service ``bench-svc`` selecting the server
@@ -56,6 +59,7 @@ from typing import Any
 from bench import tools
 from bench.common import median, tag
 from bench.datapath import Metric, Target, interleave, k, lab_yaml, routed, tool_metrics
+from ciliary.datapath import socketlb
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.linux import cgroup
 from ciliary.k8s.resources import by_path
@@ -76,6 +80,7 @@ PORTS = (tools.SOCKPERF_PORT, tools.CONNRATE_PORT)
 CREATE_CONCURRENCY = 8
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 BPF_PROGRAM = "cil_from_container"  # the tc LB's program: both directions of a pod's packets
+SOCK_PROGRAM = "cil_sock4_connect"  # socket-LB's translation: once per connect()
 PROGRAM_LIMIT_S = 300.0
 
 
@@ -305,34 +310,49 @@ def bpf_stats() -> Iterator[None]:
         BPF_STATS.write_text(before + "\n")
 
 
-def prog_run_stats(pin: Path) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of the program pinned at ``pin`` (bpftool; zeros while stats are
-    off)."""
+def _bpftool_json(*argv: str) -> Any:
     out = subprocess.run(
-        ["bpftool", "-j", "prog", "show", "pinned", str(pin)],
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout  # fmt: skip
-    info = json.loads(out)
+        ["bpftool", "-j", *argv], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return json.loads(out)
+
+
+def prog_run_stats(pin: Path, *, link: bool = False) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program pinned at ``pin`` (bpftool; zeros while stats are
+    off); ``link``: ``pin`` is a BPF link's (socket-LB's, datapath/socketlb.py), whose program
+    is measured."""
+    if link:
+        info = _bpftool_json(
+            "prog", "show", "id", str(_bpftool_json("link", "show", "pinned", str(pin))["prog_id"])
+        )
+    else:
+        info = _bpftool_json("prog", "show", "pinned", str(pin))
     return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
 
 
 class PerPacket:
     """A connection-rate measure that also records the node's BPF_PROGRAM run time per packet
-    of each run (ns) of the ``recorded`` targets; the first run of a target (interleave's
-    warm-up) is left out."""
+    (or the program of another ``pin``'s, per run of it: SOCK_PROGRAM's per connect()) of each
+    run (ns) of the ``recorded`` targets; the first run of a target (interleave's warm-up) is
+    left out."""
 
-    def __init__(self, measure: Any, pin: Path, recorded: list[Target]) -> None:
-        self.measure, self.pin = measure, pin
+    def __init__(
+        self, measure: Any, pin: Path, recorded: list[Target], *, link: bool = False
+    ) -> None:
+        self.measure, self.pin, self.link = measure, pin, link
         self.recorded = {t.name for t in recorded}
         self.samples: dict[str, list[float]] = {}
         self._warm: set[str] = set()
 
+    def _stats(self) -> tuple[int, int]:
+        return prog_run_stats(self.pin, link=True) if self.link else prog_run_stats(self.pin)
+
     def __call__(self, target: Target, seconds: float) -> tuple[float, ...]:
         if target.name not in self.recorded:
             return tuple(self.measure(target, seconds))
-        ns0, n0 = prog_run_stats(self.pin)
+        ns0, n0 = self._stats()
         values: tuple[float, ...] = self.measure(target, seconds)
-        ns1, n1 = prog_run_stats(self.pin)
+        ns1, n1 = self._stats()
         if target.name not in self._warm:
             self._warm.add(target.name)
         elif n1 > n0:
@@ -409,7 +429,10 @@ def _ciliary_steps(
         title, unit, higher, crr = metrics["crr"]
         for n in scale:
             per_packet = PerPacket(crr, lab.pin_dir / BPF_PROGRAM, [direct, via])
-            step = {**metrics, "crr": (title, unit, higher, per_packet)}
+            per_connect = PerPacket(per_packet, lab.pin_dir / socketlb.LINK_DIR / SOCK_PROGRAM,
+                                    [direct, via], link=True)  # fmt: skip
+            measured = per_connect if socket_lb else per_packet
+            step = {**metrics, "crr": (title, unit, higher, measured)}
             if n > lab.installed:
                 added = n - lab.installed
                 created, programmed = lab.add(added)
@@ -440,6 +463,20 @@ def _ciliary_steps(
                 "samples": per_packet.samples,
                 "group": GROUP,
             })  # fmt: skip
+            if socket_lb:
+                results.append({
+                    "benchmark": f"{kind}, {k(n)} Services: {SOCK_PROGRAM} run time per"
+                                 " connect() during the connection-rate runs (bpf_stats: the"
+                                 " translation, its reverse entry and trace-sock records"
+                                 f" included), median of {rounds}",
+                    "metric": "bpf-ns-per-connect",
+                    "unit": "ns/connect",
+                    "higher_is_better": False,
+                    "baseline": direct.name,
+                    "values": {t: median(v) for t, v in per_connect.samples.items()},
+                    "samples": per_connect.samples,
+                    "group": GROUP,
+                })  # fmt: skip
     return results, program, first
 
 

@@ -59,3 +59,30 @@ def test_per_packet_run_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert per(pod, 2) == (2.0,)  # 4000 ns over 20 packets
     assert per(vip, 1) == (1.0,)  # vip's warm-up
     assert per.samples == {"pod IP": [200.0]}
+
+
+def test_prog_run_stats_of_a_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """socket-LB's programs are pinned as links: their program's counters are read through the
+    link's prog_id (the socket-LB rows' cil_sock4_connect ns per connect())."""
+    pin = tmp_path / "socketlb" / "cil_sock4_connect"
+    answers = {
+        ("link", "show", "pinned", str(pin)): {"id": 3, "prog_id": 41},
+        ("prog", "show", "id", "41"): {"id": 41, "run_time_ns": 9_000, "run_cnt": 12},
+        ("prog", "show", "pinned", str(tmp_path / "p")): {"id": 5, "run_time_ns": 7, "run_cnt": 1},
+    }
+    monkeypatch.setattr(services, "_bpftool_json", lambda *argv: answers[argv])
+    assert services.prog_run_stats(pin, link=True) == (9_000, 12)
+    assert services.prog_run_stats(tmp_path / "p") == (7, 1)
+    counters = iter([(0, 0), (10, 1), (10, 1), (1_010, 3)])
+    seen: list[tuple[Path, bool]] = []
+
+    def fake(p: Path, *, link: bool = False) -> tuple[int, int]:
+        seen.append((p, link))
+        return next(counters)
+
+    monkeypatch.setattr(services, "prog_run_stats", fake)
+    vip = Target("ClusterIP", "ciliary", 1, [], "10.96.0.5")
+    per = PerPacket(lambda t, s: (float(s),), pin, [vip], link=True)
+    per(vip, 1)  # warm-up
+    per(vip, 2)
+    assert per.samples == {"ClusterIP": [500.0]} and set(seen) == {(pin, True)}
