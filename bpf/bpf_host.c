@@ -30,28 +30,55 @@
 #include "lib/deliver.h"
 #include "lib/nodeport.h"
 
+/* In a frame of its own: cil_to_netdev's has no room for conntrack's. */
+static __attribute__((noinline)) void to_netdev_track_proxy(struct __sk_buff *skb,
+							    const struct pkt *p)
+{
+	struct endpoint_info *src = lookup_endpoint(p->saddr, p->family);
+	if (src)
+		proxy_track_upstream(skb, p, src->sec_id, ipcache_identity(p->daddr, p->family));
+}
+
+/* A local backend's reply to a NodePort client: from the frontend (lib/nodeport.h). */
+static __attribute__((noinline)) int to_netdev_rev_dnat(struct __sk_buff *skb, struct pkt *p)
+{
+	int ret = nodeport_rev_dnat(skb, p);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_TO_NETWORK);
+	return ret > 0 ? TC_ACT_OK : NP_PASS;
+}
+
+/* A pod's packet to the world: the node's address and a NAT port (lib/nat.h). */
+static __attribute__((noinline)) int to_netdev_masq(struct __sk_buff *skb, struct pkt *p)
+{
+	struct nat_config *cfg = nat_config_get();
+	if (!cfg)
+		return TC_ACT_OK;
+	const __u8 *node = nat_node_addr(cfg, p->family);
+	if (!node || !snat_needs_masquerade(p, cfg))
+		return TC_ACT_OK;
+	if (!nat_proto_ok(p, 1))
+		return drop_packet(skb, p, DROP_NAT_UNSUPP_PROTO, 0, 0, 0, OBS_TO_NETWORK);
+	int ret = snat_masquerade(skb, p, node, 0);
+	if (ret < 0)
+		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_TO_NETWORK);
+	return TC_ACT_OK;
+}
+
+/* Steps in frames of their own (each call chain's frames add up to at most 512 bytes). */
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct nat_config *cfg = nat_config_get();
-	if (!cfg || parse_packet(skb, &p) != PARSE_OK)
+	if (!nat_config_get() || parse_packet(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
-	/* a local backend's reply to a NodePort client: from the frontend (lib/nodeport.h) */
-	int ret = nodeport_rev_dnat(skb, &p);
-	if (ret < 0)
-		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_TO_NETWORK);
-	if (ret > 0)
-		return TC_ACT_OK;
-	const __u8 *node = nat_node_addr(cfg, p.family);
-	if (!node || !snat_needs_masquerade(&p, cfg))
-		return TC_ACT_OK;
-	if (!nat_proto_ok(&p, 1))
-		return drop_packet(skb, &p, DROP_NAT_UNSUPP_PROTO, 0, 0, 0, OBS_TO_NETWORK);
-	ret = snat_masquerade(skb, &p, node, 0);
-	if (ret < 0)
-		return drop_packet(skb, &p, -ret, 0, 0, 0, OBS_TO_NETWORK);
-	return TC_ACT_OK;
+	int ret = to_netdev_rev_dnat(skb, &p);
+	if (ret != NP_PASS)
+		return ret;
+	/* an L7 proxy's upstream connection as a local pod (lib/proxy.h): tracked for its replies */
+	if (proxy_sent(skb, &p))
+		to_netdev_track_proxy(skb, &p);
+	return to_netdev_masq(skb, &p);
 }
 
 /* Native routing: a packet from the network to a local endpoint goes straight into the pod (BPF
@@ -207,6 +234,8 @@ int cil_from_host(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	struct endpoint_info *src = lookup_endpoint(p.saddr, p.family);
 	__u32 src_id = src ? src->sec_id : ID_HOST;
+	if (src)
+		proxy_track_upstream(skb, &p, src_id, ipcache_info_identity(info, p.family));
 	int ret = encap_and_redirect(skb, info->tunnel_ep, src_id, encap_dev);
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, 0, src_id, 0, OBS_TO_OVERLAY);

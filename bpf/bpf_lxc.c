@@ -359,6 +359,9 @@ int cil_to_container(struct __sk_buff *skb)
 	 * pod-to-pod traffic is redirected straight into the peer), so its replies take the stack */
 	if (ct.entry && (ct.state == CT_NEW || ct.state == CT_ESTABLISHED))
 		ct.entry->flags |= CT_F_VIA_STACK;
+	/* an L7 proxy's upstream connection from a port of its own: replies go to its socket */
+	if (ct.entry && ct.state == CT_NEW && proxy_sent(skb, &p))
+		ct.entry->flags |= CT_F_PROXY_REDIRECT;
 
 	struct policy_verdict pv = {};
 	if (ct.state != CT_REPLY && ct.state != CT_RELATED) {

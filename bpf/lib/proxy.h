@@ -24,6 +24,7 @@
 
 #define MARK_MAGIC_HOST_MASK 0x0F00
 #define MARK_MAGIC_TO_PROXY 0x0200
+#define MARK_MAGIC_IS_PROXY 0x0A00 /* SO_MARK of the proxies' upstream sockets (upstream's) */
 
 /* The tuple of a socket lookup in the node netns: the packet's own (listener_port 0) or the
  * proxy's listener (wildcard address, listener_port, network order). Returns its length. */
@@ -108,6 +109,29 @@ static __always_inline int proxy_ct_reply(const struct pkt *p, const struct ct_e
 					  __u8 ct_state)
 {
 	return ct_state == CT_REPLY && e && (e->flags & CT_F_PROXY_REDIRECT) && proxy_proto_ok(p);
+}
+
+/* A packet a proxy sent to a destination as the pod from a port of its own (its upstream
+ * socket carries SO_MARK MARK_MAGIC_IS_PROXY): its connection's conntrack entry is marked
+ * CT_F_PROXY_REDIRECT like a redirected one, so that the replies go to the proxy's socket of
+ * the tuple (Envoy's upstream connections; the DNS proxy reuses the pod's tuple, whose entry
+ * has the flag already). Called where such packets leave: cil_to_container (a pod of this
+ * node), bpf_host's cil_from_host (tunnel) and cil_to_netdev (native routing, the world). */
+static __always_inline int proxy_sent(const struct __sk_buff *skb, const struct pkt *p)
+{
+	return (skb->mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_IS_PROXY && proxy_proto_ok(p);
+}
+
+static __always_inline void proxy_track_upstream(const struct __sk_buff *skb,
+						 const struct pkt *p, __u32 src_id,
+						 __u32 dst_id)
+{
+	struct ct_result ct = {};
+	if (!proxy_sent(skb, p))
+		return;
+	if (ct_process(p, src_id, dst_id, MONITOR_AGG_MEDIUM, 0, &ct) == 0 && ct.entry &&
+	    ct.state == CT_NEW)
+		ct.entry->flags |= CT_F_PROXY_REDIRECT;
 }
 
 /* Such a reply that arrives from another node or the world (bpf_overlay, bpf_host): up the

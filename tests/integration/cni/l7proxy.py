@@ -14,9 +14,9 @@ from ciliary.datapath.maps.policy import EndpointPolicyMap
 from .conftest import PIN_ROOT, PYTHON
 
 # The stand-in proxy: transparent TCP and UDP listeners (ports: argv 1 and 2) on both wildcard
-# addresses. Each request is
-# passed on to the original destination as the pod (IP_TRANSPARENT, bound to the pod's address
-# and port) and answered with what it saw: the original destination (the accepted socket's
+# addresses. Each request is passed on to the original destination as the pod (IP_TRANSPARENT,
+# bound to the pod's address and port; argv 3 "own-port": a port of its own and SO_MARK 0x0A00,
+# as Envoy's) and answered with what it saw: the original destination (the accepted socket's
 # local address; the datagram's IP_RECVORIGDSTADDR, answered from that address as a transparent
 # socket bound to it), the pod, and the destination's answer.
 LISTENER = r"""
@@ -39,8 +39,12 @@ def transparent(kind, bind):
 
 
 def upstream(kind, pod, orig):
-    # to the original destination as the pod: its address and port
-    up = transparent(kind, pod[:2])
+    # to the original destination as the pod: its address and port, or (mode "own-port") its
+    # address and a port of the proxy's, marked as the proxy's (SO_MARK 0x0A00)
+    own_port = len(sys.argv) > 3 and sys.argv[3] == "own-port"
+    up = transparent(kind, (pod[0], 0) if own_port else pod[:2])
+    if own_port:
+        up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x0A00)
     try:
         up.connect(orig[:2])
         up.send(b"hello")

@@ -155,7 +155,8 @@ def _hubble(node: Node, *flags: str) -> list[dict[str, Any]]:
     return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
 
 
-def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node) -> None:
+@pytest.mark.parametrize("upstream", ["pod-tuple", "own-port"])
+def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node, upstream: str) -> None:
     ports = _proxy_ports(node)
     # the policy map names the node's proxies for the L7 ports only (8080 has none)
     assert set(ports) == {("TCP", "80"), ("UDP", "53")}
@@ -164,7 +165,7 @@ def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node) -> N
     assert not any("L7" in note for note in status.unsupported)
     assert ports["TCP", "80"] != ports["UDP", "53"]  # cilium-http-egress, cilium-dns-egress
     point_to(node.agent.node, node.client_ep, TEST_TCP_PORT, TEST_UDP_PORT)
-    listener = serve(node.agent.netns, LISTENER, str(TEST_TCP_PORT), str(TEST_UDP_PORT))
+    listener = serve(node.agent.netns, LISTENER, str(TEST_TCP_PORT), str(TEST_UDP_PORT), upstream)
     web = serve(node.web_ns, WEB_SERVER)
     try:
         for family in (4, 6):

@@ -347,7 +347,8 @@ spec:
 """
 
 
-def test_l7_proxy_speaks_to_another_nodes_pod_as_the_pod(cluster: Cluster) -> None:
+@pytest.mark.parametrize("upstream", ["pod-tuple", "own-port"])
+def test_l7_proxy_speaks_to_another_nodes_pod_as_the_pod(cluster: Cluster, upstream: str) -> None:
     """bpf/lib/proxy.h across nodes: the client's connection and query to the server on node B
     go to a stand-in proxy in node A's netns (its ports put into the client's entries), which
     passes them on as the pod; B's replies come back through the tunnel and reach the proxy's
@@ -366,7 +367,7 @@ def test_l7_proxy_speaks_to_another_nodes_pod_as_the_pod(cluster: Cluster) -> No
     router = str(next(ip_network(str(cluster.a.ipv4_range)).hosts()))
     sh("ip", "-n", cluster.a.netns, "route", "replace", remote, "dev", "ciliary_host",
        "src", router, "mtu", str(1500 - TUNNEL_OVERHEAD))  # fmt: skip
-    proxy = serve(cluster.a.netns, LISTENER, str(PROXY_TCP_PORT), str(PROXY_UDP_PORT))
+    proxy = serve(cluster.a.netns, LISTENER, str(PROXY_TCP_PORT), str(PROXY_UDP_PORT), upstream)
     try:
         srv, client = cluster.server.v4, cluster.client.v4
         for kind, port in (("tcp", PORT_TCP), ("udp", PORT_UDP)):
@@ -395,7 +396,8 @@ while True:
 """
 
 
-def test_l7_proxy_reaches_the_world_masqueraded(cluster: Cluster) -> None:
+@pytest.mark.parametrize("upstream", ["pod-tuple", "own-port"])
+def test_l7_proxy_reaches_the_world_masqueraded(cluster: Cluster, upstream: str) -> None:
     """The proxy's upstream connection to a world address leaves masqueraded (node A's IP, as
     the pod's own would); the reply, translated back by bpf_host, reaches the proxy's upstream
     socket (the to-proxy mark), not the pod."""
@@ -409,7 +411,7 @@ def test_l7_proxy_reaches_the_world_masqueraded(cluster: Cluster) -> None:
         ep = next(e.id for e in cl.endpoints() if e.container_id == cluster.client.container_id)
     point_to(cluster.a.node, ep, PROXY_TCP_PORT, PROXY_UDP_PORT)
     server = serve(cluster.b.netns, WORLD_SERVER, str(WORLD_PORT))
-    proxy = serve(cluster.a.netns, LISTENER, str(PROXY_TCP_PORT), str(PROXY_UDP_PORT))
+    proxy = serve(cluster.a.netns, LISTENER, str(PROXY_TCP_PORT), str(PROXY_UDP_PORT), upstream)
     try:
         seen = netns_exec(cluster.client.netns, CLIENT, "tcp", world, str(WORLD_PORT))
         assert seen == (
