@@ -25,7 +25,7 @@ from ipaddress import ip_network
 from ciliary import __version__
 from ciliary.agent.accesslog import HTTPAccess, to_l7_records
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
-from ciliary.agent.dnsproxy import DNSProxy, DNSProxyEvent, EndpointDNSRules
+from ciliary.agent.dnsproxy import DNSProxy, EndpointDNSRules
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.envoypolicy import EndpointView, NodeEnvoy
 from ciliary.agent.health import ClusterHealthChecker, HealthTarget
@@ -602,7 +602,7 @@ class Agent:
         )
         cfg = self.cfg
         self.dns_proxy = DNSProxy(
-            port, rules, on_event=self._dns_event,
+            port, rules, on_event=self.monitor.publish,
             reject_code=cfg.tofqdns_dns_reject_response_code,
             response_max_delay_s=cfg.tofqdns_proxy_response_max_delay_s,
             transparent=cfg.dnsproxy_enable_transparent_mode,
@@ -634,13 +634,6 @@ class Agent:
         select changed, every endpoint regenerated (their maps allow the IPs) before return."""
         if self.policy.dns_changed(lambda cache: cache.load(lookups)):
             await self._policy_changed("DNS answer (toFQDNs)")
-
-    def _dns_event(self, event: DNSProxyEvent) -> None:
-        log.debug(
-            "dns %s %s %s:%d -> %s:%d %s %s rcode=%d ips=%s (%s)", event.kind, event.verdict,
-            *event.source, *event.destination, event.protocol, event.query, event.rcode,
-            ",".join(event.ips), event.reason,
-        )  # fmt: skip
 
     def fqdn_cache(self) -> list[FQDNCacheEntry]:
         return [

@@ -31,15 +31,16 @@ this node, whose original destination is the proxy itself (not redirected), that
 endpoint's rules do not allow, or that is malformed, never leaves the node; the pod gets
 REFUSED (``--tofqdns-dns-reject-response-code refused|nameError``: NXDOMAIN), FORMERR for what
 cannot be parsed (nothing for what has no header), SERVFAIL when the server cannot be reached
-in ``FORWARD_TIMEOUT_S`` or answers garbage. Every query and answer is a :class:`DNSProxyEvent`
-(Hubble's L7 DNS flow: ``dns-request``/``dns-response``, ``observation_source`` "proxy").
+in ``FORWARD_TIMEOUT_S`` or answers garbage. Every query and answer is an
+:class:`~ciliary.core.l7record.L7Record` to ``on_event`` (the agent publishes it to Hubble: an L7
+DNS flow, ``dns-request`` FORWARDED or DROPPED, ``dns-response`` with the answer or ERROR,
+``observation_source`` "proxy"); why a query was refused is logged (debug).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 import socket
@@ -57,6 +58,8 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
+from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
+from ciliary.core.l7record import DNSRecord, L7Endpoint, L7Record
 from ciliary.policy.fqdn import DNSLookup
 from ciliary.policy.mapstate import PROTO_TCP, PROTO_UDP
 from ciliary.policy.resolve import EndpointPolicy
@@ -64,7 +67,6 @@ from ciliary.policy.trace import dns_verdict
 
 __all__ = [
     "DNSProxy",
-    "DNSProxyEvent",
     "Decision",
     "EndpointDNSRules",
     "ProxyPolicy",
@@ -152,36 +154,6 @@ class EndpointDNSRules:
         return self.update(lookups)
 
 
-@dataclass(frozen=True, slots=True)
-class DNSProxyEvent:
-    """One L7 DNS record (Hubble's ``Flow.l7.dns``, type 129 ``access log``).
-
-    ``kind`` request (the pod's query: ``verdict`` FORWARDED, or DROPPED when refused) or
-    response (the server's answer as released to the pod, ``latency_ns`` since the query;
-    ERROR when the server failed and the pod got SERVFAIL). ``source``/``destination`` are
-    the pod and its server as the pod sees them (the server's original address, on both
-    records). ``query`` is the name with its trailing dot, as upstream prints it."""
-
-    time: float
-    kind: Literal["request", "response"]
-    verdict: Literal["FORWARDED", "DROPPED", "ERROR"]
-    source: Address
-    destination: Address
-    protocol: Literal["UDP", "TCP"]
-    endpoint: int | None
-    query: str
-    qtypes: tuple[str, ...]
-    rcode: int = 0
-    ips: tuple[str, ...] = ()
-    ttl: int = 0
-    cnames: tuple[str, ...] = ()
-    rrtypes: tuple[str, ...] = ()
-    latency_ns: int = 0
-    reason: str = ""
-    rules: tuple[str, ...] = ()
-    observation_source: str = "proxy"
-
-
 class MalformedQueryError(Exception):
     """A query that cannot be parsed; ``reply`` is the FORMERR to send (None: nothing)."""
 
@@ -267,6 +239,41 @@ def answer_lookups(qname: str, response: dns.message.Message, now: float) -> Ans
 
 def _qtypes(query: dns.message.Message) -> tuple[str, ...]:
     return tuple(dns.rdatatype.to_text(q.rdtype) for q in query.question)
+
+
+@dataclass(frozen=True, slots=True)
+class _Records:
+    """The L7 records of one query: the request from the pod to its server (the original
+    destination), the response back (upstream's two ``dns-request``/``dns-response`` flows)."""
+
+    pod: Address
+    server: Address
+    protocol: Literal["UDP", "TCP"]
+    asked: DNSRecord
+
+    def _record(
+        self, kind: L7FlowType, verdict: Verdict, dns_record: DNSRecord, latency_ns: int = 0
+    ) -> L7Record:
+        pod = L7Endpoint(ip_address(self.pod[0]), self.pod[1])
+        server = L7Endpoint(ip_address(self.server[0]), self.server[1])
+        request = kind == L7FlowType.REQUEST
+        return L7Record(
+            time_ns=time.time_ns(), kind=kind, verdict=verdict,
+            direction=TrafficDirection.EGRESS, source=pod if request else server,
+            destination=server if request else pod,
+            transport=PROTO_UDP if self.protocol == "UDP" else PROTO_TCP, dns=dns_record,
+            latency_ns=latency_ns,
+        )  # fmt: skip
+
+    def request(self, verdict: Verdict) -> L7Record:
+        return self._record(L7FlowType.REQUEST, verdict, self.asked)
+
+    def response(self, verdict: Verdict, answer: Answer, latency_ns: int) -> L7Record:
+        dns_record = DNSRecord(
+            self.asked.query, self.asked.qtypes, ips=answer.ips, ttl=answer.ttl,
+            cnames=answer.cnames, rcode=answer.rcode, rrtypes=answer.rrtypes,
+        )  # fmt: skip
+        return self._record(L7FlowType.RESPONSE, verdict, dns_record, latency_ns)
 
 
 # ---- sockets -------------------------------------------------------------------------------
@@ -444,7 +451,7 @@ class DNSProxy:
 
     port: int
     policy: ProxyPolicy
-    on_event: Callable[[DNSProxyEvent], None] = lambda _event: None
+    on_event: Callable[[L7Record], None] = lambda _record: None
     reject_code: str = "refused"
     """``--tofqdns-dns-reject-response-code``: a :data:`RejectCode` (checked at creation)."""
     response_max_delay_s: float = DEFAULT_RESPONSE_MAX_DELAY_S
@@ -601,42 +608,37 @@ class DNSProxy:
             self.stats.malformed += 1
             log.info("DNS proxy: malformed query from %s: %s", source[0], err)
             return err.reply
-        question = query.question[0]
-        qname = question.name.to_text()
-        decision = self._decide(source, dest, protocol, qname)
-        request = DNSProxyEvent(
-            time=time.time(), kind="request", verdict="FORWARDED", source=source,
-            destination=dest, protocol=protocol, endpoint=decision.endpoint, query=qname,
-            qtypes=_qtypes(query), reason=decision.reason, rules=decision.rules,
-        )  # fmt: skip
+        qname = query.question[0].name.to_text()
+        decision = self.decide(source, dest, protocol, qname)
+        records = _Records(source, dest, protocol, DNSRecord(qname, _qtypes(query)))
         if not decision.allowed:
             self.stats.refused += 1
-            self._emit(dataclasses.replace(request, verdict="DROPPED"))
+            log.debug(
+                "DNS proxy: %s from %s to %s refused: %s", qname, source, dest, decision.reason
+            )
+            self._emit(lambda: records.request(Verdict.DROPPED))
             return reject(query, REJECT_RCODES[self.reject_code])
-        self._emit(request)
+        self._emit(lambda: records.request(Verdict.FORWARDED))
         try:
             answer_wire = await forward(wire, source, dest)
             response = dns.message.from_wire(answer_wire)
         except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as err:
-            return self._failed(query, request, started, f"server: {err!r}")
+            return self._failed(query, records, started, f"server: {err!r}")
         except (dns.exception.DNSException, ValueError) as err:
-            return self._failed(query, request, started, f"bad answer: {err}")
+            return self._failed(query, records, started, f"bad answer: {err}")
         answer = answer_lookups(qname, response, time.time())
         if answer.lookups:
             await self._answered(list(answer.lookups), qname)
         self.stats.forwarded += 1
-        self._emit(
-            dataclasses.replace(
-                request, time=time.time(), kind="response", rcode=answer.rcode,
-                ips=answer.ips, ttl=answer.ttl, cnames=answer.cnames, rrtypes=answer.rrtypes,
-                latency_ns=time.monotonic_ns() - started,
-            )
-        )  # fmt: skip
+        latency = time.monotonic_ns() - started
+        self._emit(lambda: records.response(Verdict.FORWARDED, answer, latency))
         return answer_wire
 
-    def _decide(
+    def decide(
         self, source: Address, dest: Address, protocol: Literal["UDP", "TCP"], qname: str
     ) -> Decision:
+        """Whether a query for ``qname`` from ``source`` to ``dest`` (the original
+        destination) is forwarded, and why."""
         if dest[1] == self.port:
             return Decision(False, "not redirected: no original destination to forward to")
         try:
@@ -661,21 +663,18 @@ class DNSProxy:
             )  # fmt: skip
 
     def _failed(
-        self, query: dns.message.Message, request: DNSProxyEvent, started: int, reason: str
+        self, query: dns.message.Message, records: _Records, started: int, reason: str
     ) -> bytes:
         self.stats.errors += 1
-        log.info("DNS proxy: %s: %s", request.query, reason)
-        self._emit(
-            dataclasses.replace(
-                request, time=time.time(), kind="response", verdict="ERROR",
-                rcode=int(dns.rcode.SERVFAIL), latency_ns=time.monotonic_ns() - started,
-                reason=reason,
-            )
-        )  # fmt: skip
+        log.info("DNS proxy: %s: %s", query.question[0].name, reason)
+        failed = Answer(int(dns.rcode.SERVFAIL), (), 0, (), (), ())
+        latency = time.monotonic_ns() - started
+        self._emit(lambda: records.response(Verdict.ERROR, failed, latency))
         return reject(query, dns.rcode.SERVFAIL)
 
-    def _emit(self, event: DNSProxyEvent) -> None:
+    def _emit(self, make: Callable[[], L7Record]) -> None:
+        """The record ``make`` builds to ``on_event`` (neither may fail the query)."""
         try:
-            self.on_event(event)
+            self.on_event(make())
         except Exception:
             log.exception("DNS proxy: event sink failed")

@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 from bench import dnsproxy as bench_dnsproxy
 
-from ciliary.agent.dnsproxy import DNSProxy, DNSProxyEvent, EndpointDNSRules
+from ciliary.agent.dnsproxy import DNSProxy, EndpointDNSRules
+from ciliary.core.flow import L7FlowType, Verdict
+from ciliary.core.l7record import L7Record
 from ciliary.datapath.linux import netns
 from ciliary.policy.fqdn import DNSCache, DNSLookup
 from tests.unit.policy.engine.lab import Lab
@@ -139,7 +141,7 @@ def run_proxy_scenario(topology: dict[str, str], transparent: bool) -> dict[str,
         identity_of=lambda ip: DNS.id if str(ip) in (SERVER_IP, SERVER_IP6) else 2,
         update=update,
     )
-    events: list[DNSProxyEvent] = []
+    events: list[L7Record] = []
 
     async def scenario() -> dict[str, object]:
         proxy = DNSProxy(PROXY_PORT, rules, on_event=events.append, transparent=transparent)
@@ -199,16 +201,19 @@ def test_pod_queries_through_the_proxy(topology: dict[str, str], transparent: bo
         assert f"partner.example.com. from {shown}:" in server_log, server_log
     events = out["events"]
     assert isinstance(events, list)
-    dropped = [e for e in events if e.verdict == "DROPPED"]
-    assert sorted((e.protocol, e.destination[0], e.query) for e in dropped) == [
-        ("TCP", SERVER_IP, "evil.example.com."), ("TCP", SERVER_IP6, "evil.example.com."),
-        ("UDP", SERVER_IP, "evil.example.com."),
+    dropped = [e for e in events if e.verdict == Verdict.DROPPED]
+    assert sorted((e.transport, str(e.destination.ip), e.dns and e.dns.query) for e in dropped) == [
+        (6, SERVER_IP, "evil.example.com."), (6, SERVER_IP6, "evil.example.com."),
+        (17, SERVER_IP, "evil.example.com."),
     ]  # fmt: skip
     # the original destination, as the pod addressed it, on every record
-    assert {e.destination for e in events} == {(SERVER_IP, 53), (SERVER_IP6, 53)}
-    assert {e.source[0] for e in events} == {POD_IP, POD_IP6}
-    responses = [e for e in events if e.kind == "response"]
-    assert len(responses) == 5 and all(e.verdict == "FORWARDED" for e in responses)
+    requests = [e for e in events if e.kind == L7FlowType.REQUEST]
+    responses = [e for e in events if e.kind == L7FlowType.RESPONSE]
+    servers = {(SERVER_IP, 53), (SERVER_IP6, 53)}
+    assert {(str(e.destination.ip), e.destination.port) for e in requests} == servers
+    assert {(str(e.source.ip), e.source.port) for e in responses} == servers
+    assert {str(e.source.ip) for e in requests} == {POD_IP, POD_IP6}
+    assert len(responses) == 5 and all(e.verdict == Verdict.FORWARDED for e in responses)
 
 
 def test_the_bench_group_measures_both_paths() -> None:

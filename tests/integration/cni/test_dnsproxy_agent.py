@@ -1,39 +1,273 @@
-"""The agent runs its DNS proxy (agent/daemon.py, agent/dnsproxy.py): a real standalone agent in a
-node netns listens on ``--tofqdns-proxy-port`` for UDP and TCP in that netns, and answers a query
-that was not redirected to it (sent to the proxy's own address: no original destination to
-forward to) with the reject code of ``--tofqdns-dns-reject-response-code``, without forwarding."""
+"""The agent's DNS proxy with real pods and the datapath's redirect (agent/daemon.py,
+agent/dnsproxy.py, bpf/lib/proxy.h): a real standalone agent in a node netns, three pods added
+through the CNI plugin (client, a DNS server for ``example.com`` — ``ciliary workload
+dns-server``) and a world host in a netns of its own routed through the node.
+
+The client's policy allows DNS to the DNS pod with ``rules: dns`` (``matchName:
+web.example.com``, ``matchPattern: "api-*.example.com"``) and TCP 8080 to ``toFQDNs:
+web.example.com``.
+Asserted, as issue #15's DNS walkthrough asks: before any lookup the world host is unreachable
+(default deny); the client's ``dns-query`` (UDP and TCP) for an allowed name gets the server's
+answer through the proxy (the server sees the client's own address: transparent forwarding),
+and the client's *first* connection to the answer's IP right after it succeeds (its first SYN
+is not dropped: the policy maps allowed the IP before the answer was released); a name the
+rules do not allow gets REFUSED and never reaches the server; the agent's DNS cache lists the
+name. Also: a query sent to the proxy's own port (not redirected) is refused.
+"""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import PYTHON, NodeAgent, node_agent
+from .conftest import (
+    PYTHON,
+    RUN_ROOT,
+    VENV_BIN,
+    NodeAgent,
+    Pods,
+    node_agent,
+    run_plugin,
+    sh,
+    unique,
+)
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 PORT = 10999
+V4_RANGE = "10.233.0.0/24"
+WORLD_IP, WORLD_GW = "172.19.0.100", "172.19.0.1"
+OTHER_WORLD_IP = "172.19.0.101"
+RECORDS = {
+    "web.example.com.": [WORLD_IP],
+    "api-v1.example.com.": [OTHER_WORLD_IP],
+    "evil.example.com.": [OTHER_WORLD_IP],
+}
+POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-dns, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns:
+        - matchName: web.example.com
+        - matchPattern: "api-*.example.com"
+  - toFQDNs: [{matchName: web.example.com}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+WORLD_SERVER = r"""
+import socket
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 8080))
+t.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = t.accept()
+    c.sendall(b"world")
+    c.close()
+"""
+# One TCP connection with a timeout shorter than the first SYN retransmission (1 s): it only
+# succeeds when the first SYN passes.
+CONNECT = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.8)
+    print(s.recv(100).decode())
+except OSError as err:
+    print(f"error {type(err).__name__}")
+"""
+
+
+class Cluster:
+    """The agent, its pods, the world host and the DNS server's log."""
+
+    def __init__(self, agent: NodeAgent, pods: Pods, tmp: Path) -> None:
+        self.agent = agent
+        self.conf = {"cniVersion": "1.0.0", "name": "ciliary", "type": "ciliary-cni",
+                     "node": agent.node}  # fmt: skip
+        self.added: list[tuple[str, str]] = []
+        self.procs: list[subprocess.Popen[str]] = []
+        self.client_ns, self.client_ip = self._add(pods, "client")
+        self.dns_ns, self.dns_ip = self._add(pods, "dns")
+        self.world_ns = unique("e-dnsw-")
+        records = tmp / "records.json"
+        records.write_text(json.dumps(RECORDS))
+        self.dns_log = tmp / "dns-server.log"
+
+    def _add(self, pods: Pods, app: str) -> tuple[str, str]:
+        name, path = pods.new()
+        cid = unique("c")
+        conf = {**self.conf, "args": {"cni": {"labels": [{"key": "app", "value": app}]}}}
+        run = run_plugin("ADD", conf, container_id=cid, netns=str(path),
+                         args=f"K8S_POD_NAME={app};K8S_POD_NAMESPACE=default")  # fmt: skip
+        assert run.rc == 0, str(run)
+        self.added.append((cid, str(path)))
+        ip = next(i["address"].split("/")[0] for i in run.json["ips"] if "." in i["address"])
+        return name, ip
+
+    def start(self) -> None:
+        node, world = self.agent.netns, self.world_ns
+        sh("ip", "netns", "add", world)
+        sh("ip", "link", "add", "w0", "netns", node, "type", "veth", "peer", "eth0", "netns", world)
+        sh("ip", "-n", node, "addr", "add", f"{WORLD_GW}/24", "dev", "w0")
+        sh("ip", "-n", world, "addr", "add", f"{WORLD_IP}/24", "dev", "eth0")
+        sh("ip", "-n", world, "addr", "add", f"{OTHER_WORLD_IP}/24", "dev", "eth0")
+        for ns, dev in ((node, "w0"), (world, "eth0"), (world, "lo")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", world, "route", "add", V4_RANGE, "via", WORLD_GW)
+        self.procs.append(serve(world, [PYTHON, "-c", WORLD_SERVER], "ready"))
+        with self.dns_log.open("w") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.dns_ns, PYTHON, "-m", "ciliary.workload.main",
+                 "dns-server", "--records", str(self.dns_log.with_name("records.json")),
+                 "--domain", "example.com"],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        self.procs.append(proc)
+        deadline = time.monotonic() + 15
+        while "listening on tcp" not in self.dns_log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, self.dns_log.read_text()
+            time.sleep(0.05)
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.communicate(timeout=10)  # reaps it and closes its pipes
+        for cid, path in self.added:
+            run_plugin("DEL", self.conf, container_id=cid, netns=path)
+        sh("ip", "netns", "del", self.world_ns, check=False)
+
+    def query(self, name: str, *flags: str, server: str | None = None) -> str:
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.client_ns, PYTHON, "-m", "ciliary.workload.main",
+             "dns-query", name, "--server", server or self.dns_ip, "--timeout", "3", *flags],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, f"{name} {flags}: {res.stdout}{res.stderr}"
+        return res.stdout
+
+    def connect(self, ip: str, port: int = 8080) -> str:
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.client_ns, PYTHON, "-c", CONNECT, ip, str(port)],
+            capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+        return res.stdout.strip()
+
+
+def serve(netns: str, argv: list[str], ready: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != ready:
+        proc.kill()
+        raise AssertionError(f"{argv[-1][:40]} did not start: {line!r} {proc.communicate()[1]!r}")
+    return proc
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    flags = ("--tofqdns-proxy-port", str(PORT), "--tofqdns-dns-reject-response-code", "nameError")
-    with node_agent(tmp_path_factory.mktemp("dnsproxy-agent"), "10.233.0.0/24", None, flags) as a:
-        yield a
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("dnsproxy-agent")
+    pods = Pods()
+    with node_agent(tmp, V4_RANGE, None, ("--tofqdns-proxy-port", str(PORT))) as agent:
+        c = Cluster(agent, pods, tmp)
+        try:
+            c.start()
+            with agent.client() as cl:
+                cl.policy_import(POLICY, "client-dns.yaml")
+            yield c
+        finally:
+            c.cleanup()
+            pods.cleanup()
 
 
-def query(agent: NodeAgent, *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", agent.netns, PYTHON, "-m", "ciliary.workload.main", "dns-query",
-         "partner.example.com", "--server", "127.0.0.1", "--port", str(PORT), *flags],
-        capture_output=True, text=True, timeout=20, check=False,
-    )  # fmt: skip
-
-
-def test_the_agent_serves_its_dns_proxy_port(agent: NodeAgent) -> None:
-    for flags in ((), ("--tcp",)):
-        res = query(agent, "--expect-rcode", "NXDOMAIN", *flags)
-        assert res.returncode == 0, res.stdout + res.stderr
+def test_the_agent_serves_its_dns_proxy_port(cluster: Cluster) -> None:
+    agent = cluster.agent
     assert f"DNS proxy listening on port {PORT}" in agent.log.read_text()
+    for flags in ((), ("--tcp",)):
+        res = subprocess.run(
+            ["ip", "netns", "exec", agent.netns, PYTHON, "-m", "ciliary.workload.main",
+             "dns-query", "web.example.com", "--server", "127.0.0.1", "--port", str(PORT),
+             "--expect-rcode", "REFUSED", *flags],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr  # not redirected: refused
+
+
+def test_dns_walkthrough(cluster: Cluster) -> None:
+    # before any lookup the world host is not allowed (toFQDNs selects nothing yet)
+    assert cluster.connect(WORLD_IP).startswith("error")
+    log_before = len(cluster.dns_log.read_text())
+    out = cluster.query("web.example.com")
+    assert WORLD_IP in out, out
+    # the first SYN right after the answer passes: the maps allowed the IP before the release
+    assert cluster.connect(WORLD_IP) == "world"
+    assert "A" in cluster.query("web.example.com", "--tcp")
+    assert OTHER_WORLD_IP in cluster.query("api-v1.example.com")  # matchPattern
+    for flags in ((), ("--tcp",)):
+        assert "REFUSED" in cluster.query("evil.example.com", "--expect-rcode", "REFUSED", *flags)
+    # allowed by DNS but not by toFQDNs: still dropped
+    assert cluster.connect(OTHER_WORLD_IP).startswith("error")
+    server_log = cluster.dns_log.read_text()[log_before:]
+    assert "evil.example.com" not in server_log, server_log
+    assert f"web.example.com. from {cluster.client_ip}:" in server_log, server_log
+    with cluster.agent.client() as cl:
+        cache = {(e.fqdn, e.ip) for e in cl.fqdn_cache()}
+    assert ("web.example.com", WORLD_IP) in cache, cache
+    # Hubble: the proxy's L7 DNS flows, named after the pods
+    dns_flows = [f for f in hubble(cluster) if "dns" in f.get("l7", {})]
+    seen = {
+        (f["l7"]["type"], f["verdict"], f["l7"]["dns"]["query"],
+         tuple(f["l7"]["dns"].get("ips", ())))
+        for f in dns_flows
+    }  # fmt: skip
+    assert ("REQUEST", "FORWARDED", "web.example.com.", ()) in seen, seen
+    assert ("RESPONSE", "FORWARDED", "web.example.com.", (WORLD_IP,)) in seen, seen
+    assert ("REQUEST", "DROPPED", "evil.example.com.", ()) in seen, seen
+    request = next(
+        f for f in dns_flows
+        if f["l7"]["dns"]["query"] == "web.example.com." and f["l7"]["type"] == "REQUEST"
+        and f["IP"]["source"] == cluster.client_ip
+    )  # fmt: skip
+    assert request["source"]["pod_name"] == "client", request
+    assert request["destination"]["pod_name"] == "dns", request
+    assert request["l7"]["dns"]["observation_source"] == "proxy", request
+    assert request["Type"] == "L7" and request["event_type"]["type"] == 129, request
+
+
+def test_the_answers_survive_an_agent_restart(cluster: Cluster) -> None:
+    """Issue #15: after an agent restart the FQDN cache is restored, so the first connection
+    to an IP a pod resolved before is not dropped."""
+    cluster.query("web.example.com")
+    assert cluster.connect(WORLD_IP) == "world"
+    cluster.agent.stop()
+    cluster.agent.start()
+    assert cluster.connect(WORLD_IP) == "world"
+    with cluster.agent.client() as cl:
+        assert ("web.example.com", WORLD_IP) in {(e.fqdn, e.ip) for e in cl.fqdn_cache()}
+    assert "REFUSED" in cluster.query("evil.example.com", "--expect-rcode", "REFUSED")
+
+
+def hubble(cluster: Cluster) -> list[dict[str, Any]]:
+    sock = RUN_ROOT / cluster.agent.node / "hubble.sock"
+    res = subprocess.run(
+        [str(VENV_BIN / "ciliary"), "observe", "--server", f"unix://{sock}", "--last", "2000",
+         "-o", "jsonpb"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]

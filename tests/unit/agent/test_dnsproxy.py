@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 
 from ciliary.agent.dnsproxy import (
     DNSProxy,
-    DNSProxyEvent,
     EndpointDNSRules,
     MalformedQueryError,
     answer_lookups,
     parse_query,
 )
 from ciliary.agent.main import _parser
+from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
+from ciliary.core.l7record import L7Record
 from ciliary.policy.fqdn import DNSCache, DNSLookup
 from ciliary.policy.mapstate import PROTO_UDP
 from tests.unit.policy.engine.lab import Lab, pod
@@ -70,8 +71,8 @@ def answer_for(query_wire: bytes, *addresses: str, ttl: int = 60) -> bytes:
     return response.to_wire()
 
 
-def make_proxy(rules: Rules, **kw: object) -> tuple[DNSProxy, list[DNSProxyEvent]]:
-    events: list[DNSProxyEvent] = []
+def make_proxy(rules: Rules, **kw: object) -> tuple[DNSProxy, list[L7Record]]:
+    events: list[L7Record] = []
     proxy = DNSProxy(PROXY_PORT, rules.rules, on_event=events.append, **kw)  # type: ignore[arg-type]
     return proxy, events
 
@@ -112,16 +113,29 @@ def test_an_allowed_name_is_forwarded_and_its_answer_cached_before_release() -> 
     assert rules.cache.lookup("partner.example.com") == ["192.0.2.7"]
     # the order upstream guarantees: the datapath allows the IPs, then the pod sees them
     assert rules.log == ["maps updated", "answer released"]
+    # Hubble's two L7 records: the pod's request, the server's answer back to it
     request, answer = events
     assert (request.kind, request.verdict, answer.kind, answer.verdict) == (
-        "request", "FORWARDED", "response", "FORWARDED",
+        L7FlowType.REQUEST, Verdict.FORWARDED, L7FlowType.RESPONSE, Verdict.FORWARDED,
     )  # fmt: skip
-    assert request.endpoint == CLIENT.id and request.query == "partner.example.com."
-    assert request.rules == ("CiliumNetworkPolicy default/dns rule 0 egress[0]",)
-    assert (answer.ips, answer.ttl, answer.rrtypes, answer.qtypes) == (
-        ("192.0.2.7",), 60, ("A",), ("A",),
+    assert request.direction == answer.direction == TrafficDirection.EGRESS
+    assert (str(request.source.ip), request.source.port) == POD == (
+        str(answer.destination.ip), answer.destination.port,
     )  # fmt: skip
-    assert answer.latency_ns > 0 and answer.observation_source == "proxy"
+    assert (str(request.destination.ip), request.destination.port) == SERVER
+    assert request.transport == 17 and request.latency_ns == 0
+    assert request.dns is not None and answer.dns is not None
+    assert (request.dns.query, request.dns.qtypes, request.dns.ips) == (
+        "partner.example.com.", ("A",), (),
+    )  # fmt: skip
+    assert (answer.dns.ips, answer.dns.ttl, answer.dns.rrtypes, answer.dns.rcode) == (
+        ("192.0.2.7",), 60, ("A",), 0,
+    )  # fmt: skip
+    assert answer.latency_ns > 0 and answer.dns.observation_source == "proxy"
+    decision = proxy.decide(POD, SERVER, "UDP", "partner.example.com.")
+    assert (decision.endpoint, decision.rules) == (
+        CLIENT.id, ("CiliumNetworkPolicy default/dns rule 0 egress[0]",),
+    )  # fmt: skip
     assert proxy.stats.late_releases == 0
 
 
@@ -161,7 +175,7 @@ def test_match_pattern_decides(name: str, allowed: bool) -> None:
     assert (response.rcode() == dns.rcode.NOERROR) is allowed
     assert bool(forwarded) is allowed
     assert bool(rules.cache.names()) is allowed
-    assert events[0].verdict == ("FORWARDED" if allowed else "DROPPED")
+    assert events[0].verdict == (Verdict.FORWARDED if allowed else Verdict.DROPPED)
 
 
 def test_a_disallowed_name_is_refused_or_name_error_and_never_forwarded() -> None:
@@ -172,9 +186,8 @@ def test_a_disallowed_name_is_refused_or_name_error_and_never_forwarded() -> Non
         assert response.rcode() == rcode and not response.answer
         assert response.question[0].name.to_text() == "evil.example.com."
         assert forwarded == [] and rules.cache.names() == [] and rules.log == ["answer released"]
-        assert [(e.kind, e.verdict, e.reason) for e in events] == [
-            ("request", "DROPPED", "name not allowed")
-        ]
+        assert [(e.kind, e.verdict) for e in events] == [(L7FlowType.REQUEST, Verdict.DROPPED)]
+        assert proxy.decide(POD, SERVER, "UDP", "evil.example.com.").reason == "name not allowed"
         assert proxy.stats.refused == 1
     with pytest.raises(ValueError, match="reject-response-code 'servfail'"):
         make_proxy(Rules(), reject_code="servfail")
@@ -190,7 +203,8 @@ def test_unknown_sources_other_servers_and_direct_queries_are_refused() -> None:
     ):
         response, forwarded = ask(proxy, rules, "partner.example.com", source=source, dest=dest)
         assert response.rcode() == dns.rcode.REFUSED and not forwarded
-        assert events[-1].reason == reason
+        assert events[-1].verdict == Verdict.DROPPED
+        assert proxy.decide(source, dest, "UDP", "partner.example.com.").reason == reason
     # an endpoint no rule restricts: every name passes (no L7 rule on its entry)
     response, forwarded = ask(proxy, rules, "evil.example.com", "192.0.2.3", source=("10.0.0.3", 1))
     assert response.rcode() == dns.rcode.NOERROR and forwarded
@@ -241,7 +255,8 @@ def test_malformed_queries_and_failing_servers() -> None:
     for failure in (TimeoutError(), ConnectionRefusedError(), b"garbage"):
         reply = asyncio.run(run(good, failure))
         assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.SERVFAIL
-        assert events[-1].verdict == "ERROR"
+        assert events[-1].verdict == Verdict.ERROR and events[-1].kind == L7FlowType.RESPONSE
+        assert events[-1].dns is not None and events[-1].dns.rcode == dns.rcode.SERVFAIL
     assert proxy.stats.malformed == 2 and proxy.stats.errors == 3
     assert rules.cache.names() == []
 
