@@ -163,7 +163,8 @@ def _until(check: object, timeout: float = 15) -> str:
 def test_http_rules_through_envoy(node: Node) -> None:
     # Envoy starts once the rule applies (~0.5 s): until then the redirect fails closed
     first = _until(lambda: (r := node.curl("GET", "/public/a")).startswith("200") and r)
-    assert first.startswith("200 web GET /public/a from"), first
+    # the web pod sees the client, not the node: Envoy's upstream leaves as the pod
+    assert first == f"200 web GET /public/a from {node.client_ip}", first
     assert node.curl("GET", "/private") == "403 Access denied\r\n"
     assert node.curl("POST", "/public/a") == "403 Access denied\r\n"
     direct = node.curl("GET", "/private", port=8080)  # no L7 rule on 8080: the pod itself
