@@ -229,7 +229,11 @@ class EnvoyProcess:
             if not path.exists():
                 write_json(path, cfg.discovery_response("0", []))
         self._spawn()
-        await self.wait_ready()
+        try:
+            await self.wait_ready()
+        except EnvoyError:
+            await self.stop()  # nothing half-started stays: a later start begins afresh
+            raise
         self._task = asyncio.create_task(self._supervise(), name=f"envoy-{self.node}")
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:

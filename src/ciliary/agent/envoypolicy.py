@@ -179,7 +179,10 @@ class NodeEnvoy:
         half second; most nodes never need it)."""
         self._running = True
         self._loop = asyncio.get_running_loop()
-        await self._reconcile()
+        try:
+            await self._reconcile()
+        except Exception:  # the agent runs on: redirected traffic is dropped (fail closed)
+            log.exception("envoy: not started (retried at the next policy change)")
 
     async def stop(self) -> None:
         self._running = False

@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ciliary.agent import envoyconfig as cfg
 from ciliary.agent.accesslog import AccessLogReader, HTTPAccess
-from ciliary.agent.envoy import EnvoyConfigWriter, EnvoyPaths, EnvoyProcess
+from ciliary.agent.envoy import EnvoyConfigWriter, EnvoyError, EnvoyPaths, EnvoyProcess
 from ciliary.agent.envoypolicy import EndpointView, NodeEnvoy, http_listeners, identity_prefixes
 from ciliary.core.proxyports import HTTP_EGRESS, HTTP_INGRESS, ProxyPorts
 from ciliary.datapath.linux import netns
@@ -619,3 +619,26 @@ def test_the_envoy_of_a_dead_agent_is_stopped(tmp_path: Path) -> None:
     assert asyncio.run(next_agent()) == (False, True)
     assert not paths.pidfile.exists()
     asyncio.run(left.stop())  # nothing left to stop: its handle is released
+
+
+def test_an_envoy_that_cannot_start_leaves_nothing_and_the_agent_runs_on(tmp_path: Path) -> None:
+    broken = EnvoyProcess("f-bad", EnvoyPaths(tmp_path / "a"), binary=Path("/bin/false"))
+    with pytest.raises(EnvoyError, match="exited with 1"):
+        asyncio.run(broken.start())
+    assert broken.pid is None and not broken.paths.pidfile.exists()
+
+    deathstar = pod(1000, "default", org="empire", **{"class": "deathstar"})
+    lab = Lab(deathstar, pod(1001, "default", org="empire", **{"class": "tiefighter"}))
+    lab.apply(STAR_WARS_L7)
+    views = [EndpointView(7, (SERVER,), lab.policy(deathstar))]
+    node = NodeEnvoy("f-bad", tmp_path / "b", PORTS, lambda: views, list)
+    node.process = EnvoyProcess("f-bad", node.paths, binary=Path("/bin/false"))
+
+    async def run() -> int | None:
+        await node.start()  # logged, not raised: redirected traffic is dropped meanwhile
+        try:
+            return node.process.pid
+        finally:
+            await node.stop()
+
+    assert asyncio.run(run()) is None
