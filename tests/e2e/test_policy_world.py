@@ -15,7 +15,9 @@ Semantics asserted, with their sources (cilium/cilium ``Documentation/security/p
   EndpointSlices (``language.rst`` "Services based": selector-less Services only; an Endpoints
   object is mirrored into a slice, as kube-controller-manager's endpointslicemirroring);
 - egress ``toFQDNs`` allows the IPs DNS gave for the names it matches (``language.rst`` "DNS
-  based"; here the agents' DNS cache starts with the lab file's ``dnsProxy.preCache``);
+  based"; here the agents' DNS cache starts with the lab file's ``dnsProxy.preCache``, and
+  learns from the pods' queries through the node's DNS proxy, which ``rules: dns`` restrict:
+  a name outside them is REFUSED);
 - the world has the reserved identity ``world`` (9 ``world-ipv4`` / 10 ``world-ipv6`` in a
   dual-stack cluster), a prefix some policy names has a CIDR identity (``cidr:<prefix>`` plus
   ``reserved:world`` labels, local scope ``1 << 24`` and up): Hubble names them on the enforcing
@@ -300,3 +302,91 @@ def _wait_endpoints(lab: PolicyLab, addresses: set[str]) -> None:
         return True
 
     wait_for(f"shop/partner's endpoints {sorted(addresses)} in every agent", everywhere, 30)
+
+
+STRANGER_NAME = "stranger.shop.svc.cluster.local"
+STRANGER_SERVICE = f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: stranger, namespace: shop}}
+spec:
+  clusterIP: None
+  ports: [{{name: echo, port: 80, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: stranger-v4
+  namespace: shop
+  labels: {{kubernetes.io/service-name: stranger}}
+addressType: IPv4
+ports: [{{name: echo, port: 80, protocol: TCP}}]
+endpoints: [{{addresses: ["{STRANGER[0]}"]}}]
+"""
+API_DNS_PROXY = f"""\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: api-dns-proxy, namespace: shop}}
+spec:
+  endpointSelector: {{matchLabels: {{app: api}}}}
+  egress:
+  - toEndpoints:
+    - matchLabels: {{k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}}
+    toPorts:
+    - ports: [{{port: "53", protocol: ANY}}]
+      rules: {{dns: [{{matchPattern: "*.shop.svc.cluster.local"}}]}}
+  - toFQDNs: [{{matchName: {STRANGER_NAME}}}]
+    toPorts: [{{ports: [{{port: "80", protocol: TCP}}]}}]
+"""
+
+
+def test_dns_proxy_in_the_lab(lab: PolicyLab) -> None:
+    """Issue #15's DNS walkthrough in a lab: shop/api asks the cluster DNS (kube-dns's
+    ClusterIP) through its node's DNS proxy (``rules: dns``); the stranger's name (a headless
+    Service whose endpoint is the stranger) is answered and the first connection to its IP,
+    allowed by ``toFQDNs`` only after the answer, passes; a name outside the pattern is REFUSED;
+    node 1's DNS cache and Hubble show it."""
+    kubeconfig = subprocess.run(
+        [CILIARY, "lab", "kubeconfig", "--name", lab.name],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=STRANGER_SERVICE)
+    node = lab.nodes[0]  # shop/api's
+    try:
+        lab.import_policy(API_DNS_PROXY)
+        dns = ("--server", "10.96.0.10", "--timeout", "3")
+        # not resolved yet: toFQDNs selects nothing, the stranger is dropped
+        assert lab.run("shop/api", "ciliary", "workload", "tcp-echo", STRANGER[0], "80",
+                       "--timeout", "1").returncode != 0  # fmt: skip
+        wait_for(
+            f"{STRANGER_NAME} in the cluster DNS",
+            lambda: lab.run("shop/api", "ciliary", "workload", "dns-query", STRANGER_NAME,
+                            *dns).returncode == 0,
+            30,
+        )  # fmt: skip
+        echo = lab.run("shop/api", "ciliary", "workload", "tcp-echo", STRANGER[0], "80",
+                       "--timeout", "0.8")  # fmt: skip
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        refused = lab.run("shop/api", "ciliary", "workload", "dns-query",
+                          "kubernetes.default.svc.cluster.local", *dns,
+                          "--expect-rcode", "REFUSED")  # fmt: skip
+        assert refused.returncode == 0, refused.stdout + refused.stderr
+        listed = subprocess.run(
+            [CILIARY, "fqdn", "cache", "list", "--node", node, "-o", "json"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        assert STRANGER_NAME in {e["fqdn"] for e in json.loads(listed)}, listed
+        nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+        res = subprocess.run(
+            [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
+             "--last", "2000", "-o", "jsonpb", "--type", "l7"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        flows = [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+        seen = {(f["l7"]["type"], f["verdict"], f["l7"]["dns"]["query"]) for f in flows
+                if "dns" in f.get("l7", {})}  # fmt: skip
+        assert ("RESPONSE", "FORWARDED", f"{STRANGER_NAME}.") in seen, seen
+        assert ("REQUEST", "DROPPED", "kubernetes.default.svc.cluster.local.") in seen, seen
+    finally:
+        lab.delete_policies()
+        kubectl(kubeconfig, "delete", "-f", "-", stdin=STRANGER_SERVICE)
