@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 Network = IPv4Network | IPv6Network
 PROTOCOL_NAMES = {0: "any", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 SAVED_POLICIES = "policies.json"
+_CONVERTED_LIMIT = 512
+"""Map states (and differences) kept converted; past this many all are forgotten at once."""
 """In a standalone agent's state directory: ``{"policies": {key: {source, index, document}}}``."""
 
 
@@ -124,6 +126,29 @@ class PolicyManager:
         self.repo = Repository()
         self.cache = SelectorCache()
         self._cookies: dict[frozenset[RuleRef], int] = {}
+        self._per_identity: dict[
+            tuple[int, tuple[str, ...], frozenset[tuple[str, tuple[int, str]]] | None],
+            EndpointPolicy,
+        ] = {}
+        """The engine's result per (identity, its labels, named ports), valid for ``_epoch``:
+        the repository's revision, the selector cache's version and drops, the service and DNS
+        data's versions and the remote named ports object (replaced whenever they are set)."""
+        self._epoch: tuple[int, ...] = ()
+        self._converted: dict[
+            int, tuple[Mapping[MapKey, MapEntry], dict[PolicyKey, PolicyValue]]
+        ] = {}
+        """Map states (by id, the object kept so the id stays its own) as the map's keys and
+        values: endpoints sharing a computed policy share its conversion."""
+        self._converted_changes: dict[
+            tuple[int, int],
+            tuple[
+                Mapping[MapKey, MapEntry],
+                Mapping[MapKey, MapEntry],
+                dict[PolicyKey, PolicyValue],
+                dict[PolicyKey, PolicyValue],
+            ],
+        ] = {}
+        """The same for the difference between two map states."""
         self._by_cookie: dict[int, frozenset[RuleRef]] = {}
         self._cidr_ids: dict[Network, Identity] = {}
         self.services = ServiceEndpoints()
@@ -390,15 +415,26 @@ class PolicyManager:
         self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None
     ) -> EndpointPolicy:
         # a reserved identity's endpoint (the health endpoint) is selected by its own labels
-        reserved = tuple(sorted(RESERVED_LABELS.get(ep.identity, ())))
-        labels = self._labels_of(ep.identity) or reserved
-        # As Cilium in Kubernetes mode (allow-localhost=always): the node itself always reaches
-        # its pods (kubelet probes); deny rules still win over it.
-        pol = compute(
-            self.repo, self.cache, Identity.of(ep.identity, labels),
-            named_ports=named_ports or {}, remote_named_ports=self._remote_ports,
-            mode=self._mode, allow_localhost=True, services=self.services, fqdns=self.fqdns,
+        labels = self._labels_of(ep.identity) or tuple(sorted(RESERVED_LABELS.get(ep.identity, ())))
+        # endpoints of one identity share its result (until anything it is computed from moves)
+        epoch = (
+            self.repo.revision, self.cache.version, self.cache.drops, self.services.version,
+            self.fqdns.version, id(self._remote_ports),
         )  # fmt: skip
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._per_identity.clear()
+        key = (ep.identity, labels, frozenset(named_ports.items()) if named_ports else None)
+        pol = self._per_identity.get(key)
+        if pol is None:
+            # As Cilium in Kubernetes mode (allow-localhost=always): the node itself always
+            # reaches its pods (kubelet probes); deny rules still win over it.
+            pol = compute(
+                self.repo, self.cache, Identity.of(ep.identity, labels),
+                named_ports=named_ports or {}, remote_named_ports=self._remote_ports,
+                mode=self._mode, allow_localhost=True, services=self.services, fqdns=self.fqdns,
+            )  # fmt: skip
+            self._per_identity[key] = pol
         if self._proxy_ports is None:
             return pol
         return with_proxy_ports(pol, self._proxy_ports)
@@ -445,17 +481,43 @@ class PolicyManager:
             self._write_whole(ep_id, pol)
             return
         try:
-            changed, stale = diff(old.entries, pol.entries)
-            inner.apply_changes(
-                {self._key(k): self._value(e) for k, e in changed.items()},
-                {self._key(k): self._value(old.entries[k]) for k in stale},
-            )
+            inner.apply_changes(*self._changes(old.entries, pol.entries))
         finally:
             inner.close()
 
+    def _changes(
+        self, old: Mapping[MapKey, MapEntry], new: Mapping[MapKey, MapEntry]
+    ) -> tuple[dict[PolicyKey, PolicyValue], dict[PolicyKey, PolicyValue]]:
+        """(entries to write, entries to delete with their values) from ``old`` to ``new``,
+        converted; made once per pair of map states (the endpoints sharing them share it)."""
+        key = (id(old), id(new))
+        found = self._converted_changes.get(key)
+        if found is None or found[0] is not old or found[1] is not new:
+            changed, stale = diff(old, new)
+            found = (
+                old,
+                new,
+                {self._key(k): self._value(e) for k, e in changed.items()},
+                {self._key(k): self._value(old[k]) for k in stale},
+            )
+            if len(self._converted_changes) >= _CONVERTED_LIMIT:
+                self._converted_changes.clear()
+            self._converted_changes[key] = found
+        return found[2], found[3]
+
+    def _desired(self, entries: Mapping[MapKey, MapEntry]) -> dict[PolicyKey, PolicyValue]:
+        """``entries`` as the map's keys and values; converted once per map state."""
+        found = self._converted.get(id(entries))
+        if found is None or found[0] is not entries:
+            found = (entries, {self._key(k): self._value(e) for k, e in entries.items()})
+            if len(self._converted) >= _CONVERTED_LIMIT:
+                self._converted.clear()
+            self._converted[id(entries)] = found
+        return found[1]
+
     def _write_whole(self, ep_id: int, pol: EndpointPolicy) -> None:
         """The map made equal to ``pol`` against what the kernel holds (created if missing)."""
-        desired = {self._key(k): self._value(e) for k, e in pol.entries.items()}
+        desired = self._desired(pol.entries)
         inner = self._dp.policy.ensure(ep_id, desired)
         try:
             inner.apply(desired)

@@ -22,7 +22,8 @@ other, as in Cilium's ``rule.matchesSubject``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Iterable, Sequence
+import itertools
+from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple
 
 from ciliary.policy.api.labels import NAMESPACE_LABEL, SOURCE_ANY, SOURCE_K8S, LabelSet
@@ -57,7 +58,9 @@ class _Selection(NamedTuple):
     """A remembered answer of :meth:`Repository.selection`, with what a change needs to know."""
 
     rules: tuple[SelectedRule, ...]
-    token: tuple[tuple[int, int], ...]
+    serials: tuple[tuple[int, int], ...]
+    """(policy serial, rule index) of each rule."""
+    token: int
     label_set: LabelSet
     is_node: bool
 
@@ -73,6 +76,8 @@ class Repository:
         self._next_serial = 1
         self._by_namespace: dict[str | None, list[SelectedRule]] = {}
         self._memo: dict[frozenset[str], _Selection] = {}
+        self._tokens: dict[tuple[tuple[int, int], ...], int] = {}
+        self._token_numbers = itertools.count(1)
 
     @property
     def revision(self) -> int:
@@ -126,10 +131,11 @@ class Repository:
         """The rules whose subject selects an endpoint with these labels, in policy-key order."""
         return self.selection(labels)[0]
 
-    def selection(self, labels: Iterable[str]) -> tuple[tuple[SelectedRule, ...], Hashable]:
-        """:meth:`rules_for` and its token: two label sets get equal tokens exactly when the
-        same stored rules select them (tokens of different revisions compare too: a policy
-        stored again is a new one)."""
+    def selection(self, labels: Iterable[str]) -> tuple[tuple[SelectedRule, ...], int]:
+        """:meth:`rules_for` and its token, a number: equal tokens mean the same stored rules
+        select both label sets, and the same rules get the same token (tokens of different
+        revisions compare too: a policy stored again is a new one), unless more than 8192
+        distinct rule lists were seen since."""
         key = labels if isinstance(labels, frozenset) else frozenset(labels)
         found = self._memo.get(key)
         if found is not None:
@@ -150,10 +156,15 @@ class Repository:
                 key=lambda e: (e.policy.key, e.rule.index),
             )
         )
-        token = tuple((self._serials[s.policy.key], s.rule.index) for s in selected)
+        serials = tuple((self._serials[s.policy.key], s.rule.index) for s in selected)
+        token = self._tokens.get(serials)
+        if token is None:  # a small number per distinct rule list: cheap to hash as a key
+            if len(self._tokens) >= _MEMO_LIMIT:
+                self._tokens.clear()  # numbers are never reused: a forgotten list gets a new one
+            token = self._tokens[serials] = next(self._token_numbers)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
-        self._memo[key] = _Selection(selected, token, label_set, is_node)
+        self._memo[key] = _Selection(selected, serials, token, label_set, is_node)
         return selected, token
 
     def _changed(self, gone: Collection[int], added: Iterable[Policy]) -> None:
@@ -173,7 +184,7 @@ class Repository:
         stale = [
             labels
             for labels, found in self._memo.items()
-            if any(serial in gone_set for serial, _ in found.token)
+            if any(serial in gone_set for serial, _ in found.serials)
             or any(
                 rule.is_host_policy == found.is_node and rule.subject.matches(found.label_set)
                 for rule in new_rules

@@ -373,3 +373,55 @@ def test_a_realized_map_gets_only_what_changed(tmp_path: Path) -> None:
         pm._key(k): pm._value(e)
         for k, e in pm.realized(1).entries.items()  # type: ignore[union-attr]
     }
+
+
+def test_endpoints_sharing_a_policy_share_its_conversion(tmp_path: Path) -> None:
+    pm = manager(tmp_path)
+    converted: list[object] = []
+    key = pm._key
+
+    def counting(k: Any) -> Any:
+        converted.append(k)
+        return key(k)
+
+    pm._key = counting  # type: ignore[method-assign]
+    pm.realize(endpoint(1, 256))
+    first = len(converted)
+    assert first > 0
+    pm.realize(endpoint(3, 256))  # the same identity: the same map state, converted once
+    assert len(converted) == first
+    pm.import_text(MORE, "more.yaml")
+    pm.realize(endpoint(1, 256))
+    changes = len(converted) - first
+    pm.realize(endpoint(3, 256))  # the same difference: converted once
+    assert len(converted) - first == changes
+    maps = pm._dp.policy.maps  # type: ignore[attr-defined]
+    assert maps[1].entries == maps[3].entries
+
+
+def test_endpoints_of_one_identity_are_computed_once_per_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ciliary.agent.policymanager as module
+
+    pm = manager(tmp_path)
+    asked: list[int] = []
+    engine = module.compute
+
+    def counting(repo: Any, cache: Any, subject: Any, **kwargs: Any) -> Any:
+        asked.append(subject.id)
+        return engine(repo, cache, subject, **kwargs)
+
+    monkeypatch.setattr(module, "compute", counting)
+    twins = [endpoint(n, 256) for n in (1, 2, 3)]
+    first = [pm.compute(ep) for ep in twins]
+    assert asked == [256] and all(p is first[0] for p in first)
+    pm.compute(endpoint(4, 256), {"web": (80, "TCP")})  # other named ports: its own result
+    assert asked == [256, 256]
+    pm.import_text(MORE, "more.yaml")  # a new revision: computed again, once
+    second = [pm.compute(ep) for ep in twins]
+    assert asked == [256, 256, 256] and second[0] is not first[0]
+    assert any(k.port == 5432 for k in second[0].entries)
+    pm.identity_added(300, ("k8s:app=db", NS))  # the selector cache moved: once more
+    assert pm.compute(twins[0]).entries is not second[0].entries
+    assert asked == [256, 256, 256, 256]
