@@ -231,3 +231,29 @@ def _l7_flows(node: Node) -> list[dict[str, Any]]:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+def test_agent_restart_stops_and_restarts_envoy(node: Node) -> None:
+    # (last in the module: it restarts the agent)
+    agent = node.agent
+    pidfile = Path(f"/run/ciliary/{agent.node}/envoy/envoy.pid")
+
+    def envoy_pid() -> int:
+        return int(json.loads(pidfile.read_text())["pid"])
+
+    def alive(pid: int) -> bool:
+        try:
+            return "(envoy)" in Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+
+    _until(lambda: node.curl("GET", "/public/a").startswith("200"))
+    first = envoy_pid()
+    # SIGTERM: the agent stops its Envoy by pid; the next one starts one for its policies
+    agent.stop()
+    assert not alive(first) and not pidfile.exists()
+    agent.start()
+    assert _until(lambda: node.curl("GET", "/private").startswith("403")) == "True"
+    second = envoy_pid()
+    assert second != first and alive(second)
+    # (an Envoy a SIGKILLed agent left is stopped by the next one: test_envoy.py covers it)
