@@ -379,6 +379,12 @@ int cil_to_container(struct __sk_buff *skb)
 	ret = lb_rev_nat_ct(skb, &p, &ct);
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+	/* a packet an L7 proxy sent as a pod (lib/proxy.h): seen leaving the proxy first */
+	if (ct.report && proxy_sent(skb, &p)) {
+		trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_PROXY, &pv,
+			   TRAFFIC_INGRESS);
+		emit_event(skb, &p, &m);
+	}
 	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT, &pv, TRAFFIC_INGRESS);
 	if (ct.report)
 		emit_event(skb, &p, &m);

@@ -184,6 +184,14 @@ def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node, upst
     finally:
         stop(listener)
         stop(web)
+    # a proxy's own-port upstream packets (SO_MARK 0x0A00) are traced leaving it (from-proxy);
+    # those of the pod's tuple are the pod's own connection's
+    from_proxy = [
+        f for f in _hubble(node, "--from-ip", node.client_ip)
+        if f.get("trace_observation_point") == "FROM_PROXY"
+        and f["IP"]["destination"] == node.web_ip
+    ]  # fmt: skip
+    assert bool(from_proxy) == (upstream == "own-port")
     # the redirect is traced at the to-proxy observation point
     to_proxy = [
         f for f in _hubble(node, "--from-ip", node.client_ip)
