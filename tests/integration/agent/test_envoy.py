@@ -24,6 +24,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import grpc
 import pytest
 from aiohttp import web
@@ -86,7 +87,13 @@ def _tproxy(name: str, dport: int, proxy_port: int) -> None:
 
 
 async def _upstreams() -> list[Callable[[], Awaitable[None]]]:
-    async def echo(request: web.Request) -> web.Response:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                await ws.send_str(f"echo {msg.data}")
+            return ws
         seen = f"{request.method} {request.path_qs} from upstream"
         if request.path.startswith("/out/"):  # the egress chain's: who connected
             seen += f" (client {request.remote})"
@@ -642,3 +649,20 @@ def test_an_envoy_that_cannot_start_leaves_nothing_and_the_agent_runs_on(tmp_pat
             await node.stop()
 
     assert asyncio.run(run()) is None
+
+
+def test_websocket_upgrade_passes_when_the_request_is_allowed(env: Env) -> None:
+    async def run() -> tuple[str, int]:
+        connector = aiohttp.TCPConnector(local_addr=(ALLOWED, 0))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.ws_connect(f"http://{SERVER}:8080/public/ws") as ws:
+                await ws.send_str("hello")
+                answer = (await ws.receive(5)).data
+            try:
+                await session.ws_connect(f"http://{SERVER}:8080/private/ws")
+                denied = 101
+            except aiohttp.WSServerHandshakeError as err:
+                denied = err.status
+        return answer, denied
+
+    assert env.loop.run(run()) == ("echo hello", 403)
