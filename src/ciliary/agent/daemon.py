@@ -629,6 +629,18 @@ class Agent:
                 return ep.id
         return None
 
+    def l7_stats(self) -> dict[tuple[str, str], int]:
+        """The DNS proxy's requests for ``cilium_policy_l7_total`` (upstream's rules)."""
+        if self.dns_proxy is None:
+            return {}
+        stats = self.dns_proxy.stats
+        return {
+            ("fqdn", "received"): stats.queries,
+            ("fqdn", "forwarded"): stats.forwarded,
+            ("fqdn", "denied"): stats.refused,
+            ("fqdn", "parse_errors"): stats.malformed,
+        }
+
     async def _dns_answered(self, lookups: list[DNSLookup]) -> None:
         """A DNS answer the proxy holds back: into the cache, and when the IPs toFQDNs rules
         select changed, every endpoint regenerated (their maps allow the IPs) before return."""

@@ -554,6 +554,7 @@ class AgentHubble:
             identities=identities,
             map_pressure=map_pressure,
             version=__version__,
+            l7_stats=agent.l7_stats,
         )
 
     def _tls(self) -> TLSConfig | None:

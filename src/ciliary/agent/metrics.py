@@ -14,7 +14,9 @@ Names and labels are upstream Cilium's (``pkg/metrics``) where a counterpart exi
 success|failure), ``cilium_policy``, ``cilium_policy_max_revision``,
 ``cilium_policy_regeneration_total``, ``cilium_identity{type}``
 (cluster_local|node_local|reserved), ``cilium_bpf_map_pressure{map_name}`` and
-``cilium_version{version,revision,arch}``.
+``cilium_version{version,revision,arch}``, ``cilium_policy_l7_total{rule,proxy_type}`` (the
+L7 proxies' requests: ``received``, ``forwarded``, ``denied``, ``parse_errors``; proxy type
+``fqdn`` for the DNS proxy, as upstream's).
 
 Threading contract: the callables are invoked from whatever thread runs ``registry.collect()``.
 The metrics HTTP server (``ciliary.hubble.metrics.MetricsServer``) renders on the event loop, so
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ciliary.core.models import EndpointState
@@ -53,6 +55,8 @@ EndpointsByState = Callable[[], dict[str, int]]
 PolicyStats = Callable[[], tuple[int, int]]
 IdentityCounts = Callable[[], dict[str, int]]
 MapPressure = Callable[[], list[tuple[str, int, int]]]
+L7Stats = Callable[[], dict[tuple[str, str], int]]
+"""(proxy type, rule) → requests so far (``cilium_policy_l7_total``)."""
 
 
 def identity_type(number: int) -> str:
@@ -90,7 +94,9 @@ class _StateCollector(Collector):
         identities: IdentityCounts,
         map_pressure: MapPressure,
         version: str,
+        l7_stats: L7Stats | None = None,
     ) -> None:
+        self._l7 = l7_stats
         self._endpoints = endpoints_by_state
         self._policy = policy_stats
         self._identities = identities
@@ -108,6 +114,7 @@ class _StateCollector(Collector):
             ("policy", self._collect_policy),
             ("identity", self._collect_identities),
             ("bpf map pressure", self._collect_maps),
+            ("L7 proxies", self._collect_l7),
         ):
             try:
                 yield from build()
@@ -171,13 +178,25 @@ class _StateCollector(Collector):
                 family.add_metric([name], entries / max_entries)
         return [family]
 
+    def _collect_l7(self) -> list[Metric]:
+        if self._l7 is None:
+            return []
+        family = CounterMetricFamily(
+            f"{NAMESPACE}_policy_l7",
+            "Number of total proxy requests handled",
+            labels=["rule", "proxy_type"],
+        )
+        for (proxy_type, rule), count in sorted(self._l7().items()):
+            family.add_metric([rule, proxy_type], count)
+        return [family]
+
 
 class AgentMetrics:
     """The agent's registry content: the state collector plus regeneration timing.
 
     ``endpoints_by_state()`` → {state: count}; ``policy_stats()`` → (policies, max revision);
     ``identities()`` → {type: count} (see ``count_identities``); ``map_pressure()`` →
-    [(map name, entries, max entries)].
+    [(map name, entries, max entries)]; ``l7_stats()`` → {(proxy type, rule): requests}.
     """
 
     def __init__(
@@ -189,6 +208,7 @@ class AgentMetrics:
         map_pressure: MapPressure,
         *,
         version: str | None = None,
+        l7_stats: L7Stats | None = None,
     ) -> None:
         self.registry = registry
         registry.register(
@@ -198,6 +218,7 @@ class AgentMetrics:
                 identities=identities,
                 map_pressure=map_pressure,
                 version=version if version is not None else _version(),
+                l7_stats=l7_stats,
             )
         )
         self._regenerations = Counter(

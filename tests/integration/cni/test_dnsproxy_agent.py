@@ -247,6 +247,20 @@ def test_dns_walkthrough(cluster: Cluster) -> None:
     assert request["destination"]["pod_name"] == "dns", request
     assert request["l7"]["dns"]["observation_source"] == "proxy", request
     assert request["Type"] == "L7" and request["event_type"]["type"] == 129, request
+    # the agent's metrics count the proxy's requests (upstream's cilium_policy_l7_total)
+    scrape = subprocess.run(
+        ["ip", "netns", "exec", cluster.agent.netns, PYTHON, "-c",
+         "import urllib.request; print(urllib.request.urlopen("
+         "'http://127.0.0.1:9962/metrics', timeout=10).read().decode())"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    counts = {
+        line.split('rule="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in scrape.splitlines()
+        if line.startswith("cilium_policy_l7_total{") and 'proxy_type="fqdn"' in line
+    }
+    assert counts["denied"] >= 2 and counts["forwarded"] >= 3, counts
+    assert counts["received"] >= counts["denied"] + counts["forwarded"], counts
 
 
 def test_the_answers_survive_an_agent_restart(cluster: Cluster) -> None:

@@ -165,3 +165,22 @@ def test_endpoint_manager_reports_each_policy_regeneration(tmp_path: Path) -> No
         asyncio.run(manager.regenerate_all("policy changed"))
     assert reg.get_sample_value("cilium_endpoint_regenerations_total", {"outcome": "success"}) == 2
     assert reg.get_sample_value("cilium_endpoint_regenerations_total", {"outcome": "fail"}) == 1
+
+
+def test_l7_proxy_requests_as_upstream() -> None:
+    state = State()
+    stats = {("fqdn", "received"): 5, ("fqdn", "forwarded"): 3, ("fqdn", "denied"): 1,
+             ("fqdn", "parse_errors"): 1}  # fmt: skip
+    reg = CollectorRegistry()
+    AgentMetrics(
+        reg, state.endpoints_by_state, lambda: state.policy,
+        lambda: count_identities(state.identity_numbers), lambda: state.maps,
+        version="1.2.3", l7_stats=lambda: stats,
+    )  # fmt: skip
+    text = generate_latest(reg).decode()
+    assert "# TYPE cilium_policy_l7_total counter" in text
+    assert 'cilium_policy_l7_total{proxy_type="fqdn",rule="denied"} 1.0' in text
+    assert 'cilium_policy_l7_total{proxy_type="fqdn",rule="received"} 5.0' in text
+    stats[("fqdn", "denied")] = 2  # read at scrape time
+    assert 'rule="denied"} 2.0' in generate_latest(reg).decode()
+    assert "cilium_policy_l7" not in generate_latest(build(state)[1]).decode()  # no proxies
