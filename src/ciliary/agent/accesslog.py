@@ -172,7 +172,9 @@ class AccessLogReader:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Make the pipe (replacing anything else at the path) and watch it."""
+        """Make the pipe (replacing anything else at the path) and watch it (once)."""
+        if self._fd is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISFIFO(self.path.lstat().st_mode):

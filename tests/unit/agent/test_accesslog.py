@@ -90,6 +90,7 @@ def test_the_pipe_reader_parses_lines_and_counts_the_rest(tmp_path: Path) -> Non
     async def run() -> AccessLogReader:
         reader = AccessLogReader(path, got.append)
         reader.start()
+        reader.start()  # a second start (Envoy's start retried) watches the same pipe once
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # as Envoy: a writer of the pipe
         line = json.dumps(LINE).encode()
         os.write(fd, line[:40])
@@ -104,6 +105,9 @@ def test_the_pipe_reader_parses_lines_and_counts_the_rest(tmp_path: Path) -> Non
 
     reader = asyncio.run(run())
     assert (reader.records, reader.malformed, len(got)) == (2, 1, 2)
+    held = [fd for fd in os.listdir("/proc/self/fd")
+            if os.path.realpath(f"/proc/self/fd/{fd}") == str(path)]  # fmt: skip
+    assert held == []  # stopped: nothing of the pipe stays open
     assert got[0].url.endswith("/v1/exhaust-port")
 
 
