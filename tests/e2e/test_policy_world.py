@@ -328,7 +328,8 @@ apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {{name: api-dns-proxy, namespace: shop}}
 spec:
-  endpointSelector: {{matchLabels: {{app: api}}}}
+  endpointSelector:
+    matchExpressions: [{{key: app, operator: In, values: [api, web]}}]
   egress:
   - toEndpoints:
     - matchLabels: {{k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}}
@@ -341,52 +342,56 @@ spec:
 
 
 def test_dns_proxy_in_the_lab(lab: PolicyLab) -> None:
-    """Issue #15's DNS walkthrough in a lab: shop/api asks the cluster DNS (kube-dns's
-    ClusterIP) through its node's DNS proxy (``rules: dns``); the stranger's name (a headless
+    """Issue #15's DNS walkthrough in a lab: shop/api (node 1, the cluster DNS pod's) and
+    shop/web (node 2: the query and its answer cross nodes) ask the cluster DNS (kube-dns's
+    ClusterIP) through their node's DNS proxy (``rules: dns``); the stranger's name (a headless
     Service whose endpoint is the stranger) is answered and the first connection to its IP,
-    allowed by ``toFQDNs`` only after the answer, passes; a name outside the pattern is REFUSED;
-    node 1's DNS cache and Hubble show it."""
+    allowed by ``toFQDNs`` only after the answer (each node's cache learns from its own
+    proxy), passes; a name outside the pattern is REFUSED; the DNS cache and Hubble show it."""
     kubeconfig = subprocess.run(
         [CILIARY, "lab", "kubeconfig", "--name", lab.name],
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout.strip()  # fmt: skip
     kubectl(kubeconfig, "apply", "-f", "-", stdin=STRANGER_SERVICE)
-    node = lab.nodes[0]  # shop/api's
+    dns = ("--server", "10.96.0.10", "--timeout", "3")
+
+    def echo(pod: str, timeout: str) -> subprocess.CompletedProcess[str]:
+        return lab.run(pod, "ciliary", "workload", "tcp-echo", STRANGER[0], "80",
+                       "--timeout", timeout)  # fmt: skip
+
     try:
         lab.import_policy(API_DNS_PROXY)
-        dns = ("--server", "10.96.0.10", "--timeout", "3")
-        # not resolved yet: toFQDNs selects nothing, the stranger is dropped
-        assert lab.run("shop/api", "ciliary", "workload", "tcp-echo", STRANGER[0], "80",
-                       "--timeout", "1").returncode != 0  # fmt: skip
-        wait_for(
-            f"{STRANGER_NAME} in the cluster DNS",
-            lambda: lab.run("shop/api", "ciliary", "workload", "dns-query", STRANGER_NAME,
-                            *dns).returncode == 0,
-            30,
-        )  # fmt: skip
-        echo = lab.run("shop/api", "ciliary", "workload", "tcp-echo", STRANGER[0], "80",
-                       "--timeout", "0.8")  # fmt: skip
-        assert echo.returncode == 0, echo.stdout + echo.stderr
-        refused = lab.run("shop/api", "ciliary", "workload", "dns-query",
-                          "kubernetes.default.svc.cluster.local", *dns,
-                          "--expect-rcode", "REFUSED")  # fmt: skip
-        assert refused.returncode == 0, refused.stdout + refused.stderr
-        listed = subprocess.run(
-            [CILIARY, "fqdn", "cache", "list", "--node", node, "-o", "json"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout  # fmt: skip
-        assert STRANGER_NAME in {e["fqdn"] for e in json.loads(listed)}, listed
-        nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
-        res = subprocess.run(
-            [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
-             "--last", "2000", "-o", "jsonpb", "--type", "l7"],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        flows = [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
-        seen = {(f["l7"]["type"], f["verdict"], f["l7"]["dns"]["query"]) for f in flows
-                if "dns" in f.get("l7", {})}  # fmt: skip
-        assert ("RESPONSE", "FORWARDED", f"{STRANGER_NAME}.") in seen, seen
-        assert ("REQUEST", "DROPPED", "kubernetes.default.svc.cluster.local.") in seen, seen
+        for pod, node in (("shop/api", lab.nodes[0]), ("shop/web", lab.nodes[1])):
+            # not resolved on this node yet: toFQDNs selects nothing, the stranger is dropped
+            assert echo(pod, "1").returncode != 0, pod
+            wait_for(
+                f"{STRANGER_NAME} from {pod}",
+                lambda pod=pod: lab.run(pod, "ciliary", "workload", "dns-query",
+                                        STRANGER_NAME, *dns).returncode == 0,
+                30,
+            )  # fmt: skip
+            first = echo(pod, "0.8")
+            assert first.returncode == 0, f"{pod}: {first.stdout}{first.stderr}"
+            refused = lab.run(pod, "ciliary", "workload", "dns-query",
+                              "kubernetes.default.svc.cluster.local", *dns,
+                              "--expect-rcode", "REFUSED")  # fmt: skip
+            assert refused.returncode == 0, refused.stdout + refused.stderr
+            listed = subprocess.run(
+                [CILIARY, "fqdn", "cache", "list", "--node", node, "-o", "json"],
+                capture_output=True, text=True, check=True, timeout=30,
+            ).stdout  # fmt: skip
+            assert STRANGER_NAME in {e["fqdn"] for e in json.loads(listed)}, listed
+            nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+            res = subprocess.run(
+                [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
+                 "--last", "2000", "-o", "jsonpb", "--type", "l7"],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            flows = [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+            seen = {(f["l7"]["type"], f["verdict"], f["l7"]["dns"]["query"]) for f in flows
+                    if "dns" in f.get("l7", {})}  # fmt: skip
+            assert ("RESPONSE", "FORWARDED", f"{STRANGER_NAME}.") in seen, (pod, seen)
+            assert ("REQUEST", "DROPPED", "kubernetes.default.svc.cluster.local.") in seen, seen
     finally:
         lab.delete_policies()
         kubectl(kubeconfig, "delete", "-f", "-", stdin=STRANGER_SERVICE)
