@@ -434,10 +434,10 @@ class PolicyManager:
                 named_ports=named_ports or {}, remote_named_ports=self._remote_ports,
                 mode=self._mode, allow_localhost=True, services=self.services, fqdns=self.fqdns,
             )  # fmt: skip
+            if self._proxy_ports is not None:  # fixed for the manager's life
+                pol = with_proxy_ports(pol, self._proxy_ports)
             self._per_identity[key] = pol
-        if self._proxy_ports is None:
-            return pol
-        return with_proxy_ports(pol, self._proxy_ports)
+        return pol
 
     def realize(
         self, ep: Endpoint, named_ports: dict[str, tuple[int, str]] | None = None

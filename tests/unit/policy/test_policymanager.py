@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from ciliary.agent import policymanager as module
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import BackendInfo, Endpoint, EndpointState, ServiceInfo
+from ciliary.core.proxyports import HTTP_EGRESS, ProxyPorts
 from ciliary.policy.fqdn import DNSLookup
 
 NS = "k8s:io.kubernetes.pod.namespace=default"
@@ -402,8 +404,6 @@ def test_endpoints_sharing_a_policy_share_its_conversion(tmp_path: Path) -> None
 def test_endpoints_of_one_identity_are_computed_once_per_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ciliary.agent.policymanager as module
-
     pm = manager(tmp_path)
     asked: list[int] = []
     engine = module.compute
@@ -425,3 +425,32 @@ def test_endpoints_of_one_identity_are_computed_once_per_change(
     pm.identity_added(300, ("k8s:app=db", NS))  # the selector cache moved: once more
     assert pm.compute(twins[0]).entries is not second[0].entries
     assert asked == [256, 256, 256, 256]
+
+
+L7 = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
+"""
+
+
+def test_redirected_policies_are_shared_and_written_once(tmp_path: Path) -> None:
+    pm = PolicyManager(
+        datapath=_Datapath(),  # type: ignore[arg-type]
+        saved=tmp_path,
+        identity_labels=LABELS.get,
+        all_identities=lambda: list(LABELS.items()),
+        proxy_ports=ProxyPorts({HTTP_EGRESS: 10001}),
+    )
+    pm.import_text(L7, "l7.yaml")
+    pol = pm.realize(endpoint(1, 256))
+    assert {e.proxy_port for e in pol.entries.values()} == {0, 10001}
+    pm.realize(endpoint(1, 256))
+    pm.realize(endpoint(2, 256))
+    assert pm.realized(2) is pol  # the redirect applied once for the identity
+    assert pm._dp.policy.maps[1].calls == ["apply"]  # type: ignore[attr-defined]
