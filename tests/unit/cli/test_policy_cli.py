@@ -120,6 +120,15 @@ EP_POLICY = EndpointPolicyStatus(
             rules=[],
         ),
         PolicyMapEntry(
+            direction="egress",
+            identity=257,
+            protocol="UDP",
+            ports="53",
+            action="allow",
+            rules=[ALLOW_CLIENT],
+            proxy_port=10000,
+        ),
+        PolicyMapEntry(
             direction="ingress",
             identity=256,
             protocol="TCP",
@@ -783,20 +792,24 @@ def test_bpf_policy_get_table(agent: FakeAgent, capsys: pytest.CaptureFixture[st
     assert "Warning: not enforced: CiliumNetworkPolicy/shop/allow-client: toFQDNs" in text
     head = next(i for i, line in enumerate(lines) if line.startswith("ACTION"))
     assert lines[head].split()[:3] == ["ACTION", "DIRECTION", "IDENTITY"]
-    for column in ("LABELS", "PORT/PROTO", "PACKETS", "BYTES", "RULES"):
+    for column in ("LABELS", "PORT/PROTO", "PROXY PORT", "PACKETS", "BYTES", "RULES"):
         assert column in lines[head]
     rows = lines[head + 1 :]
     # ingress first, denies first within a direction
     assert rows[0].split() == [
-        "Deny", "Ingress", "2", "reserved:world", "8000-8015/TCP", "0", "0",
+        "Deny", "Ingress", "2", "reserved:world", "8000-8015/TCP", "NONE", "0", "0",
         "CiliumNetworkPolicy", "shop/deny-all", "rule", "0", "ingressDeny[0]",
     ]  # fmt: skip
     assert rows[1].split() == [
-        "Allow", "Ingress", "256", "k8s:app=client", "80/TCP", "3", "222",
+        "Allow", "Ingress", "256", "k8s:app=client", "80/TCP", "NONE", "3", "222",
         "CiliumNetworkPolicy", "shop/allow-client", "rule", "0", "ingress[0]",
     ]  # fmt: skip
     assert rows[2].split() == ["k8s:io.kubernetes.pod.namespace=default"]
-    assert rows[3].split() == ["Allow", "Egress", "0", "reserved:unknown", "ANY", "0", "0", "-"]
+    assert rows[3].split() == [
+        "Allow", "Egress", "0", "reserved:unknown", "ANY", "NONE", "0", "0", "-",
+    ]  # fmt: skip
+    # an L7 entry names the port of the proxy its traffic goes to (upstream's PROXY PORT)
+    assert rows[4].split()[:6] == ["Allow", "Egress", "257", "k8s:app=web", "53/UDP", "10000"]
 
 
 def test_bpf_policy_get_by_pod_and_json(
