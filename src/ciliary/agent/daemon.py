@@ -705,6 +705,7 @@ class Agent:
                 for n in self.node_manager.nodes()
             ],
             cluster_health=None if self.health is None else self.health.report(),
+            proxy_ports=dict(self.proxy_ports.ports),
             maps=[
                 MapPressure(name=u.name, entries=u.entries, max_entries=u.max_entries)
                 for u in usage

@@ -146,6 +146,9 @@ def render(
             + Text(f"   {ready}/{total} ready" + (f" ({detail})" if detail else "")),
         )
     )
+    # upstream's "Proxy Status" line, with each proxy's port (ciliary.core.proxyports)
+    ports = ", ".join(f"{name} {port}" for name, port in sorted(st.proxy_ports.items()))
+    rows.append(("Proxy Status", _status_word(True) + Text(f"   {ports}") if ports else "Disabled"))
     if st.kubernetes_apis is not None:  # upstream's line, a JSON list of the synced resources
         rows.append(("Kubernetes APIs", Text(json.dumps(st.kubernetes_apis))))
     if st.cluster_nodes is not None:  # the node manager's nodes (their CiliumNodes)

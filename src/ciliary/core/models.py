@@ -279,6 +279,11 @@ class StatusResponse(_Model):
         description="connectivity to every node of the cluster (the health prober's); None "
         "without a Kubernetes API or with health checking disabled",
     )
+    proxy_ports: dict[str, int] = Field(
+        default_factory=dict,
+        description="the node's L7 proxies' ports by upstream's names (ciliary.core.proxyports); "
+        "empty with --enable-l7-proxy=false",
+    )
 
 
 class L4Addr(_Model):

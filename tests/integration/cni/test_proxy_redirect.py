@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from ciliary.core.proxyports import DNS_EGRESS, HTTP_EGRESS
+
 from .conftest import (
     RUN_ROOT,
     VENV_BIN,
@@ -163,7 +165,11 @@ def test_l7_ports_reach_the_proxy_with_the_original_destination(node: Node, upst
     with node.agent.client() as cl:
         status = cl.endpoint_policy(node.client_ep)
     assert not any("L7" in note for note in status.unsupported)
-    assert ports["TCP", "80"] != ports["UDP", "53"]  # cilium-http-egress, cilium-dns-egress
+    # the ports of the node's proxies, as the agent's status lists them
+    with node.agent.client() as cl:
+        proxies = cl.status().proxy_ports
+    assert ports["TCP", "80"] == proxies[HTTP_EGRESS]
+    assert ports["UDP", "53"] == proxies[DNS_EGRESS]
     point_to(node.agent.node, node.client_ep, TEST_TCP_PORT, TEST_UDP_PORT)
     listener = serve(node.agent.netns, LISTENER, str(TEST_TCP_PORT), str(TEST_UDP_PORT), upstream)
     web = serve(node.web_ns, WEB_SERVER)

@@ -132,6 +132,7 @@ STATUS = StatusResponse(
         allocated=3,
     ),
     endpoints_by_state={"ready": 2, "regenerating": 1},
+    proxy_ports={"cilium-http-egress": 10001, "cilium-dns-egress": 10000},
     maps=[
         MapPressure(name="cilium_ct4_global", entries=12, max_entries=65536),
         MapPressure(name="cilium_ipcache", entries=95, max_entries=100),
@@ -572,6 +573,9 @@ def test_status(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
     assert "Node:" in out and "n1" in out
     assert "missing: redirect-peer" in out
     assert "2/3 ready" in out
+    assert "Proxy Status: Ok cilium-dns-egress 10000, cilium-http-egress 10001" in " ".join(
+        out.split()
+    )
     assert "cilium_ipcache" in out and "95.0%" in out
     assert "cil_to_container" in out
     assert (
@@ -580,6 +584,14 @@ def test_status(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert main(["status", "-o", "json"]) == 0
     assert StatusResponse.model_validate_json(capsys.readouterr().out) == STATUS
+
+
+def test_status_without_l7_proxies(
+    agent: FakeAgent, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(globals(), "STATUS", STATUS.model_copy(update={"proxy_ports": {}}))
+    assert main(["status"]) == 0
+    assert "Proxy Status: Disabled" in " ".join(capsys.readouterr().out.split())
 
 
 def test_bpf_ct_and_ipcache(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
