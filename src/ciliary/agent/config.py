@@ -146,6 +146,10 @@ class AgentConfig:
     """--tofqdns-proxy-response-max-delay: how long an answer waits for the datapath to allow
     its IPs before it is released anyway (upstream's 100ms)."""
     dnsproxy_enable_transparent_mode: bool = True
+    dnsproxy_concurrency_limit: int = 0
+    """--dnsproxy-concurrency-limit: DNS queries processed at once (0: no limit, upstream's)."""
+    dnsproxy_concurrency_grace_s: float = 0.0
+    """--dnsproxy-concurrency-processing-grace-period: how long a query waits for room."""
     """--dnsproxy-enable-transparent-mode: forwarded queries leave from the pod's address and
     port (upstream's default since 1.12); false: from the node's."""
     """--tofqdns-proxy-port: the DNS proxy's port (0: allocated, ``ciliary.core.proxyports``)."""

@@ -606,6 +606,8 @@ class Agent:
             reject_code=cfg.tofqdns_dns_reject_response_code,
             response_max_delay_s=cfg.tofqdns_proxy_response_max_delay_s,
             transparent=cfg.dnsproxy_enable_transparent_mode,
+            concurrency_limit=cfg.dnsproxy_concurrency_limit,
+            concurrency_grace_s=cfg.dnsproxy_concurrency_grace_s,
         )  # fmt: skip
         await self.dns_proxy.start()
 

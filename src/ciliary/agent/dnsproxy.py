@@ -442,6 +442,8 @@ class ProxyStats:
     errors: int = 0
     late_releases: int = 0
     """Answers released after the maximum delay, before the datapath allowed their IPs."""
+    over_limit: int = 0
+    """Queries dropped unanswered: the concurrency limit stayed reached for the grace period."""
 
 
 @dataclass
@@ -457,7 +459,13 @@ class DNSProxy:
     response_max_delay_s: float = DEFAULT_RESPONSE_MAX_DELAY_S
     forward_timeout_s: float = FORWARD_TIMEOUT_S
     transparent: bool = True
+    concurrency_limit: int = 0
+    """``--dnsproxy-concurrency-limit``: queries processed at once (0: no limit, upstream's
+    default); a query that finds no room within ``concurrency_grace_s``
+    (``--dnsproxy-concurrency-processing-grace-period``) is dropped unanswered and counted."""
+    concurrency_grace_s: float = 0.0
     stats: ProxyStats = field(default_factory=ProxyStats)
+    _room: asyncio.Semaphore | None = None
     _listeners: list[tuple[str, socket.socket]] = field(default_factory=list)
     _servers: list[asyncio.Server] = field(default_factory=list)
     _upstreams: dict[tuple[Address, Address], _UDPUpstream] = field(default_factory=dict)
@@ -471,6 +479,12 @@ class DNSProxy:
             )
         if self.response_max_delay_s <= 0:
             raise ValueError("--tofqdns-proxy-response-max-delay must be positive")
+        if self.concurrency_limit < 0 or self.concurrency_grace_s < 0:
+            raise ValueError(
+                "--dnsproxy-concurrency-limit and its grace period must not be negative"
+            )
+        if self.concurrency_limit:
+            self._room = asyncio.Semaphore(self.concurrency_limit)
 
     async def start(self) -> None:
         self._listeners = list(listen_sockets(self.port))
@@ -600,6 +614,31 @@ class DNSProxy:
         forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
     ) -> bytes | None:
         """The reply to one query from ``source`` to ``dest`` (None: none is sent)."""
+        if self._room is None:
+            return await self._handle(wire, source, dest, protocol, forward)
+        try:
+            if self._room.locked():  # wait_for(..., 0) would give up even with room
+                await asyncio.wait_for(self._room.acquire(), self.concurrency_grace_s)
+            else:
+                await self._room.acquire()
+        except TimeoutError:
+            self.stats.queries += 1
+            self.stats.over_limit += 1
+            log.debug("DNS proxy: query from %s dropped: concurrency limit", source[0])
+            return None
+        try:
+            return await self._handle(wire, source, dest, protocol, forward)
+        finally:
+            self._room.release()
+
+    async def _handle(
+        self,
+        wire: bytes,
+        source: Address,
+        dest: Address,
+        protocol: Literal["UDP", "TCP"],
+        forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
+    ) -> bytes | None:
         started = time.monotonic_ns()
         self.stats.queries += 1
         try:

@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dnsproxy-enable-transparent-mode", nargs="?", const=True, default=True,
                    type=_bool, metavar="BOOL", help="forward DNS queries from the pod's address"
                    " (true); false: from the node's")  # fmt: skip
+    p.add_argument("--dnsproxy-concurrency-limit", type=_count, default=0, metavar="N",
+                   help="DNS queries the proxy processes at once (0: no limit); the others wait"
+                   " the grace period, then are dropped")  # fmt: skip
+    p.add_argument("--dnsproxy-concurrency-processing-grace-period", type=_grace, default=0.0,
+                   metavar="DURATION", help="how long a query waits for room (0s)")  # fmt: skip
     p.add_argument("--enable-l7-proxy", nargs="?", const=True, default=True, type=_bool,
                    metavar="BOOL", help="redirect traffic under L7 rules to the node's proxies"
                    " (true); false: L7 rules allow at L4")  # fmt: skip
@@ -168,6 +173,18 @@ def _duration(text: str) -> float:
             f"expected a duration in (0, 1h] (100ms, 2s), got {text!r}"
         )
     return value
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _grace(text: str) -> float:
+    """A duration that may be zero (``0s``, ``250ms``, plain seconds)."""
+    return 0.0 if text.strip() in ("0", "0s") else _duration(text)
 
 
 def _network_flags(p: argparse.ArgumentParser) -> None:
@@ -465,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         tofqdns_dns_reject_response_code=args.tofqdns_dns_reject_response_code,
         tofqdns_proxy_response_max_delay_s=args.tofqdns_proxy_response_max_delay,
         dnsproxy_enable_transparent_mode=args.dnsproxy_enable_transparent_mode,
+        dnsproxy_concurrency_limit=args.dnsproxy_concurrency_limit,
+        dnsproxy_concurrency_grace_s=args.dnsproxy_concurrency_processing_grace_period,
         enable_l7_proxy=args.enable_l7_proxy,
         mtu=args.mtu,
         ipam_mode=args.ipam,

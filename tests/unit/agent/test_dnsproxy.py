@@ -287,9 +287,25 @@ def test_agent_flags() -> None:
     assert args.tofqdns_dns_reject_response_code == "nameError"
     assert args.tofqdns_proxy_response_max_delay == 0.25
     assert args.dnsproxy_enable_transparent_mode is False
+    args = _parser().parse_args(
+        ["--node-name", "n1", "--dnsproxy-concurrency-limit", "100",
+         "--dnsproxy-concurrency-processing-grace-period", "0s"]
+    )  # fmt: skip
+    assert (args.dnsproxy_concurrency_limit, args.dnsproxy_concurrency_processing_grace_period) == (
+        100, 0.0,
+    )  # fmt: skip
+    assert (
+        _parser()
+        .parse_args(
+            ["--node-name", "n1", "--dnsproxy-concurrency-processing-grace-period", "250ms"]
+        )
+        .dnsproxy_concurrency_processing_grace_period
+        == 0.25
+    )
     for bad in (["--tofqdns-dns-reject-response-code", "servfail"],
                 ["--tofqdns-proxy-response-max-delay", "0s"],
-                ["--tofqdns-proxy-response-max-delay", "soon"]):  # fmt: skip
+                ["--tofqdns-proxy-response-max-delay", "soon"],
+                ["--dnsproxy-concurrency-limit", "-1"]):  # fmt: skip
         with pytest.raises(SystemExit):
             _parser().parse_args(["--node-name", "n1", *bad])
 
@@ -326,3 +342,27 @@ def test_no_input_crashes_the_proxy_and_every_query_is_counted(wire: bytes) -> N
         response = dns.message.from_wire(reply)
         assert response.id == int.from_bytes(wire[:2], "big")
         assert response.rcode() in (dns.rcode.NOERROR, dns.rcode.FORMERR, dns.rcode.REFUSED)
+
+
+def test_the_concurrency_limit_drops_what_finds_no_room_in_the_grace_period() -> None:
+    rules = Rules()
+    proxy, _ = make_proxy(rules, concurrency_limit=2, concurrency_grace_s=0.05)
+    release = asyncio.Event()
+
+    async def forward(query: bytes, *_: object) -> bytes:
+        await release.wait()  # a slow server
+        return answer_for(query, "192.0.2.1")
+
+    async def run() -> list[bytes | None]:
+        wire = dns.message.make_query("partner.example.com", "A").to_wire()
+        slow = [asyncio.ensure_future(proxy.handle(wire, POD, SERVER, "UDP", forward))
+                for _ in range(3)]  # fmt: skip
+        await asyncio.sleep(0.2)  # the third waited the grace period: dropped
+        release.set()
+        return list(await asyncio.gather(*slow))
+
+    replies = asyncio.run(run())
+    assert [r is None for r in replies] == [False, False, True]
+    assert (proxy.stats.queries, proxy.stats.forwarded, proxy.stats.over_limit) == (3, 2, 1)
+    with pytest.raises(ValueError, match="must not be negative"):
+        make_proxy(Rules(), concurrency_limit=-1)
