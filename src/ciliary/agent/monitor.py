@@ -2,12 +2,15 @@
 proxies' L7 records, and decoded, enriched events for ``ciliary monitor``.
 
 The ring buffer's epoll fd sits in the event loop (``add_reader``), so records are consumed as
-they arrive without a thread. Each record is decoded once, by the one decoder
-(``ciliary.datapath.maps.events.decode_event``: a dispatch on the record's type byte), and the
-typed record is handed to every sink (Hubble's events queue, whose parser dispatches on the same
-type) and, while someone runs ``ciliary monitor``, a ``RawTraceEvent`` is turned into a
-``MonitorEvent`` named the way Cilium's monitor names things and enriched from the agent's own
-state (endpoint ids → pods), never guessed from addresses. Socket-LB's trace-sock records
+they arrive without a thread, a batch per wake-up: the reader copies the span of committed
+records out of the ring's memory mapping (no call per record) and decodes it at once
+(``ciliary.datapath.maps.events.decode_batch``: trace/drop/verdict records as one numpy array,
+every other record by the one per-record decoder, a dispatch on its type byte). Each record is
+decoded once, and the typed record is handed to every sink (Hubble's events queue, whose
+parser dispatches on the same type) and, while someone runs ``ciliary monitor``, a
+``RawTraceEvent`` is turned into a ``MonitorEvent`` named the way Cilium's monitor names things
+and enriched from the agent's own state (endpoint ids → pods), never guessed from addresses.
+Socket-LB's trace-sock records
 (``RawSockEvent``) go to the sinks (Hubble's SOCK flows) only, not to ``ciliary monitor``; so do
 the proxies' L7 records (``L7Record``), which enter at :meth:`Monitor.publish` instead of the
 ring, as upstream's proxies' access log records enter its monitor agent.
@@ -59,7 +62,7 @@ from ciliary.core.l7record import L7Record
 from ciliary.core.models import MONITOR_EVENT_TYPES, MonitorEvent, MonitorEventType
 from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.loader import NodeDatapath
-from ciliary.datapath.maps.events import RawTraceEvent, decode_event
+from ciliary.datapath.maps.events import RawEvent, RawTraceEvent, decode_batch
 from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES
 from ciliary.policy.explain import DefaultDeny
 from ciliary.policy.mapstate import Direction
@@ -83,10 +86,6 @@ def summary_of(raw: RawTraceEvent) -> str:
     if raw.proto == 58:
         return "ICMPv6 " + ICMP6_TYPE_NAMES.get(raw.icmp_type, f"type {raw.icmp_type}")
     return IP_PROTOCOLS.get(raw.proto, f"proto {raw.proto}")
-
-
-class _SinkFullError(Exception):
-    """Raised from the record callback to stop draining: a sink is full."""
 
 
 class Monitor:
@@ -152,7 +151,7 @@ class Monitor:
     def start(self) -> None:
         """Starts reading, backlog first: every sink must be added before (see module doc)."""
         self._loop = asyncio.get_running_loop()
-        self._rb = RingBuffer(self._dp.events_map.fd, self._on_record)
+        self._rb = RingBuffer(self._dp.events_map.fd)
         self._loop.add_reader(self._rb.epoll_fd(), self._drain)
         self._drain()
 
@@ -175,10 +174,7 @@ class Monitor:
         if self._rb is None:
             return
         try:
-            self._rb.consume()
-            self.caught_up = True
-        except _SinkFullError:
-            self._pause()
+            self._read_batch()
         except Exception:
             log.exception("ring buffer consumption failed")
         for hook in self._drain_hooks:
@@ -187,17 +183,36 @@ class Monitor:
             except Exception:
                 log.exception("ring buffer drain hook %r failed", hook)
 
-    def _on_record(self, data: bytes) -> None:
+    def _read_batch(self) -> None:
+        """One batch: the ring's records between the consumer and producer positions, decoded
+        at once (``decode_batch``), handed over in order; the ring is advanced past what was
+        taken, so when a sink fills up the rest stays in the ring (see the module doc). One
+        batch per wake-up: the ring's fd stays readable while records remain, so the loop's
+        other work runs between batches."""
+        assert self._rb is not None
+        span = self._rb.peek()
+        if not span:
+            self.caught_up = True
+            return
+        batch = decode_batch(span)
+        for index, event in enumerate(batch.events):
+            if self._on_event(event):
+                self._rb.advance(batch.ends[index])
+                self._pause()
+                return
+        self._rb.advance(batch.end)
+        self.caught_up = True
+
+    def _on_event(self, raw: RawEvent | ValueError) -> bool:
+        """Hands one record's event to the sinks and subscribers; True when a sink is full."""
         self.received += 1
-        try:
-            raw = decode_event(data)
-        except ValueError as err:
+        if isinstance(raw, ValueError):
             self.malformed += 1
             if self.malformed == 1 or self.malformed % 1000 == 0:
                 log.warning(
-                    "skipping malformed ring buffer record (%d so far): %s", self.malformed, err
+                    "skipping malformed ring buffer record (%d so far): %s", self.malformed, raw
                 )
-            return
+            return False
         full = self._to_sinks(raw)
         if self._subs and isinstance(raw, RawTraceEvent):  # trace-sock: Hubble's only
             event = self.decode(raw)
@@ -206,8 +221,7 @@ class Monitor:
                     q.put_nowait(event)
                 except asyncio.QueueFull:
                     self.dropped_by_subscribers += 1
-        if full:
-            raise _SinkFullError  # stops this drain (the record is consumed)
+        return full
 
     def publish(self, record: L7Record) -> None:
         """A proxy's L7 record into the fan-out: every sink gets it as a ring buffer record

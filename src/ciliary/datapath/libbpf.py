@@ -21,8 +21,11 @@ import ctypes
 import errno as _errno
 import functools
 import logging
+import mmap
 import os
 import platform
+import select
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -51,6 +54,9 @@ __all__ = [
     "BPF_MAP_TYPE_PERCPU_ARRAY",
     "BPF_MAP_TYPE_RINGBUF",
     "BPF_NOEXIST",
+    "RINGBUF_BUSY_BIT",
+    "RINGBUF_DISCARD_BIT",
+    "RINGBUF_HDR_SZ",
     "BPFError",
     "BPFExistsError",
     "BPFInvalidError",
@@ -72,6 +78,7 @@ __all__ = [
     "num_possible_cpus",
     "obj_pin",
     "prog_from_pin",
+    "ring_records",
     "struct_layout",
     "tc_attach",
     "tc_detach",
@@ -127,6 +134,13 @@ _PERCPU_MAP_TYPES: Final = frozenset(
 _BPF_TC_INGRESS: Final = 1 << 0
 _BPF_TC_EGRESS: Final = 1 << 1
 _BPF_TC_F_REPLACE: Final = 1 << 0
+
+# the ring buffer's record header (linux/bpf.h BPF_RINGBUF_*): ``len`` with these two flags, then
+# ``pg_off`` (the kernel's, of the record's page); records are 8-byte aligned
+RINGBUF_BUSY_BIT: Final = 1 << 31
+RINGBUF_DISCARD_BIT: Final = 1 << 30
+RINGBUF_HDR_SZ: Final = 8
+_RINGBUF_HDR: Final = struct.Struct("=I")
 
 _BTF_KIND_INT: Final = 1
 _BTF_KIND_STRUCT: Final = 4
@@ -231,7 +245,6 @@ def _check_ptr(ptr: int | None, op: str, detail: str = "", *, log: str = "") -> 
 # ---------------------------------------------------------------------------------------------
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 def _proto(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Callable[..., Any]:
@@ -295,12 +308,6 @@ class _C:
     bpf_tc_attach = _proto(_LIBBPF, "bpf_tc_attach", _int, _vp, _vp)
     bpf_tc_detach = _proto(_LIBBPF, "bpf_tc_detach", _int, _vp, _vp)
     bpf_tc_query = _proto(_LIBBPF, "bpf_tc_query", _int, _vp, _vp)
-
-    ring_buffer__new = _proto(_LIBBPF, "ring_buffer__new", _vp, _int, _SAMPLE_FN, _vp, _vp)
-    ring_buffer__free = _proto(_LIBBPF, "ring_buffer__free", None, _vp)
-    ring_buffer__poll = _proto(_LIBBPF, "ring_buffer__poll", _int, _vp, _int)
-    ring_buffer__consume = _proto(_LIBBPF, "ring_buffer__consume", _int, _vp)
-    ring_buffer__epoll_fd = _proto(_LIBBPF, "ring_buffer__epoll_fd", _int, _vp)
 
     btf__parse_elf = _proto(_LIBBPF, "btf__parse_elf", _vp, _cp, _vp)
     btf__free = _proto(_LIBBPF, "btf__free", None, _vp)
@@ -1151,67 +1158,144 @@ def tc_hook_destroy(ifindex: int) -> bool:
 
 
 class RingBuffer(_Owned):
-    """Consumer of a BPF_MAP_TYPE_RINGBUF map; ``callback`` gets each record as bytes.
+    """Consumer of a BPF_MAP_TYPE_RINGBUF map, read through its memory mapping in batches.
 
-    ``map_fd`` must stay open while the ring buffer is used. The callback runs inside
-    :meth:`consume` / :meth:`poll` in the calling thread; if it raises, consumption stops and the
-    first exception is re-raised from that call (the record that raised counts as consumed).
+    The kernel's layout (kernel/bpf/ringbuf.c; libbpf's ringbuf.c reads it the same way): page 0
+    holds the consumer position (mapped read-write: the consumer advances it), page 1 the
+    producer position, then the data area, which the kernel maps twice in a row so that a record
+    that wraps past the end reads as one contiguous slice (both mapped read-only). Records are
+    8-byte aligned ``[len|flags u32][pgoff u32][payload]``: BUSY set means reserved but not
+    committed yet (it ends the batch: records after it wait, in order); DISCARD means skip it.
+
+    :meth:`peek` copies the span between the consumer and producer positions (one copy, no call
+    per record); :func:`ring_records` walks its headers; :meth:`advance` hands the bytes taken
+    back to the datapath. Between the two, the records stay in the ring: a reader that stops
+    early (a full sink) advances past what it took only. :meth:`consume` / :meth:`poll` are the
+    per-record convenience (``callback`` gets each payload as bytes); if it raises, consumption
+    stops there, the record that raised counts as consumed, and the error propagates.
+
+    ``map_fd`` may be closed after construction (the mappings and the epoll set keep the map).
+    Ordering: the positions and headers are read with plain aligned 8-/4-byte loads and the
+    consumer position written with one aligned store, which x86-64's memory model orders as
+    libbpf's acquire loads and release store (on a weakly ordered CPU such as aarch64 these
+    would need barriers that Python cannot issue: the datapath targets x86-64).
     """
 
-    def __init__(self, map_fd: int, callback: Callable[[bytes], None]) -> None:
+    def __init__(self, map_fd: int, callback: Callable[[bytes], None] | None = None) -> None:
         self._callback = callback
-        self._error: BaseException | None = None
-        # The CFUNCTYPE object must outlive the ring buffer: C holds only its address.
-        self._sample_fn = _SAMPLE_FN(self._on_sample)
-        with _capture_libbpf_log() as lines:
-            ptr = _C.ring_buffer__new(map_fd, self._sample_fn, None, None)
-        self._rb: int | None = _check_ptr(
-            ptr, "ring_buffer__new", _first_warning(lines) or f"map fd {map_fd}"
-        )
-
-    def _on_sample(self, _ctx: int | None, data: int | None, size: int) -> int:
-        if self._error is not None:
-            return -_errno.ECANCELED
+        info = _map_info(map_fd)
+        if info.type != BPF_MAP_TYPE_RINGBUF:
+            raise bpf_error(_errno.EINVAL, "ringbuf mmap", f"map fd {map_fd} is not a ring buffer")
+        size = info.max_entries  # a power of two, a multiple of the page size
+        page = mmap.PAGESIZE
+        self._mask = size - 1
         try:
-            self._callback(ctypes.string_at(data, size) if data else b"")
-        except BaseException as e:
-            self._error = e
-            return -_errno.ECANCELED
-        return 0
+            self._cons_map = mmap.mmap(
+                map_fd, page, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
+            try:
+                self._prod_map = mmap.mmap(
+                    map_fd, page + 2 * size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=page
+                )
+            except OSError:
+                self._cons_map.close()
+                raise
+        except OSError as err:
+            raise bpf_error(err.errno or _errno.EINVAL, "ringbuf mmap", f"map fd {map_fd}") from err
+        self._cons = ctypes.c_uint64.from_buffer(self._cons_map)
+        self._positions = memoryview(self._prod_map)
+        self._prod = self._positions[:8].cast("Q")
+        self._data = self._positions[page:]
+        self._epoll: select.epoll | None = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
 
     @property
-    def _ptr(self) -> int:
-        if self._rb is None:
+    def _ep(self) -> select.epoll:
+        if self._epoll is None:
             raise ValueError("operation on a closed RingBuffer")
-        return self._rb
-
-    def _finish(self, ret: int, op: str) -> int:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        if ret == -_errno.EINTR:
-            return 0
-        return _check(ret, op)
+        return self._epoll
 
     def epoll_fd(self) -> int:
         """An fd that becomes readable when records are available (for loop.add_reader)."""
-        return _check(int(_C.ring_buffer__epoll_fd(self._ptr)), "ring_buffer__epoll_fd")
+        return self._ep.fileno()
+
+    def peek(self) -> bytes:
+        """A copy of the bytes between the consumer and producer positions: records with their
+        headers (walk them with :func:`ring_records`); nothing is consumed."""
+        self._ep  # noqa: B018 - raises once closed
+        cons = self._cons.value
+        prod = self._prod[0]
+        start = cons & self._mask
+        return self._data[start : start + (prod - cons)].tobytes()
+
+    def advance(self, nbytes: int) -> None:
+        """Consumes ``nbytes`` of the last :meth:`peek` (whole records, as :func:`ring_records`
+        ends them): the datapath may reuse that space."""
+        if nbytes % RINGBUF_HDR_SZ or nbytes < 0:
+            raise ValueError(f"ring buffer advance by {nbytes}: not whole 8-byte-aligned records")
+        if nbytes:
+            self._ep  # noqa: B018
+            self._cons.value += nbytes  # one aligned 8-byte store (x86-64: a release store)
 
     def consume(self) -> int:
-        """Handles every available record without waiting; returns how many."""
-        return self._finish(int(_C.ring_buffer__consume(self._ptr)), "ring_buffer__consume")
+        """Hands every committed record to the callback without waiting; returns how many."""
+        if self._callback is None:
+            raise ValueError("RingBuffer.consume needs a callback")
+        span = self.peek()
+        records, end = ring_records(span)
+        taken = 0
+        try:
+            for offset, length in records:
+                taken = _align8(offset + length)  # the record that raises counts as consumed
+                self._callback(span[offset : offset + length])
+            taken = end
+        finally:
+            self.advance(taken)
+        return len(records)
 
     def poll(self, timeout_ms: int) -> int:
         """Waits up to ``timeout_ms`` (-1: forever) for records and handles them."""
-        return self._finish(int(_C.ring_buffer__poll(self._ptr, timeout_ms)), "ring_buffer__poll")
+        try:
+            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        except InterruptedError:
+            return 0
+        return self.consume()
 
     def close(self) -> None:
-        if self._rb is not None:
-            rb, self._rb = self._rb, None
-            _C.ring_buffer__free(rb)
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+            del self._cons
+            self._prod.release()
+            self._data.release()
+            self._positions.release()
+            self._cons_map.close()
+            self._prod_map.close()
 
     def _owns_resource(self) -> bool:
-        return getattr(self, "_rb", None) is not None
+        return getattr(self, "_epoll", None) is not None
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def ring_records(span: bytes) -> tuple[list[tuple[int, int]], int]:
+    """The committed records of a :meth:`RingBuffer.peek` span, in order, as (payload offset,
+    payload length), and the offset where they end (the first BUSY record, or the span's end):
+    the bytes to :meth:`RingBuffer.advance` once all are taken. DISCARD records are skipped."""
+    records: list[tuple[int, int]] = []
+    unpack = _RINGBUF_HDR.unpack_from
+    offset, end = 0, len(span)
+    while offset < end:
+        (word,) = unpack(span, offset)
+        if word & RINGBUF_BUSY_BIT:
+            break
+        length = word & ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT)
+        if not word & RINGBUF_DISCARD_BIT:
+            records.append((offset + RINGBUF_HDR_SZ, length))
+        offset += (length + RINGBUF_HDR_SZ + 7) & ~7
+    return records, min(offset, end)
 
 
 # ---------------------------------------------------------------------------------------------
