@@ -16,7 +16,8 @@ answers); a name elsewhere is REFUSED: there is no recursion, as the lab has no 
 A CNAME answers every type and is followed inside the zone (its target's records of the asked
 type join the answer; a target outside the zone is left to the client); an SRV answer carries its
 targets' addresses in the additional section, as CoreDNS's. Answers carry the AA flag and a TTL
-of 30 seconds; negative answers carry the domain's SOA (RFC 2308). One log line per query.
+of 30 seconds (``--ttl``); negative answers carry the domain's SOA (RFC 2308). One log line per
+query.
 
 ``dns-query`` sends one query and prints ``NAME TYPE -> RCODE, answers``; it exits 0 when the
 rcode is the expected one (by default NOERROR with at least one answer), else 1.
@@ -88,6 +89,7 @@ class Zone:
     domain: dns.name.Name
     records: dict[dns.name.Name, RData]
     serial: int = 1
+    ttl: int = TTL
 
     @functools.cached_property
     def names(self) -> frozenset[dns.name.Name]:
@@ -99,14 +101,14 @@ class Zone:
         rdatas = self.records.get(name, {}).get(rdtype)
         if not rdatas:
             return None
-        return dns.rrset.from_rdata_list(name, TTL, rdatas)
+        return dns.rrset.from_rdata_list(name, self.ttl, rdatas)
 
     def soa(self) -> dns.rrset.RRset:
         """The domain's SOA record (as CoreDNS's kubernetes plugin writes it)."""
         ns = dns.name.from_text("ns.dns", origin=self.domain)
         mbox = dns.name.from_text("hostmaster", origin=self.domain)
-        text = f"{ns} {mbox} {self.serial} 7200 1800 86400 {TTL}"
-        return dns.rrset.from_text_list(self.domain, TTL, "IN", "SOA", [text])
+        text = f"{ns} {mbox} {self.serial} 7200 1800 86400 {self.ttl}"
+        return dns.rrset.from_text_list(self.domain, self.ttl, "IN", "SOA", [text])
 
 
 def _existing_names(
@@ -217,9 +219,10 @@ class Records:
     once per change of the file and keep the previous zone.
     """
 
-    def __init__(self, path: Path, domain: dns.name.Name) -> None:
+    def __init__(self, path: Path, domain: dns.name.Name, ttl: int = TTL) -> None:
         self.path = path
         self.domain = domain
+        self.ttl = ttl
         self._lock = threading.Lock()
         self._signature = self._stat()
         if self._signature is None:
@@ -241,7 +244,9 @@ class Records:
         except UnicodeDecodeError:
             raise RecordsError(f"{self.path}: not UTF-8 text") from None
         zone, outside = parse_records(text, self.domain, str(self.path))
-        zone = dataclasses.replace(zone, serial=max(1, signature[0] // 1_000_000_000 % 2**32))
+        zone = dataclasses.replace(
+            zone, serial=max(1, signature[0] // 1_000_000_000 % 2**32), ttl=self.ttl
+        )
         note = ""
         if outside:
             note = f" ({len(outside)} outside {self.domain} ignored: {', '.join(outside[:3])})"
@@ -437,6 +442,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         ' (or {"name.": ["10.0.0.5", "fd00::5"]}), re-read when it changes',
     )
     server.add_argument("--port", type=int, default=53, help="UDP and TCP port (53; 0: any)")
+    server.add_argument(
+        "--ttl", type=int, default=TTL, choices=range(0, 86401), metavar="SECONDS",
+        help=f"the TTL of every answer ({TTL})",
+    )  # fmt: skip
     server.add_argument("--bind", help="address to listen on (default: [::], dual-stack)")
     server.add_argument(
         "--domain",
@@ -491,7 +500,7 @@ def run_server(args: argparse.Namespace) -> int:
     except dns.exception.DNSException as exc:
         return fail(prog, f"--domain {args.domain!r}: {exc}")
     try:
-        records = Records(args.records, domain)
+        records = Records(args.records, domain, args.ttl)
     except RecordsError as exc:
         return fail(prog, str(exc))
     # with port 0, the UDP port the kernel gives is tried for TCP: again if it is taken there
@@ -510,7 +519,7 @@ def run_server(args: argparse.Namespace) -> int:
         ready=[
             f"{prog}: listening on udp {format_address(udp.server_address)}",
             f"{prog}: listening on tcp {format_address(tcp.server_address)}",
-            f"{prog}: authoritative for {domain} (ttl {TTL}s)",
+            f"{prog}: authoritative for {domain} (ttl {args.ttl}s)",
         ],
     )
 

@@ -44,10 +44,13 @@ PORT = 10999
 V4_RANGE = "10.233.0.0/24"
 WORLD_IP, WORLD_GW = "172.19.0.100", "172.19.0.1"
 OTHER_WORLD_IP = "172.19.0.101"
+SHORT_WORLD_IP = "172.19.0.102"
+SHORT_TTL = 2
 RECORDS = {
     "web.example.com.": [WORLD_IP],
     "api-v1.example.com.": [OTHER_WORLD_IP],
     "evil.example.com.": [OTHER_WORLD_IP],
+    "short.example.com.": [SHORT_WORLD_IP],
 }
 POLICY = """\
 apiVersion: cilium.io/v2
@@ -62,8 +65,9 @@ spec:
       rules:
         dns:
         - matchName: web.example.com
+        - matchName: short.example.com
         - matchPattern: "api-*.example.com"
-  - toFQDNs: [{matchName: web.example.com}]
+  - toFQDNs: [{matchName: web.example.com}, {matchName: short.example.com}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
 """
 WORLD_SERVER = r"""
@@ -101,17 +105,19 @@ class Cluster:
         self.procs: list[subprocess.Popen[str]] = []
         self.client_ns, self.client_ip = self._add(pods, "client")
         self.dns_ns, self.dns_ip = self._add(pods, "dns")
+        # a second DNS pod whose answers live SHORT_TTL seconds
+        self.short_dns_ns, self.short_dns_ip = self._add(pods, "dns", "dns-short")
         self.world_ns = unique("e-dnsw-")
         records = tmp / "records.json"
         records.write_text(json.dumps(RECORDS))
         self.dns_log = tmp / "dns-server.log"
 
-    def _add(self, pods: Pods, app: str) -> tuple[str, str]:
+    def _add(self, pods: Pods, app: str, pod: str | None = None) -> tuple[str, str]:
         name, path = pods.new()
         cid = unique("c")
         conf = {**self.conf, "args": {"cni": {"labels": [{"key": "app", "value": app}]}}}
         run = run_plugin("ADD", conf, container_id=cid, netns=str(path),
-                         args=f"K8S_POD_NAME={app};K8S_POD_NAMESPACE=default")  # fmt: skip
+                         args=f"K8S_POD_NAME={pod or app};K8S_POD_NAMESPACE=default")  # fmt: skip
         assert run.rc == 0, str(run)
         self.added.append((cid, str(path)))
         ip = next(i["address"].split("/")[0] for i in run.json["ips"] if "." in i["address"])
@@ -123,23 +129,27 @@ class Cluster:
         sh("ip", "link", "add", "w0", "netns", node, "type", "veth", "peer", "eth0", "netns", world)
         sh("ip", "-n", node, "addr", "add", f"{WORLD_GW}/24", "dev", "w0")
         sh("ip", "-n", world, "addr", "add", f"{WORLD_IP}/24", "dev", "eth0")
-        sh("ip", "-n", world, "addr", "add", f"{OTHER_WORLD_IP}/24", "dev", "eth0")
+        for extra in (OTHER_WORLD_IP, SHORT_WORLD_IP):
+            sh("ip", "-n", world, "addr", "add", f"{extra}/24", "dev", "eth0")
         for ns, dev in ((node, "w0"), (world, "eth0"), (world, "lo")):
             sh("ip", "-n", ns, "link", "set", dev, "up")
         sh("ip", "-n", world, "route", "add", V4_RANGE, "via", WORLD_GW)
         self.procs.append(serve(world, [PYTHON, "-c", WORLD_SERVER], "ready"))
-        with self.dns_log.open("w") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.dns_ns, PYTHON, "-m", "ciliary.workload.main",
-                 "dns-server", "--records", str(self.dns_log.with_name("records.json")),
-                 "--domain", "example.com"],
-                stdout=out, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
-        self.procs.append(proc)
-        deadline = time.monotonic() + 15
-        while "listening on tcp" not in self.dns_log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, self.dns_log.read_text()
-            time.sleep(0.05)
+        short_log = self.dns_log.with_name("dns-short.log")
+        for ns, log, ttl in ((self.dns_ns, self.dns_log, 30),
+                             (self.short_dns_ns, short_log, SHORT_TTL)):  # fmt: skip
+            with log.open("w") as out:
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, PYTHON, "-m", "ciliary.workload.main",
+                     "dns-server", "--records", str(self.dns_log.with_name("records.json")),
+                     "--domain", "example.com", "--ttl", str(ttl)],
+                    stdout=out, stderr=subprocess.STDOUT, text=True,
+                )  # fmt: skip
+            self.procs.append(proc)
+            deadline = time.monotonic() + 15
+            while "listening on tcp" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
 
     def cleanup(self) -> None:
         for proc in self.procs:
@@ -285,3 +295,17 @@ def hubble(cluster: Cluster) -> list[dict[str, Any]]:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+def test_an_expired_answer_is_dropped_again(cluster: Cluster) -> None:
+    """Issue #15: once an answer's TTL has passed (the cache's expiry, checked every second),
+    toFQDNs stops selecting its IP and new connections to it are dropped again."""
+    assert SHORT_WORLD_IP in cluster.query("short.example.com", server=cluster.short_dns_ip)
+    assert cluster.connect(SHORT_WORLD_IP) == "world"
+    deadline = time.monotonic() + SHORT_TTL + 10
+    while not cluster.connect(SHORT_WORLD_IP).startswith("error"):
+        assert time.monotonic() < deadline, "still allowed long after the TTL"
+        time.sleep(0.5)
+    with cluster.agent.client() as cl:
+        assert "short.example.com" not in {e.fqdn for e in cl.fqdn_cache()}
+        assert "web.example.com" in {e.fqdn for e in cl.fqdn_cache()}  # 30 s: still there

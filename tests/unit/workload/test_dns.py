@@ -464,3 +464,16 @@ def test_bad_typed_records_are_refused_naming_the_name(records: object, message:
     assert str(err.value).startswith("records.json: 'a.cluster.local.': ") and message in str(
         err.value
     )
+
+
+def test_the_ttl_is_the_servers_choice(tmp_path: Path) -> None:
+    path = tmp_path / "records.json"
+    write_atomically(path, {"web.shop.svc.cluster.local.": ["10.96.0.20"]})
+    zone = dnsw.Records(path, DOMAIN, ttl=2).zone()
+    query = dns.message.make_query("web.shop.svc.cluster.local", "A")
+    response, _ = dnsw.answer(zone, query)
+    assert [rrset.ttl for rrset in response.answer] == [2]
+    missing, _ = dnsw.answer(zone, dns.message.make_query("nope.shop.svc.cluster.local", "A"))
+    assert missing.authority[0].ttl == 2  # the SOA of a negative answer too
+    default = dnsw.Records(path, DOMAIN).zone()
+    assert dnsw.answer(default, query)[0].answer[0].ttl == dnsw.TTL == 30
