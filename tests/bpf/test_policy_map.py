@@ -58,6 +58,7 @@ def test_key_round_trip_and_prefixlen() -> None:
     k = PolicyKey(identity=256, egress=True, protocol=6, port=8080, port_prefix=16)
     assert k.prefixlen == 64
     assert PolicyKey.from_c(PolicyKeyC.from_buffer_copy(bytes(k.to_c()))) == k
+    assert k.c_bytes == bytes(k.to_c()) and k.c_bytes is k.c_bytes  # made once
     assert PolicyKey(identity=0, egress=False).prefixlen == 40
     with pytest.raises(ValueError):
         PolicyKey(identity=1, egress=False, protocol=0, port=80, port_prefix=16)

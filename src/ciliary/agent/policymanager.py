@@ -550,7 +550,10 @@ class PolicyManager:
         changes it would miss no longer matter.)"""
         used: set[Any] = set()
         inputs = {
-            (ep.identity, frozenset((named_ports or {}).items())): (ep, named_ports)
+            (ep.identity, frozenset(named_ports.items()) if named_ports else None): (
+                ep,
+                named_ports,
+            )
             for ep, named_ports in self._inputs.values()
         }  # endpoints of one identity with the same ports: one computation
         seen: set[int] = set()

@@ -58,8 +58,8 @@ class _Selection(NamedTuple):
     """A remembered answer of :meth:`Repository.selection`, with what a change needs to know."""
 
     rules: tuple[SelectedRule, ...]
-    serials: tuple[tuple[int, int], ...]
-    """(policy serial, rule index) of each rule."""
+    policies: frozenset[int]
+    """The serials of the policies the rules belong to."""
     token: int
     label_set: LabelSet
     is_node: bool
@@ -164,7 +164,8 @@ class Repository:
             token = self._tokens[serials] = next(self._token_numbers)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
-        self._memo[key] = _Selection(selected, serials, token, label_set, is_node)
+        policies = frozenset(serial for serial, _ in serials)
+        self._memo[key] = _Selection(selected, policies, token, label_set, is_node)
         return selected, token
 
     def _changed(self, gone: Collection[int], added: Iterable[Policy]) -> None:
@@ -184,7 +185,7 @@ class Repository:
         stale = [
             labels
             for labels, found in self._memo.items()
-            if any(serial in gone_set for serial, _ in found.serials)
+            if not found.policies.isdisjoint(gone_set)
             or any(
                 rule.is_host_policy == found.is_node and rule.subject.matches(found.label_set)
                 for rule in new_rules

@@ -118,7 +118,7 @@ from ciliary.policy.mapstate import (
     MapStateBuilder,
     RuleRef,
     allow_all_key,
-    keys_for_ports,
+    port_range_prefixes,
 )
 from ciliary.policy.repository import Repository, SelectedRule
 from ciliary.policy.selectorcache import (
@@ -283,12 +283,21 @@ class _Resolver:
             return
         egress = direction == "egress"
         add = self.builder.add
+        # each port range cut into LPM prefixes once, not once per target
+        blocks = {
+            item: port_range_prefixes(item.lo, item.hi)
+            for item, _ in ports
+            if isinstance(item, _Ports)
+        }
         for target in sorted(targets):
             for item, l7 in ports:
                 if isinstance(item, _AllPorts):
                     keys = [MapKey(target, egress)]
                 elif isinstance(item, _Ports):
-                    keys = keys_for_ports(target, egress, item.protocol, item.lo, item.hi)
+                    keys = [
+                        MapKey(target, egress, item.protocol, port, prefix)
+                        for port, prefix in blocks[item]
+                    ]
                 else:
                     keys = [
                         MapKey(identity, egress, protocol, port, 16)

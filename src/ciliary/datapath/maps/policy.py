@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import socket
 from collections.abc import Iterable, Mapping
@@ -81,6 +82,12 @@ class PolicyKey:
             return _BASE_PREFIX
         return _BASE_PREFIX + 8 + self.port_prefix
 
+    @functools.cached_property
+    def c_bytes(self) -> bytes:
+        """``to_c()`` as bytes, made once per key (a key shared by many endpoints' changes is
+        written many times)."""
+        return bytes(self.to_c())
+
     def to_c(self) -> PolicyKeyC:
         return PolicyKeyC(
             prefixlen=self.prefixlen,
@@ -113,6 +120,19 @@ class PolicyEntryRecord:
     bytes: int
 
 
+@functools.lru_cache(maxsize=4096)
+def _entry_bytes(value: PolicyValue, prefixlen: int) -> bytes:
+    """A map value as written (counters zero); few distinct ones exist, so they are kept."""
+    return bytes(
+        PolicyEntryC(
+            cookie=value.cookie,
+            proxy_port=socket.htons(value.proxy_port),
+            flags=POLICY_F_DENY if value.deny else 0,
+            prefixlen=prefixlen,
+        )
+    )
+
+
 class EndpointPolicyMap:
     """The inner LPM map of one endpoint."""
 
@@ -124,16 +144,10 @@ class EndpointPolicyMap:
         return self._map
 
     def upsert(self, key: PolicyKey, value: PolicyValue) -> None:
-        entry = PolicyEntryC(
-            cookie=value.cookie,
-            proxy_port=socket.htons(value.proxy_port),
-            flags=POLICY_F_DENY if value.deny else 0,
-            prefixlen=key.prefixlen,
-        )
-        self._map.update(bytes(key.to_c()), bytes(entry))
+        self._map.update(key.c_bytes, _entry_bytes(value, key.prefixlen))
 
     def delete(self, key: PolicyKey) -> bool:
-        return self._map.delete(bytes(key.to_c()))
+        return self._map.delete(key.c_bytes)
 
     def items(self) -> list[PolicyEntryRecord]:
         out = []
