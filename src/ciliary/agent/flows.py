@@ -56,7 +56,10 @@ prints the same lines for the same packets:
   and direction, ``IP`` and ``l4`` from its two sides (as the pod sees them), endpoints
   resolved from the addresses as above (the record's identity wins when it has one),
   ``source_service``/``destination_service`` by address and port, ``is_reply`` true on
-  responses, ``l7`` and ``Summary`` from :mod:`ciliary.agent.seven`.
+  responses, ``l7`` and ``Summary`` from :mod:`ciliary.agent.seven`;
+* ``source_names`` / ``destination_names`` (L3/L4 and L7 flows) are the names the node's FQDN
+  cache has for the peer's address when the other side is a local endpoint, as upstream's
+  ``resolveNames`` (:meth:`FlowDecoder._names`).
 
 Everything here is a pure function of the event and the getters it is given, so it is tested
 with constructed events; ``ciliary.agent.hubble`` supplies the getters from the running agent.
@@ -300,6 +303,9 @@ class FlowGetters:
     ``ServiceGetter.GetServiceByAddr``), None when none has."""
     frontend_of: Callable[[int], tuple[IPAddress, int] | None] = lambda _i: None
     """The frontend (address, port) a rev-NAT index names, None when unknown."""
+    names_of_ip: Callable[[str], Sequence[str]] = lambda _ip: ()
+    """The DNS names an address (text form) was an answer of in the node's FQDN cache, sorted
+    (upstream's ``DNSGetter.GetNamesOf``); () when none."""
     endpoint_ip_of_cgroup: Callable[[int, int], IPAddress | None] = lambda _c, _f: None
     """The address (of the family, ``socket.AF_INET``/``AF_INET6``) of the local endpoint whose
     processes are in the cgroup of that id (upstream's ``PodMetadataGetter`` by cgroup id),
@@ -366,6 +372,8 @@ class FlowDecoder:
         dst = self._endpoint(raw.dst, raw.dst_sec_id)
         f.source.CopyFrom(src)
         f.destination.CopyFrom(dst)
+        if raw.src is not None and raw.dst is not None:
+            self._names(f, src.ID, dst.ID)
         is_verdict = kind == _VERDICT
         if is_drop or (is_verdict and verdict == _DROPPED):
             f.drop_reason = raw.drop_reason
@@ -489,6 +497,7 @@ class FlowDecoder:
             f.l4.SCTP.source_port, f.l4.SCTP.destination_port = src.port, dst.port
         f.source.CopyFrom(self._endpoint(src.ip, src.identity))
         f.destination.CopyFrom(self._endpoint(dst.ip, dst.identity))
+        self._names(f, f.source.ID, f.destination.ID)
         f.l7.CopyFrom(seven.layer7(rec))
         is_reply = rec.kind == L7FlowType.RESPONSE
         f.is_reply.value = is_reply
@@ -499,6 +508,18 @@ class FlowDecoder:
             if found is not None:
                 field_.namespace, field_.name = found
         return f
+
+    def _names(self, f: flow_pb2.Flow, src_id: int, dst_id: int) -> None:
+        """``source_names`` / ``destination_names`` as upstream's parsers' ``resolveNames``: the
+        names of the peer's address a local endpoint on the other side looked up (the source's
+        names when the destination is a local endpoint, the destination's when the source
+        is), from the node's FQDN cache (upstream keeps a DNS history per endpoint; ours is
+        the node's, so any local endpoint's lookup names the address)."""
+        names_of = self.getters.names_of_ip
+        if dst_id:
+            f.source_names.extend(names_of(f.IP.source))
+        if src_id:
+            f.destination_names.extend(names_of(f.IP.destination))
 
     def _services(self, raw: RawTraceEvent, f: flow_pb2.Flow) -> None:
         """``source_service``/``destination_service`` as upstream's parser: the Service whose

@@ -349,6 +349,9 @@ class AgentHubble:
             fe = syncer.manager.frontend_of(rev_nat_index) if syncer is not None else None
             return (fe.address, fe.port) if fe is not None else None
 
+        def names_of_ip(addr: str) -> tuple[str, ...]:
+            return policy.fqdns.names_of(addr)
+
         return FlowGetters(
             endpoint_by_ip=self._eps_by_ip.get,
             identity_of_ip=identity_of_ip,
@@ -361,6 +364,7 @@ class AgentHubble:
             service_by_addr=service_by_addr,
             frontend_of=frontend_of,
             endpoint_ip_of_cgroup=self.cgroups.address,
+            names_of_ip=names_of_ip,
         )
 
     def _endpoints(self) -> list[Endpoint]:

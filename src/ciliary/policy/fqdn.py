@@ -100,6 +100,9 @@ class DNSCache:
     max_ips_per_name: int = DEFAULT_MAX_IPS_PER_NAME
     version: int = 0
     _expires: dict[str, dict[str, float]] = field(default_factory=dict)  # name → IP → expiry
+    _by_ip: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    """IP → its names, sorted (:meth:`names_of`), built again when ``version`` moved."""
+    _by_ip_version: int = field(default=-1, compare=False, repr=False)
 
     def update(self, lookup: DNSLookup) -> bool:
         """Records an answer; True when the names' IPs changed (not only their expiry)."""
@@ -144,6 +147,20 @@ class DNSCache:
 
     def names(self) -> list[str]:
         return sorted(self._expires)
+
+    def names_of(self, ip: str) -> tuple[str, ...]:
+        """The names (normalized: no trailing dot, as upstream's ``GetNamesOf``) an address
+        was an answer of, sorted; () when none. Hubble's ``source_names`` /
+        ``destination_names``: called per flow, so a dictionary lookup (``ip`` in
+        ``str(ip_address(...))`` form) on an index rebuilt only when the IPs changed."""
+        if self._by_ip_version != self.version:
+            by_ip: dict[str, list[str]] = {}
+            for name in sorted(self._expires):
+                for addr in self._expires[name]:
+                    by_ip.setdefault(addr, []).append(name)
+            self._by_ip = {addr: tuple(names) for addr, names in by_ip.items()}
+            self._by_ip_version = self.version
+        return self._by_ip.get(ip, ())
 
     def prefixes(self, selectors: Sequence[FQDNSelector]) -> tuple[Network, ...]:
         """The host prefixes of every IP of every name ``selectors`` select."""

@@ -24,7 +24,8 @@ from ciliary.core.l7record import DNSRecord, HTTPRecord, L7Endpoint, L7Record
 from ciliary.core.models import MONITOR_EVENT_TYPES
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawSockEvent
-from tests.unit.agent.test_flows import ENDPOINTS, IDENTITIES, event, ipcache
+from ciliary.policy.fqdn import DNSCache, DNSLookup
+from tests.unit.agent.test_flows import ENDPOINTS, IDENTITIES, WORLD, event, ipcache
 
 CLIENT, SERVER = IPv4Address("10.0.0.10"), IPv4Address("10.0.0.20")
 T0 = 1_700_000_000_123_456_789
@@ -218,7 +219,7 @@ def test_hubbles_decode_loop_takes_every_family(tmp_path: Path) -> None:
     monitor = SimpleNamespace(ifname=None, why_default_deny=None, paused=False)
     agent = SimpleNamespace(
         cfg=cfg, kube=None, policy=None, monitor=monitor,
-        endpoints=SimpleNamespace(counts_by_state=dict),
+        endpoints=SimpleNamespace(counts_by_state=dict), l7_stats=dict,
     )  # fmt: skip
     hubble = AgentHubble(agent, HubbleConfig())  # type: ignore[arg-type]
     hubble.decoder.getters = FlowGetters(endpoint_ip_of_cgroup=lambda _c, _f: CLIENT)
@@ -262,3 +263,32 @@ def test_the_monitors_event_types_are_the_record_types_names() -> None:
         EventType.POLICY_VERDICT: "policy-verdict",
     }
     assert all(MESSAGE_TYPES[name] in _EVENT_TYPES for name in MONITOR_EVENT_TYPES)
+
+
+def test_names_from_the_fqdn_cache_on_l3_l4_and_l7_flows() -> None:
+    """``source_names``/``destination_names`` as upstream's resolveNames: the peer's names when
+    the other side is a local endpoint (a lookup of that endpoint's), none otherwise."""
+    cache = DNSCache()
+    cache.update(DNSLookup("api.example.com.", (str(WORLD),), 60, time.time()))
+    cache.update(DNSLookup("cdn.example.com", (str(WORLD),), 60, time.time()))
+    dec = FlowDecoder(
+        "node-a",
+        FlowGetters(
+            endpoint_by_ip=ENDPOINTS.get,
+            identity_of_ip=ipcache,
+            identity_labels=IDENTITIES.get,
+            names_of_ip=cache.names_of,
+        ),
+    )
+    names = ["api.example.com", "cdn.example.com"]
+    out = dec.decode(event(dst=WORLD, dst_sec_id=0, traffic_direction=2))  # pod → world
+    assert (list(out.source_names), list(out.destination_names)) == ([], names)
+    back = dec.decode(event(src=WORLD, dst=CLIENT, src_sec_id=0, dst_sec_id=300))
+    assert (list(back.source_names), list(back.destination_names)) == (names, [])
+    # no local endpoint on the other side (world → world through the node): no names
+    transit = dec.decode(event(src=WORLD, dst=WORLD, src_sec_id=0, dst_sec_id=0))
+    assert (list(transit.source_names), list(transit.destination_names)) == ([], [])
+    pods = dec.decode(event())  # pod → pod: neither address has names
+    assert (list(pods.source_names), list(pods.destination_names)) == ([], [])
+    l7 = dec.decode_l7(http(L7FlowType.REQUEST, destination=L7Endpoint(WORLD, 80)))
+    assert list(l7.destination_names) == names and list(l7.source_names) == []

@@ -115,3 +115,18 @@ def test_a_dump_restores_every_entry_with_its_expiry() -> None:
     again = DNSCache()
     again.restore(dumped)
     assert again.entries() == [e for e in cache.entries() if e[0] == "web.example.com"]
+
+
+def test_names_of_an_address_follow_answers_and_expiry() -> None:
+    """Hubble's source/destination names: IP → names (normalized, sorted), rebuilt when the
+    cache's IPs change, gone with their expiry."""
+    cache = DNSCache()
+    assert cache.names_of("192.0.2.1") == ()
+    cache.update(DNSLookup("Web.Example.com.", ("192.0.2.1",), 5, 100.0))
+    cache.update(DNSLookup("alias.example.com", ("192.0.2.1", "2001:db8::1"), 60, 100.0))
+    assert cache.names_of("192.0.2.1") == ("alias.example.com", "web.example.com")
+    assert cache.names_of("2001:db8::1") == ("alias.example.com",)
+    cache.expire(106.0)  # web.example.com's answer expired
+    assert cache.names_of("192.0.2.1") == ("alias.example.com",)
+    cache.expire(161.0)
+    assert cache.names_of("192.0.2.1") == () and cache.names_of("2001:db8::1") == ()
