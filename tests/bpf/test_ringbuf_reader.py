@@ -4,12 +4,17 @@ drops spoofed frames sent on a veth and writes a drop record per frame into a ri
 one page, so a few dozen records wrap it around. What is checked: records across the wrap
 come out whole and in order, decoded alike by the numpy batch path and the per-record
 decoder; a partial advance leaves the rest in the ring; the Monitor's full sink pauses the
-reader with the remaining records still in the ring, and resuming delivers them in order."""
+reader with the remaining records still in the ring, and resuming delivers them in order. A
+small program of the test's own (built here with the Makefile's compiler) discards every other
+record it reserves: the reader skips them and the batch decode walks past them."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import select
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -17,13 +22,27 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import numpy as np
 import pytest
 
+from ciliary.agent import monitor as monitor_module
 from ciliary.agent.monitor import Monitor
-from ciliary.datapath.libbpf import BPFObject, RingBuffer, ring_records
+from ciliary.datapath.libbpf import (
+    RINGBUF_DISCARD_BIT,
+    BPFObject,
+    RingBuffer,
+    ring_records,
+    tc_attach,
+)
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps import EventsLostMap
-from ciliary.datapath.maps.events import RawTraceEvent, decode_batch, decode_event
+from ciliary.datapath.maps.events import (
+    TRACE_RECORD_DTYPE,
+    RawTraceEvent,
+    TraceEventC,
+    decode_batch,
+    decode_event,
+)
 from tests.bpf.test_libbpf import (  # noqa: F401  (fixtures)
     attach_from_container,
     in_netns,
@@ -105,6 +124,9 @@ def test_a_partial_advance_leaves_the_rest_in_the_ring(
         assert sports_of(decode_batch(rb.peek()).events) == [41002, 41003, 41004]
         with pytest.raises(ValueError, match="8-byte"):
             rb.advance(3)
+        capped = rb.peek(2 * 112 + 8)  # at most that much: the third record cut short
+        assert len(capped) == 2 * 112 + 8
+        assert decode_batch(capped).events == decode_batch(rb.peek()).events[:2]
     with pytest.raises(ValueError, match="closed"):
         rb.peek()
 
@@ -147,3 +169,105 @@ def test_the_monitor_pauses_on_a_full_sink_and_resumes_in_order(
 
     with small_ring.map("ciliary_events") as events:
         asyncio.run(scenario(events))
+
+
+def test_the_monitor_reads_a_backlog_a_batch_per_wake_up(
+    small_ring: BPFObject,
+    netns: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog larger than the reader's batch is read over several wake-ups of the loop, in
+    order; ``caught_up`` only once a batch reached the producer position."""
+    attach_from_container(netns, small_ring)
+    monkeypatch.setattr(monitor_module, "READ_BATCH_BYTES", 4 * 112)
+    got: list[object] = []
+
+    async def scenario(events_map: object) -> None:
+        monitor = Monitor("n1", cast(NodeDatapath, SimpleNamespace(events_map=events_map)), str)
+        monitor.add_sink(got.append)
+        send(netns, range(43000, 43010))
+        with RingBuffer(events_map.fd) as other:  # type: ignore[attr-defined]
+            wait_for(other, 10)
+            monitor.start()
+            try:
+                assert len(got) == 4 and not monitor.caught_up  # one batch, the rest waits
+                for _ in range(100):
+                    await asyncio.sleep(0.01)
+                    if monitor.caught_up:
+                        break
+                assert sports_of(got) == list(range(43000, 43010)) and other.peek() == b""
+                assert monitor.caught_up and not monitor.paused
+            finally:
+                monitor.stop()
+
+    with small_ring.map("ciliary_events") as events:
+        asyncio.run(scenario(events))
+
+
+DISCARD_ODD = """
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+struct {{
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+}} events SEC(".maps");
+
+/* a trace_event-sized record per packet: type TRACE, pkt_len; discarded when the length is odd */
+SEC("tc")
+int discard_odd(struct __sk_buff *skb)
+{{
+	__u8 *rec = bpf_ringbuf_reserve(&events, {size}, 0);
+	if (!rec)
+		return TC_ACT_OK;
+	__builtin_memset(rec, 0, {size});
+	rec[0] = 4;
+	*(__u32 *)(rec + {pkt_len}) = skb->len;
+	if (skb->len & 1)
+		bpf_ringbuf_discard(rec, 0);
+	else
+		bpf_ringbuf_submit(rec, 0);
+	return TC_ACT_OK;
+}}
+
+char _license[] SEC("license") = "GPL";
+"""
+
+
+def test_discarded_records_are_skipped_by_the_reader(tmp_path: Path, netns: str) -> None:  # noqa: F811
+    source = tmp_path / "discard_odd.c"
+    source.write_text(
+        DISCARD_ODD.format(size=ctypes.sizeof(TraceEventC), pkt_len=TraceEventC.pkt_len.offset)
+    )
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True)
+    subprocess.run(
+        ["clang", "-target", "bpf", "-O2", "-g", "-Wall", "-Werror",
+         f"-I/usr/include/{machine.stdout.strip()}-linux-gnu", "-c", str(source),
+         "-o", str(tmp_path / "discard_odd.o")],
+        check=True,
+    )  # fmt: skip
+    lengths = range(64, 80)  # 8 odd ones discarded, 8 even ones kept
+
+    def attach_and_send() -> None:
+        tc_attach(socket.if_nametoindex("lxc0"), obj.program_fd("discard_odd"), "ingress")
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind(("peer0", 0))
+            for n in lengths:  # a local experimental ethertype, padded to n bytes
+                s.send((b"\x02" * 6 + b"\x04" * 6 + b"\x88\xb5").ljust(n, b"\0"))
+
+    with BPFObject.open(tmp_path / "discard_odd.o") as obj:
+        obj.load()
+        in_netns(netns, attach_and_send)
+        with obj.map("events") as events, RingBuffer(events.fd) as rb:
+            span = rb.peek()
+            headers = np.frombuffer(span, TRACE_RECORD_DTYPE)["ring_len"].tolist()
+            ours = [h for h in headers if (h & ~RINGBUF_DISCARD_BIT) == 104]
+            assert sum(1 for h in ours if h & RINGBUF_DISCARD_BIT) >= 8  # they are in the ring
+            batch = decode_batch(span)
+            seen = [e.pkt_len for e in batch.events if isinstance(e, RawTraceEvent)]
+            assert [n for n in seen if n in lengths] == list(range(64, 80, 2))
+            records, end = ring_records(span)
+            assert len(records) == len(batch.events) and batch.end == end == len(span)
+            rb.advance(batch.end)
+            assert rb.peek() == b""

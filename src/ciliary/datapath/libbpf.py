@@ -1219,14 +1219,18 @@ class RingBuffer(_Owned):
         """An fd that becomes readable when records are available (for loop.add_reader)."""
         return self._ep.fileno()
 
-    def peek(self) -> bytes:
-        """A copy of the bytes between the consumer and producer positions: records with their
-        headers (walk them with :func:`ring_records`); nothing is consumed."""
+    def peek(self, max_bytes: int | None = None) -> bytes:
+        """A copy of the bytes between the consumer and producer positions, at most
+        ``max_bytes`` of them: records with their headers (walk them with
+        :func:`ring_records`, which leaves a record cut at the end for the next peek); nothing
+        is consumed."""
         self._ep  # noqa: B018 - raises once closed
         cons = self._cons.value
-        prod = self._prod[0]
+        size = self._prod[0] - cons
+        if max_bytes is not None:
+            size = min(size, max_bytes)
         start = cons & self._mask
-        return self._data[start : start + (prod - cons)].tobytes()
+        return self._data[start : start + size].tobytes()
 
     def advance(self, nbytes: int) -> None:
         """Consumes ``nbytes`` of the last :meth:`peek` (whole records, as :func:`ring_records`
@@ -1282,20 +1286,22 @@ def _align8(n: int) -> int:
 
 def ring_records(span: bytes) -> tuple[list[tuple[int, int]], int]:
     """The committed records of a :meth:`RingBuffer.peek` span, in order, as (payload offset,
-    payload length), and the offset where they end (the first BUSY record, or the span's end):
-    the bytes to :meth:`RingBuffer.advance` once all are taken. DISCARD records are skipped."""
+    payload length), and the offset where they end (the first BUSY record, a record the span
+    cut short, or the span's end): the bytes to :meth:`RingBuffer.advance` once all are taken.
+    DISCARD records are skipped."""
     records: list[tuple[int, int]] = []
     unpack = _RINGBUF_HDR.unpack_from
     offset, end = 0, len(span)
-    while offset < end:
+    while offset + RINGBUF_HDR_SZ <= end:
         (word,) = unpack(span, offset)
-        if word & RINGBUF_BUSY_BIT:
-            break
         length = word & ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT)
+        following = offset + ((length + RINGBUF_HDR_SZ + 7) & ~7)
+        if word & RINGBUF_BUSY_BIT or following > end:
+            break
         if not word & RINGBUF_DISCARD_BIT:
             records.append((offset + RINGBUF_HDR_SZ, length))
-        offset += (length + RINGBUF_HDR_SZ + 7) & ~7
-    return records, min(offset, end)
+        offset = following
+    return records, offset
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,3 +116,15 @@ def test_an_empty_span_is_an_empty_batch() -> None:
     batch = decode_batch(b"")
     assert (batch.events, list(batch.ends), batch.end) == ([], [], 0)
     assert events.TRACE_RECORD_STRIDE == 112
+
+
+def test_a_record_the_span_cuts_short_waits_for_the_next_peek() -> None:
+    whole = ring(trace(1), sock(), trace(2))
+    for cut in (112 + 8, 112 + 47, 160 + 111):  # inside the sock record / the second trace
+        records, end = ring_records(whole[:cut])
+        batch = decode_batch(whole[:cut])
+        taken = 1 if cut < 160 else 2
+        assert len(records) == len(batch.events) == taken
+        assert end == batch.end == (112 if taken == 1 else 160)
+    cut_fixed = ring(trace(1), trace(2))[: 112 + 56]  # the fast path's stride does not fit
+    assert [e.sport for e in decode_batch(cut_fixed).events] == [1]  # type: ignore[union-attr]

@@ -42,6 +42,7 @@ from ciliary.datapath.maps.endpoints import (
 
 __all__ = [
     "TRACE_RECORD_DTYPE",
+    "TRACE_RECORD_STRIDE",
     "EventBatch",
     "EventsLostMap",
     "RawEvent",
