@@ -2,30 +2,54 @@
 web pod's port 80; the datapath hands the client's connections to the node's Envoy (started by
 the agent once the rule applies), which answers a request the rule does not allow with Cilium's
 ``403 Access denied`` and forwards the others to the pod. The policy is in the lab file, so it is
-in force before the pods start."""
+in force before the pods start.
+
+The same lab shows Hubble's L7 side (#15 Build 5, 6): a second client pod, ``watcher``, has an
+allow-all HTTP rule (``http: [{}]``: visibility without enforcement), so its requests all pass
+and still become L7 flows and httpV2 metrics; ``ciliary observe`` filters them by type,
+protocol, status, method and path, with upstream's grammar."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ciliary.lab import manager
+from tests.kubectl import wait_for
+from tests.unit.hubble.test_l7_dashboard import SPEC as L7_SPEC
 
-from .conftest import Lab, assert_no_leftovers, unique
+from .conftest import CILIARY, Lab, assert_no_leftovers, unique
 
 LAB = """\
 apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  hubble:
+    metrics:
+    - flow
+    - "{l7_metric}"
   nodes:
   - name: {node}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {{name: client, labels: {{app: client}}}}
+spec:
+  containers:
+  - name: main
+    command: [ciliary, workload, pause]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: watcher, labels: {{app: watcher}}}}
 spec:
   containers:
   - name: main
@@ -54,6 +78,18 @@ spec:
         http:
         - {{method: GET, path: "/public(/.*)?"}}
     - ports: [{{port: "8080", protocol: TCP}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: watcher-visibility}}
+spec:
+  endpointSelector: {{matchLabels: {{app: watcher}}}}
+  egress:
+  - toEndpoints: [{{matchLabels: {{app: web}}}}]
+    toPorts:
+    - ports: [{{port: "80", protocol: TCP}}]
+      rules:
+        http: [{{}}]
 """
 
 
@@ -61,7 +97,7 @@ spec:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     name, node = unique("fl7"), unique("fn")
     path = tmp_path_factory.mktemp("lab") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node))
+    path.write_text(LAB.format(lab=name, node=node, l7_metric=L7_SPEC))
     try:
         yield Lab(name, node, manager.up(path), path)
     finally:
@@ -90,3 +126,118 @@ def test_get_public_200_private_403(lab: Lab) -> None:
     assert "HTTP 403 15 bytes" in denied.stdout, denied  # "Access denied\r\n", Envoy's answer
     assert _get(lab, f"http://{web}/publicity", 403) == ""  # the path regex matches whole
     assert _get(lab, f"http://{web}:8080/private", 200) == ""  # no L7 rule: not redirected
+
+
+_PATCH = """\
+import sys, urllib.error, urllib.request
+req = urllib.request.Request(sys.argv[1], method="PATCH", data=b"x")
+try:
+    print(urllib.request.urlopen(req, timeout=5).status)
+except urllib.error.HTTPError as err:
+    print(err.code)
+"""
+
+
+def _observe(lab: Lab, *flags: str) -> list[dict[str, Any]]:
+    """The node's flows ``ciliary observe`` prints for ``flags`` (jsonpb)."""
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == lab.node)
+    res = subprocess.run(
+        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
+         "--last", "2000", "-o", "jsonpb", *flags],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+def _http(flows: list[dict[str, Any]]) -> set[tuple[str, str, str, str, int]]:
+    """(pod, kind, verdict, method path, code) of L7 HTTP flows; pod = the client's."""
+    out = set()
+    for f in flows:
+        http, kind = f["l7"]["http"], f["l7"]["type"]
+        client = f["source" if kind == "REQUEST" else "destination"].get("pod_name", "")
+        path = "/" + http["url"].split("/", 3)[3]
+        out.add((client, kind, f["verdict"], f"{http['method']} {path}", http.get("code", 0)))
+    return out
+
+
+def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
+    """``http: [{}]``: every request of the watcher passes (a PATCH the server does not
+    implement gets the server's 501, not Envoy's 403) and each becomes request/response flows;
+    the client's denied GET is ``http-request DROPPED`` then ``http-response 403``; the
+    filters select exactly their flows; httpV2 counts them by workload."""
+    web = lab.pod_ip("default/web")
+    deadline = time.monotonic() + 20  # Envoy may still be starting (see the test above)
+    while (err := _get(lab, f"http://{web}/public", 200)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert err == "", err
+    assert _get(lab, f"http://{web}/private", 403) == ""  # the client's rule denies it
+    watched = lab.run("default/watcher", "ciliary", "workload", "http-get",
+                      f"http://{web}/private", "--expect-status", "200")  # fmt: skip
+    assert watched.returncode == 0, watched  # allow-all: nothing denied
+    patch = lab.run("default/watcher", sys.executable, "-c", _PATCH, f"http://{web}/private/x")
+    assert patch.stdout.strip() == "501", patch  # the server's answer, through Envoy
+
+    want_watcher = {
+        ("watcher", "REQUEST", "FORWARDED", "GET /private", 0),
+        ("watcher", "RESPONSE", "FORWARDED", "GET /private", 200),
+        ("watcher", "REQUEST", "FORWARDED", "PATCH /private/x", 0),
+        ("watcher", "RESPONSE", "FORWARDED", "PATCH /private/x", 501),
+    }
+    got = wait_for(
+        "the watcher's L7 flows",
+        lambda: (
+            (f := _http(_observe(lab, "--type", "l7", "--pod", "default/watcher"))) >= want_watcher
+            and f
+        ),
+        20,
+    )
+    assert got == want_watcher  # nothing of the client's, no DROPPED
+    every = _http(_observe(lab, "--type", "l7"))
+    denied = {("client", "REQUEST", "DROPPED", "GET /private", 0),
+              ("client", "RESPONSE", "FORWARDED", "GET /private", 403)}  # fmt: skip
+    assert denied <= every and want_watcher <= every
+    assert _http(_observe(lab, "--protocol", "http")) == every  # every L7 flow here is HTTP
+    forbidden = _http(_observe(lab, "--http-status", "403"))
+    assert ("client", "RESPONSE", "FORWARDED", "GET /private", 403) in forbidden
+    assert {h[:2] + (h[4],) for h in forbidden} == {("client", "RESPONSE", 403)}
+    assert _http(_observe(lab, "--http-status", "5+")) == {
+        ("watcher", "RESPONSE", "FORWARDED", "PATCH /private/x", 501)
+    }
+    assert {h[3] for h in _http(_observe(lab, "--http-method", "patch"))} == {"PATCH /private/x"}
+    assert {h[3] for h in _http(_observe(lab, "--http-path", "^/priv"))} == {
+        "GET /private",
+        "PATCH /private/x",
+    }
+    assert _observe(lab, "--protocol", "dns") == []  # no DNS rule in this lab
+
+    def scrape() -> str:
+        res = subprocess.run(
+            ["ip", "netns", "exec", manager.node_netns(lab.name, lab.node), sys.executable,
+             "-c", "import urllib.request as u; "
+             "print(u.urlopen('http://127.0.0.1:9965/metrics', timeout=5).read().decode())"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    def requests() -> dict[tuple[str, str], float]:
+        """(method, status) → hubble_http_requests_total of the egress (client) side."""
+        out = {}
+        for family in text_string_to_metric_families(scrape()):
+            for smp in family.samples:
+                if smp.name == "hubble_http_requests_total":
+                    lab_ = smp.labels
+                    assert lab_["source_namespace"] == lab_["destination_namespace"] == "default"
+                    assert (lab_["reporter"], lab_["traffic_direction"]) == ("client", "egress")
+                    out[lab_["method"], lab_["status"]] = smp.value
+        return out
+
+    def patched() -> dict[tuple[str, str], float] | None:
+        got = requests()
+        return got if ("PATCH", "501") in got else None
+
+    counted = wait_for("httpV2 counts the watcher's PATCH", patched, 20)
+    assert counted[("PATCH", "501")] == 1
+    assert counted[("GET", "403")] >= 1  # the client's denied requests (both tests')
+    assert counted[("GET", "200")] >= 2  # the client's public ones, the watcher's private one
