@@ -16,6 +16,7 @@ import dns.rrset
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from ciliary.agent.dnsproxy import (
     DNSProxy,
@@ -24,9 +25,12 @@ from ciliary.agent.dnsproxy import (
     answer_lookups,
     parse_query,
 )
+from ciliary.agent.flows import FlowDecoder
 from ciliary.agent.main import _parser
 from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
 from ciliary.core.l7record import L7Record
+from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.metrics import FlowMetrics
 from ciliary.policy.fqdn import DNSCache, DNSLookup
 from ciliary.policy.mapstate import PROTO_UDP
 from tests.unit.policy.engine.lab import Lab, pod
@@ -366,3 +370,30 @@ def test_the_concurrency_limit_drops_what_finds_no_room_in_the_grace_period() ->
     assert (proxy.stats.queries, proxy.stats.forwarded, proxy.stats.over_limit) == (3, 2, 1)
     with pytest.raises(ValueError, match="must not be negative"):
         make_proxy(Rules(), concurrency_limit=-1)
+
+
+def test_an_allow_all_dns_rule_gives_flows_and_metrics_without_denying() -> None:
+    """Visibility without enforcement (#15 Build 6): ``dns: [{matchPattern: "*"}]`` forwards
+    every name, and each query and answer still becomes an L7 DNS flow counted by the ``dns``
+    metrics (queries with no rcode, responses NOERROR, none "Policy denied")."""
+    rules = Rules()
+    rules.lab.apply(DNS_RULES.replace("name: dns,", "name: dns-visibility,").split("rules:")[0]
+                    + 'rules:\n        dns: [{matchPattern: "*"}]\n')  # fmt: skip
+    proxy, events = make_proxy(rules)
+    for name in ("evil.example.com.", "kubernetes.default.svc.cluster.local.", "a.b.c.d."):
+        response, forwarded = ask(proxy, rules, name, "192.0.2.9")
+        assert response.rcode() == dns.rcode.NOERROR and forwarded == [name]
+    assert [e.verdict for e in events] == [Verdict.FORWARDED] * 6
+    decoder = FlowDecoder("node-a")
+    registry = CollectorRegistry()
+    metrics = FlowMetrics("dns:query", registry)
+    for flow in map(decoder.decode_l7, events):
+        assert flow.Type == flow_pb2.L7 and flow.l7.WhichOneof("record") == "dns"
+        metrics.on_flow(flow)
+    query = {"rcode": "", "qtypes": "A", "ips_returned": "0", "query": "evil.example.com."}
+    assert registry.get_sample_value("hubble_dns_queries_total", query) == 1
+    answer = {**query, "rcode": "No Error", "ips_returned": "1"}
+    assert registry.get_sample_value("hubble_dns_responses_total", answer) == 1
+    assert not any(
+        s.labels.get("rcode") == "Policy denied" for m in registry.collect() for s in m.samples
+    )
