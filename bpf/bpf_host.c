@@ -194,7 +194,7 @@ static __attribute__((noinline)) int from_netdev_parse(struct __sk_buff *skb, st
 /* Steps in functions of their own (each call chain's frames add up to at most 512 bytes): a
  * NodePort reply, a request to an external frontend (NodePort, externalIPs, LoadBalancer: a
  * backend, then a local one's delivery or SNAT and forwarding to another node's), a
- * masqueraded connection's reply, BPF host routing. */
+ * masqueraded connection's reply, BPF host routing; the L7 proxy's tail (lib/proxy.h). */
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *skb)
 {
@@ -207,19 +207,22 @@ int cil_from_netdev(struct __sk_buff *skb)
 		return np;
 	np = from_netdev_nodeport_lb(skb, &p, &lb);
 	if (np == 0) {
-		if (lookup_endpoint(p.daddr, p.family))
-			return netdev_deliver(skb, &p, &lb);
-		return from_netdev_nodeport_fwd(skb, &p, &lb,
-						from_netdev_nodeport_fwd_trace(skb, &p, &lb));
+		if (!lookup_endpoint(p.daddr, p.family))
+			return from_netdev_nodeport_fwd(skb, &p, &lb,
+							from_netdev_nodeport_fwd_trace(skb, &p, &lb));
+		np = netdev_deliver(skb, &p, &lb);
+	} else if (np == NP_PASS) {
+		np = from_netdev_masq_reply(skb, &p);
+		if (np != NP_PASS)
+			return np;
+		if (routing_mode() != ROUTING_MODE_NATIVE)
+			return TC_ACT_OK;
+		np = netdev_deliver(skb, &p, 0);
 	}
-	if (np != NP_PASS)
-		return np;
-	np = from_netdev_masq_reply(skb, &p);
-	if (np != NP_PASS)
-		return np;
-	if (routing_mode() == ROUTING_MODE_NATIVE)
-		return netdev_deliver(skb, &p, 0);
-	return TC_ACT_OK;
+	/* to a local endpoint whose ingress entry names an L7 proxy (lib/deliver.h) */
+	if (np == PROXY_TAIL)
+		return to_proxy(skb, &p);
+	return np;
 }
 
 SEC("tc")

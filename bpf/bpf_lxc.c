@@ -9,8 +9,9 @@
  *               the stack may have NATed the request (hostPort), and only it can undo that.
  *               A packet to a service frontend is first given a backend (lib/lb.h: DNAT, before
  *               identity, conntrack, policy and routing look at its destination). A connection
- *               whose egress policy entry names an L7 proxy is assigned to the proxy's socket
- *               in the node netns instead (lib/proxy.h), unchanged.
+ *               whose egress policy entry, or a local receiver's ingress entry, names an L7
+ *               proxy is assigned to the proxy's socket in the node netns instead (lib/proxy.h),
+ *               unchanged.
  *   tc egress   cil_to_container: packets the node's stack sends to the pod.
  * One object is loaded per node; each endpoint's lxc gets the same pinned programs, and which
  * endpoint a packet belongs to comes from ciliary_lxc, so adding a pod is a map update plus an
@@ -31,7 +32,7 @@
 #include "lib/proxy.h"
 
 #define FC_CONTINUE -1
-#define FC_TO_PROXY -2 /* from_container_route: ciliary_proxy_req says where; call to_proxy */
+#define FC_TO_PROXY PROXY_TAIL /* from_container_route: ciliary_proxy_req says where; call to_proxy */
 
 /* What the steps of cil_from_container learn of a packet for the next ones. */
 struct fc_state {
@@ -41,30 +42,6 @@ struct fc_state {
 	__u8 dst_known;            /* dst looked up for the packet's (final) destination */
 	__u8 pad;
 };
-
-/* What the to-proxy tail needs of a packet's connection and verdict, handed from
- * from_container_route to to_proxy through a per-CPU slot: cil_from_container calls to_proxy
- * itself (the frames of route and a callee of it would not fit the verifier's 512 bytes), and
- * its own frame has no room left either. Written and read in one run of the program on one
- * CPU. */
-struct proxy_req {
-	__u32 src_id;
-	__u32 dst_id;
-	__u32 cookie;
-	__u16 ep_id;
-	__be16 port;  /* the listener's port, network order; 0: a reply (established socket) */
-	__u8 state;
-	__u8 report;
-	__u8 match;
-	__u8 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct proxy_req);
-	__uint(max_entries, 1);
-} ciliary_proxy_req SEC(".maps");
 
 /* Whether a packet of connection `ct` goes to the L7 proxy: a request (not a reply) of a
  * connection redirected when it was new, or, `reply`, a reply of one to the proxy's upstream
@@ -77,42 +54,6 @@ static __always_inline int proxy_redirected(const struct pkt *p, const struct ct
 	if (reply)
 		return ct->state == CT_REPLY;
 	return ct->state == CT_NEW || ct->state == CT_ESTABLISHED;
-}
-
-/* The tail of a packet that goes to the L7 proxy (lib/proxy.h) instead of its destination,
- * as ciliary_proxy_req describes it. A new connection that finds no proxy is forgotten by
- * conntrack and dropped (fail closed). */
-static __attribute__((noinline)) int to_proxy(struct __sk_buff *skb, struct pkt *p)
-{
-	__u32 zero = 0;
-	struct proxy_req *r = bpf_map_lookup_elem(&ciliary_proxy_req, &zero);
-	if (!r)
-		return drop_packet(skb, p, DROP_PROXY_LOOKUP_FAILED, 0, 0, 0, OBS_TO_PROXY);
-	int ret = proxy_assign(skb, p, r->port);
-	if (ret < 0) {
-		if (r->state == CT_NEW) {
-			struct ct_key k = {};
-			ct_build_key(&k, p, 0);
-			bpf_map_delete_elem(&ciliary_ct, &k);
-		}
-		return drop_packet(skb, p, -ret, r->ep_id, r->src_id, r->dst_id, OBS_TO_PROXY);
-	}
-	if (r->report) {
-		struct event_meta m = {};
-		m.type = EVENT_TRACE;
-		m.verdict = VERDICT_FORWARDED;
-		m.obs_point = OBS_TO_PROXY;
-		m.ep_id = r->ep_id;
-		m.src_sec_id = r->src_id;
-		m.dst_sec_id = r->dst_id;
-		m.is_reply = r->state == CT_REPLY;
-		m.ct_state = r->state;
-		m.policy_cookie = r->cookie;
-		m.policy_match = r->match;
-		m.traffic_direction = TRAFFIC_EGRESS;
-		emit_event(skb, p, &m);
-	}
-	return TC_ACT_OK;
 }
 
 /* cil_from_container after the service translation: the destination's identity, conntrack,
@@ -193,22 +134,13 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 		ct.entry->flags |= CT_F_PROXY_REDIRECT;
 		ct.entry->proxy_port = pv_out.proxy_port;
 	}
-	if (proxy_redirected(p, &ct, skip_policy)) {
-		__u32 zero = 0;
-		struct proxy_req *r = bpf_map_lookup_elem(&ciliary_proxy_req, &zero);
-		if (!r)
-			return drop_packet(skb, p, DROP_PROXY_LOOKUP_FAILED, src_ep, src_id, dst_id,
-					   OBS_TO_PROXY);
-		r->src_id = src_id;
-		r->dst_id = dst_id;
-		r->cookie = pv_out.cookie;
-		r->ep_id = src_ep;
-		r->port = ct.state == CT_REPLY ? 0 : ct.entry->proxy_port;
-		r->state = ct.state;
-		r->report = ct.report;
-		r->match = pv_out.match;
-		return FC_TO_PROXY;
-	}
+	if (proxy_redirected(p, &ct, skip_policy))
+		/* a request of a connection the receiver's ingress redirected (lib/deliver.h) has
+		 * no egress proxy port */
+		return proxy_request(skb, p, &ct, src_ep, src_id, dst_id, &pv_out,
+				     ct.state == CT_REPLY ? 0 : ct.entry->proxy_port,
+				     pv_out.proxy_port || skip_policy ? TRAFFIC_EGRESS
+								      : TRAFFIC_INGRESS);
 
 	/* A reply (or ICMP error) of a connection whose requests the stack delivered: back through
 	 * the stack, so that its NAT is reversed (a hairpin to a hostPort of this node). */

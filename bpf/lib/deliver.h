@@ -7,7 +7,9 @@
  * node stack, so the lxc's tc egress never sees these packets). A reply of a connection the
  * receiver opened to a service gets the frontend back as its source here (lib/lb.h), whichever
  * program delivers it. A reply of a connection the L7 proxy took over goes to the proxy's
- * upstream socket instead (lib/proxy.h). */
+ * upstream socket instead, and a connection whose ingress entry names a proxy goes to that
+ * proxy (lib/proxy.h): local_deliver then answers PROXY_TAIL, and the program's top-level
+ * function calls to_proxy (in a frame of its own). */
 #ifndef __CILIARY_DELIVER_H
 #define __CILIARY_DELIVER_H
 #include "common.h"
@@ -83,6 +85,10 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 					   OBS_TO_ENDPOINT, pv_in.cookie, pv_in.match,
 					   TRAFFIC_INGRESS);
 		}
+		/* the receiver's L7 proxy (lib/proxy.h): the caller's to_proxy hands it over */
+		ret = proxy_ingress(skb, p, ct, ev_ep, src_id, dst_id, &pv_in);
+		if (ret)
+			return ret;
 	}
 	trace_meta(&m, ct, ev_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
 		   pv_in.enforced ? &pv_in : pv_out, TRAFFIC_INGRESS);

@@ -15,12 +15,21 @@
  * the connection's conntrack entry as replies; proxy_reply() hands them to that socket (the
  * established lookup alone) instead of delivering them to the pod, on any path a reply reaches
  * the node (lib/deliver.h, bpf_host's masquerade reply). The proxy's own packets never pass
- * cil_from_container, so they are not redirected again. */
+ * cil_from_container, so they are not redirected again.
+ *
+ * Ingress (the receiver's policy names the proxy): lib/deliver.h's local_deliver, in tc ingress
+ * for a sender on this node (bpf_lxc), another node (bpf_overlay, bpf_host's native delivery),
+ * hands the connection to the proxy the same way (proxy_ingress, then the program's to_proxy).
+ * The proxy's upstream connection to the pod reaches it through the node stack
+ * (cil_to_container, tc egress: never redirected), marked MARK_MAGIC_IS_PROXY, so the pod's
+ * replies are handed back to the proxy's upstream socket in its cil_from_container. */
 #ifndef __CILIARY_PROXY_H
 #define __CILIARY_PROXY_H
 #include "common.h"
 #include "parse.h"
 #include "conntrack.h"
+#include "events.h"
+#include "policy.h"
 
 #define MARK_MAGIC_HOST_MASK 0x0F00
 #define MARK_MAGIC_TO_PROXY 0x0200
@@ -143,6 +152,113 @@ static __always_inline int proxy_reply_to_stack(struct __sk_buff *skb)
 {
 	skb->mark = MARK_MAGIC_TO_PROXY;
 	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
+}
+
+/* What the to-proxy tail needs of a packet's connection and verdict, handed from the step that
+ * decided (bpf_lxc's route, lib/deliver.h's local_deliver for the receiver's ingress) to
+ * to_proxy through a per-CPU slot: the program's top-level function calls to_proxy itself (the
+ * frames of a step and a callee of it would not fit the verifier's 512 bytes). Written and read
+ * in one run of the program on one CPU. */
+struct proxy_req {
+	__u32 src_id;
+	__u32 dst_id;
+	__u32 cookie;
+	__u16 ep_id;
+	__be16 port;  /* the listener's port, network order; 0: a reply (established socket) */
+	__u8 state;
+	__u8 report;
+	__u8 match;
+	__u8 direction; /* TRAFFIC_INGRESS | TRAFFIC_EGRESS: whose policy named the proxy */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct proxy_req);
+	__uint(max_entries, 1);
+} ciliary_proxy_req SEC(".maps");
+
+/* A step's answer: "call to_proxy", ciliary_proxy_req says where (no tc verdict is negative
+ * but TC_ACT_UNSPEC, -1). */
+#define PROXY_TAIL -2
+
+/* Fills the request slot; returns PROXY_TAIL, or a drop without a slot. */
+static __always_inline int proxy_request(struct __sk_buff *skb, const struct pkt *p,
+					 const struct ct_result *ct, __u16 ep_id, __u32 src_id,
+					 __u32 dst_id, const struct policy_verdict *pv,
+					 __be16 port, __u8 direction)
+{
+	__u32 zero = 0;
+	struct proxy_req *r = bpf_map_lookup_elem(&ciliary_proxy_req, &zero);
+	if (!r)
+		return drop_packet(skb, p, DROP_PROXY_LOOKUP_FAILED, ep_id, src_id, dst_id,
+				   OBS_TO_PROXY);
+	r->src_id = src_id;
+	r->dst_id = dst_id;
+	r->cookie = pv->cookie;
+	r->ep_id = ep_id;
+	r->port = port;
+	r->state = ct->state;
+	r->report = ct->report;
+	r->match = pv->match;
+	r->direction = direction;
+	return PROXY_TAIL;
+}
+
+/* The receiver's side (lib/deliver.h): a new connection to a local endpoint whose ingress
+ * entry names a proxy goes to it for its whole life (the conntrack entry remembers the port),
+ * as upstream's ingress redirect; later requests of it too. Returns PROXY_TAIL or 0 (deliver). */
+static __always_inline int proxy_ingress(struct __sk_buff *skb, const struct pkt *p,
+					 struct ct_result *ct, __u16 ep_id, __u32 src_id,
+					 __u32 dst_id, const struct policy_verdict *pv)
+{
+	if (!ct->entry || !proxy_proto_ok(p))
+		return 0;
+	if (ct->state == CT_NEW && pv->proxy_port) {
+		ct->entry->flags |= CT_F_PROXY_REDIRECT;
+		ct->entry->proxy_port = pv->proxy_port;
+	}
+	if (!(ct->entry->flags & CT_F_PROXY_REDIRECT) || !ct->entry->proxy_port ||
+	    (ct->state != CT_NEW && ct->state != CT_ESTABLISHED))
+		return 0;
+	return proxy_request(skb, p, ct, ep_id, src_id, dst_id, pv, ct->entry->proxy_port,
+			     TRAFFIC_INGRESS);
+}
+
+/* The tail of a packet that goes to the L7 proxy instead of its destination, as
+ * ciliary_proxy_req describes it. A new connection that finds no proxy is forgotten by
+ * conntrack and dropped (fail closed). */
+static __attribute__((noinline)) int to_proxy(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 zero = 0;
+	struct proxy_req *r = bpf_map_lookup_elem(&ciliary_proxy_req, &zero);
+	if (!r)
+		return drop_packet(skb, p, DROP_PROXY_LOOKUP_FAILED, 0, 0, 0, OBS_TO_PROXY);
+	int ret = proxy_assign(skb, p, r->port);
+	if (ret < 0) {
+		if (r->state == CT_NEW) {
+			struct ct_key k = {};
+			ct_build_key(&k, p, 0);
+			bpf_map_delete_elem(&ciliary_ct, &k);
+		}
+		return drop_packet(skb, p, -ret, r->ep_id, r->src_id, r->dst_id, OBS_TO_PROXY);
+	}
+	if (r->report) {
+		struct event_meta m = {};
+		m.type = EVENT_TRACE;
+		m.verdict = VERDICT_FORWARDED;
+		m.obs_point = OBS_TO_PROXY;
+		m.ep_id = r->ep_id;
+		m.src_sec_id = r->src_id;
+		m.dst_sec_id = r->dst_id;
+		m.is_reply = r->state == CT_REPLY;
+		m.ct_state = r->state;
+		m.policy_cookie = r->cookie;
+		m.policy_match = r->match;
+		m.traffic_direction = r->direction;
+		emit_event(skb, p, &m);
+	}
 	return TC_ACT_OK;
 }
 #endif

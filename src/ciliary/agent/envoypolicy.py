@@ -107,10 +107,10 @@ def http_listeners(
     for name, egress in ((HTTP_INGRESS, False), (HTTP_EGRESS, True)):
         proxy_port = ports.ports.get(name)
         if proxy_port is not None and chains[egress]:
-            # egress: upstream as the pod (its address, the proxy mark); ingress: from the node
-            mark = PROXY_MARK if egress else None
+            # upstream as the client (its address, the proxy mark), both directions: the
+            # destination sees the real client, its replies come back to Envoy (lib/proxy.h)
             chained = tuple(chains[egress])
-            out.append(cfg.ProxyListener(name, proxy_port, _DIRECTION[egress], chained, mark))
+            out.append(cfg.ProxyListener(name, proxy_port, _DIRECTION[egress], chained, PROXY_MARK))
     return out
 
 

@@ -454,20 +454,18 @@ def l7_note(kind: str) -> str:
 def with_proxy_ports(policy: EndpointPolicy, ports: ProxyPorts) -> EndpointPolicy:
     """``policy`` with its L7 entries redirected: each allow entry whose traffic some rule
     sends to a proxy (:attr:`EndpointPolicy.l7`) gets the port of the node's proxy serving its
-    kind in its direction (DNS and HTTP egress: ``ciliary.core.proxyports``), as upstream's
-    ``ProxyPort`` in the policy map; the notes of the served kinds go. Kinds no proxy serves
-    (kafka, generic ``l7``) and ingress L7 entries (the datapath redirects egress only, yet)
-    stay allowed at L4 and noted. The
-    same object when nothing changes (no L7 entry), so the computation's sharing holds."""
+    kind in its direction (DNS egress, HTTP egress and ingress: ``ciliary.core.proxyports``),
+    as upstream's ``ProxyPort`` in the policy map (bpf/lib/proxy.h redirects both directions);
+    the notes of the served kinds go. Kinds no proxy serves (kafka, generic ``l7``, DNS on
+    ingress) stay allowed at L4 and noted. The same object when nothing changes (no L7 entry),
+    so the computation's sharing holds."""
     redirects: dict[MapKey, MapEntry] = {}
     served: set[str] = set()
     unserved: set[str] = set()
     for key, l7 in policy.l7.items():
         if key.protocol not in (PROTO_TCP, PROTO_UDP):
             continue  # the proxies take TCP and UDP (protocol ANY's SCTP: allowed at L4)
-        # the datapath redirects the egress direction only (bpf/lib/proxy.h): an ingress L7
-        # entry stays allowed at L4 and noted until it redirects too
-        port = ports.for_l7(l7.kind, key.egress) if key.egress else None
+        port = ports.for_l7(l7.kind, key.egress)
         entry = policy.entries.get(key)
         if port is None or entry is None or entry.deny:
             unserved.add(l7.kind)

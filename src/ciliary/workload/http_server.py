@@ -1,9 +1,10 @@
 """``http-server``: an HTTP server that says which pod answered and whom it saw.
 
 Policy and load-balancing checks need a server whose answer proves where a request went and
-where it came from: every GET returns 200 and ``{"pod", "path", "client"}`` as JSON (``client`` is
-the source address as the pod saw it, after any NAT), and ``/status/NNN`` answers with status
-NNN, for clients that check status handling. One log line per request.
+where it came from: every GET (POST and PUT too, their body ignored) returns 200 and ``{"pod",
+"path", "client"}`` as JSON (``client`` is the source address as the pod saw it, after any NAT),
+and ``/status/NNN`` answers with status NNN, for clients that check status handling. One log
+line per request.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._respond(send_body=False)
+
+    def do_POST(self) -> None:
+        """As GET, the request's body read and ignored (L7 policy examples send POST/PUT)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 0:
+            self.rfile.read(min(length, 1 << 20))
+        self._respond(send_body=True)
+
+    def do_PUT(self) -> None:
+        self.do_POST()
 
     def _respond(self, *, send_body: bool) -> None:
         status = 200

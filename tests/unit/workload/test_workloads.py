@@ -228,6 +228,15 @@ def test_http_server_and_get(host: str, capsys: pytest.CaptureFixture[str]) -> N
             "client": common.format_address(local),
         }
         assert body["client"].startswith(f"{url_host(host)}:")
+        for method in (b"POST", b"PUT"):  # L7 policy examples' methods: the body is ignored
+            with socket.create_connection((host, port), timeout=5) as conn:
+                conn.sendall(method + b" /v1/x HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc")
+                response = b""
+                while chunk := conn.recv(65536):
+                    response += chunk
+            head, _, raw_body = response.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200 OK\r\n"), response
+            assert json.loads(raw_body)["path"] == "/v1/x"
 
         status, out, err = run(capsys, "http-get", f"{base}/status/503")
         assert status == 1

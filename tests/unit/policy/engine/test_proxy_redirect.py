@@ -1,5 +1,5 @@
 """L7 entries get the port of the node's proxy serving them (resolve.with_proxy_ports):
-``rules: dns`` → cilium-dns-egress, ``rules: http`` → cilium-http-egress (ingress: not yet);
+``rules: dns`` → cilium-dns-egress, ``rules: http`` → cilium-http-egress or -ingress;
 kinds nobody serves (kafka) stay allowed at L4 and reported; ports without L7 rules and denies
 are never redirected."""
 
@@ -69,11 +69,14 @@ def test_l7_entries_get_their_proxys_port() -> None:
     assert client.entries[MapKey(WEB.id, True, PROTO_TCP, 8080, 16)].proxy_port == 0
     assert client.entries[MapKey(DNS.id, True, PROTO_SCTP, 53, 16)].proxy_port == 0
 
-    # ingress L7 entries are not redirected (the datapath redirects egress only): allowed at
-    # L4, reported
+    # ingress HTTP entries go to the ingress listener (the receiver's side redirects too);
+    # without its port: allowed at L4, reported
     web = with_proxy_ports(lab.policy(WEB), PORTS)
-    assert web.entries[MapKey(CLIENT.id, False, PROTO_TCP, 80, 16)].proxy_port == 0
-    assert any(n.endswith(l7_note("http")) for n in web.unsupported)
+    assert web.entries[MapKey(CLIENT.id, False, PROTO_TCP, 80, 16)].proxy_port == 10002
+    assert not any(n.endswith(l7_note("http")) for n in web.unsupported)
+    web_egress_only = with_proxy_ports(lab.policy(WEB), ProxyPorts({HTTP_EGRESS: 10001}))
+    assert web_egress_only.entries[MapKey(CLIENT.id, False, PROTO_TCP, 80, 16)].proxy_port == 0
+    assert any(n.endswith(l7_note("http")) for n in web_egress_only.unsupported)
     # a node without the egress HTTP proxy's port: allowed at L4, reported
     dns_only = with_proxy_ports(plain, ProxyPorts({DNS_EGRESS: 10000}))
     assert dns_only.entries[MapKey(WEB.id, True, PROTO_TCP, 80, 16)].proxy_port == 0

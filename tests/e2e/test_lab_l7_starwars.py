@@ -1,0 +1,182 @@
+"""Cilium's own L7 example in a lab (issue #15 Must hold), its policy verbatim from Cilium's
+getting-started guide (``sw_l3_l4_l7_policy.yaml``): only ``POST /v1/request-landing`` from
+``org: empire`` pods reaches port 80 of the ``class: deathstar`` pod. The rule is an *ingress*
+rule: the datapath hands the empire pods' connections to the deathstar's node's Envoy
+(``cilium-http-ingress``) wherever the tiefighter runs, on the deathstar's node (cil_from_container
+→ local delivery) or on the other one (out of the tunnel, cil_from_overlay); Envoy forwards the
+allowed request to the deathstar as the tiefighter (original_src), answers ``PUT
+/v1/exhaust-port`` with Cilium's ``403 Access denied``, and the xwing (``org: alliance``) is
+dropped at L3/L4. The deathstar's node's Hubble shows the L7 request/response flows and the
+xwing's policy drop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ciliary.lab import manager
+from tests.kubectl import wait_for
+
+from .conftest import CILIARY, Lab, assert_no_leftovers, unique
+
+pytestmark = pytest.mark.timeout(300)
+
+LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {name: LAB}
+spec:
+  nodes:
+  - name: N1
+  - name: N2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: deathstar, labels: {org: empire, class: deathstar}}
+spec:
+  nodeName: N1
+  containers: [{name: main, command: [ciliary, workload, http-server, --port, "80"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tiefighter, labels: {org: empire, class: tiefighter}}
+spec:
+  nodeName: N1
+  containers: [{name: main, command: [ciliary, workload, pause]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tiefighter-2, labels: {org: empire, class: tiefighter}}
+spec:
+  nodeName: N2
+  containers: [{name: main, command: [ciliary, workload, pause]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: xwing, labels: {org: alliance, class: xwing}}
+spec:
+  nodeName: N2
+  containers: [{name: main, command: [ciliary, workload, pause]}]
+---
+"""
+# Cilium's sw_l3_l4_l7_policy.yaml, verbatim
+POLICY = """\
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "rule1"
+spec:
+  description: "L7 policy to restrict access to specific HTTP call"
+  endpointSelector:
+    matchLabels:
+      org: empire
+      class: deathstar
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        org: empire
+    toPorts:
+    - ports:
+      - port: "80"
+        protocol: TCP
+      rules:
+        http:
+        - method: "POST"
+          path: "/v1/request-landing"
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    name, n1, n2 = unique("hsw"), unique("hn"), unique("hn")
+    path = tmp_path_factory.mktemp("lab") / "lab.yaml"
+    path.write_text(LAB.replace("LAB", name).replace("N1", n1).replace("N2", n2) + POLICY)
+    try:
+        yield Lab(name, n1, manager.up(path), path)
+    finally:
+        if name in manager.list_labs():
+            manager.down(name)
+        assert_no_leftovers(name, [n1, n2])
+
+
+def _curl(lab: Lab, pod: str, method: str, path: str) -> tuple[str, str]:
+    """(status code and body size, body) of one request from ``pod`` to the deathstar (the
+    body as text: its "\\r\\n" read as "\\n"); code 000: no answer."""
+    url = f"http://{lab.pod_ip('default/deathstar')}{path}"
+    res = lab.run(f"default/{pod}", "curl", "-s", "-m", "3", "-X", method,
+                  "-w", "\n%{http_code} %{size_download}", url)  # fmt: skip
+    body, _, code = res.stdout.rpartition("\n")
+    return code, body
+
+
+def _hubble(lab: Lab, *flags: str) -> list[dict[str, Any]]:
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == lab.node)
+    res = subprocess.run(
+        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
+         "--last", "2000", "-o", "jsonpb", *flags],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
+@pytest.mark.parametrize("tiefighter", ["tiefighter", "tiefighter-2"])
+def test_landing_allowed_exhaust_port_denied(lab: Lab, tiefighter: str) -> None:
+    # the agent starts Envoy when the rule first applies; until it listens the datapath drops
+    # the redirected connection (fail closed)
+    deadline = time.monotonic() + 30
+    while (got := _curl(lab, tiefighter, "POST", "/v1/request-landing"))[0][:3] != "200":
+        assert time.monotonic() < deadline, got
+        time.sleep(0.3)
+    # Envoy's upstream connection left as the tiefighter: the deathstar sees the real client
+    seen = json.loads(got[1])
+    assert seen["path"] == "/v1/request-landing"
+    assert seen["client"].rpartition(":")[0] == lab.pod_ip(f"default/{tiefighter}"), seen
+    # Cilium's answer, "Access denied\r\n" (15 bytes)
+    assert _curl(lab, tiefighter, "PUT", "/v1/exhaust-port") == ("403 15", "Access denied\n")
+    assert _curl(lab, tiefighter, "GET", "/v1/request-landing")[0] == "403 15"
+
+
+def test_xwing_is_dropped_at_l3_l4(lab: Lab) -> None:
+    assert _curl(lab, "xwing", "POST", "/v1/request-landing")[0] == "000 0"
+    xwing = lab.pod_ip("default/xwing")
+    drops = wait_for(
+        "the xwing's drop in the deathstar node's Hubble",
+        lambda: [
+            f
+            for f in _hubble(lab, "--verdict", "DROPPED")
+            if f["IP"]["source"] == xwing and f.get("drop_reason_desc") == "POLICY_DENIED"
+        ],
+        20,
+    )
+    assert drops[-1]["destination"]["pod_name"] == "deathstar"
+
+
+def test_hubble_shows_the_l7_request_and_response_flows(lab: Lab) -> None:
+    test_landing_allowed_exhaust_port_denied(lab, "tiefighter")
+
+    def summaries() -> set[tuple[str, str, str, int]]:
+        out = set()
+        for f in _hubble(lab, "--type", "l7"):
+            http = f.get("l7", {}).get("http", {})
+            out.add((f["l7"]["type"], f["verdict"], http.get("method", ""), http.get("code", 0)))
+        return out
+
+    want = {
+        ("REQUEST", "FORWARDED", "POST", 0),
+        ("RESPONSE", "FORWARDED", "POST", 200),
+        ("REQUEST", "DROPPED", "PUT", 0),
+        ("RESPONSE", "FORWARDED", "PUT", 403),
+    }
+    got = wait_for("the L7 flows in Hubble", lambda: want <= summaries() or None, 20)
+    assert got
+    # the connection's packets were handed to the proxy (observation point to-proxy)
+    points = {
+        f.get("trace_observation_point") for f in _hubble(lab, "--to-pod", "default/deathstar")
+    }
+    assert "TO_PROXY" in points, points
