@@ -40,6 +40,7 @@ from ciliary.cli.hubble_dial import (
 from ciliary.cli.hubble_status import run_list_namespaces, run_list_nodes, run_status
 from ciliary.cli.hubble_ui import register_ui
 from ciliary.cli.output import CLIError, Context, Subparsers
+from ciliary.core.flow import EventType
 from ciliary.hubble import cliflags
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
 from ciliary.hubble.goformat import TIME_FORMATS
@@ -342,19 +343,51 @@ def run_observe(args: argparse.Namespace, ctx: Context) -> int:
                 printer.write_get_flows_response(res)
             return 0
         channel, addr = dial(args, ctx)
+        flows = 0
         with channel:
             call = observer_pb2_grpc.ObserverStub(channel).GetFlows(req)
             try:
                 for res in call:
+                    flows += res.HasField("flow")
                     printer.write_get_flows_response(res)
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.CANCELLED:
                     raise rpc_error(err, addr) from err
             except KeyboardInterrupt:  # Ctrl-C ends a --follow quietly, like upstream
                 call.cancel()  # type: ignore[no-untyped-call]
+        if not flows and asks_for_l7(req):
+            sys.stderr.write(NO_L7_NOTE)
     finally:
         printer.close()
     return 0
+
+
+NO_L7_NOTE = (
+    "note: no L7 flows. Hubble has L7 data (l7.http, l7.dns) only for traffic an L7 rule "
+    "sends to a proxy (toPorts[].rules.http or .dns of a CiliumNetworkPolicy); without one a "
+    "connection's flows are L3/L4 only. To see L7 flows without enforcing anything, add an "
+    'allow-all rule: rules: {http: [{}]} (HTTP) or rules: {dns: [{matchPattern: "*"}]} (DNS). '
+    "'ciliary bpf policy get' shows the entries with a PROXY PORT.\n"
+)
+"""Why ``ciliary observe`` printed no L7 flow when asked for some (upstream's CLI has no such
+note; ours goes to stderr, so ``-o json`` output stays clean)."""
+
+_L7_FIELDS = (
+    "http_status_code", "http_method", "http_path", "http_url", "http_header", "dns_query",
+)  # fmt: skip
+
+
+def asks_for_l7(req: observer_pb2.GetFlowsRequest) -> bool:
+    """True when an allow filter of ``req`` can only match L7 flows (``--type l7``,
+    ``--protocol http|dns|kafka``, an ``--http-*`` filter, a raw filter's ``dns_query``)."""
+    for ff in req.whitelist:
+        if any(e.type == EventType.ACCESS_LOG for e in ff.event_type):
+            return True
+        if ff.protocol and all(p.lower() in ("http", "dns", "kafka") for p in ff.protocol):
+            return True
+        if any(len(getattr(ff, name)) for name in _L7_FIELDS):
+            return True
+    return False
 
 
 def _read_flows_file(

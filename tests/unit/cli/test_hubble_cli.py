@@ -472,6 +472,41 @@ def test_observe_compact(hubble_server: str, capsys: pytest.CaptureFixture[str])
     ]
 
 
+@pytest.mark.parametrize(
+    ("argv", "l7"),
+    [
+        (["--type", "l7"], True),
+        (["--protocol", "http"], True),
+        (["--protocol", "dns", "--protocol", "http"], True),
+        (["--http-status", "5+"], True),
+        (["--http-method", "get"], True),
+        (["--http-path", "^/v1"], True),
+        (["--protocol", "tcp", "--protocol", "http"], False),  # L3/L4 flows match too
+        (["--type", "trace"], False),
+        (["--not", "--type", "l7"], False),
+        ([], False),
+    ],
+)
+def test_asks_for_l7(argv: list[str], l7: bool) -> None:
+    assert hubble_cli.asks_for_l7(request(*argv)) is l7
+
+
+def test_observe_says_why_there_are_no_l7_flows(
+    hubble_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(#15 Build 6) asked for L7 flows and none came: a note on stderr (why, and the
+    allow-all rule that gives them without enforcing); none when L3/L4 flows were asked for."""
+    for argv in (["--type", "l7"], ["--protocol", "http", "-o", "jsonpb"]):
+        assert main(["observe", "--server", hubble_server, *argv]) == 0
+        out, err = capsys.readouterr()
+        assert out == "" and err == hubble_cli.NO_L7_NOTE
+    assert "rules: {http: [{}]}" in hubble_cli.NO_L7_NOTE
+    assert 'dns: [{matchPattern: "*"}]' in hubble_cli.NO_L7_NOTE
+    assert main(["observe", "--server", hubble_server, "--verdict", "DROPPED"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2 and err == ""
+
+
 def test_observe_filters_and_selectors(
     hubble_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
