@@ -341,6 +341,16 @@ spec:
 """
 
 
+def _observe(nrec: Any, *flags: str) -> list[dict[str, Any]]:
+    """A node's flows for ``ciliary observe`` flags (jsonpb)."""
+    res = subprocess.run(
+        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock",
+         "--last", "2000", "-o", "jsonpb", *flags],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
+
+
 def test_dns_proxy_in_the_lab(lab: PolicyLab) -> None:
     """Issue #15's DNS walkthrough in a lab: shop/api (node 1, the cluster DNS pod's) and
     shop/web (node 2: the query and its answer cross nodes) ask the cluster DNS (kube-dns's
@@ -392,6 +402,27 @@ def test_dns_proxy_in_the_lab(lab: PolicyLab) -> None:
                     if "dns" in f.get("l7", {})}  # fmt: skip
             assert ("RESPONSE", "FORWARDED", f"{STRANGER_NAME}.") in seen, (pod, seen)
             assert ("REQUEST", "DROPPED", "kubernetes.default.svc.cluster.local.") in seen, seen
+            # Hubble's l7.dns as upstream's (#15 Build 5): the answer's fields, --protocol dns
+            answer = next(f["l7"] for f in _observe(nrec, "--protocol", "dns")
+                          if f["l7"]["type"] == "RESPONSE"
+                          and f["l7"]["dns"]["query"] == f"{STRANGER_NAME}.")  # fmt: skip
+            got = answer["dns"]
+            assert (got["ips"], got["qtypes"], got["rrtypes"], got.get("rcode", 0)) == (
+                [STRANGER[0]], ["A"], ["A"], 0), got  # fmt: skip
+            assert got["ttl"] > 0 and got["observation_source"] == "proxy"
+            assert int(answer["latency_ns"]) > 0
+            # L3/L4 flows to and from the resolved IP carry its name (the node's FQDN cache),
+            # and --to-fqdn / --fqdn select them with upstream's wildcards
+            named = _observe(nrec, "--to-fqdn", "*.shop.svc.cluster.local", "--type", "trace")
+            assert named, "no trace flow to the stranger named"
+            for f in named:
+                assert f["destination_names"] == [STRANGER_NAME], f
+                assert f["IP"]["destination"] == STRANGER[0], f
+            back = _observe(nrec, "--from-fqdn", STRANGER_NAME, "--type", "trace")
+            assert back, "no trace flow from the stranger named"
+            for f in back:
+                assert f["source_names"] == [STRANGER_NAME], f
+                assert f["IP"]["source"] == STRANGER[0], f
     finally:
         lab.delete_policies()
         kubectl(kubeconfig, "delete", "-f", "-", stdin=STRANGER_SERVICE)
