@@ -7,7 +7,7 @@ rule: the datapath hands the empire pods' connections to the deathstar's node's 
 allowed request to the deathstar as the tiefighter (original_src), answers ``PUT
 /v1/exhaust-port`` with Cilium's ``403 Access denied``, and the xwing (``org: alliance``) is
 dropped at L3/L4. The deathstar's node's Hubble shows the L7 request/response flows and the
-xwing's policy drop."""
+xwing's policy drop; ``policy trace`` and a PolicyTest name the L7 rule."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ciliary.client.agent import AgentClient
+from ciliary.core.models import TraceRequest
 from ciliary.lab import manager
 from tests.kubectl import wait_for
 
@@ -180,3 +183,46 @@ def test_hubble_shows_the_l7_request_and_response_flows(lab: Lab) -> None:
         f.get("trace_observation_point") for f in _hubble(lab, "--to-pod", "default/deathstar")
     }
     assert "TO_PROXY" in points, points
+
+
+LANDING = "http: method=POST path=/v1/request-landing"
+
+
+def test_policy_trace_names_the_l7_rule(lab: Lab) -> None:
+    req = TraceRequest(src="default/tiefighter", dst="default/deathstar", protocol="TCP", port=80)
+    with AgentClient(manager.agent_socket(lab.node, name=lab.name)) as cl:
+        tr = cl.policy_trace(req)
+        assert tr.allowed and tr.ingress.reason == "allowed"
+        assert [r.name for r in tr.ingress.rules] == ["rule1"]
+        assert tr.ingress.l7 == [LANDING] and tr.ingress.proxy_port > 0
+        assert tr.ingress.proxy_port == cl.status().proxy_ports["cilium-http-ingress"]
+        xwing = cl.policy_trace(req.model_copy(update={"src": lab.pod_ip("default/xwing")}))
+        assert not xwing.allowed and xwing.ingress.l7 == []
+
+
+def test_policy_test_cases_name_the_l7_rule(lab: Lab, tmp_path: Path) -> None:
+    path = tmp_path / "starwars.test.yaml"
+    path.write_text(
+        "apiVersion: ciliary.io/v1alpha1\nkind: PolicyTest\nmetadata: {name: starwars}\n"
+        "spec:\n  cases:\n"
+        "  - {name: landing, from: default/tiefighter, to: default/deathstar, port: 80,"
+        " expect: allow, rule: rule1}\n"
+        "  - {name: other node, from: default/tiefighter-2, to: default/deathstar, port: 80,"
+        " expect: allow, rule: rule1}\n"
+        "  - {name: alliance, from: default/xwing, to: default/deathstar, port: 80,"
+        " expect: deny, dropReason: 133}\n"
+    )
+    res = subprocess.run(
+        [CILIARY, "policy", "test", str(path), "--name", lab.name, "-o", "json"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    landing, other, alliance = json.loads(res.stdout)["cases"]
+    for case in (landing, other):
+        assert (case["datapath"], case["trace"], case["client"]) == ("allow", "allow", "connected")
+        assert (
+            case["reason"]
+            == f"CiliumNetworkPolicy default/rule1 rule 0 ingress[0]; L7 (proxy): {LANDING}"
+        )
+        assert case["l7"] == [LANDING]
+    assert (alliance["datapath"], alliance["drop_reason"]) == ("deny", 133)

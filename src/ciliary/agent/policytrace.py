@@ -6,7 +6,8 @@ ipcache (longest prefix, else world). The verdict comes from the engine's ``trac
 simulates the two-lookup LPM rule of ``bpf/lib/policy.h`` on the entries written to the maps. A
 default deny is explained as the monitor explains its drops (the policies that selected the
 endpoint for that direction), with the near misses: allow rules whose selector matched the peer's
-labels but not its namespace.
+labels but not its namespace. An allow whose entry carries L7 rules says them (and the proxy port
+the datapath redirects to): the connection is allowed, its requests are the proxy's to decide.
 """
 
 from __future__ import annotations
@@ -51,13 +52,25 @@ def _resolve(
     return None, policy.identity_of_address(str(addr))
 
 
-def _half(
-    direction: Direction, ep: Endpoint | None, peer: int, result: TraceResult, policy: PolicyManager
+def _half(  # noqa: PLR0917 - the side, its peer, the verdict, where it came from
+    direction: Direction,
+    ep: Endpoint | None,
+    peer: int,
+    result: TraceResult,
+    policy: PolicyManager,
+    computed: EndpointPolicy | None,
 ) -> TraceHalf:
     explanation, misses = "", []
     if ep is not None and result.reason == "default deny":
         explanation = DefaultDeny(endpoint_name(ep), direction, result.enforced_by).text
         misses = policy.near_misses(ep, direction, peer)
+    # allowed with L7 rules: the proxy decides each request by them (the deciding entry's)
+    l7, proxy_port = [], 0
+    if computed is not None and result.allowed and result.matched_key is not None:
+        found = computed.l7.get(result.matched_key)
+        entry = computed.entries.get(result.matched_key)
+        l7 = list(found.describe()) if found is not None else []
+        proxy_port = entry.proxy_port if entry is not None else 0
     return TraceHalf(
         direction=direction,
         endpoint=f"{ep.id} ({ep.namespace}/{ep.pod_name})" if ep is not None else None,
@@ -68,6 +81,8 @@ def _half(
         default_deny_by=[str(p) for p in result.enforced_by],
         explanation=explanation,
         near_misses=misses,
+        l7=l7,
+        proxy_port=proxy_port,
     )
 
 
@@ -80,7 +95,8 @@ def trace(req: TraceRequest, endpoints: EndpointManager, policy: PolicyManager) 
             return None
         return policy.realized(ep.id) or policy.compute(ep)
 
-    flow = trace_flow(pol(src_ep), src_id, pol(dst_ep), dst_id, PROTOCOLS[req.protocol], req.port)
+    src_pol, dst_pol = pol(src_ep), pol(dst_ep)
+    flow = trace_flow(src_pol, src_id, dst_pol, dst_id, PROTOCOLS[req.protocol], req.port)
     reason = flow.deciding.drop_reason
     return TraceResponse(
         src=req.src,
@@ -93,6 +109,6 @@ def trace(req: TraceRequest, endpoints: EndpointManager, policy: PolicyManager) 
         verdict="FORWARDED" if flow.allowed else "DROPPED",
         drop_reason=reason,
         drop_reason_desc=drop_reason_text(reason) if reason else None,
-        egress=_half("egress", src_ep, dst_id, flow.egress, policy),
-        ingress=_half("ingress", dst_ep, src_id, flow.ingress, policy),
+        egress=_half("egress", src_ep, dst_id, flow.egress, policy, src_pol),
+        ingress=_half("ingress", dst_ep, src_id, flow.ingress, policy, dst_pol),
     )

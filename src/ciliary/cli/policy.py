@@ -368,6 +368,9 @@ def _half_rows(half: TraceHalf) -> list[tuple[str, str | Text]]:
         ("Rules", rules),
         ("Matched entry", half.matched or "-"),
     ]
+    if half.l7:
+        proxy = f"\n(each request decided by the L7 proxy on port {half.proxy_port})"
+        rows.append(("L7 rules", "\n".join(half.l7) + (proxy if half.proxy_port else "")))
     if half.near_misses:
         rows.append(("Near misses", "\n".join(half.near_misses)))
     return rows

@@ -657,6 +657,14 @@ class TraceHalf(_Model):
         default_factory=list,
         description="allow rules whose selector matched the peer's labels but not its namespace",
     )
+    l7: list[str] = Field(
+        default_factory=list,
+        description="the L7 rules a proxy applies to each request of the connection (allowed "
+        "at L4 with L7 rules), one line per rule, e.g. 'http: method=POST path=/v1/x'",
+    )
+    proxy_port: int = Field(
+        default=0, description="the L7 proxy the connection is redirected to, 0 = none"
+    )
 
 
 class TraceResponse(_Model):

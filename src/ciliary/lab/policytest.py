@@ -5,7 +5,9 @@ them. Each case is observed three ways:
 
 - **the datapath's own verdict**, which alone decides: while a probe runs, the runner listens to
   the monitor stream of every node's agent and takes the drop event of the probe's flow, else its
-  trace FORWARDED at the last hop (``to-endpoint`` for a pod; for anything else ``to-stack``, or
+  trace FORWARDED at the last hop (``to-endpoint`` for a pod, or ``to-proxy`` when its entry
+  names an L7 proxy: the connection is allowed, the proxy decides each request; for anything
+  else ``to-stack``, or
   ``to-network`` where BPF host routing sends it straight to a device, in native mode). It
   is what the eBPF program decided and names the drop reason (133 "Policy denied", 181 "Policy
   denied by denylist") and the deciding rules, or for a default deny the policies that put the
@@ -351,6 +353,10 @@ class CaseResult(_Result):
     trace: Verdict | None
     trace_reason: str
     rules: list[str] = Field(description="the deciding rules (datapath event, else trace)")
+    l7: list[str] = Field(
+        default_factory=list,
+        description="the L7 rules a proxy decides each request of the flow by (policy trace)",
+    )
     reason: str = Field(description="deciding rule or reason, one line")
     verdict: Verdict | None = Field(description="the observed verdict: the datapath's")
     passed: bool
@@ -571,7 +577,9 @@ def _datapath_verdict(events: Sequence[MonitorEvent], dst: _Peer) -> MonitorEven
     for ev in events:
         if ev.type == "drop" or ev.verdict == "DROPPED":
             return ev
-    last_hops = {"to-endpoint"} if dst.kind == "pod" else {"to-stack", "to-network"}
+    # to a pod: delivered, or handed to the L7 proxy its entry names (allowed at L4; the proxy
+    # decides each request, and policy trace says by which L7 rules)
+    last_hops = {"to-endpoint", "to-proxy"} if dst.kind == "pod" else {"to-stack", "to-network"}
     for ev in events:
         if ev.verdict == "FORWARDED" and ev.observation_point in last_hops:
             return ev
@@ -738,7 +746,8 @@ def _trace(lab: _Lab, src: _Peer, dst: _Peer, case: PolicyTestCase) -> tuple[Tra
 
 def _half_text(half: TraceHalf) -> str:
     if half.rules:
-        return f"{half.direction}: " + "; ".join(str(r) for r in half.rules)
+        l7 = f"; L7 (proxy): {', '.join(half.l7)}" if half.l7 else ""
+        return f"{half.direction}: " + "; ".join(str(r) for r in half.rules) + l7
     why = f": {half.explanation}" if half.explanation else ""
     return f"{half.direction}: {half.reason}{why}"
 
@@ -850,6 +859,10 @@ def _run_case(
         )
     else:
         rules, reason = trace_rules, trace_reason
+    # allowed at L4 with L7 rules (policy trace): the proxy decides each request by them
+    l7 = [line for half in (egress, ingress) if half.allowed for line in half.l7]
+    if datapath == "allow" and l7 and "L7 (proxy)" not in reason:
+        reason = f"{reason}; L7 (proxy): {', '.join(l7)}"
     res: dict[str, Any] = {
         "test": test.metadata.name,
         "index": index,
@@ -871,6 +884,7 @@ def _run_case(
         "trace": trace_verdict,
         "trace_reason": trace_reason,
         "rules": rules,
+        "l7": l7,
         "reason": reason,
         "verdict": datapath,
         "seconds": round(probe.seconds, 3),

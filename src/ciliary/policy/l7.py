@@ -44,8 +44,48 @@ class L7Policy:
     wildcard: bool
     derived_from: frozenset[RuleRef] = frozenset()
 
+    def describe(self) -> tuple[str, ...]:
+        """The rules in words, one line per rule (``policy trace``, PolicyTest reports):
+        ``http: method=POST path=/v1/request-landing``, ``dns: matchPattern=*.example.com``;
+        ``<kind>: every request`` when one allows everything."""
+        if self.wildcard:
+            return (f"{self.kind}: every request",)
+        lines: dict[str, None] = {}
+        for rules in self.rules:
+            for fields in _rule_fields(rules):
+                lines[f"{self.kind}: {' '.join(fields) or 'every request'}"] = None
+        return tuple(lines) or (f"{self.kind}: every request",)
+
     def allows_dns_name(self, name: str) -> bool:
         """Whether a DNS query for ``name`` passes (``matchName``/``matchPattern``)."""
         if self.wildcard:
             return True
         return any(selector_matches(s, name) for r in self.rules for s in r.dns)
+
+
+def _rule_fields(rules: L7Rules) -> list[list[str]]:
+    """Each rule of ``rules`` as its set fields, ``name=value`` in the policy's spelling."""
+    out: list[list[str]] = []
+    if rules.kind == "http":
+        for r in rules.http:
+            named = (("method", r.method), ("path", r.path), ("host", r.host))
+            fields = [f"{k}={v}" for k, v in named if v is not None]
+            fields += [f"header={h}" for h in r.headers]
+            for m in r.header_matches:
+                fields.append(f"headerMatch={m.name}" + ("" if m.value is None else f"={m.value}"))
+            out.append(fields)
+    elif rules.kind == "dns":
+        for d in rules.dns:
+            name = d.match_name
+            out.append(
+                [f"matchName={name}" if name is not None else f"matchPattern={d.match_pattern}"]
+            )
+    elif rules.kind == "kafka":
+        for k in rules.kafka:
+            named_k = (("role", k.role), ("apiKey", k.api_key), ("apiVersion", k.api_version),
+                       ("clientID", k.client_id), ("topic", k.topic))  # fmt: skip
+            out.append([f"{n}={v}" for n, v in named_k if v is not None])
+    else:
+        for pairs in rules.l7:
+            out.append([f"l7proto={rules.l7proto}", *(f"{k}={v}" for k, v in pairs)])
+    return out

@@ -214,6 +214,8 @@ def trace_response(req: TraceRequest) -> TraceResponse:
             reason="allowed",
             rules=[ALLOW_CLIENT],
             matched="ingress identity 256 TCP/80 allow",
+            l7=["http: method=POST path=/v1/request-landing"],
+            proxy_port=10001,
         )
         return _trace(req, allowed_egress, ingress, None, None)
     ingress = TraceHalf(
@@ -690,6 +692,10 @@ def test_trace_allowed_exit_0(agent: FakeAgent, capsys: pytest.CaptureFixture[st
         for line in lines
     )
     assert any(line.endswith("ingress identity 256 TCP/80 allow") for line in lines)
+    # an entry with L7 rules: the rules each request is decided by, and the proxy
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("L7 rules:"))
+    assert lines[at].endswith("http: method=POST path=/v1/request-landing")
+    assert lines[at + 1].strip() == "(each request decided by the L7 proxy on port 10001)"
 
 
 def test_trace_denied_by_rule_exit_1(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
