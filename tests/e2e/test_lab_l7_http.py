@@ -12,6 +12,7 @@ protocol, status, method and path, with upstream's grammar."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -200,7 +201,7 @@ def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
     assert _http(_observe(lab, "--protocol", "http")) == every  # every L7 flow here is HTTP
     forbidden = _http(_observe(lab, "--http-status", "403"))
     assert ("client", "RESPONSE", "FORWARDED", "GET /private", 403) in forbidden
-    assert {h[:2] + (h[4],) for h in forbidden} == {("client", "RESPONSE", 403)}
+    assert {(*h[:2], h[4]) for h in forbidden} == {("client", "RESPONSE", 403)}
     assert _http(_observe(lab, "--http-status", "5+")) == {
         ("watcher", "RESPONSE", "FORWARDED", "PATCH /private/x", 501)
     }
@@ -210,6 +211,26 @@ def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
         "PATCH /private/x",
     }
     assert _observe(lab, "--protocol", "dns") == []  # no DNS rule in this lab
+    # upstream's compact lines for the denied request and Envoy's answer (a reply: <-)
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == lab.node)
+    compact = subprocess.run(
+        [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock", "--last",
+         "2000", "--type", "l7", "--pod", "default/client",
+         "--http-path", "^/private$"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    url = f"http://{web}/private"
+    assert re.search(
+        rf"default/client:\d+ \(ID:\d+\) -> default/web:80 \(ID:\d+\) "
+        rf"http-request DROPPED \(HTTP/1\.1 GET {re.escape(url)}\)$",
+        compact,
+        re.M,
+    ), compact
+    assert re.search(
+        rf"default/client:\d+ \(ID:\d+\) <- default/web:80 \(ID:\d+\) "
+        rf"http-response FORWARDED \(HTTP/1\.1 403 \d+ms \(GET {re.escape(url)}\)\)$",
+        compact, re.M,
+    ), compact  # fmt: skip
 
     def scrape() -> str:
         res = subprocess.run(
