@@ -446,3 +446,88 @@ def test_metrics_server_scrape_text_and_openmetrics() -> None:
     assert 'hubble_flows_processed_total{protocol="TCP",subtype="to-endpoint",type="Trace",' in body
     assert om_type.startswith("application/openmetrics-text")
     assert om_body.rstrip().endswith("# EOF")
+
+
+# ---- upstream's HTTP handler examples (pkg/hubble/metrics/http/handler_test.go) -------------
+
+_REQUEST_SIDE = flow_pb2.Endpoint(
+    namespace="source-ns",
+    pod_name="source-deploy-pod",
+    workloads=[flow_pb2.Workload(name="source-deploy", kind="Deployment")],
+    labels=["k8s:app=sourceapp"],
+)
+_RESPONDER = flow_pb2.Endpoint(
+    namespace="destination-ns",
+    pod_name="destination-deploy-pod",
+    workloads=[flow_pb2.Workload(name="destination-deploy", kind="Deployment")],
+    labels=["k8s:app=destinationapp"],
+)
+
+
+def _l7_http(kind: int, direction: int = flow_pb2.TrafficDirection.INGRESS, **http: object) -> (
+    flow_pb2.Flow
+):  # fmt: skip
+    return flow_pb2.Flow(
+        traffic_direction=direction,  # type: ignore[arg-type]
+        l7=flow_pb2.Layer7(type=kind, latency_ns=12345678, http=flow_pb2.HTTP(**http)),  # type: ignore[arg-type]
+    )
+
+
+def test_http_v1_counts_requests_and_responses_apart_as_upstream() -> None:
+    fm, reg = metrics("http")
+    fm.on_flow(flow_pb2.Flow())  # not counted
+    fm.on_flow(flow_pb2.Flow(l7=flow_pb2.Layer7(type=flow_pb2.L7FlowType.RESPONSE,
+                                                dns=flow_pb2.DNS())))  # fmt: skip
+    fm.on_flow(_l7_http(flow_pb2.L7FlowType.REQUEST, method="GET"))
+    fm.on_flow(_l7_http(flow_pb2.L7FlowType.RESPONSE, method="GET", code=200))
+    base = {"method": "GET", "protocol": "", "reporter": "server"}
+    assert reg.get_sample_value("hubble_http_requests_total", base) == 1
+    assert reg.get_sample_value("hubble_http_responses_total", {**base, "status": "200"}) == 1
+    duration = {"method": "GET", "reporter": "server"}
+    buckets = {
+        le: reg.get_sample_value("hubble_http_request_duration_seconds_bucket",
+                                 {**duration, "le": le})
+        for le in ("0.005", "0.01", "0.025", "10.0", "+Inf")
+    }  # fmt: skip
+    assert buckets == {"0.005": 0, "0.01": 0, "0.025": 1, "10.0": 1, "+Inf": 1}
+    assert reg.get_sample_value("hubble_http_request_duration_seconds_sum", duration) == (
+        0.012345678
+    )
+
+
+def test_http_v2_counts_responses_from_the_requests_side_as_upstream() -> None:
+    with pytest.raises(ValueError, match="invalid"):
+        metrics("httpV2:destinationContext=invalid")
+    fm, reg = metrics(
+        "httpV2:sourceContext=pod;destinationContext=pod;labelsContext=source_pod,destination_pod"
+    )
+    fm.on_flow(flow_pb2.Flow())
+    fm.on_flow(_l7_http(flow_pb2.L7FlowType.REQUEST, method="GET"))  # v2 counts responses only
+    response = _l7_http(flow_pb2.L7FlowType.RESPONSE, protocol="HTTP/1.1", code=200, method="GET")
+    response.source.CopyFrom(_RESPONDER)  # a response goes back: the handler inverts the sides
+    response.destination.CopyFrom(_REQUEST_SIDE)
+    fm.on_flow(response)
+    labels = {
+        "source": "source-ns/source-deploy-pod", "source_pod": "source-deploy-pod",
+        "destination": "destination-ns/destination-deploy-pod",
+        "destination_pod": "destination-deploy-pod",
+        "method": "GET", "protocol": "HTTP/1.1", "status": "200", "reporter": "server",
+    }  # fmt: skip
+    assert reg.get_sample_value("hubble_http_requests_total", labels) == 1
+    samples = [
+        s for m in reg.collect() for s in m.samples if s.name == "hubble_http_requests_total"
+    ]
+    assert len(samples) == 1  # the request flow was not counted
+    duration = {k: v for k, v in labels.items() if k not in ("protocol", "status")}
+    assert reg.get_sample_value("hubble_http_request_duration_seconds_count", duration) == 1
+    # workload-name contexts (the dashboard's by-workload view without labelsContext)
+    fm, reg = metrics("httpV2:sourceContext=workload-name;destinationContext=workload-name")
+    egress = _l7_http(flow_pb2.L7FlowType.RESPONSE, flow_pb2.TrafficDirection.EGRESS,
+                      protocol="HTTP/1.1", code=403, method="PUT")  # fmt: skip
+    egress.source.CopyFrom(_RESPONDER)
+    egress.destination.CopyFrom(_REQUEST_SIDE)
+    fm.on_flow(egress)
+    assert reg.get_sample_value("hubble_http_requests_total", {
+        "source": "source-deploy", "destination": "destination-deploy", "method": "PUT",
+        "protocol": "HTTP/1.1", "status": "403", "reporter": "client",
+    }) == 1  # fmt: skip
