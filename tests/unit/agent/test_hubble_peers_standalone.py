@@ -24,6 +24,8 @@ def test_standalone_agent_is_its_only_peer(tmp_path: Path) -> None:
     )
     monitor = SimpleNamespace(ifname=None, why_default_deny=None)  # read only by flows
     endpoints = SimpleNamespace(counts_by_state=dict)
-    agent = SimpleNamespace(cfg=cfg, kube=None, policy=None, monitor=monitor, endpoints=endpoints)
+    agent = SimpleNamespace(
+        cfg=cfg, kube=None, policy=None, monitor=monitor, endpoints=endpoints, l7_stats=dict
+    )
     hubble = AgentHubble(agent, HubbleConfig())  # type: ignore[arg-type]
     assert hubble.list_peers() == [PeerInfo("n1", f"unix://{tmp_path / 'hubble.sock'}", None)]
