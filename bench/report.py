@@ -349,8 +349,18 @@ TITLES = {
     "apiserver": "Kubernetes API server on etcd: writes, watch fan-out, memory",
     "workloads": "Workloads: a Deployment on two nodes, agent memory, policy change → enforced",
     "services": "Services: ClusterIP vs pod IP with 1 / 1k / 10k Services, ciliary vs iptables",
+    "l7": "L7: HTTP through ciliary's L7 path vs a standalone Envoy; the DNS proxy",
 }
 ABOUT = {
+    "l7": (
+        "A client pod's HTTP GETs (httpload: one in flight, one keep-alive connection or a new"
+        " connection per request) to nginx in a server pod on one node: a: direct (no L7 rule),"
+        " b: through ciliary's L7 path (an egress HTTP rule: the datapath redirects to the"
+        " node's Envoy, RBAC, access log, upstream as the pod), c: through the same Envoy binary"
+        " as a plain reverse proxy in a third pod. Ratio: against c (b's is the target b/c ≥ 0.9;"
+        " latency: lower is better). DNS rows: bench/dnsproxy.py (through the agent's DNS proxy"
+        " vs direct; target p50 added ≤ 1 ms). See bench/l7.py."
+    ),
     "services": (
         "A client pod's connections (connrate: connect, 64 B request/response, close) and"
         " sockperf ping-pong latency through a ClusterIP against straight to the backend's pod"

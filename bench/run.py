@@ -36,6 +36,7 @@ from bench import (
     dnsproxy,
     hubble_bench,
     hubble_ui,
+    l7,
     multinode,
     policy_bench,
     readme,
@@ -98,10 +99,16 @@ GROUPS = [
         " lag in headless Chromium against the same page without flows",
     ),
     Group(
-        "dnsproxy",
-        lambda a: dnsproxy.run(queries=300 if a.quick else dnsproxy.QUERIES, log=_log),
-        "a pod's DNS query through the agent's DNS proxy vs direct to the server: p50/p99,"
-        " queries/s",
+        "l7",
+        lambda a: l7.run(
+            rounds=a.rounds,
+            seconds=a.seconds,
+            queries=300 if a.quick else dnsproxy.QUERIES,
+            log=_log,
+        ),
+        "HTTP requests/s and p50/p99 pod → pod: direct, through ciliary's L7 path (egress HTTP"
+        " rule, the node's Envoy), through a standalone Envoy; a pod's DNS query through the"
+        " agent's DNS proxy vs direct to the server",
     ),
     Group(
         "policy",

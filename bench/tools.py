@@ -1,6 +1,7 @@
 """The traffic tools of the datapath benchmarks, all C programs: iperf3 (TCP throughput), sockperf
 (TCP ping-pong latency) and ``connrate`` (short TCP connections per second, ``bench/connrate.c``,
-compiled here with the system compiler into a temporary directory).
+compiled here with the system compiler into a temporary directory; the l7 group's
+``httpload``, bench/httpload.c, likewise).
 
 A server side is the three servers in one network namespace, started by us and stopped by pid;
 a client side is the argv prefix that enters the client's namespace.
@@ -31,14 +32,20 @@ SOURCE = Path(__file__).with_name("connrate.c")
 
 
 @contextlib.contextmanager
-def connrate_binary() -> Iterator[Path]:
+def c_binary(source: Path) -> Iterator[Path]:
+    """``source`` (one C file of bench/) compiled with the system compiler into a temporary
+    directory, removed on exit."""
     cc = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
     if cc is None:
-        raise RuntimeError("no C compiler (cc, clang, gcc) to build bench/connrate.c")
+        raise RuntimeError(f"no C compiler (cc, clang, gcc) to build {source}")
     with tempfile.TemporaryDirectory(prefix="ciliary-bench-") as tmp:
-        out = Path(tmp) / "connrate"
-        subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(SOURCE)], check=True, timeout=60)
+        out = Path(tmp) / source.stem
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(source)], check=True, timeout=60)
         yield out
+
+
+def connrate_binary() -> contextlib.AbstractContextManager[Path]:
+    return c_binary(SOURCE)
 
 
 def enter(netns_name: str) -> list[str]:
@@ -46,7 +53,7 @@ def enter(netns_name: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns_name}", "--"]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(5)
@@ -55,7 +62,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _listening(netns_name: str, ports: Sequence[int]) -> bool:
+def listening(netns_name: str, ports: Sequence[int]) -> bool:
     res = subprocess.run(
         [*enter(netns_name), "ss", "-Hltn"], capture_output=True, text=True, check=False
     )
@@ -82,30 +89,32 @@ def servers(netns_name: str, connrate: Path) -> Iterator[None]:
                 )
             )
         deadline = time.monotonic() + 10
-        while not _listening(netns_name, (IPERF_PORT, SOCKPERF_PORT, CONNRATE_PORT)):
+        while not listening(netns_name, (IPERF_PORT, SOCKPERF_PORT, CONNRATE_PORT)):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"bench servers did not start in {netns_name}")
             time.sleep(0.05)
         yield
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
 
 
 _TOOLS = ("iperf3", "sockperf")
 
 
-def _run(argv: Sequence[str], timeout: float) -> str:
+def run_tool(argv: Sequence[str], timeout: float) -> str:
     res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if res.returncode != 0:
-        tool = next((a for a in argv if a in _TOOLS or a.endswith("connrate")), argv[0])
+        tool = next(
+            (a for a in argv if a in _TOOLS or a.endswith(("connrate", "httpload"))), argv[0]
+        )
         raise RuntimeError(f"{tool} failed: {res.stdout[-300:]} {res.stderr[-300:]}")
     return res.stdout
 
 
 def iperf3_gbps(client: Sequence[str], ip: str, seconds: float, streams: int) -> float:
     """Receiver-side TCP throughput, Gbit/s."""
-    out = _run(
+    out = run_tool(
         [*client, "iperf3", "-c", ip, "-p", str(IPERF_PORT), "-t", str(seconds),
          "-P", str(streams), "-J"],
         seconds + 30,
@@ -119,7 +128,7 @@ _PCT = re.compile(r"percentile\s+(\d+\.\d+)\s*=\s*([\d.]+)")
 def sockperf_rtt_us(client: Sequence[str], ip: str, seconds: float) -> tuple[float, float]:
     """TCP ping-pong round trip (64-byte messages, one in flight), (p50, p99) in microseconds.
     sockperf discards its first 400 ms (its own warm-up) and sleeps 2 s before starting."""
-    out = _run(
+    out = run_tool(
         [*client, *PIN, "sockperf", "ping-pong", "--tcp", "-i", ip, "-p", str(SOCKPERF_PORT),
          "-m", "64", "-t", str(max(1, round(seconds))), "--full-rtt"],
         seconds + 30,
@@ -132,7 +141,7 @@ def sockperf_rtt_us(client: Sequence[str], ip: str, seconds: float) -> tuple[flo
 
 def connrate_per_s(client: Sequence[str], connrate: Path, ip: str, seconds: float) -> float:
     """Short TCP connections per second (connect, 64 B request, 64 B response, close), serial."""
-    out = _run(
+    out = run_tool(
         [*client, *PIN, str(connrate), "-c", ip, str(CONNRATE_PORT), str(seconds)], seconds + 30
     )
     count, elapsed = out.split()

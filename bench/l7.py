@@ -1,0 +1,363 @@
+"""Group ``l7``: what ciliary's L7 path costs a pod's HTTP requests, and what the DNS proxy adds
+to its DNS queries (issue #15's bench point). Targets: b/c ≥ 0.9 (our redirect and policy add
+at most 10 % over Envoy itself), the DNS proxy's p50 added ≤ 1 ms; reported, never asserted.
+
+One one-node lab (names from ``bench.common.tag``, so ``bench.run`` sweeps a killed run's lab):
+pods ``client-0``, ``server-0`` and ``proxy-0``; nginx in the server pod (one worker, ``return
+200``, ports 80 and 8081); the client's egress CNP allows port 80 of the server with an HTTP rule
+(GET /), port 8081 of the server and port 10000 of the proxy pod at L4. Setups, the same two pods
+and server, measured back to back in every round (``datapath.interleave``):
+
+  a: direct            client → server:8081, no L7 rule: the datapath alone;
+  b: ciliary L7        client → server:80: the datapath hands the connection to the node's Envoy
+                       (``bpf_sk_assign``), whose filter chain applies the rule (RBAC), writes
+                       its access log line (the agent turns it into Hubble L7 records) and
+                       connects to the server as the pod (original_src, the proxy mark);
+  c: standalone Envoy  client → proxy-0:10000: the same Envoy binary with the same flags
+                       (``--concurrency 1``) in the proxy pod as a plain reverse proxy (an HTTP
+                       connection manager, codec AUTO, the router, a static cluster of
+                       server:8081; no RBAC, no access log, no original_src): what a proxy costs.
+
+b/c is the cost of our redirect, policy and access log over Envoy itself. Load: ``httpload``
+(``bench/httpload.c``, one GET in flight, 2-byte body) on one keep-alive connection and with a
+new connection per request; requests/s and p50/p99 per request. The DNS rows are the DNS
+proxy's bench (``bench/dnsproxy.py``: through the agent's DNS proxy vs direct to the server)
+run in the same group run.
+
+    sudo .venv/bin/python -m bench.run --only l7
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import dnsproxy, tools
+from bench.common import median, tag
+from bench.datapath import Metric, Samples, Target, interleave
+from ciliary.agent.envoy import envoy_binary
+from ciliary.lab import manager
+
+GROUP = "l7"
+L7_PORT, DIRECT_PORT, PROXY_PORT = 80, 8081, 10000
+PATH = "/"  # what the rule allows (GET, full match)
+DIRECT, L7, ENVOY = "a: direct", "b: ciliary L7 (egress HTTP rule)", "c: standalone Envoy"
+SETUPS = (DIRECT, L7, ENVOY)
+BASELINE = ENVOY  # the ratio column of each row is x / c: b's is the target b/c
+TARGET_B_C = 0.9
+METRICS = ("keepalive", "close")
+READY_S = 30.0
+
+LAB = """\
+apiVersion: ciliary.io/v1alpha1
+kind: Lab
+metadata: {{name: {lab}}}
+spec:
+  nodes: [{{name: {node}}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: bench-l7, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: bench-client}}}}
+  egress:
+  - toEndpoints: [{{matchLabels: {{app: bench-server}}}}]
+    toPorts:
+    - ports: [{{port: "{l7}", protocol: TCP}}]
+      rules:
+        http: [{{method: GET, path: "{path}"}}]
+    - ports: [{{port: "{direct}", protocol: TCP}}]
+  - toEndpoints: [{{matchLabels: {{app: bench-proxy}}}}]
+    toPorts: [{{ports: [{{port: "{proxy}", protocol: TCP}}]}}]
+"""
+POD = """\
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {role}-0, labels: {{app: bench-{role}}}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: main, command: [ciliary, workload, pause]}}]
+"""
+
+
+def lab_file(lab: str, node: str) -> str:
+    text = LAB.format(lab=lab, node=node, l7=L7_PORT, direct=DIRECT_PORT, proxy=PROXY_PORT,
+                      path=PATH)  # fmt: skip
+    return text + "".join(POD.format(role=r, node=node) for r in ("client", "server", "proxy"))
+
+
+NGINX = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  default_type text/plain;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{
+    listen {l7};
+    listen {direct};
+    location / {{ return 200 "ok"; }}
+  }}
+}}
+"""
+
+
+def standalone_envoy(server_ip: str, admin: Path) -> dict[str, Any]:
+    """The c setup's bootstrap: a plain reverse proxy on PROXY_PORT to the server's DIRECT_PORT,
+    the node Envoy's connection manager (codec AUTO, the router) without RBAC and access log."""
+    t = "type.googleapis.com/"
+    hcm = {
+        "@type": t
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "bench",
+            "virtual_hosts": [{
+                "name": "bench", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"},
+                            "route": {"cluster": "server", "timeout": "0s"}}],
+            }],
+        },
+        "http_filters": [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": t + "envoy.extensions.filters.http.router.v3.Router"},
+        }],
+    }  # fmt: skip
+    return {
+        "admin": {"address": {"pipe": {"path": str(admin), "mode": 0o600}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "0.0.0.0", "port_value": PROXY_PORT}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm,
+                }]}],
+            }],
+            "clusters": [{
+                "name": "server", "type": "STATIC", "connect_timeout": "2s",
+                "load_assignment": {"cluster_name": "server", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {
+                        "address": server_ip, "port_value": DIRECT_PORT}}},
+                }]}]},
+            }],
+        },
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], netns: str, ports: tuple[int, ...], log: Path) -> Iterator[None]:
+    """``argv`` in ``netns`` until the block ends (stopped by pid), once it listens on ``ports``."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([*tools.enter(netns), *argv], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_S
+        while not tools.listening(netns, ports):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} did not listen on {ports}: {log.read_text()[-400:]}")
+            time.sleep(0.05)
+        yield
+    finally:
+        tools.stop(proc)
+
+
+def _curl(enter: list[str], url: str) -> tuple[int, str, str]:
+    """(status, server header, body) of one GET from the client pod; status 0: no answer."""
+    res = subprocess.run(
+        [*enter, "curl", "-s", "-m", "2", "-D", "-", url],
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )  # fmt: skip  (bytes: text mode would turn the CRLFs into newlines)
+    head, _, body = res.stdout.decode(errors="replace").partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
+    server = next((v.strip() for h, _, v in (x.partition(":") for x in lines[1:])
+                   if h.lower() == "server"), "")  # fmt: skip
+    return status, server, body
+
+
+def check_paths(enter: list[str], urls: dict[str, str]) -> None:
+    """Each setup answers through the path it is named for: a from nginx itself, b and c from an
+    Envoy; b's rule is in force (a path it does not allow gets Cilium's 403). Waits for the
+    node's Envoy (the agent starts it when the rule first applies)."""
+    deadline = time.monotonic() + READY_S
+    while (got := _curl(enter, urls[L7]))[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    want = {DIRECT: "nginx", L7: "envoy", ENVOY: "envoy"}
+    for setup, url in urls.items():
+        got = _curl(enter, url)
+        if got[0] != 200 or not got[1].startswith(want[setup]) or got[2] != "ok":
+            raise RuntimeError(
+                f"{setup}: GET {url} answered {got}, expected 200 from {want[setup]}"
+            )
+    denied = _curl(enter, urls[L7] + "denied")
+    if denied[0] != 403 or denied[2] != "Access denied\r\n":
+        raise RuntimeError(f"{L7}: GET /denied answered {denied}, expected Cilium's 403")
+
+
+@contextlib.contextmanager
+def l7_lab(tmp: Path) -> Iterator[tuple[list[Target], dict[str, int], int]]:
+    """The lab, nginx and the standalone Envoy: (targets a, b, c), their ports, the agent's pid."""
+    t = tag()
+    node = f"{t}a"
+    path = tmp / "lab.yaml"
+    path.write_text(lab_file(t, node))
+    view = manager.up(path)  # a failed `up` removes what it made
+    try:
+        rec = manager.record(t)
+        agent = rec.nodes[0].agent_pid
+        assert agent is not None
+        netns = {p.name: p.netns for p in rec.pods}
+        ips = {p.name: (p.ipv4 or "").partition("/")[0] for p in view.pods}
+        (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, l7=L7_PORT, direct=DIRECT_PORT))
+        boot = tmp / "envoy.json"
+        boot.write_text(json.dumps(standalone_envoy(ips["server-0"], tmp / "envoy-admin.sock")))
+        envoy = [str(envoy_binary()), "-c", str(boot), "--concurrency", "1",
+                 "--base-id-path", str(tmp / "base-id"), "--use-dynamic-base-id",
+                 "--log-level", "warning"]  # fmt: skip
+        with (
+            _process(["nginx", "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c",
+                      str(tmp / "nginx.conf")], netns["server-0"], (L7_PORT, DIRECT_PORT),
+                     tmp / "nginx.log"),
+            _process(envoy, netns["proxy-0"], (PROXY_PORT,), tmp / "envoy.log"),
+        ):  # fmt: skip
+            client = tools.enter(netns["client-0"])
+            targets = [
+                Target(DIRECT, "ciliary", None, client, ips["server-0"], agent),
+                Target(L7, "ciliary", None, client, ips["server-0"], agent),
+                Target(ENVOY, "envoy", None, client, ips["proxy-0"], agent),
+            ]
+            ports = {DIRECT: DIRECT_PORT, L7: L7_PORT, ENVOY: PROXY_PORT}
+            check_paths(client, {s.name: f"http://{s.server_ip}:{ports[s.name]}/"
+                                 for s in targets})  # fmt: skip
+            yield targets, ports, agent
+    finally:
+        manager.down(t)
+
+
+def httpload(binary: Path, client: list[str], ip: str, port: int, seconds: float,
+             *, keepalive: bool) -> tuple[float, float, float, float]:  # fmt: skip
+    """(requests/s, p50 usec, p99 usec, failed requests) of ``seconds`` of GETs, one in flight;
+    a failed one (a dropped connection, 2 s timeout) is retried on a new connection."""
+    out = tools.run_tool(
+        [*client, str(binary), "-k" if keepalive else "-c", ip, str(port), PATH, str(seconds)],
+        seconds + 30,
+    )
+    count, elapsed, p50, p99, failed = out.split()
+    return int(count) / float(elapsed), float(p50), float(p99), float(failed)
+
+
+def metrics(binary: Path, ports: dict[str, int]) -> dict[str, tuple[str, str, bool, Metric]]:
+    def measure(keepalive: bool) -> Metric:
+        def one(t: Target, s: float) -> tuple[float, ...]:
+            try:
+                return httpload(binary, t.client, t.server_ip, ports[t.name], s,
+                                keepalive=keepalive)  # fmt: skip
+            except RuntimeError as err:
+                raise RuntimeError(f"{t.name}: {err}") from err
+
+        return one
+
+    return {
+        "keepalive": ("HTTP GET, one keep-alive connection", "req/s", True, measure(True)),
+        "close": ("HTTP GET, a new connection per request", "req/s", True, measure(False)),
+    }
+
+
+def http_rows(samples: Samples, titles: dict[str, str], *, rounds: int, seconds: float
+              ) -> list[dict[str, Any]]:  # fmt: skip
+    """Per metric: requests/s, p50 and p99 (usec) rows; values a, b, c (medians of the rounds),
+    the ratio against c; ``b/c`` the target's ratio (requests/s: b/c; latency: c/b, so ≥ 0.9
+    reads the same way); then the failed requests (summed over the rounds)."""
+    out = []
+    for key in METRICS:
+        for col, (what, unit, higher) in enumerate(
+            (("requests/s", "req/s", True), ("latency p50", "usec", False),
+             ("latency p99", "usec", False))
+        ):  # fmt: skip
+            per = {s: [v[col] for v in samples[key][s]] for s in SETUPS}
+            values = {s: median(v) for s, v in per.items()}
+            b, c = values[L7], values[ENVOY]
+            score = (b / c if higher else c / b) if b and c else 0.0
+            out.append({
+                "benchmark": f"{titles[key]}: {what}, median of {rounds} x {seconds}s",
+                "metric": f"{key}-{what.split()[-1].replace('requests/s', 'rps')}",
+                "unit": unit,
+                "higher_is_better": higher,
+                "baseline": BASELINE,
+                "values": values,
+                "samples": per,
+                "b/c": round(score, 3),
+                "target": f"b/c >= {TARGET_B_C}",
+                "group": GROUP,
+            })  # fmt: skip
+        failed = {s: [v[3] for v in samples[key][s]] for s in SETUPS}
+        out.append({
+            "benchmark": f"{titles[key]}: failed requests (no answer within 2 s: a dropped"
+                         f" packet), sum of {rounds} x {seconds}s",
+            "metric": f"{key}-failed",
+            "unit": "requests",
+            "higher_is_better": False,
+            "baseline": None,
+            "values": {s: sum(v) for s, v in failed.items()},
+            "samples": failed,
+            "group": GROUP,
+        })  # fmt: skip
+    return out
+
+
+def agent_row(agent_cpu: dict[str, list[float]], rounds: int) -> dict[str, Any]:
+    """The node agent's CPU per run (% of one core; b: its access-log lines → L7 records)."""
+    return {
+        "benchmark": f"node agent CPU during the runs (% of one core), median of {rounds}",
+        "metric": "agent-cpu",
+        "unit": "%",
+        "higher_is_better": False,
+        "baseline": None,
+        "values": {k: median(v) for k, v in agent_cpu.items() if v},
+        "group": GROUP,
+    }
+
+
+def run(*, rounds: int = 5, seconds: float = 2, queries: int = dnsproxy.QUERIES,
+        log: Callable[[str], None] = print) -> list[dict[str, Any]]:  # fmt: skip
+    """The HTTP setups in one lab, then the DNS proxy's bench; rows of both."""
+    results: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="ciliary-bench-l7-") as tmp,
+        tools.c_binary(tools.SOURCE.with_name("httpload.c")) as binary,
+    ):
+        t0 = time.monotonic()
+        with l7_lab(Path(tmp)) as (targets, ports, agent):
+            log(f"{GROUP}: lab, nginx, Envoy ready, paths checked after"
+                f" {time.monotonic() - t0:.1f}s")  # fmt: skip
+            ms = metrics(binary, ports)
+            samples, cpu = interleave(targets, ms, rounds=rounds, seconds=seconds,
+                                      agents=[agent], log=log, group=GROUP)  # fmt: skip
+        results += http_rows(samples, {k: v[0] for k, v in ms.items()}, rounds=rounds,
+                             seconds=seconds)  # fmt: skip
+        results.append(agent_row(cpu, rounds))
+    for row in results:
+        if row["metric"] in ("keepalive-rps", "close-rps"):
+            log(f"{GROUP}: {row['benchmark']}: b/c {row['b/c']} (target >= {TARGET_B_C})")
+    for row in dnsproxy.run(queries=queries, log=log):
+        results.append({**row, "group": GROUP})
+    return results

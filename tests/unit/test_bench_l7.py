@@ -1,0 +1,131 @@
+"""The l7 benchmark (bench/l7.py): its lab file is a valid lab whose client policy redirects one
+port only, its standalone Envoy is the proxy without our policy, its rows carry the target's
+ratio (b/c) the right way round, and its load generator (bench/httpload.c) counts what it was
+answered and fails on anything but 200."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bench import l7, tools
+from bench.l7 import DIRECT, ENVOY, L7, http_rows, lab_file, standalone_envoy
+
+from ciliary.lab.schema import parse_lab_text
+from ciliary.policy.api import parse_policy_text
+
+
+def test_lab_file_redirects_the_l7_port_only() -> None:
+    text = lab_file("jl7x", "jl7xa")
+    parsed = parse_lab_text(text, "bench.yaml")
+    assert sorted(p.name for p in parsed.pods) == ["client-0", "proxy-0", "server-0"]
+    (cnp,) = parsed.other_documents
+    assert parse_policy_text(text.split("---\n")[1], "bench.yaml")  # a valid CNP
+    to_server, to_proxy = cnp.body["spec"]["egress"]
+    l7_port, direct = to_server["toPorts"]
+    assert l7_port["ports"] == [{"port": str(l7.L7_PORT), "protocol": "TCP"}]
+    assert l7_port["rules"] == {"http": [{"method": "GET", "path": l7.PATH}]}
+    assert "rules" not in direct and direct["ports"][0]["port"] == str(l7.DIRECT_PORT)
+    assert "rules" not in to_proxy["toPorts"][0]
+
+
+def test_standalone_envoy_is_a_plain_reverse_proxy() -> None:
+    boot = standalone_envoy("10.200.0.9", tmp_admin := Path("/x/admin.sock"))
+    assert boot["admin"]["address"]["pipe"]["path"] == str(tmp_admin)
+    (listener,) = boot["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == l7.PROXY_PORT
+    assert "listener_filters" not in listener  # no original_dst, no original_src
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    cfg = hcm["typed_config"]
+    assert cfg["codec_type"] == "AUTO" and "access_log" not in cfg
+    assert [f["name"] for f in cfg["http_filters"]] == ["envoy.filters.http.router"]  # no RBAC
+    (cluster,) = boot["static_resources"]["clusters"]
+    (ep,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert ep["endpoint"]["address"]["socket_address"] == {
+        "address": "10.200.0.9",
+        "port_value": l7.DIRECT_PORT,
+    }
+
+
+def test_rows_carry_the_b_over_c_ratio() -> None:
+    # per round: (requests/s, p50, p99, failed)
+    samples = {
+        key: {
+            DIRECT: [(10_000.0, 50.0, 90.0, 0.0)] * 3,
+            L7: [
+                (900.0, 300.0, 900.0, 1.0),
+                (800.0, 330.0, 990.0, 2.0),
+                (850.0, 320.0, 950.0, 0.0),
+            ],
+            ENVOY: [(1000.0, 250.0, 700.0, 0.0)] * 3,
+        }
+        for key in l7.METRICS
+    }
+    rows = http_rows(samples, {"keepalive": "KA", "close": "CL"}, rounds=3, seconds=2)
+    assert [r["metric"] for r in rows] == [
+        "keepalive-rps", "keepalive-p50", "keepalive-p99", "keepalive-failed",
+        "close-rps", "close-p50", "close-p99", "close-failed",
+    ]  # fmt: skip
+    rps, p50, p99, failed = rows[:4]
+    assert failed["values"] == {DIRECT: 0, L7: 3, ENVOY: 0} and failed["baseline"] is None
+    for row in (r for r in rows if r is not failed and r["metric"] != "close-failed"):
+        assert row["baseline"] == ENVOY and list(row["values"]) == [DIRECT, L7, ENVOY]
+        assert row["group"] == "l7" and len(row["samples"][L7]) == 3
+    assert rps["values"][L7] == 850.0 and rps["b/c"] == 0.85  # median, b/c
+    assert rps["higher_is_better"] and not p50["higher_is_better"]
+    assert p50["values"][L7] == 320.0 and p50["b/c"] == round(250 / 320, 3)  # c/b: ≥ 0.9 is good
+    assert p99["unit"] == "usec" and p99["b/c"] == round(700 / 950, 3)
+
+
+@pytest.fixture(scope="module")
+def httpload() -> Iterator[Path]:
+    with tools.c_binary(tools.SOURCE.with_name("httpload.c")) as binary:
+        yield binary
+
+
+def _server(status: int) -> tuple[int, threading.Thread]:
+    """A loopback HTTP/1.1 server answering ``status`` with a 2-byte body, keep-alive."""
+    ls = socket.create_server(("127.0.0.1", 0))
+    answer = f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok".encode()
+
+    def serve() -> None:
+        ls.settimeout(10)
+        with ls:
+            conn, _ = ls.accept()
+            with conn:
+                while (req := conn.recv(4096)) and b"\r\n\r\n" in req:
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return ls.getsockname()[1], thread
+
+
+def test_httpload_counts_answers(httpload: Path) -> None:
+    port, thread = _server(200)
+    rps, p50, p99, failed = l7.httpload(httpload, [], "127.0.0.1", port, 0.2, keepalive=True)
+    thread.join(5)
+    assert rps > 100 and 0 < p50 <= p99 and failed == 0
+
+
+def test_httpload_counts_failed_connections(httpload: Path) -> None:
+    """A port nobody listens on: every connection refused, counted, none answered: exit 1."""
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        port = ls.getsockname()[1]  # closed below: refused from then on
+    res = subprocess.run([str(httpload), "-c", "127.0.0.1", str(port), "/", "0.1"],
+                         check=False, capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert res.returncode == 1 and "no request answered (" in res.stderr, res
+    assert int(res.stderr.split("(")[1].split()[0]) > 0
+
+
+def test_httpload_fails_on_a_denial(httpload: Path) -> None:
+    port, thread = _server(403)
+    res = subprocess.run([str(httpload), "-k", "127.0.0.1", str(port), "/", "1"],
+                         check=False, capture_output=True, text=True, timeout=10)  # fmt: skip
+    thread.join(5)
+    assert res.returncode == 1 and "HTTP/1.1 403" in res.stderr, res
