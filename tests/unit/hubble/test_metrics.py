@@ -531,3 +531,29 @@ def test_http_v2_counts_responses_from_the_requests_side_as_upstream() -> None:
         "source": "source-deploy", "destination": "destination-deploy", "method": "PUT",
         "protocol": "HTTP/1.1", "status": "403", "reporter": "client",
     }) == 1  # fmt: skip
+
+
+def test_dns_denied_queries_and_response_types_as_upstream() -> None:
+    """Upstream's dns handler: a DROPPED query (the DNS proxy refused it) counts as a query
+    with rcode "Policy denied"; each of a response's rrtypes counts once; ``query`` adds the
+    name to all three families."""
+    fm, reg = metrics("dns:query")
+    fm.on_flow(flow_pb2.Flow(
+        verdict=flow_pb2.Verdict.DROPPED, is_reply=BoolValue(value=False),
+        l7=flow_pb2.Layer7(type=flow_pb2.L7FlowType.REQUEST,
+                           dns=flow_pb2.DNS(query="evil.example.", qtypes=["A"])),
+    ))  # fmt: skip
+    fm.on_flow(flow_pb2.Flow(
+        verdict=flow_pb2.Verdict.FORWARDED, is_reply=BoolValue(value=True),
+        l7=flow_pb2.Layer7(type=flow_pb2.L7FlowType.RESPONSE, dns=flow_pb2.DNS(
+            query="web.example.", qtypes=["A"], ips=["192.0.2.1", "192.0.2.2"],
+            rrtypes=["CNAME", "A", "A"], rcode=0)),
+    ))  # fmt: skip
+    denied = {"rcode": "Policy denied", "qtypes": "A", "ips_returned": "0",
+              "query": "evil.example."}  # fmt: skip
+    assert reg.get_sample_value("hubble_dns_queries_total", denied) == 1
+    answered = {"rcode": "No Error", "qtypes": "A", "ips_returned": "2", "query": "web.example."}
+    assert reg.get_sample_value("hubble_dns_responses_total", answered) == 1
+    types = {"qtypes": "A", "query": "web.example."}
+    assert reg.get_sample_value("hubble_dns_response_types_total", {**types, "type": "A"}) == 2
+    assert reg.get_sample_value("hubble_dns_response_types_total", {**types, "type": "CNAME"}) == 1
