@@ -43,6 +43,43 @@ struct fc_state {
 	__u8 pad;
 };
 
+/* A packet of a connection the node stack delivers to a pod (cil_to_container, tc egress, where
+ * bpf_sk_assign cannot be used) that belongs to a proxy: back into the lxc's own tc ingress
+ * (cil_from_container, proxy_reinjected), with MARK_MAGIC_TO_PROXY, the listener's port (0: the
+ * established socket of its tuple) and PROXY_REINJECT_* in the mark. A pod's own packets never
+ * carry a mark there (crossing the veth from its netns clears it). */
+static __attribute__((noinline)) int proxy_reinject(struct __sk_buff *skb, __be16 port,
+						    __u32 flags)
+{
+	skb->mark = MARK_MAGIC_TO_PROXY | ((__u32)port << 16) | flags;
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+/* cil_from_container's first step: a packet proxy_reinject sent back fills the request slot for
+ * to_proxy (PROXY_TAIL); anything else goes on (0). */
+static __attribute__((noinline)) int proxy_reinjected(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 mark = skb->mark;
+	if ((mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_TO_PROXY)
+		return 0;
+	if (parse_packet(skb, p) != PARSE_OK || !proxy_proto_ok(p))
+		return drop_packet(skb, p, DROP_PROXY_LOOKUP_FAILED, 0, 0, 0, OBS_TO_PROXY);
+	__u32 zero = 0;
+	struct proxy_req *r = bpf_map_lookup_elem(&ciliary_proxy_req, &zero);
+	if (!r)
+		return drop_packet(skb, p, DROP_PROXY_LOOKUP_FAILED, 0, 0, 0, OBS_TO_PROXY);
+	struct endpoint_info *dst = lookup_endpoint(p->daddr, p->family);
+	r->port = (__be16)(mark >> 16);
+	r->src_id = ipcache_identity(p->saddr, p->family);
+	r->dst_id = dst ? dst->sec_id : ipcache_identity(p->daddr, p->family);
+	r->ep_id = dst ? dst->ep_id : 0;
+	r->cookie = 0;
+	r->match = 0;
+	r->state = r->port ? (mark & PROXY_REINJECT_NEW ? CT_NEW : CT_ESTABLISHED) : CT_REPLY;
+	r->report = !!(mark & PROXY_REINJECT_REPORT);
+	r->direction = TRAFFIC_INGRESS;
+	return PROXY_TAIL;
+}
 /* Whether a packet of connection `ct` goes to the L7 proxy: a request (not a reply) of a
  * connection redirected when it was new, or, `reply`, a reply of one to the proxy's upstream
  * socket (the proxy speaks to the destination as the pod, with the pod's tuple). */
@@ -247,7 +284,13 @@ int cil_from_container(struct __sk_buff *skb)
 	struct fc_state st = {};
 	struct lb_result lb = {};
 
-	int ret = from_container_source(skb, &p, &st);
+	/* a packet cil_to_container sent back for the L7 proxy (lib/proxy.h) */
+	int ret = proxy_reinjected(skb, &p);
+	if (ret == FC_TO_PROXY)
+		return to_proxy(skb, &p);
+	if (ret)
+		return ret;
+	ret = from_container_source(skb, &p, &st);
 	if (ret != FC_CONTINUE)
 		return ret;
 	ret = from_container_lb(skb, &p, &st, &lb);
@@ -293,7 +336,7 @@ int cil_to_container(struct __sk_buff *skb)
 		ct.entry->flags |= CT_F_VIA_STACK;
 	/* an L7 proxy's upstream connection from a port of its own: replies go to its socket */
 	if (ct.entry && ct.state == CT_NEW && proxy_sent(skb, &p))
-		ct.entry->flags |= CT_F_PROXY_REDIRECT;
+		ct.entry->flags |= CT_F_PROXY_REDIRECT | CT_F_PROXY_UPSTREAM;
 
 	struct policy_verdict pv = {};
 	if (ct.state != CT_REPLY && ct.state != CT_RELATED) {
@@ -305,6 +348,27 @@ int cil_to_container(struct __sk_buff *skb)
 			ct_forget_new(&p, &ct);
 			return drop_policy(skb, &p, -ret, dst_ep, dst_ep, src_id, dst_id,
 					   OBS_TO_ENDPOINT, pv.cookie, pv.match, TRAFFIC_INGRESS);
+		}
+	}
+	/* L7 (lib/proxy.h) on a connection the stack delivers: a request whose ingress entry names
+	 * a proxy (unless the ingress proxy sent it: another proxy's upstream connection, the
+	 * node's own), or a reply to a proxy's upstream socket that a proxy here answered; both
+	 * back into the lxc's tc ingress, where the socket can be assigned */
+	if (ct.entry && proxy_proto_ok(&p)) {
+		__u32 flags = ct.report ? PROXY_REINJECT_REPORT : 0;
+		if (ct.state == CT_REPLY) {
+			if (ct.entry->flags & CT_F_PROXY_UPSTREAM)
+				return proxy_reinject(skb, 0, flags);
+		} else if (ct.state != CT_RELATED && pv.proxy_port &&
+			   !proxy_from_ingress_proxy(skb)) {
+			/* the ingress entry's port (checked on every request), never the entry's: a
+			 * proxy speaking with the pod's tuple shares its egress-redirected entry */
+			if (ct.state == CT_NEW) {
+				ct.entry->flags |= CT_F_PROXY_REDIRECT;
+				ct.entry->proxy_port = pv.proxy_port;
+				flags |= PROXY_REINJECT_NEW;
+			}
+			return proxy_reinject(skb, pv.proxy_port, flags);
 		}
 	}
 	/* a reply the stack routed here (not delivered by lib/deliver.h): from the frontend again */

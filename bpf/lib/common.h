@@ -175,6 +175,10 @@ struct ct_key {
  * requests are assigned to the proxy's socket, its replies to the socket the proxy opened to
  * the destination with the same tuple. */
 #define CT_F_PROXY_REDIRECT 0x40
+/* The connection's client side is an L7 proxy's upstream socket (a packet with its mark opened
+ * it, lib/proxy.h proxy_sent): a reply the node stack routes to the pod (another proxy on this
+ * node answered it) belongs to that socket, not to the pod. */
+#define CT_F_PROXY_UPSTREAM 0x80
 
 struct ct_entry {
 	__u64 created_ns;

@@ -21,8 +21,10 @@
  * for a sender on this node (bpf_lxc), another node (bpf_overlay, bpf_host's native delivery),
  * hands the connection to the proxy the same way (proxy_ingress, then the program's to_proxy).
  * The proxy's upstream connection to the pod reaches it through the node stack
- * (cil_to_container, tc egress: never redirected), marked MARK_MAGIC_IS_PROXY, so the pod's
- * replies are handed back to the proxy's upstream socket in its cil_from_container. */
+ * (cil_to_container, tc egress), marked MARK_MAGIC_PROXY_INGRESS: never redirected again, and
+ * the pod's replies are handed back to the proxy's upstream socket in its cil_from_container.
+ * Other connections the stack delivers (the node's, an egress proxy's) whose ingress entry
+ * names a proxy go back into the lxc's tc ingress for the assign (bpf_lxc's proxy_reinject). */
 #ifndef __CILIARY_PROXY_H
 #define __CILIARY_PROXY_H
 #include "common.h"
@@ -30,10 +32,22 @@
 #include "conntrack.h"
 #include "events.h"
 #include "policy.h"
+#include "endpoints.h"
+#include "ipcache.h"
 
 #define MARK_MAGIC_HOST_MASK 0x0F00
 #define MARK_MAGIC_TO_PROXY 0x0200
-#define MARK_MAGIC_IS_PROXY 0x0A00 /* SO_MARK of the proxies' upstream sockets (upstream's) */
+/* SO_MARK of the proxies' upstream sockets (upstream's): the proxy applying a pod's ingress
+ * policy (Envoy's cilium-http-ingress) or its egress policy; (mark & MARK_MAGIC_PROXY_MASK) ==
+ * MARK_MAGIC_IS_PROXY: either. */
+#define MARK_MAGIC_PROXY_INGRESS 0x0A00
+#define MARK_MAGIC_PROXY_EGRESS 0x0B00
+#define MARK_MAGIC_PROXY_MASK 0x0E00
+#define MARK_MAGIC_IS_PROXY MARK_MAGIC_PROXY_INGRESS
+/* With MARK_MAGIC_TO_PROXY on a packet cil_to_container sent back into the lxc's tc ingress
+ * (proxy_reinject): its connection is new, its trace is due (monitor aggregation). */
+#define PROXY_REINJECT_NEW 0x1
+#define PROXY_REINJECT_REPORT 0x2
 
 /* The tuple of a socket lookup in the node netns: the packet's own (listener_port 0) or the
  * proxy's listener (wildcard address, listener_port, network order). Returns its length. */
@@ -128,7 +142,13 @@ static __always_inline int proxy_ct_reply(const struct pkt *p, const struct ct_e
  * node), bpf_host's cil_from_host (tunnel) and cil_to_netdev (native routing, the world). */
 static __always_inline int proxy_sent(const struct __sk_buff *skb, const struct pkt *p)
 {
-	return (skb->mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_IS_PROXY && proxy_proto_ok(p);
+	return (skb->mark & MARK_MAGIC_PROXY_MASK) == MARK_MAGIC_IS_PROXY && proxy_proto_ok(p);
+}
+
+/* Sent by the proxy that applies the receiver's ingress policy (never redirected again). */
+static __always_inline int proxy_from_ingress_proxy(const struct __sk_buff *skb)
+{
+	return (skb->mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_PROXY_INGRESS;
 }
 
 static __always_inline void proxy_track_upstream(const struct __sk_buff *skb,
@@ -140,7 +160,7 @@ static __always_inline void proxy_track_upstream(const struct __sk_buff *skb,
 		return;
 	if (ct_process(p, src_id, dst_id, MONITOR_AGG_MEDIUM, 0, &ct) == 0 && ct.entry &&
 	    ct.state == CT_NEW)
-		ct.entry->flags |= CT_F_PROXY_REDIRECT;
+		ct.entry->flags |= CT_F_PROXY_REDIRECT | CT_F_PROXY_UPSTREAM;
 }
 
 /* Such a reply that arrives from another node or the world (bpf_overlay, bpf_host): up the

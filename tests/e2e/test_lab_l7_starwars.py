@@ -6,8 +6,12 @@ rule: the datapath hands the empire pods' connections to the deathstar's node's 
 → local delivery) or on the other one (out of the tunnel, cil_from_overlay); Envoy forwards the
 allowed request to the deathstar as the tiefighter (original_src), answers ``PUT
 /v1/exhaust-port`` with Cilium's ``403 Access denied``, and the xwing (``org: alliance``) is
-dropped at L3/L4. The deathstar's node's Hubble shows the L7 request/response flows and the
-xwing's policy drop; ``policy trace`` and a PolicyTest name the L7 rule."""
+dropped at L3/L4. Vader's own egress policy sends its connections through the egress listener
+first (an allow-all HTTP rule): Envoy's upstream connection to the deathstar, through the node
+stack (cil_to_container, tc egress), goes back into the lxc's tc ingress and to the ingress
+listener, so the deathstar's rule still decides (no bypass). The deathstar's node's Hubble
+shows the L7 request/response flows and the xwing's policy drop; ``policy trace`` and a
+PolicyTest name the L7 rule."""
 
 from __future__ import annotations
 
@@ -58,6 +62,24 @@ metadata: {name: tiefighter-2, labels: {org: empire, class: tiefighter}}
 spec:
   nodeName: N2
   containers: [{name: main, command: [ciliary, workload, pause]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vader, labels: {org: empire, class: vader}}
+spec:
+  nodeName: N1
+  containers: [{name: main, command: [ciliary, workload, pause]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: vader-egress-visibility}
+spec:
+  endpointSelector: {matchLabels: {class: vader}}
+  egress:
+  - toEndpoints: [{matchLabels: {class: deathstar}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{}]}
 ---
 apiVersion: v1
 kind: Pod
@@ -128,7 +150,7 @@ def _hubble(lab: Lab, *flags: str) -> list[dict[str, Any]]:
     return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
 
 
-@pytest.mark.parametrize("tiefighter", ["tiefighter", "tiefighter-2"])
+@pytest.mark.parametrize("tiefighter", ["tiefighter", "tiefighter-2", "vader"])
 def test_landing_allowed_exhaust_port_denied(lab: Lab, tiefighter: str) -> None:
     # the agent starts Envoy when the rule first applies; until it listens the datapath drops
     # the redirected connection (fail closed)

@@ -45,8 +45,11 @@ WORLD_IDENTITIES = frozenset(
 )
 WORLD_PREFIXES = ("0.0.0.0/0", "::/0")
 _DIRECTION: dict[bool, cfg.Direction] = {False: "ingress", True: "egress"}
-PROXY_MARK = 0x0A00
-"""Upstream's ``MagicMarkIsProxy``: set on the proxy's upstream connections."""
+PROXY_MARK: dict[cfg.Direction, int] = {"ingress": 0x0A00, "egress": 0x0B00}
+"""Upstream's ``MagicMarkIngress``/``MagicMarkEgress``, set on the proxy's upstream connections
+per the direction of the policy it applies: bpf/lib/proxy.h hands their replies back to Envoy
+(either), and never sends the ingress proxy's connections to a proxy again (an egress proxy's
+connection to a pod whose ingress names a proxy goes to the ingress listener too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,9 @@ def http_listeners(
             # upstream as the client (its address, the proxy mark), both directions: the
             # destination sees the real client, its replies come back to Envoy (lib/proxy.h)
             chained = tuple(chains[egress])
-            out.append(cfg.ProxyListener(name, proxy_port, _DIRECTION[egress], chained, PROXY_MARK))
+            direction = _DIRECTION[egress]
+            mark = PROXY_MARK[direction]
+            out.append(cfg.ProxyListener(name, proxy_port, direction, chained, mark))
     return out
 
 
@@ -204,7 +209,7 @@ class NodeEnvoy:
         )
         prefixes = identity_prefixes(self._ipcache()) if wanted else {}
         listeners = http_listeners(views, self.ports, prefixes)
-        clusters = [cfg.cluster(d, PROXY_MARK) for d in ("ingress", "egress")]
+        clusters = [cfg.cluster(d, PROXY_MARK[d]) for d in ("ingress", "egress")]
         if self.writer.apply(listeners, clusters):
             log.info("envoy: configuration written (%d HTTP listener(s))", len(listeners))
         self.syncs += 1

@@ -17,6 +17,7 @@ from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_
 __all__ = [
     "CT_F_LOOPBACK",
     "CT_F_PROXY_REDIRECT",
+    "CT_F_PROXY_UPSTREAM",
     "CT_F_REPLY_REPORTED",
     "CT_F_REPLY_SEEN",
     "CT_F_RX_CLOSING",
@@ -41,6 +42,9 @@ the loopback address 169.254.42.1 or fe80::1, the reply goes back to the pod (bp
 CT_F_PROXY_REDIRECT = 0x40
 """The connection goes through the node's L7 proxy on the entry's ``proxy_port``
 (bpf/lib/proxy.h)."""
+CT_F_PROXY_UPSTREAM = 0x80
+"""The connection's client side is an L7 proxy's upstream socket (opened with the proxy mark):
+a reply the node stack routes to the pod goes back to that socket (bpf/lib/proxy.h)."""
 CT_SCOPE_SERVICE = 1
 """``ct_key.scope`` of a service entry (bpf/lib/lb.h): keyed on the tuple the client sent to a
 frontend, it remembers the connection's backend; connection entries have scope 0."""
