@@ -116,17 +116,27 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def _lab(tmp_path_factory: pytest.TempPathFactory, routing: str = "") -> Iterator[Lab]:
     name, n1, n2 = unique("hsw"), unique("hn"), unique("hn")
     path = tmp_path_factory.mktemp("lab") / "lab.yaml"
-    path.write_text(LAB.replace("LAB", name).replace("N1", n1).replace("N2", n2) + POLICY)
+    text = LAB.replace("LAB", name).replace("N1", n1).replace("N2", n2) + POLICY
+    path.write_text(text.replace("spec:\n  nodes:", f"spec:\n{routing}  nodes:", 1))
     try:
         yield Lab(name, n1, manager.up(path), path)
     finally:
         if name in manager.list_labs():
             manager.down(name)
         assert_no_leftovers(name, [n1, n2])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from _lab(tmp_path_factory)  # tunnel mode (VXLAN), the default
+
+
+@pytest.fixture(scope="module")
+def native_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from _lab(tmp_path_factory, "  routingMode: native\n  autoDirectNodeRoutes: true\n")
 
 
 def _curl(lab: Lab, pod: str, method: str, path: str) -> tuple[str, str]:
@@ -248,3 +258,10 @@ def test_policy_test_cases_name_the_l7_rule(lab: Lab, tmp_path: Path) -> None:
         )
         assert case["l7"] == [LANDING]
     assert (alliance["datapath"], alliance["drop_reason"]) == ("deny", 133)
+
+
+def test_native_routing_other_node(native_lab: Lab) -> None:
+    # native routing: the tiefighter's packets reach the deathstar's node on eth0, where
+    # cil_from_netdev's delivery hands them to the ingress listener
+    test_landing_allowed_exhaust_port_denied(native_lab, "tiefighter-2")
+    test_landing_allowed_exhaust_port_denied(native_lab, "tiefighter")
