@@ -20,9 +20,10 @@ and server, measured back to back in every round (``datapath.interleave``):
 
 b/c is the cost of our redirect, policy and access log over Envoy itself. Load: ``httpload``
 (``bench/httpload.c``, one GET in flight, 2-byte body) on one keep-alive connection and with a
-new connection per request; requests/s and p50/p99 per request. The DNS rows are the DNS
-proxy's bench (``bench/dnsproxy.py``: through the agent's DNS proxy vs direct to the server)
-run in the same group run.
+new connection per request; requests/s and p50/p99 per request, failed requests and the
+client's SYN retransmissions (b's SYNs can meet Envoy's TIME_WAIT sockets, docs/benchmarks.md).
+The DNS rows are the DNS proxy's bench (``bench/dnsproxy.py``: through the agent's DNS proxy
+vs direct to the server) run in the same group run.
 
     sudo .venv/bin/python -m bench.run --only l7
 """
@@ -265,12 +266,26 @@ def httpload(binary: Path, client: list[str], ip: str, port: int, seconds: float
     return int(count) / float(elapsed), float(p50), float(p99), float(failed)
 
 
+def syn_retransmits(client: list[str]) -> int:
+    """The client netns's SYN retransmissions so far (``TcpExtTCPSynRetrans``, nstat): a SYN
+    that got no SYN-ACK in time, or an unacceptable ACK (a TIME_WAIT socket's) instead."""
+    out = tools.run_tool([*client, "nstat", "-asz", "TcpExtTCPSynRetrans"], 10)
+    for line in out.splitlines():
+        if line.startswith("TcpExtTCPSynRetrans"):
+            return int(line.split()[1])
+    raise RuntimeError(f"nstat printed no TcpExtTCPSynRetrans: {out[-200:]}")
+
+
 def metrics(binary: Path, ports: dict[str, int]) -> dict[str, tuple[str, str, bool, Metric]]:
+    """keep-alive and new-connection runs: (requests/s, p50, p99, failed, SYN retransmits)."""
+
     def measure(keepalive: bool) -> Metric:
         def one(t: Target, s: float) -> tuple[float, ...]:
             try:
-                return httpload(binary, t.client, t.server_ip, ports[t.name], s,
-                                keepalive=keepalive)  # fmt: skip
+                before = syn_retransmits(t.client)
+                found = httpload(binary, t.client, t.server_ip, ports[t.name], s,
+                                 keepalive=keepalive)  # fmt: skip
+                return (*found, float(syn_retransmits(t.client) - before))
             except RuntimeError as err:
                 raise RuntimeError(f"{t.name}: {err}") from err
 
@@ -286,7 +301,8 @@ def http_rows(samples: Samples, titles: dict[str, str], *, rounds: int, seconds:
               ) -> list[dict[str, Any]]:  # fmt: skip
     """Per metric: requests/s, p50 and p99 (usec) rows; values a, b, c (medians of the rounds),
     the ratio against c; ``b/c`` the target's ratio (requests/s: b/c; latency: c/b, so ≥ 0.9
-    reads the same way); then the failed requests (summed over the rounds)."""
+    reads the same way); then the failed requests and the client's SYN retransmissions (summed
+    over the rounds)."""
     out = []
     for key in METRICS:
         for col, (what, unit, higher) in enumerate(
@@ -309,18 +325,21 @@ def http_rows(samples: Samples, titles: dict[str, str], *, rounds: int, seconds:
                 "target": f"b/c >= {TARGET_B_C}",
                 "group": GROUP,
             })  # fmt: skip
-        failed = {s: [v[3] for v in samples[key][s]] for s in SETUPS}
-        out.append({
-            "benchmark": f"{titles[key]}: failed requests (no answer within 2 s: a dropped"
-                         f" packet), sum of {rounds} x {seconds}s",
-            "metric": f"{key}-failed",
-            "unit": "requests",
-            "higher_is_better": False,
-            "baseline": None,
-            "values": {s: sum(v) for s, v in failed.items()},
-            "samples": failed,
-            "group": GROUP,
-        })  # fmt: skip
+        for col, what, name, unit in (
+            (3, "failed requests (no answer within 2 s: a dropped packet)", "failed", "requests"),
+            (4, "the client's SYN retransmissions", "syn-retrans", "SYNs"),
+        ):
+            counts = {s: [v[col] for v in samples[key][s]] for s in SETUPS}
+            out.append({
+                "benchmark": f"{titles[key]}: {what}, sum of {rounds} x {seconds}s",
+                "metric": f"{key}-{name}",
+                "unit": unit,
+                "higher_is_better": False,
+                "baseline": None,
+                "values": {s: sum(v) for s, v in counts.items()},
+                "samples": counts,
+                "group": GROUP,
+            })  # fmt: skip
     return out
 
 

@@ -53,27 +53,29 @@ def test_standalone_envoy_is_a_plain_reverse_proxy() -> None:
 
 
 def test_rows_carry_the_b_over_c_ratio() -> None:
-    # per round: (requests/s, p50, p99, failed)
+    # per round: (requests/s, p50, p99, failed, SYN retransmits)
     samples = {
         key: {
-            DIRECT: [(10_000.0, 50.0, 90.0, 0.0)] * 3,
+            DIRECT: [(10_000.0, 50.0, 90.0, 0.0, 0.0)] * 3,
             L7: [
-                (900.0, 300.0, 900.0, 1.0),
-                (800.0, 330.0, 990.0, 2.0),
-                (850.0, 320.0, 950.0, 0.0),
+                (900.0, 300.0, 900.0, 1.0, 5.0),
+                (800.0, 330.0, 990.0, 2.0, 7.0),
+                (850.0, 320.0, 950.0, 0.0, 0.0),
             ],
-            ENVOY: [(1000.0, 250.0, 700.0, 0.0)] * 3,
+            ENVOY: [(1000.0, 250.0, 700.0, 0.0, 0.0)] * 3,
         }
         for key in l7.METRICS
     }
     rows = http_rows(samples, {"keepalive": "KA", "close": "CL"}, rounds=3, seconds=2)
     assert [r["metric"] for r in rows] == [
         "keepalive-rps", "keepalive-p50", "keepalive-p99", "keepalive-failed",
-        "close-rps", "close-p50", "close-p99", "close-failed",
+        "keepalive-syn-retrans", "close-rps", "close-p50", "close-p99", "close-failed",
+        "close-syn-retrans",
     ]  # fmt: skip
-    rps, p50, p99, failed = rows[:4]
+    rps, p50, p99, failed, syns = rows[:5]
     assert failed["values"] == {DIRECT: 0, L7: 3, ENVOY: 0} and failed["baseline"] is None
-    for row in (r for r in rows if r is not failed and r["metric"] != "close-failed"):
+    assert syns["values"] == {DIRECT: 0, L7: 12, ENVOY: 0} and syns["unit"] == "SYNs"
+    for row in (r for r in rows if r["baseline"] is not None):
         assert row["baseline"] == ENVOY and list(row["values"]) == [DIRECT, L7, ENVOY]
         assert row["group"] == "l7" and len(row["samples"][L7]) == 3
     assert rps["values"][L7] == 850.0 and rps["b/c"] == 0.85  # median, b/c
