@@ -139,10 +139,11 @@ def native_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from _lab(tmp_path_factory, "  routingMode: native\n  autoDirectNodeRoutes: true\n")
 
 
-def _curl(lab: Lab, pod: str, method: str, path: str) -> tuple[str, str]:
+def _curl(lab: Lab, pod: str, method: str, path: str, family: int = 4) -> tuple[str, str]:
     """(status code and body size, body) of one request from ``pod`` to the deathstar (the
     body as text: its "\\r\\n" read as "\\n"); code 000: no answer."""
-    url = f"http://{lab.pod_ip('default/deathstar')}{path}"
+    ip = lab.pod_ip("default/deathstar", family)
+    url = f"http://{ip if family == 4 else f'[{ip}]'}{path}"
     res = lab.run(f"default/{pod}", "curl", "-s", "-m", "3", "-X", method,
                   "-w", "\n%{http_code} %{size_download}", url)  # fmt: skip
     body, _, code = res.stdout.rpartition("\n")
@@ -175,6 +176,15 @@ def test_landing_allowed_exhaust_port_denied(lab: Lab, tiefighter: str) -> None:
     # Cilium's answer, "Access denied\r\n" (15 bytes)
     assert _curl(lab, tiefighter, "PUT", "/v1/exhaust-port") == ("403 15", "Access denied\n")
     assert _curl(lab, tiefighter, "GET", "/v1/request-landing")[0] == "403 15"
+
+
+@pytest.mark.parametrize("tiefighter", ["tiefighter", "tiefighter-2"])
+def test_ipv6_too(lab: Lab, tiefighter: str) -> None:
+    got = _curl(lab, tiefighter, "POST", "/v1/request-landing", 6)
+    assert got[0][:3] == "200", got
+    client = json.loads(got[1])["client"]
+    assert client.rpartition(":")[0].strip("[]") == lab.pod_ip(f"default/{tiefighter}", 6)
+    assert _curl(lab, tiefighter, "PUT", "/v1/exhaust-port", 6) == ("403 15", "Access denied\n")
 
 
 def test_xwing_is_dropped_at_l3_l4(lab: Lab) -> None:
