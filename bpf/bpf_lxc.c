@@ -156,7 +156,8 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 		ret = policy_check(src_ep, dst_id, POLICY_EGRESS, p, &pv_out);
 		if (pv_out.enforced && (ret < 0 || ct.state == CT_NEW))
 			policy_verdict_notify(skb, p, src_ep, dst ? dst->ep_id : 0, src_id, dst_id,
-					      pv_out.cookie, pv_out.match, TRAFFIC_EGRESS, ret);
+					      pv_out.cookie, pv_out.match, TRAFFIC_EGRESS,
+					      ret < 0 ? ret : bpf_ntohs(pv_out.proxy_port));
 		if (ret < 0) {
 			ct_forget_new(p, &ct);
 			return drop_policy(skb, p, -ret, src_ep, dst ? dst->ep_id : 0, src_id,
@@ -343,7 +344,10 @@ int cil_to_container(struct __sk_buff *skb)
 		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv);
 		if (pv.enforced && (ret < 0 || ct.state == CT_NEW))
 			policy_verdict_notify(skb, &p, dst_ep, dst_ep, src_id, dst_id, pv.cookie,
-					      pv.match, TRAFFIC_INGRESS, ret);
+					      pv.match, TRAFFIC_INGRESS,
+					      ret < 0 || proxy_from_ingress_proxy(skb)
+						      ? ret
+						      : bpf_ntohs(pv.proxy_port));
 		if (ret < 0) {
 			ct_forget_new(&p, &ct);
 			return drop_policy(skb, &p, -ret, dst_ep, dst_ep, src_id, dst_id,

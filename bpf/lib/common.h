@@ -57,6 +57,7 @@
 /* Hubble Verdict enum. */
 #define VERDICT_FORWARDED 1
 #define VERDICT_DROPPED 2
+#define VERDICT_REDIRECTED 5 /* a policy verdict's connection goes to an L7 proxy */
 
 /* Hubble TraceObservationPoint enum. */
 #define OBS_TO_PROXY 1

@@ -78,7 +78,8 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, p, &pv_in);
 		if (pv_in.enforced && (ret < 0 || ct->state == CT_NEW))
 			policy_verdict_notify(skb, p, ev_ep, dst_ep, src_id, dst_id, pv_in.cookie,
-					      pv_in.match, TRAFFIC_INGRESS, ret);
+					      pv_in.match, TRAFFIC_INGRESS,
+					      ret < 0 ? ret : bpf_ntohs(pv_in.proxy_port));
 		if (ret < 0) {
 			ct_forget_new(p, ct);
 			return drop_policy(skb, p, -ret, ev_ep, dst_ep, src_id, dst_id,

@@ -117,11 +117,12 @@ static __always_inline int drop_packet(struct __sk_buff *skb, const struct pkt *
 static __always_inline void emit_policy_event(struct __sk_buff *skb, const struct pkt *p,
 					      __u8 type, int reason, __u8 obs, __u16 ep_id,
 					      __u16 dst_ep_id, __u32 src_id, __u32 dst_id,
-					      __u32 cookie, __u8 match, __u8 direction)
+					      __u32 cookie, __u8 match, __u8 direction,
+					      __u8 verdict)
 {
 	struct event_meta m = {};
 	m.type = type;
-	m.verdict = reason ? VERDICT_DROPPED : VERDICT_FORWARDED;
+	m.verdict = verdict;
 	m.drop_reason = (__u8)reason;
 	m.obs_point = obs;
 	m.ep_id = ep_id;
@@ -141,7 +142,7 @@ static __always_inline int drop_policy(struct __sk_buff *skb, const struct pkt *
 				       __u8 obs, __u32 cookie, __u8 match, __u8 direction)
 {
 	emit_policy_event(skb, p, EVENT_DROP, reason, obs, ep_id, dst_ep_id, src_id, dst_id, cookie,
-			  match, direction);
+			  match, direction, VERDICT_DROPPED);
 	return TC_ACT_SHOT;
 }
 
@@ -149,14 +150,16 @@ static __always_inline int drop_policy(struct __sk_buff *skb, const struct pkt *
  * (or denied packet) whose endpoint enforces policy in that direction, whatever the monitor
  * aggregation, so Hubble can say which rule allowed or denied a connection. A denial is followed
  * by its drop event; an allowed connection by its trace. No observation point (upstream's
- * policy-verdict flows have none). */
+ * policy-verdict flows have none). `ret` as upstream's verdict: < 0 the drop reason, > 0 the
+ * L7 proxy port the connection is redirected to (VERDICT_REDIRECTED), 0 allowed. */
 static __always_inline void policy_verdict_notify(struct __sk_buff *skb, const struct pkt *p,
 						  __u16 ep_id, __u16 dst_ep_id, __u32 src_id,
 						  __u32 dst_id, __u32 cookie, __u8 match,
 						  __u8 direction, int ret)
 {
+	__u8 verdict = ret < 0 ? VERDICT_DROPPED : ret > 0 ? VERDICT_REDIRECTED : VERDICT_FORWARDED;
 	emit_policy_event(skb, p, EVENT_POLICY_VERDICT, ret < 0 ? -ret : 0, 0, ep_id, dst_ep_id,
-			  src_id, dst_id, cookie, match, direction);
+			  src_id, dst_id, cookie, match, direction, verdict);
 }
 
 /* The ring buffer map cannot name its record type, so this never-called global function puts

@@ -220,6 +220,14 @@ def test_hubble_shows_the_l7_request_and_response_flows(lab: Lab) -> None:
     }
     got = wait_for("the L7 flows in Hubble", lambda: want <= summaries() or None, 20)
     assert got
+    # the policy verdict of the deathstar's ingress says redirected (to the L7 proxy), as upstream's
+    tiefighter = lab.pod_ip("default/tiefighter")
+    verdicts = {
+        (f["verdict"], f.get("traffic_direction"))
+        for f in _hubble(lab, "--type", "policy-verdict", "--to-pod", "default/deathstar")
+        if f["IP"]["source"] == tiefighter
+    }
+    assert ("REDIRECTED", "INGRESS") in verdicts, verdicts
     # the connection's packets were handed to the proxy (observation point to-proxy)
     points = {
         f.get("trace_observation_point") for f in _hubble(lab, "--to-pod", "default/deathstar")

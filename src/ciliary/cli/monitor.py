@@ -111,7 +111,8 @@ def format_event(ev: MonitorEvent) -> str:
         local = ev.dst_endpoint_id if ev.traffic_direction == "ingress" else ev.endpoint_id
         remote = ev.src_identity if ev.traffic_direction == "ingress" else ev.dst_identity
         match = POLICY_MATCH_TYPES.get(ev.policy_match_type, str(ev.policy_match_type))
-        action = "deny" if ev.verdict == "DROPPED" else "allow"
+        # upstream's actions; "redirect": the connection goes to an L7 proxy
+        action = {"DROPPED": "deny", "REDIRECTED": "redirect"}.get(ev.verdict, "allow")
         return (
             f"Policy verdict log: flow 0x0 local EP ID {local}, remote ID {remote}, "
             f"proto {ev.protocol}, {ev.traffic_direction}, action {action}, match {match}, "
