@@ -90,7 +90,7 @@ log = logging.getLogger(__name__)
 
 LOST_STATE_FILE = "hubble-events-lost.json"
 LOST_SAVE_INTERVAL_S = 1.0
-"""At most one save of the reported lost-event counters per interval (each is an fsync)."""
+"""At most one save of the reported lost-event counters per interval (each is a file write)."""
 DECODE_BATCH = 256
 """Events decoded between yields to the loop (keeps gRPC streams and the API responsive)."""
 
