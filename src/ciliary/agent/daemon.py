@@ -21,6 +21,7 @@ import signal
 import time
 from datetime import UTC, datetime
 from ipaddress import ip_network
+from pathlib import Path
 
 from ciliary import __version__
 from ciliary.agent.accesslog import HTTPAccess, to_l7_records
@@ -538,6 +539,14 @@ class Agent:
                 await asyncio.to_thread(self.ipam_datastore.close)
             self.datapath.close()
 
+    def _restore_dns_entries(self, path: Path) -> None:
+        """The DNS cache entries of ``path`` (the pre-cache shape, as ``DNSCache.dump`` writes
+        them) into the cache; OSError or ValueError naming what is wrong."""
+        data = json.loads(path.read_text())
+        if not isinstance(data, list):
+            raise ValueError("expected a JSON list of entries")
+        self.policy.fqdns.restore(data)
+
     def _load_dns_pre_cache(self) -> None:
         """``--tofqdns-pre-cache``: all its answers or, when it is bad, no start (the error names
         the file and the entry)."""
@@ -545,10 +554,7 @@ class Agent:
         if path is None:
             return
         try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, list):
-                raise ValueError("expected a JSON list of entries")
-            self.policy.fqdns.restore(data)
+            self._restore_dns_entries(path)
         except (OSError, ValueError) as err:
             raise RuntimeError(f"--tofqdns-pre-cache {path}: {err}") from err
         log.info("DNS cache: %d names from %s", len(self.policy.fqdns.names()), path)
@@ -571,10 +577,7 @@ class Agent:
         if not path.exists():
             return
         try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, list):
-                raise ValueError("expected a JSON list of entries")
-            self.policy.fqdns.restore(data)
+            self._restore_dns_entries(path)
         except (OSError, ValueError) as err:
             log.error("%s: DNS cache not restored: %s", path, err)
             return
