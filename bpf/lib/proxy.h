@@ -6,9 +6,13 @@
  * IP_RECVORIGDSTADDR). The socket: the established one of the packet's own tuple first (a
  * connection the proxy already accepted), else the listener on (0.0.0.0 | ::, proxy_port).
  * Neither: DROP_PROXY_LOOKUP_FAILED (fail closed, no proxy listening); a refused assign:
- * DROP_PROXY_SET_FAILED. The packet then goes up the node stack with MARK_MAGIC_TO_PROXY |
- * port << 16, which the agent's policy routing (fwmark 0x200/0xf00 → table 2004, local
- * default route: agent/proxyrouting.py) delivers locally whatever its destination.
+ * DROP_PROXY_SET_FAILED. A TIME_WAIT socket of the tuple (the proxy closed an earlier
+ * connection of it first and the client reuses its port) is not assigned: the packet goes up
+ * unassigned and the kernel's TIME_WAIT handling finds the proxy's listener for a new SYN
+ * through bpf_sk_lookup.c (which says why neither socket can be assigned). The packet then
+ * goes up the node stack with MARK_MAGIC_TO_PROXY | port << 16, which the agent's policy
+ * routing (fwmark 0x200/0xf00 → table 2004, local default route: agent/proxyrouting.py)
+ * delivers locally whatever its destination.
  *
  * The proxy speaks to the destination as the pod: a transparent socket bound to the pod's
  * address *and port* (the redirected connection's tuple), so the destination's replies match
@@ -102,6 +106,14 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt 
 			bpf_sk_release(sk);
 			sk = 0;
 		}
+		if (sk && sk->state == BPF_TCP_TIME_WAIT && listener_port) {
+			/* the proxy's socket of an earlier connection of this tuple: not assigned
+			 * (a SYN would get its old ACK), nor the listener (its request socket would
+			 * be refused as the TIME_WAIT one's duplicate): the kernel's own TIME_WAIT
+			 * handling takes the packet, a SYN through bpf_sk_lookup.c to the proxy */
+			bpf_sk_release(sk);
+			goto deliver;
+		}
 		if (!sk && listener_port) {
 			len = proxy_tuple(&t, p, listener_port);
 			sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
@@ -122,6 +134,7 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt 
 	}
 	if (err)
 		return -DROP_PROXY_SET_FAILED;
+deliver:
 	skb->mark = MARK_MAGIC_TO_PROXY | ((__u32)listener_port << 16);
 	bpf_skb_change_type(skb, PACKET_HOST);
 	return 0;

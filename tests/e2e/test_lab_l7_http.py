@@ -262,3 +262,48 @@ def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
     assert counted[("PATCH", "501")] == 1
     assert counted[("GET", "403")] >= 1  # the client's denied requests (both tests')
     assert counted[("GET", "200")] >= 2  # the client's public ones, the watcher's private one
+
+
+_REUSE = """\
+import socket, sys, time
+web, rounds, first, count = sys.argv[1], *map(int, sys.argv[2:5])
+def syn_retransmits():
+    lines = open("/proc/net/netstat").read().splitlines()
+    for head, values in zip(lines[::2], lines[1::2]):
+        if head.startswith("TcpExt:"):
+            return int(dict(zip(head.split()[1:], values.split()[1:]))["TCPSynRetrans"])
+before, slow = syn_retransmits(), []
+for r in range(rounds):
+    for port in range(first, first + count):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", port))
+        began = time.monotonic()
+        s.connect((web, 80))
+        took = time.monotonic() - began
+        s.sendall(b"GET /public HTTP/1.1\\r\\nHost: web\\r\\nConnection: close\\r\\n\\r\\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+        if took > 0.2:
+            slow.append((r, port, round(took, 3)))
+print(syn_retransmits() - before, slow)
+"""
+
+
+def test_reused_client_ports_connect_without_syn_retransmission(lab: Lab) -> None:
+    """A client reconnecting from the same few ports while Envoy holds the earlier
+    connections of those tuples in TIME_WAIT (it closes first after ``Connection: close``):
+    each new SYN reaches Envoy's listener at once (bpf_sk_lookup.c), as with a normal stack.
+    Before, the SYN was assigned to the TIME_WAIT socket, whose old ACK made the client reset
+    and retransmit; assigned to the listener instead it was dropped (the 1 s retransmission)."""
+    web = lab.pod_ip("default/web")
+    deadline = time.monotonic() + 20  # Envoy may still be starting (see the first test)
+    while (err := _get(lab, f"http://{web}/public", 200)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert err == "", err
+    res = lab.run("default/client", sys.executable, "-c", _REUSE, web, "8", "41000", "4")
+    assert res.returncode == 0, res
+    assert res.stdout.split(maxsplit=1) == ["0", "[]\n"], res.stdout  # SYN retransmits, slow

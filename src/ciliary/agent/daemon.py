@@ -47,6 +47,7 @@ from ciliary.agent.masquerade import setup_masquerade
 from ciliary.agent.monitor import Monitor
 from ciliary.agent.podstore import PodLookup, PodMeta, no_pods
 from ciliary.agent.policymanager import PolicyManager
+from ciliary.agent.proxysockets import ProxySockets
 from ciliary.agent.server import APIServer
 from ciliary.agent.services import (
     FrontendNode,
@@ -178,6 +179,8 @@ class Agent:
             ipv6=cfg.ipv6_range is not None, on_access=self._http_access,
         )  # fmt: skip
         """The node's Envoy (HTTP L7 rules), when the node has its proxy ports."""
+        self.proxy_sockets: ProxySockets | None = None
+        """Envoy's listeners in the datapath's socket map (bpf_sk_lookup.c), with Envoy."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._serving = asyncio.Event()
@@ -507,6 +510,11 @@ class Agent:
         await self._start_dns_proxy()  # endpoints and policies known: queries can be decided
         if self.envoy.enabled:  # its configuration follows every realized policy from now on
             self.policy.on_realized.append(lambda _ep: self.envoy.changed())
+            self.proxy_sockets = ProxySockets(
+                self.datapath.attach_proxy_lookup(), lambda: self.envoy.process.pid,
+                lambda: self.envoy.listener_ports, ipv6=cfg.ipv6_range is not None,
+            )  # fmt: skip
+            self.envoy.on_configured.append(self.proxy_sockets.changed)
             await self.envoy.start()
         # Hubble's sink before the reader: its first drain is the ring's backlog (events the
         # datapath wrote while no agent ran), which must reach Hubble, enriched from the
@@ -528,6 +536,8 @@ class Agent:
             await self.server.stop()
             if self.dns_proxy is not None:
                 await self.dns_proxy.stop()
+            if self.proxy_sockets is not None:
+                await self.proxy_sockets.stop()
             await self.envoy.stop()  # by pid: its proxied connections close
             await self.hubble.stop()
             self.monitor.stop()

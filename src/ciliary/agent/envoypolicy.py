@@ -173,6 +173,11 @@ class NodeEnvoy:
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.syncs = 0
+        self.listener_ports: set[int] = set()
+        """The ports of the HTTP listeners last written."""
+        self.on_configured: list[Callable[[], None]] = []
+        """Called on the loop after each configuration pass (files written, Envoy started):
+        Envoy's listeners of ``listener_ports`` follow (agent.proxysockets)."""
 
     @property
     def enabled(self) -> bool:
@@ -209,6 +214,7 @@ class NodeEnvoy:
         )
         prefixes = identity_prefixes(self._ipcache()) if wanted else {}
         listeners = http_listeners(views, self.ports, prefixes)
+        self.listener_ports = {proxy.port for proxy in listeners}
         clusters = [cfg.cluster(d, PROXY_MARK[d]) for d in ("ingress", "egress")]
         if self.writer.apply(listeners, clusters):
             log.info("envoy: configuration written (%d HTTP listener(s))", len(listeners))
@@ -219,6 +225,8 @@ class NodeEnvoy:
         if self.sync() and self.process.pid is None:
             self.access_log.start()  # before Envoy opens it (its open must not wait)
             await self.process.start()  # reads the files just written
+        for fn in self.on_configured:
+            fn()
 
     def changed(self) -> None:
         """Something the configuration depends on changed: sync soon (once for a burst).

@@ -53,7 +53,9 @@ __all__ = [
     "BPF_MAP_TYPE_LRU_HASH",
     "BPF_MAP_TYPE_PERCPU_ARRAY",
     "BPF_MAP_TYPE_RINGBUF",
+    "BPF_MAP_TYPE_SOCKHASH",
     "BPF_NOEXIST",
+    "BPF_SK_LOOKUP",
     "RINGBUF_BUSY_BIT",
     "RINGBUF_DISCARD_BIT",
     "RINGBUF_HDR_SZ",
@@ -74,6 +76,7 @@ __all__ = [
     "libbpf_version",
     "link_cgroup_id",
     "link_create",
+    "link_netns_ino",
     "link_update",
     "num_possible_cpus",
     "obj_pin",
@@ -109,6 +112,7 @@ BPF_MAP_TYPE_LRU_HASH: Final = 9
 BPF_MAP_TYPE_LRU_PERCPU_HASH: Final = 10
 BPF_MAP_TYPE_LPM_TRIE: Final = 11
 BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: Final = 21
+BPF_MAP_TYPE_SOCKHASH: Final = 18
 BPF_MAP_TYPE_RINGBUF: Final = 27
 
 # enum bpf_attach_type: the cgroup sock_addr hooks of socket-LB (bpf_sock.c)
@@ -120,7 +124,10 @@ BPF_CGROUP_UDP4_RECVMSG: Final = 19
 BPF_CGROUP_UDP6_RECVMSG: Final = 20
 BPF_CGROUP_INET4_GETPEERNAME: Final = 29
 BPF_CGROUP_INET6_GETPEERNAME: Final = 30
+# the L7 proxies' listener selection on a network namespace (bpf_sk_lookup.c)
+BPF_SK_LOOKUP: Final = 36
 _BPF_LINK_TYPE_CGROUP: Final = 3
+_BPF_LINK_TYPE_NETNS: Final = 5
 
 _PERCPU_MAP_TYPES: Final = frozenset(
     {
@@ -643,6 +650,12 @@ class Map(_Owned):
         v = self._value(value, "bpf_map_update_elem")
         _check(int(_C.bpf_map_update_elem(self.fd, k, v, flags)), "bpf_map_update_elem")
 
+    def update_socket(self, key: bytes, sock_fd: int, flags: int = BPF_ANY) -> None:
+        """Stores the socket of ``sock_fd`` under ``key`` in a SOCKMAP/SOCKHASH (the map holds
+        the socket from then on, until it closes: the fd may be closed)."""
+        value = sock_fd.to_bytes(self._value_buf_size, sys.byteorder)
+        self.update(key, value, flags)
+
     def delete(self, key: bytes) -> bool:
         """Removes ``key``; False when it was absent."""
         k = self._key(key, "bpf_map_delete_elem")
@@ -849,8 +862,9 @@ def obj_pin(fd: int, path: os.PathLike[str] | str) -> None:
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     """A BPF link attaching ``prog_fd`` to ``target_fd`` (a cgroup directory's fd for the
-    ``BPF_CGROUP_*`` types); returns the link's fd, owned by the caller (pin it with
-    :func:`obj_pin` to keep the attachment once the fd is closed)."""
+    ``BPF_CGROUP_*`` types, a network namespace's for ``BPF_SK_LOOKUP``); returns the link's
+    fd, owned by the caller (pin it with :func:`obj_pin` to keep the attachment once the fd is
+    closed)."""
     fd = int(_C.bpf_link_create(prog_fd, target_fd, attach_type, None))
     return _check(fd, "bpf_link_create", f"attach type {attach_type}")
 
@@ -860,14 +874,12 @@ def link_update(link_fd: int, prog_fd: int) -> None:
     _check(int(_C.bpf_link_update(link_fd, prog_fd, None)), "bpf_link_update")
 
 
-def link_cgroup_id(link_fd: int) -> int | None:
-    """The id of the cgroup a cgroup link is attached to (a cgroup v2 directory's inode number);
-    0 once that cgroup was removed; None for a link of another kind."""
+def _link_info(link_fd: int) -> tuple[int, bytes]:
+    """A link's type and the union of ``struct bpf_link_info`` (type, id, prog_id: u32 each,
+    then the union at offset 16)."""
     kind = os.readlink(f"/proc/self/fd/{link_fd}")
     if kind != "anon_inode:bpf-link":
         raise bpf_error(_errno.EINVAL, "bpf_obj_get_info_by_fd", f"fd {link_fd} is {kind}")
-    # struct bpf_link_info: type, id, prog_id (u32 each), then the union at offset 16, whose
-    # cgroup member is {u64 cgroup_id; u32 attach_type}
     raw = (ctypes.c_uint8 * 64)()
     size = ctypes.c_uint32(ctypes.sizeof(raw))
     _check(
@@ -875,9 +887,21 @@ def link_cgroup_id(link_fd: int) -> int | None:
         "bpf_obj_get_info_by_fd",
     )
     data = bytes(raw)
-    if int.from_bytes(data[0:4], sys.byteorder) != _BPF_LINK_TYPE_CGROUP:
-        return None
-    return int.from_bytes(data[16:24], sys.byteorder)
+    return int.from_bytes(data[0:4], sys.byteorder), data[16:]
+
+
+def link_cgroup_id(link_fd: int) -> int | None:
+    """The id of the cgroup a cgroup link is attached to (a cgroup v2 directory's inode number);
+    0 once that cgroup was removed; None for a link of another kind."""
+    kind, union = _link_info(link_fd)  # cgroup: {u64 cgroup_id; u32 attach_type}
+    return int.from_bytes(union[0:8], sys.byteorder) if kind == _BPF_LINK_TYPE_CGROUP else None
+
+
+def link_netns_ino(link_fd: int) -> int | None:
+    """The inode number of the network namespace a netns link (``BPF_SK_LOOKUP``) is attached
+    to; 0 once that namespace is gone; None for a link of another kind."""
+    kind, union = _link_info(link_fd)  # netns: {u32 netns_ino; u32 attach_type}
+    return int.from_bytes(union[0:4], sys.byteorder) if kind == _BPF_LINK_TYPE_NETNS else None
 
 
 def prog_from_pin(path: os.PathLike[str] | str) -> int:

@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ciliary.datapath import socketlb
+from ciliary.datapath import sklookup, socketlb
 from ciliary.datapath.libbpf import BPFObject, Map, tc_attach, tc_detach, tc_query
 from ciliary.datapath.linux import bpffs
 from ciliary.datapath.maps.config import ConfigMap
@@ -207,6 +207,21 @@ class NodeDatapath:
     def detach_socket_lb(self) -> bool:
         """Detach socket-LB (the tc-level LB alone translates); True when it was attached."""
         return socketlb.detach(self.pin_dir)
+
+    def attach_proxy_lookup(self) -> sklookup.ProxySocketMap:
+        """The L7 proxies' listener selection: load ``bpf_sk_lookup.o`` (the pinned conntrack
+        table) and attach its program to the agent's network namespace (datapath.sklookup: a
+        pinned link, replaced in place on restart); returns its socket map."""
+        path = self.object_path.parent / sklookup.OBJECT
+        if not path.exists():
+            raise FileNotFoundError(f"BPF object {path} not found (run `make -C bpf`)")
+        obj = BPFObject.open(path, pin_dir=self.pin_dir, max_entries={"ciliary_ct": self._ct_max})
+        try:
+            obj.load()
+            sklookup.attach(obj, self.pin_dir)
+            return sklookup.ProxySocketMap(obj.map(sklookup.SOCKETS_MAP))
+        finally:
+            obj.close()
 
     def nat_entries(self) -> list[NATRecord]:
         """Both families' NAT state (``ciliary bpf nat list``)."""
