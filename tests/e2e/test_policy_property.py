@@ -55,9 +55,13 @@ kind: Pod
 metadata: {{name: {name}, namespace: {ns}, labels: {labels}}}
 spec:
   containers:
-  - name: main
-    command: [ciliary, workload, pause]
-"""
+{containers}"""
+# Every pod listens on every port of PORTS: an allowed flow is a connection, not a RST that the
+# runner would take for a server still starting (and ask again for seconds).
+CONTAINERS = "".join(
+    f'  - name: tcp{p}\n    command: [ciliary, workload, echo-server, --tcp-port, "{p}"]\n'
+    for p in PORTS
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyLab]:
     text = LAB.format(lab=name, node=node)
     for key, labels in PODS.items():
         ns, _, pod = key.partition("/")
-        text += POD.format(name=pod, ns=ns, labels=yaml.safe_dump(labels, default_flow_style=True))
+        labels_yaml = yaml.safe_dump(labels, default_flow_style=True)
+        text += POD.format(name=pod, ns=ns, labels=labels_yaml, containers=CONTAINERS)
     path = tmp_path_factory.mktemp("ppt") / "lab.yaml"
     path.write_text(text)
     from ciliary.lab import manager  # noqa: PLC0415
