@@ -145,10 +145,12 @@ class RestartLab:
         ]
 
 
-@pytest.fixture
-def rlab(tmp_path: Path) -> Iterator[RestartLab]:
+@pytest.fixture(scope="module")
+def rlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartLab]:
+    """One lab for the module: each test kills the agent and ends with it restarted, and
+    measures against what it found (lost-counter deltas, flows of its own ports/protocol)."""
     name, node = unique("hrs"), unique("nr")
-    path = tmp_path / "lab.yaml"
+    path = tmp_path_factory.mktemp("hrs") / "lab.yaml"
     path.write_text(LAB.format(lab=name, node=node))
     try:
         view = manager.up(path)
