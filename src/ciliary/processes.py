@@ -11,14 +11,16 @@ share one deadline, so stopping eight costs the slowest one's shutdown, not thei
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 KILL_WAIT = 2.0
 """How long a SIGKILLed process may take to be gone (its exit, our reaping) before we stop
@@ -103,6 +105,70 @@ def _wait(running: list[tuple[int, int | None]], deadline: float) -> list[tuple[
             return running
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+_DETACH = """\
+import os, sys, time
+parent = os.getpid()
+child = os.fork()
+if child:
+    print(child, flush=True)
+    os._exit(0)
+os.dup2(2, 1)
+while os.getppid() == parent:
+    time.sleep(0.001)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def spawn_detached(argv: Sequence[str], log: IO[bytes], pass_fds: Sequence[int] = ()) -> int:
+    """Start ``argv`` so that it outlives its starter: in a session of its own, and whose parent
+    is already init when it execs (a short-lived intermediate forks it and exits; the child waits
+    until it is reparented). A program that asks for a parent-death signal (Envoy does: it gets
+    SIGTERM when its parent exits) then never gets one from its starter's exit. Its output goes
+    to ``log``, ``pass_fds`` stay open in it. Returns its pid (not our child: whoever reaps
+    orphans reaps it; watch it with a pidfd or :func:`alive`). Blocks for the intermediate's
+    start (a Python interpreter's, tens of ms): call it from a thread in an event loop."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DETACH, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        pass_fds=tuple(pass_fds),
+        start_new_session=True,
+    )
+    out, _ = proc.communicate(timeout=30)
+    if proc.returncode != 0 or not out.strip().isdigit():
+        raise OSError(f"could not start {argv[0]} (launcher exit {proc.returncode}: {out!r})")
+    return int(out)
+
+
+def recorded(pidfile: Path) -> tuple[int, int | None] | None:
+    """The (pid, start time) a pid file names (JSON ``{"pid": …, "start_time": …}``, as the
+    agent records the node's Envoy, which outlives it), or None when there is no such file or it
+    is not one."""
+    try:
+        doc = json.loads(pidfile.read_text())
+        pid, started = int(doc["pid"]), doc.get("start_time")
+        return pid, None if started is None else int(started)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def alive_recorded(pidfile: Path) -> bool:
+    """Whether the process a pid file names still runs (and is the one recorded)."""
+    found = recorded(pidfile)
+    return found is not None and alive(*found)
+
+
+def stop_recorded(pidfile: Path, timeout: float = 5.0) -> None:
+    """:func:`stop` the process a pid file names (while it is still the one recorded), then
+    remove the file: how the owner of a run directory ends what outlived its agent."""
+    found = recorded(pidfile)
+    if found is not None:
+        stop(*found, timeout)
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
 
 
 def exit_now(code: int) -> NoReturn:

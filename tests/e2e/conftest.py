@@ -103,6 +103,10 @@ def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
             ["pgrep", "-f", f"--node-name {node}"], capture_output=True, text=True, check=False
         )
         assert ps.stdout.strip() == "", f"agent of {node} still running: {ps.stdout}"
+        ps = subprocess.run(  # its Envoy outlives agent restarts, not the lab
+            ["pgrep", "-f", f"--service-node {node} "], capture_output=True, text=True, check=False
+        )
+        assert ps.stdout.strip() == "", f"envoy of {node} still running: {ps.stdout}"
     assert not Path(f"/run/ciliary/lab/{lab}").exists(), "lab record left"
     # etcd (--data-dir) and the API server (--tls-cert-file) name the lab's directory
     ps = subprocess.run(

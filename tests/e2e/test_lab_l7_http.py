@@ -17,11 +17,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ciliary import processes
+from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
 from ciliary.lab import manager
 from tests.kubectl import wait_for
 from tests.unit.hubble.test_l7_dashboard import SPEC as L7_SPEC
@@ -307,3 +310,81 @@ def test_reused_client_ports_connect_without_syn_retransmission(lab: Lab) -> Non
     res = lab.run("default/client", sys.executable, "-c", _REUSE, web, "8", "41000", "4")
     assert res.returncode == 0, res
     assert res.stdout.split(maxsplit=1) == ["0", "[]\n"], res.stdout  # SYN retransmits, slow
+
+
+_KEEP_ALIVE = """\
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+def get(path):
+    s.sendall(f"GET {path} HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n".encode())
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, "connection closed"
+        head += chunk
+    head, _, body = head.partition(b"\\r\\n\\r\\n")
+    length = int(next(l.split(b":")[1] for l in head.split(b"\\r\\n")
+                      if l.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(4096)
+    return head.split()[1].decode()
+print(get("/public/before"), flush=True)
+sys.stdin.readline()  # the agent restarts meanwhile
+print(get("/public/kept"), get("/private/kept"), s.getsockname()[1], flush=True)
+"""
+
+
+def _envoy_pid(lab: Lab) -> tuple[int, int]:
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == lab.node)
+    found = processes.recorded(Path(nrec.state_dir) / ENVOY_STATE / ENVOY_PIDFILE)
+    assert found is not None and found[1] is not None and processes.alive(*found), found
+    return found[0], found[1]
+
+
+def test_agent_restart_keeps_proxied_connections(lab: Lab) -> None:
+    """Issue #15 Must hold: Envoy outlives the agent's restart (the next agent adopts it), so a
+    keep-alive connection through it goes on: its next requests are still decided (200, 403);
+    a new connection works and Envoy's access log still reaches Hubble as L7 flows."""
+    web = lab.pod_ip("default/web")
+    deadline = time.monotonic() + 20  # Envoy may still be starting (see the first test)
+    while (err := _get(lab, f"http://{web}/public", 200)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert err == "", err
+    pod = manager.find_pod(manager.record(lab.name), "default/client")
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", pod.netns, sys.executable, "-c", _KEEP_ALIVE, web],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline().strip() == "200", client.stderr
+        envoy = _envoy_pid(lab)
+        manager.restart_agent(lab.node, name=lab.name)
+        out, err = client.communicate("go\n", timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert out.split()[:2] == ["200", "403"], (out, err)  # the same connection, still decided
+    assert _envoy_pid(lab) == envoy  # adopted, not restarted
+    assert _get(lab, f"http://{web}/public/new", 200) == ""  # a new connection
+    assert _get(lab, f"http://{web}/private/new", 403) == ""
+    port = int(out.split()[2])
+    want = {
+        ("client", "REQUEST", "FORWARDED", "GET /public/kept", 0),
+        ("client", "RESPONSE", "FORWARDED", "GET /public/kept", 200),
+        ("client", "REQUEST", "DROPPED", "GET /private/kept", 0),
+        ("client", "RESPONSE", "FORWARDED", "GET /private/kept", 403),
+        ("client", "REQUEST", "FORWARDED", "GET /public/new", 0),
+        ("client", "REQUEST", "DROPPED", "GET /private/new", 0),
+    }
+    got = wait_for(
+        "L7 flows after the restart",
+        lambda: (
+            (f := _http(_observe(lab, "--type", "l7", "--pod", "default/client"))) >= want and f
+        ),
+        20,
+    )
+    assert want <= got
+    kept = [f for f in _observe(lab, "--type", "l7", "--http-path", "^/public/kept$")
+            if f["l7"]["type"] == "REQUEST"]  # fmt: skip
+    assert [f["l4"]["TCP"]["source_port"] for f in kept] == [port]  # the connection of before

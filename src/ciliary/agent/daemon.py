@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
 
-from ciliary import __version__
+from ciliary import __version__, processes
 from ciliary.agent.accesslog import HTTPAccess, to_l7_records
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
 from ciliary.agent.dnsproxy import DNSProxy, EndpointDNSRules
@@ -57,7 +57,9 @@ from ciliary.agent.services import (
     service_frontends,
     service_handlers,
 )
+from ciliary.core import proxyports
 from ciliary.core.atomicfile import write_json
+from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.maglev import parse_hash_seed
 from ciliary.core.models import (
@@ -75,7 +77,7 @@ from ciliary.core.models import (
     ServiceFrontend,
     StatusResponse,
 )
-from ciliary.core.proxyports import DNS_EGRESS, ProxyPorts
+from ciliary.core.proxyports import DNS_EGRESS, HTTP_EGRESS, HTTP_INGRESS, ProxyPorts
 from ciliary.core.proxyports import allocate as allocate_proxy_ports
 from ciliary.datapath import probe
 from ciliary.datapath.linux import link as links
@@ -115,13 +117,22 @@ class Agent:
         self.identities: IdentityAllocator = LocalIdentityAllocator(
             cfg.state_dir / "identities.json"
         )
+        envoy_dir = cfg.state_dir / ENVOY_STATE
         self.proxy_ports = (
-            allocate_proxy_ports({DNS_EGRESS: cfg.tofqdns_proxy_port})
+            allocate_proxy_ports(
+                {DNS_EGRESS: cfg.tofqdns_proxy_port},
+                restored=proxyports.load(cfg.state_dir / proxyports.SAVED_PORTS),
+                # the Envoy an earlier agent left still listens on its ports (it is adopted)
+                held=(HTTP_EGRESS, HTTP_INGRESS)
+                if processes.alive_recorded(envoy_dir / ENVOY_PIDFILE)
+                else (),
+            )
             if cfg.enable_l7_proxy
             else ProxyPorts()
         )
         """The node's proxy listeners (``ciliary.core.proxyports``): the DNS proxy and Envoy bind
-        these ports; the policy maps redirect L7 rules' traffic to them."""
+        these ports; the policy maps redirect L7 rules' traffic to them (the previous agent's,
+        saved in the state directory, when they are still free or still Envoy's)."""
         mode = (
             cfg.enable_policy if cfg.enable_policy in ("default", "always", "never") else "default"
         )
@@ -174,7 +185,7 @@ class Agent:
         """The DNS cache's version last saved (``SAVED_DNS_CACHE``)."""
         """The DNS proxy (``rules: dns``, toFQDNs' answers), started when L7 proxies are on."""
         self.envoy = NodeEnvoy(
-            cfg.node, cfg.state_dir / "envoy", self.proxy_ports, self._endpoint_views,
+            cfg.node, envoy_dir, self.proxy_ports, self._endpoint_views,
             lambda: [(str(r.prefix), r.sec_id) for r in self.datapath.ipcache.items()],
             ipv6=cfg.ipv6_range is not None, on_access=self._http_access,
         )  # fmt: skip
@@ -494,6 +505,8 @@ class Agent:
     async def run(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.proxy_ports.ports:
+            proxyports.save(cfg.state_dir / proxyports.SAVED_PORTS, self.proxy_ports)
         self._restore_dns_cache()  # before policies: toFQDNs rules start with these IPs
         self._load_dns_pre_cache()
         self.datapath.load()
@@ -538,7 +551,7 @@ class Agent:
                 await self.dns_proxy.stop()
             if self.proxy_sockets is not None:
                 await self.proxy_sockets.stop()
-            await self.envoy.stop()  # by pid: its proxied connections close
+            await self.envoy.detach()  # Envoy runs on: the next agent adopts it
             await self.hubble.stop()
             self.monitor.stop()
             for task in list(self._tasks):

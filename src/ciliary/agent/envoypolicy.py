@@ -194,14 +194,25 @@ class NodeEnvoy:
         except Exception:  # the agent runs on: redirected traffic is dropped (fail closed)
             log.exception("envoy: not started (retried at the next policy change)")
 
-    async def stop(self) -> None:
+    async def _stop_following(self) -> None:
         self._running = False
         if self._pending is not None:
             self._pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pending
+
+    async def stop(self) -> None:
+        """Stop following and end Envoy (its proxied connections close)."""
+        await self._stop_following()
         if self.process.pid is not None:
             await self.process.stop()
+        self.access_log.stop()
+
+    async def detach(self) -> None:
+        """The agent's exit: stop following, leave Envoy running with its configuration for
+        the next agent (which adopts it: the connections it proxies go on)."""
+        await self._stop_following()
+        await self.process.detach()
         self.access_log.stop()
 
     def sync(self) -> int:
@@ -222,9 +233,12 @@ class NodeEnvoy:
         return len(listeners)
 
     async def _reconcile(self) -> None:
-        if self.sync() and self.process.pid is None:
+        # an earlier agent's Envoy is taken over even when no HTTP rule applies any more (the
+        # files just written then leave it no listener)
+        wanted = self.sync() > 0 or self.process.recorded()
+        if wanted and self.process.pid is None:
             self.access_log.start()  # before Envoy opens it (its open must not wait)
-            await self.process.start()  # reads the files just written
+            await self.process.start()  # adopts a running one, or reads the files written
         for fn in self.on_configured:
             fn()
 

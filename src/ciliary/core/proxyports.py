@@ -10,21 +10,28 @@ is that one place: the names, the value every party is handed (:class:`ProxyPort
 allocation at agent start (:func:`allocate`).
 
 A port given on the command line (``--tofqdns-proxy-port``) is used as is; ``0`` (upstream's
-default, "OS-assigned") gets the lowest port of the range (upstream's 10000-20000) that is free
-for both TCP and UDP on the wildcard addresses of the agent's network namespace, so an agent
-restart on a quiet node finds the same numbers again (connections redirected before the restart
-keep their policy entries). The proxies bind their listeners on exactly these ports: TCP and UDP
+default, "OS-assigned") gets the port the previous agent of the node used (saved in the state
+directory, :data:`SAVED_PORTS`, as upstream's ``proxy_ports_state.json``) when it is still free
+or still held by that proxy (the node's Envoy outlives an agent restart and keeps listening on
+its ports), else the lowest port of the range (upstream's 10000-20000) free for both TCP and UDP
+on the wildcard addresses of the agent's network namespace. So the numbers stay across a restart:
+connections redirected before it keep their policy entries and the listener they reached.
+The proxies bind their listeners on exactly these ports: TCP and UDP
 on ``0.0.0.0`` and ``::``, with ``IP_TRANSPARENT`` (see docs/architecture.md, "L7 proxy
 redirect", for what a proxy's sockets must do).
 """
 
 from __future__ import annotations
 
+import json
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final
+
+from ciliary.core.atomicfile import write_json
 
 __all__ = [
     "DNS_EGRESS",
@@ -32,9 +39,12 @@ __all__ = [
     "HTTP_INGRESS",
     "PORT_RANGE",
     "PROXY_NAMES",
+    "SAVED_PORTS",
     "ProxyPorts",
     "allocate",
+    "load",
     "proxy_for_l7",
+    "save",
 ]
 
 DNS_EGRESS: Final = "cilium-dns-egress"
@@ -44,6 +54,8 @@ PROXY_NAMES: Final = (DNS_EGRESS, HTTP_EGRESS, HTTP_INGRESS)
 
 PORT_RANGE: Final = (10000, 20000)
 """Where ports not given are taken from (upstream's ``ProxyPortrangeMin/Max``)."""
+SAVED_PORTS: Final = "proxy_ports.json"
+"""The agent's last ports, in its state directory: ``{name: port}``."""
 
 
 def proxy_for_l7(kind: str, egress: bool) -> str | None:
@@ -116,10 +128,15 @@ def allocate(
     requested: Mapping[str, int],
     names: Iterable[str] = PROXY_NAMES,
     port_range: tuple[int, int] = PORT_RANGE,
+    *,
+    restored: Mapping[str, int] | None = None,
+    held: Collection[str] = (),
 ) -> ProxyPorts:
-    """The ports of ``names``: ``requested[name]`` when given and non-zero, else the lowest port
-    of ``port_range`` (inclusive) free for TCP and UDP in this network namespace and not taken
-    by another proxy. Raises ValueError naming the proxy when none is left."""
+    """The ports of ``names``: ``requested[name]`` when given and non-zero, else
+    ``restored[name]`` (the previous agent's) when it is free or ``name`` is in ``held`` (its
+    proxy still runs and listens there), else the lowest port of ``port_range`` (inclusive) free
+    for TCP and UDP in this network namespace and not taken by another proxy. Raises ValueError
+    naming the proxy when none is left."""
     lo, hi = port_range
     if not 0 < lo <= hi <= 0xFFFF:
         raise ValueError(f"proxy port range {lo}-{hi}: expected 1 <= min <= max <= 65535")
@@ -130,6 +147,11 @@ def allocate(
         if port:
             out[name] = port
     taken = set(out.values())
+    for name, port in (restored or {}).items():
+        usable = name in wanted and name not in out and port not in taken
+        if usable and (name in held or _free(port)):
+            out[name] = port
+            taken.add(port)
     candidate = lo
     for name in wanted:
         if name in out:
@@ -142,3 +164,25 @@ def allocate(
         taken.add(candidate)
         candidate += 1
     return ProxyPorts(out)
+
+
+def load(path: Path) -> dict[str, int]:
+    """The ports a previous agent saved (:func:`save`); ``{}`` when there is no such file. A
+    file that is not ``{name: port}`` of known proxies is ignored (ports are then allocated
+    afresh): ValueError is never raised for it, the agent starts."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {
+        name: port
+        for name, port in doc.items()
+        if name in PROXY_NAMES and isinstance(port, int) and 0 < port <= 0xFFFF
+    }
+
+
+def save(path: Path, ports: ProxyPorts) -> None:
+    """The node's ports for the next agent (written whole)."""
+    write_json(path, dict(ports.ports))

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from ciliary.apiserver.etcdserver import EtcdError
 from ciliary.client.agent import AgentAPIError, AgentClient, AgentUnavailableError
 from ciliary.core import atomicfile as atomic
+from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
 from ciliary.core.maglev import new_hash_seed
 from ciliary.core.yamldoc import YAMLDocumentError, load_documents
 from ciliary.datapath.linux import bpffs, cgroup, cgrouplimits, netns
@@ -74,6 +75,7 @@ from ciliary.lab.state import (
     RelayView,
     SupervisorRecord,
 )
+from ciliary.processes import stop_recorded
 
 if TYPE_CHECKING:  # the kubelet role (lab.kubeletd) imports this module: no policy engine, no rich
     from rich.progress import Progress, TaskID
@@ -1827,6 +1829,8 @@ def _teardown(rec: LabRecord) -> None:
     agents = [(n.agent_pid, n.agent_start_time) for n in rec.nodes]
     world = [(e.pid, e.start_time) for e in rec.externals]
     process.stop_all(relay + agents + world, timeout=5.0)
+    for nrec in rec.nodes:  # its Envoy outlives the agent (for the next one): ended by pid
+        _collect(errors, stop_recorded, Path(nrec.state_dir) / ENVOY_STATE / ENVOY_PIDFILE)
     for ext in rec.externals:
         if ext.cgroup and root is not None:
             _collect(errors, cgroup.kill_and_remove, root / ext.cgroup)

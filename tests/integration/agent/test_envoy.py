@@ -30,6 +30,7 @@ import pytest
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ciliary import processes
 from ciliary.agent import envoyconfig as cfg
 from ciliary.agent.accesslog import AccessLogReader, HTTPAccess
 from ciliary.agent.envoy import EnvoyConfigWriter, EnvoyError, EnvoyPaths, EnvoyProcess
@@ -37,6 +38,7 @@ from ciliary.agent.envoypolicy import EndpointView, NodeEnvoy, http_listeners, i
 from ciliary.core.proxyports import HTTP_EGRESS, HTTP_INGRESS, ProxyPorts
 from ciliary.datapath.linux import netns
 from ciliary.policy.api.model import HTTPHeaderMatch, HTTPRule
+from ciliary.policy.resolve import EndpointPolicy
 from tests.unit.policy.engine.lab import Lab, pod
 
 pytestmark = pytest.mark.privileged
@@ -586,6 +588,74 @@ def test_node_envoy_runs_once_an_http_rule_applies(
         env.loop.run(node.stop())
 
 
+async def _log_writes(envoy: EnvoyProcess) -> dict[str, str]:
+    """Envoy's counters of its file writes (the access log's): completed, failed."""
+    stats = await envoy.admin("/stats?filter=^filesystem\\.write_(completed|failed)$")
+    return dict(line.split(": ", 1) for line in stats.splitlines() if ": " in line)
+
+
+def _deathstar_policy() -> EndpointPolicy:
+    """Cilium's example on port 8082 (NODE_INGRESS_PORT's): the deathstar's policy."""
+    deathstar = pod(1000, "default", org="empire", **{"class": "deathstar"})
+    lab = Lab(deathstar, pod(1001, "default", org="empire", **{"class": "tiefighter"}))
+    lab.apply(STAR_WARS_L7.replace('"8080"', '"8082"'))
+    return lab.policy(deathstar)
+
+
+def test_detached_envoy_is_adopted_with_its_connections(
+    env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The agent's exit (``NodeEnvoy.detach``) leaves Envoy running; the next agent's
+    ``NodeEnvoy`` adopts it (same pid, no file rewritten): a keep-alive connection opened before
+    goes on, decided as before, and the access log of a request made while no agent read the
+    pipe reaches the next agent (Envoy holds a reader: its write waited, nothing was lost)."""
+    pol = _deathstar_policy()
+    views = [EndpointView(7, (SERVER,), pol)]
+    ports = ProxyPorts({HTTP_INGRESS: NODE_INGRESS_PORT, HTTP_EGRESS: NODE_INGRESS_PORT + 1})
+    root = tmp_path_factory.mktemp("adopted-envoy")
+    seen: list[HTTPAccess] = []
+
+    def node() -> NodeEnvoy:
+        return NodeEnvoy("f-node", root, ports, lambda: views,
+                         lambda: [(f"{ALLOWED}/32", 1001)], on_access=seen.append)  # fmt: skip
+
+    first, second = node(), node()
+
+    async def run() -> None:
+        await first.start()
+        assert await first.process.admin("/ready")
+        pid = first.process.pid
+        conn = await asyncio.open_connection(SERVER, 8082, local_addr=(ALLOWED, 0))
+        assert (await _request("POST", "/v1/request-landing", port=8082, conn=conn))[0] == 200
+        await first.detach()
+        assert first.process.pid is None and processes.alive_recorded(first.paths.pidfile)
+        lds = first.paths.lds.stat().st_mtime_ns
+        # no agent reads the pipe now: Envoy's access log waits for the next one
+        written = await _log_writes(first.process)
+        assert (await _request("PUT", "/v1/exhaust-port", port=8082, conn=conn))[0] == 403
+        deadline = time.monotonic() + 5
+        while await _log_writes(first.process) == written:  # flushed to the pipe (100 ms)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await second.start()
+        assert second.process.pid == pid and second.process.adopted
+        assert second.paths.lds.stat().st_mtime_ns == lds  # unchanged: not rewritten
+        assert (await _request("POST", "/v1/request-landing", port=8082, conn=conn))[0] == 200
+        conn[1].close()
+        deadline = time.monotonic() + 5
+        while [(a.method, a.code) for a in seen] != [("POST", 200), ("PUT", 403), ("POST", 200)]:
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.05)
+        await second.stop()
+        assert not processes.alive_recorded(second.paths.pidfile)
+
+    try:
+        env.loop.run(run())
+    finally:
+        env.loop.run(first.stop())
+        env.loop.run(second.stop())
+
+
 def test_listeners_bind_both_families(env: Env) -> None:
     listening = env.loop.run(env.envoy.admin("/listeners"))
     assert f"0.0.0.0:{INGRESS_PORT}" in listening and f"[::]:{INGRESS_PORT}" in listening, listening
@@ -613,28 +683,38 @@ def test_malformed_http_is_answered_and_envoy_lives_on(env: Env) -> None:
     assert env.envoy.pid == pid and env.envoy.alive()
 
 
-def test_the_envoy_of_a_dead_agent_is_stopped(tmp_path: Path) -> None:
+def test_the_envoy_of_a_dead_agent_is_adopted_another_process_replaced(tmp_path: Path) -> None:
     paths = EnvoyPaths(tmp_path / "envoy")
     left = EnvoyProcess("f-dead", paths)
     asyncio.run(left.start())  # the loop ends: its supervisor is gone, the process is not
     assert left.alive()
 
-    async def next_agent() -> tuple[bool, bool]:
+    async def next_agent() -> tuple[int | None, bool]:
         envoy = EnvoyProcess("f-dead", paths)
         await envoy.start()
         try:
-            return left.alive(), envoy.alive()
+            return envoy.pid, envoy.adopted
         finally:
             await envoy.stop()
 
-    assert asyncio.run(next_agent()) == (False, True)
-    assert not paths.pidfile.exists()
-    asyncio.run(left.stop())  # nothing left to stop: its handle is released
+    assert asyncio.run(next_agent()) == (left.pid, True)  # the same Envoy, taken over
+    assert not left.alive() and not paths.pidfile.exists()  # stopped by the next one
+    # a pid file naming a process that is no Envoy of this node: stopped, a new Envoy started
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        started = processes.start_time(other.pid)
+        paths.pidfile.write_text(json.dumps({"pid": other.pid, "start_time": started}))
+        pid, adopted = asyncio.run(next_agent())
+        assert pid not in (None, other.pid) and not adopted
+        assert not processes.alive(other.pid, started)  # stopped (and reaped: our child)
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_an_envoy_that_cannot_start_leaves_nothing_and_the_agent_runs_on(tmp_path: Path) -> None:
     broken = EnvoyProcess("f-bad", EnvoyPaths(tmp_path / "a"), binary=Path("/bin/false"))
-    with pytest.raises(EnvoyError, match="exited with 1"):
+    with pytest.raises(EnvoyError, match=r"envoy \(pid \d+\) exited"):
         asyncio.run(broken.start())
     assert broken.pid is None and not broken.paths.pidfile.exists()
 

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from ciliary.client.agent import AgentClient, AgentClientError
+from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
+from ciliary.processes import stop_recorded
 
 REPO = Path(__file__).resolve().parents[3]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -166,6 +168,8 @@ def node_agent(
         yield agent
     finally:
         agent.stop()
+        # the node's Envoy outlives its agent (the next one adopts it): ended by its pid file
+        stop_recorded(RUN_ROOT / agent.node / ENVOY_STATE / ENVOY_PIDFILE)
         netns_del(agent.netns)
         shutil.rmtree(RUN_ROOT / agent.node, ignore_errors=True)
         shutil.rmtree(PIN_ROOT / agent.node, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -10,9 +11,12 @@ from ciliary.core.proxyports import (
     DNS_EGRESS,
     HTTP_EGRESS,
     HTTP_INGRESS,
+    SAVED_PORTS,
     ProxyPorts,
     allocate,
+    load,
     proxy_for_l7,
+    save,
 )
 
 
@@ -53,3 +57,30 @@ def test_allocation_keeps_given_ports_and_skips_held_ones() -> None:
             allocate({}, port_range=(base, base))
     finally:
         held.close()
+
+
+def test_restored_ports_are_kept_while_free_or_still_their_proxys(tmp_path: Path) -> None:
+    """An agent restart keeps the previous agent's ports (upstream's proxy_ports_state.json):
+    a saved port still free is reused, one something else holds is not, unless it is the
+    proxy's own that still runs (the node's Envoy outlives the agent and keeps listening)."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    busy = held.getsockname()[1]
+    try:
+        saved = tmp_path / SAVED_PORTS
+        save(saved, ProxyPorts({DNS_EGRESS: busy + 7, HTTP_EGRESS: busy, HTTP_INGRESS: busy + 5}))
+        restored = load(saved)
+        assert restored == {DNS_EGRESS: busy + 7, HTTP_EGRESS: busy, HTTP_INGRESS: busy + 5}
+        span = (busy + 1, busy + 20)
+        got = allocate({}, port_range=span, restored=restored)
+        assert got.port(DNS_EGRESS) == busy + 7 and got.port(HTTP_INGRESS) == busy + 5
+        assert got.port(HTTP_EGRESS) == busy + 1  # its saved port is another socket's now
+        kept = allocate({}, port_range=span, restored=restored, held=(HTTP_EGRESS,))
+        assert kept.port(HTTP_EGRESS) == busy  # Envoy still listens there: its own
+        assert allocate({DNS_EGRESS: 53}, port_range=span, restored=restored).port(DNS_EGRESS) == 53
+    finally:
+        held.close()
+    saved.write_text('{"cilium-dns-egress": "x", "nope": 1, "cilium-http-egress": 70000}')
+    assert load(saved) == {}  # nothing usable: allocated afresh
+    saved.write_text("[")
+    assert load(saved) == {} and load(tmp_path / "missing.json") == {}
