@@ -90,3 +90,6 @@ fi
 # CNI plugins are short-lived processes on the pod start-up path: ship them byte-compiled so an
 # exec never recompiles (the environment may set PYTHONDONTWRITEBYTECODE).
 .venv/bin/python -m compileall -q src/ciliary > /dev/null
+# ... and started without site (-IS): ciliary-cni and ciliary-ipam become launchers that skip
+# what pip's console scripts pay on every exec (site, .pth files); see ciliary/cni/launcher.py.
+.venv/bin/python -m ciliary.cni.launcher .venv/bin > /dev/null

@@ -22,7 +22,6 @@ back to the top-level keys, so a main plugin's config can carry it either way.
 from __future__ import annotations
 
 import sys
-from ipaddress import ip_address
 
 from ciliary.cni import spec
 from ciliary.cni.agentapi import AgentAPIError
@@ -98,6 +97,8 @@ def cmd_del(conf: NetConf, env: Env) -> None:
 
 
 def cmd_check(conf: NetConf, env: Env) -> None:
+    from ipaddress import ip_address  # noqa: PLC0415 - CHECK only (see spec's imports)
+
     spec.require_version(conf.version, "0.4.0", "CHECK")
     prev = conf.prev_result()
     with agent(_socket(conf)) as client:

@@ -40,11 +40,10 @@ creep back into an exec.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 
-from ciliary.cni import spec
+from ciliary.cni import cjson, spec
 from ciliary.cni.agentapi import (
     AgentAPIError,
     AgentClient,
@@ -175,7 +174,7 @@ class agent:  # noqa: N801 - used as ``with agent(socket) as client``
 
 def _peek_version(stdin: str) -> str | None:
     try:
-        data = json.loads(stdin) if stdin.strip() else None
+        data = cjson.loads(stdin) if stdin.strip() else None
     except (ValueError, RecursionError):
         return None
     version = data.get("cniVersion") if isinstance(data, dict) else None
@@ -195,7 +194,7 @@ def run(
     try:
         command = spec.parse_command(environ)
         if command == "VERSION":
-            return 0, json.dumps(spec.version_info(_peek_version(stdin)))
+            return 0, cjson.dumps(spec.version_info(_peek_version(stdin)))
         decode_error: CNIError | None = None
         try:
             raw = spec.decode_config(stdin)
@@ -210,7 +209,7 @@ def run(
         if handler is None:  # pragma: no cover - every plugin serves every command
             raise CNIError(ErrorCode.INVALID_ENV, f"{plugin} does not implement {command}")
         result = handler(conf, env)
-        return 0, json.dumps(result) if result is not None else ""
+        return 0, cjson.dumps(result) if result is not None else ""
     except CNIError as err:
         return 1, err.to_json(spec.error_version(raw))
     except Exception as exc:

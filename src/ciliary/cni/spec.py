@@ -28,27 +28,22 @@ classes checked by hand, in pydantic's wording.
 
 from __future__ import annotations
 
-import enum
 import errno
 import fcntl
-import json
-import math
 import os
-import re
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv6Address,
-    ip_address,
-    ip_interface,
-    ip_network,
-)
+
+from ciliary.cni import cjson
 
 # ``typing`` and ``collections.abc`` cost milliseconds a plugin exec cannot spare: they are for
-# the type checker only (mypy reads ``TYPE_CHECKING`` as true whatever it is bound to).
+# the type checker only (mypy reads ``TYPE_CHECKING`` as true whatever it is bound to). So do
+# ``json``, ``re``, ``enum`` and ``ipaddress`` (~13 ms together, more than the interpreter's own
+# start): JSON goes through :mod:`ciliary.cni.cjson`, names are checked character by character,
+# the error codes are plain ints, and ``ipaddress`` is imported by the few checks of addresses
+# a config or prevResult brings (never on an ADD without requested IPs).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
+    from ipaddress import IPv4Address, IPv6Address
     from typing import Any, Literal, TypeVar
 
     _T = TypeVar("_T")
@@ -59,10 +54,18 @@ CURRENT_VERSION = "1.1.0"
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
-CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-NETWORK_NAME_RE = CONTAINER_ID_RE
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_REST = _NAME_FIRST | frozenset("_.-")
 IFNAME_MAX = 15
-_IFNAME_BAD = re.compile(r"[/:\s]")
+_INF = float("inf")
+
+
+def is_name(value: str) -> bool:
+    r"""A container ID, network or node name as the spec (and libcni's Go regexp
+    ``^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$``) allows them: a letter or digit, then letters, digits,
+    ``_``, ``.`` or ``-`` (ASCII only; nothing after them, not even a newline)."""
+    return bool(value) and value[0] in _NAME_FIRST and _NAME_REST.issuperset(value)
+
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 LEGACY_ATTACHMENTS_KEY = "cni.dev/attachments"
@@ -72,8 +75,9 @@ _NS_GET_NSTYPE = 0xB703
 _CLONE_NEWNET = 0x40000000
 
 
-class ErrorCode(enum.IntEnum):
-    """Well-known error codes (SPEC.md "Error"), and ours from 100 on."""
+class ErrorCode:
+    """Well-known error codes (SPEC.md "Error"), and ours from 100 on: plain ints (an
+    ``IntEnum`` would import ``enum``, ~5 ms of an exec); :func:`error_codes` lists them."""
 
     INCOMPATIBLE_VERSION = 1
     UNSUPPORTED_FIELD = 2
@@ -92,8 +96,15 @@ class ErrorCode(enum.IntEnum):
     """ADD of a container interface another network (or another netns/address) already holds."""
 
 
+def error_codes() -> dict[str, int]:
+    """Every :class:`ErrorCode` by name."""
+    return {k: v for k, v in vars(ErrorCode).items() if k.isupper() and isinstance(v, int)}
+
+
 def _one_line(text: str) -> str:
-    return re.sub(r"\s*\n\s*", "; ", text.strip())
+    """Lines joined with ``"; "``, the whitespace around each line break and empty lines
+    dropped."""
+    return "; ".join(line for line in (part.strip() for part in text.split("\n")) if line)
 
 
 class CNIError(Exception):
@@ -112,7 +123,7 @@ class CNIError(Exception):
         return out
 
     def to_json(self, version: str = CURRENT_VERSION) -> str:
-        return json.dumps(self.to_dict(version))
+        return cjson.dumps(self.to_dict(version))
 
     def __repr__(self) -> str:
         return f"CNIError({self.code}, {self.msg!r})"
@@ -230,7 +241,7 @@ def parse_command(environ: Mapping[str, str]) -> str:
 def validate_container_id(value: str) -> str:
     if not value:
         raise CNIError(ErrorCode.INVALID_ENV, "CNI_CONTAINERID is not set")
-    if not CONTAINER_ID_RE.match(value):
+    if not is_name(value):
         raise CNIError(
             ErrorCode.INVALID_ENV,
             f"CNI_CONTAINERID {value!r} is invalid: it must start with a letter or digit "
@@ -250,7 +261,7 @@ def validate_ifname(value: str) -> str:
             f"CNI_IFNAME {value!r} is {len(value)} characters long; "
             f"Linux allows at most {IFNAME_MAX}",
         )
-    if _IFNAME_BAD.search(value):
+    if any(c in "/:" or c.isspace() for c in value):
         raise CNIError(
             ErrorCode.INVALID_ENV,
             f"CNI_IFNAME {value!r} contains '/', ':' or whitespace, which Linux does not allow",
@@ -344,7 +355,7 @@ def check_netns(path: str) -> None:
 _MISSING: Any = object()
 _TRUE = frozenset(("1", "on", "t", "true", "y", "yes"))
 _FALSE = frozenset(("0", "off", "f", "false", "n", "no"))
-_INT_STR = re.compile(r"\s*([+-]?[0-9][0-9_]*)(?:\.0*)?\s*")
+_INT_STR = r"\s*([+-]?[0-9][0-9_]*)(?:\.0*)?\s*"  # an int given as a string (rare: re then)
 
 
 class _Checker:
@@ -387,7 +398,7 @@ class _Checker:
         if isinstance(value, int):  # bool included, as pydantic's lax mode has it
             number = int(value)
         elif isinstance(value, float):
-            if not math.isfinite(value):
+            if not -_INF < value < _INF:  # NaN is not between them either
                 self.fail(loc, "Input should be a finite number")
                 return 0
             if not value.is_integer():
@@ -397,7 +408,9 @@ class _Checker:
                 return 0
             number = int(value)
         elif isinstance(value, str):
-            match = _INT_STR.fullmatch(value)
+            import re  # noqa: PLC0415 - only a config with an int as a string pays for it
+
+            match = re.fullmatch(_INT_STR, value)
             try:
                 number = int(match.group(1) if match else value)
             except ValueError:
@@ -572,6 +585,8 @@ class IPConfig(_Spec):
 
     @classmethod
     def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> IPConfig:
+        from ipaddress import ip_address, ip_interface  # noqa: PLC0415 - see the imports
+
         address = ck.str_(data.get("address", _MISSING), (*loc, "address"))
         if isinstance(data.get("address"), str):
             try:
@@ -600,10 +615,13 @@ class IPConfig(_Spec):
 
     @property
     def family(self) -> Literal[4, 6]:
-        return 4 if isinstance(ip_interface(self.address), IPv4Interface) else 6
+        """4 or 6 (an IPv6 address is the one with colons: no need for ``ipaddress``)."""
+        return 6 if ":" in self.address else 4
 
     @property
     def ip(self) -> IPv4Address | IPv6Address:
+        from ipaddress import ip_interface  # noqa: PLC0415 - see the imports
+
         return ip_interface(self.address).ip
 
 
@@ -633,6 +651,8 @@ class Route(_Spec):
     def check(cls, data: Mapping[str, Any], loc: Loc, ck: _Checker) -> Route:
         dst = ck.str_(data.get("dst", _MISSING), (*loc, "dst"))
         if isinstance(data.get("dst"), str):
+            from ipaddress import ip_network  # noqa: PLC0415 - see the imports
+
             try:
                 dst = str(ip_network(dst, strict=False))
             except ValueError:
@@ -1085,7 +1105,7 @@ class NetConf(_Spec):
             data.get("cniVersions"), lambda v: ck.str_list(v, (*loc, "cniVersions"))
         )
         name = ck.str_(data.get("name", _MISSING), (*loc, "name"), min_length=1)
-        if name and not NETWORK_NAME_RE.match(name):
+        if name and not is_name(name):
             ck.fail(
                 (*loc, "name"),
                 "must start with a letter or digit followed by letters, digits, '_', '.' or '-'",
@@ -1144,6 +1164,10 @@ class NetConf(_Spec):
         if not raw and self.args and self.args.cni:
             raw = list(self.args.cni.ips)
         out: list[IPv4Address | IPv6Address] = []
+        if not raw:
+            return out
+        from ipaddress import ip_interface  # noqa: PLC0415 - see the imports
+
         for item in raw:
             try:
                 addr = ip_interface(item.strip()).ip
@@ -1175,7 +1199,7 @@ class NetConf(_Spec):
 def decode_config(stdin: str | bytes) -> dict[str, Any]:
     """The config JSON object on stdin; error 6 when it is not one."""
     try:
-        data = json.loads(stdin) if stdin and stdin.strip() else None
+        data = cjson.loads(stdin) if stdin and stdin.strip() else None
     except ValueError as err:
         raise CNIError(
             ErrorCode.DECODE_FAILURE, f"network config on stdin is not valid JSON: {err}"
