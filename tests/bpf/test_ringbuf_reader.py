@@ -271,3 +271,60 @@ def test_discarded_records_are_skipped_by_the_reader(tmp_path: Path, netns: str)
             assert len(records) == len(batch.events) and batch.end == end == len(span)
             rb.advance(batch.end)
             assert rb.peek() == b""
+
+
+def test_the_monitor_hands_rows_to_a_rows_sink_and_pauses_when_it_is_full(
+    small_ring: BPFObject,
+    netns: str,  # noqa: F811
+) -> None:
+    """The rows path (#17): with no ``ciliary monitor`` subscriber the one sink that takes rows
+    gets the span's trace records as numpy rows, no object per record; a full sink stops the
+    reader right after the rows it took, resuming hands over the rest in order; with a
+    subscriber the reader goes back to one event per record."""
+    attach_from_container(netns, small_ring)
+    taken: list[np.ndarray] = []
+    events: list[object] = []
+    room = [3]
+
+    def rows_sink(rows: np.ndarray) -> tuple[int, bool]:
+        ours = np.cumsum(rows["proto"] == 17) + len(sports())  # the veth may add others
+        full_at = np.nonzero(ours >= room[0])[0]
+        n = int(full_at[0]) + 1 if len(full_at) else len(rows)
+        taken.append(rows[:n].copy())
+        return n, len(full_at) > 0
+
+    def sports() -> list[int]:
+        return [int(r["sport"]) for rows in taken for r in rows if r["proto"] == 17]
+
+    async def scenario(events_map: object) -> None:
+        monitor = Monitor("n1", cast(NodeDatapath, SimpleNamespace(events_map=events_map)), str)
+        monitor.add_sink(events.append, rows=rows_sink)
+        send(netns, range(44000, 44010))
+        with RingBuffer(events_map.fd) as other:  # type: ignore[attr-defined]
+            wait_for(other, 10)
+            monitor.start()
+            try:
+                assert monitor.paused and sports() == [44000, 44001, 44002] and events == []
+                assert sports_of(decode_batch(other.peek()).events) == list(range(44003, 44010))
+                room[0] = 100
+                monitor.resume()
+                for _ in range(100):
+                    await asyncio.sleep(0.01)
+                    if len(sports()) == 10:
+                        break
+                assert sports() == list(range(44000, 44010)) and events == []
+                assert monitor.received == sum(len(r) for r in taken) and not monitor.paused
+                assert other.peek() == b""
+                sub = monitor.subscribe()
+                send(netns, range(44010, 44012))
+                for _ in range(100):
+                    await asyncio.sleep(0.01)
+                    if len(sports_of(events)) == 2:
+                        break
+                assert sports_of(events) == [44010, 44011] and sub.qsize() == 2
+                assert len(sports()) == 10
+            finally:
+                monitor.stop()
+
+    with small_ring.map("ciliary_events") as events_map:
+        asyncio.run(scenario(events_map))

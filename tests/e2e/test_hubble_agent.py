@@ -10,6 +10,8 @@ events queue full, or a reader lapped by the observer's ring).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -413,10 +415,11 @@ def _udp_counts(h: HubbleLab, client_ip: str, server_ip: str) -> dict[tuple[int,
 
 
 def test_flood_every_event_is_a_flow_or_a_counted_loss(hlab: HubbleLab) -> None:
-    """300k UDP packets in 300 short flows, and their echoes: far more than the agent decodes
-    in the time, so the datapath ring and the events queue overflow. Two followers: one that
-    takes every flow (a client that falls behind: it gets lapped by the observer's ring and
-    told so), and one whose filter matches no flow, so it keeps up and sees every loss notice."""
+    """300k UDP packets in 300 short flows, and their echoes, sent while the agent is stopped
+    (SIGSTOP: since #17 it decodes the flood as fast as it comes), so the datapath ring
+    overflows; the agent then reads what the ring kept. Two followers: one that takes every
+    flow (a client that falls behind: it gets lapped by the observer's ring and told so), and
+    one whose filter matches no flow, so it keeps up and sees every loss notice."""
     server_ip = _wait_echo(hlab)
     client_ip = hlab.lab.pod_ip("default/client")
     time.sleep(1.5)  # the lost-event poll has run: nothing older is reported during the flood
@@ -431,9 +434,15 @@ def test_flood_every_event_is_a_flow_or_a_counted_loss(hlab: HubbleLab) -> None:
         f.start()
         assert f.ready.wait(5)
     time.sleep(0.3)  # the streams are open on the server
+    agent_pid = manager.record(hlab.lab.name).nodes[0].agent_pid
+    assert agent_pid is not None
     try:
-        res = hlab.lab.run("default/client", "python3", "-c", FLOOD, server_ip, "300", "1000",
-                           timeout=120)  # fmt: skip
+        os.kill(agent_pid, signal.SIGSTOP)
+        try:
+            res = hlab.lab.run("default/client", "python3", "-c", FLOOD, server_ip, "300",
+                               "1000", timeout=120)  # fmt: skip
+        finally:
+            os.kill(agent_pid, signal.SIGCONT)
         assert res.returncode == 0, res.stderr
         # let the agent drain, poll the lost counters and report the queue's count
         settle, last = time.monotonic() + 60, -1

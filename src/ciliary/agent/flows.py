@@ -529,18 +529,34 @@ class FlowDecoder:
         translated back to the frontend when reported here."""
         if raw.src is None or raw.dst is None:
             return
-        src_addr: tuple[IPAddress, int] | None = (raw.src, raw.sport)
-        dst_addr: tuple[IPAddress, int] | None = (raw.dst, raw.dport)
+        src_addr, dst_addr = self._service_addrs(raw, raw.src, raw.dst)
+        for addr, field_ in ((src_addr, f.source_service), (dst_addr, f.destination_service)):
+            found = self.getters.service_by_addr(*addr)
+            if found is not None:
+                field_.namespace, field_.name = found
+
+    def source_service(
+        self, src: IPAddress, sport: int, rev_nat_index: int, is_reply: bool
+    ) -> tuple[str, str] | None:
+        """The (namespace, name) :meth:`decode` gives ``source_service`` for a record of these
+        values (and a destination address), None when none."""
+        src_addr = (src, sport)
+        if rev_nat_index and is_reply:
+            src_addr = self.getters.frontend_of(rev_nat_index) or src_addr
+        return self.getters.service_by_addr(*src_addr)
+
+    def _service_addrs(
+        self, raw: RawTraceEvent, src: IPAddress, dst: IPAddress
+    ) -> tuple[tuple[IPAddress, int], tuple[IPAddress, int]]:
+        """The (address, port) whose Service is the flow's source (destination) service."""
+        src_addr, dst_addr = (src, raw.sport), (dst, raw.dport)
         if raw.rev_nat_index:
             original = self.getters.frontend_of(raw.rev_nat_index)
             if original is not None and raw.is_reply:
                 src_addr = original
             elif original is not None:
                 dst_addr = original
-        for addr, field_ in ((src_addr, f.source_service), (dst_addr, f.destination_service)):
-            found = self.getters.service_by_addr(*addr) if addr is not None else None
-            if found is not None:
-                field_.namespace, field_.name = found
+        return src_addr, dst_addr
 
     def _l4(self, raw: RawTraceEvent, l4: flow_pb2.Layer4) -> None:
         if raw.proto == 6:

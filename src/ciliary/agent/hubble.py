@@ -56,11 +56,14 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 
 from ciliary import __version__
 from ciliary.agent.config import AgentConfig, HubbleConfig
+from ciliary.agent.flowrows import decode_rows
 from ciliary.agent.flows import (
     EndpointInfo,
     Event,
@@ -75,6 +78,7 @@ from ciliary.core import atomicfile as store_files
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.linux import cgroup
 from ciliary.datapath.maps.endpoints import IPAddress
+from ciliary.datapath.maps.events import decode_trace_rows
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.exporter import FlowExporter
 from ciliary.hubble.metrics import FlowMetrics, MetricsServer
@@ -93,6 +97,14 @@ LOST_SAVE_INTERVAL_S = 1.0
 """At most one save of the reported lost-event counters per interval (each is a file write)."""
 DECODE_BATCH = 256
 """Events decoded between yields to the loop (keeps gRPC streams and the API responsive)."""
+
+
+ROWS_PER_TURN = 512
+"""Trace records decoded as one batch of rows (``flowrows``) per turn of the loop: GetFlows
+followers read the observer's ring between batches, so a batch must be a fraction of the ring
+(4,095 by default), a follower being a few turns behind the decoder at worst."""
+TraceRows = npt.NDArray[np.void]
+"""Trace records as the ring reader hands them over in batches (``TRACE_RECORD_DTYPE``)."""
 
 PERF_EVENT_RING_BUFFER = flow_pb2.LostEventSource.PERF_EVENT_RING_BUFFER
 OBSERVER_EVENTS_QUEUE = flow_pb2.LostEventSource.OBSERVER_EVENTS_QUEUE
@@ -120,7 +132,7 @@ class EventsQueue:
         if capacity < 1:
             raise ValueError(f"events queue size must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._items: collections.deque[Event | _Lost] = collections.deque()
+        self._items: collections.deque[Event | _Lost | TraceRows] = collections.deque()
         self._events = 0
         self.pending_lost = 0
         """Events dropped since the last OBSERVER_EVENTS_QUEUE notice was queued."""
@@ -143,6 +155,19 @@ class EventsQueue:
         self.wakeup.set()
         return self._events < self.capacity
 
+    def put_rows(self, rows: TraceRows) -> tuple[int, bool]:
+        """Queues as many of ``rows`` (trace records as numpy rows, each an event) as there is
+        room for; returns (how many, full now). The rest stays with the reader (in the
+        datapath's ring), so none is lost here."""
+        taken = min(len(rows), self.capacity - self._events)
+        if taken <= 0:
+            return 0, True
+        self.flush_lost()
+        self._items.append(rows[:taken])
+        self._events += taken
+        self.wakeup.set()
+        return taken, self._events >= self.capacity
+
     def put_lost(self, source: int, count: int, cpu: int | None = None) -> None:
         self._items.append(_Lost(source, count, cpu))
         self.wakeup.set()
@@ -154,11 +179,17 @@ class EventsQueue:
             self.pending_lost = 0
             self.wakeup.set()
 
-    def pop(self) -> Event | _Lost | None:
+    def pop(self, max_rows: int = ROWS_PER_TURN) -> Event | _Lost | TraceRows | None:
+        """The oldest item; of a batch of rows at most ``max_rows`` (the rest stays first)."""
         if not self._items:
             return None
         item = self._items.popleft()
-        if not isinstance(item, _Lost):
+        if isinstance(item, np.ndarray):
+            if len(item) > max_rows:
+                self._items.appendleft(item[max_rows:])
+                item = item[:max_rows]
+            self._events -= len(item)
+        elif not isinstance(item, _Lost):
             self._events -= 1
         return item
 
@@ -450,6 +481,10 @@ class AgentHubble:
         records): queue, or count as lost and make the reader pause."""
         return self.queue.put(raw)
 
+    def on_trace_rows(self, rows: TraceRows) -> tuple[int, bool]:
+        """The fan-out's sink for trace records as numpy rows (``Monitor``'s rows path)."""
+        return self.queue.put_rows(rows)
+
     def poll_lost(self) -> None:
         """Datapath losses since the last poll → loss notices; also flushes queue losses.
 
@@ -476,12 +511,19 @@ class AgentHubble:
             await q.wakeup.wait()
             q.wakeup.clear()
             while True:
-                for _ in range(DECODE_BATCH):
+                budget = DECODE_BATCH
+                while budget > 0:
+                    budget -= 1
                     item = q.pop()
                     if item is None:
                         break
                     if isinstance(item, _Lost):
                         observer.on_lost(item.source, item.count, item.cpu)
+                        continue
+                    if isinstance(item, np.ndarray):
+                        # a batch of rows, then the loop's turn (see ROWS_PER_TURN)
+                        budget = 0
+                        self._decode_rows(item)
                         continue
                     try:
                         flow = families[item.type](item)
@@ -497,7 +539,7 @@ class AgentHubble:
                         continue
                     self.decoded += 1
                     observer.on_flow(flow)
-                else:
+                if item is not None:  # the budget is spent: yield to the loop
                     if monitor.paused and len(q) < resume_below:
                         monitor.resume()
                     await asyncio.sleep(0)
@@ -507,6 +549,26 @@ class AgentHubble:
                 monitor.resume()
             if q.pending_lost:
                 q.flush_lost()  # caught up: report what the full queue refused
+
+    def _decode_rows(self, rows: TraceRows) -> None:
+        """A batch of trace records into the observer as columns (``flowrows``); if it cannot
+        be decoded as a batch, record by record as the loop decodes single events (each
+        failure counted as there)."""
+        try:
+            flows = decode_rows(self.decoder, rows)
+        except Exception:
+            log.exception("cannot decode a batch of datapath events; one by one instead")
+            for raw in decode_trace_rows(rows):
+                try:
+                    flow = self.decoder.decode(raw)
+                except Exception:
+                    self.decode_errors += 1
+                    continue
+                self.decoded += 1
+                self.observer.on_flow(flow)
+            return
+        self.decoded += len(rows)
+        self.observer.on_flow_rows(flows)
 
     def _save_lost(self) -> None:
         """Saves the counters as reported so far: the next agent reports from there, also after
@@ -617,10 +679,10 @@ class AgentHubble:
             self.observer.add_flow_hook(self.exporter.on_flow)
             self.observer.add_lost_hook(self.exporter.on_lost)
         if self.flow_metrics.enabled:
-            self.observer.add_flow_hook(self.flow_metrics.on_flow)
+            self.observer.add_counted_flow_hook(self.flow_metrics.on_flows)
             self.observer.add_lost_hook(self.flow_metrics.on_lost)
         self.lost = LostCounter(agent.datapath.events_lost.per_cpu, self._load_lost_baseline())
-        agent.monitor.add_sink(self.on_raw_event)
+        agent.monitor.add_sink(self.on_raw_event, rows=self.on_trace_rows)
         agent.monitor.add_drain_hook(self.poll_lost)
         self._spawn(self._decode_loop(), "hubble-decoder")
         self._spawn(self._lost_poll_loop(), "hubble-lost-poll")

@@ -597,6 +597,25 @@ def compile_flow_filter(ff: flow_pb2.FlowFilter) -> Predicate:
     return match_all
 
 
+ROW_FIELDS = frozenset({"uuid", "source_port"})
+"""FlowFilter fields that read what the observer keeps per row of a batch rather than in the
+row's template (``ciliary.hubble.ring.FlowRows``: the time, the UUID, the L4 source port)."""
+
+
+def reads_row_fields(
+    whitelist: Sequence[flow_pb2.FlowFilter], blacklist: Sequence[flow_pb2.FlowFilter]
+) -> bool:
+    """True when a request's filters may read a per-row field (:data:`ROW_FIELDS`, or any
+    field through a CEL expression): its predicate must then see each row's whole flow;
+    otherwise it gives a row's template the answer it gives each of its rows."""
+    for ff in (*whitelist, *blacklist):
+        if ff.HasField("experimental") and ff.experimental.cel_expression:
+            return True
+        if any(getattr(ff, name) for name in ROW_FIELDS):
+            return True
+    return False
+
+
 def _http_only_checked(ff: flow_pb2.FlowFilter, field: str, what: str) -> None:
     """Upstream rejects HTTP fields combined with an event-type filter that excludes L7."""
     types = ff.event_type

@@ -2,8 +2,11 @@
 
 :class:`LocalObserver` is the agent's side (``pkg/hubble/observer/local_observer.go``): the
 flow decoder calls :meth:`LocalObserver.on_flow` / :meth:`~LocalObserver.on_lost` /
-:meth:`~LocalObserver.on_agent_event`; hooks (metrics, exporter) see every flow before it
-enters the ring; the ring is the only history. It never blocks and never raises into the
+:meth:`~LocalObserver.on_agent_event`, and :meth:`~LocalObserver.on_flow_rows` for a batch of
+L3/L4 flows as columns (``ring.FlowRows``, #17); hooks (metrics, exporter) see every flow
+before it enters the ring; the ring is the only history. Counted hooks (metrics) take a flow
+and how many flows it stands for, so a batch is counted once per template; plain hooks
+(exporter) get every flow of a batch made whole. It never blocks and never raises into the
 decoder: a failing hook is logged and skipped.
 
 :class:`ObserverServicer` serves ``observer.Observer`` from it with upstream's request
@@ -41,8 +44,14 @@ from google.protobuf import field_mask_pb2, timestamp_pb2, wrappers_pb2
 from ciliary import __version__
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
-from ciliary.hubble.filters import DEFAULT_CLUSTER_NAME, FilterError, Predicate, build_filter
-from ciliary.hubble.ring import DEFAULT_CAPACITY, Event, Ring, RingReader
+from ciliary.hubble.filters import (
+    DEFAULT_CLUSTER_NAME,
+    FilterError,
+    Predicate,
+    build_filter,
+    reads_row_fields,
+)
+from ciliary.hubble.ring import DEFAULT_CAPACITY, Event, FlowRows, Ring, RingReader
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,7 @@ class LocalObserver:
         self.version = version
         self.cluster_name = cluster_name
         self._flow_hooks: list[Callable[[flow_pb2.Flow], None]] = []
+        self._counted_hooks: list[Callable[[flow_pb2.Flow, int], None]] = []
         self._lost_hooks: list[Callable[[flow_pb2.LostEvent], None]] = []
         self.ring = Ring(capacity, on_lapped=self._reader_lapped)
         self.agent_ring = Ring(agent_events_capacity)
@@ -115,6 +125,12 @@ class LocalObserver:
     def add_flow_hook(self, hook: Callable[[flow_pb2.Flow], None]) -> None:
         """``hook(flow)`` runs for every flow before it enters the ring (metrics, exporter)."""
         self._flow_hooks.append(hook)
+
+    def add_counted_flow_hook(self, hook: Callable[[flow_pb2.Flow, int], None]) -> None:
+        """``hook(flow, n)`` runs for every flow (``n`` = 1) and once per template of a batch
+        of rows (``n`` its rows, ``flow`` the template: no time, UUID or source port); for
+        what counts flows by fields a template has (metrics)."""
+        self._counted_hooks.append(hook)
 
     def add_lost_hook(self, hook: Callable[[flow_pb2.LostEvent], None]) -> None:
         """``hook(lost)`` runs for every LostEvent: datapath/queue losses passed to
@@ -131,8 +147,40 @@ class LocalObserver:
                 hook(flow)
             except Exception:
                 log.exception("hubble flow hook %r failed", hook)
+        self._run_counted_hooks(flow, 1)
         self.seen_flows += 1
         self.ring.write(Event(time_ns=_ts_to_ns(flow.time), flow=flow))
+
+    def on_flow_rows(self, rows: FlowRows) -> None:
+        """Takes a batch of L3/L4 flows as columns (see :mod:`ciliary.hubble.ring`): counted
+        hooks once per template, plain hooks per flow (each made whole, with the UUID the
+        ring gives its position), then the ring."""
+        n = len(rows)
+        if not n:
+            return
+        for template in rows.templates:
+            self._track_namespaces(template)
+        if self._flow_hooks:
+            first = self.ring.written
+            for row in range(n):
+                flow = rows.flow(row, self.ring.uuid_at(first + row))
+                for hook in self._flow_hooks:
+                    try:
+                        hook(flow)
+                    except Exception:
+                        log.exception("hubble flow hook %r failed", hook)
+        if self._counted_hooks:
+            for template, count in zip(rows.templates, rows.counts.tolist(), strict=True):
+                self._run_counted_hooks(template, count)
+        self.seen_flows += n
+        self.ring.write_rows(rows)
+
+    def _run_counted_hooks(self, flow: flow_pb2.Flow, count: int) -> None:
+        for hook in self._counted_hooks:
+            try:
+                hook(flow, count)
+            except Exception:
+                log.exception("hubble flow hook %r failed", hook)
 
     def on_lost(self, source: int, num_lost: int, cpu: int | None = None) -> None:
         """Records that ``num_lost`` events were lost at ``source`` (a LostEventSource)."""
@@ -196,14 +244,21 @@ class LocalObserver:
         count = 0
         oldest_seen: int | None = None
         exhausted = True
-        for _pos, ev in self.ring.backward():
-            if ev.flow is None:
+        ring = self.ring
+        pos = ring.written - 1
+        while pos >= 0:
+            entry = ring.time_at(pos)  # no flow made for what only needs its time
+            pos -= 1
+            if entry is None:
+                break
+            time_ns, is_flow = entry
+            if not is_flow:
                 continue
-            if ev.time_ns < since:
+            if time_ns < since:
                 exhausted = False
                 break
             count += 1
-            oldest_seen = ev.time_ns
+            oldest_seen = time_ns
         if exhausted and len(self.ring) == self.ring.capacity and oldest_seen is not None:
             since = oldest_seen
         span = (now_ns - since) / 1e9
@@ -253,15 +308,19 @@ def start_position(
     matches: Callable[[Event], bool],
     since: int | None,
     until: int | None,
+    *,
+    whole: bool = True,
 ) -> int:
-    """Where a reader for ``req`` starts (upstream's ``newRingReader`` rewind)."""
+    """Where a reader for ``req`` starts (upstream's ``newRingReader`` rewind); ``whole``:
+    False when ``matches`` reads no per-row field (rows are then matched on their template,
+    see :mod:`ciliary.hubble.ring`)."""
     if req.first and since is None:
         return ring.oldest
     if req.follow and req.number == 0 and since is None:
         return ring.written
     start = ring.written
     count = 0
-    for pos, ev in ring.backward():
+    for pos, ev in ring.backward(whole=whole):
         start = pos
         if ev.lost is not None or (until is not None and ev.time_ns > until) or not matches(ev):
             continue
@@ -281,22 +340,37 @@ async def read_events(
     matches: Callable[[Event], bool],
     since: int | None,
     until: int | None,
+    *,
+    rows: Callable[[flow_pb2.Flow], bool] | None = None,
 ) -> AsyncIterator[Event]:
-    """Yields the events answering ``req``: matching events and every LostEvent in range."""
-    reader: RingReader = ring.reader(start_position(ring, req, matches, since, until))
+    """Yields the events answering ``req``: matching events and every LostEvent in range.
+    With ``rows`` (``matches`` reads no per-row field, and ``rows`` answers as it for a
+    template) the ring's rows are matched on their templates: a rejected row is passed over
+    without making anything, a row's flow is made only once it matched; what is yielded is
+    always whole."""
+    whole = rows is None
+    reader: RingReader = ring.reader(start_position(ring, req, matches, since, until, whole=whole))
     end = ring.written
     limit = 0 if req.follow else req.number
     sent = 0
     scanned = 0
     while True:
+        if rows is not None and (req.follow or reader.position < end):
+            row = ring.row_at(reader.position)
+            if row is not None and (until is None or row[1] <= until) and not rows(row[0]):
+                reader.position += 1
+                scanned += 1
+                if scanned % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                continue
         if req.follow:
-            ev = await reader.next_follow()
+            ev = await reader.next_follow(whole)
         else:
             if limit and sent >= limit:
                 return
             if reader.position >= end:
                 return
-            maybe = reader.next()
+            maybe = reader.next(whole)
             if maybe is None:
                 return
             ev = maybe
@@ -314,7 +388,28 @@ async def read_events(
         if not matches(ev):
             continue
         sent += 1
-        yield ev
+        yield ev.whole()
+
+
+class TemplateVerdicts:
+    """A filter's answer per row template, computed once per template (a template stands for
+    every row of its group, see :mod:`ciliary.hubble.ring`; only for filters that read no
+    per-row field). Templates are held while remembered, so an id is never reused."""
+
+    def __init__(self, predicate: Predicate, size: int = 4096) -> None:
+        self._predicate = predicate
+        self._size = size
+        self._seen: dict[int, tuple[flow_pb2.Flow, bool]] = {}
+
+    def __call__(self, template: flow_pb2.Flow) -> bool:
+        hit = self._seen.get(id(template))
+        if hit is not None and hit[0] is template:
+            return hit[1]
+        ok = self._predicate(template)
+        if len(self._seen) >= self._size:
+            self._seen.clear()
+        self._seen[id(template)] = (template, ok)
+        return ok
 
 
 class ObserverServicer(observer_pb2_grpc.ObserverServicer):
@@ -330,15 +425,22 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         try:
             since, until = validate_request(request)
             predicate = build_filter(request.whitelist, request.blacklist)
+            whole = reads_row_fields(request.whitelist, request.blacklist)
             mask = _field_mask(request)
         except (InvalidRequestError, FilterError) as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             return
 
-        def matches(ev: Event) -> bool:
-            return ev.flow is not None and predicate(ev.flow)
+        rows = None if whole else TemplateVerdicts(predicate)
 
-        async for ev in read_events(obs.ring, request, matches, since, until):
+        def matches(ev: Event) -> bool:
+            if ev.flow is None:
+                return False
+            if rows is not None and ev.row is not None:
+                return rows(ev.flow)
+            return predicate(ev.flow)
+
+        async for ev in read_events(obs.ring, request, matches, since, until, rows=rows):
             if ev.flow is not None:
                 flow = ev.flow
                 if mask is not None:

@@ -15,21 +15,36 @@ are woken with ``call_soon_threadsafe`` on their own loop.
 One deviation from upstream, deliberately: a lapped follower gets *one* LostEvent carrying the
 number of events it missed (upstream emits one LostEvent per missed slot) and resumes at the
 oldest event still held.
+
+Columns, decoded on read (#17): besides whole events, the ring takes L3/L4 flows a batch at a
+time as :class:`FlowRows`, which is how the agent's decoder hands over a ring buffer batch: per
+row only what differs between the flows of one (endpoints, identities, verdict, ports, ...)
+group is kept (the wall-clock time and the L4 source port, in numpy columns, slice-assigned per
+batch), and a reference to the group's *template*, the one ``Flow`` the decoder built for the
+group with the agent's state at event time (so a flow still names a pod deleted since). A
+``Flow`` is made from a row only when a reader asks for that position (:meth:`Ring.get`), and
+then always the same one: its UUID is derived from the position (:meth:`Ring.uuid_at`).
+Positions, lapping and LostEvents do not depend on how an entry was written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from ciliary.hubble.api.flow import flow_pb2
 
 DEFAULT_CAPACITY = 4095
 MAX_CAPACITY = 65535
+_UUID_TAIL = (1 << 48) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +55,84 @@ class Event:
     flow: flow_pb2.Flow | None = None
     lost: flow_pb2.LostEvent | None = None
     agent_event: flow_pb2.AgentEvent | None = None
+    row: tuple[int, str] | None = None
+    """Set on a row read without making its flow (``Ring.get(pos, whole=False)``): ``flow``
+    is then the row's template and this its (source port, UUID); :meth:`whole` makes the
+    flow."""
 
     def __post_init__(self) -> None:
         kinds = (self.flow is not None) + (self.lost is not None) + (self.agent_event is not None)
         if kinds != 1:
             raise ValueError("an Event carries exactly one of flow, lost, agent_event")
+
+    def whole(self) -> Event:
+        """This event with its whole flow (itself unless it is a row read as its template)."""
+        if self.row is None or self.flow is None:
+            return self
+        port, uuid = self.row
+        return Event(self.time_ns, flow=flow_from_template(self.flow, self.time_ns, port, uuid))
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRows:
+    """L3/L4 flows of one batch as columns: each row is its group's template (``templates[
+    template_index[row]]``: every field of the flow but ``time``, ``uuid`` and the L4 source
+    port) plus the row's own ``time_ns`` (wall clock) and ``source_port``. ``counts`` is the
+    number of rows of each template (what metrics count per template)."""
+
+    templates: Sequence[flow_pb2.Flow]
+    """Shared: never modified (readers copy)."""
+    template_index: npt.NDArray[np.intp]
+    counts: npt.NDArray[np.intp]
+    time_ns: npt.NDArray[np.int64]
+    source_port: npt.NDArray[np.uint16]
+
+    def __len__(self) -> int:
+        return len(self.template_index)
+
+    def flow(self, row: int, uuid: str) -> flow_pb2.Flow:
+        """The flow of ``row`` (a new message)."""
+        return flow_from_template(
+            self.templates[int(self.template_index[row])],
+            int(self.time_ns[row]),
+            int(self.source_port[row]),
+            uuid,
+        )
+
+
+_PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+def flow_from_template(
+    template: flow_pb2.Flow, time_ns: int, source_port: int, uuid: str
+) -> flow_pb2.Flow:
+    """A row's flow: a copy of its template with the row's time, UUID and source port."""
+    flow = flow_pb2.Flow()
+    flow.CopyFrom(template)
+    flow.time.seconds, flow.time.nanos = divmod(time_ns, 1_000_000_000)
+    flow.uuid = uuid
+    if source_port:
+        which = flow.l4.WhichOneof("protocol")
+        if which in _PORT_PROTOCOLS:
+            getattr(flow.l4, which).source_port = source_port
+    return flow
+
+
+def flow_template(flow: flow_pb2.Flow) -> flow_pb2.Flow:
+    """``flow`` made a template (in place, returned): without time, UUID and source port."""
+    flow.ClearField("time")
+    flow.uuid = ""
+    which = flow.l4.WhichOneof("protocol")
+    if which in _PORT_PROTOCOLS:
+        getattr(flow.l4, which).source_port = 0
+    return flow
+
+
+def _object_array(items: Sequence[object]) -> npt.NDArray[np.object_]:
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):  # never as nested sequences (numpy would try)
+        out[i] = item
+    return out
 
 
 def validate_capacity(capacity: int) -> int:
@@ -82,7 +170,15 @@ class Ring:
     ) -> None:
         """``on_lapped(n)`` is called whenever a reader learns it lost ``n`` events (metrics)."""
         self.capacity = validate_capacity(capacity)
-        self._slots: list[Event | None] = [None] * capacity
+        self._slots: npt.NDArray[np.object_] = np.full(capacity, None, dtype=object)
+        """Whole events (``Event``), None where a row of :class:`FlowRows` is (the columns)."""
+        self._templates: npt.NDArray[np.object_] = np.full(capacity, None, dtype=object)
+        self._times = np.zeros(capacity, dtype=np.int64)
+        self._ports = np.zeros(capacity, dtype=np.uint16)
+        salt = os.urandom(16).hex()  # a version 4 UUID's random bits, its last 48 per position
+        variant = "89ab"[int(salt[16], 16) & 3]
+        self._uuid_head = f"{salt[:8]}-{salt[8:12]}-4{salt[13:16]}-{variant}{salt[17:20]}-"
+        self._uuid_base = int(salt[20:], 16)
         self._written = 0
         self._lock = threading.Lock()  # serialises writers and waiter registration
         self._waiters: list[asyncio.Future[None]] = []
@@ -104,21 +200,106 @@ class Ring:
     def write(self, ev: Event) -> None:
         with self._lock:
             pos = self._written
-            self._slots[pos % self.capacity] = ev
+            slot = pos % self.capacity
+            self._slots[slot] = ev
+            self._templates[slot] = None
             self._written = pos + 1
             waiters, self._waiters = self._waiters, []
+        self._wake_all(waiters)
+
+    def write_rows(self, rows: FlowRows) -> None:
+        """Appends a batch of flows as columns (positions ``written`` to ``written + len``);
+        a batch longer than the ring keeps its newest ``capacity`` rows."""
+        n = len(rows)
+        if not n:
+            return
+        cap = self.capacity
+        keep = min(n, cap)
+        templates = _object_array(rows.templates)[rows.template_index[n - keep :]]
+        times = rows.time_ns[n - keep :]
+        ports = rows.source_port[n - keep :]
+        with self._lock:
+            pos = self._written
+            first = (pos + n - keep) % cap
+            head = min(keep, cap - first)
+            for column, values in (
+                (self._templates, templates),
+                (self._times, times),
+                (self._ports, ports),
+            ):
+                column[first : first + head] = values[:head]
+                column[: keep - head] = values[head:]
+            self._slots[first : first + head] = None
+            self._slots[: keep - head] = None
+            self._written = pos + n
+            waiters, self._waiters = self._waiters, []
+        self._wake_all(waiters)
+
+    @staticmethod
+    def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for fut in waiters:
+            if fut.get_loop() is running:
+                _wake(fut)  # the writer's own loop: the reader runs at its next turn
+                continue
             with contextlib.suppress(RuntimeError):  # loop closed: nobody left to wake
                 fut.get_loop().call_soon_threadsafe(_wake, fut)
 
-    def get(self, pos: int) -> Event | None:
-        """The event at ``pos``, or None if it was overwritten or is not written yet."""
+    def uuid_at(self, pos: int) -> str:
+        """The UUID of the flow written as a row at ``pos``: random per ring, unique per
+        position (2**48 of them), the same at every read."""
+        return f"{self._uuid_head}{(self._uuid_base + pos) & _UUID_TAIL:012x}"
+
+    def get(self, pos: int, whole: bool = True) -> Event | None:
+        """The event at ``pos``, or None if it was overwritten or is not written yet. A row
+        of :class:`FlowRows` becomes its flow here (a new message at every call), or with
+        ``whole=False`` an event whose flow is the row's template (``Event.row`` set: for
+        filters that read no per-row field, see ``filters.reads_row_fields``)."""
         if pos < 0 or pos >= self._written:
             return None
-        ev = self._slots[pos % self.capacity]
+        slot = pos % self.capacity
+        ev = self._slots[slot]
+        template = self._templates[slot]
+        time_ns = int(self._times[slot])
+        port = int(self._ports[slot])
         if pos < self._written - self.capacity:  # overwritten while we loaded it
             return None
-        return ev
+        if ev is not None:
+            return ev  # type: ignore[no-any-return]
+        if not whole:
+            return Event(time_ns=time_ns, flow=template, row=(port, self.uuid_at(pos)))
+        flow = flow_from_template(template, time_ns, port, self.uuid_at(pos))
+        return Event(time_ns=time_ns, flow=flow)
+
+    def row_at(self, pos: int) -> tuple[flow_pb2.Flow, int] | None:
+        """``(template, time_ns)`` when ``pos`` holds a row of :class:`FlowRows`, else None
+        (a whole event, overwritten or not written yet): what a reader needs to pass over a
+        row its filter rejects without making anything."""
+        if pos < 0 or pos >= self._written:
+            return None
+        slot = pos % self.capacity
+        template = self._templates[slot]
+        time_ns = int(self._times[slot])
+        if pos < self._written - self.capacity or self._slots[slot] is not None:
+            return None
+        return template, time_ns
+
+    def time_at(self, pos: int) -> tuple[int, bool] | None:
+        """``(time_ns, is a flow)`` of the event at ``pos`` without making its flow; None as
+        :meth:`get`."""
+        if pos < 0 or pos >= self._written:
+            return None
+        slot = pos % self.capacity
+        ev = self._slots[slot]
+        time_ns = int(self._times[slot])
+        if pos < self._written - self.capacity:
+            return None
+        if ev is not None:
+            return ev.time_ns, ev.flow is not None
+        return time_ns, True
 
     def last(self, n: int) -> list[Event]:
         """The newest ``n`` events (fewer if the ring holds fewer), oldest first."""
@@ -127,14 +308,15 @@ class Ring:
         out = [ev for ev in (self.get(p) for p in range(start, end)) if ev is not None]
         return out
 
-    def backward(self, start: int | None = None) -> Iterator[tuple[int, Event]]:
-        """Yields ``(pos, event)`` from ``start - 1`` (default: newest) down to the oldest.
+    def backward(self, start: int | None = None, whole: bool = True) -> Iterator[tuple[int, Event]]:
+        """Yields ``(pos, event)`` from ``start - 1`` (default: newest) down to the oldest
+        (``whole`` as :meth:`get`).
 
         Stops early, without error, where a concurrent writer overtook the iteration.
         """
         pos = (self._written if start is None else min(start, self._written)) - 1
         while pos >= 0:
-            ev = self.get(pos)
+            ev = self.get(pos, whole)
             if ev is None:
                 return
             yield pos, ev
@@ -185,14 +367,15 @@ class RingReader:
         self.ring = ring
         self.position = max(0, start)
 
-    def next(self) -> Event | None:
+    def next(self, whole: bool = True) -> Event | None:
         """The next event, a HUBBLE_RING_BUFFER LostEvent if this reader was lapped (it then
-        continues at the oldest held event), or None when it has caught up with the writer."""
+        continues at the oldest held event), or None when it has caught up with the writer
+        (``whole`` as :meth:`Ring.get`)."""
         ring = self.ring
         pos = self.position
         if pos >= ring.written:
             return None
-        ev = ring.get(pos)
+        ev = ring.get(pos, whole)
         if ev is None:  # overwritten: skip to the oldest event still held
             oldest = ring.oldest
             lost = max(1, oldest - pos)
@@ -201,10 +384,10 @@ class RingReader:
         self.position = pos + 1
         return ev
 
-    async def next_follow(self) -> Event:
+    async def next_follow(self, whole: bool = True) -> Event:
         """Like :meth:`next` but waits for a write instead of returning None."""
         while True:
-            ev = self.next()
+            ev = self.next(whole)
             if ev is not None:
                 return ev
             await self.ring._wait_beyond(self.position)

@@ -11,7 +11,8 @@ plain Python values
 without interpreting them (the numbers are Hubble's and Cilium's, see bpf/lib/common.h; giving
 them meaning is the agent's job). :func:`decode_batch` decodes a whole span of the ring at
 once (the reader's batches): trace records as one numpy array of :data:`TRACE_RECORD_DTYPE`,
-into the same values field for field. Records the datapath could not reserve are counted per CPU
+into the same values field for field; :func:`trace_rows` is its fast path alone, the array itself
+(Hubble's rows path, #17: no object per record). Records the datapath could not reserve are counted per CPU
 in ``ciliary_events_lost``.
 """
 
@@ -54,6 +55,9 @@ __all__ = [
     "decode_event",
     "decode_sock_event",
     "decode_trace_event",
+    "decode_trace_rows",
+    "row_addresses",
+    "trace_rows",
 ]
 
 TRACE_SOCK_F_IPV6 = 0x1
@@ -352,18 +356,20 @@ class EventBatch:
     records included): advance the ring that far once every event is taken."""
 
 
+def row_addresses(rows: npt.NDArray[np.void], column: str) -> list[IPAddress | None]:
+    """The addresses of a ``saddr``/``daddr`` column of trace rows (None where the family is
+    not IP), as :func:`decode_trace_event` decodes them (the same cache)."""
+    family = rows["family"].tolist()
+    return [_cached_addr(a, f) for a, f in zip(rows[column].tolist(), family, strict=True)]
+
+
 def decode_trace_rows(rows: npt.NDArray[np.void]) -> list[RawTraceEvent]:
     """``RawTraceEvent``s of trace records read with :data:`TRACE_RECORD_DTYPE`: each column is
     turned into Python values in one numpy call; per row remain the address/MAC caches and the
     dataclass's dict (as :func:`decode_trace_event`, field for field)."""
-    family = rows["family"].tolist()
     columns = {name: rows[name].tolist() for name in _COLUMNS}
-    columns["src"] = [
-        _cached_addr(a, f) for a, f in zip(rows["saddr"].tolist(), family, strict=True)
-    ]
-    columns["dst"] = [
-        _cached_addr(a, f) for a, f in zip(rows["daddr"].tolist(), family, strict=True)
-    ]
+    columns["src"] = row_addresses(rows, "saddr")
+    columns["dst"] = row_addresses(rows, "daddr")
     columns["smac"] = [_cached_mac(m) for m in rows["smac"].tolist()]
     columns["dmac"] = [_cached_mac(m) for m in rows["dmac"].tolist()]
     columns["is_reply"] = rows["is_reply"].astype(bool).tolist()
@@ -376,6 +382,20 @@ def decode_trace_rows(rows: npt.NDArray[np.void]) -> list[RawTraceEvent]:
     return out
 
 
+def trace_rows(span: bytes) -> npt.NDArray[np.void] | None:
+    """The span as an array of :data:`TRACE_RECORD_DTYPE` when it is whole trace/drop/verdict
+    records only (every header the struct's length with no flag, every type byte a trace
+    type: one vectorised check), else None (walk it with :func:`decode_batch`). Record ``i``
+    ends at ``(i + 1) * TRACE_RECORD_STRIDE``."""
+    count, rest = divmod(len(span), TRACE_RECORD_STRIDE)
+    if not count or rest:
+        return None
+    rows = np.frombuffer(span, TRACE_RECORD_DTYPE)
+    if (rows["ring_len"] == _TRACE_SIZE).all() and _IS_TRACE_TYPE[rows["type"]].all():
+        return rows
+    return None
+
+
 def decode_batch(span: bytes) -> EventBatch:
     """Decodes a ring buffer span (``RingBuffer.peek``: records with their 8-byte headers).
 
@@ -385,12 +405,10 @@ def decode_batch(span: bytes) -> EventBatch:
     headers are walked (``ring_records``: BUSY ends the span, DISCARD is skipped); the trace
     records among them are still gathered into one array, every other record goes through
     :func:`decode_event` (its type's decoder)."""
-    count, rest = divmod(len(span), TRACE_RECORD_STRIDE)
-    if count and not rest:
-        rows = np.frombuffer(span, TRACE_RECORD_DTYPE)
-        if (rows["ring_len"] == _TRACE_SIZE).all() and _IS_TRACE_TYPE[rows["type"]].all():
-            strided = range(TRACE_RECORD_STRIDE, len(span) + 1, TRACE_RECORD_STRIDE)
-            return EventBatch([*decode_trace_rows(rows)], strided, len(span))
+    rows = trace_rows(span)
+    if rows is not None:
+        strided = range(TRACE_RECORD_STRIDE, len(span) + 1, TRACE_RECORD_STRIDE)
+        return EventBatch([*decode_trace_rows(rows)], strided, len(span))
     records, end = ring_records(span)
     events: list[RawEvent | ValueError] = []
     trace_slots: list[int] = []

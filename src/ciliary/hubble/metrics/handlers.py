@@ -2,7 +2,9 @@
 
 Each handler registers its families in the registry it is given (names, help texts and label
 names are upstream's) and counts one flow per ``process`` call; :data:`HANDLERS` maps metric
-names to their factories. See the package docstring for what each metric counts.
+names to their factories. See the package docstring for what each metric counts. ``process``
+takes a count too: a batch's flows are counted once per template (flows that differ only in
+time, UUID and source port, which no label reads), ``n`` at a time.
 
 Counters are :class:`BatchedCounter`: a flow adds one to a plain dict entry of its label
 values, and the sums go into the Prometheus counters whenever the counter is collected (every
@@ -53,7 +55,8 @@ own name where gopacket (and so the flow summaries) repeat code 1's."""
 
 
 class Handler(Protocol):
-    def process(self, flow: flow_pb2.Flow) -> None: ...
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
+        """Counts ``flow`` ``n`` times (``n`` flows alike in every field a label reads)."""
 
 
 def counter(registry: CollectorRegistry, name: str, doc: str, labels: Sequence[str]) -> Counter:
@@ -115,7 +118,7 @@ class FlowHandler:
             ["protocol", "type", "subtype", "verdict", *ctx.label_names()],
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         kind = flow.event_type.type
         subtype = ""
         if kind == MSG_ACCESS_LOG:
@@ -136,7 +139,8 @@ class FlowHandler:
             subtype = str(kind)
         self.flows.inc(
             (flow_protocol(flow), type_name, subtype, verdict_name(flow),
-             *self.ctx.label_values(flow))
+             *self.ctx.label_values(flow)),
+            n,
         )  # fmt: skip
 
 
@@ -147,11 +151,11 @@ class DropHandler:
             reg, "drop_total", "Number of drops", [*ctx.label_names(), "reason", "protocol"]
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         if flow.verdict != _DROPPED:
             return
         reason = enum_name(flow_pb2.DropReason, flow.drop_reason_desc)
-        self.drops.inc((*self.ctx.label_values(flow), reason, flow_protocol(flow)))
+        self.drops.inc((*self.ctx.label_values(flow), reason, flow_protocol(flow)), n)
 
 
 _FORWARDING = (flow_pb2.FORWARDED, flow_pb2.REDIRECTED)
@@ -165,7 +169,7 @@ class TCPHandler:
             reg, "tcp_flags_total", "TCP flag occurrences", ["flag", "family", *ctx.label_names()]
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         if flow.verdict not in _FORWARDING or not flow.HasField("IP"):
             return
         if flow.l4.WhichOneof("protocol") != "TCP" or not flow.l4.TCP.HasField("flags"):
@@ -174,11 +178,11 @@ class TCPHandler:
         family = enum_name(flow_pb2.IPVersion, flow.IP.ipVersion)
         rest = self.ctx.label_values(flow)
         if flags.FIN:
-            self.flags.inc(("FIN", family, *rest))
+            self.flags.inc(("FIN", family, *rest), n)
         if flags.SYN:
-            self.flags.inc(("SYN-ACK" if flags.ACK else "SYN", family, *rest))
+            self.flags.inc(("SYN-ACK" if flags.ACK else "SYN", family, *rest), n)
         if flags.RST:
-            self.flags.inc(("RST", family, *rest))
+            self.flags.inc(("RST", family, *rest), n)
 
 
 class PortDistributionHandler:
@@ -191,7 +195,7 @@ class PortDistributionHandler:
             ["protocol", "port", *ctx.label_names()],
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         # a flow not known to be a request says nothing about the service port
         if flow.verdict not in _FORWARDING or is_reply(flow) is not False:
             return
@@ -202,7 +206,7 @@ class PortDistributionHandler:
             port = "0"
         else:
             return
-        self.ports.inc((proto, port, *self.ctx.label_values(flow)))
+        self.ports.inc((proto, port, *self.ctx.label_values(flow)), n)
 
 
 class ICMPHandler:
@@ -212,7 +216,7 @@ class ICMPHandler:
             reg, "icmp_total", "Number of ICMP messages", ["family", "type", *ctx.label_names()]
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         proto = flow.l4.WhichOneof("protocol") if flow.HasField("l4") else None
         if proto == "ICMPv4":
             family, table = "IPv4", ICMP4
@@ -223,7 +227,7 @@ class ICMPHandler:
         else:
             return
         name = icmp_text(table, typ, code)
-        self.icmp.inc((family, name, *self.ctx.label_values(flow)))
+        self.icmp.inc((family, name, *self.ctx.label_values(flow)), n)
 
 
 class PolicyHandler:
@@ -236,7 +240,7 @@ class PolicyHandler:
             ["direction", "match", "action", *ctx.label_names()],
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         kind = flow.event_type.type
         if kind == MSG_POLICY_VERDICT:
             # the host may reach any local endpoint: its verdicts say nothing about policy
@@ -249,7 +253,7 @@ class PolicyHandler:
         else:
             return
         action = verdict_name(flow).lower()
-        self.verdicts.inc((direction_name(flow), match, action, *self.ctx.label_values(flow)))
+        self.verdicts.inc((direction_name(flow), match, action, *self.ctx.label_values(flow)), n)
 
 
 class FlowsToWorldHandler:
@@ -264,7 +268,7 @@ class FlowsToWorldHandler:
             reg, "flows_to_world_total", "Total number of flows to reserved:world", labels
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         if (
             not flow.HasField("destination")
             or _WORLD_LABEL not in flow.destination.labels
@@ -287,7 +291,7 @@ class FlowsToWorldHandler:
             if proto in ("TCP", "UDP", "SCTP"):
                 port = str(getattr(flow.l4, proto).destination_port)
             labels.append(port)
-        self.flows.inc((*labels, *self.ctx.label_values(flow)))
+        self.flows.inc((*labels, *self.ctx.label_values(flow)), n)
 
 
 class DNSHandler:
@@ -312,7 +316,7 @@ class DNSHandler:
             [*names, "type", "qtypes", *extra],
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
         if not flow.HasField("l7") or flow.l7.WhichOneof("record") != "dns":
             return
         dns = flow.l7.dns
@@ -323,14 +327,14 @@ class DNSHandler:
         extra = [dns.query] if self.query else []
         ips = str(len(dns.ips))
         if flow.verdict == _DROPPED:
-            self.queries.inc((*ctx, "Policy denied", qtypes, ips, *extra))
+            self.queries.inc((*ctx, "Policy denied", qtypes, ips, *extra), n)
         elif not is_reply(flow):
-            self.queries.inc((*ctx, "", qtypes, ips, *extra))
+            self.queries.inc((*ctx, "", qtypes, ips, *extra), n)
         else:
             rcode = DNS_RCODE_NAMES.get(dns.rcode, "")
-            self.responses.inc((*ctx, rcode, qtypes, ips, *extra))
+            self.responses.inc((*ctx, rcode, qtypes, ips, *extra), n)
             for rrtype in dns.rrtypes:
-                self.types.inc((*ctx, rrtype, qtypes, *extra))
+                self.types.inc((*ctx, rrtype, qtypes, *extra), n)
 
 
 def _reporter(flow: flow_pb2.Flow) -> str:
@@ -380,7 +384,11 @@ class HTTPHandler:
         trace_id = flow.trace_context.parent.trace_id if self.exemplars else ""
         return {"traceID": trace_id} if trace_id else None
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
+        if n != 1:  # histograms observe each flow (L7 flows come one at a time anyway)
+            for _ in range(n):
+                self.process(flow)
+            return
         if not flow.HasField("l7") or flow.l7.WhichOneof("record") != "http":
             return
         http, kind = flow.l7.http, flow.l7.type
@@ -424,7 +432,11 @@ class KafkaHandler:
             [*names, "topic", "api_key", "reporter"],
         )
 
-    def process(self, flow: flow_pb2.Flow) -> None:
+    def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
+        if n != 1:  # histograms observe each flow (L7 flows come one at a time anyway)
+            for _ in range(n):
+                self.process(flow)
+            return
         if not flow.HasField("l7") or flow.l7.WhichOneof("record") != "kafka":
             return
         if flow.l7.type != flow_pb2.L7FlowType.REQUEST:

@@ -1,0 +1,119 @@
+"""The ring's columns (``Ring.write_rows``, #17): rows share positions, lapping and LostEvents
+with whole events; a row's flow is made on read, the same at every read (its UUID from its
+position); GetFlows matches rows on their template unless a filter reads a per-row field, and
+answers exactly as over whole flows either way."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from ciliary.hubble.api.flow import flow_pb2
+from ciliary.hubble.api.observer import observer_pb2
+from ciliary.hubble.observer import LocalObserver
+from ciliary.hubble.ring import Event, FlowRows, Ring, flow_template
+from tests.unit.hubble.test_observer import T0, Stub, collect, serve
+
+LOST_RING = flow_pb2.LostEventSource.HUBBLE_RING_BUFFER
+
+
+def template(verdict: int, dport: int) -> flow_pb2.Flow:
+    f = flow_pb2.Flow(verdict=verdict, node_name="node-a", uuid="x")  # type: ignore[arg-type]
+    f.l4.TCP.source_port, f.l4.TCP.destination_port = 1, dport
+    f.time.FromNanoseconds(5)
+    return flow_template(f)
+
+
+TEMPLATES = [template(flow_pb2.FORWARDED, 80), template(flow_pb2.DROPPED, 53)]
+
+
+def rows(first: int, n: int) -> FlowRows:
+    """Rows ``first .. first+n``: time T0 + i, source port 40000 + i, template i % 2."""
+    index = np.arange(first, first + n) % 2
+    return FlowRows(
+        templates=TEMPLATES,
+        template_index=index.astype(np.intp),
+        counts=np.bincount(index, minlength=2).astype(np.intp),
+        time_ns=T0 + np.arange(first, first + n, dtype=np.int64),
+        source_port=(40000 + np.arange(first, first + n)).astype(np.uint16),
+    )
+
+
+def port(ev: Event | None) -> int:
+    assert ev is not None and ev.flow is not None
+    return ev.flow.l4.TCP.source_port
+
+
+def test_rows_take_positions_and_become_flows_on_read() -> None:
+    ring = Ring(7)
+    ring.write_rows(rows(0, 3))
+    ring.write(Event(time_ns=T0 + 3, flow=flow_pb2.Flow(uuid="whole")))
+    ring.write_rows(rows(4, 2))
+    assert ring.written == 6
+    flows = [ev.flow for ev in ring.last(10)]
+    assert [f.uuid == "whole" for f in flows] == [False, False, False, True, False, False]
+    first = flows[0]
+    assert first.verdict == flow_pb2.FORWARDED and first.l4.TCP.destination_port == 80
+    assert first.l4.TCP.source_port == 40000 and first.time.ToNanoseconds() == T0
+    assert flows[5].verdict == flow_pb2.DROPPED and flows[5].l4.TCP.source_port == 40005
+    assert ring.time_at(5) == (T0 + 5, True) and ring.time_at(6) is None
+    uuids = [f.uuid for f in flows]
+    assert len(set(uuids)) == 6 and uuids == [ev.flow.uuid for ev in ring.last(10)]  # type: ignore[union-attr]
+    assert TEMPLATES[0].uuid == "" and not TEMPLATES[0].HasField("time")  # never modified
+
+
+def test_rows_lap_readers_as_events_do() -> None:
+    ring = Ring(7)
+    reader = ring.reader(0)
+    ring.write_rows(rows(0, 5))
+    assert port(reader.next()) == 40000
+    ring.write_rows(rows(5, 20))  # longer than the ring: its newest 7 rows are kept
+    assert ring.written == 25 and ring.oldest == 18 and ring.get(17) is None
+    lost = reader.next()
+    assert lost is not None and lost.lost is not None
+    assert (lost.lost.source, lost.lost.num_events_lost) == (LOST_RING, 17)
+    assert [port(reader.next()) for _ in range(7)] == list(range(40018, 40025))
+    assert reader.next() is None
+    ring.write(Event(time_ns=1, flow=flow_pb2.Flow(uuid="whole")))  # over a row's slot
+    got = ring.get(25)
+    assert got is not None and got.flow is not None and got.flow.uuid == "whole"
+
+
+def test_a_row_read_as_its_template_is_made_whole_later() -> None:
+    ring = Ring(7)
+    ring.write_rows(rows(0, 2))
+    lazy = ring.get(1, whole=False)
+    assert lazy is not None and lazy.flow is TEMPLATES[1] and lazy.row is not None
+    assert lazy.whole() == ring.get(1)
+
+
+def test_get_flows_over_rows_answers_as_over_whole_flows() -> None:
+    async def body(obs: LocalObserver, stub: Stub) -> None:
+        obs.on_flow_rows(rows(0, 30))
+        drops = flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])
+        ports = [r.flow.l4.TCP.source_port for r in await collect(stub, whitelist=[drops])]
+        assert ports == list(range(40001, 40030, 2))
+        got = await collect(stub, number=2, whitelist=[drops])
+        assert [r.flow.l4.TCP.source_port for r in got] == [40027, 40029]
+        # per-row fields: the source port, the UUID (the filter sees each row's whole flow)
+        one = flow_pb2.FlowFilter(source_port=["40007"])
+        only = await collect(stub, whitelist=[one])
+        assert [r.flow.l4.TCP.source_port for r in only] == [40007]
+        by_uuid = flow_pb2.FlowFilter(uuid=[only[0].flow.uuid])
+        again = await collect(stub, whitelist=[by_uuid], blacklist=[drops])
+        assert again == [] and len(await collect(stub, whitelist=[by_uuid])) == 1
+        status = await stub.ServerStatus(observer_pb2.ServerStatusRequest())
+        assert (status.num_flows, status.seen_flows) == (30, 30)
+
+    _run(body)
+
+
+def _run(body: Any) -> None:
+    async def main() -> None:
+        obs = LocalObserver("node-a", capacity=63)
+        async with serve(obs) as stub:
+            await asyncio.wait_for(body(obs, stub), 10)
+
+    asyncio.run(main())
