@@ -428,6 +428,20 @@ def test_conntrack_items_gc_flush(loaded: BPFObject) -> None:
         assert ct.count() == 0
 
 
+def test_conntrack_gc_reports_the_addresses_connections_use(loaded: BPFObject) -> None:
+    """The DNS cache keeps an expired answer's IP while a connection uses it: a GC pass
+    reports both ends of the entries it keeps, none of those it deletes."""
+    with loaded.map("ciliary_ct") as raw:
+        ct = CTMap(raw)
+        now = time.monotonic_ns()
+        raw.update(*_ct_entry("10.0.0.1", "192.0.2.7", 1, now + 60 * 10**9))
+        raw.update(*_ct_entry("10.0.0.3", "192.0.2.9", 2, now - 1))
+        in_use: set[IPv4Address | IPv6Address] = set()
+        assert ct.gc(now, in_use) == 1
+        assert in_use == {IPv4Address("10.0.0.1"), IPv4Address("192.0.2.7")}
+        assert ct.flush() == 1
+
+
 def test_config_map(loaded: BPFObject) -> None:
     with loaded.map("ciliary_config") as raw:
         cfg = ConfigMap(raw)

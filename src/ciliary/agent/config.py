@@ -140,6 +140,12 @@ class AgentConfig:
     tofqdns_max_ips_per_name: int = 1000
     """--tofqdns-endpoint-max-ip-per-hostname (upstream's 1000)."""
     tofqdns_proxy_port: int = 0
+    tofqdns_idle_connection_grace_period_s: float = 0.0
+    """--tofqdns-idle-connection-grace-period: how long after the last conntrack GC pass that
+    saw a connection to an expired answer's IP the IP stays selected (upstream's 0s)."""
+    tofqdns_max_deferred_connection_deletes: int = 10000
+    """--tofqdns-max-deferred-connection-deletes: expired answers' IPs kept at most while
+    connections may use them (upstream's 10000; 0: none kept)."""
     tofqdns_dns_reject_response_code: str = "refused"
     """--tofqdns-dns-reject-response-code: what a denied DNS query gets (refused|nameError)."""
     tofqdns_proxy_response_max_delay_s: float = 0.1
@@ -160,6 +166,9 @@ class AgentConfig:
     """--bpf-lb-sock: socket-LB where a --cgroup-root is given (false: tc-level LB alone)."""
     mtu: int = 1500
     ct_gc_interval_s: float = 30.0
+    """--conntrack-gc-interval: time between conntrack GC passes (upstream's flag; its default
+    0s picks the interval from the map's use, ours is a fixed 30 s). Each pass also tells the
+    DNS cache which expired answers' IPs connections still use."""
     ipam_mode: str = "cluster-pool"
     kubeconfig: Path | None = None
     """Cilium's --k8s-kubeconfig-path: the Kubernetes API the agent lists and watches."""

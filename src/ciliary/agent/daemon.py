@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -63,6 +62,7 @@ from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
 from ciliary.core.flow import IP_PROTOCOLS, ReservedIdentity, tcp_flag_names
 from ciliary.core.maglev import parse_hash_seed
 from ciliary.core.models import (
+    FQDN_SOURCE_CONNECTION,
     ClusterNodeStatus,
     CTEntry,
     DatapathStatus,
@@ -84,8 +84,10 @@ from ciliary.datapath.linux import link as links
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.config import ROUTING_MODE_NATIVE, ROUTING_MODE_TUNNEL
 from ciliary.datapath.maps.conntrack import CT_SCOPE_SERVICE
+from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.kube.client import KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
+from ciliary.policy.dnszombies import ZombieCollection
 from ciliary.policy.fqdn import DNSCache, DNSLookup
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,11 @@ class Agent:
             mode=mode,  # type: ignore[arg-type]
             identity_labels=self._identity_labels,  # whichever allocator is in use
             all_identities=self._all_identities,
-            fqdns=DNSCache(cfg.tofqdns_min_ttl, cfg.tofqdns_max_ips_per_name),
+            fqdns=DNSCache(
+                cfg.tofqdns_min_ttl,
+                cfg.tofqdns_max_ips_per_name,
+                cfg.tofqdns_max_deferred_connection_deletes,
+            ),
             proxy_ports=self.proxy_ports if cfg.enable_l7_proxy else None,
         )
         self.endpoints = EndpointManager(
@@ -583,15 +589,29 @@ class Agent:
         log.info("DNS cache: %d names from %s", len(self.policy.fqdns.names()), path)
 
     async def _dns_gc(self) -> None:
-        """Expired DNS answers leave the cache; toFQDNs rules stop selecting their IPs. The
-        cache is saved when it changed (answers, expiry)."""
+        """Expired DNS answers become zombies; zombies no connection used in the last conntrack
+        GC pass leave, and toFQDNs rules stop selecting their IPs. The cache is saved when it
+        changed (answers, expiry, zombies)."""
         while True:
             await asyncio.sleep(DNS_GC_INTERVAL_S)
-            expire = functools.partial(DNSCache.expire, now=time.time())
-            if self.policy.dns_changed(expire):
-                await self._policy_changed("DNS answers expired (toFQDNs)")
+            await self._dns_gc_pass(time.time())
             if self.policy.fqdns.version != self._saved_dns_version:
                 self._save_dns_cache()
+
+    async def _dns_gc_pass(self, now: float) -> None:
+        collected: list[ZombieCollection] = []
+        if self.policy.dns_changed(lambda cache: collected.append(cache.gc(now))):
+            await self._policy_changed("DNS answers expired, unused (toFQDNs)")
+        for c in collected:
+            if c.dead:
+                log.info("DNS cache: %d expired IPs no connection uses removed", len(c.dead))
+            if c.evicted_in_use:
+                log.warning(
+                    "DNS cache: %d expired IPs still in use removed (over"
+                    " --tofqdns-max-deferred-connection-deletes or"
+                    " --tofqdns-endpoint-max-ip-per-hostname): their connections are cut",
+                    c.evicted_in_use,
+                )
 
     def _restore_dns_cache(self) -> None:
         """The DNS cache a previous run saved (a bad file is logged and left: fewer IPs
@@ -676,20 +696,42 @@ class Agent:
             await self._policy_changed("DNS answer (toFQDNs)")
 
     def fqdn_cache(self) -> list[FQDNCacheEntry]:
-        return [
+        """The answers, then the zombies (``source`` connection) with the next conntrack GC
+        pass as their expiration, as upstream lists them."""
+        cache = self.policy.fqdns
+        answers = [
             FQDNCacheEntry(fqdn=name, ip=ip, expiration_time=datetime.fromtimestamp(at, UTC))
-            for name, ip, at in self.policy.fqdns.entries()
+            for name, ip, at in cache.entries()
+        ]
+        return answers + [
+            FQDNCacheEntry(
+                fqdn=name,
+                ip=ip,
+                expiration_time=datetime.fromtimestamp(cache.zombies.next_ct_gc or at, UTC),
+                source=FQDN_SOURCE_CONNECTION,
+            )
+            for name, ip, at in cache.zombies.entries()
         ]
 
     async def _ct_gc(self) -> None:
+        """Expired conntrack entries leave the map; the pass tells the DNS cache's zombies which
+        IPs connections still use (upstream's MarkAlive, then SetCTGCTime after the marks)."""
+        zombies = self.policy.fqdns.zombies
+        grace = self.cfg.tofqdns_idle_connection_grace_period_s
         while True:
             await asyncio.sleep(self.cfg.ct_gc_interval_s)
+            start = time.time()
+            in_use: set[IPAddress] | None = set() if len(zombies) else None
             try:
-                removed = self.datapath.ct.gc(time.monotonic_ns())
+                removed = self.datapath.ct.gc(time.monotonic_ns(), in_use)
                 if removed:
                     log.debug("ct gc removed %d entries", removed)
             except Exception:
                 log.exception("conntrack GC failed")
+                continue  # not a complete pass: it condemns no zombie
+            if in_use:
+                zombies.mark_alive(start + grace, {str(addr) for addr in in_use})
+            zombies.ct_gc_done(start, time.time() + self.cfg.ct_gc_interval_s)
 
     # ---- views for the API -----------------------------------------------------------------
 

@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tofqdns-proxy-port", type=int, default=0, metavar="PORT",
                    help="the DNS proxy's port (0: the lowest free one of the proxy port range)"
                    )  # fmt: skip
+    p.add_argument("--tofqdns-idle-connection-grace-period", type=_grace, default=0.0,
+                   metavar="DURATION", help="how long an expired DNS answer's IP stays allowed"
+                   " after the last conntrack GC pass that saw a connection to it (0s)"
+                   )  # fmt: skip
+    p.add_argument("--tofqdns-max-deferred-connection-deletes", type=_count, default=10000,
+                   metavar="N", help="expired DNS answers' IPs kept at most while connections"
+                   " may use them (10000; 0: none)")  # fmt: skip
+    p.add_argument("--conntrack-gc-interval", type=_duration, default=30.0,
+                   metavar="DURATION", help="time between conntrack GC passes (30s)"
+                   )  # fmt: skip
     p.add_argument("--tofqdns-dns-reject-response-code", choices=["refused", "nameError"],
                    default="refused", help="what a DNS query the rules deny gets (refused)"
                    )  # fmt: skip
@@ -479,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         tofqdns_min_ttl=args.tofqdns_min_ttl,
         tofqdns_max_ips_per_name=args.tofqdns_endpoint_max_ip_per_hostname,
         tofqdns_proxy_port=args.tofqdns_proxy_port,
+        tofqdns_idle_connection_grace_period_s=args.tofqdns_idle_connection_grace_period,
+        tofqdns_max_deferred_connection_deletes=args.tofqdns_max_deferred_connection_deletes,
+        ct_gc_interval_s=args.conntrack_gc_interval,
         tofqdns_dns_reject_response_code=args.tofqdns_dns_reject_response_code,
         tofqdns_proxy_response_max_delay_s=args.tofqdns_proxy_response_max_delay,
         dnsproxy_enable_transparent_mode=args.dnsproxy_enable_transparent_mode,

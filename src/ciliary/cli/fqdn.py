@@ -1,7 +1,9 @@
 """``ciliary fqdn cache list``: the DNS answers toFQDNs rules select IPs from, as ``cilium-dbg
-fqdn cache list`` shows them (FQDN, IP, expiration). The agent holds the cache (its
-``--tofqdns-pre-cache`` answers, later its DNS proxy's); ``-o json`` writes the entries in the
-pre-cache file's shape (``fqdn``, ``ips``, ``ttl``, ``lookup-time``), so a node's cache can seed
+fqdn cache list`` shows them (source, FQDN, IP, expiration). The agent holds the cache (its
+``--tofqdns-pre-cache`` answers, later its DNS proxy's); source ``connection`` marks an expired
+answer's IP kept while a connection may use it (a zombie, checked again at the next conntrack GC
+pass, its expiration). ``-o json`` writes the entries in the pre-cache file's shape (``fqdn``,
+``ips``, ``ttl``, ``lookup-time``, and ``source`` for zombies), so a node's cache can seed
 another agent."""
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ciliary.cli.output import (
     print_table,
     wants_json,
 )
-from ciliary.core.models import FQDNCacheEntry
+from ciliary.core.models import FQDN_SOURCE_CONNECTION, FQDN_SOURCE_LOOKUP, FQDNCacheEntry
 
 
 def register(sub: Subparsers) -> None:
@@ -38,11 +40,16 @@ def register(sub: Subparsers) -> None:
 
 def pre_cache(entries: list[FQDNCacheEntry], now: float) -> list[dict[str, object]]:
     """The entries as ``--tofqdns-pre-cache`` reads them: one per name, its IPs and the TTL
-    left (the longest of its IPs'), looked up ``now``."""
+    left (the longest of its IPs'), looked up ``now``; then the zombies, one per name
+    (``"source": "connection"``, pending deletion from ``now``)."""
     by_name: dict[str, list[FQDNCacheEntry]] = defaultdict(list)
+    zombies: dict[str, list[str]] = defaultdict(list)
     for e in entries:
-        by_name[e.fqdn].append(e)
-    return [
+        if e.source == FQDN_SOURCE_LOOKUP:
+            by_name[e.fqdn].append(e)
+        else:
+            zombies[e.fqdn].append(e.ip)
+    answers: list[dict[str, object]] = [
         {
             "fqdn": name,
             "ips": [e.ip for e in found],
@@ -51,6 +58,11 @@ def pre_cache(entries: list[FQDNCacheEntry], now: float) -> list[dict[str, objec
         }
         for name, found in sorted(by_name.items())
     ]
+    return answers + [
+        {"fqdn": name, "ips": ips, "ttl": 0, "lookup-time": int(now),
+         "source": FQDN_SOURCE_CONNECTION}
+        for name, ips in sorted(zombies.items())
+    ]  # fmt: skip
 
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
@@ -59,8 +71,10 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
     if wants_json(args):
         print_json(pre_cache(entries, time.time()))
         return 0
-    table = new_table("FQDN", "IP", "ExpirationTime")
+    table = new_table("Source", "FQDN", "IP", "ExpirationTime")
     for e in entries:
-        table.add_row(e.fqdn, Text(e.ip), e.expiration_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        table.add_row(
+            e.source, e.fqdn, Text(e.ip), e.expiration_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
     print_table(ctx.console, table)
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -358,6 +358,13 @@ class MaglevTable(_Model):
     backend_ids: list[int]
 
 
+FQDN_SOURCE_LOOKUP: Final = "lookup"
+FQDN_SOURCE_CONNECTION: Final = "connection"
+FQDNSource = Literal["lookup", "connection"]
+"""Where a DNS cache entry comes from (upstream's ``cilium fqdn cache list`` Source): a DNS
+answer, or an expired answer's IP kept because a connection may use it (a DNS "zombie")."""
+
+
 class FQDNCacheEntry(_Model):
     """One (name, IP) of the agent's DNS cache (``ciliary fqdn cache list``, as ``cilium-dbg fqdn
     cache list``): what toFQDNs rules select, until ``expiration_time``."""
@@ -365,6 +372,12 @@ class FQDNCacheEntry(_Model):
     fqdn: str
     ip: str
     expiration_time: datetime
+    source: FQDNSource = Field(
+        default=FQDN_SOURCE_LOOKUP,
+        description="lookup: a DNS answer, selected until it expires; connection: an expired"
+        " answer's IP kept while a connection may use it, checked again at expiration_time (the"
+        " next conntrack GC pass)",
+    )
 
 
 class ServiceInfo(_Model):

@@ -13,13 +13,17 @@ leading ``**.`` matches one or more whole labels (``**.cilium.io`` matches ``a.b
 The cache (Cilium's ``pkg/fqdn`` ``DNSCache``): each (name, IP) lives until the lookup time plus
 its TTL, raised to ``min_ttl`` (``--tofqdns-min-ttl``, default 0 as upstream since 1.13); a name
 keeps at most ``max_ips_per_name`` IPs (``--tofqdns-endpoint-max-ip-per-hostname``), the ones
-expiring last; expired entries leave at :meth:`DNSCache.expire`. Every change bumps
+expiring last; expired answers leave at :meth:`DNSCache.expire`. Every change bumps
 :attr:`DNSCache.version`, which the policy computation's cache is keyed on, as the service data
 of ``toServices`` (:mod:`.services`). Each selected IP becomes a host prefix, whose identity is a
 local CIDR identity (as toCIDR's), so the datapath needs nothing new.
 
-Not yet (upstream has them): IPs kept past their TTL while connections use them (zombies, fed
-by conntrack GC), per-endpoint caches (one cache per node here).
+An expired (name, IP) does not leave the selectors at once: it becomes a zombie
+(:mod:`.dnszombies`), still selected, until a conntrack GC pass has found no connection using
+the IP (:meth:`DNSCache.gc`); the saved cache keeps zombies (``"source": "connection"``
+entries) so they survive an agent restart.
+
+Not yet (upstream has them): per-endpoint caches (one cache per node here).
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
 
+from ciliary.core.models import FQDN_SOURCE_CONNECTION, FQDN_SOURCE_LOOKUP
 from ciliary.policy.api.model import FQDNSelector, Network
+from ciliary.policy.dnszombies import (
+    DEFAULT_MAX_DEFERRED_DELETES,
+    DNSZombies,
+    ZombieCollection,
+)
 
 __all__ = [
     "DEFAULT_MAX_IPS_PER_NAME",
@@ -98,11 +108,18 @@ class DNSCache:
 
     min_ttl: int = 0
     max_ips_per_name: int = DEFAULT_MAX_IPS_PER_NAME
+    max_deferred_deletes: int = DEFAULT_MAX_DEFERRED_DELETES
+    """--tofqdns-max-deferred-connection-deletes: zombies kept at most (0: none)."""
     version: int = 0
     _expires: dict[str, dict[str, float]] = field(default_factory=dict)  # name → IP → expiry
     _by_ip: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
     """IP → its names, sorted (:meth:`names_of`), built again when ``version`` moved."""
     _by_ip_version: int = field(default=-1, compare=False, repr=False)
+    zombies: DNSZombies = field(init=False, compare=False, repr=False)
+    """The IPs of expired answers, selected until no connection uses them."""
+
+    def __post_init__(self) -> None:
+        self.zombies = DNSZombies(self.max_deferred_deletes, self.max_ips_per_name)
 
     def update(self, lookup: DNSLookup) -> bool:
         """Records an answer; True when the names' IPs changed (not only their expiry)."""
@@ -110,28 +127,45 @@ class DNSCache:
         expiry = lookup.lookup_time + max(lookup.ttl, self.min_ttl)
         entries = self._expires.setdefault(name, {})
         before = set(entries)
+        revived = False
         for ip in lookup.ips:
             key = str(ip_address(ip))
             entries[key] = max(entries.get(key, 0.0), expiry)
+            revived |= self.zombies.forget(name, key)
         if len(entries) > self.max_ips_per_name:  # keep those expiring last
             keep = sorted(entries, key=lambda k: entries[k], reverse=True)
             for gone in keep[self.max_ips_per_name :]:
                 del entries[gone]
         changed = set(entries) != before
-        self.version += changed
+        self.version += changed or revived
         return changed
 
     def expire(self, now: float) -> set[str]:
-        """Drops what expired at ``now``; the names that lost IPs."""
+        """Moves what expired at ``now`` to the zombies (pending from ``now``: see
+        :mod:`.dnszombies`); the names that lost answers (their IPs stay selected)."""
         lost: set[str] = set()
         for name, entries in list(self._expires.items()):
             for ip in [ip for ip, at in entries.items() if at <= now]:
                 del entries[ip]
+                self.zombies.upsert(ip, (name,), now)
                 lost.add(name)
             if not entries:
                 del self._expires[name]
         self.version += bool(lost)
         return lost
+
+    def collect_zombies(self) -> ZombieCollection:
+        """Removes the zombies no connection used in the last complete conntrack GC pass (and
+        those over the limits): their IPs leave the selectors."""
+        collected = self.zombies.collect()
+        self.version += bool(collected.dead)
+        return collected
+
+    def gc(self, now: float) -> ZombieCollection:
+        """The DNS GC (upstream's, every second here): :meth:`expire` then
+        :meth:`collect_zombies`."""
+        self.expire(now)
+        return self.collect_zombies()
 
     def lookup(self, name: str) -> list[str]:
         """The IPs of ``name`` (sorted)."""
@@ -163,27 +197,47 @@ class DNSCache:
         return self._by_ip.get(ip, ())
 
     def prefixes(self, selectors: Sequence[FQDNSelector]) -> tuple[Network, ...]:
-        """The host prefixes of every IP of every name ``selectors`` select."""
+        """The host prefixes of every IP (zombies included) of every name ``selectors``
+        select."""
         found = {
             ip_network(ip)
             for name, entries in self._expires.items()
             if any(selector_matches(s, name) for s in selectors)
             for ip in entries
         }
+        found.update(
+            ip_network(z.ip)
+            for z in self.zombies.zombies()
+            if any(selector_matches(s, name) for name in z.names for s in selectors)
+        )
         return tuple(sorted(found, key=lambda n: (n.version, n)))
 
     def dump(self, now: float) -> list[dict[str, object]]:
-        """The entries not expired at ``now`` in :meth:`restore`'s shape, one per name and
-        expiry (``ttl`` whole seconds, ``lookup-time`` such that each IP expires when it does
-        here): what the agent saves to survive a restart."""
+        """The cache in :meth:`restore`'s shape: what the agent saves to survive a restart.
+        The answers not expired at ``now`` one per name and expiry (``ttl`` whole seconds,
+        ``lookup-time`` such that each IP expires when it does here), then the zombies and the
+        answers expired but not yet made zombies (``"source": "connection"``, ``ttl`` 0,
+        ``lookup-time`` the time they are pending deletion from), one per name and time."""
         groups: dict[tuple[str, float], list[str]] = {}
+        pending: dict[tuple[str, float], list[str]] = {}
         for name, ip, expiry in self.entries():
-            if expiry > now:
-                groups.setdefault((name, expiry), []).append(ip)
+            (groups if expiry > now else pending).setdefault((name, expiry), []).append(ip)
+        for name, ip, at in self.zombies.entries():
+            pending.setdefault((name, at), []).append(ip)
         out: list[dict[str, object]] = []
         for (name, expiry), ips in sorted(groups.items()):
             ttl = math.ceil(expiry - now)
             out.append({"fqdn": name, "ips": ips, "ttl": ttl, "lookup-time": expiry - ttl})
+        for (name, at), ips in sorted(pending.items()):
+            out.append(
+                {
+                    "fqdn": name,
+                    "ips": ips,
+                    "ttl": 0,
+                    "lookup-time": at,
+                    "source": FQDN_SOURCE_CONNECTION,
+                }
+            )
         return out
 
     def load(self, lookups: Iterable[DNSLookup]) -> None:
@@ -192,19 +246,36 @@ class DNSCache:
 
     def restore(self, data: Iterable[Mapping[str, object]]) -> None:
         """Entries of ``ciliary fqdn cache list -o json`` (``fqdn``, ``ips``, ``ttl``,
-        ``lookup-time`` in epoch seconds), as upstream's ``--tofqdns-pre-cache`` file: all of
-        them or, on the first bad entry, none (``ValueError`` naming it)."""
+        ``lookup-time`` in epoch seconds, ``source`` ``lookup`` (the default) or
+        ``connection``: a zombie pending deletion from ``lookup-time``), as upstream's
+        ``--tofqdns-pre-cache`` file: all of them or, on the first bad entry, none
+        (``ValueError`` naming it)."""
         lookups = []
+        pending: dict[tuple[str, str], float] = {}
         for i, entry in enumerate(data):
             name, ips = entry.get("fqdn"), entry.get("ips")
             ttl, at = entry.get("ttl", 0), entry.get("lookup-time", 0)
+            source = entry.get("source", FQDN_SOURCE_LOOKUP)
             if not isinstance(name, str) or not isinstance(ips, list):
                 raise ValueError(f"entry {i}: expected 'fqdn' (a string) and 'ips' (a list)")
             if not isinstance(ttl, int) or not isinstance(at, int | float):
                 raise ValueError(f"entry {i}: expected 'ttl' and 'lookup-time' as numbers")
+            if source not in (FQDN_SOURCE_LOOKUP, FQDN_SOURCE_CONNECTION):
+                raise ValueError(
+                    f"entry {i}: expected 'source' {FQDN_SOURCE_LOOKUP!r} or"
+                    f" {FQDN_SOURCE_CONNECTION!r}, got {source!r}"
+                )
             try:
                 addresses = tuple(str(ip_address(str(ip))) for ip in ips)
             except ValueError as err:
                 raise ValueError(f"entry {i}: {err}") from err
-            lookups.append(DNSLookup(name, addresses, ttl, float(at)))
+            if source == FQDN_SOURCE_CONNECTION:
+                for ip in addresses:
+                    key = (normalize_name(name), ip)
+                    pending[key] = max(pending.get(key, 0.0), float(at))
+            else:
+                lookups.append(DNSLookup(name, addresses, ttl, float(at)))
         self.load(lookups)
+        if pending:
+            self.zombies.restore(pending)
+            self.version += 1

@@ -309,9 +309,31 @@ def test_agent_flags() -> None:
     for bad in (["--tofqdns-dns-reject-response-code", "servfail"],
                 ["--tofqdns-proxy-response-max-delay", "0s"],
                 ["--tofqdns-proxy-response-max-delay", "soon"],
-                ["--dnsproxy-concurrency-limit", "-1"]):  # fmt: skip
+                ["--dnsproxy-concurrency-limit", "-1"],
+                ["--tofqdns-max-deferred-connection-deletes", "-1"],
+                ["--tofqdns-idle-connection-grace-period", "later"],
+                ["--conntrack-gc-interval", "0s"]):  # fmt: skip
         with pytest.raises(SystemExit):
             _parser().parse_args(["--node-name", "n1", *bad])
+
+
+def test_dns_zombie_flags() -> None:
+    """Upstream's names and defaults: expired answers' IPs kept while connections use them."""
+    args = _parser().parse_args(["--node-name", "n1"])
+    assert (
+        args.tofqdns_idle_connection_grace_period,
+        args.tofqdns_max_deferred_connection_deletes,
+        args.conntrack_gc_interval,
+    ) == (0.0, 10000, 30.0)
+    args = _parser().parse_args(
+        ["--node-name", "n1", "--tofqdns-idle-connection-grace-period", "1m",
+         "--tofqdns-max-deferred-connection-deletes", "0", "--conntrack-gc-interval", "500ms"]
+    )  # fmt: skip
+    assert (
+        args.tofqdns_idle_connection_grace_period,
+        args.tofqdns_max_deferred_connection_deletes,
+        args.conntrack_gc_interval,
+    ) == (60.0, 0, 0.5)
 
 
 @settings(max_examples=300, deadline=None)

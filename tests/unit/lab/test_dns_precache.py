@@ -75,3 +75,12 @@ def test_the_cache_listing_in_json_is_a_pre_cache_file() -> None:
     cache = DNSCache()
     cache.restore(out)
     assert cache.entries() == [("a.io", "192.0.2.1", 1060.0), ("a.io", "2001:db8::1", 1060.0)]
+    # an IP kept for a connection (a zombie) stays one: pending deletion from the listing
+    zombie = FQDNCacheEntry(fqdn="b.io", ip="192.0.2.2", expiration_time=at, source="connection")
+    out = pre_cache([*entries, zombie], now=1000.0)
+    assert out[1] == {
+        "fqdn": "b.io", "ips": ["192.0.2.2"], "ttl": 0, "lookup-time": 1000, "source": "connection"
+    }  # fmt: skip
+    cache = DNSCache()
+    cache.restore(out)
+    assert cache.zombies.entries() == [("b.io", "192.0.2.2", 1000.0)] and len(cache.entries()) == 2

@@ -108,13 +108,15 @@ def test_a_dump_restores_every_entry_with_its_expiry() -> None:
     cache.update(DNSLookup("web.example.com", ("192.0.2.2",), 300, 1000.5))
     cache.update(DNSLookup("gone.example.com", ("192.0.2.9",), 5, 1000.0))
     dumped = cache.dump(now=1010.0)
-    assert [(e["fqdn"], e["ips"], e["ttl"]) for e in dumped] == [
-        ("web.example.com", ["192.0.2.1"], 20),
-        ("web.example.com", ["192.0.2.2"], 291),
-    ]  # the expired answer is not saved
+    assert [(e["fqdn"], e["ips"], e["ttl"], e.get("source")) for e in dumped] == [
+        ("web.example.com", ["192.0.2.1"], 20, None),
+        ("web.example.com", ["192.0.2.2"], 291, None),
+        ("gone.example.com", ["192.0.2.9"], 0, "connection"),
+    ]  # the expired answer is saved as a zombie: a connection may still use its IP
     again = DNSCache()
     again.restore(dumped)
     assert again.entries() == [e for e in cache.entries() if e[0] == "web.example.com"]
+    assert again.zombies.entries() == [("gone.example.com", "192.0.2.9", 1005.0)]
 
 
 def test_names_of_an_address_follow_answers_and_expiry() -> None:

@@ -322,8 +322,12 @@ def test_to_fqdns_follows_the_dns_cache(tmp_path: Path) -> None:
         lambda c: c.update(DNSLookup("api.example.com", ("192.0.2.5",), 60, 0))
     )
     assert len(changes) == n
-    # the answer expires: the rule selects nothing again
-    assert pm.dns_changed(lambda c: c.expire(61.0))
+    # the answer expires: its IP stays selected (a zombie) until a conntrack GC pass that
+    # began after the expiry saw no connection to it; then the rule selects nothing again
+    assert not pm.dns_changed(lambda c: c.gc(61.0))
+    assert allowed() == {"cidr:192.0.2.5/32"} and len(changes) == n
+    pm.fqdns.zombies.ct_gc_done(62.0, 92.0)
+    assert pm.dns_changed(lambda c: c.gc(63.0))
     assert allowed() == set()
 
 

@@ -121,6 +121,9 @@ class CTRecord:
     backend_id: int = 0
 
 
+_FAMILY_OFFSET = CTKeyC.family.offset
+
+
 def _is_expired(value_raw: bytes, now_ns: int) -> bool:
     return int(CTEntryC.from_buffer_copy(value_raw).expires_ns) <= now_ns
 
@@ -138,14 +141,27 @@ class CTMap:
     def count(self) -> int:
         return self.map.count()
 
-    def gc(self, now_ns: int | None = None) -> int:
+    def gc(self, now_ns: int | None = None, in_use: set[IPAddress] | None = None) -> int:
         """Deletes entries with ``expires_ns <= now_ns`` (default: now); returns how many.
+        With ``in_use``, the addresses at both ends of the entries the pass keeps are added to
+        it (the DNS cache keeps the IPs of expired answers while connections use them, as
+        upstream's CT GC marks its DNS zombies alive).
 
         Each candidate is re-read just before the delete so that an entry the datapath
         refreshed since the scan survives; one refreshed between that re-read and the delete is
         lost, and its next packet opens a new entry (what the LRU eviction can do anyway)."""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        candidates = [k for k, v in self.map.items() if _is_expired(v, now)]
+        candidates = []
+        ends: set[tuple[bytes, int]] = set()
+        for k, v in self.map.items():
+            if _is_expired(v, now):
+                candidates.append(k)
+            elif in_use is not None:
+                family = k[_FAMILY_OFFSET]
+                ends.add((k[:16], family))
+                ends.add((k[16:32], family))
+        if in_use is not None:
+            in_use.update(decode_addr(raw, family) for raw, family in ends)
         expired = []
         for key in candidates:
             current = self.map.lookup(key)

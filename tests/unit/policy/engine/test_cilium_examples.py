@@ -298,7 +298,10 @@ egress:
     lab_.fqdns.update(DNSLookup("x.other.cdn.example.com", ("8.8.8.8",), 60, 0.0))
     lab_.add(other := cidr(61, "8.8.8.8/32"))
     assert not lab_.egress(BACKEND, other).allowed  # one label for '*'
-    lab_.fqdns.expire(30.0)
+    lab_.fqdns.expire(30.0)  # a zombie: selected until no connection uses it
+    assert lab_.egress(BACKEND, HOST_IP).allowed
+    lab_.fqdns.zombies.ct_gc_done(31.0, 61.0)  # a conntrack GC pass saw no connection
+    lab_.fqdns.collect_zombies()
     assert not lab_.egress(BACKEND, HOST_IP).allowed and lab_.egress(BACKEND, late).allowed
 
 
