@@ -358,6 +358,14 @@ def test_a_connection_outlives_its_answer_then_the_ip_goes(cluster: Cluster) -> 
             assert "short.example.com" not in {
                 e.fqdn for e in cl.fqdn_cache() if e.source == "lookup"
             }  # the answer itself expired
+        listing = subprocess.run(
+            [str(VENV_BIN / "ciliary"), "fqdn", "cache", "list", "--node", cluster.agent.node],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert any(
+            line.split()[:3] == ["connection", "short.example.com", SHORT_WORLD_IP]
+            for line in listing.splitlines() if line.split()
+        ), listing  # fmt: skip
         hold.stdin.write("after-the-ttl\n")
         hold.stdin.flush()
         assert hold.stdout.readline().strip() == "after-the-ttl"
