@@ -250,7 +250,7 @@ class _Unwritten:
         self._owner.untracked_writes += self._owner.armed
         return (0, 0)
 
-    def apply_changes(self, changed: object, stale: object) -> tuple[int, int]:
+    def write(self, change: object) -> tuple[int, int]:
         self._owner.untracked_writes += 1
         return (0, 0)
 

@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ciliary.core.ports import port_range_prefixes
-from ciliary.datapath.libbpf import BPFObject
+from ciliary.datapath.libbpf import BPFObject, Map
 from ciliary.datapath.maps.policy import (
+    PolicyChange,
     PolicyKey,
     PolicyKeyC,
     PolicyMaps,
@@ -100,6 +101,47 @@ def test_apply_changes_writes_the_difference_without_reading(maps: PolicyMaps) -
         allow443: PolicyValue(False, 1, proxy_port=15001),
     }
     inner.close()
+
+
+class _OnlyBatches:
+    """A policy map's ``Map`` that records batch calls and refuses entry-by-entry writes."""
+
+    def __init__(self, real: Map) -> None:
+        self.real = real
+        self.calls: list[tuple[str, int]] = []
+
+    def update_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+        self.calls.append(("update", len(items)))
+        self.real.update_batch(items)
+
+    def delete_batch(self, keys: list[bytes]) -> int:
+        self.calls.append(("delete", len(keys)))
+        return self.real.delete_batch(keys)
+
+    def update(self, key: bytes, value: bytes) -> None:
+        raise AssertionError("a change is written in batches, not entry by entry")
+
+    delete = update
+
+
+def test_a_change_is_four_batches_in_the_safe_order(maps: PolicyMaps) -> None:
+    """New denies, allows that go, new allows, denies that go: one batch syscall each, so a
+    change costs an endpoint at most four syscalls; its bytes are made once for every map."""
+    old_allows = {PolicyKey(256, False, 6, p, 16): PolicyValue(False, 1) for p in (80, 81, 82)}
+    old_denies = {PolicyKey(300 + i, False): PolicyValue(True, 2) for i in range(2)}
+    new_allows = {PolicyKey(257, True, 17, p, 16): PolicyValue(False, 3) for p in (53, 54)}
+    new_denies = {PolicyKey(400, False, 6, 22, 16): PolicyValue(True, 4)}
+    change = PolicyChange(new_denies | new_allows, old_allows | old_denies)
+    assert change.batches() is change.batches()
+    for ep_id in (9, 10):  # two endpoints whose states moved the same way: one change
+        inner = maps.ensure(ep_id, old_allows | old_denies)
+        recorder = _OnlyBatches(inner.map)
+        inner._map = recorder  # type: ignore[assignment]
+        assert inner.write(change) == (3, 5)
+        assert recorder.calls == [("update", 1), ("delete", 3), ("update", 2), ("delete", 2)]
+        inner._map = recorder.real
+        assert inner.current() == new_denies | new_allows
+        inner.close()
 
 
 def test_lpm_port_prefix_match(maps: PolicyMaps) -> None:

@@ -22,10 +22,12 @@ them uses any more (those of deleted or replaced rules).
 Ordering contract: an endpoint's map is complete before the endpoint is marked ready; when a new
 identity appears, endpoints whose peer selectors now select it are regenerated before the new
 endpoint is reported ready, so its first packet meets up-to-date peers. Map updates go through
-``EndpointPolicyMap.apply``/``apply_changes`` (denies before allows are removed, …): never a
+``EndpointPolicyMap.apply``/``write`` (denies before allows are removed, …): never a
 window where traffic that must be denied passes. A realized endpoint's map gets only the
 difference from what was realized last (nothing when the engine's shared result is unchanged), so
-a rule change costs the endpoints it touches, not every endpoint of the node.
+a rule change costs the endpoints it touches, not every endpoint of the node; the endpoints whose
+map states moved the same way share one ``PolicyChange``, written with at most four batch
+syscalls per endpoint.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from ciliary.core.models import (
 )
 from ciliary.core.proxyports import ProxyPorts
 from ciliary.datapath.loader import NodeDatapath
-from ciliary.datapath.maps.policy import PolicyKey, PolicyValue
+from ciliary.datapath.maps.policy import PolicyChange, PolicyKey, PolicyValue
 from ciliary.policy.api import Policy, PolicyError, parse_policy_documents
 from ciliary.policy.api.documents import load_yaml
 from ciliary.policy.api.model import FQDNSelector
@@ -141,12 +143,7 @@ class PolicyManager:
         values: endpoints sharing a computed policy share its conversion."""
         self._converted_changes: dict[
             tuple[int, int],
-            tuple[
-                Mapping[MapKey, MapEntry],
-                Mapping[MapKey, MapEntry],
-                dict[PolicyKey, PolicyValue],
-                dict[PolicyKey, PolicyValue],
-            ],
+            tuple[Mapping[MapKey, MapEntry], Mapping[MapKey, MapEntry], PolicyChange],
         ] = {}
         """The same for the difference between two map states."""
         self._by_cookie: dict[int, frozenset[RuleRef]] = {}
@@ -481,15 +478,16 @@ class PolicyManager:
             self._write_whole(ep_id, pol)
             return
         try:
-            inner.apply_changes(*self._changes(old.entries, pol.entries))
+            inner.write(self._changes(old.entries, pol.entries))
         finally:
             inner.close()
 
     def _changes(
         self, old: Mapping[MapKey, MapEntry], new: Mapping[MapKey, MapEntry]
-    ) -> tuple[dict[PolicyKey, PolicyValue], dict[PolicyKey, PolicyValue]]:
-        """(entries to write, entries to delete with their values) from ``old`` to ``new``,
-        converted; made once per pair of map states (the endpoints sharing them share it)."""
+    ) -> PolicyChange:
+        """The change (entries to write, entries to delete with their values) from ``old`` to
+        ``new``, converted; made once per pair of map states, so the endpoints sharing them
+        share it and its batches are built once."""
         key = (id(old), id(new))
         found = self._converted_changes.get(key)
         if found is None or found[0] is not old or found[1] is not new:
@@ -497,13 +495,15 @@ class PolicyManager:
             found = (
                 old,
                 new,
-                {self._key(k): self._value(e) for k, e in changed.items()},
-                {self._key(k): self._value(old[k]) for k in stale},
+                PolicyChange(
+                    {self._key(k): self._value(e) for k, e in changed.items()},
+                    {self._key(k): self._value(old[k]) for k in stale},
+                ),
             )
             if len(self._converted_changes) >= _CONVERTED_LIMIT:
                 self._converted_changes.clear()
             self._converted_changes[key] = found
-        return found[2], found[3]
+        return found[2]
 
     def _desired(self, entries: Mapping[MapKey, MapEntry]) -> dict[PolicyKey, PolicyValue]:
         """``entries`` as the map's keys and values; converted once per map state."""

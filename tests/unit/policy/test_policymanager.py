@@ -14,6 +14,7 @@ from ciliary.agent import policymanager as module
 from ciliary.agent.policymanager import PolicyManager
 from ciliary.core.models import BackendInfo, Endpoint, EndpointState, ServiceInfo
 from ciliary.core.proxyports import HTTP_EGRESS, ProxyPorts
+from ciliary.datapath.maps.policy import PolicyChange
 from ciliary.policy.fqdn import DNSLookup
 
 NS = "k8s:io.kubernetes.pod.namespace=default"
@@ -57,14 +58,14 @@ class _Map:
         self.entries = dict(desired)
         return (len(desired), 0)
 
-    def apply_changes(self, changed: Any, stale: Any) -> tuple[int, int]:
-        self.calls.append("apply_changes")
+    def write(self, change: PolicyChange) -> tuple[int, int]:
+        self.calls.append("write")  # the difference only, without reading the map
         if self.fail:
             raise OSError("the kernel refused")
-        for key, value in stale.items():
+        for key, value in change.stale.items():
             assert self.entries.pop(key) == value
-        self.entries.update(changed)
-        return (len(changed), len(stale))
+        self.entries.update(change.changed)
+        return (len(change.changed), len(change.stale))
 
     def close(self) -> None:
         pass
@@ -362,7 +363,7 @@ def test_a_realized_map_gets_only_what_changed(tmp_path: Path) -> None:
     pm.import_text(MORE, "more.yaml")
     pol = pm.realize(client)
     pm.realize(server)
-    assert maps[1].calls == ["apply", "apply_changes"] and heard == [1, 2, 1]
+    assert maps[1].calls == ["apply", "write"] and heard == [1, 2, 1]
     whole = {pm._key(k): pm._value(e) for k, e in pol.entries.items()}
     assert maps[1].entries == whole
     assert any(k.protocol == 6 and k.port == 5432 for k in maps[1].entries)
