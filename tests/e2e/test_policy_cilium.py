@@ -35,7 +35,7 @@ import pytest
 from ciliary.core.models import MonitorEvent
 
 from .conftest import CILIARY
-from .test_policy_runner import EXAMPLES, PolicyLab, case, policy_lab
+from .test_policy_runner import EXAMPLES, PolicyLab, case, policy_lab, refusals_are_final
 
 KNOWN_AGENT_BUGS: dict[str, str] = {}
 """Cases of the shipped test file an agent bug is known to break (none now)."""
@@ -56,12 +56,18 @@ def test_policies_of_the_lab_file_are_in_force(lab: PolicyLab) -> None:
     } <= keys
 
 
-def test_entities_host_and_cluster(lab: PolicyLab) -> None:
+def test_entities_host_and_cluster(lab: PolicyLab, monkeypatch: pytest.MonkeyPatch) -> None:
     report = lab.expect(
         """
         - {name: host-web, from: host, to: default/web, port: 80, expect: allow,
            rule: default/web-from-host}
         - {name: host-web-v6, from: host, to: default/web, port: 80, family: 6, expect: allow}
+        """
+    )
+    assert case(report, "host-web").client == "connected"
+    refusals_are_final(monkeypatch)  # nobody listens on the auditor's 9 or the node's 22
+    report = lab.expect(
+        """
         - {name: pod-web, from: default/client, to: default/web, port: 80, expect: deny,
            dropReason: 133}
         - {name: cluster-pod, from: default/egress, to: default/auditor, port: 9, expect: allow,
@@ -75,7 +81,6 @@ def test_entities_host_and_cluster(lab: PolicyLab) -> None:
            dropReason: 133}
         """
     )
-    assert case(report, "host-web").client == "connected"
     assert case(report, "cluster-host").client == "refused"  # the node answered with a reset
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .test_policy_runner import EXAMPLES, PolicyLab, case, policy_lab
+from .test_policy_runner import EXAMPLES, PolicyLab, case, policy_lab, refusals_are_final
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,10 @@ def test_ipblock_except_allows_the_rest_of_the_block(recipe: PolicyLab) -> None:
     )
 
 
-def test_port_range_with_endport(recipe: PolicyLab) -> None:
+def test_port_range_with_endport(recipe: PolicyLab, monkeypatch: pytest.MonkeyPatch) -> None:
     """8000..8010 inclusive; nobody listens there, so an allowed SYN is answered by a reset
     ("refused") and a denied one is dropped."""
+    refusals_are_final(monkeypatch)
     _import(recipe, "recipe-endport.yaml")
     report = recipe.expect(
         """
@@ -142,7 +143,8 @@ def test_port_range_with_endport(recipe: PolicyLab) -> None:
     assert case(report, "8005").client == "refused"
 
 
-def test_policy_types_egress_only(recipe: PolicyLab) -> None:
+def test_policy_types_egress_only(recipe: PolicyLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    refusals_are_final(monkeypatch)  # nobody listens on the client's 22
     _import(recipe, "recipe-egress-only.yaml")
     report = recipe.expect(
         """
