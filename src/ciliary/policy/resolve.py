@@ -118,6 +118,7 @@ from ciliary.policy.mapstate import (
     MapStateBuilder,
     RuleRef,
     allow_all_key,
+    map_key,
     port_range_prefixes,
 )
 from ciliary.policy.repository import Repository, SelectedRule
@@ -292,15 +293,15 @@ class _Resolver:
         for target in sorted(targets):
             for item, l7 in ports:
                 if isinstance(item, _AllPorts):
-                    keys = [MapKey(target, egress)]
+                    keys = [map_key(target, egress)]
                 elif isinstance(item, _Ports):
                     keys = [
-                        MapKey(target, egress, item.protocol, port, prefix)
+                        map_key(target, egress, item.protocol, port, prefix)
                         for port, prefix in blocks[item]
                     ]
                 else:
                     keys = [
-                        MapKey(identity, egress, protocol, port, 16)
+                        map_key(identity, egress, protocol, port, 16)
                         for identity, protocol, port in self._named(item, target, egress, where)
                     ]
                 for key in keys:

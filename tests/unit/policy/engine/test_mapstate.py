@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ciliary.policy import mapstate
 from ciliary.policy.mapstate import (
     PROTO_TCP,
     PROTO_UDP,
@@ -17,11 +18,26 @@ from ciliary.policy.mapstate import (
     diff,
     keys_for_ports,
     lookup,
+    map_key,
     port_range_prefixes,
 )
 
 REF = RuleRef("k", "CiliumNetworkPolicy", "ns", "p", 0, "ingress", False, 0)
 DENY_REF = RuleRef("k", "CiliumNetworkPolicy", "ns", "p", 0, "ingress", True, 1)
+
+
+def test_map_key_is_one_object_per_key_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine makes its keys through ``map_key``: equal parts, the same (checked) object."""
+    key = map_key(7, True, PROTO_TCP, 8080, 16)
+    assert key == MapKey(7, True, PROTO_TCP, 8080, 16)
+    assert map_key(7, True, PROTO_TCP, 8080, 16) is key
+    assert map_key(7, False, PROTO_TCP, 8080, 16) is not key
+    with pytest.raises(ValueError, match="port prefix"):
+        map_key(7, True, PROTO_TCP, 8080, 17)
+    monkeypatch.setattr(mapstate, "_KEYS_LIMIT", 2)
+    map_key(8, True)
+    map_key(9, True)  # past the limit: everything kept is forgotten at once
+    assert len(mapstate._keys) <= 2 and map_key(7, True, PROTO_TCP, 8080, 16) == key
 
 
 def test_key_prefix_lengths_and_validation() -> None:
