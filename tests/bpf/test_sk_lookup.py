@@ -10,18 +10,21 @@ pidfd_getfd (here the process is the script itself)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ciliary.agent.proxysockets import ProxySockets
 from ciliary.datapath import sklookup
-from ciliary.datapath.libbpf import BPFObject
+from ciliary.datapath.libbpf import BPF_MAP_TYPE_SOCKHASH, BPFObject, map_create
 from ciliary.datapath.linux import netns
 from ciliary.datapath.loader import PIN_ROOT, default_object_dir, remove_pins
 
@@ -107,3 +110,58 @@ def test_redirected_connection_reaches_the_proxy_listener(scratch: tuple[str, Pa
     assert out["no_proxy"] != "connected"  # not the node's listener of port 80 either
     assert sklookup.detach(pins)
     assert sklookup.attached_netns(pins) is None
+
+
+LISTENER = r"""
+import socket, sys, time
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])), reuse_port=True)
+print("listening", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_socket_map_follows_the_proxy_process() -> None:
+    """ProxySockets puts the proxy process's listener in the map, and when that process exits
+    (its pidfd) waits for the next one's: the map holds the new process's socket."""
+    socks = sklookup.ProxySocketMap(map_create(BPF_MAP_TYPE_SOCKHASH, "t_proxy_socks", 4, 8, 4))
+    port = 15000 + secrets.randbelow(1000)
+    procs: list[subprocess.Popen[str]] = []
+
+    def spawn() -> int:
+        p = subprocess.Popen([sys.executable, "-c", LISTENER, str(port)], stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+        procs.append(p)
+        assert p.stdout is not None and p.stdout.readline() == "listening\n"
+        return p.pid
+
+    async def scenario() -> tuple[int, int, int]:
+        sockets = ProxySockets(socks, lambda: procs[-1].pid if procs else None, lambda: {port})
+        spawn()
+        sockets.changed()
+        first = await _until(lambda: socks.cookies().get((port, 2)))
+        procs[-1].kill()
+        procs[-1].wait()
+        gone = await _until(lambda: not socks.cookies() and 1)  # the kernel dropped it
+        spawn()  # the supervisor's restart
+        second = await _until(lambda: socks.cookies().get((port, 2)))
+        await sockets.stop()
+        return first, gone, second
+
+    try:
+        first, gone, second = asyncio.run(scenario())
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        socks.map.close()
+    assert first and gone and second and second != first
+
+
+async def _until(probe: Callable[[], int | None], timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+    return value
