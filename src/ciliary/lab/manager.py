@@ -354,6 +354,7 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
     _preflight(lab_name, lab_file)
     policies = _policies_of(lab_file)
     network, node_ips = underlay.plan(lab_name, lab_file.lab.spec)
+    dns_proxy = lab_file.lab.spec.dns_proxy
     rec = LabRecord(
         name=lab_name,
         file=str(path) if path else None,
@@ -371,6 +372,9 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
             for a in lab_file.lab.spec.dns_proxy.pre_cache
         ],
         dns_min_ttl=lab_file.lab.spec.dns_proxy.min_ttl,
+        dns_idle_connection_grace_period_s=dns_proxy.idle_connection_grace_period,
+        dns_max_deferred_connection_deletes=dns_proxy.max_deferred_connection_deletes,
+        ct_gc_interval_s=lab_file.lab.spec.conntrack_gc_interval,
         ipam_mode=lab_file.lab.spec.ipam.mode,
         hubble=_hubble_record(lab_file.lab.spec.hubble),
         images={
@@ -1020,6 +1024,11 @@ def _agent_argv(rec: LabRecord, nrec: NodeRecord) -> list[str]:
         argv += ["--tofqdns-pre-cache", str(pre_cache)]
     if rec.dns_min_ttl:
         argv += ["--tofqdns-min-ttl", str(rec.dns_min_ttl)]
+    argv += [
+        "--tofqdns-idle-connection-grace-period", f"{rec.dns_idle_connection_grace_period_s:g}",
+        "--tofqdns-max-deferred-connection-deletes", str(rec.dns_max_deferred_connection_deletes),
+        "--conntrack-gc-interval", f"{rec.ct_gc_interval_s:g}",
+    ]  # fmt: skip
     if rec.maglev_hash_seed:  # the same on every node: a tuple picks the same Maglev backend
         argv += ["--bpf-lb-maglev-hash-seed", rec.maglev_hash_seed]
     if nrec.labels:

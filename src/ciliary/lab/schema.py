@@ -557,10 +557,16 @@ class DNSAnswer(StrictModel):
 
 class DNSProxySpec(StrictModel):
     """Helm's ``dnsProxy``: ``preCache`` (upstream a file path, ``--tofqdns-pre-cache``; here the
-    answers themselves, so a lab file stays one file) and ``minTtl`` (``--tofqdns-min-ttl``)."""
+    answers themselves, so a lab file stays one file), ``minTtl`` (``--tofqdns-min-ttl``),
+    ``idleConnectionGracePeriod`` (``--tofqdns-idle-connection-grace-period``; seconds here,
+    upstream a duration) and ``maxDeferredConnectionDeletes``
+    (``--tofqdns-max-deferred-connection-deletes``): how expired answers' IPs are kept while
+    connections use them."""
 
     pre_cache: list[DNSAnswer] = Field(default_factory=list)
     min_ttl: int = Field(default=0, ge=0)
+    idle_connection_grace_period: float = Field(default=0.0, ge=0, le=3600)
+    max_deferred_connection_deletes: int = Field(default=10000, ge=0)
 
 
 class LabBody(StrictModel):
@@ -586,6 +592,9 @@ class LabBody(StrictModel):
     health_check_interval: float = Field(default=60.0, gt=0, le=3600)
     """Seconds between two rounds of the agents' cluster health probes (ciliary's; upstream
     probes every 60 s): a short one lets a lab see a node become unreachable at once."""
+    conntrack_gc_interval: float = Field(default=30.0, gt=0, le=3600, alias="conntrackGCInterval")
+    """Helm's ``conntrackGCInterval`` (``--conntrack-gc-interval``; seconds here): a short one
+    lets a lab see an expired DNS answer's IP leave soon after its last connection closed."""
 
     @field_validator("images")
     @classmethod

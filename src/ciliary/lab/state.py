@@ -205,6 +205,12 @@ class LabRecord(_Model):
     """The Lab's ``spec.dnsProxy.preCache`` as the agents' ``--tofqdns-pre-cache`` reads it
     (``lookup-time``: ``lab up``)."""
     dns_min_ttl: int = 0
+    dns_idle_connection_grace_period_s: float = 0.0
+    dns_max_deferred_connection_deletes: int = 10000
+    ct_gc_interval_s: float = 30.0
+    """The Lab's ``spec.dnsProxy`` zombie settings and ``spec.conntrackGCInterval``: the agents'
+    ``--tofqdns-idle-connection-grace-period``, ``--tofqdns-max-deferred-connection-deletes``,
+    ``--conntrack-gc-interval``."""
     maglev_hash_seed: str | None = None
     """The cluster's ``--bpf-lb-maglev-hash-seed``, made at ``lab up`` and given to every agent
     (None in records made before: the agents' default seed)."""

@@ -24,8 +24,11 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: demo}}
 spec:
+  conntrackGCInterval: 1.5
   dnsProxy:
     minTtl: 30
+    idleConnectionGracePeriod: 5
+    maxDeferredConnectionDeletes: 100
     preCache:
     - {{fqdn: partner.example.com, ips: [{ips}]}}
   nodes: [{{name: n1}}]
@@ -37,6 +40,9 @@ def test_pre_cache_answers_are_checked_in_the_lab_file() -> None:
     (answer,) = lab.dns_proxy.pre_cache
     assert [str(ip) for ip in answer.ips] == ["192.0.2.1", "2001:db8::1"] and answer.ttl == 3600
     assert lab.dns_proxy.min_ttl == 30
+    assert lab.dns_proxy.idle_connection_grace_period == 5.0
+    assert lab.dns_proxy.max_deferred_connection_deletes == 100
+    assert lab.conntrack_gc_interval == 1.5
     with pytest.raises(LabFileError, match=r"spec\.dnsProxy\.preCache\[0\]\.ips\[1\]"):
         parse_lab_text(LAB.format(ips="192.0.2.1, partner"), "lab.yaml")
 
@@ -48,7 +54,8 @@ def test_every_agent_gets_the_answers_as_its_pre_cache(
     answers = [{"fqdn": "a.io", "ips": ["192.0.2.1"], "ttl": 60, "lookup-time": 1000}]
     rec = LabRecord(
         name="demo", file=None, created_at=0, hubble=HubbleRecord(enabled=False),
-        dns_pre_cache=answers, dns_min_ttl=30,
+        dns_pre_cache=answers, dns_min_ttl=30, dns_idle_connection_grace_period_s=5.0,
+        dns_max_deferred_connection_deletes=100, ct_gc_interval_s=1.5,
     )  # fmt: skip
     nrec = NodeRecord(
         name="n1", netns="ciln-demo-n1", state_dir="/run/ciliary/n1",
@@ -56,6 +63,9 @@ def test_every_agent_gets_the_answers_as_its_pre_cache(
     )  # fmt: skip
     args = _parser().parse_args(manager._agent_argv(rec, nrec)[3:])
     assert args.tofqdns_min_ttl == 30
+    assert args.tofqdns_idle_connection_grace_period == 5.0
+    assert args.tofqdns_max_deferred_connection_deletes == 100
+    assert args.conntrack_gc_interval == 1.5
     assert json.loads(args.tofqdns_pre_cache.read_text()) == answers
     cache = DNSCache()
     cache.restore(json.loads(args.tofqdns_pre_cache.read_text()))
