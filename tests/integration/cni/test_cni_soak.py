@@ -1,10 +1,19 @@
-"""Soak: 500 CNI ADD/DEL cycles with the agent kill -9'ed at random points (also in the middle
-of an ADD) and the plugin itself killed mid-ADD. The runtime behaves as kubelet does: a failed
-ADD is followed by DEL, a DEL answered "try again later" (11) is retried. Afterwards nothing may
-have leaked — addresses, lxc devices, endpoints, endpoint records, netns — and the pods that
-lived through it all are still reachable.
+"""Soak: CNI ADD/DEL cycles (150 in CI; CILIARY_SOAK_CYCLES=500 or more for a long soak) with
+the agent kill -9'ed in the middle of an ADD and between operations, the plugin itself killed
+mid-ADD, and the netns gone before a DEL. The runtime behaves as kubelet does: a failed ADD is
+followed by DEL, a DEL answered "try again later" (11) is retried. Afterwards nothing may have
+leaked — addresses, lxc devices, endpoints, endpoint records, netns — and the pods that lived
+through it all are still reachable.
 
-The seed is printed; rerun a failure with CILIARY_SOAK_SEED=<seed>.
+The kill points are a schedule, not a dice roll, so that a short run hits every one of them: one
+cycle in CHAOS_EVERY is a chaos cycle, the chaos kinds take turns (CHAOS_TURNS), and the delay
+before a mid-ADD kill walks through DELAY_BINS equal slices of 0-350 ms (jittered inside its
+slice by the seed): an ADD takes some 50-80 ms, so the first slices cut it in its phases (plugin
+start, IPAM, datapath, reply) and the later ones come just after it, with both kinds of kill.
+The schedule test fails when CILIARY_SOAK_CYCLES is too small for that.
+
+The seed (jitter, pods kept alive, which pod is deleted) is printed; rerun a failure with
+CILIARY_SOAK_SEED=<seed>.
 """
 
 from __future__ import annotations
@@ -31,7 +40,40 @@ from .conftest import (
     run_plugin,
 )
 
-CYCLES = int(os.environ.get("CILIARY_SOAK_CYCLES", "500"))
+CYCLES = int(os.environ.get("CILIARY_SOAK_CYCLES", "150"))
+CHAOS_EVERY = 5
+"""One cycle in this many is a chaos cycle (the others are a plain ADD)."""
+CHAOS_TURNS = ("agent-mid-add", "plugin-mid-add", "agent-mid-add", "plugin-mid-add", "agent")
+"""The chaos kinds in turn: kill -9 of the agent or of the plugin during an ADD, of the agent
+between operations."""
+MAX_DELAY = 0.35
+DELAY_BINS = 10
+"""Mid-ADD kills come after a delay in slice k % DELAY_BINS of [0, MAX_DELAY) at their k-th turn."""
+NETNS_LOST_EVERY = 5
+"""Every this-many-th DEL finds its netns already gone (the runtime lost it before DEL)."""
+
+
+def chaos_schedule(cycles: int) -> list[tuple[int, str, int]]:
+    """(cycle, kind, delay slice) of every chaos cycle of a run of ``cycles``."""
+    out: list[tuple[int, str, int]] = []
+    turns: dict[str, int] = {}
+    for cycle in range(0, cycles, CHAOS_EVERY):
+        kind = CHAOS_TURNS[(cycle // CHAOS_EVERY) % len(CHAOS_TURNS)]
+        turn = turns.get(kind, 0)
+        turns[kind] = turn + 1
+        out.append((cycle, kind, turn % DELAY_BINS))
+    return out
+
+
+def test_a_ci_run_of_the_schedule_hits_every_kill_point() -> None:
+    """Every kind of kill, and every delay slice of both mid-ADD kills, is in the schedule of a
+    CI run (and of whatever CILIARY_SOAK_CYCLES asks for)."""
+    for cycles in {150, CYCLES}:
+        schedule = chaos_schedule(cycles)
+        assert {kind for _c, kind, _b in schedule} == set(CHAOS_TURNS), cycles
+        for kind in ("agent-mid-add", "plugin-mid-add"):
+            slices = {b for _c, k, b in schedule if k == kind}
+            assert slices == set(range(DELAY_BINS)), f"{cycles} cycles: {kind} slices {slices}"
 
 
 def _env(command: str, cid: str, netns: str) -> dict[str, str]:
@@ -84,8 +126,8 @@ class Runtime:
         self.delete(cid, netns)  # a failed ADD is always followed by DEL
         return False
 
-    def add_with_chaos(self, cid: str, netns: str, rng: random.Random, victim: str) -> bool:
-        """Start ADD, then kill -9 the plugin or the agent after a random delay."""
+    def add_with_chaos(self, cid: str, netns: str, delay: float, victim: str) -> bool:
+        """Start ADD, then kill -9 the plugin or the agent after ``delay`` seconds."""
         conf_file = self.agent.log.parent / f"{cid}.conf"
         conf_file.write_text(json.dumps(self.conf))
         with open(conf_file) as stdin:
@@ -93,7 +135,7 @@ class Runtime:
                 [str(VENV_BIN / "ciliary-cni")], stdin=stdin, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env=_env("ADD", cid, netns),
             )  # fmt: skip
-        time.sleep(rng.uniform(0.0, 0.35))
+        time.sleep(delay)
         if victim == "plugin":
             proc.kill()
         else:
@@ -123,18 +165,23 @@ def test_soak_add_del_with_kills(tmp_path: Path) -> None:
                 assert rt.add(f"survivor-{name}", path)
                 survivors.append((f"survivor-{name}", name, path))
             live: dict[str, tuple[str, str]] = {}
-            stats = {"added": 0, "failed-add": 0, "plugin-kills": 0, "agent-kills": 0}
-            for _cycle in range(CYCLES):
+            stats = dict.fromkeys(
+                ("added", "failed-add", "plugin-kills", "agent-kills", "netns-lost"), 0
+            )
+            chaos = {cycle: (kind, b) for cycle, kind, b in chaos_schedule(CYCLES)}
+            deletions = 0
+            for cycle in range(CYCLES):
                 name, path = pods.new()
                 cid = f"soak-{name}"
-                roll = rng.random()
-                if roll < 0.04:
+                kind, b = chaos.get(cycle, ("", 0))
+                delay = MAX_DELAY * (b + rng.random()) / DELAY_BINS
+                if kind == "agent-mid-add":
                     stats["agent-kills"] += 1
-                    ok = rt.add_with_chaos(cid, path, rng, "agent")
-                elif roll < 0.08:
+                    ok = rt.add_with_chaos(cid, path, delay, "agent")
+                elif kind == "plugin-mid-add":
                     stats["plugin-kills"] += 1
-                    ok = rt.add_with_chaos(cid, path, rng, "plugin")
-                elif roll < 0.10:
+                    ok = rt.add_with_chaos(cid, path, delay, "plugin")
+                elif kind == "agent":
                     stats["agent-kills"] += 1
                     _kill9_agent(agent)  # killed between operations
                     rt.ensure_agent()
@@ -148,7 +195,9 @@ def test_soak_add_del_with_kills(tmp_path: Path) -> None:
                 while len(live) > rng.randint(0, 4):
                     victim = rng.choice(sorted(live))
                     vname, vpath = live.pop(victim)
-                    if rng.random() < 0.2:
+                    deletions += 1
+                    if deletions % NETNS_LOST_EVERY == 0:
+                        stats["netns-lost"] += 1
                         netns_del(vname)  # the runtime lost the netns before DEL
                     rt.delete(victim, vpath)
                     netns_del(vname)
@@ -159,6 +208,7 @@ def test_soak_add_del_with_kills(tmp_path: Path) -> None:
                 netns_del(name)
             rt.ensure_agent()
             print(f"soak stats {stats}, agent restarts {rt.restarts}")
+            assert stats["netns-lost"] > 0, stats
 
             # ---- nothing leaked ---------------------------------------------------------
             with agent.client() as cl:
