@@ -14,8 +14,9 @@ is not dropped: the policy maps allowed the IP before the answer was released); 
 rules do not allow gets REFUSED and never reaches the server; the agent's DNS cache lists the
 name. Also: a query sent to the proxy's own port (not redirected) is refused; a connection opened
 before an answer's TTL passed keeps working after it (the IP is kept as a DNS zombie while
-conntrack sees the connection; the agent's conntrack GC runs every second here), and once it is
-closed the IP leaves and new connections to it are dropped.
+conntrack sees the connection; the agent's conntrack GC runs every second here), also across an
+agent restart (which restores the answers and the kept IPs), and once it is closed the IP leaves
+and new connections to it are dropped.
 """
 
 from __future__ import annotations
@@ -297,19 +298,6 @@ def test_dns_walkthrough(cluster: Cluster) -> None:
     assert counts["received"] >= counts["denied"] + counts["forwarded"], counts
 
 
-def test_the_answers_survive_an_agent_restart(cluster: Cluster) -> None:
-    """Issue #15: after an agent restart the FQDN cache is restored, so the first connection
-    to an IP a pod resolved before is not dropped."""
-    cluster.query("web.example.com")
-    assert cluster.connect(WORLD_IP) == "world"
-    cluster.agent.stop()
-    cluster.agent.start()
-    assert cluster.connect(WORLD_IP) == "world"
-    with cluster.agent.client() as cl:
-        assert ("web.example.com", WORLD_IP) in {(e.fqdn, e.ip) for e in cl.fqdn_cache()}
-    assert "REFUSED" in cluster.query("evil.example.com", "--expect-rcode", "REFUSED")
-
-
 def hubble(cluster: Cluster) -> list[dict[str, Any]]:
     sock = RUN_ROOT / cluster.agent.node / "hubble.sock"
     res = subprocess.run(
@@ -327,32 +315,45 @@ def _zombie(cluster: Cluster, ip: str) -> FQDNCacheEntry | None:
         return next((e for e in cl.fqdn_cache() if e.ip == ip and e.source == "connection"), None)
 
 
-def test_a_connection_outlives_its_answer_then_the_ip_goes(cluster: Cluster) -> None:
+def _kept_by_a_pass(cluster: Cluster, ip: str, since: float) -> None:
+    """Waits for a conntrack GC pass that began after ``since`` (a zombie's expiration is the
+    next pass) and kept ``ip``."""
+    wait_for(
+        f"a conntrack GC pass after {since} keeping {ip}",
+        lambda: (z := _zombie(cluster, ip)) is not None
+        and z.expiration_time.timestamp() > since + CT_GC_INTERVAL_S,
+        timeout=15,
+    )  # fmt: skip
+
+
+def _echo(hold: subprocess.Popen[str], line: str) -> str:
+    assert hold.stdin is not None and hold.stdout is not None
+    hold.stdin.write(line + "\n")
+    hold.stdin.flush()
+    return hold.stdout.readline().strip()
+
+
+def test_a_connection_outlives_its_answer_and_restarts(cluster: Cluster) -> None:
     """Issue #15 (upstream's DNS zombies): an answer's IP stays allowed past its TTL while a
     connection uses it, so data sent after the expiry passes (policy is checked on each of its
-    packets); once the connection is closed and a conntrack GC pass saw none, the IP leaves
-    toFQDNs and a new connection to it is dropped."""
+    packets), also after an agent restart (the saved cache keeps the zombie; the restarted
+    agent's answers are restored too: the first connection to a name resolved before passes);
+    once the connection is closed and a conntrack GC pass saw none, the IP leaves toFQDNs and a
+    new connection to it is dropped."""
+    cluster.query("web.example.com")  # TTL 30: an answer across the restart
     assert SHORT_WORLD_IP in cluster.query("short.example.com", server=cluster.short_dns_ip)
     hold = subprocess.Popen(
         ["ip", "netns", "exec", cluster.client_ns, PYTHON, "-c", HOLD, SHORT_WORLD_IP, "8080"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert hold.stdin is not None and hold.stdout is not None
+    assert hold.stdout is not None
     try:
         assert hold.stdout.readline().strip() == "world"
         zombie = wait_for(
             "the expired answer's IP kept for the connection",
             lambda: _zombie(cluster, SHORT_WORLD_IP), timeout=SHORT_TTL + 10,
         )  # fmt: skip
-        seen = time.time()
-        # a conntrack GC pass that began after it became a zombie (its expiration is the next
-        # pass) found the connection: the IP is still selected
-        wait_for(
-            "a conntrack GC pass after the expiry",
-            lambda: (z := _zombie(cluster, SHORT_WORLD_IP)) is not None
-            and z.expiration_time.timestamp() > seen + CT_GC_INTERVAL_S,
-            timeout=10,
-        )  # fmt: skip
+        _kept_by_a_pass(cluster, SHORT_WORLD_IP, since=time.time())
         assert zombie.fqdn == "short.example.com"
         with cluster.agent.client() as cl:
             assert "short.example.com" not in {
@@ -366,9 +367,16 @@ def test_a_connection_outlives_its_answer_then_the_ip_goes(cluster: Cluster) -> 
             line.split()[:3] == ["connection", "short.example.com", SHORT_WORLD_IP]
             for line in listing.splitlines() if line.split()
         ), listing  # fmt: skip
-        hold.stdin.write("after-the-ttl\n")
-        hold.stdin.flush()
-        assert hold.stdout.readline().strip() == "after-the-ttl"
+        assert _echo(hold, "after-the-ttl") == "after-the-ttl"
+        cluster.agent.stop()
+        restarted = time.time()
+        cluster.agent.start()
+        assert cluster.connect(WORLD_IP) == "world"  # the answers were restored
+        with cluster.agent.client() as cl:
+            assert ("web.example.com", WORLD_IP) in {(e.fqdn, e.ip) for e in cl.fqdn_cache()}
+        assert "REFUSED" in cluster.query("evil.example.com", "--expect-rcode", "REFUSED")
+        _kept_by_a_pass(cluster, SHORT_WORLD_IP, since=restarted)  # the zombie too
+        assert _echo(hold, "after-a-restart") == "after-a-restart"
     finally:
         hold.communicate(timeout=10)  # its stdin closed: the connection closes
     # its conntrack entry outlives the close by CT_LIFETIME_CLOSE_S; the first pass after that
