@@ -43,6 +43,7 @@ from bench import dnsproxy, tools
 from bench.common import median, tag
 from bench.datapath import Metric, Samples, Target, interleave
 from ciliary.agent.envoy import envoy_binary
+from ciliary.agent.envoyconfig import ACCESS_LOG_FIELDS, ACCESS_LOG_SEPARATOR
 from ciliary.lab import manager
 
 GROUP = "l7"
@@ -54,6 +55,13 @@ BASELINE = ENVOY  # the ratio column of each row is x / c: b's is the target b/c
 TARGET_B_C = 0.9
 METRICS = ("keepalive", "close")
 READY_S = 30.0
+ACCESS_LOG_CLIENT, ACCESS_LOG_SERVER = "10.200.0.10", "10.200.0.20"
+"""The hubble bench decoder's two endpoints (``bench.hubble_bench._decoder``)."""
+L7_METRICS = (
+    "httpV2:labelsContext=source_namespace,source_workload,destination_namespace,"
+    "destination_workload,traffic_direction"
+)
+"""Hubble's httpV2 metric as the L7 dashboard reads it (examples/grafana, the README)."""
 
 LAB = """\
 apiVersion: ciliary.io/v1alpha1
@@ -356,6 +364,90 @@ def agent_row(agent_cpu: dict[str, list[float]], rounds: int) -> dict[str, Any]:
     }
 
 
+def access_log_line(i: int) -> bytes:
+    """Envoy's access log line of request ``i`` (``ACCESS_LOG_FORMAT``): a client's GETs to a
+    server on its port 80, every tenth denied; the client's port changes every request."""
+    fields = {
+        "start_time": f"{1_796_492_113 + i // 1000}.{i % 1000:03d}000",
+        "chain": "ep11-egress-80",
+        "source": f"{ACCESS_LOG_CLIENT}:{30000 + i % 1000}",
+        "destination": f"{ACCESS_LOG_SERVER}:80",
+        "method": "GET",
+        "protocol": "HTTP/1.1",
+        "code": "200" if i % 10 else "403",
+        "duration_us": str(800 + i % 100),
+        "grpc_status": "-",
+        "details": "via_upstream" if i % 10 else "rbac_access_denied_matched_policy[none]",
+        "flags": "-",
+        "authority": ACCESS_LOG_SERVER,
+        "path": f"/public/{i % 50}",
+        "request_id": "868fe0ea-0553-425c-9c55-446b3ce59cf1",
+        "user_agent": "httpload",
+    }
+    return (ACCESS_LOG_SEPARATOR.join(fields[n] for n, _ in ACCESS_LOG_FIELDS) + "\n").encode()
+
+
+def access_log_cost(lines: int = 20_000, rounds: int = 3) -> dict[str, float]:
+    """The agent's CPU per access log line (one request and its response: two L7 flows), µs,
+    in process (``time.process_time``, the best of ``rounds``), stage by stage as the agent
+    runs them: the pipe reader's parse; + the two L7 records; + Hubble's decode of each
+    (``FlowDecoder.decode_l7``, endpoints from the hubble bench's decoder); + the observer ring
+    and the metrics (the hubble bench's defaults and the L7 dashboard's httpV2)."""
+    from bench.hubble_bench import DEFAULT_METRICS, _decoder, _registry  # noqa: PLC0415
+    from ciliary.agent.accesslog import parse_line, to_l7_records  # noqa: PLC0415
+    from ciliary.hubble.metrics import FlowMetrics  # noqa: PLC0415
+    from ciliary.hubble.observer import LocalObserver  # noqa: PLC0415
+
+    data = [access_log_line(i) for i in range(lines)]
+    decoder = _decoder()
+    observer = LocalObserver("bench-node", capacity=4095)
+    observer.add_flow_hook(FlowMetrics(f"{DEFAULT_METRICS} {L7_METRICS}", _registry()).on_flow)
+    families = decoder.families
+
+    def parse(batch: list[bytes]) -> None:
+        for line in batch:
+            parse_line(line)
+
+    def records(batch: list[bytes]) -> None:
+        for line in batch:
+            to_l7_records(parse_line(line))
+
+    def decoded(batch: list[bytes]) -> None:
+        for line in batch:
+            for rec in to_l7_records(parse_line(line)):
+                families[rec.type](rec)
+
+    def observed(batch: list[bytes]) -> None:
+        for line in batch:
+            for rec in to_l7_records(parse_line(line)):
+                observer.on_flow(families[rec.type](rec))
+
+    out = {}
+    for name, stage in (("parse", parse), ("+ L7 records", records),
+                        ("+ Hubble decode (2 flows)", decoded),
+                        ("+ observer ring + metrics", observed)):  # fmt: skip
+        stage(data[:2000])  # warm-up
+        best = []
+        for _ in range(rounds):
+            t0 = time.process_time()
+            stage(data)
+            best.append((time.process_time() - t0) / lines * 1e6)
+        out[name] = round(min(best), 1)
+    return out
+
+
+def access_log_row(cost: dict[str, float]) -> dict[str, Any]:
+    return {
+        "benchmark": "agent CPU per access log line (request + response), in process",
+        "metric": "access-log-us",
+        "unit": "us",
+        "higher_is_better": False,
+        "baseline": None,
+        "values": cost,
+        "group": GROUP,
+    }
+
+
 def run(*, rounds: int = 5, seconds: float = 2, queries: int = dnsproxy.QUERIES,
         log: Callable[[str], None] = print) -> list[dict[str, Any]]:  # fmt: skip
     """The HTTP setups in one lab, then the DNS proxy's bench; rows of both."""
@@ -374,6 +466,7 @@ def run(*, rounds: int = 5, seconds: float = 2, queries: int = dnsproxy.QUERIES,
         results += http_rows(samples, {k: v[0] for k, v in ms.items()}, rounds=rounds,
                              seconds=seconds)  # fmt: skip
         results.append(agent_row(cpu, rounds))
+        results.append(access_log_row(access_log_cost()))
     for row in results:
         if row["metric"] in ("keepalive-rps", "close-rps"):
             log(f"{GROUP}: {row['benchmark']}: b/c {row['b/c']} (target >= {TARGET_B_C})")

@@ -131,3 +131,20 @@ def test_httpload_fails_on_a_denial(httpload: Path) -> None:
                          check=False, capture_output=True, text=True, timeout=10)  # fmt: skip
     thread.join(5)
     assert res.returncode == 1 and "HTTP/1.1 403" in res.stderr, res
+
+
+def test_access_log_cost_measures_each_stage_of_real_lines() -> None:
+    """The in-process access log bench parses the lines the agent reads (every tenth denied)
+    and reports µs per line for each stage, each stage including the one before."""
+    from ciliary.agent.accesslog import parse_line  # noqa: PLC0415
+
+    denied, allowed = parse_line(l7.access_log_line(0)), parse_line(l7.access_log_line(1))
+    assert (denied.verdict, denied.code, allowed.verdict, allowed.code) == (
+        "DROPPED", 403, "FORWARDED", 200,
+    )  # fmt: skip
+    cost = l7.access_log_cost(lines=300, rounds=1)
+    assert list(cost) == ["parse", "+ L7 records", "+ Hubble decode (2 flows)",
+                          "+ observer ring + metrics"]  # fmt: skip
+    assert all(v > 0 for v in cost.values())
+    assert cost["parse"] < cost["+ observer ring + metrics"]
+    assert l7.access_log_row(cost)["values"] == cost

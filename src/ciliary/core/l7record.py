@@ -25,6 +25,7 @@ __all__ = ["DNSRecord", "HTTPRecord", "L7Endpoint", "L7Record"]
 
 _L7_VERDICTS = frozenset({Verdict.FORWARDED, Verdict.DROPPED, Verdict.ERROR, Verdict.REDIRECTED})
 _TRANSPORTS = frozenset({6, 17, 132})
+_KINDS = frozenset({L7FlowType.REQUEST, L7FlowType.RESPONSE, L7FlowType.SAMPLE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ class L7Record:
     def __post_init__(self) -> None:
         if (self.http is None) == (self.dns is None):
             raise ValueError("an L7 record carries exactly one of http, dns")
-        if self.kind not in (L7FlowType.REQUEST, L7FlowType.RESPONSE, L7FlowType.SAMPLE):
+        if self.kind not in _KINDS:
             raise ValueError(f"L7 record kind {self.kind!r} is not request/response/sample")
         if self.verdict not in _L7_VERDICTS:
             raise ValueError(

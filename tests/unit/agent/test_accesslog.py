@@ -4,7 +4,6 @@ pipe reader counting what it cannot parse instead of failing."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ciliary.agent.accesslog import AccessLogReader, HTTPAccess, parse_line, to_l7_records
+from ciliary.agent.envoyconfig import ACCESS_LOG_FIELDS, ACCESS_LOG_SEPARATOR
 from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
 
 LINE = {
@@ -23,7 +23,7 @@ LINE = {
     "code": 403,
     "details": "rbac_access_denied_matched_policy[none]",
     "flags": "-",
-    "grpc_status": None,
+    "grpc_status": "-",
     "duration_us": 149,
     "source": "[fd00::3]:41000",
     "destination": "[fd00::2]:80",
@@ -33,8 +33,13 @@ LINE = {
 }
 
 
+def line(fields: dict[str, object]) -> str:
+    """An access log line as Envoy writes it (ACCESS_LOG_FORMAT's fields, in order)."""
+    return ACCESS_LOG_SEPARATOR.join(str(fields[name]) for name, _ in ACCESS_LOG_FIELDS) + "\n"
+
+
 def test_a_denied_request() -> None:
-    rec = parse_line(json.dumps(LINE))
+    rec = parse_line(line(LINE))
     assert rec == HTTPAccess(
         time_ns=1_796_480_301_736_302_000,
         endpoint_id=12,
@@ -53,7 +58,7 @@ def test_a_denied_request() -> None:
 
 
 def test_forwarded_error_and_grpc() -> None:
-    ok = parse_line(json.dumps({**LINE, "code": 503, "details": "upstream_reset", "chain":
+    ok = parse_line(line({**LINE, "code": 503, "details": "upstream_reset", "chain":
                                 "ep3-egress-8080", "source": "10.0.0.3:5", "destination":
                                 "10.0.0.2:8080"}))  # fmt: skip
     assert (ok.verdict, ok.direction, ok.source) == (
@@ -61,20 +66,22 @@ def test_forwarded_error_and_grpc() -> None:
         "egress",
         (IPv4Address("10.0.0.3"), 5),
     )
-    none = parse_line(json.dumps({**LINE, "code": 0, "details": "downstream_remote_disconnect"}))
+    none = parse_line(line({**LINE, "code": 0, "details": "downstream_remote_disconnect"}))
     assert none.verdict == "ERROR"
-    grpc = parse_line(json.dumps({**LINE, "code": 200, "grpc_status": 7, "protocol": "HTTP/2"}))
+    grpc = parse_line(line({**LINE, "code": 200, "grpc_status": 7, "protocol": "HTTP/2"}))
     assert (grpc.grpc_status, grpc.verdict) == (7, "DROPPED")
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        "not json",
-        "[1]",
-        json.dumps({**LINE, "chain": "other"}),
-        json.dumps({**LINE, "source": "x"}),
-        json.dumps({**LINE, "method": "-"}),
+        "not a line",
+        line(LINE)[:-30],
+        line({**LINE, "path": f"/a{ACCESS_LOG_SEPARATOR}b"}),  # a field holding the separator
+        line({**LINE, "code": "two hundred"}),
+        line({**LINE, "chain": "other"}),
+        line({**LINE, "source": "x"}),
+        line({**LINE, "method": "-"}),
     ],
 )
 def test_malformed_lines_name_the_problem(bad: str) -> None:
@@ -92,9 +99,9 @@ def test_the_pipe_reader_parses_lines_and_counts_the_rest(tmp_path: Path) -> Non
         reader.start()
         reader.start()  # a second start (Envoy's start retried) watches the same pipe once
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # as Envoy: a writer of the pipe
-        line = json.dumps(LINE).encode()
-        os.write(fd, line[:40])
-        os.write(fd, line[40:] + b"\n{broken\n\n" + line + b"\n")
+        text = line(LINE).encode()
+        os.write(fd, text[:40])
+        os.write(fd, text[40:] + b"{broken\n\n" + text)
         os.close(fd)  # a writer gone (Envoy restarting) is no end of the reader
         for _ in range(100):
             if reader.records + reader.malformed >= 3:
@@ -112,7 +119,7 @@ def test_the_pipe_reader_parses_lines_and_counts_the_rest(tmp_path: Path) -> Non
 
 
 def test_an_access_is_hubbles_request_and_response() -> None:
-    request, response = to_l7_records(parse_line(json.dumps(LINE)))
+    request, response = to_l7_records(parse_line(line(LINE)))
     assert (request.kind, request.verdict, request.direction) == (
         L7FlowType.REQUEST, Verdict.DROPPED, TrafficDirection.INGRESS,
     )  # fmt: skip
