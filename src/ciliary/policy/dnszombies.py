@@ -34,7 +34,7 @@ processed, not from the answer's expiry, so a pass that started before the zombi
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import ip_address
 
@@ -94,6 +94,10 @@ class DNSZombies:
     def __len__(self) -> int:
         return len(self._by_ip)
 
+    def __iter__(self) -> Iterator[DNSZombie]:
+        """Every zombie, in no order (:meth:`zombies` sorts)."""
+        return iter(self._by_ip.values())
+
     def get(self, ip: str) -> DNSZombie | None:
         return self._by_ip.get(ip)
 
@@ -146,14 +150,15 @@ class DNSZombies:
         return not (self.last_ct_gc > z.delete_pending_at and self.last_ct_gc > z.alive_at)
 
     def collect(self) -> ZombieCollection:
-        """Removes the dead zombies and those over the limits (see the module docstring)."""
+        """Removes the dead zombies and those over the limits (see the module docstring).
+        Runs every second: linear in the zombies, sorting only those of a limit exceeded."""
         in_use = {ip for ip, z in self._by_ip.items() if self.connection_alive(z)}
         alive_names = {name for ip in in_use for name in self._by_ip[ip].names}
         dead = {
             ip for ip, z in self._by_ip.items() if ip not in in_use and not z.names & alive_names
         }
         over: set[str] = set()
-        if self.max_ips_per_name > 0:
+        if 0 < self.max_ips_per_name < len(self._by_ip) - len(dead):
             by_name: dict[str, list[DNSZombie]] = {}
             for ip, z in self._by_ip.items():
                 if ip not in dead:
@@ -163,13 +168,10 @@ class DNSZombies:
                 excess = len(group) - self.max_ips_per_name
                 if excess > 0:
                     over.update(z.ip for z in sorted(group, key=_importance)[:excess])
-        survivors = sorted(
-            (z for ip, z in self._by_ip.items() if ip not in dead and ip not in over),
-            key=_importance,
-        )
-        excess = len(survivors) - max(self.max_zombies, 0)
+        excess = len(self._by_ip) - len(dead | over) - max(self.max_zombies, 0)
         if excess > 0:
-            over.update(z.ip for z in survivors[:excess])
+            survivors = [z for ip, z in self._by_ip.items() if ip not in dead and ip not in over]
+            over.update(z.ip for z in sorted(survivors, key=_importance)[:excess])
         gone = tuple(self._by_ip.pop(ip) for ip in sorted(dead | over, key=ip_address))
         return ZombieCollection(gone, sum(1 for ip in over if ip in in_use))
 

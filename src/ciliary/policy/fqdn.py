@@ -205,11 +205,10 @@ class DNSCache:
             if any(selector_matches(s, name) for s in selectors)
             for ip in entries
         }
-        found.update(
-            ip_network(z.ip)
-            for z in self.zombies.zombies()
-            if any(selector_matches(s, name) for name in z.names for s in selectors)
-        )
+        if len(self.zombies):
+            names = {name for z in self.zombies for name in z.names}
+            chosen = {n for n in names if any(selector_matches(s, n) for s in selectors)}
+            found.update(ip_network(z.ip) for z in self.zombies if z.names & chosen)
         return tuple(sorted(found, key=lambda n: (n.version, n)))
 
     def dump(self, now: float) -> list[dict[str, object]]:

@@ -4,6 +4,7 @@ none (plus the grace period), is capped, and survives a save/restore as upstream
 
 from __future__ import annotations
 
+import time
 from ipaddress import ip_network
 
 from hypothesis import given, settings
@@ -175,3 +176,20 @@ def test_a_connection_is_never_cut_and_unused_ips_go(
             cache.zombies.ct_gc_done(float(t), float(t + interval))
         assert open_at(t) <= selected(cache), t
     assert len(cache.zombies) == 0 and selected(cache) == set()
+
+
+def test_ten_thousand_zombies_cost_milliseconds() -> None:
+    """The selectors' IPs are computed for every policy computation and the zombies collected
+    every second: both are linear in the zombies, without a sort or a parse per zombie (each
+    took ~60 ms CPU for 10,000 zombies that way; ~3 and ~7 ms now)."""
+    cache = DNSCache()
+    for i in range(10000):
+        ip = f"10.0.{i // 256}.{i % 256}"
+        cache.update(DNSLookup(f"n{i % 100}.example.com", (ip,), 1, 0.0))
+    cache.gc(2.0)
+    selectors = [FQDNSelector(match_name="n7.example.com")]
+    started = time.process_time()
+    for _ in range(5):
+        assert len(cache.prefixes(selectors)) == 100
+        assert cache.zombies.collect().dead == ()
+    assert (time.process_time() - started) / 5 < 0.04
