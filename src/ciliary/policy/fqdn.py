@@ -13,10 +13,11 @@ leading ``**.`` matches one or more whole labels (``**.cilium.io`` matches ``a.b
 The cache (Cilium's ``pkg/fqdn`` ``DNSCache``): each (name, IP) lives until the lookup time plus
 its TTL, raised to ``min_ttl`` (``--tofqdns-min-ttl``, default 0 as upstream since 1.13); a name
 keeps at most ``max_ips_per_name`` IPs (``--tofqdns-endpoint-max-ip-per-hostname``), the ones
-expiring last; expired answers leave at :meth:`DNSCache.expire`. Every change bumps
-:attr:`DNSCache.version`, which the policy computation's cache is keyed on, as the service data
-of ``toServices`` (:mod:`.services`). Each selected IP becomes a host prefix, whose identity is a
-local CIDR identity (as toCIDR's), so the datapath needs nothing new.
+expiring last (the others become zombies, as expired answers do at :meth:`DNSCache.expire`).
+Every change bumps :attr:`DNSCache.version`, which the policy computation's cache is keyed on,
+as the service data of ``toServices`` (:mod:`.services`). Each selected IP becomes a host
+prefix, whose identity is a local CIDR identity (as toCIDR's), so the datapath needs nothing
+new.
 
 An expired (name, IP) does not leave the selectors at once: it becomes a zombie
 (:mod:`.dnszombies`), still selected, until a conntrack GC pass has found no connection using
@@ -136,6 +137,8 @@ class DNSCache:
             keep = sorted(entries, key=lambda k: entries[k], reverse=True)
             for gone in keep[self.max_ips_per_name :]:
                 del entries[gone]
+                if gone in before:  # selected until now: a connection may use it (upstream's)
+                    self.zombies.upsert(gone, (name,), lookup.lookup_time)
         changed = set(entries) != before
         self.version += changed or revived
         return changed

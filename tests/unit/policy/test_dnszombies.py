@@ -193,3 +193,21 @@ def test_ten_thousand_zombies_cost_milliseconds() -> None:
         assert len(cache.prefixes(selectors)) == 100
         assert cache.zombies.collect().dead == ()
     assert (time.process_time() - started) / 5 < 0.04
+
+
+def test_an_ip_over_the_names_limit_is_kept_while_in_use() -> None:
+    """--tofqdns-endpoint-max-ip-per-hostname evicts the answers expiring first; as upstream, an
+    evicted IP that was selected becomes a zombie (a connection may use it)."""
+    cache = DNSCache(max_ips_per_name=1)
+    cache.update(DNSLookup("a.io", ("192.0.2.1",), 10, 0.0))
+    cache.update(DNSLookup("a.io", ("192.0.2.2",), 60, 1.0))
+    assert cache.lookup("a.io") == ["192.0.2.2"]
+    assert selected(cache) == {"192.0.2.1", "192.0.2.2"}
+    cache.update(DNSLookup("a.io", ("192.0.2.3",), 5, 2.0))  # never selected: no zombie
+    assert [z.ip for z in cache.zombies.zombies()] == ["192.0.2.1"]
+    cache.zombies.mark_alive(3.0, {"192.0.2.1"})
+    cache.zombies.ct_gc_done(3.0, 33.0)
+    assert cache.gc(4.0).dead == ()
+    cache.zombies.ct_gc_done(33.0, 63.0)
+    assert [z.ip for z in cache.gc(34.0).dead] == ["192.0.2.1"]
+    assert selected(cache) == {"192.0.2.2"}
