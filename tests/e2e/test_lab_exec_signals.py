@@ -14,6 +14,9 @@ import pytest
 
 from .conftest import CILIARY, Lab
 
+# the conftest lab, shared: these tests only run commands in its pods
+SHARES_LAB = True
+
 
 def _running(tag: str) -> list[str]:
     res = subprocess.run(["pgrep", "-f", f"^{tag}$"], capture_output=True, text=True, check=False)
