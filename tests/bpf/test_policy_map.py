@@ -144,6 +144,26 @@ def test_a_change_is_four_batches_in_the_safe_order(maps: PolicyMaps) -> None:
         inner.close()
 
 
+def test_an_inner_map_is_opened_once(maps: PolicyMaps, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write of a rule change used to open the endpoint's pin again; the handle is kept,
+    its close() leaves it open, and removal closes it."""
+    allow80 = PolicyKey(256, False, 6, 80, 16)
+    first = maps.ensure(11, {allow80: PolicyValue(False, 1)})
+    first.close()
+    opened: list[object] = []
+    monkeypatch.setattr(Map, "from_pin", opened.append)
+    again = maps.get(11)
+    assert again is first and not again.map.closed and opened == []
+    assert again.current() == {allow80: PolicyValue(False, 1)}
+    assert maps.ensure(11) is first
+    maps.remove(11)
+    assert first.map.closed and maps.get(11) is None
+    monkeypatch.undo()
+    fresh = maps.ensure(12)
+    maps.prune(keep=[])  # restart reconciliation closes what it removes too
+    assert fresh.map.closed and maps.get(12) is None
+
+
 def test_lpm_port_prefix_match(maps: PolicyMaps) -> None:
     inner = maps.ensure(3)
     for port, bits in port_range_prefixes(8000, 8015):

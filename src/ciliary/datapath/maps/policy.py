@@ -172,10 +172,12 @@ class PolicyChange:
 
 
 class EndpointPolicyMap:
-    """The inner LPM map of one endpoint."""
+    """The inner LPM map of one endpoint. ``shared``: the handle :class:`PolicyMaps` keeps
+    open and hands out again; closing it is a no-op (``PolicyMaps.remove`` closes it)."""
 
-    def __init__(self, m: Map) -> None:
+    def __init__(self, m: Map, *, shared: bool = False) -> None:
         self._map = m
+        self._shared = shared
 
     @property
     def map(self) -> Map:
@@ -237,15 +239,22 @@ class EndpointPolicyMap:
         return len(change.changed), len(change.stale)
 
     def close(self) -> None:
-        self._map.close()
+        if not self._shared:
+            self._map.close()
 
 
 class PolicyMaps:
-    """The node's outer map and the pinned inner maps of its enforced endpoints."""
+    """The node's outer map and the pinned inner maps of its enforced endpoints.
+
+    Each inner map is opened once and kept open (one fd per enforced endpoint): a rule change
+    writes the maps of every endpoint it touches, and opening a pin (path check, obj_get, map
+    info, close) cost each of them as much as the write itself. Handles are shared: their
+    ``close()`` is a no-op; :meth:`remove` and :meth:`prune` close them."""
 
     def __init__(self, outer: Map, pin_dir: Path) -> None:
         self._outer = outer
         self._pin_dir = pin_dir
+        self._open: dict[int, EndpointPolicyMap] = {}
 
     def _pin(self, ep_id: int) -> Path:
         return self._pin_dir / f"ciliary_policy_{ep_id}"
@@ -254,10 +263,19 @@ class PolicyMaps:
         return ctypes.c_uint32(ep_id).value.to_bytes(4, "little")
 
     def get(self, ep_id: int) -> EndpointPolicyMap | None:
+        found = self._open.get(ep_id)
+        if found is not None:
+            return found
         path = self._pin(ep_id)
         if not path.exists():
             return None
-        return EndpointPolicyMap(Map.from_pin(path))
+        found = self._open[ep_id] = EndpointPolicyMap(Map.from_pin(path), shared=True)
+        return found
+
+    def _forget(self, ep_id: int) -> None:
+        found = self._open.pop(ep_id, None)
+        if found is not None:
+            found.map.close()
 
     def ensure(
         self, ep_id: int, initial: Mapping[PolicyKey, PolicyValue] | None = None
@@ -279,17 +297,19 @@ class PolicyMaps:
             ctypes.sizeof(PolicyKeyC), ctypes.sizeof(PolicyEntryC),
             INNER_MAX_ENTRIES, flags=BPF_F_NO_PREALLOC,
         )  # fmt: skip
-        inner = EndpointPolicyMap(m)
+        inner = EndpointPolicyMap(m, shared=True)
         if initial:
             inner.apply(initial)
         path = self._pin(ep_id)
         m.pin(path)
+        self._open[ep_id] = inner
         self._outer.update(self._outer_key(ep_id), m.fd.to_bytes(4, "little"))
         return inner
 
     def remove(self, ep_id: int) -> None:
         """Stop enforcing (outer entry first), then drop the pin."""
         self._outer.delete(self._outer_key(ep_id))
+        self._forget(ep_id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._pin(ep_id))
 
@@ -304,6 +324,8 @@ class PolicyMaps:
             self.remove(ep)
         for path in self._pin_dir.glob("ciliary_policy_*"):
             with contextlib.suppress(ValueError):
-                if int(path.name.rsplit("_", 1)[1]) not in wanted:
+                ep = int(path.name.rsplit("_", 1)[1])
+                if ep not in wanted:
+                    self._forget(ep)
                     path.unlink()
         return gone
