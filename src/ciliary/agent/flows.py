@@ -485,20 +485,31 @@ class FlowDecoder:
             traffic_direction=int(rec.direction),  # type: ignore[arg-type]
             Summary=seven.summary(rec),
         )
-        f.time.seconds, f.time.nanos = divmod(rec.time_ns, 1_000_000_000)
+        stamp = f.time
+        stamp.seconds, stamp.nanos = divmod(rec.time_ns, 1_000_000_000)
         src, dst = rec.source, rec.destination
-        f.IP.source, f.IP.destination = self._text(src.ip), self._text(dst.ip)
-        f.IP.ipVersion = flow_pb2.IPv4 if src.ip.version == 4 else flow_pb2.IPv6
-        if rec.transport == 6:
-            f.l4.TCP.source_port, f.l4.TCP.destination_port = src.port, dst.port
-        elif rec.transport == 17:
-            f.l4.UDP.source_port, f.l4.UDP.destination_port = src.port, dst.port
-        elif rec.transport == 132:
-            f.l4.SCTP.source_port, f.l4.SCTP.destination_port = src.port, dst.port
-        f.source.CopyFrom(self._endpoint(src.ip, src.identity))
-        f.destination.CopyFrom(self._endpoint(dst.ip, dst.identity))
-        self._names(f, f.source.ID, f.destination.ID)
-        f.l7.CopyFrom(seven.layer7(rec))
+        ip = f.IP
+        ip.source, ip.destination = self._text(src.ip), self._text(dst.ip)
+        ip.ipVersion = flow_pb2.IPv4 if src.ip.version == 4 else flow_pb2.IPv6
+        l4 = (
+            f.l4.TCP
+            if rec.transport == 6
+            else f.l4.UDP
+            if rec.transport == 17
+            else f.l4.SCTP
+            if rec.transport == 132
+            else None
+        )
+        if l4 is not None:
+            l4.source_port, l4.destination_port = src.port, dst.port
+        source, destination = (
+            self._endpoint(src.ip, src.identity),
+            self._endpoint(dst.ip, dst.identity),
+        )
+        f.source.CopyFrom(source)
+        f.destination.CopyFrom(destination)
+        self._names(f, source.ID, destination.ID)
+        seven.fill_layer7(rec, f.l7)
         is_reply = rec.kind == L7FlowType.RESPONSE
         f.is_reply.value = is_reply
         f.reply = is_reply

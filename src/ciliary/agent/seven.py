@@ -21,26 +21,35 @@ from ciliary.core.l7record import DNSRecord, HTTPRecord, L7Record
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.gopacket import DNS_RCODE_NAMES
 
-__all__ = ["layer7", "summary"]
+__all__ = ["fill_layer7", "layer7", "summary"]
 
 
 def layer7(rec: L7Record) -> flow_pb2.Layer7:
     """The flow's ``l7``: type, latency and the protocol's record, as upstream's decodeLayer7."""
-    l7 = flow_pb2.Layer7(type=int(rec.kind), latency_ns=rec.latency_ns)  # type: ignore[arg-type]
+    l7 = flow_pb2.Layer7()
+    fill_layer7(rec, l7)
+    return l7
+
+
+def fill_layer7(rec: L7Record, l7: flow_pb2.Layer7) -> None:
+    """:func:`layer7` into a flow's own (empty) ``l7``: no message made and copied per flow."""
+    l7.type = rec.kind  # type: ignore[assignment]
+    if rec.latency_ns:
+        l7.latency_ns = rec.latency_ns
     request = rec.kind == L7FlowType.REQUEST
     if rec.http is not None:
         _http(rec.http, request, l7.http)
     elif rec.dns is not None:
         _dns(rec.dns, request, l7.dns)
-    return l7
 
 
 def _http(http: HTTPRecord, request: bool, out: flow_pb2.HTTP) -> None:
     out.method, out.url, out.protocol = http.method, http.url, http.protocol
     if not request:
         out.code = http.code
-    for key, value in sorted(http.headers, key=lambda kv: kv[0]):
-        out.headers.add(key=key, value=value)
+    if http.headers:
+        for key, value in sorted(http.headers, key=lambda kv: kv[0]):
+            out.headers.add(key=key, value=value)
 
 
 def _dns(dns: DNSRecord, request: bool, out: flow_pb2.DNS) -> None:
