@@ -2,8 +2,8 @@
 # The agent DaemonSet's init container: installs the CNI plugin and this node's conflist on the
 # host (as cilium's install-plugin / config init containers do), then exits.
 #
-# The plugin is stdlib-only Python (ciliary.cni: spec + agentapi, see its module docstring), so
-# it is shipped as a zipapp the host's python3 (3.11+) runs: no venv on the host.
+# The plugin is stdlib-only Python (ciliary.cni: main, spec, agentapi, cjson; see main's module
+# docstring), so it is shipped as a zipapp the host's python3 (3.11+) runs: no venv on the host.
 #
 #   K8S_NODE_NAME   the node (downward API spec.nodeName): the plugin's "node", whose agent
 #                   socket is /run/ciliary/<node>/agent.sock
@@ -25,7 +25,7 @@ trap 'rm -rf "$stage"' EXIT
 pkg=$("$python" -c 'import ciliary, os; print(os.path.dirname(ciliary.__file__))')
 mkdir -p "$stage/app/ciliary/cni"
 cp "$pkg/__init__.py" "$stage/app/ciliary/"
-for f in __init__.py main.py spec.py agentapi.py; do cp "$pkg/cni/$f" "$stage/app/ciliary/cni/"; done
+for f in __init__.py main.py spec.py agentapi.py cjson.py; do cp "$pkg/cni/$f" "$stage/app/ciliary/cni/"; done
 printf 'import sys\n\nfrom ciliary.cni.main import main\n\nsys.exit(main())\n' > "$stage/app/__main__.py"
 "$python" -m zipapp "$stage/app" -p '/usr/bin/env python3' -o "$stage/ciliary-cni"
 chmod 0755 "$stage/ciliary-cni"
