@@ -35,6 +35,15 @@ after interleaved on the loaded machine (load 5-7), median of 7 rounds, flows pe
 record decode 237k -> 233k, + flow decoder 38.2k -> 38.0k, + observer ring + metrics 18.7k ->
 18.5k, + filter 17.2k -> 16.9k (within 2 %: one dict lookup per record for each dispatch).
 
+#17 step 3 (the observer ring as columns: ``rows_pipeline``, the agent's path for spans of trace
+records), flows per CPU-second, median of 3 rounds, two runs interleaved with the tree before
+(load 9.3-10.4): the one-by-one stages as before (record decode + decoder + observer + metrics +
+filter 15.5k / 15.4k before, 14.4k / 14.5k after); rows: flow templates 437k / 467k, + observer
+columns + metrics per template 406k / 439k, + filter (``build_row_filter``: templates and the
+source-port column, matching rows made whole; the filter matches none of these records) 286k,
++ every flow made whole 99k / 101k. The lab step (2.) at load ~11: 0 lost at every rate sockperf
+reached, 64k/s (10-20k/s before).
+
 The counters' batched sums are added when they are collected; the bench does not scrape (a
 scrape costs one ``inc`` per label set, a handful, not one per flow).
 """
@@ -69,9 +78,9 @@ from ciliary.datapath.maps.events import (
 )
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
-from ciliary.hubble.filters import build_filter
+from ciliary.hubble.filters import build_filter, build_row_filter
 from ciliary.hubble.metrics import FlowMetrics
-from ciliary.hubble.observer import LocalObserver, TemplateVerdicts
+from ciliary.hubble.observer import LocalObserver
 from ciliary.lab import manager
 
 GROUP = "hubble"
@@ -218,11 +227,9 @@ def rows_pipeline(spans: list[bytes], rounds: int) -> dict[str, list[float]]:
     metrics = FlowMetrics(DEFAULT_METRICS, _registry())
     observer.add_counted_flow_hook(metrics.on_flows)
     ring = observer.ring
-    verdicts = TemplateVerdicts(
-        build_filter(
-            [flow_pb2.FlowFilter(source_pod=["default/"], verdict=[flow_pb2.DROPPED])],
-            [flow_pb2.FlowFilter(destination_port=["53"])],
-        )
+    verdicts = build_row_filter(
+        [flow_pb2.FlowFilter(source_pod=["default/"], verdict=[flow_pb2.DROPPED])],
+        [flow_pb2.FlowFilter(destination_port=["53"])],
     )
 
     def templates(span: bytes) -> object:
@@ -241,7 +248,7 @@ def rows_pipeline(spans: list[bytes], rounds: int) -> dict[str, list[float]]:
         for pos in range(ring.written - n, ring.written):
             row = ring.row_at(pos)
             assert row is not None
-            if verdicts(row[0]):
+            if verdicts(row[0], row[2]):
                 ring.get(pos)
         return n
 

@@ -231,12 +231,17 @@ def _ports(flow_l4: flow_pb2.Layer4) -> tuple[int, int] | None:
     return None
 
 
-def _port_filter(values: Sequence[str], index: int) -> Predicate:
+def _port_set(values: Sequence[str]) -> frozenset[int]:
     wanted: set[int] = set()
     for value in values:
         if not value.isdigit() or int(value) > 65535:
             raise FilterError(f"invalid port {value!r}")
         wanted.add(int(value))
+    return frozenset(wanted)
+
+
+def _port_filter(values: Sequence[str], index: int) -> Predicate:
+    wanted = _port_set(values)
 
     def match(flow: flow_pb2.Flow) -> bool:
         ports = _ports(flow.l4)
@@ -597,23 +602,94 @@ def compile_flow_filter(ff: flow_pb2.FlowFilter) -> Predicate:
     return match_all
 
 
-ROW_FIELDS = frozenset({"uuid", "source_port"})
-"""FlowFilter fields that read what the observer keeps per row of a batch rather than in the
-row's template (``ciliary.hubble.ring.FlowRows``: the time, the UUID, the L4 source port)."""
+RowPredicate = Callable[[flow_pb2.Flow, int], bool]
+"""A filter over a row of the observer's ring: its template and its L4 source port."""
 
 
 def reads_row_fields(
     whitelist: Sequence[flow_pb2.FlowFilter], blacklist: Sequence[flow_pb2.FlowFilter]
 ) -> bool:
-    """True when a request's filters may read a per-row field (:data:`ROW_FIELDS`, or any
-    field through a CEL expression): its predicate must then see each row's whole flow;
-    otherwise it gives a row's template the answer it gives each of its rows."""
+    """True when a request's filters read a row's field that neither its template nor its
+    source port has (``ciliary.hubble.ring.FlowRows``): the UUID, or anything through a CEL
+    expression. Its predicate must then see each row's whole flow; otherwise
+    :func:`build_row_filter` answers for a row as the predicate for its whole flow."""
     for ff in (*whitelist, *blacklist):
         if ff.HasField("experimental") and ff.experimental.cel_expression:
             return True
-        if any(getattr(ff, name) for name in ROW_FIELDS):
+        if ff.uuid:
             return True
     return False
+
+
+def build_row_filter(
+    whitelist: Sequence[flow_pb2.FlowFilter],
+    blacklist: Sequence[flow_pb2.FlowFilter],
+    cache_size: int = 4096,
+) -> RowPredicate:
+    """A request's filters over rows (see :func:`reads_row_fields` for when it may be used):
+    every field but ``source_port`` is decided on the row's template, once per template (the
+    answers are remembered, the template held so its id is never reused); ``source_port`` on
+    the row's port. Same lists logic as :func:`build_filter`."""
+    parts = [(_row_part(ff), True) for ff in whitelist] + [
+        (_row_part(ff), False) for ff in blacklist
+    ]
+    predicates = [pred for (pred, _), _ in parts]
+    ports = [wanted for (_, wanted), _ in parts]
+    allow = [i for i, (_, is_allow) in enumerate(parts) if is_allow]
+    deny = [i for i, (_, is_allow) in enumerate(parts) if not is_allow]
+    seen: dict[int, tuple[flow_pb2.Flow, tuple[bool, ...]]] = {}
+
+    def verdicts(template: flow_pb2.Flow) -> tuple[bool, ...]:
+        """Each filter's answer without its source ports, then whether the flow has ports."""
+        hit = seen.get(id(template))
+        if hit is None or hit[0] is not template:
+            base = (*(p(template) for p in predicates), _ports(template.l4) is not None)
+            hit = (template, base)
+            if len(seen) >= cache_size:
+                seen.clear()
+            seen[id(template)] = hit
+        return hit[1]
+
+    def decide(base: tuple[bool, ...], port: int) -> bool:
+        has_ports = base[-1]
+        ok = [
+            b and (wanted is None or (has_ports and port in wanted))
+            for b, wanted in zip(base, ports, strict=False)
+        ]
+        if allow and not any(ok[i] for i in allow):
+            return False
+        return not any(ok[i] for i in deny)
+
+    if all(wanted is None for wanted in ports):  # the template decides alone
+        answers: dict[int, tuple[flow_pb2.Flow, bool]] = {}
+
+        def match_template(template: flow_pb2.Flow, port: int) -> bool:
+            hit = answers.get(id(template))
+            if hit is not None and hit[0] is template:
+                return hit[1]
+            answer = decide(verdicts(template), port)
+            if len(answers) >= cache_size:
+                answers.clear()
+            answers[id(template)] = (template, answer)
+            return answer
+
+        return match_template
+
+    def match(template: flow_pb2.Flow, port: int) -> bool:
+        return decide(verdicts(template), port)
+
+    return match
+
+
+def _row_part(ff: flow_pb2.FlowFilter) -> tuple[Predicate, frozenset[int] | None]:
+    """A FlowFilter as (its predicate without ``source_port``, the source ports or None)."""
+    if not ff.source_port:
+        return compile_flow_filter(ff), None
+    wanted = _port_set(ff.source_port)
+    rest = flow_pb2.FlowFilter()
+    rest.CopyFrom(ff)
+    rest.ClearField("source_port")
+    return compile_flow_filter(rest), wanted
 
 
 def _http_only_checked(ff: flow_pb2.FlowFilter, field: str, what: str) -> None:

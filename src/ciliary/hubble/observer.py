@@ -48,7 +48,9 @@ from ciliary.hubble.filters import (
     DEFAULT_CLUSTER_NAME,
     FilterError,
     Predicate,
+    RowPredicate,
     build_filter,
+    build_row_filter,
     reads_row_fields,
 )
 from ciliary.hubble.ring import DEFAULT_CAPACITY, Event, FlowRows, Ring, RingReader
@@ -341,13 +343,13 @@ async def read_events(
     since: int | None,
     until: int | None,
     *,
-    rows: Callable[[flow_pb2.Flow], bool] | None = None,
+    rows: RowPredicate | None = None,
 ) -> AsyncIterator[Event]:
     """Yields the events answering ``req``: matching events and every LostEvent in range.
-    With ``rows`` (``matches`` reads no per-row field, and ``rows`` answers as it for a
-    template) the ring's rows are matched on their templates: a rejected row is passed over
-    without making anything, a row's flow is made only once it matched; what is yielded is
-    always whole."""
+    With ``rows`` (``filters.build_row_filter``: answers for a row's template and source port
+    as ``matches`` for its whole flow) the ring's rows are matched without making their flows:
+    a rejected row is passed over, a row's flow is made only once it matched; what is yielded
+    is always whole."""
     whole = rows is None
     reader: RingReader = ring.reader(start_position(ring, req, matches, since, until, whole=whole))
     end = ring.written
@@ -357,7 +359,7 @@ async def read_events(
     while True:
         if rows is not None and (req.follow or reader.position < end):
             row = ring.row_at(reader.position)
-            if row is not None and (until is None or row[1] <= until) and not rows(row[0]):
+            if row is not None and (until is None or row[1] <= until) and not rows(row[0], row[2]):
                 reader.position += 1
                 scanned += 1
                 if scanned % _YIELD_EVERY == 0:
@@ -391,27 +393,6 @@ async def read_events(
         yield ev.whole()
 
 
-class TemplateVerdicts:
-    """A filter's answer per row template, computed once per template (a template stands for
-    every row of its group, see :mod:`ciliary.hubble.ring`; only for filters that read no
-    per-row field). Templates are held while remembered, so an id is never reused."""
-
-    def __init__(self, predicate: Predicate, size: int = 4096) -> None:
-        self._predicate = predicate
-        self._size = size
-        self._seen: dict[int, tuple[flow_pb2.Flow, bool]] = {}
-
-    def __call__(self, template: flow_pb2.Flow) -> bool:
-        hit = self._seen.get(id(template))
-        if hit is not None and hit[0] is template:
-            return hit[1]
-        ok = self._predicate(template)
-        if len(self._seen) >= self._size:
-            self._seen.clear()
-        self._seen[id(template)] = (template, ok)
-        return ok
-
-
 class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     """``observer.Observer`` of a single node (what the agent's Hubble server exposes)."""
 
@@ -431,13 +412,13 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             return
 
-        rows = None if whole else TemplateVerdicts(predicate)
+        rows = None if whole else build_row_filter(request.whitelist, request.blacklist)
 
         def matches(ev: Event) -> bool:
             if ev.flow is None:
                 return False
             if rows is not None and ev.row is not None:
-                return rows(ev.flow)
+                return rows(ev.flow, ev.row[0])
             return predicate(ev.flow)
 
         async for ev in read_events(obs.ring, request, matches, since, until, rows=rows):

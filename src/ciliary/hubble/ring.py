@@ -101,19 +101,31 @@ class FlowRows:
 
 
 _PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+_PORT_FIELDS: tuple[str | None, ...] = (None, *_PORT_PROTOCOLS)
+"""A template's L4 message with a source port, by the code the ring keeps per row."""
+
+
+def port_field_code(template: flow_pb2.Flow) -> int:
+    """Index in :data:`_PORT_FIELDS` of the template's L4 message with ports (0: none)."""
+    which = template.l4.WhichOneof("protocol")
+    return _PORT_FIELDS.index(which) if which in _PORT_PROTOCOLS else 0
 
 
 def flow_from_template(
-    template: flow_pb2.Flow, time_ns: int, source_port: int, uuid: str
+    template: flow_pb2.Flow, time_ns: int, source_port: int, uuid: str, port_code: int = -1
 ) -> flow_pb2.Flow:
-    """A row's flow: a copy of its template with the row's time, UUID and source port."""
+    """A row's flow: a copy of its template with the row's time, UUID and source port
+    (``port_code``: :func:`port_field_code` of the template, if known)."""
     flow = flow_pb2.Flow()
     flow.CopyFrom(template)
-    flow.time.seconds, flow.time.nanos = divmod(time_ns, 1_000_000_000)
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    ts = flow.time
+    ts.seconds = seconds
+    ts.nanos = nanos
     flow.uuid = uuid
     if source_port:
-        which = flow.l4.WhichOneof("protocol")
-        if which in _PORT_PROTOCOLS:
+        which = _PORT_FIELDS[port_field_code(template) if port_code < 0 else port_code]
+        if which is not None:
             getattr(flow.l4, which).source_port = source_port
     return flow
 
@@ -175,6 +187,7 @@ class Ring:
         self._templates: npt.NDArray[np.object_] = np.full(capacity, None, dtype=object)
         self._times = np.zeros(capacity, dtype=np.int64)
         self._ports = np.zeros(capacity, dtype=np.uint16)
+        self._port_codes = np.zeros(capacity, dtype=np.uint8)
         salt = os.urandom(16).hex()  # a version 4 UUID's random bits, its last 48 per position
         variant = "89ab"[int(salt[16], 16) & 3]
         self._uuid_head = f"{salt[:8]}-{salt[8:12]}-4{salt[13:16]}-{variant}{salt[17:20]}-"
@@ -215,7 +228,9 @@ class Ring:
             return
         cap = self.capacity
         keep = min(n, cap)
-        templates = _object_array(rows.templates)[rows.template_index[n - keep :]]
+        index = rows.template_index[n - keep :]
+        templates = _object_array(rows.templates)[index]
+        codes = np.array([port_field_code(t) for t in rows.templates], dtype=np.uint8)[index]
         times = rows.time_ns[n - keep :]
         ports = rows.source_port[n - keep :]
         with self._lock:
@@ -226,6 +241,7 @@ class Ring:
                 (self._templates, templates),
                 (self._times, times),
                 (self._ports, ports),
+                (self._port_codes, codes),
             ):
                 column[first : first + head] = values[:head]
                 column[: keep - head] = values[head:]
@@ -265,27 +281,29 @@ class Ring:
         template = self._templates[slot]
         time_ns = int(self._times[slot])
         port = int(self._ports[slot])
+        code = int(self._port_codes[slot])
         if pos < self._written - self.capacity:  # overwritten while we loaded it
             return None
         if ev is not None:
             return ev  # type: ignore[no-any-return]
         if not whole:
             return Event(time_ns=time_ns, flow=template, row=(port, self.uuid_at(pos)))
-        flow = flow_from_template(template, time_ns, port, self.uuid_at(pos))
+        flow = flow_from_template(template, time_ns, port, self.uuid_at(pos), code)
         return Event(time_ns=time_ns, flow=flow)
 
-    def row_at(self, pos: int) -> tuple[flow_pb2.Flow, int] | None:
-        """``(template, time_ns)`` when ``pos`` holds a row of :class:`FlowRows`, else None
-        (a whole event, overwritten or not written yet): what a reader needs to pass over a
-        row its filter rejects without making anything."""
+    def row_at(self, pos: int) -> tuple[flow_pb2.Flow, int, int] | None:
+        """``(template, time_ns, source_port)`` when ``pos`` holds a row of :class:`FlowRows`,
+        else None (a whole event, overwritten or not written yet): what a reader needs to pass
+        over a row its filter rejects without making anything."""
         if pos < 0 or pos >= self._written:
             return None
         slot = pos % self.capacity
         template = self._templates[slot]
         time_ns = int(self._times[slot])
+        port = int(self._ports[slot])
         if pos < self._written - self.capacity or self._slots[slot] is not None:
             return None
-        return template, time_ns
+        return template, time_ns, port
 
     def time_at(self, pos: int) -> tuple[int, bool] | None:
         """``(time_ns, is a flow)`` of the event at ``pos`` without making its flow; None as

@@ -12,6 +12,7 @@ import numpy as np
 
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2
+from ciliary.hubble.filters import build_filter, build_row_filter, reads_row_fields
 from ciliary.hubble.observer import LocalObserver
 from ciliary.hubble.ring import Event, FlowRows, Ring, flow_template
 from tests.unit.hubble.test_observer import T0, Stub, collect, serve
@@ -117,3 +118,39 @@ def _run(body: Any) -> None:
             await asyncio.wait_for(body(obs, stub), 10)
 
     asyncio.run(main())
+
+
+FILTER_CASES: list[tuple[list[flow_pb2.FlowFilter], list[flow_pb2.FlowFilter]]] = [
+    ([], []),
+    ([flow_pb2.FlowFilter(source_port=["40003", "40004"])], []),
+    (
+        [flow_pb2.FlowFilter(source_port=["40003"]), flow_pb2.FlowFilter(destination_port=["53"])],
+        [],
+    ),
+    ([flow_pb2.FlowFilter(source_port=["40004"], verdict=[flow_pb2.FORWARDED])], []),
+    ([], [flow_pb2.FlowFilter(source_port=["40001", "40002"])]),
+    (
+        [flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])],
+        [flow_pb2.FlowFilter(source_port=["40009"])],
+    ),
+    ([flow_pb2.FlowFilter(protocol=["tcp"], source_port=["40002"])], []),
+    ([flow_pb2.FlowFilter()], [flow_pb2.FlowFilter(destination_port=["80"])]),
+    ([], [flow_pb2.FlowFilter()]),
+]
+
+
+def test_a_row_filter_answers_as_the_filter_on_the_whole_flow() -> None:
+    ring = Ring(63)
+    ring.write_rows(rows(0, 30))
+    for whitelist, blacklist in FILTER_CASES:
+        assert not reads_row_fields(whitelist, blacklist)
+        whole, row = build_filter(whitelist, blacklist), build_row_filter(whitelist, blacklist)
+        answers = []
+        for pos in range(30):
+            lazy, made = ring.get(pos, whole=False), ring.get(pos)
+            assert lazy is not None and lazy.row is not None and made is not None
+            assert made.flow is not None and lazy.flow is not None
+            answers.append(whole(made.flow))
+            assert row(lazy.flow, lazy.row[0]) == answers[-1], (whitelist, blacklist, pos)
+        assert any(answers) or blacklist, (whitelist, blacklist)
+    assert reads_row_fields([flow_pb2.FlowFilter(uuid=["x"])], [])
