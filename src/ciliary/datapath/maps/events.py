@@ -11,9 +11,9 @@ plain Python values
 without interpreting them (the numbers are Hubble's and Cilium's, see bpf/lib/common.h; giving
 them meaning is the agent's job). :func:`decode_batch` decodes a whole span of the ring at
 once (the reader's batches): trace records as one numpy array of :data:`TRACE_RECORD_DTYPE`,
-into the same values field for field; :func:`trace_rows` is its fast path alone, the array itself
-(Hubble's rows path, #17: no object per record). Records the datapath could not reserve are counted per CPU
-in ``ciliary_events_lost``.
+into the same values field for field; :func:`trace_rows` is its fast path alone, the array
+itself (Hubble's rows path, #17: no object per record). Records the datapath could not reserve
+are counted per CPU in ``ciliary_events_lost``.
 """
 
 from __future__ import annotations
