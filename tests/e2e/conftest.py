@@ -7,9 +7,10 @@ import contextlib
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -115,10 +116,54 @@ def assert_no_leftovers(lab: str, nodes: list[str]) -> None:
 
 
 SHARES_LAB = "SHARES_LAB"
-"""A module that sets ``SHARES_LAB = True`` takes the ``lab`` of the module before it that did the
-same (one ``lab up`` for all of them instead of one each) and must leave it as it found it but
-for additions of its own (pods, namespaces, Services under names no other module uses). The lab
-is removed after the last module that shares it, or after the session if that never ran."""
+"""A module that sets ``SHARES_LAB`` takes the lab of the module before it that set the same value
+(one ``lab up`` for all of them instead of one each): ``True`` for the ``lab`` fixture below, an
+example's file name for ``test_policy_runner.policy_lab``. It must leave the lab as it found it
+but for additions of its own (pods, namespaces, Services under names no other module uses). The
+lab is removed after the last module that shares it, or at the end of the session if that one
+did not run."""
+
+T = TypeVar("T")
+
+
+def _shares(module: object, key: str) -> bool:
+    value = getattr(module, SHARES_LAB, None)
+    return value is True if key == "conftest" else value == key
+
+
+@pytest.fixture(scope="session")
+def _shared_labs() -> Iterator[dict[str, tuple[Any, Callable[[Any], None]]]]:
+    held: dict[str, tuple[Any, Callable[[Any], None]]] = {}
+    yield held
+    for made, down in held.values():  # the last sharing module did not run (deselected, -x)
+        down(made)
+
+
+@contextlib.contextmanager
+def sharing(
+    request: pytest.FixtureRequest,
+    held: dict[str, tuple[Any, Callable[[Any], None]]],
+    key: str,
+    make: Callable[[], T],
+    down: Callable[[T], None],
+) -> Iterator[T]:
+    """The lab of ``key`` for a module fixture: the one a module before it left (if this module
+    shares ``key``), else ``make()``; afterwards kept for the next module that shares ``key``,
+    else ``down`` (also when a test of this module failed: the next one starts clean)."""
+    shares = _shares(request.module, key)
+    made: T = held.pop(key)[0] if shares and key in held else make()
+    keep = False
+    try:
+        yield made
+        mods = [getattr(item, "module", None) for item in request.session.items]
+        last = max((i for i, m in enumerate(mods) if m is request.module), default=-1)
+        failed = request.session.testsfailed > 0
+        keep = shares and not failed and any(_shares(m, key) for m in mods[last + 1 :])
+    finally:
+        if keep:
+            held[key] = (made, down)
+        else:
+            down(made)
 
 
 def _lab_down(lab: Lab) -> None:
@@ -127,51 +172,29 @@ def _lab_down(lab: Lab) -> None:
     assert_no_leftovers(lab.name, [lab.node])
 
 
-@pytest.fixture(scope="session")
-def _shared_lab() -> Iterator[list[Lab]]:
-    held: list[Lab] = []
-    yield held
-    for lab in held:  # the last sharing module did not run (deselected, -x)
-        _lab_down(lab)
-
-
-def _shared_later(request: pytest.FixtureRequest) -> bool:
-    """Whether a module after this one in the session's run shares the lab."""
-    items = request.session.items
-    mods = [getattr(item, "module", None) for item in items]
-    last = max((i for i, m in enumerate(mods) if m is request.module), default=-1)
-    return any(getattr(m, SHARES_LAB, False) for m in mods[last + 1 :])
+def _lab_up(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    name, node = unique("e2e"), unique("n")
+    path = tmp_path_factory.mktemp("lab") / "lab.yaml"
+    path.write_text(LAB_TEMPLATE.format(lab=name, node=node, aggregation="medium"))
+    try:
+        return Lab(name, node, manager.up(path), path)
+    except BaseException:
+        if name in manager.list_labs():
+            manager.down(name)
+        assert_no_leftovers(name, [node])
+        raise
 
 
 @pytest.fixture(scope="module")
 def lab(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    _shared_lab: list[Lab],
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
 ) -> Iterator[Lab]:
-    shares = bool(getattr(request.module, SHARES_LAB, False))
-    if shares and _shared_lab:
-        made = _shared_lab.pop()
-    else:
-        name, node = unique("e2e"), unique("n")
-        path = tmp_path_factory.mktemp("lab") / "lab.yaml"
-        path.write_text(LAB_TEMPLATE.format(lab=name, node=node, aggregation="medium"))
-        try:
-            made = Lab(name, node, manager.up(path), path)
-        except BaseException:
-            if name in manager.list_labs():
-                manager.down(name)
-            assert_no_leftovers(name, [node])
-            raise
-    keep = False
-    try:
+    with sharing(
+        request, _shared_labs, "conftest", lambda: _lab_up(tmp_path_factory), _lab_down
+    ) as made:
         yield made
-        keep = shares and _shared_later(request)
-    finally:
-        if keep:
-            _shared_lab.append(made)
-        else:
-            _lab_down(made)
 
 
 @contextlib.contextmanager

@@ -24,12 +24,14 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from ciliary.core.models import MonitorEvent
 from ciliary.lab import manager
+from tests.kubectl import kubectl, wait_for
 
 from .conftest import CILIARY
 from .test_policy_runner import EXAMPLES, PolicyLab, case, policy_lab
@@ -38,9 +40,50 @@ STEP2 = EXAMPLES / "aks-allow-development.yaml"
 STEP3 = EXAMPLES / "aks-dns-egress.yaml"
 
 
+# the AKS walkthrough lab, shared with test_policy_runner: handed on at step 1 again
+SHARES_LAB = "aks-walkthrough.yaml"
+STEP_KEYS = {
+    "NetworkPolicy/production/backend-allow-development",
+    "CiliumNetworkPolicy/production/backend-egress-dns-only",
+}
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyLab]:
-    yield from policy_lab(tmp_path_factory, "aks-walkthrough.yaml", "aks")
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[PolicyLab]:
+    shared = policy_lab(tmp_path_factory, SHARES_LAB, "aks", request, _shared_labs)
+    made = next(shared)
+    try:
+        yield made
+        try:
+            _undo_steps(made)
+        except BaseException:
+            shared.close()  # not handed on: removed
+            raise
+    finally:
+        next(shared, None)
+
+
+def _undo_steps(lab: PolicyLab) -> None:
+    """Back to step 1: steps 2 and 3 deleted from the cluster and gone from every agent."""
+    kubectl(
+        manager.kubeconfig(lab.name), "delete", "--ignore-not-found", "-f", str(STEP2),
+        "-f", str(STEP3),
+    )  # fmt: skip
+
+    def gone(node: str) -> bool:
+        with lab.client(node) as cl:
+            listing = cl.policy_list()
+            if STEP_KEYS & {p.key for p in listing.policies}:
+                return False
+            return all(
+                cl.endpoint_policy(e.id).revision >= listing.revision for e in cl.endpoints()
+            )
+
+    wait_for("steps 2 and 3 gone from every agent", lambda: all(map(gone, lab.nodes)), 30)
 
 
 def _steps(lab: PolicyLab, upto: int) -> None:

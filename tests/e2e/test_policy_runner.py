@@ -12,9 +12,10 @@ import re
 import select
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +25,7 @@ from ciliary.core.models import TraceRequest
 from ciliary.lab import manager, policytest
 from ciliary.lab.policytest import CaseResult, PolicyTestError, PolicyTestReport
 
-from .conftest import CILIARY, REPO, assert_no_leftovers, unique
+from .conftest import CILIARY, REPO, assert_no_leftovers, sharing, unique
 
 EXAMPLES = REPO / "examples" / "policies"
 POLICY_WAIT = 20.0
@@ -169,32 +170,70 @@ def refusals_are_final(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(policytest, "SERVER_START_GRACE", 0.0)
 
 
-def policy_lab(
-    tmp_path_factory: pytest.TempPathFactory, example: str, prefix: str = "pt"
-) -> Iterator[PolicyLab]:
-    """A lab from ``examples/policies/<example>`` with unique names; removed after the module,
-    and proved gone (netns, pins, state, cgroups, processes), whatever happened."""
+def _policy_lab_up(
+    tmp_path_factory: pytest.TempPathFactory, example: str, prefix: str
+) -> PolicyLab:
     src = EXAMPLES / example
     name = unique(prefix)
     nodes = {old: unique("n") for old in example_nodes(src)}
     path = tmp_path_factory.mktemp(prefix) / example
     path.write_text(templated(src.read_text(), name, nodes))
+    made = PolicyLab(name, list(nodes.values()), path)
     try:
         manager.up(path)
-        yield PolicyLab(name, list(nodes.values()), path)
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, list(nodes.values()))
+    except BaseException:
+        _policy_lab_down(made)
+        raise
+    return made
+
+
+def _policy_lab_down(lab: PolicyLab) -> None:
+    if lab.name in manager.list_labs():
+        manager.down(lab.name)
+    assert_no_leftovers(lab.name, lab.nodes)
+
+
+def policy_lab(
+    tmp_path_factory: pytest.TempPathFactory,
+    example: str,
+    prefix: str = "pt",
+    request: pytest.FixtureRequest | None = None,
+    held: dict[str, tuple[Any, Callable[[Any], None]]] | None = None,
+) -> Iterator[PolicyLab]:
+    """A lab from ``examples/policies/<example>`` with unique names; removed after the module,
+    and proved gone (netns, pins, state, cgroups, processes), whatever happened. With the
+    module fixture's ``request`` and ``_shared_labs`` (``held``), a module that sets
+    ``SHARES_LAB = example`` shares it with the others that do (conftest ``sharing``)."""
+    if request is None or held is None:
+        made = _policy_lab_up(tmp_path_factory, example, prefix)
+        try:
+            yield made
+        finally:
+            _policy_lab_down(made)
+        return
+    with sharing(
+        request, held, example, lambda: _policy_lab_up(tmp_path_factory, example, prefix),
+        _policy_lab_down,
+    ) as shared:  # fmt: skip
+        yield shared
 
 
 # --------------------------------------------------------------------------------------------
 # The runner's own tests
 
 
+# the AKS walkthrough lab, shared with test_policy_aks (which removes its steps 2 and 3 again);
+# what these tests import they delete
+SHARES_LAB = "aks-walkthrough.yaml"
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyLab]:
-    yield from policy_lab(tmp_path_factory, "aks-walkthrough.yaml", "ptr")
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[PolicyLab]:
+    yield from policy_lab(tmp_path_factory, SHARES_LAB, "ptr", request, _shared_labs)
 
 
 def _write(tmp_path: Path, text: str, name: str = "tests.yaml") -> Path:
