@@ -9,9 +9,11 @@ agent opens the pipe read-write before Envoy starts, so Envoy's open never block
 Envoy writes into the same pipe (the agent never sees an end of file while it keeps it open).
 
 The agent reads a line per proxied request, thousands a second under load, so the path is kept
-cheap (#15's L7 benchmark): the pipe is read in large chunks (its buffer enlarged), a line is
-split on its separator (no JSON decode), addresses and chain names are parsed once and
-remembered (bounded caches).
+cheap (#15's L7 benchmark): a line is split on its separator (no JSON decode), addresses and
+chain names are parsed once and remembered (bounded caches). The pipe's buffer is enlarged and
+the reader reads only while its consumer (Hubble's events queue) has room: a burst of lines
+(Envoy's buffer after an agent restart, a load the decoder cannot follow for a while) waits in
+the pipe and in Envoy instead of overflowing the queue, where L7 flows would be lost.
 
 Each line becomes an :class:`HTTPAccess`: the request as the pod sent it (method, absolute URL,
 protocol, headers Hubble shows), the verdict (``DROPPED`` when RBAC denied it, ``ERROR`` when no
@@ -43,7 +45,10 @@ from ciliary.core.l7record import HTTPRecord, L7Endpoint, L7Record
 log = logging.getLogger(__name__)
 
 _CHAIN = re.compile(r"^ep(\d+)-(ingress|egress)-(\d+)$")
-_READ_SIZE: Final = 1 << 20
+_READ_SIZE: Final = 1 << 16
+"""A read's bytes (~200 lines): what one turn of the loop parses before others run."""
+_HOLD_S: Final = 0.02
+"""How long the reader waits while its consumer is full (the lines wait in the pipe)."""
 _PIPE_SIZE: Final = 1 << 20
 """The pipe's buffer (``F_SETPIPE_SZ``; the kernel's default limit for an unprivileged pipe): a
 few thousand lines while the agent is busy or restarting."""
@@ -215,14 +220,25 @@ class AccessLogReader:
     """The agent's end of Envoy's access log pipe: every complete line, parsed, to
     ``on_record`` on the agent's loop."""
 
-    def __init__(self, path: Path, on_record: Callable[[HTTPAccess], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_record: Callable[[HTTPAccess], None],
+        busy: Callable[[], bool] | None = None,
+    ) -> None:
         self.path = path
         self.on_record = on_record
+        self.busy = busy
+        """Whether the records' consumer is too full for another read's lines (each makes two
+        events): the reader then waits, the lines wait in the pipe. None: never."""
         self.records = 0
         self.malformed = 0
+        self.holds = 0
+        """How often the reader waited for its consumer."""
         self._fd: int | None = None
         self._buffer = b""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Make the pipe (replacing anything else at the path) and watch it (once)."""
@@ -244,13 +260,26 @@ class AccessLogReader:
     def stop(self) -> None:
         if self._fd is None:
             return
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         if self._loop is not None:
             self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = None
 
+    def _resume(self) -> None:
+        self._held = None
+        if self._fd is not None and self._loop is not None:
+            self._loop.add_reader(self._fd, self._readable)
+
     def _readable(self) -> None:
         assert self._fd is not None
+        if self.busy is not None and self.busy() and self._loop is not None:
+            self.holds += 1
+            self._loop.remove_reader(self._fd)
+            self._held = self._loop.call_later(_HOLD_S, self._resume)
+            return
         try:
             chunk = os.read(self._fd, _READ_SIZE)
         except BlockingIOError:

@@ -194,6 +194,7 @@ class Agent:
             cfg.node, envoy_dir, self.proxy_ports, self._endpoint_views,
             lambda: [(str(r.prefix), r.sec_id) for r in self.datapath.ipcache.items()],
             ipv6=cfg.ipv6_range is not None, on_access=self._http_access,
+            access_busy=self._hubble_half_full,
         )  # fmt: skip
         """The node's Envoy (HTTP L7 rules), when the node has its proxy ports."""
         self.proxy_sockets: ProxySockets | None = None
@@ -656,6 +657,12 @@ class Agent:
             concurrency_grace_s=cfg.dnsproxy_concurrency_grace_s,
         )  # fmt: skip
         await self.dns_proxy.start()
+
+    def _hubble_half_full(self) -> bool:
+        """Whether Hubble's events queue is half full: the access log reader waits (a read's
+        lines then still fit; a burst would overflow it: L7 flows lost)."""
+        queue = self.hubble.queue
+        return len(queue) * 2 > queue.capacity
 
     def _http_access(self, access: HTTPAccess) -> None:
         """One request Envoy decided: Hubble's request and response flows."""

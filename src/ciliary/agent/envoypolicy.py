@@ -160,6 +160,7 @@ class NodeEnvoy:
         *,
         ipv6: bool = False,
         on_access: Callable[[HTTPAccess], None] | None = None,
+        access_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.paths = EnvoyPaths(root)
         self.ports = ports
@@ -167,7 +168,9 @@ class NodeEnvoy:
         self._ipcache = ipcache
         self.writer = EnvoyConfigWriter(self.paths, ipv6=ipv6)
         self.process = EnvoyProcess(node, self.paths)
-        self.access_log = AccessLogReader(self.paths.access_log, on_access or _log_access)
+        self.access_log = AccessLogReader(
+            self.paths.access_log, on_access or _log_access, access_busy
+        )
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
         self._running = False

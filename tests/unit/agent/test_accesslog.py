@@ -131,3 +131,33 @@ def test_an_access_is_hubbles_request_and_response() -> None:
     assert response.http is not None and response.http.code == 403
     assert (str(response.source.ip), response.destination.port) == ("fd00::2", 41000)
     assert response.time_ns == request.time_ns + 149_000
+
+
+def test_the_reader_waits_while_its_consumer_is_busy(tmp_path: Path) -> None:
+    """While the consumer (Hubble's events queue) is too full, the lines wait in the pipe; they
+    all arrive once it has room: none lost."""
+    path = tmp_path / "access.log"
+    got: list[HTTPAccess] = []
+    busy = [True]
+
+    async def run() -> AccessLogReader:
+        reader = AccessLogReader(path, got.append, lambda: busy[0])
+        reader.start()
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, line(LINE).encode() * 50)
+        os.close(fd)
+        for _ in range(100):  # until the reader has found its consumer busy
+            if reader.holds >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [] and reader.holds >= 2
+        busy[0] = False
+        for _ in range(100):
+            if len(got) == 50:
+                break
+            await asyncio.sleep(0.01)
+        reader.stop()
+        return reader
+
+    reader = asyncio.run(run())
+    assert (reader.records, reader.malformed, len(got)) == (50, 0, 50)
