@@ -3,9 +3,11 @@ and never signals a pid whose start time is not the one recorded."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 from ciliary import processes
 
@@ -86,3 +88,32 @@ def test_group_stop_reaches_the_whole_group() -> None:
     while processes.alive(child, None):
         assert time.monotonic() < deadline, "the group's child is still running"
         time.sleep(0.01)
+
+
+def test_a_detached_process_is_inits_child_and_stopped_by_its_pid_file(tmp_path: Path) -> None:
+    """spawn_detached: the process outlives its starter (its parent is no longer us when it
+    runs: a parent-death signal it asks for never comes from our exit), in a session of its
+    own; a pid file naming it is how it is found and stopped later."""
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        pid = processes.spawn_detached(["/bin/sh", "-c", "echo started; exec sleep 30"], out)
+    started = processes.start_time(pid)
+    try:
+        assert processes.alive(pid, started)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(fields[1]) != os.getpid()  # ppid: not ours
+        assert os.getsid(pid) != os.getsid(0)  # its own session
+        pidfile = tmp_path / "x.pid"
+        pidfile.write_text(json.dumps({"pid": pid, "start_time": started}))
+        assert processes.recorded(pidfile) == (pid, started)
+        assert processes.alive_recorded(pidfile)
+        processes.stop_recorded(pidfile, timeout=2)
+        assert not processes.alive(pid, started) and not pidfile.exists()
+        assert log.read_text() == "started\n"  # its output went to the log
+    finally:
+        if processes.alive(pid, started):
+            os.kill(pid, 9)
+    pidfile.write_text("{not json")
+    assert processes.recorded(pidfile) is None and not processes.alive_recorded(pidfile)
+    processes.stop_recorded(pidfile)  # nothing to stop: the file goes
+    assert not pidfile.exists()
