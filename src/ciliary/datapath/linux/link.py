@@ -29,6 +29,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ciliary.datapath.linux import rtnl
 from ciliary.datapath.linux.errors import LinkError, NetnsNotFoundError
 
 NUD_PERMANENT = 0x80
@@ -176,38 +177,34 @@ def create_pod_interface(
             # No DAD on the pod's point-to-point link: a tentative link-local would delay the
             # node's neighbour discovery for a freshly started pod by seconds.
             write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
-            _netlink(f"set {ifname} up", pr.link, "set", index=pidx, state="up")
-            _netlink("set lo up", pr.link, "set", index=LOOPBACK_INDEX, state="up")
+            # the rest of the pod's side in one batch of requests (rtnl), in this order
+            lladdr = bytes.fromhex(node_mac.replace(":", ""))
+            requests = [
+                rtnl.link_up(f"set {ifname} up", pidx),
+                rtnl.link_up("set lo up", LOOPBACK_INDEX),
+            ]
             if ipv4 is not None and router_v4 is not None:
-                _netlink(f"add {ipv4}", pr.addr, "add", index=pidx, address=str(ipv4), prefixlen=32)
-                _netlink(
-                    f"route to {router_v4}", pr.route, "add",
-                    dst=f"{router_v4}/32", oif=pidx, scope=RT_SCOPE_LINK,
-                )  # fmt: skip
-                _netlink("default route", pr.route, "add", dst="0.0.0.0/0", gateway=str(router_v4))
-                _netlink(
-                    f"neighbour {router_v4}", pr.neigh, "add",
-                    dst=str(router_v4), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
-                )  # fmt: skip
+                requests += [
+                    rtnl.address(f"add {ipv4}", pidx, ipv4, 32),
+                    rtnl.route(
+                        f"route to {router_v4}", router_v4, 32, oif=pidx, scope=RT_SCOPE_LINK
+                    ),
+                    rtnl.route("default route", IPv4Address(0), 0, gateway=router_v4),
+                    rtnl.neighbour(
+                        f"neighbour {router_v4}", pidx, router_v4, lladdr, NUD_PERMANENT
+                    ),
+                ]
             if ipv6 is not None and router_v6 is not None:
-                _netlink(
-                    f"add {ipv6}", pr.addr, "add",
-                    index=pidx, address=str(ipv6), prefixlen=128, flags=IFA_F_NODAD,
-                )  # fmt: skip
-                _netlink(
-                    f"route to {router_v6}", pr.route, "add",
-                    dst=f"{router_v6}/128", oif=pidx, family=socket.AF_INET6,
-                )  # fmt: skip
-                _netlink(
-                    "default route v6", pr.route, "add",
-                    dst="::/0", gateway=str(router_v6), oif=pidx, family=socket.AF_INET6,
-                )  # fmt: skip
-                for neighbour in (router_v6, SERVICE_LOOPBACK_V6):
-                    _netlink(
-                        f"neighbour {neighbour}", pr.neigh, "add",
-                        dst=str(neighbour), lladdr=node_mac, ifindex=pidx, state=NUD_PERMANENT,
-                        family=socket.AF_INET6,
-                    )  # fmt: skip
+                requests += [
+                    rtnl.address(f"add {ipv6}", pidx, ipv6, 128, flags=IFA_F_NODAD),
+                    rtnl.route(f"route to {router_v6}", router_v6, 128, oif=pidx),
+                    rtnl.route("default route v6", IPv6Address(0), 0, gateway=router_v6, oif=pidx),
+                    *(
+                        rtnl.neighbour(f"neighbour {n}", pidx, n, lladdr, NUD_PERMANENT)
+                        for n in (router_v6, SERVICE_LOOPBACK_V6)
+                    ),
+                ]
+            rtnl.run(requests)
 
         if ipv4 is not None:
             _netlink(
