@@ -67,10 +67,13 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 			emit_event(skb, p, &m);
 		return proxy_reply_to_stack(skb);
 	}
-	/* a reply of a connection the client sent to a service: from the frontend again */
-	ret = lb_rev_nat_ct(skb, p, ct);
+	/* a reply of a connection the client sent to a service: from the frontend again; its new
+	 * source is written with the TTL below (one store: a reply passes no policy, proxy or
+	 * event in between) */
+	ret = lb_rev_nat_ct_at(skb, p, ct, !skip_policy);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
+	int src_pending = ret > 0 && skip_policy;
 	__builtin_memcpy(dmac, dst->mac, 6);
 	__builtin_memcpy(smac, dst->node_mac, 6);
 	__u16 dst_ep = dst->ep_id;
@@ -93,7 +96,7 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 	}
 	trace_meta(&m, ct, ev_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
 		   pv_in.enforced ? &pv_in : pv_out, TRAFFIC_INGRESS);
-	ret = l3_dec_ttl(skb, p);
+	ret = src_pending ? l3_dec_ttl_src(skb, p) : l3_dec_ttl(skb, p);
 	if (ret == 0)
 		ret = l2_rewrite(skb, dmac, smac);
 	if (ret < 0)

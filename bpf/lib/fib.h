@@ -20,7 +20,7 @@
 
 /* Route `p` with the node's FIB and redirect it to the egress device. Returns the tc verdict
  * (TC_ACT_REDIRECT), FIB_PASS when the stack must handle it, or -DROP_* on a write error. */
-static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};

@@ -4,24 +4,31 @@
 #define __CILIARY_L3_H
 #include "common.h"
 #include "parse.h"
+#include "rewrite.h"
 
 #define IPV4_TTL_OFF 8
-#define IPV4_CSUM_OFF 10
 #define IPV6_HOPLIMIT_OFF 7
 
-static __always_inline int l3_dec_ttl(struct __sk_buff *skb, const struct pkt *p)
+/* One less TTL / hop limit. IPv4: TTL, protocol and the header checksum (computed here from
+ * p->ip_csum, which follows) in one store. */
+static __always_inline int l3_dec_ttl(struct __sk_buff *skb, struct pkt *p)
 {
 	if (p->ttl <= 1)
 		return -DROP_TTL_EXCEEDED;
 	__u8 ttl = p->ttl - 1;
 	if (p->family == AF_INET4) {
 		/* TTL and protocol share one 16-bit word of the header checksum */
+		struct {
+			__u8 ttl;
+			__u8 proto;
+			__be16 check;
+		} h = {.ttl = ttl, .proto = p->proto};
 		__u16 old = bpf_htons(((__u16)p->ttl << 8) | p->proto);
 		__u16 new = bpf_htons(((__u16)ttl << 8) | p->proto);
-		if (bpf_l3_csum_replace(skb, p->l3_off + IPV4_CSUM_OFF, old, new, 2) < 0)
+		h.check = csum_replace2(p->ip_csum, old, new);
+		if (bpf_skb_store_bytes(skb, p->l3_off + IPV4_TTL_OFF, &h, sizeof(h), 0) < 0)
 			return -DROP_WRITE_ERROR;
-		if (bpf_skb_store_bytes(skb, p->l3_off + IPV4_TTL_OFF, &ttl, 1, 0) < 0)
-			return -DROP_WRITE_ERROR;
+		p->ip_csum = h.check;
 	} else {
 		if (bpf_skb_store_bytes(skb, p->l3_off + IPV6_HOPLIMIT_OFF, &ttl, 1, 0) < 0)
 			return -DROP_WRITE_ERROR;
@@ -29,11 +36,46 @@ static __always_inline int l3_dec_ttl(struct __sk_buff *skb, const struct pkt *p
 	return 0;
 }
 
+/* l3_dec_ttl for a packet whose new source nat_rewrite_at left unwritten (store_addr 0): the
+ * TTL, the header checksum and the source in one store (IPv4: bytes 8..15; IPv6: the hop limit
+ * and the source, bytes 7..23). A packet that may not be forwarded gets its source all the same
+ * (its drop event shows what it was). */
+static __always_inline int l3_dec_ttl_src(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 ttl = p->ttl > 1 ? p->ttl - 1 : p->ttl;
+	if (p->family == AF_INET4) {
+		struct {
+			__u8 ttl;
+			__u8 proto;
+			__be16 check;
+			__be32 saddr;
+		} h = {.ttl = ttl, .proto = p->proto};
+		__u16 old = bpf_htons(((__u16)p->ttl << 8) | p->proto);
+		__u16 new = bpf_htons(((__u16)ttl << 8) | p->proto);
+		h.check = csum_replace2(p->ip_csum, old, new);
+		__builtin_memcpy(&h.saddr, p->saddr, 4);
+		if (bpf_skb_store_bytes(skb, p->l3_off + IPV4_TTL_OFF, &h, sizeof(h), 0) < 0)
+			return -DROP_WRITE_ERROR;
+		p->ip_csum = h.check;
+	} else {
+		struct {
+			__u8 hop_limit;
+			__u8 saddr[16];
+		} __attribute__((packed)) h = {.hop_limit = ttl};
+		__builtin_memcpy(h.saddr, p->saddr, 16);
+		if (bpf_skb_store_bytes(skb, p->l3_off + IPV6_HOPLIMIT_OFF, &h, sizeof(h), 0) < 0)
+			return -DROP_WRITE_ERROR;
+	}
+	return p->ttl > 1 ? 0 : -DROP_TTL_EXCEEDED;
+}
+
+/* The Ethernet destination and source, adjacent: one store. */
 static __always_inline int l2_rewrite(struct __sk_buff *skb, const __u8 *dmac, const __u8 *smac)
 {
-	if (bpf_skb_store_bytes(skb, 0, dmac, 6, 0) < 0)
-		return -DROP_WRITE_ERROR;
-	if (bpf_skb_store_bytes(skb, 6, smac, 6, 0) < 0)
+	__u8 macs[12];
+	__builtin_memcpy(macs, dmac, 6);
+	__builtin_memcpy(macs + 6, smac, 6);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
 		return -DROP_WRITE_ERROR;
 	return 0;
 }

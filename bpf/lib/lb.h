@@ -678,8 +678,10 @@ static __always_inline int lb_loopback_reply(struct __sk_buff *skb, struct pkt *
 }
 
 /* A reply of a translated connection (its conntrack entry names the frontend): the source back
- * to the frontend's address and port. Returns 0 or -DROP_*. */
-static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct pkt *p, __u16 index)
+ * to the frontend's address and port; `store_addr` 0: the address left for l3_dec_ttl_src
+ * (nat_rewrite_at). Returns 1 (translated), 0 (the service is gone) or -DROP_*. */
+static __always_inline int lb_rev_nat_at(struct __sk_buff *skb, struct pkt *p, __u16 index,
+					 int store_addr)
 {
 	__u8 addr[16] = {};
 	__u16 port;
@@ -696,20 +698,37 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct pkt *p, __u1
 		__builtin_memcpy(addr, r->address, 16);
 		port = bpf_ntohs(r->port);
 	}
-	int ret = nat_rewrite(skb, p, 1, addr, p->sport, port);
+	int ret = nat_rewrite_at(skb, p, 1, addr, p->sport, port, store_addr);
 	if (ret < 0)
 		return ret;
 	addr_copy(p->saddr, addr, p->family);
 	p->sport = port;
-	return 0;
+	return 1;
 }
 
-/* Reverse translation of a packet conntrack classified: a reply of a translated connection. */
-static __always_inline int lb_rev_nat_ct(struct __sk_buff *skb, struct pkt *p,
-					 const struct ct_result *ct)
+/* lb_rev_nat_at, written at once. Returns 0 or -DROP_*. */
+static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct pkt *p, __u16 index)
+{
+	int ret = lb_rev_nat_at(skb, p, index, 1);
+	return ret < 0 ? ret : 0;
+}
+
+/* Reverse translation of a packet conntrack classified: a reply of a translated connection.
+ * `store_addr` 0: the new source is left for l3_dec_ttl_src, which the caller must call next
+ * when this returns 1. Returns 1 (translated), 0 (not one) or -DROP_*. */
+static __always_inline int lb_rev_nat_ct_at(struct __sk_buff *skb, struct pkt *p,
+					    const struct ct_result *ct, int store_addr)
 {
 	if (ct->state != CT_REPLY || !ct->entry || !ct->entry->rev_nat_index)
 		return 0;
-	return lb_rev_nat(skb, p, ct->entry->rev_nat_index);
+	return lb_rev_nat_at(skb, p, ct->entry->rev_nat_index, store_addr);
+}
+
+/* lb_rev_nat_ct_at, written at once. Returns 0 or -DROP_*. */
+static __always_inline int lb_rev_nat_ct(struct __sk_buff *skb, struct pkt *p,
+					 const struct ct_result *ct)
+{
+	int ret = lb_rev_nat_ct_at(skb, p, ct, 1);
+	return ret < 0 ? ret : 0;
 }
 #endif

@@ -198,7 +198,7 @@ static __always_inline void nat_reverse_key(struct nat_key *rk, const struct pkt
 }
 
 /* The mapping of snat_masquerade: returns the NAT port (> 0) or -DROP_*. */
-static __always_inline int snat_translate(struct __sk_buff *skb, const struct pkt *p,
+static __always_inline int snat_translate(struct __sk_buff *skb, struct pkt *p,
 					  const __u8 *node, __u16 rev_nat)
 {
 	void *map = nat_map(p->family);
@@ -266,7 +266,7 @@ static __always_inline int snat_masquerade(struct __sk_buff *skb, struct pkt *p,
 }
 /* A packet to the node address: a reply of a masqueraded connection gets the pod's address and
  * port back. Returns 1 translated, 0 not ours (untouched), or -DROP_*. */
-static __always_inline int snat_reverse(struct __sk_buff *skb, const struct pkt *p,
+static __always_inline int snat_reverse(struct __sk_buff *skb, struct pkt *p,
 					const struct nat_config *cfg)
 {
 	const __u8 *node = nat_node_addr(cfg, p->family);

@@ -31,7 +31,9 @@ struct pkt {
 	__u16 rel_sport;
 	__u16 rel_dport;
 	__u8 rel_proto;
-	__u8 rel_pad[3];
+	__u8 rel_pad;
+	__be16 ip_csum;     /* IPv4: the header checksum as the packet carries it now (lib/rewrite.h
+			     * and lib/l3.h keep it current: they update it incrementally) */
 };
 
 static __always_inline int icmp_is_error(__u8 proto, __u8 type)
@@ -142,6 +144,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	__builtin_memcpy(p->daddr, &ip.daddr, 4);
 	p->proto = ip.protocol;
 	p->ttl = ip.ttl;
+	p->ip_csum = ip.check;
 	p->l4_off = p->l3_off + ip.ihl * 4;
 	if ((bpf_ntohl(ip.daddr) >> 28) == 0xe || ip.daddr == 0xffffffff)
 		return PARSE_PASS; /* multicast / broadcast */

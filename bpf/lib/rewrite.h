@@ -27,6 +27,55 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b, __u8 family)
 	return 1;
 }
 
+/* One's-complement arithmetic (RFC 1624) on values as they lie in the packet (network order
+ * read as host words: the sum does not depend on the byte order as long as it is the same for
+ * every word), so that a rewrite computes checksums itself instead of one helper call each. */
+static __always_inline __u32 csum_fold32(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	return (__u32)s;
+}
+
+static __always_inline __u16 csum_fold16(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+/* The checksum `check` after the 32-bit word `from` became `to` (RFC 1624 eq. 3). */
+static __always_inline __be16 csum_replace4(__be16 check, __be32 from, __be32 to)
+{
+	__u32 s = (__u16)~check;
+	s += (__u16)~from + (__u16)(~from >> 16);
+	s += (__u16)to + (__u16)(to >> 16);
+	return (__be16)~csum_fold16(s);
+}
+
+/* The checksum `check` after the 16-bit word `from` became `to`. */
+static __always_inline __be16 csum_replace2(__be16 check, __be16 from, __be16 to)
+{
+	__u32 s = (__u16)~check;
+	s += (__u16)~from;
+	s += (__u16)to;
+	return (__be16)~csum_fold16(s);
+}
+
+/* What bpf_csum_diff(from, 16, to, 16, 0) returns, up to one's-complement equivalence: the
+ * 32-bit partial sum that turns a checksum over `from` into one over `to`. */
+static __always_inline __u32 csum_diff16(const __u8 *from, const __u8 *to)
+{
+	__u32 f[4], t[4];
+	__builtin_memcpy(f, from, 16);
+	__builtin_memcpy(t, to, 16);
+	__u64 s = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		s += (__u64)(__u32)~f[i] + t[i];
+	return csum_fold32(s);
+}
+
 /* Offsets of the rewritten fields; 0 = none (e.g. no L4 checksum for ICMPv4's addresses). */
 static __always_inline __u32 l4_csum_off(const struct pkt *p)
 {
@@ -41,40 +90,51 @@ static __always_inline __u32 l4_csum_off(const struct pkt *p)
 }
 
 /* Rewrite the source (is_src) or destination address and port of the packet, fixing the IPv4
- * header checksum and the L4 checksum (pseudo header for addresses, except ICMPv4's).
+ * header checksum and the L4 checksum (pseudo header for addresses, except ICMPv4's); `p`'s
+ * ip_csum follows (its addresses and ports are the caller's to update). IPv4: the header
+ * checksum is computed here and written with the addresses in one bpf_skb_store_bytes; the L4
+ * checksum takes one bpf_l4_csum_replace (the kernel's: it knows whether the skb's checksum is
+ * CHECKSUM_PARTIAL, where only the pseudo header counts); a port that changes takes one more
+ * of each. IPv6: the address diff is summed here, then one bpf_l4_csum_replace and one store.
+ * `store_addr` 0 (a source only): the address (and IPv4's header checksum) is left for
+ * l3_dec_ttl_src (lib/l3.h) to write with the TTL in one store; until then the packet's L4
+ * checksum already counts the new address while its header still holds the old one, so
+ * nothing may read or pass the packet on in between.
  * Returns 0 or -DROP_WRITE_ERROR. */
-static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct pkt *p, int is_src,
-				       const __u8 *new_addr, __u16 old_port, __u16 new_port)
+static __always_inline int nat_rewrite_at(struct __sk_buff *skb, struct pkt *p, int is_src,
+					  const __u8 *new_addr, __u16 old_port, __u16 new_port,
+					  int store_addr)
 {
 	__u32 csum_off = l4_csum_off(p);
 	__u32 udp_flag = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	const __u8 *old_addr = is_src ? p->saddr : p->daddr;
 
 	if (p->family == AF_INET4) {
+		/* checksum, source, destination: bytes 10..19 of the header, one store */
+		struct {
+			__be16 check;
+			__be32 saddr;
+			__be32 daddr;
+		} __attribute__((packed)) h;
 		__be32 from, to;
 		__builtin_memcpy(&from, old_addr, 4);
 		__builtin_memcpy(&to, new_addr, 4);
-		__u32 off = p->l3_off + (is_src ? 12 : 16);
-		if (bpf_l3_csum_replace(skb, p->l3_off + 10, from, to, 4) < 0)
-			return -DROP_WRITE_ERROR;
+		__builtin_memcpy(&h.saddr, is_src ? new_addr : p->saddr, 4);
+		__builtin_memcpy(&h.daddr, is_src ? p->daddr : new_addr, 4);
+		h.check = csum_replace4(p->ip_csum, from, to);
 		if (p->proto != IPPROTO_ICMP &&
 		    bpf_l4_csum_replace(skb, csum_off, from, to,
 					BPF_F_PSEUDO_HDR | udp_flag | 4) < 0)
 			return -DROP_WRITE_ERROR;
-		if (bpf_skb_store_bytes(skb, off, &to, 4, 0) < 0)
+		if (store_addr && bpf_skb_store_bytes(skb, p->l3_off + 10, &h, sizeof(h), 0) < 0)
 			return -DROP_WRITE_ERROR;
+		p->ip_csum = h.check;
 	} else {
-		__be32 from[4], to[4];
-		__builtin_memcpy(from, old_addr, 16);
-		__builtin_memcpy(to, new_addr, 16);
 		__u32 off = p->l3_off + (is_src ? 8 : 24);
-		__s64 diff = bpf_csum_diff(from, 16, to, 16, 0);
-		if (diff < 0)
-			return -DROP_WRITE_ERROR;
-		if (bpf_l4_csum_replace(skb, csum_off, 0, (__u32)diff,
+		if (bpf_l4_csum_replace(skb, csum_off, 0, csum_diff16(old_addr, new_addr),
 					BPF_F_PSEUDO_HDR | udp_flag) < 0)
 			return -DROP_WRITE_ERROR;
-		if (bpf_skb_store_bytes(skb, off, to, 16, 0) < 0)
+		if (store_addr && bpf_skb_store_bytes(skb, off, new_addr, 16, 0) < 0)
 			return -DROP_WRITE_ERROR;
 	}
 	if (old_port == new_port)
@@ -90,6 +150,12 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct pkt *
 	if (bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0) < 0)
 		return -DROP_WRITE_ERROR;
 	return 0;
+}
+
+static __always_inline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, int is_src,
+				       const __u8 *new_addr, __u16 old_port, __u16 new_port)
+{
+	return nat_rewrite_at(skb, p, is_src, new_addr, old_port, new_port, 1);
 }
 
 #endif

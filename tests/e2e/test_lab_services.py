@@ -15,7 +15,11 @@ of both nodes through the lab's relay. Socket-LB is pinned off: this is the tc p
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -224,6 +228,198 @@ def test_clusterip_balances_over_every_backend_on_both_nodes(lab: SvcLab) -> Non
     assert udp.returncode == 0, (udp.stdout, udp.stderr)
     ping = lab.run("default/client", "ciliary", "workload", "ping", vip, "-c", "1", "-W", "1")
     assert ping.returncode != 0, ping.stdout
+
+
+# Runs the node's pinned cil_from_container on given packets with BPF_PROG_TEST_RUN, one packet
+# per run (the program rewrites it: a repeated run would see its own output), in the node netns
+# (the ctx's ifindex names a pod's lxc there): argv[1] the pin, argv[2] JSON [[hex packet,
+# ifindex, runs], ...]; prints per packet [retval, hex output of the last run, the kernel's
+# run durations in ns].
+TEST_RUN = """
+import ctypes, json, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def bpf(cmd, attr):
+    r = libc.syscall(321, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if r < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return r
+class ObjGet(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32)]
+U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+class TestRun(ctypes.Structure):
+    _fields_ = [("prog_fd", U32), ("retval", U32), ("data_size_in", U32),
+                ("data_size_out", U32), ("data_in", U64), ("data_out", U64), ("repeat", U32),
+                ("duration", U32), ("ctx_size_in", U32), ("ctx_size_out", U32), ("ctx_in", U64),
+                ("ctx_out", U64), ("flags", U32), ("cpu", U32), ("batch_size", U32),
+                ("pad", U32)]
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+fd = bpf(7, ObjGet(pathname=ctypes.addressof(path)))
+out = []
+for data_hex, ifindex, runs in json.loads(sys.argv[2]):
+    data = bytes.fromhex(data_hex)
+    ctx = ctypes.create_string_buffer(192)
+    struct.pack_into("<I", ctx, 40, ifindex)  # struct __sk_buff.ifindex
+    durations = []
+    for _ in range(runs):
+        d_in = ctypes.create_string_buffer(data, len(data))
+        d_out = ctypes.create_string_buffer(len(data) + 256)
+        a = TestRun(prog_fd=fd, data_size_in=len(data), data_in=ctypes.addressof(d_in),
+                    data_size_out=len(d_out), data_out=ctypes.addressof(d_out), repeat=1,
+                    ctx_size_in=192, ctx_in=ctypes.addressof(ctx))
+        bpf(10, a)
+        durations.append(a.duration)
+    out.append([a.retval, d_out.raw[: a.data_size_out].hex(), durations])
+print(json.dumps(out))
+"""
+
+TC_ACT_OK = 0
+TC_ACT_REDIRECT = 7
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _addr(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
+
+
+def _tcp_packet(
+    src: str, dst: str, sport: int, dport: int, *, flags: int, payload: bytes = b""
+) -> bytes:
+    """Ethernet + IPv4/IPv6 + TCP (+ payload) with valid checksums, TTL / hop limit 64."""
+    s, d = _addr(src), _addr(dst)
+    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65000, 0, 0))
+    tcp += payload
+    if len(s) == 4:
+        pseudo = s + d + struct.pack("!BBH", 0, 6, len(tcp))
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
+                                   s, d))  # fmt: skip
+        ip[10:12] = struct.pack("!H", _csum(bytes(ip)))
+        ethertype = b"\x08\x00"
+    else:
+        pseudo = s + d + struct.pack("!IxxxB", len(tcp), 6)
+        ip = bytearray(struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, s, d))
+        ethertype = b"\x86\xdd"
+    tcp[16:18] = struct.pack("!H", _csum(pseudo + bytes(tcp)))
+    return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01" + ethertype + bytes(ip) + bytes(tcp)
+
+
+def _tcp_fields(frame: bytes) -> tuple[str, str, int, int, int]:
+    """(source, destination, sport, dport, TTL) of a frame, asserting its checksums: the IPv4
+    header's and TCP's (the test skb is not CHECKSUM_PARTIAL: the whole segment is summed)."""
+    if frame[12:14] == b"\x08\x00":
+        ip, l4 = frame[14:34], frame[34:]
+        assert _csum(ip) == 0, f"IPv4 header checksum: {frame.hex()}"
+        src, dst, ttl = ip[12:16], ip[16:20], ip[8]
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(l4))
+    else:
+        ip, l4 = frame[14:54], frame[54:]
+        src, dst, ttl = ip[8:24], ip[24:40], ip[7]
+        pseudo = src + dst + struct.pack("!IxxxB", len(l4), 6)
+    assert _csum(pseudo + l4) == 0, f"TCP checksum: {frame.hex()}"
+    sport, dport = struct.unpack("!HH", l4[:4])
+    return (str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)), sport, dport, ttl)
+
+
+def _lxc_ifindex(lab: SvcLab, pod: str) -> int:
+    """The node-side ifindex of the pod's veth (``eth0@ifN`` in the pod's netns)."""
+    prec = manager.find_pod(manager.record(lab.name), pod)
+    out = subprocess.run(["ip", "-n", prec.netns, "-o", "link", "show", "eth0"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return int(out.split("@if", 1)[1].split(":", 1)[0])
+
+
+def _test_run(lab: SvcLab, node: str, runs: list[tuple[bytes, int, int]]) -> list[Any]:
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+    arg = json.dumps([[frame.hex(), ifindex, n] for frame, ifindex, n in runs])
+    res = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{nrec.netns}", "--", sys.executable, "-c", TEST_RUN,
+         f"{nrec.pin_dir}/cil_from_container", arg],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out: list[Any] = json.loads(res.stdout)
+    return out
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_translated_packets_carry_valid_checksums_and_cost_little_more(
+    lab: SvcLab, family: int
+) -> None:
+    """The tc LB's rewrites (lib/rewrite.h: checksums computed in the program, the reply's source
+    written with the TTL, lib/l3.h) checked on the packets themselves: the node's
+    cil_from_container run on crafted TCP segments (BPF_PROG_TEST_RUN, whose skb is not
+    CHECKSUM_PARTIAL, so the TCP checksum must be right in full). A SYN from the client to
+    ClusterIP:80 leaves for a backend's :8080 (new source ports until it is web-a, on the
+    client's node), the backend's SYN-ACK leaves from the ClusterIP:80; TTLs one less, every
+    IPv4 header and TCP checksum valid. Then established segments of that connection and of
+    one straight to web-a:8080, both ways: the same checks, and the kernel's run time per
+    packet printed (through the ClusterIP against straight to the pod; docs/benchmarks.md)."""
+    node = lab.nodes[0]
+    vip = lab.vip(family)
+    pods = manager.record(lab.name)
+    client_rec = manager.find_pod(pods, "default/client")
+    web_rec = manager.find_pod(pods, "default/web-a")
+    addr = (client_rec.ipv4, web_rec.ipv4) if family == 4 else (client_rec.ipv6, web_rec.ipv6)
+    c_addr, w_addr = addr
+    assert c_addr is not None and w_addr is not None
+    client, web = c_addr.partition("/")[0], w_addr.partition("/")[0]
+    client_if, web_if = _lxc_ifindex(lab, "default/client"), _lxc_ifindex(lab, "default/web-a")
+    _wait_backends(lab, node, lab.vip(), lambda have: lab.ip("web-a") in have)
+
+    base = 40000 + 1000 * family + (os.getpid() % 400)
+    sport = 0
+    for sport in range(base, base + 60):
+        ((ret, out, _),) = _test_run(
+            lab, node, [(_tcp_packet(client, vip, sport, 80, flags=0x02), client_if, 1)]
+        )
+        # another node's backend: the tunnel, the FIB or (native, no route the FIB forwards
+        # by) the stack, which does not take a TTL off
+        assert ret in (TC_ACT_OK, TC_ACT_REDIRECT), ret
+        src, dst, sp, dp, ttl = _tcp_fields(bytes.fromhex(out))
+        assert (src, sp, dp) == (client, sport, 8080), (src, sp, dp)
+        if dst == web:
+            assert (ret, ttl) == (TC_ACT_REDIRECT, 63), (ret, ttl)
+            break
+    else:
+        pytest.fail(f"60 SYNs to {vip}:80 and none given {web}")
+    direct = sport + 100
+    payload = b"x" * 64
+    frames = [
+        (_tcp_packet(web, client, 8080, sport, flags=0x12), web_if, 1),  # SYN-ACK via the VIP
+        (_tcp_packet(client, web, direct, 8080, flags=0x02), client_if, 1),  # straight
+        (_tcp_packet(web, client, 8080, direct, flags=0x12), web_if, 1),
+        (_tcp_packet(client, vip, sport, 80, flags=0x10, payload=payload), client_if, 400),
+        (_tcp_packet(client, web, direct, 8080, flags=0x10, payload=payload), client_if, 400),
+        (_tcp_packet(web, client, 8080, sport, flags=0x10, payload=payload), web_if, 400),
+        (_tcp_packet(web, client, 8080, direct, flags=0x10, payload=payload), web_if, 400),
+    ]
+    results = _test_run(lab, node, frames)
+    want = [
+        (vip, client, 80, sport),
+        (client, web, direct, 8080),
+        (web, client, 8080, direct),
+        (client, web, sport, 8080),
+        (client, web, direct, 8080),
+        (vip, client, 80, sport),
+        (web, client, 8080, direct),
+    ]
+    for (ret, out, _), (src, dst, sp, dp) in zip(results, want, strict=True):
+        assert ret == TC_ACT_REDIRECT, ret
+        assert _tcp_fields(bytes.fromhex(out)) == (src, dst, sp, dp, 63)
+    median = [statistics.median(d) for _, _, d in results[3:]]
+    print(
+        f"\nIPv{family} cil_from_container ns/packet (median of 400 runs), established:"
+        f" request via ClusterIP {median[0]:.0f} / to the pod IP {median[1]:.0f};"
+        f" reply via ClusterIP {median[2]:.0f} / from the pod IP {median[3]:.0f}"
+    )
 
 
 def _observe_at(server: str, *flags: str) -> list[dict[str, Any]]:
