@@ -182,8 +182,9 @@ class Ring:
     ) -> None:
         """``on_lapped(n)`` is called whenever a reader learns it lost ``n`` events (metrics)."""
         self.capacity = validate_capacity(capacity)
-        self._slots: npt.NDArray[np.object_] = np.full(capacity, None, dtype=object)
-        """Whole events (``Event``), None where a row of :class:`FlowRows` is (the columns)."""
+        self._slots: list[Event | None] = [None] * capacity
+        """Whole events, None where a row of :class:`FlowRows` is (the columns; a list: one
+        event a write stays as cheap as before the columns)."""
         self._templates: npt.NDArray[np.object_] = np.full(capacity, None, dtype=object)
         self._times = np.zeros(capacity, dtype=np.int64)
         self._ports = np.zeros(capacity, dtype=np.uint16)
@@ -214,8 +215,7 @@ class Ring:
         with self._lock:
             pos = self._written
             slot = pos % self.capacity
-            self._slots[slot] = ev
-            self._templates[slot] = None
+            self._slots[slot] = ev  # the row columns of the slot are left: never read
             self._written = pos + 1
             waiters, self._waiters = self._waiters, []
         self._wake_all(waiters)
@@ -245,8 +245,8 @@ class Ring:
             ):
                 column[first : first + head] = values[:head]
                 column[: keep - head] = values[head:]
-            self._slots[first : first + head] = None
-            self._slots[: keep - head] = None
+            self._slots[first : first + head] = [None] * head
+            self._slots[: keep - head] = [None] * (keep - head)
             self._written = pos + n
             waiters, self._waiters = self._waiters, []
         self._wake_all(waiters)
@@ -285,7 +285,7 @@ class Ring:
         if pos < self._written - self.capacity:  # overwritten while we loaded it
             return None
         if ev is not None:
-            return ev  # type: ignore[no-any-return]
+            return ev
         if not whole:
             return Event(time_ns=time_ns, flow=template, row=(port, self.uuid_at(pos)))
         flow = flow_from_template(template, time_ns, port, self.uuid_at(pos), code)
