@@ -99,10 +99,13 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt 
 	long err;
 	if (p->proto == IPPROTO_TCP) {
 		/* the connection's own socket (accepted by the proxy, or its upstream one for a
-		 * reply); a listener found on the original port is not the proxy */
+		 * reply); a listener found on the original port is not the proxy, one on the
+		 * proxy's port is: the lookup ran bpf_sk_lookup.c, which names the proxy's
+		 * listener for this redirected tuple (one listener lookup less per connection) */
 		len = proxy_tuple(&t, p, 0);
 		struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
-		if (sk && sk->state == BPF_TCP_LISTEN) {
+		if (sk && sk->state == BPF_TCP_LISTEN &&
+		    (!listener_port || sk->src_port != bpf_ntohs(listener_port))) {
 			bpf_sk_release(sk);
 			sk = 0;
 		}
