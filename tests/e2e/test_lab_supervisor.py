@@ -16,6 +16,10 @@ from ciliary.lab import manager, process
 
 from .conftest import CILIARY, Lab
 
+# the conftest lab, shared (the last of its sharers): the agents these tests kill are back, and
+# the holds and exits of the sharers before (lab stop-agent) left no back-off behind
+SHARES_LAB = True
+
 
 def _echo(lab: Lab) -> subprocess.CompletedProcess[str]:
     server = lab.pod_ip("shop/server")
