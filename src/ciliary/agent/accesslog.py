@@ -13,7 +13,9 @@ cheap (#15's L7 benchmark): a line is split on its separator (no JSON decode), a
 chain names are parsed once and remembered (bounded caches). The pipe's buffer is enlarged and
 the reader reads only while its consumer (Hubble's events queue) has room: a burst of lines
 (Envoy's buffer after an agent restart, a load the decoder cannot follow for a while) waits in
-the pipe and in Envoy instead of overflowing the queue, where L7 flows would be lost.
+the pipe instead of overflowing the queue, where L7 flows would be lost; up to three quarters
+of the pipe, then the reader reads on (an overload is counted as lost events, as upstream's,
+rather than growing Envoy's memory).
 
 Each line becomes an :class:`HTTPAccess`: the request as the pod sent it (method, absolute URL,
 protocol, headers Hubble shows), the verdict (``DROPPED`` when RBAC denied it, ``ERROR`` when no
@@ -32,6 +34,8 @@ import logging
 import os
 import re
 import stat
+import sys
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -49,6 +53,10 @@ _READ_SIZE: Final = 1 << 16
 """A read's bytes (~200 lines): what one turn of the loop parses before others run."""
 _HOLD_S: Final = 0.02
 """How long the reader waits while its consumer is full (the lines wait in the pipe)."""
+_HOLD_MAX_FILL: Final = 0.75
+"""The share of the pipe's buffer the reader lets fill while it waits: beyond it, it reads on
+(and the queue counts what it refuses as lost, as upstream's Hubble under overload), so Envoy
+never waits for long and its buffer stays bounded."""
 _PIPE_SIZE: Final = 1 << 20
 """The pipe's buffer (``F_SETPIPE_SZ``; the kernel's default limit for an unprivileged pipe): a
 few thousand lines while the agent is busy or restarting."""
@@ -239,6 +247,7 @@ class AccessLogReader:
         self._buffer = b""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held: asyncio.TimerHandle | None = None
+        self._hold_max = 0
 
     def start(self) -> None:
         """Make the pipe (replacing anything else at the path) and watch it (once)."""
@@ -254,6 +263,7 @@ class AccessLogReader:
         self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # a smaller buffer works, only less smoothly
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self._hold_max = int(fcntl.fcntl(self._fd, fcntl.F_GETPIPE_SZ) * _HOLD_MAX_FILL)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self._readable)
 
@@ -273,9 +283,20 @@ class AccessLogReader:
         if self._fd is not None and self._loop is not None:
             self._loop.add_reader(self._fd, self._readable)
 
+    def _pending(self) -> int:
+        """Bytes waiting in the pipe (FIONREAD)."""
+        assert self._fd is not None
+        raw = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(raw, sys.byteorder)
+
     def _readable(self) -> None:
         assert self._fd is not None
-        if self.busy is not None and self.busy() and self._loop is not None:
+        if (
+            self.busy is not None
+            and self._loop is not None
+            and self.busy()
+            and self._pending() < self._hold_max
+        ):
             self.holds += 1
             self._loop.remove_reader(self._fd)
             self._held = self._loop.call_later(_HOLD_S, self._resume)

@@ -4,6 +4,7 @@ pipe reader counting what it cannot parse instead of failing."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -161,3 +162,37 @@ def test_the_reader_waits_while_its_consumer_is_busy(tmp_path: Path) -> None:
 
     reader = asyncio.run(run())
     assert (reader.records, reader.malformed, len(got)) == (50, 0, 50)
+
+
+def test_the_reader_reads_on_when_the_pipe_is_three_quarters_full(tmp_path: Path) -> None:
+    """Waiting is bounded: once the pipe holds three quarters of its buffer the reader reads
+    on although its consumer is still busy (an overload is then the queue's lost events, as
+    upstream's, and Envoy never waits long)."""
+    path = tmp_path / "access.log"
+    got: list[HTTPAccess] = []
+    text = line(LINE).encode()
+
+    async def run() -> AccessLogReader:
+        reader = AccessLogReader(path, got.append, lambda: True)
+        reader.start()
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, text * 10)
+        for _ in range(100):
+            if reader.holds >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert got == []  # a little: held
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        data = text * (size * 3 // 4 // len(text) + 1)
+        while data:  # beyond three quarters of the pipe
+            data = data[os.write(fd, data) :]
+        os.close(fd)
+        for _ in range(200):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        reader.stop()
+        return reader
+
+    reader = asyncio.run(run())
+    assert got and reader.malformed == 0
