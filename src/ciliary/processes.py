@@ -38,6 +38,16 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def age(pid: int, started: int | None = None) -> float | None:
+    """Seconds since ``pid`` started (None if it is gone or is no longer the process started at
+    ``started``)."""
+    ticks = start_time(pid)
+    if ticks is None or (started is not None and ticks != started):
+        return None
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def alive(pid: int | None, started: int | None) -> bool:
     """Whether ``pid`` runs and is still the process started at ``started`` (None: any); a
     zombie is not alive."""

@@ -86,7 +86,7 @@ from ciliary.client.agent import AgentClient, AgentClientError
 from ciliary.core.flow import POLICY_DROPS, drop_reason_text
 from ciliary.core.models import MonitorEvent, TraceHalf, TraceRequest, TraceResponse
 from ciliary.k8s.fields import format_path
-from ciliary.lab import manager
+from ciliary.lab import manager, process
 from ciliary.lab.state import LabRecord, PodRecord
 from ciliary.policy.api.errors import one_line, show
 
@@ -111,7 +111,9 @@ MONITOR_WARMUP = 0.3
 EVENT_GRACE = 2.0
 """Seconds to keep waiting for the datapath's event once the client has finished."""
 SERVER_START_GRACE = 5.0
-"""Seconds a refused connection is tried again (a just-started pod's server not listening yet)."""
+"""Seconds after its container started that a pod's refused connection is tried again (a
+just-started server not listening yet); a server of unknown age (world hosts, other addresses)
+gets them from the first refusal."""
 
 Verdict: TypeAlias = Literal["allow", "deny"]
 Protocol: TypeAlias = Literal["TCP", "UDP", "ICMP"]
@@ -822,6 +824,27 @@ def _check(case: PolicyTestCase, res: dict[str, Any], dst_kind: str) -> list[str
     return problems
 
 
+def _start_grace_left(lab: _Lab, dst: _Peer) -> float:
+    """How long a refusal from ``dst`` may still be a server starting: SERVER_START_GRACE after
+    the youngest container that could be it started (the pod's own; a node's hostNetwork pods for
+    the host), all of it when the server is not ours to see (world hosts, other addresses) or a
+    container is not running (being restarted)."""
+    if dst.kind == "pod" and dst.pod is not None:
+        pods = [dst.pod]
+    elif dst.kind == "host":
+        pods = [p for p in lab.rec.pods if p.host_network and p.node == dst.node]
+    else:
+        return SERVER_START_GRACE
+    youngest = float("inf")
+    for pod in pods:
+        for c in pod.containers:
+            age = process.age(c.pid, c.pid_start_time) if c.pid is not None else None
+            if age is None:
+                return SERVER_START_GRACE
+            youngest = min(youngest, age)
+    return max(0.0, SERVER_START_GRACE - youngest)
+
+
 def _run_case(
     lab: _Lab, tap: _Tap, *, test: PolicyTest, index: int, case: PolicyTestCase, timeout: float
 ) -> CaseResult:
@@ -832,7 +855,7 @@ def _run_case(
     # are dropped) is asked again for a moment, so a case reports what the started workload
     # answers. Not UDP: its "refused" is an ICMP error, which the kernel rate-limits, so asking
     # again would turn a closed port's answer into a timeout.
-    settle = time.monotonic() + SERVER_START_GRACE
+    settle = time.monotonic() + _start_grace_left(lab, dst)
     while case.protocol == "TCP" and probe.outcome == "refused" and time.monotonic() < settle:
         time.sleep(0.2)
         probe = _probe(tap, src, dst, case, timeout)

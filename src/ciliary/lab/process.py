@@ -14,11 +14,12 @@ from pathlib import Path
 
 # One home for "a process known by pid and start time" and for stopping it (the control plane's
 # etcd and API server use it too): re-exported here, the lab's own name for it.
-from ciliary.processes import alive, start_time, stop, stop_all
+from ciliary.processes import age, alive, start_time, stop, stop_all
 
 __all__ = [
     "FORWARDED_SIGNALS",
     "GROUP_GRACE",
+    "age",
     "alive",
     "exit_status",
     "run_forwarding_signals",
