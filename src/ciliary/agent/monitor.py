@@ -14,9 +14,10 @@ Socket-LB's trace-sock records
 (``RawSockEvent``) go to the sinks (Hubble's SOCK flows) only, not to ``ciliary monitor``; so do
 the proxies' L7 records (``L7Record``), which enter at :meth:`Monitor.publish` instead of the
 ring, as upstream's proxies' access log records enter its monitor agent.
-Rows (#17): while nobody runs ``ciliary monitor`` and the one sink takes rows too (Hubble), a
-span of trace records only is handed over as the numpy rows themselves (``trace_rows``), with no
-Python object per record; the sink says how many it took, and the ring advances past those.
+Rows (#17): when the one sink takes rows too (Hubble), a span of trace records only is handed
+over as the numpy rows themselves (``trace_rows``), with no Python object per record; the sink
+says how many it took, and the ring advances past those. While someone runs ``ciliary monitor``
+those records are also decoded one by one for it (its events are per record anyway).
 Sinks and subscribers must not block: subscribers get bounded queues; a slow subscriber loses
 events and the loss is counted (``dropped_by_subscribers``), never blocking the reader. Drain
 hooks run after every drain of the ring (Hubble reads the datapath's lost-event counters there).
@@ -73,6 +74,7 @@ from ciliary.datapath.maps.events import (
     RawEvent,
     RawTraceEvent,
     decode_batch,
+    decode_trace_rows,
     trace_rows,
 )
 from ciliary.hubble.gopacket import ICMP4_TYPE_NAMES, ICMP6_TYPE_NAMES
@@ -212,7 +214,7 @@ class Monitor:
         assert self._rb is not None
         span = self._rb.peek(READ_BATCH_BYTES)
         rows_sink = self._rows_sinks[0] if len(self._rows_sinks) == 1 else None
-        rows = trace_rows(span) if rows_sink is not None and not self._subs else None
+        rows = trace_rows(span) if rows_sink is not None else None
         if rows_sink is not None and rows is not None:
             try:
                 taken, full = rows_sink(rows)
@@ -220,6 +222,9 @@ class Monitor:
                 log.exception("event sink %r failed", rows_sink)
                 taken, full = len(rows), False
             self.received += taken
+            if self._subs:  # ciliary monitor: its events, one per record it was handed
+                for raw in decode_trace_rows(rows[:taken]):
+                    self._to_subscribers(raw)
             if full or taken < len(rows):
                 self._rb.advance(taken * TRACE_RECORD_STRIDE)
                 self._pause()
@@ -250,13 +255,16 @@ class Monitor:
             return False
         full = self._to_sinks(raw)
         if self._subs and isinstance(raw, RawTraceEvent):  # trace-sock: Hubble's only
-            event = self.decode(raw)
-            for q in self._subs:
-                try:
-                    q.put_nowait(event)
-                except asyncio.QueueFull:
-                    self.dropped_by_subscribers += 1
+            self._to_subscribers(raw)
         return full
+
+    def _to_subscribers(self, raw: RawTraceEvent) -> None:
+        event = self.decode(raw)
+        for q in self._subs:
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                self.dropped_by_subscribers += 1
 
     def publish(self, record: L7Record) -> None:
         """A proxy's L7 record into the fan-out: every sink gets it as a ring buffer record
