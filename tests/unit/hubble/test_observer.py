@@ -157,8 +157,13 @@ def test_follow_without_number_sees_only_new_flows() -> None:
         call = stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True))
         it = call.__aiter__()
         waiter = asyncio.ensure_future(anext(it))
-        await asyncio.sleep(0.05)
-        assert not waiter.done()
+        # the server's reader starts where the ring is when the request arrives: wait until it
+        # waits for the next write (a fixed sleep lost that race under load)
+        for _ in range(500):
+            if obs.ring._waiters:
+                break
+            await asyncio.sleep(0.01)
+        assert obs.ring._waiters and not waiter.done()
         obs.on_flow(make_flow(42))
         first = await waiter
         assert first.flow.uuid == "f42"
