@@ -37,24 +37,32 @@ static __always_inline int l3_dec_ttl(struct __sk_buff *skb, struct pkt *p)
 }
 
 /* l3_dec_ttl for a packet whose new source nat_rewrite_at left unwritten (store_addr 0): the
- * TTL, the header checksum and the source in one store (IPv4: bytes 8..15; IPv6: the hop limit
- * and the source, bytes 7..23). A packet that may not be forwarded gets its source all the same
+ * TTL, the header checksum and the source in one store (IPv4: bytes 8..15, with the destination
+ * and the source port when they follow; IPv6: the hop limit and the source, bytes 7..23). A packet that may not be forwarded gets its source all the same
  * (its drop event shows what it was). */
 static __always_inline int l3_dec_ttl_src(struct __sk_buff *skb, struct pkt *p)
 {
 	__u8 ttl = p->ttl > 1 ? p->ttl - 1 : p->ttl;
 	if (p->family == AF_INET4) {
+		/* with the destination and the source port when they follow (ipv4_ports_follow) */
 		struct {
 			__u8 ttl;
 			__u8 proto;
 			__be16 check;
 			__be32 saddr;
-		} h = {.ttl = ttl, .proto = p->proto};
+			__be32 daddr;
+			__be16 sport;
+		} __attribute__((packed)) h = {.ttl = ttl, .proto = p->proto};
 		__u16 old = bpf_htons(((__u16)p->ttl << 8) | p->proto);
 		__u16 new = bpf_htons(((__u16)ttl << 8) | p->proto);
 		h.check = csum_replace2(p->ip_csum, old, new);
 		__builtin_memcpy(&h.saddr, p->saddr, 4);
-		if (bpf_skb_store_bytes(skb, p->l3_off + IPV4_TTL_OFF, &h, sizeof(h), 0) < 0)
+		__builtin_memcpy(&h.daddr, p->daddr, 4);
+		h.sport = bpf_htons(p->sport);
+		int ret = ipv4_ports_follow(p)
+				  ? bpf_skb_store_bytes(skb, p->l3_off + IPV4_TTL_OFF, &h, sizeof(h), 0)
+				  : bpf_skb_store_bytes(skb, p->l3_off + IPV4_TTL_OFF, &h, 8, 0);
+		if (ret < 0)
 			return -DROP_WRITE_ERROR;
 		p->ip_csum = h.check;
 	} else {

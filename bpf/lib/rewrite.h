@@ -76,6 +76,14 @@ static __always_inline __u32 csum_diff16(const __u8 *from, const __u8 *to)
 	return csum_fold32(s);
 }
 
+/* IPv4 TCP/UDP without options: the ports follow the header's addresses, so a rewrite writes
+ * them in the same store (nat_rewrite_at, l3_dec_ttl_src). */
+static __always_inline int ipv4_ports_follow(const struct pkt *p)
+{
+	return p->family == AF_INET4 && p->l4_off == p->l3_off + 20 &&
+	       (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP);
+}
+
 /* Offsets of the rewritten fields; 0 = none (e.g. no L4 checksum for ICMPv4's addresses). */
 static __always_inline __u32 l4_csum_off(const struct pkt *p)
 {
@@ -95,9 +103,11 @@ static __always_inline __u32 l4_csum_off(const struct pkt *p)
  * checksum is computed here and written with the addresses in one bpf_skb_store_bytes; the L4
  * checksum takes one bpf_l4_csum_replace (the kernel's: it knows whether the skb's checksum is
  * CHECKSUM_PARTIAL, where only the pseudo header counts); a port that changes takes one more
- * of each. IPv6: the address diff is summed here, then one bpf_l4_csum_replace and one store.
- * `store_addr` 0 (a source only): the address (and IPv4's header checksum) is left for
- * l3_dec_ttl_src (lib/l3.h) to write with the TTL in one store; until then the packet's L4
+ * of each, IPv4's store saved when the ports follow the header (no options: written with the
+ * addresses). IPv6: the address diff is summed here, then one bpf_l4_csum_replace and one
+ * store.
+ * `store_addr` 0 (a source only): the address (and IPv4's header checksum, and a port that
+ * follows the header) is left for l3_dec_ttl_src (lib/l3.h) to write with the TTL in one store; until then the packet's L4
  * checksum already counts the new address while its header still holds the old one, so
  * nothing may read or pass the packet on in between.
  * Returns 0 or -DROP_WRITE_ERROR. */
@@ -108,26 +118,42 @@ static __always_inline int nat_rewrite_at(struct __sk_buff *skb, struct pkt *p, 
 	__u32 csum_off = l4_csum_off(p);
 	__u32 udp_flag = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	const __u8 *old_addr = is_src ? p->saddr : p->daddr;
+	/* a port that changes is written with the addresses when it follows them
+	 * (ipv4_ports_follow): one store less; left with them for l3_dec_ttl_src (!store_addr) */
+	int ports = old_port != new_port && ipv4_ports_follow(p);
+	int ports_stored = ports && !store_addr;
+	__be16 sport = bpf_htons(is_src ? new_port : p->sport);
+	__be16 dport = bpf_htons(is_src ? p->dport : new_port);
 
 	if (p->family == AF_INET4) {
-		/* checksum, source, destination: bytes 10..19 of the header, one store */
+		/* checksum, source, destination (bytes 10..19 of the header) and maybe the ports */
 		struct {
 			__be16 check;
 			__be32 saddr;
 			__be32 daddr;
+			__be16 sport;
+			__be16 dport;
 		} __attribute__((packed)) h;
 		__be32 from, to;
 		__builtin_memcpy(&from, old_addr, 4);
 		__builtin_memcpy(&to, new_addr, 4);
 		__builtin_memcpy(&h.saddr, is_src ? new_addr : p->saddr, 4);
 		__builtin_memcpy(&h.daddr, is_src ? p->daddr : new_addr, 4);
+		h.sport = sport;
+		h.dport = dport;
 		h.check = csum_replace4(p->ip_csum, from, to);
 		if (p->proto != IPPROTO_ICMP &&
 		    bpf_l4_csum_replace(skb, csum_off, from, to,
 					BPF_F_PSEUDO_HDR | udp_flag | 4) < 0)
 			return -DROP_WRITE_ERROR;
-		if (store_addr && bpf_skb_store_bytes(skb, p->l3_off + 10, &h, sizeof(h), 0) < 0)
+		if (ports && store_addr) {
+			if (bpf_skb_store_bytes(skb, p->l3_off + 10, &h, sizeof(h), 0) < 0)
+				return -DROP_WRITE_ERROR;
+			ports_stored = 1;
+		} else if (store_addr &&
+			   bpf_skb_store_bytes(skb, p->l3_off + 10, &h, sizeof(h) - 4, 0) < 0) {
 			return -DROP_WRITE_ERROR;
+		}
 		p->ip_csum = h.check;
 	} else {
 		__u32 off = p->l3_off + (is_src ? 8 : 24);
@@ -147,7 +173,7 @@ static __always_inline int nat_rewrite_at(struct __sk_buff *skb, struct pkt *p, 
 		port_off = p->l4_off + 4; /* ICMP echo identifier */
 	if (bpf_l4_csum_replace(skb, csum_off, from_port, to_port, udp_flag | 2) < 0)
 		return -DROP_WRITE_ERROR;
-	if (bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0) < 0)
+	if (!ports_stored && bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0) < 0)
 		return -DROP_WRITE_ERROR;
 	return 0;
 }
