@@ -103,13 +103,16 @@ def test_a_detached_process_is_inits_child_and_stopped_by_its_pid_file(tmp_path:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         assert int(fields[1]) != os.getpid()  # ppid: not ours
         assert os.getsid(pid) != os.getsid(0)  # its own session
+        deadline = time.monotonic() + 10  # it execs once reparented: its output then comes
+        while log.read_text() != "started\n":  # to the log
+            assert time.monotonic() < deadline, f"no output in the log: {log.read_text()!r}"
+            time.sleep(0.01)
         pidfile = tmp_path / "x.pid"
         pidfile.write_text(json.dumps({"pid": pid, "start_time": started}))
         assert processes.recorded(pidfile) == (pid, started)
         assert processes.alive_recorded(pidfile)
         processes.stop_recorded(pidfile, timeout=2)
         assert not processes.alive(pid, started) and not pidfile.exists()
-        assert log.read_text() == "started\n"  # its output went to the log
     finally:
         if processes.alive(pid, started):
             os.kill(pid, 9)
