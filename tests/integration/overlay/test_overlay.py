@@ -28,6 +28,7 @@ import grpc
 import pytest
 
 from ciliary.agent.config import TUNNEL_OVERHEAD
+from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
 from ciliary.core.flow import MIN_ALLOCATED_IDENTITY, ObservationPoint, ReservedIdentity, Verdict
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.linux.link import TUNNEL_DEVICE
@@ -37,6 +38,7 @@ from ciliary.datapath.maps.ipcache import IPCACHE_F_REMOTE, IPCacheMap
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2, observer_pb2_grpc
 from ciliary.k8s.podidentity import security_labels
+from ciliary.processes import stop_recorded
 
 from ..cni.conftest import (
     NETNS_DIR,
@@ -204,6 +206,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             _del_pod(pod)
         for agent in (a, b):
             agent.stop()
+            # the node's Envoy (an L7 test's) outlives its agent: ended by its pid file
+            stop_recorded(RUN_ROOT / agent.node / ENVOY_STATE / ENVOY_PIDFILE)
             netns_del(agent.netns)
             shutil.rmtree(RUN_ROOT / agent.node, ignore_errors=True)
             remove_pins(PIN_ROOT / agent.node)
@@ -469,6 +473,7 @@ def test_native_mode_has_no_tunnel_device(tmp_path: Path) -> None:
         assert (config.routing_mode, config.tunnel_ifindex) == (ROUTING_MODE_NATIVE, 0)
     finally:
         agent.stop()
+        stop_recorded(RUN_ROOT / agent.node / ENVOY_STATE / ENVOY_PIDFILE)
         netns_del(agent.netns)
         shutil.rmtree(RUN_ROOT / agent.node, ignore_errors=True)
         remove_pins(PIN_ROOT / agent.node)
