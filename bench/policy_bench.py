@@ -66,7 +66,7 @@ from ciliary.agent.policymanager import PolicyManager
 from ciliary.client.agent import AgentClient
 from ciliary.core.models import Endpoint, EndpointState
 from ciliary.datapath.libbpf import BPFObject, Map
-from ciliary.datapath.linux import netns
+from ciliary.datapath.linux import bpffs, netns
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.policy import EndpointPolicyMap, PolicyKey, PolicyMaps
 from ciliary.lab import manager
@@ -286,7 +286,10 @@ class _Datapath:
 
 @contextlib.contextmanager
 def _policy_maps() -> Iterator[PolicyMaps]:
-    pin_dir = Path("/sys/fs/bpf") / f"ciliary-bench-{tag()}"
+    # a lab's teardown gives bpffs back when setup mounted it and no lab is left (as the group
+    # before this one may have just done): mounted again here, given back likewise after
+    bpffs.ensure_mounted()
+    pin_dir = bpffs.BPF_FS / f"ciliary-bench-{tag()}"
     obj = BPFObject.open(LXC_OBJECT, pin_dir=pin_dir)
     try:
         obj.load()
@@ -295,6 +298,7 @@ def _policy_maps() -> Iterator[PolicyMaps]:
     finally:
         obj.close()
         shutil.rmtree(pin_dir, ignore_errors=True)
+        bpffs.unmount_if_setup_mounted()
 
 
 def _endpoint(ep_id: int, identity: int) -> Endpoint:
