@@ -909,6 +909,35 @@ def prog_from_pin(path: os.PathLike[str] | str) -> int:
     return _check(int(_C.bpf_obj_get(os.fsencode(path))), "bpf_obj_get", str(path))
 
 
+def pin_link(
+    pin: Path,
+    prog_fd: int,
+    target_fd: int,
+    attach_type: int,
+    *,
+    attached_to: Callable[[int], int | None],
+    want: int,
+) -> None:
+    """Attach ``prog_fd`` to ``target_fd`` through the link pinned at ``pin``: a pinned link on
+    the same target (``attached_to(link fd) == want``) gets the program replaced atomically;
+    one on another (or a gone) target is unpinned, its attachment going with it, and a new
+    link is created and pinned."""
+    if pin.exists():
+        fd = prog_from_pin(pin)
+        try:
+            if attached_to(fd) == want:
+                link_update(fd, prog_fd)
+                return
+        finally:
+            os.close(fd)
+        pin.unlink()
+    fd = link_create(prog_fd, target_fd, attach_type)
+    try:
+        obj_pin(fd, pin)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------------------------------------
 # Objects
 # ---------------------------------------------------------------------------------------------

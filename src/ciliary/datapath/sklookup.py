@@ -30,10 +30,8 @@ from ciliary.datapath.libbpf import (
     BPFError,
     BPFObject,
     Map,
-    link_create,
     link_netns_ino,
-    link_update,
-    obj_pin,
+    pin_link,
     prog_from_pin,
 )
 
@@ -62,27 +60,12 @@ def attach(obj: BPFObject, pin_dir: Path, netns: Path = NETNS) -> None:
     replaced by a new one."""
     links = pin_dir / LINK_DIR
     links.mkdir(parents=True, exist_ok=True)
-    pin = links / PROGRAM
-    prog = obj.program_fd(PROGRAM)
-    want = os.stat(netns).st_ino
-    if pin.exists():
-        fd = prog_from_pin(pin)
-        try:
-            if link_netns_ino(fd) == want:
-                link_update(fd, prog)
-                return
-        finally:
-            os.close(fd)
-        pin.unlink()  # another (or a gone) namespace's
     ns_fd = os.open(netns, os.O_RDONLY)
     try:
-        fd = link_create(prog, ns_fd, BPF_SK_LOOKUP)
+        pin_link(links / PROGRAM, obj.program_fd(PROGRAM), ns_fd, BPF_SK_LOOKUP,
+                 attached_to=link_netns_ino, want=os.stat(netns).st_ino)  # fmt: skip
     finally:
         os.close(ns_fd)
-    try:
-        obj_pin(fd, pin)
-    finally:
-        os.close(fd)
 
 
 def attached_netns(pin_dir: Path) -> int | None:

@@ -31,9 +31,7 @@ from ciliary.datapath.libbpf import (
     BPFError,
     BPFObject,
     link_cgroup_id,
-    link_create,
-    link_update,
-    obj_pin,
+    pin_link,
     prog_from_pin,
 )
 
@@ -70,22 +68,8 @@ def attach(obj: BPFObject, pin_dir: Path, cgroup: Path) -> None:
     cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name, attach_type in PROGRAMS.items():
-            prog = obj.program_fd(name)
-            pin = links / name
-            if pin.exists():
-                fd = prog_from_pin(pin)
-                try:
-                    if link_cgroup_id(fd) == want:
-                        link_update(fd, prog)
-                        continue
-                finally:
-                    os.close(fd)
-                pin.unlink()  # another (or a removed) cgroup's: its attachment goes with it
-            fd = link_create(prog, cg_fd, attach_type)
-            try:
-                obj_pin(fd, pin)
-            finally:
-                os.close(fd)
+            pin_link(links / name, obj.program_fd(name), cg_fd, attach_type,
+                     attached_to=link_cgroup_id, want=want)  # fmt: skip
     finally:
         os.close(cg_fd)
 
