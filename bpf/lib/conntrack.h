@@ -22,6 +22,7 @@
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
+#define TCP_ACK 0x10
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -79,6 +80,16 @@ static __always_inline int ct_should_report(struct ct_entry *e, __u8 seen_before
 		return 1;
 	}
 	return 0;
+}
+
+/* A SYN (without ACK) on the tuple of a connection that is closing opens a new connection, as
+ * upstream's ACTION_CREATE on a closing entry: the tuple was reused (a client's port comes round
+ * again while the server side still holds the old one), so the packet is treated as new (policy
+ * checked again, a fresh entry whose flags are reported), not as a packet of the old one. */
+static __always_inline int ct_syn_reopens(const struct pkt *p, const struct ct_entry *e)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+	       (e->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING));
 }
 
 static __always_inline void ct_build_key(struct ct_key *k, const struct pkt *p, int reverse)
@@ -152,7 +163,7 @@ static __always_inline int ct_process_at(const struct pkt *p, __u32 src_id, __u3
 
 	ct_build_key(&k, p, 0);
 	e = bpf_map_lookup_elem(&ciliary_ct, &k);
-	if (e && e->expires_ns > now) {
+	if (e && e->expires_ns > now && !ct_syn_reopens(p, e)) {
 		__u8 seen = e->tx_flags_seen;
 		e->tx_packets++;
 		e->tx_bytes += p->len;

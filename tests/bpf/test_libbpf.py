@@ -173,6 +173,16 @@ def udp_frame(src: IPv4Address, dst: IPv4Address, sport: int, dport: int) -> byt
     return DST_MAC + SRC_MAC + b"\x08\x00" + ip + udp
 
 
+def tcp_frame(src: IPv4Address, dst: IPv4Address, sport: int, dport: int, flags: int) -> bytes:
+    """A 20-byte TCP segment without payload (the datapath does not check L4 checksums)."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src.packed, dst.packed
+    )
+    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    return DST_MAC + SRC_MAC + b"\x08\x00" + ip + tcp
+
+
 def send_frame(ifname: str, frame: bytes) -> None:
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((ifname, 0))
@@ -785,3 +795,54 @@ def test_forwarded_packet_is_traced_and_tracked(loaded: BPFObject, netns: str) -
         assert entry.expires_ns == entry.created_ns + 60 * 10**9  # CT_LIFETIME_NONTCP
         assert ct.gc() == 0
         assert ct.gc(entry.expires_ns) == 1
+
+
+def test_a_syn_on_a_closing_connection_opens_a_new_one(loaded: BPFObject, netns: str) -> None:
+    """A client port that comes round again while the old connection's entry is closing (10 s
+    after FIN/RST): the SYN is a new connection, as upstream's ACTION_CREATE on a closing entry,
+    so under aggregation medium it is reported as new (CT_NEW: policy checked again) with a
+    fresh entry, not folded into the old connection whose flags were all reported already."""
+    ifindex = attach_from_container(netns, loaded)
+    src, dst = IPv4Address("10.99.0.2"), IPv4Address("10.99.0.1")
+    syn, ack, rst = 0x02, 0x10, 0x04
+    with (
+        loaded.map("ciliary_lxc") as lxc,
+        loaded.map("ciliary_ipcache") as ipcache,
+        loaded.map("ciliary_config") as config,
+        loaded.map("ciliary_ct") as ctmap,
+        loaded.map("ciliary_events") as events,
+    ):
+        EndpointMap(lxc).upsert(
+            src,
+            ifindex=ifindex,
+            sec_id=1234,
+            ep_id=7,
+            flags=EP_F_READY,
+            mac="02:aa:bb:cc:dd:01",
+            node_mac="02:aa:bb:cc:dd:02",
+        )
+        IPCacheMap(ipcache).upsert(ip_network("10.99.0.0/24"), 5678, IPv4Address("192.0.2.9"))
+        ConfigMap(config).set(MONITOR_AGG_MEDIUM, 0)
+        ct = CTMap(ctmap)
+
+        def entry_created() -> int:
+            (entry,) = [r for r in ct.items() if r.sport == 40003]
+            return entry.created_ns
+
+        def send(flags: int) -> None:
+            in_netns(netns, lambda: send_frame("peer0", tcp_frame(src, dst, 40003, 80, flags)))
+
+        records: list[bytes] = []
+        with RingBuffer(events.fd, records.append) as rb:
+            send(syn)
+            first_created = entry_created()
+            for flags in (ack, syn | ack, rst, ack, syn):
+                send(flags)
+            poll_until(rb, lambda: sum(decode_trace_event(r).proto == 6 for r in records) >= 3)
+            rb.poll(200)
+        events_tcp = [e for e in map(decode_trace_event, records) if e.proto == 6]
+        reported = [(e.tcp_flags, e.ct_state) for e in events_tcp]
+        # SYN new; ACK not reported; SYN|ACK (ACK seen, SYN seen: nothing new) not reported;
+        # RST reported; the ACK after it not; the second SYN new again
+        assert reported == [(syn, 0), (rst, 1), (syn, 0)]
+        assert entry_created() > first_created
