@@ -2,9 +2,14 @@
 proxies' L7 records, and decoded, enriched events for ``ciliary monitor``.
 
 The ring buffer's epoll fd sits in the event loop (``add_reader``), so records are consumed as
-they arrive without a thread, a batch per wake-up: the reader copies the span of committed
-records out of the ring's memory mapping (no call per record) and decodes it at once
-(``ciliary.datapath.maps.events.decode_batch``: trace/drop/verdict records as one numpy array,
+they arrive without a thread, a batch per wake-up (read in batches, #17: after a drain that
+emptied the ring the reader leaves the fd for :data:`HOLDOFF_S` before it waits on it again,
+so a steady load is read a few hundred records at a time instead of the few the datapath wrote
+since the last wake-up, each wake-up and batch having its own cost; a lone event after a quiet
+spell is still read at once, and none waits longer than the hold-off): the reader copies the
+span of committed records out of the ring's memory mapping (no call per record) and decodes it
+at once (``ciliary.datapath.maps.events.decode_batch``: trace/drop/verdict records as one numpy
+array,
 every other record by the one per-record decoder, a dispatch on its type byte). Each record is
 decoded once, and the typed record is handed to every sink (Hubble's events queue, whose
 parser dispatches on the same type) and, while someone runs ``ciliary monitor``, a
@@ -84,6 +89,9 @@ from ciliary.policy.mapstate import Direction
 log = logging.getLogger(__name__)
 READ_BATCH_BYTES = 1024 * TRACE_RECORD_STRIDE
 """The most the reader takes from the ring at once: 1,024 trace records (~5 ms to decode)."""
+HOLDOFF_S = 0.01
+"""After a drain that emptied the ring, how long the reader leaves the ring's fd alone: the most
+an event waits before it is read (see the module doc); at most 1/HOLDOFF_S drains a second."""
 RowsSink = Callable[[npt.NDArray[np.void]], tuple[int, bool]]
 """Takes trace records as numpy rows; returns (rows taken, full after them)."""
 _EVENT_TYPES: dict[int, MonitorEventType] = {MESSAGE_TYPES[t]: t for t in MONITOR_EVENT_TYPES}
@@ -129,6 +137,9 @@ class Monitor:
         self._drain_hooks: list[Callable[[], None]] = []
         self._rb: RingBuffer | None = None
         self._paused = False
+        self._armed = False
+        """The ring's fd is in the loop (not while paused or holding off after a drain)."""
+        self._holdoff: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ifnames: dict[int, str] = {}
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -157,12 +168,27 @@ class Monitor:
         if not self._paused or self._rb is None or self._loop is None:
             return
         self._paused = False
-        self._loop.add_reader(self._rb.epoll_fd(), self._drain)
         self._loop.call_soon(self._drain)
 
     def _pause(self) -> None:
         if not self._paused and self._rb is not None and self._loop is not None:
             self._paused = True
+            self._disarm()
+
+    def _arm(self) -> None:
+        """Waits on the ring's fd (level-triggered: records written meanwhile wake it at once)."""
+        self._holdoff = None
+        if self._armed or self._paused or self._rb is None or self._loop is None:
+            return
+        self._armed = True
+        self._loop.add_reader(self._rb.epoll_fd(), self._drain)
+
+    def _disarm(self) -> None:
+        if self._holdoff is not None:
+            self._holdoff.cancel()
+            self._holdoff = None
+        if self._armed and self._rb is not None and self._loop is not None:
+            self._armed = False
             self._loop.remove_reader(self._rb.epoll_fd())
 
     def add_drain_hook(self, hook: Callable[[], None]) -> None:
@@ -173,13 +199,11 @@ class Monitor:
         """Starts reading, backlog first: every sink must be added before (see module doc)."""
         self._loop = asyncio.get_running_loop()
         self._rb = RingBuffer(self._dp.events_map.fd)
-        self._loop.add_reader(self._rb.epoll_fd(), self._drain)
         self._drain()
 
     def stop(self) -> None:
         if self._rb is not None and self._loop is not None:
-            if not self._paused:
-                self._loop.remove_reader(self._rb.epoll_fd())
+            self._disarm()
             self._rb.close()
             self._rb = None
 
@@ -192,10 +216,14 @@ class Monitor:
         self._subs.discard(q)
 
     def _drain(self) -> None:
-        if self._rb is None:
+        """One batch, then: paused (a sink is full) until :meth:`resume`; the next batch at
+        the loop's next turn when records remain; else the fd again after the hold-off."""
+        if self._rb is None or self._loop is None or self._paused:
             return
+        self._disarm()
+        emptied = False
         try:
-            self._read_batch()
+            emptied = self._read_batch()
         except Exception:
             log.exception("ring buffer consumption failed")
         for hook in self._drain_hooks:
@@ -203,14 +231,21 @@ class Monitor:
                 hook()
             except Exception:
                 log.exception("ring buffer drain hook %r failed", hook)
+        if self._paused or self._rb is None:
+            return
+        if emptied:
+            self._holdoff = self._loop.call_later(HOLDOFF_S, self._arm)
+        else:
+            self._arm()  # records remain: the fd is readable, the next batch at the next turn
 
-    def _read_batch(self) -> None:
+    def _read_batch(self) -> bool:
         """One batch: the ring's records between the consumer and producer positions, decoded
         at once (``decode_batch``), handed over in order; the ring is advanced past what was
         taken, so when a sink fills up the rest stays in the ring (see the module doc). One
         batch of at most :data:`READ_BATCH_BYTES` per wake-up: the ring's fd stays readable
         while records remain, so the loop's other work runs between batches, and a backlog of
-        megabytes is not decoded whole when a sink has room for a fraction of it."""
+        megabytes is not decoded whole when a sink has room for a fraction of it. True when
+        the batch read up to the producer (the ring was emptied)."""
         assert self._rb is not None
         span = self._rb.peek(READ_BATCH_BYTES)
         rows_sink = self._rows_sinks[0] if len(self._rows_sinks) == 1 else None
@@ -228,20 +263,22 @@ class Monitor:
             if full or taken < len(rows):
                 self._rb.advance(taken * TRACE_RECORD_STRIDE)
                 self._pause()
-                return
+                return False
             self._rb.advance(len(span))
             if len(span) < READ_BATCH_BYTES:
                 self.caught_up = True
-            return
+            return len(span) < READ_BATCH_BYTES
         batch = decode_batch(span)
         for index, event in enumerate(batch.events):
             if self._on_event(event):
                 self._rb.advance(batch.ends[index])
                 self._pause()
-                return
+                return False
         self._rb.advance(batch.end)
         if len(span) < READ_BATCH_BYTES:  # read up to the producer: the ring was emptied
             self.caught_up = True
+            return True
+        return False
 
     def _on_event(self, raw: RawEvent | ValueError) -> bool:
         """Hands one record's event to the sinks and subscribers; True when a sink is full."""

@@ -203,6 +203,7 @@ def test_published_records_reach_every_sink_and_a_full_one_pauses() -> None:
     removed: list[int] = []
     monitor._rb = SimpleNamespace(epoll_fd=lambda: 42)  # type: ignore[assignment]
     monitor._loop = SimpleNamespace(remove_reader=removed.append)  # type: ignore[assignment]
+    monitor._armed = True  # waiting on the ring's fd, as a started reader between drains
     monitor.add_sink(lambda _ev: False)  # full after this one
     monitor.publish(rec)
     assert len(got) == 2 and monitor.paused and removed == [42]  # the ring reader waits
