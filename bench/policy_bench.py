@@ -68,7 +68,13 @@ from ciliary.core.models import Endpoint, EndpointState
 from ciliary.datapath.libbpf import BPFObject, Map
 from ciliary.datapath.linux import bpffs, netns
 from ciliary.datapath.loader import NodeDatapath
-from ciliary.datapath.maps.policy import EndpointPolicyMap, PolicyKey, PolicyMaps
+from ciliary.datapath.maps.policy import (
+    REVISION_MAP,
+    EndpointPolicyMap,
+    PolicyKey,
+    PolicyMaps,
+    PolicyRevision,
+)
 from ciliary.lab import manager
 from ciliary.policy.api import Policy, parse_policy_documents
 from ciliary.policy.identity import Identity
@@ -293,8 +299,8 @@ def _policy_maps() -> Iterator[PolicyMaps]:
     obj = BPFObject.open(LXC_OBJECT, pin_dir=pin_dir)
     try:
         obj.load()
-        with obj.map("ciliary_policy") as outer:
-            yield PolicyMaps(outer, pin_dir)
+        with obj.map("ciliary_policy") as outer, obj.map(REVISION_MAP) as rev:
+            yield PolicyMaps(outer, pin_dir, PolicyRevision(rev))
     finally:
         obj.close()
         shutil.rmtree(pin_dir, ignore_errors=True)

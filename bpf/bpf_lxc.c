@@ -149,10 +149,16 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	}
 
 	/* Policy: replies of allowed connections pass on conntrack; everything else is checked
-	 * against the sender's egress policy and, for a local receiver, its ingress policy. */
+	 * against the sender's egress policy and, for a local receiver, its ingress policy (an
+	 * established packet whose verdict conntrack holds for the current policy revision, and
+	 * that reports nothing, is not checked again: lib/policy.h). */
 	struct policy_verdict pv_out = {};
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
-	if (!skip_policy) {
+	__u32 rev = policy_revision();
+	if (!skip_policy && ct.state == CT_ESTABLISHED && !ct.report && ct.entry &&
+	    policy_cached(ct.entry, rev, src_id, dst_id, POLICY_CACHED_EGRESS)) {
+		/* allowed at this revision, no proxy: pv_out stays empty */
+	} else if (!skip_policy) {
 		ret = policy_check(src_ep, dst_id, POLICY_EGRESS, p, &pv_out);
 		if (pv_out.enforced && (ret < 0 || ct.state == CT_NEW))
 			policy_verdict_notify(skb, p, src_ep, dst ? dst->ep_id : 0, src_id, dst_id,
@@ -164,6 +170,8 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 					   dst_id, OBS_FROM_ENDPOINT, pv_out.cookie, pv_out.match,
 					   TRAFFIC_EGRESS);
 		}
+		if (ct.entry && !pv_out.proxy_port)
+			policy_cache(ct.entry, rev, src_id, dst_id, POLICY_CACHED_EGRESS);
 	}
 
 	/* L7 (lib/proxy.h): a new connection whose egress entry names a proxy goes to it for its

@@ -198,7 +198,8 @@ struct ct_entry {
 	__u16 rev_nat_index; /* the service frontend the client addressed (lib/lb.h), 0 = none */
 	__u16 proxy_port;   /* CT_F_PROXY_REDIRECT: the proxy's port, network order */
 	__u32 backend_id;   /* service entry: the backend this connection was given */
-	__u32 pad2;
+	__u32 policy_rev;   /* the policy verdicts this node's forward packets passed: the policy
+			     * revision they were checked at << 2 | POLICY_CACHED_* (lib/policy.h) */
 };
 
 /* Inner key of ciliary_policy (LPM trie): prefixlen counts the bits after it; sec_label is always

@@ -77,7 +77,11 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 	__builtin_memcpy(dmac, dst->mac, 6);
 	__builtin_memcpy(smac, dst->node_mac, 6);
 	__u16 dst_ep = dst->ep_id;
-	if (!skip_policy) {
+	__u32 rev = skip_policy ? 0 : policy_revision();
+	if (!skip_policy && ct->state == CT_ESTABLISHED && !ct->report && ct->entry &&
+	    policy_cached(ct->entry, rev, src_id, dst_id, POLICY_CACHED_INGRESS)) {
+		/* allowed at this revision, no proxy (lib/policy.h): pv_in stays empty */
+	} else if (!skip_policy) {
 		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, p, &pv_in);
 		if (pv_in.enforced && (ret < 0 || ct->state == CT_NEW))
 			policy_verdict_notify(skb, p, ev_ep, dst_ep, src_id, dst_id, pv_in.cookie,
@@ -93,6 +97,8 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 		ret = proxy_ingress(skb, p, ct, ev_ep, src_id, dst_id, &pv_in);
 		if (ret)
 			return ret;
+		if (ct->entry && !pv_in.proxy_port)
+			policy_cache(ct->entry, rev, src_id, dst_id, POLICY_CACHED_INGRESS);
 	}
 	trace_meta(&m, ct, ev_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
 		   pv_in.enforced ? &pv_in : pv_out, TRAFFIC_INGRESS);

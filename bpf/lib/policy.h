@@ -60,6 +60,60 @@ struct {
 	__array(values, struct policy_inner);
 } ciliary_policy SEC(".maps");
 
+/* The node's policy revision (ciliary_policy_rev[0]): the agent raises it after each write of
+ * any endpoint's policy (its entries, its inner map linked or unlinked: datapath/maps/policy.py),
+ * never to 0. A connection's conntrack entry remembers the revision its forward packets passed
+ * policy at, per direction (policy_rev, POLICY_CACHED_*), with the identities it was opened with;
+ * an established packet whose revision and identities are still those, whose connection has no
+ * L7 proxy and which reports no event skips the check: the verdict could not have changed. Any
+ * policy write changes the revision, so the next packet of every established connection is
+ * checked again: a policy change still reaches open connections at their next packet, as when
+ * every packet was checked (upstream checks each non-reply packet). What it leaves out: the
+ * entries' packet/byte counters count a connection's packets while they are checked (its first,
+ * those after a policy write or an identity change, those reported under aggregation). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_policy_rev SEC(".maps");
+
+#define POLICY_CACHED_EGRESS 0x1  /* the sender's egress policy allowed (no proxy) */
+#define POLICY_CACHED_INGRESS 0x2 /* the local receiver's ingress policy allowed (no proxy) */
+#define POLICY_REV_MASK 0x3fffffff
+
+/* The current revision, 0 while the agent has written no policy (nothing is cached then). */
+static __always_inline __u32 policy_revision(void)
+{
+	__u32 zero = 0;
+	__u32 *rev = bpf_map_lookup_elem(&ciliary_policy_rev, &zero);
+	return rev ? *rev & POLICY_REV_MASK : 0;
+}
+
+/* Whether an established packet of `e` with identities (src_id, dst_id) passed `which`
+ * (POLICY_CACHED_*) at revision `rev` already: its check can be skipped. */
+static __always_inline int policy_cached(const struct ct_entry *e, __u32 rev, __u32 src_id,
+					 __u32 dst_id, __u32 which)
+{
+	return rev && e->policy_rev == ((rev << 2) | (e->policy_rev & 3)) &&
+	       (e->policy_rev & which) && e->src_sec_id == src_id && e->dst_sec_id == dst_id &&
+	       !(e->flags & CT_F_PROXY_REDIRECT);
+}
+
+/* Remembers that `which` allowed the connection at `rev` (read before the check, so a write the
+ * check may have missed leaves a newer revision behind), as one 32-bit store: a concurrent
+ * packet of the connection may overwrite it, which only costs a check. */
+static __always_inline void policy_cache(struct ct_entry *e, __u32 rev, __u32 src_id,
+					 __u32 dst_id, __u32 which)
+{
+	if (!rev || e->src_sec_id != src_id || e->dst_sec_id != dst_id)
+		return;
+	__u32 old = e->policy_rev;
+	__u32 keep = (old >> 2) == rev ? old & 3 : 0;
+	e->policy_rev = (rev << 2) | keep | which;
+}
+
 struct policy_verdict {
 	__u32 cookie;
 	__u8 match;

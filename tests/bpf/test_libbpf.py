@@ -233,6 +233,7 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_events",
         "ciliary_events_lost",
         "ciliary_policy",
+        "ciliary_policy_rev",
         "ciliary_lb4_services",
         "ciliary_lb6_services",
         "ciliary_lb4_backends",

@@ -34,7 +34,7 @@ from ciliary.datapath.maps.events import EventsLostMap
 from ciliary.datapath.maps.ipcache import IPCacheMap
 from ciliary.datapath.maps.lb import LB_MAPS, LBMaps
 from ciliary.datapath.maps.nat import NAT_CONFIG_MAP, NAT_MAPS, NATConfigMap, NATRecord, nat_records
-from ciliary.datapath.maps.policy import PolicyMaps
+from ciliary.datapath.maps.policy import REVISION_MAP, PolicyMaps, PolicyRevision
 
 BPF_FS = Path("/sys/fs/bpf")
 PIN_ROOT = BPF_FS / "ciliary"
@@ -129,7 +129,9 @@ class NodeDatapath:
         self.ct = CTMap(self._maps["ciliary_ct"])
         self.config = ConfigMap(self._maps["ciliary_config"])
         self.events_lost = EventsLostMap(self._maps["ciliary_events_lost"])
-        self.policy = PolicyMaps(self._maps["ciliary_policy"], self.pin_dir)
+        self.policy = PolicyMaps(
+            self._maps["ciliary_policy"], self.pin_dir, PolicyRevision(self._maps[REVISION_MAP])
+        )
         self.lb = LBMaps(self._maps)
 
     @property
@@ -236,7 +238,10 @@ class NodeDatapath:
             info = m.info
             if name in (EVENTS_MAP,) or name.endswith(".bss") or name.endswith(".rodata"):
                 continue
-            if name in ("ciliary_config", "ciliary_events_lost", "ciliary_policy", NAT_CONFIG_MAP):
+            if name in (
+                "ciliary_config", "ciliary_events_lost", "ciliary_policy", REVISION_MAP,
+                NAT_CONFIG_MAP,
+            ):  # fmt: skip
                 continue
             out.append(MapUsage(name, m.count(), info.max_entries))
         return out

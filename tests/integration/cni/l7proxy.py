@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 from dataclasses import replace
 
-from ciliary.datapath.libbpf import Map
 from ciliary.datapath.maps.policy import EndpointPolicyMap
 
 from .conftest import PIN_ROOT, PYTHON
@@ -143,7 +142,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 def point_to(node: str, ep_id: int, tcp_port: int, udp_port: int) -> None:
     """Point the redirecting entries of endpoint ``ep_id``'s policy map (node ``node``'s pin) at
     the stand-in's ports: the agent's own proxies hold the ports it allocated."""
-    inner = EndpointPolicyMap(Map.from_pin(PIN_ROOT / node / f"ciliary_policy_{ep_id}"))
+    inner = EndpointPolicyMap.from_pin(PIN_ROOT / node / f"ciliary_policy_{ep_id}")
     try:
         for key, value in inner.current().items():
             if value.proxy_port:

@@ -87,7 +87,7 @@ class CTEntryC(ctypes.Structure):
         ("rev_nat_index", ctypes.c_uint16),
         ("proxy_port", ctypes.c_uint16),
         ("backend_id", ctypes.c_uint32),
-        ("pad2", ctypes.c_uint32),
+        ("policy_rev", ctypes.c_uint32),
     ]
 
 

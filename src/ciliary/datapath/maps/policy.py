@@ -14,6 +14,12 @@ Each of the four steps is one ``BPF_MAP_*_BATCH`` syscall (the LPM trie batches 
 entries it moves; a :class:`PolicyChange` is converted to the kernel's bytes once, however many
 endpoints' maps it is written to (the agent hands the same change to every endpoint whose map
 state moved the same way).
+
+Revision contract: after each write (entries written or deleted, an inner map linked or
+unlinked) the node's policy revision (``ciliary_policy_rev``, :class:`PolicyRevision`) is
+raised. The datapath skips the policy check of an established connection's packet whose verdict
+its conntrack entry holds for the current revision (``bpf/lib/policy.h``), so a write that did
+not raise it would not reach open connections.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from pathlib import Path
 
 from ciliary.datapath.libbpf import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_LPM_TRIE, Map, map_create
 
+REVISION_MAP = "ciliary_policy_rev"
+REVISION_MASK = 0x3FFFFFFF  # the datapath keeps 30 bits of it in a conntrack entry
 POLICY_F_DENY = 0x1
 FULL_PREFIX = 64
 _BASE_PREFIX = 40  # identity (32) + direction (8)
@@ -171,23 +179,66 @@ class PolicyChange:
         return self._batches
 
 
+class PolicyRevision:
+    """The node's policy revision, ``ciliary_policy_rev[0]`` (over a :class:`Map` it does not
+    own): raised after every policy write, never to 0 (the datapath caches nothing at 0). Read
+    back before each raise, so that writers of other processes (tests, benchmarks writing a
+    pinned map) never hand out a value again."""
+
+    _KEY = (0).to_bytes(4, "little")
+
+    def __init__(self, m: Map) -> None:
+        self._map = m
+
+    def current(self) -> int:
+        raw = self._map.lookup(self._KEY)
+        return int.from_bytes(raw[:4], "little") if raw else 0
+
+    def bump(self) -> int:
+        nxt = (self.current() + 1) & REVISION_MASK or 1
+        self._map.update(self._KEY, nxt.to_bytes(4, "little"))
+        return nxt
+
+
 class EndpointPolicyMap:
     """The inner LPM map of one endpoint. ``shared``: the handle :class:`PolicyMaps` keeps
-    open and hands out again; closing it is a no-op (``PolicyMaps.remove`` closes it)."""
+    open and hands out again; closing it is a no-op (``PolicyMaps.remove`` closes it).
+    ``revision``: raised after each write (the revision contract above)."""
 
-    def __init__(self, m: Map, *, shared: bool = False) -> None:
+    def __init__(
+        self, m: Map, *, shared: bool = False, revision: PolicyRevision | None = None
+    ) -> None:
         self._map = m
         self._shared = shared
+        self._revision = revision
+        self._revision_map: Map | None = None  # from_pin's own handle of the revision map
+
+    @classmethod
+    def from_pin(cls, path: Path) -> EndpointPolicyMap:
+        """A pinned inner map (``ciliary_policy_<id>``) opened by another process than the
+        agent's (tests, benchmarks), raising the revision pinned next to it on each write."""
+        rev_pin = path.parent / REVISION_MAP
+        rev_map = Map.from_pin(rev_pin) if rev_pin.exists() else None
+        inner = cls(Map.from_pin(path), revision=PolicyRevision(rev_map) if rev_map else None)
+        inner._revision_map = rev_map
+        return inner
 
     @property
     def map(self) -> Map:
         return self._map
 
+    def _written(self) -> None:
+        if self._revision is not None:
+            self._revision.bump()
+
     def upsert(self, key: PolicyKey, value: PolicyValue) -> None:
         self._map.update(key.c_bytes, _entry_bytes(value, key.prefixlen))
+        self._written()
 
     def delete(self, key: PolicyKey) -> bool:
-        return self._map.delete(key.c_bytes)
+        found = self._map.delete(key.c_bytes)
+        self._written()
+        return found
 
     def items(self) -> list[PolicyEntryRecord]:
         out = []
@@ -236,11 +287,15 @@ class EndpointPolicyMap:
             self._map.update_batch(allow_new)
         if deny_gone:
             self._map.delete_batch(deny_gone)
+        if change.changed or change.stale:
+            self._written()
         return len(change.changed), len(change.stale)
 
     def close(self) -> None:
         if not self._shared:
             self._map.close()
+            if self._revision_map is not None:
+                self._revision_map.close()
 
 
 class PolicyMaps:
@@ -251,10 +306,15 @@ class PolicyMaps:
     info, close) cost each of them as much as the write itself. Handles are shared: their
     ``close()`` is a no-op; :meth:`remove` and :meth:`prune` close them."""
 
-    def __init__(self, outer: Map, pin_dir: Path) -> None:
+    def __init__(self, outer: Map, pin_dir: Path, revision: PolicyRevision | None = None) -> None:
         self._outer = outer
         self._pin_dir = pin_dir
+        self._revision = revision
         self._open: dict[int, EndpointPolicyMap] = {}
+
+    def _linked(self) -> None:
+        if self._revision is not None:
+            self._revision.bump()
 
     def _pin(self, ep_id: int) -> Path:
         return self._pin_dir / f"ciliary_policy_{ep_id}"
@@ -269,7 +329,9 @@ class PolicyMaps:
         path = self._pin(ep_id)
         if not path.exists():
             return None
-        found = self._open[ep_id] = EndpointPolicyMap(Map.from_pin(path), shared=True)
+        found = self._open[ep_id] = EndpointPolicyMap(
+            Map.from_pin(path), shared=True, revision=self._revision
+        )
         return found
 
     def _forget(self, ep_id: int) -> None:
@@ -291,24 +353,27 @@ class PolicyMaps:
             linked = self._outer.lookup(key)
             if linked is None or int.from_bytes(linked[:4], "little") != existing.map.info.id:
                 self._outer.update(key, existing.map.fd.to_bytes(4, "little"))
+                self._linked()
             return existing
         m = map_create(
             BPF_MAP_TYPE_LPM_TRIE, f"cil_pol_{ep_id}",
             ctypes.sizeof(PolicyKeyC), ctypes.sizeof(PolicyEntryC),
             INNER_MAX_ENTRIES, flags=BPF_F_NO_PREALLOC,
         )  # fmt: skip
-        inner = EndpointPolicyMap(m, shared=True)
+        inner = EndpointPolicyMap(m, shared=True, revision=self._revision)
         if initial:
             inner.apply(initial)
         path = self._pin(ep_id)
         m.pin(path)
         self._open[ep_id] = inner
         self._outer.update(self._outer_key(ep_id), m.fd.to_bytes(4, "little"))
+        self._linked()
         return inner
 
     def remove(self, ep_id: int) -> None:
         """Stop enforcing (outer entry first), then drop the pin."""
         self._outer.delete(self._outer_key(ep_id))
+        self._linked()
         self._forget(ep_id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._pin(ep_id))

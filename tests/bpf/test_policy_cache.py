@@ -1,0 +1,217 @@
+"""The policy verdict an established connection's conntrack entry holds (bpf/lib/policy.h).
+
+An established packet whose connection passed policy at the node's current policy revision, with
+the same identities, is not checked again; every policy write raises the revision
+(``datapath/maps/policy.py``), so a change still reaches open connections at their next packet.
+cil_from_container runs by BPF_PROG_TEST_RUN on crafted segments between two local endpoints
+(the receiver's ingress policy: lib/deliver.h), in a netns holding their lxc devices.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Iterator
+from ipaddress import IPv4Address, ip_network
+from pathlib import Path
+
+import pytest
+
+from ciliary.datapath.libbpf import BPFObject, Map
+from ciliary.datapath.maps import EP_F_READY, ConfigMap, CTMap, EndpointMap, IPCacheMap
+from ciliary.datapath.maps.config import MONITOR_AGG_MEDIUM
+from ciliary.datapath.maps.policy import (
+    REVISION_MAP,
+    EndpointPolicyMap,
+    PolicyKey,
+    PolicyMaps,
+    PolicyRevision,
+    PolicyValue,
+)
+
+from .test_libbpf import LXC_OBJECT, in_netns, tcp_frame
+
+pytestmark = pytest.mark.privileged
+
+TC_ACT_SHOT = 2
+TC_ACT_REDIRECT = 7
+SYN, ACK = 0x02, 0x10
+CLIENT, SERVER = IPv4Address("10.99.0.2"), IPv4Address("10.99.0.1")
+CLIENT_ID, SERVER_ID, OTHER_ID = 1234, 5678, 9999
+CLIENT_EP, SERVER_EP = 7, 8
+ALLOW = PolicyValue(deny=False, cookie=0)
+CLIENT_ON_80 = PolicyKey(CLIENT_ID, False, 6, 80, 16)
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_PROG_TEST_RUN = 10
+
+
+class _TestRunAttr(ctypes.Structure):
+    U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+    _fields_ = [
+        ("prog_fd", U32), ("retval", U32), ("data_size_in", U32), ("data_size_out", U32),
+        ("data_in", U64), ("data_out", U64), ("repeat", U32), ("duration", U32),
+        ("ctx_size_in", U32), ("ctx_size_out", U32), ("ctx_in", U64), ("ctx_out", U64),
+        ("flags", U32), ("cpu", U32), ("batch_size", U32), ("pad", U32),
+    ]  # fmt: skip
+
+
+def _test_run(prog_fd: int, frame: bytes, ifindex: int) -> int:
+    """One run of the program on ``frame`` arriving on ``ifindex``; its return value."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    data = ctypes.create_string_buffer(frame, len(frame))
+    out = ctypes.create_string_buffer(len(frame) + 256)
+    ctx = ctypes.create_string_buffer(192)  # struct __sk_buff
+    struct.pack_into("<I", ctx, 40, ifindex)  # .ifindex
+    attr = _TestRunAttr(
+        prog_fd=prog_fd, data_size_in=len(frame), data_in=ctypes.addressof(data),
+        data_size_out=len(out), data_out=ctypes.addressof(out), repeat=1,
+        ctx_size_in=192, ctx_in=ctypes.addressof(ctx),
+    )  # fmt: skip
+    if libc.syscall(_SYS_BPF[platform.machine()], _BPF_PROG_TEST_RUN, ctypes.byref(attr),
+                    ctypes.sizeof(attr)) < 0:  # fmt: skip
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(attr.retval)
+
+
+@pytest.fixture
+def two_lxc() -> Iterator[tuple[str, int, int]]:
+    """A netns with the client's and the server's node-side devices (lxc0, lxc1): its name and
+    their ifindexes."""
+    name = f"cilt-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for i in (0, 1):
+            subprocess.run(["ip", "-n", name, "link", "add", f"lxc{i}", "type", "veth", "peer",
+                            "name", f"peer{i}"], check=True)  # fmt: skip
+            subprocess.run(["ip", "-n", name, "link", "set", f"lxc{i}", "up"], check=True)
+        c, s = in_netns(name, lambda: tuple(map(socket.if_nametoindex, ("lxc0", "lxc1"))))
+        yield name, c, s
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def node() -> Iterator[tuple[BPFObject, Path]]:
+    subprocess.run(["make", "-s", "-C", str(LXC_OBJECT.parent)], check=True)
+    pin_dir = Path("/sys/fs/bpf") / f"ciliary-test-{secrets.token_hex(6)}"
+    obj = BPFObject.open(LXC_OBJECT, pin_dir=pin_dir)
+    try:
+        obj.load()
+        yield obj, pin_dir
+    finally:
+        obj.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+def test_a_policy_write_reaches_established_connections_whose_verdict_conntrack_holds(
+    node: tuple[BPFObject, Path], two_lxc: tuple[str, int, int]
+) -> None:
+    obj, pin_dir = node
+    ns, client_if, server_if = two_lxc
+    prog = obj.program_fd("cil_from_container")
+    with (
+        obj.map("ciliary_lxc") as lxc, obj.map("ciliary_ipcache") as ipcache,
+        obj.map("ciliary_config") as config, obj.map("ciliary_ct") as ctmap,
+        obj.map("ciliary_policy") as outer, obj.map(REVISION_MAP) as rev_map,
+    ):  # fmt: skip
+        eps = EndpointMap(lxc)
+        for addr, ifindex, sec_id, ep_id in (
+            (CLIENT, client_if, CLIENT_ID, CLIENT_EP), (SERVER, server_if, SERVER_ID, SERVER_EP)
+        ):  # fmt: skip
+            eps.upsert(addr, ifindex=ifindex, sec_id=sec_id, ep_id=ep_id, flags=EP_F_READY,
+                       mac="02:aa:bb:cc:dd:01", node_mac="02:aa:bb:cc:dd:02")  # fmt: skip
+            IPCacheMap(ipcache).upsert(ip_network(f"{addr}/32"), sec_id)
+        ConfigMap(config).set(MONITOR_AGG_MEDIUM, 0)
+        revision = PolicyRevision(rev_map)
+        maps = PolicyMaps(outer, pin_dir, revision)
+        maps.ensure(SERVER_EP, {CLIENT_ON_80: ALLOW})  # the server admits the client on 80
+        assert revision.current() > 0
+
+        def run(src: IPv4Address, dst: IPv4Address, sport: int, dport: int, flags: int) -> int:
+            ifindex = client_if if src == CLIENT else server_if
+            frame = tcp_frame(src, dst, sport, dport, flags)
+            return in_netns(ns, lambda: _test_run(prog, frame, ifindex))
+
+        def request(sport: int) -> int:
+            return run(CLIENT, SERVER, sport, 80, ACK)
+
+        def counted() -> int:
+            (rec,) = [r for r in EndpointPolicyMap(maps.get(SERVER_EP).map).items()]  # type: ignore[union-attr]
+            return rec.packets
+
+        def connect(sport: int) -> None:
+            assert run(CLIENT, SERVER, sport, 80, SYN) == TC_ACT_REDIRECT
+            assert run(SERVER, CLIENT, 80, sport, SYN | ACK) == TC_ACT_REDIRECT
+            assert request(sport) == TC_ACT_REDIRECT
+
+        # the verdict is held: established requests pass without a policy lookup (the allow
+        # entry counts the packets that were checked: the SYN only)
+        connect(40001)
+        checked = counted()
+        assert [request(40001) for _ in range(3)] == [TC_ACT_REDIRECT] * 3
+        assert counted() == checked
+        (entry,) = [r for r in CTMap(ctmap).items() if r.sport == 40001]
+        assert entry.flags & 0x4  # CT_F_REPLY_SEEN: established
+
+        # a write that does not raise the revision (breaking the contract) is not seen by the
+        # held verdict: the revision is what carries a change to open connections
+        EndpointPolicyMap(maps.get(SERVER_EP).map).delete(CLIENT_ON_80)  # type: ignore[union-attr]
+        assert request(40001) == TC_ACT_REDIRECT
+        maps.get(SERVER_EP).upsert(CLIENT_ON_80, ALLOW)  # type: ignore[union-attr]
+
+        # the agent's write (the allow removed) reaches the open connection at its next packet
+        maps.get(SERVER_EP).apply({})  # type: ignore[union-attr]
+        assert request(40001) == TC_ACT_SHOT
+        maps.get(SERVER_EP).apply({CLIENT_ON_80: ALLOW})  # type: ignore[union-attr]
+        assert request(40001) == TC_ACT_REDIRECT
+
+        # the sender's egress enforced from now on (its map linked, nothing allowed): dropped
+        connect(40002)
+        maps.ensure(CLIENT_EP, {})
+        assert request(40002) == TC_ACT_SHOT
+        maps.remove(CLIENT_EP)
+        assert request(40002) == TC_ACT_REDIRECT
+
+        # the client's identity changed (no policy write): checked again, and denied
+        connect(40003)
+        eps.upsert(CLIENT, ifindex=client_if, sec_id=OTHER_ID, ep_id=CLIENT_EP, flags=EP_F_READY,
+                   mac="02:aa:bb:cc:dd:01", node_mac="02:aa:bb:cc:dd:02")  # fmt: skip
+        assert request(40003) == TC_ACT_SHOT
+
+
+def test_the_revision_is_raised_by_every_write_and_never_is_zero(
+    node: tuple[BPFObject, Path],
+) -> None:
+    obj, pin_dir = node
+    with obj.map(REVISION_MAP) as rev_map, obj.map("ciliary_policy") as outer:
+        revision = PolicyRevision(rev_map)
+        assert revision.current() == 0
+        maps = PolicyMaps(outer, pin_dir, revision)
+        inner = maps.ensure(SERVER_EP, {CLIENT_ON_80: ALLOW})
+        seen = revision.current()
+        inner.apply({CLIENT_ON_80: ALLOW})  # nothing differs: nothing written, not raised
+        assert revision.current() == seen
+        inner.apply({})
+        assert revision.current() == seen + 1
+        maps.remove(SERVER_EP)
+        assert revision.current() == seen + 2
+        # another process's handle on the pinned map raises the same revision
+        maps.ensure(SERVER_EP, {})
+        pinned = EndpointPolicyMap.from_pin(pin_dir / f"ciliary_policy_{SERVER_EP}")
+        try:
+            before = revision.current()
+            pinned.upsert(CLIENT_ON_80, ALLOW)
+            assert revision.current() == before + 1
+        finally:
+            pinned.close()
+        rev_map.update((0).to_bytes(4, "little"), (0x3FFFFFFF).to_bytes(4, "little"))
+        assert revision.bump() == 1  # wraps past 0
+    with Map.from_pin(pin_dir / REVISION_MAP) as m:
+        assert PolicyRevision(m).current() == 1
