@@ -85,11 +85,17 @@ static __always_inline int ct_should_report(struct ct_entry *e, __u8 seen_before
 /* A SYN (without ACK) on the tuple of a connection that is closing opens a new connection, as
  * upstream's ACTION_CREATE on a closing entry: the tuple was reused (a client's port comes round
  * again while the server side still holds the old one), so the packet is treated as new (policy
- * checked again, a fresh entry whose flags are reported), not as a packet of the old one. */
+ * checked again, a fresh entry whose flags are reported), not as a packet of the old one.
+ * So does one on the tuple of an L7 proxy's upstream connection (CT_F_PROXY_UPSTREAM,
+ * lib/proxy.h): the proxy speaks as the pod from a port of its own, which the pod's kernel
+ * cannot see, so the pod may pick that port for a new connection to the same destination. In
+ * the proxy's entry (no proxy port) its SYN found no socket to go to and was dropped, every
+ * retransmission too; as the pod's own entry the proxy's connection keeps working (its replies
+ * go to its socket by the tuple, CT_F_PROXY_REDIRECT). */
 static __always_inline int ct_syn_reopens(const struct pkt *p, const struct ct_entry *e)
 {
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
-	       (e->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING));
+	       (e->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING | CT_F_PROXY_UPSTREAM));
 }
 
 static __always_inline void ct_build_key(struct ct_key *k, const struct pkt *p, int reverse)

@@ -19,6 +19,7 @@ is dropped (fail closed) and Hubble names the reason (178, SOCKET_LOOKUP_FAILED)
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -225,3 +226,132 @@ def test_without_a_proxy_listening_the_connection_is_dropped(node: Node) -> None
     while not dropped():
         assert time.monotonic() < deadline, "no SOCKET_LOOKUP_FAILED drop in Hubble"
         time.sleep(0.2)
+
+
+# A proxy that keeps its upstream connections, as Envoy's connection pool does: a transparent TCP
+# listener (argv 1) in the node netns that, for each accepted connection, speaks to the
+# original destination over its one connection per (pod address, destination), made as the pod
+# from a port of its own with SO_MARK 0x0A00 (as Envoy's original_src), and answers with the
+# destination's answer and that connection's port. The web pod's side (KEEP_WEB) keeps every
+# connection too and answers each message.
+POOL_PROXY = r"""
+import select, socket, sys
+IP_TRANSPARENT, IPV6_TRANSPARENT = 19, 75
+
+
+def transparent(v6):
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    s.settimeout(2)
+    return s
+
+
+listeners = []
+for wildcard in ("0.0.0.0", "::"):
+    s = transparent(":" in wildcard)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((wildcard, int(sys.argv[1])))
+    s.settimeout(None)
+    s.listen(8)
+    listeners.append(s)
+pool = {}
+print("ready", flush=True)
+while True:
+    for s in select.select(listeners, [], [])[0]:
+        c, peer = s.accept()
+        orig = c.getsockname()[:2]
+        try:
+            up = pool.get((peer[0], orig))
+            if up is None:
+                up = transparent(":" in orig[0])
+                up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x0A00)
+                up.bind((peer[0], 0))
+                up.connect(orig)
+                pool[peer[0], orig] = up
+            up.send(b"hello")
+            answer = f"{up.recv(200).decode()} port {up.getsockname()[1]}"
+        except OSError as err:
+            answer = f"error {type(err).__name__} {err.errno}"
+        c.sendall(answer.encode())
+        c.close()
+"""
+
+KEEP_WEB = r"""
+import select, socket
+listeners, conns = [], []
+for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((wildcard, 80))
+    s.listen(8)
+    listeners.append(s)
+print("ready", flush=True)
+while True:
+    for s in select.select(listeners + conns, [], [])[0]:
+        if s in listeners:
+            conns.append(s.accept()[0])
+        elif s.recv(100):
+            s.sendall(f"web pod 80 from {s.getpeername()[0]}".encode())
+        else:
+            conns.remove(s)
+            s.close()
+"""
+
+# A pod's connection from source port argv 3: its connect time, the pod's SYN retransmissions
+# meanwhile (TcpExt TCPSynRetrans, IPv4 and IPv6) and what it was answered, as JSON.
+FROM_PORT = r"""
+import json, socket, sys, time
+host, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def syn_retransmits():
+    lines = open("/proc/net/netstat").read().splitlines()
+    for head, values in zip(lines[::2], lines[1::2]):
+        if head.startswith("TcpExt:"):
+            return int(dict(zip(head.split()[1:], values.split()[1:]))["TCPSynRetrans"])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", sport))
+s.settimeout(3)
+before, began = syn_retransmits(), time.monotonic()
+try:
+    s.connect((host, port))
+    took = time.monotonic() - began
+    answer = s.recv(200).decode()
+except OSError as err:
+    took, answer = time.monotonic() - began, f"error {type(err).__name__}"
+print(json.dumps([syn_retransmits() - before, round(took, 3), answer]))
+"""
+
+
+def test_a_pod_connection_on_the_tuple_of_the_proxys_upstream_connects_at_once(node: Node) -> None:
+    """The proxy speaks to the destination as the pod from a port of its own and keeps that
+    connection (Envoy's pool); the pod's kernel cannot see the port, so a new connection of the
+    pod to the same destination may come from it. Its SYN must reach the proxy at once (a new
+    conntrack entry: lib/conntrack.h ct_syn_reopens), and the proxy's connection keep working
+    on the same tuple. Before, the SYN was folded into the proxy's entry, found no socket and
+    was dropped, every retransmission too (the l7 bench's stalls: 2 s without an answer)."""
+    point_to(node.agent.node, node.client_ep, TEST_TCP_PORT, TEST_UDP_PORT)
+    proxy = serve(node.agent.netns, POOL_PROXY, str(TEST_TCP_PORT))
+    web = serve(node.web_ns, KEEP_WEB)
+    try:
+        for family in (4, 6):
+            web_ip, client_ip = node.web_ips[family], node.client_ips[family]
+            first = netns_exec(node.client_ns, CLIENT, "tcp", web_ip, "80")
+            found = re.fullmatch(rf"web pod 80 from {re.escape(client_ip)} port (\d+)", first)
+            assert found, first
+            upstream_port = found[1]
+            # from the port of the proxy's upstream connection: the proxy answers at once,
+            # through that same connection (its replies still reach the proxy's socket)
+            retransmits, took, answer = json.loads(
+                netns_exec(node.client_ns, FROM_PORT, web_ip, "80", upstream_port)
+            )
+            assert (retransmits, answer) == (0, first), (took, answer)
+            assert took < 0.5
+    finally:
+        stop(proxy)
+        stop(web)
