@@ -31,13 +31,17 @@ totalling N = 1k, 10k and 65k entries (the per-endpoint map holds 65536). The co
 unchanged after the rounds (nothing regenerated the endpoint meanwhile).
 Also recorded: each ciliary node's agent CPU for every run (it decodes the datapath's events),
 including what it spends after the run on the events left in the ring buffer; every run starts
-once all agents are idle again.
+once all agents are idle again. And b's cil_from_container run time per packet (the kernel's
+bpf_stats: run_time_ns / run_cnt; both directions of a pod-to-pod connection run it) during
+latency and connection-rate runs of their own after the rounds (``program_run_time``: stats on
+for those runs only, so the ratios do not carry the counting's cost).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import subprocess
 import tempfile
 import time
@@ -49,6 +53,7 @@ from typing import Any
 from bench import tools
 from bench.common import cpu_seconds, median, scratch_netns, sh, tag
 from ciliary.datapath.libbpf import Map
+from ciliary.datapath.loader import FROM_CONTAINER
 from ciliary.datapath.maps.ipcache import IPCacheMap
 from ciliary.datapath.maps.policy import EndpointPolicyMap, PolicyKey, PolicyValue
 from ciliary.lab import manager
@@ -58,6 +63,7 @@ SCALE = (1, 1_000, 10_000, 65_000)  # ciliary: policy map entries (+ ipcache ide
 IPTABLES_SCALE = (1, 1_000, 10_000, 65_000)  # iptables: rules in the pod's chain
 SYNTHETIC_IDENTITY = 100_000
 SYNTHETIC_NET = ipaddress.IPv4Network("10.230.0.0/16")
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 PROTO_TCP = 6
 
 BARE, ROUTE, CILIARY, IPTABLES = "bare veth", "route", "ciliary", "iptables"
@@ -76,6 +82,7 @@ class Target:
     server_ip: str
     agent_pid: int | None = None  # ciliary: the node's agent, whose CPU use is recorded
     other_agents: tuple[int, ...] = ()  # across nodes: the other nodes' agents, added to it
+    pin_dir: Path | None = None  # ciliary: the node's pins (its programs' run time per packet)
 
 
 # ---- kernel-only setups -----------------------------------------------------------------------
@@ -201,7 +208,7 @@ def _grow(pin_dir: Path, server_ep: int, total: int) -> tuple[int, int]:
     """Fill the server's policy map up to ``total`` entries and the node's ipcache with one
     identity per added entry; returns (policy entries, ipcache entries)."""
     lo, _ = tools.PORT_RANGE
-    pmap = EndpointPolicyMap(Map.from_pin(pin_dir / f"ciliary_policy_{server_ep}"))
+    pmap = EndpointPolicyMap.from_pin(pin_dir / f"ciliary_policy_{server_ep}")
     ipc_map = Map.from_pin(pin_dir / "ciliary_ipcache")
     try:
         ipc = IPCacheMap(ipc_map)
@@ -240,7 +247,8 @@ def ciliary_lab(connrate: Path, scale: tuple[int, ...]) -> Iterator[list[Target]
                 name = f"b: {CILIARY}" if n == 1 else f"{CILIARY} {k(n)}"
                 stack.enter_context(tools.servers(server.netns, connrate))
                 targets.append(Target(name, CILIARY, entries, tools.enter(client.netns),
-                                      server.ipv4, nrec.agent_pid))  # fmt: skip
+                                      server.ipv4, nrec.agent_pid,
+                                      pin_dir=Path(nrec.pin_dir)))  # fmt: skip
             yield targets
             for i, nrec in enumerate(rec.nodes):
                 server = pods[f"server-{i}"]
@@ -262,6 +270,71 @@ def _counts(pin_dir: Path, server_ep: int) -> tuple[int, int]:
         Map.from_pin(pin_dir / "ciliary_ipcache") as ipc,
     ):
         return pmap.count(), ipc.count()
+
+
+# ---- BPF run time per packet (bpf_stats) -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    """``kernel.bpf_stats_enabled`` on while the run lasts (the kernel then counts each program's
+    run time and runs), its previous value back after."""
+    before = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1\n")
+    try:
+        yield
+    finally:
+        BPF_STATS.write_text(before + "\n")
+
+
+def _bpftool_json(*argv: str) -> Any:
+    out = subprocess.run(
+        ["bpftool", "-j", *argv], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return json.loads(out)
+
+
+def prog_run_stats(pin: Path, *, link: bool = False) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program pinned at ``pin`` (bpftool; zeros while stats are
+    off); ``link``: ``pin`` is a BPF link's (socket-LB's, datapath/socketlb.py), whose program
+    is measured."""
+    if link:
+        info = _bpftool_json(
+            "prog", "show", "id", str(_bpftool_json("link", "show", "pinned", str(pin))["prog_id"])
+        )
+    else:
+        info = _bpftool_json("prog", "show", "pinned", str(pin))
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+class PerPacket:
+    """A measure that also records the run time per run of the program pinned at ``pin``
+    (cil_from_container: per packet; bench/services.py's cil_sock4_connect: per connect()) of
+    each run (ns) of the ``recorded`` targets; the first run of a target (interleave's warm-up)
+    is left out."""
+
+    def __init__(
+        self, measure: Any, pin: Path, recorded: list[Target], *, link: bool = False
+    ) -> None:
+        self.measure, self.pin, self.link = measure, pin, link
+        self.recorded = {t.name for t in recorded}
+        self.samples: dict[str, list[float]] = {}
+        self._warm: set[str] = set()
+
+    def _stats(self) -> tuple[int, int]:
+        return prog_run_stats(self.pin, link=True) if self.link else prog_run_stats(self.pin)
+
+    def __call__(self, target: Target, seconds: float) -> tuple[float, ...]:
+        if target.name not in self.recorded:
+            return tuple(self.measure(target, seconds))
+        ns0, n0 = self._stats()
+        values: tuple[float, ...] = self.measure(target, seconds)
+        ns1, n1 = self._stats()
+        if target.name not in self._warm:
+            self._warm.add(target.name)
+        elif n1 > n0:
+            self.samples.setdefault(target.name, []).append((ns1 - ns0) / (n1 - n0))
+        return values
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -360,9 +433,53 @@ def run(
         samples, agent_cpu = interleave(
             targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log
         )
+        cil = next(t for t in targets if t.kind == CILIARY and t.entries and t.pin_dir)
+        per_packet = program_run_time(cil, metrics, rounds=rounds, seconds=seconds, log=log)
     results = results_of(targets, metrics, samples, rounds=rounds, seconds=seconds)
     results.append(agent_cpu_result(agent_cpu, "the node agent's", GROUP))
+    results += per_packet
     return results
+
+
+PER_PACKET_METRICS = ("rr", "crr")  # established packets (ping-pong); short connections
+
+
+def program_run_time(
+    target: Target,
+    metrics: dict[str, tuple[str, str, bool, Metric]],
+    *,
+    rounds: int,
+    seconds: float,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """cil_from_container's run time per packet (it runs for both directions of a pod-to-pod
+    connection: each side's lxc) during the latency and the connection-rate runs of ``target``,
+    measured after the interleaved rounds, with ``kernel.bpf_stats_enabled`` on for these runs
+    only: the counting costs the programs two clock reads per run, which the ratios above do
+    not carry."""
+    assert target.pin_dir is not None
+    out = []
+    with bpf_stats():
+        for key in PER_PACKET_METRICS:
+            title, _, _, measure = metrics[key]
+            per = PerPacket(measure, target.pin_dir / FROM_CONTAINER, [target])
+            for r in range(rounds + 1):  # the first: PerPacket's warm-up
+                per(target, 1 if r == 0 else seconds)
+            values = per.samples.get(target.name, [])
+            log(f"{GROUP}: {FROM_CONTAINER} ns per packet, {key}: {median(values):.0f}")
+            out.append({
+                "benchmark": f"{target.name}: {FROM_CONTAINER} run time per packet (bpf_stats:"
+                             f" run_time_ns / run_cnt, both directions) during {title}, median"
+                             f" of {rounds} x {seconds}s",
+                "metric": f"bpf-ns-per-packet-{key}",
+                "unit": "ns/packet",
+                "higher_is_better": False,
+                "baseline": None,
+                "values": {target.name: median(values)},
+                "samples": {target.name: values},
+                "group": GROUP,
+            })  # fmt: skip
+    return out
 
 
 def agent_cpu_result(agent_cpu: dict[str, list[float]], whose: str, group: str) -> dict[str, Any]:

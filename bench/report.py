@@ -29,6 +29,7 @@ _METRIC_TITLES = {
     "rr-p99": "TCP request/response latency p99",
     "crr": "TCP connection rate",
 }
+_PER_PACKET_RUNS = {"rr": "latency (sockperf ping-pong)", "crr": "connection-rate"}
 
 
 def _num(v: float) -> str:
@@ -88,6 +89,9 @@ def _agent_cpu_table(res: Result) -> list[str]:
 def datapath_tables(all_results: list[Result]) -> list[str]:
     results = [r for r in all_results if "setups" in r]
     extra = [r for r in all_results if r.get("metric") == "agent-cpu" and r["values"]]
+    per_packet = [
+        r for r in all_results if str(r.get("metric", "")).startswith("bpf-ns-per-packet-")
+    ]
     if not results:
         return []
     first = results[0]
@@ -128,6 +132,13 @@ def datapath_tables(all_results: list[Result]) -> list[str]:
         " full round trip, client and server pinned to one CPU; `bench/connrate.c` (C, compiled"
         " at bench time): connect, 64 B request, 64 B response, close, one connection at a"
         " time, pinned likewise.",
+        *(
+            f"- **b**'s `cil_from_container` per packet (bpf_stats run_time_ns / run_cnt, both"
+            f" directions, stats on for separate runs only) during the"
+            f" {_PER_PACKET_RUNS.get(r['metric'].removeprefix('bpf-ns-per-packet-'), '?')}"
+            f" runs: **{_num(next(iter(r['values'].values())))} ns**"
+            for r in per_packet
+        ),
         "",
         *(line for res in extra for line in [*_agent_cpu_table(res), ""]),
         *scale_table(results),

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import subprocess
 import tempfile
 import time
@@ -58,7 +57,17 @@ from typing import Any
 
 from bench import tools
 from bench.common import median, tag
-from bench.datapath import Metric, Target, interleave, k, lab_yaml, routed, tool_metrics
+from bench.datapath import (
+    Metric,
+    PerPacket,
+    Target,
+    bpf_stats,
+    interleave,
+    k,
+    lab_yaml,
+    routed,
+    tool_metrics,
+)
 from ciliary.datapath import socketlb
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.linux import cgroup
@@ -78,7 +87,6 @@ CLUSTER_CIDR = "10.0.0.0/8"  # iptables: sources outside it are masqueraded (kub
 IPT_VIP = "10.96.0.100"
 PORTS = (tools.SOCKPERF_PORT, tools.CONNRATE_PORT)
 CREATE_CONCURRENCY = 8
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 BPF_PROGRAM = "cil_from_container"  # the tc LB's program: both directions of a pod's packets
 SOCK_PROGRAM = "cil_sock4_connect"  # socket-LB's translation: once per connect()
 PROGRAM_LIMIT_S = 300.0
@@ -293,71 +301,6 @@ def ciliary_lab(connrate: Path, *, socket_lb: bool) -> Iterator[tuple[CiliaryLab
         finally:
             stack.close()
             manager.down(t)
-
-
-# ---- BPF run time per packet (bpf_stats) -------------------------------------------------------
-
-
-@contextlib.contextmanager
-def bpf_stats() -> Iterator[None]:
-    """``kernel.bpf_stats_enabled`` on while the run lasts (the kernel then counts each program's
-    run time and runs), its previous value back after."""
-    before = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1\n")
-    try:
-        yield
-    finally:
-        BPF_STATS.write_text(before + "\n")
-
-
-def _bpftool_json(*argv: str) -> Any:
-    out = subprocess.run(
-        ["bpftool", "-j", *argv], capture_output=True, text=True, check=True, timeout=30
-    ).stdout
-    return json.loads(out)
-
-
-def prog_run_stats(pin: Path, *, link: bool = False) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of the program pinned at ``pin`` (bpftool; zeros while stats are
-    off); ``link``: ``pin`` is a BPF link's (socket-LB's, datapath/socketlb.py), whose program
-    is measured."""
-    if link:
-        info = _bpftool_json(
-            "prog", "show", "id", str(_bpftool_json("link", "show", "pinned", str(pin))["prog_id"])
-        )
-    else:
-        info = _bpftool_json("prog", "show", "pinned", str(pin))
-    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
-
-
-class PerPacket:
-    """A connection-rate measure that also records the node's BPF_PROGRAM run time per packet
-    (or the program of another ``pin``'s, per run of it: SOCK_PROGRAM's per connect()) of each
-    run (ns) of the ``recorded`` targets; the first run of a target (interleave's warm-up) is
-    left out."""
-
-    def __init__(
-        self, measure: Any, pin: Path, recorded: list[Target], *, link: bool = False
-    ) -> None:
-        self.measure, self.pin, self.link = measure, pin, link
-        self.recorded = {t.name for t in recorded}
-        self.samples: dict[str, list[float]] = {}
-        self._warm: set[str] = set()
-
-    def _stats(self) -> tuple[int, int]:
-        return prog_run_stats(self.pin, link=True) if self.link else prog_run_stats(self.pin)
-
-    def __call__(self, target: Target, seconds: float) -> tuple[float, ...]:
-        if target.name not in self.recorded:
-            return tuple(self.measure(target, seconds))
-        ns0, n0 = self._stats()
-        values: tuple[float, ...] = self.measure(target, seconds)
-        ns1, n1 = self._stats()
-        if target.name not in self._warm:
-            self._warm.add(target.name)
-        elif n1 > n0:
-            self.samples.setdefault(target.name, []).append((ns1 - ns0) / (n1 - n0))
-        return values
 
 
 # ---- the run ---------------------------------------------------------------------------------

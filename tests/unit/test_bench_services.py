@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench import services
-from bench.datapath import Target
-from bench.services import IPT_VIP, PORTS, PerPacket, kube_proxy_rules, lab_file
+from bench import datapath
+from bench.datapath import PerPacket, Target
+from bench.services import IPT_VIP, PORTS, kube_proxy_rules, lab_file
 
 from ciliary.lab.schema import parse_lab_text
 
@@ -49,7 +49,7 @@ def test_per_packet_run_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     """ns per packet of the recorded targets' runs from the program's counters around each run;
     a target's first run (the warm-up) and the targets not recorded leave no sample."""
     counters = iter([(0, 0), (1_000, 10), (1_000, 10), (5_000, 30), (5_000, 30), (5_600, 32)])
-    monkeypatch.setattr(services, "prog_run_stats", lambda pin: next(counters))
+    monkeypatch.setattr(datapath, "prog_run_stats", lambda pin: next(counters))
     pod = Target("pod IP", "ciliary", 1, [], "10.0.0.2")
     vip = Target("ClusterIP", "ciliary", 1, [], "10.96.0.5")
     other = Target("iptables", "iptables", 1, [], "10.0.0.3")
@@ -70,9 +70,9 @@ def test_prog_run_stats_of_a_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         ("prog", "show", "id", "41"): {"id": 41, "run_time_ns": 9_000, "run_cnt": 12},
         ("prog", "show", "pinned", str(tmp_path / "p")): {"id": 5, "run_time_ns": 7, "run_cnt": 1},
     }
-    monkeypatch.setattr(services, "_bpftool_json", lambda *argv: answers[argv])
-    assert services.prog_run_stats(pin, link=True) == (9_000, 12)
-    assert services.prog_run_stats(tmp_path / "p") == (7, 1)
+    monkeypatch.setattr(datapath, "_bpftool_json", lambda *argv: answers[argv])
+    assert datapath.prog_run_stats(pin, link=True) == (9_000, 12)
+    assert datapath.prog_run_stats(tmp_path / "p") == (7, 1)
     counters = iter([(0, 0), (10, 1), (10, 1), (1_010, 3)])
     seen: list[tuple[Path, bool]] = []
 
@@ -80,7 +80,7 @@ def test_prog_run_stats_of_a_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         seen.append((p, link))
         return next(counters)
 
-    monkeypatch.setattr(services, "prog_run_stats", fake)
+    monkeypatch.setattr(datapath, "prog_run_stats", fake)
     vip = Target("ClusterIP", "ciliary", 1, [], "10.96.0.5")
     per = PerPacket(lambda t, s: (float(s),), pin, [vip], link=True)
     per(vip, 1)  # warm-up

@@ -1,0 +1,44 @@
+"""The datapath benchmark's per-packet run time of cil_from_container (bench/datapath.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from bench import datapath
+from bench.datapath import Target, program_run_time
+
+
+def test_program_run_time_per_packet_of_its_own_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Stats on around its runs only; per metric a warm-up run (not kept) and ``rounds`` runs,
+    each (run_time_ns delta) / (run_cnt delta) of the node's pinned cil_from_container."""
+    stats_on: list[bool] = []
+
+    @contextlib.contextmanager
+    def fake_stats() -> contextlib.AbstractContextManager[None]:  # type: ignore[misc]
+        stats_on.append(True)
+        yield
+
+    rr = [(0, 0), (10, 1), (10, 1), (610, 2), (610, 2), (1_010, 4)]  # warm-up, 600, 200
+    crr = [(1_010, 4), (1_110, 5), (1_110, 5), (2_110, 7), (2_110, 7), (2_710, 9)]  # -, 500, 300
+    counters = iter(rr + crr)
+    pins: set[Path] = set()
+
+    def fake_run_stats(pin: Path, *, link: bool = False) -> tuple[int, int]:
+        pins.add(pin)
+        return next(counters)
+
+    monkeypatch.setattr(datapath, "bpf_stats", fake_stats)
+    monkeypatch.setattr(datapath, "prog_run_stats", fake_run_stats)
+    target = Target("b: ciliary", "ciliary", 3, [], "10.0.0.2", pin_dir=tmp_path)
+    metrics = {key: ("t", "u", True, lambda t, s: (s,)) for key in ("tcp1", "rr", "crr")}
+    rows = program_run_time(target, metrics, rounds=2, seconds=1, log=lambda _: None)
+    assert stats_on == [True]
+    assert pins == {tmp_path / "cil_from_container"}
+    assert [r["metric"] for r in rows] == ["bpf-ns-per-packet-rr", "bpf-ns-per-packet-crr"]
+    assert rows[0]["samples"] == {"b: ciliary": [600.0, 200.0]}
+    assert rows[1]["samples"] == {"b: ciliary": [500.0, 300.0]}
+    assert rows[0]["values"] == {"b: ciliary": 400.0}
