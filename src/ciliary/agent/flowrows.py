@@ -12,10 +12,19 @@ reads it.
 
 The grouping key is the record's bytes with the per-row fields zeroed: the ring header,
 ``ts_ns``, ``ct_created_ns`` and ``pkt_len`` (no flow field reads the last three but ``time``)
-and ``sport``, plus the one thing the source port decides besides itself: the source Service
-(a Service frontend at the source address and port), looked up once per distinct (address,
-family, port, rev-NAT index, reply) of the batch and put in the key as a small number. numpy's
+and the row's own port, plus the one thing that port decides besides itself: its Service (a
+Service frontend at that address and port), looked up once per distinct (address, family,
+port, rev-NAT index, reply) of the batch and put in the key as a small number. numpy's
 ``unique`` on the keys as opaque bytes gives the groups (~0.2 µs a record).
+
+The row's own port is the client's: the source port, except for a forwarded reply (a trace of
+conntrack state reply), whose destination port it is (``ring.DESTINATION_PORT``) when the
+batch's forwarded replies have more distinct destination ports than source ports. Short
+connections so make a few templates a batch, not one per reply (#17: connrate's SYN-ACK and
+server FIN were a template each, most of the agent's CPU). A forwarded reply's template can
+leave its destination port to the row because no metric reads a reply's destination port
+(port-distribution counts requests, flows-to-world forwarded requests and drops only): the
+metrics test of ``tests/unit/agent/test_flowrows.py`` holds that.
 """
 
 from __future__ import annotations
@@ -24,22 +33,29 @@ import numpy as np
 import numpy.typing as npt
 
 from ciliary.agent.flows import FlowDecoder
+from ciliary.core.flow import CTState, EventType, Verdict
 from ciliary.datapath.maps.events import (
     TRACE_RECORD_DTYPE,
     TRACE_RECORD_STRIDE,
     decode_trace_rows,
     row_addresses,
 )
-from ciliary.hubble.ring import FlowRows, flow_template
+from ciliary.hubble.ring import DESTINATION_PORT, FlowRows, flow_template
 
 __all__ = ["decode_rows"]
 
 _PER_ROW = ("ring_len", "ring_pgoff", "ts_ns", "ct_created_ns", "pkt_len", "sport")
-"""Fields not in a group's key (see the module doc)."""
-_SERVICE_KEY = ("saddr", "family", "sport", "rev_nat_index", "is_reply")
+"""Fields not in a group's key (see the module doc); a forwarded reply's row swaps ``sport``
+for ``dport``."""
+_SOURCE_SERVICE_KEY = ("saddr", "family", "sport", "rev_nat_index", "is_reply")
 """What a flow's ``source_service`` is a function of (with the agent's state)."""
+_DESTINATION_SERVICE_KEY = ("daddr", "family", "dport", "rev_nat_index", "is_reply")
+"""What a flow's ``destination_service`` is a function of (with the agent's state)."""
 _SERVICE_SLOT = "ring_len"
-"""Where the source Service's number goes in the key (a per-row field, zeroed)."""
+"""Where the number of the row's own port's Service goes in the key (a per-row field, zeroed)."""
+_SIDE_SLOT = "ts_ns"
+"""Where a forwarded reply's key is marked (a per-row field, zeroed)."""
+_TRACE, _FORWARDED, _CT_REPLY = int(EventType.TRACE), int(Verdict.FORWARDED), int(CTState.REPLY)
 
 
 def _byte_span(name: str) -> tuple[int, int]:
@@ -56,8 +72,16 @@ def _keep_mask() -> npt.NDArray[np.uint8]:
 
 
 _KEEP = _keep_mask()
-_SERVICE_BYTES = np.concatenate([np.arange(*_byte_span(name)) for name in _SERVICE_KEY])
+_SOURCE_SERVICE_BYTES = np.concatenate(
+    [np.arange(*_byte_span(name)) for name in _SOURCE_SERVICE_KEY]
+)
+_DESTINATION_SERVICE_BYTES = np.concatenate(
+    [np.arange(*_byte_span(name)) for name in _DESTINATION_SERVICE_KEY]
+)
 _SLOT_START, _SLOT_END = _byte_span(_SERVICE_SLOT)
+_SPORT_START, _SPORT_END = _byte_span("sport")
+_DPORT_START, _DPORT_END = _byte_span("dport")
+_SIDE_BYTE = _byte_span(_SIDE_SLOT)[0]
 if _SLOT_END - _SLOT_START != 4:  # pragma: no cover - a layout edit
     raise ImportError("flowrows.py: the source Service's number needs a 4-byte per-row field")
 
@@ -71,27 +95,37 @@ def _unique(keys: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.intp], ...]:
     return first, inverse.reshape(-1), counts
 
 
-def _source_services(
-    decoder: FlowDecoder, rows: npt.NDArray[np.void], raw: npt.NDArray[np.uint8]
+def _services(
+    decoder: FlowDecoder,
+    rows: npt.NDArray[np.void],
+    raw: npt.NDArray[np.uint8],
+    *,
+    destination: bool,
 ) -> npt.NDArray[np.uint32]:
-    """Per row, a number standing for its flow's ``source_service`` (0: none)."""
-    first, inverse, _ = _unique(raw[:, _SERVICE_BYTES])
+    """Per row, a number standing for its flow's ``source_service`` (``destination_service``
+    with ``destination``; 0: none)."""
+    if not len(rows):
+        return np.zeros(0, dtype=np.uint32)
+    key = _DESTINATION_SERVICE_BYTES if destination else _SOURCE_SERVICE_BYTES
+    first, inverse, _ = _unique(raw[:, key])
     distinct = rows[first]
     numbers: dict[tuple[str, str] | None, int] = {None: 0}
     per_key = np.zeros(len(first), dtype=np.uint32)
     srcs, dsts = row_addresses(distinct, "saddr"), row_addresses(distinct, "daddr")
+    port_field = "dport" if destination else "sport"
+    lookup = decoder.destination_service if destination else decoder.source_service
     columns = zip(
         srcs,
         dsts,
-        distinct["sport"].tolist(),
+        distinct[port_field].tolist(),
         distinct["rev_nat_index"].tolist(),
         distinct["is_reply"].tolist(),
         strict=True,
     )
-    for i, (src, dst, sport, rev_nat, reply) in enumerate(columns):
+    for i, (src, dst, port, rev_nat, reply) in enumerate(columns):
         if src is None or dst is None:
             continue
-        found = decoder.source_service(src, sport, rev_nat, bool(reply))
+        found = lookup(dst if destination else src, port, rev_nat, bool(reply))
         per_key[i] = numbers.setdefault(found, len(numbers))
     return per_key[inverse]
 
@@ -102,17 +136,35 @@ def decode_rows(decoder: FlowDecoder, rows: npt.NDArray[np.void]) -> FlowRows:
     n = len(rows)
     rows = np.ascontiguousarray(rows)
     raw = rows.view(np.uint8).reshape(n, TRACE_RECORD_STRIDE)
-    keys = raw * _KEEP
-    keys[:, _SLOT_START:_SLOT_END] = (
-        _source_services(decoder, rows, raw).view(np.uint8).reshape(n, 4)
+    reply = (
+        (rows["type"] == _TRACE) & (rows["ct_state"] == _CT_REPLY) & (rows["verdict"] == _FORWARDED)
     )
+    if reply.any():  # the client's port varies: usually the destination port of a reply
+        sports, dports = rows["sport"][reply], rows["dport"][reply]
+        if len(np.unique(dports)) <= len(np.unique(sports)):
+            reply[:] = False
+    keys = raw * _KEEP
+    services = np.zeros(n, dtype=np.uint32)
+    request = ~reply
+    services[request] = _services(decoder, rows[request], raw[request], destination=False)
+    if reply.any():  # the row's own port is the destination port (see the module doc)
+        keys[reply, _SPORT_START:_SPORT_END] = raw[reply, _SPORT_START:_SPORT_END]
+        keys[reply, _DPORT_START:_DPORT_END] = 0
+        keys[reply, _SIDE_BYTE] = 1
+        services[reply] = _services(decoder, rows[reply], raw[reply], destination=True)
+    keys[:, _SLOT_START:_SLOT_END] = services.view(np.uint8).reshape(n, 4)
     first, inverse, counts = _unique(keys)
-    templates = [flow_template(decoder.decode(ev)) for ev in decode_trace_rows(rows[first])]
+    templates = [
+        flow_template(decoder.decode(ev), destination=bool(side))
+        for ev, side in zip(decode_trace_rows(rows[first]), reply[first].tolist(), strict=True)
+    ]
+    ports = rows["sport"].astype(np.uint32)
+    ports[reply] = rows["dport"][reply].astype(np.uint32) | DESTINATION_PORT
     wall_offset = decoder.clock.wall_ns(0)  # the monotonic → wall offset decode() adds
     return FlowRows(
         templates=templates,
         template_index=inverse.astype(np.intp, copy=False),
         counts=counts.astype(np.intp, copy=False),
         time_ns=rows["ts_ns"].astype(np.int64) + wall_offset,
-        source_port=rows["sport"].astype(np.uint16),
+        source_port=ports,
     )

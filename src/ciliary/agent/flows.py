@@ -556,6 +556,16 @@ class FlowDecoder:
             src_addr = self.getters.frontend_of(rev_nat_index) or src_addr
         return self.getters.service_by_addr(*src_addr)
 
+    def destination_service(
+        self, dst: IPAddress, dport: int, rev_nat_index: int, is_reply: bool
+    ) -> tuple[str, str] | None:
+        """The (namespace, name) :meth:`decode` gives ``destination_service`` for a record of
+        these values (and a source address), None when none."""
+        dst_addr = (dst, dport)
+        if rev_nat_index and not is_reply:
+            dst_addr = self.getters.frontend_of(rev_nat_index) or dst_addr
+        return self.getters.service_by_addr(*dst_addr)
+
     def _service_addrs(
         self, raw: RawTraceEvent, src: IPAddress, dst: IPAddress
     ) -> tuple[tuple[IPAddress, int], tuple[IPAddress, int]]:

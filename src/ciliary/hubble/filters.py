@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from ciliary.core.flow import MSG_ACCESS_LOG
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.celfilter import CELError, cel_filter
+from ciliary.hubble.ring import DESTINATION_PORT
 from ciliary.k8s.labelselector import SelectorError
 from ciliary.k8s.labelselector import parse_cilium_label as parse_label
 from ciliary.k8s.labelselector import parse_cilium_selector as parse_selector
@@ -603,7 +604,11 @@ def compile_flow_filter(ff: flow_pb2.FlowFilter) -> Predicate:
 
 
 RowPredicate = Callable[[flow_pb2.Flow, int], bool]
-"""A filter over a row of the observer's ring: its template and its L4 source port."""
+"""A filter over a row of the observer's ring: its template and its port word (its own L4
+port: the source port, or the destination port with ``ring.DESTINATION_PORT`` set)."""
+_TemplateVerdicts = tuple[tuple[bool, ...], tuple[int, int] | None]
+"""Per template: each filter's answer without its ports, and the template's (source,
+destination) ports (None: no L4 ports)."""
 
 
 def reads_row_fields(
@@ -627,40 +632,47 @@ def build_row_filter(
     cache_size: int = 4096,
 ) -> RowPredicate:
     """A request's filters over rows (see :func:`reads_row_fields` for when it may be used):
-    every field but ``source_port`` is decided on the row's template, once per template (the
-    answers are remembered, the template held so its id is never reused); ``source_port`` on
-    the row's port. Same lists logic as :func:`build_filter`."""
+    every field but the L4 ports is decided on the row's template, once per template (the
+    answers are remembered, the template held so its id is never reused); ``source_port`` and
+    ``destination_port`` on the row's ports: its own (its port word) and the template's other
+    one. Same lists logic as :func:`build_filter`."""
     parts = [(_row_part(ff), True) for ff in whitelist] + [
         (_row_part(ff), False) for ff in blacklist
     ]
-    predicates = [pred for (pred, _), _ in parts]
-    ports = [wanted for (_, wanted), _ in parts]
+    predicates = [pred for (pred, _, _), _ in parts]
+    ports = [(src, dst) for (_, src, dst), _ in parts]
     allow = [i for i, (_, is_allow) in enumerate(parts) if is_allow]
     deny = [i for i, (_, is_allow) in enumerate(parts) if not is_allow]
-    seen: dict[int, tuple[flow_pb2.Flow, tuple[bool, ...]]] = {}
+    seen: dict[int, tuple[flow_pb2.Flow, _TemplateVerdicts]] = {}
 
-    def verdicts(template: flow_pb2.Flow) -> tuple[bool, ...]:
-        """Each filter's answer without its source ports, then whether the flow has ports."""
+    def verdicts(template: flow_pb2.Flow) -> _TemplateVerdicts:
+        """Each filter's answer without its ports, and the template's ports (None: none)."""
         hit = seen.get(id(template))
         if hit is None or hit[0] is not template:
-            base = (*(p(template) for p in predicates), _ports(template.l4) is not None)
-            hit = (template, base)
+            hit = (template, (tuple(p(template) for p in predicates), _ports(template.l4)))
             if len(seen) >= cache_size:
                 seen.clear()
             seen[id(template)] = hit
         return hit[1]
 
-    def decide(base: tuple[bool, ...], port: int) -> bool:
-        has_ports = base[-1]
+    def decide(base: _TemplateVerdicts, port: int) -> bool:
+        answers, template_ports = base
+        sport = dport = -1  # no L4 ports: no port filter matches
+        if template_ports is not None:
+            sport, dport = template_ports
+            if port & DESTINATION_PORT:
+                dport = port & 0xFFFF
+            else:
+                sport = port
         ok = [
-            b and (wanted is None or (has_ports and port in wanted))
-            for b, wanted in zip(base, ports, strict=False)
+            b and (src is None or sport in src) and (dst is None or dport in dst)
+            for b, (src, dst) in zip(answers, ports, strict=True)
         ]
         if allow and not any(ok[i] for i in allow):
             return False
         return not any(ok[i] for i in deny)
 
-    if all(wanted is None for wanted in ports):  # the template decides alone
+    if all(src is None and dst is None for src, dst in ports):  # the template decides alone
         answers: dict[int, tuple[flow_pb2.Flow, bool]] = {}
 
         def match_template(template: flow_pb2.Flow, port: int) -> bool:
@@ -681,15 +693,20 @@ def build_row_filter(
     return match
 
 
-def _row_part(ff: flow_pb2.FlowFilter) -> tuple[Predicate, frozenset[int] | None]:
-    """A FlowFilter as (its predicate without ``source_port``, the source ports or None)."""
-    if not ff.source_port:
-        return compile_flow_filter(ff), None
-    wanted = _port_set(ff.source_port)
+def _row_part(
+    ff: flow_pb2.FlowFilter,
+) -> tuple[Predicate, frozenset[int] | None, frozenset[int] | None]:
+    """A FlowFilter as (its predicate without the L4 ports, the source ports or None, the
+    destination ports or None)."""
+    if not ff.source_port and not ff.destination_port:
+        return compile_flow_filter(ff), None, None
+    src = _port_set(ff.source_port) if ff.source_port else None
+    dst = _port_set(ff.destination_port) if ff.destination_port else None
     rest = flow_pb2.FlowFilter()
     rest.CopyFrom(ff)
     rest.ClearField("source_port")
-    return compile_flow_filter(rest), wanted
+    rest.ClearField("destination_port")
+    return compile_flow_filter(rest), src, dst
 
 
 def _http_only_checked(ff: flow_pb2.FlowFilter, field: str, what: str) -> None:

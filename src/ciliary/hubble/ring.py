@@ -25,6 +25,11 @@ group with the agent's state at event time (so a flow still names a pod deleted 
 ``Flow`` is made from a row only when a reader asks for that position (:meth:`Ring.get`), and
 then always the same one: its UUID is derived from the position (:meth:`Ring.uuid_at`).
 Positions, lapping and LostEvents do not depend on how an entry was written.
+
+A row's own port is the one that differs between the flows of a group: the source port of a
+request, the destination port of a reply (the client's port either way), so the rows of short
+connections share a few templates instead of one per reply; :data:`DESTINATION_PORT` in a row's
+port word says which of the two it is.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from ciliary.hubble.api.flow import flow_pb2
 DEFAULT_CAPACITY = 4095
 MAX_CAPACITY = 65535
 _UUID_TAIL = (1 << 48) - 1
+DESTINATION_PORT = 1 << 16
+"""Set in a row's port word (``FlowRows.source_port``, the ring's port column) when the row's
+own port is its flow's destination port, its template's destination port being the one zeroed;
+the port is the word's low 16 bits. A word without it is the source port, as before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +94,11 @@ class FlowRows:
     template_index: npt.NDArray[np.intp]
     counts: npt.NDArray[np.intp]
     time_ns: npt.NDArray[np.int64]
-    source_port: npt.NDArray[np.uint16]
+    source_port: npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
+    """The row's own port word: its source port, or its destination port with
+    :data:`DESTINATION_PORT` set (all rows of a template name the same side). Metrics see the
+    template: a template whose rows carry their destination port must be one no metric reads
+    the destination port of (``flowrows``: forwarded replies)."""
 
     def __len__(self) -> int:
         return len(self.template_index)
@@ -125,18 +138,25 @@ def flow_from_template(
     flow.uuid = uuid
     if source_port:
         which = _PORT_FIELDS[port_field_code(template) if port_code < 0 else port_code]
-        if which is not None:
+        if which is None:
+            pass
+        elif source_port & DESTINATION_PORT:
+            getattr(flow.l4, which).destination_port = source_port & 0xFFFF
+        else:
             getattr(flow.l4, which).source_port = source_port
     return flow
 
 
-def flow_template(flow: flow_pb2.Flow) -> flow_pb2.Flow:
+def flow_template(flow: flow_pb2.Flow, *, destination: bool = False) -> flow_pb2.Flow:
     """``flow`` made a template (in place, returned): without time, UUID and source port."""
     flow.ClearField("time")
     flow.uuid = ""
     which = flow.l4.WhichOneof("protocol")
     if which in _PORT_PROTOCOLS:
-        getattr(flow.l4, which).source_port = 0
+        if destination:  # the rows' own port is the destination port (see DESTINATION_PORT)
+            getattr(flow.l4, which).destination_port = 0
+        else:
+            getattr(flow.l4, which).source_port = 0
     return flow
 
 
@@ -187,7 +207,7 @@ class Ring:
         event a write stays as cheap as before the columns)."""
         self._templates: npt.NDArray[np.object_] = np.full(capacity, None, dtype=object)
         self._times = np.zeros(capacity, dtype=np.int64)
-        self._ports = np.zeros(capacity, dtype=np.uint16)
+        self._ports = np.zeros(capacity, dtype=np.uint32)  # port words
         self._port_codes = np.zeros(capacity, dtype=np.uint8)
         salt = os.urandom(16).hex()  # a version 4 UUID's random bits, its last 48 per position
         variant = "89ab"[int(salt[16], 16) & 3]
@@ -292,7 +312,7 @@ class Ring:
         return Event(time_ns=time_ns, flow=flow)
 
     def row_at(self, pos: int) -> tuple[flow_pb2.Flow, int, int] | None:
-        """``(template, time_ns, source_port)`` when ``pos`` holds a row of :class:`FlowRows`,
+        """``(template, time_ns, port word)`` when ``pos`` holds a row of :class:`FlowRows`,
         else None (a whole event, overwritten or not written yet): what a reader needs to pass
         over a row its filter rejects without making anything."""
         if pos < 0 or pos >= self._written:

@@ -173,3 +173,68 @@ def test_the_events_queue_takes_rows_up_to_its_room_and_hands_out_turns() -> Non
     last = q.pop()
     assert isinstance(last, np.ndarray) and len(last) == 200 and len(q) == 0
     assert [int(r["sport"]) for r in (*first, *second)] == list(rows()[:500]["sport"])
+
+
+def connection(i: int) -> list[bytes]:
+    """One short connection's records under aggregation medium, as connrate makes them: the
+    policy verdict and SYN from the client's port ``30000 + i``, the server's SYN-ACK and FIN
+    back to it (replies: the client's port is their destination port; every fifth from the
+    web Service's port, so its source Service differs), the client's FIN."""
+    out = []
+    client_port = 30000 + i
+    server_port = WEB_PORT if i % 5 == 0 else 5203
+    steps = ((5, False, 0x02), (4, False, 0x02), (4, True, 0x12), (4, True, 0x11), (4, False, 0x11))
+    for kind, reply, flags in steps:
+        ev = TraceEventC()
+        ev.ts_ns = 1_000_000 + 10 * i + len(out)
+        src, dst = (SERVER, CLIENT) if reply else (CLIENT, SERVER)
+        ev.saddr[:4], ev.daddr[:4] = list(src.packed), list(dst.packed)
+        ev.sport, ev.dport = (server_port, client_port) if reply else (client_port, server_port)
+        ev.is_reply = int(reply)
+        ev.ct_state = 2 if reply else (0 if flags == 0x02 else 1)
+        ev.smac[:], ev.dmac[:] = [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]
+        ev.src_sec_id, ev.dst_sec_id = (20002, 20001) if reply else (20001, 20002)
+        ev.ifindex, ev.pkt_len = 7, 60
+        ev.ep_id, ev.dst_ep_id = 11, 12
+        ev.family = socket.AF_INET
+        ev.proto = 6
+        ev.type, ev.verdict = kind, 1
+        ev.obs_point = 0 if kind == 5 else 101
+        ev.tcp_flags = flags
+        ev.traffic_direction = 1
+        out.append(bytes(ev))
+    return out
+
+
+CONNECTIONS = [r for i in range(120) for r in connection(i)]
+
+
+def test_short_connections_share_templates_and_every_row_is_its_records_flow() -> None:
+    """A forwarded reply's own port is its destination port (the client's, #17): a batch of
+    short connections has a few templates, not one per reply, and each row is still exactly
+    its record's flow; the metrics counted per template are the metrics counted per flow."""
+    dec = decoder(endpoints())
+    found = trace_rows(span_of(CONNECTIONS))
+    assert found is not None
+    batch = decode_rows(dec, found)
+    assert len(batch.templates) <= 10  # 5 kinds of record, the replies from 2 Service ports
+    assert int(batch.counts.sum()) == len(CONNECTIONS)
+    services = set()
+    for i, rec in enumerate(CONNECTIONS):
+        want = dec.decode(decode_event(rec))
+        got = batch.flow(i, want.uuid)
+        assert got == want, i
+        services.add(got.source_service.name)
+    assert services == {"", "web"}
+    per_flow, per_template = CollectorRegistry(), CollectorRegistry()
+    one_by_one = FlowMetrics(METRICS, per_flow)
+    for rec in CONNECTIONS:
+        one_by_one.on_flow(dec.decode(decode_event(rec)))
+    observer = LocalObserver("node-a", capacity=1023)
+    observer.add_counted_flow_hook(FlowMetrics(METRICS, per_template).on_flows)
+    observer.on_flow_rows(batch)
+    assert samples(per_template) == samples(per_flow)
+    stored = [ev.flow for ev in observer.ring.last(len(CONNECTIONS))]
+    assert [f.l4.TCP.destination_port for f in stored] == [
+        r.dport for r in map(decode_event, CONNECTIONS)
+    ]

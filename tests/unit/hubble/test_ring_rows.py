@@ -14,7 +14,7 @@ from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2
 from ciliary.hubble.filters import build_filter, build_row_filter, reads_row_fields
 from ciliary.hubble.observer import LocalObserver
-from ciliary.hubble.ring import Event, FlowRows, Ring, flow_template
+from ciliary.hubble.ring import DESTINATION_PORT, Event, FlowRows, Ring, flow_template
 from tests.unit.hubble.test_observer import T0, Stub, collect, serve
 
 LOST_RING = flow_pb2.LostEventSource.HUBBLE_RING_BUFFER
@@ -154,3 +154,66 @@ def test_a_row_filter_answers_as_the_filter_on_the_whole_flow() -> None:
             assert row(lazy.flow, lazy.row[0]) == answers[-1], (whitelist, blacklist, pos)
         assert any(answers) or blacklist, (whitelist, blacklist)
     assert reads_row_fields([flow_pb2.FlowFilter(uuid=["x"])], [])
+
+
+def reply_rows(n: int) -> FlowRows:
+    """Rows whose own port is the destination port (``DESTINATION_PORT``: replies to clients
+    on ports 40000 + i, from port 80 or 53) mixed with rows whose own port is the source."""
+    reply = flow_pb2.Flow(verdict=flow_pb2.FORWARDED, node_name="node-a")
+    reply.l4.TCP.source_port, reply.l4.TCP.destination_port = 80, 1
+    dns = flow_pb2.Flow(verdict=flow_pb2.FORWARDED, node_name="node-a")
+    dns.l4.UDP.source_port, dns.l4.UDP.destination_port = 53, 1
+    templates = [
+        flow_template(reply, destination=True),
+        flow_template(dns, destination=True),
+        *TEMPLATES,
+    ]
+    index = np.arange(n) % 4
+    port = (40000 + np.arange(n)).astype(np.uint32)
+    port[index < 2] |= DESTINATION_PORT
+    return FlowRows(
+        templates=templates,
+        template_index=index.astype(np.intp),
+        counts=np.bincount(index, minlength=4).astype(np.intp),
+        time_ns=T0 + np.arange(n, dtype=np.int64),
+        source_port=port,
+    )
+
+
+DESTINATION_CASES = [
+    *FILTER_CASES,
+    ([flow_pb2.FlowFilter(destination_port=["40004", "40005", "40006"])], []),
+    ([flow_pb2.FlowFilter(source_port=["80"], destination_port=["40008"])], []),
+    ([flow_pb2.FlowFilter(source_port=["53", "40003"])], []),
+    ([], [flow_pb2.FlowFilter(destination_port=["40001", "80"])]),
+    (
+        [flow_pb2.FlowFilter(destination_port=["53", "40000"])],
+        [flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])],
+    ),
+]
+
+
+def test_a_row_whose_own_port_is_its_destination_port_filters_and_reads_as_its_flow() -> None:
+    ring = Ring(63)
+    ring.write_rows(reply_rows(30))
+    made = [ring.get(pos) for pos in range(30)]
+    flows = [ev.flow for ev in made if ev is not None and ev.flow is not None]
+    assert [f.l4.TCP.destination_port or f.l4.UDP.destination_port for f in flows[:4]] == [
+        40000, 40001, 80, 53,
+    ]  # fmt: skip
+    assert [f.l4.TCP.source_port or f.l4.UDP.source_port for f in flows[:4]] == [
+        80, 53, 40002, 40003,
+    ]  # fmt: skip
+    for whitelist, blacklist in DESTINATION_CASES:
+        whole, row = build_filter(whitelist, blacklist), build_row_filter(whitelist, blacklist)
+        answers = []
+        for pos in range(30):
+            lazy = ring.get(pos, whole=False)
+            assert lazy is not None and lazy.row is not None and lazy.flow is not None
+            answers.append(whole(flows[pos]))
+            assert row(lazy.flow, lazy.row[0]) == answers[-1], (whitelist, blacklist, pos)
+            assert lazy.whole().flow == flows[pos]
+            found = ring.row_at(pos)
+            assert found is not None and row(found[0], found[2]) == answers[-1]
+        if (whitelist, blacklist) not in FILTER_CASES:  # these pick rows of both sides
+            assert any(answers) and not all(answers), (whitelist, blacklist)
