@@ -394,7 +394,13 @@ def access_log_cost(lines: int = 20_000, rounds: int = 3) -> dict[str, float]:
     (``FlowDecoder.decode_l7``, endpoints from the hubble bench's decoder); + the observer ring
     and the metrics (the hubble bench's defaults and the L7 dashboard's httpV2)."""
     from bench.hubble_bench import DEFAULT_METRICS, _decoder, _registry  # noqa: PLC0415
-    from ciliary.agent.accesslog import parse_line, to_l7_records  # noqa: PLC0415
+    from ciliary.agent.accesslog import (  # noqa: PLC0415
+        parse_line,
+        parse_lines,
+        to_l7_batch,
+        to_l7_records,
+    )
+    from ciliary.agent.l7rows import decode_l7_batch  # noqa: PLC0415
     from ciliary.hubble.metrics import FlowMetrics  # noqa: PLC0415
     from ciliary.hubble.observer import LocalObserver  # noqa: PLC0415
 
@@ -403,6 +409,9 @@ def access_log_cost(lines: int = 20_000, rounds: int = 3) -> dict[str, float]:
     observer = LocalObserver("bench-node", capacity=4095)
     observer.add_flow_hook(FlowMetrics(f"{DEFAULT_METRICS} {L7_METRICS}", _registry()).on_flow)
     families = decoder.families
+
+    def _bad(line: bytes, err: Exception) -> None:
+        raise AssertionError(f"{err}: {line!r}")
 
     def parse(batch: list[bytes]) -> None:
         for line in batch:
@@ -422,10 +431,28 @@ def access_log_cost(lines: int = 20_000, rounds: int = 3) -> dict[str, float]:
             for rec in to_l7_records(parse_line(line)):
                 observer.on_flow(families[rec.type](rec))
 
+    batched = LocalObserver("bench-node", capacity=4095)
+    batched.add_counted_flow_hook(
+        FlowMetrics(f"{DEFAULT_METRICS} {L7_METRICS}", _registry()).on_flows
+    )
+    read = 200  # lines of a 64 KiB read of the pipe, about
+
+    def batch_parse(batch: list[bytes]) -> None:
+        for i in range(0, len(batch), read):
+            parse_lines(batch[i : i + read], _bad)
+
+    def batch_observed(batch: list[bytes]) -> None:
+        for i in range(0, len(batch), read):
+            l7_batch = to_l7_batch(parse_lines(batch[i : i + read], _bad))
+            batched.on_flow_rows(decode_l7_batch(decoder, l7_batch))
+
     out = {}
     for name, stage in (("parse", parse), ("+ L7 records", records),
                         ("+ Hubble decode (2 flows)", decoded),
-                        ("+ observer ring + metrics", observed)):  # fmt: skip
+                        ("+ observer ring + metrics", observed),
+                        ("batched (the agent's path): parse", batch_parse),
+                        ("batched: + L7 batch, rows, observer ring + metrics",
+                         batch_observed)):  # fmt: skip
         stage(data[:2000])  # warm-up
         best = []
         for _ in range(rounds):

@@ -144,7 +144,8 @@ def test_access_log_cost_measures_each_stage_of_real_lines() -> None:
     )  # fmt: skip
     cost = l7.access_log_cost(lines=300, rounds=1)
     assert list(cost) == ["parse", "+ L7 records", "+ Hubble decode (2 flows)",
-                          "+ observer ring + metrics"]  # fmt: skip
+                          "+ observer ring + metrics", "batched (the agent's path): parse",
+                          "batched: + L7 batch, rows, observer ring + metrics"]  # fmt: skip
     assert all(v > 0 for v in cost.values())
     assert cost["parse"] < cost["+ observer ring + metrics"]
     assert l7.access_log_row(cost)["values"] == cost

@@ -9,8 +9,12 @@ agent opens the pipe read-write before Envoy starts, so Envoy's open never block
 Envoy writes into the same pipe (the agent never sees an end of file while it keeps it open).
 
 The agent reads a line per proxied request, thousands a second under load, so the path is kept
-cheap (#15's L7 benchmark): a line is split on its separator (no JSON decode), addresses and
-chain names are parsed once and remembered (bounded caches). The pipe's buffer is enlarged and
+cheap (#15's L7 benchmark): a read's lines are parsed at once (:func:`parse_lines`), each split
+on its separator (no JSON decode), and lines alike in every field but their time, latency,
+request id and user agent (a pod's requests on a connection) are one group, whose record is
+parsed once: the consumer gets an :class:`HTTPAccessBatch` (the agent: one ``L7Batch`` of
+Hubble's records, decoded as rows); addresses and chain names are parsed once and remembered
+(bounded caches). The pipe's buffer is enlarged and
 the reader reads only while its consumer (Hubble's events queue) has room: a burst of lines
 (Envoy's buffer after an agent restart, a load the decoder cannot follow for a while) waits in
 the pipe instead of overflowing the queue, where L7 flows would be lost; up to three quarters
@@ -36,15 +40,15 @@ import re
 import stat
 import sys
 import termios
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Final, Literal
 
 from ciliary.agent.envoyconfig import ACCESS_LOG_FIELDS, ACCESS_LOG_SEPARATOR
 from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
-from ciliary.core.l7record import HTTPRecord, L7Endpoint, L7Record
+from ciliary.core.l7record import HTTPRecord, L7Batch, L7Endpoint, L7Record
 
 log = logging.getLogger(__name__)
 
@@ -224,18 +228,115 @@ def to_l7_records(rec: HTTPAccess) -> tuple[L7Record, L7Record]:
     return request, response
 
 
+_KEY_FIELDS: Final = (_F_CHAIN, _F_SOURCE, _F_DESTINATION, _F_METHOD, _F_PROTOCOL, _F_CODE,
+                      _F_GRPC, _F_DETAILS, _F_AUTHORITY, _F_PATH)  # fmt: skip
+"""The fields a request's record is made of but its time, latency, request id and user agent:
+lines alike in these make one group of a batch (one record parsed, its flows templated)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPAccessBatch:
+    """The valid lines of one read of the pipe, grouped: ``accesses[g]`` is group ``g``'s
+    first line as a record; per line its group, start time, latency, request id and user
+    agent (the fields lines of a group differ in). :meth:`records` gives each line's
+    :class:`HTTPAccess`, as :func:`parse_line` would."""
+
+    accesses: list[HTTPAccess]
+    group: list[int]
+    time_ns: list[int]
+    latency_ns: list[int]
+    request_ids: list[bytes]
+    user_agents: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def records(self) -> Iterator[HTTPAccess]:
+        for g, time_ns, latency_ns, request_id, user_agent in zip(
+            self.group, self.time_ns, self.latency_ns, self.request_ids, self.user_agents,
+            strict=True,
+        ):  # fmt: skip
+            yield replace(
+                self.accesses[g], time_ns=time_ns, latency_ns=latency_ns,
+                request_id=_text(request_id), user_agent=_text(user_agent),
+            )  # fmt: skip
+
+
+def parse_lines(lines: list[bytes], bad: Callable[[bytes, Exception], None]) -> HTTPAccessBatch:
+    """Access log lines (without newlines; blank ones skipped) as a batch; each line that is
+    no valid record goes to ``bad`` (with the error :func:`parse_line` raises for it).
+
+    Per line only the split, the key and the per-line numbers; a group's record is parsed
+    once (:func:`parse_line` of its first line: the key holds every field it validates but
+    the per-line ones, checked here, so a key that failed fails for every line that has it)."""
+    out = HTTPAccessBatch([], [], [], [], [], [])
+    index: dict[tuple[bytes, ...], int] = {}
+    failed: dict[tuple[bytes, ...], Exception] = {}
+    n_fields = len(_FIELDS)
+    for line in lines:
+        if not line.strip():
+            continue
+        fields = line.split(_SEPARATOR)
+        if len(fields) != n_fields:
+            bad(line, ValueError(f"expected {n_fields} fields ({', '.join(_FIELDS)}), "
+                                 f"got {len(fields)}"))  # fmt: skip
+            continue
+        try:
+            seconds, _, fraction = fields[_F_START].partition(b".")
+            time_ns = int(seconds) * 1_000_000_000 + int((fraction + b"000000000")[:9])
+            duration = fields[_F_DURATION]
+            latency_ns = 0 if duration == b"-" else int(duration) * 1000
+            if time_ns < 0 or latency_ns < 0:
+                raise ValueError(f"start time {fields[_F_START]!r} or duration "
+                                 f"{duration!r} is negative")  # fmt: skip
+        except ValueError as err:
+            bad(line, err)
+            continue
+        key = tuple([fields[i] for i in _KEY_FIELDS])
+        g = index.get(key)
+        if g is None:
+            if key in failed:
+                bad(line, failed[key])
+                continue
+            try:
+                access = parse_line(line)
+            except (ValueError, TypeError) as error:
+                failed[key] = error
+                bad(line, error)
+                continue
+            g = index[key] = len(out.accesses)
+            out.accesses.append(access)
+        out.group.append(g)
+        out.time_ns.append(time_ns)
+        out.latency_ns.append(latency_ns)
+        out.request_ids.append(fields[_F_REQUEST_ID])
+        out.user_agents.append(fields[_F_USER_AGENT])
+    return out
+
+
+def to_l7_batch(batch: HTTPAccessBatch) -> L7Batch:
+    """The batch as Hubble's L7 records: each group's request and response
+    (:func:`to_l7_records` of its first line), the lines' times and latencies."""
+    return L7Batch(
+        pairs=tuple(to_l7_records(access) for access in batch.accesses),
+        group=tuple(batch.group),
+        time_ns=tuple(batch.time_ns),
+        latency_ns=tuple(batch.latency_ns),
+    )
+
+
 class AccessLogReader:
-    """The agent's end of Envoy's access log pipe: every complete line, parsed, to
-    ``on_record`` on the agent's loop."""
+    """The agent's end of Envoy's access log pipe: the complete lines of each read, parsed as
+    one :class:`HTTPAccessBatch`, to ``on_batch`` on the agent's loop."""
 
     def __init__(
         self,
         path: Path,
-        on_record: Callable[[HTTPAccess], None],
+        on_batch: Callable[[HTTPAccessBatch], None],
         busy: Callable[[], bool] | None = None,
     ) -> None:
         self.path = path
-        self.on_record = on_record
+        self.on_batch = on_batch
         self.busy = busy
         """Whether the records' consumer is too full for another read's lines (each makes two
         events): the reader then waits, the lines wait in the pipe. None: never."""
@@ -310,19 +411,15 @@ class AccessLogReader:
         if len(self._buffer) > _MAX_LINE:
             self.malformed += 1
             self._buffer = b""
-        for line in lines:
-            if line.strip():
-                self._line(line)
-
-    def _line(self, line: bytes) -> None:
-        try:
-            record = parse_line(line)
-        except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
-            self.malformed += 1
-            log.warning("envoy access log: line not understood (%s): %.200r", err, line)
+        batch = parse_lines(lines, self._bad)
+        if not batch:
             return
-        self.records += 1
+        self.records += len(batch)
         try:
-            self.on_record(record)
+            self.on_batch(batch)
         except Exception:
             log.exception("envoy access log: record handler failed")
+
+    def _bad(self, line: bytes, err: Exception) -> None:
+        self.malformed += 1
+        log.warning("envoy access log: line not understood (%s): %.200r", err, line)

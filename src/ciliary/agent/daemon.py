@@ -23,7 +23,7 @@ from ipaddress import ip_network
 from pathlib import Path
 
 from ciliary import __version__, processes
-from ciliary.agent.accesslog import HTTPAccess, to_l7_records
+from ciliary.agent.accesslog import HTTPAccessBatch, to_l7_batch
 from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConfig
 from ciliary.agent.dnsproxy import DNSProxy, EndpointDNSRules
 from ciliary.agent.endpoints import EndpointManager
@@ -664,10 +664,10 @@ class Agent:
         queue = self.hubble.queue
         return len(queue) * 2 > queue.capacity
 
-    def _http_access(self, access: HTTPAccess) -> None:
-        """One request Envoy decided: Hubble's request and response flows."""
-        for record in to_l7_records(access):
-            self.monitor.publish(record)
+    def _http_access(self, batch: HTTPAccessBatch) -> None:
+        """The requests of one read of Envoy's access log: Hubble's request and response
+        flows, as one batch of L7 records (grouped: per request only its time and latency)."""
+        self.monitor.publish(to_l7_batch(batch))
 
     def _endpoint_views(self) -> list[EndpointView]:
         return [

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ciliary.agent import envoyconfig as cfg
-from ciliary.agent.accesslog import AccessLogReader, HTTPAccess
+from ciliary.agent.accesslog import AccessLogReader, HTTPAccessBatch
 from ciliary.agent.envoy import EnvoyConfigWriter, EnvoyPaths, EnvoyProcess
 from ciliary.core.flow import ReservedIdentity
 from ciliary.core.proxyports import HTTP_EGRESS, HTTP_INGRESS, ProxyPorts
@@ -135,12 +135,15 @@ def _merged(peers: list[cfg.PeerHTTPRules]) -> tuple[cfg.PeerHTTPRules, ...]:
     )
 
 
-def _log_access(rec: HTTPAccess) -> None:
-    """Until Hubble takes L7 records: the agent's debug log."""
-    log.debug(
-        "http %s ep%d %s %s %s -> %d %s (%.1f ms)", rec.direction, rec.endpoint_id, rec.method,
-        rec.url, rec.protocol, rec.code, rec.verdict, rec.latency_ns / 1e6,
-    )  # fmt: skip
+def _log_access(batch: HTTPAccessBatch) -> None:
+    """Without a consumer (Hubble takes them from the agent): the agent's debug log."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    for rec in batch.records():
+        log.debug(
+            "http %s ep%d %s %s %s -> %d %s (%.1f ms)", rec.direction, rec.endpoint_id,
+            rec.method, rec.url, rec.protocol, rec.code, rec.verdict, rec.latency_ns / 1e6,
+        )  # fmt: skip
 
 
 def _key_order(key: MapKey) -> tuple[int, bool, int]:
@@ -159,7 +162,7 @@ class NodeEnvoy:
         ipcache: Callable[[], Iterable[tuple[str, int]]],
         *,
         ipv6: bool = False,
-        on_access: Callable[[HTTPAccess], None] | None = None,
+        on_access: Callable[[HTTPAccessBatch], None] | None = None,
         access_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.paths = EnvoyPaths(root)

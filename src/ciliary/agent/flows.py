@@ -91,7 +91,7 @@ from ciliary.core.flow import (
     TrafficDirection,
     Verdict,
 )
-from ciliary.core.l7record import L7Record
+from ciliary.core.l7record import L7Batch, L7Record
 from ciliary.core.models import RuleReference
 from ciliary.datapath.maps.endpoints import IPAddress
 from ciliary.datapath.maps.events import RawSockEvent, RawTraceEvent
@@ -135,8 +135,9 @@ _TO_ENDPOINT = int(ObservationPoint.TO_ENDPOINT)
 _SOCK_L4_NAMES = {int(SockL4Protocol.TCP): "TCP", int(SockL4Protocol.UDP): "UDP"}
 _NO_LABELS: list[str] = []  # shared (callers copy labels into messages, never modify them)
 _CACHE_MAX = 4096
-Event = RawTraceEvent | RawSockEvent | L7Record
-"""What the decoder takes: a datapath record (ring buffer) or a proxy's L7 record."""
+Event = RawTraceEvent | RawSockEvent | L7Record | L7Batch
+"""What the decoder takes: a datapath record (ring buffer) or a proxy's L7 record (or a batch
+of them, decoded as rows: ``agent.l7rows``)."""
 FAMILIES: dict[int, str] = {
     int(EventType.DROP): "decode",
     int(EventType.TRACE): "decode",
@@ -303,6 +304,10 @@ class FlowGetters:
     ``ServiceGetter.GetServiceByAddr``), None when none has."""
     frontend_of: Callable[[int], tuple[IPAddress, int] | None] = lambda _i: None
     """The frontend (address, port) a rev-NAT index names, None when unknown."""
+    service_addresses: Callable[[], Iterable[IPAddress]] | None = None
+    """The addresses of every Service frontend (any port), asked once per batch of rows
+    (``flowrows``): an address:port elsewhere has no Service, so ``service_by_addr`` is not
+    asked for it; None: unknown, every pair is asked."""
     names_of_ip: Callable[[str], Sequence[str]] = lambda _ip: ()
     """The DNS names an address (text form) was an answer of in the node's FQDN cache, sorted
     (upstream's ``DNSGetter.GetNamesOf``); () when none."""

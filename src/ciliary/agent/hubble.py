@@ -73,8 +73,10 @@ from ciliary.agent.flows import (
 )
 from ciliary.agent.k8s.hubblepeers import HubblePeers
 from ciliary.agent.k8s.nodemanager import RemotePod
+from ciliary.agent.l7rows import decode_l7_batch
 from ciliary.agent.metrics import AgentMetrics, count_identities
 from ciliary.core import atomicfile as store_files
+from ciliary.core.l7record import L7Batch
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.linux import cgroup
 from ciliary.datapath.maps.endpoints import IPAddress
@@ -133,6 +135,7 @@ class EventsQueue:
             raise ValueError(f"events queue size must be >= 1, got {capacity}")
         self.capacity = capacity
         self._items: collections.deque[Event | _Lost | TraceRows] = collections.deque()
+        """Events, loss notices, batches of trace rows and of L7 records (``L7Batch``)."""
         self._events = 0
         self.pending_lost = 0
         """Events dropped since the last OBSERVER_EVENTS_QUEUE notice was queued."""
@@ -144,7 +147,10 @@ class EventsQueue:
 
     def put(self, raw: Event) -> bool:
         """Queues ``raw`` (or counts it as lost when full); False when no room is left, so
-        that the reader stops before it would have to drop a record it read."""
+        that the reader stops before it would have to drop a record it read. A batch of L7
+        records (``L7Batch``) counts as its events: the part beyond the room left is lost."""
+        if isinstance(raw, L7Batch):
+            return self._put_batch(raw)
         if self._events >= self.capacity:
             self.pending_lost += 1
             self.lost_total += 1
@@ -153,6 +159,19 @@ class EventsQueue:
         self._items.append(raw)
         self._events += 1
         self.wakeup.set()
+        return self._events < self.capacity
+
+    def _put_batch(self, batch: L7Batch) -> bool:
+        room = self.capacity - self._events
+        taken = min(max(room, 0), batch.events)
+        lost = batch.events - taken
+        if taken:
+            self.flush_lost()
+            self._items.append(batch if lost == 0 else batch.head(taken))
+            self._events += taken
+            self.wakeup.set()
+        self.pending_lost += lost
+        self.lost_total += lost
         return self._events < self.capacity
 
     def put_rows(self, rows: TraceRows) -> tuple[int, bool]:
@@ -189,6 +208,8 @@ class EventsQueue:
                 self._items.appendleft(item[max_rows:])
                 item = item[:max_rows]
             self._events -= len(item)
+        elif isinstance(item, L7Batch):
+            self._events -= item.events
         elif not isinstance(item, _Lost):
             self._events -= 1
         return item
@@ -380,6 +401,10 @@ class AgentHubble:
             fe = syncer.manager.frontend_of(rev_nat_index) if syncer is not None else None
             return (fe.address, fe.port) if fe is not None else None
 
+        def service_addresses() -> set[IPAddress]:
+            syncer = agent.services
+            return {fe.address for fe in syncer.manager.frontends} if syncer is not None else set()
+
         def names_of_ip(addr: str) -> tuple[str, ...]:
             return policy.fqdns.names_of(addr)
 
@@ -394,6 +419,7 @@ class AgentHubble:
             default_deny=self._agent.monitor.why_default_deny,
             service_by_addr=service_by_addr,
             frontend_of=frontend_of,
+            service_addresses=service_addresses,
             endpoint_ip_of_cgroup=self.cgroups.address,
             names_of_ip=names_of_ip,
         )
@@ -525,6 +551,10 @@ class AgentHubble:
                         budget = 0
                         self._decode_rows(item)
                         continue
+                    if isinstance(item, L7Batch):  # one read of Envoy's access log
+                        budget = 0
+                        self._decode_l7_batch(item)
+                        continue
                     try:
                         flow = families[item.type](item)
                     except Exception:
@@ -568,6 +598,25 @@ class AgentHubble:
                 self.observer.on_flow(flow)
             return
         self.decoded += len(rows)
+        self.observer.on_flow_rows(flows)
+
+    def _decode_l7_batch(self, batch: L7Batch) -> None:
+        """A proxy's batch of L7 records into the observer as columns (``l7rows``); if it
+        cannot be decoded as a batch, record by record (each failure counted)."""
+        try:
+            flows = decode_l7_batch(self.decoder, batch)
+        except Exception:
+            log.exception("cannot decode a batch of L7 records; one by one instead")
+            for record in batch.records():
+                try:
+                    flow = self.decoder.decode_l7(record)
+                except Exception:
+                    self.decode_errors += 1
+                    continue
+                self.decoded += 1
+                self.observer.on_flow(flow)
+            return
+        self.decoded += len(flows)
         self.observer.on_flow_rows(flows)
 
     def _save_lost(self) -> None:

@@ -70,7 +70,7 @@ from ciliary.core.flow import (
     drop_reason_text,
     tcp_flag_names,
 )
-from ciliary.core.l7record import L7Record
+from ciliary.core.l7record import L7Batch, L7Record
 from ciliary.core.models import MONITOR_EVENT_TYPES, MonitorEvent, MonitorEventType
 from ciliary.datapath.libbpf import RingBuffer
 from ciliary.datapath.loader import NodeDatapath
@@ -303,12 +303,13 @@ class Monitor:
             except asyncio.QueueFull:
                 self.dropped_by_subscribers += 1
 
-    def publish(self, record: L7Record) -> None:
-        """A proxy's L7 record into the fan-out: every sink gets it as a ring buffer record
-        (Hubble: an L7 flow, ``FlowDecoder.decode_l7``). Never blocks: a sink that is full
-        after it pauses the ring reader as a full ring record would; one that had no room
-        counts it as lost (Hubble's ``OBSERVER_EVENTS_QUEUE``)."""
-        self.published += 1
+    def publish(self, record: L7Record | L7Batch) -> None:
+        """A proxy's L7 record (or a batch of them, ``L7Batch``: each of its events counts)
+        into the fan-out: every sink gets it as a ring buffer record (Hubble: an L7 flow,
+        ``FlowDecoder.decode_l7``). Never blocks: a sink that is full after it pauses the ring
+        reader as a full ring record would; one that had no room counts it as lost (Hubble's
+        ``OBSERVER_EVENTS_QUEUE``)."""
+        self.published += record.events if isinstance(record, L7Batch) else 1
         if self._to_sinks(record):
             self._pause()
 

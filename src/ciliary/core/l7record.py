@@ -15,13 +15,14 @@ could not become a flow is a ``ValueError`` naming the field, at its producer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar
 
 from ciliary.core.flow import MSG_ACCESS_LOG, L7FlowType, TrafficDirection, Verdict
 
-__all__ = ["DNSRecord", "HTTPRecord", "L7Endpoint", "L7Record"]
+__all__ = ["DNSRecord", "HTTPRecord", "L7Batch", "L7Endpoint", "L7Record"]
 
 _L7_VERDICTS = frozenset({Verdict.FORWARDED, Verdict.DROPPED, Verdict.ERROR, Verdict.REDIRECTED})
 _TRANSPORTS = frozenset({6, 17, 132})
@@ -112,3 +113,56 @@ class L7Record:
             raise ValueError(f"L7 record transport {self.transport} is not 6, 17 or 132")
         if self.latency_ns < 0 or self.time_ns < 0:
             raise ValueError("L7 record time_ns and latency_ns are >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class L7Batch:
+    """Many requests of one proxy read at once (Envoy's access log: a pipe read's lines), each
+    a request and a response record, grouped (#15: per request only what differs is kept).
+
+    ``pairs[g]`` is group ``g``'s (request, response) records as its first request made them;
+    the requests of a group differ only in their time and latency (and so in the response's
+    time, latency and the milliseconds of its summary), which are per request: ``group[i]``,
+    ``time_ns[i]`` (the request's) and ``latency_ns[i]`` (the response's time is
+    ``time_ns[i] + latency_ns[i]``). As events, request ``i`` is event ``2i`` and its response
+    event ``2i + 1``; ``events`` says how many of them the batch carries (a queue with room for
+    only part of it keeps a prefix and counts the rest as lost)."""
+
+    type: ClassVar[int] = MSG_ACCESS_LOG
+
+    pairs: tuple[tuple[L7Record, L7Record], ...]
+    group: tuple[int, ...]
+    time_ns: tuple[int, ...]
+    latency_ns: tuple[int, ...]
+    events: int = -1
+    """The events carried (a prefix of the ``2 * len(group)``); -1: all of them."""
+
+    def __post_init__(self) -> None:
+        n = len(self.group)
+        if len(self.time_ns) != n or len(self.latency_ns) != n:
+            raise ValueError("L7 batch columns group, time_ns, latency_ns differ in length")
+        if self.events == -1:
+            object.__setattr__(self, "events", 2 * n)
+        if not 0 <= self.events <= 2 * n:
+            raise ValueError(f"L7 batch of {n} requests cannot carry {self.events} events")
+
+    def records(self) -> Iterator[L7Record]:
+        """The batch's events one by one (request ``i``, then its response), as records."""
+        left = self.events
+        for g, time_ns, latency_ns in zip(self.group, self.time_ns, self.latency_ns, strict=True):
+            request, response = self.pairs[g]
+            if left <= 0:
+                return
+            yield replace(request, time_ns=time_ns)
+            if left <= 1:
+                return
+            yield replace(response, time_ns=time_ns + latency_ns, latency_ns=latency_ns)
+            left -= 2
+
+    def head(self, events: int) -> L7Batch:
+        """The batch's first ``events`` events (the requests they belong to)."""
+        keep = min(max(events, 0), self.events)
+        lines = (keep + 1) // 2
+        return L7Batch(
+            self.pairs, self.group[:lines], self.time_ns[:lines], self.latency_ns[:lines], keep
+        )

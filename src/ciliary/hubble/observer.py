@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import grpc
 import grpc.aio
+import numpy as np
 from google.protobuf import field_mask_pb2, timestamp_pb2, wrappers_pb2
 
 from ciliary import __version__
@@ -93,6 +94,20 @@ def _ns_to_ts(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
+CountedHook = Callable[[flow_pb2.Flow, int, list[int] | None], None]
+"""A counted flow hook: ``hook(flow, n, latencies)`` (see ``add_counted_flow_hook``)."""
+
+
+def _latencies_per_template(rows: FlowRows) -> list[list[int]] | None:
+    """Each template's rows' L7 latencies (row order), None when the batch has none."""
+    if rows.latency_ns is None:
+        return None
+    order = np.argsort(rows.template_index, kind="stable")
+    grouped = rows.latency_ns[order].tolist()
+    bounds = np.cumsum(rows.counts).tolist()
+    return [grouped[start:end] for start, end in zip([0, *bounds[:-1]], bounds, strict=True)]
+
+
 class LocalObserver:
     """Node-local flow store: counters, hooks, the flow ring and the agent-event ring.
 
@@ -113,7 +128,7 @@ class LocalObserver:
         self.version = version
         self.cluster_name = cluster_name
         self._flow_hooks: list[Callable[[flow_pb2.Flow], None]] = []
-        self._counted_hooks: list[Callable[[flow_pb2.Flow, int], None]] = []
+        self._counted_hooks: list[CountedHook] = []
         self._lost_hooks: list[Callable[[flow_pb2.LostEvent], None]] = []
         self.ring = Ring(capacity, on_lapped=self._reader_lapped)
         self.agent_ring = Ring(agent_events_capacity)
@@ -128,10 +143,12 @@ class LocalObserver:
         """``hook(flow)`` runs for every flow before it enters the ring (metrics, exporter)."""
         self._flow_hooks.append(hook)
 
-    def add_counted_flow_hook(self, hook: Callable[[flow_pb2.Flow, int], None]) -> None:
-        """``hook(flow, n)`` runs for every flow (``n`` = 1) and once per template of a batch
-        of rows (``n`` its rows, ``flow`` the template: no time, UUID or source port); for
-        what counts flows by fields a template has (metrics)."""
+    def add_counted_flow_hook(self, hook: CountedHook) -> None:
+        """``hook(flow, n, latencies)`` runs for every flow (``n`` = 1, ``latencies`` None)
+        and once per template of a batch of rows (``n`` its rows, ``flow`` the template: no
+        time, UUID, source port or L7 latency; ``latencies`` its rows' ``l7.latency_ns`` when
+        the batch has them, else None); for what counts flows by fields a template has
+        (metrics; latency histograms from ``latencies``)."""
         self._counted_hooks.append(hook)
 
     def add_lost_hook(self, hook: Callable[[flow_pb2.LostEvent], None]) -> None:
@@ -149,7 +166,7 @@ class LocalObserver:
                 hook(flow)
             except Exception:
                 log.exception("hubble flow hook %r failed", hook)
-        self._run_counted_hooks(flow, 1)
+        self._run_counted_hooks(flow, 1, None)
         self.seen_flows += 1
         self.ring.write(Event(time_ns=_ts_to_ns(flow.time), flow=flow))
 
@@ -172,15 +189,21 @@ class LocalObserver:
                     except Exception:
                         log.exception("hubble flow hook %r failed", hook)
         if self._counted_hooks:
-            for template, count in zip(rows.templates, rows.counts.tolist(), strict=True):
-                self._run_counted_hooks(template, count)
+            per_template = _latencies_per_template(rows)
+            for i, (template, count) in enumerate(
+                zip(rows.templates, rows.counts.tolist(), strict=True)
+            ):
+                latencies = per_template[i] if per_template is not None else None
+                self._run_counted_hooks(template, count, latencies)
         self.seen_flows += n
         self.ring.write_rows(rows)
 
-    def _run_counted_hooks(self, flow: flow_pb2.Flow, count: int) -> None:
+    def _run_counted_hooks(
+        self, flow: flow_pb2.Flow, count: int, latencies: list[int] | None
+    ) -> None:
         for hook in self._counted_hooks:
             try:
-                hook(flow, count)
+                hook(flow, count, latencies)
             except Exception:
                 log.exception("hubble flow hook %r failed", hook)
 

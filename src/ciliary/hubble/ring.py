@@ -64,10 +64,10 @@ class Event:
     flow: flow_pb2.Flow | None = None
     lost: flow_pb2.LostEvent | None = None
     agent_event: flow_pb2.AgentEvent | None = None
-    row: tuple[int, str] | None = None
+    row: tuple[int, str, int] | None = None
     """Set on a row read without making its flow (``Ring.get(pos, whole=False)``): ``flow``
-    is then the row's template and this its (source port, UUID); :meth:`whole` makes the
-    flow."""
+    is then the row's template and this its (source port, UUID, L7 latency); :meth:`whole`
+    makes the flow."""
 
     def __post_init__(self) -> None:
         kinds = (self.flow is not None) + (self.lost is not None) + (self.agent_event is not None)
@@ -78,15 +78,17 @@ class Event:
         """This event with its whole flow (itself unless it is a row read as its template)."""
         if self.row is None or self.flow is None:
             return self
-        port, uuid = self.row
-        return Event(self.time_ns, flow=flow_from_template(self.flow, self.time_ns, port, uuid))
+        port, uuid, latency_ns = self.row
+        flow = flow_from_template(self.flow, self.time_ns, port, uuid, latency_ns=latency_ns)
+        return Event(self.time_ns, flow=flow)
 
 
 @dataclass(frozen=True, slots=True)
 class FlowRows:
-    """L3/L4 flows of one batch as columns: each row is its group's template (``templates[
-    template_index[row]]``: every field of the flow but ``time``, ``uuid`` and the L4 source
-    port) plus the row's own ``time_ns`` (wall clock) and ``source_port``. ``counts`` is the
+    """Flows of one batch as columns: each row is its group's template (``templates[
+    template_index[row]]``: every field of the flow but ``time``, ``uuid``, the L4 source
+    port and the L7 latency) plus the row's own ``time_ns`` (wall clock), ``source_port`` and,
+    for L7 flows, ``latency_ns`` (``l7.latency_ns``; None: no row has one). ``counts`` is the
     number of rows of each template (what metrics count per template)."""
 
     templates: Sequence[flow_pb2.Flow]
@@ -99,6 +101,7 @@ class FlowRows:
     :data:`DESTINATION_PORT` set (all rows of a template name the same side). Metrics see the
     template: a template whose rows carry their destination port must be one no metric reads
     the destination port of (``flowrows``: forwarded replies)."""
+    latency_ns: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.template_index)
@@ -110,6 +113,7 @@ class FlowRows:
             int(self.time_ns[row]),
             int(self.source_port[row]),
             uuid,
+            latency_ns=0 if self.latency_ns is None else int(self.latency_ns[row]),
         )
 
 
@@ -125,10 +129,16 @@ def port_field_code(template: flow_pb2.Flow) -> int:
 
 
 def flow_from_template(
-    template: flow_pb2.Flow, time_ns: int, source_port: int, uuid: str, port_code: int = -1
+    template: flow_pb2.Flow,
+    time_ns: int,
+    source_port: int,
+    uuid: str,
+    port_code: int = -1,
+    *,
+    latency_ns: int = 0,
 ) -> flow_pb2.Flow:
-    """A row's flow: a copy of its template with the row's time, UUID and source port
-    (``port_code``: :func:`port_field_code` of the template, if known)."""
+    """A row's flow: a copy of its template with the row's time, UUID, source port and L7
+    latency (``port_code``: :func:`port_field_code` of the template, if known)."""
     flow = flow_pb2.Flow()
     flow.CopyFrom(template)
     seconds, nanos = divmod(time_ns, 1_000_000_000)
@@ -144,13 +154,18 @@ def flow_from_template(
             getattr(flow.l4, which).destination_port = source_port & 0xFFFF
         else:
             getattr(flow.l4, which).source_port = source_port
+    if latency_ns:
+        flow.l7.latency_ns = latency_ns
     return flow
 
 
 def flow_template(flow: flow_pb2.Flow, *, destination: bool = False) -> flow_pb2.Flow:
-    """``flow`` made a template (in place, returned): without time, UUID and source port."""
+    """``flow`` made a template (in place, returned): without time, UUID, source port and L7
+    latency."""
     flow.ClearField("time")
     flow.uuid = ""
+    if flow.HasField("l7"):
+        flow.l7.latency_ns = 0
     which = flow.l4.WhichOneof("protocol")
     if which in _PORT_PROTOCOLS:
         if destination:  # the rows' own port is the destination port (see DESTINATION_PORT)
@@ -209,6 +224,7 @@ class Ring:
         self._times = np.zeros(capacity, dtype=np.int64)
         self._ports = np.zeros(capacity, dtype=np.uint32)  # port words
         self._port_codes = np.zeros(capacity, dtype=np.uint8)
+        self._latencies = np.zeros(capacity, dtype=np.int64)
         salt = os.urandom(16).hex()  # a version 4 UUID's random bits, its last 48 per position
         variant = "89ab"[int(salt[16], 16) & 3]
         self._uuid_head = f"{salt[:8]}-{salt[8:12]}-4{salt[13:16]}-{variant}{salt[17:20]}-"
@@ -253,6 +269,11 @@ class Ring:
         codes = np.array([port_field_code(t) for t in rows.templates], dtype=np.uint8)[index]
         times = rows.time_ns[n - keep :]
         ports = rows.source_port[n - keep :]
+        latencies = (
+            np.zeros(keep, dtype=np.int64)
+            if rows.latency_ns is None
+            else rows.latency_ns[n - keep :]
+        )
         with self._lock:
             pos = self._written
             first = (pos + n - keep) % cap
@@ -262,6 +283,7 @@ class Ring:
                 (self._times, times),
                 (self._ports, ports),
                 (self._port_codes, codes),
+                (self._latencies, latencies),
             ):
                 column[first : first + head] = values[:head]
                 column[: keep - head] = values[head:]
@@ -302,13 +324,16 @@ class Ring:
         time_ns = int(self._times[slot])
         port = int(self._ports[slot])
         code = int(self._port_codes[slot])
+        latency = int(self._latencies[slot])
         if pos < self._written - self.capacity:  # overwritten while we loaded it
             return None
         if ev is not None:
             return ev
         if not whole:
-            return Event(time_ns=time_ns, flow=template, row=(port, self.uuid_at(pos)))
-        flow = flow_from_template(template, time_ns, port, self.uuid_at(pos), code)
+            return Event(time_ns=time_ns, flow=template, row=(port, self.uuid_at(pos), latency))
+        flow = flow_from_template(
+            template, time_ns, port, self.uuid_at(pos), code, latency_ns=latency
+        )
         return Event(time_ns=time_ns, flow=flow)
 
     def row_at(self, pos: int) -> tuple[flow_pb2.Flow, int, int] | None:

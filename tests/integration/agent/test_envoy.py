@@ -218,7 +218,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         envoy = EnvoyProcess("f-test", paths)
         writer = EnvoyConfigWriter(paths, ipv6=True)  # the [::] socket too (v6only)
         records: list[HTTPAccess] = []
-        reader = AccessLogReader(paths.access_log, records.append)
+        reader = AccessLogReader(paths.access_log, lambda b: records.extend(b.records()))
         loop.run(_start_reader(reader))
         cleanups.append(lambda: _stop_reader(reader))
         loop.run(envoy.start())
@@ -617,7 +617,8 @@ def test_detached_envoy_is_adopted_with_its_connections(
 
     def node() -> NodeEnvoy:
         return NodeEnvoy("f-node", root, ports, lambda: views,
-                         lambda: [(f"{ALLOWED}/32", 1001)], on_access=seen.append)  # fmt: skip
+                         lambda: [(f"{ALLOWED}/32", 1001)],
+                         on_access=lambda b: seen.extend(b.records()))  # fmt: skip
 
     first, second = node(), node()
 

@@ -96,7 +96,7 @@ def test_the_pipe_reader_parses_lines_and_counts_the_rest(tmp_path: Path) -> Non
     got: list[HTTPAccess] = []
 
     async def run() -> AccessLogReader:
-        reader = AccessLogReader(path, got.append)
+        reader = AccessLogReader(path, lambda b: got.extend(b.records()))
         reader.start()
         reader.start()  # a second start (Envoy's start retried) watches the same pipe once
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # as Envoy: a writer of the pipe
@@ -142,7 +142,7 @@ def test_the_reader_waits_while_its_consumer_is_busy(tmp_path: Path) -> None:
     busy = [True]
 
     async def run() -> AccessLogReader:
-        reader = AccessLogReader(path, got.append, lambda: busy[0])
+        reader = AccessLogReader(path, lambda b: got.extend(b.records()), lambda: busy[0])
         reader.start()
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         os.write(fd, line(LINE).encode() * 50)
@@ -173,7 +173,7 @@ def test_the_reader_reads_on_when_the_pipe_is_three_quarters_full(tmp_path: Path
     text = line(LINE).encode()
 
     async def run() -> AccessLogReader:
-        reader = AccessLogReader(path, got.append, lambda: True)
+        reader = AccessLogReader(path, lambda b: got.extend(b.records()), lambda: True)
         reader.start()
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         os.write(fd, text * 10)

@@ -56,7 +56,7 @@ from ciliary.hubble.metrics.context import (
     enum_name,
     parse_context_options,
 )
-from ciliary.hubble.metrics.handlers import HANDLERS, Handler, counter
+from ciliary.hubble.metrics.handlers import HANDLERS, Handler, HTTPHandler, counter
 from ciliary.hubble.metrics.server import MetricsServer
 from ciliary.hubble.metrics.spec import MetricSpec, parse_metrics_spec
 from ciliary.hubble.server import split_listen_address as parse_listen_address
@@ -91,12 +91,17 @@ class FlowMetrics:
     def on_flow(self, flow: flow_pb2.Flow) -> None:
         self.on_flows(flow, 1)
 
-    def on_flows(self, flow: flow_pb2.Flow, n: int) -> None:
+    def on_flows(self, flow: flow_pb2.Flow, n: int, latencies_ns: list[int] | None = None) -> None:
         """Counts ``n`` flows alike in every field a label reads (an observer's counted hook:
-        a batch's template and its rows)."""
+        a batch's template and its rows); ``latencies_ns``, when given, are the ``n`` flows'
+        own ``l7.latency_ns`` (the template has none), which the latency histograms observe
+        one by one."""
         for name, handler in self._handlers:
             try:
-                handler.process(flow, n)
+                if latencies_ns is not None and isinstance(handler, HTTPHandler):
+                    handler.process_latencies(flow, latencies_ns)
+                else:
+                    handler.process(flow, n)
             except Exception:
                 # a metric must never stop the flow path; say so once per metric
                 if name not in self._failed:

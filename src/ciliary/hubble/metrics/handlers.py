@@ -385,34 +385,48 @@ class HTTPHandler:
         return {"traceID": trace_id} if trace_id else None
 
     def process(self, flow: flow_pb2.Flow, n: int = 1) -> None:
-        if n != 1:  # histograms observe each flow (L7 flows come one at a time anyway)
-            for _ in range(n):
-                self.process(flow)
-            return
-        if not flow.HasField("l7") or flow.l7.WhichOneof("record") != "http":
+        """``n`` flows alike, each with ``flow``'s latency."""
+        if n:
+            self.process_latencies(flow, [flow.l7.latency_ns] * n)
+
+    def process_latencies(self, flow: flow_pb2.Flow, latencies_ns: Sequence[int]) -> None:
+        """A flow per latency: alike in every other field (a batch's template and its rows'
+        ``l7.latency_ns``). Labels are resolved once; the duration histogram observes each."""
+        if not latencies_ns or not flow.HasField("l7") or flow.l7.WhichOneof("record") != "http":
             return
         http, kind = flow.l7.http, flow.l7.type
         reporter, exemplar = _reporter(flow), self._exemplar(flow)
-        latency = flow.l7.latency_ns / 1e9
+        n = len(latencies_ns)
         if self.v2:
             if kind != flow_pb2.L7FlowType.RESPONSE:
                 return
             ctx = self.ctx.label_values(flow, invert=True)
-            status = str(http.code)
-            self.requests.labels(*ctx, http.method, http.protocol, status, reporter).inc(
-                exemplar=exemplar
-            )
-            self.duration.labels(*ctx, http.method, reporter).observe(latency, exemplar)
-            return
-        ctx = self.ctx.label_values(flow)
-        if kind == flow_pb2.L7FlowType.REQUEST:
-            self.requests.labels(*ctx, http.method, http.protocol, reporter).inc(exemplar=exemplar)
-        elif kind == flow_pb2.L7FlowType.RESPONSE and self.responses is not None:
-            status = str(http.code)
-            self.responses.labels(*ctx, http.method, http.protocol, status, reporter).inc(
-                exemplar=exemplar
-            )
-            self.duration.labels(*ctx, http.method, reporter).observe(latency, exemplar)
+            requests = self.requests.labels(*ctx, http.method, http.protocol, str(http.code),
+                                            reporter)  # fmt: skip
+        else:
+            ctx = self.ctx.label_values(flow)
+            if kind == flow_pb2.L7FlowType.REQUEST:
+                child = self.requests.labels(*ctx, http.method, http.protocol, reporter)
+                _inc(child, n, exemplar)
+                return
+            if kind != flow_pb2.L7FlowType.RESPONSE or self.responses is None:
+                return
+            requests = self.responses.labels(*ctx, http.method, http.protocol, str(http.code),
+                                             reporter)  # fmt: skip
+        _inc(requests, n, exemplar)
+        duration = self.duration.labels(*ctx, http.method, reporter)
+        for latency in latencies_ns:
+            duration.observe(latency / 1e9, exemplar)
+
+
+def _inc(child: Counter, n: int, exemplar: dict[str, str] | None) -> None:
+    """``n`` increments of a counter child: one call, or one per flow with an exemplar (each
+    increment carries its flow's exemplar, as flow by flow)."""
+    if exemplar is None:
+        child.inc(n)
+        return
+    for _ in range(n):
+        child.inc(exemplar=exemplar)
 
 
 class KafkaHandler:
