@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from ciliary.agent.flows import FlowDecoder
 from ciliary.core.flow import CTState, EventType, Verdict
+from ciliary.datapath.maps.endpoints import encode_addr
 from ciliary.datapath.maps.events import (
     TRACE_RECORD_DTYPE,
     TRACE_RECORD_STRIDE,
@@ -103,9 +104,13 @@ def _services(
     destination: bool,
 ) -> npt.NDArray[np.uint32]:
     """Per row, a number standing for its flow's ``source_service`` (``destination_service``
-    with ``destination``; 0: none)."""
-    if not len(rows):
-        return np.zeros(0, dtype=np.uint32)
+    with ``destination``; 0: none). Only rows at a Service frontend's address or with a
+    rev-NAT index (its frontend decides) are looked up: the others have none."""
+    out = np.zeros(len(rows), dtype=np.uint32)
+    asked = _may_have_service(decoder, rows, "daddr" if destination else "saddr")
+    if not asked.any():
+        return out
+    rows, raw = rows[asked], raw[asked]
     key = _DESTINATION_SERVICE_BYTES if destination else _SOURCE_SERVICE_BYTES
     first, inverse, _ = _unique(raw[:, key])
     distinct = rows[first]
@@ -127,7 +132,25 @@ def _services(
             continue
         found = lookup(dst if destination else src, port, rev_nat, bool(reply))
         per_key[i] = numbers.setdefault(found, len(numbers))
-    return per_key[inverse]
+    out[asked] = per_key[inverse]
+    return out
+
+
+def _may_have_service(
+    decoder: FlowDecoder, rows: npt.NDArray[np.void], column: str
+) -> npt.NDArray[np.bool_]:
+    """Per row, whether its ``column`` address (with its port) may be a Service frontend: the
+    address is one (``FlowGetters.service_addresses``, once per batch) or a rev-NAT index may
+    name the frontend instead. A superset: the lookup decides."""
+    addresses = decoder.getters.service_addresses
+    if addresses is None:
+        return np.ones(len(rows), dtype=np.bool_)
+    asked: npt.NDArray[np.bool_] = np.asarray(rows["rev_nat_index"] != 0, dtype=np.bool_)
+    halves = np.ascontiguousarray(rows[column]).view(np.uint64).reshape(len(rows), 2)
+    for address in addresses():
+        packed = np.frombuffer(encode_addr(address)[0], dtype=np.uint64)
+        asked |= (halves[:, 0] == packed[0]) & (halves[:, 1] == packed[1])
+    return asked
 
 
 def decode_rows(decoder: FlowDecoder, rows: npt.NDArray[np.void]) -> FlowRows:

@@ -7,6 +7,7 @@ per flow, a row still names the pod it had at event time after the pod is gone, 
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import numpy as np
@@ -238,3 +239,27 @@ def test_short_connections_share_templates_and_every_row_is_its_records_flow() -
     assert [f.l4.TCP.destination_port for f in stored] == [
         r.dport for r in map(decode_event, CONNECTIONS)
     ]
+
+
+def test_only_addresses_with_a_service_frontend_are_looked_up() -> None:
+    """With ``service_addresses`` the batch asks ``service_by_addr`` only for the ports of the
+    frontend addresses (here the server's: the client's 240 ports are not asked about), and
+    the flows are the same."""
+    dec = decoder(endpoints())
+    asked: list[tuple[IPAddress, int]] = []
+    lookup = dec.getters.service_by_addr
+
+    def counting(addr: IPAddress, port: int) -> tuple[str, str] | None:
+        asked.append((addr, port))
+        return lookup(addr, port)
+
+    dec.getters = replace(dec.getters, service_by_addr=counting, service_addresses=lambda: [SERVER])
+    found = trace_rows(span_of(CONNECTIONS))
+    assert found is not None
+    batch = decode_rows(dec, found)
+    # the client's address only by the templates' own decode (each asks for both ends)
+    assert sum(addr == CLIENT for addr, _ in asked) <= len(batch.templates)
+    assert len(asked) < len(CONNECTIONS) // 4  # 240 ports of the client's were not asked
+    for i, rec in enumerate(CONNECTIONS):
+        want = dec.decode(decode_event(rec))
+        assert batch.flow(i, want.uuid) == want, i
