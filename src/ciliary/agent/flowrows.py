@@ -104,10 +104,10 @@ def _services(
     destination: bool,
 ) -> npt.NDArray[np.uint32]:
     """Per row, a number standing for its flow's ``source_service`` (``destination_service``
-    with ``destination``; 0: none). Only rows at a Service frontend's address or with a
-    rev-NAT index (its frontend decides) are looked up: the others have none."""
+    with ``destination``; 0: none). Only rows at a Service frontend's address or whose rev-NAT
+    index names the frontend on this side are looked up: the others have none."""
     out = np.zeros(len(rows), dtype=np.uint32)
-    asked = _may_have_service(decoder, rows, "daddr" if destination else "saddr")
+    asked = _may_have_service(decoder, rows, destination=destination)
     if not asked.any():
         return out
     rows, raw = rows[asked], raw[asked]
@@ -137,15 +137,22 @@ def _services(
 
 
 def _may_have_service(
-    decoder: FlowDecoder, rows: npt.NDArray[np.void], column: str
+    decoder: FlowDecoder, rows: npt.NDArray[np.void], *, destination: bool
 ) -> npt.NDArray[np.bool_]:
-    """Per row, whether its ``column`` address (with its port) may be a Service frontend: the
-    address is one (``FlowGetters.service_addresses``, once per batch) or a rev-NAT index may
-    name the frontend instead. A superset: the lookup decides."""
+    """Per row, whether its destination (``destination``) or source address (with its port) may
+    be a Service frontend: the address is one (``FlowGetters.service_addresses``, once per
+    batch) or a rev-NAT index names the frontend instead, which it does on the client's far
+    side only (a request's destination, a reply's source: FlowDecoder.source_service and
+    destination_service; #14: a ClusterIP connection's client side is its client's port, one
+    lookup per connection otherwise). A superset: the lookup decides."""
     addresses = decoder.getters.service_addresses
     if addresses is None:
         return np.ones(len(rows), dtype=np.bool_)
-    asked: npt.NDArray[np.bool_] = np.asarray(rows["rev_nat_index"] != 0, dtype=np.bool_)
+    far_side = rows["is_reply"] == 0 if destination else rows["is_reply"] != 0
+    asked: npt.NDArray[np.bool_] = np.asarray(
+        (rows["rev_nat_index"] != 0) & far_side, dtype=np.bool_
+    )
+    column = "daddr" if destination else "saddr"
     halves = np.ascontiguousarray(rows[column]).view(np.uint64).reshape(len(rows), 2)
     for address in addresses():
         packed = np.frombuffer(encode_addr(address)[0], dtype=np.uint64)

@@ -263,3 +263,45 @@ def test_only_addresses_with_a_service_frontend_are_looked_up() -> None:
     for i, rec in enumerate(CONNECTIONS):
         want = dec.decode(decode_event(rec))
         assert batch.flow(i, want.uuid) == want, i
+
+
+VIP = IPv4Address("10.96.0.10")
+
+
+def test_clusterip_connections_ask_no_service_per_client_port() -> None:
+    """Connections through a ClusterIP (#14): their records carry the rev-NAT index, which
+    names the frontend only on the client's far side (a request's destination, a reply's
+    source, restored to the frontend); the client's own side has no Service, so the batch asks
+    nothing per client port (before: one lookup per connection a side), and the flows are
+    the same."""
+    dec = decoder(endpoints())
+    asked: list[tuple[IPAddress, int]] = []
+    services = {(VIP, 80): ("shop", "web")}
+
+    def counting(addr: IPAddress, port: int) -> tuple[str, str] | None:
+        asked.append((addr, port))
+        return services.get((addr, port))
+
+    dec.getters = replace(
+        dec.getters,
+        service_by_addr=counting,
+        service_addresses=lambda: [VIP],
+        frontend_of=lambda i: (VIP, 80) if i == 1 else None,
+    )
+    records = []
+    for rec in CONNECTIONS:
+        ev = TraceEventC.from_buffer_copy(rec)
+        ev.rev_nat_index = 1
+        if ev.is_reply:  # rev-NATed: from the frontend
+            ev.saddr[:4], ev.sport = list(VIP.packed), 80
+        records.append(bytes(ev))
+    found = trace_rows(span_of(records))
+    assert found is not None
+    batch = decode_rows(dec, found)
+    assert len(asked) <= 4 * len(batch.templates)  # the templates' own decode, and a few
+    services_seen = set()
+    for i, rec in enumerate(records):
+        want = dec.decode(decode_event(rec))
+        assert batch.flow(i, want.uuid) == want, i
+        services_seen |= {want.source_service.name, want.destination_service.name}
+    assert services_seen == {"", "web"}
