@@ -180,6 +180,9 @@ struct ct_key {
  * it, lib/proxy.h proxy_sent): a reply the node stack routes to the pod (another proxy on this
  * node answered it) belongs to that socket, not to the pod. */
 #define CT_F_PROXY_UPSTREAM 0x80
+/* A pod's connection on the tuple of an L7 proxy's upstream connection, which may live on after
+ * it (lib/conntrack.h ct_syn_reopens): the entry keeps the established lifetime when closing. */
+#define CT_F_PROXY_SHARED 0x100
 
 struct ct_entry {
 	__u64 created_ns;

@@ -53,7 +53,8 @@ static __always_inline __u64 ct_lifetime(const struct pkt *p, const struct ct_en
 {
 	if (p->proto != IPPROTO_TCP)
 		return CT_LIFETIME_NONTCP;
-	if ((e->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING)) == (CT_F_TX_CLOSING | CT_F_RX_CLOSING))
+	if ((e->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING)) == (CT_F_TX_CLOSING | CT_F_RX_CLOSING) &&
+	    !(e->flags & CT_F_PROXY_SHARED))
 		return CT_LIFETIME_CLOSE;
 	if (!(e->flags & CT_F_REPLY_SEEN))
 		return CT_LIFETIME_SYN;
@@ -91,7 +92,9 @@ static __always_inline int ct_should_report(struct ct_entry *e, __u8 seen_before
  * cannot see, so the pod may pick that port for a new connection to the same destination. In
  * the proxy's entry (no proxy port) its SYN found no socket to go to and was dropped, every
  * retransmission too; as the pod's own entry the proxy's connection keeps working (its replies
- * go to its socket by the tuple, CT_F_PROXY_REDIRECT). */
+ * go to its socket by the tuple, CT_F_PROXY_REDIRECT), and the new entry is CT_F_PROXY_SHARED:
+ * the pod's connection closing does not end it after CT_LIFETIME_CLOSE while the proxy's may
+ * idle on (a server's FIN 10 s later would find no entry and go to the pod). */
 static __always_inline int ct_syn_reopens(const struct pkt *p, const struct ct_entry *e)
 {
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
@@ -184,9 +187,13 @@ static __always_inline int ct_process_at(const struct pkt *p, __u32 src_id, __u3
 		return 0;
 	}
 
-	struct ct_key rk = {};
-	ct_build_key(&rk, p, 1);
-	e = bpf_map_lookup_elem(&ciliary_ct, &rk);
+	/* the tuple an L7 proxy's upstream connection uses stays shared with it (ct_syn_reopens) */
+	__u16 shared = 0;
+	if (e && e->expires_ns > now && (e->flags & (CT_F_PROXY_UPSTREAM | CT_F_PROXY_SHARED)))
+		shared = CT_F_PROXY_SHARED;
+	/* the reply direction in the same key (one key on the stack: the verifier's 512 bytes) */
+	ct_build_key(&k, p, 1);
+	e = bpf_map_lookup_elem(&ciliary_ct, &k);
 	if (e && e->expires_ns > now) {
 		__u8 seen = e->rx_flags_seen;
 		e->rx_packets++;
@@ -212,7 +219,9 @@ static __always_inline int ct_process_at(const struct pkt *p, __u32 src_id, __u3
 	n.tx_flags_seen = p->tcp_flags;
 	n.src_sec_id = src_id;
 	n.dst_sec_id = dst_id;
+	n.flags = shared;
 	n.expires_ns = now + ct_lifetime(p, &n);
+	ct_build_key(&k, p, 0);
 	if (bpf_map_update_elem(&ciliary_ct, &k, &n, BPF_ANY) < 0)
 		return -DROP_CT_CREATE_FAILED;
 	res->entry = bpf_map_lookup_elem(&ciliary_ct, &k);

@@ -29,8 +29,11 @@ from typing import Any
 import pytest
 
 from ciliary.core.proxyports import DNS_EGRESS, HTTP_EGRESS
+from ciliary.datapath.libbpf import Map
+from ciliary.datapath.maps.conntrack import CT_F_PROXY_SHARED, CTMap
 
 from .conftest import (
+    PIN_ROOT,
     RUN_ROOT,
     VENV_BIN,
     NodeAgent,
@@ -333,11 +336,14 @@ def test_a_pod_connection_on_the_tuple_of_the_proxys_upstream_connects_at_once(n
     connection (Envoy's pool); the pod's kernel cannot see the port, so a new connection of the
     pod to the same destination may come from it. Its SYN must reach the proxy at once (a new
     conntrack entry: lib/conntrack.h ct_syn_reopens), and the proxy's connection keep working
-    on the same tuple. Before, the SYN was folded into the proxy's entry, found no socket and
-    was dropped, every retransmission too (the l7 bench's stalls: 2 s without an answer)."""
+    on the same tuple, also after the pod's connection closed. Before, the SYN was folded into
+    the proxy's entry, found no socket and was dropped, every retransmission too (the l7
+    bench's stalls: 2 s without an answer)."""
     point_to(node.agent.node, node.client_ep, TEST_TCP_PORT, TEST_UDP_PORT)
     proxy = serve(node.agent.netns, POOL_PROXY, str(TEST_TCP_PORT))
     web = serve(node.web_ns, KEEP_WEB)
+    ct_map = Map.from_pin(PIN_ROOT / node.agent.node / "ciliary_ct")
+    ct = CTMap(ct_map)
     try:
         for family in (4, 6):
             web_ip, client_ip = node.web_ips[family], node.client_ips[family]
@@ -352,6 +358,17 @@ def test_a_pod_connection_on_the_tuple_of_the_proxys_upstream_connects_at_once(n
             )
             assert (retransmits, answer) == (0, first), (took, answer)
             assert took < 0.5
+            # that connection is over (the proxy closed it) but the proxy's goes on: the tuple's
+            # entry keeps an established connection's lifetime, not the 10 s after closing
+            # (a FIN of the web pod's after that would have found no entry)
+            (entry,) = [
+                r for r in ct.items()
+                if (str(r.src), r.sport, str(r.dst), r.dport)
+                == (client_ip, int(upstream_port), web_ip, 80)
+            ]  # fmt: skip
+            assert entry.flags & CT_F_PROXY_SHARED, hex(entry.flags)
+            assert entry.expires_ns - time.monotonic_ns() > 3600 * 10**9
     finally:
+        ct_map.close()
         stop(proxy)
         stop(web)

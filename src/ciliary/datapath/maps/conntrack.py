@@ -17,6 +17,7 @@ from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_
 __all__ = [
     "CT_F_LOOPBACK",
     "CT_F_PROXY_REDIRECT",
+    "CT_F_PROXY_SHARED",
     "CT_F_PROXY_UPSTREAM",
     "CT_F_REPLY_REPORTED",
     "CT_F_REPLY_SEEN",
@@ -45,6 +46,9 @@ CT_F_PROXY_REDIRECT = 0x40
 CT_F_PROXY_UPSTREAM = 0x80
 """The connection's client side is an L7 proxy's upstream socket (opened with the proxy mark):
 a reply the node stack routes to the pod goes back to that socket (bpf/lib/proxy.h)."""
+CT_F_PROXY_SHARED = 0x100
+"""A pod's connection on the tuple of an L7 proxy's upstream connection, which may outlive it:
+closing does not shorten the entry's lifetime (bpf/lib/conntrack.h ``ct_syn_reopens``)."""
 CT_SCOPE_SERVICE = 1
 """``ct_key.scope`` of a service entry (bpf/lib/lb.h): keyed on the tuple the client sent to a
 frontend, it remembers the connection's backend; connection entries have scope 0."""
