@@ -89,7 +89,7 @@ from ciliary.policy.mapstate import Direction
 log = logging.getLogger(__name__)
 READ_BATCH_BYTES = 1024 * TRACE_RECORD_STRIDE
 """The most the reader takes from the ring at once: 1,024 trace records (~5 ms to decode)."""
-HOLDOFF_S = 0.01
+HOLDOFF_S = 0.025
 """After a drain that emptied the ring, how long the reader leaves the ring's fd alone: the most
 an event waits before it is read (see the module doc); at most 1/HOLDOFF_S drains a second."""
 RowsSink = Callable[[npt.NDArray[np.void]], tuple[int, bool]]
