@@ -119,7 +119,8 @@ static __always_inline __u32 sock_select_slot(struct bpf_sock_addr *ctx)
 }
 
 /* The client namespace's affinity backend of a frontend with SVC_FLAG_AFFINITY (slot 0's
- * backend_id is the timeout in seconds), 0 when it has none (or the frontend no affinity). */
+ * backend_id below LB_ALGORITHM_SHIFT is the timeout in seconds), 0 when it has none (or the
+ * frontend no affinity). */
 static __always_inline __u32 sock_affinity_backend(struct bpf_sock_addr *ctx, __u8 flags,
 						   __u16 rev_nat, __u32 timeout_s, __u8 family,
 						   __u64 now)
@@ -168,7 +169,8 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, int is_con
 	__u16 count = svc->count;
 	__u8 flags = svc->flags;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 id = sock_affinity_backend(ctx, flags, rev_nat, svc->backend_id, AF_INET4, now);
+	__u32 timeout_s = svc->backend_id & LB_AFFINITY_TIMEOUT_MASK;
+	__u32 id = sock_affinity_backend(ctx, flags, rev_nat, timeout_s, AF_INET4, now);
 	if (!id) {
 		key.backend_slot = (__u16)(sock_select_slot(ctx) % count) + 1;
 		struct lb_service *slot = bpf_map_lookup_elem(&ciliary_lb4_services, &key);
@@ -306,7 +308,8 @@ static __always_inline int sock6_xlate_fwd(struct bpf_sock_addr *ctx, int is_con
 	__u16 count = svc->count;
 	__u8 flags = svc->flags;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 id = sock_affinity_backend(ctx, flags, rev_nat, svc->backend_id, AF_INET6, now);
+	__u32 timeout_s = svc->backend_id & LB_AFFINITY_TIMEOUT_MASK;
+	__u32 id = sock_affinity_backend(ctx, flags, rev_nat, timeout_s, AF_INET6, now);
 	if (!id) {
 		key.backend_slot = (__u16)(sock_select_slot(ctx) % count) + 1;
 		struct lb_service *slot = bpf_map_lookup_elem(&ciliary_lb6_services, &key);

@@ -60,6 +60,17 @@
 #define LB_LOOKUP_SCOPE_EXT 0
 #define LB_LOOKUP_SCOPE_INT 1
 
+/* Slot 0's backend_id: the affinity timeout (s) below LB_ALGORITHM_SHIFT, the frontend's
+ * algorithm above it (upstream's LB_SELECTION_* values; 0 = random here). Only a frontend the
+ * agent marks LB_SELECTION_MAGLEV (its table written before its slot 0) has its Maglev table
+ * looked for: a new connection to any other frontend skips the config and hash-of-maps
+ * lookups (cold on a SYN; BPF_PROG_TEST_RUN in a loaded lab: ~80 ns of the whole program's
+ * SYN, 300-480 ns of the translation step's alone). */
+#define LB_ALGORITHM_SHIFT 24
+#define LB_AFFINITY_TIMEOUT_MASK ((1U << LB_ALGORITHM_SHIFT) - 1)
+#define LB_SELECTION_RANDOM 1
+#define LB_SELECTION_MAGLEV 2
+
 /* Backend states (upstream's BE_STATE_*). */
 #define BE_STATE_ACTIVE 0
 #define BE_STATE_TERMINATING 1
@@ -90,8 +101,9 @@ struct lb6_key {
  * choose from; slots count+1..count+qcount the terminating ones (upstream's quarantined slots),
  * kept only so their backend entries stay while established connections finish. */
 struct lb_service {
-	__u32 backend_id;   /* slots 1..: the backend; slot 0: the sessionAffinity timeout (s),
-			     * as upstream's union affinity_timeout */
+	__u32 backend_id;   /* slots 1..: the backend; slot 0: the sessionAffinity timeout (s) in
+			     * the low 24 bits, the frontend's algorithm (LB_SELECTION_*) in the
+			     * top 8, as upstream's affinity_timeout and LB_ALGORITHM_SHIFT */
 	__u16 count;        /* slot 0: number of backend slots */
 	__u16 rev_nat_index; /* slot 0: the frontend's id */
 	__u8 flags;         /* SVC_FLAG_* */
@@ -289,8 +301,8 @@ struct {
 
 /* A Maglev service's table (upstream's cilium_lb{4,6}_maglev): rev_nat_index -> an array of
  * table_size backend ids the agent computed (ciliary.core.maglev). BPF_F_INNER_MAP: the inner
- * arrays take the configured size, not this template's. A frontend without an entry here is
- * balanced at random. */
+ * arrays take the configured size, not this template's. A frontend without an entry here (or
+ * not marked LB_SELECTION_MAGLEV in its slot 0) is balanced at random. */
 struct lb_maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(key_size, sizeof(__u32));
@@ -502,7 +514,7 @@ __attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
 	__u16 rev_nat = r->svc.rev_nat_index;
 	__u16 count = r->svc.count;
 	__u8 affinity = r->svc.flags & SVC_FLAG_AFFINITY;
-	__u64 timeout_ns = (__u64)r->svc.backend_id * 1000000000ULL;
+	__u64 timeout_ns = (__u64)(r->svc.backend_id & LB_AFFINITY_TIMEOUT_MASK) * 1000000000ULL;
 	__u64 now = affinity ? bpf_ktime_get_ns() : 0; /* the affinity entry's clock only */
 	__u32 id = 0;
 	if (count == 0)
@@ -512,7 +524,8 @@ __attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
 		if (id)
 			return id;
 	}
-	id = lb_maglev_backend(r, rev_nat);
+	if (r->svc.backend_id >> LB_ALGORITHM_SHIFT == LB_SELECTION_MAGLEV)
+		id = lb_maglev_backend(r, rev_nat);
 	if (!id)
 		id = lb_req_slot_backend(r, (__u16)(bpf_get_prandom_u32() % count) + 1);
 	if (id && affinity)
@@ -525,7 +538,8 @@ __attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
  * affinity keyed by the client's netns, no Maglev as upstream's E-W): `p` holds the client's tuple with the frontend
  * as destination, `svc` the frontend's slot 0. In order: the client's affinity backend
  * (SVC_FLAG_AFFINITY, chosen less than slot 0's timeout ago and still active), the Maglev
- * table's entry for the tuple (a frontend with a table: the same on every node), else a random
+ * table's entry for the tuple (a frontend marked LB_SELECTION_MAGLEV that has a table: the same
+ * on every node), else a random
  * slot 1..count (terminating backends, beyond count, are never chosen). Returns the backend id,
  * 0 if none. */
 static __always_inline __u32 lb_select_backend(const struct pkt *p, const struct lb_service *svc)

@@ -14,7 +14,12 @@ from ciliary.core.maglev import lookup_table, parse_hash_seed
 from ciliary.core.models import BackendInfo, L4Addr, ServiceInfo, ServicePortInfo
 from ciliary.datapath.libbpf import Map
 from ciliary.datapath.maps.endpoints import AF_INET4
-from ciliary.datapath.maps.lb import SVC_FLAG_AFFINITY, LbMaglevConfigC
+from ciliary.datapath.maps.lb import (
+    SVC_FLAG_AFFINITY,
+    LbMaglevConfigC,
+    slot0_affinity_timeout,
+    slot0_maglev,
+)
 from tests.bpf.test_lb_maps import _load, pin_dir  # noqa: F401  (the fixture)
 
 
@@ -55,7 +60,8 @@ def test_maglev_tables_and_affinity_in_the_kernel(pin_dir: Path) -> None:  # noq
         with Map.from_pin(pin_dir / "ciliary_lb4_maglev") as outer:
             assert outer.lookup(bytes(ctypes.c_uint16(index))) is not None
         head = state.slots[(http, 0)]
-        assert head.flags & SVC_FLAG_AFFINITY and head.backend_id == 3
+        assert head.flags & SVC_FLAG_AFFINITY and slot0_affinity_timeout(head.backend_id) == 3
+        assert slot0_maglev(head.backend_id)  # the datapath looks its table up
         with Map.from_pin(pin_dir / "ciliary_lb_affinity_match") as match:
             assert len(list(match.items())) == 3
         # a backend fewer: a new table; the annotation gone: no table, no matches
@@ -64,6 +70,7 @@ def test_maglev_tables_and_affinity_in_the_kernel(pin_dir: Path) -> None:  # noq
         assert table is not None and len(set(table)) == 2
         mgr.sync(desired_frontends([_svc(names[:2], None)]))
         assert dp.lb.maglev_table(index, AF_INET4) is None
+        assert not slot0_maglev(dp.lb.dump().slots[(http, 0)].backend_id)
         with Map.from_pin(pin_dir / "ciliary_lb4_maglev") as outer:
             assert outer.lookup(bytes(ctypes.c_uint16(index))) is None
         with Map.from_pin(pin_dir / "ciliary_lb_affinity_match") as match:

@@ -85,6 +85,9 @@ from ciliary.datapath.maps.lb import (
     Frontend,
     LBState,
     ServiceValue,
+    slot0_affinity_timeout,
+    slot0_backend_id,
+    slot0_maglev,
 )
 from ciliary.kube.client import KubeObject
 from ciliary.kube.informer import HandlerFuncs
@@ -367,7 +370,11 @@ class ServiceManager:
                 value.flags2,
                 flags=value.flags,
                 count=value.count,
-                affinity_timeout=value.backend_id if value.flags & SVC_FLAG_AFFINITY else 0,
+                affinity_timeout=slot0_affinity_timeout(value.backend_id)
+                if value.flags & SVC_FLAG_AFFINITY
+                else 0,
+                # a marked slot 0 was written after its table, computed from its active backends
+                maglev=ids[: value.count] or None if slot0_maglev(value.backend_id) else None,
                 # the match entries the last run wrote: its active backends (pruned as usual when
                 # one leaves, else a client's affinity could name a backend that is gone)
                 affinity=frozenset(ids[: value.count])
@@ -437,7 +444,8 @@ class ServiceManager:
             for cidr in spec.source_ranges - have.source_ranges:  # (3c) before the flag is set
                 self.maps.upsert_source_range(have.id, cidr)
             head = ServiceValue(
-                backend_id=spec.affinity_timeout,  # slot 0: upstream's affinity_timeout
+                # slot 0: upstream's affinity_timeout, and Maglev once its table is written
+                backend_id=slot0_backend_id(spec.affinity_timeout, have.maglev is not None),
                 count=spec.active,
                 rev_nat_index=have.id,
                 flags=self._flags(spec),

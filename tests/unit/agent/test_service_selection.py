@@ -13,7 +13,12 @@ from ciliary.agent.services import ServiceManager, desired_frontends
 from ciliary.core.maglev import lookup_table
 from ciliary.core.models import BackendInfo, L4Addr, ServiceInfo, ServicePortInfo
 from ciliary.datapath.maps.endpoints import AF_INET4
-from ciliary.datapath.maps.lb import SVC_FLAG_AFFINITY, Frontend
+from ciliary.datapath.maps.lb import (
+    LB_ALGORITHM_SHIFT,
+    LB_SELECTION_MAGLEV,
+    SVC_FLAG_AFFINITY,
+    Frontend,
+)
 from tests.unit.agent.test_service_manager import FakeMaps
 
 HTTP = Frontend(ip_address("10.96.0.5"), 80, 6)
@@ -108,6 +113,32 @@ def test_maglev_table_over_the_active_backends_by_name() -> None:
     assert (AF_INET4, index) in maps.maglev
     mgr.sync({})
     assert maps.maglev == {}
+
+
+def test_slot_0_marks_a_maglev_frontend_once_its_table_is_written() -> None:
+    """The datapath looks a frontend's Maglev table up only when slot 0 says LB_SELECTION_MAGLEV
+    above the affinity timeout (lib/lb.h): set with the table, gone with it, the timeout intact;
+    a restarted manager reads both back."""
+    maps = SelectionMaps()
+    mgr = ServiceManager(maps, algorithm="maglev", maglev_table_size=251, maglev_seed=7)
+    names = dict.fromkeys(["10.0.1.1", "10.0.1.2"], False)
+    mgr.sync(desired_frontends([_svc(names, affinity=30)]))
+    head = maps.state.slots[(HTTP, 0)]
+    assert (AF_INET4, head.rev_nat_index) in maps.maglev
+    assert head.backend_id == (LB_SELECTION_MAGLEV << LB_ALGORITHM_SHIFT) | 30
+    wildcard = maps.state.slots[(Frontend(ip_address("10.96.0.5"), 0, 0), 0)]
+    assert wildcard.backend_id == 0  # no table, no mark
+    again = ServiceManager(maps, algorithm="maglev", maglev_table_size=251, maglev_seed=7)
+    again.restore()
+    assert again.frontends[HTTP].affinity_timeout == 30
+    writes = maps.writes
+    again.sync(desired_frontends([_svc(names, affinity=30)]))
+    assert maps.writes == writes  # the table and the mark are read back: nothing to write
+    again.sync(desired_frontends([_svc(names, algorithm="random", affinity=30)]))
+    assert maps.state.slots[(HTTP, 0)].backend_id == 30
+    assert maps.maglev == {}
+    again.sync(desired_frontends([_svc(names)]))  # Maglev, no affinity
+    assert maps.state.slots[(HTTP, 0)].backend_id == LB_SELECTION_MAGLEV << LB_ALGORITHM_SHIFT
 
 
 def test_affinity_timeout_flag_and_matches() -> None:

@@ -55,6 +55,9 @@ __all__ = [
     "LbServiceC",
     "LbSrcRangeKeyC",
     "ServiceValue",
+    "slot0_affinity_timeout",
+    "slot0_backend_id",
+    "slot0_maglev",
 ]
 
 BE_STATE_ACTIVE = 0
@@ -64,6 +67,12 @@ BE_STATE_MAINTENANCE = 3
 SVC_FLAG_WILDCARD = 0x80
 SVC_FLAG_AFFINITY = 0x10
 """``lb_service.flags``: sessionAffinity ClientIP (slot 0's ``backend_id`` = the timeout, s)."""
+LB_ALGORITHM_SHIFT = 24
+"""Slot 0's ``backend_id``: the affinity timeout below this bit, the algorithm above it."""
+LB_AFFINITY_TIMEOUT_MASK = (1 << LB_ALGORITHM_SHIFT) - 1
+LB_SELECTION_MAGLEV = 2
+"""Slot 0's algorithm (upstream's ``LB_SELECTION_*``): the frontend's Maglev table is looked up
+for its new connections (bpf/lib/lb.h); any other value: random, without that lookup."""
 """``lb_service.flags2``: the address's catch-all entry (port 0, protocol 0, no backends)."""
 SVC_FLAG_EXTERNAL_IP = 0x01
 """``lb_service.flags`` (upstream's values): a ``spec.externalIPs`` frontend (bpf/lib/nodeport.h
@@ -331,6 +340,24 @@ class ServiceValue:
     flags2: int = 0
     qcount: int = 0
     """slot 0: terminating backends kept in slots count+1..count+qcount (never chosen)."""
+
+
+def slot0_backend_id(affinity_timeout: int, maglev: bool) -> int:
+    """Slot 0's ``backend_id``: the affinity timeout (s) and, for a Maglev frontend whose table
+    is written, LB_SELECTION_MAGLEV above LB_ALGORITHM_SHIFT."""
+    if not 0 <= affinity_timeout <= LB_AFFINITY_TIMEOUT_MASK:
+        raise ValueError(f"affinity timeout {affinity_timeout}s does not fit slot 0")
+    return affinity_timeout | (LB_SELECTION_MAGLEV << LB_ALGORITHM_SHIFT if maglev else 0)
+
+
+def slot0_maglev(backend_id: int) -> bool:
+    """Whether slot 0's ``backend_id`` marks a Maglev frontend (its table written)."""
+    return backend_id >> LB_ALGORITHM_SHIFT == LB_SELECTION_MAGLEV
+
+
+def slot0_affinity_timeout(backend_id: int) -> int:
+    """The affinity timeout (s) of slot 0's ``backend_id``."""
+    return backend_id & LB_AFFINITY_TIMEOUT_MASK
 
 
 @dataclass
