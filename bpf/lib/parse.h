@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Packet parsing into a flat `struct pkt`. The common case (IPv4 TCP/UDP, headers in the linear
- * area) is read with direct packet access; everything else uses bpf_skb_load_bytes so that
+/* Packet parsing into a flat `struct pkt`. The common case (IPv4 / IPv6 TCP/UDP, headers in the
+ * linear area) is read with direct packet access; everything else uses bpf_skb_load_bytes so that
  * non-linear skbs (GRO on veth) parse the same as linear ones and the verifier sees bounded
  * copies, not pointer math. Both fill `p` alike. */
 #ifndef __CILIARY_PARSE_H
@@ -240,10 +240,45 @@ static __always_inline int parse_fast_ipv4(struct __sk_buff *skb, struct pkt *p)
 	return 1;
 }
 
+/* The same for IPv6 without extension headers, unicast, TCP or UDP. */
+static __always_inline int parse_fast_ipv6(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = data + sizeof(*eth);
+	__u8 *l4 = (__u8 *)(ip6 + 1);
+
+	if ((void *)(l4 + 8) > end || eth->h_proto != bpf_htons(ETH_P_IPV6) ||
+	    ip6->daddr.in6_u.u6_addr8[0] == 0xff)
+		return 0;
+	if (ip6->nexthdr == IPPROTO_TCP) {
+		if ((void *)(l4 + 20) > end)
+			return 0;
+		p->tcp_flags = l4[13];
+	} else if (ip6->nexthdr != IPPROTO_UDP) {
+		return 0;
+	}
+	__builtin_memcpy(p->smac, eth->h_source, 6);
+	__builtin_memcpy(p->dmac, eth->h_dest, 6);
+	p->len = skb->len;
+	p->l3_off = sizeof(*eth);
+	p->family = AF_INET6;
+	__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+	p->proto = ip6->nexthdr;
+	p->ttl = ip6->hop_limit;
+	p->l4_off = sizeof(*eth) + sizeof(*ip6);
+	p->has_l4 = 1;
+	p->sport = ((__u16)l4[0] << 8) | l4[1];
+	p->dport = ((__u16)l4[2] << 8) | l4[3];
+	return 1;
+}
+
 /* Returns PARSE_OK, PARSE_PASS, or -DROP_* */
 static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
-	if (parse_fast_ipv4(skb, p))
+	if (parse_fast_ipv4(skb, p) || parse_fast_ipv6(skb, p))
 		return PARSE_OK;
 	struct ethhdr eth;
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)

@@ -849,36 +849,47 @@ def test_a_syn_on_a_closing_connection_opens_a_new_one(loaded: BPFObject, netns:
         assert entry_created() > first_created
 
 
-_PSRC, _PDST = IPv4Address("10.99.0.2"), IPv4Address("10.99.0.1")
+_PARSE_PEERS = {
+    4: (IPv4Address("10.99.0.2"), IPv4Address("10.99.0.1"), "10.99.0.0/24"),
+    6: (IPv6Address("fd00:99::2"), IPv6Address("fd00:99::1"), "fd00:99::/64"),
+}
 
 
-def _parse_frame(proto: int, sport: int, dport: int, *, options: bool, flags: int = 0x18) -> bytes:
-    """A TCP (PSH|ACK by default) or UDP packet with 16 bytes of payload; ``options``: four
-    IPv4 NOP options (ihl 6)."""
+def _parse_frame(family: int, proto: int, sport: int, *, options: bool) -> bytes:
+    """A TCP (PSH|ACK) or UDP packet to port 8080 with 16 bytes of payload; ``options``: 4
+    bytes of IPv4 NOP options (ihl 6), or an IPv6 destination-options header (8 bytes: PadN)."""
+    src, dst, _ = _PARSE_PEERS[family]
     payload = b"0123456789abcdef"
     if proto == 6:
-        l4 = struct.pack("!HHIIBBHHH", sport, dport, 7, 9, 5 << 4, flags, 65535, 0, 0) + payload
+        l4 = struct.pack("!HHIIBBHHH", sport, 8080, 7, 9, 5 << 4, 0x18, 65535, 0, 0) + payload
     else:
-        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+        l4 = struct.pack("!HHHH", sport, 8080, 8 + len(payload), 0) + payload
+    if family == 6:
+        ext = bytes([proto, 0, 1, 4, 0, 0, 0, 0]) if options else b""
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(ext) + len(l4), 60 if options else proto,
+                         64, src.packed, dst.packed) + ext  # fmt: skip
+        return DST_MAC + SRC_MAC + b"\x86\xdd" + ip + l4
     opts = b"\x01\x01\x01\x01" if options else b""
     ihl = 5 + len(opts) // 4
     ip = struct.pack(
         "!BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(l4), 1, 0, 64, proto, 0,
-        _PSRC.packed, _PDST.packed,
+        src.packed, dst.packed,
     ) + opts  # fmt: skip
     ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
     return DST_MAC + SRC_MAC + b"\x08\x00" + ip + l4
 
 
-@pytest.mark.parametrize("proto", [6, 17])
+@pytest.mark.parametrize(("family", "proto"), [(4, 6), (4, 17), (6, 6), (6, 17)])
 def test_direct_and_general_parsing_fill_the_packet_alike(
-    loaded: BPFObject, netns: str, proto: int
+    loaded: BPFObject, netns: str, family: int, proto: int
 ) -> None:
-    """bpf/lib/parse.h reads the common case (IPv4 TCP/UDP, headers in the linear area) straight
-    from the packet and everything else with bpf_skb_load_bytes: both must fill ``struct pkt``
-    alike. The same segment sent with a 20-byte IPv4 header (the direct path) and with 4 bytes
-    of IP options (ihl 6: the general path): trace events (aggregation none) and conntrack
-    entries compared."""
+    """bpf/lib/parse.h reads the common case (IPv4/IPv6 TCP/UDP, headers in the linear area)
+    straight from the packet and everything else with bpf_skb_load_bytes: both must fill
+    ``struct pkt`` alike. The same segment sent with a bare IP header (the direct path) and
+    with IPv4 options / an IPv6 extension header (the general path): trace events (aggregation
+    none) and conntrack entries compared."""
+    src, dst, prefix = _PARSE_PEERS[family]
+    extra = 4 if family == 4 else 8
     ifindex = attach_from_container(netns, loaded)
     with (
         loaded.map("ciliary_lxc") as lxc,
@@ -888,29 +899,29 @@ def test_direct_and_general_parsing_fill_the_packet_alike(
         loaded.map("ciliary_events") as events,
     ):
         EndpointMap(lxc).upsert(
-            _PSRC, ifindex=ifindex, sec_id=1234, ep_id=7, flags=EP_F_READY,
+            src, ifindex=ifindex, sec_id=1234, ep_id=7, flags=EP_F_READY,
             mac="02:aa:bb:cc:dd:01", node_mac="02:aa:bb:cc:dd:02",
         )  # fmt: skip
-        IPCacheMap(ipcache).upsert(ip_network("10.99.0.0/24"), 5678)
+        IPCacheMap(ipcache).upsert(ip_network(prefix), 5678)
         ConfigMap(config).set(MONITOR_AGG_NONE, 0)
         records: list[bytes] = []
         with RingBuffer(events.fd, records.append) as rb:
             for sport, options in ((40100, False), (40101, True)):
-                frame = _parse_frame(proto, sport, 8080, options=options)
+                frame = _parse_frame(family, proto, sport, options=options)
                 in_netns(netns, lambda f=frame: send_frame("peer0", f))  # type: ignore[misc]
             poll_until(rb, lambda: sum(decode_trace_event(r).proto == proto for r in records) >= 2)
         direct, general = (e for e in map(decode_trace_event, records) if e.proto == proto)
         assert (direct.sport, general.sport) == (40100, 40101)
-        assert general.pkt_len == direct.pkt_len + 4  # the options
+        assert general.pkt_len == direct.pkt_len + extra
         same = ["src", "dst", "smac", "dmac", "dport", "family", "tcp_flags", "ep_id", "type"]
         same += ["verdict", "obs_point", "src_sec_id", "dst_sec_id", "ct_state", "is_reply"]
         assert {f: getattr(direct, f) for f in same} == {f: getattr(general, f) for f in same}
-        assert (direct.src, direct.dst, direct.dport, direct.ct_state) == (_PSRC, _PDST, 8080, 0)
+        assert (direct.src, direct.dst, direct.dport, direct.ct_state) == (src, dst, 8080, 0)
         assert direct.tcp_flags == (0x18 if proto == 6 else 0)
         entries = {r.sport: r for r in CTMap(ctmap).items() if r.sport in (40100, 40101)}
         assert {s: (r.src, r.dst, r.dport, r.proto, r.tx_packets) for s, r in entries.items()} == {
-            40100: (_PSRC, _PDST, 8080, proto, 1),
-            40101: (_PSRC, _PDST, 8080, proto, 1),
+            40100: (src, dst, 8080, proto, 1),
+            40101: (src, dst, 8080, proto, 1),
         }
-        assert entries[40101].tx_bytes == entries[40100].tx_bytes + 4
+        assert entries[40101].tx_bytes == entries[40100].tx_bytes + extra
         assert entries[40100].tx_flags_seen == entries[40101].tx_flags_seen
