@@ -15,8 +15,11 @@ quiescing as the one-node ``datapath`` group).
                       decapsulates and enforces; the client pod on node 1, the server pod on
                       node 2, the CNP of the ``datapath`` group (the client allowed on the
                       server's ports).
-  c  ciliary native   the same lab file with ``routingMode: native, autoDirectNodeRoutes: true``:
-                      pod CIDR routes via the node IPs, identity from the ipcache.
+  c  ciliary native   the same lab file with ``routingMode: native, autoDirectNodeRoutes: true``
+                      and ``ipv4NativeRoutingCIDR`` the pod pool (as upstream requires of native
+                      routing with masquerade): pod CIDR routes via the node IPs, identity from
+                      the ipcache; bpf_host's masquerade check of a pod's packet to another
+                      node's pod is then the prefix compare, not an ipcache lookup.
   d  kernel VXLAN     a's namespaces with each node's pod traffic through a plain Linux vxlan
                       device (id 1, the other node as remote, UDP 8472) and a route over it; pod
                       MTU 1450 as ciliary's in tunnel mode.
@@ -143,9 +146,11 @@ def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
 
 # ---- ciliary -----------------------------------------------------------------------------------
 
+POD_POOL = "10.200.0.0/16"  # the lab's default clusterPoolIPv4PodCIDRList
 ROUTING = {
     TUNNEL: "  routingMode: tunnel\n",
-    NATIVE: "  routingMode: native\n  autoDirectNodeRoutes: true\n",
+    NATIVE: "  routingMode: native\n  autoDirectNodeRoutes: true\n"
+    f"  ipv4NativeRoutingCIDR: {POD_POOL}\n",
 }
 VXLAN_DEVICE = "ciliary_vxlan"
 

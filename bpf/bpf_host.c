@@ -65,11 +65,15 @@ static __attribute__((noinline)) int to_netdev_masq(struct __sk_buff *skb, struc
 	return TC_ACT_OK;
 }
 
-/* Steps in frames of their own (each call chain's frames add up to at most 512 bytes). */
+/* Steps in frames of their own (each call chain's frames add up to at most 512 bytes). An outer
+ * VXLAN packet (lib/encap.h's mark) is left alone unparsed: it is from the node's address to
+ * another node's, neither a pod's packet to masquerade or rev-NAT nor a proxy's. */
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	if ((skb->mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_OVERLAY)
+		return TC_ACT_OK;
 	if (!nat_config_get() || parse_packet(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
 	int ret = to_netdev_rev_dnat(skb, &p);
@@ -194,13 +198,14 @@ static __attribute__((noinline)) int from_netdev_parse(struct __sk_buff *skb, st
 /* Steps in functions of their own (each call chain's frames add up to at most 512 bytes): a
  * NodePort reply, a request to an external frontend (NodePort, externalIPs, LoadBalancer: a
  * backend, then a local one's delivery or SNAT and forwarding to another node's), a
- * masqueraded connection's reply, BPF host routing; the L7 proxy's tail (lib/proxy.h). */
+ * masqueraded connection's reply, BPF host routing; the L7 proxy's tail (lib/proxy.h). An outer
+ * VXLAN packet to this node (lib/encap.h) is none of these: to the stack at once. */
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	struct lb_result lb = {};
-	if (from_netdev_parse(skb, &p) != PARSE_OK)
+	if (from_netdev_parse(skb, &p) != PARSE_OK || encap_received(&p))
 		return TC_ACT_OK;
 	int np = from_netdev_nodeport_reply(skb, &p);
 	if (np != NP_PASS)

@@ -237,7 +237,9 @@ struct policy_entry {
 struct dp_config {
 	__u64 aggregation_interval_ns;
 	__u32 monitor_aggregation;
-	__u32 flags;
+	__u16 flags;
+	__u16 tunnel_port;      /* ciliary_vxlan's UDP port (host order) in tunnel mode, else 0 (in
+				 * what was flags' upper half: an entry written before reads 0) */
 	__u32 routing_mode;     /* ROUTING_MODE_* */
 	__u32 tunnel_ifindex;   /* ciliary_vxlan in tunnel mode, else 0 */
 };

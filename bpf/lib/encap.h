@@ -12,6 +12,12 @@
 
 #define TUNNEL_TTL 64      /* IPDEFTTL, as upstream's outer header */
 #define VNI_MASK 0xffffff  /* a VXLAN network identifier has 24 bits */
+/* skb->mark of an encapsulated packet (upstream's MARK_MAGIC_OVERLAY, under lib/proxy.h's
+ * MARK_MAGIC_HOST_MASK with the proxy marks): the VXLAN driver keeps the mark of the packet it
+ * wraps (same netns: skb_scrub_packet leaves it), so the node device's egress program knows an
+ * outer packet without parsing it; the veth into the lab network clears it. No ip rule of the
+ * node matches it (the proxy's is 0x200/0xf00). */
+#define MARK_MAGIC_OVERLAY 0x0400
 
 /* ifindex of the tunnel device when the agent configured tunnel routing, else 0. */
 static __always_inline __u32 encap_ifindex(void)
@@ -20,6 +26,19 @@ static __always_inline __u32 encap_ifindex(void)
 	if (!cfg || cfg->routing_mode != ROUTING_MODE_TUNNEL)
 		return 0;
 	return cfg->tunnel_ifindex;
+}
+
+/* Whether `p`, parsed on the node's device, is an outer VXLAN packet another node sent this
+ * one: UDP to the tunnel port, in tunnel mode. The port belongs to the kernel's VXLAN socket,
+ * which decapsulates it for cil_from_overlay: no NodePort frontend, NAT port (lib/nat.h's are
+ * 32768 and up) or endpoint of this node is there, so bpf_host leaves it to the stack. */
+static __always_inline int encap_received(const struct pkt *p)
+{
+	if (p->proto != IPPROTO_UDP || !p->has_l4)
+		return 0;
+	struct dp_config *cfg = dp_config_get();
+	return cfg && cfg->routing_mode == ROUTING_MODE_TUNNEL && cfg->tunnel_port &&
+	       p->dport == cfg->tunnel_port;
 }
 
 /* Encapsulate towards `tunnel_ep` (an ipcache tunnel endpoint: IPv4, network order) with the
@@ -35,6 +54,7 @@ static __always_inline int encap_and_redirect(struct __sk_buff *skb, __u32 tunne
 	key.tunnel_ttl = TUNNEL_TTL;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return -DROP_WRITE_ERROR;
+	skb->mark = MARK_MAGIC_OVERLAY;
 	return bpf_redirect(ifindex, 0);
 }
 

@@ -493,6 +493,7 @@ class Agent:
             int(self.cfg.monitor_aggregation_interval_s * 1e9),
             routing_mode=mode,
             tunnel_ifindex=tunnel_ifindex,
+            tunnel_port=net.tunnel_port if tunnel_ifindex else 0,
         )
         await asyncio.to_thread(setup_masquerade, self.datapath, net)
         if self.proxy_ports.ports:

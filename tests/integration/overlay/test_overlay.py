@@ -276,6 +276,7 @@ def test_nodes_have_the_tunnel_device_and_pods_its_mtu(cluster: Cluster) -> None
         config = ConfigMap(Map.from_pin(PIN_ROOT / agent.node / "ciliary_config")).get()
         assert config.routing_mode == ROUTING_MODE_TUNNEL
         assert config.tunnel_ifindex == _link_index(agent, TUNNEL_DEVICE)
+        assert config.tunnel_port == 8472  # bpf_host's outer packets (lib/encap.h)
         filters = in_netns(agent.netns, "tc", "filter", "show", "dev", TUNNEL_DEVICE, "ingress")
         assert f"name {FROM_OVERLAY[:15]} " in filters.stdout  # the kernel keeps 15 chars
     out = in_netns(cluster.client.netns, "ip", "-j", "link", "show", "dev", "eth0").stdout
@@ -470,7 +471,8 @@ def test_native_mode_has_no_tunnel_device(tmp_path: Path) -> None:
         agent.start()
         assert TUNNEL_DEVICE not in agent.links()
         config = ConfigMap(Map.from_pin(PIN_ROOT / agent.node / "ciliary_config")).get()
-        assert (config.routing_mode, config.tunnel_ifindex) == (ROUTING_MODE_NATIVE, 0)
+        native = (ROUTING_MODE_NATIVE, 0, 0)
+        assert (config.routing_mode, config.tunnel_ifindex, config.tunnel_port) == native
     finally:
         agent.stop()
         stop_recorded(RUN_ROOT / agent.node / ENVOY_STATE / ENVOY_PIDFILE)

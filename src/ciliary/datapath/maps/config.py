@@ -40,7 +40,8 @@ class DPConfigC(ctypes.Structure):
     _fields_ = [
         ("aggregation_interval_ns", ctypes.c_uint64),
         ("monitor_aggregation", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
+        ("flags", ctypes.c_uint16),
+        ("tunnel_port", ctypes.c_uint16),
         ("routing_mode", ctypes.c_uint32),
         ("tunnel_ifindex", ctypes.c_uint32),
     ]
@@ -53,6 +54,7 @@ class DPConfig:
     flags: int
     routing_mode: int = ROUTING_MODE_NATIVE
     tunnel_ifindex: int = 0
+    tunnel_port: int = 0
 
 
 class ConfigMap:
@@ -70,16 +72,24 @@ class ConfigMap:
         *,
         routing_mode: int = ROUTING_MODE_NATIVE,
         tunnel_ifindex: int = 0,
+        tunnel_port: int = 0,
     ) -> None:
-        """Writes the whole entry at once: the running programs never see half of it."""
+        """Writes the whole entry at once: the running programs never see half of it.
+        ``tunnel_port``: the tunnel device's UDP port, by which bpf_host knows the outer
+        packets other nodes send (0: not said, every packet takes bpf_host's full path)."""
         if routing_mode == ROUTING_MODE_TUNNEL and tunnel_ifindex <= 0:
             raise ValueError("tunnel routing needs the tunnel device's ifindex")
+        if not 0 <= tunnel_port <= 0xFFFF:
+            raise ValueError(f"tunnel port {tunnel_port} is not a UDP port")
+        if not 0 <= flags <= 0xFFFF:
+            raise ValueError(f"flags {flags:#x} do not fit the entry's 16 bits")
         value = DPConfigC(
             aggregation_interval_ns=aggregation_interval_ns,
             monitor_aggregation=monitor_aggregation,
             flags=flags,
             routing_mode=routing_mode,
             tunnel_ifindex=tunnel_ifindex,
+            tunnel_port=tunnel_port,
         )
         self.map.update(_KEY, bytes(value), BPF_ANY)
 
@@ -92,4 +102,5 @@ class ConfigMap:
             flags=int(value.flags),
             routing_mode=int(value.routing_mode),
             tunnel_ifindex=int(value.tunnel_ifindex),
+            tunnel_port=int(value.tunnel_port),
         )
