@@ -228,23 +228,25 @@ def to_l7_records(rec: HTTPAccess) -> tuple[L7Record, L7Record]:
     return request, response
 
 
-_KEY_FIELDS: Final = (_F_CHAIN, _F_SOURCE, _F_DESTINATION, _F_METHOD, _F_PROTOCOL, _F_CODE,
-                      _F_GRPC, _F_DETAILS, _F_AUTHORITY, _F_PATH)  # fmt: skip
-"""The fields a request's record is made of but its time, latency, request id and user agent:
-lines alike in these make one group of a batch (one record parsed, its flows templated)."""
+_KEY_FIELDS: Final = (_F_CHAIN, _F_DESTINATION, _F_METHOD, _F_PROTOCOL, _F_CODE, _F_GRPC,
+                      _F_DETAILS, _F_AUTHORITY, _F_PATH)  # fmt: skip
+"""With the client's address (the source but its port), the fields a request's record is made
+of but its time, latency, client port, request id and user agent: lines alike in these make one
+group of a batch (one record parsed, its flows templated)."""
 
 
 @dataclass(frozen=True, slots=True)
 class HTTPAccessBatch:
     """The valid lines of one read of the pipe, grouped: ``accesses[g]`` is group ``g``'s
-    first line as a record; per line its group, start time, latency, request id and user
-    agent (the fields lines of a group differ in). :meth:`records` gives each line's
-    :class:`HTTPAccess`, as :func:`parse_line` would."""
+    first line as a record; per line its group, start time, latency, client (source) port,
+    request id and user agent (the fields lines of a group differ in). :meth:`records` gives
+    each line's :class:`HTTPAccess`, as :func:`parse_line` would."""
 
     accesses: list[HTTPAccess]
     group: list[int]
     time_ns: list[int]
     latency_ns: list[int]
+    source_ports: list[int]
     request_ids: list[bytes]
     user_agents: list[bytes]
 
@@ -252,12 +254,13 @@ class HTTPAccessBatch:
         return len(self.group)
 
     def records(self) -> Iterator[HTTPAccess]:
-        for g, time_ns, latency_ns, request_id, user_agent in zip(
-            self.group, self.time_ns, self.latency_ns, self.request_ids, self.user_agents,
-            strict=True,
+        for g, time_ns, latency_ns, port, request_id, user_agent in zip(
+            self.group, self.time_ns, self.latency_ns, self.source_ports, self.request_ids,
+            self.user_agents, strict=True,
         ):  # fmt: skip
+            access = self.accesses[g]
             yield replace(
-                self.accesses[g], time_ns=time_ns, latency_ns=latency_ns,
+                access, time_ns=time_ns, latency_ns=latency_ns, source=(access.source[0], port),
                 request_id=_text(request_id), user_agent=_text(user_agent),
             )  # fmt: skip
 
@@ -269,7 +272,7 @@ def parse_lines(lines: list[bytes], bad: Callable[[bytes, Exception], None]) -> 
     Per line only the split, the key and the per-line numbers; a group's record is parsed
     once (:func:`parse_line` of its first line: the key holds every field it validates but
     the per-line ones, checked here, so a key that failed fails for every line that has it)."""
-    out = HTTPAccessBatch([], [], [], [], [], [])
+    out = HTTPAccessBatch([], [], [], [], [], [], [])
     index: dict[tuple[bytes, ...], int] = {}
     failed: dict[tuple[bytes, ...], Exception] = {}
     n_fields = len(_FIELDS)
@@ -289,10 +292,14 @@ def parse_lines(lines: list[bytes], bad: Callable[[bytes, Exception], None]) -> 
             if time_ns < 0 or latency_ns < 0:
                 raise ValueError(f"start time {fields[_F_START]!r} or duration "
                                  f"{duration!r} is negative")  # fmt: skip
+            client, sep, port_text = fields[_F_SOURCE].rpartition(b":")
+            port = int(port_text)
+            if not sep or not 0 <= port <= 0xFFFF:
+                raise ValueError(f"source: expected 'address:port', got {fields[_F_SOURCE]!r}")
         except ValueError as err:
             bad(line, err)
             continue
-        key = tuple([fields[i] for i in _KEY_FIELDS])
+        key = (client, *[fields[i] for i in _KEY_FIELDS])
         g = index.get(key)
         if g is None:
             if key in failed:
@@ -309,6 +316,7 @@ def parse_lines(lines: list[bytes], bad: Callable[[bytes, Exception], None]) -> 
         out.group.append(g)
         out.time_ns.append(time_ns)
         out.latency_ns.append(latency_ns)
+        out.source_ports.append(port)
         out.request_ids.append(fields[_F_REQUEST_ID])
         out.user_agents.append(fields[_F_USER_AGENT])
     return out
@@ -316,12 +324,13 @@ def parse_lines(lines: list[bytes], bad: Callable[[bytes, Exception], None]) -> 
 
 def to_l7_batch(batch: HTTPAccessBatch) -> L7Batch:
     """The batch as Hubble's L7 records: each group's request and response
-    (:func:`to_l7_records` of its first line), the lines' times and latencies."""
+    (:func:`to_l7_records` of its first line), the lines' times, latencies and client ports."""
     return L7Batch(
         pairs=tuple(to_l7_records(access) for access in batch.accesses),
         group=tuple(batch.group),
         time_ns=tuple(batch.time_ns),
         latency_ns=tuple(batch.latency_ns),
+        client_port=tuple(batch.source_ports),
     )
 
 

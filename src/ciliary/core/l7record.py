@@ -121,12 +121,13 @@ class L7Batch:
     a request and a response record, grouped (#15: per request only what differs is kept).
 
     ``pairs[g]`` is group ``g``'s (request, response) records as its first request made them;
-    the requests of a group differ only in their time and latency (and so in the response's
-    time, latency and the milliseconds of its summary), which are per request: ``group[i]``,
-    ``time_ns[i]`` (the request's) and ``latency_ns[i]`` (the response's time is
-    ``time_ns[i] + latency_ns[i]``). As events, request ``i`` is event ``2i`` and its response
-    event ``2i + 1``; ``events`` says how many of them the batch carries (a queue with room for
-    only part of it keeps a prefix and counts the rest as lost)."""
+    the requests of a group differ only in their time, latency and client port (and so in the
+    response's time, latency, the milliseconds of its summary and its destination port), which
+    are per request: ``group[i]``, ``time_ns[i]`` (the request's), ``latency_ns[i]`` (the
+    response's time is ``time_ns[i] + latency_ns[i]``) and ``client_port[i]`` (the request's
+    source port, the response's destination port). As events, request ``i`` is event ``2i``
+    and its response event ``2i + 1``; ``events`` says how many of them the batch carries (a
+    queue with room for only part of it keeps a prefix and counts the rest as lost)."""
 
     type: ClassVar[int] = MSG_ACCESS_LOG
 
@@ -134,13 +135,16 @@ class L7Batch:
     group: tuple[int, ...]
     time_ns: tuple[int, ...]
     latency_ns: tuple[int, ...]
+    client_port: tuple[int, ...]
     events: int = -1
     """The events carried (a prefix of the ``2 * len(group)``); -1: all of them."""
 
     def __post_init__(self) -> None:
         n = len(self.group)
-        if len(self.time_ns) != n or len(self.latency_ns) != n:
-            raise ValueError("L7 batch columns group, time_ns, latency_ns differ in length")
+        if not len(self.time_ns) == len(self.latency_ns) == len(self.client_port) == n:
+            raise ValueError(
+                "L7 batch columns group, time_ns, latency_ns, client_port differ in length"
+            )
         if self.events == -1:
             object.__setattr__(self, "events", 2 * n)
         if not 0 <= self.events <= 2 * n:
@@ -149,14 +153,18 @@ class L7Batch:
     def records(self) -> Iterator[L7Record]:
         """The batch's events one by one (request ``i``, then its response), as records."""
         left = self.events
-        for g, time_ns, latency_ns in zip(self.group, self.time_ns, self.latency_ns, strict=True):
+        for g, time_ns, latency_ns, port in zip(
+            self.group, self.time_ns, self.latency_ns, self.client_port, strict=True
+        ):
             request, response = self.pairs[g]
             if left <= 0:
                 return
-            yield replace(request, time_ns=time_ns)
+            client = replace(request.source, port=port)
+            yield replace(request, time_ns=time_ns, source=client)
             if left <= 1:
                 return
-            yield replace(response, time_ns=time_ns + latency_ns, latency_ns=latency_ns)
+            yield replace(response, time_ns=time_ns + latency_ns, latency_ns=latency_ns,
+                          destination=client)  # fmt: skip
             left -= 2
 
     def head(self, events: int) -> L7Batch:
@@ -164,5 +172,10 @@ class L7Batch:
         keep = min(max(events, 0), self.events)
         lines = (keep + 1) // 2
         return L7Batch(
-            self.pairs, self.group[:lines], self.time_ns[:lines], self.latency_ns[:lines], keep
+            self.pairs,
+            self.group[:lines],
+            self.time_ns[:lines],
+            self.latency_ns[:lines],
+            self.client_port[:lines],
+            keep,
         )

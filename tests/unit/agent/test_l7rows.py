@@ -33,12 +33,13 @@ HTTP_METRICS = (
 
 
 def line(i: int, **changed: str) -> bytes:
-    """Request ``i`` of a client on a few keep-alive connections: paths, codes, verdicts and
-    latencies (some over a millisecond) vary as a pod's requests do."""
+    """Request ``i`` of a client, on a few keep-alive connections (odd ``i``) or a new one
+    (even): paths, codes, verdicts and latencies (some over a millisecond) vary as a pod's
+    requests do."""
     fields = {
         "start_time": f"{1_796_492_113 + i // 1000}.{i % 1000:03d}123",
         "chain": "ep11-egress-80",
-        "source": f"{CLIENT}:{40000 + i % 3}",
+        "source": f"{CLIENT}:{40000 + (i % 7 if i % 2 else i)}",
         "destination": f"{SERVER}:80",
         "method": "GET" if i % 4 else "POST",
         "protocol": "HTTP/1.1",
@@ -57,6 +58,9 @@ def line(i: int, **changed: str) -> bytes:
 
 
 LINES = [line(i) for i in range(300)]
+SERVICES = {(SERVER, 80): ("shop", "web"), (CLIENT, 40003): ("default", "odd")}
+"""Service frontends: the server's port, and one at the client's address and one of its ports
+(as a NodePort at a node address would be)."""
 
 
 def decoder() -> FlowDecoder:
@@ -75,9 +79,7 @@ def decoder() -> FlowDecoder:
             identity_of_ip=lambda ip: eps[ip].identity if ip in eps else None,
             identity_labels=labels.get,
             ifname=lambda _i: "lxc0",
-            service_by_addr=lambda ip, port: (
-                ("shop", "web") if (ip, port) == (SERVER, 80) else None
-            ),
+            service_by_addr=lambda ip, port: SERVICES.get((ip, port)),
         ),
     )
 
@@ -107,11 +109,12 @@ def test_every_row_is_its_records_flow() -> None:
     want = one_by_one(dec)
     rows = decode_l7_batch(dec, batch_of(LINES))
     assert len(rows) == len(want) == 2 * len(LINES)
-    assert len(rows.templates) < len(want) // 4
+    assert len(rows.templates) < len(want) // 4  # also the requests on new connections
     for i, flow in enumerate(want):
         got = rows.flow(i, flow.uuid)
         assert got == flow, i
     assert {f.l7.latency_ns > 1_000_000 for f in want} == {True, False}
+    assert {f.source_service.name for f in want} == {"", "web", "odd"}
 
 
 def samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -154,14 +157,23 @@ def test_the_ring_and_its_filters_read_rows_as_whole_flows() -> None:
         flow.uuid = got.uuid
         assert got == flow
     ring = observer.ring
-    filters = [flow_pb2.FlowFilter(http_status_code=["403"]),
-               flow_pb2.FlowFilter(http_path=["/v1/[12]"], http_method=["GET"])]  # fmt: skip
-    whole, rows = build_filter(filters, []), build_row_filter(filters, [])
-    for pos in range(ring.oldest, ring.written):
-        ev = ring.get(pos, whole=False)
-        assert ev is not None and ev.flow is not None and ev.row is not None
-        assert rows(ev.flow, ev.row[0]) == whole(ev.whole().flow or flow_pb2.Flow())
-        assert ev.whole().flow == ring.get(pos).flow  # type: ignore[union-attr]
+    lists = (
+        ([flow_pb2.FlowFilter(http_status_code=["403"]),
+          flow_pb2.FlowFilter(http_path=["/v1/[12]"], http_method=["GET"])], []),
+        ([flow_pb2.FlowFilter(source_port=["40003"]),
+          flow_pb2.FlowFilter(destination_port=["40001", "40008"])], []),
+        ([flow_pb2.FlowFilter(http_method=["GET"])], [flow_pb2.FlowFilter(source_port=["80"])]),
+    )  # fmt: skip
+    for allow, deny in lists:
+        whole, rows = build_filter(allow, deny), build_row_filter(allow, deny)
+        answers = []
+        for pos in range(ring.oldest, ring.written):
+            ev = ring.get(pos, whole=False)
+            assert ev is not None and ev.flow is not None and ev.row is not None
+            answers.append(whole(ev.whole().flow or flow_pb2.Flow()))
+            assert rows(ev.flow, ev.row[0]) == answers[-1]
+            assert ev.whole().flow == ring.get(pos).flow  # type: ignore[union-attr]
+        assert True in answers and False in answers
 
 
 def test_the_queue_keeps_the_prefix_of_a_batch_that_fits() -> None:
