@@ -348,7 +348,11 @@ int cil_to_container(struct __sk_buff *skb)
 		ct.entry->flags |= CT_F_PROXY_REDIRECT | CT_F_PROXY_UPSTREAM;
 
 	struct policy_verdict pv = {};
-	if (ct.state != CT_REPLY && ct.state != CT_RELATED) {
+	__u32 rev = policy_revision();
+	if (ct.state == CT_ESTABLISHED && !ct.report && ct.entry &&
+	    policy_cached(ct.entry, rev, src_id, dst_id, POLICY_CACHED_INGRESS)) {
+		/* allowed at this revision, no proxy (lib/policy.h): pv stays empty */
+	} else if (ct.state != CT_REPLY && ct.state != CT_RELATED) {
 		ret = policy_check(dst_ep, src_id, POLICY_INGRESS, &p, &pv);
 		if (pv.enforced && (ret < 0 || ct.state == CT_NEW))
 			policy_verdict_notify(skb, &p, dst_ep, dst_ep, src_id, dst_id, pv.cookie,
@@ -361,6 +365,8 @@ int cil_to_container(struct __sk_buff *skb)
 			return drop_policy(skb, &p, -ret, dst_ep, dst_ep, src_id, dst_id,
 					   OBS_TO_ENDPOINT, pv.cookie, pv.match, TRAFFIC_INGRESS);
 		}
+		if (ct.entry && !pv.proxy_port)
+			policy_cache(ct.entry, rev, src_id, dst_id, POLICY_CACHED_INGRESS);
 	}
 	/* L7 (lib/proxy.h) on a connection the stack delivers: a request whose ingress entry names
 	 * a proxy (unless the ingress proxy sent it: another proxy's upstream connection, the

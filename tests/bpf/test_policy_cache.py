@@ -39,6 +39,7 @@ from .test_libbpf import LXC_OBJECT, in_netns, tcp_frame
 
 pytestmark = pytest.mark.privileged
 
+TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 TC_ACT_REDIRECT = 7
 SYN, ACK = 0x02, 0x10
@@ -215,3 +216,43 @@ def test_the_revision_is_raised_by_every_write_and_never_is_zero(
         assert revision.bump() == 1  # wraps past 0
     with Map.from_pin(pin_dir / REVISION_MAP) as m:
         assert PolicyRevision(m).current() == 1
+
+
+def test_the_stack_delivered_path_holds_and_drops_the_verdict_alike(
+    node: tuple[BPFObject, Path], two_lxc: tuple[str, int, int]
+) -> None:
+    """cil_to_container (tc egress of the server's lxc: what the node stack delivers to the pod)
+    keeps the receiver's ingress verdict in the entry too, and a policy write reaches it."""
+    obj, pin_dir = node
+    ns, _, server_if = two_lxc
+    prog = obj.program_fd("cil_to_container")
+    host, host_id = IPv4Address("10.99.1.7"), 4242
+    from_host = PolicyKey(host_id, False, 6, 80, 16)
+    with (
+        obj.map("ciliary_lxc") as lxc, obj.map("ciliary_ipcache") as ipcache,
+        obj.map("ciliary_config") as config, obj.map("ciliary_policy") as outer,
+        obj.map(REVISION_MAP) as rev_map,
+    ):  # fmt: skip
+        EndpointMap(lxc).upsert(SERVER, ifindex=server_if, sec_id=SERVER_ID, ep_id=SERVER_EP,
+                                flags=EP_F_READY, mac="02:aa:bb:cc:dd:01",
+                                node_mac="02:aa:bb:cc:dd:02")  # fmt: skip
+        IPCacheMap(ipcache).upsert(ip_network(f"{host}/32"), host_id)
+        ConfigMap(config).set(MONITOR_AGG_MEDIUM, 0)
+        maps = PolicyMaps(outer, pin_dir, PolicyRevision(rev_map))
+        inner = maps.ensure(SERVER_EP, {from_host: ALLOW})
+
+        def send(flags: int) -> int:
+            frame = tcp_frame(host, SERVER, 40010, 80, flags)
+            return in_netns(ns, lambda: _test_run(prog, frame, server_if))
+
+        def counted() -> int:
+            (rec,) = EndpointPolicyMap(inner.map).items()
+            return rec.packets
+
+        assert send(SYN) == TC_ACT_OK
+        assert send(ACK) == TC_ACT_OK
+        checked = counted()
+        assert [send(ACK) for _ in range(3)] == [TC_ACT_OK] * 3
+        assert counted() == checked  # held: not looked up
+        inner.apply({})
+        assert send(ACK) == TC_ACT_SHOT
