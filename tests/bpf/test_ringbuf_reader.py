@@ -213,7 +213,7 @@ def test_a_lone_event_is_read_at_once_and_a_steady_stream_in_batches(
     (#17): records written meanwhile are read together when it ends, not one wake-up each; a
     record after a quiet spell (the fd waited on again) is read at once."""
     attach_from_container(netns, small_ring)
-    monkeypatch.setattr(monitor_module, "HOLDOFF_S", 0.5)
+    monkeypatch.setattr(monitor_module, "HOLDOFF_S", 2.0)  # long: a loaded machine
     got: list[object] = []
     arrived: dict[int, float] = {}
     drains: list[int] = []
@@ -229,25 +229,25 @@ def test_a_lone_event_is_read_at_once_and_a_steady_stream_in_batches(
         monitor.add_drain_hook(lambda: drains.append(len(sports_of(got))))
         monitor.start()
         try:
-            await asyncio.sleep(0.7)  # the start's drain and its hold-off are over
+            await asyncio.sleep(2.3)  # the start's drain and its hold-off are over
             sent = time.monotonic()
             await asyncio.to_thread(send, netns, range(44000, 44001))
             for _ in range(100):
                 await asyncio.sleep(0.005)
                 if 44000 in arrived:
                     break
-            assert arrived[44000] - sent < 0.25  # at once, not at the end of a hold-off
+            assert arrived[44000] - sent < 1.0  # at once, not at the end of a hold-off
             for port in range(44001, 44006):  # a stream, inside the hold-off that began
                 await asyncio.to_thread(send, netns, range(port, port + 1))
                 await asyncio.sleep(0.02)
             assert not set(arrived) & set(range(44001, 44006))  # still held off
-            for _ in range(200):
+            for _ in range(400):
                 await asyncio.sleep(0.01)
                 if len(arrived) == 6:
                     break
             assert sorted(arrived) == list(range(44000, 44006))
             assert sports_of(got) == list(range(44000, 44006))
-            assert arrived[44001] - sent >= 0.4  # read when the hold-off ended
+            assert arrived[44001] - sent >= 1.5  # read when the hold-off ended
             # the five were read by one drain: the counts the drains saw jump from 1 to 6
             assert drains.count(1) >= 1 and 2 not in drains and 6 in drains
         finally:
