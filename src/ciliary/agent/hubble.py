@@ -50,11 +50,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +93,8 @@ if TYPE_CHECKING:
     from ciliary.agent.daemon import Agent
 
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 LOST_STATE_FILE = "hubble-events-lost.json"
 LOST_SAVE_INTERVAL_S = 1.0
@@ -588,14 +590,7 @@ class AgentHubble:
             flows = decode_rows(self.decoder, rows)
         except Exception:
             log.exception("cannot decode a batch of datapath events; one by one instead")
-            for raw in decode_trace_rows(rows):
-                try:
-                    flow = self.decoder.decode(raw)
-                except Exception:
-                    self.decode_errors += 1
-                    continue
-                self.decoded += 1
-                self.observer.on_flow(flow)
+            self._decode_one_by_one(decode_trace_rows(rows), self.decoder.decode)
             return
         self.decoded += len(rows)
         self.observer.on_flow_rows(flows)
@@ -607,17 +602,24 @@ class AgentHubble:
             flows = decode_l7_batch(self.decoder, batch)
         except Exception:
             log.exception("cannot decode a batch of L7 records; one by one instead")
-            for record in batch.records():
-                try:
-                    flow = self.decoder.decode_l7(record)
-                except Exception:
-                    self.decode_errors += 1
-                    continue
-                self.decoded += 1
-                self.observer.on_flow(flow)
+            self._decode_one_by_one(batch.records(), self.decoder.decode_l7)
             return
         self.decoded += len(flows)
         self.observer.on_flow_rows(flows)
+
+    def _decode_one_by_one(
+        self, records: Iterable[_R], decode: Callable[[_R], flow_pb2.Flow]
+    ) -> None:
+        """A batch that failed as a whole, record by record: each failure counted, the rest
+        observed."""
+        for record in records:
+            try:
+                flow = decode(record)
+            except Exception:
+                self.decode_errors += 1
+                continue
+            self.decoded += 1
+            self.observer.on_flow(flow)
 
     def _save_lost(self) -> None:
         """Saves the counters as reported so far: the next agent reports from there, also after

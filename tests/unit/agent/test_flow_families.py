@@ -24,8 +24,11 @@ from ciliary.core.l7record import DNSRecord, HTTPRecord, L7Endpoint, L7Record
 from ciliary.core.models import MONITOR_EVENT_TYPES
 from ciliary.datapath.loader import NodeDatapath
 from ciliary.datapath.maps.events import RawSockEvent
+from ciliary.hubble.api.flow import flow_pb2
 from ciliary.policy.fqdn import DNSCache, DNSLookup
 from tests.unit.agent.test_flows import ENDPOINTS, IDENTITIES, WORLD, event, ipcache
+from tests.unit.agent.test_l7rows import LINES, batch_of
+from tests.unit.agent.test_l7rows import decoder as l7_decoder
 
 CLIENT, SERVER = IPv4Address("10.0.0.10"), IPv4Address("10.0.0.20")
 T0 = 1_700_000_000_123_456_789
@@ -293,3 +296,46 @@ def test_names_from_the_fqdn_cache_on_l3_l4_and_l7_flows() -> None:
     assert (list(pods.source_names), list(pods.destination_names)) == ([], [])
     l7 = dec.decode_l7(http(L7FlowType.REQUEST, destination=L7Endpoint(WORLD, 80)))
     assert list(l7.destination_names) == names and list(l7.source_names) == []
+
+
+def test_a_batch_that_cannot_be_decoded_whole_is_decoded_record_by_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the batched decoder of a proxy's batch fails, its records are decoded one by one:
+    each one that decodes is observed, each one that does not is counted as a decode error."""
+    cfg = AgentConfig(
+        node="n1", state_dir=tmp_path, pin_dir=tmp_path / "pins", socket=tmp_path / "a.sock",
+        bpf_object=tmp_path / "bpf.o", ipv4_range=None, ipv6_range=None,
+    )  # fmt: skip
+    agent = SimpleNamespace(
+        cfg=cfg, kube=None, policy=None,
+        monitor=SimpleNamespace(ifname=None, why_default_deny=None, paused=False),
+        endpoints=SimpleNamespace(counts_by_state=dict), l7_stats=dict,
+    )  # fmt: skip
+    hubble = AgentHubble(agent, HubbleConfig())  # type: ignore[arg-type]
+    hubble.decoder = l7_decoder()  # the test pods' endpoints and identities
+    flows: list[flow_pb2.Flow] = []
+    hubble.observer.add_flow_hook(flows.append)
+
+    def whole_batch_fails(*_args: object) -> None:
+        raise RuntimeError("batch decoder broken")
+
+    monkeypatch.setattr("ciliary.agent.hubble.decode_l7_batch", whole_batch_fails)
+    batch = batch_of(LINES[:4])
+    records = list(batch.records())
+    real_decode = hubble.decoder.decode_l7
+    calls: list[L7Record] = []
+
+    def third_fails(record: L7Record) -> flow_pb2.Flow:
+        calls.append(record)
+        if len(calls) == 3:
+            raise ValueError("undecodable")
+        return real_decode(record)
+
+    monkeypatch.setattr(hubble.decoder, "decode_l7", third_fails)
+    hubble._decode_l7_batch(batch)
+    assert calls == records and len(records) > 3
+    assert (hubble.decoded, hubble.decode_errors) == (len(records) - 1, 1)
+    assert [f.l7.type for f in flows] == [
+        real_decode(r).l7.type for i, r in enumerate(records) if i != 2
+    ]
