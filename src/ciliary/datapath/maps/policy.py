@@ -200,6 +200,12 @@ class PolicyRevision:
         return nxt
 
 
+def _raise_revision(revision: PolicyRevision | None) -> None:
+    """After a policy write: the revision contract (module doc), when there is a revision."""
+    if revision is not None:
+        revision.bump()
+
+
 class EndpointPolicyMap:
     """The inner LPM map of one endpoint. ``shared``: the handle :class:`PolicyMaps` keeps
     open and hands out again; closing it is a no-op (``PolicyMaps.remove`` closes it).
@@ -227,17 +233,13 @@ class EndpointPolicyMap:
     def map(self) -> Map:
         return self._map
 
-    def _written(self) -> None:
-        if self._revision is not None:
-            self._revision.bump()
-
     def upsert(self, key: PolicyKey, value: PolicyValue) -> None:
         self._map.update(key.c_bytes, _entry_bytes(value, key.prefixlen))
-        self._written()
+        _raise_revision(self._revision)
 
     def delete(self, key: PolicyKey) -> bool:
         found = self._map.delete(key.c_bytes)
-        self._written()
+        _raise_revision(self._revision)
         return found
 
     def items(self) -> list[PolicyEntryRecord]:
@@ -288,7 +290,7 @@ class EndpointPolicyMap:
         if deny_gone:
             self._map.delete_batch(deny_gone)
         if change.changed or change.stale:
-            self._written()
+            _raise_revision(self._revision)
         return len(change.changed), len(change.stale)
 
     def close(self) -> None:
@@ -311,10 +313,6 @@ class PolicyMaps:
         self._pin_dir = pin_dir
         self._revision = revision
         self._open: dict[int, EndpointPolicyMap] = {}
-
-    def _linked(self) -> None:
-        if self._revision is not None:
-            self._revision.bump()
 
     def _pin(self, ep_id: int) -> Path:
         return self._pin_dir / f"ciliary_policy_{ep_id}"
@@ -353,7 +351,7 @@ class PolicyMaps:
             linked = self._outer.lookup(key)
             if linked is None or int.from_bytes(linked[:4], "little") != existing.map.info.id:
                 self._outer.update(key, existing.map.fd.to_bytes(4, "little"))
-                self._linked()
+                _raise_revision(self._revision)
             return existing
         m = map_create(
             BPF_MAP_TYPE_LPM_TRIE, f"cil_pol_{ep_id}",
@@ -367,13 +365,13 @@ class PolicyMaps:
         m.pin(path)
         self._open[ep_id] = inner
         self._outer.update(self._outer_key(ep_id), m.fd.to_bytes(4, "little"))
-        self._linked()
+        _raise_revision(self._revision)
         return inner
 
     def remove(self, ep_id: int) -> None:
         """Stop enforcing (outer entry first), then drop the pin."""
         self._outer.delete(self._outer_key(ep_id))
-        self._linked()
+        _raise_revision(self._revision)
         self._forget(ep_id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._pin(ep_id))
