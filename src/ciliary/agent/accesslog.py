@@ -144,15 +144,28 @@ def _text(value: bytes) -> str | None:
     return None if value == b"-" else value.decode(errors="replace")
 
 
+def _start_ns(text: bytes) -> int:
+    """The start-time field (``seconds.fraction``) in ns."""
+    seconds, _, fraction = text.partition(b".")
+    return int(seconds) * 1_000_000_000 + int((fraction + b"000000000")[:9])
+
+
+def _duration_ns(text: bytes) -> int:
+    """The duration field (µs, ``-`` when none) in ns."""
+    return 0 if text == b"-" else int(text) * 1000
+
+
+def _field_count_error(got: int) -> ValueError:
+    return ValueError(f"expected {len(_FIELDS)} fields ({', '.join(_FIELDS)}), got {got}")
+
+
 def parse_line(line: str | bytes) -> HTTPAccess:
     """One access log line (:data:`ciliary.agent.envoyconfig.ACCESS_LOG_FORMAT`, its newline
     optional) as a record; ValueError naming the field when it is none."""
     raw = line.encode() if isinstance(line, str) else line
     fields = raw.rstrip(b"\n").split(_SEPARATOR)
     if len(fields) != len(_FIELDS):
-        raise ValueError(
-            f"expected {len(_FIELDS)} fields ({', '.join(_FIELDS)}), got {len(fields)}"
-        )
+        raise _field_count_error(len(fields))
     endpoint_id, direction = _chain(fields[_F_CHAIN])
     method = fields[_F_METHOD]
     if method == b"-":
@@ -166,12 +179,10 @@ def parse_line(line: str | bytes) -> HTTPAccess:
         verdict = "ERROR"
     else:
         verdict = "FORWARDED"
-    seconds, _, fraction = fields[_F_START].partition(b".")
-    time_ns = int(seconds) * 1_000_000_000 + int((fraction + b"000000000")[:9])
-    duration, grpc = fields[_F_DURATION], fields[_F_GRPC]
+    grpc = fields[_F_GRPC]
     authority, path = fields[_F_AUTHORITY], fields[_F_PATH]
     return HTTPAccess(
-        time_ns=time_ns,
+        time_ns=_start_ns(fields[_F_START]),
         endpoint_id=endpoint_id,
         direction=direction,
         source=_address(fields[_F_SOURCE], "source"),
@@ -183,7 +194,7 @@ def parse_line(line: str | bytes) -> HTTPAccess:
         protocol=_text(fields[_F_PROTOCOL]) or "",
         code=code,
         verdict=verdict,
-        latency_ns=0 if duration == b"-" else int(duration) * 1000,
+        latency_ns=_duration_ns(fields[_F_DURATION]),
         grpc_status=None if grpc in (b"-", b"") else int(grpc),
         details="" if details == b"-" else details.decode(errors="replace"),
         user_agent=_text(fields[_F_USER_AGENT]),
@@ -281,17 +292,14 @@ def parse_lines(lines: list[bytes], bad: Callable[[bytes, Exception], None]) -> 
             continue
         fields = line.split(_SEPARATOR)
         if len(fields) != n_fields:
-            bad(line, ValueError(f"expected {n_fields} fields ({', '.join(_FIELDS)}), "
-                                 f"got {len(fields)}"))  # fmt: skip
+            bad(line, _field_count_error(len(fields)))
             continue
         try:
-            seconds, _, fraction = fields[_F_START].partition(b".")
-            time_ns = int(seconds) * 1_000_000_000 + int((fraction + b"000000000")[:9])
-            duration = fields[_F_DURATION]
-            latency_ns = 0 if duration == b"-" else int(duration) * 1000
+            time_ns = _start_ns(fields[_F_START])
+            latency_ns = _duration_ns(fields[_F_DURATION])
             if time_ns < 0 or latency_ns < 0:
                 raise ValueError(f"start time {fields[_F_START]!r} or duration "
-                                 f"{duration!r} is negative")  # fmt: skip
+                                 f"{fields[_F_DURATION]!r} is negative")  # fmt: skip
             client, sep, port_text = fields[_F_SOURCE].rpartition(b":")
             port = int(port_text)
             if not sep or not 0 <= port <= 0xFFFF:
