@@ -335,13 +335,14 @@ def test_wall_clock_tracks_time() -> None:
 
 
 def test_decode_rate(decoder: FlowDecoder) -> None:
-    """Not a benchmark: a guard that decoding stays well above what a node produces."""
+    """Not a benchmark: a guard that decoding stays well above what a node produces. Timed in
+    this process's CPU time, not wall time: other work on a loaded machine must not fail it."""
     ev = event(policy_cookie=1)
     n = 2000
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(n):
         decoder.decode(ev)
-    rate = n / (time.perf_counter() - start)
+    rate = n / max(time.process_time() - start, 1e-9)
     assert rate > 5000, f"{rate:.0f} flows/s"
 
 
