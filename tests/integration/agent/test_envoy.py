@@ -6,7 +6,9 @@ aiohttp HTTP/1.1 server on 8080 and 8081, a gRPC health server on 50051), client
 ~0.5 s). Connections to the server's ports are handed to Envoy's transparent listeners by an
 iptables TPROXY rule, which, as the datapath's ``bpf_sk_assign``, keeps the original destination
 as the accepted socket's local address; Envoy's own upstream connections carry the proxy mark
-(0xa00) and are not redirected again.
+(0xa00) and are not redirected again. gRPC's server and client run as processes of their own in
+the namespace: gRPC makes its sockets on threads of its own, which live in whatever namespace the
+process first used gRPC in (the root one, after any earlier gRPC test in the same process).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -28,7 +31,7 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from ciliary import processes
 from ciliary.agent import envoyconfig as cfg
@@ -111,11 +114,56 @@ async def _upstreams() -> list[Callable[[], Awaitable[None]]]:
     await runner.setup()
     for port in (8080, 8081, 8082):
         await web.TCPSite(runner, SERVER, port).start()
+    grpc_server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", GRPC_SERVER, f"{SERVER}:50051", stdout=asyncio.subprocess.PIPE
+    )
+    assert grpc_server.stdout is not None
+    ready = await asyncio.wait_for(grpc_server.stdout.readline(), 20)
+    assert ready == b"ready\n", f"the gRPC health server did not start: {ready!r}"
+
+    async def stop_grpc() -> None:
+        grpc_server.terminate()
+        await grpc_server.wait()
+
+    return [runner.cleanup, stop_grpc]
+
+
+GRPC_SERVER = """
+import asyncio, sys
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+async def main() -> None:
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    server.add_insecure_port(f"{SERVER}:50051")
+    if not server.add_insecure_port(sys.argv[1]):
+        sys.exit(f"cannot listen on {sys.argv[1]}")
     await server.start()
-    return [runner.cleanup, lambda: server.stop(None)]
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+GRPC_CLIENT = """
+import asyncio, sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+async def main() -> None:
+    async with grpc.aio.insecure_channel(sys.argv[1]) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        code = "OK"
+        try:
+            async for _ in stub.Watch(health_pb2.HealthCheckRequest(), timeout=10):
+                break
+        except grpc.aio.AioRpcError as err:
+            code = err.code().name
+        print(reply.status, code)
+
+asyncio.run(main())
+"""
 
 
 def ingress(peers: tuple[cfg.PeerHTTPRules, ...]) -> cfg.ProxyListener:
@@ -319,20 +367,18 @@ def test_denied_response_is_ciliums_byte_for_byte(env: Env) -> None:
 
 
 def test_h2c_and_grpc_enforced_per_request(env: Env) -> None:
-    async def grpc_calls() -> tuple[int, grpc.StatusCode | None]:
-        async with grpc.aio.insecure_channel(f"{SERVER}:50051") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            reply = await stub.Check(health_pb2.HealthCheckRequest())
-            try:
-                async for _ in stub.Watch(health_pb2.HealthCheckRequest()):
-                    break
-            except grpc.aio.AioRpcError as err:
-                return reply.status, err.code()
-            return reply.status, None
+    async def grpc_calls() -> tuple[int, str]:
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", GRPC_CLIENT, f"{SERVER}:50051", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(client.communicate(), 25)
+        assert client.returncode == 0, out
+        status, code = out.decode().split()
+        return int(status), code
 
     status, denied = env.loop.run(grpc_calls())
     assert status == health_pb2.HealthCheckResponse.SERVING  # allowed method, over h2c
-    assert denied == grpc.StatusCode.PERMISSION_DENIED  # grpc-status 7, as upstream
+    assert denied == grpc.StatusCode.PERMISSION_DENIED.name  # grpc-status 7, as upstream
 
     async def watch_record() -> HTTPAccess:
         deadline = time.monotonic() + 5
