@@ -129,6 +129,7 @@ GROUPS = [
         "services",
         lambda a: services.run(
             rounds=1 if a.quick else 3,
+            pair_rounds=2 if a.quick else services.PAIR_ROUNDS,
             seconds=a.seconds,
             scale=(1, 1_000) if a.quick else services.SCALE,
             socket_lb_scale=(1,) if a.quick else services.SOCKET_LB_SCALE,

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench import datapath
-from bench.datapath import PerPacket, Target
+from bench import datapath, services
+from bench.datapath import Metric, PerPacket, Target
 from bench.services import IPT_VIP, PORTS, kube_proxy_rules, lab_file
 
 from ciliary.lab.schema import parse_lab_text
@@ -86,3 +86,43 @@ def test_prog_run_stats_of_a_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     per(vip, 1)  # warm-up
     per(vip, 2)
     assert per.samples == {"ClusterIP": [500.0]} and set(seen) == {(pin, True)}
+
+
+def test_paired_rounds_alternate_and_give_each_rounds_ratio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pair's order alternates round by round after one recorded-nothing warm-up run each;
+    each round's ratio is its own ClusterIP over its own pod IP value, so a slow round (both
+    halved) does not move it."""
+    monkeypatch.setattr(services, "_quiesce", lambda *a, **k: None)
+    direct = Target("pod IP", "ciliary", 1, ["c0"], "10.0.0.2")
+    via = Target("ClusterIP", "ciliary", 1, ["c1"], "10.96.0.9")
+    calls: list[tuple[str, str, float]] = []
+    slow = {2}  # round 2 runs at half speed for both
+
+    def measure(key: str) -> Metric:
+        def run(t: Target, s: float) -> tuple[float, ...]:
+            calls.append((key, t.name, s))
+            r = sum(1 for c in calls if c[0] == "crr" and c[2] == 2.0 and c[1] == t.name) - 1
+            f = 0.5 if key == "crr" and r in slow else 1.0
+            if key == "crr":
+                return ((1000.0 if t is direct else 950.0) * f,)
+            return (10.0, 20.0) if t is direct else (10.5, 19.0)
+
+        return run
+
+    metrics = {k: ("t", "u", True, measure(k)) for k in ("crr", "rr")}
+    samples, ratios = services._paired(
+        (direct, via), metrics, rounds=4, seconds=2.0, agents=[], log=lambda _: None
+    )
+    assert calls[:2] == [("crr", "pod IP", 1), ("crr", "ClusterIP", 1)]
+    crr_order = [name for key, name, s in calls[2:] if key == "crr"]
+    assert crr_order == ["pod IP", "ClusterIP", "ClusterIP", "pod IP"] * 2
+    assert len(samples["crr"]["pod IP"]) == 4 and len(samples["rr"]["ClusterIP"]) == 4
+    assert ratios["crr"] == pytest.approx([95.0] * 4)
+    assert ratios["rr-p50"] == pytest.approx([105.0] * 4)
+    assert ratios["rr-p99"] == pytest.approx([95.0] * 4)
+    res = services._ratio_result("ciliary, 1 Services", ratios, seconds=2.0)
+    assert res["values"]["connection rate: median of the rounds' ratios"] == pytest.approx(95.0)
+    assert res["values"]["latency p50: highest round"] == pytest.approx(105.0)
+    assert res["baseline"] is None and "4 rounds" in res["benchmark"]
