@@ -195,6 +195,16 @@ static __attribute__((noinline)) int from_netdev_parse(struct __sk_buff *skb, st
 	return parse_packet(skb, p);
 }
 
+/* Whether `p` is addressed to the node's own address, the only one lib/nat.h translates to:
+ * every reverse NAT entry (a NodePort connection's reply, a masqueraded pod connection's) is
+ * keyed on it, so a packet to any other address (a pod's, in native routing) needs no lookup. */
+static __always_inline int to_nat_addr(const struct pkt *p)
+{
+	struct nat_config *cfg = nat_config_get();
+	return cfg && addr_eq(p->daddr, p->family == AF_INET4 ? cfg->node_ipv4 : cfg->node_ipv6,
+			      p->family);
+}
+
 /* Steps in functions of their own (each call chain's frames add up to at most 512 bytes): a
  * NodePort reply, a request to an external frontend (NodePort, externalIPs, LoadBalancer: a
  * backend, then a local one's delivery or SNAT and forwarding to another node's), a
@@ -207,7 +217,8 @@ int cil_from_netdev(struct __sk_buff *skb)
 	struct lb_result lb = {};
 	if (from_netdev_parse(skb, &p) != PARSE_OK || encap_received(&p))
 		return TC_ACT_OK;
-	int np = from_netdev_nodeport_reply(skb, &p);
+	int to_node = to_nat_addr(&p);
+	int np = to_node ? from_netdev_nodeport_reply(skb, &p) : NP_PASS;
 	if (np != NP_PASS)
 		return np;
 	np = from_netdev_nodeport_lb(skb, &p, &lb);
@@ -217,7 +228,7 @@ int cil_from_netdev(struct __sk_buff *skb)
 							from_netdev_nodeport_fwd_trace(skb, &p, &lb));
 		np = netdev_deliver(skb, &p, &lb);
 	} else if (np == NP_PASS) {
-		np = from_netdev_masq_reply(skb, &p);
+		np = to_node ? from_netdev_masq_reply(skb, &p) : NP_PASS;
 		if (np != NP_PASS)
 			return np;
 		if (routing_mode() != ROUTING_MODE_NATIVE)
