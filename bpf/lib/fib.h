@@ -18,6 +18,33 @@
 
 #define FIB_PASS 1 /* not taken: let the stack route it */
 
+/* The length the FIB's MTU check compares with the route's: the packet's from its network
+ * header, or a GSO packet's largest segment's (the network and transport headers and gso_size),
+ * which is what the stack's forwarding checks (skb_gso_validate_network_len in ip_exceeds_mtu /
+ * ip6_pkt_too_big). With the whole GSO packet's length every bulk TCP packet was "too big"
+ * (BPF_FIB_LKUP_RET_FRAG_NEEDED) and took the stack's forwarding path after all. A GSO packet
+ * that is not TCP or UDP keeps its whole length: the stack decides, as before. */
+static __always_inline __u16 fib_tot_len(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 whole = skb->len - p->l3_off;
+	__u32 seg = skb->gso_size;
+	__u32 l4_hdr;
+	__u8 doff;
+
+	if (!seg || !p->has_l4)
+		return whole;
+	if (p->proto == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, p->l4_off + 12, &doff, 1) < 0)
+			return whole;
+		l4_hdr = (doff >> 4) * 4;
+	} else if (p->proto == IPPROTO_UDP) {
+		l4_hdr = 8;
+	} else {
+		return whole;
+	}
+	return p->l4_off - p->l3_off + l4_hdr + seg;
+}
+
 /* Route `p` with the node's FIB and redirect it to the egress device. Returns the tc verdict
  * (TC_ACT_REDIRECT), FIB_PASS when the stack must handle it, or -DROP_* on a write error. */
 static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
@@ -31,7 +58,7 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 	fib.l4_protocol = p->proto;
 	fib.sport = bpf_htons(p->sport);
 	fib.dport = bpf_htons(p->dport);
-	fib.tot_len = skb->len - p->l3_off;
+	fib.tot_len = fib_tot_len(skb, p);
 	if (p->family == AF_INET4) {
 		fib.family = AF_INET4;
 		__builtin_memcpy(&fib.ipv4_src, p->saddr, 4);

@@ -314,6 +314,65 @@ def test_connection_survives_agent_restarts(lab: MultiLab) -> None:
         proc.communicate(timeout=10)  # closes stdin: the holder ends; its pipes are closed
 
 
+# A bulk transfer through the echo server: ``size`` bytes sent (the pod's TCP hands its veth GSO
+# packets of tens of KB) while the echo comes back; prints the bytes echoed.
+BULK = """\
+import socket, sys, threading
+size = int(sys.argv[2])
+s = socket.create_connection((sys.argv[1], 7), timeout=10)
+threading.Thread(target=lambda: s.sendall(b"x" * size), daemon=True).start()
+got = 0
+while got < size:
+    chunk = s.recv(1 << 16)
+    if not chunk:
+        break
+    got += len(chunk)
+print(got)
+"""
+
+
+def _stack_forwarded(netns: str, family: int) -> int:
+    """Datagrams the node's own stack forwarded (IpForwDatagrams, Ip6OutForwDatagrams)."""
+    if family == 4:
+        head, values = [
+            line.split()[1:]
+            for line in subprocess.run(
+                ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+                capture_output=True, text=True, check=True,
+            ).stdout.splitlines()
+            if line.startswith("Ip: ")
+        ][:2]  # fmt: skip
+        return int(dict(zip(head, values, strict=True))["ForwDatagrams"])
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp6"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return int(dict(line.split() for line in out.splitlines())["Ip6OutForwDatagrams"])
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_bulk_tcp_leaves_the_node_by_bpf_not_by_its_stack(lab: MultiLab, family: int) -> None:
+    """A pod's bulk TCP to another node's pod is routed by bpf_lxc (tunnel: into ciliary_vxlan;
+    native: the FIB and bpf_redirect to eth0, lib/fib.h), not forwarded by the node's stack,
+    also when its packets are GSO packets far larger than the MTU: the FIB's MTU check is on
+    the segments, as the stack's own (before, every GSO packet was "too big" for the FIB and
+    took the stack's forwarding path in native mode)."""
+    _serving(lab, family)
+    size = 8 << 20
+    client = manager.find_pod(manager.record(lab.name), "default/client")
+    node = next(n for n in manager.record(lab.name).nodes if n.name == lab.nodes[0])
+    before = _stack_forwarded(node.netns, family)
+    res = subprocess.run(
+        ["ip", "netns", "exec", client.netns, sys.executable, "-c", BULK,
+         lab.ip("shop/server", family), str(size)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    forwarded = _stack_forwarded(node.netns, family) - before
+    assert res.stdout.strip() == str(size), res.stderr
+    # 8 MB is thousands of MTU-sized segments and at least 128 GSO packets of <= 64 KB
+    assert forwarded < 20, f"node 1's stack forwarded {forwarded} of the transfer's packets"
+
+
 REMOTE_NODES = """\
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
