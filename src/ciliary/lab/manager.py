@@ -404,11 +404,22 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
         if externals:  # the world is there before the cluster
             with _step(progress, f"world: {len(externals)} hosts on the lab network"):
                 _create_externals(rec, lab_file.lab.spec)
+        made: list[NodeRecord] = []
         for node in lab_file.lab.spec.nodes:
-            with _step(progress, f"node {node.name}: netns + agent"):
-                _create_node(
-                    rec, node.name, cidrs[node.name], dict(node.labels), node_ips[node.name]
+            with _step(progress, f"node {node.name}: netns + agent started"):
+                made.append(
+                    _create_node(
+                        rec, node.name, cidrs[node.name], dict(node.labels), node_ips[node.name]
+                    )
                 )
+        for nrec in made:
+            with _step(progress, f"node {nrec.name}: agent ready, node registered"):
+                _finish_node(rec, nrec, cidrs[nrec.name])
+        relay = lab_file.lab.spec.hubble.relay
+        relay_address: str | None = None
+        if rec.hubble.enabled and relay.enabled:  # starts while the cluster DNS and pods do
+            with _step(progress, "hubble relay: started"):
+                relay_address = _start_relay(rec, relay.listen_address)
         if externals and network.routing_mode == "native":
             with _step(progress, "world: routes to the pod CIDRs via the nodes"):
                 underlay.route_world(network, rec.externals, rec.nodes)
@@ -428,13 +439,12 @@ def up(path: Path | None, *, name: str | None = None, progress: Progress | None 
             docs += [controlplane.kube_dns_service(), _pod_doc(dns)]
         with _step(progress, "kubectl apply: the file's manifests"):
             _apply_in_order(rec, docs, policies)
-        relay = lab_file.lab.spec.hubble.relay
-        if rec.hubble.enabled and relay.enabled:  # while the kubelet role starts the pods
-            with _step(progress, "hubble relay"):
-                _start_relay(rec, relay.listen_address)
         keys = [p.key for p in lab_file.pods] + ([dns.key] if dns is not None else [])
         with _step(progress, f"{len(keys)} pods: running and ready"):
             _await_pods(rec, keys)
+        if relay_address is not None:
+            with _step(progress, "hubble relay: listening"):
+                _await_relay(rec, relay_address)
     except BaseException as err:
         _teardown(rec)
         if isinstance(err, LabError | LinkError | AgentAPIError | AgentUnavailableError):
@@ -875,10 +885,14 @@ def _create_node(
     labels: dict[str, str],
     addresses: nodenetwork.NodeAddresses,
 ) -> NodeRecord:
-    """The node's netns, its ``eth0`` on the lab network (``addresses``) and its agent. In
+    """The node's netns, its ``eth0`` on the lab network (``addresses``) and its agent, started
+    but not yet ready (``_finish_node`` waits for it): the nodes' agents start together, each
+    importing, loading its BPF objects and syncing while the next node is made. In
     ``cluster-pool`` mode the agent gets no range: it creates its CiliumNode and serves once
-    ciliary-operator allocated its pod CIDRs, which the lab then reads back (routes, records,
-    the Node object)."""
+    ciliary-operator allocated its pod CIDRs. The operator gives node *i* the *i*-th subnet
+    only if the nodes' CiliumNodes come one after the other, so the next node is made once this
+    one's CiliumNode has its CIDRs (``_await_allocation``). In ``pools`` mode (each agent claims
+    its blocks itself) the agent is ready before the next node is made, as before."""
     nrec = NodeRecord(
         name=node,
         netns=node_netns(rec.name, node),
@@ -906,17 +920,54 @@ def _create_node(
             underlay.fence_api(rec.network, nrec, controlplane.NODE_API_PORT)
     if rec.control_plane is not None:  # the API on the node's loopback before its agent starts
         _add_node_listener(rec, nrec)
-    _start_agent(rec, nrec)
+    _start_agent(rec, nrec, ready=False)
+    if rec.control_plane is None:
+        return nrec  # the node's CIDRs by flag: no allocation order to keep
+    if rec.ipam_mode == "cluster-pool":
+        _await_allocation(rec, nrec)
+    else:
+        _wait_agent(nrec, Path(nrec.state_dir) / "agent.log", nrec.agent_log_offset)
+    return nrec
+
+
+def _await_allocation(rec: LabRecord, nrec: NodeRecord) -> None:
+    """Wait until the operator has allocated pod CIDRs in the node's CiliumNode, which its agent
+    creates once it runs (an agent that exits meanwhile fails, with its log's reason)."""
+    api = _api(rec.name)
+    log_path = Path(nrec.state_dir) / "agent.log"
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT
+    while True:
+        try:
+            obj = api.get(f"{CILIUM_NODES}/{nrec.name}")
+        except kubeapi.KubeAPIError as err:
+            raise LabError(f"API server: {err}") from err
+        if ((obj or {}).get("spec") or {}).get("ipam", {}).get("podCIDRs"):
+            return
+        if not process.alive(nrec.agent_pid, nrec.agent_start_time):
+            tail = _tail(log_path, nrec.agent_log_offset)
+            raise LabError(f"agent of node {nrec.name} exited during start-up: {tail}")
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"node {nrec.name}: no pod CIDRs in its CiliumNode after"
+                f" {AGENT_READY_TIMEOUT:.0f}s (see {log_path} and the operator's log)"
+            )
+        time.sleep(POLL)
+
+
+def _finish_node(rec: LabRecord, nrec: NodeRecord, cidrs: schema.NodeCIDRs) -> None:
+    """Once the node's agent is ready: the pod CIDRs it got recorded and checked (cluster-pool),
+    and its Node object registered, as kubelet does once it runs."""
+    _wait_agent(nrec, Path(nrec.state_dir) / "agent.log", nrec.agent_log_offset)
     if rec.control_plane is not None and rec.ipam_mode == "cluster-pool":
         _allocated_cidrs(rec, nrec, cidrs)
     pod_cidrs = [c for c in (nrec.ipv4_cidr, nrec.ipv6_cidr) if c]
     if rec.control_plane is not None:  # kubelet registers its node once it runs
         api = _api(rec.name)
+        node, labels = nrec.name, nrec.labels
         path = f"/api/v1/nodes/{node}"
         _api_call(lambda: api.create(kubelet.node(node, labels, pod_cidrs), exist_ok=True))
         status = kubelet.node_status(node, node_ips(nrec))
         _api_call(lambda: api.patch_status(path, status))
-    return nrec
 
 
 def _create_externals(rec: LabRecord, spec: schema.LabBody) -> None:
@@ -1118,10 +1169,11 @@ def _free_loopback_port(preferred: int) -> int:
     raise LabError("no free loopback port for the Hubble relay")
 
 
-def _start_relay(rec: LabRecord, listen_address: str) -> None:
+def _start_relay(rec: LabRecord, listen_address: str) -> str:
     """One relay per lab, in the root netns, dialing every node's unix socket. By default it
     serves on a root-only unix socket in the lab's directory; a TCP (loopback) listen address
-    of the lab file gets TLS and requires client certificates (the lab CA's, see certs)."""
+    of the lab file gets TLS and requires client certificates (the lab CA's, see certs).
+    Returns the address it will listen on (``_await_relay`` waits for that)."""
     ca = certs.LabCA(_lab_dir(rec.name), cluster=rec.name)
     if listen_address:
         address = listen_address
@@ -1152,12 +1204,22 @@ def _start_relay(rec: LabRecord, listen_address: str) -> None:
         argv, netns_path=None, cgroup_path=cg, log_path=log_path
     )
     _save(rec)
+    return address
+
+
+def _await_relay(rec: LabRecord, address: str) -> None:
+    """Wait until the relay ``_start_relay`` started listens on ``address``, then publish its
+    address for ``ciliary observe``."""
+    rrec = rec.relay
+    if rrec is None:
+        raise LabError(f"lab {rec.name!r} has no Hubble relay")
+    log_path = _lab_dir(rec.name) / "hubble-relay.log"
     deadline = time.monotonic() + RELAY_READY_TIMEOUT
     while time.monotonic() < deadline:
         if not process.alive(rrec.pid, rrec.start_time):
             raise LabError(f"hubble relay exited during start-up: {_tail(log_path)}")
         if _listening(address):
-            atomic.write_text(relay_address_file(rec.name), published + "\n")
+            atomic.write_text(relay_address_file(rec.name), rrec.address + "\n")
             return
         time.sleep(0.1)
     raise LabError(f"hubble relay not listening on {address} after {RELAY_READY_TIMEOUT:.0f}s")
@@ -1314,9 +1376,11 @@ def spawn_agent(rec: LabRecord, nrec: NodeRecord) -> None:
     )
 
 
-def _start_agent(rec: LabRecord, nrec: NodeRecord, *, restart: bool = False) -> None:
+def _start_agent(
+    rec: LabRecord, nrec: NodeRecord, *, restart: bool = False, ready: bool = True
+) -> None:
     """(Re)start the node's agent through the supervisor (directly when the lab has none, e.g. it
-    was killed) and wait until it is ready."""
+    was killed); with ``ready``, wait until it is ready."""
     old_pid = nrec.agent_pid
     nrec.agent_wanted = True
     _save(rec)
@@ -1333,7 +1397,8 @@ def _start_agent(rec: LabRecord, nrec: NodeRecord, *, restart: bool = False) -> 
         with _record_lock(rec.name):
             spawn_agent(rec, nrec)
             atomic.write_json(_state_file(rec.name), rec.model_dump(mode="json"))
-    _wait_agent(nrec, Path(nrec.state_dir) / "agent.log", nrec.agent_log_offset)
+    if ready:
+        _wait_agent(nrec, Path(nrec.state_dir) / "agent.log", nrec.agent_log_offset)
 
 
 def _await_spawn(rec: LabRecord, nrec: NodeRecord, old_pid: int | None) -> None:
