@@ -351,9 +351,11 @@ _FALLBACK_MSG_SIZE: Final = 64 * 1024
 
 
 class _Capture:
+    """The lines each capturing thread collects (by thread id): objects may load in parallel
+    threads (the verifier runs without the GIL), each load keeping its own messages."""
+
     lock = threading.Lock()
-    thread: int | None = None
-    lines: list[tuple[int, str]] = []
+    lines: dict[int, list[tuple[int, str]]] = {}
 
 
 def _vformat(fmt: bytes, ap: int) -> str:
@@ -371,14 +373,15 @@ def _vformat(fmt: bytes, ap: int) -> str:
 def _on_libbpf_print(level: int, fmt: bytes | None, ap: int | None) -> int:
     # Called from C: must never raise (an escaping exception would only be printed).
     try:
-        capturing = _Capture.thread == threading.get_ident() and level <= 1
+        lines = _Capture.lines.get(threading.get_ident()) if level <= 1 else None
+        capturing = lines is not None
         # captured messages are the caller's to report (exception or _relog): debug only here
         pylevel = logging.DEBUG if capturing else _LOG_LEVELS.get(level, logging.DEBUG)
         if fmt is None or ap is None or not (capturing or log.isEnabledFor(pylevel)):
             return 0
         text = _vformat(fmt, ap)
-        if capturing:
-            _Capture.lines.append((level, text))
+        if lines is not None:
+            lines.append((level, text))
         log.log(pylevel, "%s", text.rstrip())
     except BaseException:
         pass
@@ -393,14 +396,18 @@ _C.libbpf_set_print(_PRINT_CALLBACK)
 def _capture_libbpf_log() -> Iterator[list[tuple[int, str]]]:
     """Collects the calling thread's libbpf WARN/INFO messages for the duration of the block
     instead of logging them: the caller attaches them to its exception or :func:`_relog`s them.
-    Not reentrant."""
+    Other threads capture their own at the same time. Not reentrant within a thread."""
+    me = threading.get_ident()
+    lines: list[tuple[int, str]] = []
     with _Capture.lock:
-        lines: list[tuple[int, str]] = []
-        _Capture.lines, _Capture.thread = lines, threading.get_ident()
-        try:
-            yield lines
-        finally:
-            _Capture.thread = None
+        if me in _Capture.lines:
+            raise RuntimeError("_capture_libbpf_log is not reentrant")
+        _Capture.lines[me] = lines
+    try:
+        yield lines
+    finally:
+        with _Capture.lock:
+            del _Capture.lines[me]
 
 
 def _relog(lines: Sequence[tuple[int, str]]) -> None:

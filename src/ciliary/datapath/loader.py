@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +85,30 @@ class NodeDatapath:
     def _open(self, path: Path) -> BPFObject:
         sizes = {"ciliary_ct": self._ct_max}
         sizes.update({name: self._lb_max for names in LB_MAPS.values() for name in names})
-        obj = BPFObject.open(path, pin_dir=self.pin_dir, max_entries=sizes)
-        try:
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
-        return obj
+        return BPFObject.open(path, pin_dir=self.pin_dir, max_entries=sizes)
+
+    @staticmethod
+    def _load_all(objs: list[BPFObject]) -> None:
+        """Load ``objs``: the first alone, then the others in parallel threads (the verifier's
+        passes run without the GIL, bpf_lxc's the longest) when the first declares every map
+        two of the others share, so that it creates (or reuses) all their pins and the parallel
+        loads only reuse them (two creating the same pinned map would race); else one by one."""
+        first, rest = objs[0], objs[1:]
+        first.load()
+        shared = {
+            name
+            for i, a in enumerate(rest)
+            for b in rest[i + 1 :]
+            for name in set(a.map_names()) & set(b.map_names())
+        }
+        if len(rest) < 2 or not shared <= set(first.map_names()):
+            for obj in rest:
+                obj.load()
+            return
+        with ThreadPoolExecutor(max_workers=len(rest), thread_name_prefix="bpf-load") as pool:
+            futures = [pool.submit(obj.load) for obj in rest]
+        for future in futures:
+            future.result()  # the first failure, raised
 
     def load(self) -> None:
         for path in (self.object_path, self.overlay_object_path, self.host_object_path):
@@ -100,12 +118,14 @@ class NodeDatapath:
                 )
         bpffs.ensure_mounted()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        obj = self._open(self.object_path)
-        overlay: BPFObject | None = None
-        host: BPFObject | None = None
+        opened: list[BPFObject] = []
         try:
-            overlay = self._open(self.overlay_object_path)
-            host = self._open(self.host_object_path)
+            for path in (self.overlay_object_path, self.object_path, self.host_object_path):
+                opened.append(self._open(path))
+            overlay, obj, host = opened
+            # bpf_overlay.o declares every shared map: its load makes their pins, then bpf_lxc.o
+            # and bpf_host.o load together
+            self._load_all([overlay, obj, host])
             for prog in (FROM_CONTAINER, TO_CONTAINER):
                 obj.pin_program(prog, self.pin_dir / prog)
             overlay.pin_program(FROM_OVERLAY, self.pin_dir / FROM_OVERLAY)
@@ -115,10 +135,8 @@ class NodeDatapath:
             for name in (NAT_CONFIG_MAP, *NAT_MAPS.values()):
                 self._maps[name] = host.map(name)
         except BaseException:
-            for o in (host, overlay):
-                if o is not None:
-                    o.close()
-            obj.close()
+            for o in opened:
+                o.close()
             raise
         self._obj = obj
         self._overlay = overlay
