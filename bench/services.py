@@ -238,6 +238,10 @@ class CiliaryLab:
             agent_pid,
         )
         self.installed = 0  # Services of the bench (the measured one included)
+        # connrate -a: the two clients' netns (pod IP, ClusterIP) and the argv prefix putting
+        # the process in client 0's cgroup (the node's socket-LB applies to the pods' processes)
+        self.pair_netns: tuple[str, str] = ("", "")
+        self.pair_prefix: list[str] = []
 
     def add(self, count: int) -> tuple[float, float]:
         """Creates ``count`` Services without selector (2 map entries each: the port's frontend,
@@ -262,13 +266,31 @@ def lab_file(lab: str, node: str, *, socket_lb: bool) -> str:
     return lab_yaml(lab, [node], placed, spec)
 
 
-def _enter_pod(prec: PodRecord) -> list[str]:
-    """argv prefix running a command in the pod: its netns and, as ``lab exec``, its cgroup (the
-    node's socket-LB applies to the pod's processes only)."""
+def _in_cgroup(prec: PodRecord) -> list[str]:
+    """argv prefix running a command in the pod's cgroup, as ``lab exec`` (the node's socket-LB
+    applies to the pods' processes only)."""
     if not prec.cgroup:
         raise RuntimeError(f"pod {prec.key}: no cgroup in the lab's record")
     procs = cgroup.create(prec.cgroup) / "cgroup.procs"
-    return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *tools.enter(prec.netns)]
+    return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
+
+
+def _enter_pod(prec: PodRecord) -> list[str]:
+    """argv prefix running a command in the pod: its cgroup and its netns."""
+    return [*_in_cgroup(prec), *tools.enter(prec.netns)]
+
+
+def alternating_rates(
+    prefix: list[str], connrate: Path, pair: tuple[tuple[str, str], tuple[str, str]], s: float
+) -> tuple[float, float]:
+    """Connections per second to each of ``pair`` ((netns, address) of the pod-IP and the
+    ClusterIP client) from one connrate process whose connections alternate between them
+    (``connrate -a``): each side's connections over the time they took."""
+    (ns_a, ip_a), (ns_b, ip_b) = pair
+    argv = [*prefix, *tools.PIN, str(connrate), "-a", ns_a, ip_a, ns_b, ip_b,
+            str(tools.CONNRATE_PORT), str(s)]  # fmt: skip
+    n_a, t_a, n_b, t_b = tools.run_tool(argv, s + 30).split()
+    return int(n_a) / float(t_a), int(n_b) / float(t_b)
 
 
 @contextlib.contextmanager
@@ -303,6 +325,8 @@ def ciliary_lab(connrate: Path, *, socket_lb: bool) -> Iterator[tuple[CiliaryLab
             # client's kernel sees two destinations; the kernel's NAT would remap the port)
             precs = {p.name: p for p in rec.pods}
             enter0, enter1 = (_enter_pod(precs[f"client-{i}"]) for i in (0, 1))
+            lab.pair_netns = (precs["client-0"].netns, precs["client-1"].netns)
+            lab.pair_prefix = _in_cgroup(precs["client-0"])
             kind = "ciliary socket-LB" if socket_lb else "ciliary"
             direct = Target(f"{kind}: pod IP", "ciliary", 1, enter0, server_ip, nrec.agent_pid)
             via = Target(f"{kind}: ClusterIP", "ciliary", 1, enter1, vip, nrec.agent_pid)
@@ -353,14 +377,19 @@ def _paired(
     seconds: float,
     agents: list[int],
     log: Callable[[str], None],
+    alternate: Callable[[float], tuple[float, float]] | None = None,
 ) -> tuple[Samples, dict[str, list[float]]]:
     """ciliary's pod IP and ClusterIP targets measured in ``rounds`` rounds after a warm-up
     (connection rate, 1 s each, not recorded), every metric on both back to back, the order
     alternating (even rounds the pod IP first, odd rounds the ClusterIP), each run once the
-    agent is idle. Returns the samples (as ``interleave``'s) and, per metric column, each
-    round's ClusterIP / pod IP ratio in percent."""
+    agent is idle; with ``alternate`` (seconds → the pod IP's and the ClusterIP's connection
+    rate in one run whose connections alternate between them) also one such run per round,
+    ``ALT`` in the samples. Returns the samples (as ``interleave``'s) and, per metric column,
+    each round's ClusterIP / pod IP ratio in percent."""
     direct, via = pair
     samples: Samples = {m: {t.name: [] for t in pair} for m in metrics}
+    if alternate is not None:
+        samples[ALT] = {t.name: [] for t in pair}
     _, _, _, crr = metrics["crr"]
     for target in pair:
         _quiesce(agents, log, GROUP)
@@ -370,9 +399,14 @@ def _paired(
             for target in pair if r % 2 == 0 else pair[::-1]:
                 _quiesce(agents, log, GROUP)
                 samples[key][target.name].append(measure(target, seconds))
+        if alternate is not None:
+            _quiesce(agents, log, GROUP)
+            rate_direct, rate_via = alternate(seconds)
+            samples[ALT][direct.name].append((rate_direct,))
+            samples[ALT][via.name].append((rate_via,))
         log(f"{GROUP}: paired round {r + 1}/{rounds} done")
     ratios: dict[str, list[float]] = {}
-    for key in metrics:
+    for key in samples:
         columns = ("p50", "p99") if key == "rr" else ("",)
         for c, col in enumerate(columns):
             pairs = zip(samples[key][direct.name], samples[key][via.name], strict=True)
@@ -380,7 +414,13 @@ def _paired(
     return samples, ratios
 
 
-_RATIO_TITLES = {"crr": "connection rate", "rr-p50": "latency p50", "rr-p99": "latency p99"}
+ALT = "crr-alternating"  # connrate -a: one client's connections alternating between the two
+_RATIO_TITLES = {
+    "crr": "connection rate",
+    ALT: "connection rate, alternating in one run",
+    "rr-p50": "latency p50",
+    "rr-p99": "latency p99",
+}
 
 
 def _ratio_result(label: str, ratios: dict[str, list[float]], *, seconds: float) -> dict[str, Any]:
@@ -440,6 +480,14 @@ def _ciliary_steps(
     with ciliary_lab(connrate, socket_lb=socket_lb) as (lab, direct, via):
         log(f"{GROUP}: {kind} lab ready after {time.monotonic() - t0:.1f}s")
         title, unit, higher, crr = metrics["crr"]
+        ends = ((lab.pair_netns[0], direct.server_ip), (lab.pair_netns[1], via.server_ip))
+
+        def alternate(secs: float) -> tuple[float, float]:
+            try:
+                return alternating_rates(lab.pair_prefix, connrate, ends, secs)
+            except RuntimeError as err:
+                raise RuntimeError(f"{kind}: alternating connections: {err}") from err
+
         for n in scale:
             per_packet = PerPacket(crr, lab.pin_dir / BPF_PROGRAM, [direct, via])
             per_connect = PerPacket(per_packet, lab.pin_dir / socketlb.LINK_DIR / SOCK_PROGRAM,
@@ -461,9 +509,24 @@ def _ciliary_steps(
                 first, _ = interleave(beside, metrics, rounds=rounds, seconds=seconds,
                                       agents=[lab.agent_pid], log=log, group=GROUP)  # fmt: skip
             samples, ratios = _paired((direct, via), step, rounds=pair_rounds, seconds=seconds,
-                                      agents=[lab.agent_pid], log=log)  # fmt: skip
+                                      agents=[lab.agent_pid], log=log,
+                                      alternate=alternate)  # fmt: skip
             results += _pair_results(f"{kind}, {k(n)} Services", cil, samples, metrics,
                                      rounds=pair_rounds, seconds=seconds)  # fmt: skip
+            results.append({
+                "benchmark": f"{kind}, {k(n)} Services: TCP connection rate, one client process"
+                             " alternating its connections between the pod IP (from client 0's"
+                             " netns) and the ClusterIP (from client 1's), each side's"
+                             f" connections over their own time, median of {pair_rounds} x"
+                             f" {seconds}s",
+                "metric": ALT,
+                "unit": unit,
+                "higher_is_better": True,
+                "baseline": direct.name,
+                "values": {t: median([v[0] for v in vs]) for t, vs in samples[ALT].items()},
+                "samples": samples[ALT],
+                "group": GROUP,
+            })  # fmt: skip
             results.append(_ratio_result(f"{kind}, {k(n)} Services", ratios, seconds=seconds))
             results.append({
                 "benchmark": f"{kind}, {k(n)} Services: {BPF_PROGRAM} run time per packet"

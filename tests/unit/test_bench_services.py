@@ -126,3 +126,55 @@ def test_paired_rounds_alternate_and_give_each_rounds_ratio(
     assert res["values"]["connection rate: median of the rounds' ratios"] == pytest.approx(95.0)
     assert res["values"]["latency p50: highest round"] == pytest.approx(105.0)
     assert res["baseline"] is None and "4 rounds" in res["benchmark"]
+
+
+def test_alternating_run_once_per_round_and_its_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``alternate``, each round also has one run whose connections alternate between the
+    two; its rates are recorded per side and its ratio per round, like the other metrics'."""
+    monkeypatch.setattr(services, "_quiesce", lambda *a, **k: None)
+    direct = Target("pod IP", "ciliary", 1, ["c0"], "10.0.0.2")
+    via = Target("ClusterIP", "ciliary", 1, ["c1"], "10.96.0.9")
+    metrics: dict[str, tuple[str, str, bool, Metric]] = {
+        "crr": ("t", "u", True, lambda t, s: (1000.0,))
+    }
+    runs: list[float] = []
+
+    def alternate(s: float) -> tuple[float, float]:
+        runs.append(s)
+        return 1000.0 + len(runs), 900.0 + len(runs)
+
+    samples, ratios = services._paired(
+        (direct, via), metrics, rounds=3, seconds=2.0, agents=[], log=lambda _: None,
+        alternate=alternate,
+    )  # fmt: skip
+    assert runs == [2.0, 2.0, 2.0]
+    assert samples[services.ALT] == {
+        "pod IP": [(1001.0,), (1002.0,), (1003.0,)],
+        "ClusterIP": [(901.0,), (902.0,), (903.0,)],
+    }
+    assert ratios[services.ALT] == pytest.approx(
+        [100 * 901 / 1001, 100 * 902 / 1002, 100 * 903 / 1003]
+    )
+    assert ratios["crr"] == pytest.approx([100.0] * 3)
+
+
+def test_alternating_rates_runs_connrate_a(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One ``connrate -a`` run, pinned, in the prefix (the cgroup); each side's rate is its
+    connections over its own summed time."""
+    seen: list[list[str]] = []
+
+    def run_tool(argv: list[str], timeout: float) -> str:
+        seen.append(list(argv))
+        return "500 0.250000 500 0.200000\n"
+
+    monkeypatch.setattr(services.tools, "run_tool", run_tool)
+    rates = services.alternating_rates(
+        ["sh", "-c", "x", "procs"], tmp_path / "connrate",
+        (("ns-a", "10.0.0.2"), ("ns-b", "10.96.0.9")), 2.0,
+    )  # fmt: skip
+    assert rates == pytest.approx((2000.0, 2500.0))
+    (argv,) = seen
+    assert argv[:4] == ["sh", "-c", "x", "procs"]
+    assert argv[4:7] == services.tools.PIN
+    assert argv[7:] == [str(tmp_path / "connrate"), "-a", "ns-a", "10.0.0.2", "ns-b",
+                        "10.96.0.9", str(services.tools.CONNRATE_PORT), "2.0"]  # fmt: skip
