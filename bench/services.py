@@ -15,7 +15,9 @@ that rises or falls during a round weighs on both alike), and their ratio is als
 round: the median of the rounds' ratios with the lowest and highest (the spread a reading of
 the goal has to be held against). With 3 rounds and one fixed order, one round's load spike
 made a step's ratio (1.167 at 10k in the run of 23:15 UTC, its pod-IP rate 7.4k against 9.1k at
-1k). ciliary's connection-rate runs also give bpf_lxc's cil_from_container run time
+1k). Each round also has one ``connrate -a`` run (``alternating_rates``): one process whose
+connections alternate between the two destinations, so that load changing within seconds falls
+on both sides alike. ciliary's connection-rate runs also give bpf_lxc's cil_from_container run time
 per packet (``kernel.bpf_stats_enabled`` on for the group: the kernel's run_time_ns / run_cnt of
 the pinned program, bpftool), both directions of every connection, translation included; the
 socket-LB lab's also give bpf_sock's cil_sock4_connect run time per connect() (its link's
