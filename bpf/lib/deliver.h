@@ -102,9 +102,13 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 	}
 	trace_meta(&m, ct, ev_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
 		   pv_in.enforced ? &pv_in : pv_out, TRAFFIC_INGRESS);
-	ret = src_pending ? l3_dec_ttl_src(skb, p) : l3_dec_ttl(skb, p);
-	if (ret == 0)
-		ret = l2_rewrite(skb, dmac, smac);
+	if (src_pending) {
+		ret = l3_dec_ttl_src(skb, p);
+		if (ret == 0)
+			ret = l2_rewrite(skb, dmac, smac);
+	} else {
+		ret = l3_forward(skb, p, dmac, smac);
+	}
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 	if (ct->report)

@@ -87,4 +87,39 @@ static __always_inline int l2_rewrite(struct __sk_buff *skb, const __u8 *dmac, c
 		return -DROP_WRITE_ERROR;
 	return 0;
 }
+
+/* l3_dec_ttl and l2_rewrite together, written straight into the packet (direct packet access:
+ * no helper call; the verifier's prologue makes a cloned skb's header writable first, as
+ * bpf_skb_store_bytes would) when the Ethernet and IP headers are in the linear area, as
+ * parse_fast_ipv4/6 read them; otherwise the two stores. (The prologue's pull failing, out of
+ * memory, drops the packet without a drop event; the stores would have reported
+ * DROP_WRITE_ERROR.) */
+static __always_inline int l3_forward(struct __sk_buff *skb, struct pkt *p, const __u8 *dmac,
+				      const __u8 *smac)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *l3 = data + ETH_HLEN;
+
+	if (p->l3_off != ETH_HLEN || (void *)(l3 + sizeof(struct iphdr)) > end) {
+		int ret = l3_dec_ttl(skb, p);
+		return ret ? ret : l2_rewrite(skb, dmac, smac);
+	}
+	if (p->ttl <= 1)
+		return -DROP_TTL_EXCEEDED;
+	__u8 ttl = p->ttl - 1;
+	if (p->family == AF_INET4) {
+		struct iphdr *ip = (struct iphdr *)l3;
+		__u16 old = bpf_htons(((__u16)p->ttl << 8) | p->proto);
+		__u16 new = bpf_htons(((__u16)ttl << 8) | p->proto);
+		p->ip_csum = csum_replace2(p->ip_csum, old, new);
+		ip->ttl = ttl;
+		ip->check = p->ip_csum;
+	} else {
+		((struct ipv6hdr *)l3)->hop_limit = ttl;
+	}
+	__builtin_memcpy(data, dmac, 6);
+	__builtin_memcpy(data + 6, smac, 6);
+	return 0;
+}
 #endif
