@@ -220,6 +220,7 @@ class NodeDatapath:
             raise FileNotFoundError(f"BPF object {path} not found (run `make -C bpf`)")
         obj = self._open(path)
         try:
+            obj.load()
             socketlb.attach(obj, self.pin_dir, cgroup)
         finally:
             obj.close()
