@@ -10,6 +10,11 @@ setup back to back (interleaved: this machine is noisy, drift hits all of them a
 Setups:
   a  bare veth      two namespaces joined by one veth pair, kernel only: the physical limit;
   route             pod → veth → node namespace routed by the kernel → veth → pod, no filter;
+  tc floor          pod → veth → a node namespace's tc ingress → pod, as ciliary's path but with
+                    a minimal program (``bench/tcfloor.c``: one store of the MACs, then
+                    ``bpf_redirect_peer``, attached as a clsact filter as ciliary's are): what the
+                    hook and the redirect cost without ``bpf_lxc``, so b's gap splits into the
+                    hook's and the program's;
   b  ciliary        a lab node, client and server pods, a CiliumNetworkPolicy allowing the client
                     on the server's ports (TCP 5200-5203: one L3/L4 entry; with the host's allow
                     and the egress allow-all the server's map holds 3), enforced by bpf_lxc
@@ -66,7 +71,8 @@ SYNTHETIC_NET = ipaddress.IPv4Network("10.230.0.0/16")
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 PROTO_TCP = 6
 
-BARE, ROUTE, CILIARY, IPTABLES = "bare veth", "route", "ciliary", "iptables"
+BARE, ROUTE, FLOOR, CILIARY, IPTABLES = "bare veth", "route", "tc floor", "ciliary", "iptables"
+FLOOR_SOURCE = Path(__file__).with_name("tcfloor.c")
 
 
 def k(n: int) -> str:
@@ -101,6 +107,62 @@ def bare_veth(connrate: Path) -> Iterator[list[Target]]:
         sh("ip", "link", "set", "eth1", "up", ns=b)
         with tools.servers(b, connrate):
             yield [Target(f"a: {BARE}", BARE, None, tools.enter(a), "10.251.0.2")]
+
+
+def _link(ns: str, dev: str) -> tuple[int, str]:
+    """(ifindex, MAC) of ``dev`` in netns ``ns``."""
+    (info,) = json.loads(sh("ip", "-j", "link", "show", dev, ns=ns).stdout)
+    return int(info["ifindex"]), str(info["address"])
+
+
+def mac_words(dmac: str, smac: str) -> list[int]:
+    """The 12 bytes of an Ethernet header's two MACs as three words in the BPF target's
+    (little-endian) order: tcfloor.c's MAC_W0..2, stored as they lie in memory."""
+    raw = bytes.fromhex(dmac.replace(":", "") + smac.replace(":", ""))
+    return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 12, 4)]
+
+
+def _floor_object(out: Path, peer_ifindex: int, dmac: str, smac: str) -> None:
+    """bench/tcfloor.c for one direction: to ``peer_ifindex``'s peer, with these MACs."""
+    words = mac_words(dmac, smac)
+    arch = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout
+    subprocess.run(
+        ["clang", "-target", "bpf", "-O2", "-Wall", f"-I/usr/include/{arch.strip()}-linux-gnu",
+         f"-DPEER_IFINDEX={peer_ifindex}",
+         *(f"-DMAC_W{i}={w}u" for i, w in enumerate(words)),
+         "-c", str(FLOOR_SOURCE), "-o", str(out)],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def tc_floor(connrate: Path) -> Iterator[list[Target]]:
+    """Client and server namespaces each joined by a veth pair to a node namespace, whose two
+    devices' tc ingress runs bench/tcfloor.c (clsact, as ciliary attaches): the other side's MACs,
+    bpf_redirect_peer. Client and server resolve each other to their node-side device's MAC
+    statically, as a pod resolves its gateway."""
+    t = tag()
+    a, n, b = f"{t}-a", f"{t}-n", f"{t}-b"
+    ips = {a: "10.250.0.2", b: "10.250.0.3"}
+    with scratch_netns([a, n, b]), tempfile.TemporaryDirectory() as tmp:
+        for pod, dev in ((a, "lxca"), (b, "lxcb")):
+            sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", dev, ns=pod)
+            sh("ip", "link", "set", dev, "netns", n, ns=pod)
+            sh("ip", "addr", "add", f"{ips[pod]}/24", "dev", "eth0", ns=pod)
+            sh("ip", "link", "set", "eth0", "up", ns=pod)
+            sh("ip", "link", "set", dev, "up", ns=n)
+        (ia, ma), (ib, mb) = _link(n, "lxca"), _link(n, "lxcb")
+        ea, eb = _link(a, "eth0")[1], _link(b, "eth0")[1]
+        sh("ip", "neigh", "add", ips[b], "lladdr", ma, "dev", "eth0", "nud", "permanent", ns=a)
+        sh("ip", "neigh", "add", ips[a], "lladdr", mb, "dev", "eth0", "nud", "permanent", ns=b)
+        for dev, peer, dmac, smac in (("lxca", ib, eb, mb), ("lxcb", ia, ea, ma)):
+            obj = Path(tmp) / f"{dev}.o"
+            _floor_object(obj, peer, dmac, smac)
+            sh("tc", "qdisc", "add", "dev", dev, "clsact", ns=n)
+            sh("tc", "filter", "add", "dev", dev, "ingress", "bpf", "da", "obj", str(obj),
+               "sec", "tc", ns=n)  # fmt: skip
+        with tools.servers(b, connrate):
+            yield [Target(FLOOR, FLOOR, None, tools.enter(a), ips[b])]
 
 
 def _iptables_rules(n: int, client_ip: str, server_dev: str) -> str:
@@ -423,6 +485,7 @@ def run(
         targets: list[Target] = []
         targets += stack.enter_context(bare_veth(connrate))
         targets += stack.enter_context(routed(connrate, 0, None))
+        targets += stack.enter_context(tc_floor(connrate))
         targets += stack.enter_context(ciliary_lab(connrate, scale))
         log(f"datapath: ciliary lab ready ({len(scale)} nodes) after {time.monotonic() - t0:.1f}s")
         for i, n in enumerate(iptables_scale):

@@ -97,8 +97,8 @@ def datapath_tables(all_results: list[Result]) -> list[str]:
     first = results[0]
     a = first["baseline"]
     b, c = _setup_of(first, "ciliary"), _setup_of(first, "iptables")
-    route = _setup_of(first, "route")
-    cols = [s for s in (a, b, c, route) if s]
+    route, floor = _setup_of(first, "route"), _setup_of(first, "tc floor")
+    cols = [s for s in (a, b, c, route, floor) if s]
     lines = [
         "## Datapath: pod → pod on one node",
         "",
@@ -128,6 +128,15 @@ def datapath_tables(all_results: list[Result]) -> list[str]:
         " `RELATED,ESTABLISHED -j ACCEPT` first, N-1 non-matching allows, the client's allow,"
         " DROP (N = 1 here).",
         "- **route**: the same routed path without any filter.",
+        *(
+            [
+                "- **tc floor**: pod → node namespace → pod as b, through the node-side veth's tc"
+                " ingress (clsact) with a minimal program (`bench/tcfloor.c`: the MACs, then"
+                " `bpf_redirect_peer`): what the hook and the redirect cost without `bpf_lxc`."
+            ]
+            if floor
+            else []
+        ),
         f"- Tools: iperf3 ({first.get('seconds', '?')} s runs); sockperf TCP ping-pong, 64 B,"
         " full round trip, client and server pinned to one CPU; `bench/connrate.c` (C, compiled"
         " at bench time): connect, 64 B request, 64 B response, close, one connection at a"

@@ -42,3 +42,11 @@ def test_program_run_time_per_packet_of_its_own_runs(
     assert rows[0]["samples"] == {"b: ciliary": [600.0, 200.0]}
     assert rows[1]["samples"] == {"b: ciliary": [500.0, 300.0]}
     assert rows[0]["values"] == {"b: ciliary": 400.0}
+
+
+def test_the_tc_floor_gets_both_macs_in_header_order() -> None:
+    """tcfloor.c stores MAC_W0..2 as they lie in memory: the destination's bytes first."""
+    words = datapath.mac_words("02:aa:bb:cc:dd:01", "0a:0b:0c:0d:0e:0f")
+    raw = b"".join(w.to_bytes(4, "little") for w in words)
+    assert raw == bytes.fromhex("02aabbccdd010a0b0c0d0e0f")
+    assert words != datapath.mac_words("0a:0b:0c:0d:0e:0f", "02:aa:bb:cc:dd:01")
