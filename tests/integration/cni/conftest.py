@@ -33,7 +33,10 @@ PYTHON = str(VENV_BIN / "python")
 RUN_ROOT = Path("/run/ciliary")
 PIN_ROOT = Path("/sys/fs/bpf/ciliary")
 NETNS_DIR = Path("/run/netns")
-AGENT_START_TIMEOUT = 20.0
+AGENT_START_TIMEOUT = 60.0
+"""As the lab's (manager.AGENT_READY_TIMEOUT): an agent's start-up is its imports and the
+verifier's passes over its BPF objects, some 6 s on a quiet 2-core machine and over 20 s on a
+loaded one (the soak restarts the agent a dozen times)."""
 CNI_TIMEOUT = 30.0
 
 
