@@ -6,13 +6,14 @@
  * IP_RECVORIGDSTADDR). The socket: the established one of the packet's own tuple first (a
  * connection the proxy already accepted), else the listener on (0.0.0.0 | ::, proxy_port).
  * Neither: DROP_PROXY_LOOKUP_FAILED (fail closed, no proxy listening); a refused assign:
- * DROP_PROXY_SET_FAILED. A TIME_WAIT socket of the tuple (the proxy closed an earlier
- * connection of it first and the client reuses its port) is not assigned: the packet goes up
- * unassigned and the kernel's TIME_WAIT handling finds the proxy's listener for a new SYN
- * through bpf_sk_lookup.c (which says why neither socket can be assigned). The packet then
- * goes up the node stack with MARK_MAGIC_TO_PROXY | port << 16, which the agent's policy
- * routing (fwmark 0x200/0xf00 → table 2004, local default route: agent/proxyrouting.py)
- * delivers locally whatever its destination.
+ * DROP_PROXY_SET_FAILED. Of TCP sockets only a listener is assigned (a new connection's SYN): one
+ * of the tuple itself goes up unassigned and the stack's early demux finds it, with its
+ * cached input route; a TIME_WAIT one (the proxy closed an earlier connection of the tuple
+ * first and the client reuses its port) that way too, the kernel's TIME_WAIT handling
+ * finding the proxy's listener for a new SYN through bpf_sk_lookup.c (which says why neither
+ * socket can be assigned). The packet goes up the node stack with MARK_MAGIC_TO_PROXY | port
+ * << 16, which the agent's policy routing (fwmark 0x200/0xf00 → table 2004, local default
+ * route: agent/proxyrouting.py) delivers locally whatever its destination.
  *
  * The proxy speaks to the destination as the pod: a transparent socket bound to the pod's
  * address *and port* (the redirected connection's tuple), so the destination's replies match
@@ -109,11 +110,17 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt 
 			bpf_sk_release(sk);
 			sk = 0;
 		}
-		if (sk && sk->state == BPF_TCP_TIME_WAIT && listener_port) {
-			/* the proxy's socket of an earlier connection of this tuple: not assigned
-			 * (a SYN would get its old ACK), nor the listener (its request socket would
-			 * be refused as the TIME_WAIT one's duplicate): the kernel's own TIME_WAIT
-			 * handling takes the packet, a SYN through bpf_sk_lookup.c to the proxy */
+		if (sk && sk->state != BPF_TCP_LISTEN) {
+			/* a socket of the tuple in the established hash: not assigned, the stack's
+			 * early demux finds the same socket by the same tuple. An established one
+			 * (the proxy's accepted or upstream socket) then gives its cached input
+			 * route, where an assigned packet skips early demux and routes each packet
+			 * through the policy rules (ip_route_input_slow: #15's per-connection cost).
+			 * A TIME_WAIT one (the proxy closed an earlier connection of this tuple
+			 * first) must not be assigned either: a SYN would get its old ACK, and the
+			 * listener's request socket would be refused as its duplicate; the kernel's
+			 * own TIME_WAIT handling takes the packet, a SYN through bpf_sk_lookup.c
+			 * to the proxy */
 			bpf_sk_release(sk);
 			goto deliver;
 		}
