@@ -10,6 +10,13 @@
  * requests answered 200, and failed ones (no connection within 2 s, a reset, a timeout: a
  * dropped packet; the time they took stays in the elapsed time), after which a new connection
  * is made. An answer other than 200 or a malformed one exits 1 at once (a denial is not load).
+ *   httpload -ka|-ca IP PORT IP2 PORT2 PATH SECONDS
+ *                                      the same, one process alternating its requests between
+ *                                      two servers (each with its own keep-alive connection
+ *                                      with -ka): prints one line per server, its elapsed time
+ *                                      the time spent on its own requests (failed ones too).
+ *                                      Load that changes during the run falls on both alike,
+ *                                      where two runs one after the other each meet their own.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -90,60 +97,106 @@ static int response(int fd, int keepalive, char *buf)
 	}
 }
 
-int main(int argc, char **argv)
-{
-	struct sockaddr_in addr = {.sin_family = AF_INET};
-	static char buf[BUF];
+/* One server's side of a run: its address, request, connection and what it measured. */
+struct side {
+	struct sockaddr_in addr;
 	char req[512];
-	size_t cap = 1 << 16, count = 0, failed = 0;
-	double *lat, start, end, t;
-	int keepalive, fd = -1, len;
+	int len, fd;
+	size_t cap, count, failed;
+	double *lat, spent;
+};
 
-	if (argc != 6 || (strcmp(argv[1], "-k") && strcmp(argv[1], "-c"))) {
-		fprintf(stderr, "usage: httpload -k|-c IP PORT PATH SECONDS\n");
-		return 2;
+static int side_init(struct side *sd, const char *ip, const char *port, const char *path,
+		     int keepalive)
+{
+	memset(sd, 0, sizeof(*sd));
+	sd->addr.sin_family = AF_INET;
+	sd->addr.sin_port = htons(atoi(port));
+	if (inet_pton(AF_INET, ip, &sd->addr.sin_addr) != 1) {
+		fprintf(stderr, "httpload: bad address %s\n", ip);
+		return -1;
 	}
-	keepalive = !strcmp(argv[1], "-k");
-	addr.sin_port = htons(atoi(argv[3]));
-	if (inet_pton(AF_INET, argv[2], &addr.sin_addr) != 1) {
-		fprintf(stderr, "httpload: bad address %s\n", argv[2]);
-		return 2;
-	}
-	len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s:%s\r\n%s\r\n", argv[4],
-		       argv[2], argv[3], keepalive ? "" : "Connection: close\r\n");
-	signal(SIGPIPE, SIG_IGN);
-	lat = malloc(cap * sizeof(*lat));
-	start = now();
-	end = start + atof(argv[5]);
-	do {
-		int rc;
-		t = now();
-		if (fd < 0 && (fd = dial(&addr)) < 0) {
-			failed++;
-			continue;
-		}
-		rc = write(fd, req, (size_t)len) != len ? -1 : response(fd, keepalive, buf);
-		if (rc == -2)
-			return 1;
-		if (rc != 0 || !keepalive) {
-			if (rc != 0)
-				failed++;
-			close(fd);
-			fd = -1;
-		}
-		if (rc != 0)
-			continue;
-		if (count == cap)
-			lat = realloc(lat, (cap *= 2) * sizeof(*lat));
-		lat[count++] = (now() - t) * 1e6;
-	} while (now() < end);
-	t = now() - start;
-	if (count == 0) {
-		fprintf(stderr, "httpload: no request answered (%zu failed)\n", failed);
+	sd->len = snprintf(sd->req, sizeof(sd->req), "GET %s HTTP/1.1\r\nHost: %s:%s\r\n%s\r\n",
+			   path, ip, port, keepalive ? "" : "Connection: close\r\n");
+	sd->fd = -1;
+	sd->cap = 1 << 16;
+	sd->lat = malloc(sd->cap * sizeof(*sd->lat));
+	return sd->lat ? 0 : -1;
+}
+
+/* One request of `sd` (a new connection first when it has none): 0 answered, 1 failed, -2 a
+ * wrong answer (exit). Its time goes to the side's spent time either way. */
+static int one_request(struct side *sd, int keepalive, char *buf)
+{
+	double t = now();
+	int rc;
+	if (sd->fd < 0 && (sd->fd = dial(&sd->addr)) < 0) {
+		sd->failed++;
+		sd->spent += now() - t;
 		return 1;
 	}
-	qsort(lat, count, sizeof(*lat), cmp);
-	printf("%zu %.6f %.1f %.1f %zu\n", count, t, lat[count / 2], lat[count * 99 / 100],
-	       failed);
+	rc = write(sd->fd, sd->req, (size_t)sd->len) != sd->len ? -1 : response(sd->fd, keepalive,
+										    buf);
+	if (rc == -2)
+		return -2;
+	if (rc != 0 || !keepalive) {
+		close(sd->fd);
+		sd->fd = -1;
+	}
+	sd->spent += now() - t;
+	if (rc != 0) {
+		sd->failed++;
+		return 1;
+	}
+	if (sd->count == sd->cap)
+		sd->lat = realloc(sd->lat, (sd->cap *= 2) * sizeof(*sd->lat));
+	sd->lat[sd->count++] = (now() - t) * 1e6;
+	return 0;
+}
+
+static int report(struct side *sd, double elapsed)
+{
+	if (sd->count == 0) {
+		fprintf(stderr, "httpload: no request answered (%zu failed)\n", sd->failed);
+		return 1;
+	}
+	qsort(sd->lat, sd->count, sizeof(*sd->lat), cmp);
+	printf("%zu %.6f %.1f %.1f %zu\n", sd->count, elapsed, sd->lat[sd->count / 2],
+	       sd->lat[sd->count * 99 / 100], sd->failed);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static char buf[BUF];
+	static struct side sides[2];
+	int keepalive, alternate, n, i = 0;
+	double start, end;
+
+	alternate = argc == 8 && (!strcmp(argv[1], "-ka") || !strcmp(argv[1], "-ca"));
+	if (!alternate && (argc != 6 || (strcmp(argv[1], "-k") && strcmp(argv[1], "-c")))) {
+		fprintf(stderr, "usage: httpload -k|-c IP PORT PATH SECONDS\n"
+				"       httpload -ka|-ca IP PORT IP2 PORT2 PATH SECONDS\n");
+		return 2;
+	}
+	keepalive = argv[1][1] == 'k';
+	n = alternate ? 2 : 1;
+	for (int k = 0; k < n; k++)
+		if (side_init(&sides[k], argv[2 + 2 * k], argv[3 + 2 * k], argv[2 + 2 * n],
+			      keepalive))
+			return 2;
+	signal(SIGPIPE, SIG_IGN);
+	start = now();
+	end = start + atof(argv[3 + 2 * n]);
+	do {
+		if (one_request(&sides[i], keepalive, buf) == -2)
+			return 1;
+		i = (i + 1) % n;
+	} while (now() < end || i != 0);
+	if (!alternate)
+		return report(&sides[0], now() - start);
+	for (int k = 0; k < n; k++)
+		if (report(&sides[k], sides[k].spent))
+			return 1;
 	return 0;
 }

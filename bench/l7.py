@@ -18,6 +18,13 @@ and server, measured back to back in every round (``datapath.interleave``):
                        connection manager, codec AUTO, the router, a static cluster of
                        server:8081; no RBAC, no access log, no original_src): what a proxy costs.
 
+Then, in the same lab, b and c again in one run each round (``alternating``: ``httpload -ka`` /
+``-ca``, one client process whose requests alternate between b's and c's server, each side's
+requests over the time they took): load that changes within seconds on this shared two-core
+machine falls on both alike, where runs one after the other each meet their own (c's own rounds
+moved 2x within a minute). Its rows give the medians and each round's own b/c (median, lowest,
+highest).
+
 b/c is the cost of our redirect, policy and access log over Envoy itself. Load: ``httpload``
 (``bench/httpload.c``, one GET in flight, 2-byte body) on one keep-alive connection and with a
 new connection per request; requests/s and p50/p99 per request, failed requests and the
@@ -41,7 +48,7 @@ from typing import Any
 
 from bench import dnsproxy, tools
 from bench.common import median, tag
-from bench.datapath import Metric, Samples, Target, interleave
+from bench.datapath import Metric, Samples, Target, _quiesce, interleave
 from ciliary.agent.envoy import envoy_binary
 from ciliary.agent.envoyconfig import ACCESS_LOG_FIELDS, ACCESS_LOG_SEPARATOR
 from ciliary.lab import manager
@@ -274,6 +281,99 @@ def httpload(binary: Path, client: list[str], ip: str, port: int, seconds: float
     return int(count) / float(elapsed), float(p50), float(p99), float(failed)
 
 
+def alternating(binary: Path, client: list[str], ends: tuple[tuple[str, int], tuple[str, int]],
+                seconds: float, *, keepalive: bool) -> tuple[tuple[float, ...], ...]:  # fmt: skip
+    """Each end's (requests/s, p50 usec, p99 usec, failed requests) from one httpload whose
+    requests alternate between ``ends`` ((address, port) each): its requests over their own
+    time."""
+    (ip_a, port_a), (ip_b, port_b) = ends
+    out = tools.run_tool(
+        [*client, str(binary), "-ka" if keepalive else "-ca", ip_a, str(port_a), ip_b,
+         str(port_b), PATH, str(seconds)],
+        seconds + 30,
+    )  # fmt: skip
+    lines = out.strip().splitlines()
+    if len(lines) != 2:
+        raise RuntimeError(f"httpload printed {len(lines)} lines, not 2: {out[-200:]}")
+    found = []
+    for line in lines:
+        count, spent, p50, p99, failed = line.split()
+        found.append((int(count) / float(spent), float(p50), float(p99), float(failed)))
+    return tuple(found)
+
+
+def alternating_rounds(binary: Path, targets: list[Target], ports: dict[str, int], *,
+                       rounds: int, seconds: float, agents: list[int],
+                       log: Callable[[str], None]) -> Samples:  # fmt: skip
+    """b and c in ``rounds`` alternating runs per metric (which goes first alternating by
+    round), each once the agent is idle: samples as ``interleave``'s, b and c only."""
+    by_name = {t.name: t for t in targets}
+    pair = (by_name[L7], by_name[ENVOY])
+    samples: Samples = {m: {t.name: [] for t in pair} for m in METRICS}
+    for r in range(rounds):
+        order = pair if r % 2 == 0 else pair[::-1]
+        for key in METRICS:
+            _quiesce(agents, log, GROUP)
+            ends = ((order[0].server_ip, ports[order[0].name]),
+                    (order[1].server_ip, ports[order[1].name]))  # fmt: skip
+            try:
+                found = alternating(binary, pair[0].client, ends, seconds,
+                                    keepalive=key == "keepalive")  # fmt: skip
+            except RuntimeError as err:
+                raise RuntimeError(f"b and c alternating ({key}): {err}") from err
+            for target, value in zip(order, found, strict=True):
+                samples[key][target.name].append(value)
+        log(f"{GROUP}: alternating round {r + 1}/{rounds} done")
+    return samples
+
+
+def alternating_rows(samples: Samples, titles: dict[str, str], *, rounds: int, seconds: float
+                     ) -> list[dict[str, Any]]:  # fmt: skip
+    """Per metric: b's and c's requests/s and p50 from the alternating runs (medians, ratio
+    against c, ``b/c``), then each round's own b/c (requests/s) in percent: median, range."""
+    out: list[dict[str, Any]] = []
+    how = ("b and c alternating in one run (one client process, requests alternating between"
+           " them, each side's over their own time)")  # fmt: skip
+    for key in METRICS:
+        for col, (what, unit, higher) in enumerate(
+            (("requests/s", "req/s", True), ("latency p50", "usec", False))
+        ):
+            per = {s: [v[col] for v in samples[key][s]] for s in (L7, ENVOY)}
+            values = {s: median(v) for s, v in per.items()}
+            b, c = values[L7], values[ENVOY]
+            score = (b / c if higher else c / b) if b and c else 0.0
+            out.append({
+                "benchmark": f"{titles[key]}, {how}: {what}, median of {rounds} x {seconds}s",
+                "metric": f"{key}-alternating-{what.split()[-1].replace('requests/s', 'rps')}",
+                "unit": unit,
+                "higher_is_better": higher,
+                "baseline": BASELINE,
+                "values": values,
+                "samples": per,
+                "b/c": round(score, 3),
+                "target": f"b/c >= {TARGET_B_C}",
+                "group": GROUP,
+            })  # fmt: skip
+        ratios = [
+            100 * b[0] / c[0] if c[0] else 0.0
+            for b, c in zip(samples[key][L7], samples[key][ENVOY], strict=True)
+        ]
+        out.append({
+            "benchmark": f"{titles[key]}, {how}: each round's b/c of requests/s",
+            "metric": f"{key}-alternating-ratio",
+            "unit": "% of c",
+            "baseline": None,
+            "values": {
+                "median of the rounds' b/c": median(ratios),
+                "lowest round": min(ratios),
+                "highest round": max(ratios),
+            },
+            "samples": {"b/c": ratios},
+            "group": GROUP,
+        })  # fmt: skip
+    return out
+
+
 def syn_retransmits(client: list[str]) -> int:
     """The client netns's SYN retransmissions so far (``TcpExtTCPSynRetrans``, nstat): a SYN
     that got no SYN-ACK in time, or an unacceptable ACK (a TIME_WAIT socket's) instead."""
@@ -490,12 +590,20 @@ def run(*, rounds: int = 5, seconds: float = 2, queries: int = dnsproxy.QUERIES,
             ms = metrics(binary, ports)
             samples, cpu = interleave(targets, ms, rounds=rounds, seconds=seconds,
                                       agents=[agent], log=log, group=GROUP)  # fmt: skip
-        results += http_rows(samples, {k: v[0] for k, v in ms.items()}, rounds=rounds,
-                             seconds=seconds)  # fmt: skip
+            alt = alternating_rounds(binary, targets, ports, rounds=rounds, seconds=seconds,
+                                     agents=[agent], log=log)  # fmt: skip
+        titles = {k: v[0] for k, v in ms.items()}
+        results += http_rows(samples, titles, rounds=rounds, seconds=seconds)
+        results += alternating_rows(alt, titles, rounds=rounds, seconds=seconds)
         results.append(agent_row(cpu, rounds))
         results.append(access_log_row(access_log_cost()))
     for row in results:
-        if row["metric"] in ("keepalive-rps", "close-rps"):
+        if row["metric"] in (
+            "keepalive-rps",
+            "close-rps",
+            "keepalive-alternating-rps",
+            "close-alternating-rps",
+        ):
             log(f"{GROUP}: {row['benchmark']}: b/c {row['b/c']} (target >= {TARGET_B_C})")
     for row in dnsproxy.run(queries=queries, log=log):
         results.append({**row, "group": GROUP})

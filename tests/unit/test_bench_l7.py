@@ -133,6 +133,61 @@ def test_httpload_fails_on_a_denial(httpload: Path) -> None:
     assert res.returncode == 1 and "HTTP/1.1 403" in res.stderr, res
 
 
+def _counting_server(status: int) -> tuple[int, list[int], threading.Thread]:
+    """As ``_server``, keep-alive, also counting the requests it answered."""
+    ls = socket.create_server(("127.0.0.1", 0))
+    answer = f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok".encode()
+    answered = [0]
+
+    def serve() -> None:
+        ls.settimeout(10)
+        with ls:
+            conn, _ = ls.accept()
+            with conn:
+                while (req := conn.recv(4096)) and b"\r\n\r\n" in req:
+                    conn.sendall(answer)
+                    answered[0] += 1
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return ls.getsockname()[1], answered, thread
+
+
+def test_httpload_alternates_between_two_servers(httpload: Path) -> None:
+    """-ka: requests alternate, one keep-alive connection each; a line per server, in the
+    order given, each with the requests that server answered over their own time."""
+    (pa, na, ta), (pb, nb, tb) = _counting_server(200), _counting_server(200)
+    ends = (("127.0.0.1", pa), ("127.0.0.1", pb))
+    (ra, p50a, p99a, fa), (rb, _, _, fb) = l7.alternating(httpload, [], ends, 0.3,
+                                                          keepalive=True)  # fmt: skip
+    ta.join(5)
+    tb.join(5)
+    assert na[0] == nb[0] > 10  # the run ends after a whole pair
+    assert ra > 2 * na[0] / 0.3 * 0.9  # over its own time, not the run's: ~ twice the share
+    assert rb > 0 and 0 < p50a <= p99a and fa == fb == 0
+
+
+def test_alternating_rows_give_b_over_c_and_each_rounds_own() -> None:
+    samples = {
+        key: {
+            L7: [(900.0, 300.0, 900.0, 0.0), (500.0, 600.0, 990.0, 0.0), (950.0, 280.0, 1.0, 0.0)],
+            ENVOY: [(1e3, 250.0, 700.0, 0.0), (520.0, 590.0, 1.0, 0.0), (1e3, 260.0, 1.0, 0.0)],
+        }
+        for key in l7.METRICS
+    }  # fmt: skip
+    rows = l7.alternating_rows(samples, {"keepalive": "KA", "close": "CL"}, rounds=3, seconds=2)
+    assert [r["metric"] for r in rows] == [
+        "keepalive-alternating-rps", "keepalive-alternating-p50", "keepalive-alternating-ratio",
+        "close-alternating-rps", "close-alternating-p50", "close-alternating-ratio",
+    ]  # fmt: skip
+    rps, p50, ratio = rows[:3]
+    assert rps["values"] == {L7: 900.0, ENVOY: 1000.0} and rps["b/c"] == 0.9
+    assert p50["values"] == {L7: 300.0, ENVOY: 260.0} and p50["b/c"] == round(260 / 300, 3)
+    per = ratio["values"]  # 90, 96.15, 95 %: a slow round falls on both sides
+    assert per["median of the rounds' b/c"] == 95.0 and per["lowest round"] == 90.0
+    assert round(per["highest round"], 2) == 96.15 and ratio["baseline"] is None
+
+
 def test_access_log_cost_measures_each_stage_of_real_lines() -> None:
     """The in-process access log bench parses the lines the agent reads (every tenth denied)
     and reports µs per line for each stage, each stage including the one before."""
