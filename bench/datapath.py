@@ -89,6 +89,7 @@ class Target:
     agent_pid: int | None = None  # ciliary: the node's agent, whose CPU use is recorded
     other_agents: tuple[int, ...] = ()  # across nodes: the other nodes' agents, added to it
     pin_dir: Path | None = None  # ciliary: the node's pins (its programs' run time per packet)
+    netns: str = ""  # the client's netns by name (connrate -a makes its sockets there)
 
 
 # ---- kernel-only setups -----------------------------------------------------------------------
@@ -106,7 +107,7 @@ def bare_veth(connrate: Path) -> Iterator[list[Target]]:
         sh("ip", "link", "set", "eth0", "up", ns=a)
         sh("ip", "link", "set", "eth1", "up", ns=b)
         with tools.servers(b, connrate):
-            yield [Target(f"a: {BARE}", BARE, None, tools.enter(a), "10.251.0.2")]
+            yield [Target(f"a: {BARE}", BARE, None, tools.enter(a), "10.251.0.2", netns=a)]
 
 
 def _link(ns: str, dev: str) -> tuple[int, str]:
@@ -310,7 +311,8 @@ def ciliary_lab(connrate: Path, scale: tuple[int, ...]) -> Iterator[list[Target]
                 stack.enter_context(tools.servers(server.netns, connrate))
                 targets.append(Target(name, CILIARY, entries, tools.enter(client.netns),
                                       server.ipv4, nrec.agent_pid,
-                                      pin_dir=Path(nrec.pin_dir)))  # fmt: skip
+                                      pin_dir=Path(nrec.pin_dir),
+                                      netns=client.netns))  # fmt: skip
             yield targets
             for i, nrec in enumerate(rec.nodes):
                 server = pods[f"server-{i}"]
@@ -497,11 +499,66 @@ def run(
             targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log
         )
         cil = next(t for t in targets if t.kind == CILIARY and t.entries and t.pin_dir)
+        alt = alternating_connections(connrate, (targets[0], cil), rounds=rounds,
+                                      seconds=seconds, agents=agents, log=log)  # fmt: skip
         per_packet = program_run_time(cil, metrics, rounds=rounds, seconds=seconds, log=log)
     results = results_of(targets, metrics, samples, rounds=rounds, seconds=seconds)
+    results.append(alternating_result((targets[0], cil), alt, seconds=seconds))
     results.append(agent_cpu_result(agent_cpu, "the node agent's", GROUP))
     results += per_packet
     return results
+
+
+def alternating_connections(
+    connrate: Path,
+    pair: tuple[Target, Target],
+    *,
+    rounds: int,
+    seconds: float,
+    agents: list[int],
+    log: Callable[[str], None],
+) -> list[tuple[float, float]]:
+    """Per round, the two targets' connection rates from one ``connrate -a`` run whose
+    connections alternate between them (``tools.alternating_rates``; which goes first
+    alternating by round), each run once the agents are idle: (first's, second's) per round."""
+    out = []
+    for r in range(rounds):
+        order = pair if r % 2 == 0 else pair[::-1]
+        _quiesce(agents, log)
+        ends = ((order[0].netns, order[0].server_ip), (order[1].netns, order[1].server_ip))
+        first, second = tools.alternating_rates([], connrate, ends, seconds)
+        out.append((first, second) if r % 2 == 0 else (second, first))
+    log(f"{GROUP}: alternating connection-rate runs done")
+    return out
+
+
+ALTERNATING = "crr-alternating"
+
+
+def alternating_result(
+    pair: tuple[Target, Target], rates: list[tuple[float, float]], *, seconds: float
+) -> dict[str, Any]:
+    """The alternating runs' medians and each round's own ratio (second / first, %)."""
+    a, b = pair
+    ratios = [100 * vb / va if va else 0.0 for va, vb in rates]
+    return {
+        "benchmark": f"TCP connection rate, one connrate process alternating its connections"
+                     f" between {a.name} and {b.name}, each side's over their own time, median"
+                     f" of {len(rates)} x {seconds}s",
+        "metric": ALTERNATING,
+        "unit": "conn/s",
+        "higher_is_better": True,
+        "baseline": a.name,
+        "values": {
+            a.name: median([v[0] for v in rates]),
+            b.name: median([v[1] for v in rates]),
+            "median of the round ratios (%)": median(ratios),
+            "lowest round (%)": min(ratios),
+            "highest round (%)": max(ratios),
+        },
+        "samples": {a.name: [v[0] for v in rates], b.name: [v[1] for v in rates]},
+        "group": GROUP,
+    }  # fmt: skip
 
 
 PER_PACKET_METRICS = ("rr", "crr")  # established packets (ping-pong); short connections

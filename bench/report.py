@@ -92,6 +92,7 @@ def datapath_tables(all_results: list[Result]) -> list[str]:
     per_packet = [
         r for r in all_results if str(r.get("metric", "")).startswith("bpf-ns-per-packet-")
     ]
+    alternating = [r for r in all_results if r.get("metric") == "crr-alternating"]
     if not results:
         return []
     first = results[0]
@@ -148,11 +149,28 @@ def datapath_tables(all_results: list[Result]) -> list[str]:
             f" runs: **{_num(next(iter(r['values'].values())))} ns**"
             for r in per_packet
         ),
+        *(_alternating_line(r) for r in alternating),
         "",
         *(line for res in extra for line in [*_agent_cpu_table(res), ""]),
         *scale_table(results),
     ]
     return lines
+
+
+def _alternating_line(res: Result) -> str:
+    """The datapath group's alternating connection-rate runs (bench.datapath.alternating_result)
+    as one line under its table."""
+    v = res["values"]
+    a = res["baseline"]
+    b = next(k for k in res["samples"] if k != a)
+    return (
+        f"- **b/a connection rate, alternating in one run** (one `connrate -a` process whose"
+        f" connections alternate between a and b, each side's over their own time: load that"
+        f" changes during a run falls on both alike): median of the rounds' ratios"
+        f" **{v['median of the round ratios (%)'] / 100:.3f}** (rounds"
+        f" {v['lowest round (%)'] / 100:.3f}-{v['highest round (%)'] / 100:.3f}; a"
+        f" {_num(v[a])}, b {_num(v[b])} conn/s)"
+    )
 
 
 def scale_series(res: Result, kind: str) -> list[tuple[int, str]]:

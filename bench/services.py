@@ -15,7 +15,7 @@ that rises or falls during a round weighs on both alike), and their ratio is als
 round: the median of the rounds' ratios with the lowest and highest (the spread a reading of
 the goal has to be held against). With 3 rounds and one fixed order, one round's load spike
 made a step's ratio (1.167 at 10k in the run of 23:15 UTC, its pod-IP rate 7.4k against 9.1k at
-1k). Each round also has one ``connrate -a`` run (``alternating_rates``): one process whose
+1k). Each round also has one ``connrate -a`` run (``tools.alternating_rates``): one process whose
 connections alternate between the two destinations, so that load changing within seconds falls
 on both sides alike. ciliary's connection-rate runs also give bpf_lxc's cil_from_container run time
 per packet (``kernel.bpf_stats_enabled`` on for the group: the kernel's run_time_ns / run_cnt of
@@ -282,19 +282,6 @@ def _enter_pod(prec: PodRecord) -> list[str]:
     return [*_in_cgroup(prec), *tools.enter(prec.netns)]
 
 
-def alternating_rates(
-    prefix: list[str], connrate: Path, pair: tuple[tuple[str, str], tuple[str, str]], s: float
-) -> tuple[float, float]:
-    """Connections per second to each of ``pair`` ((netns, address) of the pod-IP and the
-    ClusterIP client) from one connrate process whose connections alternate between them
-    (``connrate -a``): each side's connections over the time they took."""
-    (ns_a, ip_a), (ns_b, ip_b) = pair
-    argv = [*prefix, *tools.PIN, str(connrate), "-a", ns_a, ip_a, ns_b, ip_b,
-            str(tools.CONNRATE_PORT), str(s)]  # fmt: skip
-    n_a, t_a, n_b, t_b = tools.run_tool(argv, s + 30).split()
-    return int(n_a) / float(t_a), int(n_b) / float(t_b)
-
-
 @contextlib.contextmanager
 def ciliary_lab(connrate: Path, *, socket_lb: bool) -> Iterator[tuple[CiliaryLab, Target, Target]]:
     """The one-node lab with ``spec.socketLB.enabled`` pinned to ``socket_lb`` (either way: the
@@ -486,7 +473,7 @@ def _ciliary_steps(
 
         def alternate(secs: float) -> tuple[float, float]:
             try:
-                return alternating_rates(lab.pair_prefix, connrate, ends, secs)
+                return tools.alternating_rates(lab.pair_prefix, connrate, ends, secs)
             except RuntimeError as err:
                 raise RuntimeError(f"{kind}: alternating connections: {err}") from err
 

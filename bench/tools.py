@@ -112,6 +112,19 @@ def run_tool(argv: Sequence[str], timeout: float) -> str:
     return res.stdout
 
 
+def alternating_rates(
+    prefix: list[str], connrate: Path, pair: tuple[tuple[str, str], tuple[str, str]], s: float
+) -> tuple[float, float]:
+    """Connections per second to each of ``pair`` ((client netns, server address) each) from
+    one connrate process whose connections alternate between them (``connrate -a``, pinned,
+    run after ``prefix``, e.g. a cgroup's): each side's connections over the time they took.
+    Load that changes during the run falls on both sides alike."""
+    (ns_a, ip_a), (ns_b, ip_b) = pair
+    argv = [*prefix, *PIN, str(connrate), "-a", ns_a, ip_a, ns_b, ip_b, str(CONNRATE_PORT), str(s)]
+    n_a, t_a, n_b, t_b = run_tool(argv, s + 30).split()
+    return int(n_a) / float(t_a), int(n_b) / float(t_b)
+
+
 def iperf3_gbps(client: Sequence[str], ip: str, seconds: float, streams: int) -> float:
     """Receiver-side TCP throughput, Gbit/s."""
     out = run_tool(

@@ -50,3 +50,40 @@ def test_the_tc_floor_gets_both_macs_in_header_order() -> None:
     raw = b"".join(w.to_bytes(4, "little") for w in words)
     assert raw == bytes.fromhex("02aabbccdd010a0b0c0d0e0f")
     assert words != datapath.mac_words("0a:0b:0c:0d:0e:0f", "02:aa:bb:cc:dd:01")
+
+
+def test_alternating_connections_pair_each_round_in_both_orders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One connrate -a run per round, a and b swapping places every round, each rate given back
+    to its own setup; the result has the medians and each round's own b/a, and the datapath
+    table shows it."""
+    from bench import report  # noqa: PLC0415
+
+    calls: list[tuple[tuple[str, str], tuple[str, str]]] = []
+    by_ns = {"ns-a": 10_000.0, "ns-b": 9_000.0}
+
+    def fake_rates(prefix: list[str], connrate: Path, pair: tuple[tuple[str, str], ...],
+                   s: float) -> tuple[float, float]:  # fmt: skip
+        assert prefix == [] and s == 2.0
+        calls.append((pair[0], pair[1]))
+        slow = 0.5 if len(calls) == 2 else 1.0  # a loaded round: both sides alike
+        return by_ns[pair[0][0]] * slow, by_ns[pair[1][0]] * slow
+
+    monkeypatch.setattr(datapath.tools, "alternating_rates", fake_rates)
+    monkeypatch.setattr(datapath, "_quiesce", lambda *a, **k: None)
+    a = Target("a: bare veth", datapath.BARE, None, [], "10.251.0.2", netns="ns-a")
+    b = Target("b: ciliary", datapath.CILIARY, 3, [], "10.0.1.5", netns="ns-b")
+    rates = datapath.alternating_connections(
+        Path("/x/connrate"), (a, b), rounds=3, seconds=2.0, agents=[], log=lambda _: None
+    )
+    assert [c[0][0] for c in calls] == ["ns-a", "ns-b", "ns-a"]  # who goes first alternates
+    assert calls[1] == (("ns-b", "10.0.1.5"), ("ns-a", "10.251.0.2"))
+    assert rates == [(10_000.0, 9_000.0), (5_000.0, 4_500.0), (10_000.0, 9_000.0)]
+    res = datapath.alternating_result((a, b), rates, seconds=2.0)
+    v = res["values"]
+    assert (v[a.name], v[b.name]) == (10_000.0, 9_000.0)
+    assert v["median of the round ratios (%)"] == pytest.approx(90.0)
+    assert v["lowest round (%)"] == pytest.approx(90.0) == v["highest round (%)"]
+    line = report._alternating_line(res)
+    assert "**0.900**" in line and "a 10,000, b 9,000 conn/s" in line

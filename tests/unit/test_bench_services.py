@@ -168,7 +168,7 @@ def test_alternating_rates_runs_connrate_a(monkeypatch: pytest.MonkeyPatch, tmp_
         return "500 0.250000 500 0.200000\n"
 
     monkeypatch.setattr(services.tools, "run_tool", run_tool)
-    rates = services.alternating_rates(
+    rates = services.tools.alternating_rates(
         ["sh", "-c", "x", "procs"], tmp_path / "connrate",
         (("ns-a", "10.0.0.2"), ("ns-b", "10.96.0.9")), 2.0,
     )  # fmt: skip
