@@ -34,7 +34,6 @@ import numpy.typing as npt
 
 from ciliary.agent.flows import FlowDecoder
 from ciliary.core.flow import CTState, EventType, Verdict
-from ciliary.datapath.maps.endpoints import encode_addr
 from ciliary.datapath.maps.events import (
     TRACE_RECORD_DTYPE,
     TRACE_RECORD_STRIDE,
@@ -152,11 +151,12 @@ def _may_have_service(
     asked: npt.NDArray[np.bool_] = np.asarray(
         (rows["rev_nat_index"] != 0) & far_side, dtype=np.bool_
     )
-    column = "daddr" if destination else "saddr"
-    halves = np.ascontiguousarray(rows[column]).view(np.uint64).reshape(len(rows), 2)
-    for address in addresses():
-        packed = np.frombuffer(encode_addr(address)[0], dtype=np.uint64)
-        asked |= (halves[:, 0] == packed[0]) & (halves[:, 1] == packed[1])
+    frontends = addresses()  # sorted 16-byte items: one binary search per row, any count
+    if len(frontends):
+        column = "daddr" if destination else "saddr"
+        mine = np.ascontiguousarray(rows[column]).view("V16").reshape(len(rows))
+        at = np.minimum(np.searchsorted(frontends, mine), len(frontends) - 1)
+        asked |= frontends[at] == mine
     return asked
 
 

@@ -75,6 +75,8 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ciliary.agent import seven
@@ -304,10 +306,12 @@ class FlowGetters:
     ``ServiceGetter.GetServiceByAddr``), None when none has."""
     frontend_of: Callable[[int], tuple[IPAddress, int] | None] = lambda _i: None
     """The frontend (address, port) a rev-NAT index names, None when unknown."""
-    service_addresses: Callable[[], Iterable[IPAddress]] | None = None
-    """The addresses of every Service frontend (any port), asked once per batch of rows
-    (``flowrows``): an address:port elsewhere has no Service, so ``service_by_addr`` is not
-    asked for it; None: unknown, every pair is asked."""
+    service_addresses: Callable[[], npt.NDArray[np.void]] | None = None
+    """The addresses of every Service frontend (any port) as ``packed_addresses`` gives them
+    (sorted 16-byte items), asked once per batch of rows (``flowrows``; the getter keeps the
+    array while the frontends stay: a node with 10k Services would otherwise pack them for every
+    batch): an address:port elsewhere has no Service, so ``service_by_addr`` is not asked for
+    it; None: unknown, every pair is asked."""
     names_of_ip: Callable[[str], Sequence[str]] = lambda _ip: ()
     """The DNS names an address (text form) was an answer of in the node's FQDN cache, sorted
     (upstream's ``DNSGetter.GetNamesOf``); () when none."""

@@ -79,7 +79,7 @@ from ciliary.core import atomicfile as store_files
 from ciliary.core.l7record import L7Batch
 from ciliary.core.models import Endpoint, EndpointState, RuleReference
 from ciliary.datapath.linux import cgroup
-from ciliary.datapath.maps.endpoints import IPAddress
+from ciliary.datapath.maps.endpoints import IPAddress, packed_addresses
 from ciliary.datapath.maps.events import decode_trace_rows
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.exporter import FlowExporter
@@ -403,9 +403,11 @@ class AgentHubble:
             fe = syncer.manager.frontend_of(rev_nat_index) if syncer is not None else None
             return (fe.address, fe.port) if fe is not None else None
 
-        def service_addresses() -> set[IPAddress]:
+        no_addresses = packed_addresses(())
+
+        def service_addresses() -> npt.NDArray[np.void]:
             syncer = agent.services
-            return {fe.address for fe in syncer.manager.frontends} if syncer is not None else set()
+            return syncer.manager.frontend_addresses() if syncer is not None else no_addresses
 
         def names_of_ip(addr: str) -> tuple[str, ...]:
             return policy.fqdns.names_of(addr)

@@ -58,6 +58,9 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from ciliary.agent.k8s.hostports import HOST_PORT
 from ciliary.agent.k8s.services import SERVICE_NAME_LABEL
 from ciliary.core.maglev import DEFAULT_HASH_SEED, DEFAULT_TABLE_SIZE, lookup_table, parse_hash_seed
@@ -68,7 +71,7 @@ from ciliary.core.models import (
     ServiceInfo,
     ServicePortInfo,
 )
-from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress
+from ciliary.datapath.maps.endpoints import AF_INET4, AF_INET6, IPAddress, packed_addresses
 from ciliary.datapath.maps.lb import (
     BE_STATE_ACTIVE,
     BE_STATE_TERMINATING,
@@ -330,6 +333,16 @@ class ServiceManager:
     """--bpf-lb-algorithm: a frontend's algorithm unless its Service's annotation says."""
     maglev_table_size: int = DEFAULT_TABLE_SIZE
     maglev_seed: int = field(default_factory=lambda: parse_hash_seed(DEFAULT_HASH_SEED).murmur)
+    _addresses: npt.NDArray[np.void] | None = None
+    """:meth:`frontend_addresses`' answer until a frontend is added or removed."""
+
+    def frontend_addresses(self) -> npt.NDArray[np.void]:
+        """Every frontend's address (any port), ``packed_addresses``' form: Hubble asks for it
+        once per batch of flows (``FlowGetters.service_addresses``), so it is kept until a
+        frontend is added or removed (``sync``, ``restore``)."""
+        if self._addresses is None:
+            self._addresses = packed_addresses(fe.address for fe in self.frontends)
+        return self._addresses
 
     def _set_backends(self, p: _Programmed, ids: tuple[int, ...]) -> set[int]:
         """``p``'s slots become ``ids``; returns the ids no slot names any more."""
@@ -352,6 +365,7 @@ class ServiceManager:
 
     def restore(self) -> None:
         """Frontend and backend ids from the pinned maps (an agent restart keeps them)."""
+        self._addresses = None
         state = self.maps.dump()
         for backend_id, backend in state.backends.items():
             self.backends[backend_id] = backend
@@ -433,6 +447,7 @@ class ServiceManager:
                 ):
                     continue
             else:
+                self._addresses = None  # a frontend more (its map writes follow)
                 have = _Programmed(self._fe_ids.allocate(), (), spec.flags2, None, spec.type)
                 self._set_service(fe, have, spec.service)
                 self._by_id[have.id] = fe
@@ -474,6 +489,7 @@ class ServiceManager:
             if fe in wanted or fe not in self.frontends:
                 continue
             gone = self.frontends.pop(fe)
+            self._addresses = None
             self.maps.delete_slot(fe, 0)
             if gone.maglev is not None:
                 self.maps.delete_maglev(gone.id, fe.family)

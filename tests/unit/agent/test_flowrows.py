@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from ciliary.agent.flowrows import decode_rows
 from ciliary.agent.flows import EndpointInfo, FlowDecoder, FlowGetters
 from ciliary.agent.hubble import EventsQueue, _Lost
-from ciliary.datapath.maps.endpoints import IPAddress
+from ciliary.datapath.maps.endpoints import IPAddress, packed_addresses
 from ciliary.datapath.maps.events import (
     TRACE_RECORD_DTYPE,
     TraceEventC,
@@ -253,7 +254,8 @@ def test_only_addresses_with_a_service_frontend_are_looked_up() -> None:
         asked.append((addr, port))
         return lookup(addr, port)
 
-    dec.getters = replace(dec.getters, service_by_addr=counting, service_addresses=lambda: [SERVER])
+    fes = packed_addresses([SERVER])
+    dec.getters = replace(dec.getters, service_by_addr=counting, service_addresses=lambda: fes)
     found = trace_rows(span_of(CONNECTIONS))
     assert found is not None
     batch = decode_rows(dec, found)
@@ -285,7 +287,7 @@ def test_clusterip_connections_ask_no_service_per_client_port() -> None:
     dec.getters = replace(
         dec.getters,
         service_by_addr=counting,
-        service_addresses=lambda: [VIP],
+        service_addresses=lambda: packed_addresses([VIP]),
         frontend_of=lambda i: (VIP, 80) if i == 1 else None,
     )
     records = []
@@ -305,3 +307,42 @@ def test_clusterip_connections_ask_no_service_per_client_port() -> None:
         assert batch.flow(i, want.uuid) == want, i
         services_seen |= {want.source_service.name, want.destination_service.name}
     assert services_seen == {"", "web"}
+
+
+def test_a_frontend_among_ten_thousand_is_found_and_no_other_address() -> None:
+    """The frontend check is one binary search per row in the sorted addresses (a node with 10k
+    Services looped over every address for every batch before): with the server's address
+    among 10k others (IPv4 and IPv6, the largest too) the same lookups are asked as with it
+    alone, and the flows are the same."""
+    others: list[IPAddress] = [IPv4Address("10.96.0.0") + i for i in range(5_000)]
+    others += [IPv6Address("fd00::") + i for i in range(4_999)]
+    others.append(IPv6Address("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
+    found = trace_rows(span_of(CONNECTIONS))
+    assert found is not None
+    asked: dict[str, list[tuple[IPAddress, int]]] = {}
+    for name, frontends in (("alone", [SERVER]), ("among 10k", [*others, SERVER])):
+        dec = decoder(endpoints())
+        seen: list[tuple[IPAddress, int]] = []
+        batch = decode_rows(_asking(dec, seen, packed_addresses(frontends)), found)
+        asked[name] = list(seen)  # the batch's own questions
+        for i, rec in enumerate(CONNECTIONS):
+            want = dec.decode(decode_event(rec))
+            assert batch.flow(i, want.uuid) == want, i
+    assert sorted(map(str, asked["alone"])) == sorted(map(str, asked["among 10k"]))
+    assert len(asked["alone"]) < len(CONNECTIONS) // 4
+    # the server not a frontend, 10k others are: only the templates' own decodes ask
+    none: list[tuple[IPAddress, int]] = []
+    batch = decode_rows(_asking(decoder(endpoints()), none, packed_addresses(others)), found)
+    assert len(none) <= 2 * len(batch.templates)
+
+
+def _asking(dec: FlowDecoder, seen: list[tuple[IPAddress, int]], fes: Any) -> FlowDecoder:
+    """``dec`` with ``fes`` as the frontends' addresses, its service lookups recorded."""
+    lookup = dec.getters.service_by_addr
+
+    def counting(addr: IPAddress, port: int) -> tuple[str, str] | None:
+        seen.append((addr, port))
+        return lookup(addr, port)
+
+    dec.getters = replace(dec.getters, service_by_addr=counting, service_addresses=lambda: fes)
+    return dec

@@ -20,6 +20,7 @@ from ciliary.agent.services import (
     service_frontends,
 )
 from ciliary.core.models import BackendInfo, L4Addr, ServiceInfo, ServicePortInfo
+from ciliary.datapath.maps.endpoints import packed_addresses
 from ciliary.datapath.maps.lb import (
     BE_STATE_ACTIVE,
     BE_STATE_TERMINATING,
@@ -332,3 +333,25 @@ def test_hubble_lookups_service_by_address_and_frontend_by_rev_nat_index() -> No
     mgr.sync(desired_frontends([web]))  # db deleted: its index no longer names it
     assert mgr.frontend_of(index) is None
     assert mgr.service_by_addr(ip_address("10.96.0.6"), 80) is None
+
+
+def test_frontend_addresses_are_kept_until_a_frontend_comes_or_goes() -> None:
+    """Hubble asks for the frontends' addresses once per batch of flows: the same array while
+    no frontend is added or removed (a backend change keeps it), a new one after either."""
+    maps = FakeMaps()
+    mgr = ServiceManager(maps)
+    assert len(mgr.frontend_addresses()) == 0
+    web = _svc([_backend("10.0.1.5")])
+    mgr.sync(desired_frontends([web]))
+    first = mgr.frontend_addresses()
+    assert first.tobytes() == packed_addresses([ip_address("10.96.0.5")]).tobytes()
+    mgr.sync(desired_frontends([_svc([_backend("10.0.1.6")])]), mgr.owned_by(("shop", "web")))
+    assert mgr.frontend_addresses() is first  # backends changed, frontends the same
+    db = _svc([_backend("10.0.1.5")], "db", ("10.96.0.6",))
+    mgr.sync(desired_frontends([web, db]))
+    assert (
+        mgr.frontend_addresses().tobytes()
+        == packed_addresses([ip_address("10.96.0.5"), ip_address("10.96.0.6")]).tobytes()
+    )
+    mgr.sync({}, owned=mgr.owned_by(("shop", "db")))
+    assert mgr.frontend_addresses().tobytes() == first.tobytes()

@@ -8,8 +8,12 @@ the rest zero; family 2 / 10 as in the C) and a MAC as ``__u8 mac[6]``.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+
+import numpy as np
+import numpy.typing as npt
 
 from ciliary.datapath.libbpf import BPF_ANY, Map
 
@@ -42,6 +46,14 @@ def encode_addr(addr: IPAddress) -> tuple[bytes, int]:
     if isinstance(addr, IPv4Address):
         return addr.packed + bytes(12), AF_INET4
     return addr.packed, AF_INET6
+
+
+def packed_addresses(addrs: Iterable[IPAddress]) -> npt.NDArray[np.void]:
+    """``addrs`` as :func:`encode_addr` stores them, one 16-byte item each, sorted and without
+    repeats: what a column of records' addresses is looked up in with ``np.searchsorted``
+    (``agent.flowrows``: is a row's address a Service frontend's)."""
+    raw = b"".join(sorted({encode_addr(a)[0] for a in addrs}))
+    return np.sort(np.frombuffer(raw, dtype="V16"))
 
 
 def decode_addr(raw: bytes, family: int) -> IPAddress:
