@@ -335,25 +335,9 @@ def alternating_rows(samples: Samples, titles: dict[str, str], *, rounds: int, s
     how = ("b and c alternating in one run (one client process, requests alternating between"
            " them, each side's over their own time)")  # fmt: skip
     for key in METRICS:
-        for col, (what, unit, higher) in enumerate(
-            (("requests/s", "req/s", True), ("latency p50", "usec", False))
-        ):
-            per = {s: [v[col] for v in samples[key][s]] for s in (L7, ENVOY)}
-            values = {s: median(v) for s, v in per.items()}
-            b, c = values[L7], values[ENVOY]
-            score = (b / c if higher else c / b) if b and c else 0.0
-            out.append({
-                "benchmark": f"{titles[key]}, {how}: {what}, median of {rounds} x {seconds}s",
-                "metric": f"{key}-alternating-{what.split()[-1].replace('requests/s', 'rps')}",
-                "unit": unit,
-                "higher_is_better": higher,
-                "baseline": BASELINE,
-                "values": values,
-                "samples": per,
-                "b/c": round(score, 3),
-                "target": f"b/c >= {TARGET_B_C}",
-                "group": GROUP,
-            })  # fmt: skip
+        out += _target_rows(samples, key, (L7, ENVOY), 2, title=f"{titles[key]}, {how}",
+                            metric=f"{key}-alternating", rounds=rounds,
+                            seconds=seconds)  # fmt: skip
         ratios = [
             100 * b[0] / c[0] if c[0] else 0.0
             for b, c in zip(samples[key][L7], samples[key][ENVOY], strict=True)
@@ -405,6 +389,35 @@ def metrics(binary: Path, ports: dict[str, int]) -> dict[str, tuple[str, str, bo
     }
 
 
+def _target_rows(samples: Samples, key: str, setups: tuple[str, ...], columns: int, *,
+                 title: str, metric: str, rounds: int, seconds: float
+                 ) -> list[dict[str, Any]]:  # fmt: skip
+    """``samples[key]``'s requests/s, latency p50 and (``columns`` 3) p99 rows of ``setups``:
+    medians, the ratio against c and ``b/c`` the target's (requests/s: b/c; latency: c/b, so
+    ≥ 0.9 reads the same way)."""
+    out = []
+    kinds = (("requests/s", "req/s", True), ("latency p50", "usec", False),
+             ("latency p99", "usec", False))  # fmt: skip
+    for col, (what, unit, higher) in enumerate(kinds[:columns]):
+        per = {s: [v[col] for v in samples[key][s]] for s in setups}
+        values = {s: median(v) for s, v in per.items()}
+        b, c = values[L7], values[ENVOY]
+        score = (b / c if higher else c / b) if b and c else 0.0
+        out.append({
+            "benchmark": f"{title}: {what}, median of {rounds} x {seconds}s",
+            "metric": f"{metric}-{what.split()[-1].replace('requests/s', 'rps')}",
+            "unit": unit,
+            "higher_is_better": higher,
+            "baseline": BASELINE,
+            "values": values,
+            "samples": per,
+            "b/c": round(score, 3),
+            "target": f"b/c >= {TARGET_B_C}",
+            "group": GROUP,
+        })  # fmt: skip
+    return out
+
+
 def http_rows(samples: Samples, titles: dict[str, str], *, rounds: int, seconds: float
               ) -> list[dict[str, Any]]:  # fmt: skip
     """Per metric: requests/s, p50 and p99 (usec) rows; values a, b, c (medians of the rounds),
@@ -413,26 +426,8 @@ def http_rows(samples: Samples, titles: dict[str, str], *, rounds: int, seconds:
     over the rounds)."""
     out = []
     for key in METRICS:
-        for col, (what, unit, higher) in enumerate(
-            (("requests/s", "req/s", True), ("latency p50", "usec", False),
-             ("latency p99", "usec", False))
-        ):  # fmt: skip
-            per = {s: [v[col] for v in samples[key][s]] for s in SETUPS}
-            values = {s: median(v) for s, v in per.items()}
-            b, c = values[L7], values[ENVOY]
-            score = (b / c if higher else c / b) if b and c else 0.0
-            out.append({
-                "benchmark": f"{titles[key]}: {what}, median of {rounds} x {seconds}s",
-                "metric": f"{key}-{what.split()[-1].replace('requests/s', 'rps')}",
-                "unit": unit,
-                "higher_is_better": higher,
-                "baseline": BASELINE,
-                "values": values,
-                "samples": per,
-                "b/c": round(score, 3),
-                "target": f"b/c >= {TARGET_B_C}",
-                "group": GROUP,
-            })  # fmt: skip
+        out += _target_rows(samples, key, SETUPS, 3, title=titles[key], metric=key,
+                            rounds=rounds, seconds=seconds)  # fmt: skip
         for col, what, name, unit in (
             (3, "failed requests (no answer within 2 s: a dropped packet)", "failed", "requests"),
             (4, "the client's SYN retransmissions", "syn-retrans", "SYNs"),

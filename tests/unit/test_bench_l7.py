@@ -90,10 +90,12 @@ def httpload() -> Iterator[Path]:
         yield binary
 
 
-def _server(status: int) -> tuple[int, threading.Thread]:
-    """A loopback HTTP/1.1 server answering ``status`` with a 2-byte body, keep-alive."""
+def _counting_server(status: int) -> tuple[int, list[int], threading.Thread]:
+    """A loopback HTTP/1.1 server answering ``status`` with a 2-byte body, keep-alive, one
+    connection; also the count of the requests it answered."""
     ls = socket.create_server(("127.0.0.1", 0))
     answer = f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok".encode()
+    answered = [0]
 
     def serve() -> None:
         ls.settimeout(10)
@@ -102,10 +104,17 @@ def _server(status: int) -> tuple[int, threading.Thread]:
             with conn:
                 while (req := conn.recv(4096)) and b"\r\n\r\n" in req:
                     conn.sendall(answer)
+                    answered[0] += 1
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    return ls.getsockname()[1], thread
+    return ls.getsockname()[1], answered, thread
+
+
+def _server(status: int) -> tuple[int, threading.Thread]:
+    """A loopback HTTP/1.1 server answering ``status`` with a 2-byte body, keep-alive."""
+    port, _, thread = _counting_server(status)
+    return port, thread
 
 
 def test_httpload_counts_answers(httpload: Path) -> None:
@@ -131,26 +140,6 @@ def test_httpload_fails_on_a_denial(httpload: Path) -> None:
                          check=False, capture_output=True, text=True, timeout=10)  # fmt: skip
     thread.join(5)
     assert res.returncode == 1 and "HTTP/1.1 403" in res.stderr, res
-
-
-def _counting_server(status: int) -> tuple[int, list[int], threading.Thread]:
-    """As ``_server``, keep-alive, also counting the requests it answered."""
-    ls = socket.create_server(("127.0.0.1", 0))
-    answer = f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok".encode()
-    answered = [0]
-
-    def serve() -> None:
-        ls.settimeout(10)
-        with ls:
-            conn, _ = ls.accept()
-            with conn:
-                while (req := conn.recv(4096)) and b"\r\n\r\n" in req:
-                    conn.sendall(answer)
-                    answered[0] += 1
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return ls.getsockname()[1], answered, thread
 
 
 def test_httpload_alternates_between_two_servers(httpload: Path) -> None:
