@@ -504,8 +504,7 @@ static __always_inline void lb_affinity_update(const struct lb_select_req *r, __
 	}
 }
 
-/* The selection proper for a frontend with affinity or marked Maglev (see lb_select_backend;
- * any other's random slot is read there). A global function: the verifier checks it once,
+/* The selection proper (see lb_select_backend). A global function: the verifier checks it once,
  * apart from its callers' states (inlined, its branches multiplied cil_from_netdev's past the
  * 1M-instruction limit). */
 __attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
@@ -545,13 +544,6 @@ __attribute__((noinline)) __u32 lb_select_backend_req(struct lb_select_req *r)
  * 0 if none. */
 static __always_inline __u32 lb_select_backend(const struct pkt *p, const struct lb_service *svc)
 {
-	/* A frontend without affinity, not marked Maglev (nearly every ClusterIP): its random slot
-	 * read here, without the request's copy to the scratch entry and the global function's
-	 * call (BPF_PROG_TEST_RUN: docs/benchmarks.md, services) */
-	if (!(svc->flags & SVC_FLAG_AFFINITY) &&
-	    svc->backend_id >> LB_ALGORITHM_SHIFT != LB_SELECTION_MAGLEV)
-		return svc->count ? lb_slot_backend(p, (__u16)(bpf_get_prandom_u32() % svc->count) + 1)
-				  : 0;
 	__u32 zero = 0;
 	struct lb_select_req *r = bpf_map_lookup_elem(&ciliary_lb_select_scratch, &zero);
 	if (!r)
@@ -644,16 +636,9 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct pk
 		n.expires_ns = now + CT_LIFETIME_SYN;
 		n.rev_nat_index = rev_nat;
 		n.backend_id = id;
-		if (e) {
-			/* the tuple's stale entry (expired, another frontend's or its backend gone: a
-			 * client port come round again) becomes the new one in place: what the update
-			 * would store, without the LRU map's insert */
-			*e = n;
-			e = 0;
-		} else if (bpf_map_update_elem(&ciliary_ct, &sk, &n, BPF_ANY) < 0) {
+		if (bpf_map_update_elem(&ciliary_ct, &sk, &n, BPF_ANY) < 0)
 			return -DROP_CT_CREATE_FAILED;
-		}
-		/* either way its lifetime is the opening connection's (e = 0: no lookup back) */
+		e = 0; /* its lifetime is the opening connection's; no lookup back for it */
 	}
 	int ret = nat_rewrite(skb, p, 0, addr, p->dport, port);
 	if (ret < 0)
