@@ -163,13 +163,14 @@ def _alternating_line(res: Result) -> str:
     v = res["values"]
     a = res["baseline"]
     b = next(k for k in res["samples"] if k != a)
+    label = b.split(":", 1)[0] if ":" in b else b  # "b: ciliary" → b, "tc floor" as it is
     return (
-        f"- **b/a connection rate, alternating in one run** (one `connrate -a` process whose"
-        f" connections alternate between a and b, each side's over their own time: load that"
-        f" changes during a run falls on both alike): median of the rounds' ratios"
+        f"- **{label}/a connection rate, alternating in one run** (one `connrate -a` process"
+        f" whose connections alternate between a and {label}, each side's over their own time:"
+        f" load that changes during a run falls on both alike): median of the rounds' ratios"
         f" **{v['median of the round ratios (%)'] / 100:.3f}** (rounds"
         f" {v['lowest round (%)'] / 100:.3f}-{v['highest round (%)'] / 100:.3f}; a"
-        f" {_num(v[a])}, b {_num(v[b])} conn/s)"
+        f" {_num(v[a])}, {label} {_num(v[b])} conn/s)"
     )
 
 

@@ -86,4 +86,10 @@ def test_alternating_connections_pair_each_round_in_both_orders(
     assert v["median of the round ratios (%)"] == pytest.approx(90.0)
     assert v["lowest round (%)"] == pytest.approx(90.0) == v["highest round (%)"]
     line = report._alternating_line(res)
+    assert "**b/a connection rate" in line
     assert "**0.900**" in line and "a 10,000, b 9,000 conn/s" in line
+    floor = Target(datapath.FLOOR, datapath.FLOOR, None, [], "10.250.0.3", netns="ns-f")
+    line = report._alternating_line(
+        datapath.alternating_result((a, floor), [(10_000.0, 9_500.0)], seconds=2.0)
+    )
+    assert "**tc floor/a connection rate" in line and "tc floor 9,500 conn/s" in line
