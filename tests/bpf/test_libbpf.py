@@ -113,6 +113,17 @@ def loaded(lxc_object: Path, pin_dir: Path) -> Iterator[BPFObject]:
         obj.close()
 
 
+@pytest.fixture
+def maps_loaded(lxc_object: Path, pin_dir: Path) -> Iterator[BPFObject]:
+    """The object's maps without its programs (the verifier's seconds), for map tests."""
+    obj = BPFObject.open(lxc_object, pin_dir=pin_dir)
+    try:
+        obj.load(programs=False)
+        yield obj
+    finally:
+        obj.close()
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
@@ -258,7 +269,7 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         loaded.map("nope")
 
 
-def test_map_info(loaded: BPFObject) -> None:
+def test_map_info(maps_loaded: BPFObject) -> None:
     expected = {
         "ciliary_config": (BPF_MAP_TYPE_ARRAY, 4, 24, 1, 0),
         "ciliary_lxc": (BPF_MAP_TYPE_HASH, 20, 24, 65536, 0),
@@ -268,7 +279,7 @@ def test_map_info(loaded: BPFObject) -> None:
         "ciliary_events_lost": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0),
     }
     for name, (mtype, ks, vs, entries, flags) in expected.items():
-        with loaded.map(name) as m:
+        with maps_loaded.map(name) as m:
             info = m.info
             assert (info.type, info.key_size, info.value_size) == (mtype, ks, vs), name
             assert (info.max_entries, info.flags) == (entries, flags), name
@@ -277,10 +288,10 @@ def test_map_info(loaded: BPFObject) -> None:
             assert m.is_percpu == (mtype == BPF_MAP_TYPE_PERCPU_ARRAY)
 
 
-def test_map_handles_are_independent_dups(loaded: BPFObject) -> None:
-    m = loaded.map("ciliary_lxc")
+def test_map_handles_are_independent_dups(maps_loaded: BPFObject) -> None:
+    m = maps_loaded.map("ciliary_lxc")
     fd = m.fd
-    with loaded.map("ciliary_lxc") as other:
+    with maps_loaded.map("ciliary_lxc") as other:
         assert other.fd != fd
         assert other.info.id == m.info.id
     m.close()
@@ -295,8 +306,8 @@ def test_map_handles_are_independent_dups(loaded: BPFObject) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_endpoint_map(loaded: BPFObject) -> None:
-    with loaded.map("ciliary_lxc") as raw:
+def test_endpoint_map(maps_loaded: BPFObject) -> None:
+    with maps_loaded.map("ciliary_lxc") as raw:
         eps = EndpointMap(raw)
         v4, v6 = IPv4Address("10.0.0.5"), IPv6Address("fd00::5")
         eps.upsert(
@@ -348,8 +359,8 @@ def test_endpoint_map(loaded: BPFObject) -> None:
             )
 
 
-def test_ipcache_longest_prefix_match(loaded: BPFObject) -> None:
-    with loaded.map("ciliary_ipcache") as raw:
+def test_ipcache_longest_prefix_match(maps_loaded: BPFObject) -> None:
+    with maps_loaded.map("ciliary_ipcache") as raw:
         ipc = IPCacheMap(raw)
         ipc.upsert(ip_network("10.0.0.0/8"), 100)
         ipc.upsert(ip_network("10.1.0.0/16"), 200, IPv4Address("192.168.1.7"))
@@ -409,8 +420,8 @@ def _ct_entry(src: str, dst: str, sport: int, expires_ns: int) -> tuple[bytes, b
     return bytes(key), bytes(value)
 
 
-def test_conntrack_items_gc_flush(loaded: BPFObject) -> None:
-    with loaded.map("ciliary_ct") as raw:
+def test_conntrack_items_gc_flush(maps_loaded: BPFObject) -> None:
+    with maps_loaded.map("ciliary_ct") as raw:
         ct = CTMap(raw)
         now = time.monotonic_ns()
         for i in range(10):
@@ -439,10 +450,10 @@ def test_conntrack_items_gc_flush(loaded: BPFObject) -> None:
         assert ct.count() == 0
 
 
-def test_conntrack_gc_reports_the_addresses_connections_use(loaded: BPFObject) -> None:
+def test_conntrack_gc_reports_the_addresses_connections_use(maps_loaded: BPFObject) -> None:
     """The DNS cache keeps an expired answer's IP while a connection uses it: a GC pass
     reports both ends of the entries it keeps, none of those it deletes."""
-    with loaded.map("ciliary_ct") as raw:
+    with maps_loaded.map("ciliary_ct") as raw:
         ct = CTMap(raw)
         now = time.monotonic_ns()
         raw.update(*_ct_entry("10.0.0.1", "192.0.2.7", 1, now + 60 * 10**9))
@@ -453,8 +464,8 @@ def test_conntrack_gc_reports_the_addresses_connections_use(loaded: BPFObject) -
         assert ct.flush() == 1
 
 
-def test_config_map(loaded: BPFObject) -> None:
-    with loaded.map("ciliary_config") as raw:
+def test_config_map(maps_loaded: BPFObject) -> None:
+    with maps_loaded.map("ciliary_config") as raw:
         cfg = ConfigMap(raw)
         assert cfg.get().monitor_aggregation == MONITOR_AGG_NONE  # array: zeroed, never absent
         cfg.set(MONITOR_AGG_MEDIUM, 5 * 10**9, flags=3)
@@ -472,9 +483,9 @@ def test_config_map(loaded: BPFObject) -> None:
         assert raw.count() == 1
 
 
-def test_percpu_map(loaded: BPFObject) -> None:
+def test_percpu_map(maps_loaded: BPFObject) -> None:
     ncpus = num_possible_cpus()
-    with loaded.map("ciliary_events_lost") as raw:
+    with maps_loaded.map("ciliary_events_lost") as raw:
         assert raw.value_buffer_size == 8 * ncpus
         lost = EventsLostMap(raw)
         assert lost.total() == 0
@@ -485,12 +496,12 @@ def test_percpu_map(loaded: BPFObject) -> None:
         assert values is not None and len(values) == ncpus and all(len(v) == 8 for v in values)
         with pytest.raises(BPFInvalidError):
             raw.update_percpu(bytes(4), [bytes(8)])  # one value per possible CPU
-    with loaded.map("ciliary_lxc") as hashmap, pytest.raises(TypeError):
+    with maps_loaded.map("ciliary_lxc") as hashmap, pytest.raises(TypeError):
         hashmap.lookup_percpu(bytes(20))
 
 
-def test_typed_errors(loaded: BPFObject, tmp_path: Path) -> None:
-    with loaded.map("ciliary_lxc") as raw:
+def test_typed_errors(maps_loaded: BPFObject, tmp_path: Path) -> None:
+    with maps_loaded.map("ciliary_lxc") as raw:
         key, value = bytes(20), bytes(24)
         with pytest.raises(BPFInvalidError) as wrong_key:
             raw.update(bytes(19), value)
@@ -507,7 +518,7 @@ def test_typed_errors(loaded: BPFObject, tmp_path: Path) -> None:
             raw.update(key, value, BPF_NOEXIST)
         assert isinstance(exists.value, OSError) and exists.value.errno == errno.EEXIST
         raw.update(key, value, BPF_ANY)
-    with loaded.map("ciliary_config") as array:
+    with maps_loaded.map("ciliary_config") as array:
         with pytest.raises(BPFNoSpaceError):  # index beyond max_entries: E2BIG
             array.update((1).to_bytes(4, "little"), bytes(24))
         with pytest.raises(BPFInvalidError):  # array elements cannot be deleted
@@ -541,6 +552,24 @@ def test_object_use_before_load_and_after_close(lxc_object: Path) -> None:
         obj.map("ciliary_lxc")
 
 
+def test_maps_only_load_makes_every_map_and_no_program(lxc_object: Path, pin_dir: Path) -> None:
+    with BPFObject.open(lxc_object, pin_dir=pin_dir) as obj:
+        obj.load(programs=False)
+        assert obj.loaded
+        assert {p.name for p in pin_dir.iterdir()} == {
+            n for n in obj.map_names() if not n.startswith(".")
+        }
+        with obj.map("ciliary_lxc") as m:
+            assert m.info.max_entries == 65536
+        with pytest.raises(BPFInvalidError, match="without programs"):
+            obj.program_fd("cil_from_container")
+        with pytest.raises(BPFInvalidError, match="without programs"):
+            obj.pin_program("cil_from_container", pin_dir / "prog")
+    with BPFObject.open(lxc_object, pin_dir=pin_dir) as again:  # the same object, whole
+        again.load()
+        assert again.program_fd("cil_from_container") >= 0
+
+
 def test_verifier_error_carries_log(tmp_path: Path) -> None:
     src = tmp_path / "bad.c"
     src.write_text(
@@ -562,8 +591,10 @@ def test_verifier_error_carries_log(tmp_path: Path) -> None:
     assert "prog 'bad'" in err.log
 
 
-def test_batch_fallback_is_transparent(loaded: BPFObject, monkeypatch: pytest.MonkeyPatch) -> None:
-    with loaded.map("ciliary_lxc") as raw:
+def test_batch_fallback_is_transparent(
+    maps_loaded: BPFObject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with maps_loaded.map("ciliary_lxc") as raw:
         keys = [bytes([i]) + bytes(19) for i in range(1, 6)]
         for k in keys:
             raw.update(k, bytes(24))
@@ -575,8 +606,8 @@ def test_batch_fallback_is_transparent(loaded: BPFObject, monkeypatch: pytest.Mo
         assert raw.count() == 3
 
 
-def test_delete_batch_skips_absent_keys(loaded: BPFObject) -> None:
-    with loaded.map("ciliary_lxc") as raw:
+def test_delete_batch_skips_absent_keys(maps_loaded: BPFObject) -> None:
+    with maps_loaded.map("ciliary_lxc") as raw:
         keys = [bytes([i]) + bytes(19) for i in range(1, 101)]
         for k in keys[::2]:
             raw.update(k, bytes(24))
@@ -586,8 +617,8 @@ def test_delete_batch_skips_absent_keys(loaded: BPFObject) -> None:
         assert raw.delete_batch([]) == 0
 
 
-def test_lookup_batch_grows_chunk_past_bucket_size(loaded: BPFObject) -> None:
-    with loaded.map("ciliary_ct") as raw:
+def test_lookup_batch_grows_chunk_past_bucket_size(maps_loaded: BPFObject) -> None:
+    with maps_loaded.map("ciliary_ct") as raw:
         for i in range(3000):
             raw.update(*_ct_entry("10.0.0.1", "10.0.0.2", i, 1))
         batch = raw.lookup_batch(chunk=1)

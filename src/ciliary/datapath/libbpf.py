@@ -288,6 +288,9 @@ class _C:
     bpf_program__name = _proto(_LIBBPF, "bpf_program__name", _cp, _vp)
     bpf_program__fd = _proto(_LIBBPF, "bpf_program__fd", _int, _vp)
     bpf_program__pin = _proto(_LIBBPF, "bpf_program__pin", _int, _vp, _cp)
+    bpf_program__set_autoload = _proto(
+        _LIBBPF, "bpf_program__set_autoload", _int, _vp, ctypes.c_bool
+    )
 
     bpf_obj_pin = _proto(_LIBBPF, "bpf_obj_pin", _int, _int, _cp)
     bpf_link_create = _proto(_LIBBPF, "bpf_link_create", _int, _int, _int, _int, _vp)
@@ -961,6 +964,7 @@ class BPFObject(_Owned):
         """Use :meth:`open`; takes ownership of the ``struct bpf_object *``."""
         self._handle: int | None = handle
         self._loaded = False
+        self._programs_loaded = False
         self.path = path
         self._maps: dict[str, int] = {}
         self._programs: dict[str, int] = {}
@@ -1037,14 +1041,24 @@ class BPFObject(_Owned):
             # libbpf itself answers -1 (EPERM) or ENOENT here, which would mislead
             raise bpf_error(_errno.EINVAL, op, f"{name}: {self.path} is not loaded yet")
 
-    def load(self) -> None:
+    def load(self, *, programs: bool = True) -> None:
         """Creates/reuses the maps and loads the programs; a verifier rejection raises
-        :class:`BPFVerifierError` carrying the verifier log."""
+        :class:`BPFVerifierError` carrying the verifier log. ``programs=False`` creates (or
+        reuses) the maps only: what a holder of an object's maps needs, without the verifier's
+        seconds for programs it never runs (their fds then stay unavailable)."""
+        if not programs:
+            for name, prog in self._programs.items():
+                _check(
+                    int(_C.bpf_program__set_autoload(prog, False)),
+                    "bpf_program__set_autoload",
+                    name,
+                )
         with _capture_libbpf_log() as lines:
             ret = int(_C.bpf_object__load(self._obj))
         if ret < 0:
             raise _load_error(ret, lines)
         self._loaded = True
+        self._programs_loaded = programs
         _relog(lines)
 
     def map_names(self) -> list[str]:
@@ -1060,16 +1074,21 @@ class BPFObject(_Owned):
         fd = _check(int(_C.bpf_map__fd(ptr)), "bpf_map__fd", name)
         return Map(os.dup(fd))
 
+    def _require_programs(self, op: str, name: str) -> None:
+        self._require_loaded(op, name)
+        if not self._programs_loaded:
+            raise bpf_error(_errno.EINVAL, op, f"{name}: {self.path} was loaded without programs")
+
     def program_fd(self, name: str) -> int:
         """The loaded program's fd, borrowed: valid until :meth:`close`."""
         ptr = self._programs[name]
-        self._require_loaded("bpf_program__fd", name)
+        self._require_programs("bpf_program__fd", name)
         return _check(int(_C.bpf_program__fd(ptr)), "bpf_program__fd", name)
 
     def pin_program(self, name: str, path: os.PathLike[str] | str) -> None:
         """Pins program ``name`` at ``path``, replacing whatever was pinned there."""
         prog = self._programs[name]
-        self._require_loaded("bpf_program__pin", name)
+        self._require_programs("bpf_program__pin", name)
         with suppress(FileNotFoundError):
             os.unlink(path)
         _check(int(_C.bpf_program__pin(prog, os.fsencode(path))), "bpf_program__pin", str(path))
