@@ -67,15 +67,20 @@ static __attribute__((noinline)) int to_netdev_masq(struct __sk_buff *skb, struc
 
 /* Steps in frames of their own (each call chain's frames add up to at most 512 bytes). An outer
  * VXLAN packet (lib/encap.h's mark) is left alone unparsed: it is from the node's address to
- * another node's, neither a pod's packet to masquerade or rev-NAT nor a proxy's. */
+ * another node's, neither a pod's packet to masquerade or rev-NAT nor a proxy's. A pod's packet
+ * bpf_lxc routed here with lib/fib.h's MARK_MAGIC_NO_REVNAT has no service translation to
+ * reverse (its conntrack entry said so) and is no proxy's: only the masquerade may apply. */
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	if ((skb->mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_OVERLAY)
+	__u32 host_mark = skb->mark & MARK_MAGIC_HOST_MASK;
+	if (host_mark == MARK_MAGIC_OVERLAY)
 		return TC_ACT_OK;
 	if (!nat_config_get() || parse_packet(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
+	if (host_mark == MARK_MAGIC_NO_REVNAT)
+		return to_netdev_masq(skb, &p);
 	int ret = to_netdev_rev_dnat(skb, &p);
 	if (ret != NP_PASS)
 		return ret;

@@ -18,6 +18,15 @@
 
 #define FIB_PASS 1 /* not taken: let the stack route it */
 
+/* skb->mark of a pod's packet bpf_lxc routed here whose conntrack entry has no service
+ * translation to reverse (no rev-NAT index): bpf_host's cil_to_netdev, next on the egress
+ * device, then skips its check for a local NodePort backend's reply (an endpoint and a
+ * conntrack lookup on every pod packet that leaves the node). Under lib/proxy.h's
+ * MARK_MAGIC_HOST_MASK, no proxy mark and no ip rule's (the proxy's is 0x200/0xf00; after the
+ * redirect no rule is consulted anyway); the veth into the lab network clears it with the
+ * netns crossing, as MARK_MAGIC_OVERLAY. */
+#define MARK_MAGIC_NO_REVNAT 0x0300
+
 /* The length the FIB's MTU check compares with the route's: the packet's from its network
  * header, or a GSO packet's largest segment's (the network and transport headers and gso_size),
  * which is what the stack's forwarding checks (skb_gso_validate_network_len in ip_exceeds_mtu /
@@ -45,9 +54,11 @@ static __always_inline __u16 fib_tot_len(struct __sk_buff *skb, const struct pkt
 	return p->l4_off - p->l3_off + l4_hdr + seg;
 }
 
-/* Route `p` with the node's FIB and redirect it to the egress device. Returns the tc verdict
- * (TC_ACT_REDIRECT), FIB_PASS when the stack must handle it, or -DROP_* on a write error. */
-static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
+/* Route `p` with the node's FIB and redirect it to the egress device, with skb->mark `mark`
+ * when that is not 0 (MARK_MAGIC_NO_REVNAT; a packet the stack gets keeps its own). Returns the
+ * tc verdict (TC_ACT_REDIRECT), FIB_PASS when the stack must handle it, or -DROP_* on a write
+ * error. */
+static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p, __u32 mark)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
@@ -74,6 +85,8 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p)
 	int ret = l3_dec_ttl(skb, p);
 	if (ret < 0)
 		return ret;
+	if (mark)
+		skb->mark = mark;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		ret = l2_rewrite(skb, fib.dmac, fib.smac);
 		if (ret < 0)

@@ -63,11 +63,14 @@ static __attribute__((noinline)) int nodeport_src_range_ok(const struct pkt *p)
 	return !svc || lb_src_range_ok(svc, p);
 }
 
+/* The exact (address, port, protocol) entry only: an address's wildcard entry is a ClusterIP's
+ * (agent/services.py), whose flags are never external, so looking it up on a miss (every packet
+ * to the node or, in native routing, to a local pod) could only answer "no". */
 static __always_inline int nodeport_is_frontend(const struct pkt *p)
 {
 	if (!p->has_l4 || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return 0;
-	struct lb_service *svc = lb_lookup_service(p);
+	struct lb_service *svc = lb_lookup_frontend(p, 0);
 	return svc && (svc->flags & SVC_FLAGS_EXTERNAL);
 }
 
@@ -230,7 +233,7 @@ static __attribute__((noinline)) int nodeport_forward_route(struct __sk_buff *sk
 	__u32 encap_dev = encap_ifindex();
 	if (encap_dev && info && info->tunnel_ep)
 		return encap_and_redirect(skb, info->tunnel_ep, src_id, encap_dev);
-	int ret = fib_redirect(skb, p);
+	int ret = fib_redirect(skb, p, 0);
 	if (ret == FIB_PASS)
 		return -DROP_NO_FIB;
 	return ret;
@@ -284,7 +287,7 @@ static __always_inline int nodeport_reply(struct __sk_buff *skb, struct pkt *p)
 		return ret;
 	nodeport_trace(skb, p, 0, NP_TRACE(OBS_TO_NETWORK, 1, rev_nat),
 		       NP_IDS(src_id, ipcache_identity(p->daddr, p->family)));
-	ret = fib_redirect(skb, p);
+	ret = fib_redirect(skb, p, 0);
 	if (ret == FIB_PASS)
 		return -DROP_NO_FIB;
 	return ret;

@@ -81,6 +81,9 @@ def test_nodes_reach_each_other_on_the_lab_network(netlab: NetLab) -> None:
         assert link["mtu"] == 1500 and "UP" in link["flags"]
         have = {(a["local"], a["prefixlen"]) for a in link["addr_info"] if a["scope"] == "global"}
         assert have == {(IPS[i][0], 24), (IPS[i][1], 64)}
+        # what eth0 receives for the node skips the rule-by-rule source check (bridge.accept_local)
+        sysctl = in_node(netlab, node, "cat", "/proc/sys/net/ipv4/conf/eth0/accept_local")
+        assert sysctl.stdout.strip() == "1", sysctl
         other = IPS[1 - i]
         for address in other:
             got = in_node(netlab, node, "ping", "-c", "1", "-W", "5", address)

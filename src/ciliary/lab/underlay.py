@@ -89,8 +89,12 @@ def fence_api(record: LabNetworkRecord, nrec: NodeRecord, port: int) -> None:
 
 
 def plug_node(record: LabNetworkRecord, nrec: NodeRecord) -> None:
-    """The node's ``eth0`` (its IPs, on-link) and its port on the bridge (named after it)."""
+    """The node's ``eth0`` (its IPs, on-link) and its port on the bridge (named after it);
+    ``accept_local`` on it, so that what it receives for the node itself (every VXLAN packet in
+    tunnel mode) skips the second, rule-by-rule FIB lookup the node's ip rules would otherwise
+    cost its source validation (``bridge.accept_local``)."""
     _plug(record, nrec.name, nrec.netns, nrec.node_ipv4, nrec.node_ipv6)
+    bridge.accept_local(str(netns.path_of(nrec.netns)), NODE_DEVICE)
 
 
 def plug_external(record: LabNetworkRecord, ext: ExternalRecord) -> None:

@@ -20,7 +20,14 @@ from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
 
 from ciliary.datapath.linux.errors import LinkError
-from ciliary.datapath.linux.link import IFA_F_NODAD, _index, _ipr, _netlink, write_sysctl
+from ciliary.datapath.linux.link import (
+    IFA_F_NODAD,
+    _index,
+    _ipr,
+    _netlink,
+    in_netns,
+    write_sysctl,
+)
 
 Address = IPv4Interface | IPv6Interface
 
@@ -104,6 +111,19 @@ def add_routes(netns_path: str, ifname: str, routes: Sequence[tuple[str, str]]) 
             )  # fmt: skip
 
 
+def accept_local(netns_path: str, ifname: str) -> None:
+    """``net.ipv4.conf.IFNAME.accept_local=1`` in ``netns_path`` (rp_filter stays 0 there): the
+    kernel's source validation of a packet ``ifname`` receives for the host itself then ends at
+    once. Without it, a host with ip rules of its own (a lab node: the L7 proxy's fwmark rule,
+    :func:`fence_forwarded`'s) validates every such packet's source with a second FIB lookup
+    through all its rules (``__fib_validate_source``); a host without custom rules only checks
+    that the source is not one of its own addresses. The one thing given up is that check:
+    a packet from the segment claiming the host's own address as source is taken, as
+    upstream Cilium has its own devices (cilium_host, cilium_net, the tunnel device) take it."""
+    with in_netns(netns_path):
+        write_sysctl(f"net/ipv4/conf/{ifname}/accept_local", "1")
+
+
 FENCE_PRIORITY = 100
 """The rules of :func:`fence_forwarded` (``ip rule`` preferences ``100`` and ``101``): before
 ``main`` (32766), after ``local`` (0)."""
@@ -140,4 +160,4 @@ def fence_forwarded(netns_path: str, addresses: Sequence[str], port: int) -> Non
                 )  # fmt: skip
 
 
-__all__ = ["Address", "add_routes", "create_bridge", "fence_forwarded", "plug"]
+__all__ = ["Address", "accept_local", "add_routes", "create_bridge", "fence_forwarded", "plug"]
