@@ -50,7 +50,7 @@ def pin_dir() -> Iterator[Path]:
 
 def _load(pin_dir: Path) -> NodeDatapath:
     dp = NodeDatapath(default_object_dir() / "bpf_lxc.o", pin_dir, lb_max=1024)
-    dp.load()
+    dp.load(programs=False)  # the service tables are what is tested
     return dp
 
 

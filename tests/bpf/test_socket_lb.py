@@ -100,7 +100,7 @@ def node() -> Iterator[tuple[NodeDatapath, Path]]:
     group = cgroup.create(f"ciliary-socklb-{token}")
     dp = NodeDatapath(default_object_dir() / "bpf_lxc.o", pin_dir, lb_max=1024)
     try:
-        dp.load()
+        dp.load(programs=False)  # socket-LB loads its own object
         ServiceManager(dp.lb).sync(
             desired_frontends(
                 [_svc("web", [VIP4, VIP6], ["127.0.0.1", "::1"]), _svc("none", [EMPTY4], [])]
@@ -212,7 +212,7 @@ def sticky() -> Iterator[tuple[ServiceManager, Path]]:
     group = cgroup.create(f"ciliary-socklb-{token}")
     dp = NodeDatapath(default_object_dir() / "bpf_lxc.o", pin_dir, lb_max=1024)
     try:
-        dp.load()
+        dp.load(programs=False)  # socket-LB loads its own object
         dp.attach_socket_lb(group)
         yield ServiceManager(dp.lb), group
     finally:

@@ -88,13 +88,13 @@ class NodeDatapath:
         return BPFObject.open(path, pin_dir=self.pin_dir, max_entries=sizes)
 
     @staticmethod
-    def _load_all(objs: list[BPFObject]) -> None:
+    def _load_all(objs: list[BPFObject], programs: bool = True) -> None:
         """Load ``objs``: the first alone, then the others in parallel threads (the verifier's
         passes run without the GIL, bpf_lxc's the longest) when the first declares every map
         two of the others share, so that it creates (or reuses) all their pins and the parallel
         loads only reuse them (two creating the same pinned map would race); else one by one."""
         first, rest = objs[0], objs[1:]
-        first.load()
+        first.load(programs=programs)
         shared = {
             name
             for i, a in enumerate(rest)
@@ -103,14 +103,17 @@ class NodeDatapath:
         }
         if len(rest) < 2 or not shared <= set(first.map_names()):
             for obj in rest:
-                obj.load()
+                obj.load(programs=programs)
             return
         with ThreadPoolExecutor(max_workers=len(rest), thread_name_prefix="bpf-load") as pool:
-            futures = [pool.submit(obj.load) for obj in rest]
+            futures = [pool.submit(obj.load, programs=programs) for obj in rest]
         for future in futures:
             future.result()  # the first failure, raised
 
-    def load(self) -> None:
+    def load(self, *, programs: bool = True) -> None:
+        """Creates (or reuses) the node's pinned maps and loads and pins its programs;
+        ``programs=False``: the maps only (a holder of the maps, e.g. a test of the service
+        tables or of socket-LB, which loads its own object), nothing to attach."""
         for path in (self.object_path, self.overlay_object_path, self.host_object_path):
             if not path.exists():  # both checked before anything is created or pinned
                 raise FileNotFoundError(
@@ -125,12 +128,13 @@ class NodeDatapath:
             overlay, obj, host = opened
             # bpf_overlay.o declares every shared map: its load makes their pins, then bpf_lxc.o
             # and bpf_host.o load together
-            self._load_all([overlay, obj, host])
-            for prog in (FROM_CONTAINER, TO_CONTAINER):
-                obj.pin_program(prog, self.pin_dir / prog)
-            overlay.pin_program(FROM_OVERLAY, self.pin_dir / FROM_OVERLAY)
-            for prog in (TO_NETDEV, FROM_NETDEV, FROM_HOST):
-                host.pin_program(prog, self.pin_dir / prog)
+            self._load_all([overlay, obj, host], programs)
+            if programs:
+                for prog in (FROM_CONTAINER, TO_CONTAINER):
+                    obj.pin_program(prog, self.pin_dir / prog)
+                overlay.pin_program(FROM_OVERLAY, self.pin_dir / FROM_OVERLAY)
+                for prog in (TO_NETDEV, FROM_NETDEV, FROM_HOST):
+                    host.pin_program(prog, self.pin_dir / prog)
             self._maps = {name: obj.map(name) for name in obj.map_names()}
             for name in (NAT_CONFIG_MAP, *NAT_MAPS.values()):
                 self._maps[name] = host.map(name)
