@@ -16,7 +16,8 @@ and server, measured back to back in every round (``datapath.interleave``):
   c: standalone Envoy  client → proxy-0:10000: the same Envoy binary with the same flags
                        (``--concurrency 1``) in the proxy pod as a plain reverse proxy (an HTTP
                        connection manager, codec AUTO, the router, a static cluster of
-                       server:8081; no RBAC, no access log, no original_src): what a proxy costs.
+                       server:8081; no RBAC, no access log, no original_src), started in a
+                       session of its own as the agent starts b's: what a proxy costs.
 
 Then, in the same lab, b and c again in one run each round (``alternating``: ``httpload -ka`` /
 ``-ca``, one client process whose requests alternate between b's and c's server, each side's
@@ -179,10 +180,17 @@ def standalone_envoy(server_ip: str, admin: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], netns: str, ports: tuple[int, ...], log: Path) -> Iterator[None]:
-    """``argv`` in ``netns`` until the block ends (stopped by pid), once it listens on ``ports``."""
+def _process(argv: list[str], netns: str, ports: tuple[int, ...], log: Path, *,
+             own_session: bool = False) -> Iterator[None]:  # fmt: skip
+    """``argv`` in ``netns`` until the block ends (stopped by pid), once it listens on ``ports``;
+    ``own_session``: in a session of its own (see ``l7_lab``)."""
     with log.open("w") as out:
-        proc = subprocess.Popen([*tools.enter(netns), *argv], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*tools.enter(netns), *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_session,
+        )
     try:
         deadline = time.monotonic() + READY_S
         while not tools.listening(netns, ports):
@@ -253,7 +261,11 @@ def l7_lab(tmp: Path) -> Iterator[tuple[list[Target], dict[str, int], int]]:
             _process(["nginx", "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c",
                       str(tmp / "nginx.conf")], netns["server-0"], (L7_PORT, DIRECT_PORT),
                      tmp / "nginx.log"),
-            _process(envoy, netns["proxy-0"], (PROXY_PORT,), tmp / "envoy.log"),
+            # in a session of its own, as the agent starts the node's Envoy (processes.
+            # spawn_detached): with the kernel's autogroups (sched_autogroup_enabled) a session is
+            # a scheduling group, and an Envoy in the bench's session, with the client and nginx,
+            # is scheduled as one group with them, which b's Envoy never is (docs/benchmarks.md)
+            _process(envoy, netns["proxy-0"], (PROXY_PORT,), tmp / "envoy.log", own_session=True),
         ):  # fmt: skip
             client = tools.enter(netns["client-0"])
             targets = [
