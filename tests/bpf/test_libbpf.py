@@ -633,7 +633,7 @@ def test_lookup_batch_grows_chunk_past_bucket_size(maps_loaded: BPFObject) -> No
 def test_reopen_reuses_pinned_maps(lxc_object: Path, pin_dir: Path) -> None:
     addr = IPv4Address("10.9.8.7")
     with BPFObject.open(lxc_object, pin_dir=pin_dir) as first:
-        first.load()
+        first.load(programs=False)
         with first.map("ciliary_lxc") as m:
             first_id = m.info.id
             EndpointMap(m).upsert(
@@ -647,7 +647,7 @@ def test_reopen_reuses_pinned_maps(lxc_object: Path, pin_dir: Path) -> None:
             )
     # the first object is gone; the pins kept the maps alive
     with BPFObject.open(lxc_object, pin_dir=pin_dir) as second:
-        second.load()
+        second.load(programs=False)
         with second.map("ciliary_lxc") as m:
             assert m.info.id == first_id
             rec = EndpointMap(m).get(addr)
@@ -659,13 +659,13 @@ def test_reopen_reuses_pinned_maps(lxc_object: Path, pin_dir: Path) -> None:
 
 def test_max_entries_override(lxc_object: Path, pin_dir: Path) -> None:
     with BPFObject.open(lxc_object, pin_dir=pin_dir, max_entries={"ciliary_ct": 1024}) as obj:
-        obj.load()
+        obj.load(programs=False)
         with obj.map("ciliary_ct") as ct:
             assert ct.info.max_entries == 1024
     # a pinned map of another size is not silently reused: libbpf refuses it
     with BPFObject.open(lxc_object, pin_dir=pin_dir, max_entries={"ciliary_ct": 2048}) as obj:
         with pytest.raises(BPFInvalidError) as mismatch:
-            obj.load()
+            obj.load(programs=False)
         assert "ciliary_ct" in mismatch.value.log
     with pytest.raises(KeyError):
         BPFObject.open(lxc_object, max_entries={"no_such_map": 1})
