@@ -214,10 +214,13 @@ static __always_inline int to_nat_addr(const struct pkt *p)
  * NodePort reply, a request to an external frontend (NodePort, externalIPs, LoadBalancer: a
  * backend, then a local one's delivery or SNAT and forwarding to another node's), a
  * masqueraded connection's reply, BPF host routing; the L7 proxy's tail (lib/proxy.h). An outer
- * VXLAN packet to this node (lib/encap.h) is none of these: to the stack at once. */
+ * VXLAN packet to this node (lib/encap.h) is none of these: to the stack at once, the common
+ * case before the full parse. */
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *skb)
 {
+	if (encap_received_fast(skb))
+		return TC_ACT_OK;
 	struct pkt p = {};
 	struct lb_result lb = {};
 	if (from_netdev_parse(skb, &p) != PARSE_OK || encap_received(&p))

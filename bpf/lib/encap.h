@@ -41,6 +41,27 @@ static __always_inline int encap_received(const struct pkt *p)
 	       p->dport == cfg->tunnel_port;
 }
 
+/* encap_received read straight from the packet, before anything is parsed (no struct pkt to
+ * clear, no call): Ethernet, IPv4 without options, not a later fragment, UDP to the tunnel
+ * port, in tunnel mode. Whatever it answers 1 for, the full parse would have found the same and
+ * the caller left it to the stack just the same; 0 means "parse and decide as ever". */
+static __always_inline int encap_received_fast(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	__u8 *l4 = (__u8 *)(ip + 1);
+
+	if ((void *)(l4 + 4) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
+	    ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	struct dp_config *cfg = dp_config_get();
+	if (!cfg || cfg->routing_mode != ROUTING_MODE_TUNNEL || !cfg->tunnel_port)
+		return 0;
+	return (((__u16)l4[2] << 8) | l4[3]) == cfg->tunnel_port;
+}
+
 /* Encapsulate towards `tunnel_ep` (an ipcache tunnel endpoint: IPv4, network order) with the
  * sender's identity as VNI and hand the packet to the tunnel device's egress. Returns the tc
  * verdict, or -DROP_WRITE_ERROR when the key could not be set. */
