@@ -128,11 +128,21 @@ static __always_inline __u8 policy_match_type(const struct policy_entry *e, int 
 	return specific ? POLICY_MATCH_L3_L4 : POLICY_MATCH_L4_ONLY;
 }
 
-/* Returns 0 (allowed) or -DROP_POLICY / -DROP_POLICY_DENY; fills *v for the event. */
-static __always_inline int policy_check(__u16 ep_id, __u32 remote_id, __u8 egress,
-					const struct pkt *p, struct policy_verdict *v)
+/* The lookup behind policy_check, a global function: the verifier checks it once against its
+ * prototype instead of once per path that reaches one of its call sites (cil_from_container
+ * reaches them on many; its count of processed instructions was 986,505 of the kernel's
+ * 1,000,000 with this inlined, 867,934 without). Global functions take at most five arguments,
+ * scalars or pointers to memory it must check: the endpoint, direction and protocol share one,
+ * `dport_be` is the port (the ICMP type) in network order. */
+__attribute__((noinline)) int policy_check_lookup(__u32 ep_dir_proto, __u32 remote_id,
+						  __u32 dport_be, __u32 len,
+						  struct policy_verdict *v)
 {
-	__u32 outer_key = ep_id;
+	if (!v)
+		return -DROP_POLICY;
+	__u32 outer_key = ep_dir_proto & 0xffff;
+	__u8 egress = (ep_dir_proto >> 16) & 0xff;
+	__u8 proto = ep_dir_proto >> 24;
 	void *inner = bpf_map_lookup_elem(&ciliary_policy, &outer_key);
 	v->cookie = 0;
 	v->match = POLICY_MATCH_NONE;
@@ -146,11 +156,8 @@ static __always_inline int policy_check(__u16 ep_id, __u32 remote_id, __u8 egres
 	k.prefixlen = POLICY_FULL_PREFIX;
 	k.sec_label = remote_id;
 	k.egress = egress;
-	k.protocol = p->proto;
-	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
-		k.dport = bpf_htons(p->icmp_type);
-	else
-		k.dport = bpf_htons(p->dport);
+	k.protocol = proto;
+	k.dport = (__be16)dport_be;
 	struct policy_entry *specific = bpf_map_lookup_elem(inner, &k);
 	k.sec_label = 0;
 	struct policy_entry *any = bpf_map_lookup_elem(inner, &k);
@@ -174,10 +181,20 @@ static __always_inline int policy_check(__u16 ep_id, __u32 remote_id, __u8 egres
 	if (!best)
 		return -DROP_POLICY;
 	__sync_fetch_and_add(&best->packets, 1);
-	__sync_fetch_and_add(&best->bytes, p->len);
+	__sync_fetch_and_add(&best->bytes, len);
 	v->cookie = best->cookie;
 	v->match = policy_match_type(best, is_specific);
 	v->proxy_port = best->proxy_port;
 	return 0;
+}
+
+/* Returns 0 (allowed) or -DROP_POLICY / -DROP_POLICY_DENY; fills *v for the event. */
+static __always_inline int policy_check(__u16 ep_id, __u32 remote_id, __u8 egress,
+					const struct pkt *p, struct policy_verdict *v)
+{
+	int icmp = p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6;
+	__u16 port = icmp ? p->icmp_type : p->dport;
+	return policy_check_lookup((__u32)ep_id | ((__u32)egress << 16) | ((__u32)p->proto << 24),
+				   remote_id, bpf_htons(port), p->len, v);
 }
 #endif
