@@ -24,6 +24,7 @@ import logging
 import mmap
 import os
 import platform
+import re
 import select
 import struct
 import sys
@@ -59,6 +60,7 @@ __all__ = [
     "RINGBUF_BUSY_BIT",
     "RINGBUF_DISCARD_BIT",
     "RINGBUF_HDR_SZ",
+    "VERIFIER_INSN_LIMIT",
     "BPFError",
     "BPFExistsError",
     "BPFInvalidError",
@@ -290,6 +292,10 @@ class _C:
     bpf_program__pin = _proto(_LIBBPF, "bpf_program__pin", _int, _vp, _cp)
     bpf_program__set_autoload = _proto(
         _LIBBPF, "bpf_program__set_autoload", _int, _vp, ctypes.c_bool
+    )
+    bpf_program__set_log_level = _proto(_LIBBPF, "bpf_program__set_log_level", _int, _vp, _u32)
+    bpf_program__set_log_buf = _proto(
+        _LIBBPF, "bpf_program__set_log_buf", _int, _vp, _vp, ctypes.c_size_t
     )
 
     bpf_obj_pin = _proto(_LIBBPF, "bpf_obj_pin", _int, _int, _cp)
@@ -952,6 +958,13 @@ def pin_link(
 # Objects
 # ---------------------------------------------------------------------------------------------
 
+VERIFIER_INSN_LIMIT: Final = 1_000_000
+"""The kernel's limit on the instructions the verifier processes for one program
+(BPF_COMPLEXITY_LIMIT_INSNS): a program past it does not load."""
+_BPF_LOG_STATS: Final = 4
+_STATS_LOG_BYTES: Final = 4096  # the statistics are two lines per program and subprogram
+_PROCESSED = re.compile(r"processed (\d+) insns")
+
 
 class BPFObject(_Owned):
     """An ELF object opened (and then loaded) by libbpf: its maps and programs.
@@ -965,6 +978,8 @@ class BPFObject(_Owned):
         self._handle: int | None = handle
         self._loaded = False
         self._programs_loaded = False
+        self.verified_insns: dict[str, int] = {}
+        """program → instructions the verifier processed (``load(stats=True)``)"""
         self.path = path
         self._maps: dict[str, int] = {}
         self._programs: dict[str, int] = {}
@@ -1041,16 +1056,32 @@ class BPFObject(_Owned):
             # libbpf itself answers -1 (EPERM) or ENOENT here, which would mislead
             raise bpf_error(_errno.EINVAL, op, f"{name}: {self.path} is not loaded yet")
 
-    def load(self, *, programs: bool = True) -> None:
+    def load(self, *, programs: bool = True, stats: bool = False) -> None:
         """Creates/reuses the maps and loads the programs; a verifier rejection raises
         :class:`BPFVerifierError` carrying the verifier log. ``programs=False`` creates (or
         reuses) the maps only: what a holder of an object's maps needs, without the verifier's
-        seconds for programs it never runs (their fds then stay unavailable)."""
+        seconds for programs it never runs (their fds then stay unavailable). ``stats=True``
+        asks the verifier for its statistics (BPF_LOG_STATS), read into :attr:`verified_insns`:
+        how close each program is to the kernel's limit on processed instructions."""
         if not programs:
             for name, prog in self._programs.items():
                 _check(
                     int(_C.bpf_program__set_autoload(prog, False)),
                     "bpf_program__set_autoload",
+                    name,
+                )
+        logs: dict[str, ctypes.Array[ctypes.c_char]] = {}
+        if stats and programs:
+            for name, prog in self._programs.items():
+                logs[name] = ctypes.create_string_buffer(_STATS_LOG_BYTES)
+                _check(
+                    int(_C.bpf_program__set_log_buf(prog, logs[name], _STATS_LOG_BYTES)),
+                    "bpf_program__set_log_buf",
+                    name,
+                )
+                _check(
+                    int(_C.bpf_program__set_log_level(prog, _BPF_LOG_STATS)),
+                    "bpf_program__set_log_level",
                     name,
                 )
         with _capture_libbpf_log() as lines:
@@ -1060,6 +1091,10 @@ class BPFObject(_Owned):
         self._loaded = True
         self._programs_loaded = programs
         _relog(lines)
+        for name, buf in logs.items():
+            found = _PROCESSED.search(buf.value.decode(errors="replace"))
+            if found:
+                self.verified_insns[name] = int(found.group(1))
 
     def map_names(self) -> list[str]:
         return list(self._maps)
