@@ -28,17 +28,21 @@ static __always_inline __u32 encap_ifindex(void)
 	return cfg->tunnel_ifindex;
 }
 
+/* In tunnel mode, whether `dport` (host order) is the tunnel's UDP port. */
+static __always_inline int encap_port(__u16 dport)
+{
+	struct dp_config *cfg = dp_config_get();
+	return cfg && cfg->routing_mode == ROUTING_MODE_TUNNEL && cfg->tunnel_port &&
+	       dport == cfg->tunnel_port;
+}
+
 /* Whether `p`, parsed on the node's device, is an outer VXLAN packet another node sent this
  * one: UDP to the tunnel port, in tunnel mode. The port belongs to the kernel's VXLAN socket,
  * which decapsulates it for cil_from_overlay: no NodePort frontend, NAT port (lib/nat.h's are
  * 32768 and up) or endpoint of this node is there, so bpf_host leaves it to the stack. */
 static __always_inline int encap_received(const struct pkt *p)
 {
-	if (p->proto != IPPROTO_UDP || !p->has_l4)
-		return 0;
-	struct dp_config *cfg = dp_config_get();
-	return cfg && cfg->routing_mode == ROUTING_MODE_TUNNEL && cfg->tunnel_port &&
-	       p->dport == cfg->tunnel_port;
+	return p->proto == IPPROTO_UDP && p->has_l4 && encap_port(p->dport);
 }
 
 /* encap_received read straight from the packet, before anything is parsed (no struct pkt to
@@ -56,10 +60,7 @@ static __always_inline int encap_received_fast(struct __sk_buff *skb)
 	if ((void *)(l4 + 4) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
 	    ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x1fff)))
 		return 0;
-	struct dp_config *cfg = dp_config_get();
-	if (!cfg || cfg->routing_mode != ROUTING_MODE_TUNNEL || !cfg->tunnel_port)
-		return 0;
-	return (((__u16)l4[2] << 8) | l4[3]) == cfg->tunnel_port;
+	return encap_port(((__u16)l4[2] << 8) | l4[3]);
 }
 
 /* Encapsulate towards `tunnel_ep` (an ipcache tunnel endpoint: IPv4, network order) with the

@@ -105,23 +105,17 @@ def pin_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def loaded(lxc_object: Path, pin_dir: Path) -> Iterator[BPFObject]:
-    obj = BPFObject.open(lxc_object, pin_dir=pin_dir)
-    try:
+    with BPFObject.open(lxc_object, pin_dir=pin_dir) as obj:
         obj.load()
         yield obj
-    finally:
-        obj.close()
 
 
 @pytest.fixture
 def maps_loaded(lxc_object: Path, pin_dir: Path) -> Iterator[BPFObject]:
     """The object's maps without its programs (the verifier's seconds), for map tests."""
-    obj = BPFObject.open(lxc_object, pin_dir=pin_dir)
-    try:
+    with BPFObject.open(lxc_object, pin_dir=pin_dir) as obj:
         obj.load(programs=False)
         yield obj
-    finally:
-        obj.close()
 
 
 def _ip(*args: str) -> None:
