@@ -144,7 +144,7 @@ def _rules(cache: DNSCache) -> EndpointDNSRules:
     def policy_of(_endpoint: int) -> EndpointPolicy:
         return compute(repo, selectors, CLIENT)
 
-    async def update(lookups: list[DNSLookup]) -> None:
+    def update(lookups: list[DNSLookup]) -> None:  # as the agent's: no toFQDNs rule changed
         cache.load(lookups)
 
     def identity_of(addr: IPv4Address | IPv6Address) -> int:

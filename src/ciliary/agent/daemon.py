@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
@@ -697,11 +698,13 @@ class Agent:
             ("fqdn", "parse_errors"): stats.malformed,
         }
 
-    async def _dns_answered(self, lookups: list[DNSLookup]) -> None:
-        """A DNS answer the proxy holds back: into the cache, and when the IPs toFQDNs rules
-        select changed, every endpoint regenerated (their maps allow the IPs) before return."""
+    def _dns_answered(self, lookups: list[DNSLookup]) -> Awaitable[None] | None:
+        """A DNS answer the proxy holds back: into the cache; when the IPs toFQDNs rules
+        select changed, the regeneration of every endpoint (their maps allow the IPs) that the
+        proxy awaits before it releases the answer (None: nothing to wait for)."""
         if self.policy.dns_changed(lambda cache: cache.load(lookups)):
-            await self._policy_changed("DNS answer (toFQDNs)")
+            return self._policy_changed("DNS answer (toFQDNs)")
+        return None
 
     def fqdn_cache(self) -> list[FQDNCacheEntry]:
         """The answers, then the zombies (``source`` connection) with the next conntrack GC

@@ -44,7 +44,6 @@ import contextlib
 import logging
 import secrets
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,8 +55,10 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 
+from ciliary.agent.dnswire import WireQuestion, WireRRset, read_answer, read_query
 from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
 from ciliary.core.l7record import DNSRecord, L7Endpoint, L7Record
 from ciliary.policy.fqdn import DNSLookup
@@ -121,8 +122,9 @@ class ProxyPolicy(Protocol):
         """Whether the endpoint at ``source`` may ask ``name`` from ``server``:``port``."""
         ...
 
-    def answered(self, lookups: list[DNSLookup]) -> Awaitable[None]:
-        """Records the answers; done once the datapath allows their IPs as the rules say."""
+    def answered(self, lookups: list[DNSLookup]) -> Awaitable[None] | None:
+        """Records the answers; done once the datapath allows their IPs as the rules say
+        (None: done already, nothing the datapath allows changed)."""
         ...
 
 
@@ -136,7 +138,7 @@ class EndpointDNSRules:
     endpoint_at: Callable[[IPAddress], int | None]
     policy_of: Callable[[int], EndpointPolicy | None]
     identity_of: Callable[[IPAddress], int]
-    update: Callable[[list[DNSLookup]], Awaitable[None]]
+    update: Callable[[list[DNSLookup]], Awaitable[None] | None]
 
     def decide(
         self, source: IPAddress, server: IPAddress, protocol: int, port: int, name: str
@@ -150,8 +152,20 @@ class EndpointDNSRules:
         rules = tuple(str(r) for r in sorted(verdict.rules))
         return Decision(verdict.allowed, verdict.reason, endpoint, rules)
 
-    def answered(self, lookups: list[DNSLookup]) -> Awaitable[None]:
+    def answered(self, lookups: list[DNSLookup]) -> Awaitable[None] | None:
         return self.update(lookups)
+
+
+def _ips(source: Address, dest: Address) -> tuple[IPAddress, IPAddress] | None:
+    """The addresses of a query's source and original destination (None: one is no address)."""
+    try:
+        return ip_address(source[0]), ip_address(dest[0])
+    except ValueError:
+        return None
+
+
+def _nothing() -> None:
+    """What is left to do after a reply that has no event to follow it."""
 
 
 class MalformedQueryError(Exception):
@@ -210,31 +224,50 @@ def answer_lookups(qname: str, response: dns.message.Message, now: float) -> Ans
     and under the owner name of its record (a CNAME's target selects them too), each with the
     lowest TTL of the records on the way, as upstream's ``ExtractMsgDetails``. Nothing for a
     response other than NOERROR."""
-    rcode = response.rcode()
+    rrsets = tuple(
+        WireRRset(
+            rrset.name.to_text(), int(rrset.rdtype), rrset.ttl,
+            tuple(_rdata_text(rd) for rd in rrset),
+        )
+        for rrset in response.answer
+    )  # fmt: skip
+    return _answer(qname, int(response.rcode()), rrsets, now)
+
+
+def _rdata_text(rd: dns.rdata.Rdata) -> str:
+    if rd.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return str(rd.address)  # type: ignore[attr-defined]
+    if rd.rdtype == dns.rdatatype.CNAME:
+        return str(rd.target.to_text())  # type: ignore[attr-defined]
+    return ""
+
+
+def _answer(qname: str, rcode: int, rrsets: tuple[WireRRset, ...], now: float) -> Answer:
+    """:func:`answer_lookups` on the answer section's rrsets, however they were read."""
     ips: dict[str, None] = {}
     owners: dict[str, dict[str, None]] = {}
     cnames: list[str] = []
     rrtypes: list[str] = []
     ttl: int | None = None
-    for rrset in response.answer:
-        rrtypes.append(dns.rdatatype.to_text(rrset.rdtype))
+    for rrset in rrsets:
+        rrtypes.append(dns.rdatatype.RdataType.to_text(rrset.rdtype))
         ttl = rrset.ttl if ttl is None else min(ttl, rrset.ttl)
         if rrset.rdtype == dns.rdatatype.CNAME:
-            cnames.extend(rd.target.to_text() for rd in rrset)
+            cnames.extend(rrset.values)
         elif rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            of_owner = owners.setdefault(rrset.name.to_text(), {})
-            for rd in rrset:
-                ips[rd.address] = None
-                of_owner[rd.address] = None
+            of_owner = owners.setdefault(rrset.owner, {})
+            for address in rrset.values:
+                ips[address] = None
+                of_owner[address] = None
     lowest = ttl or 0
     lookups: list[DNSLookup] = []
     if rcode == dns.rcode.NOERROR and ips:
         lookups.append(DNSLookup(qname, tuple(ips), lowest, now))
-        asked = dns.name.from_text(qname)
+        asked = qname.lower()
         for name, found in owners.items():
-            if dns.name.from_text(name) != asked:
+            if name.lower() != asked:  # equal names write the same text but for case
                 lookups.append(DNSLookup(name, tuple(found), lowest, now))
-    return Answer(int(rcode), tuple(ips), lowest, tuple(cnames), tuple(rrtypes), tuple(lookups))
+    return Answer(rcode, tuple(ips), lowest, tuple(cnames), tuple(rrtypes), tuple(lookups))
 
 
 def _qtypes(query: dns.message.Message) -> tuple[str, ...]:
@@ -246,23 +279,20 @@ class _Records:
     """The L7 records of one query: the request from the pod to its server (the original
     destination), the response back (upstream's two ``dns-request``/``dns-response`` flows)."""
 
-    pod: Address
-    server: Address
-    protocol: Literal["UDP", "TCP"]
+    pod: L7Endpoint
+    server: L7Endpoint
+    transport: int
     asked: DNSRecord
 
     def _record(
         self, kind: L7FlowType, verdict: Verdict, dns_record: DNSRecord, latency_ns: int = 0
     ) -> L7Record:
-        pod = L7Endpoint(ip_address(self.pod[0]), self.pod[1])
-        server = L7Endpoint(ip_address(self.server[0]), self.server[1])
         request = kind == L7FlowType.REQUEST
         return L7Record(
             time_ns=time.time_ns(), kind=kind, verdict=verdict,
-            direction=TrafficDirection.EGRESS, source=pod if request else server,
-            destination=server if request else pod,
-            transport=PROTO_UDP if self.protocol == "UDP" else PROTO_TCP, dns=dns_record,
-            latency_ns=latency_ns,
+            direction=TrafficDirection.EGRESS, source=self.pod if request else self.server,
+            destination=self.server if request else self.pod, transport=self.transport,
+            dns=dns_record, latency_ns=latency_ns,
         )  # fmt: skip
 
     def request(self, verdict: Verdict) -> L7Record:
@@ -328,9 +358,9 @@ def original_destination(ancdata: list[tuple[int, int, bytes]]) -> Address | Non
     """The ``IP_ORIGDSTADDR``/``IPV6_ORIGDSTADDR`` of a datagram (a ``sockaddr_in``/``_in6``)."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_RECVORIGDSTADDR and len(data) >= 8:
-            return str(IPv4Address(data[4:8])), struct.unpack("!H", data[2:4])[0]
+            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[2:4], "big")
         if level == socket.IPPROTO_IPV6 and kind == IPV6_RECVORIGDSTADDR and len(data) >= 24:
-            return str(IPv6Address(data[8:24])), struct.unpack("!H", data[2:4])[0]
+            return socket.inet_ntop(socket.AF_INET6, data[8:24]), int.from_bytes(data[2:4], "big")
     return None
 
 
@@ -379,6 +409,12 @@ class _TCPUpstream:
             self._streams[1].close()
 
 
+def _expire(fut: asyncio.Future[bytes]) -> None:
+    """An upstream answer's timeout (cheaper than ``wait_for``'s task per query)."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class _UDPUpstream:
     """One upstream UDP socket (pod address/port → server), shared by that pod socket's
     concurrent queries; each query's ID rewritten to one unused here, restored in its answer."""
@@ -412,10 +448,16 @@ class _UDPUpstream:
         qid, self._next = self._next, (self._next + 1) & 0xFFFF
         fut: asyncio.Future[bytes] = self._loop.create_future()
         self._pending[qid] = fut
+        timer = self._loop.call_later(timeout, _expire, fut)
         try:
-            await self._loop.sock_sendall(self._sock, qid.to_bytes(2, "big") + wire[2:])
-            answer = await asyncio.wait_for(fut, timeout)
+            message = qid.to_bytes(2, "big") + wire[2:]
+            try:
+                self._sock.send(message)
+            except (BlockingIOError, InterruptedError):  # a full buffer: wait for room
+                await self._loop.sock_sendall(self._sock, message)
+            answer = await fut
         finally:
+            timer.cancel()
             del self._pending[qid]
             if not self._pending:
                 self.close()
@@ -544,9 +586,10 @@ class DNSProxy:
     async def _udp_query(
         self, listener: socket.socket, wire: bytes, source: Address, dest: Address
     ) -> None:
-        reply = await self.handle(wire, source, dest, "UDP", self._forward_udp)
+        reply, after = await self._admitted(wire, source, dest, "UDP", self._forward_udp)
         if reply is not None:
             self._send_udp(listener, reply, source, dest)
+        after()
 
     def _send_udp(
         self, listener: socket.socket, reply: bytes, pod: Address, server: Address
@@ -568,7 +611,7 @@ class DNSProxy:
         if upstream is None:
             sock = _bound_socket(socket.SOCK_DGRAM, pod if self.transparent else None, server)
             try:
-                await asyncio.get_running_loop().sock_connect(sock, server)
+                sock.connect(server)  # UDP: no handshake, a non-blocking connect never waits
             except BaseException:
                 sock.close()
                 raise
@@ -592,10 +635,12 @@ class DNSProxy:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
                 size = int.from_bytes(head, "big")
                 wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT_S)
-                reply = await self.handle(wire, source, dest, "TCP", upstream.ask)
+                reply, after = await self._admitted(wire, source, dest, "TCP", upstream.ask)
                 if reply is None:
+                    after()
                     return
                 writer.write(len(reply).to_bytes(2, "big") + reply)
+                after()
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             return
@@ -613,7 +658,22 @@ class DNSProxy:
         protocol: Literal["UDP", "TCP"],
         forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
     ) -> bytes | None:
-        """The reply to one query from ``source`` to ``dest`` (None: none is sent)."""
+        """The reply to one query from ``source`` to ``dest`` (None: none is sent), its events
+        emitted."""
+        reply, after = await self._admitted(wire, source, dest, protocol, forward)
+        after()
+        return reply
+
+    async def _admitted(
+        self,
+        wire: bytes,
+        source: Address,
+        dest: Address,
+        protocol: Literal["UDP", "TCP"],
+        forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
+    ) -> tuple[bytes | None, Callable[[], None]]:
+        """:meth:`handle` within the concurrency limit; the reply, and what to do once it is
+        sent (the response's event: the pod's answer does not wait for Hubble)."""
         if self._room is None:
             return await self._handle(wire, source, dest, protocol, forward)
         try:
@@ -625,7 +685,7 @@ class DNSProxy:
             self.stats.queries += 1
             self.stats.over_limit += 1
             log.debug("DNS proxy: query from %s dropped: concurrency limit", source[0])
-            return None
+            return None, _nothing
         try:
             return await self._handle(wire, source, dest, protocol, forward)
         finally:
@@ -638,58 +698,89 @@ class DNSProxy:
         dest: Address,
         protocol: Literal["UDP", "TCP"],
         forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
-    ) -> bytes | None:
+    ) -> tuple[bytes | None, Callable[[], None]]:
         started = time.monotonic_ns()
         self.stats.queries += 1
-        try:
-            query = parse_query(wire)
-        except MalformedQueryError as err:
-            self.stats.malformed += 1
-            log.info("DNS proxy: malformed query from %s: %s", source[0], err)
-            return err.reply
-        qname = query.question[0].name.to_text()
-        decision = self.decide(source, dest, protocol, qname)
-        records = _Records(source, dest, protocol, DNSRecord(qname, _qtypes(query)))
+        question = read_query(wire)  # the common query, without building a Message
+        query: dns.message.Message | None = None
+        if question is None:
+            try:
+                query = parse_query(wire)
+            except MalformedQueryError as err:
+                self.stats.malformed += 1
+                log.info("DNS proxy: malformed query from %s: %s", source[0], err)
+                return err.reply, _nothing
+            question = WireQuestion(query.question[0].name.to_text(), _qtypes(query))
+        qname = question.qname
+        ips = _ips(source, dest)
+        decision = self._decide(ips, source, dest, protocol, qname)
+        records = (
+            None
+            if ips is None
+            else _Records(
+                L7Endpoint(ips[0], source[1]), L7Endpoint(ips[1], dest[1]),
+                PROTO_UDP if protocol == "UDP" else PROTO_TCP,
+                DNSRecord(qname, question.qtypes),
+            )
+        )  # fmt: skip
         if not decision.allowed:
             self.stats.refused += 1
             log.debug(
                 "DNS proxy: %s from %s to %s refused: %s", qname, source, dest, decision.reason
             )
-            self._emit(lambda: records.request(Verdict.DROPPED))
-            return reject(query, REJECT_RCODES[self.reject_code])
+            if records is not None:
+                self._emit(lambda: records.request(Verdict.DROPPED))
+            rejected = reject(query or parse_query(wire), REJECT_RCODES[self.reject_code])
+            return rejected, _nothing
+        assert records is not None  # a query from a bad address is never allowed
         self._emit(lambda: records.request(Verdict.FORWARDED))
         try:
             answer_wire = await forward(wire, source, dest)
-            response = dns.message.from_wire(answer_wire)
+            read = read_answer(answer_wire)  # the common answer, without building a Message
+            if read is None:
+                answer = answer_lookups(qname, dns.message.from_wire(answer_wire), time.time())
+            else:
+                answer = _answer(qname, read.rcode, read.rrsets, time.time())
         except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as err:
-            return self._failed(query, records, started, f"server: {err!r}")
+            return self._failed(query or parse_query(wire), records, started, f"server: {err!r}")
         except (dns.exception.DNSException, ValueError) as err:
-            return self._failed(query, records, started, f"bad answer: {err}")
-        answer = answer_lookups(qname, response, time.time())
+            return self._failed(query or parse_query(wire), records, started, f"bad answer: {err}")
         if answer.lookups:
             await self._answered(list(answer.lookups), qname)
         self.stats.forwarded += 1
         latency = time.monotonic_ns() - started
-        self._emit(lambda: records.response(Verdict.FORWARDED, answer, latency))
-        return answer_wire
+        return answer_wire, lambda: self._emit(
+            lambda: records.response(Verdict.FORWARDED, answer, latency)
+        )
 
     def decide(
         self, source: Address, dest: Address, protocol: Literal["UDP", "TCP"], qname: str
     ) -> Decision:
         """Whether a query for ``qname`` from ``source`` to ``dest`` (the original
         destination) is forwarded, and why."""
+        return self._decide(_ips(source, dest), source, dest, protocol, qname)
+
+    def _decide(
+        self,
+        ips: tuple[IPAddress, IPAddress] | None,
+        source: Address,
+        dest: Address,
+        protocol: Literal["UDP", "TCP"],
+        qname: str,
+    ) -> Decision:
         if dest[1] == self.port:
             return Decision(False, "not redirected: no original destination to forward to")
-        try:
-            src, server = ip_address(source[0]), ip_address(dest[0])
-        except ValueError:
+        if ips is None:
             return Decision(False, f"bad address {source[0]!r} or {dest[0]!r}")
         proto = PROTO_UDP if protocol == "UDP" else PROTO_TCP
-        return self.policy.decide(src, server, proto, dest[1], qname)
+        return self.policy.decide(ips[0], ips[1], proto, dest[1], qname)
 
     async def _answered(self, lookups: list[DNSLookup], qname: str) -> None:
         """The cache update, awaited up to the maximum delay (then it goes on alone)."""
-        update = asyncio.ensure_future(self.policy.answered(lookups))
+        pending = self.policy.answered(lookups)
+        if pending is None:  # recorded, and nothing the datapath allows changed
+            return
+        update = asyncio.ensure_future(pending)
         update.set_name(f"dns-answer-{qname}")
         self._tasks.add(update)
         update.add_done_callback(self._done)
@@ -703,13 +794,13 @@ class DNSProxy:
 
     def _failed(
         self, query: dns.message.Message, records: _Records, started: int, reason: str
-    ) -> bytes:
+    ) -> tuple[bytes, Callable[[], None]]:
         self.stats.errors += 1
         log.info("DNS proxy: %s: %s", query.question[0].name, reason)
         failed = Answer(int(dns.rcode.SERVFAIL), (), 0, (), (), ())
         latency = time.monotonic_ns() - started
         self._emit(lambda: records.response(Verdict.ERROR, failed, latency))
-        return reject(query, dns.rcode.SERVFAIL)
+        return reject(query, dns.rcode.SERVFAIL), _nothing
 
     def _emit(self, make: Callable[[], L7Record]) -> None:
         """The record ``make`` builds to ``on_event`` (neither may fail the query)."""
