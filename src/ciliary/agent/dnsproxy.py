@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import socket
@@ -156,10 +157,14 @@ class EndpointDNSRules:
         return self.update(lookups)
 
 
+_address: Final = functools.lru_cache(maxsize=4096)(ip_address)
+"""A pod's and its servers' addresses recur in every query: parsed once (immutable values)."""
+
+
 def _ips(source: Address, dest: Address) -> tuple[IPAddress, IPAddress] | None:
     """The addresses of a query's source and original destination (None: one is no address)."""
     try:
-        return ip_address(source[0]), ip_address(dest[0])
+        return _address(source[0]), _address(dest[0])
     except ValueError:
         return None
 
@@ -242,6 +247,12 @@ def _rdata_text(rd: dns.rdata.Rdata) -> str:
     return ""
 
 
+_RRTYPES: Final = {
+    int(t): t.name for t in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.CNAME)
+}
+"""The answer types of nearly every response, named without the enum's lookups."""
+
+
 def _answer(qname: str, rcode: int, rrsets: tuple[WireRRset, ...], now: float) -> Answer:
     """:func:`answer_lookups` on the answer section's rrsets, however they were read."""
     ips: dict[str, None] = {}
@@ -250,7 +261,7 @@ def _answer(qname: str, rcode: int, rrsets: tuple[WireRRset, ...], now: float) -
     rrtypes: list[str] = []
     ttl: int | None = None
     for rrset in rrsets:
-        rrtypes.append(dns.rdatatype.RdataType.to_text(rrset.rdtype))
+        rrtypes.append(_RRTYPES.get(rrset.rdtype) or dns.rdatatype.RdataType.to_text(rrset.rdtype))
         ttl = rrset.ttl if ttl is None else min(ttl, rrset.ttl)
         if rrset.rdtype == dns.rdatatype.CNAME:
             cnames.extend(rrset.values)

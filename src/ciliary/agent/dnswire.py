@@ -45,6 +45,7 @@ _AAAA: Final = int(dns.rdatatype.AAAA)
 _CNAME: Final = int(dns.rdatatype.CNAME)
 _NS: Final = int(dns.rdatatype.NS)
 _OPT: Final = int(dns.rdatatype.OPT)
+_TO_QNAME: Final = b"\xc0\x0c"  # a compression pointer to offset 12: the question's name
 _MAX_TTL: Final = 0x7FFFFFFF  # a larger TTL reads as 0 (RFC 2181 8), as dnspython does
 
 
@@ -121,13 +122,21 @@ def read_answer(wire: bytes) -> WireAnswer | None:
     rrsets: dict[tuple[str, int], tuple[str, dict[str, None], int]] = {}
     extended = 0
     seen_opt = False
+    question: dns.name.Name | None = None
+    question_text: str | None = None
     try:
         if qdcount:
-            dns.name.from_wire_parser(parser)
+            question = dns.name.from_wire_parser(parser)
             parser.get_struct("!HH")
         for section, count in ((1, ancount), (2, nscount), (3, arcount)):
             for _ in range(count):
-                owner = dns.name.from_wire_parser(parser)
+                if question is not None and wire[parser.current : parser.current + 2] == _TO_QNAME:
+                    # a pointer to the question's name, which reads before this record: the
+                    # same name from_wire_parser would give, without reading it again
+                    owner = question
+                    parser.seek(parser.current + 2)
+                else:
+                    owner = dns.name.from_wire_parser(parser)
                 rdtype, rdclass, ttl, rdlen = parser.get_struct(_RR.format)
                 if rdtype == _OPT:
                     if section != 3 or seen_opt or owner != dns.name.root:
@@ -144,7 +153,12 @@ def read_answer(wire: bytes) -> WireAnswer | None:
                     return None
                 if section != 1:
                     continue
-                text = owner.to_text()
+                if owner is not question:
+                    text = owner.to_text()
+                elif question_text is None:
+                    text = question_text = owner.to_text()
+                else:
+                    text = question_text
                 key = (text.lower(), rdtype)
                 ttl = 0 if ttl > _MAX_TTL else ttl
                 found = rrsets.get(key)
