@@ -526,7 +526,7 @@ def test_flows_to_the_clusterip_name_the_service(lab: SvcLab) -> None:
     ``destination_service`` default/web, its reply (from the VIP again) ``source_service``;
     ``--to-service``/``--from-service`` select them."""
     assert "error" not in lab.gets("default/client", 3)["pods"]
-    client, vip = lab.ip("client"), lab.vip()
+    client, vip, vip6 = lab.ip("client"), lab.vip(), lab.vip(6)
     node = lab.nodes[0]  # the client's: where the connection is translated
 
     def to_web() -> list[dict[str, Any]]:
@@ -541,7 +541,7 @@ def test_flows_to_the_clusterip_name_the_service(lab: SvcLab) -> None:
     assert replies, "no reply flow from the service"
     for f in replies:
         assert f["source_service"] == {"name": "web", "namespace": "default"}, f
-        assert f["IP"]["source"] in (vip, lab.vip(6)), f  # the GETs above went over both
+        assert f["IP"]["source"] in (vip, vip6), f  # the GETs above went over both
 
 
 def test_hubble_observe_through_the_relay_selects_by_service(lab: SvcLab) -> None:
