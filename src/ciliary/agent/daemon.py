@@ -646,7 +646,7 @@ class Agent:
         rules = EndpointDNSRules(
             endpoint_at=self._endpoint_at,
             policy_of=self.policy.realized,
-            identity_of=lambda addr: self.policy.identity_of_address(str(addr)),
+            identity_of=self.policy.identity_of_ip,
             update=self._dns_answered,
         )
         cfg = self.cfg

@@ -63,7 +63,7 @@ from ciliary.agent.dnswire import WireQuestion, WireRRset, read_answer, read_que
 from ciliary.core.flow import L7FlowType, TrafficDirection, Verdict
 from ciliary.core.l7record import DNSRecord, L7Endpoint, L7Record
 from ciliary.policy.fqdn import DNSLookup
-from ciliary.policy.mapstate import PROTO_TCP, PROTO_UDP
+from ciliary.policy.mapstate import PROTO_TCP, PROTO_UDP, RuleRef
 from ciliary.policy.resolve import EndpointPolicy
 from ciliary.policy.trace import dns_verdict
 
@@ -106,12 +106,17 @@ IPV6_TRANSPARENT: Final = 75
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What the agent says of one query: ``allowed``; the querying ``endpoint`` (None: the
-    source is no endpoint here); ``reason`` and ``rules`` (why, for the event)."""
+    source is no endpoint here); ``reason`` and the rules behind it (why, for the event)."""
 
     allowed: bool
     reason: str
     endpoint: int | None = None
-    rules: tuple[str, ...] = ()
+    derived_from: frozenset[RuleRef] = frozenset()
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The rules behind the decision, named (sorted): only when asked, not per query."""
+        return tuple(str(r) for r in sorted(self.derived_from))
 
 
 class ProxyPolicy(Protocol):
@@ -150,8 +155,7 @@ class EndpointDNSRules:
         verdict = dns_verdict(
             self.policy_of(endpoint), self.identity_of(server), protocol, port, name
         )
-        rules = tuple(str(r) for r in sorted(verdict.rules))
-        return Decision(verdict.allowed, verdict.reason, endpoint, rules)
+        return Decision(verdict.allowed, verdict.reason, endpoint, verdict.rules)
 
     def answered(self, lookups: list[DNSLookup]) -> Awaitable[None] | None:
         return self.update(lookups)

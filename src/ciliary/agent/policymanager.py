@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -627,8 +627,11 @@ class PolicyManager:
 
     def identity_of_address(self, addr: str) -> int:
         """What the datapath would resolve an address to (ipcache longest match, else world)."""
-        parsed = ip_address(addr)
-        found = self._dp.ipcache.lookup(parsed)
+        return self.identity_of_ip(ip_address(addr))
+
+    def identity_of_ip(self, addr: IPv4Address | IPv6Address) -> int:
+        """:meth:`identity_of_address` of an address already parsed."""
+        found = self._dp.ipcache.lookup(addr)
         if found is not None:
             return found
-        return 9 if parsed.version == 4 else 10
+        return 9 if addr.version == 4 else 10
