@@ -63,6 +63,9 @@ kind: Lab
 metadata: {{name: {lab}}}
 spec:
   monitorAggregation: {aggregation}
+  # kubelet's maxContainerRestartPeriod: an agent test_lab_supervisor kills is back after 2 s,
+  # not 10 s and 20 s (longer than its echo while the agent is down)
+  kubelet: {{crashLoopBackOff: {{maxContainerRestartPeriod: 2}}}}
   nodes:
   - name: {node}
 ---

@@ -36,6 +36,8 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  # kubelet's maxContainerRestartPeriod: what these tests kill is back after 1 s, not 10 s
+  kubelet: {{crashLoopBackOff: {{maxContainerRestartPeriod: 1}}}}
   nodes:
   - name: {n1}
   - name: {n2}

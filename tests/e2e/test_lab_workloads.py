@@ -34,6 +34,8 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  # kubelet's maxContainerRestartPeriod: what these tests kill is back after 1 s, not 10 s
+  kubelet: {{crashLoopBackOff: {{maxContainerRestartPeriod: 1}}}}
   socketLB: {{enabled: true}}  # Cilium's default: host-network pods' connects are translated
   nodes:
   - name: {n1}

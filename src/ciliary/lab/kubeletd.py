@@ -177,11 +177,13 @@ def _restarts(policy: str, code: int | None) -> bool:
     return policy == "OnFailure" and code != 0
 
 
-def _backoff(restarts: int) -> float:
-    """Delay before restart number ``restarts + 1``: none the first time, then CrashLoopBackOff."""
+def _backoff(restarts: int, maximum: float = BACKOFF_MAX) -> float:
+    """Delay before restart number ``restarts + 1``: none the first time, then CrashLoopBackOff
+    capped at ``maximum`` (the Lab's ``spec.kubelet.crashLoopBackOff.maxContainerRestartPeriod``;
+    one under 10 s is every delay, as kubelet's)."""
     if restarts == 0:
         return 0.0
-    return float(min(BACKOFF_INITIAL * 2 ** (restarts - 1), BACKOFF_MAX))
+    return float(min(BACKOFF_INITIAL * 2 ** (restarts - 1), maximum))
 
 
 def _container_models(pod: Mapping[str, Any]) -> dict[str, core.Container]:
@@ -445,7 +447,7 @@ class Kubelet:
                 crec.last_exit_code = process.exit_status(crec.pid)
                 changed = True
                 if _restarts(prec.restart_policy, crec.last_exit_code):
-                    crec.restart_at = now + _backoff(crec.restarts)
+                    crec.restart_at = now + _backoff(crec.restarts, rec.max_restart_period_s)
                     log.info(
                         "pod %s: container %s exited (%s), restart in %.0fs",
                         prec.key, crec.name, crec.last_exit_code, crec.restart_at - now,

@@ -96,6 +96,7 @@ __all__ = [
     "REQUESTED_IPS_ANNOTATION",
     "Container",
     "ContainerPort",
+    "CrashLoopBackOffSpec",
     "EnvVar",
     "ExternalSpec",
     "IPAMConfiguration",
@@ -106,6 +107,7 @@ __all__ = [
     "IPPool",
     "IPPoolMetadata",
     "IPPoolSpec",
+    "KubeletSpec",
     "LabBody",
     "LabFile",
     "LabFileError",
@@ -569,6 +571,22 @@ class DNSProxySpec(StrictModel):
     max_deferred_connection_deletes: int = Field(default=10000, ge=0)
 
 
+class CrashLoopBackOffSpec(StrictModel):
+    """KubeletConfiguration's ``crashLoopBackOff`` (Kubernetes' KubeletCrashLoopBackOffMax):
+    ``maxContainerRestartPeriod``, 1 to 300 s (seconds here, upstream a duration), caps the
+    restart back-off, which still starts at 10 s and doubles; one shorter than 10 s is also the
+    first delay, so every restart waits it. The lab's kubelet role (pods' containers) and its
+    supervisor (the agents, etcd, the API server and the cluster processes) both keep it."""
+
+    max_container_restart_period: float = Field(default=300.0, ge=1, le=300)
+
+
+class KubeletSpec(StrictModel):
+    """The lab's kubelet configuration: the KubeletConfiguration fields the lab honours."""
+
+    crash_loop_back_off: CrashLoopBackOffSpec = Field(default_factory=CrashLoopBackOffSpec)
+
+
 class LabBody(StrictModel):
     """The ``spec`` of the Lab document. The lab network and the routing between nodes use
     Cilium's Helm names: ``routingMode`` (``tunnel``: VXLAN on ``tunnelPort``; ``native``: pod
@@ -595,6 +613,7 @@ class LabBody(StrictModel):
     conntrack_gc_interval: float = Field(default=30.0, gt=0, le=3600, alias="conntrackGCInterval")
     """Helm's ``conntrackGCInterval`` (``--conntrack-gc-interval``; seconds here): a short one
     lets a lab see an expired DNS answer's IP leave soon after its last connection closed."""
+    kubelet: KubeletSpec = Field(default_factory=KubeletSpec)
 
     @field_validator("images")
     @classmethod

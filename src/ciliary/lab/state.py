@@ -211,6 +211,9 @@ class LabRecord(_Model):
     """The Lab's ``spec.dnsProxy`` zombie settings and ``spec.conntrackGCInterval``: the agents'
     ``--tofqdns-idle-connection-grace-period``, ``--tofqdns-max-deferred-connection-deletes``,
     ``--conntrack-gc-interval``."""
+    max_restart_period_s: float = 300.0
+    """The Lab's ``spec.kubelet.crashLoopBackOff.maxContainerRestartPeriod``: the cap of the
+    restart back-off of the kubelet role's containers and of what the supervisor tends."""
     maglev_hash_seed: str | None = None
     """The cluster's ``--bpf-lb-maglev-hash-seed``, made at ``lab up`` and given to every agent
     (None in records made before: the agents' default seed)."""

@@ -6,8 +6,10 @@ starter of agents, so it is their parent and knows how each one ended:
 
 * a node's agent is started once the manager marks the node ready for it (``agent_wanted``);
 * an agent that exits is started again after kubelet's CrashLoopBackOff: 10 s, doubling, at
-  most 5 min; an agent that ran for 10 minutes starts over at 10 s. Each such restart counts in
-  the node's ``agent_restarts``, with ``agent_last_exit`` (shown by ``lab status``);
+  most 5 min; an agent that ran for 10 minutes starts over at 10 s. The Lab's
+  ``spec.kubelet.crashLoopBackOff.maxContainerRestartPeriod`` lowers the cap (one under 10 s is
+  every delay), as the KubeletConfiguration field does. Each such restart counts in the node's
+  ``agent_restarts``, with ``agent_last_exit`` (shown by ``lab status``);
 * ``lab stop-agent`` holds a node's agent down (a ``hold-<node>`` file: no restart) until
   ``lab restart-agent``, for outages on purpose;
 * ``lab restart-agent`` asks for a restart with a ``restart-<node>`` file: the agent is stopped
@@ -53,18 +55,23 @@ log = logging.getLogger("ciliary.lab.supervisor")
 
 @dataclass
 class _Backoff:
-    """kubelet's restart back-off for one agent: the delay before the next start."""
+    """kubelet's restart back-off for one agent: the delay before the next start, at most
+    ``maximum`` (maxContainerRestartPeriod; the first delay too when it is under 10 s)."""
 
-    delay: float = BACKOFF_INITIAL
+    maximum: float = BACKOFF_MAX
+    delay: float = field(init=False)
     restart_at: float | None = None  # set while an exited agent waits for its restart
     started_at: float = field(default_factory=time.monotonic)
 
+    def __post_init__(self) -> None:
+        self.delay = min(BACKOFF_INITIAL, self.maximum)
+
     def exited(self, now: float) -> float:
         if now - self.started_at >= BACKOFF_RESET_AFTER:
-            self.delay = BACKOFF_INITIAL
+            self.delay = min(BACKOFF_INITIAL, self.maximum)
         wait = self.delay
         self.restart_at = now + wait
-        self.delay = min(self.delay * 2, BACKOFF_MAX)
+        self.delay = min(self.delay * 2, self.maximum)
         return wait
 
 
@@ -84,6 +91,7 @@ class Supervisor:
     def __init__(self, lab: str) -> None:
         self.lab = lab
         self._backoff: dict[str, _Backoff] = {}
+        self._max_restart_period = BACKOFF_MAX
         self._stopping = False
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
@@ -93,6 +101,7 @@ class Supervisor:
         while not self._stopping:
             try:
                 rec = manager.record(self.lab)
+                self._max_restart_period = rec.max_restart_period_s
                 if rec.control_plane is not None:
                     self._tend_control_plane()
                 for nrec in rec.nodes:
@@ -110,7 +119,7 @@ class Supervisor:
 
     def _tend(self, rec: LabRecord, nrec: NodeRecord) -> None:
         now = time.monotonic()
-        backoff = self._backoff.setdefault(nrec.name, _Backoff())
+        backoff = self._backoff.setdefault(nrec.name, _Backoff(self._max_restart_period))
         request = manager.supervisor_dir(self.lab) / f"restart-{nrec.name}"
         if request.exists():
             log.info("node %s: restart requested", nrec.name)
@@ -150,7 +159,9 @@ class Supervisor:
             if cp.etcd.alive() if part == "etcd" else cp.apiserver_alive():
                 continue
             # "control-plane/..." cannot be a node's name (no "/" in names)
-            backoff = self._backoff.setdefault(f"control-plane/{part}", _Backoff())
+            backoff = self._backoff.setdefault(
+                f"control-plane/{part}", _Backoff(self._max_restart_period)
+            )
             now = time.monotonic()
             if backoff.restart_at is None:
                 pid = cp.etcd.pid if part == "etcd" else cp.apiserver_pid
@@ -181,7 +192,7 @@ class Supervisor:
 
     def _tend_process(self, rec: LabRecord, name: str, prec: ProcessRecord) -> None:
         # "process/..." cannot be a node's name (no "/" in names)
-        backoff = self._backoff.setdefault(f"process/{name}", _Backoff())
+        backoff = self._backoff.setdefault(f"process/{name}", _Backoff(self._max_restart_period))
         now = time.monotonic()
         if prec.pid is not None and process.alive(prec.pid, prec.start_time):
             return

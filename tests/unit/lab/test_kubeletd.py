@@ -113,6 +113,9 @@ def test_restarts_follow_the_restart_policy_with_crash_loop_back_off() -> None:
     assert not kubeletd._restarts("OnFailure", 0)
     assert not kubeletd._restarts("Never", 1)
     assert [kubeletd._backoff(n) for n in range(7)] == [0, 10, 20, 40, 80, 160, 300]
+    # maxContainerRestartPeriod caps it; one under 10 s is every delay
+    assert [kubeletd._backoff(n, 60.0) for n in range(6)] == [0, 10, 20, 40, 60, 60]
+    assert [kubeletd._backoff(n, 2.0) for n in range(4)] == [0, 2, 2, 2]
 
 
 def test_pod_status_reports_restarts_exit_codes_and_readiness() -> None:

@@ -196,6 +196,20 @@ def test_defaults() -> None:
     assert p.requested_ips() == []
 
 
+def test_kubelet_crash_loop_back_off_max_container_restart_period() -> None:
+    """KubeletConfiguration's ``crashLoopBackOff.maxContainerRestartPeriod``: 300 s unless
+    set, 1 to 300 s (seconds here)."""
+    assert (
+        parse(lab("node1")).lab.spec.kubelet.crash_loop_back_off.max_container_restart_period == 300
+    )
+    doc = lab("node1")
+    doc["spec"]["kubelet"] = {"crashLoopBackOff": {"maxContainerRestartPeriod": 2}}
+    assert parse(doc).lab.spec.kubelet.crash_loop_back_off.max_container_restart_period == 2
+    doc["spec"]["kubelet"] = {"crashLoopBackOff": {"maxContainerRestartPeriod": 0.5}}
+    problem = error(doc).problems[0]
+    assert "spec.kubelet.crashLoopBackOff.maxContainerRestartPeriod" in problem, problem
+
+
 def test_default_scenario() -> None:
     packaged = Path(schema.__file__).parent / "scenarios" / "default.yaml"
     assert packaged.read_text() == DEFAULT_SCENARIO

@@ -39,6 +39,17 @@ def test_backoff_starts_over_after_a_long_run() -> None:
     assert b.exited(now=10.0 + BACKOFF_RESET_AFTER) == BACKOFF_INITIAL
 
 
+def test_max_restart_period_caps_the_backoff_and_is_every_delay_under_ten_seconds() -> None:
+    """KubeletConfiguration's crashLoopBackOff.maxContainerRestartPeriod (the Lab's
+    spec.kubelet): the doubling stops at it; under the initial 10 s it is the first delay too."""
+    b = _Backoff(60.0, started_at=0.0)
+    assert [b.exited(now=1.0) for _ in range(5)] == [10.0, 20.0, 40.0, 60.0, 60.0]
+    short = _Backoff(2.0, started_at=0.0)
+    assert [short.exited(now=1.0) for _ in range(3)] == [2.0, 2.0, 2.0]
+    short.started_at = 10.0
+    assert short.exited(now=10.0 + BACKOFF_RESET_AFTER) == 2.0
+
+
 def test_exit_descriptions() -> None:
     assert describe_exit(128 + signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(1) == "exit code 1"
