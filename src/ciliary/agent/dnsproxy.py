@@ -321,6 +321,19 @@ class _Records:
         return self._record(L7FlowType.RESPONSE, verdict, dns_record, latency_ns)
 
 
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """A query the proxy forwarded: what its answer needs."""
+
+    wire: bytes
+    query: dns.message.Message | None
+    """The full parse, when the query took it (else made only for a SERVFAIL)."""
+    qname: str
+    records: _Records
+    started: int
+    """``time.monotonic_ns()`` when it arrived (the response's latency)."""
+
+
 # ---- sockets -------------------------------------------------------------------------------
 
 
@@ -424,65 +437,101 @@ class _TCPUpstream:
             self._streams[1].close()
 
 
-def _expire(fut: asyncio.Future[bytes]) -> None:
-    """An upstream answer's timeout (cheaper than ``wait_for``'s task per query)."""
-    if not fut.done():
-        fut.set_exception(TimeoutError())
+AnswerCallback: TypeAlias = Callable[[bytes | BaseException], None]
+"""Gets the server's answer to one forwarded query, or why there is none."""
 
 
 class _UDPUpstream:
     """One upstream UDP socket (pod address/port → server), shared by that pod socket's
-    concurrent queries; each query's ID rewritten to one unused here, restored in its answer."""
+    concurrent queries; each query's ID rewritten to one unused here, restored in its answer.
+    An answer goes to its query's callback from the socket's reader itself (no task, no turn
+    of the loop in between: a busy agent loop has other callbacks queued); closed once no query
+    waits."""
 
     def __init__(self, sock: socket.socket, on_idle: Callable[[], None]) -> None:
         self._sock = sock
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._pending: dict[int, tuple[AnswerCallback, bytes, asyncio.TimerHandle]] = {}
         self._next = secrets.randbelow(0x10000)
         self._on_idle = on_idle
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        while True:
+        while self._pending:
             try:
                 wire = self._sock.recv(MAX_MESSAGE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:  # ICMP unreachable on a connected socket
-                for fut in self._pending.values():
-                    if not fut.done():
-                        fut.set_exception(err)
+                for qid in list(self._pending):
+                    self._deliver(qid, err)
                 return
-            waiting = self._pending.get(int.from_bytes(wire[:2], "big")) if len(wire) >= 2 else None
-            if waiting is not None and not waiting.done():
-                waiting.set_result(wire)
+            if len(wire) >= 2:
+                self._deliver(int.from_bytes(wire[:2], "big"), wire)
 
-    async def ask(self, wire: bytes, timeout: float) -> bytes:
+    def _deliver(self, qid: int, outcome: bytes | BaseException) -> None:
+        """The query's callback (an answer with the pod's own ID back in it); closes the socket
+        when it was the last query waiting."""
+        found = self._pending.pop(qid, None)
+        if found is None:
+            return  # an answer to no query waiting here (late, or forged): dropped
+        callback, asked, timer = found
+        timer.cancel()
+        if not self._pending:
+            self.close()
+            self._on_idle()
+        try:
+            callback(outcome if isinstance(outcome, BaseException) else asked[:2] + outcome[2:])
+        except Exception:
+            log.exception("DNS proxy: answer callback failed")
+
+    def ask_then(self, wire: bytes, timeout: float, callback: AnswerCallback) -> None:
+        """Forwards ``wire``; ``callback`` gets the answer, the socket's error, or
+        ``TimeoutError`` after ``timeout`` seconds."""
         while self._next in self._pending:
             self._next = (self._next + 1) & 0xFFFF
         qid, self._next = self._next, (self._next + 1) & 0xFFFF
-        fut: asyncio.Future[bytes] = self._loop.create_future()
-        self._pending[qid] = fut
-        timer = self._loop.call_later(timeout, _expire, fut)
+        timer = self._loop.call_later(timeout, self._deliver, qid, TimeoutError())
+        self._pending[qid] = (callback, wire, timer)
+        message = qid.to_bytes(2, "big") + wire[2:]
         try:
-            message = qid.to_bytes(2, "big") + wire[2:]
-            try:
-                self._sock.send(message)
-            except (BlockingIOError, InterruptedError):  # a full buffer: wait for room
-                await self._loop.sock_sendall(self._sock, message)
-            answer = await fut
-        finally:
-            timer.cancel()
-            del self._pending[qid]
-            if not self._pending:
-                self.close()
-                self._on_idle()
-        return wire[:2] + answer[2:]
+            self._sock.send(message)
+        except (BlockingIOError, InterruptedError):  # a full buffer: send once there is room
+            task = self._loop.create_task(self._send_later(qid, message))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        except OSError as err:
+            self._loop.call_soon(self._deliver, qid, err)  # as a reply would: not from here
+
+    async def _send_later(self, qid: int, message: bytes) -> None:
+        try:
+            await self._loop.sock_sendall(self._sock, message)
+        except OSError as err:
+            self._deliver(qid, err)
+
+    async def ask(self, wire: bytes, timeout: float) -> bytes:
+        """:meth:`ask_then`, awaited."""
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+
+        def settle(outcome: bytes | BaseException) -> None:
+            if fut.done():
+                return
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+        self.ask_then(wire, timeout, settle)
+        return await fut
 
     def close(self) -> None:
         if self._sock.fileno() >= 0:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
+
+
+_background: set[asyncio.Task[None]] = set()
+"""Sends waiting for room in a socket's buffer (referenced until done)."""
 
 
 # ---- the proxy -------------------------------------------------------------------------------
@@ -596,7 +645,56 @@ class DNSProxy:
                 return
             source: Address = (peer[0], peer[1])
             dest = original_destination(ancdata) or (source[0], 0)
-            self._spawn(self._udp_query(sock, wire, source, dest), f"dns-udp-{source[0]}")
+            if self._room is not None:  # the concurrency limit waits: a task per query
+                self._spawn(self._udp_query(sock, wire, source, dest), f"dns-udp-{source[0]}")
+            else:
+                self._udp_at_once(sock, wire, source, dest)
+
+    def _udp_at_once(
+        self, listener: socket.socket, wire: bytes, source: Address, dest: Address
+    ) -> None:
+        """One UDP query without a task: decided and forwarded now, its answer handled from the
+        upstream socket's reader (a task only when the answer must wait for the datapath).
+        Each turn of the loop a query skips is a turn behind whatever else the agent's loop
+        has queued (Hubble's batches): the pod's query waits for none of them."""
+        begun = self._begin(wire, source, dest, "UDP")
+        if not isinstance(begun, _Query):
+            self._release_udp(listener, begun, source, dest)
+            return
+
+        def answered(outcome: bytes | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                self._release_udp(listener, self._unanswered(begun, outcome), source, dest)
+                return
+            done, pending = self._finish(begun, outcome)
+            if pending is None:
+                self._release_udp(listener, done, source, dest)
+                return
+
+            async def released() -> None:
+                await self._await_update(pending, begun.qname)
+                self._release_udp(listener, done, source, dest)
+
+            self._spawn(released(), f"dns-answer-{begun.qname}")
+
+        try:
+            upstream = self._upstream_udp(source, dest)
+        except OSError as err:
+            answered(err)
+            return
+        upstream.ask_then(wire, self.forward_timeout_s, answered)
+
+    def _release_udp(
+        self,
+        listener: socket.socket,
+        done: tuple[bytes | None, Callable[[], None]],
+        pod: Address,
+        server: Address,
+    ) -> None:
+        reply, after = done
+        if reply is not None:
+            self._send_udp(listener, reply, pod, server)
+        after()
 
     async def _udp_query(
         self, listener: socket.socket, wire: bytes, source: Address, dest: Address
@@ -621,6 +719,10 @@ class DNSProxy:
             log.warning("DNS proxy: cannot answer %s from %s: %s", pod, server, err)
 
     async def _forward_udp(self, wire: bytes, pod: Address, server: Address) -> bytes:
+        return await self._upstream_udp(pod, server).ask(wire, self.forward_timeout_s)
+
+    def _upstream_udp(self, pod: Address, server: Address) -> _UDPUpstream:
+        """The upstream socket of the pod's socket to ``server`` (made when none waits)."""
         key = (pod, server)
         upstream = self._upstreams.get(key)
         if upstream is None:
@@ -632,7 +734,7 @@ class DNSProxy:
                 raise
             upstream = _UDPUpstream(sock, lambda: self._forget_upstream(key))
             self._upstreams[key] = upstream
-        return await upstream.ask(wire, self.forward_timeout_s)
+        return upstream
 
     def _forget_upstream(self, key: tuple[Address, Address]) -> None:
         self._upstreams.pop(key, None)
@@ -714,6 +816,23 @@ class DNSProxy:
         protocol: Literal["UDP", "TCP"],
         forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
     ) -> tuple[bytes | None, Callable[[], None]]:
+        begun = self._begin(wire, source, dest, protocol)
+        if not isinstance(begun, _Query):
+            return begun
+        try:
+            answer_wire = await forward(wire, source, dest)
+        except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as err:
+            return self._unanswered(begun, err)
+        done, pending = self._finish(begun, answer_wire)
+        if pending is not None:
+            await self._await_update(pending, begun.qname)
+        return done
+
+    def _begin(
+        self, wire: bytes, source: Address, dest: Address, protocol: Literal["UDP", "TCP"]
+    ) -> tuple[bytes | None, Callable[[], None]] | _Query:
+        """A query up to its forwarding: the reply now (malformed, refused), or what its
+        answer needs; the request's event emitted."""
         started = time.monotonic_ns()
         self.stats.queries += 1
         question = read_query(wire)  # the common query, without building a Message
@@ -749,24 +868,36 @@ class DNSProxy:
             return rejected, _nothing
         assert records is not None  # a query from a bad address is never allowed
         self._emit(lambda: records.request(Verdict.FORWARDED))
+        return _Query(wire, query, qname, records, started)
+
+    def _finish(
+        self, begun: _Query, answer_wire: bytes
+    ) -> tuple[tuple[bytes | None, Callable[[], None]], Awaitable[None] | None]:
+        """The server's answer: the reply and its event, and the cache update still to await
+        before the reply is released (None: released now)."""
         try:
-            answer_wire = await forward(wire, source, dest)
             read = read_answer(answer_wire)  # the common answer, without building a Message
             if read is None:
-                answer = answer_lookups(qname, dns.message.from_wire(answer_wire), time.time())
+                full = dns.message.from_wire(answer_wire)
+                answer = answer_lookups(begun.qname, full, time.time())
             else:
-                answer = _answer(qname, read.rcode, read.rrsets, time.time())
-        except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as err:
-            return self._failed(query or parse_query(wire), records, started, f"server: {err!r}")
+                answer = _answer(begun.qname, read.rcode, read.rrsets, time.time())
         except (dns.exception.DNSException, ValueError) as err:
-            return self._failed(query or parse_query(wire), records, started, f"bad answer: {err}")
-        if answer.lookups:
-            await self._answered(list(answer.lookups), qname)
+            return self._failed(begun, f"bad answer: {err}"), None
+        pending = self.policy.answered(list(answer.lookups)) if answer.lookups else None
         self.stats.forwarded += 1
-        latency = time.monotonic_ns() - started
-        return answer_wire, lambda: self._emit(
+        latency = time.monotonic_ns() - begun.started
+        records = begun.records
+        after = lambda: self._emit(  # noqa: E731 - built now, run once the reply is out
             lambda: records.response(Verdict.FORWARDED, answer, latency)
         )
+        return (answer_wire, after), pending
+
+    def _unanswered(
+        self, begun: _Query, err: BaseException
+    ) -> tuple[bytes | None, Callable[[], None]]:
+        """The reply when the server could not be asked or did not answer: SERVFAIL."""
+        return self._failed(begun, f"server: {err!r}")
 
     def decide(
         self, source: Address, dest: Address, protocol: Literal["UDP", "TCP"], qname: str
@@ -790,11 +921,9 @@ class DNSProxy:
         proto = PROTO_UDP if protocol == "UDP" else PROTO_TCP
         return self.policy.decide(ips[0], ips[1], proto, dest[1], qname)
 
-    async def _answered(self, lookups: list[DNSLookup], qname: str) -> None:
-        """The cache update, awaited up to the maximum delay (then it goes on alone)."""
-        pending = self.policy.answered(lookups)
-        if pending is None:  # recorded, and nothing the datapath allows changed
-            return
+    async def _await_update(self, pending: Awaitable[None], qname: str) -> None:
+        """The datapath's update for an answer, awaited up to the maximum delay (then it goes
+        on alone)."""
         update = asyncio.ensure_future(pending)
         update.set_name(f"dns-answer-{qname}")
         self._tasks.add(update)
@@ -807,15 +936,14 @@ class DNSProxy:
                 " longer than %g s)", qname, self.response_max_delay_s,
             )  # fmt: skip
 
-    def _failed(
-        self, query: dns.message.Message, records: _Records, started: int, reason: str
-    ) -> tuple[bytes, Callable[[], None]]:
+    def _failed(self, begun: _Query, reason: str) -> tuple[bytes, Callable[[], None]]:
         self.stats.errors += 1
-        log.info("DNS proxy: %s: %s", query.question[0].name, reason)
+        log.info("DNS proxy: %s: %s", begun.qname, reason)
         failed = Answer(int(dns.rcode.SERVFAIL), (), 0, (), (), ())
-        latency = time.monotonic_ns() - started
+        latency = time.monotonic_ns() - begun.started
+        records = begun.records
         self._emit(lambda: records.response(Verdict.ERROR, failed, latency))
-        return reject(query, dns.rcode.SERVFAIL), _nothing
+        return reject(begun.query or parse_query(begun.wire), dns.rcode.SERVFAIL), _nothing
 
     def _emit(self, make: Callable[[], L7Record]) -> None:
         """The record ``make`` builds to ``on_event`` (neither may fail the query)."""
