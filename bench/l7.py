@@ -30,8 +30,11 @@ b/c is the cost of our redirect, policy and access log over Envoy itself. Load: 
 (``bench/httpload.c``, one GET in flight, 2-byte body) on one keep-alive connection and with a
 new connection per request; requests/s and p50/p99 per request, failed requests and the
 client's SYN retransmissions (b's SYNs can meet Envoy's TIME_WAIT sockets, docs/benchmarks.md).
-The DNS rows are the DNS proxy's bench (``bench/dnsproxy.py``: through the agent's DNS proxy
-vs direct to the server) run in the same group run.
+The DNS rows: in the lab, the client pod asks DNS servers in the server pod (``bench.dnsproxy``'s
+client, one UDP query in flight), on port 53 through the node agent's DNS proxy (a ``rules: dns``
+rule: the datapath redirects to the agent) and on 5353 direct (an L3/L4 rule); then the DNS
+proxy's own bench (``bench/dnsproxy.py``: the proxy alone behind iptables TPROXY in scratch
+namespaces).
 
     sudo .venv/bin/python -m bench.run --only l7
 """
@@ -41,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +60,9 @@ from ciliary.lab import manager
 
 GROUP = "l7"
 L7_PORT, DIRECT_PORT, PROXY_PORT = 80, 8081, 10000
+DNS_PORT, DNS_DIRECT_PORT = 53, 5353
+"""The server pod's DNS servers: 53 through the agent's DNS proxy (a ``rules: dns`` rule), 5353
+direct (an L3/L4 rule); ``bench.dnsproxy``'s client asks both."""
 PATH = "/"  # what the rule allows (GET, full match)
 DIRECT, L7, ENVOY = "a: direct", "b: ciliary L7 (egress HTTP rule)", "c: standalone Envoy"
 SETUPS = (DIRECT, L7, ENVOY)
@@ -63,6 +70,8 @@ BASELINE = ENVOY  # the ratio column of each row is x / c: b's is the target b/c
 TARGET_B_C = 0.9
 METRICS = ("keepalive", "close")
 READY_S = 30.0
+LAB_DNS = ", in the lab (the agent's proxy)"
+"""What the lab's DNS rows add to their names (the scratch namespaces' rows have none)."""
 ACCESS_LOG_CLIENT, ACCESS_LOG_SERVER = "10.200.0.10", "10.200.0.20"
 """The hubble bench decoder's two endpoints (``bench.hubble_bench._decoder``)."""
 L7_METRICS = (
@@ -90,6 +99,10 @@ spec:
       rules:
         http: [{{method: GET, path: "{path}"}}]
     - ports: [{{port: "{direct}", protocol: TCP}}]
+    - ports: [{{port: "53", protocol: ANY}}]
+      rules:
+        dns: [{{matchPattern: "*.example.com"}}]
+    - ports: [{{port: "{dns_direct}", protocol: ANY}}]
   - toEndpoints: [{{matchLabels: {{app: bench-proxy}}}}]
     toPorts: [{{ports: [{{port: "{proxy}", protocol: TCP}}]}}]
 """
@@ -106,7 +119,7 @@ spec:
 
 def lab_file(lab: str, node: str) -> str:
     text = LAB.format(lab=lab, node=node, l7=L7_PORT, direct=DIRECT_PORT, proxy=PROXY_PORT,
-                      path=PATH)  # fmt: skip
+                      path=PATH, dns_direct=DNS_DIRECT_PORT)  # fmt: skip
     return text + "".join(POD.format(role=r, node=node) for r in ("client", "server", "proxy"))
 
 
@@ -252,6 +265,10 @@ def l7_lab(tmp: Path) -> Iterator[tuple[list[Target], dict[str, int], int]]:
         netns = {p.name: p.netns for p in rec.pods}
         ips = {p.name: (p.ipv4 or "").partition("/")[0] for p in view.pods}
         (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, l7=L7_PORT, direct=DIRECT_PORT))
+        records = tmp / "records.json"
+        records.write_text(json.dumps(dnsproxy.RECORDS))
+        dns_server = [sys.executable, "-m", "ciliary.workload.main", "dns-server", "--records",
+                      str(records), "--domain", "example.com", "--port"]  # fmt: skip
         boot = tmp / "envoy.json"
         boot.write_text(json.dumps(standalone_envoy(ips["server-0"], tmp / "envoy-admin.sock")))
         envoy = [str(envoy_binary()), "-c", str(boot), "--concurrency", "1",
@@ -266,6 +283,10 @@ def l7_lab(tmp: Path) -> Iterator[tuple[list[Target], dict[str, int], int]]:
             # a scheduling group, and an Envoy in the bench's session, with the client and nginx,
             # is scheduled as one group with them, which b's Envoy never is (docs/benchmarks.md)
             _process(envoy, netns["proxy-0"], (PROXY_PORT,), tmp / "envoy.log", own_session=True),
+            _process([*dns_server, str(DNS_PORT)], netns["server-0"], (DNS_PORT,),
+                     tmp / "dns.log"),
+            _process([*dns_server, str(DNS_DIRECT_PORT)], netns["server-0"], (DNS_DIRECT_PORT,),
+                     tmp / "dns-direct.log"),
         ):  # fmt: skip
             client = tools.enter(netns["client-0"])
             targets = [
@@ -599,6 +620,8 @@ def run(*, rounds: int = 5, seconds: float = 2, queries: int = dnsproxy.QUERIES,
                                       agents=[agent], log=log, group=GROUP)  # fmt: skip
             alt = alternating_rounds(binary, targets, ports, rounds=rounds, seconds=seconds,
                                      agents=[agent], log=log)  # fmt: skip
+            _quiesce([agent], log, GROUP)  # the agent's proxy, not its HTTP backlog
+            in_lab = dnsproxy.ask_from(targets[0].client, targets[0].server_ip, queries)
         titles = {k: v[0] for k, v in ms.items()}
         results += http_rows(samples, titles, rounds=rounds, seconds=seconds)
         results += alternating_rows(alt, titles, rounds=rounds, seconds=seconds)
@@ -612,6 +635,11 @@ def run(*, rounds: int = 5, seconds: float = 2, queries: int = dnsproxy.QUERIES,
             "close-alternating-rps",
         ):
             log(f"{GROUP}: {row['benchmark']}: b/c {row['b/c']} (target >= {TARGET_B_C})")
+    log(f"{GROUP}: DNS in the lab (the agent's proxy, the datapath's redirect): p50 added"
+        f" {dnsproxy.added_ms(in_lab):.2f} ms (target <= 1 ms); lost {in_lab['proxy']['lost']}"
+        f" / {in_lab['direct']['lost']}")  # fmt: skip
+    for row in dnsproxy.rows(in_lab, LAB_DNS):
+        results.append({**row, "group": GROUP})
     for row in dnsproxy.run(queries=queries, log=log):
         results.append({**row, "group": GROUP})
     return results

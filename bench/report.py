@@ -397,8 +397,11 @@ ABOUT = {
         " b: through ciliary's L7 path (an egress HTTP rule: the datapath redirects to the"
         " node's Envoy, RBAC, access log, upstream as the pod), c: through the same Envoy binary"
         " as a plain reverse proxy in a third pod. Ratio: against c (b's is the target b/c ≥ 0.9;"
-        " latency: lower is better). DNS rows: bench/dnsproxy.py (through the agent's DNS proxy"
-        " vs direct; target p50 added ≤ 1 ms). See bench/l7.py."
+        " latency: lower is better). DNS rows (target p50 added ≤ 1 ms): the client pod's"
+        " queries to DNS servers in the server pod, port 53 through the node agent's DNS proxy"
+        " (a rules: dns rule, the datapath's redirect) vs 5353 direct (in the lab); and"
+        " bench/dnsproxy.py's (the proxy alone behind iptables TPROXY, scratch namespaces)."
+        " See bench/l7.py."
     ),
     "services": (
         "A client pod's connections (connrate: connect, 64 B request/response, close) and"

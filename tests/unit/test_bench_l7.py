@@ -13,25 +13,45 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench import l7, tools
+from bench import dnsproxy, l7, tools
 from bench.l7 import DIRECT, ENVOY, L7, http_rows, lab_file, standalone_envoy
 
 from ciliary.lab.schema import parse_lab_text
 from ciliary.policy.api import parse_policy_text
 
 
-def test_lab_file_redirects_the_l7_port_only() -> None:
+def test_lab_file_redirects_the_l7_and_dns_ports_only() -> None:
     text = lab_file("jl7x", "jl7xa")
     parsed = parse_lab_text(text, "bench.yaml")
     assert sorted(p.name for p in parsed.pods) == ["client-0", "proxy-0", "server-0"]
     (cnp,) = parsed.other_documents
     assert parse_policy_text(text.split("---\n")[1], "bench.yaml")  # a valid CNP
     to_server, to_proxy = cnp.body["spec"]["egress"]
-    l7_port, direct = to_server["toPorts"]
+    l7_port, direct, dns, dns_direct = to_server["toPorts"]
     assert l7_port["ports"] == [{"port": str(l7.L7_PORT), "protocol": "TCP"}]
     assert l7_port["rules"] == {"http": [{"method": "GET", "path": l7.PATH}]}
     assert "rules" not in direct and direct["ports"][0]["port"] == str(l7.DIRECT_PORT)
+    # the DNS rows: 53 through the agent's DNS proxy, 5353 direct, both UDP and TCP
+    assert dns["ports"] == [{"port": str(l7.DNS_PORT), "protocol": "ANY"}]
+    assert dns["rules"] == {"dns": [{"matchPattern": "*.example.com"}]}
+    assert "rules" not in dns_direct
+    assert dns_direct["ports"] == [{"port": str(l7.DNS_DIRECT_PORT), "protocol": "ANY"}]
     assert "rules" not in to_proxy["toPorts"][0]
+
+
+def test_dns_rows_name_where_they_were_measured() -> None:
+    found = {
+        "proxy": {"times": [0.002, 0.0021, 0.0019], "lost": 1},
+        "direct": {"times": [0.001, 0.0011, 0.0009], "lost": 0},
+    }
+    rows = dnsproxy.rows(found, l7.LAB_DNS)
+    assert [r["benchmark"] for r in rows] == [
+        f"DNS query latency p50{l7.LAB_DNS}", f"DNS query latency p99{l7.LAB_DNS}",
+        f"DNS queries/s (one in flight){l7.LAB_DNS}", f"DNS queries lost (1 s timeout){l7.LAB_DNS}",
+    ]  # fmt: skip
+    assert rows[0]["values"] == pytest.approx({"direct": 1.0, "through the DNS proxy": 2.0})
+    assert rows[3]["values"] == {"through the DNS proxy": 1, "direct": 0}
+    assert dnsproxy.added_ms(found) == pytest.approx(1.0)
 
 
 def test_standalone_envoy_is_a_plain_reverse_proxy() -> None:
