@@ -648,7 +648,10 @@ class DNSProxy:
             if self._room is not None:  # the concurrency limit waits: a task per query
                 self._spawn(self._udp_query(sock, wire, source, dest), f"dns-udp-{source[0]}")
             else:
-                self._udp_at_once(sock, wire, source, dest)
+                try:
+                    self._udp_at_once(sock, wire, source, dest)
+                except Exception:  # one query's bug must not cost the batch behind it
+                    log.exception("DNS proxy: query from %s failed", source[0])
 
     def _udp_at_once(
         self, listener: socket.socket, wire: bytes, source: Address, dest: Address
