@@ -234,10 +234,16 @@ struct policy_entry {
 #define ROUTING_MODE_NATIVE 0
 #define ROUTING_MODE_TUNNEL 1
 
+/* dp_config.flags: the node's ip rules route a packet bpf_lxc routes to another node's pod in
+ * the native routing CIDR of the family as the main table alone would (lib/fib.h: the agent
+ * watches the rules, agent/fibdirect.py) */
+#define DP_F_FIB_MAIN_V4 0x1
+#define DP_F_FIB_MAIN_V6 0x2
+
 struct dp_config {
 	__u64 aggregation_interval_ns;
 	__u32 monitor_aggregation;
-	__u16 flags;
+	__u16 flags;            /* DP_F_* */
 	__u16 tunnel_port;      /* ciliary_vxlan's UDP port (host order) in tunnel mode, else 0 (in
 				 * what was flags' upper half: an entry written before reads 0) */
 	__u32 routing_mode;     /* ROUTING_MODE_* */

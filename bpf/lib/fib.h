@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* BPF host routing (as Cilium's fib.h with enable-host-legacy-routing=false): a pod's packet
  * that leaves the node in native routing mode is routed by the program itself, with the node's
- * own FIB (bpf_fib_lookup: its routes, its rules, its neighbours), and handed straight to the
- * egress device, instead of a pass through the node's IP stack (ip_rcv, the forwarding path,
- * netfilter's hooks), which costs a connection of short requests a third of its rate.
+ * own FIB (bpf_fib_lookup: its routes, its rules, its neighbours; the main table alone where
+ * the agent has found the rules cannot change the answer, fib_lookup_flags), and handed
+ * straight to the egress device, instead of a pass through the node's IP stack (ip_rcv, the
+ * forwarding path, netfilter's hooks), which costs a connection of short requests a third of
+ * its rate.
  *
  * Only what the stack would merely forward is taken: a lookup that does not end in "forward
  * through this device" (the node's own address, an unreachable or prohibited destination, a
@@ -15,6 +17,9 @@
 #include "common.h"
 #include "parse.h"
 #include "l3.h"
+#include "config.h"
+#include "natconfig.h"
+#include "ipcache.h"
 
 #define FIB_PASS 1 /* not taken: let the stack route it */
 
@@ -54,11 +59,61 @@ static __always_inline __u16 fib_tot_len(struct __sk_buff *skb, const struct pkt
 	return p->l4_off - p->l3_off + l4_hdr + seg;
 }
 
-/* Route `p` with the node's FIB and redirect it to the egress device, with skb->mark `mark`
- * when that is not 0 (MARK_MAGIC_NO_REVNAT; a packet the stack gets keeps its own). Returns the
- * tc verdict (TC_ACT_REDIRECT), FIB_PASS when the stack must handle it, or -DROP_* on a write
- * error. */
-static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p, __u32 mark)
+/* The flags of the FIB lookup for a packet of `family` to d0..d3 (the address's words as in
+ * the packet): BPF_FIB_LOOKUP_DIRECT (the main table alone, no ip rules: on a lab node the rule
+ * walk, the local table's lookup included, cost cil_from_container a quarter of its time per
+ * packet) when that gives what the full lookup would:
+ *   - the destination is in the native routing CIDR of its family, and the agent has found that
+ *     no ip rule before the main table's can match a lookup there (DP_F_FIB_MAIN_*,
+ *     agent/fibdirect.py: fwmark rules, as the L7 proxy's, never match the mark-0 lookups made
+ *     here; rules whose destination is outside the CIDR, as the lab's API fence, never match;
+ *     rules that look up main give main's answer). The agent checks again on every change of
+ *     the rules, the addresses or the local table, and clears the bit when the answer changes;
+ *   - the ipcache gives it to another node (IPCACHE_F_REMOTE: the node manager writes no
+ *     address of this node so, and this node's own addresses are host entries the longest
+ *     prefix match prefers), so the local table, which the rules consult first, has nothing
+ *     for it.
+ * A destination the main table has no route for is NOT_FWDED either way: the stack routes it,
+ * with every rule. Anything else takes the full lookup (0). A global function, verified once
+ * against its prototype (inlined, its compares multiplied cil_from_container's paths past the
+ * verifier's limit), hence the scalars; its frame is the 32 bytes of the ipcache key and the
+ * config maps' key, which bpf_lxc's call chain has room for (a flag kept in the caller from its
+ * own ipcache lookup would not fit there). */
+__attribute__((noinline)) __u32 fib_lookup_flags(__u32 family, __u32 d0, __u32 d1, __u32 d2,
+						 __u32 d3)
+{
+	struct ipcache_key k = {};
+	__u32 zero = 0;
+
+	k.family = family;
+	k.prefixlen = 32 + (family == AF_INET4 ? 32 : 128);
+	__builtin_memcpy(k.addr, &d0, 4);
+	__builtin_memcpy(k.addr + 4, &d1, 4);
+	__builtin_memcpy(k.addr + 8, &d2, 4);
+	__builtin_memcpy(k.addr + 12, &d3, 4);
+	struct dp_config *dp = bpf_map_lookup_elem(&ciliary_config, &zero);
+	if (!dp || !(dp->flags & (family == AF_INET4 ? DP_F_FIB_MAIN_V4 : DP_F_FIB_MAIN_V6)))
+		return 0;
+	struct nat_config *cfg = bpf_map_lookup_elem(&ciliary_nat_config, &zero);
+	if (!cfg || !native_cidr_contains(cfg, family, k.addr))
+		return 0;
+	struct ipcache_info *info = bpf_map_lookup_elem(&ciliary_ipcache, &k);
+	return info && (info->flags & IPCACHE_F_REMOTE) ? BPF_FIB_LOOKUP_DIRECT : 0;
+}
+
+/* fib_lookup_flags for `p`. */
+static __always_inline __u32 fib_flags(const struct pkt *p)
+{
+	const __u32 *d = (const __u32 *)p->daddr; /* struct pkt keeps it 4-byte aligned */
+	return fib_lookup_flags(p->family, d[0], d[1], d[2], d[3]);
+}
+
+/* Route `p` with the node's FIB (`flags`: fib_lookup_flags, or 0 for the full lookup) and
+ * redirect it to the egress device, with skb->mark `mark` when that is not 0
+ * (MARK_MAGIC_NO_REVNAT; a packet the stack gets keeps its own). Returns the tc verdict
+ * (TC_ACT_REDIRECT), FIB_PASS when the stack must handle it, or -DROP_* on a write error. */
+static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p, __u32 mark,
+					__u32 flags)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
@@ -79,7 +134,7 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct pkt *p, __
 		__builtin_memcpy(fib.ipv6_src, p->saddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, p->daddr, 16);
 	}
-	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), flags);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return FIB_PASS;
 	int ret = l3_dec_ttl(skb, p);

@@ -23,6 +23,7 @@
 #define __CILIARY_NAT_H
 #include "common.h"
 #include "parse.h"
+#include "natconfig.h"
 #include "endpoints.h"
 #include "ipcache.h"
 #include "conntrack.h"
@@ -57,27 +58,6 @@ struct nat_entry {
 	__u32 pad2;
 };
 
-#define NAT_F_IPV4 0x1        /* masquerade IPv4 (node_ipv4 set) */
-#define NAT_F_IPV6 0x2
-#define NAT_F_NATIVE_V4 0x4   /* native_cidr_v4/native_plen_v4 valid */
-#define NAT_F_NATIVE_V6 0x8
-#define NAT_F_NODE_V4 0x10    /* node_ipv4 is the node's address for NodePort SNAT */
-#define NAT_F_NODE_V6 0x20
-
-/* ciliary_nat_config[0], written whole by the agent; zero (unwritten) = masquerade nothing.
- * The node addresses are also the source NodePort traffic forwarded to another node's backend
- * is given (NAT_F_NODE_V4/V6, set whether or not the family is masqueraded). */
-struct nat_config {
-	__u8 node_ipv4[4];
-	__u8 native_cidr_v4[4];
-	__u8 node_ipv6[16];
-	__u8 native_cidr_v6[16];
-	__u8 native_plen_v4;
-	__u8 native_plen_v6;
-	__u8 flags;         /* NAT_F_* */
-	__u8 pad;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct nat_key);
@@ -94,38 +74,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_snat_v6_external SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct nat_config);
-	__uint(max_entries, 1);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ciliary_nat_config SEC(".maps");
-
-static __always_inline struct nat_config *nat_config_get(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&ciliary_nat_config, &zero);
-}
-
 static __always_inline void *nat_map(__u8 family)
 {
 	return family == AF_INET4 ? (void *)&ciliary_snat_v4_external
 				  : (void *)&ciliary_snat_v6_external;
-}
-
-static __always_inline int prefix_contains(const __u8 *net, __u8 plen, const __u8 *addr)
-{
-	for (int i = 0; i < 16; i++) {
-		if (plen == 0)
-			return 1;
-		__u8 bits = plen >= 8 ? 8 : plen;
-		__u8 mask = (__u8)(0xff << (8 - bits));
-		if ((net[i] & mask) != (addr[i] & mask))
-			return 0;
-		plen -= bits;
-	}
-	return 1;
 }
 
 /* The node address of the packet's family, NULL when that family is not masqueraded. */
@@ -155,14 +107,8 @@ static __always_inline int ct_is_reply(const struct pkt *p)
 
 static __always_inline int snat_needs_masquerade(const struct pkt *p, const struct nat_config *cfg)
 {
-	if (p->family == AF_INET4) {
-		if ((cfg->flags & NAT_F_NATIVE_V4) &&
-		    prefix_contains(cfg->native_cidr_v4, cfg->native_plen_v4, p->daddr))
-			return 0;
-	} else if ((cfg->flags & NAT_F_NATIVE_V6) &&
-		   prefix_contains(cfg->native_cidr_v6, cfg->native_plen_v6, p->daddr)) {
+	if (native_cidr_contains(cfg, p->family, p->daddr))
 		return 0;
-	}
 	if (!lookup_endpoint(p->saddr, p->family))
 		return 0;
 	struct ipcache_info *info = ipcache_lookup(p->daddr, p->family);

@@ -13,6 +13,8 @@ from ciliary.datapath.libbpf import BPF_ANY, Map
 from ciliary.datapath.maps.endpoints import check_map_layout
 
 __all__ = [
+    "DP_F_FIB_MAIN_V4",
+    "DP_F_FIB_MAIN_V6",
     "MONITOR_AGG_MEDIUM",
     "MONITOR_AGG_NONE",
     "ROUTING_MODE_NATIVE",
@@ -29,6 +31,13 @@ ROUTING_MODE_NATIVE = 0
 ROUTING_MODE_TUNNEL = 1
 """bpf_lxc encapsulates traffic for prefixes with an ipcache tunnel endpoint into the device
 ``tunnel_ifindex``."""
+
+DP_F_FIB_MAIN_V4 = 0x1
+"""``flags``: the node's ip rules route IPv4 packets to other nodes' pods in the native routing CIDR
+as the main table alone does, so bpf_lxc may look their route up there directly (bpf/lib/fib.h;
+kept current by agent/fibdirect.py)."""
+DP_F_FIB_MAIN_V6 = 0x2
+"""The same for IPv6."""
 
 _KEY = bytes(ctypes.sizeof(ctypes.c_uint32))  # index 0
 
@@ -91,6 +100,16 @@ class ConfigMap:
             tunnel_ifindex=tunnel_ifindex,
             tunnel_port=tunnel_port,
         )
+        self.map.update(_KEY, bytes(value), BPF_ANY)
+
+    def set_flags(self, flags: int) -> None:
+        """Replaces the entry's ``flags`` (DP_F_*), the rest as it is: one writer (the agent's
+        loop), so the read and the write see no other change in between."""
+        if not 0 <= flags <= 0xFFFF:
+            raise ValueError(f"flags {flags:#x} do not fit the entry's 16 bits")
+        raw = self.map.lookup(_KEY)
+        value = DPConfigC.from_buffer_copy(raw) if raw is not None else DPConfigC()
+        value.flags = flags
         self.map.update(_KEY, bytes(value), BPF_ANY)
 
     def get(self) -> DPConfig:
