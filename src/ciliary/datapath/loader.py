@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +155,17 @@ class NodeDatapath:
             self._maps["ciliary_policy"], self.pin_dir, PolicyRevision(self._maps[REVISION_MAP])
         )
         self.lb = LBMaps(self._maps)
+
+    def load_in_background(self) -> Future[None]:
+        """:meth:`load` in a thread of its own, started now; the future is its outcome. The
+        verifier's seconds pass without the GIL, so an agent starts its load first and imports
+        its modules, builds its components and waits for its pod CIDRs meanwhile; nothing may
+        use the datapath before the future is done."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpf-load-node")
+        try:
+            return pool.submit(self.load)
+        finally:
+            pool.shutdown(wait=False)
 
     @property
     def programs(self) -> list[str]:

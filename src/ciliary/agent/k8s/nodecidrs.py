@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
+from ciliary.agent.config import AgentConfig
 from ciliary.agent.k8s.ciliumendpoints import CILIUM_NODES, cilium_node
 from ciliary.kube.client import ApiError, KubeClient, KubeObject
 from ciliary.kube.informer import HandlerFuncs, Informer
@@ -86,6 +88,17 @@ def wait_for_pod_cidrs_blocking(
             await asyncio.sleep(0.25)  # closed TLS transports finish closing before the loop ends
 
     return asyncio.run(body())
+
+
+def with_allocated_ranges(cfg: AgentConfig) -> AgentConfig:
+    """``cfg`` with the node's pod CIDRs as its ranges when the operator allocates them
+    (cluster-pool v2: no ``--ipv4-range``/``--ipv6-range``; the agent's main checked there is an
+    API), once allocated (``wait_for_pod_cidrs_blocking``); else ``cfg`` itself."""
+    if cfg.ipam_mode != "cluster-pool" or cfg.ipv4_range is not None or cfg.ipv6_range is not None:
+        return cfg
+    cidrs = wait_for_pod_cidrs_blocking(cfg.kubeconfig, cfg.node, cfg.node_labels)
+    v4, v6 = by_family(cfg.node, cidrs)
+    return dataclasses.replace(cfg, ipv4_range=v4, ipv6_range=v6)
 
 
 def by_family(node: str, cidrs: list[str]) -> tuple[IPv4Network | None, IPv6Network | None]:
