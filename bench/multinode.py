@@ -102,12 +102,13 @@ def _up(ns: str, *devs: str) -> None:
 
 
 @contextlib.contextmanager
-def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
-    """Setup a (``vxlan`` False) or d: the underlay, two nodes, a pod behind each."""
+def underlay_nodes(mtu: int) -> Iterator[tuple[list[str], list[str]]]:
+    """The kernel setups' namespaces: the underlay (``br0``), two nodes on it (``eth0``,
+    forwarding on) and a pod behind each (its ``eth0`` to the node's ``lxc0``, pod MTU ``mtu``,
+    default route via the node); yields (nodes, pods), removed on exit."""
     t = tag()
     under = f"{t}-u"
     nodes, pods = [f"{t}-n1", f"{t}-n2"], [f"{t}-p1", f"{t}-p2"]
-    mtu = str(VXLAN_MTU if vxlan else 1500)
     with scratch_netns([under, *nodes, *pods]):
         sh("ip", "link", "add", "br0", "type", "bridge", ns=under)
         _up(under, "br0")
@@ -118,13 +119,20 @@ def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
             sh("ip", "addr", "add", f"{UNDERLAY}.{i + 1}/24", "dev", "eth0", ns=node)
             _veth(pod, "eth0", node, "lxc0")
             for ns, dev in ((pod, "eth0"), (node, "lxc0")):
-                sh("ip", "link", "set", dev, "mtu", mtu, ns=ns)
+                sh("ip", "link", "set", dev, "mtu", str(mtu), ns=ns)
             sh("ip", "addr", "add", f"10.0.{i}.10/24", "dev", "eth0", ns=pod)
             sh("ip", "addr", "add", f"10.0.{i}.1/24", "dev", "lxc0", ns=node)
             _up(pod, "eth0")
             _up(node, "eth0", "lxc0")
             sh("ip", "route", "add", "default", "via", f"10.0.{i}.1", ns=pod)
             sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=node)
+        yield nodes, pods
+
+
+@contextlib.contextmanager
+def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
+    """Setup a (``vxlan`` False) or d: the underlay, two nodes, a pod behind each."""
+    with underlay_nodes(VXLAN_MTU if vxlan else 1500) as (nodes, pods):
         for i, node in enumerate(nodes, start=1):
             j = 3 - i  # the other node
             if vxlan:
