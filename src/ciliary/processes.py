@@ -56,11 +56,14 @@ def alive(pid: int | None, started: int | None) -> bool:
     now = start_time(pid)
     if now is None or (started is not None and now != started):
         return False
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            return False
-    return True
+    return not zombie(pid)
+
+
+def zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and waits to be reaped (its /proc state is Z)."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return False
 
 
 def reap(pid: int) -> None:

@@ -444,7 +444,7 @@ class Kubelet:
             if crec.pid is None or process.alive(crec.pid, crec.pid_start_time):
                 continue
             if crec.restart_at is None:  # just ended
-                crec.last_exit_code = process.exit_status(crec.pid)
+                crec.last_exit_code = process.exit_status(crec.pid, process.ENDING_WAIT)
                 changed = True
                 if _restarts(prec.restart_policy, crec.last_exit_code):
                     crec.restart_at = now + _backoff(crec.restarts, rec.max_restart_period_s)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 # One home for "a process known by pid and start time" and for stopping it (the control plane's
 # etcd and API server use it too): re-exported here, the lab's own name for it.
-from ciliary.processes import age, alive, start_time, stop, stop_all
+from ciliary.processes import age, alive, start_time, stop, stop_all, zombie
 
 __all__ = [
+    "ENDING_WAIT",
     "FORWARDED_SIGNALS",
     "GROUP_GRACE",
     "age",
@@ -30,6 +31,7 @@ __all__ = [
     "stop_group",
     "venv_bin",
     "wait_exec",
+    "zombie",
 ]
 
 
@@ -104,15 +106,30 @@ def _runs(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
     )
 
 
-def exit_status(pid: int) -> int | None:
+ENDING_WAIT = 2.0
+"""Seconds :func:`exit_status` waits for a child that shows as a zombie but cannot be reaped
+yet: a killed multi-threaded process's main thread is a zombie in /proc while its other threads
+still exit (and the last one closes its descriptors: an agent's BPF programs and maps), and
+wait() takes the group only after them. Asked at once, its status read as unknown (seen:
+test_lab_supervisor's SIGKILLed agent, "exited (status unknown)", 2 runs of 9)."""
+
+
+def exit_status(pid: int, wait: float = 0.0) -> int | None:
     """The exit code of our child ``pid`` if it has ended (it is reaped), else None; a signal
-    that killed it is 128 + its number, as a shell reports it."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    if done == 0:
-        return None
+    that killed it is 128 + its number, as a shell reports it. ``wait``: seconds to wait for
+    one that has ended but cannot be reaped yet (see ``ENDING_WAIT``); one that runs is never
+    waited for."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done != 0:
+            break
+        if time.monotonic() >= deadline or not zombie(pid):
+            return None
+        time.sleep(0.01)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
 

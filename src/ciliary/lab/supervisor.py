@@ -139,7 +139,7 @@ class Supervisor:
                 log.info("node %s: agent stopped and held down", nrec.name)
             return
         if backoff.restart_at is None:
-            how = describe_exit(process.exit_status(nrec.agent_pid))
+            how = describe_exit(process.exit_status(nrec.agent_pid, process.ENDING_WAIT))
             wait = backoff.exited(now)
             pid = nrec.agent_pid
             log.warning("node %s: agent %s %s; restart in %.0fs", nrec.name, pid, how, wait)
@@ -165,7 +165,7 @@ class Supervisor:
             now = time.monotonic()
             if backoff.restart_at is None:
                 pid = cp.etcd.pid if part == "etcd" else cp.apiserver_pid
-                how = describe_exit(process.exit_status(pid))
+                how = describe_exit(process.exit_status(pid, process.ENDING_WAIT))
                 wait = backoff.exited(now)
                 log.warning("control plane: %s %s %s; restart in %.0fs", part, pid, how, wait)
 
@@ -197,7 +197,7 @@ class Supervisor:
         if prec.pid is not None and process.alive(prec.pid, prec.start_time):
             return
         if prec.pid is not None and backoff.restart_at is None:
-            how = describe_exit(process.exit_status(prec.pid))
+            how = describe_exit(process.exit_status(prec.pid, process.ENDING_WAIT))
             wait = backoff.exited(now)
             log.warning("%s: %s %s; restart in %.0fs", name, prec.pid, how, wait)
 
