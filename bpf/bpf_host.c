@@ -69,13 +69,15 @@ static __attribute__((noinline)) int to_netdev_masq(struct __sk_buff *skb, struc
  * VXLAN packet (lib/encap.h's mark) is left alone unparsed: it is from the node's address to
  * another node's, neither a pod's packet to masquerade or rev-NAT nor a proxy's. A pod's packet
  * bpf_lxc routed here with lib/fib.h's MARK_MAGIC_NO_REVNAT has no service translation to
- * reverse (its conntrack entry said so) and is no proxy's: only the masquerade may apply. */
+ * reverse (its conntrack entry said so) and is no proxy's: only the masquerade may apply; with
+ * MARK_MAGIC_NATIVE_PLAIN its destination is in the native routing CIDR besides, never
+ * masqueraded: left alone unparsed. */
 SEC("tc")
 int cil_to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	__u32 host_mark = skb->mark & MARK_MAGIC_HOST_MASK;
-	if (host_mark == MARK_MAGIC_OVERLAY)
+	if (host_mark == MARK_MAGIC_OVERLAY || host_mark == MARK_MAGIC_NATIVE_PLAIN)
 		return TC_ACT_OK;
 	if (!nat_config_get() || parse_packet(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;

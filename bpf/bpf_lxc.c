@@ -222,7 +222,9 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	if (!via_stack && routing_mode() == ROUTING_MODE_NATIVE) {
 		/* marked when no service translation is to be reversed on the way out (lib/fib.h) */
 		int plain = ct.entry && !ct.entry->rev_nat_index && ct.state != CT_RELATED;
-		ret = fib_redirect(skb, p, plain ? MARK_MAGIC_NO_REVNAT : 0, fib_flags(p));
+		__u32 fl = fib_flags(p);
+		ret = fib_redirect(skb, p,
+				   plain ? (fl ? MARK_MAGIC_NATIVE_PLAIN : MARK_MAGIC_NO_REVNAT) : 0, fl);
 		if (ret < 0)
 			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_NETWORK);
 		if (ret != FIB_PASS) {

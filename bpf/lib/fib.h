@@ -31,6 +31,10 @@
  * redirect no rule is consulted anyway); the veth into the lab network clears it with the
  * netns crossing, as MARK_MAGIC_OVERLAY. */
 #define MARK_MAGIC_NO_REVNAT 0x0300
+/* MARK_MAGIC_NO_REVNAT's, for a packet whose route was looked up in the main table alone
+ * (fib_lookup_flags): its destination is in the native routing CIDR, which lib/nat.h never
+ * masquerades, so cil_to_netdev has nothing to do with it at all. */
+#define MARK_MAGIC_NATIVE_PLAIN 0x0500
 
 /* The length the FIB's MTU check compares with the route's: the packet's from its network
  * header, or a GSO packet's largest segment's (the network and transport headers and gso_size),
