@@ -23,6 +23,10 @@ quiescing as the one-node ``datapath`` group).
   d  kernel VXLAN     a's namespaces with each node's pod traffic through a plain Linux vxlan
                       device (id 1, the other node as remote, UDP 8472) and a route over it; pod
                       MTU 1450 as ciliary's in tunnel mode.
+After the rounds, a and c also alternate connection by connection in one ``connrate -a``
+process per round (``datapath.alternating_connections``, the ``datapath`` group's): c/a's
+connection rate with whatever load the machine has falling on both alike (the interleaved
+rounds' c/a moved by 0.1-0.4 between runs under load), in the results as ``crr-alternating``.
 Each setup's path is checked once built: a short connrate run must leave through the device the
 setup is about (node 1's ``eth0`` for a and c, its vxlan device for b and d), by its counters.
 A ciliary setup that cannot be built or does not pass (a lab feature not there yet) is reported
@@ -147,7 +151,7 @@ def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
             sh("ip", "route", "add", f"10.0.{j}.0/24", *via, ns=node)
         with tools.servers(pods[1], connrate):
             name = VXLAN if vxlan else BARE
-            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10")
+            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10", netns=pods[0])
             _check_path(target, connrate, nodes[0], "vxlan0" if vxlan else "eth0")
             yield [target]
 
@@ -185,7 +189,7 @@ def ciliary_nodes(connrate: Path, name: str) -> Iterator[tuple[list[Target], lis
             agent = {n.name: n.agent_pid for n in rec.nodes}
             other = tuple(p for p in [agent[server.node]] if p)
             target = Target(name, name, None, tools.enter(client.netns), server.ipv4,
-                            agent[client.node], other)  # fmt: skip
+                            agent[client.node], other, netns=client.netns)  # fmt: skip
             if name == TUNNEL:
                 _check_path(target, connrate, node_ns[client.node], VXLAN_DEVICE)
             else:
@@ -227,6 +231,17 @@ def run(
         samples, agent_cpu = datapath.interleave(
             targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log, group=GROUP
         )
+        native = next((t for t in targets if t.name == NATIVE), None)
+        alternating = None
+        if native is not None:  # c/a's connection rate with load changes falling on both alike
+            pair = (targets[0], native)
+            rates = datapath.alternating_connections(
+                connrate, pair, rounds=rounds, seconds=seconds, agents=agents, log=log
+            )
+            alternating = {
+                **datapath.alternating_result(pair, rates, seconds=seconds),
+                "group": GROUP,
+            }
     results = datapath.results_of(
         targets, metrics, samples, rounds=rounds, seconds=seconds, group=GROUP
     )
@@ -237,6 +252,8 @@ def run(
             for r, s in RATIOS.items()
         }
         res["unavailable"] = unavailable
+    if alternating is not None:
+        results.append(alternating)
     results.append(datapath.agent_cpu_result(agent_cpu, "both nodes' agents'", GROUP))
     for name, reason in unavailable.items():
         log(f"{GROUP}: {name} not available: {reason}")
