@@ -83,6 +83,7 @@ __all__ = [
     "num_possible_cpus",
     "obj_pin",
     "prog_from_pin",
+    "prog_map_ids",
     "ring_records",
     "struct_layout",
     "tc_attach",
@@ -923,6 +924,46 @@ def link_netns_ino(link_fd: int) -> int | None:
 def prog_from_pin(path: os.PathLike[str] | str) -> int:
     """A new fd (owned by the caller) for the program pinned at ``path``."""
     return _check(int(_C.bpf_obj_get(os.fsencode(path))), "bpf_obj_get", str(path))
+
+
+class _BpfProgInfoHead(ctypes.Structure):
+    """``struct bpf_prog_info`` (linux/bpf.h) up to its name; the kernel fills up to the size
+    we pass, and copies up to ``nr_map_ids`` ids to ``map_ids``, setting ``nr_map_ids`` to how
+    many the program uses."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+def prog_map_ids(prog_fd: int) -> list[int]:
+    """The ids of the maps program ``prog_fd`` uses (``bpf_prog_info.map_ids``)."""
+    kind = os.readlink(f"/proc/self/fd/{prog_fd}")
+    if kind != "anon_inode:bpf-prog":
+        raise bpf_error(_errno.EINVAL, "bpf_obj_get_info_by_fd", f"fd {prog_fd} is {kind}")
+    room = 64
+    while True:
+        ids = (ctypes.c_uint32 * room)()
+        raw = _BpfProgInfoHead(nr_map_ids=room, map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(raw))
+        _check(
+            int(_C.bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(raw), ctypes.byref(size))),
+            "bpf_obj_get_info_by_fd",
+        )
+        if raw.nr_map_ids <= room:
+            return [int(i) for i in ids[: raw.nr_map_ids]]
+        room = int(raw.nr_map_ids)
 
 
 def pin_link(

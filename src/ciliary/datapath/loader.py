@@ -12,13 +12,24 @@ node whichever program saw a packet; the NAT maps are pinned too, and so are the
 
 Restart contract: maps are opened through their pins (libbpf reuses a pinned map of the same
 shape), so a restarted agent sees the conntrack, endpoint and ipcache state the datapath kept
-using while it was down. Re-attaching the freshly loaded programs replaces the old ones
-atomically (``BPF_TC_F_REPLACE``): traffic never passes through an unattached device.
+using while it was down. Re-attaching the programs replaces the old ones atomically
+(``BPF_TC_F_REPLACE``): traffic never passes through an unattached device.
+
+A restarted agent takes the pinned programs again instead of loading them anew (each load is
+seconds of the verifier, ~2.7 s of CPU per node here) only when they are the programs a load
+would give: the pins were made from objects of the same content (their SHA-256, recorded as
+the name of an empty directory in the pin directory, ``programs-<digest>``, made after the
+programs were pinned and removed before a load replaces them) and every map each pinned
+program uses is one of the maps this load holds (``bpf_prog_info.map_ids``; the objects have
+no other data than their pinned maps, so a program is its instructions and its maps). Anything
+else (other objects, a map made anew, a pin missing) loads the programs as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ciliary.datapath import sklookup, socketlb
-from ciliary.datapath.libbpf import BPFObject, Map, tc_attach, tc_detach, tc_query
+from ciliary.datapath.libbpf import (
+    BPFError,
+    BPFObject,
+    Map,
+    prog_from_pin,
+    prog_map_ids,
+    tc_attach,
+    tc_detach,
+    tc_query,
+)
 from ciliary.datapath.linux import bpffs
 from ciliary.datapath.maps.config import ConfigMap
 from ciliary.datapath.maps.conntrack import CTMap
@@ -48,6 +68,11 @@ FROM_NETDEV = "cil_from_netdev"
 FROM_HOST = "cil_from_host"
 HOST_OBJECT = "bpf_host.o"
 EVENTS_MAP = "ciliary_events"
+log = logging.getLogger("ciliary.datapath.loader")
+
+PROGRAMS_MARKER = "programs-"
+"""The pin directory's ``programs-<digest>``: its programs were pinned from objects of this
+content (see the module's docstring)."""
 
 
 def default_object_dir() -> Path:
@@ -81,6 +106,11 @@ class NodeDatapath:
         self._overlay: BPFObject | None = None
         self._host: BPFObject | None = None
         self._maps: dict[str, Map] = {}
+        self._prog_fds: dict[str, int] = {}
+        """program → fd: borrowed from the objects after a load, owned when taken from pins"""
+        self._owned_prog_fds: list[int] = []
+        self.reused_programs = False
+        """Whether the last load took the pinned programs instead of loading them."""
 
     def _open(self, path: Path) -> BPFObject:
         sizes = {"ciliary_ct": self._ct_max}
@@ -121,26 +151,46 @@ class NodeDatapath:
                 )
         bpffs.ensure_mounted()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
+        paths = (self.overlay_object_path, self.object_path, self.host_object_path)
+        marker = self.pin_dir / (PROGRAMS_MARKER + _digest(paths))
         opened: list[BPFObject] = []
         try:
-            for path in (self.overlay_object_path, self.object_path, self.host_object_path):
-                opened.append(self._open(path))
+            opened = [self._open(path) for path in paths]
             overlay, obj, host = opened
-            # bpf_overlay.o declares every shared map: its load makes their pins, then bpf_lxc.o
-            # and bpf_host.o load together
-            self._load_all([overlay, obj, host], programs)
-            if programs:
-                for prog in (FROM_CONTAINER, TO_CONTAINER):
-                    obj.pin_program(prog, self.pin_dir / prog)
-                overlay.pin_program(FROM_OVERLAY, self.pin_dir / FROM_OVERLAY)
-                for prog in (TO_NETDEV, FROM_NETDEV, FROM_HOST):
-                    host.pin_program(prog, self.pin_dir / prog)
+            self.reused_programs = False
+            if programs and marker.is_dir():
+                self.reused_programs = self._take_pinned(opened)
+                log.info(
+                    "datapath: %s",
+                    "the pinned programs taken (same objects, same maps)"
+                    if self.reused_programs
+                    else "the pinned programs not taken (a map made anew, a pin gone): loading",
+                )
+                if not self.reused_programs:  # their maps-only loads: open them afresh
+                    for o in opened:
+                        o.close()
+                    opened = [self._open(path) for path in paths]
+                    overlay, obj, host = opened
+            if programs and not self.reused_programs:
+                for old in self.pin_dir.glob(PROGRAMS_MARKER + "*"):
+                    old.rmdir()  # before the pins change: a load cut short leaves none
+                # bpf_overlay.o declares every shared map: its load makes their pins, then
+                # bpf_lxc.o and bpf_host.o load together
+                self._load_all([overlay, obj, host])
+                for o, names in zip(opened, _PROGRAMS, strict=True):
+                    for prog in names:
+                        o.pin_program(prog, self.pin_dir / prog)
+                        self._prog_fds[prog] = o.program_fd(prog)
+                marker.mkdir()
+            elif not programs:
+                self._load_all([overlay, obj, host], programs=False)
             self._maps = {name: obj.map(name) for name in obj.map_names()}
             for name in (NAT_CONFIG_MAP, *NAT_MAPS.values()):
                 self._maps[name] = host.map(name)
         except BaseException:
             for o in opened:
                 o.close()
+            self._close_programs()
             raise
         self._obj = obj
         self._overlay = overlay
@@ -155,6 +205,39 @@ class NodeDatapath:
             self._maps["ciliary_policy"], self.pin_dir, PolicyRevision(self._maps[REVISION_MAP])
         )
         self.lb = LBMaps(self._maps)
+
+    def _take_pinned(self, opened: list[BPFObject]) -> bool:
+        """The maps loaded (only) and the pinned programs taken, if each uses only maps these
+        objects hold now; False (nothing taken) otherwise."""
+        try:
+            self._load_all(opened, programs=False)
+            for o, names in zip(opened, _PROGRAMS, strict=True):
+                held = set()
+                for name in o.map_names():
+                    with o.map(name) as m:
+                        held.add(m.info.id)
+                for prog in names:
+                    fd = prog_from_pin(self.pin_dir / prog)
+                    self._owned_prog_fds.append(fd)
+                    self._prog_fds[prog] = fd
+                    if not set(prog_map_ids(fd)) <= held:
+                        raise LookupError(f"pinned {prog} uses maps no longer pinned")
+        except (BPFError, OSError, LookupError):
+            self._close_programs()
+            return False
+        return True
+
+    def _close_programs(self) -> None:
+        for fd in self._owned_prog_fds:
+            os.close(fd)
+        self._owned_prog_fds = []
+        self._prog_fds = {}
+
+    def _program_fd(self, name: str) -> int:
+        fd = self._prog_fds.get(name)
+        if fd is None:
+            raise RuntimeError("datapath not loaded")
+        return fd
 
     def load_in_background(self) -> Future[None]:
         """:meth:`load` in a thread of its own, started now; the future is its outcome. The
@@ -175,16 +258,10 @@ class NodeDatapath:
     def events_map(self) -> Map:
         return self._maps[EVENTS_MAP]
 
-    def _obj_or_fail(self) -> BPFObject:
-        if self._obj is None:
-            raise RuntimeError("datapath not loaded")
-        return self._obj
-
     def attach(self, ifindex: int) -> None:
         """Attach both endpoint programs to an lxc device (replacing what is there)."""
-        obj = self._obj_or_fail()
-        tc_attach(ifindex, obj.program_fd(FROM_CONTAINER), "ingress")
-        tc_attach(ifindex, obj.program_fd(TO_CONTAINER), "egress")
+        tc_attach(ifindex, self._program_fd(FROM_CONTAINER), "ingress")
+        tc_attach(ifindex, self._program_fd(TO_CONTAINER), "egress")
 
     def detach(self, ifindex: int) -> None:
         tc_detach(ifindex, "ingress")
@@ -195,9 +272,7 @@ class NodeDatapath:
 
     def attach_overlay(self, ifindex: int) -> None:
         """Attach cil_from_overlay to the tunnel device's ingress (replacing what is there)."""
-        if self._overlay is None:
-            raise RuntimeError("datapath not loaded")
-        tc_attach(ifindex, self._overlay.program_fd(FROM_OVERLAY), "ingress")
+        tc_attach(ifindex, self._program_fd(FROM_OVERLAY), "ingress")
 
     def overlay_attached(self, ifindex: int) -> bool:
         return tc_query(ifindex, "ingress") is not None
@@ -207,17 +282,13 @@ class NodeDatapath:
         delivery of packets from the network to local endpoints), egress first: a reply can only
         need cil_from_netdev once cil_to_netdev translated its request. Each replaces what is
         there atomically."""
-        if self._host is None:
-            raise RuntimeError("datapath not loaded")
-        tc_attach(ifindex, self._host.program_fd(TO_NETDEV), "egress")
-        tc_attach(ifindex, self._host.program_fd(FROM_NETDEV), "ingress")
+        tc_attach(ifindex, self._program_fd(TO_NETDEV), "egress")
+        tc_attach(ifindex, self._program_fd(FROM_NETDEV), "ingress")
 
     def attach_from_host(self, ifindex: int) -> None:
         """Attach cil_from_host to ``ciliary_host``'s egress (tunnel mode; replacing what is
         there): the node's packets routed to remote pods are tunnelled there."""
-        if self._host is None:
-            raise RuntimeError("datapath not loaded")
-        tc_attach(ifindex, self._host.program_fd(FROM_HOST), "egress")
+        tc_attach(ifindex, self._program_fd(FROM_HOST), "egress")
 
     def detach_from_host(self, ifindex: int) -> None:
         tc_detach(ifindex, "egress")
@@ -284,10 +355,23 @@ class NodeDatapath:
         for m in self._maps.values():
             m.close()
         self._maps = {}
+        self._close_programs()
         for obj in (self._obj, self._overlay, self._host):
             if obj is not None:
                 obj.close()
         self._obj = self._overlay = self._host = None
+
+
+_PROGRAMS = ((FROM_OVERLAY,), (FROM_CONTAINER, TO_CONTAINER), (TO_NETDEV, FROM_NETDEV, FROM_HOST))
+"""The programs of bpf_overlay.o, bpf_lxc.o and bpf_host.o, in the order ``load`` opens them."""
+
+
+def _digest(paths: tuple[Path, ...]) -> str:
+    """SHA-256 of the objects' contents, in order (the first 16 hex digits)."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def remove_pins(pin_dir: Path) -> None:
