@@ -203,17 +203,13 @@ def lab(
 @contextlib.contextmanager
 def kube_lab(path: Path, name: str, nodes: list[str]) -> Iterator[str]:
     """``lab up`` of the lab file at ``path`` (lab ``name`` with ``nodes``), yielding its admin
-    kubeconfig (as ``ciliary lab kubeconfig`` prints it) for tests.kubectl; afterwards ``lab
-    down`` and the proof that nothing of it is left, also when the test failed."""
+    kubeconfig (``manager.kubeconfig``, what ``ciliary lab kubeconfig`` prints: the command
+    itself is tested in test_lab_kubectl, test_policy_world and test_hubble_agent; here it was a
+    second's Python start per lab) for tests.kubectl; afterwards ``lab down`` and the proof that
+    nothing of it is left, also when the test failed."""
     try:
         manager.up(path)
-        kubeconfig = subprocess.run(
-            [CILIARY, "lab", "kubeconfig", "--name", name],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        yield kubeconfig
+        yield str(manager.kubeconfig(name))
     finally:
         if name in manager.list_labs():
             manager.down(name)
