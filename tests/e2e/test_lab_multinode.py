@@ -28,11 +28,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ciliary.core.models import ClusterHealth, StatusResponse
+from ciliary.datapath.libbpf import Map
+from ciliary.datapath.maps.config import DP_F_FIB_MAIN_V4, DP_F_FIB_MAIN_V6, ConfigMap
 from ciliary.lab import manager
 from tests.e2e.conftest import CILIARY, kube_lab, unique
 from tests.kubectl import get_json, kubectl, wait_for
@@ -46,7 +49,7 @@ metadata: {{name: {lab}}}
 spec:
   routingMode: {mode}
   autoDirectNodeRoutes: {direct}
-  healthCheckInterval: 1
+{native}  healthCheckInterval: 1
   nodes:
   - name: {n1}
   - name: {n2}
@@ -80,6 +83,13 @@ spec:
     command: [ciliary, workload, echo-server, --tcp-port, "7", --udp-port, "7"]
   - name: web
     command: [ciliary, workload, http-server, --port, "80"]
+"""
+
+# native routing with the pod pools as the native routing CIDRs (as upstream asks of native
+# routing with masquerade): what lets bpf_lxc route in the main table alone (lib/fib.h)
+NATIVE_CIDRS = """\
+  ipv4NativeRoutingCIDR: 10.200.0.0/16
+  ipv6NativeRoutingCIDR: fd00:10:200::/104
 """
 
 ONLY_CLIENT = """\
@@ -140,7 +150,10 @@ def lab(
     name, nodes = unique("mn"), [unique("n") for _ in range(3)]
     path = tmp_path_factory.mktemp("multinode") / "lab.yaml"
     direct = str(mode == "native").lower()
-    text = LAB.format(lab=name, mode=mode, direct=direct, n1=nodes[0], n2=nodes[1], n3=nodes[2])
+    native = NATIVE_CIDRS if mode == "native" else ""
+    text = LAB.format(
+        lab=name, mode=mode, direct=direct, native=native, n1=nodes[0], n2=nodes[1], n3=nodes[2]
+    )
     path.write_text(text)
     with kube_lab(path, name, nodes) as kubeconfig:
         yield MultiLab(name, mode, nodes, kubeconfig)
@@ -371,6 +384,47 @@ def test_bulk_tcp_leaves_the_node_by_bpf_not_by_its_stack(lab: MultiLab, family:
     assert res.stdout.strip() == str(size), res.stderr
     # 8 MB is thousands of MTU-sized segments and at least 128 GSO packets of <= 64 KB
     assert forwarded < 20, f"node 1's stack forwarded {forwarded} of the transfer's packets"
+
+
+def _fib_main_flags(lab: MultiLab, node: str) -> int:
+    """The DP_F_FIB_MAIN_* bits of ``node``'s ciliary_config (agent/fibdirect.py)."""
+    nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
+    bpf_map = Map.from_pin(Path(nrec.pin_dir) / "ciliary_config")
+    try:
+        return ConfigMap(bpf_map).get().flags & (DP_F_FIB_MAIN_V4 | DP_F_FIB_MAIN_V6)
+    finally:
+        bpf_map.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_rule_added_on_the_node_applies_to_its_pods_traffic(lab: MultiLab, family: int) -> None:
+    """In native routing bpf_lxc looks a remote pod's route up in the main table alone while
+    the node's ip rules cannot change it (lib/fib.h, agent/fibdirect.py); a rule added later that
+    prohibits the server's address on the client's node applies to the client's packets at once
+    (the agent sees it and goes back to the full lookup), and when it is gone the direct lookup
+    comes back. In tunnel mode the packets are encapsulated, no route is looked up for them: the
+    rule changes nothing."""
+    _serving(lab, family)
+    bit = DP_F_FIB_MAIN_V4 if family == 4 else DP_F_FIB_MAIN_V6
+    server = lab.ip("shop/server", family)
+    node = next(n for n in manager.record(lab.name).nodes if n.name == lab.nodes[0])
+    echo = ["ciliary", "workload", "tcp-echo", server, "7", "--count", "1"]
+    rule = ["ip", f"-{family}", "-n", node.netns, "rule"]
+    prefix = f"{server}/{32 if family == 4 else 128}"
+    native = lab.mode == "native"
+    assert bool(_fib_main_flags(lab, node.name) & bit) == native
+    subprocess.run([*rule, "add", "pref", "50", "to", prefix, "prohibit"], check=True)
+    try:
+        if native:
+            wait_for("the full lookup", lambda: not _fib_main_flags(lab, node.name) & bit, 5)
+        res = lab.run("default/client", *echo)
+        assert (res.returncode == 0) == (not native), f"{res.stdout} {res.stderr}"
+    finally:
+        subprocess.run([*rule, "del", "pref", "50"], check=True)
+    if native:
+        wait_for("the direct lookup", lambda: bool(_fib_main_flags(lab, node.name) & bit), 5)
+    res = lab.run("default/client", *echo)
+    assert res.returncode == 0, f"{res.stdout} {res.stderr}"
 
 
 REMOTE_NODES = """\

@@ -29,6 +29,7 @@ from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConf
 from ciliary.agent.dnsproxy import DNSProxy, EndpointDNSRules
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.envoypolicy import EndpointView, NodeEnvoy
+from ciliary.agent.fibdirect import FibDirectWatch
 from ciliary.agent.health import ClusterHealthChecker, HealthTarget
 from ciliary.agent.healthendpoint import HealthEndpoint, netns_name
 from ciliary.agent.hubble import AgentHubble
@@ -500,6 +501,10 @@ class Agent:
         if self.proxy_ports.ports:
             # packets bpf_lxc assigns to a proxy's socket are delivered locally (lib/proxy.h)
             await asyncio.to_thread(links.ensure_proxy_routing)
+        cidrs = [c for c in (net.ipv4_native_routing_cidr, net.ipv6_native_routing_cidr) if c]
+        if mode == ROUTING_MODE_NATIVE and cidrs:  # the main table alone where rules allow it
+            routers = [r for r in (self.ipam.router_v4, self.ipam.router_v6) if r is not None]
+            self._spawn(FibDirectWatch(self.datapath.config, cidrs, routers).run(), "fib-direct")
 
     def _setup_socket_lb(self) -> None:
         """Socket-LB on the node's cgroup (--cgroup-root, --bpf-lb-sock, as upstream's), else
