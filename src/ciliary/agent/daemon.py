@@ -12,13 +12,13 @@ half-restored node.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
@@ -101,21 +101,26 @@ CT_FLAG_NAMES = {0x1: "tx-closing", 0x2: "rx-closing", 0x4: "seen-reply", 0x20: 
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
-        if cfg.ipam_mode == "cluster-pool" and cfg.ipv4_range is None and cfg.ipv6_range is None:
-            # cluster-pool v2: the operator allocates this node's CIDRs into its CiliumNode (main
-            # checks there is an API); no API socket, so no CNI ADD, until they are there
-            v4, v6 = nodecidrs.by_family(
-                cfg.node,
-                nodecidrs.wait_for_pod_cidrs_blocking(cfg.kubeconfig, cfg.node, cfg.node_labels),
-            )
-            cfg = dataclasses.replace(cfg, ipv4_range=v4, ipv6_range=v6)
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        datapath: NodeDatapath | None = None,
+        datapath_loading: Future[None] | None = None,
+    ) -> None:
+        """``datapath``: the node's, made from ``cfg`` by the caller, whose load (``run`` waits
+        for ``datapath_loading``, its outcome) started before this agent was built; else
+        ``run`` loads one made here."""
+        # cluster-pool v2: the operator allocates this node's CIDRs into its CiliumNode; no API
+        # socket, so no CNI ADD, until they are there (main waits for them already)
+        cfg = nodecidrs.with_allocated_ranges(cfg)
         self.cfg = cfg
         self.node = cfg.node
         self.started = time.monotonic()
-        self.datapath = NodeDatapath(
+        self.datapath = datapath or NodeDatapath(
             cfg.bpf_object, cfg.pin_dir, ct_max=cfg.ct_max, lb_max=cfg.lb_max
         )
+        self._datapath_loading = datapath_loading
         self.ipam_datastore: KubeDatastore | None = None
         self.ipam = self._make_ipam(cfg)
         self.identities: IdentityAllocator = LocalIdentityAllocator(
@@ -523,7 +528,10 @@ class Agent:
             proxyports.save(cfg.state_dir / proxyports.SAVED_PORTS, self.proxy_ports)
         self._restore_dns_cache()  # before policies: toFQDNs rules start with these IPs
         self._load_dns_pre_cache()
-        self.datapath.load()
+        if self._datapath_loading is None:
+            self.datapath.load()
+        else:
+            await asyncio.wrap_future(self._datapath_loading)
         await self._setup_node()
         self._setup_socket_lb()
         if cfg.kubeconfig is not None or cfg.in_cluster:
