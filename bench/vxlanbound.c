@@ -7,7 +7,9 @@
  * out of the node's eth0; on eth0 (tc ingress), `dec` strips them and redirects the inner
  * packet into the local pod (bpf_redirect_peer). What this does not have to do that a vxlan
  * device does: the route and neighbour lookups of the outer packet, the UDP socket lookup and
- * vxlan_rcv on receive, the second pass through the stack as the vxlan device's packet. */
+ * vxlan_rcv on receive, the second pass through the stack as the vxlan device's packet. With
+ * INNER_DMAC defined, `enc` alone runs and the other node's vxlan device receives (setup
+ * "half tx"); setup "half rx" runs `dec` alone under vxlan devices that send. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -68,7 +70,12 @@ int enc(struct __sk_buff *skb)
 	struct ethhdr *inner = (void *)(vx + 1);
 	if ((void *)(inner + 1) > end)
 		return TC_ACT_SHOT;
+#ifdef INNER_DMAC /* the receiving node's vxlan device decapsulates (half tx) */
+	__u8 idmac[ETH_ALEN] = INNER_DMAC;
+	__builtin_memcpy(inner->h_dest, idmac, ETH_ALEN);
+#else
 	__builtin_memcpy(inner->h_dest, eth->h_dest, ETH_ALEN);
+#endif
 	__builtin_memcpy(inner->h_source, eth->h_source, ETH_ALEN);
 	inner->h_proto = bpf_htons(ETH_P_IP);
 	__u8 smac[ETH_ALEN] = LOCAL_MAC, dmac[ETH_ALEN] = REMOTE_MAC;
@@ -106,6 +113,9 @@ int dec(struct __sk_buff *skb)
 	if ((void *)(udp + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) ||
 	    ip->protocol != PROTO_UDP || ip->ihl != 5 || udp->dest != bpf_htons(VXLAN_PORT))
 		return TC_ACT_OK;
+	struct ethhdr *in = (void *)(udp + 1) + sizeof(struct vxlanhdr);
+	if ((void *)(in + 1) > end || in->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK; /* ARP between vxlan devices (half rx): theirs */
 	if (bpf_skb_adjust_room(skb, -(int)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO))
 		return TC_ACT_SHOT;

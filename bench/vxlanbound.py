@@ -15,9 +15,11 @@ node strip them at ``eth0``'s tc ingress and hand the inner packet to the pod
 device-less encapsulation in ciliary's datapath could reach, not a measurement of ciliary.
 
 a, d and e are measured as the ``multinode`` group measures (``datapath.interleave``: every round
-each setup back to back, the same tools and metrics); ratios d/a and e/a.
+each setup back to back, the same tools and metrics); ratios d/a and e/a. ``--halves`` adds e's
+two halves alone under d's vxlan devices: e-tx (the tc programs send, the other node's vxlan
+device receives) and e-rx (the vxlan devices send, the tc programs receive).
 
-    sudo .venv/bin/python -m bench.vxlanbound [--rounds N]
+    sudo .venv/bin/python -m bench.vxlanbound [--rounds N] [--halves]
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from bench.datapath import Target
 
 SOURCE = Path(__file__).with_name("vxlanbound.c")
 BPF_VXLAN = "e: VXLAN by tc programs, no device"
+HALF_TX = "e-tx: tc programs send, vxlan devices receive"
+HALF_RX = "e-rx: vxlan devices send, tc programs receive"
 
 
 def _link(ns: str, dev: str) -> tuple[int, str]:
@@ -65,13 +69,16 @@ def _object(out: Path, constants: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def bpf_vxlan_nodes(connrate: Path) -> Iterator[list[Target]]:
+def bpf_vxlan_nodes(connrate: Path, half: str = "") -> Iterator[list[Target]]:
     """Setup e (see the module doc); its path is checked as the group checks a and d (the
-    client's packets leave node 1 through ``eth0``)."""
+    client's packets leave node 1 through ``eth0``). ``half`` "tx" or "rx": one direction's
+    program only, under d's vxlan devices and routes (which half of e's saving is where)."""
     with (
         multinode.underlay_nodes(multinode.VXLAN_MTU) as (nodes, pods),
         tempfile.TemporaryDirectory() as tmp,
     ):
+        if half:
+            _vxlan_devices(nodes)
         for i, (node, pod) in enumerate(zip(nodes, pods, strict=True), start=1):
             j = 3 - i  # the other node
             underlay, node_mac = _link(node, "eth0")
@@ -88,23 +95,41 @@ def bpf_vxlan_nodes(connrate: Path) -> Iterator[list[Target]]:
                 "POD_MAC": _mac(_link(pod, "eth0")[1]),
                 "VNI": str(multinode.VXLAN_ID),
             }
+            if half == "tx":
+                constants["INNER_DMAC"] = _mac(_link(nodes[j - 1], "vxlan0")[1])
             obj = Path(tmp) / f"node{i}.o"
             _object(obj, constants)
-            for dev, program in (("lxc0", "enc"), ("eth0", "dec")):
+            programs = {"": (("lxc0", "enc"), ("eth0", "dec")), "tx": (("lxc0", "enc"),),
+                        "rx": (("eth0", "dec"),)}[half]  # fmt: skip
+            for dev, program in programs:
                 sh("tc", "qdisc", "add", "dev", dev, "clsact", ns=node)
                 sh("tc", "filter", "add", "dev", dev, "ingress", "bpf", "da", "obj", str(obj),
                    "sec", "tc", "program", program, ns=node)  # fmt: skip
         with tools.servers(pods[1], connrate):
-            target = Target(BPF_VXLAN, BPF_VXLAN, None, tools.enter(pods[0]), "10.0.2.10")
-            multinode._check_path(target, connrate, nodes[0], "eth0")
+            name = {"": BPF_VXLAN, "tx": HALF_TX, "rx": HALF_RX}[half]
+            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10")
+            multinode._check_path(target, connrate, nodes[0], "vxlan0" if half == "rx" else "eth0")
             yield [target]
 
 
-def run(rounds: int, seconds: float) -> list[dict[str, Any]]:
+def _vxlan_devices(nodes: list[str]) -> None:
+    """d's vxlan device and route on each node (multinode.kernel_nodes)."""
+    for i, node in enumerate(nodes, start=1):
+        j = 3 - i
+        sh("ip", "link", "add", "vxlan0", "type", "vxlan", "id", str(multinode.VXLAN_ID),
+           "local", f"{multinode.UNDERLAY}.{i + 1}", "remote", f"{multinode.UNDERLAY}.{j + 1}",
+           "dstport", str(multinode.VXLAN_PORT), "dev", "eth0", ns=node)  # fmt: skip
+        sh("ip", "addr", "add", f"10.1.0.{i}/24", "dev", "vxlan0", ns=node)
+        multinode._up(node, "vxlan0")
+        sh("ip", "route", "add", f"10.0.{j}.0/24", "via", f"10.1.0.{j}", "dev", "vxlan0", ns=node)
+
+
+def run(rounds: int, seconds: float, *, halves: bool = False) -> list[dict[str, Any]]:
     with tools.connrate_binary() as connrate, contextlib.ExitStack() as stack:
         targets = list(stack.enter_context(multinode.kernel_nodes(connrate, vxlan=False)))
         targets += stack.enter_context(multinode.kernel_nodes(connrate, vxlan=True))
-        targets += stack.enter_context(bpf_vxlan_nodes(connrate))
+        for half in ("", "tx", "rx") if halves else ("",):
+            targets += stack.enter_context(bpf_vxlan_nodes(connrate, half))
         metrics = datapath.tool_metrics(connrate)
         samples, _ = datapath.interleave(
             targets, metrics, rounds=rounds, seconds=seconds, agents=[], log=print,
@@ -116,8 +141,9 @@ def run(rounds: int, seconds: float) -> list[dict[str, Any]]:
     for res in results:
         values = res["values"]
         res["ratios"] = {
-            "d/a": values[multinode.VXLAN] / values[multinode.BARE],
-            "e/a": values[BPF_VXLAN] / values[multinode.BARE],
+            name.split(":")[0] + "/a": value / values[multinode.BARE]
+            for name, value in values.items()
+            if name != multinode.BARE
         }
     return results
 
@@ -126,9 +152,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.vxlanbound", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2)
+    parser.add_argument("--halves", action="store_true", help="also e's send and receive alone")
     args = parser.parse_args()
     started = time.monotonic()
-    for res in run(args.rounds, args.seconds):
+    for res in run(args.rounds, args.seconds, halves=args.halves):
         print(json.dumps(res))
         ratios = ", ".join(f"{k} {v:.3f}" for k, v in res["ratios"].items())
         print(f"# {res['benchmark']}: {ratios}", file=sys.stderr)
