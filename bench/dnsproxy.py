@@ -8,8 +8,9 @@ engine on a ``rules: dns`` policy) and a DNS server (``ciliary workload dns-serv
 and 5353). The node redirects the pod's port-53 packets to the proxy with iptables TPROXY (the
 sockets ``bpf_sk_assign`` hands them to); port 5353 is not redirected: the direct path over the
 same veths and routing. The pod asks sequentially (one query in flight, UDP, dnspython), the
-same name through both paths, ``queries`` times each; medians and p99 of the per-query time
-and the sequential rate are reported.
+same name through both paths, ``queries`` times each, the two alternating (``CLIENT_SCRIPT``);
+medians and p99 of the per-query time and the sequential rate are reported. The ``l7`` group
+runs the same client in its lab against the node agent's own proxy (``bench/l7.py``).
 
     sudo .venv/bin/python -m bench.dnsproxy [--queries N]
 """
@@ -60,21 +61,22 @@ CLIENT_SCRIPT = """
 import json, sys, time
 import dns.exception, dns.message, dns.query
 q = dns.message.make_query("partner.example.com", "A")
-out = {}
-for port in (53, 5353):
-    times, lost = [], 0
-    for _ in range(int(sys.argv[1])):
+out = {port: {"times": [], "lost": 0} for port in (53, 5353)}
+for i in range(int(sys.argv[1])):
+    for port in (53, 5353) if i % 2 == 0 else (5353, 53):
         t = time.perf_counter()
         try:
             r = dns.query.udp(q, sys.argv[2], port=port, timeout=1)
         except dns.exception.Timeout:
-            lost += 1
+            out[port]["lost"] += 1
             continue
-        times.append(time.perf_counter() - t)
+        out[port]["times"].append(time.perf_counter() - t)
         assert r.answer, r
-    out[port] = {"times": times, "lost": lost}
 print(json.dumps(out))
 """
+"""The pod's queries: through the proxy (53) and direct (5353) alternating, which goes first
+alternating too, so that load that changes within seconds on this shared machine falls on both
+alike (as the group's alternating HTTP rows); each query's time and the timeouts per port."""
 
 
 def _sh(*argv: str) -> None:
@@ -196,7 +198,7 @@ RECORDS: Final = {"partner.example.com.": ["192.0.2.10"]}
 
 def ask_from(enter: list[str], server: str, queries: int) -> dict[str, Any]:
     """The pod's queries (``enter``: the argv prefix into its netns) to ``server``: through
-    port 53 then direct on 5353, ``queries`` each (``CLIENT_SCRIPT``'s per-query times)."""
+    port 53 and direct on 5353, alternating, ``queries`` each (``CLIENT_SCRIPT``'s times)."""
     res = subprocess.run(
         [*enter, sys.executable, "-c", CLIENT_SCRIPT, str(queries), server],
         capture_output=True, text=True, check=True, timeout=60 + queries * 0.05,
