@@ -256,6 +256,7 @@ def multinode_tables(results: list[Result]) -> list[str]:
     """Columns a-d (a setup that was not available: "n/a" and its reason below the table), the
     ratios b/a, c/a, d/a the group computed, the goals of issue #13 above them."""
     extra = [r for r in results if r.get("metric") == "agent-cpu" and r["values"]]
+    alternating = [r for r in results if r.get("metric") == "crr-alternating"]
     results = [r for r in results if "ratios" in r]
     first = results[0]
     a = first["baseline"]
@@ -299,6 +300,7 @@ def multinode_tables(results: list[Result]) -> list[str]:
     lines += [
         f"- **{name}: not available** in this run: {why}" for name, why in unavailable.items()
     ]
+    lines += [_alternating_line(r) for r in alternating]
     lines += ["", *(line for res in extra for line in _agent_cpu_table(res))]
     return lines
 
