@@ -82,6 +82,10 @@ log = logging.getLogger(__name__)
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 Address: TypeAlias = tuple[str, int]
 RejectCode: TypeAlias = Literal["refused", "nameError"]
+Forward: TypeAlias = Callable[[bytes, Address, Address], Awaitable[bytes]]
+"""Asks the server (pod address, original destination) a query; its answer."""
+Reply: TypeAlias = tuple[bytes | None, Callable[[], None]]
+"""A query's reply (None: none is sent), and what to do once it is sent (its event)."""
 REJECT_RCODES: Final[dict[str, dns.rcode.Rcode]] = {
     "refused": dns.rcode.REFUSED,
     "nameError": dns.rcode.NXDOMAIN,
@@ -690,7 +694,7 @@ class DNSProxy:
     def _release_udp(
         self,
         listener: socket.socket,
-        done: tuple[bytes | None, Callable[[], None]],
+        done: Reply,
         pod: Address,
         server: Address,
     ) -> None:
@@ -776,7 +780,7 @@ class DNSProxy:
         source: Address,
         dest: Address,
         protocol: Literal["UDP", "TCP"],
-        forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
+        forward: Forward,
     ) -> bytes | None:
         """The reply to one query from ``source`` to ``dest`` (None: none is sent), its events
         emitted."""
@@ -790,8 +794,8 @@ class DNSProxy:
         source: Address,
         dest: Address,
         protocol: Literal["UDP", "TCP"],
-        forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
-    ) -> tuple[bytes | None, Callable[[], None]]:
+        forward: Forward,
+    ) -> Reply:
         """:meth:`handle` within the concurrency limit; the reply, and what to do once it is
         sent (the response's event: the pod's answer does not wait for Hubble)."""
         if self._room is None:
@@ -817,8 +821,8 @@ class DNSProxy:
         source: Address,
         dest: Address,
         protocol: Literal["UDP", "TCP"],
-        forward: Callable[[bytes, Address, Address], Awaitable[bytes]],
-    ) -> tuple[bytes | None, Callable[[], None]]:
+        forward: Forward,
+    ) -> Reply:
         begun = self._begin(wire, source, dest, protocol)
         if not isinstance(begun, _Query):
             return begun
@@ -833,7 +837,7 @@ class DNSProxy:
 
     def _begin(
         self, wire: bytes, source: Address, dest: Address, protocol: Literal["UDP", "TCP"]
-    ) -> tuple[bytes | None, Callable[[], None]] | _Query:
+    ) -> Reply | _Query:
         """A query up to its forwarding: the reply now (malformed, refused), or what its
         answer needs; the request's event emitted."""
         started = time.monotonic_ns()
@@ -873,9 +877,7 @@ class DNSProxy:
         self._emit(lambda: records.request(Verdict.FORWARDED))
         return _Query(wire, query, qname, records, started)
 
-    def _finish(
-        self, begun: _Query, answer_wire: bytes
-    ) -> tuple[tuple[bytes | None, Callable[[], None]], Awaitable[None] | None]:
+    def _finish(self, begun: _Query, answer_wire: bytes) -> tuple[Reply, Awaitable[None] | None]:
         """The server's answer: the reply and its event, and the cache update still to await
         before the reply is released (None: released now)."""
         try:
@@ -896,9 +898,7 @@ class DNSProxy:
         )
         return (answer_wire, after), pending
 
-    def _unanswered(
-        self, begun: _Query, err: BaseException
-    ) -> tuple[bytes | None, Callable[[], None]]:
+    def _unanswered(self, begun: _Query, err: BaseException) -> Reply:
         """The reply when the server could not be asked or did not answer: SERVFAIL."""
         return self._failed(begun, f"server: {err!r}")
 
