@@ -133,25 +133,33 @@ def underlay_nodes(mtu: int) -> Iterator[tuple[list[str], list[str]]]:
         yield nodes, pods
 
 
+def vxlan_devices(nodes: list[str]) -> None:
+    """Setup d's vxlan device (id 1, the other node as remote, UDP 8472) on each node, and its
+    route for the other node's pod /24 over it."""
+    for i, node in enumerate(nodes, start=1):
+        j = 3 - i  # the other node
+        sh("ip", "link", "add", "vxlan0", "type", "vxlan", "id", str(VXLAN_ID),
+           "local", f"{UNDERLAY}.{i + 1}", "remote", f"{UNDERLAY}.{j + 1}",
+           "dstport", str(VXLAN_PORT), "dev", "eth0", ns=node)  # fmt: skip
+        sh("ip", "addr", "add", f"10.1.0.{i}/24", "dev", "vxlan0", ns=node)
+        _up(node, "vxlan0")
+        sh("ip", "route", "add", f"10.0.{j}.0/24", "via", f"10.1.0.{j}", "dev", "vxlan0", ns=node)
+
+
 @contextlib.contextmanager
 def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
     """Setup a (``vxlan`` False) or d: the underlay, two nodes, a pod behind each."""
     with underlay_nodes(VXLAN_MTU if vxlan else 1500) as (nodes, pods):
-        for i, node in enumerate(nodes, start=1):
-            j = 3 - i  # the other node
-            if vxlan:
-                sh("ip", "link", "add", "vxlan0", "type", "vxlan", "id", str(VXLAN_ID),
-                   "local", f"{UNDERLAY}.{i + 1}", "remote", f"{UNDERLAY}.{j + 1}",
-                   "dstport", str(VXLAN_PORT), "dev", "eth0", ns=node)  # fmt: skip
-                sh("ip", "addr", "add", f"10.1.0.{i}/24", "dev", "vxlan0", ns=node)
-                _up(node, "vxlan0")
-                via = ["via", f"10.1.0.{j}", "dev", "vxlan0"]
-            else:
-                via = ["via", f"{UNDERLAY}.{j + 1}", "dev", "eth0"]
-            sh("ip", "route", "add", f"10.0.{j}.0/24", *via, ns=node)
+        if vxlan:
+            vxlan_devices(nodes)
+        else:
+            for i, node in enumerate(nodes, start=1):
+                j = 3 - i  # the other node
+                sh("ip", "route", "add", f"10.0.{j}.0/24", "via", f"{UNDERLAY}.{j + 1}",
+                   "dev", "eth0", ns=node)  # fmt: skip
         with tools.servers(pods[1], connrate):
             name = VXLAN if vxlan else BARE
-            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10", netns=pods[0])
+            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10")
             _check_path(target, connrate, nodes[0], "vxlan0" if vxlan else "eth0")
             yield [target]
 

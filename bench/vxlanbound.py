@@ -37,17 +37,12 @@ from typing import Any
 
 from bench import datapath, multinode, tools
 from bench.common import sh
-from bench.datapath import Target
+from bench.datapath import Target, _link
 
 SOURCE = Path(__file__).with_name("vxlanbound.c")
 BPF_VXLAN = "e: VXLAN by tc programs, no device"
 HALF_TX = "e-tx: tc programs send, vxlan devices receive"
 HALF_RX = "e-rx: vxlan devices send, tc programs receive"
-
-
-def _link(ns: str, dev: str) -> tuple[int, str]:
-    (info,) = json.loads(sh("ip", "-j", "link", "show", dev, ns=ns).stdout)
-    return int(info["ifindex"]), str(info["address"])
 
 
 def _ip(address: str) -> str:
@@ -78,7 +73,7 @@ def bpf_vxlan_nodes(connrate: Path, half: str = "") -> Iterator[list[Target]]:
         tempfile.TemporaryDirectory() as tmp,
     ):
         if half:
-            _vxlan_devices(nodes)
+            multinode.vxlan_devices(nodes)
         for i, (node, pod) in enumerate(zip(nodes, pods, strict=True), start=1):
             j = 3 - i  # the other node
             underlay, node_mac = _link(node, "eth0")
@@ -110,18 +105,6 @@ def bpf_vxlan_nodes(connrate: Path, half: str = "") -> Iterator[list[Target]]:
             target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10")
             multinode._check_path(target, connrate, nodes[0], "vxlan0" if half == "rx" else "eth0")
             yield [target]
-
-
-def _vxlan_devices(nodes: list[str]) -> None:
-    """d's vxlan device and route on each node (multinode.kernel_nodes)."""
-    for i, node in enumerate(nodes, start=1):
-        j = 3 - i
-        sh("ip", "link", "add", "vxlan0", "type", "vxlan", "id", str(multinode.VXLAN_ID),
-           "local", f"{multinode.UNDERLAY}.{i + 1}", "remote", f"{multinode.UNDERLAY}.{j + 1}",
-           "dstport", str(multinode.VXLAN_PORT), "dev", "eth0", ns=node)  # fmt: skip
-        sh("ip", "addr", "add", f"10.1.0.{i}/24", "dev", "vxlan0", ns=node)
-        multinode._up(node, "vxlan0")
-        sh("ip", "route", "add", f"10.0.{j}.0/24", "via", f"10.1.0.{j}", "dev", "vxlan0", ns=node)
 
 
 def run(rounds: int, seconds: float, *, halves: bool = False) -> list[dict[str, Any]]:
