@@ -30,8 +30,9 @@ dns_verdict`, :func:`answer_lookups`, :func:`reject`): a query whose source is n
 this node, whose original destination is the proxy itself (not redirected), that the
 endpoint's rules do not allow, or that is malformed, never leaves the node; the pod gets
 REFUSED (``--tofqdns-dns-reject-response-code refused|nameError``: NXDOMAIN), FORMERR for what
-cannot be parsed (nothing for what has no header), SERVFAIL when the server cannot be reached
-in ``FORWARD_TIMEOUT_S`` or answers garbage. Every query and answer is an
+cannot be parsed (nothing for what has no header; a TCP message cut short closes its
+connection), SERVFAIL when the server cannot be reached in ``FORWARD_TIMEOUT_S`` or answers
+garbage. Every query and answer is an
 :class:`~ciliary.core.l7record.L7Record` to ``on_event`` (the agent publishes it to Hubble: an L7
 DNS flow, ``dns-request`` FORWARDED or DROPPED, ``dns-response`` with the answer or ERROR,
 ``observation_source`` "proxy"); why a query was refused is logged (debug).
@@ -756,9 +757,21 @@ class DNSProxy:
         upstream = _TCPUpstream(self.transparent)
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
+                except asyncio.IncompleteReadError as err:
+                    if err.partial:  # one byte of a length: a message cut short
+                        self._cut_short(source, "1 byte of its length")
+                    return  # else the pod closed between messages
                 size = int.from_bytes(head, "big")
-                wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT_S)
+                try:
+                    wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT_S)
+                except asyncio.IncompleteReadError as err:
+                    self._cut_short(source, f"{len(err.partial)} of {size} bytes")
+                    return
+                except TimeoutError:
+                    self._cut_short(source, f"not {size} bytes in {TCP_IDLE_TIMEOUT_S:g} s")
+                    return
                 reply, after = await self._admitted(wire, source, dest, "TCP", upstream.ask)
                 if reply is None:
                     after()
@@ -771,6 +784,13 @@ class DNSProxy:
         finally:
             upstream.close()
             writer.close()
+
+    def _cut_short(self, source: Address, got: str) -> None:
+        """A TCP message that ended (the pod's end of the stream) or stalled (the idle timeout)
+        before its length said: a malformed query, counted as one; the connection closes."""
+        self.stats.queries += 1
+        self.stats.malformed += 1
+        log.info("DNS proxy: malformed query from %s: TCP message cut short: %s", source[0], got)
 
     # ---- one query --------------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ name. Also: a query sent to the proxy's own port (not redirected) is refused; a 
 before an answer's TTL passed keeps working after it (the IP is kept as a DNS zombie while
 conntrack sees the connection; the agent's conntrack GC runs every second here), also across an
 agent restart (which restores the answers and the kept IPs), and once it is closed the IP leaves
-and new connections to it are dropped.
+and new connections to it are dropped. Malformed DNS sent by the pod (UDP and TCP, redirected by
+the datapath as any query) is answered FORMERR or dropped, counted as ``parse_errors``, and the
+proxy answers the pod's next query.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.rcode
 import pytest
 
 from ciliary.core.models import FQDNCacheEntry
@@ -103,6 +106,69 @@ try:
     print(s.recv(100).decode())
 except OSError as err:
     print(f"error {type(err).__name__}")
+"""
+# Malformed DNS to the server (argv[1]:53), UDP then TCP, each case's reply printed as JSON (see
+# test_malformed_dns_from_a_pod). IDs: UDP 0x1001-0x1006, TCP 0x2001-0x2002.
+MALFORMED = r"""
+import json, random, socket, struct, sys
+import dns.flags, dns.message
+server = (sys.argv[1], 53)
+def query(qid):
+    q = dns.message.make_query("web.example.com", "A")
+    q.id = qid
+    return q.to_wire()
+def header(qid, flags=0x0100, counts=(0, 0, 0, 0)):
+    return struct.pack("!HHHHHH", qid, flags, *counts)
+def reply(wire):
+    m = dns.message.from_wire(wire)
+    return [m.rcode(), sorted(rd.address for rr in m.answer for rd in rr if hasattr(rd, "address"))]
+noise = bytearray(random.Random(7).randbytes(48))
+noise[:3] = b"\x10\x01\x01"  # its ID, and a query's flags byte (QR clear: FORMERR is due)
+corrupted = bytearray(query(0x1002))
+corrupted[12] = 63  # the first label's length: past the message's end
+response = bytearray(query(0x1005))
+response[2] |= 0x80
+udp_cases = [bytes(noise), bytes(corrupted), query(0x1003)[:7], header(0x1004), bytes(response)]
+for case in udp_cases:  # none is a query of one question
+    try:
+        m = dns.message.from_wire(case)
+    except Exception:
+        continue
+    if len(m.question) == 1 and not m.flags & dns.flags.QR:
+        raise SystemExit(f"not malformed: {case.hex()}")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+for case in [*udp_cases, query(0x1006)]:
+    u.sendto(case, server)
+udp = {}
+while len(udp) < 4:  # 3 FORMERR and the answer; a reply to a case that gets none would be seen
+    wire, peer = u.recvfrom(65535)
+    assert peer == server, peer
+    udp[struct.unpack("!H", wire[:2])[0]] = reply(wire)
+def tcp(data, shut=False):
+    t = socket.create_connection(server, timeout=5)
+    t.sendall(data)
+    if shut:
+        t.shutdown(socket.SHUT_WR)
+    return t
+def closed(t):
+    with t:
+        return "closed" if t.recv(65535) == b"" else "answered"
+tcp_closed = [
+    closed(tcp(b"\xff\xff" + query(0x1007) + bytes(100 - len(query(0x1007))), shut=True)),
+    closed(tcp(b"\x00", shut=True)),
+    closed(tcp(b"\x00\x00")),
+    closed(tcp(b"\x00\x07" + query(0x1008)[:7])),
+    closed(tcp(struct.pack("!H", len(response)) + bytes(response))),
+]
+def exchange(t, wire):
+    t.sendall(struct.pack("!H", len(wire)) + wire)
+    size = struct.unpack("!H", t.recv(2, socket.MSG_WAITALL))[0]
+    got = t.recv(size, socket.MSG_WAITALL)
+    return [struct.unpack("!H", got[:2])[0], *reply(got)]
+with tcp(b"") as t:
+    answers = [exchange(t, header(0x2001)), exchange(t, query(0x2002))]
+print(json.dumps({"udp": udp, "tcp_closed": tcp_closed, "tcp": answers}))
 """
 # One TCP connection held open: each line of stdin is sent and the echo printed (or the error).
 HOLD = r"""
@@ -283,19 +349,55 @@ def test_dns_walkthrough(cluster: Cluster) -> None:
     assert request["l7"]["dns"]["observation_source"] == "proxy", request
     assert request["Type"] == "L7" and request["event_type"]["type"] == 129, request
     # the agent's metrics count the proxy's requests (upstream's cilium_policy_l7_total)
+    counts = l7_counts(cluster)
+    assert counts["denied"] >= 2 and counts["forwarded"] >= 3, counts
+    assert counts["received"] >= counts["denied"] + counts["forwarded"], counts
+
+
+def l7_counts(cluster: Cluster) -> dict[str, float]:
+    """The DNS proxy's ``cilium_policy_l7_total`` by rule, scraped from the agent's metrics."""
     scrape = subprocess.run(
         ["ip", "netns", "exec", cluster.agent.netns, PYTHON, "-c",
          "import urllib.request; print(urllib.request.urlopen("
          "'http://127.0.0.1:9962/metrics', timeout=10).read().decode())"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
-    counts = {
+    return {
         line.split('rule="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
         for line in scrape.splitlines()
         if line.startswith("cilium_policy_l7_total{") and 'proxy_type="fqdn"' in line
     }
-    assert counts["denied"] >= 2 and counts["forwarded"] >= 3, counts
-    assert counts["received"] >= counts["denied"] + counts["forwarded"], counts
+
+
+def test_malformed_dns_from_a_pod(cluster: Cluster) -> None:
+    """Malformed DNS from the client pod to its DNS server, over real sockets, redirected to the
+    agent's proxy by the datapath as any query: over UDP (the agent's path without a task, no
+    concurrency limit) random bytes, a query whose name runs past its end, a query with no
+    question (QDCOUNT 0) get FORMERR with their IDs; a header cut short and a response get
+    nothing. Over TCP (a connection each) a length prefix of 65535 with 100 bytes behind it
+    before the pod's end of the stream, one byte of a length prefix, an empty message, a header
+    cut short and a response: the proxy closes the connection without a reply; a query with no
+    question gets FORMERR and the connection goes on. Each one is a received request and a
+    ``parse_errors`` of ``cilium_policy_l7_total``, none forwarded or denied; a well-formed
+    query after them (UDP, and TCP on the connection that had the FORMERR) is answered."""
+    before = l7_counts(cluster)
+    res = subprocess.run(
+        ["ip", "netns", "exec", cluster.client_ns, PYTHON, "-c", MALFORMED, cluster.dns_ip],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    seen = json.loads(res.stdout)
+    formerr, noerror = dns.rcode.FORMERR, dns.rcode.NOERROR
+    assert seen["udp"] == {
+        "4097": [formerr, []], "4098": [formerr, []], "4100": [formerr, []],
+        "4102": [noerror, [WORLD_IP]],
+    }, seen  # fmt: skip
+    assert seen["tcp_closed"] == ["closed"] * 5, seen
+    assert seen["tcp"] == [[8193, formerr, []], [8194, noerror, [WORLD_IP]]], seen
+    after = l7_counts(cluster)
+    delta = {rule: after[rule] - before.get(rule, 0) for rule in after}
+    # UDP 5 malformed + 1 query, TCP 5 closed + 1 FORMERR + 1 query
+    assert delta == {"received": 13, "parse_errors": 11, "forwarded": 2, "denied": 0}, delta
 
 
 def hubble(cluster: Cluster) -> list[dict[str, Any]]:

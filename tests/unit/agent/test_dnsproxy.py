@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from ciliary.agent import dnsproxy
 from ciliary.agent.dnsproxy import (
     DNSProxy,
     EndpointDNSRules,
@@ -263,6 +264,40 @@ def test_malformed_queries_and_failing_servers() -> None:
         assert events[-1].dns is not None and events[-1].dns.rcode == dns.rcode.SERVFAIL
     assert proxy.stats.malformed == 2 and proxy.stats.errors == 3
     assert rules.cache.names() == []
+
+
+def test_a_tcp_message_cut_short_or_stalled_is_a_malformed_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The TCP listener's reader on a loopback connection: a pod that closes between messages
+    sent nothing to count; one byte of a length, fewer bytes than the length said before the
+    pod's end of the stream, or before the idle timeout, is one malformed query each, and the
+    proxy closes the connection."""
+    monkeypatch.setattr(dnsproxy, "TCP_IDLE_TIMEOUT_S", 0.2)
+    proxy, events = make_proxy(Rules())
+
+    async def run() -> list[bytes]:
+        server = await asyncio.start_server(proxy._tcp_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        seen: list[bytes] = []
+        try:
+            for data, end in ((b"", True), (b"\x00", True), (b"\x00\x20hello", True),
+                              (b"\x00\x20hello", False)):  # fmt: skip
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(data)
+                if end:
+                    writer.write_eof()
+                seen.append(await asyncio.wait_for(reader.read(), 5))  # b"": closed by it
+                writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return seen
+
+    assert asyncio.run(run()) == [b""] * 4
+    assert (proxy.stats.queries, proxy.stats.malformed) == (3, 3)
+    assert proxy.stats.forwarded + proxy.stats.refused + proxy.stats.errors == 0
+    assert events == []
 
 
 def test_addresses_of_either_family() -> None:
