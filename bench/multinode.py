@@ -27,6 +27,12 @@ After the rounds, a and c also alternate connection by connection in one ``connr
 process per round (``datapath.alternating_connections``, the ``datapath`` group's): c/a's
 connection rate with whatever load the machine has falling on both alike (the interleaved
 rounds' c/a moved by 0.1-0.4 between runs under load), in the results as ``crr-alternating``.
+Its control in the same run: a against a' (a second setup a, built the same way in namespaces
+of its own, not in the interleaved rounds) alternating the same way, which reads 1.00 when the
+method favours neither side (docs/benchmarks.md: a'/a 1.008, c'/c 0.975 on a holder).
+Every ratio of the interleaved rows is given twice: the ratio of the two setups' medians, and the
+median of the rounds' own ratios (``paired``: each round measures a and the setup back to back,
+so load that drifts between rounds cancels; under load the two differed by up to 0.2).
 Each setup's path is checked once built: a short connrate run must leave through the device the
 setup is about (node 1's ``eth0`` for a and c, its vxlan device for b and d), by its counters.
 A ciliary setup that cannot be built or does not pass (a lab feature not there yet) is reported
@@ -46,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import datapath, tools
-from bench.common import scratch_netns, sh, tag
+from bench.common import median, scratch_netns, sh, tag
 from bench.datapath import Target
 from ciliary.lab import manager
 
@@ -55,6 +61,7 @@ BARE = "a: kernel routing"
 TUNNEL = "b: ciliary VXLAN"
 NATIVE = "c: ciliary native"
 VXLAN = "d: kernel VXLAN"
+CONTROL = "a': kernel routing, again"  # the alternating row's control: a against a second a
 RATIOS = {"b/a": TUNNEL, "c/a": NATIVE, "d/a": VXLAN}
 GOALS = {"b/a": 0.85, "c/a": 0.95}  # issue #13, throughput and connection rate
 UNDERLAY = "172.18.0"  # the lab network's default (kind's): node i has .i+1
@@ -159,7 +166,7 @@ def kernel_nodes(connrate: Path, *, vxlan: bool) -> Iterator[list[Target]]:
                    "dev", "eth0", ns=node)  # fmt: skip
         with tools.servers(pods[1], connrate):
             name = VXLAN if vxlan else BARE
-            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10")
+            target = Target(name, name, None, tools.enter(pods[0]), "10.0.2.10", netns=pods[0])
             _check_path(target, connrate, nodes[0], "vxlan0" if vxlan else "eth0")
             yield [target]
 
@@ -208,6 +215,13 @@ def ciliary_nodes(connrate: Path, name: str) -> Iterator[tuple[list[Target], lis
             manager.down(t)
 
 
+def paired_ratio(setup: list[float], base: list[float]) -> float | None:
+    """The median of the rounds' own ratios setup / base (the two lists: one value per round, in
+    round order); None when no round has a base value."""
+    ratios = [s / b for s, b in zip(setup, base, strict=True) if b]
+    return median(ratios) if ratios else None
+
+
 def _reason(err: BaseException) -> str:
     lines = str(err).strip().splitlines() or [""]
     return f"{type(err).__name__}: {lines[0][:300]}"
@@ -234,34 +248,43 @@ def run(
             targets += lab_targets
             agents += lab_agents
         targets += stack.enter_context(kernel_nodes(connrate, vxlan=True))
-        log(f"{GROUP}: {len(targets)} setups ready after {time.monotonic() - t0:.1f}s")
+        (control,) = stack.enter_context(kernel_nodes(connrate, vxlan=False))
+        control.name = control.kind = CONTROL
+        log(f"{GROUP}: {len(targets)} setups and a control ready after"
+            f" {time.monotonic() - t0:.1f}s")  # fmt: skip
         metrics = datapath.tool_metrics(connrate)
         samples, agent_cpu = datapath.interleave(
             targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log, group=GROUP
         )
         native = next((t for t in targets if t.name == NATIVE), None)
-        alternating = None
-        if native is not None:  # c/a's connection rate with load changes falling on both alike
-            pair = (targets[0], native)
+        alternating = []
+        # c/a's connection rate with load changes falling on both alike, then the same method's
+        # control: a against a second a, which must read 1.00
+        for second in (native, control) if native is not None else (control,):
+            pair = (targets[0], second)
             rates = datapath.alternating_connections(
                 connrate, pair, rounds=rounds, seconds=seconds, agents=agents, log=log
             )
-            alternating = {
-                **datapath.alternating_result(pair, rates, seconds=seconds),
-                "group": GROUP,
-            }
+            result = {**datapath.alternating_result(pair, rates, seconds=seconds), "group": GROUP}
+            if second is control:
+                result["note"] = "the method's control, a against a second a: 1.00 when fair"
+            alternating.append(result)
     results = datapath.results_of(
         targets, metrics, samples, rounds=rounds, seconds=seconds, group=GROUP
     )
     for res in results:
-        v = res["values"]
+        v, per_round = res["values"], res["samples"]
         res["ratios"] = {
-            r: {"setup": s, "value": v[s] / v[BARE] if s in v else None, "goal": GOALS.get(r)}
+            r: {
+                "setup": s,
+                "value": v[s] / v[BARE] if s in v else None,
+                "paired": paired_ratio(per_round[s], per_round[BARE]) if s in v else None,
+                "goal": GOALS.get(r),
+            }
             for r, s in RATIOS.items()
         }
         res["unavailable"] = unavailable
-    if alternating is not None:
-        results.append(alternating)
+    results += alternating
     results.append(datapath.agent_cpu_result(agent_cpu, "both nodes' agents'", GROUP))
     for name, reason in unavailable.items():
         log(f"{GROUP}: {name} not available: {reason}")

@@ -171,6 +171,7 @@ def _alternating_line(res: Result) -> str:
         f" **{v['median of the round ratios (%)'] / 100:.3f}** (rounds"
         f" {v['lowest round (%)'] / 100:.3f}-{v['highest round (%)'] / 100:.3f}; a"
         f" {_num(v[a])}, {label} {_num(v[b])} conn/s)"
+        + (f"; {res['note']}" if res.get("note") else "")
     )
 
 
@@ -268,7 +269,9 @@ def multinode_tables(results: list[Result]) -> list[str]:
         "## Datapath: pod → pod across two nodes",
         "",
         f"Medians of interleaved rounds after a warm-up; ratios against {a} measured in the same"
-        " rounds (throughput and connection rate: higher is better; latency: lower is better)."
+        " rounds (throughput and connection rate: higher is better; latency: lower is better):"
+        " the ratio of the medians, and in brackets the median of the rounds' own ratios (each"
+        " round measures a and the setup back to back)."
         f" Goals (issue #13, throughput and connection rate): {goals}.",
         "",
         "| metric | " + " | ".join(cols) + " | " + " | ".join(ratios) + " |",
@@ -278,7 +281,10 @@ def multinode_tables(results: list[Result]) -> list[str]:
         v = res["values"]
         row = [f"{_METRIC_TITLES.get(res['metric'], res['benchmark'])} ({res['unit']})"]
         row += [_num(v[s]) if s in v else "n/a" for s in cols]
-        row += [_ratio(r["value"]) for r in res["ratios"].values()]
+        row += [
+            _ratio(r["value"]) + (f" ({_ratio(r['paired'])})" if r.get("paired") else "")
+            for r in res["ratios"].values()
+        ]
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
