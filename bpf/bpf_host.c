@@ -25,6 +25,7 @@
 #include "lib/events.h"
 #include "lib/nat.h"
 #include "lib/encap.h"
+#include "lib/overlay.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/deliver.h"
@@ -212,17 +213,33 @@ static __always_inline int to_nat_addr(const struct pkt *p)
 			      p->family);
 }
 
+#define NETDEV_NOT_TUNNEL -4 /* from_netdev_overlay: not a tunnelled packet (no tc verdict) */
+
+/* Another node's tunnelled packet (encap_received_fast): decapsulated here when it is for a local
+ * endpoint (no UDP socket, no tunnel device on its path: lib/encap.h's encap_strip) and taken on
+ * as the tunnel device's program takes what the device decapsulated (lib/overlay.h), else left
+ * to the stack's VXLAN socket. Anything else: NETDEV_NOT_TUNNEL. A global function: verified
+ * once, so the host path after it is too (not once per verdict the verifier does not know). */
+__attribute__((noinline)) int from_netdev_overlay(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (!skb || !encap_received_fast(skb))
+		return NETDEV_NOT_TUNNEL;
+	int vni = encap_strip(skb);
+	if (vni == ENCAP_TO_STACK)
+		return TC_ACT_OK;
+	int ret = from_overlay(skb, &p, vni);
+	if (ret == PROXY_TAIL)
+		return to_proxy(skb, &p);
+	return ret;
+}
+
 /* Steps in functions of their own (each call chain's frames add up to at most 512 bytes): a
  * NodePort reply, a request to an external frontend (NodePort, externalIPs, LoadBalancer: a
  * backend, then a local one's delivery or SNAT and forwarding to another node's), a
- * masqueraded connection's reply, BPF host routing; the L7 proxy's tail (lib/proxy.h). An outer
- * VXLAN packet to this node (lib/encap.h) is none of these: to the stack at once, the common
- * case before the full parse. */
-SEC("tc")
-int cil_from_netdev(struct __sk_buff *skb)
+ * masqueraded connection's reply, BPF host routing; the L7 proxy's tail (lib/proxy.h). */
+static __attribute__((noinline)) int from_netdev_host(struct __sk_buff *skb)
 {
-	if (encap_received_fast(skb))
-		return TC_ACT_OK;
 	struct pkt p = {};
 	struct lb_result lb = {};
 	if (from_netdev_parse(skb, &p) != PARSE_OK || encap_received(&p))
@@ -249,6 +266,17 @@ int cil_from_netdev(struct __sk_buff *skb)
 	if (np == PROXY_TAIL)
 		return to_proxy(skb, &p);
 	return np;
+}
+
+/* Two paths, each in a frame of its own below a frameless entry (the tunnel's, with
+ * from_overlay's and the policy lookup's, would not fit the 512 bytes under the other's). */
+SEC("tc")
+int cil_from_netdev(struct __sk_buff *skb)
+{
+	int ret = from_netdev_overlay(skb);
+	if (ret != NETDEV_NOT_TUNNEL)
+		return ret;
+	return from_netdev_host(skb);
 }
 
 SEC("tc")

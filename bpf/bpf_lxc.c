@@ -33,6 +33,7 @@
 
 #define FC_CONTINUE -1
 #define FC_TO_PROXY PROXY_TAIL /* from_container_route: ciliary_proxy_req says where; call to_proxy */
+#define FC_TO_OVERLAY -3 /* from_container_route: into the tunnel towards st->tunnel_ep */
 
 /* What the steps of cil_from_container learn of a packet for the next ones. */
 struct fc_state {
@@ -42,6 +43,14 @@ struct fc_state {
 	__u8 dst_known;            /* dst looked up for the packet's (final) destination */
 	__u8 pad;
 };
+
+/* What from_container_route leaves to_overlay (FC_TO_OVERLAY), in the skb's control block
+ * (tc's scratch words, as upstream's ctx_store_meta: one store each, no lookup, and
+ * cil_from_container's frame has no room to spare): */
+#define CB_ENCAP_TUNNEL_EP 0 /* the destination's node (its ipcache entry's), network order */
+#define CB_ENCAP_SRC_ID 1    /* the sender's identity: the VNI */
+#define CB_ENCAP_DST_ID 2
+#define CB_ENCAP_EP_ID 3     /* the sender's endpoint */
 
 /* A packet of a connection the node stack delivers to a pod (cil_to_container, tc egress, where
  * bpf_sk_assign cannot be used) that belongs to a proxy: back into the lxc's own tc ingress
@@ -209,12 +218,16 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 		ret = l3_dec_ttl(skb, p);
 		if (ret < 0)
 			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
-		ret = encap_and_redirect(skb, tunnel_ep, src_id, encap_dev);
-		if (ret < 0)
-			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
+		/* to_overlay encapsulates, below cil_from_container (this frame's and the policy
+		 * lookup's leave no room for encap_and_redirect's); reported first, before the
+		 * outer headers exist (the length is the inner packet's, as on the device's path) */
+		skb->cb[CB_ENCAP_TUNNEL_EP] = tunnel_ep;
+		skb->cb[CB_ENCAP_SRC_ID] = src_id;
+		skb->cb[CB_ENCAP_DST_ID] = dst_id;
+		skb->cb[CB_ENCAP_EP_ID] = src_ep;
 		if (ct.report)
 			emit_event(skb, p, &m);
-		return ret;
+		return FC_TO_OVERLAY;
 	}
 
 	/* Native routing: routed here with the node's FIB, straight to the egress device (BPF host
@@ -240,6 +253,25 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	if (ct.report)
 		emit_event(skb, p, &m);
 	return TC_ACT_OK;
+}
+
+/* cil_from_container's tail for FC_TO_OVERLAY: into the tunnel as the control block says
+ * (lib/encap.h). A global function of the skb alone: verified once, not once for every path of
+ * the steps before whose verdict the verifier does not know (a pointer into the caller's frame
+ * would make all of it live in every one of them). A packet that could not be encapsulated is
+ * reported as parsed again here: encap_and_redirect fails before it changes it. */
+__attribute__((noinline)) int to_overlay(struct __sk_buff *skb)
+{
+	if (!skb)
+		return TC_ACT_SHOT; /* not reached: the context */
+	__u32 src_id = skb->cb[CB_ENCAP_SRC_ID];
+	int ret = encap_and_redirect(skb, skb->cb[CB_ENCAP_TUNNEL_EP], src_id, encap_ifindex());
+	if (ret >= 0)
+		return ret;
+	struct pkt p = {};
+	parse_packet(skb, &p);
+	return drop_packet(skb, &p, -ret, (__u16)skb->cb[CB_ENCAP_EP_ID], src_id,
+			   skb->cb[CB_ENCAP_DST_ID], OBS_TO_OVERLAY);
 }
 
 /* Parsing and the sender's checks (anti-spoofing, endpoint ready). */
@@ -312,6 +344,8 @@ int cil_from_container(struct __sk_buff *skb)
 	ret = from_container_route(skb, &p, &st, &lb);
 	if (ret == FC_TO_PROXY)
 		return to_proxy(skb, &p);
+	if (ret == FC_TO_OVERLAY)
+		return to_overlay(skb);
 	return ret;
 }
 

@@ -21,62 +21,13 @@
 #include "lib/policy.h"
 #include "lib/deliver.h"
 #include "lib/encap.h"
-
-/* Everything but the L7 proxy's tail, in a frame of its own (with to_proxy's the chain would
- * not fit the verifier's 512 bytes). */
-static __attribute__((noinline)) int from_overlay(struct __sk_buff *skb, struct pkt *p)
-{
-	struct ct_result ct = {};
-	struct event_meta m = {};
-	struct policy_verdict none = {};
-	__u32 level;
-	__u64 interval;
-	__u32 src_id = 0;
-	int ret;
-
-	ret = parse_packet(skb, p);
-	if (ret == PARSE_PASS)
-		return TC_ACT_OK;
-	if (ret < 0)
-		return drop_packet(skb, p, -ret, 0, 0, 0, OBS_FROM_OVERLAY);
-
-	struct endpoint_info *dst = lookup_endpoint(p->daddr, p->family);
-	__u16 dst_ep = dst ? dst->ep_id : 0;
-	__u32 dst_id = dst ? dst->sec_id : ipcache_identity(p->daddr, p->family);
-
-	ret = decap_identity(skb, &src_id);
-	if (ret < 0)
-		return drop_packet(skb, p, -ret, dst_ep, 0, dst_id, OBS_FROM_OVERLAY);
-
-	load_config(&level, &interval);
-	ret = ct_process(p, src_id, dst_id, level, interval, &ct);
-	if (ret < 0)
-		return drop_packet(skb, p, -ret, dst_ep, src_id, dst_id, OBS_FROM_OVERLAY);
-
-	/* Above aggregation "none" a from-* point is not reported (upstream's emit_trace_notify):
-	 * the packet's next point, to-endpoint or to-stack, says the same with the same identity. */
-	if (ct.report && level == MONITOR_AGG_NONE) {
-		trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_OVERLAY, &none,
-			   TRAFFIC_INGRESS);
-		emit_event(skb, p, &m);
-	}
-
-	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
-	if (dst)
-		return local_deliver(skb, p, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
-
-	trace_meta(&m, &ct, 0, 0, src_id, dst_id, OBS_TO_STACK, &none, TRAFFIC_INGRESS);
-	if (ct.report)
-		emit_event(skb, p, &m);
-	bpf_skb_change_type(skb, PACKET_HOST);
-	return TC_ACT_OK;
-}
+#include "lib/overlay.h"
 
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	int ret = from_overlay(skb, &p);
+	int ret = from_overlay(skb, &p, device_vni(skb));
 	if (ret == PROXY_TAIL)
 		return to_proxy(skb, &p);
 	return ret;

@@ -1,14 +1,22 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* VXLAN between nodes (tunnel routing mode), as Cilium's encap.h: the sender's source security
  * identity travels in the VNI, so the receiving node enforces its ingress policy on the real
- * sender with no ipcache guess. ciliary_vxlan is an external (collect_md) device: the outer
- * header is whatever the program puts into the skb's tunnel key, and on receive the key (VNI,
- * outer source) is readable by the program on its tc ingress. The outer packet is IPv4 (the
- * underlay's node IPs); the inner frame may be IPv4 or IPv6. */
+ * sender with no ipcache guess. The outer packet is IPv4 (the underlay's node IPs); the inner
+ * frame may be IPv4 or IPv6. Two ways through a node, one wire format (RFC 7348, UDP 8472):
+ * - the common one, without the tunnel device: encap_and_redirect writes the outer headers
+ *   itself and sends the packet out of the node's device, and encap_strip takes them off at the
+ *   receiving node's device for a local endpoint (bench/vxlanbound.py: the device's path, not
+ *   the encapsulation, was what a tunnelled packet cost);
+ * - ciliary_vxlan, an external (collect_md) device: the outer header is whatever the program
+ *   puts into the skb's tunnel key, and on receive the key (VNI, outer source) is readable by the
+ *   program on its tc ingress (bpf_overlay.c). It carries what the first way does not: a packet
+ *   before the node knows its next hop's neighbour (the device's own traffic resolves it), and
+ *   what arrives for the node itself rather than one of its endpoints. */
 #ifndef __CILIARY_ENCAP_H
 #define __CILIARY_ENCAP_H
 #include "common.h"
 #include "config.h"
+#include "endpoints.h"
 
 #define TUNNEL_TTL 64      /* IPDEFTTL, as upstream's outer header */
 #define VNI_MASK 0xffffff  /* a VXLAN network identifier has 24 bits */
@@ -63,34 +71,209 @@ static __always_inline int encap_received_fast(struct __sk_buff *skb)
 	return encap_port(((__u16)l4[2] << 8) | l4[3]);
 }
 
-/* Encapsulate towards `tunnel_ep` (an ipcache tunnel endpoint: IPv4, network order) with the
- * sender's identity as VNI and hand the packet to the tunnel device's egress. Returns the tc
- * verdict, or -DROP_WRITE_ERROR when the key could not be set. */
-static __always_inline int encap_and_redirect(struct __sk_buff *skb, __u32 tunnel_ep,
-					      __u32 src_id, __u32 ifindex)
+#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4 /* uapi of Linux 6.3, newer than some distributions' */
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+#endif
+
+struct vxlanhdr {
+	__be32 flags;
+	__be32 vni;
+};
+
+#define VXLAN_F_VNI 0x08000000 /* the I flag: the VNI is valid (RFC 7348) */
+/* What the outer packet adds before the inner frame's network header: outer IPv4, UDP, VXLAN
+ * and the inner Ethernet header (the outer Ethernet header is the frame's own, rewritten). */
+#define ENCAP_HDR_LEN                                                                      \
+	(sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlanhdr) +          \
+	 sizeof(struct ethhdr))
+#define ENCAP_TO_STACK -1     /* encap_strip: not done, the stack's VXLAN socket takes it */
+#define ENCAP_ROOM_FLAGS                                                                   \
+	(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |                       \
+	 BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr)) |       \
+	 BPF_F_ADJ_ROOM_FIXED_GSO)
+
+/* encap_and_redirect's working memory, off the stack: its callers' frames already take most of
+ * the verifier's 512 bytes. */
+struct encap_scratch {
+	struct bpf_fib_lookup fib;
+	struct bpf_tunnel_key key;
+	__u32 tunnel_ep;
+	__u32 vni;
+	__u32 hash;
+	__u32 device;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct encap_scratch);
+	__uint(max_entries, 1);
+} ciliary_encap_scratch SEC(".maps");
+
+static __always_inline __u16 ipv4_header_csum(const __u16 *words)
 {
-	struct bpf_tunnel_key key = {};
-	/* the helper takes the address in host order (it converts with cpu_to_be32) */
-	key.remote_ipv4 = bpf_ntohl(tunnel_ep);
-	key.tunnel_id = src_id & VNI_MASK;
-	key.tunnel_ttl = TUNNEL_TTL;
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
-		return -DROP_WRITE_ERROR;
-	skb->mark = MARK_MAGIC_OVERLAY;
-	return bpf_redirect(ifindex, 0);
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += words[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
 }
 
-/* The sender's identity of a decapsulated packet: its VNI. A packet the host of the other node
- * sent carries HOST, which is remote-node from here (upstream's rule). Returns 0 or -DROP_*. */
-static __always_inline int decap_identity(struct __sk_buff *skb, __u32 *identity)
+/* The outer headers written in front of the frame that bpf_skb_adjust_room made room for: the
+ * frame's own Ethernet header becomes the inner one, the outer one goes to the FIB's next hop.
+ * Returns 0 or -DROP_WRITE_ERROR. */
+static __always_inline int encap_write(struct __sk_buff *skb, const struct encap_scratch *w,
+				       __u16 port)
 {
-	struct bpf_tunnel_key key = {};
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
-		return -DROP_NO_TUNNEL_KEY;
-	__u32 id = key.tunnel_id & VNI_MASK;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *outer = data + sizeof(*eth);
+	struct udphdr *udp = (void *)(outer + 1);
+	struct vxlanhdr *vx = (void *)(udp + 1);
+	struct ethhdr *inner = (void *)(vx + 1);
+	if ((void *)(inner + 1) > end)
+		return -DROP_WRITE_ERROR;
+	__builtin_memcpy(inner->h_dest, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(inner->h_source, eth->h_source, ETH_ALEN);
+	inner->h_proto = eth->h_proto;
+	__builtin_memcpy(eth->h_dest, w->fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, w->fib.smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	__u16 total = skb->len - sizeof(*eth);
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = 0;
+	outer->tot_len = bpf_htons(total);
+	outer->id = 0;
+	outer->frag_off = 0; /* as the device's default (no df) */
+	outer->ttl = TUNNEL_TTL;
+	outer->protocol = IPPROTO_UDP;
+	outer->check = 0;
+	outer->saddr = w->fib.ipv4_src;
+	outer->daddr = w->tunnel_ep;
+	outer->check = ipv4_header_csum((const __u16 *)outer);
+	/* the flow's entropy in the source port, in the kernel's ephemeral range, as the device */
+	udp->source = bpf_htons(32768 + (w->hash >> 16) % 28232);
+	udp->dest = bpf_htons(port);
+	udp->len = bpf_htons(total - sizeof(*outer));
+	udp->check = 0; /* BPF_F_ZERO_CSUM_TX, as on the device's path */
+	vx->flags = bpf_htonl(VXLAN_F_VNI);
+	vx->vni = bpf_htonl(w->vni << 8);
+	return 0;
+}
+
+/* Encapsulate towards `tunnel_ep` (an ipcache tunnel endpoint: IPv4, network order) with the
+ * sender's identity as VNI. Without the tunnel device when the node's FIB knows the next hop
+ * of `tunnel_ep` with its neighbour (bench/vxlanbound.py: the device's path, not the
+ * encapsulation, is what a tunnelled packet paid): the outer headers written here with
+ * bpf_skb_adjust_room (its encapsulation flags tell GSO where the inner headers are, so a GSO
+ * packet stays whole), the outer source and next hop from the FIB (as the device's own route
+ * lookup), out of that device, marked MARK_MAGIC_OVERLAY as the device's outer packets are.
+ * Otherwise the tunnel device (`device`) with the key in the skb. A global function: verified
+ * once, not once per path of its callers. Returns the tc verdict or -DROP_WRITE_ERROR. */
+__attribute__((noinline)) int encap_and_redirect(struct __sk_buff *skb, __u32 tunnel_ep,
+						 __u32 src_id, __u32 device)
+{
+	__u32 zero = 0;
+	struct encap_scratch *w = bpf_map_lookup_elem(&ciliary_encap_scratch, &zero);
+	struct dp_config *cfg = dp_config_get();
+	if (!skb || !w)
+		return -DROP_WRITE_ERROR;
+	__builtin_memset(w, 0, sizeof(*w));
+	w->tunnel_ep = tunnel_ep;
+	w->vni = src_id & VNI_MASK;
+	w->device = device;
+	w->fib.family = AF_INET4;
+	w->fib.ifindex = skb->ifindex;
+	w->fib.ipv4_dst = tunnel_ep;
+	if (cfg && cfg->tunnel_port &&
+	    bpf_fib_lookup(skb, &w->fib, sizeof(w->fib), BPF_FIB_LOOKUP_SRC) ==
+		    BPF_FIB_LKUP_RET_SUCCESS) {
+		__u16 port = cfg->tunnel_port;
+		w->hash = bpf_get_hash_recalc(skb);
+		if (!bpf_skb_adjust_room(skb, ENCAP_HDR_LEN, BPF_ADJ_ROOM_MAC, ENCAP_ROOM_FLAGS)) {
+			if (encap_write(skb, w, port) < 0)
+				return -DROP_WRITE_ERROR;
+			skb->mark = MARK_MAGIC_OVERLAY;
+			return bpf_redirect(w->fib.ifindex, 0);
+		}
+	}
+	/* the helper takes the address in host order (it converts with cpu_to_be32) */
+	w->key.remote_ipv4 = bpf_ntohl(w->tunnel_ep);
+	w->key.tunnel_id = w->vni;
+	w->key.tunnel_ttl = TUNNEL_TTL;
+	if (bpf_skb_set_tunnel_key(skb, &w->key, sizeof(w->key), BPF_F_ZERO_CSUM_TX) < 0)
+		return -DROP_WRITE_ERROR;
+	skb->mark = MARK_MAGIC_OVERLAY;
+	return bpf_redirect(w->device, 0);
+}
+
+/* The sender's identity of a decapsulated packet from its VNI (`vni`: the VNI, or -DROP_* when
+ * it could not be read). A packet the host of the other node sent carries HOST, which is
+ * remote-node from here (upstream's rule). Returns 0 or -DROP_*. */
+static __always_inline int vni_identity(int vni, __u32 *identity)
+{
+	if (vni < 0)
+		return vni;
+	__u32 id = (__u32)vni & VNI_MASK;
 	if (id == ID_UNKNOWN)
 		return -DROP_INVALID_IDENTITY;
 	*identity = id == ID_HOST ? ID_REMOTE_NODE : id;
 	return 0;
+}
+
+/* The VNI of a packet the tunnel device decapsulated (its tunnel key), or -DROP_NO_TUNNEL_KEY. */
+static __always_inline int device_vni(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return -DROP_NO_TUNNEL_KEY;
+	return key.tunnel_id & VNI_MASK;
+}
+
+/* An outer VXLAN packet at the node's device (encap_received_fast said so) decapsulated here,
+ * without the stack's UDP socket and the tunnel device, when its inner frame is for a local
+ * endpoint: the headers before the inner network header stripped (bpf_skb_adjust_room), the
+ * outer Ethernet header kept with the inner protocol. Returns the VNI, or ENCAP_TO_STACK
+ * (anything else: the packet is as it was, for the device's path). */
+__attribute__((noinline)) int encap_strip(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct vxlanhdr *vx = data + sizeof(*eth) + sizeof(struct iphdr) + sizeof(struct udphdr);
+	struct ethhdr *inner = (void *)(vx + 1);
+	__u8 *l3 = (__u8 *)(inner + 1);
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
+	struct endpoint_info *dst;
+
+	if ((void *)(l3 + 40) > end || !(vx->flags & bpf_htonl(VXLAN_F_VNI)))
+		return ENCAP_TO_STACK;
+	if (inner->h_proto == bpf_htons(ETH_P_IP)) {
+		dst = lookup_endpoint(l3 + 16, AF_INET4);
+		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+	} else if (inner->h_proto == bpf_htons(ETH_P_IPV6)) {
+		dst = lookup_endpoint(l3 + 24, AF_INET6);
+		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
+	} else {
+		return ENCAP_TO_STACK;
+	}
+	if (!dst)
+		return ENCAP_TO_STACK;
+	int vni = bpf_ntohl(vx->vni) >> 8;
+	__be16 proto = inner->h_proto;
+	if (bpf_skb_adjust_room(skb, -(int)ENCAP_HDR_LEN, BPF_ADJ_ROOM_MAC, flags))
+		return ENCAP_TO_STACK;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return ENCAP_TO_STACK; /* not reached: the packet is longer than before */
+	eth->h_proto = proto;
+	return vni;
 }
 #endif
