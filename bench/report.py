@@ -293,14 +293,16 @@ def multinode_tables(results: list[Result]) -> list[str]:
         " MTU 1500), as the lab network joins lab nodes.",
         "- **a**: kernel routing only: each node routes the other's pod /24 via its node IP; no"
         " BPF, no encapsulation: the limit.",
-        "- **b**: a two-node ciliary lab, `routingMode: tunnel`: `bpf_lxc` encapsulates into"
-        " `ciliary_vxlan` with the source identity in the VNI, `bpf_overlay` decapsulates and"
-        " enforces the CNP allowing the client on the server's ports (pod MTU 1450).",
+        "- **b**: a two-node ciliary lab, `routingMode: tunnel`: `bpf_lxc` writes the VXLAN"
+        " headers itself with the source identity in the VNI and sends out of `eth0`, `bpf_host`"
+        " decapsulates and enforces the CNP allowing the client on the server's ports (pod MTU"
+        " 1450; `ciliary_vxlan` only while a neighbour is unknown).",
         "- **c**: the same lab file with `routingMode: native`, `autoDirectNodeRoutes: true`.",
         "- **d**: a's namespaces, the pod traffic through a Linux vxlan device per node (UDP"
         " 8472, the other node as remote) and a route over it, no BPF; pod MTU 1450.",
         "- Each setup's path is checked before the rounds by node 1's device counters (`eth0`"
-        " for a and c, the vxlan device for b and d; for c, nothing through `ciliary_vxlan`)."
+        " for a, b and c, the vxlan device for d; for b, 50 bytes more per packet than the"
+        " client pod sent; for c, nothing through `ciliary_vxlan`)."
         " Tools as in the one-node table.",
     ]
     lines += [

@@ -9,6 +9,9 @@
  *               addresses: replies to its own connections, which cil_from_host tunnelled) goes
  *               to the node's stack, as a packet for this host: the inner frame still carries
  *               the sending node's MACs, which the stack would discard as another host's.
+ *               A frame for a local endpoint rarely comes this way: bpf_host's cil_from_netdev
+ *               decapsulates those itself and runs the same from_overlay (lib/overlay.h); the
+ *               device sees what the sending node sent before it knew its neighbour.
  * It shares the node's pinned maps with bpf_lxc (conntrack, endpoints, policy, events), so a
  * connection is one conntrack entry whichever object saw which of its packets. */
 #include "lib/common.h"
