@@ -26,6 +26,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "e2e" in str(item.fspath):
             item.add_marker(pytest.mark.privileged)
+    _fresh_sharers_first(items)
+
+
+def _fresh_sharers_first(items: list[pytest.Item]) -> None:
+    """Each module that sets ``SHARES_LAB_FRESH`` (it asserts on the whole of the lab as ``lab
+    up`` made it, e.g. its exact endpoints) is moved, its tests in their order, to just before
+    the first module that shares its lab: the others only add under names of their own, so it
+    takes the lab before any of them has."""
+
+    def module(item: pytest.Item) -> object:
+        return getattr(item, "module", None)
+
+    fresh = {id(m): m for i in items if getattr(m := module(i), SHARES_LAB_FRESH, False)}
+    for mod in fresh.values():
+        key = getattr(mod, SHARES_LAB)
+        first = next(i for i in items if getattr(module(i), SHARES_LAB, None) == key)
+        if module(first) is mod:
+            continue
+        own = [i for i in items if module(i) is mod]
+        items[:] = [i for i in items if module(i) is not mod]
+        at = items.index(first)
+        items[at:at] = own
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -125,6 +147,10 @@ example's file name for ``test_policy_runner.policy_lab``. It must leave the lab
 but for additions of its own (pods, namespaces, Services under names no other module uses). The
 lab is removed after the last module that shares it, or at the end of the session if that one
 did not run."""
+
+SHARES_LAB_FRESH = "SHARES_LAB_FRESH"
+"""A sharing module that sets ``SHARES_LAB_FRESH = True`` runs before the others that share its
+lab (``_fresh_sharers_first``): it sees the lab as ``lab up`` made it, with nothing added."""
 
 T = TypeVar("T")
 

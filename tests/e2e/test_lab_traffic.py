@@ -20,6 +20,11 @@ from ciliary.lab import manager
 
 from .conftest import CILIARY, Lab
 
+# the conftest lab, shared, and taken first (before the others add their pods): its endpoints
+# are asserted as a whole; the pod it adds (default/late) is its own, the agent it kills is back
+SHARES_LAB = True
+SHARES_LAB_FRESH = True
+
 
 def _wait_listening(lab: Lab) -> None:
     deadline = time.monotonic() + 15
