@@ -150,6 +150,9 @@ class APIServer:
         self._agent = agent
         self._path = socket_path
         self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        """Set by :meth:`stop`: the monitor streams end (aiohttp's clean-up would wait for them,
+        up to its 60 s shutdown timeout, before the agent can exit)."""
         limit = max_body_bytes()
         app = web.Application(middlewares=[_errors], client_max_size=limit)
         app[_MAX_BODY] = limit
@@ -205,6 +208,7 @@ class APIServer:
         os.chmod(self._path, 0o600)
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -390,7 +394,7 @@ class APIServer:
         await resp.prepare(request)
         queue = self._agent.monitor.subscribe()
         try:
-            while True:
+            while not self._stopping.is_set():  # a subscriber must not keep the agent running
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except TimeoutError:
