@@ -111,6 +111,20 @@ struct {
 	__uint(max_entries, 1);
 } ciliary_encap_scratch SEC(".maps");
 
+/* Tunnel endpoints (IPv4, network order) whose route the main table alone gives as the node's ip
+ * rules would: agent/fibdirect.py proves it per endpoint from the rules and the local table, and
+ * takes an entry out as soon as a change of either could make it untrue. encap_and_redirect
+ * looks those up with BPF_FIB_LOOKUP_DIRECT (the rule walk, the local table's lookup included,
+ * is most of a lookup's cost: bpf/lib/fib.h); any other endpoint through every rule. */
+#define TUNNEL_DIRECT_MAX 16384 /* nodes */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, TUNNEL_DIRECT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_tunnel_direct SEC(".maps");
+
 static __always_inline __u16 ipv4_header_csum(const __u16 *words)
 {
 	__u32 sum = 0;
@@ -190,9 +204,11 @@ __attribute__((noinline)) int encap_and_redirect(struct __sk_buff *skb, __u32 tu
 	w->fib.family = AF_INET4;
 	w->fib.ifindex = skb->ifindex;
 	w->fib.ipv4_dst = tunnel_ep;
+	__u32 fib_flags = BPF_FIB_LOOKUP_SRC;
+	if (bpf_map_lookup_elem(&ciliary_tunnel_direct, &w->tunnel_ep))
+		fib_flags |= BPF_FIB_LOOKUP_DIRECT;
 	if (cfg && cfg->tunnel_port &&
-	    bpf_fib_lookup(skb, &w->fib, sizeof(w->fib), BPF_FIB_LOOKUP_SRC) ==
-		    BPF_FIB_LKUP_RET_SUCCESS) {
+	    bpf_fib_lookup(skb, &w->fib, sizeof(w->fib), fib_flags) == BPF_FIB_LKUP_RET_SUCCESS) {
 		__u16 port = cfg->tunnel_port;
 		w->hash = bpf_get_hash_recalc(skb);
 		if (!bpf_skb_adjust_room(skb, ENCAP_HDR_LEN, BPF_ADJ_ROOM_MAC, ENCAP_ROOM_FLAGS)) {

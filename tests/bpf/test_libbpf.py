@@ -256,6 +256,7 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_proxy_req",
         "ciliary_nat_config",  # lib/fib.h: the native routing CIDR of its table-direct lookup
         "ciliary_encap_scratch",  # lib/encap.h: encap_and_redirect's FIB lookup, off the stack
+        "ciliary_tunnel_direct",  # lib/encap.h: endpoints looked up in the main table alone
     }
     assert set(loaded.map_names()) == names
     assert sorted(loaded.program_names()) == ["cil_from_container", "cil_to_container"]

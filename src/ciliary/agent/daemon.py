@@ -29,7 +29,7 @@ from ciliary.agent.config import MONITOR_AGGREGATION, TUNNEL_OVERHEAD, AgentConf
 from ciliary.agent.dnsproxy import DNSProxy, EndpointDNSRules
 from ciliary.agent.endpoints import EndpointManager
 from ciliary.agent.envoypolicy import EndpointView, NodeEnvoy
-from ciliary.agent.fibdirect import FibDirectWatch
+from ciliary.agent.fibdirect import FibDirectWatch, TunnelDirectWatch
 from ciliary.agent.health import ClusterHealthChecker, HealthTarget
 from ciliary.agent.healthendpoint import HealthEndpoint, netns_name
 from ciliary.agent.hubble import AgentHubble
@@ -185,6 +185,7 @@ class Agent:
         """The service manager: the watcher's services into the BPF service maps."""
         self.endpoint_sync: EndpointSync | None = None
         self.node_manager: NodeManager | None = None
+        self.tunnel_direct: TunnelDirectWatch | None = None
         self.health: ClusterHealthChecker | None = None
         """Cluster health: with a Kubernetes API (its nodes are the node manager's)."""
         self.health_endpoint = HealthEndpoint(
@@ -252,6 +253,8 @@ class Agent:
         self.endpoint_sync = EndpointSync(self.kube, self.node, self._node_ips())
         self.node_manager = self._make_node_manager(self.kube)
         self.node_manager.on_reconciled.append(self.envoy.changed)  # peers' addresses
+        if self.tunnel_direct is not None:
+            self.node_manager.on_reconciled.append(self.tunnel_direct.changed)
         self.service_watcher = ServiceWatcher(self.kube)
         self.services = self._make_service_syncer(self.service_watcher)
         self.service_watcher.start()
@@ -510,6 +513,14 @@ class Agent:
         if mode == ROUTING_MODE_NATIVE and cidrs:  # the main table alone where rules allow it
             routers = [r for r in (self.ipam.router_v4, self.ipam.router_v6) if r is not None]
             self._spawn(FibDirectWatch(self.datapath.config, cidrs, routers).run(), "fib-direct")
+        elif mode == ROUTING_MODE_TUNNEL:
+            # the tunnel endpoints' next hop in the main table alone where rules allow it: the
+            # node manager's (_connect_kubernetes hooks it up; without an API, none)
+            self.tunnel_direct = TunnelDirectWatch(
+                self.datapath.tunnel_direct,
+                lambda: self.node_manager.tunnel_endpoints() if self.node_manager else set(),
+            )
+            self._spawn(self.tunnel_direct.run(), "fib-direct-tunnel")
 
     def _setup_socket_lb(self) -> None:
         """Socket-LB on the node's cgroup (--cgroup-root, --bpf-lb-sock, as upstream's), else

@@ -56,6 +56,7 @@ from ciliary.datapath.maps.ipcache import IPCacheMap
 from ciliary.datapath.maps.lb import LB_MAPS, LBMaps
 from ciliary.datapath.maps.nat import NAT_CONFIG_MAP, NAT_MAPS, NATConfigMap, NATRecord, nat_records
 from ciliary.datapath.maps.policy import REVISION_MAP, PolicyMaps, PolicyRevision
+from ciliary.datapath.maps.tunnel import TUNNEL_DIRECT_MAP, TunnelDirectMap
 
 BPF_FS = Path("/sys/fs/bpf")
 PIN_ROOT = BPF_FS / "ciliary"
@@ -200,6 +201,7 @@ class NodeDatapath:
         self.ipcache = IPCacheMap(self._maps["ciliary_ipcache"])
         self.ct = CTMap(self._maps["ciliary_ct"])
         self.config = ConfigMap(self._maps["ciliary_config"])
+        self.tunnel_direct = TunnelDirectMap(self._maps[TUNNEL_DIRECT_MAP])
         self.events_lost = EventsLostMap(self._maps["ciliary_events_lost"])
         self.policy = PolicyMaps(
             self._maps["ciliary_policy"], self.pin_dir, PolicyRevision(self._maps[REVISION_MAP])

@@ -163,3 +163,21 @@ def test_only_rules_and_local_routes_are_relevant_events() -> None:
         a.send(_nlmsg(rtm_newroute, RT_TABLE_MAIN))
         assert relevant_events(b)  # a rule, and all that was pending read
         assert not relevant_events(b)
+
+
+def test_a_tunnel_endpoint_is_proven_as_a_host_prefix_of_no_address_of_its_own() -> None:
+    """agent/fibdirect.py's tunnel endpoints: another node's IP as a /32 with no own address
+    (lib/encap.h's next-hop lookup of the outer packet). A lab node's rules leave it to main,
+    the API fence included (its destination is the bridge's address); a rule on the endpoint
+    itself, or the endpoint being a local address, keeps the full lookup."""
+    local = [ip_network(p) for p in ("127.0.0.0/8", "172.18.0.2/32", "172.18.0.255/32")]
+    other = ip_network("172.18.0.3/32")
+
+    def proven(rules: list[Rule], endpoint: str = "172.18.0.3/32") -> bool:
+        return main_lookup_suffices(rules, local, ip_network(endpoint), ())
+
+    assert proven(LAB_NODE)
+    assert not proven(LAB_NODE, "172.18.0.2/32")  # this node's own address: the local table's
+    assert not proven(LAB_NODE, "172.18.0.1/32")  # the fence's address: its prohibit may match
+    assert not proven([LOCAL, _rule(50, action=FR_ACT_PROHIBIT, dst=str(other)), MAIN])
+    assert proven([LOCAL, _rule(50, action=FR_ACT_PROHIBIT, dst="172.18.0.4/32"), MAIN])

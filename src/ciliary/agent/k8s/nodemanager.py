@@ -485,6 +485,11 @@ class NodeManager:
     def informers(self) -> list[Informer]:
         return [self.nodes_informer, self.endpoints_informer]
 
+    def tunnel_endpoints(self) -> set[IPv4Address]:
+        """The tunnel endpoints of the ipcache entries this node manager wrote (tunnel mode)."""
+        written = self._written or {}
+        return {e.tunnel_endpoint for e in written.values() if e.tunnel_endpoint is not None}
+
     def nodes(self) -> list[NodeView]:
         """The cluster's nodes known from their CiliumNodes, sorted by name."""
         out = []
