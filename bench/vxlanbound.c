@@ -17,32 +17,10 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "lib/vxlan.h" /* the wire format, as the datapath writes it */
 
-#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4 /* uapi of Linux 6.3, newer than some distributions' */
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
-#endif
 #define PROTO_UDP 17
 #define VXLAN_PORT 8472
-
-struct vxlanhdr {
-	__be32 flags;
-	__be32 vni;
-};
-
-#define ENCAP_LEN                                                                          \
-	(sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlanhdr) +          \
-	 sizeof(struct ethhdr))
-
-static __always_inline __u16 ip_checksum(const __u16 *words)
-{
-	__u32 sum = 0;
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += words[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
-}
 
 SEC("tc")
 int enc(struct __sk_buff *skb)
@@ -55,11 +33,7 @@ int enc(struct __sk_buff *skb)
 	if ((ip->daddr & bpf_htonl(0xffffff00)) != bpf_htonl(REMOTE_NET))
 		return TC_ACT_OK; /* not for the other node's pods */
 	__u32 hash = bpf_get_hash_recalc(skb);
-	if (bpf_skb_adjust_room(skb, ENCAP_LEN, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
-					BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
-					BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr)) |
-					BPF_F_ADJ_ROOM_FIXED_GSO))
+	if (bpf_skb_adjust_room(skb, ENCAP_HDR_LEN, BPF_ADJ_ROOM_MAC, ENCAP_ROOM_FLAGS))
 		return TC_ACT_SHOT;
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
@@ -93,7 +67,7 @@ int enc(struct __sk_buff *skb)
 	outer->check = 0;
 	outer->saddr = bpf_htonl(LOCAL_IP);
 	outer->daddr = bpf_htonl(REMOTE_IP);
-	outer->check = ip_checksum((const __u16 *)outer);
+	outer->check = ipv4_header_csum((const __u16 *)outer);
 	udp->source = bpf_htons(49152 | (hash & 0x3fff)); /* the flow's entropy, as vxlan's */
 	udp->dest = bpf_htons(VXLAN_PORT);
 	udp->len = bpf_htons(total - sizeof(*outer));
@@ -116,7 +90,7 @@ int dec(struct __sk_buff *skb)
 	struct ethhdr *in = (void *)(udp + 1) + sizeof(struct vxlanhdr);
 	if ((void *)(in + 1) > end || in->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK; /* ARP between vxlan devices (half rx): theirs */
-	if (bpf_skb_adjust_room(skb, -(int)ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+	if (bpf_skb_adjust_room(skb, -(int)ENCAP_HDR_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO))
 		return TC_ACT_SHOT;
 	data = (void *)(long)skb->data;

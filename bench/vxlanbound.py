@@ -40,6 +40,7 @@ from bench.common import sh
 from bench.datapath import Target, _link
 
 SOURCE = Path(__file__).with_name("vxlanbound.c")
+BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"  # lib/vxlan.h, the wire format
 BPF_VXLAN = "e: VXLAN by tc programs, no device"
 HALF_TX = "e-tx: tc programs send, vxlan devices receive"
 HALF_RX = "e-rx: vxlan devices send, tc programs receive"
@@ -57,6 +58,7 @@ def _object(out: Path, constants: dict[str, str]) -> None:
     arch = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout
     subprocess.run(
         ["clang", "-target", "bpf", "-O2", "-Wall", f"-I/usr/include/{arch.strip()}-linux-gnu",
+         f"-I{BPF_DIR}",
          *(f"-D{name}={value}" for name, value in constants.items()),
          "-c", str(SOURCE), "-o", str(out)],
         check=True, capture_output=True, text=True, timeout=60,

@@ -17,6 +17,7 @@
 #include "common.h"
 #include "config.h"
 #include "endpoints.h"
+#include "vxlan.h"
 
 #define TUNNEL_TTL 64      /* IPDEFTTL, as upstream's outer header */
 #define VNI_MASK 0xffffff  /* a VXLAN network identifier has 24 bits */
@@ -71,27 +72,7 @@ static __always_inline int encap_received_fast(struct __sk_buff *skb)
 	return encap_port(((__u16)l4[2] << 8) | l4[3]);
 }
 
-#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4 /* uapi of Linux 6.3, newer than some distributions' */
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
-#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
-#endif
-
-struct vxlanhdr {
-	__be32 flags;
-	__be32 vni;
-};
-
-#define VXLAN_F_VNI 0x08000000 /* the I flag: the VNI is valid (RFC 7348) */
-/* What the outer packet adds before the inner frame's network header: outer IPv4, UDP, VXLAN
- * and the inner Ethernet header (the outer Ethernet header is the frame's own, rewritten). */
-#define ENCAP_HDR_LEN                                                                      \
-	(sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlanhdr) +          \
-	 sizeof(struct ethhdr))
-#define ENCAP_TO_STACK -1     /* encap_strip: not done, the stack's VXLAN socket takes it */
-#define ENCAP_ROOM_FLAGS                                                                   \
-	(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |                       \
-	 BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr)) |       \
-	 BPF_F_ADJ_ROOM_FIXED_GSO)
+#define ENCAP_TO_STACK -1 /* encap_strip: not done, the stack's VXLAN socket takes it */
 
 /* encap_and_redirect's working memory, off the stack: its callers' frames already take most of
  * the verifier's 512 bytes. */
@@ -124,17 +105,6 @@ struct {
 	__uint(max_entries, TUNNEL_DIRECT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_tunnel_direct SEC(".maps");
-
-static __always_inline __u16 ipv4_header_csum(const __u16 *words)
-{
-	__u32 sum = 0;
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += words[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
-}
 
 /* The outer headers written in front of the frame that bpf_skb_adjust_room made room for: the
  * frame's own Ethernet header becomes the inner one, the outer one goes to the FIB's next hop.
