@@ -55,25 +55,9 @@ int enc(struct __sk_buff *skb)
 	__u8 smac[ETH_ALEN] = LOCAL_MAC, dmac[ETH_ALEN] = REMOTE_MAC;
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
-	__u16 total = skb->len - sizeof(*eth);
-	outer->version = 4;
-	outer->ihl = 5;
-	outer->tos = 0;
-	outer->tot_len = bpf_htons(total);
-	outer->id = 0;
-	outer->frag_off = bpf_htons(0x4000); /* DF */
-	outer->ttl = 64;
-	outer->protocol = PROTO_UDP;
-	outer->check = 0;
-	outer->saddr = bpf_htonl(LOCAL_IP);
-	outer->daddr = bpf_htonl(REMOTE_IP);
-	outer->check = ipv4_header_csum((const __u16 *)outer);
-	udp->source = bpf_htons(49152 | (hash & 0x3fff)); /* the flow's entropy, as vxlan's */
-	udp->dest = bpf_htons(VXLAN_PORT);
-	udp->len = bpf_htons(total - sizeof(*outer));
-	udp->check = 0;
-	vx->flags = bpf_htonl(0x08000000); /* VNI present */
-	vx->vni = bpf_htonl(VNI << 8);
+	/* DF; the flow's entropy in the source port, as vxlan's */
+	vxlan_write_outer(outer, skb->len - sizeof(*eth), bpf_htonl(LOCAL_IP), bpf_htonl(REMOTE_IP),
+			  bpf_htons(0x4000), 49152 | (hash & 0x3fff), VXLAN_PORT, VNI);
 	return bpf_redirect(UNDERLAY_IFINDEX, 0);
 }
 

@@ -19,7 +19,6 @@
 #include "endpoints.h"
 #include "vxlan.h"
 
-#define TUNNEL_TTL 64      /* IPDEFTTL, as upstream's outer header */
 #define VNI_MASK 0xffffff  /* a VXLAN network identifier has 24 bits */
 /* skb->mark of an encapsulated packet (upstream's MARK_MAGIC_OVERLAY, under lib/proxy.h's
  * MARK_MAGIC_HOST_MASK with the proxy marks): the VXLAN driver keeps the mark of the packet it
@@ -127,26 +126,10 @@ static __always_inline int encap_write(struct __sk_buff *skb, const struct encap
 	__builtin_memcpy(eth->h_dest, w->fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, w->fib.smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
-	__u16 total = skb->len - sizeof(*eth);
-	outer->version = 4;
-	outer->ihl = 5;
-	outer->tos = 0;
-	outer->tot_len = bpf_htons(total);
-	outer->id = 0;
-	outer->frag_off = 0; /* as the device's default (no df) */
-	outer->ttl = TUNNEL_TTL;
-	outer->protocol = IPPROTO_UDP;
-	outer->check = 0;
-	outer->saddr = w->fib.ipv4_src;
-	outer->daddr = w->tunnel_ep;
-	outer->check = ipv4_header_csum((const __u16 *)outer);
-	/* the flow's entropy in the source port, in the kernel's ephemeral range, as the device */
-	udp->source = bpf_htons(32768 + (w->hash >> 16) % 28232);
-	udp->dest = bpf_htons(port);
-	udp->len = bpf_htons(total - sizeof(*outer));
-	udp->check = 0; /* BPF_F_ZERO_CSUM_TX, as on the device's path */
-	vx->flags = bpf_htonl(VXLAN_F_VNI);
-	vx->vni = bpf_htonl(w->vni << 8);
+	/* the flow's entropy in the source port, in the kernel's ephemeral range, as the device;
+	 * no DF, as the device's default */
+	vxlan_write_outer(outer, skb->len - sizeof(*eth), w->fib.ipv4_src, w->tunnel_ep, 0,
+			  32768 + (w->hash >> 16) % 28232, port, w->vni);
 	return 0;
 }
 
