@@ -259,7 +259,8 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
  * (lib/encap.h). A global function of the skb alone: verified once, not once for every path of
  * the steps before whose verdict the verifier does not know (a pointer into the caller's frame
  * would make all of it live in every one of them). A packet that could not be encapsulated is
- * reported as parsed again here: encap_and_redirect fails before it changes it. */
+ * reported as parsed again here: encap_and_redirect fails before it changes it (but for the
+ * bounds check of the headers after bpf_skb_adjust_room made room for them, which holds). */
 __attribute__((noinline)) int to_overlay(struct __sk_buff *skb)
 {
 	if (!skb)

@@ -311,9 +311,27 @@ def _tcp_packet(
     return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01" + ethertype + bytes(ip) + bytes(tcp)
 
 
+VXLAN_PORT = 8472
+VXLAN_OUTER = 14 + 20 + 8 + 8  # outer Ethernet, IPv4, UDP, VXLAN before the inner frame
+
+
+def _decapsulated(frame: bytes) -> bytes:
+    """The inner frame of a VXLAN packet bpf_lxc encapsulated itself for another node's backend
+    (tunnel mode, lib/encap.h), its outer IPv4 header checksum asserted; any other frame as is."""
+    if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return frame
+    outer = frame[14:34]
+    if struct.unpack("!H", frame[36:38])[0] != VXLAN_PORT:
+        return frame
+    assert _csum(outer) == 0, f"outer IPv4 header checksum: {frame.hex()}"
+    return frame[VXLAN_OUTER:]
+
+
 def _tcp_fields(frame: bytes) -> tuple[str, str, int, int, int]:
-    """(source, destination, sport, dport, TTL) of a frame, asserting its checksums: the IPv4
-    header's and TCP's (the test skb is not CHECKSUM_PARTIAL: the whole segment is summed)."""
+    """(source, destination, sport, dport, TTL) of a frame (the inner one of a VXLAN packet),
+    asserting its checksums: the IPv4 header's and TCP's (the test skb is not
+    CHECKSUM_PARTIAL: the whole segment is summed)."""
+    frame = _decapsulated(frame)
     if frame[12:14] == b"\x08\x00":
         ip, l4 = frame[14:34], frame[34:]
         assert _csum(ip) == 0, f"IPv4 header checksum: {frame.hex()}"
