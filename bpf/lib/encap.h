@@ -208,7 +208,14 @@ static __always_inline int device_vni(struct __sk_buff *skb)
  * without the stack's UDP socket and the tunnel device, when its inner frame is for a local
  * endpoint: the headers before the inner network header stripped (bpf_skb_adjust_room), the
  * outer Ethernet header kept with the inner protocol. Returns the VNI, or ENCAP_TO_STACK
- * (anything else: the packet is as it was, for the device's path). */
+ * (anything else: the packet is as it was, for the device's path).
+ * A GSO packet (a sender's whole TCP burst, as veth and the bridge carry it) keeps its UDP
+ * tunnel GSO type and skb->encapsulation after this: the flag that clears them,
+ * BPF_F_ADJ_ROOM_DECAP_L4_UDP, is newer than Linux 6.18 (the tunnel device clears them itself).
+ * Harmless where it goes, a local endpoint's socket (the pod's, or the L7 proxy's through
+ * bpf_sk_assign) and veths (they take that GSO type whole); a pod that forwarded such a packet
+ * in its own kernel onto a device needing software segmentation would not have it segmented
+ * right (upstream keeps such packets on the device until the flag is there). */
 __attribute__((noinline)) int encap_strip(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
