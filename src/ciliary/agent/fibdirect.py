@@ -167,7 +167,12 @@ class TunnelDirectWatch(_RuleWatch[set[IPv4Address]]):
         self.written: set[IPv4Address] | None = None
 
     def changed(self) -> None:
-        self._pending = self._endpoints()
+        """After a node-manager reconcile: read again only if the endpoints changed (most
+        reconciles are pods coming and going, which leave the node set as it was)."""
+        endpoints = self._endpoints()
+        if endpoints == self._pending and self.written is not None:
+            return
+        self._pending = endpoints
         super().changed()
 
     def compute(self) -> set[IPv4Address]:
