@@ -78,10 +78,9 @@ static __always_inline int encap_received_fast(struct __sk_buff *skb)
 struct encap_scratch {
 	struct bpf_fib_lookup fib;
 	struct bpf_tunnel_key key;
-	__u32 tunnel_ep;
+	__u32 tunnel_ep; /* in memory: ciliary_tunnel_direct's key */
 	__u32 vni;
 	__u32 hash;
-	__u32 device;
 };
 
 struct {
@@ -150,10 +149,9 @@ __attribute__((noinline)) int encap_and_redirect(struct __sk_buff *skb, __u32 tu
 	struct dp_config *cfg = dp_config_get();
 	if (!skb || !w)
 		return -DROP_WRITE_ERROR;
-	__builtin_memset(w, 0, sizeof(*w));
+	__builtin_memset(&w->fib, 0, sizeof(w->fib));
 	w->tunnel_ep = tunnel_ep;
 	w->vni = src_id & VNI_MASK;
-	w->device = device;
 	w->fib.family = AF_INET4;
 	w->fib.ifindex = skb->ifindex;
 	w->fib.ipv4_dst = tunnel_ep;
@@ -172,13 +170,14 @@ __attribute__((noinline)) int encap_and_redirect(struct __sk_buff *skb, __u32 tu
 		}
 	}
 	/* the helper takes the address in host order (it converts with cpu_to_be32) */
+	__builtin_memset(&w->key, 0, sizeof(w->key));
 	w->key.remote_ipv4 = bpf_ntohl(w->tunnel_ep);
 	w->key.tunnel_id = w->vni;
 	w->key.tunnel_ttl = TUNNEL_TTL;
 	if (bpf_skb_set_tunnel_key(skb, &w->key, sizeof(w->key), BPF_F_ZERO_CSUM_TX) < 0)
 		return -DROP_WRITE_ERROR;
 	skb->mark = MARK_MAGIC_OVERLAY;
-	return bpf_redirect(w->device, 0);
+	return bpf_redirect(device, 0);
 }
 
 /* The sender's identity of a decapsulated packet from its VNI (`vni`: the VNI, or -DROP_* when
@@ -227,12 +226,18 @@ __attribute__((noinline)) int encap_strip(struct __sk_buff *skb)
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
 	struct endpoint_info *dst;
 
-	if ((void *)(l3 + 40) > end || !(vx->flags & bpf_htonl(VXLAN_F_VNI)))
+	/* the inner network header whole, as its family has it (an IPv4 one of 20 bytes: a small
+	 * packet, a ping's, is shorter than an IPv6 header) */
+	if ((void *)l3 > end || !(vx->flags & bpf_htonl(VXLAN_F_VNI)))
 		return ENCAP_TO_STACK;
 	if (inner->h_proto == bpf_htons(ETH_P_IP)) {
+		if ((void *)(l3 + sizeof(struct iphdr)) > end)
+			return ENCAP_TO_STACK;
 		dst = lookup_endpoint(l3 + 16, AF_INET4);
 		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
 	} else if (inner->h_proto == bpf_htons(ETH_P_IPV6)) {
+		if ((void *)(l3 + sizeof(struct ipv6hdr)) > end)
+			return ENCAP_TO_STACK;
 		dst = lookup_endpoint(l3 + 24, AF_INET6);
 		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
 	} else {
