@@ -226,6 +226,39 @@ def lab(
         yield made
 
 
+KubeLab = tuple[str, list[str], str]
+"""A lab of ``kube_lab``/``shared_kube_lab``: (name, nodes, admin kubeconfig path)."""
+
+
+def _kube_lab_down(name: str, nodes: list[str]) -> None:
+    if name in manager.list_labs():
+        manager.down(name)
+    assert_no_leftovers(name, nodes)
+
+
+@contextlib.contextmanager
+def shared_kube_lab(
+    request: pytest.FixtureRequest,
+    held: dict[str, tuple[Any, Callable[[Any], None]]],
+    key: str,
+    write: Callable[[], tuple[Path, str, list[str]]],
+) -> Iterator[KubeLab]:
+    """``kube_lab`` for the modules that share ``key`` (``sharing``): ``write()`` writes the
+    lab file, giving (its path, the lab's name, its nodes), when this module makes the lab."""
+
+    def make() -> KubeLab:
+        path, name, nodes = write()
+        try:
+            manager.up(path)
+        except BaseException:
+            _kube_lab_down(name, nodes)
+            raise
+        return name, nodes, str(manager.kubeconfig(name))
+
+    with sharing(request, held, key, make, lambda made: _kube_lab_down(made[0], made[1])) as lab:
+        yield lab
+
+
 @contextlib.contextmanager
 def kube_lab(path: Path, name: str, nodes: list[str]) -> Iterator[str]:
     """``lab up`` of the lab file at ``path`` (lab ``name`` with ``nodes``), yielding its admin
@@ -237,6 +270,4 @@ def kube_lab(path: Path, name: str, nodes: list[str]) -> Iterator[str]:
         manager.up(path)
         yield str(manager.kubeconfig(name))
     finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, nodes)
+        _kube_lab_down(name, nodes)

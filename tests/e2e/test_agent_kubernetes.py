@@ -10,19 +10,21 @@ CiliumEndpoints carry the pods' named ports."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.e2e.conftest import CILIARY, KubeLab, shared_kube_lab, unique
 from tests.kubectl import kubectl, kubectl_run
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,6 +36,9 @@ apiVersion: ciliary.io/v1alpha1
 kind: Lab
 metadata: {{name: {lab}}}
 spec:
+  # kubelet's maxContainerRestartPeriod: the API server and etcd test_lab_resilience kills (it
+  # shares this lab) are back after 1 s, not 10 s
+  kubelet: {{crashLoopBackOff: {{maxContainerRestartPeriod: 1}}}}
   nodes:
   - name: {n1}
   - name: {n2}
@@ -139,15 +144,31 @@ class Probe:
         self._fh.close()
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
+# test_lab_resilience shares this lab (one lab up and down fewer a run): it runs first
+# (SHARES_LAB_FRESH) and leaves, besides pods of its own names, labels and namespace, only a
+# control plane that was killed and restarted (what a cluster lives through)
+SHARES_LAB = "agent-kubernetes"
+
+
+def write_lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[str]]:
+    """The lab file of this module's lab (LAB, a client and a server on each node)."""
     name, n1, n2 = unique("k8"), unique("n"), unique("n")
     path = tmp_path_factory.mktemp("agentk8s") / "lab.yaml"
     text = LAB.format(lab=name, n1=n1, n2=n2)
     text += PODS.format(i=1, node=n1) + PODS.format(i=2, node=n2)
     path.write_text(text)
-    with kube_lab(path, name, [n1, n2]) as kubeconfig:
-        yield name, [n1, n2], kubeconfig
+    return path, name, [n1, n2]
+
+
+@pytest.fixture(scope="module")
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[KubeLab]:
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as made:
+        yield made
 
 
 def _probes(name: str, tmp_path: Path) -> list[Probe]:

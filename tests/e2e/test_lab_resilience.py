@@ -6,49 +6,53 @@ through ``kubectl`` changes real packet verdicts on both nodes within 2 s of the
 CiliumIdentity per label set, one CiliumEndpoint per pod, and each agent's identity list agrees
 with the API's.
 
-One lab for the module: the two outages run in order in one test (the second starts from the
-state the first left), which is also what a cluster sees."""
+One lab for the module (test_agent_kubernetes's, shared): the two outages run in order in one
+test (the second starts from the state the first left), which is also what a cluster sees."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, kube_lab, unique
-from tests.e2e.test_agent_kubernetes import DENY_CLIENTS, Probe
+from tests.e2e.conftest import CILIARY, KubeLab, shared_kube_lab
+from tests.e2e.test_agent_kubernetes import DENY_CLIENTS, Probe, write_lab
+from tests.e2e.test_agent_kubernetes import SHARES_LAB as AGENT_KUBERNETES_LAB
 from tests.kubectl import KUBECTL, kubectl, kubectl_run
 
 pytestmark = pytest.mark.timeout(300)
 
 BUDGET_S = 2.0  # issue #12: changes made while the agents were away enforced within 2 s
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  # kubelet's maxContainerRestartPeriod: what these tests kill is back after 1 s, not 10 s
-  kubelet: {{crashLoopBackOff: {{maxContainerRestartPeriod: 1}}}}
-  nodes:
-  - name: {n1}
-  - name: {n2}
----
+# The lab of test_agent_kubernetes, shared (one lab up and down fewer a run; its clients and
+# servers, a client and a server in ``shop`` with the label app=server on each node). This module
+# runs first (SHARES_LAB_FRESH): it kills and restarts the control plane of a lab nothing else has
+# touched, and its whole-lab checks (nothing duplicated) look at a lab as lab up made it plus its
+# own pods. Its own pods are in a namespace of their own, under labels no other test selects
+# (test_agent_kubernetes counts the identities with app=client), and its policy goes with it: the
+# other module lists every policy of the agents.
+SHARES_LAB = AGENT_KUBERNETES_LAB
+SHARES_LAB_FRESH = True
+
+NAMESPACE = "resilience"
+OWN = """\
 apiVersion: v1
 kind: Namespace
-metadata: {{name: shop, labels: {{team: shop}}}}
+metadata: {{name: {ns}}}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {{name: guarded-from-nobody, namespace: shop}}
+metadata: {{name: guarded-from-nobody, namespace: {ns}}}
 spec:
   endpointSelector: {{matchLabels: {{app: guarded}}}}
   ingress: [{{fromEndpoints: [{{matchLabels: {{app: nobody}}}}]}}]
@@ -57,21 +61,14 @@ PODS = """\
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client-{i}, labels: {{app: client}}}}
+metadata: {{name: client-{i}, namespace: {ns}, labels: {{app: rs-client}}}}
 spec:
   nodeName: {node}
   containers: [{{name: main, command: [ciliary, workload, pause]}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: server-{i}, namespace: shop, labels: {{app: server}}}}
-spec:
-  nodeName: {node}
-  containers: [{{name: web, command: [ciliary, workload, http-server, --port, "80"]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: guarded-{i}, namespace: shop, labels: {{app: guarded}}}}
+metadata: {{name: guarded-{i}, namespace: {ns}, labels: {{app: guarded}}}}
 spec:
   nodeName: {node}
   containers: [{{name: web, command: [ciliary, workload, http-server, --port, "80"]}}]
@@ -79,28 +76,39 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
-    name, n1, n2 = unique("rs"), unique("n"), unique("n")
-    path = tmp_path_factory.mktemp("resilience") / "lab.yaml"
-    path.write_text(
-        LAB.format(lab=name, n1=n1, n2=n2) + PODS.format(i=1, node=n1) + PODS.format(i=2, node=n2)
-    )
-    with kube_lab(path, name, [n1, n2]) as kubeconfig:
-        yield name, [n1, n2], kubeconfig
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[KubeLab]:
+    """test_agent_kubernetes's lab with this module's pods and policy added (``lab apply``);
+    the policy is deleted afterwards, also when a test failed."""
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as made:
+        name, nodes, kubeconfig = made
+        path = tmp_path_factory.mktemp("resilience") / "own.yaml"
+        own = OWN.format(ns=NAMESPACE)
+        own += "".join(PODS.format(i=i, node=n, ns=NAMESPACE) for i, n in enumerate(nodes, 1))
+        path.write_text(own)
+        manager.apply(path, name=name)
+        try:
+            yield made
+        finally:
+            kubectl(kubeconfig, "delete", "cnp", "guarded-from-nobody", "-n", NAMESPACE)
 
 
 def _probes(name: str, tmp_path: Path) -> tuple[list[Probe], list[Probe]]:
-    """(allowed, denied): on each node its client → its server and its guarded pod (the lab's
-    nodes route no pod traffic to each other)."""
+    """(allowed, denied): on each node this module's client → the lab's server (shop) and this
+    module's guarded pod (the lab's nodes route no pod traffic to each other)."""
     rec = manager.record(name)
     allowed, denied = [], []
     for i, j in ((1, 1), (2, 2)):
-        client = manager.find_pod(rec, f"default/client-{i}")
-        for app, into in (("server", allowed), ("guarded", denied)):
-            target = manager.find_pod(rec, f"shop/{app}-{j}")
+        client = manager.find_pod(rec, f"{NAMESPACE}/client-{i}")
+        for key, into in ((f"shop/server-{j}", allowed), (f"{NAMESPACE}/guarded-{j}", denied)):
+            target = manager.find_pod(rec, key)
             assert target.ipv4 is not None
             ip = target.ipv4.partition("/")[0]
-            into.append(Probe(client.netns, ip, tmp_path / f"{app}-{i}to{j}"))
+            into.append(Probe(client.netns, ip, tmp_path / f"{key.split('/')[1]}-{i}to{j}"))
     return allowed, denied
 
 
