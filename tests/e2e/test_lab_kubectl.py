@@ -8,18 +8,20 @@ after that restart, and pods do not; ``lab down`` leaves nothing."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ciliary.lab import controlplane, manager
 from ciliary.lab.certs import router_addresses
-from tests.e2e.conftest import CILIARY, assert_no_leftovers, kube_lab, unique
+from tests.e2e.conftest import CILIARY, KubeLab, assert_no_leftovers, shared_kube_lab, unique
 from tests.kubectl import KUBECTL, get_json, kubectl_run
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,6 +34,7 @@ metadata: {{name: {lab}}}
 spec:
   # kubelet's maxContainerRestartPeriod: what these tests kill is back after 1 s, not 10 s
   kubelet: {{crashLoopBackOff: {{maxContainerRestartPeriod: 1}}}}
+  socketLB: {{enabled: true}}  # Cilium's default; test_lab_workloads (it shares this lab) needs it
   nodes:
   - name: {n1}
   - name: {n2}
@@ -84,14 +87,32 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
-    """A two-node lab from LAB; (name, nodes, kubeconfig path)."""
+# test_lab_workloads shares this lab (one lab up and down fewer a run). This module runs first
+# (SHARES_LAB_FRESH): it asserts on every pod of the lab and on what lab up applied; what it
+# leaves (a pod and a config map in shop, a namespace held in Terminating, an API server and an
+# etcd killed and restarted) is nothing test_lab_workloads looks at.
+SHARES_LAB = "kubectl"
+SHARES_LAB_FRESH = True
+
+
+def write_lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[str]]:
+    """The lab file of this module's lab (LAB, two nodes)."""
     name, n1, n2 = unique("kc"), unique("n"), unique("n")
     path = tmp_path_factory.mktemp("kubectl") / "lab.yaml"
     path.write_text(LAB.format(lab=name, n1=n1, n2=n2))
-    with kube_lab(path, name, [n1, n2]) as kubeconfig:
-        yield name, [n1, n2], kubeconfig
+    return path, name, [n1, n2]
+
+
+@pytest.fixture(scope="module")
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[KubeLab]:
+    """A two-node lab from LAB; (name, nodes, kubeconfig path)."""
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as made:
+        yield made
 
 
 def test_kubectl_sees_the_lab(lab: tuple[str, list[str], str]) -> None:

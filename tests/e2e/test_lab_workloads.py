@@ -7,6 +7,7 @@ command is refused naming the pod; ``lab down`` leaves nothing."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,25 +23,23 @@ import pytest
 
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager, process
-from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.e2e.conftest import CILIARY, KubeLab, shared_kube_lab
+from tests.e2e.test_lab_kubectl import SHARES_LAB as KUBECTL_LAB
+from tests.e2e.test_lab_kubectl import write_lab
 from tests.kubectl import get_json, kubectl, kubectl_run, pods, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
 T = TypeVar("T")
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  # kubelet's maxContainerRestartPeriod: what these tests kill is back after 1 s, not 10 s
-  kubelet: {{crashLoopBackOff: {{maxContainerRestartPeriod: 1}}}}
-  socketLB: {{enabled: true}}  # Cilium's default: host-network pods' connects are translated
-  nodes:
-  - name: {n1}
-  - name: {n2}
----
+# The lab of test_lab_kubectl, shared (one lab up and down fewer a run): two nodes, socket-LB on
+# (Cilium's default: host-network pods' connects are translated), kubelet's
+# maxContainerRestartPeriod 1 s (what these tests kill is back after 1 s, not 10 s). It runs
+# before this module (SHARES_LAB_FRESH) and leaves only what is in ``shop`` and a control plane
+# restarted; this module adds a client on each node (``lab apply``) and works in ``default``.
+SHARES_LAB = KUBECTL_LAB
+
+CLIENTS = """\
 apiVersion: v1
 kind: Pod
 metadata: {{name: client-1, labels: {{app: client}}}}
@@ -235,12 +234,19 @@ def client(nodes: list[str], pod: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
-    name, n1, n2 = unique("wl"), unique("n"), unique("n")
-    path = tmp_path_factory.mktemp("workloads") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, n1=n1, n2=n2))
-    with kube_lab(path, name, [n1, n2]) as kubeconfig:
-        yield name, [n1, n2], kubeconfig
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[KubeLab]:
+    """test_lab_kubectl's lab with this module's clients added."""
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as made:
+        name, (n1, n2), _ = made
+        path = tmp_path_factory.mktemp("workloads") / "clients.yaml"
+        path.write_text(CLIENTS.format(n1=n1, n2=n2))
+        manager.apply(path, name=name)
+        yield made
 
 
 def test_cluster_processes_run_under_the_supervisor(lab: tuple[str, list[str], str]) -> None:
@@ -360,7 +366,11 @@ def test_scale_down(lab: tuple[str, list[str], str]) -> None:
     two = wait_for("2 web pods", lambda: ready_pods(kubeconfig, "app=web", 2), 120)
 
     def recorded() -> bool:
-        recs = [p for p in manager.record(name).pods if p.labels.get("app") == "web"]
+        recs = [
+            p
+            for p in manager.record(name).pods
+            if p.namespace == "default" and p.labels.get("app") == "web"  # shop/web: the lab's
+        ]
         return sorted(p.name for p in recs) == sorted(p["metadata"]["name"] for p in two)
 
     wait_for("the record to hold the 2 pods only", recorded, 30)
