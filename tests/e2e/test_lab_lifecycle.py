@@ -13,7 +13,11 @@ import pytest
 
 from ciliary.lab import manager
 
-from .conftest import CILIARY, LAB_TEMPLATE, assert_no_leftovers, unique
+from .conftest import CILIARY, LAB_TEMPLATE, Lab, assert_no_leftovers, unique
+
+# the conftest lab, shared (one lab up and down fewer a run): the one test that takes it only
+# asks for its node name in a second lab, which is refused before anything is made
+SHARES_LAB = True
 
 
 def _cli(
@@ -95,24 +99,21 @@ def test_non_root_is_refused(tmp_path: Path) -> None:
     assert_no_leftovers(lab, [node])
 
 
-def test_node_name_in_use_is_refused_and_creates_nothing(tmp_path: Path) -> None:
-    """A second lab asking for a node name another lab uses is refused before anything is made
-    (`lab up`'s rollback after resources exist is tested in test_lab_apply.py)."""
-    lab, node = unique("rb"), unique("n")
-    path = tmp_path / "lab.yaml"
+def test_node_name_in_use_is_refused_and_creates_nothing(lab: Lab, tmp_path: Path) -> None:
+    """A second lab asking for a node name another lab uses (the conftest lab's) is refused
+    before anything is made (`lab up`'s rollback after resources exist is tested in
+    test_lab_apply.py); the first lab is untouched (its `lab down` and the proof that nothing of
+    it is left: the conftest lab's teardown)."""
     other = unique("o")
-    path.write_text(_valid(lab, node))
     other_path = tmp_path / "other.yaml"
-    other_path.write_text(_valid(other, node))
-    try:
-        assert _cli("lab", "up", str(path)).returncode == 0
-        res = _cli("lab", "up", str(other_path))
-        assert res.returncode == 1
-        assert f"node name {node!r} is in use" in res.stderr
-        assert_no_leftovers(other, [])
-    finally:
-        manager.down(lab)
-    assert_no_leftovers(lab, [node])
+    other_path.write_text(_valid(other, lab.node))
+    res = _cli("lab", "up", str(other_path))
+    assert res.returncode == 1
+    assert f"node name {lab.node!r} is in use" in res.stderr
+    assert_no_leftovers(other, [])
+    assert lab.name in manager.list_labs()
+    (node,) = manager.status(lab.name).nodes
+    assert node.name == lab.node and node.agent_alive
 
 
 def test_down_after_lab_up_was_killed(tmp_path: Path) -> None:
@@ -139,7 +140,9 @@ def test_down_after_agent_crash(tmp_path: Path) -> None:
     lab, node = unique("ac"), unique("n")
     path = tmp_path / "lab.yaml"
     path.write_text(_valid(lab, node))
-    manager.up(path)
+    # the CLI's own `lab up` (exit 0), the one e2e run of it that succeeds
+    up = _cli("lab", "up", str(path))
+    assert up.returncode == 0, up.stderr
     try:
         rec = manager.record(lab)
         pid = rec.nodes[0].agent_pid
