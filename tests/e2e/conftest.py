@@ -26,28 +26,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "e2e" in str(item.fspath):
             item.add_marker(pytest.mark.privileged)
-    _fresh_sharers_first(items)
+    _sharers_together(items)
 
 
-def _fresh_sharers_first(items: list[pytest.Item]) -> None:
-    """Each module that sets ``SHARES_LAB_FRESH`` (it asserts on the whole of the lab as ``lab
-    up`` made it, e.g. its exact endpoints) is moved, its tests in their order, to just before
-    the first module that shares its lab: the others only add under names of their own, so it
-    takes the lab before any of them has."""
+def _sharers_together(items: list[pytest.Item]) -> None:
+    """The modules that share a lab (``SHARES_LAB``) run one after the other, where the first
+    of them would run: the lab is up for their time only, not idle (its agents, control plane
+    and pods a load on the machine) while the modules between them run. Each module's tests
+    keep their order. A module that sets ``SHARES_LAB_FRESH`` (it asserts on the whole of the
+    lab as ``lab up`` made it, e.g. its exact endpoints) comes first in its group: the others
+    only add under names of their own, so it takes the lab before any of them has."""
 
     def module(item: pytest.Item) -> object:
         return getattr(item, "module", None)
 
-    fresh = {id(m): m for i in items if getattr(m := module(i), SHARES_LAB_FRESH, False)}
-    for mod in fresh.values():
-        key = getattr(mod, SHARES_LAB)
-        first = next(i for i in items if getattr(module(i), SHARES_LAB, None) == key)
-        if module(first) is mod:
+    groups: dict[object, list[object]] = {}  # key -> its modules, in order of first test
+    for item in items:
+        mod = module(item)
+        key = getattr(mod, SHARES_LAB, None)
+        if key is not None and mod not in groups.setdefault(key, []):
+            groups[key].append(mod)
+    if not groups:
+        return
+    for mods in groups.values():  # stable: the fresh one first, the others as they were
+        mods.sort(key=lambda m: not getattr(m, SHARES_LAB_FRESH, False))
+    tests: dict[int, list[pytest.Item]] = {}
+    for item in items:
+        tests.setdefault(id(module(item)), []).append(item)
+    ordered: list[pytest.Item] = []
+    placed: set[int] = set()
+    for item in items:
+        mod = module(item)
+        if id(mod) in placed:
             continue
-        own = [i for i in items if module(i) is mod]
-        items[:] = [i for i in items if module(i) is not mod]
-        at = items.index(first)
-        items[at:at] = own
+        key = getattr(mod, SHARES_LAB, None)
+        for m in groups[key] if key is not None else [mod]:
+            ordered += tests[id(m)]
+            placed.add(id(m))
+    items[:] = ordered
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -150,7 +166,7 @@ did not run."""
 
 SHARES_LAB_FRESH = "SHARES_LAB_FRESH"
 """A sharing module that sets ``SHARES_LAB_FRESH = True`` runs before the others that share its
-lab (``_fresh_sharers_first``): it sees the lab as ``lab up`` made it, with nothing added."""
+lab (``_sharers_together``): it sees the lab as ``lab up`` made it, with nothing added."""
 
 T = TypeVar("T")
 
