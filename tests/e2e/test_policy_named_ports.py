@@ -14,7 +14,6 @@ nothing unsupported.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,19 +23,22 @@ from ciliary.client import AgentClient
 from ciliary.core.models import TraceRequest
 from ciliary.lab import manager, policytest
 
-from .conftest import Lab, assert_no_leftovers, unique
+from .conftest import Lab
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  nodes:
-  - name: {node}
+# the conftest lab, shared (one lab up and down fewer a run): this module's policy and pods are
+# in a namespace of their own, which the policy's selectors cannot leave (the lab's
+# default/client is not this module's client)
+SHARES_LAB = True
+NS = "namedports"
+
+OWN = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {{name: client-to-web, namespace: default}}
+metadata: {{name: client-to-web, namespace: {ns}}}
 spec:
   endpointSelector: {{matchLabels: {{app: client}}}}
   egress:
@@ -45,7 +47,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client, labels: {{app: client}}}}
+metadata: {{name: client, namespace: {ns}, labels: {{app: client}}}}
 spec:
   containers:
   - name: main
@@ -53,7 +55,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: server-a, labels: {{app: server, instance: a}}}}
+metadata: {{name: server-a, namespace: {ns}, labels: {{app: server, instance: a}}}}
 spec:
   containers:
   - name: web
@@ -65,7 +67,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: server-b, labels: {{app: server, instance: b}}}}
+metadata: {{name: server-b, namespace: {ns}, labels: {{app: server, instance: b}}}}
 spec:
   containers:
   - name: web
@@ -74,7 +76,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: server-d, labels: {{app: server, instance: d}}}}
+metadata: {{name: server-d, namespace: {ns}, labels: {{app: server, instance: d}}}}
 spec:
   containers:
   - name: web
@@ -84,7 +86,7 @@ spec:
 LATER = """\
 apiVersion: v1
 kind: Pod
-metadata: {name: server-d2, labels: {app: server, instance: d}}
+metadata: {name: server-d2, namespace: namedports, labels: {app: server, instance: d}}
 spec:
   containers:
   - name: web
@@ -94,17 +96,13 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name, node = unique("np"), unique("n")
-    path = tmp_path_factory.mktemp("lab") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node))
-    try:
-        view = manager.up(path)
-        yield Lab(name, node, view, path)
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [node])
+def lab(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    """The conftest lab (the fixture this one overrides) with this module's namespace, policy
+    and pods (``lab apply``)."""
+    path = tmp_path_factory.mktemp("namedports") / "own.yaml"
+    path.write_text(OWN.format(ns=NS))
+    manager.apply(path, name=lab.name)
+    return lab
 
 
 def client(lab: Lab) -> AgentClient:
@@ -121,7 +119,7 @@ def expect(lab: Lab, *cases: tuple[str, int, str]) -> None:
         "metadata": {"name": "named-ports"},
         "spec": {
             "cases": [
-                {"name": f"{server}:{port}", "from": "default/client", "to": f"default/{server}",
+                {"name": f"{server}:{port}", "from": f"{NS}/client", "to": f"{NS}/{server}",
                  "port": port, "expect": verdict}
                 | ({"dropReason": 133} if verdict == "deny" else {})
                 for server, port, verdict in cases
@@ -144,7 +142,7 @@ def expect(lab: Lab, *cases: tuple[str, int, str]) -> None:
 def trace(lab: Lab, server: str, port: int) -> bool:
     with client(lab) as cl:
         return cl.policy_trace(
-            TraceRequest(src="default/client", dst=f"default/{server}", port=port)
+            TraceRequest(src=f"{NS}/client", dst=f"{NS}/{server}", port=port)
         ).allowed
 
 
@@ -166,7 +164,7 @@ def test_trace_agrees_and_nothing_is_unsupported(lab: Lab) -> None:
     ):
         assert trace(lab, server, port) is allowed, (server, port)
     with client(lab) as cl:
-        ep = next(e for e in cl.endpoints() if e.pod_name == "client")
+        ep = next(e for e in cl.endpoints() if (e.namespace, e.pod_name) == (NS, "client"))
         status = cl.endpoint_policy(ep.id)
     assert status.egress_enforced
     assert status.unsupported == []
