@@ -8,6 +8,7 @@ exist is refused with kubelet's CreateContainerConfigError."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.e2e.conftest import CILIARY, shared_kube_lab, unique
 from tests.kubectl import get_json, kubectl, pods, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -53,7 +54,28 @@ spec:
   containers:
   - name: redis
     image: redis:7
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: app, namespace: default}}
+spec:
+  containers:
+  - name: main
+    command:
+    - /bin/sh
+    - -c
+    - >-
+      echo "hello uid=$(id -u) dir=$(pwd)"; i=0;
+      while :; do echo "tick $i"; i=$((i+1)); sleep 0.2; done
+    workingDir: {workdir}
+    securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
+    resources: {{limits: {{memory: 48Mi}}}}
 """
+"""The lab file of this module and of test_lab_pods_runtime, which shares the lab (one lab up and
+down fewer a run): ``default/app`` is that module's lab-file pod (its user, working directory
+``{workdir}`` and memory limit, its log), which nothing here selects; what each module applies has
+names and labels of its own (redis, postgres, nowhere; runs, rootless, nginx)."""
+SHARES_LAB = "databases"
 
 DB_FROM_NOBODY = """\
 apiVersion: cilium.io/v2
@@ -106,15 +128,33 @@ def uid_of(pid: int) -> list[str]:
     return found.group(1).split()
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    """(lab name, admin kubeconfig, node) with the example's workloads applied and ready."""
+def write_lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[str]]:
+    """LAB written for a new lab; the working directory of ``default/app`` is ``work`` next to
+    the file (``workdir``)."""
     name, node = unique("db"), unique("n")
     path = tmp_path_factory.mktemp("databases") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node))
-    with kube_lab(path, name, [node]) as kubeconfig:
+    path.write_text(LAB.format(lab=name, node=node, workdir=path.parent / "work"))
+    return path, name, [node]
+
+
+def workdir(lab: str) -> Path:
+    """The working directory LAB gave ``default/app`` (next to the lab's file)."""
+    file = manager.record(lab).file
+    assert file is not None
+    return Path(file).parent / "work"
+
+
+@pytest.fixture(scope="module")
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[tuple[str, str, str]]:
+    """(lab name, admin kubeconfig, node) with the example's workloads applied and ready."""
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as (name, nodes, kubeconfig):
         kubectl(kubeconfig, "apply", "-f", str(EXAMPLE))
-        yield name, kubeconfig, node
+        yield name, kubeconfig, nodes[0]
 
 
 def client(lab: str, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -8,13 +8,14 @@ nginx runs as such a pod, non-root, and serves another pod."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,9 @@ import pytest
 
 from ciliary.datapath.linux import cgroup
 from ciliary.lab import manager
-from tests.e2e.conftest import assert_no_leftovers, kube_lab, unique
+from tests.e2e.conftest import assert_no_leftovers, shared_kube_lab, unique
+from tests.e2e.test_lab_databases import SHARES_LAB as DATABASES_LAB
+from tests.e2e.test_lab_databases import workdir, write_lab
 from tests.kubectl import KUBECTL, kubectl, kubectl_run, pods, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -30,30 +33,10 @@ pytestmark = pytest.mark.timeout(300)
 MEMORY = 48 * 1024 * 1024
 T = TypeVar("T")
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  nodes:
-  - name: {node}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: app, namespace: default}}
-spec:
-  containers:
-  - name: main
-    command:
-    - /bin/sh
-    - -c
-    - >-
-      echo "hello uid=$(id -u) dir=$(pwd)"; i=0;
-      while :; do echo "tick $i"; i=$((i+1)); sleep 0.2; done
-    workingDir: {workdir}
-    securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
-    resources: {{limits: {{memory: 48Mi}}}}
-"""
+# The lab of test_lab_databases, shared (one lab up and down fewer a run): its file holds this
+# module's lab-file pod, ``default/app`` (a user, a working directory, a memory limit, a log of
+# ticks), which nothing of that module selects.
+SHARES_LAB = DATABASES_LAB
 
 REFUSED = """\
 apiVersion: ciliary.io/v1alpha1
@@ -75,15 +58,15 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[tuple[str, str, Path]]:
     """(name, admin kubeconfig, the pod's working directory)."""
-    name, node = unique("rt"), unique("n")
-    tmp = tmp_path_factory.mktemp("runtime")
-    workdir = tmp / "work"
-    path = tmp / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node, workdir=workdir))
-    with kube_lab(path, name, [node]) as kubeconfig:
-        yield name, kubeconfig, workdir
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as (name, _, kubeconfig):
+        yield name, kubeconfig, workdir(name)
 
 
 def _children(pid: int) -> list[int]:
