@@ -12,7 +12,7 @@ Setups:
   route             pod → veth → node namespace routed by the kernel → veth → pod, no filter;
   tc floor          pod → veth → a node namespace's tc ingress → pod, as ciliary's path but with
                     a minimal program (``bench/tcfloor.c``: one store of the MACs, then
-                    ``bpf_redirect_peer``, attached as a clsact filter as ciliary's are): what the
+                    ``bpf_redirect_peer``, attached to the tcx hook as ciliary's are): what the
                     hook and the redirect cost without ``bpf_lxc``, so b's gap splits into the
                     hook's and the program's;
   b  ciliary        a lab node, client and server pods, a CiliumNetworkPolicy allowing the client
@@ -48,6 +48,7 @@ import contextlib
 import ipaddress
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -136,10 +137,19 @@ def _floor_object(out: Path, peer_ifindex: int, dmac: str, smac: str) -> None:
     )  # fmt: skip
 
 
+_TCX_ATTACH = """\
+import socket, sys
+from ciliary.datapath.libbpf import BPFObject, tcx_attach
+with BPFObject.open(sys.argv[1]) as obj:
+    obj.load()
+    tcx_attach(socket.if_nametoindex(sys.argv[2]), obj.program_fd("tc_floor"), "ingress")
+"""
+
+
 @contextlib.contextmanager
 def tc_floor(connrate: Path) -> Iterator[list[Target]]:
     """Client and server namespaces each joined by a veth pair to a node namespace, whose two
-    devices' tc ingress runs bench/tcfloor.c (clsact, as ciliary attaches): the other side's MACs,
+    devices' tcx ingress runs bench/tcfloor.c (as ciliary attaches): the other side's MACs,
     bpf_redirect_peer. Client and server resolve each other to their node-side device's MAC
     statically, as a pod resolves its gateway."""
     t = tag()
@@ -159,9 +169,8 @@ def tc_floor(connrate: Path) -> Iterator[list[Target]]:
         for dev, peer, dmac, smac in (("lxca", ib, eb, mb), ("lxcb", ia, ea, ma)):
             obj = Path(tmp) / f"{dev}.o"
             _floor_object(obj, peer, dmac, smac)
-            sh("tc", "qdisc", "add", "dev", dev, "clsact", ns=n)
-            sh("tc", "filter", "add", "dev", dev, "ingress", "bpf", "da", "obj", str(obj),
-               "sec", "tc", ns=n)  # fmt: skip
+            # a tcx attachment without a link outlives the process that made it
+            sh(sys.executable, "-c", _TCX_ATTACH, str(obj), dev, ns=n)
         with tools.servers(b, connrate):
             yield [Target(FLOOR, FLOOR, None, tools.enter(a), ips[b], netns=a)]
 

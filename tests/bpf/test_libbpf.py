@@ -54,6 +54,11 @@ from ciliary.datapath.libbpf import (
     tc_detach,
     tc_hook_destroy,
     tc_query,
+    tcx_attach,
+    tcx_attached,
+    tcx_detach,
+    tcx_programs,
+    tcx_query,
 )
 from ciliary.datapath.maps import (
     EP_F_READY,
@@ -735,6 +740,79 @@ def test_tc_attach_query_detach(loaded: BPFObject, netns: str) -> None:
             tc_query(ifindex, "ingress", handle=0)
 
     in_netns(netns, scenario)
+
+
+TCX_PROGRAMS = """\
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+SEC("tc")
+int tcx_first(struct __sk_buff *skb) { return TC_ACT_OK; }
+
+SEC("tc")
+int tcx_second(struct __sk_buff *skb) { return TC_ACT_OK; }
+
+char _license[] SEC("license") = "GPL";
+"""
+
+
+def test_tcx_attach_replaces_by_name_in_place(tmp_path: Path, netns: str) -> None:
+    """The datapath's programs are on the tcx hooks (datapath/loader.py): one per name, a new
+    load of a name swapped in where the old one ran, others' programs left alone."""
+    source, obj_path = tmp_path / "tcx.c", tmp_path / "tcx.o"
+    source.write_text(TCX_PROGRAMS)
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True)
+    subprocess.run(
+        ["clang", "-target", "bpf", "-O2", "-g", "-Wall", "-Werror",
+         f"-I/usr/include/{machine.stdout.strip()}-linux-gnu", "-c", str(source),
+         "-o", str(obj_path)],
+        check=True,
+    )  # fmt: skip
+    with (
+        BPFObject.open(obj_path) as old,
+        BPFObject.open(obj_path) as new,
+    ):
+        old.load()
+        new.load()
+        first_old, second = old.program_fd("tcx_first"), old.program_fd("tcx_second")
+        first_new = new.program_fd("tcx_first")
+
+        def scenario() -> None:
+            ifindex = socket.if_nametoindex("lxc0")
+            assert tcx_query(ifindex, "ingress") == []
+            assert tcx_attached(ifindex, first_old, "ingress") is False
+            assert tcx_detach(ifindex, first_old, "ingress") is False
+
+            old_id = tcx_attach(ifindex, first_old, "ingress")
+            other_id = tcx_attach(ifindex, second, "ingress")
+            assert tcx_programs(ifindex, "ingress") == [
+                (old_id, "tcx_first"),
+                (other_id, "tcx_second"),
+            ]
+            assert tcx_query(ifindex, "egress") == []
+            assert tcx_attach(ifindex, first_old, "ingress") == old_id  # already there
+            assert tcx_query(ifindex, "ingress") == [old_id, other_id]
+
+            new_id = tcx_attach(ifindex, first_new, "ingress")
+            assert new_id not in (old_id, other_id)
+            assert tcx_query(ifindex, "ingress") == [new_id, other_id]  # in its place
+            assert tcx_attached(ifindex, first_old, "ingress") is True  # by name
+
+            assert tcx_detach(ifindex, first_old, "ingress") is True
+            assert tcx_query(ifindex, "ingress") == [other_id]
+            assert tcx_detach(ifindex, first_new, "ingress") is False
+            # no qdisc is made for them
+            qdiscs = subprocess.run(
+                ["tc", "qdisc", "show", "dev", "lxc0"], capture_output=True, text=True, check=True
+            ).stdout
+            assert "clsact" not in qdiscs, qdiscs
+
+            with pytest.raises(BPFError) as no_dev:
+                tcx_attach(2**31 - 1, first_new, "ingress")
+            assert no_dev.value.errno == errno.ENODEV
+
+        in_netns(netns, scenario)
 
 
 def test_ringbuffer_reports_spoofed_source_drop(loaded: BPFObject, netns: str) -> None:

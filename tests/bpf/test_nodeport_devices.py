@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from ciliary.agent.config import NetworkConfig
 from ciliary.agent.masquerade import setup_masquerade
-from ciliary.datapath.libbpf import tc_query
+from ciliary.datapath.libbpf import tcx_query
 from ciliary.datapath.linux import link
 from ciliary.datapath.loader import PIN_ROOT, NodeDatapath, default_object_dir, remove_pins
 pin = PIN_ROOT / sys.argv[1]
@@ -30,7 +30,7 @@ try:
                         devices=("np0",), enable_bpf_masquerade=sys.argv[2] == "on")
     out["masquerading"] = setup_masquerade(dp, net)
     ifindex = link.link_index("np0")
-    out["attached"] = [tc_query(ifindex, d) is not None for d in ("ingress", "egress")]
+    out["attached"] = [len(tcx_query(ifindex, d)) == 1 for d in ("ingress", "egress")]
     out["flags"] = dp.nat_config.flags()
 finally:
     dp.close()

@@ -215,7 +215,7 @@ def test_bandwidth_egress_rate_after_ciliary_is_refused_before_anything_is_made(
     with pytest.raises(CNIRuntimeError) as err:
         rt.add(cid, path, "eth0", capability_args=caps)
     assert (err.value.code, err.value.plugin) == (7, "bandwidth"), err.value
-    for fragment in ("egressRate 8000000", "ciliary-cni", "clsact", "ingressRate only"):
+    for fragment in ("egressRate 8000000", "ciliary-cni", "tcx", "ingressRate only"):
         assert fragment in err.value.msg, err.value.msg
     assert agent.links() == links_before  # no endpoint, no ifb: nothing half-made
     with agent.client() as cl:

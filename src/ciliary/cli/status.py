@@ -36,7 +36,7 @@ _FEATURES: tuple[tuple[str, str], ...] = (
     ("btf", "BTF"),
     ("bpffs", "bpffs"),
     ("cgroup2", "cgroup2"),
-    ("tc_clsact", "tc-clsact"),
+    ("tcx", "tcx"),
     ("ringbuf", "ringbuf"),
     ("lpm_trie", "lpm-trie"),
     ("lru_hash", "lru-hash"),

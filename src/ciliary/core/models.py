@@ -163,7 +163,7 @@ class KernelFeatures(_Model):
     btf: bool
     bpffs: bool
     cgroup2: bool
-    tc_clsact: bool
+    tcx: bool
     ringbuf: bool
     lpm_trie: bool
     lru_hash: bool

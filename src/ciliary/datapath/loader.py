@@ -12,8 +12,9 @@ node whichever program saw a packet; the NAT maps are pinned too, and so are the
 
 Restart contract: maps are opened through their pins (libbpf reuses a pinned map of the same
 shape), so a restarted agent sees the conntrack, endpoint and ipcache state the datapath kept
-using while it was down. Re-attaching the programs replaces the old ones atomically
-(``BPF_TC_F_REPLACE``): traffic never passes through an unattached device.
+using while it was down. The programs run on the devices' tcx hooks (libbpf.tcx_attach, as
+upstream's on kernels that have them): re-attaching replaces the old ones atomically
+(``BPF_F_REPLACE``): traffic never passes through an unattached device.
 
 A restarted agent takes the pinned programs again instead of loading them anew (each load is
 seconds of the verifier, ~2.7 s of CPU per node here) only when they are the programs a load
@@ -43,9 +44,9 @@ from ciliary.datapath.libbpf import (
     Map,
     prog_from_pin,
     prog_map_ids,
-    tc_attach,
-    tc_detach,
-    tc_query,
+    tcx_attach,
+    tcx_attached,
+    tcx_detach,
 )
 from ciliary.datapath.linux import bpffs
 from ciliary.datapath.maps.config import ConfigMap
@@ -262,42 +263,44 @@ class NodeDatapath:
 
     def attach(self, ifindex: int) -> None:
         """Attach both endpoint programs to an lxc device (replacing what is there)."""
-        tc_attach(ifindex, self._program_fd(FROM_CONTAINER), "ingress")
-        tc_attach(ifindex, self._program_fd(TO_CONTAINER), "egress")
+        tcx_attach(ifindex, self._program_fd(FROM_CONTAINER), "ingress")
+        tcx_attach(ifindex, self._program_fd(TO_CONTAINER), "egress")
 
     def detach(self, ifindex: int) -> None:
-        tc_detach(ifindex, "ingress")
-        tc_detach(ifindex, "egress")
+        tcx_detach(ifindex, self._program_fd(FROM_CONTAINER), "ingress")
+        tcx_detach(ifindex, self._program_fd(TO_CONTAINER), "egress")
 
     def is_attached(self, ifindex: int) -> bool:
-        return tc_query(ifindex, "ingress") is not None and tc_query(ifindex, "egress") is not None
+        return tcx_attached(ifindex, self._program_fd(FROM_CONTAINER), "ingress") and tcx_attached(
+            ifindex, self._program_fd(TO_CONTAINER), "egress"
+        )
 
     def attach_overlay(self, ifindex: int) -> None:
         """Attach cil_from_overlay to the tunnel device's ingress (replacing what is there)."""
-        tc_attach(ifindex, self._program_fd(FROM_OVERLAY), "ingress")
+        tcx_attach(ifindex, self._program_fd(FROM_OVERLAY), "ingress")
 
     def overlay_attached(self, ifindex: int) -> bool:
-        return tc_query(ifindex, "ingress") is not None
+        return tcx_attached(ifindex, self._program_fd(FROM_OVERLAY), "ingress")
 
     def attach_host(self, ifindex: int) -> None:
         """Attach the native device's programs (BPF masquerade; in native routing mode also the
         delivery of packets from the network to local endpoints), egress first: a reply can only
         need cil_from_netdev once cil_to_netdev translated its request. Each replaces what is
         there atomically."""
-        tc_attach(ifindex, self._program_fd(TO_NETDEV), "egress")
-        tc_attach(ifindex, self._program_fd(FROM_NETDEV), "ingress")
+        tcx_attach(ifindex, self._program_fd(TO_NETDEV), "egress")
+        tcx_attach(ifindex, self._program_fd(FROM_NETDEV), "ingress")
 
     def attach_from_host(self, ifindex: int) -> None:
         """Attach cil_from_host to ``ciliary_host``'s egress (tunnel mode; replacing what is
         there): the node's packets routed to remote pods are tunnelled there."""
-        tc_attach(ifindex, self._program_fd(FROM_HOST), "egress")
+        tcx_attach(ifindex, self._program_fd(FROM_HOST), "egress")
 
     def detach_from_host(self, ifindex: int) -> None:
-        tc_detach(ifindex, "egress")
+        tcx_detach(ifindex, self._program_fd(FROM_HOST), "egress")
 
     def detach_host(self, ifindex: int) -> None:
-        tc_detach(ifindex, "egress")
-        tc_detach(ifindex, "ingress")
+        tcx_detach(ifindex, self._program_fd(TO_NETDEV), "egress")
+        tcx_detach(ifindex, self._program_fd(FROM_NETDEV), "ingress")
 
     def attach_socket_lb(self, cgroup: Path) -> None:
         """Socket-LB: load ``bpf_sock.o`` (the same pinned service maps) and attach its

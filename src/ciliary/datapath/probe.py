@@ -28,7 +28,7 @@ def kernel_features(*, datapath_loaded: bool, attached: bool) -> KernelFeatures:
         btf=Path("/sys/kernel/btf/vmlinux").exists(),
         bpffs=_is_bpffs(Path("/sys/fs/bpf")),
         cgroup2=cgroup2_root() is not None,
-        tc_clsact=attached,
+        tcx=attached,
         ringbuf=datapath_loaded,
         lpm_trie=datapath_loaded,
         lru_hash=datapath_loaded,

@@ -119,11 +119,12 @@ def _egress_rate(plugin: Mapping[str, Any], caps: Mapping[str, Any]) -> object:
 
 def refuse_unworkable_chain(conflist: ConfList, caps: Mapping[str, Any]) -> None:
     """Refuse, before anything is made, a chain that cannot work on ciliary's datapath: the
-    reference ``bandwidth`` plugin shapes a pod's *egress* by adding an ``ingress`` qdisc to the
-    pod's host-side veth and redirecting to an ifb device, but that veth already carries the
-    ``clsact`` qdisc ciliary's programs are attached to, and the two cannot coexist (the plugin
-    fails half-way with "create ingress qdisc: file exists"). Its ingress shaping (a ``tbf`` root
-    qdisc on the veth) works and is allowed. Error 7 names the conflict and what to do."""
+    reference ``bandwidth`` plugin shapes a pod's *egress* with an ``ingress`` qdisc on the pod's
+    host-side veth whose filter redirects to an ifb device, but ciliary's programs run on that
+    veth's tcx ingress hook, before any qdisc filter, and decide every packet (a tcx verdict ends
+    the hook): the plugin's filter would never run and the pod's egress would go unshaped without
+    a word. Its ingress shaping (a ``tbf`` root qdisc on the veth) works and is allowed. Error 7
+    names the conflict and what to do."""
     types = [str(p.get("type")) for p in conflist.plugins]
     if "ciliary-cni" not in types:
         return
@@ -133,8 +134,8 @@ def refuse_unworkable_chain(conflist: ConfList, caps: Mapping[str, Any]) -> None
             raise CNIRuntimeError(
                 INVALID_CONFIG,
                 f"network {conflist.name}: bandwidth cannot shape egress (egressRate {rate}) "
-                "after ciliary-cni: it needs an ingress qdisc on the pod's host-side veth, where "
-                "ciliary's datapath already holds the clsact qdisc; chain bandwidth for "
+                "after ciliary-cni: its filter on the pod's host-side veth would never run, "
+                "ciliary's datapath decides every packet there first (tcx); chain bandwidth for "
                 "ingressRate only (egress limits are not supported yet)",
                 "bandwidth",
             )

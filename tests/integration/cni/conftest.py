@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,20 @@ def netns_del(name: str) -> None:
 
 def in_netns(name: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return sh("ip", "netns", "exec", name, *argv, check=check)
+
+
+_TCX_NAMES = """\
+import json, socket, sys
+from ciliary.datapath.libbpf import tcx_programs
+print(json.dumps([n for _, n in tcx_programs(socket.if_nametoindex(sys.argv[1]), sys.argv[2])]))
+"""
+
+
+def tcx_names(netns: str, dev: str, direction: str) -> list[str]:
+    """The names of the programs on a device's tcx hook (``bpftool`` 7.1 does not list them;
+    the kernel keeps 15 characters of a name)."""
+    out = in_netns(netns, sys.executable, "-c", _TCX_NAMES, dev, direction).stdout
+    return [str(n) for n in json.loads(out)]
 
 
 @pytest.fixture(autouse=True, scope="session")

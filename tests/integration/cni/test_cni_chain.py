@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from ciliary.datapath.loader import FROM_CONTAINER, TO_CONTAINER
 from ciliary.lab.cniruntime import CNIRuntime, CNIRuntimeError, convert_result, load_conflist
 
 from .conftest import (
@@ -36,6 +37,7 @@ from .conftest import (
     netns_del,
     node_agent,
     sh,
+    tcx_names,
     unique,
 )
 
@@ -349,8 +351,8 @@ def test_ciliary_chained_with_portmap_bandwidth_and_tuning(
     rt = chain_runtime(agent, tmp_path, plugins)
     caps = {
         "portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
-        # ingress only: bandwidth's egress shaping needs an ingress qdisc on the host veth,
-        # which cannot coexist with the clsact qdisc our BPF programs are attached to
+        # ingress only: bandwidth's egress shaping is a filter on the host veth's ingress qdisc,
+        # which would never run after our BPF programs' verdict on the veth's tcx hook
         "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 800_000},
     }
     before = root_snapshot()
@@ -367,7 +369,9 @@ def test_ciliary_chained_with_portmap_bandwidth_and_tuning(
         assert any(f"--to-destination {pod_ip}:80" in r for r in rules), rules
         assert "-A CNI-HOSTPORT-DNAT" in "\n".join(rules)
         qdiscs = in_netns(agent.netns, "tc", "qdisc", "show", "dev", lxc).stdout
-        assert "tbf" in qdiscs and "clsact" in qdiscs, qdiscs
+        assert "tbf" in qdiscs and "clsact" not in qdiscs, qdiscs  # ours need no qdisc
+        assert tcx_names(agent.netns, lxc, "ingress") == [FROM_CONTAINER[:15]]
+        assert tcx_names(agent.netns, lxc, "egress") == [TO_CONTAINER[:15]]
         sysctl = in_netns(pod, "cat", "/proc/sys/net/ipv4/conf/eth0/accept_local").stdout
         assert sysctl.strip() == "1"
         assert root_snapshot() == before, "a chained plugin wrote into the root netns"

@@ -51,6 +51,7 @@ from ..cni.conftest import (
     netns_del,
     run_plugin,
     sh,
+    tcx_names,
     unique,
 )
 from ..cni.l7proxy import CLIENT, LISTENER, netns_exec, point_to, serve, stop
@@ -277,8 +278,7 @@ def test_nodes_have_the_tunnel_device_and_pods_its_mtu(cluster: Cluster) -> None
         assert config.routing_mode == ROUTING_MODE_TUNNEL
         assert config.tunnel_ifindex == _link_index(agent, TUNNEL_DEVICE)
         assert config.tunnel_port == 8472  # bpf_host's outer packets (lib/encap.h)
-        filters = in_netns(agent.netns, "tc", "filter", "show", "dev", TUNNEL_DEVICE, "ingress")
-        assert f"name {FROM_OVERLAY[:15]} " in filters.stdout  # the kernel keeps 15 chars
+        assert tcx_names(agent.netns, TUNNEL_DEVICE, "ingress") == [FROM_OVERLAY[:15]]
     out = in_netns(cluster.client.netns, "ip", "-j", "link", "show", "dev", "eth0").stdout
     assert json.loads(out)[0]["mtu"] == 1500 - TUNNEL_OVERHEAD
 
