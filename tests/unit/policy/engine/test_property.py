@@ -252,70 +252,115 @@ REQUIREMENTS = [
 ]
 
 
+# The strategies are built once, here, not inside each draw: building one (its validation, its
+# cache lookup) cost more than drawing from it, most of this module's run time. The same
+# strategies, so the same distributions.
+_PAIRS = st.lists(st.sampled_from(LABEL_PAIRS), max_size=2, unique_by=lambda p: p[0])
+_EXPRESSIONS = st.lists(st.sampled_from(REQUIREMENTS), max_size=2, unique=True)
+
+
 @st.composite
-def selectors(draw: st.DrawFn) -> Selector:
-    pairs = draw(st.lists(st.sampled_from(LABEL_PAIRS), max_size=2, unique_by=lambda p: p[0]))
-    expressions = draw(st.lists(st.sampled_from(REQUIREMENTS), max_size=2, unique=True))
+def _selectors(draw: st.DrawFn) -> Selector:
+    pairs = draw(_PAIRS)
+    expressions = draw(_EXPRESSIONS)
     return Selector(tuple(sorted(pairs)), tuple(expressions))
+
+
+SELECTORS = _selectors()
 
 
 NETS = ["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/16", "::/0", "2001:db8::/32"]
 EXCEPT_NETS = ["10.1.0.0/16", "10.1.2.0/24", "10.2.0.0/16", "10.0.0.0/8", "2001:db8:1::/48"]
 
 
+_NETS = st.sampled_from(NETS)
+_EXCEPTS = {  # per CIDR of NETS: the lists of its candidate exceptions (none: no strategy)
+    net: st.lists(st.sampled_from(candidates), unique=True)
+    for net in map(ip_network, NETS)
+    if (
+        candidates := [
+            e
+            for e in map(ip_network, EXCEPT_NETS)
+            if e.version == net.version and e.prefixlen > net.prefixlen and e.subnet_of(net)  # type: ignore[arg-type]
+        ]
+    )
+}
+
+
 @st.composite
-def cidr_rules(draw: st.DrawFn) -> CIDRRule:
-    cidr = ip_network(draw(st.sampled_from(NETS)))
-    candidates = [
-        e
-        for e in map(ip_network, EXCEPT_NETS)
-        if e.version == cidr.version and e.prefixlen > cidr.prefixlen and e.subnet_of(cidr)  # type: ignore[arg-type]
-    ]
-    excepts = draw(st.lists(st.sampled_from(candidates), unique=True)) if candidates else []
+def _cidr_rules(draw: st.DrawFn) -> CIDRRule:
+    cidr = ip_network(draw(_NETS))
+    excepts = draw(_EXCEPTS[cidr]) if cidr in _EXCEPTS else []
     return CIDRRule(cidr, tuple(excepts))
 
 
+CIDR_RULES = _cidr_rules()
+
+
+_PROTOCOL_NAMES = st.sampled_from(PROTOCOL_NAMES)
+_ONE_IN_3 = st.integers(0, 2)
+_PORT_NAMES = st.sampled_from(["http", "dns", "nope"])
+_PORT_NUMBERS = st.sampled_from([0, 53, 80, 443, 8080])
+_RANGE_LENGTHS = st.sampled_from([1, 7, 8])
+
+
 @st.composite
-def port_protocols(draw: st.DrawFn) -> PortProtocol:
-    protocol: Protocol = draw(st.sampled_from(PROTOCOL_NAMES))
-    if draw(st.integers(0, 2)) == 0:
-        name = draw(st.sampled_from(["http", "dns", "nope"]))
+def _port_protocols(draw: st.DrawFn) -> PortProtocol:
+    protocol: Protocol = draw(_PROTOCOL_NAMES)
+    if draw(_ONE_IN_3) == 0:
+        name = draw(_PORT_NAMES)
         return PortProtocol(None, name=name, protocol=protocol)
-    port = draw(st.sampled_from([0, 53, 80, 443, 8080]))
+    port = draw(_PORT_NUMBERS)
     end = None
     if port and draw(st.booleans()):
-        end = port + draw(st.sampled_from([1, 7, 8]))
+        end = port + draw(_RANGE_LENGTHS)
     return PortProtocol(port, end, protocol=protocol)
 
 
+_PORT_PROTOCOLS = st.lists(_port_protocols(), min_size=1, max_size=2)
+_ONE_IN_8 = st.integers(0, 7)
+_ONE_IN_5 = st.integers(0, 4)
+
+
 @st.composite
-def port_rules(draw: st.DrawFn) -> PortRule:
-    ports = tuple(draw(st.lists(port_protocols(), min_size=1, max_size=2)))
-    if draw(st.integers(0, 7)) == 0:
+def _port_rules(draw: st.DrawFn) -> PortRule:
+    ports = tuple(draw(_PORT_PROTOCOLS))
+    if draw(_ONE_IN_8) == 0:
         ports = ()  # a toPorts entry listing no port: every port and protocol
-    l7 = L7Rules("http") if draw(st.integers(0, 4)) == 0 else None
+    l7 = L7Rules("http") if draw(_ONE_IN_5) == 0 else None
     return PortRule(ports, l7)
+
+
+_PEER_KINDS = st.sampled_from(["none", "endpoints", "endpoints", "entities", "cidrs", "fqdns"])
+_ENDPOINTS = st.lists(SELECTORS, min_size=1, max_size=2)
+_ENTITIES = st.lists(st.sampled_from(ENTITIES), min_size=1, max_size=2)
+_CIDRS = st.lists(CIDR_RULES, min_size=1, max_size=2)
+_REQUIRES = st.lists(SELECTORS, max_size=1)
+_PORT_RULES = st.lists(_port_rules(), max_size=2)
+_ICMPS = st.lists(
+    st.builds(ICMPField, st.sampled_from(["IPv4", "IPv6"]), st.sampled_from([0, 8, 128])),
+    max_size=1,
+)
 
 
 @st.composite
 def peers(draw: st.DrawFn, index: int) -> PeerRule:
-    kind = draw(st.sampled_from(["none", "endpoints", "endpoints", "entities", "cidrs", "fqdns"]))
+    kind = draw(_PEER_KINDS)
     endpoints: tuple[Selector, ...] = ()
     entities: tuple[str, ...] = ()
     cidrs: tuple[CIDRRule, ...] = ()
     fqdns: tuple[FQDNSelector, ...] = ()
     if kind == "endpoints":
-        endpoints = tuple(draw(st.lists(selectors(), min_size=1, max_size=2)))
+        endpoints = tuple(draw(_ENDPOINTS))
     elif kind == "entities":
-        entities = tuple(draw(st.lists(st.sampled_from(ENTITIES), min_size=1, max_size=2)))
+        entities = tuple(draw(_ENTITIES))
     elif kind == "cidrs":
-        cidrs = tuple(draw(st.lists(cidr_rules(), min_size=1, max_size=2)))
+        cidrs = tuple(draw(_CIDRS))
     elif kind == "fqdns":
         fqdns = (FQDNSelector(match_name="example.com"),)
-    requires = tuple(draw(st.lists(selectors(), max_size=1))) if draw(st.booleans()) else ()
-    ports = tuple(draw(st.lists(port_rules(), max_size=2)))
-    icmp = st.builds(ICMPField, st.sampled_from(["IPv4", "IPv6"]), st.sampled_from([0, 8, 128]))
-    icmps = tuple(draw(st.lists(icmp, max_size=1)))
+    requires = tuple(draw(_REQUIRES)) if draw(st.booleans()) else ()
+    ports = tuple(draw(_PORT_RULES))
+    icmps = tuple(draw(_ICMPS))
     return PeerRule(
         index,
         endpoints=endpoints,
@@ -328,10 +373,18 @@ def peers(draw: st.DrawFn, index: int) -> PeerRule:
     )
 
 
+_PEERS = [peers(i) for i in range(2)]
+_PEER_COUNTS = st.integers(0, 2)
+
+
 @st.composite
-def peer_lists(draw: st.DrawFn) -> tuple[PeerRule, ...]:
-    count = draw(st.integers(0, 2))
-    return tuple(draw(peers(i)) for i in range(count))
+def _peer_lists(draw: st.DrawFn) -> tuple[PeerRule, ...]:
+    count = draw(_PEER_COUNTS)
+    return tuple(draw(_PEERS[i]) for i in range(count))
+
+
+PEER_LISTS = _peer_lists()
+_DEFAULT_DENY = st.sampled_from([None, None, True, False])
 
 
 @st.composite
@@ -339,29 +392,31 @@ def rules(draw: st.DrawFn, index: int) -> Rule:
     return Rule(
         index=index,
         path=f"specs[{index}]",
-        endpoint_selector=draw(selectors()),
-        ingress=draw(peer_lists()),
-        ingress_deny=draw(peer_lists()),
-        egress=draw(peer_lists()),
-        egress_deny=draw(peer_lists()),
-        enable_default_deny=(
-            draw(st.sampled_from([None, None, True, False])),
-            draw(st.sampled_from([None, None, True, False])),
-        ),
+        endpoint_selector=draw(SELECTORS),
+        ingress=draw(PEER_LISTS),
+        ingress_deny=draw(PEER_LISTS),
+        egress=draw(PEER_LISTS),
+        egress_deny=draw(PEER_LISTS),
+        enable_default_deny=(draw(_DEFAULT_DENY), draw(_DEFAULT_DENY)),
     )
+
+
+_RULES = [rules(i) for i in range(3)]
+_POLICY_COUNTS = st.integers(1, 2)
+_RULE_COUNTS = st.integers(1, 3)
 
 
 @st.composite
 def policy_sets(draw: st.DrawFn) -> list[Policy]:
     out = []
-    for n in range(draw(st.integers(1, 2))):
-        count = draw(st.integers(1, 3))
+    for n in range(draw(_POLICY_COUNTS)):
+        count = draw(_RULE_COUNTS)
         out.append(
             Policy(
                 kind="CiliumNetworkPolicy",
                 namespace="n1",
                 name=f"p{n}",
-                rules=tuple(draw(rules(i)) for i in range(count)),
+                rules=tuple(draw(_RULES[i]) for i in range(count)),
                 source="test",
             )
         )
