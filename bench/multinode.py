@@ -24,10 +24,11 @@ quiescing as the one-node ``datapath`` group).
   d  kernel VXLAN     a's namespaces with each node's pod traffic through a plain Linux vxlan
                       device (id 1, the other node as remote, UDP 8472) and a route over it; pod
                       MTU 1450 as ciliary's in tunnel mode.
-After the rounds, a and c also alternate connection by connection in one ``connrate -a``
-process per round (``datapath.alternating_connections``, the ``datapath`` group's): c/a's
-connection rate with whatever load the machine has falling on both alike (the interleaved
-rounds' c/a moved by 0.1-0.4 between runs under load), in the results as ``crr-alternating``.
+After the rounds, a and b, then a and c, also alternate connection by connection in one
+``connrate -a`` process per round (``datapath.alternating_connections``, the ``datapath``
+group's): b/a's and c/a's connection rates with whatever load the machine has falling on both
+alike (the interleaved rounds' c/a moved by 0.1-0.4 between runs under load), in the results as
+``crr-alternating``.
 Its control in the same run: a against a' (a second setup a, built the same way in namespaces
 of its own, not in the interleaved rounds) alternating the same way, which reads 1.00 when the
 method favours neither side (docs/benchmarks.md: a'/a 1.008, c'/c 0.975 on a holder).
@@ -282,11 +283,11 @@ def run(
         samples, agent_cpu = datapath.interleave(
             targets, metrics, rounds=rounds, seconds=seconds, agents=agents, log=log, group=GROUP
         )
-        native = next((t for t in targets if t.name == NATIVE), None)
+        labs = [t for name in (TUNNEL, NATIVE) for t in targets if t.name == name]
         alternating = []
-        # c/a's connection rate with load changes falling on both alike, then the same method's
-        # control: a against a second a, which must read 1.00
-        for second in (native, control) if native is not None else (control,):
+        # b/a's and c/a's connection rates with load changes falling on both alike, then the
+        # same method's control: a against a second a, which must read 1.00
+        for second in (*labs, control):
             pair = (targets[0], second)
             rates = datapath.alternating_connections(
                 connrate, pair, rounds=rounds, seconds=seconds, agents=agents, log=log
