@@ -6,7 +6,7 @@ ClusterIP is answered from the ClusterIP (recvfrom). The node's conntrack table 
 was the socket that was translated, not the packets: the connections' entries name the backend
 and its target port, carry no rev-NAT index, and no service entry (to the ClusterIP) exists.
 ``hubble observe --type trace-sock`` shows the client's connect() as SOCK flows: pre-xlate-fwd
-to the ClusterIP with destination_service default/web, post-xlate-fwd to the web pod (at the
+to the ClusterIP with destination_service socketlb/web, post-xlate-fwd to the web pod (at the
 default monitor aggregation, of one connect() per report interval).
 A ``sessionAffinity: ClientIP`` Service over 3 pods: 100 connections from one pod land on one
 backend, a second pod sticks to its own; that backend once terminating (deleted, held by a
@@ -15,62 +15,63 @@ finalizer) gets none of the pod's next connections, which stick to another one.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.e2e.conftest import CILIARY, shared_kube_lab
+from tests.e2e.test_lab_databases import SHARES_LAB as DATABASES_LAB
+from tests.e2e.test_lab_databases import write_lab
 from tests.kubectl import get_json, kubectl, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  nodes:
-  - name: {n1}
+# test_lab_databases's one-node lab, shared (one lab up and down fewer a run; its spec is the
+# default's but for an image map): this module's pods and Services are in a namespace of its own,
+# under names of their own there, which its Services' selectors cannot leave.
+SHARES_LAB = DATABASES_LAB
+NS = "socketlb"
+
+PODS = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client, labels: {{app: client}}}}
+metadata: {{name: client, namespace: {ns}, labels: {{app: client}}}}
 spec:
-  nodeName: {n1}
   containers: [{{name: main, command: [ciliary, workload, pause]}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client2, labels: {{app: client}}}}
+metadata: {{name: client2, namespace: {ns}, labels: {{app: client}}}}
 spec:
-  nodeName: {n1}
   containers: [{{name: main, command: [ciliary, workload, pause]}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: sticky-a, labels: {{tier: sticky}}}}
+metadata: {{name: sticky-a, namespace: {ns}, labels: {{tier: sticky}}}}
 spec:
-  nodeName: {n1}
   containers: [{{name: web, command: [ciliary, workload, http-server, --port, "8080"]}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: sticky-b, labels: {{tier: sticky}}}}
+metadata: {{name: sticky-b, namespace: {ns}, labels: {{tier: sticky}}}}
 spec:
-  nodeName: {n1}
   containers: [{{name: web, command: [ciliary, workload, http-server, --port, "8080"]}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: web, labels: {{app: web, tier: sticky}}}}
+metadata: {{name: web, namespace: {ns}, labels: {{app: web, tier: sticky}}}}
 spec:
-  nodeName: {n1}
   containers:
   - name: web
     command: [ciliary, workload, http-server, --port, "8080"]
@@ -81,7 +82,7 @@ spec:
 SERVICE = """\
 apiVersion: v1
 kind: Service
-metadata: {name: web}
+metadata: {name: web, namespace: socketlb}
 spec:
   selector: {app: web}
   ports:
@@ -90,7 +91,7 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: sticky}
+metadata: {name: sticky, namespace: socketlb}
 spec:
   selector: {tier: sticky}
   sessionAffinity: ClientIP
@@ -138,16 +139,16 @@ class SockLab:
     kubeconfig: str
 
     def ip(self, pod: str) -> str:
-        addr = manager.find_pod(manager.record(self.name), pod).ipv4
+        addr = manager.find_pod(manager.record(self.name), f"{NS}/{pod}").ipv4
         assert addr is not None, pod
         return addr.partition("/")[0]
 
     def vip(self, service: str) -> str:
-        return str(get_json(self.kubeconfig, "service", service)["spec"]["clusterIP"])
+        return str(get_json(self.kubeconfig, "-n", NS, "service", service)["spec"]["clusterIP"])
 
     def gets(self, pod: str, service: str, count: int) -> list[str]:
         res = manager.run_in_pod(
-            f"default/{pod}", [sys.executable, "-c", GETS, self.vip(service), str(count)],
+            f"{NS}/{pod}", [sys.executable, "-c", GETS, self.vip(service), str(count)],
             name=self.name, timeout=60,
         )  # fmt: skip
         assert res.returncode == 0, (res.stdout, res.stderr)
@@ -183,11 +184,17 @@ class SockLab:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SockLab]:
-    name, nodes = unique("sock"), [unique("n")]  # one node: the translation is the client's
-    path = tmp_path_factory.mktemp("socketlb") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, n1=nodes[0]))
-    with kube_lab(path, name, nodes) as kubeconfig:
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[SockLab]:
+    # one node: the translation is the client's
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as (name, nodes, kubeconfig):
+        path = tmp_path_factory.mktemp("socketlb") / "pods.yaml"
+        path.write_text(PODS.format(ns=NS))
+        manager.apply(path, name=name)
         kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICE)
         yield SockLab(name, nodes, kubeconfig)
 
@@ -203,7 +210,7 @@ def test_connect_and_sendmsg_are_translated_in_the_socket(lab: SockLab) -> None:
         )
 
     wait_for("the Service in the node's maps", programmed, 30)
-    res = manager.run_in_pod("default/client", [sys.executable, "-c", CLIENT, vip], name=lab.name)
+    res = manager.run_in_pod(f"{NS}/client", [sys.executable, "-c", CLIENT, vip], name=lab.name)
     assert res.returncode == 0, (res.stdout, res.stderr)
     got = json.loads(res.stdout)
     assert got["peer"] == [vip, 80], got  # getpeername: the ClusterIP
@@ -231,7 +238,7 @@ def test_socket_translations_are_hubble_sock_flows(lab: SockLab) -> None:
 
     def sock_flows() -> list[dict[str, Any]] | None:
         assert lab.gets("client", "web", 1) == ["web"]
-        flows = [f for f in lab.observe("--type", "trace-sock", "--from-pod", "default/client")
+        flows = [f for f in lab.observe("--type", "trace-sock", "--from-pod", f"{NS}/client")
                  if f["IP"]["destination"] in (vip, backend)]  # fmt: skip
         return flows if len(flows) >= 2 else None
 
@@ -245,7 +252,7 @@ def test_socket_translations_are_hubble_sock_flows(lab: SockLab) -> None:
         assert f["event_type"]["type"] == 7 and f["socket_cookie"] and f["cgroup_id"], f
     assert pre[-1]["verdict"] == "TRACED", pre[-1]
     assert pre[-1]["IP"]["destination"] == vip and pre[-1]["l4"]["TCP"]["destination_port"] == 80
-    assert pre[-1]["destination_service"] == {"namespace": "default", "name": "web"}, pre[-1]
+    assert pre[-1]["destination_service"] == {"namespace": NS, "name": "web"}, pre[-1]
     assert post[-1]["verdict"] == "TRANSLATED", post[-1]
     assert (post[-1]["IP"]["destination"], post[-1]["destination"]["pod_name"]) == (backend, "web")
     assert post[-1]["l4"]["TCP"]["destination_port"] == 8080, post[-1]
@@ -263,10 +270,10 @@ def test_affinity_per_pod_and_a_terminating_backend_is_left(lab: SockLab) -> Non
 
     chosen = first[0]
     address = lab.ip(chosen)
-    kubectl(lab.kubeconfig, "patch", "pod", chosen, "--type=merge",
+    kubectl(lab.kubeconfig, "-n", NS, "patch", "pod", chosen, "--type=merge",
             "-p", '{"metadata": {"finalizers": ["ciliary.io/e2e-hold"]}}')  # fmt: skip
     try:
-        kubectl(lab.kubeconfig, "delete", "pod", chosen, "--wait=false")
+        kubectl(lab.kubeconfig, "-n", NS, "delete", "pod", chosen, "--wait=false")
         wait_for(
             f"{chosen} terminating in the node's maps",
             lambda: lab.backends("sticky").get(address) == "terminating",
@@ -275,5 +282,5 @@ def test_affinity_per_pod_and_a_terminating_backend_is_left(lab: SockLab) -> Non
         again = lab.gets("client", "sticky", 20)
         assert chosen not in again and len(set(again)) == 1, (chosen, again)
     finally:
-        kubectl(lab.kubeconfig, "patch", "pod", chosen, "--type=merge",
+        kubectl(lab.kubeconfig, "-n", NS, "patch", "pod", chosen, "--type=merge",
                 "-p", '{"metadata": {"finalizers": null}}')  # fmt: skip
