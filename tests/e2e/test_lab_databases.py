@@ -21,6 +21,7 @@ import pytest
 from ciliary.lab import manager
 from tests.e2e.conftest import CILIARY, shared_kube_lab, unique
 from tests.kubectl import get_json, kubectl, pods, wait_for
+from tests.unit.hubble.test_l7_dashboard import SPEC as L7_SPEC
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,6 +37,10 @@ spec:
   - image: redis:7
     command: [redis-server]
     args: [--port, "6379", --protected-mode, "no", --dir, /tmp, --save, "", --appendonly, "no"]
+  hubble:
+    metrics:  # test_lab_l7_http's (it shares this lab)
+    - flow
+    - "{l7_metric}"
   nodes:
   - name: {node}
 ---
@@ -71,10 +76,12 @@ spec:
     securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
     resources: {{limits: {{memory: 48Mi}}}}
 """
-"""The lab file of this module and of test_lab_pods_runtime, which shares the lab (one lab up and
-down fewer a run): ``default/app`` is that module's lab-file pod (its user, working directory
-``{workdir}`` and memory limit, its log), which nothing here selects; what each module applies has
-names and labels of its own (redis, postgres, nowhere; runs, rootless, nginx)."""
+"""The lab file of this module and of the modules that share the lab (one lab up and down fewer
+a run each: test_lab_l7_http, test_lab_pods_runtime, test_lab_socketlb): ``default/app`` is
+test_lab_pods_runtime's lab-file pod (its user, working directory ``{workdir}`` and memory limit,
+its log), which nothing here selects; the Hubble metrics are test_lab_l7_http's; what each module
+applies has names and labels of its own (redis, postgres, nowhere; runs, rootless, nginx) or a
+namespace of its own (l7http, socketlb)."""
 SHARES_LAB = "databases"
 
 DB_FROM_NOBODY = """\
@@ -133,7 +140,8 @@ def write_lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list
     the file (``workdir``)."""
     name, node = unique("db"), unique("n")
     path = tmp_path_factory.mktemp("databases") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node, workdir=path.parent / "work"))
+    text = LAB.format(lab=name, node=node, workdir=path.parent / "work", l7_metric=L7_SPEC)
+    path.write_text(text)
     return path, name, [node]
 
 

@@ -1,8 +1,8 @@
 """HTTP rules in a lab (issue #15 Build 3): a client pod's egress CNP with an HTTP rule to the
 web pod's port 80; the datapath hands the client's connections to the node's Envoy (started by
 the agent once the rule applies), which answers a request the rule does not allow with Cilium's
-``403 Access denied`` and forwards the others to the pod. The policy is in the lab file, so it is
-in force before the pods start.
+``403 Access denied`` and forwards the others to the pod. The policy is applied before the pods
+(``lab apply`` orders them so), so it is in force before the pods start.
 
 The same lab shows Hubble's L7 side (#15 Build 5, 6): a second client pod, ``watcher``, has an
 allow-all HTTP rule (``http: [{}]``: visibility without enforcement), so its requests all pass
@@ -11,12 +11,13 @@ protocol, status, method and path, with upstream's grammar."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +28,26 @@ from ciliary import processes
 from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
 from ciliary.lab import manager
 from tests.kubectl import wait_for
-from tests.unit.hubble.test_l7_dashboard import SPEC as L7_SPEC
 
-from .conftest import CILIARY, Lab, assert_no_leftovers, unique
+from .conftest import CILIARY, Lab, shared_kube_lab
+from .test_lab_databases import SHARES_LAB as DATABASES_LAB
+from .test_lab_databases import write_lab
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  hubble:
-    metrics:
-    - flow
-    - "{l7_metric}"
-  nodes:
-  - name: {node}
+# test_lab_databases's one-node lab, shared (one lab up and down fewer a run; its file enables
+# Hubble's flow and httpV2 metrics, L7_SPEC, for this module): this module's pods and policies
+# are in a namespace of their own, which the policies' selectors cannot leave, applied with
+# ``lab apply``, which also puts the policies in force before the pods start.
+SHARES_LAB = DATABASES_LAB
+NS = "l7http"
+
+OWN = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client, labels: {{app: client}}}}
+metadata: {{name: client, namespace: {ns}, labels: {{app: client}}}}
 spec:
   containers:
   - name: main
@@ -53,7 +55,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: watcher, labels: {{app: watcher}}}}
+metadata: {{name: watcher, namespace: {ns}, labels: {{app: watcher}}}}
 spec:
   containers:
   - name: main
@@ -61,7 +63,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: web, labels: {{app: web}}}}
+metadata: {{name: web, namespace: {ns}, labels: {{app: web}}}}
 spec:
   containers:
   - name: web
@@ -71,7 +73,7 @@ spec:
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {{name: client-http}}
+metadata: {{name: client-http, namespace: {ns}}}
 spec:
   endpointSelector: {{matchLabels: {{app: client}}}}
   egress:
@@ -85,7 +87,7 @@ spec:
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {{name: watcher-visibility}}
+metadata: {{name: watcher-visibility, namespace: {ns}}}
 spec:
   endpointSelector: {{matchLabels: {{app: watcher}}}}
   egress:
@@ -98,34 +100,34 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    name, node = unique("fl7"), unique("fn")
-    path = tmp_path_factory.mktemp("lab") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node, l7_metric=L7_SPEC))
-    try:
-        yield Lab(name, node, manager.up(path), path)
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [node])
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[Lab]:
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as (name, nodes, _):
+        path = tmp_path_factory.mktemp("l7http") / "own.yaml"
+        path.write_text(OWN.format(ns=NS))
+        yield Lab(name, nodes[0], manager.apply(path, name=name), path)
 
 
 def _get(lab: Lab, url: str, status: int) -> str:
     """ "" when ``url`` answered ``status``, else what the client said."""
-    res = lab.run("default/client", "ciliary", "workload", "http-get", url,
+    res = lab.run(f"{NS}/client", "ciliary", "workload", "http-get", url,
                   "--expect-status", str(status))  # fmt: skip
     return res.stdout + res.stderr if res.returncode else ""
 
 
 def test_get_public_200_private_403(lab: Lab) -> None:
-    web = lab.pod_ip("default/web")
+    web = lab.pod_ip(f"{NS}/web")
     # the agent starts Envoy when the rule first applies (~0.5 s); until it listens the
     # datapath drops the redirected connection (fail closed)
     deadline = time.monotonic() + 20
     while (err := _get(lab, f"http://{web}/public", 200)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert err == "", err
-    denied = lab.run("default/client", "ciliary", "workload", "http-get", f"http://{web}/private",
+    denied = lab.run(f"{NS}/client", "ciliary", "workload", "http-get", f"http://{web}/private",
                      "--expect-status", "403")  # fmt: skip
     assert "HTTP 403 15 bytes" in denied.stdout, denied  # "Access denied\r\n", Envoy's answer
     assert _get(lab, f"http://{web}/publicity", 403) == ""  # the path regex matches whole
@@ -170,16 +172,16 @@ def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
     implement gets the server's 501, not Envoy's 403) and each becomes request/response flows;
     the client's denied GET is ``http-request DROPPED`` then ``http-response 403``; the
     filters select exactly their flows; httpV2 counts them by workload."""
-    web = lab.pod_ip("default/web")
+    web = lab.pod_ip(f"{NS}/web")
     deadline = time.monotonic() + 20  # Envoy may still be starting (see the test above)
     while (err := _get(lab, f"http://{web}/public", 200)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert err == "", err
     assert _get(lab, f"http://{web}/private", 403) == ""  # the client's rule denies it
-    watched = lab.run("default/watcher", "ciliary", "workload", "http-get",
+    watched = lab.run(f"{NS}/watcher", "ciliary", "workload", "http-get",
                       f"http://{web}/private", "--expect-status", "200")  # fmt: skip
     assert watched.returncode == 0, watched  # allow-all: nothing denied
-    patch = lab.run("default/watcher", sys.executable, "-c", _PATCH, f"http://{web}/private/x")
+    patch = lab.run(f"{NS}/watcher", sys.executable, "-c", _PATCH, f"http://{web}/private/x")
     assert patch.stdout.strip() == "501", patch  # the server's answer, through Envoy
 
     want_watcher = {
@@ -191,7 +193,7 @@ def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
     got = wait_for(
         "the watcher's L7 flows",
         lambda: (
-            (f := _http(_observe(lab, "--type", "l7", "--pod", "default/watcher"))) >= want_watcher
+            (f := _http(_observe(lab, "--type", "l7", "--pod", f"{NS}/watcher"))) >= want_watcher
             and f
         ),
         20,
@@ -218,19 +220,19 @@ def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
     nrec = next(n for n in manager.record(lab.name).nodes if n.name == lab.node)
     compact = subprocess.run(
         [CILIARY, "observe", "--server", f"unix://{nrec.state_dir}/hubble.sock", "--last",
-         "2000", "--type", "l7", "--pod", "default/client",
+         "2000", "--type", "l7", "--pod", f"{NS}/client",
          "--http-path", "^/private$"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     url = f"http://{web}/private"
     assert re.search(
-        rf"default/client:\d+ \(ID:\d+\) -> default/web:80 \(ID:\d+\) "
+        rf"{NS}/client:\d+ \(ID:\d+\) -> {NS}/web:80 \(ID:\d+\) "
         rf"http-request DROPPED \(HTTP/1\.1 GET {re.escape(url)}\)$",
         compact,
         re.M,
     ), compact
     assert re.search(
-        rf"default/client:\d+ \(ID:\d+\) <- default/web:80 \(ID:\d+\) "
+        rf"{NS}/client:\d+ \(ID:\d+\) <- {NS}/web:80 \(ID:\d+\) "
         rf"http-response FORWARDED \(HTTP/1\.1 403 \d+ms \(GET {re.escape(url)}\)\)$",
         compact, re.M,
     ), compact  # fmt: skip
@@ -252,7 +254,7 @@ def test_allow_all_http_rule_l7_flows_filters_and_metrics(lab: Lab) -> None:
             for smp in family.samples:
                 if smp.name == "hubble_http_requests_total":
                     lab_ = smp.labels
-                    assert lab_["source_namespace"] == lab_["destination_namespace"] == "default"
+                    assert lab_["source_namespace"] == lab_["destination_namespace"] == NS
                     assert (lab_["reporter"], lab_["traffic_direction"]) == ("client", "egress")
                     out[lab_["method"], lab_["status"]] = smp.value
         return out
@@ -302,12 +304,12 @@ def test_reused_client_ports_connect_without_syn_retransmission(lab: Lab) -> Non
     each new SYN reaches Envoy's listener at once (bpf_sk_lookup.c), as with a normal stack.
     Before, the SYN was assigned to the TIME_WAIT socket, whose old ACK made the client reset
     and retransmit; assigned to the listener instead it was dropped (the 1 s retransmission)."""
-    web = lab.pod_ip("default/web")
+    web = lab.pod_ip(f"{NS}/web")
     deadline = time.monotonic() + 20  # Envoy may still be starting (see the first test)
     while (err := _get(lab, f"http://{web}/public", 200)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert err == "", err
-    res = lab.run("default/client", sys.executable, "-c", _REUSE, web, "8", "41000", "4")
+    res = lab.run(f"{NS}/client", sys.executable, "-c", _REUSE, web, "8", "41000", "4")
     assert res.returncode == 0, res
     assert res.stdout.split(maxsplit=1) == ["0", "[]\n"], res.stdout  # SYN retransmits, slow
 
@@ -345,12 +347,12 @@ def test_agent_restart_keeps_proxied_connections(lab: Lab) -> None:
     """Issue #15 Must hold: Envoy outlives the agent's restart (the next agent adopts it), so a
     keep-alive connection through it goes on: its next requests are still decided (200, 403);
     a new connection works and Envoy's access log still reaches Hubble as L7 flows."""
-    web = lab.pod_ip("default/web")
+    web = lab.pod_ip(f"{NS}/web")
     deadline = time.monotonic() + 20  # Envoy may still be starting (see the first test)
     while (err := _get(lab, f"http://{web}/public", 200)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert err == "", err
-    pod = manager.find_pod(manager.record(lab.name), "default/client")
+    pod = manager.find_pod(manager.record(lab.name), f"{NS}/client")
     client = subprocess.Popen(
         ["ip", "netns", "exec", pod.netns, sys.executable, "-c", _KEEP_ALIVE, web],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -379,9 +381,7 @@ def test_agent_restart_keeps_proxied_connections(lab: Lab) -> None:
     }
     got = wait_for(
         "L7 flows after the restart",
-        lambda: (
-            (f := _http(_observe(lab, "--type", "l7", "--pod", "default/client"))) >= want and f
-        ),
+        lambda: (f := _http(_observe(lab, "--type", "l7", "--pod", f"{NS}/client"))) >= want and f,
         20,
     )
     assert want <= got
