@@ -129,7 +129,7 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 
 	load_config(&level, &interval);
 	ret = ct_process_at(p, src_id, dst_id, level, interval,
-			    lb->now ? lb->now : bpf_ktime_get_ns(), &ct);
+			    lb->now ? lb->now : ct_now(), &ct);
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_FROM_ENDPOINT);
 	if (ct.state == CT_ESTABLISHED && ct.entry && ct.entry->rev_nat_index != lb->rev_nat_index) {

@@ -32,6 +32,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_ct SEC(".maps");
 
+/* Conntrack's clock: CLOCK_MONOTONIC as of the last timer tick (bpf_ktime_get_coarse_ns, no
+ * clock-source read; at most one tick, 4 ms at HZ 250, behind bpf_ktime_get_ns), as upstream's
+ * "jiffies" clock for its CT map. Lifetimes are seconds and the agent's GC compares with
+ * time.monotonic_ns(), the same base. Every time written into or compared with a ciliary_ct entry
+ * is read here (lib/lb.h's service entries, lib/nodeport.h's), so no entry mixes the two clocks
+ * (a report interval across them could go negative). Events keep bpf_ktime_get_ns (ts_ns). */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 struct ct_result {
 	struct ct_entry *entry;
 	__u8 state;         /* CT_* */
@@ -130,7 +141,7 @@ static __always_inline void ct_forget_new(const struct pkt *p, const struct ct_r
 }
 
 /* Looks up (and creates, for new connections) the conntrack entry of packet `p` at time `now`
- * (bpf_ktime_get_ns(), taken once per packet: the service translation may have read it already).
+ * (ct_now(), taken once per packet: the service translation may have read it already).
  * Returns 0, or -DROP_* when an entry could not be created. */
 static __always_inline int ct_process_at(const struct pkt *p, __u32 src_id, __u32 dst_id,
 					 __u32 agg_level, __u64 agg_interval, __u64 now,
@@ -233,6 +244,6 @@ static __always_inline int ct_process_at(const struct pkt *p, __u32 src_id, __u3
 static __always_inline int ct_process(const struct pkt *p, __u32 src_id, __u32 dst_id,
 				      __u32 agg_level, __u64 agg_interval, struct ct_result *res)
 {
-	return ct_process_at(p, src_id, dst_id, agg_level, agg_interval, bpf_ktime_get_ns(), res);
+	return ct_process_at(p, src_id, dst_id, agg_level, agg_interval, ct_now(), res);
 }
 #endif

@@ -595,7 +595,7 @@ static __always_inline int lb_backend(__u8 family, __u32 id, __u8 *addr, __u16 *
 struct lb_result {
 	struct ct_entry *svc_ct; /* the service conntrack entry, refreshed with the connection's
 				  * (NULL when created by this packet: created as the connection's) */
-	__u64 now;               /* translated: its bpf_ktime_get_ns(), conntrack's clock after it */
+	__u64 now;               /* translated: its ct_now(), conntrack's clock after it */
 	__u16 rev_nat_index;     /* 0: not sent to a frontend */
 	__u8 loopback;           /* hairpin: the source is now the loopback address */
 	__u8 pad;
@@ -614,7 +614,7 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct pk
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return -DROP_NO_SERVICE; /* SCTP frontends are not translated (yet) */
 	__u16 rev_nat = svc->rev_nat_index;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	__u8 addr[16] = {};
 	__u16 port = 0;
 

@@ -85,7 +85,7 @@ static __always_inline int nodeport_report(struct ct_entry *svc, const struct pk
 	*state = is_reply ? CT_REPLY : CT_ESTABLISHED;
 	if (!svc)
 		return level == MONITOR_AGG_NONE;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	__u8 seen;
 	if (is_reply) {
 		seen = svc->rx_flags_seen;
@@ -245,7 +245,7 @@ static __always_inline int nodeport_forward(struct __sk_buff *skb, struct pkt *p
 					    const struct lb_result *lb, __u32 src_id)
 {
 	if (lb->svc_ct) /* no connection entry on this node: the service entry lives by traffic */
-		lb->svc_ct->expires_ns = bpf_ktime_get_ns() +
+		lb->svc_ct->expires_ns = ct_now() +
 					 (p->proto == IPPROTO_TCP ? CT_LIFETIME_TCP : CT_LIFETIME_NONTCP);
 	int ret = nodeport_snat(skb, p, lb->rev_nat_index);
 	if (ret < 0)
