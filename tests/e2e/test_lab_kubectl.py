@@ -87,10 +87,11 @@ spec:
 """
 
 
-# test_lab_workloads shares this lab (one lab up and down fewer a run). This module runs first
-# (SHARES_LAB_FRESH): it asserts on every pod of the lab and on what lab up applied; what it
-# leaves (a pod and a config map in shop, a namespace held in Terminating, an API server and an
-# etcd killed and restarted) is nothing test_lab_workloads looks at.
+# test_lab_l7_starwars (its tunnel-mode lab) and test_lab_workloads share this lab (one lab up
+# and down each fewer a run). This module runs first (SHARES_LAB_FRESH): it asserts on every pod
+# of the lab and on what lab up applied; what it leaves (a pod and a config map in shop, a
+# namespace held in Terminating, an API server and an etcd killed and restarted) is nothing the
+# others look at.
 SHARES_LAB = "kubectl"
 SHARES_LAB_FRESH = True
 

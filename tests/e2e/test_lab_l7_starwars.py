@@ -15,10 +15,11 @@ PolicyTest name the L7 rule."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from ciliary.core.models import TraceRequest
 from ciliary.lab import manager
 from tests.kubectl import wait_for
 
-from .conftest import CILIARY, Lab, assert_no_leftovers, unique
+from .conftest import CILIARY, Lab, assert_no_leftovers, shared_kube_lab, unique
+from .test_lab_kubectl import SHARES_LAB as KUBECTL_LAB
+from .test_lab_kubectl import write_lab
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -129,9 +132,27 @@ def _lab(tmp_path_factory: pytest.TempPathFactory, routing: str = "") -> Iterato
         assert_no_leftovers(name, [n1, n2])
 
 
+# The tunnel-mode tests take test_lab_kubectl's two-node lab (shared, one lab up and down fewer a
+# run: tunnel mode, the default, socket-LB on as here): LAB's pods and the policies are applied
+# to it as they are (``lab apply``: the policies in force before the pods start, as with lab
+# up). Its own pods are in shop, workloads' (test_lab_workloads shares it too) carry app labels
+# none of the policies here select, and these pods none of theirs. native_lab is a lab of its own.
+SHARES_LAB = KUBECTL_LAB
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from _lab(tmp_path_factory)  # tunnel mode (VXLAN), the default
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[Lab]:
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as (name, nodes, _):
+        n1, n2 = nodes
+        path = tmp_path_factory.mktemp("starwars") / "starwars.yaml"
+        pods = LAB.split("---\n", 1)[1]  # every document but the Lab
+        path.write_text(pods.replace("N1", n1).replace("N2", n2) + POLICY)
+        yield Lab(name, n1, manager.apply(path, name=name), path)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,9 @@ T = TypeVar("T")
 # (Cilium's default: host-network pods' connects are translated), kubelet's
 # maxContainerRestartPeriod 1 s (what these tests kill is back after 1 s, not 10 s). It runs
 # before this module (SHARES_LAB_FRESH) and leaves only what is in ``shop`` and a control plane
-# restarted; this module adds a client on each node (``lab apply``) and works in ``default``.
+# restarted; test_lab_l7_starwars adds its pods and policies in ``default`` (labels org/class,
+# none of this module's); this module adds a client on each node (``lab apply``) and works in
+# ``default`` by its own labels.
 SHARES_LAB = KUBECTL_LAB
 
 CLIENTS = """\
