@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 CILIARY = str(REPO / ".venv" / "bin" / "ciliary")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering (by fixture), not undone by it
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "e2e" in str(item.fspath):
@@ -35,7 +36,15 @@ def _sharers_together(items: list[pytest.Item]) -> None:
     and pods a load on the machine) while the modules between them run. Each module's tests
     keep their order. A module that sets ``SHARES_LAB_FRESH`` (it asserts on the whole of the
     lab as ``lab up`` made it, e.g. its exact endpoints) comes first in its group: the others
-    only add under names of their own, so it takes the lab before any of them has."""
+    only add under names of their own, so it takes the lab before any of them has. Where the
+    modules' ``lab`` fixture is parametrized (a lab per routing mode, ``sharing``'s
+    ``variant``), the group runs a parameter at a time, all its modules' tests of that one
+    before the next: one of those labs is up at a time (pytest sets a module's fixtures up
+    again when its tests resume)."""
+
+    def param(item: pytest.Item) -> object:
+        callspec = getattr(item, "callspec", None)
+        return None if callspec is None else callspec.params.get("lab")
 
     def module(item: pytest.Item) -> object:
         return getattr(item, "module", None)
@@ -60,9 +69,14 @@ def _sharers_together(items: list[pytest.Item]) -> None:
         if id(mod) in placed:
             continue
         key = getattr(mod, SHARES_LAB, None)
+        block: list[pytest.Item] = []
         for m in groups[key] if key is not None else [mod]:
-            ordered += tests[id(m)]
+            block += tests[id(m)]
             placed.add(id(m))
+        rank: dict[object, int] = {}
+        for i in block:
+            rank.setdefault(param(i), len(rank))
+        ordered += sorted(block, key=lambda i: rank[param(i)])  # stable: one param at a time
     items[:] = ordered
 
 
@@ -191,12 +205,17 @@ def sharing(
     key: str,
     make: Callable[[], T],
     down: Callable[[T], None],
+    *,
+    variant: str = "",
 ) -> Iterator[T]:
     """The lab of ``key`` for a module fixture: the one a module before it left (if this module
     shares ``key``), else ``make()``; afterwards kept for the next module that shares ``key``,
-    else ``down`` (also when a test of this module failed: the next one starts clean)."""
+    else ``down`` (also when a test of this module failed: the next one starts clean). A
+    parametrized fixture's labs (one per routing mode, say) are held apart by ``variant``: the
+    modules that share ``key`` take the one of their own parameter."""
     shares = _shares(request.module, key)
-    made: T = held.pop(key)[0] if shares and key in held else make()
+    slot = f"{key}[{variant}]" if variant else key
+    made: T = held.pop(slot)[0] if shares and slot in held else make()
     keep = False
     try:
         yield made
@@ -206,7 +225,7 @@ def sharing(
         keep = shares and not failed and any(_shares(m, key) for m in mods[last + 1 :])
     finally:
         if keep:
-            held[key] = (made, down)
+            held[slot] = (made, down)
         else:
             down(made)
 
@@ -258,9 +277,12 @@ def shared_kube_lab(
     held: dict[str, tuple[Any, Callable[[Any], None]]],
     key: str,
     write: Callable[[], tuple[Path, str, list[str]]],
+    *,
+    variant: str = "",
 ) -> Iterator[KubeLab]:
-    """``kube_lab`` for the modules that share ``key`` (``sharing``): ``write()`` writes the
-    lab file, giving (its path, the lab's name, its nodes), when this module makes the lab."""
+    """``kube_lab`` for the modules that share ``key`` (``sharing``, ``variant`` as there):
+    ``write()`` writes the lab file, giving (its path, the lab's name, its nodes), when this
+    module makes the lab."""
 
     def make() -> KubeLab:
         path, name, nodes = write()
@@ -271,7 +293,9 @@ def shared_kube_lab(
             raise
         return name, nodes, str(manager.kubeconfig(name))
 
-    with sharing(request, held, key, make, lambda made: _kube_lab_down(made[0], made[1])) as lab:
+    with sharing(
+        request, held, key, make, lambda made: _kube_lab_down(made[0], made[1]), variant=variant
+    ) as lab:
         yield lab
 
 

@@ -18,45 +18,45 @@ FIB instead of tunnelled), with the only backend on node 1:
   (medium in the tunnel lab, none in the native one);
 - the backend reaches itself through the Service's ClusterIP over IPv4 and IPv6 (hairpin: from
   the service loopback address).
-One lab per mode (~30 s each with lab up on an idle machine). The labs pin socket-LB off: a
-pod's connections must take the tc path checked here."""
+The labs are test_lab_services's, one per mode (shared: ~30 s each with lab up on an idle
+machine), with a world host; this module's pods and Services are in a namespace of their own.
+The labs pin socket-LB off: a pod's connections must take the tc path checked here."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.e2e.conftest import CILIARY, shared_kube_lab
+from tests.e2e.test_lab_services import AGGREGATION, write_lab
+from tests.e2e.test_lab_services import SHARES_LAB as SERVICES_LAB
 from tests.kubectl import get_json, kubectl, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  routingMode: {mode}
-  monitorAggregation: {aggregation}
-  autoDirectNodeRoutes: {direct}
-  socketLB: {{enabled: false}}
-  hubble: {{relay: {{enabled: false}}}}
-  nodes:
-  - name: {n1}
-  - name: {n2}
-  externals:
-  - name: {world}
+# test_lab_services's labs, shared (one lab up and down fewer a run per mode): two nodes, a world
+# host, socket-LB off, monitor aggregation medium in tunnel mode and none in native mode (its
+# AGGREGATION). Its pods (a client, other, web-a/b/c app=web) and its Service web are in default;
+# this module's pods and Services are in NS, which their selectors cannot leave.
+SHARES_LAB = SERVICES_LAB
+NS = "nodeport"
+
+PODS = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: web-a, labels: {{app: web}}}}
+metadata: {{name: web-a, namespace: {ns}, labels: {{app: web}}}}
 spec:
   nodeName: {n1}
   containers:
@@ -65,7 +65,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client}}
+metadata: {{name: client, namespace: {ns}}}
 spec:
   nodeName: {n2}
   containers: [{{name: main, command: [ciliary, workload, pause]}}]
@@ -138,7 +138,8 @@ class NPLab:
     kubeconfig: str
 
     def node_port(self, service: str) -> int:
-        return int(get_json(self.kubeconfig, "service", service)["spec"]["ports"][0]["nodePort"])
+        svc = get_json(self.kubeconfig, "-n", NS, "service", service)
+        return int(svc["spec"]["ports"][0]["nodePort"])
 
     def get(self, address: str, port: int, timeout: float = 3) -> dict[str, Any]:
         res = subprocess.run(
@@ -159,27 +160,22 @@ class NPLab:
         return next((f for f in listed if (f["address"], f["port"]) == (address, port)), None)
 
 
-# Monitor aggregation per lab (the NodePort traces honour it): Cilium's default in tunnel mode,
-# every packet reported (and the from-* points) in native mode.
-AGGREGATION = {"tunnel": "medium", "native": "none"}
-
-
 @pytest.fixture(scope="module", params=["tunnel", "native"])
 def lab(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
 ) -> Iterator[NPLab]:
+    # Monitor aggregation per lab (the NodePort traces honour it): Cilium's default in tunnel
+    # mode, every packet reported (and the from-* points) in native mode.
     mode = str(request.param)
-    name, nodes, world = unique("np"), [unique("n") for _ in range(2)], unique("w")
-    path = tmp_path_factory.mktemp("nodeport") / "lab.yaml"
-    direct = str(mode == "native").lower()
     aggregation = AGGREGATION[mode]
-    path.write_text(
-        LAB.format(
-            lab=name, mode=mode, direct=direct, aggregation=aggregation, n1=nodes[0],
-            n2=nodes[1], world=world,
-        )
-    )  # fmt: skip
-    with kube_lab(path, name, nodes) as kubeconfig:
+    write = functools.partial(write_lab, tmp_path_factory, mode)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write, variant=mode) as made:
+        name, nodes, kubeconfig = made
+        pods = tmp_path_factory.mktemp("nodeport") / "pods.yaml"
+        pods.write_text(PODS.format(ns=NS, n1=nodes[0], n2=nodes[1]))
+        manager.apply(pods, name=name)
         rec = manager.record(name)
         ips, ips6 = [], []
         for node in nodes:
@@ -187,7 +183,8 @@ def lab(
             assert nrec.node_ipv4 is not None and nrec.node_ipv6 is not None
             ips.append(nrec.node_ipv4)
             ips6.append(nrec.node_ipv6)
-        netns = f"cilw-{name}-{world}"
+        (world,) = rec.externals
+        netns = world.netns
         addrs = subprocess.run(
             ["ip", "netns", "exec", netns, "ip", "-o", "addr", "show", "scope", "global"],
             capture_output=True, text=True, timeout=30, check=True,
@@ -200,10 +197,10 @@ def lab(
                 ["ip", "netns", "exec", netns, "ip", "route", "add", f"{address}/32", "via", via],
                 check=True, timeout=30,
             )  # fmt: skip
-        kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICES)
+        kubectl(kubeconfig, "apply", "-n", NS, "-f", "-", stdin=SERVICES)
         # no load-balancer controller in the lab: its status as one would write it
-        kubectl(kubeconfig, "patch", "service", "web-lb", "--subresource=status", "--type=merge",
-                "-p", LB_STATUS)  # fmt: skip
+        kubectl(kubeconfig, "patch", "-n", NS, "service", "web-lb", "--subresource=status",
+                "--type=merge", "-p", LB_STATUS)  # fmt: skip
         yield NPLab(
             name, mode, aggregation, nodes, ips, ips6, netns, world_ip, world_ip6, kubeconfig
         )
@@ -274,7 +271,7 @@ def test_load_balancer_source_ranges_admit_only_their_clients(lab: NPLab) -> Non
 
     def ranges(cidrs: list[str]) -> None:
         body = json.dumps({"spec": {"loadBalancerSourceRanges": cidrs}})
-        kubectl(lab.kubeconfig, "patch", "service", "web-lb", "--type=merge", "-p", body)
+        kubectl(lab.kubeconfig, "patch", "-n", NS, "service", "web-lb", "--type=merge", "-p", body)
 
     _wait_frontend(lab, lab.nodes[1], LB_IP, 8001, 1)
     try:
@@ -312,7 +309,7 @@ def test_a_pod_of_another_node_reaches_the_nodeport(lab: NPLab) -> None:
     port = lab.node_port("web-np")
     _wait_frontend(lab, lab.nodes[0], lab.node_ips[0], port, 1)
     res = manager.run_in_pod(
-        "default/client", [sys.executable, "-c", GET, lab.node_ips[0], str(port), "3"],
+        f"{NS}/client", [sys.executable, "-c", GET, lab.node_ips[0], str(port), "3"],
         name=lab.name, timeout=30,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -331,7 +328,7 @@ def _observe(lab: NPLab, node: str, *flags: str) -> list[dict[str, Any]]:
     return [r["flow"] for r in map(json.loads, res.stdout.splitlines()) if "flow" in r]
 
 
-WEB_NP = {"name": "web-np", "namespace": "default"}
+WEB_NP = {"name": "web-np", "namespace": NS}
 
 
 def _world(endpoint: dict[str, Any]) -> bool:
@@ -357,7 +354,7 @@ def test_hubble_names_the_service_of_a_nodeport_connection(lab: NPLab) -> None:
     medium = lab.aggregation == "medium"
 
     def from_world() -> list[dict[str, Any]]:
-        return [f for f in _observe(lab, lab.nodes[1], "--to-service", "default/web-np")
+        return [f for f in _observe(lab, lab.nodes[1], "--to-service", f"{NS}/web-np")
                 if f["IP"]["source"] == lab.world_ip]  # fmt: skip
 
     def requests() -> list[dict[str, Any]]:
@@ -376,7 +373,7 @@ def test_hubble_names_the_service_of_a_nodeport_connection(lab: NPLab) -> None:
     for f in received:
         assert f["IP"]["destination"] == lab.node_ips[1], f
         assert f["destination_service"] == WEB_NP, f
-    replies = _observe(lab, lab.nodes[1], "--from-service", "default/web-np")
+    replies = _observe(lab, lab.nodes[1], "--from-service", f"{NS}/web-np")
     mine = [f for f in replies if f["IP"]["destination"] == lab.world_ip]
     assert mine, replies
     for f in mine:
@@ -386,7 +383,7 @@ def test_hubble_names_the_service_of_a_nodeport_connection(lab: NPLab) -> None:
     assert lab.get(lab.node_ips[0], port).get("pod") == "web-a"
 
     def delivered() -> list[dict[str, Any]]:
-        return [f for f in _observe(lab, lab.nodes[0], "--to-service", "default/web-np")
+        return [f for f in _observe(lab, lab.nodes[0], "--to-service", f"{NS}/web-np")
                 if f["IP"]["source"] == lab.world_ip]  # fmt: skip
 
     local = wait_for("node 1's to-endpoint flows to web-np", delivered, 20)
@@ -403,11 +400,11 @@ def test_a_backend_reaches_itself_through_its_cluster_ip(lab: NPLab, family: int
     web-np's ClusterIP and is given itself; the request arrives from the service loopback
     address (the kernel refuses a packet from its own address on eth0, and would answer it over
     lo), whose reply bpf_lxc turns back to the pod, from the VIP."""
-    ips = get_json(lab.kubeconfig, "service", "web-np")["spec"]["clusterIPs"]
+    ips = get_json(lab.kubeconfig, "-n", NS, "service", "web-np")["spec"]["clusterIPs"]
     vip = next(ip for ip in ips if (":" in ip) == (family == 6))
     _wait_frontend(lab, lab.nodes[0], vip, 80, 1)
     res = manager.run_in_pod(
-        "default/web-a", [sys.executable, "-c", GET, vip, "80", "3"], name=lab.name, timeout=30
+        f"{NS}/web-a", [sys.executable, "-c", GET, vip, "80", "3"], name=lab.name, timeout=30
     )
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)

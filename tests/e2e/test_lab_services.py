@@ -11,10 +11,12 @@ backends allowing only the client on the *target* port 8080 is enforced after tr
 other pod is dropped, Policy denied, its flow naming the backend and port 8080); a deleted
 backend pod leaves both nodes' maps (the time measured) and no request from either node reaches
 it afterwards; ``hubble observe --to-service``/``--from-service`` select the Service's flows
-of both nodes through the lab's relay. Socket-LB is pinned off: this is the tc path."""
+of both nodes through the lab's relay. Socket-LB is pinned off: this is the tc path.
+test_lab_nodeport shares these labs (one per routing mode), in a namespace of its own."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -25,13 +27,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ciliary.client.agent import AgentClient
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, kube_lab, unique
+from tests.e2e.conftest import CILIARY, shared_kube_lab, unique
 from tests.kubectl import get_json, kubectl, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,11 +45,14 @@ kind: Lab
 metadata: {{name: {lab}}}
 spec:
   routingMode: {mode}
+  monitorAggregation: {aggregation}
   autoDirectNodeRoutes: {direct}
   socketLB: {{enabled: false}}  # the tc-level LB: per-packet DNAT, flows naming the Service
   nodes:
   - name: {n1}
   - name: {n2}
+  externals:  # test_lab_nodeport's world host
+  - name: {world}
 ---
 apiVersion: v1
 kind: Pod
@@ -160,20 +166,45 @@ class SvcLab:
         return out
 
 
-@pytest.fixture(scope="module", params=["tunnel", "native"])
-def lab(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SvcLab]:
-    mode = str(request.param)
+# test_lab_nodeport shares this module's labs, one per routing mode (one lab up and down fewer a
+# run per mode: the specs differed only by its world host and monitor aggregation, and relay
+# off there): its pods and Services are in a namespace of its own, which their selectors and
+# names cannot leave; this module's are in default. Whichever module runs first makes the lab
+# (write_lab).
+SHARES_LAB = "services"
+
+# Monitor aggregation per mode (test_lab_nodeport's NodePort traces check it): Cilium's default
+# in tunnel mode, every packet reported (and the from-* points) in native mode.
+AGGREGATION = {"tunnel": "medium", "native": "none"}
+
+
+def write_lab(tmp_path_factory: pytest.TempPathFactory, mode: str) -> tuple[Path, str, list[str]]:
+    """The lab file of this module's lab in routing ``mode`` (LAB: two nodes, a world host, the
+    client, other and the three backends)."""
     name, nodes = unique("svc"), [unique("n") for _ in range(2)]
     placement = {"web-a": nodes[0], "web-b": nodes[1], "web-c": nodes[1]}
     backends = "".join(BACKEND.format(name=n, node=node) for n, node in placement.items())
     path = tmp_path_factory.mktemp("services") / "lab.yaml"
     direct = str(mode == "native").lower()
     path.write_text(
-        LAB.format(lab=name, mode=mode, direct=direct, n1=nodes[0], n2=nodes[1], backends=backends)
-    )
-    with kube_lab(path, name, nodes) as kubeconfig:
+        LAB.format(
+            lab=name, mode=mode, aggregation=AGGREGATION[mode], direct=direct, n1=nodes[0],
+            n2=nodes[1], world=unique("w"), backends=backends,
+        )
+    )  # fmt: skip
+    return path, name, nodes
+
+
+@pytest.fixture(scope="module", params=["tunnel", "native"])
+def lab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[SvcLab]:
+    mode = str(request.param)
+    write = functools.partial(write_lab, tmp_path_factory, mode)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write, variant=mode) as made:
+        name, nodes, kubeconfig = made
         kubectl(kubeconfig, "apply", "-f", "-", stdin=SERVICE)
         yield SvcLab(name, mode, nodes, kubeconfig)
 
