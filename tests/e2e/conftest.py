@@ -36,8 +36,9 @@ def _sharers_together(items: list[pytest.Item]) -> None:
     and pods a load on the machine) while the modules between them run. Each module's tests
     keep their order. A module that sets ``SHARES_LAB_FRESH`` (it asserts on the whole of the
     lab as ``lab up`` made it, e.g. its exact endpoints) comes first in its group: the others
-    only add under names of their own, so it takes the lab before any of them has. Where the
-    modules' ``lab`` fixture is parametrized (a lab per routing mode, ``sharing``'s
+    only add under names of their own, so it takes the lab before any of them has; one that
+    sets ``SHARES_LAB_LAST`` (it leaves the lab in a state no other may see) comes last. Where
+    the modules' ``lab`` fixture is parametrized (a lab per routing mode, ``sharing``'s
     ``variant``), the group runs a parameter at a time, all its modules' tests of that one
     before the next: one of those labs is up at a time (pytest sets a module's fixtures up
     again when its tests resume)."""
@@ -57,8 +58,14 @@ def _sharers_together(items: list[pytest.Item]) -> None:
             groups[key].append(mod)
     if not groups:
         return
-    for mods in groups.values():  # stable: the fresh one first, the others as they were
-        mods.sort(key=lambda m: not getattr(m, SHARES_LAB_FRESH, False))
+
+    def place(m: object) -> int:  # the fresh one first, the last one last
+        if getattr(m, SHARES_LAB_FRESH, False):
+            return 0
+        return 2 if getattr(m, SHARES_LAB_LAST, False) else 1
+
+    for mods in groups.values():  # stable: the others as they were
+        mods.sort(key=place)
     tests: dict[int, list[pytest.Item]] = {}
     for item in items:
         tests.setdefault(id(module(item)), []).append(item)
@@ -181,6 +188,11 @@ did not run."""
 SHARES_LAB_FRESH = "SHARES_LAB_FRESH"
 """A sharing module that sets ``SHARES_LAB_FRESH = True`` runs before the others that share its
 lab (``_sharers_together``): it sees the lab as ``lab up`` made it, with nothing added."""
+
+SHARES_LAB_LAST = "SHARES_LAB_LAST"
+"""A sharing module that sets ``SHARES_LAB_LAST = True`` runs after the others that share its lab
+(``_sharers_together``): what it leaves (e.g. a LostEvent in its agent's Hubble after a ring
+overflow) no other module sees; the lab is removed after it."""
 
 T = TypeVar("T")
 

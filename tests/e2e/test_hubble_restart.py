@@ -9,15 +9,17 @@ node's agent is killed with SIGKILL (no clean stop: nothing saved on the way out
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import json_format, struct_pb2
@@ -27,31 +29,39 @@ from ciliary.datapath.maps.events import EventsLostMap
 from ciliary.hubble.api.flow import flow_pb2
 from ciliary.hubble.api.observer import observer_pb2
 from ciliary.lab import manager
-from tests.e2e.conftest import CILIARY, assert_no_leftovers, unique
+from tests.e2e.conftest import CILIARY, shared_kube_lab
+from tests.e2e.test_lab_databases import SHARES_LAB as DATABASES_LAB
+from tests.e2e.test_lab_databases import write_lab
 
-LAB = """\
-apiVersion: ciliary.io/v1alpha1
-kind: Lab
-metadata: {{name: {lab}}}
-spec:
-  nodes:
-  - name: {node}
+# test_lab_databases's one-node lab, shared (one lab up and down fewer a run): this module's pods
+# and policy are in a namespace of their own, which the policy's selectors cannot leave. It runs
+# last of the modules sharing that lab (SHARES_LAB_LAST): it kills the node's agent and overflows
+# its ring, whose LostEvent notice no other module's observe (say test_lab_l7_http's "no DNS
+# flow") may see; the lab is removed after it.
+SHARES_LAB = DATABASES_LAB
+SHARES_LAB_LAST = True
+NS = "hubblerestart"
+
+PODS = """\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: intruder, labels: {{app: intruder}}}}
+metadata: {{name: intruder, namespace: {ns}, labels: {{app: intruder}}}}
 spec:
   containers: [{{name: main, command: [ciliary, workload, pause]}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: server, labels: {{app: server}}}}
+metadata: {{name: server, namespace: {ns}, labels: {{app: server}}}}
 spec:
   containers: [{{name: web, command: [ciliary, workload, http-server, --port, "80"]}}]
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {{name: server-from-client}}
+metadata: {{name: server-from-client, namespace: {ns}}}
 spec:
   endpointSelector: {{matchLabels: {{app: server}}}}
   ingress:
@@ -115,7 +125,7 @@ class RestartLab:
 
     def in_intruder(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
         return manager.run_in_pod(
-            "default/intruder", [sys.executable, "-c", script, *args], name=self.name, timeout=120
+            f"{NS}/intruder", [sys.executable, "-c", script, *args], name=self.name, timeout=120
         )
 
     def kill_agent(self) -> None:
@@ -146,21 +156,23 @@ class RestartLab:
 
 
 @pytest.fixture(scope="module")
-def rlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartLab]:
-    """One lab for the module: each test kills the agent and ends with it restarted, and
-    measures against what it found (lost-counter deltas, flows of its own ports/protocol)."""
-    name, node = unique("hrs"), unique("nr")
-    path = tmp_path_factory.mktemp("hrs") / "lab.yaml"
-    path.write_text(LAB.format(lab=name, node=node))
-    try:
-        view = manager.up(path)
-        server_ip = next(p.ipv4 for p in view.pods if p.name == "server")
+def rlab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _shared_labs: dict[str, tuple[Any, Callable[[Any], None]]],
+) -> Iterator[RestartLab]:
+    """One lab for the module (test_lab_databases's, with PODS applied: ``lab apply`` puts the
+    policy in force before the pods start, as lab up did): each test kills the agent and ends
+    with it restarted, and measures against what it found (lost-counter deltas, flows of its
+    own ports/protocol)."""
+    write = functools.partial(write_lab, tmp_path_factory)
+    with shared_kube_lab(request, _shared_labs, SHARES_LAB, write) as (name, nodes, _):
+        path = tmp_path_factory.mktemp("hrs") / "pods.yaml"
+        path.write_text(PODS.format(ns=NS))
+        view = manager.apply(path, name=name)
+        server_ip = next(p.ipv4 for p in view.pods if (p.namespace, p.name) == (NS, "server"))
         assert server_ip is not None
-        yield RestartLab(name, node, server_ip)
-    finally:
-        if name in manager.list_labs():
-            manager.down(name)
-        assert_no_leftovers(name, [node])
+        yield RestartLab(name, nodes[0], server_ip)
 
 
 def _server_drops(
@@ -184,7 +196,7 @@ def test_denied_attempts_during_an_outage_are_flows_after_the_restart(rlab: Rest
     manager.restart_agent(rlab.node, name=rlab.name)
     deadline = time.monotonic() + 20
     while True:
-        responses = rlab.observe("--type", "drop", "--from-pod", "default/intruder", "--all")
+        responses = rlab.observe("--type", "drop", "--from-pod", f"{NS}/intruder", "--all")
         drops = _server_drops(responses, rlab.server_ip, "TCP")
         if len(drops) >= len(ports) or time.monotonic() > deadline:
             break
