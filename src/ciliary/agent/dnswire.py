@@ -98,16 +98,23 @@ def read_query(wire: bytes) -> WireQuestion | None:
 
 def _value(parser: dns.wire.Parser, rdtype: int, rdlen: int) -> str | None:
     """The rdata of an A, AAAA, CNAME or NS record as text (None: another type); raises
-    ``DNSException`` where dnspython's rdata parse would."""
-    with parser.restrict_to(rdlen):
-        if rdtype == _A:
-            return dns.ipv4.inet_ntoa(parser.get_remaining())
-        if rdtype == _AAAA:
-            return dns.ipv6.inet_ntoa(parser.get_remaining())
-        if rdtype in (_CNAME, _NS):
-            return dns.name.from_wire_parser(parser).to_text()
-        parser.get_remaining()  # leave the block consumed: restrict_to checks it
-        return None
+    ``DNSException`` where dnspython's rdata parse would: as ``dns.rdata.from_wire_parser``, any
+    other error of the rdata's reading is a ``FormError`` (an AAAA of another length than 16 is a
+    ``ValueError`` of ``dns.ipv6.inet_ntoa``)."""
+    try:
+        with parser.restrict_to(rdlen):
+            if rdtype == _A:
+                return dns.ipv4.inet_ntoa(parser.get_remaining())
+            if rdtype == _AAAA:
+                return dns.ipv6.inet_ntoa(parser.get_remaining())
+            if rdtype in (_CNAME, _NS):
+                return dns.name.from_wire_parser(parser).to_text()
+            parser.get_remaining()  # leave the block consumed: restrict_to checks it
+            return None
+    except dns.exception.DNSException:
+        raise
+    except Exception as err:  # dnspython's ExceptionWrapper(FormError), which is untyped
+        raise dns.exception.FormError(str(err)) from err  # type: ignore[no-untyped-call]
 
 
 def read_answer(wire: bytes) -> WireAnswer | None:

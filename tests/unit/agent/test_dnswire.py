@@ -155,6 +155,18 @@ def test_what_the_full_parse_refuses_the_fast_reader_leaves_to_it() -> None:
     _refused_by_both(bytes(forward))
 
 
+def test_an_aaaa_of_another_length_is_left_to_the_full_parse() -> None:
+    """dns.ipv6.inet_ntoa raises ValueError (not a DNSException) for an AAAA's rdata of another
+    length than 16; dnspython's rdata parse turns that into a FormError, and so must the fast
+    reader (hypothesis found it: the reader raised instead of answering None)."""
+    response = _response("v6.example", ("v6.example.", 5, "AAAA", "2001:db8::5"))
+    rdlen_at = response.index(b"\x00\x10\x20\x01\x0d\xb8")  # rdlength 16, then the address
+    for length in (0, 4, 15):
+        wire = bytearray(response[: rdlen_at + 2 + length])
+        wire[rdlen_at : rdlen_at + 2] = length.to_bytes(2, "big")
+        _refused_by_both(bytes(wire))
+
+
 def test_two_cnames_of_one_name_are_left_to_the_full_parse() -> None:
     """dnspython keeps only the last record of a singleton type (and the lowest TTL of both)."""
     query = dns.message.make_query("www.example.com", "A")
