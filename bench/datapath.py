@@ -48,7 +48,6 @@ import contextlib
 import ipaddress
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -58,7 +57,8 @@ from typing import Any
 
 from bench import tools
 from bench.common import cpu_seconds, median, scratch_netns, sh, tag
-from ciliary.datapath.libbpf import Map
+from ciliary.datapath.libbpf import BPFObject, Map, tcx_attach
+from ciliary.datapath.linux import link
 from ciliary.datapath.loader import FROM_CONTAINER
 from ciliary.datapath.maps.ipcache import IPCacheMap
 from ciliary.datapath.maps.policy import EndpointPolicyMap, PolicyKey, PolicyValue
@@ -137,15 +137,6 @@ def _floor_object(out: Path, peer_ifindex: int, dmac: str, smac: str) -> None:
     )  # fmt: skip
 
 
-_TCX_ATTACH = """\
-import socket, sys
-from ciliary.datapath.libbpf import BPFObject, tcx_attach
-with BPFObject.open(sys.argv[1]) as obj:
-    obj.load()
-    tcx_attach(socket.if_nametoindex(sys.argv[2]), obj.program_fd("tc_floor"), "ingress")
-"""
-
-
 @contextlib.contextmanager
 def tc_floor(connrate: Path) -> Iterator[list[Target]]:
     """Client and server namespaces each joined by a veth pair to a node namespace, whose two
@@ -166,11 +157,13 @@ def tc_floor(connrate: Path) -> Iterator[list[Target]]:
         ea, eb = _link(a, "eth0")[1], _link(b, "eth0")[1]
         sh("ip", "neigh", "add", ips[b], "lladdr", ma, "dev", "eth0", "nud", "permanent", ns=a)
         sh("ip", "neigh", "add", ips[a], "lladdr", mb, "dev", "eth0", "nud", "permanent", ns=b)
-        for dev, peer, dmac, smac in (("lxca", ib, eb, mb), ("lxcb", ia, ea, ma)):
-            obj = Path(tmp) / f"{dev}.o"
+        for ifindex, peer, dmac, smac in ((ia, ib, eb, mb), (ib, ia, ea, ma)):
+            obj = Path(tmp) / f"{ifindex}.o"
             _floor_object(obj, peer, dmac, smac)
-            # a tcx attachment without a link outlives the process that made it
-            sh(sys.executable, "-c", _TCX_ATTACH, str(obj), dev, ns=n)
+            # a tcx attachment without a link outlives the object closed here
+            with BPFObject.open(obj) as floor, link.in_netns(f"/run/netns/{n}"):
+                floor.load()
+                tcx_attach(ifindex, floor.program_fd("tc_floor"), "ingress")
         with tools.servers(b, connrate):
             yield [Target(FLOOR, FLOOR, None, tools.enter(a), ips[b], netns=a)]
 

@@ -1377,24 +1377,29 @@ def tcx_query(ifindex: int, direction: TcDirection) -> list[int]:
         return [int(i) for i in ids[: min(count.value, room)]]
 
 
+@contextmanager
+def _tcx_entries(ifindex: int, direction: TcDirection) -> Iterator[list[tuple[int, str, int]]]:
+    """(id, name, fd) of each program on the hook, in the order they run, the fds open for the
+    block (a program detached and freed since the query is left out)."""
+    entries: list[tuple[int, str, int]] = []
+    try:
+        for prog_id in tcx_query(ifindex, direction):
+            fd = int(_C.bpf_prog_get_fd_by_id(prog_id))
+            if fd < 0:
+                continue
+            entries.append((prog_id, "", fd))  # closed below, also if reading its name fails
+            entries[-1] = (prog_id, _prog_info(fd)[1], fd)
+        yield entries
+    finally:
+        for _, _, fd in entries:
+            os.close(fd)
+
+
 def tcx_programs(ifindex: int, direction: TcDirection) -> list[tuple[int, str]]:
     """(id, name) of each program on the hook, in the order they run (``bpftool`` before 7.3
     does not list tcx hooks)."""
-    found = []
-    for prog_id in tcx_query(ifindex, direction):
-        fd = int(_C.bpf_prog_get_fd_by_id(prog_id))
-        if fd < 0:
-            continue  # detached and freed since the query
-        try:
-            found.append(_prog_info(fd))
-        finally:
-            os.close(fd)
-    return found
-
-
-def _tcx_named(ifindex: int, direction: TcDirection, name: str) -> list[int]:
-    """The ids of the programs named ``name`` on the hook."""
-    return [i for i, n in tcx_programs(ifindex, direction) if n == name]
+    with _tcx_entries(ifindex, direction) as entries:
+        return [(prog_id, name) for prog_id, name, _ in entries]
 
 
 def tcx_attach(ifindex: int, prog_fd: int, direction: TcDirection) -> int:
@@ -1402,51 +1407,42 @@ def tcx_attach(ifindex: int, prog_fd: int, direction: TcDirection) -> int:
     atomic swap: no packet meets no program) the program of the same name there, or after the
     hook's other programs; returns the program's id."""
     prog_id, name = _prog_info(prog_fd)
-    detail = f"ifindex {ifindex} tcx {direction}"
     opts = _ProgAttachOpts(sz=ctypes.sizeof(_ProgAttachOpts))
-    for old_id in _tcx_named(ifindex, direction, name):
-        if old_id == prog_id:
-            return prog_id
-        old_fd = int(_C.bpf_prog_get_fd_by_id(old_id))
-        if old_fd < 0:
-            continue
-        try:
+    with _tcx_entries(ifindex, direction) as entries:
+        for old_id, old_name, old_fd in entries:
+            if old_name != name:
+                continue
+            if old_id == prog_id:
+                return prog_id
             opts.flags = _BPF_F_REPLACE
             opts.replace_prog_fd = old_fd
-            ret = int(
-                _C.bpf_prog_attach_opts(
-                    prog_fd, ifindex, _TCX_POINTS[direction], ctypes.byref(opts)
-                )
-            )
-        finally:
-            os.close(old_fd)
-        _check(ret, "bpf_prog_attach_opts", detail)
-        return prog_id
-    ret = int(_C.bpf_prog_attach_opts(prog_fd, ifindex, _TCX_POINTS[direction], ctypes.byref(opts)))
-    _check(ret, "bpf_prog_attach_opts", detail)
+            break
+        ret = int(
+            _C.bpf_prog_attach_opts(prog_fd, ifindex, _TCX_POINTS[direction], ctypes.byref(opts))
+        )
+    _check(ret, "bpf_prog_attach_opts", f"ifindex {ifindex} tcx {direction}")
     return prog_id
 
 
 def tcx_attached(ifindex: int, prog_fd: int, direction: TcDirection) -> bool:
     """Whether a program named as ``prog_fd``'s is on the hook."""
-    return bool(_tcx_named(ifindex, direction, _prog_info(prog_fd)[1]))
+    name = _prog_info(prog_fd)[1]
+    return any(n == name for _, n in tcx_programs(ifindex, direction))
 
 
 def tcx_detach(ifindex: int, prog_fd: int, direction: TcDirection) -> bool:
     """Detaches the programs named as ``prog_fd``'s from the hook; False when there was none."""
+    name = _prog_info(prog_fd)[1]
     detached = False
-    for old_id in _tcx_named(ifindex, direction, _prog_info(prog_fd)[1]):
-        old_fd = int(_C.bpf_prog_get_fd_by_id(old_id))
-        if old_fd < 0:
-            continue
-        try:
+    with _tcx_entries(ifindex, direction) as entries:
+        for _, old_name, old_fd in entries:
+            if old_name != name:
+                continue
             ret = int(_C.bpf_prog_detach2(old_fd, ifindex, _TCX_POINTS[direction]))
-        finally:
-            os.close(old_fd)
-        if ret == -_errno.ENOENT:
-            continue  # detached by someone else since the query
-        _check(ret, "bpf_prog_detach2", f"ifindex {ifindex} tcx {direction}")
-        detached = True
+            if ret == -_errno.ENOENT:
+                continue  # detached by someone else since the query
+            _check(ret, "bpf_prog_detach2", f"ifindex {ifindex} tcx {direction}")
+            detached = True
     return detached
 
 

@@ -14,8 +14,8 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +26,8 @@ import pytest
 
 from ciliary.client.agent import AgentClient, AgentClientError
 from ciliary.core.defaults import ENVOY_PIDFILE, ENVOY_STATE
+from ciliary.datapath.libbpf import TcDirection, tcx_programs
+from ciliary.datapath.linux.link import in_netns as in_thread_netns
 from ciliary.processes import stop_recorded
 
 REPO = Path(__file__).resolve().parents[3]
@@ -63,18 +65,11 @@ def in_netns(name: str, *argv: str, check: bool = True) -> subprocess.CompletedP
     return sh("ip", "netns", "exec", name, *argv, check=check)
 
 
-_TCX_NAMES = """\
-import json, socket, sys
-from ciliary.datapath.libbpf import tcx_programs
-print(json.dumps([n for _, n in tcx_programs(socket.if_nametoindex(sys.argv[1]), sys.argv[2])]))
-"""
-
-
-def tcx_names(netns: str, dev: str, direction: str) -> list[str]:
+def tcx_names(netns: str, dev: str, direction: TcDirection) -> list[str]:
     """The names of the programs on a device's tcx hook (``bpftool`` 7.1 does not list them;
     the kernel keeps 15 characters of a name)."""
-    out = in_netns(netns, sys.executable, "-c", _TCX_NAMES, dev, direction).stdout
-    return [str(n) for n in json.loads(out)]
+    with in_thread_netns(str(NETNS_DIR / netns)):
+        return [name for _, name in tcx_programs(socket.if_nametoindex(dev), direction)]
 
 
 @pytest.fixture(autouse=True, scope="session")
