@@ -236,8 +236,9 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 		/* marked when no service translation is to be reversed on the way out (lib/fib.h) */
 		int plain = ct.entry && !ct.entry->rev_nat_index && ct.state != CT_RELATED;
 		__u32 fl = fib_flags(p);
-		ret = fib_redirect(skb, p,
-				   plain ? (fl ? MARK_MAGIC_NATIVE_PLAIN : MARK_MAGIC_NO_REVNAT) : 0, fl);
+		ret = fib_redirect(
+			skb, p,
+			FIB_HOW(plain ? (fl ? MARK_MAGIC_NATIVE_PLAIN : MARK_MAGIC_NO_REVNAT) : 0, fl));
 		if (ret < 0)
 			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_NETWORK);
 		if (ret != FIB_PASS) {

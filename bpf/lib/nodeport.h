@@ -233,7 +233,7 @@ static __attribute__((noinline)) int nodeport_forward_route(struct __sk_buff *sk
 	__u32 encap_dev = encap_ifindex();
 	if (encap_dev && info && info->tunnel_ep)
 		return encap_and_redirect(skb, info->tunnel_ep, src_id, encap_dev);
-	int ret = fib_redirect(skb, p, 0, 0);
+	int ret = fib_redirect(skb, p, FIB_HOW(0, 0));
 	if (ret == FIB_PASS)
 		return -DROP_NO_FIB;
 	return ret;
@@ -287,7 +287,7 @@ static __always_inline int nodeport_reply(struct __sk_buff *skb, struct pkt *p)
 		return ret;
 	nodeport_trace(skb, p, 0, NP_TRACE(OBS_TO_NETWORK, 1, rev_nat),
 		       NP_IDS(src_id, ipcache_identity(p->daddr, p->family)));
-	ret = fib_redirect(skb, p, 0, 0);
+	ret = fib_redirect(skb, p, FIB_HOW(0, 0));
 	if (ret == FIB_PASS)
 		return -DROP_NO_FIB;
 	return ret;

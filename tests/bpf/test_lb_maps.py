@@ -7,17 +7,32 @@ from __future__ import annotations
 
 import ctypes
 import secrets
+import sys
 from collections.abc import Iterator
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import pytest
 
 from ciliary.agent.services import ServiceManager, desired_frontends
 from ciliary.core.models import BackendInfo, L4Addr, ServiceInfo, ServicePortInfo
-from ciliary.datapath.libbpf import Map
+from ciliary.datapath.libbpf import BPFObject, Map
 from ciliary.datapath.loader import PIN_ROOT, NodeDatapath, default_object_dir, remove_pins
-from ciliary.datapath.maps.lb import Frontend, LbServiceC
+from ciliary.datapath.maps import EP_F_READY, EndpointMap
+from ciliary.datapath.maps.lb import (
+    FRONTEND_BITS_MAP,
+    FRONTEND_BITS_WORDS,
+    LB_MAPS,
+    Backend,
+    Frontend,
+    LBMaps,
+    LbServiceC,
+    ServiceValue,
+    frontend_bit,
+)
+
+from .test_libbpf import in_netns, tcp_frame
+from .test_policy_cache import TC_ACT_OK, TC_ACT_REDIRECT, _test_run
 
 
 def _svc(name: str, ips: list[str], backends: list[str]) -> ServiceInfo:
@@ -98,3 +113,88 @@ def test_written_entries_read_back_and_survive_a_restart(pin_dir: Path) -> None:
         assert (state.slots, state.backends, state.rev_nat) == ({}, {}, {})
     finally:
         dp.close()
+
+
+def _bits(pin_dir: Path) -> set[int]:
+    """The set bits of ciliary_lb_frontend_bits, as the datapath reads them."""
+    with Map.from_pin(pin_dir / FRONTEND_BITS_MAP) as raw:
+        words = [int.from_bytes(v, sys.byteorder) for _, v in raw.items()]
+    assert len(words) == FRONTEND_BITS_WORDS
+    return {i * 64 + b for i, w in enumerate(words) for b in range(64) if w >> b & 1}
+
+
+def test_frontend_bits_follow_the_addresses_a_service_entry_is_keyed_on(pin_dir: Path) -> None:
+    """bpf/lib/lb.h skips the service lookups for an address whose bit is clear, so every address
+    with a slot-0 entry (its port's and its wildcard's) has its bit set, from before the entry is
+    written to after the last entry of the address is gone; a restart over the pins rebuilds the
+    same bits from the entries; nothing else is set."""
+    web = _svc("web", ["10.96.0.5", "fd00:10:96::5"], ["10.0.1.5", "fd00::5"])
+    db = _svc("db", ["10.96.0.6"], ["10.0.1.9"])
+    web_bits = {frontend_bit(ip_address(a)) for a in ("10.96.0.5", "fd00:10:96::5")}
+    db_bit = frontend_bit(ip_address("10.96.0.6"))
+    dp = _load(pin_dir)
+    try:
+        assert _bits(pin_dir) == set()
+        mgr = ServiceManager(dp.lb)
+        mgr.sync(desired_frontends([web, db]))
+        assert _bits(pin_dir) == web_bits | {db_bit}
+    finally:
+        dp.close()
+    dp = _load(pin_dir)  # a restarted agent: the bits rebuilt from the entries it finds
+    try:
+        assert _bits(pin_dir) == web_bits | {db_bit}
+        again = ServiceManager(dp.lb)
+        again.restore()
+        again.sync(desired_frontends([web]))  # db gone: its bit too (unless web's share it)
+        assert _bits(pin_dir) == web_bits | ({db_bit} & web_bits)
+        again.sync({})
+        assert _bits(pin_dir) == set()
+    finally:
+        dp.close()
+
+
+def test_the_datapath_skips_the_service_lookups_only_at_addresses_whose_bit_is_clear(
+    node: tuple[BPFObject, Path], two_lxc: tuple[str, int, int]
+) -> None:
+    """cil_from_container translates a SYN to a ClusterIP whose entry LBMaps wrote; with the
+    bits cleared behind LBMaps' back the same frontend is not looked up (the SYN leaves for the
+    stack untranslated); with only frontend_bit(VIP) set again it is: the C reads the bit the
+    Python computes (lib/lb.h's lb_addr_hash and frontend_bit are twins)."""
+    obj, _ = node
+    ns, client_if, server_if = two_lxc
+    client, server, vip = (
+        IPv4Address("10.99.0.2"),
+        IPv4Address("10.99.0.1"),
+        ip_address("10.96.7.7"),
+    )
+    names = [n for names in LB_MAPS.values() for n in names] + [FRONTEND_BITS_MAP, "ciliary_lxc"]
+    maps = {n: obj.map(n) for n in names}
+    try:
+        eps = EndpointMap(maps["ciliary_lxc"])
+        for addr, ifindex, ep_id in ((client, client_if, 7), (server, server_if, 8)):
+            eps.upsert(addr, ifindex=ifindex, sec_id=1000 + ep_id, ep_id=ep_id, flags=EP_F_READY,
+                       mac="02:aa:bb:cc:dd:01", node_mac="02:aa:bb:cc:dd:02")  # fmt: skip
+        lb = LBMaps(maps)
+        fe = Frontend(vip, 80, 6)
+        lb.upsert_backend(1, Backend(server, 8080, 6))
+        lb.upsert_rev_nat(1, Frontend(vip, 80, 0))
+        lb.upsert_slot(fe, 1, ServiceValue(backend_id=1))
+        lb.upsert_slot(fe, 0, ServiceValue(count=1, rev_nat_index=1))
+        prog = obj.program_fd("cil_from_container")
+
+        def syn(sport: int) -> int:
+            frame = tcp_frame(client, IPv4Address(str(vip)), sport, 80, 0x02)
+            return in_netns(ns, lambda: _test_run(prog, frame, client_if))
+
+        assert syn(41001) == TC_ACT_REDIRECT  # to the backend, a local pod
+        bits = maps[FRONTEND_BITS_MAP]
+        zero = bytes(8)
+        for i in range(FRONTEND_BITS_WORDS):
+            bits.update(i.to_bytes(4, sys.byteorder), zero)
+        assert syn(41002) == TC_ACT_OK  # no lookup: to the stack, as an unknown address
+        bit = frontend_bit(vip)
+        bits.update((bit >> 6).to_bytes(4, sys.byteorder), (1 << (bit & 63)).to_bytes(8, "little"))
+        assert syn(41003) == TC_ACT_REDIRECT
+    finally:
+        for m in maps.values():
+            m.close()

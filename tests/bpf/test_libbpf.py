@@ -257,10 +257,12 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_lb6_affinity",
         "ciliary_lb_affinity_match",
         "ciliary_lb_source_range",
+        "ciliary_lb_frontend_bits",
         "ciliary_lb_select_scratch",
         "ciliary_proxy_req",
         "ciliary_nat_config",  # lib/fib.h: the native routing CIDR of its table-direct lookup
         "ciliary_encap_scratch",  # lib/encap.h: encap_and_redirect's FIB lookup, off the stack
+        "ciliary_fib_scratch",  # lib/fib.h: fib_redirect's FIB lookup, off the stack
         "ciliary_tunnel_direct",  # lib/encap.h: endpoints looked up in the main table alone
     }
     assert set(loaded.map_names()) == names

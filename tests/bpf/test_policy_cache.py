@@ -12,12 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import secrets
-import shutil
-import socket
 import struct
-import subprocess
-from collections.abc import Iterator
 from ipaddress import IPv4Address, ip_network
 from pathlib import Path
 
@@ -35,7 +30,7 @@ from ciliary.datapath.maps.policy import (
     PolicyValue,
 )
 
-from .test_libbpf import LXC_OBJECT, in_netns, tcp_frame
+from .test_libbpf import in_netns, tcp_frame
 
 pytestmark = pytest.mark.privileged
 
@@ -79,36 +74,6 @@ def _test_run(prog_fd: int, frame: bytes, ifindex: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(attr.retval)
-
-
-@pytest.fixture
-def two_lxc() -> Iterator[tuple[str, int, int]]:
-    """A netns with the client's and the server's node-side devices (lxc0, lxc1): its name and
-    their ifindexes."""
-    name = f"cilt-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for i in (0, 1):
-            subprocess.run(["ip", "-n", name, "link", "add", f"lxc{i}", "type", "veth", "peer",
-                            "name", f"peer{i}"], check=True)  # fmt: skip
-            subprocess.run(["ip", "-n", name, "link", "set", f"lxc{i}", "up"], check=True)
-        c, s = in_netns(name, lambda: tuple(map(socket.if_nametoindex, ("lxc0", "lxc1"))))
-        yield name, c, s
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@pytest.fixture
-def node() -> Iterator[tuple[BPFObject, Path]]:
-    subprocess.run(["make", "-s", "-C", str(LXC_OBJECT.parent)], check=True)
-    pin_dir = Path("/sys/fs/bpf") / f"ciliary-test-{secrets.token_hex(6)}"
-    obj = BPFObject.open(LXC_OBJECT, pin_dir=pin_dir)
-    try:
-        obj.load()
-        yield obj, pin_dir
-    finally:
-        obj.close()
-        shutil.rmtree(pin_dir, ignore_errors=True)
 
 
 def test_a_policy_write_reaches_established_connections_whose_verdict_conntrack_holds(

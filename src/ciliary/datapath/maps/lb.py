@@ -25,6 +25,8 @@ __all__ = [
     "BE_STATE_MAINTENANCE",
     "BE_STATE_QUARANTINED",
     "BE_STATE_TERMINATING",
+    "FRONTEND_BITS_MAP",
+    "FRONTEND_BITS_WORDS",
     "LB_MAPS",
     "MAGLEV_CONFIG_MAP",
     "MAGLEV_MAPS",
@@ -55,6 +57,7 @@ __all__ = [
     "LbServiceC",
     "LbSrcRangeKeyC",
     "ServiceValue",
+    "frontend_bit",
     "slot0_affinity_timeout",
     "slot0_backend_id",
     "slot0_maglev",
@@ -102,6 +105,21 @@ LB_MAPS = {
     AF_INET4: ("ciliary_lb4_services", "ciliary_lb4_backends", "ciliary_lb4_reverse_nat"),
     AF_INET6: ("ciliary_lb6_services", "ciliary_lb6_backends", "ciliary_lb6_reverse_nat"),
 }
+FRONTEND_BITS_MAP = "ciliary_lb_frontend_bits"
+FRONTEND_BITS_WORDS = 1024
+"""bpf/lib/lb.h's LB_FRONTEND_BITS_WORDS: 64-bit words, one bit per :func:`frontend_bit`."""
+
+
+def frontend_bit(address: IPAddress) -> int:
+    """bpf/lib/lb.h's ``lb_addr_hash``: the address's 32-bit words as the CPU reads them
+    (little-endian: the datapath targets x86-64), XORed, times 0x9E3779B1 modulo 2**32, the
+    upper 16 bits. The bit of ``ciliary_lb_frontend_bits`` that says the address may be a
+    frontend."""
+    raw = address.packed
+    word = 0
+    for i in range(0, len(raw), 4):
+        word ^= int.from_bytes(raw[i : i + 4], "little")
+    return ((word * 0x9E3779B1) & 0xFFFFFFFF) >> 16
 
 
 class Lb4KeyC(ctypes.Structure):
@@ -373,14 +391,53 @@ class LBState:
 
 
 class LBMaps:
-    """Typed view of the six service maps over :class:`Map` objects it does not own."""
+    """Typed view of the six service maps over :class:`Map` objects it does not own, and the
+    keeper of ``ciliary_lb_frontend_bits``: the bit of each address a service entry (slot 0) is
+    keyed on, set before the entry is written (a packet to an address whose bit is clear skips
+    the service lookups, bpf/lib/lb.h), cleared after the last such entry of every address
+    hashing to it is deleted. Built from the services maps' keys on construction (the agent's
+    loader, before any program is attached), so a restart finds the bits of the entries it
+    kept; one writer per node (the agent), as for the maps themselves."""
 
     def __init__(self, maps: dict[str, Map]) -> None:
         for family, (svc, be, rn) in LB_MAPS.items():
             check_map_layout(maps[svc], _KEY[family], LbServiceC)
             check_map_layout(maps[be], ctypes.c_uint32, _BACKEND[family])
             check_map_layout(maps[rn], ctypes.c_uint16, _REVNAT[family])
+        check_map_layout(maps[FRONTEND_BITS_MAP], ctypes.c_uint32, ctypes.c_uint64)
         self._maps = maps
+        # slot 0's keys per address, and the addresses per bit: what may clear a bit
+        self._heads: dict[IPAddress, set[bytes]] = {}
+        self._bit_addrs: dict[int, set[IPAddress]] = {}
+        self._words = [0] * FRONTEND_BITS_WORDS
+        for family in LB_MAPS:
+            for k_raw in self._map(family, 0).keys():  # noqa: SIM118 - a Map, not a dict
+                k = _KEY[family].from_buffer_copy(k_raw)
+                if k.backend_slot == 0:
+                    self._add_head(_decode(bytes(k.address), family), bytes(k_raw))
+        bits = maps[FRONTEND_BITS_MAP]
+        bits.update_batch(
+            [
+                (bytes(ctypes.c_uint32(i)), bytes(ctypes.c_uint64(w)))
+                for i, w in enumerate(self._words)
+            ]
+        )
+
+    def _add_head(self, address: IPAddress, key: bytes) -> bool:
+        """Records slot 0's `key` of `address`; True when its bit was clear before."""
+        self._heads.setdefault(address, set()).add(key)
+        bit = frontend_bit(address)
+        self._bit_addrs.setdefault(bit, set()).add(address)
+        word, mask = bit >> 6, 1 << (bit & 63)
+        was_set = bool(self._words[word] & mask)
+        self._words[word] |= mask
+        return not was_set
+
+    def _write_word(self, bit: int) -> None:
+        word = bit >> 6
+        self._maps[FRONTEND_BITS_MAP].update(
+            bytes(ctypes.c_uint32(word)), bytes(ctypes.c_uint64(self._words[word])), BPF_ANY
+        )
 
     def _map(self, family: int, which: int) -> Map:
         return self._maps[LB_MAPS[family][which]]
@@ -392,6 +449,9 @@ class LBMaps:
         return bytes(key)
 
     def upsert_slot(self, fe: Frontend, slot: int, value: ServiceValue) -> None:
+        key = self._slot_key(fe, slot)
+        if slot == 0 and self._add_head(fe.address, key):
+            self._write_word(frontend_bit(fe.address))  # before the entry: never hidden
         raw = LbServiceC(
             backend_id=value.backend_id,
             count=value.count,
@@ -400,10 +460,25 @@ class LBMaps:
             flags2=value.flags2,
             qcount=value.qcount,
         )
-        self._map(fe.family, 0).update(self._slot_key(fe, slot), bytes(raw), BPF_ANY)
+        self._map(fe.family, 0).update(key, bytes(raw), BPF_ANY)
 
     def delete_slot(self, fe: Frontend, slot: int) -> None:
-        self._map(fe.family, 0).delete(self._slot_key(fe, slot))
+        key = self._slot_key(fe, slot)
+        self._map(fe.family, 0).delete(key)
+        heads = self._heads.get(fe.address)
+        if slot != 0 or heads is None or key not in heads:
+            return
+        heads.discard(key)
+        if heads:
+            return
+        del self._heads[fe.address]  # the address is no frontend now
+        bit = frontend_bit(fe.address)
+        addrs = self._bit_addrs[bit]
+        addrs.discard(fe.address)
+        if not addrs:  # nor any other address of its bit: cleared, after the entry went
+            del self._bit_addrs[bit]
+            self._words[bit >> 6] &= ~(1 << (bit & 63))
+            self._write_word(bit)
 
     def upsert_backend(self, backend_id: int, backend: Backend) -> None:
         family = _family(backend.address)
