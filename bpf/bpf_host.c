@@ -99,7 +99,8 @@ int cil_to_netdev(struct __sk_buff *skb)
  * Also the tail of a NodePort request given a local backend (any routing mode): `lb` names the
  * frontend, which the connection's entry remembers for the reply (cil_to_netdev). */
 static __attribute__((noinline)) int netdev_deliver(struct __sk_buff *skb, struct pkt *p,
-						    const struct lb_result *lb)
+						    const struct lb_result *lb,
+						    struct deliver_to *to)
 {
 	struct ct_result ct = {};
 	struct policy_verdict none = {};
@@ -124,7 +125,8 @@ static __attribute__((noinline)) int netdev_deliver(struct __sk_buff *skb, struc
 			lb->svc_ct->expires_ns = ct.entry->expires_ns;
 	}
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
-	return local_deliver(skb, p, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
+	/* deliver_tail, by from_netdev_host (lib/deliver.h) */
+	return deliver_later(skb, to, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
 }
 
 /* The reply of a NodePort connection forwarded to another node's backend (lib/nodeport.h). */
@@ -228,7 +230,10 @@ __attribute__((noinline)) int from_netdev_overlay(struct __sk_buff *skb)
 	int vni = encap_strip(skb);
 	if (vni == ENCAP_TO_STACK)
 		return TC_ACT_OK;
-	int ret = from_overlay(skb, &p, vni);
+	struct deliver_to to = {};
+	int ret = from_overlay(skb, &p, vni, &to);
+	if (ret == DELIVER_TAIL)
+		ret = deliver_tail(skb, &p, to.entry, to.dst);
 	if (ret == PROXY_TAIL)
 		return to_proxy(skb, &p);
 	return ret;
@@ -242,6 +247,7 @@ static __attribute__((noinline)) int from_netdev_host(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	struct lb_result lb = {};
+	struct deliver_to to = {};
 	if (from_netdev_parse(skb, &p) != PARSE_OK || encap_received(&p))
 		return TC_ACT_OK;
 	int to_node = to_nat_addr(&p);
@@ -253,15 +259,17 @@ static __attribute__((noinline)) int from_netdev_host(struct __sk_buff *skb)
 		if (!lookup_endpoint(p.daddr, p.family))
 			return from_netdev_nodeport_fwd(skb, &p, &lb,
 							from_netdev_nodeport_fwd_trace(skb, &p, &lb));
-		np = netdev_deliver(skb, &p, &lb);
+		np = netdev_deliver(skb, &p, &lb, &to);
 	} else if (np == NP_PASS) {
 		np = to_node ? from_netdev_masq_reply(skb, &p) : NP_PASS;
 		if (np != NP_PASS)
 			return np;
 		if (routing_mode() != ROUTING_MODE_NATIVE)
 			return TC_ACT_OK;
-		np = netdev_deliver(skb, &p, 0);
+		np = netdev_deliver(skb, &p, 0, &to);
 	}
+	if (np == DELIVER_TAIL)
+		np = deliver_tail(skb, &p, to.entry, to.dst);
 	/* to a local endpoint whose ingress entry names an L7 proxy (lib/deliver.h) */
 	if (np == PROXY_TAIL)
 		return to_proxy(skb, &p);

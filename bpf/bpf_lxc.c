@@ -37,11 +37,13 @@
 
 /* What the steps of cil_from_container learn of a packet for the next ones. */
 struct fc_state {
-	struct endpoint_info *dst; /* dst_known: the local endpoint of the destination, or NULL */
 	__u32 sec_id;              /* the sender's */
 	__u16 ep_id;
 	__u8 dst_known;            /* dst looked up for the packet's (final) destination */
 	__u8 pad;
+	/* to.dst, when dst_known: the local endpoint of the destination, or NULL; the whole of
+	 * it from_container_route's DELIVER_TAIL (lib/deliver.h) */
+	struct deliver_to to;
 };
 
 /* What from_container_route leaves to_overlay (FC_TO_OVERLAY), in the skb's control block
@@ -105,7 +107,7 @@ static __always_inline int proxy_redirected(const struct pkt *p, const struct ct
 /* cil_from_container after the service translation: the destination's identity, conntrack,
  * policy, delivery. */
 static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb, struct pkt *p,
-							  const struct fc_state *st,
+							  struct fc_state *st,
 							  const struct lb_result *lb)
 {
 	struct ct_result ct = {};
@@ -116,7 +118,8 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	__u64 interval;
 	int ret;
 
-	struct endpoint_info *dst = st->dst_known ? st->dst : lookup_endpoint(p->daddr, p->family);
+	const struct endpoint_info *dst =
+		st->dst_known ? st->to.dst : lookup_endpoint(p->daddr, p->family);
 	__u32 dst_id, tunnel_ep = 0;
 	if (dst) {
 		dst_id = dst->sec_id;
@@ -200,8 +203,8 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	/* A reply (or ICMP error) of a connection whose requests the stack delivered: back through
 	 * the stack, so that its NAT is reversed (a hairpin to a hostPort of this node). */
 	int via_stack = skip_policy && ct.entry && (ct.entry->flags & CT_F_VIA_STACK);
-	if (dst && !via_stack)
-		return local_deliver(skb, p, &ct, dst, src_ep, src_id, dst_id, skip_policy,
+	if (dst && !via_stack) /* deliver_tail, by the top level (lib/deliver.h) */
+		return deliver_later(skb, &st->to, &ct, dst, src_ep, src_id, dst_id, skip_policy,
 				     &pv_out);
 
 	/* A prefix of another node, in tunnel mode: into the tunnel with our identity as VNI (the
@@ -306,9 +309,9 @@ static __attribute__((noinline)) int from_container_lb(struct __sk_buff *skb, st
 {
 	struct lb_service *svc = lb_lookup_frontend(p, 0);
 	if (!svc) {
-		st->dst = lookup_endpoint(p->daddr, p->family);
+		st->to.dst = lookup_endpoint(p->daddr, p->family);
 		st->dst_known = 1;
-		if (st->dst)
+		if (st->to.dst)
 			return FC_CONTINUE;
 		svc = lb_lookup_frontend(p, 1);
 		if (!svc)
@@ -323,7 +326,8 @@ static __attribute__((noinline)) int from_container_lb(struct __sk_buff *skb, st
 
 /* Three steps in functions of their own, so that no two of their stack frames add up beyond the
  * verifier's 512 bytes per call chain; service translation first: identity, conntrack, policy
- * and routing see the backend. */
+ * and routing see the backend. Then the tail the route step chose, each a global function
+ * verified once (a local endpoint's delivery, the tunnel, the L7 proxy). */
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
 {
@@ -348,6 +352,11 @@ int cil_from_container(struct __sk_buff *skb)
 		return to_proxy(skb, &p);
 	if (ret == FC_TO_OVERLAY)
 		return to_overlay(skb);
+	if (ret == DELIVER_TAIL) {
+		ret = deliver_tail(skb, &p, st.to.entry, st.to.dst);
+		if (ret == FC_TO_PROXY)
+			return to_proxy(skb, &p);
+	}
 	return ret;
 }
 

@@ -30,7 +30,10 @@ SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	int ret = from_overlay(skb, &p, device_vni(skb));
+	struct deliver_to to = {};
+	int ret = from_overlay(skb, &p, device_vni(skb), &to);
+	if (ret == DELIVER_TAIL)
+		ret = deliver_tail(skb, &p, to.entry, to.dst);
 	if (ret == PROXY_TAIL)
 		return to_proxy(skb, &p);
 	return ret;

@@ -9,7 +9,8 @@
  * program delivers it. A reply of a connection the L7 proxy took over goes to the proxy's
  * upstream socket instead, and a connection whose ingress entry names a proxy goes to that
  * proxy (lib/proxy.h): local_deliver then answers PROXY_TAIL, and the program's top-level
- * function calls to_proxy (in a frame of its own). */
+ * function calls to_proxy (in a frame of its own). The programs run it as deliver_tail, a global
+ * function their top level calls (below). */
 #ifndef __CILIARY_DELIVER_H
 #define __CILIARY_DELIVER_H
 #include "common.h"
@@ -114,5 +115,62 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 	if (ct->report)
 		emit_event(skb, p, &m);
 	return bpf_redirect_peer(dst_ifindex, 0);
+}
+/* local_deliver as a global function, called by a program's top level (not under its steps'
+ * frames, which leave no room for its own): verified once, not once for every path of the steps
+ * that reach it. A step ends with deliver_later, which leaves the scalar arguments in the skb's
+ * control block (tc's scratch words, one store each) and the endpoint and the conntrack entry
+ * (NULL: none) in its caller's struct deliver_to, and answers DELIVER_TAIL; the caller then
+ * calls deliver_tail, whose verdict is local_deliver's (PROXY_TAIL: to_proxy next). `p` is the
+ * caller's, unknown to the verifier after the call. */
+#define DELIVER_TAIL -5
+
+struct deliver_to {
+	struct ct_entry *entry;
+	const struct endpoint_info *dst;
+};
+
+#define CB_DLV_SRC_ID 0
+#define CB_DLV_DST_ID 1
+#define CB_DLV_COOKIE 2 /* the sender's egress verdict (pv_out): its cookie */
+#define CB_DLV_PV 3     /* ... its match | enforced << 8 | proxy_port << 16 */
+#define CB_DLV_MISC 4   /* ev_ep | skip_policy << 16 | ct state << 20 | ct report << 24 */
+
+static __always_inline int deliver_later(struct __sk_buff *skb, struct deliver_to *to,
+					 const struct ct_result *ct, const struct endpoint_info *dst,
+					 __u16 ev_ep, __u32 src_id, __u32 dst_id, int skip_policy,
+					 const struct policy_verdict *pv_out)
+{
+	to->entry = ct->entry;
+	to->dst = dst;
+	skb->cb[CB_DLV_SRC_ID] = src_id;
+	skb->cb[CB_DLV_DST_ID] = dst_id;
+	skb->cb[CB_DLV_COOKIE] = pv_out->cookie;
+	skb->cb[CB_DLV_PV] = pv_out->match | (__u32)pv_out->enforced << 8 |
+			     (__u32)pv_out->proxy_port << 16;
+	skb->cb[CB_DLV_MISC] = ev_ep | (__u32)!!skip_policy << 16 | (__u32)(ct->state & 0xf) << 20 |
+			       (__u32)!!ct->report << 24;
+	return DELIVER_TAIL;
+}
+
+__attribute__((noinline)) int deliver_tail(struct __sk_buff *skb, struct pkt *p,
+					   struct ct_entry *entry, const struct endpoint_info *dst)
+{
+	if (!skb || !p || !dst)
+		return TC_ACT_SHOT; /* not reached: the context, a frame's packet, the endpoint */
+	__u32 pvw = skb->cb[CB_DLV_PV], misc = skb->cb[CB_DLV_MISC];
+	struct policy_verdict pv_out = {
+		.cookie = skb->cb[CB_DLV_COOKIE],
+		.match = pvw & 0xff,
+		.enforced = (pvw >> 8) & 0xff,
+		.proxy_port = pvw >> 16,
+	};
+	struct ct_result ct = {
+		.entry = entry,
+		.state = (misc >> 20) & 0xf,
+		.report = (misc >> 24) & 1,
+	};
+	return local_deliver(skb, p, &ct, dst, misc & 0xffff, skb->cb[CB_DLV_SRC_ID],
+			     skb->cb[CB_DLV_DST_ID], (misc >> 16) & 1, &pv_out);
 }
 #endif

@@ -18,9 +18,11 @@
 
 /* A packet another node's pod sent through the tunnel, decapsulated (by the tunnel device, or
  * at the node's device by encap_strip), `vni` its VNI or -DROP_* when it could not be read:
- * everything but the L7 proxy's tail, in a frame of its own (with to_proxy's the chain would
- * not fit the verifier's 512 bytes). */
-static __attribute__((noinline)) int from_overlay(struct __sk_buff *skb, struct pkt *p, int vni)
+ * everything but the tails, in a frame of its own (with to_proxy's or deliver_tail's the chain
+ * would not fit the verifier's 512 bytes): a local endpoint's delivery answers DELIVER_TAIL with
+ * `to` filled (lib/deliver.h), and the caller calls deliver_tail, then to_proxy on PROXY_TAIL. */
+static __attribute__((noinline)) int from_overlay(struct __sk_buff *skb, struct pkt *p, int vni,
+						  struct deliver_to *to)
 {
 	struct ct_result ct = {};
 	struct event_meta m = {};
@@ -58,8 +60,8 @@ static __attribute__((noinline)) int from_overlay(struct __sk_buff *skb, struct 
 	}
 
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
-	if (dst)
-		return local_deliver(skb, p, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
+	if (dst) /* deliver_tail, by the caller (lib/deliver.h) */
+		return deliver_later(skb, to, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
 
 	trace_meta(&m, &ct, 0, 0, src_id, dst_id, OBS_TO_STACK, &none, TRAFFIC_INGRESS);
 	if (ct.report)
