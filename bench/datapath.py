@@ -91,6 +91,7 @@ class Target:
     other_agents: tuple[int, ...] = ()  # across nodes: the other nodes' agents, added to it
     pin_dir: Path | None = None  # ciliary: the node's pins (its programs' run time per packet)
     netns: str = ""  # the client's netns by name (connrate -a makes its sockets there)
+    lab: str = ""  # ciliary across nodes: the lab's name (per-packet test runs, bench/multinode)
 
 
 # ---- kernel-only setups -----------------------------------------------------------------------

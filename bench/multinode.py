@@ -42,12 +42,22 @@ A ciliary setup that cannot be built or does not pass (a lab feature not there y
 as "not available: <reason>" in the results, never left out silently; a and d must work.
 Ratios b/a, c/a, d/a are in the results (issue #13's goals: b/a ≥ 0.85, c/a ≥ 0.95), reported,
 not asserted.
+Last, per packet (``per_packet``): b's and c's programs on the client → server path and back run
+by BPF_PROG_TEST_RUN on frames as the pods and the underlay carry them (a SYN, a request, the
+server's first and a later reply), the kernel's own time per run: what each change to the
+programs costs or saves, without the connection-rate rows' noise (their ratios move by 0.01-0.03
+between runs of the same code).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import itertools
 import json
+import os
+import statistics
+import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +68,8 @@ from bench import datapath, tools
 from bench.common import median, scratch_netns, sh, tag
 from bench.datapath import Target
 from ciliary.agent.config import TUNNEL_OVERHEAD
+from ciliary.datapath import libbpf
+from ciliary.datapath.linux import link
 from ciliary.lab import manager
 
 GROUP = "multinode"
@@ -230,7 +242,7 @@ def ciliary_nodes(connrate: Path, name: str) -> Iterator[tuple[list[Target], lis
             agent = {n.name: n.agent_pid for n in rec.nodes}
             other = tuple(p for p in [agent[server.node]] if p)
             target = Target(name, name, None, tools.enter(client.netns), server.ipv4,
-                            agent[client.node], other, netns=client.netns)  # fmt: skip
+                            agent[client.node], other, netns=client.netns, lab=t)  # fmt: skip
             if name == TUNNEL:
                 _check_path(target, connrate, node_ns[client.node], "eth0",
                             overhead=TUNNEL_OVERHEAD)  # fmt: skip
@@ -240,6 +252,129 @@ def ciliary_nodes(connrate: Path, name: str) -> Iterator[tuple[list[Target], lis
         finally:
             stack.close()  # servers first, then the lab
             manager.down(t)
+
+
+# ---- per packet: each program's own time by BPF_PROG_TEST_RUN ----------------------------------
+
+PACKET_RUNS = 2000
+"""Test runs per established/reply row (the same skb each time: medians of the kernel's time)."""
+PACKET_NEW = 400
+"""New connections (SYNs of distinct ports) per "new" row: each creates its conntrack entry."""
+PACKET_PASSES = 3
+"""per_packet passes per setup; each row reports the lowest pass's median: a pass during which an
+agent decodes the previous one's events on the same core reads up to 1.6x higher."""
+_packet_ports = itertools.count(2000, PACKET_NEW)
+"""Each per_packet call's client ports: new to every conntrack, below the ephemeral range."""
+
+
+def _tcp(ips: tuple[str, str], ports: tuple[int, int], flags: int, macs: bytes) -> bytes:
+    """An Ethernet (``macs``: destination, source) + IPv4 + TCP frame, 64 bytes of payload when
+    not a SYN, IPv4 checksum valid (the datapath checks no L4 checksum)."""
+    (src, dst), (sport, dport) = ips, ports
+    payload = b"" if flags & 0x02 else b"x" * 64
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65000, 0, 0) + payload
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
+                               ipaddress.IPv4Address(src).packed,
+                               ipaddress.IPv4Address(dst).packed))  # fmt: skip
+    words = sum(int.from_bytes(ip[i : i + 2], "big") for i in range(0, 20, 2))
+    while words >> 16:
+        words = (words & 0xFFFF) + (words >> 16)
+    ip[10:12] = struct.pack("!H", ~words & 0xFFFF)
+    return macs + b"\x08\x00" + bytes(ip) + tcp
+
+
+def _link(netns: str, dev: str) -> tuple[int, bytes, int]:
+    """(ifindex, MAC, the peer's ifindex or 0) of ``dev`` in ``netns``."""
+    (info,) = json.loads(sh("ip", "-j", "-n", netns, "link", "show", dev).stdout)
+    return (
+        int(info["ifindex"]),
+        bytes.fromhex(info["address"].replace(":", "")),
+        int(info.get("link_index", 0)),
+    )
+
+
+def per_packet(lab: str) -> dict[str, float]:
+    """ns per packet of each program on the client → server path and back, by
+    BPF_PROG_TEST_RUN of the node's pinned programs in its netns (frames as the pods and the
+    underlay carry them: the sending node's cil_from_container gets the pod's frame, the
+    receiving node's cil_from_netdev what that program sent (encapsulated in tunnel mode);
+    each node's neighbour of the other resolved first): "new" (a SYN, ``PACKET_NEW`` distinct
+    ports), "first reply" (their SYN-ACKs), "established" (a request segment of one of them),
+    "reply" (a later segment back). The kernel's own clock around the program: no tool, no
+    scheduler, no other packet in it; caches as warm as the repetition makes them, so a floor,
+    not a share of a connection."""
+    rec = manager.record(lab)
+    pods = {p.name: p for p in rec.pods}
+    client, server = pods["client-0"], pods["server-0"]
+    nodes = {n.name: n for n in rec.nodes}
+    cn, sn = nodes[client.node], nodes[server.node]
+    assert client.ipv4 and server.ipv4
+    ci, si = client.ipv4.partition("/")[0], server.ipv4.partition("/")[0]
+    _, c_mac, c_lxc = _link(client.netns, "eth0")
+    _, s_mac, s_lxc = _link(server.netns, "eth0")
+    a_eth, b_eth = _link(cn.netns, "eth0")[0], _link(sn.netns, "eth0")[0]
+    lxc_mac = {}
+    for node, idx in ((cn, c_lxc), (sn, s_lxc)):
+        (info,) = [
+            i for i in json.loads(sh("ip", "-j", "-n", node.netns, "link").stdout)
+            if i["ifindex"] == idx
+        ]  # fmt: skip
+        lxc_mac[node.name] = bytes.fromhex(info["address"].replace(":", ""))
+    for x, y in ((cn, sn), (sn, cn)):  # the neighbour bpf_fib_lookup needs
+        addrs = json.loads(sh("ip", "-j", "-4", "-n", y.netns, "addr", "show", "eth0").stdout)
+        sh("ping", "-c", "1", "-W", "1", addrs[0]["addr_info"][0]["local"], ns=x.netns)
+
+    def runs(
+        node: Any, prog: str, frames: list[bytes], ifindex: int, repeat: int = 1
+    ) -> tuple[float, list[bytes]]:
+        """The median time of ``frames`` each run ``repeat`` times, and each one's output."""
+        times, outs = [], []
+        with link.in_netns(f"/run/netns/{node.netns}"):
+            fd = libbpf.prog_from_pin(f"{node.pin_dir}/{prog}")
+            try:
+                for f in frames:
+                    res = [libbpf.prog_test_run_skb(fd, f, ifindex=ifindex) for _ in range(repeat)]
+                    times += [r.duration_ns for r in res]
+                    outs.append(res[0].data)
+            finally:
+                os.close(fd)
+        return float(statistics.median(times)), outs
+
+    # what one node's cil_from_container sends is what the other's cil_from_netdev gets (the
+    # encapsulated frame in tunnel mode): each row's frames are the previous row's output
+    base = next(_packet_ports)
+    c_lxc_mac, s_lxc_mac = lxc_mac[cn.name], lxc_mac[sn.name]
+    new = range(base, base + PACKET_NEW)
+    out: dict[str, float] = {}
+    rows = [
+        ("new", [_tcp((ci, si), (p, 5201), 0x02, c_lxc_mac + c_mac) for p in new], 1),
+        ("first reply", [_tcp((si, ci), (5201, p), 0x12, s_lxc_mac + s_mac) for p in new], 1),
+        ("established", [_tcp((ci, si), (base, 5201), 0x10, c_lxc_mac + c_mac)], PACKET_RUNS),
+        ("reply", [_tcp((si, ci), (5201, base), 0x10, s_lxc_mac + s_mac)], PACKET_RUNS),
+    ]
+    for kind, frames, repeat in rows:
+        request = kind in ("new", "established")
+        src, dst = (cn, sn) if request else (sn, cn)
+        side = "client's" if request else "server's"
+        other = "server's" if request else "client's"
+        t, sent = runs(src, "cil_from_container", frames, c_lxc if request else s_lxc, repeat)
+        out[f"cil_from_container ({side} node), {kind}"] = t
+        t, _ = runs(dst, "cil_from_netdev", sent, b_eth if request else a_eth, repeat)
+        out[f"cil_from_netdev ({other} node), {kind}"] = t
+    return out
+
+
+def per_packet_result(setups: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """per_packet of each ciliary setup as a result (``setups``: name → its rows)."""
+    return {
+        "benchmark": "per packet: each program's own time (BPF_PROG_TEST_RUN of the node's"
+        " pinned programs, medians, ns)",
+        "metric": "per-packet",
+        "unit": "ns",
+        "baseline": None,
+        "values": setups,
+        "group": GROUP,
+    }
 
 
 def paired_ratio(setup: list[float], base: list[float]) -> float | None:
@@ -296,6 +431,14 @@ def run(
             if second is control:
                 result["note"] = "the method's control, a against a second a: 1.00 when fair"
             alternating.append(result)
+        packets: dict[str, dict[str, float]] = {}
+        for t in labs:  # PACKET_PASSES passes, each with the agents idle, as every run
+            passes = []
+            for _ in range(PACKET_PASSES):
+                datapath._quiesce(agents, log, GROUP)
+                passes.append(per_packet(t.lab))
+            packets[t.name] = {row: min(p[row] for p in passes) for row in passes[0]}
+        log(f"{GROUP}: per-packet test runs done")
     results = datapath.results_of(
         targets, metrics, samples, rounds=rounds, seconds=seconds, group=GROUP
     )
@@ -313,6 +456,8 @@ def run(
         res["unavailable"] = unavailable
     results += alternating
     results.append(datapath.agent_cpu_result(agent_cpu, "both nodes' agents'", GROUP))
+    if packets:
+        results.append(per_packet_result(packets))
     for name, reason in unavailable.items():
         log(f"{GROUP}: {name} not available: {reason}")
     return results

@@ -258,6 +258,7 @@ def multinode_tables(results: list[Result]) -> list[str]:
     ratios b/a, c/a, d/a the group computed, the goals of issue #13 above them."""
     extra = [r for r in results if r.get("metric") == "agent-cpu" and r["values"]]
     alternating = [r for r in results if r.get("metric") == "crr-alternating"]
+    packets = [r for r in results if r.get("metric") == "per-packet" and r["values"]]
     results = [r for r in results if "ratios" in r]
     first = results[0]
     a = first["baseline"]
@@ -310,6 +311,28 @@ def multinode_tables(results: list[Result]) -> list[str]:
     ]
     lines += [_alternating_line(r) for r in alternating]
     lines += ["", *(line for res in extra for line in _agent_cpu_table(res))]
+    lines += [line for res in packets for line in _per_packet_table(res)]
+    return lines
+
+
+def _per_packet_table(res: Result) -> list[str]:
+    """bench/multinode.py's per_packet rows, one column per ciliary setup."""
+    setups: dict[str, dict[str, float]] = res["values"]
+    rows = list(dict.fromkeys(row for v in setups.values() for row in v))
+    lines = [
+        "",
+        f"{res['benchmark']}: the client's SYNs, a request, the server's first and later replies,"
+        " as the pods and the underlay carry them (the receiving node's program gets what the"
+        " sending node's sent), run on each node's pinned program in its netns; the lowest of"
+        " three passes' medians (caches as warm as repetition makes them: a floor per packet,"
+        " not a connection's share):",
+        "",
+        "| program, packet | " + " | ".join(setups) + " |",
+        "|---|" + "---|" * len(setups),
+    ]
+    for row in rows:
+        cells = [_num(v[row]) if row in v else "n/a" for v in setups.values()]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -9,16 +9,12 @@ cil_from_container runs by BPF_PROG_TEST_RUN on crafted segments between two loc
 
 from __future__ import annotations
 
-import ctypes
-import os
-import platform
-import struct
 from ipaddress import IPv4Address, ip_network
 from pathlib import Path
 
 import pytest
 
-from ciliary.datapath.libbpf import BPFObject, Map
+from ciliary.datapath.libbpf import BPFObject, Map, prog_test_run_skb
 from ciliary.datapath.maps import EP_F_READY, ConfigMap, CTMap, EndpointMap, IPCacheMap
 from ciliary.datapath.maps.config import MONITOR_AGG_MEDIUM
 from ciliary.datapath.maps.policy import (
@@ -43,37 +39,11 @@ CLIENT_ID, SERVER_ID, OTHER_ID = 1234, 5678, 9999
 CLIENT_EP, SERVER_EP = 7, 8
 ALLOW = PolicyValue(deny=False, cookie=0)
 CLIENT_ON_80 = PolicyKey(CLIENT_ID, False, 6, 80, 16)
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}
-_BPF_PROG_TEST_RUN = 10
-
-
-class _TestRunAttr(ctypes.Structure):
-    U32, U64 = ctypes.c_uint32, ctypes.c_uint64
-    _fields_ = [
-        ("prog_fd", U32), ("retval", U32), ("data_size_in", U32), ("data_size_out", U32),
-        ("data_in", U64), ("data_out", U64), ("repeat", U32), ("duration", U32),
-        ("ctx_size_in", U32), ("ctx_size_out", U32), ("ctx_in", U64), ("ctx_out", U64),
-        ("flags", U32), ("cpu", U32), ("batch_size", U32), ("pad", U32),
-    ]  # fmt: skip
 
 
 def _test_run(prog_fd: int, frame: bytes, ifindex: int) -> int:
     """One run of the program on ``frame`` arriving on ``ifindex``; its return value."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    data = ctypes.create_string_buffer(frame, len(frame))
-    out = ctypes.create_string_buffer(len(frame) + 256)
-    ctx = ctypes.create_string_buffer(192)  # struct __sk_buff
-    struct.pack_into("<I", ctx, 40, ifindex)  # .ifindex
-    attr = _TestRunAttr(
-        prog_fd=prog_fd, data_size_in=len(frame), data_in=ctypes.addressof(data),
-        data_size_out=len(out), data_out=ctypes.addressof(out), repeat=1,
-        ctx_size_in=192, ctx_in=ctypes.addressof(ctx),
-    )  # fmt: skip
-    if libc.syscall(_SYS_BPF[platform.machine()], _BPF_PROG_TEST_RUN, ctypes.byref(attr),
-                    ctypes.sizeof(attr)) < 0:  # fmt: skip
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(attr.retval)
+    return prog_test_run_skb(prog_fd, frame, ifindex=ifindex).retval
 
 
 def test_a_policy_write_reaches_established_connections_whose_verdict_conntrack_holds(

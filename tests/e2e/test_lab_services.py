@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 
 from ciliary.client.agent import AgentClient
+from ciliary.datapath.libbpf import prog_from_pin, prog_test_run_skb
+from ciliary.datapath.linux.link import in_netns
 from ciliary.lab import manager
 from tests.e2e.conftest import CILIARY, shared_kube_lab, unique
 from tests.kubectl import get_json, kubectl, wait_for
@@ -261,49 +263,6 @@ def test_clusterip_balances_over_every_backend_on_both_nodes(lab: SvcLab) -> Non
     assert ping.returncode != 0, ping.stdout
 
 
-# Runs the node's pinned cil_from_container on given packets with BPF_PROG_TEST_RUN, one packet
-# per run (the program rewrites it: a repeated run would see its own output), in the node netns
-# (the ctx's ifindex names a pod's lxc there): argv[1] the pin, argv[2] JSON [[hex packet,
-# ifindex, runs], ...]; prints per packet [retval, hex output of the last run, the kernel's
-# run durations in ns].
-TEST_RUN = """
-import ctypes, json, os, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-def bpf(cmd, attr):
-    r = libc.syscall(321, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    if r < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    return r
-class ObjGet(ctypes.Structure):
-    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
-                ("file_flags", ctypes.c_uint32)]
-U32, U64 = ctypes.c_uint32, ctypes.c_uint64
-class TestRun(ctypes.Structure):
-    _fields_ = [("prog_fd", U32), ("retval", U32), ("data_size_in", U32),
-                ("data_size_out", U32), ("data_in", U64), ("data_out", U64), ("repeat", U32),
-                ("duration", U32), ("ctx_size_in", U32), ("ctx_size_out", U32), ("ctx_in", U64),
-                ("ctx_out", U64), ("flags", U32), ("cpu", U32), ("batch_size", U32),
-                ("pad", U32)]
-path = ctypes.create_string_buffer(sys.argv[1].encode())
-fd = bpf(7, ObjGet(pathname=ctypes.addressof(path)))
-out = []
-for data_hex, ifindex, runs in json.loads(sys.argv[2]):
-    data = bytes.fromhex(data_hex)
-    ctx = ctypes.create_string_buffer(192)
-    struct.pack_into("<I", ctx, 40, ifindex)  # struct __sk_buff.ifindex
-    durations = []
-    for _ in range(runs):
-        d_in = ctypes.create_string_buffer(data, len(data))
-        d_out = ctypes.create_string_buffer(len(data) + 256)
-        a = TestRun(prog_fd=fd, data_size_in=len(data), data_in=ctypes.addressof(d_in),
-                    data_size_out=len(d_out), data_out=ctypes.addressof(d_out), repeat=1,
-                    ctx_size_in=192, ctx_in=ctypes.addressof(ctx))
-        bpf(10, a)
-        durations.append(a.duration)
-    out.append([a.retval, d_out.raw[: a.data_size_out].hex(), durations])
-print(json.dumps(out))
-"""
-
 TC_ACT_OK = 0
 TC_ACT_REDIRECT = 7
 
@@ -386,15 +345,21 @@ def _lxc_ifindex(lab: SvcLab, pod: str) -> int:
 
 
 def _test_run(lab: SvcLab, node: str, runs: list[tuple[bytes, int, int]]) -> list[Any]:
+    """Runs the node's pinned cil_from_container on given packets with BPF_PROG_TEST_RUN, one
+    packet per run (the program rewrites it: a repeated run would see its own output), in the
+    node netns (the frame's ifindex names a pod's lxc there): per packet [retval, hex output of
+    the last run, the kernel's run durations in ns]."""
     nrec = next(n for n in manager.record(lab.name).nodes if n.name == node)
-    arg = json.dumps([[frame.hex(), ifindex, n] for frame, ifindex, n in runs])
-    res = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{nrec.netns}", "--", sys.executable, "-c", TEST_RUN,
-         f"{nrec.pin_dir}/cil_from_container", arg],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    out: list[Any] = json.loads(res.stdout)
+    out: list[Any] = []
+    with in_netns(f"/run/netns/{nrec.netns}"):
+        fd = prog_from_pin(f"{nrec.pin_dir}/cil_from_container")
+        try:
+            for frame, ifindex, count in runs:
+                results = [prog_test_run_skb(fd, frame, ifindex=ifindex) for _ in range(count)]
+                last = results[-1]
+                out.append([last.retval, last.data.hex(), [r.duration_ns for r in results]])
+        finally:
+            os.close(fd)
     return out
 
 
