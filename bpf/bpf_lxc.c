@@ -120,14 +120,16 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 
 	const struct endpoint_info *dst =
 		st->dst_known ? st->to.dst : lookup_endpoint(p->daddr, p->family);
-	__u32 dst_id, tunnel_ep = 0;
+	__u32 dst_id, tunnel_ep = 0, dst_flags = 0;
 	if (dst) {
 		dst_id = dst->sec_id;
 	} else {
 		struct ipcache_info *info = ipcache_lookup(p->daddr, p->family);
 		dst_id = ipcache_info_identity(info, p->family);
-		if (info)
+		if (info) {
 			tunnel_ep = info->tunnel_ep;
+			dst_flags = info->flags; /* fib_flags (lib/fib.h) takes IPCACHE_F_REMOTE */
+		}
 	}
 
 	load_config(&level, &interval);
@@ -238,7 +240,7 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	if (!via_stack && routing_mode() == ROUTING_MODE_NATIVE) {
 		/* marked when no service translation is to be reversed on the way out (lib/fib.h) */
 		int plain = ct.entry && !ct.entry->rev_nat_index && ct.state != CT_RELATED;
-		__u32 fl = fib_flags(p);
+		__u32 fl = fib_flags(p, dst_flags & IPCACHE_F_REMOTE);
 		ret = fib_redirect(
 			skb, p,
 			FIB_HOW(plain ? (fl ? MARK_MAGIC_NATIVE_PLAIN : MARK_MAGIC_NO_REVNAT) : 0, fl));

@@ -64,52 +64,47 @@ static __always_inline __u16 fib_tot_len(struct __sk_buff *skb, const struct pkt
 }
 
 /* The flags of the FIB lookup for a packet of `family` to d0..d3 (the address's words as in
- * the packet): BPF_FIB_LOOKUP_DIRECT (the main table alone, no ip rules: on a lab node the rule
- * walk, the local table's lookup included, cost cil_from_container a quarter of its time per
- * packet) when that gives what the full lookup would:
+ * the packet), whose ipcache entry gives it to another node when `remote`: BPF_FIB_LOOKUP_DIRECT
+ * (the main table alone, no ip rules: on a lab node the rule walk, the local table's lookup
+ * included, cost cil_from_container a quarter of its time per packet) when that gives what the
+ * full lookup would:
  *   - the destination is in the native routing CIDR of its family, and the agent has found that
  *     no ip rule before the main table's can match a lookup there (DP_F_FIB_MAIN_*,
  *     agent/fibdirect.py: fwmark rules, as the L7 proxy's, never match the mark-0 lookups made
  *     here; rules whose destination is outside the CIDR, as the lab's API fence, never match;
  *     rules that look up main give main's answer). The agent checks again on every change of
  *     the rules, the addresses or the local table, and clears the bit when the answer changes;
- *   - the ipcache gives it to another node (IPCACHE_F_REMOTE: the node manager writes no
- *     address of this node so, and this node's own addresses are host entries the longest
- *     prefix match prefers), so the local table, which the rules consult first, has nothing
- *     for it.
+ *   - the ipcache gives it to another node (IPCACHE_F_REMOTE, from the caller's own lookup of
+ *     the destination: the node manager writes no address of this node so, and this node's own
+ *     addresses are host entries the longest prefix match prefers), so the local table, which
+ *     the rules consult first, has nothing for it.
  * A destination the main table has no route for is NOT_FWDED either way: the stack routes it,
  * with every rule. Anything else takes the full lookup (0). A global function, verified once
  * against its prototype (inlined, its compares multiplied cil_from_container's paths past the
- * verifier's limit), hence the scalars; its frame is the 32 bytes of the ipcache key and the
- * config maps' key, which bpf_lxc's call chain has room for (a flag kept in the caller from its
- * own ipcache lookup would not fit there). */
-__attribute__((noinline)) __u32 fib_lookup_flags(__u32 family, __u32 d0, __u32 d1, __u32 d2,
-						 __u32 d3)
+ * verifier's limit), hence the scalars: `family_remote` is the family, with `remote` in bit 8. */
+__attribute__((noinline)) __u32 fib_lookup_flags(__u32 family_remote, __u32 d0, __u32 d1,
+						 __u32 d2, __u32 d3)
 {
-	struct ipcache_key k = {};
+	__u32 family = family_remote & 0xff;
 	__u32 zero = 0;
+	__u32 addr[4] = {d0, d1, d2, d3};
 
-	k.family = family;
-	k.prefixlen = 32 + (family == AF_INET4 ? 32 : 128);
-	__builtin_memcpy(k.addr, &d0, 4);
-	__builtin_memcpy(k.addr + 4, &d1, 4);
-	__builtin_memcpy(k.addr + 8, &d2, 4);
-	__builtin_memcpy(k.addr + 12, &d3, 4);
+	if (!(family_remote >> 8))
+		return 0;
 	struct dp_config *dp = bpf_map_lookup_elem(&ciliary_config, &zero);
 	if (!dp || !(dp->flags & (family == AF_INET4 ? DP_F_FIB_MAIN_V4 : DP_F_FIB_MAIN_V6)))
 		return 0;
 	struct nat_config *cfg = bpf_map_lookup_elem(&ciliary_nat_config, &zero);
-	if (!cfg || !native_cidr_contains(cfg, family, k.addr))
-		return 0;
-	struct ipcache_info *info = bpf_map_lookup_elem(&ciliary_ipcache, &k);
-	return info && (info->flags & IPCACHE_F_REMOTE) ? BPF_FIB_LOOKUP_DIRECT : 0;
+	return cfg && native_cidr_contains(cfg, family, (const __u8 *)addr) ? BPF_FIB_LOOKUP_DIRECT
+									       : 0;
 }
 
-/* fib_lookup_flags for `p`. */
-static __always_inline __u32 fib_flags(const struct pkt *p)
+/* fib_lookup_flags for `p`, whose destination's ipcache entry says IPCACHE_F_REMOTE when
+ * `remote`. */
+static __always_inline __u32 fib_flags(const struct pkt *p, int remote)
 {
 	const __u32 *d = (const __u32 *)p->daddr; /* struct pkt keeps it 4-byte aligned */
-	return fib_lookup_flags(p->family, d[0], d[1], d[2], d[3]);
+	return fib_lookup_flags(p->family | (remote ? 1 << 8 : 0), d[0], d[1], d[2], d[3]);
 }
 
 #define FIB_HOW(mark, flags) ((mark) | (flags) << 16) /* fib_redirect's `how` */
