@@ -182,18 +182,7 @@ __attribute__((noinline)) int fib_redirect(struct __sk_buff *skb, struct pkt *p,
 	if ((void *)(l3 + sizeof(struct iphdr)) > end || (void *)(data + ETH_HLEN) > end ||
 	    (p->family != AF_INET4 && (void *)(l3 + sizeof(struct ipv6hdr)) > end))
 		return FIB_PASS; /* not reached: pulled */
-	__u8 ttl = p->ttl - 1;
-	if (p->family == AF_INET4) {
-		struct iphdr *ip = (struct iphdr *)l3;
-		__u16 old = bpf_htons(((__u16)p->ttl << 8) | p->proto);
-		__u16 new = bpf_htons(((__u16)ttl << 8) | p->proto);
-		p->ip_csum = csum_replace2(p->ip_csum, old, new);
-		ip->ttl = ttl;
-		ip->check = p->ip_csum;
-	} else {
-		((struct ipv6hdr *)l3)->hop_limit = ttl;
-	}
-	p->ttl = ttl;
+	l3_write_ttl(l3, p);
 	if (w->mark)
 		skb->mark = w->mark;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {

@@ -88,6 +88,24 @@ static __always_inline int l2_rewrite(struct __sk_buff *skb, const __u8 *dmac, c
 	return 0;
 }
 
+/* One less TTL / hop limit written straight into the network header at `l3`, in the packet
+ * (the caller checked that a struct iphdr's bytes are there; IPv6's hop limit is within them),
+ * IPv4's checksum updated from p->ip_csum, which follows. */
+static __always_inline void l3_write_ttl(__u8 *l3, struct pkt *p)
+{
+	__u8 ttl = p->ttl - 1;
+	if (p->family == AF_INET4) {
+		struct iphdr *ip = (struct iphdr *)l3;
+		__u16 old = bpf_htons(((__u16)p->ttl << 8) | p->proto);
+		__u16 new = bpf_htons(((__u16)ttl << 8) | p->proto);
+		p->ip_csum = csum_replace2(p->ip_csum, old, new);
+		ip->ttl = ttl;
+		ip->check = p->ip_csum;
+	} else {
+		((struct ipv6hdr *)l3)->hop_limit = ttl;
+	}
+}
+
 /* l3_dec_ttl and l2_rewrite together, written straight into the packet (direct packet access:
  * no helper call; the verifier's prologue makes a cloned skb's header writable first, as
  * bpf_skb_store_bytes would) when the Ethernet and IP headers are in the linear area, as
@@ -107,17 +125,7 @@ static __always_inline int l3_forward(struct __sk_buff *skb, struct pkt *p, cons
 	}
 	if (p->ttl <= 1)
 		return -DROP_TTL_EXCEEDED;
-	__u8 ttl = p->ttl - 1;
-	if (p->family == AF_INET4) {
-		struct iphdr *ip = (struct iphdr *)l3;
-		__u16 old = bpf_htons(((__u16)p->ttl << 8) | p->proto);
-		__u16 new = bpf_htons(((__u16)ttl << 8) | p->proto);
-		p->ip_csum = csum_replace2(p->ip_csum, old, new);
-		ip->ttl = ttl;
-		ip->check = p->ip_csum;
-	} else {
-		((struct ipv6hdr *)l3)->hop_limit = ttl;
-	}
+	l3_write_ttl(l3, p);
 	__builtin_memcpy(data, dmac, 6);
 	__builtin_memcpy(data + 6, smac, 6);
 	return 0;
