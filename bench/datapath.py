@@ -275,18 +275,17 @@ def _grow(pin_dir: Path, server_ep: int, total: int) -> tuple[int, int]:
     identity per added entry; returns (policy entries, ipcache entries)."""
     lo, _ = tools.PORT_RANGE
     pmap = EndpointPolicyMap.from_pin(pin_dir / f"ciliary_policy_{server_ep}")
-    ipc_map = Map.from_pin(pin_dir / "ciliary_ipcache")
+    ipc = IPCacheMap.from_pin(pin_dir)  # raising the node's ipcache revision (its cache)
     try:
-        ipc = IPCacheMap(ipc_map)
         extra = max(0, total - pmap.map.count())
         value = PolicyValue(deny=False, cookie=0)
         for i in range(extra):
             ipc.upsert(ipaddress.IPv4Network(f"{SYNTHETIC_NET[i + 1]}/32"), SYNTHETIC_IDENTITY + i)
             pmap.upsert(PolicyKey(SYNTHETIC_IDENTITY + i, False, PROTO_TCP, lo, 14), value)
-        return pmap.map.count(), ipc_map.count()
+        return pmap.map.count(), ipc.map.count()
     finally:
         pmap.close()
-        ipc_map.close()
+        ipc.close()
 
 
 @contextlib.contextmanager

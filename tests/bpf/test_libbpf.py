@@ -240,6 +240,8 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_config",
         "ciliary_lxc",
         "ciliary_ipcache",
+        "ciliary_ipcache_rev",  # lib/ipcache.h: the revision the agent raises on every write
+        "ciliary_ipcache_cache",  # lib/ipcache.h: the per-CPU cache of the trie's answers
         "ciliary_ct",
         "ciliary_events",
         "ciliary_events_lost",
@@ -279,6 +281,8 @@ def test_map_info(maps_loaded: BPFObject) -> None:
         "ciliary_config": (BPF_MAP_TYPE_ARRAY, 4, 24, 1, 0),
         "ciliary_lxc": (BPF_MAP_TYPE_HASH, 20, 24, 65536, 0),
         "ciliary_ipcache": (BPF_MAP_TYPE_LPM_TRIE, 24, 12, 512000, BPF_F_NO_PREALLOC),
+        "ciliary_ipcache_rev": (BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0),
+        "ciliary_ipcache_cache": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 44, 256, 0),
         "ciliary_ct": (BPF_MAP_TYPE_LRU_HASH, 40, 88, 65536, 0),
         "ciliary_events": (BPF_MAP_TYPE_RINGBUF, 0, 0, 8 * 1024 * 1024, 0),
         "ciliary_events_lost": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0),

@@ -53,10 +53,11 @@ from ciliary.datapath.maps.config import ConfigMap
 from ciliary.datapath.maps.conntrack import CTMap
 from ciliary.datapath.maps.endpoints import EndpointMap
 from ciliary.datapath.maps.events import EventsLostMap
-from ciliary.datapath.maps.ipcache import IPCacheMap
+from ciliary.datapath.maps.ipcache import IPCACHE_MAP, IPCACHE_REVISION_MAP, IPCacheMap
 from ciliary.datapath.maps.lb import LB_MAPS, LBMaps
 from ciliary.datapath.maps.nat import NAT_CONFIG_MAP, NAT_MAPS, NATConfigMap, NATRecord, nat_records
 from ciliary.datapath.maps.policy import REVISION_MAP, PolicyMaps, PolicyRevision
+from ciliary.datapath.maps.revision import Revision
 from ciliary.datapath.maps.tunnel import TUNNEL_DIRECT_MAP, TunnelDirectMap
 
 BPF_FS = Path("/sys/fs/bpf")
@@ -199,7 +200,9 @@ class NodeDatapath:
         self._host = host
         self.nat_config = NATConfigMap(self._maps[NAT_CONFIG_MAP])
         self.endpoints = EndpointMap(self._maps["ciliary_lxc"])
-        self.ipcache = IPCacheMap(self._maps["ciliary_ipcache"])
+        self.ipcache = IPCacheMap(
+            self._maps[IPCACHE_MAP], Revision(self._maps[IPCACHE_REVISION_MAP])
+        )
         self.ct = CTMap(self._maps["ciliary_ct"])
         self.config = ConfigMap(self._maps["ciliary_config"])
         self.tunnel_direct = TunnelDirectMap(self._maps[TUNNEL_DIRECT_MAP])

@@ -2,6 +2,12 @@
 
 The LPM key's ``prefixlen`` counts every bit after itself that must match: the family byte and
 its three pad bytes (32 bits, always matched, so IPv4 and IPv6 never mix) plus the prefix bits.
+
+Revision contract: the programs answer from a per-CPU cache of the trie's answers, each valid at
+the ipcache revision (``ciliary_ipcache_rev``) it was filled at. Every write here (an entry added,
+changed or deleted) is followed by a raise of the revision: a writer without the revision
+(:class:`IPCacheMap` built without one) is a reader's view, and its writes would reach the
+programs only for addresses no CPU has cached.
 """
 
 from __future__ import annotations
@@ -10,12 +16,16 @@ import ctypes
 import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
+from pathlib import Path
 
 from ciliary.datapath.libbpf import BPF_ANY, Map
 from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_addr, encode_addr
+from ciliary.datapath.maps.revision import Revision
 
 __all__ = [
     "IPCACHE_F_REMOTE",
+    "IPCACHE_MAP",
+    "IPCACHE_REVISION_MAP",
     "IPCacheInfoC",
     "IPCacheKeyC",
     "IPCacheMap",
@@ -24,6 +34,9 @@ __all__ = [
 ]
 
 IPNetwork = IPv4Network | IPv6Network
+
+IPCACHE_MAP = "ciliary_ipcache"
+IPCACHE_REVISION_MAP = "ciliary_ipcache_rev"
 
 IPCACHE_F_REMOTE = 0x1
 """``ipcache_info.flags`` bit (bpf/lib/common.h): written by the node manager from the cluster
@@ -78,11 +91,34 @@ def _prefix_key(prefix: IPNetwork) -> bytes:
 
 
 class IPCacheMap:
-    """Typed view of ciliary_ipcache over a :class:`Map` it does not own."""
+    """Typed view of ciliary_ipcache over a :class:`Map` it does not own; ``revision``: raised
+    after each write (the revision contract above)."""
 
-    def __init__(self, bpf_map: Map) -> None:
+    def __init__(self, bpf_map: Map, revision: Revision | None = None) -> None:
         check_map_layout(bpf_map, IPCacheKeyC, IPCacheInfoC)
         self.map = bpf_map
+        self._revision = revision
+        self._owned: tuple[Map, ...] = ()
+
+    @classmethod
+    def from_pin(cls, pin_dir: Path) -> IPCacheMap:
+        """The node's pinned ipcache in ``pin_dir``, opened by another process than the agent's
+        (benchmarks, tests), raising the revision pinned next to it; close with :meth:`close`."""
+        ipcache = Map.from_pin(pin_dir / IPCACHE_MAP)
+        try:
+            revision = Map.from_pin(pin_dir / IPCACHE_REVISION_MAP)
+        except BaseException:
+            ipcache.close()
+            raise
+        view = cls(ipcache, Revision(revision))
+        view._owned = (ipcache, revision)
+        return view
+
+    def close(self) -> None:
+        """Closes the maps :meth:`from_pin` opened (nothing for a view over others' maps)."""
+        for m in self._owned:
+            m.close()
+        self._owned = ()
 
     def upsert(
         self,
@@ -96,10 +132,17 @@ class IPCacheMap:
         if tunnel_endpoint is not None:
             value.tunnel_ep = int.from_bytes(tunnel_endpoint.packed, sys.byteorder)
         self.map.update(_prefix_key(prefix), bytes(value), BPF_ANY)
+        self._raise_revision()
 
     def delete(self, prefix: IPNetwork) -> bool:
         """Removes exactly ``prefix`` (not what it covers); False when absent."""
-        return self.map.delete(_prefix_key(prefix))
+        found = self.map.delete(_prefix_key(prefix))
+        self._raise_revision()
+        return found
+
+    def _raise_revision(self) -> None:
+        if self._revision is not None:
+            self._revision.bump()
 
     def lookup(self, addr: IPAddress) -> int | None:
         """The identity of the longest prefix covering ``addr`` (what the datapath sees), or

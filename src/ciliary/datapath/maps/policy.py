@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ciliary.datapath.libbpf import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_LPM_TRIE, Map, map_create
+from ciliary.datapath.maps.revision import Revision
 
 REVISION_MAP = "ciliary_policy_rev"
 REVISION_MASK = 0x3FFFFFFF  # the datapath keeps 30 bits of it in a conntrack entry
@@ -179,25 +180,12 @@ class PolicyChange:
         return self._batches
 
 
-class PolicyRevision:
-    """The node's policy revision, ``ciliary_policy_rev[0]`` (over a :class:`Map` it does not
-    own): raised after every policy write, never to 0 (the datapath caches nothing at 0). Read
-    back before each raise, so that writers of other processes (tests, benchmarks writing a
-    pinned map) never hand out a value again."""
-
-    _KEY = (0).to_bytes(4, "little")
+class PolicyRevision(Revision):
+    """The node's policy revision, ``ciliary_policy_rev[0]``: raised after every policy write
+    (the revision contract above; ``datapath.maps.revision``)."""
 
     def __init__(self, m: Map) -> None:
-        self._map = m
-
-    def current(self) -> int:
-        raw = self._map.lookup(self._KEY)
-        return int.from_bytes(raw[:4], "little") if raw else 0
-
-    def bump(self) -> int:
-        nxt = (self.current() + 1) & REVISION_MASK or 1
-        self._map.update(self._KEY, nxt.to_bytes(4, "little"))
-        return nxt
+        super().__init__(m, REVISION_MASK)
 
 
 def _raise_revision(revision: PolicyRevision | None) -> None:
