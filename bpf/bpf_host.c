@@ -281,9 +281,12 @@ static __attribute__((noinline)) int from_netdev_host(struct __sk_buff *skb)
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *skb)
 {
-	int ret = from_netdev_overlay(skb);
-	if (ret != NETDEV_NOT_TUNNEL)
-		return ret;
+	/* no call for what cannot be a tunnel packet (not IPv4 UDP) */
+	if (encap_maybe(skb)) {
+		int ret = from_netdev_overlay(skb);
+		if (ret != NETDEV_NOT_TUNNEL)
+			return ret;
+	}
 	return from_netdev_host(skb);
 }
 

@@ -66,13 +66,11 @@ static __attribute__((noinline)) int proxy_reinject(struct __sk_buff *skb, __be1
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
-/* cil_from_container's first step: a packet proxy_reinject sent back fills the request slot for
- * to_proxy (PROXY_TAIL); anything else goes on (0). */
+/* cil_from_container's first step for a packet proxy_reinject sent back (its mark: the caller
+ * tests it, no call for a pod's own packet): fills the request slot for to_proxy (PROXY_TAIL). */
 static __attribute__((noinline)) int proxy_reinjected(struct __sk_buff *skb, struct pkt *p)
 {
 	__u32 mark = skb->mark;
-	if ((mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_TO_PROXY)
-		return 0;
 	if (parse_packet(skb, p) != PARSE_OK || !proxy_proto_ok(p))
 		return drop_packet(skb, p, DROP_PROXY_LOOKUP_FAILED, 0, 0, 0, OBS_TO_PROXY);
 	__u32 zero = 0;
@@ -111,7 +109,6 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 							  const struct lb_result *lb)
 {
 	struct ct_result ct = {};
-	struct event_meta m = {};
 	__u16 src_ep = st->ep_id;
 	__u32 src_id = st->sec_id;
 	__u32 level;
@@ -218,8 +215,6 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 		ret = lb_rev_nat_ct(skb, p, &ct);
 		if (ret < 0)
 			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
-		trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_OVERLAY, &pv_out,
-			   TRAFFIC_EGRESS);
 		ret = l3_dec_ttl(skb, p);
 		if (ret < 0)
 			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_OVERLAY);
@@ -230,8 +225,8 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 		skb->cb[CB_ENCAP_SRC_ID] = src_id;
 		skb->cb[CB_ENCAP_DST_ID] = dst_id;
 		skb->cb[CB_ENCAP_EP_ID] = src_ep;
-		if (ct.report)
-			emit_event(skb, p, &m);
+		trace_forwarded(skb, p, &ct, src_ep, 0, src_id, dst_id, OBS_TO_OVERLAY, &pv_out,
+				TRAFFIC_EGRESS);
 		return FC_TO_OVERLAY;
 	}
 
@@ -247,17 +242,14 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 		if (ret < 0)
 			return drop_packet(skb, p, -ret, src_ep, src_id, dst_id, OBS_TO_NETWORK);
 		if (ret != FIB_PASS) {
-			trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_NETWORK, &pv_out,
-				   TRAFFIC_EGRESS);
-			if (ct.report)
-				emit_event(skb, p, &m);
+			trace_forwarded(skb, p, &ct, src_ep, 0, src_id, dst_id, OBS_TO_NETWORK,
+					&pv_out, TRAFFIC_EGRESS);
 			return ret;
 		}
 	}
 
-	trace_meta(&m, &ct, src_ep, 0, src_id, dst_id, OBS_TO_STACK, &pv_out, TRAFFIC_EGRESS);
-	if (ct.report)
-		emit_event(skb, p, &m);
+	trace_forwarded(skb, p, &ct, src_ep, 0, src_id, dst_id, OBS_TO_STACK, &pv_out,
+			TRAFFIC_EGRESS);
 	return TC_ACT_OK;
 }
 
@@ -305,13 +297,19 @@ static __attribute__((noinline)) int from_container_source(struct __sk_buff *skb
 /* Service translation (lib/lb.h) of what the sender addressed: lb_lookup_service's lookups,
  * except that the wildcard entry is not looked for at a local pod's address (wildcards are
  * ClusterIPs' only, agent/services.py, and a ClusterIP is never a pod's address): pod-to-pod
- * packets pay one miss here, and the endpoint found is the route step's. */
+ * packets pay one miss here, and the endpoint found is the route step's. An address the ipcache
+ * gives to another node (IPCACHE_F_REMOTE: the node manager writes no address of this node so)
+ * is no local endpoint's: not looked for (the route step's ipcache lookup of it is then the
+ * cache's). */
 static __attribute__((noinline)) int from_container_lb(struct __sk_buff *skb, struct pkt *p,
 						       struct fc_state *st, struct lb_result *lb)
 {
 	struct lb_service *svc = lb_lookup_frontend(p, 0);
 	if (!svc) {
-		st->to.dst = lookup_endpoint(p->daddr, p->family);
+		struct ipcache_info *info = ipcache_lookup(p->daddr, p->family);
+		st->to.dst = info && (info->flags & IPCACHE_F_REMOTE)
+				     ? 0
+				     : lookup_endpoint(p->daddr, p->family);
 		st->dst_known = 1;
 		if (st->to.dst)
 			return FC_CONTINUE;
@@ -338,11 +336,11 @@ int cil_from_container(struct __sk_buff *skb)
 	struct lb_result lb = {};
 
 	/* a packet cil_to_container sent back for the L7 proxy (lib/proxy.h) */
-	int ret = proxy_reinjected(skb, &p);
-	if (ret == FC_TO_PROXY)
-		return to_proxy(skb, &p);
-	if (ret)
-		return ret;
+	int ret;
+	if ((skb->mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_TO_PROXY) {
+		ret = proxy_reinjected(skb, &p);
+		return ret == FC_TO_PROXY ? to_proxy(skb, &p) : ret;
+	}
 	ret = from_container_source(skb, &p, &st);
 	if (ret != FC_CONTINUE)
 		return ret;
@@ -367,7 +365,6 @@ int cil_to_container(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	struct ct_result ct = {};
-	struct event_meta m = {};
 	__u32 level;
 	__u64 interval;
 	int ret;
@@ -445,14 +442,11 @@ int cil_to_container(struct __sk_buff *skb)
 	if (ret < 0)
 		return drop_packet(skb, &p, -ret, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 	/* a packet an L7 proxy sent as a pod (lib/proxy.h): seen leaving the proxy first */
-	if (ct.report && proxy_sent(skb, &p)) {
-		trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_PROXY, &pv,
-			   TRAFFIC_INGRESS);
-		emit_event(skb, &p, &m);
-	}
-	trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT, &pv, TRAFFIC_INGRESS);
-	if (ct.report)
-		emit_event(skb, &p, &m);
+	if (ct.report && proxy_sent(skb, &p))
+		trace_forwarded(skb, &p, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_PROXY, &pv,
+				TRAFFIC_INGRESS);
+	trace_forwarded(skb, &p, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT, &pv,
+			TRAFFIC_INGRESS);
 	return TC_ACT_OK;
 }
 

@@ -45,6 +45,20 @@ static __always_inline void trace_meta(struct event_meta *m, const struct ct_res
 	}
 }
 
+/* A FORWARDED trace of `p` at `obs`, when conntrack says one is due (ct->report): its metadata
+ * is only built then (an established packet reports nothing). */
+static __always_inline void trace_forwarded(struct __sk_buff *skb, const struct pkt *p,
+					    const struct ct_result *ct, __u16 ep_id,
+					    __u16 dst_ep_id, __u32 src_id, __u32 dst_id, __u8 obs,
+					    const struct policy_verdict *pv, __u8 direction)
+{
+	if (!ct->report)
+		return;
+	struct event_meta m = {};
+	trace_meta(&m, ct, ep_id, dst_ep_id, src_id, dst_id, obs, pv, direction);
+	emit_event(skb, p, &m);
+}
+
 /* `ev_ep` is the endpoint events are reported for (the sending pod in bpf_lxc, the receiving
  * one in bpf_overlay); `pv_out` the sender's egress verdict when this node checked it (its
  * cookie names the rule in the trace when the receiver enforces nothing). Returns the tc verdict. */
@@ -54,7 +68,6 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 					 const struct policy_verdict *pv_out)
 {
 	struct policy_verdict pv_in = {};
-	struct event_meta m = {};
 	__u32 dst_ifindex = dst->ifindex;
 	__u8 dmac[6], smac[6];
 	int ret;
@@ -63,9 +76,8 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 		return drop_packet(skb, p, DROP_EP_NOT_READY, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
 	/* a reply to the L7 proxy's upstream socket (lib/proxy.h): the proxy speaks for the pod */
 	if (skip_policy && proxy_ct_reply(p, ct->entry, ct->state)) {
-		trace_meta(&m, ct, ev_ep, 0, src_id, dst_id, OBS_TO_PROXY, pv_out, TRAFFIC_EGRESS);
-		if (ct->report)
-			emit_event(skb, p, &m);
+		trace_forwarded(skb, p, ct, ev_ep, 0, src_id, dst_id, OBS_TO_PROXY, pv_out,
+				TRAFFIC_EGRESS);
 		return proxy_reply_to_stack(skb);
 	}
 	/* a reply of a connection the client sent to a service: from the frontend again; its new
@@ -101,8 +113,6 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 		if (ct->entry && !pv_in.proxy_port)
 			policy_cache(ct->entry, rev, src_id, dst_id, POLICY_CACHED_INGRESS);
 	}
-	trace_meta(&m, ct, ev_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
-		   pv_in.enforced ? &pv_in : pv_out, TRAFFIC_INGRESS);
 	if (src_pending) {
 		ret = l3_dec_ttl_src(skb, p);
 		if (ret == 0)
@@ -112,8 +122,8 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct pkt *p,
 	}
 	if (ret < 0)
 		return drop_packet(skb, p, -ret, ev_ep, src_id, dst_id, OBS_TO_ENDPOINT);
-	if (ct->report)
-		emit_event(skb, p, &m);
+	trace_forwarded(skb, p, ct, ev_ep, dst_ep, src_id, dst_id, OBS_TO_ENDPOINT,
+			pv_in.enforced ? &pv_in : pv_out, TRAFFIC_INGRESS);
 	return bpf_redirect_peer(dst_ifindex, 0);
 }
 /* local_deliver as a global function, called by a program's top level (not under its steps'

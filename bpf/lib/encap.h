@@ -71,6 +71,19 @@ static __always_inline int encap_received_fast(struct __sk_buff *skb)
 	return encap_port(((__u16)l4[2] << 8) | l4[3]);
 }
 
+/* encap_received_fast's packet half (no configuration read, no stack): 0 when the packet cannot
+ * be a tunnel packet (not IPv4 UDP as encap_received_fast wants it). */
+static __always_inline int encap_maybe(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+
+	return (void *)(ip + 1) <= end && eth->h_proto == bpf_htons(ETH_P_IP) &&
+	       ip->protocol == IPPROTO_UDP;
+}
+
 #define ENCAP_TO_STACK -1 /* encap_strip: not done, the stack's VXLAN socket takes it */
 
 /* encap_and_redirect's working memory, off the stack: its callers' frames already take most of

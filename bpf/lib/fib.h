@@ -116,6 +116,8 @@ struct fib_scratch {
 	struct bpf_fib_lookup fib;
 	struct bpf_redir_neigh nh;
 	__u32 mark; /* fib_redirect's, kept here rather than in a register spilled to its frame */
+	__u32 slot; /* the ciliary_fib_cache slot's index (a key in memory) */
+	__u64 now;
 };
 
 struct {
@@ -124,6 +126,82 @@ struct {
 	__type(value, struct fib_scratch);
 	__uint(max_entries, 1);
 } ciliary_fib_scratch SEC(".maps");
+
+/* The FIB's recent answers, per CPU (256 slots, direct-mapped by destination), for the lookups
+ * that consult the main table alone (BPF_FIB_LOOKUP_DIRECT, fib_lookup_flags: a packet to
+ * another node's pod in native routing): where to forward (device, the next hop's and the
+ * device's MACs) and the route's MTU. An answer is used for FIB_CACHE_NS after the lookup that
+ * gave it, for packets no longer than that MTU: a route or neighbour change reaches forwarded
+ * packets within that time, as the stack's own cached routes take a moment to see a neighbour's
+ * new address. Why: bpf_fib_lookup (the table walk, the next hop, the neighbour, the device) was
+ * the biggest helper cost of a connection across nodes, paid by every packet of it. A miss, an
+ * answer that is not "forward" (no neighbour yet: bpf_redirect_neigh) or a longer packet takes
+ * the lookup. Pinned by name as the maps the programs share. */
+#define FIB_CACHE_SLOTS 256
+#define FIB_CACHE_NS (50 * 1000 * 1000ULL)
+
+struct fib_slot {
+	__u32 daddr[4]; /* the packet's destination (IPv4: daddr[0]) */
+	__u64 until;    /* bpf_ktime_get_coarse_ns() after which the answer is not used; 0: none */
+	__u32 ifindex;  /* the egress device */
+	__u16 mtu;      /* the longest packet (network header on) the answer holds for */
+	__u8 family;
+	__u8 pad;
+	__u8 dmac[6];
+	__u8 smac[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct fib_slot);
+	__uint(max_entries, FIB_CACHE_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliary_fib_cache SEC(".maps");
+
+/* The cache slot of `p`'s destination for a lookup with `flags` (NULL: not a cached kind of
+ * lookup); `w` holds the slot index and the time. */
+static __always_inline struct fib_slot *fib_cache_slot(struct fib_scratch *w, const struct pkt *p,
+						       __u32 flags)
+{
+	if (flags != BPF_FIB_LOOKUP_DIRECT)
+		return 0;
+	const __u32 *d = (const __u32 *)p->daddr; /* struct pkt keeps it 4-byte aligned */
+	__u32 h = p->family == AF_INET4 ? d[0] : d[0] ^ d[1] ^ d[2] ^ d[3];
+	w->slot = (h * 0x9E3779B1u) >> 24; /* FIB_CACHE_SLOTS */
+	w->now = bpf_ktime_get_coarse_ns();
+	return bpf_map_lookup_elem(&ciliary_fib_cache, &w->slot);
+}
+
+/* Whether slot `c` answers for `p` (its destination, its length `tot_len`) at `now`. */
+static __always_inline int fib_cache_hit(const struct fib_slot *c, const struct pkt *p,
+					 __u16 tot_len, __u64 now)
+{
+	const __u32 *d = (const __u32 *)p->daddr;
+	if (c->until <= now || c->family != p->family || tot_len > c->mtu || c->daddr[0] != d[0])
+		return 0;
+	return p->family == AF_INET4 ||
+	       (c->daddr[1] == d[1] && c->daddr[2] == d[2] && c->daddr[3] == d[3]);
+}
+
+/* Fills slot `c` with the lookup's answer `fib` for `p` (asked with `tot_len`). */
+static __always_inline void fib_cache_fill(struct fib_slot *c, const struct pkt *p,
+					   const struct bpf_fib_lookup *fib, __u16 tot_len,
+					   __u64 now)
+{
+	const __u32 *d = (const __u32 *)p->daddr;
+	c->daddr[0] = d[0];
+	c->daddr[1] = p->family == AF_INET4 ? 0 : d[1];
+	c->daddr[2] = p->family == AF_INET4 ? 0 : d[2];
+	c->daddr[3] = p->family == AF_INET4 ? 0 : d[3];
+	c->family = p->family;
+	c->ifindex = fib->ifindex;
+	/* on success the kernel leaves the route's MTU where the length was (mtu_result) */
+	c->mtu = fib->mtu_result >= tot_len ? fib->mtu_result : tot_len;
+	__builtin_memcpy(c->dmac, fib->dmac, 6);
+	__builtin_memcpy(c->smac, fib->smac, 6);
+	c->until = now + FIB_CACHE_NS;
+}
 
 /* Route `p` with the node's FIB and redirect it to the egress device; `how` is FIB_HOW(mark,
  * flags): the lookup's flags (fib_lookup_flags, or 0 for the full lookup), and the skb->mark
@@ -163,7 +241,19 @@ __attribute__((noinline)) int fib_redirect(struct __sk_buff *skb, struct pkt *p,
 		__builtin_memcpy(fib->ipv6_src, p->saddr, 16);
 		__builtin_memcpy(fib->ipv6_dst, p->daddr, 16);
 	}
-	int rc = bpf_fib_lookup(skb, fib, sizeof(*fib), how >> 16);
+	__u16 tot_len = fib->tot_len;
+	struct fib_slot *c = fib_cache_slot(w, p, how >> 16);
+	int rc;
+	if (c && fib_cache_hit(c, p, tot_len, w->now)) {
+		rc = BPF_FIB_LKUP_RET_SUCCESS;
+		fib->ifindex = c->ifindex;
+		__builtin_memcpy(fib->dmac, c->dmac, 6);
+		__builtin_memcpy(fib->smac, c->smac, 6);
+	} else {
+		rc = bpf_fib_lookup(skb, fib, sizeof(*fib), how >> 16);
+		if (c && rc == BPF_FIB_LKUP_RET_SUCCESS)
+			fib_cache_fill(c, p, fib, tot_len, w->now);
+	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return FIB_PASS;
 

@@ -25,7 +25,6 @@ static __attribute__((noinline)) int from_overlay(struct __sk_buff *skb, struct 
 						  struct deliver_to *to)
 {
 	struct ct_result ct = {};
-	struct event_meta m = {};
 	struct policy_verdict none = {};
 	__u32 level;
 	__u64 interval;
@@ -53,19 +52,15 @@ static __attribute__((noinline)) int from_overlay(struct __sk_buff *skb, struct 
 
 	/* Above aggregation "none" a from-* point is not reported (upstream's emit_trace_notify):
 	 * the packet's next point, to-endpoint or to-stack, says the same with the same identity. */
-	if (ct.report && level == MONITOR_AGG_NONE) {
-		trace_meta(&m, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_OVERLAY, &none,
-			   TRAFFIC_INGRESS);
-		emit_event(skb, p, &m);
-	}
+	if (level == MONITOR_AGG_NONE)
+		trace_forwarded(skb, p, &ct, dst_ep, dst_ep, src_id, dst_id, OBS_FROM_OVERLAY, &none,
+				TRAFFIC_INGRESS);
 
 	int skip_policy = ct.state == CT_REPLY || ct.state == CT_RELATED;
 	if (dst) /* deliver_tail, by the caller (lib/deliver.h) */
 		return deliver_later(skb, to, &ct, dst, dst_ep, src_id, dst_id, skip_policy, &none);
 
-	trace_meta(&m, &ct, 0, 0, src_id, dst_id, OBS_TO_STACK, &none, TRAFFIC_INGRESS);
-	if (ct.report)
-		emit_event(skb, p, &m);
+	trace_forwarded(skb, p, &ct, 0, 0, src_id, dst_id, OBS_TO_STACK, &none, TRAFFIC_INGRESS);
 	bpf_skb_change_type(skb, PACKET_HOST);
 	return TC_ACT_OK;
 }

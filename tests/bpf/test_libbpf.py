@@ -266,6 +266,7 @@ def test_object_lists_maps_and_programs(loaded: BPFObject, pin_dir: Path) -> Non
         "ciliary_nat_config",  # lib/fib.h: the native routing CIDR of its table-direct lookup
         "ciliary_encap_scratch",  # lib/encap.h: encap_and_redirect's FIB lookup, off the stack
         "ciliary_fib_scratch",  # lib/fib.h: fib_redirect's FIB lookup, off the stack
+        "ciliary_fib_cache",  # lib/fib.h: the FIB's recent answers, per CPU
         "ciliary_tunnel_direct",  # lib/encap.h: endpoints looked up in the main table alone
     }
     assert set(loaded.map_names()) == names
@@ -283,6 +284,7 @@ def test_map_info(maps_loaded: BPFObject) -> None:
         "ciliary_ipcache": (BPF_MAP_TYPE_LPM_TRIE, 24, 12, 512000, BPF_F_NO_PREALLOC),
         "ciliary_ipcache_rev": (BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0),
         "ciliary_ipcache_cache": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 44, 256, 0),
+        "ciliary_fib_cache": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 48, 256, 0),
         "ciliary_ct": (BPF_MAP_TYPE_LRU_HASH, 40, 88, 65536, 0),
         "ciliary_events": (BPF_MAP_TYPE_RINGBUF, 0, 0, 8 * 1024 * 1024, 0),
         "ciliary_events_lost": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0),
