@@ -200,9 +200,19 @@ static __attribute__((noinline)) int from_netdev_masq_reply(struct __sk_buff *sk
 	return NP_PASS;
 }
 
+/* from_netdev_parse's answer for a parsed packet whose destination address some service entry
+ * may be keyed on (lib/lb.h's frontend bits): only then is from_netdev_nodeport_lb called. */
+#define NETDEV_PARSED_FRONTEND (PARSE_OK | 0x100)
+
+/* parse_packet, and for a packet it parsed (PARSE_OK) the frontend bit of its destination
+ * (NETDEV_PARSED_FRONTEND): read here, in a frame of its own (the array key's room is not in
+ * from_netdev_host's, whose call chains reach the verifier's 512 bytes). */
 static __attribute__((noinline)) int from_netdev_parse(struct __sk_buff *skb, struct pkt *p)
 {
-	return parse_packet(skb, p);
+	int ret = parse_packet(skb, p);
+	if (ret == PARSE_OK && lb_maybe_frontend(p->daddr, p->family))
+		return NETDEV_PARSED_FRONTEND;
+	return ret;
 }
 
 /* Whether `p` is addressed to the node's own address, the only one lib/nat.h translates to:
@@ -248,13 +258,16 @@ static __attribute__((noinline)) int from_netdev_host(struct __sk_buff *skb)
 	struct pkt p = {};
 	struct lb_result lb = {};
 	struct deliver_to to = {};
-	if (from_netdev_parse(skb, &p) != PARSE_OK || encap_received(&p))
+	int parsed = from_netdev_parse(skb, &p);
+	if ((parsed != PARSE_OK && parsed != NETDEV_PARSED_FRONTEND) || encap_received(&p))
 		return TC_ACT_OK;
 	int to_node = to_nat_addr(&p);
 	int np = to_node ? from_netdev_nodeport_reply(skb, &p) : NP_PASS;
 	if (np != NP_PASS)
 		return np;
-	np = from_netdev_nodeport_lb(skb, &p, &lb);
+	/* no call for an address no service entry is keyed on, or a frame not for this host */
+	if (parsed == NETDEV_PARSED_FRONTEND && skb->pkt_type == PACKET_HOST)
+		np = from_netdev_nodeport_lb(skb, &p, &lb);
 	if (np == 0) {
 		if (!lookup_endpoint(p.daddr, p.family))
 			return from_netdev_nodeport_fwd(skb, &p, &lb,

@@ -32,6 +32,9 @@
 #include "lib/proxy.h"
 
 #define FC_CONTINUE -1
+/* from_container_source: go on, and the destination's address may be a service frontend (lib/lb.h's
+ * frontend bits): only then is from_container_lb called */
+#define FC_CONTINUE_FRONTEND -4
 #define FC_TO_PROXY PROXY_TAIL /* from_container_route: ciliary_proxy_req says where; call to_proxy */
 #define FC_TO_OVERLAY -3 /* from_container_route: into the tunnel towards st->tunnel_ep */
 
@@ -102,6 +105,18 @@ static __always_inline int proxy_redirected(const struct pkt *p, const struct ct
 	return ct->state == CT_NEW || ct->state == CT_ESTABLISHED;
 }
 
+/* The local endpoint at `addr`, or NULL. An address the ipcache gives to another node
+ * (IPCACHE_F_REMOTE: the node manager writes no address of this node so) is no local
+ * endpoint's: not looked for (the route step's ipcache lookup of it is then the cache's). */
+static __always_inline const struct endpoint_info *lookup_local_endpoint(const __u8 *addr,
+									 __u8 family)
+{
+	struct ipcache_info *info = ipcache_lookup(addr, family);
+	if (info && (info->flags & IPCACHE_F_REMOTE))
+		return 0;
+	return lookup_endpoint(addr, family);
+}
+
 /* cil_from_container after the service translation: the destination's identity, conntrack,
  * policy, delivery. */
 static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb, struct pkt *p,
@@ -116,7 +131,7 @@ static __attribute__((noinline)) int from_container_route(struct __sk_buff *skb,
 	int ret;
 
 	const struct endpoint_info *dst =
-		st->dst_known ? st->to.dst : lookup_endpoint(p->daddr, p->family);
+		st->dst_known ? st->to.dst : lookup_local_endpoint(p->daddr, p->family);
 	__u32 dst_id, tunnel_ep = 0, dst_flags = 0;
 	if (dst) {
 		dst_id = dst->sec_id;
@@ -291,25 +306,20 @@ static __attribute__((noinline)) int from_container_source(struct __sk_buff *skb
 	if (!(src->flags & EP_F_READY))
 		return drop_packet(skb, p, DROP_EP_NOT_READY, out->ep_id, out->sec_id, 0,
 				   OBS_FROM_ENDPOINT);
-	return FC_CONTINUE;
+	return lb_maybe_frontend(p->daddr, p->family) ? FC_CONTINUE_FRONTEND : FC_CONTINUE;
 }
 
 /* Service translation (lib/lb.h) of what the sender addressed: lb_lookup_service's lookups,
  * except that the wildcard entry is not looked for at a local pod's address (wildcards are
  * ClusterIPs' only, agent/services.py, and a ClusterIP is never a pod's address): pod-to-pod
- * packets pay one miss here, and the endpoint found is the route step's. An address the ipcache
- * gives to another node (IPCACHE_F_REMOTE: the node manager writes no address of this node so)
- * is no local endpoint's: not looked for (the route step's ipcache lookup of it is then the
- * cache's). */
+ * packets pay one miss here, and the endpoint found is the route step's. Called only for an
+ * address whose frontend bit is set (from_container_source). */
 static __attribute__((noinline)) int from_container_lb(struct __sk_buff *skb, struct pkt *p,
 						       struct fc_state *st, struct lb_result *lb)
 {
 	struct lb_service *svc = lb_lookup_frontend(p, 0);
 	if (!svc) {
-		struct ipcache_info *info = ipcache_lookup(p->daddr, p->family);
-		st->to.dst = info && (info->flags & IPCACHE_F_REMOTE)
-				     ? 0
-				     : lookup_endpoint(p->daddr, p->family);
+		st->to.dst = lookup_local_endpoint(p->daddr, p->family);
 		st->dst_known = 1;
 		if (st->to.dst)
 			return FC_CONTINUE;
@@ -342,9 +352,8 @@ int cil_from_container(struct __sk_buff *skb)
 		return ret == FC_TO_PROXY ? to_proxy(skb, &p) : ret;
 	}
 	ret = from_container_source(skb, &p, &st);
-	if (ret != FC_CONTINUE)
-		return ret;
-	ret = from_container_lb(skb, &p, &st, &lb);
+	if (ret == FC_CONTINUE_FRONTEND) /* else no service entry is keyed on the address */
+		ret = from_container_lb(skb, &p, &st, &lb);
 	if (ret != FC_CONTINUE)
 		return ret;
 	ret = from_container_route(skb, &p, &st, &lb);
