@@ -200,9 +200,11 @@ class NodeDatapath:
         self._host = host
         self.nat_config = NATConfigMap(self._maps[NAT_CONFIG_MAP])
         self.endpoints = EndpointMap(self._maps["ciliary_lxc"])
-        self.ipcache = IPCacheMap(
-            self._maps[IPCACHE_MAP], Revision(self._maps[IPCACHE_REVISION_MAP])
-        )
+        ipcache_revision = Revision(self._maps[IPCACHE_REVISION_MAP])
+        self.ipcache = IPCacheMap(self._maps[IPCACHE_MAP], ipcache_revision)
+        # the programs' cache of the ipcache outlives an agent, its trie may be made anew
+        # (another layout): nothing cached before this agent's first write stays valid
+        ipcache_revision.bump()
         self.ct = CTMap(self._maps["ciliary_ct"])
         self.config = ConfigMap(self._maps["ciliary_config"])
         self.tunnel_direct = TunnelDirectMap(self._maps[TUNNEL_DIRECT_MAP])
