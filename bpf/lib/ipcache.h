@@ -4,6 +4,7 @@
 #ifndef __CILIARY_IPCACHE_H
 #define __CILIARY_IPCACHE_H
 #include "common.h"
+#include "revision.h"
 
 #ifndef IPCACHE_MAP_SIZE
 #define IPCACHE_MAP_SIZE 512000
@@ -18,16 +19,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_ipcache SEC(".maps");
 
-/* ciliary_ipcache_rev[0]: the ipcache's revision. The agent raises it after every write of
- * ciliary_ipcache (datapath/maps/ipcache.py, an entry added, changed or deleted), never to 0;
- * 0 means no writer keeps it, and nothing is cached then. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ciliary_ipcache_rev SEC(".maps");
+/* ciliary_ipcache_rev[0]: the ipcache's revision (lib/revision.h). The agent raises it after
+ * every write of ciliary_ipcache (datapath/maps/ipcache.py, an entry added, changed or
+ * deleted). */
+REVISION_MAP(ciliary_ipcache_rev);
 
 /* A per-CPU cache of the trie's answers in front of it, direct-mapped by address: an LPM
  * lookup walks a node per prefix level, each a cache miss on a busy CPU (the trie was a tenth of
@@ -86,9 +81,8 @@ __attribute__((noinline)) int ipcache_fill(__u32 idx, __u32 rev, __u32 family, _
  * for another address), never write it. */
 static __always_inline struct ipcache_info *ipcache_lookup(const __u8 *addr, __u8 family)
 {
-	__u32 zero = 0, a[4] = {};
-	__u32 *revp = bpf_map_lookup_elem(&ciliary_ipcache_rev, &zero);
-	__u32 rev = revp ? *revp : 0; /* before the trie (the revision contract above) */
+	__u32 a[4] = {};
+	__u32 rev = revision_of(&ciliary_ipcache_rev); /* before the trie (the contract above) */
 
 	if (family == AF_INET4)
 		__builtin_memcpy(a, addr, 4);

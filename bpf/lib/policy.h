@@ -18,6 +18,7 @@
 #define __CILIARY_POLICY_H
 #include "common.h"
 #include "parse.h"
+#include "revision.h"
 
 #ifndef POLICY_MAP_SIZE
 #define POLICY_MAP_SIZE 65536
@@ -60,9 +61,9 @@ struct {
 	__array(values, struct policy_inner);
 } ciliary_policy SEC(".maps");
 
-/* The node's policy revision (ciliary_policy_rev[0]): the agent raises it after each write of
- * any endpoint's policy (its entries, its inner map linked or unlinked: datapath/maps/policy.py),
- * never to 0. A connection's conntrack entry remembers the revision its forward packets passed
+/* The node's policy revision (ciliary_policy_rev[0], lib/revision.h): the agent raises it after
+ * each write of any endpoint's policy (its entries, its inner map linked or unlinked:
+ * datapath/maps/policy.py), never to 0. A connection's conntrack entry remembers the revision its forward packets passed
  * policy at, per direction (policy_rev, POLICY_CACHED_*), with the identities it was opened with;
  * an established packet whose revision and identities are still those, whose connection has no
  * L7 proxy and which reports no event skips the check: the verdict could not have changed. Any
@@ -71,13 +72,7 @@ struct {
  * every packet was checked (upstream checks each non-reply packet). What it leaves out: the
  * entries' packet/byte counters count a connection's packets while they are checked (its first,
  * those after a policy write or an identity change, those reported under aggregation). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 1);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ciliary_policy_rev SEC(".maps");
+REVISION_MAP(ciliary_policy_rev);
 
 #define POLICY_CACHED_EGRESS 0x1  /* the sender's egress policy allowed (no proxy) */
 #define POLICY_CACHED_INGRESS 0x2 /* the local receiver's ingress policy allowed (no proxy) */
@@ -86,9 +81,7 @@ struct {
 /* The current revision, 0 while the agent has written no policy (nothing is cached then). */
 static __always_inline __u32 policy_revision(void)
 {
-	__u32 zero = 0;
-	__u32 *rev = bpf_map_lookup_elem(&ciliary_policy_rev, &zero);
-	return rev ? *rev & POLICY_REV_MASK : 0;
+	return revision_of(&ciliary_policy_rev) & POLICY_REV_MASK;
 }
 
 /* Whether an established packet of `e` with identities (src_id, dst_id) passed `which`

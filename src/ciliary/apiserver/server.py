@@ -112,6 +112,7 @@ class APIServer:
         self.bookmark_interval = bookmark_interval
         self.pod_log_dir = pod_log_dir  # the kubelet role's logs (ciliary.k8s.podlogs layout)
         self._streams: set[asyncio.Task[Any]] = set()  # the handlers of open watches and log -f
+        self._closing = False  # shutdown has ended the streams: a later one ends at once
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._errors])
@@ -138,12 +139,18 @@ class APIServer:
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
+        if self._closing:
+            # a handler that reached its stream after shutdown ended the others (its request
+            # was still being read, or its list served, then): it would hold the runner's
+            # shutdown_timeout as well
+            task.cancel()
         try:
             yield
         finally:
             self._streams.discard(task)
 
     async def _end_streams(self, _app: web.Application) -> None:
+        self._closing = True
         for task in list(self._streams):
             task.cancel()
 
