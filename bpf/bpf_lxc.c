@@ -32,8 +32,8 @@
 #include "lib/proxy.h"
 
 #define FC_CONTINUE -1
-/* from_container_source: go on, and the destination's address may be a service frontend (lib/lb.h's
- * frontend bits): only then is from_container_lb called */
+/* from_container_source: go on, and the destination's address may be a service frontend
+ * (lib/lb.h's frontend bits): only then is from_container_lb called */
 #define FC_CONTINUE_FRONTEND -4
 #define FC_TO_PROXY PROXY_TAIL /* from_container_route: ciliary_proxy_req says where; call to_proxy */
 #define FC_TO_OVERLAY -3 /* from_container_route: into the tunnel towards st->tunnel_ep */

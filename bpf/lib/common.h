@@ -231,6 +231,20 @@ struct policy_entry {
 /* How pods reach pods of other nodes (the agent's --routing-mode). 0 = native, so a datapath the
  * agent has not configured yet hands cross-node traffic to the stack rather than to a tunnel
  * device that may not exist. */
+/* The multiplicative (golden ratio) hash of an address: its 32-bit words as the CPU reads them
+ * (IPv4: the first alone), XORed, times 0x9E3779B1; its high bits are the spread ones. The
+ * frontend bits' index (lib/lb.h, >> 16; datapath/maps/lb.py's frontend_bit is its Python twin)
+ * and the per-CPU caches' slots (lib/ipcache.h, lib/fib.h: >> 24, 256 slots). */
+static __always_inline __u32 addr_hash(const __u8 *addr, __u8 family)
+{
+	__u32 w[4] = {};
+	if (family == AF_INET4)
+		__builtin_memcpy(w, addr, 4);
+	else
+		__builtin_memcpy(w, addr, 16);
+	return (w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9E3779B1u;
+}
+
 #define ROUTING_MODE_NATIVE 0
 #define ROUTING_MODE_TUNNEL 1
 

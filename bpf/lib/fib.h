@@ -166,9 +166,7 @@ static __always_inline struct fib_slot *fib_cache_slot(struct fib_scratch *w, co
 {
 	if (flags != BPF_FIB_LOOKUP_DIRECT)
 		return 0;
-	const __u32 *d = (const __u32 *)p->daddr; /* struct pkt keeps it 4-byte aligned */
-	__u32 h = p->family == AF_INET4 ? d[0] : d[0] ^ d[1] ^ d[2] ^ d[3];
-	w->slot = (h * 0x9E3779B1u) >> 24; /* FIB_CACHE_SLOTS */
+	w->slot = addr_hash(p->daddr, p->family) >> 24; /* FIB_CACHE_SLOTS */
 	w->now = bpf_ktime_get_coarse_ns();
 	return bpf_map_lookup_elem(&ciliary_fib_cache, &w->slot);
 }

@@ -88,7 +88,7 @@ static __always_inline struct ipcache_info *ipcache_lookup(const __u8 *addr, __u
 		__builtin_memcpy(a, addr, 4);
 	else
 		__builtin_memcpy(a, addr, 16);
-	__u32 idx = ((a[0] ^ a[1] ^ a[2] ^ a[3]) * 0x9E3779B1u) >> 24; /* IPCACHE_CACHE_SLOTS */
+	__u32 idx = addr_hash(addr, family) >> 24; /* IPCACHE_CACHE_SLOTS */
 	struct ipcache_slot *s = bpf_map_lookup_elem(&ciliary_ipcache_cache, &idx);
 	if (!s)
 		return 0; /* not reached */

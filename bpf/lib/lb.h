@@ -329,7 +329,7 @@ struct {
 	__array(values, struct lb_maglev_inner);
 } ciliary_lb6_maglev SEC(".maps");
 
-/* Which addresses may be frontends: one bit per hash of an address (lb_addr_hash) that some
+/* Which addresses may be frontends: one bit per hash of an address (addr_hash) that some
  * service entry (slot 0, exact or wildcard) is keyed on, set by the agent before it writes the
  * entry (datapath/maps/lb.py, the only writer; cleared once no entry's address hashes to it).
  * A packet to any other address, as every pod-to-pod packet, is no service's: its lookups
@@ -345,22 +345,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliary_lb_frontend_bits SEC(".maps");
 
-/* 16 bits of an address: its 32-bit words (as the CPU reads them) XORed, multiplied by the
- * golden ratio's, the product's upper half. datapath/maps/lb.py's frontend_bit is its twin. */
-static __always_inline __u32 lb_addr_hash(const __u8 *addr, __u8 family)
-{
-	__u32 w[4] = {};
-	if (family == AF_INET4)
-		__builtin_memcpy(w, addr, 4);
-	else
-		__builtin_memcpy(w, addr, 16);
-	return ((w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9E3779B1u) >> 16;
-}
-
 /* Whether some service entry may be keyed on `addr` (no: certainly none is). */
 static __always_inline int lb_maybe_frontend(const __u8 *addr, __u8 family)
 {
-	__u32 h = lb_addr_hash(addr, family);
+	__u32 h = addr_hash(addr, family) >> 16; /* 16 bits: LB_FRONTEND_BITS_WORDS x 64 */
 	__u32 idx = h >> 6;
 	__u64 *word = bpf_map_lookup_elem(&ciliary_lb_frontend_bits, &idx);
 	return !word || (*word >> (h & 63)) & 1;

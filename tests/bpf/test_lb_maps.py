@@ -159,7 +159,7 @@ def test_the_datapath_skips_the_service_lookups_only_at_addresses_whose_bit_is_c
     """cil_from_container translates a SYN to a ClusterIP whose entry LBMaps wrote; with the
     bits cleared behind LBMaps' back the same frontend is not looked up (the SYN leaves for the
     stack untranslated); with only frontend_bit(VIP) set again it is: the C reads the bit the
-    Python computes (lib/lb.h's lb_addr_hash and frontend_bit are twins)."""
+    Python computes (lib/common.h's addr_hash and frontend_bit are twins)."""
     obj, _ = node
     ns, client_if, server_if = two_lxc
     client, server, vip = (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ciliary.datapath.libbpf import BPF_ANY, Map
 from ciliary.datapath.maps.endpoints import IPAddress, check_map_layout, decode_addr, encode_addr
-from ciliary.datapath.maps.revision import Revision
+from ciliary.datapath.maps.revision import Revision, raise_revision
 
 __all__ = [
     "IPCACHE_F_REMOTE",
@@ -132,17 +132,13 @@ class IPCacheMap:
         if tunnel_endpoint is not None:
             value.tunnel_ep = int.from_bytes(tunnel_endpoint.packed, sys.byteorder)
         self.map.update(_prefix_key(prefix), bytes(value), BPF_ANY)
-        self._raise_revision()
+        raise_revision(self._revision)
 
     def delete(self, prefix: IPNetwork) -> bool:
         """Removes exactly ``prefix`` (not what it covers); False when absent."""
         found = self.map.delete(_prefix_key(prefix))
-        self._raise_revision()
+        raise_revision(self._revision)
         return found
-
-    def _raise_revision(self) -> None:
-        if self._revision is not None:
-            self._revision.bump()
 
     def lookup(self, addr: IPAddress) -> int | None:
         """The identity of the longest prefix covering ``addr`` (what the datapath sees), or

@@ -111,10 +111,10 @@ FRONTEND_BITS_WORDS = 1024
 
 
 def frontend_bit(address: IPAddress) -> int:
-    """bpf/lib/lb.h's ``lb_addr_hash``: the address's 32-bit words as the CPU reads them
-    (little-endian: the datapath targets x86-64), XORed, times 0x9E3779B1 modulo 2**32, the
-    upper 16 bits. The bit of ``ciliary_lb_frontend_bits`` that says the address may be a
-    frontend."""
+    """bpf/lib/common.h's ``addr_hash`` as lib/lb.h takes it (>> 16): the address's 32-bit words
+    as the CPU reads them (little-endian: the datapath targets x86-64), XORed, times 0x9E3779B1
+    modulo 2**32, the upper 16 bits. The bit of ``ciliary_lb_frontend_bits`` that says the
+    address may be a frontend."""
     raw = address.packed
     word = 0
     for i in range(0, len(raw), 4):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ciliary.datapath.libbpf import BPF_F_NO_PREALLOC, BPF_MAP_TYPE_LPM_TRIE, Map, map_create
-from ciliary.datapath.maps.revision import Revision
+from ciliary.datapath.maps.revision import Revision, raise_revision
 
 REVISION_MAP = "ciliary_policy_rev"
 REVISION_MASK = 0x3FFFFFFF  # the datapath keeps 30 bits of it in a conntrack entry
@@ -188,12 +188,6 @@ class PolicyRevision(Revision):
         super().__init__(m, REVISION_MASK)
 
 
-def _raise_revision(revision: PolicyRevision | None) -> None:
-    """After a policy write: the revision contract (module doc), when there is a revision."""
-    if revision is not None:
-        revision.bump()
-
-
 class EndpointPolicyMap:
     """The inner LPM map of one endpoint. ``shared``: the handle :class:`PolicyMaps` keeps
     open and hands out again; closing it is a no-op (``PolicyMaps.remove`` closes it).
@@ -223,11 +217,11 @@ class EndpointPolicyMap:
 
     def upsert(self, key: PolicyKey, value: PolicyValue) -> None:
         self._map.update(key.c_bytes, _entry_bytes(value, key.prefixlen))
-        _raise_revision(self._revision)
+        raise_revision(self._revision)
 
     def delete(self, key: PolicyKey) -> bool:
         found = self._map.delete(key.c_bytes)
-        _raise_revision(self._revision)
+        raise_revision(self._revision)
         return found
 
     def items(self) -> list[PolicyEntryRecord]:
@@ -278,7 +272,7 @@ class EndpointPolicyMap:
         if deny_gone:
             self._map.delete_batch(deny_gone)
         if change.changed or change.stale:
-            _raise_revision(self._revision)
+            raise_revision(self._revision)
         return len(change.changed), len(change.stale)
 
     def close(self) -> None:
@@ -339,7 +333,7 @@ class PolicyMaps:
             linked = self._outer.lookup(key)
             if linked is None or int.from_bytes(linked[:4], "little") != existing.map.info.id:
                 self._outer.update(key, existing.map.fd.to_bytes(4, "little"))
-                _raise_revision(self._revision)
+                raise_revision(self._revision)
             return existing
         m = map_create(
             BPF_MAP_TYPE_LPM_TRIE, f"cil_pol_{ep_id}",
@@ -353,13 +347,13 @@ class PolicyMaps:
         m.pin(path)
         self._open[ep_id] = inner
         self._outer.update(self._outer_key(ep_id), m.fd.to_bytes(4, "little"))
-        _raise_revision(self._revision)
+        raise_revision(self._revision)
         return inner
 
     def remove(self, ep_id: int) -> None:
         """Stop enforcing (outer entry first), then drop the pin."""
         self._outer.delete(self._outer_key(ep_id))
-        _raise_revision(self._revision)
+        raise_revision(self._revision)
         self._forget(ep_id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._pin(ep_id))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ciliary.datapath.libbpf import Map
 
-__all__ = ["Revision"]
+__all__ = ["Revision", "raise_revision"]
 
 _KEY = (0).to_bytes(4, "little")
 
@@ -34,3 +34,10 @@ class Revision:
         nxt = (self.current() + 1) & self._mask or 1
         self._map.update(_KEY, nxt.to_bytes(4, "little"))
         return nxt
+
+
+def raise_revision(revision: Revision | None) -> None:
+    """After a write of the maps ``revision`` covers: the contract (module doc), when the writer
+    keeps one (a view without it is a reader's)."""
+    if revision is not None:
+        revision.bump()
